@@ -1,0 +1,92 @@
+//! The admin server: `/ready`, `/stats/prometheus` and `/config_dump` over
+//! HTTP/1.1 (hyper). It reads the live snapshot through arc-swap like the
+//! data path does, and is never on the data path itself.
+
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the admin handlers read.
+pub struct AdminState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub prometheus: PrometheusHandle,
+    /// Set when the server starts draining: `/ready` answers 503.
+    pub draining: AtomicBool,
+}
+
+/// Serves admin requests until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if state.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
+            } else {
+                text(StatusCode::OK, "text/plain", "LIVE\n")
+            }
+        }
+        "/stats/prometheus" | "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.prometheus.render(),
+        ),
+        "/config_dump" => {
+            let snap = state.snapshot.load();
+            let body = serde_json::to_vec_pretty(&snap.dump()).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
+        "/" => text(
+            StatusCode::OK,
+            "text/plain",
+            "meshgate admin\n  /ready\n  /stats/prometheus\n  /config_dump\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

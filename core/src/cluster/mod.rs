@@ -1,0 +1,506 @@
+//! The cluster manager: clusters, their endpoints (static or re-resolved by
+//! DNS), the load balancer over them, connect back-off of failed endpoints,
+//! the max-connections circuit breaker and the per-cluster counters.
+
+use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
+use crate::error::ConfigError;
+use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
+use crate::metrics::ClusterStats;
+use crate::registry::Registry;
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// One upstream address of a cluster.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The DNS name it was resolved from (strict_dns), used as hash identity.
+    pub hostname: Option<Arc<str>>,
+    pub weight: u32,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    active_requests: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch()` until which the endpoint is skipped.
+    backoff_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn new(address: SocketAddr, weight: u32) -> Self {
+        Self {
+            address,
+            hostname: None,
+            weight: weight.max(1),
+            metadata: BTreeMap::new(),
+            active_requests: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            backoff_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests (or L4 connections) currently in flight to this endpoint.
+    pub fn active_requests(&self) -> u32 {
+        self.active_requests.load(Ordering::Relaxed)
+    }
+
+    /// The identity hashing policies place on their ring or table.
+    pub fn hash_identity(&self) -> String {
+        match &self.hostname {
+            Some(h) => format!("{h}:{}", self.address.port()),
+            None => self.address.to_string(),
+        }
+    }
+
+    /// Whether the endpoint is outside its connect-failure back-off.
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.backoff_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Marks one request in flight until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> RequestGuard {
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.backoff_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_failure(&self, backoff: &BackoffConfig) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        let base = backoff.base_interval.as_millis() as u64;
+        let max = backoff.max_interval.as_millis() as u64;
+        let wait = base.saturating_mul(1u64 << n.min(20)).min(max);
+        self.backoff_until_ms
+            .store(now_ms().saturating_add(wait), Ordering::Relaxed);
+    }
+}
+
+/// Decrements the endpoint's active-request count on drop.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Endpoint>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since process start; the clock of endpoint back-off.
+pub fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// The endpoints of a cluster and the load balancer built over them,
+/// replaced as a whole when DNS answers change.
+pub struct HostSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    lb: Box<dyn LoadBalancer>,
+}
+
+/// Why an upstream connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no endpoint available in cluster {0}")]
+    NoHealthyEndpoint(Arc<str>),
+    #[error("cluster {0} is at max_connections")]
+    Overflow(Arc<str>),
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, std::io::Error),
+}
+
+impl ConnectError {
+    /// Label value for the connect-failure counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectError::NoHealthyEndpoint(_) => "no_healthy_endpoint",
+            ConnectError::Overflow(_) => "overflow",
+            ConnectError::Timeout(_) => "timeout",
+            ConnectError::Io(..) => "refused",
+        }
+    }
+}
+
+/// An upstream connection with its bookkeeping: dropping it releases the
+/// circuit-breaker slot and the endpoint's active count.
+pub struct UpstreamConnection {
+    pub stream: TcpStream,
+    pub endpoint: Arc<Endpoint>,
+    _request: RequestGuard,
+    _slot: ConnectionSlot,
+}
+
+struct ConnectionSlot(Arc<Cluster>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.cx_active.decrement(1.0);
+    }
+}
+
+/// An upstream cluster.
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub connect_timeout: Duration,
+    pub max_connections: u32,
+    backoff: BackoffConfig,
+    hosts: ArcSwap<HostSet>,
+    lb_builder: Arc<dyn LoadBalancerBuilder>,
+    active_connections: AtomicU32,
+    pub stats: ClusterStats,
+}
+
+impl Cluster {
+    /// Builds a cluster from endpoints already resolved.
+    pub fn new(
+        name: &str,
+        connect_timeout: Duration,
+        max_connections: Option<u32>,
+        backoff: BackoffConfig,
+        lb_builder: Arc<dyn LoadBalancerBuilder>,
+        endpoints: Vec<Arc<Endpoint>>,
+    ) -> Self {
+        let lb = lb_builder.build(&endpoints);
+        Self {
+            name: name.into(),
+            connect_timeout,
+            max_connections: max_connections.unwrap_or(u32::MAX),
+            backoff,
+            hosts: ArcSwap::from_pointee(HostSet { endpoints, lb }),
+            lb_builder,
+            active_connections: AtomicU32::new(0),
+            stats: ClusterStats::new(name),
+        }
+    }
+
+    /// The current endpoint set.
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    /// Replaces the endpoint set, keeping the state (back-off, active counts)
+    /// of endpoints whose address did not change.
+    pub fn update_endpoints(&self, mut endpoints: Vec<Arc<Endpoint>>) {
+        let old = self.hosts.load();
+        for e in endpoints.iter_mut() {
+            if let Some(prev) = old
+                .endpoints
+                .iter()
+                .find(|o| o.address == e.address && o.weight == e.weight)
+            {
+                *e = prev.clone();
+            }
+        }
+        let lb = self.lb_builder.build(&endpoints);
+        self.hosts.store(Arc::new(HostSet { endpoints, lb }));
+    }
+
+    /// Picks an endpoint, skipping those in back-off and those in `exclude`
+    /// (already tried by this request). When every endpoint is in back-off,
+    /// picks among them anyway (panic mode) rather than failing outright.
+    pub fn choose(&self, ctx: &LbContext, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+        let hosts = self.hosts.load();
+        let eps = &hosts.endpoints;
+        if eps.is_empty() {
+            return None;
+        }
+        let now = now_ms();
+        let pick = hosts
+            .lb
+            .pick(ctx, &|i| {
+                eps[i].is_available(now) && !exclude.contains(&eps[i].address)
+            })
+            .or_else(|| hosts.lb.pick(ctx, &|i| !exclude.contains(&eps[i].address)));
+        pick.map(|i| eps[i].clone())
+    }
+
+    /// Connects to one endpoint chosen by the load balancer, honouring the
+    /// circuit breaker and the connect timeout. A failed connect puts the
+    /// endpoint in back-off.
+    pub async fn connect(
+        self: &Arc<Self>,
+        ctx: &LbContext,
+        exclude: &[SocketAddr],
+    ) -> Result<UpstreamConnection, (ConnectError, Option<SocketAddr>)> {
+        let Some(endpoint) = self.choose(ctx, exclude) else {
+            let e = ConnectError::NoHealthyEndpoint(self.name.clone());
+            self.stats.connect_failed(e.reason());
+            return Err((e, None));
+        };
+        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+            self.stats.cx_overflow.increment(1);
+            let e = ConnectError::Overflow(self.name.clone());
+            self.stats.connect_failed(e.reason());
+            return Err((e, None));
+        }
+        self.stats.cx_active.increment(1.0);
+        let slot = ConnectionSlot(self.clone());
+        let request = endpoint.start_request();
+        let addr = endpoint.address;
+        let result =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(ConnectError::Io(addr, e)),
+                Err(_) => Err(ConnectError::Timeout(addr)),
+            };
+        match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                endpoint.record_success();
+                self.stats.cx_total.increment(1);
+                Ok(UpstreamConnection {
+                    stream,
+                    endpoint,
+                    _request: request,
+                    _slot: slot,
+                })
+            }
+            Err(e) => {
+                endpoint.record_failure(&self.backoff);
+                self.stats.connect_failed(e.reason());
+                tracing::debug!(cluster = %self.name, endpoint = %addr, error = %e, "upstream connect failed");
+                Err((e, Some(addr)))
+            }
+        }
+    }
+
+    /// Upstream connections currently open.
+    pub fn active_connections(&self) -> u32 {
+        self.active_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Every cluster of a snapshot, by name.
+#[derive(Default)]
+pub struct ClusterManager {
+    clusters: HashMap<Arc<str>, Arc<Cluster>>,
+}
+
+impl ClusterManager {
+    /// Builds the clusters of a config. `strict_dns` clusters are resolved
+    /// once here (so a name that does not resolve is a config error) and
+    /// re-resolved by `spawn_dns_refresh`.
+    pub fn build(
+        configs: &[ClusterConfig],
+        registry: &Registry,
+        source: &ConfigSource,
+        resolve_dns: bool,
+    ) -> Result<Self, ConfigError> {
+        let mut clusters = HashMap::new();
+        for (i, c) in configs.iter().enumerate() {
+            let path = format!("clusters[{i}]");
+            if c.name.is_empty() {
+                return Err(source.error(format!("{path}.name"), "must not be empty"));
+            }
+            if clusters.contains_key(c.name.as_str()) {
+                return Err(source.error(
+                    format!("{path}.name"),
+                    format!("duplicate cluster name '{}'", c.name),
+                ));
+            }
+            let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
+                source.error(
+                    format!("{path}.lb_policy"),
+                    format!(
+                        "unknown load balancer '{}' (known: {})",
+                        c.lb_policy,
+                        registry.load_balancer_names().join(", ")
+                    ),
+                )
+            })?;
+            let builder = factory
+                .create(&c.lb_config)
+                .map_err(|e| source.build_error(&format!("{path}.lb_config"), e))?;
+            if c.connect_timeout.is_zero() {
+                return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
+            }
+            let mut endpoints = Vec::with_capacity(c.endpoints.len());
+            for (j, e) in c.endpoints.iter().enumerate() {
+                let epath = format!("{path}.endpoints[{j}]");
+                if e.weight == 0 {
+                    return Err(source.error(format!("{epath}.weight"), "must be >= 1"));
+                }
+                match c.discovery {
+                    DiscoveryType::Static => {
+                        let addr: SocketAddr = e.address.parse().map_err(|_| {
+                            source.error(
+                                format!("{epath}.address"),
+                                format!("invalid address '{}': want ip:port (static cluster)", e.address),
+                            )
+                        })?;
+                        let mut ep = Endpoint::new(addr, e.weight);
+                        ep.metadata = e.metadata.clone();
+                        endpoints.push(Arc::new(ep));
+                    }
+                    DiscoveryType::StrictDns => {
+                        let (host, port) = split_host_port(&e.address).ok_or_else(|| {
+                            source.error(
+                                format!("{epath}.address"),
+                                format!("invalid address '{}': want host:port", e.address),
+                            )
+                        })?;
+                        if resolve_dns {
+                            let addrs = resolve_blocking(host, port).map_err(|err| {
+                                source.error(
+                                    format!("{epath}.address"),
+                                    format!("cannot resolve '{}': {err}", e.address),
+                                )
+                            })?;
+                            for a in addrs {
+                                let mut ep = Endpoint::new(a, e.weight);
+                                ep.hostname = Some(host.into());
+                                ep.metadata = e.metadata.clone();
+                                endpoints.push(Arc::new(ep));
+                            }
+                        }
+                    }
+                }
+            }
+            let cluster = Cluster::new(
+                &c.name,
+                c.connect_timeout,
+                c.max_connections,
+                c.connect_failure_backoff.clone(),
+                builder,
+                endpoints,
+            );
+            clusters.insert(Arc::from(c.name.as_str()), Arc::new(cluster));
+        }
+        Ok(Self { clusters })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.values()
+    }
+
+    /// Starts re-resolution tasks for the `strict_dns` clusters of `configs`;
+    /// they stop when `shutdown` is cancelled.
+    pub fn spawn_dns_refresh(
+        &self,
+        configs: &[ClusterConfig],
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        for c in configs.iter().filter(|c| c.discovery == DiscoveryType::StrictDns) {
+            let Some(cluster) = self.clusters.get(c.name.as_str()).cloned() else {
+                continue;
+            };
+            let config = c.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(config.dns_refresh_rate);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let mut endpoints = Vec::new();
+                    let mut ok = true;
+                    for e in &config.endpoints {
+                        let Some((host, port)) = split_host_port(&e.address) else { continue };
+                        match tokio::net::lookup_host((host, port)).await {
+                            Ok(addrs) => {
+                                for a in addrs {
+                                    let mut ep = Endpoint::new(a, e.weight);
+                                    ep.hostname = Some(host.into());
+                                    ep.metadata = e.metadata.clone();
+                                    endpoints.push(Arc::new(ep));
+                                }
+                            }
+                            Err(err) => {
+                                ok = false;
+                                tracing::warn!(cluster = %config.name, host, error = %err, "DNS re-resolution failed; keeping previous endpoints");
+                            }
+                        }
+                    }
+                    if ok {
+                        let changed = {
+                            let cur = cluster.hosts();
+                            let mut a: Vec<_> = cur.endpoints.iter().map(|e| e.address).collect();
+                            let mut b: Vec<_> = endpoints.iter().map(|e| e.address).collect();
+                            a.sort();
+                            b.sort();
+                            a != b
+                        };
+                        if changed {
+                            tracing::info!(cluster = %config.name, endpoints = endpoints.len(), "DNS answer changed; endpoints updated");
+                            cluster.update_endpoints(endpoints);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+fn resolve_blocking(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let v: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    if v.is_empty() {
+        return Err(std::io::Error::other("no addresses"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_endpoint_backs_off_exponentially_and_recovers() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap(), 1);
+        let cfg = BackoffConfig {
+            base_interval: Duration::from_millis(100),
+            max_interval: Duration::from_millis(350),
+        };
+        let now = now_ms();
+        assert!(e.is_available(now));
+        e.record_failure(&cfg);
+        assert!(!e.is_available(now_ms()));
+        assert!(e.is_available(now_ms() + 101));
+        e.record_failure(&cfg); // 200ms
+        assert!(!e.is_available(now_ms() + 150));
+        e.record_failure(&cfg); // 400ms capped at 350
+        e.record_failure(&cfg);
+        assert!(e.is_available(now_ms() + 351));
+        e.record_success();
+        assert!(e.is_available(now_ms()));
+    }
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(split_host_port("localhost:80"), Some(("localhost", 80)));
+        assert_eq!(split_host_port("[::1]:80"), Some(("::1", 80)));
+        assert_eq!(split_host_port(":80"), None);
+        assert_eq!(split_host_port("x:http"), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The one config model of meshgate (serde), shared by the file loader and,
+//! later, the xDS translation. Field names follow Envoy's where an operator
+//! would look for them. Unknown fields are errors everywhere.
+
+mod load;
+
+pub use load::{ConfigSource, LineIndex, load_file, parse_str, parse_typed};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+/// The admin listener: `/ready`, `/stats/prometheus`, `/config_dump`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`, e.g. `127.0.0.1:9901`.
+    pub address: String,
+}
+
+/// A TCP listener and its filter chains.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `host:port`, e.g. `127.0.0.1:10000`.
+    pub address: String,
+    /// Listen backlog (`listen(2)`), default 1024.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// Maximum concurrent downstream connections; extra connections are
+    /// accepted and closed at once, and counted as overflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// How long to wait for a TLS ClientHello when a chain matches on
+    /// `server_names` (default 5s).
+    #[serde(default = "default_inspect_timeout", with = "humantime_serde")]
+    pub listener_filters_timeout: Duration,
+    pub filter_chains: Vec<FilterChainConfig>,
+}
+
+/// One filter chain: an optional match and an ordered list of network filters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChainConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_chain_match: Option<FilterChainMatch>,
+    pub filters: Vec<FilterConfig>,
+}
+
+/// Criteria a connection must meet for its chain to be chosen. The most
+/// specific chain wins (Envoy's order: destination port, server name, source).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterChainMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+    /// SNI names from the TLS ClientHello, exact or `*.suffix`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// Source CIDRs, e.g. `10.0.0.0/8`, `127.0.0.1/32`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_prefix_ranges: Vec<String>,
+}
+
+/// A network filter by registered name, with its typed config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub name: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// How a cluster finds its endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryType {
+    #[default]
+    Static,
+    StrictDns,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub discovery: DiscoveryType,
+    /// A registered load balancer: `round_robin` (default), `least_request`,
+    /// `random`, `ring_hash`, `maglev`.
+    #[serde(default = "default_lb_policy")]
+    pub lb_policy: String,
+    /// The load balancer's own options (e.g. `minimum_ring_size`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub lb_config: serde_json::Value,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Circuit breaker: maximum concurrent upstream connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Re-resolution interval for `strict_dns`.
+    #[serde(default = "default_dns_refresh", with = "humantime_serde")]
+    pub dns_refresh_rate: Duration,
+    /// Back-off of an endpoint whose connect failed.
+    #[serde(default)]
+    pub connect_failure_backoff: BackoffConfig,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Exponential back-off: `base_interval` after the first failure, doubling up
+/// to `max_interval`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_base", with = "humantime_serde")]
+    pub base_interval: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            base_interval: default_backoff_base(),
+            max_interval: default_backoff_max(),
+        }
+    }
+}
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port` for static clusters, `host:port` for strict_dns.
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+fn default_inspect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lb_policy() -> String {
+    "round_robin".to_string()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backoff_base() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_weight() -> u32 {
+    1
+}

@@ -1,0 +1,20 @@
+//! meshgate-core: the config model and its compilation into a `Snapshot`,
+//! listeners and the network filter chain, the cluster manager and load
+//! balancers, the registry of extensions, metrics names and the admin
+//! server. Core knows traits and a registry, never a concrete codec or
+//! filter (see DESIGN.md).
+
+pub mod admin;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod lb;
+pub mod listener;
+pub mod metrics;
+pub mod network;
+pub mod registry;
+pub mod server;
+pub mod snapshot;
+pub mod tls_inspect;
+
+pub use error::{BuildError, ConfigError, Error};

@@ -1,0 +1,465 @@
+//! Listeners: binding (SO_REUSEADDR, backlog), the accept loop with its
+//! connection limit, the choice of a filter chain (destination port, SNI,
+//! source CIDR) and the run of the chain's network filters.
+
+use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
+use crate::error::ConfigError;
+use crate::metrics::ListenerStats;
+use crate::network::{
+    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
+};
+use crate::cluster::ClusterManager;
+use crate::registry::Registry;
+use crate::tls_inspect;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A compiled filter-chain match.
+#[derive(Debug, Default, Clone)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub server_names: Vec<String>,
+    pub source_prefixes: Vec<IpNet>,
+}
+
+/// A filter chain ready to serve connections.
+pub struct FilterChain {
+    pub name: Option<Arc<str>>,
+    pub matcher: ChainMatch,
+    filters: Vec<Arc<dyn NetworkFilter>>,
+    terminal: Arc<dyn NetworkFilter>,
+}
+
+/// A listener compiled from config; immutable, swapped whole on reload.
+pub struct CompiledListener {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub backlog: u32,
+    pub max_connections: u32,
+    pub inspect_timeout: Duration,
+    /// Some chain matches on SNI, so ClientHellos are read before choosing.
+    pub inspects_sni: bool,
+    pub chains: Vec<FilterChain>,
+    pub stats: ListenerStats,
+}
+
+impl CompiledListener {
+    pub fn build(
+        index: usize,
+        cfg: &ListenerConfig,
+        registry: &Registry,
+        clusters: &ClusterManager,
+        source: &ConfigSource,
+    ) -> Result<Self, ConfigError> {
+        let path = format!("listeners[{index}]");
+        if cfg.name.is_empty() {
+            return Err(source.error(format!("{path}.name"), "must not be empty"));
+        }
+        let address: SocketAddr = cfg.address.parse().map_err(|_| {
+            source.error(
+                format!("{path}.address"),
+                format!("invalid address '{}': want ip:port", cfg.address),
+            )
+        })?;
+        if cfg.filter_chains.is_empty() {
+            return Err(source.error(format!("{path}.filter_chains"), "needs at least one filter chain"));
+        }
+        let mut chains = Vec::with_capacity(cfg.filter_chains.len());
+        for (i, fc) in cfg.filter_chains.iter().enumerate() {
+            chains.push(build_chain(
+                &format!("{path}.filter_chains[{i}]"),
+                &cfg.name,
+                fc,
+                registry,
+                clusters,
+                source,
+            )?);
+        }
+        Ok(Self {
+            name: cfg.name.as_str().into(),
+            address,
+            backlog: cfg.backlog,
+            max_connections: cfg.max_connections.unwrap_or(u32::MAX),
+            inspect_timeout: cfg.listener_filters_timeout,
+            inspects_sni: chains.iter().any(|c| !c.matcher.server_names.is_empty()),
+            chains,
+            stats: ListenerStats::new(&cfg.name),
+        })
+    }
+
+    /// Chooses the chain for a connection. Envoy's order: the most specific
+    /// destination port, then server name (exact, then longest wildcard),
+    /// then the longest source prefix; within equals, the first in config.
+    pub fn select_chain(
+        &self,
+        local: &SocketAddr,
+        sni: Option<&str>,
+        peer: &IpAddr,
+    ) -> Option<&FilterChain> {
+        let mut cands: Vec<&FilterChain> = self.chains.iter().collect();
+        // destination port
+        let port = local.port();
+        if cands.iter().any(|c| c.matcher.destination_port == Some(port)) {
+            cands.retain(|c| c.matcher.destination_port == Some(port));
+        } else {
+            cands.retain(|c| c.matcher.destination_port.is_none());
+        }
+        // server name
+        let score = |c: &FilterChain| -> Option<usize> {
+            if c.matcher.server_names.is_empty() {
+                return Some(0);
+            }
+            let sni = sni?;
+            c.matcher
+                .server_names
+                .iter()
+                .filter_map(|n| match n.strip_prefix('*') {
+                    None if n.eq_ignore_ascii_case(sni) => Some(usize::MAX),
+                    Some(suffix) if sni.len() > suffix.len() && ends_with_ignore_case(sni, suffix) => {
+                        Some(suffix.len())
+                    }
+                    _ => None,
+                })
+                .max()
+        };
+        let best = cands.iter().filter_map(|c| score(c)).max()?;
+        cands.retain(|c| score(c) == Some(best));
+        // source prefix
+        let pscore = |c: &FilterChain| -> Option<u8> {
+            if c.matcher.source_prefixes.is_empty() {
+                return Some(0);
+            }
+            c.matcher
+                .source_prefixes
+                .iter()
+                .filter(|n| n.contains(peer))
+                .map(|n| n.prefix_len() + 1)
+                .max()
+        };
+        let best = cands.iter().filter_map(|c| pscore(c)).max()?;
+        cands.into_iter().find(|c| pscore(c) == Some(best))
+    }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+fn build_chain(
+    path: &str,
+    listener: &str,
+    fc: &FilterChainConfig,
+    registry: &Registry,
+    clusters: &ClusterManager,
+    source: &ConfigSource,
+) -> Result<FilterChain, ConfigError> {
+    let mut matcher = ChainMatch::default();
+    if let Some(m) = &fc.filter_chain_match {
+        matcher.destination_port = m.destination_port;
+        for (i, n) in m.server_names.iter().enumerate() {
+            let ok = !n.is_empty() && (!n.contains('*') || (n.starts_with("*.") && !n[1..].contains('*')));
+            if !ok {
+                return Err(source.error(
+                    format!("{path}.filter_chain_match.server_names[{i}]"),
+                    format!("invalid server name '{n}': want a name or '*.suffix'"),
+                ));
+            }
+            matcher.server_names.push(n.to_ascii_lowercase());
+        }
+        for (i, r) in m.source_prefix_ranges.iter().enumerate() {
+            let net: IpNet = r
+                .parse()
+                .or_else(|_| r.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    source.error(
+                        format!("{path}.filter_chain_match.source_prefix_ranges[{i}]"),
+                        format!("invalid CIDR '{r}'"),
+                    )
+                })?;
+            matcher.source_prefixes.push(net.trunc());
+        }
+    }
+    if fc.filters.is_empty() {
+        return Err(source.error(format!("{path}.filters"), "needs at least one network filter"));
+    }
+    let ctx = BuildContext { listener, clusters };
+    let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
+    let last = fc.filters.len() - 1;
+    for (i, f) in fc.filters.iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        let factory = registry.network_filter(&f.name).ok_or_else(|| {
+            source.error(
+                format!("{fpath}.name"),
+                format!(
+                    "unknown network filter '{}' (known: {})",
+                    f.name,
+                    registry.network_filter_names().join(", ")
+                ),
+            )
+        })?;
+        let filter = factory
+            .create(&f.config, &ctx)
+            .map_err(|e| source.build_error(&format!("{fpath}.config"), e))?;
+        if i == last && !filter.terminal() {
+            return Err(source.error(
+                format!("{fpath}.name"),
+                format!("the last filter of a chain must own the connection (e.g. tcp_proxy); '{}' does not", f.name),
+            ));
+        }
+        if i != last && filter.terminal() {
+            return Err(source.error(
+                format!("{fpath}.name"),
+                format!("'{}' owns the connection and must be the last filter of its chain", f.name),
+            ));
+        }
+        built.push(filter);
+    }
+    let terminal = built.pop().expect("non-empty");
+    Ok(FilterChain {
+        name: fc.name.as_deref().map(Arc::from),
+        matcher,
+        filters: built,
+        terminal,
+    })
+}
+
+/// Binds a listening socket with SO_REUSEADDR and the configured backlog.
+pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A bound listener whose compiled form can be swapped (reload) while it
+/// keeps accepting.
+pub struct RunningListener {
+    pub compiled: ArcSwap<CompiledListener>,
+    active: AtomicU32,
+}
+
+impl RunningListener {
+    pub fn new(compiled: Arc<CompiledListener>) -> Arc<Self> {
+        Arc::new(Self {
+            compiled: ArcSwap::new(compiled),
+            active: AtomicU32::new(0),
+        })
+    }
+
+    /// Downstream connections currently open on this listener.
+    pub fn active_connections(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Accepts until `stop` is cancelled; connections are spawned on
+    /// `tracker` so the server can wait for them to drain.
+    pub async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        drain: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let compiled = self.compiled.load_full();
+            compiled.stats.cx_total.increment(1);
+            if self.active.fetch_add(1, Ordering::Relaxed) >= compiled.max_connections {
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                compiled.stats.cx_overflow.increment(1);
+                tracing::debug!(listener = %compiled.name, %peer, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            }
+            compiled.stats.cx_active.increment(1.0);
+            let me = self.clone();
+            let drain = drain.clone();
+            tracker.spawn(async move {
+                let stats = compiled.stats.clone();
+                handle_connection(compiled, stream, peer, drain).await;
+                stats.cx_active.decrement(1.0);
+                me.active.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        tracing::info!(address = ?listener.local_addr().ok(), "listener stopped accepting");
+    }
+}
+
+async fn handle_connection(
+    listener: Arc<CompiledListener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(listener.address);
+    let mut stream = stream;
+    let mut preface = Bytes::new();
+    let mut sni = None;
+    if listener.inspects_sni {
+        match tokio::time::timeout(
+            listener.inspect_timeout,
+            tls_inspect::read_client_hello(&mut stream),
+        )
+        .await
+        {
+            Ok(Ok((bytes, name))) => {
+                preface = bytes;
+                sni = name;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %listener.name, %peer, error = %e, "connection closed during ClientHello inspection");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %listener.name, %peer, "ClientHello inspection timed out");
+                metrics::counter!("meshgate_listener_inspect_timeout_total", "listener" => listener.name.to_string()).increment(1);
+                return;
+            }
+        }
+    }
+    let Some(chain) = listener.select_chain(&local, sni.as_deref(), &peer.ip()) else {
+        listener.stats.no_filter_chain_match.increment(1);
+        tracing::debug!(listener = %listener.name, %peer, ?sni, "no filter chain matched; closing");
+        return;
+    };
+    let mut info = ConnectionInfo {
+        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        listener: listener.name.clone(),
+        peer_addr: peer,
+        local_addr: local,
+        server_name: sni,
+        filter_chain: chain.name.clone(),
+    };
+    for f in &chain.filters {
+        if f.on_new_connection(&mut info) == FilterStatus::Close {
+            return;
+        }
+    }
+    let conn = Connection {
+        io: DownstreamIo::Tcp(stream),
+        preface,
+        info,
+        drain,
+    };
+    chain.terminal.clone().serve(conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Terminal;
+    impl NetworkFilter for Terminal {
+        fn terminal(&self) -> bool {
+            true
+        }
+    }
+
+    fn chain(name: &str, port: Option<u16>, names: &[&str], prefixes: &[&str]) -> FilterChain {
+        FilterChain {
+            name: Some(name.into()),
+            matcher: ChainMatch {
+                destination_port: port,
+                server_names: names.iter().map(|s| s.to_string()).collect(),
+                source_prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+            },
+            filters: vec![],
+            terminal: Arc::new(Terminal),
+        }
+    }
+
+    fn listener(chains: Vec<FilterChain>) -> CompiledListener {
+        CompiledListener {
+            name: "l".into(),
+            address: "127.0.0.1:80".parse().unwrap(),
+            backlog: 128,
+            max_connections: u32::MAX,
+            inspect_timeout: Duration::from_secs(1),
+            inspects_sni: true,
+            chains,
+            stats: ListenerStats::new("l"),
+        }
+    }
+
+    fn pick<'a>(l: &'a CompiledListener, port: u16, sni: Option<&str>, src: &str) -> Option<&'a str> {
+        let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        l.select_chain(&local, sni, &src.parse().unwrap())
+            .and_then(|c| c.name.as_deref())
+    }
+
+    #[test]
+    fn server_name_exact_beats_wildcard_beats_default() {
+        let l = listener(vec![
+            chain("default", None, &[], &[]),
+            chain("wild", None, &["*.example.test"], &[]),
+            chain("exact", None, &["api.example.test"], &[]),
+        ]);
+        assert_eq!(pick(&l, 80, Some("api.example.test"), "127.0.0.1"), Some("exact"));
+        assert_eq!(pick(&l, 80, Some("API.Example.Test"), "127.0.0.1"), Some("exact"));
+        assert_eq!(pick(&l, 80, Some("www.example.test"), "127.0.0.1"), Some("wild"));
+        assert_eq!(pick(&l, 80, Some("example.test"), "127.0.0.1"), Some("default"));
+        assert_eq!(pick(&l, 80, None, "127.0.0.1"), Some("default"));
+    }
+
+    #[test]
+    fn longest_wildcard_wins_and_no_default_means_no_match() {
+        let l = listener(vec![
+            chain("short", None, &["*.test"], &[]),
+            chain("long", None, &["*.example.test"], &[]),
+        ]);
+        assert_eq!(pick(&l, 80, Some("a.example.test"), "127.0.0.1"), Some("long"));
+        assert_eq!(pick(&l, 80, Some("a.other.test"), "127.0.0.1"), Some("short"));
+        assert_eq!(pick(&l, 80, Some("other.org"), "127.0.0.1"), None);
+        assert_eq!(pick(&l, 80, None, "127.0.0.1"), None);
+    }
+
+    #[test]
+    fn destination_port_is_considered_first() {
+        let l = listener(vec![
+            chain("sni", None, &["a.test"], &[]),
+            chain("port", Some(8443), &[], &[]),
+        ]);
+        assert_eq!(pick(&l, 8443, Some("a.test"), "127.0.0.1"), Some("port"));
+        assert_eq!(pick(&l, 80, Some("a.test"), "127.0.0.1"), Some("sni"));
+    }
+
+    #[test]
+    fn longest_source_prefix_wins() {
+        let l = listener(vec![
+            chain("any", None, &[], &[]),
+            chain("lo8", None, &[], &["127.0.0.0/8"]),
+            chain("host", None, &[], &["127.0.0.2/32"]),
+            chain("v6", None, &[], &["::1/128"]),
+        ]);
+        assert_eq!(pick(&l, 80, None, "127.0.0.2"), Some("host"));
+        assert_eq!(pick(&l, 80, None, "127.0.0.1"), Some("lo8"));
+        assert_eq!(pick(&l, 80, None, "10.1.2.3"), Some("any"));
+        assert_eq!(pick(&l, 80, None, "::1"), Some("v6"));
+    }
+}

@@ -1,0 +1,171 @@
+//! Network filters: the `NetworkFilter` extension point, the downstream
+//! `Connection` handed along a filter chain, and the context factories build
+//! from. Filters run in chain order when a connection is accepted; the last
+//! one is terminal and owns the connection from then on (`tcp_proxy`, or the
+//! L7 `proxy` that drives a codec).
+
+use crate::cluster::{Cluster, ClusterManager};
+use crate::error::BuildError;
+use bytes::Bytes;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Any byte stream a transport can hand to filters (a TLS stream, say).
+pub trait AsyncIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncIo for T {}
+
+/// The downstream byte stream. Plain TCP is kept as its concrete type so a
+/// terminal filter can use zero-copy paths (splice) on it.
+pub enum DownstreamIo {
+    Tcp(TcpStream),
+    Boxed(Box<dyn AsyncIo>),
+}
+
+impl AsyncRead for DownstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DownstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            DownstreamIo::Boxed(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DownstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            DownstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            DownstreamIo::Boxed(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DownstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            DownstreamIo::Boxed(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DownstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            DownstreamIo::Boxed(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            DownstreamIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            DownstreamIo::Boxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            DownstreamIo::Tcp(s) => s.is_write_vectored(),
+            DownstreamIo::Boxed(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// What filters know about a downstream connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Process-unique connection id (for logs).
+    pub id: u64,
+    pub listener: Arc<str>,
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    /// SNI from the TLS ClientHello, when the listener inspected it.
+    pub server_name: Option<String>,
+    /// The chosen filter chain's name, if it has one.
+    pub filter_chain: Option<Arc<str>>,
+}
+
+/// A downstream connection travelling down a filter chain.
+pub struct Connection {
+    pub io: DownstreamIo,
+    /// Bytes already read from `io` by the listener (e.g. a ClientHello read
+    /// to choose a chain by SNI). The terminal filter must treat them as the
+    /// start of the stream.
+    pub preface: Bytes,
+    pub info: ConnectionInfo,
+    /// Cancelled when the server starts draining: L7 filters stop reusing
+    /// the connection; L4 filters may ignore it.
+    pub drain: CancellationToken,
+}
+
+/// What a non-terminal filter decides for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterStatus {
+    Continue,
+    /// Close the connection now.
+    Close,
+}
+
+/// A boxed future a terminal filter serves a connection with.
+pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A network filter built from config.
+pub trait NetworkFilter: Send + Sync + 'static {
+    /// Whether the filter owns the connection (must be last in its chain).
+    fn terminal(&self) -> bool {
+        false
+    }
+
+    /// Runs when a connection is accepted, in chain order, before the
+    /// terminal filter; may annotate `info` or refuse the connection.
+    fn on_new_connection(&self, _info: &mut ConnectionInfo) -> FilterStatus {
+        FilterStatus::Continue
+    }
+
+    /// Serves the connection to its end. Called only on the terminal filter.
+    fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
+        drop(conn);
+        Box::pin(async {})
+    }
+}
+
+/// What a factory may consult while building a filter.
+pub struct BuildContext<'a> {
+    pub listener: &'a str,
+    pub clusters: &'a ClusterManager,
+}
+
+impl BuildContext<'_> {
+    /// The cluster named `name`, or a build error at `field`.
+    pub fn cluster(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError> {
+        self.clusters.get(name).cloned().ok_or_else(|| {
+            let mut known: Vec<&str> = self.clusters.iter().map(|c| &*c.name).collect();
+            known.sort();
+            BuildError::new(
+                field,
+                format!("unknown cluster '{name}' (defined: {})", known.join(", ")),
+            )
+        })
+    }
+}
+
+/// A network filter registered by name.
+pub trait NetworkFilterFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn create(
+        &self,
+        config: &serde_json::Value,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn NetworkFilter>, BuildError>;
+}

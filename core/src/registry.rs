@@ -1,0 +1,61 @@
+//! The registry of extensions: every network filter and load balancer is a
+//! factory found here by name. `cmd/` fills it with the concrete filters and
+//! codecs of the other crates; core itself registers only its built-in load
+//! balancers and knows no concrete filter.
+
+use crate::lb::{LoadBalancerFactory, builtin_factories};
+use crate::network::NetworkFilterFactory;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Factories by name.
+pub struct Registry {
+    network_filters: BTreeMap<String, Arc<dyn NetworkFilterFactory>>,
+    load_balancers: BTreeMap<String, Arc<dyn LoadBalancerFactory>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry holding the built-in load balancers.
+    pub fn new() -> Self {
+        let mut r = Self {
+            network_filters: BTreeMap::new(),
+            load_balancers: BTreeMap::new(),
+        };
+        for f in builtin_factories() {
+            r.register_load_balancer(f);
+        }
+        r
+    }
+
+    /// Adds (or replaces) a network filter factory under its name.
+    pub fn register_network_filter(&mut self, f: Arc<dyn NetworkFilterFactory>) {
+        self.network_filters.insert(f.name().to_string(), f);
+    }
+
+    pub fn network_filter(&self, name: &str) -> Option<&Arc<dyn NetworkFilterFactory>> {
+        self.network_filters.get(name)
+    }
+
+    pub fn network_filter_names(&self) -> Vec<&str> {
+        self.network_filters.keys().map(String::as_str).collect()
+    }
+
+    /// Adds (or replaces) a load balancer factory under its name.
+    pub fn register_load_balancer(&mut self, f: Arc<dyn LoadBalancerFactory>) {
+        self.load_balancers.insert(f.name().to_string(), f);
+    }
+
+    pub fn load_balancer(&self, name: &str) -> Option<&Arc<dyn LoadBalancerFactory>> {
+        self.load_balancers.get(name)
+    }
+
+    pub fn load_balancer_names(&self) -> Vec<&str> {
+        self.load_balancers.keys().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,14 @@
+//! Network and stream filters of meshgate, one module per filter, each
+//! registered by name with `register_all`.
+
+pub mod echo;
+pub mod tcp_proxy;
+
+use meshgate_core::registry::Registry;
+use std::sync::Arc;
+
+/// Registers every filter of this crate.
+pub fn register_all(registry: &mut Registry) {
+    registry.register_network_filter(Arc::new(echo::EchoFactory));
+    registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory));
+}

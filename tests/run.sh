@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs the peers the tests use,
+# builds the release binary once (the end-to-end tests share it), checks
+# formatting and lints, then runs every test with cargo-nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Peers the end-to-end tests drive (Debian packages).
+apt_pkgs=()
+command -v curl >/dev/null || apt_pkgs+=(curl)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_pkgs[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+cargo build --release --locked -p meshgate
+export MESHGATE_BIN="$PWD/target/release/meshgate"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

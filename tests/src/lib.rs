@@ -1,0 +1,254 @@
+//! Shared helpers of the end-to-end tests: find the release binary, start it
+//! on a generated config with ephemeral loopback ports, wait for readiness,
+//! read the admin endpoints. Every test talks to the real `meshgate` binary
+//! over 127.0.0.1 only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The meshgate binary: `$MESHGATE_BIN`, else the workspace's release build,
+/// built once on first use if missing (tests/run.sh builds it up front).
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("MESHGATE_BIN") {
+            return PathBuf::from(p);
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
+        let p = target.join("release").join("meshgate");
+        if !p.exists() {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "--release", "-p", "meshgate"])
+                .current_dir(workspace())
+                .status()
+                .expect("cargo build");
+            assert!(st.success(), "building the release binary failed");
+        }
+        p
+    })
+    .clone()
+}
+
+/// A free loopback port (bound then released; the kernel won't hand it out
+/// again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running meshgate process; killed on drop.
+pub struct Meshgate {
+    pub child: Child,
+    pub admin: Option<SocketAddr>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Meshgate {
+    /// Writes `yaml` to a temp file and starts meshgate on it. `{ADMIN}` in
+    /// the text is replaced by a free admin address, which is awaited
+    /// (`/ready` answers 200) before returning.
+    pub fn start(yaml: &str) -> Self {
+        Self::start_with_args(yaml, &[])
+    }
+
+    pub fn start_with_args(yaml: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: Option<SocketAddr> = if yaml.contains("{ADMIN}") {
+            Some(format!("127.0.0.1:{}", free_port()).parse().unwrap())
+        } else {
+            None
+        };
+        let text = match admin {
+            Some(a) => yaml.replace("{ADMIN}", &a.to_string()),
+            None => yaml.to_string(),
+        };
+        let config = dir.path().join("meshgate.yaml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("meshgate.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin())
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .args(["--log-level", "debug"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start meshgate");
+        let mut m = Self {
+            child,
+            admin,
+            config,
+            log,
+            _dir: dir,
+        };
+        if admin.is_some() {
+            m.wait_ready();
+        }
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("meshgate exited early ({st}):\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = self.try_admin_get("/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("meshgate not ready in 20s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.admin.expect("no admin in this config"), path)
+    }
+
+    /// GET on the admin server: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.try_admin_get(path).expect("admin request")
+    }
+
+    /// Sum of a Prometheus metric's samples whose labels contain every
+    /// `k="v"` pair of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.admin_get("/stats/prometheus");
+        metric_from(&body, name, labels)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid, which is still ours to reap.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Meshgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- meshgate log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Parses a Prometheus text exposition for one metric.
+pub fn metric_from(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A minimal HTTP/1.0 GET (the admin server is HTTP/1.1; no keep-alive).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((status, body))
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never listened");
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Runs `meshgate` with `args` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run meshgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

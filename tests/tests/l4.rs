@@ -1,0 +1,516 @@
+//! End-to-end L4 tests: the real meshgate binary with `tcp_proxy` in front of
+//! real TCP backends on loopback.
+
+use meshgate_tests::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A backend that answers every connection with `name\n` and closes.
+fn name_backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+    addr
+}
+
+/// A backend that echoes every byte until EOF, then half-closes.
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn read_line(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.trim().to_string())
+}
+
+fn lb_config(
+    listen: u16,
+    endpoints: &[SocketAddr],
+    extra_cluster: &str,
+    extra_proxy: &str,
+) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|e| format!("      - address: {e}\n"))
+        .collect();
+    format!(
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: front\n    address: 127.0.0.1:{listen}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config:\n              cluster: backends\n{extra_proxy}clusters:\n  - name: backends\n    connect_timeout: 1s\n{extra_cluster}    endpoints:\n{eps}"
+    )
+}
+
+#[test]
+fn round_robin_spreads_evenly_over_three_backends() {
+    let backends = [name_backend("a"), name_backend("b"), name_backend("c")];
+    let port = free_port();
+    let mg = Meshgate::start(&lb_config(
+        port,
+        &backends,
+        "    lb_policy: round_robin\n",
+        "",
+    ));
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for _ in 0..30 {
+        *counts.entry(read_line(front).unwrap()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (k, v) in &counts {
+        assert_eq!(*v, 10, "backend {k} got {v} of 30: {counts:?}");
+    }
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_cx_total",
+            &[("cluster", "backends")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_listener_downstream_cx_total",
+            &[("listener", "front")]
+        ),
+        30.0
+    );
+}
+
+#[test]
+fn failover_when_one_backend_is_down_loses_no_connection() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let backends = [name_backend("a"), dead, name_backend("c")];
+    let port = free_port();
+    let mg = Meshgate::start(&lb_config(port, &backends, "", ""));
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for i in 0..60 {
+        let got = read_line(front).unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+        assert!(got == "a" || got == "c", "connection {i} got {got:?}");
+        *counts.entry(got).or_default() += 1;
+    }
+    assert!(counts["a"] >= 20 && counts["c"] >= 20, "{counts:?}");
+    let fails = mg.metric(
+        "meshgate_cluster_upstream_cx_connect_fail_total",
+        &[("cluster", "backends"), ("reason", "refused")],
+    );
+    // The dead endpoint is tried once, then skipped for its back-off period.
+    assert!((1.0..=3.0).contains(&fails), "connect failures: {fails}");
+}
+
+#[test]
+fn one_gibibyte_both_ways_is_byte_identical() {
+    const TOTAL: usize = 1 << 30;
+    let backend = echo_backend();
+    let port = free_port();
+    let mg = Meshgate::start(&lb_config(port, &[backend], "", ""));
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut prng = Prng::new(42);
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            prng.fill(&mut buf);
+            hasher.update(&buf);
+            w.write_all(&buf).unwrap();
+            sent += buf.len();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+        hasher.digest()
+    });
+    let mut r = s;
+    r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0usize;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        got += n;
+    }
+    let sent_hash = writer.join().unwrap();
+    assert_eq!(got, TOTAL);
+    assert_eq!(hasher.digest(), sent_hash, "echoed bytes differ");
+    let up = mg.metric(
+        "meshgate_cluster_upstream_bytes_sent_total",
+        &[("cluster", "backends")],
+    );
+    let down = mg.metric(
+        "meshgate_cluster_upstream_bytes_received_total",
+        &[("cluster", "backends")],
+    );
+    assert_eq!(up, TOTAL as f64);
+    assert_eq!(down, TOTAL as f64);
+}
+
+#[test]
+fn half_close_in_both_directions() {
+    // Client half-closes first: the backend sees EOF and still answers.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b1 = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(format!("got {} bytes", got.len()).as_bytes())
+                .unwrap();
+        }
+    });
+    // Backend half-closes first: the client still sends, the backend reads it.
+    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b2 = l2.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l2.incoming().flatten() {
+            let mut s = s;
+            s.write_all(b"bye").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            tx.send(got).unwrap();
+        }
+    });
+    let p1 = free_port();
+    let p2 = free_port();
+    let yaml = format!(
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: one\n    address: 127.0.0.1:{p1}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: one}}\n  - name: two\n    address: 127.0.0.1:{p2}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: two}}\nclusters:\n  - name: one\n    endpoints: [{{address: \"{b1}\"}}]\n  - name: two\n    endpoints: [{{address: \"{b2}\"}}]\n"
+    );
+    let _mg = Meshgate::start(&yaml);
+
+    let mut s = TcpStream::connect(("127.0.0.1", p1)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"hello").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert_eq!(resp, "got 5 bytes");
+
+    let mut s = TcpStream::connect(("127.0.0.1", p2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = Vec::new();
+    s.read_to_end(&mut first).unwrap(); // EOF after "bye": the backend half-closed
+    assert_eq!(first, b"bye");
+    s.write_all(b"still talking").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(got, b"still talking");
+}
+
+#[test]
+fn connection_limit_refuses_the_extra_connection() {
+    let backend = echo_backend();
+    let port = free_port();
+    let yaml = lb_config(port, &[backend], "", "").replace(
+        "    filter_chains:",
+        "    max_connections: 2\n    filter_chains:",
+    );
+    let mg = Meshgate::start(&yaml);
+    let ping = |s: &mut TcpStream| -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        if s.write_all(b"x").is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    };
+    let mut a = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut b = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(ping(&mut a) && ping(&mut b));
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(!ping(&mut c), "third connection must be refused");
+    assert_eq!(
+        mg.metric(
+            "meshgate_listener_downstream_cx_overflow_total",
+            &[("listener", "front")]
+        ),
+        1.0
+    );
+    drop(a);
+    // The slot frees once meshgate sees the close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut d = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if ping(&mut d) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ping(&mut b));
+}
+
+#[test]
+fn backend_that_resets_or_never_answers_closes_the_client() {
+    // Resets every connection it accepts.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let resetter = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            socket_linger_zero(&s);
+            drop(s);
+        }
+    });
+    // Accepts and never says a word.
+    let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = l2.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l2.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let p1 = free_port();
+    let p2 = free_port();
+    let p3 = free_port();
+    let nothing = free_port();
+    let yaml = format!(
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: reset\n    address: 127.0.0.1:{p1}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: reset}}\n  - name: silent\n    address: 127.0.0.1:{p2}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: silent, idle_timeout: 500ms}}\n  - name: refused\n    address: 127.0.0.1:{p3}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: refused}}\nclusters:\n  - name: reset\n    endpoints: [{{address: \"{resetter}\"}}]\n  - name: silent\n    endpoints: [{{address: \"{silent}\"}}]\n  - name: refused\n    endpoints: [{{address: \"127.0.0.1:{nothing}\"}}]\n"
+    );
+    let mg = Meshgate::start(&yaml);
+    for port in [p1, p2, p3] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "port {port}: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "port {port} hung {:?}",
+            t.elapsed()
+        );
+    }
+    let wait_metric = |name: &str, labels: &[(&str, &str)]| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let v = mg.metric(name, labels);
+            if v >= 1.0 || Instant::now() > deadline {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(
+        wait_metric(
+            "meshgate_cluster_upstream_cx_destroy_total",
+            &[("cluster", "reset"), ("reason", "reset")]
+        ) >= 1.0
+    );
+    assert!(
+        wait_metric(
+            "meshgate_cluster_upstream_cx_destroy_total",
+            &[("cluster", "silent"), ("reason", "idle_timeout")]
+        ) >= 1.0
+    );
+    assert!(
+        wait_metric(
+            "meshgate_cluster_upstream_cx_connect_fail_total",
+            &[("cluster", "refused"), ("reason", "refused")]
+        ) >= 1.0
+    );
+    assert!(
+        wait_metric(
+            "meshgate_tcp_proxy_upstream_unavailable_total",
+            &[("listener", "refused")]
+        ) >= 1.0
+    );
+}
+
+fn socket_linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid fd with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_accepting_and_drains_open_connections() {
+    let backend = echo_backend();
+    let port = free_port();
+    let mut mg = Meshgate::start_with_args(
+        &lb_config(port, &[backend], "", ""),
+        &["--drain-time", "10s"],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"before").unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).unwrap();
+    mg.terminate();
+    // Readiness flips and the listener closes...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // ...while the open connection keeps working.
+    s.write_all(b"during").unwrap();
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"during");
+    assert!(
+        mg.child.try_wait().unwrap().is_none(),
+        "exited before the connection closed"
+    );
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let st = mg
+        .wait_exit(Duration::from_secs(5))
+        .expect("did not exit after the last connection closed");
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn drain_time_bounds_the_wait_for_open_connections() {
+    let backend = echo_backend();
+    let port = free_port();
+    let mut mg = Meshgate::start_with_args(
+        &lb_config(port, &[backend], "", ""),
+        &["--drain-time", "1s"],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    let t = Instant::now();
+    mg.terminate();
+    let st = mg
+        .wait_exit(Duration::from_secs(6))
+        .expect("did not exit after the drain time");
+    assert!(st.success(), "{st}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "exited before the drain time: {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn admin_serves_ready_stats_and_config_dump() {
+    let backend = echo_backend();
+    let port = free_port();
+    let mg = Meshgate::start(&lb_config(port, &[backend], "", ""));
+    assert_eq!(mg.admin_get("/ready"), (200, "LIVE\n".to_string()));
+    let (code, dump) = mg.admin_get("/config_dump");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["config"]["listeners"][0]["name"], "front");
+    assert_eq!(
+        v["config"]["clusters"][0]["endpoints"][0]["address"],
+        backend.to_string()
+    );
+    assert!(v["version"].as_u64().unwrap() >= 1);
+    assert!(v["source"].as_str().unwrap().ends_with("meshgate.yaml"));
+    let (code, stats) = mg.admin_get("/stats/prometheus");
+    assert_eq!(code, 200);
+    assert!(
+        stats.contains("meshgate_listener_downstream_cx_total"),
+        "{stats}"
+    );
+    assert_eq!(mg.admin_get("/nope").0, 404);
+}
+
+#[test]
+fn strict_dns_cluster_resolves_localhost() {
+    let backend = name_backend("dns");
+    let port = free_port();
+    let yaml = lb_config(
+        port,
+        &[],
+        "    type: strict_dns\n    dns_refresh_rate: 1s\n",
+        "",
+    ) + &format!("      - address: localhost:{}\n", backend.port());
+    let _mg = Meshgate::start(&yaml);
+    for _ in 0..5 {
+        assert_eq!(
+            read_line(format!("127.0.0.1:{port}").parse().unwrap()).unwrap(),
+            "dns"
+        );
+    }
+}
+
+#[test]
+fn hashing_policies_keep_a_source_on_one_backend() {
+    for policy in ["ring_hash", "maglev"] {
+        let backends = [name_backend("a"), name_backend("b"), name_backend("c")];
+        let port = free_port();
+        let mg = Meshgate::start(&lb_config(
+            port,
+            &backends,
+            &format!("    lb_policy: {policy}\n"),
+            "",
+        ));
+        let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let first = read_line(front).unwrap();
+        for _ in 0..20 {
+            assert_eq!(read_line(front).unwrap(), first, "{policy}");
+        }
+        drop(mg);
+    }
+}
+
+#[test]
+fn weighted_clusters_split_connections() {
+    let a = name_backend("a");
+    let b = name_backend("b");
+    let port = free_port();
+    let yaml = format!(
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: front\n    address: 127.0.0.1:{port}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config:\n              weighted_clusters:\n                - {{name: stable, weight: 3}}\n                - {{name: canary, weight: 1}}\nclusters:\n  - name: stable\n    endpoints: [{{address: \"{a}\"}}]\n  - name: canary\n    endpoints: [{{address: \"{b}\"}}]\n"
+    );
+    let _mg = Meshgate::start(&yaml);
+    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut canary = 0;
+    for _ in 0..400 {
+        if read_line(front).unwrap() == "b" {
+            canary += 1;
+        }
+    }
+    // expected 100 of 400; binomial sd ~8.7, so 60..140 is > 4 sd
+    assert!((60..=140).contains(&canary), "canary got {canary} of 400");
+}
