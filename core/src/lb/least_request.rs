@@ -95,7 +95,10 @@ mod tests {
         for (i, (&got, &w)) in c.iter().zip(weights).enumerate() {
             let want = total as f64 * f64::from(w) / f64::from(wsum);
             let err = (got as f64 - want).abs() / want;
-            assert!(err < 0.05, "endpoint {i}: {got}, want {want:.0} (±5%): {c:?}");
+            assert!(
+                err < 0.05,
+                "endpoint {i}: {got}, want {want:.0} (±5%): {c:?}"
+            );
         }
     }
 

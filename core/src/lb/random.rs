@@ -162,7 +162,12 @@ mod tests {
             .build(&endpoints(weights))
     }
 
-    fn counts(lb: &dyn LoadBalancer, n: usize, picks: usize, avail: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    fn counts(
+        lb: &dyn LoadBalancer,
+        n: usize,
+        picks: usize,
+        avail: &dyn Fn(usize) -> bool,
+    ) -> Vec<usize> {
         let mut c = vec![0; n];
         for _ in 0..picks {
             c[lb.pick(&LbContext::default(), avail).unwrap()] += 1;
@@ -177,7 +182,10 @@ mod tests {
         for (i, (&got, &w)) in c.iter().zip(weights).enumerate() {
             let want = total as f64 * f64::from(w) / f64::from(wsum);
             let err = (got as f64 - want).abs() / want;
-            assert!(err < 0.05, "endpoint {i}: {got} picks, want {want:.0} (±5%): {c:?}");
+            assert!(
+                err < 0.05,
+                "endpoint {i}: {got} picks, want {want:.0} (±5%): {c:?}"
+            );
         }
     }
 

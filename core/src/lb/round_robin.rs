@@ -228,7 +228,12 @@ mod tests {
             .build(&endpoints(weights))
     }
 
-    fn counts(lb: &dyn LoadBalancer, n: usize, picks: usize, avail: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    fn counts(
+        lb: &dyn LoadBalancer,
+        n: usize,
+        picks: usize,
+        avail: &dyn Fn(usize) -> bool,
+    ) -> Vec<usize> {
         let mut c = vec![0; n];
         for _ in 0..picks {
             c[lb.pick(&LbContext::default(), avail).unwrap()] += 1;
@@ -312,7 +317,10 @@ mod tests {
         assert_eq!(counts(&lb, 3, 6 * 500, &|_| true), vec![500, 1000, 1500]);
         let c = counts(&lb, 3, 3 * 500, &|i| i != 2);
         // The random start state may shift the first period by one pick.
-        assert!((c[0] as i64 - 500).abs() <= 2 && (c[1] as i64 - 1000).abs() <= 2, "{c:?}");
+        assert!(
+            (c[0] as i64 - 500).abs() <= 2 && (c[1] as i64 - 1000).abs() <= 2,
+            "{c:?}"
+        );
         assert_eq!(c[2], 0);
         assert_eq!(lb.pick(&LbContext::default(), &|_| false), None);
 
@@ -326,7 +334,10 @@ mod tests {
     #[test]
     fn options() {
         assert!(RoundRobinFactory.create(&json!({})).is_ok());
-        let e = RoundRobinFactory.create(&json!({"weight": 3})).err().unwrap();
+        let e = RoundRobinFactory
+            .create(&json!({"weight": 3}))
+            .err()
+            .unwrap();
         assert!(e.message.contains("unknown field"), "{e}");
     }
 }
