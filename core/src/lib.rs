@@ -6,15 +6,19 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod registry;
+pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod stream;
 pub mod tls_inspect;
 
 pub use error::{BuildError, ConfigError, Error};

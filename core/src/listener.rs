@@ -2,13 +2,13 @@
 //! connection limit, the choice of a filter chain (destination port, SNI,
 //! source CIDR) and the run of the chain's network filters.
 
+use crate::cluster::ClusterManager;
 use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
     BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
 };
-use crate::cluster::ClusterManager;
 use crate::registry::Registry;
 use crate::tls_inspect;
 use arc_swap::ArcSwap;
@@ -70,7 +70,10 @@ impl CompiledListener {
             )
         })?;
         if cfg.filter_chains.is_empty() {
-            return Err(source.error(format!("{path}.filter_chains"), "needs at least one filter chain"));
+            return Err(source.error(
+                format!("{path}.filter_chains"),
+                "needs at least one filter chain",
+            ));
         }
         let mut chains = Vec::with_capacity(cfg.filter_chains.len());
         for (i, fc) in cfg.filter_chains.iter().enumerate() {
@@ -107,7 +110,10 @@ impl CompiledListener {
         let mut cands: Vec<&FilterChain> = self.chains.iter().collect();
         // destination port
         let port = local.port();
-        if cands.iter().any(|c| c.matcher.destination_port == Some(port)) {
+        if cands
+            .iter()
+            .any(|c| c.matcher.destination_port == Some(port))
+        {
             cands.retain(|c| c.matcher.destination_port == Some(port));
         } else {
             cands.retain(|c| c.matcher.destination_port.is_none());
@@ -123,7 +129,9 @@ impl CompiledListener {
                 .iter()
                 .filter_map(|n| match n.strip_prefix('*') {
                     None if n.eq_ignore_ascii_case(sni) => Some(usize::MAX),
-                    Some(suffix) if sni.len() > suffix.len() && ends_with_ignore_case(sni, suffix) => {
+                    Some(suffix)
+                        if sni.len() > suffix.len() && ends_with_ignore_case(sni, suffix) =>
+                    {
                         Some(suffix.len())
                     }
                     _ => None,
@@ -165,7 +173,8 @@ fn build_chain(
     if let Some(m) = &fc.filter_chain_match {
         matcher.destination_port = m.destination_port;
         for (i, n) in m.server_names.iter().enumerate() {
-            let ok = !n.is_empty() && (!n.contains('*') || (n.starts_with("*.") && !n[1..].contains('*')));
+            let ok = !n.is_empty()
+                && (!n.contains('*') || (n.starts_with("*.") && !n[1..].contains('*')));
             if !ok {
                 return Err(source.error(
                     format!("{path}.filter_chain_match.server_names[{i}]"),
@@ -188,9 +197,16 @@ fn build_chain(
         }
     }
     if fc.filters.is_empty() {
-        return Err(source.error(format!("{path}.filters"), "needs at least one network filter"));
+        return Err(source.error(
+            format!("{path}.filters"),
+            "needs at least one network filter",
+        ));
     }
-    let ctx = BuildContext { listener, clusters };
+    let ctx = BuildContext {
+        listener,
+        clusters,
+        registry,
+    };
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {
@@ -217,7 +233,10 @@ fn build_chain(
         if i != last && filter.terminal() {
             return Err(source.error(
                 format!("{fpath}.name"),
-                format!("'{}' owns the connection and must be the last filter of its chain", f.name),
+                format!(
+                    "'{}' owns the connection and must be the last filter of its chain",
+                    f.name
+                ),
             ));
         }
         built.push(filter);
@@ -234,7 +253,11 @@ fn build_chain(
 /// Binds a listening socket with SO_REUSEADDR and the configured backlog.
 pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
@@ -407,7 +430,12 @@ mod tests {
         }
     }
 
-    fn pick<'a>(l: &'a CompiledListener, port: u16, sni: Option<&str>, src: &str) -> Option<&'a str> {
+    fn pick<'a>(
+        l: &'a CompiledListener,
+        port: u16,
+        sni: Option<&str>,
+        src: &str,
+    ) -> Option<&'a str> {
         let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         l.select_chain(&local, sni, &src.parse().unwrap())
             .and_then(|c| c.name.as_deref())
@@ -420,10 +448,22 @@ mod tests {
             chain("wild", None, &["*.example.test"], &[]),
             chain("exact", None, &["api.example.test"], &[]),
         ]);
-        assert_eq!(pick(&l, 80, Some("api.example.test"), "127.0.0.1"), Some("exact"));
-        assert_eq!(pick(&l, 80, Some("API.Example.Test"), "127.0.0.1"), Some("exact"));
-        assert_eq!(pick(&l, 80, Some("www.example.test"), "127.0.0.1"), Some("wild"));
-        assert_eq!(pick(&l, 80, Some("example.test"), "127.0.0.1"), Some("default"));
+        assert_eq!(
+            pick(&l, 80, Some("api.example.test"), "127.0.0.1"),
+            Some("exact")
+        );
+        assert_eq!(
+            pick(&l, 80, Some("API.Example.Test"), "127.0.0.1"),
+            Some("exact")
+        );
+        assert_eq!(
+            pick(&l, 80, Some("www.example.test"), "127.0.0.1"),
+            Some("wild")
+        );
+        assert_eq!(
+            pick(&l, 80, Some("example.test"), "127.0.0.1"),
+            Some("default")
+        );
         assert_eq!(pick(&l, 80, None, "127.0.0.1"), Some("default"));
     }
 
@@ -433,8 +473,14 @@ mod tests {
             chain("short", None, &["*.test"], &[]),
             chain("long", None, &["*.example.test"], &[]),
         ]);
-        assert_eq!(pick(&l, 80, Some("a.example.test"), "127.0.0.1"), Some("long"));
-        assert_eq!(pick(&l, 80, Some("a.other.test"), "127.0.0.1"), Some("short"));
+        assert_eq!(
+            pick(&l, 80, Some("a.example.test"), "127.0.0.1"),
+            Some("long")
+        );
+        assert_eq!(
+            pick(&l, 80, Some("a.other.test"), "127.0.0.1"),
+            Some("short")
+        );
         assert_eq!(pick(&l, 80, Some("other.org"), "127.0.0.1"), None);
         assert_eq!(pick(&l, 80, None, "127.0.0.1"), None);
     }

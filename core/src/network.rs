@@ -144,6 +144,9 @@ pub trait NetworkFilter: Send + Sync + 'static {
 pub struct BuildContext<'a> {
     pub listener: &'a str,
     pub clusters: &'a ClusterManager,
+    /// Every registered extension (the `proxy` filter finds codecs and
+    /// stream filters here).
+    pub registry: &'a crate::registry::Registry,
 }
 
 impl BuildContext<'_> {
@@ -168,4 +171,71 @@ pub trait NetworkFilterFactory: Send + Sync {
         config: &serde_json::Value,
         ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn NetworkFilter>, BuildError>;
+}
+
+/// A downstream stream that first yields bytes already read (the
+/// connection's preface), then reads from the socket. Codecs that parse from
+/// the start of the connection wrap `Connection::io` with it.
+pub struct PrefixedIo {
+    preface: Bytes,
+    io: DownstreamIo,
+}
+
+impl PrefixedIo {
+    pub fn new(preface: Bytes, io: DownstreamIo) -> Self {
+        Self { preface, io }
+    }
+}
+
+impl AsyncRead for PrefixedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        if !me.preface.is_empty() {
+            let n = me.preface.len().min(buf.remaining());
+            buf.put_slice(&me.preface.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PrefixedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl Connection {
+    /// The byte stream with the preface put back in front.
+    pub fn into_prefixed(self) -> (PrefixedIo, ConnectionInfo, CancellationToken) {
+        (
+            PrefixedIo::new(self.preface, self.io),
+            self.info,
+            self.drain,
+        )
+    }
 }

@@ -38,7 +38,12 @@ pub fn validate(path: &Path, registry: &Registry) -> Result<Snapshot, ConfigErro
     Snapshot::build(config, &source, registry, BuildMode::Validate)
 }
 
-fn bind_error(source: &crate::config::ConfigSource, field: String, addr: std::net::SocketAddr, e: std::io::Error) -> ConfigError {
+fn bind_error(
+    source: &crate::config::ConfigSource,
+    field: String,
+    addr: std::net::SocketAddr,
+    e: std::io::Error,
+) -> ConfigError {
     let why = if e.kind() == std::io::ErrorKind::AddrInUse {
         "address already in use".to_string()
     } else {
@@ -66,7 +71,9 @@ pub async fn run(
         bound.push((l.clone(), sock));
     }
     let admin_sock = match snapshot.admin_address {
-        Some(a) => Some(bind(a, 128).map_err(|e| bind_error(&source, "admin.address".into(), a, e))?),
+        Some(a) => {
+            Some(bind(a, 128).map_err(|e| bind_error(&source, "admin.address".into(), a, e))?)
+        }
         None => None,
     };
 
@@ -82,7 +89,12 @@ pub async fn run(
     for (compiled, sock) in bound {
         tracing::info!(listener = %compiled.name, address = %compiled.address, "listening");
         let running = RunningListener::new(compiled);
-        tokio::spawn(running.accept_loop(sock, accept_stop.clone(), drain.clone(), tracker.clone()));
+        tokio::spawn(running.accept_loop(
+            sock,
+            accept_stop.clone(),
+            drain.clone(),
+            tracker.clone(),
+        ));
     }
     let admin_state = Arc::new(AdminState {
         snapshot: snapshot.clone(),
@@ -103,8 +115,14 @@ pub async fn run(
     accept_stop.cancel();
     drain.cancel();
     tracker.close();
-    if tokio::time::timeout(opts.drain_time, tracker.wait()).await.is_err() {
-        tracing::warn!(open = tracker.len(), "drain time over; closing remaining connections");
+    if tokio::time::timeout(opts.drain_time, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "drain time over; closing remaining connections"
+        );
     } else {
         tracing::info!("all connections drained");
     }

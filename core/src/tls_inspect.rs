@@ -87,7 +87,10 @@ mod tests {
         v.extend(std::iter::repeat_n(0xAA, 300));
         let r = inspect(&v);
         assert!(matches!(r, Inspection::Incomplete | Inspection::NotTls));
-        assert_eq!(inspect(&[0x16, 0x03, 0x01, 0x00, 0x04, 1, 0, 0, 0]), Inspection::NotTls);
+        assert_eq!(
+            inspect(&[0x16, 0x03, 0x01, 0x00, 0x04, 1, 0, 0, 0]),
+            Inspection::NotTls
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 //! registered by name with `register_all`.
 
 pub mod echo;
+pub mod proxy;
 pub mod tcp_proxy;
 
 use meshgate_core::registry::Registry;
@@ -11,4 +12,5 @@ use std::sync::Arc;
 pub fn register_all(registry: &mut Registry) {
     registry.register_network_filter(Arc::new(echo::EchoFactory));
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory));
+    registry.register_network_filter(Arc::new(proxy::ProxyFactory));
 }

@@ -207,6 +207,8 @@ impl TcpProxy {
             return;
         };
         tracing::trace!(conn = conn.info.id, upstream = %up.endpoint.address, "upstream connected");
+        // For least_request, an L4 connection is one request.
+        let _active = up.endpoint.start_request();
         let Connection {
             io, preface, info, ..
         } = conn;

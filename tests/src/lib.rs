@@ -3,6 +3,8 @@
 //! read the admin endpoints. Every test talks to the real `meshgate` binary
 //! over 127.0.0.1 only.
 
+pub mod backend;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

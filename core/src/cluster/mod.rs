@@ -2,6 +2,7 @@
 //! DNS), the load balancer over them, connect back-off of failed endpoints,
 //! the max-connections circuit breaker and the per-cluster counters.
 
+use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::ConfigError;
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
@@ -136,13 +137,24 @@ impl ConnectError {
 }
 
 /// An upstream connection with its bookkeeping: dropping it releases the
-/// circuit-breaker slot and the endpoint's active count.
+/// circuit-breaker slot. (Active requests are counted per request by the
+/// caller, with `Endpoint::start_request`.)
 pub struct UpstreamConnection {
     pub stream: TcpStream,
     pub endpoint: Arc<Endpoint>,
-    _request: RequestGuard,
     _slot: ConnectionSlot,
 }
+
+impl UpstreamConnection {
+    /// Splits off the socket; the returned guard keeps the circuit-breaker
+    /// slot until the connection's task drops it.
+    pub fn into_parts(self) -> (TcpStream, Arc<Endpoint>, ConnectionGuard) {
+        (self.stream, self.endpoint, ConnectionGuard(self._slot))
+    }
+}
+
+/// Holds an upstream connection's circuit-breaker slot.
+pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot);
 
 struct ConnectionSlot(Arc<Cluster>);
 
@@ -163,6 +175,10 @@ pub struct Cluster {
     lb_builder: Arc<dyn LoadBalancerBuilder>,
     active_connections: AtomicU32,
     pub stats: ClusterStats,
+    /// The upstream codec for L7 streams (`protocol`), when one is registered.
+    pub upstream: Option<Arc<dyn ClientCodec>>,
+    /// Its registered name.
+    pub protocol: &'static str,
 }
 
 impl Cluster {
@@ -185,6 +201,8 @@ impl Cluster {
             lb_builder,
             active_connections: AtomicU32::new(0),
             stats: ClusterStats::new(name),
+            upstream: None,
+            protocol: "",
         }
     }
 
@@ -242,16 +260,28 @@ impl Cluster {
             self.stats.connect_failed(e.reason());
             return Err((e, None));
         };
+        let addr = endpoint.address;
+        self.connect_endpoint(endpoint).await.map_err(|e| {
+            let a = matches!(e, ConnectError::Io(..) | ConnectError::Timeout(_)).then_some(addr);
+            (e, a)
+        })
+    }
+
+    /// Connects to a given endpoint (pools call this), with the circuit
+    /// breaker, the connect timeout, back-off and counters.
+    pub async fn connect_endpoint(
+        self: &Arc<Self>,
+        endpoint: Arc<Endpoint>,
+    ) -> Result<UpstreamConnection, ConnectError> {
         if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
             self.active_connections.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.clone());
             self.stats.connect_failed(e.reason());
-            return Err((e, None));
+            return Err(e);
         }
         self.stats.cx_active.increment(1.0);
         let slot = ConnectionSlot(self.clone());
-        let request = endpoint.start_request();
         let addr = endpoint.address;
         let result =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -267,7 +297,6 @@ impl Cluster {
                 Ok(UpstreamConnection {
                     stream,
                     endpoint,
-                    _request: request,
                     _slot: slot,
                 })
             }
@@ -275,7 +304,7 @@ impl Cluster {
                 endpoint.record_failure(&self.backoff);
                 self.stats.connect_failed(e.reason());
                 tracing::debug!(cluster = %self.name, endpoint = %addr, error = %e, "upstream connect failed");
-                Err((e, Some(addr)))
+                Err(e)
             }
         }
     }
@@ -341,7 +370,10 @@ impl ClusterManager {
                         let addr: SocketAddr = e.address.parse().map_err(|_| {
                             source.error(
                                 format!("{epath}.address"),
-                                format!("invalid address '{}': want ip:port (static cluster)", e.address),
+                                format!(
+                                    "invalid address '{}': want ip:port (static cluster)",
+                                    e.address
+                                ),
                             )
                         })?;
                         let mut ep = Endpoint::new(addr, e.weight);
@@ -372,7 +404,7 @@ impl ClusterManager {
                     }
                 }
             }
-            let cluster = Cluster::new(
+            let mut cluster = Cluster::new(
                 &c.name,
                 c.connect_timeout,
                 c.max_connections,
@@ -380,6 +412,26 @@ impl ClusterManager {
                 builder,
                 endpoints,
             );
+            let protocol = c.protocol.as_deref().unwrap_or("http1");
+            match registry.codec(protocol) {
+                Some(codec) => {
+                    cluster.upstream =
+                        Some(codec.client(&c.protocol_options).map_err(|e| {
+                            source.build_error(&format!("{path}.protocol_options"), e)
+                        })?);
+                    cluster.protocol = codec.name();
+                }
+                None if c.protocol.is_some() => {
+                    return Err(source.error(
+                        format!("{path}.protocol"),
+                        format!(
+                            "unknown protocol '{protocol}' (known: {})",
+                            registry.codec_names().join(", ")
+                        ),
+                    ));
+                }
+                None => {}
+            }
             clusters.insert(Arc::from(c.name.as_str()), Arc::new(cluster));
         }
         Ok(Self { clusters })
@@ -400,7 +452,10 @@ impl ClusterManager {
         configs: &[ClusterConfig],
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        for c in configs.iter().filter(|c| c.discovery == DiscoveryType::StrictDns) {
+        for c in configs
+            .iter()
+            .filter(|c| c.discovery == DiscoveryType::StrictDns)
+        {
             let Some(cluster) = self.clusters.get(c.name.as_str()).cloned() else {
                 continue;
             };
@@ -417,7 +472,9 @@ impl ClusterManager {
                     let mut endpoints = Vec::new();
                     let mut ok = true;
                     for e in &config.endpoints {
-                        let Some((host, port)) = split_host_port(&e.address) else { continue };
+                        let Some((host, port)) = split_host_port(&e.address) else {
+                            continue;
+                        };
                         match tokio::net::lookup_host((host, port)).await {
                             Ok(addrs) => {
                                 for a in addrs {

@@ -231,7 +231,11 @@ pub fn parse_typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, 
 
 /// serde_path_to_error prints `.` for the root; we use the empty string.
 fn clean_path(p: &str) -> String {
-    if p == "." { String::new() } else { p.to_string() }
+    if p == "." {
+        String::new()
+    } else {
+        p.to_string()
+    }
 }
 
 /// serde_yaml and serde_json append " at line X column Y"; we print the line
@@ -280,12 +284,18 @@ clusters:
 
     #[test]
     fn unknown_field_names_file_line_field() {
-        let bad = YAML.replace("    address: 127.0.0.1:10000", "    adress: 127.0.0.1:10000");
+        let bad = YAML.replace(
+            "    address: 127.0.0.1:10000",
+            "    adress: 127.0.0.1:10000",
+        );
         let err = parse_str(Path::new("x.yaml"), &bad).unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
         assert!(err.field.starts_with("listeners[0]"), "{err}");
         assert!(err.message.contains("unknown field `adress`"), "{err}");
-        assert!(err.to_string().starts_with("x.yaml:5: listeners[0]"), "{err}");
+        assert!(
+            err.to_string().starts_with("x.yaml:5: listeners[0]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -121,6 +121,13 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub connect_failure_backoff: BackoffConfig,
     pub endpoints: Vec<EndpointConfig>,
+    /// Upstream protocol for L7 traffic: a registered codec (`http1`
+    /// default, `http2`, ...). Unused by `tcp_proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The upstream codec's options (pool limits, timeouts).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub protocol_options: serde_json::Value,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

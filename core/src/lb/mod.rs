@@ -48,8 +48,10 @@ pub trait LoadBalancerBuilder: Send + Sync {
 pub trait LoadBalancerFactory: Send + Sync {
     fn name(&self) -> &'static str;
     /// Validates the policy's options (`lb_config`) and returns a builder.
-    fn create(&self, config: &serde_json::Value)
-    -> Result<Arc<dyn LoadBalancerBuilder>, BuildError>;
+    fn create(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<Arc<dyn LoadBalancerBuilder>, BuildError>;
 }
 
 /// The built-in policies, registered by `Registry::new`.

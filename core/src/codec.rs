@@ -1,0 +1,86 @@
+//! Codecs (DESIGN.md layer 3): the extension point that turns bytes into
+//! streams. A codec is registered by name as a `CodecFactory`; it can
+//! recognise its protocol from a connection's first bytes (for listeners
+//! that auto-detect), serve downstream connections (`ServerCodec`) and send
+//! streams to upstream endpoints over its own pools (`ClientCodec`). Core
+//! knows only these traits: HTTP/1, HTTP/2, Dubbo, Bolt and users' own
+//! protocols live outside it.
+
+use crate::cluster::{Cluster, Endpoint};
+use crate::error::BuildError;
+use crate::network::{Connection, ServeFuture};
+use crate::stream::{Request, Response, StreamInfo};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// The answer of a codec looking at a connection's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// These bytes are this codec's protocol.
+    Match,
+    /// They are not.
+    NoMatch,
+    /// Not enough bytes to tell yet.
+    NeedMore,
+}
+
+/// A boxed response future.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+/// What a downstream codec calls for every decoded stream: the `proxy`
+/// network filter's stream filters and router. It always yields a response
+/// (a local reply when meshgate fails the stream).
+pub trait StreamHandler: Send + Sync + 'static {
+    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture;
+}
+
+/// The downstream side of a codec.
+pub trait ServerCodec: Send + Sync + 'static {
+    /// Reads streams from `conn` (starting with `conn.preface`), hands each
+    /// to `handler` and writes the responses back, until the connection
+    /// ends. On `conn.drain` it finishes in-flight streams and closes
+    /// gracefully (HTTP/2 GOAWAY, HTTP/1 `connection: close`).
+    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture;
+}
+
+/// Why an upstream exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("circuit breaker open")]
+    Overflow,
+    #[error("upstream reset before the response: {0}")]
+    Reset(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A boxed upstream-response future.
+pub type UpstreamFuture =
+    Pin<Box<dyn Future<Output = Result<Response, UpstreamError>> + Send + 'static>>;
+
+/// The upstream side of a codec: sends streams to endpoints over pooled
+/// connections (HTTP/1 keep-alive, HTTP/2 and RPC multiplexing).
+pub trait ClientCodec: Send + Sync + 'static {
+    /// Sends `req` to `endpoint` of `cluster`, reusing or opening a
+    /// connection through `Cluster::connect_endpoint`.
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture;
+}
+
+/// A codec registered by name.
+pub trait CodecFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Recognises the protocol from the first bytes of a connection.
+    fn detect(&self, preface: &[u8]) -> Detection;
+    /// Builds the downstream side from the listener's codec options.
+    fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError>;
+    /// Builds the upstream side from the cluster's protocol options.
+    fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError>;
+}

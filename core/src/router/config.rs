@@ -1,0 +1,362 @@
+//! The route configuration model (serde), named after Envoy's
+//! `RouteConfiguration` so the xDS translation maps field by field. Unknown
+//! fields are errors everywhere; `RouteTable::build` validates the rest.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A route configuration: virtual hosts, each with ordered routes
+/// (Envoy's `RouteConfiguration`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHostConfig>,
+}
+
+/// A virtual host: the domains it serves and its routes, tried in order.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHostConfig {
+    pub name: String,
+    /// `api.example.com` (exact), `*.example.com` / `*-api.example.com`
+    /// (suffix wildcard), `api.*` (prefix wildcard) or `*` (default).
+    /// Case-insensitive. A domain without a port also matches the host with
+    /// any port.
+    pub domains: Vec<String>,
+    pub routes: Vec<RouteEntryConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+/// A header to add. `append: true` (the default, as in Envoy) adds a value
+/// next to existing ones; `false` replaces them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    pub name: String,
+    pub value: String,
+    #[serde(default = "default_true")]
+    pub append: bool,
+}
+
+/// One route: a match and exactly one of `route`, `redirect`,
+/// `direct_response` (Envoy's `Route`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: RouteMatchConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteActionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectActionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+/// What a request must look like for a route to apply. Exactly one of
+/// `prefix`, `path`, `safe_regex` (a full match of the path without the
+/// query); every other condition must hold too.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatchConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex: Option<String>,
+    /// Applies to `prefix` and `path` (ASCII case folding); ignored by
+    /// `safe_regex` (use `(?i)`), as in Envoy. Default true.
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatcherConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryParameterMatcherConfig>,
+    /// Allowed methods (case-sensitive, e.g. `GET`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Only gRPC requests (`content-type: application/grpc*`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc: bool,
+}
+
+impl Default for RouteMatchConfig {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            path: None,
+            safe_regex: None,
+            case_sensitive: true,
+            headers: Vec::new(),
+            query_parameters: Vec::new(),
+            methods: Vec::new(),
+            grpc: false,
+        }
+    }
+}
+
+/// A header condition: at most one of `exact_match`, `prefix_match`,
+/// `suffix_match`, `safe_regex_match` (full match), `present_match` (none
+/// set means `present_match: true`). With several values of the header,
+/// any value may match. `invert_match` negates the result (a value matcher
+/// on a missing header therefore matches when inverted).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcherConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_match: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_match: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix_match: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex_match: Option<String>,
+    /// `true`: the header is present; `false`: it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present_match: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert_match: bool,
+}
+
+/// A query parameter condition on the first occurrence of `name` (raw,
+/// not percent-decoded): at most one of `exact_match`, `safe_regex_match`
+/// (full match), `present_match` (none set means `present_match: true`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcherConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_match: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex_match: Option<String>,
+    /// `true`: the parameter is present; `false`: it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present_match: Option<bool>,
+}
+
+/// Forward to a cluster (Envoy's `RouteAction`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteActionConfig {
+    /// Exactly one of `cluster` and `weighted_clusters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<WeightedClustersConfig>,
+    /// Replaces the matched prefix (needs a `prefix` match); the query is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Replaces every match of `pattern` in the path (the query is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_rewrite: Option<RegexRewriteConfig>,
+    /// Sets the upstream authority / `Host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite_literal: Option<String>,
+    /// Whole-request timeout (until the response head, over all tries).
+    /// Default 15s; `0s` disables it.
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Stream idle timeout; `0s` or unset disables it.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyConfig>,
+}
+
+impl Default for RouteActionConfig {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            weighted_clusters: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            host_rewrite_literal: None,
+            timeout: default_route_timeout(),
+            idle_timeout: None,
+            retry_policy: None,
+        }
+    }
+}
+
+/// Clusters chosen at random in proportion to their weights.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClustersConfig {
+    pub clusters: Vec<ClusterWeightConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterWeightConfig {
+    pub name: String,
+    /// Must be >= 1.
+    pub weight: u32,
+}
+
+/// A path rewrite by regex. `substitution` uses Envoy's (RE2) syntax:
+/// `\1`..`\9` for capture groups, `\\` for a backslash.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewriteConfig {
+    pub pattern: String,
+    pub substitution: String,
+}
+
+/// Retries (Envoy's `RetryPolicy`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    /// Comma list of `5xx`, `gateway-error`, `connect-failure`, `reset`,
+    /// `retriable-status-codes`.
+    pub retry_on: String,
+    /// Default 1.
+    #[serde(default = "default_num_retries")]
+    pub num_retries: u32,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    #[serde(default)]
+    pub retry_back_off: RetryBackOffConfig,
+    /// A request whose body is larger (or of unknown length) is not
+    /// retried. Default 65536.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_body_bytes: usize,
+}
+
+impl Default for RetryPolicyConfig {
+    fn default() -> Self {
+        Self {
+            retry_on: String::new(),
+            num_retries: default_num_retries(),
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            retry_back_off: RetryBackOffConfig::default(),
+            max_buffered_body_bytes: default_max_buffered(),
+        }
+    }
+}
+
+/// Jittered exponential back-off between tries: `base_interval` (default
+/// 25ms) up to `max_interval` (default 10 x base).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOffConfig {
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub base_interval: Duration,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+}
+
+impl Default for RetryBackOffConfig {
+    fn default() -> Self {
+        Self {
+            base_interval: default_retry_base(),
+            max_interval: None,
+        }
+    }
+}
+
+/// Answer with a redirect (Envoy's `RedirectAction`). Unset parts of the
+/// `Location` come from the request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectActionConfig {
+    /// Shorthand for `scheme_redirect: https`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme_redirect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_redirect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_redirect: Option<u16>,
+    /// Replaces the path; a `?query` in it replaces the request's query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_redirect: Option<String>,
+    /// Replaces the matched prefix (needs a `prefix` match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub response_code: u16,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_query: bool,
+}
+
+impl Default for RedirectActionConfig {
+    fn default() -> Self {
+        Self {
+            https_redirect: false,
+            scheme_redirect: None,
+            host_redirect: None,
+            port_redirect: None,
+            path_redirect: None,
+            prefix_rewrite: None,
+            response_code: default_redirect_code(),
+            strip_query: false,
+        }
+    }
+}
+
+/// Answer directly (Envoy's `DirectResponseAction`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    /// 100..=599.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_num_retries() -> u32 {
+    1
+}
+fn default_retry_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_max_buffered() -> usize {
+    64 * 1024
+}
+fn default_redirect_code() -> u16 {
+    301
+}

@@ -1,0 +1,225 @@
+//! Compiled route matchers: the path part (prefix, exact path, regex) and
+//! the conditions (headers, query parameters, methods, gRPC). Nothing here
+//! allocates while matching.
+
+use http::{HeaderMap, HeaderName, Method};
+
+/// A regex anchored for a full match, compiled once at build time.
+pub(crate) fn full_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
+}
+
+fn full_bytes_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
+}
+
+/// How a route matches the path (without the query).
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The path starts with this string.
+    Prefix(Box<str>),
+    /// The path is exactly this string.
+    Path(Box<str>),
+    /// The regex matches the whole path.
+    Regex(regex::Regex),
+}
+
+/// `a` starts with `p`, ASCII case folded when `!case_sensitive`.
+#[inline]
+fn starts_with(a: &str, p: &str, case_sensitive: bool) -> bool {
+    match a.as_bytes().get(..p.len()) {
+        Some(head) if case_sensitive => head == p.as_bytes(),
+        Some(head) => head.eq_ignore_ascii_case(p.as_bytes()),
+        None => false,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderMatchKind {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Suffix(Box<[u8]>),
+    Regex(regex::bytes::Regex),
+    Present(bool),
+}
+
+/// A compiled header condition.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    pub(crate) name: HeaderName,
+    pub(crate) kind: HeaderMatchKind,
+    pub(crate) invert: bool,
+}
+
+impl HeaderMatcher {
+    /// Builds a matcher; errors are `(field, message)` relative to the
+    /// matcher's config.
+    pub(crate) fn build(c: &super::HeaderMatcherConfig) -> Result<Self, (&'static str, String)> {
+        let name = HeaderName::from_bytes(c.name.as_bytes())
+            .map_err(|_| ("name", format!("invalid header name '{}'", c.name)))?;
+        let set = [
+            c.exact_match.is_some(),
+            c.prefix_match.is_some(),
+            c.suffix_match.is_some(),
+            c.safe_regex_match.is_some(),
+            c.present_match.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set > 1 {
+            return Err((
+                "",
+                "set at most one of exact_match, prefix_match, suffix_match, safe_regex_match, present_match".into(),
+            ));
+        }
+        let kind = if let Some(v) = &c.exact_match {
+            HeaderMatchKind::Exact(v.as_bytes().into())
+        } else if let Some(v) = &c.prefix_match {
+            HeaderMatchKind::Prefix(v.as_bytes().into())
+        } else if let Some(v) = &c.suffix_match {
+            HeaderMatchKind::Suffix(v.as_bytes().into())
+        } else if let Some(v) = &c.safe_regex_match {
+            HeaderMatchKind::Regex(full_bytes_regex(v).map_err(|e| ("safe_regex_match", e))?)
+        } else {
+            HeaderMatchKind::Present(c.present_match.unwrap_or(true))
+        };
+        Ok(Self {
+            name,
+            kind,
+            invert: c.invert_match,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
+        let result = match &self.kind {
+            HeaderMatchKind::Present(want) => headers.contains_key(&self.name) == *want,
+            kind => headers.get_all(&self.name).iter().any(|v| {
+                let v = v.as_bytes();
+                match kind {
+                    HeaderMatchKind::Exact(e) => v == &**e,
+                    HeaderMatchKind::Prefix(p) => v.starts_with(p),
+                    HeaderMatchKind::Suffix(s) => v.ends_with(s),
+                    HeaderMatchKind::Regex(r) => r.is_match(v),
+                    HeaderMatchKind::Present(_) => unreachable!("handled above"),
+                }
+            }),
+        };
+        result != self.invert
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum QueryMatchKind {
+    Exact(Box<str>),
+    Regex(regex::Regex),
+    Present(bool),
+}
+
+/// A compiled query parameter condition.
+#[derive(Debug, Clone)]
+pub struct QueryParameterMatcher {
+    pub(crate) name: Box<str>,
+    pub(crate) kind: QueryMatchKind,
+}
+
+impl QueryParameterMatcher {
+    pub(crate) fn build(
+        c: &super::QueryParameterMatcherConfig,
+    ) -> Result<Self, (&'static str, String)> {
+        if c.name.is_empty() {
+            return Err(("name", "must not be empty".into()));
+        }
+        let set = [
+            c.exact_match.is_some(),
+            c.safe_regex_match.is_some(),
+            c.present_match.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set > 1 {
+            return Err((
+                "",
+                "set at most one of exact_match, safe_regex_match, present_match".into(),
+            ));
+        }
+        let kind = if let Some(v) = &c.exact_match {
+            QueryMatchKind::Exact(v.as_str().into())
+        } else if let Some(v) = &c.safe_regex_match {
+            QueryMatchKind::Regex(full_regex(v).map_err(|e| ("safe_regex_match", e))?)
+        } else {
+            QueryMatchKind::Present(c.present_match.unwrap_or(true))
+        };
+        Ok(Self {
+            name: c.name.as_str().into(),
+            kind,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn matches(&self, query: Option<&str>) -> bool {
+        let value = query.and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == &*self.name).then_some(v)
+            })
+        });
+        match (&self.kind, value) {
+            (QueryMatchKind::Present(want), v) => v.is_some() == *want,
+            (QueryMatchKind::Exact(e), Some(v)) => v == &**e,
+            (QueryMatchKind::Regex(r), Some(v)) => r.is_match(v),
+            (_, None) => false,
+        }
+    }
+}
+
+/// The compiled match of a route.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub(crate) path: PathMatch,
+    pub(crate) case_sensitive: bool,
+    pub(crate) headers: Box<[HeaderMatcher]>,
+    pub(crate) query_parameters: Box<[QueryParameterMatcher]>,
+    pub(crate) methods: Box<[Method]>,
+    pub(crate) grpc: bool,
+}
+
+impl RouteMatch {
+    /// The path part of the match.
+    pub fn path_match(&self) -> &PathMatch {
+        &self.path
+    }
+
+    /// Whether `prefix` and `path` compare case-sensitively.
+    pub fn case_sensitive(&self) -> bool {
+        self.case_sensitive
+    }
+
+    /// Whether the path matches (the query is not part of `path`).
+    #[inline]
+    pub fn matches_path(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
+            PathMatch::Path(p) if self.case_sensitive => path == &**p,
+            PathMatch::Path(p) => path.eq_ignore_ascii_case(p),
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+
+    /// Whether everything but the path matches.
+    #[inline]
+    pub fn matches_conditions(&self, input: &super::RouteInput<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(input.method))
+            && (!self.grpc || crate::stream::is_grpc(input.headers))
+            && self.headers.iter().all(|h| h.matches(input.headers))
+            && self.query_parameters.iter().all(|q| q.matches(input.query))
+    }
+
+    /// Whether the whole match holds.
+    #[inline]
+    pub fn matches(&self, input: &super::RouteInput<'_>) -> bool {
+        self.matches_path(input.path) && self.matches_conditions(input)
+    }
+}

@@ -1,0 +1,224 @@
+//! The protocol-agnostic stream (DESIGN.md layer 4) and stream filters
+//! (layer 5). A stream is one request/response exchange whatever the codec:
+//! a head (method, path, authority and headers; an RPC codec maps service
+//! and method onto the same head), a streamed body with back-pressure, and
+//! trailers. The types are `http`'s `Request`/`Response` over a boxed
+//! `http_body::Body`, so HTTP codecs convert without copying and RPC codecs
+//! reuse the same route matchers and filters.
+
+use crate::error::BuildError;
+use crate::network::{BuildContext, ConnectionInfo};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Error type of stream bodies.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// A streamed body: data frames and an optional trailers frame.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+pub type Request = http::Request<Body>;
+pub type Response = http::Response<Body>;
+
+/// An empty body.
+pub fn empty_body() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body of one buffer.
+pub fn full_body(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Boxes any body whose errors convert.
+pub fn box_body<B>(b: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BodyError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// What filters and the router know about a stream besides its head.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub connection: Arc<ConnectionInfo>,
+    /// The downstream codec's registered name (`http1`, `http2`, `dubbo`...).
+    pub protocol: &'static str,
+    pub start: Instant,
+    /// `content-type: application/grpc*`: local replies become gRPC statuses.
+    pub grpc: bool,
+    /// The upstream cluster and endpoint, once chosen (for access logs).
+    pub upstream_cluster: Option<Arc<str>>,
+    pub upstream_host: Option<std::net::SocketAddr>,
+    /// Why meshgate answered itself, if it did (e.g. `no_route`).
+    pub local_reply: Option<&'static str>,
+}
+
+impl StreamInfo {
+    pub fn new(connection: Arc<ConnectionInfo>, protocol: &'static str) -> Self {
+        Self {
+            connection,
+            protocol,
+            start: Instant::now(),
+            grpc: false,
+            upstream_cluster: None,
+            upstream_host: None,
+            local_reply: None,
+        }
+    }
+}
+
+/// What a stream filter decides for a request.
+pub enum FilterStatus {
+    /// Go on to the next filter (and finally the router).
+    Continue,
+    /// Answer locally with this response; later filters and the router are
+    /// skipped, the response phase still runs.
+    Respond(Response),
+}
+
+/// The future a filter's request phase returns: a filter that must wait
+/// (an auth call, a rate-limit service) awaits inside it and resumes.
+pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = FilterStatus> + Send + 'a>>;
+
+/// A stream filter: the request phase runs in chain order, the response
+/// phase in reverse.
+pub trait StreamFilter: Send + Sync + 'static {
+    fn on_request<'a>(&'a self, req: &'a mut Request, info: &'a mut StreamInfo)
+    -> FilterFuture<'a>;
+    fn on_response(&self, _resp: &mut Response, _info: &StreamInfo) {}
+}
+
+/// A stream filter registered by name.
+pub trait StreamFilterFactory: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn create(
+        &self,
+        config: &serde_json::Value,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn StreamFilter>, BuildError>;
+}
+
+/// Why meshgate answers a stream itself; each maps to a status, a gRPC code
+/// and the `reason` label of `meshgate_http_local_reply_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalReason {
+    NoRoute,
+    NoHealthyUpstream,
+    UpstreamConnectFailure,
+    UpstreamReset,
+    UpstreamTimeout,
+    UpstreamProtocolError,
+    Overflow,
+    BadRequest,
+    PayloadTooLarge,
+    HeadersTooLarge,
+}
+
+impl LocalReason {
+    pub fn status(self) -> StatusCode {
+        match self {
+            LocalReason::NoRoute => StatusCode::NOT_FOUND,
+            LocalReason::NoHealthyUpstream
+            | LocalReason::UpstreamConnectFailure
+            | LocalReason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
+                StatusCode::BAD_GATEWAY
+            }
+            LocalReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            LocalReason::BadRequest => StatusCode::BAD_REQUEST,
+            LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// The gRPC status (grpc/doc/statuscodes.md) a gRPC client gets.
+    pub fn grpc_status(self) -> u32 {
+        match self {
+            LocalReason::NoRoute => 12, // UNIMPLEMENTED
+            LocalReason::NoHealthyUpstream
+            | LocalReason::UpstreamConnectFailure
+            | LocalReason::UpstreamReset
+            | LocalReason::Overflow => 14, // UNAVAILABLE
+            LocalReason::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            LocalReason::UpstreamProtocolError => 13, // INTERNAL
+            LocalReason::BadRequest => 3, // INVALID_ARGUMENT
+            LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LocalReason::NoRoute => "no_route",
+            LocalReason::NoHealthyUpstream => "no_healthy_upstream",
+            LocalReason::UpstreamConnectFailure => "upstream_connect_failure",
+            LocalReason::UpstreamReset => "upstream_reset",
+            LocalReason::UpstreamTimeout => "upstream_timeout",
+            LocalReason::UpstreamProtocolError => "upstream_protocol_error",
+            LocalReason::Overflow => "overflow",
+            LocalReason::BadRequest => "bad_request",
+            LocalReason::PayloadTooLarge => "payload_too_large",
+            LocalReason::HeadersTooLarge => "headers_too_large",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            LocalReason::NoRoute => "no route matched",
+            LocalReason::NoHealthyUpstream => "no healthy upstream",
+            LocalReason::UpstreamConnectFailure => "upstream connect failure",
+            LocalReason::UpstreamReset => "upstream reset",
+            LocalReason::UpstreamTimeout => "upstream request timeout",
+            LocalReason::UpstreamProtocolError => "upstream protocol error",
+            LocalReason::Overflow => "upstream overflow (circuit breaker open)",
+            LocalReason::BadRequest => "bad request",
+            LocalReason::PayloadTooLarge => "payload too large",
+            LocalReason::HeadersTooLarge => "request headers too large",
+        }
+    }
+}
+
+/// Builds meshgate's own answer: a short text body for HTTP, a
+/// trailers-only gRPC status for gRPC requests. Counted in
+/// `meshgate_http_local_reply_total{reason}`.
+pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
+    info.local_reply = Some(reason.label());
+    metrics::counter!("meshgate_http_local_reply_total", "reason" => reason.label()).increment(1);
+    let mut resp = if info.grpc {
+        let mut r = http::Response::new(empty_body());
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(reason.grpc_status()));
+        h.insert("grpc-message", HeaderValue::from_static(reason.message()));
+        r
+    } else {
+        let mut r = http::Response::new(full_body(format!("{}\n", reason.message())));
+        *r.status_mut() = reason.status();
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        r
+    };
+    resp.extensions_mut().insert(reason);
+    resp
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}

@@ -1,0 +1,392 @@
+//! `proxy`: the L7 terminal network filter (Envoy's HTTP connection
+//! manager, MOSN's proxy). It picks the codec (configured, or detected from
+//! the first bytes among the registered codecs), and for every stream the
+//! codec decodes: sanitises the head (hop-by-hop headers, `x-request-id`,
+//! `x-forwarded-for`, `x-forwarded-proto`), matches a route, runs the
+//! stream filters, and answers locally or forwards through the router.
+//! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path.
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use meshgate_core::BuildError;
+use meshgate_core::codec::{Detection, ResponseFuture, ServerCodec, StreamHandler};
+use meshgate_core::config::{FilterConfig, parse_typed};
+use meshgate_core::forward::forward;
+use meshgate_core::network::{
+    BuildContext, Connection, DownstreamIo, NetworkFilter, NetworkFilterFactory, ServeFuture,
+};
+use meshgate_core::router::{RouteAction, RouteConfig, RouteTable};
+use meshgate_core::stream::{
+    FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, is_grpc, local_reply,
+};
+use metrics::{Counter, Histogram};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyConfig {
+    /// `auto` (default: detect among registered codecs) or a codec name.
+    #[serde(default = "default_codec")]
+    codec: String,
+    /// Options per codec name, e.g. `{http1: {max_request_headers_bytes: 8192}}`.
+    #[serde(default)]
+    codec_options: BTreeMap<String, serde_json::Value>,
+    route_config: RouteConfig,
+    /// Stream filters in order; the router runs after them.
+    #[serde(default)]
+    stream_filters: Vec<FilterConfig>,
+    /// Add `x-request-id` when a request has none (default true).
+    #[serde(default = "default_true")]
+    generate_request_id: bool,
+    /// Requests whose declared body is larger get 413.
+    #[serde(default)]
+    max_request_body_bytes: Option<u64>,
+    /// How long to wait for enough bytes to detect the protocol.
+    #[serde(default = "default_detect_timeout", with = "humantime_serde")]
+    detect_timeout: Duration,
+}
+
+fn default_codec() -> String {
+    "auto".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_detect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Factory of `proxy`; codecs and stream filters come from the registry.
+pub struct ProxyFactory;
+
+impl NetworkFilterFactory for ProxyFactory {
+    fn name(&self) -> &'static str {
+        "proxy"
+    }
+
+    fn create(
+        &self,
+        config: &serde_json::Value,
+        ctx: &BuildContext<'_>,
+    ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
+        let cfg: ProxyConfig = parse_typed(config)?;
+        let names = ctx.registry.codec_names();
+        let mut codecs = Vec::new();
+        for f in ctx.registry.codecs() {
+            let name = f.name();
+            if cfg.codec == "auto" || cfg.codec == name {
+                let opts = cfg.codec_options.get(name).cloned().unwrap_or_default();
+                let server = f.server(&opts).map_err(|e| {
+                    BuildError::new(
+                        meshgate_core::error::join_path(&format!("codec_options.{name}"), &e.path),
+                        e.message,
+                    )
+                })?;
+                codecs.push((f.clone(), server));
+            }
+        }
+        if codecs.is_empty() {
+            return Err(BuildError::new(
+                "codec",
+                format!(
+                    "unknown codec '{}' (known: auto, {})",
+                    cfg.codec,
+                    names.join(", ")
+                ),
+            ));
+        }
+        for k in cfg.codec_options.keys() {
+            if !names.contains(&k.as_str()) {
+                return Err(BuildError::new(
+                    format!("codec_options.{k}"),
+                    "unknown codec",
+                ));
+            }
+        }
+        let table = RouteTable::build(&cfg.route_config, ctx.clusters).map_err(|e| {
+            BuildError::new(
+                meshgate_core::error::join_path("route_config", &e.path),
+                e.message,
+            )
+        })?;
+        let mut filters = Vec::new();
+        for (i, f) in cfg.stream_filters.iter().enumerate() {
+            let factory = ctx.registry.stream_filter(&f.name).ok_or_else(|| {
+                BuildError::new(
+                    format!("stream_filters[{i}].name"),
+                    format!(
+                        "unknown stream filter '{}' (known: {})",
+                        f.name,
+                        ctx.registry.stream_filter_names().join(", ")
+                    ),
+                )
+            })?;
+            filters.push(factory.create(&f.config, ctx).map_err(|e| {
+                BuildError::new(
+                    meshgate_core::error::join_path(
+                        &format!("stream_filters[{i}].config"),
+                        &e.path,
+                    ),
+                    e.message,
+                )
+            })?);
+        }
+        let listener = ctx.listener.to_string();
+        Ok(Arc::new(Proxy {
+            codecs,
+            detect_timeout: cfg.detect_timeout,
+            detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
+            handler: Arc::new(Handler(Arc::new(ProxyHandler {
+                table,
+                filters,
+                generate_request_id: cfg.generate_request_id,
+                max_request_body_bytes: cfg.max_request_body_bytes,
+                stats: HttpStats::new(&listener),
+            }))),
+        }))
+    }
+}
+
+struct Proxy {
+    codecs: Vec<(
+        Arc<dyn meshgate_core::codec::CodecFactory>,
+        Arc<dyn ServerCodec>,
+    )>,
+    detect_timeout: Duration,
+    detect_failed: Counter,
+    handler: Arc<dyn StreamHandler>,
+}
+
+impl NetworkFilter for Proxy {
+    fn terminal(&self) -> bool {
+        true
+    }
+
+    fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
+        Box::pin(async move {
+            let handler = self.handler.clone();
+            if self.codecs.len() == 1 {
+                let codec = self.codecs[0].1.clone();
+                return codec.serve(conn, handler).await;
+            }
+            let mut conn = conn;
+            match tokio::time::timeout(self.detect_timeout, self.detect(&mut conn)).await {
+                Ok(Some(codec)) => codec.serve(conn, handler).await,
+                Ok(None) => {
+                    self.detect_failed.increment(1);
+                    tracing::debug!(
+                        conn = conn.info.id,
+                        "no codec recognised the connection; closing"
+                    );
+                }
+                Err(_) => {
+                    self.detect_failed.increment(1);
+                    tracing::debug!(conn = conn.info.id, "protocol detection timed out; closing");
+                }
+            }
+        })
+    }
+}
+
+/// The most bytes read to tell protocols apart.
+const MAX_DETECT_BYTES: usize = 64;
+
+impl Proxy {
+    /// Reads until one codec claims the connection; the bytes read become
+    /// the connection's preface.
+    async fn detect(&self, conn: &mut Connection) -> Option<Arc<dyn ServerCodec>> {
+        let mut buf = BytesMut::from(&conn.preface[..]);
+        loop {
+            let mut undecided = false;
+            for (factory, server) in &self.codecs {
+                match factory.detect(&buf) {
+                    Detection::Match => {
+                        conn.preface = buf.freeze();
+                        return Some(server.clone());
+                    }
+                    Detection::NeedMore => undecided = true,
+                    Detection::NoMatch => {}
+                }
+            }
+            if !undecided || buf.len() >= MAX_DETECT_BYTES {
+                return None;
+            }
+            let n = match &mut conn.io {
+                DownstreamIo::Tcp(s) => s.read_buf(&mut buf).await,
+                DownstreamIo::Boxed(s) => s.read_buf(&mut buf).await,
+            };
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+struct HttpStats {
+    listener: String,
+    rq_total: Counter,
+    duration: Histogram,
+}
+
+impl HttpStats {
+    fn new(listener: &str) -> Self {
+        Self {
+            listener: listener.to_string(),
+            rq_total: metrics::counter!("meshgate_http_downstream_rq_total", "listener" => listener.to_string()),
+            duration: metrics::histogram!("meshgate_http_downstream_rq_duration_seconds", "listener" => listener.to_string()),
+        }
+    }
+}
+
+struct ProxyHandler {
+    table: RouteTable,
+    filters: Vec<Arc<dyn StreamFilter>>,
+    generate_request_id: bool,
+    max_request_body_bytes: Option<u64>,
+    stats: HttpStats,
+}
+
+/// The `StreamHandler` the codecs call: a cheap handle on the shared state.
+struct Handler(Arc<ProxyHandler>);
+
+impl StreamHandler for Handler {
+    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture {
+        let me = self.0.clone();
+        Box::pin(async move { me.process(req, info).await })
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let keep_te_trailers = h
+        .get(http::header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    for n in listed {
+        h.remove(n);
+    }
+    if keep_te_trailers {
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn request_id() -> HeaderValue {
+    let v: u128 = rand::random();
+    let s = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        (v >> 96) as u32,
+        (v >> 80) as u16,
+        (v >> 68) as u16 & 0xfff,
+        ((v >> 52) as u16 & 0x3fff) | 0x8000,
+        v as u64 & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).expect("hex is a valid header value")
+}
+
+fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl ProxyHandler {
+    async fn process(&self, mut req: Request, mut info: StreamInfo) -> Response {
+        self.stats.rq_total.increment(1);
+        info.grpc = is_grpc(req.headers());
+        let mut resp = self.route_and_forward(&mut req, &mut info).await;
+        strip_hop_by_hop(resp.headers_mut());
+        for f in self.filters.iter().rev() {
+            f.on_response(&mut resp, &info);
+        }
+        let status = resp.status().as_u16();
+        let cluster = info.upstream_cluster.as_deref().unwrap_or("");
+        metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.stats.listener.clone(), "cluster" => cluster.to_string(), "code_class" => code_class(status)).increment(1);
+        self.stats
+            .duration
+            .record(info.start.elapsed().as_secs_f64());
+        resp
+    }
+
+    async fn route_and_forward(&self, req: &mut Request, info: &mut StreamInfo) -> Response {
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(http::header::EXPECT);
+        if self.generate_request_id && !headers.contains_key("x-request-id") {
+            headers.insert("x-request-id", request_id());
+        }
+        let peer = info.connection.peer_addr.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {peer}"),
+            None => peer,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(limit) = self.max_request_body_bytes
+            && let Some(len) = headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            && len > limit
+        {
+            return local_reply(info, LocalReason::PayloadTooLarge);
+        }
+
+        let Some((vhost, route)) = self.table.find_request(req) else {
+            return local_reply(info, LocalReason::NoRoute);
+        };
+        for f in &self.filters {
+            if let FilterStatus::Respond(r) = f.on_request(req, info).await {
+                return r;
+            }
+        }
+        match route.action() {
+            RouteAction::DirectResponse(d) => d.response(),
+            RouteAction::Redirect(r) => r.response(req),
+            RouteAction::Cluster(c) => {
+                let cluster = c.pick_cluster().clone();
+                route.apply_request_mutations(vhost, req);
+                let owned =
+                    std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
+                let mut resp = forward(&cluster, owned, info, c.forward_policy(), None).await;
+                if info.local_reply.is_none() {
+                    route.apply_response_mutations(vhost, &mut resp);
+                }
+                resp
+            }
+        }
+    }
+}

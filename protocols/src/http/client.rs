@@ -1,0 +1,302 @@
+//! Upstream HTTP pools. HTTP/1.1: per endpoint, a stack of idle keep-alive
+//! connections; a connection goes back to the pool when its response body
+//! has been read to the end, and idle ones expire. HTTP/2: per endpoint one
+//! multiplexed connection (hyper/h2 honour the peer's max concurrent
+//! streams), replaced when it closes. Connections are opened through
+//! `Cluster::connect_endpoint`, so the circuit breaker, connect timeout,
+//! back-off and counters apply. The pools are ours rather than
+//! hyper-util's `Client` because the endpoint is chosen by meshgate's load
+//! balancer, not by DNS, and connects must feed cluster health.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{HeaderValue, Uri};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
+use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
+use meshgate_core::stream::{Request, Response, box_body};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Upstream pool options (`protocol_options` of a cluster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolOptions {
+    /// Idle keep-alive connections kept per endpoint (HTTP/1).
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: usize,
+    /// An idle connection older than this is closed rather than reused.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_max_idle() -> usize {
+    256
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn connect_error(e: ConnectError) -> UpstreamError {
+    match e {
+        ConnectError::Overflow(_) => UpstreamError::Overflow,
+        other => UpstreamError::Connect(other.to_string()),
+    }
+}
+
+fn send_error(e: hyper::Error) -> UpstreamError {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        UpstreamError::Protocol(e.to_string())
+    } else {
+        UpstreamError::Reset(e.to_string())
+    }
+}
+
+/// The authority of a request: the URI's, else the Host header.
+fn authority(req: &Request) -> Option<HeaderValue> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).ok();
+    }
+    req.headers().get(http::header::HOST).cloned()
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<meshgate_core::stream::Body>;
+
+struct IdleConn {
+    sender: H1Sender,
+    since: Instant,
+}
+
+/// HTTP/1.1 upstream with keep-alive pools.
+pub struct Http1Client {
+    opts: PoolOptions,
+    pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>>,
+}
+
+impl Http1Client {
+    pub fn new(opts: PoolOptions) -> Self {
+        Self {
+            opts,
+            pools: DashMap::new(),
+        }
+    }
+
+    fn pool(&self, addr: SocketAddr) -> Arc<Mutex<Vec<IdleConn>>> {
+        if let Some(p) = self.pools.get(&addr) {
+            return p.clone();
+        }
+        self.pools.entry(addr).or_default().clone()
+    }
+}
+
+fn take_idle(pool: &Mutex<Vec<IdleConn>>, idle_timeout: Duration) -> Option<H1Sender> {
+    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(c) = idle.pop() {
+        if c.since.elapsed() < idle_timeout && c.sender.is_ready() {
+            return Some(c.sender);
+        }
+    }
+    None
+}
+
+impl ClientCodec for Http1Client {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request,
+    ) -> UpstreamFuture {
+        let pool = self.pool(endpoint.address);
+        let cluster = cluster.clone();
+        let endpoint = endpoint.clone();
+        let opts = self.opts.clone();
+        Box::pin(async move {
+            // HTTP/1 wants origin-form and a Host header.
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                if !req.headers().contains_key(http::header::HOST)
+                    && let Some(a) = authority(&req)
+                {
+                    req.headers_mut().insert(http::header::HOST, a);
+                }
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            }
+            *req.version_mut() = http::Version::HTTP_11;
+            let mut sender = match take_idle(&pool, opts.idle_timeout) {
+                Some(s) => s,
+                None => {
+                    let up = cluster
+                        .connect_endpoint(endpoint)
+                        .await
+                        .map_err(connect_error)?;
+                    let (stream, _, guard) = up.into_parts();
+                    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(send_error)?;
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Err(e) = conn.with_upgrades().await {
+                            tracing::debug!(error = %e, "upstream http1 connection ended");
+                        }
+                    });
+                    sender
+                }
+            };
+            let resp = sender.send_request(req).await.map_err(send_error)?;
+            let (parts, body) = resp.into_parts();
+            let body = ReturnToPool {
+                body,
+                sender: Some(sender),
+                pool: Arc::downgrade(&pool),
+                max_idle: opts.max_idle_per_endpoint,
+            };
+            Ok(Response::from_parts(parts, box_body(body)))
+        })
+    }
+}
+
+/// A response body that hands its connection back to the pool once read to
+/// the end. Dropped early, the connection is not reused (hyper closes it).
+struct ReturnToPool {
+    body: Incoming,
+    sender: Option<H1Sender>,
+    pool: std::sync::Weak<Mutex<Vec<IdleConn>>>,
+    max_idle: usize,
+}
+
+impl ReturnToPool {
+    fn release(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(IdleConn {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+impl http_body::Body for ReturnToPool {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => me.release(),
+            Poll::Ready(Some(Ok(_))) if me.body.is_end_stream() => me.release(),
+            Poll::Ready(Some(Err(_))) => me.sender = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::Body>;
+
+/// HTTP/2 upstream: one multiplexed connection per endpoint.
+pub struct Http2Client {
+    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<H2Sender>>>>,
+}
+
+impl Http2Client {
+    pub fn new(_opts: PoolOptions) -> Self {
+        Self {
+            conns: DashMap::new(),
+        }
+    }
+}
+
+async fn h2_sender(
+    slot: &tokio::sync::Mutex<Option<H2Sender>>,
+    cluster: &Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+) -> Result<H2Sender, UpstreamError> {
+    let mut s = slot.lock().await;
+    if let Some(sender) = s.as_ref()
+        && !sender.is_closed()
+    {
+        return Ok(sender.clone());
+    }
+    let up = cluster
+        .connect_endpoint(endpoint)
+        .await
+        .map_err(connect_error)?;
+    let (stream, _, guard) = up.into_parts();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(send_error)?;
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream http2 connection ended");
+        }
+    });
+    *s = Some(sender.clone());
+    Ok(sender)
+}
+
+impl ClientCodec for Http2Client {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request,
+    ) -> UpstreamFuture {
+        let slot = self.conns.entry(endpoint.address).or_default().clone();
+        let cluster = cluster.clone();
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            // HTTP/2 wants :scheme and :authority: make the URI absolute.
+            if req.uri().scheme().is_none() {
+                let auth = authority(&req)
+                    .and_then(|a| a.to_str().ok().map(str::to_string))
+                    .unwrap_or_else(|| endpoint.address.to_string());
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                if let Ok(u) = format!("http://{auth}{pq}").parse() {
+                    *req.uri_mut() = u;
+                }
+            }
+            req.headers_mut().remove(http::header::HOST);
+            *req.version_mut() = http::Version::HTTP_2;
+            let mut sender = h2_sender(&slot, &cluster, endpoint).await?;
+            let resp = sender.send_request(req).await.map_err(send_error)?;
+            let (parts, body) = resp.into_parts();
+            Ok(Response::from_parts(parts, box_body(body)))
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! HTTP/1.1 and HTTP/2 codecs on hyper (which drives the `h2` crate for
+//! HTTP/2): downstream servers feeding the stream layer, upstream pools
+//! (HTTP/1 keep-alive, HTTP/2 multiplexed), and detection from the first
+//! bytes so one listener serves both.
+
+mod client;
+mod server;
+
+use meshgate_core::BuildError;
+use meshgate_core::codec::{ClientCodec, CodecFactory, Detection, ServerCodec};
+use meshgate_core::config::parse_typed;
+use std::sync::Arc;
+
+pub use client::{Http1Client, Http2Client, PoolOptions};
+pub use server::{Http1Server, Http2Server, ServerOptions};
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// `http1`: HTTP/1.1 (and 1.0).
+pub struct Http1Codec;
+/// `http2`: HTTP/2 with prior knowledge (h2c) or after ALPN `h2`.
+pub struct Http2Codec;
+
+fn detect_h2(preface: &[u8]) -> Detection {
+    let n = preface.len().min(H2_PREFACE.len());
+    if preface[..n] != H2_PREFACE[..n] {
+        Detection::NoMatch
+    } else if n < H2_PREFACE.len() {
+        Detection::NeedMore
+    } else {
+        Detection::Match
+    }
+}
+
+/// An HTTP/1 request starts with a method token (RFC 9110 tchar) and a
+/// space. We accept the token characters and decide at the first space.
+fn detect_h1(preface: &[u8]) -> Detection {
+    match detect_h2(preface) {
+        Detection::Match => return Detection::NoMatch,
+        Detection::NeedMore => return Detection::NeedMore,
+        Detection::NoMatch => {}
+    }
+    for (i, &b) in preface.iter().enumerate() {
+        if b == b' ' {
+            return if i > 0 {
+                Detection::Match
+            } else {
+                Detection::NoMatch
+            };
+        }
+        if !b.is_ascii_uppercase() || i >= 16 {
+            return Detection::NoMatch;
+        }
+    }
+    Detection::NeedMore
+}
+
+impl CodecFactory for Http1Codec {
+    fn name(&self) -> &'static str {
+        "http1"
+    }
+    fn detect(&self, preface: &[u8]) -> Detection {
+        detect_h1(preface)
+    }
+    fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
+        Ok(Arc::new(Http1Server::new(parse_typed(config)?)))
+    }
+    fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
+        Ok(Arc::new(Http1Client::new(parse_typed(config)?)))
+    }
+}
+
+impl CodecFactory for Http2Codec {
+    fn name(&self) -> &'static str {
+        "http2"
+    }
+    fn detect(&self, preface: &[u8]) -> Detection {
+        detect_h2(preface)
+    }
+    fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
+        Ok(Arc::new(Http2Server::new(parse_typed(config)?)))
+    }
+    fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
+        Ok(Arc::new(Http2Client::new(parse_typed(config)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect_h2(H2_PREFACE), Detection::Match);
+        assert_eq!(detect_h2(&H2_PREFACE[..10]), Detection::NeedMore);
+        assert_eq!(detect_h2(b"GET / HTTP/1.1\r\n"), Detection::NoMatch);
+        assert_eq!(detect_h1(b"GET / HTTP/1.1\r\n"), Detection::Match);
+        assert_eq!(detect_h1(b"OPTIONS * HTTP/1.1"), Detection::Match);
+        assert_eq!(detect_h1(b"GE"), Detection::NeedMore);
+        assert_eq!(detect_h1(b"PR"), Detection::NeedMore);
+        assert_eq!(detect_h1(H2_PREFACE), Detection::NoMatch);
+        assert_eq!(detect_h1(&[0x16, 3, 1]), Detection::NoMatch);
+        assert_eq!(detect_h1(b" GET"), Detection::NoMatch);
+        assert_eq!(detect_h1(&[0xda, 0xbb]), Detection::NoMatch);
+    }
+}

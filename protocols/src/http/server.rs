@@ -1,0 +1,162 @@
+//! Downstream HTTP/1.1 and HTTP/2 servers: hyper connections whose service
+//! hands every request to the stream layer (`StreamHandler`). Limits that
+//! protect meshgate from hostile clients are set here: header size and
+//! count, header read timeout, HTTP/2 stream and reset limits.
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshgate_core::codec::{ServerCodec, StreamHandler};
+use meshgate_core::network::{Connection, ServeFuture};
+use meshgate_core::stream::{Request, StreamInfo, box_body};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Downstream limits and timeouts (`codec_options` of the `proxy` filter).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptions {
+    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list), bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_request_headers_bytes: usize,
+    /// Most header fields in a request (HTTP/1).
+    #[serde(default = "default_max_headers")]
+    pub max_request_headers: usize,
+    /// A client must send a complete request head within this (HTTP/1).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub request_headers_timeout: Duration,
+    /// HTTP/2: concurrent streams a client may open.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2: streams reset by the client before we answered that we
+    /// tolerate in flight (rapid-reset defence, CVE-2023-44487).
+    #[serde(default = "default_max_resets")]
+    pub max_pending_accept_reset_streams: usize,
+    /// HTTP/2: stream-level errors we send before closing the connection.
+    #[serde(default = "default_max_local_resets")]
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    60 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_streams() -> u32 {
+    1024
+}
+fn default_max_resets() -> usize {
+    64
+}
+fn default_max_local_resets() -> usize {
+    256
+}
+
+fn service(
+    handler: Arc<dyn StreamHandler>,
+    conn: Arc<meshgate_core::network::ConnectionInfo>,
+    protocol: &'static str,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = meshgate_core::stream::Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<meshgate_core::stream::Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, box_body(body));
+        let fut = handler.handle(req, StreamInfo::new(conn.clone(), protocol));
+        async move { Ok::<_, Infallible>(fut.await) }
+    })
+}
+
+/// HTTP/1.1 downstream.
+pub struct Http1Server {
+    opts: ServerOptions,
+}
+
+impl Http1Server {
+    pub fn new(opts: ServerOptions) -> Self {
+        Self { opts }
+    }
+}
+
+impl ServerCodec for Http1Server {
+    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+        Box::pin(async move {
+            let (io, info, drain) = conn.into_prefixed();
+            let svc = service(handler, Arc::new(info), "http1");
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(self.opts.request_headers_timeout)
+                .max_buf_size(self.opts.max_request_headers_bytes.max(8192))
+                .max_headers(self.opts.max_request_headers);
+            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "http1 connection ended with an error");
+                    }
+                }
+                _ = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        })
+    }
+}
+
+/// HTTP/2 downstream.
+pub struct Http2Server {
+    opts: ServerOptions,
+}
+
+impl Http2Server {
+    pub fn new(opts: ServerOptions) -> Self {
+        Self { opts }
+    }
+}
+
+impl ServerCodec for Http2Server {
+    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+        Box::pin(async move {
+            let (io, info, drain) = conn.into_prefixed();
+            let svc = service(handler, Arc::new(info), "http2");
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(self.opts.max_concurrent_streams)
+                .max_header_list_size(self.opts.max_request_headers_bytes as u32)
+                .max_pending_accept_reset_streams(self.opts.max_pending_accept_reset_streams)
+                .max_local_error_reset_streams(self.opts.max_local_error_reset_streams)
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .keep_alive_interval(Some(Duration::from_secs(60)));
+            let conn = b.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "http2 connection ended with an error");
+                    }
+                }
+                _ = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        })
+    }
+}
