@@ -15,6 +15,12 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_pkgs[@]}"
 fi
 
+# Python peers: grpcio (gRPC client and server), h2 (HTTP/2 abuse cases),
+# websockets (WebSocket client and server).
+python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
+python3 -c 'import h2' 2>/dev/null || python3 -m pip install -q h2
+python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -55,6 +55,8 @@ pub struct StreamInfo {
     pub start: Instant,
     /// `content-type: application/grpc*`: local replies become gRPC statuses.
     pub grpc: bool,
+    /// The matched route's name (or `vhost/index` when unnamed).
+    pub route: Option<Arc<str>>,
     /// The upstream cluster and endpoint, once chosen (for access logs).
     pub upstream_cluster: Option<Arc<str>>,
     pub upstream_host: Option<std::net::SocketAddr>,
@@ -69,6 +71,7 @@ impl StreamInfo {
             protocol,
             start: Instant::now(),
             grpc: false,
+            route: None,
             upstream_cluster: None,
             upstream_host: None,
             local_reply: None,
@@ -221,4 +224,28 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The future of an `Upgrade`: the raw byte stream after the 101.
+pub type UpgradeFuture =
+    Pin<Box<dyn Future<Output = std::io::Result<Box<dyn crate::network::AsyncIo>>> + Send>>;
+
+/// A connection upgrade (HTTP/1.1 `Upgrade`, e.g. WebSocket) offered by a
+/// codec as a request or response extension: it resolves to the raw byte
+/// stream once the `101 Switching Protocols` has been exchanged. The `proxy`
+/// filter joins the downstream and upstream ones into a tunnel, without
+/// knowing which codec made them. (Clone + Sync only because `http`
+/// extensions require it; the future is taken once.)
+#[derive(Clone)]
+pub struct Upgrade(Arc<std::sync::Mutex<Option<UpgradeFuture>>>);
+
+impl Upgrade {
+    pub fn new(fut: UpgradeFuture) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(fut))))
+    }
+
+    /// The future, the first time it is asked for.
+    pub fn take(&self) -> Option<UpgradeFuture> {
+        self.0.lock().ok()?.take()
+    }
 }

@@ -17,7 +17,8 @@ use meshgate_core::network::{
 };
 use meshgate_core::router::{RouteAction, RouteConfig, RouteTable};
 use meshgate_core::stream::{
-    FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, is_grpc, local_reply,
+    FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, Upgrade, is_grpc,
+    local_reply,
 };
 use metrics::{Counter, Histogram};
 use serde::Deserialize;
@@ -298,6 +299,42 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The protocol a request asks to upgrade to (`Connection: upgrade` plus
+/// `Upgrade: X`), e.g. `websocket`.
+fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        h.get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Joins the two upgraded byte streams (e.g. a WebSocket) until either
+/// side closes.
+fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
+    tokio::spawn(async move {
+        let (Some(down), Some(up)) = (down.take(), up.take()) else {
+            return;
+        };
+        let (d, u) = tokio::join!(down, up);
+        match (d, u) {
+            (Ok(mut d), Ok(mut u)) => {
+                let r = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                tracing::debug!(conn, result = ?r, "upgraded tunnel closed");
+            }
+            (d, u) => {
+                tracing::debug!(conn, down = ?d.err(), up = ?u.err(), "upgrade failed");
+            }
+        }
+    });
+}
+
 fn request_id() -> HeaderValue {
     let v: u128 = rand::random();
     let s = format!(
@@ -326,13 +363,16 @@ impl ProxyHandler {
         self.stats.rq_total.increment(1);
         info.grpc = is_grpc(req.headers());
         let mut resp = self.route_and_forward(&mut req, &mut info).await;
-        strip_hop_by_hop(resp.headers_mut());
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(resp.headers_mut());
+        }
         for f in self.filters.iter().rev() {
             f.on_response(&mut resp, &info);
         }
         let status = resp.status().as_u16();
         let cluster = info.upstream_cluster.as_deref().unwrap_or("");
-        metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.stats.listener.clone(), "cluster" => cluster.to_string(), "code_class" => code_class(status)).increment(1);
+        let route = info.route.as_deref().unwrap_or("");
+        metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.stats.listener.clone(), "route" => route.to_string(), "cluster" => cluster.to_string(), "code_class" => code_class(status)).increment(1);
         self.stats
             .duration
             .record(info.start.elapsed().as_secs_f64());
@@ -340,8 +380,16 @@ impl ProxyHandler {
     }
 
     async fn route_and_forward(&self, req: &mut Request, info: &mut StreamInfo) -> Response {
+        let upgrade = upgrade_protocol(req.headers());
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(u) = &upgrade {
+            headers.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            headers.insert(http::header::UPGRADE, u.clone());
+        }
         headers.remove(http::header::EXPECT);
         if self.generate_request_id && !headers.contains_key("x-request-id") {
             headers.insert("x-request-id", request_id());
@@ -368,6 +416,10 @@ impl ProxyHandler {
         let Some((vhost, route)) = self.table.find_request(req) else {
             return local_reply(info, LocalReason::NoRoute);
         };
+        info.route = Some(match route.name() {
+            Some(n) => n.clone(),
+            None => format!("{}/{}", vhost.name(), route.index()).into(),
+        });
         for f in &self.filters {
             if let FilterStatus::Respond(r) = f.on_request(req, info).await {
                 return r;
@@ -379,9 +431,26 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 let cluster = c.pick_cluster().clone();
                 route.apply_request_mutations(vhost, req);
-                let owned =
+                let mut owned =
                     std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
+                let downstream_upgrade = owned.extensions_mut().remove::<Upgrade>();
                 let mut resp = forward(&cluster, owned, info, c.forward_policy(), None).await;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
+                    match (downstream_upgrade, upstream_upgrade, upgrade) {
+                        (Some(down), Some(up), Some(proto)) => {
+                            tunnel(down, up, info.connection.id);
+                            let h = resp.headers_mut();
+                            h.insert(
+                                http::header::CONNECTION,
+                                HeaderValue::from_static("upgrade"),
+                            );
+                            h.insert(http::header::UPGRADE, proto);
+                            return resp;
+                        }
+                        _ => return local_reply(info, LocalReason::UpstreamProtocolError),
+                    }
+                }
                 if info.local_reply.is_none() {
                     route.apply_response_mutations(vhost, &mut resp);
                 }

@@ -349,3 +349,59 @@ fn oversized_request_headers_get_431() {
     assert_eq!(curl(g.port, &["--http1.1"], "/healthz").status, 200);
     let _unused: Option<SocketAddr> = None;
 }
+
+#[test]
+fn websocket_upgrade_is_tunnelled() {
+    use std::io::{BufRead, BufReader};
+    let peer = workspace().join("tests/peers/ws_peer.py");
+    let ws_port = free_port();
+    let mut server = Command::new("python3")
+        .arg(&peer)
+        .args(["server", &ws_port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with websockets (tests/run.sh installs it)");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY");
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: ws, timeout: 5s}}
+clusters:
+  - name: ws
+    endpoints: [{{address: "127.0.0.1:{ws_port}"}}]
+"#
+    );
+    let _mg = Meshgate::start(&yaml);
+    let out = Command::new("python3")
+        .arg(&peer)
+        .args(["client", &format!("ws://127.0.0.1:{port}/chat"), "20"])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK 20");
+}

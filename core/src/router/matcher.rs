@@ -24,6 +24,39 @@ pub enum PathMatch {
     Regex(regex::Regex),
 }
 
+/// A literal prefix every path matching the (fully anchored) `pattern` must
+/// start with, so a regex route can be indexed by it. Conservative: no
+/// prefix for a pattern with an alternation anywhere; stops at the first
+/// character with a meaning in regex syntax, and drops the last literal
+/// when it is followed by `?`, `*` or `{` (it may then be absent).
+pub(crate) fn regex_literal_prefix(pattern: &str) -> &str {
+    if pattern.contains('|') {
+        return "";
+    }
+    let is_literal = |c: char| {
+        c.is_ascii_alphanumeric()
+            || !c.is_ascii()
+            || matches!(
+                c,
+                '/' | '-' | '_' | '~' | '%' | '=' | ',' | ';' | ':' | '@' | '!' | '&' | '\''
+            )
+    };
+    let mut end = 0;
+    let mut last_start = 0;
+    for (i, c) in pattern.char_indices() {
+        if is_literal(c) {
+            last_start = i;
+            end = i + c.len_utf8();
+            continue;
+        }
+        if matches!(c, '?' | '*' | '{') {
+            end = last_start.min(end);
+        }
+        break;
+    }
+    &pattern[..end]
+}
+
 /// `a` starts with `p`, ASCII case folded when `!case_sensitive`.
 #[inline]
 fn starts_with(a: &str, p: &str, case_sensitive: bool) -> bool {
@@ -206,6 +239,17 @@ impl RouteMatch {
             PathMatch::Path(p) => path.eq_ignore_ascii_case(p),
             PathMatch::Regex(r) => r.is_match(path),
         }
+    }
+
+    /// Whether a route found through the path index matches: its literal
+    /// prefix or path already matched; a regex route indexed by its
+    /// literal prefix still needs its regex.
+    #[inline]
+    pub(crate) fn matches_indexed(&self, input: &super::RouteInput<'_>) -> bool {
+        (match &self.path {
+            PathMatch::Regex(r) => r.is_match(input.path),
+            _ => true,
+        }) && self.matches_conditions(input)
     }
 
     /// Whether everything but the path matches.

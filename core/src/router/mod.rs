@@ -23,15 +23,19 @@
 //!      routes whose prefix (or exact path) is the node's key. Walking the
 //!      request path visits exactly the nodes that are prefixes of it, i.e.
 //!      every route whose path part matches, in O(path length).
-//!    - `safe_regex` routes cannot be indexed; their indices are kept in an
-//!      ascending list.
+//!    - A `safe_regex` route whose pattern starts with a literal (e.g.
+//!      `/v1/users/[0-9]+` starts with `/v1/users/`) is indexed under that
+//!      literal prefix, and its regex checked only when the walk reaches
+//!      it. Other regex routes (an alternation, a leading group or class)
+//!      are kept in an ascending list scanned for every request.
 //!
 //!    The answer is the lowest route index among the candidates whose other
 //!    conditions (headers, query parameters, methods, gRPC) hold. Each
 //!    candidate list is scanned in ascending order and stops at its first
 //!    full match or as soon as its indices exceed the best match found so
 //!    far; so a regex route placed after the winning route is never
-//!    evaluated. This gives the same answer as a linear scan
+//!    evaluated. A request that matches nothing costs one tree walk plus
+//!    the unindexed regexes. This gives the same answer as a linear scan
 //!    ([`RouteTable::find_linear`], checked by a randomized test), without
 //!    allocating.
 //!
@@ -320,9 +324,7 @@ impl VirtualHost {
                 if i >= best {
                     break;
                 }
-                // The path part already matched (this list came from the
-                // index walk).
-                if routes[i as usize].route_match.matches_conditions(input) {
+                if routes[i as usize].route_match.matches_indexed(input) {
                     best = i;
                     break;
                 }
@@ -366,7 +368,18 @@ impl RouteIndex {
             match &m.path {
                 PathMatch::Prefix(p) => tree.insert(p, false, i),
                 PathMatch::Path(p) => tree.insert(p, true, i),
-                PathMatch::Regex(_) => unindexed.push(i),
+                // `case_sensitive` does not apply to regexes.
+                PathMatch::Regex(re) => {
+                    let pattern = re.as_str();
+                    let inner = pattern
+                        .strip_prefix("^(?:")
+                        .and_then(|p| p.strip_suffix(")$"))
+                        .unwrap_or("");
+                    match matcher::regex_literal_prefix(inner) {
+                        "" => unindexed.push(i),
+                        prefix => case_sensitive.insert(prefix, false, i),
+                    }
+                }
             }
         }
         Self {

@@ -864,7 +864,12 @@ fn index_equals_linear_scan() {
                 let a = SEGS[rng.random_range(0..SEGS.len())];
                 let b = SEGS[rng.random_range(0..SEGS.len())];
                 let c = SEGS[rng.random_range(0..SEGS.len())];
-                m.safe_regex = Some(format!("/({a}|{b})/{c}(/.*)?"));
+                m.safe_regex = Some(match rng.random_range(0..3) {
+                    0 => format!("/({a}|{b})/{c}(/.*)?"),
+                    // Indexed by a literal prefix (`/a/`, `/a/b`).
+                    1 => format!("/{a}/{b}?[a-z]*(/.*)?"),
+                    _ => format!("/{a}/{c}[0-9]*/?.*"),
+                });
             }
         }
         literals.extend(m.prefix.clone().or(m.path.clone()));
@@ -956,6 +961,35 @@ fn index_equals_linear_scan() {
     assert!(distinct.len() > 200, "distinct winners: {}", distinct.len());
     // Prefix, exact and regex routes all win sometimes, and some requests miss.
     assert_eq!(kinds.len(), 4, "{kinds:?}");
+}
+
+#[test]
+fn regex_literal_prefixes() {
+    use super::matcher::regex_literal_prefix as p;
+    assert_eq!(p("/re9/[0-9]+"), "/re9/");
+    assert_eq!(p("/v1/users"), "/v1/users");
+    assert_eq!(p("/ab?c"), "/a");
+    assert_eq!(p("/ab*"), "/a");
+    assert_eq!(p("/ab{2}"), "/a");
+    assert_eq!(p("/ab+"), "/ab");
+    assert_eq!(p("/a.b"), "/a");
+    assert_eq!(p("/a|/b"), "");
+    assert_eq!(p("(?i)/a"), "");
+    assert_eq!(p("/é?"), "/");
+    assert_eq!(p("/x\\.y"), "/x");
+    // An indexed regex route still needs its regex to match.
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - {name: re, match: {safe_regex: "/re/[0-9]+"}, route: {cluster: a}}
+      - {name: all, match: {prefix: /}, route: {cluster: a}}
+"#,
+    );
+    assert_eq!(hit(&t, &get("/re/12")), Some("v/re".into()));
+    assert_eq!(hit(&t, &get("/re/12x")), Some("v/all".into()));
 }
 
 #[test]

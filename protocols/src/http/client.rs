@@ -153,7 +153,15 @@ impl ClientCodec for Http1Client {
                     sender
                 }
             };
-            let resp = sender.send_request(req).await.map_err(send_error)?;
+            let mut resp = sender.send_request(req).await.map_err(send_error)?;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The connection now belongs to the tunnel, not the pool.
+                let on = hyper::upgrade::on(&mut resp);
+                let (parts, _) = resp.into_parts();
+                let mut resp = Response::from_parts(parts, meshgate_core::stream::empty_body());
+                resp.extensions_mut().insert(super::upgrade_from_hyper(on));
+                return Ok(resp);
+            }
             let (parts, body) = resp.into_parts();
             let body = ReturnToPool {
                 body,

@@ -14,6 +14,24 @@ use std::sync::Arc;
 pub use client::{Http1Client, Http2Client, PoolOptions};
 pub use server::{Http1Server, Http2Server, ServerOptions};
 
+/// Wraps hyper's pending upgrade as the stream layer's `Upgrade`.
+pub(crate) fn upgrade_from_hyper(on: hyper::upgrade::OnUpgrade) -> meshgate_core::stream::Upgrade {
+    meshgate_core::stream::Upgrade::new(Box::pin(async move {
+        let up = on.await.map_err(std::io::Error::other)?;
+        let io: Box<dyn meshgate_core::network::AsyncIo> =
+            Box::new(hyper_util::rt::TokioIo::new(up));
+        Ok(io)
+    }))
+}
+
+/// Moves hyper's pending upgrade (present on HTTP/1.1 requests that ask
+/// for one) into the request as the stream layer's `Upgrade`.
+pub(crate) fn adopt_upgrade(ext: &mut http::Extensions) {
+    if let Some(on) = ext.remove::<hyper::upgrade::OnUpgrade>() {
+        ext.insert(upgrade_from_hyper(on));
+    }
+}
+
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -74,7 +74,8 @@ fn service(
     Future = impl Future<Output = Result<meshgate_core::stream::Response, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        super::adopt_upgrade(&mut parts.extensions);
         let req = Request::from_parts(parts, box_body(body));
         let fut = handler.handle(req, StreamInfo::new(conn.clone(), protocol));
         async move { Ok::<_, Infallible>(fut.await) }
