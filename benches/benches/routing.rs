@@ -6,7 +6,8 @@
 //! first, a middle and the last route, or miss (every unindexed regex is
 //! then evaluated). The linear scan
 //! (`find_linear`, the reference semantics) is measured on the 10,000-route
-//! table for comparison.
+//! table for comparison. A counting allocator checks, before measuring,
+//! that matching allocates nothing.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use meshgate_core::cluster::ClusterManager;
@@ -17,9 +18,37 @@ use meshgate_core::router::{
     RouteTable, VirtualHostConfig,
 };
 use meshgate_core::stream::{Request, empty_body};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Counts allocations, to check that matching allocates nothing.
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn clusters() -> ClusterManager {
     let yaml = r#"
@@ -56,18 +85,19 @@ fn route(i: usize) -> RouteEntryConfig {
                 ..Default::default()
             });
         }
-        // Every other regex has an alternation, which the index cannot use.
-        _ if (i / 10) % 100 == 0 && (i / 1000) % 2 == 0 => {
-            m.safe_regex = Some(format!("/re{i}/[0-9]+"))
-        }
-        _ if (i / 10) % 100 == 0 => m.safe_regex = Some(format!("/(re{i}|rx{i})/[0-9]+")),
-        _ => m.prefix = Some(format!("/svc{i}/")),
+        // One regex per 1,000 routes; every other one has an alternation,
+        // which the index cannot use.
+        _ => match ((i / 10) % 100, (i / 1000) % 2) {
+            (0, 0) => m.safe_regex = Some(format!("/re{i}/[0-9]+")),
+            (0, _) => m.safe_regex = Some(format!("/(re{i}|rx{i})/[0-9]+")),
+            _ => m.prefix = Some(format!("/svc{i}/")),
+        },
     }
     RouteEntryConfig {
         name: Some(format!("r{i}")),
         match_: m,
         route: Some(RouteActionConfig {
-            cluster: Some(if i % 2 == 0 { "a" } else { "b" }.into()),
+            cluster: Some(["a", "b"][i % 2].into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -131,6 +161,15 @@ fn bench_find(c: &mut Criterion) {
             let req = request(target);
             let found = t.find_request(&req).map(|(_, r)| r.index());
             assert_eq!(found, target, "bench request {label} must hit its route");
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            for _ in 0..100 {
+                black_box(t.find_request(black_box(&req)));
+            }
+            assert_eq!(
+                ALLOCATIONS.load(Ordering::Relaxed),
+                before,
+                "route matching must not allocate ({n}/{label})"
+            );
             group.bench_with_input(BenchmarkId::from_parameter(label), &req, |b, req| {
                 b.iter(|| black_box(t.find_request(black_box(req)).is_some()))
             });

@@ -16,6 +16,9 @@
 # Env: DURATION (s, default 10)  RUNS (default 6)  QUICK=1 (3 s x 2 runs)
 #      CONN_DURATION (s, default DURATION)  CONNS (wrk concurrency, default 50)
 #      MESHGATE_BIN (skip the cargo build and use this binary)
+#      QUIET_WAIT (s, default 300): before each run, wait up to this long for
+#        both CPUs to be idle (< 10 % busy), so that a build or anything else
+#        on the machine does not land in a measurement; 0 disables the wait.
 # Raw outputs: benches/compare/out/ (gitignored).
 set -euo pipefail
 
@@ -31,6 +34,7 @@ DURATION="${DURATION:-10}"
 RUNS="${RUNS:-6}"
 CONN_DURATION="${CONN_DURATION:-$DURATION}"
 CONNS="${CONNS:-50}"
+QUIET_WAIT="${QUIET_WAIT:-300}"
 
 PROXY_CPU=0
 LOAD_CPU=1
@@ -124,6 +128,36 @@ cpu_ticks() { # PID
 
 now() { date +%s.%N; }
 
+# Waits (up to QUIET_WAIT s) until neither CPU is busier than 10 % over 1 s:
+# our own processes are idle between runs, so anything else is foreign load.
+# Sets M_QUIET to 1 if the machine was quiet, 0 if we gave up waiting.
+wait_quiet() {
+    local start b0 a0 b1 a1 c0 d0 c1 d1 p0 p1 said=0
+    start="$SECONDS"
+    while :; do
+        read -r b0 a0 < <(cpu_busy "$PROXY_CPU")
+        read -r c0 d0 < <(cpu_busy "$LOAD_CPU")
+        sleep 1
+        read -r b1 a1 < <(cpu_busy "$PROXY_CPU")
+        read -r c1 d1 < <(cpu_busy "$LOAD_CPU")
+        p0=$(((b1 - b0) * 100 / (a1 - a0 > 0 ? a1 - a0 : 1)))
+        p1=$(((c1 - c0) * 100 / (d1 - d0 > 0 ? d1 - d0 : 1)))
+        if ((p0 < 10 && p1 < 10)); then
+            M_QUIET=1
+            return 0
+        fi
+        if ((SECONDS - start >= QUIET_WAIT)); then
+            log "  warning: machine still busy (CPU$PROXY_CPU $p0%, CPU$LOAD_CPU $p1%); measuring anyway"
+            M_QUIET=0
+            return 0
+        fi
+        if ((said == 0)); then
+            log "  machine busy (CPU$PROXY_CPU $p0%, CPU$LOAD_CPU $p1%): waiting up to ${QUIET_WAIT}s"
+            said=1
+        fi
+    done
+}
+
 # Busy and total jiffies of one CPU, from /proc/stat ("busy total").
 cpu_busy() { # CPU
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
@@ -171,8 +205,12 @@ proxy_pid() { # the process whose CPU time is measured
 }
 
 ORDER=(direct meshgate nginx haproxy)
+M_QUIET=1
+settle() {
+    if ((QUIET_WAIT > 0)); then wait_quiet; else sleep 1; fi
+}
 RESULTS="$OUT/results.tsv"
-printf 'phase\trun\tname\tvalue\tamount\tcpu_ticks\twall_s\terrors\tload_cpu_pct\n' >"$RESULTS"
+printf 'phase\trun\tname\tvalue\tamount\tcpu_ticks\twall_s\terrors\tload_cpu_pct\tquiet\n' >"$RESULTS"
 
 # One measured run: the command's wall time and the proxy's CPU ticks around it.
 # Returns the command's status (callers use `measure ... || die`, which
@@ -205,15 +243,15 @@ wait_port "$BACKEND_PORT" "$IPERF_PID" iperf3-server
 for ((run = 1; run <= RUNS; run++)); do
     for name in "${ORDER[@]}"; do
         json="$OUT/tput-$run-$name.json"
+        settle
         measure "$name" taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$(proxy_port "$name")" \
             -t "$DURATION" -J >"$json" || die "iperf3 through $name failed; see $json"
         read -r bps bytes < <(python3 -c '
 import json, sys
 e = json.load(open(sys.argv[1]))["end"]["sum_received"]
 print(e["bits_per_second"], e["bytes"])' "$json")
-        printf 'tput\t%d\t%s\t%s\t%s\t%s\t%s\t0\t%s\n' "$run" "$name" "$bps" "$bytes" "$M_TICKS" "$M_WALL" "$M_LOAD" >>"$RESULTS"
+        printf 'tput\t%d\t%s\t%s\t%s\t%s\t%s\t0\t%s\t%s\n' "$run" "$name" "$bps" "$bytes" "$M_TICKS" "$M_WALL" "$M_LOAD" "$M_QUIET" >>"$RESULTS"
         log "  run $run $name: $(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }') Gbit/s, proxy cpu ${M_TICKS} ticks, CPU $LOAD_CPU busy ${M_LOAD}%"
-        sleep 1
     done
 done
 stop_pid "$IPERF_PID"
@@ -249,6 +287,7 @@ wait_port "$BACKEND_PORT" "$BACKEND_PID" backend
 for ((run = 1; run <= RUNS; run++)); do
     for name in "${ORDER[@]}"; do
         txt="$OUT/conn-$run-$name.txt"
+        settle
         measure "$name" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${CONN_DURATION}s" \
             -H 'Connection: close' "http://127.0.0.1:$(proxy_port "$name")/" >"$txt" ||
             die "wrk through $name failed; see $txt"
@@ -260,9 +299,8 @@ reqs = int(re.search(r"(\d+) requests in", t).group(1))
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
 print(rps, reqs, errs + (int(m.group(1)) if m else 0))' "$txt")
-        printf 'conn\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$rps" "$reqs" "$M_TICKS" "$M_WALL" "$errs" "$M_LOAD" >>"$RESULTS"
+        printf 'conn\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$rps" "$reqs" "$M_TICKS" "$M_WALL" "$errs" "$M_LOAD" "$M_QUIET" >>"$RESULTS"
         log "  run $run $name: $rps conn/s, proxy cpu ${M_TICKS} ticks, CPU $LOAD_CPU busy ${M_LOAD}%, errors $errs"
-        sleep 1
     done
 done
 stop_pid "$BACKEND_PID"
@@ -365,5 +403,10 @@ table(
     ],
     ["nginx", "haproxy"],
 )
+busy = [f"{r['phase']}-{r['run']}-{r['name']}" for r in rows if r["quiet"] != "1"]
+if busy:
+    print(f"WARNING: {len(busy)} runs started while the machine was busy: {' '.join(busy)}")
+else:
+    print("Every run started on an otherwise idle machine (both CPUs < 10 % busy).")
 PY
 log "raw outputs in $OUT"

@@ -336,7 +336,7 @@ impl Default for RedirectActionConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponseConfig {
-    /// 100..=599.
+    /// 200..=599 (as in Envoy: a final response).
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,

@@ -14,7 +14,10 @@ struct Edge {
 
 #[derive(Debug, Default)]
 struct Node {
-    /// Sorted by the first byte of their label (distinct).
+    /// The first byte of each edge's label, sorted (distinct); kept apart
+    /// from the edges so the search reads one small contiguous array.
+    firsts: Vec<u8>,
+    /// In the order of `firsts`.
     edges: Vec<Edge>,
     /// Routes whose prefix is this node's key, ascending.
     prefix_routes: Vec<u32>,
@@ -38,7 +41,7 @@ impl PathIndex {
 
     pub(crate) fn is_empty(&self) -> bool {
         let root = &self.nodes[0];
-        root.edges.is_empty() && root.prefix_routes.is_empty() && root.exact_routes.is_empty()
+        root.firsts.is_empty() && root.prefix_routes.is_empty() && root.exact_routes.is_empty()
     }
 
     /// Adds a route; routes must be added in ascending index order.
@@ -51,11 +54,11 @@ impl PathIndex {
         let mut node = 0usize;
         let mut rest: &[u8] = &key;
         while let Some(&first) = rest.first() {
-            let edges = &self.nodes[node].edges;
-            match edges.binary_search_by(|e| e.label[0].cmp(&first)) {
+            match self.nodes[node].firsts.binary_search(&first) {
                 Err(pos) => {
                     let child = self.nodes.len() as u32;
                     self.nodes.push(Node::default());
+                    self.nodes[node].firsts.insert(pos, first);
                     self.nodes[node].edges.insert(
                         pos,
                         Edge {
@@ -67,7 +70,7 @@ impl PathIndex {
                     rest = &[];
                 }
                 Ok(pos) => {
-                    let label = &edges[pos].label;
+                    let label = &self.nodes[node].edges[pos].label;
                     let common = label.iter().zip(rest).take_while(|(a, b)| a == b).count();
                     if common < label.len() {
                         // Split the edge at `common`.
@@ -78,6 +81,7 @@ impl PathIndex {
                         edge.label = edge.label[..common].into();
                         edge.child = mid;
                         self.nodes.push(Node {
+                            firsts: vec![tail[0]],
                             edges: vec![Edge {
                                 label: tail,
                                 child: old_child,
@@ -120,17 +124,27 @@ impl PathIndex {
             } else {
                 b
             };
-            let Ok(i) = node.edges.binary_search_by(|e| e.label[0].cmp(&b)) else {
+            let firsts = &node.firsts;
+            let found = if firsts.len() <= 8 {
+                firsts.iter().position(|&f| f == b)
+            } else {
+                firsts.binary_search(&b).ok()
+            };
+            let Some(i) = found else {
                 return;
             };
             let edge = &node.edges[i];
             let Some(seg) = path.get(pos..pos + edge.label.len()) else {
                 return;
             };
+            // Labels are mostly short, where a byte loop beats a `memcmp`
+            // call.
             let same = if self.fold_case {
                 seg.iter()
                     .zip(edge.label.iter())
                     .all(|(a, l)| a.to_ascii_lowercase() == *l)
+            } else if seg.len() <= 16 {
+                seg.iter().zip(edge.label.iter()).all(|(a, l)| a == l)
             } else {
                 seg == &*edge.label
             };

@@ -511,10 +511,10 @@ impl Route {
             RouteAction::Redirect(build_redirect(&format!("{path}.redirect"), r, prefix_len)?)
         } else if let Some(d) = &c.direct_response {
             let dpath = format!("{path}.direct_response");
-            if !(100..=599).contains(&d.status) {
+            if !(200..=599).contains(&d.status) {
                 return Err(BuildError::new(
                     format!("{dpath}.status"),
-                    format!("status {} out of range 100..=599", d.status),
+                    format!("status {} out of range 200..=599", d.status),
                 ));
             }
             RouteAction::DirectResponse(DirectResponseAction {

@@ -689,6 +689,11 @@ fn validation_errors() {
         (
             vh("{match: {prefix: /x}, direct_response: {status: 600}}"),
             format!("{r2}.direct_response.status"),
+            "status 600 out of range 200..=599",
+        ),
+        (
+            vh("{match: {prefix: /x}, direct_response: {status: 101}}"),
+            format!("{r2}.direct_response.status"),
             "out of range",
         ),
         (
