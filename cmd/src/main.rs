@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util_shim::CancellationToken;
-
-mod tokio_util_shim {
-    pub use meshgate_core::server::StopToken as CancellationToken;
-}
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -14,7 +14,15 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install_recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Fixed buckets (seconds) make histograms cheap to record and
+            // aggregatable across a fleet, unlike summaries.
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .expect("non-empty buckets")
+                .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed");

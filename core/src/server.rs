@@ -13,7 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-pub use tokio_util::sync::CancellationToken as StopToken;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -232,6 +232,10 @@ struct HttpStats {
     listener: String,
     rq_total: Counter,
     duration: Histogram,
+    /// `meshgate_http_downstream_rq_xx_total` handles per (route, cluster),
+    /// one per status class, registered on first use so the hot path does
+    /// no label formatting.
+    by_route: dashmap::DashMap<(Arc<str>, Arc<str>), Arc<[Counter; 5]>>,
 }
 
 impl HttpStats {
@@ -240,7 +244,37 @@ impl HttpStats {
             listener: listener.to_string(),
             rq_total: metrics::counter!("meshgate_http_downstream_rq_total", "listener" => listener.to_string()),
             duration: metrics::histogram!("meshgate_http_downstream_rq_duration_seconds", "listener" => listener.to_string()),
+            by_route: dashmap::DashMap::new(),
         }
+    }
+
+    fn count(&self, info: &StreamInfo, status: u16) {
+        static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(|| Arc::from(""));
+        let route = info.route.clone().unwrap_or_else(|| empty.clone());
+        let cluster = info
+            .upstream_cluster
+            .clone()
+            .unwrap_or_else(|| empty.clone());
+        let key = (route, cluster);
+        let counters = match self.by_route.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let (route, cluster) = (key.0.to_string(), key.1.to_string());
+                let c: Arc<[Counter; 5]> = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route.clone(), "cluster" => cluster.clone(), "code_class" => class)
+                }));
+                self.by_route.entry(key).or_insert(c).clone()
+            }
+        };
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        counters[class].increment(1);
     }
 }
 
@@ -348,16 +382,6 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_str(&s).expect("hex is a valid header value")
 }
 
-fn code_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl ProxyHandler {
     async fn process(&self, mut req: Request, mut info: StreamInfo) -> Response {
         self.stats.rq_total.increment(1);
@@ -370,9 +394,7 @@ impl ProxyHandler {
             f.on_response(&mut resp, &info);
         }
         let status = resp.status().as_u16();
-        let cluster = info.upstream_cluster.as_deref().unwrap_or("");
-        let route = info.route.as_deref().unwrap_or("");
-        metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.stats.listener.clone(), "route" => route.to_string(), "cluster" => cluster.to_string(), "code_class" => code_class(status)).increment(1);
+        self.stats.count(&info, status);
         self.stats
             .duration
             .record(info.start.elapsed().as_secs_f64());
@@ -416,10 +438,7 @@ impl ProxyHandler {
         let Some((vhost, route)) = self.table.find_request(req) else {
             return local_reply(info, LocalReason::NoRoute);
         };
-        info.route = Some(match route.name() {
-            Some(n) => n.clone(),
-            None => format!("{}/{}", vhost.name(), route.index()).into(),
-        });
+        info.route = Some(route.stat_name().clone());
         for f in &self.filters {
             if let FilterStatus::Respond(r) = f.on_request(req, info).await {
                 return r;

@@ -155,6 +155,8 @@ struct RouteIndex {
 #[derive(Debug)]
 pub struct Route {
     name: Option<Arc<str>>,
+    /// `name`, or `vhost/index` when unnamed: the `route` metric label.
+    stat_name: Arc<str>,
     index: usize,
     route_match: RouteMatch,
     action: RouteAction,
@@ -222,12 +224,12 @@ impl RouteTable {
             )?;
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
-                routes.push(Route::build(
-                    &format!("{path}.routes[{j}]"),
-                    j,
-                    r,
-                    clusters,
-                )?);
+                let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
+                route.stat_name = match &route.name {
+                    Some(n) => n.clone(),
+                    None => format!("{}/{j}", vh.name).into(),
+                };
+                routes.push(route);
             }
             let index = RouteIndex::build(&routes);
             virtual_hosts.push(VirtualHost {
@@ -391,6 +393,11 @@ impl RouteIndex {
 }
 
 impl Route {
+    /// The route's label in metrics and logs: `name`, or `vhost/index`.
+    pub fn stat_name(&self) -> &Arc<str> {
+        &self.stat_name
+    }
+
     /// `name`, if configured.
     pub fn name(&self) -> Option<&Arc<str>> {
         self.name.as_ref()
@@ -531,6 +538,7 @@ impl Route {
         };
         Ok(Self {
             name: c.name.as_deref().map(Arc::from),
+            stat_name: Arc::from(""),
             index,
             route_match,
             action,
