@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # Peers the end-to-end tests drive (Debian packages).
 apt_pkgs=()
 command -v curl >/dev/null || apt_pkgs+=(curl)
+command -v h2load >/dev/null || apt_pkgs+=(nghttp2-client)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub enum Proto {
     Http1,
     H2c,
+    /// h2c advertising SETTINGS_MAX_CONCURRENT_STREAMS of this value.
+    H2cMaxStreams(u32),
 }
 
 /// A running backend.
@@ -72,6 +74,9 @@ async fn handle(
     }
     if path.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if path.contains("/delay") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if path.contains("/stream") {
         // Five chunks 100ms apart, then trailers.
@@ -153,6 +158,12 @@ impl HttpBackend {
                             }
                             Proto::H2c => {
                                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .serve_connection(io, svc)
+                                    .await
+                            }
+                            Proto::H2cMaxStreams(n) => {
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .max_concurrent_streams(n)
                                     .serve_connection(io, svc)
                                     .await
                             }

@@ -405,3 +405,111 @@ clusters:
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK 20");
 }
+
+#[test]
+fn h2load_concurrency_through_both_upstream_protocols() {
+    // 10 connections x 10 streams, to an HTTP/1.1 pool and to an h2c backend
+    // that allows only 4 concurrent streams (meshgate must queue, not fail).
+    let a = HttpBackend::start("a", Proto::Http1);
+    let h2 = HttpBackend::start("h2", Proto::H2cMaxStreams(4));
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /h2/}}
+                        route: {{cluster: h2}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: h1}}
+clusters:
+  - name: h1
+    endpoints: [{{address: "{}"}}]
+  - name: h2
+    protocol: http2
+    endpoints: [{{address: "{}"}}]
+"#,
+        a.addr, h2.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    for path in ["/api/delay", "/h2/delay"] {
+        let out = Command::new("h2load")
+            .args(["-n", "2000", "-c", "10", "-m", "10", "-t", "1"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("h2load (Debian nghttp2-client; tests/run.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("2000 succeeded, 0 failed, 0 errored"),
+            "{path}: {text}"
+        );
+        assert!(text.contains("status codes: 2000 2xx"), "{path}: {text}");
+    }
+    assert_eq!(a.hits(), 2000);
+    assert_eq!(h2.hits(), 2000);
+    // One multiplexed upstream connection carried the h2 traffic.
+    assert_eq!(
+        mg.metric("meshgate_cluster_upstream_cx_total", &[("cluster", "h2")]),
+        1.0
+    );
+}
+
+#[test]
+fn expect_continue_head_and_unkept_bodies() {
+    let g = gateway();
+    // Expect: 100-continue is answered by meshgate and the body arrives.
+    let r = curl(
+        g.port,
+        &[
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "0123456789",
+        ],
+        "/api/e",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(field(&r.body, "body-bytes"), "10");
+    // HEAD gets headers and no body.
+    let r = curl(g.port, &["--http1.1", "-I"], "/api/h");
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with("HTTP/1.1 200"), "{}", r.body);
+    assert!(!r.body.contains("backend="), "{}", r.body);
+    // A body larger than the retry buffer is streamed and not retried: the
+    // backend sees one attempt and the 503 goes back.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("body");
+    std::fs::write(&f, vec![b'z'; 200_000]).unwrap();
+    let before = g.a.hits();
+    let r = curl(
+        g.port,
+        &["--http1.1", "--data-binary", &format!("@{}", f.display())],
+        "/retry/status/503",
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        g.a.hits() - before,
+        1,
+        "a body meshgate did not keep must not be retried"
+    );
+    // A small body is kept and re-sent on retry.
+    let before = g.a.hits();
+    let r = curl(
+        g.port,
+        &["--http1.1", "--data-binary", "small"],
+        "/retry/status/503",
+    );
+    assert_eq!(r.status, 503);
+    assert_eq!(g.a.hits() - before, 2);
+}
