@@ -28,14 +28,17 @@ clusters:
 
 #[test]
 fn examples_validate() {
-    for ex in ["quickstart.yaml", "tcp-lb.yaml"] {
+    for ex in ["quickstart.yaml", "tcp-lb.yaml", "http-gateway.yaml"] {
         let p = workspace().join("examples").join(ex);
         let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
         assert_eq!(code, 0, "{ex}: {out}{err}");
         assert!(out.contains(": ok"), "{out}");
     }
-    let p = workspace().join("benches/compare/tcp.yaml");
-    assert_eq!(run_cli(&["validate", p.to_str().unwrap()]).0, 0);
+    for f in ["benches/compare/tcp.yaml", "benches/compare/http1.yaml"] {
+        let p = workspace().join(f);
+        let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{f}: {out}{err}");
+    }
 }
 
 /// (config text, expected line, expected field, expected message fragment)
@@ -206,4 +209,48 @@ fn short_form_runs_the_config() {
     assert_eq!(&b, b"ping");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn l7_config_errors_name_the_route_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+listeners:
+  - name: web
+    address: 127.0.0.1:10080
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: [\"*\"]
+                    routes:
+                      - match: {prefix: /api/}
+                        route: {cluster: nope}
+clusters:
+  - name: api
+    endpoints: [{address: \"127.0.0.1:1\"}]
+";
+    let f = write_config(dir.path(), "l7.yaml", text);
+    let (code, _, err) = run_cli(&["validate", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{f}:14: listeners[0].filter_chains[0].filters[0].config.route_config.virtual_hosts[0].routes[0].route.cluster: unknown cluster 'nope'"
+        )),
+        "{err}"
+    );
+    let f = write_config(
+        dir.path(),
+        "l7b.yaml",
+        &text
+            .replace("{prefix: /api/}", "{safe_regex: \"([\"}")
+            .replace("cluster: nope", "cluster: api"),
+    );
+    let (code, _, err) = run_cli(&["validate", &f]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("routes[0].match.safe_regex"), "{err}");
+    assert!(err.starts_with(&format!("{f}:13: ")), "{err}");
 }

@@ -513,3 +513,64 @@ fn expect_continue_head_and_unkept_bodies() {
     assert_eq!(r.status, 503);
     assert_eq!(g.a.hits() - before, 2);
 }
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_closes_idle_keepalives() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: a}}
+clusters:
+  - name: a
+    endpoints: [{{address: "{}"}}]
+"#,
+        a.addr
+    );
+    let mut mg = Meshgate::start_with_args(&yaml, &["--drain-time", "20s"]);
+    // An idle keep-alive connection, and a request that takes 3 s.
+    use std::io::{Read, Write};
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    let slow = std::thread::spawn(move || curl(port, &["--http1.1"], "/slow"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    mg.terminate();
+    // The idle keep-alive connection is closed by the drain.
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "idle keep-alive connection not closed on drain");
+    let r = slow.join().unwrap();
+    assert_eq!(
+        r.status, 200,
+        "in-flight request failed during drain: {}",
+        r.body
+    );
+    let st = mg
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("did not exit after draining");
+    assert!(st.success());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "drain waited too long: {:?}",
+        t.elapsed()
+    );
+}
