@@ -228,6 +228,9 @@ impl Proxy {
     }
 }
 
+/// Status-class counters of one (route, cluster) pair.
+type RouteCounters = Arc<[Counter; 5]>;
+
 struct HttpStats {
     listener: String,
     rq_total: Counter,
@@ -235,7 +238,7 @@ struct HttpStats {
     /// `meshgate_http_downstream_rq_xx_total` handles per (route, cluster),
     /// one per status class, registered on first use so the hot path does
     /// no label formatting.
-    by_route: dashmap::DashMap<(Arc<str>, Arc<str>), Arc<[Counter; 5]>>,
+    by_route: dashmap::DashMap<(Arc<str>, Arc<str>), RouteCounters>,
 }
 
 impl HttpStats {
@@ -261,7 +264,7 @@ impl HttpStats {
             Some(c) => c.clone(),
             None => {
                 let (route, cluster) = (key.0.to_string(), key.1.to_string());
-                let c: Arc<[Counter; 5]> = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
                     metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route.clone(), "cluster" => cluster.clone(), "code_class" => class)
                 }));
                 self.by_route.entry(key).or_insert(c).clone()
