@@ -3,9 +3,14 @@
 //! balancer (retrying the connect on other endpoints), then moves bytes both
 //! ways with correct half-close, an idle timeout and byte counters.
 //!
-//! Plain TCP on both sides is moved with splice(2) through a pipe, so the
-//! payload never enters user space; that is why this is written by hand
-//! rather than with `tokio::io::copy_bidirectional` (see benches/RESULTS.md).
+//! Plain TCP on both sides starts with a user-space copy through a 16 KiB
+//! buffer. A direction that keeps filling that buffer (bulk transfer)
+//! switches to splice(2) through a pipe, so its payload no longer enters
+//! user space. Short flows (a request and a reply) never pay for the pipe's
+//! setup (`pipe2`, `F_SETPIPE_SZ`, two `close`), bulk flows never pay for the
+//! copy. That is why this is written by hand rather than with
+//! `tokio::io::copy_bidirectional` (see benches/RESULTS.md). `splice:
+//! always|never` forces one path.
 
 use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, UpstreamConnection, now_ms};
@@ -45,6 +50,20 @@ struct TcpProxyConfig {
     /// `source_ip_port`.
     #[serde(default)]
     hash_policy: HashPolicy,
+    /// How plain TCP bytes move: `auto` (default: copy, then splice once a
+    /// direction carries bulk data), `always` (splice from the first byte)
+    /// or `never` (user-space copy only).
+    #[serde(default)]
+    splice: SpliceMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SpliceMode {
+    #[default]
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +141,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
             max_connect_attempts: cfg.max_connect_attempts,
             idle_timeout: cfg.idle_timeout,
             hash_policy: cfg.hash_policy,
+            splice: cfg.splice,
             no_upstream: metrics::counter!("meshgate_tcp_proxy_upstream_unavailable_total", "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!("meshgate_listener_downstream_bytes_received_total", "listener" => listener.clone()),
             downstream_bytes_sent: metrics::counter!("meshgate_listener_downstream_bytes_sent_total", "listener" => listener),
@@ -135,6 +155,7 @@ struct TcpProxy {
     max_connect_attempts: u32,
     idle_timeout: Duration,
     hash_policy: HashPolicy,
+    splice: SpliceMode,
     no_upstream: Counter,
     downstream_bytes_received: Counter,
     downstream_bytes_sent: Counter,
@@ -227,7 +248,7 @@ impl TcpProxy {
                         counters.down_received.increment(preface.len() as u64);
                         counters.up_sent.increment(preface.len() as u64);
                     }
-                    splice_bidirectional(&down, &up.stream, &counters, &activity).await
+                    pump_bidirectional(&down, &up.stream, self.splice, &counters, &activity).await
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
@@ -308,26 +329,87 @@ fn shutdown_write(s: &TcpStream) {
 
 /// Both directions until both saw EOF (each EOF is passed on as a write
 /// shutdown: half-close) or either side fails.
-async fn splice_bidirectional(
+async fn pump_bidirectional(
     down: &TcpStream,
     up: &TcpStream,
+    mode: SpliceMode,
     c: &Counters<'_>,
     activity: &AtomicU64,
 ) -> io::Result<()> {
-    let d2u = splice_one_way(down, up, c.down_received, c.up_sent, activity);
-    let u2d = splice_one_way(up, down, c.up_received, c.down_sent, activity);
+    // How many directions have seen EOF. The second EOF needs no shutdown:
+    // both sockets are closed right after, which sends the FIN anyway.
+    let eofs = std::sync::atomic::AtomicU8::new(0);
+    let d2u = pump_one_way(down, up, mode, c.down_received, c.up_sent, activity, &eofs);
+    let u2d = pump_one_way(up, down, mode, c.up_received, c.down_sent, activity, &eofs);
     tokio::try_join!(d2u, u2d).map(|_| ())
 }
 
+/// The user-space copy buffer of one direction (what nginx and HAProxy use
+/// by default).
+const COPY_BUF: usize = 16 * 1024;
+/// Full copy-buffer reads in a row after which a direction counts as bulk
+/// and moves to splice(2) in `auto` mode.
+const BULK_READS: u32 = 4;
 /// How much one splice(2) call moves at most; the pipe is grown to match.
 const SPLICE_CHUNK: usize = 256 * 1024;
 
-async fn splice_one_way(
+/// One direction, src to dst, until EOF (passed on as a write shutdown).
+async fn pump_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mode: SpliceMode,
+    read_counter: &Counter,
+    write_counter: &Counter,
+    activity: &AtomicU64,
+    eofs: &std::sync::atomic::AtomicU8,
+) -> io::Result<()> {
+    let on_eof = || {
+        if eofs.fetch_add(1, Ordering::Relaxed) == 0 {
+            shutdown_write(dst);
+        }
+    };
+    if mode != SpliceMode::Always {
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut full_reads = 0u32;
+        loop {
+            // Optimistic read first: readiness is usually already known.
+            let n = match src.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src.readable().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                on_eof();
+                return Ok(());
+            }
+            read_counter.increment(n as u64);
+            write_all_ref(dst, &buf[..n]).await?;
+            write_counter.increment(n as u64);
+            activity.store(now_ms(), Ordering::Relaxed);
+            if n == buf.len() {
+                full_reads += 1;
+                if mode == SpliceMode::Auto && full_reads >= BULK_READS {
+                    break;
+                }
+            } else {
+                full_reads = 0;
+            }
+        }
+    }
+    splice_loop(src, dst, read_counter, write_counter, activity, on_eof).await
+}
+
+/// The zero-copy path: src -> pipe -> dst with splice(2).
+async fn splice_loop(
     src: &TcpStream,
     dst: &TcpStream,
     read_counter: &Counter,
     write_counter: &Counter,
     activity: &AtomicU64,
+    on_eof: impl Fn(),
 ) -> io::Result<()> {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
     use std::os::fd::AsFd;
@@ -348,7 +430,7 @@ async fn splice_one_way(
             })
             .await?;
         if n == 0 {
-            shutdown_write(dst);
+            on_eof();
             return Ok(());
         }
         read_counter.increment(n as u64);

@@ -121,10 +121,22 @@ fn failover_when_one_backend_is_down_loses_no_connection() {
 
 #[test]
 fn one_gibibyte_both_ways_is_byte_identical() {
-    const TOTAL: usize = 1 << 30;
+    // `splice: auto`: the first reads are copied, then bulk moves to splice.
+    transfer_is_byte_identical(1 << 30, "");
+}
+
+#[test]
+fn forced_copy_and_forced_splice_paths_are_byte_identical() {
+    transfer_is_byte_identical(64 << 20, "              splice: never\n");
+    transfer_is_byte_identical(64 << 20, "              splice: always\n");
+}
+
+/// Sends `total` pseudo-random bytes through tcp_proxy to an echo backend
+/// while reading the echo, and compares checksums and byte counters.
+fn transfer_is_byte_identical(total: usize, extra_proxy: &str) {
     let backend = echo_backend();
     let port = free_port();
-    let mg = Meshgate::start(&lb_config(port, &[backend], "", ""));
+    let mg = Meshgate::start(&lb_config(port, &[backend], "", extra_proxy));
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
@@ -132,7 +144,7 @@ fn one_gibibyte_both_ways_is_byte_identical() {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut sent = 0;
-        while sent < TOTAL {
+        while sent < total {
             prng.fill(&mut buf);
             hasher.update(&buf);
             w.write_all(&buf).unwrap();
@@ -155,7 +167,7 @@ fn one_gibibyte_both_ways_is_byte_identical() {
         got += n;
     }
     let sent_hash = writer.join().unwrap();
-    assert_eq!(got, TOTAL);
+    assert_eq!(got, total);
     assert_eq!(hasher.digest(), sent_hash, "echoed bytes differ");
     let up = mg.metric(
         "meshgate_cluster_upstream_bytes_sent_total",
@@ -165,8 +177,8 @@ fn one_gibibyte_both_ways_is_byte_identical() {
         "meshgate_cluster_upstream_bytes_received_total",
         &[("cluster", "backends")],
     );
-    assert_eq!(up, TOTAL as f64);
-    assert_eq!(down, TOTAL as f64);
+    assert_eq!(up, total as f64);
+    assert_eq!(down, total as f64);
 }
 
 #[test]
@@ -322,12 +334,24 @@ fn backend_that_resets_or_never_answers_closes_the_client() {
             thread::sleep(Duration::from_millis(50));
         }
     };
-    assert!(
-        wait_metric(
+    // The reset lands either on the established connection or, when it
+    // beats the connect's completion check, on the connect itself.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let destroyed = mg.metric(
             "meshgate_cluster_upstream_cx_destroy_total",
-            &[("cluster", "reset"), ("reason", "reset")]
-        ) >= 1.0
-    );
+            &[("cluster", "reset"), ("reason", "reset")],
+        );
+        let connect_failed = mg.metric(
+            "meshgate_cluster_upstream_cx_connect_fail_total",
+            &[("cluster", "reset")],
+        );
+        if destroyed + connect_failed >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no counter saw the reset");
+        thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         wait_metric(
             "meshgate_cluster_upstream_cx_destroy_total",

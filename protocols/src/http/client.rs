@@ -274,6 +274,21 @@ async fn h2_sender(
     Ok(sender)
 }
 
+/// Sends of one bodiless request that the peer may refuse before it is
+/// failed.
+const REFUSED_STREAM_ATTEMPTS: u32 = 3;
+
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
 impl ClientCodec for Http2Client {
     fn send(
         &self,
@@ -301,8 +316,34 @@ impl ClientCodec for Http2Client {
             }
             req.headers_mut().remove(http::header::HOST);
             *req.version_mut() = http::Version::HTTP_2;
-            let mut sender = h2_sender(&slot, &cluster, endpoint).await?;
-            let resp = sender.send_request(req).await.map_err(send_error)?;
+            // A bodiless request refused by the peer (REFUSED_STREAM: it was
+            // never processed, RFC 9113 section 8.7) is sent again. This
+            // happens on a fresh connection, before the peer's SETTINGS with
+            // its concurrency limit arrived.
+            let replay = http_body::Body::is_end_stream(req.body()).then(|| {
+                let mut r = http::Request::new(());
+                *r.method_mut() = req.method().clone();
+                *r.uri_mut() = req.uri().clone();
+                *r.version_mut() = req.version();
+                *r.headers_mut() = req.headers().clone();
+                r
+            });
+            let mut sender = h2_sender(&slot, &cluster, endpoint.clone()).await?;
+            let mut result = sender.send_request(req).await;
+            let mut attempts = 1;
+            while let Err(e) = &result
+                && attempts < REFUSED_STREAM_ATTEMPTS
+                && is_refused_stream(e)
+                && let Some(head) = &replay
+            {
+                attempts += 1;
+                let mut sender = h2_sender(&slot, &cluster, endpoint.clone()).await?;
+                sender.ready().await.map_err(send_error)?;
+                let (parts, ()) = head.clone().into_parts();
+                let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
+                result = sender.send_request(req).await;
+            }
+            let resp = result.map_err(send_error)?;
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, box_body(body)))
         })
