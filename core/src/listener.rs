@@ -340,7 +340,13 @@ async fn handle_connection(
     drain: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(listener.address);
+    // A listener bound to one address and port knows every connection's
+    // local address: no getsockname(2) per connection.
+    let local = if listener.address.ip().is_unspecified() || listener.address.port() == 0 {
+        stream.local_addr().unwrap_or(listener.address)
+    } else {
+        listener.address
+    };
     let mut stream = stream;
     let mut preface = Bytes::new();
     let mut sni = None;

@@ -3,14 +3,15 @@
 //! balancer (retrying the connect on other endpoints), then moves bytes both
 //! ways with correct half-close, an idle timeout and byte counters.
 //!
-//! Plain TCP on both sides starts with a user-space copy through a 16 KiB
-//! buffer. A direction that keeps filling that buffer (bulk transfer)
-//! switches to splice(2) through a pipe, so its payload no longer enters
-//! user space. Short flows (a request and a reply) never pay for the pipe's
-//! setup (`pipe2`, `F_SETPIPE_SZ`, two `close`), bulk flows never pay for the
-//! copy. That is why this is written by hand rather than with
-//! `tokio::io::copy_bidirectional` (see benches/RESULTS.md). `splice:
-//! always|never` forces one path.
+//! Plain TCP on both sides is moved by hand rather than with
+//! `tokio::io::copy_bidirectional`, for three reasons measured in
+//! benches/RESULTS.md: a direction starts with a 16 KiB buffer and an
+//! optimistic read (short flows cost few syscalls and little memory); a
+//! direction that keeps filling it (bulk) grows it to 128 KiB; and
+//! `zero_copy: bulk|always` moves bulk (or all) bytes with splice(2) through
+//! a pipe, so the payload never enters user space: less proxy CPU per byte,
+//! but on loopback the receiver then works harder and throughput drops,
+//! hence not the default.
 
 use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, UpstreamConnection, now_ms};
@@ -27,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,20 +52,21 @@ struct TcpProxyConfig {
     /// `source_ip_port`.
     #[serde(default)]
     hash_policy: HashPolicy,
-    /// How plain TCP bytes move: `auto` (default: copy, then splice once a
-    /// direction carries bulk data), `always` (splice from the first byte)
-    /// or `never` (user-space copy only).
+    /// How plain TCP bytes move: `never` (default: user-space copy through
+    /// a buffer that grows for bulk flows), `bulk` (copy, then splice(2)
+    /// once a direction carries bulk data) or `always` (splice from the
+    /// first byte).
     #[serde(default)]
-    splice: SpliceMode,
+    zero_copy: ZeroCopy,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum SpliceMode {
+enum ZeroCopy {
     #[default]
-    Auto,
-    Always,
     Never,
+    Bulk,
+    Always,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +144,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
             max_connect_attempts: cfg.max_connect_attempts,
             idle_timeout: cfg.idle_timeout,
             hash_policy: cfg.hash_policy,
-            splice: cfg.splice,
+            zero_copy: cfg.zero_copy,
             no_upstream: metrics::counter!("meshgate_tcp_proxy_upstream_unavailable_total", "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!("meshgate_listener_downstream_bytes_received_total", "listener" => listener.clone()),
             downstream_bytes_sent: metrics::counter!("meshgate_listener_downstream_bytes_sent_total", "listener" => listener),
@@ -155,7 +158,7 @@ struct TcpProxy {
     max_connect_attempts: u32,
     idle_timeout: Duration,
     hash_policy: HashPolicy,
-    splice: SpliceMode,
+    zero_copy: ZeroCopy,
     no_upstream: Counter,
     downstream_bytes_received: Counter,
     downstream_bytes_sent: Counter,
@@ -248,7 +251,8 @@ impl TcpProxy {
                         counters.down_received.increment(preface.len() as u64);
                         counters.up_sent.increment(preface.len() as u64);
                     }
-                    pump_bidirectional(&down, &up.stream, self.splice, &counters, &activity).await
+                    pump_bidirectional(&down, &up.stream, self.zero_copy, &counters, &activity)
+                        .await
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
@@ -332,54 +336,103 @@ fn shutdown_write(s: &TcpStream) {
 async fn pump_bidirectional(
     down: &TcpStream,
     up: &TcpStream,
-    mode: SpliceMode,
+    mode: ZeroCopy,
     c: &Counters<'_>,
     activity: &AtomicU64,
 ) -> io::Result<()> {
     // How many directions have seen EOF. The second EOF needs no shutdown:
     // both sockets are closed right after, which sends the FIN anyway.
     let eofs = std::sync::atomic::AtomicU8::new(0);
-    let d2u = pump_one_way(down, up, mode, c.down_received, c.up_sent, activity, &eofs);
-    let u2d = pump_one_way(up, down, mode, c.up_received, c.down_sent, activity, &eofs);
+    let d2u = Way {
+        src: down,
+        dst: up,
+        read: c.down_received,
+        written: c.up_sent,
+    };
+    let u2d = Way {
+        src: up,
+        dst: down,
+        read: c.up_received,
+        written: c.down_sent,
+    };
+    let d2u = pump_one_way(d2u, mode, activity, &eofs);
+    let u2d = pump_one_way(u2d, mode, activity, &eofs);
     tokio::try_join!(d2u, u2d).map(|_| ())
 }
 
 /// The user-space copy buffer of one direction (what nginx and HAProxy use
 /// by default).
 const COPY_BUF: usize = 16 * 1024;
-/// Full copy-buffer reads in a row after which a direction counts as bulk
-/// and moves to splice(2) in `auto` mode.
+/// Full copy-buffer reads in a row after which a direction counts as bulk:
+/// its buffer grows to `BULK_BUF`, or it moves to splice(2) with
+/// `zero_copy: bulk`.
 const BULK_READS: u32 = 4;
+/// The copy buffer of a bulk direction. Fewer, larger reads and writes:
+/// +5-10 % throughput over 16 KiB on loopback (benches/RESULTS.md); only
+/// flows that keep filling the small buffer pay for it.
+const BULK_BUF: usize = 128 * 1024;
 /// How much one splice(2) call moves at most; the pipe is grown to match.
 const SPLICE_CHUNK: usize = 256 * 1024;
 
 /// One direction, src to dst, until EOF (passed on as a write shutdown).
+/// One direction of a proxied connection.
+struct Way<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    read: &'a Counter,
+    written: &'a Counter,
+}
+
+/// Reads what `src` has: `Some(n)` (0 at EOF), or `None` when it is not
+/// readable. A short read drained the receive queue, so it also forgets
+/// the read readiness, with the readiness tick taken before the read: the
+/// next read then waits for the next epoll edge instead of paying for an
+/// EAGAIN, and data that arrived during the read has bumped the tick, so
+/// its readiness is kept.
+fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    use std::os::fd::AsFd;
+    let len = buf.len();
+    let mut got = None;
+    let r = src.try_io(Interest::READABLE, || {
+        let n = nix::unistd::read(src.as_fd(), buf).map_err(io::Error::from)?;
+        got = Some(n);
+        if n > 0 && n < len {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match r {
+        Ok(()) => Ok(got),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(got),
+        Err(e) => Err(e),
+    }
+}
+
 async fn pump_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    mode: SpliceMode,
-    read_counter: &Counter,
-    write_counter: &Counter,
+    way: Way<'_>,
+    mode: ZeroCopy,
     activity: &AtomicU64,
     eofs: &std::sync::atomic::AtomicU8,
 ) -> io::Result<()> {
+    let Way {
+        src,
+        dst,
+        read: read_counter,
+        written: write_counter,
+    } = way;
     let on_eof = || {
         if eofs.fetch_add(1, Ordering::Relaxed) == 0 {
             shutdown_write(dst);
         }
     };
-    if mode != SpliceMode::Always {
+    if mode != ZeroCopy::Always {
         let mut buf = vec![0u8; COPY_BUF];
         let mut full_reads = 0u32;
         loop {
-            // Optimistic read first: readiness is usually already known.
-            let n = match src.try_read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    src.readable().await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(n) = read_some(src, &mut buf)? else {
+                src.readable().await?;
+                continue;
             };
             if n == 0 {
                 on_eof();
@@ -391,8 +444,11 @@ async fn pump_one_way(
             activity.store(now_ms(), Ordering::Relaxed);
             if n == buf.len() {
                 full_reads += 1;
-                if mode == SpliceMode::Auto && full_reads >= BULK_READS {
-                    break;
+                if full_reads == BULK_READS {
+                    match mode {
+                        ZeroCopy::Bulk => break,
+                        _ => buf.resize(BULK_BUF, 0),
+                    }
                 }
             } else {
                 full_reads = 0;
@@ -413,7 +469,6 @@ async fn splice_loop(
 ) -> io::Result<()> {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
     use std::os::fd::AsFd;
-    use tokio::io::Interest;
     let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     // A bigger pipe means fewer wake-ups per byte; the kernel may refuse
     // (pipe-max-size), then the default 64 KiB is used.

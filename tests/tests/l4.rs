@@ -121,14 +121,15 @@ fn failover_when_one_backend_is_down_loses_no_connection() {
 
 #[test]
 fn one_gibibyte_both_ways_is_byte_identical() {
-    // `splice: auto`: the first reads are copied, then bulk moves to splice.
+    // Default: copy through a buffer that grows once the flow is bulk.
     transfer_is_byte_identical(1 << 30, "");
 }
 
 #[test]
-fn forced_copy_and_forced_splice_paths_are_byte_identical() {
-    transfer_is_byte_identical(64 << 20, "              splice: never\n");
-    transfer_is_byte_identical(64 << 20, "              splice: always\n");
+fn splice_paths_are_byte_identical() {
+    // Copy first, splice once bulk; and splice from the first byte.
+    transfer_is_byte_identical(64 << 20, "              zero_copy: bulk\n");
+    transfer_is_byte_identical(64 << 20, "              zero_copy: always\n");
 }
 
 /// Sends `total` pseudo-random bytes through tcp_proxy to an echo backend
