@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
                         local_addr: "127.0.0.1:2".parse().unwrap(),
                         server_name: None,
                         filter_chain: None,
+                        tls: None,
                     },
                     drain: tokio_util::sync::CancellationToken::new(),
                 };

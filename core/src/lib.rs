@@ -19,6 +19,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
+pub mod tls;
 pub mod tls_inspect;
 
 pub use error::{BuildError, ConfigError, Error};

@@ -1,6 +1,7 @@
 //! Listeners: binding (SO_REUSEADDR, backlog), the accept loop with its
 //! connection limit, the choice of a filter chain (destination port, SNI,
-//! source CIDR) and the run of the chain's network filters.
+//! ALPN, source CIDR), the chain's TLS handshake when it terminates TLS,
+//! and the run of the chain's network filters.
 
 use crate::cluster::ClusterManager;
 use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
@@ -8,6 +9,7 @@ use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
     BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
+    PrefixedIo,
 };
 use crate::registry::Registry;
 use crate::tls_inspect;
@@ -27,6 +29,7 @@ use tokio_util::task::TaskTracker;
 pub struct ChainMatch {
     pub destination_port: Option<u16>,
     pub server_names: Vec<String>,
+    pub application_protocols: Vec<String>,
     pub source_prefixes: Vec<IpNet>,
 }
 
@@ -34,6 +37,8 @@ pub struct ChainMatch {
 pub struct FilterChain {
     pub name: Option<Arc<str>>,
     pub matcher: ChainMatch,
+    /// Terminates TLS before the filters, when configured.
+    pub tls: Option<Arc<crate::tls::DownstreamTls>>,
     filters: Vec<Arc<dyn NetworkFilter>>,
     terminal: Arc<dyn NetworkFilter>,
 }
@@ -45,7 +50,8 @@ pub struct CompiledListener {
     pub backlog: u32,
     pub max_connections: u32,
     pub inspect_timeout: Duration,
-    /// Some chain matches on SNI, so ClientHellos are read before choosing.
+    /// Some chain matches on SNI or ALPN, so ClientHellos are read before
+    /// choosing.
     pub inspects_sni: bool,
     pub chains: Vec<FilterChain>,
     pub stats: ListenerStats,
@@ -92,7 +98,9 @@ impl CompiledListener {
             backlog: cfg.backlog,
             max_connections: cfg.max_connections.unwrap_or(u32::MAX),
             inspect_timeout: cfg.listener_filters_timeout,
-            inspects_sni: chains.iter().any(|c| !c.matcher.server_names.is_empty()),
+            inspects_sni: chains.iter().any(|c| {
+                !c.matcher.server_names.is_empty() || !c.matcher.application_protocols.is_empty()
+            }),
             chains,
             stats: ListenerStats::new(&cfg.name),
         })
@@ -100,11 +108,13 @@ impl CompiledListener {
 
     /// Chooses the chain for a connection. Envoy's order: the most specific
     /// destination port, then server name (exact, then longest wildcard),
-    /// then the longest source prefix; within equals, the first in config.
+    /// then ALPN, then the longest source prefix; within equals, the first
+    /// in config.
     pub fn select_chain(
         &self,
         local: &SocketAddr,
         sni: Option<&str>,
+        alpn: &[String],
         peer: &IpAddr,
     ) -> Option<&FilterChain> {
         let mut cands: Vec<&FilterChain> = self.chains.iter().collect();
@@ -140,6 +150,19 @@ impl CompiledListener {
         };
         let best = cands.iter().filter_map(|c| score(c)).max()?;
         cands.retain(|c| score(c) == Some(best));
+        // application protocols: a chain naming one the client offers beats
+        // a chain naming none
+        let offered = |c: &FilterChain| {
+            c.matcher
+                .application_protocols
+                .iter()
+                .any(|p| alpn.contains(p))
+        };
+        if cands.iter().any(|c| offered(c)) {
+            cands.retain(|c| offered(c));
+        } else {
+            cands.retain(|c| c.matcher.application_protocols.is_empty());
+        }
         // source prefix
         let pscore = |c: &FilterChain| -> Option<u8> {
             if c.matcher.source_prefixes.is_empty() {
@@ -195,7 +218,15 @@ fn build_chain(
                 })?;
             matcher.source_prefixes.push(net.trunc());
         }
+        matcher.application_protocols = m.application_protocols.clone();
     }
+    let tls = match &fc.tls {
+        None => None,
+        Some(t) => Some(Arc::new(
+            crate::tls::DownstreamTls::new(t, &format!("{path}.tls"))
+                .map_err(|e| source.build_error("", e))?,
+        )),
+    };
     if fc.filters.is_empty() {
         return Err(source.error(
             format!("{path}.filters"),
@@ -245,6 +276,7 @@ fn build_chain(
     Ok(FilterChain {
         name: fc.name.as_deref().map(Arc::from),
         matcher,
+        tls,
         filters: built,
         terminal,
     })
@@ -349,7 +381,7 @@ async fn handle_connection(
     };
     let mut stream = stream;
     let mut preface = Bytes::new();
-    let mut sni = None;
+    let mut hello = None;
     if listener.inspects_sni {
         match tokio::time::timeout(
             listener.inspect_timeout,
@@ -357,9 +389,9 @@ async fn handle_connection(
         )
         .await
         {
-            Ok(Ok((bytes, name))) => {
+            Ok(Ok((bytes, h))) => {
                 preface = bytes;
-                sni = name;
+                hello = h;
             }
             Ok(Err(e)) => {
                 tracing::debug!(listener = %listener.name, %peer, error = %e, "connection closed during ClientHello inspection");
@@ -372,9 +404,12 @@ async fn handle_connection(
             }
         }
     }
-    let Some(chain) = listener.select_chain(&local, sni.as_deref(), &peer.ip()) else {
+    let hello = hello.unwrap_or_default();
+    let Some(chain) =
+        listener.select_chain(&local, hello.server_name.as_deref(), &hello.alpn, &peer.ip())
+    else {
         listener.stats.no_filter_chain_match.increment(1);
-        tracing::debug!(listener = %listener.name, %peer, ?sni, "no filter chain matched; closing");
+        tracing::debug!(listener = %listener.name, %peer, sni = ?hello.server_name, "no filter chain matched; closing");
         return;
     };
     let mut info = ConnectionInfo {
@@ -382,21 +417,83 @@ async fn handle_connection(
         listener: listener.name.clone(),
         peer_addr: peer,
         local_addr: local,
-        server_name: sni,
+        server_name: hello.server_name,
         filter_chain: chain.name.clone(),
+        tls: None,
     };
     for f in &chain.filters {
         if f.on_new_connection(&mut info) == FilterStatus::Close {
             return;
         }
     }
+    let io = match &chain.tls {
+        None => DownstreamIo::Tcp(stream),
+        Some(tls) => {
+            let io = PrefixedIo::new(std::mem::take(&mut preface), DownstreamIo::Tcp(stream));
+            match terminate_tls(&listener, tls, io, &mut info).await {
+                Some(io) => io,
+                None => return,
+            }
+        }
+    };
     let conn = Connection {
-        io: DownstreamIo::Tcp(stream),
+        io,
         preface,
         info,
         drain,
     };
     chain.terminal.clone().serve(conn).await;
+}
+
+/// The TLS handshake of a chain that terminates TLS, bounded by its
+/// handshake timeout. Failures are counted by reason and close the
+/// connection (rustls has sent the alert).
+async fn terminate_tls(
+    listener: &CompiledListener,
+    tls: &crate::tls::DownstreamTls,
+    io: PrefixedIo,
+    info: &mut ConnectionInfo,
+) -> Option<DownstreamIo> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let reason = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
+        Ok(Ok(s)) => {
+            let (_, conn) = s.get_ref();
+            info.tls = Some(Arc::new(crate::tls::TlsInfo {
+                version: conn
+                    .protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default(),
+                cipher_suite: conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default(),
+                alpn: conn
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                server_name: conn.server_name().map(str::to_string),
+                resumed: matches!(
+                    conn.handshake_kind(),
+                    Some(rustls::HandshakeKind::Resumed)
+                ),
+                peer: conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::PeerIdentity::from_der(c)),
+            }));
+            metrics::counter!("meshgate_listener_tls_handshake_total", "listener" => listener.name.to_string()).increment(1);
+            return Some(DownstreamIo::Boxed(Box::new(s)));
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %listener.name, peer = %info.peer_addr, error = %e, "TLS handshake failed");
+            crate::tls::handshake_error_reason(&e)
+        }
+        Err(_) => {
+            tracing::debug!(listener = %listener.name, peer = %info.peer_addr, "TLS handshake timed out");
+            "timeout"
+        }
+    };
+    metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => reason).increment(1);
+    None
 }
 
 #[cfg(test)]
@@ -416,8 +513,10 @@ mod tests {
             matcher: ChainMatch {
                 destination_port: port,
                 server_names: names.iter().map(|s| s.to_string()).collect(),
+                application_protocols: vec![],
                 source_prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
             },
+            tls: None,
             filters: vec![],
             terminal: Arc::new(Terminal),
         }
@@ -443,7 +542,7 @@ mod tests {
         src: &str,
     ) -> Option<&'a str> {
         let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        l.select_chain(&local, sni, &src.parse().unwrap())
+        l.select_chain(&local, sni, &[], &src.parse().unwrap())
             .and_then(|c| c.name.as_deref())
     }
 

@@ -94,6 +94,8 @@ pub struct ConnectionInfo {
     pub server_name: Option<String>,
     /// The chosen filter chain's name, if it has one.
     pub filter_chain: Option<Arc<str>>,
+    /// What the TLS handshake negotiated, when the chain terminated TLS.
+    pub tls: Option<Arc<crate::tls::TlsInfo>>,
 }
 
 /// A downstream connection travelling down a filter chain.

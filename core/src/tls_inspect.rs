@@ -1,6 +1,6 @@
 //! TLS ClientHello inspection for filter-chain matching: reads the first
-//! bytes of a connection and extracts the SNI with rustls' `Acceptor` (no
-//! hand-written TLS parser). The bytes read are handed on as the
+//! bytes of a connection and extracts the SNI and the offered ALPN protocols
+//! with rustls' `Acceptor` (no hand-written TLS parser). The bytes read are handed on as the
 //! connection's preface, so a passthrough or a TLS terminator sees them.
 
 use bytes::{Bytes, BytesMut};
@@ -11,13 +11,22 @@ use tokio::net::TcpStream;
 /// The most we read while looking for a complete ClientHello.
 pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
+/// What a ClientHello offers that filter chains match on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// SNI, lower-cased.
+    pub server_name: Option<String>,
+    /// ALPN protocols offered, in the client's order.
+    pub alpn: Vec<String>,
+}
+
 /// What the bytes read so far say.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inspection {
-    /// Not TLS, or a ClientHello that does not parse: no SNI.
+    /// Not TLS, or a ClientHello that does not parse.
     NotTls,
-    /// A complete ClientHello, with its SNI if any.
-    ClientHello(Option<String>),
+    /// A complete ClientHello.
+    ClientHello(HelloInfo),
     /// Need more bytes.
     Incomplete,
 }
@@ -41,7 +50,17 @@ pub fn inspect(buf: &[u8]) -> Inspection {
     }
     match acceptor.accept() {
         Ok(Some(accepted)) => {
-            Inspection::ClientHello(accepted.client_hello().server_name().map(str::to_string))
+            let hello = accepted.client_hello();
+            Inspection::ClientHello(HelloInfo {
+                server_name: hello.server_name().map(str::to_ascii_lowercase),
+                alpn: hello
+                    .alpn()
+                    .map(|it| {
+                        it.map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
         }
         Ok(None) => Inspection::Incomplete,
         Err(_) => Inspection::NotTls,
@@ -49,8 +68,11 @@ pub fn inspect(buf: &[u8]) -> Inspection {
 }
 
 /// Reads from `stream` until a ClientHello is complete (or the bytes are not
-/// TLS) and returns the bytes read with the SNI.
-pub async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Bytes, Option<String>)> {
+/// TLS) and returns the bytes read with what the hello offers (`None`: not
+/// TLS).
+pub async fn read_client_hello(
+    stream: &mut TcpStream,
+) -> io::Result<(Bytes, Option<HelloInfo>)> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
         if buf.len() >= MAX_CLIENT_HELLO {
@@ -66,7 +88,7 @@ pub async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Bytes, Opt
         match inspect(&buf) {
             Inspection::Incomplete => continue,
             Inspection::NotTls => return Ok((buf.freeze(), None)),
-            Inspection::ClientHello(sni) => return Ok((buf.freeze(), sni)),
+            Inspection::ClientHello(hello) => return Ok((buf.freeze(), Some(hello))),
         }
     }
 }
@@ -107,6 +129,8 @@ mod client_hello_tests {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
+        let mut config = config;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut conn =
             rustls::ClientConnection::new(Arc::new(config), sni.to_string().try_into().unwrap())
                 .unwrap();
@@ -120,7 +144,10 @@ mod client_hello_tests {
         let hello = client_hello("api.example.test");
         assert_eq!(
             inspect(&hello),
-            Inspection::ClientHello(Some("api.example.test".into()))
+            Inspection::ClientHello(HelloInfo {
+                server_name: Some("api.example.test".into()),
+                alpn: vec!["h2".into(), "http/1.1".into()],
+            })
         );
         // Byte by byte it is incomplete until the last byte.
         for cut in [1, 5, hello.len() / 2, hello.len() - 1] {

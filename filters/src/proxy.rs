@@ -174,6 +174,16 @@ impl NetworkFilter for Proxy {
                 let codec = self.codecs[0].1.clone();
                 return codec.serve(conn, handler).await;
             }
+            // On TLS, the protocol ALPN agreed on picks the codec.
+            if let Some(codec) = conn
+                .info
+                .tls
+                .as_ref()
+                .and_then(|t| t.alpn.as_deref())
+                .and_then(|alpn| self.codec_for_alpn(alpn))
+            {
+                return codec.serve(conn, handler).await;
+            }
             let mut conn = conn;
             match tokio::time::timeout(self.detect_timeout, self.detect(&mut conn)).await {
                 Ok(Some(codec)) => codec.serve(conn, handler).await,
@@ -197,6 +207,20 @@ impl NetworkFilter for Proxy {
 const MAX_DETECT_BYTES: usize = 64;
 
 impl Proxy {
+    /// The codec of an ALPN protocol id: `h2` is `http2`, `http/1.1` is
+    /// `http1`, any other id is looked up as a codec name.
+    fn codec_for_alpn(&self, alpn: &str) -> Option<Arc<dyn ServerCodec>> {
+        let name = match alpn {
+            "h2" => "http2",
+            "http/1.1" | "http/1.0" => "http1",
+            other => other,
+        };
+        self.codecs
+            .iter()
+            .find(|(f, _)| f.name() == name)
+            .map(|(_, s)| s.clone())
+    }
+
     /// Reads until one codec claims the connection; the bytes read become
     /// the connection's preface.
     async fn detect(&self, conn: &mut Connection) -> Option<Arc<dyn ServerCodec>> {
@@ -427,7 +451,19 @@ impl ProxyHandler {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert("x-forwarded-for", v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let tls = info.connection.tls.clone();
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
+        );
+        // mTLS: the verified client identity, as Envoy's
+        // x-forwarded-client-cert (a client-sent value is never trusted).
+        headers.remove("x-forwarded-client-cert");
+        if let Some(peer) = tls.as_ref().and_then(|t| t.peer.as_ref())
+            && let Ok(v) = HeaderValue::from_str(&xfcc(peer))
+        {
+            headers.insert("x-forwarded-client-cert", v);
+        }
         if let Some(limit) = self.max_request_body_bytes
             && let Some(len) = headers
                 .get(http::header::CONTENT_LENGTH)
@@ -480,4 +516,18 @@ impl ProxyHandler {
             }
         }
     }
+}
+
+/// `Subject="...";URI=...;DNS=...` of a verified client certificate.
+fn xfcc(peer: &meshgate_core::tls::PeerIdentity) -> String {
+    let mut v = format!("Subject=\"{}\"", peer.subject.replace('"', "\\\""));
+    for u in &peer.uri_sans {
+        v.push_str(";URI=");
+        v.push_str(u);
+    }
+    for d in &peer.dns_sans {
+        v.push_str(";DNS=");
+        v.push_str(d);
+    }
+    v
 }

@@ -243,8 +243,22 @@ impl TcpProxy {
             down_sent: &self.downstream_bytes_sent,
         };
         let activity = AtomicU64::new(now_ms());
-        let result = match io {
-            DownstreamIo::Tcp(down) => {
+        let result = match (io, &cluster.tls) {
+            // TLS origination (the cluster's `tls`): user-space copy.
+            (mut down, Some(tls)) => {
+                let pump = async {
+                    let addr = up.endpoint.address;
+                    let mut up = tls.connect(up.stream, None, addr).await.inspect_err(|_| {
+                        metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
+                    })?;
+                    if !preface.is_empty() {
+                        up.write_all(&preface).await?;
+                    }
+                    copy_bidirectional(&mut down, &mut up, &counters, &activity).await
+                };
+                with_idle_timeout(pump, self.idle_timeout, &activity).await
+            }
+            (DownstreamIo::Tcp(down), None) => {
                 let pump = async {
                     if !preface.is_empty() {
                         write_all_ref(&up.stream, &preface).await?;
@@ -256,7 +270,7 @@ impl TcpProxy {
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
-            DownstreamIo::Boxed(mut down) => {
+            (DownstreamIo::Boxed(mut down), None) => {
                 let mut up = up;
                 let pump = async {
                     if !preface.is_empty() {

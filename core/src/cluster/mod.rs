@@ -179,6 +179,8 @@ pub struct Cluster {
     pub upstream: Option<Arc<dyn ClientCodec>>,
     /// Its registered name.
     pub protocol: &'static str,
+    /// TLS to the endpoints, when configured.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl Cluster {
@@ -202,6 +204,7 @@ impl Cluster {
             active_connections: AtomicU32::new(0),
             stats: ClusterStats::new(name),
             upstream: None,
+            tls: None,
             protocol: "",
         }
     }
@@ -412,6 +415,12 @@ impl ClusterManager {
                 builder,
                 endpoints,
             );
+            if let Some(t) = &c.tls {
+                cluster.tls = Some(Arc::new(
+                    crate::tls::UpstreamTls::new(t, &format!("{path}.tls"))
+                        .map_err(|e| source.build_error("", e))?,
+                ));
+            }
             let protocol = c.protocol.as_deref().unwrap_or("http1");
             match registry.codec(protocol) {
                 Some(codec) => {

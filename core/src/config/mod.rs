@@ -59,7 +59,116 @@ pub struct FilterChainConfig {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_chain_match: Option<FilterChainMatch>,
+    /// Terminate TLS on this chain (absent: plain TCP, or TLS passed through
+    /// to the filters untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DownstreamTlsConfig>,
     pub filters: Vec<FilterConfig>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub certificate_chain: String,
+    pub private_key: String,
+}
+
+/// TLS versions by name: `"1.2"` or `"1.3"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Downstream TLS termination (Envoy's DownstreamTlsContext).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamTlsConfig {
+    /// Certificates; the one whose names match the SNI is served, else the
+    /// first (the default).
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default = "default_min_tls")]
+    pub min_version: TlsVersion,
+    #[serde(default = "default_max_tls")]
+    pub max_version: TlsVersion,
+    /// IANA names, e.g. `TLS13_AES_128_GCM_SHA256`,
+    /// `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`; empty: rustls' defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    /// Refuse a handshake whose SNI matches no certificate (default: serve
+    /// the first certificate).
+    #[serde(default)]
+    pub require_sni_match: bool,
+    /// ALPN protocols offered, in preference order (default `h2`, `http/1.1`).
+    #[serde(default = "default_alpn")]
+    pub alpn_protocols: Vec<String>,
+    /// Session resumption with stateless tickets (default on).
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// mTLS: verify client certificates against this CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_validation: Option<ClientValidationConfig>,
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often certificate, key and CA files are checked for changes
+    /// (`0s`: only on reload).
+    #[serde(default = "default_watch_interval", with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+/// Client certificate verification of a downstream TLS chain.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientValidationConfig {
+    /// PEM bundle of trusted CAs.
+    pub trusted_ca: String,
+    /// Refuse clients without a certificate (default true); false: verify
+    /// one when presented.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+/// Upstream TLS origination (Envoy's UpstreamTlsContext).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// SNI sent; absent: the request's authority (L7), else the endpoint's
+    /// host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs; absent: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<String>,
+    /// Client certificate for mTLS to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertificateConfig>,
+    /// ALPN offered (e.g. `[h2]` for HTTP/2 upstreams); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn_protocols: Vec<String>,
+    #[serde(default = "default_min_tls")]
+    pub min_version: TlsVersion,
+}
+
+fn default_min_tls() -> TlsVersion {
+    TlsVersion::Tls12
+}
+fn default_max_tls() -> TlsVersion {
+    TlsVersion::Tls13
+}
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Criteria a connection must meet for its chain to be chosen. The most
@@ -75,6 +184,10 @@ pub struct FilterChainMatch {
     /// Source CIDRs, e.g. `10.0.0.0/8`, `127.0.0.1/32`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_prefix_ranges: Vec<String>,
+    /// ALPN protocols offered in the ClientHello; the chain matches when the
+    /// client offers any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub application_protocols: Vec<String>,
 }
 
 /// A network filter by registered name, with its typed config.
@@ -128,6 +241,9 @@ pub struct ClusterConfig {
     /// The upstream codec's options (pool limits, timeouts).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub protocol_options: serde_json::Value,
+    /// Originate TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

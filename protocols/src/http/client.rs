@@ -58,6 +58,93 @@ fn send_error(e: hyper::Error) -> UpstreamError {
     }
 }
 
+/// The byte stream to an endpoint: the TCP connection itself, or TLS over
+/// it when the cluster originates TLS (SNI from the config, else the
+/// request's authority).
+async fn upstream_io(
+    cluster: &Cluster,
+    stream: tokio::net::TcpStream,
+    authority: Option<String>,
+    addr: SocketAddr,
+) -> Result<UpstreamIo, UpstreamError> {
+    match &cluster.tls {
+        None => Ok(UpstreamIo::Tcp(stream)),
+        Some(tls) => {
+            match tls.connect(stream, authority.as_deref(), addr).await {
+                Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
+                Err(e) => {
+                    metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
+                    Err(UpstreamError::Connect(format!("TLS handshake: {e}")))
+                }
+            }
+        }
+    }
+}
+
+/// An upstream connection's bytes: plain TCP or TLS.
+enum UpstreamIo {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Tcp(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+fn authority_string(req: &Request) -> Option<String> {
+    authority(req).and_then(|a| a.to_str().ok().map(str::to_string))
+}
+
 /// The authority of a request: the URI's, else the Host header.
 fn authority(req: &Request) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
@@ -136,12 +223,14 @@ impl ClientCodec for Http1Client {
                 Some(s) => s,
                 None => {
                     let up = cluster
-                        .connect_endpoint(endpoint)
+                        .connect_endpoint(endpoint.clone())
                         .await
                         .map_err(connect_error)?;
                     let (stream, _, guard) = up.into_parts();
+                    let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
+                    let io = upstream_io(&cluster, stream, auth, endpoint.address).await?;
                     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                        .handshake(TokioIo::new(stream))
+                        .handshake(TokioIo::new(io))
                         .await
                         .map_err(send_error)?;
                     tokio::spawn(async move {
@@ -244,6 +333,7 @@ async fn h2_sender(
     slot: &tokio::sync::Mutex<Option<H2Sender>>,
     cluster: &Arc<Cluster>,
     endpoint: Arc<Endpoint>,
+    authority: Option<String>,
 ) -> Result<H2Sender, UpstreamError> {
     let mut s = slot.lock().await;
     if let Some(sender) = s.as_ref()
@@ -251,17 +341,19 @@ async fn h2_sender(
     {
         return Ok(sender.clone());
     }
+    let addr = endpoint.address;
     let up = cluster
         .connect_endpoint(endpoint)
         .await
         .map_err(connect_error)?;
     let (stream, _, guard) = up.into_parts();
+    let io = upstream_io(cluster, stream, authority, addr).await?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(send_error)?;
     tokio::spawn(async move {
@@ -328,7 +420,7 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let mut sender = h2_sender(&slot, &cluster, endpoint.clone()).await?;
+            let mut sender = h2_sender(&slot, &cluster, endpoint.clone(), authority_string(&req)).await?;
             let mut result = sender.send_request(req).await;
             let mut attempts = 1;
             while let Err(e) = &result
@@ -337,10 +429,11 @@ impl ClientCodec for Http2Client {
                 && let Some(head) = &replay
             {
                 attempts += 1;
-                let mut sender = h2_sender(&slot, &cluster, endpoint.clone()).await?;
-                sender.ready().await.map_err(send_error)?;
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
+                let auth = authority_string(&req);
+                let mut sender = h2_sender(&slot, &cluster, endpoint.clone(), auth).await?;
+                sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
             }
             let resp = result.map_err(send_error)?;

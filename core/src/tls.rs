@@ -1,0 +1,488 @@
+//! TLS on rustls (ring provider, no OpenSSL): downstream termination
+//! (certificates chosen by SNI, versions, cipher suites, ALPN, session
+//! tickets, mTLS and the peer's identity), upstream origination, and the
+//! rotation of the PEM files both read. A file that changes is picked up
+//! by the next handshake after `watch_interval`; a broken file keeps the
+//! previous config and is logged and counted.
+
+use crate::config::{
+    CertificateConfig, ClientValidationConfig, DownstreamTlsConfig, TlsVersion, UpstreamTlsConfig,
+};
+use crate::error::BuildError;
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// What a terminated TLS connection negotiated, for filters and logs.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// `TLSv1_2` or `TLSv1_3`.
+    pub version: String,
+    pub cipher_suite: String,
+    pub alpn: Option<String>,
+    pub server_name: Option<String>,
+    /// Whether the session was resumed.
+    pub resumed: bool,
+    /// The verified client certificate's identity (mTLS).
+    pub peer: Option<PeerIdentity>,
+}
+
+/// Names from a verified peer certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// URI SANs, e.g. a SPIFFE ID `spiffe://cluster.local/ns/a/sa/b`.
+    pub uri_sans: Vec<String>,
+    pub dns_sans: Vec<String>,
+    /// RFC 4514 subject, e.g. `CN=client,O=example`.
+    pub subject: String,
+}
+
+impl PeerIdentity {
+    /// Reads the identity of a DER certificate.
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut id = PeerIdentity {
+            subject: cert.subject().to_string(),
+            ..Default::default()
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(u) => id.uri_sans.push(u.to_string()),
+                    GeneralName::DNSName(d) => id.dns_sans.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(id)
+    }
+}
+
+fn provider(cipher_suites: &[String], path: &str) -> Result<Arc<CryptoProvider>, BuildError> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if !cipher_suites.is_empty() {
+        for (i, name) in cipher_suites.iter().enumerate() {
+            if !p
+                .cipher_suites
+                .iter()
+                .any(|cs| suite_name(cs) == name.as_str())
+            {
+                let known: Vec<String> = p.cipher_suites.iter().map(suite_name).collect();
+                return Err(BuildError::new(
+                    format!("{path}.cipher_suites[{i}]"),
+                    format!("unknown cipher suite '{name}' (known: {})", known.join(", ")),
+                ));
+            }
+        }
+        p.cipher_suites
+            .retain(|cs| cipher_suites.iter().any(|n| *n == suite_name(cs)));
+    }
+    Ok(Arc::new(p))
+}
+
+fn suite_name(cs: &rustls::SupportedCipherSuite) -> String {
+    format!("{:?}", cs.suite())
+}
+
+fn versions(
+    min: TlsVersion,
+    max: TlsVersion,
+    path: &str,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, BuildError> {
+    if min > max {
+        return Err(BuildError::new(
+            format!("{path}.min_version"),
+            "is above max_version",
+        ));
+    }
+    let mut v = Vec::new();
+    if min <= TlsVersion::Tls12 && max >= TlsVersion::Tls12 {
+        v.push(&rustls::version::TLS12);
+    }
+    if max >= TlsVersion::Tls13 {
+        v.push(&rustls::version::TLS13);
+    }
+    Ok(v)
+}
+
+fn load_certs(file: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| BuildError::new(field, format!("cannot read certificates from '{file}': {e}")))?;
+    if certs.is_empty() {
+        return Err(BuildError::new(
+            field,
+            format!("no PEM certificate in '{file}'"),
+        ));
+    }
+    Ok(certs)
+}
+
+fn load_key(file: &str, field: &str) -> Result<PrivateKeyDer<'static>, BuildError> {
+    PrivateKeyDer::from_pem_file(file)
+        .map_err(|e| BuildError::new(field, format!("cannot read a private key from '{file}': {e}")))
+}
+
+fn load_roots(file: &str, field: &str) -> Result<rustls::RootCertStore, BuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(file, field)? {
+        roots
+            .add(c)
+            .map_err(|e| BuildError::new(field, format!("bad CA certificate in '{file}': {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn certified_key(
+    c: &CertificateConfig,
+    path: &str,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, BuildError> {
+    let certs = load_certs(&c.certificate_chain, &format!("{path}.certificate_chain"))?;
+    let key = load_key(&c.private_key, &format!("{path}.private_key"))?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| BuildError::new(format!("{path}.private_key"), e.to_string()))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match().map_err(|e| {
+        BuildError::new(
+            format!("{path}.private_key"),
+            format!("does not match the certificate: {e}"),
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Chooses a certificate by SNI: an exact SAN, then a wildcard SAN, then
+/// the first certificate (unless `require_sni_match`).
+#[derive(Debug)]
+struct SniResolver {
+    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(sni) = sni {
+            let sni = sni.to_ascii_lowercase();
+            if let Some((_, k)) = self.certs.iter().find(|(ns, _)| ns.contains(&sni)) {
+                return Some(k.clone());
+            }
+            if let Some((_, rest)) = sni.split_once('.') {
+                let wild = format!("*.{rest}");
+                if let Some((_, k)) = self.certs.iter().find(|(ns, _)| ns.contains(&wild)) {
+                    return Some(k.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// DNS names (SANs, lower-cased) a certificate is valid for.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    PeerIdentity::from_der(der)
+        .map(|id| id.dns_sans.iter().map(|n| n.to_ascii_lowercase()).collect())
+        .unwrap_or_default()
+}
+
+/// Files whose modification times decide when to rebuild.
+struct Watched {
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<SystemTime>>,
+    next_check: Instant,
+}
+
+impl Watched {
+    fn new(files: Vec<PathBuf>) -> Self {
+        let stamps = files.iter().map(|f| mtime(f)).collect();
+        Self {
+            files,
+            stamps,
+            next_check: Instant::now(),
+        }
+    }
+
+    /// Whether any file changed since the last call that said so.
+    fn changed(&mut self) -> bool {
+        let now: Vec<_> = self.files.iter().map(|f| mtime(f)).collect();
+        if now != self.stamps {
+            self.stamps = now;
+            return true;
+        }
+        false
+    }
+}
+
+fn mtime(f: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(f).and_then(|m| m.modified()).ok()
+}
+
+/// A downstream TLS terminator of one filter chain.
+pub struct DownstreamTls {
+    cfg: DownstreamTlsConfig,
+    path: String,
+    pub require_sni_match: bool,
+    current: ArcSwap<rustls::ServerConfig>,
+    watched: Mutex<Watched>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    pub handshake_timeout: Duration,
+}
+
+impl DownstreamTls {
+    /// Builds from config; `path` is the config path for errors (e.g.
+    /// `listeners[0].filter_chains[1].tls`).
+    pub fn new(cfg: &DownstreamTlsConfig, path: &str) -> Result<Self, BuildError> {
+        let ticketer = if cfg.session_tickets {
+            Some(
+                rustls::crypto::ring::Ticketer::new()
+                    .map_err(|e| BuildError::new(format!("{path}.session_tickets"), e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let sessions: Arc<dyn rustls::server::StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(4096);
+        let mut files = Vec::new();
+        for c in &cfg.certificates {
+            files.push(PathBuf::from(&c.certificate_chain));
+            files.push(PathBuf::from(&c.private_key));
+        }
+        if let Some(v) = &cfg.client_validation {
+            files.push(PathBuf::from(&v.trusted_ca));
+        }
+        let me = Self {
+            cfg: cfg.clone(),
+            path: path.to_string(),
+            require_sni_match: cfg.require_sni_match,
+            current: ArcSwap::from_pointee(build_server_config(
+                cfg,
+                path,
+                ticketer.clone(),
+                sessions.clone(),
+            )?),
+            watched: Mutex::new(Watched::new(files)),
+            ticketer,
+            sessions,
+            handshake_timeout: cfg.handshake_timeout,
+        };
+        Ok(me)
+    }
+
+    /// The config for the next handshake; rebuilt first when a watched file
+    /// changed (checked at most every `watch_interval`).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        if !self.cfg.watch_interval.is_zero()
+            && let Ok(mut w) = self.watched.try_lock()
+            && Instant::now() >= w.next_check
+        {
+            w.next_check = Instant::now() + self.cfg.watch_interval;
+            if w.changed() {
+                match build_server_config(
+                    &self.cfg,
+                    &self.path,
+                    self.ticketer.clone(),
+                    self.sessions.clone(),
+                ) {
+                    Ok(c) => {
+                        tracing::info!(chain = %self.path, "TLS certificates reloaded");
+                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "ok")
+                            .increment(1);
+                        self.current.store(Arc::new(c));
+                    }
+                    Err(e) => {
+                        tracing::warn!(chain = %self.path, error = %e, "TLS certificate reload failed; keeping the previous certificates");
+                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "error")
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        self.current.load_full()
+    }
+}
+
+fn build_server_config(
+    cfg: &DownstreamTlsConfig,
+    path: &str,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+) -> Result<rustls::ServerConfig, BuildError> {
+    if cfg.certificates.is_empty() {
+        return Err(BuildError::new(
+            format!("{path}.certificates"),
+            "needs at least one certificate",
+        ));
+    }
+    let provider = provider(&cfg.cipher_suites, path)?;
+    let mut certs = Vec::new();
+    for (i, c) in cfg.certificates.iter().enumerate() {
+        let ck = certified_key(c, &format!("{path}.certificates[{i}]"), &provider)?;
+        let names = cert_names(ck.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]));
+        certs.push((names, ck));
+    }
+    let default = (!cfg.require_sni_match).then(|| certs[0].1.clone());
+    let resolver = Arc::new(SniResolver { certs, default });
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions(cfg.min_version, cfg.max_version, path)?)
+        .map_err(|e| BuildError::new(format!("{path}.cipher_suites"), e.to_string()))?;
+    let builder = match &cfg.client_validation {
+        None => builder.with_no_client_auth(),
+        Some(v) => builder.with_client_cert_verifier(client_verifier(v, path, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = cfg
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    config.session_storage = sessions;
+    match ticketer {
+        Some(t) => config.ticketer = t,
+        None => config.send_tls13_tickets = 0,
+    }
+    Ok(config)
+}
+
+fn client_verifier(
+    v: &ClientValidationConfig,
+    path: &str,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, BuildError> {
+    let field = format!("{path}.client_validation.trusted_ca");
+    let roots = load_roots(&v.trusted_ca, &field)?;
+    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let b = if v.required {
+        b
+    } else {
+        b.allow_unauthenticated()
+    };
+    b.build()
+        .map_err(|e| BuildError::new(field, e.to_string()))
+}
+
+/// Why a downstream handshake failed, as a metric label.
+pub fn handshake_error_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(re) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "closed",
+            _ => "io",
+        };
+    };
+    match re {
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => "not_tls",
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::InvalidCertificate(ce) => match ce {
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "expired_certificate"
+            }
+            _ => "bad_certificate",
+        },
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::NoApplicationProtocol => "no_application_protocol",
+        Error::General(_) => "no_certificate_for_sni",
+        Error::AlertReceived(_) => "alert_received",
+        _ => "other",
+    }
+}
+
+/// Upstream TLS of one cluster.
+pub struct UpstreamTls {
+    config: Arc<rustls::ClientConfig>,
+    sni: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    pub fn new(cfg: &UpstreamTlsConfig, path: &str) -> Result<Self, BuildError> {
+        let provider = provider(&[], path)?;
+        let roots = match &cfg.trusted_ca {
+            Some(f) => load_roots(f, &format!("{path}.trusted_ca"))?,
+            None => {
+                let mut roots = rustls::RootCertStore::empty();
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    let _ = roots.add(c);
+                }
+                roots
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions(cfg.min_version, TlsVersion::Tls13, path)?)
+            .map_err(|e| BuildError::new(format!("{path}.min_version"), e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &cfg.client_certificate {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                let p = format!("{path}.client_certificate");
+                let certs = load_certs(&c.certificate_chain, &format!("{p}.certificate_chain"))?;
+                let key = load_key(&c.private_key, &format!("{p}.private_key"))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| BuildError::new(p, e.to_string()))?
+            }
+        };
+        config.alpn_protocols = cfg
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let sni = match &cfg.sni {
+            None => None,
+            Some(s) => Some(ServerName::try_from(s.clone()).map_err(|_| {
+                BuildError::new(format!("{path}.sni"), format!("invalid server name '{s}'"))
+            })?),
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            sni,
+        })
+    }
+
+    /// Whether ALPN offers `h2` (the upstream is then expected to speak
+    /// HTTP/2 when it agrees).
+    pub fn offers_h2(&self) -> bool {
+        self.config.alpn_protocols.iter().any(|p| p == b"h2")
+    }
+
+    /// Handshakes over `io`; the SNI is the configured one, else `authority`
+    /// (a host name from the request), else the endpoint's IP.
+    pub async fn connect<IO>(
+        &self,
+        io: IO,
+        authority: Option<&str>,
+        endpoint: std::net::SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = match (&self.sni, authority) {
+            (Some(s), _) => s.clone(),
+            (None, Some(a)) => {
+                let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
+                ServerName::try_from(host.to_string())
+                    .unwrap_or_else(|_| ServerName::IpAddress(endpoint.ip().into()))
+            }
+            (None, None) => ServerName::IpAddress(endpoint.ip().into()),
+        };
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, io)
+            .await
+    }
+}
