@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 apt_pkgs=()
 command -v curl >/dev/null || apt_pkgs+=(curl)
 command -v h2load >/dev/null || apt_pkgs+=(nghttp2-client)
+command -v openssl >/dev/null || apt_pkgs+=(openssl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

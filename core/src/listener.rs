@@ -8,8 +8,7 @@ use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
-    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
-    PrefixedIo,
+    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter, PrefixedIo,
 };
 use crate::registry::Registry;
 use crate::tls_inspect;
@@ -405,9 +404,12 @@ async fn handle_connection(
         }
     }
     let hello = hello.unwrap_or_default();
-    let Some(chain) =
-        listener.select_chain(&local, hello.server_name.as_deref(), &hello.alpn, &peer.ip())
-    else {
+    let Some(chain) = listener.select_chain(
+        &local,
+        hello.server_name.as_deref(),
+        &hello.alpn,
+        &peer.ip(),
+    ) else {
         listener.stats.no_filter_chain_match.increment(1);
         tracing::debug!(listener = %listener.name, %peer, sni = ?hello.server_name, "no filter chain matched; closing");
         return;
@@ -471,10 +473,7 @@ async fn terminate_tls(
                     .alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned()),
                 server_name: conn.server_name().map(str::to_string),
-                resumed: matches!(
-                    conn.handshake_kind(),
-                    Some(rustls::HandshakeKind::Resumed)
-                ),
+                resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
                 peer: conn
                     .peer_certificates()
                     .and_then(|c| c.first())

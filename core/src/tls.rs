@@ -77,7 +77,10 @@ fn provider(cipher_suites: &[String], path: &str) -> Result<Arc<CryptoProvider>,
                 let known: Vec<String> = p.cipher_suites.iter().map(suite_name).collect();
                 return Err(BuildError::new(
                     format!("{path}.cipher_suites[{i}]"),
-                    format!("unknown cipher suite '{name}' (known: {})", known.join(", ")),
+                    format!(
+                        "unknown cipher suite '{name}' (known: {})",
+                        known.join(", ")
+                    ),
                 ));
             }
         }
@@ -115,7 +118,12 @@ fn versions(
 fn load_certs(file: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| BuildError::new(field, format!("cannot read certificates from '{file}': {e}")))?;
+        .map_err(|e| {
+            BuildError::new(
+                field,
+                format!("cannot read certificates from '{file}': {e}"),
+            )
+        })?;
     if certs.is_empty() {
         return Err(BuildError::new(
             field,
@@ -126,8 +134,12 @@ fn load_certs(file: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, B
 }
 
 fn load_key(file: &str, field: &str) -> Result<PrivateKeyDer<'static>, BuildError> {
-    PrivateKeyDer::from_pem_file(file)
-        .map_err(|e| BuildError::new(field, format!("cannot read a private key from '{file}': {e}")))
+    PrivateKeyDer::from_pem_file(file).map_err(|e| {
+        BuildError::new(
+            field,
+            format!("cannot read a private key from '{file}': {e}"),
+        )
+    })
 }
 
 fn load_roots(file: &str, field: &str) -> Result<rustls::RootCertStore, BuildError> {
@@ -209,7 +221,7 @@ struct Watched {
 
 impl Watched {
     fn new(files: Vec<PathBuf>) -> Self {
-        let stamps = files.iter().map(|f| mtime(f)).collect();
+        let stamps = files.iter().map(mtime).collect();
         Self {
             files,
             stamps,
@@ -219,7 +231,7 @@ impl Watched {
 
     /// Whether any file changed since the last call that said so.
     fn changed(&mut self) -> bool {
-        let now: Vec<_> = self.files.iter().map(|f| mtime(f)).collect();
+        let now: Vec<_> = self.files.iter().map(mtime).collect();
         if now != self.stamps {
             self.stamps = now;
             return true;
@@ -248,14 +260,14 @@ impl DownstreamTls {
     /// Builds from config; `path` is the config path for errors (e.g.
     /// `listeners[0].filter_chains[1].tls`).
     pub fn new(cfg: &DownstreamTlsConfig, path: &str) -> Result<Self, BuildError> {
-        let ticketer = if cfg.session_tickets {
-            Some(
-                rustls::crypto::ring::Ticketer::new()
-                    .map_err(|e| BuildError::new(format!("{path}.session_tickets"), e.to_string()))?,
-            )
-        } else {
-            None
-        };
+        let ticketer =
+            if cfg.session_tickets {
+                Some(rustls::crypto::ring::Ticketer::new().map_err(|e| {
+                    BuildError::new(format!("{path}.session_tickets"), e.to_string())
+                })?)
+            } else {
+                None
+            };
         let sessions: Arc<dyn rustls::server::StoresServerSessions> =
             rustls::server::ServerSessionMemoryCache::new(4096);
         let mut files = Vec::new();
@@ -372,8 +384,7 @@ fn client_verifier(
     } else {
         b.allow_unauthenticated()
     };
-    b.build()
-        .map_err(|e| BuildError::new(field, e.to_string()))
+    b.build().map_err(|e| BuildError::new(field, e.to_string()))
 }
 
 /// Why a downstream handshake failed, as a metric label.

@@ -70,9 +70,7 @@ pub fn inspect(buf: &[u8]) -> Inspection {
 /// Reads from `stream` until a ClientHello is complete (or the bytes are not
 /// TLS) and returns the bytes read with what the hello offers (`None`: not
 /// TLS).
-pub async fn read_client_hello(
-    stream: &mut TcpStream,
-) -> io::Result<(Bytes, Option<HelloInfo>)> {
+pub async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Bytes, Option<HelloInfo>)> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
         if buf.len() >= MAX_CLIENT_HELLO {

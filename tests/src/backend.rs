@@ -96,7 +96,7 @@ async fn handle(
         return Ok(Response::new(StreamBody::new(stream).boxed()));
     }
     let text = format!(
-        "backend={name}\nproto={proto:?}\nversion={:?}\nmethod={}\nuri={}\nhost={}\nauthority={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-request-id={}\nconnection={}\nbody-bytes={}\nbody-xxh3={:x}\n",
+        "backend={name}\nproto={proto:?}\nversion={:?}\nmethod={}\nuri={}\nhost={}\nauthority={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-forwarded-client-cert={}\nx-request-id={}\nconnection={}\nbody-bytes={}\nbody-xxh3={:x}\n",
         parts.version,
         parts.method,
         parts.uri,
@@ -108,6 +108,7 @@ async fn handle(
             .unwrap_or_default(),
         header("x-forwarded-for"),
         header("x-forwarded-proto"),
+        header("x-forwarded-client-cert"),
         header("x-request-id"),
         header("connection"),
         body.len(),

@@ -69,15 +69,13 @@ async fn upstream_io(
 ) -> Result<UpstreamIo, UpstreamError> {
     match &cluster.tls {
         None => Ok(UpstreamIo::Tcp(stream)),
-        Some(tls) => {
-            match tls.connect(stream, authority.as_deref(), addr).await {
-                Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
-                Err(e) => {
-                    metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
-                    Err(UpstreamError::Connect(format!("TLS handshake: {e}")))
-                }
+        Some(tls) => match tls.connect(stream, authority.as_deref(), addr).await {
+            Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
+            Err(e) => {
+                metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
+                Err(UpstreamError::Connect(format!("TLS handshake: {e}")))
             }
-        }
+        },
     }
 }
 
@@ -420,7 +418,8 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let mut sender = h2_sender(&slot, &cluster, endpoint.clone(), authority_string(&req)).await?;
+            let mut sender =
+                h2_sender(&slot, &cluster, endpoint.clone(), authority_string(&req)).await?;
             let mut result = sender.send_request(req).await;
             let mut attempts = 1;
             while let Err(e) = &result

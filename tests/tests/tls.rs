@@ -1,0 +1,621 @@
+//! End-to-end TLS tests: the real meshgate binary terminating, passing
+//! through and originating TLS, with curl and `openssl s_client` /
+//! `openssl s_server` as peers and the demo certificates of
+//! `examples/certs/` (made by its gen.sh).
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cert(name: &str) -> String {
+    workspace()
+        .join("examples/certs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn pair(name: &str) -> String {
+    format!(
+        "{{certificate_chain: \"{}\", private_key: \"{}\"}}",
+        cert(&format!("{name}.pem")),
+        cert(&format!("{name}.key"))
+    )
+}
+
+/// curl over TLS; returns (status, http_version, body). `extra` goes before
+/// the URL.
+fn curl(url: &str, extra: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut it = tail.split_whitespace();
+    let code = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let version = it.next().unwrap_or("").to_string();
+    (code, version, body.to_string())
+}
+
+/// `openssl s_client` handshake; returns its stdout+stderr.
+fn s_client(port: u16, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "openssl s_client hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn https_config(port: u16, backend: &HttpBackend, tls_extra: &str) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: https
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - tls:
+          certificates:
+            - {server}
+            - {other}
+            - {ed}
+          handshake_timeout: 500ms
+{tls_extra}        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{addr}"}}]
+"#,
+        server = pair("server"),
+        other = pair("other"),
+        ed = pair("ed25519"),
+        addr = backend.addr,
+    )
+}
+
+#[test]
+fn https_over_http1_and_http2_by_alpn() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mg = Meshgate::start(&https_config(port, &backend, ""));
+    let url = format!("https://localhost:{port}/x");
+    let ca = cert("ca.pem");
+    let (code, version, body) = curl(&url, &["--cacert", &ca, "--http1.1"]);
+    assert_eq!((code, version.as_str()), (200, "1.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto=https"), "{body}");
+    let (code, version, body) = curl(&url, &["--cacert", &ca]);
+    assert_eq!((code, version.as_str()), (200, "2"), "{body}");
+    assert!(body.contains("backend=b"), "{body}");
+    assert!(
+        mg.metric(
+            "meshgate_listener_tls_handshake_total",
+            &[("listener", "https")]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn certificate_is_chosen_by_sni_with_a_default() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let _mg = Meshgate::start(&https_config(port, &backend, ""));
+    let ca = cert("ca.pem");
+    for (sni, subject) in [
+        ("localhost", "CN = localhost"),
+        ("www.example.test", "CN = localhost"),
+        ("api.other.test", "CN = api.other.test"),
+        ("ed25519.test", "CN = ed25519.test"),
+        ("unknown.test", "CN = localhost"),
+    ] {
+        let out = s_client(port, &["-servername", sni, "-CAfile", &ca]);
+        assert!(
+            out.contains(&format!("subject=O = meshgate demo, {subject}")),
+            "{sni}: {out}"
+        );
+        assert!(out.contains("Verify return code: 0 (ok)"), "{sni}: {out}");
+    }
+}
+
+#[test]
+fn tls_versions_and_minimum() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let port13 = free_port();
+    let _mg = Meshgate::start(&https_config(port, &backend, ""));
+    let _mg13 = Meshgate::start(&https_config(
+        port13,
+        &backend,
+        "          min_version: \"1.3\"\n",
+    ));
+    let out = s_client(port, &["-tls1_2", "-servername", "localhost"]);
+    assert!(out.contains("New, TLSv1.2"), "{out}");
+    let out = s_client(port, &["-tls1_3", "-servername", "localhost"]);
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+    let out = s_client(port13, &["-tls1_2", "-servername", "localhost"]);
+    assert!(out.contains("alert protocol version"), "{out}");
+    // TLS 1.1 is never offered.
+    let out = s_client(port, &["-tls1_1", "-servername", "localhost"]);
+    assert!(!out.contains("New, TLSv1.1"), "{out}");
+}
+
+#[test]
+fn session_resumption_with_tickets() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let _mg = Meshgate::start(&https_config(port, &backend, ""));
+    let sess = std::env::temp_dir().join(format!("mg-sess-{port}"));
+    let sess = sess.to_string_lossy().into_owned();
+    let first = s_client(
+        port,
+        &["-tls1_2", "-servername", "localhost", "-sess_out", &sess],
+    );
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    let again = s_client(
+        port,
+        &["-tls1_2", "-servername", "localhost", "-sess_in", &sess],
+    );
+    assert!(again.contains("Reused, TLSv1.2"), "{again}");
+    let _ = std::fs::remove_file(&sess);
+}
+
+#[test]
+fn mtls_required_verifies_clients_and_forwards_their_identity() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let extra = format!(
+        "          client_validation: {{trusted_ca: \"{}\", required: true}}\n",
+        cert("client-ca.pem")
+    );
+    let mg = Meshgate::start(&https_config(port, &backend, &extra));
+    let url = format!("https://localhost:{port}/who");
+    let ca = cert("ca.pem");
+    let (c, k) = (cert("client.pem"), cert("client.key"));
+    let (code, _, body) = curl(&url, &["--cacert", &ca, "--cert", &c, "--key", &k]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("URI=spiffe://meshgate.test/ns/default/sa/client"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Subject=\"O=meshgate demo, CN=client\""),
+        "{body}"
+    );
+    // A client-sent XFCC is never trusted.
+    let (_, _, body) = curl(
+        &url,
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &c,
+            "--key",
+            &k,
+            "-H",
+            "x-forwarded-client-cert: URI=spiffe://evil",
+        ],
+    );
+    assert!(!body.contains("spiffe://evil"), "{body}");
+    // No certificate, a certificate of another CA, an expired one: refused.
+    let (code, _, _) = curl(&url, &["--cacert", &ca]);
+    assert_eq!(code, 0);
+    let (rc, rk) = (cert("rogue-client.pem"), cert("rogue-client.key"));
+    let (code, _, _) = curl(&url, &["--cacert", &ca, "--cert", &rc, "--key", &rk]);
+    assert_eq!(code, 0);
+    let (ec, ek) = (cert("expired-client.pem"), cert("expired-client.key"));
+    let (code, _, _) = curl(&url, &["--cacert", &ca, "--cert", &ec, "--key", &ek]);
+    assert_eq!(code, 0);
+    for reason in ["no_client_certificate", "unknown_ca", "expired_certificate"] {
+        let v = mg.metric(
+            "meshgate_listener_tls_handshake_error_total",
+            &[("listener", "https"), ("reason", reason)],
+        );
+        assert!(v >= 1.0, "{reason}: {v}");
+    }
+    // The good client still gets through afterwards.
+    let (code, _, _) = curl(&url, &["--cacert", &ca, "--cert", &c, "--key", &k]);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn garbage_stalls_and_unknown_sni_are_refused_and_counted() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let strict = free_port();
+    let mg = Meshgate::start(&https_config(port, &backend, ""));
+    let mg_strict = Meshgate::start(&https_config(
+        strict,
+        &backend,
+        "          require_sni_match: true\n",
+    ));
+    // Garbage: an alert, then the connection is closed.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got.first(), Some(&0x15), "a TLS alert record: {got:?}");
+    // A handshake that never comes: closed after handshake_timeout (500ms).
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read(&mut [0u8; 64]).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    for reason in ["not_tls", "timeout"] {
+        let v = mg.metric(
+            "meshgate_listener_tls_handshake_error_total",
+            &[("listener", "https"), ("reason", reason)],
+        );
+        assert!(v >= 1.0, "{reason}: {v}");
+    }
+    // Unknown SNI with no default certificate: refused.
+    let out = s_client(strict, &["-servername", "unknown.test"]);
+    assert!(out.contains("alert"), "{out}");
+    assert!(
+        mg_strict.metric(
+            "meshgate_listener_tls_handshake_error_total",
+            &[("listener", "https"), ("reason", "no_certificate_for_sni")],
+        ) >= 1.0
+    );
+    // Other connections were never affected.
+    let (code, _, _) = curl(
+        &format!("https://localhost:{port}/"),
+        &["--cacert", &cert("ca.pem")],
+    );
+    assert_eq!(code, 200);
+}
+
+/// `openssl s_server -www` on a free port with a certificate.
+struct SServer(Child, u16);
+
+impl SServer {
+    fn start(name: &str) -> Self {
+        // A free port can be taken by a parallel test before s_server binds
+        // it: s_server then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("openssl")
+                .args(["s_server", "-www", "-quiet", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-cert", &cert(&format!("{name}.pem"))])
+                .args(["-key", &cert(&format!("{name}.key"))])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_server");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if child.try_wait().unwrap().is_none() {
+                        return SServer(child, port);
+                    }
+                    break;
+                }
+                assert!(Instant::now() < deadline, "openssl s_server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("openssl s_server could not bind a port");
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn passthrough_routes_by_sni_without_decrypting() {
+    let a = SServer::start("server");
+    let b = SServer::start("other");
+    let port = free_port();
+    let yaml = format!(
+        r#"listeners:
+  - name: passthrough
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filter_chain_match: {{server_names: ["*.example.test", "localhost"]}}
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: a}}
+      - filter_chain_match: {{server_names: ["api.other.test"]}}
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: b}}
+clusters:
+  - name: a
+    endpoints: [{{address: "127.0.0.1:{}"}}]
+  - name: b
+    endpoints: [{{address: "127.0.0.1:{}"}}]
+"#,
+        a.1, b.1
+    );
+    let _mg = Meshgate::start(&yaml);
+    let ca = cert("ca.pem");
+    // curl verifies the backend's certificate against the name it asked
+    // for: only the right backend can answer.
+    for host in ["www.example.test", "api.other.test"] {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let (code, _, body) = curl(
+            &format!("https://{host}:{port}/"),
+            &["--cacert", &ca, "--resolve", &resolve, "--http1.1"],
+        );
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.contains("s_server"), "{host}: {body}");
+    }
+}
+
+#[test]
+fn upstream_tls_with_mtls_and_h2_by_alpn() {
+    // meshgate terminates on `inner` (mTLS required) and originates TLS to
+    // it from `outer`, once over HTTP/1.1 and once over h2 by ALPN.
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let inner = free_port();
+    let outer = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: inner
+    address: 127.0.0.1:{inner}
+    filter_chains:
+      - tls:
+          certificates: [{server}]
+          client_validation: {{trusted_ca: "{client_ca}"}}
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+  - name: outer
+    address: 127.0.0.1:{outer}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /h2/}}
+                        route: {{cluster: inner_h2}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: inner_h1}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{addr}"}}]
+  - name: inner_h1
+    endpoints: [{{address: "127.0.0.1:{inner}"}}]
+    tls:
+      sni: localhost
+      trusted_ca: "{ca}"
+      client_certificate: {client}
+  - name: inner_h2
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{inner}"}}]
+    tls:
+      sni: localhost
+      trusted_ca: "{ca}"
+      client_certificate: {client}
+      alpn_protocols: [h2]
+  - name: wrong_ca
+    endpoints: [{{address: "127.0.0.1:{inner}"}}]
+    tls: {{sni: localhost, trusted_ca: "{client_ca}"}}
+"#,
+        server = pair("server"),
+        client = pair("client"),
+        client_ca = cert("client-ca.pem"),
+        ca = cert("ca.pem"),
+        addr = backend.addr,
+    );
+    let mg = Meshgate::start(&yaml);
+    let (code, _, body) = curl(&format!("http://127.0.0.1:{outer}/h1/x"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("x-forwarded-proto=https"), "{body}");
+    assert!(
+        body.contains("URI=spiffe://meshgate.test/ns/default/sa/client"),
+        "{body}"
+    );
+    let (code, _, body) = curl(&format!("http://127.0.0.1:{outer}/h2/x"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("backend=b"), "{body}");
+    assert!(
+        mg.metric(
+            "meshgate_listener_tls_handshake_total",
+            &[("listener", "inner")]
+        ) >= 2.0
+    );
+}
+
+#[test]
+fn upstream_tls_refuses_an_untrusted_server() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let inner = free_port();
+    let outer = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: inner
+    address: 127.0.0.1:{inner}
+    filter_chains:
+      - tls: {{certificates: [{server}]}}
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: backend}}}}]}}
+  - name: outer
+    address: 127.0.0.1:{outer}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: wrong_ca}}}}]}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{addr}"}}]
+  - name: wrong_ca
+    endpoints: [{{address: "127.0.0.1:{inner}"}}]
+    tls: {{sni: localhost, trusted_ca: "{client_ca}"}}
+"#,
+        server = pair("server"),
+        client_ca = cert("client-ca.pem"),
+        addr = backend.addr,
+    );
+    let mg = Meshgate::start(&yaml);
+    let (code, _, _) = curl(&format!("http://127.0.0.1:{outer}/"), &[]);
+    assert_eq!(code, 503);
+    assert!(
+        mg.metric(
+            "meshgate_cluster_upstream_tls_handshake_error_total",
+            &[("cluster", "wrong_ca")]
+        ) >= 1.0
+    );
+    assert_eq!(backend.hits(), 0);
+}
+
+#[test]
+fn certificate_rotation_under_load_fails_no_request() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = std::env::temp_dir().join(format!("mg-rot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = (dir.join("live.pem"), dir.join("live.key"));
+    std::fs::copy(cert("server.pem"), &crt).unwrap();
+    std::fs::copy(cert("server.key"), &key).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: https
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{}", private_key: "{}"}}]
+          watch_interval: 100ms
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: backend}}}}]}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{}"}}]
+"#,
+        crt.display(),
+        key.display(),
+        backend.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let subject = || {
+        let out = s_client(port, &["-servername", "localhost"]);
+        assert!(out.contains("subject="), "handshake failed: {out}");
+        out.lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap()
+            .to_string()
+    };
+    // A client loop runs across the rotations; none of its requests fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loop_stop = stop.clone();
+    let url = format!("https://localhost:{port}/");
+    let client = std::thread::spawn(move || {
+        let mut ok = 0;
+        while !loop_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (code, _, body) = curl(&url, &["-k"]);
+            assert_eq!(code, 200, "request failed during rotation: {body}");
+            ok += 1;
+        }
+        ok
+    });
+    assert!(subject().contains("CN = localhost"));
+    // Rotate: write the new pair to temp files and rename over (atomic).
+    let swap = |from: &str| {
+        std::fs::copy(cert(&format!("{from}.pem")), dir.join("new.pem")).unwrap();
+        std::fs::copy(cert(&format!("{from}.key")), dir.join("new.key")).unwrap();
+        std::fs::rename(dir.join("new.key"), &key).unwrap();
+        std::fs::rename(dir.join("new.pem"), &crt).unwrap();
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    swap("other");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !subject().contains("CN = api.other.test") {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A broken file keeps the previous certificate serving.
+    std::fs::write(dir.join("bad.pem"), b"not a certificate").unwrap();
+    std::fs::rename(dir.join("bad.pem"), &crt).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(subject().contains("CN = api.other.test"));
+    assert!(
+        mg.metric(
+            "meshgate_tls_certificate_reload_total",
+            &[("result", "error")]
+        ) >= 1.0
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ok = client.join().expect("the client loop saw a failure");
+    assert!(ok >= 3, "only {ok} requests ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}
