@@ -82,6 +82,36 @@ fn service(
     })
 }
 
+/// Counts a downstream connection that ended on a protocol error in
+/// `meshgate_http_downstream_cx_protocol_error_total{listener,codec,reason}`.
+/// hyper has already answered it (400, 408, 431; a GOAWAY on HTTP/2).
+fn count_downstream_error(listener: &str, codec: &'static str, e: &hyper::Error) {
+    let reason = if e.is_parse_too_large() {
+        "headers_too_large"
+    } else if e.is_parse() || e.is_parse_status() {
+        "bad_request"
+    } else if e.is_timeout() {
+        "header_timeout"
+    } else if let Some(h2e) =
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>())
+    {
+        if h2e.is_io() {
+            return;
+        }
+        match h2e.reason() {
+            Some(h2::Reason::ENHANCE_YOUR_CALM) => "enhance_your_calm",
+            Some(h2::Reason::FLOW_CONTROL_ERROR) => "flow_control_error",
+            Some(h2::Reason::FRAME_SIZE_ERROR) => "frame_size_error",
+            Some(h2::Reason::COMPRESSION_ERROR) => "compression_error",
+            _ => "protocol_error",
+        }
+    } else {
+        // The peer went away (reset, EOF mid-message): not a protocol error.
+        return;
+    };
+    metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => listener.to_string(), "codec" => codec, "reason" => reason).increment(1);
+}
+
 /// HTTP/1.1 downstream.
 pub struct Http1Server {
     opts: ServerOptions,
@@ -97,6 +127,7 @@ impl ServerCodec for Http1Server {
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(async move {
             let (io, info, drain) = conn.into_prefixed();
+            let listener = info.listener.clone();
             let svc = service(handler, Arc::new(info), "http1");
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -109,6 +140,7 @@ impl ServerCodec for Http1Server {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "http1 connection ended with an error");
+                        count_downstream_error(&listener, "http1", &e);
                     }
                 }
                 _ = drain.cancelled() => {
@@ -135,6 +167,7 @@ impl ServerCodec for Http2Server {
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(async move {
             let (io, info, drain) = conn.into_prefixed();
+            let listener = info.listener.clone();
             let svc = service(handler, Arc::new(info), "http2");
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
@@ -151,6 +184,7 @@ impl ServerCodec for Http2Server {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "http2 connection ended with an error");
+                        count_downstream_error(&listener, "http2", &e);
                     }
                 }
                 _ = drain.cancelled() => {

@@ -1,0 +1,245 @@
+//! Hostile HTTP/1.1 input and broken upstreams through the real binary:
+//! request smuggling shapes, size and count limits, slow clients, and
+//! upstreams that send garbage, never answer or reset. Each gets its
+//! status, the connection is closed, a metric counts it, and meshgate
+//! keeps serving.
+
+use meshgate_tests::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+struct Front {
+    mg: Meshgate,
+    port: u16,
+}
+
+fn front() -> Front {
+    // Upstream that answers garbage, one that never answers, one that
+    // resets: raw TCP peers.
+    let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_addr = garbage.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in garbage.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"SSH-2.0-not-http\r\n\r\n");
+        }
+    });
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let reset = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset_addr = reset.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in reset.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              max_request_body_bytes: 1000
+              codec_options:
+                http1: {{max_request_headers_bytes: 8192, max_request_headers: 20, request_headers_timeout: 1s}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /garbage}}
+                        route: {{cluster: garbage}}
+                      - match: {{prefix: /silent}}
+                        route: {{cluster: silent, timeout: 500ms}}
+                      - match: {{prefix: /reset}}
+                        route: {{cluster: reset}}
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200, body: "ok\n"}}
+clusters:
+  - name: garbage
+    endpoints: [{{address: "{garbage_addr}"}}]
+  - name: silent
+    endpoints: [{{address: "{silent_addr}"}}]
+  - name: reset
+    endpoints: [{{address: "{reset_addr}"}}]
+"#
+    );
+    Front {
+        mg: Meshgate::start(&yaml),
+        port,
+    }
+}
+
+/// Sends raw bytes; returns (status code, whether the connection was then
+/// closed by meshgate, elapsed).
+fn raw(port: u16, bytes: &[u8]) -> (u16, bool, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 8192];
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, closed, t.elapsed())
+}
+
+fn still_serving(port: u16) {
+    let (code, body) = http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+}
+
+fn protocol_errors(f: &Front, reason: &str) -> f64 {
+    f.mg.metric(
+        "meshgate_http_downstream_cx_protocol_error_total",
+        &[("listener", "http"), ("reason", reason)],
+    )
+}
+
+#[test]
+fn smuggling_shapes_get_400_and_close() {
+    let f = front();
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "duplicate differing content-length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        (
+            "space in a header name",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX A: a\r\n\r\n",
+        ),
+        (
+            "unknown transfer coding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, x\r\n\r\n",
+        ),
+    ];
+    for (name, bytes) in cases {
+        let (code, closed, _) = raw(f.port, bytes);
+        assert_eq!(code, 400, "{name}");
+        assert!(closed, "{name}: connection left open");
+    }
+    assert!(protocol_errors(&f, "bad_request") >= 4.0);
+    still_serving(f.port);
+}
+
+#[test]
+fn content_length_with_transfer_encoding_cannot_smuggle() {
+    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length and
+    // the connection is closed after the response. What follows the
+    // chunked body (a second, smuggled request) is never answered.
+    let f = front();
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    still_serving(f.port);
+}
+
+#[test]
+fn size_and_count_limits() {
+    let f = front();
+    let mut big_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ".to_vec();
+    big_header.extend(std::iter::repeat_n(b'a', 10_000));
+    big_header.extend_from_slice(b"\r\n\r\n");
+    let mut long_uri = b"GET /".to_vec();
+    long_uri.extend(std::iter::repeat_n(b'a', 10_000));
+    long_uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..30 {
+        many.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    for (name, bytes) in [
+        ("header too big", &big_header),
+        ("request line too long", &long_uri),
+        ("too many headers", &many),
+    ] {
+        let (code, closed, _) = raw(f.port, bytes);
+        assert_eq!(code, 431, "{name}");
+        assert!(closed, "{name}");
+    }
+    assert!(protocol_errors(&f, "headers_too_large") >= 3.0);
+    let mut body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'a', 5000));
+    let (code, _, _) = raw(f.port, &body);
+    assert_eq!(code, 413);
+    assert!(
+        f.mg.metric(
+            "meshgate_http_local_reply_total",
+            &[("reason", "payload_too_large")]
+        ) >= 1.0
+    );
+    still_serving(f.port);
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let f = front();
+    let (_, closed, took) = raw(f.port, b"GET / HTTP/1.1\r\nHo");
+    assert!(closed);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(protocol_errors(&f, "header_timeout") >= 1.0);
+    still_serving(f.port);
+}
+
+#[test]
+fn broken_upstreams_get_502_504_502() {
+    let f = front();
+    for (path, want, reason) in [
+        ("/garbage", 502, "upstream_protocol_error"),
+        ("/silent", 504, "upstream_timeout"),
+        ("/reset", 502, "upstream_reset"),
+    ] {
+        let t = Instant::now();
+        let (code, _) = http_get(format!("127.0.0.1:{}", f.port).parse().unwrap(), path).unwrap();
+        assert_eq!(code, want, "{path}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{path}: {:?}",
+            t.elapsed()
+        );
+        assert!(
+            f.mg.metric("meshgate_http_local_reply_total", &[("reason", reason)]) >= 1.0,
+            "{path}: {reason} not counted"
+        );
+    }
+    still_serving(f.port);
+}
