@@ -222,7 +222,7 @@ fn build_chain(
     let tls = match &fc.tls {
         None => None,
         Some(t) => Some(Arc::new(
-            crate::tls::DownstreamTls::new(t, &format!("{path}.tls"))
+            crate::tls::DownstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
                 .map_err(|e| source.build_error("", e))?,
         )),
     };

@@ -28,7 +28,12 @@ clusters:
 
 #[test]
 fn examples_validate() {
-    for ex in ["quickstart.yaml", "tcp-lb.yaml", "http-gateway.yaml"] {
+    for ex in [
+        "quickstart.yaml",
+        "tcp-lb.yaml",
+        "http-gateway.yaml",
+        "tls-gateway.yaml",
+    ] {
         let p = workspace().join("examples").join(ex);
         let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
         assert_eq!(code, 0, "{ex}: {out}{err}");

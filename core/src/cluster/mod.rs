@@ -417,7 +417,7 @@ impl ClusterManager {
             );
             if let Some(t) = &c.tls {
                 cluster.tls = Some(Arc::new(
-                    crate::tls::UpstreamTls::new(t, &format!("{path}.tls"))
+                    crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
                         .map_err(|e| source.build_error("", e))?,
                 ));
             }

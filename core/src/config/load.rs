@@ -123,6 +123,22 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
+    /// A path named in the config: relative paths are relative to the
+    /// config file's directory, so a config works from any working
+    /// directory.
+    pub fn resolve_path(&self, p: &str) -> String {
+        let path = std::path::Path::new(p);
+        if path.is_absolute() {
+            return p.to_string();
+        }
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => {
+                dir.join(path).to_string_lossy().into_owned()
+            }
+            _ => p.to_string(),
+        }
+    }
+
     pub fn new(file: impl Into<PathBuf>, src: &str) -> Self {
         Self {
             file: file.into(),

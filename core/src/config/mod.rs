@@ -83,6 +83,37 @@ pub enum TlsVersion {
     Tls13,
 }
 
+impl CertificateConfig {
+    fn resolved(&self, src: &ConfigSource) -> Self {
+        Self {
+            certificate_chain: src.resolve_path(&self.certificate_chain),
+            private_key: src.resolve_path(&self.private_key),
+        }
+    }
+}
+
+impl DownstreamTlsConfig {
+    /// The same config with its file paths relative to the config file.
+    pub fn resolved(&self, src: &ConfigSource) -> Self {
+        let mut c = self.clone();
+        c.certificates = c.certificates.iter().map(|x| x.resolved(src)).collect();
+        if let Some(v) = &mut c.client_validation {
+            v.trusted_ca = src.resolve_path(&v.trusted_ca);
+        }
+        c
+    }
+}
+
+impl UpstreamTlsConfig {
+    /// The same config with its file paths relative to the config file.
+    pub fn resolved(&self, src: &ConfigSource) -> Self {
+        let mut c = self.clone();
+        c.trusted_ca = c.trusted_ca.as_deref().map(|p| src.resolve_path(p));
+        c.client_certificate = c.client_certificate.as_ref().map(|x| x.resolved(src));
+        c
+    }
+}
+
 /// Downstream TLS termination (Envoy's DownstreamTlsContext).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
