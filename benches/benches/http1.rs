@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                         server_name: None,
                         filter_chain: None,
                         tls: None,
+                        retire: Default::default(),
                     },
                     drain: tokio_util::sync::CancellationToken::new(),
                 };

@@ -37,6 +37,10 @@ struct RunArgs {
     /// How long open connections may finish after SIGTERM/SIGINT, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_time: Duration,
+    /// How often the config file is checked for changes and reloaded, e.g.
+    /// `1s`; `0s`: only on SIGHUP.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    watch_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +125,7 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     let opts = ServerOptions {
         drain_time: args.drain_time,
+        watch_interval: args.watch_interval,
     };
     rt.block_on(server::run(
         &config,

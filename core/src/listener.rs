@@ -303,6 +303,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 pub struct RunningListener {
     pub compiled: ArcSwap<CompiledListener>,
     active: AtomicU32,
+    /// Handed to each connection; replaced (and the old one cancelled) by
+    /// `replace`.
+    retire: std::sync::Mutex<CancellationToken>,
 }
 
 impl RunningListener {
@@ -310,7 +313,27 @@ impl RunningListener {
         Arc::new(Self {
             compiled: ArcSwap::new(compiled),
             active: AtomicU32::new(0),
+            retire: std::sync::Mutex::new(CancellationToken::new()),
         })
+    }
+
+    /// A reload changed this listener: new connections get `compiled`,
+    /// open ones are retired (they finish their stream, then close).
+    pub fn replace(&self, compiled: Arc<CompiledListener>) {
+        self.compiled.store(compiled);
+        let old = std::mem::replace(
+            &mut *self.retire.lock().unwrap_or_else(|p| p.into_inner()),
+            CancellationToken::new(),
+        );
+        old.cancel();
+    }
+
+    /// The listener goes away: open connections are retired.
+    pub fn retire_all(&self) {
+        self.retire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
     }
 
     /// Downstream connections currently open on this listener.
@@ -353,9 +376,14 @@ impl RunningListener {
             compiled.stats.cx_active.increment(1.0);
             let me = self.clone();
             let drain = drain.clone();
+            let retire = self
+                .retire
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             tracker.spawn(async move {
                 let stats = compiled.stats.clone();
-                handle_connection(compiled, stream, peer, drain).await;
+                handle_connection(compiled, stream, peer, drain, retire).await;
                 stats.cx_active.decrement(1.0);
                 me.active.fetch_sub(1, Ordering::Relaxed);
             });
@@ -369,6 +397,7 @@ async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
     drain: CancellationToken,
+    retire: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's
@@ -422,6 +451,7 @@ async fn handle_connection(
         server_name: hello.server_name,
         filter_chain: chain.name.clone(),
         tls: None,
+        retire,
     };
     for f in &chain.filters {
         if f.on_new_connection(&mut info) == FilterStatus::Close {

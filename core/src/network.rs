@@ -96,6 +96,12 @@ pub struct ConnectionInfo {
     pub filter_chain: Option<Arc<str>>,
     /// What the TLS handshake negotiated, when the chain terminated TLS.
     pub tls: Option<Arc<crate::tls::TlsInfo>>,
+    /// Cancelled when a config reload replaced this connection's listener
+    /// or filter chain: L7 codecs finish the stream in progress, then close
+    /// (HTTP/1.1 `connection: close` on the next response, HTTP/2 GOAWAY),
+    /// so that the client's next request meets the new config. Unlike
+    /// `Connection::drain`, idle connections are not cut.
+    pub retire: CancellationToken,
 }
 
 /// A downstream connection travelling down a filter chain.

@@ -1,14 +1,18 @@
 //! The server: binds what a snapshot describes, runs the accept loops and
-//! the admin server, and on SIGTERM/SIGINT stops accepting, lets open
-//! connections finish for the drain time, and returns.
+//! the admin server, reloads the config file on SIGHUP or when it changes
+//! (a new snapshot swapped in; a bad file keeps the old one), and on
+//! SIGTERM/SIGINT stops accepting, lets open connections finish for the
+//! drain time, and returns.
 
 use crate::admin::{self, AdminState};
 use crate::config::load_file;
 use crate::error::{ConfigError, Error};
-use crate::listener::{RunningListener, bind};
+use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::registry::Registry;
 use crate::snapshot::{BuildMode, Snapshot};
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,12 +25,16 @@ use tokio_util::task::TaskTracker;
 pub struct ServerOptions {
     /// How long open connections may go on after a stop signal.
     pub drain_time: Duration,
+    /// How often the config file is checked for changes (zero: only on
+    /// SIGHUP).
+    pub watch_interval: Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             drain_time: Duration::from_secs(5),
+            watch_interval: Duration::from_secs(1),
         }
     }
 }
@@ -80,20 +88,21 @@ pub async fn run(
     let drain = CancellationToken::new();
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
-    snapshot
-        .clusters
-        .spawn_dns_refresh(&snapshot.config.clusters, background.clone());
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
+    let mut live = Live {
+        listeners: HashMap::new(),
+        accept_stop: accept_stop.clone(),
+        drain: drain.clone(),
+        tracker: tracker.clone(),
+        dns: background.child_token(),
+    };
+    snapshot
+        .load()
+        .clusters
+        .spawn_dns_refresh(&snapshot.load().config.clusters, live.dns.clone());
     for (compiled, sock) in bound {
-        tracing::info!(listener = %compiled.name, address = %compiled.address, "listening");
-        let running = RunningListener::new(compiled);
-        tokio::spawn(running.accept_loop(
-            sock,
-            accept_stop.clone(),
-            drain.clone(),
-            tracker.clone(),
-        ));
+        live.start(compiled, sock);
     }
     let admin_state = Arc::new(AdminState {
         snapshot: snapshot.clone(),
@@ -104,10 +113,46 @@ pub async fn run(
         tracing::info!(address = ?sock.local_addr().ok(), "admin listening");
         tokio::spawn(admin::serve(sock, admin_state.clone(), background.clone()));
     }
+    metrics::gauge!("meshgate_config_version").set(snapshot.load().version as f64);
 
-    tokio::select! {
-        _ = stop_signal() => {}
-        _ = stop.cancelled() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut stamp = file_stamp(path);
+    let mut tick = tokio::time::interval(if opts.watch_interval.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        opts.watch_interval
+    });
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop_sig = stop_signal();
+    tokio::pin!(stop_sig);
+    loop {
+        let why = tokio::select! {
+            _ = &mut stop_sig => break,
+            _ = stop.cancelled() => break,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick(), if !opts.watch_interval.is_zero() => {
+                let now = file_stamp(path);
+                if now == stamp {
+                    continue;
+                }
+                stamp = now;
+                "file changed"
+            }
+        };
+        match reload(path, &registry, &snapshot, &mut live).await {
+            Ok(version) => {
+                metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
+                metrics::gauge!("meshgate_config_version").set(version as f64);
+                tracing::info!(trigger = why, version, "config reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("meshgate_config_reload_total", "result" => "error").increment(1);
+                tracing::error!(
+                    trigger = why,
+                    "config reload refused, the previous config keeps serving: {e}"
+                );
+            }
+        }
     }
     tracing::info!(drain_time = ?opts.drain_time, "stop requested: no longer accepting, draining connections");
     admin_state.draining.store(true, Ordering::Relaxed);
@@ -127,6 +172,122 @@ pub async fn run(
     }
     background.cancel();
     Ok(())
+}
+
+/// The listeners a running server serves, keyed by address (the socket is
+/// a listener's identity across reloads; its name may change).
+struct Live {
+    listeners: HashMap<SocketAddr, LiveListener>,
+    accept_stop: CancellationToken,
+    drain: CancellationToken,
+    tracker: TaskTracker,
+    /// Stops the DNS refresh of the current snapshot's clusters.
+    dns: CancellationToken,
+}
+
+struct LiveListener {
+    running: Arc<RunningListener>,
+    stop: CancellationToken,
+}
+
+impl Live {
+    fn start(&mut self, compiled: Arc<CompiledListener>, sock: tokio::net::TcpListener) {
+        tracing::info!(listener = %compiled.name, address = %compiled.address, "listening");
+        let address = compiled.address;
+        let running = RunningListener::new(compiled);
+        let stop = self.accept_stop.child_token();
+        tokio::spawn(running.clone().accept_loop(
+            sock,
+            stop.clone(),
+            self.drain.clone(),
+            self.tracker.clone(),
+        ));
+        self.listeners
+            .insert(address, LiveListener { running, stop });
+    }
+}
+
+/// The file's modification time and length, to notice changes.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// Builds a snapshot from the file and swaps it in: listeners on a new
+/// address are bound first (a failure refuses the whole reload), listeners
+/// that stay get the new filter chains for new connections and retire
+/// their open ones, listeners that went away stop accepting and retire.
+async fn reload(
+    path: &Path,
+    registry: &Registry,
+    current: &ArcSwap<Snapshot>,
+    live: &mut Live,
+) -> Result<u64, Error> {
+    let (config, source) = load_file(path)?;
+    let next = Snapshot::build(config, &source, registry, BuildMode::Serve)?;
+    let old = current.load_full();
+    if next.admin_address != old.admin_address {
+        tracing::warn!("admin.address changed: it applies after a restart");
+    }
+    // Bind what is new before changing anything.
+    let mut fresh = Vec::new();
+    for (i, l) in next.listeners.iter().enumerate() {
+        if !live.listeners.contains_key(&l.address) {
+            let sock = bind(l.address, l.backlog).map_err(|e| {
+                bind_error(&source, format!("listeners[{i}].address"), l.address, e)
+            })?;
+            fresh.push((l.clone(), sock));
+        }
+    }
+    // Which listeners changed: their own config, or any cluster (filters
+    // hold their clusters).
+    let clusters_changed = serde_json::to_value(&old.config.clusters).ok()
+        != serde_json::to_value(&next.config.clusters).ok();
+    let old_cfg: HashMap<&str, serde_json::Value> = old
+        .config
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l.address.as_str(), serde_json::to_value(l).ok()?)))
+        .collect();
+    let mut keep = std::collections::HashSet::new();
+    for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
+        if let Some(ll) = live.listeners.get(&l.address) {
+            keep.insert(l.address);
+            let same = !clusters_changed
+                && old_cfg.get(cfg.address.as_str()) == serde_json::to_value(cfg).ok().as_ref();
+            if same {
+                // Still swapped: the new snapshot owns the clusters now.
+                ll.running.compiled.store(l.clone());
+            } else {
+                tracing::info!(listener = %l.name, address = %l.address, "listener updated; open connections retire");
+                ll.running.replace(l.clone());
+            }
+        }
+    }
+    let gone: Vec<SocketAddr> = live
+        .listeners
+        .keys()
+        .filter(|a| !keep.contains(a))
+        .copied()
+        .collect();
+    for a in gone {
+        if let Some(ll) = live.listeners.remove(&a) {
+            tracing::info!(address = %a, "listener removed: stops accepting, open connections retire");
+            ll.stop.cancel();
+            ll.running.retire_all();
+        }
+    }
+    for (compiled, sock) in fresh {
+        live.start(compiled, sock);
+    }
+    live.dns.cancel();
+    live.dns = live.accept_stop.child_token();
+    next.clusters
+        .spawn_dns_refresh(&next.config.clusters, live.dns.clone());
+    let version = next.version;
+    current.store(Arc::new(next));
+    Ok(version)
 }
 
 async fn stop_signal() {

@@ -319,7 +319,20 @@ struct Handler(Arc<ProxyHandler>);
 impl StreamHandler for Handler {
     fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture {
         let me = self.0.clone();
-        Box::pin(async move { me.process(req, info).await })
+        Box::pin(async move {
+            let retire = (info.protocol == "http1").then(|| info.connection.retire.clone());
+            let mut resp = me.process(req, info).await;
+            // A reload retired this connection's listener: this response is
+            // its last, the client reconnects to the new config.
+            if let Some(retire) = retire
+                && retire.is_cancelled()
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        })
     }
 }
 

@@ -168,6 +168,7 @@ impl ServerCodec for Http2Server {
         Box::pin(async move {
             let (io, info, drain) = conn.into_prefixed();
             let listener = info.listener.clone();
+            let retire = info.retire.clone();
             let svc = service(handler, Arc::new(info), "http2");
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
@@ -188,6 +189,12 @@ impl ServerCodec for Http2Server {
                     }
                 }
                 _ = drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                _ = retire.cancelled() => {
+                    // GOAWAY: streams in flight finish, new ones go to a
+                    // new connection (and the new config).
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -1,0 +1,271 @@
+//! Config file hot reload through the real binary: on change and on
+//! SIGHUP, under a running keep-alive load with no failed request; a bad
+//! file keeps the old config serving and names file, line and field;
+//! listeners come and go; clusters change under a route.
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A proxy listener answering `body` on every path, plus optional extra
+/// listener text.
+fn config(port: u16, body: &str, extra: &str) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200, body: "{body}"}}
+{extra}"#
+    )
+}
+
+/// Rewrites the running config atomically (write + rename).
+fn rewrite(mg: &Meshgate, yaml: &str) {
+    let text = yaml.replace("{ADMIN}", &mg.admin.unwrap().to_string());
+    let tmp = mg.config.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &mg.config).unwrap();
+}
+
+/// One keep-alive HTTP/1.1 request on `conn` (connecting if needed):
+/// the body, or None if the connection failed before a whole response.
+/// A response with `connection: close` drops the connection afterwards.
+fn request(conn: &mut Option<BufReader<TcpStream>>, port: u16) -> Option<String> {
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        *conn = Some(BufReader::new(s));
+    }
+    let r = conn.as_mut().unwrap();
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut len = 0usize;
+    let mut close = false;
+    let mut status = String::new();
+    r.read_line(&mut status).ok()?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+        if l == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    if close {
+        *conn = None;
+    }
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Keep-alive clients hammering `port` until stopped; counts requests and
+/// failures, and remembers the last body seen.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut conn = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(&mut conn, port) {
+                            Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            None => {
+                                conn = None;
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn body_now(port: u16) -> String {
+    request(&mut None, port).unwrap_or_default()
+}
+
+fn wait_body(port: u16, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = body_now(port);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still '{got}', want '{want}'");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn file_change_reloads_under_load_with_no_failed_request() {
+    let port = free_port();
+    let mg = Meshgate::start_with_args(&config(port, "v0", ""), &["--watch-interval", "100ms"]);
+    wait_body(port, "v0");
+    let load = Load::start(port, 8);
+    std::thread::sleep(Duration::from_millis(200));
+    for v in 1..=10 {
+        rewrite(&mg, &config(port, &format!("v{v}"), ""));
+        wait_body(port, &format!("v{v}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
+    assert!(ok > 100, "only {ok} requests");
+    assert!(mg.metric("meshgate_config_reload_total", &[("result", "ok")]) >= 10.0);
+    let (_, dump) = mg.admin_get("/config_dump");
+    assert!(dump.contains("\"v10\""), "{dump}");
+}
+
+#[test]
+fn a_bad_file_keeps_the_old_config_and_names_file_line_and_field() {
+    let port = free_port();
+    let mg = Meshgate::start_with_args(&config(port, "good", ""), &["--watch-interval", "100ms"]);
+    let load = Load::start(port, 2);
+    let bad = config(port, "bad", "").replace("domains:", "domainz:");
+    rewrite(&mg, &bad);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mg.metric("meshgate_config_reload_total", &[("result", "error")]) < 1.0 {
+        assert!(Instant::now() < deadline, "no reload error counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(body_now(port), "good");
+    let log = mg.log_text();
+    let file = mg.config.display().to_string();
+    assert!(
+        log.contains(&format!("{file}:13")) && log.contains("domainz"),
+        "{log}"
+    );
+    rewrite(&mg, &config(port, "fixed", ""));
+    wait_body(port, "fixed");
+    let (_, failed) = load.finish();
+    assert_eq!(failed, 0);
+}
+
+#[test]
+fn sighup_adds_and_removes_listeners_and_changes_clusters() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let port2 = free_port();
+    let extra = |backend: &HttpBackend| {
+        format!(
+            r#"  - name: api
+    address: 127.0.0.1:{port2}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backends}}
+clusters:
+  - name: backends
+    endpoints: [{{address: "{}"}}]
+"#,
+            backend.addr
+        )
+    };
+    let mg = Meshgate::start_with_args(&config(port, "x", ""), &["--watch-interval", "0s"]);
+    let hup = |mg: &Meshgate| {
+        let before = mg.metric("meshgate_config_reload_total", &[("result", "ok")]);
+        let pid = mg.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mg.metric("meshgate_config_reload_total", &[("result", "ok")]) <= before {
+            assert!(Instant::now() < deadline, "SIGHUP did not reload");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(TcpStream::connect(("127.0.0.1", port2)).is_err());
+    // Add a listener routing to backend a.
+    rewrite(&mg, &config(port, "x", &extra(&a)));
+    hup(&mg);
+    let addr = format!("127.0.0.1:{port2}").parse().unwrap();
+    let (code, body) = http_get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("backend=a"), "{body}");
+    // Move the cluster to backend b under load: no failed request.
+    let load = Load::start(port, 4);
+    rewrite(&mg, &config(port, "x", &extra(&b)));
+    hup(&mg);
+    let (_, body) = http_get(addr, "/").unwrap();
+    assert!(body.contains("backend=b"), "{body}");
+    // Remove the listener: its port closes.
+    rewrite(&mg, &config(port, "x", ""));
+    hup(&mg);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while TcpStream::connect(("127.0.0.1", port2)).is_ok() {
+        assert!(Instant::now() < deadline, "removed listener still accepts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} of {}", ok + failed);
+}
