@@ -15,7 +15,7 @@ def lat(text, pct):
 
 phase, path = sys.argv[1], sys.argv[2]
 t = open(path).read()
-if phase == "h1":
+if phase in ("h1", "tls_ka", "tls_hs"):
     rps = float(re.search(r"Requests/sec:\s*([\d.]+)", t).group(1))
     reqs = int(re.search(r"(\d+) requests in", t).group(1))
     errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))

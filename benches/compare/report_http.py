@@ -42,9 +42,11 @@ def fmt(x, spec):
 TITLES = {
     "h1": "HTTP/1.1 keep-alive: wrk -t1 -c50 --latency",
     "h2": "HTTP/2 (h2c) in, HTTP/1.1 out: h2load -c10 -m10",
+    "tls_ka": "HTTPS keep-alive (TLS 1.3, ECDSA P-256): wrk -t1 -c50 --latency",
+    "tls_hs": "HTTPS, one full TLS handshake per request (Connection: close): wrk -t1 -c50",
 }
 names = ["direct", "meshgate", "nginx", "haproxy"]
-for phase in ["h1", "h2"]:
+for phase in ["h1", "h2", "tls_ka", "tls_hs"]:
     S = {n: stats(phase, n) for n in names}
     S = {n: s for n, s in S.items() if s}
     if not S:

@@ -39,7 +39,11 @@ fn examples_validate() {
         assert_eq!(code, 0, "{ex}: {out}{err}");
         assert!(out.contains(": ok"), "{out}");
     }
-    for f in ["benches/compare/tcp.yaml", "benches/compare/http1.yaml"] {
+    for f in [
+        "benches/compare/tcp.yaml",
+        "benches/compare/http1.yaml",
+        "benches/compare/https.yaml",
+    ] {
         let p = workspace().join(f);
         let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
         assert_eq!(code, 0, "{f}: {out}{err}");

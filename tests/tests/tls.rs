@@ -619,3 +619,41 @@ clusters:
     assert!(ok >= 3, "only {ok} requests ran");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn filter_chains_match_on_offered_alpn() {
+    // One passthrough listener: clients offering h2 go to one TLS backend,
+    // the others to another; SNI is the same.
+    let h2_side = SServer::start("server");
+    let other = SServer::start("other");
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: alpn
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filter_chain_match: {{application_protocols: [h2]}}
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: h2_side}}
+      - filters:
+          - name: tcp_proxy
+            config: {{cluster: other}}
+clusters:
+  - name: h2_side
+    endpoints: [{{address: "127.0.0.1:{}"}}]
+  - name: other
+    endpoints: [{{address: "127.0.0.1:{}"}}]
+"#,
+        h2_side.1, other.1
+    );
+    let _mg = Meshgate::start(&yaml);
+    let out = s_client(port, &["-servername", "localhost", "-alpn", "h2"]);
+    assert!(out.contains("CN = localhost"), "{out}");
+    let out = s_client(port, &["-servername", "localhost", "-alpn", "http/1.1"]);
+    assert!(out.contains("CN = api.other.test"), "{out}");
+    let out = s_client(port, &["-servername", "localhost"]);
+    assert!(out.contains("CN = api.other.test"), "{out}");
+}
