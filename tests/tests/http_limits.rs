@@ -243,3 +243,73 @@ fn broken_upstreams_get_502_504_502() {
     }
     still_serving(f.port);
 }
+
+#[test]
+fn upstream_keepalive_closed_while_idle_costs_no_request() {
+    // The upstream answers one request per connection with a keep-alive
+    // response, then closes the connection while it is idle in meshgate's
+    // pool (or sends stray bytes after the response): the next request
+    // must not fail nor get a stale answer.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = n.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = format!("conn{i}");
+                let mut resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes();
+                if i % 2 == 1 {
+                    resp.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
+                }
+                let _ = s.write_all(&resp);
+                std::thread::sleep(Duration::from_millis(50));
+            });
+        }
+    });
+    let port = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: flaky}}
+clusters:
+  - name: flaky
+    endpoints: [{{address: "{addr}"}}]
+"#
+    ));
+    let front = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let (code, body) = http_get(front, "/").unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.starts_with("conn") && !body.contains("stale"),
+            "{body}"
+        );
+        assert!(!seen.contains(&body), "answer reused: {body}");
+        seen.push(body);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    drop(mg);
+}

@@ -8,6 +8,7 @@
 //! hyper-util's `Client` because the endpoint is chosen by meshgate's load
 //! balancer, not by DNS, and connects must feed cluster health.
 
+use super::h1_upstream;
 use bytes::Bytes;
 use dashmap::DashMap;
 use http::{HeaderValue, Uri};
@@ -80,7 +81,7 @@ async fn upstream_io(
 }
 
 /// An upstream connection's bytes: plain TCP or TLS.
-enum UpstreamIo {
+pub(super) enum UpstreamIo {
     Tcp(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
@@ -161,7 +162,10 @@ struct IdleConn {
 /// HTTP/1.1 upstream with keep-alive pools.
 pub struct Http1Client {
     opts: PoolOptions,
+    /// hyper connections, for requests that may upgrade (101).
     pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>>,
+    /// Hand-written keep-alive connections for everything else.
+    fast: DashMap<SocketAddr, Arc<h1_upstream::Pool>>,
 }
 
 impl Http1Client {
@@ -169,6 +173,7 @@ impl Http1Client {
         Self {
             opts,
             pools: DashMap::new(),
+            fast: DashMap::new(),
         }
     }
 
@@ -198,6 +203,7 @@ impl ClientCodec for Http1Client {
         mut req: Request,
     ) -> UpstreamFuture {
         let pool = self.pool(endpoint.address);
+        let fast = self.fast.entry(endpoint.address).or_default().clone();
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
@@ -217,6 +223,9 @@ impl ClientCodec for Http1Client {
                 *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
             }
             *req.version_mut() = http::Version::HTTP_11;
+            if !req.headers().contains_key(http::header::UPGRADE) {
+                return send_fast(fast, cluster, endpoint, req, opts).await;
+            }
             let mut sender = match take_idle(&pool, opts.idle_timeout) {
                 Some(s) => s,
                 None => {
@@ -258,6 +267,72 @@ impl ClientCodec for Http1Client {
             };
             Ok(Response::from_parts(parts, box_body(body)))
         })
+    }
+}
+
+/// Connects to the endpoint for the hand-written HTTP/1.1 path.
+async fn connect_fast(
+    cluster: &Arc<Cluster>,
+    endpoint: &Arc<Endpoint>,
+    auth: Option<String>,
+) -> Result<h1_upstream::Conn, UpstreamError> {
+    let up = cluster
+        .connect_endpoint(endpoint.clone())
+        .await
+        .map_err(connect_error)?;
+    let (stream, _, guard) = up.into_parts();
+    let io = upstream_io(cluster, stream, auth, endpoint.address).await?;
+    Ok(h1_upstream::Conn::new(io, guard))
+}
+
+/// Sends on a pooled hand-written connection. A bodiless request that
+/// failed on a reused connection before any response byte (the peer
+/// closed it while idle) is sent again on a new connection.
+async fn send_fast(
+    pool: Arc<h1_upstream::Pool>,
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+    req: Request,
+    opts: PoolOptions,
+) -> Result<Response, UpstreamError> {
+    let replay = http_body::Body::is_end_stream(req.body()).then(|| {
+        let mut r = http::Request::new(());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = req.headers().clone();
+        r
+    });
+    let idle = {
+        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found = None;
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < opts.idle_timeout && c.conn.idle_ok() {
+                found = Some(c.conn);
+                break;
+            }
+        }
+        found
+    };
+    let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
+    let conn = match idle {
+        Some(c) => c,
+        None => connect_fast(&cluster, &endpoint, auth.clone()).await?,
+    };
+    let weak = Arc::downgrade(&pool);
+    match h1_upstream::send(conn, req, weak.clone(), opts.max_idle_per_endpoint).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => match replay {
+            Some(head) if e.replayable => {
+                tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
+                let (parts, ()) = head.into_parts();
+                let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
+                let conn = connect_fast(&cluster, &endpoint, auth).await?;
+                h1_upstream::send(conn, req, weak, opts.max_idle_per_endpoint)
+                    .await
+                    .map_err(|e| e.error)
+            }
+            _ => Err(e.error),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 //! bytes so one listener serves both.
 
 mod client;
+mod h1_upstream;
 mod server;
 
 use meshgate_core::BuildError;

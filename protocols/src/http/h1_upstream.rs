@@ -1,0 +1,587 @@
+//! Upstream HTTP/1.1 written by hand, for the request path that matters
+//! most: the request's own task writes the request and reads the response
+//! on a pooled connection it owns. hyper's client connection needs a task
+//! per connection and a channel between it and the caller: two extra task
+//! wake-ups per request, the largest user-space item of the HTTP/1.1
+//! profile in benches/RESULTS.md. Heads are parsed with httparse; bodies
+//! are streamed (Content-Length, chunked with trailers, or until close)
+//! with no buffering beyond one read. Upgrades (101) stay on the hyper
+//! path in `client.rs`.
+
+use super::client::UpstreamIo;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use meshgate_core::cluster::ConnectionGuard;
+use meshgate_core::codec::UpstreamError;
+use meshgate_core::stream::{Request, Response, box_body};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+/// The most bytes a response head (status line and headers) may take.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most response headers.
+const MAX_HEADERS: usize = 128;
+/// The most bytes of one chunk-size line or of all trailers.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// How much one read asks for.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A keep-alive connection to one endpoint.
+pub(super) struct Conn {
+    pub(super) io: UpstreamIo,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    _guard: ConnectionGuard,
+    /// Whether it served a request before (a failure before the first
+    /// response byte is then the keep-alive race, safe to replay).
+    reused: bool,
+}
+
+impl Conn {
+    pub(super) fn new(io: UpstreamIo, guard: ConnectionGuard) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            _guard: guard,
+            reused: false,
+        }
+    }
+
+    /// Whether an idle connection is still clean: nothing (no early
+    /// response, no EOF) arrived while it sat in the pool. Answered from
+    /// the reactor's readiness when it has seen nothing, with no syscall.
+    pub(super) fn idle_ok(&self) -> bool {
+        let tcp = match &self.io {
+            UpstreamIo::Tcp(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0,
+        };
+        let mut probe = [0u8; 1];
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// An idle connection and when it went idle.
+pub(super) struct Idle {
+    pub(super) conn: Conn,
+    pub(super) since: Instant,
+}
+
+pub(super) type Pool = Mutex<Vec<Idle>>;
+
+/// What went wrong, and whether the request may be sent again on another
+/// connection (nothing of a response arrived on a reused connection).
+pub(super) struct SendError {
+    pub(super) error: UpstreamError,
+    pub(super) replayable: bool,
+}
+
+fn reset(e: impl std::fmt::Display, replayable: bool) -> SendError {
+    SendError {
+        error: UpstreamError::Reset(e.to_string()),
+        replayable,
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> SendError {
+    SendError {
+        error: UpstreamError::Protocol(e.to_string()),
+        replayable: false,
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head; the body streams
+/// from the connection, which returns to `pool` when the body ends.
+pub(super) async fn send(
+    mut conn: Conn,
+    req: Request,
+    pool: Weak<Pool>,
+    max_idle: usize,
+) -> Result<Response, SendError> {
+    let reused = conn.reused;
+    let head_only = req.method() == http::Method::HEAD;
+    let (parts, mut body) = req.into_parts();
+    // The head, and how the body is framed.
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .as_bytes(),
+    );
+    out.put_slice(b" HTTP/1.1\r\n");
+    let has_len = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    for (k, v) in &parts.headers {
+        if k == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.put_slice(k.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(v.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let empty = body.is_end_stream();
+    let chunked = if empty || has_len {
+        false
+    } else if let Some(n) = body.size_hint().exact() {
+        out.put_slice(format!("content-length: {n}\r\n").as_bytes());
+        false
+    } else {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+        true
+    };
+    out.put_slice(b"\r\n");
+    // Nothing of the request reached the peer yet: a failed write on a
+    // reused connection is the keep-alive race.
+    conn.io
+        .write_all(&out)
+        .await
+        .map_err(|e| reset(e, reused))?;
+    if !empty {
+        let mut trailers_sent = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| SendError {
+                error: UpstreamError::Reset(format!("request body: {e}")),
+                replayable: false,
+            })?;
+            let w = match frame.into_data() {
+                Ok(data) if data.is_empty() => Ok(()),
+                Ok(data) if chunked => {
+                    let mut c = BytesMut::with_capacity(data.len() + 16);
+                    c.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    c.put_slice(&data);
+                    c.put_slice(b"\r\n");
+                    conn.io.write_all(&c).await
+                }
+                Ok(data) => conn.io.write_all(&data).await,
+                Err(frame) => match frame.into_trailers() {
+                    Ok(t) if chunked => {
+                        let mut c = BytesMut::from(&b"0\r\n"[..]);
+                        for (k, v) in &t {
+                            c.put_slice(k.as_str().as_bytes());
+                            c.put_slice(b": ");
+                            c.put_slice(v.as_bytes());
+                            c.put_slice(b"\r\n");
+                        }
+                        c.put_slice(b"\r\n");
+                        trailers_sent = true;
+                        conn.io.write_all(&c).await
+                    }
+                    _ => Ok(()),
+                },
+            };
+            w.map_err(|e| reset(e, false))?;
+            if trailers_sent || body.is_end_stream() {
+                break;
+            }
+        }
+        if chunked && !trailers_sent {
+            conn.io
+                .write_all(b"0\r\n\r\n")
+                .await
+                .map_err(|e| reset(e, false))?;
+        }
+    }
+    conn.io.flush().await.map_err(|e| reset(e, false))?;
+
+    // The response head; 1xx other than 101 are skipped.
+    let (resp, keep_alive, framing) = loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) => Some(build_head(&r, len, head_only)?),
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => return Err(protocol(format!("bad response head: {e}"))),
+            }
+        };
+        match parsed {
+            Some((len, head)) => {
+                conn.buf.advance(len);
+                match head {
+                    Head::Informational => continue,
+                    Head::Final(resp, keep_alive, framing) => break (resp, keep_alive, framing),
+                }
+            }
+            None => {
+                if conn.buf.len() >= MAX_HEAD {
+                    return Err(protocol("response head too large"));
+                }
+                let first = conn.buf.is_empty();
+                match conn.fill().await {
+                    Ok(0) => {
+                        return Err(reset(
+                            "upstream closed before a whole response head",
+                            reused && first,
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(reset(e, reused && first)),
+                }
+            }
+        }
+    };
+    let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
+    conn.reused = true;
+    let mut body = H1Body {
+        conn: Some(conn),
+        state: match framing {
+            Framing::Empty => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::UntilClose => State::UntilClose,
+        },
+        keep_alive,
+        pool,
+        max_idle,
+    };
+    if matches!(body.state, State::Done) {
+        body.release();
+    }
+    let (parts, ()) = resp.into_parts();
+    Ok(Response::from_parts(parts, box_body(body)))
+}
+
+enum Head {
+    Informational,
+    Final(http::Response<()>, bool, Framing),
+}
+
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// The response head as an `http::Response`, whether the connection stays
+/// open, and the body's framing (RFC 9112 section 6.3).
+fn build_head(
+    r: &httparse::Response<'_, '_>,
+    len: usize,
+    head_only: bool,
+) -> Result<(usize, Head), SendError> {
+    let code = r.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(protocol("unexpected 101 Switching Protocols"));
+        }
+        return Ok((len, Head::Informational));
+    }
+    let http11 = r.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut keep_alive = http11;
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut other_te = false;
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| protocol("bad response header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| protocol("bad response header value"))?;
+        if name == http::header::CONNECTION {
+            let v = h.value.to_ascii_lowercase();
+            if v.windows(5).any(|w| w == b"close") {
+                keep_alive = false;
+            }
+            continue;
+        }
+        if name == http::header::TRANSFER_ENCODING {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            match v.rsplit(',').next().map(str::trim) {
+                Some("chunked") => chunked = true,
+                _ => other_te = true,
+            }
+            continue;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            let n: u64 = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| protocol("bad content-length"))?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(protocol("conflicting content-length"));
+            }
+            content_length = Some(n);
+        }
+        if name == "keep-alive" {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    let framing =
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if other_te {
+            Framing::UntilClose
+        } else if chunked {
+            // Transfer-Encoding wins over Content-Length, which is dropped.
+            headers.remove(http::header::CONTENT_LENGTH);
+            if content_length.is_some() {
+                keep_alive = false;
+            }
+            Framing::Chunked
+        } else if let Some(n) = content_length {
+            if n == 0 {
+                Framing::Empty
+            } else {
+                Framing::Length(n)
+            }
+        } else {
+            Framing::UntilClose
+        };
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok((len, Head::Final(resp, keep_alive, framing)))
+}
+
+enum State {
+    Length(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+/// A response body read from the connection; the connection goes back to
+/// the pool when the body ended cleanly and both sides keep it alive.
+struct H1Body {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
+    pool: Weak<Pool>,
+    max_idle: usize,
+}
+
+impl H1Body {
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // Extra bytes after the response: the peer is out of step.
+        if !self.keep_alive || !conn.buf.is_empty() {
+            return;
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        self.state = State::Done;
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            msg.to_string(),
+        )
+        .into())))
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A CRLF-terminated line at the start of `buf`, without the CRLF.
+fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
+    let pos = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = buf.split_to(pos).freeze();
+    buf.advance(2);
+    Some(line)
+}
+
+impl http_body::Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = self.get_mut();
+        loop {
+            let Some(conn) = me.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match me.state {
+                State::Done => {
+                    me.release();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return me.fail("upstream closed mid-body"),
+                            Ok(_) => {}
+                            Err(e) => return me.fail(&e.to_string()),
+                        }
+                    }
+                    let n = (conn.buf.len() as u64).min(left) as usize;
+                    let data = conn.buf.split_to(n).freeze();
+                    me.state = if left == n as u64 {
+                        State::Done
+                    } else {
+                        State::Length(left - n as u64)
+                    };
+                    if matches!(me.state, State::Done) {
+                        me.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkSize => match take_line(&mut conn.buf) {
+                    Some(line) => {
+                        let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
+                        let size = std::str::from_utf8(hex)
+                            .ok()
+                            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+                        match size {
+                            Some(0) => me.state = State::Trailers,
+                            Some(n) => me.state = State::ChunkData(n),
+                            None => return me.fail("bad chunk size"),
+                        }
+                    }
+                    None if conn.buf.len() > MAX_CHUNK_LINE => {
+                        return me.fail("chunk size line too long");
+                    }
+                    None => match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => return me.fail("upstream closed mid-body"),
+                        Ok(_) => {}
+                        Err(e) => return me.fail(&e.to_string()),
+                    },
+                },
+                State::ChunkData(left) => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return me.fail("upstream closed mid-body"),
+                            Ok(_) => {}
+                            Err(e) => return me.fail(&e.to_string()),
+                        }
+                    }
+                    let n = (conn.buf.len() as u64).min(left) as usize;
+                    let data = conn.buf.split_to(n).freeze();
+                    me.state = if left == n as u64 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left - n as u64)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkEnd => {
+                    if conn.buf.len() < 2 {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return me.fail("upstream closed mid-body"),
+                            Ok(_) => continue,
+                            Err(e) => return me.fail(&e.to_string()),
+                        }
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return me.fail("chunk not followed by CRLF");
+                    }
+                    conn.buf.advance(2);
+                    me.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    // All trailer lines and the final empty line.
+                    let end = if conn.buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        conn.buf
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|p| p + 4)
+                    };
+                    let Some(end) = end else {
+                        if conn.buf.len() > MAX_TRAILERS {
+                            return me.fail("trailers too large");
+                        }
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => return me.fail("upstream closed in trailers"),
+                            Ok(_) => continue,
+                            Err(e) => return me.fail(&e.to_string()),
+                        }
+                    };
+                    let block = conn.buf.split_to(end);
+                    let mut trailers = HeaderMap::new();
+                    for line in block[..].split(|b| *b == b'\n') {
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        if line.is_empty() {
+                            continue;
+                        }
+                        let Some(colon) = line.iter().position(|b| *b == b':') else {
+                            return me.fail("bad trailer line");
+                        };
+                        let (Ok(k), Ok(v)) = (
+                            HeaderName::from_bytes(&line[..colon]),
+                            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+                        ) else {
+                            return me.fail("bad trailer");
+                        };
+                        trailers.append(k, v);
+                    }
+                    me.state = State::Done;
+                    me.release();
+                    if !trailers.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    return Poll::Ready(None);
+                }
+                State::UntilClose => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => {
+                                me.state = State::Done;
+                                me.keep_alive = false;
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => return me.fail(&e.to_string()),
+                        }
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) || self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
