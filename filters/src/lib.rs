@@ -1,6 +1,7 @@
 //! Network and stream filters of meshgate, one module per filter, each
 //! registered by name with `register_all`.
 
+pub mod access_log;
 pub mod echo;
 pub mod proxy;
 pub mod tcp_proxy;

@@ -49,6 +49,16 @@ struct ProxyConfig {
     /// How long to wait for enough bytes to detect the protocol.
     #[serde(default = "default_detect_timeout", with = "humantime_serde")]
     detect_timeout: Duration,
+    /// One JSON line per request (when the response head is sent).
+    #[serde(default)]
+    access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogConfig {
+    /// A file (appended to), or `/dev/stdout`.
+    path: String,
 }
 
 fn default_codec() -> String {
@@ -146,6 +156,12 @@ impl NetworkFilterFactory for ProxyFactory {
                 filters,
                 generate_request_id: cfg.generate_request_id,
                 max_request_body_bytes: cfg.max_request_body_bytes,
+                access_log: match &cfg.access_log {
+                    None => None,
+                    Some(a) => Some(crate::access_log::AccessLog::open(&a.path).map_err(|e| {
+                        BuildError::new("access_log.path", format!("cannot open '{}': {e}", a.path))
+                    })?),
+                },
                 stats: HttpStats::new(&listener),
             }))),
         }))
@@ -306,6 +322,7 @@ impl HttpStats {
 }
 
 struct ProxyHandler {
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
     table: RouteTable,
     filters: Vec<Arc<dyn StreamFilter>>,
     generate_request_id: bool,
@@ -426,6 +443,11 @@ impl ProxyHandler {
     async fn process(&self, mut req: Request, mut info: StreamInfo) -> Response {
         self.stats.rq_total.increment(1);
         info.grpc = is_grpc(req.headers());
+        if self.generate_request_id && !req.headers().contains_key("x-request-id") {
+            req.headers_mut().insert("x-request-id", request_id());
+        }
+        // What the access log needs of the request, before it is forwarded.
+        let logged = self.access_log.as_ref().map(|_| RequestSummary::of(&req));
         let mut resp = self.route_and_forward(&mut req, &mut info).await;
         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(resp.headers_mut());
@@ -438,6 +460,9 @@ impl ProxyHandler {
         self.stats
             .duration
             .record(info.start.elapsed().as_secs_f64());
+        if let (Some(log), Some(r)) = (&self.access_log, logged) {
+            log.log(access_log_line(&r, &info, status));
+        }
         resp
     }
 
@@ -453,9 +478,6 @@ impl ProxyHandler {
             headers.insert(http::header::UPGRADE, u.clone());
         }
         headers.remove(http::header::EXPECT);
-        if self.generate_request_id && !headers.contains_key("x-request-id") {
-            headers.insert("x-request-id", request_id());
-        }
         let peer = info.connection.peer_addr.ip().to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {peer}"),
@@ -543,4 +565,76 @@ fn xfcc(peer: &meshgate_core::tls::PeerIdentity) -> String {
         v.push_str(d);
     }
     v
+}
+
+/// The request fields of an access-log line.
+struct RequestSummary {
+    method: http::Method,
+    path: String,
+    authority: Option<String>,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl RequestSummary {
+    fn of(req: &Request) -> Self {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| h("host")),
+            request_id: h("x-request-id"),
+            user_agent: h("user-agent"),
+        }
+    }
+}
+
+/// The access-log JSON of one request.
+fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> String {
+    let started = std::time::SystemTime::now() - info.start.elapsed();
+    let c = &info.connection;
+    let mut v = serde_json::json!({
+        "start_time": humantime::format_rfc3339_millis(started).to_string(),
+        "listener": &*c.listener,
+        "downstream_remote": c.peer_addr.to_string(),
+        "protocol": info.protocol,
+        "method": req.method.as_str(),
+        "path": req.path,
+        "authority": req.authority,
+        "status": status,
+        "duration_ms": info.start.elapsed().as_secs_f64() * 1000.0,
+        "route": info.route.as_deref(),
+        "upstream_cluster": info.upstream_cluster.as_deref(),
+        "upstream_host": info.upstream_host.map(|a| a.to_string()),
+        "local_reply": info.local_reply,
+        "request_id": req.request_id,
+        "user_agent": req.user_agent,
+        "grpc": info.grpc,
+    });
+    if let Some(t) = &c.tls {
+        v["tls"] = serde_json::json!({
+            "version": t.version,
+            "cipher_suite": t.cipher_suite,
+            "sni": t.server_name,
+            "alpn": t.alpn,
+            "resumed": t.resumed,
+            "peer_subject": t.peer.as_ref().map(|p| p.subject.clone()),
+            "peer_uri_sans": t.peer.as_ref().map(|p| p.uri_sans.clone()),
+            "peer_dns_sans": t.peer.as_ref().map(|p| p.dns_sans.clone()),
+        });
+    }
+    v.to_string()
 }

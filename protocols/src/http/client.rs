@@ -1,6 +1,8 @@
 //! Upstream HTTP pools. HTTP/1.1: per endpoint, a stack of idle keep-alive
-//! connections; a connection goes back to the pool when its response body
-//! has been read to the end, and idle ones expire. HTTP/2: per endpoint one
+//! connections of the hand-written client (`h1_upstream`); a connection
+//! goes back to the pool when its response body has been read to the end,
+//! and idle ones expire. Requests that may upgrade (WebSocket) use hyper's
+//! client and its own pool. HTTP/2: per endpoint one
 //! multiplexed connection (hyper/h2 honour the peer's max concurrent
 //! streams), replaced when it closes. Connections are opened through
 //! `Cluster::connect_endpoint`, so the circuit breaker, connect timeout,
