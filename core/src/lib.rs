@@ -14,6 +14,7 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod network;
+pub mod quic;
 pub mod registry;
 pub mod router;
 pub mod server;

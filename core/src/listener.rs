@@ -54,6 +54,8 @@ pub struct CompiledListener {
     pub inspects_sni: bool,
     pub chains: Vec<FilterChain>,
     pub stats: ListenerStats,
+    /// Served over QUIC (UDP) instead of TCP.
+    pub quic: Option<crate::quic::QuicTransport>,
 }
 
 impl CompiledListener {
@@ -91,6 +93,34 @@ impl CompiledListener {
                 source,
             )?);
         }
+        let quic = match &cfg.quic {
+            None => None,
+            Some(q) => {
+                if chains.len() != 1 {
+                    return Err(source.error(
+                        format!("{path}.filter_chains"),
+                        "a QUIC listener has exactly one filter chain (its tls picks certificates by SNI)",
+                    ));
+                }
+                let chain = &chains[0];
+                let Some(tls) = chain.tls.as_ref() else {
+                    return Err(source.error(
+                        format!("{path}.filter_chains[0].tls"),
+                        "a QUIC listener needs tls (certificates for TLS 1.3)",
+                    ));
+                };
+                if !chain.terminal.serves_quic() {
+                    return Err(source.error(
+                        format!("{path}.filter_chains[0].filters"),
+                        "the last filter cannot serve QUIC connections: use proxy (codec auto or http3)",
+                    ));
+                }
+                Some(
+                    crate::quic::QuicTransport::new(q, tls, &format!("{path}.quic"))
+                        .map_err(|e| source.build_error("", e))?,
+                )
+            }
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             address,
@@ -102,6 +132,7 @@ impl CompiledListener {
             }),
             chains,
             stats: ListenerStats::new(&cfg.name),
+            quic,
         })
     }
 
@@ -281,6 +312,23 @@ fn build_chain(
     })
 }
 
+impl FilterChain {
+    /// Runs the non-terminal filters' connection hooks in order.
+    pub(crate) fn run_on_new_connection(&self, info: &mut ConnectionInfo) -> FilterStatus {
+        for f in &self.filters {
+            if f.on_new_connection(info) == FilterStatus::Close {
+                return FilterStatus::Close;
+            }
+        }
+        FilterStatus::Continue
+    }
+
+    /// Hands the connection to the terminal filter.
+    pub(crate) async fn serve(&self, conn: Connection) {
+        self.terminal.clone().serve(conn).await
+    }
+}
+
 /// Binds a listening socket with SO_REUSEADDR and the configured backlog.
 pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -298,14 +346,19 @@ pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A process-unique id for a new downstream connection.
+pub(crate) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A bound listener whose compiled form can be swapped (reload) while it
 /// keeps accepting.
 pub struct RunningListener {
     pub compiled: ArcSwap<CompiledListener>,
-    active: AtomicU32,
+    pub(crate) active: AtomicU32,
     /// Handed to each connection; replaced (and the old one cancelled) by
     /// `replace`.
-    retire: std::sync::Mutex<CancellationToken>,
+    pub(crate) retire: std::sync::Mutex<CancellationToken>,
 }
 
 impl RunningListener {
@@ -558,6 +611,7 @@ mod tests {
             backlog: 128,
             max_connections: u32::MAX,
             inspect_timeout: Duration::from_secs(1),
+            quic: None,
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),

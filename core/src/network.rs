@@ -26,6 +26,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncIo for T {}
 pub enum DownstreamIo {
     Tcp(TcpStream),
     Boxed(Box<dyn AsyncIo>),
+    /// A QUIC connection carries streams, not one byte stream: only a
+    /// filter that `serves_quic` (the `proxy` with HTTP/3) gets one, and
+    /// reading or writing it as bytes fails.
+    Quic(quinn::Connection),
+}
+
+fn quic_not_bytes() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a QUIC connection carries streams, not bytes",
+    )
 }
 
 impl AsyncRead for DownstreamIo {
@@ -37,6 +48,7 @@ impl AsyncRead for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_read(cx, buf),
+            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
         }
     }
 }
@@ -50,18 +62,21 @@ impl AsyncWrite for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_write(cx, buf),
+            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_flush(cx),
+            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_shutdown(cx),
+            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
         }
     }
     fn poll_write_vectored(
@@ -72,12 +87,14 @@ impl AsyncWrite for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             DownstreamIo::Tcp(s) => s.is_write_vectored(),
             DownstreamIo::Boxed(s) => s.is_write_vectored(),
+            DownstreamIo::Quic(_) => false,
         }
     }
 }
@@ -132,6 +149,12 @@ pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait NetworkFilter: Send + Sync + 'static {
     /// Whether the filter owns the connection (must be last in its chain).
     fn terminal(&self) -> bool {
+        false
+    }
+
+    /// Whether the filter can serve a QUIC connection (`DownstreamIo::Quic`);
+    /// a QUIC listener's terminal filter must.
+    fn serves_quic(&self) -> bool {
         false
     }
 

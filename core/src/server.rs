@@ -73,7 +73,7 @@ pub async fn run(
     // Bind everything before serving anything: a port in use is a config error.
     let mut bound = Vec::with_capacity(snapshot.listeners.len());
     for (i, l) in snapshot.listeners.iter().enumerate() {
-        let sock = bind(l.address, l.backlog)
+        let sock = Socket::bind(l)
             .map_err(|e| bind_error(&source, format!("listeners[{i}].address"), l.address, e))?;
         bound.push((l.clone(), sock));
     }
@@ -174,10 +174,33 @@ pub async fn run(
     Ok(())
 }
 
-/// The listeners a running server serves, keyed by address (the socket is
-/// a listener's identity across reloads; its name may change).
+/// A listener's identity across reloads: its address and whether it is
+/// QUIC (UDP) or TCP; its name may change. TCP and QUIC may share a port.
+type ListenerKey = (SocketAddr, bool);
+
+fn key(l: &CompiledListener) -> ListenerKey {
+    (l.address, l.quic.is_some())
+}
+
+/// A bound listening socket.
+enum Socket {
+    Tcp(tokio::net::TcpListener),
+    Quic(quinn::Endpoint),
+}
+
+impl Socket {
+    fn bind(l: &CompiledListener) -> std::io::Result<Socket> {
+        Ok(if l.quic.is_some() {
+            Socket::Quic(crate::quic::bind(l)?)
+        } else {
+            Socket::Tcp(bind(l.address, l.backlog)?)
+        })
+    }
+}
+
+/// The listeners a running server serves, keyed by address and transport.
 struct Live {
-    listeners: HashMap<SocketAddr, LiveListener>,
+    listeners: HashMap<ListenerKey, LiveListener>,
     accept_stop: CancellationToken,
     drain: CancellationToken,
     tracker: TaskTracker,
@@ -191,19 +214,29 @@ struct LiveListener {
 }
 
 impl Live {
-    fn start(&mut self, compiled: Arc<CompiledListener>, sock: tokio::net::TcpListener) {
-        tracing::info!(listener = %compiled.name, address = %compiled.address, "listening");
-        let address = compiled.address;
+    fn start(&mut self, compiled: Arc<CompiledListener>, sock: Socket) {
+        tracing::info!(listener = %compiled.name, address = %compiled.address, quic = compiled.quic.is_some(), "listening");
+        let k = key(&compiled);
         let running = RunningListener::new(compiled);
         let stop = self.accept_stop.child_token();
-        tokio::spawn(running.clone().accept_loop(
-            sock,
-            stop.clone(),
-            self.drain.clone(),
-            self.tracker.clone(),
-        ));
-        self.listeners
-            .insert(address, LiveListener { running, stop });
+        let (drain, tracker) = (self.drain.clone(), self.tracker.clone());
+        match sock {
+            Socket::Tcp(sock) => {
+                tokio::spawn(
+                    running
+                        .clone()
+                        .accept_loop(sock, stop.clone(), drain, tracker),
+                );
+            }
+            Socket::Quic(ep) => {
+                tokio::spawn(
+                    running
+                        .clone()
+                        .quic_accept_loop(ep, stop.clone(), drain, tracker),
+                );
+            }
+        }
+        self.listeners.insert(k, LiveListener { running, stop });
     }
 }
 
@@ -233,8 +266,8 @@ async fn reload(
     // Bind what is new before changing anything.
     let mut fresh = Vec::new();
     for (i, l) in next.listeners.iter().enumerate() {
-        if !live.listeners.contains_key(&l.address) {
-            let sock = bind(l.address, l.backlog).map_err(|e| {
+        if !live.listeners.contains_key(&key(l)) {
+            let sock = Socket::bind(l).map_err(|e| {
                 bind_error(&source, format!("listeners[{i}].address"), l.address, e)
             })?;
             fresh.push((l.clone(), sock));
@@ -244,18 +277,24 @@ async fn reload(
     // hold their clusters).
     let clusters_changed = serde_json::to_value(&old.config.clusters).ok()
         != serde_json::to_value(&next.config.clusters).ok();
-    let old_cfg: HashMap<&str, serde_json::Value> = old
+    let old_cfg: HashMap<(&str, bool), serde_json::Value> = old
         .config
         .listeners
         .iter()
-        .filter_map(|l| Some((l.address.as_str(), serde_json::to_value(l).ok()?)))
+        .filter_map(|l| {
+            Some((
+                (l.address.as_str(), l.quic.is_some()),
+                serde_json::to_value(l).ok()?,
+            ))
+        })
         .collect();
     let mut keep = std::collections::HashSet::new();
     for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
-        if let Some(ll) = live.listeners.get(&l.address) {
-            keep.insert(l.address);
+        if let Some(ll) = live.listeners.get(&key(l)) {
+            keep.insert(key(l));
             let same = !clusters_changed
-                && old_cfg.get(cfg.address.as_str()) == serde_json::to_value(cfg).ok().as_ref();
+                && old_cfg.get(&(cfg.address.as_str(), cfg.quic.is_some()))
+                    == serde_json::to_value(cfg).ok().as_ref();
             if same {
                 // Still swapped: the new snapshot owns the clusters now.
                 ll.running.compiled.store(l.clone());
@@ -265,7 +304,7 @@ async fn reload(
             }
         }
     }
-    let gone: Vec<SocketAddr> = live
+    let gone: Vec<ListenerKey> = live
         .listeners
         .keys()
         .filter(|a| !keep.contains(a))
@@ -273,7 +312,7 @@ async fn reload(
         .collect();
     for a in gone {
         if let Some(ll) = live.listeners.remove(&a) {
-            tracing::info!(address = %a, "listener removed: stops accepting, open connections retire");
+            tracing::info!(address = %a.0, quic = a.1, "listener removed: stops accepting, open connections retire");
             ll.stop.cancel();
             ll.running.retire_all();
         }

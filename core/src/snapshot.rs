@@ -60,9 +60,10 @@ impl Snapshot {
             ClusterManager::build(&config.clusters, registry, source, mode == BuildMode::Serve)?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut names = HashSet::new();
+        // TCP and QUIC (UDP) listeners may share a port.
         let mut addrs = HashSet::new();
         if let Some(a) = admin_address {
-            addrs.insert(a);
+            addrs.insert((a, false));
         }
         for (i, l) in config.listeners.iter().enumerate() {
             if !names.insert(l.name.clone()) {
@@ -72,7 +73,7 @@ impl Snapshot {
                 ));
             }
             let compiled = CompiledListener::build(i, l, registry, &clusters, source)?;
-            if !addrs.insert(compiled.address) {
+            if !addrs.insert((compiled.address, compiled.quic.is_some())) {
                 return Err(source.error(
                     format!("listeners[{i}].address"),
                     format!("address {} is used twice in this config", compiled.address),

@@ -472,6 +472,47 @@ impl UpstreamTls {
         self.config.alpn_protocols.iter().any(|p| p == b"h2")
     }
 
+    /// The SNI for a handshake: the configured one, else `authority` (a
+    /// host name from the request), else the endpoint's IP.
+    fn server_name(
+        &self,
+        authority: Option<&str>,
+        endpoint: std::net::SocketAddr,
+    ) -> ServerName<'static> {
+        match (&self.sni, authority) {
+            (Some(s), _) => s.clone(),
+            (None, Some(a)) => {
+                let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
+                ServerName::try_from(host.to_string())
+                    .unwrap_or_else(|_| ServerName::IpAddress(endpoint.ip().into()))
+            }
+            (None, None) => ServerName::IpAddress(endpoint.ip().into()),
+        }
+    }
+
+    /// The SNI as the string quinn's `connect` takes.
+    pub fn server_name_for(
+        &self,
+        authority: Option<&str>,
+        endpoint: std::net::SocketAddr,
+    ) -> String {
+        match self.server_name(authority, endpoint) {
+            ServerName::DnsName(d) => d.as_ref().to_string(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(ip).to_string(),
+            _ => endpoint.ip().to_string(),
+        }
+    }
+
+    /// A QUIC client config from this TLS (TLS 1.3, ALPN `h3`), for HTTP/3
+    /// upstreams.
+    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, String> {
+        let mut c = (*self.config).clone();
+        c.alpn_protocols = vec![b"h3".to_vec()];
+        let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(c))
+            .map_err(|e| e.to_string())?;
+        Ok(quinn::ClientConfig::new(Arc::new(q)))
+    }
+
     /// Handshakes over `io`; the SNI is the configured one, else `authority`
     /// (a host name from the request), else the endpoint's IP.
     pub async fn connect<IO>(
@@ -483,15 +524,7 @@ impl UpstreamTls {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let name = match (&self.sni, authority) {
-            (Some(s), _) => s.clone(),
-            (None, Some(a)) => {
-                let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a);
-                ServerName::try_from(host.to_string())
-                    .unwrap_or_else(|_| ServerName::IpAddress(endpoint.ip().into()))
-            }
-            (None, None) => ServerName::IpAddress(endpoint.ip().into()),
-        };
+        let name = self.server_name(authority, endpoint);
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, io)
             .await

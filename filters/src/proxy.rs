@@ -52,6 +52,24 @@ struct ProxyConfig {
     /// One JSON line per request (when the response head is sent).
     #[serde(default)]
     access_log: Option<AccessLogConfig>,
+    /// Advertise an HTTP/3 listener on responses of TCP connections
+    /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
+    #[serde(default)]
+    advertise_http3: Option<AdvertiseHttp3>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvertiseHttp3 {
+    /// The UDP port of the HTTP/3 listener.
+    port: u16,
+    /// How long clients may remember it (default 24h).
+    #[serde(default = "default_alt_svc_max_age", with = "humantime_serde")]
+    max_age: Duration,
+}
+
+fn default_alt_svc_max_age() -> Duration {
+    Duration::from_secs(86400)
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +181,14 @@ impl NetworkFilterFactory for ProxyFactory {
                     })?),
                 },
                 stats: HttpStats::new(&listener),
+                alt_svc: cfg.advertise_http3.as_ref().map(|a| {
+                    HeaderValue::from_str(&format!(
+                        "h3=\":{}\"; ma={}",
+                        a.port,
+                        a.max_age.as_secs()
+                    ))
+                    .expect("digits and quotes are a valid header value")
+                }),
             }))),
         }))
     }
@@ -183,9 +209,21 @@ impl NetworkFilter for Proxy {
         true
     }
 
+    fn serves_quic(&self) -> bool {
+        self.codec_for_alpn("h3").is_some()
+    }
+
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         Box::pin(async move {
             let handler = self.handler.clone();
+            // QUIC carries streams, not bytes: nothing to detect.
+            if matches!(conn.io, DownstreamIo::Quic(_)) {
+                if let Some(codec) = self.codec_for_alpn("h3") {
+                    return codec.serve(conn, handler).await;
+                }
+                tracing::debug!(conn = conn.info.id, "no http3 codec for a QUIC connection");
+                return;
+            }
             if self.codecs.len() == 1 {
                 let codec = self.codecs[0].1.clone();
                 return codec.serve(conn, handler).await;
@@ -228,6 +266,7 @@ impl Proxy {
     fn codec_for_alpn(&self, alpn: &str) -> Option<Arc<dyn ServerCodec>> {
         let name = match alpn {
             "h2" => "http2",
+            "h3" => "http3",
             "http/1.1" | "http/1.0" => "http1",
             other => other,
         };
@@ -259,6 +298,7 @@ impl Proxy {
             let n = match &mut conn.io {
                 DownstreamIo::Tcp(s) => s.read_buf(&mut buf).await,
                 DownstreamIo::Boxed(s) => s.read_buf(&mut buf).await,
+                DownstreamIo::Quic(_) => return None,
             };
             match n {
                 Ok(0) | Err(_) => return None,
@@ -328,6 +368,8 @@ struct ProxyHandler {
     generate_request_id: bool,
     max_request_body_bytes: Option<u64>,
     stats: HttpStats,
+    /// `alt-svc` added to responses on TCP connections.
+    alt_svc: Option<HeaderValue>,
 }
 
 /// The `StreamHandler` the codecs call: a cheap handle on the shared state.
@@ -454,6 +496,12 @@ impl ProxyHandler {
         }
         for f in self.filters.iter().rev() {
             f.on_response(&mut resp, &info);
+        }
+        if let Some(v) = &self.alt_svc
+            && info.protocol != "http3"
+            && !resp.headers().contains_key(http::header::ALT_SVC)
+        {
+            resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
         }
         let status = resp.status().as_u16();
         self.stats.count(&info, status);

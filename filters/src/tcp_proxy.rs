@@ -270,7 +270,8 @@ impl TcpProxy {
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
-            (DownstreamIo::Boxed(mut down), None) => {
+            // A boxed stream (QUIC never reaches tcp_proxy: it does not `serves_quic`).
+            (mut down, None) => {
                 let mut up = up;
                 let pump = async {
                     if !preface.is_empty() {

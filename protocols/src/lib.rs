@@ -3,6 +3,7 @@
 //! names a concrete codec.
 
 pub mod http;
+pub mod http3;
 
 use meshgate_core::registry::Registry;
 use std::sync::Arc;
@@ -11,4 +12,5 @@ use std::sync::Arc;
 pub fn register_all(registry: &mut Registry) {
     registry.register_codec(Arc::new(http::Http1Codec));
     registry.register_codec(Arc::new(http::Http2Codec));
+    registry.register_codec(Arc::new(http3::Http3Codec));
 }

@@ -48,7 +48,51 @@ pub struct ListenerConfig {
     /// `server_names` (default 5s).
     #[serde(default = "default_inspect_timeout", with = "humantime_serde")]
     pub listener_filters_timeout: Duration,
+    /// Serve QUIC on UDP at `address` instead of TCP (HTTP/3). The listener
+    /// then has one filter chain, whose `tls` is required (TLS 1.3, ALPN
+    /// `h3`) and whose terminal filter is `proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicConfig>,
     pub filter_chains: Vec<FilterChainConfig>,
+}
+
+/// QUIC transport options of a UDP listener (Envoy's `quic_options`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Close a connection idle this long (default 30s).
+    #[serde(default = "default_quic_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Bidirectional streams (requests) a client may have open at once
+    /// (default 100); QUIC flow control stops a client opening more.
+    #[serde(default = "default_quic_streams")]
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may send on one stream before meshgate reads them
+    /// (default 1 MiB).
+    #[serde(default = "default_quic_stream_window")]
+    pub initial_stream_window_size: u32,
+    /// Bytes a client may send on the whole connection before meshgate
+    /// reads them (default 4 MiB).
+    #[serde(default = "default_quic_connection_window")]
+    pub initial_connection_window_size: u32,
+    /// Ask every client to prove its address with a Retry before any
+    /// handshake work (default off: quinn's anti-amplification limit
+    /// already bounds what an unvalidated address receives).
+    #[serde(default)]
+    pub validate_address: bool,
+}
+
+fn default_quic_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_quic_streams() -> u32 {
+    100
+}
+fn default_quic_stream_window() -> u32 {
+    1 << 20
+}
+fn default_quic_connection_window() -> u32 {
+    4 << 20
 }
 
 /// One filter chain: an optional match and an ordered list of network filters.

@@ -1,0 +1,578 @@
+//! The HTTP/3 codec (`http3`), on the `h3` crate over quinn. Downstream it
+//! serves the QUIC connections a QUIC listener accepts: each request stream
+//! becomes a stream of the protocol-agnostic layer (head, streamed body,
+//! trailers) for the same filters and router as HTTP/1 and HTTP/2; on drain
+//! or retirement it sends GOAWAY and lets requests in flight finish.
+//! Upstream it keeps one multiplexed QUIC connection per endpoint, with the
+//! cluster's TLS (ALPN `h3`). HTTP/3 is never detected from bytes: a QUIC
+//! connection reaches it by ALPN.
+
+use bytes::{Buf, Bytes};
+use dashmap::DashMap;
+use http_body::{Body as _, Frame};
+use meshgate_core::cluster::{Cluster, Endpoint};
+use meshgate_core::codec::{
+    ClientCodec, CodecFactory, Detection, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
+};
+use meshgate_core::error::BuildError;
+use meshgate_core::network::{Connection, DownstreamIo, ServeFuture};
+use meshgate_core::stream::{BodyError, Request, StreamInfo, box_body};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio_util::task::TaskTracker;
+
+/// The `http3` codec.
+pub struct Http3Codec;
+
+/// Downstream options (`codec_options.http3` of the `proxy` filter).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptions {
+    /// Largest decoded request header section (QPACK), default 64 KiB;
+    /// larger ones are refused with H3_REQUEST_REJECTED... by h3 (431-like).
+    #[serde(default = "default_max_field_section")]
+    pub max_request_headers_bytes: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_request_headers_bytes: default_max_field_section(),
+        }
+    }
+}
+
+fn default_max_field_section() -> u64 {
+    64 * 1024
+}
+
+impl CodecFactory for Http3Codec {
+    fn name(&self) -> &'static str {
+        "http3"
+    }
+    fn detect(&self, _preface: &[u8]) -> Detection {
+        Detection::NoMatch
+    }
+    fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
+        let opts: ServerOptions = if config.is_null() {
+            ServerOptions::default()
+        } else {
+            meshgate_core::config::parse_typed(config)?
+        };
+        Ok(Arc::new(Http3Server { opts }))
+    }
+    fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
+        if !config.is_null() && config.as_object().is_some_and(|o| !o.is_empty()) {
+            return Err(BuildError::new(
+                "",
+                "the http3 upstream has no protocol_options yet",
+            ));
+        }
+        Ok(Arc::new(Http3Client {
+            inner: Arc::new(ClientInner {
+                conns: DashMap::new(),
+                endpoints: std::sync::Mutex::new(None),
+            }),
+        }))
+    }
+}
+
+/// The receive half of a request stream, server or client side.
+trait RecvHalf: Send + Unpin + 'static {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, h3::error::StreamError>>;
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<http::HeaderMap>, h3::error::StreamError>>;
+}
+
+impl RecvHalf for h3::server::RequestStream<h3_quinn::RecvStream, Bytes> {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, h3::error::StreamError>> {
+        self.poll_recv_data(cx)
+            .map_ok(|o| o.map(|mut b| b.copy_to_bytes(b.remaining())))
+    }
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<http::HeaderMap>, h3::error::StreamError>> {
+        self.poll_recv_trailers(cx)
+    }
+}
+
+impl RecvHalf for h3::client::RequestStream<h3_quinn::RecvStream, Bytes> {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, h3::error::StreamError>> {
+        self.poll_recv_data(cx)
+            .map_ok(|o| o.map(|mut b| b.copy_to_bytes(b.remaining())))
+    }
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<http::HeaderMap>, h3::error::StreamError>> {
+        self.poll_recv_trailers(cx)
+    }
+}
+
+/// A stream body read from an HTTP/3 request stream: DATA frames, then
+/// the trailers. Flow control is QUIC's: nothing is read ahead of the
+/// consumer.
+struct H3Body<R> {
+    recv: R,
+    data_done: bool,
+    done: bool,
+}
+
+impl<R: RecvHalf> http_body::Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        if me.done {
+            return Poll::Ready(None);
+        }
+        if !me.data_done {
+            match me.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(b))) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Ok(None)) => me.data_done = true,
+                Poll::Ready(Err(e)) => {
+                    me.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+        match me.recv.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                me.done = true;
+                match r {
+                    Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// The send half of a request stream, server or client side.
+trait SendHalf: Send {
+    fn send_data(
+        &mut self,
+        b: Bytes,
+    ) -> impl std::future::Future<Output = Result<(), h3::error::StreamError>> + Send;
+    fn send_trailers(
+        &mut self,
+        t: http::HeaderMap,
+    ) -> impl std::future::Future<Output = Result<(), h3::error::StreamError>> + Send;
+    fn finish(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<(), h3::error::StreamError>> + Send;
+}
+
+impl SendHalf for h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> {
+    async fn send_data(&mut self, b: Bytes) -> Result<(), h3::error::StreamError> {
+        h3::server::RequestStream::send_data(self, b).await
+    }
+    async fn send_trailers(&mut self, t: http::HeaderMap) -> Result<(), h3::error::StreamError> {
+        h3::server::RequestStream::send_trailers(self, t).await
+    }
+    async fn finish(&mut self) -> Result<(), h3::error::StreamError> {
+        h3::server::RequestStream::finish(self).await
+    }
+}
+
+impl SendHalf for h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> {
+    async fn send_data(&mut self, b: Bytes) -> Result<(), h3::error::StreamError> {
+        h3::client::RequestStream::send_data(self, b).await
+    }
+    async fn send_trailers(&mut self, t: http::HeaderMap) -> Result<(), h3::error::StreamError> {
+        h3::client::RequestStream::send_trailers(self, t).await
+    }
+    async fn finish(&mut self) -> Result<(), h3::error::StreamError> {
+        h3::client::RequestStream::finish(self).await
+    }
+}
+
+/// Copies a body into a request stream: DATA frames as they come (QUIC
+/// flow control is the back-pressure), then trailers or the end.
+async fn pump_body<S: SendHalf>(
+    mut body: meshgate_core::stream::Body,
+    send: &mut S,
+) -> Result<(), String> {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        match frame.into_data() {
+            Ok(d) => {
+                if !d.is_empty() {
+                    send.send_data(d).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    return send.send_trailers(t).await.map_err(|e| e.to_string());
+                }
+            }
+        }
+    }
+    send.finish().await.map_err(|e| e.to_string())
+}
+
+/// HTTP/3 downstream.
+pub struct Http3Server {
+    opts: ServerOptions,
+}
+
+/// Counts an HTTP/3 connection that ended with an error.
+fn count_error(listener: &str, reason: &'static str) {
+    metrics::counter!(
+        "meshgate_http_downstream_cx_protocol_error_total",
+        "listener" => listener.to_string(),
+        "codec" => "http3",
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+impl ServerCodec for Http3Server {
+    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+        Box::pin(async move {
+            let Connection {
+                io, info, drain, ..
+            } = conn;
+            let DownstreamIo::Quic(qconn) = io else {
+                tracing::debug!(conn = info.id, "http3 needs a QUIC connection; closing");
+                return;
+            };
+            let info = Arc::new(info);
+            let listener = info.listener.clone();
+            let mut h3c = match h3::server::builder()
+                .max_field_section_size(self.opts.max_request_headers_bytes)
+                .build::<_, Bytes>(h3_quinn::Connection::new(qconn.clone()))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "http3 connection setup failed");
+                    count_error(&listener, "setup");
+                    return;
+                }
+            };
+            let requests = TaskTracker::new();
+            let mut closing = false;
+            loop {
+                let next = tokio::select! {
+                    r = h3c.accept() => r,
+                    _ = drain.cancelled(), if !closing => {
+                        closing = true;
+                        let _ = h3c.shutdown(0).await;
+                        continue;
+                    }
+                    _ = info.retire.cancelled(), if !closing => {
+                        // GOAWAY: the client's next request opens a new
+                        // connection (and meets the new config).
+                        closing = true;
+                        let _ = h3c.shutdown(0).await;
+                        continue;
+                    }
+                };
+                match next {
+                    Ok(Some(resolver)) => {
+                        let handler = handler.clone();
+                        let info = info.clone();
+                        let listener = listener.clone();
+                        requests.spawn(async move {
+                            match resolver.resolve_request().await {
+                                Ok((req, stream)) => {
+                                    serve_request(req, stream, handler, info).await
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "http3 request head refused");
+                                    count_error(&listener, "bad_request");
+                                }
+                            }
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !e.is_h3_no_error() {
+                            tracing::debug!(error = %e, "http3 connection ended with an error");
+                            count_error(&listener, h3_reason(&e));
+                        }
+                        break;
+                    }
+                }
+            }
+            requests.close();
+            requests.wait().await;
+            // H3_NO_ERROR, then give the close a moment to reach the peer.
+            qconn.close(0x100u32.into(), b"");
+        })
+    }
+}
+
+fn h3_reason(e: &h3::error::ConnectionError) -> &'static str {
+    let s = e.to_string();
+    if s.contains("Timeout") || s.contains("timed out") {
+        "idle_timeout"
+    } else if s.contains("QPACK") || s.contains("Qpack") {
+        "qpack"
+    } else if s.contains("H3_FRAME") || s.contains("Frame") {
+        "frame"
+    } else {
+        "connection_error"
+    }
+}
+
+async fn serve_request(
+    req: http::Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    handler: Arc<dyn StreamHandler>,
+    info: Arc<meshgate_core::network::ConnectionInfo>,
+) {
+    let (mut send, recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let body = box_body(H3Body {
+        recv,
+        data_done: false,
+        done: false,
+    });
+    let req: Request = http::Request::from_parts(parts, body);
+    let resp = handler.handle(req, StreamInfo::new(info, "http3")).await;
+    let (parts, body) = resp.into_parts();
+    let mut head = http::Response::from_parts(parts, ());
+    // Connection-specific fields are not allowed in HTTP/3 (RFC 9114 4.2).
+    for h in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+    ] {
+        head.headers_mut().remove(h);
+    }
+    head.headers_mut().remove("keep-alive");
+    head.headers_mut().remove("proxy-connection");
+    *head.version_mut() = http::Version::HTTP_3;
+    if let Err(e) = send.send_response(head).await {
+        tracing::debug!(error = %e, "http3 response head not sent");
+        return;
+    }
+    if let Err(e) = pump_body(body, &mut send).await {
+        tracing::debug!(error = %e, "http3 response body cut short");
+        send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+}
+
+/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint.
+pub struct Http3Client {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<UpstreamConn>>>>,
+    /// The client QUIC endpoints (IPv4 and IPv6), bound on first use.
+    endpoints: std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
+}
+
+#[derive(Clone)]
+struct UpstreamConn {
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    quic: quinn::Connection,
+}
+
+impl ClientInner {
+    fn endpoint(&self, v6: bool) -> std::io::Result<quinn::Endpoint> {
+        let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if eps.is_none() {
+            let v4 = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
+            let v6e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+                .unwrap_or_else(|_| v4.clone());
+            *eps = Some((v4, v6e));
+        }
+        let (v4, v6e) = eps.as_ref().expect("bound above");
+        Ok(if v6 { v6e.clone() } else { v4.clone() })
+    }
+
+    /// The endpoint's live connection, or a new one.
+    async fn connection(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        authority: Option<&str>,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let slot = self
+            .conns
+            .entry(endpoint.address)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = &*slot
+            && c.quic.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let Some(tls) = cluster.tls.as_ref() else {
+            return Err(UpstreamError::Connect(
+                "an http3 cluster needs tls (QUIC is always encrypted)".into(),
+            ));
+        };
+        let cfg = tls
+            .quic_client_config()
+            .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}")))?;
+        let ep = self
+            .endpoint(endpoint.address.is_ipv6())
+            .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}")))?;
+        let name = tls.server_name_for(authority, endpoint.address);
+        cluster.stats.cx_total.increment(1);
+        let connecting = ep
+            .connect_with(cfg, endpoint.address, &name)
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let quic = match tokio::time::timeout(cluster.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                cluster.stats.connect_failed("quic_handshake");
+                return Err(UpstreamError::Connect(e.to_string()));
+            }
+            Err(_) => {
+                cluster.stats.connect_failed("timeout");
+                return Err(UpstreamError::Connect("QUIC handshake timed out".into()));
+            }
+        };
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        cluster.stats.cx_active.increment(1.0);
+        let active = cluster.stats.cx_active.clone();
+        tokio::spawn(async move {
+            let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+            tracing::debug!(error = %e, "http3 upstream connection closed");
+            active.decrement(1.0);
+        });
+        let c = UpstreamConn { send, quic };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+impl ClientCodec for Http3Client {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        let inner = self.inner.clone();
+        let (cluster, endpoint) = (cluster.clone(), endpoint.clone());
+        let fut = async move {
+            let up = inner
+                .connection(&cluster, &endpoint, authority.as_deref())
+                .await?;
+            let _guard = endpoint.start_request();
+            let (parts, body) = req.into_parts();
+            let mut head = http::Request::from_parts(parts, ());
+            *head.version_mut() = http::Version::HTTP_3;
+            if head.uri().scheme().is_none() || head.uri().authority().is_none() {
+                let path = head
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .to_string();
+                let auth = authority
+                    .clone()
+                    .unwrap_or_else(|| endpoint.address.to_string());
+                if let Ok(u) = http::Uri::builder()
+                    .scheme("https")
+                    .authority(auth)
+                    .path_and_query(path)
+                    .build()
+                {
+                    *head.uri_mut() = u;
+                }
+            }
+            for h in [
+                http::header::CONNECTION,
+                http::header::TRANSFER_ENCODING,
+                http::header::UPGRADE,
+                http::header::HOST,
+            ] {
+                head.headers_mut().remove(h);
+            }
+            let mut send = up.send.clone();
+            let stream = send
+                .send_request(head)
+                .await
+                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+            let (mut tx, mut rx) = stream.split();
+            tokio::spawn(async move {
+                if let Err(e) = pump_body(body, &mut tx).await {
+                    tracing::debug!(error = %e, "http3 upstream request body cut short");
+                    tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+                }
+            });
+            let head = rx
+                .recv_response()
+                .await
+                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+            let (mut parts, ()) = head.into_parts();
+            parts.version = http::Version::HTTP_11;
+            Ok(http::Response::from_parts(
+                parts,
+                box_body(GuardedBody {
+                    inner: H3Body {
+                        recv: rx,
+                        data_done: false,
+                        done: false,
+                    },
+                    _guard,
+                }),
+            ))
+        };
+        Box::pin(fut)
+    }
+}
+
+/// A response body that keeps the endpoint's active-request count until
+/// it is read to the end (least_request balancing sees streaming calls).
+struct GuardedBody<B> {
+    inner: B,
+    _guard: meshgate_core::cluster::RequestGuard,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
