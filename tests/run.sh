@@ -10,6 +10,8 @@ apt_pkgs=()
 command -v curl >/dev/null || apt_pkgs+=(curl)
 command -v h2load >/dev/null || apt_pkgs+=(nghttp2-client)
 command -v openssl >/dev/null || apt_pkgs+=(openssl)
+command -v gtlsclient >/dev/null || apt_pkgs+=(ngtcp2-client)
+command -v caddy >/dev/null || apt_pkgs+=(caddy)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -22,6 +24,18 @@ fi
 python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
 python3 -c 'import h2' 2>/dev/null || python3 -m pip install -q h2
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
+# aioquic (HTTP/3 client library; its example client needs wsproto), and
+# the example client itself, which ships only in aioquic's source tarball.
+python3 -c 'import aioquic, wsproto' 2>/dev/null || python3 -m pip install -q aioquic wsproto
+if [ ! -f tests/peers/.cache/aioquic/examples/http3_client.py ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" aioquic
+  tar xzf "$tmp"/aioquic-*.tar.gz -C "$tmp"
+  mkdir -p tests/peers/.cache
+  rm -rf tests/peers/.cache/aioquic
+  mv "$tmp"/aioquic-*/ tests/peers/.cache/aioquic
+  rm -rf "$tmp"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

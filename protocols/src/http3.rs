@@ -307,7 +307,15 @@ impl ServerCodec for Http3Server {
                                 }
                                 Err(e) => {
                                     tracing::debug!(error = %e, "http3 request head refused");
-                                    count_error(&listener, "bad_request");
+                                    // Connection errors are counted once, by the
+                                    // accept loop.
+                                    match &e {
+                                        h3::error::StreamError::ConnectionError { .. } => {}
+                                        h3::error::StreamError::HeaderTooBig { .. } => {
+                                            count_error(&listener, "headers_too_big")
+                                        }
+                                        _ => count_error(&listener, "bad_request"),
+                                    }
                                 }
                             }
                         });
@@ -334,6 +342,8 @@ fn h3_reason(e: &h3::error::ConnectionError) -> &'static str {
     let s = e.to_string();
     if s.contains("Timeout") || s.contains("timed out") {
         "idle_timeout"
+    } else if s.contains("stream limit") || s.contains("STREAM_LIMIT") {
+        "stream_limit"
     } else if s.contains("QPACK") || s.contains("Qpack") {
         "qpack"
     } else if s.contains("H3_FRAME") || s.contains("Frame") {
