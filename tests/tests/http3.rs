@@ -289,7 +289,11 @@ fn https_responses_advertise_the_http3_listener() {
 }
 
 /// Caddy serving HTTP/3 (and HTTPS) on `port`, killed on drop.
-struct Caddy(Child, tempfile::TempDir);
+struct Caddy {
+    child: Child,
+    /// Caddy's config and storage, removed on drop.
+    _dir: tempfile::TempDir,
+}
 
 impl Caddy {
     fn start(port: u16) -> Self {
@@ -316,14 +320,14 @@ impl Caddy {
             .spawn()
             .expect("caddy (Debian caddy; tests/run.sh installs it)");
         wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
-        Caddy(child, dir)
+        Caddy { child, _dir: dir }
     }
 }
 
 impl Drop for Caddy {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
