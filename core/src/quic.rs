@@ -150,7 +150,9 @@ impl RunningListener {
             };
             if quic.validate_address && !incoming.remote_address_validated() {
                 // Stateless Retry: the client must echo our token before
-                // we spend anything on its handshake.
+                // we spend anything on its handshake. A forged or stale
+                // token is treated as none: the client gets a Retry.
+                metrics::counter!("meshgate_listener_quic_retry_total", "listener" => compiled.name.to_string()).increment(1);
                 let _ = incoming.retry();
                 continue;
             }

@@ -6,6 +6,8 @@ MODE:
   qpack    a request whose HEADERS frame carries a malformed QPACK block
   streams  opens more request streams than the server's limit allows
            (aioquic's own accounting of the peer's limit is bypassed)
+  token    an Initial carrying a forged address-validation token, then a
+           GET; prints `status=NNN` when the request is served
 
 Prints one line: `closed code=0x.. reason=...` with the error code the
 server closed the connection with, or `open` if it did not within 5 s.
@@ -17,6 +19,7 @@ import sys
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated
 
@@ -31,7 +34,11 @@ class Probe(QuicConnectionProtocol):
         if isinstance(event, ConnectionTerminated) and not self.closed.done():
             self.closed.set_result(event)
         try:
-            self.h3.handle_event(event)
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived):
+                    for k, v in h3_event.headers:
+                        if k == b":status":
+                            self.status = v.decode()
         except Exception:
             pass
 
@@ -48,6 +55,8 @@ async def main(mode: str, host: str, port: int, ca: str) -> None:
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
     cfg.load_verify_locations(ca)
     cfg.server_name = "localhost"
+    if mode == "token":
+        cfg.token = b"\x02" + bytes(range(40))
     async with connect(host, port, configuration=cfg, create_protocol=Probe) as p:
         quic = p._quic
         if mode == "qpack":
@@ -72,6 +81,25 @@ async def main(mode: str, host: str, port: int, ca: str) -> None:
                     ],
                     end_stream=True,
                 )
+        elif mode == "token":
+            sid = quic.get_next_available_stream_id()
+            p.h3.send_headers(
+                sid,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", b"localhost"),
+                    (b":path", b"/local"),
+                ],
+                end_stream=True,
+            )
+            p.transmit()
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                status = getattr(p, "status", None)
+                if status:
+                    print(f"status={status}", flush=True)
+                    return
         else:
             raise SystemExit(f"unknown mode {mode}")
         p.transmit()

@@ -415,7 +415,7 @@ fn hostile_quic_input_is_refused_and_others_are_unaffected() {
     let mg = Meshgate::start(&config(
         port,
         &backend.addr.to_string(),
-        "max_concurrent_streams: 16",
+        "max_concurrent_streams: 16, validate_address: true",
     ));
     // Random datagrams, including ones shaped like long-header Initials.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -448,6 +448,11 @@ fn hostile_quic_input_is_refused_and_others_are_unaffected() {
     // Streams past the advertised limit: STREAM_LIMIT_ERROR (0x4).
     let streams = abuse("streams");
     assert!(streams.starts_with("closed code=0x4"), "{streams}");
+    // A forged address-validation token counts as none: a Retry, then
+    // the request is served.
+    let retries = mg.metric("meshgate_listener_quic_retry_total", &[("listener", "h3")]);
+    assert_eq!(abuse("token"), "status=200");
+    assert!(mg.metric("meshgate_listener_quic_retry_total", &[("listener", "h3")]) > retries);
     // Everyone else is served as before.
     let r = aioquic_get(port, &["/api/after"], None);
     assert!(r[0].1.starts_with(":status: 200"), "{}", r[0].1);
