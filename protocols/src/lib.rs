@@ -2,7 +2,9 @@
 //! registered by name through `meshgate_core::registry::Registry`; core never
 //! names a concrete codec.
 
+pub mod dubbo;
 pub mod http;
+pub mod rpc;
 
 use meshgate_core::registry::Registry;
 use std::sync::Arc;
@@ -11,4 +13,5 @@ use std::sync::Arc;
 pub fn register_all(registry: &mut Registry) {
     registry.register_codec(Arc::new(http::Http1Codec));
     registry.register_codec(Arc::new(http::Http2Codec));
+    registry.register_codec(Arc::new(dubbo::DubboCodec));
 }
