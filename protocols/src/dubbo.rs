@@ -10,8 +10,8 @@
 
 use crate::rpc::hessian::{Reader, write_string};
 use crate::rpc::{
-    Frame, FrameError, FrameKind, RpcClient, RpcClientOptions, RpcErrorKind, RpcHead,
-    RpcProtocol, RpcServer, be,
+    Frame, FrameError, FrameKind, RpcClient, RpcClientOptions, RpcErrorKind, RpcHead, RpcProtocol,
+    RpcServer, be,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
@@ -57,7 +57,10 @@ impl CodecFactory for DubboCodec {
         detect(preface)
     }
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
-        Ok(Arc::new(RpcServer::new(Arc::new(Dubbo), parse_typed(config)?)))
+        Ok(Arc::new(RpcServer::new(
+            Arc::new(Dubbo),
+            parse_typed(config)?,
+        )))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
         let opts: RpcClientOptions = parse_typed(config)?;
@@ -120,7 +123,10 @@ impl RpcProtocol for Dubbo {
     fn decode(&self, buf: &mut BytesMut, max_body: usize) -> Result<Option<Frame>, FrameError> {
         let n = buf.len().min(2);
         if buf[..n] != MAGIC[..n] {
-            return Err(FrameError::new("bad_magic", "not a Dubbo frame (bad magic)"));
+            return Err(FrameError::new(
+                "bad_magic",
+                "not a Dubbo frame (bad magic)",
+            ));
         }
         if buf.len() < HEADER_LEN {
             return Ok(None);
@@ -183,9 +189,7 @@ impl RpcProtocol for Dubbo {
         }
         let mut headers = Vec::new();
         if !r.at_end() {
-            headers = r
-                .read_string_map(256)
-                .map_err(|e| bad("attachments", e))?;
+            headers = r.read_string_map(256).map_err(|e| bad("attachments", e))?;
         }
         headers.retain(|(k, _)| !matches!(k.as_str(), "service" | "method" | "version"));
         if !version.is_empty() {
@@ -216,7 +220,13 @@ impl RpcProtocol for Dubbo {
         h.freeze()
     }
 
-    fn error_response(&self, _req_head: &Bytes, id: u64, kind: RpcErrorKind, message: &str) -> Bytes {
+    fn error_response(
+        &self,
+        _req_head: &Bytes,
+        id: u64,
+        kind: RpcErrorKind,
+        message: &str,
+    ) -> Bytes {
         let st = match kind {
             RpcErrorKind::NotFound => status::SERVICE_NOT_FOUND,
             RpcErrorKind::Timeout => status::SERVER_TIMEOUT,
@@ -259,7 +269,14 @@ mod tests {
     /// A request as sofa-rpc-node with dubbo-remoting sends it.
     pub(crate) fn sample_request() -> Vec<u8> {
         let mut body = Vec::new();
-        for s in ["2.0.2", "com.meshgate.Echo", "1.0", "echo", "Ljava/lang/String;", "hi"] {
+        for s in [
+            "2.0.2",
+            "com.meshgate.Echo",
+            "1.0",
+            "echo",
+            "Ljava/lang/String;",
+            "hi",
+        ] {
             body.push(s.len() as u8);
             body.extend(s.as_bytes());
         }

@@ -2,6 +2,7 @@
 //! registered by name through `meshgate_core::registry::Registry`; core never
 //! names a concrete codec.
 
+pub mod bolt;
 pub mod dubbo;
 pub mod http;
 pub mod rpc;
@@ -14,4 +15,5 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_codec(Arc::new(http::Http1Codec));
     registry.register_codec(Arc::new(http::Http2Codec));
     registry.register_codec(Arc::new(dubbo::DubboCodec));
+    registry.register_codec(Arc::new(bolt::BoltCodec));
 }

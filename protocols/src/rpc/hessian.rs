@@ -45,6 +45,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Skips `n` raw bytes; `None` past the end.
+    pub fn advance(&mut self, n: usize) -> Option<()> {
+        self.take(n).ok().map(drop)
+    }
+
     pub fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -75,7 +85,10 @@ impl<'a> Reader<'a> {
 
     /// Whether the next value is a string (or null, read as "").
     pub fn next_is_string(&self) -> bool {
-        matches!(self.peek(), Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' | b'N'))
+        matches!(
+            self.peek(),
+            Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' | b'N')
+        )
     }
 
     /// Reads a string; `N` (null) reads as "".

@@ -150,13 +150,8 @@ pub trait RpcProtocol: Send + Sync + 'static {
     /// The answer to a heartbeat request.
     fn heartbeat_response(&self, req: &Frame) -> Bytes;
     /// An error response to `req` with a readable message.
-    fn error_response(
-        &self,
-        req_head: &Bytes,
-        id: u64,
-        kind: RpcErrorKind,
-        message: &str,
-    ) -> Bytes;
+    fn error_response(&self, req_head: &Bytes, id: u64, kind: RpcErrorKind, message: &str)
+    -> Bytes;
     /// The HTTP status a response frame counts as (metrics, retries,
     /// access logs), and a header to show the protocol's own status.
     fn response_status(&self, frame: &Frame) -> (http::StatusCode, &'static str, HeaderValue);
@@ -355,9 +350,9 @@ impl<P: RpcProtocol> RpcServer<P> {
             Err(msg) => {
                 protocol_error(&info.listener, self.proto.name(), "bad_request");
                 if !one_way {
-                    let r = self
-                        .proto
-                        .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
+                    let r =
+                        self.proto
+                            .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
                     let _ = tx.send((r, Bytes::new())).await;
                 }
                 return;
@@ -367,9 +362,9 @@ impl<P: RpcProtocol> RpcServer<P> {
             Ok(r) => r,
             Err(msg) => {
                 if !one_way {
-                    let r = self
-                        .proto
-                        .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
+                    let r =
+                        self.proto
+                            .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
                     let _ = tx.send((r, Bytes::new())).await;
                 }
                 return;
@@ -644,7 +639,12 @@ async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
 }
 
 impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
-    fn send(&self, cluster: &Arc<Cluster>, endpoint: &Arc<Endpoint>, req: Request) -> UpstreamFuture {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
         let slot = self.conns.entry(endpoint.address).or_default().clone();
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
@@ -653,7 +653,10 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
         Box::pin(async move {
             let name = proto.name();
             let (mut parts, body) = req.into_parts();
-            let Some(f) = parts.extensions.remove::<RpcFrame>().filter(|f| f.protocol == name)
+            let Some(f) = parts
+                .extensions
+                .remove::<RpcFrame>()
+                .filter(|f| f.protocol == name)
             else {
                 return Err(UpstreamError::Protocol(format!(
                     "the cluster speaks {name}; the request is not a {name} call"
