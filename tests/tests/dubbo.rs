@@ -417,3 +417,11 @@ fn unsolicited_upstream_response_is_dropped_and_counted() {
         "no stray frame reaches the client"
     );
 }
+
+#[test]
+fn dubbo_example_validates() {
+    let p = workspace().join("examples/dubbo.yaml");
+    let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok (1 listeners, 2 clusters)"), "{out}");
+}
