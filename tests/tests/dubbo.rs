@@ -31,7 +31,7 @@ struct Setup {
     strict: u16,
 }
 
-fn setup_with(extra_cluster: &str) -> Setup {
+fn setup_with(odd: Option<u16>) -> Setup {
     let a = Provider::start("dubbo", "A");
     let b = Provider::start("dubbo", "B");
     let (main, strict) = (free_port(), free_port());
@@ -103,7 +103,11 @@ listeners:
     protocol: dubbo
     connect_timeout: 500ms
     endpoints: [{{address: "127.0.0.1:{dead}"}}]
-{extra_cluster}"#,
+  - name: odd
+    protocol: dubbo
+    endpoints: [{{address: "127.0.0.1:{odd}"}}]
+"#,
+        odd = odd.unwrap_or(dead),
         pa = a.port,
         pb = b.port,
     );
@@ -119,7 +123,7 @@ listeners:
 }
 
 fn setup() -> Setup {
-    setup_with("")
+    setup_with(None)
 }
 
 fn call(port: u16, iface: &str, method: &str, args: &str, count: u32, conc: u32) -> CallReport {
@@ -391,9 +395,7 @@ fn unsolicited_upstream_response_is_dropped_and_counted() {
             });
         }
     });
-    let s = setup_with(&format!(
-        "  - name: odd\n    protocol: dubbo\n    endpoints: [{{address: \"127.0.0.1:{odd_port}\"}}]\n"
-    ));
+    let s = setup_with(Some(odd_port));
     let mut c = send_raw(s.main, &dubbo_request(21, "com.meshgate.Odd", "echo", &[]));
     let (_, status, id, body) = read_dubbo(&mut c).unwrap();
     assert_eq!((status, id, body), (20, 21, b"\x91\x02ok".to_vec()));
