@@ -160,6 +160,27 @@ fn sofa_method(content: &[u8]) -> Option<String> {
     r.read_string().ok()
 }
 
+/// The content of an error response: an `RpcServerException` object whose
+/// `detailMessage` is `message`, in the Hessian form sofa-rpc-node's own
+/// providers write (a class definition `O`, then the instance `o`), which
+/// its client turns into an `Error` carrying the message.
+fn server_exception(message: &str) -> Vec<u8> {
+    let mut c = Vec::with_capacity(message.len() + 120);
+    c.push(b'O');
+    let n = ERROR_CLASS.len();
+    c.extend([0xc8 + (n >> 8) as u8, n as u8]);
+    c.extend(ERROR_CLASS.as_bytes());
+    c.push(0x93); // three fields
+    for f in ["detailMessage", "stackTrace", "cause"] {
+        c.push(f.len() as u8);
+        c.extend(f.as_bytes());
+    }
+    c.extend([b'o', 0x90]); // an instance of definition 0
+    write_string(&mut c, message);
+    c.extend(b"NN"); // no stack trace, no cause
+    c
+}
+
 impl RpcProtocol for Bolt {
     fn name(&self) -> &'static str {
         "bolt"
@@ -296,8 +317,7 @@ impl RpcProtocol for Bolt {
             RpcErrorKind::Overloaded => status::SERVER_THREADPOOL_BUSY,
             RpcErrorKind::ServiceError => status::SERVER_EXCEPTION,
         };
-        let mut content = Vec::with_capacity(message.len() + 3);
-        write_string(&mut content, message);
+        let content = server_exception(message);
         let mut h = BytesMut::with_capacity(RESPONSE_HEADER + ERROR_CLASS.len() + content.len());
         h.put_u8(PROTOCOL_V1);
         h.put_u8(TYPE_RESPONSE);

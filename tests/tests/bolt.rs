@@ -82,8 +82,8 @@ clusters:
         pda = da.port,
         web = http.addr,
     );
+    // (no probe connection: every connection must be detected)
     let mg = Meshgate::start(&yaml);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
     Setup {
         _a: a,
         _b: b,
@@ -147,7 +147,13 @@ fn read_bolt(s: &mut TcpStream) -> Option<(u16, u32, u16, String, Vec<u8>)> {
     let mut rest = vec![0; class_len + header_len + content_len];
     s.read_exact(&mut rest).ok()?;
     let class = String::from_utf8_lossy(&rest[..class_len]).into_owned();
-    Some((cmd, id, status, class, rest[class_len + header_len..].to_vec()))
+    Some((
+        cmd,
+        id,
+        status,
+        class,
+        rest[class_len + header_len..].to_vec(),
+    ))
 }
 
 #[test]
@@ -168,7 +174,10 @@ fn bolt_calls_multiplexed_on_one_upstream_connection() {
     let s = setup();
     let r = bolt_call(s.port, ECHO, "echo", r#"["m"]"#, 3000, 256);
     assert_eq!(r.ok, 3000, "{:?}", r.errors);
-    assert_eq!(s.mg.metric("meshgate_cluster_upstream_cx_total", &[("cluster", "a")]), 1.0);
+    assert_eq!(
+        s.mg.metric("meshgate_cluster_upstream_cx_total", &[("cluster", "a")]),
+        1.0
+    );
 }
 
 #[test]
@@ -179,19 +188,29 @@ fn bolt_errors_heartbeats_and_hostile_input() {
     let (cmd, id, status, _, _) = read_bolt(&mut c).unwrap();
     assert_eq!((cmd, id, status), (0, 5, 0));
     // no route: NO_PROCESSOR with a readable message, same connection
-    c.write_all(&bolt_request(6, "com.nowhere.Svc:1.0", "x")).unwrap();
+    c.write_all(&bolt_request(6, "com.nowhere.Svc:1.0", "x"))
+        .unwrap();
     let (cmd, id, status, class, content) = read_bolt(&mut c).unwrap();
     assert_eq!((cmd, id, status), (2, 6, 6));
     assert!(class.contains("RpcServerException"));
+    assert!(String::from_utf8_lossy(&content).contains("RpcServerException"));
     assert!(String::from_utf8_lossy(&content).contains("meshgate: no route matched"));
     // the real client shows it
     let r = bolt_call(s.port, "com.nowhere.Svc", "echo", "[1]", 1, 1);
-    assert!(r.errors[0].contains("meshgate: no route matched"), "{:?}", r.errors);
+    assert!(
+        r.errors[0].contains("meshgate: no route matched"),
+        "{:?}",
+        r.errors
+    );
     // route timeout: TIMEOUT status, message in the client
     let t = Instant::now();
-    let r = bolt_call(s.port, ECHO, "sleep", "[2000]", 1, 1);
-    assert!(t.elapsed() < Duration::from_millis(1900));
-    assert!(r.errors[0].contains("meshgate: upstream request timeout"), "{:?}", r.errors);
+    let r = bolt_call(s.port, ECHO, "sleep", "[5000]", 1, 1);
+    assert!(t.elapsed() < Duration::from_millis(4000));
+    assert!(
+        r.errors[0].contains("meshgate: upstream request timeout"),
+        "{:?}",
+        r.errors
+    );
     // content over the limit (8 MiB default): error then close
     let mut big = bolt_request(7, "com.meshgate.Echo:1.0", "echo");
     big[18..22].copy_from_slice(&(64u32 << 20).to_be_bytes());
@@ -206,11 +225,23 @@ fn bolt_errors_heartbeats_and_hostile_input() {
     let mut c = send_raw(s.port, &lying);
     let (_, id, status, _, _) = read_bolt(&mut c).unwrap();
     assert_eq!((id, status), (8, 0x12));
-    // unknown command code: clean close
+    // unknown command code on an established connection: clean close
+    let mut c = send_raw(s.port, &bolt_heartbeat(10));
+    assert_eq!(read_bolt(&mut c).unwrap().1, 10);
     let mut bad = bolt_request(9, "x", "y");
     bad[3] = 9;
+    c.write_all(&bad).unwrap();
+    assert!(closed(&mut c));
+    // ... and as the first bytes, detection refuses it
     let mut c = send_raw(s.port, &bad);
     assert!(closed(&mut c));
+    assert_eq!(
+        s.mg.metric(
+            "meshgate_proxy_codec_detect_fail_total",
+            &[("listener", "auto")]
+        ),
+        1.0
+    );
     std::thread::sleep(Duration::from_millis(100));
     let m = |reason: &str| {
         s.mg.metric(
@@ -221,7 +252,12 @@ fn bolt_errors_heartbeats_and_hostile_input() {
     assert_eq!(m("too_large"), 1.0);
     assert_eq!(m("bad_request"), 1.0);
     assert_eq!(m("malformed"), 1.0);
-    assert!(s.mg.metric("meshgate_rpc_downstream_heartbeat_total", &[("codec", "bolt")]) >= 1.0);
+    assert!(
+        s.mg.metric(
+            "meshgate_rpc_downstream_heartbeat_total",
+            &[("codec", "bolt")]
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -229,7 +265,15 @@ fn detection_serves_http1_http2_dubbo_and_bolt_on_one_port() {
     let s = setup();
     let curl = |args: &[&str]| {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
             .args(args)
             .arg(format!("http://127.0.0.1:{}/http/x", s.port))
             .output()
@@ -238,7 +282,9 @@ fn detection_serves_http1_http2_dubbo_and_bolt_on_one_port() {
     };
     assert_eq!(curl(&["--http1.1"]), "200 1.1");
     assert_eq!(curl(&["--http2-prior-knowledge"]), "200 2");
-    let r = node_call("dubbo", s.port, ECHO, "echo", r#"["d"]"#, 3, 1, 3000, "1.0", "");
+    let r = node_call(
+        "dubbo", s.port, ECHO, "echo", r#"["d"]"#, 3, 1, 3000, "1.0", "",
+    );
     assert_eq!(r.from.get("DA"), Some(&3), "{r:?}");
     let out = python_call(s.port, ECHO, "1.0", "echo", r#"["py"]"#);
     assert!(out.contains("'from': 'DA'"), "{out}");
@@ -246,7 +292,10 @@ fn detection_serves_http1_http2_dubbo_and_bolt_on_one_port() {
     assert_eq!(r.from.get("A"), Some(&3), "{r:?}");
     // every connection was recognised
     assert_eq!(
-        s.mg.metric("meshgate_proxy_codec_detect_fail_total", &[("listener", "auto")]),
+        s.mg.metric(
+            "meshgate_proxy_codec_detect_fail_total",
+            &[("listener", "auto")]
+        ),
         0.0
     );
 }

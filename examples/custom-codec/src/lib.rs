@@ -155,11 +155,17 @@ impl CodecFactory for LenRpcCodec {
     }
 
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
-        Ok(Arc::new(RpcServer::new(Arc::new(LenRpc), parse_typed(config)?)))
+        Ok(Arc::new(RpcServer::new(
+            Arc::new(LenRpc),
+            parse_typed(config)?,
+        )))
     }
 
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
-        Ok(Arc::new(RpcClient::new(Arc::new(LenRpc), parse_typed(config)?)))
+        Ok(Arc::new(RpcClient::new(
+            Arc::new(LenRpc),
+            parse_typed(config)?,
+        )))
     }
 }
 

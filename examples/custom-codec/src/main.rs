@@ -36,7 +36,12 @@ fn main() -> ExitCode {
                 drain_time: Duration::from_secs(5),
                 watch_interval: Duration::from_secs(1),
             };
-            match rt.block_on(server::run(&file, Arc::new(registry), opts, CancellationToken::new())) {
+            match rt.block_on(server::run(
+                &file,
+                Arc::new(registry),
+                opts,
+                CancellationToken::new(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");

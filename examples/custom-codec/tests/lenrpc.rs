@@ -3,7 +3,9 @@
 //! stock codecs, routes by service, multiplexes upstream calls on one
 //! connection, answers pings and makes `lenrpc` error responses.
 
-use meshgate_example_custom_codec::{FIXED, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, frame};
+use meshgate_example_custom_codec::{
+    FIXED, KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, frame,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -66,7 +68,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -109,8 +115,15 @@ clusters:
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_meshgate-lenrpc");
-    let st = Command::new(bin).args(["validate", cfg.to_str().unwrap()]).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = Command::new(bin)
+        .args(["validate", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let _mg = Proc(
         Command::new(bin)
             .args(["run", cfg.to_str().unwrap()])
@@ -131,27 +144,45 @@ clusters:
     let mut batch = Vec::new();
     for id in 1..=200u32 {
         let svc = if id % 2 == 0 { "alpha/get" } else { "beta" };
-        batch.extend_from_slice(&frame(KIND_REQUEST, id, 0, svc, format!("p{id}").as_bytes()));
+        batch.extend_from_slice(&frame(
+            KIND_REQUEST,
+            id,
+            0,
+            svc,
+            format!("p{id}").as_bytes(),
+        ));
     }
     c.write_all(&batch).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..200 {
         let (kind, id, status, _, payload) = read_frame(&mut c).unwrap();
         assert_eq!((kind, status), (KIND_RESPONSE, 0));
-        let want = if id % 2 == 0 { format!("A:p{id}") } else { format!("B:p{id}") };
+        let want = if id % 2 == 0 {
+            format!("A:p{id}")
+        } else {
+            format!("B:p{id}")
+        };
         assert_eq!(String::from_utf8_lossy(&payload), want);
         seen.insert(id);
     }
     assert_eq!(seen.len(), 200);
-    assert_eq!(conns_a.load(Ordering::Relaxed), 1, "one multiplexed upstream connection");
+    assert_eq!(
+        conns_a.load(Ordering::Relaxed),
+        1,
+        "one multiplexed upstream connection"
+    );
     // ping answered by meshgate; unknown service: status 1 with a message
     c.write_all(&frame(KIND_PING, 900, 0, "", b"")).unwrap();
     let (kind, id, _, _, _) = read_frame(&mut c).unwrap();
     assert_eq!((kind, id), (KIND_PONG, 900));
-    c.write_all(&frame(KIND_REQUEST, 901, 0, "gamma", b"x")).unwrap();
+    c.write_all(&frame(KIND_REQUEST, 901, 0, "gamma", b"x"))
+        .unwrap();
     let (kind, id, status, _, payload) = read_frame(&mut c).unwrap();
     assert_eq!((kind, id, status), (KIND_RESPONSE, 901, 1));
-    assert_eq!(String::from_utf8_lossy(&payload), "meshgate: no route matched");
+    assert_eq!(
+        String::from_utf8_lossy(&payload),
+        "meshgate: no route matched"
+    );
     // a frame whose length is shorter than its own head: closed
     let mut bad = frame(KIND_REQUEST, 902, 0, "alpha", b"").to_vec();
     bad[3] = 2;
