@@ -413,6 +413,11 @@ mod tests {
     }
 
     #[test]
+    fn mutated_frames_never_panic() {
+        crate::rpc::mutation_smoke(&Bolt, &[node_request()]);
+    }
+
+    #[test]
     fn detection() {
         assert_eq!(detect(&[1, 1, 0, 1]), Detection::Match);
         assert_eq!(detect(&[1, 1]), Detection::NeedMore);

@@ -341,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn mutated_frames_never_panic() {
+        let mut with_objects = Vec::new();
+        for s in ["2.0.2", "com.X", "", "m", "Lcom/A;[I"] {
+            with_objects.push(s.len() as u8);
+            with_objects.extend(s.as_bytes());
+        }
+        with_objects.extend(b"C\x05com.A\x91\x01a\x60\x91\x7a\x91\x92H\x01k\x01vZ");
+        let with_objects = {
+            let mut f = header(0xc2, 0, 3, with_objects.len()).to_vec();
+            f.extend(with_objects);
+            f
+        };
+        crate::rpc::mutation_smoke(&Dubbo, &[sample_request(), with_objects]);
+    }
+
+    #[test]
     fn args_counted() {
         assert_eq!(count_args("").unwrap(), 0);
         assert_eq!(count_args("Ljava/lang/String;I[J[[Lcom/X;").unwrap(), 4);
