@@ -427,3 +427,50 @@ fn dubbo_example_validates() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": ok (1 listeners, 2 clusters)"), "{out}");
 }
+
+/// A reload that moves the Echo service to provider B: a connection open
+/// before it finishes its call in flight, then closes; the client's new
+/// connection meets the new route.
+#[test]
+fn reload_retires_rpc_connections_to_the_new_config() {
+    let s = setup();
+    let mut c = send_raw(s.main, &dubbo_request(1, OTHER, "echo", &[]));
+    let (_, status, _, body) = read_dubbo(&mut c).unwrap();
+    assert_eq!(status, 20);
+    assert!(String::from_utf8_lossy(&body).contains('B'));
+    // a slow call in flight across the reload
+    c.write_all(&dubbo_frame(0xc2, 0, 2, &{
+        let mut b = Vec::new();
+        for x in ["2.0.2", OTHER, "1.0", "sleep", "I"] {
+            hstr(&mut b, x);
+        }
+        b.extend([b'I', 0, 0, 0x05, 0xdc]); // 1500 ms
+        b.extend(b"HZ");
+        b
+    }))
+    .unwrap();
+    let text = std::fs::read_to_string(&s.mg.config).unwrap();
+    let moved = text.replace(
+        &format!("- match: {{prefix: /{OTHER}/}}\n                        route: {{cluster: b}}"),
+        &format!("- match: {{prefix: /{OTHER}/}}\n                        route: {{cluster: a}}"),
+    );
+    assert_ne!(moved, text);
+    let tmp = s.mg.config.with_extension("new");
+    std::fs::write(&tmp, moved).unwrap();
+    std::fs::rename(&tmp, &s.mg.config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .mg
+        .metric("meshgate_config_reload_total", &[("result", "ok")])
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the call in flight completes, then the old connection closes
+    let (_, status, id, _) = read_dubbo(&mut c).unwrap();
+    assert_eq!((status, id), (20, 2));
+    assert!(closed(&mut c));
+    let r = call(s.main, OTHER, "echo", r#"["n"]"#, 3, 1);
+    assert_eq!(r.from.get("A"), Some(&3), "{r:?}");
+}

@@ -19,7 +19,14 @@ fn hstr(out: &mut Vec<u8>, s: &str) {
 
 fn request(id: u64) -> Vec<u8> {
     let mut body = Vec::new();
-    for s in ["2.0.2", "com.meshgate.Echo", "1.0", "echo", "Ljava/lang/String;", "hi"] {
+    for s in [
+        "2.0.2",
+        "com.meshgate.Echo",
+        "1.0",
+        "echo",
+        "Ljava/lang/String;",
+        "hi",
+    ] {
         hstr(&mut body, s);
     }
     body.push(b'H');
@@ -37,10 +44,15 @@ fn request(id: u64) -> Vec<u8> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args.get(1).expect("usage: rpc_load ADDR CONCURRENCY SECONDS").clone();
+    let addr = args
+        .get(1)
+        .expect("usage: rpc_load ADDR CONCURRENCY SECONDS")
+        .clone();
     let conc: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     s.set_nodelay(true).unwrap();
     let (mut rd, mut wr) = s.into_split();
     let inflight: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
@@ -49,8 +61,12 @@ async fn main() {
     let errors = Arc::new(Mutex::new(0u64));
     let end = Instant::now() + Duration::from_secs(secs);
     let reader = {
-        let (inflight, permits, lat, errors) =
-            (inflight.clone(), permits.clone(), lat.clone(), errors.clone());
+        let (inflight, permits, lat, errors) = (
+            inflight.clone(),
+            permits.clone(),
+            lat.clone(),
+            errors.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             let mut have = 0usize;
@@ -62,7 +78,8 @@ async fn main() {
                 have += n;
                 let mut at = 0;
                 while have - at >= 16 {
-                    let len = u32::from_be_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+                    let len =
+                        u32::from_be_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
                     if have - at < 16 + len {
                         break;
                     }

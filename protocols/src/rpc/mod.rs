@@ -247,6 +247,7 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(async move {
             let (io, info, drain) = conn.into_prefixed();
+            let retire = info.retire.clone();
             let info = Arc::new(info);
             let name = self.proto.name();
             let listener = info.listener.to_string();
@@ -326,6 +327,10 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
                         }
                     },
                     _ = drain.cancelled() => break,
+                    // A reload replaced this listener's config: calls read
+                    // so far finish, then the connection closes and the
+                    // client reconnects to the new config.
+                    _ = retire.cancelled() => break,
                 }
             }
             // Let calls in flight finish and their responses be written.
