@@ -19,7 +19,8 @@ const OTHER: &str = "com.meshgate.Other";
 /// Two providers (A, B), meshgate with:
 /// - `main` (`codec: auto`): `service` header Echo + `group: canary` ->
 ///   weighted a/b; `/Echo/plus` -> cluster `flaky` (a dead endpoint then
-///   A, retry on connect-failure); Echo -> a (timeout 300ms); prefix
+///   A, retry on connect-failure); `/Echo/sleep` -> a with a 300ms
+///   timeout; Echo -> a; prefix
 ///   /com.meshgate.Other/ -> b; `com.meshgate.Dead` -> a cluster with no
 ///   listening endpoint.
 /// - `strict` (`codec: dubbo`, small limits) for hostile input.
@@ -56,10 +57,12 @@ fn setup_with(odd: Option<u16>) -> Setup {
                         route:
                           cluster: flaky
                           retry_policy: {{retry_on: connect-failure, num_retries: 2}}
+                      - match: {{path: /{ECHO}/sleep}}
+                        route: {{cluster: a, timeout: 300ms}}
                       - match:
                           prefix: /
                           headers: [{{name: service, exact_match: {ECHO}}}]
-                        route: {{cluster: a, timeout: 300ms}}
+                        route: {{cluster: a}}
                       - match: {{prefix: /{OTHER}/}}
                         route: {{cluster: b}}
                       - match: {{prefix: /com.meshgate.Dead/}}
@@ -473,4 +476,37 @@ fn reload_retires_rpc_connections_to_the_new_config() {
     assert!(closed(&mut c));
     let r = call(s.main, OTHER, "echo", r#"["n"]"#, 3, 1);
     assert_eq!(r.from.get("A"), Some(&3), "{r:?}");
+}
+
+/// A frame trickled in one byte at a time still has to complete within
+/// `frame_timeout` (500ms on `strict`).
+#[test]
+fn trickled_frame_is_cut_off_at_frame_timeout() {
+    let s = setup();
+    let req = dubbo_request(1, ECHO, "echo", &[]);
+    let mut c = send_raw(s.strict, &req[..16]);
+    let t = Instant::now();
+    let mut cut = false;
+    for b in &req[16..] {
+        std::thread::sleep(Duration::from_millis(100));
+        if c.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    assert!(
+        cut || closed(&mut c),
+        "the trickling client was not cut off"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(
+        s.mg.metric(
+            "meshgate_rpc_downstream_protocol_error_total",
+            &[("listener", "strict"), ("reason", "frame_timeout")]
+        ),
+        1.0
+    );
 }

@@ -258,34 +258,39 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
             let heartbeats = metrics::counter!("meshgate_rpc_downstream_heartbeat_total", "listener" => listener.clone(), "codec" => name);
             let stray = metrics::counter!("meshgate_rpc_downstream_unexpected_response_total", "listener" => listener.clone(), "codec" => name);
             let mut buf = BytesMut::with_capacity(8 * 1024);
+            // When the frame at the front of `buf` must be complete.
+            let mut deadline: Option<tokio::time::Instant> = None;
             'conn: loop {
                 loop {
                     match self.proto.decode(&mut buf, self.opts.max_body_bytes) {
-                        Ok(Some(frame)) => match frame.kind {
-                            FrameKind::HeartbeatRequest => {
-                                heartbeats.increment(1);
-                                let r = self.proto.heartbeat_response(&frame);
-                                if tx.send((r, Bytes::new())).await.is_err() {
-                                    break 'conn;
+                        Ok(Some(frame)) => {
+                            deadline = None;
+                            match frame.kind {
+                                FrameKind::HeartbeatRequest => {
+                                    heartbeats.increment(1);
+                                    let r = self.proto.heartbeat_response(&frame);
+                                    if tx.send((r, Bytes::new())).await.is_err() {
+                                        break 'conn;
+                                    }
+                                }
+                                FrameKind::Response | FrameKind::HeartbeatResponse => {
+                                    stray.increment(1);
+                                }
+                                FrameKind::Request | FrameKind::OneWay => {
+                                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                                        break 'conn;
+                                    };
+                                    let me = self.clone();
+                                    let handler = handler.clone();
+                                    let info = info.clone();
+                                    let tx = tx.clone();
+                                    tokio::spawn(async move {
+                                        let _permit = permit;
+                                        me.call(frame, handler, info, tx).await;
+                                    });
                                 }
                             }
-                            FrameKind::Response | FrameKind::HeartbeatResponse => {
-                                stray.increment(1);
-                            }
-                            FrameKind::Request | FrameKind::OneWay => {
-                                let Ok(permit) = permits.clone().acquire_owned().await else {
-                                    break 'conn;
-                                };
-                                let me = self.clone();
-                                let handler = handler.clone();
-                                let info = info.clone();
-                                let tx = tx.clone();
-                                tokio::spawn(async move {
-                                    let _permit = permit;
-                                    me.call(frame, handler, info, tx).await;
-                                });
-                            }
-                        },
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             protocol_error(&listener, name, e.reason);
@@ -303,12 +308,17 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
                         }
                     }
                 }
+                // A frame that has started must complete in time, however
+                // slowly its bytes trickle in.
+                if buf.is_empty() {
+                    deadline = None;
+                } else if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + self.opts.frame_timeout);
+                }
                 let read = async {
-                    if buf.is_empty() {
-                        Ok(rd.read_buf(&mut buf).await)
-                    } else {
-                        // A frame has started: it must complete in time.
-                        tokio::time::timeout(self.opts.frame_timeout, rd.read_buf(&mut buf)).await
+                    match deadline {
+                        None => Ok(rd.read_buf(&mut buf).await),
+                        Some(d) => tokio::time::timeout_at(d, rd.read_buf(&mut buf)).await,
                     }
                 };
                 tokio::select! {
