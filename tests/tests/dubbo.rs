@@ -69,6 +69,8 @@ fn setup_with(odd: Option<u16>) -> Setup {
                         route: {{cluster: dead}}
                       - match: {{prefix: /com.meshgate.Odd/}}
                         route: {{cluster: odd}}
+                      - match: {{prefix: /com.meshgate.Full/}}
+                        route: {{cluster: full}}
 "#
     );
     let yaml = format!(
@@ -109,6 +111,10 @@ listeners:
   - name: odd
     protocol: dubbo
     endpoints: [{{address: "127.0.0.1:{odd}"}}]
+  - name: full
+    protocol: dubbo
+    max_connections: 0
+    endpoints: [{{address: "127.0.0.1:{pa}"}}]
 "#,
         odd = odd.unwrap_or(dead),
         pa = a.port,
@@ -239,6 +245,12 @@ fn local_replies_are_dubbo_error_statuses() {
     let (_, status, id, body) = read_dubbo(&mut c).unwrap();
     assert_eq!((status, id), (70, 2));
     assert!(dubbo_error_message(&body).contains("upstream connect failure"));
+    // circuit breaker open (max_connections: 0) -> SERVER_THREADPOOL_EXHAUSTED
+    c.write_all(&dubbo_request(3, "com.meshgate.Full", "x", &[]))
+        .unwrap();
+    let (_, status, id, body) = read_dubbo(&mut c).unwrap();
+    assert_eq!((status, id), (100, 3));
+    assert!(dubbo_error_message(&body).contains("circuit breaker open"));
     // the real clients show the message
     let r = call(s.main, "com.nowhere.Svc", "echo", "[1]", 1, 1);
     assert!(
