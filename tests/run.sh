@@ -36,6 +36,20 @@ if [ ! -f tests/peers/.cache/aioquic/examples/http3_client.py ]; then
   mv "$tmp"/aioquic-*/ tests/peers/.cache/aioquic
   rm -rf "$tmp"
 fi
+# Dubbo consumer (dubbo-ssl-python).
+python3 -c 'import dubbo_ssl' 2>/dev/null || python3 -m pip install -q dubbo-ssl-python
+
+# Node peers: sofa-rpc-node (Bolt natively) with dubbo-remoting (Dubbo 2),
+# providers and consumers of the RPC tests (tests/peers/rpc_peer.js).
+command -v node >/dev/null || apt_pkgs_node=1
+if [ -n "${apt_pkgs_node:-}" ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nodejs npm
+fi
+[ -d tests/peers/node_modules/sofa-rpc-node ] && [ -d tests/peers/node_modules/dubbo-remoting ] \
+  || npm ci --prefix tests/peers --no-audit --no-fund --silent
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

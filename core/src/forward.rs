@@ -193,6 +193,10 @@ async fn forward_inner(
         if let Some(h) = b.headers_mut() {
             *h = parts.headers.clone();
         }
+        // Codec state (e.g. an RPC frame head) travels with every try.
+        if let Some(e) = b.extensions_mut() {
+            *e = parts.extensions.clone();
+        }
         let req = b.body(full_body(kept.clone())).expect("parts were valid");
         let status_retry = n < policy.num_retries;
         match try_endpoint(

@@ -173,7 +173,9 @@ impl LocalReason {
         }
     }
 
-    fn message(self) -> &'static str {
+    /// A short human-readable description (local-reply bodies, RPC error
+    /// messages).
+    pub fn message(self) -> &'static str {
         match self {
             LocalReason::NoRoute => "no route matched",
             LocalReason::NoHealthyUpstream => "no healthy upstream",

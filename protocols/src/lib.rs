@@ -2,8 +2,11 @@
 //! registered by name through `meshgate_core::registry::Registry`; core never
 //! names a concrete codec.
 
+pub mod bolt;
+pub mod dubbo;
 pub mod http;
 pub mod http3;
+pub mod rpc;
 
 use meshgate_core::registry::Registry;
 use std::sync::Arc;
@@ -13,4 +16,6 @@ pub fn register_all(registry: &mut Registry) {
     registry.register_codec(Arc::new(http::Http1Codec));
     registry.register_codec(Arc::new(http::Http2Codec));
     registry.register_codec(Arc::new(http3::Http3Codec));
+    registry.register_codec(Arc::new(dubbo::DubboCodec));
+    registry.register_codec(Arc::new(bolt::BoltCodec));
 }

@@ -36,6 +36,8 @@ fuzz_target!(|data: &[u8]| {
                 local_addr: "127.0.0.1:2".parse().unwrap(),
                 server_name: None,
                 filter_chain: None,
+                tls: None,
+                retire: tokio_util::sync::CancellationToken::new(),
             },
             drain: tokio_util::sync::CancellationToken::new(),
         };

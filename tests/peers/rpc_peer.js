@@ -1,0 +1,77 @@
+'use strict';
+// Real Dubbo 2 / SOFA Bolt peers for meshgate's end-to-end tests, built on
+// the npm packages sofa-rpc-node (RpcServer, RpcClient; Bolt natively) and
+// dubbo-remoting (the Dubbo 2 protocol for them). Direct host:port, no
+// registry. Installed by tests/run.sh into tests/peers/node_modules.
+//
+//   node rpc_peer.js server <dubbo|bolt> <port> <name>
+//     Provider of com.meshgate.Echo (version 1.0 and 2.0) and
+//     com.meshgate.Other: echo(x) -> {from, x}, sleep(ms), plus(a, b).
+//     Prints READY when listening.
+//   node rpc_peer.js call <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
+//       [count] [concurrency] [timeoutMs] [version] [group]
+//     Prints one JSON line: {ok, errors: [messages], results: [first 5], from: {name: n}}
+
+const path = require('path');
+const { RpcServer } = require('sofa-rpc-node').server;
+const { RpcClient } = require('sofa-rpc-node').client;
+
+const logger = {
+  info() {}, warn() {}, debug() {},
+  error(...a) { if (process.env.RPC_PEER_DEBUG) console.error(...a); },
+};
+
+function protocolOf(name) {
+  if (name === 'dubbo') return require('dubbo-remoting');
+  if (name === 'bolt') return require('sofa-bolt-node');
+  throw new Error('unknown protocol ' + name);
+}
+
+async function server(proto, port, name) {
+  const server = new RpcServer({ logger, port: Number(port), protocol: protocolOf(proto) });
+  const impl = {
+    async echo(x) { return { from: name, x }; },
+    async plus(a, b) { return a + b; },
+    async sleep(ms) { await new Promise(r => setTimeout(r, ms)); return name; },
+  };
+  server.addService({ interfaceName: 'com.meshgate.Echo', version: '1.0' }, impl);
+  server.addService({ interfaceName: 'com.meshgate.Echo', version: '2.0' }, impl);
+  server.addService({ interfaceName: 'com.meshgate.Other', version: '1.0' }, impl);
+  await server.start();
+  console.log('READY');
+}
+
+async function call(proto, host, iface, method, argsJson, count, conc, timeout, version, group) {
+  count = Number(count || 1);
+  conc = Number(conc || 1);
+  timeout = Number(timeout || 3000);
+  const client = new RpcClient({ logger, protocol: protocolOf(proto) });
+  const opts = { interfaceName: iface, serverHost: host, version: version || '1.0' };
+  if (group) opts.group = group;
+  const consumer = client.createConsumer(opts);
+  await consumer.ready();
+  const args = JSON.parse(argsJson);
+  const out = { ok: 0, errors: [], results: [], from: {} };
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      next++;
+      try {
+        const r = await consumer.invoke(method, args, { responseTimeout: timeout });
+        out.ok++;
+        if (out.results.length < 5) out.results.push(r);
+        if (r && r.from) out.from[r.from] = (out.from[r.from] || 0) + 1;
+      } catch (e) {
+        if (out.errors.length < 20) out.errors.push(String(e.message || e));
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: conc }, worker));
+  console.log(JSON.stringify(out));
+  client.close && await client.close();
+  process.exit(0);
+}
+
+const [mode, ...rest] = process.argv.slice(2);
+const run = mode === 'server' ? server(...rest) : call(...rest);
+run.catch(e => { console.error(e); process.exit(1); });
