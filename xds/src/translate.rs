@@ -983,3 +983,180 @@ fn collect_clusters(v: &Value, out: &mut BTreeSet<String>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dur(s: i64) -> Option<protobuf::Duration> {
+        Some(protobuf::Duration { seconds: s, nanos: 0 })
+    }
+
+    #[test]
+    fn eds_cluster_translates_and_waits_for_its_assignment() {
+        let c = cds::Cluster {
+            name: "web".into(),
+            cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+                cds::cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+                eds_config: Some(core3::ConfigSource {
+                    config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    )),
+                    resource_api_version: 2,
+                    ..Default::default()
+                }),
+                service_name: "web-svc".into(),
+            }),
+            lb_policy: cds::cluster::LbPolicy::Maglev as i32,
+            connect_timeout: dur(2),
+            ..Default::default()
+        };
+        let t = cluster(c).unwrap();
+        assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
+        assert_eq!(t.config.lb_policy, "maglev");
+        assert_eq!(t.config.connect_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let c = cds::Cluster {
+            name: "x".into(),
+            outlier_detection: Some(Default::default()),
+            ..Default::default()
+        };
+        let e = cluster(c).unwrap_err();
+        assert_eq!(e.resource, "Cluster 'x'");
+        assert_eq!(e.field, "outlier_detection");
+        let r = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                name: "v".into(),
+                domains: vec!["*".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        hedge_policy: Some(Default::default()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = route_configuration(r).unwrap_err();
+        assert_eq!(e.field, "virtual_hosts[0].routes[0].route.hedge_policy", "{e}");
+        assert_eq!(
+            e.to_string(),
+            "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hedge_policy: field not supported by meshgate (refused rather than ignored)"
+        );
+    }
+
+    #[test]
+    fn endpoints_keep_weights_metadata_and_drop_unhealthy() {
+        let ep = |port: u32, w: u32, h: core3::HealthStatus| eds::LbEndpoint {
+            host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
+                address: Some(core3::Address {
+                    address: Some(core3::address::Address::SocketAddress(core3::SocketAddress {
+                        address: "10.0.0.1".into(),
+                        port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(protobuf::UInt32Value { value: w }),
+            health_status: h as i32,
+            metadata: Some(core3::Metadata {
+                filter_metadata: [(
+                    "envoy.lb".to_string(),
+                    protobuf::Struct {
+                        fields: [(
+                            "canary".to_string(),
+                            protobuf::Value {
+                                kind: Some(protobuf::value::Kind::BoolValue(true)),
+                            },
+                        )]
+                        .into(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+        };
+        let cla = eds::ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![eds::LocalityLbEndpoints {
+                lb_endpoints: vec![
+                    ep(1, 3, core3::HealthStatus::Healthy),
+                    ep(2, 1, core3::HealthStatus::Unhealthy),
+                    ep(3, 1, core3::HealthStatus::Draining),
+                    ep(4, 5, core3::HealthStatus::Unknown),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let out = endpoints(cla, "").unwrap();
+        let got: Vec<_> = out.iter().map(|e| (e.address.as_str(), e.weight)).collect();
+        assert_eq!(got, vec![("10.0.0.1:1", 3), ("10.0.0.1:4", 5)]);
+        assert_eq!(out[0].metadata["envoy.lb"], json!({"canary": true}));
+    }
+
+    #[test]
+    fn hcm_with_rds_names_its_route_configuration() {
+        let h = hcm::HttpConnectionManager {
+            stat_prefix: "ingress".into(),
+            codec_type: hcm::http_connection_manager::CodecType::Http1 as i32,
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+                config_source: Some(core3::ConfigSource {
+                    config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    )),
+                    ..Default::default()
+                }),
+                route_config_name: "routes".into(),
+            })),
+            ..Default::default()
+        };
+        let l = lds::Listener {
+            name: "l".into(),
+            address: Some(core3::Address {
+                address: Some(core3::address::Address::SocketAddress(core3::SocketAddress {
+                    address: "127.0.0.1".into(),
+                    port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(8080)),
+                    ..Default::default()
+                })),
+            }),
+            filter_chains: vec![lds::FilterChain {
+                filters: vec![lds::Filter {
+                    name: "hcm".into(),
+                    config_type: Some(lds::filter::ConfigType::TypedConfig(protobuf::Any {
+                        type_url: HCM.into(),
+                        value: h.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = listener(l.clone(), &|_| None).unwrap();
+        assert_eq!(t.config.address, "127.0.0.1:8080");
+        assert_eq!(t.rds_names.iter().collect::<Vec<_>>(), vec!["routes"]);
+        let f = &t.config.filter_chains[0].filters[0];
+        assert_eq!(f.name, "proxy");
+        assert_eq!(f.config["codec"], "http1");
+        let mut bad = l;
+        bad.filter_chains[0].transport_socket = Some(Default::default());
+        let e = listener(bad, &|_| None).unwrap_err();
+        assert_eq!(e.field, "filter_chains[0].transport_socket");
+    }
+}
