@@ -133,6 +133,8 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|(c, _)| meshgate_xds::Bootstrap::from_config(&c));
     rt.block_on(async {
+        // Before the client runs, so its first counts are not lost.
+        meshgate_core::metrics::install_recorder();
         let stop = CancellationToken::new();
         let dynamic = bootstrap.map(|b| {
             let (tx, rx) = meshgate_core::dynamic::channel();

@@ -471,7 +471,7 @@ impl Client {
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
                 for (ty, names) in [(ROUTE, rds), (ENDPOINT, eds)] {
-                    if self.subscribed.get(ty) != Some(&names) {
+                    if self.subscribed.get(ty).cloned().unwrap_or_default() != names {
                         tracing::info!(type_url = ty, names = ?names, "subscription changed");
                         self.subscribed.insert(ty, names);
                         out.push(self.request(ty, None));
