@@ -141,8 +141,9 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(meshgate_xds::run(b, tx, stop.child_token()));
             rx
         });
-        let r = server::run_with_dynamic(&config, Arc::new(registry()), opts, stop.clone(), dynamic)
-            .await;
+        let r =
+            server::run_with_dynamic(&config, Arc::new(registry()), opts, stop.clone(), dynamic)
+                .await;
         stop.cancel();
         r
     })?;

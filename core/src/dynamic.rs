@@ -87,7 +87,12 @@ pub struct Counts {
 /// (`listeners[i]` with `i` past the static ones), it is renamed after the
 /// resource (`Listener 'web'.filter_chains[0]...`) and said to come from
 /// `source`, with no line.
-pub fn rename_error(err: ConfigError, merged: &Config, counts: Counts, source: &str) -> ConfigError {
+pub fn rename_error(
+    err: ConfigError,
+    merged: &Config,
+    counts: Counts,
+    source: &str,
+) -> ConfigError {
     let (kind, rest) = if let Some(r) = err.field.strip_prefix("listeners[") {
         ("Listener", r)
     } else if let Some(r) = err.field.strip_prefix("clusters[") {

@@ -161,7 +161,8 @@ impl Mgmt {
             .build()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_reuse_address(true).unwrap();
         sock.bind(&addr.into()).unwrap();
         sock.listen(128).unwrap();
@@ -214,7 +215,10 @@ impl Mgmt {
             {
                 return r;
             }
-            assert!(Instant::now() < deadline, "no reply to {type_url} nonce {nonce}");
+            assert!(
+                Instant::now() < deadline,
+                "no reply to {type_url} nonce {nonce}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -256,13 +260,15 @@ fn any<M: Message>(type_url: &str, m: &M) -> Any {
 
 fn sock(addr: SocketAddr) -> core3::Address {
     core3::Address {
-        address: Some(core3::address::Address::SocketAddress(core3::SocketAddress {
-            address: addr.ip().to_string(),
-            port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
-                addr.port() as u32,
-            )),
-            ..Default::default()
-        })),
+        address: Some(core3::address::Address::SocketAddress(
+            core3::SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
+                    addr.port() as u32
+                )),
+                ..Default::default()
+            },
+        )),
     }
 }
 
@@ -382,9 +388,7 @@ fn route_config(name: &str, clusters: &[(&str, u32)]) -> (String, Any) {
                 },
                 rds::Route {
                     r#match: Some(rds::RouteMatch {
-                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix(
-                            "/".into(),
-                        )),
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
                         ..Default::default()
                     }),
                     action: Some(rds::route::Action::Route(rds::RouteAction {
@@ -416,10 +420,12 @@ fn route_config(name: &str, clusters: &[(&str, u32)]) -> (String, Any) {
 fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
     let h = hcm::HttpConnectionManager {
         stat_prefix: name.into(),
-        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-            config_source: Some(ads_source()),
-            route_config_name: rds_name.into(),
-        })),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads_source()),
+                route_config_name: rds_name.into(),
+            },
+        )),
         http_filters: vec![hcm::HttpFilter {
             name: "envoy.filters.http.router".into(),
             ..Default::default()
@@ -653,11 +659,18 @@ fn updates_under_load_lose_no_request() {
     let c = HttpBackend::start("c", Proto::Http1);
     let port = free_port();
     let mgmt = Mgmt::start(free_port());
-    mgmt.set(CLUSTER, "c1", vec![eds_cluster("svc-a"), eds_cluster("svc-b")]);
+    mgmt.set(
+        CLUSTER,
+        "c1",
+        vec![eds_cluster("svc-a"), eds_cluster("svc-b")],
+    );
     mgmt.set(
         ENDPOINT,
         "e1",
-        vec![cla("svc-a", &[(a.addr, 1, 0)]), cla("svc-b", &[(b.addr, 1, 0)])],
+        vec![
+            cla("svc-a", &[(a.addr, 1, 0)]),
+            cla("svc-b", &[(b.addr, 1, 0)]),
+        ],
     );
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("svc-a", 1)])]);
@@ -673,13 +686,21 @@ fn updates_under_load_lose_no_request() {
     std::thread::sleep(Duration::from_millis(200));
 
     // Weighted canary shift: 90/10, then 10/90; both answer under load.
-    mgmt.set(ROUTE, "r3", vec![route_config("r1", &[("svc-a", 90), ("svc-b", 10)])]);
+    mgmt.set(
+        ROUTE,
+        "r3",
+        vec![route_config("r1", &[("svc-a", 90), ("svc-b", 10)])],
+    );
     std::thread::sleep(Duration::from_millis(600));
     load.reset_seen();
     std::thread::sleep(Duration::from_millis(600));
     let (sa, sb) = (load.seen("a"), load.seen("b"));
     assert!(sa > sb * 3 && sb > 0, "90/10 split saw a={sa} b={sb}");
-    mgmt.set(ROUTE, "r4", vec![route_config("r1", &[("svc-a", 10), ("svc-b", 90)])]);
+    mgmt.set(
+        ROUTE,
+        "r4",
+        vec![route_config("r1", &[("svc-a", 10), ("svc-b", 90)])],
+    );
     std::thread::sleep(Duration::from_millis(600));
     load.reset_seen();
     std::thread::sleep(Duration::from_millis(600));
@@ -699,7 +720,12 @@ fn updates_under_load_lose_no_request() {
     std::thread::sleep(Duration::from_millis(600));
     load.reset_seen();
     std::thread::sleep(Duration::from_millis(600));
-    assert!(load.seen("a") > 0 && load.seen("c") > 0, "endpoint add: a={} c={}", load.seen("a"), load.seen("c"));
+    assert!(
+        load.seen("a") > 0 && load.seen("c") > 0,
+        "endpoint add: a={} c={}",
+        load.seen("a"),
+        load.seen("c")
+    );
     // Endpoint removal: a leaves (and an UNHEALTHY endpoint gets nothing).
     mgmt.set(
         ENDPOINT,
@@ -712,7 +738,12 @@ fn updates_under_load_lose_no_request() {
     std::thread::sleep(Duration::from_millis(600));
     load.reset_seen();
     std::thread::sleep(Duration::from_millis(600));
-    assert!(load.seen("a") == 0 && load.seen("c") > 0, "endpoint removal: a={} c={}", load.seen("a"), load.seen("c"));
+    assert!(
+        load.seen("a") == 0 && load.seen("c") > 0,
+        "endpoint removal: a={} c={}",
+        load.seen("a"),
+        load.seen("c")
+    );
 
     // Listener change: same address, now on route configuration r9
     // (warms first: it is served once r9 arrives).
@@ -750,9 +781,15 @@ fn updates_under_load_lose_no_request() {
     assert_eq!(clusters, vec!["xds", "svc-b"], "{dump}");
     let dynv = dump["dynamic"]["version"].as_str().unwrap();
     assert!(dynv.contains("lds=l2") && dynv.contains("cds=c2"), "{dump}");
-    assert!(dump["source"].as_str().unwrap().contains("xds:ads"), "{dump}");
+    assert!(
+        dump["source"].as_str().unwrap().contains("xds:ads"),
+        "{dump}"
+    );
     assert!(mg.metric("meshgate_xds_response_total", &[("result", "ack")]) >= 10.0);
-    assert_eq!(mg.metric("meshgate_xds_response_total", &[("result", "nack")]), 0.0);
+    assert_eq!(
+        mg.metric("meshgate_xds_response_total", &[("result", "nack")]),
+        0.0
+    );
 
     // The node identity was sent.
     let first = &mgmt.requests()[0];
@@ -785,7 +822,10 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     mgmt.set(
         CLUSTER,
         "2",
-        vec![static_cluster("svc-a", a.addr), ("svc-bad".into(), any(CLUSTER, &bad))],
+        vec![
+            static_cluster("svc-a", a.addr),
+            ("svc-bad".into(), any(CLUSTER, &bad)),
+        ],
     );
     let nonce = mgmt.wait_sent(CLUSTER, "2");
     let nack = mgmt.wait_reply(CLUSTER, &nonce);
@@ -793,7 +833,8 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     let detail = nack.error_detail.expect("error_detail");
     assert_eq!(detail.code, 3);
     assert!(
-        detail.message.contains("Cluster 'svc-bad'") && detail.message.contains("outlier_detection"),
+        detail.message.contains("Cluster 'svc-bad'")
+            && detail.message.contains("outlier_detection"),
         "{}",
         detail.message
     );
@@ -815,14 +856,20 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     let nack = mgmt.wait_reply(LISTENER, &nonce);
     assert_eq!(nack.version_info, "1");
     let msg = nack.error_detail.expect("error_detail").message;
-    assert!(msg.contains("Listener 'clash'") && msg.contains("address"), "{msg}");
+    assert!(
+        msg.contains("Listener 'clash'") && msg.contains("address"),
+        "{msg}"
+    );
     assert!(refused(tport), "a refused update applies nothing");
 
     // Fixed: accepted, ACK with the new version and its nonce.
     mgmt.set(
         LISTENER,
         "4",
-        vec![hcm_listener("web", port, "r"), tcp_listener("tcp", tport, "svc-a")],
+        vec![
+            hcm_listener("web", port, "r"),
+            tcp_listener("tcp", tport, "svc-a"),
+        ],
     );
     let nonce = mgmt.wait_sent(LISTENER, "4");
     let ack = mgmt.wait_reply(LISTENER, &nonce);
@@ -837,7 +884,12 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
 
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} of {}", ok + failed);
-    assert!(mg.metric("meshgate_xds_response_total", &[("type", "cds"), ("result", "nack")]) >= 1.0);
+    assert!(
+        mg.metric(
+            "meshgate_xds_response_total",
+            &[("type", "cds"), ("result", "nack")]
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -851,10 +903,14 @@ fn warming_and_subscriptions_follow_resources_in_use() {
 
     // Subscriptions: EDS for the cluster's name, RDS for the listener's.
     wait_until("EDS subscription", || {
-        mgmt.requests().iter().any(|r| r.type_url == ENDPOINT && r.resource_names == ["svc-a"])
+        mgmt.requests()
+            .iter()
+            .any(|r| r.type_url == ENDPOINT && r.resource_names == ["svc-a"])
     });
     wait_until("RDS subscription", || {
-        mgmt.requests().iter().any(|r| r.type_url == ROUTE && r.resource_names == ["r1"])
+        mgmt.requests()
+            .iter()
+            .any(|r| r.type_url == ROUTE && r.resource_names == ["r1"])
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(refused(port), "listener served before its routes");
@@ -872,10 +928,19 @@ fn warming_and_subscriptions_follow_resources_in_use() {
     wait_for(port, "/", "backend=a");
 
     // The listener moves to r2: RDS subscription follows.
-    mgmt.set(ROUTE, "2", vec![route_config("r1", &[("svc-a", 1)]), route_config("r2", &[("svc-a", 1)])]);
+    mgmt.set(
+        ROUTE,
+        "2",
+        vec![
+            route_config("r1", &[("svc-a", 1)]),
+            route_config("r2", &[("svc-a", 1)]),
+        ],
+    );
     mgmt.set(LISTENER, "2", vec![hcm_listener("web", port, "r2")]);
     wait_until("RDS resubscription", || {
-        mgmt.requests().iter().any(|r| r.type_url == ROUTE && r.resource_names == ["r2"])
+        mgmt.requests()
+            .iter()
+            .any(|r| r.type_url == ROUTE && r.resource_names == ["r2"])
     });
     wait_for(port, "/direct", "direct from r2");
 }
@@ -887,7 +952,14 @@ fn reconnects_after_the_server_restarts_and_keeps_serving_meanwhile() {
     let port = free_port();
     let xport = free_port();
     let mgmt = Mgmt::start(xport);
-    mgmt.set(CLUSTER, "1", vec![static_cluster("svc-a", a.addr), static_cluster("svc-b", b.addr)]);
+    mgmt.set(
+        CLUSTER,
+        "1",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("svc-b", b.addr),
+        ],
+    );
     mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "1", vec![route_config("r", &[("svc-a", 1)])]);
     let mg = Meshgate::start(&bootstrap(xport));
@@ -895,9 +967,15 @@ fn reconnects_after_the_server_restarts_and_keeps_serving_meanwhile() {
     let load = Load::start(port, 4);
 
     let shared = mgmt.stop();
-    wait_until("disconnect seen", || mg.metric("meshgate_xds_connected", &[]) == 0.0);
+    wait_until("disconnect seen", || {
+        mg.metric("meshgate_xds_connected", &[]) == 0.0
+    });
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(get(port, "/").as_deref(), Some("backend=a"), "last good config serves");
+    assert_eq!(
+        get(port, "/").as_deref(),
+        Some("backend=a"),
+        "last good config serves"
+    );
 
     // A new server on the same port, with a new route.
     shared.lock().unwrap().requests.clear();

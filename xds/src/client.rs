@@ -18,7 +18,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
-use meshgate_core::config::{AdsConfig, ClusterConfig, Config, EndpointConfig, ListenerConfig, NodeConfig};
+use meshgate_core::config::{
+    AdsConfig, ClusterConfig, Config, EndpointConfig, ListenerConfig, NodeConfig,
+};
 use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate};
 use meshgate_core::router::RouteConfig;
 use rand::Rng;
@@ -180,7 +182,11 @@ impl State {
 
     /// Applies a response to a copy of the state; an error is the NACK's
     /// detail.
-    fn apply(&self, resp: &DiscoveryResponse, subscribed: &BTreeSet<String>) -> Result<State, String> {
+    fn apply(
+        &self,
+        resp: &DiscoveryResponse,
+        subscribed: &BTreeSet<String>,
+    ) -> Result<State, String> {
         let mut next = self.clone();
         let mut seen = BTreeSet::new();
         let mut dup = |n: &str| -> Result<(), String> {
@@ -194,7 +200,8 @@ impl State {
             CLUSTER => {
                 next.clusters.clear();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let c: cds::Cluster = translate::decode(any, CLUSTER).map_err(|e| format!("resources[{i}]: {e}"))?;
+                    let c: cds::Cluster = translate::decode(any, CLUSTER)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&c.name)?;
                     let name = c.name.clone();
                     let t = translate::cluster(c).map_err(|e| e.to_string())?;
@@ -204,7 +211,8 @@ impl State {
             LISTENER => {
                 next.listeners.clear();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let l: lds::Listener = translate::decode(any, LISTENER).map_err(|e| format!("resources[{i}]: {e}"))?;
+                    let l: lds::Listener = translate::decode(any, LISTENER)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&l.name)?;
                     // Translated now to refuse what is unsupported; again
                     // at compose time with the routes then known.
@@ -214,7 +222,8 @@ impl State {
             }
             ROUTE => {
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let r: rds::RouteConfiguration = translate::decode(any, ROUTE).map_err(|e| format!("resources[{i}]: {e}"))?;
+                    let r: rds::RouteConfiguration = translate::decode(any, ROUTE)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&r.name)?;
                     let name = r.name.clone();
                     let t = translate::route_configuration(r).map_err(|e| e.to_string())?;
@@ -224,11 +233,18 @@ impl State {
             }
             ENDPOINT => {
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let c: eds::ClusterLoadAssignment = translate::decode(any, ENDPOINT).map_err(|e| format!("resources[{i}]: {e}"))?;
+                    let c: eds::ClusterLoadAssignment = translate::decode(any, ENDPOINT)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&c.cluster_name)?;
                     let name = c.cluster_name.clone();
-                    let eps = translate::endpoints(c, "")
-                        .map_err(|(f, m)| TranslateError { resource: format!("ClusterLoadAssignment '{name}'"), field: f, message: m }.to_string())?;
+                    let eps = translate::endpoints(c, "").map_err(|(f, m)| {
+                        TranslateError {
+                            resource: format!("ClusterLoadAssignment '{name}'"),
+                            field: f,
+                            message: m,
+                        }
+                        .to_string()
+                    })?;
                     next.endpoints.insert(name, eps);
                 }
                 next.endpoints.retain(|n, _| subscribed.contains(n));
@@ -268,7 +284,10 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
         // Full jitter over the upper half: spreads a fleet's reconnects.
         let delay = rand::rng().random_range(cap / 2..=cap);
         failures = failures.saturating_add(1);
-        tracing::info!(delay_ms = delay, "ADS stream down; reconnecting after back-off (last good config keeps serving)");
+        tracing::info!(
+            delay_ms = delay,
+            "ADS stream down; reconnecting after back-off (last good config keeps serving)"
+        );
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
@@ -295,7 +314,11 @@ fn node(n: &NodeConfig) -> core3::Node {
             None
         } else {
             Some(protobuf::Struct {
-                fields: n.metadata.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+                fields: n
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_value(v)))
+                    .collect(),
             })
         },
         user_agent_name: "meshgate".into(),
@@ -327,12 +350,20 @@ impl Client {
     fn request(&self, type_url: &'static str, nack: Option<(String, String)>) -> DiscoveryRequest {
         let (version_info, response_nonce, error_detail) = match nack {
             None => (
-                self.state.versions.get(type_url).cloned().unwrap_or_default(),
+                self.state
+                    .versions
+                    .get(type_url)
+                    .cloned()
+                    .unwrap_or_default(),
                 self.state.nonces.get(type_url).cloned().unwrap_or_default(),
                 None,
             ),
             Some((nonce, msg)) => (
-                self.state.versions.get(type_url).cloned().unwrap_or_default(),
+                self.state
+                    .versions
+                    .get(type_url)
+                    .cloned()
+                    .unwrap_or_default(),
                 nonce,
                 Some(Status {
                     // INVALID_ARGUMENT
@@ -360,7 +391,9 @@ impl Client {
     /// One stream's life; returns whether any response arrived.
     async fn stream(&mut self, server: &str) -> bool {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{server}")) {
-            Ok(e) => e.connect_timeout(self.boot.connect_timeout).tcp_nodelay(true),
+            Ok(e) => e
+                .connect_timeout(self.boot.connect_timeout)
+                .tcp_nodelay(true),
             Err(e) => {
                 tracing::error!(server, error = %e, "invalid ADS server address");
                 return false;
@@ -369,7 +402,8 @@ impl Client {
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error").increment(1);
+                metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
+                    .increment(1);
                 tracing::warn!(server, error = %e, "cannot connect to the ADS server");
                 return false;
             }
@@ -380,7 +414,9 @@ impl Client {
         // A new stream has no nonce yet; the versions say what we have.
         self.state.nonces.clear();
         for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE] {
-            if matches!(t, CLUSTER | LISTENER) || self.subscribed.get(t).is_some_and(|s| !s.is_empty()) {
+            if matches!(t, CLUSTER | LISTENER)
+                || self.subscribed.get(t).is_some_and(|s| !s.is_empty())
+            {
                 let _ = req_tx.send(self.request(t, None)).await;
             }
         }
@@ -390,7 +426,8 @@ impl Client {
         {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "rpc_error").increment(1);
+                metrics::counter!("meshgate_xds_stream_total", "result" => "rpc_error")
+                    .increment(1);
                 tracing::warn!(server, error = %e, "ADS stream refused");
                 return false;
             }
@@ -423,7 +460,8 @@ impl Client {
     /// Handles one response: the ACK or NACK, then any subscription change.
     async fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
         let Some(t) = type_key(&resp.type_url) else {
-            metrics::counter!("meshgate_xds_response_total", "type" => "other", "result" => "nack").increment(1);
+            metrics::counter!("meshgate_xds_response_total", "type" => "other", "result" => "nack")
+                .increment(1);
             let mut r = self.request(LISTENER, None);
             r.type_url = resp.type_url.clone();
             r.version_info.clear();
@@ -451,7 +489,8 @@ impl Client {
                 let result = if same(&composed.config, &self.served) {
                     Ok(())
                 } else {
-                    self.push(composed.config.clone(), &next, t, &resp.version_info).await
+                    self.push(composed.config.clone(), &next, t, &resp.version_info)
+                        .await
                 };
                 match result {
                     Ok(()) => {
@@ -489,10 +528,20 @@ impl Client {
 
     /// Hands a composed dynamic config to the server and waits for its
     /// verdict.
-    async fn push(&self, config: Config, next: &State, t: &'static str, version: &str) -> Result<(), String> {
+    async fn push(
+        &self,
+        config: Config,
+        next: &State,
+        t: &'static str,
+        version: &str,
+    ) -> Result<(), String> {
         let mut words = Vec::new();
         for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT] {
-            let v = if ty == t { Some(version.to_string()) } else { next.versions.get(ty).cloned() };
+            let v = if ty == t {
+                Some(version.to_string())
+            } else {
+                next.versions.get(ty).cloned()
+            };
             if let Some(v) = v {
                 words.push(format!("{}={v}", short(ty)));
             }

@@ -35,7 +35,8 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 
 /// A refused resource: which one, which field, why. Its `Display` is the
@@ -210,7 +211,10 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
         // a set `load_balancing_weight` is refused by `rest` below.
         loc.locality = None;
         let loc_meta = metadata(loc.metadata.take(), &join(&lp, "metadata"))?;
-        for (j, mut e) in std::mem::take(&mut loc.lb_endpoints).into_iter().enumerate() {
+        for (j, mut e) in std::mem::take(&mut loc.lb_endpoints)
+            .into_iter()
+            .enumerate()
+        {
             let ep = format!("{lp}.lb_endpoints[{j}]");
             let health = std::mem::take(&mut e.health_status);
             let mut meta = loc_meta.clone();
@@ -267,7 +271,12 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         None => Dt::Static,
         Some(ClusterDiscoveryType::Type(t)) => match Dt::try_from(t) {
             Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds)) => t,
-            _ => return err("type", format!("cluster type {t} not supported (STATIC, STRICT_DNS, EDS)")),
+            _ => {
+                return err(
+                    "type",
+                    format!("cluster type {t} not supported (STATIC, STRICT_DNS, EDS)"),
+                );
+            }
         },
         Some(ClusterDiscoveryType::ClusterType(_)) => {
             return err("cluster_type", "custom cluster types are not supported");
@@ -293,7 +302,10 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             let mut th = std::mem::take(&mut cb.thresholds);
             rest(&cb, "circuit_breakers")?;
             if th.len() > 1 {
-                return err("circuit_breakers.thresholds[1]", "only one (DEFAULT priority) threshold is supported");
+                return err(
+                    "circuit_breakers.thresholds[1]",
+                    "only one (DEFAULT priority) threshold is supported",
+                );
             }
             match th.pop() {
                 None => None,
@@ -315,7 +327,10 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             rest(&ec, "eds_cluster_config")?;
             eds_name = Some(if svc.is_empty() { name.clone() } else { svc });
             if c.load_assignment.is_some() {
-                return err("load_assignment", "an EDS cluster takes its endpoints from EDS");
+                return err(
+                    "load_assignment",
+                    "an EDS cluster takes its endpoints from EDS",
+                );
             }
         }
         _ => {
@@ -401,21 +416,37 @@ fn listener_inner(
     };
     // meshgate reads the ClientHello itself whenever a chain matches on
     // server names or ALPN: Envoy's tls_inspector is what it does anyway.
-    for (i, f) in std::mem::take(&mut l.listener_filters).into_iter().enumerate() {
+    for (i, f) in std::mem::take(&mut l.listener_filters)
+        .into_iter()
+        .enumerate()
+    {
         if f.name != "envoy.filters.listener.tls_inspector" {
             return err(
                 format!("listener_filters[{i}].name"),
-                format!("listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)", f.name),
+                format!(
+                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)",
+                    f.name
+                ),
             );
         }
     }
     let mut rds_names = BTreeSet::new();
     let mut chains = Vec::new();
     for (i, fc) in std::mem::take(&mut l.filter_chains).into_iter().enumerate() {
-        chains.push(filter_chain(fc, &format!("filter_chains[{i}]"), routes, &mut rds_names)?);
+        chains.push(filter_chain(
+            fc,
+            &format!("filter_chains[{i}]"),
+            routes,
+            &mut rds_names,
+        )?);
     }
     if let Some(fc) = l.default_filter_chain.take() {
-        chains.push(filter_chain(fc, "default_filter_chain", routes, &mut rds_names)?);
+        chains.push(filter_chain(
+            fc,
+            "default_filter_chain",
+            routes,
+            &mut rds_names,
+        )?);
     }
     rest(&l, "")?;
     let mut config = serde_json::from_value::<ListenerConfig>(json!({
@@ -449,7 +480,12 @@ fn filter_chain(
     }
     let mut filters = Vec::new();
     for (i, f) in std::mem::take(&mut fc.filters).into_iter().enumerate() {
-        filters.push(network_filter(f, &format!("{path}.filters[{i}]"), routes, rds_names)?);
+        filters.push(network_filter(
+            f,
+            &format!("{path}.filters[{i}]"),
+            routes,
+            rds_names,
+        )?);
     }
     rest(&fc, path)?;
     Ok(FilterChainConfig {
@@ -467,7 +503,10 @@ fn chain_match(mut m: lds::FilterChainMatch, path: &str) -> R<FilterChainMatch> 
         Some(_) => return err(join(path, "destination_port"), "port out of range"),
     };
     let mut source_prefix_ranges = Vec::new();
-    for (i, mut c) in std::mem::take(&mut m.source_prefix_ranges).into_iter().enumerate() {
+    for (i, mut c) in std::mem::take(&mut m.source_prefix_ranges)
+        .into_iter()
+        .enumerate()
+    {
         let len = c.prefix_len.take().map(|v| v.value).unwrap_or(0);
         let a = std::mem::take(&mut c.address_prefix);
         rest(&c, &format!("{path}.source_prefix_ranges[{i}]"))?;
@@ -542,7 +581,10 @@ fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<Value> {
         _ => return err(join(path, "cluster"), "missing cluster"),
     }
     if let Some(d) = t.idle_timeout.take() {
-        out.insert("idle_timeout".into(), humantime(duration(&d, &join(path, "idle_timeout"))?));
+        out.insert(
+            "idle_timeout".into(),
+            humantime(duration(&d, &join(path, "idle_timeout"))?),
+        );
     }
     if let Some(n) = t.max_connect_attempts.take() {
         out.insert("max_connect_attempts".into(), json!(n.value));
@@ -563,7 +605,12 @@ fn http_connection_manager(
         Ok(CodecType::Auto) => "auto",
         Ok(CodecType::Http1) => "http1",
         Ok(CodecType::Http2) => "http2",
-        _ => return err(join(path, "codec_type"), "codec type not supported (AUTO, HTTP1, HTTP2)"),
+        _ => {
+            return err(
+                join(path, "codec_type"),
+                "codec type not supported (AUTO, HTTP1, HTTP2)",
+            );
+        }
     };
     // The router runs last in meshgate's proxy filter; it must be the only
     // HTTP filter until stream filters are translated.
@@ -579,12 +626,19 @@ fn http_connection_manager(
             _ => false,
         };
         if !router {
-            return err(join(&fp, "name"), format!("HTTP filter '{}' not supported (only the router)", f.name));
+            return err(
+                join(&fp, "name"),
+                format!("HTTP filter '{}' not supported (only the router)", f.name),
+            );
         }
         f.name.clear();
         rest(&f, &fp)?;
     }
-    let generate_request_id = h.generate_request_id.take().map(|b| b.value).unwrap_or(true);
+    let generate_request_id = h
+        .generate_request_id
+        .take()
+        .map(|b| b.value)
+        .unwrap_or(true);
     let route_config = match h.route_specifier.take() {
         Some(RouteSpecifier::RouteConfig(r)) => route_config(r, &join(path, "route_config"))?,
         Some(RouteSpecifier::Rds(mut r)) => {
@@ -600,7 +654,12 @@ fn http_connection_manager(
             // listener is not served before (warming).
             routes(&name).unwrap_or_default()
         }
-        _ => return err(join(path, "route_config"), "one of route_config, rds is needed"),
+        _ => {
+            return err(
+                join(path, "route_config"),
+                "one of route_config, rds is needed",
+            );
+        }
     };
     rest(&h, path)?;
     Ok(json!({
@@ -632,10 +691,19 @@ fn header_options(v: Vec<core3::HeaderValueOption>, path: &str) -> R<Vec<rc::Hea
             (Some(b), _) => b.value,
             (None, 0) => true,
             (None, 2) => false,
-            (None, a) => return err(join(&p, "append_action"), format!("append_action {a} not supported")),
+            (None, a) => {
+                return err(
+                    join(&p, "append_action"),
+                    format!("append_action {a} not supported"),
+                );
+            }
         };
         rest(&o, &p)?;
-        out.push(rc::HeaderValueOption { name, value, append });
+        out.push(rc::HeaderValueOption {
+            name,
+            value,
+            append,
+        });
     }
     Ok(out)
 }
@@ -644,12 +712,21 @@ fn route_config(mut r: rds::RouteConfiguration, path: &str) -> R<rc::RouteConfig
     let name = std::mem::take(&mut r.name);
     let mut vhs = Vec::new();
     for (i, v) in std::mem::take(&mut r.virtual_hosts).into_iter().enumerate() {
-        vhs.push(virtual_host(v, &join(path, &format!("virtual_hosts[{i}]")))?);
+        vhs.push(virtual_host(
+            v,
+            &join(path, &format!("virtual_hosts[{i}]")),
+        )?);
     }
     // Route-configuration-wide header mutations apply to every virtual
     // host: meshgate's model has them per virtual host, so they are copied.
-    let req_add = header_options(std::mem::take(&mut r.request_headers_to_add), &join(path, "request_headers_to_add"))?;
-    let resp_add = header_options(std::mem::take(&mut r.response_headers_to_add), &join(path, "response_headers_to_add"))?;
+    let req_add = header_options(
+        std::mem::take(&mut r.request_headers_to_add),
+        &join(path, "request_headers_to_add"),
+    )?;
+    let resp_add = header_options(
+        std::mem::take(&mut r.response_headers_to_add),
+        &join(path, "response_headers_to_add"),
+    )?;
     let req_rm = std::mem::take(&mut r.request_headers_to_remove);
     let resp_rm = std::mem::take(&mut r.response_headers_to_remove);
     for v in &mut vhs {
@@ -677,9 +754,15 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
         name: std::mem::take(&mut v.name),
         domains: std::mem::take(&mut v.domains),
         routes,
-        request_headers_to_add: header_options(std::mem::take(&mut v.request_headers_to_add), &join(path, "request_headers_to_add"))?,
+        request_headers_to_add: header_options(
+            std::mem::take(&mut v.request_headers_to_add),
+            &join(path, "request_headers_to_add"),
+        )?,
         request_headers_to_remove: std::mem::take(&mut v.request_headers_to_remove),
-        response_headers_to_add: header_options(std::mem::take(&mut v.response_headers_to_add), &join(path, "response_headers_to_add"))?,
+        response_headers_to_add: header_options(
+            std::mem::take(&mut v.response_headers_to_add),
+            &join(path, "response_headers_to_add"),
+        )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
     };
     rest(&v, path)?;
@@ -690,15 +773,25 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
     let mut out = rc::RouteEntryConfig {
         name: Some(std::mem::take(&mut r.name)).filter(|n| !n.is_empty()),
         match_: route_match(r.r#match.take().unwrap_or_default(), &join(path, "match"))?,
-        request_headers_to_add: header_options(std::mem::take(&mut r.request_headers_to_add), &join(path, "request_headers_to_add"))?,
+        request_headers_to_add: header_options(
+            std::mem::take(&mut r.request_headers_to_add),
+            &join(path, "request_headers_to_add"),
+        )?,
         request_headers_to_remove: std::mem::take(&mut r.request_headers_to_remove),
-        response_headers_to_add: header_options(std::mem::take(&mut r.response_headers_to_add), &join(path, "response_headers_to_add"))?,
+        response_headers_to_add: header_options(
+            std::mem::take(&mut r.response_headers_to_add),
+            &join(path, "response_headers_to_add"),
+        )?,
         response_headers_to_remove: std::mem::take(&mut r.response_headers_to_remove),
         ..Default::default()
     };
     match r.action.take() {
-        Some(rds::route::Action::Route(a)) => out.route = Some(route_action(a, &join(path, "route"))?),
-        Some(rds::route::Action::Redirect(a)) => out.redirect = Some(redirect(a, &join(path, "redirect"))?),
+        Some(rds::route::Action::Route(a)) => {
+            out.route = Some(route_action(a, &join(path, "route"))?)
+        }
+        Some(rds::route::Action::Redirect(a)) => {
+            out.redirect = Some(redirect(a, &join(path, "redirect"))?)
+        }
         Some(rds::route::Action::DirectResponse(mut d)) => {
             let dp = join(path, "direct_response");
             let body = match d.body.take() {
@@ -707,9 +800,18 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
                     use core3::data_source::Specifier;
                     let s = match b.specifier.take() {
                         Some(Specifier::InlineString(s)) => s,
-                        Some(Specifier::InlineBytes(v)) => String::from_utf8(v)
-                            .map_err(|_| (join(&dp, "body.inline_bytes"), "body must be UTF-8".to_string()))?,
-                        _ => return err(join(&dp, "body"), "only inline_string and inline_bytes bodies are supported"),
+                        Some(Specifier::InlineBytes(v)) => String::from_utf8(v).map_err(|_| {
+                            (
+                                join(&dp, "body.inline_bytes"),
+                                "body must be UTF-8".to_string(),
+                            )
+                        })?,
+                        _ => {
+                            return err(
+                                join(&dp, "body"),
+                                "only inline_string and inline_bytes bodies are supported",
+                            );
+                        }
                     };
                     rest(&b, &join(&dp, "body"))?;
                     Some(s)
@@ -743,7 +845,9 @@ fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
     match m.path_specifier.take() {
         Some(PathSpecifier::Prefix(p)) => out.prefix = Some(p),
         Some(PathSpecifier::Path(p)) => out.path = Some(p),
-        Some(PathSpecifier::SafeRegex(r)) => out.safe_regex = Some(regex(r, &join(path, "safe_regex"))?),
+        Some(PathSpecifier::SafeRegex(r)) => {
+            out.safe_regex = Some(regex(r, &join(path, "safe_regex"))?)
+        }
         _ => return err(path, "one of prefix, path, safe_regex is needed"),
     }
     out.case_sensitive = m.case_sensitive.take().map(|b| b.value).unwrap_or(true);
@@ -765,7 +869,9 @@ fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
             Some(S::PrefixMatch(s)) => c.prefix_match = Some(s),
             Some(S::SuffixMatch(s)) => c.suffix_match = Some(s),
             Some(S::PresentMatch(b)) => c.present_match = Some(b),
-            Some(S::SafeRegexMatch(r)) => c.safe_regex_match = Some(regex(r, &join(&hp, "safe_regex_match"))?),
+            Some(S::SafeRegexMatch(r)) => {
+                c.safe_regex_match = Some(regex(r, &join(&hp, "safe_regex_match"))?)
+            }
             Some(S::StringMatch(mut sm)) => {
                 use matcher::string_matcher::MatchPattern as P;
                 let sp = join(&hp, "string_match");
@@ -776,16 +882,31 @@ fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
                     Some(P::Exact(s)) => c.exact_match = Some(s),
                     Some(P::Prefix(s)) => c.prefix_match = Some(s),
                     Some(P::Suffix(s)) => c.suffix_match = Some(s),
-                    Some(P::SafeRegex(r)) => c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?),
-                    _ => return err(sp, "match pattern not supported (exact, prefix, suffix, safe_regex)"),
+                    Some(P::SafeRegex(r)) => {
+                        c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
+                    }
+                    _ => {
+                        return err(
+                            sp,
+                            "match pattern not supported (exact, prefix, suffix, safe_regex)",
+                        );
+                    }
                 }
             }
-            Some(_) => return err(&hp, "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)"),
+            Some(_) => {
+                return err(
+                    &hp,
+                    "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)",
+                );
+            }
         }
         rest(&h, &hp)?;
         out.headers.push(c);
     }
-    for (i, mut q) in std::mem::take(&mut m.query_parameters).into_iter().enumerate() {
+    for (i, mut q) in std::mem::take(&mut m.query_parameters)
+        .into_iter()
+        .enumerate()
+    {
         use rds::query_parameter_matcher::QueryParameterMatchSpecifier as S;
         let qp = format!("{path}.query_parameters[{i}]");
         let mut c = rc::QueryParameterMatcherConfig {
@@ -803,7 +924,9 @@ fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
                 }
                 match sm.match_pattern.take() {
                     Some(P::Exact(s)) => c.exact_match = Some(s),
-                    Some(P::SafeRegex(r)) => c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?),
+                    Some(P::SafeRegex(r)) => {
+                        c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
+                    }
                     _ => return err(sp, "match pattern not supported (exact, safe_regex)"),
                 }
             }
@@ -856,12 +979,20 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         };
         let substitution = std::mem::take(&mut rr.substitution);
         rest(&rr, &rp)?;
-        out.regex_rewrite = Some(rc::RegexRewriteConfig { pattern, substitution });
+        out.regex_rewrite = Some(rc::RegexRewriteConfig {
+            pattern,
+            substitution,
+        });
     }
     match a.host_rewrite_specifier.take() {
         None => {}
         Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => out.host_rewrite_literal = Some(h),
-        Some(_) => return err(join(path, "host_rewrite_specifier"), "only host_rewrite_literal is supported"),
+        Some(_) => {
+            return err(
+                join(path, "host_rewrite_specifier"),
+                "only host_rewrite_literal is supported",
+            );
+        }
     }
     if let Some(d) = a.timeout.take() {
         out.timeout = duration(&d, &join(path, "timeout"))?;
@@ -881,10 +1012,16 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         if let Some(d) = rp.per_try_timeout.take() {
             p.per_try_timeout = Some(duration(&d, &join(&pp, "per_try_timeout"))?);
         }
-        for (i, c) in std::mem::take(&mut rp.retriable_status_codes).into_iter().enumerate() {
-            p.retriable_status_codes.push(
-                u16::try_from(c).map_err(|_| (format!("{pp}.retriable_status_codes[{i}]"), "not a status code".to_string()))?,
-            );
+        for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
+            .into_iter()
+            .enumerate()
+        {
+            p.retriable_status_codes.push(u16::try_from(c).map_err(|_| {
+                (
+                    format!("{pp}.retriable_status_codes[{i}]"),
+                    "not a status code".to_string(),
+                )
+            })?);
         }
         if let Some(mut b) = rp.retry_back_off.take() {
             let bp = join(&pp, "retry_back_off");
@@ -912,7 +1049,10 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
     }
     let port = std::mem::take(&mut a.port_redirect);
     if port != 0 {
-        out.port_redirect = Some(u16::try_from(port).map_err(|_| (join(path, "port_redirect"), "port out of range".to_string()))?);
+        out.port_redirect = Some(
+            u16::try_from(port)
+                .map_err(|_| (join(path, "port_redirect"), "port out of range".to_string()))?,
+        );
     }
     out.response_code = match std::mem::take(&mut a.response_code) {
         0 => 301,
@@ -920,7 +1060,12 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
         2 => 303,
         3 => 307,
         4 => 308,
-        c => return err(join(path, "response_code"), format!("response code {c} not supported")),
+        c => {
+            return err(
+                join(path, "response_code"),
+                format!("response code {c} not supported"),
+            );
+        }
     };
     out.strip_query = std::mem::take(&mut a.strip_query);
     match a.scheme_rewrite_specifier.take() {
@@ -932,7 +1077,12 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
         None => {}
         Some(P::PathRedirect(p)) => out.path_redirect = Some(p),
         Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p),
-        Some(_) => return err(join(path, "regex_rewrite"), "regex_rewrite in redirects is not supported"),
+        Some(_) => {
+            return err(
+                join(path, "regex_rewrite"),
+                "regex_rewrite in redirects is not supported",
+            );
+        }
     }
     rest(&a, path)?;
     Ok(out)
@@ -989,7 +1139,10 @@ mod tests {
     use super::*;
 
     fn dur(s: i64) -> Option<protobuf::Duration> {
-        Some(protobuf::Duration { seconds: s, nanos: 0 })
+        Some(protobuf::Duration {
+            seconds: s,
+            nanos: 0,
+        })
     }
 
     #[test]
@@ -1001,9 +1154,9 @@ mod tests {
             )),
             eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
                 eds_config: Some(core3::ConfigSource {
-                    config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
-                        Default::default(),
-                    )),
+                    config_source_specifier: Some(
+                        core3::config_source::ConfigSourceSpecifier::Ads(Default::default()),
+                    ),
                     resource_api_version: 2,
                     ..Default::default()
                 }),
@@ -1053,7 +1206,10 @@ mod tests {
             ..Default::default()
         };
         let e = route_configuration(r).unwrap_err();
-        assert_eq!(e.field, "virtual_hosts[0].routes[0].route.hedge_policy", "{e}");
+        assert_eq!(
+            e.field, "virtual_hosts[0].routes[0].route.hedge_policy",
+            "{e}"
+        );
         assert_eq!(
             e.to_string(),
             "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hedge_policy: field not supported by meshgate (refused rather than ignored)"
@@ -1065,11 +1221,15 @@ mod tests {
         let ep = |port: u32, w: u32, h: core3::HealthStatus| eds::LbEndpoint {
             host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
                 address: Some(core3::Address {
-                    address: Some(core3::address::Address::SocketAddress(core3::SocketAddress {
-                        address: "10.0.0.1".into(),
-                        port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(port)),
-                        ..Default::default()
-                    })),
+                    address: Some(core3::address::Address::SocketAddress(
+                        core3::SocketAddress {
+                            address: "10.0.0.1".into(),
+                            port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
+                                port,
+                            )),
+                            ..Default::default()
+                        },
+                    )),
                 }),
                 ..Default::default()
             })),
@@ -1116,25 +1276,29 @@ mod tests {
         let h = hcm::HttpConnectionManager {
             stat_prefix: "ingress".into(),
             codec_type: hcm::http_connection_manager::CodecType::Http1 as i32,
-            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-                config_source: Some(core3::ConfigSource {
-                    config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
-                        Default::default(),
-                    )),
-                    ..Default::default()
-                }),
-                route_config_name: "routes".into(),
-            })),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(core3::ConfigSource {
+                        config_source_specifier: Some(
+                            core3::config_source::ConfigSourceSpecifier::Ads(Default::default()),
+                        ),
+                        ..Default::default()
+                    }),
+                    route_config_name: "routes".into(),
+                },
+            )),
             ..Default::default()
         };
         let l = lds::Listener {
             name: "l".into(),
             address: Some(core3::Address {
-                address: Some(core3::address::Address::SocketAddress(core3::SocketAddress {
-                    address: "127.0.0.1".into(),
-                    port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(8080)),
-                    ..Default::default()
-                })),
+                address: Some(core3::address::Address::SocketAddress(
+                    core3::SocketAddress {
+                        address: "127.0.0.1".into(),
+                        port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(8080)),
+                        ..Default::default()
+                    },
+                )),
             }),
             filter_chains: vec![lds::FilterChain {
                 filters: vec![lds::Filter {
