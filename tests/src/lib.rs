@@ -4,6 +4,7 @@
 //! over 127.0.0.1 only.
 
 pub mod backend;
+pub mod xds;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

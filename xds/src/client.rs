@@ -265,6 +265,10 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
         served: Config::default(),
         subscribed: HashMap::new(),
     };
+    if client.boot.servers.is_empty() {
+        tracing::error!("the ADS cluster has no endpoints");
+        return;
+    }
     let mut failures: u32 = 0;
     let mut server_idx = 0usize;
     loop {
