@@ -573,3 +573,75 @@ impl Client {
 fn same(a: &Config, b: &Config) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn resp(type_url: &str, resources: Vec<protobuf::Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: "1".into(),
+            type_url: type_url.into(),
+            nonce: "n".into(),
+            resources,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hostile_responses_are_refused_not_panicked_on() {
+        let s = State::default();
+        let none = BTreeSet::new();
+        let garbage = protobuf::Any {
+            type_url: CLUSTER.into(),
+            value: vec![0xff, 0xff, 0xff, 0x0f, 0x08],
+        };
+        let e = s.apply(&resp(CLUSTER, vec![garbage]), &none).err().unwrap();
+        assert!(e.starts_with("resources[0]: cannot decode"), "{e}");
+        let wrong = protobuf::Any {
+            type_url: ROUTE.into(),
+            value: Vec::new(),
+        };
+        let e = s.apply(&resp(LISTENER, vec![wrong]), &none).err().unwrap();
+        assert!(e.contains("type_url"), "{e}");
+        let c = cds::Cluster {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let a = protobuf::Any {
+            type_url: CLUSTER.into(),
+            value: c.encode_to_vec(),
+        };
+        let e = s
+            .apply(&resp(CLUSTER, vec![a.clone(), a]), &none)
+            .err()
+            .unwrap();
+        assert!(e.contains("'a' appears twice"), "{e}");
+        let e = s
+            .apply(&resp("type.googleapis.com/x.Y", vec![]), &none)
+            .err()
+            .unwrap();
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn eds_clusters_warm_and_removed_clusters_in_use_are_kept() {
+        let mut s = State::default();
+        let boot_statics = BTreeSet::new();
+        let c: translate::Cluster = translate::Cluster {
+            config: serde_json::from_value(serde_json::json!({"name": "a", "endpoints": []}))
+                .unwrap(),
+            eds_name: Some("a".into()),
+        };
+        s.clusters.insert("a".into(), c);
+        let out = s.compose(&boot_statics, &Config::default());
+        assert_eq!(out.warming_clusters, ["a"]);
+        assert!(out.config.clusters.is_empty());
+        assert_eq!(out.eds.iter().collect::<Vec<_>>(), ["a"]);
+        s.endpoints.insert("a".into(), vec![]);
+        let out = s.compose(&boot_statics, &Config::default());
+        assert!(out.warming_clusters.is_empty());
+        assert_eq!(out.config.clusters.len(), 1);
+    }
+}
