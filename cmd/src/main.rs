@@ -127,11 +127,25 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         drain_time: args.drain_time,
         watch_interval: args.watch_interval,
     };
-    rt.block_on(server::run(
-        &config,
-        Arc::new(registry()),
-        opts,
-        CancellationToken::new(),
-    ))?;
+    // A config with `dynamic_resources` gets an ADS client feeding the
+    // server's dynamic-config door (core knows no xDS).
+    let bootstrap = meshgate_core::config::load_file(&config)
+        .ok()
+        .and_then(|(c, _)| meshgate_xds::Bootstrap::from_config(&c));
+    rt.block_on(async {
+        // Before the client runs, so its first counts are not lost.
+        meshgate_core::metrics::install_recorder();
+        let stop = CancellationToken::new();
+        let dynamic = bootstrap.map(|b| {
+            let (tx, rx) = meshgate_core::dynamic::channel();
+            tokio::spawn(meshgate_xds::run(b, tx, stop.child_token()));
+            rx
+        });
+        let r =
+            server::run_with_dynamic(&config, Arc::new(registry()), opts, stop.clone(), dynamic)
+                .await;
+        stop.cancel();
+        r
+    })?;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod dynamic;
 pub mod error;
 pub mod forward;
 pub mod lb;

@@ -5,7 +5,8 @@
 //! drain time, and returns.
 
 use crate::admin::{self, AdminState};
-use crate::config::load_file;
+use crate::config::{Config, ConfigSource, load_file};
+use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
 use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::registry::Registry;
@@ -66,8 +67,22 @@ pub async fn run(
     opts: ServerOptions,
     stop: CancellationToken,
 ) -> Result<(), Error> {
+    run_with_dynamic(path, registry, opts, stop, None).await
+}
+
+/// As `run`, and also applies the dynamic updates of `dynamic` (xDS),
+/// merged with the file's static listeners and clusters.
+pub async fn run_with_dynamic(
+    path: &Path,
+    registry: Arc<Registry>,
+    opts: ServerOptions,
+    stop: CancellationToken,
+    mut dynamic: Option<DynamicReceiver>,
+) -> Result<(), Error> {
     let prometheus = crate::metrics::install_recorder();
     let (config, source) = load_file(path)?;
+    let mut file_cfg = (config.clone(), source.clone());
+    let mut dyn_cfg: Option<(Config, DynamicInfo)> = None;
     let snapshot = Snapshot::build(config, &source, &registry, BuildMode::Serve)?;
 
     // Bind everything before serving anything: a port in use is a config error.
@@ -129,6 +144,23 @@ pub async fn run(
         let why = tokio::select! {
             _ = &mut stop_sig => break,
             _ = stop.cancelled() => break,
+            Some(u) = async { match dynamic.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
+                let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), &registry, &snapshot, &mut live).await;
+                match &res {
+                    Ok(version) => {
+                        metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
+                        metrics::gauge!("meshgate_config_version").set(*version as f64);
+                        tracing::info!(source = %u.info.source, dynamic_version = %u.info.version, version, "dynamic config applied");
+                        dyn_cfg = Some((u.config, u.info));
+                    }
+                    Err(e) => {
+                        metrics::counter!("meshgate_config_reload_total", "result" => "error").increment(1);
+                        tracing::warn!(source = %u.info.source, "dynamic config refused, the previous config keeps serving: {e}");
+                    }
+                }
+                let _ = u.reply.send(res);
+                continue;
+            }
             Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
             _ = tick.tick(), if !opts.watch_interval.is_zero() => {
                 let now = file_stamp(path);
@@ -139,7 +171,19 @@ pub async fn run(
                 "file changed"
             }
         };
-        match reload(path, &registry, &snapshot, &mut live).await {
+        let loaded = load_file(path).map_err(Error::from);
+        let res = match loaded {
+            Ok((cfg, src)) => {
+                let d = dyn_cfg.as_ref().map(|(c, i)| (c, i));
+                let r = apply(&cfg, &src, d, &registry, &snapshot, &mut live).await;
+                if r.is_ok() {
+                    file_cfg = (cfg, src);
+                }
+                r.map_err(Error::from)
+            }
+            Err(e) => Err(e),
+        };
+        match res {
             Ok(version) => {
                 metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
                 metrics::gauge!("meshgate_config_version").set(version as f64);
@@ -251,14 +295,26 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 /// address are bound first (a failure refuses the whole reload), listeners
 /// that stay get the new filter chains for new connections and retire
 /// their open ones, listeners that went away stop accepting and retire.
-async fn reload(
-    path: &Path,
+/// The config is the file's, merged with the dynamic part if any; an error
+/// about a dynamic resource is named after it.
+async fn apply(
+    file: &Config,
+    source: &ConfigSource,
+    dynamic: Option<(&Config, &DynamicInfo)>,
     registry: &Registry,
     current: &ArcSwap<Snapshot>,
     live: &mut Live,
-) -> Result<u64, Error> {
-    let (config, source) = load_file(path)?;
-    let next = Snapshot::build(config, &source, registry, BuildMode::Serve)?;
+) -> Result<u64, ConfigError> {
+    let (config, counts) = merge(file, dynamic.map(|d| d.0))?;
+    let dyn_source = dynamic.map(|d| d.1.source.clone()).unwrap_or_default();
+    let rename = |e: ConfigError, c: &Config| rename_error(e, c, counts, &dyn_source);
+    let merged = config.clone();
+    let mut next = Snapshot::build(config, source, registry, BuildMode::Serve)
+        .map_err(|e| rename(e, &merged))?;
+    next.dynamic = dynamic.map(|d| d.1.clone());
+    if let Some(d) = dynamic {
+        next.source = format!("{} + {}", next.source, d.1.source);
+    }
     let old = current.load_full();
     if next.admin_address != old.admin_address {
         tracing::warn!("admin.address changed: it applies after a restart");
@@ -268,7 +324,10 @@ async fn reload(
     for (i, l) in next.listeners.iter().enumerate() {
         if !live.listeners.contains_key(&key(l)) {
             let sock = Socket::bind(l).map_err(|e| {
-                bind_error(&source, format!("listeners[{i}].address"), l.address, e)
+                rename(
+                    bind_error(source, format!("listeners[{i}].address"), l.address, e),
+                    &merged,
+                )
             })?;
             fresh.push((l.clone(), sock));
         }

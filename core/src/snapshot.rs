@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The model it was built from, for `/config_dump`.
     pub config: Config,
+    /// The dynamic (xDS) part merged in, if any: its version and source.
+    pub dynamic: Option<crate::dynamic::DynamicInfo>,
     pub clusters: ClusterManager,
     pub listeners: Vec<Arc<CompiledListener>>,
     pub admin_address: Option<SocketAddr>,
@@ -56,6 +58,39 @@ impl Snapshot {
                 )
             })?),
         };
+        if let Some(d) = &config.dynamic_resources {
+            match &config.node {
+                Some(n) if !n.id.is_empty() => {}
+                Some(_) => return Err(source.error("node.id", "xDS needs a non-empty node id")),
+                None => {
+                    return Err(source.error(
+                        "dynamic_resources",
+                        "xDS needs a `node` section with an `id`",
+                    ));
+                }
+            }
+            match config.clusters.iter().find(|c| c.name == d.ads.cluster) {
+                None => {
+                    return Err(source.error(
+                        "dynamic_resources.ads.cluster",
+                        format!("unknown cluster '{}': the ADS server must be a static cluster of this file", d.ads.cluster),
+                    ));
+                }
+                Some(c) if c.tls.is_some() => {
+                    return Err(source.error(
+                        "dynamic_resources.ads.cluster",
+                        format!("cluster '{}' has `tls`: TLS to the ADS server is not supported yet (plaintext only)", d.ads.cluster),
+                    ));
+                }
+                Some(c) if c.endpoints.is_empty() => {
+                    return Err(source.error(
+                        "dynamic_resources.ads.cluster",
+                        format!("cluster '{}' has no endpoints", d.ads.cluster),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let clusters =
             ClusterManager::build(&config.clusters, registry, source, mode == BuildMode::Serve)?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -86,6 +121,7 @@ impl Snapshot {
             source: source.file.display().to_string(),
             loaded_at: SystemTime::now(),
             config,
+            dynamic: None,
             clusters,
             listeners,
             admin_address,
@@ -128,6 +164,7 @@ impl Snapshot {
         serde_json::json!({
             "version": self.version,
             "source": self.source,
+            "dynamic": self.dynamic,
             "loaded_at_unix": loaded,
             "config": self.config,
             "clusters_state": clusters,

@@ -33,6 +33,7 @@ fn examples_validate() {
         "tcp-lb.yaml",
         "http-gateway.yaml",
         "tls-gateway.yaml",
+        "xds-bootstrap.yaml",
     ] {
         let p = workspace().join("examples").join(ex);
         let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);

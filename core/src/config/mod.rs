@@ -20,6 +20,55 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Who this proxy is to an xDS server (Envoy's bootstrap `node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeConfig>,
+    /// Listeners and clusters from an xDS server, merged with the static
+    /// ones above (Envoy's bootstrap `dynamic_resources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_resources: Option<DynamicResourcesConfig>,
+}
+
+/// The node identity sent to the xDS server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// Free-form metadata (Envoy's `node.metadata` Struct).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where dynamic resources come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicResourcesConfig {
+    /// One aggregated (ADS) gRPC stream carries LDS, RDS, CDS, EDS and SDS.
+    pub ads: AdsConfig,
+}
+
+/// The ADS server: a static cluster of this config, spoken to over
+/// plaintext HTTP/2 (gRPC).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdsConfig {
+    /// A static cluster naming the xDS server's endpoints.
+    pub cluster: String,
+    /// First reconnect delay after the stream fails (jittered, doubling).
+    #[serde(default = "default_ads_backoff_base", with = "humantime_serde")]
+    pub retry_base_interval: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "default_ads_backoff_max", with = "humantime_serde")]
+    pub retry_max_interval: Duration,
+}
+
+fn default_ads_backoff_base() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_ads_backoff_max() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The admin listener: `/ready`, `/stats/prometheus`, `/config_dump`.

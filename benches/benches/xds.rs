@@ -1,0 +1,108 @@
+//! xDS update latency, throughput while swapping and memory, end to end:
+//! the release binary (`MESHGATE_BIN`, else target/release/meshgate) fed by
+//! the in-process management server of `meshgate_tests::xds`.
+//!
+//! 1. Time from a RouteConfiguration DiscoveryResponse to the new table
+//!    serving (the `/probe` route answers the new version), for 10 routes
+//!    over 10 clusters and 10,000 routes over 1,000 clusters; median and
+//!    max of 7 pushes.
+//! 2. Requests/s of keep-alive clients through the proxy, steady vs. while
+//!    the route configuration is swapped ten times a second.
+//! 3. Resident memory of the process with each table.
+//!
+//! Run: `cargo bench -p meshgate-benches --bench xds`
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::xds::*;
+use meshgate_tests::{Meshgate, free_port};
+use std::time::{Duration, Instant};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Pushes a new version and waits (tight polling) until it serves.
+fn push_and_time(mgmt: &Mgmt, port: u16, routes: usize, clusters: usize, v: &str) -> Duration {
+    let table = many_routes("r", routes, clusters, v);
+    let t0 = Instant::now();
+    mgmt.set(ROUTE, v, vec![table]);
+    let mut conn = None;
+    loop {
+        if request(&mut conn, port, "/probe").as_deref() == Some(v) {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{v} never served");
+    }
+}
+
+fn scenario(backend: &HttpBackend, routes: usize, clusters: usize) {
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(
+        CLUSTER,
+        "1",
+        (0..clusters)
+            .map(|j| static_cluster(&format!("c{j}"), backend.addr))
+            .collect(),
+    );
+    mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r")]);
+    mgmt.set(ROUTE, "v0", vec![many_routes("r", routes, clusters, "v0")]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/probe", "v0");
+    let mut times: Vec<Duration> = (1..=7)
+        .map(|i| push_and_time(&mgmt, port, routes, clusters, &format!("v{i}")))
+        .collect();
+    times.sort();
+    println!(
+        "routes={routes} clusters={clusters}: DiscoveryResponse -> serving: median {:.1} ms, max {:.1} ms; RSS {} KiB",
+        times[3].as_secs_f64() * 1e3,
+        times[6].as_secs_f64() * 1e3,
+        rss_kib(mg.child.id())
+    );
+
+    if routes == 10 {
+        // Throughput: steady, then swapping ten times a second, twice.
+        for round in 0..2 {
+            let load = Load::start(port, 4);
+            std::thread::sleep(Duration::from_millis(500));
+            let a = load.ok();
+            std::thread::sleep(Duration::from_secs(5));
+            let steady = (load.ok() - a) as f64 / 5.0;
+            let b = load.ok();
+            let t0 = Instant::now();
+            let mut i = 0;
+            while t0.elapsed() < Duration::from_secs(5) {
+                i += 1;
+                mgmt.set(
+                    ROUTE,
+                    &format!("s{round}-{i}"),
+                    vec![many_routes("r", routes, clusters, &format!("s{i}"))],
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let swapping = (load.ok() - b) as f64 / t0.elapsed().as_secs_f64();
+            let (_, failed) = load.finish();
+            println!(
+                "round {round}: 4 keep-alive clients: steady {steady:.0} req/s, swapping 10/s ({i} swaps) {swapping:.0} req/s ({:+.1} %), failed {failed}",
+                (swapping / steady - 1.0) * 100.0
+            );
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let backend = HttpBackend::start("bench", Proto::Http1);
+    // XDS_BENCH="routes:clusters,..." picks other sizes (e.g. to split
+    // the cost of routes from that of clusters).
+    let sizes = std::env::var("XDS_BENCH").unwrap_or_else(|_| "10:10,10000:1000".into());
+    for s in sizes.split(',') {
+        let (r, c) = s.split_once(':').expect("routes:clusters");
+        scenario(&backend, r.parse().unwrap(), c.parse().unwrap());
+    }
+}

@@ -1,0 +1,162 @@
+//! Dynamic config: a source-agnostic door through which a config source
+//! other than the file (the xDS client in meshgate-xds, wired by cmd)
+//! hands the server a new set of dynamic listeners and clusters. They are
+//! merged with the static ones of the file and take the same path as a file
+//! reload: one `Snapshot` build, one swap; a refused update keeps the old
+//! snapshot and its error goes back to the source (xDS answers a NACK).
+
+use crate::config::{Config, ConfigSource};
+use crate::error::ConfigError;
+use serde::Serialize;
+use std::collections::HashSet;
+use tokio::sync::{mpsc, oneshot};
+
+/// Version and source of the dynamic part of a live snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct DynamicInfo {
+    /// The source's own version words, e.g. `lds=3 cds=7`.
+    pub version: String,
+    /// e.g. `xds:ads 127.0.0.1:18000`.
+    pub source: String,
+}
+
+/// A new dynamic config: the complete set of dynamic listeners and clusters
+/// (state of the world; `admin`, `node` and `dynamic_resources` must be
+/// empty). `reply` gets the new snapshot version, or why it was refused.
+pub struct DynamicUpdate {
+    pub config: Config,
+    pub info: DynamicInfo,
+    pub reply: oneshot::Sender<Result<u64, ConfigError>>,
+}
+
+/// The sending half a source holds.
+pub type DynamicSender = mpsc::Sender<DynamicUpdate>;
+/// The receiving half the server reads.
+pub type DynamicReceiver = mpsc::Receiver<DynamicUpdate>;
+
+/// A channel for dynamic updates; a few may queue while a build runs.
+pub fn channel() -> (DynamicSender, DynamicReceiver) {
+    mpsc::channel(4)
+}
+
+/// The merged model: the file's static listeners and clusters first, then
+/// the dynamic ones. A dynamic resource may not take a static one's name.
+/// Also returns how many listeners and clusters are static, to name
+/// dynamic resources in errors.
+pub fn merge(file: &Config, dynamic: Option<&Config>) -> Result<(Config, Counts), ConfigError> {
+    let mut merged = file.clone();
+    let counts = Counts {
+        listeners: file.listeners.len(),
+        clusters: file.clusters.len(),
+    };
+    let Some(d) = dynamic else {
+        return Ok((merged, counts));
+    };
+    let xds = ConfigSource::anonymous("xds");
+    let ls: HashSet<&str> = file.listeners.iter().map(|l| l.name.as_str()).collect();
+    for l in &d.listeners {
+        if ls.contains(l.name.as_str()) {
+            return Err(xds.error(
+                format!("Listener '{}'", l.name),
+                "a static listener of the config file has this name",
+            ));
+        }
+    }
+    let cs: HashSet<&str> = file.clusters.iter().map(|c| c.name.as_str()).collect();
+    for c in &d.clusters {
+        if cs.contains(c.name.as_str()) {
+            return Err(xds.error(
+                format!("Cluster '{}'", c.name),
+                "a static cluster of the config file has this name",
+            ));
+        }
+    }
+    merged.listeners.extend(d.listeners.iter().cloned());
+    merged.clusters.extend(d.clusters.iter().cloned());
+    Ok((merged, counts))
+}
+
+/// Static resource counts of a merged config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub listeners: usize,
+    pub clusters: usize,
+}
+
+/// An error found in a merged config: when it is about a dynamic resource
+/// (`listeners[i]` with `i` past the static ones), it is renamed after the
+/// resource (`Listener 'web'.filter_chains[0]...`) and said to come from
+/// `source`, with no line.
+pub fn rename_error(
+    err: ConfigError,
+    merged: &Config,
+    counts: Counts,
+    source: &str,
+) -> ConfigError {
+    let (kind, rest) = if let Some(r) = err.field.strip_prefix("listeners[") {
+        ("Listener", r)
+    } else if let Some(r) = err.field.strip_prefix("clusters[") {
+        ("Cluster", r)
+    } else {
+        return err;
+    };
+    let Some((idx, tail)) = rest.split_once(']') else {
+        return err;
+    };
+    let Ok(i) = idx.parse::<usize>() else {
+        return err;
+    };
+    let name = match kind {
+        "Listener" if i >= counts.listeners => merged.listeners.get(i).map(|l| &l.name),
+        "Cluster" if i >= counts.clusters => merged.clusters.get(i).map(|c| &c.name),
+        _ => None,
+    };
+    match name {
+        Some(n) => ConfigError {
+            file: source.into(),
+            line: None,
+            field: format!("{kind} '{n}'{tail}"),
+            message: err.message,
+        },
+        None => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterConfig;
+
+    fn cluster(name: &str) -> ClusterConfig {
+        serde_json::from_value(serde_json::json!({"name": name, "endpoints": []})).unwrap()
+    }
+
+    #[test]
+    fn merge_refuses_static_names_and_renames_errors() {
+        let file = Config {
+            clusters: vec![cluster("a")],
+            ..Default::default()
+        };
+        let dynamic = Config {
+            clusters: vec![cluster("a")],
+            ..Default::default()
+        };
+        let e = merge(&file, Some(&dynamic)).unwrap_err();
+        assert_eq!(e.field, "Cluster 'a'");
+        let dynamic = Config {
+            clusters: vec![cluster("b")],
+            ..Default::default()
+        };
+        let (m, counts) = merge(&file, Some(&dynamic)).unwrap();
+        assert_eq!(m.clusters.len(), 2);
+        let err = ConfigError {
+            file: "f.yaml".into(),
+            line: Some(3),
+            field: "clusters[1].endpoints[0].address".into(),
+            message: "bad".into(),
+        };
+        let e = rename_error(err, &m, counts, "xds");
+        assert_eq!(e.field, "Cluster 'b'.endpoints[0].address");
+        assert_eq!(e.line, None);
+    }
+}

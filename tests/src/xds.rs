@@ -1,0 +1,690 @@
+//! An xDS management server for tests and benchmarks: tonic over Envoy's
+//! v3 protos (envoy-types), in the calling process, serving state of the
+//! world over ADS; builders for the resources it serves; a keep-alive HTTP
+//! load client.
+
+use envoy_types::pb::envoy::config::cluster::v3 as cds;
+use envoy_types::pb::envoy::config::core::v3 as core3;
+use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+use envoy_types::pb::envoy::config::listener::v3 as lds;
+use envoy_types::pb::envoy::config::route::v3 as rds;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use prost::Message;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+// ---------------------------------------------------------------- server
+
+#[derive(Default)]
+pub struct Shared {
+    /// Per type URL: version and (name, resource).
+    pub resources: HashMap<String, (String, Vec<(String, Any)>)>,
+    /// Every request received, in order.
+    pub requests: Vec<DiscoveryRequest>,
+    /// Every response sent: (type, version, nonce).
+    pub sent: Vec<(String, String, String)>,
+    nonce: u64,
+}
+
+#[derive(Clone)]
+struct Ads {
+    shared: Arc<Mutex<Shared>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    kill: CancellationToken,
+}
+
+type RespStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = RespStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<RespStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let shared = self.shared.clone();
+        let mut changed = self.changed.subscribe();
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            // Per type: names asked for, and what was last sent.
+            let mut names: HashMap<String, Vec<String>> = HashMap::new();
+            let mut sent: HashMap<String, (String, Vec<String>)> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = kill.cancelled() => return,
+                    m = inbound.message() => match m {
+                        Ok(Some(r)) => {
+                            names.insert(r.type_url.clone(), r.resource_names.clone());
+                            shared.lock().unwrap().requests.push(r);
+                        }
+                        _ => return,
+                    },
+                    c = changed.changed() => if c.is_err() { return },
+                }
+                let mut out = Vec::new();
+                {
+                    let mut s = shared.lock().unwrap();
+                    for (t, n) in &names {
+                        let Some((version, items)) = s.resources.get(t).cloned() else {
+                            continue;
+                        };
+                        let key = (version.clone(), n.clone());
+                        if sent.get(t) == Some(&key) {
+                            continue;
+                        }
+                        sent.insert(t.clone(), key);
+                        s.nonce += 1;
+                        let nonce = format!("n{}", s.nonce);
+                        s.sent.push((t.clone(), version.clone(), nonce.clone()));
+                        out.push(DiscoveryResponse {
+                            version_info: version,
+                            type_url: t.clone(),
+                            nonce,
+                            resources: items
+                                .into_iter()
+                                .filter(|(name, _)| n.is_empty() || n.contains(name))
+                                .map(|x| x.1)
+                                .collect(),
+                            ..Default::default()
+                        });
+                    }
+                }
+                for r in out {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented("delta xDS"))
+    }
+}
+
+/// The management server: runs on its own runtime; `set` replaces the
+/// resources of a type (state of the world) and pushes them.
+pub struct Mgmt {
+    rt: tokio::runtime::Runtime,
+    pub addr: SocketAddr,
+    ads: Ads,
+}
+
+impl Mgmt {
+    pub fn start(port: u16) -> Self {
+        Self::start_with(port, Arc::new(Mutex::new(Shared::default())))
+    }
+
+    pub fn start_with(port: u16, shared: Arc<Mutex<Shared>>) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_reuse_address(true).unwrap();
+        sock.bind(&addr.into()).unwrap();
+        sock.listen(128).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let std_listener: std::net::TcpListener = sock.into();
+        let ads = Ads {
+            shared,
+            changed: tokio::sync::watch::channel(0).0,
+            kill: CancellationToken::new(),
+        };
+        let svc = AggregatedDiscoveryServiceServer::new(ads.clone());
+        let kill = ads.kill.clone();
+        rt.spawn(async move {
+            let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
+                .await;
+        });
+        Mgmt { rt, addr, ads }
+    }
+
+    pub fn set(&self, type_url: &str, version: &str, items: Vec<(String, Any)>) {
+        self.ads
+            .shared
+            .lock()
+            .unwrap()
+            .resources
+            .insert(type_url.to_string(), (version.to_string(), items));
+        self.ads.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn requests(&self) -> Vec<DiscoveryRequest> {
+        self.ads.shared.lock().unwrap().requests.clone()
+    }
+
+    pub fn sent(&self) -> Vec<(String, String, String)> {
+        self.ads.shared.lock().unwrap().sent.clone()
+    }
+
+    /// Waits for a request of `type_url` answering `nonce`.
+    pub fn wait_reply(&self, type_url: &str, nonce: &str) -> DiscoveryRequest {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self
+                .requests()
+                .into_iter()
+                .find(|r| r.type_url == type_url && r.response_nonce == nonce)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reply to {type_url} nonce {nonce}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The nonce of the last response of `type_url` with `version`.
+    pub fn wait_sent(&self, type_url: &str, version: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self
+                .sent()
+                .into_iter()
+                .rev()
+                .find(|s| s.0 == type_url && s.1 == version)
+            {
+                return s.2;
+            }
+            assert!(Instant::now() < deadline, "{type_url} {version} never sent");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server and ends its streams.
+    pub fn stop(self) -> Arc<Mutex<Shared>> {
+        self.ads.kill.cancel();
+        let shared = self.ads.shared.clone();
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+        shared
+    }
+}
+
+// ------------------------------------------------------------- resources
+
+pub fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: m.encode_to_vec(),
+    }
+}
+
+pub fn sock(addr: SocketAddr) -> core3::Address {
+    core3::Address {
+        address: Some(core3::address::Address::SocketAddress(
+            core3::SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
+                    addr.port() as u32
+                )),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+pub fn ads_source() -> core3::ConfigSource {
+    core3::ConfigSource {
+        config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
+            Default::default(),
+        )),
+        resource_api_version: core3::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+pub fn eds_cluster(name: &str) -> (String, Any) {
+    let c = cds::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+            cds::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(PbDuration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        lb_policy: cds::cluster::LbPolicy::RoundRobin as i32,
+        ..Default::default()
+    };
+    (name.into(), any(CLUSTER, &c))
+}
+
+pub fn static_cluster(name: &str, addr: SocketAddr) -> (String, Any) {
+    let c = cds::Cluster {
+        name: name.into(),
+        load_assignment: Some(cla_msg(name, &[(addr, 1, 0)])),
+        ..Default::default()
+    };
+    (name.into(), any(CLUSTER, &c))
+}
+
+/// (address, weight, health status).
+pub fn cla_msg(name: &str, eps: &[(SocketAddr, u32, i32)]) -> eds::ClusterLoadAssignment {
+    eds::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints: vec![eds::LocalityLbEndpoints {
+            lb_endpoints: eps
+                .iter()
+                .map(|(a, w, h)| eds::LbEndpoint {
+                    host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(
+                        eds::Endpoint {
+                            address: Some(sock(*a)),
+                            ..Default::default()
+                        },
+                    )),
+                    load_balancing_weight: Some(UInt32Value { value: *w }),
+                    health_status: *h,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn cla(name: &str, eps: &[(SocketAddr, u32, i32)]) -> (String, Any) {
+    (name.into(), any(ENDPOINT, &cla_msg(name, eps)))
+}
+
+/// A route configuration: `/` to weighted clusters (one entry: plain
+/// cluster), and `/direct` answered directly.
+pub fn route_config(name: &str, clusters: &[(&str, u32)]) -> (String, Any) {
+    use rds::route_action::ClusterSpecifier;
+    let spec = if clusters.len() == 1 {
+        ClusterSpecifier::Cluster(clusters[0].0.into())
+    } else {
+        ClusterSpecifier::WeightedClusters(rds::WeightedCluster {
+            clusters: clusters
+                .iter()
+                .map(|(c, w)| rds::weighted_cluster::ClusterWeight {
+                    name: (*c).into(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    let r = rds::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rds::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![
+                rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Path(
+                            "/direct".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::DirectResponse(
+                        rds::DirectResponseAction {
+                            status: 200,
+                            body: Some(core3::DataSource {
+                                specifier: Some(core3::data_source::Specifier::InlineString(
+                                    format!("direct from {name}"),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                },
+                rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(spec),
+                        timeout: Some(PbDuration {
+                            seconds: 5,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })),
+                    response_headers_to_add: vec![core3::HeaderValueOption {
+                        header: Some(core3::HeaderValue {
+                            key: "x-route-config".into(),
+                            value: name.into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (name.into(), any(ROUTE, &r))
+}
+
+pub fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads_source()),
+                route_config_name: rds_name.into(),
+            },
+        )),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let l = lds::Listener {
+        name: name.into(),
+        address: Some(sock(format!("127.0.0.1:{port}").parse().unwrap())),
+        filter_chains: vec![lds::FilterChain {
+            filters: vec![lds::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(lds::filter::ConfigType::TypedConfig(any(
+                    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    &h,
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (name.into(), any(LISTENER, &l))
+}
+
+pub fn tcp_listener(name: &str, port: u16, cluster: &str) -> (String, Any) {
+    let t = tcp::TcpProxy {
+        stat_prefix: name.into(),
+        cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    let l = lds::Listener {
+        name: name.into(),
+        address: Some(sock(format!("127.0.0.1:{port}").parse().unwrap())),
+        filter_chains: vec![lds::FilterChain {
+            filters: vec![lds::Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(lds::filter::ConfigType::TypedConfig(any(
+                    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    &t,
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (name.into(), any(LISTENER, &l))
+}
+
+pub fn bootstrap(xds_port: u16) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+node:
+  id: test-node
+  cluster: test-cluster
+  metadata: {{role: edge, zone: z1}}
+dynamic_resources:
+  ads:
+    cluster: xds
+    retry_base_interval: 100ms
+    retry_max_interval: 500ms
+clusters:
+  - name: xds
+    connect_timeout: 1s
+    endpoints:
+      - address: 127.0.0.1:{xds_port}
+"#
+    )
+}
+
+// ------------------------------------------------------------- clients
+
+/// One keep-alive HTTP/1.1 GET: the `x-backend`/body summary, or None if
+/// the connection failed before a whole 200 response.
+pub fn request(conn: &mut Option<BufReader<TcpStream>>, port: u16, path: &str) -> Option<String> {
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        *conn = Some(BufReader::new(s));
+    }
+    let r = conn.as_mut().unwrap();
+    r.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut status = String::new();
+    r.read_line(&mut status).ok()?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let mut len = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+        if l == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    if close {
+        *conn = None;
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Some(
+        body.lines()
+            .find(|l| l.starts_with("backend="))
+            .map(|l| l.to_string())
+            .unwrap_or(body),
+    )
+}
+
+pub fn get(port: u16, path: &str) -> Option<String> {
+    request(&mut None, port, path)
+}
+
+pub fn wait_for(port: u16, path: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = get(port, path);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "got {got:?}, want {want}");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// Keep-alive clients running until stopped; counts successes, failures,
+/// and which backend answered.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, seen) =
+                    (stop.clone(), ok.clone(), failed.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let mut conn = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(&mut conn, port, "/") {
+                            Some(b) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *seen.lock().unwrap().entry(b).or_default() += 1;
+                            }
+                            None => {
+                                conn = None;
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            seen,
+            threads,
+        }
+    }
+
+    pub fn seen(&self, backend: &str) -> u64 {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(&format!("backend={backend}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Successful requests so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_seen(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
+    pub fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A route configuration of `n` exact-path routes (`/r{i}`) spread over
+/// `clusters` clusters named `c{j}`, then `/probe` answered directly with
+/// `probe`, then `/` to `c0`: for timing how fast a big table goes live.
+pub fn many_routes(name: &str, n: usize, clusters: usize, probe: &str) -> (String, Any) {
+    let exact = |p: String| rds::RouteMatch {
+        path_specifier: Some(rds::route_match::PathSpecifier::Path(p)),
+        ..Default::default()
+    };
+    let to = |c: String| {
+        Some(rds::route::Action::Route(rds::RouteAction {
+            cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(c)),
+            ..Default::default()
+        }))
+    };
+    let mut routes: Vec<rds::Route> = (0..n)
+        .map(|i| rds::Route {
+            r#match: Some(exact(format!("/r{i}"))),
+            action: to(format!("c{}", i % clusters)),
+            ..Default::default()
+        })
+        .collect();
+    routes.push(rds::Route {
+        r#match: Some(exact("/probe".into())),
+        action: Some(rds::route::Action::DirectResponse(
+            rds::DirectResponseAction {
+                status: 200,
+                body: Some(core3::DataSource {
+                    specifier: Some(core3::data_source::Specifier::InlineString(probe.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    });
+    routes.push(rds::Route {
+        r#match: Some(rds::RouteMatch {
+            path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: to("c0".into()),
+        ..Default::default()
+    });
+    let r = rds::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rds::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (name.into(), any(ROUTE, &r))
+}

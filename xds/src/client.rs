@@ -1,0 +1,647 @@
+//! The ADS client: one state-of-the-world `StreamAggregatedResources`
+//! stream to the xDS server of the bootstrap, carrying CDS, EDS, LDS and
+//! RDS. Every response is translated, merged with what was accepted before
+//! and handed to the server as one dynamic config; the server's verdict
+//! decides the ACK or the NACK. Subscriptions follow the resources in use
+//! (RDS names from listeners, EDS names from clusters), EDS clusters and
+//! RDS listeners warm (they are served only once their endpoints and
+//! routes are known), and a broken stream is re-opened with jittered
+//! back-off while the last good config keeps serving.
+
+use crate::translate::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, TranslateError};
+use envoy_types::pb::envoy::config::cluster::v3 as cds;
+use envoy_types::pb::envoy::config::core::v3 as core3;
+use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+use envoy_types::pb::envoy::config::listener::v3 as lds;
+use envoy_types::pb::envoy::config::route::v3 as rds;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf;
+use envoy_types::pb::google::rpc::Status;
+use meshgate_core::config::{
+    AdsConfig, ClusterConfig, Config, EndpointConfig, ListenerConfig, NodeConfig,
+};
+use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate};
+use meshgate_core::router::RouteConfig;
+use rand::Rng;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Largest DiscoveryResponse accepted (a bigger one fails the stream,
+/// which is re-opened with back-off).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the client needs from the bootstrap config.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub node: NodeConfig,
+    pub ads: AdsConfig,
+    /// The ADS cluster's endpoints (`host:port`), tried in turn.
+    pub servers: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Names of the static clusters (dynamic listeners may use them).
+    pub static_clusters: BTreeSet<String>,
+}
+
+impl Bootstrap {
+    /// The bootstrap of a config that asks for xDS (validated by core).
+    pub fn from_config(c: &Config) -> Option<Self> {
+        let d = c.dynamic_resources.as_ref()?;
+        let node = c.node.clone()?;
+        let cl = c.clusters.iter().find(|x| x.name == d.ads.cluster)?;
+        Some(Self {
+            node,
+            ads: d.ads.clone(),
+            servers: cl.endpoints.iter().map(|e| e.address.clone()).collect(),
+            connect_timeout: cl.connect_timeout,
+            static_clusters: c.clusters.iter().map(|x| x.name.clone()).collect(),
+        })
+    }
+}
+
+/// Accepted resources of every type, and the protocol state per type.
+#[derive(Default, Clone)]
+struct State {
+    clusters: BTreeMap<String, translate::Cluster>,
+    endpoints: BTreeMap<String, Vec<EndpointConfig>>,
+    routes: BTreeMap<String, RouteConfig>,
+    listeners: BTreeMap<String, lds::Listener>,
+    /// Last accepted version per type URL.
+    versions: HashMap<&'static str, String>,
+    /// Last nonce seen per type URL.
+    nonces: HashMap<&'static str, String>,
+}
+
+/// What composing the accepted resources gives.
+struct Composed {
+    config: Config,
+    rds: BTreeSet<String>,
+    eds: BTreeSet<String>,
+    warming_clusters: Vec<String>,
+    warming_listeners: Vec<String>,
+}
+
+fn type_key(url: &str) -> Option<&'static str> {
+    [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+        .into_iter()
+        .find(|t| *t == url)
+}
+
+fn short(t: &str) -> &'static str {
+    match t {
+        CLUSTER => "cds",
+        ENDPOINT => "eds",
+        LISTENER => "lds",
+        ROUTE => "rds",
+        _ => "other",
+    }
+}
+
+impl State {
+    fn compose(&self, statics: &BTreeSet<String>, served: &Config) -> Composed {
+        let served_cluster = |n: &str| served.clusters.iter().find(|c| c.name == n);
+        let served_listener = |n: &str| served.listeners.iter().find(|l| l.name == n);
+        let mut clusters: BTreeMap<String, ClusterConfig> = BTreeMap::new();
+        let mut eds = BTreeSet::new();
+        let mut warming_clusters = Vec::new();
+        for (name, c) in &self.clusters {
+            match &c.eds_name {
+                None => {
+                    clusters.insert(name.clone(), c.config.clone());
+                }
+                Some(e) => {
+                    eds.insert(e.clone());
+                    if let Some(eps) = self.endpoints.get(e) {
+                        let mut cfg = c.config.clone();
+                        cfg.endpoints = eps.clone();
+                        clusters.insert(name.clone(), cfg);
+                    } else {
+                        warming_clusters.push(name.clone());
+                        // A new version of a served cluster waits for its
+                        // endpoints; the served one goes on meanwhile.
+                        if let Some(old) = served_cluster(name) {
+                            clusters.insert(name.clone(), old.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let known = |n: &str, clusters: &BTreeMap<String, ClusterConfig>| {
+            statics.contains(n) || clusters.contains_key(n)
+        };
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut rds = BTreeSet::new();
+        let mut warming_listeners = Vec::new();
+        for (name, raw) in &self.listeners {
+            let routes = |n: &str| self.routes.get(n).cloned();
+            let Ok(l) = translate::listener(raw.clone(), &routes) else {
+                // Refused when it arrived; cannot happen for an accepted one.
+                continue;
+            };
+            rds.extend(l.rds_names.iter().cloned());
+            let routes_ready = l.rds_names.iter().all(|n| self.routes.contains_key(n));
+            let clusters_ready = translate::clusters_of(&l.config)
+                .iter()
+                .all(|c| known(c, &clusters));
+            if routes_ready && clusters_ready {
+                listeners.push(l.config);
+            } else {
+                warming_listeners.push(name.clone());
+                if let Some(old) = served_listener(name) {
+                    listeners.push(old.clone());
+                }
+            }
+        }
+        // A cluster removed from CDS while a served listener still routes
+        // to it stays until no listener uses it (its routes would
+        // otherwise fail every request).
+        for l in &listeners {
+            for c in translate::clusters_of(l) {
+                if !known(&c, &clusters)
+                    && let Some(old) = served_cluster(&c)
+                {
+                    tracing::warn!(cluster = %c, listener = %l.name, "cluster removed by CDS is still used by a listener; kept until unused");
+                    clusters.insert(c.clone(), old.clone());
+                }
+            }
+        }
+        Composed {
+            config: Config {
+                listeners,
+                clusters: clusters.into_values().collect(),
+                ..Default::default()
+            },
+            rds,
+            eds,
+            warming_clusters,
+            warming_listeners,
+        }
+    }
+
+    /// Applies a response to a copy of the state; an error is the NACK's
+    /// detail.
+    fn apply(
+        &self,
+        resp: &DiscoveryResponse,
+        subscribed: &BTreeSet<String>,
+    ) -> Result<State, String> {
+        let mut next = self.clone();
+        let mut seen = BTreeSet::new();
+        let mut dup = |n: &str| -> Result<(), String> {
+            if seen.insert(n.to_string()) {
+                Ok(())
+            } else {
+                Err(format!("resource '{n}' appears twice in one response"))
+            }
+        };
+        match resp.type_url.as_str() {
+            CLUSTER => {
+                next.clusters.clear();
+                for (i, any) in resp.resources.iter().enumerate() {
+                    let c: cds::Cluster = translate::decode(any, CLUSTER)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
+                    dup(&c.name)?;
+                    let name = c.name.clone();
+                    let t = translate::cluster(c).map_err(|e| e.to_string())?;
+                    next.clusters.insert(name, t);
+                }
+            }
+            LISTENER => {
+                next.listeners.clear();
+                for (i, any) in resp.resources.iter().enumerate() {
+                    let l: lds::Listener = translate::decode(any, LISTENER)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
+                    dup(&l.name)?;
+                    // Translated now to refuse what is unsupported; again
+                    // at compose time with the routes then known.
+                    translate::listener(l.clone(), &|_| None).map_err(|e| e.to_string())?;
+                    next.listeners.insert(l.name.clone(), l);
+                }
+            }
+            ROUTE => {
+                for (i, any) in resp.resources.iter().enumerate() {
+                    let r: rds::RouteConfiguration = translate::decode(any, ROUTE)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
+                    dup(&r.name)?;
+                    let name = r.name.clone();
+                    let t = translate::route_configuration(r).map_err(|e| e.to_string())?;
+                    next.routes.insert(name, t);
+                }
+                next.routes.retain(|n, _| subscribed.contains(n));
+            }
+            ENDPOINT => {
+                for (i, any) in resp.resources.iter().enumerate() {
+                    let c: eds::ClusterLoadAssignment = translate::decode(any, ENDPOINT)
+                        .map_err(|e| format!("resources[{i}]: {e}"))?;
+                    dup(&c.cluster_name)?;
+                    let name = c.cluster_name.clone();
+                    let eps = translate::endpoints(c, "").map_err(|(f, m)| {
+                        TranslateError {
+                            resource: format!("ClusterLoadAssignment '{name}'"),
+                            field: f,
+                            message: m,
+                        }
+                        .to_string()
+                    })?;
+                    next.endpoints.insert(name, eps);
+                }
+                next.endpoints.retain(|n, _| subscribed.contains(n));
+            }
+            other => return Err(format!("resource type '{other}' is not supported")),
+        }
+        Ok(next)
+    }
+}
+
+/// Runs the ADS client until `stop`: connects, serves the stream,
+/// reconnects with jittered exponential back-off.
+pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
+    let mut client = Client {
+        boot,
+        tx,
+        state: State::default(),
+        served: Config::default(),
+        subscribed: HashMap::new(),
+    };
+    if client.boot.servers.is_empty() {
+        tracing::error!("the ADS cluster has no endpoints");
+        return;
+    }
+    let mut failures: u32 = 0;
+    let mut server_idx = 0usize;
+    loop {
+        let server = client.boot.servers[server_idx % client.boot.servers.len()].clone();
+        server_idx += 1;
+        let got_response = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.stream(&server) => r,
+        };
+        metrics::gauge!("meshgate_xds_connected").set(0.0);
+        if got_response {
+            failures = 0;
+        }
+        let base = client.boot.ads.retry_base_interval.as_millis().max(1) as u64;
+        let max = client.boot.ads.retry_max_interval.as_millis().max(1) as u64;
+        let cap = base.saturating_mul(1u64 << failures.min(20)).min(max);
+        // Full jitter over the upper half: spreads a fleet's reconnects.
+        let delay = rand::rng().random_range(cap / 2..=cap);
+        failures = failures.saturating_add(1);
+        tracing::info!(
+            delay_ms = delay,
+            "ADS stream down; reconnecting after back-off (last good config keeps serving)"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+        }
+    }
+}
+
+struct Client {
+    boot: Bootstrap,
+    tx: DynamicSender,
+    state: State,
+    /// The dynamic config last accepted by the server.
+    served: Config,
+    /// Resource names subscribed per type (RDS and EDS; LDS and CDS are
+    /// wildcard).
+    subscribed: HashMap<&'static str, BTreeSet<String>>,
+}
+
+fn node(n: &NodeConfig) -> core3::Node {
+    core3::Node {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        metadata: if n.metadata.is_empty() {
+            None
+        } else {
+            Some(protobuf::Struct {
+                fields: n
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_value(v)))
+                    .collect(),
+            })
+        },
+        user_agent_name: "meshgate".into(),
+        user_agent_version_type: Some(core3::node::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> protobuf::Value {
+    use protobuf::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(protobuf::ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(protobuf::Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    protobuf::Value { kind: Some(kind) }
+}
+
+impl Client {
+    fn request(&self, type_url: &'static str, nack: Option<(String, String)>) -> DiscoveryRequest {
+        let (version_info, response_nonce, error_detail) = match nack {
+            None => (
+                self.state
+                    .versions
+                    .get(type_url)
+                    .cloned()
+                    .unwrap_or_default(),
+                self.state.nonces.get(type_url).cloned().unwrap_or_default(),
+                None,
+            ),
+            Some((nonce, msg)) => (
+                self.state
+                    .versions
+                    .get(type_url)
+                    .cloned()
+                    .unwrap_or_default(),
+                nonce,
+                Some(Status {
+                    // INVALID_ARGUMENT
+                    code: 3,
+                    message: msg,
+                    details: Vec::new(),
+                }),
+            ),
+        };
+        DiscoveryRequest {
+            version_info,
+            node: Some(node(&self.boot.node)),
+            resource_names: self
+                .subscribed
+                .get(type_url)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            type_url: type_url.to_string(),
+            response_nonce,
+            error_detail,
+            ..Default::default()
+        }
+    }
+
+    /// One stream's life; returns whether any response arrived.
+    async fn stream(&mut self, server: &str) -> bool {
+        let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{server}")) {
+            Ok(e) => e
+                .connect_timeout(self.boot.connect_timeout)
+                .tcp_nodelay(true),
+            Err(e) => {
+                tracing::error!(server, error = %e, "invalid ADS server address");
+                return false;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
+                    .increment(1);
+                tracing::warn!(server, error = %e, "cannot connect to the ADS server");
+                return false;
+            }
+        };
+        let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (req_tx, req_rx) = mpsc::channel::<DiscoveryRequest>(16);
+        // A new stream has no nonce yet; the versions say what we have.
+        self.state.nonces.clear();
+        for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE] {
+            if matches!(t, CLUSTER | LISTENER)
+                || self.subscribed.get(t).is_some_and(|s| !s.is_empty())
+            {
+                let _ = req_tx.send(self.request(t, None)).await;
+            }
+        }
+        let mut inbound = match grpc
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                metrics::counter!("meshgate_xds_stream_total", "result" => "rpc_error")
+                    .increment(1);
+                tracing::warn!(server, error = %e, "ADS stream refused");
+                return false;
+            }
+        };
+        metrics::counter!("meshgate_xds_stream_total", "result" => "ok").increment(1);
+        metrics::gauge!("meshgate_xds_connected").set(1.0);
+        tracing::info!(server, node = %self.boot.node.id, "ADS stream open");
+        let mut any = false;
+        loop {
+            let resp = match inbound.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tracing::warn!(server, "ADS stream closed by the server");
+                    return any;
+                }
+                Err(e) => {
+                    tracing::warn!(server, error = %e, "ADS stream failed");
+                    return any;
+                }
+            };
+            any = true;
+            for req in self.on_response(resp).await {
+                if req_tx.send(req).await.is_err() {
+                    return any;
+                }
+            }
+        }
+    }
+
+    /// Handles one response: the ACK or NACK, then any subscription change.
+    async fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        let Some(t) = type_key(&resp.type_url) else {
+            metrics::counter!("meshgate_xds_response_total", "type" => "other", "result" => "nack")
+                .increment(1);
+            let mut r = self.request(LISTENER, None);
+            r.type_url = resp.type_url.clone();
+            r.version_info.clear();
+            r.resource_names.clear();
+            r.response_nonce = resp.nonce.clone();
+            r.error_detail = Some(Status {
+                code: 3,
+                message: format!("resource type '{}' is not supported", resp.type_url),
+                details: Vec::new(),
+            });
+            return vec![r];
+        };
+        let subscribed = self.subscribed.get(t).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        let verdict = match self.state.apply(&resp, &subscribed) {
+            Err(e) => Err(e),
+            Ok(next) => {
+                let composed = next.compose(&self.boot.static_clusters, &self.served);
+                for c in &composed.warming_clusters {
+                    tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
+                }
+                for l in &composed.warming_listeners {
+                    tracing::debug!(listener = %l, "listener warming: waiting for its routes or clusters");
+                }
+                let result = if same(&composed.config, &self.served) {
+                    Ok(())
+                } else {
+                    self.push(composed.config.clone(), &next, t, &resp.version_info)
+                        .await
+                };
+                match result {
+                    Ok(()) => {
+                        self.state = next;
+                        self.served = composed.config;
+                        Ok((composed.rds, composed.eds))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        self.state.nonces.insert(t, resp.nonce.clone());
+        match verdict {
+            Ok((rds, eds)) => {
+                self.state.versions.insert(t, resp.version_info.clone());
+                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
+                tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
+                out.push(self.request(t, None));
+                for (ty, names) in [(ROUTE, rds), (ENDPOINT, eds)] {
+                    if self.subscribed.get(ty).cloned().unwrap_or_default() != names {
+                        tracing::info!(type_url = ty, names = ?names, "subscription changed");
+                        self.subscribed.insert(ty, names);
+                        out.push(self.request(ty, None));
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "nack").increment(1);
+                tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, error = %e, "NACK: update refused, the previous config keeps serving");
+                out.push(self.request(t, Some((resp.nonce.clone(), e))));
+            }
+        }
+        out
+    }
+
+    /// Hands a composed dynamic config to the server and waits for its
+    /// verdict.
+    async fn push(
+        &self,
+        config: Config,
+        next: &State,
+        t: &'static str,
+        version: &str,
+    ) -> Result<(), String> {
+        let mut words = Vec::new();
+        for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT] {
+            let v = if ty == t {
+                Some(version.to_string())
+            } else {
+                next.versions.get(ty).cloned()
+            };
+            if let Some(v) = v {
+                words.push(format!("{}={v}", short(ty)));
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let update = DynamicUpdate {
+            config,
+            info: DynamicInfo {
+                version: words.join(" "),
+                source: format!("xds:ads {}", self.boot.servers.join(",")),
+            },
+            reply,
+        };
+        if self.tx.send(update).await.is_err() {
+            return Err("the server is shutting down".into());
+        }
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the server is shutting down".into()),
+        }
+    }
+}
+
+fn same(a: &Config, b: &Config) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn resp(type_url: &str, resources: Vec<protobuf::Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: "1".into(),
+            type_url: type_url.into(),
+            nonce: "n".into(),
+            resources,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hostile_responses_are_refused_not_panicked_on() {
+        let s = State::default();
+        let none = BTreeSet::new();
+        let garbage = protobuf::Any {
+            type_url: CLUSTER.into(),
+            value: vec![0xff, 0xff, 0xff, 0x0f, 0x08],
+        };
+        let e = s.apply(&resp(CLUSTER, vec![garbage]), &none).err().unwrap();
+        assert!(e.starts_with("resources[0]: cannot decode"), "{e}");
+        let wrong = protobuf::Any {
+            type_url: ROUTE.into(),
+            value: Vec::new(),
+        };
+        let e = s.apply(&resp(LISTENER, vec![wrong]), &none).err().unwrap();
+        assert!(e.contains("type_url"), "{e}");
+        let c = cds::Cluster {
+            name: "a".into(),
+            ..Default::default()
+        };
+        let a = protobuf::Any {
+            type_url: CLUSTER.into(),
+            value: c.encode_to_vec(),
+        };
+        let e = s
+            .apply(&resp(CLUSTER, vec![a.clone(), a]), &none)
+            .err()
+            .unwrap();
+        assert!(e.contains("'a' appears twice"), "{e}");
+        let e = s
+            .apply(&resp("type.googleapis.com/x.Y", vec![]), &none)
+            .err()
+            .unwrap();
+        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn eds_clusters_warm_and_removed_clusters_in_use_are_kept() {
+        let mut s = State::default();
+        let boot_statics = BTreeSet::new();
+        let c: translate::Cluster = translate::Cluster {
+            config: serde_json::from_value(serde_json::json!({"name": "a", "endpoints": []}))
+                .unwrap(),
+            eds_name: Some("a".into()),
+        };
+        s.clusters.insert("a".into(), c);
+        let out = s.compose(&boot_statics, &Config::default());
+        assert_eq!(out.warming_clusters, ["a"]);
+        assert!(out.config.clusters.is_empty());
+        assert_eq!(out.eds.iter().collect::<Vec<_>>(), ["a"]);
+        s.endpoints.insert("a".into(), vec![]);
+        let out = s.compose(&boot_statics, &Config::default());
+        assert!(out.warming_clusters.is_empty());
+        assert_eq!(out.config.clusters.len(), 1);
+    }
+}

@@ -1,0 +1,1326 @@
+//! Translation of Envoy v3 resources into the one core config model
+//! (`meshgate_core::config`, `meshgate_core::router`). Every message is
+//! taken apart field by field; a field left set afterwards is one meshgate
+//! does not implement, and the resource is refused naming it (see
+//! `leftover`).
+
+// Deprecated Envoy fields are still sent by control planes: they are
+// translated or refused like any other, never ignored.
+#![allow(deprecated)]
+
+use crate::leftover::set_fields;
+use envoy_types::pb::envoy::config::cluster::v3 as cds;
+use envoy_types::pb::envoy::config::core::v3 as core3;
+use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+use envoy_types::pb::envoy::config::listener::v3 as lds;
+use envoy_types::pb::envoy::config::route::v3 as rds;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf;
+use meshgate_core::config::{
+    ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig, FilterChainMatch,
+    FilterConfig, ListenerConfig,
+};
+use meshgate_core::router as rc;
+use prost::Message;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::time::Duration;
+
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+
+/// A refused resource: which one, which field, why. Its `Display` is the
+/// NACK's `error_detail` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {field}: {message}")]
+pub struct TranslateError {
+    /// e.g. `Cluster 'web'`.
+    pub resource: String,
+    /// Path inside the resource, e.g. `filter_chains[0].filters[0].typed_config.stat_prefix`.
+    pub field: String,
+    pub message: String,
+}
+
+type R<T> = Result<T, (String, String)>;
+
+fn err<T>(field: impl Into<String>, msg: impl Into<String>) -> R<T> {
+    Err((field.into(), msg.into()))
+}
+
+fn join(p: &str, c: &str) -> String {
+    meshgate_core::error::join_path(p, c)
+}
+
+/// Refuses a message whose copy still has fields set after the supported
+/// ones were taken out.
+fn rest<M: Debug + Default + PartialEq>(m: &M, path: &str) -> R<()> {
+    let set = set_fields(m);
+    match set.first() {
+        None => Ok(()),
+        Some(f) => err(
+            join(path, f),
+            "field not supported by meshgate (refused rather than ignored)",
+        ),
+    }
+}
+
+fn wrap<T>(kind: &str, name: &str, r: R<T>) -> Result<T, TranslateError> {
+    r.map_err(|(field, message)| TranslateError {
+        resource: format!("{kind} '{name}'"),
+        field,
+        message,
+    })
+}
+
+/// Decodes an `Any` of the expected type.
+pub fn decode<M: Message + Default>(any: &protobuf::Any, want: &str) -> Result<M, String> {
+    if any.type_url != want {
+        return Err(format!("type_url '{}', want '{want}'", any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+}
+
+fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return err(path, "negative duration");
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn humantime(d: Duration) -> Value {
+    Value::String(humantime_str(d))
+}
+
+fn humantime_str(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis().max(1))
+    }
+}
+
+fn to_json(v: &protobuf::Value) -> Value {
+    use protobuf::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::StructValue(s)) => struct_json(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(to_json).collect()),
+    }
+}
+
+fn struct_json(s: &protobuf::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect(),
+    )
+}
+
+fn metadata(m: Option<core3::Metadata>, path: &str) -> R<BTreeMap<String, Value>> {
+    let Some(mut m) = m else {
+        return Ok(BTreeMap::new());
+    };
+    let out = std::mem::take(&mut m.filter_metadata)
+        .into_iter()
+        .map(|(k, v)| (k, struct_json(&v)))
+        .collect();
+    rest(&m, path)?;
+    Ok(out)
+}
+
+/// `ip:port` (or `host:port`) of a socket address.
+fn socket_address(a: Option<core3::Address>, path: &str) -> R<String> {
+    let Some(mut a) = a else {
+        return err(path, "missing address");
+    };
+    let sa = match a.address.take() {
+        Some(core3::address::Address::SocketAddress(sa)) => sa,
+        Some(_) => return err(join(path, "address"), "only socket_address is supported"),
+        None => return err(path, "missing socket_address"),
+    };
+    rest(&a, path)?;
+    let p = join(path, "socket_address");
+    let mut sa = sa;
+    let host = std::mem::take(&mut sa.address);
+    let port = match sa.port_specifier.take() {
+        Some(core3::socket_address::PortSpecifier::PortValue(p)) if p <= 65535 => p,
+        Some(core3::socket_address::PortSpecifier::PortValue(_)) => {
+            return err(join(&p, "port_value"), "port out of range");
+        }
+        _ => return err(join(&p, "port_value"), "missing port_value"),
+    };
+    rest(&sa, &p)?;
+    if host.contains(':') && !host.starts_with('[') {
+        Ok(format!("[{host}]:{port}"))
+    } else {
+        Ok(format!("{host}:{port}"))
+    }
+}
+
+fn lb_policy(p: i32, path: &str) -> R<&'static str> {
+    use cds::cluster::LbPolicy;
+    Ok(match LbPolicy::try_from(p) {
+        Ok(LbPolicy::RoundRobin) => "round_robin",
+        Ok(LbPolicy::LeastRequest) => "least_request",
+        Ok(LbPolicy::RingHash) => "ring_hash",
+        Ok(LbPolicy::Random) => "random",
+        Ok(LbPolicy::Maglev) => "maglev",
+        _ => return err(path, format!("lb_policy {p} not supported")),
+    })
+}
+
+/// Is an endpoint of this health status given traffic? Envoy's rule:
+/// UNKNOWN, HEALTHY and DEGRADED are; UNHEALTHY, DRAINING and TIMEOUT
+/// are not.
+fn serves(health: i32) -> bool {
+    use core3::HealthStatus;
+    !matches!(
+        HealthStatus::try_from(health),
+        Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+    )
+}
+
+/// The endpoints of a ClusterLoadAssignment (inline or from EDS).
+pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointConfig>> {
+    let mut cla = cla;
+    cla.cluster_name.clear();
+    let mut out = Vec::new();
+    for (i, mut loc) in std::mem::take(&mut cla.endpoints).into_iter().enumerate() {
+        let lp = format!("{path}.endpoints[{i}]");
+        if loc.priority != 0 {
+            return err(
+                join(&lp, "priority"),
+                "priorities other than 0 are not supported",
+            );
+        }
+        // Locality identity is informational; its weight is not used, so
+        // a set `load_balancing_weight` is refused by `rest` below.
+        loc.locality = None;
+        let loc_meta = metadata(loc.metadata.take(), &join(&lp, "metadata"))?;
+        for (j, mut e) in std::mem::take(&mut loc.lb_endpoints)
+            .into_iter()
+            .enumerate()
+        {
+            let ep = format!("{lp}.lb_endpoints[{j}]");
+            let health = std::mem::take(&mut e.health_status);
+            let mut meta = loc_meta.clone();
+            meta.extend(metadata(e.metadata.take(), &join(&ep, "metadata"))?);
+            let weight = match e.load_balancing_weight.take() {
+                Some(w) if w.value == 0 => {
+                    return err(join(&ep, "load_balancing_weight"), "weight must be >= 1");
+                }
+                Some(w) => w.value,
+                None => 1,
+            };
+            let address = match e.host_identifier.take() {
+                Some(eds::lb_endpoint::HostIdentifier::Endpoint(mut end)) => {
+                    let a = socket_address(end.address.take(), &join(&ep, "endpoint.address"))?;
+                    end.hostname.clear();
+                    rest(&end, &join(&ep, "endpoint"))?;
+                    a
+                }
+                _ => return err(join(&ep, "endpoint"), "missing endpoint"),
+            };
+            rest(&e, &ep)?;
+            if serves(health) {
+                out.push(EndpointConfig {
+                    address,
+                    weight,
+                    metadata: meta,
+                });
+            }
+        }
+        rest(&loc, &lp)?;
+    }
+    rest(&cla, path)?;
+    Ok(out)
+}
+
+/// A translated cluster and, for EDS clusters, the ClusterLoadAssignment
+/// name it waits for.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub eds_name: Option<String>,
+}
+
+pub fn cluster(c: cds::Cluster) -> Result<Cluster, TranslateError> {
+    let name = c.name.clone();
+    wrap("Cluster", &name, cluster_inner(c))
+}
+
+fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
+    use cds::cluster::{ClusterDiscoveryType, DiscoveryType as Dt};
+    let name = std::mem::take(&mut c.name);
+    c.alt_stat_name.clear();
+    let dt = match c.cluster_discovery_type.take() {
+        None => Dt::Static,
+        Some(ClusterDiscoveryType::Type(t)) => match Dt::try_from(t) {
+            Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds)) => t,
+            _ => {
+                return err(
+                    "type",
+                    format!("cluster type {t} not supported (STATIC, STRICT_DNS, EDS)"),
+                );
+            }
+        },
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return err("cluster_type", "custom cluster types are not supported");
+        }
+    };
+    let lb = lb_policy(std::mem::take(&mut c.lb_policy), "lb_policy")?;
+    let connect_timeout = match c.connect_timeout.take() {
+        Some(d) => duration(&d, "connect_timeout")?,
+        None => Duration::from_secs(5),
+    };
+    let dns_refresh_rate = match c.dns_refresh_rate.take() {
+        Some(d) => duration(&d, "dns_refresh_rate")?,
+        None => Duration::from_secs(5),
+    };
+    let mut protocol = None;
+    if let Some(h2) = c.http2_protocol_options.take() {
+        rest(&h2, "http2_protocol_options")?;
+        protocol = Some("http2".to_string());
+    }
+    let max_connections = match c.circuit_breakers.take() {
+        None => None,
+        Some(mut cb) => {
+            let mut th = std::mem::take(&mut cb.thresholds);
+            rest(&cb, "circuit_breakers")?;
+            if th.len() > 1 {
+                return err(
+                    "circuit_breakers.thresholds[1]",
+                    "only one (DEFAULT priority) threshold is supported",
+                );
+            }
+            match th.pop() {
+                None => None,
+                Some(mut t) => {
+                    let m = t.max_connections.take().map(|v| v.value);
+                    rest(&t, "circuit_breakers.thresholds[0]")?;
+                    m
+                }
+            }
+        }
+    };
+    let mut eds_name = None;
+    let mut eps = Vec::new();
+    match dt {
+        Dt::Eds => {
+            let mut ec = c.eds_cluster_config.take().unwrap_or_default();
+            ads_source(ec.eds_config.take(), "eds_cluster_config.eds_config")?;
+            let svc = std::mem::take(&mut ec.service_name);
+            rest(&ec, "eds_cluster_config")?;
+            eds_name = Some(if svc.is_empty() { name.clone() } else { svc });
+            if c.load_assignment.is_some() {
+                return err(
+                    "load_assignment",
+                    "an EDS cluster takes its endpoints from EDS",
+                );
+            }
+        }
+        _ => {
+            if let Some(la) = c.load_assignment.take() {
+                eps = endpoints(la, "load_assignment")?;
+            }
+        }
+    }
+    rest(&c, "")?;
+    let discovery = if dt == Dt::StrictDns {
+        DiscoveryType::StrictDns
+    } else {
+        DiscoveryType::Static
+    };
+    let config = serde_json::from_value::<ClusterConfig>(json!({
+        "name": name,
+        "type": discovery,
+        "lb_policy": lb,
+        "connect_timeout": humantime_str(connect_timeout),
+        "dns_refresh_rate": humantime_str(dns_refresh_rate),
+        "endpoints": [],
+    }))
+    .map_err(|e| ("".to_string(), e.to_string()))?;
+    Ok(Cluster {
+        config: ClusterConfig {
+            endpoints: eps,
+            protocol,
+            max_connections,
+            ..config
+        },
+        eds_name,
+    })
+}
+
+/// Only ADS is served: a `ConfigSource` must say `ads: {}`.
+fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
+    let Some(mut s) = s else {
+        return err(path, "missing config source (want ads: {})");
+    };
+    match s.config_source_specifier.take() {
+        Some(core3::config_source::ConfigSourceSpecifier::Ads(a)) => rest(&a, &join(path, "ads"))?,
+        _ => return err(path, "only `ads` config sources are supported"),
+    }
+    // resource_api_version V3 is the only one there is (enum value 2).
+    if s.resource_api_version == 2 {
+        s.resource_api_version = 0;
+    }
+    s.initial_fetch_timeout = None;
+    rest(&s, path)
+}
+
+/// A translated listener, with the route configurations and clusters it
+/// needs before it may serve (warming).
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub config: ListenerConfig,
+    pub rds_names: BTreeSet<String>,
+}
+
+/// Translates a listener; `routes` gives the RDS route configurations
+/// known so far (a missing one leaves a placeholder the caller must not
+/// serve).
+pub fn listener(
+    l: lds::Listener,
+    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+) -> Result<Listener, TranslateError> {
+    let name = l.name.clone();
+    wrap("Listener", &name, listener_inner(l, routes))
+}
+
+fn listener_inner(
+    mut l: lds::Listener,
+    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+) -> R<Listener> {
+    let name = std::mem::take(&mut l.name);
+    let address = socket_address(l.address.take(), "address")?;
+    // Metric names carry the listener name as a label.
+    l.stat_prefix.clear();
+    let backlog = l.tcp_backlog_size.take().map(|v| v.value).unwrap_or(1024);
+    let lft = match l.listener_filters_timeout.take() {
+        Some(d) => duration(&d, "listener_filters_timeout")?,
+        None => Duration::from_secs(5),
+    };
+    // meshgate reads the ClientHello itself whenever a chain matches on
+    // server names or ALPN: Envoy's tls_inspector is what it does anyway.
+    for (i, f) in std::mem::take(&mut l.listener_filters)
+        .into_iter()
+        .enumerate()
+    {
+        if f.name != "envoy.filters.listener.tls_inspector" {
+            return err(
+                format!("listener_filters[{i}].name"),
+                format!(
+                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)",
+                    f.name
+                ),
+            );
+        }
+    }
+    let mut rds_names = BTreeSet::new();
+    let mut chains = Vec::new();
+    for (i, fc) in std::mem::take(&mut l.filter_chains).into_iter().enumerate() {
+        chains.push(filter_chain(
+            fc,
+            &format!("filter_chains[{i}]"),
+            routes,
+            &mut rds_names,
+        )?);
+    }
+    if let Some(fc) = l.default_filter_chain.take() {
+        chains.push(filter_chain(
+            fc,
+            "default_filter_chain",
+            routes,
+            &mut rds_names,
+        )?);
+    }
+    rest(&l, "")?;
+    let mut config = serde_json::from_value::<ListenerConfig>(json!({
+        "name": name,
+        "address": address,
+        "backlog": backlog,
+        "listener_filters_timeout": humantime_str(lft),
+        "filter_chains": [],
+    }))
+    .map_err(|e| ("".to_string(), e.to_string()))?;
+    config.filter_chains = chains;
+    Ok(Listener { config, rds_names })
+}
+
+fn filter_chain(
+    mut fc: lds::FilterChain,
+    path: &str,
+    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+    rds_names: &mut BTreeSet<String>,
+) -> R<FilterChainConfig> {
+    let name = Some(std::mem::take(&mut fc.name)).filter(|n| !n.is_empty());
+    let filter_chain_match = match fc.filter_chain_match.take() {
+        None => None,
+        Some(m) => Some(chain_match(m, &join(path, "filter_chain_match"))?),
+    };
+    if fc.transport_socket.is_some() {
+        return err(
+            join(path, "transport_socket"),
+            "TLS from xDS (transport_socket, SDS) is not supported yet",
+        );
+    }
+    let mut filters = Vec::new();
+    for (i, f) in std::mem::take(&mut fc.filters).into_iter().enumerate() {
+        filters.push(network_filter(
+            f,
+            &format!("{path}.filters[{i}]"),
+            routes,
+            rds_names,
+        )?);
+    }
+    rest(&fc, path)?;
+    Ok(FilterChainConfig {
+        name,
+        filter_chain_match,
+        tls: None,
+        filters,
+    })
+}
+
+fn chain_match(mut m: lds::FilterChainMatch, path: &str) -> R<FilterChainMatch> {
+    let destination_port = match m.destination_port.take() {
+        None => None,
+        Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
+        Some(_) => return err(join(path, "destination_port"), "port out of range"),
+    };
+    let mut source_prefix_ranges = Vec::new();
+    for (i, mut c) in std::mem::take(&mut m.source_prefix_ranges)
+        .into_iter()
+        .enumerate()
+    {
+        let len = c.prefix_len.take().map(|v| v.value).unwrap_or(0);
+        let a = std::mem::take(&mut c.address_prefix);
+        rest(&c, &format!("{path}.source_prefix_ranges[{i}]"))?;
+        source_prefix_ranges.push(format!("{a}/{len}"));
+    }
+    let fcm = FilterChainMatch {
+        destination_port,
+        server_names: std::mem::take(&mut m.server_names),
+        source_prefix_ranges,
+        application_protocols: std::mem::take(&mut m.application_protocols),
+    };
+    // `tls` is what meshgate's server_names matching reads anyway.
+    if m.transport_protocol == "tls" && !fcm.server_names.is_empty() {
+        m.transport_protocol.clear();
+    }
+    rest(&m, path)?;
+    Ok(fcm)
+}
+
+fn network_filter(
+    mut f: lds::Filter,
+    path: &str,
+    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+    rds_names: &mut BTreeSet<String>,
+) -> R<FilterConfig> {
+    let any = match f.config_type.take() {
+        Some(lds::filter::ConfigType::TypedConfig(a)) => a,
+        _ => return err(join(path, "typed_config"), "missing typed_config"),
+    };
+    let tp = join(path, "typed_config");
+    match any.type_url.as_str() {
+        HCM => {
+            let h: hcm::HttpConnectionManager = decode(&any, HCM).map_err(|e| (tp.clone(), e))?;
+            let config = http_connection_manager(h, &tp, routes, rds_names)?;
+            Ok(FilterConfig {
+                name: "proxy".into(),
+                config,
+            })
+        }
+        TCP_PROXY => {
+            let t: tcp::TcpProxy = decode(&any, TCP_PROXY).map_err(|e| (tp.clone(), e))?;
+            Ok(FilterConfig {
+                name: "tcp_proxy".into(),
+                config: tcp_proxy(t, &tp)?,
+            })
+        }
+        other => err(
+            tp,
+            format!("network filter '{other}' not supported (HttpConnectionManager, TcpProxy)"),
+        ),
+    }
+}
+
+fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<Value> {
+    t.stat_prefix.clear();
+    let mut out = serde_json::Map::new();
+    match t.cluster_specifier.take() {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+            out.insert("cluster".into(), json!(c));
+        }
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(mut w)) => {
+            let mut list = Vec::new();
+            for (i, mut c) in std::mem::take(&mut w.clusters).into_iter().enumerate() {
+                let name = std::mem::take(&mut c.name);
+                let weight = std::mem::take(&mut c.weight);
+                rest(&c, &format!("{path}.weighted_clusters.clusters[{i}]"))?;
+                list.push(json!({"name": name, "weight": weight}));
+            }
+            rest(&w, &join(path, "weighted_clusters"))?;
+            out.insert("weighted_clusters".into(), Value::Array(list));
+        }
+        _ => return err(join(path, "cluster"), "missing cluster"),
+    }
+    if let Some(d) = t.idle_timeout.take() {
+        out.insert(
+            "idle_timeout".into(),
+            humantime(duration(&d, &join(path, "idle_timeout"))?),
+        );
+    }
+    if let Some(n) = t.max_connect_attempts.take() {
+        out.insert("max_connect_attempts".into(), json!(n.value));
+    }
+    rest(&t, path)?;
+    Ok(Value::Object(out))
+}
+
+fn http_connection_manager(
+    mut h: hcm::HttpConnectionManager,
+    path: &str,
+    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+    rds_names: &mut BTreeSet<String>,
+) -> R<Value> {
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+    h.stat_prefix.clear();
+    let codec = match CodecType::try_from(std::mem::take(&mut h.codec_type)) {
+        Ok(CodecType::Auto) => "auto",
+        Ok(CodecType::Http1) => "http1",
+        Ok(CodecType::Http2) => "http2",
+        _ => {
+            return err(
+                join(path, "codec_type"),
+                "codec type not supported (AUTO, HTTP1, HTTP2)",
+            );
+        }
+    };
+    // The router runs last in meshgate's proxy filter; it must be the only
+    // HTTP filter until stream filters are translated.
+    for (i, mut f) in std::mem::take(&mut h.http_filters).into_iter().enumerate() {
+        let fp = format!("{path}.http_filters[{i}]");
+        let router = match f.config_type.take() {
+            None => f.name == "envoy.filters.http.router",
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) if a.type_url == ROUTER => {
+                let r: Router = decode(&a, ROUTER).map_err(|e| (fp.clone(), e))?;
+                rest(&r, &join(&fp, "typed_config"))?;
+                true
+            }
+            _ => false,
+        };
+        if !router {
+            return err(
+                join(&fp, "name"),
+                format!("HTTP filter '{}' not supported (only the router)", f.name),
+            );
+        }
+        f.name.clear();
+        rest(&f, &fp)?;
+    }
+    let generate_request_id = h
+        .generate_request_id
+        .take()
+        .map(|b| b.value)
+        .unwrap_or(true);
+    let route_config = match h.route_specifier.take() {
+        Some(RouteSpecifier::RouteConfig(r)) => route_config(r, &join(path, "route_config"))?,
+        Some(RouteSpecifier::Rds(mut r)) => {
+            let rp = join(path, "rds");
+            ads_source(r.config_source.take(), &join(&rp, "config_source"))?;
+            let name = std::mem::take(&mut r.route_config_name);
+            rest(&r, &rp)?;
+            if name.is_empty() {
+                return err(join(&rp, "route_config_name"), "missing route_config_name");
+            }
+            rds_names.insert(name.clone());
+            // Placeholder until the RouteConfiguration arrives; the
+            // listener is not served before (warming).
+            routes(&name).unwrap_or_default()
+        }
+        _ => {
+            return err(
+                join(path, "route_config"),
+                "one of route_config, rds is needed",
+            );
+        }
+    };
+    rest(&h, path)?;
+    Ok(json!({
+        "codec": codec,
+        "route_config": route_config,
+        "generate_request_id": generate_request_id,
+    }))
+}
+
+/// Translates a RouteConfiguration (from RDS or inline).
+pub fn route_configuration(r: rds::RouteConfiguration) -> Result<rc::RouteConfig, TranslateError> {
+    let name = r.name.clone();
+    wrap("RouteConfiguration", &name, route_config(r, ""))
+}
+
+fn header_options(v: Vec<core3::HeaderValueOption>, path: &str) -> R<Vec<rc::HeaderValueOption>> {
+    let mut out = Vec::new();
+    for (i, mut o) in v.into_iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(mut h) = o.header.take() else {
+            return err(join(&p, "header"), "missing header");
+        };
+        let name = std::mem::take(&mut h.key);
+        let value = std::mem::take(&mut h.value);
+        rest(&h, &join(&p, "header"))?;
+        // append_action: APPEND_IF_EXISTS_OR_ADD (0) or
+        // OVERWRITE_IF_EXISTS_OR_ADD (2); the deprecated `append` wins.
+        let append = match (o.append.take(), std::mem::take(&mut o.append_action)) {
+            (Some(b), _) => b.value,
+            (None, 0) => true,
+            (None, 2) => false,
+            (None, a) => {
+                return err(
+                    join(&p, "append_action"),
+                    format!("append_action {a} not supported"),
+                );
+            }
+        };
+        rest(&o, &p)?;
+        out.push(rc::HeaderValueOption {
+            name,
+            value,
+            append,
+        });
+    }
+    Ok(out)
+}
+
+fn route_config(mut r: rds::RouteConfiguration, path: &str) -> R<rc::RouteConfig> {
+    let name = std::mem::take(&mut r.name);
+    let mut vhs = Vec::new();
+    for (i, v) in std::mem::take(&mut r.virtual_hosts).into_iter().enumerate() {
+        vhs.push(virtual_host(
+            v,
+            &join(path, &format!("virtual_hosts[{i}]")),
+        )?);
+    }
+    // Route-configuration-wide header mutations apply to every virtual
+    // host: meshgate's model has them per virtual host, so they are copied.
+    let req_add = header_options(
+        std::mem::take(&mut r.request_headers_to_add),
+        &join(path, "request_headers_to_add"),
+    )?;
+    let resp_add = header_options(
+        std::mem::take(&mut r.response_headers_to_add),
+        &join(path, "response_headers_to_add"),
+    )?;
+    let req_rm = std::mem::take(&mut r.request_headers_to_remove);
+    let resp_rm = std::mem::take(&mut r.response_headers_to_remove);
+    for v in &mut vhs {
+        v.request_headers_to_add.extend(req_add.iter().cloned());
+        v.response_headers_to_add.extend(resp_add.iter().cloned());
+        v.request_headers_to_remove.extend(req_rm.iter().cloned());
+        v.response_headers_to_remove.extend(resp_rm.iter().cloned());
+    }
+    // validate_clusters only changes when Envoy checks names; meshgate
+    // always checks (a listener waits for its clusters).
+    r.validate_clusters = None;
+    rest(&r, path)?;
+    Ok(rc::RouteConfig {
+        name,
+        virtual_hosts: vhs,
+    })
+}
+
+fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig> {
+    let mut routes = Vec::new();
+    for (i, r) in std::mem::take(&mut v.routes).into_iter().enumerate() {
+        routes.push(route(r, &join(path, &format!("routes[{i}]")))?);
+    }
+    let out = rc::VirtualHostConfig {
+        name: std::mem::take(&mut v.name),
+        domains: std::mem::take(&mut v.domains),
+        routes,
+        request_headers_to_add: header_options(
+            std::mem::take(&mut v.request_headers_to_add),
+            &join(path, "request_headers_to_add"),
+        )?,
+        request_headers_to_remove: std::mem::take(&mut v.request_headers_to_remove),
+        response_headers_to_add: header_options(
+            std::mem::take(&mut v.response_headers_to_add),
+            &join(path, "response_headers_to_add"),
+        )?,
+        response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
+    };
+    rest(&v, path)?;
+    Ok(out)
+}
+
+fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
+    let mut out = rc::RouteEntryConfig {
+        name: Some(std::mem::take(&mut r.name)).filter(|n| !n.is_empty()),
+        match_: route_match(r.r#match.take().unwrap_or_default(), &join(path, "match"))?,
+        request_headers_to_add: header_options(
+            std::mem::take(&mut r.request_headers_to_add),
+            &join(path, "request_headers_to_add"),
+        )?,
+        request_headers_to_remove: std::mem::take(&mut r.request_headers_to_remove),
+        response_headers_to_add: header_options(
+            std::mem::take(&mut r.response_headers_to_add),
+            &join(path, "response_headers_to_add"),
+        )?,
+        response_headers_to_remove: std::mem::take(&mut r.response_headers_to_remove),
+        ..Default::default()
+    };
+    match r.action.take() {
+        Some(rds::route::Action::Route(a)) => {
+            out.route = Some(route_action(a, &join(path, "route"))?)
+        }
+        Some(rds::route::Action::Redirect(a)) => {
+            out.redirect = Some(redirect(a, &join(path, "redirect"))?)
+        }
+        Some(rds::route::Action::DirectResponse(mut d)) => {
+            let dp = join(path, "direct_response");
+            let body = match d.body.take() {
+                None => None,
+                Some(mut b) => {
+                    use core3::data_source::Specifier;
+                    let s = match b.specifier.take() {
+                        Some(Specifier::InlineString(s)) => s,
+                        Some(Specifier::InlineBytes(v)) => String::from_utf8(v).map_err(|_| {
+                            (
+                                join(&dp, "body.inline_bytes"),
+                                "body must be UTF-8".to_string(),
+                            )
+                        })?,
+                        _ => {
+                            return err(
+                                join(&dp, "body"),
+                                "only inline_string and inline_bytes bodies are supported",
+                            );
+                        }
+                    };
+                    rest(&b, &join(&dp, "body"))?;
+                    Some(s)
+                }
+            };
+            let status = std::mem::take(&mut d.status);
+            rest(&d, &dp)?;
+            out.direct_response = Some(rc::DirectResponseConfig {
+                status: u16::try_from(status).unwrap_or(0),
+                body,
+            });
+        }
+        _ => return err(path, "one of route, redirect, direct_response is needed"),
+    }
+    rest(&r, path)?;
+    Ok(out)
+}
+
+fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
+    let s = std::mem::take(&mut m.regex);
+    // engine_type google_re2 is the only engine there is; meshgate's is
+    // the `regex` crate, RE2-compatible syntax.
+    m.engine_type = None;
+    rest(&m, path)?;
+    Ok(s)
+}
+
+fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
+    use rds::route_match::PathSpecifier;
+    let mut out = rc::RouteMatchConfig::default();
+    match m.path_specifier.take() {
+        Some(PathSpecifier::Prefix(p)) => out.prefix = Some(p),
+        Some(PathSpecifier::Path(p)) => out.path = Some(p),
+        Some(PathSpecifier::SafeRegex(r)) => {
+            out.safe_regex = Some(regex(r, &join(path, "safe_regex"))?)
+        }
+        _ => return err(path, "one of prefix, path, safe_regex is needed"),
+    }
+    out.case_sensitive = m.case_sensitive.take().map(|b| b.value).unwrap_or(true);
+    if let Some(g) = m.grpc.take() {
+        rest(&g, &join(path, "grpc"))?;
+        out.grpc = true;
+    }
+    for (i, mut h) in std::mem::take(&mut m.headers).into_iter().enumerate() {
+        use rds::header_matcher::HeaderMatchSpecifier as S;
+        let hp = format!("{path}.headers[{i}]");
+        let mut c = rc::HeaderMatcherConfig {
+            name: std::mem::take(&mut h.name),
+            invert_match: std::mem::take(&mut h.invert_match),
+            ..Default::default()
+        };
+        match h.header_match_specifier.take() {
+            None => c.present_match = Some(true),
+            Some(S::ExactMatch(s)) => c.exact_match = Some(s),
+            Some(S::PrefixMatch(s)) => c.prefix_match = Some(s),
+            Some(S::SuffixMatch(s)) => c.suffix_match = Some(s),
+            Some(S::PresentMatch(b)) => c.present_match = Some(b),
+            Some(S::SafeRegexMatch(r)) => {
+                c.safe_regex_match = Some(regex(r, &join(&hp, "safe_regex_match"))?)
+            }
+            Some(S::StringMatch(mut sm)) => {
+                use matcher::string_matcher::MatchPattern as P;
+                let sp = join(&hp, "string_match");
+                if sm.ignore_case {
+                    return err(join(&sp, "ignore_case"), "ignore_case not supported");
+                }
+                match sm.match_pattern.take() {
+                    Some(P::Exact(s)) => c.exact_match = Some(s),
+                    Some(P::Prefix(s)) => c.prefix_match = Some(s),
+                    Some(P::Suffix(s)) => c.suffix_match = Some(s),
+                    Some(P::SafeRegex(r)) => {
+                        c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
+                    }
+                    _ => {
+                        return err(
+                            sp,
+                            "match pattern not supported (exact, prefix, suffix, safe_regex)",
+                        );
+                    }
+                }
+            }
+            Some(_) => {
+                return err(
+                    &hp,
+                    "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)",
+                );
+            }
+        }
+        rest(&h, &hp)?;
+        out.headers.push(c);
+    }
+    for (i, mut q) in std::mem::take(&mut m.query_parameters)
+        .into_iter()
+        .enumerate()
+    {
+        use rds::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+        let qp = format!("{path}.query_parameters[{i}]");
+        let mut c = rc::QueryParameterMatcherConfig {
+            name: std::mem::take(&mut q.name),
+            ..Default::default()
+        };
+        match q.query_parameter_match_specifier.take() {
+            None => c.present_match = Some(true),
+            Some(S::PresentMatch(b)) => c.present_match = Some(b),
+            Some(S::StringMatch(mut sm)) => {
+                use matcher::string_matcher::MatchPattern as P;
+                let sp = join(&qp, "string_match");
+                if sm.ignore_case {
+                    return err(join(&sp, "ignore_case"), "ignore_case not supported");
+                }
+                match sm.match_pattern.take() {
+                    Some(P::Exact(s)) => c.exact_match = Some(s),
+                    Some(P::SafeRegex(r)) => {
+                        c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
+                    }
+                    _ => return err(sp, "match pattern not supported (exact, safe_regex)"),
+                }
+            }
+        }
+        rest(&q, &qp)?;
+        out.query_parameters.push(c);
+    }
+    rest(&m, path)?;
+    Ok(out)
+}
+
+fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig> {
+    use rds::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+    let mut out = rc::RouteActionConfig::default();
+    match a.cluster_specifier.take() {
+        Some(ClusterSpecifier::Cluster(c)) => out.cluster = Some(c),
+        Some(ClusterSpecifier::WeightedClusters(mut w)) => {
+            let wp = join(path, "weighted_clusters");
+            let mut list = Vec::new();
+            for (i, mut c) in std::mem::take(&mut w.clusters).into_iter().enumerate() {
+                let cp = format!("{wp}.clusters[{i}]");
+                let name = std::mem::take(&mut c.name);
+                let weight = c.weight.take().map(|v| v.value).unwrap_or(0);
+                rest(&c, &cp)?;
+                if weight == 0 {
+                    // Envoy allows weight 0 (no traffic); meshgate's model
+                    // wants >= 1, so such an entry is dropped.
+                    continue;
+                }
+                list.push(rc::ClusterWeightConfig { name, weight });
+            }
+            w.total_weight = None;
+            rest(&w, &wp)?;
+            if list.is_empty() {
+                return err(wp, "no cluster with a weight above 0");
+            }
+            out.weighted_clusters = Some(rc::WeightedClustersConfig { clusters: list });
+        }
+        _ => return err(path, "one of cluster, weighted_clusters is needed"),
+    }
+    let pr = std::mem::take(&mut a.prefix_rewrite);
+    if !pr.is_empty() {
+        out.prefix_rewrite = Some(pr);
+    }
+    if let Some(mut rr) = a.regex_rewrite.take() {
+        let rp = join(path, "regex_rewrite");
+        let pattern = match rr.pattern.take() {
+            Some(p) => regex(p, &join(&rp, "pattern"))?,
+            None => return err(join(&rp, "pattern"), "missing pattern"),
+        };
+        let substitution = std::mem::take(&mut rr.substitution);
+        rest(&rr, &rp)?;
+        out.regex_rewrite = Some(rc::RegexRewriteConfig {
+            pattern,
+            substitution,
+        });
+    }
+    match a.host_rewrite_specifier.take() {
+        None => {}
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => out.host_rewrite_literal = Some(h),
+        Some(_) => {
+            return err(
+                join(path, "host_rewrite_specifier"),
+                "only host_rewrite_literal is supported",
+            );
+        }
+    }
+    if let Some(d) = a.timeout.take() {
+        out.timeout = duration(&d, &join(path, "timeout"))?;
+    }
+    if let Some(d) = a.idle_timeout.take() {
+        out.idle_timeout = Some(duration(&d, &join(path, "idle_timeout"))?);
+    }
+    if let Some(mut rp) = a.retry_policy.take() {
+        let pp = join(path, "retry_policy");
+        let mut p = rc::RetryPolicyConfig {
+            retry_on: std::mem::take(&mut rp.retry_on),
+            ..Default::default()
+        };
+        if let Some(n) = rp.num_retries.take() {
+            p.num_retries = n.value;
+        }
+        if let Some(d) = rp.per_try_timeout.take() {
+            p.per_try_timeout = Some(duration(&d, &join(&pp, "per_try_timeout"))?);
+        }
+        for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
+            .into_iter()
+            .enumerate()
+        {
+            p.retriable_status_codes.push(u16::try_from(c).map_err(|_| {
+                (
+                    format!("{pp}.retriable_status_codes[{i}]"),
+                    "not a status code".to_string(),
+                )
+            })?);
+        }
+        if let Some(mut b) = rp.retry_back_off.take() {
+            let bp = join(&pp, "retry_back_off");
+            if let Some(d) = b.base_interval.take() {
+                p.retry_back_off.base_interval = duration(&d, &join(&bp, "base_interval"))?;
+            }
+            if let Some(d) = b.max_interval.take() {
+                p.retry_back_off.max_interval = Some(duration(&d, &join(&bp, "max_interval"))?);
+            }
+            rest(&b, &bp)?;
+        }
+        rest(&rp, &pp)?;
+        out.retry_policy = Some(p);
+    }
+    rest(&a, path)?;
+    Ok(out)
+}
+
+fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfig> {
+    use rds::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
+    let mut out = rc::RedirectActionConfig::default();
+    let h = std::mem::take(&mut a.host_redirect);
+    if !h.is_empty() {
+        out.host_redirect = Some(h);
+    }
+    let port = std::mem::take(&mut a.port_redirect);
+    if port != 0 {
+        out.port_redirect = Some(
+            u16::try_from(port)
+                .map_err(|_| (join(path, "port_redirect"), "port out of range".to_string()))?,
+        );
+    }
+    out.response_code = match std::mem::take(&mut a.response_code) {
+        0 => 301,
+        1 => 302,
+        2 => 303,
+        3 => 307,
+        4 => 308,
+        c => {
+            return err(
+                join(path, "response_code"),
+                format!("response code {c} not supported"),
+            );
+        }
+    };
+    out.strip_query = std::mem::take(&mut a.strip_query);
+    match a.scheme_rewrite_specifier.take() {
+        None => {}
+        Some(S::HttpsRedirect(b)) => out.https_redirect = b,
+        Some(S::SchemeRedirect(s)) => out.scheme_redirect = Some(s),
+    }
+    match a.path_rewrite_specifier.take() {
+        None => {}
+        Some(P::PathRedirect(p)) => out.path_redirect = Some(p),
+        Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p),
+        Some(_) => {
+            return err(
+                join(path, "regex_rewrite"),
+                "regex_rewrite in redirects is not supported",
+            );
+        }
+    }
+    rest(&a, path)?;
+    Ok(out)
+}
+
+/// The clusters a listener's filters name (for warming).
+pub fn clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for fc in &l.filter_chains {
+        for f in &fc.filters {
+            collect_clusters(&f.config, &mut out);
+        }
+    }
+    out
+}
+
+fn collect_clusters(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(c)) = m.get("cluster") {
+                out.insert(c.clone());
+            }
+            if let Some(Value::Array(list)) = m.get("weighted_clusters") {
+                for c in list {
+                    if let Some(Value::String(n)) = c.get("name") {
+                        out.insert(n.clone());
+                    }
+                }
+            }
+            if let Some(Value::Object(w)) = m.get("weighted_clusters")
+                && let Some(Value::Array(list)) = w.get("clusters")
+            {
+                for c in list {
+                    if let Some(Value::String(n)) = c.get("name") {
+                        out.insert(n.clone());
+                    }
+                }
+            }
+            for x in m.values() {
+                collect_clusters(x, out);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                collect_clusters(x, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dur(s: i64) -> Option<protobuf::Duration> {
+        Some(protobuf::Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    }
+
+    #[test]
+    fn eds_cluster_translates_and_waits_for_its_assignment() {
+        let c = cds::Cluster {
+            name: "web".into(),
+            cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+                cds::cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+                eds_config: Some(core3::ConfigSource {
+                    config_source_specifier: Some(
+                        core3::config_source::ConfigSourceSpecifier::Ads(Default::default()),
+                    ),
+                    resource_api_version: 2,
+                    ..Default::default()
+                }),
+                service_name: "web-svc".into(),
+            }),
+            lb_policy: cds::cluster::LbPolicy::Maglev as i32,
+            connect_timeout: dur(2),
+            ..Default::default()
+        };
+        let t = cluster(c).unwrap();
+        assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
+        assert_eq!(t.config.lb_policy, "maglev");
+        assert_eq!(t.config.connect_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unsupported_fields_are_named() {
+        let c = cds::Cluster {
+            name: "x".into(),
+            outlier_detection: Some(Default::default()),
+            ..Default::default()
+        };
+        let e = cluster(c).unwrap_err();
+        assert_eq!(e.resource, "Cluster 'x'");
+        assert_eq!(e.field, "outlier_detection");
+        let r = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                name: "v".into(),
+                domains: vec!["*".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        hedge_policy: Some(Default::default()),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = route_configuration(r).unwrap_err();
+        assert_eq!(
+            e.field, "virtual_hosts[0].routes[0].route.hedge_policy",
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hedge_policy: field not supported by meshgate (refused rather than ignored)"
+        );
+    }
+
+    #[test]
+    fn endpoints_keep_weights_metadata_and_drop_unhealthy() {
+        let ep = |port: u32, w: u32, h: core3::HealthStatus| eds::LbEndpoint {
+            host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
+                address: Some(core3::Address {
+                    address: Some(core3::address::Address::SocketAddress(
+                        core3::SocketAddress {
+                            address: "10.0.0.1".into(),
+                            port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
+                                port,
+                            )),
+                            ..Default::default()
+                        },
+                    )),
+                }),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(protobuf::UInt32Value { value: w }),
+            health_status: h as i32,
+            metadata: Some(core3::Metadata {
+                filter_metadata: [(
+                    "envoy.lb".to_string(),
+                    protobuf::Struct {
+                        fields: [(
+                            "canary".to_string(),
+                            protobuf::Value {
+                                kind: Some(protobuf::value::Kind::BoolValue(true)),
+                            },
+                        )]
+                        .into(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+        };
+        let cla = eds::ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![eds::LocalityLbEndpoints {
+                lb_endpoints: vec![
+                    ep(1, 3, core3::HealthStatus::Healthy),
+                    ep(2, 1, core3::HealthStatus::Unhealthy),
+                    ep(3, 1, core3::HealthStatus::Draining),
+                    ep(4, 5, core3::HealthStatus::Unknown),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let out = endpoints(cla, "").unwrap();
+        let got: Vec<_> = out.iter().map(|e| (e.address.as_str(), e.weight)).collect();
+        assert_eq!(got, vec![("10.0.0.1:1", 3), ("10.0.0.1:4", 5)]);
+        assert_eq!(out[0].metadata["envoy.lb"], json!({"canary": true}));
+    }
+
+    #[test]
+    fn hcm_with_rds_names_its_route_configuration() {
+        let h = hcm::HttpConnectionManager {
+            stat_prefix: "ingress".into(),
+            codec_type: hcm::http_connection_manager::CodecType::Http1 as i32,
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(core3::ConfigSource {
+                        config_source_specifier: Some(
+                            core3::config_source::ConfigSourceSpecifier::Ads(Default::default()),
+                        ),
+                        ..Default::default()
+                    }),
+                    route_config_name: "routes".into(),
+                },
+            )),
+            ..Default::default()
+        };
+        let l = lds::Listener {
+            name: "l".into(),
+            address: Some(core3::Address {
+                address: Some(core3::address::Address::SocketAddress(
+                    core3::SocketAddress {
+                        address: "127.0.0.1".into(),
+                        port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(8080)),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            filter_chains: vec![lds::FilterChain {
+                filters: vec![lds::Filter {
+                    name: "hcm".into(),
+                    config_type: Some(lds::filter::ConfigType::TypedConfig(protobuf::Any {
+                        type_url: HCM.into(),
+                        value: h.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = listener(l.clone(), &|_| None).unwrap();
+        assert_eq!(t.config.address, "127.0.0.1:8080");
+        assert_eq!(t.rds_names.iter().collect::<Vec<_>>(), vec!["routes"]);
+        let f = &t.config.filter_chains[0].filters[0];
+        assert_eq!(f.name, "proxy");
+        assert_eq!(f.config["codec"], "http1");
+        let mut bad = l;
+        bad.filter_chains[0].transport_socket = Some(Default::default());
+        let e = listener(bad, &|_| None).unwrap_err();
+        assert_eq!(e.field, "filter_chains[0].transport_socket");
+    }
+}
