@@ -329,6 +329,20 @@ impl FilterChain {
     }
 }
 
+/// A connection counted against its listener's limit and the
+/// `cx_active` gauge, until dropped.
+pub(crate) struct ConnectionSlot {
+    listener: Arc<RunningListener>,
+    cx_active: metrics::Gauge,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.cx_active.decrement(1.0);
+        self.listener.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Binds a listening socket with SO_REUSEADDR and the configured backlog.
 pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -355,10 +369,10 @@ pub(crate) fn next_connection_id() -> u64 {
 /// keeps accepting.
 pub struct RunningListener {
     pub compiled: ArcSwap<CompiledListener>,
-    pub(crate) active: AtomicU32,
+    active: AtomicU32,
     /// Handed to each connection; replaced (and the old one cancelled) by
     /// `replace`.
-    pub(crate) retire: std::sync::Mutex<CancellationToken>,
+    retire: std::sync::Mutex<CancellationToken>,
 }
 
 impl RunningListener {
@@ -387,6 +401,31 @@ impl RunningListener {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cancel();
+    }
+
+    /// Counts a new connection against the listener's limit. `false`: the
+    /// limit is reached (counted as overflow) and the caller must refuse
+    /// it; `true`: the returned slot keeps it counted until dropped.
+    pub(crate) fn admit(self: &Arc<Self>, compiled: &CompiledListener) -> Option<ConnectionSlot> {
+        compiled.stats.cx_total.increment(1);
+        if self.active.fetch_add(1, Ordering::Relaxed) >= compiled.max_connections {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            compiled.stats.cx_overflow.increment(1);
+            return None;
+        }
+        compiled.stats.cx_active.increment(1.0);
+        Some(ConnectionSlot {
+            listener: self.clone(),
+            cx_active: compiled.stats.cx_active.clone(),
+        })
+    }
+
+    /// The retire token handed to a new connection.
+    pub(crate) fn retire_token(&self) -> CancellationToken {
+        self.retire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Downstream connections currently open on this listener.
@@ -418,27 +457,16 @@ impl RunningListener {
                 }
             };
             let compiled = self.compiled.load_full();
-            compiled.stats.cx_total.increment(1);
-            if self.active.fetch_add(1, Ordering::Relaxed) >= compiled.max_connections {
-                self.active.fetch_sub(1, Ordering::Relaxed);
-                compiled.stats.cx_overflow.increment(1);
+            let Some(slot) = self.admit(&compiled) else {
                 tracing::debug!(listener = %compiled.name, %peer, "connection limit reached; closing");
                 drop(stream);
                 continue;
-            }
-            compiled.stats.cx_active.increment(1.0);
-            let me = self.clone();
+            };
             let drain = drain.clone();
-            let retire = self
-                .retire
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let retire = self.retire_token();
             tracker.spawn(async move {
-                let stats = compiled.stats.clone();
                 handle_connection(compiled, stream, peer, drain, retire).await;
-                stats.cx_active.decrement(1.0);
-                me.active.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
             });
         }
         tracing::info!(address = ?listener.local_addr().ok(), "listener stopped accepting");

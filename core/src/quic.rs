@@ -14,7 +14,6 @@ use crate::listener::{CompiledListener, RunningListener};
 use crate::network::{Connection, ConnectionInfo, DownstreamIo, FilterStatus};
 use crate::tls::{DownstreamTls, PeerIdentity, TlsInfo};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -161,18 +160,14 @@ impl RunningListener {
                 incoming.refuse();
                 continue;
             };
-            compiled.stats.cx_total.increment(1);
-            if self.active.fetch_add(1, Ordering::Relaxed) >= compiled.max_connections {
-                self.active.fetch_sub(1, Ordering::Relaxed);
-                compiled.stats.cx_overflow.increment(1);
+            let Some(slot) = self.admit(&compiled) else {
                 incoming.refuse();
                 continue;
-            }
+            };
             let cfg = match quic.server_config(tls) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(listener = %compiled.name, error = %e, "QUIC server config");
-                    self.active.fetch_sub(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;
                 }
@@ -184,23 +179,14 @@ impl RunningListener {
                     // A bad token or an unusable Initial: quinn has answered.
                     tracing::debug!(listener = %compiled.name, %peer, error = %e, "QUIC connection refused");
                     metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => compiled.name.to_string(), "reason" => "quic_refused").increment(1);
-                    self.active.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 }
             };
-            compiled.stats.cx_active.increment(1.0);
-            let me = self.clone();
             let drain = drain.clone();
-            let retire = self
-                .retire
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let retire = self.retire_token();
             tracker.spawn(async move {
-                let stats = compiled.stats.clone();
                 serve_connection(compiled, connecting, peer, drain, retire).await;
-                stats.cx_active.decrement(1.0);
-                me.active.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
             });
         }
         // New handshakes are refused from here on; connections still open
