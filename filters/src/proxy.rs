@@ -395,18 +395,30 @@ impl StreamHandler for Handler {
     }
 }
 
+// Header names as constants: a `&str` key is parsed on every lookup.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::TRAILER,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no lookups.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(http::header::CONNECTION)
         .iter()
@@ -421,7 +433,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     for n in listed {
@@ -485,8 +497,8 @@ impl ProxyHandler {
     async fn process(&self, mut req: Request, mut info: StreamInfo) -> Response {
         self.stats.rq_total.increment(1);
         info.grpc = is_grpc(req.headers());
-        if self.generate_request_id && !req.headers().contains_key("x-request-id") {
-            req.headers_mut().insert("x-request-id", request_id());
+        if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
+            req.headers_mut().insert(X_REQUEST_ID, request_id());
         }
         // What the access log needs of the request, before it is forwarded.
         let logged = self.access_log.as_ref().map(|_| RequestSummary::of(&req));
@@ -527,25 +539,25 @@ impl ProxyHandler {
         }
         headers.remove(http::header::EXPECT);
         let peer = info.connection.peer_addr.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {peer}"),
             None => peer,
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
         let tls = info.connection.tls.clone();
         headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         );
         // mTLS: the verified client identity, as Envoy's
         // x-forwarded-client-cert (a client-sent value is never trusted).
-        headers.remove("x-forwarded-client-cert");
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
         if let Some(peer) = tls.as_ref().and_then(|t| t.peer.as_ref())
             && let Ok(v) = HeaderValue::from_str(&xfcc(peer))
         {
-            headers.insert("x-forwarded-client-cert", v);
+            headers.insert(X_FORWARDED_CLIENT_CERT, v);
         }
         if let Some(limit) = self.max_request_body_bytes
             && let Some(len) = headers

@@ -9,7 +9,8 @@
 //! path in `client.rs`.
 
 use super::client::UpstreamIo;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use super::h1_body::{Decoded, Decoder, Framing};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -27,9 +28,6 @@ use tokio::io::AsyncWriteExt;
 const MAX_HEAD: usize = 64 * 1024;
 /// The most response headers.
 const MAX_HEADERS: usize = 128;
-/// The most bytes of one chunk-size line or of all trailers.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
 /// How much one read asks for.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -208,18 +206,35 @@ pub(super) async fn send(
     // The response head; 1xx other than 101 are skipped.
     let (resp, keep_alive, framing) = loop {
         let parsed = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut headers);
-            match r.parse(&conn.buf) {
-                Ok(httparse::Status::Complete(len)) => Some(build_head(&r, len, head_only)?),
+            // Uninitialised slots: zeroing them all would cost more than
+            // the parse.
+            let mut slots =
+                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut r = httparse::Response::new(&mut []);
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut r,
+                &conn.buf,
+                &mut slots,
+            ) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let base = conn.buf.as_ptr() as usize;
+                    let mut fields = Vec::with_capacity(r.headers.len());
+                    for h in r.headers.iter() {
+                        let name = HeaderName::from_bytes(h.name.as_bytes())
+                            .map_err(|_| protocol("bad response header name"))?;
+                        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+                    }
+                    Some((len, r.code.unwrap_or(0), r.version == Some(1), fields))
+                }
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => return Err(protocol(format!("bad response head: {e}"))),
             }
         };
         match parsed {
-            Some((len, head)) => {
-                conn.buf.advance(len);
-                match head {
+            Some((len, code, http11, fields)) => {
+                // Values point into the head's bytes: no copy per field.
+                let bytes = conn.buf.split_to(len).freeze();
+                match build_head(code, http11, &bytes, fields, head_only)? {
                     Head::Informational => continue,
                     Head::Final(resp, keep_alive, framing) => break (resp, keep_alive, framing),
                 }
@@ -246,17 +261,12 @@ pub(super) async fn send(
     conn.reused = true;
     let mut body = H1Body {
         conn: Some(conn),
-        state: match framing {
-            Framing::Empty => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        },
+        decoder: Decoder::new(framing),
         keep_alive,
         pool,
         max_idle,
     };
-    if matches!(body.state, State::Done) {
+    if body.decoder.is_done() {
         body.release();
     }
     let (parts, ()) = resp.into_parts();
@@ -268,48 +278,40 @@ enum Head {
     Final(http::Response<()>, bool, Framing),
 }
 
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// The response head as an `http::Response`, whether the connection stays
 /// open, and the body's framing (RFC 9112 section 6.3).
 fn build_head(
-    r: &httparse::Response<'_, '_>,
-    len: usize,
+    code: u16,
+    http11: bool,
+    bytes: &Bytes,
+    fields: Vec<(HeaderName, usize, usize)>,
     head_only: bool,
-) -> Result<(usize, Head), SendError> {
-    let code = r.code.unwrap_or(0);
+) -> Result<Head, SendError> {
     let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(protocol("unexpected 101 Switching Protocols"));
         }
-        return Ok((len, Head::Informational));
+        return Ok(Head::Informational);
     }
-    let http11 = r.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut keep_alive = http11;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut other_te = false;
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| protocol("bad response header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| protocol("bad response header value"))?;
+    for (name, at, n) in fields {
+        let raw = &bytes[at..at + n];
+        let value = HeaderValue::from_maybe_shared(bytes.slice(at..at + n))
+            .map_err(|_| protocol("bad response header value"))?;
         if name == http::header::CONNECTION {
-            let v = h.value.to_ascii_lowercase();
+            let v = raw.to_ascii_lowercase();
             if v.windows(5).any(|w| w == b"close") {
                 keep_alive = false;
             }
             continue;
         }
         if name == http::header::TRANSFER_ENCODING {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            let v = String::from_utf8_lossy(raw).to_ascii_lowercase();
             match v.rsplit(',').next().map(str::trim) {
                 Some("chunked") => chunked = true,
                 _ => other_te = true,
@@ -317,7 +319,7 @@ fn build_head(
             continue;
         }
         if name == http::header::CONTENT_LENGTH {
-            let n: u64 = std::str::from_utf8(h.value)
+            let n: u64 = std::str::from_utf8(raw)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .ok_or_else(|| protocol("bad content-length"))?;
@@ -333,7 +335,7 @@ fn build_head(
     }
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Empty
+            Framing::Length(0)
         } else if other_te {
             Framing::UntilClose
         } else if chunked {
@@ -344,35 +346,21 @@ fn build_head(
             }
             Framing::Chunked
         } else if let Some(n) = content_length {
-            if n == 0 {
-                Framing::Empty
-            } else {
-                Framing::Length(n)
-            }
+            Framing::Length(n)
         } else {
             Framing::UntilClose
         };
     let mut resp = http::Response::new(());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    Ok((len, Head::Final(resp, keep_alive, framing)))
-}
-
-enum State {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
-    UntilClose,
-    Done,
+    Ok(Head::Final(resp, keep_alive, framing))
 }
 
 /// A response body read from the connection; the connection goes back to
 /// the pool when the body ended cleanly and both sides keep it alive.
 struct H1Body {
     conn: Option<Conn>,
-    state: State,
+    decoder: Decoder,
     keep_alive: bool,
     pool: Weak<Pool>,
     max_idle: usize,
@@ -400,7 +388,6 @@ impl H1Body {
 
     fn fail(&mut self, msg: &str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
-        self.state = State::Done;
         Poll::Ready(Some(Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             msg.to_string(),
@@ -411,14 +398,6 @@ impl H1Body {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A CRLF-terminated line at the start of `buf`, without the CRLF.
-fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
-    let pos = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = buf.split_to(pos).freeze();
-    buf.advance(2);
-    Some(line)
-}
-
 impl http_body::Body for H1Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -428,160 +407,47 @@ impl http_body::Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let me = self.get_mut();
+        let mut eof = false;
         loop {
             let Some(conn) = me.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match me.state {
-                State::Done => {
-                    me.release();
-                    return Poll::Ready(None);
-                }
-                State::Length(left) => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return me.fail("upstream closed mid-body"),
-                            Ok(_) => {}
-                            Err(e) => return me.fail(&e.to_string()),
-                        }
-                    }
-                    let n = (conn.buf.len() as u64).min(left) as usize;
-                    let data = conn.buf.split_to(n).freeze();
-                    me.state = if left == n as u64 {
-                        State::Done
-                    } else {
-                        State::Length(left - n as u64)
-                    };
-                    if matches!(me.state, State::Done) {
+            match me.decoder.decode(&mut conn.buf, eof) {
+                Ok(Decoded::Data(data)) => {
+                    if me.decoder.is_done() {
                         me.release();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                State::ChunkSize => match take_line(&mut conn.buf) {
-                    Some(line) => {
-                        let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
-                        let size = std::str::from_utf8(hex)
-                            .ok()
-                            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
-                        match size {
-                            Some(0) => me.state = State::Trailers,
-                            Some(n) => me.state = State::ChunkData(n),
-                            None => return me.fail("bad chunk size"),
-                        }
-                    }
-                    None if conn.buf.len() > MAX_CHUNK_LINE => {
-                        return me.fail("chunk size line too long");
-                    }
-                    None => match ready!(conn.poll_fill(cx)) {
-                        Ok(0) => return me.fail("upstream closed mid-body"),
-                        Ok(_) => {}
-                        Err(e) => return me.fail(&e.to_string()),
-                    },
-                },
-                State::ChunkData(left) => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return me.fail("upstream closed mid-body"),
-                            Ok(_) => {}
-                            Err(e) => return me.fail(&e.to_string()),
-                        }
-                    }
-                    let n = (conn.buf.len() as u64).min(left) as usize;
-                    let data = conn.buf.split_to(n).freeze();
-                    me.state = if left == n as u64 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left - n as u64)
-                    };
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::ChunkEnd => {
-                    if conn.buf.len() < 2 {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return me.fail("upstream closed mid-body"),
-                            Ok(_) => continue,
-                            Err(e) => return me.fail(&e.to_string()),
-                        }
-                    }
-                    if &conn.buf[..2] != b"\r\n" {
-                        return me.fail("chunk not followed by CRLF");
-                    }
-                    conn.buf.advance(2);
-                    me.state = State::ChunkSize;
-                }
-                State::Trailers => {
-                    // All trailer lines and the final empty line.
-                    let end = if conn.buf.starts_with(b"\r\n") {
-                        Some(2)
-                    } else {
-                        conn.buf
-                            .windows(4)
-                            .position(|w| w == b"\r\n\r\n")
-                            .map(|p| p + 4)
-                    };
-                    let Some(end) = end else {
-                        if conn.buf.len() > MAX_TRAILERS {
-                            return me.fail("trailers too large");
-                        }
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => return me.fail("upstream closed in trailers"),
-                            Ok(_) => continue,
-                            Err(e) => return me.fail(&e.to_string()),
-                        }
-                    };
-                    let block = conn.buf.split_to(end);
-                    let mut trailers = HeaderMap::new();
-                    for line in block[..].split(|b| *b == b'\n') {
-                        let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        if line.is_empty() {
-                            continue;
-                        }
-                        let Some(colon) = line.iter().position(|b| *b == b':') else {
-                            return me.fail("bad trailer line");
-                        };
-                        let (Ok(k), Ok(v)) = (
-                            HeaderName::from_bytes(&line[..colon]),
-                            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-                        ) else {
-                            return me.fail("bad trailer");
-                        };
-                        trailers.append(k, v);
-                    }
-                    me.state = State::Done;
+                Ok(Decoded::Trailers(t)) => {
                     me.release();
-                    if !trailers.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::End) => {
+                    if eof {
+                        me.keep_alive = false;
                     }
+                    me.release();
                     return Poll::Ready(None);
                 }
-                State::UntilClose => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => {
-                                me.state = State::Done;
-                                me.keep_alive = false;
-                                continue;
-                            }
-                            Ok(_) => {}
-                            Err(e) => return me.fail(&e.to_string()),
-                        }
-                    }
-                    let data = conn.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
+                Ok(Decoded::NeedMore) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(e) => return me.fail(&e.to_string()),
+                },
+                Err(msg) => return me.fail(msg),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) || self.conn.is_none()
+        self.decoder.is_done() || self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match self.decoder.exact_remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }

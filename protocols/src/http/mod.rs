@@ -1,9 +1,11 @@
-//! HTTP/1.1 and HTTP/2 codecs on hyper (which drives the `h2` crate for
-//! HTTP/2): downstream servers feeding the stream layer, upstream pools
+//! HTTP/1.1 (by hand on httparse) and HTTP/2 (hyper driving the `h2`
+//! crate) codecs: downstream servers feeding the stream layer, upstream pools
 //! (HTTP/1 keep-alive, HTTP/2 multiplexed), and detection from the first
 //! bytes so one listener serves both.
 
 mod client;
+mod h1_body;
+mod h1_server;
 mod h1_upstream;
 mod server;
 

@@ -1,5 +1,6 @@
-//! Downstream HTTP/1.1 and HTTP/2 servers: hyper connections whose service
-//! hands every request to the stream layer (`StreamHandler`). Limits that
+//! Downstream servers: HTTP/1.1 (`h1_server`, by hand) and HTTP/2 (a
+//! hyper connection whose service hands every request to the stream layer,
+//! `StreamHandler`). Limits that
 //! protect meshgate from hostile clients are set here: header size and
 //! count, header read timeout, HTTP/2 stream and reset limits.
 
@@ -125,30 +126,7 @@ impl Http1Server {
 
 impl ServerCodec for Http1Server {
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
-        Box::pin(async move {
-            let (io, info, drain) = conn.into_prefixed();
-            let listener = info.listener.clone();
-            let svc = service(handler, Arc::new(info), "http1");
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(self.opts.request_headers_timeout)
-                .max_buf_size(self.opts.max_request_headers_bytes.max(8192))
-                .max_headers(self.opts.max_request_headers);
-            let conn = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "http1 connection ended with an error");
-                        count_downstream_error(&listener, "http1", &e);
-                    }
-                }
-                _ = drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        })
+        Box::pin(super::h1_server::serve(self.opts.clone(), conn, handler))
     }
 }
 
