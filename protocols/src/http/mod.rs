@@ -5,6 +5,7 @@
 
 mod client;
 mod h1_upstream;
+mod h2_guard;
 mod server;
 
 use meshgate_core::BuildError;
@@ -13,6 +14,7 @@ use meshgate_core::config::parse_typed;
 use std::sync::Arc;
 
 pub use client::{Http1Client, Http2Client, PoolOptions};
+pub use h2_guard::FloodOptions;
 pub use server::{Http1Server, Http2Server, ServerOptions};
 
 /// Wraps hyper's pending upgrade as the stream layer's `Upgrade`.
