@@ -405,6 +405,8 @@ pub(crate) struct H2Guard<T> {
     counts: Counts,
     /// h2 already sent a GOAWAY of its own: we do not send a second one.
     h2_goaway: bool,
+    /// h2 wrote something (its SETTINGS come first).
+    wrote: bool,
     tripped: Option<Box<Tripped>>,
 }
 
@@ -419,6 +421,7 @@ impl<T> H2Guard<T> {
             write: Scanner::default(),
             counts: Counts::new(opts),
             h2_goaway: false,
+            wrote: false,
             tripped: None,
         }
     }
@@ -457,6 +460,7 @@ impl<T> H2Guard<T> {
     }
 
     fn scan_written(&mut self, data: &[u8]) {
+        self.wrote |= !data.is_empty();
         if self.off {
             return;
         }
@@ -483,9 +487,15 @@ impl<T> H2Guard<T> {
     }
 }
 
-fn goaway_frame(last_stream: u32, debug: &[u8]) -> Vec<u8> {
+/// GOAWAY(ENHANCE_YOUR_CALM) with the flood's name as debug data; behind
+/// an empty SETTINGS frame when h2 has not written its own yet (a server's
+/// first frame must be SETTINGS, RFC 9113 section 3.4).
+fn goaway_frame(settings_first: bool, last_stream: u32, debug: &[u8]) -> Vec<u8> {
     let len = 8 + debug.len() as u32;
-    let mut f = Vec::with_capacity(9 + len as usize);
+    let mut f = Vec::with_capacity(18 + len as usize);
+    if settings_first {
+        f.extend_from_slice(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+    }
     f.extend_from_slice(&len.to_be_bytes()[1..]);
     f.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
     f.extend_from_slice(&(last_stream & 0x7fff_ffff).to_be_bytes());
@@ -521,7 +531,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
                     t.close = if self.h2_goaway {
                         Close::Shutdown
                     } else {
-                        Close::Goaway(goaway_frame(self.counts.last_stream, t.flood.label().as_bytes()), 0)
+                        Close::Goaway(
+                            goaway_frame(
+                                !self.wrote,
+                                self.counts.last_stream,
+                                t.flood.label().as_bytes(),
+                            ),
+                            0,
+                        )
                     };
                 }
                 Close::Goaway(frame, at) => {
@@ -547,19 +564,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
                     Poll::Ready(Err(_)) => t.close = Close::Done,
                 },
                 Close::Drain => {
+                    // At most 64 KiB per poll, then yield: a client that
+                    // keeps sending cannot pin the worker thread.
                     let mut scratch = [0u8; 4096];
-                    let mut rb = ReadBuf::new(&mut scratch);
-                    match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {}
-                        Poll::Ready(_) => t.close = Close::Done,
+                    for _ in 0..16 {
+                        let mut rb = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(())) if !rb.filled().is_empty() => {}
+                            Poll::Ready(_) => {
+                                t.close = Close::Done;
+                                break;
+                            }
+                        }
+                    }
+                    if !matches!(t.close, Close::Done) {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                 }
                 Close::Done => return Poll::Ready(aborted()),
             }
         }
     }
-
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<T> {
@@ -648,8 +675,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mid_frame = matches!(self.tripped.as_deref(), Some(Tripped { close: Close::Boundary, .. }))
-            && !self.write.at_boundary();
+        let mid_frame = matches!(
+            self.tripped.as_deref(),
+            Some(Tripped {
+                close: Close::Boundary,
+                ..
+            })
+        ) && !self.write.at_boundary();
         if mid_frame {
             // Let h2 finish the frame it started, not a byte more.
             let first = bufs.iter().find(|b| !b.is_empty()).expect("total > 0");
@@ -670,5 +702,221 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
             Poll::Ready(e) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Ready(Ok(total)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn scanner_follows_frames_across_any_split() {
+        let mut bytes = frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0]);
+        bytes.extend(frame(HEADERS, 0x5, 1, b"abc"));
+        bytes.extend(frame(DATA, 0, 1, &[7u8; 1000]));
+        bytes.extend(frame(PING, 0, 0, &[0; 8]));
+        bytes.extend(frame(DATA, 1, 3, b""));
+        let want = vec![
+            (SETTINGS, 6, 0),
+            (HEADERS, 3, 1),
+            (DATA, 1000, 1),
+            (PING, 8, 0),
+            (DATA, 0, 3),
+        ];
+        for chunk in [1, 2, 5, 8, 9, 10, 17, 999, bytes.len()] {
+            let mut s = Scanner::default();
+            let mut got = Vec::new();
+            for part in bytes.chunks(chunk) {
+                s.scan(part, |h| {
+                    got.push((h.kind, h.len, h.stream));
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+            }
+            assert_eq!(got, want, "chunks of {chunk}");
+            assert!(s.at_boundary());
+        }
+        // Mid-header and mid-payload: the distance to the next boundary.
+        let mut s = Scanner::default();
+        s.scan(&bytes[..4], |_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(s.to_boundary(), 5);
+        s.scan(&bytes[4..11], |_| Ok::<(), ()>(())).unwrap();
+        assert_eq!(s.to_boundary(), 4);
+    }
+
+    fn head(kind: u8, flags: u8, stream: u32, len: u32) -> Head {
+        Head {
+            len,
+            kind,
+            flags,
+            stream,
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let opts = FloodOptions::default();
+        // PING: 100 per window; ACKs are free; each DATA or HEADERS sent
+        // forgives one.
+        let mut c = Counts::new(opts.clone());
+        for _ in 0..100 {
+            c.inbound(head(PING, 0, 0, 8)).unwrap();
+            c.inbound(head(PING, FLAG_ACK, 0, 8)).unwrap();
+        }
+        c.outbound(head(HEADERS, 4, 1, 10));
+        c.inbound(head(PING, 0, 0, 8)).unwrap();
+        assert_eq!(c.inbound(head(PING, 0, 0, 8)), Err(Flood::Ping));
+        // SETTINGS: 100 per window.
+        let mut c = Counts::new(opts.clone());
+        for _ in 0..100 {
+            c.inbound(head(SETTINGS, 0, 0, 6)).unwrap();
+            c.inbound(head(SETTINGS, FLAG_ACK, 0, 0)).unwrap();
+        }
+        assert_eq!(c.inbound(head(SETTINGS, 0, 0, 6)), Err(Flood::Settings));
+        // PRIORITY: 100 * (1 + streams opened).
+        let mut c = Counts::new(opts.clone());
+        c.inbound(head(HEADERS, 5, 1, 10)).unwrap();
+        c.inbound(head(HEADERS, 5, 1, 10)).unwrap(); // trailers: no new stream
+        for _ in 0..200 {
+            c.inbound(head(PRIORITY, 0, 1, 5)).unwrap();
+        }
+        assert_eq!(c.inbound(head(PRIORITY, 0, 1, 5)), Err(Flood::Priority));
+        // WINDOW_UPDATE: 1 + 2 * (streams + 10 * DATA frames sent).
+        let mut c = Counts::new(opts.clone());
+        c.inbound(head(WINDOW_UPDATE, 0, 0, 4)).unwrap();
+        assert_eq!(
+            c.inbound(head(WINDOW_UPDATE, 0, 0, 4)),
+            Err(Flood::WindowUpdate)
+        );
+        let mut c = Counts::new(opts.clone());
+        c.inbound(head(HEADERS, 5, 1, 10)).unwrap();
+        c.outbound(head(DATA, 0, 1, 100));
+        for _ in 0..23 {
+            c.inbound(head(WINDOW_UPDATE, 0, 1, 4)).unwrap();
+        }
+        assert_eq!(
+            c.inbound(head(WINDOW_UPDATE, 0, 0, 4)),
+            Err(Flood::WindowUpdate)
+        );
+        // Empty frames: one in a row is tolerated, END_STREAM is not empty.
+        let mut c = Counts::new(opts);
+        c.inbound(head(HEADERS, 4, 1, 10)).unwrap();
+        c.inbound(head(DATA, 0, 1, 0)).unwrap();
+        c.inbound(head(DATA, 0, 1, 5)).unwrap();
+        c.inbound(head(DATA, 0, 1, 0)).unwrap();
+        c.inbound(head(PING, 0, 0, 8)).unwrap();
+        assert_eq!(c.inbound(head(DATA, 0, 1, 0)), Err(Flood::EmptyFrames));
+        let mut c = Counts::new(FloodOptions::default());
+        for _ in 0..10 {
+            c.inbound(head(DATA, FLAG_END_STREAM, 1, 0)).unwrap();
+        }
+        c.inbound(head(CONTINUATION, 0, 1, 0)).unwrap();
+        assert_eq!(
+            c.inbound(head(CONTINUATION, 0, 1, 0)),
+            Err(Flood::EmptyFrames)
+        );
+    }
+
+    #[test]
+    fn sliding_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(10);
+        let mut r = Rate::new(t0);
+        for _ in 0..10 {
+            assert!(!r.hit(t0, w, 10));
+        }
+        assert!(r.hit(t0, w, 10));
+        // Half-way through the next window, half of the last one counts.
+        let mut r = Rate::new(t0);
+        for _ in 0..10 {
+            r.hit(t0, w, 10);
+        }
+        let t = t0 + Duration::from_secs(15);
+        for _ in 0..5 {
+            assert!(!r.hit(t, w, 10));
+        }
+        assert!(r.hit(t, w, 10));
+        // Two windows later the past is forgotten.
+        let t = t0 + Duration::from_secs(35);
+        for _ in 0..10 {
+            assert!(!r.hit(t, w, 10));
+        }
+    }
+
+    #[test]
+    fn config() {
+        let o: super::super::ServerOptions =
+            meshgate_core::config::parse_typed(&serde_json::json!({})).unwrap();
+        assert_eq!(o.flood.max_inbound_ping_frames, 100);
+        assert_eq!(o.flood.window, Duration::from_secs(10));
+        let o: super::super::ServerOptions = meshgate_core::config::parse_typed(
+            &serde_json::json!({"flood": {"window": "1m", "max_inbound_settings_frames": 5}}),
+        )
+        .unwrap();
+        assert_eq!(o.flood.window, Duration::from_secs(60));
+        assert_eq!(o.flood.max_inbound_settings_frames, 5);
+        assert_eq!(o.flood.max_inbound_ping_frames, 100);
+        let e = meshgate_core::config::parse_typed::<super::super::ServerOptions>(
+            &serde_json::json!({"flood": {"window": "0s"}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "flood.window");
+        let e = meshgate_core::config::parse_typed::<super::super::ServerOptions>(
+            &serde_json::json!({"flood": {"max_pings": 5}}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("max_pings"), "{e}");
+    }
+
+    /// A real h2 server (hyper) behind the guard, a raw client flooding
+    /// PINGs: SETTINGS, then GOAWAY(ENHANCE_YOUR_CALM), then EOF.
+    #[tokio::test]
+    async fn ping_flood_gets_settings_goaway_and_eof() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let guard = H2Guard::new(server, FloodOptions::default(), "t".into());
+        let conn = tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(guard), svc)
+                .await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut out = super::super::H2_PREFACE.to_vec();
+        out.extend(frame(SETTINGS, 0, 0, b""));
+        for _ in 0..500 {
+            out.extend(frame(PING, 0, 0, &[0; 8]));
+        }
+        wr.write_all(&out).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .unwrap();
+        let mut frames = Vec::new();
+        Scanner::default()
+            .scan(&got, |h| {
+                frames.push(h);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(frames[0].kind, SETTINGS);
+        let last = frames.last().unwrap();
+        assert_eq!(last.kind, GOAWAY);
+        assert_eq!(&got[got.len() - 4 - 4..got.len() - 4], &[0, 0, 0, 11]);
+        assert_eq!(&got[got.len() - 4..], b"ping");
+        assert!(frames.iter().all(|h| h.kind != PING), "withheld");
+        let r = conn.await.unwrap();
+        assert!(r.is_err());
     }
 }
