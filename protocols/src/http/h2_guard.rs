@@ -335,21 +335,22 @@ impl Counts {
                     return Err(Flood::WindowUpdate);
                 }
             }
-            PING if h.flags & FLAG_ACK == 0 => {
-                if self
+            PING if h.flags & FLAG_ACK == 0
+                && self
                     .ping
-                    .hit(Instant::now(), o.window, o.max_inbound_ping_frames)
-                {
-                    return Err(Flood::Ping);
-                }
+                    .hit(Instant::now(), o.window, o.max_inbound_ping_frames) =>
+            {
+                return Err(Flood::Ping);
             }
-            SETTINGS if h.flags & FLAG_ACK == 0 => {
-                if self
-                    .settings
-                    .hit(Instant::now(), o.window, o.max_inbound_settings_frames)
-                {
-                    return Err(Flood::Settings);
-                }
+            SETTINGS
+                if h.flags & FLAG_ACK == 0
+                    && self.settings.hit(
+                        Instant::now(),
+                        o.window,
+                        o.max_inbound_settings_frames,
+                    ) =>
+            {
+                return Err(Flood::Settings);
             }
             _ => {}
         }
