@@ -213,3 +213,50 @@ listeners:
         1.0
     );
 }
+
+#[test]
+fn flood_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |opts: &str| {
+        format!(
+            "listeners:
+  - name: h2
+    address: 127.0.0.1:10080
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec_options:
+                {opts}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: [\"*\"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200}}
+"
+        )
+    };
+    let cases = [
+        (
+            "http2: {flood: {window: 0s}}",
+            "codec_options.http2.flood.window: must be more than 0s",
+        ),
+        (
+            "http2: {flood: {max_pings: 5}}",
+            "codec_options.http2.flood.max_pings: unknown field `max_pings`",
+        ),
+        (
+            "http1: {flood: {max_inbound_ping_frames: 5}}",
+            "codec_options.http1.flood: HTTP/2 flood limits; set them under codec_options.http2",
+        ),
+    ];
+    for (i, (opts, want)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&f, yaml(opts)).unwrap();
+        let (code, _, err) = run_cli(&["validate", f.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(want), "{opts}: {err}");
+    }
+}

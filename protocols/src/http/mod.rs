@@ -85,6 +85,12 @@ impl CodecFactory for Http1Codec {
         detect_h1(preface)
     }
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
+        if config.get("flood").is_some() {
+            return Err(BuildError::new(
+                "flood",
+                "HTTP/2 flood limits; set them under codec_options.http2",
+            ));
+        }
         Ok(Arc::new(Http1Server::new(parse_typed(config)?)))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
