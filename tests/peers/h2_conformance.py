@@ -66,7 +66,11 @@ class Conn:
             self.s.settimeout(left)
             try:
                 d = self.s.recv(65536)
-            except (socket.timeout, OSError):
+            except socket.timeout:
+                return None
+            except OSError:
+                # Reset by the peer: closed (what was queued was read).
+                self.closed = True
                 return None
             if not d:
                 self.closed = True
@@ -114,6 +118,18 @@ def expect_goaway(c, want, case):
     if not closed:
         return f"FAIL {case} GOAWAY {err} but the connection stayed open"
     return f"OK {case} GOAWAY {err}, closed"
+
+
+def flood(c, one, count):
+    """Sends `one` frame `count` times (in batches) until the peer stops
+    reading, closes, or we are done."""
+    batch = one * 64
+    try:
+        c.s.settimeout(5)
+        for _ in range(count // 64):
+            c.s.sendall(batch)
+    except (socket.timeout, OSError):
+        pass
 
 
 def run(port, case):
@@ -212,39 +228,67 @@ def run(port, case):
             return "FAIL rapid_reset neither GOAWAY nor close"
         return f"OK rapid_reset GOAWAY {err}, closed {closed}"
     if case == "ping_flood":
+        # A client that pings without end and never reads: GOAWAY
+        # ENHANCE_YOUR_CALM and a close, not just back-pressure.
         c = Conn(port)
         c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sent = 0
-        t = time.monotonic()
-        try:
-            c.s.settimeout(5)
-            for _ in range(200000):
-                c.s.sendall(frame(PING, 0, 0, b"\x00" * 8))
-                sent += 1
-        except (socket.timeout, OSError):
-            pass
-        return f"OK ping_flood {sent} pings sent in {time.monotonic() - t:.1f}s without meshgate buffering without bound"
+        flood(c, frame(PING, 0, 0, b"\x00" * 8), 200000)
+        return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
     if case == "settings_flood":
         c = Conn(port)
-        try:
-            c.s.settimeout(5)
-            for _ in range(100000):
-                c.s.sendall(settings(max_frame=16384))
-        except (socket.timeout, OSError):
-            pass
-        err, closed = c.eof_after_goaway(3)
-        return f"OK settings_flood GOAWAY {err}, closed {closed}"
+        flood(c, settings(max_frame=16384), 100000)
+        return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
+    if case == "priority_flood":
+        # One stream open, then PRIORITY frames for it without end.
+        c = Conn(port)
+        c.send(c.headers(1, "/hold", end_stream=False, method="POST"))
+        flood(c, frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 15)), 100000)
+        return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
+    if case == "window_update_flood":
+        # Connection-level WINDOW_UPDATEs while meshgate sends no DATA.
+        c = Conn(port)
+        flood(c, frame(WINDOW, 0, 0, struct.pack(">I", 1)), 100000)
+        return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
     if case == "empty_data_flood":
         c = Conn(port)
         c.send(c.headers(1, "/hold", end_stream=False, method="POST"))
-        try:
-            c.s.settimeout(5)
-            for _ in range(100000):
-                c.s.sendall(frame(DATA, 0, 1, b""))
-        except (socket.timeout, OSError):
-            pass
-        err, closed = c.eof_after_goaway(3)
-        return f"OK empty_data_flood GOAWAY {err}, closed {closed}"
+        flood(c, frame(DATA, 0, 1, b""), 100000)
+        return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
+    if case in ("pings_50_ok", "pings_50_goaway"):
+        # 50 PINGs in a burst, then a request: within the default limit
+        # every PING is acked and the request answered; under a limit of
+        # 10 the connection gets GOAWAY ENHANCE_YOUR_CALM.
+        c = Conn(port)
+        c.send(frame(PING, 0, 0, b"\x00" * 8) * 50 + c.headers(1, "/"))
+        if case == "pings_50_goaway":
+            return expect_goaway(c, ["ENHANCE_YOUR_CALM"], case)
+        acks, answered = 0, False
+        while acks < 50 or not answered:
+            f = c.wait_for(lambda f: f[0] in (PING, GOAWAY) or (f[0] == HEADERS and f[2] == 1), 3)
+            if f is None or f[0] == GOAWAY:
+                return f"FAIL {case} {acks} acks, answered {answered}, then {'GOAWAY' if f else 'nothing'}"
+            if f[0] == PING:
+                acks += 1
+            else:
+                answered = True
+        return f"OK {case} 50 acks and the response"
+    if case == "pings_paid_by_data":
+        # A PING with every request (as gRPC clients ping when data
+        # arrives): 300 PINGs, over the limit of 100, but each answered
+        # by a response; no GOAWAY.
+        c = Conn(port)
+        for i in range(300):
+            c.send(c.headers(1 + 2 * i, "/") + frame(PING, 0, 0, struct.pack(">Q", i)))
+            got_ack, got_end = False, False
+            while not (got_ack and got_end):
+                f = c.wait_for(lambda f: f[0] in (PING, GOAWAY, DATA), 3)
+                if f is None or f[0] == GOAWAY:
+                    return f"FAIL {case} request {i}: {'GOAWAY' if f else 'no answer'}"
+                if f[0] == PING:
+                    got_ack = True
+                elif f[2] == 1 + 2 * i and f[1] & END_STREAM:
+                    got_end = True
+        return f"OK {case} 300 requests with a PING each"
     if case == "continuation_flood":
         c = Conn(port)
         c.send(frame(HEADERS, 0, 1, c.enc.encode([(":method", "GET"), (":scheme", "http"), (":path", "/")])))

@@ -123,8 +123,6 @@ fn rapid_reset_continuation_flood_and_hpack_bomb() {
     case(port, "normal");
     case(port, "hpack_bomb");
     case(port, "normal");
-    case(port, "empty_data_flood");
-    case(port, "normal");
     assert!(
         mg.metric(
             "meshgate_http_downstream_cx_protocol_error_total",
@@ -134,12 +132,131 @@ fn rapid_reset_continuation_flood_and_hpack_bomb() {
 }
 
 #[test]
-fn ping_and_settings_floods_are_bounded() {
-    // h2 stops reading while its PING/SETTINGS acks are unsent, so a flood
-    // meets back-pressure instead of growing a buffer.
-    let (_mg, port) = h2c();
-    case(port, "ping_flood");
+fn control_frame_floods_end_in_goaway_enhance_your_calm() {
+    // PING, SETTINGS, PRIORITY, WINDOW_UPDATE and empty-frame floods: the
+    // frame guard answers GOAWAY(ENHANCE_YOUR_CALM) and closes (h2 alone
+    // would only stop reading), counts each, and keeps serving.
+    let (mg, port) = h2c();
+    let floods = [
+        ("ping_flood", "ping"),
+        ("settings_flood", "settings"),
+        ("priority_flood", "priority"),
+        ("window_update_flood", "window_update"),
+        ("empty_data_flood", "empty_frames"),
+    ];
+    for (name, _) in floods {
+        assert!(case(port, name).contains("GOAWAY ENHANCE_YOUR_CALM, closed"));
+        case(port, "normal");
+    }
+    for (_, flood) in floods {
+        let n = mg.metric(
+            "meshgate_http_downstream_cx_flood_total",
+            &[("listener", "h2"), ("flood", flood)],
+        );
+        assert_eq!(n, 1.0, "{flood}");
+    }
+    let calm = mg.metric(
+        "meshgate_http_downstream_cx_protocol_error_total",
+        &[
+            ("listener", "h2"),
+            ("codec", "http2"),
+            ("reason", "enhance_your_calm"),
+        ],
+    );
+    assert_eq!(calm, floods.len() as f64);
+}
+
+#[test]
+fn legitimate_pings_pass_and_ping_limit_is_configurable() {
+    // Default limits: a burst of 50 PINGs and a PING with each of 300
+    // requests are served, nothing counted.
+    let (mg, port) = h2c();
+    case(port, "pings_50_ok");
+    case(port, "pings_paid_by_data");
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_downstream_cx_protocol_error_total",
+            &[("listener", "h2")]
+        ),
+        0.0
+    );
+    // `flood.max_inbound_ping_frames: 10`: the same burst is a flood.
+    let port = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: strict
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec_options:
+                http2: {{flood: {{max_inbound_ping_frames: 10, window: 60s}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200, body: "ok\n"}}
+"#
+    ));
+    case(port, "pings_50_goaway");
     case(port, "normal");
-    case(port, "settings_flood");
-    case(port, "normal");
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_downstream_cx_flood_total",
+            &[("listener", "strict"), ("flood", "ping")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn flood_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |opts: &str| {
+        format!(
+            "listeners:
+  - name: h2
+    address: 127.0.0.1:10080
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec_options:
+                {opts}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: [\"*\"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200}}
+"
+        )
+    };
+    let cases = [
+        (
+            "http2: {flood: {window: 0s}}",
+            "codec_options.http2.flood.window: must be more than 0s",
+        ),
+        (
+            "http2: {flood: {max_pings: 5}}",
+            "codec_options.http2.flood.max_pings: unknown field `max_pings`",
+        ),
+        (
+            "http1: {flood: {max_inbound_ping_frames: 5}}",
+            "codec_options.http1.flood: HTTP/2 flood limits; set them under codec_options.http2",
+        ),
+    ];
+    for (i, (opts, want)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&f, yaml(opts)).unwrap();
+        let (code, _, err) = run_cli(&["validate", f.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(want), "{opts}: {err}");
+    }
 }

@@ -7,6 +7,7 @@ mod client;
 mod h1_body;
 mod h1_server;
 mod h1_upstream;
+mod h2_guard;
 mod server;
 
 use meshgate_core::BuildError;
@@ -15,6 +16,7 @@ use meshgate_core::config::parse_typed;
 use std::sync::Arc;
 
 pub use client::{Http1Client, Http2Client, PoolOptions};
+pub use h2_guard::FloodOptions;
 pub use server::{Http1Server, Http2Server, ServerOptions};
 
 /// Wraps hyper's pending upgrade as the stream layer's `Upgrade`.
@@ -85,6 +87,12 @@ impl CodecFactory for Http1Codec {
         detect_h1(preface)
     }
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
+        if config.get("flood").is_some() {
+            return Err(BuildError::new(
+                "flood",
+                "HTTP/2 flood limits; set them under codec_options.http2",
+            ));
+        }
         Ok(Arc::new(Http1Server::new(parse_typed(config)?)))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {

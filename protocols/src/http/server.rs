@@ -4,6 +4,7 @@
 //! protect meshgate from hostile clients are set here: header size and
 //! count, header read timeout, HTTP/2 stream and reset limits.
 
+use super::h2_guard::{FloodOptions, H2Guard};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::codec::{ServerCodec, StreamHandler};
@@ -37,6 +38,10 @@ pub struct ServerOptions {
     /// HTTP/2: stream-level errors we send before closing the connection.
     #[serde(default = "default_max_local_resets")]
     pub max_local_error_reset_streams: usize,
+    /// HTTP/2: limits on PING, SETTINGS, PRIORITY, WINDOW_UPDATE and empty
+    /// frames; past one, GOAWAY(ENHANCE_YOUR_CALM) and close.
+    #[serde(default)]
+    pub flood: FloodOptions,
 }
 
 impl Default for ServerOptions {
@@ -147,6 +152,7 @@ impl ServerCodec for Http2Server {
             let (io, info, drain) = conn.into_prefixed();
             let listener = info.listener.clone();
             let retire = info.retire.clone();
+            let io = H2Guard::new(io, self.opts.flood.clone(), listener.to_string());
             let svc = service(handler, Arc::new(info), "http2");
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
