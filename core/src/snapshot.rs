@@ -161,13 +161,33 @@ impl Snapshot {
                 serde_json::json!({ "name": c.name, "live_endpoints": live })
             })
             .collect();
+        let mut config = serde_json::to_value(&self.config).unwrap_or_default();
+        redact_keys(&mut config);
         serde_json::json!({
             "version": self.version,
             "source": self.source,
             "dynamic": self.dynamic,
             "loaded_at_unix": loaded,
-            "config": self.config,
+            "config": config,
             "clusters_state": clusters,
         })
+    }
+}
+
+/// Inline private keys (from xDS SDS or the file) never leave the process
+/// through `/config_dump`.
+fn redact_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "private_key_pem" {
+                    *x = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact_keys(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
     }
 }
