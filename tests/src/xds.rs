@@ -33,6 +33,7 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 // ---------------------------------------------------------------- server
 
@@ -441,6 +442,55 @@ pub fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
         }],
         ..Default::default()
     };
+    (name.into(), any(LISTENER, &l))
+}
+
+/// An SDS `tls_certificate` secret with inline PEM.
+pub fn cert_secret(name: &str, chain_pem: &str, key_pem: &str) -> (String, Any) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+    let inline = |s: &str| {
+        Some(core3::DataSource {
+            specifier: Some(core3::data_source::Specifier::InlineBytes(
+                s.as_bytes().to_vec(),
+            )),
+            ..Default::default()
+        })
+    };
+    let s = tlsv3::Secret {
+        name: name.into(),
+        r#type: Some(tlsv3::secret::Type::TlsCertificate(tlsv3::TlsCertificate {
+            certificate_chain: inline(chain_pem),
+            private_key: inline(key_pem),
+            ..Default::default()
+        })),
+    };
+    (name.into(), any(SECRET, &s))
+}
+
+/// `hcm_listener` terminating TLS with the certificate of SDS secret
+/// `secret` (ALPN http/1.1).
+pub fn tls_hcm_listener(name: &str, port: u16, rds_name: &str, secret: &str) -> (String, Any) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+    let (_, a) = hcm_listener(name, port, rds_name);
+    let mut l = lds::Listener::decode(a.value.as_slice()).unwrap();
+    let ctx = tlsv3::DownstreamTlsContext {
+        common_tls_context: Some(tlsv3::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tlsv3::SdsSecretConfig {
+                name: secret.into(),
+                sds_config: Some(ads_source()),
+            }],
+            alpn_protocols: vec!["http/1.1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    l.filter_chains[0].transport_socket = Some(core3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core3::transport_socket::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            &ctx,
+        ))),
+    });
     (name.into(), any(LISTENER, &l))
 }
 
