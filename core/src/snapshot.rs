@@ -76,12 +76,6 @@ impl Snapshot {
                         format!("unknown cluster '{}': the ADS server must be a static cluster of this file", d.ads.cluster),
                     ));
                 }
-                Some(c) if c.tls.is_some() => {
-                    return Err(source.error(
-                        "dynamic_resources.ads.cluster",
-                        format!("cluster '{}' has `tls`: TLS to the ADS server is not supported yet (plaintext only)", d.ads.cluster),
-                    ));
-                }
                 Some(c) if c.endpoints.is_empty() => {
                     return Err(source.error(
                         "dynamic_resources.ads.cluster",

@@ -150,6 +150,19 @@ impl Mgmt {
     }
 
     pub fn start_with(port: u16, shared: Arc<Mutex<Shared>>) -> Self {
+        Self::start_inner(port, shared, None)
+    }
+
+    /// Serves gRPC over TLS (ALPN h2) with this server config.
+    pub fn start_tls(port: u16, tls: rustls::ServerConfig) -> Self {
+        Self::start_inner(port, Arc::new(Mutex::new(Shared::default())), Some(tls))
+    }
+
+    fn start_inner(
+        port: u16,
+        shared: Arc<Mutex<Shared>>,
+        tls: Option<rustls::ServerConfig>,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -172,11 +185,42 @@ impl Mgmt {
         let kill = ads.kill.clone();
         rt.spawn(async move {
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
-                .await;
+            match tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
+                        .await;
+                }
+                Some(mut cfg) => {
+                    cfg.alpn_protocols = vec![b"h2".to_vec()];
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    let stop = kill.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let (tcp, _) = tokio::select! {
+                                _ = stop.cancelled() => return,
+                                r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
+                            };
+                            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                            tokio::spawn(async move {
+                                // A failed handshake (wrong CA on the
+                                // client) is just not served.
+                                if let Ok(s) = acceptor.accept(tcp).await {
+                                    let _ = tx.send(Ok::<_, std::io::Error>(TlsIo(s))).await;
+                                }
+                            });
+                        }
+                    });
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
+                        .await;
+                }
+            }
         });
         Mgmt { rt, addr, ads }
     }
@@ -241,6 +285,47 @@ impl Mgmt {
         let shared = self.ads.shared.clone();
         self.rt.shutdown_timeout(Duration::from_secs(2));
         shared
+    }
+}
+
+/// A server-side TLS stream tonic can serve (tonic's own TLS feature is
+/// not enabled in this workspace).
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

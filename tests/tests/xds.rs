@@ -728,3 +728,80 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
     );
     assert!(dump.contains("[redacted]"));
 }
+
+// ------------------------------------------------------- TLS to the xDS server
+
+fn demo_server_tls() -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = workspace().join("examples/certs");
+    let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap()
+}
+
+/// The bootstrap with TLS to the ADS cluster, trusting `ca`.
+fn tls_bootstrap(xds_port: u16, ca: &str) -> String {
+    let ca = workspace().join("examples/certs").join(ca);
+    format!(
+        "{}    tls: {{trusted_ca: \"{}\", sni: localhost}}\n",
+        bootstrap(xds_port),
+        ca.display()
+    )
+}
+
+#[test]
+fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let resources = |mgmt: &Mgmt, port: u16| {
+        mgmt.set(CLUSTER, "1", vec![static_cluster("svc-a", a.addr)]);
+        mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r1")]);
+        mgmt.set(ROUTE, "1", vec![route_config("r1", &[("svc-a", 1)])]);
+    };
+
+    // The right CA: config arrives over TLS and serves.
+    let port = free_port();
+    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    resources(&mgmt, port);
+    let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "ca.pem"));
+    wait_for(port, "/", "backend=a");
+    let first = mgmt
+        .requests()
+        .into_iter()
+        .next()
+        .expect("a request over TLS");
+    assert_eq!(first.node.unwrap().id, "test-node");
+    drop(mg);
+
+    // A wrong CA: no stream, each failure logged and counted, retried
+    // with back-off; nothing is served.
+    let port = free_port();
+    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    resources(&mgmt, port);
+    let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "rogue-ca.pem"));
+    wait_until("two failed TLS connects", || {
+        mg.metric("meshgate_xds_stream_total", &[("result", "connect_error")]) >= 2.0
+    });
+    assert!(
+        mg.metric(
+            "meshgate_xds_tls_handshake_errors_total",
+            &[("reason", "unknown_ca")]
+        ) >= 2.0
+    );
+    assert!(mg.log_text().contains("cannot connect to the ADS server"));
+    assert!(
+        mgmt.requests().is_empty(),
+        "a request passed a failed handshake"
+    );
+    assert!(refused(port));
+}

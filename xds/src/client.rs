@@ -20,12 +20,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsConfig, ClusterConfig, Config, EndpointConfig, ListenerConfig, NodeConfig,
+    AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
+    UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate};
 use meshgate_core::router::RouteConfig;
+use meshgate_core::tls::UpstreamTls;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -44,11 +47,14 @@ pub struct Bootstrap {
     pub connect_timeout: Duration,
     /// Names of the static clusters (dynamic listeners may use them).
     pub static_clusters: BTreeSet<String>,
+    /// TLS to the ADS server: the ADS cluster's `tls`, file paths resolved.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 impl Bootstrap {
     /// The bootstrap of a config that asks for xDS (validated by core).
-    pub fn from_config(c: &Config) -> Option<Self> {
+    /// `source` resolves the TLS file paths of the ADS cluster.
+    pub fn from_config(c: &Config, source: &ConfigSource) -> Option<Self> {
         let d = c.dynamic_resources.as_ref()?;
         let node = c.node.clone()?;
         let cl = c.clusters.iter().find(|x| x.name == d.ads.cluster)?;
@@ -58,6 +64,14 @@ impl Bootstrap {
             servers: cl.endpoints.iter().map(|e| e.address.clone()).collect(),
             connect_timeout: cl.connect_timeout,
             static_clusters: c.clusters.iter().map(|x| x.name.clone()).collect(),
+            tls: cl.tls.as_ref().map(|t| {
+                let mut t = t.resolved(source);
+                // gRPC is HTTP/2: say so in ALPN unless told otherwise.
+                if t.alpn_protocols.is_empty() {
+                    t.alpn_protocols = vec!["h2".into()];
+                }
+                t
+            }),
         })
     }
 }
@@ -288,7 +302,20 @@ impl State {
 /// Runs the ADS client until `stop`: connects, serves the stream,
 /// reconnects with jittered exponential back-off.
 pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
+    let tls = match &boot.tls {
+        None => None,
+        Some(t) => match UpstreamTls::new(t, &format!("clusters['{}'].tls", boot.ads.cluster)) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                // Core validated the same cluster at startup; only a file
+                // changed since can fail here.
+                tracing::error!(error = %e, "TLS to the ADS server cannot be set up; no xDS");
+                return;
+            }
+        },
+    };
     let mut client = Client {
+        tls,
         boot,
         tx,
         state: State::default(),
@@ -331,6 +358,7 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
 
 struct Client {
     boot: Bootstrap,
+    tls: Option<Arc<UpstreamTls>>,
     tx: DynamicSender,
     state: State,
     /// The dynamic config last accepted by the server.
@@ -433,7 +461,31 @@ impl Client {
                 return false;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match &self.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                let (tls, server, timeout) =
+                    (tls.clone(), server.to_string(), self.boot.connect_timeout);
+                endpoint
+                    .connect_with_connector(tower::service_fn(
+                        move |_: tonic::codegen::http::Uri| {
+                            let (tls, server) = (tls.clone(), server.clone());
+                            async move {
+                                tokio::time::timeout(timeout, tls_connect(&tls, &server))
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(std::io::Error::new(
+                                            std::io::ErrorKind::TimedOut,
+                                            "connect timeout",
+                                        ))
+                                    })
+                            }
+                        },
+                    ))
+                    .await
+            }
+        };
+        let channel = match channel {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
@@ -600,6 +652,25 @@ impl Client {
             Err(_) => Err("the server is shutting down".into()),
         }
     }
+}
+
+/// TCP then TLS to an ADS server (`host:port`); the SNI is the cluster's
+/// `sni`, else the host.
+async fn tls_connect(
+    tls: &UpstreamTls,
+    server: &str,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let addr = tokio::net::lookup_host(server)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("'{server}' resolves to no address")))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let s = tls.connect(tcp, Some(server), addr).await.inspect_err(|e| {
+        metrics::counter!("meshgate_xds_tls_handshake_errors_total", "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
+    })?;
+    Ok(hyper_util::rt::TokioIo::new(s))
 }
 
 fn same(a: &Config, b: &Config) -> bool {

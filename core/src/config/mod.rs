@@ -50,7 +50,8 @@ pub struct DynamicResourcesConfig {
 }
 
 /// The ADS server: a static cluster of this config, spoken to over
-/// plaintext HTTP/2 (gRPC).
+/// HTTP/2 (gRPC), with TLS when the cluster has `tls` (its `trusted_ca`,
+/// `sni` and `client_certificate` for mTLS; ALPN `h2`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdsConfig {
