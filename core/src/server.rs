@@ -309,13 +309,13 @@ async fn apply(
     let dyn_source = dynamic.map(|d| d.1.source.clone()).unwrap_or_default();
     let rename = |e: ConfigError, c: &Config| rename_error(e, c, counts, &dyn_source);
     let merged = config.clone();
-    let mut next = Snapshot::build(config, source, registry, BuildMode::Serve)
+    let old = current.load_full();
+    let mut next = Snapshot::build_from(config, source, registry, BuildMode::Serve, Some(&old))
         .map_err(|e| rename(e, &merged))?;
     next.dynamic = dynamic.map(|d| d.1.clone());
     if let Some(d) = dynamic {
         next.source = format!("{} + {}", next.source, d.1.source);
     }
-    let old = current.load_full();
     if next.admin_address != old.admin_address {
         tracing::warn!("admin.address changed: it applies after a restart");
     }
@@ -334,8 +334,7 @@ async fn apply(
     }
     // Which listeners changed: their own config, or any cluster (filters
     // hold their clusters).
-    let clusters_changed = serde_json::to_value(&old.config.clusters).ok()
-        != serde_json::to_value(&next.config.clusters).ok();
+    let clusters_changed = old.config.clusters != next.config.clusters;
     let old_cfg: HashMap<(&str, bool), serde_json::Value> = old
         .config
         .listeners

@@ -49,6 +49,17 @@ impl Snapshot {
         registry: &Registry,
         mode: BuildMode,
     ) -> Result<Self, ConfigError> {
+        Self::build_from(config, source, registry, mode, None)
+    }
+
+    /// As `build`, reusing the unchanged clusters of `previous` (a reload).
+    pub fn build_from(
+        config: Config,
+        source: &ConfigSource,
+        registry: &Registry,
+        mode: BuildMode,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
         let admin_address = match &config.admin {
             None => None,
             Some(a) => Some(a.address.parse::<SocketAddr>().map_err(|_| {
@@ -85,8 +96,13 @@ impl Snapshot {
                 Some(_) => {}
             }
         }
-        let clusters =
-            ClusterManager::build(&config.clusters, registry, source, mode == BuildMode::Serve)?;
+        let clusters = ClusterManager::build_reusing(
+            &config.clusters,
+            registry,
+            source,
+            mode == BuildMode::Serve,
+            previous.map(|p| (&p.clusters, p.config.clusters.as_slice())),
+        )?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut names = HashSet::new();
         // TCP and QUIC (UDP) listeners may share a port.

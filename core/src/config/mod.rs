@@ -284,7 +284,7 @@ pub struct ClientValidationConfig {
 }
 
 /// Upstream TLS origination (Envoy's UpstreamTlsContext).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// SNI sent; absent: the request's authority (L7), else the endpoint's
@@ -365,7 +365,7 @@ pub enum DiscoveryType {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -404,7 +404,7 @@ pub struct ClusterConfig {
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
 /// to `max_interval`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_base", with = "humantime_serde")]
@@ -423,7 +423,7 @@ impl Default for BackoffConfig {
 }
 
 /// One endpoint of a cluster.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `ip:port` for static clusters, `host:port` for strict_dns.
