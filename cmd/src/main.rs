@@ -138,7 +138,7 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     // server's dynamic-config door (core knows no xDS).
     let bootstrap = meshgate_core::config::load_file(&config)
         .ok()
-        .and_then(|(c, _)| meshgate_xds::Bootstrap::from_config(&c));
+        .and_then(|(c, s)| meshgate_xds::Bootstrap::from_config(&c, &s));
     rt.block_on(async {
         // Before the client runs, so its first counts are not lost.
         meshgate_core::metrics::install_recorder();

@@ -309,13 +309,13 @@ async fn apply(
     let dyn_source = dynamic.map(|d| d.1.source.clone()).unwrap_or_default();
     let rename = |e: ConfigError, c: &Config| rename_error(e, c, counts, &dyn_source);
     let merged = config.clone();
-    let mut next = Snapshot::build(config, source, registry, BuildMode::Serve)
+    let old = current.load_full();
+    let mut next = Snapshot::build_from(config, source, registry, BuildMode::Serve, Some(&old))
         .map_err(|e| rename(e, &merged))?;
     next.dynamic = dynamic.map(|d| d.1.clone());
     if let Some(d) = dynamic {
         next.source = format!("{} + {}", next.source, d.1.source);
     }
-    let old = current.load_full();
     if next.admin_address != old.admin_address {
         tracing::warn!("admin.address changed: it applies after a restart");
     }
@@ -334,8 +334,7 @@ async fn apply(
     }
     // Which listeners changed: their own config, or any cluster (filters
     // hold their clusters).
-    let clusters_changed = serde_json::to_value(&old.config.clusters).ok()
-        != serde_json::to_value(&next.config.clusters).ok();
+    let clusters_changed = old.config.clusters != next.config.clusters;
     let old_cfg: HashMap<(&str, bool), serde_json::Value> = old
         .config
         .listeners
@@ -347,15 +346,34 @@ async fn apply(
             ))
         })
         .collect();
+    let old_tls: HashMap<(&str, bool), serde_json::Value> = old
+        .config
+        .listeners
+        .iter()
+        .filter_map(|l| Some(((l.address.as_str(), l.quic.is_some()), without_tls(l)?)))
+        .collect();
     let mut keep = std::collections::HashSet::new();
     for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
         if let Some(ll) = live.listeners.get(&key(l)) {
             keep.insert(key(l));
-            let same = !clusters_changed
-                && old_cfg.get(&(cfg.address.as_str(), cfg.quic.is_some()))
-                    == serde_json::to_value(cfg).ok().as_ref();
+            let k = (cfg.address.as_str(), cfg.quic.is_some());
+            let same =
+                !clusters_changed && old_cfg.get(&k) == serde_json::to_value(cfg).ok().as_ref();
+            // Only certificates (or other TLS settings) changed, e.g. an
+            // SDS rotation: new handshakes use them; open connections
+            // already negotiated and go on undisturbed. (A QUIC endpoint
+            // takes its TLS config at bind time, so it is replaced.)
+            let tls_only = !same
+                && !clusters_changed
+                && cfg.quic.is_none()
+                && old_tls
+                    .get(&k)
+                    .is_some_and(|o| Some(o) == without_tls(cfg).as_ref());
             if same {
                 // Still swapped: the new snapshot owns the clusters now.
+                ll.running.compiled.store(l.clone());
+            } else if tls_only {
+                tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
                 ll.running.compiled.store(l.clone());
             } else {
                 tracing::info!(listener = %l.name, address = %l.address, "listener updated; open connections retire");
@@ -386,6 +404,20 @@ async fn apply(
     let version = next.version;
     current.store(Arc::new(next));
     Ok(version)
+}
+
+/// A listener's config with its chains' TLS settings left out (only
+/// whether a chain terminates TLS stays), to tell a TLS-only change.
+fn without_tls(l: &crate::config::ListenerConfig) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(l).ok()?;
+    for c in v.get_mut("filter_chains")?.as_array_mut()? {
+        if let Some(o) = c.as_object_mut()
+            && let Some(t) = o.get_mut("tls")
+        {
+            *t = serde_json::Value::Bool(true);
+        }
+    }
+    Some(v)
 }
 
 async fn stop_signal() {

@@ -49,6 +49,17 @@ impl Snapshot {
         registry: &Registry,
         mode: BuildMode,
     ) -> Result<Self, ConfigError> {
+        Self::build_from(config, source, registry, mode, None)
+    }
+
+    /// As `build`, reusing the unchanged clusters of `previous` (a reload).
+    pub fn build_from(
+        config: Config,
+        source: &ConfigSource,
+        registry: &Registry,
+        mode: BuildMode,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
         let admin_address = match &config.admin {
             None => None,
             Some(a) => Some(a.address.parse::<SocketAddr>().map_err(|_| {
@@ -76,12 +87,6 @@ impl Snapshot {
                         format!("unknown cluster '{}': the ADS server must be a static cluster of this file", d.ads.cluster),
                     ));
                 }
-                Some(c) if c.tls.is_some() => {
-                    return Err(source.error(
-                        "dynamic_resources.ads.cluster",
-                        format!("cluster '{}' has `tls`: TLS to the ADS server is not supported yet (plaintext only)", d.ads.cluster),
-                    ));
-                }
                 Some(c) if c.endpoints.is_empty() => {
                     return Err(source.error(
                         "dynamic_resources.ads.cluster",
@@ -91,8 +96,13 @@ impl Snapshot {
                 Some(_) => {}
             }
         }
-        let clusters =
-            ClusterManager::build(&config.clusters, registry, source, mode == BuildMode::Serve)?;
+        let clusters = ClusterManager::build_reusing(
+            &config.clusters,
+            registry,
+            source,
+            mode == BuildMode::Serve,
+            previous.map(|p| (&p.clusters, p.config.clusters.as_slice())),
+        )?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut names = HashSet::new();
         // TCP and QUIC (UDP) listeners may share a port.
@@ -161,13 +171,33 @@ impl Snapshot {
                 serde_json::json!({ "name": c.name, "live_endpoints": live })
             })
             .collect();
+        let mut config = serde_json::to_value(&self.config).unwrap_or_default();
+        redact_keys(&mut config);
         serde_json::json!({
             "version": self.version,
             "source": self.source,
             "dynamic": self.dynamic,
             "loaded_at_unix": loaded,
-            "config": self.config,
+            "config": config,
             "clusters_state": clusters,
         })
+    }
+}
+
+/// Inline private keys (from xDS SDS or the file) never leave the process
+/// through `/config_dump`.
+fn redact_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "private_key_pem" {
+                    *x = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact_keys(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
     }
 }

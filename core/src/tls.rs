@@ -115,41 +115,121 @@ fn versions(
     Ok(v)
 }
 
-fn load_certs(file: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            BuildError::new(
-                field,
-                format!("cannot read certificates from '{file}': {e}"),
-            )
-        })?;
+/// Where PEM data comes from: a file (watched for changes) or inline text
+/// (xDS SDS secrets, or written in the config).
+#[derive(Clone, Copy)]
+enum Pem<'a> {
+    File(&'a str),
+    Inline(&'a str),
+}
+
+impl Pem<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Pem::File(f) => format!("'{f}'"),
+            Pem::Inline(_) => "the inline PEM".into(),
+        }
+    }
+}
+
+/// Exactly one of a file path (`file_field`) and inline PEM text
+/// (`file_field` + `_pem`).
+fn pem_source<'a>(
+    file: &'a str,
+    inline: Option<&'a str>,
+    field: &str,
+) -> Result<Pem<'a>, BuildError> {
+    match (file.is_empty(), inline) {
+        (false, None) => Ok(Pem::File(file)),
+        (true, Some(p)) => Ok(Pem::Inline(p)),
+        (false, Some(_)) => Err(BuildError::new(
+            field,
+            format!("give either {f} or {f}_pem, not both", f = last(field)),
+        )),
+        (true, None) => Err(BuildError::new(
+            field,
+            format!(
+                "missing: give {f} (a PEM file) or {f}_pem (PEM text)",
+                f = last(field)
+            ),
+        )),
+    }
+}
+
+fn last(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+fn load_certs(src: Pem<'_>, field: &str) -> Result<Vec<CertificateDer<'static>>, BuildError> {
+    let certs: Vec<_> = match src {
+        Pem::File(f) => {
+            CertificateDer::pem_file_iter(f).and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        }
+        Pem::Inline(t) => {
+            CertificateDer::pem_slice_iter(t.as_bytes()).collect::<Result<Vec<_>, _>>()
+        }
+    }
+    .map_err(|e| {
+        BuildError::new(
+            field,
+            format!("cannot read certificates from {}: {e}", src.describe()),
+        )
+    })?;
     if certs.is_empty() {
         return Err(BuildError::new(
             field,
-            format!("no PEM certificate in '{file}'"),
+            format!("no PEM certificate in {}", src.describe()),
         ));
     }
     Ok(certs)
 }
 
-fn load_key(file: &str, field: &str) -> Result<PrivateKeyDer<'static>, BuildError> {
-    PrivateKeyDer::from_pem_file(file).map_err(|e| {
+fn load_key(src: Pem<'_>, field: &str) -> Result<PrivateKeyDer<'static>, BuildError> {
+    match src {
+        Pem::File(f) => PrivateKeyDer::from_pem_file(f),
+        Pem::Inline(t) => PrivateKeyDer::from_pem_slice(t.as_bytes()),
+    }
+    .map_err(|e| {
         BuildError::new(
             field,
-            format!("cannot read a private key from '{file}': {e}"),
+            format!("cannot read a private key from {}: {e}", src.describe()),
         )
     })
 }
 
-fn load_roots(file: &str, field: &str) -> Result<rustls::RootCertStore, BuildError> {
+fn load_roots(src: Pem<'_>, field: &str) -> Result<rustls::RootCertStore, BuildError> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(file, field)? {
-        roots
-            .add(c)
-            .map_err(|e| BuildError::new(field, format!("bad CA certificate in '{file}': {e}")))?;
+    for c in load_certs(src, field)? {
+        roots.add(c).map_err(|e| {
+            BuildError::new(
+                field,
+                format!("bad CA certificate in {}: {e}", src.describe()),
+            )
+        })?;
     }
     Ok(roots)
+}
+
+/// The chain and key of a certificate config.
+fn cert_and_key(
+    c: &CertificateConfig,
+    path: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BuildError> {
+    let cf = format!("{path}.certificate_chain");
+    let kf = format!("{path}.private_key");
+    let certs = load_certs(
+        pem_source(
+            &c.certificate_chain,
+            c.certificate_chain_pem.as_deref(),
+            &cf,
+        )?,
+        &cf,
+    )?;
+    let key = load_key(
+        pem_source(&c.private_key, c.private_key_pem.as_deref(), &kf)?,
+        &kf,
+    )?;
+    Ok((certs, key))
 }
 
 fn certified_key(
@@ -157,8 +237,7 @@ fn certified_key(
     path: &str,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, BuildError> {
-    let certs = load_certs(&c.certificate_chain, &format!("{path}.certificate_chain"))?;
-    let key = load_key(&c.private_key, &format!("{path}.private_key"))?;
+    let (certs, key) = cert_and_key(c, path)?;
     let signer = provider
         .key_provider
         .load_private_key(key)
@@ -278,6 +357,8 @@ impl DownstreamTls {
         if let Some(v) = &cfg.client_validation {
             files.push(PathBuf::from(&v.trusted_ca));
         }
+        // Inline PEM has no file to watch: it changes with a new snapshot.
+        files.retain(|f| !f.as_os_str().is_empty());
         let me = Self {
             cfg: cfg.clone(),
             path: path.to_string(),
@@ -377,7 +458,10 @@ fn client_verifier(
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, BuildError> {
     let field = format!("{path}.client_validation.trusted_ca");
-    let roots = load_roots(&v.trusted_ca, &field)?;
+    let roots = load_roots(
+        pem_source(&v.trusted_ca, v.trusted_ca_pem.as_deref(), &field)?,
+        &field,
+    )?;
     let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let b = if v.required {
         b
@@ -423,9 +507,17 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     pub fn new(cfg: &UpstreamTlsConfig, path: &str) -> Result<Self, BuildError> {
         let provider = provider(&[], path)?;
-        let roots = match &cfg.trusted_ca {
-            Some(f) => load_roots(f, &format!("{path}.trusted_ca"))?,
-            None => {
+        let ca_field = format!("{path}.trusted_ca");
+        let roots = match (&cfg.trusted_ca, &cfg.trusted_ca_pem) {
+            (Some(_), Some(_)) => {
+                return Err(BuildError::new(
+                    ca_field,
+                    "give either trusted_ca or trusted_ca_pem, not both",
+                ));
+            }
+            (Some(f), None) => load_roots(Pem::File(f), &ca_field)?,
+            (None, Some(p)) => load_roots(Pem::Inline(p), &ca_field)?,
+            (None, None) => {
                 let mut roots = rustls::RootCertStore::empty();
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
@@ -442,8 +534,7 @@ impl UpstreamTls {
             None => builder.with_no_client_auth(),
             Some(c) => {
                 let p = format!("{path}.client_certificate");
-                let certs = load_certs(&c.certificate_chain, &format!("{p}.certificate_chain"))?;
-                let key = load_key(&c.private_key, &format!("{p}.private_key"))?;
+                let (certs, key) = cert_and_key(c, &p)?;
                 builder
                     .with_client_auth_cert(certs, key)
                     .map_err(|e| BuildError::new(p, e.to_string()))?

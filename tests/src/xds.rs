@@ -33,6 +33,7 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 // ---------------------------------------------------------------- server
 
@@ -149,6 +150,19 @@ impl Mgmt {
     }
 
     pub fn start_with(port: u16, shared: Arc<Mutex<Shared>>) -> Self {
+        Self::start_inner(port, shared, None)
+    }
+
+    /// Serves gRPC over TLS (ALPN h2) with this server config.
+    pub fn start_tls(port: u16, tls: rustls::ServerConfig) -> Self {
+        Self::start_inner(port, Arc::new(Mutex::new(Shared::default())), Some(tls))
+    }
+
+    fn start_inner(
+        port: u16,
+        shared: Arc<Mutex<Shared>>,
+        tls: Option<rustls::ServerConfig>,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -171,11 +185,42 @@ impl Mgmt {
         let kill = ads.kill.clone();
         rt.spawn(async move {
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
-                .await;
+            match tls {
+                None => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
+                        .await;
+                }
+                Some(mut cfg) => {
+                    cfg.alpn_protocols = vec![b"h2".to_vec()];
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    let stop = kill.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let (tcp, _) = tokio::select! {
+                                _ = stop.cancelled() => return,
+                                r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
+                            };
+                            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                            tokio::spawn(async move {
+                                // A failed handshake (wrong CA on the
+                                // client) is just not served.
+                                if let Ok(s) = acceptor.accept(tcp).await {
+                                    let _ = tx.send(Ok::<_, std::io::Error>(TlsIo(s))).await;
+                                }
+                            });
+                        }
+                    });
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    let _ = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, kill.cancelled_owned())
+                        .await;
+                }
+            }
         });
         Mgmt { rt, addr, ads }
     }
@@ -240,6 +285,47 @@ impl Mgmt {
         let shared = self.ads.shared.clone();
         self.rt.shutdown_timeout(Duration::from_secs(2));
         shared
+    }
+}
+
+/// A server-side TLS stream tonic can serve (tonic's own TLS feature is
+/// not enabled in this workspace).
+struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -441,6 +527,55 @@ pub fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
         }],
         ..Default::default()
     };
+    (name.into(), any(LISTENER, &l))
+}
+
+/// An SDS `tls_certificate` secret with inline PEM.
+pub fn cert_secret(name: &str, chain_pem: &str, key_pem: &str) -> (String, Any) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+    let inline = |s: &str| {
+        Some(core3::DataSource {
+            specifier: Some(core3::data_source::Specifier::InlineBytes(
+                s.as_bytes().to_vec(),
+            )),
+            ..Default::default()
+        })
+    };
+    let s = tlsv3::Secret {
+        name: name.into(),
+        r#type: Some(tlsv3::secret::Type::TlsCertificate(tlsv3::TlsCertificate {
+            certificate_chain: inline(chain_pem),
+            private_key: inline(key_pem),
+            ..Default::default()
+        })),
+    };
+    (name.into(), any(SECRET, &s))
+}
+
+/// `hcm_listener` terminating TLS with the certificate of SDS secret
+/// `secret` (ALPN http/1.1).
+pub fn tls_hcm_listener(name: &str, port: u16, rds_name: &str, secret: &str) -> (String, Any) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+    let (_, a) = hcm_listener(name, port, rds_name);
+    let mut l = lds::Listener::decode(a.value.as_slice()).unwrap();
+    let ctx = tlsv3::DownstreamTlsContext {
+        common_tls_context: Some(tlsv3::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tlsv3::SdsSecretConfig {
+                name: secret.into(),
+                sds_config: Some(ads_source()),
+            }],
+            alpn_protocols: vec!["http/1.1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    l.filter_chains[0].transport_socket = Some(core3::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core3::transport_socket::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            &ctx,
+        ))),
+    });
     (name.into(), any(LISTENER, &l))
 }
 

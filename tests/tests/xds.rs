@@ -437,3 +437,371 @@ fn bootstrap_errors_name_the_field() {
         assert!(err.contains(want), "{yaml}: {err}");
     }
 }
+
+// ------------------------------------------------------------------ SDS
+
+/// A server certificate for `localhost`/127.0.0.1 signed by the demo CA,
+/// made with openssl in `dir`: (chain PEM, key PEM).
+fn fresh_server_cert(dir: &std::path::Path, name: &str) -> (String, String) {
+    let certs = workspace().join("examples/certs");
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let crt = dir.join(format!("{name}.pem"));
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |x: &std::path::Path| x.to_string_lossy().into_owned();
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &p(&key),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        &p(&key),
+        "-subj",
+        &format!("/O=meshgate test/CN={name}"),
+        "-out",
+        &p(&csr),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&certs.join("ca.pem")),
+        "-CAkey",
+        &p(&certs.join("ca.key")),
+        "-set_serial",
+        &format!("{}", std::process::id() as u64 * 100 + name.len() as u64),
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&crt),
+    ]);
+    (
+        std::fs::read_to_string(crt).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = workspace().join("examples/certs/ca.pem");
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every new connection is a full handshake that shows the certificate.
+    c.resumption = rustls::client::Resumption::disabled();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(c)
+}
+
+type TlsConn = std::io::BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A new TLS connection; returns it and the server's leaf certificate.
+fn tls_connect(
+    port: u16,
+    cfg: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<(TlsConn, Vec<u8>)> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let conn = rustls::ClientConnection::new(cfg.clone(), "localhost".try_into().unwrap()).ok()?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).ok()?;
+    }
+    let leaf = s.conn.peer_certificates()?.first()?.to_vec();
+    Some((std::io::BufReader::new(s), leaf))
+}
+
+/// One GET on a TLS keep-alive connection: the body of a whole 200
+/// response, or None.
+fn tls_get(c: &mut TlsConn, path: &str) -> Option<String> {
+    use std::io::BufRead;
+    c.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    c.get_mut().flush().ok()?;
+    let mut status = String::new();
+    c.read_line(&mut status).ok()?;
+    if !status.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if c.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+        if l == "connection: close" {
+            // Being retired is a failure here: a rotation must not close
+            // open connections.
+            return None;
+        }
+    }
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn sds_certificate_rotation_under_load_loses_no_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (chain1, key1) = fresh_server_cert(tmp.path(), "first");
+    let (chain2, key2) = fresh_server_cert(tmp.path(), "second");
+    let (der1, der2) = (der_of(&chain1), der_of(&chain2));
+    assert_ne!(der1, der2);
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "1", vec![eds_cluster("svc-a")]);
+    mgmt.set(ENDPOINT, "1", vec![cla("svc-a", &[(a.addr, 1, 0)])]);
+    mgmt.set(ROUTE, "1", vec![route_config("r1", &[("svc-a", 1)])]);
+    mgmt.set(
+        LISTENER,
+        "1",
+        vec![tls_hcm_listener("web", port, "r1", "server-cert")],
+    );
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+
+    // Warming: the listener waits for its secret, subscribed by name.
+    wait_until("SDS subscription", || {
+        mgmt.requests()
+            .iter()
+            .any(|r| r.type_url == SECRET && r.resource_names == ["server-cert"])
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        refused(port),
+        "listener served before its certificate arrived"
+    );
+    mgmt.set(
+        SECRET,
+        "s1",
+        vec![cert_secret("server-cert", &chain1, &key1)],
+    );
+    let cfg = tls_client_config();
+    wait_until("TLS listener serving", || {
+        tls_connect(port, &cfg)
+            .and_then(|(mut c, _)| tls_get(&mut c, "/"))
+            .is_some_and(|b| b.contains("backend=a"))
+    });
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // New connections: (handshake start, leaf DER, request ok).
+    let fresh = {
+        let (stop, cfg) = (stop.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                let r = tls_connect(port, &cfg);
+                match r {
+                    Some((mut c, leaf)) => {
+                        let ok = tls_get(&mut c, "/").is_some_and(|b| b.contains("backend=a"));
+                        seen.push((at, leaf, ok));
+                    }
+                    None => seen.push((at, Vec::new(), false)),
+                }
+            }
+            seen
+        })
+    };
+    // One keep-alive connection opened before the rotation: (requests,
+    // failures, its certificate).
+    let kept = {
+        let (stop, cfg) = (stop.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            let (mut c, leaf) = tls_connect(port, &cfg).expect("keep-alive connection");
+            let (mut n, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tls_get(&mut c, "/") {
+                    Some(b) if b.contains("backend=a") => n += 1,
+                    _ => {
+                        failed += 1;
+                        break;
+                    }
+                }
+            }
+            (n, failed, leaf)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    mgmt.set(
+        SECRET,
+        "s2",
+        vec![cert_secret("server-cert", &chain2, &key2)],
+    );
+    let nonce = mgmt.wait_sent(SECRET, "s2");
+    let ack = mgmt.wait_reply(SECRET, &nonce);
+    let acked = Instant::now();
+    assert_eq!(ack.version_info, "s2", "ACK carries the new version");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(ack.resource_names, ["server-cert"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = fresh.join().unwrap();
+    let (kept_n, kept_failed, kept_leaf) = kept.join().unwrap();
+
+    let failed = seen.iter().filter(|s| !s.2).count();
+    assert_eq!(failed, 0, "failed requests on new connections");
+    assert_eq!(
+        kept_failed, 0,
+        "the keep-alive connection was closed or failed"
+    );
+    assert!(
+        kept_n > 10,
+        "keep-alive connection made only {kept_n} requests"
+    );
+    assert_eq!(kept_leaf, der1);
+    assert!(
+        seen.iter().any(|s| s.1 == der1),
+        "no handshake before the rotation"
+    );
+    let after: Vec<_> = seen.iter().filter(|s| s.0 > acked).collect();
+    assert!(
+        after.len() > 5,
+        "too few handshakes after the ACK: {}",
+        after.len()
+    );
+    assert!(
+        after.iter().all(|s| s.1 == der2),
+        "a handshake after the ACK presented the old certificate"
+    );
+    // The rotation did not retire the listener.
+    assert!(
+        !mg.log_text().contains("open connections retire"),
+        "listener was retired"
+    );
+    // Private keys never show in /config_dump.
+    let (_, dump) = mg.admin_get("/config_dump");
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "config_dump shows a private key"
+    );
+    assert!(dump.contains("[redacted]"));
+}
+
+// ------------------------------------------------------- TLS to the xDS server
+
+fn demo_server_tls() -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = workspace().join("examples/certs");
+    let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap()
+}
+
+/// The bootstrap with TLS to the ADS cluster, trusting `ca`.
+fn tls_bootstrap(xds_port: u16, ca: &str) -> String {
+    let ca = workspace().join("examples/certs").join(ca);
+    format!(
+        "{}    tls: {{trusted_ca: \"{}\", sni: localhost}}\n",
+        bootstrap(xds_port),
+        ca.display()
+    )
+}
+
+#[test]
+fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let resources = |mgmt: &Mgmt, port: u16| {
+        mgmt.set(CLUSTER, "1", vec![static_cluster("svc-a", a.addr)]);
+        mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r1")]);
+        mgmt.set(ROUTE, "1", vec![route_config("r1", &[("svc-a", 1)])]);
+    };
+
+    // The right CA: config arrives over TLS and serves.
+    let port = free_port();
+    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    resources(&mgmt, port);
+    let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "ca.pem"));
+    wait_for(port, "/", "backend=a");
+    let first = mgmt
+        .requests()
+        .into_iter()
+        .next()
+        .expect("a request over TLS");
+    assert_eq!(first.node.unwrap().id, "test-node");
+    drop(mg);
+
+    // A wrong CA: no stream, each failure logged and counted, retried
+    // with back-off; nothing is served.
+    let port = free_port();
+    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    resources(&mgmt, port);
+    let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "rogue-ca.pem"));
+    wait_until("two failed TLS connects", || {
+        mg.metric("meshgate_xds_stream_total", &[("result", "connect_error")]) >= 2.0
+    });
+    assert!(
+        mg.metric(
+            "meshgate_xds_tls_handshake_errors_total",
+            &[("reason", "unknown_ca")]
+        ) >= 2.0
+    );
+    assert!(mg.log_text().contains("cannot connect to the ADS server"));
+    assert!(
+        mgmt.requests().is_empty(),
+        "a request passed a failed handshake"
+    );
+    assert!(refused(port));
+}

@@ -8,6 +8,7 @@
 //! routes are known), and a broken stream is re-opened with jittered
 //! back-off while the last good config keeps serving.
 
+use crate::tls::{SECRET, Secret};
 use crate::translate::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, TranslateError};
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::envoy::config::core::v3 as core3;
@@ -19,12 +20,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsConfig, ClusterConfig, Config, EndpointConfig, ListenerConfig, NodeConfig,
+    AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
+    UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate};
 use meshgate_core::router::RouteConfig;
+use meshgate_core::tls::UpstreamTls;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -43,11 +47,14 @@ pub struct Bootstrap {
     pub connect_timeout: Duration,
     /// Names of the static clusters (dynamic listeners may use them).
     pub static_clusters: BTreeSet<String>,
+    /// TLS to the ADS server: the ADS cluster's `tls`, file paths resolved.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 impl Bootstrap {
     /// The bootstrap of a config that asks for xDS (validated by core).
-    pub fn from_config(c: &Config) -> Option<Self> {
+    /// `source` resolves the TLS file paths of the ADS cluster.
+    pub fn from_config(c: &Config, source: &ConfigSource) -> Option<Self> {
         let d = c.dynamic_resources.as_ref()?;
         let node = c.node.clone()?;
         let cl = c.clusters.iter().find(|x| x.name == d.ads.cluster)?;
@@ -57,6 +64,14 @@ impl Bootstrap {
             servers: cl.endpoints.iter().map(|e| e.address.clone()).collect(),
             connect_timeout: cl.connect_timeout,
             static_clusters: c.clusters.iter().map(|x| x.name.clone()).collect(),
+            tls: cl.tls.as_ref().map(|t| {
+                let mut t = t.resolved(source);
+                // gRPC is HTTP/2: say so in ALPN unless told otherwise.
+                if t.alpn_protocols.is_empty() {
+                    t.alpn_protocols = vec!["h2".into()];
+                }
+                t
+            }),
         })
     }
 }
@@ -68,6 +83,7 @@ struct State {
     endpoints: BTreeMap<String, Vec<EndpointConfig>>,
     routes: BTreeMap<String, RouteConfig>,
     listeners: BTreeMap<String, lds::Listener>,
+    secrets: BTreeMap<String, Secret>,
     /// Last accepted version per type URL.
     versions: HashMap<&'static str, String>,
     /// Last nonce seen per type URL.
@@ -79,12 +95,13 @@ struct Composed {
     config: Config,
     rds: BTreeSet<String>,
     eds: BTreeSet<String>,
+    sds: BTreeSet<String>,
     warming_clusters: Vec<String>,
     warming_listeners: Vec<String>,
 }
 
 fn type_key(url: &str) -> Option<&'static str> {
-    [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+    [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET]
         .into_iter()
         .find(|t| *t == url)
 }
@@ -95,26 +112,39 @@ fn short(t: &str) -> &'static str {
         ENDPOINT => "eds",
         LISTENER => "lds",
         ROUTE => "rds",
+        SECRET => "sds",
         _ => "other",
     }
 }
 
 impl State {
-    fn compose(&self, statics: &BTreeSet<String>, served: &Config) -> Composed {
+    /// Composes the dynamic config from the accepted resources; an error
+    /// (a secret of the wrong kind) is the NACK's detail.
+    fn compose(&self, statics: &BTreeSet<String>, served: &Config) -> Result<Composed, String> {
         let served_cluster = |n: &str| served.clusters.iter().find(|c| c.name == n);
         let served_listener = |n: &str| served.listeners.iter().find(|l| l.name == n);
         let mut clusters: BTreeMap<String, ClusterConfig> = BTreeMap::new();
         let mut eds = BTreeSet::new();
+        let mut sds = BTreeSet::new();
         let mut warming_clusters = Vec::new();
+        let secrets = |n: &str| self.secrets.get(n).cloned();
         for (name, c) in &self.clusters {
-            match &c.eds_name {
-                None => {
-                    clusters.insert(name.clone(), c.config.clone());
+            sds.extend(c.sds_names.iter().cloned());
+            // Its TLS secrets first: a cluster without them warms.
+            let with_tls = c.with_tls(&secrets).map_err(|e| e.to_string())?;
+            match (&c.eds_name, with_tls) {
+                (None, Some(cfg)) => {
+                    clusters.insert(name.clone(), cfg);
                 }
-                Some(e) => {
-                    eds.insert(e.clone());
-                    if let Some(eps) = self.endpoints.get(e) {
-                        let mut cfg = c.config.clone();
+                (e, cfg) => {
+                    if let Some(e) = e {
+                        eds.insert(e.clone());
+                    }
+                    let eps = match e {
+                        Some(e) => self.endpoints.get(e),
+                        None => Some(&c.config.endpoints),
+                    };
+                    if let (Some(eps), Some(mut cfg)) = (eps, cfg) {
                         cfg.endpoints = eps.clone();
                         clusters.insert(name.clone(), cfg);
                     } else {
@@ -136,12 +166,12 @@ impl State {
         let mut warming_listeners = Vec::new();
         for (name, raw) in &self.listeners {
             let routes = |n: &str| self.routes.get(n).cloned();
-            let Ok(l) = translate::listener(raw.clone(), &routes) else {
-                // Refused when it arrived; cannot happen for an accepted one.
-                continue;
-            };
+            let l =
+                translate::listener(raw.clone(), &routes, &secrets).map_err(|e| e.to_string())?;
             rds.extend(l.rds_names.iter().cloned());
-            let routes_ready = l.rds_names.iter().all(|n| self.routes.contains_key(n));
+            sds.extend(l.sds_names.iter().cloned());
+            let routes_ready = l.rds_names.iter().all(|n| self.routes.contains_key(n))
+                && l.sds_names.iter().all(|n| self.secrets.contains_key(n));
             let clusters_ready = translate::clusters_of(&l.config)
                 .iter()
                 .all(|c| known(c, &clusters));
@@ -167,7 +197,7 @@ impl State {
                 }
             }
         }
-        Composed {
+        Ok(Composed {
             config: Config {
                 listeners,
                 clusters: clusters.into_values().collect(),
@@ -175,9 +205,10 @@ impl State {
             },
             rds,
             eds,
+            sds,
             warming_clusters,
             warming_listeners,
-        }
+        })
     }
 
     /// Applies a response to a copy of the state; an error is the NACK's
@@ -216,7 +247,8 @@ impl State {
                     dup(&l.name)?;
                     // Translated now to refuse what is unsupported; again
                     // at compose time with the routes then known.
-                    translate::listener(l.clone(), &|_| None).map_err(|e| e.to_string())?;
+                    translate::listener(l.clone(), &|_| None, &|_| None)
+                        .map_err(|e| e.to_string())?;
                     next.listeners.insert(l.name.clone(), l);
                 }
             }
@@ -249,6 +281,18 @@ impl State {
                 }
                 next.endpoints.retain(|n, _| subscribed.contains(n));
             }
+            SECRET => {
+                for (i, any) in resp.resources.iter().enumerate() {
+                    let r: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
+                        translate::decode(any, SECRET)
+                            .map_err(|e| format!("resources[{i}]: {e}"))?;
+                    dup(&r.name)?;
+                    let name = r.name.clone();
+                    let t = crate::tls::secret(r).map_err(|e| e.to_string())?;
+                    next.secrets.insert(name, t);
+                }
+                next.secrets.retain(|n, _| subscribed.contains(n));
+            }
             other => return Err(format!("resource type '{other}' is not supported")),
         }
         Ok(next)
@@ -258,7 +302,20 @@ impl State {
 /// Runs the ADS client until `stop`: connects, serves the stream,
 /// reconnects with jittered exponential back-off.
 pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
+    let tls = match &boot.tls {
+        None => None,
+        Some(t) => match UpstreamTls::new(t, &format!("clusters['{}'].tls", boot.ads.cluster)) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                // Core validated the same cluster at startup; only a file
+                // changed since can fail here.
+                tracing::error!(error = %e, "TLS to the ADS server cannot be set up; no xDS");
+                return;
+            }
+        },
+    };
     let mut client = Client {
+        tls,
         boot,
         tx,
         state: State::default(),
@@ -301,6 +358,7 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
 
 struct Client {
     boot: Bootstrap,
+    tls: Option<Arc<UpstreamTls>>,
     tx: DynamicSender,
     state: State,
     /// The dynamic config last accepted by the server.
@@ -403,7 +461,31 @@ impl Client {
                 return false;
             }
         };
-        let channel = match endpoint.connect().await {
+        let channel = match &self.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                let (tls, server, timeout) =
+                    (tls.clone(), server.to_string(), self.boot.connect_timeout);
+                endpoint
+                    .connect_with_connector(tower::service_fn(
+                        move |_: tonic::codegen::http::Uri| {
+                            let (tls, server) = (tls.clone(), server.clone());
+                            async move {
+                                tokio::time::timeout(timeout, tls_connect(&tls, &server))
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(std::io::Error::new(
+                                            std::io::ErrorKind::TimedOut,
+                                            "connect timeout",
+                                        ))
+                                    })
+                            }
+                        },
+                    ))
+                    .await
+            }
+        };
+        let channel = match channel {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
@@ -417,7 +499,7 @@ impl Client {
         let (req_tx, req_rx) = mpsc::channel::<DiscoveryRequest>(16);
         // A new stream has no nonce yet; the versions say what we have.
         self.state.nonces.clear();
-        for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE] {
+        for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE, SECRET] {
             if matches!(t, CLUSTER | LISTENER)
                 || self.subscribed.get(t).is_some_and(|s| !s.is_empty())
             {
@@ -482,38 +564,40 @@ impl Client {
         let mut out = Vec::new();
         let verdict = match self.state.apply(&resp, &subscribed) {
             Err(e) => Err(e),
-            Ok(next) => {
-                let composed = next.compose(&self.boot.static_clusters, &self.served);
-                for c in &composed.warming_clusters {
-                    tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
-                }
-                for l in &composed.warming_listeners {
-                    tracing::debug!(listener = %l, "listener warming: waiting for its routes or clusters");
-                }
-                let result = if same(&composed.config, &self.served) {
-                    Ok(())
-                } else {
-                    self.push(composed.config.clone(), &next, t, &resp.version_info)
-                        .await
-                };
-                match result {
-                    Ok(()) => {
-                        self.state = next;
-                        self.served = composed.config;
-                        Ok((composed.rds, composed.eds))
+            Ok(next) => match next.compose(&self.boot.static_clusters, &self.served) {
+                Err(e) => Err(e),
+                Ok(composed) => {
+                    for c in &composed.warming_clusters {
+                        tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
                     }
-                    Err(e) => Err(e),
+                    for l in &composed.warming_listeners {
+                        tracing::debug!(listener = %l, "listener warming: waiting for its routes or clusters");
+                    }
+                    let result = if same(&composed.config, &self.served) {
+                        Ok(())
+                    } else {
+                        self.push(composed.config.clone(), &next, t, &resp.version_info)
+                            .await
+                    };
+                    match result {
+                        Ok(()) => {
+                            self.state = next;
+                            self.served = composed.config;
+                            Ok((composed.rds, composed.eds, composed.sds))
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
-            }
+            },
         };
         self.state.nonces.insert(t, resp.nonce.clone());
         match verdict {
-            Ok((rds, eds)) => {
+            Ok((rds, eds, sds)) => {
                 self.state.versions.insert(t, resp.version_info.clone());
                 metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
-                for (ty, names) in [(ROUTE, rds), (ENDPOINT, eds)] {
+                for (ty, names) in [(ROUTE, rds), (ENDPOINT, eds), (SECRET, sds)] {
                     if self.subscribed.get(ty).cloned().unwrap_or_default() != names {
                         tracing::info!(type_url = ty, names = ?names, "subscription changed");
                         self.subscribed.insert(ty, names);
@@ -540,7 +624,7 @@ impl Client {
         version: &str,
     ) -> Result<(), String> {
         let mut words = Vec::new();
-        for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT] {
+        for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET] {
             let v = if ty == t {
                 Some(version.to_string())
             } else {
@@ -568,6 +652,25 @@ impl Client {
             Err(_) => Err("the server is shutting down".into()),
         }
     }
+}
+
+/// TCP then TLS to an ADS server (`host:port`); the SNI is the cluster's
+/// `sni`, else the host.
+async fn tls_connect(
+    tls: &UpstreamTls,
+    server: &str,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let addr = tokio::net::lookup_host(server)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("'{server}' resolves to no address")))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let s = tls.connect(tcp, Some(server), addr).await.inspect_err(|e| {
+        metrics::counter!("meshgate_xds_tls_handshake_errors_total", "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
+    })?;
+    Ok(hyper_util::rt::TokioIo::new(s))
 }
 
 fn same(a: &Config, b: &Config) -> bool {
@@ -633,14 +736,16 @@ mod tests {
             config: serde_json::from_value(serde_json::json!({"name": "a", "endpoints": []}))
                 .unwrap(),
             eds_name: Some("a".into()),
+            transport_socket: None,
+            sds_names: BTreeSet::new(),
         };
         s.clusters.insert("a".into(), c);
-        let out = s.compose(&boot_statics, &Config::default());
+        let out = s.compose(&boot_statics, &Config::default()).unwrap();
         assert_eq!(out.warming_clusters, ["a"]);
         assert!(out.config.clusters.is_empty());
         assert_eq!(out.eds.iter().collect::<Vec<_>>(), ["a"]);
         s.endpoints.insert("a".into(), vec![]);
-        let out = s.compose(&boot_statics, &Config::default());
+        let out = s.compose(&boot_statics, &Config::default()).unwrap();
         assert!(out.warming_clusters.is_empty());
         assert_eq!(out.config.clusters.len(), 1);
     }

@@ -2,11 +2,12 @@
 //! whose Listener, RouteConfiguration, Cluster and ClusterLoadAssignment
 //! resources are translated into the one core config model and handed to
 //! the server through core's dynamic-config door (`meshgate_core::dynamic`).
-//! Secrets (SDS) are not served yet: a listener or cluster asking for TLS
-//! through xDS is refused with a NACK that says so.
+//! Secrets (SDS) come over the same stream and feed the TLS contexts of
+//! listeners and clusters (`tls`).
 
 pub mod client;
 mod leftover;
+pub mod tls;
 pub mod translate;
 
 pub use client::{Bootstrap, run};

@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 use crate::leftover::set_fields;
+use crate::tls::Secrets;
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
@@ -51,19 +52,19 @@ pub struct TranslateError {
     pub message: String,
 }
 
-type R<T> = Result<T, (String, String)>;
+pub(crate) type R<T> = Result<T, (String, String)>;
 
-fn err<T>(field: impl Into<String>, msg: impl Into<String>) -> R<T> {
+pub(crate) fn err<T>(field: impl Into<String>, msg: impl Into<String>) -> R<T> {
     Err((field.into(), msg.into()))
 }
 
-fn join(p: &str, c: &str) -> String {
+pub(crate) fn join(p: &str, c: &str) -> String {
     meshgate_core::error::join_path(p, c)
 }
 
 /// Refuses a message whose copy still has fields set after the supported
 /// ones were taken out.
-fn rest<M: Debug + Default + PartialEq>(m: &M, path: &str) -> R<()> {
+pub(crate) fn rest<M: Debug + Default + PartialEq>(m: &M, path: &str) -> R<()> {
     let set = set_fields(m);
     match set.first() {
         None => Ok(()),
@@ -74,7 +75,7 @@ fn rest<M: Debug + Default + PartialEq>(m: &M, path: &str) -> R<()> {
     }
 }
 
-fn wrap<T>(kind: &str, name: &str, r: R<T>) -> Result<T, TranslateError> {
+pub(crate) fn wrap<T>(kind: &str, name: &str, r: R<T>) -> Result<T, TranslateError> {
     r.map_err(|(field, message)| TranslateError {
         resource: format!("{kind} '{name}'"),
         field,
@@ -256,6 +257,34 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
 pub struct Cluster {
     pub config: ClusterConfig,
     pub eds_name: Option<String>,
+    /// The upstream TLS transport socket, translated again (`tls`) once
+    /// the SDS secrets it names are known.
+    pub transport_socket: Option<core3::TransportSocket>,
+    /// SDS secrets its TLS context uses.
+    pub sds_names: BTreeSet<String>,
+}
+
+impl Cluster {
+    /// The cluster config with its upstream TLS, secrets resolved by
+    /// `secrets`; `None` while a secret is missing (the cluster warms).
+    pub fn with_tls(&self, secrets: Secrets<'_>) -> Result<Option<ClusterConfig>, TranslateError> {
+        let Some(ts) = &self.transport_socket else {
+            return Ok(Some(self.config.clone()));
+        };
+        let mut sds = BTreeSet::new();
+        let tls = wrap(
+            "Cluster",
+            &self.config.name,
+            crate::tls::upstream(ts.clone(), "transport_socket", secrets, &mut sds),
+        )?;
+        if sds.iter().any(|n| secrets(n).is_none()) {
+            return Ok(None);
+        }
+        Ok(Some(ClusterConfig {
+            tls: Some(tls),
+            ..self.config.clone()
+        }))
+    }
 }
 
 pub fn cluster(c: cds::Cluster) -> Result<Cluster, TranslateError> {
@@ -339,6 +368,12 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             }
         }
     }
+    let transport_socket = c.transport_socket.take();
+    let mut sds_names = BTreeSet::new();
+    if let Some(ts) = &transport_socket {
+        // Refused now if unsupported; filled in once its secrets are known.
+        crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
+    }
     rest(&c, "")?;
     let discovery = if dt == Dt::StrictDns {
         DiscoveryType::StrictDns
@@ -362,11 +397,13 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             ..config
         },
         eds_name,
+        transport_socket,
+        sds_names,
     })
 }
 
 /// Only ADS is served: a `ConfigSource` must say `ads: {}`.
-fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
+pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
     let Some(mut s) = s else {
         return err(path, "missing config source (want ads: {})");
     };
@@ -388,6 +425,8 @@ fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
 pub struct Listener {
     pub config: ListenerConfig,
     pub rds_names: BTreeSet<String>,
+    /// SDS secrets its TLS contexts use.
+    pub sds_names: BTreeSet<String>,
 }
 
 /// Translates a listener; `routes` gives the RDS route configurations
@@ -396,14 +435,16 @@ pub struct Listener {
 pub fn listener(
     l: lds::Listener,
     routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+    secrets: Secrets<'_>,
 ) -> Result<Listener, TranslateError> {
     let name = l.name.clone();
-    wrap("Listener", &name, listener_inner(l, routes))
+    wrap("Listener", &name, listener_inner(l, routes, secrets))
 }
 
 fn listener_inner(
     mut l: lds::Listener,
     routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
+    secrets: Secrets<'_>,
 ) -> R<Listener> {
     let name = std::mem::take(&mut l.name);
     let address = socket_address(l.address.take(), "address")?;
@@ -431,22 +472,23 @@ fn listener_inner(
         }
     }
     let mut rds_names = BTreeSet::new();
+    let mut sds_names = BTreeSet::new();
     let mut chains = Vec::new();
+    let mut names = Names {
+        routes,
+        secrets,
+        rds: &mut rds_names,
+        sds: &mut sds_names,
+    };
     for (i, fc) in std::mem::take(&mut l.filter_chains).into_iter().enumerate() {
         chains.push(filter_chain(
             fc,
             &format!("filter_chains[{i}]"),
-            routes,
-            &mut rds_names,
+            &mut names,
         )?);
     }
     if let Some(fc) = l.default_filter_chain.take() {
-        chains.push(filter_chain(
-            fc,
-            "default_filter_chain",
-            routes,
-            &mut rds_names,
-        )?);
+        chains.push(filter_chain(fc, "default_filter_chain", &mut names)?);
     }
     rest(&l, "")?;
     let mut config = serde_json::from_value::<ListenerConfig>(json!({
@@ -458,40 +500,54 @@ fn listener_inner(
     }))
     .map_err(|e| ("".to_string(), e.to_string()))?;
     config.filter_chains = chains;
-    Ok(Listener { config, rds_names })
+    Ok(Listener {
+        config,
+        rds_names,
+        sds_names,
+    })
+}
+
+/// What a listener's translation looks up and what it records needing.
+struct Names<'a> {
+    routes: &'a dyn Fn(&str) -> Option<rc::RouteConfig>,
+    secrets: Secrets<'a>,
+    rds: &'a mut BTreeSet<String>,
+    sds: &'a mut BTreeSet<String>,
 }
 
 fn filter_chain(
     mut fc: lds::FilterChain,
     path: &str,
-    routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
-    rds_names: &mut BTreeSet<String>,
+    names: &mut Names<'_>,
 ) -> R<FilterChainConfig> {
     let name = Some(std::mem::take(&mut fc.name)).filter(|n| !n.is_empty());
     let filter_chain_match = match fc.filter_chain_match.take() {
         None => None,
         Some(m) => Some(chain_match(m, &join(path, "filter_chain_match"))?),
     };
-    if fc.transport_socket.is_some() {
-        return err(
-            join(path, "transport_socket"),
-            "TLS from xDS (transport_socket, SDS) is not supported yet",
-        );
-    }
+    let tls = match fc.transport_socket.take() {
+        None => None,
+        Some(ts) => Some(crate::tls::downstream(
+            ts,
+            &join(path, "transport_socket"),
+            names.secrets,
+            names.sds,
+        )?),
+    };
     let mut filters = Vec::new();
     for (i, f) in std::mem::take(&mut fc.filters).into_iter().enumerate() {
         filters.push(network_filter(
             f,
             &format!("{path}.filters[{i}]"),
-            routes,
-            rds_names,
+            names.routes,
+            names.rds,
         )?);
     }
     rest(&fc, path)?;
     Ok(FilterChainConfig {
         name,
         filter_chain_match,
-        tls: None,
+        tls,
         filters,
     })
 }
@@ -1312,7 +1368,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let t = listener(l.clone(), &|_| None).unwrap();
+        let t = listener(l.clone(), &|_| None, &|_| None).unwrap();
         assert_eq!(t.config.address, "127.0.0.1:8080");
         assert_eq!(t.rds_names.iter().collect::<Vec<_>>(), vec!["routes"]);
         let f = &t.config.filter_chains[0].filters[0];
@@ -1320,7 +1376,7 @@ mod tests {
         assert_eq!(f.config["codec"], "http1");
         let mut bad = l;
         bad.filter_chains[0].transport_socket = Some(Default::default());
-        let e = listener(bad, &|_| None).unwrap_err();
-        assert_eq!(e.field, "filter_chains[0].transport_socket");
+        let e = listener(bad, &|_| None, &|_| None).unwrap_err();
+        assert_eq!(e.field, "filter_chains[0].transport_socket.typed_config");
     }
 }

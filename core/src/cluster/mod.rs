@@ -334,7 +334,26 @@ impl ClusterManager {
         source: &ConfigSource,
         resolve_dns: bool,
     ) -> Result<Self, ConfigError> {
-        let mut clusters = HashMap::new();
+        Self::build_reusing(configs, registry, source, resolve_dns, None)
+    }
+
+    /// As `build`, reusing from `previous` (the live clusters and the
+    /// configs they were built from) every cluster whose config is
+    /// unchanged: the same `Arc<Cluster>`, so its pools, load-balancer
+    /// state, endpoint back-off and stats carry over and a reload costs
+    /// only what changed. A cluster whose TLS reads files is rebuilt, so a
+    /// reload still re-reads them.
+    pub fn build_reusing(
+        configs: &[ClusterConfig],
+        registry: &Registry,
+        source: &ConfigSource,
+        resolve_dns: bool,
+        previous: Option<(&ClusterManager, &[ClusterConfig])>,
+    ) -> Result<Self, ConfigError> {
+        let before: HashMap<&str, &ClusterConfig> = previous
+            .map(|(_, cs)| cs.iter().map(|c| (c.name.as_str(), c)).collect())
+            .unwrap_or_default();
+        let mut clusters = HashMap::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
             let path = format!("clusters[{i}]");
             if c.name.is_empty() {
@@ -345,6 +364,19 @@ impl ClusterManager {
                     format!("{path}.name"),
                     format!("duplicate cluster name '{}'", c.name),
                 ));
+            }
+            let reads_files = c.tls.as_ref().is_some_and(|t| {
+                t.trusted_ca.is_some()
+                    || t.client_certificate.as_ref().is_some_and(|k| {
+                        !k.certificate_chain.is_empty() || !k.private_key.is_empty()
+                    })
+            });
+            if !reads_files
+                && before.get(c.name.as_str()) == Some(&c)
+                && let Some(old) = previous.and_then(|(m, _)| m.get(&c.name))
+            {
+                clusters.insert(Arc::from(c.name.as_str()), old.clone());
+                continue;
             }
             let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
                 source.error(
@@ -560,6 +592,28 @@ mod tests {
         assert!(e.is_available(now_ms() + 351));
         e.record_success();
         assert!(e.is_available(now_ms()));
+    }
+
+    #[test]
+    fn unchanged_clusters_are_reused_across_builds() {
+        let cfg = |name: &str, port: u16| -> ClusterConfig {
+            serde_json::from_value(serde_json::json!({
+                "name": name,
+                "endpoints": [{"address": format!("127.0.0.1:{port}")}],
+            }))
+            .unwrap()
+        };
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let first = vec![cfg("a", 1), cfg("b", 2)];
+        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let second = vec![cfg("a", 1), cfg("b", 3), cfg("c", 4)];
+        let m2 =
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first)))
+                .unwrap();
+        assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
+        assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
+        assert!(m2.get("c").is_some());
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct DynamicResourcesConfig {
 }
 
 /// The ADS server: a static cluster of this config, spoken to over
-/// plaintext HTTP/2 (gRPC).
+/// HTTP/2 (gRPC), with TLS when the cluster has `tls` (its `trusted_ca`,
+/// `sni` and `client_certificate` for mTLS; ALPN `h2`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdsConfig {
@@ -159,12 +160,24 @@ pub struct FilterChainConfig {
     pub filters: Vec<FilterConfig>,
 }
 
-/// A certificate chain and its private key, PEM files.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A certificate chain and its private key: PEM files, or PEM text inline
+/// (`*_pem`; xDS SDS secrets arrive this way). Each of the two is given
+/// exactly once. Inline keys are redacted in `/config_dump`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
+    /// PEM file of the certificate chain, leaf first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate_chain: String,
+    /// PEM file of the private key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_key: String,
+    /// The certificate chain as PEM text, instead of `certificate_chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_chain_pem: Option<String>,
+    /// The private key as PEM text, instead of `private_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<String>,
 }
 
 /// TLS versions by name: `"1.2"` or `"1.3"`.
@@ -179,9 +192,20 @@ pub enum TlsVersion {
 impl CertificateConfig {
     fn resolved(&self, src: &ConfigSource) -> Self {
         Self {
-            certificate_chain: src.resolve_path(&self.certificate_chain),
-            private_key: src.resolve_path(&self.private_key),
+            certificate_chain: resolve_nonempty(src, &self.certificate_chain),
+            private_key: resolve_nonempty(src, &self.private_key),
+            ..self.clone()
         }
+    }
+}
+
+/// A file path relative to the config file; empty stays empty (the value
+/// is then given inline).
+fn resolve_nonempty(src: &ConfigSource, p: &str) -> String {
+    if p.is_empty() {
+        String::new()
+    } else {
+        src.resolve_path(p)
     }
 }
 
@@ -191,7 +215,7 @@ impl DownstreamTlsConfig {
         let mut c = self.clone();
         c.certificates = c.certificates.iter().map(|x| x.resolved(src)).collect();
         if let Some(v) = &mut c.client_validation {
-            v.trusted_ca = src.resolve_path(&v.trusted_ca);
+            v.trusted_ca = resolve_nonempty(src, &v.trusted_ca);
         }
         c
     }
@@ -247,8 +271,12 @@ pub struct DownstreamTlsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientValidationConfig {
-    /// PEM bundle of trusted CAs.
+    /// PEM file of trusted CAs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trusted_ca: String,
+    /// The trusted CAs as PEM text, instead of `trusted_ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_pem: Option<String>,
     /// Refuse clients without a certificate (default true); false: verify
     /// one when presented.
     #[serde(default = "default_true")]
@@ -256,16 +284,20 @@ pub struct ClientValidationConfig {
 }
 
 /// Upstream TLS origination (Envoy's UpstreamTlsContext).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// SNI sent; absent: the request's authority (L7), else the endpoint's
     /// host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
-    /// PEM bundle of trusted CAs; absent: the system's roots.
+    /// PEM file of trusted CAs; absent (and no `trusted_ca_pem`): the
+    /// system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca: Option<String>,
+    /// The trusted CAs as PEM text, instead of `trusted_ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_pem: Option<String>,
     /// Client certificate for mTLS to the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<CertificateConfig>,
@@ -333,7 +365,7 @@ pub enum DiscoveryType {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -372,7 +404,7 @@ pub struct ClusterConfig {
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
 /// to `max_interval`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_base", with = "humantime_serde")]
@@ -391,7 +423,7 @@ impl Default for BackoffConfig {
 }
 
 /// One endpoint of a cluster.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `ip:port` for static clusters, `host:port` for strict_dns.
