@@ -609,8 +609,7 @@ mod tests {
         let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
         let second = vec![cfg("a", 1), cfg("b", 3), cfg("c", 4)];
         let m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first)))
-                .unwrap();
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).unwrap();
         assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         assert!(m2.get("c").is_some());

@@ -299,7 +299,11 @@ mod tests {
             b"\r\n",
             b"0\r\nx: y\n\r\n",
         ] {
-            assert!(all(Framing::Chunked, bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                all(Framing::Chunked, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut long = b"5;".to_vec();
         long.extend(std::iter::repeat_n(b'a', 5000));

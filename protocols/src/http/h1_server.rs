@@ -233,7 +233,8 @@ fn offset(base: &[u8], s: &[u8]) -> usize {
 fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>, HeadError> {
     // Uninitialised slots: a request uses a handful, zeroing all of them
     // would cost more than the parse.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let limit = opts.max_request_headers.min(HEADER_SLOTS);
     let (len, fields, method, path, version) = {
         let mut r = httparse::Request::new(&mut []);
@@ -516,8 +517,8 @@ struct Server {
 /// Serves one downstream HTTP/1 connection until it closes.
 pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dyn StreamHandler>) {
     let (io, info, drain) = conn.into_prefixed();
-    let granularity = (opts.request_headers_timeout / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let granularity =
+        (opts.request_headers_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let listener = info.listener.clone();
     let s = Server {
         shared: Arc::new(Mutex::new(Io {
@@ -645,7 +646,10 @@ impl Server {
     async fn refuse(&mut self, status: StatusCode) {
         let mut out = BytesMut::with_capacity(256);
         put_status_line(&mut out, status);
-        let text = status.canonical_reason().unwrap_or("error").to_ascii_lowercase();
+        let text = status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase();
         put_header(&mut out, b"content-type", b"text/plain");
         put_header(
             &mut out,
@@ -714,12 +718,10 @@ impl Server {
         };
         let upgrade_tx = upgrade.then(|| {
             let (tx, rx) = tokio::sync::oneshot::channel::<Box<dyn AsyncIo>>();
-            parts
-                .extensions
-                .insert(Upgrade::new(Box::pin(async move {
-                    rx.await
-                        .map_err(|_| io::Error::other("the response did not switch protocols"))
-                })));
+            parts.extensions.insert(Upgrade::new(Box::pin(async move {
+                rx.await
+                    .map_err(|_| io::Error::other("the response did not switch protocols"))
+            })));
             tx
         });
         let req = Request::from_parts(parts, body);
@@ -734,10 +736,12 @@ impl Server {
                 None => Next::Close,
             });
         }
-        Ok(match self.respond(resp, keep_alive, http10, head_only).await? {
-            true => Next::KeepAlive,
-            false => Next::Close,
-        })
+        Ok(
+            match self.respond(resp, keep_alive, http10, head_only).await? {
+                true => Next::KeepAlive,
+                false => Next::Close,
+            },
+        )
     }
 
     /// Writes the response; `Ok(true)` if the connection can serve another.
@@ -845,8 +849,7 @@ impl Server {
         let mut trailers_sent = false;
         loop {
             // Gather what is ready; write before waiting for more.
-            let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
-            {
+            let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
                     if !out.is_empty() {

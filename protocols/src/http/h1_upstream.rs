@@ -211,11 +211,9 @@ pub(super) async fn send(
             let mut slots =
                 [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut r = httparse::Response::new(&mut []);
-            match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut r,
-                &conn.buf,
-                &mut slots,
-            ) {
+            match httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
+            {
                 Ok(httparse::Status::Complete(len)) => {
                     let base = conn.buf.as_ptr() as usize;
                     let mut fields = Vec::with_capacity(r.headers.len());
