@@ -55,6 +55,10 @@ pub enum UpstreamError {
     Reset(String),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// The downstream request body was malformed (`stream::MalformedBody`)
+    /// while it was being sent: the client's fault, answered with 400.
+    #[error("{0}")]
+    MalformedRequestBody(String),
 }
 
 /// A boxed upstream-response future.

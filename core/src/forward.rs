@@ -291,6 +291,10 @@ async fn try_endpoint(
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream reset");
             LocalReason::UpstreamReset
         }
+        Err(UpstreamError::MalformedRequestBody(e)) => {
+            tracing::debug!(cluster = %cluster.name, error = %e, "downstream request body malformed");
+            return Attempt::Fail(LocalReason::BadRequest);
+        }
         Err(UpstreamError::Protocol(e)) => {
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream protocol error");
             LocalReason::UpstreamProtocolError

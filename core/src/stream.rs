@@ -18,6 +18,13 @@ use std::time::Instant;
 
 /// Error type of stream bodies.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body error that is the downstream peer's fault (a bad chunk
+/// size, bytes that break the framing): a codec's body yields it so that
+/// the stream ends with 400, not the 502 of an upstream failure.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body: {0}")]
+pub struct MalformedBody(pub &'static str);
+
 /// A streamed body: data frames and an optional trailers frame.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
 pub type Request = http::Request<Body>;

@@ -4,6 +4,7 @@
 //! status, the connection is closed, a metric counts it, and meshgate
 //! keeps serving.
 
+use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 struct Front {
     mg: Meshgate,
     port: u16,
+    _echo: HttpBackend,
 }
 
 fn front() -> Front {
@@ -45,6 +47,8 @@ fn front() -> Front {
             let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         }
     });
+    let echo = HttpBackend::start("echo", Proto::Http1);
+    let echo_addr = echo.addr;
     let port = free_port();
     let yaml = format!(
         r#"admin:
@@ -70,6 +74,8 @@ listeners:
                         route: {{cluster: silent, timeout: 500ms}}
                       - match: {{prefix: /reset}}
                         route: {{cluster: reset}}
+                      - match: {{prefix: /echo}}
+                        route: {{cluster: echo}}
                       - match: {{prefix: /}}
                         direct_response: {{status: 200, body: "ok\n"}}
 clusters:
@@ -79,11 +85,14 @@ clusters:
     endpoints: [{{address: "{silent_addr}"}}]
   - name: reset
     endpoints: [{{address: "{reset_addr}"}}]
+  - name: echo
+    endpoints: [{{address: "{echo_addr}"}}]
 "#
     );
     Front {
         mg: Meshgate::start(&yaml),
         port,
+        _echo: echo,
     }
 }
 
@@ -127,10 +136,14 @@ fn protocol_errors(f: &Front, reason: &str) -> f64 {
 #[test]
 fn smuggling_shapes_get_400_and_close() {
     let f = front();
-    let cases: [(&str, &[u8]); 4] = [
+    let cases: [(&str, &[u8]); 13] = [
         (
             "duplicate differing content-length",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "content-length that is not a number",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
         ),
         (
             "obs-fold",
@@ -141,8 +154,37 @@ fn smuggling_shapes_get_400_and_close() {
             b"GET / HTTP/1.1\r\nHost: x\r\nX A: a\r\n\r\n",
         ),
         (
-            "unknown transfer coding",
+            "control character in a header value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+        ),
+        (
+            "unknown transfer coding after chunked",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, x\r\n\r\n",
+        ),
+        (
+            "chunked that is not the final coding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ),
+        (
+            "both content-length and transfer-encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "transfer-encoding in HTTP/1.0",
+            b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "bare LF in the head",
+            b"GET / HTTP/1.1\r\nHost: x\nX-A: a\r\n\r\n",
+        ),
+        ("missing host", b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n"),
+        (
+            "repeated host",
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        ),
+        (
+            "bad chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         ),
     ];
     for (name, bytes) in cases {
@@ -150,27 +192,88 @@ fn smuggling_shapes_get_400_and_close() {
         assert_eq!(code, 400, "{name}");
         assert!(closed, "{name}: connection left open");
     }
-    assert!(protocol_errors(&f, "bad_request") >= 4.0);
+    assert!(protocol_errors(&f, "bad_request") >= 12.0);
+    still_serving(f.port);
+}
+
+#[test]
+fn unsupported_transfer_coding_gets_501() {
+    // RFC 9112 section 6.1: a coding meshgate does not implement, with
+    // chunked final, is 501 (and the connection closes: the body's end
+    // cannot be known to the next hop).
+    let f = front();
+    let (code, closed, _) = raw(
+        f.port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(code, 501);
+    assert!(closed);
     still_serving(f.port);
 }
 
 #[test]
 fn content_length_with_transfer_encoding_cannot_smuggle() {
-    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length and
-    // the connection is closed after the response. What follows the
-    // chunked body (a second, smuggled request) is never answered.
+    // Both framings on one request is the classic smuggling shape: refused
+    // outright (400 and close), so what follows the chunked body (a
+    // second, smuggled request) is never read, let alone answered.
     let f = front();
     let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .unwrap();
     let mut got = String::new();
     s.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got}");
     assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "{got}");
     assert!(got.contains("connection: close"), "{got}");
+    assert_eq!(f._echo.hits(), 0, "nothing reached the upstream");
     still_serving(f.port);
+}
+
+#[test]
+fn chunked_request_body_streams_to_the_upstream_intact() {
+    // The well-formed counterpart of the cases above: chunk extensions and
+    // trailers are legal, the body arrives whole, keep-alive holds.
+    let f = front();
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(req).unwrap();
+        let (head, body) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(body.contains("body-bytes=11\n"), "{body}");
+    }
+}
+
+/// Reads one response with a Content-Length body: (head, body).
+fn read_response(s: &mut TcpStream) -> (String, String) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    while got.len() < head_end + len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&got[head_end..head_end + len]).into_owned();
+    (head.replace("http/1.1", "HTTP/1.1"), body)
 }
 
 #[test]

@@ -309,10 +309,21 @@ struct SServer(Child, u16);
 
 impl SServer {
     fn start(name: &str) -> Self {
-        // A free port can be taken by a parallel test before s_server binds
-        // it: s_server then exits, and another port is tried.
+        // A port outside the ephemeral range that `free_port` (and every
+        // other test) draws from: a parallel test cannot take it, nor hold
+        // a port this s_server then fails to bind while the probe below
+        // reaches the other test's server instead. If it is taken anyway,
+        // s_server exits and another port is tried.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 20);
+        let mut rng = Prng::new(seed);
         for _ in 0..5 {
-            let port = free_port();
+            let mut r = [0u8; 2];
+            rng.fill(&mut r);
+            let port = 20_000 + u16::from_le_bytes(r) % 10_000;
             let mut child = Command::new("openssl")
                 .args(["s_server", "-www", "-quiet", "-accept"])
                 .arg(format!("127.0.0.1:{port}"))

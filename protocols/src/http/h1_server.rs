@@ -23,7 +23,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::codec::StreamHandler;
 use meshgate_core::network::{AsyncIo, Connection, ConnectionInfo, PrefixedIo};
 use meshgate_core::stream::{
-    BodyError, Request, Response, StreamInfo, Upgrade, box_body, empty_body,
+    BodyError, MalformedBody, Request, Response, StreamInfo, Upgrade, box_body, empty_body,
 };
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -171,7 +171,7 @@ impl http_body::Body for RequestBody {
                     if !io.eof {
                         count(&io.listener, "bad_request");
                     }
-                    return Poll::Ready(Some(Err(msg.into())));
+                    return Poll::Ready(Some(Err(MalformedBody(msg).into())));
                 }
             }
         }
@@ -938,7 +938,9 @@ impl Server {
     async fn linger_if_unread(&mut self) {
         let unread = {
             let io = lock(&self.shared);
-            io.body.is_some() || !io.rbuf.is_empty()
+            // After a framing error nothing tells where the client's bytes
+            // end: it may still be sending.
+            io.body.is_some() || io.body_failed || !io.rbuf.is_empty()
         };
         if unread {
             self.linger().await;

@@ -16,7 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::codec::UpstreamError;
-use meshgate_core::stream::{Request, Response, box_body};
+use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, Weak};
@@ -160,7 +160,11 @@ pub(super) async fn send(
         let mut trailers_sent = false;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| SendError {
-                error: UpstreamError::Reset(format!("request body: {e}")),
+                error: if e.is::<MalformedBody>() {
+                    UpstreamError::MalformedRequestBody(e.to_string())
+                } else {
+                    UpstreamError::Reset(format!("request body: {e}"))
+                },
                 replayable: false,
             })?;
             let w = match frame.into_data() {
