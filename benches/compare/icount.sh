@@ -81,7 +81,7 @@ wait "$VG_PID" 2>/dev/null || true
 
 REQS=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
 # The dump taken while counting was on; its totals line is the counted part.
-IR=$(for f in "$OUT"/callgrind.out.*; do grep -h '^totals:\|^summary:' "$f" | head -1 | awk '{print $2}'; done |
+IR=$(for f in "$OUT"/callgrind.out.*; do grep -h '^totals:' "$f" | awk '{print $2}'; done |
     sort -n | tail -1)
 grep -q 'Non-2xx\|Socket errors' "$OUT/wrk.txt" && { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
 echo "$PROXY: $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::stream::{Request, Response, box_body};
+use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -165,17 +166,17 @@ struct IdleConn {
 pub struct Http1Client {
     opts: PoolOptions,
     /// hyper connections, for requests that may upgrade (101).
-    pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>>,
+    pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>, FxBuildHasher>,
     /// Hand-written keep-alive connections for everything else.
-    fast: DashMap<SocketAddr, Arc<h1_upstream::Pool>>,
+    fast: DashMap<SocketAddr, Arc<h1_upstream::Pool>, FxBuildHasher>,
 }
 
 impl Http1Client {
     pub fn new(opts: PoolOptions) -> Self {
         Self {
             opts,
-            pools: DashMap::new(),
-            fast: DashMap::new(),
+            pools: DashMap::with_hasher(FxBuildHasher),
+            fast: DashMap::with_hasher(FxBuildHasher),
         }
     }
 
@@ -204,8 +205,15 @@ impl ClientCodec for Http1Client {
         endpoint: &Arc<Endpoint>,
         mut req: Request,
     ) -> UpstreamFuture {
-        let pool = self.pool(endpoint.address);
-        let fast = self.fast.entry(endpoint.address).or_default().clone();
+        // The hand-written pool is the common case: one shared-lock lookup
+        // (an `entry` would take the shard's write lock on every request),
+        // and the hyper pool only for requests that may upgrade.
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        let fast = match self.fast.get(&endpoint.address) {
+            Some(p) => p.clone(),
+            None => self.fast.entry(endpoint.address).or_default().clone(),
+        };
+        let pool = upgrade.then(|| self.pool(endpoint.address));
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
@@ -225,9 +233,9 @@ impl ClientCodec for Http1Client {
                 *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
             }
             *req.version_mut() = http::Version::HTTP_11;
-            if !req.headers().contains_key(http::header::UPGRADE) {
+            let Some(pool) = pool else {
                 return send_fast(fast, cluster, endpoint, req, opts).await;
-            }
+            };
             let mut sender = match take_idle(&pool, opts.idle_timeout) {
                 Some(s) => s,
                 None => {
@@ -393,13 +401,13 @@ type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::B
 
 /// HTTP/2 upstream: one multiplexed connection per endpoint.
 pub struct Http2Client {
-    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<H2Sender>>>>,
+    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<H2Sender>>>, FxBuildHasher>,
 }
 
 impl Http2Client {
     pub fn new(_opts: PoolOptions) -> Self {
         Self {
-            conns: DashMap::new(),
+            conns: DashMap::with_hasher(FxBuildHasher),
         }
     }
 }

@@ -306,8 +306,10 @@ fn build_head(
         let value = HeaderValue::from_maybe_shared(bytes.slice(at..at + n))
             .map_err(|_| protocol("bad response header value"))?;
         if name == http::header::CONNECTION {
-            let v = raw.to_ascii_lowercase();
-            if v.windows(5).any(|w| w == b"close") {
+            if raw
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            {
                 keep_alive = false;
             }
             continue;
