@@ -40,12 +40,14 @@ wait_port() {
     exit 1
 }
 
-nginx -p "$OUT/backend/" -e "$OUT/backend/error.log" -c "$HERE/backend-http.conf" \
+taskset -c 1 nginx -p "$OUT/backend/" -e "$OUT/backend/error.log" -c "$HERE/backend-http.conf" \
     >"$OUT/backend.log" 2>&1 &
 PIDS+=($!)
 wait_port 9000
 
-VG=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p")
+# Pinned as in http.sh: the proxy alone on CPU 0 (so meshgate starts one
+# tokio worker, as nginx and HAProxy run one worker), the rest on CPU 1.
+VG=(taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p")
 case "$PROXY" in
 meshgate)
     PORT=8082
@@ -71,9 +73,9 @@ VG_PID=$!
 PIDS+=("$VG_PID")
 wait_port "$PORT"
 # Warm-up: connections, pools and lazy state, not counted.
-wrk -t1 -c10 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+taskset -c 1 wrk -t1 -c10 -d2s "http://127.0.0.1:$PORT/" >/dev/null
 callgrind_control -i on "$VG_PID" >/dev/null
-wrk -t1 -c10 -d"${SECS}s" "http://127.0.0.1:$PORT/" >"$OUT/wrk.txt"
+taskset -c 1 wrk -t1 -c10 -d"${SECS}s" "http://127.0.0.1:$PORT/" >"$OUT/wrk.txt"
 callgrind_control -i off "$VG_PID" >/dev/null
 callgrind_control -d "$VG_PID" >/dev/null
 kill "$VG_PID"
