@@ -3,7 +3,7 @@
 //! ALPN, source CIDR), the chain's TLS handshake when it terminates TLS,
 //! and the run of the chain's network filters.
 
-use crate::cluster::{Cluster, ClusterManager};
+use crate::cluster::{ClusterManager, ClusterRefs};
 use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
@@ -15,7 +15,6 @@ use crate::tls_inspect;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -60,7 +59,7 @@ pub struct CompiledListener {
     /// The clusters its filters and routes resolved, by name: a reload
     /// replaces the listener (its open connections retire) only if one of
     /// them is no longer the same `Arc` or its own config changed.
-    pub clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    pub clusters: ClusterRefs,
 }
 
 impl CompiledListener {
@@ -88,7 +87,7 @@ impl CompiledListener {
             ));
         }
         let mut chains = Vec::with_capacity(cfg.filter_chains.len());
-        let mut resolved = BTreeMap::new();
+        let mut resolved = ClusterRefs::new();
         for (i, fc) in cfg.filter_chains.iter().enumerate() {
             let (chain, used) = build_chain(
                 &format!("{path}.filter_chains[{i}]"),
@@ -230,7 +229,7 @@ fn build_chain(
     registry: &Registry,
     clusters: &ClusterManager,
     source: &ConfigSource,
-) -> Result<(FilterChain, BTreeMap<Arc<str>, Arc<Cluster>>), ConfigError> {
+) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
         matcher.destination_port = m.destination_port;
@@ -649,7 +648,7 @@ mod tests {
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),
-            clusters: BTreeMap::new(),
+            clusters: ClusterRefs::new(),
         }
     }
 

@@ -4,10 +4,9 @@
 //! one is terminal and owns the connection from then on (`tcp_proxy`, or the
 //! L7 `proxy` that drives a codec).
 
-use crate::cluster::{Cluster, ClusterManager, ClusterResolver};
+use crate::cluster::{Cluster, ClusterManager, ClusterRefs, ClusterResolver};
 use crate::error::BuildError;
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -183,7 +182,7 @@ pub struct BuildContext<'a> {
     /// Every registered extension (the `proxy` filter finds codecs and
     /// stream filters here).
     pub registry: &'a crate::registry::Registry,
-    resolved: Mutex<BTreeMap<Arc<str>, Arc<Cluster>>>,
+    resolved: Mutex<ClusterRefs>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -211,7 +210,7 @@ impl<'a> BuildContext<'a> {
     }
 
     /// The clusters resolved so far, by name.
-    pub fn into_resolved(self) -> BTreeMap<Arc<str>, Arc<Cluster>> {
+    pub fn into_resolved(self) -> ClusterRefs {
         self.resolved
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())

@@ -5,7 +5,7 @@
 //! drain time, and returns.
 
 use crate::admin::{self, AdminState};
-use crate::cluster::Cluster;
+use crate::cluster::ClusterRefs;
 use crate::config::{ClusterConfig, Config, ConfigSource, load_file};
 use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
@@ -13,7 +13,7 @@ use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::registry::Registry;
 use crate::snapshot::{BuildMode, Snapshot};
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -436,8 +436,8 @@ async fn apply(
 /// re-read its TLS files). Otherwise open connections would keep sending
 /// to a cluster the new snapshot replaced, so the listener is replaced.
 fn same_clusters(
-    live: &BTreeMap<Arc<str>, Arc<Cluster>>,
-    next: &BTreeMap<Arc<str>, Arc<Cluster>>,
+    live: &ClusterRefs,
+    next: &ClusterRefs,
     old_cfg: &HashMap<&str, &ClusterConfig>,
     new_cfg: &HashMap<&str, &ClusterConfig>,
 ) -> bool {

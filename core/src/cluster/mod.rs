@@ -348,6 +348,9 @@ impl Cluster {
     }
 }
 
+/// Clusters by name, as a listener's filters and routes resolved them.
+pub type ClusterRefs = BTreeMap<Arc<str>, Arc<Cluster>>;
+
 /// Resolves the cluster names of a config while it is built (routes,
 /// network and stream filters).
 pub trait ClusterResolver {
