@@ -356,10 +356,17 @@ fn endpoint_changes_reach_open_connections_without_closing_them() {
     };
     assert_eq!(on_open_connection(&mut conn, port, 3), set(&["a"]));
 
+    assert!(established_to(a.addr) >= 1, "no pooled connection to a");
     // A cluster is added and the routed cluster's endpoints change.
     rewrite(&mg, &routed(port, &[&b], "1s", &spare(&c)));
     sighup(&mg);
     assert_eq!(on_open_connection(&mut conn, port, 4), set(&["b"]));
+    // The pool of a, which left, is gone: its idle connection closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(a.addr) != 0 {
+        assert!(Instant::now() < deadline, "the pool of a did not drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // An endpoint joins.
     rewrite(&mg, &routed(port, &[&a, &b], "1s", &spare(&c)));
     sighup(&mg);

@@ -876,7 +876,9 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
         on_open_connection(&mut conn, port, 6),
         backends(&["a", "b"])
     );
-    // One leaves and another joins: a gets nothing any more.
+    assert!(established_to(a.addr) >= 1, "no pooled connection to a");
+    // One leaves and another joins: a gets nothing any more, and its pool
+    // is gone (its idle connection closed).
     set_acked(
         &mgmt,
         ENDPOINT,
@@ -887,9 +889,12 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
         on_open_connection(&mut conn, port, 6),
         backends(&["b", "c"])
     );
+    wait_until("the pool of a drained", || established_to(a.addr) == 0);
     // Down to one endpoint.
     set_acked(&mgmt, ENDPOINT, "e4", vec![cla("svc-a", &[(c.addr, 1, 0)])]);
     assert_eq!(on_open_connection(&mut conn, port, 3), backends(&["c"]));
+    wait_until("the pool of b drained", || established_to(b.addr) == 0);
+    assert!(established_to(c.addr) >= 1, "no pooled connection to c");
     assert!(
         !mg.log_text().contains("open connections retire"),
         "a listener was replaced: {}",
