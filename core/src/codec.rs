@@ -11,6 +11,7 @@ use crate::error::BuildError;
 use crate::network::{Connection, ServeFuture};
 use crate::stream::{Request, Response, StreamInfo};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -76,6 +77,12 @@ pub trait ClientCodec: Send + Sync + 'static {
         endpoint: &Arc<Endpoint>,
         req: Request,
     ) -> UpstreamFuture;
+
+    /// These endpoint addresses left the cluster (its endpoints were
+    /// updated in place): drop their pools. Requests in flight on their
+    /// connections finish; the connections then close rather than going
+    /// back to a pool. The default keeps nothing to drop.
+    fn endpoints_removed(&self, _addresses: &[SocketAddr]) {}
 }
 
 /// A codec registered by name.

@@ -3,7 +3,7 @@
 //! ALPN, source CIDR), the chain's TLS handshake when it terminates TLS,
 //! and the run of the chain's network filters.
 
-use crate::cluster::ClusterManager;
+use crate::cluster::{ClusterManager, ClusterRefs};
 use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
@@ -56,6 +56,10 @@ pub struct CompiledListener {
     pub stats: ListenerStats,
     /// Served over QUIC (UDP) instead of TCP.
     pub quic: Option<crate::quic::QuicTransport>,
+    /// The clusters its filters and routes resolved, by name: a reload
+    /// replaces the listener (its open connections retire) only if one of
+    /// them is no longer the same `Arc` or its own config changed.
+    pub clusters: ClusterRefs,
 }
 
 impl CompiledListener {
@@ -83,15 +87,18 @@ impl CompiledListener {
             ));
         }
         let mut chains = Vec::with_capacity(cfg.filter_chains.len());
+        let mut resolved = ClusterRefs::new();
         for (i, fc) in cfg.filter_chains.iter().enumerate() {
-            chains.push(build_chain(
+            let (chain, used) = build_chain(
                 &format!("{path}.filter_chains[{i}]"),
                 &cfg.name,
                 fc,
                 registry,
                 clusters,
                 source,
-            )?);
+            )?;
+            chains.push(chain);
+            resolved.extend(used);
         }
         let quic = match &cfg.quic {
             None => None,
@@ -133,6 +140,7 @@ impl CompiledListener {
             chains,
             stats: ListenerStats::new(&cfg.name),
             quic,
+            clusters: resolved,
         })
     }
 
@@ -221,7 +229,7 @@ fn build_chain(
     registry: &Registry,
     clusters: &ClusterManager,
     source: &ConfigSource,
-) -> Result<FilterChain, ConfigError> {
+) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
         matcher.destination_port = m.destination_port;
@@ -263,11 +271,7 @@ fn build_chain(
             "needs at least one network filter",
         ));
     }
-    let ctx = BuildContext {
-        listener,
-        clusters,
-        registry,
-    };
+    let ctx = BuildContext::new(listener, clusters, registry);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {
@@ -303,13 +307,14 @@ fn build_chain(
         built.push(filter);
     }
     let terminal = built.pop().expect("non-empty");
-    Ok(FilterChain {
+    let chain = FilterChain {
         name: fc.name.as_deref().map(Arc::from),
         matcher,
         tls,
         filters: built,
         terminal,
-    })
+    };
+    Ok((chain, ctx.into_resolved()))
 }
 
 impl FilterChain {
@@ -643,6 +648,7 @@ mod tests {
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),
+            clusters: ClusterRefs::new(),
         }
     }
 

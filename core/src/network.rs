@@ -4,14 +4,14 @@
 //! one is terminal and owns the connection from then on (`tcp_proxy`, or the
 //! L7 `proxy` that drives a codec).
 
-use crate::cluster::{Cluster, ClusterManager};
+use crate::cluster::{Cluster, ClusterManager, ClusterRefs, ClusterResolver};
 use crate::error::BuildError;
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -171,26 +171,55 @@ pub trait NetworkFilter: Send + Sync + 'static {
     }
 }
 
-/// What a factory may consult while building a filter.
+/// What a factory may consult while building a filter. Cluster names are
+/// resolved through it (`cluster`, or as a `ClusterResolver` for route
+/// tables), and it remembers every cluster it resolved: the listener's
+/// dependencies, which a reload checks to tell whether the listener's
+/// open connections must retire.
 pub struct BuildContext<'a> {
     pub listener: &'a str,
-    pub clusters: &'a ClusterManager,
+    clusters: &'a ClusterManager,
     /// Every registered extension (the `proxy` filter finds codecs and
     /// stream filters here).
     pub registry: &'a crate::registry::Registry,
+    resolved: Mutex<ClusterRefs>,
 }
 
-impl BuildContext<'_> {
+impl<'a> BuildContext<'a> {
+    pub fn new(
+        listener: &'a str,
+        clusters: &'a ClusterManager,
+        registry: &'a crate::registry::Registry,
+    ) -> Self {
+        Self {
+            listener,
+            clusters,
+            registry,
+            resolved: Mutex::default(),
+        }
+    }
+
     /// The cluster named `name`, or a build error at `field`.
     pub fn cluster(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError> {
-        self.clusters.get(name).cloned().ok_or_else(|| {
-            let mut known: Vec<&str> = self.clusters.iter().map(|c| &*c.name).collect();
-            known.sort();
-            BuildError::new(
-                field,
-                format!("unknown cluster '{name}' (defined: {})", known.join(", ")),
-            )
-        })
+        let c = self.clusters.resolve(field, name)?;
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.name.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// The clusters resolved so far, by name.
+    pub fn into_resolved(self) -> ClusterRefs {
+        self.resolved
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClusterResolver for BuildContext<'_> {
+    fn resolve(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError> {
+        self.cluster(field, name)
     }
 }
 

@@ -5,7 +5,8 @@
 //! drain time, and returns.
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ConfigSource, load_file};
+use crate::cluster::ClusterRefs;
+use crate::config::{ClusterConfig, Config, ConfigSource, load_file};
 use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
 use crate::listener::{CompiledListener, RunningListener, bind};
@@ -292,9 +293,13 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 }
 
 /// Builds a snapshot from the file and swaps it in: listeners on a new
-/// address are bound first (a failure refuses the whole reload), listeners
-/// that stay get the new filter chains for new connections and retire
-/// their open ones, listeners that went away stop accepting and retire.
+/// address are bound first (a failure refuses the whole reload), then the
+/// endpoint sets staged for live clusters are stored (endpoint-only
+/// changes apply to the next request, on open connections too). Listeners
+/// that stay get the new filter chains for new connections; their open
+/// connections retire only if the listener's own config changed or a
+/// cluster it uses was rebuilt. Listeners that went away stop accepting
+/// and retire.
 /// The config is the file's, merged with the dynamic part if any; an error
 /// about a dynamic resource is named after it.
 async fn apply(
@@ -332,9 +337,23 @@ async fn apply(
             fresh.push((l.clone(), sock));
         }
     }
-    // Which listeners changed: their own config, or any cluster (filters
-    // hold their clusters).
-    let clusters_changed = old.config.clusters != next.config.clusters;
+    // Nothing can refuse the snapshot any more: the old snapshot's DNS
+    // refresh stops, and endpoint-only changes go into the live clusters.
+    live.dns.cancel();
+    next.clusters.commit_endpoints();
+    // Which listeners changed: their own config, or a cluster they use.
+    let old_clusters: HashMap<&str, &ClusterConfig> = old
+        .config
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let new_clusters: HashMap<&str, &ClusterConfig> = next
+        .config
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
     let old_cfg: HashMap<(&str, bool), serde_json::Value> = old
         .config
         .listeners
@@ -357,20 +376,26 @@ async fn apply(
         if let Some(ll) = live.listeners.get(&key(l)) {
             keep.insert(key(l));
             let k = (cfg.address.as_str(), cfg.quic.is_some());
-            let same =
-                !clusters_changed && old_cfg.get(&k) == serde_json::to_value(cfg).ok().as_ref();
+            let clusters_kept = same_clusters(
+                &ll.running.compiled.load().clusters,
+                &l.clusters,
+                &old_clusters,
+                &new_clusters,
+            );
+            let same = clusters_kept && old_cfg.get(&k) == serde_json::to_value(cfg).ok().as_ref();
             // Only certificates (or other TLS settings) changed, e.g. an
             // SDS rotation: new handshakes use them; open connections
             // already negotiated and go on undisturbed. (A QUIC endpoint
             // takes its TLS config at bind time, so it is replaced.)
             let tls_only = !same
-                && !clusters_changed
+                && clusters_kept
                 && cfg.quic.is_none()
                 && old_tls
                     .get(&k)
                     .is_some_and(|o| Some(o) == without_tls(cfg).as_ref());
             if same {
-                // Still swapped: the new snapshot owns the clusters now.
+                // Still swapped: new connections get the new snapshot's
+                // filter chains (the same clusters).
                 ll.running.compiled.store(l.clone());
             } else if tls_only {
                 tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
@@ -397,13 +422,34 @@ async fn apply(
     for (compiled, sock) in fresh {
         live.start(compiled, sock);
     }
-    live.dns.cancel();
     live.dns = live.accept_stop.child_token();
     next.clusters
         .spawn_dns_refresh(&next.config.clusters, live.dns.clone());
     let version = next.version;
     current.store(Arc::new(next));
     Ok(version)
+}
+
+/// Whether a listener built on the new snapshot uses the same clusters as
+/// the live one: the same names, each the same `Arc` (reused, or its
+/// endpoints updated in place), or rebuilt from an unchanged config (to
+/// re-read its TLS files). Otherwise open connections would keep sending
+/// to a cluster the new snapshot replaced, so the listener is replaced.
+fn same_clusters(
+    live: &ClusterRefs,
+    next: &ClusterRefs,
+    old_cfg: &HashMap<&str, &ClusterConfig>,
+    new_cfg: &HashMap<&str, &ClusterConfig>,
+) -> bool {
+    live.len() == next.len()
+        && live.iter().zip(next).all(|((name, a), (next_name, b))| {
+            name == next_name
+                && (Arc::ptr_eq(a, b)
+                    || matches!(
+                        (old_cfg.get(&**name), new_cfg.get(&**name)),
+                        (Some(o), Some(n)) if o == n
+                    ))
+        })
 }
 
 /// A listener's config with its chains' TLS settings left out (only

@@ -136,7 +136,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 ));
             }
         }
-        let table = RouteTable::build(&cfg.route_config, ctx.clusters).map_err(|e| {
+        let table = RouteTable::build(&cfg.route_config, ctx).map_err(|e| {
             BuildError::new(
                 meshgate_core::error::join_path("route_config", &e.path),
                 e.message,

@@ -256,3 +256,25 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Established TCP connections to the IPv4 `addr` on this host, from
+/// `/proc/net/tcp`: e.g. meshgate's upstream connections to a backend.
+pub fn established_to(addr: SocketAddr) -> usize {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4");
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // remote address, then the state (01: ESTABLISHED)
+            f.len() > 3 && f[2] == want && f[3] == "01"
+        })
+        .count()
+}

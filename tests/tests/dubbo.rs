@@ -522,3 +522,55 @@ fn trickled_frame_is_cut_off_at_frame_timeout() {
         1.0
     );
 }
+
+/// An endpoint change of cluster b (B leaves, A joins) reaches the next
+/// call on an open downstream connection, which stays open; the upstream
+/// connection to B, idle in its pool, closes.
+#[test]
+fn endpoint_change_keeps_the_connection_and_drains_the_old_endpoint() {
+    let s = setup();
+    let (pa, pb) = (s._a.port, s._b.port);
+    let mut c = send_raw(s.main, &dubbo_request(1, OTHER, "echo", &[]));
+    let (_, status, _, body) = read_dubbo(&mut c).unwrap();
+    assert_eq!(status, 20);
+    assert!(String::from_utf8_lossy(&body).contains('B'));
+    let to_b = format!("127.0.0.1:{pb}").parse().unwrap();
+    assert!(established_to(to_b) >= 1, "no upstream connection to B");
+
+    let text = std::fs::read_to_string(&s.mg.config).unwrap();
+    let moved = text.replace(
+        &format!(
+            "  - name: b\n    protocol: dubbo\n    endpoints: [{{address: \"127.0.0.1:{pb}\"}}]"
+        ),
+        &format!(
+            "  - name: b\n    protocol: dubbo\n    endpoints: [{{address: \"127.0.0.1:{pa}\"}}]"
+        ),
+    );
+    assert_ne!(moved, text);
+    let tmp = s.mg.config.with_extension("new");
+    std::fs::write(&tmp, moved).unwrap();
+    std::fs::rename(&tmp, &s.mg.config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .mg
+        .metric("meshgate_config_reload_total", &[("result", "ok")])
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in 2..5 {
+        c.write_all(&dubbo_request(id, OTHER, "echo", &[])).unwrap();
+        let (_, status, got, body) = read_dubbo(&mut c).expect("the connection stays open");
+        assert_eq!((status, got), (20, id));
+        assert!(String::from_utf8_lossy(&body).contains('A'));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(to_b) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the connection to B was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

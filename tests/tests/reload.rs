@@ -1,7 +1,8 @@
 //! Config file hot reload through the real binary: on change and on
 //! SIGHUP, under a running keep-alive load with no failed request; a bad
 //! file keeps the old config serving and names file, line and field;
-//! listeners come and go; clusters change under a route.
+//! listeners come and go; clusters change under a route; endpoint changes
+//! reach open keep-alive connections without closing them.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
@@ -138,6 +139,24 @@ impl Load {
     }
 }
 
+/// Sends SIGHUP and waits until the reload it triggers is counted as ok.
+fn sighup(mg: &Meshgate) {
+    let before = mg.metric("meshgate_config_reload_total", &[("result", "ok")]);
+    let pid = mg.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mg.metric("meshgate_config_reload_total", &[("result", "ok")]) <= before {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn body_now(port: u16) -> String {
     request(&mut None, port).unwrap_or_default()
 }
@@ -228,26 +247,10 @@ clusters:
         )
     };
     let mg = Meshgate::start_with_args(&config(port, "x", ""), &["--watch-interval", "0s"]);
-    let hup = |mg: &Meshgate| {
-        let before = mg.metric("meshgate_config_reload_total", &[("result", "ok")]);
-        let pid = mg.child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while mg.metric("meshgate_config_reload_total", &[("result", "ok")]) <= before {
-            assert!(Instant::now() < deadline, "SIGHUP did not reload");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     assert!(TcpStream::connect(("127.0.0.1", port2)).is_err());
     // Add a listener routing to backend a.
     rewrite(&mg, &config(port, "x", &extra(&a)));
-    hup(&mg);
+    sighup(&mg);
     let addr = format!("127.0.0.1:{port2}").parse().unwrap();
     let (code, body) = http_get(addr, "/").unwrap();
     assert_eq!(code, 200);
@@ -255,12 +258,12 @@ clusters:
     // Move the cluster to backend b under load: no failed request.
     let load = Load::start(port, 4);
     rewrite(&mg, &config(port, "x", &extra(&b)));
-    hup(&mg);
+    sighup(&mg);
     let (_, body) = http_get(addr, "/").unwrap();
     assert!(body.contains("backend=b"), "{body}");
     // Remove the listener: its port closes.
     rewrite(&mg, &config(port, "x", ""));
-    hup(&mg);
+    sighup(&mg);
     let deadline = Instant::now() + Duration::from_secs(3);
     while TcpStream::connect(("127.0.0.1", port2)).is_ok() {
         assert!(Instant::now() < deadline, "removed listener still accepts");
@@ -268,4 +271,127 @@ clusters:
     }
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} of {}", ok + failed);
+}
+
+/// A listener routing `/` to cluster `backends` (its endpoints and
+/// connect timeout given), then `extra` clusters.
+fn routed(port: u16, backends: &[&HttpBackend], connect_timeout: &str, extra: &str) -> String {
+    let endpoints: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{address: \"{}\"}}", b.addr))
+        .collect();
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backends}}
+clusters:
+  - name: backends
+    connect_timeout: {connect_timeout}
+    endpoints: [{}]
+{extra}"#,
+        endpoints.join(", ")
+    )
+}
+
+/// `n` requests on the open connection `conn`: which backends answered.
+/// Each must succeed and leave the connection open (no `connection:
+/// close`), on the same local port as before.
+fn on_open_connection(
+    conn: &mut Option<BufReader<TcpStream>>,
+    port: u16,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let local = conn.as_ref().map(|c| c.get_ref().local_addr().unwrap());
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..n {
+        let body = request(conn, port).unwrap_or_else(|| panic!("request {i} failed"));
+        let Some(c) = conn.as_ref() else {
+            panic!("the connection was closed after request {i}: {body}");
+        };
+        if let Some(l) = local {
+            assert_eq!(
+                c.get_ref().local_addr().unwrap(),
+                l,
+                "not the same connection"
+            );
+        }
+        let backend = body
+            .lines()
+            .find(|l| l.starts_with("backend="))
+            .unwrap_or(&body);
+        seen.insert(backend.to_string());
+    }
+    seen
+}
+
+#[test]
+fn endpoint_changes_reach_open_connections_without_closing_them() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let c = HttpBackend::start("c", Proto::Http1);
+    let port = free_port();
+    let spare = |x: &HttpBackend| {
+        format!(
+            "  - name: spare\n    endpoints: [{{address: \"{}\"}}]\n",
+            x.addr
+        )
+    };
+    let mg = Meshgate::start_with_args(&routed(port, &[&a], "1s", ""), &["--watch-interval", "0s"]);
+    let mut conn = None;
+    let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+        names.iter().map(|n| format!("backend={n}")).collect()
+    };
+    assert_eq!(on_open_connection(&mut conn, port, 3), set(&["a"]));
+
+    assert!(established_to(a.addr) >= 1, "no pooled connection to a");
+    // A cluster is added and the routed cluster's endpoints change.
+    rewrite(&mg, &routed(port, &[&b], "1s", &spare(&c)));
+    sighup(&mg);
+    assert_eq!(on_open_connection(&mut conn, port, 4), set(&["b"]));
+    // The pool of a, which left, is gone: its idle connection closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(a.addr) != 0 {
+        assert!(Instant::now() < deadline, "the pool of a did not drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An endpoint joins.
+    rewrite(&mg, &routed(port, &[&a, &b], "1s", &spare(&c)));
+    sighup(&mg);
+    assert_eq!(on_open_connection(&mut conn, port, 6), set(&["a", "b"]));
+    // The other cluster's endpoints change, and it goes away.
+    rewrite(&mg, &routed(port, &[&a, &b], "1s", &spare(&a)));
+    sighup(&mg);
+    rewrite(&mg, &routed(port, &[&a, &b], "1s", ""));
+    sighup(&mg);
+    assert_eq!(on_open_connection(&mut conn, port, 6), set(&["a", "b"]));
+    assert!(
+        !mg.log_text().contains("open connections retire"),
+        "a listener was replaced: {}",
+        mg.log_text()
+    );
+
+    // Under load from other connections: none of their requests fails.
+    let load = Load::start(port, 4);
+    // A setting of the routed cluster changes: the connection retires
+    // gracefully (its next response says `connection: close`).
+    rewrite(&mg, &routed(port, &[&a, &b], "2s", ""));
+    sighup(&mg);
+    let body = request(&mut conn, port).expect("request after a cluster setting change");
+    assert!(body.contains("backend="), "{body}");
+    assert!(conn.is_none(), "the connection was not retired");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
 }

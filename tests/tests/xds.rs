@@ -3,15 +3,18 @@
 //! meshgate binary over ADS while keep-alive clients run through it.
 //! Asserts: zero failed requests and no reset connection across a route
 //! change, a weighted canary shift, an endpoint add and removal, a listener
-//! change and a cluster removal; ACK and NACK contents; warming order and
+//! change and a cluster removal; endpoint updates reaching an open
+//! keep-alive connection without closing it; ACK and NACK contents; warming order and
 //! subscriptions; reconnect after the server restarts, keeping the last
 //! good config meanwhile.
 
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
 use meshgate_tests::*;
-use std::io::{Read, Write};
+use std::collections::BTreeSet;
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,46 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(30));
     }
+}
+
+/// `n` requests on the open connection `conn`: which backends answered.
+/// Each must succeed and leave the connection open (no `connection:
+/// close`), on the same local port as before.
+fn on_open_connection(
+    conn: &mut Option<BufReader<TcpStream>>,
+    port: u16,
+    n: usize,
+) -> BTreeSet<String> {
+    let local = conn.as_ref().map(|c| c.get_ref().local_addr().unwrap());
+    let mut seen = BTreeSet::new();
+    for i in 0..n {
+        let got = request(conn, port, "/").unwrap_or_else(|| panic!("request {i} failed"));
+        let Some(c) = conn.as_ref() else {
+            panic!("the connection was closed after request {i} ({got})");
+        };
+        if let Some(l) = local {
+            assert_eq!(
+                c.get_ref().local_addr().unwrap(),
+                l,
+                "not the same connection"
+            );
+        }
+        seen.insert(got);
+    }
+    seen
+}
+
+fn backends(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| format!("backend={n}")).collect()
+}
+
+/// Sets a resource version and waits for its ACK (applied by then).
+fn set_acked(mgmt: &Mgmt, type_url: &str, version: &str, items: Vec<(String, Any)>) {
+    mgmt.set(type_url, version, items);
+    let nonce = mgmt.wait_sent(type_url, version);
+    let ack = mgmt.wait_reply(type_url, &nonce);
+    assert_eq!(ack.version_info, version, "{ack:?}");
+    assert!(ack.error_detail.is_none(), "{ack:?}");
 }
 
 // ---------------------------------------------------------------- tests
@@ -804,4 +847,86 @@ fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
         "a request passed a failed handshake"
     );
     assert!(refused(port));
+}
+
+#[test]
+fn endpoint_updates_reach_an_open_connection_without_closing_it() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let c = HttpBackend::start("c", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![eds_cluster("svc-a")]);
+    mgmt.set(ENDPOINT, "e1", vec![cla("svc-a", &[(a.addr, 1, 0)])]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("svc-a", 1)])]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/", "backend=a");
+    let mut conn = None;
+    assert_eq!(on_open_connection(&mut conn, port, 3), backends(&["a"]));
+
+    // An endpoint joins: the next requests on the connection reach both.
+    set_acked(
+        &mgmt,
+        ENDPOINT,
+        "e2",
+        vec![cla("svc-a", &[(a.addr, 1, 0), (b.addr, 1, 0)])],
+    );
+    assert_eq!(
+        on_open_connection(&mut conn, port, 6),
+        backends(&["a", "b"])
+    );
+    assert!(established_to(a.addr) >= 1, "no pooled connection to a");
+    // One leaves and another joins: a gets nothing any more, and its pool
+    // is gone (its idle connection closed).
+    set_acked(
+        &mgmt,
+        ENDPOINT,
+        "e3",
+        vec![cla("svc-a", &[(b.addr, 1, 0), (c.addr, 1, 0)])],
+    );
+    assert_eq!(
+        on_open_connection(&mut conn, port, 6),
+        backends(&["b", "c"])
+    );
+    wait_until("the pool of a drained", || established_to(a.addr) == 0);
+    // Down to one endpoint.
+    set_acked(&mgmt, ENDPOINT, "e4", vec![cla("svc-a", &[(c.addr, 1, 0)])]);
+    assert_eq!(on_open_connection(&mut conn, port, 3), backends(&["c"]));
+    wait_until("the pool of b drained", || established_to(b.addr) == 0);
+    assert!(established_to(c.addr) >= 1, "no pooled connection to c");
+    assert!(
+        !mg.log_text().contains("open connections retire"),
+        "a listener was replaced: {}",
+        mg.log_text()
+    );
+
+    // Under load from other connections: none of their requests fails.
+    let load = Load::start(port, 4);
+    // A setting of the cluster changes (connect timeout): connections
+    // using it retire gracefully, the next response says `connection:
+    // close`.
+    let changed = cds::Cluster {
+        name: "svc-a".into(),
+        cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+            cds::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(PbDuration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let changed = ("svc-a".to_string(), any(CLUSTER, &changed));
+    set_acked(&mgmt, CLUSTER, "c2", vec![changed]);
+    let got = request(&mut conn, port, "/").expect("request after a cluster setting change");
+    assert_eq!(got, "backend=c");
+    assert!(conn.is_none(), "the connection was not retired");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
+    assert!(ok > 0, "the load made no request");
 }

@@ -1,15 +1,22 @@
 //! The cluster manager: clusters, their endpoints (static or re-resolved by
 //! DNS), the load balancer over them, connect back-off of failed endpoints,
 //! the max-connections circuit breaker and the per-cluster counters.
+//!
+//! Across reloads a cluster keeps its identity (the same `Arc<Cluster>`)
+//! unless a setting other than its endpoints changed: an endpoint-only
+//! change (an EDS update, say) is staged by `ClusterManager::build_reusing`
+//! and stored into the live cluster's `HostSet` by `commit_endpoints` when
+//! the new snapshot goes live, so whatever holds the cluster (routes, L4
+//! filters, open connections) sends its next request to the new endpoints.
 
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
-use crate::error::ConfigError;
+use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -59,6 +66,15 @@ impl Endpoint {
     /// Whether the endpoint is outside its connect-failure back-off.
     pub fn is_available(&self, now_ms: u64) -> bool {
         self.backoff_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Whether `other` describes the same endpoint (address, weight, DNS
+    /// name and metadata), so that this one's state may stand for it.
+    fn same_as(&self, other: &Endpoint) -> bool {
+        self.address == other.address
+            && self.weight == other.weight
+            && self.hostname == other.hostname
+            && self.metadata == other.metadata
     }
 
     /// Marks one request in flight until the guard drops.
@@ -214,21 +230,35 @@ impl Cluster {
         self.hosts.load()
     }
 
-    /// Replaces the endpoint set, keeping the state (back-off, active counts)
-    /// of endpoints whose address did not change.
+    /// Replaces the endpoint set with a new load balancer over it. An
+    /// endpoint that stays (same address, weight, DNS name and metadata)
+    /// keeps its state: back-off, active requests, and its upstream pool.
+    /// The pools of addresses that left are dropped from the upstream
+    /// codec: requests in flight there finish, no new one goes there, and
+    /// their connections close instead of going back to a pool.
     pub fn update_endpoints(&self, mut endpoints: Vec<Arc<Endpoint>>) {
-        let old = self.hosts.load();
+        let old = self.hosts.load_full();
+        let by_address: HashMap<SocketAddr, &Arc<Endpoint>> =
+            old.endpoints.iter().map(|e| (e.address, e)).collect();
         for e in endpoints.iter_mut() {
-            if let Some(prev) = old
-                .endpoints
-                .iter()
-                .find(|o| o.address == e.address && o.weight == e.weight)
+            if let Some(prev) = by_address.get(&e.address)
+                && prev.same_as(e)
             {
-                *e = prev.clone();
+                *e = (*prev).clone();
             }
         }
+        let kept: HashSet<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
+        let removed: Vec<SocketAddr> = by_address
+            .into_keys()
+            .filter(|a| !kept.contains(a))
+            .collect();
         let lb = self.lb_builder.build(&endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
+        if !removed.is_empty()
+            && let Some(upstream) = &self.upstream
+        {
+            upstream.endpoints_removed(&removed);
+        }
     }
 
     /// Picks an endpoint, skipping those in back-off and those in `exclude`
@@ -318,10 +348,52 @@ impl Cluster {
     }
 }
 
+/// Clusters by name, as a listener's filters and routes resolved them.
+pub type ClusterRefs = BTreeMap<Arc<str>, Arc<Cluster>>;
+
+/// Resolves the cluster names of a config while it is built (routes,
+/// network and stream filters).
+pub trait ClusterResolver {
+    /// The cluster named `name`, or a build error at `field`.
+    fn resolve(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError>;
+}
+
 /// Every cluster of a snapshot, by name.
 #[derive(Default)]
 pub struct ClusterManager {
     clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// New endpoint sets of reused (live) clusters, stored into them by
+    /// `commit_endpoints` once this manager's snapshot goes live.
+    staged: Vec<(Arc<Cluster>, Vec<Arc<Endpoint>>)>,
+}
+
+impl ClusterResolver for ClusterManager {
+    fn resolve(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError> {
+        self.clusters.get(name).cloned().ok_or_else(|| {
+            let mut defined: Vec<&str> = self.clusters.keys().map(|n| &**n).collect();
+            defined.sort_unstable();
+            BuildError::new(
+                field,
+                format!(
+                    "unknown cluster '{name}' (defined: {})",
+                    if defined.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+}
+
+/// Whether two configs of a cluster differ at most in their endpoints.
+fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
+    let settings = |c: &ClusterConfig| ClusterConfig {
+        endpoints: Vec::new(),
+        ..c.clone()
+    };
+    a.name == b.name && settings(a) == settings(b)
 }
 
 impl ClusterManager {
@@ -341,8 +413,11 @@ impl ClusterManager {
     /// configs they were built from) every cluster whose config is
     /// unchanged: the same `Arc<Cluster>`, so its pools, load-balancer
     /// state, endpoint back-off and stats carry over and a reload costs
-    /// only what changed. A cluster whose TLS reads files is rebuilt, so a
-    /// reload still re-reads them.
+    /// only what changed. A cluster whose config changed only in its
+    /// endpoints is reused too, its new endpoint set staged, not stored:
+    /// the live cluster is untouched until `commit_endpoints`, so a build
+    /// that fails later leaves the serving snapshot as it was. A cluster
+    /// whose TLS reads files is rebuilt, so a reload still re-reads them.
     pub fn build_reusing(
         configs: &[ClusterConfig],
         registry: &Registry,
@@ -354,6 +429,7 @@ impl ClusterManager {
             .map(|(_, cs)| cs.iter().map(|c| (c.name.as_str(), c)).collect())
             .unwrap_or_default();
         let mut clusters = HashMap::with_capacity(configs.len());
+        let mut staged = Vec::new();
         for (i, c) in configs.iter().enumerate() {
             let path = format!("clusters[{i}]");
             if c.name.is_empty() {
@@ -372,11 +448,19 @@ impl ClusterManager {
                     })
             });
             if !reads_files
-                && before.get(c.name.as_str()) == Some(&c)
+                && let Some(prev) = before.get(c.name.as_str())
                 && let Some(old) = previous.and_then(|(m, _)| m.get(&c.name))
             {
-                clusters.insert(Arc::from(c.name.as_str()), old.clone());
-                continue;
+                if *prev == c {
+                    clusters.insert(Arc::from(c.name.as_str()), old.clone());
+                    continue;
+                }
+                if same_but_endpoints(prev, c) {
+                    let endpoints = build_endpoints(c, &path, source, resolve_dns)?;
+                    staged.push((old.clone(), endpoints));
+                    clusters.insert(Arc::from(c.name.as_str()), old.clone());
+                    continue;
+                }
             }
             let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
                 source.error(
@@ -394,51 +478,7 @@ impl ClusterManager {
             if c.connect_timeout.is_zero() {
                 return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
             }
-            let mut endpoints = Vec::with_capacity(c.endpoints.len());
-            for (j, e) in c.endpoints.iter().enumerate() {
-                let epath = format!("{path}.endpoints[{j}]");
-                if e.weight == 0 {
-                    return Err(source.error(format!("{epath}.weight"), "must be >= 1"));
-                }
-                match c.discovery {
-                    DiscoveryType::Static => {
-                        let addr: SocketAddr = e.address.parse().map_err(|_| {
-                            source.error(
-                                format!("{epath}.address"),
-                                format!(
-                                    "invalid address '{}': want ip:port (static cluster)",
-                                    e.address
-                                ),
-                            )
-                        })?;
-                        let mut ep = Endpoint::new(addr, e.weight);
-                        ep.metadata = e.metadata.clone();
-                        endpoints.push(Arc::new(ep));
-                    }
-                    DiscoveryType::StrictDns => {
-                        let (host, port) = split_host_port(&e.address).ok_or_else(|| {
-                            source.error(
-                                format!("{epath}.address"),
-                                format!("invalid address '{}': want host:port", e.address),
-                            )
-                        })?;
-                        if resolve_dns {
-                            let addrs = resolve_blocking(host, port).map_err(|err| {
-                                source.error(
-                                    format!("{epath}.address"),
-                                    format!("cannot resolve '{}': {err}", e.address),
-                                )
-                            })?;
-                            for a in addrs {
-                                let mut ep = Endpoint::new(a, e.weight);
-                                ep.hostname = Some(host.into());
-                                ep.metadata = e.metadata.clone();
-                                endpoints.push(Arc::new(ep));
-                            }
-                        }
-                    }
-                }
-            }
+            let endpoints = build_endpoints(c, &path, source, resolve_dns)?;
             let mut cluster = Cluster::new(
                 &c.name,
                 c.connect_timeout,
@@ -475,7 +515,17 @@ impl ClusterManager {
             }
             clusters.insert(Arc::from(c.name.as_str()), Arc::new(cluster));
         }
-        Ok(Self { clusters })
+        Ok(Self { clusters, staged })
+    }
+
+    /// Stores the endpoint sets staged by `build_reusing` into their live
+    /// clusters. Called once this manager's snapshot is about to be
+    /// swapped in, when nothing can refuse it any more.
+    pub fn commit_endpoints(&mut self) {
+        for (cluster, endpoints) in self.staged.drain(..) {
+            tracing::info!(cluster = %cluster.name, endpoints = endpoints.len(), "endpoints updated in place");
+            cluster.update_endpoints(endpoints);
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
@@ -540,7 +590,9 @@ impl ClusterManager {
                             b.sort();
                             a != b
                         };
-                        if changed {
+                        // A reload that replaced this task may have stored
+                        // newer endpoints meanwhile: they win.
+                        if changed && !shutdown.is_cancelled() {
                             tracing::info!(cluster = %config.name, endpoints = endpoints.len(), "DNS answer changed; endpoints updated");
                             cluster.update_endpoints(endpoints);
                         }
@@ -549,6 +601,62 @@ impl ClusterManager {
             });
         }
     }
+}
+
+/// The endpoints of a cluster config, validated (weights, addresses) and,
+/// for `strict_dns` when `resolve_dns`, resolved.
+fn build_endpoints(
+    c: &ClusterConfig,
+    path: &str,
+    source: &ConfigSource,
+    resolve_dns: bool,
+) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
+    let mut endpoints = Vec::with_capacity(c.endpoints.len());
+    for (j, e) in c.endpoints.iter().enumerate() {
+        let epath = format!("{path}.endpoints[{j}]");
+        if e.weight == 0 {
+            return Err(source.error(format!("{epath}.weight"), "must be >= 1"));
+        }
+        match c.discovery {
+            DiscoveryType::Static => {
+                let addr: SocketAddr = e.address.parse().map_err(|_| {
+                    source.error(
+                        format!("{epath}.address"),
+                        format!(
+                            "invalid address '{}': want ip:port (static cluster)",
+                            e.address
+                        ),
+                    )
+                })?;
+                let mut ep = Endpoint::new(addr, e.weight);
+                ep.metadata = e.metadata.clone();
+                endpoints.push(Arc::new(ep));
+            }
+            DiscoveryType::StrictDns => {
+                let (host, port) = split_host_port(&e.address).ok_or_else(|| {
+                    source.error(
+                        format!("{epath}.address"),
+                        format!("invalid address '{}': want host:port", e.address),
+                    )
+                })?;
+                if resolve_dns {
+                    let addrs = resolve_blocking(host, port).map_err(|err| {
+                        source.error(
+                            format!("{epath}.address"),
+                            format!("cannot resolve '{}': {err}", e.address),
+                        )
+                    })?;
+                    for a in addrs {
+                        let mut ep = Endpoint::new(a, e.weight);
+                        ep.hostname = Some(host.into());
+                        ep.metadata = e.metadata.clone();
+                        endpoints.push(Arc::new(ep));
+                    }
+                }
+            }
+        }
+    }
+    Ok(endpoints)
 }
 
 fn split_host_port(s: &str) -> Option<(&str, u16)> {
@@ -607,12 +715,106 @@ mod tests {
         let src = ConfigSource::anonymous("test");
         let first = vec![cfg("a", 1), cfg("b", 2)];
         let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
-        let second = vec![cfg("a", 1), cfg("b", 3), cfg("c", 4)];
+        // b: a setting other than its endpoints changes.
+        let mut b = cfg("b", 2);
+        b.lb_policy = "random".into();
+        let second = vec![cfg("a", 1), b, cfg("c", 4)];
         let m2 =
             ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).unwrap();
         assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         assert!(m2.get("c").is_some());
+    }
+
+    #[test]
+    fn endpoint_only_changes_update_the_live_cluster_in_place_on_commit() {
+        let cfg = |name: &str, ports: &[u16], timeout_ms: u64| -> ClusterConfig {
+            let eps: Vec<_> = ports
+                .iter()
+                .map(|p| serde_json::json!({"address": format!("127.0.0.1:{p}")}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "name": name,
+                "connect_timeout": format!("{timeout_ms}ms"),
+                "endpoints": eps,
+            }))
+            .unwrap()
+        };
+        let addrs = |c: &Cluster| -> Vec<u16> {
+            c.hosts()
+                .endpoints
+                .iter()
+                .map(|e| e.address.port())
+                .collect()
+        };
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let first = vec![cfg("a", &[1, 2], 1000), cfg("b", &[5], 1000)];
+        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let a = m1.get("a").unwrap().clone();
+        let kept = a.hosts().endpoints[1].clone();
+        kept.record_failure(&BackoffConfig::default());
+
+        // a: endpoint 1 leaves, 3 joins; b: a setting changed.
+        let second = vec![cfg("a", &[2, 3], 1000), cfg("b", &[5], 2000)];
+        let mut m2 =
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).unwrap();
+        assert!(Arc::ptr_eq(&a, m2.get("a").unwrap()));
+        assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
+        // Staged only: the live cluster still serves the old endpoints.
+        assert_eq!(addrs(&a), vec![1, 2]);
+        m2.commit_endpoints();
+        assert_eq!(addrs(&a), vec![2, 3]);
+        // The endpoint that stayed kept its state (back-off included).
+        let hosts = a.hosts();
+        assert!(Arc::ptr_eq(&kept, &hosts.endpoints[0]));
+        assert!(!hosts.endpoints[0].is_available(now_ms()));
+        // The load balancer is over the new set: 3 is picked, 1 never.
+        let ctx = LbContext::default();
+        let picked: HashSet<u16> = (0..8)
+            .filter_map(|_| a.choose(&ctx, &[]).map(|e| e.address.port()))
+            .collect();
+        assert!(picked.contains(&3) && !picked.contains(&1), "{picked:?}");
+    }
+
+    #[test]
+    fn a_refused_build_leaves_the_live_endpoints_alone() {
+        let cfg = |ports: &[u16], lb: &str| -> ClusterConfig {
+            let eps: Vec<_> = ports
+                .iter()
+                .map(|p| serde_json::json!({"address": format!("127.0.0.1:{p}")}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "name": "a", "lb_policy": lb, "endpoints": eps,
+            }))
+            .unwrap()
+        };
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let first = vec![cfg(&[1], "round_robin")];
+        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let a = m1.get("a").unwrap().clone();
+        // Endpoints of a change, and a later cluster is invalid.
+        let mut bad = cfg(&[9], "round_robin");
+        bad.name = "z".into();
+        bad.lb_policy = "no_such_lb".into();
+        let second = vec![cfg(&[2], "round_robin"), bad];
+        assert!(
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).is_err()
+        );
+        let ports: Vec<u16> = a
+            .hosts()
+            .endpoints
+            .iter()
+            .map(|e| e.address.port())
+            .collect();
+        assert_eq!(ports, vec![1]);
+        // A built snapshot that is never committed leaves them too.
+        let ok = vec![cfg(&[3], "round_robin")];
+        let m2 =
+            ClusterManager::build_reusing(&ok, &reg, &src, false, Some((&m1, &first))).unwrap();
+        drop(m2);
+        assert_eq!(a.hosts().endpoints[0].address.port(), 1);
     }
 
     #[test]

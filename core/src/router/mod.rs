@@ -70,7 +70,7 @@ pub use config::{
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
 
-use crate::cluster::{Cluster, ClusterManager};
+use crate::cluster::ClusterResolver;
 use crate::error::BuildError;
 use bytes::Bytes;
 use domain::DomainIndex;
@@ -166,8 +166,10 @@ pub struct Route {
 
 impl RouteTable {
     /// Validates and compiles a route configuration; cluster names are
-    /// resolved in `clusters`. Error paths are relative to `cfg`.
-    pub fn build(cfg: &RouteConfig, clusters: &ClusterManager) -> Result<Self, BuildError> {
+    /// resolved through `clusters` (a `ClusterManager`, or a filter's
+    /// `BuildContext`, which records them). Error paths are relative to
+    /// `cfg`.
+    pub fn build(cfg: &RouteConfig, clusters: &dyn ClusterResolver) -> Result<Self, BuildError> {
         let mut domains = DomainIndex::default();
         let mut seen_domains: HashMap<String, usize> = HashMap::new();
         let mut seen_names: HashMap<&str, usize> = HashMap::new();
@@ -489,7 +491,7 @@ impl Route {
         path: &str,
         index: usize,
         c: &RouteEntryConfig,
-        clusters: &ClusterManager,
+        clusters: &dyn ClusterResolver,
     ) -> Result<Self, BuildError> {
         let route_match = build_match(&format!("{path}.match"), &c.match_)?;
         let prefix_len = match &route_match.path {
@@ -632,28 +634,6 @@ fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, BuildErro
     })
 }
 
-fn resolve_cluster(
-    path: &str,
-    name: &str,
-    clusters: &ClusterManager,
-) -> Result<Arc<Cluster>, BuildError> {
-    clusters.get(name).cloned().ok_or_else(|| {
-        let mut defined: Vec<&str> = clusters.iter().map(|c| &*c.name).collect();
-        defined.sort_unstable();
-        BuildError::new(
-            path,
-            format!(
-                "unknown cluster '{name}' (defined: {})",
-                if defined.is_empty() {
-                    "none".to_string()
-                } else {
-                    defined.join(", ")
-                }
-            ),
-        )
-    })
-}
-
 /// Parses a `retry_on` list.
 pub fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
     let mut r = RetryOn::default();
@@ -711,11 +691,11 @@ fn build_cluster_action(
     path: &str,
     c: &RouteActionConfig,
     prefix_len: Option<usize>,
-    clusters: &ClusterManager,
+    clusters: &dyn ClusterResolver,
 ) -> Result<ClusterAction, BuildError> {
     let targets: Vec<WeightedCluster> = match (&c.cluster, &c.weighted_clusters) {
         (Some(name), None) => vec![WeightedCluster {
-            cluster: resolve_cluster(&sub(path, "cluster"), name, clusters)?,
+            cluster: clusters.resolve(&sub(path, "cluster"), name)?,
             weight: 1,
             cumulative: 1,
         }],
@@ -733,7 +713,7 @@ fn build_cluster_action(
                 }
                 total += u64::from(cw.weight);
                 v.push(WeightedCluster {
-                    cluster: resolve_cluster(&format!("{cpath}.name"), &cw.name, clusters)?,
+                    cluster: clusters.resolve(&format!("{cpath}.name"), &cw.name)?,
                     weight: cw.weight,
                     cumulative: total,
                 });

@@ -1,4 +1,5 @@
 use super::*;
+use crate::cluster::ClusterManager;
 use crate::config::{parse_str, parse_typed};
 use crate::registry::Registry;
 use http::Request;

@@ -278,6 +278,15 @@ impl ClientCodec for Http1Client {
             Ok(Response::from_parts(parts, box_body(body)))
         })
     }
+
+    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+        // Idle connections close now; busy ones hold only a weak reference
+        // to their pool, so they close once their response is done.
+        for a in addresses {
+            self.pools.remove(a);
+            self.fast.remove(a);
+        }
+    }
 }
 
 /// Connects to the endpoint for the hand-written HTTP/1.1 path.
@@ -524,5 +533,13 @@ impl ClientCodec for Http2Client {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, box_body(body)))
         })
+    }
+
+    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+        // Streams in flight finish; the connection then closes, its last
+        // sender gone.
+        for a in addresses {
+            self.conns.remove(a);
+        }
     }
 }

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -582,14 +582,31 @@ async fn get_conn<P: RpcProtocol>(
         next_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
     });
-    let writer = tokio::spawn(write_loop(wr, rx));
-    let reader_conn = conn.clone();
+    let mut writer = tokio::spawn(write_loop(wr, rx));
+    // The reader holds the connection weakly: it lives as long as its pool
+    // slot or a call in flight holds it. Once none does (its endpoint left
+    // the cluster, or the cluster went away), the write half ends and the
+    // connection closes.
+    let reader_conn = Arc::downgrade(&conn);
     let proto = proto.clone();
     let cluster_name = cluster.name.to_string();
     tokio::spawn(async move {
         let _guard = guard;
-        read_upstream(proto, rd, reader_conn.clone(), max_body, cluster_name).await;
-        reader_conn.close();
+        let read = read_upstream(proto, rd, reader_conn.clone(), max_body, cluster_name);
+        tokio::pin!(read);
+        tokio::select! {
+            _ = &mut read => {}
+            _ = &mut writer => {
+                // A write error: responses may still come for calls in
+                // flight. Nothing holds the connection any more: done.
+                if reader_conn.strong_count() > 0 {
+                    read.await;
+                }
+            }
+        }
+        if let Some(c) = reader_conn.upgrade() {
+            c.close();
+        }
         writer.abort();
     });
     *s = Some(conn.clone());
@@ -599,7 +616,7 @@ async fn get_conn<P: RpcProtocol>(
 async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
     proto: Arc<P>,
     mut rd: R,
-    conn: Arc<UpConn>,
+    conn: Weak<UpConn>,
     max_body: usize,
     cluster: String,
 ) {
@@ -609,35 +626,42 @@ async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
     loop {
         loop {
             match proto.decode(&mut buf, max_body) {
-                Ok(Some(frame)) => match frame.kind {
-                    FrameKind::Response => {
-                        let waiter = conn
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&frame.id);
-                        match waiter {
-                            Some(w) => {
-                                let _ = w.send(frame);
-                            }
-                            None => {
-                                unknown.increment(1);
-                                tracing::debug!(cluster = %cluster, codec = name, id = frame.id, "response for an unknown request id dropped");
+                Ok(Some(frame)) => {
+                    let Some(conn) = conn.upgrade() else {
+                        return;
+                    };
+                    match frame.kind {
+                        FrameKind::Response => {
+                            let waiter = conn
+                                .pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&frame.id);
+                            match waiter {
+                                Some(w) => {
+                                    let _ = w.send(frame);
+                                }
+                                None => {
+                                    unknown.increment(1);
+                                    tracing::debug!(cluster = %cluster, codec = name, id = frame.id, "response for an unknown request id dropped");
+                                }
                             }
                         }
-                    }
-                    FrameKind::HeartbeatRequest => {
-                        let r = proto.heartbeat_response(&frame);
-                        if conn.tx.send((r, Bytes::new())).await.is_err() {
-                            return;
+                        FrameKind::HeartbeatRequest => {
+                            let r = proto.heartbeat_response(&frame);
+                            let tx = conn.tx.clone();
+                            drop(conn);
+                            if tx.send((r, Bytes::new())).await.is_err() {
+                                return;
+                            }
+                        }
+                        FrameKind::HeartbeatResponse => {}
+                        FrameKind::Request | FrameKind::OneWay => {
+                            // Providers do not call consumers here.
+                            unknown.increment(1);
                         }
                     }
-                    FrameKind::HeartbeatResponse => {}
-                    FrameKind::Request | FrameKind::OneWay => {
-                        // Providers do not call consumers here.
-                        unknown.increment(1);
-                    }
-                },
+                }
                 Ok(None) => break,
                 Err(e) => {
                     metrics::counter!("meshgate_rpc_upstream_protocol_error_total", "cluster" => cluster.clone(), "codec" => name, "reason" => e.reason).increment(1);
@@ -721,6 +745,13 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             });
             Ok(resp)
         })
+    }
+
+    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+        // Calls in flight hold their connection; it closes after them.
+        for a in addresses {
+            self.conns.remove(a);
+        }
     }
 }
 
