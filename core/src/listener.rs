@@ -318,6 +318,11 @@ fn build_chain(
 }
 
 impl FilterChain {
+    /// Its filters in order, the terminal one last.
+    pub fn filters(&self) -> impl Iterator<Item = &Arc<dyn NetworkFilter>> {
+        self.filters.iter().chain(std::iter::once(&self.terminal))
+    }
+
     /// Runs the non-terminal filters' connection hooks in order.
     pub(crate) fn run_on_new_connection(&self, info: &mut ConnectionInfo) -> FilterStatus {
         for f in &self.filters {

@@ -169,6 +169,31 @@ pub trait NetworkFilter: Send + Sync + 'static {
         drop(conn);
         Box::pin(async {})
     }
+
+    /// A reload changed this filter's config from `old_config` to
+    /// `new_config` and nothing else of its listener: whether this filter
+    /// (built from `new_config`) can take over live from `previous` (built
+    /// from `old_config`), so that the connections `previous` serves see
+    /// the new config on their next stream instead of retiring. The
+    /// `proxy` filter can when only its routes changed (Envoy's RDS
+    /// semantics). Default: no, the listener's connections retire.
+    fn can_adopt(
+        &self,
+        _previous: &dyn NetworkFilter,
+        _old_config: &serde_json::Value,
+        _new_config: &serde_json::Value,
+    ) -> bool {
+        false
+    }
+
+    /// Takes over from `previous` (after `can_adopt` said yes for every
+    /// filter of the listener).
+    fn adopt(&self, _previous: &dyn NetworkFilter) {}
+
+    /// The concrete filter, for `can_adopt` and `adopt` to downcast.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// What a factory may consult while building a filter. Cluster names are

@@ -371,6 +371,12 @@ async fn apply(
         .iter()
         .filter_map(|l| Some(((l.address.as_str(), l.quic.is_some()), without_tls(l)?)))
         .collect();
+    let old_listeners: HashMap<(&str, bool), &crate::config::ListenerConfig> = old
+        .config
+        .listeners
+        .iter()
+        .map(|l| ((l.address.as_str(), l.quic.is_some()), l))
+        .collect();
     let mut keep = std::collections::HashSet::new();
     for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
         if let Some(ll) = live.listeners.get(&key(l)) {
@@ -399,6 +405,18 @@ async fn apply(
                 ll.running.compiled.store(l.clone());
             } else if tls_only {
                 tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
+                ll.running.compiled.store(l.clone());
+            } else if old_listeners.get(&k).is_some_and(|o| {
+                adopt_live(
+                    o,
+                    cfg,
+                    &ll.running.compiled.load_full(),
+                    l,
+                    &old_clusters,
+                    &new_clusters,
+                )
+            }) {
+                tracing::info!(listener = %l.name, address = %l.address, "listener filters updated live (e.g. routes): open connections take it on their next stream");
                 ll.running.compiled.store(l.clone());
             } else {
                 tracing::info!(listener = %l.name, address = %l.address, "listener updated; open connections retire");
@@ -450,6 +468,85 @@ fn same_clusters(
                         (Some(o), Some(n)) if o == n
                     ))
         })
+}
+
+/// Whether `next` can replace `live` without retiring its connections:
+/// the two configs differ only in filter configs, every changed filter of
+/// `next` can take over from its predecessor (`NetworkFilter::can_adopt`,
+/// e.g. the `proxy` filter when only its routes changed), and the
+/// clusters both use are unchanged. If so the filters take over (open
+/// connections see the new config on their next stream) and `true`.
+fn adopt_live(
+    old_cfg: &crate::config::ListenerConfig,
+    new_cfg: &crate::config::ListenerConfig,
+    live: &CompiledListener,
+    next: &CompiledListener,
+    old_clusters: &HashMap<&str, &ClusterConfig>,
+    new_clusters: &HashMap<&str, &ClusterConfig>,
+) -> bool {
+    if without_filter_configs(old_cfg).is_none()
+        || without_filter_configs(old_cfg) != without_filter_configs(new_cfg)
+        || live.chains.len() != next.chains.len()
+        || next.chains.len() != new_cfg.filter_chains.len()
+    {
+        return false;
+    }
+    // A cluster only the new config uses is new to the old connections
+    // too; one both use must be the same.
+    let kept = live
+        .clusters
+        .iter()
+        .all(|(name, a)| match next.clusters.get(name) {
+            None => true,
+            Some(b) => {
+                Arc::ptr_eq(a, b)
+                    || matches!(
+                        (old_clusters.get(&**name), new_clusters.get(&**name)),
+                        (Some(o), Some(n)) if o == n
+                    )
+            }
+        });
+    if !kept {
+        return false;
+    }
+    let mut takeovers = Vec::new();
+    let chains = live
+        .chains
+        .iter()
+        .zip(&next.chains)
+        .zip(old_cfg.filter_chains.iter().zip(&new_cfg.filter_chains));
+    for ((live_chain, next_chain), (old_chain, new_chain)) in chains {
+        let filters = live_chain
+            .filters()
+            .zip(next_chain.filters())
+            .zip(old_chain.filters.iter().zip(&new_chain.filters));
+        for ((was, now), (old_f, new_f)) in filters {
+            if old_f.config == new_f.config {
+                continue;
+            }
+            if !now.can_adopt(was.as_ref(), &old_f.config, &new_f.config) {
+                return false;
+            }
+            takeovers.push((now, was));
+        }
+    }
+    for (now, was) in takeovers {
+        now.adopt(was.as_ref());
+    }
+    true
+}
+
+/// A listener's config with each filter's own config left out.
+fn without_filter_configs(l: &crate::config::ListenerConfig) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(l).ok()?;
+    for c in v.get_mut("filter_chains")?.as_array_mut()? {
+        for f in c.get_mut("filters")?.as_array_mut()? {
+            if let Some(o) = f.as_object_mut() {
+                o.remove("config");
+            }
+        }
+    }
+    Some(v)
 }
 
 /// A listener's config with its chains' TLS settings left out (only

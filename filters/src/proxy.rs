@@ -170,7 +170,8 @@ impl NetworkFilterFactory for ProxyFactory {
             detect_timeout: cfg.detect_timeout,
             detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
-                table,
+                table: arc_swap::ArcSwap::from_pointee(table),
+                followers: std::sync::Mutex::new(Vec::new()),
                 filters,
                 generate_request_id: cfg.generate_request_id,
                 max_request_body_bytes: cfg.max_request_body_bytes,
@@ -207,6 +208,57 @@ struct Proxy {
 impl NetworkFilter for Proxy {
     fn terminal(&self) -> bool {
         true
+    }
+
+    /// Only the routes changed: the open connections take the new table.
+    fn can_adopt(
+        &self,
+        previous: &dyn NetworkFilter,
+        old_config: &serde_json::Value,
+        new_config: &serde_json::Value,
+    ) -> bool {
+        let without_routes = |v: &serde_json::Value| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("route_config");
+            }
+            v
+        };
+        previous
+            .as_any()
+            .is_some_and(|p| p.downcast_ref::<Proxy>().is_some())
+            && without_routes(old_config) == without_routes(new_config)
+    }
+
+    fn adopt(&self, previous: &dyn NetworkFilter) {
+        let Some(prev) = previous.as_any().and_then(|p| p.downcast_ref::<Proxy>()) else {
+            return;
+        };
+        let table = self.shared.table.load_full();
+        let mut gens = std::mem::take(
+            &mut *prev
+                .shared
+                .followers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        gens.push(Arc::downgrade(&prev.shared));
+        gens.retain(|g| match g.upgrade() {
+            Some(h) => {
+                h.table.store(table.clone());
+                true
+            }
+            None => false,
+        });
+        *self
+            .shared
+            .followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = gens;
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn serves_quic(&self) -> bool {
@@ -366,7 +418,13 @@ impl HttpStats {
 
 struct ProxyHandler {
     access_log: Option<Arc<crate::access_log::AccessLog>>,
-    table: RouteTable,
+    /// The route table; a reload that changes only the routes stores the
+    /// new one here (see `adopt`), so open connections route their next
+    /// request by it.
+    table: arc_swap::ArcSwap<RouteTable>,
+    /// Earlier generations of this filter (replaced by live route updates)
+    /// whose connections are still open: each route update reaches them.
+    followers: std::sync::Mutex<Vec<std::sync::Weak<ProxyHandler>>>,
     filters: Vec<Arc<dyn StreamFilter>>,
     generate_request_id: bool,
     max_request_body_bytes: Option<u64>,
@@ -601,7 +659,8 @@ impl ProxyHandler {
             return local_reply(info, LocalReason::PayloadTooLarge);
         }
 
-        let Some((vhost, route)) = self.table.find_request(req) else {
+        let table = self.table.load_full();
+        let Some((vhost, route)) = table.find_request(req) else {
             return local_reply(info, LocalReason::NoRoute);
         };
         info.route = Some(route.stat_name().clone());

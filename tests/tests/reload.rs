@@ -395,3 +395,40 @@ fn endpoint_changes_reach_open_connections_without_closing_them() {
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
 }
+
+#[test]
+fn route_changes_reach_an_open_connection_without_closing_it() {
+    // Only the routes change (Envoy's RDS semantics): the open keep-alive
+    // connection is not retired, its next request takes the new routes.
+    let port = free_port();
+    let mg = Meshgate::start_with_args(&config(port, "r0", ""), &["--watch-interval", "100ms"]);
+    wait_body(port, "r0");
+    let mut conn = None;
+    assert_eq!(request(&mut conn, port).as_deref(), Some("r0"));
+    let local = conn.as_ref().unwrap().get_ref().local_addr().unwrap();
+    for v in 1..=3 {
+        let want = format!("r{v}");
+        rewrite(&mg, &config(port, &want, ""));
+        wait_body(port, &want);
+        assert_eq!(request(&mut conn, port).as_deref(), Some(want.as_str()));
+        let held = conn
+            .as_ref()
+            .expect("the connection was closed by a route change");
+        assert_eq!(held.get_ref().local_addr().unwrap(), local);
+    }
+    // A change to the proxy's other settings is not a route change: the
+    // connection retires gracefully (its last request is answered by the
+    // config it was accepted under, with `connection: close`).
+    let other = config(port, "r4", "").replace(
+        "route_config:",
+        "generate_request_id: false\n              route_config:",
+    );
+    rewrite(&mg, &other);
+    wait_body(port, "r4");
+    assert_eq!(request(&mut conn, port).as_deref(), Some("r3"));
+    assert!(
+        conn.is_none(),
+        "a settings change must retire the connection"
+    );
+    assert_eq!(body_now(port), "r4");
+}
