@@ -462,6 +462,14 @@ fn hostile_quic_input_is_refused_and_others_are_unaffected() {
             &[("codec", "http3"), ("reason", reason)],
         )
     };
+    // Counted when each connection's task ends, which may be just after
+    // the client saw the close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (errors("qpack") < 1.0 || errors("stream_limit") < 1.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let dump = mg.admin_get("/stats/prometheus").1;
     assert_eq!(errors("qpack"), 1.0, "{dump}");
     assert_eq!(errors("stream_limit"), 1.0, "{dump}");
