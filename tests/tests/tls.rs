@@ -395,7 +395,7 @@ clusters:
         let resolve = format!("{host}:{port}:127.0.0.1");
         // `openssl s_server` serves one connection at a time and, on a
         // loaded CI machine, now and then drops one it was still setting
-        // up (seen twice in ~20 runs, meshgate's log clean): up to three
+        // up (2 failures in about 10 runs, meshgate's log clean): up to three
         // tries. A wrong route cannot pass: the certificate would not
         // verify on any try.
         let mut tries = 0;
