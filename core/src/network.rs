@@ -270,6 +270,19 @@ impl PrefixedIo {
     pub fn new(preface: Bytes, io: DownstreamIo) -> Self {
         Self { preface, io }
     }
+
+    /// Puts `bytes` back in front of what is still to be read (e.g. what a
+    /// codec read past a `101 Switching Protocols` before handing the
+    /// stream over).
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.preface = if self.preface.is_empty() {
+            bytes
+        } else {
+            let mut b = bytes::BytesMut::from(&bytes[..]);
+            b.extend_from_slice(&self.preface);
+            b.freeze()
+        };
+    }
 }
 
 impl AsyncRead for PrefixedIo {

@@ -484,8 +484,9 @@ fn adopt_live(
     old_clusters: &HashMap<&str, &ClusterConfig>,
     new_clusters: &HashMap<&str, &ClusterConfig>,
 ) -> bool {
-    if without_filter_configs(old_cfg).is_none()
-        || without_filter_configs(old_cfg) != without_filter_configs(new_cfg)
+    let shape = without_filter_configs(old_cfg);
+    if shape.is_none()
+        || shape != without_filter_configs(new_cfg)
         || live.chains.len() != next.chains.len()
         || next.chains.len() != new_cfg.filter_chains.len()
     {

@@ -278,3 +278,45 @@ pub fn established_to(addr: SocketAddr) -> usize {
         })
         .count()
 }
+
+/// One HTTP/1.1 response read off a keep-alive stream.
+pub struct Reply {
+    pub status: u16,
+    /// The response carried `connection: close`.
+    pub close: bool,
+    /// The Content-Length body.
+    pub body: String,
+}
+
+/// Reads one response with a Content-Length body from `r` (None if the
+/// stream ends or breaks first), leaving the stream at the next response.
+pub fn read_reply(r: &mut impl std::io::BufRead) -> Option<Reply> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let status = line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|c| c.parse().ok())?;
+    let (mut len, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+        close |= l == "connection: close";
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Reply {
+        status,
+        close,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}

@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::Message;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -639,35 +639,14 @@ pub fn request(conn: &mut Option<BufReader<TcpStream>>, port: u16, path: &str) -
     r.get_mut()
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .ok()?;
-    let mut status = String::new();
-    r.read_line(&mut status).ok()?;
-    if !status.starts_with("HTTP/1.1 200") {
+    let reply = crate::read_reply(r)?;
+    if reply.status != 200 {
         return None;
     }
-    let mut len = 0usize;
-    let mut close = false;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end().to_ascii_lowercase();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        if l == "connection: close" {
-            close = true;
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    if close {
+    if reply.close {
         *conn = None;
     }
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let body = reply.body;
     Some(
         body.lines()
             .find(|l| l.starts_with("backend="))

@@ -443,6 +443,19 @@ fn dubbo_example_validates() {
     assert!(out.contains(": ok (1 listeners, 2 clusters)"), "{out}");
 }
 
+/// Rewrites the running config (write + rename) and waits for its first
+/// successful reload.
+fn reload(mg: &Meshgate, text: &str) {
+    let tmp = mg.config.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &mg.config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mg.metric("meshgate_config_reload_total", &[("result", "ok")]) < 1.0 {
+        assert!(Instant::now() < deadline, "no reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A reload that moves the Echo service from provider B to A (a route
 /// change only): the call in flight on an open connection finishes, the
 /// connection stays open and its next call meets the new route.
@@ -470,18 +483,7 @@ fn reload_moves_the_next_call_on_an_open_rpc_connection_to_the_new_route() {
         &format!("- match: {{prefix: /{OTHER}/}}\n                        route: {{cluster: a}}"),
     );
     assert_ne!(moved, text);
-    let tmp = s.mg.config.with_extension("new");
-    std::fs::write(&tmp, moved).unwrap();
-    std::fs::rename(&tmp, &s.mg.config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s
-        .mg
-        .metric("meshgate_config_reload_total", &[("result", "ok")])
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "no reload");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    reload(&s.mg, &moved);
     // the call in flight completes; the connection is not retired and its
     // next call goes to A
     let (_, status, id, _) = read_dubbo(&mut c).unwrap();
@@ -551,18 +553,7 @@ fn endpoint_change_keeps_the_connection_and_drains_the_old_endpoint() {
         ),
     );
     assert_ne!(moved, text);
-    let tmp = s.mg.config.with_extension("new");
-    std::fs::write(&tmp, moved).unwrap();
-    std::fs::rename(&tmp, &s.mg.config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s
-        .mg
-        .metric("meshgate_config_reload_total", &[("result", "ok")])
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "no reload");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    reload(&s.mg, &moved);
     for id in 2..5 {
         c.write_all(&dubbo_request(id, OTHER, "echo", &[])).unwrap();
         let (_, status, got, body) = read_dubbo(&mut c).expect("the connection stays open");

@@ -240,40 +240,14 @@ fn chunked_request_body_streams_to_the_upstream_intact() {
     let mut s = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
     for _ in 0..2 {
         s.write_all(req).unwrap();
-        let (head, body) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-        assert!(!head.contains("connection: close"), "{head}");
-        assert!(body.contains("body-bytes=11\n"), "{body}");
+        let reply = read_reply(&mut r).expect("a whole response");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(!reply.close, "keep-alive must hold");
+        assert!(reply.body.contains("body-bytes=11\n"), "{}", reply.body);
     }
-}
-
-/// Reads one response with a Content-Length body: (head, body).
-fn read_response(s: &mut TcpStream) -> (String, String) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("content-length");
-    while got.len() < head_end + len {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed mid-body");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let body = String::from_utf8_lossy(&got[head_end..head_end + len]).into_owned();
-    (head.replace("http/1.1", "HTTP/1.1"), body)
 }
 
 #[test]

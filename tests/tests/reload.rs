@@ -6,7 +6,7 @@
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,48 +44,12 @@ fn rewrite(mg: &Meshgate, yaml: &str) {
     std::fs::rename(&tmp, &mg.config).unwrap();
 }
 
-/// One keep-alive HTTP/1.1 request on `conn` (connecting if needed):
-/// the body, or None if the connection failed before a whole response.
-/// A response with `connection: close` drops the connection afterwards.
+/// One keep-alive GET / on `conn` (connecting if needed): the body (its
+/// `backend=` line when a backend answered), or None if the connection
+/// failed before a whole 200 response. A response with `connection:
+/// close` drops the connection afterwards.
 fn request(conn: &mut Option<BufReader<TcpStream>>, port: u16) -> Option<String> {
-    if conn.is_none() {
-        let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        *conn = Some(BufReader::new(s));
-    }
-    let r = conn.as_mut().unwrap();
-    r.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .ok()?;
-    let mut len = 0usize;
-    let mut close = false;
-    let mut status = String::new();
-    r.read_line(&mut status).ok()?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end().to_ascii_lowercase();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        if l == "connection: close" {
-            close = true;
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    if close {
-        *conn = None;
-    }
-    Some(String::from_utf8_lossy(&body).into_owned())
+    meshgate_tests::xds::request(conn, port, "/")
 }
 
 /// Keep-alive clients hammering `port` until stopped; counts requests and

@@ -600,38 +600,14 @@ fn tls_connect(
 /// One GET on a TLS keep-alive connection: the body of a whole 200
 /// response, or None.
 fn tls_get(c: &mut TlsConn, path: &str) -> Option<String> {
-    use std::io::BufRead;
     c.get_mut()
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .ok()?;
     c.get_mut().flush().ok()?;
-    let mut status = String::new();
-    c.read_line(&mut status).ok()?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        if c.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end().to_ascii_lowercase();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        if l == "connection: close" {
-            // Being retired is a failure here: a rotation must not close
-            // open connections.
-            return None;
-        }
-    }
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).ok()?;
-    Some(String::from_utf8_lossy(&body).into_owned())
+    let reply = read_reply(c)?;
+    // Being retired is a failure here: a rotation must not close open
+    // connections.
+    (reply.status == 200 && !reply.close).then_some(reply.body)
 }
 
 #[test]

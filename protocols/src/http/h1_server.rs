@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 /// Most header fields httparse is given room for (the configured limit is
 /// applied below it).
@@ -399,45 +399,6 @@ enum Wait {
     Close,
     Refuse(HeadError),
     Timeout,
-}
-
-/// A byte stream with bytes already read put back in front (the rest of
-/// the read buffer after a `101 Switching Protocols`).
-struct Rewind {
-    pre: Bytes,
-    io: PrefixedIo,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if !me.pre.is_empty() {
-            let n = me.pre.len().min(buf.remaining());
-            buf.put_slice(&me.pre.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut me.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
 
 thread_local! {
@@ -1003,9 +964,8 @@ async fn switch(
         return Err(io::Error::other("request body still held"));
     };
     let io = io.into_inner().unwrap_or_else(|p| p.into_inner());
-    let _ = tx.send(Box::new(Rewind {
-        pre: io.rbuf.freeze(),
-        io: io.io,
-    }));
+    let mut stream = io.io;
+    stream.unread(io.rbuf.freeze());
+    let _ = tx.send(Box::new(stream));
     Ok(())
 }
