@@ -6,8 +6,8 @@
 //! buffered when retries are configured, larger or unknown-length ones are
 //! streamed and not retried.
 
-use crate::cluster::{Cluster, RequestGuard};
-use crate::codec::UpstreamError;
+use crate::cluster::{Cluster, Endpoint, RequestGuard};
+use crate::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use crate::lb::LbContext;
 use crate::stream::{
     Body, LocalReason, Request, Response, StreamInfo, box_body, full_body, local_reply,
@@ -15,6 +15,7 @@ use crate::stream::{
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -89,17 +90,42 @@ enum Attempt {
     Fail(LocalReason),
 }
 
-/// Sends `req` to `cluster` under `policy`; always returns a response (a
+/// What `forward` prepared before its future is first polled.
+enum Step {
+    /// Answer locally.
+    Fail(LocalReason),
+    /// The common case, no retries: the upstream exchange is under way.
+    Sending(Sending),
+    /// Retries are configured: the request goes to the retry loop (boxed,
+    /// so that the common case's future stays small).
+    Retrying(Box<(Arc<dyn ClientCodec>, Request)>),
+}
+
+/// One upstream exchange in flight, and what settles it.
+struct Sending {
+    send: UpstreamFuture,
+    endpoint: Arc<Endpoint>,
+    guard: RequestGuard,
+}
+
+/// Sends `req` to `cluster` under `policy`; always yields a response (a
 /// local reply when meshgate fails the stream).
-pub async fn forward(
-    cluster: &Arc<Cluster>,
+///
+/// Without retries (the common case) the endpoint is chosen and the
+/// codec's send started before the returned future is polled, so the
+/// future holds the codec's boxed exchange and not the request: a few
+/// hundred bytes instead of kilobytes of nested async state that every
+/// enclosing future would otherwise copy (memcpy was the largest item of
+/// the HTTP/1.1 instruction profile in benches/RESULTS.md).
+pub fn forward<'a>(
+    cluster: &'a Arc<Cluster>,
     req: Request,
-    info: &mut StreamInfo,
-    policy: &ForwardPolicy,
+    info: &'a mut StreamInfo,
+    policy: &'a ForwardPolicy,
     hash: Option<u64>,
-) -> Response {
+) -> impl Future<Output = Response> + Send + 'a {
     info.upstream_cluster = Some(cluster.name.clone());
-    let mut timeout = policy.timeout;
+    let mut timeout = policy.timeout.filter(|t| !t.is_zero());
     if info.grpc
         && let Some(t) = req
             .headers()
@@ -108,13 +134,60 @@ pub async fn forward(
     {
         timeout = Some(timeout.map_or(t, |r| r.min(t)));
     }
-    let fut = forward_inner(cluster, req, info, policy, hash);
-    match timeout {
-        Some(t) if !t.is_zero() => match tokio::time::timeout(t, fut).await {
-            Ok(r) => r,
-            Err(_) => local_reply(info, LocalReason::UpstreamTimeout),
-        },
-        _ => fut.await,
+    let step = match cluster.upstream.clone() {
+        None => Step::Fail(LocalReason::UpstreamProtocolError),
+        Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec, req))),
+        Some(codec) => {
+            // A single try: its own timeout, if shorter, is the stream's.
+            if let Some(t) = policy.per_try_timeout.filter(|t| !t.is_zero()) {
+                timeout = Some(timeout.map_or(t, |r| r.min(t)));
+            }
+            match start(cluster, &codec, req, info, &LbContext { hash }, &[]) {
+                Ok(s) => Step::Sending(s),
+                Err(reason) => Step::Fail(reason),
+            }
+        }
+    };
+    async move {
+        let sending = match step {
+            Step::Fail(reason) => return local_reply(info, reason),
+            Step::Sending(s) => s,
+            Step::Retrying(b) => {
+                let (codec, req) = *b;
+                let fut = Box::pin(retrying(cluster, codec, req, info, policy, hash));
+                return match timeout {
+                    Some(t) => match tokio::time::timeout(t, fut).await {
+                        Ok(r) => r,
+                        Err(_) => local_reply(info, LocalReason::UpstreamTimeout),
+                    },
+                    None => fut.await,
+                };
+            }
+        };
+        let Sending {
+            send,
+            endpoint,
+            guard,
+        } = sending;
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, send).await {
+                Ok(r) => r,
+                Err(_) => return local_reply(info, LocalReason::UpstreamTimeout),
+            },
+            None => send.await,
+        };
+        match settle(
+            cluster,
+            &endpoint,
+            guard,
+            result,
+            policy,
+            &mut Vec::new(),
+            false,
+        ) {
+            Attempt::Done(r) => r,
+            Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
+        }
     }
 }
 
@@ -136,49 +209,37 @@ fn retriable_status(policy: &ForwardPolicy, status: u16) -> bool {
         || (r.retriable_status_codes && policy.retriable_status_codes.contains(&status))
 }
 
-async fn forward_inner(
+/// The retry loop: tries under `policy` until one yields a response that
+/// is not retried, or the retries run out.
+async fn retrying(
     cluster: &Arc<Cluster>,
+    codec: Arc<dyn ClientCodec>,
     req: Request,
     info: &mut StreamInfo,
     policy: &ForwardPolicy,
     hash: Option<u64>,
 ) -> Response {
-    let Some(codec) = cluster.upstream.clone() else {
-        return local_reply(info, LocalReason::UpstreamProtocolError);
-    };
     let ctx = LbContext { hash };
     let (parts, body) = req.into_parts();
-    // Keep the body for retries when it is known to be small.
-    let kept: Option<Bytes> = if policy.num_retries > 0 {
-        match body.size_hint().upper() {
-            Some(n) if n as usize <= policy.max_buffered_body_bytes => match body.collect().await {
-                Ok(b) => Some(b.to_bytes()),
-                Err(_) => return local_reply(info, LocalReason::BadRequest),
-            },
-            _ => {
-                return attempt_once(
-                    cluster,
-                    &codec,
-                    Request::from_parts(parts, body),
-                    info,
-                    &ctx,
-                    policy,
-                )
-                .await;
-            }
+    // Keep the body for retries when it is known to be small; a larger or
+    // unknown-length one streams and gets a single try.
+    let kept = match body.size_hint().upper() {
+        Some(n) if n as usize <= policy.max_buffered_body_bytes => match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return local_reply(info, LocalReason::BadRequest),
+        },
+        _ => {
+            let req = Request::from_parts(parts, body);
+            let attempt = match start(cluster, &codec, req, info, &ctx, &[]) {
+                Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false).await,
+                Err(reason) => Attempt::Fail(reason),
+            };
+            return match attempt {
+                Attempt::Done(r) => r,
+                Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
+            };
         }
-    } else {
-        return attempt_once(
-            cluster,
-            &codec,
-            Request::from_parts(parts, body),
-            info,
-            &ctx,
-            policy,
-        )
-        .await;
     };
-    let kept = kept.unwrap_or_default();
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = LocalReason::NoHealthyUpstream;
     for n in 0..=policy.num_retries {
@@ -199,18 +260,11 @@ async fn forward_inner(
         }
         let req = b.body(full_body(kept.clone())).expect("parts were valid");
         let status_retry = n < policy.num_retries;
-        match try_endpoint(
-            cluster,
-            &codec,
-            req,
-            info,
-            &ctx,
-            policy,
-            &mut tried,
-            status_retry,
-        )
-        .await
-        {
+        let attempt = match start(cluster, &codec, req, info, &ctx, &tried) {
+            Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry).await,
+            Err(reason) => Attempt::Fail(reason),
+        };
+        match attempt {
             Attempt::Done(r) => return r,
             Attempt::Retry(reason) => last = reason,
             Attempt::Fail(reason) => return local_reply(info, reason),
@@ -219,38 +273,41 @@ async fn forward_inner(
     local_reply(info, last)
 }
 
-async fn attempt_once(
+/// Chooses an endpoint (not one of `tried`) and starts the exchange.
+fn start(
     cluster: &Arc<Cluster>,
-    codec: &Arc<dyn crate::codec::ClientCodec>,
+    codec: &Arc<dyn ClientCodec>,
     req: Request,
     info: &mut StreamInfo,
     ctx: &LbContext,
-    policy: &ForwardPolicy,
-) -> Response {
-    let mut tried = Vec::new();
-    match try_endpoint(cluster, codec, req, info, ctx, policy, &mut tried, false).await {
-        Attempt::Done(r) => r,
-        Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
-    }
+    tried: &[SocketAddr],
+) -> Result<Sending, LocalReason> {
+    let endpoint = cluster
+        .choose(ctx, tried)
+        .ok_or(LocalReason::NoHealthyUpstream)?;
+    info.upstream_host = Some(endpoint.address);
+    let guard = endpoint.start_request();
+    let send = codec.send(cluster, &endpoint, req);
+    Ok(Sending {
+        send,
+        endpoint,
+        guard,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn try_endpoint(
+/// One try of the retry loop, under the per-try timeout.
+async fn try_once(
     cluster: &Arc<Cluster>,
-    codec: &Arc<dyn crate::codec::ClientCodec>,
-    req: Request,
-    info: &mut StreamInfo,
-    ctx: &LbContext,
+    s: Sending,
     policy: &ForwardPolicy,
     tried: &mut Vec<SocketAddr>,
     may_retry_status: bool,
 ) -> Attempt {
-    let Some(endpoint) = cluster.choose(ctx, tried) else {
-        return Attempt::Fail(LocalReason::NoHealthyUpstream);
-    };
-    info.upstream_host = Some(endpoint.address);
-    let guard = endpoint.start_request();
-    let send = codec.send(cluster, &endpoint, req);
+    let Sending {
+        send,
+        endpoint,
+        guard,
+    } = s;
     let result = match policy.per_try_timeout {
         Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -265,6 +322,27 @@ async fn try_endpoint(
         },
         _ => send.await,
     };
+    settle(
+        cluster,
+        &endpoint,
+        guard,
+        result,
+        policy,
+        tried,
+        may_retry_status,
+    )
+}
+
+/// What an exchange's outcome means for the stream.
+fn settle(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    guard: RequestGuard,
+    result: Result<Response, UpstreamError>,
+    policy: &ForwardPolicy,
+    tried: &mut Vec<SocketAddr>,
+    may_retry_status: bool,
+) -> Attempt {
     let reason = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();

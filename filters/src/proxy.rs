@@ -23,6 +23,7 @@ use meshgate_core::stream::{
 use metrics::{Counter, Histogram};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -445,7 +446,6 @@ struct Handler {
 
 impl StreamHandler for Handler {
     fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture {
-        let me = self.shared.clone();
         let peer_ip = self
             .peer_ip
             .get_or_init(|| {
@@ -453,20 +453,7 @@ impl StreamHandler for Handler {
                     .expect("an IP address is a valid header value")
             })
             .clone();
-        Box::pin(async move {
-            let retire = (info.protocol == "http1").then(|| info.connection.retire.clone());
-            let mut resp = me.process(req, info, peer_ip).await;
-            // A reload retired this connection's listener: this response is
-            // its last, the client reconnects to the new config.
-            if let Some(retire) = retire
-                && retire.is_cancelled()
-                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                resp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        })
+        Box::pin(self.shared.clone().process(req, info, peer_ip))
     }
 }
 
@@ -569,41 +556,61 @@ fn request_id() -> HeaderValue {
 }
 
 impl ProxyHandler {
-    async fn process(
-        &self,
+    /// One stream, from its request head to its response head. A single
+    /// async fn the codec's boxed future owns directly: every async layer
+    /// between the codec and the upstream exchange adds its state to the
+    /// future that is moved into the box.
+    fn process(
+        self: Arc<Self>,
         mut req: Request,
         mut info: StreamInfo,
         peer_ip: HeaderValue,
-    ) -> Response {
-        self.stats.rq_total.increment(1);
-        info.grpc = is_grpc(req.headers());
-        if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
-            req.headers_mut().insert(X_REQUEST_ID, request_id());
+    ) -> impl Future<Output = Response> + Send + 'static {
+        // An async block, not an async fn: the arguments are captured
+        // once, not copied again into locals.
+        async move {
+            self.stats.rq_total.increment(1);
+            info.grpc = is_grpc(req.headers());
+            if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
+                req.headers_mut().insert(X_REQUEST_ID, request_id());
+            }
+            // What the access log needs of the request, before it is forwarded.
+            let logged = self
+                .access_log
+                .as_ref()
+                .map(|_| Box::new(RequestSummary::of(&req)));
+            let mut resp = self.route_and_forward(&mut req, &mut info, peer_ip).await;
+            if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(resp.headers_mut());
+            }
+            for f in self.filters.iter().rev() {
+                f.on_response(&mut resp, &info);
+            }
+            if let Some(v) = &self.alt_svc
+                && info.protocol != "http3"
+                && !resp.headers().contains_key(http::header::ALT_SVC)
+            {
+                resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+            }
+            let status = resp.status().as_u16();
+            self.stats.count(&info, status);
+            self.stats
+                .duration
+                .record(info.start.elapsed().as_secs_f64());
+            if let (Some(log), Some(r)) = (&self.access_log, logged) {
+                log.log(access_log_line(&r, &info, status));
+            }
+            // A reload retired this connection's listener: this response is
+            // its last, the client reconnects to the new config.
+            if info.protocol == "http1"
+                && info.connection.retire.is_cancelled()
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
-        // What the access log needs of the request, before it is forwarded.
-        let logged = self.access_log.as_ref().map(|_| RequestSummary::of(&req));
-        let mut resp = self.route_and_forward(&mut req, &mut info, peer_ip).await;
-        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-            strip_hop_by_hop(resp.headers_mut());
-        }
-        for f in self.filters.iter().rev() {
-            f.on_response(&mut resp, &info);
-        }
-        if let Some(v) = &self.alt_svc
-            && info.protocol != "http3"
-            && !resp.headers().contains_key(http::header::ALT_SVC)
-        {
-            resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
-        }
-        let status = resp.status().as_u16();
-        self.stats.count(&info, status);
-        self.stats
-            .duration
-            .record(info.start.elapsed().as_secs_f64());
-        if let (Some(log), Some(r)) = (&self.access_log, logged) {
-            log.log(access_log_line(&r, &info, status));
-        }
-        resp
     }
 
     async fn route_and_forward(
@@ -675,10 +682,15 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 let cluster = c.pick_cluster().clone();
                 route.apply_request_mutations(vhost, req);
-                let mut owned =
-                    std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
-                let downstream_upgrade = owned.extensions_mut().remove::<Upgrade>();
-                let mut resp = forward(&cluster, owned, info, c.forward_policy(), None).await;
+                let downstream_upgrade = req.extensions_mut().remove::<Upgrade>();
+                // The request moves into the upstream exchange before the
+                // await: this future does not keep a copy of it.
+                let mut resp = {
+                    let owned =
+                        std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
+                    forward(&cluster, owned, info, c.forward_policy(), None)
+                }
+                .await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {

@@ -22,6 +22,7 @@ use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::stream::{Request, Response, box_body};
 use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -205,37 +206,42 @@ impl ClientCodec for Http1Client {
         endpoint: &Arc<Endpoint>,
         mut req: Request,
     ) -> UpstreamFuture {
-        // The hand-written pool is the common case: one shared-lock lookup
-        // (an `entry` would take the shard's write lock on every request),
-        // and the hyper pool only for requests that may upgrade.
-        let upgrade = req.headers().contains_key(http::header::UPGRADE);
-        let fast = match self.fast.get(&endpoint.address) {
-            Some(p) => p.clone(),
-            None => self.fast.entry(endpoint.address).or_default().clone(),
-        };
-        let pool = upgrade.then(|| self.pool(endpoint.address));
+        // HTTP/1 wants origin-form and a Host header.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            if !req.headers().contains_key(http::header::HOST)
+                && let Some(a) = authority(&req)
+            {
+                req.headers_mut().insert(http::header::HOST, a);
+            }
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        *req.version_mut() = http::Version::HTTP_11;
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
-        Box::pin(async move {
-            // HTTP/1 wants origin-form and a Host header.
-            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-                if !req.headers().contains_key(http::header::HOST)
-                    && let Some(a) = authority(&req)
-                {
-                    req.headers_mut().insert(http::header::HOST, a);
-                }
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into());
-                *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            }
-            *req.version_mut() = http::Version::HTTP_11;
-            let Some(pool) = pool else {
-                return send_fast(fast, cluster, endpoint, req, opts).await;
+        // The hand-written pool is the common case: one shared-lock lookup
+        // (an `entry` would take the shard's write lock on every request),
+        // and the hyper pool only for requests that may upgrade. The head
+        // is encoded here, before the future is built, so the future holds
+        // its bytes rather than the request (a smaller future to move).
+        if !req.headers().contains_key(http::header::UPGRADE) {
+            let fast = match self.fast.get(&endpoint.address) {
+                Some(p) => p.clone(),
+                None => self.fast.entry(endpoint.address).or_default().clone(),
             };
+            let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
+            let (parts, body) = req.into_parts();
+            let head = h1_upstream::encode_head(&parts, &body);
+            drop(parts);
+            return Box::pin(send_fast(fast, cluster, endpoint, head, body, auth, opts));
+        }
+        let pool = self.pool(endpoint.address);
+        Box::pin(async move {
             let mut sender = match take_idle(&pool, opts.idle_timeout) {
                 Some(s) => s,
                 None => {
@@ -307,51 +313,51 @@ async fn connect_fast(
 /// Sends on a pooled hand-written connection. A bodiless request that
 /// failed on a reused connection before any response byte (the peer
 /// closed it while idle) is sent again on a new connection.
-async fn send_fast(
+fn send_fast(
     pool: Arc<h1_upstream::Pool>,
     cluster: Arc<Cluster>,
     endpoint: Arc<Endpoint>,
-    req: Request,
+    head: h1_upstream::EncodedHead,
+    body: meshgate_core::stream::Body,
+    auth: Option<String>,
     opts: PoolOptions,
-) -> Result<Response, UpstreamError> {
-    let replay = http_body::Body::is_end_stream(req.body()).then(|| {
-        let mut r = http::Request::new(());
-        *r.method_mut() = req.method().clone();
-        *r.uri_mut() = req.uri().clone();
-        *r.headers_mut() = req.headers().clone();
-        r
-    });
-    let idle = {
-        let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-        let mut found = None;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < opts.idle_timeout && c.conn.idle_ok() {
-                found = Some(c.conn);
-                break;
+) -> impl Future<Output = Result<Response, UpstreamError>> + Send {
+    // An async block rather than an async fn: its captures are not copied
+    // again into locals, and connecting (rare, with a large TLS handshake
+    // state) is boxed, so the future boxed per request stays small.
+    async move {
+        // A bodiless request can be sent again as it is: its head's bytes.
+        let replay = http_body::Body::is_end_stream(&body).then(|| head.clone());
+        let idle = {
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut found = None;
+            while let Some(c) = idle.pop() {
+                if c.since.elapsed() < opts.idle_timeout && c.conn.idle_ok() {
+                    found = Some(c.conn);
+                    break;
+                }
             }
+            found
+        };
+        let conn = match idle {
+            Some(c) => c,
+            None => Box::pin(connect_fast(&cluster, &endpoint, auth.clone())).await?,
+        };
+        let weak = Arc::downgrade(&pool);
+        match h1_upstream::send(conn, head, body, weak.clone(), opts.max_idle_per_endpoint).await {
+            Ok(resp) => Ok(resp),
+            Err(e) => match replay {
+                Some(head) if e.replayable => {
+                    tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
+                    let conn = Box::pin(connect_fast(&cluster, &endpoint, auth)).await?;
+                    let body = meshgate_core::stream::empty_body();
+                    h1_upstream::send(conn, head, body, weak, opts.max_idle_per_endpoint)
+                        .await
+                        .map_err(|e| e.error)
+                }
+                _ => Err(e.error),
+            },
         }
-        found
-    };
-    let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
-    let conn = match idle {
-        Some(c) => c,
-        None => connect_fast(&cluster, &endpoint, auth.clone()).await?,
-    };
-    let weak = Arc::downgrade(&pool);
-    match h1_upstream::send(conn, req, weak.clone(), opts.max_idle_per_endpoint).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => match replay {
-            Some(head) if e.replayable => {
-                tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
-                let (parts, ()) = head.into_parts();
-                let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
-                let conn = connect_fast(&cluster, &endpoint, auth).await?;
-                h1_upstream::send(conn, req, weak, opts.max_idle_per_endpoint)
-                    .await
-                    .map_err(|e| e.error)
-            }
-            _ => Err(e.error),
-        },
     }
 }
 

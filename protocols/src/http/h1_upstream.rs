@@ -16,7 +16,8 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::codec::UpstreamError;
-use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
+use meshgate_core::stream::{Body, MalformedBody, Response, box_body};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, Weak};
@@ -105,18 +106,19 @@ fn protocol(e: impl std::fmt::Display) -> SendError {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head; the body streams
-/// from the connection, which returns to `pool` when the body ends.
-pub(super) async fn send(
-    mut conn: Conn,
-    req: Request,
-    pool: Weak<Pool>,
-    max_idle: usize,
-) -> Result<Response, SendError> {
-    let reused = conn.reused;
-    let head_only = req.method() == http::Method::HEAD;
-    let (parts, mut body) = req.into_parts();
-    // The head, and how the body is framed.
+/// A request head serialised for the wire, and how its body is framed.
+/// Kept as bytes so that a request replayed on a new connection (the
+/// keep-alive race) needs no copy of its header map.
+#[derive(Clone)]
+pub(super) struct EncodedHead {
+    bytes: Bytes,
+    head_only: bool,
+    chunked: bool,
+}
+
+/// Serialises the head of `parts` (origin-form target) for a body like
+/// `body`.
+pub(super) fn encode_head(parts: &http::request::Parts, body: &Body) -> EncodedHead {
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
@@ -129,18 +131,18 @@ pub(super) async fn send(
             .as_bytes(),
     );
     out.put_slice(b" HTTP/1.1\r\n");
-    let has_len = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let mut has_len = false;
     for (k, v) in &parts.headers {
         if k == http::header::TRANSFER_ENCODING {
             continue;
         }
+        has_len |= k == http::header::CONTENT_LENGTH;
         out.put_slice(k.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(v.as_bytes());
         out.put_slice(b"\r\n");
     }
-    let empty = body.is_end_stream();
-    let chunked = if empty || has_len {
+    let chunked = if body.is_end_stream() || has_len {
         false
     } else if let Some(n) = body.size_hint().exact() {
         out.put_slice(format!("content-length: {n}\r\n").as_bytes());
@@ -150,129 +152,158 @@ pub(super) async fn send(
         true
     };
     out.put_slice(b"\r\n");
-    // Nothing of the request reached the peer yet: a failed write on a
-    // reused connection is the keep-alive race.
-    conn.io
-        .write_all(&out)
-        .await
-        .map_err(|e| reset(e, reused))?;
-    if !empty {
-        let mut trailers_sent = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| SendError {
-                error: if e.is::<MalformedBody>() {
-                    UpstreamError::MalformedRequestBody(e.to_string())
-                } else {
-                    UpstreamError::Reset(format!("request body: {e}"))
-                },
-                replayable: false,
-            })?;
-            let w = match frame.into_data() {
-                Ok(data) if data.is_empty() => Ok(()),
-                Ok(data) if chunked => {
-                    let mut c = BytesMut::with_capacity(data.len() + 16);
-                    c.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    c.put_slice(&data);
-                    c.put_slice(b"\r\n");
-                    conn.io.write_all(&c).await
-                }
-                Ok(data) => conn.io.write_all(&data).await,
-                Err(frame) => match frame.into_trailers() {
-                    Ok(t) if chunked => {
-                        let mut c = BytesMut::from(&b"0\r\n"[..]);
-                        for (k, v) in &t {
-                            c.put_slice(k.as_str().as_bytes());
-                            c.put_slice(b": ");
-                            c.put_slice(v.as_bytes());
-                            c.put_slice(b"\r\n");
-                        }
+    EncodedHead {
+        bytes: out.freeze(),
+        head_only: parts.method == http::Method::HEAD,
+        chunked,
+    }
+}
+
+/// Sends `head` and `body` on `conn` and reads the response head; the body
+/// streams from the connection, which returns to `pool` when the body ends.
+pub(super) fn send(
+    mut conn: Conn,
+    head: EncodedHead,
+    mut body: Body,
+    pool: Weak<Pool>,
+    max_idle: usize,
+) -> impl Future<Output = Result<Response, SendError>> + Send {
+    // An async block rather than an async fn: the captures are not copied
+    // again into locals (a smaller future for every enclosing one).
+    async move {
+        let reused = conn.reused;
+        let EncodedHead {
+            bytes: out,
+            head_only,
+            chunked,
+        } = head;
+        let empty = body.is_end_stream();
+        // Nothing of the request reached the peer yet: a failed write on a
+        // reused connection is the keep-alive race.
+        conn.io
+            .write_all(&out)
+            .await
+            .map_err(|e| reset(e, reused))?;
+        if !empty {
+            let mut trailers_sent = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| SendError {
+                    error: if e.is::<MalformedBody>() {
+                        UpstreamError::MalformedRequestBody(e.to_string())
+                    } else {
+                        UpstreamError::Reset(format!("request body: {e}"))
+                    },
+                    replayable: false,
+                })?;
+                let w = match frame.into_data() {
+                    Ok(data) if data.is_empty() => Ok(()),
+                    Ok(data) if chunked => {
+                        let mut c = BytesMut::with_capacity(data.len() + 16);
+                        c.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        c.put_slice(&data);
                         c.put_slice(b"\r\n");
-                        trailers_sent = true;
                         conn.io.write_all(&c).await
                     }
-                    _ => Ok(()),
-                },
-            };
-            w.map_err(|e| reset(e, false))?;
-            if trailers_sent || body.is_end_stream() {
-                break;
+                    Ok(data) => conn.io.write_all(&data).await,
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(t) if chunked => {
+                            let mut c = BytesMut::from(&b"0\r\n"[..]);
+                            for (k, v) in &t {
+                                c.put_slice(k.as_str().as_bytes());
+                                c.put_slice(b": ");
+                                c.put_slice(v.as_bytes());
+                                c.put_slice(b"\r\n");
+                            }
+                            c.put_slice(b"\r\n");
+                            trailers_sent = true;
+                            conn.io.write_all(&c).await
+                        }
+                        _ => Ok(()),
+                    },
+                };
+                w.map_err(|e| reset(e, false))?;
+                if trailers_sent || body.is_end_stream() {
+                    break;
+                }
+            }
+            if chunked && !trailers_sent {
+                conn.io
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|e| reset(e, false))?;
             }
         }
-        if chunked && !trailers_sent {
-            conn.io
-                .write_all(b"0\r\n\r\n")
-                .await
-                .map_err(|e| reset(e, false))?;
-        }
-    }
-    conn.io.flush().await.map_err(|e| reset(e, false))?;
+        conn.io.flush().await.map_err(|e| reset(e, false))?;
 
-    // The response head; 1xx other than 101 are skipped.
-    let (resp, keep_alive, framing) = loop {
-        let parsed = {
-            // Uninitialised slots: zeroing them all would cost more than
-            // the parse.
-            let mut slots =
-                [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-            let mut r = httparse::Response::new(&mut []);
-            match httparse::ParserConfig::default()
-                .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
-            {
-                Ok(httparse::Status::Complete(len)) => {
-                    let base = conn.buf.as_ptr() as usize;
-                    let mut fields = Vec::with_capacity(r.headers.len());
-                    for h in r.headers.iter() {
-                        let name = HeaderName::from_bytes(h.name.as_bytes())
-                            .map_err(|_| protocol("bad response header name"))?;
-                        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        // The response head; 1xx other than 101 are skipped.
+        let (resp, keep_alive, framing) = loop {
+            let parsed = {
+                // Uninitialised slots: zeroing them all would cost more than
+                // the parse.
+                let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADERS];
+                let mut r = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
+                {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let base = conn.buf.as_ptr() as usize;
+                        let mut fields = Vec::with_capacity(r.headers.len());
+                        for h in r.headers.iter() {
+                            let name = HeaderName::from_bytes(h.name.as_bytes())
+                                .map_err(|_| protocol("bad response header name"))?;
+                            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+                        }
+                        Some((len, r.code.unwrap_or(0), r.version == Some(1), fields))
                     }
-                    Some((len, r.code.unwrap_or(0), r.version == Some(1), fields))
+                    Ok(httparse::Status::Partial) => None,
+                    Err(e) => return Err(protocol(format!("bad response head: {e}"))),
                 }
-                Ok(httparse::Status::Partial) => None,
-                Err(e) => return Err(protocol(format!("bad response head: {e}"))),
+            };
+            match parsed {
+                Some((len, code, http11, fields)) => {
+                    // Values point into the head's bytes: no copy per field.
+                    let bytes = conn.buf.split_to(len).freeze();
+                    match build_head(code, http11, &bytes, fields, head_only)? {
+                        Head::Informational => continue,
+                        Head::Final(resp, keep_alive, framing) => {
+                            break (resp, keep_alive, framing);
+                        }
+                    }
+                }
+                None => {
+                    if conn.buf.len() >= MAX_HEAD {
+                        return Err(protocol("response head too large"));
+                    }
+                    let first = conn.buf.is_empty();
+                    match conn.fill().await {
+                        Ok(0) => {
+                            return Err(reset(
+                                "upstream closed before a whole response head",
+                                reused && first,
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(reset(e, reused && first)),
+                    }
+                }
             }
         };
-        match parsed {
-            Some((len, code, http11, fields)) => {
-                // Values point into the head's bytes: no copy per field.
-                let bytes = conn.buf.split_to(len).freeze();
-                match build_head(code, http11, &bytes, fields, head_only)? {
-                    Head::Informational => continue,
-                    Head::Final(resp, keep_alive, framing) => break (resp, keep_alive, framing),
-                }
-            }
-            None => {
-                if conn.buf.len() >= MAX_HEAD {
-                    return Err(protocol("response head too large"));
-                }
-                let first = conn.buf.is_empty();
-                match conn.fill().await {
-                    Ok(0) => {
-                        return Err(reset(
-                            "upstream closed before a whole response head",
-                            reused && first,
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(reset(e, reused && first)),
-                }
-            }
+        let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
+        conn.reused = true;
+        let mut body = H1Body {
+            conn: Some(conn),
+            decoder: Decoder::new(framing),
+            keep_alive,
+            pool,
+            max_idle,
+        };
+        if body.decoder.is_done() {
+            body.release();
         }
-    };
-    let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
-    conn.reused = true;
-    let mut body = H1Body {
-        conn: Some(conn),
-        decoder: Decoder::new(framing),
-        keep_alive,
-        pool,
-        max_idle,
-    };
-    if body.decoder.is_done() {
-        body.release();
+        let (parts, ()) = resp.into_parts();
+        Ok(Response::from_parts(parts, box_body(body)))
     }
-    let (parts, ()) = resp.into_parts();
-    Ok(Response::from_parts(parts, box_body(body)))
 }
 
 enum Head {
