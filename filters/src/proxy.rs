@@ -560,6 +560,8 @@ impl ProxyHandler {
     /// async fn the codec's boxed future owns directly: every async layer
     /// between the codec and the upstream exchange adds its state to the
     /// future that is moved into the box.
+    // Not an async fn on purpose (see the comment in the body).
+    #[allow(clippy::manual_async_fn)]
     fn process(
         self: Arc<Self>,
         mut req: Request,

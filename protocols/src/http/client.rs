@@ -313,6 +313,8 @@ async fn connect_fast(
 /// Sends on a pooled hand-written connection. A bodiless request that
 /// failed on a reused connection before any response byte (the peer
 /// closed it while idle) is sent again on a new connection.
+// Not an async fn on purpose (see the comment in the body).
+#[allow(clippy::manual_async_fn)]
 fn send_fast(
     pool: Arc<h1_upstream::Pool>,
     cluster: Arc<Cluster>,

@@ -161,6 +161,8 @@ pub(super) fn encode_head(parts: &http::request::Parts, body: &Body) -> EncodedH
 
 /// Sends `head` and `body` on `conn` and reads the response head; the body
 /// streams from the connection, which returns to `pool` when the body ends.
+// Not an async fn on purpose (see the comment in the body).
+#[allow(clippy::manual_async_fn)]
 pub(super) fn send(
     mut conn: Conn,
     head: EncodedHead,
