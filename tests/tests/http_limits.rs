@@ -14,6 +14,7 @@ struct Front {
     mg: Meshgate,
     port: u16,
     _echo: HttpBackend,
+    _echo_h2: HttpBackend,
 }
 
 fn front() -> Front {
@@ -49,6 +50,8 @@ fn front() -> Front {
     });
     let echo = HttpBackend::start("echo", Proto::Http1);
     let echo_addr = echo.addr;
+    let echo_h2 = HttpBackend::start("echo-h2", Proto::H2c);
+    let echo_h2_addr = echo_h2.addr;
     let port = free_port();
     let yaml = format!(
         r#"admin:
@@ -74,6 +77,8 @@ listeners:
                         route: {{cluster: silent, timeout: 500ms}}
                       - match: {{prefix: /reset}}
                         route: {{cluster: reset}}
+                      - match: {{prefix: /echo-h2}}
+                        route: {{cluster: echo_h2}}
                       - match: {{prefix: /echo}}
                         route: {{cluster: echo}}
                       - match: {{prefix: /}}
@@ -87,12 +92,16 @@ clusters:
     endpoints: [{{address: "{reset_addr}"}}]
   - name: echo
     endpoints: [{{address: "{echo_addr}"}}]
+  - name: echo_h2
+    protocol: http2
+    endpoints: [{{address: "{echo_h2_addr}"}}]
 "#
     );
     Front {
         mg: Meshgate::start(&yaml),
         port,
         _echo: echo,
+        _echo_h2: echo_h2,
     }
 }
 
@@ -136,7 +145,7 @@ fn protocol_errors(f: &Front, reason: &str) -> f64 {
 #[test]
 fn smuggling_shapes_get_400_and_close() {
     let f = front();
-    let cases: [(&str, &[u8]); 13] = [
+    let cases: [(&str, &[u8]); 14] = [
         (
             "duplicate differing content-length",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -185,6 +194,11 @@ fn smuggling_shapes_get_400_and_close() {
         (
             "bad chunk size",
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            // Found while the request streams to an HTTP/2 upstream.
+            "bad chunk size, HTTP/2 upstream",
+            b"POST /echo-h2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         ),
     ];
     for (name, bytes) in cases {

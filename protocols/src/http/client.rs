@@ -19,12 +19,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
-use meshgate_core::stream::{Request, Response, box_body};
+use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
 use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -481,6 +482,40 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
+/// A request body that notes whether it failed as malformed
+/// (`stream::MalformedBody`, raised by the downstream codec).
+struct Watched {
+    body: meshgate_core::stream::Body,
+    malformed: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = meshgate_core::stream::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &r
+            && e.is::<MalformedBody>()
+        {
+            me.malformed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl ClientCodec for Http2Client {
     fn send(
         &self,
@@ -522,7 +557,25 @@ impl ClientCodec for Http2Client {
             });
             let mut sender =
                 h2_sender(&slot, &cluster, endpoint.clone(), authority_string(&req)).await?;
+            // hyper reports a request body that failed only as the stream's
+            // reset: the watch tells a malformed downstream body (the
+            // client's fault, 400) from an upstream failure (502).
+            let malformed = (!http_body::Body::is_end_stream(req.body())).then(|| {
+                let flag = Arc::new(AtomicBool::new(false));
+                let req_body =
+                    std::mem::replace(req.body_mut(), meshgate_core::stream::empty_body());
+                *req.body_mut() = box_body(Watched {
+                    body: req_body,
+                    malformed: flag.clone(),
+                });
+                flag
+            });
             let mut result = sender.send_request(req).await;
+            if let Err(e) = &result
+                && malformed.is_some_and(|f| f.load(Ordering::Acquire))
+            {
+                return Err(UpstreamError::MalformedRequestBody(e.to_string()));
+            }
             let mut attempts = 1;
             while let Err(e) = &result
                 && attempts < REFUSED_STREAM_ATTEMPTS
