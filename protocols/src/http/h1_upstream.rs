@@ -336,8 +336,9 @@ fn build_head(
     let mut other_te = false;
     for (name, at, n) in fields {
         let raw = &bytes[at..at + n];
-        let value = HeaderValue::from_maybe_shared(bytes.slice(at..at + n))
-            .map_err(|_| protocol("bad response header value"))?;
+        // SAFETY: httparse accepted this value, and it accepts only the
+        // bytes a `HeaderValue` allows (as in `h1_server::parse_head`).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(at..at + n)) };
         if name == http::header::CONNECTION {
             if raw
                 .split(|b| *b == b',')
