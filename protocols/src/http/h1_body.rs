@@ -234,9 +234,69 @@ pub(super) fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// A header field name from the wire. The names most messages carry are
+/// matched as spelled on the wire (in the usual two cases) before the
+/// general parse: `HeaderName::from_bytes` lower-cases and classifies every
+/// name, about 120 instructions each, 4 % of a proxied HTTP/1.1 request
+/// (benches/compare/icount.sh).
+pub(super) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    use http::header;
+    Ok(match raw {
+        b"Host" | b"host" => header::HOST,
+        b"Date" | b"date" => header::DATE,
+        b"Server" | b"server" => header::SERVER,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"Connection" | b"connection" => header::CONNECTION,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => header::CONTENT_LENGTH,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+        b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+        b"ETag" | b"etag" => header::ETAG,
+        b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
+        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
+        _ => HeaderName::from_bytes(raw)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_match_the_general_parse() {
+        for raw in [
+            "Host",
+            "host",
+            "Date",
+            "Server",
+            "Accept",
+            "Connection",
+            "Content-Type",
+            "Content-Length",
+            "User-Agent",
+            "Transfer-Encoding",
+            "Last-Modified",
+            "ETag",
+            "etag",
+            "Accept-Ranges",
+            "Cache-Control",
+            "Accept-Encoding",
+            "accept-encoding",
+            "X-Custom",
+            "HOST",
+            "content-LENGTH",
+        ] {
+            assert_eq!(
+                header_name(raw.as_bytes()).unwrap(),
+                HeaderName::from_bytes(raw.as_bytes()).unwrap(),
+                "{raw}"
+            );
+        }
+        assert!(header_name(b"bad name").is_err());
+        assert!(header_name(b"").is_err());
+    }
 
     fn all(framing: Framing, input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
         let mut d = Decoder::new(framing);

@@ -15,7 +15,7 @@
 //! connection task writes the response with; `Expect: 100-continue` is
 //! answered when the body is first polled.
 
-use super::h1_body::{Decoded, Decoder, Framing, has_bare_lf};
+use super::h1_body::{Decoded, Decoder, Framing, has_bare_lf, header_name};
 use super::server::ServerOptions;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
@@ -242,7 +242,7 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
             Ok(httparse::Status::Complete(len)) => {
                 let mut fields: Vec<Field> = Vec::with_capacity(r.headers.len());
                 for h in r.headers.iter() {
-                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                    let name = header_name(h.name.as_bytes())
                         .map_err(|_| HeadError::Bad("bad header name"))?;
                     fields.push((name, offset(rbuf, h.value), h.value.len()));
                 }

@@ -9,7 +9,7 @@
 //! path in `client.rs`.
 
 use super::client::UpstreamIo;
-use super::h1_body::{Decoded, Decoder, Framing};
+use super::h1_body::{Decoded, Decoder, Framing, header_name};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
@@ -252,7 +252,7 @@ pub(super) fn send(
                         let base = conn.buf.as_ptr() as usize;
                         let mut fields = Vec::with_capacity(r.headers.len());
                         for h in r.headers.iter() {
-                            let name = HeaderName::from_bytes(h.name.as_bytes())
+                            let name = header_name(h.name.as_bytes())
                                 .map_err(|_| protocol("bad response header name"))?;
                             fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
                         }
