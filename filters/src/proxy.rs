@@ -375,7 +375,20 @@ struct HttpStats {
     /// one per status class, registered on first use so the hot path does
     /// no label formatting.
     by_route: dashmap::DashMap<(Arc<str>, Arc<str>), RouteCounters, rustc_hash::FxBuildHasher>,
+    /// A cache in front of `by_route` keyed by the addresses of the names
+    /// (the route's and the cluster's own `Arc`s): a lookup hashes two
+    /// words instead of two strings and clones nothing. An entry holds the
+    /// `Arc`s, so an address cannot be reused while it is cached; reloads
+    /// bring new `Arc`s, so the cache is emptied when it grows large.
+    by_addr: dashmap::DashMap<(usize, usize), CachedCounters, rustc_hash::FxBuildHasher>,
 }
+
+/// A `by_addr` entry: the names it is keyed by, kept alive, and their
+/// counters.
+type CachedCounters = (Arc<str>, Arc<str>, RouteCounters);
+
+/// Most `by_addr` entries before it is emptied.
+const BY_ADDR_MAX: usize = 4096;
 
 impl HttpStats {
     fn new(listener: &str) -> Self {
@@ -384,28 +397,15 @@ impl HttpStats {
             rq_total: metrics::counter!("meshgate_http_downstream_rq_total", "listener" => listener.to_string()),
             duration: metrics::histogram!("meshgate_http_downstream_rq_duration_seconds", "listener" => listener.to_string()),
             by_route: dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher),
+            by_addr: dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher),
         }
     }
 
     fn count(&self, info: &StreamInfo, status: u16) {
         static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         let empty = EMPTY.get_or_init(|| Arc::from(""));
-        let route = info.route.clone().unwrap_or_else(|| empty.clone());
-        let cluster = info
-            .upstream_cluster
-            .clone()
-            .unwrap_or_else(|| empty.clone());
-        let key = (route, cluster);
-        let counters = match self.by_route.get(&key) {
-            Some(c) => c.clone(),
-            None => {
-                let (route, cluster) = (key.0.to_string(), key.1.to_string());
-                let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route.clone(), "cluster" => cluster.clone(), "code_class" => class)
-                }));
-                self.by_route.entry(key).or_insert(c).clone()
-            }
-        };
+        let route = info.route.as_ref().unwrap_or(empty);
+        let cluster = info.upstream_cluster.as_ref().unwrap_or(empty);
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -413,7 +413,30 @@ impl HttpStats {
             400..=499 => 3,
             _ => 4,
         };
+        let addr = (
+            Arc::as_ptr(route) as *const u8 as usize,
+            Arc::as_ptr(cluster) as *const u8 as usize,
+        );
+        if let Some(c) = self.by_addr.get(&addr) {
+            c.2[class].increment(1);
+            return;
+        }
+        let key = (route.clone(), cluster.clone());
+        let counters = match self.by_route.get(&key) {
+            Some(c) => c.clone(),
+            None => {
+                let (route, cluster) = (key.0.to_string(), key.1.to_string());
+                let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route.clone(), "cluster" => cluster.clone(), "code_class" => class)
+                }));
+                self.by_route.entry(key.clone()).or_insert(c).clone()
+            }
+        };
         counters[class].increment(1);
+        if self.by_addr.len() >= BY_ADDR_MAX {
+            self.by_addr.clear();
+        }
+        self.by_addr.insert(addr, (key.0, key.1, counters));
     }
 }
 
@@ -852,6 +875,45 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(route: &Arc<str>, cluster: &Arc<str>) -> StreamInfo {
+        let a = "127.0.0.1:1".parse().unwrap();
+        let conn = meshgate_core::network::ConnectionInfo {
+            id: 1,
+            listener: Arc::from("l"),
+            peer_addr: a,
+            local_addr: a,
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Default::default(),
+        };
+        let mut i = StreamInfo::new(Arc::new(conn), "http1");
+        i.route = Some(route.clone());
+        i.upstream_cluster = Some(cluster.clone());
+        i
+    }
+
+    #[test]
+    fn status_counters_are_cached_by_address_and_shared_by_name() {
+        let stats = HttpStats::new("l");
+        let (r, c) = (Arc::<str>::from("r"), Arc::<str>::from("c"));
+        stats.count(&info(&r, &c), 200);
+        stats.count(&info(&r, &c), 503);
+        assert_eq!((stats.by_addr.len(), stats.by_route.len()), (1, 1));
+        // A reload's new route with the same name: a new address, the
+        // same counters.
+        let r2 = Arc::<str>::from("r");
+        stats.count(&info(&r2, &c), 200);
+        assert_eq!((stats.by_addr.len(), stats.by_route.len()), (2, 1));
+        // The address cache is bounded.
+        for n in 0..BY_ADDR_MAX + 10 {
+            let r = Arc::<str>::from(format!("r{}", n % 3).as_str());
+            stats.count(&info(&r, &c), 200);
+        }
+        assert!(stats.by_addr.len() <= BY_ADDR_MAX);
+        assert_eq!(stats.by_route.len(), 4);
+    }
 
     #[test]
     fn seen_finds_every_header_the_proxy_acts_on() {
