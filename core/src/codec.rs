@@ -56,6 +56,9 @@ pub enum UpstreamError {
     Reset(String),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// No response head by the deadline given to `ClientCodec::send_by`.
+    #[error("no response by the deadline")]
+    Timeout,
     /// The downstream request body was malformed (`stream::MalformedBody`)
     /// while it was being sent: the client's fault, answered with 400.
     #[error("{0}")]
@@ -77,6 +80,26 @@ pub trait ClientCodec: Send + Sync + 'static {
         endpoint: &Arc<Endpoint>,
         req: Request,
     ) -> UpstreamFuture;
+
+    /// Sends like [`send`](Self::send), failing with
+    /// `UpstreamError::Timeout` if no response head arrived by `deadline`;
+    /// `Err(req)` (the default) if the codec does not watch deadlines
+    /// itself, and the caller arms a timer around `send`. A codec that
+    /// owns its connection for the exchange can watch the deadline with
+    /// one timer per connection, re-armed only when it fires, instead of a
+    /// timer registered and cancelled per request.
+    // The request comes back unsent when the codec declines: moved, not
+    // boxed, as the common path must not allocate for it.
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        _cluster: &Arc<Cluster>,
+        _endpoint: &Arc<Endpoint>,
+        req: Request,
+        _deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        Err(req)
+    }
 
     /// These endpoint addresses left the cluster (its endpoints were
     /// updated in place): drop their pools. Requests in flight on their

@@ -106,6 +106,8 @@ struct Sending {
     send: UpstreamFuture,
     endpoint: Arc<Endpoint>,
     guard: RequestGuard,
+    /// The codec took the deadline (`ClientCodec::send_by`).
+    watched: bool,
 }
 
 /// Sends `req` to `cluster` under `policy`; always yields a response (a
@@ -142,8 +144,23 @@ pub fn forward<'a>(
             if let Some(t) = policy.per_try_timeout.filter(|t| !t.is_zero()) {
                 timeout = Some(timeout.map_or(t, |r| r.min(t)));
             }
-            match start(cluster, &codec, req, info, &LbContext { hash }, &[]) {
-                Ok(s) => Step::Sending(s),
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            match start(
+                cluster,
+                &codec,
+                req,
+                info,
+                &LbContext { hash },
+                &[],
+                deadline,
+            ) {
+                Ok(s) => {
+                    if s.watched {
+                        // The codec watches the deadline itself.
+                        timeout = None;
+                    }
+                    Step::Sending(s)
+                }
                 Err(reason) => Step::Fail(reason),
             }
         }
@@ -168,6 +185,7 @@ pub fn forward<'a>(
             send,
             endpoint,
             guard,
+            ..
         } = sending;
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, send).await {
@@ -230,7 +248,7 @@ async fn retrying(
         },
         _ => {
             let req = Request::from_parts(parts, body);
-            let attempt = match start(cluster, &codec, req, info, &ctx, &[]) {
+            let attempt = match start(cluster, &codec, req, info, &ctx, &[], None) {
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false).await,
                 Err(reason) => Attempt::Fail(reason),
             };
@@ -260,7 +278,7 @@ async fn retrying(
         }
         let req = b.body(full_body(kept.clone())).expect("parts were valid");
         let status_retry = n < policy.num_retries;
-        let attempt = match start(cluster, &codec, req, info, &ctx, &tried) {
+        let attempt = match start(cluster, &codec, req, info, &ctx, &tried, None) {
             Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry).await,
             Err(reason) => Attempt::Fail(reason),
         };
@@ -273,7 +291,8 @@ async fn retrying(
     local_reply(info, last)
 }
 
-/// Chooses an endpoint (not one of `tried`) and starts the exchange.
+/// Chooses an endpoint (not one of `tried`) and starts the exchange, with
+/// the codec watching `deadline` if it can.
 fn start(
     cluster: &Arc<Cluster>,
     codec: &Arc<dyn ClientCodec>,
@@ -281,17 +300,25 @@ fn start(
     info: &mut StreamInfo,
     ctx: &LbContext,
     tried: &[SocketAddr],
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Sending, LocalReason> {
     let endpoint = cluster
         .choose(ctx, tried)
         .ok_or(LocalReason::NoHealthyUpstream)?;
     info.upstream_host = Some(endpoint.address);
     let guard = endpoint.start_request();
-    let send = codec.send(cluster, &endpoint, req);
+    let (send, watched) = match deadline {
+        Some(d) => match codec.send_by(cluster, &endpoint, req, d) {
+            Ok(send) => (send, true),
+            Err(req) => (codec.send(cluster, &endpoint, req), false),
+        },
+        None => (codec.send(cluster, &endpoint, req), false),
+    };
     Ok(Sending {
         send,
         endpoint,
         guard,
+        watched,
     })
 }
 
@@ -307,6 +334,7 @@ async fn try_once(
         send,
         endpoint,
         guard,
+        ..
     } = s;
     let result = match policy.per_try_timeout {
         Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
@@ -360,6 +388,7 @@ fn settle(
             ));
         }
         Err(UpstreamError::Overflow) => return Attempt::Fail(LocalReason::Overflow),
+        Err(UpstreamError::Timeout) => LocalReason::UpstreamTimeout,
         Err(UpstreamError::Connect(e)) => {
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream connect failure");
             tried.push(endpoint.address);

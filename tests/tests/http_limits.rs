@@ -404,3 +404,97 @@ clusters:
     }
     drop(mg);
 }
+
+#[test]
+fn route_timeouts_hold_on_a_reused_upstream_connection() {
+    // meshgate watches an HTTP/1.1 exchange's deadline with one timer per
+    // upstream connection. On one kept-alive connection: a short deadline
+    // after a long one must still fire on time (504), and a long one
+    // after a short one must not fire early (200 after 600 ms).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let req = String::from_utf8_lossy(&head[..end]).to_string();
+                        head.drain(..end + 4);
+                        if req.contains(" /hang") {
+                            std::thread::sleep(Duration::from_secs(30));
+                            return;
+                        }
+                        if req.contains(" /slow") {
+                            std::thread::sleep(Duration::from_millis(600));
+                        }
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /short}}
+                        route: {{cluster: b, timeout: 300ms}}
+                      - match: {{prefix: /hang}}
+                        route: {{cluster: b, timeout: 300ms}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: b, timeout: 10s}}
+clusters:
+  - name: b
+    endpoints: [{{address: "{addr}"}}]
+"#
+    ));
+    let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Long deadline, then a short one that the upstream never answers.
+    assert_eq!(http_get(front, "/long").unwrap().0, 200);
+    let t = Instant::now();
+    assert_eq!(http_get(front, "/hang").unwrap().0, 504);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Short deadline, then a long one on the same connection that takes
+    // longer than the short one.
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(http_get(front, "/short").unwrap().0, 200);
+    let t = Instant::now();
+    assert_eq!(http_get(front, "/slow").unwrap().0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(550));
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "the two requests were meant to share one upstream connection"
+    );
+    drop(mg);
+}

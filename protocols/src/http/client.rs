@@ -205,42 +205,102 @@ impl ClientCodec for Http1Client {
         &self,
         cluster: &Arc<Cluster>,
         endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        match self.send_fast_path(cluster, endpoint, req, None) {
+            Ok(f) => f,
+            Err(req) => self.send_upgradable(cluster, endpoint, req),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        self.send_fast_path(cluster, endpoint, req, Some(deadline))
+    }
+
+    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+        // Idle connections close now; busy ones hold only a weak reference
+        // to their pool, so they close once their response is done.
+        for a in addresses {
+            self.pools.remove(a);
+            self.fast.remove(a);
+        }
+    }
+}
+
+/// HTTP/1 wants origin-form and a Host header.
+fn to_origin_form(req: &mut Request) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        if !req.headers().contains_key(http::header::HOST)
+            && let Some(a) = authority(req)
+        {
+            req.headers_mut().insert(http::header::HOST, a);
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}
+
+impl Http1Client {
+    /// The hand-written pool, the common case: one shared-lock lookup (an
+    /// `entry` would take the shard's write lock on every request). The
+    /// head is encoded here, before the future is built, so the future
+    /// holds its bytes rather than the request (a smaller future to move).
+    /// `Err(req)` for a request that may upgrade: that goes to hyper.
+    #[allow(clippy::result_large_err)]
+    fn send_fast_path(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<UpstreamFuture, Request> {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Err(req);
+        }
+        to_origin_form(&mut req);
+        let fast = match self.fast.get(&endpoint.address) {
+            Some(p) => p.clone(),
+            None => self.fast.entry(endpoint.address).or_default().clone(),
+        };
+        let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
+        let (parts, body) = req.into_parts();
+        let head = h1_upstream::encode_head(&parts, &body);
+        drop(parts);
+        Ok(Box::pin(send_fast(
+            fast,
+            cluster.clone(),
+            endpoint.clone(),
+            head,
+            body,
+            auth,
+            self.opts.clone(),
+            deadline,
+        )))
+    }
+
+    /// Through hyper, which can hand the connection over on a 101.
+    fn send_upgradable(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
         mut req: Request,
     ) -> UpstreamFuture {
-        // HTTP/1 wants origin-form and a Host header.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            if !req.headers().contains_key(http::header::HOST)
-                && let Some(a) = authority(&req)
-            {
-                req.headers_mut().insert(http::header::HOST, a);
-            }
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into());
-            *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
-        }
-        *req.version_mut() = http::Version::HTTP_11;
+        to_origin_form(&mut req);
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
-        // The hand-written pool is the common case: one shared-lock lookup
-        // (an `entry` would take the shard's write lock on every request),
-        // and the hyper pool only for requests that may upgrade. The head
-        // is encoded here, before the future is built, so the future holds
-        // its bytes rather than the request (a smaller future to move).
-        if !req.headers().contains_key(http::header::UPGRADE) {
-            let fast = match self.fast.get(&endpoint.address) {
-                Some(p) => p.clone(),
-                None => self.fast.entry(endpoint.address).or_default().clone(),
-            };
-            let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
-            let (parts, body) = req.into_parts();
-            let head = h1_upstream::encode_head(&parts, &body);
-            drop(parts);
-            return Box::pin(send_fast(fast, cluster, endpoint, head, body, auth, opts));
-        }
         let pool = self.pool(endpoint.address);
         Box::pin(async move {
             let mut sender = match take_idle(&pool, opts.idle_timeout) {
@@ -285,14 +345,22 @@ impl ClientCodec for Http1Client {
             Ok(Response::from_parts(parts, box_body(body)))
         })
     }
+}
 
-    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
-        // Idle connections close now; busy ones hold only a weak reference
-        // to their pool, so they close once their response is done.
-        for a in addresses {
-            self.pools.remove(a);
-            self.fast.remove(a);
-        }
+/// Connects (boxed: a rare path with a large TLS handshake state), within
+/// the deadline if any.
+async fn connect_by(
+    cluster: &Arc<Cluster>,
+    endpoint: &Arc<Endpoint>,
+    auth: Option<String>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<h1_upstream::Conn, UpstreamError> {
+    let connect = Box::pin(connect_fast(cluster, endpoint, auth));
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, connect)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?,
+        None => connect.await,
     }
 }
 
@@ -316,6 +384,7 @@ async fn connect_fast(
 /// closed it while idle) is sent again on a new connection.
 // Not an async fn on purpose (see the comment in the body).
 #[allow(clippy::manual_async_fn)]
+#[allow(clippy::too_many_arguments)]
 fn send_fast(
     pool: Arc<h1_upstream::Pool>,
     cluster: Arc<Cluster>,
@@ -324,6 +393,7 @@ fn send_fast(
     body: meshgate_core::stream::Body,
     auth: Option<String>,
     opts: PoolOptions,
+    deadline: Option<tokio::time::Instant>,
 ) -> impl Future<Output = Result<Response, UpstreamError>> + Send {
     // An async block rather than an async fn: its captures are not copied
     // again into locals, and connecting (rare, with a large TLS handshake
@@ -344,17 +414,26 @@ fn send_fast(
         };
         let conn = match idle {
             Some(c) => c,
-            None => Box::pin(connect_fast(&cluster, &endpoint, auth.clone())).await?,
+            None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
         let weak = Arc::downgrade(&pool);
-        match h1_upstream::send(conn, head, body, weak.clone(), opts.max_idle_per_endpoint).await {
+        match h1_upstream::send(
+            conn,
+            head,
+            body,
+            weak.clone(),
+            opts.max_idle_per_endpoint,
+            deadline,
+        )
+        .await
+        {
             Ok(resp) => Ok(resp),
             Err(e) => match replay {
                 Some(head) if e.replayable => {
                     tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
-                    let conn = Box::pin(connect_fast(&cluster, &endpoint, auth)).await?;
+                    let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
                     let body = meshgate_core::stream::empty_body();
-                    h1_upstream::send(conn, head, body, weak, opts.max_idle_per_endpoint)
+                    h1_upstream::send(conn, head, body, weak, opts.max_idle_per_endpoint, deadline)
                         .await
                         .map_err(|e| e.error)
                 }
