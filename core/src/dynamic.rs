@@ -40,9 +40,9 @@ pub fn channel() -> (DynamicSender, DynamicReceiver) {
 }
 
 /// The merged model: the file's static listeners and clusters first, then
-/// the dynamic ones. A dynamic resource may not take a static one's name.
-/// Also returns how many listeners and clusters are static, to name
-/// dynamic resources in errors.
+/// the dynamic ones (shared with both, not copied). A dynamic resource may
+/// not take a static one's name. Also returns how many listeners and
+/// clusters are static, to name dynamic resources in errors.
 pub fn merge(file: &Config, dynamic: Option<&Config>) -> Result<(Config, Counts), ConfigError> {
     let mut merged = file.clone();
     let counts = Counts {
@@ -85,11 +85,11 @@ pub struct Counts {
 
 /// An error found in a merged config: when it is about a dynamic resource
 /// (`listeners[i]` with `i` past the static ones), it is renamed after the
-/// resource (`Listener 'web'.filter_chains[0]...`) and said to come from
-/// `source`, with no line.
+/// resource of `dynamic` (`Listener 'web'.filter_chains[0]...`) and said to
+/// come from `source`, with no line.
 pub fn rename_error(
     err: ConfigError,
-    merged: &Config,
+    dynamic: &Config,
     counts: Counts,
     source: &str,
 ) -> ConfigError {
@@ -107,9 +107,14 @@ pub fn rename_error(
         return err;
     };
     let name = match kind {
-        "Listener" if i >= counts.listeners => merged.listeners.get(i).map(|l| &l.name),
-        "Cluster" if i >= counts.clusters => merged.clusters.get(i).map(|c| &c.name),
-        _ => None,
+        "Listener" => i
+            .checked_sub(counts.listeners)
+            .and_then(|i| dynamic.listeners.get(i))
+            .map(|l| &l.name),
+        _ => i
+            .checked_sub(counts.clusters)
+            .and_then(|i| dynamic.clusters.get(i))
+            .map(|c| &c.name),
     };
     match name {
         Some(n) => ConfigError {
@@ -126,9 +131,12 @@ pub fn rename_error(
 mod tests {
     use super::*;
     use crate::config::ClusterConfig;
+    use std::sync::Arc;
 
-    fn cluster(name: &str) -> ClusterConfig {
-        serde_json::from_value(serde_json::json!({"name": name, "endpoints": []})).unwrap()
+    fn cluster(name: &str) -> Arc<ClusterConfig> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({"name": name, "endpoints": []})).unwrap(),
+        )
     }
 
     #[test]
@@ -149,14 +157,22 @@ mod tests {
         };
         let (m, counts) = merge(&file, Some(&dynamic)).unwrap();
         assert_eq!(m.clusters.len(), 2);
+        // Shared, not copied.
+        assert!(Arc::ptr_eq(&m.clusters[1], &dynamic.clusters[0]));
         let err = ConfigError {
             file: "f.yaml".into(),
             line: Some(3),
             field: "clusters[1].endpoints[0].address".into(),
             message: "bad".into(),
         };
-        let e = rename_error(err, &m, counts, "xds");
+        let e = rename_error(err.clone(), &dynamic, counts, "xds");
         assert_eq!(e.field, "Cluster 'b'.endpoints[0].address");
         assert_eq!(e.line, None);
+        // A static resource's error keeps its file and line.
+        let err = ConfigError {
+            field: "clusters[0].name".into(),
+            ..err
+        };
+        assert_eq!(rename_error(err.clone(), &dynamic, counts, "xds"), err);
     }
 }

@@ -5,13 +5,13 @@
 //! drain time, and returns.
 
 use crate::admin::{self, AdminState};
-use crate::cluster::ClusterRefs;
-use crate::config::{ClusterConfig, Config, ConfigSource, load_file};
+use crate::cluster::{ClusterManager, ClusterRefs};
+use crate::config::{Config, ConfigSource, FilterChainConfig, ListenerConfig, load_file};
 use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
 use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::registry::Registry;
-use crate::snapshot::{BuildMode, Snapshot};
+use crate::snapshot::{BuildMode, Reload, Snapshot};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -113,10 +113,7 @@ pub async fn run_with_dynamic(
         tracker: tracker.clone(),
         dns: background.child_token(),
     };
-    snapshot
-        .load()
-        .clusters
-        .spawn_dns_refresh(&snapshot.load().config.clusters, live.dns.clone());
+    snapshot.load().clusters.spawn_dns_refresh(live.dns.clone());
     for (compiled, sock) in bound {
         live.start(compiled, sock);
     }
@@ -146,7 +143,7 @@ pub async fn run_with_dynamic(
             _ = &mut stop_sig => break,
             _ = stop.cancelled() => break,
             Some(u) = async { match dynamic.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
-                let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), &registry, &snapshot, &mut live).await;
+                let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), Reload::Dynamic, &registry, &snapshot, &mut live).await;
                 match &res {
                     Ok(version) => {
                         metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
@@ -176,7 +173,7 @@ pub async fn run_with_dynamic(
         let res = match loaded {
             Ok((cfg, src)) => {
                 let d = dyn_cfg.as_ref().map(|(c, i)| (c, i));
-                let r = apply(&cfg, &src, d, &registry, &snapshot, &mut live).await;
+                let r = apply(&cfg, &src, d, Reload::File, &registry, &snapshot, &mut live).await;
                 if r.is_ok() {
                     file_cfg = (cfg, src);
                 }
@@ -301,22 +298,33 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
 /// cluster it uses was rebuilt. Listeners that went away stop accepting
 /// and retire.
 /// The config is the file's, merged with the dynamic part if any; an error
-/// about a dynamic resource is named after it.
+/// about a dynamic resource is named after it. `reload` is what triggered
+/// the apply (a file reload re-reads the TLS files of clusters).
 async fn apply(
     file: &Config,
     source: &ConfigSource,
     dynamic: Option<(&Config, &DynamicInfo)>,
+    reload: Reload,
     registry: &Registry,
     current: &ArcSwap<Snapshot>,
     live: &mut Live,
 ) -> Result<u64, ConfigError> {
     let (config, counts) = merge(file, dynamic.map(|d| d.0))?;
-    let dyn_source = dynamic.map(|d| d.1.source.clone()).unwrap_or_default();
-    let rename = |e: ConfigError, c: &Config| rename_error(e, c, counts, &dyn_source);
-    let merged = config.clone();
+    let no_dynamic = Config::default();
+    let (dyn_config, dyn_source) = match dynamic {
+        Some((c, info)) => (c, info.source.as_str()),
+        None => (&no_dynamic, ""),
+    };
+    let rename = |e: ConfigError| rename_error(e, dyn_config, counts, dyn_source);
     let old = current.load_full();
-    let mut next = Snapshot::build_from(config, source, registry, BuildMode::Serve, Some(&old))
-        .map_err(|e| rename(e, &merged))?;
+    let mut next = Snapshot::build_from(
+        config,
+        source,
+        registry,
+        BuildMode::Serve,
+        Some((&old, reload)),
+    )
+    .map_err(rename)?;
     next.dynamic = dynamic.map(|d| d.1.clone());
     if let Some(d) = dynamic {
         next.source = format!("{} + {}", next.source, d.1.source);
@@ -329,10 +337,12 @@ async fn apply(
     for (i, l) in next.listeners.iter().enumerate() {
         if !live.listeners.contains_key(&key(l)) {
             let sock = Socket::bind(l).map_err(|e| {
-                rename(
-                    bind_error(source, format!("listeners[{i}].address"), l.address, e),
-                    &merged,
-                )
+                rename(bind_error(
+                    source,
+                    format!("listeners[{i}].address"),
+                    l.address,
+                    e,
+                ))
             })?;
             fresh.push((l.clone(), sock));
         }
@@ -342,36 +352,8 @@ async fn apply(
     live.dns.cancel();
     next.clusters.commit_endpoints();
     // Which listeners changed: their own config, or a cluster they use.
-    let old_clusters: HashMap<&str, &ClusterConfig> = old
-        .config
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), c))
-        .collect();
-    let new_clusters: HashMap<&str, &ClusterConfig> = next
-        .config
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), c))
-        .collect();
-    let old_cfg: HashMap<(&str, bool), serde_json::Value> = old
-        .config
-        .listeners
-        .iter()
-        .filter_map(|l| {
-            Some((
-                (l.address.as_str(), l.quic.is_some()),
-                serde_json::to_value(l).ok()?,
-            ))
-        })
-        .collect();
-    let old_tls: HashMap<(&str, bool), serde_json::Value> = old
-        .config
-        .listeners
-        .iter()
-        .filter_map(|l| Some(((l.address.as_str(), l.quic.is_some()), without_tls(l)?)))
-        .collect();
-    let old_listeners: HashMap<(&str, bool), &crate::config::ListenerConfig> = old
+    // (Unchanged configs are mostly the same `Arc`s: comparing is cheap.)
+    let old_listeners: HashMap<(&str, bool), &Arc<ListenerConfig>> = old
         .config
         .listeners
         .iter()
@@ -381,14 +363,16 @@ async fn apply(
     for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
         if let Some(ll) = live.listeners.get(&key(l)) {
             keep.insert(key(l));
-            let k = (cfg.address.as_str(), cfg.quic.is_some());
+            let was = old_listeners
+                .get(&(cfg.address.as_str(), cfg.quic.is_some()))
+                .copied();
             let clusters_kept = same_clusters(
                 &ll.running.compiled.load().clusters,
                 &l.clusters,
-                &old_clusters,
-                &new_clusters,
+                &old.clusters,
+                &next.clusters,
             );
-            let same = clusters_kept && old_cfg.get(&k) == serde_json::to_value(cfg).ok().as_ref();
+            let same = clusters_kept && was == Some(cfg);
             // Only certificates (or other TLS settings) changed, e.g. an
             // SDS rotation: new handshakes use them; open connections
             // already negotiated and go on undisturbed. (A QUIC endpoint
@@ -396,9 +380,7 @@ async fn apply(
             let tls_only = !same
                 && clusters_kept
                 && cfg.quic.is_none()
-                && old_tls
-                    .get(&k)
-                    .is_some_and(|o| Some(o) == without_tls(cfg).as_ref());
+                && was.is_some_and(|o| same_but_tls(o, cfg));
             if same {
                 // Still swapped: new connections get the new snapshot's
                 // filter chains (the same clusters).
@@ -406,14 +388,14 @@ async fn apply(
             } else if tls_only {
                 tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
                 ll.running.compiled.store(l.clone());
-            } else if old_listeners.get(&k).is_some_and(|o| {
+            } else if was.is_some_and(|o| {
                 adopt_live(
                     o,
                     cfg,
                     &ll.running.compiled.load_full(),
                     l,
-                    &old_clusters,
-                    &new_clusters,
+                    &old.clusters,
+                    &next.clusters,
                 )
             }) {
                 tracing::info!(listener = %l.name, address = %l.address, "listener filters updated live (e.g. routes): open connections take it on their next stream");
@@ -441,8 +423,7 @@ async fn apply(
         live.start(compiled, sock);
     }
     live.dns = live.accept_stop.child_token();
-    next.clusters
-        .spawn_dns_refresh(&next.config.clusters, live.dns.clone());
+    next.clusters.spawn_dns_refresh(live.dns.clone());
     let version = next.version;
     current.store(Arc::new(next));
     Ok(version)
@@ -456,18 +437,18 @@ async fn apply(
 fn same_clusters(
     live: &ClusterRefs,
     next: &ClusterRefs,
-    old_cfg: &HashMap<&str, &ClusterConfig>,
-    new_cfg: &HashMap<&str, &ClusterConfig>,
+    old: &ClusterManager,
+    new: &ClusterManager,
 ) -> bool {
     live.len() == next.len()
         && live.iter().zip(next).all(|((name, a), (next_name, b))| {
-            name == next_name
-                && (Arc::ptr_eq(a, b)
-                    || matches!(
-                        (old_cfg.get(&**name), new_cfg.get(&**name)),
-                        (Some(o), Some(n)) if o == n
-                    ))
+            name == next_name && (Arc::ptr_eq(a, b) || same_config(name, old, new))
         })
+}
+
+/// Whether the cluster `name` has the same config in both managers.
+fn same_config(name: &str, old: &ClusterManager, new: &ClusterManager) -> bool {
+    matches!((old.config(name), new.config(name)), (Some(o), Some(n)) if o == n)
 }
 
 /// Whether `next` can replace `live` without retiring its connections:
@@ -477,16 +458,14 @@ fn same_clusters(
 /// clusters both use are unchanged. If so the filters take over (open
 /// connections see the new config on their next stream) and `true`.
 fn adopt_live(
-    old_cfg: &crate::config::ListenerConfig,
-    new_cfg: &crate::config::ListenerConfig,
+    old_cfg: &ListenerConfig,
+    new_cfg: &ListenerConfig,
     live: &CompiledListener,
     next: &CompiledListener,
-    old_clusters: &HashMap<&str, &ClusterConfig>,
-    new_clusters: &HashMap<&str, &ClusterConfig>,
+    old_clusters: &ClusterManager,
+    new_clusters: &ClusterManager,
 ) -> bool {
-    let shape = without_filter_configs(old_cfg);
-    if shape.is_none()
-        || shape != without_filter_configs(new_cfg)
+    if !same_but_filter_configs(old_cfg, new_cfg)
         || live.chains.len() != next.chains.len()
         || next.chains.len() != new_cfg.filter_chains.len()
     {
@@ -499,13 +478,7 @@ fn adopt_live(
         .iter()
         .all(|(name, a)| match next.clusters.get(name) {
             None => true,
-            Some(b) => {
-                Arc::ptr_eq(a, b)
-                    || matches!(
-                        (old_clusters.get(&**name), new_clusters.get(&**name)),
-                        (Some(o), Some(n)) if o == n
-                    )
-            }
+            Some(b) => Arc::ptr_eq(a, b) || same_config(name, old_clusters, new_clusters),
         });
     if !kept {
         return false;
@@ -537,31 +510,73 @@ fn adopt_live(
     true
 }
 
-/// A listener's config with each filter's own config left out.
-fn without_filter_configs(l: &crate::config::ListenerConfig) -> Option<serde_json::Value> {
-    let mut v = serde_json::to_value(l).ok()?;
-    for c in v.get_mut("filter_chains")?.as_array_mut()? {
-        for f in c.get_mut("filters")?.as_array_mut()? {
-            if let Some(o) = f.as_object_mut() {
-                o.remove("config");
-            }
-        }
-    }
-    Some(v)
+/// Whether two listener configs are the same but for each filter's own
+/// config (the filters' names and order included).
+fn same_but_filter_configs(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    same_but_chains(a, b, |x, y| {
+        let FilterChainConfig {
+            name,
+            filter_chain_match,
+            tls,
+            filters,
+        } = x;
+        *name == y.name
+            && *filter_chain_match == y.filter_chain_match
+            && *tls == y.tls
+            && filters.len() == y.filters.len()
+            && filters
+                .iter()
+                .zip(&y.filters)
+                .all(|(f, g)| f.name == g.name)
+    })
 }
 
-/// A listener's config with its chains' TLS settings left out (only
-/// whether a chain terminates TLS stays), to tell a TLS-only change.
-fn without_tls(l: &crate::config::ListenerConfig) -> Option<serde_json::Value> {
-    let mut v = serde_json::to_value(l).ok()?;
-    for c in v.get_mut("filter_chains")?.as_array_mut()? {
-        if let Some(o) = c.as_object_mut()
-            && let Some(t) = o.get_mut("tls")
-        {
-            *t = serde_json::Value::Bool(true);
-        }
-    }
-    Some(v)
+/// Whether two listener configs are the same but for their chains' TLS
+/// settings (whether a chain terminates TLS must stay), to tell a TLS-only
+/// change.
+fn same_but_tls(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    same_but_chains(a, b, |x, y| {
+        let FilterChainConfig {
+            name,
+            filter_chain_match,
+            tls,
+            filters,
+        } = x;
+        *name == y.name
+            && *filter_chain_match == y.filter_chain_match
+            && tls.is_some() == y.tls.is_some()
+            && *filters == y.filters
+    })
+}
+
+/// Whether two listener configs are the same, their filter chains compared
+/// pairwise by `chain_eq`.
+fn same_but_chains(
+    a: &ListenerConfig,
+    b: &ListenerConfig,
+    chain_eq: impl Fn(&FilterChainConfig, &FilterChainConfig) -> bool,
+) -> bool {
+    // Destructured so that a new setting cannot be forgotten here.
+    let ListenerConfig {
+        name,
+        address,
+        backlog,
+        max_connections,
+        listener_filters_timeout,
+        quic,
+        filter_chains,
+    } = a;
+    *name == b.name
+        && *address == b.address
+        && *backlog == b.backlog
+        && *max_connections == b.max_connections
+        && *listener_filters_timeout == b.listener_filters_timeout
+        && *quic == b.quic
+        && filter_chains.len() == b.filter_chains.len()
+        && filter_chains
+            .iter()
+            .zip(&b.filter_chains)
+            .all(|(x, y)| chain_eq(x, y))
 }
 
 async fn stop_signal() {
@@ -577,5 +592,54 @@ async fn stop_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(v: serde_json::Value) -> ListenerConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "name": "web",
+            "address": "127.0.0.1:8080",
+            "filter_chains": [{
+                "tls": {"certificates": [{"certificate_chain": "a.pem", "private_key": "a.key"}]},
+                "filters": [{"name": "proxy", "config": {"route_config": {"name": "r1"}}}],
+            }],
+        })
+    }
+
+    #[test]
+    fn listener_changes_are_told_apart() {
+        let old = listener(base());
+        let mut v = base();
+        v["filter_chains"][0]["tls"]["certificates"][0]["certificate_chain"] = "b.pem".into();
+        let new_cert = listener(v);
+        assert!(same_but_tls(&old, &new_cert));
+        assert!(!same_but_filter_configs(&old, &new_cert));
+
+        let mut v = base();
+        v["filter_chains"][0]["filters"][0]["config"]["route_config"]["name"] = "r2".into();
+        let new_routes = listener(v);
+        assert!(same_but_filter_configs(&old, &new_routes));
+        assert!(!same_but_tls(&old, &new_routes));
+
+        // Dropping TLS, renaming a filter or moving the listener is more.
+        let mut v = base();
+        v["filter_chains"][0].as_object_mut().unwrap().remove("tls");
+        assert!(!same_but_tls(&old, &listener(v)));
+        let mut v = base();
+        v["filter_chains"][0]["filters"][0]["name"] = "tcp_proxy".into();
+        assert!(!same_but_filter_configs(&old, &listener(v)));
+        let mut v = base();
+        v["backlog"] = 16.into();
+        let moved = listener(v);
+        assert!(!same_but_tls(&old, &moved) && !same_but_filter_configs(&old, &moved));
+        assert!(same_but_tls(&old, &old) && same_but_filter_configs(&old, &old));
     }
 }

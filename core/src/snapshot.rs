@@ -41,6 +41,16 @@ pub enum BuildMode {
     Validate,
 }
 
+/// What a rebuild was triggered by, which decides what it may reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The config file was loaded again: clusters whose TLS reads files
+    /// are rebuilt, so that the files are read again.
+    File,
+    /// A dynamic (xDS) update: every unchanged cluster is reused.
+    Dynamic,
+}
+
 impl Snapshot {
     /// Compiles `config`; every error names file, line and field.
     pub fn build(
@@ -58,7 +68,7 @@ impl Snapshot {
         source: &ConfigSource,
         registry: &Registry,
         mode: BuildMode,
-        previous: Option<&Snapshot>,
+        previous: Option<(&Snapshot, Reload)>,
     ) -> Result<Self, ConfigError> {
         let admin_address = match &config.admin {
             None => None,
@@ -101,7 +111,7 @@ impl Snapshot {
             registry,
             source,
             mode == BuildMode::Serve,
-            previous.map(|p| (&p.clusters, p.config.clusters.as_slice())),
+            previous.map(|(p, reload)| (&p.clusters, reload == Reload::File)),
         )?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut names = HashSet::new();

@@ -6,7 +6,10 @@
 //! (RDS names from listeners, EDS names from clusters), EDS clusters and
 //! RDS listeners warm (they are served only once their endpoints and
 //! routes are known), and a broken stream is re-opened with jittered
-//! back-off while the last good config keeps serving.
+//! back-off while the last good config keeps serving. Resources are shared
+//! (`Arc`) from the accepted state to the served config, and only what a
+//! response changed is composed again: a route update costs the route, not
+//! the clusters.
 
 use crate::tls::{SECRET, Secret};
 use crate::translate::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, TranslateError};
@@ -76,28 +79,103 @@ impl Bootstrap {
     }
 }
 
+/// Accepted resources of one type by name, shared between states.
+type Shared<T> = Arc<BTreeMap<String, Arc<T>>>;
+
 /// Accepted resources of every type, and the protocol state per type.
+/// A response is tried on a copy of the state (`apply`); the resource maps
+/// are shared between copies and copied on write, and so are the resources
+/// in them, so a copy costs what the response changes, not what the state
+/// holds.
 #[derive(Default, Clone)]
 struct State {
-    clusters: BTreeMap<String, translate::Cluster>,
-    endpoints: BTreeMap<String, Vec<EndpointConfig>>,
-    routes: BTreeMap<String, RouteConfig>,
-    listeners: BTreeMap<String, lds::Listener>,
-    secrets: BTreeMap<String, Secret>,
+    clusters: Shared<translate::Cluster>,
+    endpoints: Shared<Vec<EndpointConfig>>,
+    routes: Shared<RouteConfig>,
+    listeners: Shared<lds::Listener>,
+    secrets: Shared<Secret>,
+    /// The clusters last composed from `clusters`, `endpoints` and
+    /// `secrets`.
+    composed: Arc<ComposedClusters>,
+    /// The listeners last translated, by name.
+    translated: Arc<BTreeMap<String, Arc<TranslatedListener>>>,
     /// Last accepted version per type URL.
     versions: HashMap<&'static str, String>,
     /// Last nonce seen per type URL.
     nonces: HashMap<&'static str, String>,
 }
 
+/// The dynamic clusters as composed from CDS, EDS and SDS, and the maps
+/// they were composed from: while those are the same (a route or listener
+/// update), so are the clusters, which are then neither composed again nor
+/// copied.
+#[derive(Default)]
+struct ComposedClusters {
+    from: (
+        Shared<translate::Cluster>,
+        Shared<Vec<EndpointConfig>>,
+        Shared<Secret>,
+    ),
+    by_name: BTreeMap<String, ComposedCluster>,
+    /// The EDS and SDS names the clusters use.
+    eds: BTreeSet<String>,
+    sds: BTreeSet<String>,
+}
+
+/// One cluster as composed, and the resources it was composed from.
+#[derive(Clone)]
+struct ComposedCluster {
+    cluster: Arc<translate::Cluster>,
+    /// Its ClusterLoadAssignment (EDS), if it has one and it arrived.
+    endpoints: Option<Arc<Vec<EndpointConfig>>>,
+    /// Its TLS secrets (SDS), in `cluster.sds_names` order.
+    secrets: Vec<Option<Arc<Secret>>>,
+    /// What to serve: the composed config, or while the cluster warms
+    /// (waits for its endpoints or secrets) the served one, if any.
+    serve: Option<Arc<ClusterConfig>>,
+    warming: bool,
+}
+
+/// A listener as translated, and the resources it was translated from.
+struct TranslatedListener {
+    raw: Arc<lds::Listener>,
+    /// Its route configurations (RDS), in `rds_names` order.
+    routes: Vec<Option<Arc<RouteConfig>>>,
+    /// Its TLS secrets (SDS), in `sds_names` order.
+    secrets: Vec<Option<Arc<Secret>>>,
+    config: Arc<ListenerConfig>,
+    rds_names: BTreeSet<String>,
+    sds_names: BTreeSet<String>,
+    /// The clusters its filters name.
+    clusters: BTreeSet<String>,
+}
+
 /// What composing the accepted resources gives.
 struct Composed {
     config: Config,
+    clusters: Arc<ComposedClusters>,
     rds: BTreeSet<String>,
-    eds: BTreeSet<String>,
     sds: BTreeSet<String>,
-    warming_clusters: Vec<String>,
     warming_listeners: Vec<String>,
+}
+
+/// Whether two looked-up resources are the same: both absent, the same
+/// allocation, or equal.
+fn same_resource<T: PartialEq>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+/// Whether two looked-up resources are both absent or the same allocation.
+fn same_allocation<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 fn type_key(url: &str) -> Option<&'static str> {
@@ -119,96 +197,196 @@ fn short(t: &str) -> &'static str {
 
 impl State {
     /// Composes the dynamic config from the accepted resources; an error
-    /// (a secret of the wrong kind) is the NACK's detail.
-    fn compose(&self, statics: &BTreeSet<String>, served: &Config) -> Result<Composed, String> {
-        let served_cluster = |n: &str| served.clusters.iter().find(|c| c.name == n);
-        let served_listener = |n: &str| served.listeners.iter().find(|l| l.name == n);
-        let mut clusters: BTreeMap<String, ClusterConfig> = BTreeMap::new();
-        let mut eds = BTreeSet::new();
-        let mut sds = BTreeSet::new();
-        let mut warming_clusters = Vec::new();
-        let secrets = |n: &str| self.secrets.get(n).cloned();
-        for (name, c) in &self.clusters {
-            sds.extend(c.sds_names.iter().cloned());
-            // Its TLS secrets first: a cluster without them warms.
-            let with_tls = c.with_tls(&secrets).map_err(|e| e.to_string())?;
-            match (&c.eds_name, with_tls) {
-                (None, Some(cfg)) => {
-                    clusters.insert(name.clone(), cfg);
-                }
-                (e, cfg) => {
-                    if let Some(e) = e {
-                        eds.insert(e.clone());
-                    }
-                    let eps = match e {
-                        Some(e) => self.endpoints.get(e),
-                        None => Some(&c.config.endpoints),
-                    };
-                    if let (Some(eps), Some(mut cfg)) = (eps, cfg) {
-                        cfg.endpoints = eps.clone();
-                        clusters.insert(name.clone(), cfg);
-                    } else {
-                        warming_clusters.push(name.clone());
-                        // A new version of a served cluster waits for its
-                        // endpoints; the served one goes on meanwhile.
-                        if let Some(old) = served_cluster(name) {
-                            clusters.insert(name.clone(), old.clone());
-                        }
-                    }
-                }
-            }
-        }
-        let known = |n: &str, clusters: &BTreeMap<String, ClusterConfig>| {
-            statics.contains(n) || clusters.contains_key(n)
+    /// (a secret of the wrong kind) is the NACK's detail. Only what changed
+    /// since the last composition is composed again: clusters after a CDS,
+    /// EDS or SDS change, each only if its own resources changed, and
+    /// listeners whose resource, routes or secrets changed; the rest is
+    /// shared with the last composition.
+    fn compose(&mut self, statics: &BTreeSet<String>, served: &Config) -> Result<Composed, String> {
+        self.compose_clusters(served)?;
+        self.translate_listeners()?;
+        let clusters = self.composed.clone();
+        let known = |n: &str| {
+            statics.contains(n) || clusters.by_name.get(n).is_some_and(|c| c.serve.is_some())
         };
-        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        let mut listeners = Vec::with_capacity(self.translated.len());
         let mut rds = BTreeSet::new();
+        let mut sds = clusters.sds.clone();
         let mut warming_listeners = Vec::new();
-        for (name, raw) in &self.listeners {
-            let routes = |n: &str| self.routes.get(n).cloned();
-            let l =
-                translate::listener(raw.clone(), &routes, &secrets).map_err(|e| e.to_string())?;
-            rds.extend(l.rds_names.iter().cloned());
-            sds.extend(l.sds_names.iter().cloned());
-            let routes_ready = l.rds_names.iter().all(|n| self.routes.contains_key(n))
-                && l.sds_names.iter().all(|n| self.secrets.contains_key(n));
-            let clusters_ready = translate::clusters_of(&l.config)
-                .iter()
-                .all(|c| known(c, &clusters));
-            if routes_ready && clusters_ready {
-                listeners.push(l.config);
+        let mut stand_ins = Vec::new();
+        for (name, t) in self.translated.iter() {
+            rds.extend(t.rds_names.iter().cloned());
+            sds.extend(t.sds_names.iter().cloned());
+            let routes_ready = t.rds_names.iter().all(|n| self.routes.contains_key(n))
+                && t.sds_names.iter().all(|n| self.secrets.contains_key(n));
+            if routes_ready && t.clusters.iter().all(|c| known(c)) {
+                listeners.push(t.config.clone());
             } else {
                 warming_listeners.push(name.clone());
-                if let Some(old) = served_listener(name) {
+                // The served version goes on meanwhile.
+                if let Some(old) = served.listeners.iter().find(|l| l.name == *name) {
                     listeners.push(old.clone());
+                    stand_ins.push(old);
                 }
             }
         }
         // A cluster removed from CDS while a served listener still routes
         // to it stays until no listener uses it (its routes would
-        // otherwise fail every request).
-        for l in &listeners {
+        // otherwise fail every request). Only a stand-in listener can: a
+        // ready one uses only known clusters.
+        let mut kept = BTreeMap::new();
+        for l in stand_ins {
             for c in translate::clusters_of(l) {
-                if !known(&c, &clusters)
-                    && let Some(old) = served_cluster(&c)
+                if !known(&c)
+                    && !kept.contains_key(&c)
+                    && let Some(old) = served.clusters.iter().find(|x| x.name == c)
                 {
                     tracing::warn!(cluster = %c, listener = %l.name, "cluster removed by CDS is still used by a listener; kept until unused");
-                    clusters.insert(c.clone(), old.clone());
+                    kept.insert(c, old.clone());
                 }
             }
+        }
+        let mut cluster_configs: Vec<Arc<ClusterConfig>> = clusters
+            .by_name
+            .values()
+            .filter_map(|c| c.serve.clone())
+            .collect();
+        if !kept.is_empty() {
+            cluster_configs.extend(kept.into_values());
+            cluster_configs.sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(Composed {
             config: Config {
                 listeners,
-                clusters: clusters.into_values().collect(),
+                clusters: cluster_configs,
                 ..Default::default()
             },
+            clusters,
             rds,
-            eds,
             sds,
-            warming_clusters,
             warming_listeners,
         })
+    }
+
+    /// Composes the clusters again if CDS, EDS or SDS changed since the
+    /// last time, reusing each whose resources are the same.
+    fn compose_clusters(&mut self, served: &Config) -> Result<(), String> {
+        let (clusters, endpoints, secrets) = &self.composed.from;
+        if Arc::ptr_eq(clusters, &self.clusters)
+            && Arc::ptr_eq(endpoints, &self.endpoints)
+            && Arc::ptr_eq(secrets, &self.secrets)
+        {
+            return Ok(());
+        }
+        let served: HashMap<&str, &Arc<ClusterConfig>> = served
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let mut out = ComposedClusters {
+            from: (
+                self.clusters.clone(),
+                self.endpoints.clone(),
+                self.secrets.clone(),
+            ),
+            ..Default::default()
+        };
+        for (name, c) in self.clusters.iter() {
+            out.sds.extend(c.sds_names.iter().cloned());
+            if let Some(e) = &c.eds_name {
+                out.eds.insert(e.clone());
+            }
+            let endpoints = c.eds_name.as_ref().and_then(|e| self.endpoints.get(e));
+            let secrets: Vec<_> = c.sds_names.iter().map(|n| self.secrets.get(n)).collect();
+            let previous = self.composed.by_name.get(name).filter(|p| {
+                same_resource(Some(&p.cluster), Some(c))
+                    && same_resource(p.endpoints.as_ref(), endpoints)
+                    && p.secrets.len() == secrets.len()
+                    && p.secrets
+                        .iter()
+                        .zip(&secrets)
+                        .all(|(a, b)| same_resource(a.as_ref(), *b))
+            });
+            let (serve, warming) = match previous {
+                // A warming cluster's stand-in is still the served one:
+                // served changes only with what this composition gave.
+                Some(p) => (p.serve.clone(), p.warming),
+                None => {
+                    let lookup = |n: &str| self.secrets.get(n).map(|s| (**s).clone());
+                    let tls = c.with_tls(&lookup).map_err(|e| e.to_string())?;
+                    let ready = match (tls, &c.eds_name) {
+                        (Some(cfg), None) => Some(cfg),
+                        (Some(mut cfg), Some(_)) => endpoints.map(|eps| {
+                            cfg.endpoints = eps.to_vec();
+                            cfg
+                        }),
+                        (None, _) => None,
+                    };
+                    match ready {
+                        Some(cfg) => (Some(Arc::new(cfg)), false),
+                        None => (served.get(name.as_str()).map(|&c| c.clone()), true),
+                    }
+                }
+            };
+            let composed = ComposedCluster {
+                cluster: c.clone(),
+                endpoints: endpoints.cloned(),
+                secrets: secrets.iter().map(|s| s.cloned()).collect(),
+                serve,
+                warming,
+            };
+            out.by_name.insert(name.clone(), composed);
+        }
+        self.composed = Arc::new(out);
+        Ok(())
+    }
+
+    /// Translates the listeners whose resource, routes or secrets changed
+    /// since they were last translated.
+    fn translate_listeners(&mut self) -> Result<(), String> {
+        let mut out = BTreeMap::new();
+        for (name, raw) in self.listeners.iter() {
+            let unchanged = self.translated.get(name).filter(|t| {
+                Arc::ptr_eq(&t.raw, raw)
+                    && t.rds_names
+                        .iter()
+                        .zip(&t.routes)
+                        .all(|(n, r)| same_allocation(self.routes.get(n), r.as_ref()))
+                    && t.sds_names
+                        .iter()
+                        .zip(&t.secrets)
+                        .all(|(n, s)| same_resource(self.secrets.get(n), s.as_ref()))
+            });
+            let t = match unchanged {
+                Some(t) => t.clone(),
+                None => {
+                    let routes = |n: &str| self.routes.get(n).map(|r| (**r).clone());
+                    let secrets = |n: &str| self.secrets.get(n).map(|s| (**s).clone());
+                    let l = translate::listener((**raw).clone(), &routes, &secrets)
+                        .map_err(|e| e.to_string())?;
+                    Arc::new(TranslatedListener {
+                        raw: raw.clone(),
+                        routes: l
+                            .rds_names
+                            .iter()
+                            .map(|n| self.routes.get(n).cloned())
+                            .collect(),
+                        secrets: l
+                            .sds_names
+                            .iter()
+                            .map(|n| self.secrets.get(n).cloned())
+                            .collect(),
+                        clusters: translate::clusters_of(&l.config),
+                        config: Arc::new(l.config),
+                        rds_names: l.rds_names,
+                        sds_names: l.sds_names,
+                    })
+                }
+            };
+            out.insert(name.clone(), t);
+        }
+        self.translated = Arc::new(out);
+        Ok(())
     }
 
     /// Applies a response to a copy of the state; an error is the NACK's
@@ -229,18 +407,19 @@ impl State {
         };
         match resp.type_url.as_str() {
             CLUSTER => {
-                next.clusters.clear();
+                let mut clusters = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
                     let c: cds::Cluster = translate::decode(any, CLUSTER)
                         .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&c.name)?;
                     let name = c.name.clone();
                     let t = translate::cluster(c).map_err(|e| e.to_string())?;
-                    next.clusters.insert(name, t);
+                    clusters.insert(name, Arc::new(t));
                 }
+                next.clusters = Arc::new(clusters);
             }
             LISTENER => {
-                next.listeners.clear();
+                let mut listeners = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
                     let l: lds::Listener = translate::decode(any, LISTENER)
                         .map_err(|e| format!("resources[{i}]: {e}"))?;
@@ -249,21 +428,24 @@ impl State {
                     // at compose time with the routes then known.
                     translate::listener(l.clone(), &|_| None, &|_| None)
                         .map_err(|e| e.to_string())?;
-                    next.listeners.insert(l.name.clone(), l);
+                    listeners.insert(l.name.clone(), Arc::new(l));
                 }
+                next.listeners = Arc::new(listeners);
             }
             ROUTE => {
+                let routes = Arc::make_mut(&mut next.routes);
                 for (i, any) in resp.resources.iter().enumerate() {
                     let r: rds::RouteConfiguration = translate::decode(any, ROUTE)
                         .map_err(|e| format!("resources[{i}]: {e}"))?;
                     dup(&r.name)?;
                     let name = r.name.clone();
                     let t = translate::route_configuration(r).map_err(|e| e.to_string())?;
-                    next.routes.insert(name, t);
+                    routes.insert(name, Arc::new(t));
                 }
-                next.routes.retain(|n, _| subscribed.contains(n));
+                routes.retain(|n, _| subscribed.contains(n));
             }
             ENDPOINT => {
+                let endpoints = Arc::make_mut(&mut next.endpoints);
                 for (i, any) in resp.resources.iter().enumerate() {
                     let c: eds::ClusterLoadAssignment = translate::decode(any, ENDPOINT)
                         .map_err(|e| format!("resources[{i}]: {e}"))?;
@@ -277,11 +459,12 @@ impl State {
                         }
                         .to_string()
                     })?;
-                    next.endpoints.insert(name, eps);
+                    endpoints.insert(name, Arc::new(eps));
                 }
-                next.endpoints.retain(|n, _| subscribed.contains(n));
+                endpoints.retain(|n, _| subscribed.contains(n));
             }
             SECRET => {
+                let secrets = Arc::make_mut(&mut next.secrets);
                 for (i, any) in resp.resources.iter().enumerate() {
                     let r: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
                         translate::decode(any, SECRET)
@@ -289,9 +472,9 @@ impl State {
                     dup(&r.name)?;
                     let name = r.name.clone();
                     let t = crate::tls::secret(r).map_err(|e| e.to_string())?;
-                    next.secrets.insert(name, t);
+                    secrets.insert(name, Arc::new(t));
                 }
-                next.secrets.retain(|n, _| subscribed.contains(n));
+                secrets.retain(|n, _| subscribed.contains(n));
             }
             other => return Err(format!("resource type '{other}' is not supported")),
         }
@@ -560,20 +743,23 @@ impl Client {
             });
             return vec![r];
         };
-        let subscribed = self.subscribed.get(t).cloned().unwrap_or_default();
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        let subscribed = self.subscribed.get(t).unwrap_or(&NONE);
         let mut out = Vec::new();
-        let verdict = match self.state.apply(&resp, &subscribed) {
+        let verdict = match self.state.apply(&resp, subscribed) {
             Err(e) => Err(e),
-            Ok(next) => match next.compose(&self.boot.static_clusters, &self.served) {
+            Ok(mut next) => match next.compose(&self.boot.static_clusters, &self.served) {
                 Err(e) => Err(e),
                 Ok(composed) => {
-                    for c in &composed.warming_clusters {
+                    for (c, _) in composed.clusters.by_name.iter().filter(|(_, c)| c.warming) {
                         tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
                     }
                     for l in &composed.warming_listeners {
                         tracing::debug!(listener = %l, "listener warming: waiting for its routes or clusters");
                     }
-                    let result = if same(&composed.config, &self.served) {
+                    // Unchanged resources are the same `Arc`s: cheap to
+                    // compare, and to hand over.
+                    let result = if composed.config == self.served {
                         Ok(())
                     } else {
                         self.push(composed.config.clone(), &next, t, &resp.version_info)
@@ -583,7 +769,7 @@ impl Client {
                         Ok(()) => {
                             self.state = next;
                             self.served = composed.config;
-                            Ok((composed.rds, composed.eds, composed.sds))
+                            Ok((composed.rds, composed.clusters, composed.sds))
                         }
                         Err(e) => Err(e),
                     }
@@ -592,15 +778,19 @@ impl Client {
         };
         self.state.nonces.insert(t, resp.nonce.clone());
         match verdict {
-            Ok((rds, eds, sds)) => {
+            Ok((rds, clusters, sds)) => {
                 self.state.versions.insert(t, resp.version_info.clone());
                 metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
-                for (ty, names) in [(ROUTE, rds), (ENDPOINT, eds), (SECRET, sds)] {
-                    if self.subscribed.get(ty).cloned().unwrap_or_default() != names {
+                for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &clusters.eds), (SECRET, &sds)] {
+                    let changed = match self.subscribed.get(ty) {
+                        Some(s) => s != names,
+                        None => !names.is_empty(),
+                    };
+                    if changed {
                         tracing::info!(type_url = ty, names = ?names, "subscription changed");
-                        self.subscribed.insert(ty, names);
+                        self.subscribed.insert(ty, names.clone());
                         out.push(self.request(ty, None));
                     }
                 }
@@ -673,10 +863,6 @@ async fn tls_connect(
     Ok(hyper_util::rt::TokioIo::new(s))
 }
 
-fn same(a: &Config, b: &Config) -> bool {
-    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,7 +915,7 @@ mod tests {
     }
 
     #[test]
-    fn eds_clusters_warm_and_removed_clusters_in_use_are_kept() {
+    fn eds_clusters_warm_until_their_endpoints_arrive() {
         let mut s = State::default();
         let boot_statics = BTreeSet::new();
         let c: translate::Cluster = translate::Cluster {
@@ -739,14 +925,259 @@ mod tests {
             transport_socket: None,
             sds_names: BTreeSet::new(),
         };
-        s.clusters.insert("a".into(), c);
+        Arc::make_mut(&mut s.clusters).insert("a".into(), Arc::new(c));
         let out = s.compose(&boot_statics, &Config::default()).unwrap();
-        assert_eq!(out.warming_clusters, ["a"]);
+        assert!(out.clusters.by_name["a"].warming);
         assert!(out.config.clusters.is_empty());
-        assert_eq!(out.eds.iter().collect::<Vec<_>>(), ["a"]);
-        s.endpoints.insert("a".into(), vec![]);
+        assert_eq!(out.clusters.eds.iter().collect::<Vec<_>>(), ["a"]);
+        Arc::make_mut(&mut s.endpoints).insert("a".into(), Arc::new(vec![]));
         let out = s.compose(&boot_statics, &Config::default()).unwrap();
-        assert!(out.warming_clusters.is_empty());
+        assert!(!out.clusters.by_name["a"].warming);
         assert_eq!(out.config.clusters.len(), 1);
+    }
+
+    // ------------------------------------------------ incremental compose
+
+    fn any<M: Message>(type_url: &str, m: &M) -> protobuf::Any {
+        protobuf::Any {
+            type_url: type_url.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn address(port: u16) -> core3::Address {
+        core3::Address {
+            address: Some(core3::address::Address::SocketAddress(
+                core3::SocketAddress {
+                    address: "127.0.0.1".into(),
+                    port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
+                        port.into(),
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn cla_msg(name: &str, port: u16) -> eds::ClusterLoadAssignment {
+        eds::ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![eds::LocalityLbEndpoints {
+                lb_endpoints: vec![eds::LbEndpoint {
+                    host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(
+                        eds::Endpoint {
+                            address: Some(address(port)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ads() -> core3::ConfigSource {
+        core3::ConfigSource {
+            config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
+                Default::default(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn static_cluster(name: &str, port: u16) -> protobuf::Any {
+        let c = cds::Cluster {
+            name: name.into(),
+            load_assignment: Some(cla_msg(name, port)),
+            ..Default::default()
+        };
+        any(CLUSTER, &c)
+    }
+
+    fn eds_cluster(name: &str) -> protobuf::Any {
+        let c = cds::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+                cds::cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        };
+        any(CLUSTER, &c)
+    }
+
+    /// A route configuration sending everything to `cluster`.
+    fn route_config(name: &str, cluster: &str) -> protobuf::Any {
+        let r = rds::RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                name: "all".into(),
+                domains: vec!["*".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
+                            cluster.into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        any(ROUTE, &r)
+    }
+
+    /// An HTTP listener on the route configuration `rds`.
+    fn hcm_listener(name: &str, port: u16, rds: &str) -> protobuf::Any {
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+        let h = hcm::HttpConnectionManager {
+            stat_prefix: name.into(),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: rds.into(),
+                },
+            )),
+            ..Default::default()
+        };
+        let l = lds::Listener {
+            name: name.into(),
+            address: Some(address(port)),
+            filter_chains: vec![lds::FilterChain {
+                filters: vec![lds::Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(lds::filter::ConfigType::TypedConfig(any(
+                        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        &h,
+                    ))),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        any(LISTENER, &l)
+    }
+
+    /// A client's state, served config and subscriptions, minus the stream.
+    #[derive(Default)]
+    struct Fake {
+        state: State,
+        served: Config,
+        subscribed: HashMap<&'static str, BTreeSet<String>>,
+    }
+
+    impl Fake {
+        /// Applies and composes a response as `on_response` does, the
+        /// server accepting whatever it is handed.
+        fn respond(&mut self, t: &'static str, resources: Vec<protobuf::Any>) -> Composed {
+            let none = BTreeSet::new();
+            let sub = self.subscribed.get(t).unwrap_or(&none);
+            let mut next = self.state.apply(&resp(t, resources), sub).unwrap();
+            let out = next.compose(&BTreeSet::new(), &self.served).unwrap();
+            self.state = next;
+            self.served = out.config.clone();
+            self.subscribed.insert(ROUTE, out.rds.clone());
+            self.subscribed.insert(ENDPOINT, out.clusters.eds.clone());
+            out
+        }
+
+        fn cluster(&self, name: &str) -> Arc<ClusterConfig> {
+            let c = self.served.clusters.iter().find(|c| c.name == name);
+            c.unwrap().clone()
+        }
+    }
+
+    #[test]
+    fn a_route_push_shares_every_cluster_and_other_pushes_compose_only_what_changed() {
+        let mut f = Fake::default();
+        f.respond(
+            CLUSTER,
+            vec![
+                static_cluster("a", 1),
+                static_cluster("b", 2),
+                eds_cluster("e"),
+            ],
+        );
+        f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
+        f.respond(ENDPOINT, vec![any(ENDPOINT, &cla_msg("e", 3))]);
+        let out = f.respond(ROUTE, vec![route_config("r", "a")]);
+        assert!(out.warming_listeners.is_empty());
+        assert_eq!(out.config.listeners.len(), 1);
+        assert_eq!(out.config.clusters.len(), 3);
+        let (a, b, e) = (f.cluster("a"), f.cluster("b"), f.cluster("e"));
+        let web = f.served.listeners[0].clone();
+
+        // RDS: the clusters are not composed again, nor copied.
+        let composed = f.state.composed.clone();
+        let out = f.respond(ROUTE, vec![route_config("r", "b")]);
+        assert!(Arc::ptr_eq(&out.clusters, &composed));
+        for (x, y) in out.config.clusters.iter().zip([&a, &b, &e]) {
+            assert!(Arc::ptr_eq(x, y), "{} was copied", x.name);
+        }
+        assert!(!Arc::ptr_eq(&out.config.listeners[0], &web));
+        let web = out.config.listeners[0].clone();
+
+        // EDS: only the cluster whose endpoints changed; the listener,
+        // whose routes did not change, is not translated again.
+        let out = f.respond(ENDPOINT, vec![any(ENDPOINT, &cla_msg("e", 4))]);
+        assert!(!Arc::ptr_eq(&out.clusters, &composed));
+        assert!(Arc::ptr_eq(&f.cluster("a"), &a) && Arc::ptr_eq(&f.cluster("b"), &b));
+        assert!(!Arc::ptr_eq(&f.cluster("e"), &e));
+        assert_eq!(f.cluster("e").endpoints[0].address, "127.0.0.1:4");
+        assert!(Arc::ptr_eq(&out.config.listeners[0], &web));
+        let e = f.cluster("e");
+
+        // CDS (state of the world): only the cluster that changed.
+        f.respond(
+            CLUSTER,
+            vec![
+                static_cluster("a", 1),
+                static_cluster("b", 5),
+                eds_cluster("e"),
+            ],
+        );
+        assert!(Arc::ptr_eq(&f.cluster("a"), &a) && Arc::ptr_eq(&f.cluster("e"), &e));
+        assert!(!Arc::ptr_eq(&f.cluster("b"), &b));
+        assert_eq!(f.cluster("b").endpoints[0].address, "127.0.0.1:5");
+    }
+
+    #[test]
+    fn a_cluster_removed_by_cds_stays_while_a_served_listener_uses_it() {
+        let mut f = Fake::default();
+        f.respond(
+            CLUSTER,
+            vec![static_cluster("a", 1), static_cluster("gone", 2)],
+        );
+        f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
+        f.respond(ROUTE, vec![route_config("r", "gone")]);
+        let web = f.served.listeners[0].clone();
+        let gone = f.cluster("gone");
+        // The listener warms (its route names an unknown cluster): the
+        // served one goes on, and so does the cluster it uses.
+        let out = f.respond(CLUSTER, vec![static_cluster("a", 1)]);
+        assert_eq!(out.warming_listeners, ["web"]);
+        assert!(Arc::ptr_eq(&out.config.listeners[0], &web));
+        assert!(Arc::ptr_eq(&f.cluster("gone"), &gone));
+        // Once no listener uses it, it goes.
+        let out = f.respond(ROUTE, vec![route_config("r", "a")]);
+        assert!(out.warming_listeners.is_empty());
+        let names: Vec<_> = out
+            .config
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a"]);
     }
 }

@@ -253,7 +253,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
 
 /// A translated cluster and, for EDS clusters, the ClusterLoadAssignment
 /// name it waits for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub config: ClusterConfig,
     pub eds_name: Option<String>,

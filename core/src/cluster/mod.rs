@@ -358,18 +358,25 @@ pub trait ClusterResolver {
     fn resolve(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError>;
 }
 
-/// Every cluster of a snapshot, by name.
+/// Every cluster of a snapshot, by name, with the config it serves.
 #[derive(Default)]
 pub struct ClusterManager {
-    clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    clusters: HashMap<Arc<str>, Entry>,
     /// New endpoint sets of reused (live) clusters, stored into them by
     /// `commit_endpoints` once this manager's snapshot goes live.
     staged: Vec<(Arc<Cluster>, Vec<Arc<Endpoint>>)>,
 }
 
+/// A cluster and the config of the snapshot it belongs to (for a cluster
+/// reused with new endpoints, the new config).
+struct Entry {
+    cluster: Arc<Cluster>,
+    config: Arc<ClusterConfig>,
+}
+
 impl ClusterResolver for ClusterManager {
     fn resolve(&self, field: &str, name: &str) -> Result<Arc<Cluster>, BuildError> {
-        self.clusters.get(name).cloned().ok_or_else(|| {
+        self.get(name).cloned().ok_or_else(|| {
             let mut defined: Vec<&str> = self.clusters.keys().map(|n| &**n).collect();
             defined.sort_unstable();
             BuildError::new(
@@ -389,11 +396,42 @@ impl ClusterResolver for ClusterManager {
 
 /// Whether two configs of a cluster differ at most in their endpoints.
 fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
-    let settings = |c: &ClusterConfig| ClusterConfig {
-        endpoints: Vec::new(),
-        ..c.clone()
-    };
-    a.name == b.name && settings(a) == settings(b)
+    // Destructured so that a new setting cannot be forgotten here.
+    let ClusterConfig {
+        name,
+        discovery,
+        lb_policy,
+        lb_config,
+        connect_timeout,
+        max_connections,
+        dns_refresh_rate,
+        connect_failure_backoff,
+        endpoints: _,
+        protocol,
+        protocol_options,
+        tls,
+    } = a;
+    *name == b.name
+        && *discovery == b.discovery
+        && *lb_policy == b.lb_policy
+        && *lb_config == b.lb_config
+        && *connect_timeout == b.connect_timeout
+        && *max_connections == b.max_connections
+        && *dns_refresh_rate == b.dns_refresh_rate
+        && *connect_failure_backoff == b.connect_failure_backoff
+        && *protocol == b.protocol
+        && *protocol_options == b.protocol_options
+        && *tls == b.tls
+}
+
+/// Whether building a cluster from this config reads TLS files.
+fn reads_files(c: &ClusterConfig) -> bool {
+    c.tls.as_ref().is_some_and(|t| {
+        t.trusted_ca.is_some()
+            || t.client_certificate
+                .as_ref()
+                .is_some_and(|k| !k.certificate_chain.is_empty() || !k.private_key.is_empty())
+    })
 }
 
 impl ClusterManager {
@@ -401,7 +439,7 @@ impl ClusterManager {
     /// once here (so a name that does not resolve is a config error) and
     /// re-resolved by `spawn_dns_refresh`.
     pub fn build(
-        configs: &[ClusterConfig],
+        configs: &[Arc<ClusterConfig>],
         registry: &Registry,
         source: &ConfigSource,
         resolve_dns: bool,
@@ -409,111 +447,65 @@ impl ClusterManager {
         Self::build_reusing(configs, registry, source, resolve_dns, None)
     }
 
-    /// As `build`, reusing from `previous` (the live clusters and the
-    /// configs they were built from) every cluster whose config is
-    /// unchanged: the same `Arc<Cluster>`, so its pools, load-balancer
-    /// state, endpoint back-off and stats carry over and a reload costs
-    /// only what changed. A cluster whose config changed only in its
-    /// endpoints is reused too, its new endpoint set staged, not stored:
-    /// the live cluster is untouched until `commit_endpoints`, so a build
-    /// that fails later leaves the serving snapshot as it was. A cluster
-    /// whose TLS reads files is rebuilt, so a reload still re-reads them.
+    /// As `build`, reusing from `previous` (the live clusters) every
+    /// cluster whose config is unchanged: the same `Arc<Cluster>`, so its
+    /// pools, load-balancer state, endpoint back-off and stats carry over
+    /// and a reload costs only what changed. A cluster whose config changed
+    /// only in its endpoints is reused too, its new endpoint set staged,
+    /// not stored: the live cluster is untouched until `commit_endpoints`,
+    /// so a build that fails later leaves the serving snapshot as it was.
+    /// With `reread_files` (`previous` is paired with it), a cluster whose
+    /// TLS reads files is rebuilt, so a reload of the config file re-reads
+    /// them.
     pub fn build_reusing(
-        configs: &[ClusterConfig],
+        configs: &[Arc<ClusterConfig>],
         registry: &Registry,
         source: &ConfigSource,
         resolve_dns: bool,
-        previous: Option<(&ClusterManager, &[ClusterConfig])>,
+        previous: Option<(&ClusterManager, bool)>,
     ) -> Result<Self, ConfigError> {
-        let before: HashMap<&str, &ClusterConfig> = previous
-            .map(|(_, cs)| cs.iter().map(|c| (c.name.as_str(), c)).collect())
-            .unwrap_or_default();
         let mut clusters = HashMap::with_capacity(configs.len());
         let mut staged = Vec::new();
         for (i, c) in configs.iter().enumerate() {
-            let path = format!("clusters[{i}]");
+            let path = || format!("clusters[{i}]");
             if c.name.is_empty() {
-                return Err(source.error(format!("{path}.name"), "must not be empty"));
+                return Err(source.error(format!("{}.name", path()), "must not be empty"));
             }
             if clusters.contains_key(c.name.as_str()) {
                 return Err(source.error(
-                    format!("{path}.name"),
+                    format!("{}.name", path()),
                     format!("duplicate cluster name '{}'", c.name),
                 ));
             }
-            let reads_files = c.tls.as_ref().is_some_and(|t| {
-                t.trusted_ca.is_some()
-                    || t.client_certificate.as_ref().is_some_and(|k| {
-                        !k.certificate_chain.is_empty() || !k.private_key.is_empty()
-                    })
+            let previous = previous.and_then(|(m, reread_files)| {
+                let reusable = !(reread_files && reads_files(c));
+                m.clusters.get(c.name.as_str()).filter(|_| reusable)
             });
-            if !reads_files
-                && let Some(prev) = before.get(c.name.as_str())
-                && let Some(old) = previous.and_then(|(m, _)| m.get(&c.name))
-            {
-                if *prev == c {
-                    clusters.insert(Arc::from(c.name.as_str()), old.clone());
+            if let Some(prev) = previous {
+                let reuse = |config: Arc<ClusterConfig>| Entry {
+                    cluster: prev.cluster.clone(),
+                    config,
+                };
+                // Mostly the same `Arc`: compared by pointer first.
+                if prev.config == *c {
+                    clusters.insert(prev.cluster.name.clone(), reuse(c.clone()));
                     continue;
                 }
-                if same_but_endpoints(prev, c) {
-                    let endpoints = build_endpoints(c, &path, source, resolve_dns)?;
-                    staged.push((old.clone(), endpoints));
-                    clusters.insert(Arc::from(c.name.as_str()), old.clone());
+                if same_but_endpoints(&prev.config, c) {
+                    let endpoints = build_endpoints(c, &path(), source, resolve_dns)?;
+                    staged.push((prev.cluster.clone(), endpoints));
+                    clusters.insert(prev.cluster.name.clone(), reuse(c.clone()));
                     continue;
                 }
             }
-            let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
-                source.error(
-                    format!("{path}.lb_policy"),
-                    format!(
-                        "unknown load balancer '{}' (known: {})",
-                        c.lb_policy,
-                        registry.load_balancer_names().join(", ")
-                    ),
-                )
-            })?;
-            let builder = factory
-                .create(&c.lb_config)
-                .map_err(|e| source.build_error(&format!("{path}.lb_config"), e))?;
-            if c.connect_timeout.is_zero() {
-                return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
-            }
-            let endpoints = build_endpoints(c, &path, source, resolve_dns)?;
-            let mut cluster = Cluster::new(
-                &c.name,
-                c.connect_timeout,
-                c.max_connections,
-                c.connect_failure_backoff.clone(),
-                builder,
-                endpoints,
+            let cluster = build_cluster(c, &path(), registry, source, resolve_dns)?;
+            clusters.insert(
+                cluster.name.clone(),
+                Entry {
+                    cluster: Arc::new(cluster),
+                    config: c.clone(),
+                },
             );
-            if let Some(t) = &c.tls {
-                cluster.tls = Some(Arc::new(
-                    crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
-                        .map_err(|e| source.build_error("", e))?,
-                ));
-            }
-            let protocol = c.protocol.as_deref().unwrap_or("http1");
-            match registry.codec(protocol) {
-                Some(codec) => {
-                    cluster.upstream =
-                        Some(codec.client(&c.protocol_options).map_err(|e| {
-                            source.build_error(&format!("{path}.protocol_options"), e)
-                        })?);
-                    cluster.protocol = codec.name();
-                }
-                None if c.protocol.is_some() => {
-                    return Err(source.error(
-                        format!("{path}.protocol"),
-                        format!(
-                            "unknown protocol '{protocol}' (known: {})",
-                            registry.codec_names().join(", ")
-                        ),
-                    ));
-                }
-                None => {}
-            }
-            clusters.insert(Arc::from(c.name.as_str()), Arc::new(cluster));
         }
         Ok(Self { clusters, staged })
     }
@@ -529,28 +521,28 @@ impl ClusterManager {
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
-        self.clusters.get(name)
+        self.clusters.get(name).map(|e| &e.cluster)
+    }
+
+    /// The config the cluster `name` serves in this manager's snapshot.
+    pub fn config(&self, name: &str) -> Option<&Arc<ClusterConfig>> {
+        self.clusters.get(name).map(|e| &e.config)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
-        self.clusters.values()
+        self.clusters.values().map(|e| &e.cluster)
     }
 
-    /// Starts re-resolution tasks for the `strict_dns` clusters of `configs`;
-    /// they stop when `shutdown` is cancelled.
-    pub fn spawn_dns_refresh(
-        &self,
-        configs: &[ClusterConfig],
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
-        for c in configs
-            .iter()
-            .filter(|c| c.discovery == DiscoveryType::StrictDns)
+    /// Starts re-resolution tasks for the `strict_dns` clusters; they stop
+    /// when `shutdown` is cancelled.
+    pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
+        for e in self
+            .clusters
+            .values()
+            .filter(|e| e.config.discovery == DiscoveryType::StrictDns)
         {
-            let Some(cluster) = self.clusters.get(c.name.as_str()).cloned() else {
-                continue;
-            };
-            let config = c.clone();
+            let cluster = e.cluster.clone();
+            let config = e.config.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(config.dns_refresh_rate);
@@ -601,6 +593,69 @@ impl ClusterManager {
             });
         }
     }
+}
+
+/// Builds one new cluster from its config (`path` names it in errors).
+fn build_cluster(
+    c: &ClusterConfig,
+    path: &str,
+    registry: &Registry,
+    source: &ConfigSource,
+    resolve_dns: bool,
+) -> Result<Cluster, ConfigError> {
+    let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
+        source.error(
+            format!("{path}.lb_policy"),
+            format!(
+                "unknown load balancer '{}' (known: {})",
+                c.lb_policy,
+                registry.load_balancer_names().join(", ")
+            ),
+        )
+    })?;
+    let builder = factory
+        .create(&c.lb_config)
+        .map_err(|e| source.build_error(&format!("{path}.lb_config"), e))?;
+    if c.connect_timeout.is_zero() {
+        return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
+    }
+    let endpoints = build_endpoints(c, path, source, resolve_dns)?;
+    let mut cluster = Cluster::new(
+        &c.name,
+        c.connect_timeout,
+        c.max_connections,
+        c.connect_failure_backoff.clone(),
+        builder,
+        endpoints,
+    );
+    if let Some(t) = &c.tls {
+        cluster.tls = Some(Arc::new(
+            crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
+                .map_err(|e| source.build_error("", e))?,
+        ));
+    }
+    let protocol = c.protocol.as_deref().unwrap_or("http1");
+    match registry.codec(protocol) {
+        Some(codec) => {
+            cluster.upstream = Some(
+                codec
+                    .client(&c.protocol_options)
+                    .map_err(|e| source.build_error(&format!("{path}.protocol_options"), e))?,
+            );
+            cluster.protocol = codec.name();
+        }
+        None if c.protocol.is_some() => {
+            return Err(source.error(
+                format!("{path}.protocol"),
+                format!(
+                    "unknown protocol '{protocol}' (known: {})",
+                    registry.codec_names().join(", ")
+                ),
+            ));
+        }
+        None => {}
+    }
+    Ok(cluster)
 }
 
 /// The endpoints of a cluster config, validated (weights, addresses) and,
@@ -711,19 +766,23 @@ mod tests {
             }))
             .unwrap()
         };
+        let shared = |cs: Vec<ClusterConfig>| -> Vec<Arc<ClusterConfig>> {
+            cs.into_iter().map(Arc::new).collect()
+        };
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let first = vec![cfg("a", 1), cfg("b", 2)];
+        let first = shared(vec![cfg("a", 1), cfg("b", 2)]);
         let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
         // b: a setting other than its endpoints changes.
         let mut b = cfg("b", 2);
         b.lb_policy = "random".into();
-        let second = vec![cfg("a", 1), b, cfg("c", 4)];
+        let second = shared(vec![cfg("a", 1), b, cfg("c", 4)]);
         let m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).unwrap();
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).unwrap();
         assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         assert!(m2.get("c").is_some());
+        assert!(Arc::ptr_eq(m2.config("a").unwrap(), &second[0]));
     }
 
     #[test]
@@ -749,16 +808,20 @@ mod tests {
         };
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let first = vec![cfg("a", &[1, 2], 1000), cfg("b", &[5], 1000)];
+        let first: Vec<_> = [cfg("a", &[1, 2], 1000), cfg("b", &[5], 1000)]
+            .map(Arc::new)
+            .into();
         let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
         let a = m1.get("a").unwrap().clone();
         let kept = a.hosts().endpoints[1].clone();
         kept.record_failure(&BackoffConfig::default());
 
         // a: endpoint 1 leaves, 3 joins; b: a setting changed.
-        let second = vec![cfg("a", &[2, 3], 1000), cfg("b", &[5], 2000)];
+        let second: Vec<_> = [cfg("a", &[2, 3], 1000), cfg("b", &[5], 2000)]
+            .map(Arc::new)
+            .into();
         let mut m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).unwrap();
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).unwrap();
         assert!(Arc::ptr_eq(&a, m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         // Staged only: the live cluster still serves the old endpoints.
@@ -791,16 +854,16 @@ mod tests {
         };
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let first = vec![cfg(&[1], "round_robin")];
+        let first = vec![Arc::new(cfg(&[1], "round_robin"))];
         let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
         let a = m1.get("a").unwrap().clone();
         // Endpoints of a change, and a later cluster is invalid.
         let mut bad = cfg(&[9], "round_robin");
         bad.name = "z".into();
         bad.lb_policy = "no_such_lb".into();
-        let second = vec![cfg(&[2], "round_robin"), bad];
+        let second = vec![Arc::new(cfg(&[2], "round_robin")), Arc::new(bad)];
         assert!(
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, &first))).is_err()
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).is_err()
         );
         let ports: Vec<u16> = a
             .hosts()
@@ -810,11 +873,51 @@ mod tests {
             .collect();
         assert_eq!(ports, vec![1]);
         // A built snapshot that is never committed leaves them too.
-        let ok = vec![cfg(&[3], "round_robin")];
-        let m2 =
-            ClusterManager::build_reusing(&ok, &reg, &src, false, Some((&m1, &first))).unwrap();
+        let ok = vec![Arc::new(cfg(&[3], "round_robin"))];
+        let m2 = ClusterManager::build_reusing(&ok, &reg, &src, false, Some((&m1, true))).unwrap();
         drop(m2);
         assert_eq!(a.hosts().endpoints[0].address.port(), 1);
+    }
+
+    #[test]
+    fn tls_files_are_read_again_on_a_file_reload_only() {
+        // A self-signed CA, only loaded as a trust root here.
+        const CA: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBjjCCATOgAwIBAgIUHAaBQGCKFhxfaVOPaT+b/2TqsaIwCgYIKoZIzj0EAwIw\n\
+GzEZMBcGA1UEAwwQbWVzaGdhdGUgdGVzdCBDQTAgFw0yNjEyMDMxNzEyMzJaGA8y\n\
+MTI2MTEwOTE3MTIzMlowGzEZMBcGA1UEAwwQbWVzaGdhdGUgdGVzdCBDQTBZMBMG\n\
+ByqGSM49AgEGCCqGSM49AwEHA0IABMgV9d3vF8PPvWCTHusOiKhT8jCe/XAsoZ0t\n\
+ADN1OrqvPVH0l7/M4VV2j19spNDNPM3NUiw4N1jUJ02GMAWOSbKjUzBRMB0GA1Ud\n\
+DgQWBBQkqtaiTrDzSibHVB/8xlH3aGPPcDAfBgNVHSMEGDAWgBQkqtaiTrDzSibH\n\
+VB/8xlH3aGPPcDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQC4\n\
+MrgY9VW2HD8TWrzp+t4Hw5G93DaWE2lELgzu4A1HKAIhAK7N3BtdRdVlevKz2ity\n\
+yccTrTM3npwVrabMmpbxKBJL\n\
+-----END CERTIFICATE-----\n";
+        let path = std::env::temp_dir().join(format!("meshgate-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, CA).unwrap();
+        let cfg = || -> Vec<Arc<ClusterConfig>> {
+            vec![Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "name": "a",
+                    "endpoints": [{"address": "127.0.0.1:1"}],
+                    "tls": {"trusted_ca": path},
+                }))
+                .unwrap(),
+            )]
+        };
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m1 = ClusterManager::build(&cfg(), &reg, &src, false).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // A dynamic update: the unchanged cluster is reused, no file read.
+        let m2 =
+            ClusterManager::build_reusing(&cfg(), &reg, &src, false, Some((&m1, false))).unwrap();
+        assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
+        // A file reload reads them again (and finds the file gone).
+        let e = ClusterManager::build_reusing(&cfg(), &reg, &src, false, Some((&m1, true)))
+            .err()
+            .unwrap();
+        assert!(e.field.starts_with("clusters[0].tls"), "{e}");
     }
 
     #[test]

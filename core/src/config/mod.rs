@@ -8,18 +8,23 @@ pub use load::{ConfigSource, LineIndex, load_file, parse_str, parse_typed};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// The whole config file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The whole config file. Listeners and clusters are shared (`Arc`): a
+/// new version of the model (an xDS update, a merge with the file's static
+/// part) carries the unchanged ones over without copying them, and
+/// comparing two versions stops at the first shared pointer (`Arc`'s `==`
+/// for `Eq` types).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
-    #[serde(default)]
-    pub listeners: Vec<ListenerConfig>,
-    #[serde(default)]
-    pub clusters: Vec<ClusterConfig>,
+    #[serde(default, with = "shared")]
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    #[serde(default, with = "shared")]
+    pub clusters: Vec<Arc<ClusterConfig>>,
     /// Who this proxy is to an xDS server (Envoy's bootstrap `node`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeConfig>,
@@ -29,8 +34,28 @@ pub struct Config {
     pub dynamic_resources: Option<DynamicResourcesConfig>,
 }
 
+/// Serde for a list of shared resources: written and read as the plain
+/// list.
+mod shared {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[Arc<T>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| &**x))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+}
+
 /// The node identity sent to the xDS server.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub id: String,
@@ -42,7 +67,7 @@ pub struct NodeConfig {
 }
 
 /// Where dynamic resources come from.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicResourcesConfig {
     /// One aggregated (ADS) gRPC stream carries LDS, RDS, CDS, EDS and SDS.
@@ -52,7 +77,7 @@ pub struct DynamicResourcesConfig {
 /// The ADS server: a static cluster of this config, spoken to over
 /// HTTP/2 (gRPC), with TLS when the cluster has `tls` (its `trusted_ca`,
 /// `sni` and `client_certificate` for mTLS; ALPN `h2`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdsConfig {
     /// A static cluster naming the xDS server's endpoints.
@@ -73,7 +98,7 @@ fn default_ads_backoff_max() -> Duration {
 }
 
 /// The admin listener: `/ready`, `/stats/prometheus`, `/config_dump`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port`, e.g. `127.0.0.1:9901`.
@@ -81,7 +106,7 @@ pub struct AdminConfig {
 }
 
 /// A TCP listener and its filter chains.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -107,7 +132,7 @@ pub struct ListenerConfig {
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuicConfig {
     /// Close a connection idle this long (default 30s).
@@ -146,7 +171,7 @@ fn default_quic_connection_window() -> u32 {
 }
 
 /// One filter chain: an optional match and an ordered list of network filters.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterChainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,7 +188,7 @@ pub struct FilterChainConfig {
 /// A certificate chain and its private key: PEM files, or PEM text inline
 /// (`*_pem`; xDS SDS secrets arrive this way). Each of the two is given
 /// exactly once. Inline keys are redacted in `/config_dump`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     /// PEM file of the certificate chain, leaf first.
@@ -232,7 +257,7 @@ impl UpstreamTlsConfig {
 }
 
 /// Downstream TLS termination (Envoy's DownstreamTlsContext).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamTlsConfig {
     /// Certificates; the one whose names match the SNI is served, else the
@@ -268,7 +293,7 @@ pub struct DownstreamTlsConfig {
 }
 
 /// Client certificate verification of a downstream TLS chain.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientValidationConfig {
     /// PEM file of trusted CAs.
@@ -284,7 +309,7 @@ pub struct ClientValidationConfig {
 }
 
 /// Upstream TLS origination (Envoy's UpstreamTlsContext).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// SNI sent; absent: the request's authority (L7), else the endpoint's
@@ -329,7 +354,7 @@ fn default_watch_interval() -> Duration {
 
 /// Criteria a connection must meet for its chain to be chosen. The most
 /// specific chain wins (Envoy's order: destination port, server name, source).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterChainMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,7 +372,7 @@ pub struct FilterChainMatch {
 }
 
 /// A network filter by registered name, with its typed config.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     pub name: String,
@@ -365,7 +390,7 @@ pub enum DiscoveryType {
 }
 
 /// An upstream cluster.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
@@ -404,7 +429,7 @@ pub struct ClusterConfig {
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
 /// to `max_interval`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     #[serde(default = "default_backoff_base", with = "humantime_serde")]
@@ -423,7 +448,7 @@ impl Default for BackoffConfig {
 }
 
 /// One endpoint of a cluster.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `ip:port` for static clusters, `host:port` for strict_dns.
