@@ -194,18 +194,27 @@ pub fn forward<'a>(
             },
             None => send.await,
         };
-        match settle(
-            cluster,
-            &endpoint,
-            guard,
-            result,
-            policy,
-            &mut Vec::new(),
-            false,
-        ) {
-            Attempt::Done(r) => r,
-            Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
-        }
+        last_try(
+            info,
+            settle(
+                cluster,
+                &endpoint,
+                guard,
+                result,
+                policy,
+                &mut Vec::new(),
+                false,
+            ),
+        )
+    }
+}
+
+/// The response of a stream's last try: its own, or the local reply for
+/// why it failed.
+fn last_try(info: &mut StreamInfo, attempt: Attempt) -> Response {
+    match attempt {
+        Attempt::Done(r) => r,
+        Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
     }
 }
 
@@ -252,10 +261,7 @@ async fn retrying(
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false).await,
                 Err(reason) => Attempt::Fail(reason),
             };
-            return match attempt {
-                Attempt::Done(r) => r,
-                Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
-            };
+            return last_try(info, attempt);
         }
     };
     let mut tried: Vec<SocketAddr> = Vec::new();

@@ -938,135 +938,29 @@ mod tests {
 
     // ------------------------------------------------ incremental compose
 
-    fn any<M: Message>(type_url: &str, m: &M) -> protobuf::Any {
-        protobuf::Any {
-            type_url: type_url.into(),
-            value: m.encode_to_vec(),
-        }
-    }
-
-    fn address(port: u16) -> core3::Address {
-        core3::Address {
-            address: Some(core3::address::Address::SocketAddress(
-                core3::SocketAddress {
-                    address: "127.0.0.1".into(),
-                    port_specifier: Some(core3::socket_address::PortSpecifier::PortValue(
-                        port.into(),
-                    )),
-                    ..Default::default()
-                },
-            )),
-        }
-    }
-
-    fn cla_msg(name: &str, port: u16) -> eds::ClusterLoadAssignment {
-        eds::ClusterLoadAssignment {
-            cluster_name: name.into(),
-            endpoints: vec![eds::LocalityLbEndpoints {
-                lb_endpoints: vec![eds::LbEndpoint {
-                    host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(
-                        eds::Endpoint {
-                            address: Some(address(port)),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
-
-    fn ads() -> core3::ConfigSource {
-        core3::ConfigSource {
-            config_source_specifier: Some(core3::config_source::ConfigSourceSpecifier::Ads(
-                Default::default(),
-            )),
-            ..Default::default()
-        }
+    // Resources as the end-to-end tests serve them, on 127.0.0.1.
+    fn at(port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
     }
 
     fn static_cluster(name: &str, port: u16) -> protobuf::Any {
-        let c = cds::Cluster {
-            name: name.into(),
-            load_assignment: Some(cla_msg(name, port)),
-            ..Default::default()
-        };
-        any(CLUSTER, &c)
+        crate::fixtures::static_cluster(name, at(port)).1
     }
 
     fn eds_cluster(name: &str) -> protobuf::Any {
-        let c = cds::Cluster {
-            name: name.into(),
-            cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
-                cds::cluster::DiscoveryType::Eds as i32,
-            )),
-            eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
-                eds_config: Some(ads()),
-                service_name: String::new(),
-            }),
-            ..Default::default()
-        };
-        any(CLUSTER, &c)
+        crate::fixtures::eds_cluster(name).1
     }
 
-    /// A route configuration sending everything to `cluster`.
+    fn endpoints(name: &str, port: u16) -> protobuf::Any {
+        crate::fixtures::cla(name, &[(at(port), 1, 0)]).1
+    }
+
     fn route_config(name: &str, cluster: &str) -> protobuf::Any {
-        let r = rds::RouteConfiguration {
-            name: name.into(),
-            virtual_hosts: vec![rds::VirtualHost {
-                name: "all".into(),
-                domains: vec!["*".into()],
-                routes: vec![rds::Route {
-                    r#match: Some(rds::RouteMatch {
-                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(rds::route::Action::Route(rds::RouteAction {
-                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
-                            cluster.into(),
-                        )),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        any(ROUTE, &r)
+        crate::fixtures::route_config(name, &[(cluster, 1)]).1
     }
 
-    /// An HTTP listener on the route configuration `rds`.
     fn hcm_listener(name: &str, port: u16, rds: &str) -> protobuf::Any {
-        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
-        let h = hcm::HttpConnectionManager {
-            stat_prefix: name.into(),
-            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
-                hcm::Rds {
-                    config_source: Some(ads()),
-                    route_config_name: rds.into(),
-                },
-            )),
-            ..Default::default()
-        };
-        let l = lds::Listener {
-            name: name.into(),
-            address: Some(address(port)),
-            filter_chains: vec![lds::FilterChain {
-                filters: vec![lds::Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(lds::filter::ConfigType::TypedConfig(any(
-                        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        &h,
-                    ))),
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        any(LISTENER, &l)
+        crate::fixtures::hcm_listener(name, port, rds).1
     }
 
     /// A client's state, served config and subscriptions, minus the stream.
@@ -1110,7 +1004,7 @@ mod tests {
             ],
         );
         f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
-        f.respond(ENDPOINT, vec![any(ENDPOINT, &cla_msg("e", 3))]);
+        f.respond(ENDPOINT, vec![endpoints("e", 3)]);
         let out = f.respond(ROUTE, vec![route_config("r", "a")]);
         assert!(out.warming_listeners.is_empty());
         assert_eq!(out.config.listeners.len(), 1);
@@ -1130,7 +1024,7 @@ mod tests {
 
         // EDS: only the cluster whose endpoints changed; the listener,
         // whose routes did not change, is not translated again.
-        let out = f.respond(ENDPOINT, vec![any(ENDPOINT, &cla_msg("e", 4))]);
+        let out = f.respond(ENDPOINT, vec![endpoints("e", 4)]);
         assert!(!Arc::ptr_eq(&out.clusters, &composed));
         assert!(Arc::ptr_eq(&f.cluster("a"), &a) && Arc::ptr_eq(&f.cluster("b"), &b));
         assert!(!Arc::ptr_eq(&f.cluster("e"), &e));

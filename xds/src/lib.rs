@@ -6,6 +6,8 @@
 //! listeners and clusters (`tls`).
 
 pub mod client;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 mod leftover;
 pub mod tls;
 pub mod translate;
