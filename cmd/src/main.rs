@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: per-thread free lists make the small,
-/// short-lived allocations of every request (heads, header maps, boxed
-/// futures) several times cheaper; glibc's malloc and free were ~15 % of
-/// the HTTP/1.1 proxy path's instructions (benches/RESULTS.md).
+mod alloc;
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MeshAlloc = alloc::MeshAlloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +46,12 @@ struct RunArgs {
     /// `1s`; `0s`: only on SIGHUP.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     watch_interval: Duration,
+    /// Worker threads (Envoy's `--concurrency`); 0: one per CPU this
+    /// process may use (affinity and cgroup quota). One worker runs a
+    /// single event loop with no work-stealing scheduler, as nginx's
+    /// `worker_processes 1` does.
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,12 +128,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime for `concurrency` workers (0: one per usable CPU).
+///
+/// One worker gets tokio's current-thread scheduler: every task runs on the
+/// thread that drives the reactor, so a task's wake-up is a push onto a
+/// local queue with no atomics shared with other workers, no work-stealing
+/// bookkeeping and no cross-thread unpark. On one CPU (a sidecar with a
+/// one-CPU quota, or a proxy pinned to a core) that is about 5 % of the CPU
+/// per proxied HTTP/1.1 request (benches/RESULTS.md). More workers share
+/// one work-stealing runtime.
+fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match concurrency {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    tracing::info!(
+        workers,
+        scheduler = if workers == 1 {
+            "current-thread"
+        } else {
+            "work-stealing"
+        },
+        "starting the runtime"
+    );
+    b.enable_all().thread_name("meshgate-worker").build()
+}
+
 fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meshgate-worker")
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let rt = runtime(args.concurrency).context("cannot start the tokio runtime")?;
     let opts = ServerOptions {
         drain_time: args.drain_time,
         watch_interval: args.watch_interval,

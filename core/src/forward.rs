@@ -136,18 +136,20 @@ pub fn forward<'a>(
     {
         timeout = Some(timeout.map_or(t, |r| r.min(t)));
     }
-    let step = match cluster.upstream.clone() {
+    let step = match &cluster.upstream {
         None => Step::Fail(LocalReason::UpstreamProtocolError),
-        Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec, req))),
+        Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec.clone(), req))),
         Some(codec) => {
             // A single try: its own timeout, if shorter, is the stream's.
             if let Some(t) = policy.per_try_timeout.filter(|t| !t.is_zero()) {
                 timeout = Some(timeout.map_or(t, |r| r.min(t)));
             }
-            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            // Counted from the stream's start (its head arrived a moment
+            // ago): no clock read of its own.
+            let deadline = timeout.map(|t| tokio::time::Instant::from_std(info.start) + t);
             match start(
                 cluster,
-                &codec,
+                codec,
                 req,
                 info,
                 &LbContext { hash },

@@ -89,12 +89,22 @@ impl Meshgate {
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("meshgate.log");
         let logf = std::fs::File::create(&log).unwrap();
+        // MESHGATE_TEST_CONCURRENCY runs every test against that many
+        // workers (tests/run.sh runs the suite again with one: the
+        // current-thread runtime).
+        let workers: Vec<String> = match std::env::var("MESHGATE_TEST_CONCURRENCY") {
+            Ok(n) if !args.iter().any(|a| a.starts_with("--concurrency")) => {
+                vec!["--concurrency".into(), n]
+            }
+            _ => Vec::new(),
+        };
         let child = Command::new(bin())
             .arg("run")
             .arg("-c")
             .arg(&config)
             .args(["--log-level", "debug"])
             .args(args)
+            .args(&workers)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -270,11 +270,14 @@ impl Cluster {
         if eps.is_empty() {
             return None;
         }
-        let now = now_ms();
+        // The clock is read only if an endpoint was ever backed off.
+        let now = std::cell::OnceCell::new();
         let pick = hosts
             .lb
             .pick(ctx, &|i| {
-                eps[i].is_available(now) && !exclude.contains(&eps[i].address)
+                let until = eps[i].backoff_until_ms.load(Ordering::Relaxed);
+                (until == 0 || until <= *now.get_or_init(now_ms))
+                    && !exclude.contains(&eps[i].address)
             })
             .or_else(|| hosts.lb.pick(ctx, &|i| !exclude.contains(&eps[i].address)));
         pick.map(|i| eps[i].clone())

@@ -32,7 +32,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWrite;
 
 /// Most header fields httparse is given room for (the configured limit is
@@ -105,6 +105,16 @@ async fn write_all(shared: &Shared, mut buf: &[u8]) -> io::Result<()> {
 
 async fn flush(shared: &Shared) -> io::Result<()> {
     poll_fn(|cx| Pin::new(&mut lock(shared).io).poll_flush(cx)).await
+}
+
+/// `write_all` then `flush`, taking the lock once per poll.
+async fn write_flush(shared: &Shared, mut buf: &[u8]) -> io::Result<()> {
+    poll_fn(|cx| {
+        let mut io = lock(shared);
+        ready!(io.poll_write_all(cx, &mut buf))?;
+        Pin::new(&mut io.io).poll_flush(cx)
+    })
+    .await
 }
 
 fn count(listener: &str, reason: &'static str) {
@@ -474,6 +484,10 @@ struct Server {
     /// request on a busy keep-alive connection).
     tick: Pin<Box<tokio::time::Sleep>>,
     granularity: Duration,
+    /// How often `tick` fired since the connection began.
+    ticks: u32,
+    /// The request in progress has a body (its reader shares the lock).
+    has_body: bool,
     wbuf: BytesMut,
     served: u64,
 }
@@ -500,6 +514,8 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         drain_token: drain,
         tick: Box::pin(tokio::time::sleep(granularity)),
         granularity,
+        ticks: 0,
+        has_body: false,
         wbuf: BytesMut::with_capacity(4096),
         served: 0,
         opts,
@@ -509,9 +525,8 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
 
 impl Server {
     async fn run(mut self) {
-        let born = Instant::now();
         loop {
-            let head = match self.wait_head(born).await {
+            let head = match self.wait_head().await {
                 Wait::Head(h) => h,
                 Wait::Close => return,
                 Wait::Timeout => {
@@ -547,63 +562,74 @@ impl Server {
     /// `request_headers_timeout` of the connection's start; later ones
     /// within it of the previous response (so it is also the keep-alive
     /// idle limit).
-    async fn wait_head(&mut self, born: Instant) -> Wait {
-        let since = if self.served == 0 {
-            born
+    ///
+    /// The limit is counted in firings of the connection's tick, not read
+    /// from the clock: a keep-alive request costs no clock read here. The
+    /// tick is re-armed a granularity after each firing, so the n-th firing
+    /// after the wait began is at least n-1 granularities after it; a
+    /// later head is cut off between the limit and two granularities past
+    /// it (the first, counted from the connection's start, within one).
+    /// Each poll takes the connection's lock once.
+    async fn wait_head(&mut self) -> Wait {
+        let Server {
+            shared,
+            opts,
+            drain,
+            tick,
+            granularity,
+            served,
+            ticks,
+            ..
+        } = self;
+        let g = granularity.as_nanos().max(1);
+        let limit = opts.request_headers_timeout.as_nanos();
+        // Firings that prove the limit has passed.
+        let needed = if *served == 0 {
+            limit.div_ceil(g)
         } else {
-            Instant::now()
+            limit.div_ceil(g) + 1
         };
-        let limit = self.opts.request_headers_timeout;
-        let shared = self.shared.clone();
-        loop {
-            {
-                let mut io = lock(&shared);
+        let mut fired: u128 = if *served == 0 { u128::from(*ticks) } else { 0 };
+        poll_fn(|cx| {
+            let mut io = lock(shared);
+            loop {
                 if !io.rbuf.is_empty() {
-                    match parse_head(&mut io.rbuf, &self.opts) {
-                        Ok(Some(h)) => return Wait::Head(h),
+                    match parse_head(&mut io.rbuf, opts) {
+                        Ok(Some(h)) => return Poll::Ready(Wait::Head(h)),
                         Ok(None) => {}
-                        Err(e) => return Wait::Refuse(e),
+                        Err(e) => return Poll::Ready(Wait::Refuse(e)),
                     }
                 }
                 if io.eof {
-                    return Wait::Close;
+                    return Poll::Ready(Wait::Close);
+                }
+                match io.poll_fill(cx) {
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(Wait::Close),
+                    Poll::Pending => break,
                 }
             }
-            let ev = poll_fn(|cx| {
-                let mut io = lock(&shared);
-                if let Poll::Ready(r) = io.poll_fill(cx) {
-                    return Poll::Ready(Some(r.map(|_| ())));
-                }
-                // Drain: only an idle connection is closed.
-                if io.rbuf.is_empty() && self.drain.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                if self.tick.as_mut().poll(cx).is_ready() {
-                    let now = tokio::time::Instant::now();
-                    self.tick.as_mut().reset(now + self.granularity);
-                    if now.into_std().duration_since(since) >= limit {
-                        return Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into())));
-                    }
-                    // Poll the re-armed timer so it wakes us.
-                    let _ = self.tick.as_mut().poll(cx);
-                }
-                Poll::Pending
-            })
-            .await;
-            match ev {
-                None => return Wait::Close,
-                Some(Ok(())) => {}
-                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    let partial = !lock(&shared).rbuf.is_empty();
-                    return if partial || self.served == 0 {
+            // Drain: only an idle connection is closed.
+            if io.rbuf.is_empty() && drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wait::Close);
+            }
+            while tick.as_mut().poll(cx).is_ready() {
+                *ticks = ticks.wrapping_add(1);
+                fired += 1;
+                if fired >= needed {
+                    return Poll::Ready(if !io.rbuf.is_empty() || *served == 0 {
                         Wait::Timeout
                     } else {
                         Wait::Close
-                    };
+                    });
                 }
-                Some(Err(_)) => return Wait::Close,
+                // Re-armed and polled again, so that it wakes us.
+                tick.as_mut()
+                    .reset(tokio::time::Instant::now() + *granularity);
             }
-        }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Answers a refused head and closes.
@@ -666,7 +692,8 @@ impl Server {
         } = head;
         let head_only = req.method() == Method::HEAD;
         let (mut parts, ()) = req.into_parts();
-        let body = if framing == Framing::Length(0) {
+        self.has_body = framing != Framing::Length(0);
+        let body = if !self.has_body {
             empty_body()
         } else {
             let d = Decoder::new(framing);
@@ -721,7 +748,7 @@ impl Server {
         let mut close = !keep_alive || self.drain_token.is_cancelled();
         // A body the client is still sending is drained only when short
         // and already on its way.
-        {
+        if self.has_body {
             let io = lock(&self.shared);
             if let Some(d) = &io.body {
                 let short = d.exact_remaining().is_some_and(|n| n <= DRAIN_LIMIT);
@@ -793,6 +820,9 @@ impl Server {
             return Ok(false);
         }
         // The request body must be consumed before the next head.
+        if !self.has_body {
+            return Ok(true);
+        }
         self.finish_request_body().await
     }
 
@@ -805,8 +835,7 @@ impl Server {
         mode: Out,
     ) -> io::Result<bool> {
         if mode == Out::None {
-            write_all(&self.shared, out).await?;
-            flush(&self.shared).await?;
+            write_flush(&self.shared, out).await?;
             return Ok(true);
         }
         let mut written: u64 = 0;
@@ -817,8 +846,7 @@ impl Server {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
                     if !out.is_empty() {
-                        write_all(&self.shared, out).await?;
-                        flush(&self.shared).await?;
+                        write_flush(&self.shared, out).await?;
                         out.clear();
                     }
                     poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
@@ -889,8 +917,7 @@ impl Server {
         if mode == Out::Chunked && !trailers_sent {
             out.put_slice(b"0\r\n\r\n");
         }
-        write_all(&self.shared, out).await?;
-        flush(&self.shared).await?;
+        write_flush(&self.shared, out).await?;
         Ok(match mode {
             Out::Length(n) => written == n,
             _ => true,
