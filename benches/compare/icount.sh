@@ -11,8 +11,10 @@
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
 # valgrind, about 50x slower: wrk with 10 connections keeps it busy.
-# Env: MESHGATE_BIN (default target/release/meshgate). Output: the counted
-# instructions, requests served, and instructions per request.
+# Env: MESHGATE_BIN (default target/release/meshgate); ATOMICS=1 also counts
+# the atomic read-modify-write instructions per request and where they run
+# (atomics.py). Output: the counted instructions, requests served, and
+# instructions per request.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -47,7 +49,9 @@ wait_port 9000
 
 # Pinned as in http.sh: the proxy alone on CPU 0 (so meshgate starts one
 # tokio worker, as nginx and HAProxy run one worker), the rest on CPU 1.
-VG=(taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p")
+VG_EXTRA=()
+[[ "${ATOMICS:-0}" == 1 ]] && VG_EXTRA=(--dump-instr=yes)
+VG=(taskset -c 0 valgrind --tool=callgrind "${VG_EXTRA[@]}" --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p")
 case "$PROXY" in
 meshgate)
     PORT=8082
@@ -87,3 +91,11 @@ IR=$(for f in "$OUT"/callgrind.out.*; do grep -h '^totals:' "$f" | awk '{print $
     sort -n | tail -1)
 grep -q 'Non-2xx\|Socket errors' "$OUT/wrk.txt" && { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
 echo "$PROXY: $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"
+if [[ "${ATOMICS:-0}" == 1 ]]; then
+    case "$PROXY" in
+    meshgate) BIN="$MESHGATE_BIN" ;;
+    *) BIN="$(command -v "$PROXY")" ;;
+    esac
+    DUMP=$(grep -l '^totals: '"$IR"'$' "$OUT"/callgrind.out.* | head -1)
+    python3 "$HERE/atomics.py" "$BIN" "$DUMP" "$REQS" 25
+fi

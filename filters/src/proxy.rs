@@ -750,7 +750,8 @@ impl ProxyHandler {
             RouteAction::DirectResponse(d) => d.response(),
             RouteAction::Redirect(r) => r.response(req),
             RouteAction::Cluster(c) => {
-                let cluster = c.pick_cluster().clone();
+                // Borrowed: the route table this future holds keeps it.
+                let cluster = c.pick_cluster();
                 route.apply_request_mutations(vhost, req);
                 let downstream_upgrade = req.extensions_mut().remove::<Upgrade>();
                 // The request moves into the upstream exchange before the
@@ -758,7 +759,7 @@ impl ProxyHandler {
                 let mut resp = {
                     let owned =
                         std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
-                    forward(&cluster, owned, info, c.forward_policy(), None)
+                    forward(cluster, owned, info, c.forward_policy(), None)
                 }
                 .await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {

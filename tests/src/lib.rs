@@ -47,14 +47,45 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
-/// A free loopback port (bound then released; the kernel won't hand it out
-/// again at once).
+/// A free loopback port for a listener a test starts later (probed, then
+/// released).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), from a
+/// start that differs per test process: the kernel hands ports of that range
+/// to every `bind(0)` and outgoing connection, and in a busy parallel run
+/// one of them would sometimes take a port between its probe here and the
+/// proxy's bind (EADDRINUSE).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 20000-29999 is `tls.rs`'s s_server range.
+    let (lo, hi) = (10_000u32, ephemeral_low.min(20_000));
+    if hi <= lo + 1_000 {
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let span = hi - lo;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos);
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (lo + start.wrapping_add(i.wrapping_mul(97)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
 
 /// A running meshgate process; killed on drop.

@@ -309,8 +309,8 @@ struct SServer(Child, u16);
 
 impl SServer {
     fn start(name: &str) -> Self {
-        // A port outside the ephemeral range that `free_port` (and every
-        // other test) draws from: a parallel test cannot take it, nor hold
+        // A port outside the ranges `free_port` (10000-19999) and every
+        // `bind(0)` (the ephemeral range) draw from: a parallel test cannot take it, nor hold
         // a port this s_server then fails to bind while the probe below
         // reaches the other test's server instead. If it is taken anyway,
         // s_server exits and another port is tried.

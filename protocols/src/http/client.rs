@@ -416,12 +416,11 @@ fn send_fast(
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
-        let weak = Arc::downgrade(&pool);
         match h1_upstream::send(
             conn,
             head,
             body,
-            weak.clone(),
+            Arc::downgrade(&pool),
             opts.max_idle_per_endpoint,
             deadline,
         )
@@ -433,6 +432,7 @@ fn send_fast(
                     tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
                     let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
                     let body = meshgate_core::stream::empty_body();
+                    let weak = Arc::downgrade(&pool);
                     h1_upstream::send(conn, head, body, weak, opts.max_idle_per_endpoint, deadline)
                         .await
                         .map_err(|e| e.error)
