@@ -2,6 +2,7 @@
 //! HTTP/1.1 (hyper). It reads the live snapshot through arc-swap like the
 //! data path does, and is never on the data path itself.
 
+use crate::metrics::MetricsHandle;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -9,7 +10,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// What the admin handlers read.
 pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub prometheus: PrometheusHandle,
+    pub prometheus: MetricsHandle,
     /// Set when the server starts draining: `/ready` answers 503.
     pub draining: AtomicBool,
 }

@@ -225,6 +225,19 @@ fn errors_are_local_replies_with_status_and_counted() {
             &[("code_class", "5xx")]
         ) >= 2.0
     );
+    // The latency histogram: three requests, one of them the 500ms timeout.
+    let h = |suffix: &str, labels: &[(&str, &str)]| {
+        let name = format!("meshgate_http_downstream_rq_duration_seconds_{suffix}");
+        let mut l = vec![("listener", "http")];
+        l.extend_from_slice(labels);
+        g.mg.metric(&name, &l)
+    };
+    assert_eq!(h("count", &[]), 3.0);
+    assert_eq!(h("bucket", &[("le", "+Inf")]), 3.0);
+    assert_eq!(h("bucket", &[("le", "0.25")]), 2.0, "the timeout is slower");
+    assert_eq!(h("bucket", &[("le", "1")]), 3.0);
+    let sum = h("sum", &[]);
+    assert!((0.5..2.0).contains(&sum), "sum {sum}");
 }
 
 #[test]
