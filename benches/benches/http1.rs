@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
                         tls: None,
                         retire: Default::default(),
                     },
-                    drain: tokio_util::sync::CancellationToken::new(),
+                    drain: Default::default(),
                 };
                 let task = tokio::spawn(server.serve(conn, Arc::new(Hello)));
                 let (mut rd, mut wr) = tokio::io::split(client);

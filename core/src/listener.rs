@@ -8,7 +8,8 @@ use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
-    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter, PrefixedIo,
+    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
+    PrefixedIo, Signal,
 };
 use crate::registry::Registry;
 use crate::tls_inspect;
@@ -382,7 +383,7 @@ pub struct RunningListener {
     active: AtomicU32,
     /// Handed to each connection; replaced (and the old one cancelled) by
     /// `replace`.
-    retire: std::sync::Mutex<CancellationToken>,
+    retire: std::sync::Mutex<Signal>,
 }
 
 impl RunningListener {
@@ -390,7 +391,7 @@ impl RunningListener {
         Arc::new(Self {
             compiled: ArcSwap::new(compiled),
             active: AtomicU32::new(0),
-            retire: std::sync::Mutex::new(CancellationToken::new()),
+            retire: std::sync::Mutex::new(Signal::new()),
         })
     }
 
@@ -400,7 +401,7 @@ impl RunningListener {
         self.compiled.store(compiled);
         let old = std::mem::replace(
             &mut *self.retire.lock().unwrap_or_else(|p| p.into_inner()),
-            CancellationToken::new(),
+            Signal::new(),
         );
         old.cancel();
     }
@@ -431,7 +432,7 @@ impl RunningListener {
     }
 
     /// The retire token handed to a new connection.
-    pub(crate) fn retire_token(&self) -> CancellationToken {
+    pub(crate) fn retire_token(&self) -> Signal {
         self.retire
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -449,7 +450,7 @@ impl RunningListener {
         self: Arc<Self>,
         listener: TcpListener,
         stop: CancellationToken,
-        drain: CancellationToken,
+        drain: Signal,
         tracker: TaskTracker,
     ) {
         loop {
@@ -487,8 +488,8 @@ async fn handle_connection(
     listener: Arc<CompiledListener>,
     stream: TcpStream,
     peer: SocketAddr,
-    drain: CancellationToken,
-    retire: CancellationToken,
+    drain: Signal,
+    retire: Signal,
 ) {
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's

@@ -11,7 +11,7 @@
 use crate::config::QuicConfig;
 use crate::error::BuildError;
 use crate::listener::{CompiledListener, RunningListener};
-use crate::network::{Connection, ConnectionInfo, DownstreamIo, FilterStatus};
+use crate::network::{Connection, ConnectionInfo, DownstreamIo, FilterStatus, Signal};
 use crate::tls::{DownstreamTls, PeerIdentity, TlsInfo};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -131,7 +131,7 @@ impl RunningListener {
         self: Arc<Self>,
         endpoint: quinn::Endpoint,
         stop: CancellationToken,
-        drain: CancellationToken,
+        drain: Signal,
         tracker: TaskTracker,
     ) {
         loop {
@@ -202,8 +202,8 @@ async fn serve_connection(
     listener: Arc<CompiledListener>,
     connecting: quinn::Connecting,
     peer: SocketAddr,
-    drain: CancellationToken,
-    retire: CancellationToken,
+    drain: Signal,
+    retire: Signal,
 ) {
     let chain = &listener.chains[0];
     let timeout = chain

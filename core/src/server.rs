@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigSource, FilterChainConfig, ListenerConfig, loa
 use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
 use crate::listener::{CompiledListener, RunningListener, bind};
+use crate::network::Signal;
 use crate::registry::Registry;
 use crate::snapshot::{BuildMode, Reload, Snapshot};
 use arc_swap::ArcSwap;
@@ -101,7 +102,7 @@ pub async fn run_with_dynamic(
     };
 
     let accept_stop = CancellationToken::new();
-    let drain = CancellationToken::new();
+    let drain = Signal::new();
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -244,7 +245,7 @@ impl Socket {
 struct Live {
     listeners: HashMap<ListenerKey, LiveListener>,
     accept_stop: CancellationToken,
-    drain: CancellationToken,
+    drain: Signal,
     tracker: TaskTracker,
     /// Stops the DNS refresh of the current snapshot's clusters.
     dns: CancellationToken,

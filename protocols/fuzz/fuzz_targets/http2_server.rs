@@ -37,9 +37,9 @@ fuzz_target!(|data: &[u8]| {
                 server_name: None,
                 filter_chain: None,
                 tls: None,
-                retire: tokio_util::sync::CancellationToken::new(),
+                retire: Default::default(),
             },
-            drain: tokio_util::sync::CancellationToken::new(),
+            drain: Default::default(),
         };
         let task = tokio::spawn(server.serve(conn, Arc::new(Ok200)));
         let (mut rd, mut wr) = tokio::io::split(client);

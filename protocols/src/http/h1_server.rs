@@ -477,8 +477,13 @@ struct Server {
     shared: Shared,
     info: Arc<ConnectionInfo>,
     handler: Arc<dyn StreamHandler>,
+    /// Wakes this task when the server drains. Polled once, on the first
+    /// idle wait: the registration stays while the future lives, and this
+    /// connection's task is the only one that ever polls it, so the waker
+    /// it holds stays the right one. `drain_signal` tells whether it fired.
     drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    drain_token: tokio_util::sync::CancellationToken,
+    drain_armed: bool,
+    drain_signal: meshgate_core::network::Signal,
     /// Wakes the head wait now and then to check its deadline (one timer
     /// per connection, re-armed only when it fires: no timer operation per
     /// request on a busy keep-alive connection).
@@ -511,7 +516,8 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         info: Arc::new(info),
         handler,
         drain: Box::pin(drain.clone().cancelled_owned()),
-        drain_token: drain,
+        drain_armed: false,
+        drain_signal: drain,
         tick: Box::pin(tokio::time::sleep(granularity)),
         granularity,
         ticks: 0,
@@ -575,6 +581,8 @@ impl Server {
             shared,
             opts,
             drain,
+            drain_armed,
+            drain_signal,
             tick,
             granularity,
             served,
@@ -610,8 +618,16 @@ impl Server {
                 }
             }
             // Drain: only an idle connection is closed.
-            if io.rbuf.is_empty() && drain.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wait::Close);
+            if io.rbuf.is_empty() {
+                if drain_signal.is_cancelled() {
+                    return Poll::Ready(Wait::Close);
+                }
+                if !*drain_armed {
+                    if drain.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wait::Close);
+                    }
+                    *drain_armed = true;
+                }
             }
             while tick.as_mut().poll(cx).is_ready() {
                 *ticks = ticks.wrapping_add(1);
@@ -745,7 +761,7 @@ impl Server {
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
-        let mut close = !keep_alive || self.drain_token.is_cancelled();
+        let mut close = !keep_alive || self.drain_signal.is_cancelled();
         // A body the client is still sending is drained only when short
         // and already on its way.
         if self.has_body {
