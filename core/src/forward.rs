@@ -6,7 +6,7 @@
 //! buffered when retries are configured, larger or unknown-length ones are
 //! streamed and not retried.
 
-use crate::cluster::{Cluster, Endpoint, RequestGuard};
+use crate::cluster::{Cluster, RequestGuard};
 use crate::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use crate::lb::LbContext;
 use crate::stream::{
@@ -104,7 +104,7 @@ enum Step {
 /// One upstream exchange in flight, and what settles it.
 struct Sending {
     send: UpstreamFuture,
-    endpoint: Arc<Endpoint>,
+    /// Holds the endpoint too.
     guard: RequestGuard,
     /// The codec took the deadline (`ClientCodec::send_by`).
     watched: bool,
@@ -183,12 +183,7 @@ pub fn forward<'a>(
                 };
             }
         };
-        let Sending {
-            send,
-            endpoint,
-            guard,
-            ..
-        } = sending;
+        let Sending { send, guard, .. } = sending;
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, send).await {
                 Ok(r) => r,
@@ -198,15 +193,7 @@ pub fn forward<'a>(
         };
         last_try(
             info,
-            settle(
-                cluster,
-                &endpoint,
-                guard,
-                result,
-                policy,
-                &mut Vec::new(),
-                false,
-            ),
+            settle(cluster, guard, result, policy, &mut Vec::new(), false),
         )
     }
 }
@@ -314,17 +301,17 @@ fn start(
         .choose(ctx, tried)
         .ok_or(LocalReason::NoHealthyUpstream)?;
     info.upstream_host = Some(endpoint.address);
-    let guard = endpoint.start_request();
+    let guard = endpoint.begin_request();
+    let endpoint = guard.endpoint();
     let (send, watched) = match deadline {
-        Some(d) => match codec.send_by(cluster, &endpoint, req, d) {
+        Some(d) => match codec.send_by(cluster, endpoint, req, d) {
             Ok(send) => (send, true),
-            Err(req) => (codec.send(cluster, &endpoint, req), false),
+            Err(req) => (codec.send(cluster, endpoint, req), false),
         },
-        None => (codec.send(cluster, &endpoint, req), false),
+        None => (codec.send(cluster, endpoint, req), false),
     };
     Ok(Sending {
         send,
-        endpoint,
         guard,
         watched,
     })
@@ -338,12 +325,7 @@ async fn try_once(
     tried: &mut Vec<SocketAddr>,
     may_retry_status: bool,
 ) -> Attempt {
-    let Sending {
-        send,
-        endpoint,
-        guard,
-        ..
-    } = s;
+    let Sending { send, guard, .. } = s;
     let result = match policy.per_try_timeout {
         Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -358,27 +340,19 @@ async fn try_once(
         },
         _ => send.await,
     };
-    settle(
-        cluster,
-        &endpoint,
-        guard,
-        result,
-        policy,
-        tried,
-        may_retry_status,
-    )
+    settle(cluster, guard, result, policy, tried, may_retry_status)
 }
 
 /// What an exchange's outcome means for the stream.
 fn settle(
     cluster: &Cluster,
-    endpoint: &Endpoint,
     guard: RequestGuard,
     result: Result<Response, UpstreamError>,
     policy: &ForwardPolicy,
     tried: &mut Vec<SocketAddr>,
     may_retry_status: bool,
 ) -> Attempt {
+    let endpoint = &**guard.endpoint();
     let reason = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();

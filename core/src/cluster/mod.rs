@@ -79,8 +79,15 @@ impl Endpoint {
 
     /// Marks one request in flight until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> RequestGuard {
+        self.clone().begin_request()
+    }
+
+    /// `start_request` for an endpoint handed over: the guard holds it,
+    /// and `RequestGuard::endpoint` lends it (no second reference to count
+    /// on the request path).
+    pub fn begin_request(self: Arc<Self>) -> RequestGuard {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        RequestGuard(self)
     }
 
     fn record_success(&self) {
@@ -103,6 +110,13 @@ impl Endpoint {
 /// Decrements the endpoint's active-request count on drop.
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Endpoint>);
+
+impl RequestGuard {
+    /// The endpoint the request is in flight to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
