@@ -61,7 +61,9 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   # The end-to-end tests again against one worker: the current-thread
   # runtime that a one-CPU sidecar (or a proxy pinned to a core) gets.
-  MESHGATE_TEST_CONCURRENCY=1 cargo nextest run -p meshgate-tests --locked --no-fail-fast
+  # (--workspace with a filter: the same feature set as above, no rebuild)
+  MESHGATE_TEST_CONCURRENCY=1 cargo nextest run --workspace --locked --no-fail-fast \
+    -E 'package(meshgate-tests)'
 else
   cargo test --workspace --locked --no-fail-fast
   MESHGATE_TEST_CONCURRENCY=1 cargo test -p meshgate-tests --locked --no-fail-fast
