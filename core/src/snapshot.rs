@@ -172,7 +172,7 @@ impl Snapshot {
                                     "address": e.address.to_string(),
                                     "weight": e.weight,
                                     "active_requests": e.active_requests(),
-                                    "available": e.is_available(crate::cluster::now_ms()),
+                                    "available": e.is_available(crate::cluster::now_ms),
                                 })
                             })
                             .collect()

@@ -29,7 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 // The resource builders live with the client (its unit tests use them
 // too); the type URLs are the client's own.
 pub use meshgate_xds::fixtures::{
-    ads_source, any, cla, cla_msg, eds_cluster, hcm_listener, route_config, sock, static_cluster,
+    ads_source, any, cla, cla_msg, eds_cluster, eds_cluster_msg, hcm_listener, one_filter_listener,
+    route_config, sock, static_cluster,
 };
 pub use meshgate_xds::tls::SECRET;
 pub use meshgate_xds::translate::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
@@ -385,22 +386,15 @@ pub fn tcp_listener(name: &str, port: u16, cluster: &str) -> (String, Any) {
         cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
         ..Default::default()
     };
-    let l = lds::Listener {
-        name: name.into(),
-        address: Some(sock(format!("127.0.0.1:{port}").parse().unwrap())),
-        filter_chains: vec![lds::FilterChain {
-            filters: vec![lds::Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(lds::filter::ConfigType::TypedConfig(any(
-                    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    &t,
-                ))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    (name.into(), any(LISTENER, &l))
+    one_filter_listener(
+        name,
+        port,
+        "envoy.filters.network.tcp_proxy",
+        any(
+            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            &t,
+        ),
+    )
 }
 
 pub fn bootstrap(xds_port: u16) -> String {

@@ -883,19 +883,11 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     // using it retire gracefully, the next response says `connection:
     // close`.
     let changed = cds::Cluster {
-        name: "svc-a".into(),
-        cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
-            cds::cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cds::cluster::EdsClusterConfig {
-            eds_config: Some(ads_source()),
-            service_name: String::new(),
-        }),
         connect_timeout: Some(PbDuration {
             seconds: 2,
             nanos: 0,
         }),
-        ..Default::default()
+        ..eds_cluster_msg("svc-a")
     };
     let changed = ("svc-a".to_string(), any(CLUSTER, &changed));
     set_acked(&mgmt, CLUSTER, "c2", vec![changed]);

@@ -45,7 +45,12 @@ pub fn ads_source() -> core3::ConfigSource {
 }
 
 pub fn eds_cluster(name: &str) -> (String, Any) {
-    let c = cds::Cluster {
+    (name.into(), any(CLUSTER, &eds_cluster_msg(name)))
+}
+
+/// An EDS cluster fed over ADS, round robin, 1s connect timeout.
+pub fn eds_cluster_msg(name: &str) -> cds::Cluster {
+    cds::Cluster {
         name: name.into(),
         cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
             cds::cluster::DiscoveryType::Eds as i32,
@@ -60,8 +65,7 @@ pub fn eds_cluster(name: &str) -> (String, Any) {
         }),
         lb_policy: cds::cluster::LbPolicy::RoundRobin as i32,
         ..Default::default()
-    };
-    (name.into(), any(CLUSTER, &c))
+    }
 }
 
 pub fn static_cluster(name: &str, addr: SocketAddr) -> (String, Any) {
@@ -194,16 +198,26 @@ pub fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
         }],
         ..Default::default()
     };
+    one_filter_listener(
+        name,
+        port,
+        "envoy.filters.network.http_connection_manager",
+        any(
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            &h,
+        ),
+    )
+}
+
+/// A listener on 127.0.0.1:`port` with one filter chain of one filter.
+pub fn one_filter_listener(name: &str, port: u16, filter: &str, config: Any) -> (String, Any) {
     let l = lds::Listener {
         name: name.into(),
         address: Some(sock(format!("127.0.0.1:{port}").parse().unwrap())),
         filter_chains: vec![lds::FilterChain {
             filters: vec![lds::Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(lds::filter::ConfigType::TypedConfig(any(
-                    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    &h,
-                ))),
+                name: filter.into(),
+                config_type: Some(lds::filter::ConfigType::TypedConfig(config)),
             }],
             ..Default::default()
         }],

@@ -63,9 +63,12 @@ impl Endpoint {
         }
     }
 
-    /// Whether the endpoint is outside its connect-failure back-off.
-    pub fn is_available(&self, now_ms: u64) -> bool {
-        self.backoff_until_ms.load(Ordering::Relaxed) <= now_ms
+    /// Whether the endpoint is outside its connect-failure back-off. The
+    /// clock (`now_ms`) is read only if the endpoint was ever backed off:
+    /// the load balancer asks for every request.
+    pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        let until = self.backoff_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
     }
 
     /// Whether `other` describes the same endpoint (address, weight, DNS
@@ -284,13 +287,12 @@ impl Cluster {
         if eps.is_empty() {
             return None;
         }
-        // The clock is read only if an endpoint was ever backed off.
+        // One clock read at most, and only if an endpoint was backed off.
         let now = std::cell::OnceCell::new();
         let pick = hosts
             .lb
             .pick(ctx, &|i| {
-                let until = eps[i].backoff_until_ms.load(Ordering::Relaxed);
-                (until == 0 || until <= *now.get_or_init(now_ms))
+                eps[i].is_available(|| *now.get_or_init(now_ms))
                     && !exclude.contains(&eps[i].address)
             })
             .or_else(|| hosts.lb.pick(ctx, &|i| !exclude.contains(&eps[i].address)));
@@ -761,17 +763,17 @@ mod tests {
             max_interval: Duration::from_millis(350),
         };
         let now = now_ms();
-        assert!(e.is_available(now));
+        assert!(e.is_available(|| now));
         e.record_failure(&cfg);
-        assert!(!e.is_available(now_ms()));
-        assert!(e.is_available(now_ms() + 101));
+        assert!(!e.is_available(now_ms));
+        assert!(e.is_available(|| now_ms() + 101));
         e.record_failure(&cfg); // 200ms
-        assert!(!e.is_available(now_ms() + 150));
+        assert!(!e.is_available(|| now_ms() + 150));
         e.record_failure(&cfg); // 400ms capped at 350
         e.record_failure(&cfg);
-        assert!(e.is_available(now_ms() + 351));
+        assert!(e.is_available(|| now_ms() + 351));
         e.record_success();
-        assert!(e.is_available(now_ms()));
+        assert!(e.is_available(now_ms));
     }
 
     #[test]
@@ -848,7 +850,7 @@ mod tests {
         // The endpoint that stayed kept its state (back-off included).
         let hosts = a.hosts();
         assert!(Arc::ptr_eq(&kept, &hosts.endpoints[0]));
-        assert!(!hosts.endpoints[0].is_available(now_ms()));
+        assert!(!hosts.endpoints[0].is_available(now_ms));
         // The load balancer is over the new set: 3 is picked, 1 never.
         let ctx = LbContext::default();
         let picked: HashSet<u16> = (0..8)

@@ -489,8 +489,6 @@ struct Server {
     /// request on a busy keep-alive connection).
     tick: Pin<Box<tokio::time::Sleep>>,
     granularity: Duration,
-    /// How often `tick` fired since the connection began.
-    ticks: u32,
     /// The request in progress has a body (its reader shares the lock).
     has_body: bool,
     wbuf: BytesMut,
@@ -520,7 +518,6 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         drain_signal: drain,
         tick: Box::pin(tokio::time::sleep(granularity)),
         granularity,
-        ticks: 0,
         has_body: false,
         wbuf: BytesMut::with_capacity(4096),
         served: 0,
@@ -586,7 +583,6 @@ impl Server {
             tick,
             granularity,
             served,
-            ticks,
             ..
         } = self;
         let g = granularity.as_nanos().max(1);
@@ -597,7 +593,9 @@ impl Server {
         } else {
             limit.div_ceil(g) + 1
         };
-        let mut fired: u128 = if *served == 0 { u128::from(*ticks) } else { 0 };
+        // The connection's first wait starts with its tick (armed a
+        // granularity after the connection began).
+        let mut fired: u128 = 0;
         poll_fn(|cx| {
             let mut io = lock(shared);
             loop {
@@ -630,7 +628,6 @@ impl Server {
                 }
             }
             while tick.as_mut().poll(cx).is_ready() {
-                *ticks = ticks.wrapping_add(1);
                 fired += 1;
                 if fired >= needed {
                     return Poll::Ready(if !io.rbuf.is_empty() || *served == 0 {
