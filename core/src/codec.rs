@@ -11,7 +11,6 @@ use crate::error::BuildError;
 use crate::network::{Connection, ServeFuture};
 use crate::stream::{Request, Response, StreamInfo};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -101,11 +100,11 @@ pub trait ClientCodec: Send + Sync + 'static {
         Err(req)
     }
 
-    /// These endpoint addresses left the cluster (its endpoints were
-    /// updated in place): drop their pools. Requests in flight on their
-    /// connections finish; the connections then close rather than going
-    /// back to a pool. The default keeps nothing to drop.
-    fn endpoints_removed(&self, _addresses: &[SocketAddr]) {}
+    /// These endpoints left the cluster (its endpoints were updated in
+    /// place): drop their pools. Requests in flight on their connections
+    /// finish; the connections then close rather than going back to a
+    /// pool. The default keeps nothing to drop.
+    fn endpoints_removed(&self, _endpoints: &[Arc<Endpoint>]) {}
 }
 
 /// A codec registered by name.

@@ -126,7 +126,7 @@ pub fn forward<'a>(
     policy: &'a ForwardPolicy,
     hash: Option<u64>,
 ) -> impl Future<Output = Response> + Send + 'a {
-    info.upstream_cluster = Some(cluster.name.clone());
+    info.upstream_cluster = Some(cluster.name);
     let mut timeout = policy.timeout.filter(|t| !t.is_zero());
     if info.grpc
         && let Some(t) = req

@@ -53,6 +53,31 @@ where
     b.map_err(Into::into).boxed_unsync()
 }
 
+/// The one `&'static` copy of a route or cluster name.
+///
+/// A stream records its route and cluster for metrics and the access log;
+/// as `Arc<str>` each was a reference count taken and dropped per request
+/// (four atomic instructions on the hot path). Names are leaked once per
+/// distinct value and never freed, so memory is bounded by the distinct
+/// names ever configured (a reload or xDS update that keeps its names adds
+/// nothing).
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match names.get(name) {
+        Some(n) => n,
+        None => {
+            let n: &'static str = Box::leak(name.into());
+            names.insert(n);
+            n
+        }
+    }
+}
+
 /// What filters and the router know about a stream besides its head.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -63,9 +88,9 @@ pub struct StreamInfo {
     /// `content-type: application/grpc*`: local replies become gRPC statuses.
     pub grpc: bool,
     /// The matched route's name (or `vhost/index` when unnamed).
-    pub route: Option<Arc<str>>,
+    pub route: Option<&'static str>,
     /// The upstream cluster and endpoint, once chosen (for access logs).
-    pub upstream_cluster: Option<Arc<str>>,
+    pub upstream_cluster: Option<&'static str>,
     pub upstream_host: Option<std::net::SocketAddr>,
     /// Why meshgate answered itself, if it did (e.g. `no_route`).
     pub local_reply: Option<&'static str>,

@@ -373,28 +373,25 @@ struct HttpStats {
     duration: Histogram,
     /// `meshgate_http_downstream_rq_xx_total` handles per (route, cluster),
     /// one per status class, registered on first use so the hot path does
-    /// no label formatting.
-    by_route: dashmap::DashMap<(Arc<str>, Arc<str>), RouteCounters, rustc_hash::FxBuildHasher>,
+    /// no label formatting. Names are interned, so equal names are one
+    /// address.
+    by_route:
+        dashmap::DashMap<(&'static str, &'static str), RouteCounters, rustc_hash::FxBuildHasher>,
     /// This one's key in the per-thread `BY_ADDR` caches.
     id: u64,
 }
 
 thread_local! {
     /// A per-thread cache in front of `HttpStats::by_route`, keyed by the
-    /// stats' id and the addresses of the names (the route's and the
-    /// cluster's own `Arc`s): a lookup hashes three words instead of two
-    /// strings, clones nothing and takes no lock (a shared map's read lock
-    /// was two atomic instructions per request). An entry holds the
-    /// `Arc`s, so an address cannot be reused while it is cached; reloads
-    /// bring new `Arc`s, so a cache is emptied when it grows large.
+    /// stats' id and the addresses of the interned names: a lookup hashes
+    /// three words instead of two strings and takes no lock (a shared
+    /// map's read lock was two atomic instructions per request). Interned
+    /// names are never freed, so an address always means the same name;
+    /// the cache is emptied when it grows large.
     static BY_ADDR: std::cell::RefCell<
-        std::collections::HashMap<(u64, usize, usize), CachedCounters, rustc_hash::FxBuildHasher>,
+        std::collections::HashMap<(u64, usize, usize), RouteCounters, rustc_hash::FxBuildHasher>,
     > = std::cell::RefCell::default();
 }
-
-/// A `BY_ADDR` entry: the names it is keyed by, kept alive, and their
-/// counters.
-type CachedCounters = (Arc<str>, Arc<str>, RouteCounters);
 
 /// Most `BY_ADDR` entries of a thread before it is emptied.
 const BY_ADDR_MAX: usize = 4096;
@@ -414,10 +411,8 @@ impl HttpStats {
     }
 
     fn count(&self, info: &StreamInfo, status: u16) {
-        static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        let empty = EMPTY.get_or_init(|| Arc::from(""));
-        let route = info.route.as_ref().unwrap_or(empty);
-        let cluster = info.upstream_cluster.as_ref().unwrap_or(empty);
+        let route = info.route.unwrap_or("");
+        let cluster = info.upstream_cluster.unwrap_or("");
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -425,29 +420,23 @@ impl HttpStats {
             400..=499 => 3,
             _ => 4,
         };
-        let addr = (
-            self.id,
-            Arc::as_ptr(route) as *const u8 as usize,
-            Arc::as_ptr(cluster) as *const u8 as usize,
-        );
+        let addr = (self.id, route.as_ptr() as usize, cluster.as_ptr() as usize);
         let hit = BY_ADDR.with(|m| {
             m.borrow()
                 .get(&addr)
-                .map(|c| c.2[class].increment(1))
+                .map(|c| c[class].increment(1))
                 .is_some()
         });
         if hit {
             return;
         }
-        let key = (route.clone(), cluster.clone());
-        let counters = match self.by_route.get(&key) {
+        let counters = match self.by_route.get(&(route, cluster)) {
             Some(c) => c.clone(),
             None => {
-                let (route, cluster) = (key.0.to_string(), key.1.to_string());
                 let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route.clone(), "cluster" => cluster.clone(), "code_class" => class)
+                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route, "cluster" => cluster, "code_class" => class)
                 }));
-                self.by_route.entry(key.clone()).or_insert(c).clone()
+                self.by_route.entry((route, cluster)).or_insert(c).clone()
             }
         };
         counters[class].increment(1);
@@ -456,7 +445,7 @@ impl HttpStats {
             if m.len() >= BY_ADDR_MAX {
                 m.clear();
             }
-            m.insert(addr, (key.0, key.1, counters));
+            m.insert(addr, counters);
         });
     }
 }
@@ -761,7 +750,7 @@ impl ProxyHandler {
         let Some((vhost, route)) = table.find_request(req) else {
             return local_reply(info, LocalReason::NoRoute);
         };
-        info.route = Some(route.stat_name().clone());
+        info.route = Some(route.stat_name());
         for f in &self.filters {
             if let FilterStatus::Respond(r) = f.on_request(req, info).await {
                 return r;
@@ -871,8 +860,8 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
         "authority": req.authority,
         "status": status,
         "duration_ms": info.start.elapsed().as_secs_f64() * 1000.0,
-        "route": info.route.as_deref(),
-        "upstream_cluster": info.upstream_cluster.as_deref(),
+        "route": info.route,
+        "upstream_cluster": info.upstream_cluster,
         "upstream_host": info.upstream_host.map(|a| a.to_string()),
         "local_reply": info.local_reply,
         "request_id": req.request_id,
@@ -898,7 +887,7 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
 mod tests {
     use super::*;
 
-    fn info(route: &Arc<str>, cluster: &Arc<str>) -> StreamInfo {
+    fn info(route: &'static str, cluster: &'static str) -> StreamInfo {
         let a = "127.0.0.1:1".parse().unwrap();
         let conn = meshgate_core::network::ConnectionInfo {
             id: 1,
@@ -911,31 +900,34 @@ mod tests {
             retire: Default::default(),
         };
         let mut i = StreamInfo::new(Arc::new(conn), "http1");
-        i.route = Some(route.clone());
-        i.upstream_cluster = Some(cluster.clone());
+        i.route = Some(route);
+        i.upstream_cluster = Some(cluster);
         i
     }
 
     #[test]
     fn status_counters_are_cached_by_address_and_shared_by_name() {
+        use meshgate_core::stream::intern;
         let stats = HttpStats::new("l");
         let cached = || BY_ADDR.with(|m| m.borrow().keys().filter(|k| k.0 == stats.id).count());
-        let (r, c) = (Arc::<str>::from("r"), Arc::<str>::from("c"));
-        stats.count(&info(&r, &c), 200);
-        stats.count(&info(&r, &c), 503);
+        let (r, c) = (intern("r"), intern("c"));
+        stats.count(&info(r, c), 200);
+        stats.count(&info(r, c), 503);
         assert_eq!((cached(), stats.by_route.len()), (1, 1));
-        // A reload's new route with the same name: a new address, the
-        // same counters.
-        let r2 = Arc::<str>::from("r");
-        stats.count(&info(&r2, &c), 200);
-        assert_eq!((cached(), stats.by_route.len()), (2, 1));
+        // A reload's new route with the same name is the same interned
+        // name: the same entry, the same counters.
+        let r2 = intern(&String::from("r"));
+        assert!(std::ptr::eq(r, r2));
+        stats.count(&info(r2, c), 200);
+        assert_eq!((cached(), stats.by_route.len()), (1, 1));
+        // Another cluster: another entry.
+        stats.count(&info(r, intern("c2")), 200);
+        assert_eq!((cached(), stats.by_route.len()), (2, 2));
         // The address cache is bounded.
         for n in 0..BY_ADDR_MAX + 10 {
-            let r = Arc::<str>::from(format!("r{}", n % 3).as_str());
-            stats.count(&info(&r, &c), 200);
+            stats.count(&info(intern(&format!("r{n}")), c), 200);
         }
         assert!(BY_ADDR.with(|m| m.borrow().len()) <= BY_ADDR_MAX);
-        assert_eq!(stats.by_route.len(), 4);
     }
 
     #[test]

@@ -35,6 +35,26 @@ pub struct Endpoint {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
     backoff_until_ms: AtomicU64,
+    /// What the cluster's upstream codec keeps per endpoint (its pool of
+    /// idle connections): reached from the endpoint the load balancer
+    /// chose, without a map lookup keyed by address (a shared map's read
+    /// lock and the pool's reference count were four atomic instructions
+    /// per request).
+    codec_state: CodecState,
+}
+
+/// An endpoint's codec state: set once, by the first codec that asks.
+#[derive(Default)]
+struct CodecState(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl std::fmt::Debug for CodecState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "set"
+        } else {
+            "unset"
+        })
+    }
 }
 
 impl Endpoint {
@@ -47,7 +67,27 @@ impl Endpoint {
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
+            codec_state: CodecState::default(),
         }
+    }
+
+    /// The codec state of type `T`, created by `init` on first use;
+    /// `None` if another type was set first (an endpoint serves one
+    /// cluster, so one codec: that is a codec's bug, which then runs
+    /// without its per-endpoint state).
+    pub fn codec_state<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.codec_state
+            .0
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref()
+    }
+
+    /// The codec state of type `T`, if one was set.
+    pub fn codec_state_if_set<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.codec_state.0.get()?.downcast_ref()
     }
 
     /// Requests (or L4 connections) currently in flight to this endpoint.
@@ -200,7 +240,8 @@ impl Drop for ConnectionSlot {
 
 /// An upstream cluster.
 pub struct Cluster {
-    pub name: Arc<str>,
+    /// Interned (`stream::intern`): streams record it without a count.
+    pub name: &'static str,
     pub connect_timeout: Duration,
     pub max_connections: u32,
     backoff: BackoffConfig,
@@ -228,7 +269,7 @@ impl Cluster {
     ) -> Self {
         let lb = lb_builder.build(&endpoints);
         Self {
-            name: name.into(),
+            name: crate::stream::intern(name),
             connect_timeout,
             max_connections: max_connections.unwrap_or(u32::MAX),
             backoff,
@@ -265,9 +306,10 @@ impl Cluster {
             }
         }
         let kept: HashSet<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
-        let removed: Vec<SocketAddr> = by_address
-            .into_keys()
-            .filter(|a| !kept.contains(a))
+        let removed: Vec<Arc<Endpoint>> = by_address
+            .into_iter()
+            .filter(|(a, _)| !kept.contains(a))
+            .map(|(_, e)| e.clone())
             .collect();
         let lb = self.lb_builder.build(&endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
@@ -308,7 +350,7 @@ impl Cluster {
         exclude: &[SocketAddr],
     ) -> Result<UpstreamConnection, (ConnectError, Option<SocketAddr>)> {
         let Some(endpoint) = self.choose(ctx, exclude) else {
-            let e = ConnectError::NoHealthyEndpoint(self.name.clone());
+            let e = ConnectError::NoHealthyEndpoint(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err((e, None));
         };
@@ -328,7 +370,7 @@ impl Cluster {
         if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
             self.active_connections.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
-            let e = ConnectError::Overflow(self.name.clone());
+            let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
         }
@@ -507,19 +549,19 @@ impl ClusterManager {
                 };
                 // Mostly the same `Arc`: compared by pointer first.
                 if prev.config == *c {
-                    clusters.insert(prev.cluster.name.clone(), reuse(c.clone()));
+                    clusters.insert(prev.cluster.name.into(), reuse(c.clone()));
                     continue;
                 }
                 if same_but_endpoints(&prev.config, c) {
                     let endpoints = build_endpoints(c, &path(), source, resolve_dns)?;
                     staged.push((prev.cluster.clone(), endpoints));
-                    clusters.insert(prev.cluster.name.clone(), reuse(c.clone()));
+                    clusters.insert(prev.cluster.name.into(), reuse(c.clone()));
                     continue;
                 }
             }
             let cluster = build_cluster(c, &path(), registry, source, resolve_dns)?;
             clusters.insert(
-                cluster.name.clone(),
+                cluster.name.into(),
                 Entry {
                     cluster: Arc::new(cluster),
                     config: c.clone(),

@@ -156,7 +156,7 @@ struct RouteIndex {
 pub struct Route {
     name: Option<Arc<str>>,
     /// `name`, or `vhost/index` when unnamed: the `route` metric label.
-    stat_name: Arc<str>,
+    stat_name: &'static str,
     index: usize,
     route_match: RouteMatch,
     action: RouteAction,
@@ -228,8 +228,8 @@ impl RouteTable {
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
                 route.stat_name = match &route.name {
-                    Some(n) => n.clone(),
-                    None => format!("{}/{j}", vh.name).into(),
+                    Some(n) => crate::stream::intern(n),
+                    None => crate::stream::intern(&format!("{}/{j}", vh.name)),
                 };
                 routes.push(route);
             }
@@ -396,8 +396,8 @@ impl RouteIndex {
 
 impl Route {
     /// The route's label in metrics and logs: `name`, or `vhost/index`.
-    pub fn stat_name(&self) -> &Arc<str> {
-        &self.stat_name
+    pub fn stat_name(&self) -> &'static str {
+        self.stat_name
     }
 
     /// `name`, if configured.
@@ -540,7 +540,7 @@ impl Route {
         };
         Ok(Self {
             name: c.name.as_deref().map(Arc::from),
-            stat_name: Arc::from(""),
+            stat_name: "",
             index,
             route_match,
             action,

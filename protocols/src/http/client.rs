@@ -169,8 +169,6 @@ pub struct Http1Client {
     opts: PoolOptions,
     /// hyper connections, for requests that may upgrade (101).
     pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>, FxBuildHasher>,
-    /// Hand-written keep-alive connections for everything else.
-    fast: DashMap<SocketAddr, Arc<h1_upstream::Pool>, FxBuildHasher>,
 }
 
 impl Http1Client {
@@ -178,7 +176,6 @@ impl Http1Client {
         Self {
             opts,
             pools: DashMap::with_hasher(FxBuildHasher),
-            fast: DashMap::with_hasher(FxBuildHasher),
         }
     }
 
@@ -224,12 +221,15 @@ impl ClientCodec for Http1Client {
         self.send_fast_path(cluster, endpoint, req, Some(deadline))
     }
 
-    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
-        // Idle connections close now; busy ones hold only a weak reference
-        // to their pool, so they close once their response is done.
-        for a in addresses {
-            self.pools.remove(a);
-            self.fast.remove(a);
+    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
+        // Idle connections close now; busy ones close once their response
+        // is done (hyper's hold a weak reference to their pool, ours find
+        // theirs closed).
+        for e in endpoints {
+            self.pools.remove(&e.address);
+            if let Some(pool) = e.codec_state_if_set::<h1_upstream::Pool>() {
+                pool.close();
+            }
         }
     }
 }
@@ -270,16 +270,11 @@ impl Http1Client {
             return Err(req);
         }
         to_origin_form(&mut req);
-        let fast = match self.fast.get(&endpoint.address) {
-            Some(p) => p.clone(),
-            None => self.fast.entry(endpoint.address).or_default().clone(),
-        };
         let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
         let (parts, body) = req.into_parts();
         let head = h1_upstream::encode_head(&parts, &body);
         drop(parts);
         Ok(Box::pin(send_fast(
-            fast,
             cluster.clone(),
             endpoint.clone(),
             head,
@@ -386,7 +381,6 @@ async fn connect_fast(
 #[allow(clippy::manual_async_fn)]
 #[allow(clippy::too_many_arguments)]
 fn send_fast(
-    pool: Arc<h1_upstream::Pool>,
     cluster: Arc<Cluster>,
     endpoint: Arc<Endpoint>,
     head: h1_upstream::EncodedHead,
@@ -399,46 +393,26 @@ fn send_fast(
     // again into locals, and connecting (rare, with a large TLS handshake
     // state) is boxed, so the future boxed per request stays small.
     async move {
-        // A bodiless request can be sent again as it is: its head's bytes.
-        let replay = http_body::Body::is_end_stream(&body).then(|| head.clone());
-        let idle = {
-            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-            let mut found = None;
-            while let Some(c) = idle.pop() {
-                if c.since.elapsed() < opts.idle_timeout && c.conn.idle_ok() {
-                    found = Some(c.conn);
-                    break;
-                }
-            }
-            found
-        };
+        let idle = h1_upstream::Pool::of(&endpoint).and_then(|p| p.take(opts.idle_timeout));
         let conn = match idle {
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
-        match h1_upstream::send(
-            conn,
-            head,
-            body,
-            Arc::downgrade(&pool),
-            opts.max_idle_per_endpoint,
-            deadline,
-        )
-        .await
-        {
+        let max_idle = opts.max_idle_per_endpoint;
+        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline).await {
             Ok(resp) => Ok(resp),
-            Err(e) => match replay {
-                Some(head) if e.replayable => {
-                    tracing::debug!(error = %e.error, "reused upstream connection was closed; sending again on a new one");
-                    let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
-                    let body = meshgate_core::stream::empty_body();
-                    let weak = Arc::downgrade(&pool);
-                    h1_upstream::send(conn, head, body, weak, opts.max_idle_per_endpoint, deadline)
-                        .await
-                        .map_err(|e| e.error)
-                }
-                _ => Err(e.error),
-            },
+            Err(h1_upstream::Failed {
+                error,
+                replay: Some((head, endpoint)),
+            }) => {
+                tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
+                let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
+                let body = meshgate_core::stream::empty_body();
+                h1_upstream::send(conn, head, body, endpoint, max_idle, deadline)
+                    .await
+                    .map_err(|e| e.error)
+            }
+            Err(e) => Err(e.error),
         }
     }
 }
@@ -675,11 +649,11 @@ impl ClientCodec for Http2Client {
         })
     }
 
-    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
         // Streams in flight finish; the connection then closes, its last
         // sender gone.
-        for a in addresses {
-            self.conns.remove(a);
+        for e in endpoints {
+            self.conns.remove(&e.address);
         }
     }
 }

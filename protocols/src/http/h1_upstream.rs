@@ -14,12 +14,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::cluster::ConnectionGuard;
+use meshgate_core::cluster::Endpoint;
 use meshgate_core::codec::UpstreamError;
 use meshgate_core::stream::{Body, MalformedBody, Response, box_body};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -141,18 +143,76 @@ impl Conn {
 }
 
 /// An idle connection and when it went idle.
-pub(super) struct Idle {
-    pub(super) conn: Conn,
-    pub(super) since: Instant,
+struct Idle {
+    conn: Conn,
+    since: Instant,
 }
 
-pub(super) type Pool = Mutex<Vec<Idle>>;
+/// An endpoint's idle keep-alive connections, kept in its codec state
+/// (`Endpoint::codec_state`).
+#[derive(Default)]
+pub(super) struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    /// The endpoint left its cluster: connections no longer come back.
+    closed: AtomicBool,
+}
+
+impl Pool {
+    /// The endpoint's pool.
+    pub(super) fn of(endpoint: &Endpoint) -> Option<&Pool> {
+        endpoint.codec_state(Pool::default)
+    }
+
+    /// The most recently idle connection that is still usable: idle for
+    /// less than `idle_timeout`, nothing arrived on it meanwhile. Stale
+    /// ones met on the way are closed.
+    pub(super) fn take(&self, idle_timeout: std::time::Duration) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.since.elapsed() < idle_timeout && c.conn.idle_ok() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse, unless `max_idle` are kept already or the
+    /// pool was closed.
+    fn put(&self, conn: Conn, max_idle: usize) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes the idle connections; busy ones close when their response
+    /// is done.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(idle);
+    }
+}
 
 /// What went wrong, and whether the request may be sent again on another
 /// connection (nothing of a response arrived on a reused connection).
-pub(super) struct SendError {
+struct SendError {
+    error: UpstreamError,
+    replayable: bool,
+}
+
+/// A failed exchange; a bodiless request that may be sent again on a new
+/// connection comes back whole (its head's bytes and the endpoint), so
+/// the caller keeps no copy of them for the rare replay.
+pub(super) struct Failed {
     pub(super) error: UpstreamError,
-    pub(super) replayable: bool,
+    pub(super) replay: Option<(EncodedHead, Arc<Endpoint>)>,
 }
 
 /// A failed read or write: the deadline passing (`TimedOut`, from the
@@ -185,7 +245,6 @@ fn protocol(e: impl std::fmt::Display) -> SendError {
 /// A request head serialised for the wire, and how its body is framed.
 /// Kept as bytes so that a request replayed on a new connection (the
 /// keep-alive race) needs no copy of its header map.
-#[derive(Clone)]
 pub(super) struct EncodedHead {
     bytes: Bytes,
     head_only: bool,
@@ -236,31 +295,68 @@ pub(super) fn encode_head(parts: &http::request::Parts, body: &Body) -> EncodedH
 }
 
 /// Sends `head` and `body` on `conn` and reads the response head; the body
-/// streams from the connection, which returns to `pool` when the body ends.
+/// streams from the connection, which returns to the endpoint's pool when
+/// the body ends.
 // Not an async fn on purpose (see the comment in the body).
 #[allow(clippy::manual_async_fn)]
 pub(super) fn send(
-    mut conn: Conn,
+    conn: Conn,
     head: EncodedHead,
-    mut body: Body,
-    pool: Weak<Pool>,
+    body: Body,
+    endpoint: Arc<Endpoint>,
     max_idle: usize,
     deadline: Option<tokio::time::Instant>,
-) -> impl Future<Output = Result<Response, SendError>> + Send {
+) -> impl Future<Output = Result<Response, Failed>> + Send {
     // An async block rather than an async fn: the captures are not copied
     // again into locals (a smaller future for every enclosing one).
     async move {
+        let bodiless = body.is_end_stream();
+        match exchange(conn, &head, body, deadline).await {
+            Ok((resp, conn, framing, keep_alive)) => {
+                let mut body = H1Body {
+                    conn: Some(conn),
+                    decoder: Decoder::new(framing),
+                    keep_alive,
+                    endpoint,
+                    max_idle,
+                };
+                if body.decoder.is_done() {
+                    body.release();
+                }
+                let (parts, ()) = resp.into_parts();
+                Ok(Response::from_parts(parts, box_body(body)))
+            }
+            Err(e) => Err(Failed {
+                error: e.error,
+                replay: (e.replayable && bodiless).then_some((head, endpoint)),
+            }),
+        }
+    }
+}
+
+/// The exchange up to the response head: the head, whether the connection
+/// stays open after the body, the body's framing, and the connection.
+type Exchanged = (http::Response<()>, Conn, Framing, bool);
+
+async fn exchange(
+    mut conn: Conn,
+    head: &EncodedHead,
+    mut body: Body,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Exchanged, SendError> {
+    {
         let reused = conn.reused;
         let EncodedHead {
             bytes: out,
             head_only,
             chunked,
         } = head;
+        let (head_only, chunked) = (*head_only, *chunked);
         let empty = body.is_end_stream();
         // Nothing of the request reached the peer yet: a failed write on a
         // reused connection is the keep-alive race.
         conn.set_deadline(deadline);
-        conn.write_all_by(&out)
+        conn.write_all_by(out)
             .await
             .map_err(|e| io_failed(e, reused))?;
         if !empty {
@@ -380,18 +476,7 @@ pub(super) fn send(
         conn.reused = true;
         // The deadline covers the response head only.
         conn.set_deadline(None);
-        let mut body = H1Body {
-            conn: Some(conn),
-            decoder: Decoder::new(framing),
-            keep_alive,
-            pool,
-            max_idle,
-        };
-        if body.decoder.is_done() {
-            body.release();
-        }
-        let (parts, ()) = resp.into_parts();
-        Ok(Response::from_parts(parts, box_body(body)))
+        Ok((resp, conn, framing, keep_alive))
     }
 }
 
@@ -487,7 +572,8 @@ struct H1Body {
     conn: Option<Conn>,
     decoder: Decoder,
     keep_alive: bool,
-    pool: Weak<Pool>,
+    /// Whose pool the connection goes back to.
+    endpoint: Arc<Endpoint>,
     max_idle: usize,
 }
 
@@ -500,14 +586,8 @@ impl H1Body {
         if !self.keep_alive || !conn.buf.is_empty() {
             return;
         }
-        if let Some(pool) = self.pool.upgrade() {
-            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.max_idle {
-                idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
-            }
+        if let Some(pool) = Pool::of(&self.endpoint) {
+            pool.put(conn, self.max_idle);
         }
     }
 

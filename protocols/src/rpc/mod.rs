@@ -747,10 +747,10 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
         })
     }
 
-    fn endpoints_removed(&self, addresses: &[SocketAddr]) {
+    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
         // Calls in flight hold their connection; it closes after them.
-        for a in addresses {
-            self.conns.remove(a);
+        for e in endpoints {
+            self.conns.remove(&e.address);
         }
     }
 }
