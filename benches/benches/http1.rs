@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Hello;
 
 impl StreamHandler for Hello {
-    fn handle(&self, _req: Request, _info: StreamInfo) -> ResponseFuture {
+    fn handle(&self, _req: Request, _info: StreamInfo) -> ResponseFuture<'_> {
         Box::pin(async { http::Response::new(full_body(&b"hello world!\n"[..])) })
     }
 }

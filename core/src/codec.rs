@@ -25,14 +25,19 @@ pub enum Detection {
     NeedMore,
 }
 
-/// A boxed response future.
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+/// A boxed response future; it may borrow the handler.
+pub type ResponseFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
 
 /// What a downstream codec calls for every decoded stream: the `proxy`
 /// network filter's stream filters and router. It always yields a response
 /// (a local reply when meshgate fails the stream).
+///
+/// The future borrows the handler: a codec that awaits streams in its
+/// connection's task (HTTP/1.1) lends its handler, where a `'static`
+/// future would take a reference count per request; a codec that spawns
+/// streams moves a clone of the `Arc` into the task.
 pub trait StreamHandler: Send + Sync + 'static {
-    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture;
+    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture<'_>;
 }
 
 /// The downstream side of a codec.

@@ -478,7 +478,7 @@ struct Handler {
 }
 
 impl StreamHandler for Handler {
-    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture {
+    fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture<'_> {
         let peer_ip = self
             .peer_ip
             .get_or_init(|| {
@@ -486,7 +486,7 @@ impl StreamHandler for Handler {
                     .expect("an IP address is a valid header value")
             })
             .clone();
-        Box::pin(self.shared.clone().process(req, info, peer_ip))
+        Box::pin(self.shared.process(req, info, peer_ip))
     }
 }
 
@@ -627,11 +627,11 @@ impl ProxyHandler {
     // Not an async fn on purpose (see the comment in the body).
     #[allow(clippy::manual_async_fn)]
     fn process(
-        self: Arc<Self>,
+        &self,
         mut req: Request,
         mut info: StreamInfo,
         peer_ip: HeaderValue,
-    ) -> impl Future<Output = Response> + Send + 'static {
+    ) -> impl Future<Output = Response> + Send + '_ {
         // An async block, not an async fn: the arguments are captured
         // once, not copied again into locals.
         async move {

@@ -336,7 +336,7 @@ virtual_hosts:
     let RouteAction::Cluster(c) = r.action() else {
         panic!("not a cluster action")
     };
-    assert_eq!(&*c.pick_cluster().name, "a");
+    assert_eq!(c.pick_cluster().name, "a");
     let p = c.forward_policy();
     assert_eq!(p.timeout, Some(Duration::from_secs(15)));
     assert_eq!(p.num_retries, 0);
@@ -344,7 +344,7 @@ virtual_hosts:
 
     let (_, r) = t.find_request(&get("/retry")).unwrap();
     let c = r.cluster_action().unwrap();
-    assert_eq!(&*c.pick_cluster().name, "b");
+    assert_eq!(c.pick_cluster().name, "b");
     let p = c.forward_policy();
     assert_eq!(p.timeout, None);
     assert_eq!(c.idle_timeout(), Some(Duration::from_secs(300)));
@@ -592,13 +592,13 @@ virtual_hosts:
     let (_, r) = t.find_request(&get("/")).unwrap();
     let c = r.cluster_action().unwrap();
     assert_eq!(c.total_weight(), 100);
-    assert_eq!(&*c.pick_cluster_at(0).name, "a");
-    assert_eq!(&*c.pick_cluster_at(89).name, "a");
-    assert_eq!(&*c.pick_cluster_at(90).name, "b");
-    assert_eq!(&*c.pick_cluster_at(99).name, "b");
-    assert_eq!(&*c.pick_cluster_at(100).name, "a"); // modulo
+    assert_eq!(c.pick_cluster_at(0).name, "a");
+    assert_eq!(c.pick_cluster_at(89).name, "a");
+    assert_eq!(c.pick_cluster_at(90).name, "b");
+    assert_eq!(c.pick_cluster_at(99).name, "b");
+    assert_eq!(c.pick_cluster_at(100).name, "a"); // modulo
     let n = 10_000;
-    let a = (0..n).filter(|_| &*c.pick_cluster().name == "a").count();
+    let a = (0..n).filter(|_| c.pick_cluster().name == "a").count();
     let share = a as f64 / n as f64;
     assert!((0.88..=0.92).contains(&share), "share of a: {share}");
 }

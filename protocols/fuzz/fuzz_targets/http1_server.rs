@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Ok200;
 
 impl StreamHandler for Ok200 {
-    fn handle(&self, _req: Request, _info: StreamInfo) -> ResponseFuture {
+    fn handle(&self, _req: Request, _info: StreamInfo) -> ResponseFuture<'_> {
         Box::pin(async { http::Response::new(full_body(&b"ok"[..])) })
     }
 }

@@ -488,6 +488,11 @@ struct Server {
     /// per connection, re-armed only when it fires: no timer operation per
     /// request on a busy keep-alive connection).
     tick: Pin<Box<tokio::time::Sleep>>,
+    /// The tick holds this task's waker: it was polled since it was last
+    /// armed and has not fired. Polling it again would only register the
+    /// same waker again (four atomic instructions per request), so a wait
+    /// polls it only once it fired (`is_elapsed`, a plain load).
+    tick_armed: bool,
     granularity: Duration,
     /// The request in progress has a body (its reader shares the lock).
     has_body: bool,
@@ -517,6 +522,7 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         drain_armed: false,
         drain_signal: drain,
         tick: Box::pin(tokio::time::sleep(granularity)),
+        tick_armed: false,
         granularity,
         has_body: false,
         wbuf: BytesMut::with_capacity(4096),
@@ -581,6 +587,7 @@ impl Server {
             drain_armed,
             drain_signal,
             tick,
+            tick_armed,
             granularity,
             served,
             ..
@@ -627,7 +634,13 @@ impl Server {
                     *drain_armed = true;
                 }
             }
-            while tick.as_mut().poll(cx).is_ready() {
+            // Only this connection's task polls the tick, so the waker it
+            // holds stays the right one until it fires.
+            while !*tick_armed || tick.is_elapsed() {
+                if tick.as_mut().poll(cx).is_pending() {
+                    *tick_armed = true;
+                    break;
+                }
                 fired += 1;
                 if fired >= needed {
                     return Poll::Ready(if !io.rbuf.is_empty() || *served == 0 {
@@ -639,6 +652,7 @@ impl Server {
                 // Re-armed and polled again, so that it wakes us.
                 tick.as_mut()
                     .reset(tokio::time::Instant::now() + *granularity);
+                *tick_armed = false;
             }
             Poll::Pending
         })

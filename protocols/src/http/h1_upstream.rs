@@ -246,7 +246,9 @@ fn protocol(e: impl std::fmt::Display) -> SendError {
 /// Kept as bytes so that a request replayed on a new connection (the
 /// keep-alive race) needs no copy of its header map.
 pub(super) struct EncodedHead {
-    bytes: Bytes,
+    /// Not frozen: dropping a unique `BytesMut` frees it, where a frozen
+    /// `Bytes` of it would drop a shared reference count.
+    bytes: BytesMut,
     head_only: bool,
     chunked: bool,
 }
@@ -288,7 +290,7 @@ pub(super) fn encode_head(parts: &http::request::Parts, body: &Body) -> EncodedH
     };
     out.put_slice(b"\r\n");
     EncodedHead {
-        bytes: out.freeze(),
+        bytes: out,
         head_only: parts.method == http::Method::HEAD,
         chunked,
     }

@@ -83,8 +83,9 @@ fn service(
         let (mut parts, body) = req.into_parts();
         super::adopt_upgrade(&mut parts.extensions);
         let req = Request::from_parts(parts, box_body(body));
-        let fut = handler.handle(req, StreamInfo::new(conn.clone(), protocol));
-        async move { Ok::<_, Infallible>(fut.await) }
+        let info = StreamInfo::new(conn.clone(), protocol);
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(req, info).await) }
     })
 }
 
