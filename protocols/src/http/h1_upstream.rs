@@ -11,7 +11,7 @@
 use super::client::UpstreamIo;
 use super::h1_body::{Decoded, Decoder, Framing, header_name};
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::cluster::Endpoint;
@@ -23,7 +23,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The most bytes a response head (status line and headers) may take.
@@ -142,10 +141,11 @@ impl Conn {
     }
 }
 
-/// An idle connection and when it went idle.
+/// An idle connection and when it went idle (coarse clock: idle expiry
+/// needs no finer grain than the kernel's tick).
 struct Idle {
     conn: Conn,
-    since: Instant,
+    since: std::time::Duration,
 }
 
 /// An endpoint's idle keep-alive connections, kept in its codec state
@@ -168,8 +168,13 @@ impl Pool {
     /// ones met on the way are closed.
     pub(super) fn take(&self, idle_timeout: std::time::Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = if idle.is_empty() {
+            return None;
+        } else {
+            meshgate_core::clock::coarse()
+        };
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && c.conn.idle_ok() {
+            if now.saturating_sub(c.since) < idle_timeout && c.conn.idle_ok() {
                 return Some(c.conn);
             }
         }
@@ -186,7 +191,7 @@ impl Pool {
         if idle.len() < max_idle {
             idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: meshgate_core::clock::coarse(),
             });
         }
     }
@@ -422,39 +427,52 @@ async fn exchange(
 
         // The response head; 1xx other than 101 are skipped.
         let (resp, keep_alive, framing) = loop {
-            let parsed = {
-                // Uninitialised slots: zeroing them all would cost more than
-                // the parse.
-                let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
-                    MAX_HEADERS];
-                let mut r = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default()
-                    .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
-                {
-                    Ok(httparse::Status::Complete(len)) => {
-                        let base = conn.buf.as_ptr() as usize;
-                        let mut fields = Vec::with_capacity(r.headers.len());
-                        for h in r.headers.iter() {
-                            let name = header_name(h.name.as_bytes())
-                                .map_err(|_| protocol("bad response header name"))?;
-                            fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+            // A whole head is parsed and built without an await between, so
+            // the fields (on the stack: a typical response has a handful)
+            // are no part of this future.
+            let head = {
+                let mut fields = Fields::new();
+                let parsed = {
+                    // Uninitialised slots: zeroing them all would cost more
+                    // than the parse.
+                    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                        MAX_HEADERS];
+                    let mut r = httparse::Response::new(&mut []);
+                    match httparse::ParserConfig::default()
+                        .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
+                    {
+                        Ok(httparse::Status::Complete(len)) => {
+                            let base = conn.buf.as_ptr() as usize;
+                            for h in r.headers.iter() {
+                                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+                                let name = h.name.as_bytes();
+                                fields.push([
+                                    at(name),
+                                    name.len() as u32,
+                                    at(h.value),
+                                    h.value.len() as u32,
+                                ]);
+                            }
+                            Some((len, r.code.unwrap_or(0), r.version == Some(1)))
                         }
-                        Some((len, r.code.unwrap_or(0), r.version == Some(1), fields))
+                        Ok(httparse::Status::Partial) => None,
+                        Err(e) => return Err(protocol(format!("bad response head: {e}"))),
                     }
-                    Ok(httparse::Status::Partial) => None,
-                    Err(e) => return Err(protocol(format!("bad response head: {e}"))),
+                };
+                match parsed {
+                    Some((len, code, http11)) => {
+                        // Values point into the head's bytes: no copy per
+                        // field.
+                        let bytes = conn.buf.split_to(len).freeze();
+                        Some(build_head(code, http11, &bytes, &fields, head_only)?)
+                    }
+                    None => None,
                 }
             };
-            match parsed {
-                Some((len, code, http11, fields)) => {
-                    // Values point into the head's bytes: no copy per field.
-                    let bytes = conn.buf.split_to(len).freeze();
-                    match build_head(code, http11, &bytes, fields, head_only)? {
-                        Head::Informational => continue,
-                        Head::Final(resp, keep_alive, framing) => {
-                            break (resp, keep_alive, framing);
-                        }
-                    }
+            match head {
+                Some(Head::Informational) => continue,
+                Some(Head::Final(resp, keep_alive, framing)) => {
+                    break (resp, keep_alive, framing);
                 }
                 None => {
                     if conn.buf.len() >= MAX_HEAD {
@@ -482,6 +500,10 @@ async fn exchange(
     }
 }
 
+/// A response head's fields: the name's offset and length, then the
+/// value's, in the head's bytes (at most `MAX_HEAD`, so `u32` holds them).
+type Fields = smallvec::SmallVec<[[u32; 4]; 16]>;
+
 enum Head {
     Informational,
     Final(http::Response<()>, bool, Framing),
@@ -493,7 +515,7 @@ fn build_head(
     code: u16,
     http11: bool,
     bytes: &Bytes,
-    fields: Vec<(HeaderName, usize, usize)>,
+    fields: &Fields,
     head_only: bool,
 ) -> Result<Head, SendError> {
     let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
@@ -508,11 +530,11 @@ fn build_head(
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut other_te = false;
-    for (name, at, n) in fields {
+    for &[name_at, name_len, at, n] in fields {
+        let (at, n) = (at as usize, n as usize);
+        let name = header_name(&bytes[name_at as usize..(name_at + name_len) as usize])
+            .map_err(|_| protocol("bad response header name"))?;
         let raw = &bytes[at..at + n];
-        // SAFETY: httparse accepted this value, and it accepts only the
-        // bytes a `HeaderValue` allows (as in `h1_server::parse_head`).
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(at..at + n)) };
         if name == http::header::CONNECTION {
             if raw
                 .split(|b| *b == b',')
@@ -543,6 +565,11 @@ fn build_head(
         if name == "keep-alive" {
             continue;
         }
+        // Only now a value: the fields dropped above cost no reference to
+        // the head's bytes.
+        // SAFETY: httparse accepted this value, and it accepts only the
+        // bytes a `HeaderValue` allows (as in `h1_server::parse_head`).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(at..at + n)) };
         headers.append(name, value);
     }
     let framing =
