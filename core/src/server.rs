@@ -283,11 +283,24 @@ impl Live {
     }
 }
 
-/// The file's modification time and length, to notice changes.
-fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())))
+/// What tells that the file changed: its identity (device, inode), length
+/// and modification and change times, in nanoseconds. The inode matters:
+/// file times have the kernel tick's grain, so a file written and renamed
+/// into place twice within one tick (same length) would otherwise look
+/// unchanged, and the second change would be missed for good. A rename
+/// always brings a new inode (the new file existed beside the old one).
+fn file_stamp(path: &Path) -> Option<(u64, u64, u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 /// Builds a snapshot from the file and swaps it in: listeners on a new
@@ -599,6 +612,27 @@ async fn stop_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two same-length rewrites renamed into place within one clock tick
+    /// still look different (the CI failure this fixes: the second of two
+    /// quick route changes was never loaded).
+    #[test]
+    fn a_quick_same_length_rename_changes_the_stamp() {
+        let dir = std::env::temp_dir().join(format!("meshgate-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        let put = |text: &str| {
+            let tmp = dir.join("c.new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        put("v: r1");
+        let a = file_stamp(&path).unwrap();
+        put("v: r2");
+        let b = file_stamp(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_ne!(a, b);
+    }
 
     fn listener(v: serde_json::Value) -> ListenerConfig {
         serde_json::from_value(v).unwrap()
