@@ -621,9 +621,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meshgate-stamp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.yaml");
+        // Both files get the same modification time, as two writes within
+        // one tick do on a file system with coarse timestamps.
+        let tick = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let put = |text: &str| {
             let tmp = dir.join("c.new");
             std::fs::write(&tmp, text).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp)
+                .unwrap()
+                .set_modified(tick)
+                .unwrap();
             std::fs::rename(&tmp, &path).unwrap();
         };
         put("v: r1");

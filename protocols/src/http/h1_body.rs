@@ -234,6 +234,13 @@ pub(super) fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// A parsed field: its name, and where its value lies in the head.
+pub(super) type Field = (HeaderName, usize, usize);
+
+/// A head's fields, on the stack for the usual handful (no allocation per
+/// request).
+pub(super) type Fields = smallvec::SmallVec<[Field; 16]>;
+
 /// A header field name from the wire. The names most messages carry are
 /// matched as spelled on the wire (in the usual two cases) before the
 /// general parse: `HeaderName::from_bytes` lower-cases and classifies every

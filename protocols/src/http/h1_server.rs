@@ -15,10 +15,10 @@
 //! connection task writes the response with; `Expect: 100-continue` is
 //! answered when the body is first polled.
 
-use super::h1_body::{Decoded, Decoder, Framing, has_bare_lf, header_name};
+use super::h1_body::{Decoded, Decoder, Fields, Framing, has_bare_lf, header_name};
 use super::server::ServerOptions;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::codec::StreamHandler;
 use meshgate_core::network::{AsyncIo, Connection, ConnectionInfo, PrefixedIo};
@@ -132,25 +132,18 @@ impl Slot {
     /// Takes the I/O back once no body reader holds it; `false` if one
     /// still does.
     fn reclaim(&mut self) -> bool {
-        let Slot::Lent(s) = self else {
-            return true;
+        let (slot, own) = match std::mem::replace(self, Slot::Gone) {
+            Slot::Lent(s) => match Arc::try_unwrap(s) {
+                Ok(m) => (
+                    Slot::Own(m.into_inner().unwrap_or_else(|p| p.into_inner())),
+                    true,
+                ),
+                Err(s) => (Slot::Lent(s), false),
+            },
+            other => (other, true),
         };
-        if Arc::strong_count(s) > 1 {
-            return false;
-        }
-        let Slot::Lent(s) = std::mem::replace(self, Slot::Gone) else {
-            unreachable!()
-        };
-        match Arc::try_unwrap(s) {
-            Ok(m) => {
-                *self = Slot::Own(m.into_inner().unwrap_or_else(|p| p.into_inner()));
-                true
-            }
-            Err(s) => {
-                *self = Slot::Lent(s);
-                false
-            }
-        }
+        *self = slot;
+        own
     }
 }
 
@@ -315,9 +308,6 @@ struct Head {
     upgrade: bool,
 }
 
-/// A parsed field: its name, and where its value lies in the head.
-type Field = (HeaderName, usize, usize);
-
 fn offset(base: &[u8], s: &[u8]) -> usize {
     s.as_ptr() as usize - base.as_ptr() as usize
 }
@@ -329,11 +319,12 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
     let limit = opts.max_request_headers.min(HEADER_SLOTS);
-    let (len, fields, method, path, version) = {
+    // Filled in place, not moved out of the block below.
+    let mut fields = Fields::new();
+    let (len, method, path, version) = {
         let mut r = httparse::Request::new(&mut []);
         match r.parse_with_uninit_headers(rbuf, &mut slots[..limit]) {
             Ok(httparse::Status::Complete(len)) => {
-                let mut fields: Vec<Field> = Vec::with_capacity(r.headers.len());
                 for h in r.headers.iter() {
                     let name = header_name(h.name.as_bytes())
                         .map_err(|_| HeadError::Bad("bad header name"))?;
@@ -344,7 +335,6 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
                 let path = r.path.unwrap_or("").as_bytes();
                 (
                     len,
-                    fields,
                     method,
                     (offset(rbuf, path), path.len()),
                     r.version.unwrap_or(1),
@@ -384,7 +374,7 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
     let mut keep_alive_token = false;
     let mut upgrade_token = false;
     let mut expect_continue = false;
-    for (name, at, n) in fields {
+    for (name, at, n) in fields.drain(..) {
         // SAFETY: httparse accepted this value, and it accepts only the
         // bytes a `HeaderValue` allows (HTAB, SP, VCHAR, obs-text; a control
         // byte is its `HeaderValue` error). Checking them again cost about
@@ -557,7 +547,7 @@ enum Next {
 /// One downstream HTTP/1 connection.
 struct Server {
     opts: ServerOptions,
-    shared: Slot,
+    slot: Slot,
     info: Arc<ConnectionInfo>,
     handler: Arc<dyn StreamHandler>,
     /// Wakes this task when the server drains. Polled once, on the first
@@ -590,7 +580,7 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         (opts.request_headers_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let listener = info.listener.clone();
     let s = Server {
-        shared: Slot::Own(Io {
+        slot: Slot::Own(Io {
             io,
             rbuf: BytesMut::with_capacity(READ_SIZE),
             eof: false,
@@ -640,7 +630,7 @@ impl Server {
             match self.exchange(head).await {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Switch(resp, tx)) => {
-                    if let Err(e) = switch(self.shared, resp, tx).await {
+                    if let Err(e) = switch(self.slot, resp, tx).await {
                         tracing::debug!(error = %e, "upgrade failed");
                     }
                     return;
@@ -661,10 +651,11 @@ impl Server {
     /// after the wait began is at least n-1 granularities after it; a
     /// later head is cut off between the limit and two granularities past
     /// it (the first, counted from the connection's start, within one).
-    /// Each poll takes the connection's lock once.
+    /// Each poll takes the connection's lock once if a body reader holds
+    /// it, none otherwise.
     async fn wait_head(&mut self) -> Wait {
         let Server {
-            shared,
+            slot: shared,
             opts,
             drain,
             drain_armed,
@@ -761,8 +752,8 @@ impl Server {
         out.put_slice(b"\r\n");
         out.put_slice(text.as_bytes());
         out.put_u8(b'\n');
-        if write_all(&mut self.shared, &out).await.is_ok() {
-            let _ = flush(&mut self.shared).await;
+        if write_all(&mut self.slot, &out).await.is_ok() {
+            let _ = flush(&mut self.slot).await;
             self.linger().await;
         }
     }
@@ -770,7 +761,7 @@ impl Server {
     /// Half-closes and reads what the client still sends for a moment, so
     /// that the last response is not destroyed by a reset.
     async fn linger(&mut self) {
-        let shared = &mut self.shared;
+        let shared = &mut self.slot;
         let _ = poll_fn(|cx| Pin::new(&mut shared.io().io).poll_shutdown(cx)).await;
         let _ = tokio::time::timeout(LINGER, async {
             let mut total = 0usize;
@@ -808,12 +799,12 @@ impl Server {
         } else {
             let d = Decoder::new(framing);
             let size = d.exact_remaining();
-            let mut io = self.shared.io();
+            let mut io = self.slot.io();
             io.body = Some(d);
             io.continue_owed = expect_continue.then_some(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
             drop(io);
             box_body(RequestBody {
-                shared: self.shared.lend(),
+                shared: self.slot.lend(),
                 size,
             })
         };
@@ -859,7 +850,7 @@ impl Server {
         // A body the client is still sending is drained only when short
         // and already on its way.
         if self.has_body {
-            let io = self.shared.io();
+            let io = self.slot.io();
             if let Some(d) = &io.body {
                 let short = d.exact_remaining().is_some_and(|n| n <= DRAIN_LIMIT);
                 if !short || io.continue_owed.is_some() {
@@ -945,7 +936,7 @@ impl Server {
         mode: Out,
     ) -> io::Result<bool> {
         if mode == Out::None {
-            write_flush(&mut self.shared, out).await?;
+            write_flush(&mut self.slot, out).await?;
             return Ok(true);
         }
         let mut written: u64 = 0;
@@ -956,7 +947,7 @@ impl Server {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
                     if !out.is_empty() {
-                        write_flush(&mut self.shared, out).await?;
+                        write_flush(&mut self.slot, out).await?;
                         out.clear();
                     }
                     poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
@@ -969,7 +960,7 @@ impl Server {
                     tracing::debug!(conn = self.info.id, error = %e, "response body failed");
                     // The client sees the body cut short: flush what we
                     // have and close.
-                    let _ = write_all(&mut self.shared, out).await;
+                    let _ = write_all(&mut self.slot, out).await;
                     return Ok(false);
                 }
             };
@@ -993,9 +984,9 @@ impl Server {
                         let _ = write!(out, "{:x}\r\n", data.len());
                     }
                     if data.len() >= COPY_LIMIT {
-                        write_all(&mut self.shared, out).await?;
+                        write_all(&mut self.slot, out).await?;
                         out.clear();
-                        write_all(&mut self.shared, &data).await?;
+                        write_all(&mut self.slot, &data).await?;
                     } else {
                         out.put_slice(&data);
                     }
@@ -1017,7 +1008,7 @@ impl Server {
                 }
             }
             if out.len() >= WRITE_BATCH {
-                write_all(&mut self.shared, out).await?;
+                write_all(&mut self.slot, out).await?;
                 out.clear();
             }
             if trailers_sent || body.is_end_stream() {
@@ -1027,7 +1018,7 @@ impl Server {
         if mode == Out::Chunked && !trailers_sent {
             out.put_slice(b"0\r\n\r\n");
         }
-        write_flush(&mut self.shared, out).await?;
+        write_flush(&mut self.slot, out).await?;
         Ok(match mode {
             Out::Length(n) => written == n,
             _ => true,
@@ -1038,7 +1029,7 @@ impl Server {
     /// finish briefly so the response is not destroyed by a reset.
     async fn linger_if_unread(&mut self) {
         let unread = {
-            let io = self.shared.io();
+            let io = self.slot.io();
             // After a framing error nothing tells where the client's bytes
             // end: it may still be sending.
             io.body.is_some() || io.body_failed || !io.rbuf.is_empty()
@@ -1052,11 +1043,11 @@ impl Server {
     /// `DRAIN_LIMIT` and the header timeout); `Ok(false)` if the
     /// connection cannot be reused.
     async fn finish_request_body(&mut self) -> io::Result<bool> {
-        if !self.shared.reclaim() {
+        if !self.slot.reclaim() {
             // Someone still holds the request body: it may yet read it.
             return Ok(false);
         }
-        let shared = &mut self.shared;
+        let shared = &mut self.slot;
         let r = tokio::time::timeout(
             self.opts.request_headers_timeout,
             poll_fn(|cx| {
@@ -1088,7 +1079,7 @@ impl Server {
 
 /// Writes a `101` and hands the byte stream over to the tunnel.
 async fn switch(
-    mut shared: Slot,
+    mut slot: Slot,
     resp: Response,
     tx: tokio::sync::oneshot::Sender<Box<dyn AsyncIo>>,
 ) -> io::Result<()> {
@@ -1098,12 +1089,12 @@ async fn switch(
         put_header(&mut out, k.as_str().as_bytes(), v.as_bytes());
     }
     out.put_slice(b"\r\n");
-    write_all(&mut shared, &out).await?;
-    flush(&mut shared).await?;
-    if !shared.reclaim() {
+    write_all(&mut slot, &out).await?;
+    flush(&mut slot).await?;
+    if !slot.reclaim() {
         return Err(io::Error::other("request body still held"));
     }
-    let Slot::Own(io) = shared else {
+    let Slot::Own(io) = slot else {
         unreachable!("reclaimed")
     };
     let mut stream = io.io;

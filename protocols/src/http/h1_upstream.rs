@@ -9,7 +9,7 @@
 //! path in `client.rs`.
 
 use super::client::UpstreamIo;
-use super::h1_body::{Decoded, Decoder, Framing, header_name};
+use super::h1_body::{Decoded, Decoder, Fields, Framing, header_name};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
@@ -168,11 +168,10 @@ impl Pool {
     /// ones met on the way are closed.
     pub(super) fn take(&self, idle_timeout: std::time::Duration) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = if idle.is_empty() {
+        if idle.is_empty() {
             return None;
-        } else {
-            meshgate_core::clock::coarse()
-        };
+        }
+        let now = meshgate_core::clock::coarse();
         while let Some(c) = idle.pop() {
             if now.saturating_sub(c.since) < idle_timeout && c.conn.idle_ok() {
                 return Some(c.conn);
@@ -427,48 +426,9 @@ async fn exchange(
 
         // The response head; 1xx other than 101 are skipped.
         let (resp, keep_alive, framing) = loop {
-            // A whole head is parsed and built without an await between, so
-            // the fields (on the stack: a typical response has a handful)
+            // Parsed and built without an await: the fields (on the stack)
             // are no part of this future.
-            let head = {
-                let mut fields = Fields::new();
-                let parsed = {
-                    // Uninitialised slots: zeroing them all would cost more
-                    // than the parse.
-                    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
-                        MAX_HEADERS];
-                    let mut r = httparse::Response::new(&mut []);
-                    match httparse::ParserConfig::default()
-                        .parse_response_with_uninit_headers(&mut r, &conn.buf, &mut slots)
-                    {
-                        Ok(httparse::Status::Complete(len)) => {
-                            let base = conn.buf.as_ptr() as usize;
-                            for h in r.headers.iter() {
-                                let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-                                let name = h.name.as_bytes();
-                                fields.push([
-                                    at(name),
-                                    name.len() as u32,
-                                    at(h.value),
-                                    h.value.len() as u32,
-                                ]);
-                            }
-                            Some((len, r.code.unwrap_or(0), r.version == Some(1)))
-                        }
-                        Ok(httparse::Status::Partial) => None,
-                        Err(e) => return Err(protocol(format!("bad response head: {e}"))),
-                    }
-                };
-                match parsed {
-                    Some((len, code, http11)) => {
-                        // Values point into the head's bytes: no copy per
-                        // field.
-                        let bytes = conn.buf.split_to(len).freeze();
-                        Some(build_head(code, http11, &bytes, &fields, head_only)?)
-                    }
-                    None => None,
-                }
-            };
+            let head = read_head(&mut conn.buf, head_only)?;
             match head {
                 Some(Head::Informational) => continue,
                 Some(Head::Final(resp, keep_alive, framing)) => {
@@ -500,9 +460,39 @@ async fn exchange(
     }
 }
 
-/// A response head's fields: the name's offset and length, then the
-/// value's, in the head's bytes (at most `MAX_HEAD`, so `u32` holds them).
-type Fields = smallvec::SmallVec<[[u32; 4]; 16]>;
+/// The response head at the start of `buf`, taken out of it; `Ok(None)`
+/// while incomplete.
+fn read_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, SendError> {
+    let mut fields = Fields::new();
+    let len = {
+        // Uninitialised slots: zeroing them all would cost more than the
+        // parse.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                for h in r.headers.iter() {
+                    let name = header_name(h.name.as_bytes())
+                        .map_err(|_| protocol("bad response header name"))?;
+                    fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+                }
+                Some((len, r.code.unwrap_or(0), r.version == Some(1)))
+            }
+            Ok(httparse::Status::Partial) => None,
+            Err(e) => return Err(protocol(format!("bad response head: {e}"))),
+        }
+    };
+    let Some((len, code, http11)) = len else {
+        return Ok(None);
+    };
+    // Values point into the head's bytes: no copy per field.
+    let bytes = buf.split_to(len).freeze();
+    build_head(code, http11, &bytes, &mut fields, head_only).map(Some)
+}
 
 enum Head {
     Informational,
@@ -515,7 +505,7 @@ fn build_head(
     code: u16,
     http11: bool,
     bytes: &Bytes,
-    fields: &Fields,
+    fields: &mut Fields,
     head_only: bool,
 ) -> Result<Head, SendError> {
     let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
@@ -530,10 +520,8 @@ fn build_head(
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut other_te = false;
-    for &[name_at, name_len, at, n] in fields {
-        let (at, n) = (at as usize, n as usize);
-        let name = header_name(&bytes[name_at as usize..(name_at + name_len) as usize])
-            .map_err(|_| protocol("bad response header name"))?;
+    // Drained: each name is moved into the map, not cloned.
+    for (name, at, n) in fields.drain(..) {
         let raw = &bytes[at..at + n];
         if name == http::header::CONNECTION {
             if raw
