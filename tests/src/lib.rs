@@ -72,10 +72,17 @@ pub fn free_port() -> u16 {
             .port();
     }
     let span = hi - lo;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let start = std::process::id().wrapping_mul(7_919).wrapping_add(nanos);
+    // One start per test process: the walk below then hands out distinct
+    // ports within it (97 is prime: distinct unless the span is a multiple
+    // of it). A start read per call once gave two listeners of one config
+    // the same port.
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7_919).wrapping_add(nanos)
+    });
     for _ in 0..span {
         let i = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (lo + start.wrapping_add(i.wrapping_mul(97)) % span) as u16;
