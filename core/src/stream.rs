@@ -94,11 +94,16 @@ pub struct StreamInfo {
     pub upstream_host: Option<std::net::SocketAddr>,
     /// Why meshgate answered itself, if it did (e.g. `no_route`).
     pub local_reply: Option<&'static str>,
+    /// The trusted client address: the peer's, or the one the `proxy`
+    /// filter took from `x-forwarded-for` (`use_remote_address`,
+    /// `xff_num_trusted_hops`). Filters and access logs use this one.
+    pub downstream_remote_address: std::net::IpAddr,
 }
 
 impl StreamInfo {
     pub fn new(connection: Arc<ConnectionInfo>, protocol: &'static str) -> Self {
         Self {
+            downstream_remote_address: connection.peer_addr.ip(),
             connection,
             protocol,
             start: Instant::now(),

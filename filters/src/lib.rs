@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod echo;
+mod edge;
 pub mod proxy;
 pub mod tcp_proxy;
 

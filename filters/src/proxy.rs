@@ -57,6 +57,31 @@ struct ProxyConfig {
     /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
     #[serde(default)]
     advertise_http3: Option<AdvertiseHttp3>,
+    // Envoy HCM options, applied in `edge.rs`.
+    /// RFC 3986 path normalisation before routing (Envoy's default: off).
+    #[serde(default)]
+    normalize_path: bool,
+    /// `//` merged into `/` before routing.
+    #[serde(default)]
+    merge_slashes: bool,
+    /// What to do with `%2F` and `%5C` in paths.
+    #[serde(default)]
+    path_with_escaped_slashes_action: crate::edge::EscapedSlashesAction,
+    /// The peer is the client (appended to `x-forwarded-for`); `false`
+    /// takes the client from `x-forwarded-for` and leaves it as it is.
+    #[serde(default = "default_true")]
+    use_remote_address: bool,
+    /// Trusted proxies in front of meshgate, counted from the right of
+    /// `x-forwarded-for`.
+    #[serde(default)]
+    xff_num_trusted_hops: u32,
+    #[serde(default)]
+    server_header_transformation: crate::edge::ServerHeaderTransformation,
+    #[serde(default = "crate::edge::default_server_name")]
+    server_name: String,
+    /// Upgrade types that may be tunnelled (default: websocket).
+    #[serde(default = "crate::edge::default_upgrade_configs")]
+    upgrade_configs: Vec<crate::edge::UpgradeConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +191,19 @@ impl NetworkFilterFactory for ProxyFactory {
             })?);
         }
         let listener = ctx.listener.to_string();
+        let edge = crate::edge::Edge::build(
+            crate::edge::EdgeOptions {
+                normalize_path: cfg.normalize_path,
+                merge_slashes: cfg.merge_slashes,
+                escaped_slashes: cfg.path_with_escaped_slashes_action,
+                use_remote_address: cfg.use_remote_address,
+                xff_num_trusted_hops: cfg.xff_num_trusted_hops,
+                server_header_transformation: cfg.server_header_transformation,
+                server_name: &cfg.server_name,
+                upgrade_configs: &cfg.upgrade_configs,
+            },
+            &listener,
+        )?;
         Ok(Arc::new(Proxy {
             codecs,
             detect_timeout: cfg.detect_timeout,
@@ -175,6 +213,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 followers: std::sync::Mutex::new(Vec::new()),
                 filters,
                 generate_request_id: cfg.generate_request_id,
+                edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
                 access_log: match &cfg.access_log {
                     None => None,
@@ -461,6 +500,7 @@ struct ProxyHandler {
     followers: std::sync::Mutex<Vec<std::sync::Weak<ProxyHandler>>>,
     filters: Vec<Arc<dyn StreamFilter>>,
     generate_request_id: bool,
+    edge: crate::edge::Edge,
     max_request_body_bytes: Option<u64>,
     stats: HttpStats,
     /// `alt-svc` added to responses on TCP connections.
@@ -497,6 +537,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded.
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -513,7 +554,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// pass over its names: a length test first, so most names cost no
 /// comparison, where a lookup per header the proxy cares about would hash
 /// each of them (about 800 instructions a request in the HTTP/1.1 profile).
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Seen {
     hop_by_hop: bool,
     expect: bool,
@@ -563,6 +604,11 @@ fn strip_hop_by_hop_present(h: &mut HeaderMap) {
         h.remove(n);
     }
     for n in listed {
+        // Never connection-specific: the authority, and the framing, which
+        // is the codec's.
+        if n == http::header::HOST || n == http::header::CONTENT_LENGTH {
+            continue;
+        }
         h.remove(n);
     }
     if keep_te_trailers {
@@ -637,6 +683,10 @@ impl ProxyHandler {
         async move {
             self.stats.rq_total.increment(1);
             info.grpc = is_grpc(req.headers());
+            let seen = seen(req.headers());
+            // Before meshgate adds its own headers: a client's `Connection`
+            // listing must not remove them.
+            let prepared = self.prepare(&mut req, &mut info, seen);
             if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
                 req.headers_mut().insert(X_REQUEST_ID, request_id());
             }
@@ -645,7 +695,13 @@ impl ProxyHandler {
                 .access_log
                 .as_ref()
                 .map(|_| Box::new(RequestSummary::of(&req)));
-            let mut resp = self.route_and_forward(&mut req, &mut info, peer_ip).await;
+            let mut resp = match prepared {
+                Ok(upgrade) => {
+                    self.route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade)
+                        .await
+                }
+                Err(resp) => resp,
+            };
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
             }
@@ -658,6 +714,7 @@ impl ProxyHandler {
             {
                 resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
             }
+            self.edge.server_header(resp.headers_mut());
             let status = resp.status().as_u16();
             self.stats.count(&info, status);
             self.stats
@@ -679,48 +736,72 @@ impl ProxyHandler {
         }
     }
 
+    /// The request head as meshgate routes and forwards it, before any
+    /// header of meshgate's own is added: one authority, no `CONNECT`, the
+    /// normalised path, hop-by-hop and `Connection`-listed headers
+    /// removed. `Ok` carries the upgrade the request asks for (allowed or
+    /// not once its route is known); `Err` is the answer instead.
+    fn prepare(
+        &self,
+        req: &mut Request,
+        info: &mut StreamInfo,
+        seen: Seen,
+    ) -> Result<Option<HeaderValue>, Response> {
+        use crate::edge::{Edge, PathVerdict, Refusal};
+        if let Some(r) = self.edge.check_authority(req, info.protocol) {
+            self.edge.count(r);
+            return Err(local_reply(info, LocalReason::BadRequest));
+        }
+        if Edge::is_connect(req.method()) {
+            self.edge.count(Refusal::Connect);
+            return Err(local_reply(info, LocalReason::NoRoute));
+        }
+        if self.edge.normalizes() {
+            match self.edge.normalize_request(req) {
+                PathVerdict::Keep | PathVerdict::Forward(_) => {}
+                PathVerdict::Reject(r) => {
+                    self.edge.count(r);
+                    return Err(local_reply(info, LocalReason::BadRequest));
+                }
+                PathVerdict::Redirect(location) => {
+                    self.edge.count(Refusal::EscapedSlashRedirect);
+                    info.local_reply = Some("escaped_slash_redirect");
+                    let mut r = Response::new(meshgate_core::stream::empty_body());
+                    *r.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+                    if let Ok(v) = HeaderValue::from_str(&location) {
+                        r.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    return Err(r);
+                }
+            }
+        }
+        if !seen.hop_by_hop {
+            return Ok(None);
+        }
+        let headers = req.headers_mut();
+        let upgrade = upgrade_protocol(headers);
+        strip_hop_by_hop_present(headers);
+        if upgrade.is_some() {
+            // Only an h2c upgrade uses it, and that is never tunnelled.
+            headers.remove(HTTP2_SETTINGS);
+        }
+        Ok(upgrade)
+    }
+
     async fn route_and_forward(
         &self,
         req: &mut Request,
         info: &mut StreamInfo,
         peer_ip: HeaderValue,
+        seen: Seen,
+        mut upgrade: Option<HeaderValue>,
     ) -> Response {
-        let seen = seen(req.headers());
-        let upgrade = seen
-            .hop_by_hop
-            .then(|| upgrade_protocol(req.headers()))
-            .flatten();
         let headers = req.headers_mut();
-        if seen.hop_by_hop {
-            strip_hop_by_hop_present(headers);
-        }
-        if let Some(u) = &upgrade {
-            headers.insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("upgrade"),
-            );
-            headers.insert(http::header::UPGRADE, u.clone());
-        }
         if seen.expect {
             headers.remove(http::header::EXPECT);
         }
-        let prev = seen
-            .forwarded_for
-            .then(|| headers.get(&X_FORWARDED_FOR))
-            .flatten();
-        let xff = match prev {
-            Some(prev) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(peer_ip.as_bytes());
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
-            }
-            None => Some(peer_ip),
-        };
-        if let Some(v) = xff {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
+        self.edge
+            .forwarded_for(headers, seen.forwarded_for, peer_ip, info);
         let tls = info.connection.tls.clone();
         headers.insert(
             X_FORWARDED_PROTO,
@@ -763,7 +844,26 @@ impl ProxyHandler {
                 // Borrowed: the route table this future holds keeps it.
                 let cluster = c.pick_cluster();
                 route.apply_request_mutations(vhost, req);
-                let downstream_upgrade = req.extensions_mut().remove::<Upgrade>();
+                let downstream_upgrade = match upgrade.take() {
+                    Some(u) => {
+                        let t = u.to_str().unwrap_or("");
+                        if self.edge.upgrade_allowed(&u, c.upgrade_override(t.trim())) {
+                            let h = req.headers_mut();
+                            h.insert(
+                                http::header::CONNECTION,
+                                HeaderValue::from_static("upgrade"),
+                            );
+                            h.insert(http::header::UPGRADE, u.clone());
+                            upgrade = Some(u);
+                        } else {
+                            // Forwarded as a plain request.
+                            self.edge.count(crate::edge::Refusal::UpgradeNotAllowed);
+                        }
+                        req.extensions_mut().remove::<Upgrade>()
+                    }
+                    None => req.extensions_mut().remove::<Upgrade>(),
+                };
+                let downstream_upgrade = downstream_upgrade.filter(|_| upgrade.is_some());
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let mut resp = {
@@ -854,6 +954,7 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
         "start_time": humantime::format_rfc3339_millis(started).to_string(),
         "listener": &*c.listener,
         "downstream_remote": c.peer_addr.to_string(),
+        "downstream_remote_address": info.downstream_remote_address.to_string(),
         "protocol": info.protocol,
         "method": req.method.as_str(),
         "path": req.path,

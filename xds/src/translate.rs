@@ -717,12 +717,67 @@ fn http_connection_manager(
             );
         }
     };
+    // Edge options (filters/src/edge.rs). Envoy's defaults are written
+    // out where meshgate's YAML defaults differ (use_remote_address,
+    // upgrade_configs).
+    use hcm::http_connection_manager::{
+        PathWithEscapedSlashesAction as Esc, ServerHeaderTransformation as Sht,
+    };
+    let escaped = match Esc::try_from(std::mem::take(&mut h.path_with_escaped_slashes_action)) {
+        Ok(a) => a.as_str_name(),
+        Err(_) => {
+            return err(
+                join(path, "path_with_escaped_slashes_action"),
+                "unknown action",
+            );
+        }
+    };
+    let server_header = match Sht::try_from(std::mem::take(&mut h.server_header_transformation)) {
+        Ok(t) => t.as_str_name(),
+        Err(_) => return err(join(path, "server_header_transformation"), "unknown value"),
+    };
+    let mut upgrades = Vec::new();
+    for (i, mut u) in std::mem::take(&mut h.upgrade_configs)
+        .into_iter()
+        .enumerate()
+    {
+        let up = format!("{path}.upgrade_configs[{i}]");
+        if !u.filters.is_empty() {
+            return err(
+                join(&up, "filters"),
+                "upgrade filter chains are not supported",
+            );
+        }
+        upgrades.push(json!({
+            "upgrade_type": std::mem::take(&mut u.upgrade_type),
+            "enabled": u.enabled.take().is_none_or(|b| b.value),
+        }));
+        rest(&u, &up)?;
+    }
+    let server_name = match std::mem::take(&mut h.server_name) {
+        n if n.is_empty() => "meshgate".to_string(),
+        n => n,
+    };
+    let edge = json!({
+        "normalize_path": h.normalize_path.take().is_some_and(|b| b.value),
+        "merge_slashes": std::mem::take(&mut h.merge_slashes),
+        "path_with_escaped_slashes_action": escaped,
+        "use_remote_address": h.use_remote_address.take().is_some_and(|b| b.value),
+        "xff_num_trusted_hops": std::mem::take(&mut h.xff_num_trusted_hops),
+        "server_header_transformation": server_header,
+        "server_name": server_name,
+        "upgrade_configs": upgrades,
+    });
     rest(&h, path)?;
-    Ok(json!({
+    let mut out = json!({
         "codec": codec,
         "route_config": route_config,
         "generate_request_id": generate_request_id,
-    }))
+    });
+    if let (Some(o), Value::Object(e)) = (out.as_object_mut(), edge) {
+        o.extend(e);
+    }
+    Ok(out)
 }
 
 /// Translates a RouteConfiguration (from RDS or inline).
@@ -1091,6 +1146,20 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         }
         rest(&rp, &pp)?;
         out.retry_policy = Some(p);
+    }
+    for (i, mut u) in std::mem::take(&mut a.upgrade_configs)
+        .into_iter()
+        .enumerate()
+    {
+        let up = format!("{path}.upgrade_configs[{i}]");
+        if u.connect_config.is_some() {
+            return err(join(&up, "connect_config"), "CONNECT is not supported");
+        }
+        out.upgrade_configs.push(rc::RouteUpgradeConfig {
+            upgrade_type: std::mem::take(&mut u.upgrade_type),
+            enabled: u.enabled.take().is_none_or(|b| b.value),
+        });
+        rest(&u, &up)?;
     }
     rest(&a, path)?;
     Ok(out)

@@ -186,6 +186,20 @@ pub struct RouteActionConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// Enables or disables, on this route, an upgrade type the listener's
+    /// `proxy` lists (Envoy's `RouteAction.upgrade_configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrade_configs: Vec<RouteUpgradeConfig>,
+}
+
+/// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteUpgradeConfig {
+    /// The `Upgrade` token, case-insensitive (e.g. `websocket`).
+    pub upgrade_type: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 impl Default for RouteActionConfig {
@@ -199,6 +213,7 @@ impl Default for RouteActionConfig {
             timeout: default_route_timeout(),
             idle_timeout: None,
             retry_policy: None,
+            upgrade_configs: Vec::new(),
         }
     }
 }

@@ -62,6 +62,7 @@ pub use action::{
     ClusterAction, DirectResponseAction, HeaderAddition, HeaderMutations, PathRewrite,
     RedirectAction, RouteAction, WeightedCluster,
 };
+pub use config::RouteUpgradeConfig;
 pub use config::{
     ClusterWeightConfig, DirectResponseConfig, HeaderMatcherConfig, HeaderValueOption,
     QueryParameterMatcherConfig, RedirectActionConfig, RegexRewriteConfig, RetryBackOffConfig,
@@ -819,7 +820,19 @@ fn build_cluster_action(
     } else {
         policy.num_retries = 0;
     }
+    let mut upgrades = Vec::with_capacity(c.upgrade_configs.len());
+    for (k, u) in c.upgrade_configs.iter().enumerate() {
+        let t = u.upgrade_type.to_ascii_lowercase();
+        if let Err(m) = check_upgrade_type(&t) {
+            return Err(BuildError::new(
+                format!("{path}.upgrade_configs[{k}].upgrade_type"),
+                m,
+            ));
+        }
+        upgrades.push((t.into_boxed_str(), u.enabled));
+    }
     Ok(ClusterAction {
+        upgrades: upgrades.into(),
         clusters: targets.into(),
         total_weight,
         policy,
@@ -827,6 +840,21 @@ fn build_cluster_action(
         path_rewrite,
         host_rewrite,
     })
+}
+
+/// An upgrade type meshgate may tunnel: an HTTP token, never `h2c` (a
+/// client's h2c upgrade is always stripped) nor `CONNECT` (not supported).
+pub fn check_upgrade_type(t: &str) -> Result<(), &'static str> {
+    if t.is_empty() || HeaderName::from_bytes(t.as_bytes()).is_err() {
+        return Err("must be an HTTP token, e.g. websocket");
+    }
+    if t.eq_ignore_ascii_case("h2c") {
+        return Err("h2c upgrades are never tunnelled (they are stripped)");
+    }
+    if t.eq_ignore_ascii_case("connect") {
+        return Err("CONNECT is not supported");
+    }
+    Ok(())
 }
 
 /// A literal path used in a rewrite or redirect.

@@ -234,8 +234,16 @@ impl ClientCodec for Http1Client {
     }
 }
 
-/// HTTP/1 wants origin-form and a Host header.
-fn to_origin_form(req: &mut Request) {
+/// HTTP/1 wants origin-form and a Host header: the request's authority,
+/// else (an HTTP/1.0 request without Host) the endpoint's address.
+fn to_origin_form(req: &mut Request, endpoint: std::net::SocketAddr) {
+    if req.version() == http::Version::HTTP_10
+        && req.uri().authority().is_none()
+        && !req.headers().contains_key(http::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&endpoint.to_string())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         if !req.headers().contains_key(http::header::HOST)
             && let Some(a) = authority(req)
@@ -269,7 +277,7 @@ impl Http1Client {
         if req.headers().contains_key(http::header::UPGRADE) {
             return Err(req);
         }
-        to_origin_form(&mut req);
+        to_origin_form(&mut req, endpoint.address);
         let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
         let (parts, body) = req.into_parts();
         let head = h1_upstream::encode_head(&parts, &body);
@@ -292,7 +300,7 @@ impl Http1Client {
         endpoint: &Arc<Endpoint>,
         mut req: Request,
     ) -> UpstreamFuture {
-        to_origin_form(&mut req);
+        to_origin_form(&mut req, endpoint.address);
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();

@@ -278,6 +278,8 @@ impl http_body::Body for RequestBody {
 /// Why a request head was refused.
 enum HeadError {
     Bad(&'static str),
+    /// `user@host` in `Host` or an absolute-form target.
+    Userinfo,
     TooLarge,
     NotImplemented,
 }
@@ -285,7 +287,7 @@ enum HeadError {
 impl HeadError {
     fn status(&self) -> StatusCode {
         match self {
-            HeadError::Bad(_) => StatusCode::BAD_REQUEST,
+            HeadError::Bad(_) | HeadError::Userinfo => StatusCode::BAD_REQUEST,
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
@@ -293,6 +295,7 @@ impl HeadError {
     fn reason(&self) -> &'static str {
         match self {
             HeadError::TooLarge => "headers_too_large",
+            HeadError::Userinfo => "authority_userinfo",
             _ => "bad_request",
         }
     }
@@ -362,6 +365,9 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
     let http10 = version == 0;
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1))
         .map_err(|_| HeadError::Bad("bad request target"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(HeadError::Userinfo);
+    }
     // Room for what the proxy adds (x-forwarded-*, x-request-id) without
     // growing the map.
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
@@ -413,7 +419,13 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
                     }
                 }
             }
-            http::header::HOST => hosts += 1,
+            http::header::HOST => {
+                hosts += 1;
+                // RFC 9110 section 4.2.4: no userinfo in an authority.
+                if value.as_bytes().contains(&b'@') {
+                    return Err(HeadError::Userinfo);
+                }
+            }
             http::header::CONNECTION => {
                 for t in value.as_bytes().split(|b| *b == b',') {
                     let t = t.trim_ascii();
@@ -619,6 +631,7 @@ impl Server {
                     let why = match &e {
                         HeadError::Bad(why) => why,
                         HeadError::TooLarge => "head too large",
+                        HeadError::Userinfo => "userinfo in the authority",
                         HeadError::NotImplemented => "transfer coding not implemented",
                     };
                     tracing::debug!(conn = self.info.id, status = %e.status(), why, "refused request head");

@@ -56,8 +56,11 @@ fn detect_h2(preface: &[u8]) -> Detection {
     }
 }
 
-/// An HTTP/1 request starts with a method token (RFC 9110 tchar) and a
-/// space. We accept the token characters and decide at the first space.
+/// An HTTP/1 request starts with a method and a space. Anything that looks
+/// like a request line (visible ASCII up to a space, CR or LF) is claimed,
+/// even an invalid method: the http1 codec answers it 400, as on a
+/// `codec: http1` listener, rather than the connection closing unanswered.
+/// Binary protocols (TLS, Dubbo, Bolt) start with bytes outside that range.
 fn detect_h1(preface: &[u8]) -> Detection {
     match detect_h2(preface) {
         Detection::Match => return Detection::NoMatch,
@@ -65,15 +68,19 @@ fn detect_h1(preface: &[u8]) -> Detection {
         Detection::NoMatch => {}
     }
     for (i, &b) in preface.iter().enumerate() {
-        if b == b' ' {
+        if matches!(b, b' ' | b'\r' | b'\n') {
             return if i > 0 {
                 Detection::Match
             } else {
                 Detection::NoMatch
             };
         }
-        if !b.is_ascii_uppercase() || i >= 16 {
+        if !b.is_ascii_graphic() {
             return Detection::NoMatch;
+        }
+        if i >= 32 {
+            // A method this long is no method: the codec refuses it.
+            return Detection::Match;
         }
     }
     Detection::NeedMore
@@ -132,5 +139,9 @@ mod tests {
         assert_eq!(detect_h1(&[0x16, 3, 1]), Detection::NoMatch);
         assert_eq!(detect_h1(b" GET"), Detection::NoMatch);
         assert_eq!(detect_h1(&[0xda, 0xbb]), Detection::NoMatch);
+        assert_eq!(detect_h1(b"G(T / HTTP/1.1"), Detection::Match);
+        assert_eq!(detect_h1(b"get / HTTP/1.1"), Detection::Match);
+        assert_eq!(detect_h1(b"GARBAGE\r\n"), Detection::Match);
+        assert_eq!(detect_h1(&[b'G', 0x01]), Detection::NoMatch);
     }
 }
