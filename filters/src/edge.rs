@@ -343,11 +343,10 @@ impl Edge {
             Some((v, true)) => {
                 h.insert(http::header::SERVER, v.clone());
             }
-            Some((v, false)) => {
-                if !h.contains_key(http::header::SERVER) {
-                    h.insert(http::header::SERVER, v.clone());
-                }
+            Some((v, false)) if !h.contains_key(http::header::SERVER) => {
+                h.insert(http::header::SERVER, v.clone());
             }
+            Some(_) => {}
         }
     }
 

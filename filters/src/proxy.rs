@@ -700,7 +700,7 @@ impl ProxyHandler {
                     self.route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade)
                         .await
                 }
-                Err(resp) => resp,
+                Err(resp) => *resp,
             };
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
@@ -714,7 +714,10 @@ impl ProxyHandler {
             {
                 resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
             }
-            self.edge.server_header(resp.headers_mut());
+            // HTTP only: RPC codecs carry no response headers.
+            if info.protocol.starts_with("http") {
+                self.edge.server_header(resp.headers_mut());
+            }
             let status = resp.status().as_u16();
             self.stats.count(&info, status);
             self.stats
@@ -746,22 +749,22 @@ impl ProxyHandler {
         req: &mut Request,
         info: &mut StreamInfo,
         seen: Seen,
-    ) -> Result<Option<HeaderValue>, Response> {
+    ) -> Result<Option<HeaderValue>, Box<Response>> {
         use crate::edge::{Edge, PathVerdict, Refusal};
         if let Some(r) = self.edge.check_authority(req, info.protocol) {
             self.edge.count(r);
-            return Err(local_reply(info, LocalReason::BadRequest));
+            return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }
         if Edge::is_connect(req.method()) {
             self.edge.count(Refusal::Connect);
-            return Err(local_reply(info, LocalReason::NoRoute));
+            return Err(Box::new(local_reply(info, LocalReason::NoRoute)));
         }
         if self.edge.normalizes() {
             match self.edge.normalize_request(req) {
                 PathVerdict::Keep | PathVerdict::Forward(_) => {}
                 PathVerdict::Reject(r) => {
                     self.edge.count(r);
-                    return Err(local_reply(info, LocalReason::BadRequest));
+                    return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
                 }
                 PathVerdict::Redirect(location) => {
                     self.edge.count(Refusal::EscapedSlashRedirect);
@@ -771,7 +774,7 @@ impl ProxyHandler {
                     if let Ok(v) = HeaderValue::from_str(&location) {
                         r.headers_mut().insert(http::header::LOCATION, v);
                     }
-                    return Err(r);
+                    return Err(Box::new(r));
                 }
             }
         }
@@ -847,7 +850,10 @@ impl ProxyHandler {
                 let downstream_upgrade = match upgrade.take() {
                     Some(u) => {
                         let t = u.to_str().unwrap_or("");
-                        if self.edge.upgrade_allowed(&u, c.upgrade_override(t.trim())) {
+                        if self
+                            .edge
+                            .upgrade_allowed(&u, route.upgrade_override(t.trim()))
+                        {
                             let h = req.headers_mut();
                             h.insert(
                                 http::header::CONNECTION,

@@ -741,3 +741,64 @@ fn auto_codec_answers_an_invalid_request_line_with_400() {
     // Still a normal request.
     assert_eq!(status(&get(auto, "/p", "a", "auto-ok", "")), 200);
 }
+
+fn h3_request(port: u16, authority: &str, host: Option<&str>) -> String {
+    let ca = workspace().join("examples/certs/ca.pem");
+    let mut c = Command::new("timeout");
+    c.args(["30", "python3"])
+        .arg(workspace().join("tests/peers/edge_h3.py"))
+        .arg(port.to_string())
+        .arg(&ca)
+        .arg(authority);
+    if let Some(h) = host {
+        c.arg(h);
+    }
+    let out = c
+        .output()
+        .expect("python3 with aioquic (tests/run.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn http3_authority_and_host_must_agree_and_carry_no_userinfo() {
+    let rec = Recorder::start();
+    let port = free_port();
+    let certs = workspace().join("examples/certs");
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: h3
+    address: 127.0.0.1:{port}
+    quic: {{}}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{}", private_key: "{}"}}]
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+{TO_REC}clusters:
+  - name: rec
+    endpoints: [{{address: "{}"}}]
+"#,
+        certs.join("server.pem").display(),
+        certs.join("server.key").display(),
+        rec.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let r = h3_request(port, "localhost", Some("other.example"));
+    assert!(r.starts_with("status=400"), "{r}");
+    assert!(!rec.saw("other.example"));
+    assert_eq!(refused(&mg, "h3", "authority_host_mismatch"), 1.0);
+    let r = h3_request(port, "user@localhost", None);
+    assert!(r.starts_with("status=400"), "{r}");
+    assert_eq!(refused(&mg, "h3", "authority_userinfo"), 1.0);
+    let r = h3_request(port, "localhost", Some("localhost"));
+    assert!(r.starts_with("status=200"), "{r}");
+    assert!(rec.head("host: localhost").starts_with("get /p http/1.1"));
+}

@@ -1397,6 +1397,100 @@ mod tests {
     }
 
     #[test]
+    fn hcm_edge_options_are_translated_with_envoy_defaults() {
+        use hcm::http_connection_manager as m;
+        let inline = Some(m::RouteSpecifier::RouteConfig(Default::default()));
+        let translate = |h: hcm::HttpConnectionManager| {
+            http_connection_manager(h, "hcm", &|_| None, &mut BTreeSet::new())
+        };
+        // Unset: Envoy's defaults, written out where meshgate's differ.
+        let v = translate(hcm::HttpConnectionManager {
+            route_specifier: inline.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["use_remote_address"], false);
+        assert_eq!(v["upgrade_configs"], serde_json::json!([]));
+        assert_eq!(v["normalize_path"], false);
+        assert_eq!(v["server_header_transformation"], "OVERWRITE");
+        assert_eq!(v["server_name"], "meshgate");
+        let v = translate(hcm::HttpConnectionManager {
+            route_specifier: inline.clone(),
+            normalize_path: Some(protobuf::BoolValue { value: true }),
+            merge_slashes: true,
+            path_with_escaped_slashes_action: m::PathWithEscapedSlashesAction::UnescapeAndRedirect
+                as i32,
+            use_remote_address: Some(protobuf::BoolValue { value: true }),
+            xff_num_trusted_hops: 2,
+            server_header_transformation: m::ServerHeaderTransformation::PassThrough as i32,
+            server_name: "edge".into(),
+            upgrade_configs: vec![m::UpgradeConfig {
+                upgrade_type: "websocket".into(),
+                enabled: Some(protobuf::BoolValue { value: false }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["normalize_path"], true);
+        assert_eq!(v["merge_slashes"], true);
+        assert_eq!(
+            v["path_with_escaped_slashes_action"],
+            "UNESCAPE_AND_REDIRECT"
+        );
+        assert_eq!(v["use_remote_address"], true);
+        assert_eq!(v["xff_num_trusted_hops"], 2);
+        assert_eq!(v["server_header_transformation"], "PASS_THROUGH");
+        assert_eq!(v["server_name"], "edge");
+        assert_eq!(
+            v["upgrade_configs"],
+            serde_json::json!([{"upgrade_type": "websocket", "enabled": false}])
+        );
+        // Upgrade filter chains are not supported: refused by name.
+        let e = translate(hcm::HttpConnectionManager {
+            route_specifier: inline,
+            upgrade_configs: vec![m::UpgradeConfig {
+                upgrade_type: "websocket".into(),
+                filters: vec![Default::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.0, "hcm.upgrade_configs[0].filters");
+        // Route level: enabled/disabled, CONNECT refused.
+        let r = route_action(
+            rds::RouteAction {
+                cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+                upgrade_configs: vec![rds::route_action::UpgradeConfig {
+                    upgrade_type: "websocket".into(),
+                    enabled: Some(protobuf::BoolValue { value: false }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            "r",
+        )
+        .unwrap();
+        assert_eq!(r.upgrade_configs[0].upgrade_type, "websocket");
+        assert!(!r.upgrade_configs[0].enabled);
+        let e = route_action(
+            rds::RouteAction {
+                cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+                upgrade_configs: vec![rds::route_action::UpgradeConfig {
+                    upgrade_type: "CONNECT".into(),
+                    connect_config: Some(Default::default()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            "r",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "r.upgrade_configs[0].connect_config");
+    }
+
+    #[test]
     fn hcm_with_rds_names_its_route_configuration() {
         let h = hcm::HttpConnectionManager {
             stat_prefix: "ingress".into(),

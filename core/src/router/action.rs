@@ -93,20 +93,9 @@ pub struct ClusterAction {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
-    /// Route-level upgrade switches: (lowercase type, enabled).
-    pub(crate) upgrades: Box<[(Box<str>, bool)]>,
 }
 
 impl ClusterAction {
-    /// Whether this route enables (`Some(true)`) or disables
-    /// (`Some(false)`) an upgrade type, or leaves it to the listener.
-    pub fn upgrade_override(&self, upgrade_type: &str) -> Option<bool> {
-        self.upgrades
-            .iter()
-            .find(|(t, _)| t.eq_ignore_ascii_case(upgrade_type))
-            .map(|(_, on)| *on)
-    }
-
     /// The targets (one for `cluster`, several for `weighted_clusters`).
     pub fn clusters(&self) -> &[WeightedCluster] {
         &self.clusters

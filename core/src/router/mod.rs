@@ -163,6 +163,8 @@ pub struct Route {
     action: RouteAction,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
+    /// `route.upgrade_configs`: (lowercase type, enabled).
+    upgrades: Box<[(Box<str>, bool)]>,
 }
 
 impl RouteTable {
@@ -452,6 +454,16 @@ impl Route {
     /// Everything done to a request before forwarding: header mutations
     /// (virtual host, then route), then, for a cluster action, the path
     /// rewrite (the query is kept) and `host_rewrite_literal`.
+    /// Whether this route enables (`Some(true)`) or disables
+    /// (`Some(false)`) an upgrade type, or leaves it to the listener
+    /// (Envoy's `RouteAction.upgrade_configs`).
+    pub fn upgrade_override(&self, upgrade_type: &str) -> Option<bool> {
+        self.upgrades
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(upgrade_type))
+            .map(|(_, on)| *on)
+    }
+
     pub fn apply_request_mutations_to(
         &self,
         vhost: &VirtualHost,
@@ -539,7 +551,20 @@ impl Route {
         } else {
             unreachable!("exactly one action is set")
         };
+        let mut upgrades = Vec::new();
+        let configs = c.route.as_ref().map_or(&[][..], |a| &a.upgrade_configs[..]);
+        for (k, u) in configs.iter().enumerate() {
+            let t = u.upgrade_type.to_ascii_lowercase();
+            if let Err(m) = check_upgrade_type(&t) {
+                return Err(BuildError::new(
+                    format!("{path}.route.upgrade_configs[{k}].upgrade_type"),
+                    m,
+                ));
+            }
+            upgrades.push((t.into_boxed_str(), u.enabled));
+        }
         Ok(Self {
+            upgrades: upgrades.into(),
             name: c.name.as_deref().map(Arc::from),
             stat_name: "",
             index,
@@ -820,19 +845,7 @@ fn build_cluster_action(
     } else {
         policy.num_retries = 0;
     }
-    let mut upgrades = Vec::with_capacity(c.upgrade_configs.len());
-    for (k, u) in c.upgrade_configs.iter().enumerate() {
-        let t = u.upgrade_type.to_ascii_lowercase();
-        if let Err(m) = check_upgrade_type(&t) {
-            return Err(BuildError::new(
-                format!("{path}.upgrade_configs[{k}].upgrade_type"),
-                m,
-            ));
-        }
-        upgrades.push((t.into_boxed_str(), u.enabled));
-    }
     Ok(ClusterAction {
-        upgrades: upgrades.into(),
         clusters: targets.into(),
         total_weight,
         policy,
