@@ -3,7 +3,7 @@ field, for tests/tests/edge_http.rs.
 
     edge_h3.py PORT CA_FILE AUTHORITY [HOST]
 
-Prints `status=NNN`, or `none` when no response head came within 5 s.
+Prints `status=NNN`, `reset code=0x...` (the stream was reset), or `none` when no response head came within 5 s.
 """
 
 import asyncio
@@ -14,6 +14,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import StreamReset
 
 
 class Client(QuicConnectionProtocol):
@@ -23,6 +24,8 @@ class Client(QuicConnectionProtocol):
         self.status = None
 
     def quic_event_received(self, event):
+        if isinstance(event, StreamReset) and self.status is None:
+            self.status = f"reset code={event.error_code:#x}"
         for e in self.h3.handle_event(event):
             if isinstance(e, HeadersReceived):
                 for k, v in e.headers:
@@ -48,7 +51,7 @@ async def main(port: int, ca: str, authority: str, host) -> None:
         for _ in range(50):
             await asyncio.sleep(0.1)
             if p.status:
-                print(f"status={p.status}", flush=True)
+                print(p.status if p.status.startswith("reset") else f"status={p.status}", flush=True)
                 return
         print("none", flush=True)
 
