@@ -4,6 +4,8 @@
 //! codec decodes: sanitises the head (hop-by-hop headers, `x-request-id`,
 //! `x-forwarded-for`, `x-forwarded-proto`), matches a route, runs the
 //! stream filters, and answers locally or forwards through the router.
+//! The Envoy HCM edge options (one authority, allowed upgrades, path
+//! normalisation, trusted client address, `server`) live in `edge.rs`.
 //! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path.
 
 use bytes::BytesMut;
