@@ -889,8 +889,16 @@ impl Server {
         let bodiless = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
+        // Transfer codings an upstream applied (`gzip, chunked`) go on, in
+        // chunked framing (forward answers 502 to an HTTP/1.0 client).
+        let codings = parts.extensions.get::<meshgate_core::body::TransferCodings>();
         let mode = if bodiless || head_only {
             Out::None
+        } else if let Some(c) = codings.filter(|_| !http10) {
+            out.put_slice(b"transfer-encoding: ");
+            out.put_slice(c.0.as_bytes());
+            out.put_slice(b", chunked\r\n");
+            Out::Chunked
         } else if let Some(n) = content_length {
             Out::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
