@@ -853,7 +853,12 @@ impl Server {
             let io = self.slot.io();
             if let Some(d) = &io.body {
                 let short = d.exact_remaining().is_some_and(|n| n <= DRAIN_LIMIT);
-                if !short || io.continue_owed.is_some() {
+                // meshgate's own answer (a timeout, a limit) to a request
+                // whose body is still coming: close rather than wait for
+                // it (a slowly sent body would hold the client long past
+                // the answer).
+                let local = parts.extensions.get::<meshgate_core::stream::LocalReason>();
+                if !short || io.continue_owed.is_some() || local.is_some() {
                     close = true;
                 }
             }
