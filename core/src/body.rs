@@ -94,12 +94,7 @@ impl Watch {
 
     fn set_too_large(&self) {
         self.too_large.store(true, Ordering::Release);
-        if let Some(w) = self
-            .waker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             w.wake();
         }
     }
@@ -233,8 +228,9 @@ impl IdleTimer {
                 Some(s) => s,
                 None => {
                     let left = self.timeout.saturating_sub(idle);
-                    self.sleep
-                        .insert(Box::pin(tokio::time::sleep(left.max(Duration::from_millis(1)))))
+                    self.sleep.insert(Box::pin(tokio::time::sleep(
+                        left.max(Duration::from_millis(1)),
+                    )))
                 }
             };
             ready!(sleep.as_mut().poll(cx));

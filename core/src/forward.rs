@@ -147,8 +147,7 @@ pub fn forward<'a>(
     // Before the response head, a bodiless request moves no byte: its idle
     // timeout is the time since its head, and a route timeout that is not
     // longer ends the stream first (no idle timer needed).
-    let idle_before_response =
-        idle.filter(|i| watch.is_some() || timeout.is_none_or(|t| *i < t));
+    let idle_before_response = idle.filter(|i| watch.is_some() || timeout.is_none_or(|t| *i < t));
     let step = match &cluster.upstream {
         None => Step::Fail(LocalReason::UpstreamProtocolError),
         Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec.clone(), req))),
@@ -191,10 +190,13 @@ pub fn forward<'a>(
             Step::Sending(Sending { send, guard, .. }) => {
                 let timed = with_timeout(send, timeout);
                 let result = if guarded {
-                    let timer = idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                    let timer =
+                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
                     match Box::pin(body::race(Box::pin(timed), watch.as_ref(), timer)).await {
                         body::Raced::Done(r) => r,
-                        body::Raced::TooLarge => return local_reply(info, LocalReason::PayloadTooLarge),
+                        body::Raced::TooLarge => {
+                            return local_reply(info, LocalReason::PayloadTooLarge);
+                        }
                         body::Raced::Idle => return idled(info),
                     }
                 } else {
@@ -213,10 +215,13 @@ pub fn forward<'a>(
                 let fut = Box::pin(retrying(cluster, codec, req, info, policy, hash, &after));
                 let timed = with_timeout(fut, timeout);
                 let result = if guarded {
-                    let timer = idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                    let timer =
+                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
                     match body::race(Box::pin(timed), watch.as_ref(), timer).await {
                         body::Raced::Done(r) => r,
-                        body::Raced::TooLarge => return local_reply(info, LocalReason::PayloadTooLarge),
+                        body::Raced::TooLarge => {
+                            return local_reply(info, LocalReason::PayloadTooLarge);
+                        }
                         body::Raced::Idle => return idled(info),
                     }
                 } else {
@@ -413,7 +418,15 @@ async fn try_once(
         },
         _ => send.await,
     };
-    settle(cluster, guard, result, policy, tried, may_retry_status, after)
+    settle(
+        cluster,
+        guard,
+        result,
+        policy,
+        tried,
+        may_retry_status,
+        after,
+    )
 }
 
 /// What an exchange's outcome means for the stream.

@@ -88,7 +88,11 @@ impl Scripted {
     }
 }
 
-fn serve(mut s: TcpStream, st: &(Mutex<State>, Condvar), script: &(dyn Fn(&[u8]) -> Script + Send + Sync)) {
+fn serve(
+    mut s: TcpStream,
+    st: &(Mutex<State>, Condvar),
+    script: &(dyn Fn(&[u8]) -> Script + Send + Sync),
+) {
     let i = {
         let mut g = st.0.lock().unwrap();
         g.conns.push(Recorded::default());

@@ -262,8 +262,10 @@ fn an_upstream_that_answers_early_and_closes_reaches_the_client() {
     // A chunked body whose next chunk the client holds back: the answer
     // is heard while meshgate waits for it.
     let mut s = connect(port);
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .unwrap();
     let t = Instant::now();
     let resp = read_all(&mut s);
     assert_eq!(status(&resp), 413, "{}", String::from_utf8_lossy(&resp));
@@ -316,7 +318,9 @@ fn the_route_timeout_counts_from_the_request_head_not_the_body_end() {
 fn stream_idle_timeout_is_408_before_the_response_and_a_reset_after() {
     let silent = Scripted::start(|_| Script::Silent);
     let stalls = Scripted::start(|_| {
-        Script::Answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec())
+        Script::Answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec(),
+        )
     });
     let (mg, port) = start(
         "              stream_idle_timeout: 400ms",
@@ -326,7 +330,10 @@ fn stream_idle_timeout_is_408_before_the_response_and_a_reset_after() {
             ("/off", "silent", ", timeout: 1500ms, idle_timeout: 0s"),
             ("/after", "stalls", ", timeout: 20s, idle_timeout: 300ms"),
         ],
-        &[("silent", silent.addr, "http1"), ("stalls", stalls.addr, "http1")],
+        &[
+            ("silent", silent.addr, "http1"),
+            ("stalls", stalls.addr, "http1"),
+        ],
     );
     let partial = |path: &str| {
         let mut s = connect(port);
@@ -342,11 +349,17 @@ fn stream_idle_timeout_is_408_before_the_response_and_a_reset_after() {
     // The route's idle_timeout: nothing moves after the first chunk.
     let (code, took) = partial("/route");
     assert_eq!(code, 408);
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     // The listener's stream_idle_timeout when the route sets none.
     let (code, took) = partial("/default");
     assert_eq!(code, 408);
-    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     // A route's 0s disables it: the route timeout ends the stream.
     let (code, _) = partial("/off");
     assert_eq!(code, 504);
@@ -390,10 +403,16 @@ fn transfer_codings_are_kept_for_http1_clients_and_refused_for_http2() {
         )
     });
     let (mg, port) = start("", &[("/", "up", "")], &[("up", up.addr, "http1")]);
-    let resp = once(port, b"GET /z HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let resp = once(
+        port,
+        b"GET /z HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
     assert_eq!(status(&resp), 200, "{text}");
-    assert!(text.contains("transfer-encoding: gzip, chunked\r\n"), "{text}");
+    assert!(
+        text.contains("transfer-encoding: gzip, chunked\r\n"),
+        "{text}"
+    );
     assert!(text.ends_with("\r\n\r\n4\r\ngzip\r\n0\r\n\r\n"), "{text}");
     // HTTP/2 has no transfer codings: 502.
     let code = curl(
@@ -485,7 +504,10 @@ fn forbidden_trailer_fields_are_never_forwarded() {
     let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
     let trailers = text.split_once("\r\n0\r\n").map(|x| x.1).unwrap_or("");
     assert!(trailers.contains("x-ok: 1"), "{text}");
-    assert!(!trailers.contains("host") && !trailers.contains("content-length"), "{text}");
+    assert!(
+        !trailers.contains("host") && !trailers.contains("content-length"),
+        "{text}"
+    );
     // Request trailers.
     let resp = once(
         port,
@@ -505,13 +527,11 @@ fn forbidden_trailer_fields_are_never_forwarded() {
     };
     let sent = String::from_utf8_lossy(&rec).to_ascii_lowercase();
     let trailers = sent.split_once("\r\n0\r\n").map(|x| x.1).unwrap_or("");
-    assert!(!trailers.contains("evil") && !trailers.contains("secret"), "{sent}");
-    let m = |d| {
-        mg.metric(
-            "meshgate_http_forbidden_trailer_total",
-            &[("direction", d)],
-        )
-    };
+    assert!(
+        !trailers.contains("evil") && !trailers.contains("secret"),
+        "{sent}"
+    );
+    let m = |d| mg.metric("meshgate_http_forbidden_trailer_total", &[("direction", d)]);
     assert_eq!(m("response"), 2.0);
     assert_eq!(m("request"), 2.0);
 }

@@ -717,12 +717,20 @@ fn http_connection_manager(
             );
         }
     };
+    let stream_idle_timeout = match h.stream_idle_timeout.take() {
+        Some(d) => Some(humantime(duration(&d, &join(path, "stream_idle_timeout"))?)),
+        None => None,
+    };
     rest(&h, path)?;
-    Ok(json!({
+    let mut out = json!({
         "codec": codec,
         "route_config": route_config,
         "generate_request_id": generate_request_id,
-    }))
+    });
+    if let Some(t) = stream_idle_timeout {
+        out["stream_idle_timeout"] = t;
+    }
+    Ok(out)
 }
 
 /// Translates a RouteConfiguration (from RDS or inline).
@@ -1343,6 +1351,7 @@ mod tests {
                     route_config_name: "routes".into(),
                 },
             )),
+            stream_idle_timeout: dur(30),
             ..Default::default()
         };
         let l = lds::Listener {
@@ -1374,6 +1383,7 @@ mod tests {
         let f = &t.config.filter_chains[0].filters[0];
         assert_eq!(f.name, "proxy");
         assert_eq!(f.config["codec"], "http1");
+        assert_eq!(f.config["stream_idle_timeout"], "30s");
         let mut bad = l;
         bad.filter_chains[0].transport_socket = Some(Default::default());
         let e = listener(bad, &|_| None, &|_| None).unwrap_err();

@@ -399,7 +399,8 @@ fn send_fast(
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
         let max_idle = opts.max_idle_per_endpoint;
-        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name).await {
+        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name).await
+        {
             Ok(resp) => Ok(resp),
             Err(h1_upstream::Failed {
                 error,

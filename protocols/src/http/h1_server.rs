@@ -896,7 +896,9 @@ impl Server {
             || status == StatusCode::NOT_MODIFIED;
         // Transfer codings an upstream applied (`gzip, chunked`) go on, in
         // chunked framing (forward answers 502 to an HTTP/1.0 client).
-        let codings = parts.extensions.get::<meshgate_core::body::TransferCodings>();
+        let codings = parts
+            .extensions
+            .get::<meshgate_core::body::TransferCodings>();
         let mode = if bodiless || head_only {
             Out::None
         } else if let Some(c) = codings.filter(|_| !http10) {

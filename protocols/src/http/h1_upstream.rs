@@ -148,7 +148,11 @@ impl Conn {
     /// being sent (an upstream that answers early, e.g. 413, and stops
     /// reading): ready with it, pending while there is none yet.
     /// Informational heads are skipped.
-    fn poll_early(&mut self, cx: &mut Context<'_>, ctx: &HeadCtx) -> Poll<Result<Early, SendError>> {
+    fn poll_early(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &HeadCtx,
+    ) -> Poll<Result<Early, SendError>> {
         loop {
             if !self.buf.is_empty() {
                 match read_head(&mut self.buf, ctx) {
@@ -179,7 +183,11 @@ impl Conn {
     /// the upstream answered meanwhile (the rest of the request is not
     /// sent). A failed write still looks for a response the upstream sent
     /// before it closed.
-    async fn write_body_by(&mut self, mut buf: &[u8], ctx: &HeadCtx) -> Result<Option<Early>, SendError> {
+    async fn write_body_by(
+        &mut self,
+        mut buf: &[u8],
+        ctx: &HeadCtx,
+    ) -> Result<Option<Early>, SendError> {
         let failed = std::future::poll_fn(|cx| {
             while !buf.is_empty() {
                 match Pin::new(&mut self.io).poll_write(cx, buf) {
@@ -674,7 +682,8 @@ fn build_head(
     if !(100..=599).contains(&code) {
         return Err(invalid(ctx, "status", "bad status code"));
     }
-    let status = StatusCode::from_u16(code).map_err(|_| invalid(ctx, "status", "bad status code"))?;
+    let status =
+        StatusCode::from_u16(code).map_err(|_| invalid(ctx, "status", "bad status code"))?;
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(protocol("unexpected 101 Switching Protocols"));
@@ -728,11 +737,7 @@ fn build_head(
             let n = content_length_of(raw)
                 .ok_or_else(|| invalid(ctx, "content_length", "bad content-length"))?;
             if content_length.is_some_and(|c| c != n) {
-                return Err(invalid(
-                    ctx,
-                    "content_length",
-                    "conflicting content-length",
-                ));
+                return Err(invalid(ctx, "content_length", "conflicting content-length"));
             }
             if content_length.is_none() {
                 content_length = Some(n);
