@@ -535,3 +535,32 @@ fn forbidden_trailer_fields_are_never_forwarded() {
     assert_eq!(m("response"), 2.0);
     assert_eq!(m("request"), 2.0);
 }
+
+#[test]
+fn rpc_bodies_are_bounded_by_max_body_bytes() {
+    use meshgate_tests::rpc::{dubbo_error_message, dubbo_frame, read_dubbo};
+    // Dubbo and Bolt frames declare their body length up front: the codec
+    // refuses one over `max_body_bytes` before reading it (BAD_REQUEST
+    // with the request id, then close), so no RPC body goes upstream
+    // unbounded.
+    let up = Scripted::start(|_| Script::Silent);
+    let (mg, port) = start(
+        "              codec_options: {dubbo: {max_body_bytes: 1000}}",
+        &[("/", "up", "")],
+        &[("up", up.addr, "dubbo")],
+    );
+    let mut s = connect(port);
+    s.write_all(&dubbo_frame(0xc2, 0, 7, &[b'N'; 5000]))
+        .unwrap();
+    let (_, status, id, body) = read_dubbo(&mut s).unwrap();
+    assert_eq!((status, id), (40, 7));
+    assert!(dubbo_error_message(&body).contains("over the limit"));
+    assert_eq!(
+        mg.metric(
+            "meshgate_rpc_downstream_protocol_error_total",
+            &[("codec", "dubbo"), ("reason", "too_large")]
+        ),
+        1.0
+    );
+    assert!(up.conns().is_empty());
+}
