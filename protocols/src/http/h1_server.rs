@@ -856,9 +856,15 @@ impl Server {
                 // meshgate's own answer (a timeout, a limit) to a request
                 // whose body is still coming: close rather than wait for
                 // it (a slowly sent body would hold the client long past
-                // the answer).
-                let local = parts.extensions.get::<meshgate_core::stream::LocalReason>();
-                if !short || io.continue_owed.is_some() || local.is_some() {
+                // the answer). A body already read in is drained.
+                let buffered = d
+                    .exact_remaining()
+                    .is_some_and(|n| n <= io.rbuf.len() as u64);
+                let local = parts
+                    .extensions
+                    .get::<meshgate_core::stream::LocalReason>()
+                    .is_some();
+                if !short || io.continue_owed.is_some() || (local && !buffered) {
                     close = true;
                 }
             }
