@@ -6,6 +6,7 @@
 //! buffered when retries are configured, larger or unknown-length ones are
 //! streamed and not retried.
 
+use crate::body;
 use crate::cluster::{Cluster, RequestGuard};
 use crate::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use crate::lb::LbContext;
@@ -121,12 +122,18 @@ struct Sending {
 /// the HTTP/1.1 instruction profile in benches/RESULTS.md).
 pub fn forward<'a>(
     cluster: &'a Arc<Cluster>,
-    req: Request,
+    mut req: Request,
     info: &'a mut StreamInfo,
     policy: &'a ForwardPolicy,
     hash: Option<u64>,
 ) -> impl Future<Output = Response> + Send + 'a {
     info.upstream_cluster = Some(cluster.name);
+    // The request body is counted as it streams when its size is not
+    // known to be within the limit, and stamps activity for the idle
+    // timeout (no wrapper, no allocation for a bodiless request).
+    let watch = body::watch_request(&mut req, &info.limits, info.protocol);
+    // Only an HTTP/1.1 downstream can carry an upstream's transfer codings.
+    let carries_codings = info.protocol == "http1" && req.version() == http::Version::HTTP_11;
     let mut timeout = policy.timeout.filter(|t| !t.is_zero());
     if info.grpc
         && let Some(t) = req
@@ -136,6 +143,11 @@ pub fn forward<'a>(
     {
         timeout = Some(timeout.map_or(t, |r| r.min(t)));
     }
+    let idle = info.limits.idle_timeout;
+    // Before the response head, a bodiless request moves no byte: its idle
+    // timeout is the time since its head, and a route timeout that is not
+    // longer ends the stream first (no idle timer needed).
+    let idle_before_response = idle.filter(|i| watch.is_some() || timeout.is_none_or(|t| *i < t));
     let step = match &cluster.upstream {
         None => Step::Fail(LocalReason::UpstreamProtocolError),
         Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec.clone(), req))),
@@ -167,35 +179,99 @@ pub fn forward<'a>(
             }
         }
     };
+    let after = After {
+        idle: idle.map(|t| (t, watch.clone())),
+        protocol: info.protocol,
+    };
     async move {
-        let sending = match step {
+        let guarded = watch.is_some() || idle_before_response.is_some();
+        let resp = match step {
             Step::Fail(reason) => return local_reply(info, reason),
-            Step::Sending(s) => s,
+            Step::Sending(Sending { send, guard, .. }) => {
+                let timed = with_timeout(send, timeout);
+                let result = if guarded {
+                    let timer =
+                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                    match Box::pin(body::race(Box::pin(timed), watch.as_ref(), timer)).await {
+                        body::Raced::Done(r) => r,
+                        body::Raced::TooLarge => {
+                            return local_reply(info, LocalReason::PayloadTooLarge);
+                        }
+                        body::Raced::Idle => return idled(info),
+                    }
+                } else {
+                    timed.await
+                };
+                match result {
+                    Some(r) => last_try(
+                        info,
+                        settle(cluster, guard, r, policy, &mut Vec::new(), false, &after),
+                    ),
+                    None => local_reply(info, LocalReason::UpstreamTimeout),
+                }
+            }
             Step::Retrying(b) => {
                 let (codec, req) = *b;
-                let fut = Box::pin(retrying(cluster, codec, req, info, policy, hash));
-                return match timeout {
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r,
-                        Err(_) => local_reply(info, LocalReason::UpstreamTimeout),
-                    },
-                    None => fut.await,
+                let fut = Box::pin(retrying(cluster, codec, req, info, policy, hash, &after));
+                let timed = with_timeout(fut, timeout);
+                let result = if guarded {
+                    let timer =
+                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                    match body::race(Box::pin(timed), watch.as_ref(), timer).await {
+                        body::Raced::Done(r) => r,
+                        body::Raced::TooLarge => {
+                            return local_reply(info, LocalReason::PayloadTooLarge);
+                        }
+                        body::Raced::Idle => return idled(info),
+                    }
+                } else {
+                    timed.await
                 };
+                match result {
+                    Some(r) => r,
+                    None => local_reply(info, LocalReason::UpstreamTimeout),
+                }
             }
         };
-        let Sending { send, guard, .. } = sending;
-        let result = match timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r,
-                Err(_) => return local_reply(info, LocalReason::UpstreamTimeout),
-            },
-            None => send.await,
-        };
-        last_try(
-            info,
-            settle(cluster, guard, result, policy, &mut Vec::new(), false),
-        )
+        // The body went over the limit while the exchange ended some other
+        // way (the upstream codec failed on the body's error, or answered
+        // meanwhile): the client gets 413, the upstream an aborted request.
+        if watch.as_ref().is_some_and(|w| w.too_large()) {
+            return local_reply(info, LocalReason::PayloadTooLarge);
+        }
+        if !carries_codings && resp.extensions().get::<body::TransferCodings>().is_some() {
+            count_invalid_response(cluster, "transfer_coding");
+            return local_reply(info, LocalReason::UpstreamProtocolError);
+        }
+        resp
     }
+}
+
+/// The stream idled out before its response: 408, counted.
+fn idled(info: &mut StreamInfo) -> Response {
+    body::count_idle(info.protocol, "before_response");
+    local_reply(info, LocalReason::StreamIdleTimeout)
+}
+
+/// Counts an upstream response refused as invalid, by reason.
+fn count_invalid_response(cluster: &Cluster, reason: &'static str) {
+    metrics::counter!("meshgate_http_upstream_rs_invalid_total", "cluster" => cluster.name, "reason" => reason).increment(1);
+}
+
+/// `fut` within `timeout`; `None` when it passed.
+async fn with_timeout<F: Future>(fut: F, timeout: Option<Duration>) -> Option<F::Output> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+/// What the response body of a stream watches once its head is on its
+/// way: the idle timeout (with the request body's activity, when it
+/// still streams).
+struct After {
+    idle: Option<(Duration, Option<Arc<body::Watch>>)>,
+    protocol: &'static str,
 }
 
 /// The response of a stream's last try: its own, or the local reply for
@@ -234,6 +310,7 @@ async fn retrying(
     info: &mut StreamInfo,
     policy: &ForwardPolicy,
     hash: Option<u64>,
+    after: &After,
 ) -> Response {
     let ctx = LbContext { hash };
     let (parts, body) = req.into_parts();
@@ -247,7 +324,7 @@ async fn retrying(
         _ => {
             let req = Request::from_parts(parts, body);
             let attempt = match start(cluster, &codec, req, info, &ctx, &[], None) {
-                Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false).await,
+                Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false, after).await,
                 Err(reason) => Attempt::Fail(reason),
             };
             return last_try(info, attempt);
@@ -274,7 +351,7 @@ async fn retrying(
         let req = b.body(full_body(kept.clone())).expect("parts were valid");
         let status_retry = n < policy.num_retries;
         let attempt = match start(cluster, &codec, req, info, &ctx, &tried, None) {
-            Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry).await,
+            Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry, after).await,
             Err(reason) => Attempt::Fail(reason),
         };
         match attempt {
@@ -324,6 +401,7 @@ async fn try_once(
     policy: &ForwardPolicy,
     tried: &mut Vec<SocketAddr>,
     may_retry_status: bool,
+    after: &After,
 ) -> Attempt {
     let Sending { send, guard, .. } = s;
     let result = match policy.per_try_timeout {
@@ -340,7 +418,15 @@ async fn try_once(
         },
         _ => send.await,
     };
-    settle(cluster, guard, result, policy, tried, may_retry_status)
+    settle(
+        cluster,
+        guard,
+        result,
+        policy,
+        tried,
+        may_retry_status,
+        after,
+    )
 }
 
 /// What an exchange's outcome means for the stream.
@@ -351,6 +437,7 @@ fn settle(
     policy: &ForwardPolicy,
     tried: &mut Vec<SocketAddr>,
     may_retry_status: bool,
+    after: &After,
 ) -> Attempt {
     let endpoint = &**guard.endpoint();
     let reason = match result {
@@ -366,6 +453,11 @@ fn settle(
                 box_body(Guarded {
                     body,
                     _guard: guard,
+                    idle: after
+                        .idle
+                        .as_ref()
+                        .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
+                    protocol: after.protocol,
                 }),
             ));
         }
@@ -410,10 +502,14 @@ fn backoff(policy: &ForwardPolicy, n: u32) -> Duration {
 }
 
 /// A response body that keeps the endpoint's active-request count until the
-/// body is done (least_request sees streaming responses as in flight).
+/// body is done (least_request sees streaming responses as in flight),
+/// resets the stream when it idles out, and never forwards forbidden
+/// trailer fields.
 struct Guarded {
     body: Body,
     _guard: RequestGuard,
+    idle: Option<body::IdleTimer>,
+    protocol: &'static str,
 }
 
 impl http_body::Body for Guarded {
@@ -423,7 +519,32 @@ impl http_body::Body for Guarded {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let me = self.get_mut();
+        match Pin::new(&mut me.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(mut f))) => {
+                if let Some(t) = &mut me.idle {
+                    t.touch();
+                }
+                if let Some(t) = f.trailers_mut() {
+                    body::strip_forbidden_trailers(t, "response");
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => {
+                if let Some(t) = &mut me.idle
+                    && t.poll_idle(cx).is_ready()
+                {
+                    me.idle = None;
+                    body::count_idle(me.protocol, "after_response");
+                    // Dropping the upstream body aborts the upstream
+                    // stream; the error resets the downstream one.
+                    me.body = crate::stream::empty_body();
+                    return Poll::Ready(Some(Err(body::StreamIdle.into())));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()

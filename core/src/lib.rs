@@ -5,6 +5,7 @@
 //! filter (see DESIGN.md).
 
 pub mod admin;
+pub mod body;
 pub mod clock;
 pub mod cluster;
 pub mod codec;

@@ -98,6 +98,9 @@ pub struct StreamInfo {
     /// filter took from `x-forwarded-for` (`use_remote_address`,
     /// `xff_num_trusted_hops`). Filters and access logs use this one.
     pub downstream_remote_address: std::net::IpAddr,
+    /// Body size limit and stream idle timeout (`crate::body`), set by the
+    /// `proxy` filter from its options and the route.
+    pub limits: crate::body::StreamLimits,
 }
 
 impl StreamInfo {
@@ -112,6 +115,7 @@ impl StreamInfo {
             upstream_cluster: None,
             upstream_host: None,
             local_reply: None,
+            limits: crate::body::StreamLimits::default(),
         }
     }
 }
@@ -161,6 +165,8 @@ pub enum LocalReason {
     BadRequest,
     PayloadTooLarge,
     HeadersTooLarge,
+    /// No body byte either way for the stream idle timeout (408).
+    StreamIdleTimeout,
 }
 
 impl LocalReason {
@@ -177,6 +183,7 @@ impl LocalReason {
             LocalReason::BadRequest => StatusCode::BAD_REQUEST,
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            LocalReason::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -188,7 +195,7 @@ impl LocalReason {
             | LocalReason::UpstreamConnectFailure
             | LocalReason::UpstreamReset
             | LocalReason::Overflow => 14, // UNAVAILABLE
-            LocalReason::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => 4, // DEADLINE_EXCEEDED
             LocalReason::UpstreamProtocolError => 13, // INTERNAL
             LocalReason::BadRequest => 3, // INVALID_ARGUMENT
             LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
@@ -207,6 +214,7 @@ impl LocalReason {
             LocalReason::BadRequest => "bad_request",
             LocalReason::PayloadTooLarge => "payload_too_large",
             LocalReason::HeadersTooLarge => "headers_too_large",
+            LocalReason::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
 
@@ -224,6 +232,7 @@ impl LocalReason {
             LocalReason::BadRequest => "bad request",
             LocalReason::PayloadTooLarge => "payload too large",
             LocalReason::HeadersTooLarge => "request headers too large",
+            LocalReason::StreamIdleTimeout => "stream idle timeout",
         }
     }
 }

@@ -46,9 +46,15 @@ struct ProxyConfig {
     /// Add `x-request-id` when a request has none (default true).
     #[serde(default = "default_true")]
     generate_request_id: bool,
-    /// Requests whose declared body is larger get 413.
+    /// Requests whose body is larger get 413 (declared, or counted as it
+    /// streams; reset once the response started).
     #[serde(default)]
     max_request_body_bytes: Option<u64>,
+    /// Envoy HCM's `stream_idle_timeout`: a stream with no body byte in
+    /// either direction for this long gets 408 (reset once the response
+    /// started). A route's `idle_timeout` overrides it; `0s` disables.
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    stream_idle_timeout: Duration,
     /// How long to wait for enough bytes to detect the protocol.
     #[serde(default = "default_detect_timeout", with = "humantime_serde")]
     detect_timeout: Duration,
@@ -112,6 +118,9 @@ fn default_codec() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_detect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -217,6 +226,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 generate_request_id: cfg.generate_request_id,
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
+                stream_idle_timeout: cfg.stream_idle_timeout,
                 access_log: match &cfg.access_log {
                     None => None,
                     Some(a) => Some(crate::access_log::AccessLog::open(&a.path).map_err(|e| {
@@ -504,6 +514,7 @@ struct ProxyHandler {
     generate_request_id: bool,
     edge: crate::edge::Edge,
     max_request_body_bytes: Option<u64>,
+    stream_idle_timeout: Duration,
     stats: HttpStats,
     /// `alt-svc` added to responses on TCP connections.
     alt_svc: Option<HeaderValue>,
@@ -872,6 +883,12 @@ impl ProxyHandler {
                     None => req.extensions_mut().remove::<Upgrade>(),
                 };
                 let downstream_upgrade = downstream_upgrade.filter(|_| upgrade.is_some());
+                info.limits = meshgate_core::body::StreamLimits {
+                    max_request_body_bytes: self.max_request_body_bytes,
+                    // The route's value wins, `0s` disabling it.
+                    idle_timeout: Some(c.idle_timeout().unwrap_or(self.stream_idle_timeout))
+                        .filter(|d| !d.is_zero()),
+                };
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let mut resp = {

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod rpc;
+pub mod scripted;
 pub mod xds;
 
 use std::io::{Read, Write};

@@ -768,6 +768,10 @@ fn http_connection_manager(
         "server_name": server_name,
         "upgrade_configs": upgrades,
     });
+    let stream_idle_timeout = match h.stream_idle_timeout.take() {
+        Some(d) => Some(humantime(duration(&d, &join(path, "stream_idle_timeout"))?)),
+        None => None,
+    };
     rest(&h, path)?;
     let mut out = json!({
         "codec": codec,
@@ -776,6 +780,9 @@ fn http_connection_manager(
     });
     if let (Some(o), Value::Object(e)) = (out.as_object_mut(), edge) {
         o.extend(e);
+    }
+    if let Some(t) = stream_idle_timeout {
+        out["stream_idle_timeout"] = t;
     }
     Ok(out)
 }
@@ -1506,6 +1513,7 @@ mod tests {
                     route_config_name: "routes".into(),
                 },
             )),
+            stream_idle_timeout: dur(30),
             ..Default::default()
         };
         let l = lds::Listener {
@@ -1537,6 +1545,7 @@ mod tests {
         let f = &t.config.filter_chains[0].filters[0];
         assert_eq!(f.name, "proxy");
         assert_eq!(f.config["codec"], "http1");
+        assert_eq!(f.config["stream_idle_timeout"], "30s");
         let mut bad = l;
         bad.filter_chains[0].transport_socket = Some(Default::default());
         let e = listener(bad, &|_| None, &|_| None).unwrap_err();

@@ -129,7 +129,8 @@ impl ClusterAction {
         &self.policy
     }
 
-    /// Stream idle timeout (`None`: disabled).
+    /// Stream idle timeout (`None`: the listener's `stream_idle_timeout`;
+    /// zero: disabled).
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout
     }

@@ -177,7 +177,10 @@ pub struct RouteActionConfig {
     /// Default 15s; `0s` disables it.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Stream idle timeout; `0s` or unset disables it.
+    /// Stream idle timeout (Envoy's `RouteAction.idle_timeout`): no body
+    /// byte either way for this long gives 408, or a reset once the
+    /// response started. Unset: the `proxy` filter's `stream_idle_timeout`;
+    /// `0s` disables both.
     #[serde(
         default,
         with = "humantime_serde",

@@ -849,7 +849,8 @@ fn build_cluster_action(
         clusters: targets.into(),
         total_weight,
         policy,
-        idle_timeout: c.idle_timeout.filter(|d| !d.is_zero()),
+        // `0s` stays: it disables the listener's default too.
+        idle_timeout: c.idle_timeout,
         path_rewrite,
         host_rewrite,
     })

@@ -407,7 +407,8 @@ fn send_fast(
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
         let max_idle = opts.max_idle_per_endpoint;
-        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline).await {
+        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name).await
+        {
             Ok(resp) => Ok(resp),
             Err(h1_upstream::Failed {
                 error,
@@ -416,7 +417,7 @@ fn send_fast(
                 tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
                 let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
                 let body = meshgate_core::stream::empty_body();
-                h1_upstream::send(conn, head, body, endpoint, max_idle, deadline)
+                h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name)
                     .await
                     .map_err(|e| e.error)
             }
@@ -544,7 +545,8 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
 }
 
 /// A request body that notes whether it failed as malformed
-/// (`stream::MalformedBody`, raised by the downstream codec).
+/// (`stream::MalformedBody`, raised by the downstream codec), and drops
+/// the trailer fields never forwarded.
 struct Watched {
     body: meshgate_core::stream::Body,
     malformed: Arc<AtomicBool>,
@@ -559,11 +561,17 @@ impl http_body::Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let me = self.get_mut();
-        let r = Pin::new(&mut me.body).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &r
-            && e.is::<MalformedBody>()
-        {
-            me.malformed.store(true, Ordering::Release);
+        let mut r = Pin::new(&mut me.body).poll_frame(cx);
+        match &mut r {
+            Poll::Ready(Some(Err(e))) if e.is::<MalformedBody>() => {
+                me.malformed.store(true, Ordering::Release);
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = f.trailers_mut() {
+                    meshgate_core::body::strip_forbidden_trailers(t, "request");
+                }
+            }
+            _ => {}
         }
         r
     }

@@ -866,7 +866,18 @@ impl Server {
             let io = self.slot.io();
             if let Some(d) = &io.body {
                 let short = d.exact_remaining().is_some_and(|n| n <= DRAIN_LIMIT);
-                if !short || io.continue_owed.is_some() {
+                // meshgate's own answer (a timeout, a limit) to a request
+                // whose body is still coming: close rather than wait for
+                // it (a slowly sent body would hold the client long past
+                // the answer). A body already read in is drained.
+                let buffered = d
+                    .exact_remaining()
+                    .is_some_and(|n| n <= io.rbuf.len() as u64);
+                let local = parts
+                    .extensions
+                    .get::<meshgate_core::stream::LocalReason>()
+                    .is_some();
+                if !short || io.continue_owed.is_some() || (local && !buffered) {
                     close = true;
                 }
             }
@@ -902,8 +913,18 @@ impl Server {
         let bodiless = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
+        // Transfer codings an upstream applied (`gzip, chunked`) go on, in
+        // chunked framing (forward answers 502 to an HTTP/1.0 client).
+        let codings = parts
+            .extensions
+            .get::<meshgate_core::body::TransferCodings>();
         let mode = if bodiless || head_only {
             Out::None
+        } else if let Some(c) = codings.filter(|_| !http10) {
+            out.put_slice(b"transfer-encoding: ");
+            out.put_slice(c.0.as_bytes());
+            out.put_slice(b", chunked\r\n");
+            Out::Chunked
         } else if let Some(n) = content_length {
             Out::Length(n)
         } else if let Some(n) = body.size_hint().exact() {

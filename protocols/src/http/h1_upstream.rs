@@ -49,6 +49,9 @@ pub(super) struct Conn {
     /// instead registers and cancels a timer-wheel entry every time: about
     /// 700 instructions of a proxied HTTP/1.1 request (icount.sh).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Reading met EOF or an error while the request was still being sent:
+    /// no more early-response reads.
+    read_closed: bool,
 }
 
 impl Conn {
@@ -60,6 +63,7 @@ impl Conn {
             reused: false,
             deadline: None,
             timer: None,
+            read_closed: false,
         }
     }
 
@@ -139,6 +143,107 @@ impl Conn {
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
+
+    /// A final response head that arrived while the request is still
+    /// being sent (an upstream that answers early, e.g. 413, and stops
+    /// reading): ready with it, pending while there is none yet.
+    /// Informational heads are skipped.
+    fn poll_early(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &HeadCtx,
+    ) -> Poll<Result<Early, SendError>> {
+        loop {
+            if !self.buf.is_empty() {
+                match read_head(&mut self.buf, ctx) {
+                    Ok(Some(Head::Final(r, k, f))) => return Poll::Ready(Ok((r, k, f))),
+                    Ok(Some(Head::Informational)) => continue,
+                    Ok(None) if self.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(protocol("response head too large")));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.read_closed {
+                return Poll::Pending;
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => {
+                    self.read_closed = true;
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Writes request body bytes, within the deadline; `Ok(Some(..))` when
+    /// the upstream answered meanwhile (the rest of the request is not
+    /// sent). A failed write still looks for a response the upstream sent
+    /// before it closed.
+    async fn write_body_by(
+        &mut self,
+        mut buf: &[u8],
+        ctx: &HeadCtx,
+    ) -> Result<Option<Early>, SendError> {
+        let failed = std::future::poll_fn(|cx| {
+            while !buf.is_empty() {
+                match Pin::new(&mut self.io).poll_write(cx, buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => buf = &buf[n..],
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        if let Poll::Ready(r) = self.poll_early(cx, ctx) {
+                            return Poll::Ready(Ok(Some(r)));
+                        }
+                        ready!(self.poll_deadline(cx));
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                }
+            }
+            Poll::Ready(Ok(None))
+        })
+        .await;
+        match failed {
+            Ok(None) => Ok(None),
+            Ok(Some(r)) => r.map(Some),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(io_failed(e, false)),
+            Err(e) => match self.read_early_by(ctx).await {
+                Some(r) => r.map(Some),
+                None => Err(io_failed(e, false)),
+            },
+        }
+    }
+
+    /// After a failed write: the response head the upstream sent before it
+    /// closed, if it did (read until EOF, within the deadline).
+    async fn read_early_by(&mut self, ctx: &HeadCtx) -> Option<Result<Early, SendError>> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_early(cx, ctx) {
+                return Poll::Ready(Some(r));
+            }
+            if self.read_closed {
+                return Poll::Ready(None);
+            }
+            ready!(self.poll_deadline(cx));
+            Poll::Ready(None)
+        })
+        .await
+    }
+}
+
+/// A final response head read before the whole request was sent, with
+/// whether the connection could stay open and the body's framing.
+type Early = (http::Response<()>, bool, Framing);
+
+/// What reading a response head needs to know beyond its bytes.
+struct HeadCtx {
+    /// The request was HEAD: the response has no body.
+    head_only: bool,
+    /// The cluster, for counting invalid responses.
+    cluster: &'static str,
 }
 
 /// An idle connection and when it went idle (coarse clock: idle expiry
@@ -305,6 +410,7 @@ pub(super) fn encode_head(parts: &http::request::Parts, body: &Body) -> EncodedH
 /// the body ends.
 // Not an async fn on purpose (see the comment in the body).
 #[allow(clippy::manual_async_fn)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn send(
     conn: Conn,
     head: EncodedHead,
@@ -312,12 +418,13 @@ pub(super) fn send(
     endpoint: Arc<Endpoint>,
     max_idle: usize,
     deadline: Option<tokio::time::Instant>,
+    cluster: &'static str,
 ) -> impl Future<Output = Result<Response, Failed>> + Send {
     // An async block rather than an async fn: the captures are not copied
     // again into locals (a smaller future for every enclosing one).
     async move {
         let bodiless = body.is_end_stream();
-        match exchange(conn, &head, body, deadline).await {
+        match exchange(conn, &head, body, deadline, cluster).await {
             Ok((resp, conn, framing, keep_alive)) => {
                 let mut body = H1Body {
                     conn: Some(conn),
@@ -344,11 +451,89 @@ pub(super) fn send(
 /// stays open after the body, the body's framing, and the connection.
 type Exchanged = (http::Response<()>, Conn, Framing, bool);
 
+/// Sends the request body; `Ok(Some(..))` when the upstream answered
+/// before it was all sent (the rest is not sent: the upstream never sees
+/// a complete request).
+async fn send_body(
+    conn: &mut Conn,
+    body: &mut Body,
+    chunked: bool,
+    ctx: &HeadCtx,
+) -> Result<Option<Early>, SendError> {
+    let mut trailers_sent = false;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(f) = Pin::new(&mut *body).poll_frame(cx) {
+                return Poll::Ready(Ok(Ok(f)));
+            }
+            // Waiting for the client's next bytes: an upstream that
+            // answers meanwhile is heard now.
+            if let Poll::Ready(r) = conn.poll_early(cx, ctx) {
+                return Poll::Ready(r.map(Err));
+            }
+            ready!(conn.poll_deadline(cx));
+            Poll::Ready(Err(io_failed(io::ErrorKind::TimedOut.into(), false)))
+        })
+        .await?;
+        let next = match next {
+            Ok(f) => f,
+            Err(early) => return Ok(Some(early)),
+        };
+        let Some(frame) = next else { break };
+        let frame = frame.map_err(|e| SendError {
+            error: if e.is::<MalformedBody>() {
+                UpstreamError::MalformedRequestBody(e.to_string())
+            } else {
+                UpstreamError::Reset(format!("request body: {e}"))
+            },
+            replayable: false,
+        })?;
+        let early = match frame.into_data() {
+            Ok(data) if data.is_empty() => None,
+            Ok(data) if chunked => {
+                let mut c = BytesMut::with_capacity(data.len() + 16);
+                c.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                c.put_slice(&data);
+                c.put_slice(b"\r\n");
+                conn.write_body_by(&c, ctx).await?
+            }
+            Ok(data) => conn.write_body_by(&data, ctx).await?,
+            Err(frame) => match frame.into_trailers() {
+                Ok(mut t) if chunked => {
+                    meshgate_core::body::strip_forbidden_trailers(&mut t, "request");
+                    let mut c = BytesMut::from(&b"0\r\n"[..]);
+                    for (k, v) in &t {
+                        c.put_slice(k.as_str().as_bytes());
+                        c.put_slice(b": ");
+                        c.put_slice(v.as_bytes());
+                        c.put_slice(b"\r\n");
+                    }
+                    c.put_slice(b"\r\n");
+                    trailers_sent = true;
+                    conn.write_body_by(&c, ctx).await?
+                }
+                _ => None,
+            },
+        };
+        if early.is_some() {
+            return Ok(early);
+        }
+        if trailers_sent || body.is_end_stream() {
+            break;
+        }
+    }
+    if chunked && !trailers_sent {
+        return conn.write_body_by(b"0\r\n\r\n", ctx).await;
+    }
+    Ok(None)
+}
+
 async fn exchange(
     mut conn: Conn,
     head: &EncodedHead,
     mut body: Body,
     deadline: Option<tokio::time::Instant>,
+    cluster: &'static str,
 ) -> Result<Exchanged, SendError> {
     {
         let reused = conn.reused;
@@ -358,6 +543,7 @@ async fn exchange(
             chunked,
         } = head;
         let (head_only, chunked) = (*head_only, *chunked);
+        let ctx = HeadCtx { head_only, cluster };
         let empty = body.is_end_stream();
         // Nothing of the request reached the peer yet: a failed write on a
         // reused connection is the keep-alive race.
@@ -365,89 +551,45 @@ async fn exchange(
         conn.write_all_by(out)
             .await
             .map_err(|e| io_failed(e, reused))?;
+        let mut early = None;
         if !empty {
-            let mut trailers_sent = false;
-            loop {
-                let next = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(f) = Pin::new(&mut body).poll_frame(cx) {
-                        return Poll::Ready(Ok(f));
-                    }
-                    ready!(conn.poll_deadline(cx));
-                    Poll::Ready(Err(io_failed(io::ErrorKind::TimedOut.into(), false)))
-                })
-                .await?;
-                let Some(frame) = next else { break };
-                let frame = frame.map_err(|e| SendError {
-                    error: if e.is::<MalformedBody>() {
-                        UpstreamError::MalformedRequestBody(e.to_string())
-                    } else {
-                        UpstreamError::Reset(format!("request body: {e}"))
-                    },
-                    replayable: false,
-                })?;
-                let w = match frame.into_data() {
-                    Ok(data) if data.is_empty() => Ok(()),
-                    Ok(data) if chunked => {
-                        let mut c = BytesMut::with_capacity(data.len() + 16);
-                        c.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        c.put_slice(&data);
-                        c.put_slice(b"\r\n");
-                        conn.write_all_by(&c).await
-                    }
-                    Ok(data) => conn.write_all_by(&data).await,
-                    Err(frame) => match frame.into_trailers() {
-                        Ok(t) if chunked => {
-                            let mut c = BytesMut::from(&b"0\r\n"[..]);
-                            for (k, v) in &t {
-                                c.put_slice(k.as_str().as_bytes());
-                                c.put_slice(b": ");
-                                c.put_slice(v.as_bytes());
-                                c.put_slice(b"\r\n");
-                            }
-                            c.put_slice(b"\r\n");
-                            trailers_sent = true;
-                            conn.write_all_by(&c).await
-                        }
-                        _ => Ok(()),
-                    },
-                };
-                w.map_err(|e| io_failed(e, false))?;
-                if trailers_sent || body.is_end_stream() {
-                    break;
-                }
-            }
-            if chunked && !trailers_sent {
-                conn.write_all_by(b"0\r\n\r\n")
-                    .await
-                    .map_err(|e| io_failed(e, false))?;
-            }
+            conn.read_closed = false;
+            early = send_body(&mut conn, &mut body, chunked, &ctx).await?;
         }
-        conn.io.flush().await.map_err(|e| reset(e, false))?;
-
-        // The response head; 1xx other than 101 are skipped.
-        let (resp, keep_alive, framing) = loop {
-            // Parsed and built without an await: the fields (on the stack)
-            // are no part of this future.
-            let head = read_head(&mut conn.buf, head_only)?;
-            match head {
-                Some(Head::Informational) => continue,
-                Some(Head::Final(resp, keep_alive, framing)) => {
-                    break (resp, keep_alive, framing);
-                }
-                None => {
-                    if conn.buf.len() >= MAX_HEAD {
-                        return Err(protocol("response head too large"));
-                    }
-                    let first = conn.buf.is_empty();
-                    match conn.fill_by().await {
-                        Ok(0) => {
-                            return Err(reset(
-                                "upstream closed before a whole response head",
-                                reused && first,
-                            ));
+        let (resp, keep_alive, framing) = match early {
+            // The request was cut short: the connection cannot be reused.
+            Some((resp, _, framing)) => {
+                tracing::debug!(status = %resp.status(), "upstream answered before the whole request body");
+                (resp, false, framing)
+            }
+            None => {
+                conn.io.flush().await.map_err(|e| reset(e, false))?;
+                // The response head; 1xx other than 101 are skipped.
+                loop {
+                    // Parsed and built without an await: the fields (on
+                    // the stack) are no part of this future.
+                    let head = read_head(&mut conn.buf, &ctx)?;
+                    match head {
+                        Some(Head::Informational) => continue,
+                        Some(Head::Final(resp, keep_alive, framing)) => {
+                            break (resp, keep_alive, framing);
                         }
-                        Ok(_) => {}
-                        Err(e) => return Err(io_failed(e, reused && first)),
+                        None => {
+                            if conn.buf.len() >= MAX_HEAD {
+                                return Err(protocol("response head too large"));
+                            }
+                            let first = conn.buf.is_empty();
+                            match conn.fill_by().await {
+                                Ok(0) => {
+                                    return Err(reset(
+                                        "upstream closed before a whole response head",
+                                        reused && first,
+                                    ));
+                                }
+                                Ok(_) => {}
+                                Err(e) => return Err(io_failed(e, reused && first)),
+                            }
+                        }
                     }
                 }
             }
@@ -462,7 +604,7 @@ async fn exchange(
 
 /// The response head at the start of `buf`, taken out of it; `Ok(None)`
 /// while incomplete.
-fn read_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, SendError> {
+fn read_head(buf: &mut BytesMut, ctx: &HeadCtx) -> Result<Option<Head>, SendError> {
     let mut fields = Fields::new();
     let len = {
         // Uninitialised slots: zeroing them all would cost more than the
@@ -483,6 +625,9 @@ fn read_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, SendEr
                 Some((len, r.code.unwrap_or(0), r.version == Some(1)))
             }
             Ok(httparse::Status::Partial) => None,
+            Err(httparse::Error::Status) => {
+                return Err(invalid(ctx, "status", "bad response status"));
+            }
             Err(e) => return Err(protocol(format!("bad response head: {e}"))),
         }
     };
@@ -491,7 +636,32 @@ fn read_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, SendEr
     };
     // Values point into the head's bytes: no copy per field.
     let bytes = buf.split_to(len).freeze();
-    build_head(code, http11, &bytes, &mut fields, head_only).map(Some)
+    build_head(code, http11, &bytes, &mut fields, ctx).map(Some)
+}
+
+/// An invalid upstream response (502), counted in
+/// `meshgate_http_upstream_rs_invalid_total{cluster,reason}`.
+fn invalid(ctx: &HeadCtx, reason: &'static str, msg: &'static str) -> SendError {
+    metrics::counter!("meshgate_http_upstream_rs_invalid_total", "cluster" => ctx.cluster, "reason" => reason).increment(1);
+    protocol(msg)
+}
+
+/// A Content-Length value (RFC 9110 section 8.6): digits only, a list
+/// only of one repeated value; `None` if invalid.
+fn content_length_of(raw: &[u8]) -> Option<u64> {
+    let mut value: Option<u64> = None;
+    for part in raw.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if value.is_some_and(|v| v != n) {
+            return None;
+        }
+        value = Some(n);
+    }
+    value
 }
 
 enum Head {
@@ -506,9 +676,14 @@ fn build_head(
     http11: bool,
     bytes: &Bytes,
     fields: &mut Fields,
-    head_only: bool,
+    ctx: &HeadCtx,
 ) -> Result<Head, SendError> {
-    let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
+    // RFC 9110 section 15: three digits, 100 to 599.
+    if !(100..=599).contains(&code) {
+        return Err(invalid(ctx, "status", "bad status code"));
+    }
+    let status =
+        StatusCode::from_u16(code).map_err(|_| invalid(ctx, "status", "bad status code"))?;
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(protocol("unexpected 101 Switching Protocols"));
@@ -520,6 +695,8 @@ fn build_head(
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut other_te = false;
+    // The codings before a final `chunked` (`gzip, chunked`): kept.
+    let mut codings: Option<String> = None;
     // Drained: each name is moved into the map, not cloned.
     for (name, at, n) in fields.drain(..) {
         let raw = &bytes[at..at + n];
@@ -533,22 +710,41 @@ fn build_head(
             continue;
         }
         if name == http::header::TRANSFER_ENCODING {
-            let v = String::from_utf8_lossy(raw).to_ascii_lowercase();
-            match v.rsplit(',').next().map(str::trim) {
-                Some("chunked") => chunked = true,
-                _ => other_te = true,
+            // Several fields are one list (RFC 9110 section 5.3).
+            for t in raw.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    // A coding after chunked: chunked is not final.
+                    chunked = false;
+                    other_te = true;
+                }
+                if t.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else {
+                    let c = codings.get_or_insert_with(String::new);
+                    if !c.is_empty() {
+                        c.push_str(", ");
+                    }
+                    c.push_str(&String::from_utf8_lossy(t).to_ascii_lowercase());
+                }
             }
             continue;
         }
         if name == http::header::CONTENT_LENGTH {
-            let n: u64 = std::str::from_utf8(raw)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| protocol("bad content-length"))?;
+            let n = content_length_of(raw)
+                .ok_or_else(|| invalid(ctx, "content_length", "bad content-length"))?;
             if content_length.is_some_and(|c| c != n) {
-                return Err(protocol("conflicting content-length"));
+                return Err(invalid(ctx, "content_length", "conflicting content-length"));
             }
-            content_length = Some(n);
+            if content_length.is_none() {
+                content_length = Some(n);
+                // One value, whatever list the upstream sent.
+                headers.append(name, HeaderValue::from(n));
+            }
+            continue;
         }
         if name == "keep-alive" {
             continue;
@@ -560,26 +756,51 @@ fn build_head(
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(at..at + n)) };
         headers.append(name, value);
     }
-    let framing =
-        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Length(0)
-        } else if other_te {
-            Framing::UntilClose
-        } else if chunked {
-            // Transfer-Encoding wins over Content-Length, which is dropped.
-            headers.remove(http::header::CONTENT_LENGTH);
-            if content_length.is_some() {
-                keep_alive = false;
-            }
-            Framing::Chunked
-        } else if let Some(n) = content_length {
-            Framing::Length(n)
-        } else {
-            Framing::UntilClose
-        };
+    if other_te {
+        // `chunked, gzip`: a framing a proxy cannot re-frame safely.
+        return Err(invalid(
+            ctx,
+            "transfer_coding",
+            "chunked is not the final transfer coding",
+        ));
+    }
+    // The codings other than chunked still apply to the body: they travel
+    // as `TransferCodings` for the downstream codec to send on.
+    let extensions = match codings.as_deref() {
+        Some(c) => Some(meshgate_core::body::TransferCodings(
+            HeaderValue::from_str(c)
+                .map_err(|_| invalid(ctx, "transfer_coding", "bad transfer-encoding"))?,
+        )),
+        None => None,
+    };
+    let framing = if ctx.head_only
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if chunked {
+        // Transfer-Encoding wins over Content-Length, which is dropped.
+        headers.remove(http::header::CONTENT_LENGTH);
+        if content_length.is_some() {
+            keep_alive = false;
+        }
+        Framing::Chunked
+    } else if codings.is_some() {
+        // A transfer coding without chunked: the body runs until close
+        // (RFC 9112 section 6.3).
+        headers.remove(http::header::CONTENT_LENGTH);
+        Framing::UntilClose
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
     let mut resp = http::Response::new(());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if let Some(e) = extensions {
+        resp.extensions_mut().insert(e);
+    }
     Ok(Head::Final(resp, keep_alive, framing))
 }
 

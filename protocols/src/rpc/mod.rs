@@ -107,7 +107,7 @@ impl RpcErrorKind {
     pub fn from_local_reason(r: LocalReason) -> Self {
         match r {
             LocalReason::NoRoute => Self::NotFound,
-            LocalReason::UpstreamTimeout => Self::Timeout,
+            LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => Self::Timeout,
             LocalReason::BadRequest
             | LocalReason::PayloadTooLarge
             | LocalReason::HeadersTooLarge => Self::BadRequest,
