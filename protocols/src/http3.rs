@@ -131,17 +131,37 @@ struct H3Body<R> {
     recv: R,
     data_done: bool,
     done: bool,
+    /// A frame read by `peek_end` before anyone asked for it.
+    peeked: Option<Result<Frame<Bytes>, BodyError>>,
 }
 
-impl<R: RecvHalf> http_body::Body for H3Body<R> {
-    type Data = Bytes;
-    type Error = BodyError;
+impl<R: RecvHalf> H3Body<R> {
+    fn new(recv: R) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            done: false,
+            peeked: None,
+        }
+    }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// Looks, without waiting, whether the stream already ended with its
+    /// HEADERS frame (FIN in the same packet, as clients send a GET): then
+    /// the body reports its end and exact size 0, so an HTTP/1.1 upstream
+    /// gets a request without framing instead of an empty chunked body.
+    /// Whatever the look reads is kept for the first `poll_frame`.
+    fn peek_end(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Some(f)) = self.poll_inner(&mut cx) {
+            self.peeked = Some(f);
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let me = self.get_mut();
+        let me = self;
         if me.done {
             return Poll::Ready(None);
         }
@@ -168,9 +188,33 @@ impl<R: RecvHalf> http_body::Body for H3Body<R> {
             }
         }
     }
+}
+
+impl<R: RecvHalf> http_body::Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        if let Some(f) = me.peeked.take() {
+            return Poll::Ready(Some(f));
+        }
+        me.poll_inner(cx)
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.peeked.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.is_end_stream() {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 
@@ -361,11 +405,9 @@ async fn serve_request(
 ) {
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let body = box_body(H3Body {
-        recv,
-        data_done: false,
-        done: false,
-    });
+    let mut body = H3Body::new(recv);
+    body.peek_end();
+    let body = box_body(body);
     let req: Request = http::Request::from_parts(parts, body);
     let resp = handler.handle(req, StreamInfo::new(info, "http3")).await;
     let (parts, body) = resp.into_parts();
@@ -553,11 +595,7 @@ impl ClientCodec for Http3Client {
             Ok(http::Response::from_parts(
                 parts,
                 box_body(GuardedBody {
-                    inner: H3Body {
-                        recv: rx,
-                        data_done: false,
-                        done: false,
-                    },
+                    inner: H3Body::new(rx),
                     _guard,
                 }),
             ))
