@@ -93,6 +93,7 @@ pub struct ClusterAction {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
+    pub(crate) hash_policy: Option<Box<super::hash::HashPolicy>>,
 }
 
 impl ClusterAction {
@@ -127,6 +128,20 @@ impl ClusterAction {
     /// Timeouts and retries for `crate::forward::forward`.
     pub fn forward_policy(&self) -> &ForwardPolicy {
         &self.policy
+    }
+
+    /// The request's hash under the route's `hash_policy` (nothing to
+    /// compute without one).
+    #[inline]
+    pub fn request_hash(
+        &self,
+        req: &crate::stream::Request,
+        info: &crate::stream::StreamInfo,
+    ) -> super::hash::RequestHash {
+        match &self.hash_policy {
+            None => super::hash::RequestHash::default(),
+            Some(p) => p.evaluate(req, info),
+        }
     }
 
     /// Stream idle timeout (`None`: disabled).

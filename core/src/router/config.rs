@@ -186,6 +186,10 @@ pub struct RouteActionConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// What `ring_hash` / `maglev` clusters hash the request on (Envoy's
+    /// `hash_policy`; see `router::hash`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<super::hash::HashPolicyConfig>,
 }
 
 impl Default for RouteActionConfig {
@@ -199,6 +203,7 @@ impl Default for RouteActionConfig {
             timeout: default_route_timeout(),
             idle_timeout: None,
             retry_policy: None,
+            hash_policy: Vec::new(),
         }
     }
 }
