@@ -433,10 +433,27 @@ async fn serve_request(
     }
 }
 
-/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint.
+/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint, opened
+/// through `Cluster::connect_endpoint_with` (circuit breaker, connect
+/// timeout, back-off, `cx_active`/`cx_total`).
+///
+/// A dead connection (the server restarted or stopped) is found three
+/// ways: a stateless reset or close from the peer ends it at once; keep-
+/// alive PINGs every `KEEP_ALIVE` with an idle timeout of `IDLE_TIMEOUT`
+/// end a silent one within seconds instead of quinn's 30 s default; and a
+/// request that fails on a reused connection before any response (the
+/// connection closed under it, or no answer within `REUSE_PROBE` while
+/// the peer acknowledged nothing) is retried once on a fresh connection
+/// when it is idempotent and has no body to replay
+/// (`meshgate_cluster_upstream_cx_dead_total`).
 pub struct Http3Client {
     inner: Arc<ClientInner>,
 }
+
+/// PING interval on an upstream QUIC connection.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+/// A connection that hears nothing from the server this long is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct ClientInner {
     conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<UpstreamConn>>>>,
@@ -450,78 +467,179 @@ struct UpstreamConn {
     quic: quinn::Connection,
 }
 
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
 impl ClientInner {
     fn endpoint(&self, v6: bool) -> std::io::Result<quinn::Endpoint> {
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if eps.is_none() {
-            let v4 = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
-            let v6e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
-                .unwrap_or_else(|_| v4.clone());
-            *eps = Some((v4, v6e));
+        if let Some((v4, v6e)) = eps.as_ref() {
+            return Ok(if v6 { v6e.clone() } else { v4.clone() });
         }
-        let (v4, v6e) = eps.as_ref().expect("bound above");
-        Ok(if v6 { v6e.clone() } else { v4.clone() })
+        let v4 = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
+        let v6e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+            .unwrap_or_else(|_| v4.clone());
+        let chosen = if v6 { v6e.clone() } else { v4.clone() };
+        *eps = Some((v4, v6e));
+        Ok(chosen)
     }
 
-    /// The endpoint's live connection, or a new one.
+    /// The endpoint's live connection (`fresh`: false), or a new one.
+    /// `stale`: a connection a request just failed on, not to be reused.
     async fn connection(
         &self,
         cluster: &Arc<Cluster>,
         endpoint: &Arc<Endpoint>,
         authority: Option<&str>,
-    ) -> Result<UpstreamConn, UpstreamError> {
+        stale: Option<&quinn::Connection>,
+    ) -> Result<(UpstreamConn, bool), UpstreamError> {
         let slot = self
             .conns
             .entry(endpoint.address)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
             .clone();
         let mut slot = slot.lock().await;
-        if let Some(c) = &*slot
-            && c.quic.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = &*slot {
+            let is_stale = stale.is_some_and(|s| s.stable_id() == c.quic.stable_id());
+            if c.quic.close_reason().is_none() && !is_stale {
+                return Ok((c.clone(), false));
+            }
+            if is_stale {
+                c.quic.close(0x100u32.into(), b"no response");
+            }
         }
+        *slot = None;
         let Some(tls) = cluster.tls.as_ref() else {
             return Err(UpstreamError::Connect(
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         };
-        let cfg = tls
+        let mut cfg = tls
             .quic_client_config()
             .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}")))?;
+        cfg.transport_config(transport());
         let ep = self
             .endpoint(endpoint.address.is_ipv6())
             .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}")))?;
         let name = tls.server_name_for(authority, endpoint.address);
-        cluster.stats.cx_total.increment(1);
-        let connecting = ep
-            .connect_with(cfg, endpoint.address, &name)
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let quic = match tokio::time::timeout(cluster.connect_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                cluster.stats.connect_failed("quic_handshake");
-                return Err(UpstreamError::Connect(e.to_string()));
-            }
-            Err(_) => {
-                cluster.stats.connect_failed("timeout");
-                return Err(UpstreamError::Connect("QUIC handshake timed out".into()));
-            }
+        let addr = endpoint.address;
+        let connect = async move {
+            let quic = ep
+                .connect_with(cfg, addr, &name)
+                .map_err(std::io::Error::other)?
+                .await
+                .map_err(std::io::Error::other)?;
+            let (driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok((quic, driver, send))
         };
-        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+        let ((quic, mut driver, send), guard) = cluster
+            .connect_endpoint_with(endpoint, connect)
             .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        cluster.stats.cx_active.increment(1.0);
-        let active = cluster.stats.cx_active.clone();
+            .map_err(|e| match e {
+                meshgate_core::cluster::ConnectError::Overflow(_) => UpstreamError::Overflow,
+                e => UpstreamError::Connect(e.to_string()),
+            })?;
         tokio::spawn(async move {
             let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
             tracing::debug!(error = %e, "http3 upstream connection closed");
-            active.decrement(1.0);
+            // The circuit-breaker slot and cx_active go with the connection.
+            drop(guard);
         });
         let c = UpstreamConn { send, quic };
         *slot = Some(c.clone());
-        Ok(c)
+        Ok((c, true))
     }
+}
+
+/// A copy of a request head for a second try.
+fn copy_head(h: &http::Request<()>) -> http::Request<()> {
+    let mut c = http::Request::new(());
+    *c.method_mut() = h.method().clone();
+    *c.uri_mut() = h.uri().clone();
+    *c.version_mut() = h.version();
+    *c.headers_mut() = h.headers().clone();
+    c
+}
+
+/// How long a request on a reused connection waits for any sign of life
+/// (a response head, or the peer acknowledging what was sent) before the
+/// connection is presumed dead and the request, if replayable, retried.
+const REUSE_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+
+type H3Recv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Why one try failed.
+enum TryError {
+    /// The connection was dead (closed, or silent): a fresh one may work.
+    DeadConnection(String),
+    Other(UpstreamError),
+}
+
+/// One try on `up`: sends the head, pumps the body, waits for the
+/// response head. On a reused connection a silent peer is detected
+/// within `REUSE_PROBE`.
+async fn try_send(
+    up: &UpstreamConn,
+    head: http::Request<()>,
+    body: meshgate_core::stream::Body,
+    reused: bool,
+) -> Result<(http::Response<()>, H3Recv), TryError> {
+    let dead = |e: &dyn std::fmt::Display, quic: &quinn::Connection| {
+        if quic.close_reason().is_some() {
+            TryError::DeadConnection(e.to_string())
+        } else {
+            TryError::Other(UpstreamError::Reset(e.to_string()))
+        }
+    };
+    let mut send = up.send.clone();
+    let sent_at = up.quic.stats().frame_rx.acks;
+    let stream = send
+        .send_request(head)
+        .await
+        .map_err(|e| dead(&e, &up.quic))?;
+    let (mut tx, mut rx) = stream.split();
+    tokio::spawn(async move {
+        if let Err(e) = pump_body(body, &mut tx).await {
+            tracing::debug!(error = %e, "http3 upstream request body cut short");
+            tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    });
+    let head = {
+        let recv = rx.recv_response();
+        tokio::pin!(recv);
+        let mut probing = reused;
+        // A live server acknowledges the request within a round trip even
+        // when the response takes long; a restarted one never does.
+        let deadline = tokio::time::Instant::now() + REUSE_PROBE;
+        loop {
+            if !probing {
+                break recv.await.map_err(|e| dead(&e, &up.quic));
+            }
+            tokio::select! {
+                r = &mut recv => break r.map_err(|e| dead(&e, &up.quic)),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                    if up.quic.stats().frame_rx.acks > sent_at {
+                        probing = false;
+                    } else if up.quic.close_reason().is_some()
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break Err(TryError::DeadConnection(
+                            "no acknowledgement from the upstream".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }?;
+    Ok((head, rx))
 }
 
 impl ClientCodec for Http3Client {
@@ -540,9 +658,6 @@ impl ClientCodec for Http3Client {
         let inner = self.inner.clone();
         let (cluster, endpoint) = (cluster.clone(), endpoint.clone());
         let fut = async move {
-            let up = inner
-                .connection(&cluster, &endpoint, authority.as_deref())
-                .await?;
             let _guard = endpoint.start_request();
             let (parts, body) = req.into_parts();
             let mut head = http::Request::from_parts(parts, ());
@@ -574,23 +689,35 @@ impl ClientCodec for Http3Client {
             ] {
                 head.headers_mut().remove(h);
             }
-            let mut send = up.send.clone();
-            let stream = send
-                .send_request(head)
-                .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
-            let (mut tx, mut rx) = stream.split();
-            tokio::spawn(async move {
-                if let Err(e) = pump_body(body, &mut tx).await {
-                    tracing::debug!(error = %e, "http3 upstream request body cut short");
-                    tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            // Only an idempotent request without a body is sent again: a
+            // presumed-dead connection may still have delivered it.
+            let replay =
+                (body.is_end_stream() && head.method().is_idempotent()).then(|| copy_head(&head));
+            let (up, fresh) = inner
+                .connection(&cluster, &endpoint, authority.as_deref(), None)
+                .await?;
+            let (resp, rx) = match try_send(&up, head, body, !fresh && replay.is_some()).await {
+                Ok(r) => r,
+                Err(TryError::Other(e)) => return Err(e),
+                Err(TryError::DeadConnection(why)) => {
+                    let Some(head) = replay.filter(|_| !fresh) else {
+                        return Err(UpstreamError::Reset(why));
+                    };
+                    tracing::debug!(endpoint = %endpoint.address, reason = %why, "http3 upstream connection dead; retrying on a new one");
+                    metrics::counter!("meshgate_cluster_upstream_cx_dead_total", "cluster" => cluster.name, "codec" => "http3").increment(1);
+                    let (up, _) = inner
+                        .connection(&cluster, &endpoint, authority.as_deref(), Some(&up.quic))
+                        .await?;
+                    match try_send(&up, head, meshgate_core::stream::empty_body(), false).await {
+                        Ok(r) => r,
+                        Err(TryError::Other(e)) => return Err(e),
+                        Err(TryError::DeadConnection(why)) => {
+                            return Err(UpstreamError::Reset(why));
+                        }
+                    }
                 }
-            });
-            let head = rx
-                .recv_response()
-                .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
-            let (mut parts, ()) = head.into_parts();
+            };
+            let (mut parts, ()) = resp.into_parts();
             parts.version = http::Version::HTTP_11;
             Ok(http::Response::from_parts(
                 parts,
@@ -601,6 +728,14 @@ impl ClientCodec for Http3Client {
             ))
         };
         Box::pin(fut)
+    }
+
+    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
+        // Streams in flight finish; the connection then closes, its last
+        // request sender gone.
+        for e in endpoints {
+            self.inner.conns.remove(&e.address);
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn certs(f: &str) -> String {
     workspace()
@@ -341,4 +342,173 @@ fn http3_get_without_body_reaches_http1_upstream_without_framing() {
         assert!(!lower.contains("transfer-encoding"), "{head}");
         assert!(!lower.contains("content-length"), "{head}");
     }
+}
+
+/// Caddy serving HTTP/3 (and HTTPS) on `port`, killed on drop.
+struct Caddy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    fn start(port: u16, tag: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("Caddyfile");
+        std::fs::write(
+            &conf,
+            format!(
+                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{tag} proto={{http.request.proto}}\n\" 200\n}}\n",
+                d = dir.path().display(),
+                crt = certs("server.pem"),
+                key = certs("server.key"),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("caddy (tests/run.sh installs it)");
+        wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+        Caddy { child, _dir: dir }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 10 s) until `cond` holds.
+fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in 10s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn curl_get(url: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = t.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn http3_upstream_restarted_on_the_same_port_is_used_again_at_once() {
+    let caddy_port = free_port();
+    let caddy = Caddy::start(caddy_port, "first");
+    let port = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: plain
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /full}}
+                        route: {{cluster: full}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: caddy, host_rewrite_literal: "localhost:{caddy_port}"}}
+clusters:
+  - name: caddy
+    protocol: http3
+    tls: {{trusted_ca: "{ca}", sni: localhost}}
+    endpoints: [{{address: "127.0.0.1:{caddy_port}"}}]
+  - name: full
+    protocol: http3
+    max_connections: 0
+    tls: {{trusted_ca: "{ca}", sni: localhost}}
+    endpoints: [{{address: "127.0.0.1:{caddy_port}"}}]
+"#,
+        ca = certs("ca.pem")
+    ));
+    let url = format!("http://127.0.0.1:{port}/x");
+    let (code, body) = curl_get(&url);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("first proto=HTTP/3.0"), "{body}");
+    let cx = |mg: &Meshgate| {
+        mg.metric(
+            "meshgate_cluster_upstream_cx_total",
+            &[("cluster", "caddy")],
+        )
+    };
+    assert_eq!(cx(&mg), 1.0);
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_cx_active",
+            &[("cluster", "caddy")]
+        ),
+        1.0
+    );
+
+    // Restart Caddy on the same port, twice: the old process (and its
+    // QUIC connection) is gone. The next request, or the one after,
+    // succeeds within a second of the restart and reaches the new process.
+    let mut caddy = caddy;
+    for (n, tag) in ["second", "third"].into_iter().enumerate() {
+        caddy.stop();
+        caddy = Caddy::start(caddy_port, tag);
+        let started = Instant::now();
+        let (mut code, mut body) = curl_get(&url);
+        if code != 200 {
+            (code, body) = curl_get(&url);
+        }
+        let took = started.elapsed();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&format!("{tag} proto=HTTP/3.0")), "{body}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        // Caddy sends no stateless reset: the silent connection was found
+        // dead by the request's probe and the request retried.
+        assert_eq!(
+            mg.metric(
+                "meshgate_cluster_upstream_cx_dead_total",
+                &[("cluster", "caddy")]
+            ),
+            1.0 + n as f64
+        );
+        // One new connection per restart, the dead one released.
+        assert_eq!(cx(&mg), 2.0 + n as f64);
+        wait_for(|| {
+            mg.metric(
+                "meshgate_cluster_upstream_cx_active",
+                &[("cluster", "caddy")],
+            ) == 1.0
+        });
+    }
+    drop(caddy);
+
+    // The circuit breaker applies to HTTP/3 connections too.
+    let (code, _) = curl_get(&format!("http://127.0.0.1:{port}/full"));
+    assert_eq!(code, 503);
+    assert!(
+        mg.metric(
+            "meshgate_cluster_upstream_cx_overflow_total",
+            &[("cluster", "full")]
+        ) >= 1.0
+    );
 }
