@@ -1313,6 +1313,53 @@ mod tests {
     }
 
     #[test]
+    fn route_hash_policy_is_translated() {
+        use rds::route_action::hash_policy as hp;
+        let a = rds::RouteAction {
+            cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+            hash_policy: vec![
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::Header(hp::Header {
+                        header_name: "x-user".into(),
+                        ..Default::default()
+                    })),
+                    terminal: true,
+                },
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::Cookie(hp::Cookie {
+                        name: "s".into(),
+                        ttl: Some(protobuf::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                        path: "/".into(),
+                        ..Default::default()
+                    })),
+                    terminal: false,
+                },
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::ConnectionProperties(
+                        hp::ConnectionProperties { source_ip: true },
+                    )),
+                    terminal: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let out = route_action(a, "route").unwrap();
+        let h = &out.hash_policy;
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0].header.as_ref().unwrap().header_name, "x-user");
+        assert!(h[0].terminal);
+        let c = h[1].cookie.as_ref().unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.ttl, c.path.as_str()),
+            ("s", Some(Duration::from_secs(60)), "/")
+        );
+        assert!(h[2].connection_properties.as_ref().unwrap().source_ip);
+    }
+
+    #[test]
     fn unsupported_fields_are_named() {
         let c = cds::Cluster {
             name: "x".into(),
