@@ -314,3 +314,56 @@ clusters:
     }
     assert_eq!(providers.len(), 2, "{providers:?}");
 }
+
+#[test]
+fn bolt_call_hashed_on_a_header_map_entry_sticks() {
+    let a = Provider::start("bolt", "A");
+    let b = Provider::start("bolt", "B");
+    let port = free_port();
+    let _mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: bolt
+              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: providers
+                          hash_policy:
+                            - header: {{header_name: sofa_head_target_service}}
+                            - header: {{header_name: version}}
+clusters:
+  - name: providers
+    protocol: bolt
+    lb_policy: ring_hash
+    endpoints: [{{address: "127.0.0.1:{pa}"}}, {{address: "127.0.0.1:{pb}"}}]
+"#,
+        pa = a.port,
+        pb = b.port,
+    ));
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    // Each service (and version) in the Bolt header map sticks to one
+    // provider over many calls; without a hash they would be spread at
+    // random over both.
+    for (iface, version) in [
+        ("com.meshgate.Echo", "1.0"),
+        ("com.meshgate.Echo", "2.0"),
+        ("com.meshgate.Other", "1.0"),
+    ] {
+        let r = node_call(
+            "bolt", port, iface, "echo", "[\"hi\"]", 30, 4, 3000, version, "",
+        );
+        assert_eq!(r.ok, 30, "{iface}:{version}: {:?}", r.errors);
+        assert_eq!(r.from.len(), 1, "{iface}:{version}: {:?}", r.from);
+    }
+}
