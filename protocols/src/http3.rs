@@ -510,9 +510,9 @@ impl ClientInner {
             if c.quic.close_reason().is_none() && !is_stale {
                 return Ok((c.clone(), false));
             }
-            if is_stale {
-                c.quic.close(0x100u32.into(), b"no response");
-            }
+            // A stale one is only taken out of use, not closed: were the
+            // peer merely slow, its other streams still finish; were it
+            // dead, the idle timeout ends it.
         }
         *slot = None;
         let Some(tls) = cluster.tls.as_ref() else {
