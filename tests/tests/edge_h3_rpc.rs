@@ -437,6 +437,7 @@ listeners:
 clusters:
   - name: caddy
     protocol: http3
+    connect_timeout: 500ms
     tls: {{trusted_ca: "{ca}", sni: localhost}}
     endpoints: [{{address: "127.0.0.1:{caddy_port}"}}]
   - name: full
@@ -500,6 +501,26 @@ clusters:
             ) == 1.0
         });
     }
+    // Stopped: the request fails within the probe and one connect
+    // timeout (500ms here), not after quinn's 30 s idle timeout.
+    caddy.stop();
+    let started = Instant::now();
+    let (code, body) = curl_get(&url);
+    assert!(code == 502 || code == 503, "{code} {body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Back again: served within a second.
+    let caddy = Caddy::start(caddy_port, "fourth");
+    let started = Instant::now();
+    let mut ok = false;
+    while started.elapsed() < Duration::from_secs(1) && !ok {
+        let (code, body) = curl_get(&url);
+        ok = code == 200 && body.contains("fourth proto=HTTP/3.0");
+    }
+    assert!(ok, "not served again within a second");
     drop(caddy);
 
     // The circuit breaker applies to HTTP/3 connections too.
