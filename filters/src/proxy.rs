@@ -859,6 +859,7 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
                 let cluster = c.pick_cluster();
+                let hashed = c.request_hash(req, info);
                 route.apply_request_mutations(vhost, req);
                 let downstream_upgrade = match upgrade.take() {
                     Some(u) => {
@@ -894,7 +895,7 @@ impl ProxyHandler {
                 let mut resp = {
                     let owned =
                         std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
-                    forward(cluster, owned, info, c.forward_policy(), None)
+                    forward(cluster, owned, info, c.forward_policy(), hashed.hash)
                 }
                 .await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -915,6 +916,7 @@ impl ProxyHandler {
                 }
                 if info.local_reply.is_none() {
                     route.apply_response_mutations(vhost, &mut resp);
+                    hashed.set_cookie_on(&mut resp);
                 }
                 resp
             }

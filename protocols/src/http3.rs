@@ -131,17 +131,37 @@ struct H3Body<R> {
     recv: R,
     data_done: bool,
     done: bool,
+    /// A frame read by `peek_end` before anyone asked for it.
+    peeked: Option<Result<Frame<Bytes>, BodyError>>,
 }
 
-impl<R: RecvHalf> http_body::Body for H3Body<R> {
-    type Data = Bytes;
-    type Error = BodyError;
+impl<R: RecvHalf> H3Body<R> {
+    fn new(recv: R) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            done: false,
+            peeked: None,
+        }
+    }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
+    /// Looks, without waiting, whether the stream already ended with its
+    /// HEADERS frame (FIN in the same packet, as clients send a GET): then
+    /// the body reports its end and exact size 0, so an HTTP/1.1 upstream
+    /// gets a request without framing instead of an empty chunked body.
+    /// Whatever the look reads is kept for the first `poll_frame`.
+    fn peek_end(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Some(f)) = self.poll_inner(&mut cx) {
+            self.peeked = Some(f);
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let me = self.get_mut();
+        let me = self;
         if me.done {
             return Poll::Ready(None);
         }
@@ -168,9 +188,33 @@ impl<R: RecvHalf> http_body::Body for H3Body<R> {
             }
         }
     }
+}
+
+impl<R: RecvHalf> http_body::Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        if let Some(f) = me.peeked.take() {
+            return Poll::Ready(Some(f));
+        }
+        me.poll_inner(cx)
+    }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.peeked.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.is_end_stream() {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 
@@ -361,11 +405,9 @@ async fn serve_request(
 ) {
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let body = box_body(H3Body {
-        recv,
-        data_done: false,
-        done: false,
-    });
+    let mut body = H3Body::new(recv);
+    body.peek_end();
+    let body = box_body(body);
     let req: Request = http::Request::from_parts(parts, body);
     let resp = handler.handle(req, StreamInfo::new(info, "http3")).await;
     let (parts, body) = resp.into_parts();
@@ -391,10 +433,27 @@ async fn serve_request(
     }
 }
 
-/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint.
+/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint, opened
+/// through `Cluster::connect_endpoint_with` (circuit breaker, connect
+/// timeout, back-off, `cx_active`/`cx_total`).
+///
+/// A dead connection (the server restarted or stopped) is found three
+/// ways: a stateless reset or close from the peer ends it at once; keep-
+/// alive PINGs every `KEEP_ALIVE` with an idle timeout of `IDLE_TIMEOUT`
+/// end a silent one within seconds instead of quinn's 30 s default; and a
+/// request that fails on a reused connection before any response (the
+/// connection closed under it, or no answer within `REUSE_PROBE` while
+/// the peer acknowledged nothing) is retried once on a fresh connection
+/// when it is idempotent and has no body to replay
+/// (`meshgate_cluster_upstream_cx_dead_total`).
 pub struct Http3Client {
     inner: Arc<ClientInner>,
 }
+
+/// PING interval on an upstream QUIC connection.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+/// A connection that hears nothing from the server this long is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct ClientInner {
     conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<UpstreamConn>>>>,
@@ -408,78 +467,179 @@ struct UpstreamConn {
     quic: quinn::Connection,
 }
 
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
 impl ClientInner {
     fn endpoint(&self, v6: bool) -> std::io::Result<quinn::Endpoint> {
         let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if eps.is_none() {
-            let v4 = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
-            let v6e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
-                .unwrap_or_else(|_| v4.clone());
-            *eps = Some((v4, v6e));
+        if let Some((v4, v6e)) = eps.as_ref() {
+            return Ok(if v6 { v6e.clone() } else { v4.clone() });
         }
-        let (v4, v6e) = eps.as_ref().expect("bound above");
-        Ok(if v6 { v6e.clone() } else { v4.clone() })
+        let v4 = quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())?;
+        let v6e = quinn::Endpoint::client((std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+            .unwrap_or_else(|_| v4.clone());
+        let chosen = if v6 { v6e.clone() } else { v4.clone() };
+        *eps = Some((v4, v6e));
+        Ok(chosen)
     }
 
-    /// The endpoint's live connection, or a new one.
+    /// The endpoint's live connection (`fresh`: false), or a new one.
+    /// `stale`: a connection a request just failed on, not to be reused.
     async fn connection(
         &self,
         cluster: &Arc<Cluster>,
         endpoint: &Arc<Endpoint>,
         authority: Option<&str>,
-    ) -> Result<UpstreamConn, UpstreamError> {
+        stale: Option<&quinn::Connection>,
+    ) -> Result<(UpstreamConn, bool), UpstreamError> {
         let slot = self
             .conns
             .entry(endpoint.address)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
             .clone();
         let mut slot = slot.lock().await;
-        if let Some(c) = &*slot
-            && c.quic.close_reason().is_none()
-        {
-            return Ok(c.clone());
+        if let Some(c) = &*slot {
+            let is_stale = stale.is_some_and(|s| s.stable_id() == c.quic.stable_id());
+            if c.quic.close_reason().is_none() && !is_stale {
+                return Ok((c.clone(), false));
+            }
+            // A stale one is only taken out of use, not closed: were the
+            // peer merely slow, its other streams still finish; were it
+            // dead, the idle timeout ends it.
         }
+        *slot = None;
         let Some(tls) = cluster.tls.as_ref() else {
             return Err(UpstreamError::Connect(
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         };
-        let cfg = tls
+        let mut cfg = tls
             .quic_client_config()
             .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}")))?;
+        cfg.transport_config(transport());
         let ep = self
             .endpoint(endpoint.address.is_ipv6())
             .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}")))?;
         let name = tls.server_name_for(authority, endpoint.address);
-        cluster.stats.cx_total.increment(1);
-        let connecting = ep
-            .connect_with(cfg, endpoint.address, &name)
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let quic = match tokio::time::timeout(cluster.connect_timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                cluster.stats.connect_failed("quic_handshake");
-                return Err(UpstreamError::Connect(e.to_string()));
-            }
-            Err(_) => {
-                cluster.stats.connect_failed("timeout");
-                return Err(UpstreamError::Connect("QUIC handshake timed out".into()));
-            }
+        let addr = endpoint.address;
+        let connect = async move {
+            let quic = ep
+                .connect_with(cfg, addr, &name)
+                .map_err(std::io::Error::other)?
+                .await
+                .map_err(std::io::Error::other)?;
+            let (driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok((quic, driver, send))
         };
-        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+        let ((quic, mut driver, send), guard) = cluster
+            .connect_endpoint_with(endpoint, connect)
             .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        cluster.stats.cx_active.increment(1.0);
-        let active = cluster.stats.cx_active.clone();
+            .map_err(|e| match e {
+                meshgate_core::cluster::ConnectError::Overflow(_) => UpstreamError::Overflow,
+                e => UpstreamError::Connect(e.to_string()),
+            })?;
         tokio::spawn(async move {
             let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
             tracing::debug!(error = %e, "http3 upstream connection closed");
-            active.decrement(1.0);
+            // The circuit-breaker slot and cx_active go with the connection.
+            drop(guard);
         });
         let c = UpstreamConn { send, quic };
         *slot = Some(c.clone());
-        Ok(c)
+        Ok((c, true))
     }
+}
+
+/// A copy of a request head for a second try.
+fn copy_head(h: &http::Request<()>) -> http::Request<()> {
+    let mut c = http::Request::new(());
+    *c.method_mut() = h.method().clone();
+    *c.uri_mut() = h.uri().clone();
+    *c.version_mut() = h.version();
+    *c.headers_mut() = h.headers().clone();
+    c
+}
+
+/// How long a request on a reused connection waits for any sign of life
+/// (a response head, or the peer acknowledging what was sent) before the
+/// connection is presumed dead and the request, if replayable, retried.
+const REUSE_PROBE: std::time::Duration = std::time::Duration::from_millis(300);
+
+type H3Recv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Why one try failed.
+enum TryError {
+    /// The connection was dead (closed, or silent): a fresh one may work.
+    DeadConnection(String),
+    Other(UpstreamError),
+}
+
+/// One try on `up`: sends the head, pumps the body, waits for the
+/// response head. On a reused connection a silent peer is detected
+/// within `REUSE_PROBE`.
+async fn try_send(
+    up: &UpstreamConn,
+    head: http::Request<()>,
+    body: meshgate_core::stream::Body,
+    reused: bool,
+) -> Result<(http::Response<()>, H3Recv), TryError> {
+    let dead = |e: &dyn std::fmt::Display, quic: &quinn::Connection| {
+        if quic.close_reason().is_some() {
+            TryError::DeadConnection(e.to_string())
+        } else {
+            TryError::Other(UpstreamError::Reset(e.to_string()))
+        }
+    };
+    let mut send = up.send.clone();
+    let sent_at = up.quic.stats().frame_rx.acks;
+    let stream = send
+        .send_request(head)
+        .await
+        .map_err(|e| dead(&e, &up.quic))?;
+    let (mut tx, mut rx) = stream.split();
+    tokio::spawn(async move {
+        if let Err(e) = pump_body(body, &mut tx).await {
+            tracing::debug!(error = %e, "http3 upstream request body cut short");
+            tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    });
+    let head = {
+        let recv = rx.recv_response();
+        tokio::pin!(recv);
+        let mut probing = reused;
+        // A live server acknowledges the request within a round trip even
+        // when the response takes long; a restarted one never does.
+        let deadline = tokio::time::Instant::now() + REUSE_PROBE;
+        loop {
+            if !probing {
+                break recv.await.map_err(|e| dead(&e, &up.quic));
+            }
+            tokio::select! {
+                r = &mut recv => break r.map_err(|e| dead(&e, &up.quic)),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                    if up.quic.stats().frame_rx.acks > sent_at {
+                        probing = false;
+                    } else if up.quic.close_reason().is_some()
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break Err(TryError::DeadConnection(
+                            "no acknowledgement from the upstream".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }?;
+    Ok((head, rx))
 }
 
 impl ClientCodec for Http3Client {
@@ -498,9 +658,6 @@ impl ClientCodec for Http3Client {
         let inner = self.inner.clone();
         let (cluster, endpoint) = (cluster.clone(), endpoint.clone());
         let fut = async move {
-            let up = inner
-                .connection(&cluster, &endpoint, authority.as_deref())
-                .await?;
             let _guard = endpoint.start_request();
             let (parts, body) = req.into_parts();
             let mut head = http::Request::from_parts(parts, ());
@@ -532,37 +689,53 @@ impl ClientCodec for Http3Client {
             ] {
                 head.headers_mut().remove(h);
             }
-            let mut send = up.send.clone();
-            let stream = send
-                .send_request(head)
-                .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
-            let (mut tx, mut rx) = stream.split();
-            tokio::spawn(async move {
-                if let Err(e) = pump_body(body, &mut tx).await {
-                    tracing::debug!(error = %e, "http3 upstream request body cut short");
-                    tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            // Only an idempotent request without a body is sent again: a
+            // presumed-dead connection may still have delivered it.
+            let replay =
+                (body.is_end_stream() && head.method().is_idempotent()).then(|| copy_head(&head));
+            let (up, fresh) = inner
+                .connection(&cluster, &endpoint, authority.as_deref(), None)
+                .await?;
+            let (resp, rx) = match try_send(&up, head, body, !fresh && replay.is_some()).await {
+                Ok(r) => r,
+                Err(TryError::Other(e)) => return Err(e),
+                Err(TryError::DeadConnection(why)) => {
+                    let Some(head) = replay.filter(|_| !fresh) else {
+                        return Err(UpstreamError::Reset(why));
+                    };
+                    tracing::debug!(endpoint = %endpoint.address, reason = %why, "http3 upstream connection dead; retrying on a new one");
+                    metrics::counter!("meshgate_cluster_upstream_cx_dead_total", "cluster" => cluster.name, "codec" => "http3").increment(1);
+                    let (up, _) = inner
+                        .connection(&cluster, &endpoint, authority.as_deref(), Some(&up.quic))
+                        .await?;
+                    match try_send(&up, head, meshgate_core::stream::empty_body(), false).await {
+                        Ok(r) => r,
+                        Err(TryError::Other(e)) => return Err(e),
+                        Err(TryError::DeadConnection(why)) => {
+                            return Err(UpstreamError::Reset(why));
+                        }
+                    }
                 }
-            });
-            let head = rx
-                .recv_response()
-                .await
-                .map_err(|e| UpstreamError::Reset(e.to_string()))?;
-            let (mut parts, ()) = head.into_parts();
+            };
+            let (mut parts, ()) = resp.into_parts();
             parts.version = http::Version::HTTP_11;
             Ok(http::Response::from_parts(
                 parts,
                 box_body(GuardedBody {
-                    inner: H3Body {
-                        recv: rx,
-                        data_done: false,
-                        done: false,
-                    },
+                    inner: H3Body::new(rx),
                     _guard,
                 }),
             ))
         };
         Box::pin(fut)
+    }
+
+    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
+        // Streams in flight finish; the connection then closes, its last
+        // request sender gone.
+        for e in endpoints {
+            self.inner.conns.remove(&e.address);
+        }
     }
 }
 

@@ -1168,7 +1168,91 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         });
         rest(&u, &up)?;
     }
+    for (i, h) in std::mem::take(&mut a.hash_policy).into_iter().enumerate() {
+        out.hash_policy.push(hash_policy(
+            h,
+            &format!("{}[{i}]", join(path, "hash_policy")),
+        )?);
+    }
     rest(&a, path)?;
+    Ok(out)
+}
+
+/// One `RouteAction.hash_policy` entry; the core build refuses
+/// `filter_state` with its name.
+fn hash_policy(mut h: rds::route_action::HashPolicy, path: &str) -> R<rc::HashPolicyConfig> {
+    use rds::route_action::hash_policy::PolicySpecifier as P;
+    let mut out = rc::HashPolicyConfig {
+        terminal: std::mem::take(&mut h.terminal),
+        ..Default::default()
+    };
+    match h.policy_specifier.take() {
+        None => {
+            return err(
+                path,
+                "one of header, cookie, connection_properties, query_parameter, filter_state is needed",
+            );
+        }
+        Some(P::Header(mut x)) => {
+            let hp = join(path, "header");
+            let mut c = rc::HashHeaderConfig {
+                header_name: std::mem::take(&mut x.header_name),
+                regex_rewrite: None,
+            };
+            if let Some(mut rr) = x.regex_rewrite.take() {
+                let rp = join(&hp, "regex_rewrite");
+                let pattern = match rr.pattern.take() {
+                    Some(p) => regex(p, &join(&rp, "pattern"))?,
+                    None => return err(join(&rp, "pattern"), "missing pattern"),
+                };
+                let substitution = std::mem::take(&mut rr.substitution);
+                rest(&rr, &rp)?;
+                c.regex_rewrite = Some(rc::RegexRewriteConfig {
+                    pattern,
+                    substitution,
+                });
+            }
+            rest(&x, &hp)?;
+            out.header = Some(c);
+        }
+        Some(P::Cookie(mut x)) => {
+            let cp = join(path, "cookie");
+            let mut c = rc::HashCookieConfig {
+                name: std::mem::take(&mut x.name),
+                path: std::mem::take(&mut x.path),
+                ..Default::default()
+            };
+            if let Some(d) = x.ttl.take() {
+                c.ttl = Some(duration(&d, &join(&cp, "ttl"))?);
+            }
+            for (j, mut at) in std::mem::take(&mut x.attributes).into_iter().enumerate() {
+                c.attributes.push(rc::HashCookieAttributeConfig {
+                    name: std::mem::take(&mut at.name),
+                    value: std::mem::take(&mut at.value),
+                });
+                rest(&at, &format!("{cp}.attributes[{j}]"))?;
+            }
+            rest(&x, &cp)?;
+            out.cookie = Some(c);
+        }
+        Some(P::ConnectionProperties(x)) => {
+            out.connection_properties = Some(rc::HashConnectionPropertiesConfig {
+                source_ip: x.source_ip,
+            });
+        }
+        Some(P::QueryParameter(mut x)) => {
+            out.query_parameter = Some(rc::HashQueryParameterConfig {
+                name: std::mem::take(&mut x.name),
+            });
+            rest(&x, &join(path, "query_parameter"))?;
+        }
+        Some(P::FilterState(mut x)) => {
+            out.filter_state = Some(rc::HashFilterStateConfig {
+                key: std::mem::take(&mut x.key),
+            });
+        }
+    }
+    rest(&h, path)?;
     Ok(out)
 }
 
@@ -1302,6 +1386,53 @@ mod tests {
         assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
         assert_eq!(t.config.lb_policy, "maglev");
         assert_eq!(t.config.connect_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn route_hash_policy_is_translated() {
+        use rds::route_action::hash_policy as hp;
+        let a = rds::RouteAction {
+            cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+            hash_policy: vec![
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::Header(hp::Header {
+                        header_name: "x-user".into(),
+                        ..Default::default()
+                    })),
+                    terminal: true,
+                },
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::Cookie(hp::Cookie {
+                        name: "s".into(),
+                        ttl: Some(protobuf::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                        path: "/".into(),
+                        ..Default::default()
+                    })),
+                    terminal: false,
+                },
+                rds::route_action::HashPolicy {
+                    policy_specifier: Some(hp::PolicySpecifier::ConnectionProperties(
+                        hp::ConnectionProperties { source_ip: true },
+                    )),
+                    terminal: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let out = route_action(a, "route").unwrap();
+        let h = &out.hash_policy;
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0].header.as_ref().unwrap().header_name, "x-user");
+        assert!(h[0].terminal);
+        let c = h[1].cookie.as_ref().unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.ttl, c.path.as_str()),
+            ("s", Some(Duration::from_secs(60)), "/")
+        );
+        assert!(h[2].connection_properties.as_ref().unwrap().source_ip);
     }
 
     #[test]

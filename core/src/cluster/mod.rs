@@ -403,6 +403,45 @@ impl Cluster {
         }
     }
 
+    /// `connect_endpoint` for a codec that opens its own transport (QUIC):
+    /// the same circuit breaker, connect timeout, back-off and counters
+    /// around `connect`. The guard holds the connection's slot; drop it
+    /// when the connection closes.
+    pub async fn connect_endpoint_with<T>(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        connect: impl Future<Output = std::io::Result<T>>,
+    ) -> Result<(T, ConnectionGuard), ConnectError> {
+        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+            self.stats.cx_overflow.increment(1);
+            let e = ConnectError::Overflow(self.name.into());
+            self.stats.connect_failed(e.reason());
+            return Err(e);
+        }
+        self.stats.cx_active.increment(1.0);
+        let slot = ConnectionSlot(self.clone());
+        let addr = endpoint.address;
+        let result = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(ConnectError::Io(addr, e)),
+            Err(_) => Err(ConnectError::Timeout(addr)),
+        };
+        match result {
+            Ok(c) => {
+                endpoint.record_success();
+                self.stats.cx_total.increment(1);
+                Ok((c, ConnectionGuard(slot)))
+            }
+            Err(e) => {
+                endpoint.record_failure(&self.backoff);
+                self.stats.connect_failed(e.reason());
+                tracing::debug!(cluster = %self.name, endpoint = %addr, error = %e, "upstream connect failed");
+                Err(e)
+            }
+        }
+    }
+
     /// Upstream connections currently open.
     pub fn active_connections(&self) -> u32 {
         self.active_connections.load(Ordering::Relaxed)

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The action of a route.
+// Built once per config and only read by reference: boxing the common
+// (cluster) variant would add an indirection to every forwarded request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RouteAction {
     /// Forward upstream.
@@ -93,6 +96,7 @@ pub struct ClusterAction {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
+    pub(crate) hash_policy: Option<Box<super::hash::HashPolicy>>,
 }
 
 impl ClusterAction {
@@ -127,6 +131,20 @@ impl ClusterAction {
     /// Timeouts and retries for `crate::forward::forward`.
     pub fn forward_policy(&self) -> &ForwardPolicy {
         &self.policy
+    }
+
+    /// The request's hash under the route's `hash_policy` (nothing to
+    /// compute without one).
+    #[inline]
+    pub fn request_hash(
+        &self,
+        req: &crate::stream::Request,
+        info: &crate::stream::StreamInfo,
+    ) -> super::hash::RequestHash {
+        match &self.hash_policy {
+            None => super::hash::RequestHash::default(),
+            Some(p) => p.evaluate(req, info),
+        }
     }
 
     /// Stream idle timeout (`None`: the listener's `stream_idle_timeout`;

@@ -189,6 +189,10 @@ pub struct RouteActionConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// What `ring_hash` / `maglev` clusters hash the request on (Envoy's
+    /// `hash_policy`; see `router::hash`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<super::hash::HashPolicyConfig>,
     /// Enables or disables, on this route, an upgrade type the listener's
     /// `proxy` lists (Envoy's `RouteAction.upgrade_configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -216,6 +220,7 @@ impl Default for RouteActionConfig {
             timeout: default_route_timeout(),
             idle_timeout: None,
             retry_policy: None,
+            hash_policy: Vec::new(),
             upgrade_configs: Vec::new(),
         }
     }

@@ -52,6 +52,7 @@
 mod action;
 mod config;
 mod domain;
+mod hash;
 mod index;
 mod matcher;
 #[cfg(test)]
@@ -68,6 +69,11 @@ pub use config::{
     QueryParameterMatcherConfig, RedirectActionConfig, RegexRewriteConfig, RetryBackOffConfig,
     RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteEntryConfig, RouteMatchConfig,
     VirtualHostConfig, WeightedClustersConfig,
+};
+pub use hash::{
+    HashConnectionPropertiesConfig, HashCookieAttributeConfig, HashCookieConfig,
+    HashFilterStateConfig, HashHeaderConfig, HashPolicy, HashPolicyConfig,
+    HashQueryParameterConfig, RequestHash,
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
 
@@ -853,6 +859,7 @@ fn build_cluster_action(
         idle_timeout: c.idle_timeout,
         path_rewrite,
         host_rewrite,
+        hash_policy: HashPolicy::build(&sub(path, "hash_policy"), &c.hash_policy)?,
     })
 }
 

@@ -25,8 +25,9 @@ type Result<T> = std::result::Result<T, HessianError>;
 const MAX_DEPTH: usize = 32;
 const MAX_CLASS_DEFS: usize = 1024;
 const MAX_FIELDS: usize = 1024;
-/// The longest string routing reads (in UTF-16 units).
-const MAX_STRING: usize = 1 << 20;
+// No string length cap of its own: every string lies inside the frame's
+// body, which the codec has already bounded by `max_body_bytes`, so a cap
+// here could only refuse calls the provider accepts.
 
 /// A cursor over a Hessian 2 byte sequence.
 pub struct Reader<'a> {
@@ -94,10 +95,24 @@ impl<'a> Reader<'a> {
     /// Reads a string; `N` (null) reads as "".
     pub fn read_string(&mut self) -> Result<String> {
         let mut out = String::new();
+        self.string(Some(&mut out))?;
+        Ok(out)
+    }
+
+    /// Steps over a string (or null) without keeping it: skipped call
+    /// arguments cost no allocation.
+    fn skip_string(&mut self) -> Result<()> {
+        self.string(None)
+    }
+
+    /// Walks one string value (all its chunks), appending it to `out` when
+    /// given. Its length is bounded only by the bytes present.
+    fn string(&mut self, mut out: Option<&mut String>) -> Result<()> {
+        let mut first = true;
         loop {
             let tag = self.byte()?;
             let (len, last) = match tag {
-                b'N' if out.is_empty() => return Ok(out),
+                b'N' if first => return Ok(()),
                 0x00..=0x1f => (tag as usize, true),
                 0x30..=0x33 => (((tag as usize - 0x30) << 8) | self.byte()? as usize, true),
                 b'S' | b'R' => {
@@ -107,12 +122,10 @@ impl<'a> Reader<'a> {
                 }
                 _ => return Err(HessianError("expected a string")),
             };
-            if out.len().saturating_add(len) > MAX_STRING {
-                return Err(HessianError("string too long"));
-            }
-            self.utf8_units(len, Some(&mut out))?;
+            first = false;
+            self.utf8_units(len, out.as_deref_mut())?;
             if last {
-                return Ok(out);
+                return Ok(());
             }
         }
     }
@@ -166,7 +179,7 @@ impl<'a> Reader<'a> {
     /// A list or map type: a string, or an int referring to an earlier one.
     fn skip_type(&mut self) -> Result<()> {
         if self.next_is_string() {
-            self.read_string().map(drop)
+            self.skip_string()
         } else {
             self.read_int().map(drop)
         }
@@ -190,7 +203,7 @@ impl<'a> Reader<'a> {
         match tag {
             // strings
             0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => {
-                self.read_string()?;
+                self.skip_string()?;
             }
             b'N' | b'T' | b'F' => self.pos += 1,
             // ints
@@ -302,13 +315,13 @@ impl<'a> Reader<'a> {
             // class definition, then the value that follows it
             b'C' => {
                 self.pos += 1;
-                self.read_string()?;
+                self.skip_string()?;
                 let n = self.length()?;
                 if n > MAX_FIELDS || self.classes.len() >= MAX_CLASS_DEFS {
                     return Err(HessianError("too many class fields or definitions"));
                 }
                 for _ in 0..n {
-                    self.read_string()?;
+                    self.skip_string()?;
                 }
                 self.classes.push(n);
                 self.skip_depth(depth)?;
@@ -444,6 +457,28 @@ mod tests {
         let mut w = Vec::new();
         write_string(&mut w, "no route");
         assert_eq!(Reader::new(&w).read_string().unwrap(), "no route");
+    }
+
+    #[test]
+    fn strings_longer_than_a_mebibyte_are_read_and_skipped() {
+        // 1,100,000 characters in 0x7fff-unit `R` chunks and a final `S`.
+        let n = 1_100_000usize;
+        let mut b = Vec::new();
+        let mut left = n;
+        while left > 0x7fff {
+            b.extend(b"R\x7f\xff");
+            b.extend(std::iter::repeat_n(b'x', 0x7fff));
+            left -= 0x7fff;
+        }
+        b.push(b'S');
+        b.extend((left as u16).to_be_bytes());
+        b.extend(std::iter::repeat_n(b'x', left));
+        b.push(0x91);
+        assert_eq!(Reader::new(&b).read_string().unwrap().len(), n);
+        let mut r = Reader::new(&b);
+        r.skip_value().unwrap();
+        assert_eq!(r.read_int().unwrap(), 1);
+        assert!(r.at_end());
     }
 
     #[test]
