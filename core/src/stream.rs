@@ -147,6 +147,9 @@ pub trait StreamFilterFactory: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReason {
     NoRoute,
+    /// The route's cluster does not exist (yet); the status is the
+    /// route's `cluster_not_found_response_code` (503 by default).
+    ClusterNotFound,
     NoHealthyUpstream,
     UpstreamConnectFailure,
     UpstreamReset,
@@ -163,6 +166,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => StatusCode::NOT_FOUND,
             LocalReason::NoHealthyUpstream
+            | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
             | LocalReason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
@@ -180,6 +184,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => 12, // UNIMPLEMENTED
             LocalReason::NoHealthyUpstream
+            | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
             | LocalReason::UpstreamReset
             | LocalReason::Overflow => 14, // UNAVAILABLE
@@ -194,6 +199,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => "no_route",
             LocalReason::NoHealthyUpstream => "no_healthy_upstream",
+            LocalReason::ClusterNotFound => "cluster_not_found",
             LocalReason::UpstreamConnectFailure => "upstream_connect_failure",
             LocalReason::UpstreamReset => "upstream_reset",
             LocalReason::UpstreamTimeout => "upstream_timeout",
@@ -211,6 +217,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => "no route matched",
             LocalReason::NoHealthyUpstream => "no healthy upstream",
+            LocalReason::ClusterNotFound => "cluster not found",
             LocalReason::UpstreamConnectFailure => "upstream connect failure",
             LocalReason::UpstreamReset => "upstream reset",
             LocalReason::UpstreamTimeout => "upstream request timeout",

@@ -762,6 +762,11 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
                 let cluster = c.pick_cluster();
+                if let Some(status) = c.cluster_not_found(cluster) {
+                    let mut resp = local_reply(info, LocalReason::ClusterNotFound);
+                    *resp.status_mut() = status;
+                    return resp;
+                }
                 route.apply_request_mutations(vhost, req);
                 let downstream_upgrade = req.extensions_mut().remove::<Upgrade>();
                 // The request moves into the upstream exchange before the

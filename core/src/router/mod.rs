@@ -54,6 +54,7 @@ mod config;
 mod domain;
 mod index;
 mod matcher;
+mod missing;
 #[cfg(test)]
 mod tests;
 
@@ -69,6 +70,7 @@ pub use config::{
     VirtualHostConfig, WeightedClustersConfig,
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
+pub use missing::ClusterNotFoundResponseCode;
 
 use crate::cluster::ClusterResolver;
 use crate::error::BuildError;
@@ -170,6 +172,13 @@ impl RouteTable {
     /// `BuildContext`, which records them). Error paths are relative to
     /// `cfg`.
     pub fn build(cfg: &RouteConfig, clusters: &dyn ClusterResolver) -> Result<Self, BuildError> {
+        // `validate_clusters: false`: unknown clusters get stand-ins.
+        let lenient =
+            (cfg.validate_clusters == Some(false)).then(|| missing::Lenient::new(clusters));
+        let clusters: &dyn ClusterResolver = match &lenient {
+            Some(l) => l,
+            None => clusters,
+        };
         let mut domains = DomainIndex::default();
         let mut seen_domains: HashMap<String, usize> = HashMap::new();
         let mut seen_names: HashMap<&str, usize> = HashMap::new();
@@ -227,6 +236,16 @@ impl RouteTable {
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
+                if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &mut route.action) {
+                    let code = r
+                        .route
+                        .as_ref()
+                        .and_then(|a| a.cluster_not_found_response_code);
+                    c.not_found = l.not_found(
+                        c.clusters.iter().map(|t| &t.cluster),
+                        code.unwrap_or_default(),
+                    );
+                }
                 route.stat_name = match &route.name {
                     Some(n) => crate::stream::intern(n),
                     None => crate::stream::intern(&format!("{}/{j}", vh.name)),
@@ -823,6 +842,7 @@ fn build_cluster_action(
         clusters: targets.into(),
         total_weight,
         policy,
+        not_found: None,
         idle_timeout: c.idle_timeout.filter(|d| !d.is_zero()),
         path_rewrite,
         host_rewrite,
