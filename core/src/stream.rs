@@ -58,24 +58,12 @@ where
 /// A stream records its route and cluster for metrics and the access log;
 /// as `Arc<str>` each was a reference count taken and dropped per request
 /// (four atomic instructions on the hot path). Names are leaked once per
-/// distinct value and never freed, so memory is bounded by the distinct
-/// names ever configured (a reload or xDS update that keeps its names adds
-/// nothing).
+/// distinct value, up to a cap (`crate::intern`): past it a new name is
+/// labelled `__overflow__`, so xDS name churn cannot grow memory without
+/// bound. Only labels come from here; identities (cluster manager keys)
+/// use the configured names.
 pub fn intern(name: &str) -> &'static str {
-    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    match names.get(name) {
-        Some(n) => n,
-        None => {
-            let n: &'static str = Box::leak(name.into());
-            names.insert(n);
-            n
-        }
-    }
+    crate::intern::intern(name)
 }
 
 /// What filters and the router know about a stream besides its head.

@@ -432,3 +432,69 @@ fn a_new_version_with_the_same_config_is_acked_and_shown() {
     // Same config: the open connection goes on.
     assert_eq!(exchange(&mut conn, "/").0, 200);
 }
+
+/// A RouteConfiguration of `n` routes named `{tag}-{i}` (exact `/r{i}`)
+/// and `/` to `cluster`.
+fn named_routes(name: &str, tag: &str, n: usize, cluster: &str) -> (String, Any) {
+    use rds::route_action::ClusterNotFoundResponseCode as C;
+    let mut routes: Vec<rds::Route> = (0..n)
+        .map(|i| rds::Route {
+            name: format!("{tag}-{i}"),
+            r#match: Some(rds::RouteMatch {
+                path_specifier: Some(rds::route_match::PathSpecifier::Path(format!("/r{i}"))),
+                ..Default::default()
+            }),
+            ..to_cluster(cluster, C::ServiceUnavailable)
+        })
+        .collect();
+    routes.push(rds::Route {
+        r#match: prefix("/"),
+        ..to_cluster(cluster, C::ServiceUnavailable)
+    });
+    let r = rds::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![rds::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (name.into(), any(ROUTE, &r))
+}
+
+#[test]
+fn route_name_churn_keeps_the_interned_names_bounded() {
+    // A low cap for this process's meshgate (the default is 65,536).
+    // SAFETY: set before any thread of this test reads the environment;
+    // nextest runs each test in its own process.
+    unsafe { std::env::set_var("MESHGATE_MAX_INTERNED_NAMES", "2000") };
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
+    mgmt.set(ROUTE, "v0", vec![named_routes("r", "v0", 1000, "svc-a")]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/r5", "backend=a");
+    // 10 versions of 1,000 new route names each: 10,000 names churned.
+    for k in 1..=10 {
+        let v = format!("v{k}");
+        let ack = reply_to(&mgmt, ROUTE, &v, vec![named_routes("r", &v, 1000, "svc-a")]);
+        assert!(ack.error_detail.is_none(), "{ack:?}");
+    }
+    let interned = mg.metric("meshgate_stats_interned_names", &[]);
+    assert!(
+        interned > 1000.0 && interned <= 2000.0,
+        "interned names: {interned}"
+    );
+    assert!(mg.metric("meshgate_stats_interned_names_overflow_total", &[]) >= 8000.0);
+    // Routing does not depend on the labels: the last version routes.
+    assert_eq!(get(port, "/r999").as_deref(), Some("backend=a"));
+    let d = dump(&mg);
+    assert!(
+        d.to_string().contains("v10-999"),
+        "the config keeps the real names"
+    );
+}

@@ -64,7 +64,9 @@ impl std::fmt::Debug for NotFound {
 /// endpoints) instead of an error, and remembers the stand-ins it made.
 pub(crate) struct Lenient<'a> {
     inner: &'a dyn ClusterResolver,
-    made: RefCell<Vec<Arc<Cluster>>>,
+    /// Stand-ins by configured name (a cluster's own `name` is only a
+    /// label, see `stream::intern`).
+    made: RefCell<Vec<(String, Arc<Cluster>)>>,
 }
 
 impl<'a> Lenient<'a> {
@@ -87,7 +89,7 @@ impl<'a> Lenient<'a> {
             return None;
         }
         let missing: Vec<Arc<Cluster>> = targets
-            .filter(|t| made.iter().any(|m| Arc::ptr_eq(m, t)))
+            .filter(|t| made.iter().any(|(_, m)| Arc::ptr_eq(m, t)))
             .cloned()
             .collect();
         (!missing.is_empty()).then(|| {
@@ -105,7 +107,7 @@ impl ClusterResolver for Lenient<'_> {
             Ok(c) => Ok(c),
             Err(_) if !name.is_empty() => {
                 let mut made = self.made.borrow_mut();
-                if let Some(c) = made.iter().find(|c| c.name == name) {
+                if let Some((_, c)) = made.iter().find(|(n, _)| n == name) {
                     return Ok(c.clone());
                 }
                 tracing::debug!(
@@ -121,7 +123,7 @@ impl ClusterResolver for Lenient<'_> {
                     Arc::new(NoEndpoints),
                     Vec::new(),
                 ));
-                made.push(c.clone());
+                made.push((name.to_string(), c.clone()));
                 Ok(c)
             }
             Err(e) => Err(e),
