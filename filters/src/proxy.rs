@@ -762,7 +762,7 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
                 let cluster = c.pick_cluster();
-                if let Some(status) = c.cluster_not_found(cluster) {
+                if let Some(status) = route.cluster_not_found(cluster) {
                     let mut resp = local_reply(info, LocalReason::ClusterNotFound);
                     *resp.status_mut() = status;
                     return resp;

@@ -90,8 +90,6 @@ pub struct ClusterAction {
     pub(crate) clusters: Box<[WeightedCluster]>,
     pub(crate) total_weight: u64,
     pub(crate) policy: ForwardPolicy,
-    /// Targets that did not exist when the table was built.
-    pub(crate) not_found: Option<Box<super::missing::NotFound>>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
@@ -124,19 +122,6 @@ impl ClusterAction {
         let r = r % self.total_weight.max(1);
         let i = self.clusters.partition_point(|c| c.cumulative <= r);
         &self.clusters[i.min(self.clusters.len() - 1)].cluster
-    }
-
-    /// The status to answer instead of forwarding when `picked` is a
-    /// cluster that did not exist when the table was built
-    /// (`validate_clusters: false`); `None` for every other route at the
-    /// cost of one test.
-    #[inline]
-    pub fn cluster_not_found(&self, picked: &Arc<Cluster>) -> Option<StatusCode> {
-        let nf = self.not_found.as_ref()?;
-        nf.missing
-            .iter()
-            .any(|m| Arc::ptr_eq(m, picked))
-            .then_some(nf.status)
     }
 
     /// Timeouts and retries for `crate::forward::forward`.

@@ -180,8 +180,12 @@ virtual_hosts:
         .unwrap()
     }
 
+    fn route(t: &RouteTable, i: usize) -> &crate::router::Route {
+        &t.virtual_hosts()[0].routes[i]
+    }
+
     fn action(t: &RouteTable, i: usize) -> &crate::router::ClusterAction {
-        match t.virtual_hosts()[0].routes[i].action() {
+        match route(t, i).action() {
             RouteAction::Cluster(c) => c,
             _ => panic!("not a cluster action"),
         }
@@ -198,7 +202,7 @@ virtual_hosts:
         let t = RouteTable::build(&routes("validate_clusters: false"), &cm).unwrap();
         let gone = action(&t, 0);
         assert_eq!(
-            gone.cluster_not_found(gone.pick_cluster()),
+            route(&t, 0).cluster_not_found(gone.pick_cluster()),
             Some(StatusCode::NOT_FOUND)
         );
         // A weighted target that is missing answers 503 (the default) when
@@ -206,13 +210,13 @@ virtual_hosts:
         let split = action(&t, 1);
         let (a, later) = (split.pick_cluster_at(0), split.pick_cluster_at(1));
         assert_eq!(a.name, "a");
-        assert_eq!(split.cluster_not_found(a), None);
+        assert_eq!(route(&t, 1).cluster_not_found(a), None);
         assert_eq!(
-            split.cluster_not_found(later),
+            route(&t, 1).cluster_not_found(later),
             Some(StatusCode::SERVICE_UNAVAILABLE)
         );
         assert!(later.hosts().endpoints.is_empty());
         // A route whose clusters all exist carries nothing to check.
-        assert!(action(&t, 2).not_found.is_none());
+        assert!(route(&t, 2).not_found.is_none());
     }
 }

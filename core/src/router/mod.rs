@@ -162,6 +162,8 @@ pub struct Route {
     index: usize,
     route_match: RouteMatch,
     action: RouteAction,
+    /// Targets that did not exist when the table was built.
+    not_found: Option<Box<missing::NotFound>>,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
 }
@@ -236,12 +238,12 @@ impl RouteTable {
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
-                if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &mut route.action) {
+                if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &route.action) {
                     let code = r
                         .route
                         .as_ref()
                         .and_then(|a| a.cluster_not_found_response_code);
-                    c.not_found = l.not_found(
+                    route.not_found = l.not_found(
                         c.clusters.iter().map(|t| &t.cluster),
                         code.unwrap_or_default(),
                     );
@@ -437,6 +439,19 @@ impl Route {
         &self.action
     }
 
+    /// The status to answer instead of forwarding when `picked` is a
+    /// cluster that did not exist when the table was built
+    /// (`validate_clusters: false`); `None` for every other route at the
+    /// cost of one test.
+    #[inline]
+    pub fn cluster_not_found(&self, picked: &Arc<crate::cluster::Cluster>) -> Option<StatusCode> {
+        let nf = self.not_found.as_ref()?;
+        nf.missing
+            .iter()
+            .any(|m| Arc::ptr_eq(m, picked))
+            .then_some(nf.status)
+    }
+
     /// The cluster action, when the route forwards.
     pub fn cluster_action(&self) -> Option<&ClusterAction> {
         match &self.action {
@@ -563,6 +578,7 @@ impl Route {
             index,
             route_match,
             action,
+            not_found: None,
             request_headers: build_mutations(
                 path,
                 "request",
@@ -842,7 +858,6 @@ fn build_cluster_action(
         clusters: targets.into(),
         total_weight,
         policy,
-        not_found: None,
         idle_timeout: c.idle_timeout.filter(|d| !d.is_zero()),
         path_rewrite,
         host_rewrite,
