@@ -498,3 +498,62 @@ fn route_name_churn_keeps_the_interned_names_bounded() {
         "the config keeps the real names"
     );
 }
+
+/// A static file config: naming an unknown cluster stays a config error,
+/// unless the route configuration says `validate_clusters: false`, then
+/// that route answers its `cluster_not_found_response_code`.
+#[test]
+fn static_routes_validate_their_clusters_unless_told_not_to() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let yaml = |validate: &str| {
+        format!(
+            r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                {validate}
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /missing}}
+                        route: {{cluster: nowhere, cluster_not_found_response_code: INTERNAL_SERVER_ERROR}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: svc-a}}
+clusters:
+  - name: svc-a
+    endpoints: [{{address: "{}"}}]
+"#,
+            a.addr
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.yaml");
+    std::fs::write(&p, yaml("name: r").replace("{ADMIN}", "127.0.0.1:1")).unwrap();
+    let (code, _, err) = run_cli(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown cluster 'nowhere'"), "{err}");
+
+    let mg = Meshgate::start(&yaml("validate_clusters: false"));
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut conn = connect(port);
+    let (status, body) = exchange(&mut conn, "/missing");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cluster not found"), "{body}");
+    let (status, body) = exchange(&mut conn, "/");
+    assert_eq!((status, body.contains("backend=a")), (200, true), "{body}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_local_reply_total",
+            &[("reason", "cluster_not_found")]
+        ),
+        1.0
+    );
+}
