@@ -121,6 +121,7 @@ fn table(n: usize, clusters: &ClusterManager) -> RouteTable {
                 ..Default::default()
             },
         ],
+        validate_clusters: None,
     };
     RouteTable::build(&cfg, clusters).expect("bench route table")
 }

@@ -18,6 +18,21 @@ pub struct DynamicInfo {
     pub version: String,
     /// e.g. `xds:ads 127.0.0.1:18000`.
     pub source: String,
+    /// Resources the source has but does not serve yet (warming).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warming: Vec<Warming>,
+}
+
+/// A resource that warms: e.g. a listener waiting for its route
+/// configuration or clusters (at most its `initial_fetch_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warming {
+    /// e.g. `Listener 'web'`.
+    pub resource: String,
+    /// e.g. `RouteConfiguration 'r1'`, `Cluster 'svc'`.
+    pub waiting_for: Vec<String>,
+    /// Whether its previous version serves meanwhile.
+    pub previous_serves: bool,
 }
 
 /// A new dynamic config: the complete set of dynamic listeners and clusters

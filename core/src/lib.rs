@@ -13,6 +13,7 @@ pub mod config;
 pub mod dynamic;
 pub mod error;
 pub mod forward;
+pub mod intern;
 pub mod lb;
 pub mod listener;
 pub mod metrics;

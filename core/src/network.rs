@@ -275,7 +275,7 @@ impl<'a> BuildContext<'a> {
         self.resolved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(c.name.into(), c.clone());
+            .insert(name.into(), c.clone());
         Ok(c)
     }
 

@@ -497,6 +497,7 @@ fn adopt_live(
     if !kept {
         return false;
     }
+    let gained = next.clusters.keys().any(|n| !live.clusters.contains_key(n));
     let mut takeovers = Vec::new();
     let chains = live
         .chains
@@ -509,7 +510,10 @@ fn adopt_live(
             .zip(next_chain.filters())
             .zip(old_chain.filters.iter().zip(&new_chain.filters));
         for ((was, now), (old_f, new_f)) in filters {
-            if old_f.config == new_f.config {
+            // A cluster the live tables could not resolve (a route waiting
+            // for it, `validate_clusters: false`) arrived: open connections
+            // take the new tables although the configs are the same.
+            if old_f.config == new_f.config && !gained {
                 continue;
             }
             if !now.can_adopt(was.as_ref(), &old_f.config, &new_f.config) {

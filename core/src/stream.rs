@@ -58,24 +58,12 @@ where
 /// A stream records its route and cluster for metrics and the access log;
 /// as `Arc<str>` each was a reference count taken and dropped per request
 /// (four atomic instructions on the hot path). Names are leaked once per
-/// distinct value and never freed, so memory is bounded by the distinct
-/// names ever configured (a reload or xDS update that keeps its names adds
-/// nothing).
+/// distinct value, up to a cap (`crate::intern`): past it a new name is
+/// labelled `__overflow__`, so xDS name churn cannot grow memory without
+/// bound. Only labels come from here; identities (cluster manager keys)
+/// use the configured names.
 pub fn intern(name: &str) -> &'static str {
-    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    match names.get(name) {
-        Some(n) => n,
-        None => {
-            let n: &'static str = Box::leak(name.into());
-            names.insert(n);
-            n
-        }
-    }
+    crate::intern::intern(name)
 }
 
 /// What filters and the router know about a stream besides its head.
@@ -156,6 +144,9 @@ pub trait StreamFilterFactory: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReason {
     NoRoute,
+    /// The route's cluster does not exist (yet); the status is the
+    /// route's `cluster_not_found_response_code` (503 by default).
+    ClusterNotFound,
     NoHealthyUpstream,
     UpstreamConnectFailure,
     UpstreamReset,
@@ -174,6 +165,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => StatusCode::NOT_FOUND,
             LocalReason::NoHealthyUpstream
+            | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
             | LocalReason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
@@ -192,6 +184,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => 12, // UNIMPLEMENTED
             LocalReason::NoHealthyUpstream
+            | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
             | LocalReason::UpstreamReset
             | LocalReason::Overflow => 14, // UNAVAILABLE
@@ -206,6 +199,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => "no_route",
             LocalReason::NoHealthyUpstream => "no_healthy_upstream",
+            LocalReason::ClusterNotFound => "cluster_not_found",
             LocalReason::UpstreamConnectFailure => "upstream_connect_failure",
             LocalReason::UpstreamReset => "upstream_reset",
             LocalReason::UpstreamTimeout => "upstream_timeout",
@@ -224,6 +218,7 @@ impl LocalReason {
         match self {
             LocalReason::NoRoute => "no route matched",
             LocalReason::NoHealthyUpstream => "no healthy upstream",
+            LocalReason::ClusterNotFound => "cluster not found",
             LocalReason::UpstreamConnectFailure => "upstream connect failure",
             LocalReason::UpstreamReset => "upstream reset",
             LocalReason::UpstreamTimeout => "upstream request timeout",

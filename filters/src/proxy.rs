@@ -859,6 +859,11 @@ impl ProxyHandler {
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
                 let cluster = c.pick_cluster();
+                if let Some(status) = route.cluster_not_found(cluster) {
+                    let mut resp = local_reply(info, LocalReason::ClusterNotFound);
+                    *resp.status_mut() = status;
+                    return resp;
+                }
                 let hashed = c.request_hash(req, info);
                 route.apply_request_mutations(vhost, req);
                 let downstream_upgrade = match upgrade.take() {

@@ -26,13 +26,13 @@ use meshgate_core::config::{
     AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
     UpstreamTlsConfig,
 };
-use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate};
+use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate, Warming};
 use meshgate_core::router::RouteConfig;
 use meshgate_core::tls::UpstreamTls;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +103,9 @@ struct State {
     versions: HashMap<&'static str, String>,
     /// Last nonce seen per type URL.
     nonces: HashMap<&'static str, String>,
+    /// When each listener's current version arrived: its warming is
+    /// bounded from then by its `initial_fetch_timeout`.
+    since: Arc<BTreeMap<String, Instant>>,
 }
 
 /// The dynamic clusters as composed from CDS, EDS and SDS, and the maps
@@ -148,6 +151,12 @@ struct TranslatedListener {
     sds_names: BTreeSet<String>,
     /// The clusters its filters name.
     clusters: BTreeSet<String>,
+    /// Those it cannot be served without (`tcp_proxy`, route
+    /// configurations that validate their clusters); the others' routes
+    /// answer "cluster not found" while the cluster is not there.
+    required: BTreeSet<String>,
+    /// Bound of its warming (`None`: none).
+    initial_fetch_timeout: Option<Duration>,
 }
 
 /// What composing the accepted resources gives.
@@ -156,7 +165,11 @@ struct Composed {
     clusters: Arc<ComposedClusters>,
     rds: BTreeSet<String>,
     sds: BTreeSet<String>,
-    warming_listeners: Vec<String>,
+    /// What warms and why, for `/config_dump`.
+    warming: Vec<Warming>,
+    /// When the first warming listener's `initial_fetch_timeout` ends: it
+    /// is composed again then, and served with what it has.
+    deadline: Option<Instant>,
 }
 
 /// Whether two looked-up resources are the same: both absent, the same
@@ -202,7 +215,12 @@ impl State {
     /// EDS or SDS change, each only if its own resources changed, and
     /// listeners whose resource, routes or secrets changed; the rest is
     /// shared with the last composition.
-    fn compose(&mut self, statics: &BTreeSet<String>, served: &Config) -> Result<Composed, String> {
+    fn compose(
+        &mut self,
+        statics: &BTreeSet<String>,
+        served: &Config,
+        now: Instant,
+    ) -> Result<Composed, String> {
         self.compose_clusters(served)?;
         self.translate_listeners()?;
         let clusters = self.composed.clone();
@@ -212,30 +230,71 @@ impl State {
         let mut listeners = Vec::with_capacity(self.translated.len());
         let mut rds = BTreeSet::new();
         let mut sds = clusters.sds.clone();
-        let mut warming_listeners = Vec::new();
-        let mut stand_ins = Vec::new();
+        let mut warming = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        // Before the first CDS response every cluster may still come.
+        let cds_known = self.versions.contains_key(CLUSTER);
         for (name, t) in self.translated.iter() {
             rds.extend(t.rds_names.iter().cloned());
             sds.extend(t.sds_names.iter().cloned());
-            let routes_ready = t.rds_names.iter().all(|n| self.routes.contains_key(n))
-                && t.sds_names.iter().all(|n| self.secrets.contains_key(n));
-            if routes_ready && t.clusters.iter().all(|c| known(c)) {
-                listeners.push(t.config.clone());
-            } else {
-                warming_listeners.push(name.clone());
-                // The served version goes on meanwhile.
-                if let Some(old) = served.listeners.iter().find(|l| l.name == *name) {
-                    listeners.push(old.clone());
-                    stand_ins.push(old);
+            let mut waiting = Vec::new();
+            for n in t.rds_names.iter().filter(|n| !self.routes.contains_key(*n)) {
+                waiting.push(format!("RouteConfiguration '{n}'"));
+            }
+            // A TLS listener cannot serve without its certificate, nor a
+            // tcp_proxy or validating route without its cluster: those
+            // warm until they arrive.
+            let mut must_wait = false;
+            for n in t
+                .sds_names
+                .iter()
+                .filter(|n| !self.secrets.contains_key(*n))
+            {
+                waiting.push(format!("Secret '{n}'"));
+                must_wait = true;
+            }
+            for c in t.clusters.iter().filter(|c| !known(c)) {
+                if t.required.contains(c) {
+                    must_wait = true;
+                } else if cds_known && !clusters.by_name.contains_key(c) {
+                    // Not in CDS: its routes answer "cluster not found"
+                    // until it arrives, the rest of the listener serves.
+                    continue;
                 }
+                // Else it is in CDS and warms (endpoints, secrets), or CDS
+                // has not answered yet: worth the initial fetch's wait.
+                waiting.push(format!("Cluster '{c}'"));
+            }
+            let ends = t
+                .initial_fetch_timeout
+                .map(|d| self.since.get(name).copied().unwrap_or(now) + d);
+            let expired = ends.is_some_and(|e| now >= e);
+            if waiting.is_empty() || (expired && !must_wait) {
+                if !waiting.is_empty() {
+                    tracing::warn!(listener = %name, waiting_for = ?waiting, "initial_fetch_timeout over: listener served without them (missing routes: 404, missing clusters: cluster not found)");
+                }
+                listeners.push(t.config.clone());
+                continue;
+            }
+            if !must_wait && let Some(e) = ends {
+                deadline = Some(deadline.map_or(e, |d| d.min(e)));
+            }
+            // The served version goes on meanwhile.
+            let old = served.listeners.iter().find(|l| l.name == *name);
+            warming.push(Warming {
+                resource: format!("Listener '{name}'"),
+                waiting_for: waiting,
+                previous_serves: old.is_some(),
+            });
+            if let Some(old) = old {
+                listeners.push(old.clone());
             }
         }
         // A cluster removed from CDS while a served listener still routes
         // to it stays until no listener uses it (its routes would
-        // otherwise fail every request). Only a stand-in listener can: a
-        // ready one uses only known clusters.
+        // otherwise fail every request).
         let mut kept = BTreeMap::new();
-        for l in stand_ins {
+        for l in &listeners {
             for c in translate::clusters_of(l) {
                 if !known(&c)
                     && !kept.contains_key(&c)
@@ -264,7 +323,8 @@ impl State {
             clusters,
             rds,
             sds,
-            warming_listeners,
+            warming,
+            deadline,
         })
     }
 
@@ -377,6 +437,8 @@ impl State {
                             .map(|n| self.secrets.get(n).cloned())
                             .collect(),
                         clusters: translate::clusters_of(&l.config),
+                        required: translate::required_clusters_of(&l.config),
+                        initial_fetch_timeout: l.initial_fetch_timeout,
                         config: Arc::new(l.config),
                         rds_names: l.rds_names,
                         sds_names: l.sds_names,
@@ -390,28 +452,41 @@ impl State {
     }
 
     /// Applies a response to a copy of the state; an error is the NACK's
-    /// detail.
+    /// detail, naming the resource of the response's type at fault.
+    /// `statics`: the file's cluster names, which CDS may not reuse.
     fn apply(
         &self,
         resp: &DiscoveryResponse,
         subscribed: &BTreeSet<String>,
+        statics: &BTreeSet<String>,
+        now: Instant,
     ) -> Result<State, String> {
         let mut next = self.clone();
         let mut seen = BTreeSet::new();
-        let mut dup = |n: &str| -> Result<(), String> {
+        // Envoy refuses a response naming a resource twice; so does
+        // meshgate rather than let the last one win.
+        let mut dup = |kind: &str, n: &str| -> Result<(), String> {
             if seen.insert(n.to_string()) {
                 Ok(())
             } else {
-                Err(format!("resource '{n}' appears twice in one response"))
+                Err(format!(
+                    "{kind} '{n}': appears twice in one response (duplicate resource name)"
+                ))
             }
         };
         match resp.type_url.as_str() {
             CLUSTER => {
                 let mut clusters = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let c: cds::Cluster = translate::decode(any, CLUSTER)
-                        .map_err(|e| format!("resources[{i}]: {e}"))?;
-                    dup(&c.name)?;
+                    let c: cds::Cluster =
+                        resource(any, CLUSTER, i, "Cluster", |c: &cds::Cluster| &c.name)?;
+                    dup("Cluster", &c.name)?;
+                    if statics.contains(&c.name) {
+                        return Err(format!(
+                            "Cluster '{}': a static cluster of the config file has this name",
+                            c.name
+                        ));
+                    }
                     let name = c.name.clone();
                     let t = translate::cluster(c).map_err(|e| e.to_string())?;
                     clusters.insert(name, Arc::new(t));
@@ -420,26 +495,44 @@ impl State {
             }
             LISTENER => {
                 let mut listeners = BTreeMap::new();
+                let mut since = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let l: lds::Listener = translate::decode(any, LISTENER)
-                        .map_err(|e| format!("resources[{i}]: {e}"))?;
-                    dup(&l.name)?;
+                    let l: lds::Listener =
+                        resource(any, LISTENER, i, "Listener", |l: &lds::Listener| &l.name)?;
+                    dup("Listener", &l.name)?;
                     // Translated now to refuse what is unsupported; again
                     // at compose time with the routes then known.
                     translate::listener(l.clone(), &|_| None, &|_| None)
                         .map_err(|e| e.to_string())?;
+                    // A new version of a listener warms from now; an
+                    // unchanged one keeps its start.
+                    let start = match (self.listeners.get(&l.name), self.since.get(&l.name)) {
+                        (Some(old), Some(t)) if **old == l => *t,
+                        _ => now,
+                    };
+                    since.insert(l.name.clone(), start);
                     listeners.insert(l.name.clone(), Arc::new(l));
                 }
                 next.listeners = Arc::new(listeners);
+                next.since = Arc::new(since);
             }
             ROUTE => {
                 let routes = Arc::make_mut(&mut next.routes);
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let r: rds::RouteConfiguration = translate::decode(any, ROUTE)
-                        .map_err(|e| format!("resources[{i}]: {e}"))?;
-                    dup(&r.name)?;
+                    let r: rds::RouteConfiguration = resource(
+                        any,
+                        ROUTE,
+                        i,
+                        "RouteConfiguration",
+                        |r: &rds::RouteConfiguration| &r.name,
+                    )?;
+                    dup("RouteConfiguration", &r.name)?;
                     let name = r.name.clone();
                     let t = translate::route_configuration(r).map_err(|e| e.to_string())?;
+                    // Built now (regexes, rewrites, header names), so that
+                    // a bad one is refused as this RouteConfiguration's
+                    // fault, not as the listener's that would use it.
+                    check_routes(&t).map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
                     routes.insert(name, Arc::new(t));
                 }
                 routes.retain(|n, _| subscribed.contains(n));
@@ -447,9 +540,14 @@ impl State {
             ENDPOINT => {
                 let endpoints = Arc::make_mut(&mut next.endpoints);
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let c: eds::ClusterLoadAssignment = translate::decode(any, ENDPOINT)
-                        .map_err(|e| format!("resources[{i}]: {e}"))?;
-                    dup(&c.cluster_name)?;
+                    let c: eds::ClusterLoadAssignment = resource(
+                        any,
+                        ENDPOINT,
+                        i,
+                        "ClusterLoadAssignment",
+                        |c: &eds::ClusterLoadAssignment| &c.cluster_name,
+                    )?;
+                    dup("ClusterLoadAssignment", &c.cluster_name)?;
                     let name = c.cluster_name.clone();
                     let eps = translate::endpoints(c, "").map_err(|(f, m)| {
                         TranslateError {
@@ -466,10 +564,9 @@ impl State {
             SECRET => {
                 let secrets = Arc::make_mut(&mut next.secrets);
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let r: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
-                        translate::decode(any, SECRET)
-                            .map_err(|e| format!("resources[{i}]: {e}"))?;
-                    dup(&r.name)?;
+                    type S = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+                    let r: S = resource(any, SECRET, i, "Secret", |r: &S| &r.name)?;
+                    dup("Secret", &r.name)?;
                     let name = r.name.clone();
                     let t = crate::tls::secret(r).map_err(|e| e.to_string())?;
                     secrets.insert(name, Arc::new(t));
@@ -478,7 +575,54 @@ impl State {
             }
             other => return Err(format!("resource type '{other}' is not supported")),
         }
+        // Accepted so far (the composition and the server may still
+        // refuse): composing knows CDS has answered once it has a version.
+        if let Some(t) = type_key(&resp.type_url) {
+            next.versions.insert(t, resp.version_info.clone());
+        }
         Ok(next)
+    }
+}
+
+/// Decodes resource `i` of a response, refusing fields its type does not
+/// know by the resource's name (`name` reads it from the decoded message).
+fn resource<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
+    any: &protobuf::Any,
+    type_url: &str,
+    i: usize,
+    kind: &str,
+    name: impl Fn(&M) -> &String,
+) -> Result<M, String> {
+    let m: M = translate::decode_lax(any, type_url).map_err(|e| format!("resources[{i}]: {e}"))?;
+    translate::unknown_fields(&m, &any.value).map_err(|e| format!("{kind} '{}': {e}", name(&m)))?;
+    Ok(m)
+}
+
+/// Builds a route configuration as the server will (every cluster taken
+/// as not known yet, which `validate_clusters: false` allows), for its
+/// errors.
+fn check_routes(r: &RouteConfig) -> Result<(), meshgate_core::BuildError> {
+    struct NoClusters;
+    impl meshgate_core::cluster::ClusterResolver for NoClusters {
+        fn resolve(
+            &self,
+            field: &str,
+            name: &str,
+        ) -> Result<Arc<meshgate_core::cluster::Cluster>, meshgate_core::BuildError> {
+            Err(meshgate_core::BuildError::new(
+                field,
+                format!("unknown cluster '{name}'"),
+            ))
+        }
+    }
+    let mut r = r.clone();
+    if r.validate_clusters.is_none() {
+        r.validate_clusters = Some(false);
+    }
+    match r.validate_clusters {
+        // A validating one names clusters the listener waits for.
+        Some(true) => Ok(()),
+        _ => meshgate_core::router::RouteTable::build(&r, &NoClusters).map(|_| ()),
     }
 }
 
@@ -504,6 +648,7 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
         state: State::default(),
         served: Config::default(),
         subscribed: HashMap::new(),
+        wake: None,
     };
     if client.boot.servers.is_empty() {
         tracing::error!("the ADS cluster has no endpoints");
@@ -549,6 +694,8 @@ struct Client {
     /// Resource names subscribed per type (RDS and EDS; LDS and CDS are
     /// wildcard).
     subscribed: HashMap<&'static str, BTreeSet<String>>,
+    /// When a warming listener's `initial_fetch_timeout` ends.
+    wake: Option<Instant>,
 }
 
 fn node(n: &NodeConfig) -> core3::Node {
@@ -706,7 +853,15 @@ impl Client {
         tracing::info!(server, node = %self.boot.node.id, "ADS stream open");
         let mut any = false;
         loop {
-            let resp = match inbound.message().await {
+            let wake = self.wake.map(tokio::time::Instant::from_std);
+            let next = tokio::select! {
+                m = inbound.message() => m,
+                _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                    self.initial_fetch_timeout_over().await;
+                    continue;
+                }
+            };
+            let resp = match next {
                 Ok(Some(r)) => r,
                 Ok(None) => {
                     tracing::warn!(server, "ADS stream closed by the server");
@@ -743,38 +898,60 @@ impl Client {
             });
             return vec![r];
         };
-        static NONE: BTreeSet<String> = BTreeSet::new();
-        let subscribed = self.subscribed.get(t).unwrap_or(&NONE);
+        let subscribed = self.subscribed.get(t).cloned().unwrap_or_default();
         let mut out = Vec::new();
-        let verdict = match self.state.apply(&resp, subscribed) {
+        // Translation and composition are CPU work proportional to the
+        // resources (regexes, 10,000 routes): off the worker threads.
+        let (state, statics, served) = (
+            self.state.clone(),
+            self.boot.static_clusters.clone(),
+            self.served.clone(),
+        );
+        let now = Instant::now();
+        let job = tokio::task::spawn_blocking(move || {
+            let r = state
+                .apply(&resp, &subscribed, &statics, now)
+                .and_then(|mut next| next.compose(&statics, &served, now).map(|c| (next, c)));
+            (resp, r)
+        });
+        let (resp, applied) = match job.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "xDS translation failed");
+                return Vec::new();
+            }
+        };
+        let verdict = match applied {
             Err(e) => Err(e),
-            Ok(mut next) => match next.compose(&self.boot.static_clusters, &self.served) {
-                Err(e) => Err(e),
-                Ok(composed) => {
-                    for (c, _) in composed.clusters.by_name.iter().filter(|(_, c)| c.warming) {
-                        tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
-                    }
-                    for l in &composed.warming_listeners {
-                        tracing::debug!(listener = %l, "listener warming: waiting for its routes or clusters");
-                    }
-                    // Unchanged resources are the same `Arc`s: cheap to
-                    // compare, and to hand over.
-                    let result = if composed.config == self.served {
-                        Ok(())
-                    } else {
-                        self.push(composed.config.clone(), &next, t, &resp.version_info)
-                            .await
-                    };
-                    match result {
-                        Ok(()) => {
-                            self.state = next;
-                            self.served = composed.config;
-                            Ok((composed.rds, composed.clusters, composed.sds))
-                        }
-                        Err(e) => Err(e),
-                    }
+            Ok((next, composed)) => {
+                for (c, _) in composed.clusters.by_name.iter().filter(|(_, c)| c.warming) {
+                    tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
                 }
-            },
+                for w in &composed.warming {
+                    tracing::debug!(resource = %w.resource, waiting_for = ?w.waiting_for, "warming");
+                }
+                // Pushed even when the config is the same: the new
+                // version is then what `/config_dump` and
+                // `meshgate_config_version` show (unchanged resources are
+                // the same `Arc`s, the build reuses them).
+                let result = self
+                    .push(
+                        composed.config.clone(),
+                        &next,
+                        Some((t, &resp.version_info)),
+                        composed.warming,
+                    )
+                    .await;
+                match result {
+                    Ok(()) => {
+                        self.state = next;
+                        self.served = composed.config;
+                        self.wake = composed.deadline;
+                        Ok((composed.rds, composed.clusters, composed.sds))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         self.state.nonces.insert(t, resp.nonce.clone());
         match verdict {
@@ -804,21 +981,51 @@ impl Client {
         out
     }
 
+    /// A warming listener's `initial_fetch_timeout` is over: composed
+    /// again, it is served with what it has.
+    async fn initial_fetch_timeout_over(&mut self) {
+        self.wake = None;
+        let (mut state, statics, served) = (
+            self.state.clone(),
+            self.boot.static_clusters.clone(),
+            self.served.clone(),
+        );
+        let job = tokio::task::spawn_blocking(move || {
+            let r = state.compose(&statics, &served, Instant::now());
+            (state, r)
+        });
+        let Ok((next, Ok(composed))) = job.await else {
+            return;
+        };
+        match self
+            .push(composed.config.clone(), &next, None, composed.warming)
+            .await
+        {
+            Ok(()) => {
+                self.state = next;
+                self.served = composed.config;
+                self.wake = composed.deadline;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a listener past its initial_fetch_timeout was refused; it warms on");
+            }
+        }
+    }
+
     /// Hands a composed dynamic config to the server and waits for its
     /// verdict.
     async fn push(
         &self,
         config: Config,
         next: &State,
-        t: &'static str,
-        version: &str,
+        update: Option<(&'static str, &str)>,
+        warming: Vec<Warming>,
     ) -> Result<(), String> {
         let mut words = Vec::new();
         for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET] {
-            let v = if ty == t {
-                Some(version.to_string())
-            } else {
-                next.versions.get(ty).cloned()
+            let v = match update {
+                Some((t, version)) if t == ty => Some(version.to_string()),
+                _ => next.versions.get(ty).cloned(),
             };
             if let Some(v) = v {
                 words.push(format!("{}={v}", short(ty)));
@@ -830,6 +1037,7 @@ impl Client {
             info: DynamicInfo {
                 version: words.join(" "),
                 source: format!("xds:ads {}", self.boot.servers.join(",")),
+                warming,
             },
             reply,
         };
@@ -886,13 +1094,19 @@ mod tests {
             type_url: CLUSTER.into(),
             value: vec![0xff, 0xff, 0xff, 0x0f, 0x08],
         };
-        let e = s.apply(&resp(CLUSTER, vec![garbage]), &none).err().unwrap();
+        let e = s
+            .apply(&resp(CLUSTER, vec![garbage]), &none, &none, Instant::now())
+            .err()
+            .unwrap();
         assert!(e.starts_with("resources[0]: cannot decode"), "{e}");
         let wrong = protobuf::Any {
             type_url: ROUTE.into(),
             value: Vec::new(),
         };
-        let e = s.apply(&resp(LISTENER, vec![wrong]), &none).err().unwrap();
+        let e = s
+            .apply(&resp(LISTENER, vec![wrong]), &none, &none, Instant::now())
+            .err()
+            .unwrap();
         assert!(e.contains("type_url"), "{e}");
         let c = cds::Cluster {
             name: "a".into(),
@@ -903,12 +1117,22 @@ mod tests {
             value: c.encode_to_vec(),
         };
         let e = s
-            .apply(&resp(CLUSTER, vec![a.clone(), a]), &none)
+            .apply(
+                &resp(CLUSTER, vec![a.clone(), a]),
+                &none,
+                &none,
+                Instant::now(),
+            )
             .err()
             .unwrap();
-        assert!(e.contains("'a' appears twice"), "{e}");
+        assert!(e.contains("Cluster 'a': appears twice"), "{e}");
         let e = s
-            .apply(&resp("type.googleapis.com/x.Y", vec![]), &none)
+            .apply(
+                &resp("type.googleapis.com/x.Y", vec![]),
+                &none,
+                &none,
+                Instant::now(),
+            )
             .err()
             .unwrap();
         assert!(e.contains("not supported"), "{e}");
@@ -926,12 +1150,16 @@ mod tests {
             sds_names: BTreeSet::new(),
         };
         Arc::make_mut(&mut s.clusters).insert("a".into(), Arc::new(c));
-        let out = s.compose(&boot_statics, &Config::default()).unwrap();
+        let out = s
+            .compose(&boot_statics, &Config::default(), Instant::now())
+            .unwrap();
         assert!(out.clusters.by_name["a"].warming);
         assert!(out.config.clusters.is_empty());
         assert_eq!(out.clusters.eds.iter().collect::<Vec<_>>(), ["a"]);
         Arc::make_mut(&mut s.endpoints).insert("a".into(), Arc::new(vec![]));
-        let out = s.compose(&boot_statics, &Config::default()).unwrap();
+        let out = s
+            .compose(&boot_statics, &Config::default(), Instant::now())
+            .unwrap();
         assert!(!out.clusters.by_name["a"].warming);
         assert_eq!(out.config.clusters.len(), 1);
     }
@@ -977,8 +1205,13 @@ mod tests {
         fn respond(&mut self, t: &'static str, resources: Vec<protobuf::Any>) -> Composed {
             let none = BTreeSet::new();
             let sub = self.subscribed.get(t).unwrap_or(&none);
-            let mut next = self.state.apply(&resp(t, resources), sub).unwrap();
-            let out = next.compose(&BTreeSet::new(), &self.served).unwrap();
+            let mut next = self
+                .state
+                .apply(&resp(t, resources), sub, &none, Instant::now())
+                .unwrap();
+            let out = next
+                .compose(&BTreeSet::new(), &self.served, Instant::now())
+                .unwrap();
             self.state = next;
             self.served = out.config.clone();
             self.subscribed.insert(ROUTE, out.rds.clone());
@@ -1006,7 +1239,7 @@ mod tests {
         f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
         f.respond(ENDPOINT, vec![endpoints("e", 3)]);
         let out = f.respond(ROUTE, vec![route_config("r", "a")]);
-        assert!(out.warming_listeners.is_empty());
+        assert!(out.warming.is_empty());
         assert_eq!(out.config.listeners.len(), 1);
         assert_eq!(out.config.clusters.len(), 3);
         let (a, b, e) = (f.cluster("a"), f.cluster("b"), f.cluster("e"));
@@ -1057,15 +1290,15 @@ mod tests {
         f.respond(ROUTE, vec![route_config("r", "gone")]);
         let web = f.served.listeners[0].clone();
         let gone = f.cluster("gone");
-        // The listener warms (its route names an unknown cluster): the
-        // served one goes on, and so does the cluster it uses.
+        // Its RDS route names a cluster CDS no longer has: the listener
+        // serves on, and so does the cluster it uses.
         let out = f.respond(CLUSTER, vec![static_cluster("a", 1)]);
-        assert_eq!(out.warming_listeners, ["web"]);
+        assert!(out.warming.is_empty());
         assert!(Arc::ptr_eq(&out.config.listeners[0], &web));
         assert!(Arc::ptr_eq(&f.cluster("gone"), &gone));
         // Once no listener uses it, it goes.
         let out = f.respond(ROUTE, vec![route_config("r", "a")]);
-        assert!(out.warming_listeners.is_empty());
+        assert!(out.warming.is_empty());
         let names: Vec<_> = out
             .config
             .clusters

@@ -11,5 +11,6 @@ pub mod fixtures;
 mod leftover;
 pub mod tls;
 pub mod translate;
+mod unknown;
 
 pub use client::{Bootstrap, run};

@@ -357,7 +357,7 @@ pub fn upstream(
 
 /// Opens a `TransportSocket` that must be `envoy.transport_sockets.tls`
 /// carrying `want`; returns the context and its path.
-fn socket<M: prost::Message + Default>(
+fn socket<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
     mut ts: core3::TransportSocket,
     path: &str,
     want: &str,

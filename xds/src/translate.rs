@@ -83,12 +83,45 @@ pub(crate) fn wrap<T>(kind: &str, name: &str, r: R<T>) -> Result<T, TranslateErr
     })
 }
 
-/// Decodes an `Any` of the expected type.
-pub fn decode<M: Message + Default>(any: &protobuf::Any, want: &str) -> Result<M, String> {
+/// Decodes an `Any` of the expected type, refusing fields meshgate's
+/// Envoy types do not know (`unknown`): prost would skip them silently.
+pub fn decode<M: Message + Default + Debug + PartialEq>(
+    any: &protobuf::Any,
+    want: &str,
+) -> Result<M, String> {
+    let m = decode_lax::<M>(any, want)?;
+    unknown_fields(&m, &any.value)?;
+    Ok(m)
+}
+
+/// Decodes an `Any` of the expected type, keeping quiet about unknown
+/// fields (the caller checks them with `unknown_fields` once it can name
+/// the resource).
+pub fn decode_lax<M: Message + Default>(any: &protobuf::Any, want: &str) -> Result<M, String> {
     if any.type_url != want {
         return Err(format!("type_url '{}', want '{want}'", any.type_url));
     }
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+}
+
+/// Refuses a decoded message whose bytes held fields its type does not
+/// know, naming the field number (and the path of numbers to it).
+pub fn unknown_fields<M: Message + Default + Debug + PartialEq>(
+    m: &M,
+    bytes: &[u8],
+) -> Result<(), String> {
+    use crate::unknown::{Unknown, describe, unknown_field};
+    match unknown_field(m, bytes) {
+        None => Ok(()),
+        Some(Unknown::Path(p)) => Err(format!(
+            "unknown field number {} (field path {}): not in meshgate's Envoy protos (refused rather than ignored)",
+            p.last().copied().unwrap_or(0),
+            describe::<M>(bytes, &p)
+        )),
+        Some(Unknown::NotLocated) => Err(
+            "fields meshgate's Envoy protos do not know were dropped while decoding (refused rather than ignored)".into(),
+        ),
+    }
 }
 
 fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
@@ -402,8 +435,11 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     })
 }
 
-/// Only ADS is served: a `ConfigSource` must say `ads: {}`.
-pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
+/// Only ADS is served: a `ConfigSource` must say `ads: {}`. Returns its
+/// `initial_fetch_timeout`, if set (what bounds a listener's warming on
+/// its RDS source; EDS and SDS sources accept it and warm until their
+/// resource arrives).
+pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<Option<Duration>> {
     let Some(mut s) = s else {
         return err(path, "missing config source (want ads: {})");
     };
@@ -415,9 +451,16 @@ pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<()> {
     if s.resource_api_version == 2 {
         s.resource_api_version = 0;
     }
-    s.initial_fetch_timeout = None;
-    rest(&s, path)
+    let fetch = match s.initial_fetch_timeout.take() {
+        Some(d) => Some(duration(&d, &join(path, "initial_fetch_timeout"))?),
+        None => None,
+    };
+    rest(&s, path)?;
+    Ok(fetch)
 }
+
+/// Envoy's default `initial_fetch_timeout`.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A translated listener, with the route configurations and clusters it
 /// needs before it may serve (warming).
@@ -427,6 +470,10 @@ pub struct Listener {
     pub rds_names: BTreeSet<String>,
     /// SDS secrets its TLS contexts use.
     pub sds_names: BTreeSet<String>,
+    /// How long it may warm waiting for its route configurations and
+    /// clusters: the shortest `initial_fetch_timeout` of its RDS config
+    /// sources (Envoy's default 15 s; `None`: `0s`, no bound).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// Translates a listener; `routes` gives the RDS route configurations
@@ -473,12 +520,14 @@ fn listener_inner(
     }
     let mut rds_names = BTreeSet::new();
     let mut sds_names = BTreeSet::new();
+    let mut fetch = None;
     let mut chains = Vec::new();
     let mut names = Names {
         routes,
         secrets,
         rds: &mut rds_names,
         sds: &mut sds_names,
+        fetch: &mut fetch,
     };
     for (i, fc) in std::mem::take(&mut l.filter_chains).into_iter().enumerate() {
         chains.push(filter_chain(
@@ -500,10 +549,17 @@ fn listener_inner(
     }))
     .map_err(|e| ("".to_string(), e.to_string()))?;
     config.filter_chains = chains;
+    // Envoy: 15 s unless set; 0 means wait for ever.
+    let initial_fetch_timeout = match fetch {
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
     Ok(Listener {
         config,
         rds_names,
         sds_names,
+        initial_fetch_timeout,
     })
 }
 
@@ -513,6 +569,8 @@ struct Names<'a> {
     secrets: Secrets<'a>,
     rds: &'a mut BTreeSet<String>,
     sds: &'a mut BTreeSet<String>,
+    /// The shortest `initial_fetch_timeout` of its RDS sources so far.
+    fetch: &'a mut Option<Duration>,
 }
 
 fn filter_chain(
@@ -541,6 +599,7 @@ fn filter_chain(
             &format!("{path}.filters[{i}]"),
             names.routes,
             names.rds,
+            names.fetch,
         )?);
     }
     rest(&fc, path)?;
@@ -587,6 +646,7 @@ fn network_filter(
     path: &str,
     routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
     rds_names: &mut BTreeSet<String>,
+    fetch: &mut Option<Duration>,
 ) -> R<FilterConfig> {
     let any = match f.config_type.take() {
         Some(lds::filter::ConfigType::TypedConfig(a)) => a,
@@ -596,7 +656,7 @@ fn network_filter(
     match any.type_url.as_str() {
         HCM => {
             let h: hcm::HttpConnectionManager = decode(&any, HCM).map_err(|e| (tp.clone(), e))?;
-            let config = http_connection_manager(h, &tp, routes, rds_names)?;
+            let config = http_connection_manager(h, &tp, routes, rds_names, fetch)?;
             Ok(FilterConfig {
                 name: "proxy".into(),
                 config,
@@ -654,6 +714,7 @@ fn http_connection_manager(
     path: &str,
     routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
     rds_names: &mut BTreeSet<String>,
+    fetch: &mut Option<Duration>,
 ) -> R<Value> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     h.stat_prefix.clear();
@@ -699,7 +760,9 @@ fn http_connection_manager(
         Some(RouteSpecifier::RouteConfig(r)) => route_config(r, &join(path, "route_config"))?,
         Some(RouteSpecifier::Rds(mut r)) => {
             let rp = join(path, "rds");
-            ads_source(r.config_source.take(), &join(&rp, "config_source"))?;
+            if let Some(t) = ads_source(r.config_source.take(), &join(&rp, "config_source"))? {
+                *fetch = Some(fetch.map_or(t, |f| f.min(t)));
+            }
             let name = std::mem::take(&mut r.route_config_name);
             rest(&r, &rp)?;
             if name.is_empty() {
@@ -787,10 +850,15 @@ fn http_connection_manager(
     Ok(out)
 }
 
-/// Translates a RouteConfiguration (from RDS or inline).
+/// Translates a RouteConfiguration from RDS: unless it says otherwise,
+/// its routes may name clusters CDS has not sent (Envoy's
+/// `validate_clusters` default for RDS), answered with their
+/// `cluster_not_found_response_code` until the cluster arrives.
 pub fn route_configuration(r: rds::RouteConfiguration) -> Result<rc::RouteConfig, TranslateError> {
     let name = r.name.clone();
-    wrap("RouteConfiguration", &name, route_config(r, ""))
+    let mut out = wrap("RouteConfiguration", &name, route_config(r, ""))?;
+    out.validate_clusters.get_or_insert(false);
+    Ok(out)
 }
 
 fn header_options(v: Vec<core3::HeaderValueOption>, path: &str) -> R<Vec<rc::HeaderValueOption>> {
@@ -853,13 +921,14 @@ fn route_config(mut r: rds::RouteConfiguration, path: &str) -> R<rc::RouteConfig
         v.request_headers_to_remove.extend(req_rm.iter().cloned());
         v.response_headers_to_remove.extend(resp_rm.iter().cloned());
     }
-    // validate_clusters only changes when Envoy checks names; meshgate
-    // always checks (a listener waits for its clusters).
-    r.validate_clusters = None;
+    // Unset: true inline (a listener waits for its clusters), false from
+    // RDS (`route_configuration`), as Envoy's defaults.
+    let validate_clusters = r.validate_clusters.take().map(|b| b.value);
     rest(&r, path)?;
     Ok(rc::RouteConfig {
         name,
         virtual_hosts: vhs,
+        validate_clusters,
     })
 }
 
@@ -1085,6 +1154,20 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         }
         _ => return err(path, "one of cluster, weighted_clusters is needed"),
     }
+    out.cluster_not_found_response_code = {
+        use rc::ClusterNotFoundResponseCode as C;
+        match std::mem::take(&mut a.cluster_not_found_response_code) {
+            0 => None,
+            1 => Some(C::NotFound),
+            2 => Some(C::InternalServerError),
+            c => {
+                return err(
+                    join(path, "cluster_not_found_response_code"),
+                    format!("unknown code {c}"),
+                );
+            }
+        }
+    };
     let pr = std::mem::take(&mut a.prefix_rewrite);
     if !pr.is_empty() {
         out.prefix_rewrite = Some(pr);
@@ -1309,14 +1392,31 @@ pub fn clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for fc in &l.filter_chains {
         for f in &fc.filters {
-            collect_clusters(&f.config, &mut out);
+            collect_clusters(&f.config, &mut out, true);
         }
     }
     out
 }
 
-fn collect_clusters(v: &Value, out: &mut BTreeSet<String>) {
+/// The clusters a listener cannot be served without: those of its
+/// `tcp_proxy` filters and of route configurations that validate their
+/// clusters (inline ones by default). A route configuration with
+/// `validate_clusters: false` (RDS by default) may name a cluster that is
+/// not there: its route answers "cluster not found" meanwhile.
+pub fn required_clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for fc in &l.filter_chains {
+        for f in &fc.filters {
+            collect_clusters(&f.config, &mut out, false);
+        }
+    }
+    out
+}
+
+fn collect_clusters(v: &Value, out: &mut BTreeSet<String>, lenient_too: bool) {
     match v {
+        Value::Object(m)
+            if !lenient_too && m.get("validate_clusters") == Some(&Value::Bool(false)) => {}
         Value::Object(m) => {
             if let Some(Value::String(c)) = m.get("cluster") {
                 out.insert(c.clone());
@@ -1338,12 +1438,12 @@ fn collect_clusters(v: &Value, out: &mut BTreeSet<String>) {
                 }
             }
             for x in m.values() {
-                collect_clusters(x, out);
+                collect_clusters(x, out, lenient_too);
             }
         }
         Value::Array(a) => {
             for x in a {
-                collect_clusters(x, out);
+                collect_clusters(x, out, lenient_too);
             }
         }
         _ => {}
@@ -1539,7 +1639,7 @@ mod tests {
         use hcm::http_connection_manager as m;
         let inline = Some(m::RouteSpecifier::RouteConfig(Default::default()));
         let translate = |h: hcm::HttpConnectionManager| {
-            http_connection_manager(h, "hcm", &|_| None, &mut BTreeSet::new())
+            http_connection_manager(h, "hcm", &|_| None, &mut BTreeSet::new(), &mut None)
         };
         // Unset: Envoy's defaults, written out where meshgate's differ.
         let v = translate(hcm::HttpConnectionManager {

@@ -588,19 +588,19 @@ impl ClusterManager {
                 };
                 // Mostly the same `Arc`: compared by pointer first.
                 if prev.config == *c {
-                    clusters.insert(prev.cluster.name.into(), reuse(c.clone()));
+                    clusters.insert(c.name.as_str().into(), reuse(c.clone()));
                     continue;
                 }
                 if same_but_endpoints(&prev.config, c) {
                     let endpoints = build_endpoints(c, &path(), source, resolve_dns)?;
                     staged.push((prev.cluster.clone(), endpoints));
-                    clusters.insert(prev.cluster.name.into(), reuse(c.clone()));
+                    clusters.insert(c.name.as_str().into(), reuse(c.clone()));
                     continue;
                 }
             }
             let cluster = build_cluster(c, &path(), registry, source, resolve_dns)?;
             clusters.insert(
-                cluster.name.into(),
+                c.name.as_str().into(),
                 Entry {
                     cluster: Arc::new(cluster),
                     config: c.clone(),

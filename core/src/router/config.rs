@@ -13,6 +13,13 @@ pub struct RouteConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub virtual_hosts: Vec<VirtualHostConfig>,
+    /// Envoy's `validate_clusters`: whether every cluster a route names
+    /// must exist when the table is built (default true). `false` (what
+    /// RDS route configurations get by default) builds the table anyway and
+    /// answers a route whose cluster is missing with its
+    /// `cluster_not_found_response_code` until the cluster arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_clusters: Option<bool>,
 }
 
 /// A virtual host: the domains it serves and its routes, tried in order.
@@ -164,6 +171,11 @@ pub struct RouteActionConfig {
     pub cluster: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weighted_clusters: Option<WeightedClustersConfig>,
+    /// The answer when the picked cluster does not exist (only with
+    /// `validate_clusters: false`): SERVICE_UNAVAILABLE (default),
+    /// NOT_FOUND or INTERNAL_SERVER_ERROR, as Envoy's enum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_not_found_response_code: Option<super::missing::ClusterNotFoundResponseCode>,
     /// Replaces the matched prefix (needs a `prefix` match); the query is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
@@ -214,6 +226,7 @@ impl Default for RouteActionConfig {
         Self {
             cluster: None,
             weighted_clusters: None,
+            cluster_not_found_response_code: None,
             prefix_rewrite: None,
             regex_rewrite: None,
             host_rewrite_literal: None,

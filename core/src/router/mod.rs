@@ -55,6 +55,7 @@ mod domain;
 mod hash;
 mod index;
 mod matcher;
+mod missing;
 #[cfg(test)]
 mod tests;
 
@@ -76,6 +77,7 @@ pub use hash::{
     HashQueryParameterConfig, RequestHash,
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
+pub use missing::ClusterNotFoundResponseCode;
 
 use crate::cluster::ClusterResolver;
 use crate::error::BuildError;
@@ -167,6 +169,8 @@ pub struct Route {
     index: usize,
     route_match: RouteMatch,
     action: RouteAction,
+    /// Targets that did not exist when the table was built.
+    not_found: Option<Box<missing::NotFound>>,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
     /// `route.upgrade_configs`: (lowercase type, enabled).
@@ -179,6 +183,13 @@ impl RouteTable {
     /// `BuildContext`, which records them). Error paths are relative to
     /// `cfg`.
     pub fn build(cfg: &RouteConfig, clusters: &dyn ClusterResolver) -> Result<Self, BuildError> {
+        // `validate_clusters: false`: unknown clusters get stand-ins.
+        let lenient =
+            (cfg.validate_clusters == Some(false)).then(|| missing::Lenient::new(clusters));
+        let clusters: &dyn ClusterResolver = match &lenient {
+            Some(l) => l,
+            None => clusters,
+        };
         let mut domains = DomainIndex::default();
         let mut seen_domains: HashMap<String, usize> = HashMap::new();
         let mut seen_names: HashMap<&str, usize> = HashMap::new();
@@ -236,6 +247,16 @@ impl RouteTable {
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
+                if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &route.action) {
+                    let code = r
+                        .route
+                        .as_ref()
+                        .and_then(|a| a.cluster_not_found_response_code);
+                    route.not_found = l.not_found(
+                        c.clusters.iter().map(|t| &t.cluster),
+                        code.unwrap_or_default(),
+                    );
+                }
                 route.stat_name = match &route.name {
                     Some(n) => crate::stream::intern(n),
                     None => crate::stream::intern(&format!("{}/{j}", vh.name)),
@@ -427,6 +448,19 @@ impl Route {
         &self.action
     }
 
+    /// The status to answer instead of forwarding when `picked` is a
+    /// cluster that did not exist when the table was built
+    /// (`validate_clusters: false`); `None` for every other route at the
+    /// cost of one test.
+    #[inline]
+    pub fn cluster_not_found(&self, picked: &Arc<crate::cluster::Cluster>) -> Option<StatusCode> {
+        let nf = self.not_found.as_ref()?;
+        nf.missing
+            .iter()
+            .any(|m| Arc::ptr_eq(m, picked))
+            .then_some(nf.status)
+    }
+
     /// The cluster action, when the route forwards.
     pub fn cluster_action(&self) -> Option<&ClusterAction> {
         match &self.action {
@@ -576,6 +610,7 @@ impl Route {
             index,
             route_match,
             action,
+            not_found: None,
             request_headers: build_mutations(
                 path,
                 "request",

@@ -918,6 +918,7 @@ fn index_equals_linear_scan() {
             routes,
             ..Default::default()
         }],
+        validate_clusters: None,
     };
     let t = RouteTable::build(&cfg, &clusters(&[])).unwrap();
     let mut hits = 0;

@@ -117,6 +117,7 @@ impl RpcErrorKind {
             }
             LocalReason::Overflow => Self::Overloaded,
             LocalReason::UpstreamReset => Self::ServiceError,
+            LocalReason::ClusterNotFound => Self::Unavailable,
         }
     }
 
