@@ -20,6 +20,7 @@ pub mod quic;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod signals;
 pub mod snapshot;
 pub mod stream;
 pub mod tls;
