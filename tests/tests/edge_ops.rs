@@ -1,0 +1,273 @@
+//! Operating meshgate at the edge: a SIGTERM drain that loses no request on
+//! busy keep-alive connections, signals (SIGUSR1 reopens the access log,
+//! stray signals do not kill), plain logs on a pipe, config errors that
+//! name a field once, and a reload whose build does not stall traffic.
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::*;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A config with the admin server and one HTTP listener on `port` that
+/// sends everything to `backend`; `extra` goes into the proxy's config.
+fn http_config(port: u16, backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+{extra}              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{backend}"}}]
+"#
+    )
+}
+
+fn signal(m: &Meshgate, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid, which is still ours to reap.
+    unsafe {
+        libc::kill(m.child.id() as i32, sig);
+    }
+}
+
+/// Waits until `f` holds (polled every 20 ms), up to `secs`.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// One GET on a fresh connection: the status.
+fn get(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_reply(&mut BufReader::new(s)).map_or(0, |r| r.status)
+}
+
+/// 20 clients send requests back to back on their keep-alive connections
+/// while meshgate gets SIGTERM: every request written is answered, each
+/// client is told `connection: close` on its last response (never a reset
+/// in the middle of the next request), and meshgate exits 0.
+#[test]
+fn sigterm_drain_loses_no_request_on_busy_keep_alive_connections() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mut mg = Meshgate::start_with_args(
+        &http_config(port, backend.addr, ""),
+        &["--drain-time", "10s"],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let served = Arc::new(AtomicU32::new(0));
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let served = served.clone();
+            std::thread::spawn(move || -> Result<u32, String> {
+                let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut n = 0u32;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    w.write_all(format!("GET /c{i}/{n} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+                        .map_err(|e| format!("client {i} request {n}: write: {e}"))?;
+                    let reply = read_reply(&mut r)
+                        .ok_or_else(|| format!("client {i} request {n}: no response"))?;
+                    if reply.status != 200 {
+                        return Err(format!("client {i} request {n}: {}", reply.status));
+                    }
+                    n += 1;
+                    served.fetch_add(1, Ordering::Relaxed);
+                    if reply.close {
+                        return Ok(n);
+                    }
+                }
+                Err(format!("client {i}: never told to close"))
+            })
+        })
+        .collect();
+    // Every client is busy before the signal.
+    wait_for(20, "traffic", || served.load(Ordering::Relaxed) >= 400);
+    mg.terminate();
+    let status = mg
+        .wait_exit(Duration::from_secs(20))
+        .expect("meshgate exits");
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(status.success(), "{status}\n{}", mg.log_text());
+    assert!(mg.log_text().contains("all connections drained"));
+}
+
+/// SIGUSR1 (logrotate's postrotate) makes the access log reopen its path:
+/// after the file is renamed, the next request lands in a new file at the
+/// path and the renamed one gets nothing more. SIGUSR2 and SIGALRM, which
+/// would kill a process by default, are counted and ignored.
+#[test]
+fn sigusr1_reopens_the_access_log_and_stray_signals_do_not_kill() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let port = free_port();
+    let extra = format!(
+        "              access_log: {{path: \"{}\"}}\n",
+        log.display()
+    );
+    let mut mg = Meshgate::start(&http_config(port, backend.addr, &extra));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(get(addr, "/before"), 200);
+    wait_for(10, "the first line", || lines(&log) == 1);
+    std::fs::rename(&log, &rotated).unwrap();
+
+    signal(&mg, libc::SIGUSR1);
+    wait_for(10, "the reopen", || {
+        mg.metric("meshgate_server_log_reopen_total", &[]) >= 1.0
+    });
+    assert_eq!(get(addr, "/after"), 200);
+    wait_for(10, "a line in the new file", || lines(&log) == 1);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("/after"));
+    assert_eq!(lines(&rotated), 1, "the rotated file got more lines");
+
+    for (sig, name) in [(libc::SIGUSR2, "SIGUSR2"), (libc::SIGALRM, "SIGALRM")] {
+        signal(&mg, sig);
+        wait_for(10, name, || {
+            mg.metric("meshgate_server_signal_total", &[("signal", name)]) >= 1.0
+        });
+    }
+    assert!(mg.child.try_wait().unwrap().is_none(), "meshgate died");
+    assert_eq!(get(addr, "/still"), 200);
+    mg.terminate();
+    let st = mg.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert!(st.success(), "{st}");
+}
+
+/// Logs written to a pipe carry no ANSI escape codes.
+#[test]
+fn logs_on_a_pipe_have_no_colour() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        http_config(port, backend.addr, "").replace("admin:\n  address: \"{ADMIN}\"\n", ""),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .args(["--log-level", "debug"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("listening") && Instant::now() < deadline {
+        let n = err.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("listening"), "{text}");
+    assert!(!seen.contains(&0x1b), "escape codes on a pipe: {text:?}");
+}
+
+/// A config error prints the field's path once.
+#[test]
+fn config_error_names_the_field_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(
+        &f,
+        "clusters:\n  - name: c\n    type: bogus\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["validate", &f.display().to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("clusters[0].type: unknown variant"), "{err}");
+    assert_eq!(err.matches("clusters[0].type").count(), 1, "{err}");
+}
+
+/// A reload whose snapshot build is slow (standing in for a slow
+/// `strict_dns` lookup: `MESHGATE_TEST_RELOAD_BUILD_DELAY_MS`) does not
+/// stall traffic on a single worker: requests are answered promptly while
+/// the build runs, and the new version is published when it ends.
+#[test]
+fn a_slow_reload_build_does_not_stall_one_worker() {
+    // SAFETY: nextest runs each test in its own process, and this test
+    // sets the variable before any thread of its own is started; the
+    // child meshgate inherits it.
+    unsafe { std::env::set_var("MESHGATE_TEST_RELOAD_BUILD_DELAY_MS", "3000") };
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mg = Meshgate::start_with_args(
+        &http_config(port, backend.addr, ""),
+        &["--concurrency", "1", "--watch-interval", "0s"],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let version = mg.metric("meshgate_config_version", &[]);
+    let start = Instant::now();
+    signal(&mg, libc::SIGHUP);
+    // During the build: requests keep being answered quickly.
+    let mut slowest = Duration::ZERO;
+    let mut during = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let t = Instant::now();
+        assert_eq!(get(addr, "/during"), 200);
+        slowest = slowest.max(t.elapsed());
+        during += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        mg.metric("meshgate_config_version", &[]) == version,
+        "the reload ended before the build delay: the delay was not applied"
+    );
+    assert!(during >= 10, "{during}");
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "a request took {slowest:?} during the reload"
+    );
+    wait_for(20, "the reload", || {
+        mg.metric("meshgate_config_version", &[]) > version
+    });
+    assert!(start.elapsed() >= Duration::from_millis(2900));
+}
