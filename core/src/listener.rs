@@ -579,8 +579,10 @@ async fn terminate_tls(
     info: &mut ConnectionInfo,
 ) -> Option<DownstreamIo> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let io = crate::tls::HandshakeIo::new(io);
     let reason = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
-        Ok(Ok(s)) => {
+        Ok(Ok(mut s)) => {
+            s.get_mut().0.disarm();
             let (_, conn) = s.get_ref();
             info.tls = Some(Arc::new(crate::tls::TlsInfo {
                 version: conn

@@ -271,3 +271,81 @@ fn a_slow_reload_build_does_not_stall_one_worker() {
     });
     assert!(start.elapsed() >= Duration::from_millis(2900));
 }
+
+/// `openssl s_client` against `port` with `args`; its stdout and stderr.
+fn s_client(port: u16, args: &[&str]) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "openssl s_client hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// mTLS without a client certificate: a TLS 1.2 client gets the
+/// `handshake_failure` alert (40), a TLS 1.3 client `certificate_required`
+/// (116), the alert that exists only in TLS 1.3. Both are counted.
+#[test]
+fn mtls_without_a_client_certificate_gets_the_alert_of_its_version() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let certs = workspace().join("examples/certs");
+    let c = |f: &str| certs.join(f).display().to_string();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: mtls
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{crt}", private_key: "{key}"}}]
+          client_validation: {{trusted_ca: "{ca}", required: true}}
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{addr}"}}]
+"#,
+        crt = c("server.pem"),
+        key = c("server.key"),
+        ca = c("client-ca.pem"),
+        addr = backend.addr,
+    );
+    let mg = Meshgate::start(&yaml);
+    let out = s_client(port, &["-tls1_2", "-servername", "localhost"]);
+    assert!(out.contains("alert handshake failure"), "{out}");
+    assert!(out.contains("alert number 40"), "{out}");
+    assert!(!out.contains("certificate required"), "{out}");
+    let out = s_client(port, &["-tls1_3", "-servername", "localhost"]);
+    assert!(out.contains("alert number 116"), "{out}");
+    let v = mg.metric(
+        "meshgate_listener_tls_handshake_error_total",
+        &[("listener", "mtls"), ("reason", "no_client_certificate")],
+    );
+    assert!(v >= 2.0, "{v}");
+}
