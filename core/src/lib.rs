@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod dynamic;
 pub mod error;
+pub mod fds;
 pub mod forward;
 pub mod lb;
 pub mod listener;

@@ -349,3 +349,85 @@ clusters:
     );
     assert!(v >= 2.0, "{v}");
 }
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Out of file descriptors (RLIMIT_NOFILE lowered on the running process):
+/// failed accepts are counted as `emfile` and backed off, an upstream
+/// connect that fails for lack of descriptors is counted as `emfile`, not
+/// blamed on the upstream, the admin still answers `/ready` and `/stats`,
+/// and meshgate serves again once the connections close.
+#[test]
+fn out_of_descriptors_is_counted_and_the_admin_stays_reachable() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mut mg = Meshgate::start(&http_config(port, backend.addr, ""));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let pid = mg.child.id();
+    // A limit a few descriptors above what it holds now.
+    let limit = (open_fds(pid) + 8) as u64;
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid rlimit; the old
+    // value is not asked for.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // More clients than descriptors: the rest wait in the backlog.
+    let mut clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_for(20, "an accept failure", || {
+        mg.metric(
+            "meshgate_listener_downstream_cx_accept_error_total",
+            &[("listener", "web"), ("reason", "emfile")],
+        ) >= 1.0
+    });
+    // The admin answers, more than once.
+    for _ in 0..3 {
+        assert_eq!(mg.admin_get("/ready").0, 200);
+    }
+    // Accepted clients ask for something: the upstream connect has no
+    // descriptor either.
+    for c in &mut clients {
+        let _ = c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+    wait_for(20, "an upstream connect failure", || {
+        mg.metric(
+            "meshgate_cluster_upstream_cx_connect_fail_total",
+            &[("cluster", "backend"), ("reason", "emfile")],
+        ) >= 1.0
+    });
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_cx_connect_fail_total",
+            &[("cluster", "backend"), ("reason", "refused")],
+        ),
+        0.0
+    );
+    // Accept failures are backed off, not retried every few milliseconds.
+    let before = mg.metric(
+        "meshgate_listener_downstream_cx_accept_error_total",
+        &[("listener", "web")],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = mg.metric(
+        "meshgate_listener_downstream_cx_accept_error_total",
+        &[("listener", "web")],
+    );
+    assert!(
+        after - before <= 10.0,
+        "{before} -> {after} accept failures in 1 s"
+    );
+    // Connections close: it serves again.
+    drop(clients);
+    wait_for(20, "recovery", || get(addr, "/again") == 200);
+    assert!(mg.child.try_wait().unwrap().is_none());
+    let log = mg.log_text();
+    let warnings = log.matches("accept failed; backing off").count();
+    assert_eq!(warnings, 1, "accept warnings:\n{log}");
+}
