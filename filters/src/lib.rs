@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod echo;
+pub mod http_options;
 pub mod proxy;
 pub mod tcp_proxy;
 

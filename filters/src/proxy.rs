@@ -57,6 +57,9 @@ struct ProxyConfig {
     /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
     #[serde(default)]
     advertise_http3: Option<AdvertiseHttp3>,
+    /// Envoy's HCM `common_http_protocol_options` (`idle_timeout`).
+    #[serde(default)]
+    common_http_protocol_options: crate::http_options::CommonHttpProtocolOptions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +186,7 @@ impl NetworkFilterFactory for ProxyFactory {
                     })?),
                 },
                 stats: HttpStats::new(&listener),
+                idle_timeout: cfg.common_http_protocol_options.idle(),
                 alt_svc: cfg.advertise_http3.as_ref().map(|a| {
                     HeaderValue::from_str(&format!(
                         "h3=\":{}\"; ma={}",
@@ -465,6 +469,7 @@ struct ProxyHandler {
     stats: HttpStats,
     /// `alt-svc` added to responses on TCP connections.
     alt_svc: Option<HeaderValue>,
+    idle_timeout: Option<Duration>,
 }
 
 /// The `StreamHandler` the codecs call, one per connection: the shared
@@ -487,6 +492,10 @@ impl StreamHandler for Handler {
             })
             .clone();
         Box::pin(self.shared.process(req, info, peer_ip))
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.shared.idle_timeout
     }
 }
 

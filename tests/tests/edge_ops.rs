@@ -431,3 +431,67 @@ fn out_of_descriptors_is_counted_and_the_admin_stays_reachable() {
     let warnings = log.matches("accept failed; backing off").count();
     assert_eq!(warnings, 1, "accept warnings:\n{log}");
 }
+
+/// Runs `tests/peers/h2_timeouts.py PORT CASE`; its output.
+fn h2_case(port: u16, case: &str) -> String {
+    let out = std::process::Command::new("timeout")
+        .args(["40", "python3"])
+        .arg(workspace().join("tests/peers/h2_timeouts.py"))
+        .args([&port.to_string(), case])
+        .output()
+        .expect("python3 with h2 (tests/run.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The `after=` seconds of the first line starting with `prefix`.
+fn after(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit("after=").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} line: {text}"))
+}
+
+/// HTTP/2 connection timeouts: a header block left open (HEADERS without
+/// END_HEADERS) gets GOAWAY(PROTOCOL_ERROR) naming no stream after
+/// `request_headers_timeout`, and a connection with no active stream is
+/// closed after `common_http_protocol_options.idle_timeout` (GOAWAY
+/// NO_ERROR) even though it keeps exchanging PINGs. Both are counted.
+#[test]
+fn http2_header_block_and_idle_connection_time_out() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let extra = "              codec: http2\n              codec_options: {http2: {request_headers_timeout: 1s}}\n              common_http_protocol_options: {idle_timeout: 1500ms}\n";
+    let mg = Meshgate::start(&http_config(port, backend.addr, extra));
+
+    let out = h2_case(port, "header");
+    assert!(
+        out.contains("GOAWAY code=1 last=0 debug=header_timeout "),
+        "{out}"
+    );
+    let t = after(&out, "GOAWAY");
+    assert!((0.9..5.0).contains(&t), "header timeout after {t}s: {out}");
+    assert!(out.contains("EOF"), "{out}");
+    let v = mg.metric(
+        "meshgate_http_downstream_cx_protocol_error_total",
+        &[
+            ("listener", "web"),
+            ("codec", "http2"),
+            ("reason", "header_timeout"),
+        ],
+    );
+    assert_eq!(v, 1.0);
+
+    let out = h2_case(port, "idle");
+    assert!(out.contains("RESPONSE"), "{out}");
+    // hyper's graceful GOAWAY: first with the highest id, then naming
+    // the last stream (RFC 9113 section 6.8).
+    assert!(out.contains("GOAWAY code=0 "), "{out}");
+    let t = after(&out, "GOAWAY");
+    assert!((1.3..6.0).contains(&t), "idle close after {t}s: {out}");
+    assert!(after(&out, "EOF") < 10.0, "{out}");
+    let v = mg.metric(
+        "meshgate_http_downstream_cx_idle_timeout_total",
+        &[("listener", "web"), ("codec", "http2")],
+    );
+    assert!(v >= 1.0, "{v}");
+}
