@@ -5,6 +5,9 @@ usage: h2_timeouts.py PORT CASE
           the GOAWAY meshgate answers with and when, then wait for EOF
   idle    one GET, then only PINGs (answered by meshgate); print the
           GOAWAY that ends the idle connection and when
+  busy    GETs back to back, one at a time, until meshgate's GOAWAY ends
+          the connection; every request meshgate did not refuse by the
+          GOAWAY's last stream id must be answered ("OK <n>" or "FAIL ...")
 Prints "GOAWAY code=<n> last=<id> after=<seconds>" and "EOF" lines.
 """
 
@@ -121,5 +124,71 @@ def idle(port):
     print(f"EOF after={time.time() - ended:.2f}", flush=True)
 
 
+def busy(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(20)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+    enc = hpack.Encoder()
+    buf = b""
+    last = None  # the lowest last-stream-id of the GOAWAYs seen
+    answered = 0
+    stream = 1
+    while True:
+        if last is None:
+            block = enc.encode([(":method", "GET"), (":scheme", "http"), (":path", f"/h2/{stream}"), (":authority", "a")])
+            s.sendall(frame(1, 0x5, stream, block))
+            pending = stream
+        elif pending is None:
+            break
+        done = False
+        while not done:
+            try:
+                data = s.recv(65536)
+            except OSError as e:
+                data = b""
+            if not data:
+                if pending is not None and (last is None or pending <= last):
+                    print(f"FAIL stream {pending} unanswered (last={last})", flush=True)
+                    return
+                pending = None
+                break
+            buf += data
+            while len(buf) >= 9:
+                n = int.from_bytes(buf[:3], "big")
+                if len(buf) < 9 + n:
+                    break
+                kind, flags = buf[3], buf[4]
+                sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                payload = buf[9 : 9 + n]
+                buf = buf[9 + n :]
+                if kind == 4 and not flags & 1:
+                    s.sendall(frame(4, 1, 0))
+                elif kind == 6 and not flags & 1:
+                    s.sendall(frame(6, 1, 0, payload))
+                elif kind == 7:
+                    lid = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                    last = lid if last is None else min(last, lid)
+                    if pending is not None and pending > last:
+                        pending = None  # refused: never processed
+                        done = True
+                elif kind == 3 and sid == pending:
+                    print(f"FAIL stream {sid} reset", flush=True)
+                    return
+                elif kind in (0, 1) and sid == pending and flags & 1:
+                    answered += 1
+                    pending = None
+                    done = True
+        stream += 2
+        if last is not None and pending is None:
+            # Read on until meshgate closes.
+            try:
+                while s.recv(65536):
+                    pass
+            except OSError:
+                pass
+            break
+    print(f"OK {answered}", flush=True)
+
+
 if __name__ == "__main__":
-    {"header": header, "idle": idle}[sys.argv[2]](int(sys.argv[1]))
+    {"header": header, "idle": idle, "busy": busy}[sys.argv[2]](int(sys.argv[1]))

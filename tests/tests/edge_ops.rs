@@ -495,3 +495,29 @@ fn http2_header_block_and_idle_connection_time_out() {
     );
     assert!(v >= 1.0, "{v}");
 }
+
+/// HTTP/2 across SIGTERM: 10 clients sending requests back to back get a
+/// GOAWAY, and every request meshgate did not refuse by the GOAWAY's last
+/// stream id is answered; meshgate exits 0.
+#[test]
+fn sigterm_drain_answers_every_accepted_http2_stream() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mut mg = Meshgate::start_with_args(
+        &http_config(port, backend.addr, ""),
+        &["--drain-time", "10s"],
+    );
+    let clients: Vec<_> = (0..10)
+        .map(|_| std::thread::spawn(move || h2_case(port, "busy")))
+        .collect();
+    wait_for(20, "traffic", || backend.hits() >= 200);
+    mg.terminate();
+    let status = mg
+        .wait_exit(Duration::from_secs(20))
+        .expect("meshgate exits");
+    for c in clients {
+        let out = c.join().unwrap();
+        assert!(out.starts_with("OK "), "{out}");
+    }
+    assert!(status.success(), "{status}");
+}
