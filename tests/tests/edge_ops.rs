@@ -527,3 +527,52 @@ fn sigterm_drain_answers_every_accepted_http2_stream() {
     }
     assert!(status.success(), "{status}");
 }
+
+/// meshgate's own messages in protocol errors start the same way as its
+/// Dubbo and Bolt ones: `meshgate: ...` in HTTP/1.1 local replies, in
+/// refused request heads and in a gRPC local reply's `grpc-message`.
+#[test]
+fn own_error_messages_start_with_meshgate() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let yaml = http_config(port, backend.addr, "").replace("prefix: /}", "prefix: /api}");
+    let _mg = Meshgate::start(&yaml);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // No route: a local reply.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let r = read_reply(&mut BufReader::new(s)).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "meshgate: no route matched\n")
+    );
+    // A refused head (two Host fields).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /api HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .unwrap();
+    let r = read_reply(&mut BufReader::new(s)).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "meshgate: bad request\n")
+    );
+    // gRPC: the status message.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--http2-prior-knowledge",
+        ])
+        .args(["-H", "content-type: application/grpc", "--data-binary", ""])
+        .arg(format!("http://127.0.0.1:{port}/pkg.Svc/Method"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("grpc-message: meshgate: no route matched"),
+        "{head}"
+    );
+}

@@ -753,10 +753,13 @@ impl Server {
     async fn refuse(&mut self, status: StatusCode) {
         let mut out = BytesMut::with_capacity(256);
         put_status_line(&mut out, status);
-        let text = status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_ascii_lowercase();
+        let text = format!(
+            "meshgate: {}",
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        );
         put_header(&mut out, b"content-type", b"text/plain");
         put_header(
             &mut out,
