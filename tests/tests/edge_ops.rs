@@ -118,7 +118,16 @@ fn sigterm_drain_loses_no_request_on_busy_keep_alive_connections() {
         })
         .collect();
     // Every client is busy before the signal.
-    wait_for(20, "traffic", || served.load(Ordering::Relaxed) >= 300);
+    wait_for(30, "twenty clients", || {
+        mg.metric(
+            "meshgate_listener_downstream_cx_active",
+            &[("listener", "web")],
+        ) >= 20.0
+    });
+    let start = served.load(Ordering::Relaxed);
+    wait_for(20, "traffic", || {
+        served.load(Ordering::Relaxed) >= start + 200
+    });
     mg.terminate();
     let status = mg
         .wait_exit(Duration::from_secs(20))
@@ -516,7 +525,15 @@ fn sigterm_drain_answers_every_accepted_http2_stream() {
     let clients: Vec<_> = (0..10)
         .map(|_| std::thread::spawn(move || h2_case(port, "busy")))
         .collect();
-    wait_for(20, "traffic", || backend.hits() >= 200);
+    // Every client connected, and busy.
+    wait_for(30, "ten clients", || {
+        mg.metric(
+            "meshgate_listener_downstream_cx_active",
+            &[("listener", "web")],
+        ) >= 10.0
+    });
+    let start = backend.hits();
+    wait_for(20, "traffic", || backend.hits() >= start + 100);
     mg.terminate();
     let status = mg
         .wait_exit(Duration::from_secs(20))
