@@ -78,7 +78,10 @@ fn registry() -> Registry {
     r
 }
 
+/// Logs go to stderr, coloured only when stderr is a terminal: a file or
+/// a pipe (systemd, docker, `2>log`) gets plain text without escape codes.
 fn init_logs(level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
@@ -86,6 +89,7 @@ fn init_logs(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

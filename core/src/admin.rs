@@ -24,15 +24,31 @@ pub struct AdminState {
 }
 
 /// Serves admin requests until `stop` is cancelled.
+/// Out of descriptors, the admin gives one of its reserved ones back and
+/// accepts at once (`crate::fds`), so that it stays reachable.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    crate::fds::refill_reserve();
+    let mut failures = 0u32;
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok(a) => a,
+                Ok(a) => {
+                    failures = 0;
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    let reason = crate::fds::exhaustion(&e);
+                    metrics::counter!("meshgate_admin_accept_error_total", "reason" => reason.unwrap_or("other")).increment(1);
+                    if reason.is_some() && crate::fds::release_one() {
+                        continue;
+                    }
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "admin accept failed");
+                    }
+                    let wait = crate::fds::accept_backoff(failures);
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },
@@ -48,6 +64,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = conn.await;
+            crate::fds::refill_reserve();
         });
     }
 }

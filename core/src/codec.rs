@@ -38,6 +38,13 @@ pub type ResponseFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>
 /// streams moves a clone of the `Arc` into the task.
 pub trait StreamHandler: Send + Sync + 'static {
     fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture<'_>;
+
+    /// How long a multiplexed connection (HTTP/2) may have no active
+    /// stream before it is closed with a GOAWAY: Envoy's
+    /// `common_http_protocol_options.idle_timeout`. `None`: never.
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// The downstream side of a codec.

@@ -64,11 +64,14 @@ impl fmt::Display for BuildError {
 impl std::error::Error for BuildError {}
 
 /// Errors of the running server (not config): bind failures and I/O.
+///
+/// Transparent: the inner error is the whole message. (`{0}` with `#[from]`
+/// also made it the `source`, and `anyhow`'s `{:#}` printed it twice.)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -369,6 +369,9 @@ pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// At most one accept-failure warning per listener this often.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A process-unique id for a new downstream connection.
@@ -453,17 +456,43 @@ impl RunningListener {
         drain: Signal,
         tracker: TaskTracker,
     ) {
+        // Accept failures in a row: the back-off grows with them. A warning
+        // is logged at most every `ACCEPT_WARN_EVERY` (a limit reached
+        // again and again would otherwise flood the log), debug otherwise.
+        let mut failures = 0u32;
+        let mut warned: Option<std::time::Instant> = None;
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
                 r = listener.accept() => r,
             };
             let (stream, peer) = match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    if failures > 0 {
+                        tracing::debug!(listener = %self.compiled.load().name, failures, "accepting again");
+                        failures = 0;
+                    }
+                    a
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // EMFILE/ENFILE and friends: counted, and backed off
+                    // (10 ms to 1 s) instead of spinning; the connections
+                    // wait in the backlog until descriptors are freed.
+                    let reason = crate::fds::exhaustion(&e).unwrap_or("other");
+                    let name = self.compiled.load().name.clone();
+                    metrics::counter!("meshgate_listener_downstream_cx_accept_error_total", "listener" => name.to_string(), "reason" => reason).increment(1);
+                    if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                        warned = Some(std::time::Instant::now());
+                        tracing::warn!(listener = %name, error = %e, "accept failed; backing off until it succeeds (counted in meshgate_listener_downstream_cx_accept_error_total)");
+                    } else {
+                        tracing::debug!(listener = %name, error = %e, failures, "accept failed");
+                    }
+                    let wait = crate::fds::accept_backoff(failures);
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
                     continue;
                 }
             };
@@ -579,8 +608,10 @@ async fn terminate_tls(
     info: &mut ConnectionInfo,
 ) -> Option<DownstreamIo> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+    let io = crate::tls::HandshakeIo::new(io);
     let reason = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
-        Ok(Ok(s)) => {
+        Ok(Ok(mut s)) => {
+            s.get_mut().0.disarm();
             let (_, conn) = s.get_ref();
             info.tls = Some(Arc::new(crate::tls::TlsInfo {
                 version: conn

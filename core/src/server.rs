@@ -2,7 +2,7 @@
 //! the admin server, reloads the config file on SIGHUP or when it changes
 //! (a new snapshot swapped in; a bad file keeps the old one), and on
 //! SIGTERM/SIGINT stops accepting, lets open connections finish for the
-//! drain time, and returns.
+//! drain time, and returns. Other signals: `signals`.
 
 use crate::admin::{self, AdminState};
 use crate::cluster::{ClusterManager, ClusterRefs};
@@ -82,6 +82,7 @@ pub async fn run_with_dynamic(
     mut dynamic: Option<DynamicReceiver>,
 ) -> Result<(), Error> {
     let prometheus = crate::metrics::install_recorder();
+    crate::signals::install();
     let (config, source) = load_file(path)?;
     let mut file_cfg = (config.clone(), source.clone());
     let mut dyn_cfg: Option<(Config, DynamicInfo)> = None;
@@ -319,7 +320,7 @@ async fn apply(
     source: &ConfigSource,
     dynamic: Option<(&Config, &DynamicInfo)>,
     reload: Reload,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     current: &ArcSwap<Snapshot>,
     live: &mut Live,
 ) -> Result<u64, ConfigError> {
@@ -331,14 +332,9 @@ async fn apply(
     };
     let rename = |e: ConfigError| rename_error(e, dyn_config, counts, dyn_source);
     let old = current.load_full();
-    let mut next = Snapshot::build_from(
-        config,
-        source,
-        registry,
-        BuildMode::Serve,
-        Some((&old, reload)),
-    )
-    .map_err(rename)?;
+    let mut next = build_off_worker(config, source, registry, &old, reload)
+        .await
+        .map_err(rename)?;
     next.dynamic = dynamic.map(|d| d.1.clone());
     if let Some(d) = dynamic {
         next.source = format!("{} + {}", next.source, d.1.source);
@@ -441,6 +437,38 @@ async fn apply(
     let version = next.version;
     current.store(Arc::new(next));
     Ok(version)
+}
+
+/// Builds a reload's snapshot on a blocking-pool thread: resolving
+/// `strict_dns` names (getaddrinfo blocks) and compiling thousands of
+/// routes must not stall the event loop, which with `--concurrency 1` is
+/// the only one serving traffic.
+async fn build_off_worker(
+    config: Config,
+    source: &ConfigSource,
+    registry: &Arc<Registry>,
+    old: &Arc<Snapshot>,
+    reload: Reload,
+) -> Result<Snapshot, ConfigError> {
+    let (src, reg, prev) = (source.clone(), registry.clone(), old.clone());
+    let delay = build_delay_for_tests();
+    tokio::task::spawn_blocking(move || {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+        Snapshot::build_from(config, &src, &reg, BuildMode::Serve, Some((&prev, reload)))
+    })
+    .await
+    .unwrap_or_else(|e| Err(source.error("", format!("the config build failed: {e}"))))
+}
+
+/// `MESHGATE_TEST_RELOAD_BUILD_DELAY_MS`: every reload's snapshot build
+/// first sleeps that many milliseconds, standing in for a slow DNS lookup,
+/// so that an end-to-end test can show that traffic keeps flowing
+/// meanwhile. Read once per reload, never on the data path.
+fn build_delay_for_tests() -> Option<Duration> {
+    let v = std::env::var("MESHGATE_TEST_RELOAD_BUILD_DELAY_MS").ok()?;
+    v.trim().parse().ok().map(Duration::from_millis)
 }
 
 /// Whether a listener built on the new snapshot uses the same clusters as

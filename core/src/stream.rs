@@ -233,7 +233,9 @@ impl LocalReason {
 }
 
 /// Builds meshgate's own answer: a short text body for HTTP, a
-/// trailers-only gRPC status for gRPC requests. Counted in
+/// trailers-only gRPC status for gRPC requests, both starting with
+/// `meshgate: ` as every message meshgate itself puts in a protocol error
+/// (Dubbo, Bolt, gRPC, HTTP bodies). Counted in
 /// `meshgate_http_local_reply_total{reason}`.
 pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
     info.local_reply = Some(reason.label());
@@ -246,10 +248,14 @@ pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from(reason.grpc_status()));
-        h.insert("grpc-message", HeaderValue::from_static(reason.message()));
+        let msg = format!("meshgate: {}", reason.message());
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_str(&msg).unwrap_or(HeaderValue::from_static("meshgate")),
+        );
         r
     } else {
-        let mut r = http::Response::new(full_body(format!("{}\n", reason.message())));
+        let mut r = http::Response::new(full_body(format!("meshgate: {}\n", reason.message())));
         *r.status_mut() = reason.status();
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -498,6 +498,92 @@ pub fn handshake_error_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A TLS 1.2 `certificate_required` alert in a plaintext record: rustls
+/// sends it when a client presents no certificate to a chain that requires
+/// one, but that alert exists only in TLS 1.3 (RFC 8446 section 6.2); TLS
+/// 1.2 clients expect `handshake_failure` (RFC 5246 section 7.4.6). A TLS
+/// 1.3 alert after the ServerHello is encrypted, so this plaintext record
+/// can only be a TLS 1.2 one.
+const TLS12_CERTIFICATE_REQUIRED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 116];
+/// The alert description `handshake_failure`.
+const HANDSHAKE_FAILURE: u8 = 40;
+
+/// The downstream byte stream under a TLS handshake: while armed it turns
+/// the TLS 1.2 `certificate_required` alert rustls writes into
+/// `handshake_failure` (`TLS12_CERTIFICATE_REQUIRED`). Disarmed once the
+/// handshake succeeded, it only passes bytes through.
+pub struct HandshakeIo<T> {
+    inner: T,
+    armed: bool,
+}
+
+impl<T> HandshakeIo<T> {
+    pub fn new(inner: T) -> Self {
+        Self { inner, armed: true }
+    }
+
+    /// The handshake is over: nothing more to rewrite.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeIo<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HandshakeIo<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.armed && buf.starts_with(&TLS12_CERTIFICATE_REQUIRED) {
+            let mut alert = TLS12_CERTIFICATE_REQUIRED;
+            alert[6] = HANDSHAKE_FAILURE;
+            // Same length: the count written is the caller's.
+            return std::pin::Pin::new(&mut this.inner).poll_write(cx, &alert);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.armed
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && first.starts_with(&TLS12_CERTIFICATE_REQUIRED)
+        {
+            return std::pin::Pin::new(this).poll_write(cx, first);
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// Upstream TLS of one cluster.
 pub struct UpstreamTls {
     config: Arc<rustls::ClientConfig>,

@@ -3,7 +3,9 @@
 //! waits on the file. When the queue is full the line is dropped and
 //! counted (`meshgate_access_log_dropped_total`). Writers are shared per
 //! path, so filter chains and reloads that name the same file never
-//! interleave partial lines.
+//! interleave partial lines. After SIGUSR1 (`meshgate_core::signals`) a
+//! writer reopens its path before its next line, so a file renamed by
+//! logrotate stops receiving lines and the new file at the path gets them.
 
 use metrics::Counter;
 use std::collections::HashMap;
@@ -37,9 +39,10 @@ impl AccessLog {
             .append(true)
             .open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
+        let owned = path.to_string();
         std::thread::Builder::new()
             .name("meshgate-access-log".into())
-            .spawn(move || write_loop(rx, file))?;
+            .spawn(move || write_loop(rx, file, &owned))?;
         let w = Arc::new(AccessLog {
             tx,
             dropped: metrics::counter!("meshgate_access_log_dropped_total", "path" => path.to_string()),
@@ -56,10 +59,31 @@ impl AccessLog {
     }
 }
 
-/// Writes lines as they come, flushing whenever the queue is empty.
-fn write_loop(rx: Receiver<String>, file: std::fs::File) {
+/// Writes lines as they come, flushing whenever the queue is empty; reopens
+/// `path` first when a SIGUSR1 came since the last batch (if it cannot,
+/// it keeps the file it has, and says so).
+fn write_loop(rx: Receiver<String>, file: std::fs::File, path: &str) {
+    use meshgate_core::signals::log_generation;
+    let mut generation = log_generation();
     let mut out = io::BufWriter::with_capacity(64 * 1024, file);
     while let Ok(line) = rx.recv() {
+        let now = log_generation();
+        if now != generation {
+            generation = now;
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => {
+                    let _ = out.flush();
+                    out = io::BufWriter::with_capacity(64 * 1024, f);
+                }
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot reopen the access log; writing to the old file")
+                }
+            }
+        }
         let mut next = Some(line);
         while let Some(line) = next {
             let _ = out.write_all(line.as_bytes());

@@ -90,6 +90,9 @@ struct ProxyConfig {
     /// Upgrade types that may be tunnelled (default: websocket).
     #[serde(default = "crate::edge::default_upgrade_configs")]
     upgrade_configs: Vec<crate::edge::UpgradeConfig>,
+    /// Envoy's HCM `common_http_protocol_options` (`idle_timeout`).
+    #[serde(default)]
+    common_http_protocol_options: crate::http_options::CommonHttpProtocolOptions,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +237,7 @@ impl NetworkFilterFactory for ProxyFactory {
                     })?),
                 },
                 stats: HttpStats::new(&listener),
+                idle_timeout: cfg.common_http_protocol_options.idle(),
                 alt_svc: cfg.advertise_http3.as_ref().map(|a| {
                     HeaderValue::from_str(&format!(
                         "h3=\":{}\"; ma={}",
@@ -518,6 +522,7 @@ struct ProxyHandler {
     stats: HttpStats,
     /// `alt-svc` added to responses on TCP connections.
     alt_svc: Option<HeaderValue>,
+    idle_timeout: Option<Duration>,
 }
 
 /// The `StreamHandler` the codecs call, one per connection: the shared
@@ -540,6 +545,10 @@ impl StreamHandler for Handler {
             })
             .clone();
         Box::pin(self.shared.process(req, info, peer_ip))
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.shared.idle_timeout
     }
 }
 

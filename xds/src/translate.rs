@@ -835,6 +835,17 @@ fn http_connection_manager(
         Some(d) => Some(humantime(duration(&d, &join(path, "stream_idle_timeout"))?)),
         None => None,
     };
+    // common_http_protocol_options.idle_timeout: the connection idle
+    // timeout (Envoy's default, one hour, when unset).
+    let mut common = serde_json::Map::new();
+    if let Some(mut o) = h.common_http_protocol_options.take() {
+        let op = join(path, "common_http_protocol_options");
+        if let Some(d) = o.idle_timeout.take() {
+            let d = duration(&d, &join(&op, "idle_timeout"))?;
+            common.insert("idle_timeout".into(), humantime(d));
+        }
+        rest(&o, &op)?;
+    }
     rest(&h, path)?;
     let mut out = json!({
         "codec": codec,
@@ -846,6 +857,9 @@ fn http_connection_manager(
     }
     if let Some(t) = stream_idle_timeout {
         out["stream_idle_timeout"] = t;
+    }
+    if !common.is_empty() {
+        out["common_http_protocol_options"] = Value::Object(common);
     }
     Ok(out)
 }
@@ -1781,5 +1795,33 @@ mod tests {
         bad.filter_chains[0].transport_socket = Some(Default::default());
         let e = listener(bad, &|_| None, &|_| None).unwrap_err();
         assert_eq!(e.field, "filter_chains[0].transport_socket.typed_config");
+    }
+
+    #[test]
+    fn hcm_idle_timeout_is_translated_and_other_options_refused() {
+        let h = |o: core3::HttpProtocolOptions| hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                Default::default(),
+            )),
+            common_http_protocol_options: Some(o),
+            ..Default::default()
+        };
+        let mut names = BTreeSet::new();
+        let idle = core3::HttpProtocolOptions {
+            idle_timeout: Some(protobuf::Duration {
+                seconds: 90,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let out = http_connection_manager(h(idle), "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(out["common_http_protocol_options"]["idle_timeout"], "90s");
+        let other = core3::HttpProtocolOptions {
+            max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
+            ..Default::default()
+        };
+        let e =
+            http_connection_manager(h(other), "", &|_| None, &mut names, &mut None).unwrap_err();
+        assert_eq!(e.0, "common_http_protocol_options.max_headers_count");
     }
 }

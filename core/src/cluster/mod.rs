@@ -204,7 +204,8 @@ impl ConnectError {
             ConnectError::NoHealthyEndpoint(_) => "no_healthy_endpoint",
             ConnectError::Overflow(_) => "overflow",
             ConnectError::Timeout(_) => "timeout",
-            ConnectError::Io(..) => "refused",
+            // Out of descriptors is ours, not the upstream's.
+            ConnectError::Io(_, e) => crate::fds::exhaustion(e).unwrap_or("refused"),
         }
     }
 }
@@ -395,7 +396,9 @@ impl Cluster {
                 })
             }
             Err(e) => {
-                endpoint.record_failure(&self.backoff);
+                if !matches!(&e, ConnectError::Io(_, io) if crate::fds::exhaustion(io).is_some()) {
+                    endpoint.record_failure(&self.backoff);
+                }
                 self.stats.connect_failed(e.reason());
                 tracing::debug!(cluster = %self.name, endpoint = %addr, error = %e, "upstream connect failed");
                 Err(e)

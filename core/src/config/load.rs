@@ -194,8 +194,8 @@ pub fn parse_str(file: &Path, src: &str) -> Result<(Config, ConfigSource), Confi
             ConfigError {
                 file: file.to_path_buf(),
                 line,
+                message: strip_path(&strip_location(&inner.to_string()), &path),
                 field: path,
-                message: strip_location(&inner.to_string()),
             }
         })
     } else {
@@ -212,8 +212,8 @@ pub fn parse_str(file: &Path, src: &str) -> Result<(Config, ConfigSource), Confi
             ConfigError {
                 file: file.to_path_buf(),
                 line,
+                message: strip_path(&strip_location(&inner.to_string()), &path),
                 field: path,
-                message: strip_location(&inner.to_string()),
             }
         })
     };
@@ -238,9 +238,12 @@ pub fn parse_typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, 
     // routes is not copied once more on its way to its typed form.
     let empty = serde_json::Value::Object(Default::default());
     let value = if value.is_null() { &empty } else { value };
-    serde_path_to_error::deserialize(value).map_err(|e| BuildError {
-        path: clean_path(&e.path().to_string()),
-        message: e.into_inner().to_string(),
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = clean_path(&e.path().to_string());
+        BuildError {
+            message: strip_path(&e.into_inner().to_string(), &path),
+            path,
+        }
     })
 }
 
@@ -259,6 +262,16 @@ fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+/// serde_yaml starts its message with the field's path (`a[0].b: unknown
+/// variant`); the error prints the path itself, so it is cut here to appear
+/// once.
+fn strip_path(msg: &str, path: &str) -> String {
+    match msg.strip_prefix(path).and_then(|m| m.strip_prefix(": ")) {
+        Some(rest) if !path.is_empty() => rest.to_string(),
+        _ => msg.to_string(),
     }
 }
 
@@ -322,6 +335,14 @@ clusters:
         let err = parse_str(Path::new("x.yaml"), &bad).unwrap_err();
         assert_eq!(err.field, "clusters[0].connect_timeout", "{err}");
         assert_eq!(err.line, Some(13), "{err}");
+        // The path is printed once, not again inside the message.
+        assert_eq!(
+            err.to_string()
+                .matches("clusters[0].connect_timeout")
+                .count(),
+            1,
+            "{err}"
+        );
     }
 
     #[test]

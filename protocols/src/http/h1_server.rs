@@ -49,6 +49,11 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 /// How long an error reply waits for the client to stop sending before
 /// the socket closes (so the reply is not lost to a TCP reset).
 const LINGER: Duration = Duration::from_secs(1);
+/// How long a connection that looks idle when the server drains is kept:
+/// on a busy keep-alive connection the next request may already be on the
+/// wire (it is answered, with `connection: close`). Only a connection that
+/// sends no byte for this long is closed.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The connection state shared by the connection task (heads, responses)
 /// and the request body (whoever reads it).
@@ -569,6 +574,9 @@ struct Server {
     drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     drain_armed: bool,
     drain_signal: meshgate_core::network::Signal,
+    /// Started at the first idle wait after the drain began
+    /// (`DRAIN_IDLE_GRACE`); allocated only then.
+    drain_grace: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Wakes the head wait now and then to check its deadline (one timer
     /// per connection, re-armed only when it fires: no timer operation per
     /// request on a busy keep-alive connection).
@@ -606,6 +614,7 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         drain: Box::pin(drain.clone().cancelled_owned()),
         drain_armed: false,
         drain_signal: drain,
+        drain_grace: None,
         tick: Box::pin(tokio::time::sleep(granularity)),
         tick_armed: false,
         granularity,
@@ -673,6 +682,7 @@ impl Server {
             drain,
             drain_armed,
             drain_signal,
+            drain_grace,
             tick,
             tick_armed,
             granularity,
@@ -709,16 +719,22 @@ impl Server {
                     Poll::Pending => break,
                 }
             }
-            // Drain: only an idle connection is closed.
+            // Drain: only a connection idle for the grace period is
+            // closed (one that just answered may be about to read its
+            // next request); a request that comes is answered with
+            // `connection: close`.
             if io.rbuf.is_empty() {
-                if drain_signal.is_cancelled() {
-                    return Poll::Ready(Wait::Close);
+                let mut draining = drain_signal.is_cancelled();
+                if !draining && !*drain_armed {
+                    draining = drain.as_mut().poll(cx).is_ready();
+                    *drain_armed = true;
                 }
-                if !*drain_armed {
-                    if drain.as_mut().poll(cx).is_ready() {
+                if draining {
+                    let grace = drain_grace
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_IDLE_GRACE)));
+                    if grace.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wait::Close);
                     }
-                    *drain_armed = true;
                 }
             }
             // Only this connection's task polls the tick, so the waker it
@@ -750,10 +766,13 @@ impl Server {
     async fn refuse(&mut self, status: StatusCode) {
         let mut out = BytesMut::with_capacity(256);
         put_status_line(&mut out, status);
-        let text = status
-            .canonical_reason()
-            .unwrap_or("error")
-            .to_ascii_lowercase();
+        let text = format!(
+            "meshgate: {}",
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        );
         put_header(&mut out, b"content-type", b"text/plain");
         put_header(
             &mut out,

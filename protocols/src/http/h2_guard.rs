@@ -23,6 +23,14 @@
 //! The limits follow Envoy's HTTP/2 protocol options where it has one
 //! (PRIORITY per stream, WINDOW_UPDATE per DATA frame sent, consecutive
 //! empty frames); PING and SETTINGS are counted over a sliding window.
+//!
+//! The guard also bounds a request's header block by
+//! `request_headers_timeout`: a HEADERS frame whose block (its payload and
+//! CONTINUATION frames up to END_HEADERS) is not complete in time gets
+//! GOAWAY(PROTOCOL_ERROR) naming the last complete stream, as nginx does
+//! on a header read timeout. A block in progress blocks the whole
+//! connection (no other frame may come between), so the connection, not
+//! only the stream, ends.
 
 use serde::{Deserialize, Deserializer};
 use std::io;
@@ -41,6 +49,8 @@ const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const FLAG_ACK: u8 = 0x1;
 const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_END_HEADERS: u8 = 0x4;
+const PROTOCOL_ERROR: u32 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// After a violation, how long the guard waits for h2 to finish its
@@ -124,6 +134,9 @@ pub(crate) enum Flood {
     Priority,
     WindowUpdate,
     EmptyFrames,
+    /// Not a flood: a header block not completed within
+    /// `request_headers_timeout`.
+    HeaderTimeout,
 }
 
 impl Flood {
@@ -134,6 +147,7 @@ impl Flood {
             Flood::Priority => "priority",
             Flood::WindowUpdate => "window_update",
             Flood::EmptyFrames => "empty_frames",
+            Flood::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -275,6 +289,14 @@ struct Counts {
     empty_run: u32,
     ping: Rate,
     settings: Rate,
+    /// A header block (HEADERS, CONTINUATION up to END_HEADERS) is open.
+    header_open: bool,
+    /// The last HEADERS or CONTINUATION seen carries END_HEADERS (the
+    /// block closes once its payload is read).
+    header_ends: bool,
+    header_stream: u32,
+    /// Highest client stream whose header block completed.
+    headers_done: u32,
 }
 
 impl Counts {
@@ -291,11 +313,31 @@ impl Counts {
             empty_run: 0,
             ping: Rate::new(now),
             settings: Rate::new(now),
+            header_open: false,
+            header_ends: false,
+            header_stream: 0,
+            headers_done: 0,
+        }
+    }
+
+    /// The open header block is complete (its END_HEADERS frame was read
+    /// to its end): no longer timed.
+    fn header_block_read(&mut self) {
+        if self.header_open && self.header_ends {
+            self.header_open = false;
+            self.headers_done = self.headers_done.max(self.header_stream);
         }
     }
 
     /// One frame from the client.
     fn inbound(&mut self, h: Head) -> Result<(), Flood> {
+        // A new frame begins: the previous one was read whole.
+        self.header_block_read();
+        if h.kind == HEADERS || h.kind == CONTINUATION {
+            self.header_open = true;
+            self.header_ends = h.flags & FLAG_END_HEADERS != 0;
+            self.header_stream = h.stream;
+        }
         let o = &self.opts;
         match h.kind {
             DATA | HEADERS | CONTINUATION => {
@@ -409,6 +451,12 @@ pub(crate) struct H2Guard<T> {
     /// h2 wrote something (its SETTINGS come first).
     wrote: bool,
     tripped: Option<Box<Tripped>>,
+    /// `request_headers_timeout`: how long a header block may stay open.
+    header_timeout: Option<Duration>,
+    /// Armed while a header block is open; allocated the first time one
+    /// spans reads.
+    header_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    header_armed: bool,
 }
 
 impl<T> H2Guard<T> {
@@ -424,6 +472,32 @@ impl<T> H2Guard<T> {
             h2_goaway: false,
             wrote: false,
             tripped: None,
+            header_timeout: None,
+            header_deadline: None,
+            header_armed: false,
+        }
+    }
+
+    /// Bounds every header block by `timeout` (zero: no bound).
+    pub(crate) fn with_header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = (!timeout.is_zero()).then_some(timeout);
+        self
+    }
+
+    /// Arms or disarms the header deadline after a read.
+    fn time_header_block(&mut self) {
+        let Some(timeout) = self.header_timeout else {
+            return;
+        };
+        if !self.counts.header_open {
+            self.header_armed = false;
+        } else if !self.header_armed {
+            self.header_armed = true;
+            let at = tokio::time::Instant::now() + timeout;
+            match self.header_deadline.as_mut() {
+                Some(d) => d.as_mut().reset(at),
+                None => self.header_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
         }
     }
 
@@ -445,6 +519,10 @@ impl<T> H2Guard<T> {
         let counts = &mut self.counts;
         self.read.scan(data, |h| counts.inbound(h))?;
         counts.last_stream = counts.scan_stream;
+        if self.read.at_boundary() {
+            counts.header_block_read();
+        }
+        self.time_header_block();
         Ok(())
     }
 
@@ -477,9 +555,14 @@ impl<T> H2Guard<T> {
     }
 
     fn trip(&mut self, flood: Flood) {
-        tracing::debug!(listener = %self.listener, flood = flood.label(), last_stream = self.counts.last_stream, "http2 flood: GOAWAY(ENHANCE_YOUR_CALM)");
-        metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => self.listener.clone(), "codec" => "http2", "reason" => "enhance_your_calm").increment(1);
-        metrics::counter!("meshgate_http_downstream_cx_flood_total", "listener" => self.listener.clone(), "flood" => flood.label()).increment(1);
+        if flood == Flood::HeaderTimeout {
+            tracing::debug!(listener = %self.listener, stream = self.counts.header_stream, "http2 header block timed out: GOAWAY(PROTOCOL_ERROR)");
+            metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => self.listener.clone(), "codec" => "http2", "reason" => "header_timeout").increment(1);
+        } else {
+            tracing::debug!(listener = %self.listener, flood = flood.label(), last_stream = self.counts.last_stream, "http2 flood: GOAWAY(ENHANCE_YOUR_CALM)");
+            metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => self.listener.clone(), "codec" => "http2", "reason" => "enhance_your_calm").increment(1);
+            metrics::counter!("meshgate_http_downstream_cx_flood_total", "listener" => self.listener.clone(), "flood" => flood.label()).increment(1);
+        }
         self.tripped = Some(Box::new(Tripped {
             flood,
             close: Close::Boundary,
@@ -491,7 +574,7 @@ impl<T> H2Guard<T> {
 /// GOAWAY(ENHANCE_YOUR_CALM) with the flood's name as debug data; behind
 /// an empty SETTINGS frame when h2 has not written its own yet (a server's
 /// first frame must be SETTINGS, RFC 9113 section 3.4).
-fn goaway_frame(settings_first: bool, last_stream: u32, debug: &[u8]) -> Vec<u8> {
+fn goaway_frame(settings_first: bool, last_stream: u32, code: u32, debug: &[u8]) -> Vec<u8> {
     let len = 8 + debug.len() as u32;
     let mut f = Vec::with_capacity(18 + len as usize);
     if settings_first {
@@ -500,7 +583,7 @@ fn goaway_frame(settings_first: bool, last_stream: u32, debug: &[u8]) -> Vec<u8>
     f.extend_from_slice(&len.to_be_bytes()[1..]);
     f.extend_from_slice(&[GOAWAY, 0, 0, 0, 0, 0]);
     f.extend_from_slice(&(last_stream & 0x7fff_ffff).to_be_bytes());
-    f.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    f.extend_from_slice(&code.to_be_bytes());
     f.extend_from_slice(debug);
     f
 }
@@ -532,12 +615,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
                     t.close = if self.h2_goaway {
                         Close::Shutdown
                     } else {
+                        // A timed-out header block's stream was never
+                        // started: the GOAWAY names the last complete one.
+                        let (last, code) = if t.flood == Flood::HeaderTimeout {
+                            (self.counts.headers_done, PROTOCOL_ERROR)
+                        } else {
+                            (self.counts.last_stream, ENHANCE_YOUR_CALM)
+                        };
                         Close::Goaway(
-                            goaway_frame(
-                                !self.wrote,
-                                self.counts.last_stream,
-                                t.flood.label().as_bytes(),
-                            ),
+                            goaway_frame(!self.wrote, last, code, t.flood.label().as_bytes()),
                             0,
                         )
                     };
@@ -597,6 +683,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        if me.tripped.is_none()
+            && me.header_armed
+            && let Some(d) = me.header_deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            me.trip(Flood::HeaderTimeout);
+        }
         if me.tripped.is_none() {
             let before = buf.filled().len();
             ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;

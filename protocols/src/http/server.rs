@@ -25,7 +25,8 @@ pub struct ServerOptions {
     /// Most header fields in a request (HTTP/1).
     #[serde(default = "default_max_headers")]
     pub max_request_headers: usize,
-    /// A client must send a complete request head within this (HTTP/1).
+    /// A client must send a complete request head within this (HTTP/1.1;
+    /// HTTP/2: each header block, from its HEADERS frame to END_HEADERS).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub request_headers_timeout: Duration,
     /// HTTP/2: concurrent streams a client may open.
@@ -73,6 +74,7 @@ fn service(
     handler: Arc<dyn StreamHandler>,
     conn: Arc<meshgate_core::network::ConnectionInfo>,
     protocol: &'static str,
+    activity: Option<Arc<super::idle::Activity>>,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = meshgate_core::stream::Response,
@@ -85,7 +87,15 @@ fn service(
         let req = Request::from_parts(parts, box_body(body));
         let info = StreamInfo::new(conn.clone(), protocol);
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req, info).await) }
+        // Active until the response body is dropped (sent or abandoned).
+        let active = activity.as_ref().map(|a| a.start());
+        async move {
+            let resp = handler.handle(req, info).await;
+            Ok::<_, Infallible>(match active {
+                Some(a) => a.track(resp),
+                None => resp,
+            })
+        }
     })
 }
 
@@ -153,8 +163,13 @@ impl ServerCodec for Http2Server {
             let (io, info, drain) = conn.into_prefixed();
             let listener = info.listener.clone();
             let retire = info.retire.clone();
-            let io = H2Guard::new(io, self.opts.flood.clone(), listener.to_string());
-            let svc = service(handler, Arc::new(info), "http2");
+            let io = H2Guard::new(io, self.opts.flood.clone(), listener.to_string())
+                .with_header_timeout(self.opts.request_headers_timeout);
+            let idle_timeout = handler.idle_timeout();
+            let activity = idle_timeout.map(|_| Arc::new(super::idle::Activity::new()));
+            let idle = super::idle::watch(activity.clone(), idle_timeout);
+            tokio::pin!(idle);
+            let svc = service(handler, Arc::new(info), "http2", activity);
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(self.opts.max_concurrent_streams)
@@ -180,6 +195,14 @@ impl ServerCodec for Http2Server {
                 _ = retire.cancelled() => {
                     // GOAWAY: streams in flight finish, new ones go to a
                     // new connection (and the new config).
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                _ = &mut idle => {
+                    // No active stream for the idle timeout: GOAWAY, then
+                    // close (a stream that raced the GOAWAY still ends).
+                    metrics::counter!("meshgate_http_downstream_cx_idle_timeout_total", "listener" => listener.to_string(), "codec" => "http2").increment(1);
+                    tracing::debug!(listener = %listener, "http2 connection idle: GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

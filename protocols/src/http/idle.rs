@@ -1,0 +1,116 @@
+//! The connection idle timeout of multiplexed downstream HTTP (HTTP/2):
+//! Envoy's `common_http_protocol_options.idle_timeout`, "the time at which
+//! a downstream connection is closed if there are no active streams". A
+//! stream is active from its request until its response body is dropped
+//! (sent or abandoned).
+
+use meshgate_core::stream::{Body, BodyError, Response, box_body};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Active streams of one connection and since when it has had none.
+pub(super) struct Activity {
+    active: AtomicU32,
+    /// Coarse-clock milliseconds when the last active stream ended (or the
+    /// connection began).
+    idle_since: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    meshgate_core::clock::coarse().as_millis() as u64
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Self {
+            active: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+        }
+    }
+
+    /// A stream begins; it stays active while the guard lives.
+    pub(super) fn start(self: &Arc<Self>) -> ActiveStream {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveStream(self.clone())
+    }
+
+    /// How long the connection has had no active stream (`None`: it has
+    /// one now).
+    fn idle_for(&self) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.idle_since.load(Ordering::Acquire);
+        Some(Duration::from_millis(now_ms().saturating_sub(since)))
+    }
+}
+
+/// One active stream; dropping it ends it.
+pub(super) struct ActiveStream(Arc<Activity>);
+
+impl ActiveStream {
+    /// Keeps the stream active until `resp`'s body is dropped.
+    pub(super) fn track(self, resp: Response) -> Response {
+        resp.map(|inner| {
+            box_body(Tracked {
+                inner,
+                _active: self,
+            })
+        })
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        // The clock is read before the count drops, so a watcher that sees
+        // zero never reads a stale start of the idle time.
+        self.0.idle_since.store(now_ms(), Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream active.
+struct Tracked {
+    inner: Body,
+    _active: ActiveStream,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Completes once the connection has had no active stream for `timeout`;
+/// never without one. Wakes at most once per `timeout` while streams are
+/// active.
+pub(super) async fn watch(activity: Option<Arc<Activity>>, timeout: Option<Duration>) {
+    let (Some(a), Some(timeout)) = (activity, timeout) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let wait = match a.idle_for() {
+            Some(d) if d >= timeout => return,
+            Some(d) => timeout - d,
+            None => timeout,
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
