@@ -345,16 +345,26 @@ impl ServerCodec for Http3Server {
             let activity = idle_timeout.map(|_| Arc::new(crate::http::idle::Activity::new()));
             let idle = crate::http::idle::watch(activity.clone(), idle_timeout);
             tokio::pin!(idle);
+            // After an idle GOAWAY: h3 ends `accept` only once the peer
+            // answers (its GOAWAY, a rejected stream, its close), so the
+            // connection is closed after a short grace for the GOAWAY to
+            // reach the peer.
+            let grace = tokio::time::sleep(std::time::Duration::MAX);
+            tokio::pin!(grace);
+            let mut idle_closing = false;
             loop {
                 let next = tokio::select! {
                     r = h3c.accept() => r,
                     _ = &mut idle, if !closing => {
                         closing = true;
+                        idle_closing = true;
                         metrics::counter!("meshgate_http_downstream_cx_idle_timeout_total", "listener" => listener.to_string(), "codec" => "http3").increment(1);
                         tracing::debug!(listener = %listener, "http3 connection idle: GOAWAY");
                         let _ = h3c.shutdown(0).await;
+                        grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                         continue;
                     }
+                    _ = &mut grace, if idle_closing => break,
                     _ = drain.cancelled(), if !closing => {
                         closing = true;
                         let _ = h3c.shutdown(0).await;
@@ -419,6 +429,10 @@ impl ServerCodec for Http3Server {
         })
     }
 }
+
+/// How long an idle connection lingers after its GOAWAY before it is
+/// closed.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 type ServerStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -870,7 +884,11 @@ mod tests {
         t.insert("content-length", http::HeaderValue::from_static("99"));
         t.insert("authorization", http::HeaderValue::from_static("x"));
         box_body(Frames(
-            vec![Frame::data(Bytes::from_static(b"hello")), Frame::trailers(t)].into(),
+            vec![
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(t),
+            ]
+            .into(),
         ))
     }
 
