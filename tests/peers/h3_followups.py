@@ -10,6 +10,8 @@ MODE:
            `reset code=0x..` (the server reset the stream) or `no reset`
            within 10 s, then `status=NNN` for a complete GET sent afterwards
            on the same connection.
+  slow     GETs /slow; prints `status=NNN`, `closed` (the connection
+           closed first) or `none` within 10 s.
   body     POSTs N bytes without content-length (N = 0: a GET); prints `status=NNN`,
            `reset code=0x..` or `none` within 10 s.
 """
@@ -126,6 +128,15 @@ async def main(mode: str, port: int, ca: str, n: int) -> None:
             p.transmit()
             if await until(lambda: sid2 in p.status):
                 print(f"status={p.status[sid2]}", flush=True)
+            else:
+                print("none", flush=True)
+        elif mode == "slow":
+            sid = p._quic.get_next_available_stream_id()
+            h = [(k, b"/slow" if k == b":path" else v) for k, v in get_headers()]
+            p.h3.send_headers(sid, h, end_stream=True)
+            p.transmit()
+            if await until(lambda: sid in p.status or p.closed is not None):
+                print(f"status={p.status[sid]}" if sid in p.status else "closed", flush=True)
             else:
                 print("none", flush=True)
         elif mode == "body":

@@ -4,6 +4,7 @@
 //! response has started (python h2, raw sockets), against a raw scripted
 //! upstream that records what reached it.
 
+use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::scripted::{Script, Scripted};
 use meshgate_tests::*;
 use std::io::{BufRead, Read, Write};
@@ -96,18 +97,6 @@ fn contains(h: &[u8], n: &[u8]) -> bool {
     h.windows(n.len()).any(|w| w == n)
 }
 
-/// Waits until `cond` holds on the upstream's first connection.
-fn wait_upstream(up: &Scripted, cond: impl Fn(&[u8]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if up.conns().first().is_some_and(|c| cond(&c.bytes)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("the upstream never saw the expected bytes");
-}
-
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 
 #[test]
@@ -134,6 +123,28 @@ fn http3_connection_without_streams_is_closed_after_the_idle_timeout() {
     // (and its connection is then closed as idle in turn).
     let r = h3_peer("body", port, 0);
     assert!(r.starts_with("status=200"), "{r}");
+}
+
+#[test]
+fn http3_connection_with_a_stream_in_flight_is_not_idle() {
+    // The backend answers `/slow` after 3 s, ten idle timeouts.
+    let slow = HttpBackend::start("slow", Proto::Http1);
+    let (mg, port) = start_h3(
+        "              common_http_protocol_options: {idle_timeout: 300ms}",
+        slow.addr,
+    );
+    let r = h3_peer("slow", port, 0);
+    assert!(r.starts_with("status=200"), "{r}");
+    assert_eq!(slow.hits(), 1);
+    // The idle timer never fired while the stream was active (the client
+    // closed the connection itself right after the response).
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_downstream_cx_idle_timeout_total",
+            &[("listener", "h3"), ("codec", "http3")],
+        ),
+        0.0
+    );
 }
 
 #[test]
