@@ -35,18 +35,28 @@ pub struct ServerOptions {
     /// larger ones are refused with H3_REQUEST_REJECTED... by h3 (431-like).
     #[serde(default = "default_max_field_section")]
     pub max_request_headers_bytes: u64,
+    /// A request stream's HEADERS frame must arrive complete within this of
+    /// the stream opening (as `request_headers_timeout` of HTTP/1.1 and
+    /// HTTP/2); past it the stream is reset with H3_REQUEST_INCOMPLETE.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub request_headers_timeout: std::time::Duration,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             max_request_headers_bytes: default_max_field_section(),
+            request_headers_timeout: default_header_timeout(),
         }
     }
 }
 
 fn default_max_field_section() -> u64 {
     64 * 1024
+}
+
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 impl CodecFactory for Http3Codec {
@@ -259,9 +269,12 @@ impl SendHalf for h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> 
 
 /// Copies a body into a request stream: DATA frames as they come (QUIC
 /// flow control is the back-pressure), then trailers or the end.
+/// `strip_trailers`: the direction (`request`) whose forbidden trailer
+/// fields are removed here; `None` when the caller already did.
 async fn pump_body<S: SendHalf>(
     mut body: meshgate_core::stream::Body,
     send: &mut S,
+    strip_trailers: Option<&'static str>,
 ) -> Result<(), String> {
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| e.to_string())?;
@@ -272,7 +285,10 @@ async fn pump_body<S: SendHalf>(
                 }
             }
             Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
+                if let Ok(mut t) = frame.into_trailers() {
+                    if let Some(direction) = strip_trailers {
+                        meshgate_core::body::strip_forbidden_trailers(&mut t, direction);
+                    }
                     return send.send_trailers(t).await.map_err(|e| e.to_string());
                 }
             }
@@ -323,9 +339,32 @@ impl ServerCodec for Http3Server {
             };
             let requests = TaskTracker::new();
             let mut closing = false;
+            // `common_http_protocol_options.idle_timeout`: no active stream
+            // for that long, GOAWAY, then close once in-flight ones end.
+            let idle_timeout = handler.idle_timeout();
+            let activity = idle_timeout.map(|_| Arc::new(crate::http::idle::Activity::new()));
+            let idle = crate::http::idle::watch(activity.clone(), idle_timeout);
+            tokio::pin!(idle);
+            // After an idle GOAWAY: h3 ends `accept` only once the peer
+            // answers (its GOAWAY, a rejected stream, its close), so the
+            // connection is closed after a short grace for the GOAWAY to
+            // reach the peer.
+            let grace = tokio::time::sleep(std::time::Duration::MAX);
+            tokio::pin!(grace);
+            let mut idle_closing = false;
             loop {
                 let next = tokio::select! {
                     r = h3c.accept() => r,
+                    _ = &mut idle, if !closing => {
+                        closing = true;
+                        idle_closing = true;
+                        metrics::counter!("meshgate_http_downstream_cx_idle_timeout_total", "listener" => listener.to_string(), "codec" => "http3").increment(1);
+                        tracing::debug!(listener = %listener, "http3 connection idle: GOAWAY");
+                        let _ = h3c.shutdown(0).await;
+                        grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                        continue;
+                    }
+                    _ = &mut grace, if idle_closing => break,
                     _ = drain.cancelled(), if !closing => {
                         closing = true;
                         let _ = h3c.shutdown(0).await;
@@ -344,8 +383,17 @@ impl ServerCodec for Http3Server {
                         let handler = handler.clone();
                         let info = info.clone();
                         let listener = listener.clone();
+                        // Active from the stream's opening until its
+                        // response is sent or abandoned.
+                        let active = activity.as_ref().map(|a| a.start());
+                        let header_timeout = self.opts.request_headers_timeout;
                         requests.spawn(async move {
-                            match resolver.resolve_request().await {
+                            let _active = active;
+                            let Some(head) = read_head(resolver, header_timeout, &listener).await
+                            else {
+                                return;
+                            };
+                            match head {
                                 Ok((req, stream)) => {
                                     serve_request(req, stream, handler, info).await
                                 }
@@ -379,6 +427,42 @@ impl ServerCodec for Http3Server {
             // H3_NO_ERROR, then give the close a moment to reach the peer.
             qconn.close(0x100u32.into(), b"");
         })
+    }
+}
+
+/// How long an idle connection lingers after its GOAWAY before it is
+/// closed.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type ServerStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Reads a request stream's HEADERS frame within `timeout` of the stream
+/// opening. `None`: it did not complete in time; the stream was reset with
+/// H3_REQUEST_INCOMPLETE (RFC 9114 4.1) and counted as `header_timeout`.
+async fn read_head(
+    mut resolver: Resolver,
+    timeout: std::time::Duration,
+    listener: &str,
+) -> Option<Result<(http::Request<()>, ServerStream), h3::error::StreamError>> {
+    // h3 0.0.8 offers no timeout of its own; its resolver's frame stream
+    // is reachable, so the first frame is read here and the stream reset
+    // with the proper code (dropping it would only send STOP_SENDING(0)).
+    let frame = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+    match tokio::time::timeout(timeout, frame).await {
+        Ok(frame) => Some(match resolver.accept_with_frame(frame) {
+            Ok(resolved) => resolved.resolve().await,
+            Err(e) => Err(e),
+        }),
+        Err(_) => {
+            use h3::quic::SendStream as _;
+            resolver
+                .frame_stream
+                .reset(h3::error::Code::H3_REQUEST_INCOMPLETE.value());
+            tracing::debug!(listener, "http3 request head not complete in time: reset");
+            count_error(listener, "header_timeout");
+            None
+        }
     }
 }
 
@@ -427,7 +511,8 @@ async fn serve_request(
         tracing::debug!(error = %e, "http3 response head not sent");
         return;
     }
-    if let Err(e) = pump_body(body, &mut send).await {
+    // Response trailers were stripped by the stream layer (`forward`).
+    if let Err(e) = pump_body(body, &mut send, None).await {
         tracing::debug!(error = %e, "http3 response body cut short");
         send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
     }
@@ -607,7 +692,9 @@ async fn try_send(
         .map_err(|e| dead(&e, &up.quic))?;
     let (mut tx, mut rx) = stream.split();
     tokio::spawn(async move {
-        if let Err(e) = pump_body(body, &mut tx).await {
+        // As toward HTTP/1.1 and HTTP/2 upstreams: no framing, routing or
+        // authentication fields in request trailers (RFC 9110 6.5.1).
+        if let Err(e) = pump_body(body, &mut tx, Some("request")).await {
             tracing::debug!(error = %e, "http3 upstream request body cut short");
             tx.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
         }
@@ -757,5 +844,83 @@ impl<B: http_body::Body + Unpin> http_body::Body for GuardedBody<B> {
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what `pump_body` sends.
+    #[derive(Default)]
+    struct Sent {
+        data: Vec<Bytes>,
+        trailers: Option<http::HeaderMap>,
+        finished: bool,
+    }
+
+    impl SendHalf for Sent {
+        async fn send_data(&mut self, b: Bytes) -> Result<(), h3::error::StreamError> {
+            self.data.push(b);
+            Ok(())
+        }
+        async fn send_trailers(
+            &mut self,
+            t: http::HeaderMap,
+        ) -> Result<(), h3::error::StreamError> {
+            self.trailers = Some(t);
+            Ok(())
+        }
+        async fn finish(&mut self) -> Result<(), h3::error::StreamError> {
+            self.finished = true;
+            Ok(())
+        }
+    }
+
+    fn body_with_trailers() -> meshgate_core::stream::Body {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        t.insert("host", http::HeaderValue::from_static("evil.example"));
+        t.insert("content-length", http::HeaderValue::from_static("99"));
+        t.insert("authorization", http::HeaderValue::from_static("x"));
+        box_body(Frames(
+            vec![
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(t),
+            ]
+            .into(),
+        ))
+    }
+
+    /// A body of ready frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn request_trailers_toward_an_http3_upstream_lose_forbidden_fields() {
+        let mut sent = Sent::default();
+        pump_body(body_with_trailers(), &mut sent, Some("request"))
+            .await
+            .unwrap();
+        assert_eq!(sent.data, vec![Bytes::from_static(b"hello")]);
+        let t = sent.trailers.unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t["x-checksum"], "abc");
+        // The downstream direction leaves them to the stream layer.
+        let mut sent = Sent::default();
+        pump_body(body_with_trailers(), &mut sent, None)
+            .await
+            .unwrap();
+        assert_eq!(sent.trailers.unwrap().len(), 4);
     }
 }

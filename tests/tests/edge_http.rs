@@ -298,6 +298,8 @@ fn http1_userinfo_in_host_or_target_is_refused() {
         ),
         2.0
     );
+    // Counted with the HTTP/2 and HTTP/3 refusals too.
+    assert_eq!(refused(&mg, "h1", "authority_userinfo"), 2.0);
 }
 
 #[test]

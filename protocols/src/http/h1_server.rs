@@ -645,6 +645,11 @@ impl Server {
                     };
                     tracing::debug!(conn = self.info.id, status = %e.status(), why, "refused request head");
                     count(&self.info.listener, e.reason());
+                    if matches!(e, HeadError::Userinfo) {
+                        // Every codec counts this refusal in one place
+                        // (HTTP/2 and HTTP/3 refuse it in the edge checks).
+                        metrics::counter!("meshgate_http_downstream_rq_refused_total", "listener" => self.info.listener.to_string(), "reason" => "authority_userinfo").increment(1);
+                    }
                     return self.refuse(e.status()).await;
                 }
             };

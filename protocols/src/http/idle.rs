@@ -1,4 +1,5 @@
-//! The connection idle timeout of multiplexed downstream HTTP (HTTP/2):
+//! The connection idle timeout of multiplexed downstream HTTP (HTTP/2 and
+//! HTTP/3):
 //! Envoy's `common_http_protocol_options.idle_timeout`, "the time at which
 //! a downstream connection is closed if there are no active streams". A
 //! stream is active from its request until its response body is dropped
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Active streams of one connection and since when it has had none.
-pub(super) struct Activity {
+pub(crate) struct Activity {
     active: AtomicU32,
     /// Coarse-clock milliseconds when the last active stream ended (or the
     /// connection began).
@@ -24,7 +25,7 @@ fn now_ms() -> u64 {
 }
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(now_ms()),
@@ -32,7 +33,7 @@ impl Activity {
     }
 
     /// A stream begins; it stays active while the guard lives.
-    pub(super) fn start(self: &Arc<Self>) -> ActiveStream {
+    pub(crate) fn start(self: &Arc<Self>) -> ActiveStream {
         self.active.fetch_add(1, Ordering::AcqRel);
         ActiveStream(self.clone())
     }
@@ -49,11 +50,11 @@ impl Activity {
 }
 
 /// One active stream; dropping it ends it.
-pub(super) struct ActiveStream(Arc<Activity>);
+pub(crate) struct ActiveStream(Arc<Activity>);
 
 impl ActiveStream {
     /// Keeps the stream active until `resp`'s body is dropped.
-    pub(super) fn track(self, resp: Response) -> Response {
+    pub(crate) fn track(self, resp: Response) -> Response {
         resp.map(|inner| {
             box_body(Tracked {
                 inner,
@@ -101,7 +102,7 @@ impl http_body::Body for Tracked {
 /// Completes once the connection has had no active stream for `timeout`;
 /// never without one. Wakes at most once per `timeout` while streams are
 /// active.
-pub(super) async fn watch(activity: Option<Arc<Activity>>, timeout: Option<Duration>) {
+pub(crate) async fn watch(activity: Option<Arc<Activity>>, timeout: Option<Duration>) {
     let (Some(a), Some(timeout)) = (activity, timeout) else {
         return std::future::pending().await;
     };

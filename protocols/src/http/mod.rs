@@ -8,7 +8,7 @@ mod h1_body;
 mod h1_server;
 mod h1_upstream;
 mod h2_guard;
-mod idle;
+pub(crate) mod idle;
 mod server;
 
 use meshgate_core::BuildError;
