@@ -39,7 +39,7 @@ pub type ResponseFuture<'a> = Pin<Box<dyn Future<Output = Response> + Send + 'a>
 pub trait StreamHandler: Send + Sync + 'static {
     fn handle(&self, req: Request, info: StreamInfo) -> ResponseFuture<'_>;
 
-    /// How long a multiplexed connection (HTTP/2) may have no active
+    /// How long a multiplexed connection (HTTP/2, HTTP/3) may have no active
     /// stream before it is closed with a GOAWAY: Envoy's
     /// `common_http_protocol_options.idle_timeout`. `None`: never.
     fn idle_timeout(&self) -> Option<std::time::Duration> {
