@@ -345,7 +345,11 @@ impl State {
                 listeners.push(old.clone());
             }
         }
-        for (n, c) in clusters.by_name.iter().filter(|(_, c)| c.warming || c.fetch_timed_out) {
+        for (n, c) in clusters
+            .by_name
+            .iter()
+            .filter(|(_, c)| c.warming || c.fetch_timed_out)
+        {
             let mut waiting_for = Vec::new();
             if c.fetch_timed_out || c.endpoints.is_none() && c.cluster.eds_name.is_some() {
                 let e = c.cluster.eds_name.as_deref().unwrap_or(n);

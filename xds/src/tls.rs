@@ -378,7 +378,11 @@ pub fn listener_sds_fetch_timeouts(
             (a, b) => a.or(b),
         };
     };
-    for fc in l.filter_chains.iter().chain(l.default_filter_chain.as_ref()) {
+    for fc in l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+    {
         let Some(ts) = fc.transport_socket.clone() else {
             continue;
         };
@@ -388,7 +392,9 @@ pub fn listener_sds_fetch_timeouts(
         let Some(c) = d.common_tls_context else {
             continue;
         };
-        c.tls_certificate_sds_secret_configs.iter().for_each(&mut note);
+        c.tls_certificate_sds_secret_configs
+            .iter()
+            .for_each(&mut note);
         use tlsv3::common_tls_context::ValidationContextType as V;
         if let Some(V::ValidationContextSdsSecretConfig(s)) = &c.validation_context_type {
             note(s);
