@@ -7,7 +7,10 @@
 //! duplicate names, a dynamic cluster clashing with a static one and a bad
 //! regex in RDS, each naming the resource of the NACKed type while the old
 //! config keeps serving; a new version with the same config ACKed and
-//! shown.
+//! shown; `initial_fetch_timeout` bounding EDS clusters (served empty),
+//! tcp_proxy and inline-route clusters CDS did not send (a stand-in after
+//! the CDS initial fetch) and flagging a TLS listener's SDS wait; the last
+//! NACK per type in `/config_dump`.
 
 use envoy_types::pb::envoy::config::listener::v3 as lds;
 use envoy_types::pb::envoy::config::route::v3 as rds;
@@ -859,4 +862,66 @@ fn config_dump_shows_the_last_nack_per_type_until_the_next_ack() {
         dump(&mg)["dynamic"].get("refused").is_none()
     });
     wait_for(port, "/", "backend=a");
+}
+
+/// `hcm_listener` with an inline route configuration (validating its
+/// clusters, Envoy's inline default) sending everything to `cluster`.
+fn inline_route_listener(name: &str, port: u16, cluster: &str) -> (String, Any) {
+    let (_, a) = hcm_listener(name, port, "unused");
+    let mut l = lds::Listener::decode(a.value.as_slice()).unwrap();
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(lds::filter::ConfigType::TypedConfig(tc)) = &mut f.config_type else {
+        unreachable!()
+    };
+    let mut h = hcm::HttpConnectionManager::decode(tc.value.as_slice()).unwrap();
+    let (_, rc) = route_config("inline", &[(cluster, 1)]);
+    let rc = rds::RouteConfiguration::decode(rc.value.as_slice()).unwrap();
+    h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+        rc,
+    ));
+    *tc = any(HCM, &h);
+    (name.into(), any(LISTENER, &l))
+}
+
+/// A listener whose inline route names a cluster CDS did not send warms
+/// at most the CDS initial fetch (1 s), then answers 503 (a stand-in with
+/// no endpoints) until CDS sends it.
+#[test]
+fn an_inline_route_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(
+        LISTENER,
+        "l1",
+        vec![inline_route_listener("web", port, "later")],
+    );
+    let started = Instant::now();
+    let mg = Meshgate::start(&bootstrap_cds_timeout(mgmt.addr.port()));
+    wait_until("the listener served", || !refused(port));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut conn = connect(port);
+    let (status, body) = exchange(&mut conn, "/");
+    assert_eq!(status, 503, "{body}");
+    let d = dump(&mg);
+    let w = warming_entry(&d, "Cluster 'later'").unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(w["initial_fetch_timeout_over"], true, "{d}");
+
+    let ack = reply_to(
+        &mgmt,
+        CLUSTER,
+        "c2",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("later", b.addr),
+        ],
+    );
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    wait_until("the route reaches the cluster", || {
+        let (status, body) = exchange(&mut conn, "/");
+        status == 200 && body.contains("backend=b")
+    });
+    assert!(dump(&mg)["dynamic"].get("warming").is_none());
 }

@@ -4,8 +4,12 @@
 //! and handed to the server as one dynamic config; the server's verdict
 //! decides the ACK or the NACK. Subscriptions follow the resources in use
 //! (RDS names from listeners, EDS names from clusters), EDS clusters and
-//! RDS listeners warm (they are served only once their endpoints and
-//! routes are known), and a broken stream is re-opened with jittered
+//! RDS listeners warm (they are served once their endpoints and routes are
+//! known, or with what they have once their `initial_fetch_timeout` is
+//! over: an EDS cluster with no endpoints, a cluster a listener's tcp_proxy
+//! needs as a stand-in with none; a TLS listener waits for its SDS secret
+//! without bound), the last NACK per type shows in `/config_dump`
+//! (`Refusals`), and a broken stream is re-opened with jittered
 //! back-off while the last good config keeps serving. Resources are shared
 //! (`Arc`) from the accepted state to the served config, and only what a
 //! response changed is composed again: a route update costs the route, not
