@@ -774,6 +774,13 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
     let w = warming_entry(&d, "Cluster 'later'").unwrap_or_else(|| panic!("{d}"));
     assert_eq!(w["initial_fetch_timeout_over"], true, "{d}");
     assert!(warming_entry(&d, "Listener 'tcp'").is_none(), "{d}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_xds_initial_fetch_timeout_total",
+            &[("type", "cds")]
+        ),
+        1.0
+    );
 
     // A connection is closed without a byte and counted.
     let unavailable = || {

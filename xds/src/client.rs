@@ -388,6 +388,11 @@ impl State {
             }
         }
         for c in &stand_ins {
+            if !served.clusters.iter().any(|x| x.name == *c) {
+                tracing::warn!(cluster = %c, "initial_fetch_timeout over: a cluster CDS did not send is served as a stand-in with no endpoints until it comes");
+                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "cds")
+                    .increment(1);
+            }
             warming.push(Warming {
                 resource: format!("Cluster '{c}'"),
                 waiting_for: vec![format!("Cluster '{c}'")],
