@@ -8,7 +8,8 @@
 use crate::config::{Config, ConfigSource};
 use crate::error::ConfigError;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// Version and source of the dynamic part of a live snapshot.
@@ -21,6 +22,50 @@ pub struct DynamicInfo {
     /// Resources the source has but does not serve yet (warming).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warming: Vec<Warming>,
+    /// The last refused update per resource type, while refused.
+    #[serde(skip_serializing_if = "Refusals::is_empty")]
+    pub refused: Refusals,
+}
+
+/// The last refused (NACKed) update per resource type (e.g. `cds`), until
+/// that type's next accepted update. Shared between the source and every
+/// `DynamicInfo` it sent and read when `/config_dump` is serialized: a
+/// refusal changes no snapshot, yet shows at once.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<BTreeMap<String, Refusal>>>);
+
+/// One refused update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The refused version (`version_info`).
+    pub version: String,
+    /// Why: the NACK's detail, naming the resource at fault.
+    pub error: String,
+}
+
+impl Refusals {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Refusal>> {
+        // Only plain inserts happen under the lock: a poisoned map is whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn set(&self, kind: &str, r: Refusal) {
+        self.map().insert(kind.to_string(), r);
+    }
+    pub fn clear(&self, kind: &str) {
+        self.map().remove(kind);
+    }
+    pub fn get(&self, kind: &str) -> Option<Refusal> {
+        self.map().get(kind).cloned()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+}
+
+impl Serialize for Refusals {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map().serialize(s)
+    }
 }
 
 /// A resource that warms: e.g. a listener waiting for its route
@@ -33,6 +78,11 @@ pub struct Warming {
     pub waiting_for: Vec<String>,
     /// Whether its previous version serves meanwhile.
     pub previous_serves: bool,
+    /// Its `initial_fetch_timeout` is over: a cluster or listener is then
+    /// served with what it has (a cluster CDS did not send as a stand-in
+    /// with no endpoints); a listener missing an SDS secret still warms.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub initial_fetch_timeout_over: bool,
 }
 
 /// A new dynamic config: the complete set of dynamic listeners and clusters

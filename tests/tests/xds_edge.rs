@@ -7,7 +7,10 @@
 //! duplicate names, a dynamic cluster clashing with a static one and a bad
 //! regex in RDS, each naming the resource of the NACKed type while the old
 //! config keeps serving; a new version with the same config ACKed and
-//! shown.
+//! shown; `initial_fetch_timeout` bounding EDS clusters (served empty),
+//! tcp_proxy and inline-route clusters CDS did not send (a stand-in after
+//! the CDS initial fetch) and flagging a TLS listener's SDS wait; the last
+//! NACK per type in `/config_dump`.
 
 use envoy_types::pb::envoy::config::listener::v3 as lds;
 use envoy_types::pb::envoy::config::route::v3 as rds;
@@ -556,4 +559,376 @@ clusters:
         ),
         1.0
     );
+}
+
+// ------------------------------------------- initial_fetch_timeout (F1)
+
+fn one_second() -> Option<PbDuration> {
+    Some(PbDuration {
+        seconds: 1,
+        nanos: 0,
+    })
+}
+
+/// The `dynamic.warming` entry of `resource`, if any.
+fn warming_entry(d: &serde_json::Value, resource: &str) -> Option<serde_json::Value> {
+    d["dynamic"]["warming"]
+        .as_array()?
+        .iter()
+        .find(|w| w["resource"] == resource)
+        .cloned()
+}
+
+/// An EDS cluster whose ClusterLoadAssignment never comes stops blocking
+/// after its `eds_config.initial_fetch_timeout` (1 s): served with no
+/// endpoints (503 no_healthy_upstream), shown in `/config_dump`, counted;
+/// the endpoints, when they come, serve.
+#[test]
+fn an_eds_cluster_whose_endpoints_never_come_is_served_empty_after_its_initial_fetch_timeout() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    let mut c = eds_cluster_msg("svc-e");
+    let ec = c.eds_cluster_config.as_mut().unwrap();
+    ec.eds_config.as_mut().unwrap().initial_fetch_timeout = one_second();
+    mgmt.set(CLUSTER, "c1", vec![("svc-e".into(), any(CLUSTER, &c))]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-e", 1)])]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
+    // EDS is withheld: the server never answers the subscription.
+    let started = Instant::now();
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+
+    // Warming first: the cluster waits for its assignment, the listener
+    // for the cluster, the port is not served.
+    wait_until("the EDS cluster and the listener shown warming", || {
+        let d = dump(&mg);
+        let cluster = warming_entry(&d, "Cluster 'svc-e'").is_some_and(|w| {
+            w["waiting_for"] == serde_json::json!(["ClusterLoadAssignment 'svc-e'"])
+                && w.get("initial_fetch_timeout_over").is_none()
+        });
+        let listener = warming_entry(&d, "Listener 'web'")
+            .is_some_and(|w| w["waiting_for"] == serde_json::json!(["Cluster 'svc-e'"]));
+        cluster && listener
+    });
+    if started.elapsed() < Duration::from_millis(800) {
+        assert!(refused(port), "served before the timeout");
+    }
+
+    // After 1 s: served with no endpoints.
+    wait_until("the listener served", || !refused(port));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "served after {:?}, before the 1 s timeout",
+        started.elapsed()
+    );
+    let mut conn = connect(port);
+    let (status, body) = exchange(&mut conn, "/");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no healthy upstream"), "{body}");
+    assert!(
+        mg.metric(
+            "meshgate_http_local_reply_total",
+            &[("reason", "no_healthy_upstream")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_xds_initial_fetch_timeout_total",
+            &[("type", "eds")]
+        ),
+        1.0
+    );
+    let d = dump(&mg);
+    let w = warming_entry(&d, "Cluster 'svc-e'").unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(w["initial_fetch_timeout_over"], true, "{d}");
+    assert!(warming_entry(&d, "Listener 'web'").is_none(), "{d}");
+    let clusters: Vec<&str> = d["config"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(clusters.contains(&"svc-e"), "{d}");
+
+    // The assignment comes: served, on the same connection.
+    mgmt.set(ENDPOINT, "e1", vec![cla("svc-e", &[(a.addr, 1, 0)])]);
+    wait_until("the endpoints serve", || {
+        let (status, body) = exchange(&mut conn, "/");
+        status == 200 && body.contains("backend=a")
+    });
+    wait_until("no more warming", || {
+        dump(&mg)["dynamic"].get("warming").is_none()
+    });
+}
+
+/// `tls_hcm_listener` whose secret's `sds_config.initial_fetch_timeout` is 1 s.
+fn tls_listener_with_sds_timeout(name: &str, port: u16, rds: &str, secret: &str) -> (String, Any) {
+    use envoy_types::pb::envoy::config::core::v3 as core3;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+    let (_, a) = tls_hcm_listener(name, port, rds, secret);
+    let mut l = lds::Listener::decode(a.value.as_slice()).unwrap();
+    let ts = l.filter_chains[0].transport_socket.as_mut().unwrap();
+    let Some(core3::transport_socket::ConfigType::TypedConfig(tc)) = &mut ts.config_type else {
+        unreachable!()
+    };
+    let mut ctx = tlsv3::DownstreamTlsContext::decode(tc.value.as_slice()).unwrap();
+    let c = ctx.common_tls_context.as_mut().unwrap();
+    c.tls_certificate_sds_secret_configs[0]
+        .sds_config
+        .as_mut()
+        .unwrap()
+        .initial_fetch_timeout = one_second();
+    *tc = any(&tc.type_url.clone(), &ctx);
+    (name.into(), any(LISTENER, &l))
+}
+
+fn curl_https(port: u16) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "3"])
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TLS listener whose SDS certificate does not come within its
+/// `initial_fetch_timeout` (1 s) keeps warming (meshgate's choice: Envoy
+/// would serve it and fail every handshake), shown in `/config_dump` as
+/// past its initial fetch; it serves once the secret comes.
+#[test]
+fn a_listener_waiting_for_its_sds_secret_past_the_timeout_warms_on_visibly() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
+    mgmt.set(
+        LISTENER,
+        "l1",
+        vec![tls_listener_with_sds_timeout("web", port, "r", "cert")],
+    );
+    let started = Instant::now();
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_until("the SDS wait shown past its initial fetch", || {
+        warming_entry(&dump(&mg), "Listener 'web'")
+            .is_some_and(|w| w["initial_fetch_timeout_over"] == true)
+    });
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let d = dump(&mg);
+    let w = warming_entry(&d, "Listener 'web'").unwrap();
+    assert_eq!(
+        w["waiting_for"],
+        serde_json::json!(["Secret 'cert'"]),
+        "{d}"
+    );
+    assert!(refused(port), "served without its certificate: {d}");
+
+    let certs = workspace().join("examples/certs");
+    let pem = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap();
+    mgmt.set(
+        SECRET,
+        "s1",
+        vec![cert_secret("cert", &pem("server.pem"), &pem("server.key"))],
+    );
+    wait_until("the TLS listener serving", || {
+        curl_https(port).is_some_and(|b| b.contains("backend=a"))
+    });
+    assert!(dump(&mg)["dynamic"].get("warming").is_none());
+}
+
+/// `bootstrap` with `cds_config.initial_fetch_timeout: 1s`.
+fn bootstrap_cds_timeout(xds_port: u16) -> String {
+    let b = bootstrap(xds_port);
+    let anchor = "    retry_max_interval: 500ms\n";
+    assert!(b.contains(anchor));
+    b.replace(
+        anchor,
+        &format!("{anchor}  cds_config:\n    initial_fetch_timeout: 1s\n"),
+    )
+}
+
+/// A tcp_proxy listener to a cluster CDS did not send warms at most the
+/// CDS initial fetch (1 s); then it is served, each connection closed at
+/// once and counted, until CDS sends the cluster, which new connections
+/// then reach.
+#[test]
+fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let tport = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(LISTENER, "l1", vec![tcp_listener("tcp", tport, "later")]);
+    let started = Instant::now();
+    let mg = Meshgate::start(&bootstrap_cds_timeout(mgmt.addr.port()));
+
+    wait_until("the listener served", || !refused(tport));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "served after {:?}, before the CDS initial fetch",
+        started.elapsed()
+    );
+    let d = dump(&mg);
+    let w = warming_entry(&d, "Cluster 'later'").unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(w["initial_fetch_timeout_over"], true, "{d}");
+    assert!(warming_entry(&d, "Listener 'tcp'").is_none(), "{d}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_xds_initial_fetch_timeout_total",
+            &[("type", "cds")]
+        ),
+        1.0
+    );
+
+    // A connection is closed without a byte and counted.
+    let unavailable = || {
+        mg.metric(
+            "meshgate_tcp_proxy_upstream_unavailable_total",
+            &[("listener", "tcp")],
+        )
+    };
+    let before = unavailable();
+    let mut s = TcpStream::connect(("127.0.0.1", tport)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    wait_until("the refused connection counted", || {
+        unavailable() >= before + 1.0
+    });
+
+    // CDS sends it: new connections reach it.
+    let ack = reply_to(
+        &mgmt,
+        CLUSTER,
+        "c2",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("later", b.addr),
+        ],
+    );
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    wait_until("tcp_proxy reaches the cluster", || {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", tport)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut out);
+        out.contains("backend=b")
+    });
+    assert!(dump(&mg)["dynamic"].get("warming").is_none());
+}
+
+/// `/config_dump` shows the last refused update per type with its error
+/// until that type's next accepted update.
+#[test]
+fn config_dump_shows_the_last_nack_per_type_until_the_next_ack() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/", "backend=a");
+    assert!(dump(&mg)["dynamic"].get("refused").is_none());
+
+    let nack = reply_to(
+        &mgmt,
+        CLUSTER,
+        "c2",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("svc-a", a.addr),
+        ],
+    );
+    assert_nack(&nack, "c1", &["Cluster 'svc-a'", "twice"]);
+    let d = dump(&mg);
+    let r = &d["dynamic"]["refused"]["cds"];
+    assert_eq!(r["version"], "c2", "{d}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Cluster 'svc-a'") && e.contains("twice")),
+        "{d}"
+    );
+    // The served config is the previous one.
+    assert!(
+        d["dynamic"]["version"].as_str().unwrap().contains("cds=c1"),
+        "{d}"
+    );
+
+    let ack = reply_to(&mgmt, CLUSTER, "c3", vec![static_cluster("svc-a", a.addr)]);
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    wait_until("the refusal cleared", || {
+        dump(&mg)["dynamic"].get("refused").is_none()
+    });
+    wait_for(port, "/", "backend=a");
+}
+
+/// `hcm_listener` with an inline route configuration (validating its
+/// clusters, Envoy's inline default) sending everything to `cluster`.
+fn inline_route_listener(name: &str, port: u16, cluster: &str) -> (String, Any) {
+    let (_, a) = hcm_listener(name, port, "unused");
+    let mut l = lds::Listener::decode(a.value.as_slice()).unwrap();
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(lds::filter::ConfigType::TypedConfig(tc)) = &mut f.config_type else {
+        unreachable!()
+    };
+    let mut h = hcm::HttpConnectionManager::decode(tc.value.as_slice()).unwrap();
+    let (_, rc) = route_config("inline", &[(cluster, 1)]);
+    let rc = rds::RouteConfiguration::decode(rc.value.as_slice()).unwrap();
+    h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+        rc,
+    ));
+    *tc = any(HCM, &h);
+    (name.into(), any(LISTENER, &l))
+}
+
+/// A listener whose inline route names a cluster CDS did not send warms
+/// at most the CDS initial fetch (1 s), then answers 503 (a stand-in with
+/// no endpoints) until CDS sends it.
+#[test]
+fn an_inline_route_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(free_port());
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
+    mgmt.set(
+        LISTENER,
+        "l1",
+        vec![inline_route_listener("web", port, "later")],
+    );
+    let started = Instant::now();
+    let mg = Meshgate::start(&bootstrap_cds_timeout(mgmt.addr.port()));
+    wait_until("the listener served", || !refused(port));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let mut conn = connect(port);
+    let (status, body) = exchange(&mut conn, "/");
+    assert_eq!(status, 503, "{body}");
+    let d = dump(&mg);
+    let w = warming_entry(&d, "Cluster 'later'").unwrap_or_else(|| panic!("{d}"));
+    assert_eq!(w["initial_fetch_timeout_over"], true, "{d}");
+
+    let ack = reply_to(
+        &mgmt,
+        CLUSTER,
+        "c2",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("later", b.addr),
+        ],
+    );
+    assert!(ack.error_detail.is_none(), "{ack:?}");
+    wait_until("the route reaches the cluster", || {
+        let (status, body) = exchange(&mut conn, "/");
+        status == 200 && body.contains("backend=b")
+    });
+    assert!(dump(&mg)["dynamic"].get("warming").is_none());
 }

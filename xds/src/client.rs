@@ -4,8 +4,12 @@
 //! and handed to the server as one dynamic config; the server's verdict
 //! decides the ACK or the NACK. Subscriptions follow the resources in use
 //! (RDS names from listeners, EDS names from clusters), EDS clusters and
-//! RDS listeners warm (they are served only once their endpoints and
-//! routes are known), and a broken stream is re-opened with jittered
+//! RDS listeners warm (they are served once their endpoints and routes are
+//! known, or with what they have once their `initial_fetch_timeout` is
+//! over: an EDS cluster with no endpoints, a cluster a listener's tcp_proxy
+//! needs as a stand-in with none; a TLS listener waits for its SDS secret
+//! without bound), the last NACK per type shows in `/config_dump`
+//! (`Refusals`), and a broken stream is re-opened with jittered
 //! back-off while the last good config keeps serving. Resources are shared
 //! (`Arc`) from the accepted state to the served config, and only what a
 //! response changed is composed again: a route update costs the route, not
@@ -26,7 +30,9 @@ use meshgate_core::config::{
     AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
     UpstreamTlsConfig,
 };
-use meshgate_core::dynamic::{DynamicInfo, DynamicSender, DynamicUpdate, Warming};
+use meshgate_core::dynamic::{
+    DynamicInfo, DynamicSender, DynamicUpdate, Refusal, Refusals, Warming,
+};
 use meshgate_core::router::RouteConfig;
 use meshgate_core::tls::UpstreamTls;
 use rand::Rng;
@@ -52,6 +58,9 @@ pub struct Bootstrap {
     pub static_clusters: BTreeSet<String>,
     /// TLS to the ADS server: the ADS cluster's `tls`, file paths resolved.
     pub tls: Option<UpstreamTlsConfig>,
+    /// How long a listener warms for a cluster its tcp_proxy or validating
+    /// routes name (`cds_config.initial_fetch_timeout`; `None`: no bound).
+    pub cds_fetch_timeout: Option<Duration>,
 }
 
 impl Bootstrap {
@@ -67,6 +76,9 @@ impl Bootstrap {
             servers: cl.endpoints.iter().map(|e| e.address.clone()).collect(),
             connect_timeout: cl.connect_timeout,
             static_clusters: c.clusters.iter().map(|x| x.name.clone()).collect(),
+            cds_fetch_timeout: translate::fetch_bound(
+                d.cds_config.as_ref().and_then(|c| c.initial_fetch_timeout),
+            ),
             tls: cl.tls.as_ref().map(|t| {
                 let mut t = t.resolved(source);
                 // gRPC is HTTP/2: say so in ALPN unless told otherwise.
@@ -106,6 +118,13 @@ struct State {
     /// When each listener's current version arrived: its warming is
     /// bounded from then by its `initial_fetch_timeout`.
     since: Arc<BTreeMap<String, Instant>>,
+    /// When each cluster's current version arrived: an EDS cluster's wait
+    /// for its endpoints is bounded from then by its `eds_config`'s
+    /// `initial_fetch_timeout`.
+    cluster_since: Arc<BTreeMap<String, Instant>>,
+    /// Bound of a listener's wait for a cluster it cannot serve without
+    /// (`Bootstrap::cds_fetch_timeout`; `None`: no bound).
+    cds_fetch_timeout: Option<Duration>,
 }
 
 /// The dynamic clusters as composed from CDS, EDS and SDS, and the maps
@@ -120,6 +139,8 @@ struct ComposedClusters {
         Shared<Secret>,
     ),
     by_name: BTreeMap<String, ComposedCluster>,
+    /// When the first warming EDS cluster's `initial_fetch_timeout` ends.
+    deadline: Option<Instant>,
     /// The EDS and SDS names the clusters use.
     eds: BTreeSet<String>,
     sds: BTreeSet<String>,
@@ -137,6 +158,9 @@ struct ComposedCluster {
     /// (waits for its endpoints or secrets) the served one, if any.
     serve: Option<Arc<ClusterConfig>>,
     warming: bool,
+    /// Served with no endpoints: its first ClusterLoadAssignment did not
+    /// come within its `initial_fetch_timeout`.
+    fetch_timed_out: bool,
 }
 
 /// A listener as translated, and the resources it was translated from.
@@ -157,6 +181,8 @@ struct TranslatedListener {
     required: BTreeSet<String>,
     /// Bound of its warming (`None`: none).
     initial_fetch_timeout: Option<Duration>,
+    /// Bound of its wait for each SDS secret (`None`: none).
+    sds_fetch: BTreeMap<String, Option<Duration>>,
 }
 
 /// What composing the accepted resources gives.
@@ -221,7 +247,7 @@ impl State {
         served: &Config,
         now: Instant,
     ) -> Result<Composed, String> {
-        self.compose_clusters(served)?;
+        self.compose_clusters(served, now)?;
         self.translate_listeners()?;
         let clusters = self.composed.clone();
         let known = |n: &str| {
@@ -231,53 +257,85 @@ impl State {
         let mut rds = BTreeSet::new();
         let mut sds = clusters.sds.clone();
         let mut warming = Vec::new();
-        let mut deadline: Option<Instant> = None;
+        let mut deadline: Option<Instant> = clusters.deadline;
+        // Clusters a served listener cannot do without that CDS did not
+        // send within its initial fetch: served as stand-ins (no
+        // endpoints) until CDS sends them, as Envoy serves such a listener.
+        let mut stand_ins = BTreeSet::new();
         // Before the first CDS response every cluster may still come.
         let cds_known = self.versions.contains_key(CLUSTER);
         for (name, t) in self.translated.iter() {
             rds.extend(t.rds_names.iter().cloned());
             sds.extend(t.sds_names.iter().cloned());
+            let since = self.since.get(name).copied().unwrap_or(now);
+            // Whether a wait bounded by `b` is over; else when it ends.
+            let mut next: Option<Instant> = None;
+            let mut over = |b: Option<Duration>| match b.map(|d| since + d) {
+                Some(e) if now >= e => true,
+                Some(e) => {
+                    next = Some(next.map_or(e, |n: Instant| n.min(e)));
+                    false
+                }
+                None => false,
+            };
             let mut waiting = Vec::new();
+            // Something it waits for whose initial fetch is not over.
+            let mut blocked = false;
+            let mut timed_out = false;
             for n in t.rds_names.iter().filter(|n| !self.routes.contains_key(*n)) {
                 waiting.push(format!("RouteConfiguration '{n}'"));
+                blocked |= !over(t.initial_fetch_timeout);
             }
-            // A TLS listener cannot serve without its certificate, nor a
-            // tcp_proxy or validating route without its cluster: those
-            // warm until they arrive.
-            let mut must_wait = false;
+            // A TLS listener cannot serve without its certificate. Envoy
+            // would serve it past the secret's initial_fetch_timeout and
+            // fail every handshake; meshgate keeps it warming instead
+            // (nothing is accepted that cannot be served) and shows the
+            // timeout in `/config_dump` (`initial_fetch_timeout_over`).
             for n in t
                 .sds_names
                 .iter()
                 .filter(|n| !self.secrets.contains_key(*n))
             {
                 waiting.push(format!("Secret '{n}'"));
-                must_wait = true;
+                blocked = true;
+                if over(t.sds_fetch.get(n).copied().flatten()) {
+                    timed_out = true;
+                }
             }
+            let mut needs = Vec::new();
             for c in t.clusters.iter().filter(|c| !known(c)) {
                 if t.required.contains(c) {
-                    must_wait = true;
+                    // tcp_proxy or a validating route: a stand-in past the
+                    // CDS initial fetch.
+                    if over(self.cds_fetch_timeout) {
+                        needs.push(c.clone());
+                    } else {
+                        blocked = true;
+                    }
                 } else if cds_known && !clusters.by_name.contains_key(c) {
                     // Not in CDS: its routes answer "cluster not found"
                     // until it arrives, the rest of the listener serves.
                     continue;
+                } else {
+                    // In CDS and warming (endpoints, secrets), or CDS has
+                    // not answered yet: worth the initial fetch's wait.
+                    blocked |= !over(t.initial_fetch_timeout);
                 }
-                // Else it is in CDS and warms (endpoints, secrets), or CDS
-                // has not answered yet: worth the initial fetch's wait.
                 waiting.push(format!("Cluster '{c}'"));
             }
-            let ends = t
-                .initial_fetch_timeout
-                .map(|d| self.since.get(name).copied().unwrap_or(now) + d);
-            let expired = ends.is_some_and(|e| now >= e);
-            if waiting.is_empty() || (expired && !must_wait) {
+            if let Some(e) = next {
+                deadline = Some(deadline.map_or(e, |d| d.min(e)));
+            }
+            if !blocked {
                 if !waiting.is_empty() {
-                    tracing::warn!(listener = %name, waiting_for = ?waiting, "initial_fetch_timeout over: listener served without them (missing routes: 404, missing clusters: cluster not found)");
+                    tracing::warn!(listener = %name, waiting_for = ?waiting, "initial_fetch_timeout over: listener served without them (missing routes: 404, missing clusters: cluster not found, tcp_proxy clusters: a stand-in with no endpoints)");
                 }
+                stand_ins.extend(needs);
                 listeners.push(t.config.clone());
                 continue;
             }
-            if !must_wait && let Some(e) = ends {
-                deadline = Some(deadline.map_or(e, |d| d.min(e)));
+            if timed_out {
+                tracing::warn!(listener = %name, waiting_for = ?waiting, "initial_fetch_timeout over for an SDS secret: the listener warms on until it comes");
             }
             // The served version goes on meanwhile.
             let old = served.listeners.iter().find(|l| l.name == *name);
@@ -285,10 +343,33 @@ impl State {
                 resource: format!("Listener '{name}'"),
                 waiting_for: waiting,
                 previous_serves: old.is_some(),
+                initial_fetch_timeout_over: timed_out,
             });
             if let Some(old) = old {
                 listeners.push(old.clone());
             }
+        }
+        for (n, c) in clusters
+            .by_name
+            .iter()
+            .filter(|(_, c)| c.warming || c.fetch_timed_out)
+        {
+            let mut waiting_for = Vec::new();
+            if c.fetch_timed_out || c.endpoints.is_none() && c.cluster.eds_name.is_some() {
+                let e = c.cluster.eds_name.as_deref().unwrap_or(n);
+                waiting_for.push(format!("ClusterLoadAssignment '{e}'"));
+            }
+            for (sn, sv) in c.cluster.sds_names.iter().zip(&c.secrets) {
+                if sv.is_none() {
+                    waiting_for.push(format!("Secret '{sn}'"));
+                }
+            }
+            warming.push(Warming {
+                resource: format!("Cluster '{n}'"),
+                waiting_for,
+                previous_serves: c.warming && c.serve.is_some(),
+                initial_fetch_timeout_over: c.fetch_timed_out,
+            });
         }
         // A cluster removed from CDS while a served listener still routes
         // to it stays until no listener uses it (its routes would
@@ -297,6 +378,7 @@ impl State {
         for l in &listeners {
             for c in translate::clusters_of(l) {
                 if !known(&c)
+                    && !stand_ins.contains(&c)
                     && !kept.contains_key(&c)
                     && let Some(old) = served.clusters.iter().find(|x| x.name == c)
                 {
@@ -304,6 +386,23 @@ impl State {
                     kept.insert(c, old.clone());
                 }
             }
+        }
+        for c in &stand_ins {
+            if !served.clusters.iter().any(|x| x.name == *c) {
+                tracing::warn!(cluster = %c, "initial_fetch_timeout over: a cluster CDS did not send is served as a stand-in with no endpoints until it comes");
+                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "cds")
+                    .increment(1);
+            }
+            warming.push(Warming {
+                resource: format!("Cluster '{c}'"),
+                waiting_for: vec![format!("Cluster '{c}'")],
+                previous_serves: false,
+                initial_fetch_timeout_over: true,
+            });
+            let stand_in: ClusterConfig =
+                serde_json::from_value(serde_json::json!({"name": c, "endpoints": []}))
+                    .map_err(|e| format!("Cluster '{c}': stand-in: {e}"))?;
+            kept.insert(c.clone(), Arc::new(stand_in));
         }
         let mut cluster_configs: Vec<Arc<ClusterConfig>> = clusters
             .by_name
@@ -330,11 +429,12 @@ impl State {
 
     /// Composes the clusters again if CDS, EDS or SDS changed since the
     /// last time, reusing each whose resources are the same.
-    fn compose_clusters(&mut self, served: &Config) -> Result<(), String> {
+    fn compose_clusters(&mut self, served: &Config, now: Instant) -> Result<(), String> {
         let (clusters, endpoints, secrets) = &self.composed.from;
         if Arc::ptr_eq(clusters, &self.clusters)
             && Arc::ptr_eq(endpoints, &self.endpoints)
             && Arc::ptr_eq(secrets, &self.secrets)
+            && self.composed.deadline.is_none_or(|d| now < d)
         {
             return Ok(());
         }
@@ -358,8 +458,23 @@ impl State {
             }
             let endpoints = c.eds_name.as_ref().and_then(|e| self.endpoints.get(e));
             let secrets: Vec<_> = c.sds_names.iter().map(|n| self.secrets.get(n)).collect();
+            // Envoy: an EDS cluster whose first ClusterLoadAssignment does
+            // not come within its initial_fetch_timeout stops blocking and
+            // is served with no endpoints (503 no_healthy_upstream) until
+            // it comes.
+            let fetch_ends = match (&c.eds_name, endpoints, c.eds_fetch_timeout) {
+                (Some(_), None, Some(d)) => {
+                    Some(self.cluster_since.get(name).copied().unwrap_or(now) + d)
+                }
+                _ => None,
+            };
+            let timed_out = fetch_ends.is_some_and(|e| now >= e);
+            if let Some(e) = fetch_ends.filter(|e| now < *e) {
+                out.deadline = Some(out.deadline.map_or(e, |d| d.min(e)));
+            }
             let previous = self.composed.by_name.get(name).filter(|p| {
-                same_resource(Some(&p.cluster), Some(c))
+                p.fetch_timed_out == timed_out
+                    && same_resource(Some(&p.cluster), Some(c))
                     && same_resource(p.endpoints.as_ref(), endpoints)
                     && p.secrets.len() == secrets.len()
                     && p.secrets
@@ -376,10 +491,19 @@ impl State {
                     let tls = c.with_tls(&lookup).map_err(|e| e.to_string())?;
                     let ready = match (tls, &c.eds_name) {
                         (Some(cfg), None) => Some(cfg),
-                        (Some(mut cfg), Some(_)) => endpoints.map(|eps| {
-                            cfg.endpoints = eps.to_vec();
-                            cfg
-                        }),
+                        (Some(mut cfg), Some(_)) => match endpoints {
+                            Some(eps) => {
+                                cfg.endpoints = eps.to_vec();
+                                Some(cfg)
+                            }
+                            None if timed_out => {
+                                tracing::warn!(cluster = %name, "initial_fetch_timeout over: EDS cluster served with no endpoints until its ClusterLoadAssignment comes");
+                                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "eds").increment(1);
+                                cfg.endpoints = Vec::new();
+                                Some(cfg)
+                            }
+                            None => None,
+                        },
                         (None, _) => None,
                     };
                     match ready {
@@ -394,6 +518,7 @@ impl State {
                 secrets: secrets.iter().map(|s| s.cloned()).collect(),
                 serve,
                 warming,
+                fetch_timed_out: timed_out,
             };
             out.by_name.insert(name.clone(), composed);
         }
@@ -439,6 +564,7 @@ impl State {
                         clusters: translate::clusters_of(&l.config),
                         required: translate::required_clusters_of(&l.config),
                         initial_fetch_timeout: l.initial_fetch_timeout,
+                        sds_fetch: crate::tls::listener_sds_fetch_timeouts(raw),
                         config: Arc::new(l.config),
                         rds_names: l.rds_names,
                         sds_names: l.sds_names,
@@ -477,6 +603,7 @@ impl State {
         match resp.type_url.as_str() {
             CLUSTER => {
                 let mut clusters = BTreeMap::new();
+                let mut since = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
                     let c: cds::Cluster =
                         resource(any, CLUSTER, i, "Cluster", |c: &cds::Cluster| &c.name)?;
@@ -489,9 +616,17 @@ impl State {
                     }
                     let name = c.name.clone();
                     let t = translate::cluster(c).map_err(|e| e.to_string())?;
+                    // A new version of a cluster warms from now; an
+                    // unchanged one keeps its start.
+                    let start = match (self.clusters.get(&name), self.cluster_since.get(&name)) {
+                        (Some(old), Some(s)) if **old == t => *s,
+                        _ => now,
+                    };
+                    since.insert(name.clone(), start);
                     clusters.insert(name, Arc::new(t));
                 }
                 next.clusters = Arc::new(clusters);
+                next.cluster_since = Arc::new(since);
             }
             LISTENER => {
                 let mut listeners = BTreeMap::new();
@@ -643,12 +778,16 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
     };
     let mut client = Client {
         tls,
-        boot,
+        refused: Refusals::default(),
         tx,
-        state: State::default(),
+        state: State {
+            cds_fetch_timeout: boot.cds_fetch_timeout,
+            ..State::default()
+        },
         served: Config::default(),
         subscribed: HashMap::new(),
         wake: None,
+        boot,
     };
     if client.boot.servers.is_empty() {
         tracing::error!("the ADS cluster has no endpoints");
@@ -696,6 +835,9 @@ struct Client {
     subscribed: HashMap<&'static str, BTreeSet<String>>,
     /// When a warming listener's `initial_fetch_timeout` ends.
     wake: Option<Instant>,
+    /// The last NACK per type, shown in `/config_dump` (shared with every
+    /// `DynamicInfo` sent).
+    refused: Refusals,
 }
 
 fn node(n: &NodeConfig) -> core3::Node {
@@ -957,6 +1099,7 @@ impl Client {
         match verdict {
             Ok((rds, clusters, sds)) => {
                 self.state.versions.insert(t, resp.version_info.clone());
+                self.refused.clear(short(t));
                 metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
@@ -975,6 +1118,13 @@ impl Client {
             Err(e) => {
                 metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "nack").increment(1);
                 tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, error = %e, "NACK: update refused, the previous config keeps serving");
+                self.refused.set(
+                    short(t),
+                    Refusal {
+                        version: resp.version_info.clone(),
+                        error: e.clone(),
+                    },
+                );
                 out.push(self.request(t, Some((resp.nonce.clone(), e))));
             }
         }
@@ -1038,6 +1188,7 @@ impl Client {
                 version: words.join(" "),
                 source: format!("xds:ads {}", self.boot.servers.join(",")),
                 warming,
+                refused: self.refused.clone(),
             },
             reply,
         };
@@ -1148,6 +1299,7 @@ mod tests {
             eds_name: Some("a".into()),
             transport_socket: None,
             sds_names: BTreeSet::new(),
+            eds_fetch_timeout: None,
         };
         Arc::make_mut(&mut s.clusters).insert("a".into(), Arc::new(c));
         let out = s

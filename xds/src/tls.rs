@@ -355,6 +355,54 @@ pub fn upstream(
     Ok(cfg)
 }
 
+/// How long a listener waits for each SDS secret of its TLS contexts: the
+/// `initial_fetch_timeout` of the secret's `sds_config` (`fetch_bound`:
+/// Envoy's 15 s unless set, `None` for `0s`); the shortest when a secret is
+/// named twice. Read from the listener already translated (so valid) apart
+/// from the translation, whose signatures then stay as they are.
+pub fn listener_sds_fetch_timeouts(
+    l: &envoy_types::pb::envoy::config::listener::v3::Listener,
+) -> std::collections::BTreeMap<String, Option<std::time::Duration>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut note = |s: &tlsv3::SdsSecretConfig| {
+        let set = s
+            .sds_config
+            .as_ref()
+            .and_then(|c| c.initial_fetch_timeout.as_ref())
+            .filter(|d| d.seconds >= 0 && d.nanos >= 0)
+            .map(|d| std::time::Duration::new(d.seconds as u64, d.nanos as u32));
+        let bound = crate::translate::fetch_bound(set);
+        let e = out.entry(s.name.clone()).or_insert(bound);
+        *e = match (*e, bound) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    };
+    for fc in l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+    {
+        let Some(ts) = fc.transport_socket.clone() else {
+            continue;
+        };
+        let Ok((d, _)) = socket::<tlsv3::DownstreamTlsContext>(ts, "", DOWNSTREAM) else {
+            continue;
+        };
+        let Some(c) = d.common_tls_context else {
+            continue;
+        };
+        c.tls_certificate_sds_secret_configs
+            .iter()
+            .for_each(&mut note);
+        use tlsv3::common_tls_context::ValidationContextType as V;
+        if let Some(V::ValidationContextSdsSecretConfig(s)) = &c.validation_context_type {
+            note(s);
+        }
+    }
+    out
+}
+
 /// Opens a `TransportSocket` that must be `envoy.transport_sockets.tls`
 /// carrying `want`; returns the context and its path.
 fn socket<M: prost::Message + Default + std::fmt::Debug + PartialEq>(

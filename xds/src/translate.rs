@@ -295,6 +295,11 @@ pub struct Cluster {
     pub transport_socket: Option<core3::TransportSocket>,
     /// SDS secrets its TLS context uses.
     pub sds_names: BTreeSet<String>,
+    /// How long an EDS cluster warms for its first ClusterLoadAssignment
+    /// before it is served with no endpoints: its `eds_config`'s
+    /// `initial_fetch_timeout` (Envoy's default 15 s; `None`: `0s`, no
+    /// bound).
+    pub eds_fetch_timeout: Option<Duration>,
 }
 
 impl Cluster {
@@ -380,11 +385,13 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
     };
     let mut eds_name = None;
+    let mut eds_fetch_timeout = None;
     let mut eps = Vec::new();
     match dt {
         Dt::Eds => {
             let mut ec = c.eds_cluster_config.take().unwrap_or_default();
-            ads_source(ec.eds_config.take(), "eds_cluster_config.eds_config")?;
+            let f = ads_source(ec.eds_config.take(), "eds_cluster_config.eds_config")?;
+            eds_fetch_timeout = fetch_bound(f);
             let svc = std::mem::take(&mut ec.service_name);
             rest(&ec, "eds_cluster_config")?;
             eds_name = Some(if svc.is_empty() { name.clone() } else { svc });
@@ -432,13 +439,13 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         eds_name,
         transport_socket,
         sds_names,
+        eds_fetch_timeout,
     })
 }
 
 /// Only ADS is served: a `ConfigSource` must say `ads: {}`. Returns its
-/// `initial_fetch_timeout`, if set (what bounds a listener's warming on
-/// its RDS source; EDS and SDS sources accept it and warm until their
-/// resource arrives).
+/// `initial_fetch_timeout`, if set (what bounds the warming of a listener
+/// on its RDS source, of an EDS cluster on its EDS source; see `fetch_bound`).
 pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<Option<Duration>> {
     let Some(mut s) = s else {
         return err(path, "missing config source (want ads: {})");
@@ -461,6 +468,16 @@ pub(crate) fn ads_source(s: Option<core3::ConfigSource>, path: &str) -> R<Option
 
 /// Envoy's default `initial_fetch_timeout`.
 pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The warming bound a config source's `initial_fetch_timeout` gives:
+/// Envoy's 15 s unless set; `0s` means wait for ever (`None`).
+pub fn fetch_bound(set: Option<Duration>) -> Option<Duration> {
+    match set {
+        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    }
+}
 
 /// A translated listener, with the route configurations and clusters it
 /// needs before it may serve (warming).
@@ -550,11 +567,7 @@ fn listener_inner(
     .map_err(|e| ("".to_string(), e.to_string()))?;
     config.filter_chains = chains;
     // Envoy: 15 s unless set; 0 means wait for ever.
-    let initial_fetch_timeout = match fetch {
-        None => Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
-        Some(d) if d.is_zero() => None,
-        Some(d) => Some(d),
-    };
+    let initial_fetch_timeout = fetch_bound(fetch);
     Ok(Listener {
         config,
         rds_names,

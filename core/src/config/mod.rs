@@ -72,6 +72,24 @@ pub struct NodeConfig {
 pub struct DynamicResourcesConfig {
     /// One aggregated (ADS) gRPC stream carries LDS, RDS, CDS, EDS and SDS.
     pub ads: AdsConfig,
+    /// Envoy's `cds_config` (always ADS here): its `initial_fetch_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cds_config: Option<CdsSourceConfig>,
+}
+
+/// Envoy's `dynamic_resources.cds_config`: only `initial_fetch_timeout`,
+/// how long a listener warms for a cluster its `tcp_proxy` (or a
+/// validating route) names before it is served with a stand-in for it (no
+/// endpoints); Envoy's 15 s unless set, `0s`: no bound.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdsSourceConfig {
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// The ADS server: a static cluster of this config, spoken to over
