@@ -71,11 +71,11 @@ enum Command {
 }
 
 /// Every codec and filter this binary ships, registered by name.
-fn registry() -> Registry {
+fn registry() -> Result<Registry, meshgate_core::registry::DuplicateName> {
     let mut r = Registry::new();
-    meshgate_filters::register_all(&mut r);
-    meshgate_protocols::register_all(&mut r);
-    r
+    meshgate_filters::register_all(&mut r)?;
+    meshgate_protocols::register_all(&mut r)?;
+    Ok(r)
 }
 
 /// Logs go to stderr, coloured only when stderr is a terminal: a file or
@@ -96,9 +96,16 @@ fn init_logs(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log_level);
+    let registry = match registry() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (config, run) = match cli.command {
         Some(Command::Validate { file }) => {
-            return match server::validate(&file, &registry()) {
+            return match server::validate(&file, &registry) {
                 Ok(s) => {
                     println!(
                         "{}: ok ({} listeners, {} clusters)",
@@ -123,7 +130,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    match run_server(config, run) {
+    match run_server(config, run, registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e:#}");
@@ -165,7 +172,7 @@ fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().thread_name("meshgate-worker").build()
 }
 
-fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+fn run_server(config: PathBuf, args: RunArgs, registry: Registry) -> anyhow::Result<()> {
     let rt = runtime(args.concurrency).context("cannot start the tokio runtime")?;
     let opts = ServerOptions {
         drain_time: args.drain_time,
@@ -185,9 +192,8 @@ fn run_server(config: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(meshgate_xds::run(b, tx, stop.child_token()));
             rx
         });
-        let r =
-            server::run_with_dynamic(&config, Arc::new(registry()), opts, stop.clone(), dynamic)
-                .await;
+        let r = server::run_with_dynamic(&config, Arc::new(registry), opts, stop.clone(), dynamic)
+            .await;
         stop.cancel();
         r
     })?;

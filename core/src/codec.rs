@@ -124,6 +124,15 @@ pub trait CodecFactory: Send + Sync {
     fn name(&self) -> &'static str;
     /// Recognises the protocol from the first bytes of a connection.
     fn detect(&self, preface: &[u8]) -> Detection;
+    /// Where this codec stands in detection on a listener that detects the
+    /// protocol: higher first. A codec with a precise signature (a magic
+    /// number, a preface) keeps the default 0; a catch-all (HTTP/1 claims
+    /// any request line) goes below it, so it never shadows another
+    /// codec. A codec whose detector says `NeedMore` holds back a lower
+    /// one's `Match` until it decides.
+    fn detect_priority(&self) -> i32 {
+        0
+    }
     /// Builds the downstream side from the listener's codec options.
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError>;
     /// Builds the upstream side from the cluster's protocol options.

@@ -8,12 +8,12 @@ pub mod http_options;
 pub mod proxy;
 pub mod tcp_proxy;
 
-use meshgate_core::registry::Registry;
+use meshgate_core::registry::{DuplicateName, Registry};
 use std::sync::Arc;
 
 /// Registers every filter of this crate.
-pub fn register_all(registry: &mut Registry) {
-    registry.register_network_filter(Arc::new(echo::EchoFactory));
-    registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory));
-    registry.register_network_filter(Arc::new(proxy::ProxyFactory));
+pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
+    registry.register_network_filter(Arc::new(echo::EchoFactory))?;
+    registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
+    registry.register_network_filter(Arc::new(proxy::ProxyFactory))
 }

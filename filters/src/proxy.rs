@@ -392,16 +392,25 @@ impl Proxy {
     async fn detect(&self, conn: &mut Connection) -> Option<Arc<dyn ServerCodec>> {
         let mut buf = BytesMut::from(&conn.preface[..]);
         loop {
+            // Codecs come in detection order (the registry's priority): a
+            // match wins unless a codec before it still needs bytes.
             let mut undecided = false;
+            let mut matched = None;
             for (factory, server) in &self.codecs {
                 match factory.detect(&buf) {
                     Detection::Match => {
-                        conn.preface = buf.freeze();
-                        return Some(server.clone());
+                        matched = Some(server);
+                        break;
                     }
                     Detection::NeedMore => undecided = true,
                     Detection::NoMatch => {}
                 }
+            }
+            if let Some(server) = matched
+                && (!undecided || buf.len() >= MAX_DETECT_BYTES)
+            {
+                conn.preface = buf.freeze();
+                return Some(server.clone());
             }
             if !undecided || buf.len() >= MAX_DETECT_BYTES {
                 return None;

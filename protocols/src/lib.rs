@@ -8,14 +8,14 @@ pub mod http;
 pub mod http3;
 pub mod rpc;
 
-use meshgate_core::registry::Registry;
+use meshgate_core::registry::{DuplicateName, Registry};
 use std::sync::Arc;
 
 /// Registers every codec this crate provides.
-pub fn register_all(registry: &mut Registry) {
-    registry.register_codec(Arc::new(http::Http1Codec));
-    registry.register_codec(Arc::new(http::Http2Codec));
-    registry.register_codec(Arc::new(http3::Http3Codec));
-    registry.register_codec(Arc::new(dubbo::DubboCodec));
-    registry.register_codec(Arc::new(bolt::BoltCodec));
+pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
+    registry.register_codec(Arc::new(http::Http2Codec))?;
+    registry.register_codec(Arc::new(http3::Http3Codec))?;
+    registry.register_codec(Arc::new(dubbo::DubboCodec))?;
+    registry.register_codec(Arc::new(bolt::BoltCodec))?;
+    registry.register_codec(Arc::new(http::Http1Codec))
 }

@@ -170,10 +170,10 @@ impl CodecFactory for LenRpcCodec {
 }
 
 /// Everything stock meshgate ships, plus `lenrpc`.
-pub fn registry() -> Registry {
+pub fn registry() -> Result<Registry, meshgate_core::registry::DuplicateName> {
     let mut r = Registry::new();
-    meshgate_filters::register_all(&mut r);
-    meshgate_protocols::register_all(&mut r);
-    r.register_codec(Arc::new(LenRpcCodec));
-    r
+    meshgate_filters::register_all(&mut r)?;
+    meshgate_protocols::register_all(&mut r)?;
+    r.register_codec(Arc::new(LenRpcCodec))?;
+    Ok(r)
 }

@@ -18,7 +18,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let file = PathBuf::from(file);
-    let registry = meshgate_example_custom_codec::registry();
+    let registry = match meshgate_example_custom_codec::registry() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cmd.as_str() {
         "validate" => match server::validate(&file, &registry) {
             Ok(_) => {

@@ -94,6 +94,10 @@ impl CodecFactory for Http1Codec {
     fn detect(&self, preface: &[u8]) -> Detection {
         detect_h1(preface)
     }
+    /// Last: any request line is claimed (see `detect_h1`).
+    fn detect_priority(&self) -> i32 {
+        -100
+    }
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
         if config.get("flood").is_some() {
             return Err(BuildError::new(
