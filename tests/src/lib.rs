@@ -48,6 +48,21 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
+/// Polls `f` until it holds (every 20 ms), for up to 15 s: tests wait for a
+/// state (a counter, a config version, an answer), never a fixed time.
+pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_within(15, what, f)
+}
+
+/// [`wait_until`] with its own bound, in seconds.
+pub fn wait_until_within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A free loopback port for a listener a test starts later (probed, then
 /// released).
 ///

@@ -391,15 +391,6 @@ impl Drop for Caddy {
     }
 }
 
-/// Waits (up to 10 s) until `cond` holds.
-fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 10s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn curl_get(url: &str) -> (u16, String) {
     let o = Command::new("curl")
         .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
@@ -494,7 +485,7 @@ clusters:
         );
         // One new connection per restart, the dead one released.
         assert_eq!(cx(&mg), 2.0 + n as f64);
-        wait_for(|| {
+        wait_until("one QUIC connection to caddy", || {
             mg.metric(
                 "meshgate_cluster_upstream_cx_active",
                 &[("cluster", "caddy")],

@@ -45,18 +45,6 @@ fn signal(m: &Meshgate, sig: i32) {
     }
 }
 
-/// Waits until `f` holds (polled every 20 ms), up to `secs`.
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// One GET on a fresh connection: the status.
 fn get(addr: SocketAddr, path: &str) -> u16 {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -118,14 +106,14 @@ fn sigterm_drain_loses_no_request_on_busy_keep_alive_connections() {
         })
         .collect();
     // Every client is busy before the signal.
-    wait_for(30, "twenty clients", || {
+    wait_until_within(30, "twenty clients", || {
         mg.metric(
             "meshgate_listener_downstream_cx_active",
             &[("listener", "web")],
         ) >= 20.0
     });
     let start = served.load(Ordering::Relaxed);
-    wait_for(20, "traffic", || {
+    wait_until_within(20, "traffic", || {
         served.load(Ordering::Relaxed) >= start + 200
     });
     mg.terminate();
@@ -163,21 +151,21 @@ fn sigusr1_reopens_the_access_log_and_stray_signals_do_not_kill() {
             .count()
     };
     assert_eq!(get(addr, "/before"), 200);
-    wait_for(10, "the first line", || lines(&log) == 1);
+    wait_until_within(10, "the first line", || lines(&log) == 1);
     std::fs::rename(&log, &rotated).unwrap();
 
     signal(&mg, libc::SIGUSR1);
-    wait_for(10, "the reopen", || {
+    wait_until_within(10, "the reopen", || {
         mg.metric("meshgate_server_log_reopen_total", &[]) >= 1.0
     });
     assert_eq!(get(addr, "/after"), 200);
-    wait_for(10, "a line in the new file", || lines(&log) == 1);
+    wait_until_within(10, "a line in the new file", || lines(&log) == 1);
     assert!(std::fs::read_to_string(&log).unwrap().contains("/after"));
     assert_eq!(lines(&rotated), 1, "the rotated file got more lines");
 
     for (sig, name) in [(libc::SIGUSR2, "SIGUSR2"), (libc::SIGALRM, "SIGALRM")] {
         signal(&mg, sig);
-        wait_for(10, name, || {
+        wait_until_within(10, name, || {
             mg.metric("meshgate_server_signal_total", &[("signal", name)]) >= 1.0
         });
     }
@@ -281,7 +269,7 @@ fn a_slow_reload_build_does_not_stall_one_worker() {
         slowest < Duration::from_millis(1000),
         "a request took {slowest:?} during the reload"
     );
-    wait_for(20, "the reload", || {
+    wait_until_within(20, "the reload", || {
         mg.metric("meshgate_config_version", &[]) > version
     });
     assert!(start.elapsed() >= Duration::from_millis(2900));
@@ -396,7 +384,7 @@ fn out_of_descriptors_is_counted_and_the_admin_stays_reachable() {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     // More clients than descriptors: the rest wait in the backlog.
     let mut clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    wait_for(20, "an accept failure", || {
+    wait_until_within(20, "an accept failure", || {
         mg.metric(
             "meshgate_listener_downstream_cx_accept_error_total",
             &[("listener", "web"), ("reason", "emfile")],
@@ -411,7 +399,7 @@ fn out_of_descriptors_is_counted_and_the_admin_stays_reachable() {
     for c in &mut clients {
         let _ = c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
     }
-    wait_for(20, "an upstream connect failure", || {
+    wait_until_within(20, "an upstream connect failure", || {
         mg.metric(
             "meshgate_cluster_upstream_cx_connect_fail_total",
             &[("cluster", "backend"), ("reason", "emfile")],
@@ -440,7 +428,7 @@ fn out_of_descriptors_is_counted_and_the_admin_stays_reachable() {
     );
     // Connections close: it serves again.
     drop(clients);
-    wait_for(20, "recovery", || get(addr, "/again") == 200);
+    wait_until_within(20, "recovery", || get(addr, "/again") == 200);
     assert!(mg.child.try_wait().unwrap().is_none());
     let log = mg.log_text();
     let warnings = log.matches("accept failed; backing off").count();
@@ -526,14 +514,14 @@ fn sigterm_drain_answers_every_accepted_http2_stream() {
         .map(|_| std::thread::spawn(move || h2_case(port, "busy")))
         .collect();
     // Every client connected, and busy.
-    wait_for(30, "ten clients", || {
+    wait_until_within(30, "ten clients", || {
         mg.metric(
             "meshgate_listener_downstream_cx_active",
             &[("listener", "web")],
         ) >= 10.0
     });
     let start = backend.hits();
-    wait_for(20, "traffic", || backend.hits() >= start + 100);
+    wait_until_within(20, "traffic", || backend.hits() >= start + 100);
     mg.terminate();
     let status = mg
         .wait_exit(Duration::from_secs(20))

@@ -26,14 +26,6 @@ fn refused(port: u16) -> bool {
     .is_err()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
-
 /// `n` requests on the open connection `conn`: which backends answered.
 /// Each must succeed and leave the connection open (no `connection:
 /// close`), on the same local port as before.
