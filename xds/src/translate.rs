@@ -859,12 +859,29 @@ fn http_connection_manager(
         }
         rest(&o, &op)?;
     }
+    // request_headers_timeout bounds each request head on every HTTP
+    // codec (meshgate keeps it per codec). Envoy's 0 (and unset) means no
+    // bound; meshgate keeps its 10 s default then, a stricter bound.
+    let headers_timeout = match h.request_headers_timeout.take() {
+        Some(d) => {
+            let d = duration(&d, &join(path, "request_headers_timeout"))?;
+            (!d.is_zero()).then(|| humantime(d))
+        }
+        None => None,
+    };
     rest(&h, path)?;
     let mut out = json!({
         "codec": codec,
         "route_config": route_config,
         "generate_request_id": generate_request_id,
     });
+    if let Some(t) = headers_timeout {
+        out["codec_options"] = json!({
+            "http1": {"request_headers_timeout": t},
+            "http2": {"request_headers_timeout": t},
+            "http3": {"request_headers_timeout": t},
+        });
+    }
     if let (Some(o), Value::Object(e)) = (out.as_object_mut(), edge) {
         o.extend(e);
     }
@@ -1836,5 +1853,30 @@ mod tests {
         let e =
             http_connection_manager(h(other), "", &|_| None, &mut names, &mut None).unwrap_err();
         assert_eq!(e.0, "common_http_protocol_options.max_headers_count");
+    }
+
+    #[test]
+    fn hcm_request_headers_timeout_reaches_every_http_codec() {
+        let h = |secs| hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                Default::default(),
+            )),
+            request_headers_timeout: Some(protobuf::Duration {
+                seconds: secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let mut names = BTreeSet::new();
+        let out = http_connection_manager(h(3), "", &|_| None, &mut names, &mut None).unwrap();
+        for codec in ["http1", "http2", "http3"] {
+            assert_eq!(
+                out["codec_options"][codec]["request_headers_timeout"], "3s",
+                "{out}"
+            );
+        }
+        // Envoy's 0 (no bound): meshgate's own default stays.
+        let out = http_connection_manager(h(0), "", &|_| None, &mut names, &mut None).unwrap();
+        assert!(out.get("codec_options").is_none(), "{out}");
     }
 }
