@@ -7,6 +7,14 @@
 # http.sh for CPU per request).
 #
 #   benches/compare/icount.sh meshgate|nginx|haproxy [SECONDS]
+#   WORKLOAD=h2c|l4|dubbo benches/compare/icount.sh meshgate [SECONDS]
+#
+# WORKLOAD (meshgate only for all but h1): h1 (default) as above; h2c:
+# h2load -c10 -m10 with prior knowledge, HTTP/2 in and HTTP/1.1 out; l4:
+# the same wrk keep-alive load through a tcp_proxy listener (a "request" is
+# one HTTP exchange relayed as bytes); dubbo: benches' rpc_load (one
+# connection, 16 calls in flight) to a sofa-rpc-node provider through
+# rpc.yaml (route by service, multiplexed upstream).
 #
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
@@ -22,6 +30,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 OUT="$HERE/out-icount"
 PROXY="${1:?usage: icount.sh meshgate|nginx|haproxy [SECONDS]}"
 SECS="${2:-6}"
+WORKLOAD="${WORKLOAD:-h1}"
 MESHGATE_BIN="${MESHGATE_BIN:-$ROOT/target/release/meshgate}"
 
 rm -rf "$OUT"
@@ -55,7 +64,25 @@ VG=(taskset -c 0 valgrind --tool=callgrind "${VG_EXTRA[@]}" --instr-atstart=no -
 case "$PROXY" in
 meshgate)
     PORT=8082
-    env -u RUST_LOG "${VG[@]}" "$MESHGATE_BIN" run -c "$HERE/http1.yaml" >"$OUT/proxy.log" 2>&1 &
+    CONFIG="$HERE/http1.yaml"
+    case "$WORKLOAD" in
+    l4)
+        PORT=5204
+        sed 's/127.0.0.1:5201/127.0.0.1:9000/' "$HERE/tcp.yaml" >"$OUT/tcp.yaml"
+        CONFIG="$OUT/tcp.yaml"
+        ;;
+    dubbo)
+        PORT=20880
+        CONFIG="$HERE/rpc.yaml"
+        LOAD_BIN="${LOAD_BIN:-$ROOT/target/release/rpc_load}"
+        [[ -x "$LOAD_BIN" ]] || LOAD_BIN="$ROOT/target/debug/rpc_load"
+        [[ -x "$LOAD_BIN" ]] || (cd "$ROOT" && cargo build -q -p meshgate-benches --bin rpc_load)
+        taskset -c 1 node "$ROOT/tests/peers/rpc_peer.js" server dubbo 20881 P >"$OUT/provider.log" 2>&1 &
+        PIDS+=($!)
+        wait_port 20881
+        ;;
+    esac
+    env -u RUST_LOG "${VG[@]}" "$MESHGATE_BIN" run -c "$CONFIG" >"$OUT/proxy.log" 2>&1 &
     ;;
 nginx)
     PORT=8081
@@ -76,21 +103,42 @@ esac
 VG_PID=$!
 PIDS+=("$VG_PID")
 wait_port "$PORT"
+load() { # SECONDS OUTFILE
+    case "$WORKLOAD" in
+    h1 | l4) taskset -c 1 wrk -t1 -c10 -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h2c) taskset -c 1 h2load -c10 -m10 -t1 -D "$1" "http://127.0.0.1:$PORT/" >"$2" ;;
+    dubbo) taskset -c 1 "$LOAD_BIN" "127.0.0.1:$PORT" 16 "$1" >"$2" ;;
+    *)
+        echo "unknown WORKLOAD $WORKLOAD" >&2
+        exit 2
+        ;;
+    esac
+}
 # Warm-up: connections, pools and lazy state, not counted.
-taskset -c 1 wrk -t1 -c10 -d2s "http://127.0.0.1:$PORT/" >/dev/null
+load 2 /dev/null
 callgrind_control -i on "$VG_PID" >/dev/null
-taskset -c 1 wrk -t1 -c10 -d"${SECS}s" "http://127.0.0.1:$PORT/" >"$OUT/wrk.txt"
+load "$SECS" "$OUT/wrk.txt"
 callgrind_control -i off "$VG_PID" >/dev/null
 callgrind_control -d "$VG_PID" >/dev/null
 kill "$VG_PID"
 wait "$VG_PID" 2>/dev/null || true
 
-REQS=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
+case "$WORKLOAD" in
+h2c)
+    REQS=$(awk '/^requests:/ {print $8}' "$OUT/wrk.txt")
+    [[ "$(awk '/^requests:/ {print ($10 + $12 == 0)}' "$OUT/wrk.txt")" == 1 ]] || { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
+    ;;
+dubbo)
+    REQS=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["calls"]); sys.exit(1 if r.get("errors") else 0)' "$OUT/wrk.txt") ||
+        { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
+    ;;
+*) REQS=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt") ;;
+esac
 # The dump taken while counting was on; its totals line is the counted part.
 IR=$(for f in "$OUT"/callgrind.out.*; do grep -h '^totals:' "$f" | awk '{print $2}'; done |
     sort -n | tail -1)
 grep -q 'Non-2xx\|Socket errors' "$OUT/wrk.txt" && { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
-echo "$PROXY: $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"
+echo "$PROXY ($WORKLOAD): $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"
 if [[ "${ATOMICS:-0}" == 1 ]]; then
     case "$PROXY" in
     meshgate) BIN="$MESHGATE_BIN" ;;
