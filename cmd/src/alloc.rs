@@ -13,6 +13,10 @@
 //! (benches/compare/icount.sh). Every mimalloc block is a multiple of 8
 //! bytes from a 16-byte aligned page start, so a layout aligned to 8 or
 //! less needs no aligned entry point at all; only larger alignments take it.
+//
+// A global allocator is unsafe by nature: every block below carries its
+// SAFETY comment.
+#![allow(unsafe_code)]
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};

@@ -19,6 +19,7 @@ pub fn coarse() -> Duration {
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     // With a valid pointer and a clock that every Linux since 2.6.32 has,
     // the call cannot fail.
+    #[allow(unsafe_code)]
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     debug_assert_eq!(rc, 0);
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)

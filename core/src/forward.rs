@@ -337,18 +337,13 @@ async fn retrying(
             metrics::counter!("meshgate_cluster_upstream_rq_retry_total", "cluster" => cluster.name.to_string()).increment(1);
             tokio::time::sleep(backoff(policy, n)).await;
         }
-        let mut b = http::Request::builder()
-            .method(parts.method.clone())
-            .uri(parts.uri.clone())
-            .version(parts.version);
-        if let Some(h) = b.headers_mut() {
-            *h = parts.headers.clone();
-        }
+        let mut req = http::Request::new(full_body(kept.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
         // Codec state (e.g. an RPC frame head) travels with every try.
-        if let Some(e) = b.extensions_mut() {
-            *e = parts.extensions.clone();
-        }
-        let req = b.body(full_body(kept.clone())).expect("parts were valid");
+        *req.extensions_mut() = parts.extensions.clone();
         let status_retry = n < policy.num_retries;
         let attempt = match start(cluster, &codec, req, info, &ctx, &tried, None) {
             Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry, after).await,

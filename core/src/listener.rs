@@ -307,7 +307,10 @@ fn build_chain(
         }
         built.push(filter);
     }
-    let terminal = built.pop().expect("non-empty");
+    // `filters` is not empty (checked above) and every one was pushed.
+    let Some(terminal) = built.pop() else {
+        return Err(source.error(format!("{path}.filters"), "a filter chain needs filters"));
+    };
     let chain = FilterChain {
         name: fc.name.as_deref().map(Arc::from),
         matcher,

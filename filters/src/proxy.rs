@@ -238,13 +238,14 @@ impl NetworkFilterFactory for ProxyFactory {
                 },
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
-                alt_svc: cfg.advertise_http3.as_ref().map(|a| {
+                alt_svc: cfg.advertise_http3.as_ref().and_then(|a| {
+                    // Digits and quotes: always a valid header value.
                     HeaderValue::from_str(&format!(
                         "h3=\":{}\"; ma={}",
                         a.port,
                         a.max_age.as_secs()
                     ))
-                    .expect("digits and quotes are a valid header value")
+                    .ok()
                 }),
             }),
         }))
@@ -549,8 +550,9 @@ impl StreamHandler for Handler {
         let peer_ip = self
             .peer_ip
             .get_or_init(|| {
+                // An IP address is always a valid header value.
                 HeaderValue::from_str(&info.connection.peer_addr.ip().to_string())
-                    .expect("an IP address is a valid header value")
+                    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
             })
             .clone();
         Box::pin(self.shared.process(req, info, peer_ip))
@@ -693,7 +695,8 @@ fn request_id() -> HeaderValue {
         ((v >> 52) as u16 & 0x3fff) | 0x8000,
         v as u64 & 0xffff_ffff_ffff
     );
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    // Hex digits and dashes: always a valid header value.
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 impl ProxyHandler {

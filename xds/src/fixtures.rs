@@ -213,7 +213,7 @@ pub fn hcm_listener(name: &str, port: u16, rds_name: &str) -> (String, Any) {
 pub fn one_filter_listener(name: &str, port: u16, filter: &str, config: Any) -> (String, Any) {
     let l = lds::Listener {
         name: name.into(),
-        address: Some(sock(format!("127.0.0.1:{port}").parse().unwrap())),
+        address: Some(sock(std::net::SocketAddr::from(([127, 0, 0, 1], port)))),
         filter_chains: vec![lds::FilterChain {
             filters: vec![lds::Filter {
                 name: filter.into(),

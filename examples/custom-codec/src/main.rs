@@ -37,7 +37,13 @@ fn main() -> ExitCode {
             }
         },
         "run" => {
-            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the tokio runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let opts = ServerOptions {
                 drain_time: Duration::from_secs(5),
                 watch_interval: Duration::from_secs(1),

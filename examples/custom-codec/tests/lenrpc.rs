@@ -2,6 +2,8 @@
 //! this crate serves `lenrpc` on a `codec: auto` listener next to the
 //! stock codecs, routes by service, multiplexes upstream calls on one
 //! connection, answers pings and makes `lenrpc` error responses.
+// Test helpers may unwrap: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use meshgate_example_custom_codec::{KIND_PING, KIND_PONG, KIND_REQUEST, KIND_RESPONSE, frame};
 use std::io::{Read, Write};

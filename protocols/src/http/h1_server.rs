@@ -390,6 +390,7 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
         // bytes a `HeaderValue` allows (HTAB, SP, VCHAR, obs-text; a control
         // byte is its `HeaderValue` error). Checking them again cost about
         // 150 instructions a request (benches/compare/icount.sh).
+        #[allow(unsafe_code)]
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) };
         match name {
             http::header::CONTENT_LENGTH => {

@@ -753,6 +753,7 @@ fn build_head(
         // the head's bytes.
         // SAFETY: httparse accepted this value, and it accepts only the
         // bytes a `HeaderValue` allows (as in `h1_server::parse_head`).
+        #[allow(unsafe_code)]
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(at..at + n)) };
         headers.append(name, value);
     }

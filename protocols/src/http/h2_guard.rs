@@ -210,10 +210,11 @@ impl Scanner {
                 data = &data[n..];
                 continue;
             }
-            let head = if self.have == 0 && data.len() >= 9 {
-                let h = Head::parse(data[..9].try_into().expect("9 bytes"));
-                data = &data[9..];
-                h
+            let head = if self.have == 0
+                && let Some((whole, rest)) = data.split_first_chunk::<9>()
+            {
+                data = rest;
+                Head::parse(whole)
             } else {
                 let n = (9 - self.have).min(data.len());
                 self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
@@ -778,7 +779,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> H2Guard<T> {
         ) && !self.write.at_boundary();
         if mid_frame {
             // Let h2 finish the frame it started, not a byte more.
-            let first = bufs.iter().find(|b| !b.is_empty()).expect("total > 0");
+            let Some(first) = bufs.iter().find(|b| !b.is_empty()) else {
+                return Poll::Ready(Ok(0));
+            };
             let k = first.len().min(self.write.to_boundary());
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &first[..k]))?;
             self.scan_written(&first[..n]);

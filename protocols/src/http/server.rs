@@ -47,7 +47,15 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
+        Self {
+            max_request_headers_bytes: default_max_header_bytes(),
+            max_request_headers: default_max_headers(),
+            request_headers_timeout: default_header_timeout(),
+            max_concurrent_streams: default_max_streams(),
+            max_pending_accept_reset_streams: default_max_resets(),
+            max_local_error_reset_streams: default_max_local_resets(),
+            flood: FloodOptions::default(),
+        }
     }
 }
 
@@ -208,5 +216,20 @@ impl ServerCodec for Http2Server {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_options_are_the_empty_config() {
+        let from_config: ServerOptions = serde_json::from_value(serde_json::json!({})).unwrap();
+        // Debug output covers every field, flood limits included.
+        assert_eq!(
+            format!("{:?}", ServerOptions::default()),
+            format!("{from_config:?}")
+        );
     }
 }
