@@ -70,9 +70,10 @@ def serve(port):
         ],
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # Port 0: the kernel picks it; the test reads it from this line.
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    print("READY", flush=True)
+    print(f"READY {bound}", flush=True)
     server.wait_for_termination()
 
 

@@ -48,6 +48,24 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
+/// How often the wait helpers look again: the one pause of the shared
+/// waits (a poll interval, not a time the test relies on).
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `f` until it gives a value or `timeout` passes (None).
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Polls `f` until it holds (every 20 ms), for up to 15 s: tests wait for a
 /// state (a counter, a config version, an answer), never a fixed time.
 pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
@@ -56,11 +74,17 @@ pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
 
 /// [`wait_until`] with its own bound, in seconds.
 pub fn wait_until_within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_within(secs, what, || f().then_some(()))
+}
+
+/// Polls `f` until it gives a value (for up to 15 s) and returns it.
+pub fn wait_for_value<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(15, what, f)
+}
+
+/// [`wait_for_value`] with its own bound, in seconds.
+pub fn wait_for_within<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(Duration::from_secs(secs), f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
 /// A free loopback port for a listener a test starts later (probed, then
@@ -111,6 +135,21 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {lo}..{hi}");
 }
 
+/// What `{ADMIN}` becomes in a config: port 0, read back after the start.
+const ADMIN_CONFIG: &str = "127.0.0.1:0";
+
+/// The bound address in meshgate's `admin listening address=...` line
+/// (the address may be printed as `Some(ip:port)`).
+fn admin_address_from_log(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("admin listening"))?;
+    let rest = line.split_once("address=")?.1;
+    let rest = rest.strip_prefix("Some(").unwrap_or(rest);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// A running meshgate process; killed on drop.
 pub struct Meshgate {
     pub child: Child,
@@ -122,23 +161,17 @@ pub struct Meshgate {
 
 impl Meshgate {
     /// Writes `yaml` to a temp file and starts meshgate on it. `{ADMIN}` in
-    /// the text is replaced by a free admin address, which is awaited
-    /// (`/ready` answers 200) before returning.
+    /// the text becomes an admin address on port 0: the port the kernel
+    /// gave is read back from meshgate's "admin listening" log line, then
+    /// `/ready` is awaited before returning.
     pub fn start(yaml: &str) -> Self {
         Self::start_with_args(yaml, &[])
     }
 
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let admin: Option<SocketAddr> = if yaml.contains("{ADMIN}") {
-            Some(format!("127.0.0.1:{}", free_port()).parse().unwrap())
-        } else {
-            None
-        };
-        let text = match admin {
-            Some(a) => yaml.replace("{ADMIN}", &a.to_string()),
-            None => yaml.to_string(),
-        };
+        let has_admin = yaml.contains("{ADMIN}");
+        let text = yaml.replace("{ADMIN}", ADMIN_CONFIG);
         let config = dir.path().join("meshgate.yaml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("meshgate.log");
@@ -165,29 +198,53 @@ impl Meshgate {
             .expect("start meshgate");
         let mut m = Self {
             child,
-            admin,
+            admin: None,
             config,
             log,
             _dir: dir,
         };
-        if admin.is_some() {
+        if has_admin {
+            m.admin = Some(m.wait_admin_address());
             m.wait_ready();
         }
         m
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+    /// `yaml` with `{ADMIN}` filled in as `start` does: for a rewritten
+    /// config file that keeps the admin as it is.
+    pub fn fill(&self, yaml: &str) -> String {
+        yaml.replace("{ADMIN}", ADMIN_CONFIG)
+    }
+
+    /// Waits until `f` gives a value, panicking with the log if meshgate
+    /// exits first or 20 s pass.
+    fn wait_alive<T>(&mut self, what: &str, mut f: impl FnMut(&Self) -> Option<T>) -> T {
+        let mut exited = None;
+        let got = poll(Duration::from_secs(20), || {
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("meshgate exited early ({st}):\n{}", self.log_text());
+                exited = Some(st);
+                return Some(None);
             }
-            if let Ok((200, _)) = self.try_admin_get("/ready") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            f(self).map(Some)
+        });
+        match (got, exited) {
+            (Some(Some(v)), _) => v,
+            (_, Some(st)) => panic!("meshgate exited early ({st}):\n{}", self.log_text()),
+            _ => panic!("meshgate: no {what} in 20s:\n{}", self.log_text()),
         }
-        panic!("meshgate not ready in 20s:\n{}", self.log_text());
+    }
+
+    /// The admin's bound address, from its "admin listening" log line.
+    fn wait_admin_address(&mut self) -> SocketAddr {
+        self.wait_alive("admin listening line", |m| {
+            admin_address_from_log(&m.log_text())
+        })
+    }
+
+    fn wait_ready(&mut self) {
+        self.wait_alive("ready admin", |m| {
+            matches!(m.try_admin_get("/ready"), Ok((200, _))).then_some(())
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -210,6 +267,37 @@ impl Meshgate {
         metric_from(&body, name, labels)
     }
 
+    /// Waits until the metric's sum (see [`Meshgate::metric`]) satisfies
+    /// `pred`, and returns it.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let what = format!("{name}{labels:?}");
+        let mut last = 0.0;
+        poll(Duration::from_secs(15), || {
+            last = self.metric(name, labels);
+            pred(last).then_some(last)
+        })
+        .unwrap_or_else(|| panic!("timed out waiting for {what} (last {last})"))
+    }
+
+    /// `/config_dump`, parsed.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let (status, body) = self.admin_get("/config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("config_dump is JSON")
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("log line with {needle:?}"), || {
+            self.log_text().contains(needle)
+        })
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         // SAFETY: kill(2) on our own child's pid, which is still ours to reap.
@@ -220,14 +308,7 @@ impl Meshgate {
 
     /// Waits for exit up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        poll(timeout, || self.child.try_wait().ok().flatten())
     }
 }
 
@@ -280,14 +361,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 
 /// Waits until `addr` accepts TCP connections.
 pub fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{addr} never listened");
+    wait_until_within(10, &format!("{addr} to listen"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.

@@ -304,53 +304,30 @@ fn garbage_stalls_and_unknown_sni_are_refused_and_counted() {
     assert_eq!(code, 200);
 }
 
-/// `openssl s_server -www` on a free port with a certificate.
+/// `openssl s_server -www` on a port the kernel picks, with a certificate.
 struct SServer(Child, u16);
 
 impl SServer {
     fn start(name: &str) -> Self {
-        // A port outside the ranges `free_port` (10000-19999) and every
-        // `bind(0)` (the ephemeral range) draw from: a parallel test cannot take it, nor hold
-        // a port this s_server then fails to bind while the probe below
-        // reaches the other test's server instead. If it is taken anyway,
-        // s_server exits and another port is tried.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0)
-            ^ (u64::from(std::process::id()) << 20);
-        let mut rng = Prng::new(seed);
-        for _ in 0..5 {
-            let mut r = [0u8; 2];
-            rng.fill(&mut r);
-            let port = 20_000 + u16::from_le_bytes(r) % 10_000;
-            let mut child = Command::new("openssl")
-                .args(["s_server", "-www", "-quiet", "-accept"])
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["-cert", &cert(&format!("{name}.pem"))])
-                .args(["-key", &cert(&format!("{name}.key"))])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("openssl s_server");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if child.try_wait().unwrap().is_none() {
-                        return SServer(child, port);
-                    }
-                    break;
-                }
-                assert!(Instant::now() < deadline, "openssl s_server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("openssl s_server could not bind a port");
+        // Port 0: s_server prints `ACCEPT 127.0.0.1:PORT` once it listens,
+        // so the port is its own, never probed and released.
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-www", "-accept", "127.0.0.1:0"])
+            .args(["-cert", &cert(&format!("{name}.pem"))])
+            .args(["-key", &cert(&format!("{name}.key"))])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = std::io::BufRead::lines(out).map_while(Result::ok);
+        let port = lines
+            .find_map(|l| l.strip_prefix("ACCEPT 127.0.0.1:")?.trim().parse().ok())
+            .expect("openssl s_server did not report its port");
+        // It goes on printing per connection: keep its pipe drained.
+        std::thread::spawn(move || lines.for_each(drop));
+        SServer(child, port)
     }
 }
 

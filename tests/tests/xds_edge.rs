@@ -133,7 +133,7 @@ fn a_route_to_a_cluster_cds_did_not_send_answers_503_until_it_arrives() {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(
@@ -215,7 +215,7 @@ fn listener_with_fetch_timeout(name: &str, port: u16, rds_name: &str) -> (String
 fn a_listener_warms_visibly_and_at_most_its_initial_fetch_timeout() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(
         LISTENER,
@@ -276,7 +276,7 @@ fn unknown_varint(field: u64) -> Vec<u8> {
 fn nacks_name_the_resource_and_the_old_config_keeps_serving() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -398,7 +398,7 @@ fn nacks_name_the_resource_and_the_old_config_keeps_serving() {
 fn a_new_version_with_the_same_config_is_acked_and_shown() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -467,7 +467,7 @@ fn route_name_churn_keeps_the_interned_names_bounded() {
     unsafe { std::env::set_var("MESHGATE_MAX_INTERNED_NAMES", "2000") };
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "v0", vec![named_routes("r", "v0", 1000, "svc-a")]);
@@ -579,7 +579,7 @@ fn warming_entry(d: &serde_json::Value, resource: &str) -> Option<serde_json::Va
 fn an_eds_cluster_whose_endpoints_never_come_is_served_empty_after_its_initial_fetch_timeout() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     let mut c = eds_cluster_msg("svc-e");
     let ec = c.eds_cluster_config.as_mut().unwrap();
     ec.eds_config.as_mut().unwrap().initial_fetch_timeout = one_second();
@@ -693,7 +693,7 @@ fn curl_https(port: u16) -> Option<String> {
 fn a_listener_waiting_for_its_sds_secret_past_the_timeout_warms_on_visibly() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
     mgmt.set(
@@ -750,7 +750,7 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let tport = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![tcp_listener("tcp", tport, "later")]);
     let started = Instant::now();
@@ -822,7 +822,7 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
 fn config_dump_shows_the_last_nack_per_type_until_the_next_ack() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
@@ -890,7 +890,7 @@ fn an_inline_route_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch(
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(
         LISTENER,
