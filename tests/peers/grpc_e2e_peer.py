@@ -49,6 +49,7 @@ def fail(req, ctx):
 
 
 def slow(req, ctx):
+    # Time on purpose: longer than the caller's 0.3 s deadline.
     time.sleep(3)
     return req
 

@@ -9,7 +9,7 @@ pub mod scripted;
 pub mod xds;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -87,35 +87,50 @@ pub fn wait_for_within<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -
     poll(Duration::from_secs(secs), f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
-/// A free loopback port for a listener a test starts later (probed, then
-/// released).
+/// A loopback port for a listener meshgate opens later, reserved for the
+/// rest of this test process: never probed and released.
 ///
-/// Taken below the kernel's ephemeral range (`ip_local_port_range`), from a
-/// start that differs per test process: the kernel hands ports of that range
-/// to every `bind(0)` and outgoing connection, and in a busy parallel run
-/// one of them would sometimes take a port between its probe here and the
-/// proxy's bind (EADDRINUSE).
+/// The reservation is a TCP socket bound to the port (not listening) that
+/// this process keeps open. It is bound without `SO_REUSEADDR`, so no other
+/// test's reservation, nor any `bind(0)` or outgoing connection, can take
+/// the port; then `SO_REUSEADDR` is set on it, so meshgate's own bind (with
+/// `SO_REUSEADDR`, then `listen`) on the port succeeds. A connect to a
+/// reserved port nobody listens on is refused, as for a free one.
+///
+/// Ports are taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), where UDP (QUIC listeners on the same number)
+/// is not handed out to other processes' clients either; the UDP side is
+/// checked free, not reserved (a second UDP socket on the port would take
+/// datagrams meant for meshgate).
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static RESERVED: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let reserve = |port: u16| -> Option<u16> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        sock.bind(&addr.into()).ok()?;
+        sock.set_reuse_address(true).ok()?;
+        let port = sock.local_addr().ok()?.as_socket()?.port();
+        RESERVED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sock);
+        Some(port)
+    };
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    // 20000-29999 is `tls.rs`'s s_server range.
-    let (lo, hi) = (10_000u32, ephemeral_low.min(20_000));
+    let (lo, hi) = (10_000u32, ephemeral_low.min(30_000));
     if hi <= lo + 1_000 {
-        return TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        return reserve(0).expect("reserve a loopback port");
     }
     let span = hi - lo;
-    // One start per test process: the walk below then hands out distinct
+    // One start per test process: the walk below then tries distinct
     // ports within it (97 is prime: distinct unless the span is a multiple
-    // of it). A start read per call once gave two listeners of one config
-    // the same port.
+    // of it).
     static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let start = *START.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
@@ -126,8 +141,8 @@ pub fn free_port() -> u16 {
     for _ in 0..span {
         let i = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (lo + start.wrapping_add(i.wrapping_mul(97)) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && let Some(port) = reserve(port)
         {
             return port;
         }

@@ -266,7 +266,6 @@ impl Mgmt {
         })
     }
 
-
     /// Stops the server and ends its streams.
     pub fn stop(self) -> Arc<Mutex<Shared>> {
         self.ads.kill.cancel();

@@ -569,7 +569,8 @@ clusters:
         .unwrap();
     assert!(idle.read(&mut buf).unwrap() > 0);
     let slow = std::thread::spawn(move || curl(port, &["--http1.1"], "/slow"));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The slow request has reached the backend: it is in flight.
+    wait_until("the slow request at the backend", || a.hits() >= 2);
     let t = std::time::Instant::now();
     mg.terminate();
     // The idle keep-alive connection is closed by the drain.

@@ -64,11 +64,9 @@ fn s_client(port: u16, args: &[&str]) -> String {
         .spawn()
         .expect("openssl");
     drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "openssl s_client hung");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(5, "openssl s_client to finish", || {
+        child.try_wait().unwrap().is_some()
+    });
     let out = child.wait_with_output().unwrap();
     format!(
         "{}{}",
@@ -382,10 +380,11 @@ clusters:
                 &format!("https://{host}:{port}/"),
                 &["--cacert", &ca, "--resolve", &resolve, "--http1.1"],
             );
+            // (No pause: the failure is a dropped connection, and s_server
+            // is listening.)
             if code == 200 || tries == 3 {
                 break (code, body);
             }
-            std::thread::sleep(Duration::from_millis(200));
         };
         assert_eq!(code, 200, "{host}: {body}");
         assert!(body.contains("s_server"), "{host}: {body}");
@@ -577,12 +576,15 @@ clusters:
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loop_stop = stop.clone();
     let url = format!("https://localhost:{port}/");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = done.clone();
     let client = std::thread::spawn(move || {
         let mut ok = 0;
         while !loop_stop.load(std::sync::atomic::Ordering::Relaxed) {
             let (code, _, body) = curl(&url, &["-k"]);
             assert_eq!(code, 200, "request failed during rotation: {body}");
             ok += 1;
+            counted.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         ok
     });
@@ -594,27 +596,32 @@ clusters:
         std::fs::rename(dir.join("new.key"), &key).unwrap();
         std::fs::rename(dir.join("new.pem"), &crt).unwrap();
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The client loop is under way (or has already failed) first.
+    wait_until("client requests before the rotation", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 1 || client.is_finished()
+    });
     swap("other");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !subject().contains("CN = api.other.test") {
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // A broken file keeps the previous certificate serving.
-    std::fs::write(dir.join("bad.pem"), b"not a certificate").unwrap();
-    std::fs::rename(dir.join("bad.pem"), &crt).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(subject().contains("CN = api.other.test"));
-    assert!(
+    wait_until_within(5, "the new certificate served", || {
+        subject().contains("CN = api.other.test")
+    });
+    // A broken file keeps the previous certificate serving: once its
+    // reload is counted as an error, the certificate is still the last one.
+    let errors = || {
         mg.metric(
             "meshgate_tls_certificate_reload_total",
-            &[("result", "error")]
-        ) >= 1.0
-    );
+            &[("result", "error")],
+        )
+    };
+    let before = errors();
+    std::fs::write(dir.join("bad.pem"), b"not a certificate").unwrap();
+    std::fs::rename(dir.join("bad.pem"), &crt).unwrap();
+    wait_until("the broken certificate file counted", || errors() > before);
+    assert!(subject().contains("CN = api.other.test"));
+    // Requests go on after it too.
+    let at = done.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("client requests after the broken file", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) > at || client.is_finished()
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ok = client.join().expect("the client loop saw a failure");
     assert!(ok >= 3, "only {ok} requests ran");

@@ -137,7 +137,12 @@ fn updates_under_load_lose_no_request() {
     assert!(sb > sa * 3 && sa > 0, "10/90 split saw a={sa} b={sb}");
 
     // Endpoint add: svc-a gets c too (route back to svc-a only).
-    set_acked(&mgmt, ROUTE, "r5", vec![route_config("r1", &[("svc-a", 1)])]);
+    set_acked(
+        &mgmt,
+        ROUTE,
+        "r5",
+        vec![route_config("r1", &[("svc-a", 1)])],
+    );
     set_acked(
         &mgmt,
         ENDPOINT,
@@ -448,10 +453,9 @@ fn file_reload_keeps_the_dynamic_resources() {
     wait_for(port, "/", "backend=a");
     let load = Load::start(port, 2);
     // The file gains a static listener; the dynamic one stays.
-    let more = format!(
+    let more = mg.fill(&format!(
         "{boot}listeners:\n  - name: static\n    address: 127.0.0.1:{sport}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: xds}}\n"
-    )
-    .replace("{ADMIN}", &mg.admin.unwrap().to_string());
+    ));
     let tmp = mg.config.with_extension("new");
     std::fs::write(&tmp, more).unwrap();
     std::fs::rename(&tmp, &mg.config).unwrap();
@@ -717,12 +721,21 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
         })
     };
     // Both clients are under way on the first certificate.
-    wait_until("handshakes and keep-alive requests before the rotation", || {
-        let fresh_n = seen_live.lock().unwrap().iter().filter(|s| s.1 == der1).count();
-        // (A failed keep-alive connection ends its thread: asserted below.)
-        fresh_n >= 5
-            && (kept_count.load(std::sync::atomic::Ordering::Relaxed) >= 5 || kept.is_finished())
-    });
+    wait_until(
+        "handshakes and keep-alive requests before the rotation",
+        || {
+            let fresh_n = seen_live
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.1 == der1)
+                .count();
+            // (A failed keep-alive connection ends its thread: asserted below.)
+            fresh_n >= 5
+                && (kept_count.load(std::sync::atomic::Ordering::Relaxed) >= 5
+                    || kept.is_finished())
+        },
+    );
     mgmt.set(
         SECRET,
         "s2",
@@ -737,7 +750,12 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
     // Enough new handshakes after the ACK, and the kept connection went on.
     let kept_at_ack = kept_count.load(std::sync::atomic::Ordering::Relaxed);
     wait_until("handshakes after the ACK", || {
-        let after = seen_live.lock().unwrap().iter().filter(|s| s.0 > acked).count();
+        let after = seen_live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.0 > acked)
+            .count();
         after > 5
             && (kept_count.load(std::sync::atomic::Ordering::Relaxed) > kept_at_ack.max(10)
                 || kept.is_finished())

@@ -235,7 +235,13 @@ fn a_listener_warms_visibly_and_at_most_its_initial_fetch_timeout() {
                 let w0 = &w[0];
                 assert_eq!(w0["resource"], "Listener 'web'", "{d}");
                 assert_eq!(w0["waiting_for"][0], "RouteConfiguration 'late'", "{d}");
-                assert!(refused(port), "served while warming");
+                // The port opens while the config that ends the warming
+                // is applied, just before /config_dump shows it: served
+                // while a later dump still shows it warming is the bug.
+                assert!(
+                    refused(port) || dump(&mg)["dynamic"].get("warming").is_none(),
+                    "served while warming"
+                );
                 seen_warming = true;
             }
             !refused(port)
