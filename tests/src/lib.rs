@@ -475,3 +475,38 @@ pub fn read_reply(r: &mut impl std::io::BufRead) -> Option<Reply> {
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `free_port` relies on from the kernel: a reserved port is
+    /// refused to another reservation and to connects, and open to a
+    /// listener bound as meshgate binds (`SO_REUSEADDR`, bind, listen).
+    #[test]
+    fn a_reserved_port_is_kept_from_others_and_open_to_a_reuse_address_listener() {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let tcp = || socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        assert!(tcp().unwrap().bind(&addr.into()).is_err(), "reserved twice");
+        assert!(TcpStream::connect(addr).is_err(), "a connect was accepted");
+        let l = tcp().unwrap();
+        l.set_reuse_address(true).unwrap();
+        l.bind(&addr.into()).unwrap();
+        l.listen(8).unwrap();
+        assert!(TcpStream::connect(addr).is_ok());
+        // Closed again, the port stays reserved.
+        drop(l);
+        assert!(tcp().unwrap().bind(&addr.into()).is_err());
+    }
+
+    #[test]
+    fn the_admin_address_is_read_from_its_log_line() {
+        let log = "2026-12-06T08:14:56Z  INFO meshgate_core::server: admin listening address=Some(127.0.0.1:40123)\n";
+        assert_eq!(
+            admin_address_from_log(log),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(admin_address_from_log("no admin here"), None);
+    }
+}
