@@ -935,6 +935,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
 
     // Under load from other connections: none of their requests fails.
     let load = Load::start(port, 4);
+    load.wait_more(20);
     // A setting of the cluster changes (connect timeout): connections
     // using it retire gracefully, the next response says `connection:
     // close`.
@@ -950,6 +951,8 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     let got = request(&mut conn, port, "/").expect("request after a cluster setting change");
     assert_eq!(got, "backend=c");
     assert!(conn.is_none(), "the connection was not retired");
+    // The load goes on past the change before it is counted.
+    load.wait_more(20);
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
     assert!(ok > 0, "the load made no request");
