@@ -1,7 +1,9 @@
 //! Shared helpers of the end-to-end tests: find the release binary, start it
-//! on a generated config with ephemeral loopback ports, wait for readiness,
-//! read the admin endpoints. Every test talks to the real `meshgate` binary
-//! over 127.0.0.1 only.
+//! on a generated config (admin on port 0, listeners on ports reserved for
+//! the test process), wait for readiness, read the admin endpoints, and
+//! wait for a state (`poll`, `wait_until`, `Meshgate::wait_metric`) rather
+//! than for a time. Every test talks to the real `meshgate` binary over
+//! 127.0.0.1 only.
 
 pub mod backend;
 pub mod rpc;
@@ -77,12 +79,7 @@ pub fn wait_until_within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     wait_for_within(secs, what, || f().then_some(()))
 }
 
-/// Polls `f` until it gives a value (for up to 15 s) and returns it.
-pub fn wait_for_value<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
-    wait_for_within(15, what, f)
-}
-
-/// [`wait_for_value`] with its own bound, in seconds.
+/// Polls `f` until it gives a value, for up to `secs` s, and returns it.
 pub fn wait_for_within<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll(Duration::from_secs(secs), f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
@@ -304,13 +301,6 @@ impl Meshgate {
         let (status, body) = self.admin_get("/config_dump");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("config_dump is JSON")
-    }
-
-    /// Waits until the log contains `needle`.
-    pub fn wait_log(&self, needle: &str) {
-        wait_until(&format!("log line with {needle:?}"), || {
-            self.log_text().contains(needle)
-        })
     }
 
     /// Sends SIGTERM.
