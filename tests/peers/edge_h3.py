@@ -21,16 +21,21 @@ class Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.h3 = H3Connection(self._quic)
-        self.status = None
+        # The first outcome (a response head or a reset): waited for.
+        self.status = asyncio.get_running_loop().create_future()
+
+    def outcome(self, text):
+        if not self.status.done():
+            self.status.set_result(text)
 
     def quic_event_received(self, event):
-        if isinstance(event, StreamReset) and self.status is None:
-            self.status = f"reset code={event.error_code:#x}"
+        if isinstance(event, StreamReset):
+            self.outcome(f"reset code={event.error_code:#x}")
         for e in self.h3.handle_event(event):
             if isinstance(e, HeadersReceived):
                 for k, v in e.headers:
                     if k == b":status":
-                        self.status = v.decode()
+                        self.outcome(f"status={v.decode()}")
 
 
 async def main(port: int, ca: str, authority: str, host) -> None:
@@ -48,12 +53,10 @@ async def main(port: int, ca: str, authority: str, host) -> None:
             headers.append((b"host", host.encode()))
         p.h3.send_headers(p._quic.get_next_available_stream_id(), headers, end_stream=True)
         p.transmit()
-        for _ in range(50):
-            await asyncio.sleep(0.1)
-            if p.status:
-                print(p.status if p.status.startswith("reset") else f"status={p.status}", flush=True)
-                return
-        print("none", flush=True)
+        try:
+            print(await asyncio.wait_for(asyncio.shield(p.status), 5), flush=True)
+        except asyncio.TimeoutError:
+            print("none", flush=True)
 
 
 if __name__ == "__main__":

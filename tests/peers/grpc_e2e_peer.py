@@ -49,6 +49,7 @@ def fail(req, ctx):
 
 
 def slow(req, ctx):
+    # Time on purpose: longer than the caller's 0.3 s deadline.
     time.sleep(3)
     return req
 
@@ -70,9 +71,10 @@ def serve(port):
         ],
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # Port 0: the kernel picks it; the test reads it from this line.
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    print("READY", flush=True)
+    print(f"READY {bound}", flush=True)
     server.wait_for_termination()
 
 

@@ -174,7 +174,14 @@ def busy(port):
                 elif kind == 3 and sid == pending:
                     print(f"FAIL stream {sid} reset", flush=True)
                     return
-                elif kind in (0, 1) and sid == pending and flags & 1:
+                if kind == 0 and n > 0:
+                    # Give the connection's flow-control window back, as a
+                    # real client does: without it meshgate may send only
+                    # 65,535 bytes in all (RFC 9113 section 6.9), and the
+                    # answer that crosses that (about the 257th of ~256
+                    # bytes) stops half-sent, waiting for this update.
+                    s.sendall(frame(8, 0, 0, n.to_bytes(4, "big")))
+                if kind in (0, 1) and sid == pending and flags & 1:
                     answered += 1
                     pending = None
                     done = True

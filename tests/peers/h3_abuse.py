@@ -29,6 +29,8 @@ class Probe(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self.h3 = H3Connection(self._quic)
         self.closed = asyncio.get_running_loop().create_future()
+        # Set by the first response head: waited for, never polled.
+        self.status = asyncio.get_running_loop().create_future()
 
     def quic_event_received(self, event):
         if isinstance(event, ConnectionTerminated) and not self.closed.done():
@@ -37,8 +39,8 @@ class Probe(QuicConnectionProtocol):
             for h3_event in self.h3.handle_event(event):
                 if isinstance(h3_event, HeadersReceived):
                     for k, v in h3_event.headers:
-                        if k == b":status":
-                            self.status = v.decode()
+                        if k == b":status" and not self.status.done():
+                            self.status.set_result(v.decode())
         except Exception:
             pass
 
@@ -94,12 +96,12 @@ async def main(mode: str, host: str, port: int, ca: str) -> None:
                 end_stream=True,
             )
             p.transmit()
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                status = getattr(p, "status", None)
-                if status:
-                    print(f"status={status}", flush=True)
-                    return
+            try:
+                status = await asyncio.wait_for(asyncio.shield(p.status), 5)
+                print(f"status={status}", flush=True)
+                return
+            except asyncio.TimeoutError:
+                pass
         else:
             raise SystemExit(f"unknown mode {mode}")
         p.transmit()

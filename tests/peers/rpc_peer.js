@@ -7,7 +7,7 @@
 //   node rpc_peer.js server <dubbo|bolt> <port> <name>
 //     Provider of com.meshgate.Echo (version 1.0 and 2.0) and
 //     com.meshgate.Other: echo(x) -> {from, x}, sleep(ms), plus(a, b).
-//     Prints READY when listening.
+//     Prints `READY <port>` when listening (port 0: the kernel picks it).
 //   node rpc_peer.js call <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
 //       [count] [concurrency] [timeoutMs] [version] [group]
 //     Prints one JSON line: {ok, errors: [messages], results: [first 5], from: {name: n}}
@@ -38,7 +38,7 @@ async function server(proto, port, name) {
   server.addService({ interfaceName: 'com.meshgate.Echo', version: '2.0' }, impl);
   server.addService({ interfaceName: 'com.meshgate.Other', version: '1.0' }, impl);
   await server.start();
-  console.log('READY');
+  console.log('READY ' + server.publishPort);
 }
 
 async function call(proto, host, iface, method, argsJson, count, conc, timeout, version, group) {

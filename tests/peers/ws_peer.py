@@ -16,8 +16,10 @@ async def echo(ws):
 
 
 async def serve(port):
-    async with websockets.serve(echo, "127.0.0.1", port, max_size=None):
-        print("READY", flush=True)
+    # Port 0: the kernel picks it; the test reads it from this line.
+    async with websockets.serve(echo, "127.0.0.1", port, max_size=None) as server:
+        bound = server.sockets[0].getsockname()[1]
+        print(f"READY {bound}", flush=True)
         await asyncio.Future()
 
 

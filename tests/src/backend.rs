@@ -72,6 +72,9 @@ async fn handle(
             .body(full(format!("status {code}\n")))
             .unwrap());
     }
+    // The three pauses below are time on purpose: an upstream that is slow
+    // (a request in flight across a drain or past a timeout), one whose
+    // answers overlap (multiplexing under h2load), one that streams.
     if path.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }

@@ -1,7 +1,9 @@
 //! Shared helpers of the end-to-end tests: find the release binary, start it
-//! on a generated config with ephemeral loopback ports, wait for readiness,
-//! read the admin endpoints. Every test talks to the real `meshgate` binary
-//! over 127.0.0.1 only.
+//! on a generated config (admin on port 0, listeners on ports reserved for
+//! the test process), wait for readiness, read the admin endpoints, and
+//! wait for a state (`poll`, `wait_until`, `Meshgate::wait_metric`) rather
+//! than for a time. Every test talks to the real `meshgate` binary over
+//! 127.0.0.1 only.
 
 pub mod backend;
 pub mod rpc;
@@ -9,7 +11,7 @@ pub mod scripted;
 pub mod xds;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -48,6 +50,24 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
+/// How often the wait helpers look again: the one pause of the shared
+/// waits (a poll interval, not a time the test relies on).
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `f` until it gives a value or `timeout` passes (None).
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Polls `f` until it holds (every 20 ms), for up to 15 s: tests wait for a
 /// state (a counter, a config version, an answer), never a fixed time.
 pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
@@ -56,42 +76,58 @@ pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
 
 /// [`wait_until`] with its own bound, in seconds.
 pub fn wait_until_within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_within(secs, what, || f().then_some(()))
 }
 
-/// A free loopback port for a listener a test starts later (probed, then
-/// released).
+/// Polls `f` until it gives a value, for up to `secs` s, and returns it.
+pub fn wait_for_within<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(Duration::from_secs(secs), f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// A loopback port for a listener meshgate opens later, reserved for the
+/// rest of this test process: never probed and released.
 ///
-/// Taken below the kernel's ephemeral range (`ip_local_port_range`), from a
-/// start that differs per test process: the kernel hands ports of that range
-/// to every `bind(0)` and outgoing connection, and in a busy parallel run
-/// one of them would sometimes take a port between its probe here and the
-/// proxy's bind (EADDRINUSE).
+/// The reservation is a TCP socket bound to the port (not listening) that
+/// this process keeps open. It is bound without `SO_REUSEADDR`, so no other
+/// test's reservation, nor any `bind(0)` or outgoing connection, can take
+/// the port; then `SO_REUSEADDR` is set on it, so meshgate's own bind (with
+/// `SO_REUSEADDR`, then `listen`) on the port succeeds. A connect to a
+/// reserved port nobody listens on is refused, as for a free one.
+///
+/// Ports are taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), where UDP (QUIC listeners on the same number)
+/// is not handed out to other processes' clients either; the UDP side is
+/// checked free, not reserved (a second UDP socket on the port would take
+/// datagrams meant for meshgate).
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static RESERVED: Mutex<Vec<socket2::Socket>> = Mutex::new(Vec::new());
+    let reserve = |port: u16| -> Option<u16> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        sock.bind(&addr.into()).ok()?;
+        sock.set_reuse_address(true).ok()?;
+        let port = sock.local_addr().ok()?.as_socket()?.port();
+        RESERVED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sock);
+        Some(port)
+    };
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    // 20000-29999 is `tls.rs`'s s_server range.
-    let (lo, hi) = (10_000u32, ephemeral_low.min(20_000));
+    let (lo, hi) = (10_000u32, ephemeral_low.min(30_000));
     if hi <= lo + 1_000 {
-        return TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        return reserve(0).expect("reserve a loopback port");
     }
     let span = hi - lo;
-    // One start per test process: the walk below then hands out distinct
+    // One start per test process: the walk below then tries distinct
     // ports within it (97 is prime: distinct unless the span is a multiple
-    // of it). A start read per call once gave two listeners of one config
-    // the same port.
+    // of it).
     static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let start = *START.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
@@ -102,13 +138,28 @@ pub fn free_port() -> u16 {
     for _ in 0..span {
         let i = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (lo + start.wrapping_add(i.wrapping_mul(97)) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && let Some(port) = reserve(port)
         {
             return port;
         }
     }
     panic!("no free loopback port in {lo}..{hi}");
+}
+
+/// What `{ADMIN}` becomes in a config: port 0, read back after the start.
+const ADMIN_CONFIG: &str = "127.0.0.1:0";
+
+/// The bound address in meshgate's `admin listening address=...` line
+/// (the address may be printed as `Some(ip:port)`).
+fn admin_address_from_log(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("admin listening"))?;
+    let rest = line.split_once("address=")?.1;
+    let rest = rest.strip_prefix("Some(").unwrap_or(rest);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// A running meshgate process; killed on drop.
@@ -122,23 +173,17 @@ pub struct Meshgate {
 
 impl Meshgate {
     /// Writes `yaml` to a temp file and starts meshgate on it. `{ADMIN}` in
-    /// the text is replaced by a free admin address, which is awaited
-    /// (`/ready` answers 200) before returning.
+    /// the text becomes an admin address on port 0: the port the kernel
+    /// gave is read back from meshgate's "admin listening" log line, then
+    /// `/ready` is awaited before returning.
     pub fn start(yaml: &str) -> Self {
         Self::start_with_args(yaml, &[])
     }
 
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let admin: Option<SocketAddr> = if yaml.contains("{ADMIN}") {
-            Some(format!("127.0.0.1:{}", free_port()).parse().unwrap())
-        } else {
-            None
-        };
-        let text = match admin {
-            Some(a) => yaml.replace("{ADMIN}", &a.to_string()),
-            None => yaml.to_string(),
-        };
+        let has_admin = yaml.contains("{ADMIN}");
+        let text = yaml.replace("{ADMIN}", ADMIN_CONFIG);
         let config = dir.path().join("meshgate.yaml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("meshgate.log");
@@ -165,29 +210,53 @@ impl Meshgate {
             .expect("start meshgate");
         let mut m = Self {
             child,
-            admin,
+            admin: None,
             config,
             log,
             _dir: dir,
         };
-        if admin.is_some() {
+        if has_admin {
+            m.admin = Some(m.wait_admin_address());
             m.wait_ready();
         }
         m
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+    /// `yaml` with `{ADMIN}` filled in as `start` does: for a rewritten
+    /// config file that keeps the admin as it is.
+    pub fn fill(&self, yaml: &str) -> String {
+        yaml.replace("{ADMIN}", ADMIN_CONFIG)
+    }
+
+    /// Waits until `f` gives a value, panicking with the log if meshgate
+    /// exits first or 20 s pass.
+    fn wait_alive<T>(&mut self, what: &str, mut f: impl FnMut(&Self) -> Option<T>) -> T {
+        let mut exited = None;
+        let got = poll(Duration::from_secs(20), || {
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("meshgate exited early ({st}):\n{}", self.log_text());
+                exited = Some(st);
+                return Some(None);
             }
-            if let Ok((200, _)) = self.try_admin_get("/ready") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            f(self).map(Some)
+        });
+        match (got, exited) {
+            (Some(Some(v)), _) => v,
+            (_, Some(st)) => panic!("meshgate exited early ({st}):\n{}", self.log_text()),
+            _ => panic!("meshgate: no {what} in 20s:\n{}", self.log_text()),
         }
-        panic!("meshgate not ready in 20s:\n{}", self.log_text());
+    }
+
+    /// The admin's bound address, from its "admin listening" log line.
+    fn wait_admin_address(&mut self) -> SocketAddr {
+        self.wait_alive("admin listening line", |m| {
+            admin_address_from_log(&m.log_text())
+        })
+    }
+
+    fn wait_ready(&mut self) {
+        self.wait_alive("ready admin", |m| {
+            matches!(m.try_admin_get("/ready"), Ok((200, _))).then_some(())
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -210,6 +279,30 @@ impl Meshgate {
         metric_from(&body, name, labels)
     }
 
+    /// Waits until the metric's sum (see [`Meshgate::metric`]) satisfies
+    /// `pred`, and returns it.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let what = format!("{name}{labels:?}");
+        let mut last = 0.0;
+        poll(Duration::from_secs(15), || {
+            last = self.metric(name, labels);
+            pred(last).then_some(last)
+        })
+        .unwrap_or_else(|| panic!("timed out waiting for {what} (last {last})"))
+    }
+
+    /// `/config_dump`, parsed.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let (status, body) = self.admin_get("/config_dump");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("config_dump is JSON")
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         // SAFETY: kill(2) on our own child's pid, which is still ours to reap.
@@ -220,14 +313,7 @@ impl Meshgate {
 
     /// Waits for exit up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        poll(timeout, || self.child.try_wait().ok().flatten())
     }
 }
 
@@ -280,14 +366,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 
 /// Waits until `addr` accepts TCP connections.
 pub fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{addr} never listened");
+    wait_until_within(10, &format!("{addr} to listen"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), fast enough for GiBs.
@@ -383,4 +464,39 @@ pub fn read_reply(r: &mut impl std::io::BufRead) -> Option<Reply> {
         close,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `free_port` relies on from the kernel: a reserved port is
+    /// refused to another reservation and to connects, and open to a
+    /// listener bound as meshgate binds (`SO_REUSEADDR`, bind, listen).
+    #[test]
+    fn a_reserved_port_is_kept_from_others_and_open_to_a_reuse_address_listener() {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let tcp = || socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        assert!(tcp().unwrap().bind(&addr.into()).is_err(), "reserved twice");
+        assert!(TcpStream::connect(addr).is_err(), "a connect was accepted");
+        let l = tcp().unwrap();
+        l.set_reuse_address(true).unwrap();
+        l.bind(&addr.into()).unwrap();
+        l.listen(8).unwrap();
+        assert!(TcpStream::connect(addr).is_ok());
+        // Closed again, the port stays reserved.
+        drop(l);
+        assert!(tcp().unwrap().bind(&addr.into()).is_err());
+    }
+
+    #[test]
+    fn the_admin_address_is_read_from_its_log_line() {
+        let log = "2026-12-06T08:14:56Z  INFO meshgate_core::server: admin listening address=Some(127.0.0.1:40123)\n";
+        assert_eq!(
+            admin_address_from_log(log),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(admin_address_from_log("no admin here"), None);
+    }
 }

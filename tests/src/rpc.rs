@@ -2,7 +2,7 @@
 //! (sofa-rpc-node with dubbo-remoting, tests/peers/rpc_peer.js; the Python
 //! dubbo-ssl-python consumer) and raw frame builders for hostile input.
 
-use crate::{free_port, workspace};
+use crate::workspace;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -23,10 +23,10 @@ pub struct Provider {
 
 impl Provider {
     pub fn start(protocol: &str, name: &str) -> Self {
-        let port = free_port();
+        // Port 0: the provider reports the port it got.
         let mut child = Command::new("node")
             .arg(peer())
-            .args(["server", protocol, &port.to_string(), name])
+            .args(["server", protocol, "0", name])
             .stdout(Stdio::piped())
             .spawn()
             .expect("node with sofa-rpc-node (tests/run.sh installs it)");
@@ -34,7 +34,11 @@ impl Provider {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(line.trim(), "READY", "provider did not start");
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("provider did not start: {line:?}"));
         Provider { child, port }
     }
 }

@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -145,6 +145,7 @@ pub struct Mgmt {
 }
 
 impl Mgmt {
+    /// Serves on `port` (0: a port the kernel picks; read `addr`).
     pub fn start(port: u16) -> Self {
         Self::start_with(port, Arc::new(Mutex::new(Shared::default())))
     }
@@ -176,6 +177,8 @@ impl Mgmt {
         sock.listen(128).unwrap();
         sock.set_nonblocking(true).unwrap();
         let std_listener: std::net::TcpListener = sock.into();
+        // Port 0 gives the kernel's choice: the bound address is the one.
+        let addr = std_listener.local_addr().unwrap();
         let ads = Ads {
             shared,
             changed: tokio::sync::watch::channel(0).0,
@@ -245,38 +248,22 @@ impl Mgmt {
 
     /// Waits for a request of `type_url` answering `nonce`.
     pub fn wait_reply(&self, type_url: &str, nonce: &str) -> DiscoveryRequest {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(r) = self
-                .requests()
+        crate::wait_for_within(10, &format!("a reply to {type_url} nonce {nonce}"), || {
+            self.requests()
                 .into_iter()
                 .find(|r| r.type_url == type_url && r.response_nonce == nonce)
-            {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no reply to {type_url} nonce {nonce}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     /// The nonce of the last response of `type_url` with `version`.
     pub fn wait_sent(&self, type_url: &str, version: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self
-                .sent()
+        crate::wait_for_within(10, &format!("{type_url} {version} sent"), || {
+            self.sent()
                 .into_iter()
                 .rev()
                 .find(|s| s.0 == type_url && s.1 == version)
-            {
-                return s.2;
-            }
-            assert!(Instant::now() < deadline, "{type_url} {version} never sent");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .map(|s| s.2)
+        })
     }
 
     /// Stops the server and ends its streams.
@@ -454,15 +441,12 @@ pub fn get(port: u16, path: &str) -> Option<String> {
 }
 
 pub fn wait_for(port: u16, path: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = get(port, path);
-        if got.as_deref() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "got {got:?}, want {want}");
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    let mut got = None;
+    let done = crate::poll(Duration::from_secs(10), || {
+        got = get(port, path);
+        (got.as_deref() == Some(want)).then_some(())
+    });
+    assert!(done.is_some(), "got {got:?}, want {want}");
 }
 
 /// Keep-alive clients running until stopped; counts successes, failures,
@@ -527,6 +511,24 @@ impl Load {
 
     pub fn reset_seen(&self) {
         self.seen.lock().unwrap().clear();
+    }
+
+    /// Waits until `n` more requests succeeded.
+    pub fn wait_more(&self, n: u64) {
+        let target = self.ok() + n;
+        crate::wait_until(&format!("{n} more requests under load"), || {
+            self.ok() >= target
+        });
+    }
+
+    /// Waits out the requests in flight (`settle` answers), then counts
+    /// the next `n` answers afresh: `seen` then shows who answered them.
+    pub fn sample(&self, settle: u64, n: u64) {
+        self.wait_more(settle);
+        self.reset_seen();
+        crate::wait_until(&format!("{n} answers under load"), || {
+            self.seen.lock().unwrap().values().sum::<u64>() >= n
+        });
     }
 
     pub fn finish(self) -> (u64, u64) {

@@ -5,7 +5,6 @@
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 #[test]
 fn proxy_writes_one_json_line_per_request() {
@@ -83,23 +82,14 @@ listeners:
         ]),
         "200"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let lines: Vec<serde_json::Value> = loop {
+    let lines: Vec<serde_json::Value> = wait_for_within(5, "three access-log lines", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect();
-        if lines.len() >= 3 {
-            break lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log has {} lines:\n{text}",
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        (lines.len() >= 3).then_some(lines)
+    });
     assert_eq!(lines.len(), 3);
     let ok = &lines[0];
     assert_eq!(ok["method"], "GET");

@@ -98,14 +98,9 @@ fn once(port: u16, req: &[u8]) -> Vec<u8> {
 
 /// Waits until `cond` holds on the upstream's first connection.
 fn wait_upstream(up: &Scripted, cond: impl Fn(&[u8]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if up.conns().first().is_some_and(|c| cond(&c.bytes)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("the upstream never saw the expected bytes");
+    wait_until_within(10, "the expected bytes at the upstream", || {
+        up.conns().first().is_some_and(|c| cond(&c.bytes))
+    });
 }
 
 fn curl(args: &[&str], stdin: Option<&[u8]>) -> String {
@@ -314,6 +309,7 @@ fn the_route_timeout_counts_from_the_request_head_not_the_body_end() {
             if w.write_all(b"x").is_err() {
                 return;
             }
+            // Time on purpose: a slow client, while the route timeout runs.
             std::thread::sleep(Duration::from_millis(200));
         }
     });
@@ -529,17 +525,12 @@ fn forbidden_trailer_fields_are_never_forwarded() {
         b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-ok: 2\r\nhost: evil\r\nauthorization: secret\r\n\r\n",
     );
     assert_eq!(status(&resp), 200, "{}", String::from_utf8_lossy(&resp));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rec = loop {
-        let c = up.conns();
-        if let Some(c) = c.iter().find(|c| c.bytes.starts_with(b"POST"))
-            && contains(&c.bytes, b"x-ok: 2\r\n")
-        {
-            break c.bytes.clone();
-        }
-        assert!(Instant::now() < deadline, "no request trailers upstream");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let rec = wait_for_within(10, "the request trailers upstream", || {
+        up.conns()
+            .iter()
+            .find(|c| c.bytes.starts_with(b"POST") && contains(&c.bytes, b"x-ok: 2\r\n"))
+            .map(|c| c.bytes.clone())
+    });
     let sent = String::from_utf8_lossy(&rec).to_ascii_lowercase();
     let trailers = sent.split_once("\r\n0\r\n").map(|x| x.1).unwrap_or("");
     assert!(

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A raw HTTP/1.1 upstream that records every request head it receives
 /// (lowercased) and answers `200 ok` with `server: recorder`; an upgrade
@@ -40,20 +40,14 @@ impl Recorder {
 
     /// The recorded head carrying `marker`, waited for.
     fn head(&self, marker: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(h) = self
-                .heads
+        wait_for_within(10, &format!("a request with {marker}"), || {
+            self.heads
                 .lock()
                 .unwrap()
                 .iter()
                 .find(|h| h.contains(marker))
-            {
-                return h.clone();
-            }
-            assert!(Instant::now() < deadline, "no request with {marker}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+                .cloned()
+        })
     }
 
     fn saw(&self, needle: &str) -> bool {
@@ -565,15 +559,13 @@ fn paths_are_normalised_as_envoy_before_routing_and_forwarding() {
 
 /// The access-log line of the request carrying `request_id`, waited for.
 fn log_line(path: &std::path::Path, request_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let line = wait_for_within(10, &format!("a log line for {request_id}"), || {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.contains(request_id)) {
-            return serde_json::from_str(l).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no log line for {request_id}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        text.lines()
+            .find(|l| l.contains(request_id))
+            .map(str::to_string)
+    });
+    serde_json::from_str(&line).unwrap()
 }
 
 #[test]

@@ -367,10 +367,10 @@ fn oversized_request_headers_get_431() {
 fn websocket_upgrade_is_tunnelled() {
     use std::io::{BufRead, BufReader};
     let peer = workspace().join("tests/peers/ws_peer.py");
-    let ws_port = free_port();
+    // Port 0: the server prints the port it got.
     let mut server = Command::new("python3")
         .arg(&peer)
-        .args(["server", &ws_port.to_string()])
+        .args(["server", "0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 with websockets (tests/run.sh installs it)");
@@ -378,7 +378,11 @@ fn websocket_upgrade_is_tunnelled() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line.trim(), "READY");
+    let ws_port: u16 = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("websocket server did not start: {line:?}"));
     let port = free_port();
     let yaml = format!(
         r#"admin:
@@ -565,7 +569,8 @@ clusters:
         .unwrap();
     assert!(idle.read(&mut buf).unwrap() > 0);
     let slow = std::thread::spawn(move || curl(port, &["--http1.1"], "/slow"));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The slow request has reached the backend: it is in flight.
+    wait_until("the slow request at the backend", || a.hits() >= 2);
     let t = std::time::Instant::now();
     mg.terminate();
     // The idle keep-alive connection is closed by the drain.

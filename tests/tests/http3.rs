@@ -391,14 +391,7 @@ fn drain_sends_goaway_and_lets_the_request_in_flight_finish() {
     );
     // /api/slow answers after 3 s; SIGTERM arrives while it is in flight.
     let client = std::thread::spawn(move || aioquic_get(port, &["/api/slow"], None));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while backend.hits() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(20, "the request at the backend", || backend.hits() > 0);
     mg.terminate();
     let r = client.join().unwrap();
     assert!(r[0].1.starts_with(":status: 200"), "{}", r[0].1);
@@ -464,12 +457,9 @@ fn hostile_quic_input_is_refused_and_others_are_unaffected() {
     };
     // Counted when each connection's task ends, which may be just after
     // the client saw the close.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while (errors("qpack") < 1.0 || errors("stream_limit") < 1.0)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_within(5, "both refusals counted", || {
+        errors("qpack") >= 1.0 && errors("stream_limit") >= 1.0
+    });
     let dump = mg.admin_get("/stats/prometheus").1;
     assert_eq!(errors("qpack"), 1.0, "{dump}");
     assert_eq!(errors("stream_limit"), 1.0, "{dump}");

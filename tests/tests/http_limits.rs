@@ -343,11 +343,20 @@ fn upstream_keepalive_closed_while_idle_costs_no_request() {
     // must not fail nor get a stale answer.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    // Answers the client got, and upstream connections closed since: the
+    // upstream closes connection i once answer i reached the client (so
+    // the connection sits idle in meshgate's pool), and the next request
+    // goes out once that close happened.
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = n.clone();
+    let (answered_up, closed_up) = (answered.clone(), closed.clone());
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
             let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (answered, closed) = (answered_up.clone(), closed_up.clone());
             std::thread::spawn(move || {
                 let mut s = s;
                 let mut buf = [0u8; 4096];
@@ -362,7 +371,14 @@ fn upstream_keepalive_closed_while_idle_costs_no_request() {
                     resp.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstale");
                 }
                 let _ = s.write_all(&resp);
-                std::thread::sleep(Duration::from_millis(50));
+                if poll(Duration::from_secs(10), || {
+                    (answered.load(SeqCst) > i).then_some(())
+                })
+                .is_some()
+                {
+                    drop(s);
+                    closed.fetch_add(1, SeqCst);
+                }
             });
         }
     });
@@ -400,7 +416,10 @@ clusters:
         );
         assert!(!seen.contains(&body), "answer reused: {body}");
         seen.push(body);
-        std::thread::sleep(Duration::from_millis(150));
+        let got = answered.fetch_add(1, SeqCst) + 1;
+        wait_until("the upstream to close the answered connection", || {
+            closed.load(SeqCst) >= got
+        });
     }
     drop(mg);
 }
@@ -427,10 +446,15 @@ fn route_timeouts_hold_on_a_reused_upstream_connection() {
                         let req = String::from_utf8_lossy(&head[..end]).to_string();
                         head.drain(..end + 4);
                         if req.contains(" /hang") {
-                            std::thread::sleep(Duration::from_secs(30));
+                            // Never answers: holds the connection until
+                            // meshgate gives up on it.
+                            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
                             return;
                         }
                         if req.contains(" /slow") {
+                            // Time on purpose: slower than the short
+                            // route timeout (300 ms) the request must not
+                            // inherit.
                             std::thread::sleep(Duration::from_millis(600));
                         }
                         if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

@@ -267,15 +267,10 @@ fn connection_limit_refuses_the_extra_connection() {
     );
     drop(a);
     // The slot frees once meshgate sees the close.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until_within(5, "the slot to free", || {
         let mut d = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        if ping(&mut d) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot never freed");
-        thread::sleep(Duration::from_millis(50));
-    }
+        ping(&mut d)
+    });
     assert!(ping(&mut b));
 }
 
@@ -325,20 +320,9 @@ fn backend_that_resets_or_never_answers_closes_the_client() {
             t.elapsed()
         );
     }
-    let wait_metric = |name: &str, labels: &[(&str, &str)]| {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let v = mg.metric(name, labels);
-            if v >= 1.0 || Instant::now() > deadline {
-                return v;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    };
     // The reset lands either on the established connection or, when it
     // beats the connect's completion check, on the connect itself.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
+    wait_until_within(3, "a counter of the reset", || {
         let destroyed = mg.metric(
             "meshgate_cluster_upstream_cx_destroy_total",
             &[("cluster", "reset"), ("reason", "reset")],
@@ -347,29 +331,22 @@ fn backend_that_resets_or_never_answers_closes_the_client() {
             "meshgate_cluster_upstream_cx_connect_fail_total",
             &[("cluster", "reset")],
         );
-        if destroyed + connect_failed >= 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no counter saw the reset");
-        thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        wait_metric(
-            "meshgate_cluster_upstream_cx_destroy_total",
-            &[("cluster", "silent"), ("reason", "idle_timeout")]
-        ) >= 1.0
+        destroyed + connect_failed >= 1.0
+    });
+    mg.wait_metric(
+        "meshgate_cluster_upstream_cx_destroy_total",
+        &[("cluster", "silent"), ("reason", "idle_timeout")],
+        |v| v >= 1.0,
     );
-    assert!(
-        wait_metric(
-            "meshgate_cluster_upstream_cx_connect_fail_total",
-            &[("cluster", "refused"), ("reason", "refused")]
-        ) >= 1.0
+    mg.wait_metric(
+        "meshgate_cluster_upstream_cx_connect_fail_total",
+        &[("cluster", "refused"), ("reason", "refused")],
+        |v| v >= 1.0,
     );
-    assert!(
-        wait_metric(
-            "meshgate_tcp_proxy_upstream_unavailable_total",
-            &[("listener", "refused")]
-        ) >= 1.0
+    mg.wait_metric(
+        "meshgate_tcp_proxy_upstream_unavailable_total",
+        &[("listener", "refused")],
+        |v| v >= 1.0,
     );
 }
 
@@ -406,14 +383,9 @@ fn sigterm_stops_accepting_and_drains_open_connections() {
     s.read_exact(&mut buf).unwrap();
     mg.terminate();
     // Readiness flips and the listener closes...
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "listener still accepting after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(5, "the listener to stop accepting after SIGTERM", || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
     // ...while the open connection keeps working.
     s.write_all(b"during").unwrap();
     s.read_exact(&mut buf).unwrap();

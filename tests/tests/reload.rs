@@ -10,7 +10,7 @@ use std::io::BufReader;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A proxy listener answering `body` on every path, plus optional extra
 /// listener text.
@@ -38,7 +38,7 @@ listeners:
 
 /// Rewrites the running config atomically (write + rename).
 fn rewrite(mg: &Meshgate, yaml: &str) {
-    let text = yaml.replace("{ADMIN}", &mg.admin.unwrap().to_string());
+    let text = mg.fill(yaml);
     let tmp = mg.config.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &mg.config).unwrap();
@@ -91,6 +91,14 @@ impl Load {
         }
     }
 
+    /// Waits until `n` more requests succeeded.
+    fn wait_more(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait_until(&format!("{n} more requests under load"), || {
+            self.ok.load(Ordering::Relaxed) >= target
+        });
+    }
+
     fn finish(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
@@ -114,11 +122,9 @@ fn sighup(mg: &Meshgate) {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mg.metric("meshgate_config_reload_total", &[("result", "ok")]) <= before {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_within(5, "the SIGHUP reload", || {
+        mg.metric("meshgate_config_reload_total", &[("result", "ok")]) > before
+    });
 }
 
 fn body_now(port: u16) -> String {
@@ -126,15 +132,12 @@ fn body_now(port: u16) -> String {
 }
 
 fn wait_body(port: u16, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = body_now(port);
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still '{got}', want '{want}'");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut got = String::new();
+    let done = poll(Duration::from_secs(5), || {
+        got = body_now(port);
+        (got == want).then_some(())
+    });
+    assert!(done.is_some(), "still '{got}', want '{want}'");
 }
 
 #[test]
@@ -143,11 +146,12 @@ fn file_change_reloads_under_load_with_no_failed_request() {
     let mg = Meshgate::start_with_args(&config(port, "v0", ""), &["--watch-interval", "100ms"]);
     wait_body(port, "v0");
     let load = Load::start(port, 8);
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_more(50);
     for v in 1..=10 {
         rewrite(&mg, &config(port, &format!("v{v}"), ""));
         wait_body(port, &format!("v{v}"));
-        std::thread::sleep(Duration::from_millis(100));
+        // The load runs on each version before the next change.
+        load.wait_more(20);
     }
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
@@ -164,11 +168,11 @@ fn a_bad_file_keeps_the_old_config_and_names_file_line_and_field() {
     let load = Load::start(port, 2);
     let bad = config(port, "bad", "").replace("domains:", "domainz:");
     rewrite(&mg, &bad);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mg.metric("meshgate_config_reload_total", &[("result", "error")]) < 1.0 {
-        assert!(Instant::now() < deadline, "no reload error counted");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    mg.wait_metric(
+        "meshgate_config_reload_total",
+        &[("result", "error")],
+        |v| v >= 1.0,
+    );
     assert_eq!(body_now(port), "good");
     let log = mg.log_text();
     let file = mg.config.display().to_string();
@@ -228,11 +232,9 @@ clusters:
     // Remove the listener: its port closes.
     rewrite(&mg, &config(port, "x", ""));
     sighup(&mg);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while TcpStream::connect(("127.0.0.1", port2)).is_ok() {
-        assert!(Instant::now() < deadline, "removed listener still accepts");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_within(3, "the removed listener's port to close", || {
+        TcpStream::connect(("127.0.0.1", port2)).is_err()
+    });
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} of {}", ok + failed);
 }
@@ -326,11 +328,7 @@ fn endpoint_changes_reach_open_connections_without_closing_them() {
     sighup(&mg);
     assert_eq!(on_open_connection(&mut conn, port, 4), set(&["b"]));
     // The pool of a, which left, is gone: its idle connection closed.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while established_to(a.addr) != 0 {
-        assert!(Instant::now() < deadline, "the pool of a did not drain");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(5, "the pool of a to drain", || established_to(a.addr) == 0);
     // An endpoint joins.
     rewrite(&mg, &routed(port, &[&a, &b], "1s", &spare(&c)));
     sighup(&mg);

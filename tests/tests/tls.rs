@@ -64,11 +64,9 @@ fn s_client(port: u16, args: &[&str]) -> String {
         .spawn()
         .expect("openssl");
     drop(child.stdin.take());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "openssl s_client hung");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(5, "openssl s_client to finish", || {
+        child.try_wait().unwrap().is_some()
+    });
     let out = child.wait_with_output().unwrap();
     format!(
         "{}{}",
@@ -304,53 +302,30 @@ fn garbage_stalls_and_unknown_sni_are_refused_and_counted() {
     assert_eq!(code, 200);
 }
 
-/// `openssl s_server -www` on a free port with a certificate.
+/// `openssl s_server -www` on a port the kernel picks, with a certificate.
 struct SServer(Child, u16);
 
 impl SServer {
     fn start(name: &str) -> Self {
-        // A port outside the ranges `free_port` (10000-19999) and every
-        // `bind(0)` (the ephemeral range) draw from: a parallel test cannot take it, nor hold
-        // a port this s_server then fails to bind while the probe below
-        // reaches the other test's server instead. If it is taken anyway,
-        // s_server exits and another port is tried.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0)
-            ^ (u64::from(std::process::id()) << 20);
-        let mut rng = Prng::new(seed);
-        for _ in 0..5 {
-            let mut r = [0u8; 2];
-            rng.fill(&mut r);
-            let port = 20_000 + u16::from_le_bytes(r) % 10_000;
-            let mut child = Command::new("openssl")
-                .args(["s_server", "-www", "-quiet", "-accept"])
-                .arg(format!("127.0.0.1:{port}"))
-                .args(["-cert", &cert(&format!("{name}.pem"))])
-                .args(["-key", &cert(&format!("{name}.key"))])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("openssl s_server");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if child.try_wait().unwrap().is_none() {
-                        return SServer(child, port);
-                    }
-                    break;
-                }
-                assert!(Instant::now() < deadline, "openssl s_server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("openssl s_server could not bind a port");
+        // Port 0: s_server prints `ACCEPT 127.0.0.1:PORT` once it listens,
+        // so the port is its own, never probed and released.
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-www", "-accept", "127.0.0.1:0"])
+            .args(["-cert", &cert(&format!("{name}.pem"))])
+            .args(["-key", &cert(&format!("{name}.key"))])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = std::io::BufRead::lines(out).map_while(Result::ok);
+        let port = lines
+            .find_map(|l| l.strip_prefix("ACCEPT 127.0.0.1:")?.trim().parse().ok())
+            .expect("openssl s_server did not report its port");
+        // It goes on printing per connection: keep its pipe drained.
+        std::thread::spawn(move || lines.for_each(drop));
+        SServer(child, port)
     }
 }
 
@@ -405,10 +380,11 @@ clusters:
                 &format!("https://{host}:{port}/"),
                 &["--cacert", &ca, "--resolve", &resolve, "--http1.1"],
             );
+            // (No pause: the failure is a dropped connection, and s_server
+            // is listening.)
             if code == 200 || tries == 3 {
                 break (code, body);
             }
-            std::thread::sleep(Duration::from_millis(200));
         };
         assert_eq!(code, 200, "{host}: {body}");
         assert!(body.contains("s_server"), "{host}: {body}");
@@ -600,12 +576,15 @@ clusters:
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loop_stop = stop.clone();
     let url = format!("https://localhost:{port}/");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = done.clone();
     let client = std::thread::spawn(move || {
         let mut ok = 0;
         while !loop_stop.load(std::sync::atomic::Ordering::Relaxed) {
             let (code, _, body) = curl(&url, &["-k"]);
             assert_eq!(code, 200, "request failed during rotation: {body}");
             ok += 1;
+            counted.store(ok, std::sync::atomic::Ordering::Relaxed);
         }
         ok
     });
@@ -617,27 +596,32 @@ clusters:
         std::fs::rename(dir.join("new.key"), &key).unwrap();
         std::fs::rename(dir.join("new.pem"), &crt).unwrap();
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The client loop is under way (or has already failed) first.
+    wait_until("client requests before the rotation", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 1 || client.is_finished()
+    });
     swap("other");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !subject().contains("CN = api.other.test") {
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // A broken file keeps the previous certificate serving.
-    std::fs::write(dir.join("bad.pem"), b"not a certificate").unwrap();
-    std::fs::rename(dir.join("bad.pem"), &crt).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(subject().contains("CN = api.other.test"));
-    assert!(
+    wait_until_within(5, "the new certificate served", || {
+        subject().contains("CN = api.other.test")
+    });
+    // A broken file keeps the previous certificate serving: once its
+    // reload is counted as an error, the certificate is still the last one.
+    let errors = || {
         mg.metric(
             "meshgate_tls_certificate_reload_total",
-            &[("result", "error")]
-        ) >= 1.0
-    );
+            &[("result", "error")],
+        )
+    };
+    let before = errors();
+    std::fs::write(dir.join("bad.pem"), b"not a certificate").unwrap();
+    std::fs::rename(dir.join("bad.pem"), &crt).unwrap();
+    wait_until("the broken certificate file counted", || errors() > before);
+    assert!(subject().contains("CN = api.other.test"));
+    // Requests go on after it too.
+    let at = done.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("client requests after the broken file", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) > at || client.is_finished()
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ok = client.join().expect("the client loop saw a failure");
     assert!(ok >= 3, "only {ok} requests ran");

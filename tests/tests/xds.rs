@@ -57,6 +57,19 @@ fn backends(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| format!("backend={n}")).collect()
 }
 
+/// What `resource` is shown warming for in `/config_dump` (empty: not
+/// warming).
+fn warming_for(mg: &Meshgate, resource: &str) -> Vec<String> {
+    mg.config_dump()["dynamic"]["warming"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["resource"] == resource)
+        .flat_map(|w| w["waiting_for"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
 /// Sets a resource version and waits for its ACK (applied by then).
 fn set_acked(mgmt: &Mgmt, type_url: &str, version: &str, items: Vec<(String, Any)>) {
     mgmt.set(type_url, version, items);
@@ -74,7 +87,7 @@ fn updates_under_load_lose_no_request() {
     let b = HttpBackend::start("b", Proto::Http1);
     let c = HttpBackend::start("c", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(
         CLUSTER,
         "c1",
@@ -94,38 +107,44 @@ fn updates_under_load_lose_no_request() {
     wait_for(port, "/", "backend=a");
 
     let load = Load::start(port, 6);
-    std::thread::sleep(Duration::from_millis(300));
+    load.wait_more(50);
 
     // Route change: everything to svc-b.
     mgmt.set(ROUTE, "r2", vec![route_config("r1", &[("svc-b", 1)])]);
     wait_for(port, "/", "backend=b");
-    std::thread::sleep(Duration::from_millis(200));
+    load.wait_more(50);
 
     // Weighted canary shift: 90/10, then 10/90; both answer under load.
-    mgmt.set(
+    // Each sample starts once the ACK says the version applied and the
+    // requests in flight then have been answered.
+    set_acked(
+        &mgmt,
         ROUTE,
         "r3",
         vec![route_config("r1", &[("svc-a", 90), ("svc-b", 10)])],
     );
-    std::thread::sleep(Duration::from_millis(600));
-    load.reset_seen();
-    std::thread::sleep(Duration::from_millis(600));
+    load.sample(30, 300);
     let (sa, sb) = (load.seen("a"), load.seen("b"));
     assert!(sa > sb * 3 && sb > 0, "90/10 split saw a={sa} b={sb}");
-    mgmt.set(
+    set_acked(
+        &mgmt,
         ROUTE,
         "r4",
         vec![route_config("r1", &[("svc-a", 10), ("svc-b", 90)])],
     );
-    std::thread::sleep(Duration::from_millis(600));
-    load.reset_seen();
-    std::thread::sleep(Duration::from_millis(600));
+    load.sample(30, 300);
     let (sa, sb) = (load.seen("a"), load.seen("b"));
     assert!(sb > sa * 3 && sa > 0, "10/90 split saw a={sa} b={sb}");
 
     // Endpoint add: svc-a gets c too (route back to svc-a only).
-    mgmt.set(ROUTE, "r5", vec![route_config("r1", &[("svc-a", 1)])]);
-    mgmt.set(
+    set_acked(
+        &mgmt,
+        ROUTE,
+        "r5",
+        vec![route_config("r1", &[("svc-a", 1)])],
+    );
+    set_acked(
+        &mgmt,
         ENDPOINT,
         "e2",
         vec![
@@ -133,9 +152,7 @@ fn updates_under_load_lose_no_request() {
             cla("svc-b", &[(b.addr, 1, 0)]),
         ],
     );
-    std::thread::sleep(Duration::from_millis(600));
-    load.reset_seen();
-    std::thread::sleep(Duration::from_millis(600));
+    load.sample(30, 300);
     assert!(
         load.seen("a") > 0 && load.seen("c") > 0,
         "endpoint add: a={} c={}",
@@ -143,7 +160,8 @@ fn updates_under_load_lose_no_request() {
         load.seen("c")
     );
     // Endpoint removal: a leaves (and an UNHEALTHY endpoint gets nothing).
-    mgmt.set(
+    set_acked(
+        &mgmt,
         ENDPOINT,
         "e3",
         vec![
@@ -151,9 +169,7 @@ fn updates_under_load_lose_no_request() {
             cla("svc-b", &[(b.addr, 1, 0)]),
         ],
     );
-    std::thread::sleep(Duration::from_millis(600));
-    load.reset_seen();
-    std::thread::sleep(Duration::from_millis(600));
+    load.sample(30, 300);
     assert!(
         load.seen("a") == 0 && load.seen("c") > 0,
         "endpoint removal: a={} c={}",
@@ -181,7 +197,9 @@ fn updates_under_load_lose_no_request() {
     let ack = mgmt.wait_reply(CLUSTER, &nonce);
     assert_eq!(ack.version_info, "c2");
     assert!(ack.error_detail.is_none(), "{ack:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Load goes on across the removal, and long enough to count.
+    load.wait_more(50);
+    wait_until("300 requests under load", || load.ok() > 300);
 
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
@@ -220,7 +238,7 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
     let tport = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -312,10 +330,10 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
 fn warming_and_subscriptions_follow_resources_in_use() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "1", vec![eds_cluster("svc-a")]);
     mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r1")]);
-    let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
 
     // Subscriptions: EDS for the cluster's name, RDS for the listener's.
     wait_until("EDS subscription", || {
@@ -328,7 +346,10 @@ fn warming_and_subscriptions_follow_resources_in_use() {
             .iter()
             .any(|r| r.type_url == ROUTE && r.resource_names == ["r1"])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Shown warming, waiting for its routes: not served.
+    wait_until("the listener warming for its routes", || {
+        warming_for(&mg, "Listener 'web'") == ["RouteConfiguration 'r1'"]
+    });
     assert!(refused(port), "listener served before its routes");
 
     // Routes arrive, but the cluster has no endpoints yet: still warming.
@@ -336,7 +357,9 @@ fn warming_and_subscriptions_follow_resources_in_use() {
     let nonce = mgmt.wait_sent(ROUTE, "1");
     let ack = mgmt.wait_reply(ROUTE, &nonce);
     assert_eq!(ack.version_info, "1");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the listener warming for its cluster", || {
+        warming_for(&mg, "Listener 'web'") == ["Cluster 'svc-a'"]
+    });
     assert!(refused(port), "listener served before its cluster warmed");
 
     // Endpoints arrive: the cluster warms, then the listener serves.
@@ -366,8 +389,9 @@ fn reconnects_after_the_server_restarts_and_keeps_serving_meanwhile() {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let port = free_port();
-    let xport = free_port();
-    let mgmt = Mgmt::start(xport);
+    let mgmt = Mgmt::start(0);
+    // The restarted server comes back on this same port.
+    let xport = mgmt.addr.port();
     mgmt.set(
         CLUSTER,
         "1",
@@ -386,7 +410,11 @@ fn reconnects_after_the_server_restarts_and_keeps_serving_meanwhile() {
     wait_until("disconnect seen", || {
         mg.metric("meshgate_xds_connected", &[]) == 0.0
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // It tries again and fails while the server is away, serving on.
+    wait_until("a failed reconnect", || {
+        mg.metric("meshgate_xds_stream_total", &[("result", "connect_error")]) >= 1.0
+    });
+    load.wait_more(20);
     assert_eq!(
         get(port, "/").as_deref(),
         Some("backend=a"),
@@ -416,7 +444,7 @@ fn file_reload_keeps_the_dynamic_resources() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
     let sport = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -425,10 +453,9 @@ fn file_reload_keeps_the_dynamic_resources() {
     wait_for(port, "/", "backend=a");
     let load = Load::start(port, 2);
     // The file gains a static listener; the dynamic one stays.
-    let more = format!(
+    let more = mg.fill(&format!(
         "{boot}listeners:\n  - name: static\n    address: 127.0.0.1:{sport}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: xds}}\n"
-    )
-    .replace("{ADMIN}", &mg.admin.unwrap().to_string());
+    ));
     let tmp = mg.config.with_extension("new");
     std::fs::write(&tmp, more).unwrap();
     std::fs::rename(&tmp, &mg.config).unwrap();
@@ -611,7 +638,7 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
     assert_ne!(der1, der2);
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "1", vec![eds_cluster("svc-a")]);
     mgmt.set(ENDPOINT, "1", vec![cla("svc-a", &[(a.addr, 1, 0)])]);
     mgmt.set(ROUTE, "1", vec![route_config("r1", &[("svc-a", 1)])]);
@@ -628,7 +655,11 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
             .iter()
             .any(|r| r.type_url == SECRET && r.resource_names == ["server-cert"])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the listener warming for its secret", || {
+        warming_for(&mg, "Listener 'web'")
+            .iter()
+            .any(|w| w.contains("server-cert"))
+    });
     assert!(
         refused(port),
         "listener served before its certificate arrived"
@@ -647,34 +678,39 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // New connections: (handshake start, leaf DER, request ok).
+    type Seen = Vec<(Instant, Vec<u8>, bool)>;
+    let seen_live = std::sync::Arc::new(std::sync::Mutex::new(Seen::new()));
     let fresh = {
-        let (stop, cfg) = (stop.clone(), cfg.clone());
+        let (stop, cfg, seen) = (stop.clone(), cfg.clone(), seen_live.clone());
         std::thread::spawn(move || {
-            let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let at = Instant::now();
                 let r = tls_connect(port, &cfg);
-                match r {
+                let one = match r {
                     Some((mut c, leaf)) => {
                         let ok = tls_get(&mut c, "/").is_some_and(|b| b.contains("backend=a"));
-                        seen.push((at, leaf, ok));
+                        (at, leaf, ok)
                     }
-                    None => seen.push((at, Vec::new(), false)),
-                }
+                    None => (at, Vec::new(), false),
+                };
+                seen.lock().unwrap().push(one);
             }
-            seen
         })
     };
+    let kept_count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     // One keep-alive connection opened before the rotation: (requests,
     // failures, its certificate).
     let kept = {
-        let (stop, cfg) = (stop.clone(), cfg.clone());
+        let (stop, cfg, count) = (stop.clone(), cfg.clone(), kept_count.clone());
         std::thread::spawn(move || {
             let (mut c, leaf) = tls_connect(port, &cfg).expect("keep-alive connection");
             let (mut n, mut failed) = (0u32, 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match tls_get(&mut c, "/") {
-                    Some(b) if b.contains("backend=a") => n += 1,
+                    Some(b) if b.contains("backend=a") => {
+                        n += 1;
+                        count.store(n, std::sync::atomic::Ordering::Relaxed);
+                    }
                     _ => {
                         failed += 1;
                         break;
@@ -684,7 +720,22 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
             (n, failed, leaf)
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    // Both clients are under way on the first certificate.
+    wait_until(
+        "handshakes and keep-alive requests before the rotation",
+        || {
+            let fresh_n = seen_live
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.1 == der1)
+                .count();
+            // (A failed keep-alive connection ends its thread: asserted below.)
+            fresh_n >= 5
+                && (kept_count.load(std::sync::atomic::Ordering::Relaxed) >= 5
+                    || kept.is_finished())
+        },
+    );
     mgmt.set(
         SECRET,
         "s2",
@@ -696,9 +747,22 @@ fn sds_certificate_rotation_under_load_loses_no_request() {
     assert_eq!(ack.version_info, "s2", "ACK carries the new version");
     assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
     assert_eq!(ack.resource_names, ["server-cert"]);
-    std::thread::sleep(Duration::from_millis(1200));
+    // Enough new handshakes after the ACK, and the kept connection went on.
+    let kept_at_ack = kept_count.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until("handshakes after the ACK", || {
+        let after = seen_live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.0 > acked)
+            .count();
+        after > 5
+            && (kept_count.load(std::sync::atomic::Ordering::Relaxed) > kept_at_ack.max(10)
+                || kept.is_finished())
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = fresh.join().unwrap();
+    fresh.join().unwrap();
+    let seen = std::mem::take(&mut *seen_live.lock().unwrap());
     let (kept_n, kept_failed, kept_leaf) = kept.join().unwrap();
 
     let failed = seen.iter().filter(|s| !s.2).count();
@@ -782,7 +846,7 @@ fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
 
     // The right CA: config arrives over TLS and serves.
     let port = free_port();
-    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    let mgmt = Mgmt::start_tls(0, demo_server_tls());
     resources(&mgmt, port);
     let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "ca.pem"));
     wait_for(port, "/", "backend=a");
@@ -797,7 +861,7 @@ fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
     // A wrong CA: no stream, each failure logged and counted, retried
     // with back-off; nothing is served.
     let port = free_port();
-    let mgmt = Mgmt::start_tls(free_port(), demo_server_tls());
+    let mgmt = Mgmt::start_tls(0, demo_server_tls());
     resources(&mgmt, port);
     let mg = Meshgate::start(&tls_bootstrap(mgmt.addr.port(), "rogue-ca.pem"));
     wait_until("two failed TLS connects", || {
@@ -823,7 +887,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     let b = HttpBackend::start("b", Proto::Http1);
     let c = HttpBackend::start("c", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![eds_cluster("svc-a")]);
     mgmt.set(ENDPOINT, "e1", vec![cla("svc-a", &[(a.addr, 1, 0)])]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
@@ -871,6 +935,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
 
     // Under load from other connections: none of their requests fails.
     let load = Load::start(port, 4);
+    load.wait_more(20);
     // A setting of the cluster changes (connect timeout): connections
     // using it retire gracefully, the next response says `connection:
     // close`.
@@ -886,6 +951,8 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     let got = request(&mut conn, port, "/").expect("request after a cluster setting change");
     assert_eq!(got, "backend=c");
     assert!(conn.is_none(), "the connection was not retired");
+    // The load goes on past the change before it is counted.
+    load.wait_more(20);
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
     assert!(ok > 0, "the load made no request");

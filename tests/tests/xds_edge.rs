@@ -133,7 +133,7 @@ fn a_route_to_a_cluster_cds_did_not_send_answers_503_until_it_arrives() {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(
@@ -215,7 +215,7 @@ fn listener_with_fetch_timeout(name: &str, port: u16, rds_name: &str) -> (String
 fn a_listener_warms_visibly_and_at_most_its_initial_fetch_timeout() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(
         LISTENER,
@@ -235,7 +235,13 @@ fn a_listener_warms_visibly_and_at_most_its_initial_fetch_timeout() {
                 let w0 = &w[0];
                 assert_eq!(w0["resource"], "Listener 'web'", "{d}");
                 assert_eq!(w0["waiting_for"][0], "RouteConfiguration 'late'", "{d}");
-                assert!(refused(port), "served while warming");
+                // The port opens while the config that ends the warming
+                // is applied, just before /config_dump shows it: served
+                // while a later dump still shows it warming is the bug.
+                assert!(
+                    refused(port) || dump(&mg)["dynamic"].get("warming").is_none(),
+                    "served while warming"
+                );
                 seen_warming = true;
             }
             !refused(port)
@@ -276,7 +282,7 @@ fn unknown_varint(field: u64) -> Vec<u8> {
 fn nacks_name_the_resource_and_the_old_config_keeps_serving() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -398,7 +404,7 @@ fn nacks_name_the_resource_and_the_old_config_keeps_serving() {
 fn a_new_version_with_the_same_config_is_acked_and_shown() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
@@ -467,7 +473,7 @@ fn route_name_churn_keeps_the_interned_names_bounded() {
     unsafe { std::env::set_var("MESHGATE_MAX_INTERNED_NAMES", "2000") };
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
     mgmt.set(ROUTE, "v0", vec![named_routes("r", "v0", 1000, "svc-a")]);
@@ -579,7 +585,7 @@ fn warming_entry(d: &serde_json::Value, resource: &str) -> Option<serde_json::Va
 fn an_eds_cluster_whose_endpoints_never_come_is_served_empty_after_its_initial_fetch_timeout() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     let mut c = eds_cluster_msg("svc-e");
     let ec = c.eds_cluster_config.as_mut().unwrap();
     ec.eds_config.as_mut().unwrap().initial_fetch_timeout = one_second();
@@ -693,7 +699,7 @@ fn curl_https(port: u16) -> Option<String> {
 fn a_listener_waiting_for_its_sds_secret_past_the_timeout_warms_on_visibly() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
     mgmt.set(
@@ -750,7 +756,7 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let tport = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(LISTENER, "l1", vec![tcp_listener("tcp", tport, "later")]);
     let started = Instant::now();
@@ -822,7 +828,7 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
 fn config_dump_shows_the_last_nack_per_type_until_the_next_ack() {
     let a = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(ROUTE, "r1", vec![route_config("r", &[("svc-a", 1)])]);
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r")]);
@@ -890,7 +896,7 @@ fn an_inline_route_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch(
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let port = free_port();
-    let mgmt = Mgmt::start(free_port());
+    let mgmt = Mgmt::start(0);
     mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", a.addr)]);
     mgmt.set(
         LISTENER,
