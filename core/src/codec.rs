@@ -47,8 +47,37 @@ pub trait StreamHandler: Send + Sync + 'static {
     }
 }
 
+/// What a downstream protocol can carry, declared by its server codec and
+/// stamped on every stream it decodes (`StreamInfo::traits`): the
+/// connection manager and the router act on these properties, never on a
+/// codec's name. All false (the default) suits a protocol that carries no
+/// HTTP fields (an RPC codec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolTraits {
+    /// HTTP/1.1 framing: an upstream response's transfer codings
+    /// (`chunked`) can be passed on as they are.
+    pub carries_codings: bool,
+    /// The request's authority travels in `Host` (HTTP/1): an absolute-form
+    /// URI's authority wins over it. Otherwise `:authority` is the
+    /// authority and a `host` that differs is refused.
+    pub authority_in_host: bool,
+    /// Response header fields reach the client (the HTTP family): the
+    /// `server` header is meshgate's to set.
+    pub response_headers: bool,
+    /// The client may be pointed at an HTTP/3 listener (`alt-svc`): HTTP
+    /// over TCP.
+    pub alt_svc: bool,
+}
+
 /// The downstream side of a codec.
 pub trait ServerCodec: Send + Sync + 'static {
+    /// The ALPN protocol ids (RFC 7301) this codec serves, e.g. `h2`: on a
+    /// TLS or QUIC connection the id the handshake agreed on picks the
+    /// codec. An id equal to the codec's registered name picks it too.
+    fn alpn(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Reads streams from `conn` (starting with `conn.preface`), hands each
     /// to `handler` and writes the responses back, until the connection
     /// ends. On `conn.drain` it finishes in-flight streams and closes

@@ -72,6 +72,8 @@ pub struct StreamInfo {
     pub connection: Arc<ConnectionInfo>,
     /// The downstream codec's registered name (`http1`, `http2`, `dubbo`...).
     pub protocol: &'static str,
+    /// What the downstream protocol can carry, set by its codec.
+    pub traits: crate::codec::ProtocolTraits,
     pub start: Instant,
     /// `content-type: application/grpc*`: local replies become gRPC statuses.
     pub grpc: bool,
@@ -97,6 +99,7 @@ impl StreamInfo {
             downstream_remote_address: connection.peer_addr.ip(),
             connection,
             protocol,
+            traits: crate::codec::ProtocolTraits::default(),
             start: Instant::now(),
             grpc: false,
             route: None,
@@ -105,6 +108,14 @@ impl StreamInfo {
             local_reply: None,
             limits: crate::body::StreamLimits::default(),
         }
+    }
+}
+
+impl StreamInfo {
+    /// The stream's protocol traits, as its codec declares them.
+    pub fn with_traits(mut self, traits: crate::codec::ProtocolTraits) -> Self {
+        self.traits = traits;
+        self
     }
 }
 

@@ -372,18 +372,13 @@ impl NetworkFilter for Proxy {
 const MAX_DETECT_BYTES: usize = 64;
 
 impl Proxy {
-    /// The codec of an ALPN protocol id: `h2` is `http2`, `http/1.1` is
-    /// `http1`, any other id is looked up as a codec name.
+    /// The codec of an ALPN protocol id: the first codec that declares it
+    /// (`ServerCodec::alpn`), else the codec of that name.
     fn codec_for_alpn(&self, alpn: &str) -> Option<Arc<dyn ServerCodec>> {
-        let name = match alpn {
-            "h2" => "http2",
-            "h3" => "http3",
-            "http/1.1" | "http/1.0" => "http1",
-            other => other,
-        };
         self.codecs
             .iter()
-            .find(|(f, _)| f.name() == name)
+            .find(|(_, s)| s.alpn().contains(&alpn))
+            .or_else(|| self.codecs.iter().find(|(f, _)| f.name() == alpn))
             .map(|(_, s)| s.clone())
     }
 
@@ -740,13 +735,13 @@ impl ProxyHandler {
                 f.on_response(&mut resp, &info);
             }
             if let Some(v) = &self.alt_svc
-                && info.protocol != "http3"
+                && info.traits.alt_svc
                 && !resp.headers().contains_key(http::header::ALT_SVC)
             {
                 resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
             }
             // HTTP only: RPC codecs carry no response headers.
-            if info.protocol.starts_with("http") {
+            if info.traits.response_headers {
                 self.edge.server_header(resp.headers_mut());
             }
             let status = resp.status().as_u16();
@@ -782,7 +777,10 @@ impl ProxyHandler {
         seen: Seen,
     ) -> Result<Option<HeaderValue>, Box<Response>> {
         use crate::edge::{Edge, PathVerdict, Refusal};
-        if let Some(r) = self.edge.check_authority(req, info.protocol) {
+        if let Some(r) = self
+            .edge
+            .check_authority(req, info.traits.authority_in_host)
+        {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }

@@ -12,7 +12,8 @@ use dashmap::DashMap;
 use http_body::{Body as _, Frame};
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
-    ClientCodec, CodecFactory, Detection, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
+    ClientCodec, CodecFactory, Detection, ProtocolTraits, ServerCodec, StreamHandler,
+    UpstreamError, UpstreamFuture,
 };
 use meshgate_core::error::BuildError;
 use meshgate_core::network::{Connection, DownstreamIo, ServeFuture};
@@ -313,7 +314,20 @@ fn count_error(listener: &str, reason: &'static str) {
     .increment(1);
 }
 
+/// What HTTP/3 carries: header fields, `:authority`; it is already where
+/// `alt-svc` would point.
+const HTTP3_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: false,
+    authority_in_host: false,
+    response_headers: true,
+    alt_svc: false,
+};
+
 impl ServerCodec for Http3Server {
+    fn alpn(&self) -> &'static [&'static str] {
+        &["h3"]
+    }
+
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(async move {
             let Connection {
@@ -493,7 +507,12 @@ async fn serve_request(
     body.peek_end();
     let body = box_body(body);
     let req: Request = http::Request::from_parts(parts, body);
-    let resp = handler.handle(req, StreamInfo::new(info, "http3")).await;
+    let resp = handler
+        .handle(
+            req,
+            StreamInfo::new(info, "http3").with_traits(HTTP3_TRAITS),
+        )
+        .await;
     let (parts, body) = resp.into_parts();
     let mut head = http::Response::from_parts(parts, ());
     // Connection-specific fields are not allowed in HTTP/3 (RFC 9114 4.2).

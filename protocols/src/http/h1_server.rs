@@ -856,7 +856,11 @@ impl Server {
         let req = Request::from_parts(parts, body);
         let resp = self
             .handler
-            .handle(req, StreamInfo::new(self.info.clone(), "http1"))
+            .handle(
+                req,
+                StreamInfo::new(self.info.clone(), "http1")
+                    .with_traits(super::server::HTTP1_TRAITS),
+            )
             .await;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(match upgrade_tx {

@@ -7,7 +7,7 @@
 use super::h2_guard::{FloodOptions, H2Guard};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshgate_core::codec::{ServerCodec, StreamHandler};
+use meshgate_core::codec::{ProtocolTraits, ServerCodec, StreamHandler};
 use meshgate_core::network::{Connection, ServeFuture};
 use meshgate_core::stream::{Request, StreamInfo, box_body};
 use serde::Deserialize;
@@ -70,6 +70,24 @@ fn default_max_local_resets() -> usize {
     256
 }
 
+/// What HTTP/1.1 carries: transfer codings, `Host` as the authority,
+/// header fields; an HTTP/3 listener may be advertised to it.
+pub(crate) const HTTP1_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: true,
+    authority_in_host: true,
+    response_headers: true,
+    alt_svc: true,
+};
+
+/// What HTTP/2 carries: header fields, `:authority`; an HTTP/3 listener
+/// may be advertised to it.
+pub(crate) const HTTP2_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: false,
+    authority_in_host: false,
+    response_headers: true,
+    alt_svc: true,
+};
+
 fn service(
     handler: Arc<dyn StreamHandler>,
     conn: Arc<meshgate_core::network::ConnectionInfo>,
@@ -85,7 +103,7 @@ fn service(
         let (mut parts, body) = req.into_parts();
         super::adopt_upgrade(&mut parts.extensions);
         let req = Request::from_parts(parts, box_body(body));
-        let info = StreamInfo::new(conn.clone(), protocol);
+        let info = StreamInfo::new(conn.clone(), protocol).with_traits(HTTP2_TRAITS);
         let handler = handler.clone();
         // Active until the response body is dropped (sent or abandoned).
         let active = activity.as_ref().map(|a| a.start());
@@ -141,6 +159,10 @@ impl Http1Server {
 }
 
 impl ServerCodec for Http1Server {
+    fn alpn(&self) -> &'static [&'static str] {
+        &["http/1.1", "http/1.0"]
+    }
+
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(super::h1_server::serve(self.opts.clone(), conn, handler))
     }
@@ -158,6 +180,10 @@ impl Http2Server {
 }
 
 impl ServerCodec for Http2Server {
+    fn alpn(&self) -> &'static [&'static str] {
+        &["h2"]
+    }
+
     fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
         Box::pin(async move {
             let (io, info, drain) = conn.into_prefixed();
