@@ -69,6 +69,81 @@ pub struct ProtocolTraits {
     pub alt_svc: bool,
 }
 
+/// Why the connection manager asks a server codec to wind its connection
+/// down. Ordered: a drain also covers what a retire asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GoAway {
+    /// A reload replaced the connection's listener or filter chain: the
+    /// stream in progress finishes, then the connection closes so that the
+    /// client's next request meets the new config (HTTP/1.1 `connection:
+    /// close` on the next response, HTTP/2 and HTTP/3 GOAWAY, RPC stops
+    /// reading calls). An idle HTTP/1.1 connection stays until its next
+    /// request.
+    Retire = 1,
+    /// The server is shutting down: as for `Retire`, and an idle
+    /// connection is closed too.
+    Drain = 2,
+}
+
+/// The connection manager's notices to the codec serving one connection:
+/// the `proxy` filter, which alone watches the server's drain and the
+/// listener's retire, calls [`go_away`](Self::go_away); the codec reads
+/// [`current`](Self::current) (one atomic load) where it decides whether to
+/// keep a connection, and waits on [`changed`](Self::changed).
+#[derive(Debug, Clone, Default)]
+pub struct Notices(Arc<NoticesInner>);
+
+#[derive(Debug, Default)]
+struct NoticesInner {
+    /// 0, or the highest `GoAway` given.
+    kind: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+impl Notices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the codec to wind the connection down; a notice below one
+    /// already given changes nothing.
+    pub fn go_away(&self, kind: GoAway) {
+        let prev = self
+            .0
+            .kind
+            .fetch_max(kind as u8, std::sync::atomic::Ordering::AcqRel);
+        if prev < kind as u8 {
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    /// The strongest notice given so far.
+    pub fn current(&self) -> Option<GoAway> {
+        match self.0.kind.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            1 => Some(GoAway::Retire),
+            _ => Some(GoAway::Drain),
+        }
+    }
+
+    /// Completes with the current notice once it is stronger than `seen`.
+    pub fn changed(self, seen: Option<GoAway>) -> impl Future<Output = GoAway> + Send + 'static {
+        async move {
+            loop {
+                // Registered before the check: a notice given between the
+                // check and the wait still wakes it.
+                let notified = self.0.notify.notified();
+                if let Some(k) = self.current()
+                    && Some(k) > seen
+                {
+                    return k;
+                }
+                notified.await;
+            }
+        }
+    }
+}
+
 /// The downstream side of a codec.
 pub trait ServerCodec: Send + Sync + 'static {
     /// The ALPN protocol ids (RFC 7301) this codec serves, e.g. `h2`: on a
@@ -80,9 +155,15 @@ pub trait ServerCodec: Send + Sync + 'static {
 
     /// Reads streams from `conn` (starting with `conn.preface`), hands each
     /// to `handler` and writes the responses back, until the connection
-    /// ends. On `conn.drain` it finishes in-flight streams and closes
-    /// gracefully (HTTP/2 GOAWAY, HTTP/1 `connection: close`).
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture;
+    /// ends. On a notice from `notices` it finishes in-flight streams and
+    /// closes gracefully as [`GoAway`] describes; the connection manager
+    /// watches the server and the listener, the codec only `notices`.
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture;
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -166,4 +247,27 @@ pub trait CodecFactory: Send + Sync {
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError>;
     /// Builds the upstream side from the cluster's protocol options.
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notices_only_grow_and_wake_waiters() {
+        let n = Notices::new();
+        assert_eq!(n.current(), None);
+        let waiting = tokio::spawn(n.clone().changed(None));
+        let beyond_retire = n.clone().changed(Some(GoAway::Retire));
+        n.go_away(GoAway::Retire);
+        assert_eq!(waiting.await.unwrap(), GoAway::Retire);
+        assert_eq!(n.current(), Some(GoAway::Retire));
+        let beyond_retire = tokio::spawn(beyond_retire);
+        n.go_away(GoAway::Drain);
+        assert_eq!(beyond_retire.await.unwrap(), GoAway::Drain);
+        // A weaker notice after a stronger one changes nothing.
+        n.go_away(GoAway::Retire);
+        assert_eq!(n.current(), Some(GoAway::Drain));
+        assert_eq!(n.clone().changed(None).await, GoAway::Drain);
+    }
 }

@@ -11,7 +11,9 @@
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_core::BuildError;
-use meshgate_core::codec::{Detection, ResponseFuture, ServerCodec, StreamHandler};
+use meshgate_core::codec::{
+    Detection, GoAway, Notices, ResponseFuture, ServerCodec, StreamHandler,
+};
 use meshgate_core::config::{FilterConfig, parse_typed};
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
@@ -330,14 +332,14 @@ impl NetworkFilter for Proxy {
             // QUIC carries streams, not bytes: nothing to detect.
             if matches!(conn.io, DownstreamIo::Quic(_)) {
                 if let Some(codec) = self.codec_for_alpn("h3") {
-                    return codec.serve(conn, handler).await;
+                    return drive(codec, conn, handler).await;
                 }
                 tracing::debug!(conn = conn.info.id, "no http3 codec for a QUIC connection");
                 return;
             }
             if self.codecs.len() == 1 {
                 let codec = self.codecs[0].1.clone();
-                return codec.serve(conn, handler).await;
+                return drive(codec, conn, handler).await;
             }
             // On TLS, the protocol ALPN agreed on picks the codec.
             if let Some(codec) = conn
@@ -347,11 +349,11 @@ impl NetworkFilter for Proxy {
                 .and_then(|t| t.alpn.as_deref())
                 .and_then(|alpn| self.codec_for_alpn(alpn))
             {
-                return codec.serve(conn, handler).await;
+                return drive(codec, conn, handler).await;
             }
             let mut conn = conn;
             match tokio::time::timeout(self.detect_timeout, self.detect(&mut conn)).await {
-                Ok(Some(codec)) => codec.serve(conn, handler).await,
+                Ok(Some(codec)) => drive(codec, conn, handler).await,
                 Ok(None) => {
                     self.detect_failed.increment(1);
                     tracing::debug!(
@@ -366,6 +368,47 @@ impl NetworkFilter for Proxy {
             }
         })
     }
+}
+
+/// Serves `conn` with `codec`, the one place a connection's lifecycle is
+/// driven for every protocol: the server's drain and the listener's
+/// retire become the codec's notices (`GoAway`).
+async fn drive(codec: Arc<dyn ServerCodec>, conn: Connection, handler: Arc<dyn StreamHandler>) {
+    let drain = conn.drain.clone();
+    let retire = conn.info.retire.clone();
+    let notices = Notices::new();
+    let mut serve = codec.serve(conn, handler, notices.clone());
+    let drain_wait = drain.cancelled();
+    let retire_wait = retire.cancelled();
+    tokio::pin!(drain_wait, retire_wait);
+    let mut armed = false;
+    let mut given = None;
+    std::future::poll_fn(|cx| {
+        // The waits are polled once, to register this task: the
+        // registration stays while they live and only this task polls
+        // them, so the waker stays the right one. From then on a poll
+        // costs two atomic loads, not a lock per wait.
+        if !armed {
+            let _ = drain_wait.as_mut().poll(cx);
+            let _ = retire_wait.as_mut().poll(cx);
+            armed = true;
+        }
+        let now = if drain.is_cancelled() {
+            Some(GoAway::Drain)
+        } else if retire.is_cancelled() {
+            Some(GoAway::Retire)
+        } else {
+            None
+        };
+        if now > given
+            && let Some(kind) = now
+        {
+            given = now;
+            notices.go_away(kind);
+        }
+        serve.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// The most bytes read to tell protocols apart.
@@ -751,15 +794,6 @@ impl ProxyHandler {
                 .record(info.start.elapsed().as_secs_f64());
             if let (Some(log), Some(r)) = (&self.access_log, logged) {
                 log.log(access_log_line(&r, &info, status));
-            }
-            // A reload retired this connection's listener: this response is
-            // its last, the client reconnects to the new config.
-            if info.protocol == "http1"
-                && info.connection.retire.is_cancelled()
-                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                resp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             resp
         }

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use http_body::{Body as _, Frame};
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
-    ClientCodec, CodecFactory, Detection, ProtocolTraits, ServerCodec, StreamHandler,
+    ClientCodec, CodecFactory, Detection, Notices, ProtocolTraits, ServerCodec, StreamHandler,
     UpstreamError, UpstreamFuture,
 };
 use meshgate_core::error::BuildError;
@@ -328,11 +328,14 @@ impl ServerCodec for Http3Server {
         &["h3"]
     }
 
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
         Box::pin(async move {
-            let Connection {
-                io, info, drain, ..
-            } = conn;
+            let Connection { io, info, .. } = conn;
             let DownstreamIo::Quic(qconn) = io else {
                 tracing::debug!(conn = info.id, "http3 needs a QUIC connection; closing");
                 return;
@@ -366,6 +369,8 @@ impl ServerCodec for Http3Server {
             let grace = tokio::time::sleep(std::time::Duration::MAX);
             tokio::pin!(grace);
             let mut idle_closing = false;
+            let go_away = notices.changed(None);
+            tokio::pin!(go_away);
             loop {
                 let next = tokio::select! {
                     r = h3c.accept() => r,
@@ -379,14 +384,10 @@ impl ServerCodec for Http3Server {
                         continue;
                     }
                     _ = &mut grace, if idle_closing => break,
-                    _ = drain.cancelled(), if !closing => {
-                        closing = true;
-                        let _ = h3c.shutdown(0).await;
-                        continue;
-                    }
-                    _ = info.retire.cancelled(), if !closing => {
-                        // GOAWAY: the client's next request opens a new
-                        // connection (and meets the new config).
+                    _ = &mut go_away, if !closing => {
+                        // Drain or retire: GOAWAY, the client's next
+                        // request opens a new connection (and meets the
+                        // new config).
                         closing = true;
                         let _ = h3c.shutdown(0).await;
                         continue;

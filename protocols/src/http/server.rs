@@ -7,7 +7,7 @@
 use super::h2_guard::{FloodOptions, H2Guard};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshgate_core::codec::{ProtocolTraits, ServerCodec, StreamHandler};
+use meshgate_core::codec::{Notices, ProtocolTraits, ServerCodec, StreamHandler};
 use meshgate_core::network::{Connection, ServeFuture};
 use meshgate_core::stream::{Request, StreamInfo, box_body};
 use serde::Deserialize;
@@ -163,8 +163,18 @@ impl ServerCodec for Http1Server {
         &["http/1.1", "http/1.0"]
     }
 
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
-        Box::pin(super::h1_server::serve(self.opts.clone(), conn, handler))
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
+        Box::pin(super::h1_server::serve(
+            self.opts.clone(),
+            conn,
+            handler,
+            notices,
+        ))
     }
 }
 
@@ -184,11 +194,19 @@ impl ServerCodec for Http2Server {
         &["h2"]
     }
 
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
         Box::pin(async move {
-            let (io, info, drain) = conn.into_prefixed();
+            let (io, info, _) = conn.into_prefixed();
             let listener = info.listener.clone();
-            let retire = info.retire.clone();
+            // Drain and retire alike: GOAWAY, streams in flight finish,
+            // new ones go to a new connection (and the new config).
+            let go_away = notices.changed(None);
+            tokio::pin!(go_away);
             let io = H2Guard::new(io, self.opts.flood.clone(), listener.to_string())
                 .with_header_timeout(self.opts.request_headers_timeout);
             let idle_timeout = handler.idle_timeout();
@@ -214,13 +232,7 @@ impl ServerCodec for Http2Server {
                         count_downstream_error(&listener, "http2", &e);
                     }
                 }
-                _ = drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-                _ = retire.cancelled() => {
-                    // GOAWAY: streams in flight finish, new ones go to a
-                    // new connection (and the new config).
+                _ = &mut go_away => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
