@@ -319,22 +319,31 @@ impl NetworkFilter for Proxy {
         Some(self)
     }
 
-    fn serves_quic(&self) -> bool {
-        self.codec_for_alpn("h3").is_some()
-    }
-
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         Box::pin(async move {
             let handler: Arc<dyn StreamHandler> = Arc::new(Handler {
                 shared: self.shared.clone(),
                 peer_ip: std::sync::OnceLock::new(),
             });
-            // QUIC carries streams, not bytes: nothing to detect.
-            if matches!(conn.io, DownstreamIo::Quic(_)) {
-                if let Some(codec) = self.codec_for_alpn("h3") {
+            // A transport of streams (QUIC) has no bytes to detect: the
+            // ALPN id its handshake agreed on picks the codec.
+            if let DownstreamIo::Streams(t) = &conn.io {
+                if let Some(codec) = conn
+                    .info
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.alpn.as_deref())
+                    .and_then(|alpn| self.codec_for_alpn(alpn))
+                {
                     return drive(codec, conn, handler).await;
                 }
-                tracing::debug!(conn = conn.info.id, "no http3 codec for a QUIC connection");
+                self.detect_failed.increment(1);
+                tracing::debug!(
+                    conn = conn.info.id,
+                    transport = t.name(),
+                    "no codec for this transport's ALPN; closing"
+                );
+                t.refuse();
                 return;
             }
             if self.codecs.len() == 1 {
@@ -456,7 +465,7 @@ impl Proxy {
             let n = match &mut conn.io {
                 DownstreamIo::Tcp(s) => s.read_buf(&mut buf).await,
                 DownstreamIo::Boxed(s) => s.read_buf(&mut buf).await,
-                DownstreamIo::Quic(_) => return None,
+                DownstreamIo::Streams(_) => return None,
             };
             match n {
                 Ok(0) | Err(_) => return None,

@@ -336,7 +336,13 @@ impl ServerCodec for Http3Server {
     ) -> ServeFuture {
         Box::pin(async move {
             let Connection { io, info, .. } = conn;
-            let DownstreamIo::Quic(qconn) = io else {
+            // HTTP/3 speaks over QUIC only: the listener layer's
+            // transport of streams, a `quinn::Connection`.
+            let qconn = match io {
+                DownstreamIo::Streams(t) => t.into_any().downcast::<quinn::Connection>().ok(),
+                _ => None,
+            };
+            let Some(qconn) = qconn.map(|c| *c) else {
                 tracing::debug!(conn = info.id, "http3 needs a QUIC connection; closing");
                 return;
             };
