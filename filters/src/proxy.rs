@@ -780,6 +780,10 @@ impl ProxyHandler {
                 }
                 Err(resp) => *resp,
             };
+            // A gRPC client gets meshgate's own answers as gRPC statuses.
+            if info.grpc && info.local_reply.is_some() {
+                crate::grpc::local_reply(&mut resp);
+            }
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
             }
