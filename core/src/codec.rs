@@ -127,19 +127,17 @@ impl Notices {
     }
 
     /// Completes with the current notice once it is stronger than `seen`.
-    pub fn changed(self, seen: Option<GoAway>) -> impl Future<Output = GoAway> + Send + 'static {
-        async move {
-            loop {
-                // Registered before the check: a notice given between the
-                // check and the wait still wakes it.
-                let notified = self.0.notify.notified();
-                if let Some(k) = self.current()
-                    && Some(k) > seen
-                {
-                    return k;
-                }
-                notified.await;
+    pub async fn changed(self, seen: Option<GoAway>) -> GoAway {
+        loop {
+            // Registered before the check: a notice given between the
+            // check and the wait still wakes it.
+            let notified = self.0.notify.notified();
+            if let Some(k) = self.current()
+                && Some(k) > seen
+            {
+                return k;
             }
+            notified.await;
         }
     }
 }
