@@ -5,6 +5,13 @@
 //! streams to upstream endpoints over its own pools (`ClientCodec`). Core
 //! knows only these traits: HTTP/1, HTTP/2, Dubbo, Bolt and users' own
 //! protocols live outside it.
+//!
+//! A server codec only speaks its protocol: it declares its ALPN ids
+//! (`ServerCodec::alpn`) and what its streams can carry (`ProtocolTraits`),
+//! and winds a connection down when the connection manager (the `proxy`
+//! filter, which alone watches the server's drain and the listener's
+//! retire) gives it a notice (`Notices`, `GoAway`). docs/architecture.md
+//! has the life of a connection.
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::error::BuildError;

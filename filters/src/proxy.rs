@@ -6,7 +6,10 @@
 //! stream filters, and answers locally or forwards through the router.
 //! The Envoy HCM edge options (one authority, allowed upgrades, path
 //! normalisation, trusted client address, `server`) live in `edge.rs`.
-//! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path.
+//! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path;
+//! what differs is a property the codec declares (`ProtocolTraits`, ALPN
+//! ids). It owns the connection's lifecycle for every codec (`drive`):
+//! drain and retire reach the codec as one notice.
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
