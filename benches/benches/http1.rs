@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
                     },
                     drain: Default::default(),
                 };
-                let task = tokio::spawn(server.serve(conn, Arc::new(Hello)));
+                let task = tokio::spawn(server.serve(conn, Arc::new(Hello), Default::default()));
                 let (mut rd, mut wr) = tokio::io::split(client);
                 wr.write_all(&batch).await.unwrap();
                 let mut buf = vec![0u8; 64 * 1024];

@@ -5,6 +5,13 @@
 //! streams to upstream endpoints over its own pools (`ClientCodec`). Core
 //! knows only these traits: HTTP/1, HTTP/2, Dubbo, Bolt and users' own
 //! protocols live outside it.
+//!
+//! A server codec only speaks its protocol: it declares its ALPN ids
+//! (`ServerCodec::alpn`) and what its streams can carry (`ProtocolTraits`),
+//! and winds a connection down when the connection manager (the `proxy`
+//! filter, which alone watches the server's drain and the listener's
+//! retire) gives it a notice (`Notices`, `GoAway`). docs/architecture.md
+//! has the life of a connection.
 
 use crate::cluster::{Cluster, Endpoint};
 use crate::error::BuildError;
@@ -47,13 +54,121 @@ pub trait StreamHandler: Send + Sync + 'static {
     }
 }
 
+/// What a downstream protocol can carry, declared by its server codec and
+/// stamped on every stream it decodes (`StreamInfo::traits`): the
+/// connection manager and the router act on these properties, never on a
+/// codec's name. All false (the default) suits a protocol that carries no
+/// HTTP fields (an RPC codec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolTraits {
+    /// HTTP/1.1 framing: an upstream response's transfer codings
+    /// (`chunked`) can be passed on as they are.
+    pub carries_codings: bool,
+    /// The request's authority travels in `Host` (HTTP/1): an absolute-form
+    /// URI's authority wins over it. Otherwise `:authority` is the
+    /// authority and a `host` that differs is refused.
+    pub authority_in_host: bool,
+    /// Response header fields reach the client (the HTTP family): the
+    /// `server` header is meshgate's to set.
+    pub response_headers: bool,
+    /// The client may be pointed at an HTTP/3 listener (`alt-svc`): HTTP
+    /// over TCP.
+    pub alt_svc: bool,
+}
+
+/// Why the connection manager asks a server codec to wind its connection
+/// down. Ordered: a drain also covers what a retire asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GoAway {
+    /// A reload replaced the connection's listener or filter chain: the
+    /// stream in progress finishes, then the connection closes so that the
+    /// client's next request meets the new config (HTTP/1.1 `connection:
+    /// close` on the next response, HTTP/2 and HTTP/3 GOAWAY, RPC stops
+    /// reading calls). An idle HTTP/1.1 connection stays until its next
+    /// request.
+    Retire = 1,
+    /// The server is shutting down: as for `Retire`, and an idle
+    /// connection is closed too.
+    Drain = 2,
+}
+
+/// The connection manager's notices to the codec serving one connection:
+/// the `proxy` filter, which alone watches the server's drain and the
+/// listener's retire, calls [`go_away`](Self::go_away); the codec reads
+/// [`current`](Self::current) (one atomic load) where it decides whether to
+/// keep a connection, and waits on [`changed`](Self::changed).
+#[derive(Debug, Clone, Default)]
+pub struct Notices(Arc<NoticesInner>);
+
+#[derive(Debug, Default)]
+struct NoticesInner {
+    /// 0, or the highest `GoAway` given.
+    kind: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+impl Notices {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the codec to wind the connection down; a notice below one
+    /// already given changes nothing.
+    pub fn go_away(&self, kind: GoAway) {
+        let prev = self
+            .0
+            .kind
+            .fetch_max(kind as u8, std::sync::atomic::Ordering::AcqRel);
+        if prev < kind as u8 {
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    /// The strongest notice given so far.
+    pub fn current(&self) -> Option<GoAway> {
+        match self.0.kind.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            1 => Some(GoAway::Retire),
+            _ => Some(GoAway::Drain),
+        }
+    }
+
+    /// Completes with the current notice once it is stronger than `seen`.
+    pub async fn changed(self, seen: Option<GoAway>) -> GoAway {
+        loop {
+            // Registered before the check: a notice given between the
+            // check and the wait still wakes it.
+            let notified = self.0.notify.notified();
+            if let Some(k) = self.current()
+                && Some(k) > seen
+            {
+                return k;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The downstream side of a codec.
 pub trait ServerCodec: Send + Sync + 'static {
+    /// The ALPN protocol ids (RFC 7301) this codec serves, e.g. `h2`: on a
+    /// TLS or QUIC connection the id the handshake agreed on picks the
+    /// codec. An id equal to the codec's registered name picks it too.
+    fn alpn(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Reads streams from `conn` (starting with `conn.preface`), hands each
     /// to `handler` and writes the responses back, until the connection
-    /// ends. On `conn.drain` it finishes in-flight streams and closes
-    /// gracefully (HTTP/2 GOAWAY, HTTP/1 `connection: close`).
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture;
+    /// ends. On a notice from `notices` it finishes in-flight streams and
+    /// closes gracefully as [`GoAway`] describes; the connection manager
+    /// watches the server and the listener, the codec only `notices`.
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture;
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -137,4 +252,27 @@ pub trait CodecFactory: Send + Sync {
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError>;
     /// Builds the upstream side from the cluster's protocol options.
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notices_only_grow_and_wake_waiters() {
+        let n = Notices::new();
+        assert_eq!(n.current(), None);
+        let waiting = tokio::spawn(n.clone().changed(None));
+        let beyond_retire = n.clone().changed(Some(GoAway::Retire));
+        n.go_away(GoAway::Retire);
+        assert_eq!(waiting.await.unwrap(), GoAway::Retire);
+        assert_eq!(n.current(), Some(GoAway::Retire));
+        let beyond_retire = tokio::spawn(beyond_retire);
+        n.go_away(GoAway::Drain);
+        assert_eq!(beyond_retire.await.unwrap(), GoAway::Drain);
+        // A weaker notice after a stronger one changes nothing.
+        n.go_away(GoAway::Retire);
+        assert_eq!(n.current(), Some(GoAway::Drain));
+        assert_eq!(n.clone().changed(None).await, GoAway::Drain);
+    }
 }

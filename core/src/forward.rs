@@ -133,7 +133,7 @@ pub fn forward<'a>(
     // timeout (no wrapper, no allocation for a bodiless request).
     let watch = body::watch_request(&mut req, &info.limits, info.protocol);
     // Only an HTTP/1.1 downstream can carry an upstream's transfer codings.
-    let carries_codings = info.protocol == "http1" && req.version() == http::Version::HTTP_11;
+    let carries_codings = info.traits.carries_codings && req.version() == http::Version::HTTP_11;
     let mut timeout = policy.timeout.filter(|t| !t.is_zero());
     if info.grpc
         && let Some(t) = req

@@ -117,12 +117,6 @@ impl CompiledListener {
                         "a QUIC listener needs tls (certificates for TLS 1.3)",
                     ));
                 };
-                if !chain.terminal.serves_quic() {
-                    return Err(source.error(
-                        format!("{path}.filter_chains[0].filters"),
-                        "the last filter cannot serve QUIC connections: use proxy (codec auto or http3)",
-                    ));
-                }
                 Some(
                     crate::quic::QuicTransport::new(q, tls, &format!("{path}.quic"))
                         .map_err(|e| source.build_error("", e))?,

@@ -23,21 +23,34 @@ use tokio_util::sync::{
 pub trait AsyncIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncIo for T {}
 
-/// The downstream byte stream. Plain TCP is kept as its concrete type so a
+/// The downstream transport. Plain TCP is kept as its concrete type so a
 /// terminal filter can use zero-copy paths (splice) on it.
 pub enum DownstreamIo {
     Tcp(TcpStream),
     Boxed(Box<dyn AsyncIo>),
-    /// A QUIC connection carries streams, not one byte stream: only a
-    /// filter that `serves_quic` (the `proxy` with HTTP/3) gets one, and
+    /// A transport that carries streams, not one byte stream (a QUIC
+    /// connection from the listener layer, `crate::quic`): a terminal
+    /// filter hands it to a codec that speaks over it (HTTP/3), and
     /// reading or writing it as bytes fails.
-    Quic(quinn::Connection),
+    Streams(Box<dyn StreamTransport>),
 }
 
-fn quic_not_bytes() -> io::Error {
+/// A multiplexed transport as the listener layer hands it on. Nothing but
+/// the codec that speaks over it looks inside: it takes the concrete
+/// transport back with `into_any` (HTTP/3 takes `crate::quic`'s).
+pub trait StreamTransport: Send + 'static {
+    /// For logs and errors (`quic`).
+    fn name(&self) -> &'static str;
+    /// Closes it: no codec here speaks over it.
+    fn refuse(&self);
+    /// The concrete transport.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+fn streams_not_bytes() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
-        "a QUIC connection carries streams, not bytes",
+        "this transport carries streams, not bytes",
     )
 }
 
@@ -50,7 +63,7 @@ impl AsyncRead for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_read(cx, buf),
-            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
+            DownstreamIo::Streams(_) => Poll::Ready(Err(streams_not_bytes())),
         }
     }
 }
@@ -64,21 +77,21 @@ impl AsyncWrite for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_write(cx, buf),
-            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
+            DownstreamIo::Streams(_) => Poll::Ready(Err(streams_not_bytes())),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_flush(cx),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_flush(cx),
-            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
+            DownstreamIo::Streams(_) => Poll::Ready(Err(streams_not_bytes())),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_shutdown(cx),
-            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
+            DownstreamIo::Streams(_) => Poll::Ready(Err(streams_not_bytes())),
         }
     }
     fn poll_write_vectored(
@@ -89,14 +102,14 @@ impl AsyncWrite for DownstreamIo {
         match self.get_mut() {
             DownstreamIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             DownstreamIo::Boxed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            DownstreamIo::Quic(_) => Poll::Ready(Err(quic_not_bytes())),
+            DownstreamIo::Streams(_) => Poll::Ready(Err(streams_not_bytes())),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             DownstreamIo::Tcp(s) => s.is_write_vectored(),
             DownstreamIo::Boxed(s) => s.is_write_vectored(),
-            DownstreamIo::Quic(_) => false,
+            DownstreamIo::Streams(_) => false,
         }
     }
 }
@@ -194,12 +207,6 @@ pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait NetworkFilter: Send + Sync + 'static {
     /// Whether the filter owns the connection (must be last in its chain).
     fn terminal(&self) -> bool {
-        false
-    }
-
-    /// Whether the filter can serve a QUIC connection (`DownstreamIo::Quic`);
-    /// a QUIC listener's terminal filter must.
-    fn serves_quic(&self) -> bool {
         false
     }
 

@@ -4,14 +4,18 @@
 //! windows), the rustls config of its filter chain turned into a QUIC one
 //! (TLS 1.3, ALPN `h3`, certificates chosen by SNI and rotated like TCP
 //! TLS), the connection limit and handshake accounting. An accepted
-//! connection goes down the chain's network filters like a TCP one, as
-//! `DownstreamIo::Quic`; the terminal `proxy` hands it to the stream codec
-//! (HTTP/3) that knows QUIC streams.
+//! connection goes down the chain's network filters like a TCP one, as a
+//! transport of streams (`DownstreamIo::Streams`, the `StreamTransport`
+//! below); the terminal `proxy` hands it to the codec whose ALPN id the
+//! handshake agreed on (HTTP/3, `h3`), which takes the `quinn::Connection`
+//! back. Nothing outside this module and that codec knows QUIC.
 
 use crate::config::QuicConfig;
 use crate::error::BuildError;
 use crate::listener::{CompiledListener, RunningListener};
-use crate::network::{Connection, ConnectionInfo, DownstreamIo, FilterStatus, Signal};
+use crate::network::{
+    Connection, ConnectionInfo, DownstreamIo, FilterStatus, Signal, StreamTransport,
+};
 use crate::tls::{DownstreamTls, PeerIdentity, TlsInfo};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -260,12 +264,28 @@ async fn serve_connection(
         return;
     }
     let c = Connection {
-        io: DownstreamIo::Quic(conn),
+        io: DownstreamIo::Streams(Box::new(conn)),
         preface: bytes::Bytes::new(),
         info,
         drain,
     };
     chain.serve(c).await;
+}
+
+/// A QUIC connection is a transport of streams; the HTTP/3 codec takes the
+/// `quinn::Connection` back from `into_any`.
+impl StreamTransport for quinn::Connection {
+    fn name(&self) -> &'static str {
+        "quic"
+    }
+
+    fn refuse(&self) {
+        self.close(0u32.into(), b"refused");
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 /// The `reason` label of a failed QUIC handshake.

@@ -72,8 +72,11 @@ pub struct StreamInfo {
     pub connection: Arc<ConnectionInfo>,
     /// The downstream codec's registered name (`http1`, `http2`, `dubbo`...).
     pub protocol: &'static str,
+    /// What the downstream protocol can carry, set by its codec.
+    pub traits: crate::codec::ProtocolTraits,
     pub start: Instant,
-    /// `content-type: application/grpc*`: local replies become gRPC statuses.
+    /// `content-type: application/grpc*` (set by the `proxy` filter, which
+    /// turns local replies into gRPC statuses; `grpc-timeout` applies).
     pub grpc: bool,
     /// The matched route's name (or `vhost/index` when unnamed).
     pub route: Option<&'static str>,
@@ -97,6 +100,7 @@ impl StreamInfo {
             downstream_remote_address: connection.peer_addr.ip(),
             connection,
             protocol,
+            traits: crate::codec::ProtocolTraits::default(),
             start: Instant::now(),
             grpc: false,
             route: None,
@@ -105,6 +109,14 @@ impl StreamInfo {
             local_reply: None,
             limits: crate::body::StreamLimits::default(),
         }
+    }
+}
+
+impl StreamInfo {
+    /// The stream's protocol traits, as its codec declares them.
+    pub fn with_traits(mut self, traits: crate::codec::ProtocolTraits) -> Self {
+        self.traits = traits;
+        self
     }
 }
 
@@ -139,8 +151,9 @@ pub trait StreamFilterFactory: Send + Sync {
     ) -> Result<Arc<dyn StreamFilter>, BuildError>;
 }
 
-/// Why meshgate answers a stream itself; each maps to a status, a gRPC code
-/// and the `reason` label of `meshgate_http_local_reply_total`.
+/// Why meshgate answers a stream itself; each maps to a status and the
+/// `reason` label of `meshgate_http_local_reply_total` (a codec family maps
+/// it to its own form: gRPC statuses in the `proxy` filter, RPC errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReason {
     NoRoute,
@@ -176,22 +189,6 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             LocalReason::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
-        }
-    }
-
-    /// The gRPC status (grpc/doc/statuscodes.md) a gRPC client gets.
-    pub fn grpc_status(self) -> u32 {
-        match self {
-            LocalReason::NoRoute => 12, // UNIMPLEMENTED
-            LocalReason::NoHealthyUpstream
-            | LocalReason::ClusterNotFound
-            | LocalReason::UpstreamConnectFailure
-            | LocalReason::UpstreamReset
-            | LocalReason::Overflow => 14, // UNAVAILABLE
-            LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => 4, // DEADLINE_EXCEEDED
-            LocalReason::UpstreamProtocolError => 13, // INTERNAL
-            LocalReason::BadRequest => 3, // INVALID_ARGUMENT
-            LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
         }
     }
 
@@ -232,37 +229,21 @@ impl LocalReason {
     }
 }
 
-/// Builds meshgate's own answer: a short text body for HTTP, a
-/// trailers-only gRPC status for gRPC requests, both starting with
-/// `meshgate: ` as every message meshgate itself puts in a protocol error
-/// (Dubbo, Bolt, gRPC, HTTP bodies). Counted in
+/// Builds meshgate's own answer: a short text body starting with
+/// `meshgate: `, as every message meshgate itself puts in a protocol error
+/// (Dubbo, Bolt, gRPC, HTTP bodies), and the `LocalReason` as an extension,
+/// from which a codec family renders its own form (the `proxy` filter a
+/// gRPC status for gRPC requests, RPC codecs an error frame). Counted in
 /// `meshgate_http_local_reply_total{reason}`.
 pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
     info.local_reply = Some(reason.label());
     metrics::counter!("meshgate_http_local_reply_total", "reason" => reason.label()).increment(1);
-    let mut resp = if info.grpc {
-        let mut r = http::Response::new(empty_body());
-        let h = r.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from(reason.grpc_status()));
-        let msg = format!("meshgate: {}", reason.message());
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_str(&msg).unwrap_or(HeaderValue::from_static("meshgate")),
-        );
-        r
-    } else {
-        let mut r = http::Response::new(full_body(format!("meshgate: {}\n", reason.message())));
-        *r.status_mut() = reason.status();
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain"),
-        );
-        r
-    };
+    let mut resp = http::Response::new(full_body(format!("meshgate: {}\n", reason.message())));
+    *resp.status_mut() = reason.status();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
     resp.extensions_mut().insert(reason);
     resp
 }

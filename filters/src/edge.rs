@@ -196,8 +196,13 @@ impl Edge {
     /// used; meshgate never routes on one and forwards the other).
     /// Userinfo in either is refused (RFC 9110 section 4.2.4). HTTP/1's
     /// `Host` userinfo is refused by the codec.
-    pub(crate) fn check_authority(&self, req: &mut Request, protocol: &str) -> Option<Refusal> {
-        let http1 = protocol == "http1";
+    /// `authority_in_host`: the codec's `ProtocolTraits` (HTTP/1).
+    pub(crate) fn check_authority(
+        &self,
+        req: &mut Request,
+        authority_in_host: bool,
+    ) -> Option<Refusal> {
+        let http1 = authority_in_host;
         let Some(a) = req.uri().authority() else {
             if !http1
                 && let Some(h) = req.headers().get(http::header::HOST)

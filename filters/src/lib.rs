@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod echo;
 mod edge;
+mod grpc;
 pub mod http_options;
 pub mod proxy;
 pub mod tcp_proxy;

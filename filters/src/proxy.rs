@@ -6,12 +6,17 @@
 //! stream filters, and answers locally or forwards through the router.
 //! The Envoy HCM edge options (one authority, allowed upgrades, path
 //! normalisation, trusted client address, `server`) live in `edge.rs`.
-//! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path.
+//! Protocol-agnostic: an HTTP/1, HTTP/2 or RPC stream takes the same path;
+//! what differs is a property the codec declares (`ProtocolTraits`, ALPN
+//! ids). It owns the connection's lifecycle for every codec (`drive`):
+//! drain and retire reach the codec as one notice.
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_core::BuildError;
-use meshgate_core::codec::{Detection, ResponseFuture, ServerCodec, StreamHandler};
+use meshgate_core::codec::{
+    Detection, GoAway, Notices, ResponseFuture, ServerCodec, StreamHandler,
+};
 use meshgate_core::config::{FilterConfig, parse_typed};
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
@@ -318,27 +323,36 @@ impl NetworkFilter for Proxy {
         Some(self)
     }
 
-    fn serves_quic(&self) -> bool {
-        self.codec_for_alpn("h3").is_some()
-    }
-
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         Box::pin(async move {
             let handler: Arc<dyn StreamHandler> = Arc::new(Handler {
                 shared: self.shared.clone(),
                 peer_ip: std::sync::OnceLock::new(),
             });
-            // QUIC carries streams, not bytes: nothing to detect.
-            if matches!(conn.io, DownstreamIo::Quic(_)) {
-                if let Some(codec) = self.codec_for_alpn("h3") {
-                    return codec.serve(conn, handler).await;
+            // A transport of streams (QUIC) has no bytes to detect: the
+            // ALPN id its handshake agreed on picks the codec.
+            if let DownstreamIo::Streams(t) = &conn.io {
+                if let Some(codec) = conn
+                    .info
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.alpn.as_deref())
+                    .and_then(|alpn| self.codec_for_alpn(alpn))
+                {
+                    return drive(codec, conn, handler).await;
                 }
-                tracing::debug!(conn = conn.info.id, "no http3 codec for a QUIC connection");
+                self.detect_failed.increment(1);
+                tracing::debug!(
+                    conn = conn.info.id,
+                    transport = t.name(),
+                    "no codec for this transport's ALPN; closing"
+                );
+                t.refuse();
                 return;
             }
             if self.codecs.len() == 1 {
                 let codec = self.codecs[0].1.clone();
-                return codec.serve(conn, handler).await;
+                return drive(codec, conn, handler).await;
             }
             // On TLS, the protocol ALPN agreed on picks the codec.
             if let Some(codec) = conn
@@ -348,11 +362,11 @@ impl NetworkFilter for Proxy {
                 .and_then(|t| t.alpn.as_deref())
                 .and_then(|alpn| self.codec_for_alpn(alpn))
             {
-                return codec.serve(conn, handler).await;
+                return drive(codec, conn, handler).await;
             }
             let mut conn = conn;
             match tokio::time::timeout(self.detect_timeout, self.detect(&mut conn)).await {
-                Ok(Some(codec)) => codec.serve(conn, handler).await,
+                Ok(Some(codec)) => drive(codec, conn, handler).await,
                 Ok(None) => {
                     self.detect_failed.increment(1);
                     tracing::debug!(
@@ -369,22 +383,58 @@ impl NetworkFilter for Proxy {
     }
 }
 
+/// Serves `conn` with `codec`, the one place a connection's lifecycle is
+/// driven for every protocol: the server's drain and the listener's
+/// retire become the codec's notices (`GoAway`).
+async fn drive(codec: Arc<dyn ServerCodec>, conn: Connection, handler: Arc<dyn StreamHandler>) {
+    let drain = conn.drain.clone();
+    let retire = conn.info.retire.clone();
+    let notices = Notices::new();
+    let mut serve = codec.serve(conn, handler, notices.clone());
+    let drain_wait = drain.cancelled();
+    let retire_wait = retire.cancelled();
+    tokio::pin!(drain_wait, retire_wait);
+    let mut armed = false;
+    let mut given = None;
+    std::future::poll_fn(|cx| {
+        // The waits are polled once, to register this task: the
+        // registration stays while they live and only this task polls
+        // them, so the waker stays the right one. From then on a poll
+        // costs two atomic loads, not a lock per wait.
+        if !armed {
+            let _ = drain_wait.as_mut().poll(cx);
+            let _ = retire_wait.as_mut().poll(cx);
+            armed = true;
+        }
+        let now = if drain.is_cancelled() {
+            Some(GoAway::Drain)
+        } else if retire.is_cancelled() {
+            Some(GoAway::Retire)
+        } else {
+            None
+        };
+        if now > given
+            && let Some(kind) = now
+        {
+            given = now;
+            notices.go_away(kind);
+        }
+        serve.as_mut().poll(cx)
+    })
+    .await
+}
+
 /// The most bytes read to tell protocols apart.
 const MAX_DETECT_BYTES: usize = 64;
 
 impl Proxy {
-    /// The codec of an ALPN protocol id: `h2` is `http2`, `http/1.1` is
-    /// `http1`, any other id is looked up as a codec name.
+    /// The codec of an ALPN protocol id: the first codec that declares it
+    /// (`ServerCodec::alpn`), else the codec of that name.
     fn codec_for_alpn(&self, alpn: &str) -> Option<Arc<dyn ServerCodec>> {
-        let name = match alpn {
-            "h2" => "http2",
-            "h3" => "http3",
-            "http/1.1" | "http/1.0" => "http1",
-            other => other,
-        };
         self.codecs
             .iter()
-            .find(|(f, _)| f.name() == name)
+            .find(|(_, s)| s.alpn().contains(&alpn))
+            .or_else(|| self.codecs.iter().find(|(f, _)| f.name() == alpn))
             .map(|(_, s)| s.clone())
     }
 
@@ -419,7 +469,7 @@ impl Proxy {
             let n = match &mut conn.io {
                 DownstreamIo::Tcp(s) => s.read_buf(&mut buf).await,
                 DownstreamIo::Boxed(s) => s.read_buf(&mut buf).await,
-                DownstreamIo::Quic(_) => return None,
+                DownstreamIo::Streams(_) => return None,
             };
             match n {
                 Ok(0) | Err(_) => return None,
@@ -736,6 +786,10 @@ impl ProxyHandler {
                 }
                 Err(resp) => *resp,
             };
+            // A gRPC client gets meshgate's own answers as gRPC statuses.
+            if info.grpc && info.local_reply.is_some() {
+                crate::grpc::local_reply(&mut resp);
+            }
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
             }
@@ -743,13 +797,13 @@ impl ProxyHandler {
                 f.on_response(&mut resp, &info);
             }
             if let Some(v) = &self.alt_svc
-                && info.protocol != "http3"
+                && info.traits.alt_svc
                 && !resp.headers().contains_key(http::header::ALT_SVC)
             {
                 resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
             }
             // HTTP only: RPC codecs carry no response headers.
-            if info.protocol.starts_with("http") {
+            if info.traits.response_headers {
                 self.edge.server_header(resp.headers_mut());
             }
             let status = resp.status().as_u16();
@@ -759,15 +813,6 @@ impl ProxyHandler {
                 .record(info.start.elapsed().as_secs_f64());
             if let (Some(log), Some(r)) = (&self.access_log, logged) {
                 log.log(access_log_line(&r, &info, status));
-            }
-            // A reload retired this connection's listener: this response is
-            // its last, the client reconnects to the new config.
-            if info.protocol == "http1"
-                && info.connection.retire.is_cancelled()
-                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
-            {
-                resp.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             resp
         }
@@ -785,7 +830,10 @@ impl ProxyHandler {
         seen: Seen,
     ) -> Result<Option<HeaderValue>, Box<Response>> {
         use crate::edge::{Edge, PathVerdict, Refusal};
-        if let Some(r) = self.edge.check_authority(req, info.protocol) {
+        if let Some(r) = self
+            .edge
+            .check_authority(req, info.traits.authority_in_host)
+        {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }

@@ -270,7 +270,7 @@ impl TcpProxy {
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
-            // A boxed stream (QUIC never reaches tcp_proxy: it does not `serves_quic`).
+            // A boxed stream (a transport of streams, QUIC, fails its first read).
             (mut down, None) => {
                 let mut up = up;
                 let pump = async {

@@ -12,7 +12,8 @@ use dashmap::DashMap;
 use http_body::{Body as _, Frame};
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
-    ClientCodec, CodecFactory, Detection, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
+    ClientCodec, CodecFactory, Detection, Notices, ProtocolTraits, ServerCodec, StreamHandler,
+    UpstreamError, UpstreamFuture,
 };
 use meshgate_core::error::BuildError;
 use meshgate_core::network::{Connection, DownstreamIo, ServeFuture};
@@ -313,13 +314,35 @@ fn count_error(listener: &str, reason: &'static str) {
     .increment(1);
 }
 
+/// What HTTP/3 carries: header fields, `:authority`; it is already where
+/// `alt-svc` would point.
+const HTTP3_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: false,
+    authority_in_host: false,
+    response_headers: true,
+    alt_svc: false,
+};
+
 impl ServerCodec for Http3Server {
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+    fn alpn(&self) -> &'static [&'static str] {
+        &["h3"]
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
         Box::pin(async move {
-            let Connection {
-                io, info, drain, ..
-            } = conn;
-            let DownstreamIo::Quic(qconn) = io else {
+            let Connection { io, info, .. } = conn;
+            // HTTP/3 speaks over QUIC only: the listener layer's
+            // transport of streams, a `quinn::Connection`.
+            let qconn = match io {
+                DownstreamIo::Streams(t) => t.into_any().downcast::<quinn::Connection>().ok(),
+                _ => None,
+            };
+            let Some(qconn) = qconn.map(|c| *c) else {
                 tracing::debug!(conn = info.id, "http3 needs a QUIC connection; closing");
                 return;
             };
@@ -352,6 +375,8 @@ impl ServerCodec for Http3Server {
             let grace = tokio::time::sleep(std::time::Duration::MAX);
             tokio::pin!(grace);
             let mut idle_closing = false;
+            let go_away = notices.changed(None);
+            tokio::pin!(go_away);
             loop {
                 let next = tokio::select! {
                     r = h3c.accept() => r,
@@ -365,14 +390,10 @@ impl ServerCodec for Http3Server {
                         continue;
                     }
                     _ = &mut grace, if idle_closing => break,
-                    _ = drain.cancelled(), if !closing => {
-                        closing = true;
-                        let _ = h3c.shutdown(0).await;
-                        continue;
-                    }
-                    _ = info.retire.cancelled(), if !closing => {
-                        // GOAWAY: the client's next request opens a new
-                        // connection (and meets the new config).
+                    _ = &mut go_away, if !closing => {
+                        // Drain or retire: GOAWAY, the client's next
+                        // request opens a new connection (and meets the
+                        // new config).
                         closing = true;
                         let _ = h3c.shutdown(0).await;
                         continue;
@@ -493,7 +514,12 @@ async fn serve_request(
     body.peek_end();
     let body = box_body(body);
     let req: Request = http::Request::from_parts(parts, body);
-    let resp = handler.handle(req, StreamInfo::new(info, "http3")).await;
+    let resp = handler
+        .handle(
+            req,
+            StreamInfo::new(info, "http3").with_traits(HTTP3_TRAITS),
+        )
+        .await;
     let (parts, body) = resp.into_parts();
     let mut head = http::Response::from_parts(parts, ());
     // Connection-specific fields are not allowed in HTTP/3 (RFC 9114 4.2).

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             },
             drain: Default::default(),
         };
-        let task = tokio::spawn(server.serve(conn, Arc::new(Ok200)));
+        let task = tokio::spawn(server.serve(conn, Arc::new(Ok200), Default::default()));
         let (mut rd, mut wr) = tokio::io::split(client);
         let _ = wr.write_all(data).await;
         let _ = wr.shutdown().await;

@@ -20,7 +20,7 @@ use super::server::ServerOptions;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use meshgate_core::codec::StreamHandler;
+use meshgate_core::codec::{GoAway, Notices, StreamHandler};
 use meshgate_core::network::{AsyncIo, Connection, ConnectionInfo, PrefixedIo};
 use meshgate_core::stream::{
     BodyError, MalformedBody, Request, Response, StreamInfo, Upgrade, box_body, empty_body,
@@ -568,13 +568,17 @@ struct Server {
     slot: Slot,
     info: Arc<ConnectionInfo>,
     handler: Arc<dyn StreamHandler>,
-    /// Wakes this task when the server drains. Polled once, on the first
-    /// idle wait: the registration stays while the future lives, and this
+    /// The connection manager's notices: a retire or a drain closes the
+    /// connection after the response in progress, a drain also closes it
+    /// when idle.
+    notices: Notices,
+    /// Wakes this task on a notice stronger than the one it was made for.
+    /// Made and polled at the first idle wait (and again after a retire):
+    /// the registration stays while the future lives, and this
     /// connection's task is the only one that ever polls it, so the waker
-    /// it holds stays the right one. `drain_signal` tells whether it fired.
-    drain: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    drain_armed: bool,
-    drain_signal: meshgate_core::network::Signal,
+    /// it holds stays the right one; `notices.current()` tells whether it
+    /// fired.
+    notice_wait: Option<NoticeWait>,
     /// Started at the first idle wait after the drain began
     /// (`DRAIN_IDLE_GRACE`); allocated only then.
     drain_grace: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -594,9 +598,41 @@ struct Server {
     served: u64,
 }
 
+/// A wait for a notice beyond `seen`, armed (polled once) in this task.
+struct NoticeWait {
+    seen: Option<GoAway>,
+    wait: Pin<Box<dyn Future<Output = GoAway> + Send>>,
+}
+
+/// Whether the server drains. Keeps a wait for the next notice armed, so
+/// that an idle connection wakes when the drain comes.
+fn draining(notices: &Notices, wait: &mut Option<NoticeWait>, cx: &mut Context<'_>) -> bool {
+    loop {
+        let now = notices.current();
+        if now == Some(GoAway::Drain) {
+            return true;
+        }
+        if wait.as_ref().is_some_and(|w| w.seen == now) {
+            return false;
+        }
+        let w = wait.insert(NoticeWait {
+            seen: now,
+            wait: Box::pin(notices.clone().changed(now)),
+        });
+        if w.wait.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+    }
+}
+
 /// Serves one downstream HTTP/1 connection until it closes.
-pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dyn StreamHandler>) {
-    let (io, info, drain) = conn.into_prefixed();
+pub(super) async fn serve(
+    opts: ServerOptions,
+    conn: Connection,
+    handler: Arc<dyn StreamHandler>,
+    notices: Notices,
+) {
+    let (io, info, _) = conn.into_prefixed();
     let granularity =
         (opts.request_headers_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let listener = info.listener.clone();
@@ -612,9 +648,8 @@ pub(super) async fn serve(opts: ServerOptions, conn: Connection, handler: Arc<dy
         }),
         info: Arc::new(info),
         handler,
-        drain: Box::pin(drain.clone().cancelled_owned()),
-        drain_armed: false,
-        drain_signal: drain,
+        notices,
+        notice_wait: None,
         drain_grace: None,
         tick: Box::pin(tokio::time::sleep(granularity)),
         tick_armed: false,
@@ -685,9 +720,8 @@ impl Server {
         let Server {
             slot: shared,
             opts,
-            drain,
-            drain_armed,
-            drain_signal,
+            notices,
+            notice_wait,
             drain_grace,
             tick,
             tick_armed,
@@ -729,18 +763,11 @@ impl Server {
             // closed (one that just answered may be about to read its
             // next request); a request that comes is answered with
             // `connection: close`.
-            if io.rbuf.is_empty() {
-                let mut draining = drain_signal.is_cancelled();
-                if !draining && !*drain_armed {
-                    draining = drain.as_mut().poll(cx).is_ready();
-                    *drain_armed = true;
-                }
-                if draining {
-                    let grace = drain_grace
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_IDLE_GRACE)));
-                    if grace.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wait::Close);
-                    }
+            if io.rbuf.is_empty() && draining(notices, notice_wait, cx) {
+                let grace = drain_grace
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_IDLE_GRACE)));
+                if grace.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wait::Close);
                 }
             }
             // Only this connection's task polls the tick, so the waker it
@@ -857,7 +884,11 @@ impl Server {
         let req = Request::from_parts(parts, body);
         let resp = self
             .handler
-            .handle(req, StreamInfo::new(self.info.clone(), "http1"))
+            .handle(
+                req,
+                StreamInfo::new(self.info.clone(), "http1")
+                    .with_traits(super::server::HTTP1_TRAITS),
+            )
             .await;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(match upgrade_tx {
@@ -884,7 +915,8 @@ impl Server {
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
-        let mut close = !keep_alive || self.drain_signal.is_cancelled();
+        // Retired or draining: this response is the connection's last.
+        let mut close = !keep_alive || self.notices.current().is_some();
         // A body the client is still sending is drained only when short
         // and already on its way.
         if self.has_body {

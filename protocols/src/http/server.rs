@@ -7,7 +7,7 @@
 use super::h2_guard::{FloodOptions, H2Guard};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshgate_core::codec::{ServerCodec, StreamHandler};
+use meshgate_core::codec::{Notices, ProtocolTraits, ServerCodec, StreamHandler};
 use meshgate_core::network::{Connection, ServeFuture};
 use meshgate_core::stream::{Request, StreamInfo, box_body};
 use serde::Deserialize;
@@ -78,6 +78,24 @@ fn default_max_local_resets() -> usize {
     256
 }
 
+/// What HTTP/1.1 carries: transfer codings, `Host` as the authority,
+/// header fields; an HTTP/3 listener may be advertised to it.
+pub(crate) const HTTP1_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: true,
+    authority_in_host: true,
+    response_headers: true,
+    alt_svc: true,
+};
+
+/// What HTTP/2 carries: header fields, `:authority`; an HTTP/3 listener
+/// may be advertised to it.
+pub(crate) const HTTP2_TRAITS: ProtocolTraits = ProtocolTraits {
+    carries_codings: false,
+    authority_in_host: false,
+    response_headers: true,
+    alt_svc: true,
+};
+
 fn service(
     handler: Arc<dyn StreamHandler>,
     conn: Arc<meshgate_core::network::ConnectionInfo>,
@@ -93,7 +111,7 @@ fn service(
         let (mut parts, body) = req.into_parts();
         super::adopt_upgrade(&mut parts.extensions);
         let req = Request::from_parts(parts, box_body(body));
-        let info = StreamInfo::new(conn.clone(), protocol);
+        let info = StreamInfo::new(conn.clone(), protocol).with_traits(HTTP2_TRAITS);
         let handler = handler.clone();
         // Active until the response body is dropped (sent or abandoned).
         let active = activity.as_ref().map(|a| a.start());
@@ -149,8 +167,22 @@ impl Http1Server {
 }
 
 impl ServerCodec for Http1Server {
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
-        Box::pin(super::h1_server::serve(self.opts.clone(), conn, handler))
+    fn alpn(&self) -> &'static [&'static str] {
+        &["http/1.1", "http/1.0"]
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
+        Box::pin(super::h1_server::serve(
+            self.opts.clone(),
+            conn,
+            handler,
+            notices,
+        ))
     }
 }
 
@@ -166,11 +198,23 @@ impl Http2Server {
 }
 
 impl ServerCodec for Http2Server {
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+    fn alpn(&self) -> &'static [&'static str] {
+        &["h2"]
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
         Box::pin(async move {
-            let (io, info, drain) = conn.into_prefixed();
+            let (io, info, _) = conn.into_prefixed();
             let listener = info.listener.clone();
-            let retire = info.retire.clone();
+            // Drain and retire alike: GOAWAY, streams in flight finish,
+            // new ones go to a new connection (and the new config).
+            let go_away = notices.changed(None);
+            tokio::pin!(go_away);
             let io = H2Guard::new(io, self.opts.flood.clone(), listener.to_string())
                 .with_header_timeout(self.opts.request_headers_timeout);
             let idle_timeout = handler.idle_timeout();
@@ -196,13 +240,7 @@ impl ServerCodec for Http2Server {
                         count_downstream_error(&listener, "http2", &e);
                     }
                 }
-                _ = drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-                _ = retire.cancelled() => {
-                    // GOAWAY: streams in flight finish, new ones go to a
-                    // new connection (and the new config).
+                _ = &mut go_away => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -26,7 +26,7 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
 use meshgate_core::codec::{
-    ClientCodec, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
+    ClientCodec, Notices, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
 };
 use meshgate_core::network::{Connection, ServeFuture};
 use meshgate_core::stream::{LocalReason, Request, Response, StreamInfo, full_body};
@@ -245,10 +245,16 @@ fn protocol_error(listener: &str, codec: &'static str, reason: &'static str) {
 }
 
 impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
-    fn serve(self: Arc<Self>, conn: Connection, handler: Arc<dyn StreamHandler>) -> ServeFuture {
+    fn serve(
+        self: Arc<Self>,
+        conn: Connection,
+        handler: Arc<dyn StreamHandler>,
+        notices: Notices,
+    ) -> ServeFuture {
         Box::pin(async move {
-            let (io, info, drain) = conn.into_prefixed();
-            let retire = info.retire.clone();
+            let (io, info, _) = conn.into_prefixed();
+            let go_away = notices.changed(None);
+            tokio::pin!(go_away);
             let info = Arc::new(info);
             let name = self.proto.name();
             let listener = info.listener.to_string();
@@ -337,11 +343,10 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
                             break;
                         }
                     },
-                    _ = drain.cancelled() => break,
-                    // A reload replaced this listener's config: calls read
-                    // so far finish, then the connection closes and the
-                    // client reconnects to the new config.
-                    _ = retire.cancelled() => break,
+                    // Drain, or a reload replaced this listener's config:
+                    // calls read so far finish, then the connection closes
+                    // and the client reconnects (to the new config).
+                    _ = &mut go_away => break,
                 }
             }
             // Let calls in flight finish and their responses be written.

@@ -1,0 +1,110 @@
+//! gRPC over the HTTP family: how meshgate's own answers (local replies)
+//! reach a gRPC client. Core's `local_reply` says only why meshgate
+//! answers (`LocalReason`, on the response); for a gRPC request the `proxy`
+//! turns that answer into a trailers-only gRPC status here, once for every
+//! HTTP codec (HTTP/1.1, HTTP/2, HTTP/3). RPC codecs map the same reason to
+//! their own error frames.
+
+use http::HeaderValue;
+use meshgate_core::stream::{LocalReason, Response, empty_body};
+
+/// The gRPC status (grpc/doc/statuscodes.md) a gRPC client gets for a
+/// local reply.
+pub(crate) fn status(reason: LocalReason) -> u32 {
+    match reason {
+        LocalReason::NoRoute => 12, // UNIMPLEMENTED
+        LocalReason::NoHealthyUpstream
+        | LocalReason::ClusterNotFound
+        | LocalReason::UpstreamConnectFailure
+        | LocalReason::UpstreamReset
+        | LocalReason::Overflow => 14, // UNAVAILABLE
+        LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => 4, // DEADLINE_EXCEEDED
+        LocalReason::UpstreamProtocolError => 13, // INTERNAL
+        LocalReason::BadRequest => 3, // INVALID_ARGUMENT
+        LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
+    }
+}
+
+/// Rewrites a local reply (a response carrying its `LocalReason`) as a
+/// trailers-only gRPC status: `200`, `content-type: application/grpc`,
+/// `grpc-status` and `grpc-message`, no body. The HTTP status stays where
+/// the route chose it (`cluster_not_found_response_code`). Any other
+/// response is left as it is.
+pub(crate) fn local_reply(resp: &mut Response) {
+    let Some(reason) = resp.extensions().get::<LocalReason>().copied() else {
+        return;
+    };
+    let mut r = http::Response::new(empty_body());
+    if reason == LocalReason::ClusterNotFound {
+        *r.status_mut() = resp.status();
+    }
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(status(reason)));
+    let msg = format!("meshgate: {}", reason.message());
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_str(&msg).unwrap_or(HeaderValue::from_static("meshgate")),
+    );
+    r.extensions_mut().insert(reason);
+    *resp = r;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use meshgate_core::stream::{StreamInfo, full_body};
+    use std::sync::Arc;
+
+    fn info() -> StreamInfo {
+        let a = "127.0.0.1:1".parse().unwrap();
+        let conn = meshgate_core::network::ConnectionInfo {
+            id: 1,
+            listener: Arc::from("l"),
+            peer_addr: a,
+            local_addr: a,
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Default::default(),
+        };
+        StreamInfo::new(Arc::new(conn), "http2")
+    }
+
+    #[test]
+    fn a_local_reply_becomes_a_trailers_only_grpc_status() {
+        let mut resp = meshgate_core::stream::local_reply(&mut info(), LocalReason::NoRoute);
+        local_reply(&mut resp);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        assert_eq!(resp.headers()["grpc-status"], "12");
+        assert_eq!(resp.headers()["grpc-message"], "meshgate: no route matched");
+        assert_eq!(
+            resp.extensions().get::<LocalReason>(),
+            Some(&LocalReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn the_routes_cluster_not_found_status_stays() {
+        let mut resp =
+            meshgate_core::stream::local_reply(&mut info(), LocalReason::ClusterNotFound);
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        local_reply(&mut resp);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn other_responses_are_left_alone() {
+        let mut resp = Response::new(full_body("x"));
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        local_reply(&mut resp);
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert!(!resp.headers().contains_key("grpc-status"));
+    }
+}
