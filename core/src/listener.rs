@@ -12,6 +12,7 @@ use crate::network::{
     PrefixedIo, Signal,
 };
 use crate::registry::Registry;
+use crate::router::ChainRoutes;
 use crate::tls_inspect;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -41,6 +42,8 @@ pub struct FilterChain {
     pub tls: Option<Arc<crate::tls::DownstreamTls>>,
     filters: Vec<Arc<dyn NetworkFilter>>,
     terminal: Arc<dyn NetworkFilter>,
+    /// The route tables its filters subscribed to, by filter position.
+    pub routes: ChainRoutes,
 }
 
 /// A listener compiled from config; immutable, swapped whole on reload.
@@ -64,12 +67,16 @@ pub struct CompiledListener {
 }
 
 impl CompiledListener {
+    /// Compiles listener `index` of the config. With `take_over`, the live
+    /// listener whose open connections this one keeps (`crate::snapshot::update`),
+    /// its filters take over that listener's route subscriptions.
     pub fn build(
         index: usize,
         cfg: &ListenerConfig,
         registry: &Registry,
         clusters: &ClusterManager,
         source: &ConfigSource,
+        take_over: Option<&CompiledListener>,
     ) -> Result<Self, ConfigError> {
         let path = format!("listeners[{index}]");
         if cfg.name.is_empty() {
@@ -97,6 +104,7 @@ impl CompiledListener {
                 registry,
                 clusters,
                 source,
+                take_over.and_then(|l| l.chains.get(i)).map(|c| &c.routes),
             )?;
             chains.push(chain);
             resolved.extend(used);
@@ -143,6 +151,19 @@ impl CompiledListener {
             quic,
             clusters: resolved,
         })
+    }
+
+    /// Stores the route tables staged for the subscriptions this listener
+    /// took over: the snapshot it belongs to was accepted.
+    pub(crate) fn commit_routes(&self) {
+        for c in &self.chains {
+            c.routes.commit();
+        }
+    }
+
+    /// Whether its filters took over any live route subscription.
+    pub(crate) fn takes_over_routes(&self) -> bool {
+        self.chains.iter().any(|c| c.routes.shares())
     }
 
     /// Chooses the chain for a connection. Envoy's order: the most specific
@@ -230,6 +251,7 @@ fn build_chain(
     registry: &Registry,
     clusters: &ClusterManager,
     source: &ConfigSource,
+    take_over: Option<&ChainRoutes>,
 ) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
@@ -272,7 +294,7 @@ fn build_chain(
             "needs at least one network filter",
         ));
     }
-    let ctx = BuildContext::new(listener, clusters, registry);
+    let ctx = BuildContext::new(listener, clusters, registry).taking_over(take_over);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {
@@ -287,6 +309,7 @@ fn build_chain(
                 ),
             )
         })?;
+        ctx.set_filter(i);
         let filter = factory
             .create(&f.config, &ctx)
             .map_err(|e| source.build_error(&format!("{fpath}.config"), e))?;
@@ -308,14 +331,16 @@ fn build_chain(
         built.push(filter);
     }
     let terminal = built.pop().expect("non-empty");
+    let (resolved, routes) = ctx.into_parts();
     let chain = FilterChain {
         name: fc.name.as_deref().map(Arc::from),
         matcher,
         tls,
         filters: built,
         terminal,
+        routes,
     };
-    Ok((chain, ctx.into_resolved()))
+    Ok((chain, resolved))
 }
 
 impl FilterChain {
@@ -671,6 +696,7 @@ mod tests {
             tls: None,
             filters: vec![],
             terminal: Arc::new(Terminal),
+            routes: ChainRoutes::default(),
         }
     }
 

@@ -6,11 +6,13 @@
 
 use crate::cluster::{Cluster, ClusterManager, ClusterRefs, ClusterResolver};
 use crate::error::BuildError;
+use crate::router::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteConfig, RouteSubscription, RouteTable};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -214,31 +216,6 @@ pub trait NetworkFilter: Send + Sync + 'static {
         drop(conn);
         Box::pin(async {})
     }
-
-    /// A reload changed this filter's config from `old_config` to
-    /// `new_config` and nothing else of its listener: whether this filter
-    /// (built from `new_config`) can take over live from `previous` (built
-    /// from `old_config`), so that the connections `previous` serves see
-    /// the new config on their next stream instead of retiring. The
-    /// `proxy` filter can when only its routes changed (Envoy's RDS
-    /// semantics). Default: no, the listener's connections retire.
-    fn can_adopt(
-        &self,
-        _previous: &dyn NetworkFilter,
-        _old_config: &serde_json::Value,
-        _new_config: &serde_json::Value,
-    ) -> bool {
-        false
-    }
-
-    /// Takes over from `previous` (after `can_adopt` said yes for every
-    /// filter of the listener).
-    fn adopt(&self, _previous: &dyn NetworkFilter) {}
-
-    /// The concrete filter, for `can_adopt` and `adopt` to downcast.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        None
-    }
 }
 
 /// What a factory may consult while building a filter. Cluster names are
@@ -253,6 +230,12 @@ pub struct BuildContext<'a> {
     /// stream filters here).
     pub registry: &'a crate::registry::Registry,
     resolved: Mutex<ClusterRefs>,
+    /// The position (in its chain) of the filter being built.
+    filter: AtomicUsize,
+    /// The route subscriptions of the chain this one takes over from, when
+    /// a reload keeps the listener's open connections.
+    previous_routes: Option<&'a ChainRoutes>,
+    routes: Mutex<ChainRoutes>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -266,7 +249,52 @@ impl<'a> BuildContext<'a> {
             clusters,
             registry,
             resolved: Mutex::default(),
+            filter: AtomicUsize::new(0),
+            previous_routes: None,
+            routes: Mutex::default(),
         }
+    }
+
+    /// Filters built with this context take over the route subscriptions
+    /// of `previous` (the same chain of the live listener).
+    pub(crate) fn taking_over(mut self, previous: Option<&'a ChainRoutes>) -> Self {
+        self.previous_routes = previous;
+        self
+    }
+
+    /// The filter about to be built is the chain's `index`th.
+    pub(crate) fn set_filter(&self, index: usize) {
+        self.filter.store(index, Ordering::Relaxed);
+    }
+
+    /// Subscribes the filter being built to the route table of `config`,
+    /// its config field `route_config` (`ROUTE_CONFIG_FIELD`; a reload
+    /// that changes only that field keeps the listener's connections and
+    /// updates the subscription). Read the returned subscription once per
+    /// stream. Error paths start with `route_config`.
+    pub fn subscribe_routes(&self, config: &RouteConfig) -> Result<RouteSubscription, BuildError> {
+        let table = RouteTable::build(config, self).map_err(|e| {
+            BuildError::new(
+                crate::error::join_path(ROUTE_CONFIG_FIELD, &e.path),
+                e.message,
+            )
+        })?;
+        let table = Arc::new(table);
+        let filter = self.filter.load(Ordering::Relaxed);
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let subscription = match self.previous_routes.and_then(|p| p.get(filter)) {
+            // Staged: stored when the whole snapshot is accepted.
+            Some(live) => {
+                routes.record(filter, live.clone(), Some(table));
+                live.clone()
+            }
+            None => {
+                let s = RouteSubscription::new(table);
+                routes.record(filter, s.clone(), None);
+                s
+            }
+        };
+        Ok(subscription)
     }
 
     /// The cluster named `name`, or a build error at `field`.
@@ -279,11 +307,15 @@ impl<'a> BuildContext<'a> {
         Ok(c)
     }
 
-    /// The clusters resolved so far, by name.
-    pub fn into_resolved(self) -> ClusterRefs {
-        self.resolved
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
+    /// The clusters resolved so far, by name, and the route subscriptions
+    /// made.
+    pub(crate) fn into_parts(self) -> (ClusterRefs, ChainRoutes) {
+        (
+            self.resolved
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+            self.routes.into_inner().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 

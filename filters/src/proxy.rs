@@ -17,7 +17,7 @@ use meshgate_core::forward::forward;
 use meshgate_core::network::{
     BuildContext, Connection, DownstreamIo, NetworkFilter, NetworkFilterFactory, ServeFuture,
 };
-use meshgate_core::router::{RouteAction, RouteConfig, RouteTable};
+use meshgate_core::router::{RouteAction, RouteConfig, RouteSubscription};
 use meshgate_core::stream::{
     FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, Upgrade, is_grpc,
     local_reply,
@@ -176,12 +176,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 ));
             }
         }
-        let table = RouteTable::build(&cfg.route_config, ctx).map_err(|e| {
-            BuildError::new(
-                meshgate_core::error::join_path("route_config", &e.path),
-                e.message,
-            )
-        })?;
+        let table = ctx.subscribe_routes(&cfg.route_config)?;
         let mut filters = Vec::new();
         for (i, f) in cfg.stream_filters.iter().enumerate() {
             let factory = ctx.registry.stream_filter(&f.name).ok_or_else(|| {
@@ -223,8 +218,7 @@ impl NetworkFilterFactory for ProxyFactory {
             detect_timeout: cfg.detect_timeout,
             detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
-                table: arc_swap::ArcSwap::from_pointee(table),
-                followers: std::sync::Mutex::new(Vec::new()),
+                table,
                 filters,
                 generate_request_id: cfg.generate_request_id,
                 edge,
@@ -264,57 +258,6 @@ struct Proxy {
 impl NetworkFilter for Proxy {
     fn terminal(&self) -> bool {
         true
-    }
-
-    /// Only the routes changed: the open connections take the new table.
-    fn can_adopt(
-        &self,
-        previous: &dyn NetworkFilter,
-        old_config: &serde_json::Value,
-        new_config: &serde_json::Value,
-    ) -> bool {
-        let without_routes = |v: &serde_json::Value| {
-            let mut v = v.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("route_config");
-            }
-            v
-        };
-        previous
-            .as_any()
-            .is_some_and(|p| p.downcast_ref::<Proxy>().is_some())
-            && without_routes(old_config) == without_routes(new_config)
-    }
-
-    fn adopt(&self, previous: &dyn NetworkFilter) {
-        let Some(prev) = previous.as_any().and_then(|p| p.downcast_ref::<Proxy>()) else {
-            return;
-        };
-        let table = self.shared.table.load_full();
-        let mut gens = std::mem::take(
-            &mut *prev
-                .shared
-                .followers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        gens.push(Arc::downgrade(&prev.shared));
-        gens.retain(|g| match g.upgrade() {
-            Some(h) => {
-                h.table.store(table.clone());
-                true
-            }
-            None => false,
-        });
-        *self
-            .shared
-            .followers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = gens;
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
     }
 
     fn serves_quic(&self) -> bool {
@@ -516,13 +459,9 @@ impl HttpStats {
 
 struct ProxyHandler {
     access_log: Option<Arc<crate::access_log::AccessLog>>,
-    /// The route table; a reload that changes only the routes stores the
-    /// new one here (see `adopt`), so open connections route their next
-    /// request by it.
-    table: arc_swap::ArcSwap<RouteTable>,
-    /// Earlier generations of this filter (replaced by live route updates)
-    /// whose connections are still open: each route update reaches them.
-    followers: std::sync::Mutex<Vec<std::sync::Weak<ProxyHandler>>>,
+    /// The route table; a route update (file reload or RDS) is a new
+    /// value on it, so open connections route their next request by it.
+    table: RouteSubscription,
     filters: Vec<Arc<dyn StreamFilter>>,
     generate_request_id: bool,
     edge: crate::edge::Edge,
