@@ -2,7 +2,15 @@
 //! `Connection` handed along a filter chain, and the context factories build
 //! from. Filters run in chain order when a connection is accepted; the last
 //! one is terminal and owns the connection from then on (`tcp_proxy`, or the
-//! L7 `proxy` that drives a codec).
+//! L7 `proxy` that drives a codec). A non-terminal filter may also see the
+//! connection's bytes: per connection it gives a `ReadFilter` (bytes from
+//! the peer, Envoy's `onNewConnection`/`onData`) and a `WriteFilter` (bytes
+//! to the peer, `onWrite`), which the listener drives through `FilteredIo`
+//! in front of the terminal. A chain without such a filter hands the
+//! terminal the raw stream (docs/architecture.md, "Network filters").
+
+mod filtered;
+pub use filtered::{FilteredIo, MAX_HELD_BYTES};
 
 use crate::cluster::{Cluster, ClusterManager, ClusterRefs, ClusterResolver};
 use crate::error::BuildError;
@@ -189,6 +197,42 @@ pub enum FilterStatus {
     Close,
 }
 
+/// What a read or write filter decides about the bytes it was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataStatus {
+    /// Pass the buffer (as the filter left it) to the next filter.
+    Continue,
+    /// Hold the buffer: it is shown again, with the bytes that come next
+    /// appended (at most `MAX_HELD_BYTES`, then the connection closes).
+    /// At the end of the stream the buffer is passed on anyway.
+    StopIteration,
+    /// Close the connection now.
+    Close,
+}
+
+/// A filter that sees the bytes a connection receives, one instance per
+/// connection (Envoy's `Network::ReadFilter`): a network RBAC, a
+/// connection rate limit, a protocol sniffer.
+pub trait ReadFilter: Send + 'static {
+    /// The connection is established (after the TLS handshake, if the
+    /// chain terminates TLS), before any byte is shown.
+    fn on_new_connection(&mut self, _info: &ConnectionInfo) -> FilterStatus {
+        FilterStatus::Continue
+    }
+
+    /// Bytes from the peer (decrypted when the chain terminates TLS).
+    /// `end_stream`: the peer closed its side; `data` may then be empty.
+    fn on_data(&mut self, data: &mut bytes::BytesMut, end_stream: bool) -> DataStatus;
+}
+
+/// A filter that sees the bytes the terminal filter sends to the peer, one
+/// instance per connection (Envoy's `Network::WriteFilter`). Write filters
+/// run in reverse chain order.
+pub trait WriteFilter: Send + 'static {
+    /// `end_stream`: the terminal closed its side; `data` may be empty.
+    fn on_write(&mut self, data: &mut bytes::BytesMut, end_stream: bool) -> DataStatus;
+}
+
 /// A boxed future a terminal filter serves a connection with.
 pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -209,6 +253,24 @@ pub trait NetworkFilter: Send + Sync + 'static {
     /// terminal filter; may annotate `info` or refuse the connection.
     fn on_new_connection(&self, _info: &mut ConnectionInfo) -> FilterStatus {
         FilterStatus::Continue
+    }
+
+    /// Whether this (non-terminal) filter sees the bytes of its
+    /// connections, through `read_filter` and `write_filter`. Asked once,
+    /// when the chain is built: a chain where no filter does hands the
+    /// terminal the raw stream (the L4 splice path stays zero-copy).
+    fn sees_bytes(&self) -> bool {
+        false
+    }
+
+    /// The read filter of a new connection, if this filter sees bytes.
+    fn read_filter(&self, _info: &ConnectionInfo) -> Option<Box<dyn ReadFilter>> {
+        None
+    }
+
+    /// The write filter of a new connection, if this filter sees bytes.
+    fn write_filter(&self, _info: &ConnectionInfo) -> Option<Box<dyn WriteFilter>> {
+        None
     }
 
     /// Serves the connection to its end. Called only on the terminal filter.
