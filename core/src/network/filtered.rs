@@ -271,3 +271,68 @@ impl AsyncWrite for FilteredIo {
         Pin::new(&mut me.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Signal;
+
+    /// Refuses a stream starting with `deny`, holds everything else.
+    struct DenyOrHold;
+
+    impl ReadFilter for DenyOrHold {
+        fn on_data(&mut self, data: &mut BytesMut, _: bool) -> DataStatus {
+            if data.starts_with(b"deny") {
+                DataStatus::Close
+            } else {
+                DataStatus::StopIteration
+            }
+        }
+    }
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            id: 7,
+            listener: "edge".into(),
+            peer_addr: "127.0.0.1:1".parse().unwrap(),
+            local_addr: "127.0.0.1:2".parse().unwrap(),
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Signal::new(),
+        }
+    }
+
+    /// Wraps one end of a duplex stream, `preface` first.
+    fn wrap(preface: Vec<u8>) -> io::Result<FilteredIo> {
+        let (_, server) = tokio::io::duplex(16);
+        FilteredIo::new(
+            DownstreamIo::Boxed(Box::new(server)),
+            Bytes::from(preface),
+            &info(),
+            vec![Box::new(DenyOrHold)],
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn refusals_and_overflows_are_counted_by_reason() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let e = wrap(b"deny\n".to_vec()).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+            // Held back, but within the bound: accepted.
+            assert!(wrap(vec![b'x'; MAX_HELD_BYTES]).is_ok());
+            let e = wrap(vec![b'x'; MAX_HELD_BYTES + 1]).err().expect("over");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        });
+        let text = handle.render();
+        for reason in ["filter", "buffer_limit"] {
+            let line = format!(
+                "meshgate_listener_network_filter_close_total{{listener=\"edge\",reason=\"{reason}\"}} 1"
+            );
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+    }
+}
