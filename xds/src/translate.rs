@@ -558,15 +558,15 @@ fn listener_inner(
         chains.push(filter_chain(fc, "default_filter_chain", &mut names)?);
     }
     rest(&l, "")?;
-    let mut config = serde_json::from_value::<ListenerConfig>(json!({
-        "name": name,
-        "address": address,
-        "backlog": backlog,
-        "listener_filters_timeout": humantime_str(lft),
-        "filter_chains": [],
-    }))
-    .map_err(|e| ("".to_string(), e.to_string()))?;
-    config.filter_chains = chains;
+    let config = ListenerConfig {
+        name,
+        address,
+        backlog,
+        max_connections: None,
+        listener_filters_timeout: lft,
+        quic: None,
+        filter_chains: chains,
+    };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
     Ok(Listener {
