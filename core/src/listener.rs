@@ -8,10 +8,11 @@ use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
-    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, NetworkFilter,
-    PrefixedIo, Signal,
+    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, FilteredIo,
+    NetworkFilter, PrefixedIo, Signal,
 };
 use crate::registry::Registry;
+use crate::router::ChainRoutes;
 use crate::tls_inspect;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -41,6 +42,10 @@ pub struct FilterChain {
     pub tls: Option<Arc<crate::tls::DownstreamTls>>,
     filters: Vec<Arc<dyn NetworkFilter>>,
     terminal: Arc<dyn NetworkFilter>,
+    /// The route tables its filters subscribed to, by filter position.
+    pub routes: ChainRoutes,
+    /// Some filter sees the connection's bytes (`NetworkFilter::sees_bytes`).
+    sees_bytes: bool,
 }
 
 /// A listener compiled from config; immutable, swapped whole on reload.
@@ -64,12 +69,16 @@ pub struct CompiledListener {
 }
 
 impl CompiledListener {
+    /// Compiles listener `index` of the config. With `take_over`, the live
+    /// listener whose open connections this one keeps (`crate::snapshot::update`),
+    /// its filters take over that listener's route subscriptions.
     pub fn build(
         index: usize,
         cfg: &ListenerConfig,
         registry: &Registry,
         clusters: &ClusterManager,
         source: &ConfigSource,
+        take_over: Option<&CompiledListener>,
     ) -> Result<Self, ConfigError> {
         let path = format!("listeners[{index}]");
         if cfg.name.is_empty() {
@@ -97,6 +106,7 @@ impl CompiledListener {
                 registry,
                 clusters,
                 source,
+                take_over.and_then(|l| l.chains.get(i)).map(|c| &c.routes),
             )?;
             chains.push(chain);
             resolved.extend(used);
@@ -117,6 +127,12 @@ impl CompiledListener {
                         "a QUIC listener needs tls (certificates for TLS 1.3)",
                     ));
                 };
+                if chain.sees_bytes {
+                    return Err(source.error(
+                        format!("{path}.filter_chains[0].filters"),
+                        "a QUIC connection carries streams, not bytes: no filter of its chain may see bytes",
+                    ));
+                }
                 Some(
                     crate::quic::QuicTransport::new(q, tls, &format!("{path}.quic"))
                         .map_err(|e| source.build_error("", e))?,
@@ -137,6 +153,19 @@ impl CompiledListener {
             quic,
             clusters: resolved,
         })
+    }
+
+    /// Stores the route tables staged for the subscriptions this listener
+    /// took over: the snapshot it belongs to was accepted.
+    pub(crate) fn commit_routes(&self) {
+        for c in &self.chains {
+            c.routes.commit();
+        }
+    }
+
+    /// Whether its filters took over any live route subscription.
+    pub(crate) fn takes_over_routes(&self) -> bool {
+        self.chains.iter().any(|c| c.routes.shares())
     }
 
     /// Chooses the chain for a connection. Envoy's order: the most specific
@@ -224,6 +253,7 @@ fn build_chain(
     registry: &Registry,
     clusters: &ClusterManager,
     source: &ConfigSource,
+    take_over: Option<&ChainRoutes>,
 ) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
@@ -266,7 +296,7 @@ fn build_chain(
             "needs at least one network filter",
         ));
     }
-    let ctx = BuildContext::new(listener, clusters, registry);
+    let ctx = BuildContext::new(listener, clusters, registry).taking_over(take_over);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {
@@ -281,6 +311,7 @@ fn build_chain(
                 ),
             )
         })?;
+        ctx.set_filter(i);
         let filter = factory
             .create(&f.config, &ctx)
             .map_err(|e| source.build_error(&format!("{fpath}.config"), e))?;
@@ -305,14 +336,17 @@ fn build_chain(
     let Some(terminal) = built.pop() else {
         return Err(source.error(format!("{path}.filters"), "a filter chain needs filters"));
     };
+    let (resolved, routes) = ctx.into_parts();
     let chain = FilterChain {
         name: fc.name.as_deref().map(Arc::from),
         matcher,
         tls,
+        sees_bytes: built.iter().any(|f| f.sees_bytes()),
         filters: built,
         terminal,
+        routes,
     };
-    Ok((chain, ctx.into_resolved()))
+    Ok((chain, resolved))
 }
 
 impl FilterChain {
@@ -334,6 +368,48 @@ impl FilterChain {
     /// Hands the connection to the terminal filter.
     pub(crate) async fn serve(&self, conn: Connection) {
         self.terminal.clone().serve(conn).await
+    }
+
+    /// The connection the terminal filter serves: the raw stream, or, when
+    /// a filter sees bytes, the stream through the filters' per-connection
+    /// read and write filters (`FilteredIo`; the preface goes through them
+    /// too). `None`: a filter closed the connection.
+    pub fn connection(
+        &self,
+        io: DownstreamIo,
+        preface: Bytes,
+        info: ConnectionInfo,
+        drain: Signal,
+    ) -> Option<Connection> {
+        if !self.sees_bytes {
+            return Some(Connection {
+                io,
+                preface,
+                info,
+                drain,
+            });
+        }
+        let reads = self.filters.iter().filter_map(|f| f.read_filter(&info));
+        let reads = reads.collect();
+        // Envoy's order: write filters run from the terminal outwards.
+        let writes = self
+            .filters
+            .iter()
+            .rev()
+            .filter_map(|f| f.write_filter(&info));
+        let writes = writes.collect();
+        match FilteredIo::new(io, preface, &info, reads, writes) {
+            Ok(io) => Some(Connection {
+                io: DownstreamIo::Boxed(Box::new(io)),
+                preface: Bytes::new(),
+                info,
+                drain,
+            }),
+            Err(e) => {
+                tracing::debug!(listener = %info.listener, peer = %info.peer_addr, error = %e, "closed by a network filter");
+                None
+            }
+        }
     }
 }
 
@@ -586,11 +662,8 @@ async fn handle_connection(
             }
         }
     };
-    let conn = Connection {
-        io,
-        preface,
-        info,
-        drain,
+    let Some(conn) = chain.connection(io, preface, info, drain) else {
+        return;
     };
     chain.terminal.clone().serve(conn).await;
 }
@@ -648,6 +721,7 @@ async fn terminate_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::DataStatus;
 
     struct Terminal;
     impl NetworkFilter for Terminal {
@@ -668,6 +742,8 @@ mod tests {
             tls: None,
             filters: vec![],
             terminal: Arc::new(Terminal),
+            routes: ChainRoutes::default(),
+            sees_bytes: false,
         }
     }
 
@@ -763,5 +839,218 @@ mod tests {
         assert_eq!(pick(&l, 80, None, "127.0.0.1"), Some("lo8"));
         assert_eq!(pick(&l, 80, None, "10.1.2.3"), Some("any"));
         assert_eq!(pick(&l, 80, None, "::1"), Some("v6"));
+    }
+
+    /// A read filter that holds bytes until it has a whole first line
+    /// (counting how often it held), refuses a connection whose first line
+    /// is `deny`, then passes everything.
+    struct LineGate {
+        held: Arc<AtomicU32>,
+        open: bool,
+    }
+
+    impl crate::network::ReadFilter for LineGate {
+        fn on_data(&mut self, data: &mut bytes::BytesMut, end: bool) -> DataStatus {
+            if self.open {
+                return DataStatus::Continue;
+            }
+            if data.starts_with(b"deny") {
+                return DataStatus::Close;
+            }
+            if !data.contains(&b'\n') && !end {
+                self.held.fetch_add(1, Ordering::Relaxed);
+                return DataStatus::StopIteration;
+            }
+            self.open = true;
+            DataStatus::Continue
+        }
+    }
+
+    /// A write filter that masks `secret` and says `bye` when the
+    /// terminal closes its side.
+    struct Redact;
+
+    impl crate::network::WriteFilter for Redact {
+        fn on_write(&mut self, data: &mut bytes::BytesMut, end: bool) -> DataStatus {
+            while let Some(i) = data.windows(6).position(|w| w == b"secret") {
+                data[i..i + 6].copy_from_slice(b"******");
+            }
+            if end {
+                data.extend_from_slice(b"bye\n");
+            }
+            DataStatus::Continue
+        }
+    }
+
+    /// A read filter that never passes anything.
+    struct Hoard;
+
+    impl crate::network::ReadFilter for Hoard {
+        fn on_data(&mut self, _: &mut bytes::BytesMut, _: bool) -> DataStatus {
+            DataStatus::StopIteration
+        }
+    }
+
+    /// A non-terminal filter giving each connection the filters above.
+    struct ByteSeer {
+        held: Arc<AtomicU32>,
+        hoard: bool,
+    }
+
+    impl NetworkFilter for ByteSeer {
+        fn sees_bytes(&self) -> bool {
+            true
+        }
+        fn read_filter(&self, _: &ConnectionInfo) -> Option<Box<dyn crate::network::ReadFilter>> {
+            Some(if self.hoard {
+                Box::new(Hoard)
+            } else {
+                Box::new(LineGate {
+                    held: self.held.clone(),
+                    open: false,
+                })
+            })
+        }
+        fn write_filter(&self, _: &ConnectionInfo) -> Option<Box<dyn crate::network::WriteFilter>> {
+            Some(Box::new(Redact))
+        }
+    }
+
+    /// Echoes what it reads until the end, then closes its side; reports
+    /// how reading ended.
+    struct EchoTerminal(tokio::sync::mpsc::UnboundedSender<std::io::Result<()>>);
+
+    impl NetworkFilter for EchoTerminal {
+        fn terminal(&self) -> bool {
+            true
+        }
+        fn serve(self: Arc<Self>, conn: Connection) -> crate::network::ServeFuture {
+            Box::pin(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut io, _, _) = conn.into_prefixed();
+                let mut buf = vec![0u8; 4096];
+                let end = loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            if let Err(e) = io.write_all(&buf[..n]).await {
+                                break Err(e);
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                let _ = io.shutdown().await;
+                let _ = self.0.send(end);
+            })
+        }
+    }
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            id: 1,
+            listener: "l".into(),
+            peer_addr: "127.0.0.1:1".parse().unwrap(),
+            local_addr: "127.0.0.1:2".parse().unwrap(),
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Signal::new(),
+        }
+    }
+
+    /// A chain with a byte-seeing filter in front of an echo terminal,
+    /// served on one end of an in-memory duplex stream; the other end and
+    /// how the terminal's reading ended.
+    fn serve_through_chain(
+        hoard: bool,
+        preface: &'static [u8],
+    ) -> (
+        tokio::io::DuplexStream,
+        Arc<AtomicU32>,
+        tokio::sync::mpsc::UnboundedReceiver<std::io::Result<()>>,
+    ) {
+        let held = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut chain = chain("bytes", None, &[], &[]);
+        chain.filters = vec![Arc::new(ByteSeer {
+            held: held.clone(),
+            hoard,
+        })];
+        chain.terminal = Arc::new(EchoTerminal(tx));
+        chain.sees_bytes = true;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let io = DownstreamIo::Boxed(Box::new(server));
+        let conn = chain.connection(io, Bytes::from_static(preface), info(), Signal::new());
+        let conn = conn.expect("the filters accept the connection");
+        assert!(matches!(conn.io, DownstreamIo::Boxed(_)) && conn.preface.is_empty());
+        tokio::spawn(chain.serve_owned(conn));
+        (client, held, rx)
+    }
+
+    impl FilterChain {
+        async fn serve_owned(self, conn: Connection) {
+            self.serve(conn).await
+        }
+    }
+
+    #[tokio::test]
+    async fn read_and_write_filters_see_the_bytes_both_ways() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The preface (bytes the listener read, e.g. a ClientHello) goes
+        // through the read filters too.
+        let (mut client, held, mut ended) = serve_through_chain(false, b"he");
+        client.write_all(b"l").await.unwrap();
+        client.write_all(b"lo secret\n").await.unwrap();
+        client.write_all(b"more secret data\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello ******\nmore ****** data\nbye\n");
+        // The first line was held back (the preface, and its next byte)
+        // until it was whole.
+        assert!(held.load(Ordering::Relaxed) >= 1);
+        assert!(ended.recv().await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_read_filter_closes_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, _, mut ended) = serve_through_chain(false, b"");
+        client.write_all(b"deny me\n").await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        // Nothing reached the terminal, so nothing was echoed.
+        assert!(out.is_empty(), "{out:?}");
+        let e = ended.recv().await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn bytes_a_filter_holds_are_bounded() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, _, mut ended) = serve_through_chain(true, b"");
+        let chunk = vec![b'x'; 64 * 1024];
+        // The connection closes once the filter holds more than the
+        // bound (writes may fail from then on).
+        for _ in 0..(crate::network::MAX_HELD_BYTES / chunk.len() + 2) {
+            if client.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let e = ended.recv().await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+    }
+
+    #[test]
+    fn a_chain_without_byte_filters_hands_over_the_raw_stream() {
+        let chain = chain("plain", None, &[], &[]);
+        let (_, server) = tokio::io::duplex(16);
+        let io = DownstreamIo::Boxed(Box::new(server));
+        let conn = chain
+            .connection(io, Bytes::from_static(b"pre"), info(), Signal::new())
+            .unwrap();
+        // Untouched: the preface is still the terminal's to read.
+        assert_eq!(&conn.preface[..], b"pre");
     }
 }

@@ -2,15 +2,25 @@
 //! `Connection` handed along a filter chain, and the context factories build
 //! from. Filters run in chain order when a connection is accepted; the last
 //! one is terminal and owns the connection from then on (`tcp_proxy`, or the
-//! L7 `proxy` that drives a codec).
+//! L7 `proxy` that drives a codec). A non-terminal filter may also see the
+//! connection's bytes: per connection it gives a `ReadFilter` (bytes from
+//! the peer, Envoy's `onNewConnection`/`onData`) and a `WriteFilter` (bytes
+//! to the peer, `onWrite`), which the listener drives through `FilteredIo`
+//! in front of the terminal. A chain without such a filter hands the
+//! terminal the raw stream (docs/architecture.md, "Network filters").
+
+mod filtered;
+pub use filtered::{FilteredIo, MAX_HELD_BYTES};
 
 use crate::cluster::{Cluster, ClusterManager, ClusterRefs, ClusterResolver};
 use crate::error::BuildError;
+use crate::router::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteConfig, RouteSubscription, RouteTable};
 use bytes::Bytes;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -200,6 +210,42 @@ pub enum FilterStatus {
     Close,
 }
 
+/// What a read or write filter decides about the bytes it was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataStatus {
+    /// Pass the buffer (as the filter left it) to the next filter.
+    Continue,
+    /// Hold the buffer: it is shown again, with the bytes that come next
+    /// appended (at most `MAX_HELD_BYTES`, then the connection closes).
+    /// At the end of the stream the buffer is passed on anyway.
+    StopIteration,
+    /// Close the connection now.
+    Close,
+}
+
+/// A filter that sees the bytes a connection receives, one instance per
+/// connection (Envoy's `Network::ReadFilter`): a network RBAC, a
+/// connection rate limit, a protocol sniffer.
+pub trait ReadFilter: Send + 'static {
+    /// The connection is established (after the TLS handshake, if the
+    /// chain terminates TLS), before any byte is shown.
+    fn on_new_connection(&mut self, _info: &ConnectionInfo) -> FilterStatus {
+        FilterStatus::Continue
+    }
+
+    /// Bytes from the peer (decrypted when the chain terminates TLS).
+    /// `end_stream`: the peer closed its side; `data` may then be empty.
+    fn on_data(&mut self, data: &mut bytes::BytesMut, end_stream: bool) -> DataStatus;
+}
+
+/// A filter that sees the bytes the terminal filter sends to the peer, one
+/// instance per connection (Envoy's `Network::WriteFilter`). Write filters
+/// run in reverse chain order.
+pub trait WriteFilter: Send + 'static {
+    /// `end_stream`: the terminal closed its side; `data` may be empty.
+    fn on_write(&mut self, data: &mut bytes::BytesMut, end_stream: bool) -> DataStatus;
+}
+
 /// A boxed future a terminal filter serves a connection with.
 pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -216,35 +262,28 @@ pub trait NetworkFilter: Send + Sync + 'static {
         FilterStatus::Continue
     }
 
+    /// Whether this (non-terminal) filter sees the bytes of its
+    /// connections, through `read_filter` and `write_filter`. Asked once,
+    /// when the chain is built: a chain where no filter does hands the
+    /// terminal the raw stream (the L4 splice path stays zero-copy).
+    fn sees_bytes(&self) -> bool {
+        false
+    }
+
+    /// The read filter of a new connection, if this filter sees bytes.
+    fn read_filter(&self, _info: &ConnectionInfo) -> Option<Box<dyn ReadFilter>> {
+        None
+    }
+
+    /// The write filter of a new connection, if this filter sees bytes.
+    fn write_filter(&self, _info: &ConnectionInfo) -> Option<Box<dyn WriteFilter>> {
+        None
+    }
+
     /// Serves the connection to its end. Called only on the terminal filter.
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         drop(conn);
         Box::pin(async {})
-    }
-
-    /// A reload changed this filter's config from `old_config` to
-    /// `new_config` and nothing else of its listener: whether this filter
-    /// (built from `new_config`) can take over live from `previous` (built
-    /// from `old_config`), so that the connections `previous` serves see
-    /// the new config on their next stream instead of retiring. The
-    /// `proxy` filter can when only its routes changed (Envoy's RDS
-    /// semantics). Default: no, the listener's connections retire.
-    fn can_adopt(
-        &self,
-        _previous: &dyn NetworkFilter,
-        _old_config: &serde_json::Value,
-        _new_config: &serde_json::Value,
-    ) -> bool {
-        false
-    }
-
-    /// Takes over from `previous` (after `can_adopt` said yes for every
-    /// filter of the listener).
-    fn adopt(&self, _previous: &dyn NetworkFilter) {}
-
-    /// The concrete filter, for `can_adopt` and `adopt` to downcast.
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        None
     }
 }
 
@@ -260,6 +299,12 @@ pub struct BuildContext<'a> {
     /// stream filters here).
     pub registry: &'a crate::registry::Registry,
     resolved: Mutex<ClusterRefs>,
+    /// The position (in its chain) of the filter being built.
+    filter: AtomicUsize,
+    /// The route subscriptions of the chain this one takes over from, when
+    /// a reload keeps the listener's open connections.
+    previous_routes: Option<&'a ChainRoutes>,
+    routes: Mutex<ChainRoutes>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -273,7 +318,52 @@ impl<'a> BuildContext<'a> {
             clusters,
             registry,
             resolved: Mutex::default(),
+            filter: AtomicUsize::new(0),
+            previous_routes: None,
+            routes: Mutex::default(),
         }
+    }
+
+    /// Filters built with this context take over the route subscriptions
+    /// of `previous` (the same chain of the live listener).
+    pub(crate) fn taking_over(mut self, previous: Option<&'a ChainRoutes>) -> Self {
+        self.previous_routes = previous;
+        self
+    }
+
+    /// The filter about to be built is the chain's `index`th.
+    pub(crate) fn set_filter(&self, index: usize) {
+        self.filter.store(index, Ordering::Relaxed);
+    }
+
+    /// Subscribes the filter being built to the route table of `config`,
+    /// its config field `route_config` (`ROUTE_CONFIG_FIELD`; a reload
+    /// that changes only that field keeps the listener's connections and
+    /// updates the subscription). Read the returned subscription once per
+    /// stream. Error paths start with `route_config`.
+    pub fn subscribe_routes(&self, config: &RouteConfig) -> Result<RouteSubscription, BuildError> {
+        let table = RouteTable::build(config, self).map_err(|e| {
+            BuildError::new(
+                crate::error::join_path(ROUTE_CONFIG_FIELD, &e.path),
+                e.message,
+            )
+        })?;
+        let table = Arc::new(table);
+        let filter = self.filter.load(Ordering::Relaxed);
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let subscription = match self.previous_routes.and_then(|p| p.get(filter)) {
+            // Staged: stored when the whole snapshot is accepted.
+            Some(live) => {
+                routes.record(filter, live.clone(), Some(table));
+                live.clone()
+            }
+            None => {
+                let s = RouteSubscription::new(table);
+                routes.record(filter, s.clone(), None);
+                s
+            }
+        };
+        Ok(subscription)
     }
 
     /// The cluster named `name`, or a build error at `field`.
@@ -286,11 +376,15 @@ impl<'a> BuildContext<'a> {
         Ok(c)
     }
 
-    /// The clusters resolved so far, by name.
-    pub fn into_resolved(self) -> ClusterRefs {
-        self.resolved
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
+    /// The clusters resolved so far, by name, and the route subscriptions
+    /// made.
+    pub(crate) fn into_parts(self) -> (ClusterRefs, ChainRoutes) {
+        (
+            self.resolved
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner()),
+            self.routes.into_inner().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 }
 

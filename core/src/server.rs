@@ -5,13 +5,13 @@
 //! drain time, and returns. Other signals: `signals`.
 
 use crate::admin::{self, AdminState};
-use crate::cluster::{ClusterManager, ClusterRefs};
-use crate::config::{Config, ConfigSource, FilterChainConfig, ListenerConfig, load_file};
+use crate::config::{Config, ConfigSource, load_file};
 use crate::dynamic::{DynamicInfo, DynamicReceiver, merge, rename_error};
 use crate::error::{ConfigError, Error};
 use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::network::Signal;
 use crate::registry::Registry;
+use crate::snapshot::update::ListenerUpdate;
 use crate::snapshot::{BuildMode, Reload, Snapshot};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -361,58 +361,34 @@ async fn apply(
     // refresh stops, and endpoint-only changes go into the live clusters.
     live.dns.cancel();
     next.clusters.commit_endpoints();
-    // Which listeners changed: their own config, or a cluster they use.
-    // (Unchanged configs are mostly the same `Arc`s: comparing is cheap.)
-    let old_listeners: HashMap<(&str, bool), &Arc<ListenerConfig>> = old
-        .config
-        .listeners
-        .iter()
-        .map(|l| ((l.address.as_str(), l.quic.is_some()), l))
-        .collect();
+    // Route tables staged for the subscriptions of listeners that keep
+    // their connections go live, before any new connection is accepted
+    // under the new snapshot.
+    for l in &next.listeners {
+        l.commit_routes();
+    }
+    // What each listener that stays does with its open connections was
+    // decided while building (`snapshot::update`).
     let mut keep = std::collections::HashSet::new();
-    for (l, cfg) in next.listeners.iter().zip(&next.config.listeners) {
+    for (l, update) in next.listeners.iter().zip(&next.updates) {
         if let Some(ll) = live.listeners.get(&key(l)) {
             keep.insert(key(l));
-            let was = old_listeners
-                .get(&(cfg.address.as_str(), cfg.quic.is_some()))
-                .copied();
-            let clusters_kept = same_clusters(
-                &ll.running.compiled.load().clusters,
-                &l.clusters,
-                &old.clusters,
-                &next.clusters,
-            );
-            let same = clusters_kept && was == Some(cfg);
-            // Only certificates (or other TLS settings) changed, e.g. an
-            // SDS rotation: new handshakes use them; open connections
-            // already negotiated and go on undisturbed. (A QUIC endpoint
-            // takes its TLS config at bind time, so it is replaced.)
-            let tls_only = !same
-                && clusters_kept
-                && cfg.quic.is_none()
-                && was.is_some_and(|o| same_but_tls(o, cfg));
-            if same {
+            match update.unwrap_or(ListenerUpdate::Replaced) {
                 // Still swapped: new connections get the new snapshot's
                 // filter chains (the same clusters).
-                ll.running.compiled.store(l.clone());
-            } else if tls_only {
-                tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
-                ll.running.compiled.store(l.clone());
-            } else if was.is_some_and(|o| {
-                adopt_live(
-                    o,
-                    cfg,
-                    &ll.running.compiled.load_full(),
-                    l,
-                    &old.clusters,
-                    &next.clusters,
-                )
-            }) {
-                tracing::info!(listener = %l.name, address = %l.address, "listener filters updated live (e.g. routes): open connections take it on their next stream");
-                ll.running.compiled.store(l.clone());
-            } else {
-                tracing::info!(listener = %l.name, address = %l.address, "listener updated; open connections retire");
-                ll.running.replace(l.clone());
+                ListenerUpdate::Same => ll.running.compiled.store(l.clone()),
+                ListenerUpdate::TlsOnly => {
+                    tracing::info!(listener = %l.name, address = %l.address, "listener TLS updated: new handshakes use it, open connections go on");
+                    ll.running.compiled.store(l.clone());
+                }
+                ListenerUpdate::Routes => {
+                    tracing::info!(listener = %l.name, address = %l.address, "listener routes updated live: open connections take them on their next stream");
+                    ll.running.compiled.store(l.clone());
+                }
+                ListenerUpdate::Replaced => {
+                    tracing::info!(listener = %l.name, address = %l.address, "listener updated; open connections retire");
+                    ll.running.replace(l.clone());
+                }
             }
         }
     }
@@ -471,160 +447,6 @@ fn build_delay_for_tests() -> Option<Duration> {
     v.trim().parse().ok().map(Duration::from_millis)
 }
 
-/// Whether a listener built on the new snapshot uses the same clusters as
-/// the live one: the same names, each the same `Arc` (reused, or its
-/// endpoints updated in place), or rebuilt from an unchanged config (to
-/// re-read its TLS files). Otherwise open connections would keep sending
-/// to a cluster the new snapshot replaced, so the listener is replaced.
-fn same_clusters(
-    live: &ClusterRefs,
-    next: &ClusterRefs,
-    old: &ClusterManager,
-    new: &ClusterManager,
-) -> bool {
-    live.len() == next.len()
-        && live.iter().zip(next).all(|((name, a), (next_name, b))| {
-            name == next_name && (Arc::ptr_eq(a, b) || same_config(name, old, new))
-        })
-}
-
-/// Whether the cluster `name` has the same config in both managers.
-fn same_config(name: &str, old: &ClusterManager, new: &ClusterManager) -> bool {
-    matches!((old.config(name), new.config(name)), (Some(o), Some(n)) if o == n)
-}
-
-/// Whether `next` can replace `live` without retiring its connections:
-/// the two configs differ only in filter configs, every changed filter of
-/// `next` can take over from its predecessor (`NetworkFilter::can_adopt`,
-/// e.g. the `proxy` filter when only its routes changed), and the
-/// clusters both use are unchanged. If so the filters take over (open
-/// connections see the new config on their next stream) and `true`.
-fn adopt_live(
-    old_cfg: &ListenerConfig,
-    new_cfg: &ListenerConfig,
-    live: &CompiledListener,
-    next: &CompiledListener,
-    old_clusters: &ClusterManager,
-    new_clusters: &ClusterManager,
-) -> bool {
-    if !same_but_filter_configs(old_cfg, new_cfg)
-        || live.chains.len() != next.chains.len()
-        || next.chains.len() != new_cfg.filter_chains.len()
-    {
-        return false;
-    }
-    // A cluster only the new config uses is new to the old connections
-    // too; one both use must be the same.
-    let kept = live
-        .clusters
-        .iter()
-        .all(|(name, a)| match next.clusters.get(name) {
-            None => true,
-            Some(b) => Arc::ptr_eq(a, b) || same_config(name, old_clusters, new_clusters),
-        });
-    if !kept {
-        return false;
-    }
-    let gained = next.clusters.keys().any(|n| !live.clusters.contains_key(n));
-    let mut takeovers = Vec::new();
-    let chains = live
-        .chains
-        .iter()
-        .zip(&next.chains)
-        .zip(old_cfg.filter_chains.iter().zip(&new_cfg.filter_chains));
-    for ((live_chain, next_chain), (old_chain, new_chain)) in chains {
-        let filters = live_chain
-            .filters()
-            .zip(next_chain.filters())
-            .zip(old_chain.filters.iter().zip(&new_chain.filters));
-        for ((was, now), (old_f, new_f)) in filters {
-            // A cluster the live tables could not resolve (a route waiting
-            // for it, `validate_clusters: false`) arrived: open connections
-            // take the new tables although the configs are the same.
-            if old_f.config == new_f.config && !gained {
-                continue;
-            }
-            if !now.can_adopt(was.as_ref(), &old_f.config, &new_f.config) {
-                return false;
-            }
-            takeovers.push((now, was));
-        }
-    }
-    for (now, was) in takeovers {
-        now.adopt(was.as_ref());
-    }
-    true
-}
-
-/// Whether two listener configs are the same but for each filter's own
-/// config (the filters' names and order included).
-fn same_but_filter_configs(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    same_but_chains(a, b, |x, y| {
-        let FilterChainConfig {
-            name,
-            filter_chain_match,
-            tls,
-            filters,
-        } = x;
-        *name == y.name
-            && *filter_chain_match == y.filter_chain_match
-            && *tls == y.tls
-            && filters.len() == y.filters.len()
-            && filters
-                .iter()
-                .zip(&y.filters)
-                .all(|(f, g)| f.name == g.name)
-    })
-}
-
-/// Whether two listener configs are the same but for their chains' TLS
-/// settings (whether a chain terminates TLS must stay), to tell a TLS-only
-/// change.
-fn same_but_tls(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    same_but_chains(a, b, |x, y| {
-        let FilterChainConfig {
-            name,
-            filter_chain_match,
-            tls,
-            filters,
-        } = x;
-        *name == y.name
-            && *filter_chain_match == y.filter_chain_match
-            && tls.is_some() == y.tls.is_some()
-            && *filters == y.filters
-    })
-}
-
-/// Whether two listener configs are the same, their filter chains compared
-/// pairwise by `chain_eq`.
-fn same_but_chains(
-    a: &ListenerConfig,
-    b: &ListenerConfig,
-    chain_eq: impl Fn(&FilterChainConfig, &FilterChainConfig) -> bool,
-) -> bool {
-    // Destructured so that a new setting cannot be forgotten here.
-    let ListenerConfig {
-        name,
-        address,
-        backlog,
-        max_connections,
-        listener_filters_timeout,
-        quic,
-        filter_chains,
-    } = a;
-    *name == b.name
-        && *address == b.address
-        && *backlog == b.backlog
-        && *max_connections == b.max_connections
-        && *listener_filters_timeout == b.listener_filters_timeout
-        && *quic == b.quic
-        && filter_chains.len() == b.filter_chains.len()
-        && filter_chains
-            .iter()
-            .zip(&b.filter_chains)
-            .all(|(x, y)| chain_eq(x, y))
-}
-
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
@@ -673,49 +495,5 @@ mod tests {
         let b = file_stamp(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_ne!(a, b);
-    }
-
-    fn listener(v: serde_json::Value) -> ListenerConfig {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn base() -> serde_json::Value {
-        serde_json::json!({
-            "name": "web",
-            "address": "127.0.0.1:8080",
-            "filter_chains": [{
-                "tls": {"certificates": [{"certificate_chain": "a.pem", "private_key": "a.key"}]},
-                "filters": [{"name": "proxy", "config": {"route_config": {"name": "r1"}}}],
-            }],
-        })
-    }
-
-    #[test]
-    fn listener_changes_are_told_apart() {
-        let old = listener(base());
-        let mut v = base();
-        v["filter_chains"][0]["tls"]["certificates"][0]["certificate_chain"] = "b.pem".into();
-        let new_cert = listener(v);
-        assert!(same_but_tls(&old, &new_cert));
-        assert!(!same_but_filter_configs(&old, &new_cert));
-
-        let mut v = base();
-        v["filter_chains"][0]["filters"][0]["config"]["route_config"]["name"] = "r2".into();
-        let new_routes = listener(v);
-        assert!(same_but_filter_configs(&old, &new_routes));
-        assert!(!same_but_tls(&old, &new_routes));
-
-        // Dropping TLS, renaming a filter or moving the listener is more.
-        let mut v = base();
-        v["filter_chains"][0].as_object_mut().unwrap().remove("tls");
-        assert!(!same_but_tls(&old, &listener(v)));
-        let mut v = base();
-        v["filter_chains"][0]["filters"][0]["name"] = "tcp_proxy".into();
-        assert!(!same_but_filter_configs(&old, &listener(v)));
-        let mut v = base();
-        v["backlog"] = 16.into();
-        let moved = listener(v);
-        assert!(!same_but_tls(&old, &moved) && !same_but_filter_configs(&old, &moved));
-        assert!(same_but_tls(&old, &old) && same_but_filter_configs(&old, &old));
     }
 }

@@ -4,7 +4,7 @@
 //! `load()` and never a lock.
 
 use crate::cluster::ClusterManager;
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, ListenerConfig};
 use crate::error::ConfigError;
 use crate::listener::CompiledListener;
 use crate::registry::Registry;
@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+use update::ListenerUpdate;
+
+pub mod update;
 
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
@@ -29,6 +32,10 @@ pub struct Snapshot {
     pub dynamic: Option<crate::dynamic::DynamicInfo>,
     pub clusters: ClusterManager,
     pub listeners: Vec<Arc<CompiledListener>>,
+    /// For each of `listeners`, what it does to the previous snapshot's
+    /// listener at its address (`None`: there was none, or no previous
+    /// snapshot).
+    pub updates: Vec<Option<ListenerUpdate>>,
     pub admin_address: Option<SocketAddr>,
 }
 
@@ -114,6 +121,25 @@ impl Snapshot {
             previous.map(|(p, reload)| (&p.clusters, reload == Reload::File)),
         )?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut updates = Vec::with_capacity(config.listeners.len());
+        // The previous snapshot's listeners by address and transport, with
+        // their configs: a listener that stays may keep its connections.
+        let live: std::collections::HashMap<(&str, bool), (&ListenerConfig, &CompiledListener)> =
+            match previous {
+                None => Default::default(),
+                Some((p, _)) => p
+                    .config
+                    .listeners
+                    .iter()
+                    .zip(&p.listeners)
+                    .map(|(c, l)| {
+                        (
+                            (c.address.as_str(), c.quic.is_some()),
+                            (c.as_ref(), l.as_ref()),
+                        )
+                    })
+                    .collect(),
+            };
         let mut names = HashSet::new();
         // TCP and QUIC (UDP) listeners may share a port.
         let mut addrs = HashSet::new();
@@ -127,7 +153,31 @@ impl Snapshot {
                     format!("duplicate listener name '{}'", l.name),
                 ));
             }
-            let compiled = CompiledListener::build(i, l, registry, &clusters, source)?;
+            let was = live.get(&(l.address.as_str(), l.quic.is_some())).copied();
+            let take_over = was
+                .filter(|(old, _)| update::may_keep(old, l))
+                .map(|(_, c)| c);
+            let mut compiled =
+                CompiledListener::build(i, l, registry, &clusters, source, take_over)?;
+            let update = match (was, previous) {
+                (Some((old, live)), Some((p, _))) => Some(update::decide(
+                    old,
+                    l,
+                    live,
+                    &compiled,
+                    &p.clusters,
+                    &clusters,
+                )),
+                _ => None,
+            };
+            // Its connections retire after all (a cluster they use
+            // changed): they must not see the new routes, so it is built
+            // again with subscriptions of its own. Rare, and off the
+            // event loop.
+            if update == Some(ListenerUpdate::Replaced) && compiled.takes_over_routes() {
+                compiled = CompiledListener::build(i, l, registry, &clusters, source, None)?;
+            }
+            updates.push(update);
             if !addrs.insert((compiled.address, compiled.quic.is_some())) {
                 return Err(source.error(
                     format!("listeners[{i}].address"),
@@ -144,6 +194,7 @@ impl Snapshot {
             dynamic: None,
             clusters,
             listeners,
+            updates,
             admin_address,
         })
     }

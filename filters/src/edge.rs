@@ -9,55 +9,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use meshgate_core::BuildError;
 use meshgate_core::stream::{Request, StreamInfo};
 use metrics::Counter;
-use serde::Deserialize;
 use std::net::IpAddr;
 
-/// Envoy's `path_with_escaped_slashes_action`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum EscapedSlashesAction {
-    /// Envoy's default, which is KEEP_UNCHANGED.
-    ImplementationSpecificDefault,
-    #[default]
-    KeepUnchanged,
-    RejectRequest,
-    UnescapeAndRedirect,
-    UnescapeAndForward,
-}
-
-/// Envoy's `server_header_transformation`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum ServerHeaderTransformation {
-    #[default]
-    Overwrite,
-    AppendIfAbsent,
-    PassThrough,
-}
-
-/// One listener-level upgrade type (Envoy's HCM `UpgradeConfig`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UpgradeConfig {
-    pub upgrade_type: String,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-pub(crate) fn default_upgrade_configs() -> Vec<UpgradeConfig> {
-    vec![UpgradeConfig {
-        upgrade_type: "websocket".into(),
-        enabled: true,
-    }]
-}
-
-pub(crate) fn default_server_name() -> String {
-    "meshgate".into()
-}
+pub(crate) use meshgate_core::config::filters::{
+    EscapedSlashesAction, ServerHeaderTransformation, UpgradeConfig,
+};
 
 /// The options as configured (fields of `ProxyConfig`).
 pub(crate) struct EdgeOptions<'a> {

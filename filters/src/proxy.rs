@@ -17,122 +17,22 @@ use meshgate_core::BuildError;
 use meshgate_core::codec::{
     Detection, GoAway, Notices, ResponseFuture, ServerCodec, StreamHandler,
 };
-use meshgate_core::config::{FilterConfig, parse_typed};
+use meshgate_core::config::filters::ProxyConfig;
+use meshgate_core::config::parse_typed;
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
     BuildContext, Connection, DownstreamIo, NetworkFilter, NetworkFilterFactory, ServeFuture,
 };
-use meshgate_core::router::{RouteAction, RouteConfig, RouteTable};
+use meshgate_core::router::{RouteAction, RouteSubscription};
 use meshgate_core::stream::{
     FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, Upgrade, is_grpc,
     local_reply,
 };
 use metrics::{Counter, Histogram};
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProxyConfig {
-    /// `auto` (default: detect among registered codecs) or a codec name.
-    #[serde(default = "default_codec")]
-    codec: String,
-    /// Options per codec name, e.g. `{http1: {max_request_headers_bytes: 8192}}`.
-    #[serde(default)]
-    codec_options: BTreeMap<String, serde_json::Value>,
-    route_config: RouteConfig,
-    /// Stream filters in order; the router runs after them.
-    #[serde(default)]
-    stream_filters: Vec<FilterConfig>,
-    /// Add `x-request-id` when a request has none (default true).
-    #[serde(default = "default_true")]
-    generate_request_id: bool,
-    /// Requests whose body is larger get 413 (declared, or counted as it
-    /// streams; reset once the response started).
-    #[serde(default)]
-    max_request_body_bytes: Option<u64>,
-    /// Envoy HCM's `stream_idle_timeout`: a stream with no body byte in
-    /// either direction for this long gets 408 (reset once the response
-    /// started). A route's `idle_timeout` overrides it; `0s` disables.
-    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
-    stream_idle_timeout: Duration,
-    /// How long to wait for enough bytes to detect the protocol.
-    #[serde(default = "default_detect_timeout", with = "humantime_serde")]
-    detect_timeout: Duration,
-    /// One JSON line per request (when the response head is sent).
-    #[serde(default)]
-    access_log: Option<AccessLogConfig>,
-    /// Advertise an HTTP/3 listener on responses of TCP connections
-    /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
-    #[serde(default)]
-    advertise_http3: Option<AdvertiseHttp3>,
-    // Envoy HCM options, applied in `edge.rs`.
-    /// RFC 3986 path normalisation before routing (Envoy's default: off).
-    #[serde(default)]
-    normalize_path: bool,
-    /// `//` merged into `/` before routing.
-    #[serde(default)]
-    merge_slashes: bool,
-    /// What to do with `%2F` and `%5C` in paths.
-    #[serde(default)]
-    path_with_escaped_slashes_action: crate::edge::EscapedSlashesAction,
-    /// The peer is the client (appended to `x-forwarded-for`); `false`
-    /// takes the client from `x-forwarded-for` and leaves it as it is.
-    #[serde(default = "default_true")]
-    use_remote_address: bool,
-    /// Trusted proxies in front of meshgate, counted from the right of
-    /// `x-forwarded-for`.
-    #[serde(default)]
-    xff_num_trusted_hops: u32,
-    #[serde(default)]
-    server_header_transformation: crate::edge::ServerHeaderTransformation,
-    #[serde(default = "crate::edge::default_server_name")]
-    server_name: String,
-    /// Upgrade types that may be tunnelled (default: websocket).
-    #[serde(default = "crate::edge::default_upgrade_configs")]
-    upgrade_configs: Vec<crate::edge::UpgradeConfig>,
-    /// Envoy's HCM `common_http_protocol_options` (`idle_timeout`).
-    #[serde(default)]
-    common_http_protocol_options: crate::http_options::CommonHttpProtocolOptions,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdvertiseHttp3 {
-    /// The UDP port of the HTTP/3 listener.
-    port: u16,
-    /// How long clients may remember it (default 24h).
-    #[serde(default = "default_alt_svc_max_age", with = "humantime_serde")]
-    max_age: Duration,
-}
-
-fn default_alt_svc_max_age() -> Duration {
-    Duration::from_secs(86400)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccessLogConfig {
-    /// A file (appended to), or `/dev/stdout`.
-    path: String,
-}
-
-fn default_codec() -> String {
-    "auto".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_stream_idle_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_detect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
 
 /// Factory of `proxy`; codecs and stream filters come from the registry.
 pub struct ProxyFactory;
@@ -181,12 +81,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 ));
             }
         }
-        let table = RouteTable::build(&cfg.route_config, ctx).map_err(|e| {
-            BuildError::new(
-                meshgate_core::error::join_path("route_config", &e.path),
-                e.message,
-            )
-        })?;
+        let table = ctx.subscribe_routes(&cfg.route_config)?;
         let mut filters = Vec::new();
         for (i, f) in cfg.stream_filters.iter().enumerate() {
             let factory = ctx.registry.stream_filter(&f.name).ok_or_else(|| {
@@ -228,8 +123,7 @@ impl NetworkFilterFactory for ProxyFactory {
             detect_timeout: cfg.detect_timeout,
             detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
-                table: arc_swap::ArcSwap::from_pointee(table),
-                followers: std::sync::Mutex::new(Vec::new()),
+                table,
                 filters,
                 generate_request_id: cfg.generate_request_id,
                 edge,
@@ -270,57 +164,6 @@ struct Proxy {
 impl NetworkFilter for Proxy {
     fn terminal(&self) -> bool {
         true
-    }
-
-    /// Only the routes changed: the open connections take the new table.
-    fn can_adopt(
-        &self,
-        previous: &dyn NetworkFilter,
-        old_config: &serde_json::Value,
-        new_config: &serde_json::Value,
-    ) -> bool {
-        let without_routes = |v: &serde_json::Value| {
-            let mut v = v.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("route_config");
-            }
-            v
-        };
-        previous
-            .as_any()
-            .is_some_and(|p| p.downcast_ref::<Proxy>().is_some())
-            && without_routes(old_config) == without_routes(new_config)
-    }
-
-    fn adopt(&self, previous: &dyn NetworkFilter) {
-        let Some(prev) = previous.as_any().and_then(|p| p.downcast_ref::<Proxy>()) else {
-            return;
-        };
-        let table = self.shared.table.load_full();
-        let mut gens = std::mem::take(
-            &mut *prev
-                .shared
-                .followers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        gens.push(Arc::downgrade(&prev.shared));
-        gens.retain(|g| match g.upgrade() {
-            Some(h) => {
-                h.table.store(table.clone());
-                true
-            }
-            None => false,
-        });
-        *self
-            .shared
-            .followers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = gens;
-    }
-
-    fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
     }
 
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
@@ -567,13 +410,9 @@ impl HttpStats {
 
 struct ProxyHandler {
     access_log: Option<Arc<crate::access_log::AccessLog>>,
-    /// The route table; a reload that changes only the routes stores the
-    /// new one here (see `adopt`), so open connections route their next
-    /// request by it.
-    table: arc_swap::ArcSwap<RouteTable>,
-    /// Earlier generations of this filter (replaced by live route updates)
-    /// whose connections are still open: each route update reaches them.
-    followers: std::sync::Mutex<Vec<std::sync::Weak<ProxyHandler>>>,
+    /// The route table; a route update (file reload or RDS) is a new
+    /// value on it, so open connections route their next request by it.
+    table: RouteSubscription,
     filters: Vec<Arc<dyn StreamFilter>>,
     generate_request_id: bool,
     edge: crate::edge::Edge,

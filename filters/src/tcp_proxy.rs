@@ -15,6 +15,7 @@
 
 use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, UpstreamConnection, now_ms};
+use meshgate_core::config::filters::{TcpHashPolicy as HashPolicy, TcpProxyConfig, ZeroCopy};
 use meshgate_core::config::parse_typed;
 use meshgate_core::lb::{LbContext, hash_key};
 use meshgate_core::network::{
@@ -22,7 +23,6 @@ use meshgate_core::network::{
     ServeFuture,
 };
 use metrics::Counter;
-use serde::Deserialize;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,65 +31,6 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TcpProxyConfig {
-    /// The upstream cluster.
-    #[serde(default)]
-    cluster: Option<String>,
-    /// Or several, chosen per connection by weight.
-    #[serde(default)]
-    weighted_clusters: Vec<WeightedCluster>,
-    /// Connect attempts, each on an endpoint not tried yet (default 3).
-    #[serde(default = "default_attempts")]
-    max_connect_attempts: u32,
-    /// Close both sides after this long with no byte either way (default
-    /// 1h; `0s` disables).
-    #[serde(default = "default_idle", with = "humantime_serde")]
-    idle_timeout: Duration,
-    /// What hashing load balancers hash: `source_ip` (default) or
-    /// `source_ip_port`.
-    #[serde(default)]
-    hash_policy: HashPolicy,
-    /// How plain TCP bytes move: `never` (default: user-space copy through
-    /// a buffer that grows for bulk flows), `bulk` (copy, then splice(2)
-    /// once a direction carries bulk data) or `always` (splice from the
-    /// first byte).
-    #[serde(default)]
-    zero_copy: ZeroCopy,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum ZeroCopy {
-    #[default]
-    Never,
-    Bulk,
-    Always,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightedCluster {
-    name: String,
-    weight: u32,
-}
-
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum HashPolicy {
-    #[default]
-    SourceIp,
-    SourceIpPort,
-}
-
-fn default_attempts() -> u32 {
-    3
-}
-fn default_idle() -> Duration {
-    Duration::from_secs(3600)
-}
 
 /// Factory of `tcp_proxy`.
 pub struct TcpProxyFactory;

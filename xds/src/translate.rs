@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf;
+use meshgate_core::config::filters as fc;
 use meshgate_core::config::{
     ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig, FilterChainMatch,
     FilterConfig, ListenerConfig,
@@ -557,15 +558,15 @@ fn listener_inner(
         chains.push(filter_chain(fc, "default_filter_chain", &mut names)?);
     }
     rest(&l, "")?;
-    let mut config = serde_json::from_value::<ListenerConfig>(json!({
-        "name": name,
-        "address": address,
-        "backlog": backlog,
-        "listener_filters_timeout": humantime_str(lft),
-        "filter_chains": [],
-    }))
-    .map_err(|e| ("".to_string(), e.to_string()))?;
-    config.filter_chains = chains;
+    let config = ListenerConfig {
+        name,
+        address,
+        backlog,
+        max_connections: None,
+        listener_filters_timeout: lft,
+        quic: None,
+        filter_chains: chains,
+    };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
     Ok(Listener {
@@ -672,14 +673,17 @@ fn network_filter(
             let config = http_connection_manager(h, &tp, routes, rds_names, fetch)?;
             Ok(FilterConfig {
                 name: "proxy".into(),
-                config,
+                // The filter parses it back with `parse_typed`.
+                config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
         TCP_PROXY => {
             let t: tcp::TcpProxy = decode(&any, TCP_PROXY).map_err(|e| (tp.clone(), e))?;
+            let config = tcp_proxy(t, &tp)?;
             Ok(FilterConfig {
                 name: "tcp_proxy".into(),
-                config: tcp_proxy(t, &tp)?,
+                // The filter parses it back with `parse_typed`.
+                config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
         other => err(
@@ -689,12 +693,12 @@ fn network_filter(
     }
 }
 
-fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<Value> {
+fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<fc::TcpProxyConfig> {
     t.stat_prefix.clear();
-    let mut out = serde_json::Map::new();
+    let mut out = fc::TcpProxyConfig::new();
     match t.cluster_specifier.take() {
         Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => {
-            out.insert("cluster".into(), json!(c));
+            out.cluster = Some(c);
         }
         Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(mut w)) => {
             let mut list = Vec::new();
@@ -702,24 +706,21 @@ fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<Value> {
                 let name = std::mem::take(&mut c.name);
                 let weight = std::mem::take(&mut c.weight);
                 rest(&c, &format!("{path}.weighted_clusters.clusters[{i}]"))?;
-                list.push(json!({"name": name, "weight": weight}));
+                list.push(fc::TcpWeightedCluster { name, weight });
             }
             rest(&w, &join(path, "weighted_clusters"))?;
-            out.insert("weighted_clusters".into(), Value::Array(list));
+            out.weighted_clusters = list;
         }
         _ => return err(join(path, "cluster"), "missing cluster"),
     }
     if let Some(d) = t.idle_timeout.take() {
-        out.insert(
-            "idle_timeout".into(),
-            humantime(duration(&d, &join(path, "idle_timeout"))?),
-        );
+        out.idle_timeout = duration(&d, &join(path, "idle_timeout"))?;
     }
     if let Some(n) = t.max_connect_attempts.take() {
-        out.insert("max_connect_attempts".into(), json!(n.value));
+        out.max_connect_attempts = n.value;
     }
     rest(&t, path)?;
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 fn http_connection_manager(
@@ -728,7 +729,7 @@ fn http_connection_manager(
     routes: &dyn Fn(&str) -> Option<rc::RouteConfig>,
     rds_names: &mut BTreeSet<String>,
     fetch: &mut Option<Duration>,
-) -> R<Value> {
+) -> R<fc::ProxyConfig> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     h.stat_prefix.clear();
     let codec = match CodecType::try_from(std::mem::take(&mut h.codec_type)) {
@@ -800,7 +801,13 @@ fn http_connection_manager(
         PathWithEscapedSlashesAction as Esc, ServerHeaderTransformation as Sht,
     };
     let escaped = match Esc::try_from(std::mem::take(&mut h.path_with_escaped_slashes_action)) {
-        Ok(a) => a.as_str_name(),
+        Ok(Esc::ImplementationSpecificDefault) => {
+            fc::EscapedSlashesAction::ImplementationSpecificDefault
+        }
+        Ok(Esc::KeepUnchanged) => fc::EscapedSlashesAction::KeepUnchanged,
+        Ok(Esc::RejectRequest) => fc::EscapedSlashesAction::RejectRequest,
+        Ok(Esc::UnescapeAndRedirect) => fc::EscapedSlashesAction::UnescapeAndRedirect,
+        Ok(Esc::UnescapeAndForward) => fc::EscapedSlashesAction::UnescapeAndForward,
         Err(_) => {
             return err(
                 join(path, "path_with_escaped_slashes_action"),
@@ -809,7 +816,9 @@ fn http_connection_manager(
         }
     };
     let server_header = match Sht::try_from(std::mem::take(&mut h.server_header_transformation)) {
-        Ok(t) => t.as_str_name(),
+        Ok(Sht::Overwrite) => fc::ServerHeaderTransformation::Overwrite,
+        Ok(Sht::AppendIfAbsent) => fc::ServerHeaderTransformation::AppendIfAbsent,
+        Ok(Sht::PassThrough) => fc::ServerHeaderTransformation::PassThrough,
         Err(_) => return err(join(path, "server_header_transformation"), "unknown value"),
     };
     let mut upgrades = Vec::new();
@@ -824,73 +833,56 @@ fn http_connection_manager(
                 "upgrade filter chains are not supported",
             );
         }
-        upgrades.push(json!({
-            "upgrade_type": std::mem::take(&mut u.upgrade_type),
-            "enabled": u.enabled.take().is_none_or(|b| b.value),
-        }));
+        upgrades.push(fc::UpgradeConfig {
+            upgrade_type: std::mem::take(&mut u.upgrade_type),
+            enabled: u.enabled.take().is_none_or(|b| b.value),
+        });
         rest(&u, &up)?;
     }
     let server_name = match std::mem::take(&mut h.server_name) {
         n if n.is_empty() => "meshgate".to_string(),
         n => n,
     };
-    let edge = json!({
-        "normalize_path": h.normalize_path.take().is_some_and(|b| b.value),
-        "merge_slashes": std::mem::take(&mut h.merge_slashes),
-        "path_with_escaped_slashes_action": escaped,
-        "use_remote_address": h.use_remote_address.take().is_some_and(|b| b.value),
-        "xff_num_trusted_hops": std::mem::take(&mut h.xff_num_trusted_hops),
-        "server_header_transformation": server_header,
-        "server_name": server_name,
-        "upgrade_configs": upgrades,
-    });
-    let stream_idle_timeout = match h.stream_idle_timeout.take() {
-        Some(d) => Some(humantime(duration(&d, &join(path, "stream_idle_timeout"))?)),
-        None => None,
-    };
+    let mut out = fc::ProxyConfig::new(route_config);
+    out.codec = codec.into();
+    out.generate_request_id = generate_request_id;
+    out.normalize_path = h.normalize_path.take().is_some_and(|b| b.value);
+    out.merge_slashes = std::mem::take(&mut h.merge_slashes);
+    out.path_with_escaped_slashes_action = escaped;
+    out.use_remote_address = h.use_remote_address.take().is_some_and(|b| b.value);
+    out.xff_num_trusted_hops = std::mem::take(&mut h.xff_num_trusted_hops);
+    out.server_header_transformation = server_header;
+    out.server_name = server_name;
+    out.upgrade_configs = upgrades;
+    if let Some(d) = h.stream_idle_timeout.take() {
+        out.stream_idle_timeout = duration(&d, &join(path, "stream_idle_timeout"))?;
+    }
     // common_http_protocol_options.idle_timeout: the connection idle
     // timeout (Envoy's default, one hour, when unset).
-    let mut common = serde_json::Map::new();
     if let Some(mut o) = h.common_http_protocol_options.take() {
         let op = join(path, "common_http_protocol_options");
         if let Some(d) = o.idle_timeout.take() {
-            let d = duration(&d, &join(&op, "idle_timeout"))?;
-            common.insert("idle_timeout".into(), humantime(d));
+            out.common_http_protocol_options.idle_timeout =
+                duration(&d, &join(&op, "idle_timeout"))?;
         }
         rest(&o, &op)?;
     }
     // request_headers_timeout bounds each request head on every HTTP
-    // codec (meshgate keeps it per codec). Envoy's 0 (and unset) means no
-    // bound; meshgate keeps its 10 s default then, a stricter bound.
-    let headers_timeout = match h.request_headers_timeout.take() {
-        Some(d) => {
-            let d = duration(&d, &join(path, "request_headers_timeout"))?;
-            (!d.is_zero()).then(|| humantime(d))
+    // codec (meshgate keeps it per codec, in the codecs' own options).
+    // Envoy's 0 (and unset) means no bound; meshgate keeps its 10 s
+    // default then, a stricter bound.
+    if let Some(d) = h.request_headers_timeout.take() {
+        let d = duration(&d, &join(path, "request_headers_timeout"))?;
+        if !d.is_zero() {
+            for codec in ["http1", "http2", "http3"] {
+                out.codec_options.insert(
+                    codec.into(),
+                    json!({"request_headers_timeout": humantime(d)}),
+                );
+            }
         }
-        None => None,
-    };
+    }
     rest(&h, path)?;
-    let mut out = json!({
-        "codec": codec,
-        "route_config": route_config,
-        "generate_request_id": generate_request_id,
-    });
-    if let Some(t) = headers_timeout {
-        out["codec_options"] = json!({
-            "http1": {"request_headers_timeout": t},
-            "http2": {"request_headers_timeout": t},
-            "http3": {"request_headers_timeout": t},
-        });
-    }
-    if let (Some(o), Value::Object(e)) = (out.as_object_mut(), edge) {
-        o.extend(e);
-    }
-    if let Some(t) = stream_idle_timeout {
-        out["stream_idle_timeout"] = t;
-    }
-    if !common.is_empty() {
-        out["common_http_protocol_options"] = Value::Object(common);
-    }
     Ok(out)
 }
 
@@ -1691,11 +1683,14 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(v["use_remote_address"], false);
-        assert_eq!(v["upgrade_configs"], serde_json::json!([]));
-        assert_eq!(v["normalize_path"], false);
-        assert_eq!(v["server_header_transformation"], "OVERWRITE");
-        assert_eq!(v["server_name"], "meshgate");
+        assert!(!v.use_remote_address);
+        assert!(v.upgrade_configs.is_empty());
+        assert!(!v.normalize_path);
+        assert_eq!(
+            v.server_header_transformation,
+            fc::ServerHeaderTransformation::Overwrite
+        );
+        assert_eq!(v.server_name, "meshgate");
         let v = translate(hcm::HttpConnectionManager {
             route_specifier: inline.clone(),
             normalize_path: Some(protobuf::BoolValue { value: true }),
@@ -1714,20 +1709,34 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(v["normalize_path"], true);
-        assert_eq!(v["merge_slashes"], true);
+        assert!(v.normalize_path);
+        assert!(v.merge_slashes);
         assert_eq!(
-            v["path_with_escaped_slashes_action"],
+            v.path_with_escaped_slashes_action,
+            fc::EscapedSlashesAction::UnescapeAndRedirect
+        );
+        assert!(v.use_remote_address);
+        assert_eq!(v.xff_num_trusted_hops, 2);
+        assert_eq!(
+            v.server_header_transformation,
+            fc::ServerHeaderTransformation::PassThrough
+        );
+        assert_eq!(v.server_name, "edge");
+        assert_eq!(
+            v.upgrade_configs,
+            vec![fc::UpgradeConfig {
+                upgrade_type: "websocket".into(),
+                enabled: false
+            }]
+        );
+        // What the filter parses is what was translated.
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(
+            json["path_with_escaped_slashes_action"],
             "UNESCAPE_AND_REDIRECT"
         );
-        assert_eq!(v["use_remote_address"], true);
-        assert_eq!(v["xff_num_trusted_hops"], 2);
-        assert_eq!(v["server_header_transformation"], "PASS_THROUGH");
-        assert_eq!(v["server_name"], "edge");
-        assert_eq!(
-            v["upgrade_configs"],
-            serde_json::json!([{"upgrade_type": "websocket", "enabled": false}])
-        );
+        let back: fc::ProxyConfig = meshgate_core::config::parse_typed(&json).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{v:?}"));
         // Upgrade filter chains are not supported: refused by name.
         let e = translate(hcm::HttpConnectionManager {
             route_specifier: inline,
@@ -1845,7 +1854,10 @@ mod tests {
             ..Default::default()
         };
         let out = http_connection_manager(h(idle), "", &|_| None, &mut names, &mut None).unwrap();
-        assert_eq!(out["common_http_protocol_options"]["idle_timeout"], "90s");
+        assert_eq!(
+            out.common_http_protocol_options.idle_timeout,
+            Duration::from_secs(90)
+        );
         let other = core3::HttpProtocolOptions {
             max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
             ..Default::default()
@@ -1871,12 +1883,12 @@ mod tests {
         let out = http_connection_manager(h(3), "", &|_| None, &mut names, &mut None).unwrap();
         for codec in ["http1", "http2", "http3"] {
             assert_eq!(
-                out["codec_options"][codec]["request_headers_timeout"], "3s",
-                "{out}"
+                out.codec_options[codec]["request_headers_timeout"], "3s",
+                "{out:?}"
             );
         }
         // Envoy's 0 (no bound): meshgate's own default stays.
         let out = http_connection_manager(h(0), "", &|_| None, &mut names, &mut None).unwrap();
-        assert!(out.get("codec_options").is_none(), "{out}");
+        assert!(out.codec_options.is_empty(), "{out:?}");
     }
 }

@@ -56,6 +56,7 @@ mod hash;
 mod index;
 mod matcher;
 mod missing;
+mod subscription;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +79,7 @@ pub use hash::{
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
 pub use missing::ClusterNotFoundResponseCode;
+pub use subscription::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteSubscription};
 
 use crate::cluster::ClusterResolver;
 use crate::error::BuildError;

@@ -1,0 +1,374 @@
+//! The typed configs of the network filters meshgate ships (`proxy`,
+//! `tcp_proxy`): the contract between the file loader and the xDS
+//! translation. The filters parse their `config` into these structs
+//! (`parse_typed`); xDS builds the same structs and serializes them into a
+//! `FilterConfig`, so a field one side has and the other does not is a
+//! compile error, not a config refused at run time. Serializing and
+//! parsing back gives the same struct (tested below). Codec options stay
+//! free-form here: each codec owns and checks its own.
+
+use super::FilterConfig;
+use crate::router::RouteConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The `proxy` filter's config (Envoy's HTTP connection manager).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `auto` (default: detect among registered codecs) or a codec name.
+    #[serde(default = "default_codec")]
+    pub codec: String,
+    /// Options per codec name, e.g. `{http1: {max_request_headers_bytes: 8192}}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub codec_options: BTreeMap<String, serde_json::Value>,
+    /// The route table (inline, or the RDS RouteConfiguration xDS put
+    /// here): the filter subscribes to it (`router::subscription`).
+    pub route_config: RouteConfig,
+    /// Stream filters in order; the router runs after them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_filters: Vec<FilterConfig>,
+    /// Add `x-request-id` when a request has none (default true).
+    #[serde(default = "default_true")]
+    pub generate_request_id: bool,
+    /// Requests whose body is larger get 413 (declared, or counted as it
+    /// streams; reset once the response started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Envoy HCM's `stream_idle_timeout`: a stream with no body byte in
+    /// either direction for this long gets 408 (reset once the response
+    /// started). A route's `idle_timeout` overrides it; `0s` disables.
+    #[serde(default = "default_stream_idle_timeout", with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// How long to wait for enough bytes to detect the protocol.
+    #[serde(default = "default_detect_timeout", with = "humantime_serde")]
+    pub detect_timeout: Duration,
+    /// One JSON line per request (when the response head is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConfig>,
+    /// Advertise an HTTP/3 listener on responses of TCP connections
+    /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_http3: Option<AdvertiseHttp3>,
+    // Envoy HCM edge options, applied by the filter's `edge` module.
+    /// RFC 3986 path normalisation before routing (Envoy's default: off).
+    #[serde(default)]
+    pub normalize_path: bool,
+    /// `//` merged into `/` before routing.
+    #[serde(default)]
+    pub merge_slashes: bool,
+    /// What to do with `%2F` and `%5C` in paths.
+    #[serde(default)]
+    pub path_with_escaped_slashes_action: EscapedSlashesAction,
+    /// The peer is the client (appended to `x-forwarded-for`); `false`
+    /// takes the client from `x-forwarded-for` and leaves it as it is.
+    #[serde(default = "default_true")]
+    pub use_remote_address: bool,
+    /// Trusted proxies in front of meshgate, counted from the right of
+    /// `x-forwarded-for`.
+    #[serde(default)]
+    pub xff_num_trusted_hops: u32,
+    #[serde(default)]
+    pub server_header_transformation: ServerHeaderTransformation,
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Upgrade types that may be tunnelled (default: websocket).
+    #[serde(default = "default_upgrade_configs")]
+    pub upgrade_configs: Vec<UpgradeConfig>,
+    /// Envoy's HCM `common_http_protocol_options` (`idle_timeout`).
+    #[serde(default)]
+    pub common_http_protocol_options: CommonHttpProtocolOptions,
+}
+
+impl ProxyConfig {
+    /// The config with every field at its YAML default, routing by
+    /// `route_config`.
+    pub fn new(route_config: RouteConfig) -> Self {
+        Self {
+            codec: default_codec(),
+            codec_options: BTreeMap::new(),
+            route_config,
+            stream_filters: Vec::new(),
+            generate_request_id: true,
+            max_request_body_bytes: None,
+            stream_idle_timeout: default_stream_idle_timeout(),
+            detect_timeout: default_detect_timeout(),
+            access_log: None,
+            advertise_http3: None,
+            normalize_path: false,
+            merge_slashes: false,
+            path_with_escaped_slashes_action: EscapedSlashesAction::default(),
+            use_remote_address: true,
+            xff_num_trusted_hops: 0,
+            server_header_transformation: ServerHeaderTransformation::default(),
+            server_name: default_server_name(),
+            upgrade_configs: default_upgrade_configs(),
+            common_http_protocol_options: CommonHttpProtocolOptions::default(),
+        }
+    }
+}
+
+/// `advertise_http3` of the `proxy` filter.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdvertiseHttp3 {
+    /// The UDP port of the HTTP/3 listener.
+    pub port: u16,
+    /// How long clients may remember it (default 24h).
+    #[serde(default = "default_alt_svc_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+/// `access_log` of the `proxy` filter.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// A file (appended to), or `/dev/stdout`.
+    pub path: String,
+}
+
+/// Envoy's `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EscapedSlashesAction {
+    /// Envoy's default, which is KEEP_UNCHANGED.
+    ImplementationSpecificDefault,
+    #[default]
+    KeepUnchanged,
+    RejectRequest,
+    UnescapeAndRedirect,
+    UnescapeAndForward,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerHeaderTransformation {
+    #[default]
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// One listener-level upgrade type (Envoy's HCM `UpgradeConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub upgrade_type: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+/// Envoy's `HttpProtocolOptions` on the HTTP connection manager, as far as
+/// meshgate applies them: the settings of every downstream HTTP codec.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonHttpProtocolOptions {
+    /// A connection with no active stream for this long is closed
+    /// (HTTP/2: GOAWAY, then close); `0s` disables it. Envoy's default:
+    /// one hour. HTTP/1.1 keep-alive connections are bounded by
+    /// `request_headers_timeout` already.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for CommonHttpProtocolOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+impl CommonHttpProtocolOptions {
+    /// The idle timeout, `None` when disabled.
+    pub fn idle(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
+}
+
+/// The `tcp_proxy` filter's config (Envoy's `TcpProxy`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxyConfig {
+    /// The upstream cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Or several, chosen per connection by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted_clusters: Vec<TcpWeightedCluster>,
+    /// Connect attempts, each on an endpoint not tried yet (default 3).
+    #[serde(default = "default_attempts")]
+    pub max_connect_attempts: u32,
+    /// Close both sides after this long with no byte either way (default
+    /// 1h; `0s` disables).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// What hashing load balancers hash: `source_ip` (default) or
+    /// `source_ip_port`.
+    #[serde(default)]
+    pub hash_policy: TcpHashPolicy,
+    /// How plain TCP bytes move: `never` (default: user-space copy through
+    /// a buffer that grows for bulk flows), `bulk` (copy, then splice(2)
+    /// once a direction carries bulk data) or `always` (splice from the
+    /// first byte).
+    #[serde(default)]
+    pub zero_copy: ZeroCopy,
+}
+
+impl TcpProxyConfig {
+    /// The config with every field at its YAML default and no cluster.
+    pub fn new() -> Self {
+        Self {
+            cluster: None,
+            weighted_clusters: Vec::new(),
+            max_connect_attempts: default_attempts(),
+            idle_timeout: default_idle_timeout(),
+            hash_policy: TcpHashPolicy::default(),
+            zero_copy: ZeroCopy::default(),
+        }
+    }
+}
+
+impl Default for TcpProxyConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One of `tcp_proxy`'s `weighted_clusters`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpWeightedCluster {
+    pub name: String,
+    pub weight: u32,
+}
+
+/// `tcp_proxy`'s `hash_policy`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpHashPolicy {
+    #[default]
+    SourceIp,
+    SourceIpPort,
+}
+
+/// `tcp_proxy`'s `zero_copy`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroCopy {
+    #[default]
+    Never,
+    Bulk,
+    Always,
+}
+
+fn default_codec() -> String {
+    "auto".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_detect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_alt_svc_max_age() -> Duration {
+    Duration::from_secs(86400)
+}
+fn default_upgrade_configs() -> Vec<UpgradeConfig> {
+    vec![UpgradeConfig {
+        upgrade_type: "websocket".into(),
+        enabled: true,
+    }]
+}
+fn default_server_name() -> String {
+    "meshgate".into()
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_typed;
+
+    /// What the filters parse from a serialized struct is that struct:
+    /// xDS may build these and hand them over as JSON.
+    #[test]
+    fn serialized_configs_parse_back_the_same() {
+        let yaml = serde_json::json!({
+            "codec": "http1",
+            "codec_options": {"http1": {"max_request_headers_bytes": 8192}},
+            "route_config": {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]},
+            "stream_filters": [{"name": "fault", "config": {"abort": {"http_status": 503}}}],
+            "generate_request_id": false,
+            "max_request_body_bytes": 10,
+            "stream_idle_timeout": "7s",
+            "detect_timeout": "2s",
+            "access_log": {"path": "/dev/stdout"},
+            "advertise_http3": {"port": 443},
+            "normalize_path": true,
+            "merge_slashes": true,
+            "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+            "use_remote_address": false,
+            "xff_num_trusted_hops": 2,
+            "server_header_transformation": "PASS_THROUGH",
+            "server_name": "edge",
+            "upgrade_configs": [{"upgrade_type": "CONNECT", "enabled": false}],
+            "common_http_protocol_options": {"idle_timeout": "0s"},
+        });
+        let cfg: ProxyConfig = parse_typed(&yaml).unwrap();
+        let again: ProxyConfig = parse_typed(&serde_json::to_value(&cfg).unwrap()).unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{again:?}"));
+        assert_eq!(cfg.stream_idle_timeout, Duration::from_secs(7));
+        assert_eq!(cfg.common_http_protocol_options.idle(), None);
+
+        // Defaults: the YAML's and `new`'s are the same.
+        let min: ProxyConfig =
+            parse_typed(&serde_json::json!({"route_config": {"virtual_hosts": []}})).unwrap();
+        let new = ProxyConfig::new(RouteConfig::default());
+        assert_eq!(format!("{min:?}"), format!("{new:?}"));
+        let again: ProxyConfig = parse_typed(&serde_json::to_value(&new).unwrap()).unwrap();
+        assert_eq!(format!("{new:?}"), format!("{again:?}"));
+
+        let tcp = serde_json::json!({
+            "weighted_clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}],
+            "max_connect_attempts": 1,
+            "idle_timeout": "90s",
+            "hash_policy": "source_ip_port",
+            "zero_copy": "bulk",
+        });
+        let t: TcpProxyConfig = parse_typed(&tcp).unwrap();
+        let again: TcpProxyConfig = parse_typed(&serde_json::to_value(&t).unwrap()).unwrap();
+        assert_eq!(format!("{t:?}"), format!("{again:?}"));
+        let min: TcpProxyConfig = parse_typed(&serde_json::json!({"cluster": "c"})).unwrap();
+        let new = TcpProxyConfig {
+            cluster: Some("c".into()),
+            ..TcpProxyConfig::new()
+        };
+        assert_eq!(format!("{min:?}"), format!("{new:?}"));
+    }
+
+    #[test]
+    fn unknown_fields_are_still_refused_by_name() {
+        let e = parse_typed::<ProxyConfig>(&serde_json::json!({
+            "route_config": {"virtual_hosts": []}, "bogus": 1
+        }))
+        .unwrap_err();
+        assert!(e.message.contains("bogus"), "{e:?}");
+        let e = parse_typed::<TcpProxyConfig>(
+            &serde_json::json!({"cluster": "c", "zero_copy": "sometimes"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "zero_copy");
+    }
+}
