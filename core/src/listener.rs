@@ -107,6 +107,7 @@ impl CompiledListener {
                 clusters,
                 source,
                 take_over.and_then(|l| l.chains.get(i)).map(|c| &c.routes),
+                cfg.quic.as_ref().map(|_| crate::quic::ALPN),
             )?;
             chains.push(chain);
             resolved.extend(used);
@@ -254,6 +255,7 @@ fn build_chain(
     clusters: &ClusterManager,
     source: &ConfigSource,
     take_over: Option<&ChainRoutes>,
+    stream_transport: Option<&'static [&'static str]>,
 ) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
@@ -296,7 +298,9 @@ fn build_chain(
             "needs at least one network filter",
         ));
     }
-    let ctx = BuildContext::new(listener, clusters, registry).taking_over(take_over);
+    let ctx = BuildContext::new(listener, clusters, registry)
+        .taking_over(take_over)
+        .on_stream_transport(stream_transport);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {

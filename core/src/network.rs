@@ -305,6 +305,9 @@ pub struct BuildContext<'a> {
     /// a reload keeps the listener's open connections.
     previous_routes: Option<&'a ChainRoutes>,
     routes: Mutex<ChainRoutes>,
+    /// Set when the listener's transport carries streams, not bytes (QUIC):
+    /// the ALPN ids its handshake offers.
+    stream_transport: Option<&'static [&'static str]>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -321,7 +324,23 @@ impl<'a> BuildContext<'a> {
             filter: AtomicUsize::new(0),
             previous_routes: None,
             routes: Mutex::default(),
+            stream_transport: None,
         }
+    }
+
+    /// The chain is built for a listener whose connections carry streams,
+    /// not bytes (`DownstreamIo::Streams`), negotiated with these ALPN ids.
+    pub(crate) fn on_stream_transport(mut self, alpn: Option<&'static [&'static str]>) -> Self {
+        self.stream_transport = alpn;
+        self
+    }
+
+    /// `Some(ALPN ids)` when this listener's connections carry streams, not
+    /// bytes (QUIC): a terminal filter refuses such a listener at build
+    /// time unless it can serve one of these ids, rather than failing each
+    /// connection at its first read.
+    pub fn stream_transport(&self) -> Option<&'static [&'static str]> {
+        self.stream_transport
     }
 
     /// Filters built with this context take over the route subscriptions

@@ -23,6 +23,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The ALPN ids a QUIC listener offers: HTTP/3 is the protocol meshgate
+/// serves over QUIC.
+pub const ALPN: &[&str] = &["h3"];
+
 /// The compiled QUIC options of a listener.
 pub struct QuicTransport {
     transport: Arc<quinn::TransportConfig>,
@@ -78,7 +82,7 @@ impl QuicTransport {
             return Ok(q.clone());
         }
         let mut c = (*rustls_cfg).clone();
-        c.alpn_protocols = vec![b"h3".to_vec()];
+        c.alpn_protocols = ALPN.iter().map(|id| id.as_bytes().to_vec()).collect();
         // 0-RTT is not offered: replayed early requests would need
         // per-route idempotency rules first.
         c.max_early_data_size = 0;

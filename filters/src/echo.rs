@@ -23,9 +23,15 @@ impl NetworkFilterFactory for EchoFactory {
     fn create(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext<'_>,
+        ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
         let _: EchoConfig = meshgate_core::config::parse_typed(config)?;
+        if ctx.stream_transport().is_some() {
+            return Err(BuildError::new(
+                "",
+                "echo relays bytes, and this listener's connections carry streams (QUIC)",
+            ));
+        }
         Ok(Arc::new(Echo))
     }
 }

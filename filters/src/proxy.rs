@@ -118,7 +118,7 @@ impl NetworkFilterFactory for ProxyFactory {
             },
             &listener,
         )?;
-        Ok(Arc::new(Proxy {
+        let proxy = Arc::new(Proxy {
             codecs,
             detect_timeout: cfg.detect_timeout,
             detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
@@ -147,7 +147,21 @@ impl NetworkFilterFactory for ProxyFactory {
                     .ok()
                 }),
             }),
-        }))
+        });
+        // A listener whose connections carry streams (QUIC) needs a codec
+        // that speaks over one of the ALPN ids its handshake offers.
+        if let Some(offered) = ctx.stream_transport()
+            && !offered.iter().any(|id| proxy.codec_for_alpn(id).is_some())
+        {
+            return Err(BuildError::new(
+                "codec",
+                format!(
+                    "this listener's connections carry streams over ALPN {offered:?} (QUIC), and codec '{}' speaks over none of them (use auto or http3)",
+                    cfg.codec
+                ),
+            ));
+        }
+        Ok(proxy)
     }
 }
 

@@ -46,6 +46,12 @@ impl NetworkFilterFactory for TcpProxyFactory {
         ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
         let cfg: TcpProxyConfig = parse_typed(config)?;
+        if ctx.stream_transport().is_some() {
+            return Err(BuildError::new(
+                "",
+                "tcp_proxy relays bytes, and this listener's connections carry streams (QUIC): use proxy",
+            ));
+        }
         let mut clusters = Vec::new();
         match (&cfg.cluster, cfg.weighted_clusters.is_empty()) {
             (Some(name), true) => clusters.push((ctx.cluster("cluster", name)?, 1)),

@@ -1,7 +1,8 @@
 //! Issue 15, "codecs speak their protocol; the connection manager owns the
 //! lifecycle", through the real binary: a QUIC connection is a transport
 //! of streams that the `proxy` hands to the codec its handshake's ALPN id
-//! names; with no such codec it is refused and counted (aioquic client).
+//! names; a listener with no such codec is refused by name when its config
+//! is built (aioquic client, `meshgate validate`).
 
 use meshgate_tests::*;
 use std::process::Command;
@@ -59,24 +60,83 @@ fn quic_idle(port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// The config `start_quic` would serve, with `filter` as the chain's
+/// filter, written to a temp file for `meshgate validate`.
+fn quic_config_with(dir: &std::path::Path, filter: &str) -> String {
+    let certs = workspace().join("examples/certs");
+    let yaml = format!(
+        r#"listeners:
+  - name: h3
+    address: 127.0.0.1:1
+    quic: {{}}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{}", private_key: "{}"}}]
+        filters:
+{filter}
+clusters:
+  - name: up
+    endpoints: [{{address: "127.0.0.1:9"}}]
+"#,
+        certs.join("server.pem").display(),
+        certs.join("server.key").display(),
+    );
+    let p = dir.join(format!("quic-{}.yaml", yaml.len()));
+    std::fs::write(&p, yaml).unwrap();
+    p.display().to_string()
+}
+
 #[test]
-fn a_quic_connection_no_codec_speaks_over_is_refused_and_counted() {
-    // `http1` declares no ALPN id `h3`: the QUIC handshake completes (the
-    // listener offers h3), then the proxy finds no codec for it.
-    let (mg, port) = start_quic("http1");
-    wait_until("the admin answers", || mg.admin_get("/ready").0 == 200);
-    let detect_fail = || {
-        mg.metric(
-            "meshgate_proxy_codec_detect_fail_total",
-            &[("listener", "h3")],
-        )
-    };
-    let before = detect_fail();
-    let out = quic_idle(port);
-    assert!(out.contains("closed code=0x0"), "{out}");
-    // Closed by meshgate's refusal, not an HTTP/3 GOAWAY.
-    assert!(out.contains("goaway=no"), "{out}");
-    wait_until("the refusal is counted", || detect_fail() == before + 1.0);
+fn a_quic_listener_whose_terminal_cannot_serve_its_streams_is_refused_by_name() {
+    // QUIC connections carry streams over ALPN h3: a `proxy` with no codec
+    // declaring h3, or a filter that relays bytes, is refused when the
+    // config is built (naming the field), not at each connection.
+    let dir = tempfile::tempdir().unwrap();
+    let http1 = quic_config_with(
+        dir.path(),
+        r#"          - name: proxy
+            config:
+              codec: http1
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {prefix: "/"}
+                        route: {cluster: up}"#,
+    );
+    let (code, out, err) = run_cli(&["validate", &http1]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("filter_chains[0].filters[0].config.codec") && err.contains("h3"),
+        "{err}"
+    );
+    let tcp = quic_config_with(
+        dir.path(),
+        "          - name: tcp_proxy\n            config: {cluster: up}",
+    );
+    let (code, out, err) = run_cli(&["validate", &tcp]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("filter_chains[0].filters[0]") && err.contains("carry streams"),
+        "{err}"
+    );
+    // The same listener with `codec: auto` (HTTP/3 declares h3) is valid.
+    let auto = quic_config_with(
+        dir.path(),
+        r#"          - name: proxy
+            config:
+              codec: auto
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {prefix: "/"}
+                        route: {cluster: up}"#,
+    );
+    let (code, out, err) = run_cli(&["validate", &auto]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[test]
