@@ -480,7 +480,7 @@ impl RunningListener {
                     // wait in the backlog until descriptors are freed.
                     let reason = crate::fds::exhaustion(&e).unwrap_or("other");
                     let name = self.compiled.load().name.clone();
-                    metrics::counter!("meshgate_listener_downstream_cx_accept_error_total", "listener" => name.to_string(), "reason" => reason).increment(1);
+                    metrics::counter!(crate::metrics::names::LISTENER_DOWNSTREAM_CX_ACCEPT_ERROR_TOTAL, "listener" => name.to_string(), "reason" => reason).increment(1);
                     if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
                         warned = Some(std::time::Instant::now());
                         tracing::warn!(listener = %name, error = %e, "accept failed; backing off until it succeeds (counted in meshgate_listener_downstream_cx_accept_error_total)");
@@ -548,7 +548,7 @@ async fn handle_connection(
             }
             Err(_) => {
                 tracing::debug!(listener = %listener.name, %peer, "ClientHello inspection timed out");
-                metrics::counter!("meshgate_listener_inspect_timeout_total", "listener" => listener.name.to_string()).increment(1);
+                metrics::counter!(crate::metrics::names::LISTENER_INSPECT_TIMEOUT_TOTAL, "listener" => listener.name.to_string()).increment(1);
                 return;
             }
         }
@@ -632,7 +632,7 @@ async fn terminate_tls(
                     .and_then(|c| c.first())
                     .and_then(|c| crate::tls::PeerIdentity::from_der(c)),
             }));
-            metrics::counter!("meshgate_listener_tls_handshake_total", "listener" => listener.name.to_string()).increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_TOTAL, "listener" => listener.name.to_string()).increment(1);
             return Some(DownstreamIo::Boxed(Box::new(s)));
         }
         Ok(Err(e)) => {
@@ -644,7 +644,7 @@ async fn terminate_tls(
             "timeout"
         }
     };
-    metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => reason).increment(1);
     None
 }
 

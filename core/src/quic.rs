@@ -151,7 +151,7 @@ impl RunningListener {
                 // Stateless Retry: the client must echo our token before
                 // we spend anything on its handshake. A forged or stale
                 // token is treated as none: the client gets a Retry.
-                metrics::counter!("meshgate_listener_quic_retry_total", "listener" => compiled.name.to_string()).increment(1);
+                metrics::counter!(crate::metrics::names::LISTENER_QUIC_RETRY_TOTAL, "listener" => compiled.name.to_string()).increment(1);
                 let _ = incoming.retry();
                 continue;
             }
@@ -178,7 +178,7 @@ impl RunningListener {
                 Err(e) => {
                     // A bad token or an unusable Initial: quinn has answered.
                     tracing::debug!(listener = %compiled.name, %peer, error = %e, "QUIC connection refused");
-                    metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => compiled.name.to_string(), "reason" => "quic_refused").increment(1);
+                    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => compiled.name.to_string(), "reason" => "quic_refused").increment(1);
                     continue;
                 }
             };
@@ -215,15 +215,15 @@ async fn serve_connection(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "QUIC handshake failed");
-            metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => handshake_error_reason(&e)).increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => handshake_error_reason(&e)).increment(1);
             return;
         }
         Err(_) => {
-            metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => "timeout").increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => "timeout").increment(1);
             return;
         }
     };
-    metrics::counter!("meshgate_listener_tls_handshake_total", "listener" => listener.name.to_string()).increment(1);
+    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_TOTAL, "listener" => listener.name.to_string()).increment(1);
     let hs = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());

@@ -140,7 +140,7 @@ pub trait StreamFilterFactory: Send + Sync {
 }
 
 /// Why meshgate answers a stream itself; each maps to a status, a gRPC code
-/// and the `reason` label of `meshgate_http_local_reply_total`.
+/// and the `reason` label of `meshgate_downstream_rq_local_reply_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReason {
     NoRoute,
@@ -236,10 +236,10 @@ impl LocalReason {
 /// trailers-only gRPC status for gRPC requests, both starting with
 /// `meshgate: ` as every message meshgate itself puts in a protocol error
 /// (Dubbo, Bolt, gRPC, HTTP bodies). Counted in
-/// `meshgate_http_local_reply_total{reason}`.
+/// `meshgate_downstream_rq_local_reply_total{reason}`.
 pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
     info.local_reply = Some(reason.label());
-    metrics::counter!("meshgate_http_local_reply_total", "reason" => reason.label()).increment(1);
+    metrics::counter!(crate::metrics::names::DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL, "reason" => reason.label()).increment(1);
     let mut resp = if info.grpc {
         let mut r = http::Response::new(empty_body());
         let h = r.headers_mut();

@@ -394,13 +394,13 @@ impl DownstreamTls {
                 ) {
                     Ok(c) => {
                         tracing::info!(chain = %self.path, "TLS certificates reloaded");
-                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "ok")
+                        metrics::counter!(crate::metrics::names::TLS_CERTIFICATE_RELOAD_TOTAL, "result" => "ok")
                             .increment(1);
                         self.current.store(Arc::new(c));
                     }
                     Err(e) => {
                         tracing::warn!(chain = %self.path, error = %e, "TLS certificate reload failed; keeping the previous certificates");
-                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "error")
+                        metrics::counter!(crate::metrics::names::TLS_CERTIFICATE_RELOAD_TOTAL, "result" => "error")
                             .increment(1);
                     }
                 }

@@ -221,7 +221,7 @@ impl NetworkFilterFactory for ProxyFactory {
         Ok(Arc::new(Proxy {
             codecs,
             detect_timeout: cfg.detect_timeout,
-            detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
+            detect_failed: metrics::counter!(meshgate_core::metrics::names::PROXY_CODEC_DETECT_FAIL_TOTAL, "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
                 table: arc_swap::ArcSwap::from_pointee(table),
                 followers: std::sync::Mutex::new(Vec::new()),
@@ -435,7 +435,7 @@ struct HttpStats {
     listener: String,
     rq_total: Counter,
     duration: Histogram,
-    /// `meshgate_http_downstream_rq_xx_total` handles per (route, cluster),
+    /// `meshgate_downstream_rq_xx_total` handles per (route, cluster),
     /// one per status class, registered on first use so the hot path does
     /// no label formatting. Names are interned, so equal names are one
     /// address.
@@ -464,8 +464,8 @@ impl HttpStats {
     fn new(listener: &str) -> Self {
         Self {
             listener: listener.to_string(),
-            rq_total: metrics::counter!("meshgate_http_downstream_rq_total", "listener" => listener.to_string()),
-            duration: metrics::histogram!("meshgate_http_downstream_rq_duration_seconds", "listener" => listener.to_string()),
+            rq_total: metrics::counter!(meshgate_core::metrics::names::DOWNSTREAM_RQ_TOTAL, "listener" => listener.to_string()),
+            duration: metrics::histogram!(meshgate_core::metrics::names::DOWNSTREAM_RQ_DURATION_SECONDS, "listener" => listener.to_string()),
             by_route: dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -498,7 +498,7 @@ impl HttpStats {
             Some(c) => c.clone(),
             None => {
                 let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route, "cluster" => cluster, "code_class" => class)
+                    metrics::counter!(meshgate_core::metrics::names::DOWNSTREAM_RQ_XX_TOTAL, "listener" => self.listener.clone(), "route" => route, "cluster" => cluster, "code_class" => class)
                 }));
                 self.by_route.entry((route, cluster)).or_insert(c).clone()
             }

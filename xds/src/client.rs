@@ -390,7 +390,7 @@ impl State {
         for c in &stand_ins {
             if !served.clusters.iter().any(|x| x.name == *c) {
                 tracing::warn!(cluster = %c, "initial_fetch_timeout over: a cluster CDS did not send is served as a stand-in with no endpoints until it comes");
-                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "cds")
+                metrics::counter!(meshgate_core::metrics::names::XDS_INITIAL_FETCH_TIMEOUT_TOTAL, "type" => "cds")
                     .increment(1);
             }
             warming.push(Warming {
@@ -498,7 +498,7 @@ impl State {
                             }
                             None if timed_out => {
                                 tracing::warn!(cluster = %name, "initial_fetch_timeout over: EDS cluster served with no endpoints until its ClusterLoadAssignment comes");
-                                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "eds").increment(1);
+                                metrics::counter!(meshgate_core::metrics::names::XDS_INITIAL_FETCH_TIMEOUT_TOTAL, "type" => "eds").increment(1);
                                 cfg.endpoints = Vec::new();
                                 Some(cfg)
                             }
@@ -802,7 +802,7 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             r = client.stream(&server) => r,
         };
-        metrics::gauge!("meshgate_xds_connected").set(0.0);
+        metrics::gauge!(meshgate_core::metrics::names::XDS_CONNECTED).set(0.0);
         if got_response {
             failures = 0;
         }
@@ -960,7 +960,7 @@ impl Client {
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
+                metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "connect_error")
                     .increment(1);
                 tracing::warn!(server, error = %e, "cannot connect to the ADS server");
                 return false;
@@ -984,14 +984,15 @@ impl Client {
         {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "rpc_error")
+                metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "rpc_error")
                     .increment(1);
                 tracing::warn!(server, error = %e, "ADS stream refused");
                 return false;
             }
         };
-        metrics::counter!("meshgate_xds_stream_total", "result" => "ok").increment(1);
-        metrics::gauge!("meshgate_xds_connected").set(1.0);
+        metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "ok")
+            .increment(1);
+        metrics::gauge!(meshgate_core::metrics::names::XDS_CONNECTED).set(1.0);
         tracing::info!(server, node = %self.boot.node.id, "ADS stream open");
         let mut any = false;
         loop {
@@ -1026,7 +1027,7 @@ impl Client {
     /// Handles one response: the ACK or NACK, then any subscription change.
     async fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
         let Some(t) = type_key(&resp.type_url) else {
-            metrics::counter!("meshgate_xds_response_total", "type" => "other", "result" => "nack")
+            metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => "other", "result" => "nack")
                 .increment(1);
             let mut r = self.request(LISTENER, None);
             r.type_url = resp.type_url.clone();
@@ -1100,7 +1101,7 @@ impl Client {
             Ok((rds, clusters, sds)) => {
                 self.state.versions.insert(t, resp.version_info.clone());
                 self.refused.clear(short(t));
-                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
+                metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
                 for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &clusters.eds), (SECRET, &sds)] {
@@ -1116,7 +1117,7 @@ impl Client {
                 }
             }
             Err(e) => {
-                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "nack").increment(1);
+                metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "nack").increment(1);
                 tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, error = %e, "NACK: update refused, the previous config keeps serving");
                 self.refused.set(
                     short(t),
@@ -1217,7 +1218,7 @@ async fn tls_connect(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let s = tls.connect(tcp, Some(server), addr).await.inspect_err(|e| {
-        metrics::counter!("meshgate_xds_tls_handshake_errors_total", "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
+        metrics::counter!(meshgate_core::metrics::names::XDS_TLS_HANDSHAKE_ERROR_TOTAL, "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
     })?;
     Ok(hyper_util::rt::TokioIo::new(s))
 }

@@ -642,7 +642,7 @@ fn read_head(buf: &mut BytesMut, ctx: &HeadCtx) -> Result<Option<Head>, SendErro
 /// An invalid upstream response (502), counted in
 /// `meshgate_http_upstream_rs_invalid_total{cluster,reason}`.
 fn invalid(ctx: &HeadCtx, reason: &'static str, msg: &'static str) -> SendError {
-    metrics::counter!("meshgate_http_upstream_rs_invalid_total", "cluster" => ctx.cluster, "reason" => reason).increment(1);
+    metrics::counter!(meshgate_core::metrics::names::HTTP_UPSTREAM_RS_INVALID_TOTAL, "cluster" => ctx.cluster, "reason" => reason).increment(1);
     protocol(msg)
 }
 
