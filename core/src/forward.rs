@@ -128,6 +128,7 @@ pub fn forward<'a>(
     hash: Option<u64>,
 ) -> impl Future<Output = Response> + Send + 'a {
     info.upstream_cluster = Some(cluster.name);
+    crate::spans::record_cluster(cluster.name);
     // The request body is counted as it streams when its size is not
     // known to be within the limit, and stamps activity for the idle
     // timeout (no wrapper, no allocation for a bodiless request).

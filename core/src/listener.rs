@@ -504,10 +504,15 @@ impl RunningListener {
             };
             let drain = drain.clone();
             let retire = self.retire_token();
-            tracker.spawn(async move {
-                handle_connection(compiled, stream, peer, drain, retire).await;
-                drop(slot);
-            });
+            let id = next_connection_id();
+            let span = crate::spans::connection(&compiled.name, id);
+            tracker.spawn(tracing::Instrument::instrument(
+                async move {
+                    handle_connection(compiled, stream, peer, drain, retire, id).await;
+                    drop(slot);
+                },
+                span,
+            ));
         }
         tracing::info!(address = ?listener.local_addr().ok(), "listener stopped accepting");
     }
@@ -519,6 +524,7 @@ async fn handle_connection(
     peer: SocketAddr,
     drain: Signal,
     retire: Signal,
+    id: u64,
 ) {
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's
@@ -565,7 +571,7 @@ async fn handle_connection(
         return;
     };
     let mut info = ConnectionInfo {
-        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         listener: listener.name.clone(),
         peer_addr: peer,
         local_addr: local,

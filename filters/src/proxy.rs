@@ -553,7 +553,11 @@ impl StreamHandler for Handler {
                     .expect("an IP address is a valid header value")
             })
             .clone();
-        Box::pin(self.shared.process(req, info, peer_ip))
+        let span = meshgate_core::spans::stream(&info);
+        Box::pin(tracing::Instrument::instrument(
+            self.shared.process(req, info, peer_ip),
+            span,
+        ))
     }
 
     fn idle_timeout(&self) -> Option<Duration> {
@@ -866,6 +870,7 @@ impl ProxyHandler {
             return local_reply(info, LocalReason::NoRoute);
         };
         info.route = Some(route.stat_name());
+        meshgate_core::spans::record_route(route.stat_name());
         for f in &self.filters {
             if let FilterStatus::Respond(r) = f.on_request(req, info).await {
                 return r;

@@ -263,7 +263,12 @@ fn local_replies_are_dubbo_error_statuses() {
         out.starts_with("ERR") && out.contains("no route matched"),
         "{out}"
     );
-    assert!(s.mg.metric("meshgate_downstream_rq_local_reply_total", &[("reason", "no_route")]) >= 3.0);
+    assert!(
+        s.mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "no_route")]
+        ) >= 3.0
+    );
 }
 
 #[test]

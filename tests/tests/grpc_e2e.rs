@@ -218,7 +218,12 @@ fn upstream_down_is_unavailable() {
 fn no_route_is_unimplemented() {
     let s = setup();
     assert!(client(s.noroute, "unimplemented", false).contains("OK unimplemented UNIMPLEMENTED"));
-    assert!(s.mg.metric("meshgate_downstream_rq_local_reply_total", &[("reason", "no_route")]) >= 1.0);
+    assert!(
+        s.mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "no_route")]
+        ) >= 1.0
+    );
 }
 
 #[test]

@@ -328,7 +328,10 @@ fn broken_upstreams_get_502_504_502() {
             t.elapsed()
         );
         assert!(
-            f.mg.metric("meshgate_downstream_rq_local_reply_total", &[("reason", reason)]) >= 1.0,
+            f.mg.metric(
+                "meshgate_downstream_rq_local_reply_total",
+                &[("reason", reason)]
+            ) >= 1.0,
             "{path}: {reason} not counted"
         );
     }
