@@ -65,7 +65,10 @@ impl QuicTransport {
     }
 
     /// The QUIC server config for the next handshake.
-    fn server_config(&self, tls: &DownstreamTls) -> Result<Arc<quinn::ServerConfig>, String> {
+    fn server_config(
+        &self,
+        tls: &DownstreamTls,
+    ) -> Result<Arc<quinn::ServerConfig>, crate::tls::QuicTlsError> {
         let rustls_cfg = tls.server_config();
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((r, q)) = &*cached
@@ -78,8 +81,7 @@ impl QuicTransport {
         // 0-RTT is not offered: replayed early requests would need
         // per-route idempotency rules first.
         c.max_early_data_size = 0;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(c))
-            .map_err(|e| format!("{e} (QUIC needs TLS 1.3 with TLS13_AES_128_GCM_SHA256)"))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(c))?;
         let mut q = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         q.transport_config(self.transport.clone());
         let q = Arc::new(q);

@@ -682,11 +682,10 @@ impl UpstreamTls {
 
     /// A QUIC client config from this TLS (TLS 1.3, ALPN `h3`), for HTTP/3
     /// upstreams.
-    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, String> {
+    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, QuicTlsError> {
         let mut c = (*self.config).clone();
         c.alpn_protocols = vec![b"h3".to_vec()];
-        let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(c))
-            .map_err(|e| e.to_string())?;
+        let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(c))?;
         Ok(quinn::ClientConfig::new(Arc::new(q)))
     }
 
@@ -706,4 +705,13 @@ impl UpstreamTls {
             .connect(name, io)
             .await
     }
+}
+
+/// A TLS config QUIC cannot use: QUIC needs TLS 1.3 with
+/// TLS13_AES_128_GCM_SHA256 (RFC 9001 section 5.2, its Initial packets).
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (QUIC needs TLS 1.3 with TLS13_AES_128_GCM_SHA256)")]
+pub struct QuicTlsError {
+    #[from]
+    source: quinn::crypto::rustls::NoInitialCipherSuite,
 }
