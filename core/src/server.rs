@@ -171,7 +171,9 @@ pub async fn run_with_dynamic(
                 "file changed"
             }
         };
-        let loaded = load_file(path).map_err(Error::from);
+        let loaded = crate::config::load_file_off_worker(path)
+            .await
+            .map_err(Error::from);
         let res = match loaded {
             Ok((cfg, src)) => {
                 let d = dyn_cfg.as_ref().map(|(c, i)| (c, i));
