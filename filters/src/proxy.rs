@@ -539,8 +539,8 @@ struct ProxyHandler {
 struct Handler {
     shared: Arc<ProxyHandler>,
     /// The peer's address as an `x-forwarded-for` element, formatted once
-    /// per connection rather than per request (formatting an address cost
-    /// about 1,300 instructions, 5 % of a proxied request).
+    /// per connection rather than per request (formatting an address is
+    /// costly next to the rest of a proxied request; benches/RESULTS.md).
     peer_ip: std::sync::OnceLock<HeaderValue>,
 }
 
@@ -588,7 +588,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// Which of the headers the proxy acts on a message carries, found in one
 /// pass over its names: a length test first, so most names cost no
 /// comparison, where a lookup per header the proxy cares about would hash
-/// each of them (about 800 instructions a request in the HTTP/1.1 profile).
+/// each of them (measured in the HTTP/1.1 profile, benches/RESULTS.md).
 #[derive(Default, Clone, Copy)]
 struct Seen {
     hop_by_hop: bool,

@@ -382,9 +382,9 @@ const COPY_BUF: usize = 16 * 1024;
 /// its buffer grows to `BULK_BUF`, or it moves to splice(2) with
 /// `zero_copy: bulk`.
 const BULK_READS: u32 = 4;
-/// The copy buffer of a bulk direction. Fewer, larger reads and writes:
-/// +5-10 % throughput over 16 KiB on loopback (benches/RESULTS.md); only
-/// flows that keep filling the small buffer pay for it.
+/// The copy buffer of a bulk direction. Fewer, larger reads and writes
+/// move bulk data faster than 16 KiB ones (benches/RESULTS.md); only flows
+/// that keep filling the small buffer pay for it.
 const BULK_BUF: usize = 128 * 1024;
 /// How much one splice(2) call moves at most; the pipe is grown to match.
 const SPLICE_CHUNK: usize = 256 * 1024;

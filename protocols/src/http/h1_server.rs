@@ -388,8 +388,8 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
     for (name, at, n) in fields.drain(..) {
         // SAFETY: httparse accepted this value, and it accepts only the
         // bytes a `HeaderValue` allows (HTAB, SP, VCHAR, obs-text; a control
-        // byte is its `HeaderValue` error). Checking them again cost about
-        // 150 instructions a request (benches/compare/icount.sh).
+        // byte is its `HeaderValue` error). Checking them again showed in
+        // the per-request instruction profile (benches/RESULTS.md).
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) };
         match name {
             http::header::CONTENT_LENGTH => {
