@@ -186,10 +186,15 @@ impl RunningListener {
             };
             let drain = drain.clone();
             let retire = self.retire_token();
-            tracker.spawn(async move {
-                serve_connection(compiled, connecting, peer, drain, retire).await;
-                drop(slot);
-            });
+            let id = crate::listener::next_connection_id();
+            let span = crate::spans::connection(&compiled.name, id);
+            tracker.spawn(tracing::Instrument::instrument(
+                async move {
+                    serve_connection(compiled, connecting, peer, drain, retire, id).await;
+                    drop(slot);
+                },
+                span,
+            ));
         }
         // New handshakes are refused from here on; connections still open
         // keep the endpoint alive and drain.
@@ -206,6 +211,7 @@ async fn serve_connection(
     peer: SocketAddr,
     drain: Signal,
     retire: Signal,
+    id: u64,
 ) {
     let chain = &listener.chains[0];
     let timeout = chain
@@ -238,7 +244,7 @@ async fn serve_connection(
         .and_then(|certs| certs.first().and_then(|c| PeerIdentity::from_der(c)));
     let server_name = hs.as_ref().and_then(|h| h.server_name.clone());
     let mut info = ConnectionInfo {
-        id: crate::listener::next_connection_id(),
+        id,
         listener: listener.name.clone(),
         peer_addr: peer,
         local_addr: listener.address,

@@ -3,7 +3,7 @@
 //! without passing them by hand.
 //!
 //! - `connection{listener, connection_id}`: entered around a downstream
-//!   connection's task (the listener spawns it).
+//!   connection's task (the TCP listener or the QUIC endpoint spawns it).
 //! - `stream{listener, connection_id, stream_id, protocol, route, cluster}`:
 //!   entered around one stream in the `proxy` filter; `route` and `cluster`
 //!   are recorded once the router knows them.
