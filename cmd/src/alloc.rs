@@ -2,15 +2,15 @@
 //!
 //! mimalloc instead of glibc malloc: per-thread free lists make the small,
 //! short-lived allocations of every request (heads, header maps, boxed
-//! futures) several times cheaper; glibc's malloc and free were ~15 % of
-//! the HTTP/1.1 proxy path's instructions (benches/RESULTS.md).
+//! futures) several times cheaper; glibc's malloc and free were a large
+//! share of the HTTP/1.1 proxy path's instructions (benches/RESULTS.md).
 //!
 //! Written here rather than taken from the `mimalloc` crate because that
 //! crate sends every allocation through `mi_malloc_aligned`, whose mimalloc
 //! 3 implementation takes a generic, over-allocating path for any block
-//! over 1 KiB or any free block it finds misaligned: about 1,100
-//! instructions of a proxied HTTP/1.1 request went to 12 allocations
-//! (benches/compare/icount.sh). Every mimalloc block is a multiple of 8
+//! over 1 KiB or any free block it finds misaligned, which a proxied
+//! HTTP/1.1 request did a dozen times (benches/RESULTS.md). Every mimalloc
+//! block is a multiple of 8
 //! bytes from a 16-byte aligned page start, so a layout aligned to 8 or
 //! less needs no aligned entry point at all; only larger alignments take it.
 //

@@ -145,9 +145,9 @@ fn main() -> ExitCode {
 /// thread that drives the reactor, so a task's wake-up is a push onto a
 /// local queue with no atomics shared with other workers, no work-stealing
 /// bookkeeping and no cross-thread unpark. On one CPU (a sidecar with a
-/// one-CPU quota, or a proxy pinned to a core) that is about 5 % of the CPU
-/// per proxied HTTP/1.1 request (benches/RESULTS.md). More workers share
-/// one work-stealing runtime.
+/// one-CPU quota, or a proxy pinned to a core) that saves CPU on every
+/// proxied HTTP/1.1 request (benches/RESULTS.md). More workers share one
+/// work-stealing runtime.
 fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let workers = match concurrency {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
                 }
                 Err(e) => {
                     let reason = crate::fds::exhaustion(&e);
-                    metrics::counter!("meshgate_admin_accept_error_total", "reason" => reason.unwrap_or("other")).increment(1);
+                    metrics::counter!(crate::metrics::names::ADMIN_ACCEPT_ERROR_TOTAL, "reason" => reason.unwrap_or("other")).increment(1);
                     if reason.is_some() && crate::fds::release_one() {
                         continue;
                     }

@@ -160,7 +160,7 @@ impl http_body::Body for WatchedBody {
                 let n = d.len() as u64;
                 if n > me.left {
                     me.failed = true;
-                    metrics::counter!("meshgate_http_downstream_rq_body_too_large_total", "protocol" => me.protocol).increment(1);
+                    metrics::counter!(crate::metrics::names::DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL, "protocol" => me.protocol).increment(1);
                     me.watch.set_too_large();
                     return Poll::Ready(Some(Err(BodyTooLarge.into())));
                 }
@@ -276,7 +276,7 @@ pub(crate) fn race<'a, F: Future + Unpin + 'a>(
 /// Counts a stream idle timeout; `phase` is `before_response` (answered
 /// 408) or `after_response` (reset).
 pub(crate) fn count_idle(protocol: &'static str, phase: &'static str) {
-    metrics::counter!("meshgate_http_downstream_rq_idle_timeout_total", "protocol" => protocol, "phase" => phase).increment(1);
+    metrics::counter!(crate::metrics::names::DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL, "protocol" => protocol, "phase" => phase).increment(1);
 }
 
 /// Trailer fields never forwarded (RFC 9110 section 6.5.1): framing,
@@ -334,7 +334,7 @@ pub fn strip_forbidden_trailers(trailers: &mut HeaderMap, direction: &'static st
     for n in names {
         let removed = trailers.get_all(&n).iter().count();
         trailers.remove(&n);
-        metrics::counter!("meshgate_http_forbidden_trailer_total", "direction" => direction)
+        metrics::counter!(crate::metrics::names::HTTP_FORBIDDEN_TRAILER_TOTAL, "direction" => direction)
             .increment(removed as u64);
     }
 }

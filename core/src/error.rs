@@ -43,12 +43,33 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    /// `message` is any error or text; typed errors (e.g. [`ValueError`])
+    /// keep their own `Display`.
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
         Self {
             path: path.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
+}
+
+/// A config value that does not compile: a regex, a `retry_on` list, a
+/// regex substitution. The config compiler files its message under the
+/// field's path in a [`BuildError`].
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("invalid regex: {0}")]
+    Regex(#[source] regex::Error),
+    #[error(
+        "unknown retry_on '{0}' (known: 5xx, gateway-error, connect-failure, reset, retriable-status-codes)"
+    )]
+    UnknownRetryOn(String),
+    #[error("must name at least one retry condition")]
+    NoRetryOn,
+    #[error("substitution refers to group {group} but the pattern has {groups} group(s)")]
+    NoSuchGroup { group: usize, groups: usize },
+    #[error("'\\' must be followed by a digit or '\\'")]
+    BadEscape,
 }
 
 impl fmt::Display for BuildError {

@@ -128,6 +128,7 @@ pub fn forward<'a>(
     hash: Option<u64>,
 ) -> impl Future<Output = Response> + Send + 'a {
     info.upstream_cluster = Some(cluster.name);
+    crate::spans::record_cluster(cluster.name);
     // The request body is counted as it streams when its size is not
     // known to be within the limit, and stamps activity for the idle
     // timeout (no wrapper, no allocation for a bodiless request).
@@ -255,7 +256,7 @@ fn idled(info: &mut StreamInfo) -> Response {
 
 /// Counts an upstream response refused as invalid, by reason.
 fn count_invalid_response(cluster: &Cluster, reason: &'static str) {
-    metrics::counter!("meshgate_http_upstream_rs_invalid_total", "cluster" => cluster.name, "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::names::HTTP_UPSTREAM_RS_INVALID_TOTAL, "cluster" => cluster.name, "reason" => reason).increment(1);
 }
 
 /// `fut` within `timeout`; `None` when it passed.
@@ -334,7 +335,7 @@ async fn retrying(
     let mut last = LocalReason::NoHealthyUpstream;
     for n in 0..=policy.num_retries {
         if n > 0 {
-            metrics::counter!("meshgate_cluster_upstream_rq_retry_total", "cluster" => cluster.name.to_string()).increment(1);
+            metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
             tokio::time::sleep(backoff(policy, n)).await;
         }
         let mut req = http::Request::new(full_body(kept.clone()));

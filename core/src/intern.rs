@@ -46,13 +46,14 @@ impl Interner {
             return n;
         }
         if self.names.len() >= self.max_names || self.bytes + name.len() > self.max_bytes {
-            metrics::counter!("meshgate_stats_interned_names_overflow_total").increment(1);
+            metrics::counter!(crate::metrics::names::STATS_INTERNED_NAMES_OVERFLOW_TOTAL)
+                .increment(1);
             return OVERFLOW;
         }
         let n: &'static str = Box::leak(name.into());
         self.names.insert(n);
         self.bytes += n.len();
-        metrics::gauge!("meshgate_stats_interned_names").set(self.names.len() as f64);
+        metrics::gauge!(crate::metrics::names::STATS_INTERNED_NAMES).set(self.names.len() as f64);
         n
     }
 

@@ -25,6 +25,7 @@ pub mod router;
 pub mod server;
 pub mod signals;
 pub mod snapshot;
+pub mod spans;
 pub mod stream;
 pub mod tls;
 pub mod tls_inspect;

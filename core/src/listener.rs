@@ -557,7 +557,7 @@ impl RunningListener {
                     // wait in the backlog until descriptors are freed.
                     let reason = crate::fds::exhaustion(&e).unwrap_or("other");
                     let name = self.compiled.load().name.clone();
-                    metrics::counter!("meshgate_listener_downstream_cx_accept_error_total", "listener" => name.to_string(), "reason" => reason).increment(1);
+                    metrics::counter!(crate::metrics::names::LISTENER_DOWNSTREAM_CX_ACCEPT_ERROR_TOTAL, "listener" => name.to_string(), "reason" => reason).increment(1);
                     if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
                         warned = Some(std::time::Instant::now());
                         tracing::warn!(listener = %name, error = %e, "accept failed; backing off until it succeeds (counted in meshgate_listener_downstream_cx_accept_error_total)");
@@ -581,10 +581,15 @@ impl RunningListener {
             };
             let drain = drain.clone();
             let retire = self.retire_token();
-            tracker.spawn(async move {
-                handle_connection(compiled, stream, peer, drain, retire).await;
-                drop(slot);
-            });
+            let id = next_connection_id();
+            let span = crate::spans::connection(&compiled.name, id);
+            tracker.spawn(tracing::Instrument::instrument(
+                async move {
+                    handle_connection(compiled, stream, peer, drain, retire, id).await;
+                    drop(slot);
+                },
+                span,
+            ));
         }
         tracing::info!(address = ?listener.local_addr().ok(), "listener stopped accepting");
     }
@@ -596,6 +601,7 @@ async fn handle_connection(
     peer: SocketAddr,
     drain: Signal,
     retire: Signal,
+    id: u64,
 ) {
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's
@@ -625,7 +631,7 @@ async fn handle_connection(
             }
             Err(_) => {
                 tracing::debug!(listener = %listener.name, %peer, "ClientHello inspection timed out");
-                metrics::counter!("meshgate_listener_inspect_timeout_total", "listener" => listener.name.to_string()).increment(1);
+                metrics::counter!(crate::metrics::names::LISTENER_INSPECT_TIMEOUT_TOTAL, "listener" => listener.name.to_string()).increment(1);
                 return;
             }
         }
@@ -642,7 +648,7 @@ async fn handle_connection(
         return;
     };
     let mut info = ConnectionInfo {
-        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        id,
         listener: listener.name.clone(),
         peer_addr: peer,
         local_addr: local,
@@ -706,7 +712,7 @@ async fn terminate_tls(
                     .and_then(|c| c.first())
                     .and_then(|c| crate::tls::PeerIdentity::from_der(c)),
             }));
-            metrics::counter!("meshgate_listener_tls_handshake_total", "listener" => listener.name.to_string()).increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_TOTAL, "listener" => listener.name.to_string()).increment(1);
             return Some(DownstreamIo::Boxed(Box::new(s)));
         }
         Ok(Err(e)) => {
@@ -718,7 +724,7 @@ async fn terminate_tls(
             "timeout"
         }
     };
-    metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => reason).increment(1);
     None
 }
 

@@ -2,6 +2,9 @@
 //! `meshgate_<scope>_<what>_<unit>` with labels (listener, cluster, reason).
 //! Handles are registered once when a listener or cluster is built, so the
 //! data path only increments atomics (no name lookup per event).
+//! Every name is a constant in [`names`].
+
+pub mod names;
 
 use metrics::{
     Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
@@ -232,10 +235,10 @@ impl ListenerStats {
     pub fn new(listener: &str) -> Self {
         let l = listener.to_string();
         Self {
-            cx_total: counter!("meshgate_listener_downstream_cx_total", "listener" => l.clone()),
-            cx_active: gauge!("meshgate_listener_downstream_cx_active", "listener" => l.clone()),
-            cx_overflow: counter!("meshgate_listener_downstream_cx_overflow_total", "listener" => l.clone()),
-            no_filter_chain_match: counter!("meshgate_listener_no_filter_chain_match_total", "listener" => l),
+            cx_total: counter!(names::LISTENER_DOWNSTREAM_CX_TOTAL, "listener" => l.clone()),
+            cx_active: gauge!(names::LISTENER_DOWNSTREAM_CX_ACTIVE, "listener" => l.clone()),
+            cx_overflow: counter!(names::LISTENER_DOWNSTREAM_CX_OVERFLOW_TOTAL, "listener" => l.clone()),
+            no_filter_chain_match: counter!(names::LISTENER_NO_FILTER_CHAIN_MATCH_TOTAL, "listener" => l),
         }
     }
 }
@@ -261,11 +264,11 @@ impl ClusterStats {
         let c = cluster.to_string();
         Self {
             name: c.clone(),
-            cx_total: counter!("meshgate_cluster_upstream_cx_total", "cluster" => c.clone()),
-            cx_active: gauge!("meshgate_cluster_upstream_cx_active", "cluster" => c.clone()),
-            cx_overflow: counter!("meshgate_cluster_upstream_cx_overflow_total", "cluster" => c.clone()),
-            bytes_sent: counter!("meshgate_cluster_upstream_bytes_sent_total", "cluster" => c.clone()),
-            bytes_received: counter!("meshgate_cluster_upstream_bytes_received_total", "cluster" => c),
+            cx_total: counter!(names::CLUSTER_UPSTREAM_CX_TOTAL, "cluster" => c.clone()),
+            cx_active: gauge!(names::CLUSTER_UPSTREAM_CX_ACTIVE, "cluster" => c.clone()),
+            cx_overflow: counter!(names::CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL, "cluster" => c.clone()),
+            bytes_sent: counter!(names::CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, "cluster" => c.clone()),
+            bytes_received: counter!(names::CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, "cluster" => c),
         }
     }
 
@@ -273,13 +276,13 @@ impl ClusterStats {
     /// that failed (refused, timeout, overflow, no_healthy_endpoint). Rare
     /// path, so the label lookup per call is fine.
     pub fn connect_failed(&self, reason: &'static str) {
-        counter!("meshgate_cluster_upstream_cx_connect_fail_total", "cluster" => self.name.clone(), "reason" => reason).increment(1);
+        counter!(names::CLUSTER_UPSTREAM_CX_CONNECT_FAIL_TOTAL, "cluster" => self.name.clone(), "reason" => reason).increment(1);
     }
 
     /// `meshgate_cluster_upstream_cx_destroy_total{reason}`: how upstream
     /// connections ended (e.g. `remote_reset`, `idle_timeout`).
     pub fn cx_closed(&self, reason: &'static str) {
-        counter!("meshgate_cluster_upstream_cx_destroy_total", "cluster" => self.name.clone(), "reason" => reason).increment(1);
+        counter!(names::CLUSTER_UPSTREAM_CX_DESTROY_TOTAL, "cluster" => self.name.clone(), "reason" => reason).increment(1);
     }
 }
 

@@ -163,8 +163,9 @@ pub struct Connection {
 ///
 /// A `CancellationToken` answers `is_cancelled` under its mutex, and an
 /// HTTP/1.1 connection asks for every response whether it should close:
-/// six atomic instructions per request (benches/compare/icount.sh
-/// `ATOMICS=1`). Waiting goes through the token as before.
+/// atomic read-modify-writes on every request where a flag is one load
+/// (measured with benches/compare/icount.sh `ATOMICS=1`, figures in
+/// benches/RESULTS.md). Waiting goes through the token as before.
 #[derive(Debug, Clone, Default)]
 pub struct Signal(Arc<SignalInner>);
 

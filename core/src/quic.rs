@@ -73,7 +73,10 @@ impl QuicTransport {
     }
 
     /// The QUIC server config for the next handshake.
-    fn server_config(&self, tls: &DownstreamTls) -> Result<Arc<quinn::ServerConfig>, String> {
+    fn server_config(
+        &self,
+        tls: &DownstreamTls,
+    ) -> Result<Arc<quinn::ServerConfig>, crate::tls::QuicTlsError> {
         let rustls_cfg = tls.server_config();
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((r, q)) = &*cached
@@ -86,8 +89,7 @@ impl QuicTransport {
         // 0-RTT is not offered: replayed early requests would need
         // per-route idempotency rules first.
         c.max_early_data_size = 0;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(c))
-            .map_err(|e| format!("{e} (QUIC needs TLS 1.3 with TLS13_AES_128_GCM_SHA256)"))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(c))?;
         let mut q = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         q.transport_config(self.transport.clone());
         let q = Arc::new(q);
@@ -159,7 +161,7 @@ impl RunningListener {
                 // Stateless Retry: the client must echo our token before
                 // we spend anything on its handshake. A forged or stale
                 // token is treated as none: the client gets a Retry.
-                metrics::counter!("meshgate_listener_quic_retry_total", "listener" => compiled.name.to_string()).increment(1);
+                metrics::counter!(crate::metrics::names::LISTENER_QUIC_RETRY_TOTAL, "listener" => compiled.name.to_string()).increment(1);
                 let _ = incoming.retry();
                 continue;
             }
@@ -186,16 +188,21 @@ impl RunningListener {
                 Err(e) => {
                     // A bad token or an unusable Initial: quinn has answered.
                     tracing::debug!(listener = %compiled.name, %peer, error = %e, "QUIC connection refused");
-                    metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => compiled.name.to_string(), "reason" => "quic_refused").increment(1);
+                    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => compiled.name.to_string(), "reason" => "quic_refused").increment(1);
                     continue;
                 }
             };
             let drain = drain.clone();
             let retire = self.retire_token();
-            tracker.spawn(async move {
-                serve_connection(compiled, connecting, peer, drain, retire).await;
-                drop(slot);
-            });
+            let id = crate::listener::next_connection_id();
+            let span = crate::spans::connection(&compiled.name, id);
+            tracker.spawn(tracing::Instrument::instrument(
+                async move {
+                    serve_connection(compiled, connecting, peer, drain, retire, id).await;
+                    drop(slot);
+                },
+                span,
+            ));
         }
         // New handshakes are refused from here on; connections still open
         // keep the endpoint alive and drain.
@@ -212,6 +219,7 @@ async fn serve_connection(
     peer: SocketAddr,
     drain: Signal,
     retire: Signal,
+    id: u64,
 ) {
     let chain = &listener.chains[0];
     let timeout = chain
@@ -223,15 +231,15 @@ async fn serve_connection(
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "QUIC handshake failed");
-            metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => handshake_error_reason(&e)).increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => handshake_error_reason(&e)).increment(1);
             return;
         }
         Err(_) => {
-            metrics::counter!("meshgate_listener_tls_handshake_error_total", "listener" => listener.name.to_string(), "reason" => "timeout").increment(1);
+            metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => "timeout").increment(1);
             return;
         }
     };
-    metrics::counter!("meshgate_listener_tls_handshake_total", "listener" => listener.name.to_string()).increment(1);
+    metrics::counter!(crate::metrics::names::LISTENER_TLS_HANDSHAKE_TOTAL, "listener" => listener.name.to_string()).increment(1);
     let hs = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
@@ -244,7 +252,7 @@ async fn serve_connection(
         .and_then(|certs| certs.first().and_then(|c| PeerIdentity::from_der(c)));
     let server_name = hs.as_ref().and_then(|h| h.server_name.clone());
     let mut info = ConnectionInfo {
-        id: crate::listener::next_connection_id(),
+        id,
         listener: listener.name.clone(),
         peer_addr: peer,
         local_addr: listener.address,

@@ -128,7 +128,7 @@ pub async fn run_with_dynamic(
         tracing::info!(address = ?sock.local_addr().ok(), "admin listening");
         tokio::spawn(admin::serve(sock, admin_state.clone(), background.clone()));
     }
-    metrics::gauge!("meshgate_config_version").set(snapshot.load().version as f64);
+    metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(snapshot.load().version as f64);
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut stamp = file_stamp(path);
@@ -148,13 +148,13 @@ pub async fn run_with_dynamic(
                 let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), Reload::Dynamic, &registry, &snapshot, &mut live).await;
                 match &res {
                     Ok(version) => {
-                        metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
-                        metrics::gauge!("meshgate_config_version").set(*version as f64);
+                        metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "ok").increment(1);
+                        metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(*version as f64);
                         tracing::info!(source = %u.info.source, dynamic_version = %u.info.version, version, "dynamic config applied");
                         dyn_cfg = Some((u.config, u.info));
                     }
                     Err(e) => {
-                        metrics::counter!("meshgate_config_reload_total", "result" => "error").increment(1);
+                        metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "error").increment(1);
                         tracing::warn!(source = %u.info.source, "dynamic config refused, the previous config keeps serving: {e}");
                     }
                 }
@@ -171,7 +171,9 @@ pub async fn run_with_dynamic(
                 "file changed"
             }
         };
-        let loaded = load_file(path).map_err(Error::from);
+        let loaded = crate::config::load_file_off_worker(path)
+            .await
+            .map_err(Error::from);
         let res = match loaded {
             Ok((cfg, src)) => {
                 let d = dyn_cfg.as_ref().map(|(c, i)| (c, i));
@@ -185,12 +187,14 @@ pub async fn run_with_dynamic(
         };
         match res {
             Ok(version) => {
-                metrics::counter!("meshgate_config_reload_total", "result" => "ok").increment(1);
-                metrics::gauge!("meshgate_config_version").set(version as f64);
+                metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "ok")
+                    .increment(1);
+                metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(version as f64);
                 tracing::info!(trigger = why, version, "config reloaded");
             }
             Err(e) => {
-                metrics::counter!("meshgate_config_reload_total", "result" => "error").increment(1);
+                metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "error")
+                    .increment(1);
                 tracing::error!(
                     trigger = why,
                     "config reload refused, the previous config keeps serving: {e}"

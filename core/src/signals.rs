@@ -21,7 +21,7 @@ pub fn log_generation() -> u64 {
 /// `meshgate_server_log_reopen_total`.
 pub fn reopen_logs() {
     LOG_GENERATION.fetch_add(1, Ordering::AcqRel);
-    metrics::counter!("meshgate_server_log_reopen_total").increment(1);
+    metrics::counter!(crate::metrics::names::SERVER_LOG_REOPEN_TOTAL).increment(1);
     tracing::info!("SIGUSR1: log files reopen on their next line");
 }
 
@@ -52,7 +52,7 @@ pub fn install() {
         Ok(mut s) => {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {
-                    metrics::counter!("meshgate_server_signal_total", "signal" => "SIGUSR1")
+                    metrics::counter!(crate::metrics::names::SERVER_SIGNAL_TOTAL, "signal" => "SIGUSR1")
                         .increment(1);
                     reopen_logs();
                 }
@@ -65,7 +65,7 @@ pub fn install() {
             Ok(mut s) => {
                 tokio::spawn(async move {
                     while s.recv().await.is_some() {
-                        metrics::counter!("meshgate_server_signal_total", "signal" => name)
+                        metrics::counter!(crate::metrics::names::SERVER_SIGNAL_TOTAL, "signal" => name)
                             .increment(1);
                         tracing::warn!(
                             signal = name,

@@ -152,7 +152,7 @@ pub trait StreamFilterFactory: Send + Sync {
 }
 
 /// Why meshgate answers a stream itself; each maps to a status and the
-/// `reason` label of `meshgate_http_local_reply_total` (a codec family maps
+/// `reason` label of `meshgate_downstream_rq_local_reply_total` (a codec family maps
 /// it to its own form: gRPC statuses in the `proxy` filter, RPC errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalReason {
@@ -234,10 +234,10 @@ impl LocalReason {
 /// (Dubbo, Bolt, gRPC, HTTP bodies), and the `LocalReason` as an extension,
 /// from which a codec family renders its own form (the `proxy` filter a
 /// gRPC status for gRPC requests, RPC codecs an error frame). Counted in
-/// `meshgate_http_local_reply_total{reason}`.
+/// `meshgate_downstream_rq_local_reply_total{reason}`.
 pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
     info.local_reply = Some(reason.label());
-    metrics::counter!("meshgate_http_local_reply_total", "reason" => reason.label()).increment(1);
+    metrics::counter!(crate::metrics::names::DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL, "reason" => reason.label()).increment(1);
     let mut resp = http::Response::new(full_body(format!("meshgate: {}\n", reason.message())));
     *resp.status_mut() = reason.status();
     resp.headers_mut().insert(

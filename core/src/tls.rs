@@ -325,14 +325,20 @@ fn mtime(f: &PathBuf) -> Option<SystemTime> {
 
 /// A downstream TLS terminator of one filter chain.
 pub struct DownstreamTls {
+    pub require_sni_match: bool,
+    pub handshake_timeout: Duration,
+    /// Shared with the blocking task that re-reads the files.
+    certs: Arc<Certificates>,
+}
+
+/// The served config and what rebuilding it from the files takes.
+struct Certificates {
     cfg: DownstreamTlsConfig,
     path: String,
-    pub require_sni_match: bool,
     current: ArcSwap<rustls::ServerConfig>,
     watched: Mutex<Watched>,
     ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
-    pub handshake_timeout: Duration,
 }
 
 impl DownstreamTls {
@@ -360,53 +366,79 @@ impl DownstreamTls {
         // Inline PEM has no file to watch: it changes with a new snapshot.
         files.retain(|f| !f.as_os_str().is_empty());
         let me = Self {
-            cfg: cfg.clone(),
-            path: path.to_string(),
             require_sni_match: cfg.require_sni_match,
-            current: ArcSwap::from_pointee(build_server_config(
-                cfg,
-                path,
-                ticketer.clone(),
-                sessions.clone(),
-            )?),
-            watched: Mutex::new(Watched::new(files)),
-            ticketer,
-            sessions,
             handshake_timeout: cfg.handshake_timeout,
+            certs: Arc::new(Certificates {
+                cfg: cfg.clone(),
+                path: path.to_string(),
+                current: ArcSwap::from_pointee(build_server_config(
+                    cfg,
+                    path,
+                    ticketer.clone(),
+                    sessions.clone(),
+                )?),
+                watched: Mutex::new(Watched::new(files)),
+                ticketer,
+                sessions,
+            }),
         };
         Ok(me)
     }
 
-    /// The config for the next handshake; rebuilt first when a watched file
-    /// changed (checked at most every `watch_interval`).
+    /// The config for the next handshake. At most every `watch_interval`
+    /// the files are checked, and rebuilt when one changed, on the blocking
+    /// pool: a stat and a file read must not hold up the worker thread
+    /// that is handshaking (nor, on the current-thread runtime, every
+    /// connection). The handshake that triggered the check gets the config
+    /// of the moment; a rebuilt one serves the handshakes after it.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        if !self.cfg.watch_interval.is_zero()
-            && let Ok(mut w) = self.watched.try_lock()
+        let certs = &self.certs;
+        if !certs.cfg.watch_interval.is_zero()
+            && let Ok(mut w) = certs.watched.try_lock()
             && Instant::now() >= w.next_check
         {
-            w.next_check = Instant::now() + self.cfg.watch_interval;
-            if w.changed() {
-                match build_server_config(
-                    &self.cfg,
-                    &self.path,
-                    self.ticketer.clone(),
-                    self.sessions.clone(),
-                ) {
-                    Ok(c) => {
-                        tracing::info!(chain = %self.path, "TLS certificates reloaded");
-                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "ok")
-                            .increment(1);
-                        self.current.store(Arc::new(c));
-                    }
-                    Err(e) => {
-                        tracing::warn!(chain = %self.path, error = %e, "TLS certificate reload failed; keeping the previous certificates");
-                        metrics::counter!("meshgate_tls_certificate_reload_total", "result" => "error")
-                            .increment(1);
-                    }
+            w.next_check = Instant::now() + certs.cfg.watch_interval;
+            drop(w);
+            let certs = certs.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || certs.reload_if_changed());
                 }
+                // Outside a runtime (tools, unit tests) there is no worker
+                // to protect.
+                Err(_) => certs.reload_if_changed(),
             }
         }
-        self.current.load_full()
+        self.certs.current.load_full()
+    }
+}
+
+impl Certificates {
+    /// Rebuilds the served config if a watched file changed. Blocking:
+    /// stats and reads files.
+    fn reload_if_changed(&self) {
+        let mut w = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        if !w.changed() {
+            return;
+        }
+        match build_server_config(
+            &self.cfg,
+            &self.path,
+            self.ticketer.clone(),
+            self.sessions.clone(),
+        ) {
+            Ok(c) => {
+                tracing::info!(chain = %self.path, "TLS certificates reloaded");
+                metrics::counter!(crate::metrics::names::TLS_CERTIFICATE_RELOAD_TOTAL, "result" => "ok")
+                    .increment(1);
+                self.current.store(Arc::new(c));
+            }
+            Err(e) => {
+                tracing::warn!(chain = %self.path, error = %e, "TLS certificate reload failed; keeping the previous certificates");
+                metrics::counter!(crate::metrics::names::TLS_CERTIFICATE_RELOAD_TOTAL, "result" => "error")
+                    .increment(1);
+            }
+        }
     }
 }
 
@@ -682,11 +714,10 @@ impl UpstreamTls {
 
     /// A QUIC client config from this TLS (TLS 1.3, ALPN `h3`), for HTTP/3
     /// upstreams.
-    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, String> {
+    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, QuicTlsError> {
         let mut c = (*self.config).clone();
         c.alpn_protocols = vec![b"h3".to_vec()];
-        let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(c))
-            .map_err(|e| e.to_string())?;
+        let q = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(c))?;
         Ok(quinn::ClientConfig::new(Arc::new(q)))
     }
 
@@ -705,5 +736,83 @@ impl UpstreamTls {
         tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, io)
             .await
+    }
+}
+
+/// A TLS config QUIC cannot use: QUIC needs TLS 1.3 with
+/// TLS13_AES_128_GCM_SHA256 (RFC 9001 section 5.2, its Initial packets).
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (QUIC needs TLS 1.3 with TLS13_AES_128_GCM_SHA256)")]
+pub struct QuicTlsError {
+    #[from]
+    source: quinn::crypto::rustls::NoInitialCipherSuite,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A changed certificate is re-read on the blocking pool, not by the
+    /// handshake that noticed the change. The new certificate file is a
+    /// FIFO nobody writes yet, so reading it blocks: `server_config`, on a
+    /// current-thread runtime (meshgate's `--concurrency 1`, where a
+    /// blocked worker is every connection), still answers at once with the
+    /// config of the moment, and the rebuilt config is served once the
+    /// file can be read.
+    #[test]
+    fn a_changed_certificate_is_read_off_the_worker() {
+        let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/certs");
+        let dir = std::env::temp_dir().join(format!("mg-tls-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (crt, key) = (dir.join("live.pem"), dir.join("live.key"));
+        std::fs::copy(certs.join("server.pem"), &crt).unwrap();
+        std::fs::copy(certs.join("server.key"), &key).unwrap();
+        let cfg: DownstreamTlsConfig = serde_json::from_value(serde_json::json!({
+            "certificates": [{"certificate_chain": crt, "private_key": key}],
+            "watch_interval": "1ms",
+        }))
+        .unwrap();
+        let tls = Arc::new(DownstreamTls::new(&cfg, "t").unwrap());
+        let first = tls.certs.current.load_full();
+        std::fs::remove_file(&crt).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&crt).status();
+        assert!(made.is_ok_and(|s| s.success()));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (on_worker, old) = (tls.clone(), first.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // Handshakes until one has started the reload (which holds
+                // the watched files while it reads them).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let served = on_worker.server_config();
+                    if on_worker.certs.watched.try_lock().is_err() || Instant::now() > deadline {
+                        let _ = tx.send(Arc::ptr_eq(&served, &old));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(answered, Ok(true), "server_config blocked the worker");
+        assert!(
+            tls.certs.watched.try_lock().is_err(),
+            "no reload is waiting on the file"
+        );
+        // Open the FIFO's other end: the reload reads the certificate and
+        // the rebuilt config is served.
+        std::fs::write(&crt, std::fs::read(certs.join("server.pem")).unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::ptr_eq(&tls.certs.current.load_full(), &first) {
+            assert!(Instant::now() < deadline, "the rebuilt config never came");
+            std::thread::yield_now();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

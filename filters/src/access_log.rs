@@ -45,7 +45,7 @@ impl AccessLog {
             .spawn(move || write_loop(rx, file, &owned))?;
         let w = Arc::new(AccessLog {
             tx,
-            dropped: metrics::counter!("meshgate_access_log_dropped_total", "path" => path.to_string()),
+            dropped: metrics::counter!(meshgate_core::metrics::names::ACCESS_LOG_DROPPED_TOTAL, "path" => path.to_string()),
         });
         all.insert(path.to_string(), w.clone());
         Ok(w)

@@ -134,7 +134,7 @@ impl Edge {
             server,
             upgrades: upgrades.into(),
             refused: REFUSALS.map(|r| {
-                metrics::counter!("meshgate_http_downstream_rq_refused_total", "listener" => listener.to_string(), "reason" => r.label())
+                metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, "listener" => listener.to_string(), "reason" => r.label())
             }),
         })
     }

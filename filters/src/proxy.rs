@@ -121,7 +121,7 @@ impl NetworkFilterFactory for ProxyFactory {
         let proxy = Arc::new(Proxy {
             codecs,
             detect_timeout: cfg.detect_timeout,
-            detect_failed: metrics::counter!("meshgate_proxy_codec_detect_fail_total", "listener" => listener.clone()),
+            detect_failed: metrics::counter!(meshgate_core::metrics::names::PROXY_CODEC_DETECT_FAIL_TOTAL, "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
                 table,
                 filters,
@@ -343,7 +343,7 @@ struct HttpStats {
     listener: String,
     rq_total: Counter,
     duration: Histogram,
-    /// `meshgate_http_downstream_rq_xx_total` handles per (route, cluster),
+    /// `meshgate_downstream_rq_xx_total` handles per (route, cluster),
     /// one per status class, registered on first use so the hot path does
     /// no label formatting. Names are interned, so equal names are one
     /// address.
@@ -372,8 +372,8 @@ impl HttpStats {
     fn new(listener: &str) -> Self {
         Self {
             listener: listener.to_string(),
-            rq_total: metrics::counter!("meshgate_http_downstream_rq_total", "listener" => listener.to_string()),
-            duration: metrics::histogram!("meshgate_http_downstream_rq_duration_seconds", "listener" => listener.to_string()),
+            rq_total: metrics::counter!(meshgate_core::metrics::names::DOWNSTREAM_RQ_TOTAL, "listener" => listener.to_string()),
+            duration: metrics::histogram!(meshgate_core::metrics::names::DOWNSTREAM_RQ_DURATION_SECONDS, "listener" => listener.to_string()),
             by_route: dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher),
             id: {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -406,7 +406,7 @@ impl HttpStats {
             Some(c) => c.clone(),
             None => {
                 let c: RouteCounters = Arc::new(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                    metrics::counter!("meshgate_http_downstream_rq_xx_total", "listener" => self.listener.clone(), "route" => route, "cluster" => cluster, "code_class" => class)
+                    metrics::counter!(meshgate_core::metrics::names::DOWNSTREAM_RQ_XX_TOTAL, "listener" => self.listener.clone(), "route" => route, "cluster" => cluster, "code_class" => class)
                 }));
                 self.by_route.entry((route, cluster)).or_insert(c).clone()
             }
@@ -443,8 +443,8 @@ struct ProxyHandler {
 struct Handler {
     shared: Arc<ProxyHandler>,
     /// The peer's address as an `x-forwarded-for` element, formatted once
-    /// per connection rather than per request (formatting an address cost
-    /// about 1,300 instructions, 5 % of a proxied request).
+    /// per connection rather than per request (formatting an address is
+    /// costly next to the rest of a proxied request; benches/RESULTS.md).
     peer_ip: std::sync::OnceLock<HeaderValue>,
 }
 
@@ -458,7 +458,11 @@ impl StreamHandler for Handler {
                     .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
             })
             .clone();
-        Box::pin(self.shared.process(req, info, peer_ip))
+        let span = meshgate_core::spans::stream(&info);
+        Box::pin(tracing::Instrument::instrument(
+            self.shared.process(req, info, peer_ip),
+            span,
+        ))
     }
 
     fn idle_timeout(&self) -> Option<Duration> {
@@ -489,7 +493,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// Which of the headers the proxy acts on a message carries, found in one
 /// pass over its names: a length test first, so most names cost no
 /// comparison, where a lookup per header the proxy cares about would hash
-/// each of them (about 800 instructions a request in the HTTP/1.1 profile).
+/// each of them (measured in the HTTP/1.1 profile, benches/RESULTS.md).
 #[derive(Default, Clone, Copy)]
 struct Seen {
     hop_by_hop: bool,
@@ -770,6 +774,7 @@ impl ProxyHandler {
             return local_reply(info, LocalReason::NoRoute);
         };
         info.route = Some(route.stat_name());
+        meshgate_core::spans::record_route(route.stat_name());
         for f in &self.filters {
             if let FilterStatus::Respond(r) = f.on_request(req, info).await {
                 return r;

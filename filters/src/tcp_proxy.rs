@@ -92,9 +92,9 @@ impl NetworkFilterFactory for TcpProxyFactory {
             idle_timeout: cfg.idle_timeout,
             hash_policy: cfg.hash_policy,
             zero_copy: cfg.zero_copy,
-            no_upstream: metrics::counter!("meshgate_tcp_proxy_upstream_unavailable_total", "listener" => listener.clone()),
-            downstream_bytes_received: metrics::counter!("meshgate_listener_downstream_bytes_received_total", "listener" => listener.clone()),
-            downstream_bytes_sent: metrics::counter!("meshgate_listener_downstream_bytes_sent_total", "listener" => listener),
+            no_upstream: metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, "listener" => listener.clone()),
+            downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
+            downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener),
         }))
     }
 }
@@ -196,7 +196,7 @@ impl TcpProxy {
                 let pump = async {
                     let addr = up.endpoint.address;
                     let mut up = tls.connect(up.stream, None, addr).await.inspect_err(|_| {
-                        metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
+                        metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
                     })?;
                     if !preface.is_empty() {
                         up.write_all(&preface).await?;
@@ -329,9 +329,9 @@ const COPY_BUF: usize = 16 * 1024;
 /// its buffer grows to `BULK_BUF`, or it moves to splice(2) with
 /// `zero_copy: bulk`.
 const BULK_READS: u32 = 4;
-/// The copy buffer of a bulk direction. Fewer, larger reads and writes:
-/// +5-10 % throughput over 16 KiB on loopback (benches/RESULTS.md); only
-/// flows that keep filling the small buffer pay for it.
+/// The copy buffer of a bulk direction. Fewer, larger reads and writes
+/// move bulk data faster than 16 KiB ones (benches/RESULTS.md); only flows
+/// that keep filling the small buffer pay for it.
 const BULK_BUF: usize = 128 * 1024;
 /// How much one splice(2) call moves at most; the pipe is grown to match.
 const SPLICE_CHUNK: usize = 256 * 1024;

@@ -306,7 +306,7 @@ pub struct Http3Server {
 /// Counts an HTTP/3 connection that ended with an error.
 fn count_error(listener: &str, reason: &'static str) {
     metrics::counter!(
-        "meshgate_http_downstream_cx_protocol_error_total",
+        meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL,
         "listener" => listener.to_string(),
         "codec" => "http3",
         "reason" => reason
@@ -383,7 +383,7 @@ impl ServerCodec for Http3Server {
                     _ = &mut idle, if !closing => {
                         closing = true;
                         idle_closing = true;
-                        metrics::counter!("meshgate_http_downstream_cx_idle_timeout_total", "listener" => listener.to_string(), "codec" => "http3").increment(1);
+                        metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, "listener" => listener.to_string(), "codec" => "http3").increment(1);
                         tracing::debug!(listener = %listener, "http3 connection idle: GOAWAY");
                         let _ = h3c.shutdown(0).await;
                         grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
@@ -817,7 +817,7 @@ impl ClientCodec for Http3Client {
                         return Err(UpstreamError::Reset(why));
                     };
                     tracing::debug!(endpoint = %endpoint.address, reason = %why, "http3 upstream connection dead; retrying on a new one");
-                    metrics::counter!("meshgate_cluster_upstream_cx_dead_total", "cluster" => cluster.name, "codec" => "http3").increment(1);
+                    metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_CX_DEAD_TOTAL, "cluster" => cluster.name, "codec" => "http3").increment(1);
                     let (up, _) = inner
                         .connection(&cluster, &endpoint, authority.as_deref(), Some(&up.quic))
                         .await?;

@@ -165,7 +165,7 @@ fn routes_by_service_to_two_providers() {
     assert_eq!(out, "OK 3");
     assert!(
         s.mg.metric(
-            "meshgate_http_downstream_rq_xx_total",
+            "meshgate_downstream_rq_xx_total",
             &[("cluster", "b"), ("code_class", "2xx")]
         ) >= 7.0
     );
@@ -263,7 +263,12 @@ fn local_replies_are_dubbo_error_statuses() {
         out.starts_with("ERR") && out.contains("no route matched"),
         "{out}"
     );
-    assert!(s.mg.metric("meshgate_http_local_reply_total", &[("reason", "no_route")]) >= 3.0);
+    assert!(
+        s.mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "no_route")]
+        ) >= 3.0
+    );
 }
 
 #[test]

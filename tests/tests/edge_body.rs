@@ -146,14 +146,14 @@ fn chunked_body_over_the_limit_is_413_and_the_upstream_never_gets_a_complete_req
     assert!(!contains(&rec.bytes, b"bbbb"));
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http1")]
         ),
         1.0
     );
     assert_eq!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "payload_too_large")]
         ),
         1.0
@@ -199,7 +199,7 @@ print(status)
     assert!(!contains(&rec.bytes, &[b'z'; 1001]));
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http2")]
         ),
         1.0
@@ -240,7 +240,7 @@ for size in (5000,):
     );
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http2")]
         ),
         1.0
@@ -283,7 +283,7 @@ fn an_upstream_that_answers_early_and_closes_reaches_the_client() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "upstream_reset")]
         ),
         0.0
@@ -376,7 +376,7 @@ fn stream_idle_timeout_is_408_before_the_response_and_a_reset_after() {
     assert_eq!(code, 504);
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_idle_timeout_total",
+            "meshgate_downstream_rq_idle_timeout_total",
             &[("phase", "before_response")]
         ),
         2.0
@@ -391,14 +391,14 @@ fn stream_idle_timeout_is_408_before_the_response_and_a_reset_after() {
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_idle_timeout_total",
+            "meshgate_downstream_rq_idle_timeout_total",
             &[("phase", "after_response")]
         ),
         1.0
     );
     assert_eq!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "stream_idle_timeout")]
         ),
         2.0

@@ -182,7 +182,7 @@ fn http3_request_body_over_the_limit_is_413() {
     assert!(r.starts_with("status=413"), "{r}");
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http3")]
         ),
         1.0
@@ -281,7 +281,7 @@ fn http1_body_over_the_limit_after_the_response_started_closes_the_connection() 
     assert_upstream_cut(&up.report());
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http1")]
         ),
         1.0
@@ -346,7 +346,7 @@ print(" ".join(out))
     assert_upstream_cut(&up.report());
     assert_eq!(
         mg.metric(
-            "meshgate_http_downstream_rq_body_too_large_total",
+            "meshgate_downstream_rq_body_too_large_total",
             &[("protocol", "http2")]
         ),
         1.0

@@ -209,10 +209,10 @@ fn upstream_down_is_unavailable() {
     let s = setup();
     assert!(client(s.dead, "unavailable", false).contains("OK unavailable UNAVAILABLE"));
     let connect_failures = s.mg.metric(
-        "meshgate_http_local_reply_total",
+        "meshgate_downstream_rq_local_reply_total",
         &[("reason", "upstream_connect_failure")],
     ) + s.mg.metric(
-        "meshgate_http_local_reply_total",
+        "meshgate_downstream_rq_local_reply_total",
         &[("reason", "no_healthy_upstream")],
     );
     assert!(connect_failures >= 1.0, "{connect_failures}");
@@ -222,7 +222,12 @@ fn upstream_down_is_unavailable() {
 fn no_route_is_unimplemented() {
     let s = setup();
     assert!(client(s.noroute, "unimplemented", false).contains("OK unimplemented UNIMPLEMENTED"));
-    assert!(s.mg.metric("meshgate_http_local_reply_total", &[("reason", "no_route")]) >= 1.0);
+    assert!(
+        s.mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "no_route")]
+        ) >= 1.0
+    );
 }
 
 #[test]

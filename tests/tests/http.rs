@@ -214,20 +214,18 @@ fn errors_are_local_replies_with_status_and_counted() {
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(t.elapsed() < std::time::Duration::from_secs(2));
     let count = |reason: &str| {
-        g.mg.metric("meshgate_http_local_reply_total", &[("reason", reason)])
+        g.mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", reason)],
+        )
     };
     assert_eq!(count("no_route"), 1.0);
     assert_eq!(count("upstream_connect_failure"), 1.0);
     assert_eq!(count("upstream_timeout"), 1.0);
-    assert!(
-        g.mg.metric(
-            "meshgate_http_downstream_rq_xx_total",
-            &[("code_class", "5xx")]
-        ) >= 2.0
-    );
+    assert!(g.mg.metric("meshgate_downstream_rq_xx_total", &[("code_class", "5xx")]) >= 2.0);
     // The latency histogram: three requests, one of them the 500ms timeout.
     let h = |suffix: &str, labels: &[(&str, &str)]| {
-        let name = format!("meshgate_http_downstream_rq_duration_seconds_{suffix}");
+        let name = format!("meshgate_downstream_rq_duration_seconds_{suffix}");
         let mut l = vec![("listener", "http")];
         l.extend_from_slice(labels);
         g.mg.metric(&name, &l)

@@ -203,7 +203,7 @@ fn aioquic_get_post_and_parallel_streams_to_an_http1_backend() {
     assert_eq!(after - before, 1.0, "one QUIC connection for 64 streams");
     assert!(
         mg.metric(
-            "meshgate_http_downstream_rq_xx_total",
+            "meshgate_downstream_rq_xx_total",
             &[("listener", "h3"), ("code_class", "2xx")]
         ) >= 66.0
     );

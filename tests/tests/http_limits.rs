@@ -294,7 +294,7 @@ fn size_and_count_limits() {
     assert_eq!(code, 413);
     assert!(
         f.mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "payload_too_large")]
         ) >= 1.0
     );
@@ -328,7 +328,10 @@ fn broken_upstreams_get_502_504_502() {
             t.elapsed()
         );
         assert!(
-            f.mg.metric("meshgate_http_local_reply_total", &[("reason", reason)]) >= 1.0,
+            f.mg.metric(
+                "meshgate_downstream_rq_local_reply_total",
+                &[("reason", reason)]
+            ) >= 1.0,
             "{path}: {reason} not counted"
         );
     }

@@ -869,7 +869,7 @@ fn ads_over_tls_gets_config_and_a_wrong_ca_is_counted_and_retried() {
     });
     assert!(
         mg.metric(
-            "meshgate_xds_tls_handshake_errors_total",
+            "meshgate_xds_tls_handshake_error_total",
             &[("reason", "unknown_ca")]
         ) >= 2.0
     );

@@ -159,7 +159,7 @@ fn a_route_to_a_cluster_cds_did_not_send_answers_503_until_it_arrives() {
     assert_eq!((status, body.contains("backend=a")), (200, true), "{body}");
     assert!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "cluster_not_found")]
         ) >= 2.0
     );
@@ -552,7 +552,7 @@ clusters:
     assert_eq!((status, body.contains("backend=a")), (200, true), "{body}");
     assert_eq!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "cluster_not_found")]
         ),
         1.0
@@ -625,7 +625,7 @@ fn an_eds_cluster_whose_endpoints_never_come_is_served_empty_after_its_initial_f
     assert!(body.contains("no healthy upstream"), "{body}");
     assert!(
         mg.metric(
-            "meshgate_http_local_reply_total",
+            "meshgate_downstream_rq_local_reply_total",
             &[("reason", "no_healthy_upstream")]
         ) >= 1.0
     );

@@ -15,6 +15,7 @@
 //! response changed is composed again: a route update costs the route, not
 //! the clusters.
 
+use crate::error::XdsError;
 use crate::tls::{SECRET, Secret};
 use crate::translate::{self, CLUSTER, ENDPOINT, LISTENER, ROUTE, TranslateError};
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
@@ -246,7 +247,7 @@ impl State {
         statics: &BTreeSet<String>,
         served: &Config,
         now: Instant,
-    ) -> Result<Composed, String> {
+    ) -> Result<Composed, XdsError> {
         self.compose_clusters(served, now)?;
         self.translate_listeners()?;
         let clusters = self.composed.clone();
@@ -390,7 +391,7 @@ impl State {
         for c in &stand_ins {
             if !served.clusters.iter().any(|x| x.name == *c) {
                 tracing::warn!(cluster = %c, "initial_fetch_timeout over: a cluster CDS did not send is served as a stand-in with no endpoints until it comes");
-                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "cds")
+                metrics::counter!(meshgate_core::metrics::names::XDS_INITIAL_FETCH_TIMEOUT_TOTAL, "type" => "cds")
                     .increment(1);
             }
             warming.push(Warming {
@@ -399,9 +400,13 @@ impl State {
                 previous_serves: false,
                 initial_fetch_timeout_over: true,
             });
-            let stand_in: ClusterConfig =
-                serde_json::from_value(serde_json::json!({"name": c, "endpoints": []}))
-                    .map_err(|e| format!("Cluster '{c}': stand-in: {e}"))?;
+            let stand_in: ClusterConfig = serde_json::from_value(
+                serde_json::json!({"name": c, "endpoints": []}),
+            )
+            .map_err(|source| XdsError::StandIn {
+                name: c.clone(),
+                source,
+            })?;
             kept.insert(c.clone(), Arc::new(stand_in));
         }
         let mut cluster_configs: Vec<Arc<ClusterConfig>> = clusters
@@ -429,7 +434,7 @@ impl State {
 
     /// Composes the clusters again if CDS, EDS or SDS changed since the
     /// last time, reusing each whose resources are the same.
-    fn compose_clusters(&mut self, served: &Config, now: Instant) -> Result<(), String> {
+    fn compose_clusters(&mut self, served: &Config, now: Instant) -> Result<(), XdsError> {
         let (clusters, endpoints, secrets) = &self.composed.from;
         if Arc::ptr_eq(clusters, &self.clusters)
             && Arc::ptr_eq(endpoints, &self.endpoints)
@@ -488,7 +493,7 @@ impl State {
                 Some(p) => (p.serve.clone(), p.warming),
                 None => {
                     let lookup = |n: &str| self.secrets.get(n).map(|s| (**s).clone());
-                    let tls = c.with_tls(&lookup).map_err(|e| e.to_string())?;
+                    let tls = c.with_tls(&lookup)?;
                     let ready = match (tls, &c.eds_name) {
                         (Some(cfg), None) => Some(cfg),
                         (Some(mut cfg), Some(_)) => match endpoints {
@@ -498,7 +503,7 @@ impl State {
                             }
                             None if timed_out => {
                                 tracing::warn!(cluster = %name, "initial_fetch_timeout over: EDS cluster served with no endpoints until its ClusterLoadAssignment comes");
-                                metrics::counter!("meshgate_xds_initial_fetch_timeout_total", "type" => "eds").increment(1);
+                                metrics::counter!(meshgate_core::metrics::names::XDS_INITIAL_FETCH_TIMEOUT_TOTAL, "type" => "eds").increment(1);
                                 cfg.endpoints = Vec::new();
                                 Some(cfg)
                             }
@@ -528,7 +533,7 @@ impl State {
 
     /// Translates the listeners whose resource, routes or secrets changed
     /// since they were last translated.
-    fn translate_listeners(&mut self) -> Result<(), String> {
+    fn translate_listeners(&mut self) -> Result<(), XdsError> {
         let mut out = BTreeMap::new();
         for (name, raw) in self.listeners.iter() {
             let unchanged = self.translated.get(name).filter(|t| {
@@ -547,8 +552,7 @@ impl State {
                 None => {
                     let routes = |n: &str| self.routes.get(n).map(|r| (**r).clone());
                     let secrets = |n: &str| self.secrets.get(n).map(|s| (**s).clone());
-                    let l = translate::listener((**raw).clone(), &routes, &secrets)
-                        .map_err(|e| e.to_string())?;
+                    let l = translate::listener((**raw).clone(), &routes, &secrets)?;
                     Arc::new(TranslatedListener {
                         raw: raw.clone(),
                         routes: l
@@ -586,18 +590,18 @@ impl State {
         subscribed: &BTreeSet<String>,
         statics: &BTreeSet<String>,
         now: Instant,
-    ) -> Result<State, String> {
+    ) -> Result<State, XdsError> {
         let mut next = self.clone();
         let mut seen = BTreeSet::new();
         // Envoy refuses a response naming a resource twice; so does
         // meshgate rather than let the last one win.
-        let mut dup = |kind: &str, n: &str| -> Result<(), String> {
+        let mut dup = |kind: &str, n: &str| -> Result<(), XdsError> {
             if seen.insert(n.to_string()) {
                 Ok(())
             } else {
-                Err(format!(
-                    "{kind} '{n}': appears twice in one response (duplicate resource name)"
-                ))
+                Err(XdsError::Duplicate {
+                    resource: format!("{kind} '{n}'"),
+                })
             }
         };
         match resp.type_url.as_str() {
@@ -609,13 +613,10 @@ impl State {
                         resource(any, CLUSTER, i, "Cluster", |c: &cds::Cluster| &c.name)?;
                     dup("Cluster", &c.name)?;
                     if statics.contains(&c.name) {
-                        return Err(format!(
-                            "Cluster '{}': a static cluster of the config file has this name",
-                            c.name
-                        ));
+                        return Err(XdsError::StaticClusterName(c.name));
                     }
                     let name = c.name.clone();
-                    let t = translate::cluster(c).map_err(|e| e.to_string())?;
+                    let t = translate::cluster(c)?;
                     // A new version of a cluster warms from now; an
                     // unchanged one keeps its start.
                     let start = match (self.clusters.get(&name), self.cluster_since.get(&name)) {
@@ -637,8 +638,7 @@ impl State {
                     dup("Listener", &l.name)?;
                     // Translated now to refuse what is unsupported; again
                     // at compose time with the routes then known.
-                    translate::listener(l.clone(), &|_| None, &|_| None)
-                        .map_err(|e| e.to_string())?;
+                    translate::listener(l.clone(), &|_| None, &|_| None)?;
                     // A new version of a listener warms from now; an
                     // unchanged one keeps its start.
                     let start = match (self.listeners.get(&l.name), self.since.get(&l.name)) {
@@ -663,11 +663,14 @@ impl State {
                     )?;
                     dup("RouteConfiguration", &r.name)?;
                     let name = r.name.clone();
-                    let t = translate::route_configuration(r).map_err(|e| e.to_string())?;
+                    let t = translate::route_configuration(r)?;
                     // Built now (regexes, rewrites, header names), so that
                     // a bad one is refused as this RouteConfiguration's
                     // fault, not as the listener's that would use it.
-                    check_routes(&t).map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
+                    check_routes(&t).map_err(|source| XdsError::Routes {
+                        name: name.clone(),
+                        source,
+                    })?;
                     routes.insert(name, Arc::new(t));
                 }
                 routes.retain(|n, _| subscribed.contains(n));
@@ -684,13 +687,10 @@ impl State {
                     )?;
                     dup("ClusterLoadAssignment", &c.cluster_name)?;
                     let name = c.cluster_name.clone();
-                    let eps = translate::endpoints(c, "").map_err(|(f, m)| {
-                        TranslateError {
-                            resource: format!("ClusterLoadAssignment '{name}'"),
-                            field: f,
-                            message: m,
-                        }
-                        .to_string()
+                    let eps = translate::endpoints(c, "").map_err(|(f, m)| TranslateError {
+                        resource: format!("ClusterLoadAssignment '{name}'"),
+                        field: f,
+                        message: m,
                     })?;
                     endpoints.insert(name, Arc::new(eps));
                 }
@@ -703,12 +703,12 @@ impl State {
                     let r: S = resource(any, SECRET, i, "Secret", |r: &S| &r.name)?;
                     dup("Secret", &r.name)?;
                     let name = r.name.clone();
-                    let t = crate::tls::secret(r).map_err(|e| e.to_string())?;
+                    let t = crate::tls::secret(r)?;
                     secrets.insert(name, Arc::new(t));
                 }
                 secrets.retain(|n, _| subscribed.contains(n));
             }
-            other => return Err(format!("resource type '{other}' is not supported")),
+            other => return Err(XdsError::UnsupportedType(other.to_string())),
         }
         // Accepted so far (the composition and the server may still
         // refuse): composing knows CDS has answered once it has a version.
@@ -727,9 +727,13 @@ fn resource<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
     i: usize,
     kind: &str,
     name: impl Fn(&M) -> &String,
-) -> Result<M, String> {
-    let m: M = translate::decode_lax(any, type_url).map_err(|e| format!("resources[{i}]: {e}"))?;
-    translate::unknown_fields(&m, &any.value).map_err(|e| format!("{kind} '{}': {e}", name(&m)))?;
+) -> Result<M, XdsError> {
+    let m: M = translate::decode_lax(any, type_url)
+        .map_err(|detail| XdsError::Decode { index: i, detail })?;
+    translate::unknown_fields(&m, &any.value).map_err(|detail| XdsError::UnknownFields {
+        resource: format!("{kind} '{}'", name(&m)),
+        detail,
+    })?;
     Ok(m)
 }
 
@@ -802,7 +806,7 @@ pub async fn run(boot: Bootstrap, tx: DynamicSender, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             r = client.stream(&server) => r,
         };
-        metrics::gauge!("meshgate_xds_connected").set(0.0);
+        metrics::gauge!(meshgate_core::metrics::names::XDS_CONNECTED).set(0.0);
         if got_response {
             failures = 0;
         }
@@ -960,7 +964,7 @@ impl Client {
         let channel = match channel {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "connect_error")
+                metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "connect_error")
                     .increment(1);
                 tracing::warn!(server, error = %e, "cannot connect to the ADS server");
                 return false;
@@ -984,14 +988,15 @@ impl Client {
         {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                metrics::counter!("meshgate_xds_stream_total", "result" => "rpc_error")
+                metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "rpc_error")
                     .increment(1);
                 tracing::warn!(server, error = %e, "ADS stream refused");
                 return false;
             }
         };
-        metrics::counter!("meshgate_xds_stream_total", "result" => "ok").increment(1);
-        metrics::gauge!("meshgate_xds_connected").set(1.0);
+        metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "ok")
+            .increment(1);
+        metrics::gauge!(meshgate_core::metrics::names::XDS_CONNECTED).set(1.0);
         tracing::info!(server, node = %self.boot.node.id, "ADS stream open");
         let mut any = false;
         loop {
@@ -1026,7 +1031,7 @@ impl Client {
     /// Handles one response: the ACK or NACK, then any subscription change.
     async fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
         let Some(t) = type_key(&resp.type_url) else {
-            metrics::counter!("meshgate_xds_response_total", "type" => "other", "result" => "nack")
+            metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => "other", "result" => "nack")
                 .increment(1);
             let mut r = self.request(LISTENER, None);
             r.type_url = resp.type_url.clone();
@@ -1100,7 +1105,7 @@ impl Client {
             Ok((rds, clusters, sds)) => {
                 self.state.versions.insert(t, resp.version_info.clone());
                 self.refused.clear(short(t));
-                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "ack").increment(1);
+                metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
                 out.push(self.request(t, None));
                 for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &clusters.eds), (SECRET, &sds)] {
@@ -1116,8 +1121,9 @@ impl Client {
                 }
             }
             Err(e) => {
-                metrics::counter!("meshgate_xds_response_total", "type" => short(t), "result" => "nack").increment(1);
-                tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, error = %e, "NACK: update refused, the previous config keeps serving");
+                metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "nack").increment(1);
+                tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, kind = e.kind(), error = %e, "NACK: update refused, the previous config keeps serving");
+                let e = e.to_string();
                 self.refused.set(
                     short(t),
                     Refusal {
@@ -1170,7 +1176,7 @@ impl Client {
         next: &State,
         update: Option<(&'static str, &str)>,
         warming: Vec<Warming>,
-    ) -> Result<(), String> {
+    ) -> Result<(), XdsError> {
         let mut words = Vec::new();
         for ty in [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET] {
             let v = match update {
@@ -1193,12 +1199,12 @@ impl Client {
             reply,
         };
         if self.tx.send(update).await.is_err() {
-            return Err("the server is shutting down".into());
+            return Err(XdsError::ShuttingDown);
         }
         match rx.await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the server is shutting down".into()),
+            Ok(Err(e)) => Err(XdsError::Server(e)),
+            Err(_) => Err(XdsError::ShuttingDown),
         }
     }
 }
@@ -1217,7 +1223,7 @@ async fn tls_connect(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let s = tls.connect(tcp, Some(server), addr).await.inspect_err(|e| {
-        metrics::counter!("meshgate_xds_tls_handshake_errors_total", "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
+        metrics::counter!(meshgate_core::metrics::names::XDS_TLS_HANDSHAKE_ERROR_TOTAL, "reason" => meshgate_core::tls::handshake_error_reason(e)).increment(1);
     })?;
     Ok(hyper_util::rt::TokioIo::new(s))
 }
@@ -1249,7 +1255,11 @@ mod tests {
             .apply(&resp(CLUSTER, vec![garbage]), &none, &none, Instant::now())
             .err()
             .unwrap();
-        assert!(e.starts_with("resources[0]: cannot decode"), "{e}");
+        assert_eq!(e.kind(), "decode");
+        assert!(
+            e.to_string().starts_with("resources[0]: cannot decode"),
+            "{e}"
+        );
         let wrong = protobuf::Any {
             type_url: ROUTE.into(),
             value: Vec::new(),
@@ -1258,7 +1268,8 @@ mod tests {
             .apply(&resp(LISTENER, vec![wrong]), &none, &none, Instant::now())
             .err()
             .unwrap();
-        assert!(e.contains("type_url"), "{e}");
+        assert_eq!(e.kind(), "decode");
+        assert!(e.to_string().contains("type_url"), "{e}");
         let c = cds::Cluster {
             name: "a".into(),
             ..Default::default()
@@ -1276,7 +1287,8 @@ mod tests {
             )
             .err()
             .unwrap();
-        assert!(e.contains("Cluster 'a': appears twice"), "{e}");
+        assert_eq!(e.kind(), "duplicate");
+        assert!(e.to_string().contains("Cluster 'a': appears twice"), "{e}");
         let e = s
             .apply(
                 &resp("type.googleapis.com/x.Y", vec![]),
@@ -1286,7 +1298,8 @@ mod tests {
             )
             .err()
             .unwrap();
-        assert!(e.contains("not supported"), "{e}");
+        assert_eq!(e.kind(), "unsupported_type");
+        assert!(e.to_string().contains("not supported"), "{e}");
     }
 
     #[test]

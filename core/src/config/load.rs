@@ -231,6 +231,24 @@ pub fn load_file(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
     parse_str(path, &src)
 }
 
+/// [`load_file`] on the blocking pool, for reloads: reading and parsing a
+/// large file (a slow disk, a config of 10,000 routes) must not stall the
+/// event loop, which on the current-thread runtime (`--concurrency 1`)
+/// also serves every connection.
+pub async fn load_file_off_worker(path: &Path) -> Result<(Config, ConfigSource), ConfigError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || load_file(&owned))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                field: String::new(),
+                message: format!("loading the config file failed: {e}"),
+            })
+        })
+}
+
 /// Deserializes an extension's typed config from its JSON value; errors carry
 /// the path inside that value.
 pub fn parse_typed<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, BuildError> {

@@ -5,7 +5,7 @@
 pub mod filters;
 mod load;
 
-pub use load::{ConfigSource, LineIndex, load_file, parse_str, parse_typed};
+pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

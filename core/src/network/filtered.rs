@@ -32,7 +32,7 @@ struct Stage<F: ?Sized> {
 /// Why a filter chain closed a connection: the `reason` label of
 /// `meshgate_listener_network_filter_close_total`.
 fn closed(listener: &str, reason: &'static str) -> io::Error {
-    metrics::counter!("meshgate_listener_network_filter_close_total", "listener" => listener.to_string(), "reason" => reason).increment(1);
+    metrics::counter!(crate::metrics::names::LISTENER_NETWORK_FILTER_CLOSE_TOTAL, "listener" => listener.to_string(), "reason" => reason).increment(1);
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
         format!("a network filter closed the connection ({reason})"),
@@ -330,7 +330,8 @@ mod tests {
         let text = handle.render();
         for reason in ["filter", "buffer_limit"] {
             let line = format!(
-                "meshgate_listener_network_filter_close_total{{listener=\"edge\",reason=\"{reason}\"}} 1"
+                "{}{{listener=\"edge\",reason=\"{reason}\"}} 1",
+                crate::metrics::names::LISTENER_NETWORK_FILTER_CLOSE_TOTAL
             );
             assert!(text.contains(&line), "{line} missing from:\n{text}");
         }

@@ -2,15 +2,16 @@
 //! the conditions (headers, query parameters, methods, gRPC). Nothing here
 //! allocates while matching.
 
+use crate::error::ValueError;
 use http::{HeaderMap, HeaderName, Method};
 
 /// A regex anchored for a full match, compiled once at build time.
-pub(crate) fn full_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
+pub(crate) fn full_regex(pattern: &str) -> Result<regex::Regex, ValueError> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(ValueError::Regex)
 }
 
-fn full_bytes_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
-    regex::bytes::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
+fn full_bytes_regex(pattern: &str) -> Result<regex::bytes::Regex, ValueError> {
+    regex::bytes::Regex::new(&format!("^(?:{pattern})$")).map_err(ValueError::Regex)
 }
 
 /// How a route matches the path (without the query).
@@ -113,7 +114,9 @@ impl HeaderMatcher {
         } else if let Some(v) = &c.suffix_match {
             HeaderMatchKind::Suffix(v.as_bytes().into())
         } else if let Some(v) = &c.safe_regex_match {
-            HeaderMatchKind::Regex(full_bytes_regex(v).map_err(|e| ("safe_regex_match", e))?)
+            HeaderMatchKind::Regex(
+                full_bytes_regex(v).map_err(|e| ("safe_regex_match", e.to_string()))?,
+            )
         } else {
             HeaderMatchKind::Present(c.present_match.unwrap_or(true))
         };
@@ -181,7 +184,7 @@ impl QueryParameterMatcher {
         let kind = if let Some(v) = &c.exact_match {
             QueryMatchKind::Exact(v.as_str().into())
         } else if let Some(v) = &c.safe_regex_match {
-            QueryMatchKind::Regex(full_regex(v).map_err(|e| ("safe_regex_match", e))?)
+            QueryMatchKind::Regex(full_regex(v).map_err(|e| ("safe_regex_match", e.to_string()))?)
         } else {
             QueryMatchKind::Present(c.present_match.unwrap_or(true))
         };

@@ -704,7 +704,7 @@ fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, BuildErro
 }
 
 /// Parses a `retry_on` list.
-pub fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
+pub fn parse_retry_on(s: &str) -> Result<RetryOn, crate::error::ValueError> {
     let mut r = RetryOn::default();
     let mut any = false;
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -715,22 +715,18 @@ pub fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
             "connect-failure" => r.connect_failure = true,
             "reset" => r.reset = true,
             "retriable-status-codes" => r.retriable_status_codes = true,
-            other => {
-                return Err(format!(
-                    "unknown retry_on '{other}' (known: 5xx, gateway-error, connect-failure, reset, retriable-status-codes)"
-                ));
-            }
+            other => return Err(crate::error::ValueError::UnknownRetryOn(other.to_string())),
         }
     }
     if !any {
-        return Err("must name at least one retry condition".into());
+        return Err(crate::error::ValueError::NoRetryOn);
     }
     Ok(r)
 }
 
 /// Converts an Envoy (RE2) substitution (`\1`, `\\`) to the `regex`
 /// crate's syntax (`${1}`, `$$`), checking group numbers.
-fn convert_substitution(s: &str, groups: usize) -> Result<String, String> {
+fn convert_substitution(s: &str, groups: usize) -> Result<String, crate::error::ValueError> {
     let mut out = String::with_capacity(s.len() + 8);
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -741,14 +737,14 @@ fn convert_substitution(s: &str, groups: usize) -> Result<String, String> {
                 Some(d @ '0'..='9') => {
                     let n = d as usize - '0' as usize;
                     if n >= groups {
-                        return Err(format!(
-                            "substitution refers to group {n} but the pattern has {} group(s)",
-                            groups - 1
-                        ));
+                        return Err(crate::error::ValueError::NoSuchGroup {
+                            group: n,
+                            groups: groups - 1,
+                        });
                     }
                     out.push_str(&format!("${{{n}}}"));
                 }
-                _ => return Err("'\\' must be followed by a digit or '\\'".into()),
+                _ => return Err(crate::error::ValueError::BadEscape),
             },
             c => out.push(c),
         }

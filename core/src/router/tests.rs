@@ -1012,6 +1012,7 @@ fn retry_on_names() {
     assert!(
         parse_retry_on("5xx,retriable-4xx")
             .unwrap_err()
+            .to_string()
             .contains("retriable-4xx")
     );
 }

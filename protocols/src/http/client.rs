@@ -78,7 +78,7 @@ async fn upstream_io(
         Some(tls) => match tls.connect(stream, authority.as_deref(), addr).await {
             Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
             Err(e) => {
-                metrics::counter!("meshgate_cluster_upstream_tls_handshake_error_total", "cluster" => cluster.name.to_string()).increment(1);
+                metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
                 Err(UpstreamError::Connect(format!("TLS handshake: {e}")))
             }
         },

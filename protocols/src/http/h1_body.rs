@@ -244,8 +244,8 @@ pub(super) type Fields = smallvec::SmallVec<[Field; 16]>;
 /// A header field name from the wire. The names most messages carry are
 /// matched as spelled on the wire (in the usual two cases) before the
 /// general parse: `HeaderName::from_bytes` lower-cases and classifies every
-/// name, about 120 instructions each, 4 % of a proxied HTTP/1.1 request
-/// (benches/compare/icount.sh).
+/// name, a visible share of a proxied HTTP/1.1 request in the instruction
+/// profile (figures in benches/RESULTS.md).
 pub(super) fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     use http::header;
     Ok(match raw {

@@ -199,7 +199,7 @@ async fn write_flush(slot: &mut Slot, mut buf: &[u8]) -> io::Result<()> {
 }
 
 fn count(listener: &str, reason: &'static str) {
-    metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => listener.to_string(), "codec" => "http1", "reason" => reason).increment(1);
+    metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, "listener" => listener.to_string(), "codec" => "http1", "reason" => reason).increment(1);
 }
 
 /// The request body, read from the connection as it is polled.
@@ -388,8 +388,8 @@ fn parse_head(rbuf: &mut BytesMut, opts: &ServerOptions) -> Result<Option<Head>,
     for (name, at, n) in fields.drain(..) {
         // SAFETY: httparse accepted this value, and it accepts only the
         // bytes a `HeaderValue` allows (HTAB, SP, VCHAR, obs-text; a control
-        // byte is its `HeaderValue` error). Checking them again cost about
-        // 150 instructions a request (benches/compare/icount.sh).
+        // byte is its `HeaderValue` error). Checking them again showed in
+        // the per-request instruction profile (benches/RESULTS.md).
         #[allow(unsafe_code)]
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) };
         match name {
@@ -684,7 +684,7 @@ impl Server {
                     if matches!(e, HeadError::Userinfo) {
                         // Every codec counts this refusal in one place
                         // (HTTP/2 and HTTP/3 refuse it in the edge checks).
-                        metrics::counter!("meshgate_http_downstream_rq_refused_total", "listener" => self.info.listener.to_string(), "reason" => "authority_userinfo").increment(1);
+                        metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, "listener" => self.info.listener.to_string(), "reason" => "authority_userinfo").increment(1);
                     }
                     return self.refuse(e.status()).await;
                 }

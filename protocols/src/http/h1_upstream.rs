@@ -46,8 +46,8 @@ pub(super) struct Conn {
     /// The connection's one timer for deadlines. It is made with the first
     /// deadline and moved earlier only when a deadline is earlier; a later
     /// deadline is taken when the timer fires. A tokio timeout per request
-    /// instead registers and cancels a timer-wheel entry every time: about
-    /// 700 instructions of a proxied HTTP/1.1 request (icount.sh).
+    /// instead registers and cancels a timer-wheel entry every time, a
+    /// visible share of a proxied HTTP/1.1 request (benches/RESULTS.md).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Reading met EOF or an error while the request was still being sent:
     /// no more early-response reads.
@@ -642,7 +642,7 @@ fn read_head(buf: &mut BytesMut, ctx: &HeadCtx) -> Result<Option<Head>, SendErro
 /// An invalid upstream response (502), counted in
 /// `meshgate_http_upstream_rs_invalid_total{cluster,reason}`.
 fn invalid(ctx: &HeadCtx, reason: &'static str, msg: &'static str) -> SendError {
-    metrics::counter!("meshgate_http_upstream_rs_invalid_total", "cluster" => ctx.cluster, "reason" => reason).increment(1);
+    metrics::counter!(meshgate_core::metrics::names::HTTP_UPSTREAM_RS_INVALID_TOTAL, "cluster" => ctx.cluster, "reason" => reason).increment(1);
     protocol(msg)
 }
 

@@ -558,11 +558,11 @@ impl<T> H2Guard<T> {
     fn trip(&mut self, flood: Flood) {
         if flood == Flood::HeaderTimeout {
             tracing::debug!(listener = %self.listener, stream = self.counts.header_stream, "http2 header block timed out: GOAWAY(PROTOCOL_ERROR)");
-            metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => self.listener.clone(), "codec" => "http2", "reason" => "header_timeout").increment(1);
+            metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, "listener" => self.listener.clone(), "codec" => "http2", "reason" => "header_timeout").increment(1);
         } else {
             tracing::debug!(listener = %self.listener, flood = flood.label(), last_stream = self.counts.last_stream, "http2 flood: GOAWAY(ENHANCE_YOUR_CALM)");
-            metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => self.listener.clone(), "codec" => "http2", "reason" => "enhance_your_calm").increment(1);
-            metrics::counter!("meshgate_http_downstream_cx_flood_total", "listener" => self.listener.clone(), "flood" => flood.label()).increment(1);
+            metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, "listener" => self.listener.clone(), "codec" => "http2", "reason" => "enhance_your_calm").increment(1);
+            metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_FLOOD_TOTAL, "listener" => self.listener.clone(), "flood" => flood.label()).increment(1);
         }
         self.tripped = Some(Box::new(Tripped {
             flood,

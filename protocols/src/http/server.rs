@@ -152,7 +152,7 @@ fn count_downstream_error(listener: &str, codec: &'static str, e: &hyper::Error)
         // The peer went away (reset, EOF mid-message): not a protocol error.
         return;
     };
-    metrics::counter!("meshgate_http_downstream_cx_protocol_error_total", "listener" => listener.to_string(), "codec" => codec, "reason" => reason).increment(1);
+    metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, "listener" => listener.to_string(), "codec" => codec, "reason" => reason).increment(1);
 }
 
 /// HTTP/1.1 downstream.
@@ -247,7 +247,7 @@ impl ServerCodec for Http2Server {
                 _ = &mut idle => {
                     // No active stream for the idle timeout: GOAWAY, then
                     // close (a stream that raced the GOAWAY still ends).
-                    metrics::counter!("meshgate_http_downstream_cx_idle_timeout_total", "listener" => listener.to_string(), "codec" => "http2").increment(1);
+                    metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, "listener" => listener.to_string(), "codec" => "http2").increment(1);
                     tracing::debug!(listener = %listener, "http2 connection idle: GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;

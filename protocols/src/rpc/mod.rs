@@ -241,7 +241,7 @@ impl<P: RpcProtocol> RpcServer<P> {
 }
 
 fn protocol_error(listener: &str, codec: &'static str, reason: &'static str) {
-    metrics::counter!("meshgate_rpc_downstream_protocol_error_total", "listener" => listener.to_string(), "codec" => codec, "reason" => reason).increment(1);
+    metrics::counter!(meshgate_core::metrics::names::RPC_DOWNSTREAM_PROTOCOL_ERROR_TOTAL, "listener" => listener.to_string(), "codec" => codec, "reason" => reason).increment(1);
 }
 
 impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
@@ -262,8 +262,8 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
             let (tx, rx) = mpsc::channel::<(Bytes, Bytes)>(256);
             let writer = tokio::spawn(write_loop(wr, rx));
             let permits = Arc::new(Semaphore::new(self.opts.max_concurrent_requests.max(1)));
-            let heartbeats = metrics::counter!("meshgate_rpc_downstream_heartbeat_total", "listener" => listener.clone(), "codec" => name);
-            let stray = metrics::counter!("meshgate_rpc_downstream_unexpected_response_total", "listener" => listener.clone(), "codec" => name);
+            let heartbeats = metrics::counter!(meshgate_core::metrics::names::RPC_DOWNSTREAM_HEARTBEAT_TOTAL, "listener" => listener.clone(), "codec" => name);
+            let stray = metrics::counter!(meshgate_core::metrics::names::RPC_DOWNSTREAM_UNEXPECTED_RESPONSE_TOTAL, "listener" => listener.clone(), "codec" => name);
             let mut buf = BytesMut::with_capacity(8 * 1024);
             // When the frame at the front of `buf` must be complete.
             let mut deadline: Option<tokio::time::Instant> = None;
@@ -627,7 +627,7 @@ async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
     cluster: String,
 ) {
     let name = proto.name();
-    let unknown = metrics::counter!("meshgate_rpc_upstream_unknown_response_total", "cluster" => cluster.clone(), "codec" => name);
+    let unknown = metrics::counter!(meshgate_core::metrics::names::RPC_UPSTREAM_UNKNOWN_RESPONSE_TOTAL, "cluster" => cluster.clone(), "codec" => name);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         loop {
@@ -670,7 +670,7 @@ async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    metrics::counter!("meshgate_rpc_upstream_protocol_error_total", "cluster" => cluster.clone(), "codec" => name, "reason" => e.reason).increment(1);
+                    metrics::counter!(meshgate_core::metrics::names::RPC_UPSTREAM_PROTOCOL_ERROR_TOTAL, "cluster" => cluster.clone(), "codec" => name, "reason" => e.reason).increment(1);
                     tracing::debug!(cluster = %cluster, codec = name, error = %e.message, "upstream rpc protocol error; closing");
                     return;
                 }

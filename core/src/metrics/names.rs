@@ -1,0 +1,314 @@
+//! Every metric name meshgate exports, in one place.
+//!
+//! Call sites (core, codecs, filters, xDS, the binary) use these constants
+//! instead of string literals, so a name is spelled once, can be found by
+//! its constant, and follows one convention:
+//! `meshgate_<scope>_<what>_<unit>`, where counters end in `_total`,
+//! durations in `_seconds`, sizes in `_bytes`, and failures are
+//! `_error_total` (never `_errors_total`). Streams of every protocol
+//! (HTTP, gRPC, Dubbo, Bolt, users' codecs) are counted under the
+//! `downstream_rq` scope, which does not say `http`; names that say `http`
+//! are about HTTP framing only.
+//!
+//! The `ALL` table lists every name with its kind; a unit test checks the
+//! convention on it, so a new name that breaks it fails the build's tests.
+
+/// What a name measures, for the naming checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// A histogram of seconds.
+    Histogram,
+}
+
+// Listener (layer 1): connections accepted, TLS, filter chain match.
+
+/// Counter `{listener}`: downstream connections accepted.
+pub const LISTENER_DOWNSTREAM_CX_TOTAL: &str = "meshgate_listener_downstream_cx_total";
+/// Gauge `{listener}`: downstream connections open.
+pub const LISTENER_DOWNSTREAM_CX_ACTIVE: &str = "meshgate_listener_downstream_cx_active";
+/// Counter `{listener}`: connections refused by `max_connections`.
+pub const LISTENER_DOWNSTREAM_CX_OVERFLOW_TOTAL: &str =
+    "meshgate_listener_downstream_cx_overflow_total";
+/// Counter `{listener,reason}`: `accept()` failures.
+pub const LISTENER_DOWNSTREAM_CX_ACCEPT_ERROR_TOTAL: &str =
+    "meshgate_listener_downstream_cx_accept_error_total";
+/// Counter `{listener}`: bytes read from downstream by `tcp_proxy`.
+pub const LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL: &str =
+    "meshgate_listener_downstream_bytes_received_total";
+/// Counter `{listener}`: bytes written to downstream by `tcp_proxy`.
+pub const LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL: &str =
+    "meshgate_listener_downstream_bytes_sent_total";
+/// Counter `{listener}`: connections no filter chain matched.
+pub const LISTENER_NO_FILTER_CHAIN_MATCH_TOTAL: &str =
+    "meshgate_listener_no_filter_chain_match_total";
+/// Counter `{listener}`: listener filters (TLS/ALPN inspection) timed out.
+pub const LISTENER_INSPECT_TIMEOUT_TOTAL: &str = "meshgate_listener_inspect_timeout_total";
+/// Counter `{listener}`: TLS (and QUIC) handshakes completed.
+pub const LISTENER_TLS_HANDSHAKE_TOTAL: &str = "meshgate_listener_tls_handshake_total";
+/// Counter `{listener,reason}`: TLS (and QUIC) handshakes failed.
+pub const LISTENER_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_listener_tls_handshake_error_total";
+/// Counter `{listener}`: QUIC Retry packets sent (address validation).
+pub const LISTENER_QUIC_RETRY_TOTAL: &str = "meshgate_listener_quic_retry_total";
+/// Counter `{listener,reason}`: connections a read or write network filter
+/// closed (`filter`), or whose held bytes passed the limit (`buffer_limit`).
+pub const LISTENER_NETWORK_FILTER_CLOSE_TOTAL: &str =
+    "meshgate_listener_network_filter_close_total";
+/// Counter `{result}`: certificate files reloaded.
+pub const TLS_CERTIFICATE_RELOAD_TOTAL: &str = "meshgate_tls_certificate_reload_total";
+
+// Cluster (layers 7, 8): upstream connections and requests.
+
+/// Counter `{cluster}`: upstream connections established.
+pub const CLUSTER_UPSTREAM_CX_TOTAL: &str = "meshgate_cluster_upstream_cx_total";
+/// Gauge `{cluster}`: upstream connections open.
+pub const CLUSTER_UPSTREAM_CX_ACTIVE: &str = "meshgate_cluster_upstream_cx_active";
+/// Counter `{cluster}`: connects refused by the `max_connections` breaker.
+pub const CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL: &str = "meshgate_cluster_upstream_cx_overflow_total";
+/// Counter `{cluster,reason}`: connects that failed.
+pub const CLUSTER_UPSTREAM_CX_CONNECT_FAIL_TOTAL: &str =
+    "meshgate_cluster_upstream_cx_connect_fail_total";
+/// Counter `{cluster,reason}`: how upstream connections ended.
+pub const CLUSTER_UPSTREAM_CX_DESTROY_TOTAL: &str = "meshgate_cluster_upstream_cx_destroy_total";
+/// Counter `{cluster,codec}`: pooled connections found dead when reused.
+pub const CLUSTER_UPSTREAM_CX_DEAD_TOTAL: &str = "meshgate_cluster_upstream_cx_dead_total";
+/// Counter `{cluster}`: bytes written to upstream.
+pub const CLUSTER_UPSTREAM_BYTES_SENT_TOTAL: &str = "meshgate_cluster_upstream_bytes_sent_total";
+/// Counter `{cluster}`: bytes read from upstream.
+pub const CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL: &str =
+    "meshgate_cluster_upstream_bytes_received_total";
+/// Counter `{cluster}`: request retries.
+pub const CLUSTER_UPSTREAM_RQ_RETRY_TOTAL: &str = "meshgate_cluster_upstream_rq_retry_total";
+/// Counter `{cluster}`: upstream TLS handshakes failed.
+pub const CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL: &str =
+    "meshgate_cluster_upstream_tls_handshake_error_total";
+
+// Downstream streams of every protocol (layers 4 to 6, the `proxy` filter).
+
+/// Counter `{listener}`: streams (requests) received, any protocol.
+pub const DOWNSTREAM_RQ_TOTAL: &str = "meshgate_downstream_rq_total";
+/// Counter `{listener,route,cluster,code_class}`: streams answered, by the
+/// status class (RPC statuses map to an HTTP class).
+pub const DOWNSTREAM_RQ_XX_TOTAL: &str = "meshgate_downstream_rq_xx_total";
+/// Histogram `{listener}`: time from request head to response head.
+pub const DOWNSTREAM_RQ_DURATION_SECONDS: &str = "meshgate_downstream_rq_duration_seconds";
+/// Counter `{reason}`: streams meshgate answered itself.
+pub const DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL: &str = "meshgate_downstream_rq_local_reply_total";
+/// Counter `{protocol}`: request bodies over the configured limit.
+pub const DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL: &str = "meshgate_downstream_rq_body_too_large_total";
+/// Counter `{protocol,phase}`: streams ended by the stream idle timeout.
+pub const DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL: &str = "meshgate_downstream_rq_idle_timeout_total";
+/// Counter `{listener}`: connections whose protocol no codec recognised.
+pub const PROXY_CODEC_DETECT_FAIL_TOTAL: &str = "meshgate_proxy_codec_detect_fail_total";
+
+// HTTP framing (HTTP/1.1, HTTP/2, HTTP/3 codecs only).
+
+/// Counter `{listener,codec,reason}`: connections answered with a
+/// protocol error (400/431/408, HTTP/2 or HTTP/3 GOAWAY).
+pub const HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL: &str =
+    "meshgate_http_downstream_cx_protocol_error_total";
+/// Counter `{listener,codec}`: connections closed by the idle timeout.
+pub const HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL: &str =
+    "meshgate_http_downstream_cx_idle_timeout_total";
+/// Counter `{listener,flood}`: HTTP/2 floods detected.
+pub const HTTP_DOWNSTREAM_CX_FLOOD_TOTAL: &str = "meshgate_http_downstream_cx_flood_total";
+/// Counter `{listener,reason}`: requests refused by edge checks.
+pub const HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL: &str = "meshgate_http_downstream_rq_refused_total";
+/// Counter `{direction}`: trailer fields removed (RFC 9110 section 6.5.1).
+pub const HTTP_FORBIDDEN_TRAILER_TOTAL: &str = "meshgate_http_forbidden_trailer_total";
+/// Counter `{cluster,reason}`: upstream responses refused as malformed.
+pub const HTTP_UPSTREAM_RS_INVALID_TOTAL: &str = "meshgate_http_upstream_rs_invalid_total";
+
+// RPC framing (Dubbo, Bolt, users' RPC codecs).
+
+/// Counter `{listener,codec,reason}`: malformed downstream frames.
+pub const RPC_DOWNSTREAM_PROTOCOL_ERROR_TOTAL: &str =
+    "meshgate_rpc_downstream_protocol_error_total";
+/// Counter `{listener,codec}`: heartbeats answered.
+pub const RPC_DOWNSTREAM_HEARTBEAT_TOTAL: &str = "meshgate_rpc_downstream_heartbeat_total";
+/// Counter `{listener,codec}`: responses a client sent unasked.
+pub const RPC_DOWNSTREAM_UNEXPECTED_RESPONSE_TOTAL: &str =
+    "meshgate_rpc_downstream_unexpected_response_total";
+/// Counter `{cluster,codec,reason}`: malformed upstream frames.
+pub const RPC_UPSTREAM_PROTOCOL_ERROR_TOTAL: &str = "meshgate_rpc_upstream_protocol_error_total";
+/// Counter `{cluster,codec}`: responses to no pending request.
+pub const RPC_UPSTREAM_UNKNOWN_RESPONSE_TOTAL: &str =
+    "meshgate_rpc_upstream_unknown_response_total";
+
+// L4 filters.
+
+/// Counter `{listener}`: `tcp_proxy` connections with no upstream.
+pub const TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL: &str =
+    "meshgate_tcp_proxy_upstream_unavailable_total";
+
+// Process, config, admin, logs.
+
+/// Gauge: the version of the config snapshot in use.
+pub const CONFIG_VERSION: &str = "meshgate_config_version";
+/// Counter `{result}`: config reloads (`ok`, `error`).
+pub const CONFIG_RELOAD_TOTAL: &str = "meshgate_config_reload_total";
+/// Counter `{signal}`: signals handled.
+pub const SERVER_SIGNAL_TOTAL: &str = "meshgate_server_signal_total";
+/// Counter: log files reopened (SIGUSR1).
+pub const SERVER_LOG_REOPEN_TOTAL: &str = "meshgate_server_log_reopen_total";
+/// Counter `{reason}`: admin server `accept()` failures.
+pub const ADMIN_ACCEPT_ERROR_TOTAL: &str = "meshgate_admin_accept_error_total";
+/// Counter `{path}`: access log lines dropped (writer behind).
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "meshgate_access_log_dropped_total";
+/// Gauge: names interned for metric labels.
+pub const STATS_INTERNED_NAMES: &str = "meshgate_stats_interned_names";
+/// Counter: names not interned because the table was full.
+pub const STATS_INTERNED_NAMES_OVERFLOW_TOTAL: &str =
+    "meshgate_stats_interned_names_overflow_total";
+
+// xDS client.
+
+/// Gauge: 1 while the ADS stream is up.
+pub const XDS_CONNECTED: &str = "meshgate_xds_connected";
+/// Counter `{result}`: ADS streams opened (`ok`, `connect_error`, `rpc_error`).
+pub const XDS_STREAM_TOTAL: &str = "meshgate_xds_stream_total";
+/// Counter `{type,result}`: responses ACKed or NACKed.
+pub const XDS_RESPONSE_TOTAL: &str = "meshgate_xds_response_total";
+/// Counter `{type}`: initial fetches that timed out.
+pub const XDS_INITIAL_FETCH_TIMEOUT_TOTAL: &str = "meshgate_xds_initial_fetch_timeout_total";
+/// Counter `{reason}`: TLS handshakes with the management server failed.
+pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_error_total";
+
+/// Every name above with its kind (checked by the tests below).
+pub const ALL: &[(&str, Kind)] = &[
+    (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
+    (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
+    (LISTENER_DOWNSTREAM_CX_OVERFLOW_TOTAL, Kind::Counter),
+    (LISTENER_DOWNSTREAM_CX_ACCEPT_ERROR_TOTAL, Kind::Counter),
+    (LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, Kind::Counter),
+    (LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, Kind::Counter),
+    (LISTENER_NO_FILTER_CHAIN_MATCH_TOTAL, Kind::Counter),
+    (LISTENER_INSPECT_TIMEOUT_TOTAL, Kind::Counter),
+    (LISTENER_TLS_HANDSHAKE_TOTAL, Kind::Counter),
+    (LISTENER_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+    (LISTENER_QUIC_RETRY_TOTAL, Kind::Counter),
+    (LISTENER_NETWORK_FILTER_CLOSE_TOTAL, Kind::Counter),
+    (TLS_CERTIFICATE_RELOAD_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_ACTIVE, Kind::Gauge),
+    (CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_CONNECT_FAIL_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_DESTROY_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_DEAD_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_XX_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_DURATION_SECONDS, Kind::Histogram),
+    (DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL, Kind::Counter),
+    (PROXY_CODEC_DETECT_FAIL_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_CX_FLOOD_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, Kind::Counter),
+    (HTTP_FORBIDDEN_TRAILER_TOTAL, Kind::Counter),
+    (HTTP_UPSTREAM_RS_INVALID_TOTAL, Kind::Counter),
+    (RPC_DOWNSTREAM_PROTOCOL_ERROR_TOTAL, Kind::Counter),
+    (RPC_DOWNSTREAM_HEARTBEAT_TOTAL, Kind::Counter),
+    (RPC_DOWNSTREAM_UNEXPECTED_RESPONSE_TOTAL, Kind::Counter),
+    (RPC_UPSTREAM_PROTOCOL_ERROR_TOTAL, Kind::Counter),
+    (RPC_UPSTREAM_UNKNOWN_RESPONSE_TOTAL, Kind::Counter),
+    (TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, Kind::Counter),
+    (CONFIG_VERSION, Kind::Gauge),
+    (CONFIG_RELOAD_TOTAL, Kind::Counter),
+    (SERVER_SIGNAL_TOTAL, Kind::Counter),
+    (SERVER_LOG_REOPEN_TOTAL, Kind::Counter),
+    (ADMIN_ACCEPT_ERROR_TOTAL, Kind::Counter),
+    (ACCESS_LOG_DROPPED_TOTAL, Kind::Counter),
+    (STATS_INTERNED_NAMES, Kind::Gauge),
+    (STATS_INTERNED_NAMES_OVERFLOW_TOTAL, Kind::Counter),
+    (XDS_CONNECTED, Kind::Gauge),
+    (XDS_STREAM_TOTAL, Kind::Counter),
+    (XDS_RESPONSE_TOTAL, Kind::Counter),
+    (XDS_INITIAL_FETCH_TIMEOUT_TOTAL, Kind::Counter),
+    (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The naming convention, checked on every name: a prefix, lowercase
+    /// words, counters in `_total`, histograms in a unit, gauges in none,
+    /// `_error_` never `_errors_`, no duplicates, and streams of every
+    /// protocol (`downstream_rq`) not under an `http` scope.
+    #[test]
+    fn every_name_follows_the_convention() {
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind) in ALL {
+            assert!(seen.insert(name), "{name} listed twice");
+            assert!(name.starts_with("meshgate_"), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            assert!(!name.contains("_errors"), "{name}: say _error_total");
+            match kind {
+                Kind::Counter => assert!(name.ends_with("_total"), "{name}"),
+                Kind::Histogram => assert!(
+                    name.ends_with("_seconds") || name.ends_with("_bytes"),
+                    "{name}"
+                ),
+                Kind::Gauge => assert!(!name.ends_with("_total"), "{name}"),
+            }
+            if name.starts_with("meshgate_downstream_rq_") {
+                assert!(!name.contains("http"), "{name}");
+            }
+        }
+    }
+}
+
+/// No metric name is spelled outside this module: every source file of the
+/// crates that export metrics is read and searched for a name literal.
+#[cfg(test)]
+#[test]
+fn names_are_spelled_only_here() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stray = Vec::new();
+    let mut dirs: Vec<std::path::PathBuf> = [
+        "core/src",
+        "protocols/src",
+        "filters/src",
+        "xds/src",
+        "cmd/src",
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs")
+                && !path.ends_with("metrics/names.rs")
+            {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for (i, line) in text.lines().enumerate() {
+                    if line.contains("\"meshgate_") {
+                        stray.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        stray.is_empty(),
+        "metric names outside metrics::names:\n{}",
+        stray.join("\n")
+    );
+}
