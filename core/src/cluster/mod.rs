@@ -1,6 +1,8 @@
 //! The cluster manager: clusters, their endpoints (static or re-resolved by
 //! DNS), the load balancer over them, connect back-off of failed endpoints,
-//! the max-connections circuit breaker and the per-cluster counters.
+//! the max-connections circuit breaker and the per-cluster counters. Each
+//! endpoint keeps its upstream pool (`crate::pool`), its request outcomes
+//! and its health.
 //!
 //! Across reloads a cluster keeps its identity (the same `Arc<Cluster>`)
 //! unless a setting other than its endpoints changed: an endpoint-only
@@ -14,6 +16,7 @@ use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
+use crate::pool::{EndpointPool, Health, HealthCell, Outcome, Outcomes};
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,19 +38,21 @@ pub struct Endpoint {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
     backoff_until_ms: AtomicU64,
-    /// What the cluster's upstream codec keeps per endpoint (its pool of
-    /// idle connections): reached from the endpoint the load balancer
-    /// chose, without a map lookup keyed by address (a shared map's read
-    /// lock and the pool's reference count were four atomic instructions
-    /// per request).
-    codec_state: CodecState,
+    /// The endpoint's upstream pool (`crate::pool`): reached from the
+    /// endpoint the load balancer chose, without a map lookup keyed by
+    /// address (a shared map's read lock and the pool's reference count
+    /// were four atomic instructions per request).
+    pool: PoolSlot,
+    /// Request outcomes, for health checking and outlier detection.
+    outcomes: Outcomes,
+    health: HealthCell,
 }
 
-/// An endpoint's codec state: set once, by the first codec that asks.
+/// An endpoint's pool: set once, by the cluster's codec on first use.
 #[derive(Default)]
-struct CodecState(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+struct PoolSlot(std::sync::OnceLock<Box<dyn EndpointPool>>);
 
-impl std::fmt::Debug for CodecState {
+impl std::fmt::Debug for PoolSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() {
             "set"
@@ -67,27 +72,46 @@ impl Endpoint {
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
-            codec_state: CodecState::default(),
+            pool: PoolSlot::default(),
+            outcomes: Outcomes::default(),
+            health: HealthCell::default(),
         }
     }
 
-    /// The codec state of type `T`, created by `init` on first use;
+    /// The endpoint's pool of type `T`, created by `init` on first use;
     /// `None` if another type was set first (an endpoint serves one
-    /// cluster, so one codec: that is a codec's bug, which then runs
-    /// without its per-endpoint state).
-    pub fn codec_state<T: std::any::Any + Send + Sync>(
-        &self,
-        init: impl FnOnce() -> T,
-    ) -> Option<&T> {
-        self.codec_state
-            .0
-            .get_or_init(|| Box::new(init()))
-            .downcast_ref()
+    /// cluster, so one codec: that is a codec's bug, reported to the
+    /// request as an error).
+    pub fn pool<T: EndpointPool>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        let p: &dyn EndpointPool = &**self.pool.0.get_or_init(|| Box::new(init()));
+        (p as &dyn std::any::Any).downcast_ref()
     }
 
-    /// The codec state of type `T`, if one was set.
-    pub fn codec_state_if_set<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
-        self.codec_state.0.get()?.downcast_ref()
+    /// The endpoint left its cluster: its pool closes (idle connections
+    /// now, busy ones after their streams).
+    fn close_pool(&self) {
+        if let Some(p) = self.pool.0.get() {
+            p.close();
+        }
+    }
+
+    /// Records how a request to this endpoint ended.
+    pub fn report(&self, outcome: Outcome) {
+        self.outcomes.record(outcome);
+    }
+
+    /// The request outcomes recorded so far.
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
+    }
+
+    /// The health a health checker or outlier detector set.
+    pub fn health(&self) -> Health {
+        self.health.get()
+    }
+
+    pub fn set_health(&self, h: Health) {
+        self.health.set(h);
     }
 
     /// Requests (or L4 connections) currently in flight to this endpoint.
@@ -103,10 +127,13 @@ impl Endpoint {
         }
     }
 
-    /// Whether the endpoint is outside its connect-failure back-off. The
-    /// clock (`now_ms`) is read only if the endpoint was ever backed off:
-    /// the load balancer asks for every request.
+    /// Whether the endpoint is healthy and outside its connect-failure
+    /// back-off. The clock (`now_ms`) is read only if the endpoint was
+    /// ever backed off: the load balancer asks for every request.
     pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        if self.health.get() != Health::Healthy {
+            return false;
+        }
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
         until == 0 || until <= now_ms()
     }
@@ -291,10 +318,10 @@ impl Cluster {
 
     /// Replaces the endpoint set with a new load balancer over it. An
     /// endpoint that stays (same address, weight, DNS name and metadata)
-    /// keeps its state: back-off, active requests, and its upstream pool.
-    /// The pools of addresses that left are dropped from the upstream
-    /// codec: requests in flight there finish, no new one goes there, and
-    /// their connections close instead of going back to a pool.
+    /// keeps its state: back-off, active requests, outcomes, health and its
+    /// upstream pool. The pools of endpoints that left are closed: requests
+    /// in flight there finish, no new one goes there, and their
+    /// connections close instead of going back to a pool.
     pub fn update_endpoints(&self, mut endpoints: Vec<Arc<Endpoint>>) {
         let old = self.hosts.load_full();
         let by_address: HashMap<SocketAddr, &Arc<Endpoint>> =
@@ -314,16 +341,15 @@ impl Cluster {
             .collect();
         let lb = self.lb_builder.build(&endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
-        if !removed.is_empty()
-            && let Some(upstream) = &self.upstream
-        {
-            upstream.endpoints_removed(&removed);
+        for e in &removed {
+            e.close_pool();
         }
     }
 
-    /// Picks an endpoint, skipping those in back-off and those in `exclude`
-    /// (already tried by this request). When every endpoint is in back-off,
-    /// picks among them anyway (panic mode) rather than failing outright.
+    /// Picks an endpoint, skipping unhealthy ones, those in back-off and
+    /// those in `exclude` (already tried by this request). When every
+    /// endpoint is unhealthy or in back-off, picks among them anyway (panic
+    /// mode) rather than failing outright.
     pub fn choose(&self, ctx: &LbContext, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let hosts = self.hosts.load();
         let eps = &hosts.endpoints;
