@@ -257,12 +257,24 @@ impl UpstreamConnection {
 /// Holds an upstream connection's circuit-breaker slot.
 pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot);
 
-struct ConnectionSlot(Arc<Cluster>);
+/// A connection's circuit-breaker slot. It holds the cluster's connection
+/// count, not the cluster: a pooled connection holding its cluster would
+/// keep the cluster's endpoints alive, and with them their pools and the
+/// connection itself, so that the connections of a replaced cluster never
+/// closed.
+struct ConnectionSlot(Arc<ConnectionCount>);
+
+/// Connections open to a cluster (the circuit breaker's count and the
+/// `cx_active` gauge).
+struct ConnectionCount {
+    active: AtomicU32,
+    gauge: metrics::Gauge,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
-        self.0.stats.cx_active.decrement(1.0);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.decrement(1.0);
     }
 }
 
@@ -275,7 +287,7 @@ pub struct Cluster {
     backoff: BackoffConfig,
     hosts: ArcSwap<HostSet>,
     lb_builder: Arc<dyn LoadBalancerBuilder>,
-    active_connections: AtomicU32,
+    connections: Arc<ConnectionCount>,
     pub stats: ClusterStats,
     /// The upstream codec for L7 streams (`protocol`), when one is registered.
     pub upstream: Option<Arc<dyn ClientCodec>>,
@@ -296,6 +308,7 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
     ) -> Self {
         let lb = lb_builder.build(&endpoints);
+        let stats = ClusterStats::new(name);
         Self {
             name: crate::stream::intern(name),
             connect_timeout,
@@ -303,8 +316,11 @@ impl Cluster {
             backoff,
             hosts: ArcSwap::from_pointee(HostSet { endpoints, lb }),
             lb_builder,
-            active_connections: AtomicU32::new(0),
-            stats: ClusterStats::new(name),
+            connections: Arc::new(ConnectionCount {
+                active: AtomicU32::new(0),
+                gauge: stats.cx_active.clone(),
+            }),
+            stats,
             upstream: None,
             tls: None,
             protocol: "",
@@ -394,15 +410,15 @@ impl Cluster {
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
     ) -> Result<UpstreamConnection, ConnectError> {
-        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.connections.active.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
         }
         self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.clone());
+        let slot = ConnectionSlot(self.connections.clone());
         let addr = endpoint.address;
         let result =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -441,15 +457,15 @@ impl Cluster {
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.connections.active.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
         }
         self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.clone());
+        let slot = ConnectionSlot(self.connections.clone());
         let addr = endpoint.address;
         let result = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
@@ -473,7 +489,7 @@ impl Cluster {
 
     /// Upstream connections currently open.
     pub fn active_connections(&self) -> u32 {
-        self.active_connections.load(Ordering::Relaxed)
+        self.connections.active.load(Ordering::Relaxed)
     }
 }
 
