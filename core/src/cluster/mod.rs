@@ -903,6 +903,50 @@ mod tests {
     }
 
     #[test]
+    fn unhealthy_endpoints_are_skipped_and_a_removed_endpoints_pool_closes() {
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "a",
+            "endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}],
+        }))
+        .unwrap();
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m = ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let a = m.get("a").unwrap().clone();
+        let eps = a.hosts().endpoints.clone();
+        let ctx = LbContext::default();
+        eps[0].set_health(Health::Unhealthy);
+        for _ in 0..6 {
+            assert_eq!(a.choose(&ctx, &[]).unwrap().address.port(), 2);
+        }
+        // All unhealthy: panic mode still picks one.
+        eps[1].set_health(Health::Unhealthy);
+        assert!(a.choose(&ctx, &[]).is_some());
+        eps[1].set_health(Health::Healthy);
+
+        struct Idle;
+        impl crate::pool::Reusable for Idle {
+            fn is_reusable(&self) -> bool {
+                true
+            }
+        }
+        type P = crate::pool::ExclusivePool<Idle>;
+        let (gone, kept) = (
+            eps[0].pool(P::default).unwrap(),
+            eps[1].pool(P::default).unwrap(),
+        );
+        gone.put(Idle, 4);
+        kept.put(Idle, 4);
+        a.update_endpoints(vec![Arc::new(Endpoint::new(
+            "127.0.0.1:2".parse().unwrap(),
+            1,
+        ))]);
+        // The endpoint that stayed kept its pool; the one that left closed.
+        assert_eq!((gone.idle_count(), kept.idle_count()), (0, 1));
+        assert!(Arc::ptr_eq(&a.hosts().endpoints[0], &eps[1]));
+    }
+
+    #[test]
     fn unchanged_clusters_are_reused_across_builds() {
         let cfg = |name: &str, port: u16| -> ClusterConfig {
             serde_json::from_value(serde_json::json!({
