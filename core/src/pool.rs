@@ -104,18 +104,26 @@ pub trait EndpointPool: std::any::Any + Send + Sync {
 
 /// Whether an idle connection of an `ExclusivePool` can serve another
 /// exchange (nothing arrived on it while it sat idle, the peer did not
-/// close it).
+/// close it), and how many it served.
 pub trait Reusable: Send + 'static {
     fn is_reusable(&self) -> bool;
+
+    /// Exchanges the connection carried so far, for
+    /// `ExclusiveLimits::max_requests`; a codec that does not count
+    /// gets no such limit.
+    fn exchanges(&self) -> u32 {
+        0
+    }
 }
 
-/// Limits of an exclusive pool (a cluster's `protocol_options`).
+/// What an exclusive pool keeps (a cluster's `protocol_options`).
 #[derive(Debug, Clone, Copy)]
 pub struct ExclusiveLimits {
     /// Idle connections kept; more are closed.
     pub max_idle: usize,
-    /// An idle connection older than this is closed rather than reused.
-    pub idle_timeout: Duration,
+    /// A connection that carried this many exchanges is closed, not kept
+    /// (Envoy's `max_requests_per_connection`); `u32::MAX`: no limit.
+    pub max_requests: u32,
 }
 
 /// An idle connection and when it went idle (coarse clock: idle expiry
@@ -161,14 +169,15 @@ impl<C: Reusable> ExclusivePool<C> {
         None
     }
 
-    /// Keeps `conn` for reuse, unless `max_idle` are kept already or the
-    /// pool was closed (then it closes, dropped).
-    pub fn put(&self, conn: C, max_idle: usize) {
-        if self.closed.load(Ordering::Relaxed) {
+    /// Keeps `conn` for reuse, unless it carried `max_requests` exchanges,
+    /// `max_idle` are kept already or the pool was closed (then it closes,
+    /// dropped).
+    pub fn put(&self, conn: C, limits: &ExclusiveLimits) {
+        if self.closed.load(Ordering::Relaxed) || conn.exchanges() >= limits.max_requests {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < max_idle {
+        if idle.len() < limits.max_idle {
             idle.push(Idle {
                 conn,
                 since: crate::clock::coarse(),
@@ -220,6 +229,8 @@ pub trait Multiplexed: Send + Sync + 'static {
 pub struct MuxConn<C> {
     conn: C,
     streams: AtomicU32,
+    /// Streams it was handed, ever (`max_requests`).
+    opened: AtomicU32,
     /// Taken out of use (presumed dead, or draining): no new stream.
     retired: AtomicBool,
 }
@@ -277,14 +288,26 @@ pub struct MuxPool<C> {
     /// opening their own.
     connecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Streams per connection, ever: a connection that was handed this
+    /// many is retired (Envoy's `max_requests_per_connection`).
+    max_requests: u32,
 }
 
 impl<C> Default for MuxPool<C> {
     fn default() -> Self {
+        Self::with_max_requests(u32::MAX)
+    }
+}
+
+impl<C> MuxPool<C> {
+    /// A pool whose connections each carry at most `max_requests` streams
+    /// (`u32::MAX`: no limit); then they drain and close.
+    pub fn with_max_requests(max_requests: u32) -> Self {
         Self {
             conns: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            max_requests: max_requests.max(1),
         }
     }
 }
@@ -311,7 +334,8 @@ impl<C: Multiplexed> MuxPool<C> {
         let conn = Arc::new(MuxConn {
             conn: connect(dial).await?,
             streams: AtomicU32::new(1),
-            retired: AtomicBool::new(false),
+            opened: AtomicU32::new(1),
+            retired: AtomicBool::new(self.max_requests <= 1),
         });
         // An endpoint removed meanwhile: the stream still runs, on a
         // connection that is never pooled.
@@ -335,6 +359,9 @@ impl<C: Multiplexed> MuxPool<C> {
             .iter()
             .find(|c| c.streams.load(Ordering::Relaxed) < c.conn.max_streams())?;
         c.streams.fetch_add(1, Ordering::Relaxed);
+        if c.opened.fetch_add(1, Ordering::Relaxed) + 1 >= self.max_requests {
+            c.retired.store(true, Ordering::Relaxed);
+        }
         Some(MuxStream {
             conn: c.clone(),
             fresh: false,
@@ -542,6 +569,7 @@ mod tests {
         assert_eq!(h.id, 9);
         assert_eq!(pool.connections(), 1);
         // Removal: the pool lets go, streams keep their connection.
+        assert_eq!(h.streams(), 1);
         pool.close();
         assert_eq!(pool.connections(), 0);
         assert_eq!(h.streams(), 1);
@@ -581,10 +609,32 @@ mod tests {
         assert!(matches!(r, Err(UpstreamError::Overflow)));
     }
 
-    struct Plain(bool);
+    #[tokio::test]
+    async fn a_connection_retires_after_max_requests_streams() {
+        let (c, e) = cluster();
+        let pool = MuxPool::<Fake>::with_max_requests(2);
+        let opened = AtomicU32::new(0);
+        let open = Arc::new(AtomicBool::new(true));
+        let connect = |_d: Dial<'_>| {
+            let id = opened.fetch_add(1, Ordering::Relaxed);
+            let open = open.clone();
+            async move { Ok(Fake { id, open, max: 100 }) }
+        };
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let s = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+            ids.push(s.id);
+        }
+        assert_eq!(ids, vec![0, 0, 1, 1, 2]);
+    }
+
+    struct Plain(bool, u32);
     impl Reusable for Plain {
         fn is_reusable(&self) -> bool {
             self.0
+        }
+        fn exchanges(&self) -> u32 {
+            self.1
         }
     }
 
@@ -592,19 +642,25 @@ mod tests {
     fn exclusive_pool_reuses_the_latest_usable_and_closes_on_removal() {
         let pool = ExclusivePool::<Plain>::default();
         let t = Duration::from_secs(60);
-        pool.put(Plain(true), 2);
-        pool.put(Plain(false), 2);
-        pool.put(Plain(true), 2); // over max_idle: dropped
+        let limits = ExclusiveLimits {
+            max_idle: 2,
+            max_requests: 3,
+        };
+        pool.put(Plain(true, 1), &limits);
+        pool.put(Plain(false, 1), &limits);
+        pool.put(Plain(true, 1), &limits); // over max_idle: dropped
         assert_eq!(pool.idle_count(), 2);
         // The unusable one on top is skipped (and closed).
         assert!(pool.take(t).is_some_and(|c| c.0));
         assert!(pool.take(t).is_none());
-        pool.put(Plain(true), 2);
+        pool.put(Plain(true, 3), &limits);
+        assert_eq!(pool.idle_count(), 0, "max_requests reached: not kept");
+        pool.put(Plain(true, 1), &limits);
         assert!(pool.take(Duration::ZERO).is_none(), "idle timeout");
-        pool.put(Plain(true), 2);
+        pool.put(Plain(true, 1), &limits);
         pool.close();
         assert_eq!(pool.idle_count(), 0);
-        pool.put(Plain(true), 2);
+        pool.put(Plain(true, 1), &limits);
         assert_eq!(pool.idle_count(), 0, "a closed pool keeps nothing");
     }
 

@@ -213,3 +213,91 @@ fn http3_connections_to_a_removed_endpoint_close_and_max_connections_holds() {
     assert!(body.contains("b proto=HTTP/3.0"), "{body}");
     assert_eq!((total(), active()), (3.0, 1.0));
 }
+
+/// A plain listener routing `/h1` to an HTTP/1.1 cluster and `/h2` to an
+/// h2c cluster, both with `max_requests_per_connection: {max}`.
+fn limited(port: u16, h1: &str, h2: &str, max: &str) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: plain
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /h1}}
+                        route: {{cluster: h1}}
+                      - match: {{prefix: /h2}}
+                        route: {{cluster: h2}}
+clusters:
+  - name: h1
+    protocol_options: {{max_requests_per_connection: {max}}}
+    endpoints: [{{address: "{h1}"}}]
+  - name: h2
+    protocol: http2
+    protocol_options: {{max_requests_per_connection: {max}}}
+    endpoints: [{{address: "{h2}"}}]
+"#
+    )
+}
+
+#[test]
+fn max_requests_per_connection_closes_http1_and_drains_http2_connections() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let b1 = HttpBackend::start("one", Proto::Http1);
+    let b2 = HttpBackend::start("two", Proto::H2c);
+    let port = free_port();
+    let mg = Meshgate::start(&limited(
+        port,
+        &b1.addr.to_string(),
+        &b2.addr.to_string(),
+        "2",
+    ));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for cluster in ["h1", "h2"] {
+        for _ in 0..5 {
+            let (code, body) = http_get(addr, &format!("/{cluster}")).unwrap();
+            assert_eq!(code, 200, "{cluster}: {body}");
+        }
+        // 5 requests, 2 per connection: 3 connections, in turn.
+        assert_eq!(
+            mg.metric(
+                "meshgate_cluster_upstream_cx_total",
+                &[("cluster", cluster)]
+            ),
+            3.0,
+            "{cluster}"
+        );
+        // The used-up ones closed; the last one stays pooled.
+        wait_until("the used-up connections to close", || {
+            mg.metric(
+                "meshgate_cluster_upstream_cx_active",
+                &[("cluster", cluster)],
+            ) == 1.0
+        });
+    }
+    assert_eq!((b1.hits(), b2.hits()), (5, 5));
+
+    // 0 is refused, naming the field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        limited(port, &b1.addr.to_string(), &b2.addr.to_string(), "0")
+            .replace("{ADMIN}", "127.0.0.1:0"),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["validate", bad.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("clusters[0].protocol_options") && err.contains("max_requests_per_connection"),
+        "{err}"
+    );
+}

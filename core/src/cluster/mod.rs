@@ -935,8 +935,12 @@ mod tests {
             eps[0].pool(P::default).unwrap(),
             eps[1].pool(P::default).unwrap(),
         );
-        gone.put(Idle, 4);
-        kept.put(Idle, 4);
+        let limits = crate::pool::ExclusiveLimits {
+            max_idle: 4,
+            max_requests: u32::MAX,
+        };
+        gone.put(Idle, &limits);
+        kept.put(Idle, &limits);
         a.update_endpoints(vec![Arc::new(Endpoint::new(
             "127.0.0.1:2".parse().unwrap(),
             1,

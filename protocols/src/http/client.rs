@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
-use meshgate_core::pool::{Dial, Multiplexed, MuxPool, Reusable};
+use meshgate_core::pool::{Dial, ExclusiveLimits, Multiplexed, MuxPool, Reusable};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
 use serde::Deserialize;
 use std::future::Future;
@@ -40,6 +40,26 @@ pub struct PoolOptions {
     /// An idle connection older than this is closed rather than reused.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Requests (streams, on HTTP/2) one upstream connection carries before
+    /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
+    /// `max_requests_per_connection`.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<std::num::NonZeroU32>,
+}
+
+impl PoolOptions {
+    /// The exclusive pool's limits (HTTP/1.1).
+    fn limits(&self) -> ExclusiveLimits {
+        ExclusiveLimits {
+            max_idle: self.max_idle_per_endpoint,
+            max_requests: self.max_requests(),
+        }
+    }
+
+    fn max_requests(&self) -> u32 {
+        self.max_requests_per_connection
+            .map_or(u32::MAX, |n| n.get())
+    }
 }
 
 fn default_max_idle() -> usize {
@@ -152,13 +172,16 @@ fn authority(req: &Request) -> Option<HeaderValue> {
 
 type H1Sender = hyper::client::conn::http1::SendRequest<meshgate_core::stream::Body>;
 
-/// A hyper HTTP/1.1 connection, for requests that may upgrade; pooled in
-/// the endpoint's `h1_upstream::Pool`.
-pub(super) struct HyperConn(H1Sender);
+/// A hyper HTTP/1.1 connection, for requests that may upgrade, and the
+/// exchanges it carried; pooled in the endpoint's `h1_upstream::Pool`.
+pub(super) struct HyperConn(H1Sender, u32);
 
 impl Reusable for HyperConn {
     fn is_reusable(&self) -> bool {
         self.0.is_ready()
+    }
+    fn exchanges(&self) -> u32 {
+        self.1
     }
 }
 
@@ -271,8 +294,8 @@ impl Http1Client {
         Box::pin(async move {
             let idle =
                 h1_upstream::Pool::of(&endpoint).and_then(|p| p.upgradable.take(opts.idle_timeout));
-            let mut sender = match idle {
-                Some(HyperConn(s)) => s,
+            let (mut sender, exchanges) = match idle {
+                Some(HyperConn(s, n)) => (s, n),
                 None => {
                     let (stream, guard) = Dial::new(&cluster, &endpoint).tcp().await?;
                     let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
@@ -287,7 +310,7 @@ impl Http1Client {
                             tracing::debug!(error = %e, "upstream http1 connection ended");
                         }
                     });
-                    sender
+                    (sender, 0)
                 }
             };
             let mut resp = sender.send_request(req).await.map_err(send_error)?;
@@ -302,9 +325,9 @@ impl Http1Client {
             let (parts, body) = resp.into_parts();
             let body = ReturnToPool {
                 body,
-                sender: Some(sender),
+                sender: Some(HyperConn(sender, exchanges + 1)),
                 endpoint,
-                max_idle: opts.max_idle_per_endpoint,
+                limits: opts.limits(),
             };
             Ok(Response::from_parts(parts, box_body(body)))
         })
@@ -363,9 +386,8 @@ fn send_fast(
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
-        let max_idle = opts.max_idle_per_endpoint;
-        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name).await
-        {
+        let limits = opts.limits();
+        match h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name).await {
             Ok(resp) => Ok(resp),
             Err(h1_upstream::Failed {
                 error,
@@ -374,7 +396,7 @@ fn send_fast(
                 tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
                 let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
                 let body = meshgate_core::stream::empty_body();
-                h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name)
+                h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name)
                     .await
                     .map_err(|e| e.error)
             }
@@ -387,10 +409,10 @@ fn send_fast(
 /// the end. Dropped early, the connection is not reused (hyper closes it).
 struct ReturnToPool {
     body: Incoming,
-    sender: Option<H1Sender>,
+    sender: Option<HyperConn>,
     /// Whose pool it goes back to (a closed pool keeps nothing).
     endpoint: Arc<Endpoint>,
-    max_idle: usize,
+    limits: ExclusiveLimits,
 }
 
 impl ReturnToPool {
@@ -398,7 +420,7 @@ impl ReturnToPool {
         if let (Some(sender), Some(pool)) =
             (self.sender.take(), h1_upstream::Pool::of(&self.endpoint))
         {
-            pool.upgradable.put(HyperConn(sender), self.max_idle);
+            pool.upgradable.put(sender, &self.limits);
         }
     }
 }
@@ -447,11 +469,17 @@ impl Multiplexed for H2Conn {
 type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
 
 /// HTTP/2 upstream: streams multiplexed on the endpoint's connections.
-pub struct Http2Client;
+/// Of its options only `max_requests_per_connection` applies; the idle
+/// ones are HTTP/1's.
+pub struct Http2Client {
+    max_requests: u32,
+}
 
 impl Http2Client {
-    pub fn new(_opts: PoolOptions) -> Self {
-        Self
+    pub fn new(opts: PoolOptions) -> Self {
+        Self {
+            max_requests: opts.max_requests(),
+        }
     }
 }
 
@@ -461,9 +489,10 @@ async fn h2_stream(
     cluster: &Arc<Cluster>,
     endpoint: &Arc<Endpoint>,
     authority: Option<String>,
+    max_requests: u32,
 ) -> Result<H2Stream, UpstreamError> {
     let pool = endpoint
-        .pool(MuxPool::<H2Conn>::default)
+        .pool(|| MuxPool::<H2Conn>::with_max_requests(max_requests))
         .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
     pool.stream(Dial::new(cluster, endpoint), |dial| async move {
         let (stream, guard) = dial.tcp().await?;
@@ -553,6 +582,7 @@ impl ClientCodec for Http2Client {
     ) -> UpstreamFuture {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
+        let max_requests = self.max_requests;
         Box::pin(async move {
             // HTTP/2 wants :scheme and :authority: make the URI absolute.
             if req.uri().scheme().is_none() {
@@ -582,7 +612,8 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let mut stream = h2_stream(&cluster, &endpoint, authority_string(&req)).await?;
+            let mut stream =
+                h2_stream(&cluster, &endpoint, authority_string(&req), max_requests).await?;
             // hyper reports a request body that failed only as the stream's
             // reset: the watch tells a malformed downstream body (the
             // client's fault, 400) from an upstream failure (502).
@@ -612,7 +643,7 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                stream = h2_stream(&cluster, &endpoint, auth).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, max_requests).await?;
                 let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;

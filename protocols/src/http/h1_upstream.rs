@@ -16,7 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::cluster::Endpoint;
 use meshgate_core::codec::{BoxError, UpstreamError};
-use meshgate_core::pool::{EndpointPool, ExclusivePool, Reusable};
+use meshgate_core::pool::{EndpointPool, ExclusiveLimits, ExclusivePool, Reusable};
 use meshgate_core::stream::{Body, MalformedBody, Response, box_body};
 use std::future::Future;
 use std::io;
@@ -41,6 +41,8 @@ pub(super) struct Conn {
     /// Whether it served a request before (a failure before the first
     /// response byte is then the keep-alive race, safe to replay).
     reused: bool,
+    /// Exchanges it carried (`max_requests_per_connection`).
+    exchanges: u32,
     /// The exchange's deadline for its response head, if any.
     deadline: Option<tokio::time::Instant>,
     /// The connection's one timer for deadlines. It is made with the first
@@ -61,6 +63,7 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SIZE),
             _guard: guard,
             reused: false,
+            exchanges: 0,
             deadline: None,
             timer: None,
             read_closed: false,
@@ -250,6 +253,9 @@ impl Reusable for Conn {
     fn is_reusable(&self) -> bool {
         self.idle_ok()
     }
+    fn exchanges(&self) -> u32 {
+        self.exchanges
+    }
 }
 
 /// An endpoint's HTTP/1.1 pools, kept on the endpoint (`Endpoint::pool`):
@@ -382,7 +388,7 @@ pub(super) fn send(
     head: EncodedHead,
     body: Body,
     endpoint: Arc<Endpoint>,
-    max_idle: usize,
+    limits: ExclusiveLimits,
     deadline: Option<tokio::time::Instant>,
     cluster: &'static str,
 ) -> impl Future<Output = Result<Response, Failed>> + Send {
@@ -397,7 +403,7 @@ pub(super) fn send(
                     decoder: Decoder::new(framing),
                     keep_alive,
                     endpoint,
-                    max_idle,
+                    limits,
                 };
                 if body.decoder.is_done() {
                     body.release();
@@ -562,6 +568,7 @@ async fn exchange(
         };
         let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
         conn.reused = true;
+        conn.exchanges += 1;
         // The deadline covers the response head only.
         conn.set_deadline(None);
         Ok((resp, conn, framing, keep_alive))
@@ -778,7 +785,7 @@ struct H1Body {
     keep_alive: bool,
     /// Whose pool the connection goes back to.
     endpoint: Arc<Endpoint>,
-    max_idle: usize,
+    limits: ExclusiveLimits,
 }
 
 impl H1Body {
@@ -791,7 +798,7 @@ impl H1Body {
             return;
         }
         if let Some(pool) = Pool::of(&self.endpoint) {
-            pool.fast.put(conn, self.max_idle);
+            pool.fast.put(conn, &self.limits);
         }
     }
 
