@@ -301,3 +301,46 @@ fn max_requests_per_connection_closes_http1_and_drains_http2_connections() {
         "{err}"
     );
 }
+
+#[test]
+fn http2_and_http1_connections_to_a_removed_endpoint_close() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let (a1, b1) = (
+        HttpBackend::start("a1", Proto::Http1),
+        HttpBackend::start("b1", Proto::Http1),
+    );
+    let (a2, b2) = (
+        HttpBackend::start("a2", Proto::H2c),
+        HttpBackend::start("b2", Proto::H2c),
+    );
+    let port = free_port();
+    let cfg = |h1: &HttpBackend, h2: &HttpBackend| {
+        limited(port, &h1.addr.to_string(), &h2.addr.to_string(), "1000")
+    };
+    let mg = Meshgate::start_with_args(&cfg(&a1, &a2), &["--watch-interval", "0s"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for path in ["/h1", "/h2"] {
+        let (code, body) = http_get(addr, path).unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!((established_to(a1.addr), established_to(a2.addr)), (1, 1));
+    // Both clusters' endpoints move (updated in place): the pooled
+    // connections to the endpoints that left close.
+    reload(&mg, &cfg(&b1, &b2));
+    assert!(mg.log_text().contains("endpoints updated in place"));
+    wait_until("the connections to the removed endpoints to close", || {
+        established_to(a1.addr) == 0 && established_to(a2.addr) == 0
+    });
+    for path in ["/h1", "/h2"] {
+        let (code, body) = http_get(addr, path).unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!((b1.hits(), b2.hits()), (1, 1));
+    for c in ["h1", "h2"] {
+        assert_eq!(
+            mg.metric("meshgate_cluster_upstream_cx_active", &[("cluster", c)]),
+            1.0,
+            "{c}"
+        );
+    }
+}

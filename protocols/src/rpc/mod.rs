@@ -161,6 +161,11 @@ pub trait RpcProtocol: Send + Sync + 'static {
     fn id_space(&self) -> u64 {
         1 << 31
     }
+    /// Calls in flight on one upstream connection; beyond, the endpoint's
+    /// pool opens another connection (`Multiplexed::max_streams`).
+    fn max_calls_per_connection(&self) -> u32 {
+        u32::MAX
+    }
 }
 
 /// A request or response frame carried through the stream layer as an
@@ -535,11 +540,14 @@ impl Drop for PendingGuard {
 /// strongly, its reader weakly: once none holds it (its endpoint left the
 /// cluster, or the cluster went away), the write half ends and the
 /// connection closes.
-struct RpcConn(Arc<UpConn>);
+struct RpcConn(Arc<UpConn>, u32);
 
 impl Multiplexed for RpcConn {
     fn is_open(&self) -> bool {
         !self.0.is_closed()
+    }
+    fn max_streams(&self) -> u32 {
+        self.1
     }
 }
 
@@ -578,6 +586,7 @@ async fn connect<P: RpcProtocol>(
     max_body: usize,
     dial: Dial<'_>,
 ) -> Result<RpcConn, UpstreamError> {
+    let max_calls = proto.max_calls_per_connection();
     let (stream, guard) = dial.tcp().await?;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(1024);
@@ -610,7 +619,7 @@ async fn connect<P: RpcProtocol>(
         }
         writer.abort();
     });
-    Ok(RpcConn(conn))
+    Ok(RpcConn(conn, max_calls))
 }
 
 async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
