@@ -2,7 +2,7 @@
 //! streams. A codec is registered by name as a `CodecFactory`; it can
 //! recognise its protocol from a connection's first bytes (for listeners
 //! that auto-detect), serve downstream connections (`ServerCodec`) and send
-//! streams to upstream endpoints over its own pools (`ClientCodec`). Core
+//! streams to upstream endpoints over core's pools (`ClientCodec`). Core
 //! knows only these traits: HTTP/1, HTTP/2, Dubbo, Bolt and users' own
 //! protocols live outside it.
 //!
@@ -171,35 +171,105 @@ pub trait ServerCodec: Send + Sync + 'static {
     ) -> ServeFuture;
 }
 
-/// Why an upstream exchange failed before a response head arrived.
+/// A boxed error: the source of an `UpstreamError`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What kind of failure an `UpstreamError` is, for the router's decisions
+/// (local reply, retry) and the endpoint's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// No connection could be had (refused, timed out, TLS failed).
+    Connect,
+    /// The circuit breaker refused a new connection.
+    Overflow,
+    /// The connection or stream was reset before a response head.
+    Reset,
+    /// The upstream broke the protocol (a bad response head, say).
+    Protocol,
+    /// No response head by the deadline.
+    Timeout,
+    /// The downstream request body was malformed: the client's fault.
+    MalformedRequestBody,
+}
+
+/// Why an upstream exchange failed before a response head arrived. Each
+/// variant but the bare ones keeps its cause as the error's source.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connect failed: {0}")]
-    Connect(String),
+    Connect(#[source] BoxError),
     #[error("circuit breaker open")]
     Overflow,
     #[error("upstream reset before the response: {0}")]
-    Reset(String),
+    Reset(#[source] BoxError),
     #[error("upstream protocol error: {0}")]
-    Protocol(String),
+    Protocol(#[source] BoxError),
     /// No response head by the deadline given to `ClientCodec::send_by`.
     #[error("no response by the deadline")]
     Timeout,
     /// The downstream request body was malformed (`stream::MalformedBody`)
     /// while it was being sent: the client's fault, answered with 400.
     #[error("{0}")]
-    MalformedRequestBody(String),
+    MalformedRequestBody(#[source] BoxError),
+}
+
+impl UpstreamError {
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+            UpstreamError::Overflow => UpstreamErrorKind::Overflow,
+            UpstreamError::Reset(_) => UpstreamErrorKind::Reset,
+            UpstreamError::Protocol(_) => UpstreamErrorKind::Protocol,
+            UpstreamError::Timeout => UpstreamErrorKind::Timeout,
+            UpstreamError::MalformedRequestBody(_) => UpstreamErrorKind::MalformedRequestBody,
+        }
+    }
+
+    /// Whether another try (on another endpoint or connection) may
+    /// succeed, if the route's retry policy retries this kind: not for an
+    /// open circuit breaker (more load is what it refuses) nor for the
+    /// client's own malformed body.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self.kind(),
+            UpstreamErrorKind::Overflow | UpstreamErrorKind::MalformedRequestBody
+        )
+    }
+
+    /// The endpoint's outcome for this failure; `None` when the endpoint
+    /// is not to blame (the breaker, the client's body).
+    pub fn outcome(&self) -> Option<crate::pool::Outcome> {
+        use crate::pool::Outcome;
+        Some(match self.kind() {
+            UpstreamErrorKind::Connect => Outcome::ConnectFailure,
+            UpstreamErrorKind::Reset => Outcome::Reset,
+            UpstreamErrorKind::Timeout => Outcome::Timeout,
+            UpstreamErrorKind::Protocol => Outcome::ServerError,
+            UpstreamErrorKind::Overflow | UpstreamErrorKind::MalformedRequestBody => return None,
+        })
+    }
+}
+
+impl From<crate::cluster::ConnectError> for UpstreamError {
+    fn from(e: crate::cluster::ConnectError) -> Self {
+        match e {
+            crate::cluster::ConnectError::Overflow(_) => UpstreamError::Overflow,
+            other => UpstreamError::Connect(Box::new(other)),
+        }
+    }
 }
 
 /// A boxed upstream-response future.
 pub type UpstreamFuture =
     Pin<Box<dyn Future<Output = Result<Response, UpstreamError>> + Send + 'static>>;
 
-/// The upstream side of a codec: sends streams to endpoints over pooled
-/// connections (HTTP/1 keep-alive, HTTP/2 and RPC multiplexing).
+/// The upstream side of a codec: sends streams to endpoints over the
+/// connections of core's pool (`crate::pool`: an `ExclusivePool` for
+/// HTTP/1, a `MuxPool` for HTTP/2, HTTP/3 and RPC), kept on the endpoint.
 pub trait ClientCodec: Send + Sync + 'static {
-    /// Sends `req` to `endpoint` of `cluster`, reusing or opening a
-    /// connection through `Cluster::connect_endpoint`.
+    /// Sends `req` to `endpoint` of `cluster`, on a connection of the
+    /// endpoint's pool (`Endpoint::pool`), a new one opened through the
+    /// pool's `Dial`.
     fn send(
         &self,
         cluster: &Arc<Cluster>,
@@ -226,12 +296,6 @@ pub trait ClientCodec: Send + Sync + 'static {
     ) -> Result<UpstreamFuture, Request> {
         Err(req)
     }
-
-    /// These endpoints left the cluster (its endpoints were updated in
-    /// place): drop their pools. Requests in flight on their connections
-    /// finish; the connections then close rather than going back to a
-    /// pool. The default keeps nothing to drop.
-    fn endpoints_removed(&self, _endpoints: &[Arc<Endpoint>]) {}
 }
 
 /// A codec registered by name.

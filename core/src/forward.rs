@@ -8,7 +8,7 @@
 
 use crate::body;
 use crate::cluster::{Cluster, RequestGuard};
-use crate::codec::{ClientCodec, UpstreamError, UpstreamFuture};
+use crate::codec::{ClientCodec, UpstreamError, UpstreamErrorKind, UpstreamFuture};
 use crate::lb::LbContext;
 use crate::stream::{
     Body, LocalReason, Request, Response, StreamInfo, box_body, full_body, local_reply,
@@ -208,7 +208,10 @@ pub fn forward<'a>(
                         info,
                         settle(cluster, guard, r, policy, &mut Vec::new(), false, &after),
                     ),
-                    None => local_reply(info, LocalReason::UpstreamTimeout),
+                    None => {
+                        guard.endpoint().report(crate::pool::Outcome::Timeout);
+                        local_reply(info, LocalReason::UpstreamTimeout)
+                    }
                 }
             }
             Step::Retrying(b) => {
@@ -404,6 +407,7 @@ async fn try_once(
         Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
             Err(_) => {
+                guard.endpoint().report(crate::pool::Outcome::Timeout);
                 let reason = LocalReason::UpstreamTimeout;
                 return if retriable(policy, reason) {
                     Attempt::Retry(reason)
@@ -436,9 +440,14 @@ fn settle(
     after: &After,
 ) -> Attempt {
     let endpoint = &**guard.endpoint();
-    let reason = match result {
+    let e = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
+            endpoint.report(if status >= 500 {
+                crate::pool::Outcome::ServerError
+            } else {
+                crate::pool::Outcome::Success
+            });
             if may_retry_status && retriable_status(policy, status) {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, status, "retriable status");
                 return Attempt::Retry(LocalReason::UpstreamProtocolError);
@@ -457,27 +466,24 @@ fn settle(
                 }),
             ));
         }
-        Err(UpstreamError::Overflow) => return Attempt::Fail(LocalReason::Overflow),
-        Err(UpstreamError::Timeout) => LocalReason::UpstreamTimeout,
-        Err(UpstreamError::Connect(e)) => {
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream connect failure");
+        Err(e) => e,
+    };
+    if let Some(o) = e.outcome() {
+        endpoint.report(o);
+    }
+    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream exchange failed");
+    let reason = match e.kind() {
+        UpstreamErrorKind::Overflow => LocalReason::Overflow,
+        UpstreamErrorKind::MalformedRequestBody => LocalReason::BadRequest,
+        UpstreamErrorKind::Timeout => LocalReason::UpstreamTimeout,
+        UpstreamErrorKind::Connect => {
             tried.push(endpoint.address);
             LocalReason::UpstreamConnectFailure
         }
-        Err(UpstreamError::Reset(e)) => {
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream reset");
-            LocalReason::UpstreamReset
-        }
-        Err(UpstreamError::MalformedRequestBody(e)) => {
-            tracing::debug!(cluster = %cluster.name, error = %e, "downstream request body malformed");
-            return Attempt::Fail(LocalReason::BadRequest);
-        }
-        Err(UpstreamError::Protocol(e)) => {
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream protocol error");
-            LocalReason::UpstreamProtocolError
-        }
+        UpstreamErrorKind::Reset => LocalReason::UpstreamReset,
+        UpstreamErrorKind::Protocol => LocalReason::UpstreamProtocolError,
     };
-    if retriable(policy, reason) {
+    if e.is_retryable() && retriable(policy, reason) {
         Attempt::Retry(reason)
     } else {
         Attempt::Fail(reason)

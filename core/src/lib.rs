@@ -19,6 +19,7 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod network;
+pub mod pool;
 pub mod quic;
 pub mod registry;
 pub mod router;

@@ -3,12 +3,11 @@
 //! becomes a stream of the protocol-agnostic layer (head, streamed body,
 //! trailers) for the same filters and router as HTTP/1 and HTTP/2; on drain
 //! or retirement it sends GOAWAY and lets requests in flight finish.
-//! Upstream it keeps one multiplexed QUIC connection per endpoint, with the
-//! cluster's TLS (ALPN `h3`). HTTP/3 is never detected from bytes: a QUIC
+//! Upstream it multiplexes streams on QUIC connections of the endpoint's
+//! pool (core's `MuxPool`), with the cluster's TLS (ALPN `h3`). HTTP/3 is never detected from bytes: a QUIC
 //! connection reaches it by ALPN.
 
 use bytes::{Buf, Bytes};
-use dashmap::DashMap;
 use http_body::{Body as _, Frame};
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
@@ -17,9 +16,9 @@ use meshgate_core::codec::{
 };
 use meshgate_core::error::BuildError;
 use meshgate_core::network::{Connection, DownstreamIo, ServeFuture};
+use meshgate_core::pool::{Dial, Multiplexed, MuxPool, MuxStream};
 use meshgate_core::stream::{BodyError, Request, StreamInfo, box_body};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -84,7 +83,6 @@ impl CodecFactory for Http3Codec {
         }
         Ok(Arc::new(Http3Client {
             inner: Arc::new(ClientInner {
-                conns: DashMap::new(),
                 endpoints: std::sync::Mutex::new(None),
             }),
         }))
@@ -544,9 +542,11 @@ async fn serve_request(
     }
 }
 
-/// HTTP/3 upstream: one multiplexed QUIC connection per endpoint, opened
-/// through `Cluster::connect_endpoint_with` (circuit breaker, connect
-/// timeout, back-off, `cx_active`/`cx_total`).
+/// HTTP/3 upstream: streams multiplexed on the QUIC connections of the
+/// endpoint's pool (core's `MuxPool`), opened through the pool's `Dial`
+/// (circuit breaker, connect timeout, back-off, `cx_active`/`cx_total`);
+/// the connections of an endpoint that left its cluster close once their
+/// streams are done.
 ///
 /// A dead connection (the server restarted or stopped) is found three
 /// ways: a stateless reset or close from the peer ends it at once; keep-
@@ -567,16 +567,24 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct ClientInner {
-    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<UpstreamConn>>>>,
     /// The client QUIC endpoints (IPv4 and IPv6), bound on first use.
     endpoints: std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
 }
 
-#[derive(Clone)]
 struct UpstreamConn {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     quic: quinn::Connection,
 }
+
+impl Multiplexed for UpstreamConn {
+    /// quinn queues streams beyond the peer's limit itself; a connection
+    /// the peer or the idle timeout closed takes no new stream.
+    fn is_open(&self) -> bool {
+        self.quic.close_reason().is_none()
+    }
+}
+
+type H3Stream = MuxStream<UpstreamConn>;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -601,45 +609,43 @@ impl ClientInner {
         Ok(chosen)
     }
 
-    /// The endpoint's live connection (`fresh`: false), or a new one.
-    /// `stale`: a connection a request just failed on, not to be reused.
-    async fn connection(
+    /// A stream on one of the endpoint's open connections, or on a new one
+    /// (`MuxStream::is_fresh`).
+    async fn stream(
         &self,
         cluster: &Arc<Cluster>,
         endpoint: &Arc<Endpoint>,
         authority: Option<&str>,
-        stale: Option<&quinn::Connection>,
-    ) -> Result<(UpstreamConn, bool), UpstreamError> {
-        let slot = self
-            .conns
-            .entry(endpoint.address)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None)))
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some(c) = &*slot {
-            let is_stale = stale.is_some_and(|s| s.stable_id() == c.quic.stable_id());
-            if c.quic.close_reason().is_none() && !is_stale {
-                return Ok((c.clone(), false));
-            }
-            // A stale one is only taken out of use, not closed: were the
-            // peer merely slow, its other streams still finish; were it
-            // dead, the idle timeout ends it.
-        }
-        *slot = None;
-        let Some(tls) = cluster.tls.as_ref() else {
+    ) -> Result<H3Stream, UpstreamError> {
+        let pool = endpoint
+            .pool(MuxPool::<UpstreamConn>::default)
+            .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
+        pool.stream(Dial::new(cluster, endpoint), |dial| {
+            self.connect(dial, authority)
+        })
+        .await
+    }
+
+    /// Opens a QUIC connection and its HTTP/3 session, through `dial`.
+    async fn connect(
+        &self,
+        dial: Dial<'_>,
+        authority: Option<&str>,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let Some(tls) = dial.cluster().tls.as_ref() else {
             return Err(UpstreamError::Connect(
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         };
         let mut cfg = tls
             .quic_client_config()
-            .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}")))?;
+            .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}").into()))?;
         cfg.transport_config(transport());
+        let addr = dial.endpoint().address;
         let ep = self
-            .endpoint(endpoint.address.is_ipv6())
-            .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}")))?;
-        let name = tls.server_name_for(authority, endpoint.address);
-        let addr = endpoint.address;
+            .endpoint(addr.is_ipv6())
+            .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}").into()))?;
+        let name = tls.server_name_for(authority, addr);
         let connect = async move {
             let quic = ep
                 .connect_with(cfg, addr, &name)
@@ -651,22 +657,14 @@ impl ClientInner {
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok((quic, driver, send))
         };
-        let ((quic, mut driver, send), guard) = cluster
-            .connect_endpoint_with(endpoint, connect)
-            .await
-            .map_err(|e| match e {
-                meshgate_core::cluster::ConnectError::Overflow(_) => UpstreamError::Overflow,
-                e => UpstreamError::Connect(e.to_string()),
-            })?;
+        let ((quic, mut driver, send), guard) = dial.with(connect).await?;
         tokio::spawn(async move {
             let e = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
             tracing::debug!(error = %e, "http3 upstream connection closed");
             // The circuit-breaker slot and cx_active go with the connection.
             drop(guard);
         });
-        let c = UpstreamConn { send, quic };
-        *slot = Some(c.clone());
-        Ok((c, true))
+        Ok(UpstreamConn { send, quic })
     }
 }
 
@@ -707,7 +705,7 @@ async fn try_send(
         if quic.close_reason().is_some() {
             TryError::DeadConnection(e.to_string())
         } else {
-            TryError::Other(UpstreamError::Reset(e.to_string()))
+            TryError::Other(UpstreamError::Reset(e.to_string().into()))
         }
     };
     let mut send = up.send.clone();
@@ -806,26 +804,32 @@ impl ClientCodec for Http3Client {
             // presumed-dead connection may still have delivered it.
             let replay =
                 (body.is_end_stream() && head.method().is_idempotent()).then(|| copy_head(&head));
-            let (up, fresh) = inner
-                .connection(&cluster, &endpoint, authority.as_deref(), None)
+            let mut up = inner
+                .stream(&cluster, &endpoint, authority.as_deref())
                 .await?;
+            let fresh = up.is_fresh();
             let (resp, rx) = match try_send(&up, head, body, !fresh && replay.is_some()).await {
                 Ok(r) => r,
                 Err(TryError::Other(e)) => return Err(e),
                 Err(TryError::DeadConnection(why)) => {
+                    // Out of use: were the peer merely slow, the streams on
+                    // it still finish; were it dead, the idle timeout ends
+                    // it.
+                    up.retire();
                     let Some(head) = replay.filter(|_| !fresh) else {
-                        return Err(UpstreamError::Reset(why));
+                        return Err(UpstreamError::Reset(why.into()));
                     };
                     tracing::debug!(endpoint = %endpoint.address, reason = %why, "http3 upstream connection dead; retrying on a new one");
                     metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_CX_DEAD_TOTAL, "cluster" => cluster.name, "codec" => "http3").increment(1);
-                    let (up, _) = inner
-                        .connection(&cluster, &endpoint, authority.as_deref(), Some(&up.quic))
+                    up = inner
+                        .stream(&cluster, &endpoint, authority.as_deref())
                         .await?;
                     match try_send(&up, head, meshgate_core::stream::empty_body(), false).await {
                         Ok(r) => r,
                         Err(TryError::Other(e)) => return Err(e),
                         Err(TryError::DeadConnection(why)) => {
-                            return Err(UpstreamError::Reset(why));
+                            up.retire();
+                            return Err(UpstreamError::Reset(why.into()));
                         }
                     }
                 }
@@ -837,26 +841,22 @@ impl ClientCodec for Http3Client {
                 box_body(GuardedBody {
                     inner: H3Body::new(rx),
                     _guard,
+                    _stream: up,
                 }),
             ))
         };
         Box::pin(fut)
     }
-
-    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
-        // Streams in flight finish; the connection then closes, its last
-        // request sender gone.
-        for e in endpoints {
-            self.inner.conns.remove(&e.address);
-        }
-    }
 }
 
 /// A response body that keeps the endpoint's active-request count until
-/// it is read to the end (least_request balancing sees streaming calls).
+/// it is read to the end (least_request balancing sees streaming calls),
+/// and its stream's place on the pooled connection (a connection whose
+/// endpoint left stays open until its streams are done).
 struct GuardedBody<B> {
     inner: B,
     _guard: meshgate_core::cluster::RequestGuard,
+    _stream: H3Stream,
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for GuardedBody<B> {

@@ -409,6 +409,12 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             }
         }
     }
+    // The (cluster-level) limit of the HTTP pools: `protocol_options`.
+    let protocol_options = match c.max_requests_per_connection.take() {
+        Some(v) if v.value == 0 => return err("max_requests_per_connection", "must be >= 1"),
+        Some(v) => json!({"max_requests_per_connection": v.value}),
+        None => Value::Null,
+    };
     let transport_socket = c.transport_socket.take();
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
@@ -435,6 +441,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             endpoints: eps,
             protocol,
             max_connections,
+            protocol_options,
             ..config
         },
         eds_name,
@@ -1518,7 +1525,27 @@ mod tests {
             connect_timeout: dur(2),
             ..Default::default()
         };
-        let t = cluster(c).unwrap();
+        let t = cluster(c.clone()).unwrap();
+        assert_eq!(t.config.protocol_options, Value::Null);
+        let t2 = cluster(cds::Cluster {
+            max_requests_per_connection: Some(protobuf::UInt32Value { value: 100 }),
+            ..c.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            t2.config.protocol_options["max_requests_per_connection"],
+            100
+        );
+        let e = cluster(cds::Cluster {
+            max_requests_per_connection: Some(protobuf::UInt32Value { value: 0 }),
+            ..c
+        })
+        .err()
+        .unwrap();
+        assert!(
+            format!("{e:?}").contains("max_requests_per_connection"),
+            "{e:?}"
+        );
         assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
         assert_eq!(t.config.lb_policy, "maglev");
         assert_eq!(t.config.connect_timeout, Duration::from_secs(2));

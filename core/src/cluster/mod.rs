@@ -1,6 +1,8 @@
 //! The cluster manager: clusters, their endpoints (static or re-resolved by
 //! DNS), the load balancer over them, connect back-off of failed endpoints,
-//! the max-connections circuit breaker and the per-cluster counters.
+//! the max-connections circuit breaker and the per-cluster counters. Each
+//! endpoint keeps its upstream pool (`crate::pool`), its request outcomes
+//! and its health.
 //!
 //! Across reloads a cluster keeps its identity (the same `Arc<Cluster>`)
 //! unless a setting other than its endpoints changed: an endpoint-only
@@ -14,6 +16,7 @@ use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
+use crate::pool::{EndpointPool, Health, HealthCell, Outcome, Outcomes};
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,19 +38,21 @@ pub struct Endpoint {
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
     backoff_until_ms: AtomicU64,
-    /// What the cluster's upstream codec keeps per endpoint (its pool of
-    /// idle connections): reached from the endpoint the load balancer
-    /// chose, without a map lookup keyed by address (a shared map's read
-    /// lock and the pool's reference count were four atomic instructions
-    /// per request).
-    codec_state: CodecState,
+    /// The endpoint's upstream pool (`crate::pool`): reached from the
+    /// endpoint the load balancer chose, without a map lookup keyed by
+    /// address (a shared map's read lock and the pool's reference count
+    /// were four atomic instructions per request).
+    pool: PoolSlot,
+    /// Request outcomes, for health checking and outlier detection.
+    outcomes: Outcomes,
+    health: HealthCell,
 }
 
-/// An endpoint's codec state: set once, by the first codec that asks.
+/// An endpoint's pool: set once, by the cluster's codec on first use.
 #[derive(Default)]
-struct CodecState(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+struct PoolSlot(std::sync::OnceLock<Box<dyn EndpointPool>>);
 
-impl std::fmt::Debug for CodecState {
+impl std::fmt::Debug for PoolSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.get().is_some() {
             "set"
@@ -67,27 +72,46 @@ impl Endpoint {
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
-            codec_state: CodecState::default(),
+            pool: PoolSlot::default(),
+            outcomes: Outcomes::default(),
+            health: HealthCell::default(),
         }
     }
 
-    /// The codec state of type `T`, created by `init` on first use;
+    /// The endpoint's pool of type `T`, created by `init` on first use;
     /// `None` if another type was set first (an endpoint serves one
-    /// cluster, so one codec: that is a codec's bug, which then runs
-    /// without its per-endpoint state).
-    pub fn codec_state<T: std::any::Any + Send + Sync>(
-        &self,
-        init: impl FnOnce() -> T,
-    ) -> Option<&T> {
-        self.codec_state
-            .0
-            .get_or_init(|| Box::new(init()))
-            .downcast_ref()
+    /// cluster, so one codec: that is a codec's bug, reported to the
+    /// request as an error).
+    pub fn pool<T: EndpointPool>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        let p: &dyn EndpointPool = &**self.pool.0.get_or_init(|| Box::new(init()));
+        (p as &dyn std::any::Any).downcast_ref()
     }
 
-    /// The codec state of type `T`, if one was set.
-    pub fn codec_state_if_set<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
-        self.codec_state.0.get()?.downcast_ref()
+    /// The endpoint left its cluster: its pool closes (idle connections
+    /// now, busy ones after their streams).
+    fn close_pool(&self) {
+        if let Some(p) = self.pool.0.get() {
+            p.close();
+        }
+    }
+
+    /// Records how a request to this endpoint ended.
+    pub fn report(&self, outcome: Outcome) {
+        self.outcomes.record(outcome);
+    }
+
+    /// The request outcomes recorded so far.
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
+    }
+
+    /// The health a health checker or outlier detector set.
+    pub fn health(&self) -> Health {
+        self.health.get()
+    }
+
+    pub fn set_health(&self, h: Health) {
+        self.health.set(h);
     }
 
     /// Requests (or L4 connections) currently in flight to this endpoint.
@@ -103,10 +127,13 @@ impl Endpoint {
         }
     }
 
-    /// Whether the endpoint is outside its connect-failure back-off. The
-    /// clock (`now_ms`) is read only if the endpoint was ever backed off:
-    /// the load balancer asks for every request.
+    /// Whether the endpoint is healthy and outside its connect-failure
+    /// back-off. The clock (`now_ms`) is read only if the endpoint was
+    /// ever backed off: the load balancer asks for every request.
     pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        if self.health.get() != Health::Healthy {
+            return false;
+        }
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
         until == 0 || until <= now_ms()
     }
@@ -230,12 +257,24 @@ impl UpstreamConnection {
 /// Holds an upstream connection's circuit-breaker slot.
 pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot);
 
-struct ConnectionSlot(Arc<Cluster>);
+/// A connection's circuit-breaker slot. It holds the cluster's connection
+/// count, not the cluster: a pooled connection holding its cluster would
+/// keep the cluster's endpoints alive, and with them their pools and the
+/// connection itself, so that the connections of a replaced cluster never
+/// closed.
+struct ConnectionSlot(Arc<ConnectionCount>);
+
+/// Connections open to a cluster (the circuit breaker's count and the
+/// `cx_active` gauge).
+struct ConnectionCount {
+    active: AtomicU32,
+    gauge: metrics::Gauge,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
-        self.0.stats.cx_active.decrement(1.0);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.decrement(1.0);
     }
 }
 
@@ -248,7 +287,7 @@ pub struct Cluster {
     backoff: BackoffConfig,
     hosts: ArcSwap<HostSet>,
     lb_builder: Arc<dyn LoadBalancerBuilder>,
-    active_connections: AtomicU32,
+    connections: Arc<ConnectionCount>,
     pub stats: ClusterStats,
     /// The upstream codec for L7 streams (`protocol`), when one is registered.
     pub upstream: Option<Arc<dyn ClientCodec>>,
@@ -269,6 +308,7 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
     ) -> Self {
         let lb = lb_builder.build(&endpoints);
+        let stats = ClusterStats::new(name);
         Self {
             name: crate::stream::intern(name),
             connect_timeout,
@@ -276,8 +316,11 @@ impl Cluster {
             backoff,
             hosts: ArcSwap::from_pointee(HostSet { endpoints, lb }),
             lb_builder,
-            active_connections: AtomicU32::new(0),
-            stats: ClusterStats::new(name),
+            connections: Arc::new(ConnectionCount {
+                active: AtomicU32::new(0),
+                gauge: stats.cx_active.clone(),
+            }),
+            stats,
             upstream: None,
             tls: None,
             protocol: "",
@@ -291,10 +334,10 @@ impl Cluster {
 
     /// Replaces the endpoint set with a new load balancer over it. An
     /// endpoint that stays (same address, weight, DNS name and metadata)
-    /// keeps its state: back-off, active requests, and its upstream pool.
-    /// The pools of addresses that left are dropped from the upstream
-    /// codec: requests in flight there finish, no new one goes there, and
-    /// their connections close instead of going back to a pool.
+    /// keeps its state: back-off, active requests, outcomes, health and its
+    /// upstream pool. The pools of endpoints that left are closed: requests
+    /// in flight there finish, no new one goes there, and their
+    /// connections close instead of going back to a pool.
     pub fn update_endpoints(&self, mut endpoints: Vec<Arc<Endpoint>>) {
         let old = self.hosts.load_full();
         let by_address: HashMap<SocketAddr, &Arc<Endpoint>> =
@@ -314,16 +357,15 @@ impl Cluster {
             .collect();
         let lb = self.lb_builder.build(&endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
-        if !removed.is_empty()
-            && let Some(upstream) = &self.upstream
-        {
-            upstream.endpoints_removed(&removed);
+        for e in &removed {
+            e.close_pool();
         }
     }
 
-    /// Picks an endpoint, skipping those in back-off and those in `exclude`
-    /// (already tried by this request). When every endpoint is in back-off,
-    /// picks among them anyway (panic mode) rather than failing outright.
+    /// Picks an endpoint, skipping unhealthy ones, those in back-off and
+    /// those in `exclude` (already tried by this request). When every
+    /// endpoint is unhealthy or in back-off, picks among them anyway (panic
+    /// mode) rather than failing outright.
     pub fn choose(&self, ctx: &LbContext, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let hosts = self.hosts.load();
         let eps = &hosts.endpoints;
@@ -368,15 +410,15 @@ impl Cluster {
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
     ) -> Result<UpstreamConnection, ConnectError> {
-        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.connections.active.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
         }
         self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.clone());
+        let slot = ConnectionSlot(self.connections.clone());
         let addr = endpoint.address;
         let result =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -415,15 +457,15 @@ impl Cluster {
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        if self.active_connections.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.active_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            self.connections.active.fetch_sub(1, Ordering::Relaxed);
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
         }
         self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.clone());
+        let slot = ConnectionSlot(self.connections.clone());
         let addr = endpoint.address;
         let result = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
@@ -447,7 +489,7 @@ impl Cluster {
 
     /// Upstream connections currently open.
     pub fn active_connections(&self) -> u32 {
-        self.active_connections.load(Ordering::Relaxed)
+        self.connections.active.load(Ordering::Relaxed)
     }
 }
 
@@ -858,6 +900,54 @@ mod tests {
         assert!(e.is_available(|| now_ms() + 351));
         e.record_success();
         assert!(e.is_available(now_ms));
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_skipped_and_a_removed_endpoints_pool_closes() {
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "a",
+            "endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}],
+        }))
+        .unwrap();
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m = ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let a = m.get("a").unwrap().clone();
+        let eps = a.hosts().endpoints.clone();
+        let ctx = LbContext::default();
+        eps[0].set_health(Health::Unhealthy);
+        for _ in 0..6 {
+            assert_eq!(a.choose(&ctx, &[]).unwrap().address.port(), 2);
+        }
+        // All unhealthy: panic mode still picks one.
+        eps[1].set_health(Health::Unhealthy);
+        assert!(a.choose(&ctx, &[]).is_some());
+        eps[1].set_health(Health::Healthy);
+
+        struct Idle;
+        impl crate::pool::Reusable for Idle {
+            fn is_reusable(&self) -> bool {
+                true
+            }
+        }
+        type P = crate::pool::ExclusivePool<Idle>;
+        let (gone, kept) = (
+            eps[0].pool(P::default).unwrap(),
+            eps[1].pool(P::default).unwrap(),
+        );
+        let limits = crate::pool::ExclusiveLimits {
+            max_idle: 4,
+            max_requests: u32::MAX,
+        };
+        gone.put(Idle, &limits);
+        kept.put(Idle, &limits);
+        a.update_endpoints(vec![Arc::new(Endpoint::new(
+            "127.0.0.1:2".parse().unwrap(),
+            1,
+        ))]);
+        // The endpoint that stayed kept its pool; the one that left closed.
+        assert_eq!((gone.idle_count(), kept.idle_count()), (0, 1));
+        assert!(Arc::ptr_eq(&a.hosts().endpoints[0], &eps[1]));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub trait LoadBalancer: Send + Sync {
     /// Returns the index of an endpoint for which `available(i)` is true, or
     /// `None` when no such endpoint exists. Hashing policies walk on from the
     /// hashed position, so an unavailable endpoint moves only its own keys.
+    /// `available` is the health read hook: `Cluster::choose` passes
+    /// `Endpoint::is_available` (health set by a health checker or outlier
+    /// detector, connect back-off) and the request's exclusions.
     fn pick(&self, ctx: &LbContext, available: &dyn Fn(usize) -> bool) -> Option<usize>;
 }
 

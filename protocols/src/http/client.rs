@@ -1,34 +1,34 @@
-//! Upstream HTTP pools. HTTP/1.1: per endpoint, a stack of idle keep-alive
-//! connections of the hand-written client (`h1_upstream`); a connection
-//! goes back to the pool when its response body has been read to the end,
-//! and idle ones expire. Requests that may upgrade (WebSocket) use hyper's
-//! client and its own pool. HTTP/2: per endpoint one
-//! multiplexed connection (hyper/h2 honour the peer's max concurrent
-//! streams), replaced when it closes. Connections are opened through
-//! `Cluster::connect_endpoint`, so the circuit breaker, connect timeout,
-//! back-off and counters apply. The pools are ours rather than
+//! Upstream HTTP clients on core's pool (`meshgate_core::pool`). HTTP/1.1:
+//! exclusive mode, per endpoint a stack of idle keep-alive connections of
+//! the hand-written client (`h1_upstream`); a connection goes back to the
+//! pool when its response body has been read to the end, and idle ones
+//! expire. Requests that may upgrade (WebSocket) use hyper's client, on a
+//! second exclusive pool of the endpoint. HTTP/2: multiplexed mode, hyper
+//! connections shared by streams (hyper/h2 honour the peer's max
+//! concurrent streams), a new one opened when one closes. Connections are
+//! opened through the pool's `Dial`, so the circuit breaker, connect
+//! timeout, back-off and counters apply. The pools are core's rather than
 //! hyper-util's `Client` because the endpoint is chosen by meshgate's load
 //! balancer, not by DNS, and connects must feed cluster health.
 
 use super::h1_upstream;
 use bytes::Bytes;
-use dashmap::DashMap;
 use http::{HeaderValue, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
+use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
+use meshgate_core::pool::{Dial, ExclusiveLimits, Multiplexed, MuxPool, Reusable};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
-use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Upstream pool options (`protocol_options` of a cluster).
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +40,26 @@ pub struct PoolOptions {
     /// An idle connection older than this is closed rather than reused.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Requests (streams, on HTTP/2) one upstream connection carries before
+    /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
+    /// `max_requests_per_connection`.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<std::num::NonZeroU32>,
+}
+
+impl PoolOptions {
+    /// The exclusive pool's limits (HTTP/1.1).
+    fn limits(&self) -> ExclusiveLimits {
+        ExclusiveLimits {
+            max_idle: self.max_idle_per_endpoint,
+            max_requests: self.max_requests(),
+        }
+    }
+
+    fn max_requests(&self) -> u32 {
+        self.max_requests_per_connection
+            .map_or(u32::MAX, |n| n.get())
+    }
 }
 
 fn default_max_idle() -> usize {
@@ -49,18 +69,11 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-fn connect_error(e: ConnectError) -> UpstreamError {
-    match e {
-        ConnectError::Overflow(_) => UpstreamError::Overflow,
-        other => UpstreamError::Connect(other.to_string()),
-    }
-}
-
 fn send_error(e: hyper::Error) -> UpstreamError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        UpstreamError::Protocol(e.to_string())
+        UpstreamError::Protocol(Box::new(e))
     } else {
-        UpstreamError::Reset(e.to_string())
+        UpstreamError::Reset(Box::new(e))
     }
 }
 
@@ -79,7 +92,7 @@ async fn upstream_io(
             Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
             Err(e) => {
                 metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
-                Err(UpstreamError::Connect(format!("TLS handshake: {e}")))
+                Err(UpstreamError::Connect(format!("TLS handshake: {e}").into()))
             }
         },
     }
@@ -159,42 +172,28 @@ fn authority(req: &Request) -> Option<HeaderValue> {
 
 type H1Sender = hyper::client::conn::http1::SendRequest<meshgate_core::stream::Body>;
 
-struct IdleConn {
-    sender: H1Sender,
-    since: Instant,
+/// A hyper HTTP/1.1 connection, for requests that may upgrade, and the
+/// exchanges it carried; pooled in the endpoint's `h1_upstream::Pool`.
+pub(super) struct HyperConn(H1Sender, u32);
+
+impl Reusable for HyperConn {
+    fn is_reusable(&self) -> bool {
+        self.0.is_ready()
+    }
+    fn exchanges(&self) -> u32 {
+        self.1
+    }
 }
 
 /// HTTP/1.1 upstream with keep-alive pools.
 pub struct Http1Client {
     opts: PoolOptions,
-    /// hyper connections, for requests that may upgrade (101).
-    pools: DashMap<SocketAddr, Arc<Mutex<Vec<IdleConn>>>, FxBuildHasher>,
 }
 
 impl Http1Client {
     pub fn new(opts: PoolOptions) -> Self {
-        Self {
-            opts,
-            pools: DashMap::with_hasher(FxBuildHasher),
-        }
+        Self { opts }
     }
-
-    fn pool(&self, addr: SocketAddr) -> Arc<Mutex<Vec<IdleConn>>> {
-        if let Some(p) = self.pools.get(&addr) {
-            return p.clone();
-        }
-        self.pools.entry(addr).or_default().clone()
-    }
-}
-
-fn take_idle(pool: &Mutex<Vec<IdleConn>>, idle_timeout: Duration) -> Option<H1Sender> {
-    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(c) = idle.pop() {
-        if c.since.elapsed() < idle_timeout && c.sender.is_ready() {
-            return Some(c.sender);
-        }
-    }
-    None
 }
 
 impl ClientCodec for Http1Client {
@@ -219,18 +218,6 @@ impl ClientCodec for Http1Client {
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamFuture, Request> {
         self.send_fast_path(cluster, endpoint, req, Some(deadline))
-    }
-
-    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
-        // Idle connections close now; busy ones close once their response
-        // is done (hyper's hold a weak reference to their pool, ours find
-        // theirs closed).
-        for e in endpoints {
-            self.pools.remove(&e.address);
-            if let Some(pool) = e.codec_state_if_set::<h1_upstream::Pool>() {
-                pool.close();
-            }
-        }
     }
 }
 
@@ -304,16 +291,13 @@ impl Http1Client {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
-        let pool = self.pool(endpoint.address);
         Box::pin(async move {
-            let mut sender = match take_idle(&pool, opts.idle_timeout) {
-                Some(s) => s,
+            let idle =
+                h1_upstream::Pool::of(&endpoint).and_then(|p| p.upgradable.take(opts.idle_timeout));
+            let (mut sender, exchanges) = match idle {
+                Some(HyperConn(s, n)) => (s, n),
                 None => {
-                    let up = cluster
-                        .connect_endpoint(endpoint.clone())
-                        .await
-                        .map_err(connect_error)?;
-                    let (stream, _, guard) = up.into_parts();
+                    let (stream, guard) = Dial::new(&cluster, &endpoint).tcp().await?;
                     let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
                     let io = upstream_io(&cluster, stream, auth, endpoint.address).await?;
                     let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -326,7 +310,7 @@ impl Http1Client {
                             tracing::debug!(error = %e, "upstream http1 connection ended");
                         }
                     });
-                    sender
+                    (sender, 0)
                 }
             };
             let mut resp = sender.send_request(req).await.map_err(send_error)?;
@@ -341,9 +325,9 @@ impl Http1Client {
             let (parts, body) = resp.into_parts();
             let body = ReturnToPool {
                 body,
-                sender: Some(sender),
-                pool: Arc::downgrade(&pool),
-                max_idle: opts.max_idle_per_endpoint,
+                sender: Some(HyperConn(sender, exchanges + 1)),
+                endpoint,
+                limits: opts.limits(),
             };
             Ok(Response::from_parts(parts, box_body(body)))
         })
@@ -373,11 +357,7 @@ async fn connect_fast(
     endpoint: &Arc<Endpoint>,
     auth: Option<String>,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
-    let up = cluster
-        .connect_endpoint(endpoint.clone())
-        .await
-        .map_err(connect_error)?;
-    let (stream, _, guard) = up.into_parts();
+    let (stream, guard) = Dial::new(cluster, endpoint).tcp().await?;
     let io = upstream_io(cluster, stream, auth, endpoint.address).await?;
     Ok(h1_upstream::Conn::new(io, guard))
 }
@@ -401,14 +381,13 @@ fn send_fast(
     // again into locals, and connecting (rare, with a large TLS handshake
     // state) is boxed, so the future boxed per request stays small.
     async move {
-        let idle = h1_upstream::Pool::of(&endpoint).and_then(|p| p.take(opts.idle_timeout));
+        let idle = h1_upstream::Pool::of(&endpoint).and_then(|p| p.fast.take(opts.idle_timeout));
         let conn = match idle {
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
-        let max_idle = opts.max_idle_per_endpoint;
-        match h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name).await
-        {
+        let limits = opts.limits();
+        match h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name).await {
             Ok(resp) => Ok(resp),
             Err(h1_upstream::Failed {
                 error,
@@ -417,7 +396,7 @@ fn send_fast(
                 tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
                 let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
                 let body = meshgate_core::stream::empty_body();
-                h1_upstream::send(conn, head, body, endpoint, max_idle, deadline, cluster.name)
+                h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name)
                     .await
                     .map_err(|e| e.error)
             }
@@ -430,21 +409,18 @@ fn send_fast(
 /// the end. Dropped early, the connection is not reused (hyper closes it).
 struct ReturnToPool {
     body: Incoming,
-    sender: Option<H1Sender>,
-    pool: std::sync::Weak<Mutex<Vec<IdleConn>>>,
-    max_idle: usize,
+    sender: Option<HyperConn>,
+    /// Whose pool it goes back to (a closed pool keeps nothing).
+    endpoint: Arc<Endpoint>,
+    limits: ExclusiveLimits,
 }
 
 impl ReturnToPool {
     fn release(&mut self) {
-        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
-            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.max_idle {
-                idle.push(IdleConn {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
+        if let (Some(sender), Some(pool)) =
+            (self.sender.take(), h1_upstream::Pool::of(&self.endpoint))
+        {
+            pool.upgradable.put(sender, &self.limits);
         }
     }
 }
@@ -479,54 +455,66 @@ impl http_body::Body for ReturnToPool {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::Body>;
 
-/// HTTP/2 upstream: one multiplexed connection per endpoint.
+/// A hyper HTTP/2 connection in the endpoint's `MuxPool`. hyper queues
+/// streams beyond the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` itself, so
+/// the pool's own limit stays open.
+struct H2Conn(H2Sender);
+
+impl Multiplexed for H2Conn {
+    fn is_open(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
+
+/// HTTP/2 upstream: streams multiplexed on the endpoint's connections.
+/// Of its options only `max_requests_per_connection` applies; the idle
+/// ones are HTTP/1's.
 pub struct Http2Client {
-    conns: DashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<H2Sender>>>, FxBuildHasher>,
+    max_requests: u32,
 }
 
 impl Http2Client {
-    pub fn new(_opts: PoolOptions) -> Self {
+    pub fn new(opts: PoolOptions) -> Self {
         Self {
-            conns: DashMap::with_hasher(FxBuildHasher),
+            max_requests: opts.max_requests(),
         }
     }
 }
 
-async fn h2_sender(
-    slot: &tokio::sync::Mutex<Option<H2Sender>>,
+/// A stream on one of the endpoint's connections, a new one opened (and
+/// handshaken) if none is open.
+async fn h2_stream(
     cluster: &Arc<Cluster>,
-    endpoint: Arc<Endpoint>,
+    endpoint: &Arc<Endpoint>,
     authority: Option<String>,
-) -> Result<H2Sender, UpstreamError> {
-    let mut s = slot.lock().await;
-    if let Some(sender) = s.as_ref()
-        && !sender.is_closed()
-    {
-        return Ok(sender.clone());
-    }
-    let addr = endpoint.address;
-    let up = cluster
-        .connect_endpoint(endpoint)
-        .await
-        .map_err(connect_error)?;
-    let (stream, _, guard) = up.into_parts();
-    let io = upstream_io(cluster, stream, authority, addr).await?;
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(send_error)?;
-    tokio::spawn(async move {
-        let _guard = guard;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream http2 connection ended");
-        }
-    });
-    *s = Some(sender.clone());
-    Ok(sender)
+    max_requests: u32,
+) -> Result<H2Stream, UpstreamError> {
+    let pool = endpoint
+        .pool(|| MuxPool::<H2Conn>::with_max_requests(max_requests))
+        .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
+    pool.stream(Dial::new(cluster, endpoint), |dial| async move {
+        let (stream, guard) = dial.tcp().await?;
+        let addr = dial.endpoint().address;
+        let io = upstream_io(dial.cluster(), stream, authority, addr).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(send_error)?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream http2 connection ended");
+            }
+        });
+        Ok(H2Conn(sender))
+    })
+    .await
 }
 
 /// Sends of one bodiless request that the peer may refuse before it is
@@ -592,9 +580,9 @@ impl ClientCodec for Http2Client {
         endpoint: &Arc<Endpoint>,
         mut req: Request,
     ) -> UpstreamFuture {
-        let slot = self.conns.entry(endpoint.address).or_default().clone();
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
+        let max_requests = self.max_requests;
         Box::pin(async move {
             // HTTP/2 wants :scheme and :authority: make the URI absolute.
             if req.uri().scheme().is_none() {
@@ -624,8 +612,8 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let mut sender =
-                h2_sender(&slot, &cluster, endpoint.clone(), authority_string(&req)).await?;
+            let mut stream =
+                h2_stream(&cluster, &endpoint, authority_string(&req), max_requests).await?;
             // hyper reports a request body that failed only as the stream's
             // reset: the watch tells a malformed downstream body (the
             // client's fault, 400) from an upstream failure (502).
@@ -639,11 +627,11 @@ impl ClientCodec for Http2Client {
                 });
                 flag
             });
-            let mut result = sender.send_request(req).await;
+            let mut result = stream.0.clone().send_request(req).await;
             if let Err(e) = &result
                 && malformed.is_some_and(|f| f.load(Ordering::Acquire))
             {
-                return Err(UpstreamError::MalformedRequestBody(e.to_string()));
+                return Err(UpstreamError::MalformedRequestBody(e.to_string().into()));
             }
             let mut attempts = 1;
             while let Err(e) = &result
@@ -655,21 +643,45 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                let mut sender = h2_sender(&slot, &cluster, endpoint.clone(), auth).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, max_requests).await?;
+                let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
             }
             let resp = result.map_err(send_error)?;
             let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(parts, box_body(body)))
+            Ok(Response::from_parts(
+                parts,
+                box_body(OnStream {
+                    body,
+                    _stream: stream,
+                }),
+            ))
         })
     }
+}
 
-    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
-        // Streams in flight finish; the connection then closes, its last
-        // sender gone.
-        for e in endpoints {
-            self.conns.remove(&e.address);
-        }
+/// A response body that holds its stream's place on the pooled
+/// connection until it is dropped: the pool counts the stream, and a
+/// connection whose endpoint left stays open until it is done.
+struct OnStream<B, S> {
+    body: B,
+    _stream: S,
+}
+
+impl<B: http_body::Body + Unpin, S: Unpin> http_body::Body for OnStream<B, S> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

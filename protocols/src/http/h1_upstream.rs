@@ -15,13 +15,13 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::cluster::Endpoint;
-use meshgate_core::codec::UpstreamError;
+use meshgate_core::codec::{BoxError, UpstreamError};
+use meshgate_core::pool::{EndpointPool, ExclusiveLimits, ExclusivePool, Reusable};
 use meshgate_core::stream::{Body, MalformedBody, Response, box_body};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -41,6 +41,8 @@ pub(super) struct Conn {
     /// Whether it served a request before (a failure before the first
     /// response byte is then the keep-alive race, safe to replay).
     reused: bool,
+    /// Exchanges it carried (`max_requests_per_connection`).
+    exchanges: u32,
     /// The exchange's deadline for its response head, if any.
     deadline: Option<tokio::time::Instant>,
     /// The connection's one timer for deadlines. It is made with the first
@@ -61,6 +63,7 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SIZE),
             _guard: guard,
             reused: false,
+            exchanges: 0,
             deadline: None,
             timer: None,
             read_closed: false,
@@ -128,7 +131,7 @@ impl Conn {
     /// Whether an idle connection is still clean: nothing (no early
     /// response, no EOF) arrived while it sat in the pool. Answered from
     /// the reactor's readiness when it has seen nothing, with no syscall.
-    pub(super) fn idle_ok(&self) -> bool {
+    fn idle_ok(&self) -> bool {
         let tcp = match &self.io {
             UpstreamIo::Tcp(s) => s,
             UpstreamIo::Tls(s) => s.get_ref().0,
@@ -246,66 +249,35 @@ struct HeadCtx {
     cluster: &'static str,
 }
 
-/// An idle connection and when it went idle (coarse clock: idle expiry
-/// needs no finer grain than the kernel's tick).
-struct Idle {
-    conn: Conn,
-    since: std::time::Duration,
+impl Reusable for Conn {
+    fn is_reusable(&self) -> bool {
+        self.idle_ok()
+    }
+    fn exchanges(&self) -> u32 {
+        self.exchanges
+    }
 }
 
-/// An endpoint's idle keep-alive connections, kept in its codec state
-/// (`Endpoint::codec_state`).
+/// An endpoint's HTTP/1.1 pools, kept on the endpoint (`Endpoint::pool`):
+/// core's exclusive mode, for the hand-written client's connections and
+/// for hyper's (requests that may upgrade).
 #[derive(Default)]
 pub(super) struct Pool {
-    idle: Mutex<Vec<Idle>>,
-    /// The endpoint left its cluster: connections no longer come back.
-    closed: AtomicBool,
+    pub(super) fast: ExclusivePool<Conn>,
+    pub(super) upgradable: ExclusivePool<super::client::HyperConn>,
 }
 
 impl Pool {
-    /// The endpoint's pool.
+    /// The endpoint's pools.
     pub(super) fn of(endpoint: &Endpoint) -> Option<&Pool> {
-        endpoint.codec_state(Pool::default)
+        endpoint.pool(Pool::default)
     }
+}
 
-    /// The most recently idle connection that is still usable: idle for
-    /// less than `idle_timeout`, nothing arrived on it meanwhile. Stale
-    /// ones met on the way are closed.
-    pub(super) fn take(&self, idle_timeout: std::time::Duration) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_empty() {
-            return None;
-        }
-        let now = meshgate_core::clock::coarse();
-        while let Some(c) = idle.pop() {
-            if now.saturating_sub(c.since) < idle_timeout && c.conn.idle_ok() {
-                return Some(c.conn);
-            }
-        }
-        None
-    }
-
-    /// Keeps `conn` for reuse, unless `max_idle` are kept already or the
-    /// pool was closed.
-    fn put(&self, conn: Conn, max_idle: usize) {
-        if self.closed.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < max_idle {
-            idle.push(Idle {
-                conn,
-                since: meshgate_core::clock::coarse(),
-            });
-        }
-    }
-
-    /// Closes the idle connections; busy ones close when their response
-    /// is done.
-    pub(super) fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
-        drop(idle);
+impl EndpointPool for Pool {
+    fn close(&self) {
+        self.fast.close_idle();
+        self.upgradable.close_idle();
     }
 }
 
@@ -337,16 +309,16 @@ fn io_failed(e: io::Error, replayable: bool) -> SendError {
     }
 }
 
-fn reset(e: impl std::fmt::Display, replayable: bool) -> SendError {
+fn reset(e: impl Into<BoxError>, replayable: bool) -> SendError {
     SendError {
-        error: UpstreamError::Reset(e.to_string()),
+        error: UpstreamError::Reset(e.into()),
         replayable,
     }
 }
 
-fn protocol(e: impl std::fmt::Display) -> SendError {
+fn protocol(e: impl Into<BoxError>) -> SendError {
     SendError {
-        error: UpstreamError::Protocol(e.to_string()),
+        error: UpstreamError::Protocol(e.into()),
         replayable: false,
     }
 }
@@ -416,7 +388,7 @@ pub(super) fn send(
     head: EncodedHead,
     body: Body,
     endpoint: Arc<Endpoint>,
-    max_idle: usize,
+    limits: ExclusiveLimits,
     deadline: Option<tokio::time::Instant>,
     cluster: &'static str,
 ) -> impl Future<Output = Result<Response, Failed>> + Send {
@@ -431,7 +403,7 @@ pub(super) fn send(
                     decoder: Decoder::new(framing),
                     keep_alive,
                     endpoint,
-                    max_idle,
+                    limits,
                 };
                 if body.decoder.is_done() {
                     body.release();
@@ -482,9 +454,9 @@ async fn send_body(
         let Some(frame) = next else { break };
         let frame = frame.map_err(|e| SendError {
             error: if e.is::<MalformedBody>() {
-                UpstreamError::MalformedRequestBody(e.to_string())
+                UpstreamError::MalformedRequestBody(e)
             } else {
-                UpstreamError::Reset(format!("request body: {e}"))
+                UpstreamError::Reset(format!("request body: {e}").into())
             },
             replayable: false,
         })?;
@@ -596,6 +568,7 @@ async fn exchange(
         };
         let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
         conn.reused = true;
+        conn.exchanges += 1;
         // The deadline covers the response head only.
         conn.set_deadline(None);
         Ok((resp, conn, framing, keep_alive))
@@ -813,7 +786,7 @@ struct H1Body {
     keep_alive: bool,
     /// Whose pool the connection goes back to.
     endpoint: Arc<Endpoint>,
-    max_idle: usize,
+    limits: ExclusiveLimits,
 }
 
 impl H1Body {
@@ -826,7 +799,7 @@ impl H1Body {
             return;
         }
         if let Some(pool) = Pool::of(&self.endpoint) {
-            pool.put(conn, self.max_idle);
+            pool.fast.put(conn, &self.limits);
         }
     }
 
@@ -839,8 +812,6 @@ impl H1Body {
         .into())))
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl http_body::Body for H1Body {
     type Data = Bytes;

@@ -12,8 +12,10 @@
 //! counted. Meshgate's own failures (no route, timeout, circuit open...)
 //! become the protocol's error response, never a silent close.
 //!
-//! Upstream (`RpcClient`): one multiplexed connection per endpoint; every
-//! request gets a fresh upstream id and a pending slot, the response is
+//! Upstream (`RpcClient`): calls multiplexed on the connections of the
+//! endpoint's pool (core's `MuxPool`, connections opened through its
+//! `Dial`); every request gets a fresh upstream id and a pending slot, the
+//! response is
 //! matched by id and handed back (the downstream id is restored by the
 //! server side). A response for an id nobody waits for is dropped and
 //! counted; heartbeats from the provider are answered.
@@ -21,18 +23,17 @@
 pub mod hessian;
 
 use bytes::{Bytes, BytesMut};
-use dashmap::DashMap;
 use http::HeaderValue;
 use http_body_util::BodyExt;
-use meshgate_core::cluster::{Cluster, ConnectError, Endpoint};
+use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
     ClientCodec, Notices, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
 };
 use meshgate_core::network::{Connection, ServeFuture};
+use meshgate_core::pool::{Dial, Multiplexed, MuxPool, MuxStream};
 use meshgate_core::stream::{LocalReason, Request, Response, StreamInfo, full_body};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -159,6 +160,11 @@ pub trait RpcProtocol: Send + Sync + 'static {
     /// Largest request id plus one (ids wrap below it; 0 is never used).
     fn id_space(&self) -> u64 {
         1 << 31
+    }
+    /// Calls in flight on one upstream connection; beyond, the endpoint's
+    /// pool opens another connection (`Multiplexed::max_streams`).
+    fn max_calls_per_connection(&self) -> u32 {
+        u32::MAX
     }
 }
 
@@ -535,51 +541,58 @@ impl Drop for PendingGuard {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<UpConn>>>>;
+/// A pooled RPC connection. The pool and the calls in flight hold it
+/// strongly, its reader weakly: once none holds it (its endpoint left the
+/// cluster, or the cluster went away), the write half ends and the
+/// connection closes.
+struct RpcConn(Arc<UpConn>, u32);
 
-/// The upstream side of an RPC codec: one multiplexed connection per
-/// endpoint, replaced when it closes.
+impl Multiplexed for RpcConn {
+    fn is_open(&self) -> bool {
+        !self.0.is_closed()
+    }
+    fn max_streams(&self) -> u32 {
+        self.1
+    }
+}
+
+/// The upstream side of an RPC codec: calls multiplexed on the endpoint's
+/// connections (core's `MuxPool`), a new one opened when none is open.
 pub struct RpcClient<P: RpcProtocol> {
     proto: Arc<P>,
     opts: RpcClientOptions,
-    conns: DashMap<SocketAddr, Slot>,
 }
 
 impl<P: RpcProtocol> RpcClient<P> {
     pub fn new(proto: Arc<P>, opts: RpcClientOptions) -> Self {
-        Self {
-            proto,
-            opts,
-            conns: DashMap::new(),
-        }
+        Self { proto, opts }
     }
 }
 
-fn connect_error(e: ConnectError) -> UpstreamError {
-    match e {
-        ConnectError::Overflow(_) => UpstreamError::Overflow,
-        other => UpstreamError::Connect(other.to_string()),
-    }
-}
-
+/// A call's place on one of the endpoint's connections.
 async fn get_conn<P: RpcProtocol>(
     proto: &Arc<P>,
     max_body: usize,
-    slot: &Slot,
     cluster: &Arc<Cluster>,
-    endpoint: Arc<Endpoint>,
-) -> Result<Arc<UpConn>, UpstreamError> {
-    let mut s = slot.lock().await;
-    if let Some(c) = s.as_ref()
-        && !c.is_closed()
-    {
-        return Ok(c.clone());
-    }
-    let up = cluster
-        .connect_endpoint(endpoint)
-        .await
-        .map_err(connect_error)?;
-    let (stream, _, guard) = up.into_parts();
+    endpoint: &Arc<Endpoint>,
+) -> Result<MuxStream<RpcConn>, UpstreamError> {
+    let pool = endpoint
+        .pool(MuxPool::<RpcConn>::default)
+        .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
+    pool.stream(Dial::new(cluster, endpoint), |dial| {
+        connect(proto, max_body, dial)
+    })
+    .await
+}
+
+/// Opens a connection through `dial` and starts its reader and writer.
+async fn connect<P: RpcProtocol>(
+    proto: &Arc<P>,
+    max_body: usize,
+    dial: Dial<'_>,
+) -> Result<RpcConn, UpstreamError> {
+    let max_calls = proto.max_calls_per_connection();
+    let (stream, guard) = dial.tcp().await?;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(1024);
     let conn = Arc::new(UpConn {
@@ -589,13 +602,9 @@ async fn get_conn<P: RpcProtocol>(
         closed: AtomicBool::new(false),
     });
     let mut writer = tokio::spawn(write_loop(wr, rx));
-    // The reader holds the connection weakly: it lives as long as its pool
-    // slot or a call in flight holds it. Once none does (its endpoint left
-    // the cluster, or the cluster went away), the write half ends and the
-    // connection closes.
     let reader_conn = Arc::downgrade(&conn);
     let proto = proto.clone();
-    let cluster_name = cluster.name.to_string();
+    let cluster_name = dial.cluster().name.to_string();
     tokio::spawn(async move {
         let _guard = guard;
         let read = read_upstream(proto, rd, reader_conn.clone(), max_body, cluster_name);
@@ -615,8 +624,7 @@ async fn get_conn<P: RpcProtocol>(
         }
         writer.abort();
     });
-    *s = Some(conn.clone());
-    Ok(conn)
+    Ok(RpcConn(conn, max_calls))
 }
 
 async fn read_upstream<P: RpcProtocol, R: AsyncRead + Unpin>(
@@ -690,7 +698,6 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
         endpoint: &Arc<Endpoint>,
         req: Request,
     ) -> UpstreamFuture {
-        let slot = self.conns.entry(endpoint.address).or_default().clone();
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let proto = self.proto.clone();
@@ -703,14 +710,15 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
                 .remove::<RpcFrame>()
                 .filter(|f| f.protocol == name)
             else {
-                return Err(UpstreamError::Protocol(format!(
-                    "the cluster speaks {name}; the request is not a {name} call"
-                )));
+                return Err(UpstreamError::Protocol(
+                    format!("the cluster speaks {name}; the request is not a {name} call").into(),
+                ));
             };
             let body = collect_limited(body, max_body)
                 .await
                 .ok_or_else(|| UpstreamError::Reset("request body failed or too large".into()))?;
-            let conn = get_conn(&proto, max_body, &slot, &cluster, endpoint).await?;
+            let stream = get_conn(&proto, max_body, &cluster, &endpoint).await?;
+            let conn = &stream.0;
             let space = proto.id_space().max(2);
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed) % (space - 1) + 1;
             let head = proto.head_with_id(&f.head, id);
@@ -751,13 +759,6 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             });
             Ok(resp)
         })
-    }
-
-    fn endpoints_removed(&self, endpoints: &[Arc<Endpoint>]) {
-        // Calls in flight hold their connection; it closes after them.
-        for e in endpoints {
-            self.conns.remove(&e.address);
-        }
     }
 }
 

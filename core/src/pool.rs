@@ -1,0 +1,688 @@
+//! The upstream connection pool (DESIGN.md layer 8; docs/architecture.md).
+//! Per endpoint of a cluster, the connections a codec keeps for reuse, and
+//! what applies to them whatever the protocol:
+//!
+//! - the cluster's circuit breaker (`max_connections`), connect timeout,
+//!   connect back-off and connection counters: a codec opens a connection
+//!   only through the `Dial` the pool hands it;
+//! - endpoint removal: when an endpoint leaves its cluster,
+//!   `Cluster::update_endpoints` closes its pool (`EndpointPool::close`):
+//!   idle connections close at once, busy ones finish their streams and
+//!   then close instead of coming back;
+//! - each request's outcome reported to its endpoint (`Outcome`, cheap
+//!   atomic counters on `Endpoint`), and the endpoint's `Health`, which the
+//!   load balancer reads when it chooses: the hooks of health checking and
+//!   outlier detection.
+//!
+//! The key is (endpoint, protocol, TLS settings): an `Endpoint` belongs to
+//! one `Cluster`, which has one upstream codec and one TLS setting, and a
+//! cluster whose protocol or TLS changes is rebuilt with new endpoints. A
+//! pool kept on the endpoint (`Endpoint::pool`) is therefore keyed by all
+//! three, and the request path reaches it from the endpoint the load
+//! balancer chose, without a map lookup.
+//!
+//! Two modes:
+//! - `ExclusivePool` (HTTP/1.1): one stream per connection; a connection
+//!   comes back idle when its exchange ended cleanly, up to a number of
+//!   idle connections, and is not reused after an idle timeout. It is
+//!   generic over the codec's connection type (no `dyn`, no allocation per
+//!   request): the HTTP/1.1 path is the most performance-sensitive one.
+//! - `MuxPool` (HTTP/2, HTTP/3, Dubbo, Bolt, users' RPC codecs): streams
+//!   share connections up to each connection's stream limit (the peer's or
+//!   the codec's); a second connection opens when the open ones are full;
+//!   a closed or draining connection (GOAWAY, presumed dead) gets no new
+//!   stream and leaves the pool, its streams in flight finishing on it.
+//!
+//! A codec supplies only how to connect and handshake (a closure given a
+//! `Dial`), how to open a stream on its connection type (its own code, on
+//! the connection the pool hands out), and whether a connection can be
+//! reused (`Reusable` or `Multiplexed`). docs/extending.md shows it.
+
+use crate::cluster::{Cluster, ConnectionGuard, Endpoint};
+use crate::codec::UpstreamError;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+// ------------------------------------------------------------------ dial
+
+/// The pool's permission to open one connection to an endpoint: every
+/// transport a codec opens goes through it, so the circuit breaker, the
+/// connect timeout, the back-off of a failing endpoint and the connection
+/// counters apply the same way to every protocol.
+pub struct Dial<'a> {
+    cluster: &'a Arc<Cluster>,
+    endpoint: &'a Arc<Endpoint>,
+}
+
+impl<'a> Dial<'a> {
+    pub fn new(cluster: &'a Arc<Cluster>, endpoint: &'a Arc<Endpoint>) -> Self {
+        Self { cluster, endpoint }
+    }
+
+    pub fn cluster(&self) -> &'a Arc<Cluster> {
+        self.cluster
+    }
+
+    pub fn endpoint(&self) -> &'a Arc<Endpoint> {
+        self.endpoint
+    }
+
+    /// A TCP connection to the endpoint. The guard holds the connection's
+    /// circuit-breaker slot: keep it as long as the connection lives.
+    pub async fn tcp(&self) -> Result<(TcpStream, ConnectionGuard), UpstreamError> {
+        let up = self.cluster.connect_endpoint(self.endpoint.clone()).await?;
+        let (stream, _, guard) = up.into_parts();
+        Ok((stream, guard))
+    }
+
+    /// A transport the codec opens itself (QUIC), under the same breaker,
+    /// timeout, back-off and counters as `tcp`.
+    pub async fn with<T>(
+        &self,
+        connect: impl Future<Output = std::io::Result<T>>,
+    ) -> Result<(T, ConnectionGuard), UpstreamError> {
+        Ok(self
+            .cluster
+            .connect_endpoint_with(self.endpoint, connect)
+            .await?)
+    }
+}
+
+// ------------------------------------------------- the endpoint's pool
+
+/// A pool kept on an endpoint (`Endpoint::pool`).
+pub trait EndpointPool: std::any::Any + Send + Sync {
+    /// The endpoint left its cluster: idle connections close now, busy
+    /// ones once their streams are done; no connection is pooled again.
+    fn close(&self);
+}
+
+// -------------------------------------------------------- exclusive mode
+
+/// Whether an idle connection of an `ExclusivePool` can serve another
+/// exchange (nothing arrived on it while it sat idle, the peer did not
+/// close it), and how many it served.
+pub trait Reusable: Send + 'static {
+    fn is_reusable(&self) -> bool;
+
+    /// Exchanges the connection carried so far, for
+    /// `ExclusiveLimits::max_requests`; a codec that does not count
+    /// gets no such limit.
+    fn exchanges(&self) -> u32 {
+        0
+    }
+}
+
+/// What an exclusive pool keeps (a cluster's `protocol_options`).
+#[derive(Debug, Clone, Copy)]
+pub struct ExclusiveLimits {
+    /// Idle connections kept; more are closed.
+    pub max_idle: usize,
+    /// A connection that carried this many exchanges is closed, not kept
+    /// (Envoy's `max_requests_per_connection`); `u32::MAX`: no limit.
+    pub max_requests: u32,
+}
+
+/// An idle connection and when it went idle (coarse clock: idle expiry
+/// needs no finer grain than the kernel's tick).
+struct Idle<C> {
+    conn: C,
+    since: Duration,
+}
+
+/// Exclusive mode (HTTP/1.1): one exchange at a time per connection; idle
+/// keep-alive connections are stacked, the most recent reused first (its
+/// peer is the least likely to have closed it).
+pub struct ExclusivePool<C> {
+    idle: Mutex<Vec<Idle<C>>>,
+    /// The endpoint left its cluster: connections no longer come back.
+    closed: AtomicBool,
+}
+
+impl<C> Default for ExclusivePool<C> {
+    fn default() -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<C: Reusable> ExclusivePool<C> {
+    /// The most recently idle connection that is still usable: idle for
+    /// less than `idle_timeout` and reusable. Stale ones met on the way are
+    /// closed.
+    pub fn take(&self, idle_timeout: Duration) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.is_empty() {
+            return None;
+        }
+        let now = crate::clock::coarse();
+        while let Some(c) = idle.pop() {
+            if now.saturating_sub(c.since) < idle_timeout && c.conn.is_reusable() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse, unless it carried `max_requests` exchanges,
+    /// `max_idle` are kept already or the pool was closed (then it closes,
+    /// dropped).
+    pub fn put(&self, conn: C, limits: &ExclusiveLimits) {
+        if self.closed.load(Ordering::Relaxed) || conn.exchanges() >= limits.max_requests {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < limits.max_idle {
+            idle.push(Idle {
+                conn,
+                since: crate::clock::coarse(),
+            });
+        }
+    }
+
+    /// Idle connections kept now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl<C> ExclusivePool<C> {
+    /// Closes the idle connections; busy ones close when their exchange is
+    /// done.
+    pub fn close_idle(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        // Taken out under the lock, dropped (closed) outside it.
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(idle);
+    }
+}
+
+impl<C: Send + 'static> EndpointPool for ExclusivePool<C> {
+    fn close(&self) {
+        self.close_idle();
+    }
+}
+
+// ------------------------------------------------------ multiplexed mode
+
+/// A connection of a `MuxPool`: whether it takes new streams, and how many
+/// at once.
+pub trait Multiplexed: Send + Sync + 'static {
+    /// Open and not draining: the peer did not close it or announce its
+    /// end (HTTP/2 or HTTP/3 GOAWAY).
+    fn is_open(&self) -> bool;
+
+    /// Streams it may carry at once: the peer's limit (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`) or the codec's. A connection at
+    /// its limit gets no new stream; the pool opens another one.
+    fn max_streams(&self) -> u32 {
+        u32::MAX
+    }
+}
+
+/// One pooled multiplexed connection and its streams in flight.
+pub struct MuxConn<C> {
+    conn: C,
+    streams: AtomicU32,
+    /// Streams it was handed, ever (`max_requests`).
+    opened: AtomicU32,
+    /// Taken out of use (presumed dead, or draining): no new stream.
+    retired: AtomicBool,
+}
+
+impl<C: Multiplexed> MuxConn<C> {
+    fn usable(&self) -> bool {
+        !self.retired.load(Ordering::Relaxed) && self.conn.is_open()
+    }
+}
+
+/// A stream's hold on its connection: the connection counts the stream
+/// until this drops, and stays open at least as long.
+pub struct MuxStream<C> {
+    conn: Arc<MuxConn<C>>,
+    fresh: bool,
+}
+
+impl<C> MuxStream<C> {
+    /// The connection was opened for this stream (not reused).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Takes the connection out of use: no new stream is put on it (the
+    /// streams on it finish). For a connection the codec found dead or
+    /// draining before the connection itself says so.
+    pub fn retire(&self) {
+        self.conn.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Streams on the connection now, this one included.
+    pub fn streams(&self) -> u32 {
+        self.conn.streams.load(Ordering::Relaxed)
+    }
+}
+
+impl<C> std::ops::Deref for MuxStream<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.conn.conn
+    }
+}
+
+impl<C> Drop for MuxStream<C> {
+    fn drop(&mut self) {
+        self.conn.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Multiplexed mode (HTTP/2, HTTP/3, RPC): streams share connections.
+pub struct MuxPool<C> {
+    conns: Mutex<Vec<Arc<MuxConn<C>>>>,
+    /// One connect at a time per endpoint: streams that find every
+    /// connection full wait for the one being opened instead of each
+    /// opening their own.
+    connecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+    /// Streams per connection, ever: a connection that was handed this
+    /// many is retired (Envoy's `max_requests_per_connection`).
+    max_requests: u32,
+}
+
+impl<C> Default for MuxPool<C> {
+    fn default() -> Self {
+        Self::with_max_requests(u32::MAX)
+    }
+}
+
+impl<C> MuxPool<C> {
+    /// A pool whose connections each carry at most `max_requests` streams
+    /// (`u32::MAX`: no limit); then they drain and close.
+    pub fn with_max_requests(max_requests: u32) -> Self {
+        Self {
+            conns: Mutex::new(Vec::new()),
+            connecting: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            max_requests: max_requests.max(1),
+        }
+    }
+}
+
+impl<C: Multiplexed> MuxPool<C> {
+    /// A stream on an open connection below its stream limit, or on a new
+    /// connection made by `connect` through `dial`.
+    pub async fn stream<'d, F, Fut>(
+        &self,
+        dial: Dial<'d>,
+        connect: F,
+    ) -> Result<MuxStream<C>, UpstreamError>
+    where
+        F: FnOnce(Dial<'d>) -> Fut,
+        Fut: Future<Output = Result<C, UpstreamError>>,
+    {
+        if let Some(s) = self.pick() {
+            return Ok(s);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(s) = self.pick() {
+            return Ok(s);
+        }
+        let conn = Arc::new(MuxConn {
+            conn: connect(dial).await?,
+            streams: AtomicU32::new(1),
+            opened: AtomicU32::new(1),
+            retired: AtomicBool::new(self.max_requests <= 1),
+        });
+        // An endpoint removed meanwhile: the stream still runs, on a
+        // connection that is never pooled.
+        if !self.closed.load(Ordering::Relaxed) {
+            self.conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn.clone());
+        }
+        Ok(MuxStream { conn, fresh: true })
+    }
+
+    /// A stream on a pooled connection with room, if one has; connections
+    /// that closed or were retired leave the pool on the way.
+    fn pick(&self) -> Option<MuxStream<C>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|c| c.usable());
+        // The first with room: streams gather on the oldest connections
+        // and a newer one idles out when load drops.
+        let c = conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < c.conn.max_streams())?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        if c.opened.fetch_add(1, Ordering::Relaxed) + 1 >= self.max_requests {
+            c.retired.store(true, Ordering::Relaxed);
+        }
+        Some(MuxStream {
+            conn: c.clone(),
+            fresh: false,
+        })
+    }
+
+    /// Connections pooled now (open or not yet found closed).
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl<C: Send + Sync + 'static> EndpointPool for MuxPool<C> {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        // The pool's references go; each connection closes when its last
+        // stream's does (the codec's connection task sees its handles
+        // gone).
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(conns);
+    }
+}
+
+// ------------------------------------------- outcomes and endpoint health
+
+/// How one request to an endpoint ended, as health checking and outlier
+/// detection count it (Envoy's outlier detection: 5xx, gateway and
+/// local-origin failures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response other than 5xx.
+    Success,
+    /// No connection could be had (refused, timed out, TLS failed).
+    ConnectFailure,
+    /// The connection or stream was reset before a response head.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// A 5xx response, or a response meshgate could not accept.
+    ServerError,
+}
+
+/// An endpoint's request outcomes since it joined its cluster: relaxed
+/// atomic counters, written on the request path without a lock.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    success: AtomicU64,
+    connect_failure: AtomicU64,
+    reset: AtomicU64,
+    timeout: AtomicU64,
+    server_error: AtomicU64,
+    /// Failures since the last success (any kind but `Success`).
+    consecutive_failures: AtomicU32,
+}
+
+/// A copy of an endpoint's `Outcomes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    pub success: u64,
+    pub connect_failure: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    pub server_error: u64,
+    pub consecutive_failures: u32,
+}
+
+impl Outcomes {
+    pub fn record(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Success => {
+                self.success.fetch_add(1, Ordering::Relaxed);
+                // A load first: the common case writes nothing more.
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                return;
+            }
+            Outcome::ConnectFailure => &self.connect_failure,
+            Outcome::Reset => &self.reset,
+            Outcome::Timeout => &self.timeout,
+            Outcome::ServerError => &self.server_error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> OutcomeCounts {
+        OutcomeCounts {
+            success: self.success.load(Ordering::Relaxed),
+            connect_failure: self.connect_failure.load(Ordering::Relaxed),
+            reset: self.reset.load(Ordering::Relaxed),
+            timeout: self.timeout.load(Ordering::Relaxed),
+            server_error: self.server_error.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An endpoint's health as a health checker or outlier detector sets it;
+/// the load balancer skips an unhealthy endpoint while another is
+/// available (`Cluster::choose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Healthy = 0,
+    Unhealthy = 1,
+}
+
+/// `Health` in an atomic, read by the load balancer without a lock.
+#[derive(Debug, Default)]
+pub struct HealthCell(AtomicU8);
+
+impl HealthCell {
+    pub fn get(&self) -> Health {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Health::Healthy,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    pub fn set(&self, h: Health) {
+        self.0.store(h as u8, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake multiplexed connection with a stream limit.
+    struct Fake {
+        id: u32,
+        open: Arc<AtomicBool>,
+        max: u32,
+    }
+
+    impl Multiplexed for Fake {
+        fn is_open(&self) -> bool {
+            self.open.load(Ordering::Relaxed)
+        }
+        fn max_streams(&self) -> u32 {
+            self.max
+        }
+    }
+
+    fn cluster() -> (Arc<Cluster>, Arc<Endpoint>) {
+        let reg = crate::registry::Registry::new();
+        let lb = reg
+            .load_balancer("round_robin")
+            .and_then(|f| f.create(&serde_json::Value::Null).ok())
+            .unwrap();
+        let ep = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1));
+        let c = Cluster::new(
+            "pool-test",
+            Duration::from_secs(1),
+            None,
+            Default::default(),
+            lb,
+            vec![ep.clone()],
+        );
+        (Arc::new(c), ep)
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_opens_a_second_and_a_closed_one_leaves() {
+        let (c, e) = cluster();
+        let pool = MuxPool::<Fake>::default();
+        let opened = AtomicU32::new(0);
+        let open = Arc::new(AtomicBool::new(true));
+        let connect = |_d: Dial<'_>| {
+            let id = opened.fetch_add(1, Ordering::Relaxed);
+            let open = open.clone();
+            async move { Ok(Fake { id, open, max: 2 }) }
+        };
+        let a = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+        let b = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+        assert!(a.is_fresh() && !b.is_fresh());
+        assert_eq!((a.id, b.id), (0, 0));
+        // Full (2 streams): the third opens connection 1.
+        let d = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+        assert_eq!(d.id, 1);
+        assert_eq!(pool.connections(), 2);
+        // A stream ends: connection 0 has room again and is preferred.
+        drop(b);
+        let f = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+        assert_eq!(f.id, 0);
+        // A retired connection gets no new stream.
+        f.retire();
+        let g = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+        assert_eq!(g.id, 1);
+        assert_eq!(pool.connections(), 1);
+        // Closed ones leave the pool; a new one is opened.
+        open.store(false, Ordering::Relaxed);
+        let open2 = Arc::new(AtomicBool::new(true));
+        let h = pool
+            .stream(Dial::new(&c, &e), |_d| async move {
+                Ok(Fake {
+                    id: 9,
+                    open: open2,
+                    max: 2,
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(h.id, 9);
+        assert_eq!(pool.connections(), 1);
+        // Removal: the pool lets go, streams keep their connection.
+        assert_eq!(h.streams(), 1);
+        pool.close();
+        assert_eq!(pool.connections(), 0);
+        assert_eq!(h.streams(), 1);
+        drop((a, d, f, g));
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_is_the_streams_error_and_nothing_is_pooled() {
+        let (c, e) = cluster();
+        let pool = MuxPool::<Fake>::default();
+        let r = pool
+            .stream(Dial::new(&c, &e), |_d| async {
+                Err::<Fake, _>(UpstreamError::Connect("refused".into()))
+            })
+            .await;
+        assert!(matches!(r, Err(UpstreamError::Connect(_))));
+        assert_eq!(pool.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn dial_applies_the_circuit_breaker() {
+        let reg = crate::registry::Registry::new();
+        let lb = reg
+            .load_balancer("round_robin")
+            .and_then(|f| f.create(&serde_json::Value::Null).ok())
+            .unwrap();
+        let ep = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1));
+        let c = Arc::new(Cluster::new(
+            "pool-breaker",
+            Duration::from_secs(1),
+            Some(0),
+            Default::default(),
+            lb,
+            vec![ep.clone()],
+        ));
+        let r = Dial::new(&c, &ep).with(async { Ok(()) }).await;
+        assert!(matches!(r, Err(UpstreamError::Overflow)));
+    }
+
+    #[tokio::test]
+    async fn a_connection_retires_after_max_requests_streams() {
+        let (c, e) = cluster();
+        let pool = MuxPool::<Fake>::with_max_requests(2);
+        let opened = AtomicU32::new(0);
+        let open = Arc::new(AtomicBool::new(true));
+        let connect = |_d: Dial<'_>| {
+            let id = opened.fetch_add(1, Ordering::Relaxed);
+            let open = open.clone();
+            async move { Ok(Fake { id, open, max: 100 }) }
+        };
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let s = pool.stream(Dial::new(&c, &e), connect).await.unwrap();
+            ids.push(s.id);
+        }
+        assert_eq!(ids, vec![0, 0, 1, 1, 2]);
+    }
+
+    struct Plain(bool, u32);
+    impl Reusable for Plain {
+        fn is_reusable(&self) -> bool {
+            self.0
+        }
+        fn exchanges(&self) -> u32 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn exclusive_pool_reuses_the_latest_usable_and_closes_on_removal() {
+        let pool = ExclusivePool::<Plain>::default();
+        let t = Duration::from_secs(60);
+        let limits = ExclusiveLimits {
+            max_idle: 2,
+            max_requests: 3,
+        };
+        pool.put(Plain(true, 1), &limits);
+        pool.put(Plain(false, 1), &limits);
+        pool.put(Plain(true, 1), &limits); // over max_idle: dropped
+        assert_eq!(pool.idle_count(), 2);
+        // The unusable one on top is skipped (and closed).
+        assert!(pool.take(t).is_some_and(|c| c.0));
+        assert!(pool.take(t).is_none());
+        pool.put(Plain(true, 3), &limits);
+        assert_eq!(pool.idle_count(), 0, "max_requests reached: not kept");
+        pool.put(Plain(true, 1), &limits);
+        assert!(pool.take(Duration::ZERO).is_none(), "idle timeout");
+        pool.put(Plain(true, 1), &limits);
+        pool.close();
+        assert_eq!(pool.idle_count(), 0);
+        pool.put(Plain(true, 1), &limits);
+        assert_eq!(pool.idle_count(), 0, "a closed pool keeps nothing");
+    }
+
+    #[test]
+    fn outcomes_count_and_reset_the_failure_streak() {
+        let o = Outcomes::default();
+        o.record(Outcome::ConnectFailure);
+        o.record(Outcome::ServerError);
+        o.record(Outcome::Timeout);
+        assert_eq!(o.counts().consecutive_failures, 3);
+        o.record(Outcome::Success);
+        let c = o.counts();
+        assert_eq!(
+            (
+                c.success,
+                c.connect_failure,
+                c.server_error,
+                c.timeout,
+                c.reset
+            ),
+            (1, 1, 1, 1, 0)
+        );
+        assert_eq!(c.consecutive_failures, 0);
+    }
+}
