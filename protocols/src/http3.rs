@@ -354,7 +354,13 @@ impl ServerCodec for Http3Server {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "http3 connection setup failed");
-                    count_error(&listener, "setup");
+                    // A flood that arrives before the setup finished still
+                    // counts under its own reason (stream_limit, ...).
+                    let reason = match h3_reason(&e) {
+                        "connection_error" => "setup",
+                        r => r,
+                    };
+                    count_error(&listener, reason);
                     return;
                 }
             };
