@@ -585,13 +585,17 @@ impl RunningListener {
             let retire = self.retire_token();
             let id = next_connection_id();
             let span = crate::spans::connection(&compiled.name, id);
-            tracker.spawn(tracing::Instrument::instrument(
-                async move {
-                    handle_connection(compiled, stream, peer, drain, retire, id).await;
-                    drop(slot);
-                },
-                span,
-            ));
+            let task = async move {
+                handle_connection(compiled, stream, peer, drain, retire, id).await;
+                drop(slot);
+            };
+            // A disabled span (the default level) gets no wrapper: it would
+            // be entered and left on every poll of the connection's task.
+            if span.is_disabled() {
+                tracker.spawn(task);
+            } else {
+                tracker.spawn(tracing::Instrument::instrument(task, span));
+            }
         }
         tracing::info!(address = ?listener.local_addr().ok(), "listener stopped accepting");
     }

@@ -459,10 +459,14 @@ impl StreamHandler for Handler {
             })
             .clone();
         let span = meshgate_core::spans::stream(&info);
-        Box::pin(tracing::Instrument::instrument(
-            self.shared.process(req, info, peer_ip),
-            span,
-        ))
+        let fut = self.shared.process(req, info, peer_ip);
+        // A disabled span (the default level) is not worth a wrapper that
+        // enters and leaves it on every poll and makes the future larger.
+        if span.is_disabled() {
+            Box::pin(fut)
+        } else {
+            Box::pin(tracing::Instrument::instrument(fut, span))
+        }
     }
 
     fn idle_timeout(&self) -> Option<Duration> {
