@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(e.kind, RequestHeadErrorKind::Malformed);
         assert!(
             e.to_string()
-                .starts_with("meshgate: bad Dubbo request (method name: "),
+                .starts_with("meshgate: bad Dubbo request (service path: "),
             "{e}"
         );
         // The Hessian error is the source, for a caller that walks the chain.
