@@ -22,8 +22,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf;
 use meshgate_core::config::filters as fc;
 use meshgate_core::config::{
-    ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig, FilterChainMatch,
-    FilterConfig, ListenerConfig,
+    BackoffConfig, ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig,
+    FilterChainMatch, FilterConfig, ListenerConfig,
 };
 use meshgate_core::router as rc;
 use prost::Message;
@@ -468,23 +468,24 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     } else {
         DiscoveryType::Static
     };
-    let config = serde_json::from_value::<ClusterConfig>(json!({
-        "name": name,
-        "type": discovery,
-        "lb_policy": lb,
-        "connect_timeout": humantime_str(connect_timeout),
-        "dns_refresh_rate": humantime_str(dns_refresh_rate),
-        "endpoints": [],
-    }))
-    .map_err(|e| ("".to_string(), e.to_string()))?;
+    // Every field named (no `..`): a field added to `ClusterConfig` must be
+    // decided here, by the compiler's word.
+    let config = ClusterConfig {
+        name,
+        discovery,
+        lb_policy: lb.to_string(),
+        lb_config: Value::Null,
+        connect_timeout,
+        max_connections,
+        dns_refresh_rate,
+        connect_failure_backoff: BackoffConfig::default(),
+        endpoints: eps,
+        protocol,
+        protocol_options,
+        tls: None,
+    };
     Ok(Cluster {
-        config: ClusterConfig {
-            endpoints: eps,
-            protocol,
-            max_connections,
-            protocol_options,
-            ..config
-        },
+        config,
         eds_name,
         transport_socket,
         sds_names,
@@ -1592,6 +1593,20 @@ mod tests {
         assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
         assert_eq!(t.config.lb_policy, "maglev");
         assert_eq!(t.config.connect_timeout, Duration::from_secs(2));
+    }
+
+    /// A bare STATIC cluster translates to what the file loader builds
+    /// from the same cluster (the same serde defaults).
+    #[test]
+    fn a_static_cluster_is_the_file_loaders_cluster() {
+        let c = cds::Cluster {
+            name: "api".into(),
+            ..Default::default()
+        };
+        let t = cluster(c).unwrap();
+        let file: ClusterConfig =
+            serde_json::from_value(json!({"name": "api", "endpoints": []})).unwrap();
+        assert_eq!(t.config, file);
     }
 
     #[test]
