@@ -1,4 +1,5 @@
-//! The admin server: `/ready`, `/stats/prometheus` and `/config_dump` over
+//! The admin server: `/ready`, `/stats/prometheus`, `/config_dump` and
+//! `/listeners` (each listener's bound address, for port 0) over
 //! HTTP/1.1 (hyper). It reads the live snapshot through arc-swap like the
 //! data path does, and is never on the data path itself.
 
@@ -19,8 +20,23 @@ use tokio_util::sync::CancellationToken;
 pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub prometheus: MetricsHandle,
+    /// The running listeners and the addresses their sockets are bound
+    /// to, published by the server after each start or reload.
+    pub listeners: Arc<ArcSwap<Vec<BoundListener>>>,
     /// Set when the server starts draining: `/ready` answers 503.
     pub draining: AtomicBool,
+}
+
+/// A running listener as `/listeners` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BoundListener {
+    pub name: String,
+    /// As configured, e.g. `127.0.0.1:0`.
+    pub address: String,
+    /// A QUIC (UDP) listener; otherwise TCP.
+    pub quic: bool,
+    /// The bound socket addresses, e.g. `127.0.0.1:41234`.
+    pub bound: Vec<String>,
 }
 
 /// Serves admin requests until `stop` is cancelled.
@@ -101,10 +117,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_vec_pretty(&snap.dump()).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
+        "/listeners" => {
+            let body = serde_json::to_vec_pretty(&**state.listeners.load()).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body)
+        }
         "/" => text(
             StatusCode::OK,
             "text/plain",
-            "meshgate admin\n  /ready\n  /stats/prometheus\n  /config_dump\n",
+            "meshgate admin\n  /ready\n  /stats/prometheus\n  /config_dump\n  /listeners\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

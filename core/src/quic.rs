@@ -144,6 +144,11 @@ impl RunningListener {
         drain: Signal,
         tracker: TaskTracker,
     ) {
+        // The bound address (with the kernel's port for a port-0
+        // listener) is every connection's local address.
+        let local = endpoint
+            .local_addr()
+            .unwrap_or_else(|_| self.compiled.load().address);
         loop {
             let incoming = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -198,7 +203,7 @@ impl RunningListener {
             let span = crate::spans::connection(&compiled.name, id);
             tracker.spawn(tracing::Instrument::instrument(
                 async move {
-                    serve_connection(compiled, connecting, peer, drain, retire, id).await;
+                    serve_connection(compiled, connecting, peer, local, drain, retire, id).await;
                     drop(slot);
                 },
                 span,
@@ -217,6 +222,7 @@ async fn serve_connection(
     listener: Arc<CompiledListener>,
     connecting: quinn::Connecting,
     peer: SocketAddr,
+    local: SocketAddr,
     drain: Signal,
     retire: Signal,
     id: u64,
@@ -255,7 +261,7 @@ async fn serve_connection(
         id,
         listener: listener.name.clone(),
         peer_addr: peer,
-        local_addr: listener.address,
+        local_addr: local,
         server_name: server_name.clone(),
         filter_chain: chain.name.clone(),
         tls: Some(Arc::new(TlsInfo {

@@ -12,7 +12,7 @@ use crate::listener::{CompiledListener, RunningListener, bind};
 use crate::network::Signal;
 use crate::registry::Registry;
 use crate::snapshot::update::ListenerUpdate;
-use crate::snapshot::{BuildMode, Reload, Snapshot};
+use crate::snapshot::{BuildMode, ListenerKey, Reload, Snapshot};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -110,6 +110,7 @@ pub async fn run_with_dynamic(
 
     let mut live = Live {
         listeners: HashMap::new(),
+        bound: Default::default(),
         accept_stop: accept_stop.clone(),
         drain: drain.clone(),
         tracker: tracker.clone(),
@@ -119,8 +120,10 @@ pub async fn run_with_dynamic(
     for (compiled, sock) in bound {
         live.start(compiled, sock);
     }
+    live.publish();
     let admin_state = Arc::new(AdminState {
         snapshot: snapshot.clone(),
+        listeners: live.bound.clone(),
         prometheus,
         draining: false.into(),
     });
@@ -222,12 +225,8 @@ pub async fn run_with_dynamic(
     Ok(())
 }
 
-/// A listener's identity across reloads: its address and whether it is
-/// QUIC (UDP) or TCP; its name may change. TCP and QUIC may share a port.
-type ListenerKey = (SocketAddr, bool);
-
 fn key(l: &CompiledListener) -> ListenerKey {
-    (l.address, l.quic.is_some())
+    ListenerKey::of(l)
 }
 
 /// A bound listening socket.
@@ -244,11 +243,22 @@ impl Socket {
             Socket::Tcp(bind(l.address, l.backlog)?)
         })
     }
+
+    /// The address the kernel gave (the configured one, or with the
+    /// ephemeral port for port 0).
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr(),
+            Socket::Quic(ep) => ep.local_addr(),
+        }
+    }
 }
 
-/// The listeners a running server serves, keyed by address and transport.
+/// The listeners a running server serves, keyed by identity.
 struct Live {
     listeners: HashMap<ListenerKey, LiveListener>,
+    /// What `/listeners` on the admin shows, published after each change.
+    bound: Arc<ArcSwap<Vec<admin::BoundListener>>>,
     accept_stop: CancellationToken,
     drain: Signal,
     tracker: TaskTracker,
@@ -259,11 +269,14 @@ struct Live {
 struct LiveListener {
     running: Arc<RunningListener>,
     stop: CancellationToken,
+    /// The address its socket is bound to.
+    bound: SocketAddr,
 }
 
 impl Live {
     fn start(&mut self, compiled: Arc<CompiledListener>, sock: Socket) {
-        tracing::info!(listener = %compiled.name, address = %compiled.address, quic = compiled.quic.is_some(), "listening");
+        let bound = sock.local_addr().unwrap_or(compiled.address);
+        tracing::info!(listener = %compiled.name, address = %compiled.address, %bound, quic = compiled.quic.is_some(), "listening");
         let k = key(&compiled);
         let running = RunningListener::new(compiled);
         let stop = self.accept_stop.child_token();
@@ -284,7 +297,35 @@ impl Live {
                 );
             }
         }
-        self.listeners.insert(k, LiveListener { running, stop });
+        self.listeners.insert(
+            k,
+            LiveListener {
+                running,
+                stop,
+                bound,
+            },
+        );
+    }
+
+    /// Publishes the running listeners and their bound addresses for
+    /// `/listeners`, sorted by name (a reload may rename a listener that
+    /// keeps its socket, so the name is read from its current config).
+    fn publish(&self) {
+        let mut all: Vec<admin::BoundListener> = self
+            .listeners
+            .values()
+            .map(|ll| {
+                let c = ll.running.compiled.load();
+                admin::BoundListener {
+                    name: c.name.to_string(),
+                    address: c.address.to_string(),
+                    quic: c.quic.is_some(),
+                    bound: vec![ll.bound.to_string()],
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.name, a.quic).cmp(&(&b.name, b.quic)));
+        self.bound.store(Arc::new(all));
     }
 }
 
@@ -400,11 +441,11 @@ async fn apply(
         .listeners
         .keys()
         .filter(|a| !keep.contains(a))
-        .copied()
+        .cloned()
         .collect();
     for a in gone {
         if let Some(ll) = live.listeners.remove(&a) {
-            tracing::info!(address = %a.0, quic = a.1, "listener removed: stops accepting, open connections retire");
+            tracing::info!(address = %a.address, bound = %ll.bound, quic = a.quic, "listener removed: stops accepting, open connections retire");
             ll.stop.cancel();
             ll.running.retire_all();
         }
@@ -412,6 +453,7 @@ async fn apply(
     for (compiled, sock) in fresh {
         live.start(compiled, sock);
     }
+    live.publish();
     live.dns = live.accept_stop.child_token();
     next.clusters.spawn_dns_refresh(live.dns.clone());
     let version = next.version;

@@ -39,6 +39,39 @@ pub struct Snapshot {
     pub admin_address: Option<SocketAddr>,
 }
 
+/// A listener's identity across reloads: its address and transport (TCP
+/// and QUIC may share a port); its name may change. Several listeners may
+/// be configured on port 0 (each gets an ephemeral port from the kernel),
+/// so there the name tells them apart, and a reload that keeps the name,
+/// address and transport keeps the socket and the port it got.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub address: SocketAddr,
+    pub quic: bool,
+    /// Only for port 0.
+    pub name: Option<Arc<str>>,
+}
+
+impl ListenerKey {
+    pub fn new(address: SocketAddr, quic: bool, name: &str) -> Self {
+        let name = (address.port() == 0).then(|| Arc::from(name));
+        Self {
+            address,
+            quic,
+            name,
+        }
+    }
+
+    pub fn of(l: &CompiledListener) -> Self {
+        let name = (l.address.port() == 0).then(|| l.name.clone());
+        Self {
+            address: l.address,
+            quic: l.quic.is_some(),
+            name,
+        }
+    }
+}
+
 /// How far to go when building.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildMode {
@@ -122,9 +155,9 @@ impl Snapshot {
         )?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut updates = Vec::with_capacity(config.listeners.len());
-        // The previous snapshot's listeners by address and transport, with
-        // their configs: a listener that stays may keep its connections.
-        let live: std::collections::HashMap<(&str, bool), (&ListenerConfig, &CompiledListener)> =
+        // The previous snapshot's listeners by identity (`ListenerKey`),
+        // with their configs: a listener that stays may keep its connections.
+        let live: std::collections::HashMap<ListenerKey, (&ListenerConfig, &CompiledListener)> =
             match previous {
                 None => Default::default(),
                 Some((p, _)) => p
@@ -132,18 +165,13 @@ impl Snapshot {
                     .listeners
                     .iter()
                     .zip(&p.listeners)
-                    .map(|(c, l)| {
-                        (
-                            (c.address.as_str(), c.quic.is_some()),
-                            (c.as_ref(), l.as_ref()),
-                        )
-                    })
+                    .map(|(c, l)| (ListenerKey::of(l), (c.as_ref(), l.as_ref())))
                     .collect(),
             };
         let mut names = HashSet::new();
         // TCP and QUIC (UDP) listeners may share a port.
         let mut addrs = HashSet::new();
-        if let Some(a) = admin_address {
+        if let Some(a) = admin_address.filter(|a| a.port() != 0) {
             addrs.insert((a, false));
         }
         for (i, l) in config.listeners.iter().enumerate() {
@@ -153,7 +181,12 @@ impl Snapshot {
                     format!("duplicate listener name '{}'", l.name),
                 ));
             }
-            let was = live.get(&(l.address.as_str(), l.quic.is_some())).copied();
+            let was = l
+                .address
+                .parse()
+                .ok()
+                .and_then(|a| live.get(&ListenerKey::new(a, l.quic.is_some(), &l.name)))
+                .copied();
             let take_over = was
                 .filter(|(old, _)| update::may_keep(old, l))
                 .map(|(_, c)| c);
@@ -178,7 +211,10 @@ impl Snapshot {
                 compiled = CompiledListener::build(i, l, registry, &clusters, source, None)?;
             }
             updates.push(update);
-            if !addrs.insert((compiled.address, compiled.quic.is_some())) {
+            // Several listeners may ask for an ephemeral port (port 0).
+            if compiled.address.port() != 0
+                && !addrs.insert((compiled.address, compiled.quic.is_some()))
+            {
                 return Err(source.error(
                     format!("listeners[{i}].address"),
                     format!("address {} is used twice in this config", compiled.address),

@@ -14,8 +14,8 @@
 
 use crate::rpc::hessian::{Reader, write_string};
 use crate::rpc::{
-    Frame, FrameError, FrameKind, RpcClient, RpcClientOptions, RpcErrorKind, RpcHead, RpcProtocol,
-    RpcServer, be,
+    Frame, FrameError, FrameKind, RequestHeadError, RpcClient, RpcClientOptions, RpcErrorKind,
+    RpcHead, RpcProtocol, RpcServer, be,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
@@ -245,17 +245,22 @@ impl RpcProtocol for Bolt {
         }))
     }
 
-    fn request_head(&self, frame: &Frame) -> Result<RpcHead, String> {
+    fn request_head(&self, frame: &Frame) -> Result<RpcHead, RequestHeadError> {
         let h = &frame.head;
         let class_len = be(h, 14, 2) as usize;
         let header_len = be(h, 16, 2) as usize;
         let map_start = REQUEST_HEADER + class_len;
-        let map = header_map(&h[map_start..map_start + header_len], 256)
-            .ok_or("meshgate: bad Bolt request (header map lengths)")?;
+        let map = header_map(&h[map_start..map_start + header_len], 256).ok_or_else(|| {
+            RequestHeadError::malformed("meshgate: bad Bolt request (header map lengths)")
+        })?;
         let get = |k: &str| map.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let unique = get("sofa_head_target_service")
             .or_else(|| get("service"))
-            .ok_or("meshgate: bad Bolt request (no service in the header map)")?;
+            .ok_or_else(|| {
+                RequestHeadError::malformed(
+                    "meshgate: bad Bolt request (no service in the header map)",
+                )
+            })?;
         let (service, version) = match unique.split_once(':') {
             Some((s, v)) => (s.to_string(), Some(v.to_string())),
             None => (unique.clone(), None),
@@ -264,7 +269,9 @@ impl RpcProtocol for Bolt {
             .or_else(|| sofa_method(&frame.body))
             .unwrap_or_default();
         if service.is_empty() {
-            return Err("meshgate: bad Bolt request (empty service)".into());
+            return Err(RequestHeadError::malformed(
+                "meshgate: bad Bolt request (empty service)",
+            ));
         }
         let mut headers: Vec<(String, String)> = map
             .into_iter()
@@ -409,7 +416,12 @@ mod tests {
         req[at..at + 4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes());
         let mut b = BytesMut::from(&req[..]);
         let f = Bolt.decode(&mut b, 1 << 20).unwrap().unwrap();
-        assert!(Bolt.request_head(&f).is_err());
+        let e = Bolt.request_head(&f).unwrap_err();
+        assert_eq!(e.kind, crate::rpc::RequestHeadErrorKind::Malformed);
+        assert_eq!(
+            e.to_string(),
+            "meshgate: bad Bolt request (header map lengths)"
+        );
     }
 
     #[test]

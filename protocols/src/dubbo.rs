@@ -10,8 +10,8 @@
 
 use crate::rpc::hessian::{Reader, write_string};
 use crate::rpc::{
-    Frame, FrameError, FrameKind, RpcClient, RpcClientOptions, RpcErrorKind, RpcHead, RpcProtocol,
-    RpcServer, be,
+    Frame, FrameError, FrameKind, RequestHeadError, RequestHeadErrorKind, RpcClient,
+    RpcClientOptions, RpcErrorKind, RpcHead, RpcProtocol, RpcServer, be,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode};
@@ -160,15 +160,17 @@ impl RpcProtocol for Dubbo {
         }))
     }
 
-    fn request_head(&self, frame: &Frame) -> Result<RpcHead, String> {
+    fn request_head(&self, frame: &Frame) -> Result<RpcHead, RequestHeadError> {
         let ser = frame.head[2] & SERIALIZATION_MASK;
         if ser != HESSIAN2 {
-            return Err(format!(
-                "meshgate routes Dubbo requests in hessian2 only (serialization id {ser})"
+            return Err(RequestHeadError::new(
+                RequestHeadErrorKind::Unsupported,
+                format!("meshgate routes Dubbo requests in hessian2 only (serialization id {ser})"),
             ));
         }
         let bad = |what: &str, e: crate::rpc::hessian::HessianError| {
-            format!("meshgate: bad Dubbo request ({what}: {e})")
+            RequestHeadError::malformed(format!("meshgate: bad Dubbo request ({what}: {e})"))
+                .with_source(e)
         };
         let mut r = Reader::new(&frame.body);
         let dubbo_version = r.read_string().map_err(|e| bad("dubbo version", e))?;
@@ -177,9 +179,12 @@ impl RpcProtocol for Dubbo {
         let method = r.read_string().map_err(|e| bad("method name", e))?;
         let desc = r.read_string().map_err(|e| bad("parameter types", e))?;
         if service.is_empty() || method.is_empty() {
-            return Err("meshgate: bad Dubbo request (empty service or method)".into());
+            return Err(RequestHeadError::malformed(
+                "meshgate: bad Dubbo request (empty service or method)",
+            ));
         }
-        let args = count_args(&desc).ok_or_else(|| format!("bad parameter types '{desc}'"))?;
+        let args = count_args(&desc)
+            .ok_or_else(|| RequestHeadError::malformed(format!("bad parameter types '{desc}'")))?;
         for _ in 0..args {
             r.skip_value().map_err(|e| bad("arguments", e))?;
         }
@@ -323,7 +328,15 @@ mod tests {
         lying[body_start] = 0x1f;
         let mut buf = BytesMut::from(&lying[..]);
         let f = Dubbo.decode(&mut buf, 1 << 20).unwrap().unwrap();
-        assert!(Dubbo.request_head(&f).is_err());
+        let e = Dubbo.request_head(&f).unwrap_err();
+        assert_eq!(e.kind, RequestHeadErrorKind::Malformed);
+        assert!(
+            e.to_string()
+                .starts_with("meshgate: bad Dubbo request (service path: "),
+            "{e}"
+        );
+        // The Hessian error is the source, for a caller that walks the chain.
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

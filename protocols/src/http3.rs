@@ -266,6 +266,18 @@ impl SendHalf for h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes> 
     }
 }
 
+/// Why a body was cut short while copied into an HTTP/3 stream.
+#[derive(Debug, thiserror::Error)]
+enum PumpError {
+    /// Reading the body failed (its producer, e.g. the other peer, broke
+    /// off).
+    #[error("{0}")]
+    Body(#[source] meshgate_core::stream::BodyError),
+    /// Writing DATA, trailers or the end to the HTTP/3 stream failed.
+    #[error("{0}")]
+    Send(#[source] h3::error::StreamError),
+}
+
 /// Copies a body into a request stream: DATA frames as they come (QUIC
 /// flow control is the back-pressure), then trailers or the end.
 /// `strip_trailers`: the direction (`request`) whose forbidden trailer
@@ -274,13 +286,13 @@ async fn pump_body<S: SendHalf>(
     mut body: meshgate_core::stream::Body,
     send: &mut S,
     strip_trailers: Option<&'static str>,
-) -> Result<(), String> {
+) -> Result<(), PumpError> {
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame.map_err(PumpError::Body)?;
         match frame.into_data() {
             Ok(d) => {
                 if !d.is_empty() {
-                    send.send_data(d).await.map_err(|e| e.to_string())?;
+                    send.send_data(d).await.map_err(PumpError::Send)?;
                 }
             }
             Err(frame) => {
@@ -288,12 +300,12 @@ async fn pump_body<S: SendHalf>(
                     if let Some(direction) = strip_trailers {
                         meshgate_core::body::strip_forbidden_trailers(&mut t, direction);
                     }
-                    return send.send_trailers(t).await.map_err(|e| e.to_string());
+                    return send.send_trailers(t).await.map_err(PumpError::Send);
                 }
             }
         }
     }
-    send.finish().await.map_err(|e| e.to_string())
+    send.finish().await.map_err(PumpError::Send)
 }
 
 /// HTTP/3 downstream.

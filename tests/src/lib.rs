@@ -1,6 +1,6 @@
 //! Shared helpers of the end-to-end tests: find the release binary, start it
-//! on a generated config (admin on port 0, listeners on ports reserved for
-//! the test process), wait for readiness, read the admin endpoints, and
+//! on a generated config (admin on port 0, listeners on port 0 read back
+//! from `/listeners`, or on ports reserved for the test process), wait for readiness, read the admin endpoints, and
 //! wait for a state (`poll`, `wait_until`, `Meshgate::wait_metric`) rather
 //! than for a time. Every test talks to the real `meshgate` binary over
 //! 127.0.0.1 only.
@@ -301,6 +301,37 @@ impl Meshgate {
         let (status, body) = self.admin_get("/config_dump");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).expect("config_dump is JSON")
+    }
+
+    /// `/listeners`: each running listener's name, configured address,
+    /// transport and bound addresses.
+    pub fn listeners(&self) -> Vec<serde_json::Value> {
+        let (status, body) = self.admin_get("/listeners");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/listeners is JSON")
+    }
+
+    /// The bound address of the listener `name` (TCP, or its QUIC one if it
+    /// has only that), read from `/listeners`: a listener configured on
+    /// `127.0.0.1:0` gets its port from the kernel, and the test reads it
+    /// back instead of reserving a port up front.
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        let all = self.listeners();
+        let mine: Vec<&serde_json::Value> = all.iter().filter(|l| l["name"] == name).collect();
+        let l = mine
+            .iter()
+            .find(|l| l["quic"] == false)
+            .or(mine.first())
+            .unwrap_or_else(|| panic!("no listener '{name}' in /listeners: {all:?}"));
+        l["bound"][0]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("listener '{name}' has no bound address: {l}"))
+    }
+
+    /// The bound port of the listener `name` (see [`Meshgate::listener_addr`]).
+    pub fn listener_port(&self, name: &str) -> u16 {
+        self.listener_addr(name).port()
     }
 
     /// Sends SIGTERM.

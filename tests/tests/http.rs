@@ -19,14 +19,13 @@ fn gateway() -> Gateway {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let h2 = HttpBackend::start("h2", Proto::H2c);
-    let port = free_port();
     let dead = free_port();
     let yaml = format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
   - name: http
-    address: 127.0.0.1:{port}
+    address: 127.0.0.1:0
     filter_chains:
       - filters:
           - name: proxy
@@ -77,6 +76,7 @@ clusters:
         a.addr, b.addr, a.addr, h2.addr
     );
     let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
     Gateway { mg, port, a, b, h2 }
 }
 
@@ -381,13 +381,12 @@ fn websocket_upgrade_is_tunnelled() {
         .strip_prefix("READY ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("websocket server did not start: {line:?}"));
-    let port = free_port();
     let yaml = format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
   - name: http
-    address: 127.0.0.1:{port}
+    address: 127.0.0.1:0
     filter_chains:
       - filters:
           - name: proxy
@@ -404,7 +403,8 @@ clusters:
     endpoints: [{{address: "127.0.0.1:{ws_port}"}}]
 "#
     );
-    let _mg = Meshgate::start(&yaml);
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
     let out = Command::new("python3")
         .arg(&peer)
         .args(["client", &format!("ws://127.0.0.1:{port}/chat"), "20"])
@@ -427,13 +427,12 @@ fn h2load_concurrency_through_both_upstream_protocols() {
     // that allows only 4 concurrent streams (meshgate must queue, not fail).
     let a = HttpBackend::start("a", Proto::Http1);
     let h2 = HttpBackend::start("h2", Proto::H2cMaxStreams(4));
-    let port = free_port();
     let yaml = format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
   - name: http
-    address: 127.0.0.1:{port}
+    address: 127.0.0.1:0
     filter_chains:
       - filters:
           - name: proxy
@@ -457,6 +456,7 @@ clusters:
         a.addr, h2.addr
     );
     let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
     for path in ["/api/delay", "/h2/delay"] {
         let out = Command::new("h2load")
             .args(["-n", "2000", "-c", "10", "-m", "10", "-t", "1"])
@@ -532,13 +532,12 @@ fn expect_continue_head_and_unkept_bodies() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_closes_idle_keepalives() {
     let a = HttpBackend::start("a", Proto::Http1);
-    let port = free_port();
     let yaml = format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
   - name: http
-    address: 127.0.0.1:{port}
+    address: 127.0.0.1:0
     filter_chains:
       - filters:
           - name: proxy
@@ -557,6 +556,7 @@ clusters:
         a.addr
     );
     let mut mg = Meshgate::start_with_args(&yaml, &["--drain-time", "20s"]);
+    let port = mg.listener_port("http");
     // An idle keep-alive connection, and a request that takes 3 s.
     use std::io::{Read, Write};
     let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

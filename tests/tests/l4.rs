@@ -65,13 +65,8 @@ fn lb_config(
 #[test]
 fn round_robin_spreads_evenly_over_three_backends() {
     let backends = [name_backend("a"), name_backend("b"), name_backend("c")];
-    let port = free_port();
-    let mg = Meshgate::start(&lb_config(
-        port,
-        &backends,
-        "    lb_policy: round_robin\n",
-        "",
-    ));
+    let mg = Meshgate::start(&lb_config(0, &backends, "    lb_policy: round_robin\n", ""));
+    let port = mg.listener_port("front");
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..30 {
@@ -101,8 +96,8 @@ fn round_robin_spreads_evenly_over_three_backends() {
 fn failover_when_one_backend_is_down_loses_no_connection() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let backends = [name_backend("a"), dead, name_backend("c")];
-    let port = free_port();
-    let mg = Meshgate::start(&lb_config(port, &backends, "", ""));
+    let mg = Meshgate::start(&lb_config(0, &backends, "", ""));
+    let port = mg.listener_port("front");
     let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut counts: HashMap<String, u32> = HashMap::new();
     for i in 0..60 {
@@ -136,8 +131,8 @@ fn splice_paths_are_byte_identical() {
 /// while reading the echo, and compares checksums and byte counters.
 fn transfer_is_byte_identical(total: usize, extra_proxy: &str) {
     let backend = echo_backend();
-    let port = free_port();
-    let mg = Meshgate::start(&lb_config(port, &[backend], "", extra_proxy));
+    let mg = Meshgate::start(&lb_config(0, &[backend], "", extra_proxy));
+    let port = mg.listener_port("front");
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = thread::spawn(move || {
@@ -210,12 +205,11 @@ fn half_close_in_both_directions() {
             tx.send(got).unwrap();
         }
     });
-    let p1 = free_port();
-    let p2 = free_port();
     let yaml = format!(
-        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: one\n    address: 127.0.0.1:{p1}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: one}}\n  - name: two\n    address: 127.0.0.1:{p2}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: two}}\nclusters:\n  - name: one\n    endpoints: [{{address: \"{b1}\"}}]\n  - name: two\n    endpoints: [{{address: \"{b2}\"}}]\n"
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: one\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: one}}\n  - name: two\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: two}}\nclusters:\n  - name: one\n    endpoints: [{{address: \"{b1}\"}}]\n  - name: two\n    endpoints: [{{address: \"{b2}\"}}]\n"
     );
-    let _mg = Meshgate::start(&yaml);
+    let mg = Meshgate::start(&yaml);
+    let (p1, p2) = (mg.listener_port("one"), mg.listener_port("two"));
 
     let mut s = TcpStream::connect(("127.0.0.1", p1)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -239,12 +233,12 @@ fn half_close_in_both_directions() {
 #[test]
 fn connection_limit_refuses_the_extra_connection() {
     let backend = echo_backend();
-    let port = free_port();
-    let yaml = lb_config(port, &[backend], "", "").replace(
+    let yaml = lb_config(0, &[backend], "", "").replace(
         "    filter_chains:",
         "    max_connections: 2\n    filter_chains:",
     );
     let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("front");
     let ping = |s: &mut TcpStream| -> bool {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         if s.write_all(b"x").is_err() {
@@ -294,15 +288,13 @@ fn backend_that_resets_or_never_answers_closes_the_client() {
             held.push(s);
         }
     });
-    let p1 = free_port();
-    let p2 = free_port();
-    let p3 = free_port();
     let nothing = free_port();
     let yaml = format!(
-        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: reset\n    address: 127.0.0.1:{p1}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: reset}}\n  - name: silent\n    address: 127.0.0.1:{p2}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: silent, idle_timeout: 500ms}}\n  - name: refused\n    address: 127.0.0.1:{p3}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: refused}}\nclusters:\n  - name: reset\n    endpoints: [{{address: \"{resetter}\"}}]\n  - name: silent\n    endpoints: [{{address: \"{silent}\"}}]\n  - name: refused\n    endpoints: [{{address: \"127.0.0.1:{nothing}\"}}]\n"
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: reset\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: reset}}\n  - name: silent\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: silent, idle_timeout: 500ms}}\n  - name: refused\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: refused}}\nclusters:\n  - name: reset\n    endpoints: [{{address: \"{resetter}\"}}]\n  - name: silent\n    endpoints: [{{address: \"{silent}\"}}]\n  - name: refused\n    endpoints: [{{address: \"127.0.0.1:{nothing}\"}}]\n"
     );
     let mg = Meshgate::start(&yaml);
-    for port in [p1, p2, p3] {
+    let ports = ["reset", "silent", "refused"].map(|n| mg.listener_port(n));
+    for port in ports {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let t = Instant::now();
@@ -371,11 +363,9 @@ fn socket_linger_zero(s: &TcpStream) {
 #[test]
 fn sigterm_stops_accepting_and_drains_open_connections() {
     let backend = echo_backend();
-    let port = free_port();
-    let mut mg = Meshgate::start_with_args(
-        &lb_config(port, &[backend], "", ""),
-        &["--drain-time", "10s"],
-    );
+    let mut mg =
+        Meshgate::start_with_args(&lb_config(0, &[backend], "", ""), &["--drain-time", "10s"]);
+    let port = mg.listener_port("front");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"before").unwrap();
@@ -406,11 +396,9 @@ fn sigterm_stops_accepting_and_drains_open_connections() {
 #[test]
 fn drain_time_bounds_the_wait_for_open_connections() {
     let backend = echo_backend();
-    let port = free_port();
-    let mut mg = Meshgate::start_with_args(
-        &lb_config(port, &[backend], "", ""),
-        &["--drain-time", "1s"],
-    );
+    let mut mg =
+        Meshgate::start_with_args(&lb_config(0, &[backend], "", ""), &["--drain-time", "1s"]);
+    let port = mg.listener_port("front");
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"x").unwrap();
     let mut b = [0u8; 1];
@@ -431,8 +419,7 @@ fn drain_time_bounds_the_wait_for_open_connections() {
 #[test]
 fn admin_serves_ready_stats_and_config_dump() {
     let backend = echo_backend();
-    let port = free_port();
-    let mg = Meshgate::start(&lb_config(port, &[backend], "", ""));
+    let mg = Meshgate::start(&lb_config(0, &[backend], "", ""));
     assert_eq!(mg.admin_get("/ready"), (200, "LIVE\n".to_string()));
     let (code, dump) = mg.admin_get("/config_dump");
     assert_eq!(code, 200);
@@ -456,14 +443,14 @@ fn admin_serves_ready_stats_and_config_dump() {
 #[test]
 fn strict_dns_cluster_resolves_localhost() {
     let backend = name_backend("dns");
-    let port = free_port();
     let yaml = lb_config(
-        port,
+        0,
         &[],
         "    type: strict_dns\n    dns_refresh_rate: 1s\n",
         "",
     ) + &format!("      - address: localhost:{}\n", backend.port());
-    let _mg = Meshgate::start(&yaml);
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("front");
     for _ in 0..5 {
         assert_eq!(
             read_line(format!("127.0.0.1:{port}").parse().unwrap()).unwrap(),
@@ -476,13 +463,13 @@ fn strict_dns_cluster_resolves_localhost() {
 fn hashing_policies_keep_a_source_on_one_backend() {
     for policy in ["ring_hash", "maglev"] {
         let backends = [name_backend("a"), name_backend("b"), name_backend("c")];
-        let port = free_port();
         let mg = Meshgate::start(&lb_config(
-            port,
+            0,
             &backends,
             &format!("    lb_policy: {policy}\n"),
             "",
         ));
+        let port = mg.listener_port("front");
         let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let first = read_line(front).unwrap();
         for _ in 0..20 {
@@ -496,12 +483,11 @@ fn hashing_policies_keep_a_source_on_one_backend() {
 fn weighted_clusters_split_connections() {
     let a = name_backend("a");
     let b = name_backend("b");
-    let port = free_port();
     let yaml = format!(
-        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: front\n    address: 127.0.0.1:{port}\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config:\n              weighted_clusters:\n                - {{name: stable, weight: 3}}\n                - {{name: canary, weight: 1}}\nclusters:\n  - name: stable\n    endpoints: [{{address: \"{a}\"}}]\n  - name: canary\n    endpoints: [{{address: \"{b}\"}}]\n"
+        "admin:\n  address: {{ADMIN}}\nlisteners:\n  - name: front\n    address: 127.0.0.1:0\n    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config:\n              weighted_clusters:\n                - {{name: stable, weight: 3}}\n                - {{name: canary, weight: 1}}\nclusters:\n  - name: stable\n    endpoints: [{{address: \"{a}\"}}]\n  - name: canary\n    endpoints: [{{address: \"{b}\"}}]\n"
     );
-    let _mg = Meshgate::start(&yaml);
-    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mg = Meshgate::start(&yaml);
+    let front = mg.listener_addr("front");
     let mut canary = 0;
     for _ in 0..400 {
         if read_line(front).unwrap() == "b" {

@@ -729,10 +729,10 @@ fn resource<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
     name: impl Fn(&M) -> &String,
 ) -> Result<M, XdsError> {
     let m: M = translate::decode_lax(any, type_url)
-        .map_err(|detail| XdsError::Decode { index: i, detail })?;
-    translate::unknown_fields(&m, &any.value).map_err(|detail| XdsError::UnknownFields {
+        .map_err(|source| XdsError::Decode { index: i, source })?;
+    translate::unknown_fields(&m, &any.value).map_err(|source| XdsError::UnknownFields {
         resource: format!("{kind} '{}'", name(&m)),
-        detail,
+        source,
     })?;
     Ok(m)
 }

@@ -5,19 +5,27 @@
 //! resource at fault; the variant is the kind (`kind()`, for logs), and
 //! the underlying error, where there is one, is its `source`.
 
-use crate::translate::TranslateError;
+use crate::translate::{DecodeError, TranslateError};
 use meshgate_core::{BuildError, ConfigError};
 
 /// A refused xDS response, or a composed config the server refused.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
     /// A resource that is not of the response's type or does not decode.
-    #[error("resources[{index}]: {detail}")]
-    Decode { index: usize, detail: String },
+    #[error("resources[{index}]: {source}")]
+    Decode {
+        index: usize,
+        #[source]
+        source: DecodeError,
+    },
     /// A resource carrying fields meshgate does not know (prost would
     /// drop them silently).
-    #[error("{resource}: {detail}")]
-    UnknownFields { resource: String, detail: String },
+    #[error("{resource}: {source}")]
+    UnknownFields {
+        resource: String,
+        #[source]
+        source: DecodeError,
+    },
     /// Two resources of one response with one name (Envoy refuses it too).
     #[error("{resource}: appears twice in one response (duplicate resource name)")]
     Duplicate { resource: String },

@@ -422,7 +422,7 @@ fn socket<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
             format!("transport socket '{name}' not supported (only {TLS_SOCKET})"),
         );
     }
-    let m = crate::translate::decode(&any, want).map_err(|e| (tp.clone(), e))?;
+    let m = crate::translate::decode(&any, want).map_err(|e| (tp.clone(), e.to_string()))?;
     rest(&ts, path)?;
     Ok((m, tp))
 }

@@ -22,8 +22,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf;
 use meshgate_core::config::filters as fc;
 use meshgate_core::config::{
-    ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig, FilterChainMatch,
-    FilterConfig, ListenerConfig,
+    BackoffConfig, ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig,
+    FilterChainMatch, FilterConfig, ListenerConfig,
 };
 use meshgate_core::router as rc;
 use prost::Message;
@@ -84,12 +84,50 @@ pub(crate) fn wrap<T>(kind: &str, name: &str, r: R<T>) -> Result<T, TranslateErr
     })
 }
 
+/// Why an `Any` did not become the expected message. Its `Display` is
+/// the NACK's detail (the messages are those meshgate always sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The `Any` holds another type.
+    #[error("type_url '{got}', want '{want}'")]
+    TypeUrl { got: String, want: String },
+    /// The bytes are not an encoding of the type.
+    #[error("cannot decode {want}: {source}")]
+    Malformed {
+        want: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// The bytes hold a field the type does not know (prost would drop it
+    /// silently): its number, and the path of numbers to it described.
+    #[error(
+        "unknown field number {number} (field path {path}): not in meshgate's Envoy protos (refused rather than ignored)"
+    )]
+    UnknownField { number: u64, path: String },
+    /// Fields were dropped, but the search for them ran out of budget.
+    #[error(
+        "fields meshgate's Envoy protos do not know were dropped while decoding (refused rather than ignored)"
+    )]
+    UnknownNotLocated,
+}
+
+impl DecodeError {
+    /// The kind, as a short stable word for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TypeUrl { .. } => "type_url",
+            Self::Malformed { .. } => "malformed",
+            Self::UnknownField { .. } | Self::UnknownNotLocated => "unknown_field",
+        }
+    }
+}
+
 /// Decodes an `Any` of the expected type, refusing fields meshgate's
 /// Envoy types do not know (`unknown`): prost would skip them silently.
 pub fn decode<M: Message + Default + Debug + PartialEq>(
     any: &protobuf::Any,
     want: &str,
-) -> Result<M, String> {
+) -> Result<M, DecodeError> {
     let m = decode_lax::<M>(any, want)?;
     unknown_fields(&m, &any.value)?;
     Ok(m)
@@ -98,11 +136,17 @@ pub fn decode<M: Message + Default + Debug + PartialEq>(
 /// Decodes an `Any` of the expected type, keeping quiet about unknown
 /// fields (the caller checks them with `unknown_fields` once it can name
 /// the resource).
-pub fn decode_lax<M: Message + Default>(any: &protobuf::Any, want: &str) -> Result<M, String> {
+pub fn decode_lax<M: Message + Default>(any: &protobuf::Any, want: &str) -> Result<M, DecodeError> {
     if any.type_url != want {
-        return Err(format!("type_url '{}', want '{want}'", any.type_url));
+        return Err(DecodeError::TypeUrl {
+            got: any.type_url.clone(),
+            want: want.to_string(),
+        });
     }
-    M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {want}: {e}"))
+    M::decode(any.value.as_slice()).map_err(|source| DecodeError::Malformed {
+        want: want.to_string(),
+        source,
+    })
 }
 
 /// Refuses a decoded message whose bytes held fields its type does not
@@ -110,18 +154,15 @@ pub fn decode_lax<M: Message + Default>(any: &protobuf::Any, want: &str) -> Resu
 pub fn unknown_fields<M: Message + Default + Debug + PartialEq>(
     m: &M,
     bytes: &[u8],
-) -> Result<(), String> {
+) -> Result<(), DecodeError> {
     use crate::unknown::{Unknown, describe, unknown_field};
     match unknown_field(m, bytes) {
         None => Ok(()),
-        Some(Unknown::Path(p)) => Err(format!(
-            "unknown field number {} (field path {}): not in meshgate's Envoy protos (refused rather than ignored)",
-            p.last().copied().unwrap_or(0),
-            describe::<M>(bytes, &p)
-        )),
-        Some(Unknown::NotLocated) => Err(
-            "fields meshgate's Envoy protos do not know were dropped while decoding (refused rather than ignored)".into(),
-        ),
+        Some(Unknown::Path(p)) => Err(DecodeError::UnknownField {
+            number: p.last().copied().unwrap_or(0),
+            path: describe::<M>(bytes, &p),
+        }),
+        Some(Unknown::NotLocated) => Err(DecodeError::UnknownNotLocated),
     }
 }
 
@@ -427,23 +468,24 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     } else {
         DiscoveryType::Static
     };
-    let config = serde_json::from_value::<ClusterConfig>(json!({
-        "name": name,
-        "type": discovery,
-        "lb_policy": lb,
-        "connect_timeout": humantime_str(connect_timeout),
-        "dns_refresh_rate": humantime_str(dns_refresh_rate),
-        "endpoints": [],
-    }))
-    .map_err(|e| ("".to_string(), e.to_string()))?;
+    // Every field named (no `..`): a field added to `ClusterConfig` must be
+    // decided here, by the compiler's word.
+    let config = ClusterConfig {
+        name,
+        discovery,
+        lb_policy: lb.to_string(),
+        lb_config: Value::Null,
+        connect_timeout,
+        max_connections,
+        dns_refresh_rate,
+        connect_failure_backoff: BackoffConfig::default(),
+        endpoints: eps,
+        protocol,
+        protocol_options,
+        tls: None,
+    };
     Ok(Cluster {
-        config: ClusterConfig {
-            endpoints: eps,
-            protocol,
-            max_connections,
-            protocol_options,
-            ..config
-        },
+        config,
         eds_name,
         transport_socket,
         sds_names,
@@ -676,7 +718,8 @@ fn network_filter(
     let tp = join(path, "typed_config");
     match any.type_url.as_str() {
         HCM => {
-            let h: hcm::HttpConnectionManager = decode(&any, HCM).map_err(|e| (tp.clone(), e))?;
+            let h: hcm::HttpConnectionManager =
+                decode(&any, HCM).map_err(|e| (tp.clone(), e.to_string()))?;
             let config = http_connection_manager(h, &tp, routes, rds_names, fetch)?;
             Ok(FilterConfig {
                 name: "proxy".into(),
@@ -685,7 +728,8 @@ fn network_filter(
             })
         }
         TCP_PROXY => {
-            let t: tcp::TcpProxy = decode(&any, TCP_PROXY).map_err(|e| (tp.clone(), e))?;
+            let t: tcp::TcpProxy =
+                decode(&any, TCP_PROXY).map_err(|e| (tp.clone(), e.to_string()))?;
             let config = tcp_proxy(t, &tp)?;
             Ok(FilterConfig {
                 name: "tcp_proxy".into(),
@@ -757,7 +801,7 @@ fn http_connection_manager(
         let router = match f.config_type.take() {
             None => f.name == "envoy.filters.http.router",
             Some(hcm::http_filter::ConfigType::TypedConfig(a)) if a.type_url == ROUTER => {
-                let r: Router = decode(&a, ROUTER).map_err(|e| (fp.clone(), e))?;
+                let r: Router = decode(&a, ROUTER).map_err(|e| (fp.clone(), e.to_string()))?;
                 rest(&r, &join(&fp, "typed_config"))?;
                 true
             }
@@ -1549,6 +1593,20 @@ mod tests {
         assert_eq!(t.eds_name.as_deref(), Some("web-svc"));
         assert_eq!(t.config.lb_policy, "maglev");
         assert_eq!(t.config.connect_timeout, Duration::from_secs(2));
+    }
+
+    /// A bare STATIC cluster translates to what the file loader builds
+    /// from the same cluster (the same serde defaults).
+    #[test]
+    fn a_static_cluster_is_the_file_loaders_cluster() {
+        let c = cds::Cluster {
+            name: "api".into(),
+            ..Default::default()
+        };
+        let t = cluster(c).unwrap();
+        let file: ClusterConfig =
+            serde_json::from_value(json!({"name": "api", "endpoints": []})).unwrap();
+        assert_eq!(t.config, file);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What a reload does to a listener that stays (same address and
-//! transport): it is the same, only its TLS settings changed, only route
+//! transport, and name on port 0: `ListenerKey`): it is the same, only its TLS settings changed, only route
 //! tables changed (its filters' `route_config`, inline or from RDS), or it
 //! is replaced. In the first three cases open connections go on: a new TLS
 //! setting applies to new handshakes, a new route table reaches open

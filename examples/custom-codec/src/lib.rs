@@ -18,7 +18,8 @@ use meshgate_core::codec::{ClientCodec, CodecFactory, Detection, ServerCodec};
 use meshgate_core::config::parse_typed;
 use meshgate_core::registry::Registry;
 use meshgate_protocols::rpc::{
-    Frame, FrameError, FrameKind, RpcClient, RpcErrorKind, RpcHead, RpcProtocol, RpcServer,
+    Frame, FrameError, FrameKind, RequestHeadError, RpcClient, RpcErrorKind, RpcHead, RpcProtocol,
+    RpcServer,
 };
 use std::sync::Arc;
 
@@ -90,9 +91,9 @@ impl RpcProtocol for LenRpc {
         }))
     }
 
-    fn request_head(&self, frame: &Frame) -> Result<RpcHead, String> {
+    fn request_head(&self, frame: &Frame) -> Result<RpcHead, RequestHeadError> {
         let service = std::str::from_utf8(&frame.head[FIXED..])
-            .map_err(|_| "service name is not UTF-8".to_string())?;
+            .map_err(|e| RequestHeadError::malformed("service name is not UTF-8").with_source(e))?;
         // `service/method` names the call; the method is optional.
         let (service, method) = service.split_once('/').unwrap_or((service, "call"));
         Ok(RpcHead {

@@ -20,6 +20,8 @@ impl std::fmt::Display for HessianError {
     }
 }
 
+impl std::error::Error for HessianError {}
+
 type Result<T> = std::result::Result<T, HessianError>;
 
 const MAX_DEPTH: usize = 32;

@@ -82,6 +82,52 @@ impl FrameError {
     }
 }
 
+/// Why a request frame cannot become a request: its routing head is
+/// unreadable or unsupported, or its service and method make no path. The
+/// caller answers it with the protocol's bad-request error response,
+/// carrying `Display` (the message) as the readable text.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestHeadError {
+    pub kind: RequestHeadErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// What kind of [`RequestHeadError`] it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestHeadErrorKind {
+    /// The head's bytes are malformed (a bad length, a missing field).
+    Malformed,
+    /// Well-formed, but meshgate does not route it (e.g. a Dubbo
+    /// serialization other than hessian2).
+    Unsupported,
+    /// The service or method is not usable as the request's path.
+    BadPath,
+}
+
+impl RequestHeadError {
+    pub fn new(kind: RequestHeadErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A malformed head.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(RequestHeadErrorKind::Malformed, message)
+    }
+
+    /// The same error, caused by `source` (a decoding error).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
 /// The routing view of a request frame: what the stream head carries.
 #[derive(Debug, Default)]
 pub struct RpcHead {
@@ -146,7 +192,7 @@ pub trait RpcProtocol: Send + Sync + 'static {
     /// waiting for it.
     fn decode(&self, buf: &mut BytesMut, max_body: usize) -> Result<Option<Frame>, FrameError>;
     /// The routing view of a request frame; an error is a bad request.
-    fn request_head(&self, frame: &Frame) -> Result<RpcHead, String>;
+    fn request_head(&self, frame: &Frame) -> Result<RpcHead, RequestHeadError>;
     /// The frame's head bytes with another request id.
     fn head_with_id(&self, head: &Bytes, id: u64) -> Bytes;
     /// The answer to a heartbeat request.
@@ -374,9 +420,10 @@ impl<P: RpcProtocol> RpcServer<P> {
         let id = frame.id;
         let head = match self.proto.request_head(&frame) {
             Ok(h) => h,
-            Err(msg) => {
+            Err(e) => {
                 protocol_error(&info.listener, self.proto.name(), "bad_request");
                 if !one_way {
+                    let msg = e.to_string();
                     let r =
                         self.proto
                             .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
@@ -387,8 +434,9 @@ impl<P: RpcProtocol> RpcServer<P> {
         };
         let req = match self.to_request(head, &frame) {
             Ok(r) => r,
-            Err(msg) => {
+            Err(e) => {
                 if !one_way {
+                    let msg = e.to_string();
                     let r =
                         self.proto
                             .error_response(&frame.head, id, RpcErrorKind::BadRequest, &msg);
@@ -407,11 +455,15 @@ impl<P: RpcProtocol> RpcServer<P> {
         let _ = tx.send(out).await;
     }
 
-    fn to_request(&self, head: RpcHead, frame: &Frame) -> Result<Request, String> {
+    fn to_request(&self, head: RpcHead, frame: &Frame) -> Result<Request, RequestHeadError> {
         let path = format!("/{}/{}", head.service, head.method);
-        let uri: http::Uri = path
-            .parse()
-            .map_err(|_| format!("service or method not usable as a path: {path}"))?;
+        let uri: http::Uri = path.parse().map_err(|e| {
+            RequestHeadError::new(
+                RequestHeadErrorKind::BadPath,
+                format!("service or method not usable as a path: {path}"),
+            )
+            .with_source(e)
+        })?;
         let mut req = Request::new(full_body(frame.body.clone()));
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = uri;
