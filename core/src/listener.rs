@@ -8,8 +8,8 @@ use crate::config::{ConfigSource, FilterChainConfig, ListenerConfig};
 use crate::error::ConfigError;
 use crate::metrics::ListenerStats;
 use crate::network::{
-    BuildContext, Connection, ConnectionInfo, DownstreamIo, FilterStatus, FilteredIo,
-    NetworkFilter, PrefixedIo, Signal,
+    BuildContext, BuiltFilter, Connection, ConnectionInfo, DownstreamIo, FilterStatus, FilteredIo,
+    NetworkFilter, PrefixedIo, Signal, TerminalFilter,
 };
 use crate::registry::Registry;
 use crate::router::ChainRoutes;
@@ -41,7 +41,7 @@ pub struct FilterChain {
     /// Terminates TLS before the filters, when configured.
     pub tls: Option<Arc<crate::tls::DownstreamTls>>,
     filters: Vec<Arc<dyn NetworkFilter>>,
-    terminal: Arc<dyn NetworkFilter>,
+    terminal: Arc<dyn TerminalFilter>,
     /// The route tables its filters subscribed to, by filter position.
     pub routes: ChainRoutes,
     /// Some filter sees the connection's bytes (`NetworkFilter::sees_bytes`).
@@ -304,6 +304,7 @@ fn build_chain(
         .taking_over(take_over)
         .on_stream_transport(stream_transport);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
+    let mut terminal = None;
     let last = fc.filters.len() - 1;
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
@@ -321,25 +322,28 @@ fn build_chain(
         let filter = factory
             .create(&f.config, &ctx)
             .map_err(|e| source.build_error(&format!("{fpath}.config"), e))?;
-        if i == last && !filter.terminal() {
-            return Err(source.error(
-                format!("{fpath}.name"),
-                format!("the last filter of a chain must own the connection (e.g. tcp_proxy); '{}' does not", f.name),
-            ));
+        match filter {
+            BuiltFilter::Connection(_) if i == last => {
+                return Err(source.error(
+                    format!("{fpath}.name"),
+                    format!("the last filter of a chain must own the connection (e.g. tcp_proxy); '{}' does not", f.name),
+                ));
+            }
+            BuiltFilter::Terminal(_) if i != last => {
+                return Err(source.error(
+                    format!("{fpath}.name"),
+                    format!(
+                        "'{}' owns the connection and must be the last filter of its chain",
+                        f.name
+                    ),
+                ));
+            }
+            BuiltFilter::Connection(f) => built.push(f),
+            BuiltFilter::Terminal(t) => terminal = Some(t),
         }
-        if i != last && filter.terminal() {
-            return Err(source.error(
-                format!("{fpath}.name"),
-                format!(
-                    "'{}' owns the connection and must be the last filter of its chain",
-                    f.name
-                ),
-            ));
-        }
-        built.push(filter);
     }
-    // `filters` is not empty (checked above) and every one was pushed.
-    let Some(terminal) = built.pop() else {
+    // `filters` is not empty (checked above) and the last one is terminal.
+    let Some(terminal) = terminal else {
         return Err(source.error(format!("{path}.filters"), "a filter chain needs filters"));
     };
     let (resolved, routes) = ctx.into_parts();
@@ -356,11 +360,6 @@ fn build_chain(
 }
 
 impl FilterChain {
-    /// Its filters in order, the terminal one last.
-    pub fn filters(&self) -> impl Iterator<Item = &Arc<dyn NetworkFilter>> {
-        self.filters.iter().chain(std::iter::once(&self.terminal))
-    }
-
     /// Runs the non-terminal filters' connection hooks in order.
     pub(crate) fn run_on_new_connection(&self, info: &mut ConnectionInfo) -> FilterStatus {
         for f in &self.filters {
@@ -740,9 +739,9 @@ mod tests {
     use crate::network::DataStatus;
 
     struct Terminal;
-    impl NetworkFilter for Terminal {
-        fn terminal(&self) -> bool {
-            true
+    impl TerminalFilter for Terminal {
+        fn serve(self: Arc<Self>, _conn: Connection) -> crate::network::ServeFuture {
+            Box::pin(async {})
         }
     }
 
@@ -936,10 +935,7 @@ mod tests {
     /// how reading ended.
     struct EchoTerminal(tokio::sync::mpsc::UnboundedSender<std::io::Result<()>>);
 
-    impl NetworkFilter for EchoTerminal {
-        fn terminal(&self) -> bool {
-            true
-        }
+    impl TerminalFilter for EchoTerminal {
         fn serve(self: Arc<Self>, conn: Connection) -> crate::network::ServeFuture {
             Box::pin(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -250,13 +250,10 @@ pub trait WriteFilter: Send + 'static {
 /// A boxed future a terminal filter serves a connection with.
 pub type ServeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// A network filter built from config.
+/// A network filter before the terminal one (Envoy's read/write filters):
+/// it sees the connection's events and, if it asks to, its bytes. It never
+/// owns the connection.
 pub trait NetworkFilter: Send + Sync + 'static {
-    /// Whether the filter owns the connection (must be last in its chain).
-    fn terminal(&self) -> bool {
-        false
-    }
-
     /// Runs when a connection is accepted, in chain order, before the
     /// terminal filter; may annotate `info` or refuse the connection.
     fn on_new_connection(&self, _info: &mut ConnectionInfo) -> FilterStatus {
@@ -280,12 +277,22 @@ pub trait NetworkFilter: Send + Sync + 'static {
     fn write_filter(&self, _info: &ConnectionInfo) -> Option<Box<dyn WriteFilter>> {
         None
     }
+}
 
-    /// Serves the connection to its end. Called only on the terminal filter.
-    fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
-        drop(conn);
-        Box::pin(async {})
-    }
+/// The last filter of a chain, which owns the connection from then on:
+/// `tcp_proxy` (L4), or the `proxy` that drives a codec (L7).
+pub trait TerminalFilter: Send + Sync + 'static {
+    /// Serves the connection to its end.
+    fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture;
+}
+
+/// What a network filter factory builds: a filter before the terminal, or
+/// the terminal. A chain is any number of the first and one of the second,
+/// last.
+#[derive(Clone)]
+pub enum BuiltFilter {
+    Connection(Arc<dyn NetworkFilter>),
+    Terminal(Arc<dyn TerminalFilter>),
 }
 
 /// What a factory may consult while building a filter. Cluster names are
@@ -421,7 +428,7 @@ pub trait NetworkFilterFactory: Send + Sync {
         &self,
         config: &serde_json::Value,
         ctx: &BuildContext<'_>,
-    ) -> Result<Arc<dyn NetworkFilter>, BuildError>;
+    ) -> Result<BuiltFilter, BuildError>;
 }
 
 /// A downstream stream that first yields bytes already read (the

@@ -3,7 +3,7 @@
 
 use meshgate_core::BuildError;
 use meshgate_core::network::{
-    BuildContext, Connection, NetworkFilter, NetworkFilterFactory, ServeFuture,
+    BuildContext, BuiltFilter, Connection, NetworkFilterFactory, ServeFuture, TerminalFilter,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ impl NetworkFilterFactory for EchoFactory {
         &self,
         config: &serde_json::Value,
         ctx: &BuildContext<'_>,
-    ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
+    ) -> Result<BuiltFilter, BuildError> {
         let _: EchoConfig = meshgate_core::config::parse_typed(config)?;
         if ctx.stream_transport().is_some() {
             return Err(BuildError::new(
@@ -32,16 +32,13 @@ impl NetworkFilterFactory for EchoFactory {
                 "echo relays bytes, and this listener's connections carry streams (QUIC)",
             ));
         }
-        Ok(Arc::new(Echo))
+        Ok(BuiltFilter::Terminal(Arc::new(Echo)))
     }
 }
 
 struct Echo;
 
-impl NetworkFilter for Echo {
-    fn terminal(&self) -> bool {
-        true
-    }
+impl TerminalFilter for Echo {
     fn serve(self: Arc<Self>, mut conn: Connection) -> ServeFuture {
         Box::pin(async move {
             if !conn.preface.is_empty() && conn.io.write_all(&conn.preface).await.is_err() {

@@ -21,7 +21,8 @@ use meshgate_core::config::filters::ProxyConfig;
 use meshgate_core::config::parse_typed;
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
-    BuildContext, Connection, DownstreamIo, NetworkFilter, NetworkFilterFactory, ServeFuture,
+    BuildContext, BuiltFilter, Connection, DownstreamIo, NetworkFilterFactory, ServeFuture,
+    TerminalFilter,
 };
 use meshgate_core::router::{RouteAction, RouteSubscription};
 use meshgate_core::stream::{
@@ -46,7 +47,7 @@ impl NetworkFilterFactory for ProxyFactory {
         &self,
         config: &serde_json::Value,
         ctx: &BuildContext<'_>,
-    ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
+    ) -> Result<BuiltFilter, BuildError> {
         let cfg: ProxyConfig = parse_typed(config)?;
         let names = ctx.registry.codec_names();
         let mut codecs = Vec::new();
@@ -161,7 +162,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 ),
             ));
         }
-        Ok(proxy)
+        Ok(BuiltFilter::Terminal(proxy))
     }
 }
 
@@ -175,11 +176,7 @@ struct Proxy {
     shared: Arc<ProxyHandler>,
 }
 
-impl NetworkFilter for Proxy {
-    fn terminal(&self) -> bool {
-        true
-    }
-
+impl TerminalFilter for Proxy {
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         Box::pin(async move {
             let handler: Arc<dyn StreamHandler> = Arc::new(Handler {

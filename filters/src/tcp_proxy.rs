@@ -19,8 +19,8 @@ use meshgate_core::config::filters::{TcpHashPolicy as HashPolicy, TcpProxyConfig
 use meshgate_core::config::parse_typed;
 use meshgate_core::lb::{LbContext, hash_key};
 use meshgate_core::network::{
-    BuildContext, Connection, ConnectionInfo, DownstreamIo, NetworkFilter, NetworkFilterFactory,
-    ServeFuture,
+    BuildContext, BuiltFilter, Connection, ConnectionInfo, DownstreamIo, NetworkFilterFactory,
+    ServeFuture, TerminalFilter,
 };
 use metrics::Counter;
 use std::io;
@@ -44,7 +44,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
         &self,
         config: &serde_json::Value,
         ctx: &BuildContext<'_>,
-    ) -> Result<Arc<dyn NetworkFilter>, BuildError> {
+    ) -> Result<BuiltFilter, BuildError> {
         let cfg: TcpProxyConfig = parse_typed(config)?;
         if ctx.stream_transport().is_some() {
             return Err(BuildError::new(
@@ -85,7 +85,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
         }
         let total_weight = clusters.iter().map(|(_, w)| *w as u64).sum();
         let listener = ctx.listener.to_string();
-        Ok(Arc::new(TcpProxy {
+        Ok(BuiltFilter::Terminal(Arc::new(TcpProxy {
             clusters,
             total_weight,
             max_connect_attempts: cfg.max_connect_attempts,
@@ -95,7 +95,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
             no_upstream: metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
             downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener),
-        }))
+        })))
     }
 }
 
@@ -111,11 +111,7 @@ struct TcpProxy {
     downstream_bytes_sent: Counter,
 }
 
-impl NetworkFilter for TcpProxy {
-    fn terminal(&self) -> bool {
-        true
-    }
-
+impl TerminalFilter for TcpProxy {
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
         Box::pin(async move { self.proxy(conn).await })
     }
