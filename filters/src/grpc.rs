@@ -22,6 +22,10 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT
         LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
+        LocalReason::Unauthenticated => 16, // UNAUTHENTICATED
+        LocalReason::Forbidden => 7, // PERMISSION_DENIED
+        LocalReason::RateLimited => 14, // UNAVAILABLE, as Envoy maps 429
+        LocalReason::FilterConfigError => 13, // INTERNAL
     }
 }
 

@@ -2,6 +2,7 @@
 //! registered by name with `register_all`.
 
 pub mod access_log;
+mod chain;
 pub mod echo;
 mod edge;
 mod grpc;

@@ -7,7 +7,6 @@
 //! parsing back gives the same struct (tested below). Codec options stay
 //! free-form here: each codec owns and checks its own.
 
-use super::FilterConfig;
 use crate::router::RouteConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,9 +25,10 @@ pub struct ProxyConfig {
     /// The route table (inline, or the RDS RouteConfiguration xDS put
     /// here): the filter subscribes to it (`router::subscription`).
     pub route_config: RouteConfig,
-    /// Stream filters in order; the router runs after them.
+    /// Stream filters in order; the router runs after them
+    /// (`crate::filter_chain`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stream_filters: Vec<FilterConfig>,
+    pub stream_filters: Vec<StreamFilterConfig>,
     /// Add `x-request-id` when a request has none (default true).
     #[serde(default = "default_true")]
     pub generate_request_id: bool,
@@ -107,6 +107,21 @@ impl ProxyConfig {
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
         }
     }
+}
+
+/// One entry of the `proxy` filter's `stream_filters` (Envoy's HCM
+/// `HttpFilter`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFilterConfig {
+    /// A registered stream filter's name, e.g. `cors`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub config: serde_json::Value,
+    /// Off unless a virtual host or route configures it in its
+    /// `per_filter_config` (Envoy's `HttpFilter.disabled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// `advertise_http3` of the `proxy` filter.

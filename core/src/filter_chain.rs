@@ -1,0 +1,290 @@
+//! The stream filter chain (DESIGN.md layer 5): the driver that runs a
+//! listener's stream filters around the router, and the per-route filter
+//! configuration the route table carries.
+//!
+//! Envoy's model in meshgate's words: the route is computed first (so a
+//! filter reads it and its per-route config), the request phase runs in
+//! chain order, the router (no route, body limit, upstream exchange) is the
+//! implicit last filter, the response phase runs in reverse over the
+//! filters whose request phase ran, and a completion hook sees the final
+//! status (logs, stats). A filter continues, answers locally (counted per
+//! filter and reason), or asks for the route to be recomputed after it
+//! changed what routing looks at. A filter that must wait (an external
+//! call) awaits inside its request future and resumes.
+//!
+//! Cost: an empty chain is one length test per stream; nothing is boxed or
+//! allocated unless a filter is configured.
+
+use crate::error::BuildError;
+use crate::router::{Route, RouteTable, VirtualHost};
+use crate::stream::{FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo};
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+/// A filter's parsed per-route config, as the filter's
+/// [`StreamFilter::parse_per_route`] made it (downcast by the filter).
+pub type ParsedConfig = Arc<dyn Any + Send + Sync>;
+
+/// One entry of a virtual host's or route's `per_filter_config`: Envoy's
+/// `typed_per_filter_config`. `{disabled: true}` (Envoy's
+/// `envoy.config.route.v3.FilterConfig`) switches the filter off there;
+/// any other value is the filter's own per-route config, which also
+/// switches on a filter listed `disabled: true` in the chain.
+#[derive(Debug)]
+pub struct PerFilterConfig {
+    raw: serde_json::Value,
+    disabled: bool,
+    parsed: OnceLock<Result<ParsedConfig, String>>,
+}
+
+impl PerFilterConfig {
+    fn new(raw: &serde_json::Value) -> Self {
+        // `{disabled: bool}` alone is Envoy's `FilterConfig` wrapper.
+        let disabled = match raw.as_object() {
+            Some(o) if o.len() == 1 => o.get("disabled").and_then(|d| d.as_bool()),
+            _ => None,
+        };
+        Self {
+            raw: raw.clone(),
+            disabled: disabled == Some(true),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// Whether this entry only says "enabled" / "disabled" (no config).
+    fn is_switch(&self) -> bool {
+        self.raw
+            .as_object()
+            .is_some_and(|o| o.len() == 1 && o.get("disabled").is_some_and(|d| d.is_boolean()))
+    }
+
+    /// The filter's parsed config, parsed once (then shared by every
+    /// stream of this route table).
+    fn parsed(&self, filter: &dyn StreamFilter) -> Result<Option<&ParsedConfig>, &str> {
+        if self.is_switch() {
+            return Ok(None);
+        }
+        match self
+            .parsed
+            .get_or_init(|| filter.parse_per_route(&self.raw).map_err(|e| e.to_string()))
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The `per_filter_config` of one virtual host or route, by filter name.
+#[derive(Debug, Default)]
+pub struct PerFilterConfigs(BTreeMap<String, PerFilterConfig>);
+
+impl PerFilterConfigs {
+    /// `None` when the map is empty, so a route without per-filter config
+    /// costs one pointer.
+    pub fn build(map: &BTreeMap<String, serde_json::Value>) -> Option<Box<Self>> {
+        if map.is_empty() {
+            return None;
+        }
+        Some(Box::new(Self(
+            map.iter()
+                .map(|(k, v)| (k.clone(), PerFilterConfig::new(v)))
+                .collect(),
+        )))
+    }
+
+    fn get(&self, name: &str) -> Option<&PerFilterConfig> {
+        self.0.get(name)
+    }
+
+    /// The filter names this map configures.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+/// What a filter sees of the stream's route besides the request.
+#[derive(Clone, Copy)]
+pub struct RouteView<'a> {
+    /// The matched virtual host and route (`None`: no route matched; the
+    /// router answers 404 after the chain).
+    pub matched: Option<(&'a VirtualHost, &'a Route)>,
+    /// This filter's per-route config (route's, else virtual host's).
+    pub config: Option<&'a ParsedConfig>,
+}
+
+/// One configured chain entry.
+pub struct ChainEntry {
+    pub filter: Arc<dyn StreamFilter>,
+    /// The name the filter was configured with (metric label, per-route key).
+    pub name: &'static str,
+    /// Listed `disabled: true`: runs only on routes that configure it.
+    pub disabled: bool,
+}
+
+/// The most filters a chain may hold (the driver tracks them in a `u64`).
+pub const MAX_FILTERS: usize = 64;
+
+/// A listener's stream filters, in order.
+#[derive(Default)]
+pub struct FilterChain {
+    entries: Box<[ChainEntry]>,
+}
+
+/// Which filters' request phase ran, so the response phase runs exactly
+/// over them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ran(u64);
+
+impl FilterChain {
+    pub fn new(entries: Vec<ChainEntry>) -> Result<Self, BuildError> {
+        if entries.len() > MAX_FILTERS {
+            return Err(BuildError::new(
+                "stream_filters",
+                format!("at most {MAX_FILTERS} stream filters"),
+            ));
+        }
+        Ok(Self {
+            entries: entries.into(),
+        })
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Checks every per-filter config of a route table against this chain:
+    /// a name must be a configured filter, and its config must parse.
+    /// Error paths are relative to the route config.
+    pub fn validate(&self, table: &RouteTable) -> Result<(), BuildError> {
+        for (i, vh) in table.virtual_hosts().iter().enumerate() {
+            let vpath = format!("virtual_hosts[{i}]");
+            self.validate_map(&vpath, vh.per_filter_config())?;
+            for (j, r) in vh.routes().iter().enumerate() {
+                self.validate_map(&format!("{vpath}.routes[{j}]"), r.per_filter_config())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_map(&self, path: &str, m: Option<&PerFilterConfigs>) -> Result<(), BuildError> {
+        let Some(m) = m else { return Ok(()) };
+        for (name, c) in &m.0 {
+            let field = format!("{path}.per_filter_config.{name}");
+            let Some(e) = self.entries.iter().find(|e| e.name == name) else {
+                return Err(BuildError::new(
+                    field,
+                    format!(
+                        "no stream filter '{name}' in the chain (configured: {})",
+                        self.entries
+                            .iter()
+                            .map(|e| e.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            c.parsed(&*e.filter)
+                .map_err(|m| BuildError::new(field, m.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The request phase: each enabled filter in order. `Err` is the
+    /// answer a filter made (the router is skipped); the route may have
+    /// been recomputed (`FilterStatus::Reroute`). Denials are counted in
+    /// `meshgate_http_filter_denied_total{filter,reason}` and recorded in
+    /// the stream info for the access log.
+    pub async fn on_request<'t>(
+        &self,
+        table: &'t RouteTable,
+        matched: &mut Option<(&'t VirtualHost, &'t Route)>,
+        req: &mut Request,
+        info: &mut StreamInfo,
+        ran: &mut Ran,
+    ) -> Result<(), Response> {
+        for (i, e) in self.entries.iter().enumerate() {
+            let (enabled, config) = match resolve(e, *matched) {
+                Ok(x) => x,
+                Err(m) => {
+                    // A per-route config that does not parse: fail closed.
+                    tracing::warn!(filter = e.name, error = m, "per-route filter config");
+                    let resp = crate::stream::local_reply(info, LocalReason::FilterConfigError);
+                    deny(e.name, info, LocalReason::FilterConfigError.label());
+                    return Err(resp);
+                }
+            };
+            if !enabled {
+                continue;
+            }
+            ran.0 |= 1 << i;
+            let view = RouteView {
+                matched: *matched,
+                config,
+            };
+            match e.filter.on_request(req, info, view).await {
+                FilterStatus::Continue => {}
+                FilterStatus::Reroute => {
+                    *matched = table.find_request(req);
+                    info.route = matched.map(|(_, r)| r.stat_name());
+                }
+                FilterStatus::Respond(resp) => {
+                    // A refusal carries its reason; any other answer (a
+                    // CORS preflight) is the filter's own reply.
+                    if let Some(r) = resp.extensions().get::<LocalReason>() {
+                        deny(e.name, info, r.label());
+                    }
+                    return Err(resp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The response phase over the filters whose request phase ran, in
+    /// reverse order.
+    pub fn on_response(&self, ran: Ran, resp: &mut Response, info: &mut StreamInfo) {
+        for (i, e) in self.entries.iter().enumerate().rev() {
+            if ran.0 & (1 << i) != 0 {
+                e.filter.on_response(resp, info);
+            }
+        }
+    }
+
+    /// The completion hook, once the response head is final.
+    pub fn on_complete(&self, ran: Ran, info: &StreamInfo, status: u16) {
+        for (i, e) in self.entries.iter().enumerate() {
+            if ran.0 & (1 << i) != 0 {
+                e.filter.on_complete(info, status);
+            }
+        }
+    }
+}
+
+/// Whether a filter runs for this route, and its per-route config: the
+/// route's entry wins over the virtual host's, either overriding the
+/// chain's `disabled`.
+fn resolve<'a>(
+    e: &ChainEntry,
+    matched: Option<(&'a VirtualHost, &'a Route)>,
+) -> Result<(bool, Option<&'a ParsedConfig>), &'a str> {
+    let entry = matched.and_then(|(vh, r)| {
+        r.per_filter_config()
+            .and_then(|m| m.get(e.name))
+            .or_else(|| vh.per_filter_config().and_then(|m| m.get(e.name)))
+    });
+    match entry {
+        None => Ok((!e.disabled, None)),
+        Some(c) if c.disabled => Ok((false, None)),
+        Some(c) => Ok((true, c.parsed(&*e.filter)?)),
+    }
+}
+
+fn deny(filter: &'static str, info: &mut StreamInfo, reason: &'static str) {
+    info.denied_by = Some(filter);
+    if info.local_reply.is_none() {
+        info.local_reply = Some(reason);
+    }
+    metrics::counter!(crate::metrics::names::HTTP_FILTER_DENIED_TOTAL, "filter" => filter, "reason" => reason).increment(1);
+}
