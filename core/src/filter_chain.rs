@@ -35,7 +35,7 @@ pub type ParsedConfig = Arc<dyn Any + Send + Sync>;
 pub struct PerFilterConfig {
     raw: serde_json::Value,
     disabled: bool,
-    parsed: OnceLock<Result<ParsedConfig, String>>,
+    parsed: OnceLock<Result<ParsedConfig, BuildError>>,
 }
 
 impl PerFilterConfig {
@@ -61,13 +61,13 @@ impl PerFilterConfig {
 
     /// The filter's parsed config, parsed once (then shared by every
     /// stream of this route table).
-    fn parsed(&self, filter: &dyn StreamFilter) -> Result<Option<&ParsedConfig>, &str> {
+    fn parsed(&self, filter: &dyn StreamFilter) -> Result<Option<&ParsedConfig>, &BuildError> {
         if self.is_switch() {
             return Ok(None);
         }
         match self
             .parsed
-            .get_or_init(|| filter.parse_per_route(&self.raw).map_err(|e| e.to_string()))
+            .get_or_init(|| filter.parse_per_route(&self.raw))
         {
             Ok(c) => Ok(Some(c)),
             Err(e) => Err(e),
@@ -185,8 +185,9 @@ impl FilterChain {
                     ),
                 ));
             };
-            c.parsed(&*e.filter)
-                .map_err(|m| BuildError::new(field, m.to_string()))?;
+            c.parsed(&*e.filter).map_err(|m| {
+                BuildError::new(crate::error::join_path(&field, &m.path), m.message.clone())
+            })?;
         }
         Ok(())
     }
@@ -209,7 +210,7 @@ impl FilterChain {
                 Ok(x) => x,
                 Err(m) => {
                     // A per-route config that does not parse: fail closed.
-                    tracing::warn!(filter = e.name, error = m, "per-route filter config");
+                    tracing::warn!(filter = e.name, error = %m, "per-route filter config");
                     let resp = crate::stream::local_reply(info, LocalReason::FilterConfigError);
                     deny(e.name, info, LocalReason::FilterConfigError.label());
                     return Err(resp);
@@ -268,7 +269,7 @@ impl FilterChain {
 fn resolve<'a>(
     e: &ChainEntry,
     matched: Option<(&'a VirtualHost, &'a Route)>,
-) -> Result<(bool, Option<&'a ParsedConfig>), &'a str> {
+) -> Result<(bool, Option<&'a ParsedConfig>), &'a BuildError> {
     let entry = matched.and_then(|(vh, r)| {
         r.per_filter_config()
             .and_then(|m| m.get(e.name))

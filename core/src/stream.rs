@@ -92,6 +92,9 @@ pub struct StreamInfo {
     /// The stream filter that refused the stream, if one did (the reason
     /// is `local_reply`).
     pub denied_by: Option<&'static str>,
+    /// What stream filters learned about the stream, for a later phase or
+    /// another filter (empty, and not allocated, until one inserts).
+    pub filter_state: http::Extensions,
     /// Body size limit and stream idle timeout (`crate::body`), set by the
     /// `proxy` filter from its options and the route.
     pub limits: crate::body::StreamLimits,
@@ -111,6 +114,7 @@ impl StreamInfo {
             upstream_host: None,
             local_reply: None,
             denied_by: None,
+            filter_state: http::Extensions::new(),
             limits: crate::body::StreamLimits::default(),
         }
     }
