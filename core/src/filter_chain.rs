@@ -289,3 +289,214 @@ fn deny(filter: &'static str, info: &mut StreamInfo, reason: &'static str) {
     }
     metrics::counter!(crate::metrics::names::HTTP_FILTER_DENIED_TOTAL, "filter" => filter, "reason" => reason).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{FilterFuture, empty_body, local_reply};
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// Records its phases; denies with `deny`, rewrites the path with
+    /// `reroute_to`; its per-route config is a string it logs.
+    struct Probe {
+        name: &'static str,
+        log: Log,
+        deny: Option<LocalReason>,
+        reroute_to: Option<&'static str>,
+    }
+
+    impl StreamFilter for Probe {
+        fn on_request<'a>(
+            &'a self,
+            req: &'a mut Request,
+            info: &'a mut StreamInfo,
+            route: RouteView<'a>,
+        ) -> FilterFuture<'a> {
+            Box::pin(async move {
+                let cfg = route
+                    .config
+                    .and_then(|c| c.downcast_ref::<String>())
+                    .cloned()
+                    .unwrap_or_default();
+                let r = route.matched.map(|(_, r)| r.stat_name()).unwrap_or("-");
+                // An await point: a filter resumes after waiting.
+                tokio::task::yield_now().await;
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("req {} {r} {cfg}", self.name));
+                if let Some(to) = self.reroute_to {
+                    *req.uri_mut() = to.parse().unwrap();
+                    return FilterStatus::Reroute;
+                }
+                match self.deny {
+                    Some(reason) => FilterStatus::Respond(local_reply(info, reason)),
+                    None => FilterStatus::Continue,
+                }
+            })
+        }
+        fn on_response(&self, _resp: &mut Response, _info: &mut StreamInfo) {
+            self.log.lock().unwrap().push(format!("resp {}", self.name));
+        }
+        fn on_complete(&self, _info: &StreamInfo, status: u16) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("done {} {status}", self.name));
+        }
+        fn parse_per_route(&self, c: &serde_json::Value) -> Result<ParsedConfig, BuildError> {
+            match c.as_str() {
+                Some(s) => Ok(Arc::new(s.to_string())),
+                None => Err(BuildError::new("value", "a string")),
+            }
+        }
+    }
+
+    fn entry(name: &'static str, log: &Log, disabled: bool) -> ChainEntry {
+        ChainEntry {
+            filter: Arc::new(Probe {
+                name,
+                log: log.clone(),
+                deny: (name == "deny").then_some(LocalReason::Forbidden),
+                reroute_to: (name == "rewrite").then_some("/b"),
+            }),
+            name,
+            disabled,
+        }
+    }
+
+    fn table(yaml: &str) -> RouteTable {
+        let cfg: crate::router::RouteConfig = serde_yaml::from_str(yaml).unwrap();
+        let (c, src) =
+            crate::config::parse_str(std::path::Path::new("t.yaml"), "clusters: []\n").unwrap();
+        let clusters = crate::cluster::ClusterManager::build(
+            &c.clusters,
+            &crate::registry::Registry::new(),
+            &src,
+            false,
+        )
+        .unwrap();
+        RouteTable::build(&cfg, &clusters).unwrap()
+    }
+
+    fn info() -> StreamInfo {
+        let a = "127.0.0.1:1".parse().unwrap();
+        let conn = crate::network::ConnectionInfo {
+            id: 1,
+            listener: Arc::from("l"),
+            peer_addr: a,
+            local_addr: a,
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Default::default(),
+        };
+        StreamInfo::new(Arc::new(conn), "http1")
+    }
+
+    const ROUTES: &str = r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    per_filter_config: {a: "from-vhost"}
+    routes:
+      - name: a
+        match: {prefix: /a}
+        direct_response: {status: 200}
+        per_filter_config: {a: "from-route", off: "on-here", deny: {disabled: true}}
+      - name: b
+        match: {prefix: /b}
+        direct_response: {status: 200}
+"#;
+
+    async fn run(
+        chain: &FilterChain,
+        t: &RouteTable,
+        path: &str,
+    ) -> (Result<(), u16>, Ran, StreamInfo) {
+        let mut req = Request::new(empty_body());
+        *req.uri_mut() = path.parse().unwrap();
+        let mut info = info();
+        let mut matched = t.find_request(&req);
+        let mut ran = Ran::default();
+        let r = chain
+            .on_request(t, &mut matched, &mut req, &mut info, &mut ran)
+            .await
+            .map_err(|r| r.status().as_u16());
+        let mut resp = Response::new(empty_body());
+        chain.on_response(ran, &mut resp, &mut info);
+        chain.on_complete(ran, &info, 200);
+        (r, ran, info)
+    }
+
+    #[tokio::test]
+    async fn request_in_order_response_in_reverse_over_the_filters_that_ran() {
+        let log = Log::default();
+        let chain = FilterChain::new(vec![
+            entry("a", &log, false),
+            entry("off", &log, true),
+            entry("deny", &log, false),
+            entry("c", &log, false),
+        ])
+        .unwrap();
+        let t = table(ROUTES);
+        chain.validate(&t).unwrap();
+        // Route b: `off` stays off, `deny` refuses, `c` never runs.
+        let (r, _, info) = run(&chain, &t, "/b").await;
+        assert_eq!(r, Err(403));
+        assert_eq!(info.denied_by, Some("deny"));
+        assert_eq!(info.local_reply, Some("forbidden"));
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "req a b from-vhost",
+                "req deny b ",
+                "resp deny",
+                "resp a",
+                "done a 200",
+                "done deny 200"
+            ]
+        );
+        log.lock().unwrap().clear();
+        // Route a: its own config wins, `off` is switched on there and
+        // `deny` switched off.
+        let (r, _, info) = run(&chain, &t, "/a").await;
+        assert_eq!(r, Ok(()));
+        assert_eq!(info.denied_by, None);
+        assert_eq!(
+            log.lock().unwrap()[..3],
+            ["req a a from-route", "req off a on-here", "req c a "]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_filter_that_rewrites_the_path_gets_the_route_recomputed() {
+        let log = Log::default();
+        let chain =
+            FilterChain::new(vec![entry("rewrite", &log, false), entry("c", &log, false)]).unwrap();
+        let t = table(ROUTES);
+        let (r, _, info) = run(&chain, &t, "/a").await;
+        assert_eq!(r, Ok(()));
+        assert_eq!(info.route, Some("b"));
+        assert_eq!(log.lock().unwrap()[..2], ["req rewrite a ", "req c b "]);
+    }
+
+    #[test]
+    fn per_filter_config_is_checked_against_the_chain() {
+        let log = Log::default();
+        let chain = FilterChain::new(vec![entry("a", &log, false)]).unwrap();
+        let e = chain.validate(&table(ROUTES)).unwrap_err();
+        assert_eq!(e.path, "virtual_hosts[0].routes[0].per_filter_config.deny");
+        let chain = FilterChain::new(vec![
+            entry("a", &log, false),
+            entry("off", &log, false),
+            entry("deny", &log, false),
+        ])
+        .unwrap();
+        let bad = ROUTES.replace("{a: \"from-vhost\"}", "{a: 7}");
+        let e = chain.validate(&table(&bad)).unwrap_err();
+        assert_eq!(e.path, "virtual_hosts[0].per_filter_config.a.value");
+    }
+}

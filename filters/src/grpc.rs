@@ -104,6 +104,20 @@ mod tests {
     }
 
     #[test]
+    fn filter_refusals_get_their_grpc_statuses() {
+        for (reason, code) in [
+            (LocalReason::Unauthenticated, "16"),
+            (LocalReason::Forbidden, "7"),
+            (LocalReason::RateLimited, "14"),
+        ] {
+            let mut resp = meshgate_core::stream::local_reply(&mut info(), reason);
+            local_reply(&mut resp);
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["grpc-status"], code, "{reason:?}");
+        }
+    }
+
+    #[test]
     fn other_responses_are_left_alone() {
         let mut resp = Response::new(full_body("x"));
         *resp.status_mut() = StatusCode::BAD_GATEWAY;
