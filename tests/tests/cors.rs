@@ -239,3 +239,81 @@ fn bad_cors_config_is_refused_naming_the_field() {
         assert!(text.contains(field), "{field} not in: {text}");
     }
 }
+
+/// Through a real xDS control plane: the HCM lists
+/// `envoy.filters.http.cors` before the router, the virtual host carries an
+/// `envoy.extensions.filters.http.cors.v3.CorsPolicy` in
+/// `typed_per_filter_config`.
+#[test]
+fn cors_from_xds_http_filters_and_typed_per_filter_config() {
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::envoy::config::route::v3 as rds;
+    use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as corsv3;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+    use meshgate_tests::xds::*;
+    use prost::Message;
+
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("svc-a", backend.addr)]);
+    // The listener's HCM with the cors filter ahead of the router.
+    let (name, l) = hcm_listener("web", port, "r1");
+    let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(lds::filter::ConfigType::TypedConfig(a)) = f.config_type.as_mut() else {
+        panic!("an HCM typed config")
+    };
+    let mut h = hcm::HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+    h.http_filters.insert(
+        0,
+        hcm::HttpFilter {
+            name: "envoy.filters.http.cors".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
+                &corsv3::Cors {},
+            ))),
+            ..Default::default()
+        },
+    );
+    a.value = h.encode_to_vec();
+    mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
+    // The route configuration with the policy on its virtual host.
+    let (rname, r) = route_config("r1", &[("svc-a", 1)]);
+    let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
+    let policy = corsv3::CorsPolicy {
+        allow_origin_string_match: vec![matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                "https://app.example".into(),
+            )),
+            ignore_case: false,
+        }],
+        allow_methods: "GET, PATCH".into(),
+        ..Default::default()
+    };
+    r.virtual_hosts[0].typed_per_filter_config.insert(
+        "envoy.filters.http.cors".into(),
+        any(
+            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            &policy,
+        ),
+    );
+    mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
+    let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/", "backend=b");
+    let hits = backend.hits();
+    let (status, h) = curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://app.example",
+        "-H",
+        "Access-Control-Request-Method: PATCH",
+        &format!("http://127.0.0.1:{port}/x"),
+    ]);
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-methods"], "GET, PATCH");
+    assert_eq!(backend.hits(), hits, "the preflight was not forwarded");
+}
