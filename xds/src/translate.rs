@@ -978,7 +978,6 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
             &join(path, "response_headers_to_add"),
         )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
-        ..Default::default()
     };
     rest(&v, path)?;
     Ok(out)
