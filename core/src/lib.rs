@@ -13,6 +13,7 @@ pub mod config;
 pub mod dynamic;
 pub mod error;
 pub mod fds;
+pub mod filter_chain;
 pub mod forward;
 pub mod intern;
 pub mod lb;

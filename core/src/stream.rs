@@ -89,6 +89,12 @@ pub struct StreamInfo {
     /// filter took from `x-forwarded-for` (`use_remote_address`,
     /// `xff_num_trusted_hops`). Filters and access logs use this one.
     pub downstream_remote_address: std::net::IpAddr,
+    /// The stream filter that refused the stream, if one did (the reason
+    /// is `local_reply`).
+    pub denied_by: Option<&'static str>,
+    /// What stream filters learned about the stream, for a later phase or
+    /// another filter (empty, and not allocated, until one inserts).
+    pub filter_state: http::Extensions,
     /// Body size limit and stream idle timeout (`crate::body`), set by the
     /// `proxy` filter from its options and the route.
     pub limits: crate::body::StreamLimits,
@@ -107,6 +113,8 @@ impl StreamInfo {
             upstream_cluster: None,
             upstream_host: None,
             local_reply: None,
+            denied_by: None,
+            filter_state: http::Extensions::new(),
             limits: crate::body::StreamLimits::default(),
         }
     }
@@ -124,8 +132,13 @@ impl StreamInfo {
 pub enum FilterStatus {
     /// Go on to the next filter (and finally the router).
     Continue,
+    /// Go on, but the filter changed what routing looks at (a header, the
+    /// path): the route is recomputed before the next filter.
+    Reroute,
     /// Answer locally with this response; later filters and the router are
-    /// skipped, the response phase still runs.
+    /// skipped, the response phase still runs over the filters that ran.
+    /// A refusal is a `local_reply` (it carries its `LocalReason`, counted
+    /// as the filter's denial); any other response is the filter's answer.
     Respond(Response),
 }
 
@@ -133,12 +146,32 @@ pub enum FilterStatus {
 /// (an auth call, a rate-limit service) awaits inside it and resumes.
 pub type FilterFuture<'a> = Pin<Box<dyn Future<Output = FilterStatus> + Send + 'a>>;
 
-/// A stream filter: the request phase runs in chain order, the response
-/// phase in reverse.
+/// A stream filter (`crate::filter_chain` drives it): the request phase
+/// runs in chain order with the route already matched, the response phase
+/// in reverse over the filters whose request phase ran, then the
+/// completion hook. One value serves every stream of the listener; what a
+/// filter learns about one stream goes in the request's extensions or
+/// `StreamInfo::filter_state`.
 pub trait StreamFilter: Send + Sync + 'static {
-    fn on_request<'a>(&'a self, req: &'a mut Request, info: &'a mut StreamInfo)
-    -> FilterFuture<'a>;
-    fn on_response(&self, _resp: &mut Response, _info: &StreamInfo) {}
+    /// The request phase (head; the body is still streaming in `req`).
+    fn on_request<'a>(
+        &'a self,
+        req: &'a mut Request,
+        info: &'a mut StreamInfo,
+        route: crate::filter_chain::RouteView<'a>,
+    ) -> FilterFuture<'a>;
+    /// The response phase (head), in reverse chain order.
+    fn on_response(&self, _resp: &mut Response, _info: &mut StreamInfo) {}
+    /// Once the response head is final (logs, stats).
+    fn on_complete(&self, _info: &StreamInfo, _status: u16) {}
+    /// Parses this filter's per-route config (`per_filter_config`), once
+    /// per route table. The default refuses any.
+    fn parse_per_route(
+        &self,
+        _config: &serde_json::Value,
+    ) -> Result<crate::filter_chain::ParsedConfig, BuildError> {
+        Err(BuildError::new("", "this filter takes no per-route config"))
+    }
 }
 
 /// A stream filter registered by name.
@@ -171,6 +204,15 @@ pub enum LocalReason {
     HeadersTooLarge,
     /// No body byte either way for the stream idle timeout (408).
     StreamIdleTimeout,
+    /// A stream filter found no valid credentials (401).
+    Unauthenticated,
+    /// A stream filter refused the stream by policy (403).
+    Forbidden,
+    /// A stream filter's rate limit (429).
+    RateLimited,
+    /// A filter's per-route config could not be applied: refused, never
+    /// let through by accident (500).
+    FilterConfigError,
 }
 
 impl LocalReason {
@@ -189,6 +231,10 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             LocalReason::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalReason::Unauthenticated => StatusCode::UNAUTHORIZED,
+            LocalReason::Forbidden => StatusCode::FORBIDDEN,
+            LocalReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            LocalReason::FilterConfigError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -206,6 +252,10 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => "payload_too_large",
             LocalReason::HeadersTooLarge => "headers_too_large",
             LocalReason::StreamIdleTimeout => "stream_idle_timeout",
+            LocalReason::Unauthenticated => "unauthenticated",
+            LocalReason::Forbidden => "forbidden",
+            LocalReason::RateLimited => "rate_limited",
+            LocalReason::FilterConfigError => "filter_config_error",
         }
     }
 
@@ -225,6 +275,10 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => "payload too large",
             LocalReason::HeadersTooLarge => "request headers too large",
             LocalReason::StreamIdleTimeout => "stream idle timeout",
+            LocalReason::Unauthenticated => "unauthenticated",
+            LocalReason::Forbidden => "forbidden",
+            LocalReason::RateLimited => "rate limited",
+            LocalReason::FilterConfigError => "filter configuration error",
         }
     }
 }

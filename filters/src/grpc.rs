@@ -22,6 +22,10 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT
         LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
+        LocalReason::Unauthenticated => 16, // UNAUTHENTICATED
+        LocalReason::Forbidden => 7, // PERMISSION_DENIED
+        LocalReason::RateLimited => 14, // UNAVAILABLE, as Envoy maps 429
+        LocalReason::FilterConfigError => 13, // INTERNAL
     }
 }
 
@@ -97,6 +101,20 @@ mod tests {
         local_reply(&mut resp);
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn filter_refusals_get_their_grpc_statuses() {
+        for (reason, code) in [
+            (LocalReason::Unauthenticated, "16"),
+            (LocalReason::Forbidden, "7"),
+            (LocalReason::RateLimited, "14"),
+        ] {
+            let mut resp = meshgate_core::stream::local_reply(&mut info(), reason);
+            local_reply(&mut resp);
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["grpc-status"], code, "{reason:?}");
+        }
     }
 
     #[test]

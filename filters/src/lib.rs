@@ -2,6 +2,8 @@
 //! registered by name with `register_all`.
 
 pub mod access_log;
+mod chain;
+pub mod cors;
 pub mod echo;
 mod edge;
 mod grpc;
@@ -16,5 +18,6 @@ use std::sync::Arc;
 pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
-    registry.register_network_filter(Arc::new(proxy::ProxyFactory))
+    registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
+    registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }

@@ -19,6 +19,7 @@ use meshgate_core::codec::{
 };
 use meshgate_core::config::filters::ProxyConfig;
 use meshgate_core::config::parse_typed;
+use meshgate_core::filter_chain::{FilterChain, Ran};
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
     BuildContext, BuiltFilter, Connection, DownstreamIo, NetworkFilterFactory, ServeFuture,
@@ -26,8 +27,7 @@ use meshgate_core::network::{
 };
 use meshgate_core::router::{RouteAction, RouteSubscription};
 use meshgate_core::stream::{
-    FilterStatus, LocalReason, Request, Response, StreamFilter, StreamInfo, Upgrade, is_grpc,
-    local_reply,
+    LocalReason, Request, Response, StreamInfo, Upgrade, is_grpc, local_reply,
 };
 use metrics::{Counter, Histogram};
 use std::future::Future;
@@ -85,6 +85,10 @@ impl NetworkFilterFactory for ProxyFactory {
         let table = ctx.subscribe_routes(&cfg.route_config)?;
         let mut filters = Vec::new();
         for (i, f) in cfg.stream_filters.iter().enumerate() {
+            // Envoy's router is the implicit last filter here.
+            if f.name == crate::chain::ENVOY_ROUTER {
+                continue;
+            }
             let factory = ctx.registry.stream_filter(&f.name).ok_or_else(|| {
                 BuildError::new(
                     format!("stream_filters[{i}].name"),
@@ -95,7 +99,7 @@ impl NetworkFilterFactory for ProxyFactory {
                     ),
                 )
             })?;
-            filters.push(factory.create(&f.config, ctx).map_err(|e| {
+            let filter = factory.create(&f.config, ctx).map_err(|e| {
                 BuildError::new(
                     meshgate_core::error::join_path(
                         &format!("stream_filters[{i}].config"),
@@ -103,8 +107,14 @@ impl NetworkFilterFactory for ProxyFactory {
                     ),
                     e.message,
                 )
-            })?);
+            })?;
+            filters.push(meshgate_core::filter_chain::ChainEntry {
+                filter,
+                name: factory.name(),
+                disabled: f.disabled,
+            });
         }
+        let chain = crate::chain::build(filters, &table)?;
         let listener = ctx.listener.to_string();
         let edge = crate::edge::Edge::build(
             crate::edge::EdgeOptions {
@@ -125,7 +135,7 @@ impl NetworkFilterFactory for ProxyFactory {
             detect_failed: metrics::counter!(meshgate_core::metrics::names::PROXY_CODEC_DETECT_FAIL_TOTAL, "listener" => listener.clone()),
             shared: Arc::new(ProxyHandler {
                 table,
-                filters,
+                chain,
                 generate_request_id: cfg.generate_request_id,
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
@@ -424,7 +434,8 @@ struct ProxyHandler {
     /// The route table; a route update (file reload or RDS) is a new
     /// value on it, so open connections route their next request by it.
     table: RouteSubscription,
-    filters: Vec<Arc<dyn StreamFilter>>,
+    /// The stream filters; the router runs after them.
+    chain: FilterChain,
     generate_request_id: bool,
     edge: crate::edge::Edge,
     max_request_body_bytes: Option<u64>,
@@ -637,9 +648,10 @@ impl ProxyHandler {
                 .access_log
                 .as_ref()
                 .map(|_| Box::new(RequestSummary::of(&req)));
+            let mut ran = Ran::default();
             let mut resp = match prepared {
                 Ok(upgrade) => {
-                    self.route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade)
+                    self.route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade, &mut ran)
                         .await
                 }
                 Err(resp) => *resp,
@@ -651,8 +663,8 @@ impl ProxyHandler {
             if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(resp.headers_mut());
             }
-            for f in self.filters.iter().rev() {
-                f.on_response(&mut resp, &info);
+            if !self.chain.is_empty() {
+                self.chain.on_response(ran, &mut resp, &mut info);
             }
             if let Some(v) = &self.alt_svc
                 && info.traits.alt_svc
@@ -671,6 +683,9 @@ impl ProxyHandler {
                 .record(info.start.elapsed().as_secs_f64());
             if let (Some(log), Some(r)) = (&self.access_log, logged) {
                 log.log(access_log_line(&r, &info, status));
+            }
+            if !self.chain.is_empty() {
+                self.chain.on_complete(ran, &info, status);
             }
             resp
         }
@@ -738,6 +753,7 @@ impl ProxyHandler {
         peer_ip: HeaderValue,
         seen: Seen,
         mut upgrade: Option<HeaderValue>,
+        ran: &mut Ran,
     ) -> Response {
         let headers = req.headers_mut();
         if seen.expect {
@@ -760,8 +776,24 @@ impl ProxyHandler {
         {
             headers.insert(X_FORWARDED_CLIENT_CERT, v);
         }
+        // The route is computed before the stream filters (they read it and
+        // their per-route config); "no route" and the body limit are the
+        // router's, after them (DESIGN.md layer 5).
+        let table = self.table.load_full();
+        let mut matched = table.find_request(req);
+        if !self.chain.is_empty() {
+            info.route = matched.map(|(_, r)| r.stat_name());
+            if let Err(resp) = self
+                .chain
+                .on_request(&table, &mut matched, req, info, ran)
+                .await
+            {
+                return resp;
+            }
+        }
         if let Some(limit) = self.max_request_body_bytes
-            && let Some(len) = headers
+            && let Some(len) = req
+                .headers()
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
@@ -769,18 +801,11 @@ impl ProxyHandler {
         {
             return local_reply(info, LocalReason::PayloadTooLarge);
         }
-
-        let table = self.table.load_full();
-        let Some((vhost, route)) = table.find_request(req) else {
+        let Some((vhost, route)) = matched else {
             return local_reply(info, LocalReason::NoRoute);
         };
         info.route = Some(route.stat_name());
         meshgate_core::spans::record_route(route.stat_name());
-        for f in &self.filters {
-            if let FilterStatus::Respond(r) = f.on_request(req, info).await {
-                return r;
-            }
-        }
         match route.action() {
             RouteAction::DirectResponse(d) => d.response(),
             RouteAction::Redirect(r) => r.response(req),
@@ -925,6 +950,7 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
         "upstream_cluster": info.upstream_cluster,
         "upstream_host": info.upstream_host.map(|a| a.to_string()),
         "local_reply": info.local_reply,
+        "denied_by": info.denied_by,
         "request_id": req.request_id,
         "user_agent": req.user_agent,
         "grpc": info.grpc,

@@ -9,6 +9,7 @@ pub mod client;
 pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod http_filters;
 mod leftover;
 pub mod tls;
 pub mod translate;

@@ -15,7 +15,6 @@ use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
 use envoy_types::pb::envoy::config::listener::v3 as lds;
 use envoy_types::pb::envoy::config::route::v3 as rds;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
@@ -39,7 +38,6 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
-const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 
 /// A refused resource: which one, which field, why. Its `Display` is the
 /// NACK's `error_detail` message.
@@ -794,28 +792,9 @@ fn http_connection_manager(
             );
         }
     };
-    // The router runs last in meshgate's proxy filter; it must be the only
-    // HTTP filter until stream filters are translated.
-    for (i, mut f) in std::mem::take(&mut h.http_filters).into_iter().enumerate() {
-        let fp = format!("{path}.http_filters[{i}]");
-        let router = match f.config_type.take() {
-            None => f.name == "envoy.filters.http.router",
-            Some(hcm::http_filter::ConfigType::TypedConfig(a)) if a.type_url == ROUTER => {
-                let r: Router = decode(&a, ROUTER).map_err(|e| (fp.clone(), e.to_string()))?;
-                rest(&r, &join(&fp, "typed_config"))?;
-                true
-            }
-            _ => false,
-        };
-        if !router {
-            return err(
-                join(&fp, "name"),
-                format!("HTTP filter '{}' not supported (only the router)", f.name),
-            );
-        }
-        f.name.clear();
-        rest(&f, &fp)?;
-    }
+    // The router is the implicit last filter of meshgate's chain.
+    let stream_filters =
+        crate::http_filters::http_filters(std::mem::take(&mut h.http_filters), path)?;
     let generate_request_id = h
         .generate_request_id
         .take()
@@ -895,6 +874,7 @@ fn http_connection_manager(
         n => n,
     };
     let mut out = fc::ProxyConfig::new(route_config);
+    out.stream_filters = stream_filters;
     out.codec = codec.into();
     out.generate_request_id = generate_request_id;
     out.normalize_path = h.normalize_path.take().is_some_and(|b| b.value);
@@ -1025,6 +1005,10 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
         routes.push(route(r, &join(path, &format!("routes[{i}]")))?);
     }
     let out = rc::VirtualHostConfig {
+        per_filter_config: crate::http_filters::per_filter_config(
+            std::mem::take(&mut v.typed_per_filter_config),
+            path,
+        )?,
         name: std::mem::take(&mut v.name),
         domains: std::mem::take(&mut v.domains),
         routes,
@@ -1045,6 +1029,10 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
 
 fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
     let mut out = rc::RouteEntryConfig {
+        per_filter_config: crate::http_filters::per_filter_config(
+            std::mem::take(&mut r.typed_per_filter_config),
+            path,
+        )?,
         name: Some(std::mem::take(&mut r.name)).filter(|n| !n.is_empty()),
         match_: route_match(r.r#match.take().unwrap_or_default(), &join(path, "match"))?,
         request_headers_to_add: header_options(

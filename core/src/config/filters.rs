@@ -7,7 +7,6 @@
 //! parsing back gives the same struct (tested below). Codec options stay
 //! free-form here: each codec owns and checks its own.
 
-use super::FilterConfig;
 use crate::router::RouteConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,9 +25,10 @@ pub struct ProxyConfig {
     /// The route table (inline, or the RDS RouteConfiguration xDS put
     /// here): the filter subscribes to it (`router::subscription`).
     pub route_config: RouteConfig,
-    /// Stream filters in order; the router runs after them.
+    /// Stream filters in order; the router runs after them
+    /// (`crate::filter_chain`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stream_filters: Vec<FilterConfig>,
+    pub stream_filters: Vec<StreamFilterConfig>,
     /// Add `x-request-id` when a request has none (default true).
     #[serde(default = "default_true")]
     pub generate_request_id: bool,
@@ -106,6 +106,124 @@ impl ProxyConfig {
             upgrade_configs: default_upgrade_configs(),
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
         }
+    }
+}
+
+/// One entry of the `proxy` filter's `stream_filters` (Envoy's HCM
+/// `HttpFilter`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFilterConfig {
+    /// A registered stream filter's name, e.g. `cors`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub config: serde_json::Value,
+    /// Off unless a virtual host or route configures it in its
+    /// `per_filter_config` (Envoy's `HttpFilter.disabled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+/// The `cors` stream filter's per-route policy (Envoy's
+/// `envoy.extensions.filters.http.cors.v3.CorsPolicy`, and the older
+/// route / virtual host `cors` field), given in a virtual host's or route's
+/// `per_filter_config: {cors: ...}`. Lists are comma-separated strings, as
+/// in Envoy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsPolicyConfig {
+    /// Origins allowed: any of these matchers on the `Origin` value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin_string_match: Vec<StringMatcherConfig>,
+    /// `access-control-allow-methods` of a preflight answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allow_methods: String,
+    /// `access-control-allow-headers` of a preflight answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allow_headers: String,
+    /// `access-control-expose-headers` of an actual response.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub expose_headers: String,
+    /// `access-control-max-age` (seconds) of a preflight answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub max_age: String,
+    /// `access-control-allow-credentials: true` on both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// The share of requests the policy applies to (default all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_enabled: Option<RuntimeFractionalPercent>,
+    /// A preflight whose origin is not allowed goes to the upstream
+    /// (Envoy's default, true) or is answered without CORS headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_not_matching_preflights: Option<bool>,
+}
+
+/// Envoy's `type.matcher.v3.StringMatcher`: exactly one of `exact`,
+/// `prefix`, `suffix`, `contains`, `safe_regex` (a full match).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatcherConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex: Option<RegexMatcherConfig>,
+    /// Case-insensitive `exact`/`prefix`/`suffix`/`contains`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+}
+
+/// Envoy's `RegexMatcher` (RE2 syntax; meshgate's `regex` crate).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexMatcherConfig {
+    pub regex: String,
+}
+
+/// Envoy's `RuntimeFractionalPercent` (only its `default_value`; meshgate
+/// has no runtime layer, so `runtime_key` is refused).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFractionalPercent {
+    pub default_value: FractionalPercent,
+}
+
+/// Envoy's `FractionalPercent`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercent {
+    #[serde(default)]
+    pub numerator: u32,
+    /// `HUNDRED` (default), `TEN_THOUSAND` or `MILLION`.
+    #[serde(default)]
+    pub denominator: Denominator,
+}
+
+/// `FractionalPercent.denominator`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Denominator {
+    #[default]
+    Hundred,
+    TenThousand,
+    Million,
+}
+
+impl FractionalPercent {
+    /// The share as parts per million (capped at all).
+    pub fn per_million(&self) -> u32 {
+        let scale = match self.denominator {
+            Denominator::Hundred => 10_000,
+            Denominator::TenThousand => 100,
+            Denominator::Million => 1,
+        };
+        self.numerator.saturating_mul(scale).min(1_000_000)
     }
 }
 

@@ -93,6 +93,8 @@ pub const DOWNSTREAM_RQ_TOTAL: &str = "meshgate_downstream_rq_total";
 pub const DOWNSTREAM_RQ_XX_TOTAL: &str = "meshgate_downstream_rq_xx_total";
 /// Histogram `{listener}`: time from request head to response head.
 pub const DOWNSTREAM_RQ_DURATION_SECONDS: &str = "meshgate_downstream_rq_duration_seconds";
+/// Counter `{filter,reason}`: streams a stream filter refused.
+pub const HTTP_FILTER_DENIED_TOTAL: &str = "meshgate_http_filter_denied_total";
 /// Counter `{reason}`: streams meshgate answered itself.
 pub const DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL: &str = "meshgate_downstream_rq_local_reply_total";
 /// Counter `{protocol}`: request bodies over the configured limit.
@@ -204,6 +206,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (DOWNSTREAM_RQ_XX_TOTAL, Kind::Counter),
     (DOWNSTREAM_RQ_DURATION_SECONDS, Kind::Histogram),
     (DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL, Kind::Counter),
+    (HTTP_FILTER_DENIED_TOTAL, Kind::Counter),
     (DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL, Kind::Counter),
     (DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL, Kind::Counter),
     (PROXY_CODEC_DETECT_FAIL_TOTAL, Kind::Counter),

@@ -3,6 +3,7 @@
 //! fields are errors everywhere; `RouteTable::build` validates the rest.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A route configuration: virtual hosts, each with ordered routes
@@ -41,6 +42,10 @@ pub struct VirtualHostConfig {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_headers_to_remove: Vec<String>,
+    /// Envoy's `typed_per_filter_config`: a stream filter's config for
+    /// this virtual host, or `{disabled: true}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_filter_config: BTreeMap<String, serde_json::Value>,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -77,6 +82,10 @@ pub struct RouteEntryConfig {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_headers_to_remove: Vec<String>,
+    /// Envoy's `typed_per_filter_config`: a stream filter's config for
+    /// this route (wins over the virtual host's), or `{disabled: true}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_filter_config: BTreeMap<String, serde_json::Value>,
 }
 
 /// What a request must look like for a route to apply. Exactly one of

@@ -152,6 +152,8 @@ pub struct VirtualHost {
     index: RouteIndex,
     request_headers: HeaderMutations,
     response_headers: HeaderMutations,
+    /// `per_filter_config` (stream filter chain).
+    filter_configs: Option<Box<crate::filter_chain::PerFilterConfigs>>,
 }
 
 #[derive(Debug)]
@@ -177,6 +179,8 @@ pub struct Route {
     response_headers: HeaderMutations,
     /// `route.upgrade_configs`: (lowercase type, enabled).
     upgrades: Box<[(Box<str>, bool)]>,
+    /// `per_filter_config` (stream filter chain).
+    filter_configs: Option<Box<crate::filter_chain::PerFilterConfigs>>,
 }
 
 impl RouteTable {
@@ -273,6 +277,7 @@ impl RouteTable {
                 index,
                 request_headers,
                 response_headers,
+                filter_configs: crate::filter_chain::PerFilterConfigs::build(&vh.per_filter_config),
             });
         }
         domains.finish();
@@ -330,6 +335,11 @@ impl RouteTable {
 impl VirtualHost {
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The stream filters' per-virtual-host configs.
+    pub fn per_filter_config(&self) -> Option<&crate::filter_chain::PerFilterConfigs> {
+        self.filter_configs.as_deref()
     }
 
     /// The domains, lowercase.
@@ -427,6 +437,11 @@ impl RouteIndex {
 }
 
 impl Route {
+    /// The stream filters' per-route configs.
+    pub fn per_filter_config(&self) -> Option<&crate::filter_chain::PerFilterConfigs> {
+        self.filter_configs.as_deref()
+    }
+
     /// The route's label in metrics and logs: `name`, or `vhost/index`.
     pub fn stat_name(&self) -> &'static str {
         self.stat_name
@@ -607,6 +622,7 @@ impl Route {
         }
         Ok(Self {
             upgrades: upgrades.into(),
+            filter_configs: crate::filter_chain::PerFilterConfigs::build(&c.per_filter_config),
             name: c.name.as_deref().map(Arc::from),
             stat_name: "",
             index,

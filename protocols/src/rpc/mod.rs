@@ -165,6 +165,12 @@ impl RpcErrorKind {
             LocalReason::Overflow => Self::Overloaded,
             LocalReason::UpstreamReset => Self::ServiceError,
             LocalReason::ClusterNotFound => Self::Unavailable,
+            // A stream filter's refusal: the service error status, whose
+            // message says why (never BAD_REQUEST).
+            LocalReason::Unauthenticated
+            | LocalReason::Forbidden
+            | LocalReason::FilterConfigError => Self::ServiceError,
+            LocalReason::RateLimited => Self::Overloaded,
         }
     }
 
