@@ -6,6 +6,7 @@
 //! 127.0.0.1 only.
 
 pub mod backend;
+pub mod caddy;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;

@@ -6,6 +6,7 @@
 //! HTTP/3 upstream (Caddy) restarted on the same port is used again at
 //! once.
 
+use meshgate_tests::caddy::Caddy;
 use meshgate_tests::rpc::*;
 use meshgate_tests::*;
 use std::io::{Read, Write};
@@ -344,53 +345,6 @@ fn http3_get_without_body_reaches_http1_upstream_without_framing() {
     }
 }
 
-/// Caddy serving HTTP/3 (and HTTPS) on `port`, killed on drop.
-struct Caddy {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Caddy {
-    fn start(port: u16, tag: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("Caddyfile");
-        std::fs::write(
-            &conf,
-            format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{tag} proto={{http.request.proto}}\n\" 200\n}}\n",
-                d = dir.path().display(),
-                crt = certs("server.pem"),
-                key = certs("server.key"),
-            ),
-        )
-        .unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&conf)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("caddy (tests/run.sh installs it)");
-        wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
-        Caddy { child, _dir: dir }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn curl_get(url: &str) -> (u16, String) {
     let o = Command::new("curl")
         .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", url])
@@ -404,7 +358,7 @@ fn curl_get(url: &str) -> (u16, String) {
 #[test]
 fn http3_upstream_restarted_on_the_same_port_is_used_again_at_once() {
     let caddy_port = free_port();
-    let caddy = Caddy::start(caddy_port, "first");
+    let caddy = Caddy::tagged(caddy_port, "first");
     let port = free_port();
     let mg = Meshgate::start(&format!(
         r#"admin:
@@ -464,7 +418,7 @@ clusters:
     let mut caddy = caddy;
     for (n, tag) in ["second", "third"].into_iter().enumerate() {
         caddy.stop();
-        caddy = Caddy::start(caddy_port, tag);
+        caddy = Caddy::tagged(caddy_port, tag);
         let started = Instant::now();
         let (mut code, mut body) = curl_get(&url);
         if code != 200 {
@@ -504,7 +458,7 @@ clusters:
         started.elapsed()
     );
     // Back again: served within a second.
-    let caddy = Caddy::start(caddy_port, "fourth");
+    let caddy = Caddy::tagged(caddy_port, "fourth");
     let started = Instant::now();
     let mut ok = false;
     while started.elapsed() < Duration::from_secs(1) && !ok {

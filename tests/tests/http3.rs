@@ -6,9 +6,10 @@
 //! and raw UDP.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::caddy::Caddy;
 use meshgate_tests::*;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn certs(f: &str) -> String {
@@ -288,53 +289,13 @@ fn https_responses_advertise_the_http3_listener() {
     assert!(!r[0].1.contains("alt-svc"), "{}", r[0].1);
 }
 
-/// Caddy serving HTTP/3 (and HTTPS) on `port`, killed on drop.
-struct Caddy {
-    child: Child,
-    /// Caddy's config and storage, removed on drop.
-    _dir: tempfile::TempDir,
-}
-
-impl Caddy {
-    fn start(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("Caddyfile");
-        std::fs::write(
-            &conf,
-            format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"caddy proto={{http.request.proto}} method={{http.request.method}} uri={{http.request.uri}} host={{http.request.host}}\n\" 200\n}}\n",
-                d = dir.path().display(),
-                crt = certs("server.pem"),
-                key = certs("server.key"),
-            ),
-        )
-        .unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&conf)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("caddy (Debian caddy; tests/run.sh installs it)");
-        wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
-        Caddy { child, _dir: dir }
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn http3_upstream_to_caddy_from_http1_and_http2_clients() {
     let caddy_port = free_port();
-    let _caddy = Caddy::start(caddy_port);
+    let _caddy = Caddy::responding(
+        caddy_port,
+        "caddy proto={http.request.proto} method={http.request.method} uri={http.request.uri} host={http.request.host}",
+    );
     let port = free_port();
     let _mg = Meshgate::start(&format!(
         r#"admin:

@@ -5,6 +5,7 @@
 //! closes, `max_connections` refuses a second connection, and the
 //! connections of a cluster replaced by a reload close.
 
+use meshgate_tests::caddy::Caddy;
 use meshgate_tests::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,49 +16,6 @@ fn certs(f: &str) -> String {
         .join(f)
         .display()
         .to_string()
-}
-
-/// Caddy serving HTTP/3 (and HTTPS) on `port`, answering `tag`; killed on
-/// drop.
-struct Caddy {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Caddy {
-    fn start(port: u16, tag: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("Caddyfile");
-        std::fs::write(
-            &conf,
-            format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{tag} proto={{http.request.proto}}\n\" 200\n}}\n",
-                d = dir.path().display(),
-                crt = certs("server.pem"),
-                key = certs("server.key"),
-            ),
-        )
-        .unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&conf)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("caddy (tests/run.sh installs it)");
-        wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
-        Caddy { child, _dir: dir }
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn curl_get(url: &str) -> (u16, String) {
@@ -133,8 +91,8 @@ fn reload(mg: &Meshgate, yaml: &str) {
 #[test]
 fn http3_connections_to_a_removed_endpoint_close_and_max_connections_holds() {
     let (pa, pb) = (free_port(), free_port());
-    let _a = Caddy::start(pa, "a");
-    let _b = Caddy::start(pb, "b");
+    let _a = Caddy::tagged(pa, "a");
+    let _b = Caddy::tagged(pb, "b");
     let port = free_port();
     let mg = Meshgate::start_with_args(&config(port, "1s", &[pa]), &["--watch-interval", "0s"]);
     let url = format!("http://127.0.0.1:{port}/x");
