@@ -487,6 +487,40 @@ impl HealthCell {
     }
 }
 
+// ------------------------------------------------------------ bodies
+
+/// A response body that keeps `hold` (its stream's place on a pooled
+/// connection, the endpoint's request guard) until the body is dropped:
+/// the pool counts the stream, a connection whose endpoint left stays open
+/// until it is done, and least-request balancing sees streaming answers.
+pub struct OnStream<B, S> {
+    body: B,
+    _hold: S,
+}
+
+impl<B, S> OnStream<B, S> {
+    pub fn new(body: B, hold: S) -> Self {
+        Self { body, _hold: hold }
+    }
+}
+
+impl<B: http_body::Body + Unpin, S: Unpin> http_body::Body for OnStream<B, S> {
+    type Data = B::Data;
+    type Error = B::Error;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

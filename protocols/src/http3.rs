@@ -856,38 +856,15 @@ impl ClientCodec for Http3Client {
             parts.version = http::Version::HTTP_11;
             Ok(http::Response::from_parts(
                 parts,
-                box_body(GuardedBody {
-                    inner: H3Body::new(rx),
-                    _guard,
-                    _stream: up,
-                }),
+                // The request guard too: least-request balancing sees
+                // streaming answers until they are read.
+                box_body(meshgate_core::pool::OnStream::new(
+                    H3Body::new(rx),
+                    (_guard, up),
+                )),
             ))
         };
         Box::pin(fut)
-    }
-}
-
-/// A response body that keeps the endpoint's active-request count until
-/// it is read to the end (least_request balancing sees streaming calls),
-/// and its stream's place on the pooled connection (a connection whose
-/// endpoint left stays open until its streams are done).
-struct GuardedBody<B> {
-    inner: B,
-    _guard: meshgate_core::cluster::RequestGuard,
-    _stream: H3Stream,
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for GuardedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
     }
 }
 

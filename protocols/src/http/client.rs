@@ -652,36 +652,8 @@ impl ClientCodec for Http2Client {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(
                 parts,
-                box_body(OnStream {
-                    body,
-                    _stream: stream,
-                }),
+                box_body(meshgate_core::pool::OnStream::new(body, stream)),
             ))
         })
-    }
-}
-
-/// A response body that holds its stream's place on the pooled
-/// connection until it is dropped: the pool counts the stream, and a
-/// connection whose endpoint left stays open until it is done.
-struct OnStream<B, S> {
-    body: B,
-    _stream: S,
-}
-
-impl<B: http_body::Body + Unpin, S: Unpin> http_body::Body for OnStream<B, S> {
-    type Data = B::Data;
-    type Error = B::Error;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
