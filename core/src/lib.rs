@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod callout;
 pub mod clock;
 pub mod cluster;
 pub mod codec;
