@@ -36,6 +36,12 @@ if [ ! -f tests/peers/.cache/aioquic/examples/http3_client.py ]; then
   mv "$tmp"/aioquic-*/ tests/peers/.cache/aioquic
   rm -rf "$tmp"
 fi
+# JOSE tokens for the jwt_authn tests (pyjwt with cryptography), bcrypt
+# hashes for basic_auth, and Envoy's generated protos (xds-protos) for the
+# ext_authz servers.
+python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q 'pyjwt[crypto]'
+python3 -c 'import bcrypt' 2>/dev/null || python3 -m pip install -q bcrypt
+python3 -c 'import envoy.service.auth.v3.external_auth_pb2' 2>/dev/null || python3 -m pip install -q xds-protos
 # Dubbo consumer (dubbo-ssl-python).
 python3 -c 'import dubbo_ssl' 2>/dev/null || python3 -m pip install -q dubbo-ssl-python
 

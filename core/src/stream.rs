@@ -121,6 +121,60 @@ impl StreamInfo {
 }
 
 impl StreamInfo {
+    /// What filters published about this stream (Envoy's dynamic
+    /// metadata), if any did.
+    pub fn metadata(&self) -> Option<&DynamicMetadata> {
+        self.filter_state.get::<DynamicMetadata>()
+    }
+
+    /// The stream's dynamic metadata, made on first use.
+    pub fn metadata_mut(&mut self) -> &mut DynamicMetadata {
+        self.filter_state.get_or_insert_default::<DynamicMetadata>()
+    }
+}
+
+/// Envoy's dynamic metadata (`filter_metadata`): values a filter publishes
+/// under its own namespace (its Envoy name, e.g.
+/// `envoy.filters.http.jwt_authn`) for later filters (RBAC matches a JWT
+/// claim with a `metadata` principal), the access log and the upstream.
+/// Kept in `StreamInfo::filter_state`; nothing is allocated until a filter
+/// publishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DynamicMetadata(serde_json::Map<String, serde_json::Value>);
+
+impl DynamicMetadata {
+    /// Sets `key` in `namespace` (Envoy's `setDynamicMetadata` merges
+    /// keys into the namespace's struct the same way).
+    pub fn set(&mut self, namespace: &str, key: &str, value: serde_json::Value) {
+        let ns = self
+            .0
+            .entry(namespace.to_string())
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if !ns.is_object() {
+            *ns = serde_json::Value::Object(Default::default());
+        }
+        if let Some(o) = ns.as_object_mut() {
+            o.insert(key.to_string(), value);
+        }
+    }
+
+    /// The value at `path` inside `namespace` (Envoy's `MetadataMatcher`
+    /// `filter` and `path`); `None` when any step is missing.
+    pub fn get(&self, namespace: &str, path: &[&str]) -> Option<&serde_json::Value> {
+        let mut v = self.0.get(namespace)?;
+        for key in path {
+            v = v.as_object()?.get(*key)?;
+        }
+        Some(v)
+    }
+
+    /// Every namespace and its values (access logs).
+    pub fn as_map(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.0
+    }
+}
+
+impl StreamInfo {
     /// The stream's protocol traits, as its codec declares them.
     pub fn with_traits(mut self, traits: crate::codec::ProtocolTraits) -> Self {
         self.traits = traits;
@@ -331,5 +385,42 @@ impl Upgrade {
     /// The future, the first time it is asked for.
     pub fn take(&self) -> Option<UpgradeFuture> {
         self.0.lock().ok()?.take()
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_set_per_namespace_and_read_by_path() {
+        let mut m = DynamicMetadata::default();
+        m.set(
+            "envoy.filters.http.jwt_authn",
+            "payload",
+            serde_json::json!({"sub": "alice", "groups": {"admin": true}}),
+        );
+        m.set(
+            "envoy.filters.http.jwt_authn",
+            "other",
+            serde_json::json!(1),
+        );
+        assert_eq!(
+            m.get("envoy.filters.http.jwt_authn", &["payload", "sub"]),
+            Some(&serde_json::json!("alice"))
+        );
+        assert_eq!(
+            m.get(
+                "envoy.filters.http.jwt_authn",
+                &["payload", "groups", "admin"]
+            ),
+            Some(&serde_json::json!(true))
+        );
+        assert_eq!(
+            m.get("envoy.filters.http.jwt_authn", &["payload", "x"]),
+            None
+        );
+        assert_eq!(m.get("other", &[]), None);
+        assert_eq!(m.as_map().len(), 1);
     }
 }
