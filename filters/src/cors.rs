@@ -54,7 +54,8 @@ struct Empty {}
 
 struct Cors;
 
-enum Origin {
+/// A compiled `StringMatcher` on an origin (`csrf` uses it too).
+pub(crate) enum Origin {
     Exact(String, bool),
     Prefix(String, bool),
     Suffix(String, bool),
@@ -63,7 +64,7 @@ enum Origin {
 }
 
 impl Origin {
-    fn build(path: &str, m: &StringMatcherConfig) -> Result<Self, BuildError> {
+    pub(crate) fn build(path: &str, m: &StringMatcherConfig) -> Result<Self, BuildError> {
         let ic = m.ignore_case;
         let fold = |s: &String| {
             if ic {
@@ -101,7 +102,7 @@ impl Origin {
         )
     }
 
-    fn matches(&self, origin: &str) -> bool {
+    pub(crate) fn matches(&self, origin: &str) -> bool {
         // Folded only for an `ignore_case` matcher.
         let v = |ic: bool| -> std::borrow::Cow<'_, str> {
             if ic {
