@@ -2,6 +2,7 @@
 //! registered by name with `register_all`.
 
 pub mod access_log;
+pub mod api_key_auth;
 pub mod basic_auth;
 mod chain;
 pub mod cors;
@@ -21,5 +22,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
     registry.register_stream_filter(Arc::new(basic_auth::BasicAuthFactory))?;
+    registry.register_stream_filter(Arc::new(api_key_auth::ApiKeyAuthFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }
