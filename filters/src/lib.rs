@@ -6,6 +6,7 @@ pub mod api_key_auth;
 pub mod basic_auth;
 mod chain;
 pub mod cors;
+pub mod csrf;
 pub mod echo;
 mod edge;
 mod grpc;
@@ -23,5 +24,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
     registry.register_stream_filter(Arc::new(basic_auth::BasicAuthFactory))?;
     registry.register_stream_filter(Arc::new(api_key_auth::ApiKeyAuthFactory))?;
+    registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }

@@ -177,6 +177,13 @@ pub const XDS_INITIAL_FETCH_TIMEOUT_TOTAL: &str = "meshgate_xds_initial_fetch_ti
 /// Counter `{reason}`: TLS handshakes with the management server failed.
 pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_error_total";
 
+// The `csrf` stream filter.
+
+/// Counter `{result,mode}`: unsafe-method requests the `csrf` filter
+/// checked; `result` is `valid`, `invalid` or `missing_source_origin`
+/// (Envoy's csrf stats), `mode` `enforced` or `shadow`.
+pub const HTTP_CSRF_REQUEST_TOTAL: &str = "meshgate_http_csrf_request_total";
+
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -235,6 +242,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (XDS_RESPONSE_TOTAL, Kind::Counter),
     (XDS_INITIAL_FETCH_TIMEOUT_TOTAL, Kind::Counter),
     (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+    (HTTP_CSRF_REQUEST_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
