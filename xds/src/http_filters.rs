@@ -54,6 +54,13 @@ pub(crate) fn http_filters(
                 config: Value::Null,
                 disabled: f.disabled,
             });
+        } else if let Some((name, config)) = crate::simpleauth::http_filter(type_url.as_ref(), &fp)?
+        {
+            out.push(fc::StreamFilterConfig {
+                name: name.into(),
+                config,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -106,6 +113,17 @@ pub(crate) fn per_filter_config(
                 serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
             }
             (None, false) => serde_json::json!({"disabled": false}),
+            (Some(a), false) if crate::simpleauth::filter_name(&key).is_some() => {
+                match crate::simpleauth::per_route(a, &key, &p)? {
+                    Some(v) => v,
+                    None => {
+                        return err(
+                            p,
+                            format!("per-filter config '{}' not supported", a.type_url),
+                        );
+                    }
+                }
+            }
             (Some(a), false) => {
                 if optional {
                     continue;
@@ -118,6 +136,9 @@ pub(crate) fn per_filter_config(
         };
         let name = match key.as_str() {
             "envoy.filters.http.cors" | "cors" => "cors",
+            k if crate::simpleauth::filter_name(k).is_some() => {
+                crate::simpleauth::filter_name(k).unwrap_or_default()
+            }
             _ if optional => continue,
             other => {
                 return err(
@@ -179,7 +200,10 @@ fn cors_policy(mut c: cors::CorsPolicy, path: &str) -> R<fc::CorsPolicyConfig> {
     Ok(out)
 }
 
-fn string_matcher(mut m: matcher::StringMatcher, path: &str) -> R<fc::StringMatcherConfig> {
+pub(crate) fn string_matcher(
+    mut m: matcher::StringMatcher,
+    path: &str,
+) -> R<fc::StringMatcherConfig> {
     use matcher::string_matcher::MatchPattern;
     let mut out = fc::StringMatcherConfig {
         ignore_case: std::mem::take(&mut m.ignore_case),
