@@ -141,6 +141,7 @@ impl Users {
             Hash::Bcrypt(h) => {
                 let key = cache_key(user, password);
                 if self.verified.lock().is_ok_and(|s| s.contains(&key)) {
+                    bcrypt_count("cache_hit");
                     return Some(name);
                 }
                 let _permit = gate.acquire().await.ok()?;
@@ -149,6 +150,7 @@ impl Users {
                     tokio::task::spawn_blocking(move || bcrypt::verify(pw, &h).unwrap_or(false))
                         .await
                         .unwrap_or(false);
+                bcrypt_count(if ok { "verified" } else { "mismatch" });
                 if !ok {
                     return None;
                 }
@@ -164,6 +166,11 @@ impl Users {
             }
         }
     }
+}
+
+fn bcrypt_count(result: &'static str) {
+    metrics::counter!(meshgate_core::metrics::names::HTTP_BASIC_AUTH_BCRYPT_TOTAL, "result" => result)
+        .increment(1);
 }
 
 fn cache_key(user: &str, password: &[u8]) -> [u8; 32] {

@@ -955,6 +955,10 @@ fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> Stri
         "user_agent": req.user_agent,
         "grpc": info.grpc,
     });
+    if let Some(m) = info.metadata() {
+        // What filters published (the user basic_auth found, a JWT's claims).
+        v["dynamic_metadata"] = serde_json::Value::Object(m.as_map().clone());
+    }
     if let Some(t) = &c.tls {
         v["tls"] = serde_json::json!({
             "version": t.version,

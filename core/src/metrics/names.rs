@@ -183,6 +183,9 @@ pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_erro
 /// checked; `result` is `valid`, `invalid` or `missing_source_origin`
 /// (Envoy's csrf stats), `mode` `enforced` or `shadow`.
 pub const HTTP_CSRF_REQUEST_TOTAL: &str = "meshgate_http_csrf_request_total";
+/// Counter `{result}`: bcrypt credentials the `basic_auth` filter checked:
+/// `cache_hit` (verified before), `verified`, `mismatch`.
+pub const HTTP_BASIC_AUTH_BCRYPT_TOTAL: &str = "meshgate_http_basic_auth_bcrypt_total";
 
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
@@ -243,6 +246,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (XDS_INITIAL_FETCH_TIMEOUT_TOTAL, Kind::Counter),
     (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
     (HTTP_CSRF_REQUEST_TOTAL, Kind::Counter),
+    (HTTP_BASIC_AUTH_BCRYPT_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
