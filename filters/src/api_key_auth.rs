@@ -52,8 +52,11 @@ impl StreamFilterFactory for ApiKeyAuthFactory {
     }
 }
 
+/// A configured key and its client id.
+type Entry = (Box<[u8]>, Arc<str>);
+
 /// Keys by their SHA-256 digest.
-struct Credentials(HashMap<[u8; 32], (Box<[u8]>, Arc<str>)>);
+struct Credentials(HashMap<[u8; 32], Entry>);
 
 fn digest(key: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -273,10 +276,10 @@ fn hide(req: &mut Request, found: Found) {
                 .collect();
             let h = req.headers_mut();
             h.remove(http::header::COOKIE);
-            if !kept.is_empty() {
-                if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
-                    h.insert(http::header::COOKIE, v);
-                }
+            if !kept.is_empty()
+                && let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..]))
+            {
+                h.insert(http::header::COOKIE, v);
             }
         }
     }
@@ -345,10 +348,10 @@ impl ApiKeyAuth {
         let Some(client) = credentials.client(&key) else {
             return FilterStatus::Respond(local_reply(info, LocalReason::Unauthenticated));
         };
-        if let Some(allowed) = over.and_then(|o| o.allowed_clients.as_ref()) {
-            if !allowed.contains(&**client) {
-                return FilterStatus::Respond(local_reply(info, LocalReason::Forbidden));
-            }
+        if let Some(allowed) = over.and_then(|o| o.allowed_clients.as_ref())
+            && !allowed.contains(&**client)
+        {
+            return FilterStatus::Respond(local_reply(info, LocalReason::Forbidden));
         }
         info.metadata_mut().set(
             METADATA_NAMESPACE,
@@ -359,10 +362,10 @@ impl ApiKeyAuth {
             if f.hide_credentials {
                 hide(req, found);
             }
-            if let Some(h) = &f.header {
-                if let Ok(v) = HeaderValue::from_str(client) {
-                    req.headers_mut().insert(h.clone(), v);
-                }
+            if let Some(h) = &f.header
+                && let Ok(v) = HeaderValue::from_str(client)
+            {
+                req.headers_mut().insert(h.clone(), v);
             }
         }
         FilterStatus::Continue

@@ -322,10 +322,10 @@ impl StreamFilter for BasicAuth {
             else {
                 return self.deny(req, info);
             };
-            if let Some(h) = &self.forward_username_header {
-                if let Ok(v) = HeaderValue::from_str(user) {
-                    req.headers_mut().insert(h.clone(), v);
-                }
+            if let Some(h) = &self.forward_username_header
+                && let Ok(v) = HeaderValue::from_str(user)
+            {
+                req.headers_mut().insert(h.clone(), v);
             }
             if self.emit_dynamic_metadata {
                 info.metadata_mut()
