@@ -105,7 +105,8 @@ struct Ports {
 /// - `basic`: basic_auth with users from a file (alice {SHA}, bob bcrypt),
 ///   the user forwarded in `x-echo-user` and published in the metadata;
 ///   `/carol/` has its own users, `/open/` disables the filter.
-/// - `basic_alt`: credentials in `x-credentials`, missing ones allowed.
+/// - `basic_alt`: credentials in `x-echo-credentials` (echoed back by the
+///   backend: they are forwarded), missing ones allowed.
 /// - `apikey`: api_key_auth (alpha, beta) from header, query or cookie,
 ///   hidden from the upstream, the client in `x-echo-client`; only alpha
 ///   on `/admin/`.
@@ -185,7 +186,7 @@ fn config(
             r#"                - name: basic_auth
                   config:
                     users: {{inline_string: "alice:{}"}}
-                    authentication_header: x-credentials
+                    authentication_header: x-echo-credentials
                     allow_missing: true
                     forward_username_header: x-echo-user
 "#,
@@ -446,17 +447,22 @@ fn basic_auth_hostile_credentials_and_authentication_header() {
     assert_eq!(s.backend.hits(), 0);
     assert_eq!(curl(&["-H", &basic("alice", "apass"), &url]).0, 200);
     assert!(s.denied("basic_auth", "unauthenticated") >= 6.0);
-    // `authentication_header`: credentials read from x-credentials only;
+    // `authentication_header`: credentials read from x-echo-credentials only;
     // missing ones allowed (`allow_missing`), invalid ones not.
     let alt = s.url(s.p.alt, "/x");
     let (status, h, _) = curl(&[&alt]);
     assert_eq!(status, 200);
     assert!(!h.contains_key("x-echo-user"));
-    let cred = basic("alice", "apass").replace("Authorization", "x-credentials");
+    let cred = basic("alice", "apass").replace("Authorization", "x-echo-credentials");
     let (status, h, _) = curl(&["-H", &cred, &alt]);
     assert_eq!(status, 200);
     assert_eq!(h["x-echo-user"], "alice");
-    let bad = basic("alice", "nope").replace("Authorization", "x-credentials");
+    // As in Envoy, the credentials go upstream unchanged.
+    assert_eq!(
+        format!("x-echo-credentials: {}", h["x-echo-credentials"]),
+        cred
+    );
+    let bad = basic("alice", "nope").replace("Authorization", "x-echo-credentials");
     assert_eq!(curl(&["-H", &bad, &alt]).0, 401);
     // `authorization` is not looked at there.
     let (status, h, _) = curl(&["-H", &basic("alice", "nope"), &alt]);
