@@ -9,6 +9,7 @@ mod edge;
 mod grpc;
 pub mod http_options;
 pub mod proxy;
+pub mod rbac;
 pub mod tcp_proxy;
 
 use meshgate_core::registry::{DuplicateName, Registry};
@@ -19,5 +20,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
-    registry.register_stream_filter(Arc::new(cors::CorsFactory))
+    registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
+    registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
+    registry.register_stream_filter(Arc::new(rbac::RbacFactory))
 }

@@ -177,6 +177,22 @@ pub const XDS_INITIAL_FETCH_TIMEOUT_TOTAL: &str = "meshgate_xds_initial_fetch_ti
 /// Counter `{reason}`: TLS handshakes with the management server failed.
 pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_error_total";
 
+// RBAC (the `rbac` stream and network filters).
+
+/// Counter `{listener,layer,stat_prefix,policy}`: streams (`layer="http"`)
+/// or connections (`layer="network"`) the enforced rules allowed; `policy`
+/// is the effective policy (empty when none matched).
+pub const RBAC_ALLOWED_TOTAL: &str = "meshgate_rbac_allowed_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: refused by the enforced
+/// rules (403, or the connection closed).
+pub const RBAC_DENIED_TOTAL: &str = "meshgate_rbac_denied_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: the shadow rules would
+/// have allowed (never enforced).
+pub const RBAC_SHADOW_ALLOWED_TOTAL: &str = "meshgate_rbac_shadow_allowed_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: the shadow rules would
+/// have denied (never enforced).
+pub const RBAC_SHADOW_DENIED_TOTAL: &str = "meshgate_rbac_shadow_denied_total";
+
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -235,6 +251,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (XDS_RESPONSE_TOTAL, Kind::Counter),
     (XDS_INITIAL_FETCH_TIMEOUT_TOTAL, Kind::Counter),
     (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+    (RBAC_ALLOWED_TOTAL, Kind::Counter),
+    (RBAC_DENIED_TOTAL, Kind::Counter),
+    (RBAC_SHADOW_ALLOWED_TOTAL, Kind::Counter),
+    (RBAC_SHADOW_DENIED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
