@@ -54,6 +54,15 @@ pub(crate) fn http_filters(
                 config: Value::Null,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::rbac::HTTP_RBAC)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "rbac".into(),
+                config: crate::rbac::http_filter(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -62,7 +71,7 @@ pub(crate) fn http_filters(
             return err(
                 join(&fp, "name"),
                 format!(
-                    "HTTP filter '{}' not supported (known: {ROUTER_NAME}, envoy.filters.http.cors)",
+                    "HTTP filter '{}' not supported (known: {ROUTER_NAME}, envoy.filters.http.cors, envoy.filters.http.rbac)",
                     f.name
                 ),
             );
@@ -105,6 +114,9 @@ pub(crate) fn per_filter_config(
                     decode(a, CORS_POLICY).map_err(|e| (p.clone(), e.to_string()))?;
                 serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
             }
+            (Some(a), false) if a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE => {
+                crate::rbac::per_route(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) => {
                 if optional {
@@ -118,11 +130,22 @@ pub(crate) fn per_filter_config(
         };
         let name = match key.as_str() {
             "envoy.filters.http.cors" | "cors" => "cors",
+            // An RBACPerRoute, or only the enable/disable wrapper.
+            "envoy.filters.http.rbac" | "rbac"
+                if disabled
+                    || config
+                        .as_ref()
+                        .is_none_or(|a| a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE) =>
+            {
+                "rbac"
+            }
             _ if optional => continue,
             other => {
                 return err(
                     p,
-                    format!("HTTP filter '{other}' not supported (known: envoy.filters.http.cors)"),
+                    format!(
+                        "HTTP filter '{other}' not supported here (known: envoy.filters.http.cors, envoy.filters.http.rbac with an RBACPerRoute)"
+                    ),
                 );
             }
         };
@@ -179,7 +202,10 @@ fn cors_policy(mut c: cors::CorsPolicy, path: &str) -> R<fc::CorsPolicyConfig> {
     Ok(out)
 }
 
-fn string_matcher(mut m: matcher::StringMatcher, path: &str) -> R<fc::StringMatcherConfig> {
+pub(crate) fn string_matcher(
+    mut m: matcher::StringMatcher,
+    path: &str,
+) -> R<fc::StringMatcherConfig> {
     use matcher::string_matcher::MatchPattern;
     let mut out = fc::StringMatcherConfig {
         ignore_case: std::mem::take(&mut m.ignore_case),
