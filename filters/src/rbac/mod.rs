@@ -286,3 +286,6 @@ fn publish(info: &mut StreamInfo, side: &Side, o: &Outcome) {
         serde_json::Value::String(if o.allowed { "allowed" } else { "denied" }.into()),
     );
 }
+
+#[cfg(test)]
+mod tests;
