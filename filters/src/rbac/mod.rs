@@ -36,13 +36,14 @@ const METADATA_NAMESPACE: &str = "envoy.filters.http.rbac";
 /// handle, no label is built per stream).
 struct Side {
     engine: Engine,
-    shadow: bool,
     /// Per policy index, then the "no policy matched" slot last.
     allowed: Box<[metrics::Counter]>,
     denied: Box<[metrics::Counter]>,
-    /// Prefix of the dynamic metadata keys (Envoy's
-    /// `shadow_rules_stat_prefix` / `rules_stat_prefix`).
-    stat_prefix: Box<str>,
+    /// The dynamic metadata keys, made once: `<stat_prefix><kind>_effective_policy_id`
+    /// and `<stat_prefix><kind>_engine_result` (kind: `shadow` or
+    /// `enforced`), as Envoy names them.
+    policy_key: Box<str>,
+    result_key: Box<str>,
 }
 
 impl Side {
@@ -55,6 +56,7 @@ impl Side {
         stat_prefix: &str,
     ) -> Result<Self, BuildError> {
         let engine = Engine::build(rules, path, layer)?;
+        let kind = if shadow { "shadow" } else { "enforced" };
         let layer_label = match layer {
             Layer::Http => "http",
             Layer::Network => "network",
@@ -84,8 +86,8 @@ impl Side {
             allowed: counters(allowed_name),
             denied: counters(denied_name),
             engine,
-            shadow,
-            stat_prefix: stat_prefix.into(),
+            policy_key: format!("{stat_prefix}{kind}_effective_policy_id").into(),
+            result_key: format!("{stat_prefix}{kind}_engine_result").into(),
         })
     }
 
@@ -271,18 +273,17 @@ impl Rbac {
 /// Envoy's dynamic metadata of the RBAC filter: the effective policy (when
 /// one matched) and the engine's result, under the shadow or enforced keys.
 fn publish(info: &mut StreamInfo, side: &Side, o: &Outcome) {
-    let kind = if side.shadow { "shadow" } else { "enforced" };
     let md = info.metadata_mut();
     if let Some(i) = o.policy {
         md.set(
             METADATA_NAMESPACE,
-            &format!("{}{kind}_effective_policy_id", side.stat_prefix),
+            &side.policy_key,
             serde_json::Value::String(side.engine.policy_name(i).to_string()),
         );
     }
     md.set(
         METADATA_NAMESPACE,
-        &format!("{}{kind}_engine_result", side.stat_prefix),
+        &side.result_key,
         serde_json::Value::String(if o.allowed { "allowed" } else { "denied" }.into()),
     );
 }

@@ -55,10 +55,13 @@ impl NetworkFilterFactory for RbacNetworkFactory {
             .as_ref()
             .map(|r| build(r, "shadow_rules", true, &c.shadow_rules_stat_prefix))
             .transpose()?;
-        let after_handshake = rules
-            .iter()
-            .chain(shadow.iter())
-            .any(|s| s.engine.needs_handshake());
+        // A transport of streams (QUIC) finished its handshake before the
+        // chain runs: everything is known when the connection arrives.
+        let after_handshake = ctx.stream_transport().is_none()
+            && rules
+                .iter()
+                .chain(shadow.iter())
+                .any(|s| s.engine.needs_handshake());
         Ok(BuiltFilter::Connection(Arc::new(RbacNetwork {
             inner: Arc::new(Inner { rules, shadow }),
             after_handshake,
