@@ -817,3 +817,37 @@ fn rbac_from_xds_http_and_network_filters() {
     assert!(exchange_from("127.0.0.2", to).ends_with("upstream"));
     assert_eq!(up.conns.load(Ordering::SeqCst), 1);
 }
+
+/// `:authority` and `:method` read the same over HTTP/1.1 (Host) and
+/// HTTP/2 (the pseudo headers).
+#[test]
+fn pseudo_headers_match_over_http1_and_http2() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let rbac = r#"                    rules:
+                      policies:
+                        api-reads:
+                          permissions:
+                            - and_rules:
+                                rules:
+                                  - header: {name: ":authority", exact_match: "api.example"}
+                                  - header: {name: ":method", safe_regex_match: {regex: "GET|HEAD"}}
+                          principals: [{any: true}]"#;
+    let _mg = Meshgate::start(&http_config(port, backend.addr, "", rbac, ""));
+    let url = format!("http://127.0.0.1:{port}/x");
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let host = ["-H", "host: api.example"];
+        assert_eq!(curl(&url, &[proto, host[0], host[1]]).0, 200, "{proto}");
+        assert_eq!(
+            curl(&url, &[proto, host[0], host[1], "-X", "DELETE"]).0,
+            403,
+            "{proto}"
+        );
+        assert_eq!(
+            curl(&url, &[proto, "-H", "host: other.example"]).0,
+            403,
+            "{proto}"
+        );
+    }
+    assert_eq!(backend.hits(), 2);
+}
