@@ -851,3 +851,43 @@ fn pseudo_headers_match_over_http1_and_http2() {
     }
     assert_eq!(backend.hits(), 2);
 }
+
+/// A gRPC call the rules deny gets gRPC's PERMISSION_DENIED (status 7),
+/// not an HTTP 403 a gRPC client cannot read.
+#[test]
+fn denied_grpc_calls_get_permission_denied() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let rbac = r#"                    rules:
+                      policies:
+                        reads:
+                          permissions: [{url_path: {path: {prefix: /shop.Catalog/}}}]
+                          principals: [{any: true}]"#;
+    let _mg = Meshgate::start(&http_config(port, backend.addr, "", rbac, ""));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@/dev/null",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/shop.Orders/Delete"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 7"), "{head}");
+    assert_eq!(backend.hits(), 0);
+}
