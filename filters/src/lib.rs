@@ -12,6 +12,7 @@ mod edge;
 mod grpc;
 pub mod http_options;
 pub mod proxy;
+pub mod rbac;
 pub mod tcp_proxy;
 
 use meshgate_core::registry::{DuplicateName, Registry};
@@ -25,5 +26,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(basic_auth::BasicAuthFactory))?;
     registry.register_stream_filter(Arc::new(api_key_auth::ApiKeyAuthFactory))?;
     registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
-    registry.register_stream_filter(Arc::new(cors::CorsFactory))
+    registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
+    registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
+    registry.register_stream_filter(Arc::new(rbac::RbacFactory))
 }

@@ -61,6 +61,15 @@ pub(crate) fn http_filters(
                 config,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::rbac::HTTP_RBAC)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "rbac".into(),
+                config: crate::rbac::http_filter(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -69,7 +78,7 @@ pub(crate) fn http_filters(
             return err(
                 join(&fp, "name"),
                 format!(
-                    "HTTP filter '{}' not supported (known: {ROUTER_NAME}, envoy.filters.http.cors)",
+                    "HTTP filter '{}' not supported (known: {ROUTER_NAME}, envoy.filters.http.cors, envoy.filters.http.rbac)",
                     f.name
                 ),
             );
@@ -112,6 +121,9 @@ pub(crate) fn per_filter_config(
                     decode(a, CORS_POLICY).map_err(|e| (p.clone(), e.to_string()))?;
                 serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
             }
+            (Some(a), false) if a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE => {
+                crate::rbac::per_route(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) if crate::simpleauth::filter_name(&key).is_some() => {
                 match crate::simpleauth::per_route(a, &key, &p)? {
@@ -139,11 +151,22 @@ pub(crate) fn per_filter_config(
             k if crate::simpleauth::filter_name(k).is_some() => {
                 crate::simpleauth::filter_name(k).unwrap_or_default()
             }
+            // An RBACPerRoute, or only the enable/disable wrapper.
+            "envoy.filters.http.rbac" | "rbac"
+                if disabled
+                    || config
+                        .as_ref()
+                        .is_none_or(|a| a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE) =>
+            {
+                "rbac"
+            }
             _ if optional => continue,
             other => {
                 return err(
                     p,
-                    format!("HTTP filter '{other}' not supported (known: envoy.filters.http.cors)"),
+                    format!(
+                        "HTTP filter '{other}' not supported here (known: envoy.filters.http.cors, envoy.filters.http.rbac with an RBACPerRoute)"
+                    ),
                 );
             }
         };

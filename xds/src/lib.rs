@@ -12,6 +12,7 @@ pub mod fixtures;
 mod http_filters;
 mod leftover;
 mod simpleauth;
+mod rbac;
 pub mod tls;
 pub mod translate;
 mod unknown;

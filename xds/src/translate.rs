@@ -735,9 +735,15 @@ fn network_filter(
                 config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
+        crate::rbac::NETWORK_RBAC => Ok(FilterConfig {
+            name: "rbac".into(),
+            config: crate::rbac::network_filter(&any, &tp)?,
+        }),
         other => err(
             tp,
-            format!("network filter '{other}' not supported (HttpConnectionManager, TcpProxy)"),
+            format!(
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, RBAC)"
+            ),
         ),
     }
 }

@@ -5,6 +5,7 @@
 pub mod filters;
 mod load;
 pub mod simpleauth;
+pub mod rbac;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 

@@ -186,6 +186,21 @@ pub const HTTP_CSRF_REQUEST_TOTAL: &str = "meshgate_http_csrf_request_total";
 /// Counter `{result}`: bcrypt credentials the `basic_auth` filter checked:
 /// `cache_hit` (verified before), `verified`, `mismatch`.
 pub const HTTP_BASIC_AUTH_BCRYPT_TOTAL: &str = "meshgate_http_basic_auth_bcrypt_total";
+// RBAC (the `rbac` stream and network filters).
+
+/// Counter `{listener,layer,stat_prefix,policy}`: streams (`layer="http"`)
+/// or connections (`layer="network"`) the enforced rules allowed; `policy`
+/// is the effective policy (empty when none matched).
+pub const RBAC_ALLOWED_TOTAL: &str = "meshgate_rbac_allowed_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: refused by the enforced
+/// rules (403, or the connection closed).
+pub const RBAC_DENIED_TOTAL: &str = "meshgate_rbac_denied_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: the shadow rules would
+/// have allowed (never enforced).
+pub const RBAC_SHADOW_ALLOWED_TOTAL: &str = "meshgate_rbac_shadow_allowed_total";
+/// Counter `{listener,layer,stat_prefix,policy}`: the shadow rules would
+/// have denied (never enforced).
+pub const RBAC_SHADOW_DENIED_TOTAL: &str = "meshgate_rbac_shadow_denied_total";
 
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
@@ -247,6 +262,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
     (HTTP_CSRF_REQUEST_TOTAL, Kind::Counter),
     (HTTP_BASIC_AUTH_BCRYPT_TOTAL, Kind::Counter),
+    (RBAC_ALLOWED_TOTAL, Kind::Counter),
+    (RBAC_DENIED_TOTAL, Kind::Counter),
+    (RBAC_SHADOW_ALLOWED_TOTAL, Kind::Counter),
+    (RBAC_SHADOW_DENIED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
