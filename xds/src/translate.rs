@@ -1212,13 +1212,21 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
                 let cp = format!("{wp}.clusters[{i}]");
                 let name = std::mem::take(&mut c.name);
                 let weight = c.weight.take().map(|v| v.value).unwrap_or(0);
+                let per_filter_config = crate::http_filters::per_filter_config(
+                    std::mem::take(&mut c.typed_per_filter_config),
+                    &cp,
+                )?;
                 rest(&c, &cp)?;
                 if weight == 0 {
                     // Envoy allows weight 0 (no traffic); meshgate's model
                     // wants >= 1, so such an entry is dropped.
                     continue;
                 }
-                list.push(rc::ClusterWeightConfig { name, weight });
+                list.push(rc::ClusterWeightConfig {
+                    name,
+                    weight,
+                    per_filter_config,
+                });
             }
             w.total_weight = None;
             rest(&w, &wp)?;
