@@ -801,7 +801,12 @@ fn http_connection_manager(
         .map(|b| b.value)
         .unwrap_or(true);
     let route_config = match h.route_specifier.take() {
-        Some(RouteSpecifier::RouteConfig(r)) => route_config(r, &join(path, "route_config"))?,
+        Some(RouteSpecifier::RouteConfig(mut r)) => {
+            if !stream_filters.iter().any(|f| f.name == "cors") {
+                crate::cors_field::strip(&mut r);
+            }
+            route_config(r, &join(path, "route_config"))?
+        }
         Some(RouteSpecifier::Rds(mut r)) => {
             let rp = join(path, "rds");
             if let Some(t) = ads_source(r.config_source.take(), &join(&rp, "config_source"))? {
@@ -1004,7 +1009,7 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
     for (i, r) in std::mem::take(&mut v.routes).into_iter().enumerate() {
         routes.push(route(r, &join(path, &format!("routes[{i}]")))?);
     }
-    let out = rc::VirtualHostConfig {
+    let mut out = rc::VirtualHostConfig {
         per_filter_config: crate::http_filters::per_filter_config(
             std::mem::take(&mut v.typed_per_filter_config),
             path,
@@ -1023,6 +1028,11 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
         )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
     };
+    crate::cors_field::apply(
+        &mut out.per_filter_config,
+        v.cors.take(),
+        &join(path, "cors"),
+    )?;
     rest(&v, path)?;
     Ok(out)
 }
@@ -1048,7 +1058,9 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
         ..Default::default()
     };
     match r.action.take() {
-        Some(rds::route::Action::Route(a)) => {
+        Some(rds::route::Action::Route(mut a)) => {
+            let p = join(path, "route.cors");
+            crate::cors_field::apply(&mut out.per_filter_config, a.cors.take(), &p)?;
             out.route = Some(route_action(a, &join(path, "route"))?)
         }
         Some(rds::route::Action::Redirect(a)) => {
