@@ -941,7 +941,7 @@ virtual_hosts:
         ) -> Option<Box<dyn BodyFilter>> {
             Some(Box::new(Tagger {
                 tag: self.tag,
-                check: false,
+                check: self.check,
                 sig_ok: false,
             }))
         }
@@ -1066,6 +1066,27 @@ virtual_hosts:
             .await;
         assert_eq!(r.unwrap_err().status(), 400);
         assert_eq!(info.denied_by, Some("sig"));
+
+        // The response side: a bodiless response refused at its end is
+        // replaced by the local reply; a streamed one is cut.
+        let mut req = Request::new(frames(&["x"], Some(("x-sig", "ok"))));
+        *req.uri_mut() = "/b".parse().unwrap();
+        let (mut info, mut ran) = (self::info(), Ran::default());
+        let mut matched = t.find_request(&req);
+        chain
+            .on_request(&t, &mut matched, &mut req, &mut info, &mut ran)
+            .await
+            .unwrap();
+        let mut resp = Response::new(empty_body());
+        chain.on_response(&ran, &mut resp, &mut info);
+        assert_eq!(resp.status(), 400);
+        assert_eq!(info.denied_by, Some("sig"));
+        let mut resp = Response::new(frames(&["r"], None));
+        chain.on_response(&ran, &mut resp, &mut info);
+        assert_eq!(resp.status(), 200);
+        use http_body_util::BodyExt;
+        let e = resp.into_body().collect().await.unwrap_err();
+        assert!(e.to_string().contains("sig"), "{e}");
     }
 
     #[tokio::test]

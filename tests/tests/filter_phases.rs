@@ -388,3 +388,113 @@ clusters:
     );
     assert!(err.contains("shadow_enabled"), "{err}");
 }
+
+/// Through a real xDS control plane: `ClusterWeight.typed_per_filter_config`
+/// (a cors policy on one weighted cluster) and the older `VirtualHost.cors`
+/// field (Envoy's deprecated `route.v3.CorsPolicy`), the weighted
+/// cluster's config winning where that cluster is picked.
+#[test]
+#[allow(deprecated)]
+fn weighted_cluster_config_and_the_old_cors_field_from_xds() {
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::envoy::config::route::v3 as rds;
+    use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as corsv3;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+    use meshgate_tests::xds::*;
+    use prost::Message;
+
+    let exact = |o: &str| matcher::StringMatcher {
+        match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(o.into())),
+        ignore_case: false,
+    };
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(
+        CLUSTER,
+        "c1",
+        vec![
+            static_cluster("svc-a", a.addr),
+            static_cluster("svc-b", b.addr),
+        ],
+    );
+    let (name, l) = hcm_listener("web", port, "r1");
+    let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
+    let Some(lds::filter::ConfigType::TypedConfig(cfg)) =
+        l.filter_chains[0].filters[0].config_type.as_mut()
+    else {
+        panic!("an HCM typed config")
+    };
+    let mut h = hcm::HttpConnectionManager::decode(cfg.value.as_slice()).unwrap();
+    h.http_filters.insert(
+        0,
+        hcm::HttpFilter {
+            name: "envoy.filters.http.cors".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
+                &corsv3::Cors {},
+            ))),
+            ..Default::default()
+        },
+    );
+    cfg.value = h.encode_to_vec();
+    mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
+    let (rname, r) = route_config("r1", &[("svc-a", 1), ("svc-b", 1)]);
+    let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
+    // The old field on the virtual host.
+    r.virtual_hosts[0].cors = Some(rds::CorsPolicy {
+        allow_origin_string_match: vec![exact("https://legacy.example")],
+        ..Default::default()
+    });
+    // svc-a's own policy.
+    // (The fixture's first route is a direct response.)
+    let Some(action) = r.virtual_hosts[0]
+        .routes
+        .iter_mut()
+        .find_map(|r| match r.action.as_mut() {
+            Some(rds::route::Action::Route(a)) => Some(a),
+            _ => None,
+        })
+    else {
+        panic!("a route action")
+    };
+    let Some(rds::route_action::ClusterSpecifier::WeightedClusters(w)) =
+        action.cluster_specifier.as_mut()
+    else {
+        panic!("weighted clusters")
+    };
+    w.clusters[0].typed_per_filter_config.insert(
+        "envoy.filters.http.cors".into(),
+        any(
+            "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            &corsv3::CorsPolicy {
+                allow_origin_string_match: vec![exact("https://a.example")],
+                ..Default::default()
+            },
+        ),
+    );
+    mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
+    let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_until("the listener from xDS answers", || {
+        get(port, "/").is_some_and(|b| b.starts_with("backend="))
+    });
+    let url = format!("http://127.0.0.1:{port}/x");
+    let mut backends = std::collections::BTreeSet::new();
+    for origin in ["https://a.example", "https://legacy.example"] {
+        for _ in 0..24 {
+            let (status, h, _) = curl(&["-H", &format!("Origin: {origin}"), &url]);
+            assert_eq!(status, 200);
+            let backend = h["x-backend"].clone();
+            let allowed = h.get("access-control-allow-origin").map(String::as_str);
+            let want = match (backend.as_str(), origin) {
+                ("a", "https://a.example") | ("b", "https://legacy.example") => Some(origin),
+                _ => None,
+            };
+            assert_eq!(allowed, want, "{origin} via {backend}");
+            backends.insert(backend);
+        }
+    }
+    assert_eq!(backends.len(), 2, "both weighted clusters were picked");
+}
