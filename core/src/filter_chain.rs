@@ -548,12 +548,21 @@ impl FilterChain {
     }
 
     /// The response phase over the filters whose request phase ran, in
-    /// reverse order; then their response body phases, if any asked.
+    /// reverse order; then their response body phases, if any asked. A
+    /// filter that replaces the response with a refusal
+    /// (`*resp = local_reply(info, reason)`) gets it counted as its
+    /// denial and logged with `denied_by`, as in the request phase.
     pub fn on_response(&self, ran: &Ran, resp: &mut Response, info: &mut StreamInfo) {
         let mut bodies: Vec<Phase> = Vec::new();
         for (i, e) in self.entries.iter().enumerate().rev() {
             if ran.bits & (1 << i) != 0 {
+                let before = resp.extensions().get::<LocalReason>().copied();
                 e.filter.on_response(resp, info);
+                if let Some(r) = resp.extensions().get::<LocalReason>().copied()
+                    && before != Some(r)
+                {
+                    deny(e.name, info, r.label());
+                }
                 if self.body & (1 << i) != 0
                     && let Some(f) = e.filter.response_body(resp, info)
                 {
@@ -652,6 +661,8 @@ mod tests {
         log: Log,
         deny: Option<LocalReason>,
         reroute_to: Option<&'static str>,
+        /// Refuses in the response phase.
+        deny_response: bool,
     }
 
     impl StreamFilter for Probe {
@@ -684,8 +695,11 @@ mod tests {
                 }
             })
         }
-        fn on_response(&self, _resp: &mut Response, _info: &mut StreamInfo) {
+        fn on_response(&self, resp: &mut Response, info: &mut StreamInfo) {
             self.log.lock().unwrap().push(format!("resp {}", self.name));
+            if self.deny_response {
+                *resp = local_reply(info, LocalReason::Forbidden);
+            }
         }
         fn on_complete(&self, _info: &StreamInfo, status: u16) {
             self.log
@@ -708,6 +722,7 @@ mod tests {
                 log: log.clone(),
                 deny: (name == "deny").then_some(LocalReason::Forbidden),
                 reroute_to: (name == "rewrite").then_some("/b"),
+                deny_response: name == "rdeny",
             }),
             name,
             disabled,
@@ -1187,6 +1202,29 @@ virtual_hosts:
             e.path,
             "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].per_filter_config.a.value"
         );
+    }
+
+    #[tokio::test]
+    async fn a_response_phase_refusal_is_counted_as_the_filters_denial() {
+        let log = Log::default();
+        let chain =
+            FilterChain::new(vec![entry("c", &log, false), entry("rdeny", &log, false)]).unwrap();
+        let t = table(ROUTES);
+        let mut req = Request::new(empty_body());
+        *req.uri_mut() = "/b".parse().unwrap();
+        let (mut info, mut ran) = (info(), Ran::default());
+        let mut matched = t.find_request(&req);
+        chain
+            .on_request(&t, &mut matched, &mut req, &mut info, &mut ran)
+            .await
+            .unwrap();
+        let mut resp = Response::new(empty_body());
+        chain.on_response(&ran, &mut resp, &mut info);
+        assert_eq!(resp.status(), 403);
+        assert_eq!(info.denied_by, Some("rdeny"));
+        assert_eq!(info.local_reply, Some("forbidden"));
+        // `c` ran after it (reverse order) and did not take the denial over.
+        assert_eq!(log.lock().unwrap()[2..], ["resp rdeny", "resp c"]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct Seen {
 }
 
 /// An upstream (HTTP/1.1 or h2c) that records every complete request and
-/// answers `200` with the request body echoed; requests whose body broke
+/// answers `200` with the request body echoed (and its `x-echo-*` headers); requests whose body broke
 /// off are counted in `broken` and never recorded.
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -87,13 +87,19 @@ impl Recorder {
                                     Ok(c) => {
                                         let trailers = c.trailers().cloned();
                                         let body = c.to_bytes();
+                                        let mut resp = Response::new(Full::new(body.clone()));
+                                        for (k, v) in &parts.headers {
+                                            if k.as_str().starts_with("x-echo-") {
+                                                resp.headers_mut().insert(k.clone(), v.clone());
+                                            }
+                                        }
                                         seen.lock().unwrap().push(Seen {
                                             path: parts.uri.path().to_string(),
                                             headers: parts.headers,
-                                            body: body.clone(),
+                                            body,
                                             trailers,
                                         });
-                                        Response::new(Full::new(body))
+                                        resp
                                     }
                                     Err(_) => {
                                         *broken.lock().unwrap() += 1;

@@ -32,6 +32,7 @@ listeners:
               access_log: {{path: "{log}"}}
               stream_filters:
                 - name: body_digest
+                  config: {{deny_response_header: x-echo-internal}}
               route_config:
                 virtual_hosts:
                   - name: api
@@ -279,6 +280,35 @@ fn response_chunks_are_rewritten_on_the_way_back() {
     let url = format!("http://127.0.0.1:{}/digest/x", s.port);
     let (_, _, body) = curl(&["--data-binary", "s3cret", &url]);
     assert_eq!(body, "s3cret");
+}
+
+#[test]
+fn a_response_phase_refusal_is_counted_and_logged() {
+    let s = setup();
+    let url = format!("http://127.0.0.1:{}/mask/x", s.port);
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let (status, _, body) = curl(&[
+            proto,
+            "-H",
+            "x-echo-internal: 1",
+            "--data-binary",
+            "x",
+            &url,
+        ]);
+        assert_eq!(status, 403, "{proto}");
+        assert!(body.starts_with("meshgate: forbidden"), "{body}");
+        let (status, _, _) = curl(&[proto, "-H", "x-echo-other: 1", "--data-binary", "x", &url]);
+        assert_eq!(status, 200, "{proto}");
+    }
+    assert_eq!(s.up.seen().len(), 4, "the upstream answered every request");
+    assert_eq!(denied(&s.mg, "forbidden"), 2.0);
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#""denied_by":"body_digest""#))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines.iter().all(|l| l.contains(r#""status":403"#)), "{log}");
 }
 
 #[test]

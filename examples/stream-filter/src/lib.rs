@@ -16,6 +16,8 @@
 //!   that text in a response chunk is replaced by as many `*` (the length
 //!   is kept, so `content-length` stays right; a match split across two
 //!   chunks is not masked: it is an example);
+//! - the response phase (head): with `deny_response_header`, a response
+//!   carrying that header is replaced by a 403 refusal;
 //! - per-route config: the same fields under `per_filter_config:
 //!   {body_digest: {...}}` on a virtual host, route or weighted cluster
 //!   replace the chain's config there.
@@ -66,6 +68,11 @@ pub struct DigestConfig {
     /// Text masked with `*` in response bodies.
     #[serde(default)]
     pub mask_response: Option<String>,
+    /// A response carrying this header is refused (403) in the response
+    /// phase: an upstream leaking an internal header (chain config only,
+    /// as the response phase has no route view).
+    #[serde(default)]
+    pub deny_response_header: Option<String>,
 }
 
 fn default_max() -> usize {
@@ -78,6 +85,10 @@ impl DigestConfig {
         if let Some(h) = &c.required_header {
             HeaderName::from_bytes(h.as_bytes())
                 .map_err(|_| BuildError::new("required_header", "not a header name"))?;
+        }
+        if let Some(h) = &c.deny_response_header {
+            HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| BuildError::new("deny_response_header", "not a header name"))?;
         }
         if c.mask_response.as_deref() == Some("") {
             return Err(BuildError::new("mask_response", "must not be empty"));
@@ -157,6 +168,16 @@ impl StreamFilter for BodyDigest {
             }
             FilterStatus::Continue
         })
+    }
+
+    fn on_response(&self, resp: &mut Response, info: &mut StreamInfo) {
+        if let Some(h) = &self.config.deny_response_header
+            && resp.headers().contains_key(h.as_str())
+        {
+            // A refusal in the response phase: the driver counts it as
+            // this filter's denial and the access log shows `denied_by`.
+            *resp = local_reply(info, LocalReason::Forbidden);
+        }
     }
 
     fn parse_per_route(&self, config: &serde_json::Value) -> Result<ParsedConfig, BuildError> {
