@@ -665,6 +665,11 @@ impl ProxyHandler {
             }
             if !self.chain.is_empty() {
                 self.chain.on_response(&ran, &mut resp, &mut info);
+                // A response-phase refusal of a gRPC stream is a gRPC
+                // status too (converting twice gives the same answer).
+                if info.grpc && info.denied_by.is_some() {
+                    crate::grpc::local_reply(&mut resp);
+                }
             }
             if let Some(v) = &self.alt_svc
                 && info.traits.alt_svc

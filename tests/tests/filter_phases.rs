@@ -300,15 +300,36 @@ fn a_response_phase_refusal_is_counted_and_logged() {
         let (status, _, _) = curl(&[proto, "-H", "x-echo-other: 1", "--data-binary", "x", &url]);
         assert_eq!(status, 200, "{proto}");
     }
-    assert_eq!(s.up.seen().len(), 4, "the upstream answered every request");
-    assert_eq!(denied(&s.mg, "forbidden"), 2.0);
+    // A gRPC client gets the refusal as a gRPC status (PERMISSION_DENIED).
+    let (status, h, _) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "x-echo-internal: 1",
+        "--data-binary",
+        "x",
+        &url,
+    ]);
+    assert_eq!(status, 200);
+    assert_eq!(h["grpc-status"], "7", "{h:?}");
+    assert_eq!(h["grpc-message"], "meshgate: forbidden");
+    assert_eq!(s.up.seen().len(), 5, "the upstream answered every request");
+    assert_eq!(denied(&s.mg, "forbidden"), 3.0);
     let log = std::fs::read_to_string(&s.log).unwrap_or_default();
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(r#""denied_by":"body_digest""#))
         .collect();
-    assert_eq!(lines.len(), 2, "{log}");
-    assert!(lines.iter().all(|l| l.contains(r#""status":403"#)), "{log}");
+    assert_eq!(lines.len(), 3, "{log}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(r#""status":403"#))
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 #[test]
