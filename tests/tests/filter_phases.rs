@@ -18,7 +18,7 @@ use std::process::Command;
 const BODY: &str = "hello world, this is the body";
 const BODY_SHA256: &str = "8acf88726b38c4445470662dd3c0c0d660bf9d2b1fed75a080b387652d0b6c18";
 
-fn config(upstream: std::net::SocketAddr, log: &std::path::Path) -> String {
+fn config(upstream: std::net::SocketAddr, h2: bool, log: &std::path::Path) -> String {
     format!(
         r#"admin:
   address: "{{ADMIN}}"
@@ -52,10 +52,11 @@ listeners:
                           body_digest: {{mask_response: s3cret}}
 clusters:
   - name: up
-    protocol: http2
+    protocol: {proto}
     endpoints: [{{address: "{upstream}"}}]
 "#,
-        log = log.display()
+        log = log.display(),
+        proto = if h2 { "http2" } else { "http1" }
     )
 }
 
@@ -68,10 +69,15 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let up = Recorder::start(true);
+    setup_with(true)
+}
+
+/// meshgate-body-digest in front of a recording upstream (h2c or HTTP/1.1).
+fn setup_with(h2: bool) -> Setup {
+    let up = Recorder::start(h2);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let mg = Meshgate::start_bin(&example_filter_bin(), &config(up.addr, &log), &[]);
+    let mg = Meshgate::start_bin(&example_filter_bin(), &config(up.addr, h2, &log), &[]);
     let port = mg.listener_port("web");
     Setup {
         mg,
@@ -220,6 +226,46 @@ fn request_chunks_and_trailers_are_checked_while_streaming_over_http1_and_h2() {
         .filter(|l| l.contains(r#""denied_by":"body_digest""#))
         .count();
     assert_eq!(refused_lines, 4, "{log}");
+}
+
+#[test]
+fn trailers_reach_an_http1_upstream_and_a_refused_body_never_ends_there() {
+    let s = setup_with(false);
+    let good = format!("x-body-sha256: {BODY_SHA256}");
+    let bad = format!("x-body-sha256: {}", "0".repeat(64));
+    let chunks = ["hello world, ", "this is the body"];
+    let r = h1_chunked(
+        s.port,
+        "/verify/a",
+        &["x-api-version: 1"],
+        &chunks,
+        &[&good],
+    );
+    assert_eq!((r.status, r.body.as_str()), (200, BODY));
+    let r = h1_chunked(s.port, "/verify/b", &["x-api-version: 1"], &chunks, &[&bad]);
+    assert_eq!(r.status, 400);
+    // h2 downstream (no content-length) to the HTTP/1.1 upstream: sent
+    // chunked, with the trailers.
+    let ok = h2_post(
+        s.port,
+        serde_json::json!({
+            "path": "/verify/h2",
+            "headers": [["x-api-version", "2"]],
+            "chunks": chunks,
+            "trailers": [["x-body-sha256", BODY_SHA256]],
+        }),
+    );
+    assert_eq!(ok["status"], 200, "{ok}");
+    let seen = s.up.seen();
+    assert_eq!(
+        seen.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/verify/a", "/verify/h2"]
+    );
+    for r in &seen {
+        assert_eq!(r.body, BODY);
+        assert_eq!(r.trailers.as_ref().unwrap()["x-body-verified"], "sha256");
+    }
+    assert_eq!(denied(&s.mg, "bad_request"), 1.0);
 }
 
 #[test]
