@@ -226,6 +226,34 @@ pub trait StreamFilter: Send + Sync + 'static {
     ) -> Result<crate::filter_chain::ParsedConfig, BuildError> {
         Err(BuildError::new("", "this filter takes no per-route config"))
     }
+    /// Whether this filter has body and trailer phases
+    /// (`request_body`/`response_body`). Asked once when the chain is
+    /// built: a chain where no filter says yes never wraps a body.
+    fn has_body_phases(&self) -> bool {
+        false
+    }
+    /// The request body phase of one stream, asked right after this
+    /// filter's request phase let the stream go on: the returned
+    /// [`BodyFilter`](crate::filter_chain::BodyFilter) (which holds the
+    /// stream's state) sees each request body chunk, in chain order, then
+    /// the trailers and the end. `None`: nothing to do for this stream.
+    fn request_body(
+        &self,
+        _req: &Request,
+        _info: &mut StreamInfo,
+        _route: crate::filter_chain::RouteView<'_>,
+    ) -> Option<Box<dyn crate::filter_chain::BodyFilter>> {
+        None
+    }
+    /// The response body phase of one stream, asked after this filter's
+    /// response phase (reverse chain order, like the chunks it then sees).
+    fn response_body(
+        &self,
+        _resp: &Response,
+        _info: &mut StreamInfo,
+    ) -> Option<Box<dyn crate::filter_chain::BodyFilter>> {
+        None
+    }
 }
 
 /// A stream filter registered by name.

@@ -664,7 +664,12 @@ impl ProxyHandler {
                 strip_hop_by_hop(resp.headers_mut());
             }
             if !self.chain.is_empty() {
-                self.chain.on_response(ran, &mut resp, &mut info);
+                self.chain.on_response(&ran, &mut resp, &mut info);
+                // A response-phase refusal of a gRPC stream is a gRPC
+                // status too (converting twice gives the same answer).
+                if info.grpc && info.denied_by.is_some() {
+                    crate::grpc::local_reply(&mut resp);
+                }
             }
             if let Some(v) = &self.alt_svc
                 && info.traits.alt_svc
@@ -685,7 +690,7 @@ impl ProxyHandler {
                 log.log(access_log_line(&r, &info, status));
             }
             if !self.chain.is_empty() {
-                self.chain.on_complete(ran, &info, status);
+                self.chain.on_complete(&ran, &info, status);
             }
             resp
         }
@@ -811,7 +816,7 @@ impl ProxyHandler {
             RouteAction::Redirect(r) => r.response(req),
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
-                let cluster = c.pick_cluster();
+                let cluster = ran.pick_cluster(c);
                 if let Some(status) = route.cluster_not_found(cluster) {
                     let mut resp = local_reply(info, LocalReason::ClusterNotFound);
                     *resp.status_mut() = status;
@@ -850,12 +855,21 @@ impl ProxyHandler {
                 };
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
-                let mut resp = {
+                let exchange = {
                     let owned =
                         std::mem::replace(req, Request::new(meshgate_core::stream::empty_body()));
                     forward(cluster, owned, info, c.forward_policy(), hashed.hash)
-                }
-                .await;
+                };
+                // A stream filter's request body phase may refuse the
+                // stream while it is sent upstream: its answer wins.
+                let mut resp = match ran.take_body_refusal() {
+                    None => exchange.await,
+                    Some(w) => match meshgate_core::filter_chain::guard_upstream(exchange, w).await
+                    {
+                        Ok(r) => r,
+                        Err(refusal) => return refusal.reply(info),
+                    },
+                };
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod caddy;
+pub mod phases;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;
@@ -182,6 +183,12 @@ impl Meshgate {
     }
 
     pub fn start_with_args(yaml: &str, args: &[&str]) -> Self {
+        Self::start_bin(&bin(), yaml, args)
+    }
+
+    /// `start_with_args` with another binary built on meshgate's library
+    /// (the examples' own binaries).
+    pub fn start_bin(program: &Path, yaml: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let has_admin = yaml.contains("{ADMIN}");
         let text = yaml.replace("{ADMIN}", ADMIN_CONFIG);
@@ -198,7 +205,7 @@ impl Meshgate {
             }
             _ => Vec::new(),
         };
-        let child = Command::new(bin())
+        let child = Command::new(program)
             .arg("run")
             .arg("-c")
             .arg(&config)

@@ -175,7 +175,7 @@ pub(crate) fn per_filter_config(
     Ok(out)
 }
 
-fn cors_policy(mut c: cors::CorsPolicy, path: &str) -> R<fc::CorsPolicyConfig> {
+pub(crate) fn cors_policy(mut c: cors::CorsPolicy, path: &str) -> R<fc::CorsPolicyConfig> {
     let mut origins = Vec::new();
     for (i, m) in std::mem::take(&mut c.allow_origin_string_match)
         .into_iter()

@@ -6,6 +6,7 @@
 //! listeners and clusters (`tls`).
 
 pub mod client;
+mod cors_field;
 pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

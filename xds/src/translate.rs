@@ -807,7 +807,12 @@ fn http_connection_manager(
         .map(|b| b.value)
         .unwrap_or(true);
     let route_config = match h.route_specifier.take() {
-        Some(RouteSpecifier::RouteConfig(r)) => route_config(r, &join(path, "route_config"))?,
+        Some(RouteSpecifier::RouteConfig(mut r)) => {
+            if !stream_filters.iter().any(|f| f.name == "cors") {
+                crate::cors_field::strip(&mut r);
+            }
+            route_config(r, &join(path, "route_config"))?
+        }
         Some(RouteSpecifier::Rds(mut r)) => {
             let rp = join(path, "rds");
             if let Some(t) = ads_source(r.config_source.take(), &join(&rp, "config_source"))? {
@@ -1010,7 +1015,7 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
     for (i, r) in std::mem::take(&mut v.routes).into_iter().enumerate() {
         routes.push(route(r, &join(path, &format!("routes[{i}]")))?);
     }
-    let out = rc::VirtualHostConfig {
+    let mut out = rc::VirtualHostConfig {
         per_filter_config: crate::http_filters::per_filter_config(
             std::mem::take(&mut v.typed_per_filter_config),
             path,
@@ -1029,6 +1034,11 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
         )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
     };
+    crate::cors_field::apply(
+        &mut out.per_filter_config,
+        v.cors.take(),
+        &join(path, "cors"),
+    )?;
     rest(&v, path)?;
     Ok(out)
 }
@@ -1054,7 +1064,9 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
         ..Default::default()
     };
     match r.action.take() {
-        Some(rds::route::Action::Route(a)) => {
+        Some(rds::route::Action::Route(mut a)) => {
+            let p = join(path, "route.cors");
+            crate::cors_field::apply(&mut out.per_filter_config, a.cors.take(), &p)?;
             out.route = Some(route_action(a, &join(path, "route"))?)
         }
         Some(rds::route::Action::Redirect(a)) => {
@@ -1218,13 +1230,21 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
                 let cp = format!("{wp}.clusters[{i}]");
                 let name = std::mem::take(&mut c.name);
                 let weight = c.weight.take().map(|v| v.value).unwrap_or(0);
+                let per_filter_config = crate::http_filters::per_filter_config(
+                    std::mem::take(&mut c.typed_per_filter_config),
+                    &cp,
+                )?;
                 rest(&c, &cp)?;
                 if weight == 0 {
                     // Envoy allows weight 0 (no traffic); meshgate's model
                     // wants >= 1, so such an entry is dropped.
                     continue;
                 }
-                list.push(rc::ClusterWeightConfig { name, weight });
+                list.push(rc::ClusterWeightConfig {
+                    name,
+                    weight,
+                    per_filter_config,
+                });
             }
             w.total_weight = None;
             rest(&w, &wp)?;

@@ -36,6 +36,15 @@ pub struct WeightedCluster {
     pub weight: u32,
     /// Sum of the weights up to and including this one.
     pub(crate) cumulative: u64,
+    /// `per_filter_config` of a weighted cluster (stream filter chain).
+    pub(crate) filter_configs: Option<Arc<crate::filter_chain::PerFilterConfigs>>,
+}
+
+impl WeightedCluster {
+    /// The stream filters' per-weighted-cluster configs.
+    pub fn per_filter_config(&self) -> Option<&crate::filter_chain::PerFilterConfigs> {
+        self.filter_configs.as_deref()
+    }
 }
 
 impl std::fmt::Debug for WeightedCluster {
@@ -123,9 +132,20 @@ impl ClusterAction {
     /// The cluster for a point `r` in `0..total_weight()` (deterministic;
     /// e.g. from a hash). `r` is taken modulo the total weight.
     pub fn pick_cluster_at(&self, r: u64) -> &Arc<Cluster> {
+        &self.clusters[self.index_at(r)].cluster
+    }
+
+    /// The index of the target for a point `r` (see `pick_cluster_at`).
+    pub fn index_at(&self, r: u64) -> usize {
         let r = r % self.total_weight.max(1);
         let i = self.clusters.partition_point(|c| c.cumulative <= r);
-        &self.clusters[i.min(self.clusters.len() - 1)].cluster
+        i.min(self.clusters.len().saturating_sub(1))
+    }
+
+    /// Whether a target carries its own `per_filter_config`: the stream
+    /// filter chain then picks the target before the filters run.
+    pub fn has_cluster_filter_configs(&self) -> bool {
+        self.clusters.iter().any(|c| c.filter_configs.is_some())
     }
 
     /// Timeouts and retries for `crate::forward::forward`.

@@ -261,6 +261,10 @@ pub struct ClusterWeightConfig {
     pub name: String,
     /// Must be >= 1.
     pub weight: u32,
+    /// Envoy's `typed_per_filter_config` on a weighted cluster: wins over
+    /// the route's and the virtual host's when this cluster is picked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_filter_config: BTreeMap<String, serde_json::Value>,
 }
 
 /// A path rewrite by regex. `substitution` uses Envoy's (RE2) syntax:

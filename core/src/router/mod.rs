@@ -779,6 +779,7 @@ fn build_cluster_action(
             cluster: clusters.resolve(&sub(path, "cluster"), name)?,
             weight: 1,
             cumulative: 1,
+            filter_configs: None,
         }],
         (None, Some(w)) => {
             let wpath = sub(path, "weighted_clusters.clusters");
@@ -797,6 +798,10 @@ fn build_cluster_action(
                     cluster: clusters.resolve(&format!("{cpath}.name"), &cw.name)?,
                     weight: cw.weight,
                     cumulative: total,
+                    filter_configs: crate::filter_chain::PerFilterConfigs::build(
+                        &cw.per_filter_config,
+                    )
+                    .map(Arc::from),
                 });
             }
             v
