@@ -6,6 +6,7 @@ mod chain;
 pub mod cors;
 pub mod echo;
 mod edge;
+pub mod ext_authz;
 mod grpc;
 pub mod http_options;
 pub mod proxy;
@@ -19,5 +20,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
+    registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }
