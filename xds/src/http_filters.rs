@@ -54,6 +54,15 @@ pub(crate) fn http_filters(
                 config: Value::Null,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::ext_authz::EXT_AUTHZ)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "ext_authz".into(),
+                config: crate::ext_authz::filter(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -105,6 +114,9 @@ pub(crate) fn per_filter_config(
                     decode(a, CORS_POLICY).map_err(|e| (p.clone(), e.to_string()))?;
                 serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
             }
+            (Some(a), false) if a.type_url == crate::ext_authz::EXT_AUTHZ_PER_ROUTE => {
+                crate::ext_authz::per_route(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) => {
                 if optional {
@@ -118,6 +130,7 @@ pub(crate) fn per_filter_config(
         };
         let name = match key.as_str() {
             "envoy.filters.http.cors" | "cors" => "cors",
+            "envoy.filters.http.ext_authz" | "ext_authz" => "ext_authz",
             _ if optional => continue,
             other => {
                 return err(
@@ -179,7 +192,10 @@ fn cors_policy(mut c: cors::CorsPolicy, path: &str) -> R<fc::CorsPolicyConfig> {
     Ok(out)
 }
 
-fn string_matcher(mut m: matcher::StringMatcher, path: &str) -> R<fc::StringMatcherConfig> {
+pub(crate) fn string_matcher(
+    mut m: matcher::StringMatcher,
+    path: &str,
+) -> R<fc::StringMatcherConfig> {
     use matcher::string_matcher::MatchPattern;
     let mut out = fc::StringMatcherConfig {
         ignore_case: std::mem::take(&mut m.ignore_case),
