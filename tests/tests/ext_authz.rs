@@ -416,3 +416,112 @@ fn http_mode_sends_allowed_headers_and_passes_the_answer_on() {
     assert_eq!(s.mg.metric("meshgate_ext_authz_ok_total", &m), 1.0);
     assert_eq!(s.mg.metric("meshgate_ext_authz_denied_total", &m), 1.0);
 }
+
+/// Through a real xDS control plane: the HCM lists
+/// `envoy.filters.http.ext_authz` (gRPC, `envoy_grpc` to an HTTP/2 cluster)
+/// before the router, and the `/direct` route switches it off with an
+/// `ExtAuthzPerRoute` in `typed_per_filter_config`.
+#[test]
+fn ext_authz_from_xds_http_filters_and_typed_per_filter_config() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::envoy::config::core::v3 as core3;
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::envoy::config::route::v3 as rds;
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ea;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use meshgate_tests::xds::*;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_log = dir.path().join("grpc.log");
+    let authz = Peer::start(&["grpc", grpc_log.to_str().unwrap()]);
+    let echo = Peer::start(&["echo"]);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    let authz_cluster = cds::Cluster {
+        name: "grpc-authz".into(),
+        load_assignment: Some(cla_msg(
+            "grpc-authz",
+            &[(([127, 0, 0, 1], authz.port).into(), 1, 0)],
+        )),
+        http2_protocol_options: Some(Default::default()),
+        ..Default::default()
+    };
+    mgmt.set(
+        CLUSTER,
+        "c1",
+        vec![
+            static_cluster("svc-a", ([127, 0, 0, 1], echo.port).into()),
+            ("grpc-authz".into(), any(CLUSTER, &authz_cluster)),
+        ],
+    );
+    let (name, l) = hcm_listener("web", port, "r1");
+    let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(lds::filter::ConfigType::TypedConfig(a)) = f.config_type.as_mut() else {
+        panic!("an HCM typed config")
+    };
+    let mut h = hcm::HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+    let filter = ea::ExtAuthz {
+        services: Some(ea::ext_authz::Services::GrpcService(core3::GrpcService {
+            target_specifier: Some(core3::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core3::grpc_service::EnvoyGrpc {
+                    cluster_name: "grpc-authz".into(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })),
+        transport_api_version: 2,
+        ..Default::default()
+    };
+    h.http_filters.insert(
+        0,
+        hcm::HttpFilter {
+            name: "envoy.filters.http.ext_authz".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                &filter,
+            ))),
+            ..Default::default()
+        },
+    );
+    a.value = h.encode_to_vec();
+    mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
+    let (rname, r) = route_config("r1", &[("svc-a", 1)]);
+    let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
+    r.virtual_hosts[0].routes[0].typed_per_filter_config.insert(
+        "envoy.filters.http.ext_authz".into(),
+        any(
+            "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            &ea::ExtAuthzPerRoute {
+                r#override: Some(ea::ext_authz_per_route::Override::Disabled(true)),
+            },
+        ),
+    );
+    mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/direct", "direct from r1");
+    assert!(logged(&grpc_log).is_empty(), "/direct is not checked");
+
+    let (status, _, body) = curl(&[&format!("http://127.0.0.1:{port}/items")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body)["headers"]["x-authz-user"], "alice");
+    let (status, _, body) = curl(&[&format!("http://127.0.0.1:{port}/deny/1")]);
+    assert_eq!((status, body.as_str()), (401, "denied by policy\n"));
+    let log = logged(&grpc_log);
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["path"], "/items");
+    assert_eq!(
+        mg.metric("meshgate_ext_authz_ok_total", &[("mode", "grpc")]),
+        1.0
+    );
+    assert_eq!(
+        mg.metric("meshgate_ext_authz_denied_total", &[("mode", "grpc")]),
+        1.0
+    );
+}
