@@ -438,6 +438,8 @@ fn ext_authz_from_xds_http_filters_and_typed_per_filter_config() {
     let echo = Peer::start(&["echo"]);
     let port = free_port();
     let mgmt = Mgmt::start(0);
+    // The deprecated field is the one meshgate translates to HTTP/2.
+    #[allow(deprecated)]
     let authz_cluster = cds::Cluster {
         name: "grpc-authz".into(),
         load_assignment: Some(cla_msg(

@@ -57,7 +57,7 @@ pub(crate) fn filter(any: &protobuf::Any, path: &str) -> R<Value> {
             })?,
         }),
     };
-    let with_request_body = m.with_request_body.take().map(|b| buffer(b));
+    let with_request_body = m.with_request_body.take().map(buffer);
     let out = c::ExtAuthzConfig {
         grpc_service,
         http_service,

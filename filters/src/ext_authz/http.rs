@@ -234,10 +234,11 @@ impl HttpService {
                 continue;
             }
             let always = name == header::WWW_AUTHENTICATE || name == header::LOCATION;
-            if let Some(m) = &self.allowed_client {
-                if !always && !m.matches(name.as_str()) {
-                    continue;
-                }
+            if let Some(m) = &self.allowed_client
+                && !always
+                && !m.matches(name.as_str())
+            {
+                continue;
             }
             headers.push(Mutation {
                 name: name.clone(),

@@ -98,13 +98,11 @@ struct ExtAuthz {
 
 impl ExtAuthz {
     fn build(c: &ExtAuthzConfig, ctx: &BuildContext<'_>) -> Result<Self, BuildError> {
-        if let Some(v) = &c.transport_api_version {
-            if v != "V3" {
-                return Err(BuildError::new(
-                    "transport_api_version",
-                    "only V3 is supported",
-                ));
-            }
+        if c.transport_api_version.as_ref().is_some_and(|v| v != "V3") {
+            return Err(BuildError::new(
+                "transport_api_version",
+                "only V3 is supported",
+            ));
         }
         let service = match (&c.grpc_service, &c.http_service) {
             (Some(g), None) => Service::Grpc(grpc::GrpcService::build(g, ctx)?),
@@ -122,14 +120,11 @@ impl ExtAuthz {
                 BuildError::new("status_on_error.code", "not an HTTP status (100-599)")
             })?,
         };
-        let body = match &c.with_request_body {
-            None => None,
-            Some(b) => Some(BodySettings {
-                max: b.max_request_bytes as usize,
-                allow_partial: b.allow_partial_message,
-                pack_as_bytes: b.pack_as_bytes,
-            }),
-        };
+        let body = c.with_request_body.as_ref().map(|b| BodySettings {
+            max: b.max_request_bytes as usize,
+            allow_partial: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        });
         Ok(Self {
             service,
             failure_mode_allow: c.failure_mode_allow,
@@ -280,23 +275,23 @@ impl ExtAuthz {
         let mode = self.service.mode();
         let per_route = route.config.and_then(|c| c.downcast_ref::<PerRoute>());
         let mut body = None;
-        if let Some(b) = self.body {
-            if !per_route.is_some_and(|p| p.disable_request_body_buffering) {
-                match buffer_request_body(req, b.max, b.allow_partial).await {
-                    Ok(Buffered::Whole(data)) => body = Some((data, false)),
-                    Ok(Buffered::TooLarge(data)) => {
-                        if !b.allow_partial {
-                            count_error(mode, "request_body_too_large");
-                            let resp = local_reply(info, LocalReason::PayloadTooLarge);
-                            return FilterStatus::Respond(resp);
-                        }
-                        body = Some((data, true));
+        if let Some(b) = self.body
+            && !per_route.is_some_and(|p| p.disable_request_body_buffering)
+        {
+            match buffer_request_body(req, b.max, b.allow_partial).await {
+                Ok(Buffered::Whole(data)) => body = Some((data, false)),
+                Ok(Buffered::TooLarge(data)) => {
+                    if !b.allow_partial {
+                        count_error(mode, "request_body_too_large");
+                        let resp = local_reply(info, LocalReason::PayloadTooLarge);
+                        return FilterStatus::Respond(resp);
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "ext_authz: request body broke off");
-                        count_error(mode, "request_body");
-                        return FilterStatus::Respond(local_reply(info, LocalReason::BadRequest));
-                    }
+                    body = Some((data, true));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ext_authz: request body broke off");
+                    count_error(mode, "request_body");
+                    return FilterStatus::Respond(local_reply(info, LocalReason::BadRequest));
                 }
             }
         }
