@@ -227,6 +227,24 @@ fn grpc_allow_applies_the_servers_headers_and_deny_passes_its_answer_through() {
     assert_eq!(h["www-authenticate"], "Bearer realm=\"test\"");
     assert_eq!(h["x-deny-reason"], "no token");
 
+    // A gRPC client (h2c) gets the denial as its own status:
+    // UNAUTHENTICATED for the server's 401.
+    let (_, h, _) = curl(&[
+        "--http2-prior-knowledge",
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        &url("/deny/echo.Echo/Unary"),
+    ]);
+    assert_eq!(
+        h.get("grpc-status").map(String::as_str),
+        Some("16"),
+        "{h:?}"
+    );
+
     // `clear_route_cache`: the header the server set picks another route.
     let (status, _, body) = curl(&[&url("/reroute")]);
     assert_eq!((status, body.as_str()), (200, "rerouted"));
@@ -246,13 +264,13 @@ fn grpc_allow_applies_the_servers_headers_and_deny_passes_its_answer_through() {
 
     let g = [("mode", "grpc")];
     assert_eq!(s.mg.metric("meshgate_ext_authz_ok_total", &g), 3.0);
-    assert_eq!(s.mg.metric("meshgate_ext_authz_denied_total", &g), 1.0);
+    assert_eq!(s.mg.metric("meshgate_ext_authz_denied_total", &g), 2.0);
     assert_eq!(
         s.mg.metric(
             "meshgate_http_filter_denied_total",
             &[("filter", "ext_authz"), ("reason", "unauthenticated")]
         ),
-        1.0
+        2.0
     );
 }
 
