@@ -67,6 +67,9 @@ def serve_grpc(log):
                     "size": http.size,
                     "context_extensions": dict(request.attributes.context_extensions),
                     "source": request.attributes.source.address.socket_address.address,
+                    "principal": request.attributes.source.principal,
+                    "scheme": http.scheme,
+                    "sni": request.attributes.tls_session.sni,
                 },
             )
             path = http.path

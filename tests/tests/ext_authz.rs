@@ -162,17 +162,22 @@ struct Setup {
 
 /// Starts the three peers and meshgate with `listeners` (name, filter).
 fn setup(listeners: &[(&str, u16, &str)]) -> Setup {
+    let ls: Vec<String> = listeners
+        .iter()
+        .map(|(n, p, f)| listener(n, *p, f))
+        .collect();
+    setup_with(&ls)
+}
+
+/// `setup` with the listeners' YAML already written.
+fn setup_with(ls: &[String]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let grpc_log = dir.path().join("grpc.log");
     let http_log = dir.path().join("http.log");
     let grpc = Peer::start(&["grpc", grpc_log.to_str().unwrap()]);
     let http = Peer::start(&["http", http_log.to_str().unwrap()]);
     let echo = Peer::start(&["echo"]);
-    let ls: Vec<String> = listeners
-        .iter()
-        .map(|(n, p, f)| listener(n, *p, f))
-        .collect();
-    let mg = Meshgate::start(&config(&ls, grpc.port, http.port, echo.port));
+    let mg = Meshgate::start(&config(ls, grpc.port, http.port, echo.port));
     Setup {
         mg,
         grpc_log,
@@ -391,6 +396,44 @@ fn with_request_body_the_server_sees_the_body_and_past_the_bound_413() {
     assert_eq!(status, 200);
     assert_eq!(echoed(&body)["body"], big);
     assert_eq!(logged(&s.grpc_log)[2]["body"], "");
+}
+
+fn cert(name: &str) -> String {
+    workspace()
+        .join("examples/certs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn the_mtls_peer_identity_reaches_the_server_as_the_source_principal() {
+    let port = free_port();
+    let tls = format!(
+        "      - tls:\n          certificates: [{{certificate_chain: \"{}\", private_key: \"{}\"}}]\n          client_validation: {{trusted_ca: \"{}\", required: true}}\n        filters:",
+        cert("server.pem"),
+        cert("server.key"),
+        cert("client-ca.pem")
+    );
+    let l = listener("secure", port, GRPC).replace("      - filters:", &tls);
+    let s = setup_with(&[l]);
+    let (status, _, body) = curl(&[
+        "--cacert",
+        &cert("ca.pem"),
+        "--cert",
+        &cert("client.pem"),
+        "--key",
+        &cert("client.key"),
+        &format!("https://localhost:{port}/items"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let seen = &logged(&s.grpc_log)[0];
+    assert_eq!(
+        seen["principal"],
+        "spiffe://meshgate.test/ns/default/sa/client"
+    );
+    assert_eq!(seen["scheme"], "https");
+    assert_eq!(seen["sni"], "localhost");
 }
 
 const HTTP: &str = r#"{http_service: {server_uri: {uri: "http://authz.local", cluster: http-authz, timeout: 2s}, path_prefix: /authz, authorization_request: {allowed_headers: {patterns: [{exact: x-tenant}]}, headers_to_add: [{key: x-from, value: meshgate}]}, authorization_response: {allowed_upstream_headers: {patterns: [{exact: x-authz-user}]}, allowed_client_headers: {patterns: [{exact: x-reason}]}}}}"#;

@@ -58,6 +58,8 @@ pub(crate) fn filter(any: &protobuf::Any, path: &str) -> R<Value> {
         }),
     };
     let with_request_body = m.with_request_body.take().map(buffer);
+    // The SNI is always sent in `tls_session`: honoured either way.
+    m.include_tls_session = false;
     let out = c::ExtAuthzConfig {
         grpc_service,
         http_service,
