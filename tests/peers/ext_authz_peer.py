@@ -23,6 +23,7 @@ import json
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -68,6 +69,7 @@ def serve_grpc(log):
                     "context_extensions": dict(request.attributes.context_extensions),
                     "source": request.attributes.source.address.socket_address.address,
                     "principal": request.attributes.source.principal,
+                    "certificate": urllib.parse.unquote(request.attributes.source.certificate),
                     "scheme": http.scheme,
                     "sni": request.attributes.tls_session.sni,
                 },

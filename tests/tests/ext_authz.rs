@@ -407,7 +407,7 @@ fn cert(name: &str) -> String {
 }
 
 #[test]
-fn the_mtls_peer_identity_reaches_the_server_as_the_source_principal() {
+fn the_mtls_peer_identity_and_certificate_reach_the_server() {
     let port = free_port();
     let tls = format!(
         "      - tls:\n          certificates: [{{certificate_chain: \"{}\", private_key: \"{}\"}}]\n          client_validation: {{trusted_ca: \"{}\", required: true}}\n        filters:",
@@ -415,7 +415,8 @@ fn the_mtls_peer_identity_reaches_the_server_as_the_source_principal() {
         cert("server.key"),
         cert("client-ca.pem")
     );
-    let l = listener("secure", port, GRPC).replace("      - filters:", &tls);
+    let filter = GRPC.replace("clear_route_cache: true", "include_peer_certificate: true");
+    let l = listener("secure", port, &filter).replace("      - filters:", &tls);
     let s = setup_with(&[l]);
     let (status, _, body) = curl(&[
         "--cacert",
@@ -433,6 +434,9 @@ fn the_mtls_peer_identity_reaches_the_server_as_the_source_principal() {
         "spiffe://meshgate.test/ns/default/sa/client"
     );
     assert_eq!(seen["scheme"], "https");
+    // The client's certificate, as curl presented it (URL-decoded PEM).
+    let pem = std::fs::read_to_string(cert("client.pem")).unwrap();
+    assert_eq!(seen["certificate"], pem);
     assert_eq!(seen["sni"], "localhost");
 }
 

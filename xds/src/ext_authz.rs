@@ -69,6 +69,7 @@ pub(crate) fn filter(any: &protobuf::Any, path: &str) -> R<Value> {
         status_on_error,
         with_request_body,
         clear_route_cache: std::mem::take(&mut m.clear_route_cache),
+        include_peer_certificate: std::mem::take(&mut m.include_peer_certificate),
     };
     rest(&m, path)?;
     serde_json::to_value(&out).map_err(|e| (path.to_string(), e.to_string()))
@@ -266,6 +267,7 @@ mod tests {
                 pack_as_bytes: false,
             }),
             clear_route_cache: true,
+            include_peer_certificate: true,
             ..Default::default()
         };
         let v = filter(&any(EXT_AUTHZ, &m), "f").unwrap();
@@ -276,7 +278,7 @@ mod tests {
         assert_eq!(g.timeout, Some(Duration::from_millis(250)));
         assert_eq!(parsed.status_on_error.unwrap().code, 503);
         assert!(parsed.failure_mode_allow && parsed.failure_mode_allow_header_add);
-        assert!(parsed.clear_route_cache);
+        assert!(parsed.clear_route_cache && parsed.include_peer_certificate);
         assert_eq!(parsed.with_request_body.unwrap().max_request_bytes, 1024);
     }
 
@@ -301,12 +303,12 @@ mod tests {
         assert_eq!(e.0, "f.metadata_context_namespaces");
         let m = ea::ExtAuthz {
             services: Some(ea::ext_authz::Services::GrpcService(grpc("a"))),
-            include_peer_certificate: true,
+            validate_mutations: true,
             ..Default::default()
         };
         assert_eq!(
             filter(&any(EXT_AUTHZ, &m), "f").unwrap_err().0,
-            "f.include_peer_certificate"
+            "f.validate_mutations"
         );
         let m = ea::ExtAuthz {
             services: Some(ea::ext_authz::Services::GrpcService(grpc("a"))),

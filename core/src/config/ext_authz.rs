@@ -38,6 +38,10 @@ pub struct ExtAuthzConfig {
     /// Recompute the route when the server changed the request's headers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clear_route_cache: bool,
+    /// Send the mTLS peer's certificate (URL-encoded PEM) in the check
+    /// request's `source.certificate` (gRPC mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_peer_certificate: bool,
 }
 
 /// Envoy's `config.core.v3.GrpcService` (only `envoy_grpc`: meshgate talks

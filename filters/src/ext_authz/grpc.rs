@@ -175,10 +175,8 @@ pub(crate) fn check_request(
             if *cut { "true" } else { "false" }.into(),
         );
     }
-    let principal = conn
-        .tls
-        .as_ref()
-        .and_then(|t| t.peer.as_ref())
+    let peer = conn.tls.as_ref().and_then(|t| t.peer.as_ref());
+    let principal = peer
         .map(|p| {
             p.uri_sans
                 .first()
@@ -186,6 +184,10 @@ pub(crate) fn check_request(
                 .unwrap_or_else(|| p.subject.clone())
         })
         .unwrap_or_default();
+    let certificate = match peer {
+        Some(p) if input.peer_certificate && !p.der.is_empty() => url_encoded_pem(&p.der),
+        _ => String::new(),
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -197,6 +199,7 @@ pub(crate) fn check_request(
                     conn.peer_addr.port(),
                 )),
                 principal,
+                certificate,
                 ..Default::default()
             }),
             destination: Some(ac::Peer {
@@ -242,6 +245,28 @@ pub(crate) fn check_request(
             ..Default::default()
         }),
     }
+}
+
+/// A DER certificate as Envoy sends it: PEM, then URL-encoded (every byte
+/// but the unreserved ones of RFC 3986 as `%XX`).
+fn url_encoded_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() * 3 / 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads a server's `HeaderValueOption`s; an invalid name or value makes
@@ -423,6 +448,7 @@ mod tests {
             body: Some((Bytes::from_static(b"abc"), false)),
             pack_as_bytes: false,
             context_extensions: Some(&ext),
+            peer_certificate: false,
         };
         let c = check_request(&req, &info(), &input).attributes.unwrap();
         let src = c.source.unwrap().address.unwrap().address.unwrap();
@@ -457,6 +483,14 @@ mod tests {
             .unwrap();
         assert_eq!(http.raw_body, b"abc");
         assert!(http.body.is_empty());
+    }
+
+    #[test]
+    fn certificates_are_sent_as_url_encoded_pem() {
+        let s = url_encoded_pem(&[0xff; 60]);
+        assert!(s.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{s}");
+        assert!(s.ends_with("-----END%20CERTIFICATE-----%0A"), "{s}");
+        assert!(s.contains("%2F%2F"), "base64 slashes are escaped: {s}");
     }
 
     #[test]

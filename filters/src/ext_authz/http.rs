@@ -305,6 +305,7 @@ mod tests {
             body: Some((Bytes::from_static(b"hello"), false)),
             pack_as_bytes: false,
             context_extensions: None,
+            peer_certificate: false,
         };
         let out = s.authz_request(&req, &input).unwrap();
         assert_eq!(out.method(), http::Method::DELETE);

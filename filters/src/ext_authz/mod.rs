@@ -94,6 +94,7 @@ struct ExtAuthz {
     status_on_error: StatusCode,
     body: Option<BodySettings>,
     clear_route_cache: bool,
+    include_peer_certificate: bool,
 }
 
 impl ExtAuthz {
@@ -132,6 +133,7 @@ impl ExtAuthz {
             status_on_error,
             body,
             clear_route_cache: c.clear_route_cache,
+            include_peer_certificate: c.include_peer_certificate,
         })
     }
 }
@@ -156,6 +158,8 @@ pub(crate) struct CheckInput<'a> {
     pub body: Option<(Bytes, bool)>,
     pub pack_as_bytes: bool,
     pub context_extensions: Option<&'a BTreeMap<String, String>>,
+    /// Send the mTLS peer's certificate (`include_peer_certificate`).
+    pub peer_certificate: bool,
 }
 
 /// How a header from the server changes a header map (Envoy's
@@ -299,6 +303,7 @@ impl ExtAuthz {
             body,
             pack_as_bytes: self.body.is_some_and(|b| b.pack_as_bytes),
             context_extensions: per_route.map(|p| &p.context_extensions),
+            peer_certificate: self.include_peer_certificate,
         };
         // Built before awaiting: `&Request` may not cross an await.
         let decision = match &self.service {
