@@ -281,7 +281,7 @@ fn grpc_allow_applies_the_servers_headers_and_deny_passes_its_answer_through() {
 
 #[test]
 fn a_server_down_or_too_slow_is_refused_unless_failure_mode_allows() {
-    let (closed, open, slow) = (free_port(), free_port(), free_port());
+    let (closed, open, slow, garbage) = (free_port(), free_port(), free_port(), free_port());
     let s = setup(&[
         (
             "closed",
@@ -297,6 +297,13 @@ fn a_server_down_or_too_slow_is_refused_unless_failure_mode_allows() {
             "slow",
             slow,
             "{grpc_service: {envoy_grpc: {cluster_name: grpc-authz}, timeout: 0.3s}, status_on_error: {code: 503}}",
+        ),
+        // A "gRPC" server that is really the plain HTTP one: a 200 with no
+        // gRPC framing or status is a malformed answer.
+        (
+            "garbage",
+            garbage,
+            "{grpc_service: {envoy_grpc: {cluster_name: http-authz}, timeout: 2s}}",
         ),
     ]);
     let (status, _, body) = curl(&[&format!("http://127.0.0.1:{closed}/a")]);
@@ -327,6 +334,15 @@ fn a_server_down_or_too_slow_is_refused_unless_failure_mode_allows() {
         s.mg.metric(
             "meshgate_ext_authz_error_total",
             &[("mode", "grpc"), ("reason", "upstream_timeout")]
+        ),
+        1.0
+    );
+    let (status, _, _) = curl(&[&format!("http://127.0.0.1:{garbage}/a")]);
+    assert_eq!(status, 403);
+    assert_eq!(
+        s.mg.metric(
+            "meshgate_ext_authz_error_total",
+            &[("mode", "grpc"), ("reason", "grpc_status")]
         ),
         1.0
     );
