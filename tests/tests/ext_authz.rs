@@ -267,8 +267,19 @@ fn grpc_allow_applies_the_servers_headers_and_deny_passes_its_answer_through() {
     assert_eq!(log[before]["path"], "/tenant/a");
     assert_eq!(log[before]["context_extensions"]["tenant"], "acme");
 
+    // An HTTP/2 request is described as one (host from `:authority`).
+    let (status, _, body) = curl(&["--http2-prior-knowledge", &url("/h2")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body)["headers"]["x-authz-user"], "alice");
+    let log = logged(&s.grpc_log);
+    let h2 = log.last().unwrap();
+    assert_eq!(h2["path"], "/h2");
+    assert_eq!(h2["protocol"], "HTTP/2");
+    assert_eq!(h2["host"], format!("127.0.0.1:{port}"));
+    assert_eq!(h2["headers"][":authority"], format!("127.0.0.1:{port}"));
+
     let g = [("mode", "grpc")];
-    assert_eq!(s.mg.metric("meshgate_ext_authz_ok_total", &g), 3.0);
+    assert_eq!(s.mg.metric("meshgate_ext_authz_ok_total", &g), 4.0);
     assert_eq!(s.mg.metric("meshgate_ext_authz_denied_total", &g), 2.0);
     assert_eq!(
         s.mg.metric(
