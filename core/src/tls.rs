@@ -41,6 +41,9 @@ pub struct PeerIdentity {
     pub dns_sans: Vec<String>,
     /// RFC 4514 subject, e.g. `CN=client,O=example`.
     pub subject: String,
+    /// The certificate itself (DER), for filters that pass it on
+    /// (ext_authz's `include_peer_certificate`).
+    pub der: Vec<u8>,
 }
 
 impl PeerIdentity {
@@ -50,6 +53,7 @@ impl PeerIdentity {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         let mut id = PeerIdentity {
             subject: cert.subject().to_string(),
+            der: der.to_vec(),
             ..Default::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {

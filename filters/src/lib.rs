@@ -9,6 +9,7 @@ pub mod cors;
 pub mod csrf;
 pub mod echo;
 mod edge;
+pub mod ext_authz;
 mod grpc;
 pub mod http_options;
 pub mod proxy;
@@ -28,5 +29,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
     registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
-    registry.register_stream_filter(Arc::new(rbac::RbacFactory))
+    registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
+    registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))
 }

@@ -70,6 +70,15 @@ pub(crate) fn http_filters(
                 config: crate::rbac::http_filter(a, &join(&fp, "typed_config"))?,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::ext_authz::EXT_AUTHZ)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "ext_authz".into(),
+                config: crate::ext_authz::filter(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -124,6 +133,9 @@ pub(crate) fn per_filter_config(
             (Some(a), false) if a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE => {
                 crate::rbac::per_route(a, &p)?
             }
+            (Some(a), false) if a.type_url == crate::ext_authz::EXT_AUTHZ_PER_ROUTE => {
+                crate::ext_authz::per_route(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) if crate::simpleauth::filter_name(&key).is_some() => {
                 match crate::simpleauth::per_route(a, &key, &p)? {
@@ -160,6 +172,7 @@ pub(crate) fn per_filter_config(
             {
                 "rbac"
             }
+            "envoy.filters.http.ext_authz" | "ext_authz" => "ext_authz",
             _ if optional => continue,
             other => {
                 return err(

@@ -8,12 +8,13 @@
 pub mod client;
 mod cors_field;
 pub mod error;
+mod ext_authz;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod http_filters;
 mod leftover;
-mod simpleauth;
 mod rbac;
+mod simpleauth;
 pub mod tls;
 pub mod translate;
 mod unknown;

@@ -2,10 +2,11 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod ext_authz;
 pub mod filters;
 mod load;
-pub mod simpleauth;
 pub mod rbac;
+pub mod simpleauth;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 

@@ -176,6 +176,16 @@ pub const XDS_RESPONSE_TOTAL: &str = "meshgate_xds_response_total";
 pub const XDS_INITIAL_FETCH_TIMEOUT_TOTAL: &str = "meshgate_xds_initial_fetch_timeout_total";
 /// Counter `{reason}`: TLS handshakes with the management server failed.
 pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_error_total";
+/// Counter `{mode}`: `ext_authz` checks the server allowed (`grpc`, `http`).
+pub const EXT_AUTHZ_OK_TOTAL: &str = "meshgate_ext_authz_ok_total";
+/// Counter `{mode}`: `ext_authz` checks the server denied.
+pub const EXT_AUTHZ_DENIED_TOTAL: &str = "meshgate_ext_authz_denied_total";
+/// Counter `{mode,reason}`: `ext_authz` checks that failed (server down,
+/// timeout, bad answer, body too large), refused with `status_on_error`.
+pub const EXT_AUTHZ_ERROR_TOTAL: &str = "meshgate_ext_authz_error_total";
+/// Counter `{mode}`: failed checks let through by `failure_mode_allow`.
+pub const EXT_AUTHZ_FAILURE_MODE_ALLOWED_TOTAL: &str =
+    "meshgate_ext_authz_failure_mode_allowed_total";
 
 // The `csrf` stream filter.
 
@@ -266,6 +276,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (RBAC_DENIED_TOTAL, Kind::Counter),
     (RBAC_SHADOW_ALLOWED_TOTAL, Kind::Counter),
     (RBAC_SHADOW_DENIED_TOTAL, Kind::Counter),
+    (EXT_AUTHZ_OK_TOTAL, Kind::Counter),
+    (EXT_AUTHZ_DENIED_TOTAL, Kind::Counter),
+    (EXT_AUTHZ_ERROR_TOTAL, Kind::Counter),
+    (EXT_AUTHZ_FAILURE_MODE_ALLOWED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -259,6 +259,7 @@ fn authenticated_uri_then_dns_then_subject_and_fail_closed() {
         uri_sans: uri.iter().map(|s| s.to_string()).collect(),
         dns_sans: dns.iter().map(|s| s.to_string()).collect(),
         subject: subject.into(),
+        der: Vec::new(),
     };
     assert!(ok(Some(id(&["spiffe://mesh/ns/a/sa/good"], &[], "CN=x"))));
     assert!(!ok(Some(id(&["spiffe://mesh/ns/a/sa/bad"], &[], "CN=x"))));
