@@ -8,6 +8,7 @@ pub mod echo;
 mod edge;
 mod grpc;
 pub mod http_options;
+pub mod jwt_authn;
 pub mod proxy;
 pub mod tcp_proxy;
 
@@ -19,5 +20,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
+    registry.register_stream_filter(Arc::new(jwt_authn::JwtAuthnFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }

@@ -3,6 +3,7 @@
 //! would look for them. Unknown fields are errors everywhere.
 
 pub mod filters;
+pub mod jwt_authn;
 mod load;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};

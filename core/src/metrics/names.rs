@@ -177,6 +177,17 @@ pub const XDS_INITIAL_FETCH_TIMEOUT_TOTAL: &str = "meshgate_xds_initial_fetch_ti
 /// Counter `{reason}`: TLS handshakes with the management server failed.
 pub const XDS_TLS_HANDSHAKE_ERROR_TOTAL: &str = "meshgate_xds_tls_handshake_error_total";
 
+// jwt_authn stream filter.
+
+/// Counter `{provider}`: tokens a `jwt_authn` provider verified (a
+/// request whose requirement held).
+pub const JWT_AUTHN_ALLOWED_TOTAL: &str = "meshgate_jwt_authn_allowed_total";
+/// Counter `{reason}`: requests `jwt_authn` refused (missing, expired,
+/// bad signature, audience...).
+pub const JWT_AUTHN_DENIED_TOTAL: &str = "meshgate_jwt_authn_denied_total";
+/// Counter `{provider,result}`: remote JWKS fetches (`success`, `failure`).
+pub const JWT_AUTHN_JWKS_FETCH_TOTAL: &str = "meshgate_jwt_authn_jwks_fetch_total";
+
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -235,6 +246,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (XDS_RESPONSE_TOTAL, Kind::Counter),
     (XDS_INITIAL_FETCH_TIMEOUT_TOTAL, Kind::Counter),
     (XDS_TLS_HANDSHAKE_ERROR_TOTAL, Kind::Counter),
+    (JWT_AUTHN_ALLOWED_TOTAL, Kind::Counter),
+    (JWT_AUTHN_DENIED_TOTAL, Kind::Counter),
+    (JWT_AUTHN_JWKS_FETCH_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
