@@ -10,6 +10,7 @@ pub mod error;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod http_filters;
+mod jwt_authn;
 mod leftover;
 pub mod tls;
 pub mod translate;
