@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod caddy;
+pub mod jwt;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;

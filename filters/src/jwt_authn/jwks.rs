@@ -188,9 +188,13 @@ impl Remote {
         }
         let seen = self.attempts.load(Ordering::Acquire);
         let _flight = self.flight.lock().await;
+        // Another stream's fetch may have ended while this one waited:
+        // its keys, or its failure (not a fetch of our own).
+        if let Some(ks) = self.keys.load_full() {
+            return Ok(ks);
+        }
         if self.attempts.load(Ordering::Acquire) != seen {
-            // Another stream's fetch ended while this one waited.
-            return self.keys.load_full().ok_or(FetchFailed);
+            return Err(FetchFailed);
         }
         self.fetch().await
     }
