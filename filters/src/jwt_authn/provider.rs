@@ -143,7 +143,11 @@ impl Provider {
                 };
                 if let Some(t) = rest {
                     // The token ends at the first separator.
-                    let t = t.split([',', ' ']).next().unwrap_or("");
+                    let end = t
+                        .bytes()
+                        .position(|b| b == b',' || b == b' ')
+                        .unwrap_or(t.len());
+                    let t = &t[..end];
                     if !t.is_empty() {
                         return Some(Found {
                             token: t.to_string(),
