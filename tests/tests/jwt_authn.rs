@@ -308,7 +308,7 @@ fn requirements_per_rule_and_per_route() {
     assert_eq!(s.get("/public/x", &[]).0, 200);
     assert_eq!(s.get("/off/x", &[]).0, 200);
     // requires_any: either provider; the remote one forwards its token.
-    assert_eq!(s.get("/any/x", &[local.clone()]).0, 200);
+    assert_eq!(s.get("/any/x", std::slice::from_ref(&local)).0, 200);
     let (status, _, body) = s.get("/any/x", std::slice::from_ref(&remote));
     assert_eq!(status, 200);
     assert_eq!(upstream_headers(&body)["x-remote-token"], remote_token);
@@ -319,7 +319,7 @@ fn requirements_per_rule_and_per_route() {
         s.get("/maybe/x", &["Authorization: Bearer a.b.c".into()]).0,
         401
     );
-    assert_eq!(s.get("/maybe/x", &[local.clone()]).0, 200);
+    assert_eq!(s.get("/maybe/x", std::slice::from_ref(&local)).0, 200);
     // The route's requirement_name replaces the rules: remote only.
     assert_eq!(s.get("/per-route/x", &[local]).0, 401);
     assert_eq!(s.get("/per-route/x", &[remote]).0, 200);
