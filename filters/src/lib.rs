@@ -12,6 +12,7 @@ mod edge;
 pub mod ext_authz;
 mod grpc;
 pub mod http_options;
+pub mod jwt_authn;
 pub mod proxy;
 pub mod rbac;
 pub mod tcp_proxy;
@@ -30,5 +31,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
     registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
     registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
-    registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))
+    registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))?;
+    registry.register_stream_filter(Arc::new(jwt_authn::JwtAuthnFactory))
 }

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod caddy;
 pub mod phases;
+pub mod jwt;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;

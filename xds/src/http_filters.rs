@@ -79,6 +79,15 @@ pub(crate) fn http_filters(
                 config: crate::ext_authz::filter(a, &join(&fp, "typed_config"))?,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::jwt_authn::JWT_AUTHN)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "jwt_authn".into(),
+                config: crate::jwt_authn::jwt_authentication(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -136,6 +145,9 @@ pub(crate) fn per_filter_config(
             (Some(a), false) if a.type_url == crate::ext_authz::EXT_AUTHZ_PER_ROUTE => {
                 crate::ext_authz::per_route(a, &p)?
             }
+            (Some(a), false) if a.type_url == crate::jwt_authn::JWT_PER_ROUTE => {
+                crate::jwt_authn::per_route(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) if crate::simpleauth::filter_name(&key).is_some() => {
                 match crate::simpleauth::per_route(a, &key, &p)? {
@@ -173,6 +185,7 @@ pub(crate) fn per_filter_config(
                 "rbac"
             }
             "envoy.filters.http.ext_authz" | "ext_authz" => "ext_authz",
+            "envoy.filters.http.jwt_authn" | "jwt_authn" => "jwt_authn",
             _ if optional => continue,
             other => {
                 return err(

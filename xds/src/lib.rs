@@ -12,6 +12,7 @@ mod ext_authz;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod http_filters;
+mod jwt_authn;
 mod leftover;
 mod rbac;
 mod simpleauth;

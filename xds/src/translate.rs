@@ -1119,7 +1119,7 @@ fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
     Ok(s)
 }
 
-fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
+pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
     use rds::route_match::PathSpecifier;
     let mut out = rc::RouteMatchConfig::default();
     match m.path_specifier.take() {

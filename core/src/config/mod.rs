@@ -4,6 +4,7 @@
 
 pub mod ext_authz;
 pub mod filters;
+pub mod jwt_authn;
 mod load;
 pub mod rbac;
 pub mod simpleauth;

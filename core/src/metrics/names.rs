@@ -212,6 +212,17 @@ pub const RBAC_SHADOW_ALLOWED_TOTAL: &str = "meshgate_rbac_shadow_allowed_total"
 /// have denied (never enforced).
 pub const RBAC_SHADOW_DENIED_TOTAL: &str = "meshgate_rbac_shadow_denied_total";
 
+// jwt_authn stream filter.
+
+/// Counter `{provider}`: tokens a `jwt_authn` provider verified (a
+/// request whose requirement held).
+pub const JWT_AUTHN_ALLOWED_TOTAL: &str = "meshgate_jwt_authn_allowed_total";
+/// Counter `{reason}`: requests `jwt_authn` refused (missing, expired,
+/// bad signature, audience...).
+pub const JWT_AUTHN_DENIED_TOTAL: &str = "meshgate_jwt_authn_denied_total";
+/// Counter `{provider,result}`: remote JWKS fetches (`success`, `failure`).
+pub const JWT_AUTHN_JWKS_FETCH_TOTAL: &str = "meshgate_jwt_authn_jwks_fetch_total";
+
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -280,6 +291,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (EXT_AUTHZ_DENIED_TOTAL, Kind::Counter),
     (EXT_AUTHZ_ERROR_TOTAL, Kind::Counter),
     (EXT_AUTHZ_FAILURE_MODE_ALLOWED_TOTAL, Kind::Counter),
+    (JWT_AUTHN_ALLOWED_TOTAL, Kind::Counter),
+    (JWT_AUTHN_DENIED_TOTAL, Kind::Counter),
+    (JWT_AUTHN_JWKS_FETCH_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -659,7 +659,9 @@ fn check_literal_path(path: &str, value: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, BuildError> {
+/// Compiles a `RouteMatchConfig` (also used by filters whose rules match
+/// like routes, e.g. `jwt_authn`).
+pub fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, BuildError> {
     let kinds = [c.prefix.is_some(), c.path.is_some(), c.safe_regex.is_some()];
     if kinds.iter().filter(|b| **b).count() != 1 {
         return Err(BuildError::new(
