@@ -8,6 +8,7 @@ pub mod echo;
 mod edge;
 mod grpc;
 pub mod http_options;
+pub mod local_ratelimit;
 pub mod proxy;
 pub mod tcp_proxy;
 
@@ -19,5 +20,9 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
+    registry.register_network_filter(Arc::new(
+        local_ratelimit::network::NetworkLocalRateLimitFactory,
+    ))?;
+    registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }

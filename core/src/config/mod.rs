@@ -4,6 +4,7 @@
 
 pub mod filters;
 mod load;
+pub mod local_ratelimit;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 

@@ -1,0 +1,389 @@
+//! Descriptors of `local_ratelimit`: the `rate_limits` actions that build a
+//! request's descriptors (lists of `{key, value}`), and the configured
+//! descriptors they are matched against, each with its own bucket. A
+//! configured entry with no value is a wildcard: each distinct request
+//! value gets its own bucket, kept in a bounded LRU (the values come from
+//! the network: a header, a client address), evictions counted.
+
+use super::bucket::{TokenBucket, clock};
+use hashlink::LruCache;
+use http::HeaderName;
+use meshgate_core::BuildError;
+use meshgate_core::config::local_ratelimit::{
+    LocalDescriptorConfig, RateLimitActionConfig, RateLimitConfig, TokenBucketConfig,
+};
+use meshgate_core::router::HeaderMatcher;
+use meshgate_core::stream::{Request, StreamInfo};
+use metrics::Counter;
+use std::sync::{Arc, Mutex};
+
+/// One compiled `RateLimit.Action`.
+enum Action {
+    RequestHeaders {
+        name: HeaderName,
+        key: String,
+        skip_if_absent: bool,
+    },
+    RemoteAddress,
+    GenericKey {
+        key: String,
+        value: String,
+    },
+    HeaderValueMatch {
+        key: String,
+        value: String,
+        expect: bool,
+        headers: Vec<HeaderMatcher>,
+    },
+}
+
+/// The compiled `rate_limits`: each builds at most one descriptor.
+pub struct Actions(Vec<Vec<Action>>);
+
+/// A request's descriptor: `(key, value)` entries.
+pub type Descriptor = Vec<(String, String)>;
+
+impl Actions {
+    pub fn build(list: &[RateLimitConfig]) -> Result<Self, BuildError> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, rl) in list.iter().enumerate() {
+            let mut actions = Vec::with_capacity(rl.actions.len());
+            if rl.actions.is_empty() {
+                return Err(BuildError::new(
+                    format!("rate_limits[{i}].actions"),
+                    "at least one action",
+                ));
+            }
+            for (j, a) in rl.actions.iter().enumerate() {
+                actions.push(action(&format!("rate_limits[{i}].actions[{j}]"), a)?);
+            }
+            out.push(actions);
+        }
+        Ok(Self(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The request's descriptors, one per `RateLimit` whose actions all
+    /// produced an entry (Envoy's rule: an action with nothing to say
+    /// drops its descriptor, unless `skip_if_absent`).
+    pub fn descriptors(&self, req: &Request, info: &StreamInfo) -> Vec<Descriptor> {
+        let mut out = Vec::new();
+        'rl: for actions in &self.0 {
+            let mut d = Vec::with_capacity(actions.len());
+            for a in actions {
+                match a {
+                    Action::RequestHeaders {
+                        name,
+                        key,
+                        skip_if_absent,
+                    } => match req.headers().get(name).map(|v| v.to_str()) {
+                        Some(Ok(v)) => d.push((key.clone(), v.to_string())),
+                        None if *skip_if_absent => {}
+                        _ => continue 'rl,
+                    },
+                    Action::RemoteAddress => d.push((
+                        "remote_address".to_string(),
+                        info.downstream_remote_address.to_string(),
+                    )),
+                    Action::GenericKey { key, value } => d.push((key.clone(), value.clone())),
+                    Action::HeaderValueMatch {
+                        key,
+                        value,
+                        expect,
+                        headers,
+                    } => {
+                        let all = headers.iter().all(|h| h.matches(req.headers()));
+                        if all != *expect {
+                            continue 'rl;
+                        }
+                        d.push((key.clone(), value.clone()));
+                    }
+                }
+            }
+            if !d.is_empty() {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+fn action(path: &str, a: &RateLimitActionConfig) -> Result<Action, BuildError> {
+    let set = [
+        a.request_headers.is_some(),
+        a.remote_address.is_some(),
+        a.generic_key.is_some(),
+        a.header_value_match.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set != 1 {
+        return Err(BuildError::new(
+            path,
+            "set exactly one of request_headers, remote_address, generic_key, header_value_match",
+        ));
+    }
+    if let Some(h) = &a.request_headers {
+        let name = HeaderName::from_bytes(h.header_name.as_bytes()).map_err(|_| {
+            BuildError::new(
+                format!("{path}.request_headers.header_name"),
+                "not a valid header name",
+            )
+        })?;
+        if h.descriptor_key.is_empty() {
+            return Err(BuildError::new(
+                format!("{path}.request_headers.descriptor_key"),
+                "must not be empty",
+            ));
+        }
+        return Ok(Action::RequestHeaders {
+            name,
+            key: h.descriptor_key.clone(),
+            skip_if_absent: h.skip_if_absent,
+        });
+    }
+    if a.remote_address.is_some() {
+        return Ok(Action::RemoteAddress);
+    }
+    if let Some(g) = &a.generic_key {
+        return Ok(Action::GenericKey {
+            key: if g.descriptor_key.is_empty() {
+                "generic_key".into()
+            } else {
+                g.descriptor_key.clone()
+            },
+            value: g.descriptor_value.clone(),
+        });
+    }
+    if let Some(m) = &a.header_value_match {
+        let mut headers = Vec::with_capacity(m.headers.len());
+        for (i, h) in m.headers.iter().enumerate() {
+            headers.push(HeaderMatcher::build(h).map_err(|(f, msg)| {
+                let p = format!("{path}.header_value_match.headers[{i}]");
+                BuildError::new(if f.is_empty() { p } else { format!("{p}.{f}") }, msg)
+            })?);
+        }
+        return Ok(Action::HeaderValueMatch {
+            key: if m.descriptor_key.is_empty() {
+                "header_match".into()
+            } else {
+                m.descriptor_key.clone()
+            },
+            value: m.descriptor_value.clone(),
+            expect: m.expect_match.unwrap_or(true),
+            headers,
+        });
+    }
+    Err(BuildError::new(path, "empty action"))
+}
+
+/// A configured descriptor: what it matches and the template of its
+/// bucket(s).
+pub struct DescriptorSpec {
+    /// `(key, Some(value))`, or `(key, None)` for a wildcard entry.
+    entries: Vec<(String, Option<String>)>,
+    bucket: TokenBucketConfig,
+    wildcard: bool,
+}
+
+impl DescriptorSpec {
+    pub fn build(path: &str, c: &LocalDescriptorConfig) -> Result<Self, BuildError> {
+        if c.entries.is_empty() {
+            return Err(BuildError::new(
+                format!("{path}.entries"),
+                "at least one entry",
+            ));
+        }
+        let mut entries = Vec::with_capacity(c.entries.len());
+        for (i, e) in c.entries.iter().enumerate() {
+            if e.key.is_empty() {
+                return Err(BuildError::new(
+                    format!("{path}.entries[{i}].key"),
+                    "must not be empty",
+                ));
+            }
+            entries.push((
+                e.key.clone(),
+                (!e.value.is_empty()).then(|| e.value.clone()),
+            ));
+        }
+        // Checks the bucket once, with its path.
+        TokenBucket::build(&format!("{path}.token_bucket"), &c.token_bucket)?;
+        let wildcard = entries.iter().any(|(_, v)| v.is_none());
+        Ok(Self {
+            entries,
+            bucket: c.token_bucket.clone(),
+            wildcard,
+        })
+    }
+
+    /// Whether a request descriptor matches verbatim (wildcards match any
+    /// value); for a wildcard descriptor, the key of its dynamic bucket.
+    fn matches(&self, d: &Descriptor) -> Option<String> {
+        if d.len() != self.entries.len() {
+            return None;
+        }
+        let mut dyn_key = String::new();
+        for ((k, v), (ck, cv)) in d.iter().zip(&self.entries) {
+            if k != ck {
+                return None;
+            }
+            match cv {
+                Some(cv) if cv != v => return None,
+                Some(_) => {}
+                None => {
+                    dyn_key.push_str(v);
+                    dyn_key.push('\0');
+                }
+            }
+        }
+        Some(dyn_key)
+    }
+
+    fn new_bucket(&self) -> TokenBucket {
+        let b = &self.bucket;
+        TokenBucket::new(
+            b.max_tokens,
+            b.tokens_per_fill.unwrap_or(1),
+            b.fill_interval,
+            clock(),
+        )
+    }
+}
+
+/// The live bucket(s) of one configured descriptor.
+pub enum DescriptorBuckets {
+    Fixed(Arc<TokenBucket>),
+    /// Per wildcard value, least recently used evicted past the cap.
+    Dynamic(Mutex<LruCache<String, Arc<TokenBucket>>>),
+}
+
+impl DescriptorBuckets {
+    pub fn new(spec: &DescriptorSpec, max_dynamic: usize) -> Self {
+        if spec.wildcard {
+            Self::Dynamic(Mutex::new(LruCache::new(max_dynamic)))
+        } else {
+            Self::Fixed(Arc::new(spec.new_bucket()))
+        }
+    }
+
+    fn bucket(
+        &self,
+        spec: &DescriptorSpec,
+        key: String,
+        evicted: &Counter,
+    ) -> Option<Arc<TokenBucket>> {
+        match self {
+            Self::Fixed(b) => Some(b.clone()),
+            Self::Dynamic(m) => {
+                // A poisoned lock (a panic elsewhere) must not let traffic
+                // through unlimited: the caller denies on `None`.
+                let mut lru = m.lock().ok()?;
+                if let Some(b) = lru.get(&key) {
+                    return Some(b.clone());
+                }
+                if lru.len() >= lru.capacity() {
+                    evicted.increment(1);
+                }
+                let b = Arc::new(spec.new_bucket());
+                lru.insert(key, b.clone());
+                Some(b)
+            }
+        }
+    }
+}
+
+/// The buckets the request's descriptors select, strictest first (Envoy
+/// consumes them in that order and stops at the first refusal). `None`
+/// when a bucket could not be had: the caller refuses the request.
+pub fn matched(
+    specs: &[DescriptorSpec],
+    buckets: &[DescriptorBuckets],
+    request: &[Descriptor],
+    evicted: &Counter,
+) -> Option<Vec<Arc<TokenBucket>>> {
+    let mut out = Vec::new();
+    for d in request {
+        for (spec, b) in specs.iter().zip(buckets) {
+            if let Some(key) = spec.matches(d) {
+                out.push(b.bucket(spec, key, evicted)?);
+                break;
+            }
+        }
+    }
+    out.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgate_core::config::parse_typed;
+    use std::time::Duration;
+
+    fn spec(v: serde_json::Value) -> DescriptorSpec {
+        DescriptorSpec::build("descriptors[0]", &parse_typed(&v).unwrap()).unwrap()
+    }
+
+    fn d(e: &[(&str, &str)]) -> Descriptor {
+        e.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn descriptors_match_verbatim_and_wildcards_get_a_bucket_per_value() {
+        let tb = serde_json::json!({"max_tokens": 1, "fill_interval": "60s"});
+        let fixed =
+            spec(serde_json::json!({"entries": [{"key": "k", "value": "a"}], "token_bucket": tb}));
+        let wild = spec(serde_json::json!({"entries": [{"key": "user"}], "token_bucket": tb}));
+        assert!(fixed.matches(&d(&[("k", "a")])).is_some());
+        assert!(fixed.matches(&d(&[("k", "b")])).is_none());
+        assert!(fixed.matches(&d(&[("k", "a"), ("x", "y")])).is_none());
+        let specs = vec![fixed, wild];
+        let buckets: Vec<_> = specs.iter().map(|s| DescriptorBuckets::new(s, 2)).collect();
+        let evicted = Counter::noop();
+        let take = |v: &str| {
+            matched(&specs, &buckets, &[d(&[("user", v)])], &evicted).unwrap()[0]
+                .take()
+                .allowed
+        };
+        assert!(take("alice"));
+        assert!(!take("alice"));
+        assert!(take("bob"));
+        // A third value evicts the least recently used (alice): she starts
+        // with a full bucket again, and the cap holds.
+        assert!(take("carol"));
+        assert!(take("alice"));
+        let DescriptorBuckets::Dynamic(m) = &buckets[1] else {
+            panic!()
+        };
+        assert_eq!(m.lock().unwrap().len(), 2);
+        let _ = Duration::ZERO;
+    }
+
+    #[test]
+    fn unknown_or_empty_actions_are_refused_by_name() {
+        let e = parse_typed::<RateLimitConfig>(
+            &serde_json::json!({"actions": [{"destination_cluster": {}}]}),
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("destination_cluster"), "{e:?}");
+        let c: RateLimitConfig = parse_typed(&serde_json::json!({"actions": [{}]})).unwrap();
+        let e = Actions::build(&[c]).err().unwrap();
+        assert_eq!(e.path, "rate_limits[0].actions[0]");
+        let c: RateLimitConfig = parse_typed(&serde_json::json!({"actions": [
+            {"request_headers": {"header_name": "bad name", "descriptor_key": "k"}}]}))
+        .unwrap();
+        let e = Actions::build(&[c]).err().unwrap();
+        assert_eq!(
+            e.path,
+            "rate_limits[0].actions[0].request_headers.header_name"
+        );
+    }
+}
