@@ -371,7 +371,10 @@ impl LocalRateLimit {
                 Some(l) => l,
                 // Not ours: refuse rather than run unlimited.
                 None => {
-                    return FilterStatus::Respond(local_reply(info, LocalReason::FilterConfigError));
+                    return FilterStatus::Respond(local_reply(
+                        info,
+                        LocalReason::FilterConfigError,
+                    ));
                 }
             },
         };
