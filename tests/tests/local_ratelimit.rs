@@ -587,20 +587,28 @@ fn local_ratelimit_from_xds_http_filter_and_typed_per_filter_config() {
     };
     let (rname, r) = route_config("r1", &[("svc-a", 1)]);
     let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
-    r.virtual_hosts[0].routes[0].typed_per_filter_config.insert(
+    // routes[0] is a direct response; routes[1] the `/` prefix.
+    r.virtual_hosts[0].routes[1].typed_per_filter_config.insert(
         "envoy.filters.http.local_ratelimit".into(),
         any(URL, &per_route),
     );
     mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
     let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
-    // The route's bucket: wait_for's probe takes one token.
+    // The route's bucket (3 tokens): wait_for's probe takes the first.
     wait_for(port, "/", "backend=b");
     let url = format!("http://127.0.0.1:{port}/x");
-    assert_eq!(curl(&[&url]).0, 200);
-    assert_eq!(curl(&[&url]).0, 200);
-    let (s, h) = curl(&[&url]);
+    let (s, h) = wait_for_within(10, "the route's bucket emptied", || {
+        let (s, h) = curl(&[&url]);
+        (s != 200).then_some((s, h))
+    });
     assert_eq!(s, 503, "the configured status");
     assert_eq!(h["x-local-rate-limit"], "1");
-    assert_eq!(backend.hits(), 3);
-    assert_eq!(mg.metric(ENFORCED, &[("stat_prefix", "xds_route")]), 1.0);
+    let p = [("stat_prefix", "xds_route")];
+    assert_eq!(mg.metric(OK, &p), 3.0);
+    assert_eq!(mg.metric(ENFORCED, &p), 1.0);
+    assert_eq!(
+        backend.hits(),
+        3,
+        "exactly the admitted requests reached it"
+    );
 }

@@ -54,6 +54,15 @@ pub(crate) fn http_filters(
                 config: Value::Null,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::local_ratelimit::HTTP)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "local_ratelimit".into(),
+                config: crate::local_ratelimit::http_config(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -105,6 +114,9 @@ pub(crate) fn per_filter_config(
                     decode(a, CORS_POLICY).map_err(|e| (p.clone(), e.to_string()))?;
                 serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
             }
+            (Some(a), false) if a.type_url == crate::local_ratelimit::HTTP => {
+                crate::local_ratelimit::http_config(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) => {
                 if optional {
@@ -118,6 +130,7 @@ pub(crate) fn per_filter_config(
         };
         let name = match key.as_str() {
             "envoy.filters.http.cors" | "cors" => "cors",
+            crate::local_ratelimit::HTTP_NAME | "local_ratelimit" => "local_ratelimit",
             _ if optional => continue,
             other => {
                 return err(

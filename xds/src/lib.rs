@@ -11,6 +11,7 @@ pub mod error;
 pub mod fixtures;
 mod http_filters;
 mod leftover;
+mod local_ratelimit;
 pub mod tls;
 pub mod translate;
 mod unknown;

@@ -164,7 +164,7 @@ pub fn unknown_fields<M: Message + Default + Debug + PartialEq>(
     }
 }
 
-fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
+pub(crate) fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
         return err(path, "negative duration");
     }
@@ -735,6 +735,10 @@ fn network_filter(
                 config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
+        crate::local_ratelimit::NETWORK => Ok(FilterConfig {
+            name: "local_ratelimit".into(),
+            config: crate::local_ratelimit::network_config(&any, &tp)?,
+        }),
         other => err(
             tp,
             format!("network filter '{other}' not supported (HttpConnectionManager, TcpProxy)"),
@@ -928,7 +932,10 @@ pub fn route_configuration(r: rds::RouteConfiguration) -> Result<rc::RouteConfig
     Ok(out)
 }
 
-fn header_options(v: Vec<core3::HeaderValueOption>, path: &str) -> R<Vec<rc::HeaderValueOption>> {
+pub(crate) fn header_options(
+    v: Vec<core3::HeaderValueOption>,
+    path: &str,
+) -> R<Vec<rc::HeaderValueOption>> {
     let mut out = Vec::new();
     for (i, mut o) in v.into_iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -1092,7 +1099,7 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
     Ok(out)
 }
 
-fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
+pub(crate) fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
     let s = std::mem::take(&mut m.regex);
     // engine_type google_re2 is the only engine there is; meshgate's is
     // the `regex` crate, RE2-compatible syntax.

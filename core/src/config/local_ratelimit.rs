@@ -165,6 +165,10 @@ pub struct LocalRateLimitConfig {
     /// Buckets kept per wildcard descriptor (default 20, at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dynamic_descriptors: Option<u32>,
+    /// `retry-after` (seconds until the refusing bucket's next fill, at
+    /// least 1) on a 429, unless `response_headers_to_add` sets one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub enable_retry_after_header: bool,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -92,6 +92,7 @@ struct Limiter {
     x_headers: bool,
     always_consume_default: bool,
     resource_exhausted: bool,
+    retry_after: bool,
     /// `None`: `local_rate_limit_per_downstream_connection`.
     shared: Option<Buckets>,
     per_connection: Mutex<PerConnection>,
@@ -194,6 +195,7 @@ impl Limiter {
             x_headers: c.enable_x_ratelimit_headers == XRateLimitHeaders::DraftVersion03,
             always_consume_default: c.always_consume_default_token_bucket.unwrap_or(true),
             resource_exhausted: c.rate_limited_as_resource_exhausted,
+            retry_after: c.enable_retry_after_header,
             shared: None,
             per_connection: Mutex::default(),
             ok: metrics::counter!(names::LOCAL_RATELIMIT_OK_TOTAL, "stat_prefix" => label.clone()),
@@ -298,6 +300,12 @@ impl Limiter {
     }
 }
 
+/// Whole seconds until the bucket's next fill, rounded up, at least 1
+/// (draft 03's delta-seconds; `retry-after`).
+fn reset_secs(nearest: Option<(u32, u32, std::time::Duration)>) -> u64 {
+    nearest.map_or(1, |(_, _, d)| (d.as_millis().div_ceil(1000) as u64).max(1))
+}
+
 struct Decision {
     allowed: bool,
     /// (limit, remaining, until the next fill) of the bucket nearest its
@@ -320,6 +328,8 @@ struct Outcome {
     limiter: Arc<Limiter>,
     refused: bool,
     nearest: Option<(u32, u32, std::time::Duration)>,
+    /// Seconds for `retry-after` (`enable_retry_after_header`, 429 only).
+    retry_after: Option<u64>,
 }
 
 impl StreamFilter for LocalRateLimit {
@@ -342,6 +352,11 @@ impl StreamFilter for LocalRateLimit {
         if o.refused {
             h.insert(X_LOCAL_RATE_LIMIT, HeaderValue::from_static("1"));
             add_headers(h, &l.response_headers);
+            if let Some(secs) = o.retry_after
+                && !h.contains_key(http::header::RETRY_AFTER)
+            {
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             if info.grpc && l.resource_exhausted {
                 h.insert("grpc-status", GRPC_RESOURCE_EXHAUSTED);
             }
@@ -349,10 +364,9 @@ impl StreamFilter for LocalRateLimit {
         if let Some((limit, remaining, reset)) = o.nearest {
             h.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
             h.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
-            // Whole seconds, rounded up (draft 03's delta-seconds).
             h.insert(
                 X_RATELIMIT_RESET,
-                HeaderValue::from(reset.as_millis().div_ceil(1000) as u64),
+                HeaderValue::from(reset_secs(Some((limit, remaining, reset)))),
             );
         }
     }
@@ -389,6 +403,7 @@ impl LocalRateLimit {
                     limiter: limiter.clone(),
                     refused: false,
                     nearest: d.nearest,
+                    retry_after: None,
                 });
             }
             return FilterStatus::Continue;
@@ -405,6 +420,8 @@ impl LocalRateLimit {
             limiter: limiter.clone(),
             refused: true,
             nearest: if limiter.x_headers { d.nearest } else { None },
+            retry_after: (limiter.retry_after && limiter.status == StatusCode::TOO_MANY_REQUESTS)
+                .then(|| reset_secs(d.nearest)),
         });
         FilterStatus::Respond(resp)
     }
