@@ -6,6 +6,7 @@ mod chain;
 pub mod cors;
 pub mod echo;
 mod edge;
+pub mod fault;
 mod grpc;
 pub mod http_options;
 pub mod local_ratelimit;
@@ -24,5 +25,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
         local_ratelimit::network::NetworkLocalRateLimitFactory,
     ))?;
     registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
+    registry.register_stream_filter(Arc::new(fault::FaultFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))
 }

@@ -2,6 +2,7 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod fault;
 pub mod filters;
 mod load;
 pub mod local_ratelimit;

@@ -198,11 +198,11 @@ pub const NETWORK_LOCAL_RATELIMIT_OK_TOTAL: &str = "meshgate_network_local_ratel
 /// filter closed (before the terminal filter dialled the upstream).
 pub const NETWORK_LOCAL_RATELIMIT_RATE_LIMITED_TOTAL: &str =
     "meshgate_network_local_ratelimit_rate_limited_total";
-/// Counter `{stat_prefix}`: requests the `fault` filter delayed.
+/// Counter `{route}`: requests the `fault` filter delayed.
 pub const FAULT_DELAYS_INJECTED_TOTAL: &str = "meshgate_fault_delays_injected_total";
-/// Counter `{stat_prefix}`: requests the `fault` filter aborted.
+/// Counter `{route}`: requests the `fault` filter aborted.
 pub const FAULT_ABORTS_INJECTED_TOTAL: &str = "meshgate_fault_aborts_injected_total";
-/// Counter `{stat_prefix}`: faults not injected because `max_active_faults`
+/// Counter `{route}`: faults not injected because `max_active_faults`
 /// were already active.
 pub const FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL: &str = "meshgate_fault_active_faults_overflow_total";
 
