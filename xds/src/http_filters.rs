@@ -63,6 +63,15 @@ pub(crate) fn http_filters(
                 config: crate::local_ratelimit::http_config(a, &join(&fp, "typed_config"))?,
                 disabled: f.disabled,
             });
+        } else if let Some(a) = type_url
+            .as_ref()
+            .filter(|a| a.type_url == crate::fault::HTTP)
+        {
+            out.push(fc::StreamFilterConfig {
+                name: "fault".into(),
+                config: crate::fault::http_config(a, &join(&fp, "typed_config"))?,
+                disabled: f.disabled,
+            });
         } else if f.is_optional {
             // Envoy's contract: an optional filter the proxy does not know
             // is skipped.
@@ -117,6 +126,9 @@ pub(crate) fn per_filter_config(
             (Some(a), false) if a.type_url == crate::local_ratelimit::HTTP => {
                 crate::local_ratelimit::http_config(a, &p)?
             }
+            (Some(a), false) if a.type_url == crate::fault::HTTP => {
+                crate::fault::http_config(a, &p)?
+            }
             (None, false) => serde_json::json!({"disabled": false}),
             (Some(a), false) => {
                 if optional {
@@ -131,6 +143,7 @@ pub(crate) fn per_filter_config(
         let name = match key.as_str() {
             "envoy.filters.http.cors" | "cors" => "cors",
             crate::local_ratelimit::HTTP_NAME | "local_ratelimit" => "local_ratelimit",
+            crate::fault::HTTP_NAME | "fault" => "fault",
             _ if optional => continue,
             other => {
                 return err(

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod error;
+mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod http_filters;

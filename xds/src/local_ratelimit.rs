@@ -244,7 +244,7 @@ fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitConfig> {
 
 // The deprecated `exact_match` & co. are what many control planes still send.
 #[allow(deprecated)]
-fn header_matcher(mut h: rds::HeaderMatcher, path: &str) -> R<rc::HeaderMatcherConfig> {
+pub(crate) fn header_matcher(mut h: rds::HeaderMatcher, path: &str) -> R<rc::HeaderMatcherConfig> {
     use rds::header_matcher::HeaderMatchSpecifier as S;
     let mut c = rc::HeaderMatcherConfig {
         name: std::mem::take(&mut h.name),
