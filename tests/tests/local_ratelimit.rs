@@ -612,3 +612,64 @@ fn local_ratelimit_from_xds_http_filter_and_typed_per_filter_config() {
         "exactly the admitted requests reached it"
     );
 }
+
+/// The network filter from a real xDS control plane: a listener whose
+/// chain is `envoy.filters.network.local_ratelimit` then `tcp_proxy`.
+#[test]
+fn network_local_ratelimit_from_xds() {
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as nrl;
+    use envoy_types::pb::envoy::r#type::v3 as typev3;
+    use meshgate_tests::xds::*;
+    use prost::Message;
+
+    let (up, accepted) = recording_upstream();
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(CLUSTER, "c1", vec![static_cluster("raw", up)]);
+    let (name, l) = tcp_listener("tcp", port, "raw");
+    let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
+    let limit = nrl::LocalRateLimit {
+        stat_prefix: "xds_tcp".into(),
+        token_bucket: Some(typev3::TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: None,
+            fill_interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        }),
+        ..Default::default()
+    };
+    l.filter_chains[0].filters.insert(
+        0,
+        lds::Filter {
+            name: "envoy.filters.network.local_ratelimit".into(),
+            config_type: Some(lds::filter::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+                &limit,
+            ))),
+        },
+    );
+    mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    // The first connection that gets through takes the only token.
+    let mut first = wait_for_within(10, "the xDS listener", || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping").ok()?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).ok()?;
+        (&b == b"ping").then_some(s)
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(b"ping");
+    assert!(closed(&mut s), "past the bucket: closed");
+    mg.wait_metric(
+        "meshgate_network_local_ratelimit_rate_limited_total",
+        &[("stat_prefix", "xds_tcp")],
+        |v| v == 1.0,
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    first.write_all(b"more").unwrap();
+}

@@ -129,7 +129,6 @@ mod tests {
                         nanos: 250_000_000,
                     },
                 )),
-                ..Default::default()
             }),
             abort: Some(fault::FaultAbort {
                 error_type: Some(fault::fault_abort::ErrorType::GrpcStatus(14)),
