@@ -288,3 +288,74 @@ fn fault_from_xds_http_filter_and_typed_per_filter_config() {
     assert_eq!(backend.hits(), 0);
     assert!(mg.metric(ABORTS, &[]) >= 1.0);
 }
+
+/// RPC streams too: a Dubbo call aborted by the fault filter gets the
+/// provider-error status (SERVICE_ERROR) with the abort's message, and a
+/// delayed one still succeeds.
+#[test]
+fn dubbo_call_aborted_with_a_service_error_status() {
+    use meshgate_tests::rpc::*;
+    use std::io::Write;
+    const ECHO: &str = "com.meshgate.Echo";
+    let provider = Provider::start("dubbo", "A");
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: dubbo
+              stream_filters:
+                - name: fault
+              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - name: aborted
+                        match: {{path: /{ECHO}/echo, headers: [{{name: x-chaos, exact_match: "on"}}]}}
+                        route: {{cluster: a}}
+                        per_filter_config:
+                          fault:
+                            abort: {{http_status: 503, percentage: {{numerator: 100}}}}
+                      - name: delayed
+                        match: {{prefix: /}}
+                        route: {{cluster: a}}
+                        per_filter_config:
+                          fault:
+                            delay: {{fixed_delay: 300ms, percentage: {{numerator: 100}}}}
+clusters:
+  - name: a
+    protocol: dubbo
+    endpoints: [{{address: "127.0.0.1:{pa}"}}]
+"#,
+        pa = provider.port,
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("rpc");
+    let t = Instant::now();
+    let mut c = send_raw(port, &dubbo_request(1, ECHO, "echo", &[]));
+    let (_, status, id, _) = read_dubbo(&mut c).unwrap();
+    assert_eq!((status, id), (20, 1), "delayed, then answered");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // Dubbo attachments are the stream's headers.
+    c.write_all(&dubbo_request(2, ECHO, "echo", &[("x-chaos", "on")]))
+        .unwrap();
+    let (_, status, id, body) = read_dubbo(&mut c).unwrap();
+    assert_eq!((status, id), (70, 2), "SERVICE_ERROR");
+    assert!(
+        dubbo_error_message(&body).contains("fault filter abort"),
+        "{}",
+        dubbo_error_message(&body)
+    );
+    assert_eq!(mg.metric(ABORTS, &[("route", "aborted")]), 1.0);
+    assert_eq!(mg.metric(DELAYS, &[("route", "delayed")]), 1.0);
+}
