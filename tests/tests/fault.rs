@@ -359,3 +359,95 @@ clusters:
     assert_eq!(mg.metric(ABORTS, &[("route", "aborted")]), 1.0);
     assert_eq!(mg.metric(DELAYS, &[("route", "delayed")]), 1.0);
 }
+
+/// A grpcio client: `abort.grpc_status` answers trailers-only with that
+/// status; `x-envoy-fault-abort-grpc-request` does the same per request.
+#[test]
+fn grpc_client_gets_the_injected_grpc_status() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut server = Command::new("python3")
+        .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
+        .args(["server", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let up: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+    // Killed on drop, even when an assertion fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(server);
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: grpc
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: fault
+                  config:
+                    abort: {{header_abort: {{}}, percentage: {{numerator: 100}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - name: exhausted
+                        match:
+                          prefix: /
+                          grpc: true
+                          headers: [{{name: x-case, exact_match: fixed}}]
+                        route: {{cluster: upstream}}
+                        per_filter_config:
+                          fault:
+                            abort: {{grpc_status: 8, percentage: {{numerator: 100}}}}
+                      - name: rest
+                        match: {{prefix: /, grpc: true}}
+                        route: {{cluster: upstream}}
+clusters:
+  - name: upstream
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{up}"}}]
+"#
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("grpc");
+    let call = |metadata: &str| {
+        let script = format!(
+            r#"
+import grpc
+ch = grpc.insecure_channel("127.0.0.1:{port}")
+m = ch.unary_unary("/echo.Echo/Unary")
+try:
+    m(b"hi", metadata={metadata}, timeout=10)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(call("()"), "OK");
+    let r = call(r#"(("x-case", "fixed"),)"#);
+    assert_eq!(r, "RESOURCE_EXHAUSTED fault filter abort");
+    let r = call(r#"(("x-envoy-fault-abort-grpc-request", "14"),)"#);
+    assert_eq!(r, "UNAVAILABLE fault filter abort");
+    assert_eq!(mg.metric(ABORTS, &[]), 2.0);
+}
