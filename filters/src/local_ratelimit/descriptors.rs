@@ -323,7 +323,6 @@ pub fn matched(
 mod tests {
     use super::*;
     use meshgate_core::config::parse_typed;
-    use std::time::Duration;
 
     fn spec(v: serde_json::Value) -> DescriptorSpec {
         DescriptorSpec::build("descriptors[0]", &parse_typed(&v).unwrap()).unwrap()
@@ -363,7 +362,54 @@ mod tests {
             panic!()
         };
         assert_eq!(m.lock().unwrap().len(), 2);
-        let _ = Duration::ZERO;
+    }
+
+    #[test]
+    fn actions_build_descriptors_from_the_request() {
+        let list: Vec<RateLimitConfig> = parse_typed(&serde_json::json!([
+            {"actions": [{"request_headers": {"header_name": "x-user", "descriptor_key": "user"}},
+                         {"remote_address": {}}]},
+            {"actions": [{"generic_key": {"descriptor_value": "api"}},
+                         {"header_value_match": {"descriptor_value": "admin",
+                             "headers": [{"name": "x-role", "exact_match": "admin"}]}}]},
+            {"actions": [{"request_headers": {"header_name": "x-opt", "descriptor_key": "opt",
+                             "skip_if_absent": true}},
+                         {"generic_key": {"descriptor_value": "v", "descriptor_key": "k"}}]},
+            {"actions": [{"header_value_match": {"descriptor_value": "guest", "expect_match": false,
+                             "headers": [{"name": "x-role", "present_match": true}]}}]},
+        ]))
+        .unwrap();
+        let actions = Actions::build(&list).unwrap();
+        let a = "10.1.2.3:5".parse().unwrap();
+        let conn = std::sync::Arc::new(meshgate_core::network::ConnectionInfo {
+            id: 1,
+            listener: std::sync::Arc::from("l"),
+            peer_addr: a,
+            local_addr: a,
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Default::default(),
+        });
+        let info = StreamInfo::new(conn, "http1");
+        let mut req = http::Request::new(meshgate_core::stream::empty_body());
+        req.headers_mut().insert("x-user", "alice".parse().unwrap());
+        req.headers_mut().insert("x-role", "admin".parse().unwrap());
+        let got = actions.descriptors(&req, &info);
+        assert_eq!(
+            got,
+            vec![
+                d(&[("user", "alice"), ("remote_address", "10.1.2.3")]),
+                d(&[("generic_key", "api"), ("header_match", "admin")]),
+                // x-opt absent and skipped: the rest of the descriptor stays.
+                d(&[("k", "v")]),
+            ]
+        );
+        // No x-user: the first descriptor is dropped whole; no x-role: the
+        // header_value_match with expect_match false produces its entry.
+        let req = http::Request::new(meshgate_core::stream::empty_body());
+        let got = actions.descriptors(&req, &info);
+        assert_eq!(got, vec![d(&[("k", "v")]), d(&[("header_match", "guest")])]);
     }
 
     #[test]
