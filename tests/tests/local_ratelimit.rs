@@ -64,6 +64,8 @@ listeners:
                 virtual_hosts:
                   - name: api
                     domains: ["*"]
+                    rate_limits:
+                      - actions: [{{remote_address: {{}}}}]
                     routes:
                       - match: {{prefix: /burst}}
                         route: {{cluster: backend}}
@@ -98,6 +100,33 @@ listeners:
                               - entries: [{{key: user}}]
                                 token_bucket: {{max_tokens: 2, fill_interval: 60s}}
                             max_dynamic_descriptors: 2
+                      - match: {{prefix: /tenants}}
+                        route:
+                          cluster: backend
+                          rate_limits:
+                            - actions:
+                                - generic_key: {{descriptor_value: tenants}}
+                                - request_headers: {{header_name: x-tenant, descriptor_key: tenant}}
+                        per_filter_config:
+                          local_ratelimit:
+                            stat_prefix: tenants
+                            token_bucket: {{max_tokens: 1000, fill_interval: 60s}}
+                            filter_enabled: {ALL}
+                            filter_enforced: {ALL}
+                            descriptors:
+                              - entries: [{{key: generic_key, value: tenants}}, {{key: tenant, value: acme}}]
+                                token_bucket: {{max_tokens: 1, fill_interval: 60s}}
+                      - match: {{prefix: /per-client}}
+                        route: {{cluster: backend}}
+                        per_filter_config:
+                          local_ratelimit:
+                            stat_prefix: per_client
+                            token_bucket: {{max_tokens: 1000, fill_interval: 60s}}
+                            filter_enabled: {ALL}
+                            filter_enforced: {ALL}
+                            descriptors:
+                              - entries: [{{key: remote_address, value: 127.0.0.1}}]
+                                token_bucket: {{max_tokens: 2, fill_interval: 60s}}
                       - match: {{prefix: /shadow}}
                         route: {{cluster: backend}}
                         per_filter_config:
@@ -199,6 +228,28 @@ fn descriptors_give_each_header_value_its_own_bounded_bucket() {
         1.0
     );
     assert_eq!(mg.metric(ENFORCED, &[("stat_prefix", "users")]), 1.0);
+}
+
+#[test]
+fn route_and_virtual_host_rate_limits_build_the_descriptors() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let mg = Meshgate::start(&http_config(backend.addr));
+    let port = mg.listener_port("web");
+    // The route's `rate_limits`: generic_key + x-tenant.
+    let url = format!("http://127.0.0.1:{port}/tenants");
+    let tenant = |t: &str| curl(&["-H", &format!("x-tenant: {t}"), &url]).0;
+    assert_eq!(tenant("acme"), 200);
+    assert_eq!(tenant("acme"), 429);
+    assert_eq!(tenant("globex"), 200);
+    assert_eq!(tenant("globex"), 200);
+    // A route without its own: the virtual host's (remote_address, the
+    // trusted client address 127.0.0.1).
+    let url = format!("http://127.0.0.1:{port}/per-client");
+    assert_eq!(curl(&[&url]).0, 200);
+    assert_eq!(curl(&[&url]).0, 200);
+    assert_eq!(curl(&[&url]).0, 429);
+    assert_eq!(mg.metric(ENFORCED, &[("stat_prefix", "tenants")]), 1.0);
+    assert_eq!(mg.metric(ENFORCED, &[("stat_prefix", "per_client")]), 1.0);
 }
 
 #[test]
@@ -502,6 +553,10 @@ fn bad_configs_are_refused_naming_the_field() {
         (
             good.replace("max_dynamic_descriptors: 2", "max_dynamic_descriptors: 0"),
             "max_dynamic_descriptors",
+        ),
+        (
+            good.replace("header_name: x-tenant", "header_name: \"bad name\""),
+            "virtual_hosts[0].routes[3].route.rate_limits[0].actions[1].request_headers.header_name",
         ),
         (
             good.replace(

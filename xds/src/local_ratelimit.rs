@@ -178,7 +178,7 @@ fn http_filter(mut c: http::LocalRateLimit, path: &str) -> R<lc::LocalRateLimitC
     Ok(out)
 }
 
-fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitConfig> {
+pub(crate) fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitConfig> {
     use rds::rate_limit::action::ActionSpecifier as A;
     let mut actions = Vec::new();
     for (i, mut a) in std::mem::take(&mut r.actions).into_iter().enumerate() {
@@ -424,6 +424,63 @@ mod tests {
             runtime_key: "k".into(),
         });
         assert_eq!(e(&c), "f.filter_enforced.runtime_key");
+    }
+
+    #[test]
+    fn route_and_virtual_host_rate_limits_are_translated() {
+        use rds::rate_limit::action::ActionSpecifier as A;
+        let rl = |a: A| rds::RateLimit {
+            actions: vec![rds::rate_limit::Action {
+                action_specifier: Some(a),
+            }],
+            ..Default::default()
+        };
+        let r = rds::RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![rds::VirtualHost {
+                name: "v".into(),
+                domains: vec!["*".into()],
+                rate_limits: vec![rl(A::RemoteAddress(Default::default()))],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::Route(rds::RouteAction {
+                        cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
+                            "c".into(),
+                        )),
+                        rate_limits: vec![rl(A::GenericKey(rds::rate_limit::action::GenericKey {
+                            descriptor_value: "g".into(),
+                            ..Default::default()
+                        }))],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let c = crate::translate::route_configuration(r.clone()).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["virtual_hosts"][0]["rate_limits"],
+            serde_json::json!([{"actions": [{"remote_address": {}}]}])
+        );
+        assert_eq!(
+            v["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"],
+            serde_json::json!([{"actions": [{"generic_key": {"descriptor_value": "g"}}]}])
+        );
+        // An action local rate limits cannot evaluate is refused by name.
+        let mut bad = r;
+        bad.virtual_hosts[0].rate_limits = vec![rl(A::SourceCluster(Default::default()))];
+        let e = crate::translate::route_configuration(bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rate_limits[0].actions[0].source_cluster"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1029,6 +1029,14 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
             &join(path, "response_headers_to_add"),
         )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
+        rate_limits: std::mem::take(&mut v.rate_limits)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rp = format!("{}[{i}]", join(path, "rate_limits"));
+                crate::local_ratelimit::rate_limit(r, &rp)
+            })
+            .collect::<R<_>>()?,
     };
     rest(&v, path)?;
     Ok(out)
@@ -1338,6 +1346,11 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
             h,
             &format!("{}[{i}]", join(path, "hash_policy")),
         )?);
+    }
+    for (i, r) in std::mem::take(&mut a.rate_limits).into_iter().enumerate() {
+        let rp = format!("{}[{i}]", join(path, "rate_limits"));
+        out.rate_limits
+            .push(crate::local_ratelimit::rate_limit(r, &rp)?);
     }
     rest(&a, path)?;
     Ok(out)

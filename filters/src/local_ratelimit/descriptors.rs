@@ -1,185 +1,17 @@
-//! Descriptors of `local_ratelimit`: the `rate_limits` actions that build a
-//! request's descriptors (lists of `{key, value}`), and the configured
-//! descriptors they are matched against, each with its own bucket. A
+//! Descriptors of `local_ratelimit`: the configured descriptors a
+//! request's descriptors (built by `rate_limits` actions,
+//! `meshgate_core::router::RateLimitActions`) are matched against, each with its own bucket. A
 //! configured entry with no value is a wildcard: each distinct request
 //! value gets its own bucket, kept in a bounded LRU (the values come from
 //! the network: a header, a client address), evictions counted.
 
 use super::bucket::{TokenBucket, clock};
 use hashlink::LruCache;
-use http::HeaderName;
 use meshgate_core::BuildError;
-use meshgate_core::config::local_ratelimit::{
-    LocalDescriptorConfig, RateLimitActionConfig, RateLimitConfig, TokenBucketConfig,
-};
-use meshgate_core::router::HeaderMatcher;
-use meshgate_core::stream::{Request, StreamInfo};
+use meshgate_core::config::local_ratelimit::{LocalDescriptorConfig, TokenBucketConfig};
+pub use meshgate_core::router::{Descriptor, RateLimitActions as Actions};
 use metrics::Counter;
 use std::sync::{Arc, Mutex};
-
-/// One compiled `RateLimit.Action`.
-enum Action {
-    RequestHeaders {
-        name: HeaderName,
-        key: String,
-        skip_if_absent: bool,
-    },
-    RemoteAddress,
-    GenericKey {
-        key: String,
-        value: String,
-    },
-    HeaderValueMatch {
-        key: String,
-        value: String,
-        expect: bool,
-        headers: Vec<HeaderMatcher>,
-    },
-}
-
-/// The compiled `rate_limits`: each builds at most one descriptor.
-pub struct Actions(Vec<Vec<Action>>);
-
-/// A request's descriptor: `(key, value)` entries.
-pub type Descriptor = Vec<(String, String)>;
-
-impl Actions {
-    pub fn build(list: &[RateLimitConfig]) -> Result<Self, BuildError> {
-        let mut out = Vec::with_capacity(list.len());
-        for (i, rl) in list.iter().enumerate() {
-            let mut actions = Vec::with_capacity(rl.actions.len());
-            if rl.actions.is_empty() {
-                return Err(BuildError::new(
-                    format!("rate_limits[{i}].actions"),
-                    "at least one action",
-                ));
-            }
-            for (j, a) in rl.actions.iter().enumerate() {
-                actions.push(action(&format!("rate_limits[{i}].actions[{j}]"), a)?);
-            }
-            out.push(actions);
-        }
-        Ok(Self(out))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The request's descriptors, one per `RateLimit` whose actions all
-    /// produced an entry (Envoy's rule: an action with nothing to say
-    /// drops its descriptor, unless `skip_if_absent`).
-    pub fn descriptors(&self, req: &Request, info: &StreamInfo) -> Vec<Descriptor> {
-        let mut out = Vec::new();
-        'rl: for actions in &self.0 {
-            let mut d = Vec::with_capacity(actions.len());
-            for a in actions {
-                match a {
-                    Action::RequestHeaders {
-                        name,
-                        key,
-                        skip_if_absent,
-                    } => match req.headers().get(name).map(|v| v.to_str()) {
-                        Some(Ok(v)) => d.push((key.clone(), v.to_string())),
-                        None if *skip_if_absent => {}
-                        _ => continue 'rl,
-                    },
-                    Action::RemoteAddress => d.push((
-                        "remote_address".to_string(),
-                        info.downstream_remote_address.to_string(),
-                    )),
-                    Action::GenericKey { key, value } => d.push((key.clone(), value.clone())),
-                    Action::HeaderValueMatch {
-                        key,
-                        value,
-                        expect,
-                        headers,
-                    } => {
-                        let all = headers.iter().all(|h| h.matches(req.headers()));
-                        if all != *expect {
-                            continue 'rl;
-                        }
-                        d.push((key.clone(), value.clone()));
-                    }
-                }
-            }
-            if !d.is_empty() {
-                out.push(d);
-            }
-        }
-        out
-    }
-}
-
-fn action(path: &str, a: &RateLimitActionConfig) -> Result<Action, BuildError> {
-    let set = [
-        a.request_headers.is_some(),
-        a.remote_address.is_some(),
-        a.generic_key.is_some(),
-        a.header_value_match.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if set != 1 {
-        return Err(BuildError::new(
-            path,
-            "set exactly one of request_headers, remote_address, generic_key, header_value_match",
-        ));
-    }
-    if let Some(h) = &a.request_headers {
-        let name = HeaderName::from_bytes(h.header_name.as_bytes()).map_err(|_| {
-            BuildError::new(
-                format!("{path}.request_headers.header_name"),
-                "not a valid header name",
-            )
-        })?;
-        if h.descriptor_key.is_empty() {
-            return Err(BuildError::new(
-                format!("{path}.request_headers.descriptor_key"),
-                "must not be empty",
-            ));
-        }
-        return Ok(Action::RequestHeaders {
-            name,
-            key: h.descriptor_key.clone(),
-            skip_if_absent: h.skip_if_absent,
-        });
-    }
-    if a.remote_address.is_some() {
-        return Ok(Action::RemoteAddress);
-    }
-    if let Some(g) = &a.generic_key {
-        return Ok(Action::GenericKey {
-            key: if g.descriptor_key.is_empty() {
-                "generic_key".into()
-            } else {
-                g.descriptor_key.clone()
-            },
-            value: g.descriptor_value.clone(),
-        });
-    }
-    if let Some(m) = &a.header_value_match {
-        let mut headers = Vec::with_capacity(m.headers.len());
-        for (i, h) in m.headers.iter().enumerate() {
-            headers.push(HeaderMatcher::build(h).map_err(|(f, msg)| {
-                let p = format!("{path}.header_value_match.headers[{i}]");
-                BuildError::new(if f.is_empty() { p } else { format!("{p}.{f}") }, msg)
-            })?);
-        }
-        return Ok(Action::HeaderValueMatch {
-            key: if m.descriptor_key.is_empty() {
-                "header_match".into()
-            } else {
-                m.descriptor_key.clone()
-            },
-            value: m.descriptor_value.clone(),
-            expect: m.expect_match.unwrap_or(true),
-            headers,
-        });
-    }
-    Err(BuildError::new(path, "empty action"))
-}
 
 /// A configured descriptor: what it matches and the template of its
 /// bucket(s).
@@ -322,7 +154,9 @@ pub fn matched(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshgate_core::config::local_ratelimit::RateLimitConfig;
     use meshgate_core::config::parse_typed;
+    use meshgate_core::stream::StreamInfo;
 
     fn spec(v: serde_json::Value) -> DescriptorSpec {
         DescriptorSpec::build("descriptors[0]", &parse_typed(&v).unwrap()).unwrap()
@@ -379,7 +213,7 @@ mod tests {
                              "headers": [{"name": "x-role", "present_match": true}]}}]},
         ]))
         .unwrap();
-        let actions = Actions::build(&list).unwrap();
+        let actions = Actions::build("", &list).unwrap();
         let a = "10.1.2.3:5".parse().unwrap();
         let conn = std::sync::Arc::new(meshgate_core::network::ConnectionInfo {
             id: 1,
@@ -421,12 +255,12 @@ mod tests {
         .unwrap();
         assert!(e.message.contains("destination_cluster"), "{e:?}");
         let c: RateLimitConfig = parse_typed(&serde_json::json!({"actions": [{}]})).unwrap();
-        let e = Actions::build(&[c]).err().unwrap();
+        let e = Actions::build("", &[c]).err().unwrap();
         assert_eq!(e.path, "rate_limits[0].actions[0]");
         let c: RateLimitConfig = parse_typed(&serde_json::json!({"actions": [
             {"request_headers": {"header_name": "bad name", "descriptor_key": "k"}}]}))
         .unwrap();
-        let e = Actions::build(&[c]).err().unwrap();
+        let e = Actions::build("", &[c]).err().unwrap();
         assert_eq!(
             e.path,
             "rate_limits[0].actions[0].request_headers.header_name"

@@ -164,13 +164,9 @@ impl Limiter {
         for (i, d) in c.descriptors.iter().enumerate() {
             specs.push(DescriptorSpec::build(&format!("descriptors[{i}]"), d)?);
         }
-        let actions = Actions::build(&c.rate_limits)?;
-        if !specs.is_empty() && actions.is_empty() {
-            return Err(BuildError::new(
-                "rate_limits",
-                "descriptors are selected by rate_limits actions: set at least one",
-            ));
-        }
+        // Without its own, the route's (else the virtual host's)
+        // `rate_limits` build the descriptors, as Envoy's do.
+        let actions = Actions::build("", &c.rate_limits)?;
         let max_dynamic = match c.max_dynamic_descriptors {
             None => 20,
             Some(0) => {
@@ -248,7 +244,7 @@ impl Limiter {
     /// Takes the request's tokens: `None` when it is within the limits,
     /// else the refusal. `report` gets the bucket nearest its limit, for
     /// the `x-ratelimit-*` headers.
-    fn decide(&self, req: &Request, info: &StreamInfo) -> Decision {
+    fn decide(&self, req: &Request, info: &StreamInfo, route: &RouteView<'_>) -> Decision {
         let per_conn;
         let buckets = match &self.shared {
             Some(b) => b,
@@ -269,7 +265,14 @@ impl Limiter {
         };
         let mut matched_any = false;
         if !self.specs.is_empty() {
-            let request = self.actions.descriptors(req, info);
+            let actions = if self.actions.is_empty() {
+                route
+                    .matched
+                    .and_then(|(vh, r)| r.rate_limits().or(vh.rate_limits()))
+            } else {
+                Some(&self.actions)
+            };
+            let request = actions.map_or_else(Vec::new, |a| a.descriptors(req, info));
             let Some(matched) =
                 descriptors::matched(&self.specs, &buckets.descriptors, &request, &self.evicted)
             else {
@@ -395,7 +398,7 @@ impl LocalRateLimit {
         if !sample(limiter.enabled_ppm) {
             return FilterStatus::Continue;
         }
-        let d = limiter.decide(req, info);
+        let d = limiter.decide(req, info, &route);
         if d.allowed {
             limiter.ok.increment(1);
             if limiter.x_headers && d.nearest.is_some() {

@@ -176,11 +176,11 @@ fn config_errors_name_the_field() {
     );
     assert_eq!(
         e(
-            serde_json::json!({"stat_prefix": "r", "descriptors": [{"entries": [{"key": "k"}],
+            serde_json::json!({"stat_prefix": "r", "descriptors": [{"entries": [{"key": ""}],
                 "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]}),
             false
         ),
-        "rate_limits"
+        "descriptors[0].entries[0].key"
     );
     let u = parse_typed::<LocalRateLimitConfig>(
         &serde_json::json!({"stat_prefix": "r", "local_cluster_rate_limit": {}}),
