@@ -10,9 +10,11 @@ pub mod csrf;
 pub mod echo;
 mod edge;
 pub mod ext_authz;
+pub mod fault;
 mod grpc;
 pub mod http_options;
 pub mod jwt_authn;
+pub mod local_ratelimit;
 pub mod proxy;
 pub mod rbac;
 pub mod tcp_proxy;
@@ -22,15 +24,22 @@ use std::sync::Arc;
 
 /// Registers every filter of this crate.
 pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
+    // Network filters.
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
+    registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
+    registry.register_network_filter(Arc::new(
+        local_ratelimit::network::NetworkLocalRateLimitFactory,
+    ))?;
+    // Stream filters.
+    registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
+    registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
     registry.register_stream_filter(Arc::new(basic_auth::BasicAuthFactory))?;
     registry.register_stream_filter(Arc::new(api_key_auth::ApiKeyAuthFactory))?;
-    registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
-    registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
-    registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;
-    registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
+    registry.register_stream_filter(Arc::new(jwt_authn::JwtAuthnFactory))?;
     registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))?;
-    registry.register_stream_filter(Arc::new(jwt_authn::JwtAuthnFactory))
+    registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
+    registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
+    registry.register_stream_filter(Arc::new(fault::FaultFactory))
 }

@@ -7,8 +7,8 @@
 
 pub mod backend;
 pub mod caddy;
-pub mod phases;
 pub mod jwt;
+pub mod phases;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;

@@ -20,6 +20,115 @@ const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Co
 const CORS_POLICY: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const FILTER_CONFIG: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
 
+/// One HTTP filter meshgate ships, as xDS names it.
+struct Known {
+    /// The registered meshgate filter name.
+    name: &'static str,
+    /// Envoy's well-known filter name (also the usual
+    /// `typed_per_filter_config` key).
+    envoy_name: &'static str,
+    /// The type of its HCM `typed_config`.
+    type_url: &'static str,
+    /// Translates the HCM `typed_config` into the filter's config.
+    filter: fn(&protobuf::Any, &str) -> R<Value>,
+    /// The types its `typed_per_filter_config` may carry.
+    per_route_types: &'static [&'static str],
+    /// Translates a `typed_per_filter_config` value.
+    per_route: fn(&protobuf::Any, &str) -> R<Value>,
+}
+
+/// Every HTTP filter xDS may configure (the router aside). Adding a filter
+/// is one entry here.
+const KNOWN: &[Known] = &[
+    Known {
+        name: "cors",
+        envoy_name: "envoy.filters.http.cors",
+        type_url: CORS,
+        filter: |a, p| {
+            let c: cors::Cors = decode(a, CORS).map_err(|e| (p.to_string(), e.to_string()))?;
+            rest(&c, p)?;
+            Ok(Value::Null)
+        },
+        per_route_types: &[CORS_POLICY],
+        per_route: |a, p| {
+            let c: cors::CorsPolicy =
+                decode(a, CORS_POLICY).map_err(|e| (p.to_string(), e.to_string()))?;
+            serde_json::to_value(cors_policy(c, p)?).map_err(|e| (p.to_string(), e.to_string()))
+        },
+    },
+    Known {
+        name: "csrf",
+        envoy_name: "envoy.filters.http.csrf",
+        type_url: crate::simpleauth::CSRF_POLICY,
+        filter: crate::simpleauth::http_filter,
+        per_route_types: &[crate::simpleauth::CSRF_POLICY],
+        per_route: crate::simpleauth::per_route,
+    },
+    Known {
+        name: "basic_auth",
+        envoy_name: "envoy.filters.http.basic_auth",
+        type_url: crate::simpleauth::BASIC_AUTH,
+        filter: crate::simpleauth::http_filter,
+        per_route_types: &[crate::simpleauth::BASIC_AUTH_PER_ROUTE],
+        per_route: crate::simpleauth::per_route,
+    },
+    Known {
+        name: "api_key_auth",
+        envoy_name: "envoy.filters.http.api_key_auth",
+        type_url: crate::simpleauth::API_KEY_AUTH,
+        filter: crate::simpleauth::http_filter,
+        per_route_types: &[crate::simpleauth::API_KEY_AUTH_PER_ROUTE],
+        per_route: crate::simpleauth::per_route,
+    },
+    Known {
+        name: "jwt_authn",
+        envoy_name: "envoy.filters.http.jwt_authn",
+        type_url: crate::jwt_authn::JWT_AUTHN,
+        filter: crate::jwt_authn::jwt_authentication,
+        per_route_types: &[crate::jwt_authn::JWT_PER_ROUTE],
+        per_route: crate::jwt_authn::per_route,
+    },
+    Known {
+        name: "ext_authz",
+        envoy_name: "envoy.filters.http.ext_authz",
+        type_url: crate::ext_authz::EXT_AUTHZ,
+        filter: crate::ext_authz::filter,
+        per_route_types: &[crate::ext_authz::EXT_AUTHZ_PER_ROUTE],
+        per_route: crate::ext_authz::per_route,
+    },
+    Known {
+        name: "rbac",
+        envoy_name: "envoy.filters.http.rbac",
+        type_url: crate::rbac::HTTP_RBAC,
+        filter: crate::rbac::http_filter,
+        per_route_types: &[crate::rbac::HTTP_RBAC_PER_ROUTE],
+        per_route: crate::rbac::per_route,
+    },
+    Known {
+        name: "local_ratelimit",
+        envoy_name: crate::local_ratelimit::HTTP_NAME,
+        type_url: crate::local_ratelimit::HTTP,
+        filter: crate::local_ratelimit::http_config,
+        per_route_types: &[crate::local_ratelimit::HTTP],
+        per_route: crate::local_ratelimit::http_config,
+    },
+    Known {
+        name: "fault",
+        envoy_name: crate::fault::HTTP_NAME,
+        type_url: crate::fault::HTTP,
+        filter: crate::fault::http_config,
+        per_route_types: &[crate::fault::HTTP],
+        per_route: crate::fault::http_config,
+    },
+];
+
+/// The Envoy names of every known filter, for refusals.
+fn known_names() -> String {
+    let mut names = vec![ROUTER_NAME];
+    names.extend(KNOWN.iter().map(|k| k.envoy_name));
+    names.join(", ")
+}
+
 /// The HCM's HTTP filters as the proxy's `stream_filters` (the router, the
 /// implicit last filter, is left out).
 pub(crate) fn http_filters(
@@ -29,77 +138,56 @@ pub(crate) fn http_filters(
     let mut out = Vec::new();
     for (i, mut f) in filters.into_iter().enumerate() {
         let fp = format!("{path}.http_filters[{i}]");
-        let type_url = match f.config_type.take() {
+        let typed = match f.config_type.take() {
             None => None,
             Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a),
             Some(_) => return err(join(&fp, "config_discovery"), "not supported"),
         };
-        let is_router = match &type_url {
+        let tp = join(&fp, "typed_config");
+        let is_router = match &typed {
             None => f.name == ROUTER_NAME,
             Some(a) => a.type_url == ROUTER,
         };
         if is_router {
-            if let Some(a) = &type_url {
+            if let Some(a) = &typed {
                 let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
                     decode(a, ROUTER).map_err(|e| (fp.clone(), e.to_string()))?;
-                rest(&r, &join(&fp, "typed_config"))?;
+                rest(&r, &tp)?;
             }
-        } else if type_url.as_ref().is_some_and(|a| a.type_url == CORS) {
-            if let Some(a) = &type_url {
-                let c: cors::Cors = decode(a, CORS).map_err(|e| (fp.clone(), e.to_string()))?;
-                rest(&c, &join(&fp, "typed_config"))?;
-            }
-            out.push(fc::StreamFilterConfig {
-                name: "cors".into(),
-                config: Value::Null,
-                disabled: f.disabled,
-            });
-        } else if let Some((name, config)) = crate::simpleauth::http_filter(type_url.as_ref(), &fp)?
-        {
-            out.push(fc::StreamFilterConfig {
-                name: name.into(),
-                config,
-                disabled: f.disabled,
-            });
-        } else if let Some(a) = type_url
-            .as_ref()
-            .filter(|a| a.type_url == crate::rbac::HTTP_RBAC)
-        {
-            out.push(fc::StreamFilterConfig {
-                name: "rbac".into(),
-                config: crate::rbac::http_filter(a, &join(&fp, "typed_config"))?,
-                disabled: f.disabled,
-            });
-        } else if let Some(a) = type_url
-            .as_ref()
-            .filter(|a| a.type_url == crate::ext_authz::EXT_AUTHZ)
-        {
-            out.push(fc::StreamFilterConfig {
-                name: "ext_authz".into(),
-                config: crate::ext_authz::filter(a, &join(&fp, "typed_config"))?,
-                disabled: f.disabled,
-            });
-        } else if let Some(a) = type_url
-            .as_ref()
-            .filter(|a| a.type_url == crate::jwt_authn::JWT_AUTHN)
-        {
-            out.push(fc::StreamFilterConfig {
-                name: "jwt_authn".into(),
-                config: crate::jwt_authn::jwt_authentication(a, &join(&fp, "typed_config"))?,
-                disabled: f.disabled,
-            });
-        } else if f.is_optional {
-            // Envoy's contract: an optional filter the proxy does not know
-            // is skipped.
-            continue;
         } else {
-            return err(
-                join(&fp, "name"),
-                format!(
-                    "HTTP filter '{}' not supported (known: {ROUTER_NAME}, envoy.filters.http.cors, envoy.filters.http.rbac)",
-                    f.name
-                ),
-            );
+            // Known by the type of its config; listed without a config,
+            // by its Envoy name (only cors has nothing to configure: a
+            // policy filter without its policy is refused).
+            let known = match &typed {
+                Some(a) => KNOWN.iter().find(|k| k.type_url == a.type_url),
+                None => KNOWN.iter().find(|k| k.envoy_name == f.name),
+            };
+            match (known, &typed) {
+                (Some(k), Some(a)) => out.push(fc::StreamFilterConfig {
+                    name: k.name.into(),
+                    config: (k.filter)(a, &tp)?,
+                    disabled: f.disabled,
+                }),
+                (Some(k), None) if k.name == "cors" => out.push(fc::StreamFilterConfig {
+                    name: k.name.into(),
+                    config: Value::Null,
+                    disabled: f.disabled,
+                }),
+                (Some(_), None) => return err(tp, "required: the filter's config"),
+                // Envoy's contract: an optional filter the proxy does not
+                // know is skipped.
+                (None, _) if f.is_optional => continue,
+                (None, _) => {
+                    return err(
+                        join(&fp, "name"),
+                        format!(
+                            "HTTP filter '{}' not supported (known: {})",
+                            f.name,
+                            known_names()
+                        ),
+                    );
+                }
+            }
         }
         f.name.clear();
         f.disabled = false;
@@ -109,8 +197,10 @@ pub(crate) fn http_filters(
     Ok(out)
 }
 
-/// A virtual host's or route's `typed_per_filter_config`, keyed by the
-/// meshgate filter it configures.
+/// A virtual host's, route's or weighted cluster's
+/// `typed_per_filter_config`, keyed by the meshgate filter it configures.
+/// The key is the filter's Envoy name (or meshgate name); a key the
+/// control plane chose itself is resolved by the config's type.
 pub(crate) fn per_filter_config(
     map: HashMap<String, protobuf::Any>,
     path: &str,
@@ -132,71 +222,44 @@ pub(crate) fn per_filter_config(
         } else {
             (Some(any), false, false)
         };
+        let by_key = KNOWN.iter().find(|k| k.envoy_name == key || k.name == key);
+        let by_type = config.as_ref().and_then(|a| {
+            KNOWN
+                .iter()
+                .find(|k| k.per_route_types.contains(&a.type_url.as_str()))
+        });
+        let Some(known) = by_key.or(by_type) else {
+            if optional {
+                continue;
+            }
+            return err(
+                p,
+                format!(
+                    "HTTP filter '{key}' not supported here (known: {})",
+                    known_names()
+                ),
+            );
+        };
         let value = match (&config, disabled) {
             (_, true) => serde_json::json!({"disabled": true}),
-            (Some(a), false) if a.type_url == CORS_POLICY => {
-                let c: cors::CorsPolicy =
-                    decode(a, CORS_POLICY).map_err(|e| (p.clone(), e.to_string()))?;
-                serde_json::to_value(cors_policy(c, &p)?).map_err(|e| (p.clone(), e.to_string()))?
-            }
-            (Some(a), false) if a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE => {
-                crate::rbac::per_route(a, &p)?
-            }
-            (Some(a), false) if a.type_url == crate::ext_authz::EXT_AUTHZ_PER_ROUTE => {
-                crate::ext_authz::per_route(a, &p)?
-            }
-            (Some(a), false) if a.type_url == crate::jwt_authn::JWT_PER_ROUTE => {
-                crate::jwt_authn::per_route(a, &p)?
-            }
             (None, false) => serde_json::json!({"disabled": false}),
-            (Some(a), false) if crate::simpleauth::filter_name(&key).is_some() => {
-                match crate::simpleauth::per_route(a, &key, &p)? {
-                    Some(v) => v,
-                    None => {
-                        return err(
-                            p,
-                            format!("per-filter config '{}' not supported", a.type_url),
-                        );
-                    }
-                }
+            (Some(a), false) if known.per_route_types.contains(&a.type_url.as_str()) => {
+                (known.per_route)(a, &p)?
             }
+            (Some(_), false) if optional => continue,
             (Some(a), false) => {
-                if optional {
-                    continue;
-                }
-                return err(
-                    p,
-                    format!("per-filter config '{}' not supported", a.type_url),
-                );
-            }
-        };
-        let name = match key.as_str() {
-            "envoy.filters.http.cors" | "cors" => "cors",
-            k if crate::simpleauth::filter_name(k).is_some() => {
-                crate::simpleauth::filter_name(k).unwrap_or_default()
-            }
-            // An RBACPerRoute, or only the enable/disable wrapper.
-            "envoy.filters.http.rbac" | "rbac"
-                if disabled
-                    || config
-                        .as_ref()
-                        .is_none_or(|a| a.type_url == crate::rbac::HTTP_RBAC_PER_ROUTE) =>
-            {
-                "rbac"
-            }
-            "envoy.filters.http.ext_authz" | "ext_authz" => "ext_authz",
-            "envoy.filters.http.jwt_authn" | "jwt_authn" => "jwt_authn",
-            _ if optional => continue,
-            other => {
                 return err(
                     p,
                     format!(
-                        "HTTP filter '{other}' not supported here (known: envoy.filters.http.cors, envoy.filters.http.rbac with an RBACPerRoute)"
+                        "per-filter config '{}' is not a {} config (expected {})",
+                        a.type_url,
+                        known.name,
+                        known.per_route_types.join(" or ")
                     ),
                 );
             }
         };
-        out.insert(name.to_string(), value);
+        out.insert(known.name.to_string(), value);
     }
     Ok(out)
 }
@@ -300,10 +363,14 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].name, "cors");
         assert!(out[0].disabled);
-        let e = http_filters(vec![f("envoy.filters.http.jwt_authn", None)], "hcm").unwrap_err();
+        let e = http_filters(vec![f("envoy.filters.http.lua", None)], "hcm").unwrap_err();
         assert_eq!(e.0, "hcm.http_filters[0].name");
+        assert!(e.1.contains("envoy.filters.http.lua"), "{}", e.1);
         assert!(e.1.contains("envoy.filters.http.jwt_authn"), "{}", e.1);
-        let mut opt = f("envoy.filters.http.jwt_authn", None);
+        // A policy filter without its policy is refused, never a no-op.
+        let e = http_filters(vec![f("envoy.filters.http.rbac", None)], "hcm").unwrap_err();
+        assert_eq!(e.0, "hcm.http_filters[0].typed_config");
+        let mut opt = f("envoy.filters.http.lua", None);
         opt.is_optional = true;
         assert!(http_filters(vec![opt], "hcm").unwrap().is_empty());
     }
@@ -350,5 +417,19 @@ mod tests {
         m.insert("envoy.filters.http.cors".into(), any(CORS_POLICY, &shadow));
         let e = per_filter_config(m, "vh").unwrap_err();
         assert!(e.0.ends_with("shadow_enabled"), "{e:?}");
+        // A key the control plane chose (Envoy Gateway's
+        // `envoy.filters.http.cors/...` style) is resolved by the type.
+        let mut m = HashMap::new();
+        m.insert("gateway/cors-0".into(), any(CORS_POLICY, &policy));
+        let out = per_filter_config(m, "vh").unwrap();
+        assert!(out.contains_key("cors"), "{out:?}");
+        // An unknown key with an unknown type is refused, naming it.
+        let mut m = HashMap::new();
+        m.insert(
+            "envoy.filters.http.lua".into(),
+            any("type.googleapis.com/x.Lua", &policy),
+        );
+        let e = per_filter_config(m, "vh").unwrap_err();
+        assert!(e.1.contains("envoy.filters.http.lua"), "{e:?}");
     }
 }

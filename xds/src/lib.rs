@@ -9,11 +9,13 @@ pub mod client;
 mod cors_field;
 pub mod error;
 mod ext_authz;
+mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod http_filters;
 mod jwt_authn;
 mod leftover;
+mod local_ratelimit;
 mod rbac;
 mod simpleauth;
 pub mod tls;

@@ -15,44 +15,29 @@ use meshgate_core::config::filters as fc;
 use meshgate_core::config::simpleauth as sa;
 use serde_json::Value;
 
-const BASIC_AUTH: &str =
+pub(crate) const BASIC_AUTH: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuth";
-const BASIC_AUTH_PER_ROUTE: &str =
+pub(crate) const BASIC_AUTH_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute";
-const API_KEY_AUTH: &str =
+pub(crate) const API_KEY_AUTH: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth";
-const API_KEY_AUTH_PER_ROUTE: &str =
+pub(crate) const API_KEY_AUTH_PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute";
-const CSRF_POLICY: &str = "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
-
-/// The meshgate filter a `typed_per_filter_config` key names, if it is
-/// one of these.
-pub(crate) fn filter_name(key: &str) -> Option<&'static str> {
-    match key {
-        "envoy.filters.http.basic_auth" | "basic_auth" => Some("basic_auth"),
-        "envoy.filters.http.api_key_auth" | "api_key_auth" => Some("api_key_auth"),
-        "envoy.filters.http.csrf" | "csrf" => Some("csrf"),
-        _ => None,
-    }
-}
+pub(crate) const CSRF_POLICY: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 
 fn json(v: serde_json::Result<Value>, path: &str) -> R<Value> {
     v.map_err(|e| (path.to_string(), e.to_string()))
 }
 
-/// An HCM `http_filters` entry's typed config: `Some((name, config))`
-/// when it is one of these filters.
-pub(crate) fn http_filter(
-    any: Option<&protobuf::Any>,
-    path: &str,
-) -> R<Option<(&'static str, Value)>> {
-    let Some(a) = any else { return Ok(None) };
-    let path = join(path, "typed_config");
-    let dec = |e: crate::translate::DecodeError| (path.clone(), e.to_string());
-    Ok(Some(match a.type_url.as_str() {
+/// An HCM `http_filters` entry's typed config (`path` names it) as the
+/// config of the filter its type names.
+pub(crate) fn http_filter(a: &protobuf::Any, path: &str) -> R<Value> {
+    let dec = |e: crate::translate::DecodeError| (path.to_string(), e.to_string());
+    match a.type_url.as_str() {
         BASIC_AUTH => {
-            let c = basic_auth(decode(a, BASIC_AUTH).map_err(dec)?, &path)?;
-            ("basic_auth", json(serde_json::to_value(c), &path)?)
+            let c = basic_auth(decode(a, BASIC_AUTH).map_err(dec)?, path)?;
+            json(serde_json::to_value(c), path)
         }
         API_KEY_AUTH => {
             let mut c: akv3::ApiKeyAuth = decode(a, API_KEY_AUTH).map_err(dec)?;
@@ -61,29 +46,32 @@ pub(crate) fn http_filter(
                 key_sources: key_sources(std::mem::take(&mut c.key_sources)),
                 forwarding: c.forwarding.take().map(forwarding),
             };
-            rest(&c, &path)?;
-            ("api_key_auth", json(serde_json::to_value(out), &path)?)
+            rest(&c, path)?;
+            json(serde_json::to_value(out), path)
         }
         CSRF_POLICY => {
-            let c = csrf(decode(a, CSRF_POLICY).map_err(dec)?, &path)?;
-            ("csrf", json(serde_json::to_value(c), &path)?)
+            let c = csrf(decode(a, CSRF_POLICY).map_err(dec)?, path)?;
+            json(serde_json::to_value(c), path)
         }
-        _ => return Ok(None),
-    }))
+        other => err(
+            path,
+            format!("'{other}' is not a basic_auth, api_key_auth or csrf config"),
+        ),
+    }
 }
 
-/// A `typed_per_filter_config` value of one of these filters, checked
-/// against the filter its key names; `None` when it is none of these.
-pub(crate) fn per_route(a: &protobuf::Any, key: &str, path: &str) -> R<Option<Value>> {
+/// A `typed_per_filter_config` value of one of these filters (the caller
+/// checked that its type belongs to the filter its key names).
+pub(crate) fn per_route(a: &protobuf::Any, path: &str) -> R<Value> {
     let dec = |e: crate::translate::DecodeError| (path.to_string(), e.to_string());
-    let (name, value) = match a.type_url.as_str() {
+    match a.type_url.as_str() {
         BASIC_AUTH_PER_ROUTE => {
             let mut c: bav3::BasicAuthPerRoute = decode(a, BASIC_AUTH_PER_ROUTE).map_err(dec)?;
             let out = sa::BasicAuthPerRouteConfig {
                 users: data_source(c.users.take(), &join(path, "users"))?,
             };
             rest(&c, path)?;
-            ("basic_auth", json(serde_json::to_value(out), path)?)
+            json(serde_json::to_value(out), path)
         }
         API_KEY_AUTH_PER_ROUTE => {
             let mut c: akv3::ApiKeyAuthPerRoute = decode(a, API_KEY_AUTH_PER_ROUTE).map_err(dec)?;
@@ -94,21 +82,14 @@ pub(crate) fn per_route(a: &protobuf::Any, key: &str, path: &str) -> R<Option<Va
                 forwarding: c.forwarding.take().map(forwarding),
             };
             rest(&c, path)?;
-            ("api_key_auth", json(serde_json::to_value(out), path)?)
+            json(serde_json::to_value(out), path)
         }
         CSRF_POLICY => {
             let c = csrf(decode(a, CSRF_POLICY).map_err(dec)?, path)?;
-            ("csrf", json(serde_json::to_value(c), path)?)
+            json(serde_json::to_value(c), path)
         }
-        _ => return Ok(None),
-    };
-    if filter_name(key) != Some(name) {
-        return err(
-            path,
-            format!("a {name} config under the key of another filter"),
-        );
+        other => err(path, format!("per-filter config '{other}' not supported")),
     }
-    Ok(Some(value))
 }
 
 fn basic_auth(mut c: bav3::BasicAuth, path: &str) -> R<sa::BasicAuthConfig> {
@@ -244,46 +225,33 @@ mod tests {
             emit_dynamic_metadata: true,
             ..Default::default()
         };
-        let (name, v) = http_filter(Some(&any(BASIC_AUTH, &c)), "f")
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "basic_auth");
+        let v = http_filter(&any(BASIC_AUTH, &c), "f.typed_config").unwrap();
         assert_eq!(
             v,
             serde_json::json!({"users": {"inline_string": "a:{SHA}x"},
                 "forward_username_header": "x-user", "emit_dynamic_metadata": true})
         );
-        let e = http_filter(Some(&any(BASIC_AUTH, &bav3::BasicAuth::default())), "f").unwrap_err();
+        let e = http_filter(
+            &any(BASIC_AUTH, &bav3::BasicAuth::default()),
+            "f.typed_config",
+        )
+        .unwrap_err();
         assert_eq!(e.0, "f.typed_config.users");
         let r = bav3::BasicAuthPerRoute {
             users: inline("b:{SHA}y"),
         };
-        let v = per_route(
-            &any(BASIC_AUTH_PER_ROUTE, &r),
-            "envoy.filters.http.basic_auth",
-            "r",
-        )
-        .unwrap()
-        .unwrap();
+        let v = per_route(&any(BASIC_AUTH_PER_ROUTE, &r), "r").unwrap();
         assert_eq!(
             v,
             serde_json::json!({"users": {"inline_string": "b:{SHA}y"}})
         );
-        let e = per_route(
-            &any(BASIC_AUTH_PER_ROUTE, &r),
-            "envoy.filters.http.csrf",
-            "r",
-        )
-        .unwrap_err();
-        assert_eq!(e.0, "r");
         let mut w = r.clone();
         w.users = Some(core3::DataSource {
             watched_directory: Some(Default::default()),
             ..inline("b:{SHA}y").unwrap_or_default()
         });
-        let e = per_route(&any(BASIC_AUTH_PER_ROUTE, &w), "basic_auth", "r").unwrap_err();
+        let e = per_route(&any(BASIC_AUTH_PER_ROUTE, &w), "r").unwrap_err();
         assert_eq!(e.0, "r.users.watched_directory");
-        assert!(http_filter(None, "f").unwrap().is_none());
     }
 
     #[test]
@@ -302,10 +270,7 @@ mod tests {
                 hide_credentials: true,
             }),
         };
-        let (name, v) = http_filter(Some(&any(API_KEY_AUTH, &c)), "f")
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "api_key_auth");
+        let v = http_filter(&any(API_KEY_AUTH, &c), "f.typed_config").unwrap();
         assert_eq!(
             v,
             serde_json::json!({"credentials": [{"key": "k", "client": "c"}],
@@ -316,9 +281,7 @@ mod tests {
             allowed_clients: vec!["c".into()],
             ..Default::default()
         };
-        let v = per_route(&any(API_KEY_AUTH_PER_ROUTE, &r), "api_key_auth", "r")
-            .unwrap()
-            .unwrap();
+        let v = per_route(&any(API_KEY_AUTH_PER_ROUTE, &r), "r").unwrap();
         assert_eq!(v, serde_json::json!({"allowed_clients": ["c"]}));
     }
 
@@ -342,10 +305,7 @@ mod tests {
                 ignore_case: false,
             }],
         };
-        let (name, v) = http_filter(Some(&any(CSRF_POLICY, &c)), "f")
-            .unwrap()
-            .unwrap();
-        assert_eq!(name, "csrf");
+        let v = http_filter(&any(CSRF_POLICY, &c), "f.typed_config").unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -353,17 +313,15 @@ mod tests {
                 "shadow_enabled": {"default_value": {"numerator": 5, "denominator": "TEN_THOUSAND"}},
                 "additional_origins": [{"exact": "a.example"}]})
         );
-        let v2 = per_route(&any(CSRF_POLICY, &c), "envoy.filters.http.csrf", "r")
-            .unwrap()
-            .unwrap();
+        let v2 = per_route(&any(CSRF_POLICY, &c), "r").unwrap();
         assert_eq!(v, v2);
         let mut bad = c.clone();
         bad.shadow_enabled = Some(frac(1, "csrf.shadow"));
-        let e = http_filter(Some(&any(CSRF_POLICY, &bad)), "f").unwrap_err();
+        let e = http_filter(&any(CSRF_POLICY, &bad), "f.typed_config").unwrap_err();
         assert_eq!(e.0, "f.typed_config.shadow_enabled.runtime_key");
         let mut bad = c;
         bad.filter_enabled = None;
-        let e = per_route(&any(CSRF_POLICY, &bad), "csrf", "r").unwrap_err();
+        let e = per_route(&any(CSRF_POLICY, &bad), "r").unwrap_err();
         assert_eq!(e.0, "r.filter_enabled");
     }
 }

@@ -164,7 +164,7 @@ pub fn unknown_fields<M: Message + Default + Debug + PartialEq>(
     }
 }
 
-fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
+pub(crate) fn duration(d: &protobuf::Duration, path: &str) -> R<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
         return err(path, "negative duration");
     }
@@ -739,10 +739,14 @@ fn network_filter(
             name: "rbac".into(),
             config: crate::rbac::network_filter(&any, &tp)?,
         }),
+        crate::local_ratelimit::NETWORK => Ok(FilterConfig {
+            name: "local_ratelimit".into(),
+            config: crate::local_ratelimit::network_config(&any, &tp)?,
+        }),
         other => err(
             tp,
             format!(
-                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, RBAC)"
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, RBAC, LocalRateLimit)"
             ),
         ),
     }
@@ -939,7 +943,10 @@ pub fn route_configuration(r: rds::RouteConfiguration) -> Result<rc::RouteConfig
     Ok(out)
 }
 
-fn header_options(v: Vec<core3::HeaderValueOption>, path: &str) -> R<Vec<rc::HeaderValueOption>> {
+pub(crate) fn header_options(
+    v: Vec<core3::HeaderValueOption>,
+    path: &str,
+) -> R<Vec<rc::HeaderValueOption>> {
     let mut out = Vec::new();
     for (i, mut o) in v.into_iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -1033,6 +1040,14 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
             &join(path, "response_headers_to_add"),
         )?,
         response_headers_to_remove: std::mem::take(&mut v.response_headers_to_remove),
+        rate_limits: std::mem::take(&mut v.rate_limits)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let rp = format!("{}[{i}]", join(path, "rate_limits"));
+                crate::local_ratelimit::rate_limit(r, &rp)
+            })
+            .collect::<R<_>>()?,
     };
     crate::cors_field::apply(
         &mut out.per_filter_config,
@@ -1110,7 +1125,7 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
     Ok(out)
 }
 
-fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
+pub(crate) fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
     let s = std::mem::take(&mut m.regex);
     // engine_type google_re2 is the only engine there is; meshgate's is
     // the `regex` crate, RE2-compatible syntax.
@@ -1357,6 +1372,11 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
             h,
             &format!("{}[{i}]", join(path, "hash_policy")),
         )?);
+    }
+    for (i, r) in std::mem::take(&mut a.rate_limits).into_iter().enumerate() {
+        let rp = format!("{}[{i}]", join(path, "rate_limits"));
+        out.rate_limits
+            .push(crate::local_ratelimit::rate_limit(r, &rp)?);
     }
     rest(&a, path)?;
     Ok(out)

@@ -3,9 +3,11 @@
 //! would look for them. Unknown fields are errors everywhere.
 
 pub mod ext_authz;
+pub mod fault;
 pub mod filters;
 pub mod jwt_authn;
 mod load;
+pub mod local_ratelimit;
 pub mod rbac;
 pub mod simpleauth;
 

@@ -223,6 +223,35 @@ pub const JWT_AUTHN_DENIED_TOTAL: &str = "meshgate_jwt_authn_denied_total";
 /// Counter `{provider,result}`: remote JWKS fetches (`success`, `failure`).
 pub const JWT_AUTHN_JWKS_FETCH_TOTAL: &str = "meshgate_jwt_authn_jwks_fetch_total";
 
+// Traffic control filters: local rate limits and fault injection.
+
+/// Counter `{stat_prefix}`: requests the `local_ratelimit` stream filter
+/// evaluated and let through within the limit.
+pub const LOCAL_RATELIMIT_OK_TOTAL: &str = "meshgate_local_ratelimit_ok_total";
+/// Counter `{stat_prefix}`: requests over a `local_ratelimit` limit
+/// (enforced or not).
+pub const LOCAL_RATELIMIT_RATE_LIMITED_TOTAL: &str = "meshgate_local_ratelimit_rate_limited_total";
+/// Counter `{stat_prefix}`: requests over the limit that were refused.
+pub const LOCAL_RATELIMIT_ENFORCED_TOTAL: &str = "meshgate_local_ratelimit_enforced_total";
+/// Counter `{stat_prefix}`: per-value buckets of a wildcard descriptor
+/// evicted (least recently used) to keep within `max_dynamic_descriptors`.
+pub const LOCAL_RATELIMIT_DESCRIPTOR_EVICTED_TOTAL: &str =
+    "meshgate_local_ratelimit_descriptor_evicted_total";
+/// Counter `{stat_prefix}`: connections the `local_ratelimit` network
+/// filter let through.
+pub const NETWORK_LOCAL_RATELIMIT_OK_TOTAL: &str = "meshgate_network_local_ratelimit_ok_total";
+/// Counter `{stat_prefix}`: connections the `local_ratelimit` network
+/// filter closed (before the terminal filter dialled the upstream).
+pub const NETWORK_LOCAL_RATELIMIT_RATE_LIMITED_TOTAL: &str =
+    "meshgate_network_local_ratelimit_rate_limited_total";
+/// Counter `{route}`: requests the `fault` filter delayed.
+pub const FAULT_DELAYS_INJECTED_TOTAL: &str = "meshgate_fault_delays_injected_total";
+/// Counter `{route}`: requests the `fault` filter aborted.
+pub const FAULT_ABORTS_INJECTED_TOTAL: &str = "meshgate_fault_aborts_injected_total";
+/// Counter `{route}`: faults not injected because `max_active_faults`
+/// were already active.
+pub const FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL: &str = "meshgate_fault_active_faults_overflow_total";
+
 /// Every name above with its kind (checked by the tests below).
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -294,6 +323,15 @@ pub const ALL: &[(&str, Kind)] = &[
     (JWT_AUTHN_ALLOWED_TOTAL, Kind::Counter),
     (JWT_AUTHN_DENIED_TOTAL, Kind::Counter),
     (JWT_AUTHN_JWKS_FETCH_TOTAL, Kind::Counter),
+    (LOCAL_RATELIMIT_OK_TOTAL, Kind::Counter),
+    (LOCAL_RATELIMIT_RATE_LIMITED_TOTAL, Kind::Counter),
+    (LOCAL_RATELIMIT_ENFORCED_TOTAL, Kind::Counter),
+    (LOCAL_RATELIMIT_DESCRIPTOR_EVICTED_TOTAL, Kind::Counter),
+    (NETWORK_LOCAL_RATELIMIT_OK_TOTAL, Kind::Counter),
+    (NETWORK_LOCAL_RATELIMIT_RATE_LIMITED_TOTAL, Kind::Counter),
+    (FAULT_DELAYS_INJECTED_TOTAL, Kind::Counter),
+    (FAULT_ABORTS_INJECTED_TOTAL, Kind::Counter),
+    (FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

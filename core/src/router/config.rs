@@ -46,6 +46,10 @@ pub struct VirtualHostConfig {
     /// this virtual host, or `{disabled: true}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_filter_config: BTreeMap<String, serde_json::Value>,
+    /// Envoy's `rate_limits`: descriptor actions for rate limit filters,
+    /// used by a route without its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -218,6 +222,11 @@ pub struct RouteActionConfig {
     /// `proxy` lists (Envoy's `RouteAction.upgrade_configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgrade_configs: Vec<RouteUpgradeConfig>,
+    /// Envoy's `RouteAction.rate_limits`: descriptor actions for rate
+    /// limit filters (`local_ratelimit` uses them when its own config has
+    /// none; else the virtual host's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -244,6 +253,7 @@ impl Default for RouteActionConfig {
             retry_policy: None,
             hash_policy: Vec::new(),
             upgrade_configs: Vec::new(),
+            rate_limits: Vec::new(),
         }
     }
 }

@@ -88,7 +88,7 @@ pub struct HeaderMatcher {
 impl HeaderMatcher {
     /// Builds a matcher; errors are `(field, message)` relative to the
     /// matcher's config.
-    pub(crate) fn build(c: &super::HeaderMatcherConfig) -> Result<Self, (&'static str, String)> {
+    pub fn build(c: &super::HeaderMatcherConfig) -> Result<Self, (&'static str, String)> {
         let name = HeaderName::from_bytes(c.name.as_bytes())
             .map_err(|_| ("name", format!("invalid header name '{}'", c.name)))?;
         let set = [
@@ -128,7 +128,7 @@ impl HeaderMatcher {
     }
 
     #[inline]
-    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
         let result = match &self.kind {
             HeaderMatchKind::Present(want) => headers.contains_key(&self.name) == *want,
             kind => headers.get_all(&self.name).iter().any(|v| {

@@ -56,6 +56,7 @@ mod hash;
 mod index;
 mod matcher;
 mod missing;
+mod rate_limits;
 mod subscription;
 #[cfg(test)]
 mod tests;
@@ -79,6 +80,7 @@ pub use hash::{
 };
 pub use matcher::{HeaderMatcher, PathMatch, QueryParameterMatcher, RouteMatch};
 pub use missing::ClusterNotFoundResponseCode;
+pub use rate_limits::{Descriptor, RateLimitActions};
 pub use subscription::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteSubscription};
 
 use crate::cluster::ClusterResolver;
@@ -154,6 +156,8 @@ pub struct VirtualHost {
     response_headers: HeaderMutations,
     /// `per_filter_config` (stream filter chain).
     filter_configs: Option<Box<crate::filter_chain::PerFilterConfigs>>,
+    /// `rate_limits` (rate limit filters' descriptor actions).
+    rate_limits: Option<Box<RateLimitActions>>,
 }
 
 #[derive(Debug)]
@@ -181,6 +185,8 @@ pub struct Route {
     upgrades: Box<[(Box<str>, bool)]>,
     /// `per_filter_config` (stream filter chain).
     filter_configs: Option<Box<crate::filter_chain::PerFilterConfigs>>,
+    /// `route.rate_limits` (rate limit filters' descriptor actions).
+    rate_limits: Option<Box<RateLimitActions>>,
 }
 
 impl RouteTable {
@@ -278,6 +284,10 @@ impl RouteTable {
                 request_headers,
                 response_headers,
                 filter_configs: crate::filter_chain::PerFilterConfigs::build(&vh.per_filter_config),
+                rate_limits: RateLimitActions::build_boxed(
+                    &format!("virtual_hosts[{i}]"),
+                    &vh.rate_limits,
+                )?,
             });
         }
         domains.finish();
@@ -340,6 +350,11 @@ impl VirtualHost {
     /// The stream filters' per-virtual-host configs.
     pub fn per_filter_config(&self) -> Option<&crate::filter_chain::PerFilterConfigs> {
         self.filter_configs.as_deref()
+    }
+
+    /// `rate_limits`, if any (descriptor actions for rate limit filters).
+    pub fn rate_limits(&self) -> Option<&RateLimitActions> {
+        self.rate_limits.as_deref()
     }
 
     /// The domains, lowercase.
@@ -440,6 +455,11 @@ impl Route {
     /// The stream filters' per-route configs.
     pub fn per_filter_config(&self) -> Option<&crate::filter_chain::PerFilterConfigs> {
         self.filter_configs.as_deref()
+    }
+
+    /// `rate_limits`, if any (descriptor actions for rate limit filters).
+    pub fn rate_limits(&self) -> Option<&RateLimitActions> {
+        self.rate_limits.as_deref()
     }
 
     /// The route's label in metrics and logs: `name`, or `vhost/index`.
@@ -620,8 +640,13 @@ impl Route {
             }
             upgrades.push((t.into_boxed_str(), u.enabled));
         }
+        let rate_limits = match &c.route {
+            Some(a) => RateLimitActions::build_boxed(&format!("{path}.route"), &a.rate_limits)?,
+            None => None,
+        };
         Ok(Self {
             upgrades: upgrades.into(),
+            rate_limits,
             filter_configs: crate::filter_chain::PerFilterConfigs::build(&c.per_filter_config),
             name: c.name.as_deref().map(Arc::from),
             stat_name: "",
