@@ -262,7 +262,8 @@ pub const RATELIMIT_OVER_LIMIT_TOTAL: &str = "meshgate_ratelimit_over_limit_tota
 pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
 /// Global `ratelimit`: requests let through because the service failed and
 /// `failure_mode_deny` is off (`domain`).
-pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str = "meshgate_ratelimit_failure_mode_allowed_total";
+pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
+    "meshgate_ratelimit_failure_mode_allowed_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),

@@ -95,7 +95,11 @@ impl RateLimit {
         let Some(svc) = &c.rate_limit_service else {
             return Err(BuildError::new("rate_limit_service", "required"));
         };
-        if svc.transport_api_version.as_ref().is_some_and(|v| v != "V3") {
+        if svc
+            .transport_api_version
+            .as_ref()
+            .is_some_and(|v| v != "V3")
+        {
             return Err(BuildError::new(
                 "rate_limit_service.transport_api_version",
                 "only V3 is supported",

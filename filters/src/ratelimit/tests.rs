@@ -15,14 +15,19 @@ fn defaults_and_config_errors_name_the_field() {
     assert_eq!(f.timeout, DEFAULT_TIMEOUT);
     assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(!f.failure_mode_deny && !f.x_headers);
-    let f = build(serde_json::json!({"domain": "d", "rate_limit_service": svc(),
-        "rate_limited_status": {"code": 200}, "timeout": "1s", "request_type": "both"}))
+    let f = build(
+        serde_json::json!({"domain": "d", "rate_limit_service": svc(),
+        "rate_limited_status": {"code": 200}, "timeout": "1s", "request_type": "both"}),
+    )
     .unwrap();
     assert_eq!(f.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(f.timeout, Duration::from_secs(1));
     let cases = [
         (serde_json::json!({"rate_limit_service": svc()}), "domain"),
-        (serde_json::json!({"domain": "", "rate_limit_service": svc()}), "domain"),
+        (
+            serde_json::json!({"domain": "", "rate_limit_service": svc()}),
+            "domain",
+        ),
         (serde_json::json!({"domain": "d"}), "rate_limit_service"),
         (
             serde_json::json!({"domain": "d", "rate_limit_service": svc(), "stage": 1}),
@@ -128,7 +133,10 @@ fn the_services_answer_becomes_a_verdict() {
         overall_code: Code::OverLimit as i32,
         ..Default::default()
     };
-    assert!(matches!(verdict(r), Verdict::OverLimit { nearest: None, .. }));
+    assert!(matches!(
+        verdict(r),
+        Verdict::OverLimit { nearest: None, .. }
+    ));
     let r = rls::RateLimitResponse::default();
     assert!(matches!(verdict(r), Verdict::Error("unknown_code")));
 }
