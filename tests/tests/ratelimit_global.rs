@@ -136,6 +136,12 @@ fn listener(name: &str, filter: &str) -> String {
                             - actions:
                                 - {{generic_key: {{descriptor_value: api}}}}
                                 - {{request_headers: {{header_name: x-user, descriptor_key: user}}}}
+                      - match: {{prefix: /q/}}
+                        route:
+                          cluster: upstream
+                          rate_limits:
+                            - actions:
+                                - {{query_parameters: {{query_parameter_name: tenant, descriptor_key: tenant}}}}
                       - match: {{prefix: /free/}}
                         route:
                           cluster: upstream
@@ -230,9 +236,12 @@ fn n_requests_per_descriptor_pass_then_429_with_the_services_headers() {
     // The virtual host's rate_limits apply to a route without its own.
     let (status, _, _) = curl(&[&url("/other")]);
     assert_eq!(status, 200);
+    // A query parameter (percent-decoded) is a descriptor entry.
+    let (status, _, _) = curl(&[&url("/q/x?a=1&tenant=acme%20corp")]);
+    assert_eq!(status, 200);
 
     let log = logged(&s.log);
-    assert_eq!(log.len(), 6);
+    assert_eq!(log.len(), 7);
     assert_eq!(log[0]["domain"], "edge");
     assert_eq!(
         log[0]["descriptors"],
@@ -246,7 +255,11 @@ fn n_requests_per_descriptor_pass_then_429_with_the_services_headers() {
         log[5]["descriptors"],
         serde_json::json!([[["generic_key", "vh"]]])
     );
-    assert_eq!(s.mg.metric(OK, &[("domain", "edge")]), 5.0);
+    assert_eq!(
+        log[6]["descriptors"],
+        serde_json::json!([[["tenant", "acme corp"]]])
+    );
+    assert_eq!(s.mg.metric(OK, &[("domain", "edge")]), 6.0);
     assert_eq!(s.mg.metric(OVER, &[("domain", "edge")]), 1.0);
 }
 
