@@ -499,3 +499,121 @@ fn ratelimit_from_xds_http_filters_and_route_rate_limits() {
     assert_eq!(mg.metric(OK, &[("domain", "xds")]), 2.0);
     assert_eq!(mg.metric(OVER, &[("domain", "xds")]), 1.0);
 }
+
+/// The grpcio server of tests/peers/grpc_e2e_peer.py, killed on drop.
+struct GrpcServer(Child, u16);
+
+impl GrpcServer {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
+            .args(["server", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
+        GrpcServer(child, port)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One unary call with grpcio: `OK` or the status name and details.
+fn grpc_call(port: u16) -> String {
+    let script = r#"
+import sys, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+m = ch.unary_unary("/echo.Echo/Unary")
+try:
+    m(b"hi", timeout=10)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("python3 with grpcio");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_grpc_client_gets_resource_exhausted_or_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("rls.log");
+    let rls = Peer::rls(1, &log);
+    let server = GrpcServer::start();
+    let listener = |name: &str, exhausted: bool| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: ratelimit
+                  config:
+                    domain: {name}
+                    timeout: 2s
+                    rate_limited_as_resource_exhausted: {exhausted}
+                    rate_limit_service: {{grpc_service: {{envoy_grpc: {{cluster_name: rls}}}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    rate_limits: [{{actions: [{{generic_key: {{descriptor_value: grpc}}}}]}}]
+                    routes:
+                      - match: {{prefix: /, grpc: true}}
+                        route: {{cluster: upstream}}
+"#
+        )
+    };
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+{a}{b}clusters:
+  - name: rls
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{rp}"}}]
+  - name: upstream
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{up}"}}]
+"#,
+        a = listener("exhausted", true),
+        b = listener("unavailable", false),
+        rp = rls.port,
+        up = server.1,
+    );
+    let mg = Meshgate::start(&yaml);
+    let exhausted = mg.listener_port("exhausted");
+    let unavailable = mg.listener_port("unavailable");
+    assert_eq!(grpc_call(exhausted), "OK");
+    let r = grpc_call(exhausted);
+    assert!(
+        r.starts_with("RESOURCE_EXHAUSTED") && r.contains("rate limited"),
+        "{r}"
+    );
+    assert_eq!(grpc_call(unavailable), "OK");
+    let r = grpc_call(unavailable);
+    assert!(
+        r.starts_with("UNAVAILABLE") && r.contains("rate limited"),
+        "{r}"
+    );
+    assert_eq!(mg.metric(OVER, &[("domain", "exhausted")]), 1.0);
+    assert_eq!(mg.metric(OVER, &[("domain", "unavailable")]), 1.0);
+}
