@@ -38,6 +38,15 @@ pub(crate) fn local_reply(resp: &mut Response) {
     let Some(reason) = resp.extensions().get::<LocalReason>().copied() else {
         return;
     };
+    // A status a filter chose for its refusal (a rate limit filter's
+    // RESOURCE_EXHAUSTED) is kept: converting again after the response
+    // phase must not undo it.
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+        .filter(|c| *c <= 16)
+        .unwrap_or_else(|| status(reason));
     let mut r = http::Response::new(empty_body());
     if reason == LocalReason::ClusterNotFound {
         *r.status_mut() = resp.status();
@@ -47,7 +56,7 @@ pub(crate) fn local_reply(resp: &mut Response) {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert("grpc-status", HeaderValue::from(status(reason)));
+    h.insert("grpc-status", HeaderValue::from(code));
     let msg = format!("meshgate: {}", reason.message());
     h.insert(
         "grpc-message",
@@ -91,6 +100,22 @@ mod tests {
             resp.extensions().get::<LocalReason>(),
             Some(&LocalReason::NoRoute)
         );
+    }
+
+    #[test]
+    fn a_status_a_filter_set_survives_a_second_conversion() {
+        let mut resp = meshgate_core::stream::local_reply(&mut info(), LocalReason::RateLimited);
+        local_reply(&mut resp);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("8"));
+        local_reply(&mut resp);
+        assert_eq!(resp.headers()["grpc-status"], "8");
+        // Not a gRPC status code: the reason's mapping.
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("99"));
+        local_reply(&mut resp);
+        assert_eq!(resp.headers()["grpc-status"], "14");
     }
 
     #[test]

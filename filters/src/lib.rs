@@ -16,6 +16,7 @@ pub mod http_options;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod proxy;
+pub mod ratelimit;
 pub mod rbac;
 pub mod tcp_proxy;
 
@@ -41,5 +42,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))?;
     registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
     registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
+    registry.register_stream_filter(Arc::new(ratelimit::RateLimitFactory))?;
     registry.register_stream_filter(Arc::new(fault::FaultFactory))
 }

@@ -83,7 +83,7 @@ fn buffer(b: ea::BufferSettings) -> c::BufferSettingsConfig {
     }
 }
 
-fn grpc_service(mut g: core3::GrpcService, path: &str) -> R<c::GrpcServiceConfig> {
+pub(crate) fn grpc_service(mut g: core3::GrpcService, path: &str) -> R<c::GrpcServiceConfig> {
     use core3::grpc_service::TargetSpecifier;
     let envoy_grpc = match g.target_specifier.take() {
         Some(TargetSpecifier::EnvoyGrpc(mut e)) => {

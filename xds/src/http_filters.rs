@@ -120,6 +120,14 @@ const KNOWN: &[Known] = &[
         per_route_types: &[crate::fault::HTTP],
         per_route: crate::fault::http_config,
     },
+    Known {
+        name: "ratelimit",
+        envoy_name: crate::ratelimit::HTTP_NAME,
+        type_url: crate::ratelimit::HTTP,
+        filter: crate::ratelimit::http_config,
+        per_route_types: &[crate::ratelimit::PER_ROUTE],
+        per_route: crate::ratelimit::per_route,
+    },
 ];
 
 /// The Envoy names of every known filter, for refusals.

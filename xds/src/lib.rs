@@ -16,6 +16,7 @@ mod http_filters;
 mod jwt_authn;
 mod leftover;
 mod local_ratelimit;
+mod ratelimit;
 mod rbac;
 mod simpleauth;
 pub mod tls;

@@ -218,12 +218,19 @@ pub(crate) fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitCo
                 });
                 rest(&m, &hp)?;
             }
+            Some(A::QueryParameters(mut q)) => {
+                out.query_parameters = Some(lc::QueryParametersAction {
+                    query_parameter_name: std::mem::take(&mut q.query_parameter_name),
+                    descriptor_key: std::mem::take(&mut q.descriptor_key),
+                    skip_if_absent: std::mem::take(&mut q.skip_if_absent),
+                });
+                rest(&q, &join(&ap, "query_parameters"))?;
+            }
             None => return err(ap, "missing action"),
             Some(other) => {
                 let name = match other {
                     A::SourceCluster(_) => "source_cluster",
                     A::DestinationCluster(_) => "destination_cluster",
-                    A::QueryParameters(_) => "query_parameters",
                     A::Metadata(_) => "metadata",
                     A::MaskedRemoteAddress(_) => "masked_remote_address",
                     A::QueryParameterValueMatch(_) => "query_parameter_value_match",
@@ -231,7 +238,7 @@ pub(crate) fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitCo
                 };
                 return err(
                     join(&ap, name),
-                    "not supported by local_ratelimit (request_headers, remote_address, generic_key, header_value_match)",
+                    "not supported (request_headers, remote_address, generic_key, header_value_match, query_parameters)",
                 );
             }
         }

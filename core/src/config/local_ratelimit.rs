@@ -86,6 +86,20 @@ pub struct RateLimitActionConfig {
     pub generic_key: Option<GenericKeyAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_value_match: Option<HeaderValueMatchAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameters: Option<QueryParametersAction>,
+}
+
+/// `query_parameters`: `{descriptor_key: <the query parameter's value>}`
+/// (its first occurrence, percent-decoded).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParametersAction {
+    pub query_parameter_name: String,
+    pub descriptor_key: String,
+    /// Absent parameter: skip this action (`true`) or the whole descriptor.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_if_absent: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -8,6 +8,7 @@ pub mod filters;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
+pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;
 

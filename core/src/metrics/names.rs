@@ -253,6 +253,18 @@ pub const FAULT_ABORTS_INJECTED_TOTAL: &str = "meshgate_fault_aborts_injected_to
 pub const FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL: &str = "meshgate_fault_active_faults_overflow_total";
 
 /// Every name above with its kind (checked by the tests below).
+/// Global `ratelimit`: requests the rate limit service allowed (`domain`).
+pub const RATELIMIT_OK_TOTAL: &str = "meshgate_ratelimit_ok_total";
+/// Global `ratelimit`: requests refused as over the limit (`domain`).
+pub const RATELIMIT_OVER_LIMIT_TOTAL: &str = "meshgate_ratelimit_over_limit_total";
+/// Global `ratelimit`: calls to the service without a usable answer
+/// (`domain`, `reason`).
+pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
+/// Global `ratelimit`: requests let through because the service failed and
+/// `failure_mode_deny` is off (`domain`).
+pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
+    "meshgate_ratelimit_failure_mode_allowed_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -332,6 +344,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (FAULT_DELAYS_INJECTED_TOTAL, Kind::Counter),
     (FAULT_ABORTS_INJECTED_TOTAL, Kind::Counter),
     (FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL, Kind::Counter),
+    (RATELIMIT_OK_TOTAL, Kind::Counter),
+    (RATELIMIT_OVER_LIMIT_TOTAL, Kind::Counter),
+    (RATELIMIT_ERROR_TOTAL, Kind::Counter),
+    (RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

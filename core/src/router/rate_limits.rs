@@ -29,6 +29,11 @@ enum Action {
         expect: bool,
         headers: Vec<HeaderMatcher>,
     },
+    QueryParameters {
+        name: String,
+        key: String,
+        skip_if_absent: bool,
+    },
 }
 
 /// The compiled `rate_limits`: each builds at most one descriptor.
@@ -86,13 +91,19 @@ impl RateLimitActions {
     /// produced an entry (Envoy's rule: an action with nothing to say
     /// drops its descriptor, unless `skip_if_absent`).
     pub fn descriptors(&self, req: &Request, info: &StreamInfo) -> Vec<Descriptor> {
-        self.descriptors_of(req.headers(), info.downstream_remote_address)
+        self.descriptors_of(
+            req.headers(),
+            req.uri().query(),
+            info.downstream_remote_address,
+        )
     }
 
-    /// `descriptors` from the request's headers and trusted client address.
+    /// `descriptors` from the request's headers, query and trusted client
+    /// address.
     pub fn descriptors_of(
         &self,
         headers: &http::HeaderMap,
+        query: Option<&str>,
         remote: std::net::IpAddr,
     ) -> Vec<Descriptor> {
         let mut out = Vec::new();
@@ -125,6 +136,15 @@ impl RateLimitActions {
                         }
                         d.push((key.clone(), value.clone()));
                     }
+                    Action::QueryParameters {
+                        name,
+                        key,
+                        skip_if_absent,
+                    } => match query.and_then(|q| query_value(q, name)) {
+                        Some(v) => d.push((key.clone(), v)),
+                        None if *skip_if_absent => {}
+                        None => continue 'rl,
+                    },
                 }
             }
             if !d.is_empty() {
@@ -141,6 +161,7 @@ fn action(path: &str, a: &RateLimitActionConfig) -> Result<Action, BuildError> {
         a.remote_address.is_some(),
         a.generic_key.is_some(),
         a.header_value_match.is_some(),
+        a.query_parameters.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -148,7 +169,7 @@ fn action(path: &str, a: &RateLimitActionConfig) -> Result<Action, BuildError> {
     if set != 1 {
         return Err(BuildError::new(
             path,
-            "set exactly one of request_headers, remote_address, generic_key, header_value_match",
+            "set exactly one of request_headers, remote_address, generic_key, header_value_match, query_parameters",
         ));
     }
     if let Some(h) = &a.request_headers {
@@ -202,5 +223,110 @@ fn action(path: &str, a: &RateLimitActionConfig) -> Result<Action, BuildError> {
             headers,
         });
     }
+    if let Some(q) = &a.query_parameters {
+        if q.query_parameter_name.is_empty() {
+            return Err(BuildError::new(
+                format!("{path}.query_parameters.query_parameter_name"),
+                "must not be empty",
+            ));
+        }
+        if q.descriptor_key.is_empty() {
+            return Err(BuildError::new(
+                format!("{path}.query_parameters.descriptor_key"),
+                "must not be empty",
+            ));
+        }
+        return Ok(Action::QueryParameters {
+            name: q.query_parameter_name.clone(),
+            key: q.descriptor_key.clone(),
+            skip_if_absent: q.skip_if_absent,
+        });
+    }
     Err(BuildError::new(path, "empty action"))
+}
+
+/// The first value of query parameter `name` (names compared as sent,
+/// the value percent-decoded and `+` read as a space, as a form is).
+/// Invalid UTF-8 after decoding counts as absent.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })?;
+    let b = raw.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                // A stray `%` stays as it is.
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::local_ratelimit::QueryParametersAction;
+
+    fn qp(name: &str, skip: bool) -> RateLimitActionConfig {
+        RateLimitActionConfig {
+            query_parameters: Some(QueryParametersAction {
+                query_parameter_name: name.into(),
+                descriptor_key: "k".into(),
+                skip_if_absent: skip,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn query_parameters_build_a_decoded_entry_or_drop_the_descriptor() {
+        let list = [
+            RateLimitConfig {
+                actions: vec![qp("user", false)],
+            },
+            RateLimitConfig {
+                actions: vec![qp("absent", true), qp("user", false)],
+            },
+            RateLimitConfig {
+                actions: vec![qp("absent", false)],
+            },
+        ];
+        let a = RateLimitActions::build("", &list).unwrap();
+        let h = http::HeaderMap::new();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let d = a.descriptors_of(&h, Some("x=1&user=a%20b+c%zz&user=second"), ip);
+        let want = vec![("k".to_string(), "a b c%zz".to_string())];
+        assert_eq!(d, vec![want.clone(), want]);
+        assert!(a.descriptors_of(&h, None, ip).is_empty());
+        assert_eq!(query_value("a=%41%", "a").as_deref(), Some("A%"));
+        assert_eq!(query_value("a=%ff", "a"), None, "not UTF-8");
+        assert_eq!(query_value("a", "a").as_deref(), Some(""));
+        let e = RateLimitActions::build(
+            "r",
+            &[RateLimitConfig {
+                actions: vec![qp("", false)],
+            }],
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.path,
+            "r.rate_limits[0].actions[0].query_parameters.query_parameter_name"
+        );
+    }
 }
