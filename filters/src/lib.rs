@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod api_key_auth;
 pub mod basic_auth;
 mod chain;
+pub mod compressor;
 pub mod cors;
 pub mod csrf;
 pub mod echo;
@@ -41,5 +42,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(ext_authz::ExtAuthzFactory))?;
     registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
     registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
+    registry.register_stream_filter(Arc::new(compressor::CompressorFactory))?;
     registry.register_stream_filter(Arc::new(fault::FaultFactory))
 }

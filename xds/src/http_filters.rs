@@ -113,6 +113,14 @@ const KNOWN: &[Known] = &[
         per_route: crate::local_ratelimit::http_config,
     },
     Known {
+        name: "compressor",
+        envoy_name: crate::compressor::NAME,
+        type_url: crate::compressor::COMPRESSOR,
+        filter: crate::compressor::filter,
+        per_route_types: &[crate::compressor::PER_ROUTE],
+        per_route: crate::compressor::per_route,
+    },
+    Known {
         name: "fault",
         envoy_name: crate::fault::HTTP_NAME,
         type_url: crate::fault::HTTP,

@@ -6,6 +6,7 @@
 //! listeners and clusters (`tls`).
 
 pub mod client;
+mod compressor;
 mod cors_field;
 pub mod error;
 mod ext_authz;

@@ -2,6 +2,7 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod compressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;
