@@ -13,6 +13,7 @@ mod ext_authz;
 mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod header_mutation;
 mod http_filters;
 mod jwt_authn;
 mod leftover;

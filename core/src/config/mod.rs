@@ -6,6 +6,7 @@ pub mod compressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;
+pub mod header_mutation;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
