@@ -173,12 +173,9 @@ impl StreamFilter for HeaderMutation {
         {
             info.filter_state.insert(RouteMutations(c.clone()));
         }
-        // A changed header may change the route.
-        let status = if r.is_some_and(|m| !m.request.is_empty()) || !self.own.request.is_empty() {
-            FilterStatus::Reroute
-        } else {
-            FilterStatus::Continue
-        };
+        // As in Envoy, the route matched before the mutation stays (no
+        // route recomputation): per-route configs of later filters agree.
+        let status = FilterStatus::Continue;
         Box::pin(std::future::ready(status))
     }
 
