@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod api_key_auth;
 pub mod basic_auth;
 mod chain;
+pub mod compressor;
 pub mod cors;
 pub mod csrf;
 pub mod echo;
@@ -12,6 +13,7 @@ mod edge;
 pub mod ext_authz;
 pub mod fault;
 mod grpc;
+pub mod header_mutation;
 pub mod http_options;
 pub mod jwt_authn;
 pub mod local_ratelimit;
@@ -43,5 +45,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(rbac::RbacFactory))?;
     registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
     registry.register_stream_filter(Arc::new(ratelimit::RateLimitFactory))?;
+    registry.register_stream_filter(Arc::new(compressor::CompressorFactory))?;
+    registry.register_stream_filter(Arc::new(header_mutation::HeaderMutationFactory))?;
     registry.register_stream_filter(Arc::new(fault::FaultFactory))
 }

@@ -113,6 +113,22 @@ const KNOWN: &[Known] = &[
         per_route: crate::local_ratelimit::http_config,
     },
     Known {
+        name: "compressor",
+        envoy_name: crate::compressor::NAME,
+        type_url: crate::compressor::COMPRESSOR,
+        filter: crate::compressor::filter,
+        per_route_types: &[crate::compressor::PER_ROUTE],
+        per_route: crate::compressor::per_route,
+    },
+    Known {
+        name: "header_mutation",
+        envoy_name: crate::header_mutation::NAME,
+        type_url: crate::header_mutation::FILTER,
+        filter: crate::header_mutation::filter,
+        per_route_types: &[crate::header_mutation::PER_ROUTE],
+        per_route: crate::header_mutation::per_route,
+    },
+    Known {
         name: "fault",
         envoy_name: crate::fault::HTTP_NAME,
         type_url: crate::fault::HTTP,

@@ -6,12 +6,14 @@
 //! listeners and clusters (`tls`).
 
 pub mod client;
+mod compressor;
 mod cors_field;
 pub mod error;
 mod ext_authz;
 mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod header_mutation;
 mod http_filters;
 mod jwt_authn;
 mod leftover;

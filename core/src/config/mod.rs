@@ -2,9 +2,11 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod compressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;
+pub mod header_mutation;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;

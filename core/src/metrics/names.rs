@@ -252,6 +252,18 @@ pub const FAULT_ABORTS_INJECTED_TOTAL: &str = "meshgate_fault_aborts_injected_to
 /// were already active.
 pub const FAULT_ACTIVE_FAULTS_OVERFLOW_TOTAL: &str = "meshgate_fault_active_faults_overflow_total";
 
+/// Counter `{library}`: responses the `compressor` filter compressed.
+pub const COMPRESSOR_COMPRESSED_TOTAL: &str = "meshgate_compressor_compressed_total";
+/// Counter `{library,reason}`: responses the `compressor` filter left
+/// alone (`not_accepted`, `head`, `status`, `content_encoding`,
+/// `no_transform`, `content_type`, `content_length`, `etag`, `disabled`).
+pub const COMPRESSOR_NOT_COMPRESSED_TOTAL: &str = "meshgate_compressor_not_compressed_total";
+/// Counter `{library}`: body bytes the `compressor` filter took in.
+pub const COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL: &str =
+    "meshgate_compressor_uncompressed_bytes_total";
+/// Counter `{library}`: compressed body bytes the `compressor` filter sent.
+pub const COMPRESSOR_COMPRESSED_BYTES_TOTAL: &str = "meshgate_compressor_compressed_bytes_total";
+
 /// Every name above with its kind (checked by the tests below).
 /// Global `ratelimit`: requests the rate limit service allowed (`domain`).
 pub const RATELIMIT_OK_TOTAL: &str = "meshgate_ratelimit_ok_total";
@@ -348,6 +360,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (RATELIMIT_OVER_LIMIT_TOTAL, Kind::Counter),
     (RATELIMIT_ERROR_TOTAL, Kind::Counter),
     (RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL, Kind::Counter),
+    (COMPRESSOR_COMPRESSED_TOTAL, Kind::Counter),
+    (COMPRESSOR_NOT_COMPRESSED_TOTAL, Kind::Counter),
+    (COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
