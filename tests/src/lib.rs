@@ -5,6 +5,7 @@
 //! than for a time. Every test talks to the real `meshgate` binary over
 //! 127.0.0.1 only.
 
+pub mod aioquic;
 pub mod backend;
 pub mod caddy;
 pub mod jwt;

@@ -11,7 +11,6 @@ use meshgate_tests::rpc::*;
 use meshgate_tests::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -139,76 +138,11 @@ clusters:
 
 // ------------------------------------------------------------- HTTP/3
 
-/// aioquic's `examples/http3_client.py` (tests/run.sh fetches the sdist
-/// into tests/peers/.cache; tests/tests/http3.rs fetches it when missing).
-fn aioquic_client() -> PathBuf {
-    let client = workspace().join("tests/peers/.cache/aioquic/examples/http3_client.py");
-    if !client.exists() {
-        // The http3 test file knows how to fetch it.
-        let ok = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "-d",
-            ])
-            .arg(workspace().join("tests/peers/.cache/sdist"))
-            .arg("aioquic")
-            .status()
-            .expect("python3 -m pip");
-        assert!(ok.success());
-        let dir = workspace().join("tests/peers/.cache/sdist");
-        let tarball = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-            .expect("aioquic sdist");
-        assert!(
-            Command::new("tar")
-                .arg("xzf")
-                .arg(&tarball)
-                .arg("-C")
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let src = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.is_dir())
-            .unwrap();
-        let _ = std::fs::rename(src, workspace().join("tests/peers/.cache/aioquic"));
-    }
-    assert!(client.exists(), "no {}", client.display());
-    client
-}
-
 /// GETs `path` over HTTP/3 with aioquic; returns the response (head and
 /// body).
 fn aioquic_get(port: u16, path: &str) -> String {
-    let out = tempfile::tempdir().unwrap();
-    let o = Command::new("timeout")
-        .args(["60", "python3"])
-        .arg(aioquic_client())
-        .args(["--ca-certs", &certs("ca.pem"), "-i", "--output-dir"])
-        .arg(out.path())
-        .arg(format!("https://localhost:{port}{path}"))
-        .output()
-        .expect("python3 with aioquic");
-    assert!(
-        o.status.success(),
-        "aioquic client failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let name = path.rsplit('/').next().unwrap();
-    std::fs::read_to_string(out.path().join(name)).unwrap()
+    let mut r = meshgate_tests::aioquic::get(port, &[path], None);
+    r.remove(0).1
 }
 
 /// A raw HTTP/1.1 upstream that records every byte it receives, per
