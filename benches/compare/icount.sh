@@ -7,14 +7,16 @@
 # http.sh for CPU per request).
 #
 #   benches/compare/icount.sh meshgate|nginx|haproxy [SECONDS]
-#   WORKLOAD=h2c|l4|dubbo benches/compare/icount.sh meshgate [SECONDS]
+#   WORKLOAD=h2c|l4|dubbo|h1_auth benches/compare/icount.sh meshgate [SECONDS]
 #
 # WORKLOAD (meshgate only for all but h1): h1 (default) as above; h2c:
 # h2load -c10 -m10 with prior knowledge, HTTP/2 in and HTTP/1.1 out; l4:
 # the same wrk keep-alive load through a tcp_proxy listener (a "request" is
 # one HTTP exchange relayed as bytes); dubbo: benches' rpc_load (one
 # connection, 16 calls in flight) to a sofa-rpc-node provider through
-# rpc.yaml (route by service, multiplexed upstream).
+# rpc.yaml (route by service, multiplexed upstream); h1_auth: h1 through
+# http1-auth.yaml (jwt_authn with a cached RS256 token, rbac on a claim;
+# every request carries the token), to set against h1.
 #
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
@@ -71,6 +73,11 @@ meshgate)
         sed 's/127.0.0.1:5201/127.0.0.1:9000/' "$HERE/tcp.yaml" >"$OUT/tcp.yaml"
         CONFIG="$OUT/tcp.yaml"
         ;;
+    h1_auth)
+        PORT=8086
+        CONFIG="$HERE/http1-auth.yaml"
+        TOKEN="$(python3 -c "import jwt,time;print(jwt.encode({'iss':'https://idp.meshgate.test','aud':'meshgate-demo','sub':'bench','role':'admin','exp':int(time.time())+86400},open('$ROOT/examples/certs/jwt-demo.key').read(),algorithm='RS256',headers={'kid':'demo'}))")"
+        ;;
     dubbo)
         PORT=20880
         CONFIG="$HERE/rpc.yaml"
@@ -106,6 +113,7 @@ wait_port "$PORT"
 load() { # SECONDS OUTFILE
     case "$WORKLOAD" in
     h1 | l4) taskset -c 1 wrk -t1 -c10 -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h1_auth) taskset -c 1 wrk -t1 -c10 -d"${1}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/" >"$2" ;;
     h2c) taskset -c 1 h2load -c10 -m10 -t1 -D "$1" "http://127.0.0.1:$PORT/" >"$2" ;;
     dubbo) taskset -c 1 "$LOAD_BIN" "127.0.0.1:$PORT" 16 "$1" >"$2" ;;
     *)
