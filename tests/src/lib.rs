@@ -8,6 +8,7 @@
 pub mod aioquic;
 pub mod backend;
 pub mod caddy;
+pub mod curl;
 pub mod jwt;
 pub mod phases;
 pub mod rpc;

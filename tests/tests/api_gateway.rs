@@ -4,39 +4,9 @@
 //! identity on the mesh listener, with curl and tokens minted by pyjwt from
 //! the example's demo key.
 
+use meshgate_tests::curl::curl;
 use meshgate_tests::*;
-use std::collections::BTreeMap;
 use std::process::Command;
-
-/// Status, response headers (lowercase names) and body of one curl request.
-fn curl(args: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let head = dir.path().join("head");
-    let out = Command::new("curl")
-        .args(["-sS", "-D"])
-        .arg(&head)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(&head).unwrap_or_default();
-    // The last response head (curl writes a 100-continue's too).
-    let last = text.rsplit("\r\n\r\n").find(|b| !b.trim().is_empty());
-    let mut lines = last.unwrap_or("").lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (
-        status,
-        headers,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 
 /// A token signed with the example's demo key (pyjwt).
 fn token(role: &str) -> String {

@@ -8,33 +8,11 @@
 //! runs `basic_auth` from a real xDS control plane.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::curl::curl;
 use meshgate_tests::rpc::*;
 use meshgate_tests::*;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-
-/// Status, response headers (lowercase names) and body of one curl call.
-fn curl(args: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-D", "-", "--max-time", "20"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
 
 /// htpasswd entries made by Python: `{SHA}` for alice/apass and carol/cpass,
 /// bcrypt (cost 8) for bob/bpass.

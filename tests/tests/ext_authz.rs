@@ -10,8 +10,8 @@
 //! per-route disable and check settings, and the same filter through a
 //! real xDS control plane.
 
+use meshgate_tests::curl::curl;
 use meshgate_tests::*;
-use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,31 +50,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Status, response headers (lower-case names) and body of one curl call.
-fn curl(args: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let body_path = dir.path().join("body");
-    let out = Command::new("curl")
-        .args(["-sS", "-D", "-", "-o"])
-        .arg(&body_path)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = std::fs::read_to_string(&body_path).unwrap_or_default();
-    (status, headers, body)
 }
 
 /// The JSON lines an authorization peer logged.

@@ -8,9 +8,9 @@
 //! per-weighted-cluster filter config (cors) with the stock binary.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::curl::curl;
 use meshgate_tests::phases::{Recorder, example_filter_bin};
 use meshgate_tests::*;
-use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -124,28 +124,6 @@ fn h2_post(port: u16, spec: serde_json::Value) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Status, lowercase headers and body of one curl request.
-fn curl(args: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-D", "-"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
 }
 
 fn denied(mg: &Meshgate, reason: &str) -> f64 {

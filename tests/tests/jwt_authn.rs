@@ -10,34 +10,12 @@
 //! one fetch for many waiting streams, `async_fetch`, and the filter
 //! configured through a real xDS control plane.
 
+use meshgate_tests::curl::curl;
 use meshgate_tests::jwt::{JwtPeer, now};
 use meshgate_tests::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
-
-/// Status, response headers (lowercase names) and body of one curl request.
-fn curl(args: &[&str]) -> (u16, BTreeMap<String, String>, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-i"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
 
 /// What the echo upstream received: its request headers.
 fn upstream_headers(body: &str) -> serde_json::Map<String, serde_json::Value> {
