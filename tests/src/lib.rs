@@ -11,6 +11,7 @@ pub mod caddy;
 pub mod curl;
 pub mod jwt;
 pub mod phases;
+pub mod pypeer;
 pub mod rpc;
 pub mod scripted;
 pub mod xds;

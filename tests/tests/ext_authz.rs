@@ -11,55 +11,9 @@
 //! real xDS control plane.
 
 use meshgate_tests::curl::curl;
+use meshgate_tests::pypeer::{PyPeer as Peer, logged};
 use meshgate_tests::*;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-/// A running Python peer, killed on drop.
-struct Peer {
-    child: Child,
-    port: u16,
-}
-
-impl Peer {
-    fn start(args: &[&str]) -> Self {
-        let script = workspace().join("tests/peers/ext_authz_peer.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with grpcio and xds-protos (tests/run.sh installs them)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("peer printed {line:?}"));
-        Self { child, port }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The JSON lines an authorization peer logged.
-fn logged(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use std::path::PathBuf;
 
 /// A listener `name` on `port` whose proxy runs `ext_authz` with
 /// `filter` (YAML flow text) in front of the echo upstream; `/public/`
@@ -149,9 +103,9 @@ fn setup_with(ls: &[String]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let grpc_log = dir.path().join("grpc.log");
     let http_log = dir.path().join("http.log");
-    let grpc = Peer::start(&["grpc", grpc_log.to_str().unwrap()]);
-    let http = Peer::start(&["http", http_log.to_str().unwrap()]);
-    let echo = Peer::start(&["echo"]);
+    let grpc = Peer::start("ext_authz_peer.py", &["grpc", grpc_log.to_str().unwrap()]);
+    let http = Peer::start("ext_authz_peer.py", &["http", http_log.to_str().unwrap()]);
+    let echo = Peer::start("ext_authz_peer.py", &["echo"]);
     let mg = Meshgate::start(&config(ls, grpc.port, http.port, echo.port));
     Setup {
         mg,
@@ -501,8 +455,8 @@ fn ext_authz_from_xds_http_filters_and_typed_per_filter_config() {
 
     let dir = tempfile::tempdir().unwrap();
     let grpc_log = dir.path().join("grpc.log");
-    let authz = Peer::start(&["grpc", grpc_log.to_str().unwrap()]);
-    let echo = Peer::start(&["echo"]);
+    let authz = Peer::start("ext_authz_peer.py", &["grpc", grpc_log.to_str().unwrap()]);
+    let echo = Peer::start("ext_authz_peer.py", &["echo"]);
     let port = free_port();
     let mgmt = Mgmt::start(0);
     // The deprecated field is the one meshgate translates to HTTP/2.

@@ -10,67 +10,24 @@
 //! through a real xDS control plane.
 
 use meshgate_tests::curl::curl;
+use meshgate_tests::pypeer::{PyPeer as Peer, logged};
 use meshgate_tests::rpc::*;
 use meshgate_tests::*;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// A running Python peer, killed on drop.
-struct Peer {
-    child: Child,
-    port: u16,
+/// The rate limit service allowing `limit` per descriptor, logging to
+/// `log`.
+fn rls(limit: u32, log: &Path) -> Peer {
+    Peer::start(
+        "ratelimit_peer.py",
+        &[&limit.to_string(), log.to_str().unwrap()],
+    )
 }
 
-impl Peer {
-    fn start(script: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(workspace().join("tests/peers").join(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 with grpcio and xds-protos (tests/run.sh installs them)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("peer printed {line:?}"));
-        Self { child, port }
-    }
-
-    /// The rate limit service allowing `limit` per descriptor, logging to
-    /// `log`.
-    fn rls(limit: u32, log: &Path) -> Self {
-        Self::start(
-            "ratelimit_peer.py",
-            &[&limit.to_string(), log.to_str().unwrap()],
-        )
-    }
-
-    fn echo() -> Self {
-        Self::start("ext_authz_peer.py", &["echo"])
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The JSON lines the rate limit service logged.
-fn logged(log: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn echo() -> Peer {
+    Peer::start("ext_authz_peer.py", &["echo"])
 }
 
 /// The echo upstream's view of a request.
@@ -159,8 +116,8 @@ struct Setup {
 fn setup(limit: u32, listeners: &[(&str, &str)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rls.log");
-    let rls = Peer::rls(limit, &log);
-    let echo = Peer::echo();
+    let rls = rls(limit, &log);
+    let echo = echo();
     let ls: Vec<String> = listeners.iter().map(|(n, f)| listener(n, f)).collect();
     let mg = Meshgate::start(&config(&ls, rls.port, echo.port));
     Setup {
@@ -280,7 +237,7 @@ fn a_dubbo_consumer_is_limited_per_method() {
     const ECHO: &str = "com.meshgate.Echo";
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rls.log");
-    let rls = Peer::rls(2, &log);
+    let rls = rls(2, &log);
     let provider = Provider::start("dubbo", "A");
     // A Dubbo stream carries its service and method as the `service` and
     // `method` headers (and `:path` /service/method).
@@ -371,8 +328,8 @@ fn ratelimit_from_xds_http_filters_and_route_rate_limits() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rls.log");
-    let rls = Peer::rls(1, &log);
-    let echo = Peer::echo();
+    let rls = rls(1, &log);
+    let echo = echo();
     let port = free_port();
     let mgmt = Mgmt::start(0);
     // The deprecated field is the one meshgate translates to HTTP/2.
@@ -529,7 +486,7 @@ except grpc.RpcError as e:
 fn a_grpc_client_gets_resource_exhausted_or_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("rls.log");
-    let rls = Peer::rls(1, &log);
+    let rls = rls(1, &log);
     let server = GrpcServer::start();
     let listener = |name: &str, exhausted: bool| {
         format!(
