@@ -121,14 +121,26 @@ impl Compressor {
         };
         let level = gzip_level(g.compression_level.as_deref())?;
         let lib = "compressor_library.gzip";
-        if g.memory_level.is_some_and(|m| !(1..=9).contains(&m)) {
-            return Err(BuildError::new(format!("{lib}.memory_level"), "1..=9"));
+        // The gzip encoder (flate2 on miniz_oxide) has a fixed 32 KiB
+        // window and memory use, and flushes per upstream chunk: a setting
+        // it cannot honour is refused, not accepted and ignored.
+        if g.memory_level.is_some() {
+            return Err(BuildError::new(
+                format!("{lib}.memory_level"),
+                "not supported (meshgate's gzip has a fixed memory level)",
+            ));
         }
-        if g.window_bits.is_some_and(|w| !(9..=15).contains(&w)) {
-            return Err(BuildError::new(format!("{lib}.window_bits"), "9..=15"));
+        if g.window_bits.is_some_and(|w| w != 15) {
+            return Err(BuildError::new(
+                format!("{lib}.window_bits"),
+                "only 15 (meshgate's gzip uses a 32 KiB window)",
+            ));
         }
-        if g.chunk_size.is_some_and(|s| !(4096..=65536).contains(&s)) {
-            return Err(BuildError::new(format!("{lib}.chunk_size"), "4096..=65536"));
+        if g.chunk_size.is_some() {
+            return Err(BuildError::new(
+                format!("{lib}.chunk_size"),
+                "not supported (meshgate's gzip flushes per upstream chunk)",
+            ));
         }
         let r = &c.response_direction_config;
         let mut uncompressible = Vec::new();
@@ -453,6 +465,16 @@ mod tests {
         let e = build(serde_json::json!({"compressor_library": {"gzip": {"window_bits": 20}}}))
             .unwrap_err();
         assert_eq!(e.path, "compressor_library.gzip.window_bits");
+        // Settings the encoder cannot honour are refused, not ignored.
+        let e = build(serde_json::json!({"compressor_library": {"gzip": {"memory_level": 5}}}))
+            .unwrap_err();
+        assert_eq!(e.path, "compressor_library.gzip.memory_level");
+        let e = build(serde_json::json!({"compressor_library": {"gzip": {"chunk_size": 4096}}}))
+            .unwrap_err();
+        assert_eq!(e.path, "compressor_library.gzip.chunk_size");
+        assert!(
+            build(serde_json::json!({"compressor_library": {"gzip": {"window_bits": 15}}})).is_ok()
+        );
         let e = build(
             serde_json::json!({"compressor_library": {"gzip": {}}, "request_direction_config": {}}),
         )
