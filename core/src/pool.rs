@@ -460,30 +460,129 @@ impl Outcomes {
     }
 }
 
-/// An endpoint's health as a health checker or outlier detector sets it;
-/// the load balancer skips an unhealthy endpoint while another is
-/// available (`Cluster::choose`).
+/// An endpoint's health as the load balancer sees it, summarised from its
+/// `HealthFlags`: unhealthy if any `FAILED_*` flag is set, degraded if a
+/// `DEGRADED_*` flag is (and none failed), healthy otherwise. The load
+/// balancer skips an unhealthy endpoint while another is available
+/// (`Cluster::choose`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Health {
     Healthy = 0,
-    Unhealthy = 1,
+    Degraded = 1,
+    Unhealthy = 2,
 }
 
-/// `Health` in an atomic, read by the load balancer without a lock.
+/// Why an endpoint is not healthy: one bit per source, as Envoy keeps
+/// them (`Host::HealthFlag`), so that each source sets and clears only its
+/// own bit and an endpoint is healthy again only when every source agrees.
+/// The owners:
+/// - `FAILED_ACTIVE_HC`, `DEGRADED_ACTIVE_HC`, `PENDING_ACTIVE_HC`: the
+///   active health checker;
+/// - `FAILED_OUTLIER_CHECK`: outlier detection (an ejection);
+/// - `FAILED_EDS_HEALTH`, `DEGRADED_EDS_HEALTH`: the endpoint's EDS
+///   `health_status` (UNHEALTHY/DRAINING/TIMEOUT, DEGRADED).
+pub struct HealthFlags;
+
+impl HealthFlags {
+    pub const FAILED_ACTIVE_HC: u8 = 1;
+    pub const FAILED_OUTLIER_CHECK: u8 = 1 << 1;
+    pub const FAILED_EDS_HEALTH: u8 = 1 << 2;
+    pub const DEGRADED_ACTIVE_HC: u8 = 1 << 3;
+    pub const DEGRADED_EDS_HEALTH: u8 = 1 << 4;
+    /// Added to a cluster with active checks and not checked yet (it is
+    /// also `FAILED_ACTIVE_HC` until its first check passes, unless the
+    /// cluster says otherwise).
+    pub const PENDING_ACTIVE_HC: u8 = 1 << 5;
+    const FAILED: u8 =
+        Self::FAILED_ACTIVE_HC | Self::FAILED_OUTLIER_CHECK | Self::FAILED_EDS_HEALTH;
+    const DEGRADED: u8 = Self::DEGRADED_ACTIVE_HC | Self::DEGRADED_EDS_HEALTH;
+
+    /// The `Health` a set of flags means.
+    pub fn health(flags: u8) -> Health {
+        if flags & Self::FAILED != 0 {
+            Health::Unhealthy
+        } else if flags & Self::DEGRADED != 0 {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// The flags' names as the admin's `/clusters` prints them
+    /// (Envoy's spelling: `/failed_active_hc/failed_outlier_check`...).
+    pub fn names(flags: u8) -> Vec<&'static str> {
+        [
+            (Self::FAILED_ACTIVE_HC, "failed_active_hc"),
+            (Self::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+            (Self::FAILED_EDS_HEALTH, "failed_eds_health"),
+            (Self::DEGRADED_ACTIVE_HC, "degraded_active_hc"),
+            (Self::DEGRADED_EDS_HEALTH, "degraded_eds_health"),
+            (Self::PENDING_ACTIVE_HC, "pending_active_hc"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+/// An endpoint's `HealthFlags` in an atomic, read by the load balancer
+/// without a lock and written by each health source with `fetch_or` /
+/// `fetch_and`, so that sources never overwrite each other's bits.
 #[derive(Debug, Default)]
 pub struct HealthCell(AtomicU8);
 
 impl HealthCell {
     pub fn get(&self) -> Health {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Health::Healthy,
-            _ => Health::Unhealthy,
-        }
+        HealthFlags::health(self.0.load(Ordering::Relaxed))
     }
 
-    pub fn set(&self, h: Health) {
-        self.0.store(h as u8, Ordering::Relaxed);
+    /// All flags.
+    pub fn flags(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets `flag`; returns whether it was clear before.
+    pub fn set_flag(&self, flag: u8) -> bool {
+        self.0.fetch_or(flag, Ordering::Relaxed) & flag == 0
+    }
+
+    /// Clears `flag`; returns whether it was set before.
+    pub fn clear_flag(&self, flag: u8) -> bool {
+        self.0.fetch_and(!flag, Ordering::Relaxed) & flag != 0
+    }
+
+    /// Sets or clears `flag`; returns whether it changed.
+    pub fn put_flag(&self, flag: u8, on: bool) -> bool {
+        if on {
+            self.set_flag(flag)
+        } else {
+            self.clear_flag(flag)
+        }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn each_source_owns_its_bit_and_failed_outranks_degraded() {
+        let c = HealthCell::default();
+        assert_eq!(c.get(), Health::Healthy);
+        assert!(c.set_flag(HealthFlags::DEGRADED_EDS_HEALTH));
+        assert_eq!(c.get(), Health::Degraded);
+        assert!(c.set_flag(HealthFlags::FAILED_ACTIVE_HC));
+        assert!(!c.set_flag(HealthFlags::FAILED_ACTIVE_HC));
+        assert!(c.set_flag(HealthFlags::FAILED_OUTLIER_CHECK));
+        assert_eq!(c.get(), Health::Unhealthy);
+        // The checker's pass does not undo the outlier detector's ejection.
+        assert!(c.clear_flag(HealthFlags::FAILED_ACTIVE_HC));
+        assert_eq!(c.get(), Health::Unhealthy);
+        assert!(c.put_flag(HealthFlags::FAILED_OUTLIER_CHECK, false));
+        assert_eq!(c.get(), Health::Degraded);
+        assert_eq!(HealthFlags::names(c.flags()), vec!["degraded_eds_health"]);
     }
 }
 

@@ -16,6 +16,8 @@ use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
+#[cfg(test)]
+use crate::pool::HealthFlags;
 use crate::pool::{EndpointPool, Health, HealthCell, Outcome, Outcomes};
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
@@ -105,13 +107,16 @@ impl Endpoint {
         &self.outcomes
     }
 
-    /// The health a health checker or outlier detector set.
+    /// The health its sources (active checks, outlier detection, EDS)
+    /// give it, summarised.
     pub fn health(&self) -> Health {
         self.health.get()
     }
 
-    pub fn set_health(&self, h: Health) {
-        self.health.set(h);
+    /// The endpoint's health flags (`HealthFlags`): each health source
+    /// sets and clears its own.
+    pub fn health_flags(&self) -> &HealthCell {
+        &self.health
     }
 
     /// Requests (or L4 connections) currently in flight to this endpoint.
@@ -131,7 +136,7 @@ impl Endpoint {
     /// back-off. The clock (`now_ms`) is read only if the endpoint was
     /// ever backed off: the load balancer asks for every request.
     pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
-        if self.health.get() != Health::Healthy {
+        if self.health.get() == Health::Unhealthy {
             return false;
         }
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
@@ -915,14 +920,20 @@ mod tests {
         let a = m.get("a").unwrap().clone();
         let eps = a.hosts().endpoints.clone();
         let ctx = LbContext::default();
-        eps[0].set_health(Health::Unhealthy);
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_OUTLIER_CHECK);
         for _ in 0..6 {
             assert_eq!(a.choose(&ctx, &[]).unwrap().address.port(), 2);
         }
         // All unhealthy: panic mode still picks one.
-        eps[1].set_health(Health::Unhealthy);
+        eps[1]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
         assert!(a.choose(&ctx, &[]).is_some());
-        eps[1].set_health(Health::Healthy);
+        eps[1]
+            .health_flags()
+            .clear_flag(HealthFlags::FAILED_ACTIVE_HC);
 
         struct Idle;
         impl crate::pool::Reusable for Idle {
