@@ -21,8 +21,8 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf;
 use meshgate_core::config::filters as fc;
 use meshgate_core::config::{
-    BackoffConfig, ClusterConfig, DiscoveryType, EndpointConfig, FilterChainConfig,
-    FilterChainMatch, FilterConfig, ListenerConfig,
+    BackoffConfig, ClusterConfig, DiscoveryType, EndpointConfig, EndpointHealthStatus,
+    FilterChainConfig, FilterChainMatch, FilterConfig, ListenerConfig,
 };
 use meshgate_core::router as rc;
 use prost::Message;
@@ -257,15 +257,20 @@ fn lb_policy(p: i32, path: &str) -> R<&'static str> {
     })
 }
 
-/// Is an endpoint of this health status given traffic? Envoy's rule:
-/// UNKNOWN, HEALTHY and DEGRADED are; UNHEALTHY, DRAINING and TIMEOUT
-/// are not.
-fn serves(health: i32) -> bool {
+/// An EDS `health_status` as meshgate's endpoint health (Envoy's rule:
+/// UNKNOWN and HEALTHY are healthy, DEGRADED is used when healthy endpoints
+/// are short, UNHEALTHY, DRAINING and TIMEOUT get no traffic).
+fn health_status(health: i32, path: &str) -> R<EndpointHealthStatus> {
     use core3::HealthStatus;
-    !matches!(
-        HealthStatus::try_from(health),
-        Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
-    )
+    Ok(match HealthStatus::try_from(health) {
+        Ok(HealthStatus::Unknown) => EndpointHealthStatus::Unknown,
+        Ok(HealthStatus::Healthy) => EndpointHealthStatus::Healthy,
+        Ok(HealthStatus::Unhealthy) => EndpointHealthStatus::Unhealthy,
+        Ok(HealthStatus::Draining) => EndpointHealthStatus::Draining,
+        Ok(HealthStatus::Timeout) => EndpointHealthStatus::Timeout,
+        Ok(HealthStatus::Degraded) => EndpointHealthStatus::Degraded,
+        Err(_) => return err(path, format!("unknown health_status {health}")),
+    })
 }
 
 /// The endpoints of a ClusterLoadAssignment (inline or from EDS).
@@ -290,7 +295,10 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
             .enumerate()
         {
             let ep = format!("{lp}.lb_endpoints[{j}]");
-            let health = std::mem::take(&mut e.health_status);
+            let health_status = health_status(
+                std::mem::take(&mut e.health_status),
+                &join(&ep, "health_status"),
+            )?;
             let mut meta = loc_meta.clone();
             meta.extend(metadata(e.metadata.take(), &join(&ep, "metadata"))?);
             let weight = match e.load_balancing_weight.take() {
@@ -310,13 +318,12 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 _ => return err(join(&ep, "endpoint"), "missing endpoint"),
             };
             rest(&e, &ep)?;
-            if serves(health) {
-                out.push(EndpointConfig {
-                    address,
-                    weight,
-                    metadata: meta,
-                });
-            }
+            out.push(EndpointConfig {
+                address,
+                weight,
+                metadata: meta,
+                health_status,
+            });
         }
         rest(&loc, &lp)?;
     }
@@ -1735,7 +1742,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_keep_weights_metadata_and_drop_unhealthy() {
+    fn endpoints_keep_weights_metadata_and_health_status() {
         let ep = |port: u32, w: u32, h: core3::HealthStatus| eds::LbEndpoint {
             host_identifier: Some(eds::lb_endpoint::HostIdentifier::Endpoint(eds::Endpoint {
                 address: Some(core3::Address {
@@ -1784,8 +1791,20 @@ mod tests {
             ..Default::default()
         };
         let out = endpoints(cla, "").unwrap();
-        let got: Vec<_> = out.iter().map(|e| (e.address.as_str(), e.weight)).collect();
-        assert_eq!(got, vec![("10.0.0.1:1", 3), ("10.0.0.1:4", 5)]);
+        let got: Vec<_> = out
+            .iter()
+            .map(|e| (e.address.as_str(), e.weight, e.health_status))
+            .collect();
+        use EndpointHealthStatus as H;
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.1:1", 3, H::Healthy),
+                ("10.0.0.1:2", 1, H::Unhealthy),
+                ("10.0.0.1:3", 1, H::Draining),
+                ("10.0.0.1:4", 5, H::Unknown)
+            ]
+        );
         assert_eq!(out[0].metadata["envoy.lb"], json!({"canary": true}));
     }
 

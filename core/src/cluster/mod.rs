@@ -16,9 +16,7 @@ use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
-#[cfg(test)]
-use crate::pool::HealthFlags;
-use crate::pool::{EndpointPool, Health, HealthCell, Outcome, Outcomes};
+use crate::pool::{EndpointPool, Health, HealthCell, HealthFlags, Outcome, Outcomes};
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -129,6 +127,18 @@ impl Endpoint {
         match &self.hostname {
             Some(h) => format!("{h}:{}", self.address.port()),
             None => self.address.to_string(),
+        }
+    }
+
+    /// Sets the EDS health bits (`FAILED_EDS_HEALTH`, `DEGRADED_EDS_HEALTH`)
+    /// to those of `status`, leaving the other sources' bits alone.
+    pub fn set_eds_health(&self, status: crate::config::EndpointHealthStatus) {
+        let flags = status.flags();
+        for bit in [
+            HealthFlags::FAILED_EDS_HEALTH,
+            HealthFlags::DEGRADED_EDS_HEALTH,
+        ] {
+            self.health.put_flag(bit, flags & bit != 0);
         }
     }
 
@@ -351,6 +361,16 @@ impl Cluster {
             if let Some(prev) = by_address.get(&e.address)
                 && prev.same_as(e)
             {
+                // The kept endpoint takes the new EDS health; its other
+                // health sources' bits stay.
+                let eds = HealthFlags::FAILED_EDS_HEALTH | HealthFlags::DEGRADED_EDS_HEALTH;
+                let new = e.health.flags() & eds;
+                for bit in [
+                    HealthFlags::FAILED_EDS_HEALTH,
+                    HealthFlags::DEGRADED_EDS_HEALTH,
+                ] {
+                    prev.health.put_flag(bit, new & bit != 0);
+                }
                 *e = (*prev).clone();
             }
         }
@@ -714,6 +734,7 @@ impl ClusterManager {
                                     let mut ep = Endpoint::new(a, e.weight);
                                     ep.hostname = Some(host.into());
                                     ep.metadata = e.metadata.clone();
+                                    ep.set_eds_health(e.health_status);
                                     endpoints.push(Arc::new(ep));
                                 }
                             }
@@ -835,6 +856,7 @@ fn build_endpoints(
                 })?;
                 let mut ep = Endpoint::new(addr, e.weight);
                 ep.metadata = e.metadata.clone();
+                ep.set_eds_health(e.health_status);
                 endpoints.push(Arc::new(ep));
             }
             DiscoveryType::StrictDns => {
@@ -855,6 +877,7 @@ fn build_endpoints(
                         let mut ep = Endpoint::new(a, e.weight);
                         ep.hostname = Some(host.into());
                         ep.metadata = e.metadata.clone();
+                        ep.set_eds_health(e.health_status);
                         endpoints.push(Arc::new(ep));
                     }
                 }
@@ -905,6 +928,42 @@ mod tests {
         assert!(e.is_available(|| now_ms() + 351));
         e.record_success();
         assert!(e.is_available(now_ms));
+    }
+
+    #[test]
+    fn eds_health_status_sets_its_own_bit_on_a_kept_endpoint() {
+        use crate::config::EndpointHealthStatus as S;
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "a",
+            "endpoints": [{"address": "127.0.0.1:1", "health_status": "degraded"}, {"address": "127.0.0.1:2"}],
+        }))
+        .unwrap();
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m = ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let a = m.get("a").unwrap().clone();
+        let eps = a.hosts().endpoints.clone();
+        assert_eq!(eps[0].health(), Health::Degraded);
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+        // An update marks endpoint 1 unhealthy: the same endpoint is kept,
+        // its EDS bits replaced, the outlier bit left alone.
+        let next = Endpoint::new(eps[0].address, eps[0].weight);
+        next.set_eds_health(S::Unhealthy);
+        a.update_endpoints(vec![Arc::new(next), eps[1].clone()]);
+        let now = a.hosts().endpoints.clone();
+        assert!(Arc::ptr_eq(&now[0], &eps[0]));
+        assert_eq!(
+            HealthFlags::names(now[0].health_flags().flags()),
+            vec!["failed_outlier_check", "failed_eds_health"]
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                a.choose(&LbContext::default(), &[]).unwrap().address.port(),
+                2
+            );
+        }
     }
 
     #[test]

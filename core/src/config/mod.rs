@@ -485,6 +485,43 @@ pub struct EndpointConfig {
     pub weight: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The health the control plane (EDS `health_status`) or the operator
+    /// gives the endpoint, combined with active checks and outlier
+    /// detection (`crate::pool::HealthFlags`).
+    #[serde(default, skip_serializing_if = "EndpointHealthStatus::is_unknown")]
+    pub health_status: EndpointHealthStatus,
+}
+
+/// Envoy's `config.core.v3.HealthStatus` of an endpoint: UNHEALTHY,
+/// DRAINING and TIMEOUT endpoints get no traffic (while another endpoint
+/// can take it), DEGRADED ones only when the healthy ones are short;
+/// UNKNOWN and HEALTHY are healthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealthStatus {
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Draining,
+    Timeout,
+    Degraded,
+}
+
+impl EndpointHealthStatus {
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::Unknown
+    }
+
+    /// The `HealthFlags` bits this status sets.
+    pub fn flags(self) -> u8 {
+        use crate::pool::HealthFlags;
+        match self {
+            Self::Unknown | Self::Healthy => 0,
+            Self::Unhealthy | Self::Draining | Self::Timeout => HealthFlags::FAILED_EDS_HEALTH,
+            Self::Degraded => HealthFlags::DEGRADED_EDS_HEALTH,
+        }
+    }
 }
 
 fn default_backlog() -> u32 {
