@@ -373,6 +373,10 @@ fn start(
     tried: &[SocketAddr],
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Sending, LocalReason> {
+    // `drop_overloads`: decided once per request, at its first try.
+    if tried.is_empty() && cluster.drop_overload() {
+        return Err(LocalReason::DropOverload);
+    }
     let endpoint = cluster
         .choose(ctx, tried)
         .ok_or(LocalReason::NoHealthyUpstream)?;

@@ -545,12 +545,20 @@ impl HealthCell {
 
     /// Sets `flag`; returns whether it was clear before.
     pub fn set_flag(&self, flag: u8) -> bool {
-        self.0.fetch_or(flag, Ordering::Relaxed) & flag == 0
+        let changed = self.0.fetch_or(flag, Ordering::Relaxed) & flag == 0;
+        if changed {
+            crate::cluster::priority::health_changed();
+        }
+        changed
     }
 
     /// Clears `flag`; returns whether it was set before.
     pub fn clear_flag(&self, flag: u8) -> bool {
-        self.0.fetch_and(!flag, Ordering::Relaxed) & flag != 0
+        let changed = self.0.fetch_and(!flag, Ordering::Relaxed) & flag != 0;
+        if changed {
+            crate::cluster::priority::health_changed();
+        }
+        changed
     }
 
     /// Sets or clears `flag`; returns whether it changed.

@@ -295,6 +295,8 @@ pub enum LocalReason {
     /// A filter's per-route config could not be applied: refused, never
     /// let through by accident (500).
     FilterConfigError,
+    /// The cluster's `drop_overloads` dropped the request (503).
+    DropOverload,
 }
 
 impl LocalReason {
@@ -304,7 +306,8 @@ impl LocalReason {
             LocalReason::NoHealthyUpstream
             | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
-            | LocalReason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
+            | LocalReason::Overflow
+            | LocalReason::DropOverload => StatusCode::SERVICE_UNAVAILABLE,
             LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
                 StatusCode::BAD_GATEWAY
             }
@@ -338,6 +341,7 @@ impl LocalReason {
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate_limited",
             LocalReason::FilterConfigError => "filter_config_error",
+            LocalReason::DropOverload => "drop_overload",
         }
     }
 
@@ -361,6 +365,7 @@ impl LocalReason {
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate limited",
             LocalReason::FilterConfigError => "filter configuration error",
+            LocalReason::DropOverload => "drop overload",
         }
     }
 }

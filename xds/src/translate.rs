@@ -280,12 +280,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
     let mut out = Vec::new();
     for (i, mut loc) in std::mem::take(&mut cla.endpoints).into_iter().enumerate() {
         let lp = format!("{path}.endpoints[{i}]");
-        if loc.priority != 0 {
-            return err(
-                join(&lp, "priority"),
-                "priorities other than 0 are not supported",
-            );
-        }
+        let priority = std::mem::take(&mut loc.priority);
         // Locality identity is informational; its weight is not used, so
         // a set `load_balancing_weight` is refused by `rest` below.
         loc.locality = None;
@@ -323,6 +318,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 weight,
                 metadata: meta,
                 health_status,
+                priority,
             });
         }
         rest(&loc, &lp)?;
@@ -434,6 +430,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let mut eds_name = None;
     let mut eds_fetch_timeout = None;
     let mut eps = Vec::new();
+    let mut cla_policy = None;
     match dt {
         Dt::Eds => {
             let mut ec = c.eds_cluster_config.take().unwrap_or_default();
@@ -450,7 +447,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             }
         }
         _ => {
-            if let Some(la) = c.load_assignment.take() {
+            if let Some(mut la) = c.load_assignment.take() {
+                cla_policy = crate::priority::policy(la.policy.take(), "load_assignment.policy")?;
                 eps = endpoints(la, "load_assignment")?;
             }
         }
@@ -467,6 +465,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         // Refused now if unsupported; filled in once its secrets are known.
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
     }
+    let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     rest(&c, "")?;
     let discovery = if dt == Dt::StrictDns {
         DiscoveryType::StrictDns
@@ -488,6 +487,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         protocol,
         protocol_options,
         tls: None,
+        common_lb_config,
+        policy: cla_policy,
     };
     Ok(Cluster {
         config,

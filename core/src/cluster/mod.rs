@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+pub mod priority;
+
 /// One upstream address of a cluster.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -34,6 +36,8 @@ pub struct Endpoint {
     pub hostname: Option<Arc<str>>,
     pub weight: u32,
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Envoy's priority (0 highest): `priority` groups endpoints by it.
+    pub priority: u32,
     active_requests: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
@@ -69,6 +73,7 @@ impl Endpoint {
             hostname: None,
             weight: weight.max(1),
             metadata: BTreeMap::new(),
+            priority: 0,
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
@@ -160,6 +165,7 @@ impl Endpoint {
             && self.weight == other.weight
             && self.hostname == other.hostname
             && self.metadata == other.metadata
+            && self.priority == other.priority
     }
 
     /// Marks one request in flight until the guard drops.
@@ -224,6 +230,7 @@ pub fn now_ms() -> u64 {
 pub struct HostSet {
     pub endpoints: Vec<Arc<Endpoint>>,
     lb: Box<dyn LoadBalancer>,
+    levels: priority::Levels,
 }
 
 /// Why an upstream connection could not be had.
@@ -310,6 +317,8 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Priority loads, panic threshold and drop overloads.
+    priority: priority::Policy,
 }
 
 impl Cluster {
@@ -323,13 +332,18 @@ impl Cluster {
         endpoints: Vec<Arc<Endpoint>>,
     ) -> Self {
         let lb = lb_builder.build(&endpoints);
+        let levels = priority::Levels::build(&endpoints, &*lb_builder);
         let stats = ClusterStats::new(name);
         Self {
             name: crate::stream::intern(name),
             connect_timeout,
             max_connections: max_connections.unwrap_or(u32::MAX),
             backoff,
-            hosts: ArcSwap::from_pointee(HostSet { endpoints, lb }),
+            hosts: ArcSwap::from_pointee(HostSet {
+                endpoints,
+                lb,
+                levels,
+            }),
             lb_builder,
             connections: Arc::new(ConnectionCount {
                 active: AtomicU32::new(0),
@@ -339,6 +353,7 @@ impl Cluster {
             upstream: None,
             tls: None,
             protocol: "",
+            priority: priority::Policy::new(name),
         }
     }
 
@@ -381,32 +396,27 @@ impl Cluster {
             .map(|(_, e)| e.clone())
             .collect();
         let lb = self.lb_builder.build(&endpoints);
-        self.hosts.store(Arc::new(HostSet { endpoints, lb }));
+        let levels = priority::Levels::build(&endpoints, &*self.lb_builder);
+        self.hosts.store(Arc::new(HostSet {
+            endpoints,
+            lb,
+            levels,
+        }));
         for e in &removed {
             e.close_pool();
         }
     }
 
-    /// Picks an endpoint, skipping unhealthy ones, those in back-off and
-    /// those in `exclude` (already tried by this request). When every
-    /// endpoint is unhealthy or in back-off, picks among them anyway (panic
-    /// mode) rather than failing outright.
+    /// Picks an endpoint, skipping those in `exclude` (already tried by
+    /// this request): by priority load and panic threshold
+    /// (`priority::choose`), then the load balancer of the chosen
+    /// priority, skipping endpoints in back-off.
     pub fn choose(&self, ctx: &LbContext, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let hosts = self.hosts.load();
-        let eps = &hosts.endpoints;
-        if eps.is_empty() {
+        if hosts.endpoints.is_empty() {
             return None;
         }
-        // One clock read at most, and only if an endpoint was backed off.
-        let now = std::cell::OnceCell::new();
-        let pick = hosts
-            .lb
-            .pick(ctx, &|i| {
-                eps[i].is_available(|| *now.get_or_init(now_ms))
-                    && !exclude.contains(&eps[i].address)
-            })
-            .or_else(|| hosts.lb.pick(ctx, &|i| !exclude.contains(&eps[i].address)));
-        pick.map(|i| eps[i].clone())
+        priority::choose(&hosts, &self.priority, ctx, exclude).map(|i| hosts.endpoints[i].clone())
     }
 
     /// Connects to one endpoint chosen by the load balancer, honouring the
@@ -580,6 +590,8 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         protocol,
         protocol_options,
         tls,
+        common_lb_config,
+        policy,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -592,6 +604,8 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *protocol == b.protocol
         && *protocol_options == b.protocol_options
         && *tls == b.tls
+        && *common_lb_config == b.common_lb_config
+        && *policy == b.policy
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -734,6 +748,7 @@ impl ClusterManager {
                                     let mut ep = Endpoint::new(a, e.weight);
                                     ep.hostname = Some(host.into());
                                     ep.metadata = e.metadata.clone();
+                                    ep.priority = e.priority;
                                     ep.set_eds_health(e.health_status);
                                     endpoints.push(Arc::new(ep));
                                 }
@@ -791,6 +806,7 @@ fn build_cluster(
         return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
     }
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
+    let policy = priority::Policy::build(c, path, source)?;
     let mut cluster = Cluster::new(
         &c.name,
         c.connect_timeout,
@@ -799,6 +815,7 @@ fn build_cluster(
         builder,
         endpoints,
     );
+    cluster.priority = policy;
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
@@ -856,6 +873,7 @@ fn build_endpoints(
                 })?;
                 let mut ep = Endpoint::new(addr, e.weight);
                 ep.metadata = e.metadata.clone();
+                ep.priority = e.priority;
                 ep.set_eds_health(e.health_status);
                 endpoints.push(Arc::new(ep));
             }
@@ -877,6 +895,7 @@ fn build_endpoints(
                         let mut ep = Endpoint::new(a, e.weight);
                         ep.hostname = Some(host.into());
                         ep.metadata = e.metadata.clone();
+                        ep.priority = e.priority;
                         ep.set_eds_health(e.health_status);
                         endpoints.push(Arc::new(ep));
                     }

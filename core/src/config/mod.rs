@@ -10,6 +10,7 @@ pub mod header_mutation;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
+pub mod priority;
 pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;
@@ -453,6 +454,13 @@ pub struct ClusterConfig {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Envoy's `Cluster.common_lb_config` (`healthy_panic_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_lb_config: Option<priority::CommonLbConfig>,
+    /// Envoy's `ClusterLoadAssignment.policy` (`overprovisioning_factor`,
+    /// `drop_overloads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<priority::LoadAssignmentPolicy>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
@@ -490,6 +498,14 @@ pub struct EndpointConfig {
     /// detection (`crate::pool::HealthFlags`).
     #[serde(default, skip_serializing_if = "EndpointHealthStatus::is_unknown")]
     pub health_status: EndpointHealthStatus,
+    /// Envoy's `LocalityLbEndpoints.priority`: 0 is the highest; traffic
+    /// spills to the next priority as this one's health drops.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Envoy's `config.core.v3.HealthStatus` of an endpoint: UNHEALTHY,

@@ -276,6 +276,13 @@ pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
 /// `failure_mode_deny` is off (`domain`).
 pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
     "meshgate_ratelimit_failure_mode_allowed_total";
+/// Counter `{cluster}`: endpoint picks made in panic mode (the healthy
+/// share of the chosen priority fell below `healthy_panic_threshold`, so
+/// health was ignored).
+pub const CLUSTER_LB_HEALTHY_PANIC_TOTAL: &str = "meshgate_cluster_lb_healthy_panic_total";
+/// Counter `{cluster, category}`: requests answered 503 at once by the
+/// cluster's `drop_overloads`.
+pub const CLUSTER_UPSTREAM_RQ_DROPPED_TOTAL: &str = "meshgate_cluster_upstream_rq_dropped_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -364,6 +371,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (COMPRESSOR_NOT_COMPRESSED_TOTAL, Kind::Counter),
     (COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL, Kind::Counter),
     (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (CLUSTER_LB_HEALTHY_PANIC_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_DROPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
