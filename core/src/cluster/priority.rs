@@ -415,6 +415,56 @@ mod tests {
     }
 
     #[test]
+    fn picks_follow_health_flag_changes_without_a_call() {
+        use crate::config::ConfigSource;
+        use crate::pool::HealthFlags;
+        use crate::registry::Registry;
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "a",
+            "endpoints": [
+                {"address": "127.0.0.1:1"},
+                {"address": "127.0.0.1:2"},
+                {"address": "127.0.0.1:3", "priority": 1},
+            ],
+        }))
+        .unwrap();
+        let m = super::super::ClusterManager::build(
+            &[Arc::new(cfg)],
+            &Registry::new(),
+            &ConfigSource::anonymous("test"),
+            false,
+        )
+        .unwrap();
+        let a = m.get("a").unwrap().clone();
+        let ctx = LbContext::default();
+        let ports = |n: usize| -> Vec<u16> {
+            let mut v = vec![0; 4];
+            for _ in 0..n {
+                v[usize::from(a.choose(&ctx, &[]).unwrap().address.port())] += 1;
+            }
+            v[1..].to_vec()
+        };
+        assert_eq!(ports(100)[2], 0);
+        // An outlier flag on one P0 endpoint: 70 / 30, no notification
+        // but the flag itself.
+        let eps = a.hosts().endpoints.clone();
+        eps[1]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+        let got = ports(4000);
+        assert_eq!(got[1], 0, "{got:?}");
+        assert!((2600..=3000).contains(&got[0]), "{got:?}");
+        // Back to healthy: P0 only again.
+        eps[1]
+            .health_flags()
+            .clear_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+        assert_eq!(ports(100)[2], 0);
+        // A retry excluding both P0 endpoints goes to P1.
+        let tried = [eps[0].address, eps[1].address];
+        assert_eq!(a.choose(&ctx, &tried).unwrap().address.port(), 3);
+    }
+
+    #[test]
     fn priority_loads_follow_envoys_table() {
         // All healthy: P0 takes everything.
         assert_eq!(loads(&[(10, 10, 0), (10, 10, 0)]).0, vec![100, 0]);
