@@ -438,7 +438,7 @@ mod tests {
         let a = m.get("a").unwrap().clone();
         let ctx = LbContext::default();
         let ports = |n: usize| -> Vec<u16> {
-            let mut v = vec![0; 4];
+            let mut v = [0; 4];
             for _ in 0..n {
                 v[usize::from(a.choose(&ctx, &[]).unwrap().address.port())] += 1;
             }
