@@ -11,6 +11,8 @@
 //! the new snapshot goes live, so whatever holds the cluster (routes, L4
 //! filters, open connections) sends its next request to the new endpoints.
 
+pub mod breaker;
+
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
@@ -310,6 +312,8 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Request-level circuit breakers (`max_requests`, `max_retries`).
+    pub breakers: Arc<breaker::Breakers>,
 }
 
 impl Cluster {
@@ -339,6 +343,10 @@ impl Cluster {
             upstream: None,
             tls: None,
             protocol: "",
+            breakers: Arc::new(breaker::Breakers::new(
+                name,
+                &[breaker::ThresholdValues::default(); 2],
+            )),
         }
     }
 
@@ -574,6 +582,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         lb_config,
         connect_timeout,
         max_connections,
+        circuit_breakers,
         dns_refresh_rate,
         connect_failure_backoff,
         endpoints: _,
@@ -587,6 +596,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *lb_config == b.lb_config
         && *connect_timeout == b.connect_timeout
         && *max_connections == b.max_connections
+        && *circuit_breakers == b.circuit_breakers
         && *dns_refresh_rate == b.dns_refresh_rate
         && *connect_failure_backoff == b.connect_failure_backoff
         && *protocol == b.protocol
@@ -790,15 +800,18 @@ fn build_cluster(
     if c.connect_timeout.is_zero() {
         return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
     }
+    let thresholds = breaker::check(c.circuit_breakers.as_ref(), c.max_connections)
+        .map_err(|(field, msg)| source.error(format!("{path}.{field}"), msg))?;
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
     let mut cluster = Cluster::new(
         &c.name,
         c.connect_timeout,
-        c.max_connections,
+        Some(thresholds[0].max_connections),
         c.connect_failure_backoff.clone(),
         builder,
         endpoints,
     );
+    cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
