@@ -371,14 +371,25 @@ async fn retrying(
 ) -> Response {
     let ctx = LbContext { hash };
     let (parts, body) = req.into_parts();
-    // Keep the body for retries when it is known to be small; a larger or
-    // unknown-length one streams and gets a single try.
-    let kept = match body.size_hint().upper() {
-        Some(n) if n as usize <= policy.max_buffered_body_bytes => match body.collect().await {
-            Ok(b) => b.to_bytes(),
+    // Keep the body for retries when it is small: known to be, or read up
+    // to the bound when its length is unknown (gRPC, chunked); a larger
+    // one streams (what was read first, then the rest) and gets a single
+    // try.
+    let max = policy.max_buffered_body_bytes;
+    let kept: Result<Bytes, Body> = match body.size_hint().upper() {
+        Some(n) if n as usize <= max => match body.collect().await {
+            Ok(b) => Ok(b.to_bytes()),
             Err(_) => return local_reply(info, LocalReason::BadRequest),
         },
-        _ => {
+        Some(_) => Err(body),
+        None => match buffer_up_to(body, max).await {
+            Ok(k) => k,
+            Err(()) => return local_reply(info, LocalReason::BadRequest),
+        },
+    };
+    let kept = match kept {
+        Ok(b) => b,
+        Err(body) => {
             let req = Request::from_parts(parts, body);
             let attempt = match start(cluster, &codec, req, info, &ctx, &[], None, policy.priority)
             {
@@ -477,6 +488,63 @@ async fn retrying(
         metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
     }
     last_try(info, last)
+}
+
+/// Reads a body of unknown length: `Ok(Ok(bytes))` when it ended within
+/// `max` bytes (and without trailers), `Ok(Err(body))` otherwise, the
+/// body then replaying what was read before the rest; `Err` when it
+/// failed.
+async fn buffer_up_to(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, ()> {
+    let mut frames: Vec<Frame<Bytes>> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Err(()),
+            Some(Ok(f)) => {
+                let trailers = f.is_trailers();
+                len += f.data_ref().map_or(0, |d| d.len());
+                frames.push(f);
+                if trailers || len > max {
+                    return Ok(Err(box_body(Replay {
+                        read: frames.into(),
+                        rest: body,
+                    })));
+                }
+            }
+        }
+    }
+    let mut out = bytes::BytesMut::with_capacity(len);
+    for f in frames {
+        if let Ok(d) = f.into_data() {
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(Ok(out.freeze()))
+}
+
+/// A request body whose first frames were read already (`buffer_up_to`).
+struct Replay {
+    read: std::collections::VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = crate::stream::BodyError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        match me.read.pop_front() {
+            Some(f) => Poll::Ready(Some(Ok(f))),
+            None => Pin::new(&mut me.rest).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 /// Chooses an endpoint (not one of `tried`) and starts the exchange, with
