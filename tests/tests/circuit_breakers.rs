@@ -261,9 +261,14 @@ fn circuit_breakers_and_retry_policy_from_xds() {
     mgmt.set(LISTENER, "l1", vec![(name, l)]);
     let (rname, r) = route_config("r1", &[("svc-a", 1)]);
     let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
-    let Some(rds::route::Action::Route(a)) = r.virtual_hosts[0].routes[0].action.as_mut() else {
-        panic!("a route action")
-    };
+    let a = r.virtual_hosts[0]
+        .routes
+        .iter_mut()
+        .find_map(|r| match r.action.as_mut() {
+            Some(rds::route::Action::Route(a)) => Some(a),
+            _ => None,
+        })
+        .expect("a route action");
     a.retry_policy = Some(rds::RetryPolicy {
         retry_on: "5xx".into(),
         num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
