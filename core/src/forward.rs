@@ -548,7 +548,10 @@ impl http_body::Body for Replay {
 }
 
 /// Chooses an endpoint (not one of `tried`) and starts the exchange, with
-/// the codec watching `deadline` if it can.
+/// the codec watching `deadline` if it can, under the request breaker of
+/// `priority`. (Plain arguments, not a struct: the common path builds
+/// none.)
+#[allow(clippy::too_many_arguments)]
 fn start(
     cluster: &Arc<Cluster>,
     codec: &Arc<dyn ClientCodec>,

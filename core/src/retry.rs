@@ -62,13 +62,17 @@ pub struct RetryHostPredicateConfig {
     pub name: String,
 }
 
+/// The compiled `rate_limited_retry_back_off`: its reset headers (with
+/// their format) and the cap of what they ask for.
+pub type RateLimited = (Box<[(HeaderName, ResetHeaderFormat)]>, Duration);
+
 /// The compiled extras of a retry policy.
 #[derive(Debug, Default)]
 pub struct RetryRules {
     pub retriable_headers: Box<[HeaderMatcher]>,
     pub retriable_request_headers: Box<[HeaderMatcher]>,
     /// Reset headers and the cap of what they ask for.
-    pub rate_limited: Option<(Box<[(HeaderName, ResetHeaderFormat)]>, Duration)>,
+    pub rate_limited: Option<RateLimited>,
     /// `previous_hosts`: a retry never goes to an endpoint tried before.
     pub previous_hosts: bool,
 }
@@ -136,7 +140,7 @@ pub fn rules(
 pub fn rate_limited(
     path: &str,
     c: &RateLimitedRetryBackOffConfig,
-) -> Result<(Box<[(HeaderName, ResetHeaderFormat)]>, Duration), crate::error::BuildError> {
+) -> Result<RateLimited, crate::error::BuildError> {
     if c.reset_headers.is_empty() {
         return Err(crate::error::BuildError::new(
             format!("{path}.reset_headers"),
