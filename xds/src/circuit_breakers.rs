@@ -50,3 +50,38 @@ pub(crate) fn priority(p: i32, path: &str) -> R<cb::RoutingPriority> {
         p => err(path, format!("unknown priority {p}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    #[test]
+    fn thresholds_translate_and_per_host_is_refused_by_name() {
+        let cb = cds::CircuitBreakers {
+            thresholds: vec![
+                cds::circuit_breakers::Thresholds {
+                    max_requests: Some(UInt32Value { value: 7 }),
+                    track_remaining: true,
+                    ..Default::default()
+                },
+                cds::circuit_breakers::Thresholds {
+                    priority: 1,
+                    max_retries: Some(UInt32Value { value: 2 }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let out = translate(cb).unwrap();
+        assert_eq!(out.thresholds[0].max_requests, Some(7));
+        assert!(out.thresholds[0].track_remaining);
+        assert_eq!(out.thresholds[1].priority, cb::RoutingPriority::High);
+        assert_eq!(out.thresholds[1].max_retries, Some(2));
+        let cb = cds::CircuitBreakers {
+            per_host_thresholds: vec![Default::default()],
+            ..Default::default()
+        };
+        assert!(translate(cb).unwrap_err().0.contains("per_host_thresholds"));
+    }
+}

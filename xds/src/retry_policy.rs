@@ -102,3 +102,39 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
     rest(&rp, pp)?;
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_translates_and_retry_priority_is_refused_by_name() {
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx,refused-stream".into(),
+            retry_host_predicate: vec![rds::retry_policy::RetryHostPredicate {
+                name: rt::PREVIOUS_HOSTS.into(),
+                ..Default::default()
+            }],
+            host_selection_retry_max_attempts: 3,
+            rate_limited_retry_back_off: Some(rds::retry_policy::RateLimitedRetryBackOff {
+                reset_headers: vec![rds::retry_policy::ResetHeader {
+                    name: "retry-after".into(),
+                    format: 0,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        assert_eq!(p.retry_host_predicate[0].name, rt::PREVIOUS_HOSTS);
+        assert_eq!(p.host_selection_retry_max_attempts, Some(3));
+        let rl = p.rate_limited_retry_back_off.unwrap();
+        assert_eq!(rl.reset_headers[0].format, rt::ResetHeaderFormat::Seconds);
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_priority: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(translate(rp, "r").unwrap_err().0, "r.retry_priority");
+    }
+}
