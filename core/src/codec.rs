@@ -236,6 +236,16 @@ impl UpstreamError {
         )
     }
 
+    /// Whether the upstream refused the stream (HTTP/2 REFUSED_STREAM:
+    /// it never processed the request; a codec marks it with
+    /// [`RefusedStream`]).
+    pub fn is_refused_stream(&self) -> bool {
+        match self {
+            UpstreamError::Reset(e) => e.is::<RefusedStream>(),
+            _ => false,
+        }
+    }
+
     /// The endpoint's outcome for this failure; `None` when the endpoint
     /// is not to blame (the breaker, the client's body).
     pub fn outcome(&self) -> Option<crate::pool::Outcome> {
@@ -258,6 +268,12 @@ impl From<crate::cluster::ConnectError> for UpstreamError {
         }
     }
 }
+
+/// The source of an `UpstreamError::Reset` whose stream the upstream
+/// refused before processing it (retry policy `refused-stream`).
+#[derive(Debug, thiserror::Error)]
+#[error("stream refused by the upstream: {0}")]
+pub struct RefusedStream(#[source] pub BoxError);
 
 /// A boxed upstream-response future.
 pub type UpstreamFuture =

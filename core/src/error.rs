@@ -61,9 +61,11 @@ pub enum ValueError {
     #[error("invalid regex: {0}")]
     Regex(#[source] regex::Error),
     #[error(
-        "unknown retry_on '{0}' (known: 5xx, gateway-error, connect-failure, reset, retriable-status-codes)"
+        "unknown retry_on '{0}' (known: 5xx, gateway-error, connect-failure, reset, reset-before-request, retriable-status-codes, retriable-4xx, retriable-headers, envoy-ratelimited, refused-stream, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"
     )]
     UnknownRetryOn(String),
+    #[error("retry_on 'http3-post-connect-failure' is not supported")]
+    UnsupportedRetryOn,
     #[error("must name at least one retry condition")]
     NoRetryOn,
     #[error("substitution refers to group {group} but the pattern has {groups} group(s)")]

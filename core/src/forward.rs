@@ -7,8 +7,10 @@
 //! streamed and not retried.
 
 use crate::body;
+use crate::cluster::breaker::Slot;
 use crate::cluster::{Cluster, RequestGuard};
 use crate::codec::{ClientCodec, UpstreamError, UpstreamErrorKind, UpstreamFuture};
+use crate::config::circuit_breakers::RoutingPriority;
 use crate::lb::LbContext;
 use crate::stream::{
     Body, LocalReason, Request, Response, StreamInfo, box_body, full_body, local_reply,
@@ -36,6 +38,36 @@ pub struct RetryOn {
     pub reset: bool,
     /// `retriable-status-codes`: statuses listed in the policy.
     pub retriable_status_codes: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// `envoy-ratelimited`: the response carries `x-envoy-ratelimited`.
+    pub envoy_ratelimited: bool,
+    /// `reset-before-request`: a failure certainly before the upstream
+    /// saw the request (connect failure, refused stream).
+    pub reset_before_request: bool,
+    /// `refused-stream`: the upstream refused the stream (HTTP/2
+    /// REFUSED_STREAM).
+    pub refused_stream: bool,
+    /// `retriable-headers`: a response matching `retriable_headers`.
+    pub retriable_headers: bool,
+    /// gRPC `cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable` (grpc-status in the head).
+    pub grpc_cancelled: bool,
+    pub grpc_deadline_exceeded: bool,
+    pub grpc_internal: bool,
+    pub grpc_resource_exhausted: bool,
+    pub grpc_unavailable: bool,
+}
+
+impl RetryOn {
+    /// Whether any gRPC status is retried.
+    pub fn any_grpc(&self) -> bool {
+        self.grpc_cancelled
+            || self.grpc_deadline_exceeded
+            || self.grpc_internal
+            || self.grpc_resource_exhausted
+            || self.grpc_unavailable
+    }
 }
 
 /// How a stream is sent upstream.
@@ -50,6 +82,10 @@ pub struct ForwardPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub max_buffered_body_bytes: usize,
+    /// The route's `priority`: which circuit-breaker thresholds apply.
+    pub priority: crate::config::circuit_breakers::RoutingPriority,
+    /// The retry policy's other rules (`crate::retry`), when it has one.
+    pub rules: Option<Arc<crate::retry::RetryRules>>,
 }
 
 impl Default for ForwardPolicy {
@@ -63,6 +99,8 @@ impl Default for ForwardPolicy {
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
             max_buffered_body_bytes: 64 * 1024,
+            priority: Default::default(),
+            rules: None,
         }
     }
 }
@@ -87,7 +125,9 @@ pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
 
 enum Attempt {
     Done(Response),
-    Retry(LocalReason),
+    /// Retriable: why, and the response when it was one (answered as is
+    /// when no retry follows).
+    Retry(LocalReason, Option<Response>),
     Fail(LocalReason),
 }
 
@@ -107,6 +147,8 @@ struct Sending {
     send: UpstreamFuture,
     /// Holds the endpoint too.
     guard: RequestGuard,
+    /// The request's unit of the cluster's `max_requests` breaker.
+    slot: Slot,
     /// The codec took the deadline (`ClientCodec::send_by`).
     watched: bool,
 }
@@ -168,6 +210,7 @@ pub fn forward<'a>(
                 &LbContext { hash },
                 &[],
                 deadline,
+                policy.priority,
             ) {
                 Ok(s) => {
                     if s.watched {
@@ -188,7 +231,9 @@ pub fn forward<'a>(
         let guarded = watch.is_some() || idle_before_response.is_some();
         let resp = match step {
             Step::Fail(reason) => return local_reply(info, reason),
-            Step::Sending(Sending { send, guard, .. }) => {
+            Step::Sending(Sending {
+                send, guard, slot, ..
+            }) => {
                 let timed = with_timeout(send, timeout);
                 let result = if guarded {
                     let timer =
@@ -206,7 +251,15 @@ pub fn forward<'a>(
                 match result {
                     Some(r) => last_try(
                         info,
-                        settle(cluster, guard, r, policy, &mut Vec::new(), false, &after),
+                        settle(
+                            cluster,
+                            (guard, slot),
+                            r,
+                            policy,
+                            &mut Vec::new(),
+                            false,
+                            &after,
+                        ),
                     ),
                     None => {
                         guard.endpoint().report(crate::pool::Outcome::Timeout);
@@ -282,27 +335,27 @@ struct After {
 /// why it failed.
 fn last_try(info: &mut StreamInfo, attempt: Attempt) -> Response {
     match attempt {
-        Attempt::Done(r) => r,
-        Attempt::Retry(reason) | Attempt::Fail(reason) => local_reply(info, reason),
+        Attempt::Done(r) | Attempt::Retry(_, Some(r)) => r,
+        Attempt::Retry(reason, None) | Attempt::Fail(reason) => local_reply(info, reason),
     }
 }
 
-fn retriable(policy: &ForwardPolicy, reason: LocalReason) -> bool {
+/// Whether a failure is retried; `refused` when the upstream refused the
+/// stream (it never processed the request).
+fn retriable(policy: &ForwardPolicy, reason: LocalReason, refused: bool) -> bool {
     let r = &policy.retry_on;
     match reason {
-        LocalReason::UpstreamConnectFailure => r.connect_failure || r.five_xx || r.gateway_error,
+        LocalReason::UpstreamConnectFailure => {
+            r.connect_failure || r.five_xx || r.gateway_error || r.reset_before_request
+        }
+        LocalReason::UpstreamReset if refused => {
+            r.refused_stream || r.reset_before_request || r.reset || r.five_xx || r.gateway_error
+        }
         LocalReason::UpstreamReset => r.reset || r.five_xx || r.gateway_error,
         LocalReason::UpstreamTimeout => r.five_xx || r.gateway_error,
         LocalReason::UpstreamProtocolError => r.five_xx || r.gateway_error,
         _ => false,
     }
-}
-
-fn retriable_status(policy: &ForwardPolicy, status: u16) -> bool {
-    let r = &policy.retry_on;
-    (r.five_xx && (500..600).contains(&status))
-        || (r.gateway_error && matches!(status, 502..=504))
-        || (r.retriable_status_codes && policy.retriable_status_codes.contains(&status))
 }
 
 /// The retry loop: tries under `policy` until one yields a response that
@@ -318,16 +371,28 @@ async fn retrying(
 ) -> Response {
     let ctx = LbContext { hash };
     let (parts, body) = req.into_parts();
-    // Keep the body for retries when it is known to be small; a larger or
-    // unknown-length one streams and gets a single try.
-    let kept = match body.size_hint().upper() {
-        Some(n) if n as usize <= policy.max_buffered_body_bytes => match body.collect().await {
-            Ok(b) => b.to_bytes(),
+    // Keep the body for retries when it is small: known to be, or read up
+    // to the bound when its length is unknown (gRPC, chunked); a larger
+    // one streams (what was read first, then the rest) and gets a single
+    // try.
+    let max = policy.max_buffered_body_bytes;
+    let kept: Result<Bytes, Body> = match body.size_hint().upper() {
+        Some(n) if n as usize <= max => match body.collect().await {
+            Ok(b) => Ok(b.to_bytes()),
             Err(_) => return local_reply(info, LocalReason::BadRequest),
         },
-        _ => {
+        Some(_) => Err(body),
+        None => match buffer_up_to(body, max).await {
+            Ok(k) => k,
+            Err(()) => return local_reply(info, LocalReason::BadRequest),
+        },
+    };
+    let kept = match kept {
+        Ok(b) => b,
+        Err(body) => {
             let req = Request::from_parts(parts, body);
-            let attempt = match start(cluster, &codec, req, info, &ctx, &[], None) {
+            let attempt = match start(cluster, &codec, req, info, &ctx, &[], None, policy.priority)
+            {
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false, after).await,
                 Err(reason) => Attempt::Fail(reason),
             };
@@ -335,11 +400,48 @@ async fn retrying(
         }
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last = LocalReason::NoHealthyUpstream;
-    for n in 0..=policy.num_retries {
+    let previous_hosts = policy.rules.as_ref().is_some_and(|r| r.previous_hosts);
+    // `retriable_request_headers`: a request that matches none gets one try.
+    let retries = if crate::retry::request_eligible(policy, &parts.headers) {
+        policy.num_retries
+    } else {
+        0
+    };
+    let cluster_label = || cluster.name.to_string();
+    let mut last: Attempt = Attempt::Fail(LocalReason::NoHealthyUpstream);
+    // The running retry's unit of the retry breaker, held until its
+    // exchange settles.
+    let mut _retry_slot = None;
+    for n in 0..=retries {
         if n > 0 {
-            metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
-            tokio::time::sleep(backoff(policy, n)).await;
+            // The breaker first: an open one answers the last try as is.
+            let Some(slot) = cluster.breakers.retry(policy.priority) else {
+                return last_try(info, last);
+            };
+            _retry_slot = Some(slot);
+            metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, "cluster" => cluster_label()).increment(1);
+            let limited = match &last {
+                Attempt::Retry(_, Some(r)) => {
+                    crate::retry::ratelimited_backoff(policy, r.headers())
+                }
+                _ => None,
+            };
+            let wait = match limited {
+                Some(d) => {
+                    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_RATELIMITED_TOTAL, "cluster" => cluster_label()).increment(1);
+                    d
+                }
+                None => {
+                    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_EXPONENTIAL_TOTAL, "cluster" => cluster_label()).increment(1);
+                    backoff(policy, n)
+                }
+            };
+            // The retried response is dropped (its exchange ends) before
+            // the wait.
+            if let Attempt::Retry(_, r) = &mut last {
+                *r = None;
+            }
+            tokio::time::sleep(wait).await;
         }
         let mut req = http::Request::new(full_body(kept.clone()));
         *req.method_mut() = parts.method.clone();
@@ -348,22 +450,108 @@ async fn retrying(
         *req.headers_mut() = parts.headers.clone();
         // Codec state (e.g. an RPC frame head) travels with every try.
         *req.extensions_mut() = parts.extensions.clone();
-        let status_retry = n < policy.num_retries;
-        let attempt = match start(cluster, &codec, req, info, &ctx, &tried, None) {
-            Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry, after).await,
+        let attempt = match start(
+            cluster,
+            &codec,
+            req,
+            info,
+            &ctx,
+            &tried,
+            None,
+            policy.priority,
+        ) {
+            Ok(s) => {
+                let a = try_once(cluster, s, policy, &mut tried, true, after).await;
+                if previous_hosts
+                    && let Some(h) = info.upstream_host
+                    && !tried.contains(&h)
+                {
+                    tried.push(h);
+                }
+                a
+            }
             Err(reason) => Attempt::Fail(reason),
         };
+        _retry_slot = None;
         match attempt {
-            Attempt::Done(r) => return r,
-            Attempt::Retry(reason) => last = reason,
+            Attempt::Done(r) => {
+                if n > 0 {
+                    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL, "cluster" => cluster_label()).increment(1);
+                }
+                return r;
+            }
+            a @ Attempt::Retry(..) => last = a,
             Attempt::Fail(reason) => return local_reply(info, reason),
         }
     }
-    local_reply(info, last)
+    if retries > 0 {
+        metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
+    }
+    last_try(info, last)
+}
+
+/// Reads a body of unknown length: `Ok(Ok(bytes))` when it ended within
+/// `max` bytes (and without trailers), `Ok(Err(body))` otherwise, the
+/// body then replaying what was read before the rest; `Err` when it
+/// failed.
+async fn buffer_up_to(mut body: Body, max: usize) -> Result<Result<Bytes, Body>, ()> {
+    let mut frames: Vec<Frame<Bytes>> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Err(()),
+            Some(Ok(f)) => {
+                let trailers = f.is_trailers();
+                len += f.data_ref().map_or(0, |d| d.len());
+                frames.push(f);
+                if trailers || len > max {
+                    return Ok(Err(box_body(Replay {
+                        read: frames.into(),
+                        rest: body,
+                    })));
+                }
+            }
+        }
+    }
+    let mut out = bytes::BytesMut::with_capacity(len);
+    for f in frames {
+        if let Ok(d) = f.into_data() {
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(Ok(out.freeze()))
+}
+
+/// A request body whose first frames were read already (`buffer_up_to`).
+struct Replay {
+    read: std::collections::VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = crate::stream::BodyError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        match me.read.pop_front() {
+            Some(f) => Poll::Ready(Some(Ok(f))),
+            None => Pin::new(&mut me.rest).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 /// Chooses an endpoint (not one of `tried`) and starts the exchange, with
-/// the codec watching `deadline` if it can.
+/// the codec watching `deadline` if it can, under the request breaker of
+/// `priority`. (Plain arguments, not a struct: the common path builds
+/// none.)
+#[allow(clippy::too_many_arguments)]
 fn start(
     cluster: &Arc<Cluster>,
     codec: &Arc<dyn ClientCodec>,
@@ -372,6 +560,7 @@ fn start(
     ctx: &LbContext,
     tried: &[SocketAddr],
     deadline: Option<tokio::time::Instant>,
+    priority: RoutingPriority,
 ) -> Result<Sending, LocalReason> {
     // `drop_overloads`: decided once per request, at its first try.
     if tried.is_empty() && cluster.drop_overload() {
@@ -380,6 +569,10 @@ fn start(
     let endpoint = cluster
         .choose(ctx, tried)
         .ok_or(LocalReason::NoHealthyUpstream)?;
+    let slot = cluster
+        .breakers
+        .request(priority)
+        .ok_or(LocalReason::Overflow)?;
     info.upstream_host = Some(endpoint.address);
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();
@@ -393,6 +586,7 @@ fn start(
     Ok(Sending {
         send,
         guard,
+        slot,
         watched,
     })
 }
@@ -406,15 +600,17 @@ async fn try_once(
     may_retry_status: bool,
     after: &After,
 ) -> Attempt {
-    let Sending { send, guard, .. } = s;
+    let Sending {
+        send, guard, slot, ..
+    } = s;
     let result = match policy.per_try_timeout {
         Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
             Err(_) => {
                 guard.endpoint().report(crate::pool::Outcome::Timeout);
                 let reason = LocalReason::UpstreamTimeout;
-                return if retriable(policy, reason) {
-                    Attempt::Retry(reason)
+                return if retriable(policy, reason, false) {
+                    Attempt::Retry(reason, None)
                 } else {
                     Attempt::Fail(reason)
                 };
@@ -424,7 +620,7 @@ async fn try_once(
     };
     settle(
         cluster,
-        guard,
+        (guard, slot),
         result,
         policy,
         tried,
@@ -436,7 +632,7 @@ async fn try_once(
 /// What an exchange's outcome means for the stream.
 fn settle(
     cluster: &Cluster,
-    guard: RequestGuard,
+    (guard, slot): (RequestGuard, Slot),
     result: Result<Response, UpstreamError>,
     policy: &ForwardPolicy,
     tried: &mut Vec<SocketAddr>,
@@ -452,23 +648,30 @@ fn settle(
             } else {
                 crate::pool::Outcome::Success
             });
-            if may_retry_status && retriable_status(policy, status) {
+            let retry = may_retry_status
+                && crate::retry::response_retriable(policy, status, resp.headers());
+            if retry {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, status, "retriable status");
-                return Attempt::Retry(LocalReason::UpstreamProtocolError);
             }
             let (parts, body) = resp.into_parts();
-            return Attempt::Done(Response::from_parts(
+            let resp = Response::from_parts(
                 parts,
                 box_body(Guarded {
                     body,
                     _guard: guard,
+                    _slot: slot,
                     idle: after
                         .idle
                         .as_ref()
                         .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
                     protocol: after.protocol,
                 }),
-            ));
+            );
+            return if retry {
+                Attempt::Retry(LocalReason::UpstreamProtocolError, Some(resp))
+            } else {
+                Attempt::Done(resp)
+            };
         }
         Err(e) => e,
     };
@@ -487,8 +690,8 @@ fn settle(
         UpstreamErrorKind::Reset => LocalReason::UpstreamReset,
         UpstreamErrorKind::Protocol => LocalReason::UpstreamProtocolError,
     };
-    if e.is_retryable() && retriable(policy, reason) {
-        Attempt::Retry(reason)
+    if e.is_retryable() && retriable(policy, reason, e.is_refused_stream()) {
+        Attempt::Retry(reason, None)
     } else {
         Attempt::Fail(reason)
     }
@@ -514,6 +717,7 @@ fn backoff(policy: &ForwardPolicy, n: u32) -> Duration {
 struct Guarded {
     body: Body,
     _guard: RequestGuard,
+    _slot: Slot,
     idle: Option<body::IdleTimer>,
     protocol: &'static str,
 }
@@ -582,16 +786,29 @@ mod tests {
     fn retry_classes() {
         let mut p = ForwardPolicy::default();
         p.retry_on.gateway_error = true;
-        assert!(retriable_status(&p, 503));
-        assert!(!retriable_status(&p, 500));
-        assert!(retriable(&p, LocalReason::UpstreamReset));
+        let h = http::HeaderMap::new();
+        assert!(crate::retry::response_retriable(&p, 503, &h));
+        assert!(!crate::retry::response_retriable(&p, 500, &h));
+        assert!(retriable(&p, LocalReason::UpstreamReset, false));
         p.retry_on = RetryOn {
             retriable_status_codes: true,
             ..Default::default()
         };
         p.retriable_status_codes = vec![409];
-        assert!(retriable_status(&p, 409));
-        assert!(!retriable(&p, LocalReason::UpstreamConnectFailure));
+        assert!(crate::retry::response_retriable(&p, 409, &h));
+        assert!(!retriable(&p, LocalReason::UpstreamConnectFailure, false));
+        p.retry_on = RetryOn {
+            refused_stream: true,
+            ..Default::default()
+        };
+        assert!(retriable(&p, LocalReason::UpstreamReset, true));
+        assert!(!retriable(&p, LocalReason::UpstreamReset, false));
+        p.retry_on = RetryOn {
+            reset_before_request: true,
+            ..Default::default()
+        };
+        assert!(retriable(&p, LocalReason::UpstreamConnectFailure, false));
+        assert!(!retriable(&p, LocalReason::UpstreamTimeout, false));
     }
 
     #[test]

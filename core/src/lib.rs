@@ -24,6 +24,7 @@ pub mod network;
 pub mod pool;
 pub mod quic;
 pub mod registry;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod signals;

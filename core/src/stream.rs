@@ -385,6 +385,13 @@ pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
+    if reason == LocalReason::Overflow {
+        // Envoy's mark of a circuit breaker's refusal.
+        resp.headers_mut().insert(
+            http::HeaderName::from_static("x-envoy-overloaded"),
+            HeaderValue::from_static("true"),
+        );
+    }
     resp.extensions_mut().insert(reason);
     resp
 }

@@ -5,6 +5,7 @@
 //! Secrets (SDS) come over the same stream and feed the TLS contexts of
 //! listeners and clusters (`tls`).
 
+mod circuit_breakers;
 pub mod client;
 mod compressor;
 mod cors_field;
@@ -21,6 +22,7 @@ mod local_ratelimit;
 mod priority;
 mod ratelimit;
 mod rbac;
+mod retry_policy;
 mod simpleauth;
 pub mod tls;
 pub mod translate;

@@ -406,26 +406,9 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         rest(&h2, "http2_protocol_options")?;
         protocol = Some("http2".to_string());
     }
-    let max_connections = match c.circuit_breakers.take() {
+    let circuit_breakers = match c.circuit_breakers.take() {
         None => None,
-        Some(mut cb) => {
-            let mut th = std::mem::take(&mut cb.thresholds);
-            rest(&cb, "circuit_breakers")?;
-            if th.len() > 1 {
-                return err(
-                    "circuit_breakers.thresholds[1]",
-                    "only one (DEFAULT priority) threshold is supported",
-                );
-            }
-            match th.pop() {
-                None => None,
-                Some(mut t) => {
-                    let m = t.max_connections.take().map(|v| v.value);
-                    rest(&t, "circuit_breakers.thresholds[0]")?;
-                    m
-                }
-            }
-        }
+        Some(cb) => Some(crate::circuit_breakers::translate(cb)?),
     };
     let mut eds_name = None;
     let mut eds_fetch_timeout = None;
@@ -480,7 +463,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         lb_policy: lb.to_string(),
         lb_config: Value::Null,
         connect_timeout,
-        max_connections,
+        max_connections: None,
+        circuit_breakers,
         dns_refresh_rate,
         connect_failure_backoff: BackoffConfig::default(),
         endpoints: eps,
@@ -1056,6 +1040,13 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
                 crate::local_ratelimit::rate_limit(r, &rp)
             })
             .collect::<R<_>>()?,
+        retry_policy: match v.retry_policy.take() {
+            Some(rp) => Some(crate::retry_policy::translate(
+                rp,
+                &join(path, "retry_policy"),
+            )?),
+            None => None,
+        },
     };
     crate::cors_field::apply(
         &mut out.per_filter_config,
@@ -1142,6 +1133,55 @@ pub(crate) fn regex(mut m: matcher::RegexMatcher, path: &str) -> R<String> {
     Ok(s)
 }
 
+/// One `HeaderMatcher` (route match, retry policy) at `hp`.
+pub(crate) fn header_matcher(mut h: rds::HeaderMatcher, hp: &str) -> R<rc::HeaderMatcherConfig> {
+    use rds::header_matcher::HeaderMatchSpecifier as S;
+    let mut c = rc::HeaderMatcherConfig {
+        name: std::mem::take(&mut h.name),
+        invert_match: std::mem::take(&mut h.invert_match),
+        ..Default::default()
+    };
+    match h.header_match_specifier.take() {
+        None => c.present_match = Some(true),
+        Some(S::ExactMatch(s)) => c.exact_match = Some(s),
+        Some(S::PrefixMatch(s)) => c.prefix_match = Some(s),
+        Some(S::SuffixMatch(s)) => c.suffix_match = Some(s),
+        Some(S::PresentMatch(b)) => c.present_match = Some(b),
+        Some(S::SafeRegexMatch(r)) => {
+            c.safe_regex_match = Some(regex(r, &join(hp, "safe_regex_match"))?)
+        }
+        Some(S::StringMatch(mut sm)) => {
+            use matcher::string_matcher::MatchPattern as P;
+            let sp = join(hp, "string_match");
+            if sm.ignore_case {
+                return err(join(&sp, "ignore_case"), "ignore_case not supported");
+            }
+            match sm.match_pattern.take() {
+                Some(P::Exact(s)) => c.exact_match = Some(s),
+                Some(P::Prefix(s)) => c.prefix_match = Some(s),
+                Some(P::Suffix(s)) => c.suffix_match = Some(s),
+                Some(P::SafeRegex(r)) => {
+                    c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
+                }
+                _ => {
+                    return err(
+                        sp,
+                        "match pattern not supported (exact, prefix, suffix, safe_regex)",
+                    );
+                }
+            }
+        }
+        Some(_) => {
+            return err(
+                hp,
+                "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)",
+            );
+        }
+    }
+    rest(&h, hp)?;
+    Ok(c)
+}
+
 pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatchConfig> {
     use rds::route_match::PathSpecifier;
     let mut out = rc::RouteMatchConfig::default();
@@ -1158,53 +1198,9 @@ pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatc
         rest(&g, &join(path, "grpc"))?;
         out.grpc = true;
     }
-    for (i, mut h) in std::mem::take(&mut m.headers).into_iter().enumerate() {
-        use rds::header_matcher::HeaderMatchSpecifier as S;
-        let hp = format!("{path}.headers[{i}]");
-        let mut c = rc::HeaderMatcherConfig {
-            name: std::mem::take(&mut h.name),
-            invert_match: std::mem::take(&mut h.invert_match),
-            ..Default::default()
-        };
-        match h.header_match_specifier.take() {
-            None => c.present_match = Some(true),
-            Some(S::ExactMatch(s)) => c.exact_match = Some(s),
-            Some(S::PrefixMatch(s)) => c.prefix_match = Some(s),
-            Some(S::SuffixMatch(s)) => c.suffix_match = Some(s),
-            Some(S::PresentMatch(b)) => c.present_match = Some(b),
-            Some(S::SafeRegexMatch(r)) => {
-                c.safe_regex_match = Some(regex(r, &join(&hp, "safe_regex_match"))?)
-            }
-            Some(S::StringMatch(mut sm)) => {
-                use matcher::string_matcher::MatchPattern as P;
-                let sp = join(&hp, "string_match");
-                if sm.ignore_case {
-                    return err(join(&sp, "ignore_case"), "ignore_case not supported");
-                }
-                match sm.match_pattern.take() {
-                    Some(P::Exact(s)) => c.exact_match = Some(s),
-                    Some(P::Prefix(s)) => c.prefix_match = Some(s),
-                    Some(P::Suffix(s)) => c.suffix_match = Some(s),
-                    Some(P::SafeRegex(r)) => {
-                        c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
-                    }
-                    _ => {
-                        return err(
-                            sp,
-                            "match pattern not supported (exact, prefix, suffix, safe_regex)",
-                        );
-                    }
-                }
-            }
-            Some(_) => {
-                return err(
-                    &hp,
-                    "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)",
-                );
-            }
-        }
-        rest(&h, &hp)?;
-        out.headers.push(c);
+    for (i, h) in std::mem::take(&mut m.headers).into_iter().enumerate() {
+        out.headers
+            .push(header_matcher(h, &format!("{path}.headers[{i}]"))?);
     }
     for (i, mut q) in std::mem::take(&mut m.query_parameters)
         .into_iter()
@@ -1325,41 +1321,17 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
     if let Some(d) = a.idle_timeout.take() {
         out.idle_timeout = Some(duration(&d, &join(path, "idle_timeout"))?);
     }
-    if let Some(mut rp) = a.retry_policy.take() {
-        let pp = join(path, "retry_policy");
-        let mut p = rc::RetryPolicyConfig {
-            retry_on: std::mem::take(&mut rp.retry_on),
-            ..Default::default()
-        };
-        if let Some(n) = rp.num_retries.take() {
-            p.num_retries = n.value;
-        }
-        if let Some(d) = rp.per_try_timeout.take() {
-            p.per_try_timeout = Some(duration(&d, &join(&pp, "per_try_timeout"))?);
-        }
-        for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
-            .into_iter()
-            .enumerate()
-        {
-            p.retriable_status_codes.push(u16::try_from(c).map_err(|_| {
-                (
-                    format!("{pp}.retriable_status_codes[{i}]"),
-                    "not a status code".to_string(),
-                )
-            })?);
-        }
-        if let Some(mut b) = rp.retry_back_off.take() {
-            let bp = join(&pp, "retry_back_off");
-            if let Some(d) = b.base_interval.take() {
-                p.retry_back_off.base_interval = duration(&d, &join(&bp, "base_interval"))?;
-            }
-            if let Some(d) = b.max_interval.take() {
-                p.retry_back_off.max_interval = Some(duration(&d, &join(&bp, "max_interval"))?);
-            }
-            rest(&b, &bp)?;
-        }
-        rest(&rp, &pp)?;
-        out.retry_policy = Some(p);
+    if let Some(rp) = a.retry_policy.take() {
+        out.retry_policy = Some(crate::retry_policy::translate(
+            rp,
+            &join(path, "retry_policy"),
+        )?);
+    }
+    if a.priority != 0 {
+        out.priority = crate::circuit_breakers::priority(
+            std::mem::take(&mut a.priority),
+            &join(path, "priority"),
+        )?;
     }
     for (i, mut u) in std::mem::take(&mut a.upgrade_configs)
         .into_iter()

@@ -11,6 +11,8 @@
 //! the new snapshot goes live, so whatever holds the cluster (routes, L4
 //! filters, open connections) sends its next request to the new endpoints.
 
+pub mod breaker;
+
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
@@ -319,6 +321,8 @@ pub struct Cluster {
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// Priority loads, panic threshold and drop overloads.
     priority: priority::Policy,
+    /// Request-level circuit breakers (`max_requests`, `max_retries`).
+    pub breakers: Arc<breaker::Breakers>,
 }
 
 impl Cluster {
@@ -354,6 +358,10 @@ impl Cluster {
             tls: None,
             protocol: "",
             priority: priority::Policy::new(name),
+            breakers: Arc::new(breaker::Breakers::new(
+                name,
+                &[breaker::ThresholdValues::default(); 2],
+            )),
         }
     }
 
@@ -584,6 +592,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         lb_config,
         connect_timeout,
         max_connections,
+        circuit_breakers,
         dns_refresh_rate,
         connect_failure_backoff,
         endpoints: _,
@@ -599,6 +608,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *lb_config == b.lb_config
         && *connect_timeout == b.connect_timeout
         && *max_connections == b.max_connections
+        && *circuit_breakers == b.circuit_breakers
         && *dns_refresh_rate == b.dns_refresh_rate
         && *connect_failure_backoff == b.connect_failure_backoff
         && *protocol == b.protocol
@@ -805,17 +815,20 @@ fn build_cluster(
     if c.connect_timeout.is_zero() {
         return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
     }
+    let thresholds = breaker::check(c.circuit_breakers.as_ref(), c.max_connections)
+        .map_err(|(field, msg)| source.error(format!("{path}.{field}"), msg))?;
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
     let policy = priority::Policy::build(c, path, source)?;
     let mut cluster = Cluster::new(
         &c.name,
         c.connect_timeout,
-        c.max_connections,
+        Some(thresholds[0].max_connections),
         c.connect_failure_backoff.clone(),
         builder,
         endpoints,
     );
     cluster.priority = policy;
+    cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))

@@ -2,6 +2,7 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod circuit_breakers;
 pub mod compressor;
 pub mod ext_authz;
 pub mod fault;
@@ -437,6 +438,11 @@ pub struct ClusterConfig {
     /// Circuit breaker: maximum concurrent upstream connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Envoy's `circuit_breakers` (`cluster::breaker`). Its DEFAULT
+    /// threshold's `max_connections` replaces the field above (setting
+    /// both is an error naming `max_connections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<circuit_breakers::CircuitBreakersConfig>,
     /// Re-resolution interval for `strict_dns`.
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh_rate: Duration,

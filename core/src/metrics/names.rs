@@ -284,6 +284,30 @@ pub const CLUSTER_LB_HEALTHY_PANIC_TOTAL: &str = "meshgate_cluster_lb_healthy_pa
 /// cluster's `drop_overloads`.
 pub const CLUSTER_UPSTREAM_RQ_DROPPED_TOTAL: &str = "meshgate_cluster_upstream_rq_dropped_total";
 
+// Circuit breakers and retries (issue 18; `cluster::breaker`, `forward`).
+
+/// Counter `{cluster,priority}`: requests refused by `max_requests`.
+pub const CLUSTER_UPSTREAM_RQ_OVERFLOW_TOTAL: &str = "meshgate_cluster_upstream_rq_overflow_total";
+/// Counter `{cluster,priority}`: retries refused by `max_retries` / `retry_budget`.
+pub const CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_retry_overflow_total";
+/// Gauge `{cluster,priority,breaker}`: 1 while the breaker is at its limit.
+pub const CLUSTER_CIRCUIT_BREAKERS_OPEN: &str = "meshgate_cluster_circuit_breakers_open";
+/// Gauge `{cluster,priority,breaker}`: what is left under the limit (`track_remaining`).
+pub const CLUSTER_CIRCUIT_BREAKERS_REMAINING: &str = "meshgate_cluster_circuit_breakers_remaining";
+/// Counter `{cluster}`: retried requests whose final answer was not retried again.
+pub const CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_retry_success_total";
+/// Counter `{cluster}`: retries after the jittered exponential back-off.
+pub const CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_EXPONENTIAL_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_retry_backoff_exponential_total";
+/// Counter `{cluster}`: retries after a back-off read from a rate-limit reset header.
+pub const CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_RATELIMITED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_retry_backoff_ratelimited_total";
+/// Counter `{cluster}`: retriable answers given up on (`num_retries` used up).
+pub const CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_retry_limit_exceeded_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -373,6 +397,23 @@ pub const ALL: &[(&str, Kind)] = &[
     (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
     (CLUSTER_LB_HEALTHY_PANIC_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_RQ_DROPPED_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_OVERFLOW_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW_TOTAL, Kind::Counter),
+    (CLUSTER_CIRCUIT_BREAKERS_OPEN, Kind::Gauge),
+    (CLUSTER_CIRCUIT_BREAKERS_REMAINING, Kind::Gauge),
+    (CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL, Kind::Counter),
+    (
+        CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_EXPONENTIAL_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_RATELIMITED_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL,
+        Kind::Counter,
+    ),
 ];
 
 #[cfg(test)]

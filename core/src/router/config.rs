@@ -50,6 +50,9 @@ pub struct VirtualHostConfig {
     /// used by a route without its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
+    /// Envoy's virtual-host `retry_policy`: for routes without their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyConfig>,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -214,6 +217,10 @@ pub struct RouteActionConfig {
     pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// Envoy's `RouteAction.priority`: which circuit-breaker thresholds of
+    /// the cluster the route's requests count against.
+    #[serde(default, skip_serializing_if = "is_default_priority")]
+    pub priority: crate::config::circuit_breakers::RoutingPriority,
     /// What `ring_hash` / `maglev` clusters hash the request on (Envoy's
     /// `hash_policy`; see `router::hash`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -251,6 +258,7 @@ impl Default for RouteActionConfig {
             timeout: default_route_timeout(),
             idle_timeout: None,
             retry_policy: None,
+            priority: Default::default(),
             hash_policy: Vec::new(),
             upgrade_configs: Vec::new(),
             rate_limits: Vec::new(),
@@ -310,6 +318,22 @@ pub struct RetryPolicyConfig {
     /// retried. Default 65536.
     #[serde(default = "default_max_buffered")]
     pub max_buffered_body_bytes: usize,
+    /// With `retry_on: retriable-headers`: a response matching one is retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_headers: Vec<HeaderMatcherConfig>,
+    /// When set, only a request matching one of them is retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_request_headers: Vec<HeaderMatcherConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_retry_back_off: Option<crate::retry::RateLimitedRetryBackOffConfig>,
+    /// Only `envoy.retry_host_predicates.previous_hosts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_host_predicate: Vec<crate::retry::RetryHostPredicateConfig>,
+    /// Accepted (>= 1): meshgate's host predicate excludes previous hosts
+    /// in the load balancer's pick itself, so one selection always
+    /// suffices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_selection_retry_max_attempts: Option<i64>,
 }
 
 impl Default for RetryPolicyConfig {
@@ -321,6 +345,11 @@ impl Default for RetryPolicyConfig {
             retriable_status_codes: Vec::new(),
             retry_back_off: RetryBackOffConfig::default(),
             max_buffered_body_bytes: default_max_buffered(),
+            retriable_headers: Vec::new(),
+            retriable_request_headers: Vec::new(),
+            rate_limited_retry_back_off: None,
+            retry_host_predicate: Vec::new(),
+            host_selection_retry_max_attempts: None,
         }
     }
 }
@@ -399,6 +428,10 @@ pub struct DirectResponseConfig {
     pub status: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+}
+
+fn is_default_priority(p: &crate::config::circuit_breakers::RoutingPriority) -> bool {
+    *p == Default::default()
 }
 
 fn default_true() -> bool {

@@ -258,7 +258,15 @@ impl RouteTable {
             )?;
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
-                let mut route = Route::build(&format!("{path}.routes[{j}]"), j, r, clusters)?;
+                let mut route = Route::build(
+                    &format!("{path}.routes[{j}]"),
+                    j,
+                    r,
+                    clusters,
+                    vh.retry_policy
+                        .as_ref()
+                        .map(|p| (p, format!("{path}.retry_policy"))),
+                )?;
                 if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &route.action) {
                     let code = r
                         .route
@@ -582,6 +590,7 @@ impl Route {
         index: usize,
         c: &RouteEntryConfig,
         clusters: &dyn ClusterResolver,
+        vh_retry: Option<(&RetryPolicyConfig, String)>,
     ) -> Result<Self, BuildError> {
         let route_match = build_match(&format!("{path}.match"), &c.match_)?;
         let prefix_len = match &route_match.path {
@@ -605,6 +614,7 @@ impl Route {
                 a,
                 prefix_len,
                 clusters,
+                vh_retry,
             )?)
         } else if let Some(r) = &c.redirect {
             RouteAction::Redirect(build_redirect(&format!("{path}.redirect"), r, prefix_len)?)
@@ -758,6 +768,19 @@ pub fn parse_retry_on(s: &str) -> Result<RetryOn, crate::error::ValueError> {
             "connect-failure" => r.connect_failure = true,
             "reset" => r.reset = true,
             "retriable-status-codes" => r.retriable_status_codes = true,
+            "retriable-4xx" => r.retriable_4xx = true,
+            "envoy-ratelimited" => r.envoy_ratelimited = true,
+            "reset-before-request" => r.reset_before_request = true,
+            "refused-stream" => r.refused_stream = true,
+            "retriable-headers" => r.retriable_headers = true,
+            "cancelled" => r.grpc_cancelled = true,
+            "deadline-exceeded" => r.grpc_deadline_exceeded = true,
+            "internal" => r.grpc_internal = true,
+            "resource-exhausted" => r.grpc_resource_exhausted = true,
+            "unavailable" => r.grpc_unavailable = true,
+            "http3-post-connect-failure" => {
+                return Err(crate::error::ValueError::UnsupportedRetryOn);
+            }
             other => return Err(crate::error::ValueError::UnknownRetryOn(other.to_string())),
         }
     }
@@ -800,6 +823,7 @@ fn build_cluster_action(
     c: &RouteActionConfig,
     prefix_len: Option<usize>,
     clusters: &dyn ClusterResolver,
+    vh_retry: Option<(&RetryPolicyConfig, String)>,
 ) -> Result<ClusterAction, BuildError> {
     let targets: Vec<WeightedCluster> = match (&c.cluster, &c.weighted_clusters) {
         (Some(name), None) => vec![WeightedCluster {
@@ -895,10 +919,15 @@ fn build_cluster_action(
 
     let mut policy = ForwardPolicy {
         timeout: (!c.timeout.is_zero()).then_some(c.timeout),
+        priority: c.priority,
         ..ForwardPolicy::default()
     };
-    if let Some(rp) = &c.retry_policy {
-        let rpath = sub(path, "retry_policy");
+    // The route's retry policy wins over its virtual host's (Envoy).
+    let retry = match (&c.retry_policy, vh_retry) {
+        (Some(rp), _) => Some((rp, sub(path, "retry_policy"))),
+        (None, vh) => vh,
+    };
+    if let Some((rp, rpath)) = retry {
         policy.retry_on = parse_retry_on(&rp.retry_on)
             .map_err(|m| BuildError::new(sub(&rpath, "retry_on"), m))?;
         for (k, s) in rp.retriable_status_codes.iter().enumerate() {
@@ -929,6 +958,7 @@ fn build_cluster_action(
         policy.backoff_base = base;
         policy.backoff_max = max;
         policy.max_buffered_body_bytes = rp.max_buffered_body_bytes;
+        policy.rules = Some(Arc::new(crate::retry::rules(&rpath, rp)?));
     } else {
         policy.num_retries = 0;
     }

@@ -357,7 +357,8 @@ virtual_hosts:
             gateway_error: true,
             connect_failure: true,
             reset: true,
-            retriable_status_codes: true
+            retriable_status_codes: true,
+            ..Default::default()
         }
     );
     assert_eq!(p.retriable_status_codes, vec![503]);
@@ -1009,10 +1010,24 @@ fn retry_on_names() {
         }
     );
     assert!(parse_retry_on("").is_err());
+    let all = parse_retry_on(
+        "5xx,retriable-4xx,envoy-ratelimited,reset-before-request,refused-stream,retriable-headers,cancelled,deadline-exceeded,internal,resource-exhausted,unavailable",
+    )
+    .unwrap();
+    assert!(all.retriable_4xx && all.envoy_ratelimited && all.reset_before_request);
+    assert!(all.refused_stream && all.retriable_headers && all.grpc_unavailable);
+    assert!(all.grpc_cancelled && all.grpc_deadline_exceeded && all.grpc_internal);
+    assert!(all.grpc_resource_exhausted);
     assert!(
-        parse_retry_on("5xx,retriable-4xx")
+        parse_retry_on("5xx,bogus")
             .unwrap_err()
             .to_string()
-            .contains("retriable-4xx")
+            .contains("bogus")
+    );
+    assert!(
+        parse_retry_on("http3-post-connect-failure")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported")
     );
 }

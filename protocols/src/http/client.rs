@@ -648,7 +648,13 @@ impl ClientCodec for Http2Client {
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
             }
-            let resp = result.map_err(send_error)?;
+            let resp = result.map_err(|e| {
+                if is_refused_stream(&e) {
+                    UpstreamError::Reset(Box::new(meshgate_core::codec::RefusedStream(Box::new(e))))
+                } else {
+                    send_error(e)
+                }
+            })?;
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(
                 parts,

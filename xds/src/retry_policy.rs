@@ -1,0 +1,140 @@
+//! Translation of a route's or virtual host's `retry_policy`
+//! (`envoy.config.route.v3.RetryPolicy`) into meshgate's
+//! `RetryPolicyConfig`. Unsupported fields (`retry_priority`,
+//! `retry_options_predicates`, `per_try_idle_timeout`,
+//! `refresh_cluster_on_retry`, a host predicate's typed config) are
+//! refused by name (`rest`).
+
+use crate::translate::{R, duration, err, header_matcher, join, rest};
+use envoy_types::pb::envoy::config::route::v3 as rds;
+use meshgate_core::retry as rt;
+use meshgate_core::router as rc;
+
+pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicyConfig> {
+    let mut p = rc::RetryPolicyConfig {
+        retry_on: std::mem::take(&mut rp.retry_on),
+        ..Default::default()
+    };
+    if let Some(n) = rp.num_retries.take() {
+        p.num_retries = n.value;
+    }
+    if let Some(d) = rp.per_try_timeout.take() {
+        p.per_try_timeout = Some(duration(&d, &join(pp, "per_try_timeout"))?);
+    }
+    for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
+        .into_iter()
+        .enumerate()
+    {
+        p.retriable_status_codes.push(u16::try_from(c).map_err(|_| {
+            (
+                format!("{pp}.retriable_status_codes[{i}]"),
+                "not a status code".to_string(),
+            )
+        })?);
+    }
+    if let Some(mut b) = rp.retry_back_off.take() {
+        let bp = join(pp, "retry_back_off");
+        if let Some(d) = b.base_interval.take() {
+            p.retry_back_off.base_interval = duration(&d, &join(&bp, "base_interval"))?;
+        }
+        if let Some(d) = b.max_interval.take() {
+            p.retry_back_off.max_interval = Some(duration(&d, &join(&bp, "max_interval"))?);
+        }
+        rest(&b, &bp)?;
+    }
+    for (i, h) in std::mem::take(&mut rp.retriable_headers)
+        .into_iter()
+        .enumerate()
+    {
+        p.retriable_headers
+            .push(header_matcher(h, &format!("{pp}.retriable_headers[{i}]"))?);
+    }
+    for (i, h) in std::mem::take(&mut rp.retriable_request_headers)
+        .into_iter()
+        .enumerate()
+    {
+        p.retriable_request_headers.push(header_matcher(
+            h,
+            &format!("{pp}.retriable_request_headers[{i}]"),
+        )?);
+    }
+    if let Some(mut rl) = rp.rate_limited_retry_back_off.take() {
+        let rlp = join(pp, "rate_limited_retry_back_off");
+        let mut c = rt::RateLimitedRetryBackOffConfig::default();
+        for (i, mut h) in std::mem::take(&mut rl.reset_headers)
+            .into_iter()
+            .enumerate()
+        {
+            let hp = format!("{rlp}.reset_headers[{i}]");
+            // ResetHeaderFormat: SECONDS = 0, UNIX_TIMESTAMP = 1.
+            let format = match std::mem::take(&mut h.format) {
+                0 => rt::ResetHeaderFormat::Seconds,
+                1 => rt::ResetHeaderFormat::UnixTimestamp,
+                f => return err(join(&hp, "format"), format!("unknown format {f}")),
+            };
+            c.reset_headers.push(rt::ResetHeaderConfig {
+                name: std::mem::take(&mut h.name),
+                format,
+            });
+            rest(&h, &hp)?;
+        }
+        if let Some(d) = rl.max_interval.take() {
+            c.max_interval = Some(duration(&d, &join(&rlp, "max_interval"))?);
+        }
+        rest(&rl, &rlp)?;
+        p.rate_limited_retry_back_off = Some(c);
+    }
+    for (i, mut h) in std::mem::take(&mut rp.retry_host_predicate)
+        .into_iter()
+        .enumerate()
+    {
+        let hp = format!("{pp}.retry_host_predicate[{i}]");
+        p.retry_host_predicate.push(rt::RetryHostPredicateConfig {
+            name: std::mem::take(&mut h.name),
+        });
+        // The previous_hosts config (`update_frequency`) is refused.
+        rest(&h, &hp)?;
+    }
+    if rp.host_selection_retry_max_attempts != 0 {
+        p.host_selection_retry_max_attempts =
+            Some(std::mem::take(&mut rp.host_selection_retry_max_attempts));
+    }
+    rest(&rp, pp)?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_translates_and_retry_priority_is_refused_by_name() {
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx,refused-stream".into(),
+            retry_host_predicate: vec![rds::retry_policy::RetryHostPredicate {
+                name: rt::PREVIOUS_HOSTS.into(),
+                ..Default::default()
+            }],
+            host_selection_retry_max_attempts: 3,
+            rate_limited_retry_back_off: Some(rds::retry_policy::RateLimitedRetryBackOff {
+                reset_headers: vec![rds::retry_policy::ResetHeader {
+                    name: "retry-after".into(),
+                    format: 0,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        assert_eq!(p.retry_host_predicate[0].name, rt::PREVIOUS_HOSTS);
+        assert_eq!(p.host_selection_retry_max_attempts, Some(3));
+        let rl = p.rate_limited_retry_back_off.unwrap();
+        assert_eq!(rl.reset_headers[0].format, rt::ResetHeaderFormat::Seconds);
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_priority: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(translate(rp, "r").unwrap_err().0, "r.retry_priority");
+    }
+}
