@@ -461,6 +461,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         Some(v) => json!({"max_requests_per_connection": v.value}),
         None => Value::Null,
     };
+    let health_checks =
+        crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
     let transport_socket = c.transport_socket.take();
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
@@ -488,6 +490,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         protocol,
         protocol_options,
         tls: None,
+        health_checks,
     };
     Ok(Cluster {
         config,

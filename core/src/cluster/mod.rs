@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
+pub mod health_check;
+
 /// One upstream address of a cluster.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -146,7 +148,13 @@ impl Endpoint {
     /// back-off. The clock (`now_ms`) is read only if the endpoint was
     /// ever backed off: the load balancer asks for every request.
     pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
-        if self.health.get() == Health::Unhealthy {
+        self.is_available_within(Health::Degraded, now_ms)
+    }
+
+    /// `is_available` with `worst` the worst health accepted (`Healthy`:
+    /// degraded endpoints are skipped too).
+    pub fn is_available_within(&self, worst: Health, now_ms: impl FnOnce() -> u64) -> bool {
+        if self.health.get() as u8 > worst as u8 {
             return false;
         }
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
@@ -310,6 +318,8 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Active health checks, when configured.
+    pub health_check: Option<health_check::HealthChecker>,
 }
 
 impl Cluster {
@@ -339,6 +349,7 @@ impl Cluster {
             upstream: None,
             tls: None,
             protocol: "",
+            health_check: None,
         }
     }
 
@@ -380,7 +391,12 @@ impl Cluster {
             .filter(|(a, _)| !kept.contains(a))
             .map(|(_, e)| e.clone())
             .collect();
+        if let Some(hc) = &self.health_check {
+            let old: HashSet<*const Endpoint> = old.endpoints.iter().map(Arc::as_ptr).collect();
+            hc.endpoints_added(endpoints.iter().filter(|e| !old.contains(&Arc::as_ptr(e))));
+        }
         let lb = self.lb_builder.build(&endpoints);
+        health_check::publish_membership(self.name, &endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
         for e in &removed {
             e.close_pool();
@@ -388,9 +404,10 @@ impl Cluster {
     }
 
     /// Picks an endpoint, skipping unhealthy ones, those in back-off and
-    /// those in `exclude` (already tried by this request). When every
-    /// endpoint is unhealthy or in back-off, picks among them anyway (panic
-    /// mode) rather than failing outright.
+    /// those in `exclude` (already tried by this request); degraded ones
+    /// only when no healthy one is available. When every endpoint is
+    /// unhealthy or in back-off, picks among them anyway (panic mode)
+    /// rather than failing outright.
     pub fn choose(&self, ctx: &LbContext, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let hosts = self.hosts.load();
         let eps = &hosts.endpoints;
@@ -402,8 +419,14 @@ impl Cluster {
         let pick = hosts
             .lb
             .pick(ctx, &|i| {
-                eps[i].is_available(|| *now.get_or_init(now_ms))
+                eps[i].is_available_within(Health::Healthy, || *now.get_or_init(now_ms))
                     && !exclude.contains(&eps[i].address)
+            })
+            .or_else(|| {
+                hosts.lb.pick(ctx, &|i| {
+                    eps[i].is_available(|| *now.get_or_init(now_ms))
+                        && !exclude.contains(&eps[i].address)
+                })
             })
             .or_else(|| hosts.lb.pick(ctx, &|i| !exclude.contains(&eps[i].address)));
         pick.map(|i| eps[i].clone())
@@ -580,6 +603,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         protocol,
         protocol_options,
         tls,
+        health_checks,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -592,6 +616,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *protocol == b.protocol
         && *protocol_options == b.protocol_options
         && *tls == b.tls
+        && *health_checks == b.health_checks
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -706,6 +731,13 @@ impl ClusterManager {
     /// Starts re-resolution tasks for the `strict_dns` clusters; they stop
     /// when `shutdown` is cancelled.
     pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
+        // Active health checks: once per cluster, for its lifetime.
+        for e in self.clusters.values() {
+            if let Some(hc) = &e.cluster.health_check {
+                hc.start(&e.cluster);
+            }
+            health_check::publish_membership(e.cluster.name, &e.cluster.hosts().endpoints);
+        }
         for e in self
             .clusters
             .values()
@@ -804,6 +836,16 @@ fn build_cluster(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
                 .map_err(|e| source.build_error("", e))?,
         ));
+    }
+    cluster.health_check = health_check::HealthChecker::build(
+        cluster.name,
+        &c.health_checks,
+        cluster.tls.clone(),
+        &format!("{path}.health_checks"),
+    )
+    .map_err(|e| source.build_error("", e))?;
+    if let Some(hc) = &cluster.health_check {
+        hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
     match registry.codec(protocol) {

@@ -7,6 +7,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod filters;
 pub mod header_mutation;
+pub mod health_check;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
@@ -453,6 +454,9 @@ pub struct ClusterConfig {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Active health checks (Envoy's `health_checks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<health_check::HealthCheckConfig>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
