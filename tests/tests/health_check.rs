@@ -301,7 +301,7 @@ fn grpc_check_follows_the_serving_status() {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("status");
     std::fs::write(&control, "SERVING").unwrap();
-    let peer = PyPeer::start("grpc_health.py", &[control.to_str().unwrap(), "svc.Echo"]);
+    let peer = PyPeer::start("health_check_grpc_peer.py", &[control.to_str().unwrap(), "svc.Echo"]);
     let grpc: SocketAddr = format!("127.0.0.1:{}", peer.port).parse().unwrap();
     let port = free_port();
     let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 2\n        healthy_threshold: 1\n        grpc_health_check: {service_name: svc.Echo, authority: health.example}\n";
@@ -319,30 +319,40 @@ fn grpc_check_follows_the_serving_status() {
     );
 }
 
-/// HTTP/2 checks (`codec_client_type: HTTP2`) against the python gRPC
-/// server: its answer to a plain GET is not a 200, so the check fails on
-/// status; against the unknown service name gRPC answers NOT_FOUND.
+/// HTTP/2 checks (`codec_client_type: HTTP2`) against an h2c backend
+/// pass, and fail on a status outside `expected_statuses`; a gRPC check of
+/// a service the server does not know (NOT_FOUND) fails on status.
 #[test]
-fn http2_and_unknown_grpc_service_checks_fail_on_status() {
+fn http2_checks_and_unknown_grpc_service() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let h2 = HttpBackend::start("h2", Proto::H2c);
+    let port = free_port();
+    let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 5\n        healthy_threshold: 1\n        http_health_check: {path: /healthz, codec_client_type: HTTP2, expected_statuses: [{start: 200, end: 300}]}\n";
+    let mg = Meshgate::start(&proxy_config(port, &[h2.addr], hc));
+    wait_flags(&mg, h2.addr, "healthy");
+    assert!(h2.hits() >= 1);
+    drop(mg);
+    let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 5\n        healthy_threshold: 1\n        http_health_check: {path: /healthz, codec_client_type: HTTP2, expected_statuses: [{start: 204, end: 205}]}\n";
+    let mg = Meshgate::start(&proxy_config(port, &[h2.addr], hc));
+    wait_flags(&mg, h2.addr, "/failed_active_hc");
+    mg.wait_metric(
+        "meshgate_cluster_health_check_failure_total",
+        &[("cluster", "backend"), ("kind", "status")],
+        |v| v >= 1.0,
+    );
+    drop(mg);
+
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("status");
     std::fs::write(&control, "SERVING").unwrap();
-    let peer = PyPeer::start("grpc_health.py", &[control.to_str().unwrap(), "svc.Echo"]);
+    let peer = PyPeer::start(
+        "health_check_grpc_peer.py",
+        &[control.to_str().unwrap(), "svc.Echo"],
+    );
     let grpc: SocketAddr = format!("127.0.0.1:{}", peer.port).parse().unwrap();
-    let port = free_port();
     let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 5\n        healthy_threshold: 1\n        grpc_health_check: {service_name: svc.Unknown}\n";
     let mg = Meshgate::start(&proxy_config(port, &[grpc], hc));
-    wait_flags(&mg, grpc, "/failed_active_hc");
-    // Pending cleared after the first check, failed stays.
-    assert!(
-        mg.metric(
-            "meshgate_cluster_health_check_failure_total",
-            &[("cluster", "backend"), ("kind", "status")]
-        ) >= 1.0
-    );
-    drop(mg);
-    let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 5\n        healthy_threshold: 1\n        http_health_check: {path: /healthz, codec_client_type: HTTP2, expected_statuses: [{start: 200, end: 300}]}\n";
-    let mg = Meshgate::start(&proxy_config(port, &[grpc], hc));
+    // Pending cleared after the first check; failed stays.
     wait_flags(&mg, grpc, "/failed_active_hc");
     mg.wait_metric(
         "meshgate_cluster_health_check_failure_total",
