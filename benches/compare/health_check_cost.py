@@ -35,6 +35,8 @@ checks = 0
 
 async def handle(reader, writer):
     global checks
+    if kind == "tcp":
+        checks += 1
     try:
         while True:
             line = await reader.readline()
@@ -58,6 +60,7 @@ def cpu_seconds(pid):
 
 async def main():
     global checks
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: None)
     port = free_port()
     server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=4096)
     eps = ", ".join(

@@ -141,7 +141,10 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
         |v| v == 2.0,
     );
     assert_eq!(
-        mg.metric("meshgate_cluster_membership_total", &[("cluster", "backend")]),
+        mg.metric(
+            "meshgate_cluster_membership_total",
+            &[("cluster", "backend")]
+        ),
         2.0
     );
     let client = ClientLoop::start(addr);
@@ -182,7 +185,9 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
     // JSON too.
     let (_, json) = mg.admin_get("/clusters?format=json");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let hosts = v["cluster_statuses"][0]["host_statuses"].as_array().unwrap();
+    let hosts = v["cluster_statuses"][0]["host_statuses"]
+        .as_array()
+        .unwrap();
     let host = |addr: SocketAddr| {
         hosts
             .iter()
@@ -191,8 +196,14 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
             .clone()
     };
     assert_eq!(v["cluster_statuses"][0]["name"], "backend");
-    assert_eq!(host(a.addr)["health_status"]["failed_active_health_check"], true);
-    assert_eq!(host(b.addr)["health_status"]["failed_active_health_check"], false);
+    assert_eq!(
+        host(a.addr)["health_status"]["failed_active_health_check"],
+        true
+    );
+    assert_eq!(
+        host(b.addr)["health_status"]["failed_active_health_check"],
+        false
+    );
     assert_eq!(host(b.addr)["weight"], 1);
     let rq_success = host(b.addr)["stats"]
         .as_array()
@@ -204,8 +215,14 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
         .unwrap();
     assert!(rq_success > 0, "{json}");
     let (_, text) = mg.admin_get("/clusters");
-    assert!(text.contains(&format!("backend::{}::weight::1", b.addr)), "{text}");
-    assert!(text.contains(&format!("backend::{}::rq_total::", b.addr)), "{text}");
+    assert!(
+        text.contains(&format!("backend::{}::weight::1", b.addr)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("backend::{}::rq_total::", b.addr)),
+        "{text}"
+    );
 
     // a heals: two passing checks (healthy_threshold) and it is back.
     let checks = a.checks();
@@ -265,7 +282,10 @@ fn tcp_check_fails_a_closed_port_and_matches_payloads() {
     };
     let port = free_port();
     // "GET / HTTP/1.1\r\n\r\n" and "HTTP/1.1 200" in hex.
-    let send: String = b"GET /tcp HTTP/1.1\r\n\r\n".iter().map(|b| format!("{b:02x}")).collect();
+    let send: String = b"GET /tcp HTTP/1.1\r\n\r\n"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let recv: String = b"HTTP/1.1 200".iter().map(|b| format!("{b:02x}")).collect();
     let hc = format!(
         "      - timeout: 300ms\n        interval: 200ms\n        unhealthy_threshold: 2\n        healthy_threshold: 1\n        tcp_health_check: {{send: {{text: \"{send}\"}}, receive: [{{text: \"{recv}\"}}]}}\n      - timeout: 300ms\n        interval: 200ms\n        unhealthy_threshold: 2\n        healthy_threshold: 1\n        tcp_health_check: {{}}\n"
@@ -301,7 +321,10 @@ fn grpc_check_follows_the_serving_status() {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("status");
     std::fs::write(&control, "SERVING").unwrap();
-    let peer = PyPeer::start("health_check_grpc_peer.py", &[control.to_str().unwrap(), "svc.Echo"]);
+    let peer = PyPeer::start(
+        "health_check_grpc_peer.py",
+        &[control.to_str().unwrap(), "svc.Echo"],
+    );
     let grpc: SocketAddr = format!("127.0.0.1:{}", peer.port).parse().unwrap();
     let port = free_port();
     let hc = "      - timeout: 1s\n        interval: 200ms\n        unhealthy_threshold: 2\n        healthy_threshold: 1\n        grpc_health_check: {service_name: svc.Echo, authority: health.example}\n";
@@ -427,7 +450,10 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
     mgmt.set(
         ENDPOINT,
         "e1",
-        vec![cla("svc", &[(a.addr, 1, 0), (b.addr, 1, 2), (c.addr, 1, 5)])],
+        vec![cla(
+            "svc",
+            &[(a.addr, 1, 0), (b.addr, 1, 2), (c.addr, 1, 5)],
+        )],
     );
     mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
     mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("svc", 1)])]);
@@ -460,7 +486,10 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
     mgmt.set(
         ENDPOINT,
         "e2",
-        vec![cla("svc", &[(a.addr, 1, 0), (b.addr, 1, 1), (c.addr, 1, 5)])],
+        vec![cla(
+            "svc",
+            &[(a.addr, 1, 0), (b.addr, 1, 1), (c.addr, 1, 5)],
+        )],
     );
     wait_until("b healthy", || flags(b.addr) == "healthy");
     assert_eq!(flags(a.addr), "/failed_active_hc");

@@ -194,7 +194,7 @@ pub struct GrpcHealthCheck {
 /// Decodes a hex payload (`Payload.text`); `field` names it in errors.
 pub fn decode_hex(text: &str, field: &str) -> Result<Vec<u8>, BuildError> {
     let t = text.as_bytes();
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err(BuildError::new(field, "hex text of odd length"));
     }
     let nib = |c: u8| -> Result<u8, BuildError> {
