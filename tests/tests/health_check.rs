@@ -142,7 +142,7 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
     );
     assert_eq!(
         mg.metric(
-            "meshgate_cluster_membership_total",
+            "meshgate_cluster_membership_endpoints",
             &[("cluster", "backend")]
         ),
         2.0

@@ -284,8 +284,9 @@ pub const CLUSTER_MEMBERSHIP_HEALTHY: &str = "meshgate_cluster_membership_health
 /// Gauge `{cluster}`: endpoints that are degraded (used only when the
 /// healthy ones are short).
 pub const CLUSTER_MEMBERSHIP_DEGRADED: &str = "meshgate_cluster_membership_degraded";
-/// Gauge `{cluster}`: endpoints in the cluster.
-pub const CLUSTER_MEMBERSHIP_TOTAL: &str = "meshgate_cluster_membership_total";
+/// Gauge `{cluster}`: endpoints in the cluster (Envoy's `membership_total`;
+/// a gauge here does not end in `_total`).
+pub const CLUSTER_MEMBERSHIP_TOTAL: &str = "meshgate_cluster_membership_endpoints";
 /// Counter `{cluster}`: active health checks started.
 pub const CLUSTER_HEALTH_CHECK_ATTEMPT_TOTAL: &str = "meshgate_cluster_health_check_attempt_total";
 /// Counter `{cluster}`: active health checks that passed.
