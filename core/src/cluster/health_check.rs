@@ -984,4 +984,64 @@ mod tests {
         assert_eq!(parse_health_response(&[0, 0, 0, 0, 9, 0x08]), None);
         assert_eq!(parse_health_response(&[1, 0, 0, 0, 0]), None);
     }
+
+    #[test]
+    fn new_endpoints_start_pending_and_choose_prefers_healthy_then_degraded() {
+        use crate::config::{ClusterConfig, ConfigSource};
+        use crate::lb::LbContext;
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}, {"address": "127.0.0.1:3"}],
+            "health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                               "healthy_threshold": 1, "tcp_health_check": {}}],
+        }))
+        .unwrap();
+        let reg = crate::registry::Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m = super::super::ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let c = m.get("c").unwrap().clone();
+        let eps = c.hosts().endpoints.clone();
+        for e in &eps {
+            assert_eq!(
+                HealthFlags::names(e.health_flags().flags()),
+                vec!["failed_active_hc", "pending_active_hc"]
+            );
+            e.health_flags()
+                .clear_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+        }
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::DEGRADED_ACTIVE_HC);
+        eps[1]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        let ctx = LbContext::default();
+        let picks = |n| {
+            (0..n)
+                .map(|_| c.choose(&ctx, &[]).unwrap().address.port())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(picks(10), [3].into());
+        // No healthy one left: the degraded one, not the failed one.
+        eps[2]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        assert_eq!(picks(10), [1].into());
+        // None available: still one (panic mode), not none.
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        assert_eq!(picks(5).len(), 1);
+        // An update: kept endpoints keep their state, a new one is pending.
+        let new = Arc::new(Endpoint::new("127.0.0.1:4".parse().unwrap(), 1));
+        c.update_endpoints(vec![eps[0].clone(), new.clone()]);
+        assert_eq!(
+            HealthFlags::names(new.health_flags().flags()),
+            vec!["failed_active_hc", "pending_active_hc"]
+        );
+        assert_eq!(
+            HealthFlags::names(eps[0].health_flags().flags()),
+            vec!["failed_active_hc", "degraded_active_hc"]
+        );
+    }
 }
