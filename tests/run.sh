@@ -22,6 +22,7 @@ fi
 # Python peers: grpcio (gRPC client and server), h2 (HTTP/2 abuse cases),
 # websockets (WebSocket client and server).
 python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
+python3 -c 'import grpc_health' 2>/dev/null || python3 -m pip install -q grpcio-health-checking
 python3 -c 'import h2' 2>/dev/null || python3 -m pip install -q h2
 python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websockets
 # aioquic (HTTP/3 client library; its example client needs wsproto), and

@@ -117,6 +117,25 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_vec_pretty(&snap.dump()).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
+        "/clusters" => {
+            let snap = state.snapshot.load();
+            if req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+            {
+                let body =
+                    serde_json::to_vec_pretty(&crate::admin_clusters::json(snap.clusters.iter()))
+                        .unwrap_or_default();
+                text(StatusCode::OK, "application/json", body)
+            } else {
+                text(
+                    StatusCode::OK,
+                    "text/plain",
+                    crate::admin_clusters::text(snap.clusters.iter()),
+                )
+            }
+        }
         "/listeners" => {
             let body = serde_json::to_vec_pretty(&**state.listeners.load()).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
@@ -124,7 +143,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => text(
             StatusCode::OK,
             "text/plain",
-            "meshgate admin\n  /ready\n  /stats/prometheus\n  /config_dump\n  /listeners\n",
+            "meshgate admin\n  /ready\n  /stats/prometheus\n  /config_dump\n  /listeners\n  /clusters\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

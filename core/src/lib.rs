@@ -5,6 +5,7 @@
 //! filter (see DESIGN.md).
 
 pub mod admin;
+pub mod admin_clusters;
 pub mod body;
 pub mod callout;
 pub mod clock;

@@ -9,6 +9,7 @@ pub mod aioquic;
 pub mod backend;
 pub mod caddy;
 pub mod curl;
+pub mod flaky;
 pub mod jwt;
 pub mod phases;
 pub mod pypeer;

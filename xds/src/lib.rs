@@ -15,6 +15,7 @@ mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod header_mutation;
+mod health_check;
 mod http_filters;
 mod jwt_authn;
 mod leftover;

@@ -442,6 +442,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         Some(v) => json!({"max_requests_per_connection": v.value}),
         None => Value::Null,
     };
+    let health_checks =
+        crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
     let transport_socket = c.transport_socket.take();
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
@@ -473,6 +475,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         tls: None,
         common_lb_config,
         policy: cla_policy,
+        health_checks,
     };
     Ok(Cluster {
         config,

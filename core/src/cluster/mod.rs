@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub mod priority;
+pub mod health_check;
 
 /// One upstream address of a cluster.
 #[derive(Debug)]
@@ -153,7 +154,13 @@ impl Endpoint {
     /// back-off. The clock (`now_ms`) is read only if the endpoint was
     /// ever backed off: the load balancer asks for every request.
     pub fn is_available(&self, now_ms: impl FnOnce() -> u64) -> bool {
-        if self.health.get() == Health::Unhealthy {
+        self.is_available_within(Health::Degraded, now_ms)
+    }
+
+    /// `is_available` with `worst` the worst health accepted (`Healthy`:
+    /// degraded endpoints are skipped too).
+    pub fn is_available_within(&self, worst: Health, now_ms: impl FnOnce() -> u64) -> bool {
+        if self.health.get() as u8 > worst as u8 {
             return false;
         }
         let until = self.backoff_until_ms.load(Ordering::Relaxed);
@@ -323,6 +330,8 @@ pub struct Cluster {
     priority: priority::Policy,
     /// Request-level circuit breakers (`max_requests`, `max_retries`).
     pub breakers: Arc<breaker::Breakers>,
+    /// Active health checks, when configured.
+    pub health_check: Option<health_check::HealthChecker>,
 }
 
 impl Cluster {
@@ -362,6 +371,7 @@ impl Cluster {
                 name,
                 &[breaker::ThresholdValues::default(); 2],
             )),
+            health_check: None,
         }
     }
 
@@ -403,8 +413,13 @@ impl Cluster {
             .filter(|(a, _)| !kept.contains(a))
             .map(|(_, e)| e.clone())
             .collect();
+        if let Some(hc) = &self.health_check {
+            let old: HashSet<*const Endpoint> = old.endpoints.iter().map(Arc::as_ptr).collect();
+            hc.endpoints_added(endpoints.iter().filter(|e| !old.contains(&Arc::as_ptr(e))));
+        }
         let lb = self.lb_builder.build(&endpoints);
         let levels = priority::Levels::build(&endpoints, &*self.lb_builder);
+        health_check::publish_membership(self.name, &endpoints);
         self.hosts.store(Arc::new(HostSet {
             endpoints,
             lb,
@@ -601,6 +616,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         tls,
         common_lb_config,
         policy,
+        health_checks,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -616,6 +632,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *tls == b.tls
         && *common_lb_config == b.common_lb_config
         && *policy == b.policy
+        && *health_checks == b.health_checks
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -730,6 +747,13 @@ impl ClusterManager {
     /// Starts re-resolution tasks for the `strict_dns` clusters; they stop
     /// when `shutdown` is cancelled.
     pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
+        // Active health checks: once per cluster, for its lifetime.
+        for e in self.clusters.values() {
+            if let Some(hc) = &e.cluster.health_check {
+                hc.start(&e.cluster);
+            }
+            health_check::publish_membership(e.cluster.name, &e.cluster.hosts().endpoints);
+        }
         for e in self
             .clusters
             .values()
@@ -834,6 +858,16 @@ fn build_cluster(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
                 .map_err(|e| source.build_error("", e))?,
         ));
+    }
+    cluster.health_check = health_check::HealthChecker::build(
+        cluster.name,
+        &c.health_checks,
+        cluster.tls.clone(),
+        &format!("{path}.health_checks"),
+    )
+    .map_err(|e| source.build_error("", e))?;
+    if let Some(hc) = &cluster.health_check {
+        hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
     match registry.codec(protocol) {

@@ -8,6 +8,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod filters;
 pub mod header_mutation;
+pub mod health_check;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
@@ -467,6 +468,9 @@ pub struct ClusterConfig {
     /// `drop_overloads`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<priority::LoadAssignmentPolicy>,
+    /// Active health checks (Envoy's `health_checks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<health_check::HealthCheckConfig>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

@@ -308,6 +308,24 @@ pub const CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_RATELIMITED_TOTAL: &str =
 pub const CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL: &str =
     "meshgate_cluster_upstream_rq_retry_limit_exceeded_total";
 
+// Active health checking and cluster membership (`cluster::health_check`).
+
+/// Gauge `{cluster}`: endpoints that are healthy.
+pub const CLUSTER_MEMBERSHIP_HEALTHY: &str = "meshgate_cluster_membership_healthy";
+/// Gauge `{cluster}`: endpoints that are degraded (used only when the
+/// healthy ones are short).
+pub const CLUSTER_MEMBERSHIP_DEGRADED: &str = "meshgate_cluster_membership_degraded";
+/// Gauge `{cluster}`: endpoints in the cluster (Envoy's `membership_total`;
+/// a gauge here does not end in `_total`).
+pub const CLUSTER_MEMBERSHIP_TOTAL: &str = "meshgate_cluster_membership_endpoints";
+/// Counter `{cluster}`: active health checks started.
+pub const CLUSTER_HEALTH_CHECK_ATTEMPT_TOTAL: &str = "meshgate_cluster_health_check_attempt_total";
+/// Counter `{cluster}`: active health checks that passed.
+pub const CLUSTER_HEALTH_CHECK_SUCCESS_TOTAL: &str = "meshgate_cluster_health_check_success_total";
+/// Counter `{cluster,kind}`: active health checks that failed (`timeout`,
+/// `network`, `status`).
+pub const CLUSTER_HEALTH_CHECK_FAILURE_TOTAL: &str = "meshgate_cluster_health_check_failure_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -414,6 +432,12 @@ pub const ALL: &[(&str, Kind)] = &[
         CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL,
         Kind::Counter,
     ),
+    (CLUSTER_MEMBERSHIP_HEALTHY, Kind::Gauge),
+    (CLUSTER_MEMBERSHIP_DEGRADED, Kind::Gauge),
+    (CLUSTER_MEMBERSHIP_TOTAL, Kind::Gauge),
+    (CLUSTER_HEALTH_CHECK_ATTEMPT_TOTAL, Kind::Counter),
+    (CLUSTER_HEALTH_CHECK_SUCCESS_TOTAL, Kind::Counter),
+    (CLUSTER_HEALTH_CHECK_FAILURE_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

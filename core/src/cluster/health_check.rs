@@ -1,0 +1,1047 @@
+//! Active health checking of a cluster's endpoints (Envoy's
+//! `health_checks`): HTTP/1.1, HTTP/2, gRPC (`grpc.health.v1.Health/Check`)
+//! and TCP (send/receive) probes, over the cluster's TLS when it
+//! originates TLS.
+//!
+//! One `HealthChecker` per cluster, owned by the `Cluster`; its supervisor
+//! task (one per cluster, not per worker) starts once, when the cluster
+//! first goes live, and ends when the cluster is dropped (a reload that
+//! replaces it), so no task outlives its cluster. The supervisor keeps one
+//! small task per (endpoint, check): an endpoint that stays across an
+//! endpoint-only update keeps its task and its state; a new endpoint
+//! starts `FAILED_ACTIVE_HC | PENDING_ACTIVE_HC` (Envoy's default) and is
+//! checked at once, so the cluster is usable after one round trip. Later
+//! checks are spread over the interval (a random phase after the first)
+//! so that a thousand endpoints are not probed in one burst.
+//!
+//! The checker sets only its own bits: `FAILED_ACTIVE_HC`,
+//! `DEGRADED_ACTIVE_HC` (an HTTP `x-envoy-degraded` response header) and
+//! `PENDING_ACTIVE_HC`.
+
+use super::{Cluster, Endpoint};
+use crate::config::health_check::{CodecClientType, HealthCheckConfig, StatusRange, decode_hex};
+use crate::error::BuildError;
+use crate::metrics::names;
+use crate::pool::{Health, HealthFlags};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use metrics::{Counter, counter, gauge};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of a response head (or TCP `receive` data) a check reads at most.
+const MAX_READ: usize = 16 * 1024;
+
+/// What a probe sends and expects.
+enum Probe {
+    Http {
+        version: CodecClientType,
+        method: http::Method,
+        path: String,
+        host: String,
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        expected: Vec<StatusRange>,
+        retriable: Vec<StatusRange>,
+    },
+    Grpc {
+        authority: String,
+        service: String,
+    },
+    Tcp {
+        send: Vec<u8>,
+        receive: Vec<Vec<u8>>,
+    },
+}
+
+/// One configured check.
+struct Check {
+    cfg: HealthCheckConfig,
+    probe: Probe,
+}
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Healthy {
+        degraded: bool,
+    },
+    /// No answer in `timeout`: counts toward `unhealthy_threshold`.
+    Timeout,
+    /// Connect refused, reset, malformed answer: counts toward the threshold.
+    Network,
+    /// A retriable status: counts toward the threshold.
+    Retriable,
+    /// The endpoint answered "not healthy" (an unexpected status,
+    /// NOT_SERVING, a TCP payload mismatch): unhealthy at once.
+    Status,
+}
+
+impl Verdict {
+    fn kind(self) -> &'static str {
+        match self {
+            Verdict::Healthy { .. } => "none",
+            Verdict::Timeout => "timeout",
+            Verdict::Network => "network",
+            Verdict::Retriable | Verdict::Status => "status",
+        }
+    }
+}
+
+/// Per-cluster counters, made once (checks run often).
+struct Stats {
+    attempt: Counter,
+    success: Counter,
+    timeout: Counter,
+    network: Counter,
+    status: Counter,
+}
+
+/// A cluster's active health checker.
+pub struct HealthChecker {
+    cluster: &'static str,
+    checks: Vec<Arc<Check>>,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
+    stats: Arc<Stats>,
+    started: AtomicBool,
+    /// Endpoints changed or an endpoint changed health: the supervisor
+    /// reconciles its tasks and republishes the membership gauges.
+    changed: Arc<tokio::sync::Notify>,
+    /// Cancelled when the checker (its cluster) is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A (endpoint, check) task's view of the endpoint's active-check state,
+/// shared by the endpoint's checks: one bit per check.
+#[derive(Default)]
+struct EndpointState {
+    failed: AtomicU32,
+    degraded: AtomicU32,
+    pending: AtomicU32,
+}
+
+impl EndpointState {
+    /// Writes the endpoint's active-check flags from the checks' bits.
+    fn publish(&self, e: &Endpoint) {
+        let cell = e.health_flags();
+        cell.put_flag(
+            HealthFlags::FAILED_ACTIVE_HC,
+            self.failed.load(Ordering::Relaxed) != 0,
+        );
+        cell.put_flag(
+            HealthFlags::DEGRADED_ACTIVE_HC,
+            self.degraded.load(Ordering::Relaxed) != 0,
+        );
+        cell.put_flag(
+            HealthFlags::PENDING_ACTIVE_HC,
+            self.pending.load(Ordering::Relaxed) != 0,
+        );
+    }
+}
+
+impl HealthChecker {
+    /// Builds the checker of cluster `cluster` from its `health_checks`
+    /// (`path` names them in errors); `None` when there are none.
+    pub fn build(
+        cluster: &'static str,
+        configs: &[HealthCheckConfig],
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+        path: &str,
+    ) -> Result<Option<Self>, BuildError> {
+        if configs.is_empty() {
+            return Ok(None);
+        }
+        if configs.len() > 32 {
+            return Err(BuildError::new(path, "at most 32 health checks"));
+        }
+        let mut checks = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            c.validate(&p)?;
+            let probe = if let Some(h) = &c.http_health_check {
+                let method = match &h.method {
+                    Some(m) => http::Method::from_bytes(m.as_bytes()).map_err(|_| {
+                        BuildError::new(format!("{p}.http_health_check.method"), "invalid method")
+                    })?,
+                    None => http::Method::GET,
+                };
+                let mut headers = Vec::new();
+                for (j, hv) in h.request_headers_to_add.iter().enumerate() {
+                    let f = format!("{p}.http_health_check.request_headers_to_add[{j}].header");
+                    headers.push((
+                        http::HeaderName::from_bytes(hv.header.key.as_bytes()).map_err(|_| {
+                            BuildError::new(format!("{f}.key"), "invalid header name")
+                        })?,
+                        http::HeaderValue::from_str(&hv.header.value).map_err(|_| {
+                            BuildError::new(format!("{f}.value"), "invalid header value")
+                        })?,
+                    ));
+                }
+                Probe::Http {
+                    version: h.codec_client_type,
+                    method,
+                    path: h.path.clone(),
+                    host: if h.host.is_empty() {
+                        cluster.to_string()
+                    } else {
+                        h.host.clone()
+                    },
+                    headers,
+                    expected: if h.expected_statuses.is_empty() {
+                        vec![StatusRange {
+                            start: 200,
+                            end: 201,
+                        }]
+                    } else {
+                        h.expected_statuses.clone()
+                    },
+                    retriable: h.retriable_statuses.clone(),
+                }
+            } else if let Some(g) = &c.grpc_health_check {
+                Probe::Grpc {
+                    authority: if g.authority.is_empty() {
+                        cluster.to_string()
+                    } else {
+                        g.authority.clone()
+                    },
+                    service: g.service_name.clone(),
+                }
+            } else if let Some(t) = &c.tcp_health_check {
+                let tp = format!("{p}.tcp_health_check");
+                Probe::Tcp {
+                    send: match &t.send {
+                        Some(s) => decode_hex(&s.text, &format!("{tp}.send.text"))?,
+                        None => Vec::new(),
+                    },
+                    receive: t
+                        .receive
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| decode_hex(&r.text, &format!("{tp}.receive[{j}].text")))
+                        .collect::<Result<_, _>>()?,
+                }
+            } else {
+                return Err(BuildError::new(p, "no checker"));
+            };
+            checks.push(Arc::new(Check {
+                cfg: c.clone(),
+                probe,
+            }));
+        }
+        let label = cluster.to_string();
+        let stats = Stats {
+            attempt: counter!(names::CLUSTER_HEALTH_CHECK_ATTEMPT_TOTAL, "cluster" => label.clone()),
+            success: counter!(names::CLUSTER_HEALTH_CHECK_SUCCESS_TOTAL, "cluster" => label.clone()),
+            timeout: counter!(names::CLUSTER_HEALTH_CHECK_FAILURE_TOTAL, "cluster" => label.clone(), "kind" => "timeout"),
+            network: counter!(names::CLUSTER_HEALTH_CHECK_FAILURE_TOTAL, "cluster" => label.clone(), "kind" => "network"),
+            status: counter!(names::CLUSTER_HEALTH_CHECK_FAILURE_TOTAL, "cluster" => label, "kind" => "status"),
+        };
+        Ok(Some(Self {
+            cluster,
+            checks,
+            tls,
+            stats: Arc::new(stats),
+            started: AtomicBool::new(false),
+            changed: Arc::new(tokio::sync::Notify::new()),
+            stop: CancellationToken::new(),
+        }))
+    }
+
+    /// Marks endpoints new to the cluster as not checked yet (failed and
+    /// pending), before the load balancer can see them, and wakes the
+    /// supervisor to check them.
+    pub fn endpoints_added<'a>(&self, new: impl Iterator<Item = &'a Arc<Endpoint>>) {
+        for e in new {
+            e.health_flags()
+                .set_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Starts the supervisor task of `cluster` (whose checker this is) on
+    /// the current runtime, once; later calls (the cluster reused by a
+    /// reload) do nothing.
+    pub fn start(&self, cluster: &Arc<Cluster>) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(cluster);
+        let stop = self.stop.clone();
+        let changed = self.changed.clone();
+        let checks = self.checks.clone();
+        let tls = self.tls.clone();
+        let stats = self.stats.clone();
+        let name = self.cluster;
+        tokio::spawn(supervise(Supervisor {
+            name,
+            cluster: weak,
+            stop,
+            changed,
+            checks,
+            tls,
+            stats,
+        }));
+    }
+}
+
+struct Supervisor {
+    name: &'static str,
+    cluster: Weak<Cluster>,
+    stop: CancellationToken,
+    changed: Arc<tokio::sync::Notify>,
+    checks: Vec<Arc<Check>>,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
+    stats: Arc<Stats>,
+}
+
+/// The per-cluster task: keeps one task per (endpoint, check), and the
+/// membership gauges, until the cluster is gone.
+async fn supervise(s: Supervisor) {
+    let mut tasks: HashMap<usize, (Arc<Endpoint>, tokio::task::JoinSet<()>)> = HashMap::new();
+    tracing::info!(cluster = %s.name, checks = s.checks.len(), "active health checking started");
+    loop {
+        let Some(cluster) = s.cluster.upgrade() else {
+            break;
+        };
+        let hosts = cluster.hosts();
+        let mut seen = std::collections::HashSet::with_capacity(hosts.endpoints.len());
+        for e in &hosts.endpoints {
+            let key = Arc::as_ptr(e) as usize;
+            seen.insert(key);
+            if tasks.contains_key(&key) {
+                continue;
+            }
+            let state = Arc::new(EndpointState::default());
+            let flags = e.health_flags().flags();
+            let all = if s.checks.len() >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << s.checks.len()) - 1
+            };
+            if flags & HealthFlags::FAILED_ACTIVE_HC != 0 {
+                state.failed.store(all, Ordering::Relaxed);
+            }
+            if flags & HealthFlags::PENDING_ACTIVE_HC != 0 {
+                state.pending.store(all, Ordering::Relaxed);
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for (i, check) in s.checks.iter().enumerate() {
+                set.spawn(check_loop(CheckTask {
+                    cluster: s.name,
+                    bit: 1 << i,
+                    endpoint: e.clone(),
+                    state: state.clone(),
+                    check: check.clone(),
+                    tls: s.tls.clone(),
+                    stats: s.stats.clone(),
+                    changed: s.changed.clone(),
+                }));
+            }
+            tasks.insert(key, (e.clone(), set));
+        }
+        // Endpoints that left: their tasks end (JoinSet aborts on drop).
+        tasks.retain(|k, _| seen.contains(k));
+        publish_membership(s.name, &hosts.endpoints);
+        drop(hosts);
+        drop(cluster);
+        tokio::select! {
+            _ = s.stop.cancelled() => break,
+            _ = s.changed.notified() => {}
+            // EDS and outlier changes move the gauges too.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    tracing::info!(cluster = %s.name, "active health checking stopped");
+}
+
+/// Sets the cluster's membership gauges (`healthy`, `degraded`, `total`).
+pub fn publish_membership(cluster: &str, endpoints: &[Arc<Endpoint>]) {
+    let (mut healthy, mut degraded) = (0u32, 0u32);
+    for e in endpoints {
+        match e.health() {
+            Health::Healthy => healthy += 1,
+            Health::Degraded => degraded += 1,
+            Health::Unhealthy => {}
+        }
+    }
+    let c = cluster.to_string();
+    gauge!(names::CLUSTER_MEMBERSHIP_HEALTHY, "cluster" => c.clone()).set(f64::from(healthy));
+    gauge!(names::CLUSTER_MEMBERSHIP_DEGRADED, "cluster" => c.clone()).set(f64::from(degraded));
+    gauge!(names::CLUSTER_MEMBERSHIP_TOTAL, "cluster" => c).set(endpoints.len() as f64);
+}
+
+struct CheckTask {
+    cluster: &'static str,
+    bit: u32,
+    endpoint: Arc<Endpoint>,
+    state: Arc<EndpointState>,
+    check: Arc<Check>,
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
+    stats: Arc<Stats>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// A random duration in `[0, max)`.
+fn random_up_to(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::random_range(
+        0..max.as_nanos().min(u64::MAX as u128) as u64,
+    ))
+}
+
+/// Consecutive results of one (endpoint, check), and what they decide.
+#[derive(Debug, Default)]
+pub(crate) struct Thresholds {
+    pub successes: u32,
+    pub failures: u32,
+}
+
+/// What one result does to an endpoint's state for one check: the new
+/// `failed` value (`None`: unchanged).
+pub(crate) fn transition(
+    t: &mut Thresholds,
+    failed: bool,
+    first: bool,
+    verdict: Verdict,
+    cfg: &HealthCheckConfig,
+) -> Option<bool> {
+    match verdict {
+        Verdict::Healthy { .. } => {
+            t.failures = 0;
+            t.successes = t.successes.saturating_add(1);
+            // A pending endpoint is healthy on its first success (Envoy).
+            (failed && (first || t.successes >= cfg.healthy_threshold)).then_some(false)
+        }
+        v => {
+            t.successes = 0;
+            t.failures = t.failures.saturating_add(1);
+            (!failed && (v == Verdict::Status || t.failures >= cfg.unhealthy_threshold))
+                .then_some(true)
+        }
+    }
+}
+
+/// The time to the next check (Envoy's `interval()` with jitter).
+fn next_interval(cfg: &HealthCheckConfig, failed: bool, edge: bool, traffic: bool) -> Duration {
+    let base = if !traffic && cfg.no_traffic_interval.is_some() {
+        let nt = cfg.no_traffic_interval.unwrap_or(cfg.interval);
+        if failed {
+            nt
+        } else {
+            cfg.no_traffic_healthy_interval.unwrap_or(nt)
+        }
+    } else if failed {
+        let u = cfg.unhealthy_interval.unwrap_or(cfg.interval);
+        if edge {
+            cfg.unhealthy_edge_interval.unwrap_or(u)
+        } else {
+            u
+        }
+    } else if edge {
+        cfg.healthy_edge_interval.unwrap_or(cfg.interval)
+    } else {
+        cfg.interval
+    };
+    let mut d = base;
+    if let Some(j) = cfg.interval_jitter {
+        d += random_up_to(j);
+    }
+    if cfg.interval_jitter_percent > 0 {
+        d += random_up_to(base * cfg.interval_jitter_percent.min(100) / 100);
+    }
+    d
+}
+
+async fn check_loop(t: CheckTask) {
+    let cfg = &t.check.cfg;
+    if let Some(j) = cfg.initial_jitter {
+        tokio::time::sleep(random_up_to(j)).await;
+    }
+    let mut th = Thresholds::default();
+    let mut first = true;
+    loop {
+        t.stats.attempt.increment(1);
+        let verdict = match tokio::time::timeout(
+            cfg.timeout,
+            probe(&t.check.probe, t.endpoint.address, t.tls.as_deref()),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => Verdict::Timeout,
+        };
+        match verdict {
+            Verdict::Healthy { .. } => t.stats.success.increment(1),
+            Verdict::Timeout => t.stats.timeout.increment(1),
+            Verdict::Network => t.stats.network.increment(1),
+            Verdict::Retriable | Verdict::Status => t.stats.status.increment(1),
+        }
+        let failed = t.state.failed.load(Ordering::Relaxed) & t.bit != 0;
+        let change = transition(&mut th, failed, first, verdict, cfg);
+        let mut notify = false;
+        if let Some(now_failed) = change {
+            if now_failed {
+                t.state.failed.fetch_or(t.bit, Ordering::Relaxed);
+                tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, kind = verdict.kind(), "health check: endpoint unhealthy");
+            } else {
+                t.state.failed.fetch_and(!t.bit, Ordering::Relaxed);
+                tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, "health check: endpoint healthy");
+            }
+            notify = true;
+        } else if !matches!(verdict, Verdict::Healthy { .. })
+            && (cfg.always_log_health_check_failures || first)
+        {
+            tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, kind = verdict.kind(), "health check failed");
+        }
+        if let Verdict::Healthy { degraded } = verdict {
+            let was = t.state.degraded.load(Ordering::Relaxed) & t.bit != 0;
+            if was != degraded {
+                if degraded {
+                    t.state.degraded.fetch_or(t.bit, Ordering::Relaxed);
+                } else {
+                    t.state.degraded.fetch_and(!t.bit, Ordering::Relaxed);
+                }
+                tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, degraded, "health check: endpoint degraded state changed");
+                notify = true;
+            }
+        }
+        if first {
+            t.state.pending.fetch_and(!t.bit, Ordering::Relaxed);
+            notify = true;
+        }
+        t.state.publish(&t.endpoint);
+        if notify {
+            t.changed.notify_one();
+        }
+        let now_failed = t.state.failed.load(Ordering::Relaxed) & t.bit != 0;
+        let traffic = {
+            let c = t.endpoint.outcomes().counts();
+            c.success + c.connect_failure + c.reset + c.timeout + c.server_error != 0
+        };
+        let mut wait = next_interval(cfg, now_failed, change.is_some(), traffic);
+        if first {
+            // Spread the endpoints' checks over the interval.
+            wait = random_up_to(wait);
+            first = false;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to the endpoint, over the cluster's TLS when it has one.
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+    authority: Option<&str>,
+) -> std::io::Result<Box<dyn Io>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match tls {
+        Some(t) => Box::new(t.connect(tcp, authority, addr).await?),
+        None => Box::new(tcp),
+    })
+}
+
+/// Runs one probe (the caller bounds it with the check's `timeout`).
+async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+    match p {
+        Probe::Tcp { send, receive } => {
+            let Ok(mut io) = connect(addr, tls, None).await else {
+                return Verdict::Network;
+            };
+            tcp_exchange(&mut io, send, receive).await
+        }
+        Probe::Http {
+            version: CodecClientType::HTTP1,
+            method,
+            path,
+            host,
+            headers,
+            expected,
+            retriable,
+        } => {
+            let Ok(mut io) = connect(addr, tls, Some(host)).await else {
+                return Verdict::Network;
+            };
+            let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshgate-health-check\r\nconnection: close\r\n").into_bytes();
+            for (k, v) in headers {
+                req.extend_from_slice(k.as_str().as_bytes());
+                req.extend_from_slice(b": ");
+                req.extend_from_slice(v.as_bytes());
+                req.extend_from_slice(b"\r\n");
+            }
+            req.extend_from_slice(b"\r\n");
+            if io.write_all(&req).await.is_err() {
+                return Verdict::Network;
+            }
+            let Some((status, degraded)) = read_http1_head(&mut io).await else {
+                return Verdict::Network;
+            };
+            classify(status, degraded, expected, retriable)
+        }
+        Probe::Http {
+            version: CodecClientType::HTTP2,
+            method,
+            path,
+            host,
+            headers,
+            expected,
+            retriable,
+        } => {
+            let mut b = http::Request::builder()
+                .method(method.clone())
+                .uri(format!("http://{host}{path}"))
+                .header(http::header::USER_AGENT, "meshgate-health-check");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            let Ok(req) = b.body(http_body_util::Empty::<Bytes>::new()) else {
+                return Verdict::Network;
+            };
+            match h2_request(addr, tls, host, req).await {
+                Some((head, _)) => classify(
+                    head.status.as_u16(),
+                    head.headers.contains_key("x-envoy-degraded"),
+                    expected,
+                    retriable,
+                ),
+                None => Verdict::Network,
+            }
+        }
+        Probe::Grpc { authority, service } => grpc_check(addr, tls, authority, service).await,
+    }
+}
+
+fn classify(
+    status: u16,
+    degraded: bool,
+    expected: &[StatusRange],
+    retriable: &[StatusRange],
+) -> Verdict {
+    if expected.iter().any(|r| r.contains(status)) {
+        Verdict::Healthy { degraded }
+    } else if retriable.iter().any(|r| r.contains(status)) {
+        Verdict::Retriable
+    } else {
+        Verdict::Status
+    }
+}
+
+/// Sends `send`, then expects each `receive` block in order (Envoy's TCP
+/// check); connect-only when both are empty.
+async fn tcp_exchange(io: &mut Box<dyn Io>, send: &[u8], receive: &[Vec<u8>]) -> Verdict {
+    if !send.is_empty() && io.write_all(send).await.is_err() {
+        return Verdict::Network;
+    }
+    let want: Vec<u8> = receive.concat();
+    if want.is_empty() {
+        return Verdict::Healthy { degraded: false };
+    }
+    let mut got = Vec::with_capacity(want.len().min(MAX_READ));
+    let mut buf = [0u8; 4096];
+    while got.len() < want.len() {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return Verdict::Network,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        let n = got.len().min(want.len());
+        if got[..n] != want[..n] {
+            return Verdict::Status;
+        }
+    }
+    Verdict::Healthy { degraded: false }
+}
+
+/// Reads an HTTP/1.x response head: its status and whether it carries
+/// `x-envoy-degraded`. `None` for a malformed or oversized head.
+async fn read_http1_head(io: &mut Box<dyn Io>) -> Option<(u16, bool)> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = io.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            head.truncate(end);
+            break;
+        }
+        if head.len() > MAX_READ {
+            return None;
+        }
+    }
+    parse_http1_head(&head)
+}
+
+/// Parses `HTTP/1.x NNN ...` and its header lines (the head without its
+/// final blank line).
+pub(crate) fn parse_http1_head(head: &[u8]) -> Option<(u16, bool)> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next()?;
+    let rest = status_line.strip_prefix("HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    if rest.as_bytes().get(1) != Some(&b' ') {
+        return None;
+    }
+    let status: u16 = code.parse().ok()?;
+    if !(100..600).contains(&status) {
+        return None;
+    }
+    let degraded = lines.any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("x-envoy-degraded"))
+    });
+    Some((status, degraded))
+}
+
+/// One HTTP/2 request on a fresh connection; the response head and up to
+/// `MAX_READ` bytes of body with its trailers.
+async fn h2_request(
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+    authority: &str,
+    req: http::Request<http_body_util::Empty<Bytes>>,
+) -> Option<(http::response::Parts, (Bytes, Option<http::HeaderMap>))> {
+    use http_body_util::BodyExt;
+    let io = connect(addr, tls, Some(authority)).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .ok()?;
+    let driver = tokio::spawn(conn);
+    let result = async {
+        let resp = send.send_request(req).await.ok()?;
+        let (head, mut body) = resp.into_parts();
+        let mut data = BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.ok()?;
+            if let Some(t) = frame.trailers_ref() {
+                trailers = Some(t.clone());
+            } else if let Ok(d) = frame.into_data() {
+                if data.len() + d.len() > MAX_READ {
+                    return None;
+                }
+                data.put(d);
+            }
+        }
+        Some((head, (data.freeze(), trailers)))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// `grpc.health.v1.Health/Check`: SERVING (1) is healthy; any other
+/// status or a gRPC error fails the endpoint at once.
+async fn grpc_check(
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+    authority: &str,
+    service: &str,
+) -> Verdict {
+    // HealthCheckRequest { string service = 1; }
+    let mut msg = BytesMut::new();
+    if !service.is_empty() {
+        msg.put_u8(0x0a);
+        put_varint(&mut msg, service.len() as u64);
+        msg.put_slice(service.as_bytes());
+    }
+    let mut framed = BytesMut::with_capacity(5 + msg.len());
+    framed.put_u8(0);
+    framed.put_u32(msg.len() as u32);
+    framed.put(msg);
+    let Ok(req) = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "meshgate-health-check")
+        .body(http_body_util::Full::new(framed.freeze()))
+    else {
+        return Verdict::Network;
+    };
+    use http_body_util::BodyExt;
+    let Ok(io) = connect(addr, tls, Some(authority)).await else {
+        return Verdict::Network;
+    };
+    let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    else {
+        return Verdict::Network;
+    };
+    let driver = tokio::spawn(conn);
+    let result = async {
+        let resp = send.send_request(req).await.ok()?;
+        if resp.status() != http::StatusCode::OK {
+            return Some(Verdict::Status);
+        }
+        let (head, mut body) = resp.into_parts();
+        let mut data = BytesMut::new();
+        let mut grpc_status = head
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok().map(str::to_string));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.ok()?;
+            if let Some(t) = frame.trailers_ref() {
+                if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                    grpc_status = Some(s.to_string());
+                }
+            } else if let Ok(d) = frame.into_data() {
+                if data.len() + d.len() > MAX_READ {
+                    return None;
+                }
+                data.put(d);
+            }
+        }
+        if grpc_status.as_deref() != Some("0") {
+            return Some(Verdict::Status);
+        }
+        Some(match parse_health_response(&data)? {
+            1 => Verdict::Healthy { degraded: false },
+            _ => Verdict::Status,
+        })
+    }
+    .await;
+    driver.abort();
+    result.unwrap_or(Verdict::Network)
+}
+
+fn put_varint(b: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        b.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    b.put_u8(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        if !b.has_remaining() {
+            return None;
+        }
+        let byte = b.get_u8();
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `status` of a framed `HealthCheckResponse` (0 when absent:
+/// UNKNOWN); `None` when malformed.
+pub(crate) fn parse_health_response(data: &[u8]) -> Option<u64> {
+    let mut b = data;
+    if b.len() < 5 || b[0] != 0 {
+        return None;
+    }
+    b.advance(1);
+    let len = b.get_u32() as usize;
+    if b.len() < len {
+        return None;
+    }
+    let mut m = &b[..len];
+    let mut status = 0;
+    while m.has_remaining() {
+        let tag = get_varint(&mut m)?;
+        match tag & 7 {
+            0 => {
+                let v = get_varint(&mut m)?;
+                if tag >> 3 == 1 {
+                    status = v;
+                }
+            }
+            2 => {
+                let l = get_varint(&mut m)? as usize;
+                if m.len() < l {
+                    return None;
+                }
+                m.advance(l);
+            }
+            5 if m.len() >= 4 => m.advance(4),
+            1 if m.len() >= 8 => m.advance(8),
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(unhealthy: u32, healthy: u32) -> HealthCheckConfig {
+        serde_yaml::from_str(&format!(
+            "timeout: 1s\ninterval: 1s\nunhealthy_threshold: {unhealthy}\nhealthy_threshold: {healthy}\ntcp_health_check: {{}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn thresholds_count_consecutive_results() {
+        let c = cfg(2, 3);
+        let mut t = Thresholds::default();
+        let ok = Verdict::Healthy { degraded: false };
+        // A pending endpoint is healthy after its first success.
+        assert_eq!(transition(&mut t, true, true, ok, &c), Some(false));
+        // One network failure is not enough; two in a row are.
+        assert_eq!(transition(&mut t, false, false, Verdict::Network, &c), None);
+        assert_eq!(transition(&mut t, false, false, ok, &c), None);
+        assert_eq!(transition(&mut t, false, false, Verdict::Timeout, &c), None);
+        assert_eq!(
+            transition(&mut t, false, false, Verdict::Retriable, &c),
+            Some(true)
+        );
+        // Back: three successes in a row.
+        assert_eq!(transition(&mut t, true, false, ok, &c), None);
+        assert_eq!(transition(&mut t, true, false, ok, &c), None);
+        assert_eq!(transition(&mut t, true, false, ok, &c), Some(false));
+        // An unexpected status fails at once.
+        assert_eq!(
+            transition(&mut t, false, false, Verdict::Status, &c),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn intervals_follow_state() {
+        let mut c = cfg(1, 1);
+        c.unhealthy_interval = Some(Duration::from_secs(5));
+        c.unhealthy_edge_interval = Some(Duration::from_secs(7));
+        c.healthy_edge_interval = Some(Duration::from_secs(3));
+        c.no_traffic_interval = Some(Duration::from_secs(60));
+        assert_eq!(
+            next_interval(&c, false, false, true),
+            Duration::from_secs(1)
+        );
+        assert_eq!(next_interval(&c, false, true, true), Duration::from_secs(3));
+        assert_eq!(next_interval(&c, true, false, true), Duration::from_secs(5));
+        assert_eq!(next_interval(&c, true, true, true), Duration::from_secs(7));
+        assert_eq!(
+            next_interval(&c, false, false, false),
+            Duration::from_secs(60)
+        );
+        c.interval_jitter_percent = 50;
+        let d = next_interval(&c, false, false, true);
+        assert!(d >= Duration::from_secs(1) && d < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn http1_heads() {
+        assert_eq!(
+            parse_http1_head(b"HTTP/1.1 200 OK\r\nx-envoy-degraded: 1"),
+            Some((200, true))
+        );
+        assert_eq!(parse_http1_head(b"HTTP/1.0 503 No"), Some((503, false)));
+        assert_eq!(parse_http1_head(b"HTTP/1.1 20"), None);
+        assert_eq!(parse_http1_head(b"SSH-2.0"), None);
+        assert_eq!(parse_http1_head(b"HTTP/1.1 999 x"), None);
+        let e = [StatusRange {
+            start: 200,
+            end: 300,
+        }];
+        let r = [StatusRange {
+            start: 503,
+            end: 504,
+        }];
+        assert_eq!(
+            classify(204, false, &e, &r),
+            Verdict::Healthy { degraded: false }
+        );
+        assert_eq!(classify(503, false, &e, &r), Verdict::Retriable);
+        assert_eq!(classify(500, false, &e, &r), Verdict::Status);
+    }
+
+    #[test]
+    fn grpc_health_responses() {
+        assert_eq!(parse_health_response(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(parse_health_response(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(parse_health_response(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(parse_health_response(&[0, 0, 0, 0, 9, 0x08]), None);
+        assert_eq!(parse_health_response(&[1, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn new_endpoints_start_pending_and_choose_prefers_healthy_then_degraded() {
+        use crate::config::{ClusterConfig, ConfigSource};
+        use crate::lb::LbContext;
+        let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}, {"address": "127.0.0.1:3"}],
+            "health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                               "healthy_threshold": 1, "tcp_health_check": {}}],
+        }))
+        .unwrap();
+        let reg = crate::registry::Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let m = super::super::ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let c = m.get("c").unwrap().clone();
+        let eps = c.hosts().endpoints.clone();
+        for e in &eps {
+            assert_eq!(
+                HealthFlags::names(e.health_flags().flags()),
+                vec!["failed_active_hc", "pending_active_hc"]
+            );
+            e.health_flags()
+                .clear_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+        }
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::DEGRADED_ACTIVE_HC);
+        eps[1]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        let ctx = LbContext::default();
+        let picks = |n| {
+            (0..n)
+                .map(|_| c.choose(&ctx, &[]).unwrap().address.port())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(picks(10), [3].into());
+        // No healthy one left: the degraded one, not the failed one.
+        eps[2]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        assert_eq!(picks(10), [1].into());
+        // None available: still one (panic mode), not none.
+        eps[0]
+            .health_flags()
+            .set_flag(HealthFlags::FAILED_ACTIVE_HC);
+        assert_eq!(picks(5).len(), 1);
+        // An update: kept endpoints keep their state, a new one is pending.
+        let new = Arc::new(Endpoint::new("127.0.0.1:4".parse().unwrap(), 1));
+        c.update_endpoints(vec![eps[0].clone(), new.clone()]);
+        assert_eq!(
+            HealthFlags::names(new.health_flags().flags()),
+            vec!["failed_active_hc", "pending_active_hc"]
+        );
+        assert_eq!(
+            HealthFlags::names(eps[0].health_flags().flags()),
+            vec!["failed_active_hc", "degraded_active_hc"]
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! xDS translation of a Cluster's `health_checks` (Envoy's
+//! `config.core.v3.HealthCheck`) into meshgate's `HealthCheckConfig`.
+//! Every field is taken out of the message and what is left is refused
+//! by name (`rest`): `alt_port`, `reuse_connection`, `event_log_path`,
+//! `tls_options`, `transport_socket_match_criteria`, HTTP `send`/`receive`,
+//! `custom_health_check`, `redis`... are not supported.
+
+use crate::translate::{R, duration, err, rest};
+use envoy_types::pb::envoy::config::core::v3 as core3;
+use envoy_types::pb::envoy::config::core::v3::health_check as hc;
+use meshgate_core::config::health_check::{
+    CodecClientType, GrpcHealthCheck, HeaderValue, HeaderValueOption, HealthCheckConfig,
+    HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
+};
+use std::time::Duration;
+
+/// Translates a Cluster's `health_checks` (`path` names the field).
+pub(crate) fn health_checks(
+    list: Vec<core3::HealthCheck>,
+    path: &str,
+) -> R<Vec<HealthCheckConfig>> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, h)| health_check(h, &format!("{path}[{i}]")))
+        .collect()
+}
+
+fn opt_duration(
+    d: Option<envoy_types::pb::google::protobuf::Duration>,
+    path: &str,
+) -> R<Option<Duration>> {
+    d.map(|d| duration(&d, path)).transpose()
+}
+
+fn payload(p: hc::Payload, path: &str) -> R<Payload> {
+    Ok(Payload {
+        text: match p.payload {
+            Some(hc::payload::Payload::Text(t)) => t,
+            Some(hc::payload::Payload::Binary(b)) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            None => return err(path, "payload is empty"),
+        },
+    })
+}
+
+fn ranges(v: Vec<envoy_types::pb::envoy::r#type::v3::Int64Range>) -> Vec<StatusRange> {
+    v.into_iter()
+        .map(|r| StatusRange {
+            start: r.start,
+            end: r.end,
+        })
+        .collect()
+}
+
+fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
+    let f = |n: &str| format!("{path}.{n}");
+    let Some(timeout) = opt_duration(h.timeout.take(), &f("timeout"))? else {
+        return err(f("timeout"), "required");
+    };
+    let Some(interval) = opt_duration(h.interval.take(), &f("interval"))? else {
+        return err(f("interval"), "required");
+    };
+    let Some(unhealthy_threshold) = h.unhealthy_threshold.take().map(|v| v.value) else {
+        return err(f("unhealthy_threshold"), "required");
+    };
+    let Some(healthy_threshold) = h.healthy_threshold.take().map(|v| v.value) else {
+        return err(f("healthy_threshold"), "required");
+    };
+    let mut out = HealthCheckConfig {
+        timeout,
+        interval,
+        interval_jitter: opt_duration(h.interval_jitter.take(), &f("interval_jitter"))?,
+        interval_jitter_percent: std::mem::take(&mut h.interval_jitter_percent),
+        initial_jitter: opt_duration(h.initial_jitter.take(), &f("initial_jitter"))?,
+        unhealthy_threshold,
+        healthy_threshold,
+        no_traffic_interval: opt_duration(h.no_traffic_interval.take(), &f("no_traffic_interval"))?,
+        no_traffic_healthy_interval: opt_duration(
+            h.no_traffic_healthy_interval.take(),
+            &f("no_traffic_healthy_interval"),
+        )?,
+        unhealthy_interval: opt_duration(h.unhealthy_interval.take(), &f("unhealthy_interval"))?,
+        unhealthy_edge_interval: opt_duration(
+            h.unhealthy_edge_interval.take(),
+            &f("unhealthy_edge_interval"),
+        )?,
+        healthy_edge_interval: opt_duration(
+            h.healthy_edge_interval.take(),
+            &f("healthy_edge_interval"),
+        )?,
+        always_log_health_check_failures: std::mem::take(&mut h.always_log_health_check_failures),
+        http_health_check: None,
+        tcp_health_check: None,
+        grpc_health_check: None,
+        custom_health_check: None,
+    };
+    match h.health_checker.take() {
+        None => {
+            return err(
+                path,
+                "one of http_health_check, tcp_health_check, grpc_health_check is required",
+            );
+        }
+        Some(hc::HealthChecker::HttpHealthCheck(mut x)) => {
+            let p = f("http_health_check");
+            let codec = match x.codec_client_type {
+                0 => CodecClientType::HTTP1,
+                1 => CodecClientType::HTTP2,
+                _ => {
+                    return err(
+                        format!("{p}.codec_client_type"),
+                        "only HTTP1 and HTTP2 are supported",
+                    );
+                }
+            };
+            x.codec_client_type = 0;
+            let method = match std::mem::take(&mut x.method) {
+                0 => None,
+                m => Some(
+                    core3::RequestMethod::try_from(m)
+                        .map_err(|_| (format!("{p}.method"), format!("unknown method {m}")))?
+                        .as_str_name()
+                        .to_string(),
+                ),
+            };
+            let mut headers = Vec::new();
+            for (i, mut o) in std::mem::take(&mut x.request_headers_to_add)
+                .into_iter()
+                .enumerate()
+            {
+                let hp = format!("{p}.request_headers_to_add[{i}]");
+                let Some(mut hv) = o.header.take() else {
+                    return err(format!("{hp}.header"), "required");
+                };
+                let key = std::mem::take(&mut hv.key);
+                let value = std::mem::take(&mut hv.value);
+                rest(&hv, &format!("{hp}.header"))?;
+                // Appending or not is the same on a request meshgate builds.
+                #[allow(deprecated)]
+                {
+                    o.append = None;
+                }
+                o.append_action = 0;
+                rest(&o, &hp)?;
+                headers.push(HeaderValueOption {
+                    header: HeaderValue { key, value },
+                });
+            }
+            let cfg = HttpHealthCheck {
+                host: std::mem::take(&mut x.host),
+                path: std::mem::take(&mut x.path),
+                method,
+                request_headers_to_add: headers,
+                expected_statuses: ranges(std::mem::take(&mut x.expected_statuses)),
+                retriable_statuses: ranges(std::mem::take(&mut x.retriable_statuses)),
+                codec_client_type: codec,
+            };
+            rest(&x, &p)?;
+            out.http_health_check = Some(cfg);
+        }
+        Some(hc::HealthChecker::TcpHealthCheck(mut x)) => {
+            let p = f("tcp_health_check");
+            let send = x
+                .send
+                .take()
+                .map(|s| payload(s, &format!("{p}.send")))
+                .transpose()?;
+            let receive = std::mem::take(&mut x.receive)
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| payload(r, &format!("{p}.receive[{i}]")))
+                .collect::<R<Vec<_>>>()?;
+            rest(&x, &p)?;
+            out.tcp_health_check = Some(TcpHealthCheck { send, receive });
+        }
+        Some(hc::HealthChecker::GrpcHealthCheck(mut x)) => {
+            let p = f("grpc_health_check");
+            let cfg = GrpcHealthCheck {
+                service_name: std::mem::take(&mut x.service_name),
+                authority: std::mem::take(&mut x.authority),
+            };
+            rest(&x, &p)?;
+            out.grpc_health_check = Some(cfg);
+        }
+        Some(hc::HealthChecker::CustomHealthCheck(_)) => {
+            return err(f("custom_health_check"), "not supported by meshgate");
+        }
+    }
+    rest(&h, path)?;
+    out.validate(path).map_err(|e| (e.path, e.message))?;
+    Ok(out)
+}
