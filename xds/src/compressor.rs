@@ -19,8 +19,7 @@ pub(crate) const COMPRESSOR: &str =
 pub(crate) const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute";
 const GZIP: &str = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip";
-const BROTLI: &str =
-    "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
+const BROTLI: &str = "type.googleapis.com/envoy.extensions.compression.brotli.compressor.v3.Brotli";
 const ZSTD: &str = "type.googleapis.com/envoy.extensions.compression.zstd.compressor.v3.Zstd";
 /// The filter's Envoy name.
 pub(crate) const NAME: &str = "envoy.filters.http.compressor";
@@ -275,10 +274,13 @@ mod tests {
         let e = filter(&any(COMPRESSOR, &c), "f").unwrap_err();
         assert!(e.0.contains("request_direction_config"), "{e:?}");
         let c = comp::Compressor {
-            compressor_library: lib(ZSTD, &zstd::Zstd {
-                dictionary: Some(Default::default()),
-                ..Default::default()
-            }),
+            compressor_library: lib(
+                ZSTD,
+                &zstd::Zstd {
+                    dictionary: Some(Default::default()),
+                    ..Default::default()
+                },
+            ),
             ..Default::default()
         };
         let e = filter(&any(COMPRESSOR, &c), "f").unwrap_err();
@@ -314,14 +316,17 @@ mod tests {
     #[test]
     fn brotli_and_zstd_translate() {
         let c = comp::Compressor {
-            compressor_library: lib(BROTLI, &brotli::Brotli {
-                quality: Some(protobuf::UInt32Value { value: 5 }),
-                encoder_mode: brotli::brotli::EncoderMode::Text as i32,
-                window_bits: Some(protobuf::UInt32Value { value: 20 }),
-                chunk_size: Some(protobuf::UInt32Value { value: 8192 }),
-                disable_literal_context_modeling: true,
-                ..Default::default()
-            }),
+            compressor_library: lib(
+                BROTLI,
+                &brotli::Brotli {
+                    quality: Some(protobuf::UInt32Value { value: 5 }),
+                    encoder_mode: brotli::brotli::EncoderMode::Text as i32,
+                    window_bits: Some(protobuf::UInt32Value { value: 20 }),
+                    chunk_size: Some(protobuf::UInt32Value { value: 8192 }),
+                    disable_literal_context_modeling: true,
+                    ..Default::default()
+                },
+            ),
             choose_first: true,
             ..Default::default()
         };
@@ -340,12 +345,15 @@ mod tests {
             })
         );
         let c = comp::Compressor {
-            compressor_library: lib(ZSTD, &zstd::Zstd {
-                compression_level: Some(protobuf::UInt32Value { value: 9 }),
-                enable_checksum: true,
-                strategy: zstd::zstd::Strategy::Btopt as i32,
-                ..Default::default()
-            }),
+            compressor_library: lib(
+                ZSTD,
+                &zstd::Zstd {
+                    compression_level: Some(protobuf::UInt32Value { value: 9 }),
+                    enable_checksum: true,
+                    strategy: zstd::zstd::Strategy::Btopt as i32,
+                    ..Default::default()
+                },
+            ),
             ..Default::default()
         };
         let v = filter(&any(COMPRESSOR, &c), "f").unwrap();

@@ -8,6 +8,7 @@
 pub mod client;
 mod compressor;
 mod cors_field;
+mod decompressor;
 pub mod error;
 mod ext_authz;
 mod fault;

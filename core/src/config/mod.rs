@@ -3,6 +3,7 @@
 //! would look for them. Unknown fields are errors everywhere.
 
 pub mod compressor;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;

@@ -245,8 +245,12 @@ fn brotli_library(
             16..=24,
             &format!("{lib}.input_block_bits"),
         )?,
-        chunk_size: in_range(b.chunk_size, 4096, 4096..=65536, &format!("{lib}.chunk_size"))?
-            as usize,
+        chunk_size: in_range(
+            b.chunk_size,
+            4096,
+            4096..=65536,
+            &format!("{lib}.chunk_size"),
+        )? as usize,
         mode,
         disable_literal_context_modeling: b.disable_literal_context_modeling,
     })
@@ -294,28 +298,28 @@ fn zstd_library(z: &meshgate_core::config::compressor::ZstdConfig) -> Result<Lib
 
 fn gzip_library(g: &meshgate_core::config::compressor::GzipConfig) -> Result<Library, BuildError> {
     let level = gzip_level(g.compression_level.as_deref())?;
-        let lib = "compressor_library.gzip";
-        // The gzip encoder (flate2 on miniz_oxide) has a fixed 32 KiB
-        // window and memory use, and flushes per upstream chunk: a setting
-        // it cannot honour is refused, not accepted and ignored.
-        if g.memory_level.is_some() {
-            return Err(BuildError::new(
-                format!("{lib}.memory_level"),
-                "not supported (meshgate's gzip has a fixed memory level)",
-            ));
-        }
-        if g.window_bits.is_some_and(|w| w != 15) {
-            return Err(BuildError::new(
-                format!("{lib}.window_bits"),
-                "only 15 (meshgate's gzip uses a 32 KiB window)",
-            ));
-        }
-        if g.chunk_size.is_some() {
-            return Err(BuildError::new(
-                format!("{lib}.chunk_size"),
-                "not supported (meshgate's gzip flushes per upstream chunk)",
-            ));
-        }
+    let lib = "compressor_library.gzip";
+    // The gzip encoder (flate2 on miniz_oxide) has a fixed 32 KiB
+    // window and memory use, and flushes per upstream chunk: a setting
+    // it cannot honour is refused, not accepted and ignored.
+    if g.memory_level.is_some() {
+        return Err(BuildError::new(
+            format!("{lib}.memory_level"),
+            "not supported (meshgate's gzip has a fixed memory level)",
+        ));
+    }
+    if g.window_bits.is_some_and(|w| w != 15) {
+        return Err(BuildError::new(
+            format!("{lib}.window_bits"),
+            "only 15 (meshgate's gzip uses a 32 KiB window)",
+        ));
+    }
+    if g.chunk_size.is_some() {
+        return Err(BuildError::new(
+            format!("{lib}.chunk_size"),
+            "not supported (meshgate's gzip flushes per upstream chunk)",
+        ));
+    }
     Ok(Library::Gzip { level })
 }
 
@@ -451,20 +455,20 @@ impl Accept {
                         q = val.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
                     }
                 }
-                let slot = if coding.eq_ignore_ascii_case(GZIP) || coding.eq_ignore_ascii_case("x-gzip")
-                {
-                    &mut a.gzip
-                } else if coding.eq_ignore_ascii_case("br") {
-                    &mut a.br
-                } else if coding.eq_ignore_ascii_case("zstd") {
-                    &mut a.zstd
-                } else if coding == "*" {
-                    &mut a.star
-                } else if coding.eq_ignore_ascii_case("identity") {
-                    &mut a.identity
-                } else {
-                    continue;
-                };
+                let slot =
+                    if coding.eq_ignore_ascii_case(GZIP) || coding.eq_ignore_ascii_case("x-gzip") {
+                        &mut a.gzip
+                    } else if coding.eq_ignore_ascii_case("br") {
+                        &mut a.br
+                    } else if coding.eq_ignore_ascii_case("zstd") {
+                        &mut a.zstd
+                    } else if coding == "*" {
+                        &mut a.star
+                    } else if coding.eq_ignore_ascii_case("identity") {
+                        &mut a.identity
+                    } else {
+                        continue;
+                    };
                 *slot = Some(q);
             }
         }
@@ -780,7 +784,8 @@ mod tests {
             ("zstd", "strategy", serde_json::json!("SLOW")),
             ("zstd", "chunk_size", serde_json::json!(4096)),
         ] {
-            let e = build(serde_json::json!({"compressor_library": {lib: {field: v}}})).unwrap_err();
+            let e =
+                build(serde_json::json!({"compressor_library": {lib: {field: v}}})).unwrap_err();
             assert_eq!(e.path, format!("compressor_library.{lib}.{field}"));
         }
         let e = build(serde_json::json!({"compressor_library": {"zstd": {"dictionary": {}}}}))
