@@ -122,11 +122,11 @@ nginx_worker() { pgrep -P "$1" | head -1; }
 # also writes the size of one response to $OUT/size.
 measure() { # PID PORT AE
     local before after urls=() i
-    for ((i = 0; i < N; i++)); do urls+=("http://127.0.0.1:$2/body.json"); done
+    for ((i = 0; i < N; i++)); do urls+=(-o /dev/null "http://127.0.0.1:$2/body.json"); done
     curl -sS -H "accept-encoding: $3" -o "$OUT/one" "http://127.0.0.1:$2/body.json"
     stat -c %s "$OUT/one" >"$OUT/size"
     before="$(cpu_ticks "$1")"
-    taskset -c "$LOAD_CPU" curl -sS -H "accept-encoding: $3" -o /dev/null "${urls[@]}"
+    taskset -c "$LOAD_CPU" curl -sS -H "accept-encoding: $3" "${urls[@]}"
     after="$(cpu_ticks "$1")"
     echo $((after - before))
 }
