@@ -5,7 +5,11 @@
 //! it) is decoded as it streams (`body.rs`): the coding is removed from
 //! `content-encoding`, `content-length` is dropped (the codec frames the
 //! decoded body), and a body that inflates past `max_inflate_ratio` is cut
-//! off and counted instead of inflated. With response decoding on, the
+//! off and counted instead of inflated. A request body's first frame is
+//! decoded before the request goes upstream, so a bomb or garbage in it
+//! (the usual case: a bomb is small) is answered 413 / 400 locally; past
+//! the first frame the upstream request is aborted (the client gets 502).
+//! With response decoding on, the
 //! library's coding is advertised upstream in `accept-encoding`. A
 //! listener without this filter pays nothing.
 
@@ -13,6 +17,7 @@ mod body;
 
 use http::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
 use meshgate_core::BuildError;
 use meshgate_core::config::decompressor::{CommonDirectionConfig, DecompressorConfig};
 use meshgate_core::config::parse_typed;
@@ -20,8 +25,8 @@ use meshgate_core::filter_chain::RouteView;
 use meshgate_core::metrics::names;
 use meshgate_core::network::BuildContext;
 use meshgate_core::stream::{
-    FilterFuture, FilterStatus, Request, Response, StreamFilter, StreamFilterFactory, StreamInfo,
-    box_body, empty_body,
+    FilterFuture, FilterStatus, LocalReason, Request, Response, StreamFilter, StreamFilterFactory,
+    StreamInfo, box_body, empty_body, local_reply,
 };
 use std::sync::Arc;
 
@@ -233,6 +238,31 @@ impl Decompressor {
     }
 }
 
+/// A body whose first frame was already taken: that frame, then the rest.
+struct Prepend {
+    first: Option<http_body::Frame<bytes::Bytes>>,
+    rest: meshgate_core::stream::Body,
+}
+
+impl http_body::Body for Prepend {
+    type Data = bytes::Bytes;
+    type Error = meshgate_core::stream::BodyError;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match this.first.take() {
+            Some(f) => std::task::Poll::Ready(Some(Ok(f))),
+            None => std::pin::Pin::new(&mut this.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}
+
 /// A body that fails at once (the decoder could not be set up).
 struct Failed(Option<std::io::Error>);
 
@@ -269,16 +299,42 @@ impl StreamFilter for Decompressor {
     fn on_request<'a>(
         &'a self,
         req: &'a mut Request,
-        _info: &'a mut StreamInfo,
+        info: &'a mut StreamInfo,
         _route: RouteView<'a>,
     ) -> FilterFuture<'a> {
-        if self.take_coding(self.request, req.headers_mut(), "request") {
-            self.wrap(req.body_mut(), "request");
-        }
         if self.response.enabled && self.advertise {
             advertise(req.headers_mut(), self.library.encoding());
         }
-        Box::pin(std::future::ready(FilterStatus::Continue))
+        if !self.take_coding(self.request, req.headers_mut(), "request") {
+            return Box::pin(std::future::ready(FilterStatus::Continue));
+        }
+        self.wrap(req.body_mut(), "request");
+        Box::pin(async move {
+            // The first decoded frame before anything goes upstream: a
+            // refusal is still a local answer here.
+            let mut b = std::mem::replace(req.body_mut(), empty_body());
+            match b.frame().await {
+                None => {}
+                Some(Ok(first)) => {
+                    *req.body_mut() = box_body(Prepend {
+                        first: Some(first),
+                        rest: b,
+                    });
+                }
+                Some(Err(e)) => {
+                    let bomb = e
+                        .downcast_ref::<body::DecodeError>()
+                        .is_some_and(|e| matches!(e, body::DecodeError::Bomb));
+                    let reason = if bomb {
+                        LocalReason::PayloadTooLarge
+                    } else {
+                        LocalReason::BadRequest
+                    };
+                    return FilterStatus::Respond(local_reply(info, reason));
+                }
+            }
+            FilterStatus::Continue
+        })
     }
 
     fn on_response(&self, resp: &mut Response, _info: &mut StreamInfo) {
