@@ -42,6 +42,7 @@ fi
 # ext_authz servers.
 python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q 'pyjwt[crypto]'
 python3 -c 'import bcrypt' 2>/dev/null || python3 -m pip install -q bcrypt
+python3 -c 'import brotli, zstandard' 2>/dev/null || python3 -m pip install -q brotli zstandard
 python3 -c 'import envoy.service.auth.v3.external_auth_pb2' 2>/dev/null || python3 -m pip install -q xds-protos
 # Dubbo consumer (dubbo-ssl-python).
 python3 -c 'import dubbo_ssl' 2>/dev/null || python3 -m pip install -q dubbo-ssl-python

@@ -8,6 +8,7 @@ mod chain;
 pub mod compressor;
 pub mod cors;
 pub mod csrf;
+pub mod decompressor;
 pub mod echo;
 mod edge;
 pub mod ext_authz;
@@ -46,6 +47,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(local_ratelimit::LocalRateLimitFactory))?;
     registry.register_stream_filter(Arc::new(ratelimit::RateLimitFactory))?;
     registry.register_stream_filter(Arc::new(compressor::CompressorFactory))?;
+    registry.register_stream_filter(Arc::new(decompressor::DecompressorFactory))?;
     registry.register_stream_filter(Arc::new(header_mutation::HeaderMutationFactory))?;
     registry.register_stream_filter(Arc::new(fault::FaultFactory))
 }

@@ -4,7 +4,12 @@
 //! HTTP/1.1 and h2) and python's gzip decode what meshgate sends. Also
 //! per-route `{disabled: true}` and `remove_accept_encoding_header`
 //! overrides (the recorded upstream request shows the header gone), and
-//! the filter configured from a real xDS control plane.
+//! the filter configured from a real xDS control plane. Brotli and zstd:
+//! three compressor filters on one listener, the encoding chosen by the
+//! client's q-values (ties to the first filter, or to `choose_first`),
+//! decoded by curl and by python's `brotli` / `zstandard`, over HTTP/1.1
+//! and h2, and a brotli body that reaches the client chunk by chunk while
+//! the upstream is still sending.
 
 use meshgate_tests::scripted::{Script, Scripted};
 use meshgate_tests::*;
@@ -276,18 +281,268 @@ fn per_route_disabled_and_remove_accept_encoding_override() {
 }
 
 #[test]
-fn brotli_library_is_refused_by_name() {
-    let yaml = config("127.0.0.1:1".parse().unwrap()).replace(
-        "gzip: {compression_level: COMPRESSION_LEVEL_6}",
-        "brotli: {}",
-    );
+fn unhonoured_brotli_and_zstd_fields_are_refused_by_name() {
     let dir = std::env::temp_dir().join(format!("mg-compress-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("brotli.yaml");
-    std::fs::write(&path, yaml.replace("{ADMIN}", "127.0.0.1:0")).unwrap();
-    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
-    assert_ne!(code, 0, "{out}");
-    assert!(format!("{out}{err}").contains("brotli"), "{out}{err}");
+    for (lib, field) in [
+        ("brotli: {quality: 12}", "compressor_library.brotli.quality"),
+        (
+            "zstd: {chunk_size: 4096}",
+            "compressor_library.zstd.chunk_size",
+        ),
+        ("zstd: {dictionary: {}}", "dictionary"),
+        ("{gzip: {}, brotli: {}}", "compressor_library"),
+    ] {
+        let lib_yaml = if lib.starts_with('{') {
+            format!("compressor_library: {lib}")
+        } else {
+            format!("compressor_library:\n                      {lib}")
+        };
+        let yaml = config("127.0.0.1:1".parse().unwrap()).replace(
+            "compressor_library:\n                      name: text\n                      gzip: {compression_level: COMPRESSION_LEVEL_6}",
+            &lib_yaml,
+        );
+        assert!(yaml.contains(lib), "{yaml}");
+        let path = dir.join("lib.yaml");
+        std::fs::write(&path, yaml.replace("{ADMIN}", "127.0.0.1:0")).unwrap();
+        let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
+        assert_ne!(code, 0, "{lib}: {out}");
+        assert!(format!("{out}{err}").contains(field), "{lib}: {out}{err}");
+    }
+}
+
+/// Two listeners: `multi` with gzip, brotli and zstd compressor filters in
+/// that order, `first` with gzip then brotli marked `choose_first`.
+fn multi_config(up: std::net::SocketAddr) -> String {
+    let listener = |name: &str, filters: &str| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+{filters}              route_config:
+                virtual_hosts:
+                  - name: api
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: up}}
+"#
+        )
+    };
+    let f = |lib: &str| {
+        format!("                - name: compressor\n                  config:\n{lib}\n")
+    };
+    let gzip = f("                    compressor_library: {gzip: {}}");
+    let br = f(
+        "                    compressor_library: {brotli: {quality: 5, encoder_mode: TEXT, window_bits: 20}}",
+    );
+    let zstd = f(
+        "                    compressor_library: {zstd: {compression_level: 5, enable_checksum: true}}",
+    );
+    let br_first = f(
+        "                    compressor_library: {brotli: {}}\n                    choose_first: true",
+    );
+    format!(
+        "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{}{}clusters:\n  - name: up\n    endpoints: [{{address: \"{up}\"}}]\n",
+        listener("multi", &format!("{gzip}{br}{zstd}")),
+        listener("first", &format!("{gzip}{br_first}")),
+    )
+}
+
+/// Python's `brotli` or `zstandard` (or gzip) decoder over `data`.
+fn python_decode(encoding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let code = match encoding {
+        "br" => {
+            "import brotli,sys; sys.stdout.buffer.write(brotli.decompress(sys.stdin.buffer.read()))"
+        }
+        // A streaming frame has no content size: decode with a reader.
+        "zstd" => {
+            "import zstandard,sys; sys.stdout.buffer.write(zstandard.ZstdDecompressor().stream_reader(sys.stdin.buffer).read())"
+        }
+        _ => "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+    };
+    let mut child = Command::new("python3")
+        .args(["-c", code])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python could not decode {encoding}: {out:?}"
+    );
+    out.stdout
+}
+
+#[test]
+fn brotli_and_zstd_chosen_by_q_values_over_http1_and_h2() {
+    let up = upstream();
+    let mg = Meshgate::start(&multi_config(up.addr));
+    let big = big_text();
+    let multi = format!("http://127.0.0.1:{}", mg.listener_port("multi"));
+    let first = format!("http://127.0.0.1:{}", mg.listener_port("first"));
+    for h2 in [false, true] {
+        let proto: &[&str] = if h2 {
+            &["--http2-prior-knowledge"]
+        } else {
+            &[]
+        };
+        for (ae, path, want) in [
+            ("br", "/big", "br"),
+            ("zstd", "/big", "zstd"),
+            ("gzip;q=0.5, br;q=0.8, zstd;q=0.9", "/big", "zstd"),
+            ("gzip;q=0.5, br;q=0.8, zstd;q=0.1", "/big", "br"),
+            // A tie goes to the first filter in the chain.
+            ("zstd, br, gzip", "/big", "gzip"),
+            ("gzip;q=0, *", "/big", "br"),
+            // A chunked upstream body streams through each encoder.
+            ("br", "/chunked", "br"),
+            ("zstd", "/chunked", "zstd"),
+        ] {
+            let url = format!("{multi}{path}");
+            let mut args = proto.to_vec();
+            let h = format!("accept-encoding: {ae}");
+            args.extend(["-H", &h, &url]);
+            let (head, raw) = fetch(&args);
+            assert!(
+                head.contains(&format!("content-encoding: {want}\r\n")),
+                "{ae} h2={h2}: {head}"
+            );
+            assert_eq!(
+                head.matches("vary: accept-encoding").count(),
+                1,
+                "one vary: {head}"
+            );
+            assert!(!head.contains("content-length"), "{head}");
+            assert!(raw.len() < big.len() / 5, "{want}: {} bytes", raw.len());
+            assert_eq!(python_decode(want, &raw), big.as_bytes(), "{ae} h2={h2}");
+        }
+        // curl offers "deflate, gzip, br, zstd" at q=1 and decodes itself.
+        let mut args = proto.to_vec();
+        let url = format!("{multi}/big");
+        args.extend(["--compressed", &url]);
+        let (head, body) = fetch(&args);
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert_eq!(body, big.as_bytes());
+        // choose_first on the later brotli filter wins the tie.
+        let url = format!("{first}/big");
+        let mut args = proto.to_vec();
+        args.extend(["--compressed", &url]);
+        let (head, body) = fetch(&args);
+        assert!(head.contains("content-encoding: br"), "{head}");
+        assert_eq!(body, big.as_bytes());
+        // ...but not a higher q-value.
+        let mut args = proto.to_vec();
+        args.extend(["-H", "accept-encoding: br;q=0.5, gzip", &url]);
+        let (head, raw) = fetch(&args);
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert_eq!(python_decode("gzip", &raw), big.as_bytes());
+    }
+    // Per protocol: brotli 3 explicit + 1 chunked + 1 choose_first, zstd
+    // 2 + 1 chunked, gzip 1 tie + 1 curl + 1 on `first`.
+    assert_eq!(mg.metric(COMPRESSED, &[("library", "brotli")]), 10.0);
+    assert_eq!(mg.metric(COMPRESSED, &[("library", "zstd")]), 6.0);
+    assert_eq!(mg.metric(COMPRESSED, &[("library", "gzip")]), 6.0);
+    let zin = mg.metric(BYTES_IN, &[("library", "zstd")]);
+    let zout = mg.metric(BYTES_OUT, &[("library", "zstd")]);
+    assert_eq!(zin, 6.0 * big.len() as f64);
+    assert!(zout > 0.0 && zout < zin / 5.0, "{zout}");
+    // The filters that were not chosen say so: zstd (last in the chain,
+    // first on the response) for the 6 br/gzip answers per protocol.
+    assert_eq!(
+        mg.metric(
+            NOT_COMPRESSED,
+            &[("library", "zstd"), ("reason", "not_accepted")]
+        ),
+        12.0
+    );
+}
+
+/// The upstream sends the head and a first chunk, then waits for `go`
+/// before the rest: the client must see the first chunk, compressed and
+/// decodable on its own, while the upstream is still waiting.
+#[test]
+fn brotli_body_streams_chunk_by_chunk() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let part1 = "first part: the quick brown fox jumps over the lazy dog\n".repeat(50);
+    let part2 = "second part: pack my box with five dozen liquor jugs\n".repeat(50);
+    let lis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = lis.local_addr().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (p1, p2) = (part1.clone(), part2.clone());
+    std::thread::spawn(move || {
+        let (mut s, _) = lis.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let mut out =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        out.extend_from_slice(format!("{:x}\r\n{p1}\r\n", p1.len()).as_bytes());
+        s.write_all(&out).unwrap();
+        let _ = go_rx.recv_timeout(std::time::Duration::from_secs(20));
+        s.write_all(format!("{:x}\r\n{p2}\r\n0\r\n\r\n", p2.len()).as_bytes())
+            .unwrap();
+    });
+    let mg = Meshgate::start(&multi_config(up));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", mg.listener_port("multi"))).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    c.write_all(b"GET /s HTTP/1.1\r\nhost: x\r\naccept-encoding: br\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "head cut: {head}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(head.contains("content-encoding: br"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // Reads one HTTP/1.1 chunk of the (compressed) body.
+    let chunk = |r: &mut BufReader<std::net::TcpStream>| -> Vec<u8> {
+        let mut size = String::new();
+        r.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut b = vec![0; n + 2];
+        r.read_exact(&mut b).unwrap();
+        b.truncate(n);
+        b
+    };
+    let mut dec = brotli::DecompressorWriter::new(Vec::new(), 4096);
+    // Part 1 arrives (maybe over several chunks) before `go`.
+    let mut got = 0;
+    while dec.get_ref().len() < part1.len() {
+        let b = chunk(&mut r);
+        assert!(!b.is_empty(), "body ended early");
+        got += b.len();
+        dec.write_all(&b).unwrap();
+        dec.flush().unwrap();
+    }
+    assert_eq!(dec.get_ref().as_slice(), part1.as_bytes());
+    assert!(got < part1.len() / 5, "compressed: {got} bytes");
+    go_tx.send(()).unwrap();
+    loop {
+        let b = chunk(&mut r);
+        if b.is_empty() {
+            break;
+        }
+        dec.write_all(&b).unwrap();
+    }
+    let all = dec.into_inner().unwrap();
+    assert_eq!(all, format!("{part1}{part2}").as_bytes());
 }
 
 #[test]

@@ -121,6 +121,14 @@ const KNOWN: &[Known] = &[
         per_route: crate::compressor::per_route,
     },
     Known {
+        name: "decompressor",
+        envoy_name: crate::decompressor::NAME,
+        type_url: crate::decompressor::DECOMPRESSOR,
+        filter: crate::decompressor::filter,
+        per_route_types: &[],
+        per_route: crate::decompressor::per_route,
+    },
+    Known {
         name: "header_mutation",
         envoy_name: crate::header_mutation::NAME,
         type_url: crate::header_mutation::FILTER,

@@ -9,6 +9,7 @@ mod circuit_breakers;
 pub mod client;
 mod compressor;
 mod cors_field;
+mod decompressor;
 pub mod error;
 mod ext_authz;
 mod fault;

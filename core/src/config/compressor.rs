@@ -3,7 +3,7 @@
 //! `CompressorPerRoute`), the contract between the filter and the xDS
 //! translator. Only what meshgate implements is here, so
 //! `deny_unknown_fields` refuses the rest by name (`request_direction_config`,
-//! `choose_first`, the `brotli` and `zstd` libraries, runtime keys).
+//! runtime keys, zstd's `dictionary`).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,10 +12,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct CompressorConfig {
     /// The encoder (Envoy's `TypedExtensionConfig`: here one key per
-    /// library; only `gzip` is shipped).
+    /// library, exactly one of `gzip`, `brotli`, `zstd`).
     pub compressor_library: CompressorLibrary,
     #[serde(default)]
     pub response_direction_config: ResponseDirectionConfig,
+    /// With several compressor filters on a listener: this one wins when
+    /// the client's q-values tie (the last one that sets it, as in Envoy);
+    /// otherwise the first filter in the chain wins a tie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub choose_first: bool,
 }
 
 /// Envoy's `compressor_library`.
@@ -28,6 +33,56 @@ pub struct CompressorLibrary {
     /// `envoy.extensions.compression.gzip.compressor.v3.Gzip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gzip: Option<GzipConfig>,
+    /// `envoy.extensions.compression.brotli.compressor.v3.Brotli`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brotli: Option<BrotliConfig>,
+    /// `envoy.extensions.compression.zstd.compressor.v3.Zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd: Option<ZstdConfig>,
+}
+
+/// Envoy's brotli compressor library (`content-encoding: br`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrotliConfig {
+    /// 0..=11 (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u32>,
+    /// `DEFAULT` (= `GENERIC`), `GENERIC`, `TEXT` or `FONT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_mode: Option<String>,
+    /// log2 of the sliding window, 10..=24 (default 18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_bits: Option<u32>,
+    /// log2 of the input block, 16..=24 (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_block_bits: Option<u32>,
+    /// The encoder's output buffer, 4096..=65536 bytes (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
+    /// Turns literal context modeling off (faster, larger output).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable_literal_context_modeling: bool,
+}
+
+/// Envoy's zstd compressor library (`content-encoding: zstd`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZstdConfig {
+    /// 1..=22 (default 3, zstd's default level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<u32>,
+    /// Append a content checksum to the frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_checksum: bool,
+    /// `DEFAULT`, `FAST`, `DFAST`, `GREEDY`, `LAZY`, `LAZY2`, `BTLAZY2`,
+    /// `BTOPT`, `BTULTRA`, `BTULTRA2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Output buffer hint: refused (meshgate emits one compressed chunk per
+    /// body chunk; zstd's stream buffer is fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
 }
 
 /// Envoy's gzip compressor library.

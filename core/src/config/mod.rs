@@ -4,6 +4,7 @@
 
 pub mod circuit_breakers;
 pub mod compressor;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;

@@ -263,6 +263,25 @@ pub const COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL: &str =
     "meshgate_compressor_uncompressed_bytes_total";
 /// Counter `{library}`: compressed body bytes the `compressor` filter sent.
 pub const COMPRESSOR_COMPRESSED_BYTES_TOTAL: &str = "meshgate_compressor_compressed_bytes_total";
+/// Counter `{library,direction}`: bodies the `decompressor` filter
+/// decoded (`direction` `request` or `response`).
+pub const DECOMPRESSOR_DECOMPRESSED_TOTAL: &str = "meshgate_decompressor_decompressed_total";
+/// Counter `{library,direction,reason}`: bodies the `decompressor` filter
+/// left alone (`disabled`, `no_transform`, `not_encoded`).
+pub const DECOMPRESSOR_NOT_DECOMPRESSED_TOTAL: &str =
+    "meshgate_decompressor_not_decompressed_total";
+/// Counter `{library,direction}`: encoded body bytes the `decompressor`
+/// filter took in.
+pub const DECOMPRESSOR_COMPRESSED_BYTES_TOTAL: &str =
+    "meshgate_decompressor_compressed_bytes_total";
+/// Counter `{library,direction}`: decoded body bytes the `decompressor`
+/// filter passed on.
+pub const DECOMPRESSOR_DECOMPRESSED_BYTES_TOTAL: &str =
+    "meshgate_decompressor_decompressed_bytes_total";
+/// Counter `{library,direction,reason}`: bodies the `decompressor` filter
+/// cut off (`inflate_ratio`: over `max_inflate_ratio`, a decompression
+/// bomb; `invalid`: not a valid encoded stream); the stream is aborted.
+pub const DECOMPRESSOR_REFUSED_TOTAL: &str = "meshgate_decompressor_refused_total";
 
 /// Every name above with its kind (checked by the tests below).
 /// Global `ratelimit`: requests the rate limit service allowed (`domain`).
@@ -438,6 +457,11 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_HEALTH_CHECK_ATTEMPT_TOTAL, Kind::Counter),
     (CLUSTER_HEALTH_CHECK_SUCCESS_TOTAL, Kind::Counter),
     (CLUSTER_HEALTH_CHECK_FAILURE_TOTAL, Kind::Counter),
+    (DECOMPRESSOR_DECOMPRESSED_TOTAL, Kind::Counter),
+    (DECOMPRESSOR_NOT_DECOMPRESSED_TOTAL, Kind::Counter),
+    (DECOMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (DECOMPRESSOR_DECOMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (DECOMPRESSOR_REFUSED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -1,14 +1,18 @@
 //! `compressor`: response compression (Envoy's
-//! `envoy.filters.http.compressor` with the gzip library). The request
-//! phase reads `accept-encoding` (q-values) and keeps the answer for the
-//! stream; the response phase decides whether the response is worth
-//! compressing (status, `content-encoding`, `cache-control: no-transform`,
-//! media type, `content-length` against `min_content_length`, ETag) and,
-//! if so, rewrites the head (`content-encoding: gzip`, `vary:
-//! accept-encoding`, no `content-length`, ETag weakened or removed) and
-//! wraps the body in a streaming encoder (`body.rs`): one compressed chunk
-//! per upstream chunk, nothing buffered whole. A listener without this
-//! filter pays nothing.
+//! `envoy.filters.http.compressor` with the gzip, brotli or zstd library,
+//! one library per filter as in Envoy). The request phase reads
+//! `accept-encoding` (q-values) once per stream and registers this filter's
+//! encoding in the stream's `Negotiation`; with several compressor filters
+//! the response phase picks ONE encoding for the stream: the highest
+//! q-value, a tie going to the last filter with `choose_first`, else to the
+//! first filter in the chain. The chosen filter then decides whether the
+//! response is worth compressing (status, `content-encoding`,
+//! `cache-control: no-transform`, media type, `content-length` against
+//! `min_content_length`, ETag) and, if so, rewrites the head
+//! (`content-encoding`, `vary: accept-encoding`, no `content-length`, ETag
+//! weakened or removed) and wraps the body in a streaming encoder
+//! (`body.rs`): one compressed chunk per upstream chunk, nothing buffered
+//! whole. A listener without this filter pays nothing.
 
 mod body;
 
@@ -55,7 +59,93 @@ const GZIP: &str = "gzip";
 /// `inner` gzip-encoded as the filter streams it (level 1..=9), counted
 /// under `library` `gzip` (the criterion bench uses it).
 pub fn gzip_body(inner: meshgate_core::stream::Body, level: u32) -> meshgate_core::stream::Body {
-    box_body(body::GzipBody::new(inner, level.clamp(1, 9), GZIP))
+    box_body(body::EncodedBody::new(
+        inner,
+        body::Encoder::gzip(level.clamp(1, 9)),
+        GZIP,
+    ))
+}
+
+/// The compiled encoder settings of one compressor filter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Library {
+    Gzip {
+        level: u32,
+    },
+    Brotli {
+        quality: u32,
+        window_bits: u32,
+        input_block_bits: u32,
+        chunk_size: usize,
+        mode: brotli::enc::backward_references::BrotliEncoderMode,
+        disable_literal_context_modeling: bool,
+    },
+    Zstd {
+        level: i32,
+        checksum: bool,
+        strategy: Option<zstd::zstd_safe::Strategy>,
+    },
+}
+
+impl Library {
+    /// The `content-encoding` token.
+    fn encoding(&self) -> &'static str {
+        match self {
+            Self::Gzip { .. } => GZIP,
+            Self::Brotli { .. } => "br",
+            Self::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// The `library` metric label.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Gzip { .. } => GZIP,
+            Self::Brotli { .. } => "brotli",
+            Self::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// A fresh encoder for one response body.
+    fn encoder(&self) -> std::io::Result<body::Encoder> {
+        Ok(match *self {
+            Self::Gzip { level } => body::Encoder::gzip(level),
+            Self::Brotli {
+                quality,
+                window_bits,
+                input_block_bits,
+                chunk_size,
+                mode,
+                disable_literal_context_modeling,
+            } => {
+                let params = brotli::enc::BrotliEncoderParams {
+                    quality: quality as i32,
+                    lgwin: window_bits as i32,
+                    lgblock: input_block_bits as i32,
+                    mode,
+                    disable_literal_context_modeling: i32::from(disable_literal_context_modeling),
+                    ..Default::default()
+                };
+                body::Encoder::Brotli(Box::new(brotli::CompressorWriter::with_params(
+                    Vec::new(),
+                    chunk_size,
+                    &params,
+                )))
+            }
+            Self::Zstd {
+                level,
+                checksum,
+                strategy,
+            } => {
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+                e.include_checksum(checksum)?;
+                if let Some(s) = strategy {
+                    e.set_parameter(zstd::zstd_safe::CParameter::Strategy(s))?;
+                }
+                body::Encoder::Zstd(e)
+            }
+        })
+    }
 }
 
 /// Factory of `compressor`.
@@ -79,7 +169,8 @@ impl StreamFilterFactory for CompressorFactory {
 /// A compiled `Compressor`.
 #[derive(Debug)]
 struct Compressor {
-    level: u32,
+    library: Library,
+    choose_first: bool,
     enabled: bool,
     min_content_length: u64,
     /// Lower-case media types (no parameters).
@@ -111,37 +202,141 @@ fn gzip_level(level: Option<&str>) -> Result<u32, BuildError> {
     })
 }
 
+/// `v` if it is in `range`, else an error naming `path`.
+fn in_range(
+    v: Option<u32>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    path: &str,
+) -> Result<u32, BuildError> {
+    let v = v.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(BuildError::new(
+            path,
+            format!("{}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+fn brotli_library(
+    b: &meshgate_core::config::compressor::BrotliConfig,
+) -> Result<Library, BuildError> {
+    use brotli::enc::backward_references::BrotliEncoderMode as M;
+    let lib = "compressor_library.brotli";
+    let mode = match b.encoder_mode.as_deref().unwrap_or("DEFAULT") {
+        "DEFAULT" | "GENERIC" => M::BROTLI_MODE_GENERIC,
+        "TEXT" => M::BROTLI_MODE_TEXT,
+        "FONT" => M::BROTLI_MODE_FONT,
+        _ => {
+            return Err(BuildError::new(
+                format!("{lib}.encoder_mode"),
+                "DEFAULT, GENERIC, TEXT or FONT",
+            ));
+        }
+    };
+    Ok(Library::Brotli {
+        quality: in_range(b.quality, 3, 0..=11, &format!("{lib}.quality"))?,
+        window_bits: in_range(b.window_bits, 18, 10..=24, &format!("{lib}.window_bits"))?,
+        input_block_bits: in_range(
+            b.input_block_bits,
+            24,
+            16..=24,
+            &format!("{lib}.input_block_bits"),
+        )?,
+        chunk_size: in_range(
+            b.chunk_size,
+            4096,
+            4096..=65536,
+            &format!("{lib}.chunk_size"),
+        )? as usize,
+        mode,
+        disable_literal_context_modeling: b.disable_literal_context_modeling,
+    })
+}
+
+fn zstd_library(z: &meshgate_core::config::compressor::ZstdConfig) -> Result<Library, BuildError> {
+    use zstd::zstd_safe::Strategy as S;
+    let lib = "compressor_library.zstd";
+    if z.chunk_size.is_some() {
+        return Err(BuildError::new(
+            format!("{lib}.chunk_size"),
+            "not supported (meshgate's zstd flushes per upstream chunk with a fixed stream buffer)",
+        ));
+    }
+    let strategy = match z.strategy.as_deref().unwrap_or("DEFAULT") {
+        "DEFAULT" => None,
+        "FAST" => Some(S::ZSTD_fast),
+        "DFAST" => Some(S::ZSTD_dfast),
+        "GREEDY" => Some(S::ZSTD_greedy),
+        "LAZY" => Some(S::ZSTD_lazy),
+        "LAZY2" => Some(S::ZSTD_lazy2),
+        "BTLAZY2" => Some(S::ZSTD_btlazy2),
+        "BTOPT" => Some(S::ZSTD_btopt),
+        "BTULTRA" => Some(S::ZSTD_btultra),
+        "BTULTRA2" => Some(S::ZSTD_btultra2),
+        _ => {
+            return Err(BuildError::new(
+                format!("{lib}.strategy"),
+                "DEFAULT, FAST, DFAST, GREEDY, LAZY, LAZY2, BTLAZY2, BTOPT, BTULTRA or BTULTRA2",
+            ));
+        }
+    };
+    let level = in_range(
+        z.compression_level,
+        3,
+        1..=22,
+        &format!("{lib}.compression_level"),
+    )?;
+    Ok(Library::Zstd {
+        level: i32::try_from(level).unwrap_or(3),
+        checksum: z.enable_checksum,
+        strategy,
+    })
+}
+
+fn gzip_library(g: &meshgate_core::config::compressor::GzipConfig) -> Result<Library, BuildError> {
+    let level = gzip_level(g.compression_level.as_deref())?;
+    let lib = "compressor_library.gzip";
+    // The gzip encoder (flate2 on miniz_oxide) has a fixed 32 KiB
+    // window and memory use, and flushes per upstream chunk: a setting
+    // it cannot honour is refused, not accepted and ignored.
+    if g.memory_level.is_some() {
+        return Err(BuildError::new(
+            format!("{lib}.memory_level"),
+            "not supported (meshgate's gzip has a fixed memory level)",
+        ));
+    }
+    if g.window_bits.is_some_and(|w| w != 15) {
+        return Err(BuildError::new(
+            format!("{lib}.window_bits"),
+            "only 15 (meshgate's gzip uses a 32 KiB window)",
+        ));
+    }
+    if g.chunk_size.is_some() {
+        return Err(BuildError::new(
+            format!("{lib}.chunk_size"),
+            "not supported (meshgate's gzip flushes per upstream chunk)",
+        ));
+    }
+    Ok(Library::Gzip { level })
+}
+
 impl Compressor {
     fn build(c: &CompressorConfig) -> Result<Self, BuildError> {
-        let Some(g) = &c.compressor_library.gzip else {
-            return Err(BuildError::new(
-                "compressor_library",
-                "set gzip (the only compressor library meshgate ships; brotli and zstd are refused)",
-            ));
+        let l = &c.compressor_library;
+        let library = match (&l.gzip, &l.brotli, &l.zstd) {
+            (Some(g), None, None) => gzip_library(g)?,
+            (None, Some(b), None) => brotli_library(b)?,
+            (None, None, Some(z)) => zstd_library(z)?,
+            _ => {
+                return Err(BuildError::new(
+                    "compressor_library",
+                    "set exactly one of gzip, brotli, zstd (one library per compressor filter, as in Envoy)",
+                ));
+            }
         };
-        let level = gzip_level(g.compression_level.as_deref())?;
-        let lib = "compressor_library.gzip";
-        // The gzip encoder (flate2 on miniz_oxide) has a fixed 32 KiB
-        // window and memory use, and flushes per upstream chunk: a setting
-        // it cannot honour is refused, not accepted and ignored.
-        if g.memory_level.is_some() {
-            return Err(BuildError::new(
-                format!("{lib}.memory_level"),
-                "not supported (meshgate's gzip has a fixed memory level)",
-            ));
-        }
-        if g.window_bits.is_some_and(|w| w != 15) {
-            return Err(BuildError::new(
-                format!("{lib}.window_bits"),
-                "only 15 (meshgate's gzip uses a 32 KiB window)",
-            ));
-        }
-        if g.chunk_size.is_some() {
-            return Err(BuildError::new(
-                format!("{lib}.chunk_size"),
-                "not supported (meshgate's gzip flushes per upstream chunk)",
-            ));
-        }
         let r = &c.response_direction_config;
         let mut uncompressible = Vec::new();
         for (i, s) in r.uncompressible_response_codes.iter().enumerate() {
@@ -165,7 +360,8 @@ impl Compressor {
                 .collect()
         };
         Ok(Self {
-            level,
+            library,
+            choose_first: c.choose_first,
             enabled: r
                 .common_config
                 .enabled
@@ -232,43 +428,95 @@ fn media_type(v: &str) -> &str {
     v.split(';').next().unwrap_or("").trim()
 }
 
-/// Whether `accept-encoding` lets gzip be used: gzip (or `*`) with a
-/// non-zero q-value not below an explicit `identity`'s.
-fn accepts_gzip(req: &Request) -> bool {
-    let mut gzip: Option<f32> = None;
-    let mut star: Option<f32> = None;
-    let mut identity: Option<f32> = None;
-    for v in req.headers().get_all(ACCEPT_ENCODING) {
-        let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let mut q = 1.0f32;
-            for p in parts {
-                if let Some((k, val)) = p.split_once('=')
-                    && k.trim().eq_ignore_ascii_case("q")
-                {
-                    q = val.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
-                }
-            }
-            if coding.eq_ignore_ascii_case(GZIP) || coding.eq_ignore_ascii_case("x-gzip") {
-                gzip = Some(q);
-            } else if coding == "*" {
-                star = Some(q);
-            } else if coding.eq_ignore_ascii_case("identity") {
-                identity = Some(q);
-            }
-        }
-    }
-    let q = gzip.or(star).unwrap_or(0.0);
-    q > 0.0 && identity.is_none_or(|i| q >= i)
+/// The q-values of `accept-encoding` that matter to meshgate's encoders
+/// (parsed once per stream, nothing allocated).
+#[derive(Debug, Default, Clone, Copy)]
+struct Accept {
+    gzip: Option<f32>,
+    br: Option<f32>,
+    zstd: Option<f32>,
+    star: Option<f32>,
+    identity: Option<f32>,
 }
 
-/// What the request phase learnt, for the response phase.
-#[derive(Clone, Copy)]
-struct Negotiated {
-    gzip: bool,
+impl Accept {
+    fn parse(req: &Request) -> Self {
+        let mut a = Self::default();
+        for v in req.headers().get_all(ACCEPT_ENCODING) {
+            let Ok(v) = v.to_str() else { continue };
+            for item in v.split(',') {
+                let mut parts = item.split(';');
+                let coding = parts.next().unwrap_or("").trim();
+                let mut q = 1.0f32;
+                for p in parts {
+                    if let Some((k, val)) = p.split_once('=')
+                        && k.trim().eq_ignore_ascii_case("q")
+                    {
+                        q = val.trim().parse::<f32>().unwrap_or(0.0).clamp(0.0, 1.0);
+                    }
+                }
+                let slot =
+                    if coding.eq_ignore_ascii_case(GZIP) || coding.eq_ignore_ascii_case("x-gzip") {
+                        &mut a.gzip
+                    } else if coding.eq_ignore_ascii_case("br") {
+                        &mut a.br
+                    } else if coding.eq_ignore_ascii_case("zstd") {
+                        &mut a.zstd
+                    } else if coding == "*" {
+                        &mut a.star
+                    } else if coding.eq_ignore_ascii_case("identity") {
+                        &mut a.identity
+                    } else {
+                        continue;
+                    };
+                *slot = Some(q);
+            }
+        }
+        a
+    }
+
+    /// The q-value the client gives `encoding` (`*` covers a coding it
+    /// does not name), if the encoding may be used at all: non-zero and
+    /// not below an explicit `identity`'s.
+    fn q(&self, encoding: &str) -> Option<f32> {
+        let named = match encoding {
+            GZIP => self.gzip,
+            "br" => self.br,
+            "zstd" => self.zstd,
+            _ => None,
+        };
+        let q = named.or(self.star).unwrap_or(0.0);
+        (q > 0.0 && self.identity.is_none_or(|i| q >= i)).then_some(q)
+    }
+}
+
+/// What the request phase learnt, shared by every compressor filter of
+/// the stream.
+#[derive(Clone)]
+struct Negotiation {
+    accept: Accept,
     head: bool,
+    /// The encodings of the compressor filters that ran on the request,
+    /// in chain order, with their `choose_first`.
+    registered: Vec<(&'static str, bool)>,
+}
+
+impl Negotiation {
+    /// The stream's encoding: the highest q-value; a tie goes to the last
+    /// filter with `choose_first`, else to the first filter in the chain.
+    fn choose(&self) -> Option<&'static str> {
+        let mut best: Option<(&'static str, f32)> = None;
+        for &(enc, first) in &self.registered {
+            let Some(q) = self.accept.q(enc) else {
+                continue;
+            };
+            match best {
+                Some((_, bq)) if q < bq || (q == bq && !first) => {}
+                _ => best = Some((enc, q)),
+            }
+        }
+        best.map(|(e, _)| e)
+    }
 }
 
 /// A compiled `CompressorPerRoute.overrides`.
@@ -286,10 +534,19 @@ impl StreamFilter for Compressor {
     ) -> FilterFuture<'a> {
         let over = route.config.and_then(|c| c.downcast_ref::<Overrides>());
         if self.enabled {
-            info.filter_state.insert(Negotiated {
-                gzip: accepts_gzip(req),
-                head: req.method() == Method::HEAD,
-            });
+            // The first compressor filter of the stream reads the header
+            // (a later one may find it removed by the first).
+            if info.filter_state.get::<Negotiation>().is_none() {
+                info.filter_state.insert(Negotiation {
+                    accept: Accept::parse(req),
+                    head: req.method() == Method::HEAD,
+                    registered: Vec::with_capacity(2),
+                });
+            }
+            if let Some(n) = info.filter_state.get_mut::<Negotiation>() {
+                n.registered
+                    .push((self.library.encoding(), self.choose_first));
+            }
         }
         let remove = over
             .and_then(|o| o.remove_accept_encoding_header)
@@ -301,11 +558,18 @@ impl StreamFilter for Compressor {
     }
 
     fn on_response(&self, resp: &mut Response, info: &mut StreamInfo) {
+        let label = self.library.label();
+        let encoding = self.library.encoding();
         let not = |reason: &'static str| {
-            metrics::counter!(names::COMPRESSOR_NOT_COMPRESSED_TOTAL, "library" => GZIP, "reason" => reason)
+            metrics::counter!(names::COMPRESSOR_NOT_COMPRESSED_TOTAL, "library" => label, "reason" => reason)
                 .increment(1);
         };
-        let Some(n) = info.filter_state.remove::<Negotiated>() else {
+        let Some((chosen, head)) = info
+            .filter_state
+            .get::<Negotiation>()
+            .filter(|n| n.registered.iter().any(|r| r.0 == encoding))
+            .map(|n| (n.choose(), n.head))
+        else {
             not("disabled");
             return;
         };
@@ -313,20 +577,35 @@ impl StreamFilter for Compressor {
             not(reason);
             return;
         }
-        // The representation depends on accept-encoding from here on.
-        resp.headers_mut()
-            .append(VARY, HeaderValue::from_static("accept-encoding"));
-        if !n.gzip {
+        // The representation depends on accept-encoding from here on
+        // (said once, whichever compressor filter gets here first).
+        let varies = resp.headers().get_all(VARY).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+        });
+        if !varies {
+            resp.headers_mut()
+                .append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        if chosen != Some(encoding) {
             not("not_accepted");
             return;
         }
-        if n.head {
+        if head {
             not("head");
             return;
         }
+        let enc = match self.library.encoder() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(library = label, error = %e, "compressor: encoder setup failed; response sent uncompressed");
+                not("encoder");
+                return;
+            }
+        };
         let h = resp.headers_mut();
         h.remove(CONTENT_LENGTH);
-        h.insert(CONTENT_ENCODING, HeaderValue::from_static(GZIP));
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
         if let Some(etag) = h.get(ETAG).cloned() {
             let weak = etag.as_bytes().starts_with(b"W/");
             if !weak {
@@ -347,9 +626,9 @@ impl StreamFilter for Compressor {
                 }
             }
         }
-        metrics::counter!(names::COMPRESSOR_COMPRESSED_TOTAL, "library" => GZIP).increment(1);
+        metrics::counter!(names::COMPRESSOR_COMPRESSED_TOTAL, "library" => label).increment(1);
         let inner = std::mem::replace(resp.body_mut(), empty_body());
-        *resp.body_mut() = box_body(body::GzipBody::new(inner, self.level, GZIP));
+        *resp.body_mut() = box_body(body::EncodedBody::new(inner, enc, label));
     }
 
     fn parse_per_route(&self, config: &serde_json::Value) -> Result<ParsedConfig, BuildError> {
@@ -387,6 +666,10 @@ mod tests {
         Compressor::build(&parse_typed(&v)?)
     }
 
+    fn accepts_gzip(r: &Request) -> bool {
+        Accept::parse(r).q(GZIP).is_some()
+    }
+
     #[test]
     fn accept_encoding_q_values() {
         assert!(accepts_gzip(&req("gzip")));
@@ -398,6 +681,36 @@ mod tests {
         assert!(!accepts_gzip(&req("gzip;q=0.5, identity;q=1")));
         assert!(accepts_gzip(&req("GZIP ; q=0.5, *;q=0")));
         assert!(!accepts_gzip(&req("")));
+    }
+
+    fn negotiate(ae: &str, registered: &[(&'static str, bool)]) -> Option<&'static str> {
+        Negotiation {
+            accept: Accept::parse(&req(ae)),
+            head: false,
+            registered: registered.to_vec(),
+        }
+        .choose()
+    }
+
+    #[test]
+    fn several_compressors_choose_one_encoding() {
+        let gz_br_zs = [(GZIP, false), ("br", false), ("zstd", false)];
+        // The highest q-value wins, whatever the chain order.
+        assert_eq!(negotiate("gzip;q=0.5, br;q=0.9", &gz_br_zs), Some("br"));
+        assert_eq!(negotiate("zstd, gzip;q=0.1", &gz_br_zs), Some("zstd"));
+        // A tie goes to the first filter in the chain...
+        assert_eq!(negotiate("br, gzip, zstd", &gz_br_zs), Some(GZIP));
+        assert_eq!(negotiate("*", &gz_br_zs), Some(GZIP));
+        // ...unless one sets choose_first (the last such one wins).
+        let first = [(GZIP, false), ("br", true), ("zstd", true)];
+        assert_eq!(negotiate("br, gzip, zstd", &first), Some("zstd"));
+        assert_eq!(negotiate("br, gzip, zstd;q=0.5", &first), Some("br"));
+        // `*` covers unnamed codings only; q=0 excludes.
+        assert_eq!(negotiate("gzip;q=0, *", &gz_br_zs), Some("br"));
+        assert_eq!(negotiate("br;q=0.2, *;q=0.1", &gz_br_zs), Some("br"));
+        assert_eq!(negotiate("deflate", &gz_br_zs), None);
+        assert_eq!(negotiate("br, identity;q=1", &[(GZIP, false)]), None);
+        assert_eq!(negotiate("", &gz_br_zs), None);
     }
 
     fn resp(status: u16, headers: &[(&str, &str)], body: &'static str) -> Response {
@@ -456,10 +769,45 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let e = build(serde_json::json!({"compressor_library": {"brotli": {}}})).unwrap_err();
-        assert!(e.message.contains("brotli"), "{e:?}");
+        let e = build(serde_json::json!({"compressor_library": {"brotli": {}, "gzip": {}}}))
+            .unwrap_err();
+        assert_eq!(e.path, "compressor_library");
         let e = build(serde_json::json!({"compressor_library": {}})).unwrap_err();
         assert_eq!(e.path, "compressor_library");
+        for (lib, field, v) in [
+            ("brotli", "quality", serde_json::json!(12)),
+            ("brotli", "window_bits", serde_json::json!(25)),
+            ("brotli", "input_block_bits", serde_json::json!(15)),
+            ("brotli", "chunk_size", serde_json::json!(100)),
+            ("brotli", "encoder_mode", serde_json::json!("ZIP")),
+            ("zstd", "compression_level", serde_json::json!(23)),
+            ("zstd", "strategy", serde_json::json!("SLOW")),
+            ("zstd", "chunk_size", serde_json::json!(4096)),
+        ] {
+            let e =
+                build(serde_json::json!({"compressor_library": {lib: {field: v}}})).unwrap_err();
+            assert_eq!(e.path, format!("compressor_library.{lib}.{field}"));
+        }
+        let e = build(serde_json::json!({"compressor_library": {"zstd": {"dictionary": {}}}}))
+            .unwrap_err();
+        assert!(e.message.contains("dictionary"), "{e:?}");
+        assert_eq!(
+            build(serde_json::json!({"compressor_library": {"brotli": {"quality": 5, "encoder_mode": "TEXT", "window_bits": 22, "chunk_size": 8192}}}))
+                .unwrap()
+                .library
+                .encoding(),
+            "br"
+        );
+        let z = build(serde_json::json!({"compressor_library": {"zstd": {"compression_level": 7, "enable_checksum": true, "strategy": "LAZY2"}}, "choose_first": true})).unwrap();
+        assert!(z.choose_first);
+        assert_eq!(
+            z.library,
+            Library::Zstd {
+                level: 7,
+                checksum: true,
+                strategy: Some(zstd::zstd_safe::Strategy::ZSTD_lazy2)
+            }
+        );
         let e = build(serde_json::json!({"compressor_library": {"gzip": {"compression_level": "COMPRESSION_LEVEL_10"}}})).unwrap_err();
         assert_eq!(e.path, "compressor_library.gzip.compression_level");
         let e = build(serde_json::json!({"compressor_library": {"gzip": {"window_bits": 20}}}))
@@ -483,8 +831,8 @@ mod tests {
         assert_eq!(
             build(serde_json::json!({"compressor_library": {"gzip": {"compression_level": "BEST_SPEED"}}}))
                 .unwrap()
-                .level,
-            1
+                .library,
+            Library::Gzip { level: 1 }
         );
     }
 }
