@@ -443,11 +443,7 @@ fn settle(
     let e = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            endpoint.report(if status >= 500 {
-                crate::pool::Outcome::ServerError
-            } else {
-                crate::pool::Outcome::Success
-            });
+            endpoint.report_status(status);
             if may_retry_status && retriable_status(policy, status) {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, status, "retriable status");
                 return Attempt::Retry(LocalReason::UpstreamProtocolError);

@@ -18,6 +18,7 @@ mod http_filters;
 mod jwt_authn;
 mod leftover;
 mod local_ratelimit;
+mod outlier;
 mod ratelimit;
 mod rbac;
 mod simpleauth;

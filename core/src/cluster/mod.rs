@@ -11,6 +11,8 @@
 //! the new snapshot goes live, so whatever holds the cluster (routes, L4
 //! filters, open connections) sends its next request to the new endpoints.
 
+pub mod outlier;
+
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
@@ -46,6 +48,8 @@ pub struct Endpoint {
     /// Request outcomes, for health checking and outlier detection.
     outcomes: Outcomes,
     health: HealthCell,
+    /// Its outlier-detection state, set when its cluster detects outliers.
+    outlier: std::sync::OnceLock<Box<outlier::Monitor>>,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use.
@@ -75,6 +79,7 @@ impl Endpoint {
             pool: PoolSlot::default(),
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
+            outlier: std::sync::OnceLock::new(),
         }
     }
 
@@ -98,6 +103,34 @@ impl Endpoint {
     /// Records how a request to this endpoint ended.
     pub fn report(&self, outcome: Outcome) {
         self.outcomes.record(outcome);
+        if let Some(m) = self.outlier.get() {
+            match outcome {
+                Outcome::Success => m.put_http(self, 200),
+                // A response meshgate could not accept: a bad gateway.
+                Outcome::ServerError => m.put_http(self, 502),
+                Outcome::ConnectFailure | Outcome::Reset => m.put_local_failure(self, false),
+                Outcome::Timeout => m.put_local_failure(self, true),
+            }
+        }
+    }
+
+    /// Records a response with `status` (the outlier detector tells 5xx
+    /// from gateway failures).
+    pub fn report_status(&self, status: u16) {
+        self.outcomes.record(if status >= 500 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        });
+        if let Some(m) = self.outlier.get() {
+            m.put_http(self, status);
+        }
+    }
+
+    /// Its outlier-detection state (`None` unless its cluster detects
+    /// outliers): ejection history for `/clusters`.
+    pub fn outlier(&self) -> Option<&outlier::Monitor> {
+        self.outlier.get().map(|m| &**m)
     }
 
     /// The request outcomes recorded so far.
@@ -310,6 +343,8 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Its outlier detector, when `outlier_detection` is configured.
+    pub outlier: Option<Arc<outlier::Detector>>,
 }
 
 impl Cluster {
@@ -339,6 +374,7 @@ impl Cluster {
             upstream: None,
             tls: None,
             protocol: "",
+            outlier: None,
         }
     }
 
@@ -380,6 +416,9 @@ impl Cluster {
             .filter(|(a, _)| !kept.contains(a))
             .map(|(_, e)| e.clone())
             .collect();
+        if let Some(d) = &self.outlier {
+            d.attach(&endpoints, &removed);
+        }
         let lb = self.lb_builder.build(&endpoints);
         self.hosts.store(Arc::new(HostSet { endpoints, lb }));
         for e in &removed {
@@ -580,6 +619,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         protocol,
         protocol_options,
         tls,
+        outlier_detection,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -592,6 +632,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *protocol == b.protocol
         && *protocol_options == b.protocol_options
         && *tls == b.tls
+        && *outlier_detection == b.outlier_detection
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -703,9 +744,15 @@ impl ClusterManager {
         self.clusters.values().map(|e| &e.cluster)
     }
 
-    /// Starts re-resolution tasks for the `strict_dns` clusters; they stop
-    /// when `shutdown` is cancelled.
+    /// Starts re-resolution tasks for the `strict_dns` clusters, and the
+    /// interval timers of the outlier detectors; they stop when `shutdown`
+    /// is cancelled (a timer also when its cluster is gone).
     pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
+        for e in self.clusters.values() {
+            if let Some(d) = &e.cluster.outlier {
+                d.spawn(Arc::downgrade(&e.cluster), shutdown.clone());
+            }
+        }
         for e in self
             .clusters
             .values()
@@ -791,6 +838,17 @@ fn build_cluster(
         return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
     }
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
+    let detector = match &c.outlier_detection {
+        Some(od) => {
+            od.validate().map_err(|(field, msg)| {
+                source.error(format!("{path}.outlier_detection.{field}"), msg)
+            })?;
+            let d = outlier::Detector::new(crate::stream::intern(&c.name), od.clone());
+            d.attach(&endpoints, &[]);
+            Some(d)
+        }
+        None => None,
+    };
     let mut cluster = Cluster::new(
         &c.name,
         c.connect_timeout,
@@ -799,6 +857,7 @@ fn build_cluster(
         builder,
         endpoints,
     );
+    cluster.outlier = detector;
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))

@@ -10,6 +10,7 @@ pub mod header_mutation;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
+pub mod outlier;
 pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;
@@ -453,6 +454,9 @@ pub struct ClusterConfig {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Outlier detection (`crate::cluster::outlier`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<outlier::OutlierDetectionConfig>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

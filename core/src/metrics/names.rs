@@ -276,6 +276,14 @@ pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
 /// `failure_mode_deny` is off (`domain`).
 pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
     "meshgate_ratelimit_failure_mode_allowed_total";
+/// Outlier detection: endpoints found outliers (`cluster`, `detector`:
+/// consecutive_5xx, consecutive_gateway_failure, ..., `enforced`: whether
+/// it was ejected, or only detected: not enforcing, max_ejection_percent).
+pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL: &str =
+    "meshgate_cluster_outlier_detection_ejections_total";
+/// Outlier detection: endpoints ejected now (`cluster`).
+pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE: &str =
+    "meshgate_cluster_outlier_detection_ejections_active";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -364,6 +372,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (COMPRESSOR_NOT_COMPRESSED_TOTAL, Kind::Counter),
     (COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL, Kind::Counter),
     (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL, Kind::Counter),
+    (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
 ];
 
 #[cfg(test)]

@@ -1,0 +1,442 @@
+//! Outlier detection (Envoy's `OutlierDetection`): passive health from the
+//! results of real requests. One `Detector` per cluster with detection on;
+//! each of its endpoints holds a `Monitor` (`Endpoint::report` feeds it a
+//! few relaxed atomics per request). The consecutive detectors (5xx,
+//! gateway failure, local-origin failure) eject inline when a streak hits
+//! its threshold; the success-rate and failure-percentage detectors and
+//! un-ejection run on the cluster's `interval` timer (`run`). An ejection
+//! sets only `HealthFlags::FAILED_OUTLIER_CHECK`.
+
+use super::{Cluster, Endpoint, now_ms};
+use crate::config::outlier::OutlierDetectionConfig;
+use crate::metrics::names;
+use crate::pool::HealthFlags;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Why an endpoint was found an outlier (the `detector` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Consecutive5xx,
+    ConsecutiveGatewayFailure,
+    ConsecutiveLocalOriginFailure,
+    SuccessRate,
+    SuccessRateLocalOrigin,
+    FailurePercentage,
+    FailurePercentageLocalOrigin,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Consecutive5xx => "consecutive_5xx",
+            Kind::ConsecutiveGatewayFailure => "consecutive_gateway_failure",
+            Kind::ConsecutiveLocalOriginFailure => "consecutive_local_origin_failure",
+            Kind::SuccessRate => "success_rate",
+            Kind::SuccessRateLocalOrigin => "success_rate_local_origin",
+            Kind::FailurePercentage => "failure_percentage",
+            Kind::FailurePercentageLocalOrigin => "failure_percentage_local_origin",
+        }
+    }
+}
+
+/// A cluster's outlier detector: its config and the ejection count that
+/// `max_ejection_percent` bounds.
+pub struct Detector {
+    cluster: &'static str,
+    cfg: OutlierDetectionConfig,
+    /// Endpoints in the cluster (Envoy's host count for the percentage).
+    hosts: AtomicUsize,
+    /// Endpoints ejected now; changed under `decide`.
+    ejected: AtomicUsize,
+    /// Serialises ejection decisions (rare: never on a request that does
+    /// not end a streak).
+    decide: Mutex<()>,
+    active_gauge: metrics::Gauge,
+}
+
+/// The outlier state of one endpoint.
+pub struct Monitor {
+    detector: Arc<Detector>,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    consecutive_local: AtomicU32,
+    /// This interval's counts, taken (zeroed) by the timer.
+    ext_ok: AtomicU32,
+    ext_fail: AtomicU32,
+    local_ok: AtomicU32,
+    local_fail: AtomicU32,
+    state: Mutex<EjectionState>,
+}
+
+/// An endpoint's ejection history, as `/clusters` and the timer read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EjectionState {
+    /// `now_ms()` of the current ejection, if ejected.
+    pub ejected_at_ms: Option<u64>,
+    /// How long the current ejection lasts.
+    pub ejection_ms: u64,
+    /// The ejection-time multiplier: grows by one per ejection, shrinks by
+    /// one per ejection time the endpoint then stays in.
+    pub multiplier: u32,
+    /// When it last came back (or the multiplier last shrank).
+    pub last_return_ms: Option<u64>,
+    /// Ejections since it joined.
+    pub times_ejected: u64,
+    /// The detector of the current (or last) ejection.
+    pub last_kind: Option<&'static str>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes a streak counter one step; true exactly when it reaches `limit`.
+fn bump(c: &AtomicU32, limit: u32) -> bool {
+    c.fetch_add(1, Ordering::Relaxed).wrapping_add(1) == limit
+}
+
+/// Zeroes a counter, writing only if it is not zero already (the common
+/// success path then only reads).
+fn reset(c: &AtomicU32) {
+    if c.load(Ordering::Relaxed) != 0 {
+        c.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Detector {
+    pub fn new(cluster: &'static str, cfg: OutlierDetectionConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cluster,
+            cfg,
+            hosts: AtomicUsize::new(0),
+            ejected: AtomicUsize::new(0),
+            decide: Mutex::new(()),
+            active_gauge: metrics::gauge!(names::CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, "cluster" => cluster),
+        })
+    }
+
+    pub fn config(&self) -> &OutlierDetectionConfig {
+        &self.cfg
+    }
+
+    /// Endpoints ejected now.
+    pub fn ejections_active(&self) -> usize {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Gives each endpoint without one a monitor of this detector and
+    /// counts the cluster's endpoints. An endpoint that stays across an
+    /// endpoint update keeps its monitor; one that left and was ejected
+    /// no longer counts as ejected.
+    pub(super) fn attach(self: &Arc<Self>, endpoints: &[Arc<Endpoint>], left: &[Arc<Endpoint>]) {
+        let _g = lock(&self.decide);
+        for e in endpoints {
+            let _ = e.outlier.get_or_init(|| {
+                Box::new(Monitor {
+                    detector: self.clone(),
+                    consecutive_5xx: AtomicU32::new(0),
+                    consecutive_gateway: AtomicU32::new(0),
+                    consecutive_local: AtomicU32::new(0),
+                    ext_ok: AtomicU32::new(0),
+                    ext_fail: AtomicU32::new(0),
+                    local_ok: AtomicU32::new(0),
+                    local_fail: AtomicU32::new(0),
+                    state: Mutex::new(EjectionState::default()),
+                })
+            });
+        }
+        for e in left {
+            if let Some(m) = e.outlier.get()
+                && lock(&m.state).ejected_at_ms.take().is_some()
+            {
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+                self.active_gauge.decrement(1.0);
+            }
+        }
+        self.hosts.store(endpoints.len(), Ordering::Relaxed);
+    }
+
+    /// Whether an outlier of `kind` is ejected: the enforcing percentage's
+    /// roll, then `max_ejection_percent`. Counted either way.
+    fn eject(&self, ep: &Endpoint, m: &Monitor, kind: Kind, enforcing: u32) {
+        let _g = lock(&self.decide);
+        let mut st = lock(&m.state);
+        if st.ejected_at_ms.is_some() {
+            return;
+        }
+        let rolled = enforcing >= 100 || (enforcing > 0 && rand::random::<u32>() % 100 < enforcing);
+        let active = self.ejected.load(Ordering::Relaxed);
+        let hosts = self.hosts.load(Ordering::Relaxed).max(1);
+        let pct_ok = 100 * (active + 1) <= self.cfg.max_ejection_percent as usize * hosts
+            || (self.cfg.always_eject_one_host && active == 0);
+        let enforced = rolled && pct_ok;
+        metrics::counter!(names::CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL,
+            "cluster" => self.cluster, "detector" => kind.name(),
+            "enforced" => if enforced { "true" } else { "false" })
+        .increment(1);
+        if !enforced {
+            tracing::info!(cluster = self.cluster, endpoint = %ep.address, detector = kind.name(),
+                reason = if rolled { "max_ejection_percent" } else { "not enforcing" },
+                "outlier detected, not ejected");
+            return;
+        }
+        let base = self.cfg.base_ejection_time.as_millis() as u64;
+        let max = (self.cfg.max_ejection_time.as_millis() as u64).max(base);
+        // The multiplier stops growing once it reaches the cap.
+        if base.saturating_mul(st.multiplier as u64) < max {
+            st.multiplier += 1;
+        }
+        let jitter = self.cfg.max_ejection_time_jitter.as_millis() as u64;
+        let jitter = if jitter > 0 {
+            rand::random::<u64>() % (jitter + 1)
+        } else {
+            0
+        };
+        st.ejection_ms = base
+            .saturating_mul(st.multiplier as u64)
+            .min(max)
+            .saturating_add(jitter);
+        st.ejected_at_ms = Some(now_ms());
+        st.times_ejected += 1;
+        st.last_kind = Some(kind.name());
+        ep.health_flags()
+            .set_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+        self.ejected.fetch_add(1, Ordering::Relaxed);
+        self.active_gauge.increment(1.0);
+        tracing::warn!(cluster = self.cluster, endpoint = %ep.address, detector = kind.name(),
+            ejection_ms = st.ejection_ms, times_ejected = st.times_ejected, "outlier ejected");
+    }
+
+    /// One interval: returns endpoints whose ejection time is over, then
+    /// runs the success-rate and failure-percentage detectors over this
+    /// interval's counts.
+    pub fn tick(&self, endpoints: &[Arc<Endpoint>]) {
+        let now = now_ms();
+        let mut samples = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let Some(m) = e.outlier.get().map(|m| &**m) else {
+                continue;
+            };
+            let take = |c: &AtomicU32| c.swap(0, Ordering::Relaxed) as u64;
+            let ext = (take(&m.ext_ok), take(&m.ext_fail));
+            let local = (take(&m.local_ok), take(&m.local_fail));
+            self.maybe_return(e, m, now);
+            samples.push((e, m, ext, local));
+        }
+        let cfg = &self.cfg;
+        // External origin (everything, unless split).
+        let ext: Vec<_> = samples.iter().map(|(e, m, x, _)| (*e, *m, *x)).collect();
+        self.success_rate(&ext, Kind::SuccessRate, cfg.enforcing_success_rate);
+        self.failure_percentage(
+            &ext,
+            Kind::FailurePercentage,
+            cfg.enforcing_failure_percentage,
+        );
+        if cfg.split_external_local_origin_errors {
+            let local: Vec<_> = samples.iter().map(|(e, m, _, l)| (*e, *m, *l)).collect();
+            self.success_rate(
+                &local,
+                Kind::SuccessRateLocalOrigin,
+                cfg.enforcing_local_origin_success_rate,
+            );
+            self.failure_percentage(
+                &local,
+                Kind::FailurePercentageLocalOrigin,
+                cfg.enforcing_failure_percentage_local_origin,
+            );
+        }
+    }
+
+    fn maybe_return(&self, e: &Endpoint, m: &Monitor, now: u64) {
+        let _g = lock(&self.decide);
+        let mut st = lock(&m.state);
+        match st.ejected_at_ms {
+            Some(at) if now >= at.saturating_add(st.ejection_ms) => {
+                st.ejected_at_ms = None;
+                st.last_return_ms = Some(now);
+                e.health_flags()
+                    .clear_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+                self.active_gauge.decrement(1.0);
+                for c in [
+                    &m.consecutive_5xx,
+                    &m.consecutive_gateway,
+                    &m.consecutive_local,
+                ] {
+                    c.store(0, Ordering::Relaxed);
+                }
+                tracing::info!(cluster = self.cluster, endpoint = %e.address,
+                    ejected_ms = now - at, "outlier returned to service");
+            }
+            Some(_) => {}
+            None => {
+                // Healthy for a whole ejection time since it came back:
+                // the multiplier shrinks by one.
+                if st.multiplier > 0
+                    && let Some(back) = st.last_return_ms
+                {
+                    let base = self.cfg.base_ejection_time.as_millis() as u64;
+                    let max = (self.cfg.max_ejection_time.as_millis() as u64).max(base);
+                    let t = base.saturating_mul(st.multiplier as u64).min(max);
+                    if now.saturating_sub(back) >= t {
+                        st.multiplier -= 1;
+                        st.last_return_ms = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Envoy's success-rate detector: among endpoints with at least
+    /// `success_rate_request_volume` requests this interval (and at least
+    /// `success_rate_minimum_hosts` of them), one whose success rate is
+    /// below mean - stdev_factor/1000 × stdev is an outlier.
+    fn success_rate(&self, s: &[(&Arc<Endpoint>, &Monitor, (u64, u64))], kind: Kind, enf: u32) {
+        let cfg = &self.cfg;
+        let vol = cfg.success_rate_request_volume as u64;
+        let rated: Vec<_> = s
+            .iter()
+            .filter(|(_, _, (ok, fail))| ok + fail >= vol.max(1))
+            .map(|(e, m, (ok, fail))| (*e, *m, 100.0 * *ok as f64 / (ok + fail) as f64))
+            .collect();
+        if rated.is_empty() || rated.len() < cfg.success_rate_minimum_hosts as usize {
+            return;
+        }
+        let n = rated.len() as f64;
+        let mean = rated.iter().map(|r| r.2).sum::<f64>() / n;
+        let var = rated.iter().map(|r| (r.2 - mean).powi(2)).sum::<f64>() / n;
+        let limit = mean - var.sqrt() * (cfg.success_rate_stdev_factor as f64 / 1000.0);
+        for (e, m, rate) in rated {
+            if rate < limit {
+                self.eject(e, m, kind, enf);
+            }
+        }
+    }
+
+    /// Envoy's failure-percentage detector: an endpoint with at least
+    /// `failure_percentage_request_volume` requests this interval whose
+    /// failures reach `failure_percentage_threshold` %, when at least
+    /// `failure_percentage_minimum_hosts` endpoints have that volume.
+    fn failure_percentage(
+        &self,
+        s: &[(&Arc<Endpoint>, &Monitor, (u64, u64))],
+        kind: Kind,
+        enf: u32,
+    ) {
+        let cfg = &self.cfg;
+        let vol = (cfg.failure_percentage_request_volume as u64).max(1);
+        let rated: Vec<_> = s
+            .iter()
+            .filter(|(_, _, (ok, fail))| ok + fail >= vol)
+            .collect();
+        if rated.is_empty() || rated.len() < cfg.failure_percentage_minimum_hosts as usize {
+            return;
+        }
+        for (e, m, (ok, fail)) in rated {
+            if 100 * fail >= cfg.failure_percentage_threshold as u64 * (ok + fail) {
+                self.eject(e, m, kind, enf);
+            }
+        }
+    }
+
+    /// Runs the interval timer of `cluster` until the cluster is gone
+    /// (replaced or removed: its last reference dropped) or `stop` fires.
+    pub(super) fn spawn(
+        self: &Arc<Self>,
+        cluster: Weak<Cluster>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let interval = self.cfg.interval;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(c) = cluster.upgrade() else { return };
+                let hosts = c.hosts();
+                me.tick(&hosts.endpoints);
+            }
+        });
+    }
+}
+
+impl Monitor {
+    /// An upstream response with `status` (or an RPC status mapped to one).
+    pub fn put_http(&self, ep: &Endpoint, status: u16) {
+        let cfg = &self.detector.cfg;
+        if cfg.split_external_local_origin_errors {
+            // The connection worked: a local-origin success.
+            self.local_ok.fetch_add(1, Ordering::Relaxed);
+            reset(&self.consecutive_local);
+        }
+        if status < 500 {
+            self.ext_ok.fetch_add(1, Ordering::Relaxed);
+            reset(&self.consecutive_5xx);
+            reset(&self.consecutive_gateway);
+            return;
+        }
+        self.ext_fail.fetch_add(1, Ordering::Relaxed);
+        if (502..=504).contains(&status) {
+            if bump(&self.consecutive_gateway, cfg.consecutive_gateway_failure) {
+                self.detector.eject(
+                    ep,
+                    self,
+                    Kind::ConsecutiveGatewayFailure,
+                    cfg.enforcing_consecutive_gateway_failure,
+                );
+            }
+        } else {
+            reset(&self.consecutive_gateway);
+        }
+        if bump(&self.consecutive_5xx, cfg.consecutive_5xx) {
+            self.detector.eject(
+                ep,
+                self,
+                Kind::Consecutive5xx,
+                cfg.enforcing_consecutive_5xx,
+            );
+        }
+    }
+
+    /// A local-origin failure (connect failure, reset, timeout): its own
+    /// detector when split, otherwise a 503 (504 for a timeout) as Envoy
+    /// maps it.
+    pub fn put_local_failure(&self, ep: &Endpoint, timeout: bool) {
+        let cfg = &self.detector.cfg;
+        if !cfg.split_external_local_origin_errors {
+            self.put_http(ep, if timeout { 504 } else { 503 });
+            return;
+        }
+        self.local_fail.fetch_add(1, Ordering::Relaxed);
+        if bump(
+            &self.consecutive_local,
+            cfg.consecutive_local_origin_failure,
+        ) {
+            self.detector.eject(
+                ep,
+                self,
+                Kind::ConsecutiveLocalOriginFailure,
+                cfg.enforcing_consecutive_local_origin_failure,
+            );
+        }
+    }
+
+    /// The endpoint's ejection history.
+    pub fn state(&self) -> EjectionState {
+        *lock(&self.state)
+    }
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("state", &self.state())
+            .finish()
+    }
+}
