@@ -11,6 +11,8 @@ use super::{Cluster, Endpoint, now_ms};
 use crate::config::outlier::OutlierDetectionConfig;
 use crate::metrics::names;
 use crate::pool::HealthFlags;
+#[cfg(test)]
+use crate::pool::Outcome;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -212,7 +214,11 @@ impl Detector {
     /// runs the success-rate and failure-percentage detectors over this
     /// interval's counts.
     pub fn tick(&self, endpoints: &[Arc<Endpoint>]) {
-        let now = now_ms();
+        self.tick_at(endpoints, now_ms());
+    }
+
+    /// `tick` at `now` (`now_ms()` time).
+    fn tick_at(&self, endpoints: &[Arc<Endpoint>], now: u64) {
         let mut samples = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             let Some(m) = e.outlier.get().map(|m| &**m) else {
@@ -438,5 +444,251 @@ impl std::fmt::Debug for Monitor {
         f.debug_struct("Monitor")
             .field("state", &self.state())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(n: u16, cfg: serde_json::Value) -> (Arc<Detector>, Vec<Arc<Endpoint>>) {
+        let cfg: OutlierDetectionConfig = serde_json::from_value(cfg).unwrap();
+        cfg.validate().unwrap();
+        let d = Detector::new("t", cfg);
+        let eps: Vec<_> = (1..=n)
+            .map(|p| Arc::new(Endpoint::new(format!("127.0.0.1:{p}").parse().unwrap(), 1)))
+            .collect();
+        d.attach(&eps, &[]);
+        (d, eps)
+    }
+
+    fn ejected(e: &Endpoint) -> bool {
+        e.health_flags().flags() & HealthFlags::FAILED_OUTLIER_CHECK != 0
+    }
+
+    #[test]
+    fn consecutive_5xx_ejects_at_the_threshold_and_a_success_resets_the_streak() {
+        let (d, eps) = setup(
+            3,
+            serde_json::json!({"consecutive_5xx": 3, "max_ejection_percent": 100}),
+        );
+        let e = &eps[0];
+        e.report_status(500);
+        e.report_status(500);
+        e.report_status(200);
+        e.report_status(500);
+        e.report_status(500);
+        assert!(!ejected(e));
+        e.report_status(503);
+        assert!(ejected(e));
+        assert_eq!(d.ejections_active(), 1);
+        assert_eq!(e.outlier().unwrap().state().times_ejected, 1);
+    }
+
+    #[test]
+    fn gateway_failures_are_detected_but_not_enforced_by_default() {
+        let (d, eps) = setup(
+            3,
+            serde_json::json!({"consecutive_gateway_failure": 2, "consecutive_5xx": 100, "max_ejection_percent": 100}),
+        );
+        eps[0].report_status(502);
+        eps[0].report_status(504);
+        assert!(!ejected(&eps[0]));
+        assert_eq!(d.ejections_active(), 0);
+        // Enforced at 100 %: ejected.
+        let (_, eps) = setup(
+            3,
+            serde_json::json!({"consecutive_gateway_failure": 2, "enforcing_consecutive_gateway_failure": 100, "max_ejection_percent": 100}),
+        );
+        eps[0].report_status(502);
+        eps[0].report_status(500);
+        eps[0].report_status(502);
+        assert!(!ejected(&eps[0]), "a plain 500 breaks the gateway streak");
+        eps[0].report_status(503);
+        assert!(ejected(&eps[0]));
+    }
+
+    #[test]
+    fn max_ejection_percent_bounds_ejections_unless_always_eject_one_host() {
+        // 10 % of 3 endpoints: not even one.
+        let (d, eps) = setup(3, serde_json::json!({"consecutive_5xx": 1}));
+        eps[0].report_status(500);
+        assert_eq!(d.ejections_active(), 0);
+        let (d, eps) = setup(
+            3,
+            serde_json::json!({"consecutive_5xx": 1, "always_eject_one_host": true}),
+        );
+        eps[0].report_status(500);
+        eps[1].report_status(500);
+        assert_eq!(d.ejections_active(), 1);
+        assert!(ejected(&eps[0]) && !ejected(&eps[1]));
+        // 34 % of 3: one; 67 %: two.
+        let (d, eps) = setup(
+            3,
+            serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 67}),
+        );
+        for e in &eps {
+            e.report_status(500);
+        }
+        assert_eq!(d.ejections_active(), 2);
+        assert!(!ejected(&eps[2]));
+    }
+
+    #[test]
+    fn local_origin_failures_count_as_5xx_unless_split() {
+        let (_, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 2, "max_ejection_percent": 100}),
+        );
+        eps[0].report(Outcome::ConnectFailure);
+        eps[0].report(Outcome::Timeout);
+        assert!(ejected(&eps[0]));
+        let (_, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 2, "consecutive_local_origin_failure": 3,
+                "split_external_local_origin_errors": true, "max_ejection_percent": 100}),
+        );
+        let e = &eps[0];
+        e.report(Outcome::ConnectFailure);
+        e.report(Outcome::Reset);
+        assert!(!ejected(e));
+        // A response (even a 5xx) is a local-origin success.
+        e.report_status(500);
+        e.report(Outcome::ConnectFailure);
+        e.report(Outcome::ConnectFailure);
+        assert!(!ejected(e));
+        e.report(Outcome::ConnectFailure);
+        assert!(ejected(e));
+        assert_eq!(
+            e.outlier().unwrap().state().last_kind,
+            Some("consecutive_local_origin_failure")
+        );
+    }
+
+    #[test]
+    fn ejection_time_grows_with_repeated_ejections_is_capped_and_shrinks_back() {
+        let (d, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100,
+                "base_ejection_time": "1s", "max_ejection_time": "2500ms"}),
+        );
+        let e = &eps[0];
+        let m = e.outlier().unwrap();
+        let mut expect = Vec::new();
+        for _ in 0..4 {
+            e.report_status(500);
+            let st = m.state();
+            expect.push(st.ejection_ms);
+            let at = st.ejected_at_ms.unwrap();
+            d.tick_at(&eps, at + st.ejection_ms - 1);
+            assert!(ejected(e));
+            d.tick_at(&eps, at + st.ejection_ms);
+            assert!(!ejected(e));
+        }
+        assert_eq!(expect, vec![1000, 2000, 2500, 2500]);
+        assert_eq!(m.state().multiplier, 3);
+        // Healthy for the current ejection time (2.5 s) after coming back:
+        // the multiplier shrinks by one, and again after 2 s more.
+        let back = m.state().last_return_ms.unwrap();
+        d.tick_at(&eps, back + 2499);
+        assert_eq!(m.state().multiplier, 3);
+        d.tick_at(&eps, back + 2500);
+        assert_eq!(m.state().multiplier, 2);
+        d.tick_at(&eps, back + 4500);
+        assert_eq!(m.state().multiplier, 1);
+        e.report_status(500);
+        assert_eq!(m.state().ejection_ms, 2000);
+    }
+
+    #[test]
+    fn success_rate_ejects_the_endpoint_far_below_the_mean() {
+        let (d, eps) = setup(
+            6,
+            serde_json::json!({"consecutive_5xx": 1000, "success_rate_request_volume": 20,
+                "max_ejection_percent": 50}),
+        );
+        for (i, e) in eps.iter().enumerate() {
+            for r in 0..40 {
+                // Endpoint 0: half fail; the others all succeed (endpoint 5
+                // sees too few requests to be rated).
+                if i == 5 && r >= 10 {
+                    break;
+                }
+                e.report_status(if i == 0 && r % 2 == 0 { 500 } else { 200 });
+            }
+        }
+        d.tick_at(&eps, now_ms());
+        assert!(ejected(&eps[0]));
+        assert_eq!(d.ejections_active(), 1);
+        assert_eq!(
+            eps[0].outlier().unwrap().state().last_kind,
+            Some("success_rate")
+        );
+        // Too few endpoints with the volume: no analysis.
+        let (d, eps) = setup(
+            4,
+            serde_json::json!({"success_rate_request_volume": 10, "consecutive_5xx": 1000, "max_ejection_percent": 100}),
+        );
+        for e in &eps {
+            for r in 0..10 {
+                e.report_status(if e.address.port() == 1 && r < 9 {
+                    500
+                } else {
+                    200
+                });
+            }
+        }
+        d.tick_at(&eps, now_ms());
+        assert_eq!(d.ejections_active(), 0);
+    }
+
+    #[test]
+    fn failure_percentage_ejects_past_the_threshold_when_enforced() {
+        let cfg = |enf: u32| {
+            serde_json::json!({"consecutive_5xx": 1000, "failure_percentage_request_volume": 10,
+                "failure_percentage_minimum_hosts": 3, "failure_percentage_threshold": 50,
+                "enforcing_failure_percentage": enf, "max_ejection_percent": 100})
+        };
+        for (enf, want) in [(0, 0), (100, 1)] {
+            let (d, eps) = setup(3, cfg(enf));
+            for e in &eps {
+                for r in 0..10 {
+                    e.report_status(if e.address.port() == 2 && r < 5 {
+                        503
+                    } else {
+                        200
+                    });
+                }
+            }
+            d.tick_at(&eps, now_ms());
+            assert_eq!(d.ejections_active(), want);
+            assert_eq!(ejected(&eps[1]), want == 1);
+        }
+    }
+
+    #[test]
+    fn an_ejected_endpoint_that_leaves_no_longer_counts() {
+        let (d, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100}),
+        );
+        eps[0].report_status(500);
+        assert_eq!(d.ejections_active(), 1);
+        d.attach(&eps[1..], &eps[..1]);
+        assert_eq!(d.ejections_active(), 0);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let bad: OutlierDetectionConfig =
+            serde_json::from_value(serde_json::json!({"max_ejection_percent": 101})).unwrap();
+        assert_eq!(bad.validate().unwrap_err().0, "max_ejection_percent");
+        let bad: OutlierDetectionConfig =
+            serde_json::from_value(serde_json::json!({"base_ejection_time": "10m"})).unwrap();
+        assert_eq!(bad.validate().unwrap_err().0, "max_ejection_time");
+        assert!(
+            serde_json::from_value::<OutlierDetectionConfig>(serde_json::json!({"monitors": []}))
+                .is_err()
+        );
     }
 }
