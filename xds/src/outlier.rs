@@ -71,13 +71,13 @@ mod tests {
     #[test]
     fn fields_translate_with_envoy_defaults_and_unsupported_ones_are_named() {
         let o = cds::OutlierDetection {
-            consecutive_5xx: Some(3u32.into()),
+            consecutive_5xx: Some(protobuf::UInt32Value { value: 3 }),
             interval: Some(protobuf::Duration {
                 seconds: 0,
                 nanos: 200_000_000,
             }),
             split_external_local_origin_errors: true,
-            max_ejection_percent: Some(50u32.into()),
+            max_ejection_percent: Some(protobuf::UInt32Value { value: 50 }),
             ..Default::default()
         };
         let c = outlier_detection(o, "outlier_detection").unwrap();
@@ -89,7 +89,7 @@ mod tests {
         assert_eq!(c.success_rate_stdev_factor, 1900);
 
         let o = cds::OutlierDetection {
-            successful_active_health_check_uneject_host: Some(true.into()),
+            successful_active_health_check_uneject_host: Some(protobuf::BoolValue { value: true }),
             ..Default::default()
         };
         let e = outlier_detection(o, "outlier_detection").unwrap_err();
@@ -98,7 +98,7 @@ mod tests {
             "outlier_detection.successful_active_health_check_uneject_host"
         );
         let o = cds::OutlierDetection {
-            enforcing_success_rate: Some(101u32.into()),
+            enforcing_success_rate: Some(protobuf::UInt32Value { value: 101 }),
             ..Default::default()
         };
         let e = outlier_detection(o, "outlier_detection").unwrap_err();
