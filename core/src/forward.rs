@@ -443,7 +443,7 @@ fn settle(
     let e = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            endpoint.report_status(status);
+            let grpc_trailers = endpoint.report_response(status, resp.headers());
             if may_retry_status && retriable_status(policy, status) {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, status, "retriable status");
                 return Attempt::Retry(LocalReason::UpstreamProtocolError);
@@ -459,6 +459,7 @@ fn settle(
                         .as_ref()
                         .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
                     protocol: after.protocol,
+                    grpc_trailers,
                 }),
             ));
         }
@@ -508,6 +509,8 @@ struct Guarded {
     _guard: RequestGuard,
     idle: Option<body::IdleTimer>,
     protocol: &'static str,
+    /// The outlier detector waits for this gRPC response's trailers.
+    grpc_trailers: bool,
 }
 
 impl http_body::Body for Guarded {
@@ -525,6 +528,10 @@ impl http_body::Body for Guarded {
                 }
                 if let Some(t) = f.trailers_mut() {
                     body::strip_forbidden_trailers(t, "response");
+                    if me.grpc_trailers {
+                        me.grpc_trailers = false;
+                        me._guard.endpoint().report_grpc_trailers(t);
+                    }
                 }
                 Poll::Ready(Some(Ok(f)))
             }

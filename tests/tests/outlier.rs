@@ -393,3 +393,94 @@ fn outlier_detection_from_xds_cds() {
     }
     assert_eq!(bad.hits(), 3);
 }
+
+/// A grpcio server of the outlier peer, killed on drop.
+struct GrpcPeer(std::process::Child, SocketAddr);
+
+impl GrpcPeer {
+    fn start(name: &str, mode: &str) -> Self {
+        use std::process::{Command, Stdio};
+        let script = workspace().join("tests/peers/outlier_grpc_peer.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["server", name, mode])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("grpc peer did not start: {line:?}"));
+        GrpcPeer(child, ([127, 0, 0, 1], port).into())
+    }
+}
+
+impl Drop for GrpcPeer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `n` gRPC calls of `method` through `port`: what came back, by backend
+/// name or status code.
+fn grpc_calls(port: u16, method: &str, n: u32) -> serde_json::Value {
+    let out = std::process::Command::new("python3")
+        .arg(workspace().join("tests/peers/outlier_grpc_peer.py"))
+        .args(["client", &port.to_string(), method, &n.to_string()])
+        .output()
+        .expect("python3");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "client: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// gRPC: an HTTP 200 whose grpc-status is UNAVAILABLE counts as a 503,
+/// as Envoy maps it, whether the status is in a trailers-only head
+/// (`Unary`) or in trailers after a message (`Stream`).
+#[test]
+fn grpc_unavailable_counts_as_5xx_in_the_head_or_the_trailers() {
+    for method in ["Unary", "Stream"] {
+        let good = GrpcPeer::start("good", "ok");
+        let bad = GrpcPeer::start("bad", "fail");
+        let mg = Meshgate::start(&format!(
+            r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: grpc
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /, grpc: true}}
+                        route: {{cluster: svc, timeout: 0s}}
+clusters:
+  - name: svc
+    protocol: http2
+    outlier_detection: {{consecutive_5xx: 3, max_ejection_percent: 50, base_ejection_time: 30s}}
+    endpoints: [{{address: "{}"}}, {{address: "{}"}}]
+"#,
+            good.1, bad.1
+        ));
+        let port = mg.listener_addr("grpc").port();
+        let seen = grpc_calls(port, method, 20);
+        assert_eq!(seen["UNAVAILABLE"], 3, "{method}: {seen}");
+        assert_eq!(seen["good"], 17, "{method}: {seen}");
+        assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 1.0, "{method}");
+    }
+}

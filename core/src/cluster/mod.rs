@@ -127,6 +127,44 @@ impl Endpoint {
         }
     }
 
+    /// Records a response head. With outlier detection on, a gRPC
+    /// response counts by its `grpc-status` (mapped to HTTP as Envoy
+    /// does), not by its HTTP 200; when the status is not in the head
+    /// (not trailers-only), nothing is recorded yet and `true` says the
+    /// trailers are to be given to `report_grpc_trailers`.
+    pub fn report_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        let Some(m) = self.outlier.get() else {
+            // Detection off: the one load above, then the outcome.
+            self.outcomes.record(if status >= 500 {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            });
+            return false;
+        };
+        let status = if status == 200 && outlier::is_grpc(headers) {
+            match outlier::grpc_status_as_http(headers) {
+                Some(mapped) => mapped,
+                None => return true,
+            }
+        } else {
+            status
+        };
+        self.outcomes.record(if status >= 500 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        });
+        m.put_http(self, status);
+        false
+    }
+
+    /// The trailers of a gRPC response whose result `report_response`
+    /// deferred: its `grpc-status` (none: as the HTTP 200 said).
+    pub fn report_grpc_trailers(&self, trailers: &http::HeaderMap) {
+        self.report_status(outlier::grpc_status_as_http(trailers).unwrap_or(200));
+    }
+
     /// Its outlier-detection state (`None` unless its cluster detects
     /// outliers): ejection history for `/clusters`.
     pub fn outlier(&self) -> Option<&outlier::Monitor> {

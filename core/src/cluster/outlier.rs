@@ -372,6 +372,41 @@ impl Detector {
     }
 }
 
+/// Whether a response is gRPC (`content-type: application/grpc...`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The HTTP status a `grpc-status` in `headers` (or trailers) stands for,
+/// as Envoy maps it for outlier detection (`Grpc::Utility::grpcToHttpStatus`):
+/// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNKNOWN/INTERNAL/DATA_LOSS 500,
+/// UNIMPLEMENTED 501, the client's errors 4xx, OK 200. An unparsable value
+/// is UNKNOWN; `None` when there is none.
+pub fn grpc_status_as_http(headers: &http::HeaderMap) -> Option<u16> {
+    let v = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(v.as_bytes())
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(2);
+    Some(match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        // UNKNOWN, INTERNAL, DATA_LOSS and codes past the list.
+        _ => 500,
+    })
+}
+
 impl Monitor {
     /// An upstream response with `status` (or an RPC status mapped to one).
     pub fn put_http(&self, ep: &Endpoint, status: u16) {
