@@ -484,3 +484,65 @@ clusters:
         assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 1.0, "{method}");
     }
 }
+
+/// Dubbo: a provider that dies is ejected after `consecutive_5xx`
+/// failed calls (local-origin failures, counted as 5xx without split);
+/// the calls after go to the live provider only.
+#[test]
+fn a_dead_dubbo_provider_is_ejected() {
+    use meshgate_tests::rpc::{Provider, node_call};
+    let a = Provider::start("dubbo", "A");
+    let b = Provider::start("dubbo", "B");
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: dubbo
+              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: svc}}
+clusters:
+  - name: svc
+    protocol: dubbo
+    connect_timeout: 500ms
+    connect_failure_backoff: {{base_interval: 1ms, max_interval: 1ms}}
+    outlier_detection: {{consecutive_5xx: 2, max_ejection_percent: 50, base_ejection_time: 30s}}
+    endpoints: [{{address: "127.0.0.1:{}"}}, {{address: "127.0.0.1:{}"}}]
+"#,
+        a.port, b.port
+    ));
+    let port = mg.listener_addr("main").port();
+    let call = |n| {
+        node_call(
+            "dubbo",
+            port,
+            "com.meshgate.Echo",
+            "echo",
+            r#"["hi"]"#,
+            n,
+            1,
+            3000,
+            "1.0",
+            "",
+        )
+    };
+    let r = call(4);
+    assert_eq!(r.ok, 4, "{:?}", r.errors);
+    assert_eq!((r.from.get("A"), r.from.get("B")), (Some(&2), Some(&2)));
+    drop(b);
+    let r = call(20);
+    assert_eq!(r.errors.len(), 2, "{r:?}");
+    assert_eq!(r.from.get("A"), Some(&18), "{r:?}");
+    assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 1.0);
+    assert_eq!(mg.metric(ACTIVE, &[("cluster", "svc")]), 1.0);
+}
