@@ -713,6 +713,78 @@ mod tests {
         assert_eq!(d.ejections_active(), 0);
     }
 
+    fn manager(ports: &[u16], interval: &str) -> super::super::ClusterManager {
+        let eps: Vec<_> = ports
+            .iter()
+            .map(|p| serde_json::json!({"address": format!("127.0.0.1:{p}")}))
+            .collect();
+        let cfg: crate::config::ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "o", "endpoints": eps,
+            "outlier_detection": {"consecutive_5xx": 1, "max_ejection_percent": 100,
+                "interval": interval, "base_ejection_time": "30s"},
+        }))
+        .unwrap();
+        super::super::ClusterManager::build(
+            &[Arc::new(cfg)],
+            &crate::registry::Registry::new(),
+            &crate::config::ConfigSource::anonymous("test"),
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn endpoint_updates_keep_the_state_of_endpoints_that_stay() {
+        let m = manager(&[1, 2], "10s");
+        let c = m.get("o").unwrap().clone();
+        let d = c.outlier.clone().unwrap();
+        let eps = c.hosts().endpoints.clone();
+        eps[0].report_status(500);
+        eps[1].report_status(500);
+        assert_eq!(d.ejections_active(), 2);
+        // 1 stays, 2 leaves, 3 joins.
+        c.update_endpoints(vec![
+            Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1)),
+            Arc::new(Endpoint::new("127.0.0.1:3".parse().unwrap(), 1)),
+        ]);
+        let now = c.hosts().endpoints.clone();
+        assert!(Arc::ptr_eq(&now[0], &eps[0]));
+        assert!(ejected(&now[0]));
+        assert_eq!(now[0].outlier().unwrap().state().times_ejected, 1);
+        assert_eq!(d.ejections_active(), 1);
+        // The new endpoint is watched too.
+        now[1].report_status(500);
+        assert!(ejected(&now[1]));
+        assert_eq!(d.ejections_active(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_timer_stops_when_its_cluster_is_gone_or_on_shutdown() {
+        for cancel in [false, true] {
+            let m = manager(&[1], "5ms");
+            let d = m.get("o").unwrap().outlier.clone().unwrap();
+            let stop = tokio_util::sync::CancellationToken::new();
+            m.spawn_dns_refresh(stop.clone());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // Ours, the endpoint's monitor's, the cluster's, the task's.
+            assert_eq!(Arc::strong_count(&d), 4);
+            if cancel {
+                stop.cancel();
+            } else {
+                drop(m);
+            }
+            let mut left = 0;
+            for _ in 0..200 {
+                left = Arc::strong_count(&d);
+                if left == if cancel { 3 } else { 1 } {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert_eq!(left, if cancel { 3 } else { 1 }, "cancel={cancel}");
+        }
+    }
+
     #[test]
     fn bad_values_name_the_field() {
         let bad: OutlierDetectionConfig =
