@@ -71,7 +71,7 @@ fn serve(name: &str, s: TcpStream, hits: &AtomicU32, status: &AtomicU16, fail_ev
         }
         let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
         let every = fail_every.load(Ordering::SeqCst);
-        let code = if every != 0 && n % every == 0 {
+        let code = if every != 0 && n.is_multiple_of(every) {
             500
         } else {
             status.load(Ordering::SeqCst)
