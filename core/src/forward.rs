@@ -643,11 +643,7 @@ fn settle(
     let e = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            endpoint.report(if status >= 500 {
-                crate::pool::Outcome::ServerError
-            } else {
-                crate::pool::Outcome::Success
-            });
+            let grpc_trailers = endpoint.report_response(status, resp.headers());
             let retry = may_retry_status
                 && crate::retry::response_retriable(policy, status, resp.headers());
             if retry {
@@ -665,6 +661,7 @@ fn settle(
                         .as_ref()
                         .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
                     protocol: after.protocol,
+                    grpc_trailers,
                 }),
             );
             return if retry {
@@ -720,6 +717,8 @@ struct Guarded {
     _slot: Slot,
     idle: Option<body::IdleTimer>,
     protocol: &'static str,
+    /// The outlier detector waits for this gRPC response's trailers.
+    grpc_trailers: bool,
 }
 
 impl http_body::Body for Guarded {
@@ -737,6 +736,10 @@ impl http_body::Body for Guarded {
                 }
                 if let Some(t) = f.trailers_mut() {
                     body::strip_forbidden_trailers(t, "response");
+                    if me.grpc_trailers {
+                        me.grpc_trailers = false;
+                        me._guard.endpoint().report_grpc_trailers(t);
+                    }
                 }
                 Poll::Ready(Some(Ok(f)))
             }

@@ -250,7 +250,10 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     let bad = cds::Cluster {
         name: "svc-bad".into(),
         load_assignment: Some(cla_msg("svc-bad", &[(a.addr, 1, 0)])),
-        outlier_detection: Some(Default::default()),
+        outlier_detection: Some(cds::OutlierDetection {
+            monitors: vec![Default::default()],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     mgmt.set(
@@ -268,7 +271,7 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     assert_eq!(detail.code, 3);
     assert!(
         detail.message.contains("Cluster 'svc-bad'")
-            && detail.message.contains("outlier_detection"),
+            && detail.message.contains("outlier_detection.monitors"),
         "{}",
         detail.message
     );

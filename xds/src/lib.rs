@@ -22,6 +22,7 @@ mod jwt_authn;
 mod leftover;
 mod local_ratelimit;
 mod priority;
+mod outlier;
 mod ratelimit;
 mod rbac;
 mod retry_policy;

@@ -410,6 +410,10 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         None => None,
         Some(cb) => Some(crate::circuit_breakers::translate(cb)?),
     };
+    let outlier_detection = match c.outlier_detection.take() {
+        Some(o) => Some(crate::outlier::outlier_detection(o, "outlier_detection")?),
+        None => None,
+    };
     let mut eds_name = None;
     let mut eds_fetch_timeout = None;
     let mut eps = Vec::new();
@@ -476,6 +480,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         common_lb_config,
         policy: cla_policy,
         health_checks,
+        outlier_detection,
     };
     Ok(Cluster {
         config,
@@ -1677,12 +1682,15 @@ mod tests {
     fn unsupported_fields_are_named() {
         let c = cds::Cluster {
             name: "x".into(),
-            outlier_detection: Some(Default::default()),
+            outlier_detection: Some(cds::OutlierDetection {
+                monitors: vec![Default::default()],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let e = cluster(c).unwrap_err();
         assert_eq!(e.resource, "Cluster 'x'");
-        assert_eq!(e.field, "outlier_detection");
+        assert_eq!(e.field, "outlier_detection.monitors");
         let r = rds::RouteConfiguration {
             name: "r".into(),
             virtual_hosts: vec![rds::VirtualHost {

@@ -12,6 +12,7 @@
 //! filters, open connections) sends its next request to the new endpoints.
 
 pub mod breaker;
+pub mod outlier;
 
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
@@ -53,6 +54,8 @@ pub struct Endpoint {
     /// Request outcomes, for health checking and outlier detection.
     outcomes: Outcomes,
     health: HealthCell,
+    /// Its outlier-detection state, set when its cluster detects outliers.
+    outlier: std::sync::OnceLock<Box<outlier::Monitor>>,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use.
@@ -83,6 +86,7 @@ impl Endpoint {
             pool: PoolSlot::default(),
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
+            outlier: std::sync::OnceLock::new(),
         }
     }
 
@@ -106,6 +110,72 @@ impl Endpoint {
     /// Records how a request to this endpoint ended.
     pub fn report(&self, outcome: Outcome) {
         self.outcomes.record(outcome);
+        if let Some(m) = self.outlier.get() {
+            match outcome {
+                Outcome::Success => m.put_http(self, 200),
+                // A response meshgate could not accept: a bad gateway.
+                Outcome::ServerError => m.put_http(self, 502),
+                Outcome::ConnectFailure | Outcome::Reset => m.put_local_failure(self, false),
+                Outcome::Timeout => m.put_local_failure(self, true),
+            }
+        }
+    }
+
+    /// Records a response with `status` (the outlier detector tells 5xx
+    /// from gateway failures).
+    pub fn report_status(&self, status: u16) {
+        self.outcomes.record(if status >= 500 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        });
+        if let Some(m) = self.outlier.get() {
+            m.put_http(self, status);
+        }
+    }
+
+    /// Records a response head. With outlier detection on, a gRPC
+    /// response counts by its `grpc-status` (mapped to HTTP as Envoy
+    /// does), not by its HTTP 200; when the status is not in the head
+    /// (not trailers-only), nothing is recorded yet and `true` says the
+    /// trailers are to be given to `report_grpc_trailers`.
+    pub fn report_response(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        let Some(m) = self.outlier.get() else {
+            // Detection off: the one load above, then the outcome.
+            self.outcomes.record(if status >= 500 {
+                Outcome::ServerError
+            } else {
+                Outcome::Success
+            });
+            return false;
+        };
+        let status = if status == 200 && outlier::is_grpc(headers) {
+            match outlier::grpc_status_as_http(headers) {
+                Some(mapped) => mapped,
+                None => return true,
+            }
+        } else {
+            status
+        };
+        self.outcomes.record(if status >= 500 {
+            Outcome::ServerError
+        } else {
+            Outcome::Success
+        });
+        m.put_http(self, status);
+        false
+    }
+
+    /// The trailers of a gRPC response whose result `report_response`
+    /// deferred: its `grpc-status` (none: as the HTTP 200 said).
+    pub fn report_grpc_trailers(&self, trailers: &http::HeaderMap) {
+        self.report_status(outlier::grpc_status_as_http(trailers).unwrap_or(200));
+    }
+
+    /// Its outlier-detection state (`None` unless its cluster detects
+    /// outliers): ejection history for `/clusters`.
+    pub fn outlier(&self) -> Option<&outlier::Monitor> {
+        self.outlier.get().map(|m| &**m)
     }
 
     /// The request outcomes recorded so far.
@@ -332,6 +402,8 @@ pub struct Cluster {
     pub breakers: Arc<breaker::Breakers>,
     /// Active health checks, when configured.
     pub health_check: Option<health_check::HealthChecker>,
+    /// Its outlier detector, when `outlier_detection` is configured.
+    pub outlier: Option<Arc<outlier::Detector>>,
 }
 
 impl Cluster {
@@ -372,6 +444,7 @@ impl Cluster {
                 &[breaker::ThresholdValues::default(); 2],
             )),
             health_check: None,
+            outlier: None,
         }
     }
 
@@ -416,6 +489,9 @@ impl Cluster {
         if let Some(hc) = &self.health_check {
             let old: HashSet<*const Endpoint> = old.endpoints.iter().map(Arc::as_ptr).collect();
             hc.endpoints_added(endpoints.iter().filter(|e| !old.contains(&Arc::as_ptr(e))));
+        }
+        if let Some(d) = &self.outlier {
+            d.attach(&endpoints, &removed);
         }
         let lb = self.lb_builder.build(&endpoints);
         let levels = priority::Levels::build(&endpoints, &*self.lb_builder);
@@ -617,6 +693,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         common_lb_config,
         policy,
         health_checks,
+        outlier_detection,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -633,6 +710,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *common_lb_config == b.common_lb_config
         && *policy == b.policy
         && *health_checks == b.health_checks
+        && *outlier_detection == b.outlier_detection
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -744,8 +822,9 @@ impl ClusterManager {
         self.clusters.values().map(|e| &e.cluster)
     }
 
-    /// Starts re-resolution tasks for the `strict_dns` clusters; they stop
-    /// when `shutdown` is cancelled.
+    /// Starts re-resolution tasks for the `strict_dns` clusters, and the
+    /// interval timers of the outlier detectors; they stop when `shutdown`
+    /// is cancelled (a timer also when its cluster is gone).
     pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
         // Active health checks: once per cluster, for its lifetime.
         for e in self.clusters.values() {
@@ -753,6 +832,9 @@ impl ClusterManager {
                 hc.start(&e.cluster);
             }
             health_check::publish_membership(e.cluster.name, &e.cluster.hosts().endpoints);
+            if let Some(d) = &e.cluster.outlier {
+                d.spawn(Arc::downgrade(&e.cluster), shutdown.clone());
+            }
         }
         for e in self
             .clusters
@@ -843,6 +925,17 @@ fn build_cluster(
         .map_err(|(field, msg)| source.error(format!("{path}.{field}"), msg))?;
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
     let policy = priority::Policy::build(c, path, source)?;
+    let detector = match &c.outlier_detection {
+        Some(od) => {
+            od.validate().map_err(|(field, msg)| {
+                source.error(format!("{path}.outlier_detection.{field}"), msg)
+            })?;
+            let d = outlier::Detector::new(crate::stream::intern(&c.name), od.clone());
+            d.attach(&endpoints, &[]);
+            Some(d)
+        }
+        None => None,
+    };
     let mut cluster = Cluster::new(
         &c.name,
         c.connect_timeout,
@@ -853,6 +946,7 @@ fn build_cluster(
     );
     cluster.priority = policy;
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
+    cluster.outlier = detector;
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))

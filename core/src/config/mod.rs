@@ -14,6 +14,7 @@ pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
 pub mod priority;
+pub mod outlier;
 pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;
@@ -472,6 +473,9 @@ pub struct ClusterConfig {
     /// Active health checks (Envoy's `health_checks`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<health_check::HealthCheckConfig>,
+    /// Outlier detection (`crate::cluster::outlier`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<outlier::OutlierDetectionConfig>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

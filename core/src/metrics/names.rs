@@ -344,6 +344,14 @@ pub const CLUSTER_HEALTH_CHECK_SUCCESS_TOTAL: &str = "meshgate_cluster_health_ch
 /// Counter `{cluster,kind}`: active health checks that failed (`timeout`,
 /// `network`, `status`).
 pub const CLUSTER_HEALTH_CHECK_FAILURE_TOTAL: &str = "meshgate_cluster_health_check_failure_total";
+/// Outlier detection: endpoints found outliers (`cluster`, `detector`:
+/// consecutive_5xx, consecutive_gateway_failure, ..., `enforced`: whether
+/// it was ejected, or only detected: not enforcing, max_ejection_percent).
+pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL: &str =
+    "meshgate_cluster_outlier_detection_ejections_total";
+/// Outlier detection: endpoints ejected now (`cluster`).
+pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE: &str =
+    "meshgate_cluster_outlier_detection_ejections_active";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -462,6 +470,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (DECOMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
     (DECOMPRESSOR_DECOMPRESSED_BYTES_TOTAL, Kind::Counter),
     (DECOMPRESSOR_REFUSED_TOTAL, Kind::Counter),
+    (CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL, Kind::Counter),
+    (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
 ];
 
 #[cfg(test)]
