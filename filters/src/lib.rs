@@ -17,6 +17,7 @@ pub mod header_mutation;
 pub mod http_options;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+mod local_reply;
 pub mod proxy;
 pub mod ratelimit;
 pub mod rbac;

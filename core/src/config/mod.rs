@@ -10,6 +10,7 @@ pub mod header_mutation;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
+pub mod local_reply;
 pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;
