@@ -416,6 +416,7 @@ impl Filter {
                     cfg::ComparisonOp::Eq => s == *v,
                     cfg::ComparisonOp::Ge => s >= *v,
                     cfg::ComparisonOp::Le => s <= *v,
+                    cfg::ComparisonOp::Ne => s != *v,
                 }
             }
             Filter::Header(m) => m.matches(req),

@@ -91,6 +91,7 @@ pub enum ComparisonOp {
     Eq,
     Ge,
     Le,
+    Ne,
 }
 
 /// Envoy's `RuntimeUInt32`: meshgate has no runtime layer, so
