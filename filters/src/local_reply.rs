@@ -674,10 +674,7 @@ impl Template {
         while let Some(i) = rest.find('%') {
             lit.push_str(&rest[..i]);
             let after = &rest[i + 1..];
-            match after
-                .find('%')
-                .filter(|j| looks_like_operator(&after[..*j]))
-            {
+            match operator_end(after) {
                 Some(j) => {
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -719,6 +716,28 @@ impl Template {
         }
         out
     }
+}
+
+/// Where the operator starting `after` (the text past a `%`) ends: the
+/// index of its closing `%`. An argument may itself hold `%`
+/// (`%START_TIME(%s)%`), so it runs to its `)`.
+fn operator_end(after: &str) -> Option<usize> {
+    let name = after
+        .bytes()
+        .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        .count();
+    if name > 0 && after[name..].starts_with('(') {
+        let close = name + after[name..].find(')')? + 1;
+        let tail = &after[close..];
+        let digits = match tail.strip_prefix(':') {
+            Some(d) => 1 + d.bytes().take_while(u8::is_ascii_digit).count(),
+            None => 0,
+        };
+        return tail[digits..].starts_with('%').then_some(close + digits);
+    }
+    after
+        .find('%')
+        .filter(|j| looks_like_operator(&after[..*j]))
 }
 
 /// `NAME`, `NAME(ARG)` or either with `:DIGITS` (Envoy's command syntax).
@@ -810,4 +829,66 @@ fn parse_operator(t: &str, path: &str) -> Result<(Op, Option<usize>), BuildError
         }
     };
     Ok((op, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_operators_literals_and_lengths() {
+        let t = Template::parse("50% off %REQ(X-Id?x-alt):3% %RESPONSE_CODE%%", "f").unwrap();
+        assert_eq!(
+            t.0,
+            vec![
+                Piece::Lit("50% off ".into()),
+                Piece::Op(
+                    Op::Req(
+                        HeaderName::from_static("x-id"),
+                        Some(HeaderName::from_static("x-alt"))
+                    ),
+                    Some(3)
+                ),
+                Piece::Lit(" ".into()),
+                Piece::Op(Op::ResponseCode, None),
+                Piece::Lit("%".into()),
+            ]
+        );
+        let e = Template::parse("%START_TIME(%s)%", "body_format.text_format").unwrap_err();
+        assert_eq!(e.path, "body_format.text_format");
+        assert!(e.message.contains("START_TIME"), "{}", e.message);
+        let e = Template::parse("x %DURATION% y", "p").unwrap_err();
+        assert!(e.message.contains("%DURATION%"), "{}", e.message);
+    }
+
+    #[test]
+    fn filters_compose_and_flags_follow_the_reason() {
+        let req = HeaderMap::new();
+        let f = Filter::And(vec![
+            Filter::Status(cfg::ComparisonOp::Ge, 500),
+            Filter::Or(vec![Filter::Flags(vec!["UH"]), Filter::Flags(vec!["UO"])]),
+        ]);
+        assert!(f.matches(503, &req, Some(LocalReason::NoHealthyUpstream)));
+        assert!(f.matches(503, &req, Some(LocalReason::Overflow)));
+        assert!(!f.matches(503, &req, Some(LocalReason::UpstreamConnectFailure)));
+        assert!(!f.matches(404, &req, Some(LocalReason::NoHealthyUpstream)));
+        assert!(Filter::Flags(vec![]).matches(404, &req, Some(LocalReason::NoRoute)));
+        assert!(!Filter::Flags(vec![]).matches(403, &req, Some(LocalReason::Forbidden)));
+        assert!(Filter::Status(cfg::ComparisonOp::Ne, 200).matches(404, &req, None));
+    }
+
+    #[test]
+    fn start_time_is_iso8601_utc_with_millis() {
+        assert_eq!(format_utc(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(format_utc(1_796_566_802, 123), "2026-12-06T14:20:02.123Z");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("a b%\n\u{e9}"), "a b%25%0A%C3%A9");
+        assert_eq!(http_to_grpc(500), 2);
+        assert_eq!(http_to_grpc(503), 14);
+        assert_eq!(http_to_grpc(404), 12);
+    }
 }
