@@ -11,6 +11,7 @@ pub mod csrf;
 pub mod echo;
 mod edge;
 pub mod ext_authz;
+mod fallback;
 pub mod fault;
 mod grpc;
 pub mod header_mutation;

@@ -876,6 +876,14 @@ impl ProxyHandler {
                     idle_timeout: Some(c.idle_timeout().unwrap_or(self.stream_idle_timeout))
                         .filter(|d| !d.is_zero()),
                 };
+                // meshgate's route `fallback` (service degradation).
+                let (cluster, kept) = match c.fallback() {
+                    None => (cluster, None),
+                    Some(f) => match crate::fallback::before(f, cluster, req, info) {
+                        crate::fallback::Before::Answer(r) => return r,
+                        crate::fallback::Before::Forward(to, kept) => (to, kept),
+                    },
+                };
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let exchange = {
@@ -893,6 +901,19 @@ impl ProxyHandler {
                         Err(refusal) => return refusal.reply(info),
                     },
                 };
+                if let Some(f) = c.fallback() {
+                    let policy = c.forward_policy();
+                    resp = Box::pin(crate::fallback::after(
+                        f,
+                        cluster,
+                        kept,
+                        resp,
+                        info,
+                        policy,
+                        hashed.hash,
+                    ))
+                    .await;
+                }
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {

@@ -276,6 +276,10 @@ pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
 /// `failure_mode_deny` is off (`domain`).
 pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
     "meshgate_ratelimit_failure_mode_allowed_total";
+/// Route `fallback` (service degradation): requests answered by the
+/// fallback instead of the route's cluster (`cluster`, `reason`:
+/// `no_healthy_endpoint` | `overflow`).
+pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -364,6 +368,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (COMPRESSOR_NOT_COMPRESSED_TOTAL, Kind::Counter),
     (COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL, Kind::Counter),
     (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (ROUTE_FALLBACK_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
