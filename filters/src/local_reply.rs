@@ -184,11 +184,12 @@ impl LocalReplies {
 
     /// What to keep of the request before it is forwarded (its headers
     /// only when a filter or an operator reads them).
-    pub(crate) fn see(&self, req: &meshgate_core::stream::Request) -> RequestSeen {
-        RequestSeen {
+    /// Boxed: the stream's future holds only a pointer.
+    pub(crate) fn see(&self, req: &meshgate_core::stream::Request) -> Box<RequestSeen> {
+        Box::new(RequestSeen {
             headers: self.reads_request.then(|| req.headers().clone()),
             version: req.version(),
-        }
+        })
     }
 
     /// Rewrites `resp` if it is one of meshgate's own answers on an HTTP
