@@ -180,3 +180,84 @@ fn format(mut f: core3::SubstitutionFormatString, path: &str) -> R<lr::Substitut
     rest(&f, path)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+
+    fn status_eq(code: u32) -> al::AccessLogFilter {
+        al::AccessLogFilter {
+            filter_specifier: Some(al::access_log_filter::FilterSpecifier::StatusCodeFilter(
+                al::StatusCodeFilter {
+                    comparison: Some(al::ComparisonFilter {
+                        op: al::comparison_filter::Op::Ge as i32,
+                        value: Some(core3::RuntimeUInt32 {
+                            default_value: code,
+                            runtime_key: "k".into(),
+                        }),
+                    }),
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn mappers_and_format_are_translated() {
+        let c = hcm::LocalReplyConfig {
+            mappers: vec![hcm::ResponseMapper {
+                filter: Some(status_eq(500)),
+                status_code: Some(UInt32Value { value: 502 }),
+                ..Default::default()
+            }],
+            body_format: Some(core3::SubstitutionFormatString {
+                format: Some(core3::substitution_format_string::Format::TextFormatSource(
+                    core3::DataSource {
+                        specifier: Some(core3::data_source::Specifier::InlineString(
+                            "%RESPONSE_CODE%".into(),
+                        )),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+        };
+        let out = local_reply_config(c, "hcm.local_reply_config").unwrap();
+        assert_eq!(out.mappers[0].status_code, Some(502));
+        let f = out.mappers[0].filter.status_code_filter.as_ref().unwrap();
+        assert_eq!(f.comparison.op, lr::ComparisonOp::Ge);
+        assert_eq!(f.comparison.value.default_value, 500);
+        let body = out.body_format.unwrap().text_format_source.unwrap();
+        assert_eq!(body.inline_string, "%RESPONSE_CODE%");
+    }
+
+    #[test]
+    fn unsupported_filters_and_sources_are_refused_by_name() {
+        let c = hcm::LocalReplyConfig {
+            mappers: vec![hcm::ResponseMapper {
+                filter: Some(al::AccessLogFilter {
+                    filter_specifier: Some(al::access_log_filter::FilterSpecifier::DurationFilter(
+                        al::DurationFilter::default(),
+                    )),
+                }),
+                ..Default::default()
+            }],
+            body_format: None,
+        };
+        let (field, _) = local_reply_config(c, "lrc").unwrap_err();
+        assert_eq!(field, "lrc.mappers[0].filter");
+        let c = hcm::LocalReplyConfig {
+            mappers: vec![hcm::ResponseMapper {
+                filter: Some(status_eq(400)),
+                body: Some(core3::DataSource {
+                    specifier: Some(core3::data_source::Specifier::Filename("/etc/x".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            body_format: None,
+        };
+        let (field, _) = local_reply_config(c, "lrc").unwrap_err();
+        assert_eq!(field, "lrc.mappers[0].body");
+    }
+}
