@@ -39,6 +39,14 @@ pub(crate) fn local_reply(resp: &mut Response) {
     let Some(reason) = resp.extensions().get::<LocalReason>().copied() else {
         return;
     };
+    // Already rendered by `local_reply_config` (its grpc-message).
+    if resp
+        .extensions()
+        .get::<crate::local_reply::Mapped>()
+        .is_some()
+    {
+        return;
+    }
     // A status a filter chose for its refusal (a rate limit filter's
     // RESOURCE_EXHAUSTED) is kept: converting again after the response
     // phase must not undo it.

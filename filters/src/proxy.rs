@@ -148,6 +148,15 @@ impl NetworkFilterFactory for ProxyFactory {
                 },
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
+                local_replies: match &cfg.local_reply_config {
+                    None => None,
+                    Some(c) => Some(crate::local_reply::LocalReplies::build(c).map_err(|e| {
+                        BuildError::new(
+                            meshgate_core::error::join_path("local_reply_config", &e.path),
+                            e.message,
+                        )
+                    })?),
+                },
                 alt_svc: cfg.advertise_http3.as_ref().and_then(|a| {
                     // Digits and quotes: always a valid header value.
                     HeaderValue::from_str(&format!(
@@ -444,6 +453,8 @@ struct ProxyHandler {
     /// `alt-svc` added to responses on TCP connections.
     alt_svc: Option<HeaderValue>,
     idle_timeout: Option<Duration>,
+    /// `local_reply_config`, when set.
+    local_replies: Option<crate::local_reply::LocalReplies>,
 }
 
 /// The `StreamHandler` the codecs call, one per connection: the shared
@@ -648,6 +659,7 @@ impl ProxyHandler {
                 .access_log
                 .as_ref()
                 .map(|_| Box::new(RequestSummary::of(&req)));
+            let seen_by_replies = self.local_replies.as_ref().map(|l| l.see(&req));
             let mut ran = Ran::default();
             let mut resp = match prepared {
                 Ok(upgrade) => {
@@ -656,6 +668,9 @@ impl ProxyHandler {
                 }
                 Err(resp) => *resp,
             };
+            if let (Some(l), Some(seen)) = (&self.local_replies, &seen_by_replies) {
+                l.apply(&mut resp, &info, seen);
+            }
             // A gRPC client gets meshgate's own answers as gRPC statuses.
             if info.grpc && info.local_reply.is_some() {
                 crate::grpc::local_reply(&mut resp);
@@ -812,7 +827,15 @@ impl ProxyHandler {
         info.route = Some(route.stat_name());
         meshgate_core::spans::record_route(route.stat_name());
         match route.action() {
-            RouteAction::DirectResponse(d) => d.response(),
+            RouteAction::DirectResponse(d) => {
+                let mut resp = d.response();
+                // Envoy sends a direct response as a local reply.
+                if self.local_replies.is_some() {
+                    resp.extensions_mut()
+                        .insert(crate::local_reply::DirectBody(d.body().clone()));
+                }
+                resp
+            }
             RouteAction::Redirect(r) => r.response(req),
             RouteAction::Cluster(c) => {
                 // Borrowed: the route table this future holds keeps it.
@@ -853,6 +876,14 @@ impl ProxyHandler {
                     idle_timeout: Some(c.idle_timeout().unwrap_or(self.stream_idle_timeout))
                         .filter(|d| !d.is_zero()),
                 };
+                // meshgate's route `fallback` (service degradation).
+                let (cluster, kept) = match c.fallback() {
+                    None => (cluster, None),
+                    Some(f) => match crate::fallback::before(f, cluster, req, info) {
+                        crate::fallback::Before::Answer(r) => return r,
+                        crate::fallback::Before::Forward(to, kept) => (to, kept),
+                    },
+                };
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let exchange = {
@@ -870,6 +901,19 @@ impl ProxyHandler {
                         Err(refusal) => return refusal.reply(info),
                     },
                 };
+                if let Some(f) = c.fallback() {
+                    let policy = c.forward_policy();
+                    resp = Box::pin(crate::fallback::after(
+                        f,
+                        cluster,
+                        kept,
+                        resp,
+                        info,
+                        policy,
+                        hashed.hash,
+                    ))
+                    .await;
+                }
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {

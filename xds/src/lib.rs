@@ -23,6 +23,7 @@ mod leftover;
 mod local_ratelimit;
 mod priority;
 mod outlier;
+mod local_reply;
 mod ratelimit;
 mod rbac;
 mod retry_policy;

@@ -195,7 +195,7 @@ fn to_json(v: &protobuf::Value) -> Value {
     }
 }
 
-fn struct_json(s: &protobuf::Struct) -> Value {
+pub(crate) fn struct_json(s: &protobuf::Struct) -> Value {
     Value::Object(
         s.fields
             .iter()
@@ -900,6 +900,12 @@ fn http_connection_manager(
     out.server_header_transformation = server_header;
     out.server_name = server_name;
     out.upgrade_configs = upgrades;
+    if let Some(c) = h.local_reply_config.take() {
+        out.local_reply_config = Some(crate::local_reply::local_reply_config(
+            c,
+            &join(path, "local_reply_config"),
+        )?);
+    }
     if let Some(d) = h.stream_idle_timeout.take() {
         out.stream_idle_timeout = duration(&d, &join(path, "stream_idle_timeout"))?;
     }

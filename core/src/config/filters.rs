@@ -79,6 +79,10 @@ pub struct ProxyConfig {
     /// Envoy's HCM `common_http_protocol_options` (`idle_timeout`).
     #[serde(default)]
     pub common_http_protocol_options: CommonHttpProtocolOptions,
+    /// Envoy HCM's `local_reply_config`: rewrites meshgate's own answers
+    /// (filters/src/local_reply.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_reply_config: Option<super::local_reply::LocalReplyConfig>,
 }
 
 impl ProxyConfig {
@@ -105,6 +109,7 @@ impl ProxyConfig {
             server_name: default_server_name(),
             upgrade_configs: default_upgrade_configs(),
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
+            local_reply_config: None,
         }
     }
 }

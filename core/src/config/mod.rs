@@ -15,6 +15,7 @@ mod load;
 pub mod local_ratelimit;
 pub mod priority;
 pub mod outlier;
+pub mod local_reply;
 pub mod ratelimit;
 pub mod rbac;
 pub mod simpleauth;

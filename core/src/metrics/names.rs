@@ -352,6 +352,10 @@ pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL: &str =
 /// Outlier detection: endpoints ejected now (`cluster`).
 pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE: &str =
     "meshgate_cluster_outlier_detection_ejections_active";
+/// Route `fallback` (service degradation): requests answered by the
+/// fallback instead of the route's cluster (`cluster`, `reason`:
+/// `no_healthy_endpoint` | `overflow`).
+pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -472,6 +476,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (DECOMPRESSOR_REFUSED_TOTAL, Kind::Counter),
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL, Kind::Counter),
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
+    (ROUTE_FALLBACK_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -106,12 +106,19 @@ pub struct ClusterAction {
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
     pub(crate) hash_policy: Option<Box<super::hash::HashPolicy>>,
+    /// meshgate's `fallback` (service degradation), if set.
+    pub(crate) fallback: Option<Box<super::fallback::Fallback>>,
 }
 
 impl ClusterAction {
     /// The targets (one for `cluster`, several for `weighted_clusters`).
     pub fn clusters(&self) -> &[WeightedCluster] {
         &self.clusters
+    }
+
+    /// The route's `fallback` (service degradation), if set.
+    pub fn fallback(&self) -> Option<&super::fallback::Fallback> {
+        self.fallback.as_deref()
     }
 
     /// Sum of the weights.

@@ -234,6 +234,11 @@ pub struct RouteActionConfig {
     /// none; else the virtual host's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
+    /// meshgate's service degradation fallback (no Envoy field): used when
+    /// the cluster has no healthy endpoint or overflows
+    /// (`super::fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<super::fallback::FallbackConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -262,6 +267,7 @@ impl Default for RouteActionConfig {
             hash_policy: Vec::new(),
             upgrade_configs: Vec::new(),
             rate_limits: Vec::new(),
+            fallback: None,
         }
     }
 }

@@ -52,6 +52,7 @@
 mod action;
 mod config;
 mod domain;
+pub mod fallback;
 mod hash;
 mod index;
 mod matcher;
@@ -971,6 +972,14 @@ fn build_cluster_action(
         path_rewrite,
         host_rewrite,
         hash_policy: HashPolicy::build(&sub(path, "hash_policy"), &c.hash_policy)?,
+        fallback: match &c.fallback {
+            None => None,
+            Some(f) => Some(Box::new(fallback::Fallback::build(
+                &sub(path, "fallback"),
+                f,
+                clusters,
+            )?)),
+        },
     })
 }
 
