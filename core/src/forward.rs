@@ -50,6 +50,10 @@ pub struct ForwardPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub max_buffered_body_bytes: usize,
+    /// The virtual host's `include_request_attempt_count`: each try
+    /// carries `x-envoy-attempt-count` (unless the stream suppresses
+    /// Envoy headers).
+    pub request_attempt_count: bool,
 }
 
 impl Default for ForwardPolicy {
@@ -63,6 +67,7 @@ impl Default for ForwardPolicy {
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
             max_buffered_body_bytes: 64 * 1024,
+            request_attempt_count: false,
         }
     }
 }
@@ -168,6 +173,7 @@ pub fn forward<'a>(
                 &LbContext { hash },
                 &[],
                 deadline,
+                policy.request_attempt_count,
             ) {
                 Ok(s) => {
                     if s.watched {
@@ -327,7 +333,16 @@ async fn retrying(
         },
         _ => {
             let req = Request::from_parts(parts, body);
-            let attempt = match start(cluster, &codec, req, info, &ctx, &[], None) {
+            let attempt = match start(
+                cluster,
+                &codec,
+                req,
+                info,
+                &ctx,
+                &[],
+                None,
+                policy.request_attempt_count,
+            ) {
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false, after).await,
                 Err(reason) => Attempt::Fail(reason),
             };
@@ -349,7 +364,16 @@ async fn retrying(
         // Codec state (e.g. an RPC frame head) travels with every try.
         *req.extensions_mut() = parts.extensions.clone();
         let status_retry = n < policy.num_retries;
-        let attempt = match start(cluster, &codec, req, info, &ctx, &tried, None) {
+        let attempt = match start(
+            cluster,
+            &codec,
+            req,
+            info,
+            &ctx,
+            &tried,
+            None,
+            policy.request_attempt_count,
+        ) {
             Ok(s) => try_once(cluster, s, policy, &mut tried, status_retry, after).await,
             Err(reason) => Attempt::Fail(reason),
         };
@@ -363,7 +387,9 @@ async fn retrying(
 }
 
 /// Chooses an endpoint (not one of `tried`) and starts the exchange, with
-/// the codec watching `deadline` if it can.
+/// the codec watching `deadline` if it can; counts the try, and tells the
+/// upstream its number when `attempt_count` is on.
+#[allow(clippy::too_many_arguments)]
 fn start(
     cluster: &Arc<Cluster>,
     codec: &Arc<dyn ClientCodec>,
@@ -372,11 +398,20 @@ fn start(
     ctx: &LbContext,
     tried: &[SocketAddr],
     deadline: Option<tokio::time::Instant>,
+    attempt_count: bool,
 ) -> Result<Sending, LocalReason> {
     let endpoint = cluster
         .choose(ctx, tried)
         .ok_or(LocalReason::NoHealthyUpstream)?;
     info.upstream_host = Some(endpoint.address);
+    info.upstream_attempts = info.upstream_attempts.saturating_add(1);
+    let mut req = req;
+    if attempt_count && !info.suppress_envoy_headers {
+        req.headers_mut().insert(
+            crate::router::envoy_headers::X_ENVOY_ATTEMPT_COUNT,
+            http::HeaderValue::from(info.upstream_attempts),
+        );
+    }
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();
     let (send, watched) = match deadline {

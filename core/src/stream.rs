@@ -98,6 +98,11 @@ pub struct StreamInfo {
     /// Body size limit and stream idle timeout (`crate::body`), set by the
     /// `proxy` filter from its options and the route.
     pub limits: crate::body::StreamLimits,
+    /// Upstream tries made so far (`x-envoy-attempt-count`).
+    pub upstream_attempts: u32,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-*` header of
+    /// the router's on the request or the response.
+    pub suppress_envoy_headers: bool,
 }
 
 impl StreamInfo {
@@ -116,6 +121,8 @@ impl StreamInfo {
             denied_by: None,
             filter_state: http::Extensions::new(),
             limits: crate::body::StreamLimits::default(),
+            upstream_attempts: 0,
+            suppress_envoy_headers: false,
         }
     }
 }

@@ -18,6 +18,7 @@ mod http_filters;
 mod jwt_authn;
 mod leftover;
 mod local_ratelimit;
+mod mirror;
 mod ratelimit;
 mod rbac;
 mod simpleauth;

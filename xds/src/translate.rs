@@ -1055,6 +1055,8 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
                 crate::local_ratelimit::rate_limit(r, &rp)
             })
             .collect::<R<_>>()?,
+        include_request_attempt_count: std::mem::take(&mut v.include_request_attempt_count),
+        include_attempt_count_in_response: std::mem::take(&mut v.include_attempt_count_in_response),
     };
     crate::cors_field::apply(
         &mut out.per_filter_config,
@@ -1385,6 +1387,8 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         out.rate_limits
             .push(crate::local_ratelimit::rate_limit(r, &rp)?);
     }
+    out.request_mirror_policies =
+        crate::mirror::mirror_policies(std::mem::take(&mut a.request_mirror_policies), path)?;
     rest(&a, path)?;
     Ok(out)
 }

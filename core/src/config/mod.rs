@@ -12,6 +12,7 @@ mod load;
 pub mod local_ratelimit;
 pub mod ratelimit;
 pub mod rbac;
+pub mod router;
 pub mod simpleauth;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};

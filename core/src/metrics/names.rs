@@ -276,6 +276,11 @@ pub const RATELIMIT_ERROR_TOTAL: &str = "meshgate_ratelimit_error_total";
 /// `failure_mode_deny` is off (`domain`).
 pub const RATELIMIT_FAILURE_MODE_ALLOWED_TOTAL: &str =
     "meshgate_ratelimit_failure_mode_allowed_total";
+/// Counter `{cluster,result}`: mirrored (shadow) requests by outcome:
+/// `sent` (the shadow answered), `failed` (no answer: connect failure,
+/// timeout, reset...), `dropped_body_too_large` (the body passed the
+/// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
+pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -364,6 +369,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (COMPRESSOR_NOT_COMPRESSED_TOTAL, Kind::Counter),
     (COMPRESSOR_UNCOMPRESSED_BYTES_TOTAL, Kind::Counter),
     (COMPRESSOR_COMPRESSED_BYTES_TOTAL, Kind::Counter),
+    (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -50,6 +50,14 @@ pub struct VirtualHostConfig {
     /// used by a route without its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
+    /// Envoy's `include_request_attempt_count`: send
+    /// `x-envoy-attempt-count` (1 on the first try) to the upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_request_attempt_count: bool,
+    /// Envoy's `include_attempt_count_in_response`: tell the client how
+    /// many tries its response took in `x-envoy-attempt-count`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_attempt_count_in_response: bool,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -227,6 +235,10 @@ pub struct RouteActionConfig {
     /// none; else the virtual host's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<crate::config::local_ratelimit::RateLimitConfig>,
+    /// Envoy's `request_mirror_policies`: shadow copies of the request
+    /// (`router::mirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mirror_policies: Vec<super::mirror::RequestMirrorPolicyConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -254,6 +266,7 @@ impl Default for RouteActionConfig {
             hash_policy: Vec::new(),
             upgrade_configs: Vec::new(),
             rate_limits: Vec::new(),
+            request_mirror_policies: Vec::new(),
         }
     }
 }
