@@ -238,6 +238,7 @@ pub fn start(
             inner: body,
             taps,
             ended: false,
+            left: known_len,
         });
     }
 }
@@ -339,6 +340,10 @@ struct Tee {
     inner: Body,
     taps: Vec<Tap>,
     ended: bool,
+    /// Bytes still to come of a body of known length: an upstream codec
+    /// stops reading once it has them (an HTTP/2 END_STREAM may never be
+    /// polled), and the shadows must still end cleanly then.
+    left: Option<u64>,
 }
 
 impl http_body::Body for Tee {
@@ -379,6 +384,13 @@ impl http_body::Body for Tee {
                     // A shadow that already ended just stops listening.
                     t.tx.send(Ok(copy)).is_ok()
                 });
+                if let (Some(left), Some(d)) = (&mut me.left, f.data_ref()) {
+                    *left = left.saturating_sub(d.len() as u64);
+                    if *left == 0 {
+                        me.ended = true;
+                        me.taps.clear();
+                    }
+                }
             }
             Poll::Ready(Some(Err(_))) => {
                 me.ended = true;
@@ -496,6 +508,7 @@ mod tests {
                 },
             ],
             ended: false,
+            left: None,
         };
         let all = tee.collect().await.map(|c| c.to_bytes()).ok();
         assert_eq!(all.as_deref(), Some(&b"abcdefgh"[..]));
