@@ -409,7 +409,7 @@ fn start(
     if attempt_count && !info.suppress_envoy_headers {
         req.headers_mut().insert(
             crate::router::envoy_headers::X_ENVOY_ATTEMPT_COUNT,
-            http::HeaderValue::from(info.upstream_attempts),
+            crate::router::envoy_headers::int_value(u64::from(info.upstream_attempts)),
         );
     }
     let guard = endpoint.begin_request();

@@ -453,3 +453,63 @@ fn mirror_through_xds() {
         v >= 1.0
     });
 }
+
+#[test]
+fn mirror_from_an_http3_downstream() {
+    let main = HttpBackend::start("main", Proto::Http1);
+    // Answers once the whole body is in (an upstream answering at the head
+    // would end the shadow's body early).
+    let shadow = Scripted::start(|_| Script::AnswerAfter {
+        until: b"mirrored-body-h3".to_vec(),
+        bytes: OK.to_vec(),
+    });
+    let port = free_port();
+    let certs = workspace().join("examples/certs");
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: h3
+    address: 127.0.0.1:{port}
+    quic: {{}}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{crt}", private_key: "{key}"}}]
+        filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: main
+                          request_mirror_policies: [{{cluster: shadow}}]
+clusters:
+  - name: main
+    endpoints: [{{address: "{main}"}}]
+  - name: shadow
+    endpoints: [{{address: "{shadow}"}}]
+"#,
+        crt = certs.join("server.pem").display(),
+        key = certs.join("server.key").display(),
+        main = main.addr,
+        shadow = shadow.addr,
+    );
+    let mg = Meshgate::start(&yaml);
+    let r = meshgate_tests::aioquic::get(port, &["/h3/post"], Some("mirrored-body-h3"));
+    assert!(r[0].1.contains("backend=main"), "{}", r[0].1);
+    assert!(r[0].1.contains("body-bytes=16"), "{}", r[0].1);
+    let got = wait_seen(&shadow, b"mirrored-body-h3", 1);
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.contains("post /h3/post http/1.1"), "{text}");
+    assert!(
+        text.contains(&format!("host: localhost-shadow:{port}")),
+        "{text}"
+    );
+    mg.wait_metric(MIRROR, &[("cluster", "shadow"), ("result", "sent")], |v| {
+        v >= 1.0
+    });
+}

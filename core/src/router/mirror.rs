@@ -194,7 +194,14 @@ pub fn start(
     timeout: Option<Duration>,
 ) {
     let no_body = req.body().is_end_stream();
-    let known_len = req.body().size_hint().exact();
+    // The body's length if known: from the body, else from the head (an
+    // HTTP/2 or HTTP/3 body may not carry its `content-length` as a hint).
+    let known_len = req.body().size_hint().exact().or_else(|| {
+        req.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
     let mut taps: Vec<Tap> = Vec::new();
     for p in policies.iter() {
         if !sampled(p.per_million) {
