@@ -37,8 +37,24 @@ struct Setup {
 
 fn setup() -> Setup {
     let main = HttpBackend::start("main", Proto::Http1);
-    // Answers every request on a connection (keep-alive): "ok" per head.
-    let shadow = Scripted::start(|_| Script::Answer(OK.to_vec()));
+    // One answer per connection; for requests with a body the test checks,
+    // only once that body is in (an upstream answering at the head may end
+    // the request's body early, which is not what these tests look at).
+    let shadow = Scripted::start(|head| {
+        let body: &[u8] = if head.windows(6).any(|w| w == b"/m/one") {
+            b"mirrored-body-h1"
+        } else if head.windows(6).any(|w| w == b"/m/two") {
+            b"mirrored-body-h2"
+        } else if head.windows(5).any(|w| w == b" /two") {
+            b"two-body"
+        } else {
+            return Script::Answer(OK.to_vec());
+        };
+        Script::AnswerAfter {
+            until: body.to_vec(),
+            bytes: OK.to_vec(),
+        }
+    });
     let silent = Scripted::start(|_| Script::Silent);
     // A port nothing listens on: the shadow's connection fails.
     let dead = {
