@@ -913,7 +913,10 @@ impl ProxyHandler {
                     }
                 }
                 if info.local_reply.is_none() {
-                    if let Some(sent) = sent {
+                    // HTTP only: RPC codecs carry no response headers.
+                    if let Some(sent) = sent
+                        && info.traits.response_headers
+                    {
                         meshgate_core::router::envoy_headers::on_upstream_response(
                             resp.headers_mut(),
                             sent,
