@@ -86,6 +86,10 @@ pub struct ForwardPolicy {
     pub priority: crate::config::circuit_breakers::RoutingPriority,
     /// The retry policy's other rules (`crate::retry`), when it has one.
     pub rules: Option<Arc<crate::retry::RetryRules>>,
+    /// The virtual host's `include_request_attempt_count`: each try
+    /// carries `x-envoy-attempt-count` (unless the stream suppresses
+    /// Envoy headers).
+    pub request_attempt_count: bool,
 }
 
 impl Default for ForwardPolicy {
@@ -101,6 +105,7 @@ impl Default for ForwardPolicy {
             max_buffered_body_bytes: 64 * 1024,
             priority: Default::default(),
             rules: None,
+            request_attempt_count: false,
         }
     }
 }
@@ -211,6 +216,7 @@ pub fn forward<'a>(
                 &[],
                 deadline,
                 policy.priority,
+                policy.request_attempt_count,
             ) {
                 Ok(s) => {
                     if s.watched {
@@ -391,8 +397,17 @@ async fn retrying(
         Ok(b) => b,
         Err(body) => {
             let req = Request::from_parts(parts, body);
-            let attempt = match start(cluster, &codec, req, info, &ctx, &[], None, policy.priority)
-            {
+            let attempt = match start(
+                cluster,
+                &codec,
+                req,
+                info,
+                &ctx,
+                &[],
+                None,
+                policy.priority,
+                policy.request_attempt_count,
+            ) {
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false, after).await,
                 Err(reason) => Attempt::Fail(reason),
             };
@@ -459,6 +474,7 @@ async fn retrying(
             &tried,
             None,
             policy.priority,
+            policy.request_attempt_count,
         ) {
             Ok(s) => {
                 let a = try_once(cluster, s, policy, &mut tried, true, after).await;
@@ -549,8 +565,9 @@ impl http_body::Body for Replay {
 
 /// Chooses an endpoint (not one of `tried`) and starts the exchange, with
 /// the codec watching `deadline` if it can, under the request breaker of
-/// `priority`. (Plain arguments, not a struct: the common path builds
-/// none.)
+/// `priority`; counts the try, and tells the upstream its number when
+/// `attempt_count` is on. (Plain arguments, not a struct: the common path
+/// builds none.)
 #[allow(clippy::too_many_arguments)]
 fn start(
     cluster: &Arc<Cluster>,
@@ -561,6 +578,7 @@ fn start(
     tried: &[SocketAddr],
     deadline: Option<tokio::time::Instant>,
     priority: RoutingPriority,
+    attempt_count: bool,
 ) -> Result<Sending, LocalReason> {
     // `drop_overloads`: decided once per request, at its first try.
     if tried.is_empty() && cluster.drop_overload() {
@@ -574,6 +592,14 @@ fn start(
         .request(priority)
         .ok_or(LocalReason::Overflow)?;
     info.upstream_host = Some(endpoint.address);
+    info.upstream_attempts = info.upstream_attempts.saturating_add(1);
+    let mut req = req;
+    if attempt_count && !info.suppress_envoy_headers {
+        req.headers_mut().insert(
+            crate::router::envoy_headers::X_ENVOY_ATTEMPT_COUNT,
+            crate::router::envoy_headers::int_value(u64::from(info.upstream_attempts)),
+        );
+    }
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();
     let (send, watched) = match deadline {

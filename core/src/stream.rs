@@ -98,6 +98,11 @@ pub struct StreamInfo {
     /// Body size limit and stream idle timeout (`crate::body`), set by the
     /// `proxy` filter from its options and the route.
     pub limits: crate::body::StreamLimits,
+    /// Upstream tries made so far (`x-envoy-attempt-count`).
+    pub upstream_attempts: u32,
+    /// The router's `suppress_envoy_headers`: no `x-envoy-*` header of
+    /// the router's on the request or the response.
+    pub suppress_envoy_headers: bool,
 }
 
 impl StreamInfo {
@@ -116,6 +121,8 @@ impl StreamInfo {
             denied_by: None,
             filter_state: http::Extensions::new(),
             limits: crate::body::StreamLimits::default(),
+            upstream_attempts: 0,
+            suppress_envoy_headers: false,
         }
     }
 }
@@ -385,8 +392,9 @@ pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
-    if reason == LocalReason::Overflow {
-        // Envoy's mark of a circuit breaker's refusal.
+    if reason == LocalReason::Overflow && !info.suppress_envoy_headers {
+        // Envoy's mark of a circuit breaker's refusal (off with the
+        // router's `suppress_envoy_headers`).
         resp.headers_mut().insert(
             http::HeaderName::from_static("x-envoy-overloaded"),
             HeaderValue::from_static("true"),

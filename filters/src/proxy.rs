@@ -84,9 +84,22 @@ impl NetworkFilterFactory for ProxyFactory {
         }
         let table = ctx.subscribe_routes(&cfg.route_config)?;
         let mut filters = Vec::new();
+        let mut router = meshgate_core::config::router::RouterFilterConfig::default();
         for (i, f) in cfg.stream_filters.iter().enumerate() {
-            // Envoy's router is the implicit last filter here.
+            // Envoy's router is the implicit last filter here; its entry
+            // only carries its options.
             if f.name == crate::chain::ENVOY_ROUTER {
+                if !f.config.is_null() {
+                    router = parse_typed(&f.config).map_err(|e| {
+                        BuildError::new(
+                            meshgate_core::error::join_path(
+                                &format!("stream_filters[{i}].config"),
+                                &e.path,
+                            ),
+                            e.message,
+                        )
+                    })?;
+                }
                 continue;
             }
             let factory = ctx.registry.stream_filter(&f.name).ok_or_else(|| {
@@ -137,6 +150,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 table,
                 chain,
                 generate_request_id: cfg.generate_request_id,
+                suppress_envoy_headers: router.suppress_envoy_headers,
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
                 stream_idle_timeout: cfg.stream_idle_timeout,
@@ -446,6 +460,8 @@ struct ProxyHandler {
     /// The stream filters; the router runs after them.
     chain: FilterChain,
     generate_request_id: bool,
+    /// The router's `suppress_envoy_headers`.
+    suppress_envoy_headers: bool,
     edge: crate::edge::Edge,
     max_request_body_bytes: Option<u64>,
     stream_idle_timeout: Duration,
@@ -876,6 +892,16 @@ impl ProxyHandler {
                     idle_timeout: Some(c.idle_timeout().unwrap_or(self.stream_idle_timeout))
                         .filter(|d| !d.is_zero()),
                 };
+                info.suppress_envoy_headers = self.suppress_envoy_headers;
+                if !c.mirrors().is_empty() {
+                    meshgate_core::router::mirror::start(
+                        c.mirrors(),
+                        req,
+                        info,
+                        c.forward_policy().timeout,
+                    );
+                }
+                let sent = (!self.suppress_envoy_headers).then(std::time::Instant::now);
                 // meshgate's route `fallback` (service degradation).
                 let (cluster, kept) = match c.fallback() {
                     None => (cluster, None),
@@ -931,6 +957,17 @@ impl ProxyHandler {
                     }
                 }
                 if info.local_reply.is_none() {
+                    // HTTP only: RPC codecs carry no response headers.
+                    if let Some(sent) = sent
+                        && info.traits.response_headers
+                    {
+                        meshgate_core::router::envoy_headers::on_upstream_response(
+                            resp.headers_mut(),
+                            sent,
+                            c.attempt_count_in_response()
+                                .then_some(info.upstream_attempts),
+                        );
+                    }
                     route.apply_response_mutations(vhost, &mut resp);
                     hashed.set_cookie_on(&mut resp);
                 }

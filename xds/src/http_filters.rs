@@ -184,7 +184,15 @@ pub(crate) fn http_filters(
             if let Some(a) = &typed {
                 let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
                     decode(a, ROUTER).map_err(|e| (fp.clone(), e.to_string()))?;
-                rest(&r, &tp)?;
+                let cfg = crate::mirror::router_config(r, &tp)?;
+                if cfg != Default::default() {
+                    out.push(fc::StreamFilterConfig {
+                        name: ROUTER_NAME.into(),
+                        config: serde_json::to_value(cfg)
+                            .map_err(|e| (tp.clone(), e.to_string()))?,
+                        disabled: false,
+                    });
+                }
             }
         } else {
             // Known by the type of its config; listed without a config,

@@ -24,6 +24,7 @@ mod local_ratelimit;
 mod priority;
 mod outlier;
 mod local_reply;
+mod mirror;
 mod ratelimit;
 mod rbac;
 mod retry_policy;

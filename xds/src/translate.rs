@@ -1061,6 +1061,8 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
             )?),
             None => None,
         },
+        include_request_attempt_count: std::mem::take(&mut v.include_request_attempt_count),
+        include_attempt_count_in_response: std::mem::take(&mut v.include_attempt_count_in_response),
     };
     crate::cors_field::apply(
         &mut out.per_filter_config,
@@ -1372,6 +1374,8 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
         out.rate_limits
             .push(crate::local_ratelimit::rate_limit(r, &rp)?);
     }
+    out.request_mirror_policies =
+        crate::mirror::mirror_policies(std::mem::take(&mut a.request_mirror_policies), path)?;
     rest(&a, path)?;
     Ok(out)
 }

@@ -18,6 +18,7 @@ pub mod outlier;
 pub mod local_reply;
 pub mod ratelimit;
 pub mod rbac;
+pub mod router;
 pub mod simpleauth;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};

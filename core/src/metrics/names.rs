@@ -356,6 +356,11 @@ pub const CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE: &str =
 /// fallback instead of the route's cluster (`cluster`, `reason`:
 /// `no_healthy_endpoint` | `overflow`).
 pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
+/// Counter `{cluster,result}`: mirrored (shadow) requests by outcome:
+/// `sent` (the shadow answered), `failed` (no answer: connect failure,
+/// timeout, reset...), `dropped_body_too_large` (the body passed the
+/// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
+pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -477,6 +482,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_TOTAL, Kind::Counter),
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
+    (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

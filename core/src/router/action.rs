@@ -108,6 +108,10 @@ pub struct ClusterAction {
     pub(crate) hash_policy: Option<Box<super::hash::HashPolicy>>,
     /// meshgate's `fallback` (service degradation), if set.
     pub(crate) fallback: Option<Box<super::fallback::Fallback>>,
+    /// `request_mirror_policies` (empty: nothing to do).
+    pub(crate) mirrors: Box<[super::mirror::MirrorPolicy]>,
+    /// The virtual host's `include_attempt_count_in_response`.
+    pub(crate) attempt_count_in_response: bool,
 }
 
 impl ClusterAction {
@@ -153,6 +157,19 @@ impl ClusterAction {
     /// filter chain then picks the target before the filters run.
     pub fn has_cluster_filter_configs(&self) -> bool {
         self.clusters.iter().any(|c| c.filter_configs.is_some())
+    }
+
+    /// The route's mirrors (`router::mirror::start`).
+    #[inline]
+    pub fn mirrors(&self) -> &[super::mirror::MirrorPolicy] {
+        &self.mirrors
+    }
+
+    /// Whether the response tells the client its try count
+    /// (`x-envoy-attempt-count`).
+    #[inline]
+    pub fn attempt_count_in_response(&self) -> bool {
+        self.attempt_count_in_response
     }
 
     /// Timeouts and retries for `crate::forward::forward`.

@@ -53,6 +53,14 @@ pub struct VirtualHostConfig {
     /// Envoy's virtual-host `retry_policy`: for routes without their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// Envoy's `include_request_attempt_count`: send
+    /// `x-envoy-attempt-count` (1 on the first try) to the upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_request_attempt_count: bool,
+    /// Envoy's `include_attempt_count_in_response`: tell the client how
+    /// many tries its response took in `x-envoy-attempt-count`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_attempt_count_in_response: bool,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -239,6 +247,10 @@ pub struct RouteActionConfig {
     /// (`super::fallback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<super::fallback::FallbackConfig>,
+    /// Envoy's `request_mirror_policies`: shadow copies of the request
+    /// (`router::mirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mirror_policies: Vec<super::mirror::RequestMirrorPolicyConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -268,6 +280,7 @@ impl Default for RouteActionConfig {
             upgrade_configs: Vec::new(),
             rate_limits: Vec::new(),
             fallback: None,
+            request_mirror_policies: Vec::new(),
         }
     }
 }

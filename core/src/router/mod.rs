@@ -53,9 +53,11 @@ mod action;
 mod config;
 mod domain;
 pub mod fallback;
+pub mod envoy_headers;
 mod hash;
 mod index;
 mod matcher;
+pub mod mirror;
 mod missing;
 mod rate_limits;
 mod subscription;
@@ -268,6 +270,19 @@ impl RouteTable {
                         .as_ref()
                         .map(|p| (p, format!("{path}.retry_policy"))),
                 )?;
+                if let RouteAction::Cluster(c) = &mut route.action {
+                    // The virtual host's attempt-count options, on each of
+                    // its routes so that forwarding reads one place.
+                    c.policy.request_attempt_count = vh.include_request_attempt_count;
+                    c.attempt_count_in_response = vh.include_attempt_count_in_response;
+                    if let Some(l) = &lenient {
+                        for m in c.mirrors.iter_mut() {
+                            m.missing = l
+                                .not_found(std::iter::once(m.cluster()), Default::default())
+                                .is_some();
+                        }
+                    }
+                }
                 if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &route.action) {
                     let code = r
                         .route
@@ -963,7 +978,10 @@ fn build_cluster_action(
     } else {
         policy.num_retries = 0;
     }
+    let mirrors = mirror::build(path, &c.request_mirror_policies, clusters)?;
     Ok(ClusterAction {
+        mirrors,
+        attempt_count_in_response: false,
         clusters: targets.into(),
         total_weight,
         policy,
