@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-pub mod priority;
 pub mod health_check;
+pub mod priority;
 
 /// One upstream address of a cluster.
 #[derive(Debug)]

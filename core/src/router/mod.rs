@@ -52,8 +52,8 @@
 mod action;
 mod config;
 mod domain;
-pub mod fallback;
 pub mod envoy_headers;
+pub mod fallback;
 mod hash;
 mod index;
 mod matcher;
