@@ -994,6 +994,8 @@ mod tests {
             "endpoints": [{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}, {"address": "127.0.0.1:3"}],
             "health_checks": [{"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
                                "healthy_threshold": 1, "tcp_health_check": {}}],
+            // Panic mode off, so that the choice follows health alone.
+            "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         }))
         .unwrap();
         let reg = crate::registry::Registry::new();
@@ -1021,17 +1023,20 @@ mod tests {
                 .map(|_| c.choose(&ctx, &[]).unwrap().address.port())
                 .collect::<std::collections::BTreeSet<_>>()
         };
-        assert_eq!(picks(10), [3].into());
+        // One healthy endpoint of three is short of the priority's load
+        // (1.4 x 33 % < 100 %): Envoy gives the rest to the degraded one,
+        // never to the failed one.
+        assert_eq!(picks(10), [1, 3].into());
         // No healthy one left: the degraded one, not the failed one.
         eps[2]
             .health_flags()
             .set_flag(HealthFlags::FAILED_ACTIVE_HC);
         assert_eq!(picks(10), [1].into());
-        // None available: still one (panic mode), not none.
+        // None available and panic mode off: none.
         eps[0]
             .health_flags()
             .set_flag(HealthFlags::FAILED_ACTIVE_HC);
-        assert_eq!(picks(5).len(), 1);
+        assert!(c.choose(&ctx, &[]).is_none());
         // An update: kept endpoints keep their state, a new one is pending.
         let new = Arc::new(Endpoint::new("127.0.0.1:4".parse().unwrap(), 1));
         c.update_endpoints(vec![eps[0].clone(), new.clone()]);
