@@ -247,14 +247,22 @@ fn http_check_ejects_a_failing_endpoint_within_two_intervals_and_recovers() {
 /// gets traffic only when no healthy endpoint is left.
 #[test]
 fn degraded_endpoints_take_traffic_only_when_no_healthy_one_is_left() {
+    // Envoy's priority load: three healthy endpoints of four carry
+    // min(100, 1.4 x 75 %) = all the load, so the degraded one gets none
+    // until the healthy ones are short. Panic mode off, so that it is
+    // health, not panic, that decides once the healthy ones fail.
     let a = Flaky::start("a");
     let b = Flaky::start("b");
+    let c = Flaky::start("c");
+    let d = Flaky::start("d");
     let port = free_port();
-    let hc = "      - timeout: 300ms\n        interval: 200ms\n        unhealthy_threshold: 1\n        healthy_threshold: 1\n        http_health_check: {path: /healthz, codec_client_type: HTTP1}\n";
-    let mg = Meshgate::start(&proxy_config(port, &[a.addr, b.addr], hc));
+    let hc = "      - timeout: 300ms\n        interval: 200ms\n        unhealthy_threshold: 1\n        healthy_threshold: 1\n        http_health_check: {path: /healthz, codec_client_type: HTTP1}\n    common_lb_config: {healthy_panic_threshold: {value: 0}}\n";
+    let mg = Meshgate::start(&proxy_config(port, &[a.addr, b.addr, c.addr, d.addr], hc));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr);
-    wait_flags(&mg, b.addr, "healthy");
+    for e in [&b, &c, &d] {
+        wait_flags(&mg, e.addr, "healthy");
+    }
     a.set_degraded(true);
     wait_flags(&mg, a.addr, "/degraded_active_hc");
     mg.wait_metric(
@@ -263,11 +271,16 @@ fn degraded_endpoints_take_traffic_only_when_no_healthy_one_is_left() {
         |v| v == 1.0,
     );
     let client = ClientLoop::start(addr);
-    let got = client.next(20);
-    assert!(got.iter().all(|x| x.2 == "b"), "{got:?}");
-    // b fails: the degraded a takes the traffic (not the failed b).
-    b.set_status(500);
-    wait_flags(&mg, b.addr, "/failed_active_hc");
+    let got = client.next(30);
+    assert!(got.iter().all(|x| x.2 != "a"), "{got:?}");
+    // b, c and d fail: the degraded a takes the traffic (not the failed
+    // ones).
+    for e in [&b, &c, &d] {
+        e.set_status(500);
+    }
+    for e in [&b, &c, &d] {
+        wait_flags(&mg, e.addr, "/failed_active_hc");
+    }
     client.next(5);
     let got = client.next(20);
     assert!(got.iter().all(|x| x.2 == "a" && x.1 == 200), "{got:?}");
@@ -447,6 +460,16 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
         )),
         ..Default::default()
     }];
+    // Panic mode off: health alone decides (Envoy would otherwise balance
+    // over all endpoints once fewer than half are healthy or degraded).
+    cluster.common_lb_config = Some(
+        envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                value: 0.0,
+            }),
+            ..Default::default()
+        },
+    );
     mgmt.set(CLUSTER, "c1", vec![("svc".into(), any(CLUSTER, &cluster))]);
     // HealthStatus: UNHEALTHY = 2, DEGRADED = 5.
     mgmt.set(
@@ -474,9 +497,14 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
     wait_until("c checked", || flags(c.addr) == "/degraded_eds_health");
     wait_listening(addr);
     let client = ClientLoop::start(addr);
-    let got = client.next(20);
-    assert!(got.iter().all(|x| x.2 == "a"), "{got:?}");
-    // a fails its active check: the degraded c takes over, not the
+    // One healthy endpoint of three is short (1.4 x 33 % < 100 %): Envoy
+    // gives the rest of the load to the degraded c, never to the
+    // unhealthy b.
+    let got = client.next(40);
+    assert!(got.iter().any(|x| x.2 == "a"), "{got:?}");
+    assert!(got.iter().any(|x| x.2 == "c"), "{got:?}");
+    assert_eq!(b.traffic(), 0);
+    // a fails its active check: the degraded c takes all, not the
     // unhealthy b.
     a.set_status(503);
     wait_until("a failed", || flags(a.addr) == "/failed_active_hc");
@@ -484,8 +512,9 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
     let got = client.next(20);
     assert!(got.iter().all(|x| x.2 == "c"), "{got:?}");
     assert_eq!(b.traffic(), 0);
-    // An EDS update makes b healthy: it takes the traffic, the degraded c
-    // none; a stays failed (its check state survives the update).
+    // An EDS update makes b healthy: it takes traffic again (shared with
+    // the degraded c, as above); a stays failed (its check state survives
+    // the update) and gets none.
     mgmt.set(
         ENDPOINT,
         "e2",
@@ -497,8 +526,9 @@ fn eds_health_status_and_cds_health_checks_through_xds() {
     wait_until("b healthy", || flags(b.addr) == "healthy");
     assert_eq!(flags(a.addr), "/failed_active_hc");
     client.next(5);
-    let got = client.next(20);
-    assert!(got.iter().all(|x| x.2 == "b"), "{got:?}");
+    let got = client.next(40);
+    assert!(got.iter().any(|x| x.2 == "b"), "{got:?}");
+    assert!(got.iter().all(|x| x.2 != "a"), "{got:?}");
 }
 
 /// A cluster that originates TLS checks over it: meshgate terminates TLS
