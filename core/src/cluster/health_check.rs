@@ -521,6 +521,15 @@ async fn check_loop(t: CheckTask) {
             notify = true;
         }
         t.state.publish(&t.endpoint);
+        // Envoy's `successful_active_health_check_uneject_host`: a pass
+        // while no check fails returns an outlier-ejected endpoint.
+        if matches!(verdict, Verdict::Healthy { .. })
+            && t.state.failed.load(Ordering::Relaxed) == 0
+            && let Some(m) = t.endpoint.outlier()
+            && m.active_check_passed(&t.endpoint)
+        {
+            notify = true;
+        }
         if notify {
             t.changed.notify_one();
         }
