@@ -9,7 +9,7 @@ use crate::translate::{R, duration, err, rest};
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::core::v3::health_check as hc;
 use meshgate_core::config::health_check::{
-    CodecClientType, GrpcHealthCheck, HeaderValue, HeaderValueOption, HealthCheckConfig,
+    CodecClientType, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue, HeaderValueOption, HealthCheckConfig,
     HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
 };
 use std::time::Duration;
@@ -189,3 +189,21 @@ fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
     out.validate(path).map_err(|e| (e.path, e.message))?;
     Ok(out)
 }
+
+/// An EDS endpoint's `health_check_config` (`port_value`, `hostname`);
+/// `address` and `disable_active_health_check` are refused by name.
+pub(crate) fn endpoint_health_check_config(
+    mut c: envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig,
+    path: &str,
+) -> R<EndpointHealthCheckConfig> {
+    let out = EndpointHealthCheckConfig {
+        port_value: std::mem::take(&mut c.port_value),
+        hostname: std::mem::take(&mut c.hostname),
+    };
+    if let Err(e) = out.port(path) {
+        return err(e.path, e.message);
+    }
+    rest(&c, path)?;
+    Ok(out)
+}
+

@@ -474,7 +474,7 @@ async fn check_loop(t: CheckTask) {
         t.stats.attempt.increment(1);
         let verdict = match tokio::time::timeout(
             cfg.timeout,
-            probe(&t.check.probe, t.endpoint.address, t.tls.as_deref()),
+            probe(&t.check.probe, &t.endpoint, t.tls.as_deref()),
         )
         .await
         {
@@ -566,7 +566,10 @@ async fn connect(
 }
 
 /// Runs one probe (the caller bounds it with the check's `timeout`).
-async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+    // The endpoint's `health_check_config` overrides port and host.
+    let addr = ep.health_check_address();
+    let host_override = ep.health_check_hostname.as_deref();
     match p {
         Probe::Tcp { send, receive } => {
             let Ok(mut io) = connect(addr, tls, None).await else {
@@ -583,6 +586,7 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
             expected,
             retriable,
         } => {
+            let host = host_override.unwrap_or(host);
             let Ok(mut io) = connect(addr, tls, Some(host)).await else {
                 return Verdict::Network;
             };
@@ -611,6 +615,7 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
             expected,
             retriable,
         } => {
+            let host = host_override.unwrap_or(host);
             let mut b = http::Request::builder()
                 .method(method.clone())
                 .uri(format!("http://{host}{path}"))
@@ -631,7 +636,9 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
                 None => Verdict::Network,
             }
         }
-        Probe::Grpc { authority, service } => grpc_check(addr, tls, authority, service).await,
+        Probe::Grpc { authority, service } => {
+            grpc_check(addr, tls, host_override.unwrap_or(authority), service).await
+        }
     }
 }
 

@@ -302,6 +302,29 @@ impl HealthCheckConfig {
     }
 }
 
+/// Envoy's `Endpoint.HealthCheckConfig` (per endpoint): active checks go
+/// to `port_value` instead of the endpoint's port (0: the endpoint's), and
+/// L7 checks (HTTP `host`, gRPC `authority`) use `hostname` when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointHealthCheckConfig {
+    pub port_value: u32,
+    pub hostname: String,
+}
+
+impl EndpointHealthCheckConfig {
+    /// The port, checked (Envoy: `port_value` <= 65535); the error names
+    /// the field under `path`.
+    pub fn port(&self, path: &str) -> Result<Option<u16>, BuildError> {
+        match self.port_value {
+            0 => Ok(None),
+            p => u16::try_from(p).map(Some).map_err(|_| {
+                BuildError::new(format!("{path}.port_value"), format!("{p} is not a port"))
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
