@@ -42,9 +42,9 @@ fn health_flags(e: &Endpoint) -> String {
 fn outlier(e: &Endpoint) -> Option<Vec<(&'static str, serde_json::Value)>> {
     let m = e.outlier()?;
     let st = m.state();
-    let left = st
-        .ejected_at_ms
-        .map_or(0, |at| at.saturating_add(st.ejection_ms).saturating_sub(now_ms()));
+    let left = st.ejected_at_ms.map_or(0, |at| {
+        at.saturating_add(st.ejection_ms).saturating_sub(now_ms())
+    });
     Some(vec![
         ("ejected", st.ejected_at_ms.is_some().into()),
         ("ejection_remaining_ms", left.into()),
@@ -69,9 +69,16 @@ pub fn text<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> String {
         if let Some(d) = &c.outlier {
             let (avg, threshold) = d.success_rate_stats();
             let n = c.name;
-            let _ = writeln!(out, "{n}::outlier::ejections_active::{}", d.ejections_active());
+            let _ = writeln!(
+                out,
+                "{n}::outlier::ejections_active::{}",
+                d.ejections_active()
+            );
             let _ = writeln!(out, "{n}::outlier::success_rate_average::{avg}");
-            let _ = writeln!(out, "{n}::outlier::success_rate_ejection_threshold::{threshold}");
+            let _ = writeln!(
+                out,
+                "{n}::outlier::success_rate_ejection_threshold::{threshold}"
+            );
         }
         for e in &c.hosts().endpoints {
             let p = format!("{}::{}", c.name, e.address);

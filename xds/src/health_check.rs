@@ -9,8 +9,8 @@ use crate::translate::{R, duration, err, rest};
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::core::v3::health_check as hc;
 use meshgate_core::config::health_check::{
-    CodecClientType, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue, HeaderValueOption, HealthCheckConfig,
-    HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
+    CodecClientType, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue, HeaderValueOption,
+    HealthCheckConfig, HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
 };
 use std::time::Duration;
 
@@ -206,4 +206,3 @@ pub(crate) fn endpoint_health_check_config(
     rest(&c, path)?;
     Ok(out)
 }
-

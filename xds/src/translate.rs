@@ -310,7 +310,8 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                     end.hostname.clear();
                     if let Some(h) = end.health_check_config.take() {
                         let hp = join(&ep, "endpoint.health_check_config");
-                        hc_config = Some(crate::health_check::endpoint_health_check_config(h, &hp)?);
+                        hc_config =
+                            Some(crate::health_check::endpoint_health_check_config(h, &hp)?);
                     }
                     rest(&end, &join(&ep, "endpoint"))?;
                     a

@@ -104,7 +104,8 @@ impl Endpoint {
     ) {
         if let Some(c) = c {
             self.health_check_port = c.port("").ok().flatten();
-            self.health_check_hostname = (!c.hostname.is_empty()).then(|| c.hostname.as_str().into());
+            self.health_check_hostname =
+                (!c.hostname.is_empty()).then(|| c.hostname.as_str().into());
         }
     }
 

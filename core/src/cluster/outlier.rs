@@ -536,7 +536,14 @@ impl Monitor {
         let Some(at) = st.ejected_at_ms else {
             return false;
         };
-        d.return_to_service(ep, self, &mut st, now_ms(), at, "active health check passed");
+        d.return_to_service(
+            ep,
+            self,
+            &mut st,
+            now_ms(),
+            at,
+            "active health check passed",
+        );
         true
     }
 
