@@ -153,3 +153,40 @@ fn serve(conn: TcpStream, name: &str, st: &State, main: bool) {
         }
     }
 }
+
+/// A sofa-rpc-node provider (`tests/peers/rpc_peer.js server`) on a given
+/// port (0: any), so that a test can kill it and start it again on the
+/// same port. Killed on drop.
+pub struct RpcProvider {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl RpcProvider {
+    pub fn start(protocol: &str, name: &str, port: u16) -> Self {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("node")
+            .arg(crate::workspace().join("tests/peers/rpc_peer.js"))
+            .args(["server", protocol, &port.to_string(), name])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node with sofa-rpc-node (tests/run.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("provider did not start: {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for RpcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -258,3 +258,94 @@ fn a_passing_active_check_returns_an_outlier_ejected_endpoint() {
         }
     }
 }
+
+/// Dubbo and Bolt heartbeat checks (`custom_health_check`
+/// `meshgate.health_checkers.dubbo` / `.bolt`) against real sofa-rpc-node
+/// providers: a provider that dies is marked `failed_active_hc` and gets
+/// no calls; started again on its port, it is healthy again and serves.
+#[test]
+fn rpc_heartbeat_checks_follow_a_provider_that_dies_and_comes_back() {
+    use meshgate_tests::hc_backend::RpcProvider;
+    use meshgate_tests::rpc::node_call;
+    for proto in ["dubbo", "bolt"] {
+        let a = RpcProvider::start(proto, "A", 0);
+        let b = RpcProvider::start(proto, "B", 0);
+        let (pa, pb) = (a.port, b.port);
+        let mg = Meshgate::start(&format!(
+            r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: {proto}
+              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+clusters:
+  - name: backend
+    protocol: {proto}
+    endpoints: [{{address: "127.0.0.1:{pa}"}}, {{address: "127.0.0.1:{pb}"}}]
+    health_checks:
+      - timeout: 500ms
+        interval: 200ms
+        unhealthy_threshold: 2
+        healthy_threshold: 1
+        custom_health_check: {{name: meshgate.health_checkers.{proto}}}
+"#
+        ));
+        let a_addr: SocketAddr = format!("127.0.0.1:{pa}").parse().unwrap();
+        let b_addr: SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
+        wait_line(&mg, a_addr, "health_flags", "healthy");
+        wait_line(&mg, b_addr, "health_flags", "healthy");
+        let port = mg.listener_addr("main").port();
+        let call = |n| {
+            node_call(
+                proto,
+                port,
+                "com.meshgate.Echo",
+                "echo",
+                r#"["hi"]"#,
+                n,
+                1,
+                3000,
+                "1.0",
+                "",
+            )
+        };
+        let r = call(4);
+        assert_eq!(r.ok, 4, "{proto}: {:?}", r.errors);
+        assert_eq!(
+            (r.from.get("A"), r.from.get("B")),
+            (Some(&2), Some(&2)),
+            "{proto}"
+        );
+        // b dies: its heartbeats fail (refused), it is failed, no call
+        // goes there.
+        drop(b);
+        wait_line(&mg, b_addr, "health_flags", "/failed_active_hc");
+        assert!(
+            mg.metric(
+                "meshgate_cluster_health_check_failure_total",
+                &[("cluster", "backend"), ("kind", "network")]
+            ) >= 2.0
+        );
+        let r = call(6);
+        assert_eq!(r.ok, 6, "{proto}: {:?}", r.errors);
+        assert_eq!(r.from.get("A"), Some(&6), "{proto}: {r:?}");
+        // b comes back on its port: healthy on its first passing heartbeat.
+        let b = RpcProvider::start(proto, "B2", pb);
+        assert_eq!(b.port, pb);
+        wait_line(&mg, b_addr, "health_flags", "healthy");
+        let r = call(4);
+        assert_eq!(r.ok, 4, "{proto}: {:?}", r.errors);
+        assert_eq!(r.from.get("B2"), Some(&2), "{proto}: {r:?}");
+    }
+}

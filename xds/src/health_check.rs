@@ -3,14 +3,15 @@
 //! Every field is taken out of the message and what is left is refused
 //! by name (`rest`): `alt_port`, `reuse_connection`, `event_log_path`,
 //! `tls_options`, `transport_socket_match_criteria`, HTTP `send`/`receive`,
-//! `custom_health_check`, `redis`... are not supported.
+//! custom checkers other than meshgate's Dubbo/Bolt heartbeats... are not
+//! supported.
 
 use crate::translate::{R, duration, err, rest};
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::core::v3::health_check as hc;
 use meshgate_core::config::health_check::{
-    CodecClientType, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue, HeaderValueOption,
-    HealthCheckConfig, HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
+    CodecClientType, CustomHealthCheck, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue,
+    HeaderValueOption, HealthCheckConfig, HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
 };
 use std::time::Duration;
 
@@ -181,8 +182,16 @@ fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
             rest(&x, &p)?;
             out.grpc_health_check = Some(cfg);
         }
-        Some(hc::HealthChecker::CustomHealthCheck(_)) => {
-            return err(f("custom_health_check"), "not supported by meshgate");
+        Some(hc::HealthChecker::CustomHealthCheck(mut x)) => {
+            // meshgate's RPC heartbeats by name; they take no config, so a
+            // `typed_config` is refused by `rest`.
+            let p = f("custom_health_check");
+            let cfg = CustomHealthCheck {
+                name: std::mem::take(&mut x.name),
+                typed_config: None,
+            };
+            rest(&x, &p)?;
+            out.custom_health_check = Some(cfg);
         }
     }
     rest(&h, path)?;
