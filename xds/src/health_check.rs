@@ -215,3 +215,91 @@ pub(crate) fn endpoint_health_check_config(
     rest(&c, path)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig as EpHc;
+
+    fn base(checker: hc::HealthChecker) -> core3::HealthCheck {
+        core3::HealthCheck {
+            timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            unhealthy_threshold: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+            healthy_threshold: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 }),
+            health_checker: Some(checker),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rpc_heartbeat_checkers_translate_and_others_are_named() {
+        let custom = |name: &str, typed: bool| {
+            hc::HealthChecker::CustomHealthCheck(hc::CustomHealthCheck {
+                name: name.into(),
+                config_type: typed.then(|| {
+                    hc::custom_health_check::ConfigType::TypedConfig(Default::default())
+                }),
+            })
+        };
+        let c = health_checks(
+            vec![base(custom("meshgate.health_checkers.bolt", false))],
+            "health_checks",
+        )
+        .unwrap();
+        assert_eq!(
+            c[0].custom_health_check.as_ref().unwrap().name,
+            "meshgate.health_checkers.bolt"
+        );
+        let e = health_checks(
+            vec![base(custom("envoy.health_checkers.redis", false))],
+            "health_checks",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "health_checks[0].custom_health_check.name");
+        let e = health_checks(
+            vec![base(custom("meshgate.health_checkers.dubbo", true))],
+            "health_checks",
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("health_checks[0].custom_health_check."), "{}", e.0);
+    }
+
+    #[test]
+    fn endpoint_health_check_config_translates_and_refuses_the_rest() {
+        let c = endpoint_health_check_config(
+            EpHc {
+                port_value: 9901,
+                hostname: "h.example".into(),
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap();
+        assert_eq!((c.port_value, c.hostname.as_str()), (9901, "h.example"));
+        let e = endpoint_health_check_config(
+            EpHc {
+                port_value: 70000,
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "ep.health_check_config.port_value");
+        let e = endpoint_health_check_config(
+            EpHc {
+                disable_active_health_check: true,
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "ep.health_check_config.disable_active_health_check");
+    }
+}
