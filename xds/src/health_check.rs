@@ -243,9 +243,8 @@ mod tests {
         let custom = |name: &str, typed: bool| {
             hc::HealthChecker::CustomHealthCheck(hc::CustomHealthCheck {
                 name: name.into(),
-                config_type: typed.then(|| {
-                    hc::custom_health_check::ConfigType::TypedConfig(Default::default())
-                }),
+                config_type: typed
+                    .then(|| hc::custom_health_check::ConfigType::TypedConfig(Default::default())),
             })
         };
         let c = health_checks(
@@ -268,7 +267,11 @@ mod tests {
             "health_checks",
         )
         .unwrap_err();
-        assert!(e.0.starts_with("health_checks[0].custom_health_check."), "{}", e.0);
+        assert!(
+            e.0.starts_with("health_checks[0].custom_health_check."),
+            "{}",
+            e.0
+        );
     }
 
     #[test]
