@@ -349,3 +349,73 @@ clusters:
         assert_eq!(r.from.get("B2"), Some(&2), "{proto}: {r:?}");
     }
 }
+
+/// Through a real xDS control plane: an EDS endpoint's
+/// `health_check_config` (port and hostname) and a CDS cluster's
+/// `health_checks`; the checks reach only the health port, with that
+/// host, and failing it fails the endpoint.
+#[test]
+fn eds_endpoint_health_check_config_through_xds() {
+    use envoy_types::pb::envoy::config::core::v3 as core3;
+    use envoy_types::pb::envoy::config::endpoint::v3 as eds;
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    use meshgate_tests::xds::*;
+
+    let a = HcBackend::start_with_health_port("a");
+    let b = HcBackend::start("b");
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    let mut cluster = eds_cluster_msg("svc");
+    cluster.health_checks = vec![core3::HealthCheck {
+        timeout: Some(PbDuration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        interval: Some(PbDuration {
+            seconds: 0,
+            nanos: 200_000_000,
+        }),
+        unhealthy_threshold: Some(UInt32Value { value: 1 }),
+        healthy_threshold: Some(UInt32Value { value: 1 }),
+        health_checker: Some(core3::health_check::HealthChecker::HttpHealthCheck(
+            core3::health_check::HttpHealthCheck {
+                path: "/healthz".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    mgmt.set(CLUSTER, "c1", vec![("svc".into(), any(CLUSTER, &cluster))]);
+    let mut load = cla_msg("svc", &[(a.addr, 1, 0), (b.addr, 1, 0)]);
+    if let Some(eds::lb_endpoint::HostIdentifier::Endpoint(e)) =
+        &mut load.endpoints[0].lb_endpoints[0].host_identifier
+    {
+        e.health_check_config = Some(eds::endpoint::HealthCheckConfig {
+            port_value: u32::from(a.health_addr.unwrap().port()),
+            hostname: "a-eds.example".into(),
+            ..Default::default()
+        });
+    }
+    mgmt.set(ENDPOINT, "e1", vec![("svc".into(), any(ENDPOINT, &load))]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("svc", 1)])]);
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    let flags = |e: SocketAddr| {
+        let (_, body) = mg.admin_get("/clusters");
+        let key = format!("svc::{e}::health_flags::");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&key).map(str::to_string))
+            .unwrap_or_default()
+    };
+    wait_until_within(20, "a checked healthy", || flags(a.addr) == "healthy");
+    wait_until("b checked healthy", || flags(b.addr) == "healthy");
+    wait_until("two checks of a", || a.checks() >= 2);
+    assert_eq!(a.checks_on_main(), 0);
+    assert!(
+        a.check_hosts().iter().all(|h| h == "a-eds.example"),
+        "{:?}",
+        a.check_hosts()
+    );
+    a.set_health_status(503);
+    wait_until("a failed", || flags(a.addr) == "/failed_active_hc");
+}
