@@ -2,8 +2,12 @@
 //! endpoint with its weight, health flags and request counters, in Envoy's
 //! text format (`cluster::address::stat::value`) or, with
 //! `?format=json`, as JSON shaped like Envoy's `admin.v3.Clusters`.
+//! Clusters with outlier detection also show its state: per cluster the
+//! active ejections and the last success-rate mean/threshold, per endpoint
+//! whether it is ejected, for how long, how often and by which detector,
+//! and its last success rate (-1: not computed).
 
-use crate::cluster::{Cluster, Endpoint};
+use crate::cluster::{Cluster, Endpoint, now_ms};
 use crate::pool::HealthFlags;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -34,6 +38,22 @@ fn health_flags(e: &Endpoint) -> String {
     }
 }
 
+/// An endpoint's outlier state by name, `None` without detection.
+fn outlier(e: &Endpoint) -> Option<Vec<(&'static str, serde_json::Value)>> {
+    let m = e.outlier()?;
+    let st = m.state();
+    let left = st.ejected_at_ms.map_or(0, |at| {
+        at.saturating_add(st.ejection_ms).saturating_sub(now_ms())
+    });
+    Some(vec![
+        ("ejected", st.ejected_at_ms.is_some().into()),
+        ("ejection_remaining_ms", left.into()),
+        ("times_ejected", st.times_ejected.into()),
+        ("last_detector", st.last_kind.unwrap_or("none").into()),
+        ("success_rate", m.success_rate().into()),
+    ])
+}
+
 /// Clusters sorted by name, for a stable output.
 fn sorted<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> Vec<&'a Arc<Cluster>> {
     let mut v: Vec<_> = clusters.collect();
@@ -46,6 +66,20 @@ pub fn text<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> String {
     let mut out = String::new();
     for c in sorted(clusters) {
         let _ = writeln!(out, "{}::cx_active::{}", c.name, c.active_connections());
+        if let Some(d) = &c.outlier {
+            let (avg, threshold) = d.success_rate_stats();
+            let n = c.name;
+            let _ = writeln!(
+                out,
+                "{n}::outlier::ejections_active::{}",
+                d.ejections_active()
+            );
+            let _ = writeln!(out, "{n}::outlier::success_rate_average::{avg}");
+            let _ = writeln!(
+                out,
+                "{n}::outlier::success_rate_ejection_threshold::{threshold}"
+            );
+        }
         for e in &c.hosts().endpoints {
             let p = format!("{}::{}", c.name, e.address);
             if let Some(h) = &e.hostname {
@@ -56,6 +90,13 @@ pub fn text<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> String {
             }
             let _ = writeln!(out, "{p}::weight::{}", e.weight);
             let _ = writeln!(out, "{p}::health_flags::{}", health_flags(e));
+            for (name, v) in outlier(e).into_iter().flatten() {
+                match v {
+                    serde_json::Value::String(s) => writeln!(out, "{p}::outlier::{name}::{s}"),
+                    v => writeln!(out, "{p}::outlier::{name}::{v}"),
+                }
+                .ok();
+            }
         }
     }
     out
@@ -80,7 +121,7 @@ pub fn json<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> serde_json:
                     } else {
                         "HEALTHY"
                     };
-                    serde_json::json!({
+                    let mut host = serde_json::json!({
                         "address": {"socket_address": {
                             "address": e.address.ip().to_string(),
                             "port_value": e.address.port(),
@@ -98,14 +139,31 @@ pub fn json<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> serde_json:
                         },
                         "health_flags": health_flags(e),
                         "weight": e.weight,
-                    })
+                    });
+                    if let (Some(o), Some(obj)) = (outlier(e), host.as_object_mut()) {
+                        // Envoy's HostStatus carries `success_rate`; the
+                        // rest is meshgate's `outlier` object.
+                        let o: serde_json::Map<_, _> =
+                            o.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                        let rate = o.get("success_rate").cloned();
+                        obj.insert("success_rate".into(), serde_json::json!({"value": rate}));
+                        obj.insert("outlier".into(), o.into());
+                    }
+                    host
                 })
                 .collect();
-            serde_json::json!({
+            let mut cluster = serde_json::json!({
                 "name": c.name,
                 "cx_active": c.active_connections(),
                 "host_statuses": hosts,
-            })
+            });
+            if let (Some(d), Some(obj)) = (&c.outlier, cluster.as_object_mut()) {
+                let (avg, threshold) = d.success_rate_stats();
+                obj.insert("outlier_ejections_active".into(), d.ejections_active().into());
+                obj.insert("success_rate_ejection_threshold".into(), serde_json::json!({"value": threshold}));
+                obj.insert("success_rate_average".into(), avg.into());
+            }
+            cluster
         })
         .collect();
     serde_json::json!({ "cluster_statuses": statuses })

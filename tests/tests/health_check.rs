@@ -409,7 +409,7 @@ fn bad_health_check_config_names_the_field() {
             "health_checks[0].interval",
         ),
         (
-            "      - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, custom_health_check: {name: meshgate.health_checkers.dubbo}}\n",
+            "      - {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, custom_health_check: {name: envoy.health_checkers.redis}}\n",
             "health_checks[0].custom_health_check",
         ),
         (

@@ -337,10 +337,7 @@ fn bad_outlier_detection_is_refused_by_name() {
         ),
         ("{interval: 0s}", "clusters[0].outlier_detection.interval"),
         ("{monitors: []}", "monitors"),
-        (
-            "{successful_active_health_check_uneject_host: true}",
-            "successful_active_health_check_uneject_host",
-        ),
+        ("{detect_degraded_hosts: true}", "detect_degraded_hosts"),
     ] {
         std::fs::write(&path, config(&[addr], od).replace("{ADMIN}", "127.0.0.1:0")).unwrap();
         let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);

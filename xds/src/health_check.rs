@@ -3,14 +3,15 @@
 //! Every field is taken out of the message and what is left is refused
 //! by name (`rest`): `alt_port`, `reuse_connection`, `event_log_path`,
 //! `tls_options`, `transport_socket_match_criteria`, HTTP `send`/`receive`,
-//! `custom_health_check`, `redis`... are not supported.
+//! custom checkers other than meshgate's Dubbo/Bolt heartbeats... are not
+//! supported.
 
 use crate::translate::{R, duration, err, rest};
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::core::v3::health_check as hc;
 use meshgate_core::config::health_check::{
-    CodecClientType, GrpcHealthCheck, HeaderValue, HeaderValueOption, HealthCheckConfig,
-    HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
+    CodecClientType, CustomHealthCheck, EndpointHealthCheckConfig, GrpcHealthCheck, HeaderValue,
+    HeaderValueOption, HealthCheckConfig, HttpHealthCheck, Payload, StatusRange, TcpHealthCheck,
 };
 use std::time::Duration;
 
@@ -181,11 +182,127 @@ fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
             rest(&x, &p)?;
             out.grpc_health_check = Some(cfg);
         }
-        Some(hc::HealthChecker::CustomHealthCheck(_)) => {
-            return err(f("custom_health_check"), "not supported by meshgate");
+        Some(hc::HealthChecker::CustomHealthCheck(mut x)) => {
+            // meshgate's RPC heartbeats by name; they take no config, so a
+            // `typed_config` is refused by `rest`.
+            let p = f("custom_health_check");
+            let cfg = CustomHealthCheck {
+                name: std::mem::take(&mut x.name),
+                typed_config: None,
+            };
+            rest(&x, &p)?;
+            out.custom_health_check = Some(cfg);
         }
     }
     rest(&h, path)?;
     out.validate(path).map_err(|e| (e.path, e.message))?;
     Ok(out)
+}
+
+/// An EDS endpoint's `health_check_config` (`port_value`, `hostname`);
+/// `address` and `disable_active_health_check` are refused by name.
+pub(crate) fn endpoint_health_check_config(
+    mut c: envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig,
+    path: &str,
+) -> R<EndpointHealthCheckConfig> {
+    let out = EndpointHealthCheckConfig {
+        port_value: std::mem::take(&mut c.port_value),
+        hostname: std::mem::take(&mut c.hostname),
+    };
+    if let Err(e) = out.port(path) {
+        return err(e.path, e.message);
+    }
+    rest(&c, path)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig as EpHc;
+
+    fn base(checker: hc::HealthChecker) -> core3::HealthCheck {
+        core3::HealthCheck {
+            timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            unhealthy_threshold: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+            healthy_threshold: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 }),
+            health_checker: Some(checker),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rpc_heartbeat_checkers_translate_and_others_are_named() {
+        let custom = |name: &str, typed: bool| {
+            hc::HealthChecker::CustomHealthCheck(hc::CustomHealthCheck {
+                name: name.into(),
+                config_type: typed
+                    .then(|| hc::custom_health_check::ConfigType::TypedConfig(Default::default())),
+            })
+        };
+        let c = health_checks(
+            vec![base(custom("meshgate.health_checkers.bolt", false))],
+            "health_checks",
+        )
+        .unwrap();
+        assert_eq!(
+            c[0].custom_health_check.as_ref().unwrap().name,
+            "meshgate.health_checkers.bolt"
+        );
+        let e = health_checks(
+            vec![base(custom("envoy.health_checkers.redis", false))],
+            "health_checks",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "health_checks[0].custom_health_check.name");
+        let e = health_checks(
+            vec![base(custom("meshgate.health_checkers.dubbo", true))],
+            "health_checks",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("health_checks[0].custom_health_check."),
+            "{}",
+            e.0
+        );
+    }
+
+    #[test]
+    fn endpoint_health_check_config_translates_and_refuses_the_rest() {
+        let c = endpoint_health_check_config(
+            EpHc {
+                port_value: 9901,
+                hostname: "h.example".into(),
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap();
+        assert_eq!((c.port_value, c.hostname.as_str()), (9901, "h.example"));
+        let e = endpoint_health_check_config(
+            EpHc {
+                port_value: 70000,
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "ep.health_check_config.port_value");
+        let e = endpoint_health_check_config(
+            EpHc {
+                disable_active_health_check: true,
+                ..Default::default()
+            },
+            "ep.health_check_config",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "ep.health_check_config.disable_active_health_check");
+    }
 }

@@ -1,7 +1,6 @@
 //! `Cluster.outlier_detection` (Envoy's `config.cluster.v3.OutlierDetection`)
 //! to meshgate's `OutlierDetectionConfig`: each supported field taken out,
-//! anything left set (`monitors`, `successful_active_health_check_uneject_host`,
-//! `detect_degraded_hosts`) refused by name.
+//! anything left set (`monitors`, `detect_degraded_hosts`) refused by name.
 
 use crate::translate::{R, duration, err, join, rest};
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
@@ -56,6 +55,9 @@ pub(crate) fn outlier_detection(
     if let Some(v) = o.always_eject_one_host.take() {
         c.always_eject_one_host = v.value;
     }
+    if let Some(v) = o.successful_active_health_check_uneject_host.take() {
+        c.successful_active_health_check_uneject_host = v.value;
+    }
     rest(&o, path)?;
     if let Err((field, msg)) = c.validate() {
         return err(join(path, field), msg);
@@ -88,15 +90,13 @@ mod tests {
         assert_eq!(c.enforcing_consecutive_gateway_failure, 0);
         assert_eq!(c.success_rate_stdev_factor, 1900);
 
+        assert!(c.successful_active_health_check_uneject_host);
         let o = cds::OutlierDetection {
-            successful_active_health_check_uneject_host: Some(protobuf::BoolValue { value: true }),
+            successful_active_health_check_uneject_host: Some(protobuf::BoolValue { value: false }),
             ..Default::default()
         };
-        let e = outlier_detection(o, "outlier_detection").unwrap_err();
-        assert_eq!(
-            e.0,
-            "outlier_detection.successful_active_health_check_uneject_host"
-        );
+        let c = outlier_detection(o, "outlier_detection").unwrap();
+        assert!(!c.successful_active_health_check_uneject_host);
         let o = cds::OutlierDetection {
             enforcing_success_rate: Some(protobuf::UInt32Value { value: 101 }),
             ..Default::default()

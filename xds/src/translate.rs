@@ -303,10 +303,16 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 Some(w) => w.value,
                 None => 1,
             };
+            let mut hc_config = None;
             let address = match e.host_identifier.take() {
                 Some(eds::lb_endpoint::HostIdentifier::Endpoint(mut end)) => {
                     let a = socket_address(end.address.take(), &join(&ep, "endpoint.address"))?;
                     end.hostname.clear();
+                    if let Some(h) = end.health_check_config.take() {
+                        let hp = join(&ep, "endpoint.health_check_config");
+                        hc_config =
+                            Some(crate::health_check::endpoint_health_check_config(h, &hp)?);
+                    }
                     rest(&end, &join(&ep, "endpoint"))?;
                     a
                 }
@@ -319,6 +325,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 metadata: meta,
                 health_status,
                 priority,
+                health_check_config: hc_config,
             });
         }
         rest(&loc, &lp)?;

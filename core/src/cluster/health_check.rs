@@ -19,7 +19,9 @@
 //! `PENDING_ACTIVE_HC`.
 
 use super::{Cluster, Endpoint};
-use crate::config::health_check::{CodecClientType, HealthCheckConfig, StatusRange, decode_hex};
+use crate::config::health_check::{
+    CodecClientType, HealthCheckConfig, RpcHeartbeat, StatusRange, decode_hex,
+};
 use crate::error::BuildError;
 use crate::metrics::names;
 use crate::pool::{Health, HealthFlags};
@@ -55,6 +57,8 @@ enum Probe {
         send: Vec<u8>,
         receive: Vec<Vec<u8>>,
     },
+    /// `custom_health_check`: the Dubbo or Bolt heartbeat.
+    Heartbeat(RpcHeartbeat),
 }
 
 /// One configured check.
@@ -229,6 +233,8 @@ impl HealthChecker {
                         .map(|(j, r)| decode_hex(&r.text, &format!("{tp}.receive[{j}].text")))
                         .collect::<Result<_, _>>()?,
                 }
+            } else if let Some(cu) = &c.custom_health_check {
+                Probe::Heartbeat(cu.heartbeat(&format!("{p}.custom_health_check"))?)
             } else {
                 return Err(BuildError::new(p, "no checker"));
             };
@@ -474,7 +480,7 @@ async fn check_loop(t: CheckTask) {
         t.stats.attempt.increment(1);
         let verdict = match tokio::time::timeout(
             cfg.timeout,
-            probe(&t.check.probe, t.endpoint.address, t.tls.as_deref()),
+            probe(&t.check.probe, &t.endpoint, t.tls.as_deref()),
         )
         .await
         {
@@ -521,6 +527,15 @@ async fn check_loop(t: CheckTask) {
             notify = true;
         }
         t.state.publish(&t.endpoint);
+        // Envoy's `successful_active_health_check_uneject_host`: a pass
+        // while no check fails returns an outlier-ejected endpoint.
+        if matches!(verdict, Verdict::Healthy { .. })
+            && t.state.failed.load(Ordering::Relaxed) == 0
+            && let Some(m) = t.endpoint.outlier()
+            && m.active_check_passed(&t.endpoint)
+        {
+            notify = true;
+        }
         if notify {
             t.changed.notify_one();
         }
@@ -557,7 +572,10 @@ async fn connect(
 }
 
 /// Runs one probe (the caller bounds it with the check's `timeout`).
-async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+    // The endpoint's `health_check_config` overrides port and host.
+    let addr = ep.health_check_address();
+    let host_override = ep.health_check_hostname.as_deref();
     match p {
         Probe::Tcp { send, receive } => {
             let Ok(mut io) = connect(addr, tls, None).await else {
@@ -574,6 +592,7 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
             expected,
             retriable,
         } => {
+            let host = host_override.unwrap_or(host);
             let Ok(mut io) = connect(addr, tls, Some(host)).await else {
                 return Verdict::Network;
             };
@@ -602,6 +621,7 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
             expected,
             retriable,
         } => {
+            let host = host_override.unwrap_or(host);
             let mut b = http::Request::builder()
                 .method(method.clone())
                 .uri(format!("http://{host}{path}"))
@@ -622,7 +642,15 @@ async fn probe(p: &Probe, addr: SocketAddr, tls: Option<&crate::tls::UpstreamTls
                 None => Verdict::Network,
             }
         }
-        Probe::Grpc { authority, service } => grpc_check(addr, tls, authority, service).await,
+        Probe::Heartbeat(kind) => {
+            let Ok(mut io) = connect(addr, tls, None).await else {
+                return Verdict::Network;
+            };
+            rpc_heartbeat(&mut io, *kind).await
+        }
+        Probe::Grpc { authority, service } => {
+            grpc_check(addr, tls, host_override.unwrap_or(authority), service).await
+        }
     }
 }
 
@@ -664,6 +692,99 @@ async fn tcp_exchange(io: &mut Box<dyn Io>, send: &[u8], receive: &[Vec<u8>]) ->
         }
     }
     Verdict::Healthy { degraded: false }
+}
+
+/// The request id of the heartbeats (one per connection, so any id).
+const HEARTBEAT_ID: u32 = 0x6d67_6863;
+
+/// The heartbeat request of `kind`: Dubbo, a two-way event request whose
+/// Hessian 2 body is null (`N`); Bolt v1, a HEARTBEAT command (code 0)
+/// without class, header or content.
+pub(crate) fn heartbeat_request(kind: RpcHeartbeat) -> Vec<u8> {
+    let mut b = BytesMut::with_capacity(22);
+    match kind {
+        RpcHeartbeat::Dubbo => {
+            b.put_slice(&[0xda, 0xbb]);
+            // request | two-way | event | hessian2
+            b.put_u8(0x80 | 0x40 | 0x20 | 2);
+            b.put_u8(0);
+            b.put_u64(u64::from(HEARTBEAT_ID));
+            b.put_u32(1);
+            b.put_u8(b'N');
+        }
+        RpcHeartbeat::Bolt => {
+            b.put_u8(1); // protocol v1
+            b.put_u8(1); // request
+            b.put_u16(0); // HEARTBEAT
+            b.put_u8(1); // ver2
+            b.put_u32(HEARTBEAT_ID);
+            b.put_u8(1); // hessian2
+            b.put_u32(1000); // timeout (ms)
+            b.put_u16(0);
+            b.put_u16(0);
+            b.put_u32(0);
+        }
+    }
+    b.to_vec()
+}
+
+/// Judges a heartbeat response header (16 bytes Dubbo, 20 bytes Bolt):
+/// healthy on an OK heartbeat response to our id, `Status` on another
+/// status, `Network` on anything that is not a heartbeat response.
+pub(crate) fn heartbeat_verdict(kind: RpcHeartbeat, h: &[u8]) -> Verdict {
+    let id_ok;
+    let ok;
+    match kind {
+        RpcHeartbeat::Dubbo => {
+            let (Some(magic), Some(&flag), Some(&status), Some(id)) =
+                (h.get(0..2), h.get(2), h.get(3), h.get(4..12))
+            else {
+                return Verdict::Network;
+            };
+            // A response (no request bit) that is an event.
+            if magic != [0xda, 0xbb] || flag & 0x80 != 0 || flag & 0x20 == 0 {
+                return Verdict::Network;
+            }
+            id_ok = id == u64::from(HEARTBEAT_ID).to_be_bytes();
+            ok = status == 20;
+        }
+        RpcHeartbeat::Bolt => {
+            let (Some(&proto), Some(&ty), Some(cmd), Some(id), Some(status)) =
+                (h.first(), h.get(1), h.get(2..4), h.get(5..9), h.get(10..12))
+            else {
+                return Verdict::Network;
+            };
+            if proto != 1 || ty != 0 || cmd != [0, 0] {
+                return Verdict::Network;
+            }
+            id_ok = id == HEARTBEAT_ID.to_be_bytes();
+            ok = status == [0, 0];
+        }
+    }
+    match (id_ok, ok) {
+        (false, _) => Verdict::Network,
+        (true, true) => Verdict::Healthy { degraded: false },
+        (true, false) => Verdict::Status,
+    }
+}
+
+/// Sends the heartbeat and reads the response header.
+async fn rpc_heartbeat(io: &mut Box<dyn Io>, kind: RpcHeartbeat) -> Verdict {
+    if io.write_all(&heartbeat_request(kind)).await.is_err() {
+        return Verdict::Network;
+    }
+    let mut head = [0u8; 20];
+    let len = match kind {
+        RpcHeartbeat::Dubbo => 16,
+        RpcHeartbeat::Bolt => 20,
+    };
+    let Some(buf) = head.get_mut(..len) else {
+        return Verdict::Network;
+    };
+    if io.read_exact(buf).await.is_err() {
+        return Verdict::Network;
+    }
+    heartbeat_verdict(kind, buf)
 }
 
 /// Reads an HTTP/1.x response head: its status and whether it carries
@@ -948,6 +1069,49 @@ mod tests {
         c.interval_jitter_percent = 50;
         let d = next_interval(&c, false, false, true);
         assert!(d >= Duration::from_secs(1) && d < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn heartbeats() {
+        use RpcHeartbeat::*;
+        let d = heartbeat_request(Dubbo);
+        assert_eq!(d.len(), 17);
+        assert_eq!(&d[..4], &[0xda, 0xbb, 0xe2, 0]);
+        assert_eq!(&d[12..], &[0, 0, 0, 1, b'N']);
+        let b = heartbeat_request(Bolt);
+        assert_eq!(b.len(), 22);
+        assert_eq!(&b[..5], &[1, 1, 0, 0, 1]);
+        // A Dubbo heartbeat response: event, status OK, our id.
+        let mut r = vec![0xda, 0xbb, 0x22, 20];
+        r.extend_from_slice(&u64::from(HEARTBEAT_ID).to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 1]);
+        assert_eq!(
+            heartbeat_verdict(Dubbo, &r),
+            Verdict::Healthy { degraded: false }
+        );
+        r[3] = 80;
+        assert_eq!(heartbeat_verdict(Dubbo, &r), Verdict::Status);
+        r[3] = 20;
+        r[2] = 0x02; // not an event
+        assert_eq!(heartbeat_verdict(Dubbo, &r), Verdict::Network);
+        r[2] = 0x22;
+        r[11] ^= 1; // another id
+        assert_eq!(heartbeat_verdict(Dubbo, &r), Verdict::Network);
+        assert_eq!(heartbeat_verdict(Dubbo, &r[..5]), Verdict::Network);
+        // Bolt.
+        let mut r = vec![1, 0, 0, 0, 1];
+        r.extend_from_slice(&HEARTBEAT_ID.to_be_bytes());
+        r.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(r.len(), 20);
+        assert_eq!(
+            heartbeat_verdict(Bolt, &r),
+            Verdict::Healthy { degraded: false }
+        );
+        r[11] = 2;
+        assert_eq!(heartbeat_verdict(Bolt, &r), Verdict::Status);
+        r[11] = 0;
+        r[3] = 2; // a plain response, not a heartbeat
+        assert_eq!(heartbeat_verdict(Bolt, &r), Verdict::Network);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Endpoint {
     health: HealthCell,
     /// Its outlier-detection state, set when its cluster detects outliers.
     outlier: std::sync::OnceLock<Box<outlier::Monitor>>,
+    /// Envoy's `health_check_config`: active checks go to this port / use
+    /// this host (`set_health_check_config`).
+    pub health_check_port: Option<u16>,
+    pub health_check_hostname: Option<Arc<str>>,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use.
@@ -87,6 +91,29 @@ impl Endpoint {
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
             outlier: std::sync::OnceLock::new(),
+            health_check_port: None,
+            health_check_hostname: None,
+        }
+    }
+
+    /// Takes the endpoint's `health_check_config` (its port was checked
+    /// by `build_endpoints`).
+    pub fn set_health_check_config(
+        &mut self,
+        c: Option<&crate::config::health_check::EndpointHealthCheckConfig>,
+    ) {
+        if let Some(c) = c {
+            self.health_check_port = c.port("").ok().flatten();
+            self.health_check_hostname =
+                (!c.hostname.is_empty()).then(|| c.hostname.as_str().into());
+        }
+    }
+
+    /// Where active health checks of this endpoint go.
+    pub fn health_check_address(&self) -> SocketAddr {
+        match self.health_check_port {
+            Some(p) => SocketAddr::new(self.address.ip(), p),
+            None => self.address,
         }
     }
 
@@ -245,6 +272,8 @@ impl Endpoint {
             && self.hostname == other.hostname
             && self.metadata == other.metadata
             && self.priority == other.priority
+            && self.health_check_port == other.health_check_port
+            && self.health_check_hostname == other.health_check_hostname
     }
 
     /// Marks one request in flight until the guard drops.
@@ -866,6 +895,7 @@ impl ClusterManager {
                                     ep.metadata = e.metadata.clone();
                                     ep.priority = e.priority;
                                     ep.set_eds_health(e.health_status);
+                                    ep.set_health_check_config(e.health_check_config.as_ref());
                                     endpoints.push(Arc::new(ep));
                                 }
                             }
@@ -1001,6 +1031,11 @@ fn build_endpoints(
         if e.weight == 0 {
             return Err(source.error(format!("{epath}.weight"), "must be >= 1"));
         }
+        if let Some(h) = &e.health_check_config {
+            let hp = format!("{epath}.health_check_config");
+            h.port(&hp)
+                .map_err(|b| source.error(b.path.clone(), b.message.clone()))?;
+        }
         match c.discovery {
             DiscoveryType::Static => {
                 let addr: SocketAddr = e.address.parse().map_err(|_| {
@@ -1016,6 +1051,7 @@ fn build_endpoints(
                 ep.metadata = e.metadata.clone();
                 ep.priority = e.priority;
                 ep.set_eds_health(e.health_status);
+                ep.set_health_check_config(e.health_check_config.as_ref());
                 endpoints.push(Arc::new(ep));
             }
             DiscoveryType::StrictDns => {
@@ -1038,6 +1074,7 @@ fn build_endpoints(
                         ep.metadata = e.metadata.clone();
                         ep.priority = e.priority;
                         ep.set_eds_health(e.health_status);
+                        ep.set_health_check_config(e.health_check_config.as_ref());
                         endpoints.push(Arc::new(ep));
                     }
                 }

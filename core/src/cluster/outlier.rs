@@ -13,7 +13,7 @@ use crate::metrics::names;
 use crate::pool::HealthFlags;
 #[cfg(test)]
 use crate::pool::Outcome;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 /// Why an endpoint was found an outlier (the `detector` label).
@@ -55,6 +55,10 @@ pub struct Detector {
     /// not end a streak).
     decide: Mutex<()>,
     active_gauge: metrics::Gauge,
+    /// The last interval's success-rate mean and ejection threshold
+    /// (`f64` bits; -1 when not computed), for `/clusters`.
+    sr_average: AtomicU64,
+    sr_threshold: AtomicU64,
 }
 
 /// The outlier state of one endpoint.
@@ -69,6 +73,9 @@ pub struct Monitor {
     local_ok: AtomicU32,
     local_fail: AtomicU32,
     state: Mutex<EjectionState>,
+    /// The last interval's success rate in % (`f64` bits; -1 when the
+    /// endpoint had too few requests or the cluster too few rated hosts).
+    success_rate: AtomicU64,
 }
 
 /// An endpoint's ejection history, as `/clusters` and the timer read it.
@@ -88,6 +95,9 @@ pub struct EjectionState {
     /// The detector of the current (or last) ejection.
     pub last_kind: Option<&'static str>,
 }
+
+/// -1.0 as `f64` bits: a success rate not computed.
+const NOT_COMPUTED: u64 = 0xBFF0_0000_0000_0000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -115,6 +125,8 @@ impl Detector {
             ejected: AtomicUsize::new(0),
             decide: Mutex::new(()),
             active_gauge: metrics::gauge!(names::CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, "cluster" => cluster),
+            sr_average: AtomicU64::new(NOT_COMPUTED),
+            sr_threshold: AtomicU64::new(NOT_COMPUTED),
         })
     }
 
@@ -125,6 +137,16 @@ impl Detector {
     /// Endpoints ejected now.
     pub fn ejections_active(&self) -> usize {
         self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// The last interval's (external-origin) success-rate mean and
+    /// ejection threshold in %, -1 when not computed (Envoy's
+    /// `outlier::success_rate_average` / `_ejection_threshold`).
+    pub fn success_rate_stats(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.sr_average.load(Ordering::Relaxed)),
+            f64::from_bits(self.sr_threshold.load(Ordering::Relaxed)),
+        )
     }
 
     /// Gives each endpoint without one a monitor of this detector and
@@ -145,6 +167,7 @@ impl Detector {
                     local_ok: AtomicU32::new(0),
                     local_fail: AtomicU32::new(0),
                     state: Mutex::new(EjectionState::default()),
+                    success_rate: AtomicU64::new(NOT_COMPUTED),
                 })
             });
         }
@@ -259,21 +282,7 @@ impl Detector {
         let mut st = lock(&m.state);
         match st.ejected_at_ms {
             Some(at) if now >= at.saturating_add(st.ejection_ms) => {
-                st.ejected_at_ms = None;
-                st.last_return_ms = Some(now);
-                e.health_flags()
-                    .clear_flag(HealthFlags::FAILED_OUTLIER_CHECK);
-                self.ejected.fetch_sub(1, Ordering::Relaxed);
-                self.active_gauge.decrement(1.0);
-                for c in [
-                    &m.consecutive_5xx,
-                    &m.consecutive_gateway,
-                    &m.consecutive_local,
-                ] {
-                    c.store(0, Ordering::Relaxed);
-                }
-                tracing::info!(cluster = self.cluster, endpoint = %e.address,
-                    ejected_ms = now - at, "outlier returned to service");
+                self.return_to_service(e, m, &mut st, now, at, "ejection time over");
             }
             Some(_) => {}
             None => {
@@ -294,6 +303,33 @@ impl Detector {
         }
     }
 
+    /// Un-ejects `e` (the caller holds `decide` and its state lock).
+    fn return_to_service(
+        &self,
+        e: &Endpoint,
+        m: &Monitor,
+        st: &mut EjectionState,
+        now: u64,
+        at: u64,
+        why: &'static str,
+    ) {
+        st.ejected_at_ms = None;
+        st.last_return_ms = Some(now);
+        e.health_flags()
+            .clear_flag(HealthFlags::FAILED_OUTLIER_CHECK);
+        self.ejected.fetch_sub(1, Ordering::Relaxed);
+        self.active_gauge.decrement(1.0);
+        for c in [
+            &m.consecutive_5xx,
+            &m.consecutive_gateway,
+            &m.consecutive_local,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        tracing::info!(cluster = self.cluster, endpoint = %e.address,
+            ejected_ms = now.saturating_sub(at), reason = why, "outlier returned to service");
+    }
+
     /// Envoy's success-rate detector: among endpoints with at least
     /// `success_rate_request_volume` requests this interval (and at least
     /// `success_rate_minimum_hosts` of them), one whose success rate is
@@ -301,6 +337,15 @@ impl Detector {
     fn success_rate(&self, s: &[(&Arc<Endpoint>, &Monitor, (u64, u64))], kind: Kind, enf: u32) {
         let cfg = &self.cfg;
         let vol = cfg.success_rate_request_volume as u64;
+        // Only the external-origin figures are shown by `/clusters`.
+        let shown = kind == Kind::SuccessRate;
+        if shown {
+            for (_, m, _) in s {
+                m.success_rate.store(NOT_COMPUTED, Ordering::Relaxed);
+            }
+            self.sr_average.store(NOT_COMPUTED, Ordering::Relaxed);
+            self.sr_threshold.store(NOT_COMPUTED, Ordering::Relaxed);
+        }
         let rated: Vec<_> = s
             .iter()
             .filter(|(_, _, (ok, fail))| ok + fail >= vol.max(1))
@@ -313,6 +358,13 @@ impl Detector {
         let mean = rated.iter().map(|r| r.2).sum::<f64>() / n;
         let var = rated.iter().map(|r| (r.2 - mean).powi(2)).sum::<f64>() / n;
         let limit = mean - var.sqrt() * (cfg.success_rate_stdev_factor as f64 / 1000.0);
+        if shown {
+            self.sr_average.store(mean.to_bits(), Ordering::Relaxed);
+            self.sr_threshold.store(limit.to_bits(), Ordering::Relaxed);
+            for (_, m, rate) in &rated {
+                m.success_rate.store(rate.to_bits(), Ordering::Relaxed);
+            }
+        }
         for (e, m, rate) in rated {
             if rate < limit {
                 self.eject(e, m, kind, enf);
@@ -468,6 +520,38 @@ impl Monitor {
         }
     }
 
+    /// An active health check of the endpoint passed and none of its
+    /// checks fails now: with `successful_active_health_check_uneject_host`
+    /// (Envoy's default) an ejected endpoint returns at once, through the
+    /// detector so that its ejection count stays right. True if it did.
+    pub fn active_check_passed(&self, ep: &Endpoint) -> bool {
+        let d = &self.detector;
+        if !d.cfg.successful_active_health_check_uneject_host
+            || ep.health_flags().flags() & HealthFlags::FAILED_OUTLIER_CHECK == 0
+        {
+            return false;
+        }
+        let _g = lock(&d.decide);
+        let mut st = lock(&self.state);
+        let Some(at) = st.ejected_at_ms else {
+            return false;
+        };
+        d.return_to_service(
+            ep,
+            self,
+            &mut st,
+            now_ms(),
+            at,
+            "active health check passed",
+        );
+        true
+    }
+
+    /// The last interval's success rate in %, -1 when not computed.
+    pub fn success_rate(&self) -> f64 {
+        f64::from_bits(self.success_rate.load(Ordering::Relaxed))
+    }
+
     /// The endpoint's ejection history.
     pub fn state(&self) -> EjectionState {
         *lock(&self.state)
@@ -518,6 +602,41 @@ mod tests {
         assert!(ejected(e));
         assert_eq!(d.ejections_active(), 1);
         assert_eq!(e.outlier().unwrap().state().times_ejected, 1);
+    }
+
+    #[test]
+    fn a_passing_active_check_returns_an_ejected_endpoint_unless_switched_off() {
+        let (d, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100}),
+        );
+        let e = &eps[0];
+        let m = e.outlier().unwrap();
+        assert!(!m.active_check_passed(e), "not ejected: nothing to do");
+        e.report_status(500);
+        assert!(ejected(e));
+        // A failing active check keeps it ejected (the caller only calls
+        // on a pass with no failing check).
+        assert!(m.active_check_passed(e));
+        assert!(!ejected(e));
+        assert_eq!(d.ejections_active(), 0);
+        assert_eq!(m.state().times_ejected, 1);
+        assert!(m.state().ejected_at_ms.is_none());
+        // The streak restarted: one more 500 ejects again, multiplier 2.
+        e.report_status(500);
+        assert!(ejected(e));
+        assert_eq!(m.state().multiplier, 2);
+        assert_eq!(d.ejections_active(), 1);
+
+        let (d, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100,
+                "successful_active_health_check_uneject_host": false}),
+        );
+        eps[0].report_status(500);
+        assert!(!eps[0].outlier().unwrap().active_check_passed(&eps[0]));
+        assert!(ejected(&eps[0]));
+        assert_eq!(d.ejections_active(), 1);
     }
 
     #[test]
@@ -659,6 +778,13 @@ mod tests {
             eps[0].outlier().unwrap().state().last_kind,
             Some("success_rate")
         );
+        // The figures `/clusters` shows: 5 rated endpoints, mean 90 %.
+        assert_eq!(eps[0].outlier().unwrap().success_rate(), 50.0);
+        assert_eq!(eps[1].outlier().unwrap().success_rate(), 100.0);
+        assert_eq!(eps[5].outlier().unwrap().success_rate(), -1.0);
+        let (avg, threshold) = d.success_rate_stats();
+        assert_eq!(avg, 90.0);
+        assert!(threshold < avg && threshold > 50.0, "{threshold}");
         // Too few endpoints with the volume: no analysis.
         let (d, eps) = setup(
             4,

@@ -85,10 +85,58 @@ pub struct HealthCheckConfig {
     pub tcp_health_check: Option<TcpHealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_health_check: Option<GrpcHealthCheck>,
-    /// Present so that it is refused by name: no custom checker is
-    /// registered yet.
+    /// Envoy's `custom_health_check`: meshgate's Dubbo and Bolt heartbeat
+    /// checkers (`meshgate.health_checkers.dubbo` / `.bolt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_health_check: Option<serde_json::Value>,
+    pub custom_health_check: Option<CustomHealthCheck>,
+}
+
+/// Envoy's `HealthCheck.CustomHealthCheck`: a checker by name. meshgate
+/// knows the RPC heartbeats; they take no `typed_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomHealthCheck {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_config: Option<serde_json::Value>,
+}
+
+/// The heartbeat a custom checker sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcHeartbeat {
+    Dubbo,
+    Bolt,
+}
+
+impl CustomHealthCheck {
+    pub const DUBBO: &'static str = "meshgate.health_checkers.dubbo";
+    pub const BOLT: &'static str = "meshgate.health_checkers.bolt";
+
+    /// The heartbeat of this checker; the error names the field under
+    /// `path` (the `custom_health_check`).
+    pub fn heartbeat(&self, path: &str) -> Result<RpcHeartbeat, BuildError> {
+        let kind = match self.name.as_str() {
+            Self::DUBBO => RpcHeartbeat::Dubbo,
+            Self::BOLT => RpcHeartbeat::Bolt,
+            other => {
+                return Err(BuildError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "unknown checker '{other}' (known: {}, {})",
+                        Self::DUBBO,
+                        Self::BOLT
+                    ),
+                ));
+            }
+        };
+        if self.typed_config.is_some() {
+            return Err(BuildError::new(
+                format!("{path}.typed_config"),
+                "the RPC heartbeat checkers take no config",
+            ));
+        }
+        Ok(kind)
+    }
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -243,19 +291,17 @@ impl HealthCheckConfig {
                 "must be >= 1",
             ));
         }
-        if self.custom_health_check.is_some() {
-            return Err(BuildError::new(
-                format!("{path}.custom_health_check"),
-                "not supported (use http_health_check, tcp_health_check or grpc_health_check)",
-            ));
+        if let Some(c) = &self.custom_health_check {
+            c.heartbeat(&format!("{path}.custom_health_check"))?;
         }
         let kinds = usize::from(self.http_health_check.is_some())
             + usize::from(self.tcp_health_check.is_some())
-            + usize::from(self.grpc_health_check.is_some());
+            + usize::from(self.grpc_health_check.is_some())
+            + usize::from(self.custom_health_check.is_some());
         if kinds != 1 {
             return Err(BuildError::new(
                 path,
-                "exactly one of http_health_check, tcp_health_check, grpc_health_check is required",
+                "exactly one of http_health_check, tcp_health_check, grpc_health_check, custom_health_check is required",
             ));
         }
         if let Some(h) = &self.http_health_check {
@@ -302,6 +348,29 @@ impl HealthCheckConfig {
     }
 }
 
+/// Envoy's `Endpoint.HealthCheckConfig` (per endpoint): active checks go
+/// to `port_value` instead of the endpoint's port (0: the endpoint's), and
+/// L7 checks (HTTP `host`, gRPC `authority`) use `hostname` when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointHealthCheckConfig {
+    pub port_value: u32,
+    pub hostname: String,
+}
+
+impl EndpointHealthCheckConfig {
+    /// The port, checked (Envoy: `port_value` <= 65535); the error names
+    /// the field under `path`.
+    pub fn port(&self, path: &str) -> Result<Option<u16>, BuildError> {
+        match self.port_value {
+            0 => Ok(None),
+            p => u16::try_from(p).map(Some).map_err(|_| {
+                BuildError::new(format!("{path}.port_value"), format!("{p} is not a port"))
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +399,26 @@ mod tests {
         let c = parse(base);
         assert_eq!(c.validate("hc").unwrap_err().path, "hc");
         let c = parse(&format!("{base}custom_health_check: {{name: x}}\n"));
-        assert_eq!(c.validate("hc").unwrap_err().path, "hc.custom_health_check");
+        assert_eq!(
+            c.validate("hc").unwrap_err().path,
+            "hc.custom_health_check.name"
+        );
+        let c = parse(&format!(
+            "{base}custom_health_check: {{name: meshgate.health_checkers.bolt, typed_config: {{}}}}\n"
+        ));
+        assert_eq!(
+            c.validate("hc").unwrap_err().path,
+            "hc.custom_health_check.typed_config"
+        );
+        for (name, want) in [
+            ("meshgate.health_checkers.dubbo", RpcHeartbeat::Dubbo),
+            ("meshgate.health_checkers.bolt", RpcHeartbeat::Bolt),
+        ] {
+            let c = parse(&format!("{base}custom_health_check: {{name: {name}}}\n"));
+            c.validate("hc").unwrap();
+            let h = c.custom_health_check.as_ref().unwrap();
+            assert_eq!(h.heartbeat("hc").unwrap(), want);
+        }
         let c = parse(&format!(
             "{base}tcp_health_check: {{send: {{text: '0g'}}}}\n"
         ));

@@ -519,6 +519,10 @@ pub struct EndpointConfig {
     /// spills to the next priority as this one's health drops.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u32,
+    /// Envoy's `Endpoint.health_check_config`: where and with which host
+    /// the active health checks of this endpoint go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_config: Option<health_check::EndpointHealthCheckConfig>,
 }
 
 fn is_zero(v: &u32) -> bool {

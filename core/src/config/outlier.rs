@@ -51,6 +51,9 @@ pub struct OutlierDetectionConfig {
     pub enforcing_failure_percentage_local_origin: u32,
     pub failure_percentage_minimum_hosts: u32,
     pub failure_percentage_request_volume: u32,
+    /// A passing active health check returns an ejected endpoint at once
+    /// (Envoy's default: true). Only meaningful with `health_checks`.
+    pub successful_active_health_check_uneject_host: bool,
 }
 
 impl Default for OutlierDetectionConfig {
@@ -79,6 +82,7 @@ impl Default for OutlierDetectionConfig {
             enforcing_failure_percentage_local_origin: 0,
             failure_percentage_minimum_hosts: 5,
             failure_percentage_request_volume: 50,
+            successful_active_health_check_uneject_host: true,
         }
     }
 }
