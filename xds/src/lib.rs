@@ -22,6 +22,7 @@ mod jwt_authn;
 mod leftover;
 mod local_ratelimit;
 mod local_reply;
+mod locality;
 mod mirror;
 mod outlier;
 mod priority;

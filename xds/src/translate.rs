@@ -281,9 +281,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
     for (i, mut loc) in std::mem::take(&mut cla.endpoints).into_iter().enumerate() {
         let lp = format!("{path}.endpoints[{i}]");
         let priority = std::mem::take(&mut loc.priority);
-        // Locality identity is informational; its weight is not used, so
-        // a set `load_balancing_weight` is refused by `rest` below.
-        loc.locality = None;
+        let (locality, locality_weight) = crate::locality::take(&mut loc, &lp)?;
         let loc_meta = metadata(loc.metadata.take(), &join(&lp, "metadata"))?;
         for (j, mut e) in std::mem::take(&mut loc.lb_endpoints)
             .into_iter()
@@ -319,6 +317,8 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 metadata: meta,
                 health_status,
                 priority,
+                locality: locality.clone(),
+                locality_weight,
             });
         }
         rest(&loc, &lp)?;
