@@ -6,7 +6,9 @@
 //! `weight × min(1, 1.4 × healthy share)`; the same through a real xDS
 //! control plane (EDS `LocalityLbEndpoints.locality` and
 //! `load_balancing_weight`, CDS `common_lb_config.locality_weighted_lb_config`);
-//! bad locality weights refused by name.
+//! bad locality weights refused by name. Slow start: an endpoint EDS adds
+//! to a cluster with `round_robin_lb_config.slow_start_config` ramps up
+//! over its 2 s window (its share per 500 ms bucket increases).
 
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -18,6 +20,7 @@ use meshgate_tests::*;
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 /// `n` keep-alive GETs of `path`: how many got each status.
 fn send(addr: SocketAddr, path: &str, n: u32) -> BTreeMap<u16, u32> {
@@ -322,4 +325,79 @@ fn eds_locality_weights_through_a_real_control_plane() {
     let nack = mgmt.wait_reply(CLUSTER, &nonce);
     let detail = format!("{:?}", nack.error_detail);
     assert!(detail.contains("zone_aware_lb_config"), "{detail}");
+}
+
+#[test]
+fn eds_new_endpoint_ramps_up_with_slow_start() {
+    let bs = backends(2);
+    let (a0, b0) = (bs[0].addr, bs[1].addr);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    let mut c = eds_cluster_msg("svc");
+    c.lb_config = Some(cds::cluster::LbConfig::RoundRobinLbConfig(
+        cds::cluster::RoundRobinLbConfig {
+            slow_start_config: Some(cds::cluster::SlowStartConfig {
+                slow_start_window: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
+                aggression: Some(core::RuntimeDouble {
+                    default_value: 1.0,
+                    runtime_key: "slow_start.aggression".into(),
+                }),
+                min_weight_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                    value: 10.0,
+                }),
+            }),
+        },
+    ));
+    mgmt.set(CLUSTER, "1", vec![("svc".into(), any(CLUSTER, &c))]);
+    mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r1")]);
+    mgmt.set(ROUTE, "1", vec![route_config("r1", &[("svc", 1)])]);
+    mgmt.set(
+        ENDPOINT,
+        "1",
+        vec![cla_zones("svc", &[("a", 1, &[(a0, 1)])])],
+    );
+    let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until("the listener serving", || get(port, "/").is_some());
+    // The first endpoint's own window (from when the cluster was built,
+    // before the first answer) passes while it serves alone.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2300) {
+        assert_eq!(send(addr, "/", 20), BTreeMap::from([(200, 20)]));
+    }
+    assert_eq!(bs[1].hits(), 0);
+
+    // EDS adds b0: its share per 500 ms bucket grows over the 2 s window
+    // (weight scale 0.1 → 1: about 11 % → 47 %), then about half.
+    acked(
+        &mgmt,
+        ENDPOINT,
+        "2",
+        vec![cla_zones("svc", &[("a", 1, &[(a0, 1), (b0, 1)])])],
+    );
+    let start = Instant::now();
+    let mut shares = Vec::new();
+    for k in 1..=5u32 {
+        let base = hits(&bs);
+        let mut n = 0;
+        while start.elapsed() < Duration::from_millis(500) * k {
+            assert_eq!(send(addr, "/", 10), BTreeMap::from([(200, 10)]));
+            n += 10;
+        }
+        let h: Vec<u32> = hits(&bs).iter().zip(&base).map(|(a, b)| a - b).collect();
+        assert_eq!(h[0] + h[1], n);
+        assert!(n >= 100, "too few requests in a bucket: {n}");
+        shares.push(share(h[1], n));
+    }
+    eprintln!("new endpoint's share per 500 ms: {shares:?}");
+    assert!(shares[0] < 0.25, "{shares:?}");
+    assert!(
+        shares[0] < shares[1] && shares[1] < shares[2] && shares[2] < shares[3] + 0.03,
+        "not increasing: {shares:?}"
+    );
+    assert!(shares[3] > shares[1], "{shares:?}");
+    assert!((shares[4] - 0.5).abs() <= 0.08, "{shares:?}");
 }

@@ -30,6 +30,7 @@ mod ratelimit;
 mod rbac;
 mod retry_policy;
 mod simpleauth;
+mod slow_start;
 pub mod tls;
 pub mod translate;
 mod unknown;

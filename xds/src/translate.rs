@@ -455,6 +455,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
+    let lb_config = crate::slow_start::lb_config(&mut c)?;
     rest(&c, "")?;
     let discovery = if dt == Dt::StrictDns {
         DiscoveryType::StrictDns
@@ -467,7 +468,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         name,
         discovery,
         lb_policy: lb.to_string(),
-        lb_config: Value::Null,
+        lb_config,
         connect_timeout,
         max_connections: None,
         circuit_breakers,

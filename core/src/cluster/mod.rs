@@ -47,6 +47,8 @@ pub struct Endpoint {
     pub locality: Option<Arc<crate::config::locality::Locality>>,
     /// Its locality's weight; 0 when unset.
     pub locality_weight: u32,
+    /// When it joined the cluster (`now_ms`): the start of its slow start.
+    pub added_ms: u64,
     active_requests: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
@@ -87,6 +89,7 @@ impl Endpoint {
             priority: 0,
             locality: None,
             locality_weight: 0,
+            added_ms: now_ms(),
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
