@@ -151,32 +151,71 @@ clusters:
 }
 
 #[test]
-fn bad_locality_weights_are_refused_by_name() {
+fn bad_locality_and_slow_start_settings_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
+    let one = r#"endpoints: [{address: "127.0.0.1:1"}]"#;
     let cases = [
         (
-            r#"[{address: "127.0.0.1:1", locality: {zone: a}, locality_weight: 0}]"#,
+            r#"endpoints: [{address: "127.0.0.1:1", locality: {zone: a}, locality_weight: 0}]"#,
             "endpoints[0].locality_weight",
         ),
         (
-            r#"[{address: "127.0.0.1:1", locality: {zone: a}, locality_weight: 2}, {address: "127.0.0.1:2", locality: {zone: a}, locality_weight: 1}]"#,
+            r#"endpoints: [{address: "127.0.0.1:1", locality: {zone: a}, locality_weight: 2}, {address: "127.0.0.1:2", locality: {zone: a}, locality_weight: 1}]"#,
             "endpoints[1].locality_weight",
         ),
         (
-            r#"[{address: "127.0.0.1:1", locality: {zone: a, rack: x}}]"#,
+            r#"endpoints: [{address: "127.0.0.1:1", locality: {zone: a, rack: x}}]"#,
             "rack",
         ),
+        (
+            "lb_config: {slow_start_config: {slow_start_window: 2s, aggression: 0}}",
+            "lb_config.slow_start_config.aggression",
+        ),
+        (
+            "lb_config: {slow_start_config: {slow_start_window: 0s}}",
+            "lb_config.slow_start_config.slow_start_window",
+        ),
+        (
+            "lb_config: {slow_start_config: {slow_start_window: 2s, min_weight_percent: 120}}",
+            "lb_config.slow_start_config.min_weight_percent",
+        ),
+        (
+            "lb_config: {slow_start_config: {slow_start_window: 2s, ramp: 1}}",
+            "ramp",
+        ),
     ];
-    for (i, (eps, want)) in cases.iter().enumerate() {
+    let write = |i: usize, body: &str| {
         let p = dir.path().join(format!("c{i}.yaml"));
+        let body = if body.starts_with("endpoints") {
+            body.to_string()
+        } else {
+            format!("{body}\n    {one}")
+        };
         std::fs::write(
             &p,
-            format!("listeners: []\nclusters:\n  - name: c\n    endpoints: {eps}\n"),
+            format!("listeners: []\nclusters:\n  - name: c\n    {body}\n"),
         )
         .unwrap();
+        p
+    };
+    for (i, (body, want)) in cases.iter().enumerate() {
+        let p = write(i, body);
         let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
-        assert_ne!(code, 0, "{eps}: accepted\n{out}");
-        assert!(err.contains(want), "{eps}: {err}");
+        assert_ne!(code, 0, "{body}: accepted\n{out}");
+        assert!(err.contains(want), "{body}: {err}");
+    }
+    // The good shapes are accepted (YAML slow start on both policies).
+    for (i, body) in [
+        "lb_config: {slow_start_config: {slow_start_window: 2s, aggression: 1.5, min_weight_percent: 20}}",
+        "lb_policy: least_request\n    lb_config: {slow_start_config: {slow_start_window: 30s}}",
+        "common_lb_config: {locality_weighted_lb_config: {}}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = write(100 + i, body);
+        let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{body}: {out}{err}");
     }
 }
 
