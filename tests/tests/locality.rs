@@ -219,12 +219,12 @@ fn bad_locality_and_slow_start_settings_are_refused_by_name() {
     }
 }
 
+/// (zone, locality weight, [(address, EDS health status)]).
+type Zone<'a> = (&'a str, u32, &'a [(SocketAddr, i32)]);
+
 /// A ClusterLoadAssignment with one priority and one entry per locality:
 /// (zone, weight, [(address, health status)]).
-fn cla_zones(
-    name: &str,
-    zones: &[(&str, u32, &[(SocketAddr, i32)])],
-) -> (String, envoy_types::pb::google::protobuf::Any) {
+fn cla_zones(name: &str, zones: &[Zone]) -> (String, envoy_types::pb::google::protobuf::Any) {
     let c = eds::ClusterLoadAssignment {
         cluster_name: name.into(),
         endpoints: zones

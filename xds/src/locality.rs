@@ -47,6 +47,7 @@ pub(crate) fn weighted(
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3 as core;
+    use envoy_types::pb::google::protobuf::UInt32Value;
 
     #[test]
     fn localities_and_weights_are_translated_and_zone_aware_refused() {
@@ -56,7 +57,7 @@ mod tests {
                 zone: "a".into(),
                 ..Default::default()
             }),
-            load_balancing_weight: Some(3u32.into()),
+            load_balancing_weight: Some(UInt32Value { value: 3 }),
             ..Default::default()
         };
         let (l, w) = take(&mut loc, "endpoints[0]").unwrap();
@@ -64,7 +65,7 @@ mod tests {
         assert_eq!(w, Some(3));
         assert_eq!(loc, eds::LocalityLbEndpoints::default());
         let mut loc = eds::LocalityLbEndpoints {
-            load_balancing_weight: Some(0u32.into()),
+            load_balancing_weight: Some(UInt32Value { value: 0 }),
             ..Default::default()
         };
         let e = take(&mut loc, "endpoints[0]").unwrap_err();

@@ -51,6 +51,7 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::google::protobuf::Duration;
+    use envoy_types::pb::google::protobuf::UInt32Value;
 
     #[test]
     fn slow_start_is_translated_and_the_rest_refused() {
@@ -81,7 +82,7 @@ mod tests {
         let mut c = cds::Cluster {
             lb_config: Some(cds::cluster::LbConfig::LeastRequestLbConfig(
                 cds::cluster::LeastRequestLbConfig {
-                    choice_count: Some(3u32.into()),
+                    choice_count: Some(UInt32Value { value: 3 }),
                     ..Default::default()
                 },
             )),
