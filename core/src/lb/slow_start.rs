@@ -168,20 +168,26 @@ mod tests {
 
     #[test]
     fn a_new_endpoint_ramps_up() {
-        let old = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1));
+        // A 1 ms window: the old endpoint (joined at 0) is past it once
+        // the clock reads 2; the new one joins in the future (scale = min).
+        let mut old = Endpoint::new("127.0.0.1:1".parse().unwrap(), 1);
+        old.added_ms = 0;
+        while now_ms() < 2 {
+            std::thread::yield_now();
+        }
         let mut new = Endpoint::new("127.0.0.1:2".parse().unwrap(), 1);
-        new.added_ms = now_ms() + 1000; // a second from now: scale = min
+        new.added_ms = now_ms() + 1_000_000;
         let b = Builder {
             inner: super::super::RoundRobinFactory
                 .create(&serde_json::Value::Null)
                 .unwrap(),
             config: SlowStartConfig {
-                slow_start_window: Duration::from_secs(3600),
+                slow_start_window: Duration::from_millis(1),
                 aggression: 1.0,
                 min_weight_percent: 10.0,
             },
         };
-        let lb = b.build(&[old, Arc::new(new)]);
+        let lb = b.build(&[Arc::new(old), Arc::new(new)]);
         let ctx = LbContext::default();
         let n = (0..10_000)
             .filter(|_| lb.pick(&ctx, &|_| true) == Some(1))
