@@ -7,7 +7,7 @@
 # http.sh for CPU per request).
 #
 #   benches/compare/icount.sh meshgate|nginx|haproxy [SECONDS]
-#   WORKLOAD=h2c|l4|dubbo|h1_auth benches/compare/icount.sh meshgate [SECONDS]
+#   WORKLOAD=h2c|l4|dubbo|h1_auth|h1_rl benches/compare/icount.sh meshgate [SECONDS]
 #
 # WORKLOAD (meshgate only for all but h1): h1 (default) as above; h2c:
 # h2load -c10 -m10 with prior knowledge, HTTP/2 in and HTTP/1.1 out; l4:
@@ -16,7 +16,9 @@
 # connection, 16 calls in flight) to a sofa-rpc-node provider through
 # rpc.yaml (route by service, multiplexed upstream); h1_auth: h1 through
 # http1-auth.yaml (jwt_authn with a cached RS256 token, rbac on a claim;
-# every request carries the token), to set against h1.
+# every request carries the token), to set against h1; h1_rl: h1 through
+# http1-ratelimit.yaml (a route-level local_ratelimit bucket that never
+# runs out), to set against h1.
 #
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
@@ -72,6 +74,10 @@ meshgate)
         PORT=5204
         sed 's/127.0.0.1:5201/127.0.0.1:9000/' "$HERE/tcp.yaml" >"$OUT/tcp.yaml"
         CONFIG="$OUT/tcp.yaml"
+        ;;
+    h1_rl)
+        PORT=8087
+        CONFIG="$HERE/http1-ratelimit.yaml"
         ;;
     h1_auth)
         PORT=8086

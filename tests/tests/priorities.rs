@@ -192,8 +192,8 @@ fn unsupported_priority_settings_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
-            "common_lb_config: {locality_weighted_lb_config: {}}",
-            "locality_weighted_lb_config",
+            "common_lb_config: {zone_aware_lb_config: {}}",
+            "zone_aware_lb_config",
         ),
         (
             "common_lb_config: {healthy_panic_threshold: {value: 150}}",

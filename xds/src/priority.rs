@@ -18,6 +18,7 @@ pub(crate) fn common_lb_config(
     let Some(mut c) = c else { return Ok(None) };
     let path = "common_lb_config";
     let t = c.healthy_panic_threshold.take();
+    let locality_weighted_lb_config = crate::locality::weighted(&mut c, path)?;
     if let Some(t) = &t
         && !(0.0..=100.0).contains(&t.value)
     {
@@ -29,6 +30,7 @@ pub(crate) fn common_lb_config(
     rest(&c, path)?;
     Ok(Some(pc::CommonLbConfig {
         healthy_panic_threshold: t.map(|t| pc::Percent { value: t.value }),
+        locality_weighted_lb_config,
     }))
 }
 

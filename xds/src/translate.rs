@@ -281,9 +281,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
     for (i, mut loc) in std::mem::take(&mut cla.endpoints).into_iter().enumerate() {
         let lp = format!("{path}.endpoints[{i}]");
         let priority = std::mem::take(&mut loc.priority);
-        // Locality identity is informational; its weight is not used, so
-        // a set `load_balancing_weight` is refused by `rest` below.
-        loc.locality = None;
+        let (locality, locality_weight) = crate::locality::take(&mut loc, &lp)?;
         let loc_meta = metadata(loc.metadata.take(), &join(&lp, "metadata"))?;
         for (j, mut e) in std::mem::take(&mut loc.lb_endpoints)
             .into_iter()
@@ -326,6 +324,8 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 health_status,
                 priority,
                 health_check_config: hc_config,
+                locality: locality.clone(),
+                locality_weight,
             });
         }
         rest(&loc, &lp)?;
@@ -462,6 +462,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
+    let lb_config = crate::slow_start::lb_config(&mut c)?;
     rest(&c, "")?;
     let discovery = if dt == Dt::StrictDns {
         DiscoveryType::StrictDns
@@ -474,7 +475,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         name,
         discovery,
         lb_policy: lb.to_string(),
-        lb_config: Value::Null,
+        lb_config,
         connect_timeout,
         max_connections: None,
         circuit_breakers,

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub mod health_check;
+pub mod locality;
 pub mod priority;
 
 /// One upstream address of a cluster.
@@ -42,6 +43,12 @@ pub struct Endpoint {
     pub metadata: BTreeMap<String, serde_json::Value>,
     /// Envoy's priority (0 highest): `priority` groups endpoints by it.
     pub priority: u32,
+    /// Its locality group (`locality`); `None` is a group of its own.
+    pub locality: Option<Arc<crate::config::locality::Locality>>,
+    /// Its locality's weight; 0 when unset.
+    pub locality_weight: u32,
+    /// When it joined the cluster (`now_ms`): the start of its slow start.
+    pub added_ms: u64,
     active_requests: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
@@ -84,6 +91,9 @@ impl Endpoint {
             weight: weight.max(1),
             metadata: BTreeMap::new(),
             priority: 0,
+            locality: None,
+            locality_weight: 0,
+            added_ms: now_ms(),
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
@@ -274,6 +284,8 @@ impl Endpoint {
             && self.priority == other.priority
             && self.health_check_port == other.health_check_port
             && self.health_check_hostname == other.health_check_hostname
+            && self.locality == other.locality
+            && self.locality_weight == other.locality_weight
     }
 
     /// Marks one request in flight until the guard drops.
@@ -894,6 +906,7 @@ impl ClusterManager {
                                     ep.hostname = Some(host.into());
                                     ep.metadata = e.metadata.clone();
                                     ep.priority = e.priority;
+                                    locality::apply(&mut ep, e);
                                     ep.set_eds_health(e.health_status);
                                     ep.set_health_check_config(e.health_check_config.as_ref());
                                     endpoints.push(Arc::new(ep));
@@ -1050,6 +1063,7 @@ fn build_endpoints(
                 let mut ep = Endpoint::new(addr, e.weight);
                 ep.metadata = e.metadata.clone();
                 ep.priority = e.priority;
+                locality::apply(&mut ep, e);
                 ep.set_eds_health(e.health_status);
                 ep.set_health_check_config(e.health_check_config.as_ref());
                 endpoints.push(Arc::new(ep));
@@ -1073,6 +1087,7 @@ fn build_endpoints(
                         ep.hostname = Some(host.into());
                         ep.metadata = e.metadata.clone();
                         ep.priority = e.priority;
+                        locality::apply(&mut ep, e);
                         ep.set_eds_health(e.health_status);
                         ep.set_health_check_config(e.health_check_config.as_ref());
                         endpoints.push(Arc::new(ep));

@@ -16,7 +16,7 @@
 //! atomic load, and when priority 0 takes all traffic (the common case)
 //! it is a plain pick from priority 0's load balancer.
 
-use super::{Cluster, Endpoint, HostSet};
+use super::{Cluster, Endpoint, HostSet, locality};
 use crate::config::priority::{DEFAULT_OVERPROVISIONING_FACTOR, DEFAULT_PANIC_THRESHOLD};
 use crate::config::{ClusterConfig, ConfigSource};
 use crate::error::ConfigError;
@@ -51,6 +51,8 @@ pub struct Policy {
     panic_threshold: f64,
     drop: Option<DropOverload>,
     panic_total: metrics::Counter,
+    /// `common_lb_config.locality_weighted_lb_config` is set.
+    locality_weighted: bool,
 }
 
 struct DropOverload {
@@ -66,6 +68,7 @@ impl Policy {
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             drop: None,
             panic_total: panic_counter(cluster),
+            locality_weighted: false,
         }
     }
 
@@ -76,6 +79,7 @@ impl Policy {
         source: &ConfigSource,
     ) -> Result<Self, ConfigError> {
         let mut p = Self::new(&c.name);
+        p.locality_weighted = locality::check(c, path, source)?;
         if let Some(t) = c
             .common_lb_config
             .as_ref()
@@ -160,6 +164,8 @@ pub struct Levels {
     /// takes all traffic, healthy endpoints only".
     fast: AtomicU64,
     state: ArcSwap<LoadState>,
+    /// Per priority (as `count`): its locality groups.
+    localities: Vec<locality::Groups>,
 }
 
 struct Level {
@@ -175,6 +181,9 @@ struct LoadState {
     healthy: Vec<u32>,
     degraded: Vec<u32>,
     panic: Vec<bool>,
+    /// Per priority, with locality-weighted balancing over more than one
+    /// locality: the localities' cumulative effective weights.
+    locality: Vec<Option<locality::Loads>>,
 }
 
 impl Levels {
@@ -201,8 +210,18 @@ impl Levels {
                 })
                 .collect()
         };
+        let localities = if levels.is_empty() {
+            let all: Vec<usize> = (0..endpoints.len()).collect();
+            vec![locality::Groups::build(endpoints, &all, builder)]
+        } else {
+            levels
+                .iter()
+                .map(|l| locality::Groups::build(endpoints, &l.members, builder))
+                .collect()
+        };
         Self {
             levels,
+            localities,
             // Generation 0 is never current: the first pick computes.
             fast: AtomicU64::new(0),
             state: ArcSwap::from_pointee(LoadState::default()),
@@ -257,6 +276,7 @@ fn compute(counts: &[(u32, u32, u32)], factor: u32, panic_threshold: f64) -> Loa
         healthy: vec![0; n],
         degraded: vec![0; n],
         panic,
+        locality: Vec::new(),
     };
     if normalized == 0 {
         // Nothing available anywhere: priority 0 takes it all (in panic
@@ -304,12 +324,18 @@ impl HostSet {
                 c
             })
             .collect();
-        let s = Arc::new(compute(
-            &counts,
-            policy.overprovisioning,
-            policy.panic_threshold,
-        ));
-        let trivial = s.healthy.first() == Some(&100) && s.panic.first() == Some(&false);
+        let mut s = compute(&counts, policy.overprovisioning, policy.panic_threshold);
+        if policy.locality_weighted {
+            s.locality = lv
+                .localities
+                .iter()
+                .map(|g| (!g.is_empty()).then(|| g.loads(&self.endpoints, policy.overprovisioning)))
+                .collect();
+        }
+        let s = Arc::new(s);
+        let trivial = s.healthy.first() == Some(&100)
+            && s.panic.first() == Some(&false)
+            && s.locality.first().is_none_or(Option::is_none);
         lv.state.store(s.clone());
         lv.fast
             .store(generation_now << 1 | u64::from(trivial), Ordering::Relaxed);
@@ -383,6 +409,22 @@ pub(super) fn choose(
             if state.panic.get(p) == Some(&true) {
                 policy.panic_total.increment(1);
                 source = Source::All;
+            }
+            // Locality-weighted: a locality of the priority first (not in
+            // panic, as Envoy).
+            if let (Some(Some(loads)), Some(groups)) =
+                (state.locality.get(p), hosts.levels.localities.get(p))
+            {
+                let cumulative = match source {
+                    Source::Healthy => Some(&loads.healthy),
+                    Source::Degraded => Some(&loads.degraded),
+                    Source::All => None,
+                };
+                if let Some(i) =
+                    cumulative.and_then(|c| groups.pick(c, ctx, &|i| usable(i, source)))
+                {
+                    return Some(i);
+                }
             }
             if let Some(i) = hosts.pick_in(p, ctx, &|i| usable(i, source)) {
                 return Some(i);

@@ -14,6 +14,7 @@ pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;
 pub mod local_reply;
+pub mod locality;
 pub mod outlier;
 pub mod priority;
 pub mod ratelimit;
@@ -523,6 +524,16 @@ pub struct EndpointConfig {
     /// the active health checks of this endpoint go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_config: Option<health_check::EndpointHealthCheckConfig>,
+    /// Envoy's `LocalityLbEndpoints.locality`: endpoints of one priority
+    /// with the same locality form a locality group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<locality::Locality>,
+    /// Envoy's `LocalityLbEndpoints.load_balancing_weight` of the
+    /// endpoint's locality (the same on every endpoint of the group; >= 1).
+    /// Used with `common_lb_config.locality_weighted_lb_config`; a
+    /// locality without a weight then gets no traffic (as in Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_weight: Option<u32>,
 }
 
 fn is_zero(v: &u32) -> bool {

@@ -8,7 +8,7 @@ use super::filters::FractionalPercent;
 use serde::{Deserialize, Serialize};
 
 /// Envoy's `Cluster.CommonLbConfig`. Its other fields
-/// (`locality_weighted_lb_config`, `zone_aware_lb_config`, ...) are not
+/// (`zone_aware_lb_config`, ...) are not
 /// supported and refused by name as unknown fields.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +18,10 @@ pub struct CommonLbConfig {
     /// 0 disables panic mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_panic_threshold: Option<Percent>,
+    /// Pick a locality by weight × availability within the chosen
+    /// priority (`crate::cluster::locality`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_weighted_lb_config: Option<super::locality::LocalityWeightedLbConfig>,
 }
 
 // Percent values are finite (checked at build): `==` is an equivalence.

@@ -12,10 +12,14 @@ use crate::error::BuildError;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// `least_request` has no options; `lb_config` must be absent or `{}`.
+/// `least_request`'s `lb_config`: only `slow_start_config`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LeastRequestOptions {}
+struct LeastRequestOptions {
+    /// Envoy's `slow_start_config` (`super::slow_start`).
+    #[serde(default)]
+    slow_start_config: Option<super::slow_start::SlowStartConfig>,
+}
 
 /// Registers `least_request`.
 pub struct LeastRequestFactory;
@@ -29,8 +33,8 @@ impl LoadBalancerFactory for LeastRequestFactory {
         &self,
         config: &serde_json::Value,
     ) -> Result<Arc<dyn LoadBalancerBuilder>, BuildError> {
-        let _: LeastRequestOptions = crate::config::parse_typed(config)?;
-        Ok(Arc::new(LeastRequestBuilder))
+        let o: LeastRequestOptions = crate::config::parse_typed(config)?;
+        super::slow_start::wrap(Arc::new(LeastRequestBuilder), o.slow_start_config)
     }
 }
 

@@ -11,6 +11,7 @@ mod maglev;
 mod random;
 mod ring_hash;
 mod round_robin;
+pub mod slow_start;
 
 pub use least_request::LeastRequestFactory;
 pub use maglev::MaglevFactory;

@@ -21,10 +21,14 @@ const MAX_BUILD_WORK: u64 = 1 << 24;
 /// whether any endpoint is available at all.
 const PROBES_BEFORE_SCAN: usize = 32;
 
-/// `round_robin` has no options; `lb_config` must be absent or `{}`.
+/// `round_robin`'s `lb_config`: only `slow_start_config`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoundRobinOptions {}
+struct RoundRobinOptions {
+    /// Envoy's `slow_start_config` (`super::slow_start`).
+    #[serde(default)]
+    slow_start_config: Option<super::slow_start::SlowStartConfig>,
+}
 
 /// Registers `round_robin`.
 pub struct RoundRobinFactory;
@@ -38,8 +42,8 @@ impl LoadBalancerFactory for RoundRobinFactory {
         &self,
         config: &serde_json::Value,
     ) -> Result<Arc<dyn LoadBalancerBuilder>, BuildError> {
-        let _: RoundRobinOptions = crate::config::parse_typed(config)?;
-        Ok(Arc::new(RoundRobinBuilder))
+        let o: RoundRobinOptions = crate::config::parse_typed(config)?;
+        super::slow_start::wrap(Arc::new(RoundRobinBuilder), o.slow_start_config)
     }
 }
 
