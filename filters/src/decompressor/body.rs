@@ -59,14 +59,14 @@ impl Sink {
 
 /// A streaming decoder writing into a `Sink`.
 pub(super) enum Decoder {
-    Gzip(flate2::write::GzDecoder<Sink>),
+    Gzip(Box<flate2::write::GzDecoder<Sink>>),
     Brotli(Box<brotli::DecompressorWriter<Sink>>),
     Zstd(zstd::stream::write::Decoder<'static, Sink>),
 }
 
 impl Decoder {
     pub(super) fn gzip() -> Self {
-        Self::Gzip(flate2::write::GzDecoder::new(Sink::new()))
+        Self::Gzip(Box::new(flate2::write::GzDecoder::new(Sink::new())))
     }
 
     pub(super) fn brotli() -> Self {
