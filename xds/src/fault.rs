@@ -4,7 +4,7 @@
 //! meshgate does not implement (`response_rate_limit`, `downstream_nodes`,
 //! runtime keys, `filter_metadata`) are refused by name (`rest`).
 
-use crate::local_ratelimit::header_matcher;
+use crate::translate::header_matcher;
 use crate::translate::{R, decode, duration, err, join, rest};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;

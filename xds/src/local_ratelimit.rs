@@ -5,7 +5,7 @@
 //! (`envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit`).
 //! A field meshgate does not implement is refused by name (`rest`).
 
-use crate::translate::{R, decode, duration, err, header_options, join, regex, rest};
+use crate::translate::{R, decode, duration, err, header_options, join, rest};
 use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::route::v3 as rds;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as http;
@@ -14,7 +14,6 @@ use envoy_types::pb::envoy::r#type::v3 as typev3;
 use envoy_types::pb::google::protobuf;
 use meshgate_core::config::filters as fc;
 use meshgate_core::config::local_ratelimit as lc;
-use meshgate_core::router as rc;
 use serde_json::Value;
 
 pub(crate) const HTTP: &str =
@@ -208,7 +207,10 @@ pub(crate) fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitCo
                 let hp = join(&ap, "header_value_match");
                 let mut headers = Vec::new();
                 for (j, h) in std::mem::take(&mut m.headers).into_iter().enumerate() {
-                    headers.push(header_matcher(h, &join(&hp, &format!("headers[{j}]")))?);
+                    headers.push(crate::translate::header_matcher(
+                        h,
+                        &join(&hp, &format!("headers[{j}]")),
+                    )?);
                 }
                 out.header_value_match = Some(lc::HeaderValueMatchAction {
                     descriptor_value: std::mem::take(&mut m.descriptor_value),
@@ -247,56 +249,6 @@ pub(crate) fn rate_limit(mut r: rds::RateLimit, path: &str) -> R<lc::RateLimitCo
     }
     rest(&r, path)?;
     Ok(lc::RateLimitConfig { actions })
-}
-
-// The deprecated `exact_match` & co. are what many control planes still send.
-#[allow(deprecated)]
-pub(crate) fn header_matcher(mut h: rds::HeaderMatcher, path: &str) -> R<rc::HeaderMatcherConfig> {
-    use rds::header_matcher::HeaderMatchSpecifier as S;
-    let mut c = rc::HeaderMatcherConfig {
-        name: std::mem::take(&mut h.name),
-        invert_match: std::mem::take(&mut h.invert_match),
-        ..Default::default()
-    };
-    match h.header_match_specifier.take() {
-        None => c.present_match = Some(true),
-        Some(S::ExactMatch(s)) => c.exact_match = Some(s),
-        Some(S::PrefixMatch(s)) => c.prefix_match = Some(s),
-        Some(S::SuffixMatch(s)) => c.suffix_match = Some(s),
-        Some(S::PresentMatch(b)) => c.present_match = Some(b),
-        Some(S::SafeRegexMatch(r)) => {
-            c.safe_regex_match = Some(regex(r, &join(path, "safe_regex_match"))?)
-        }
-        Some(S::StringMatch(mut sm)) => {
-            use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as P;
-            let sp = join(path, "string_match");
-            if sm.ignore_case {
-                return err(join(&sp, "ignore_case"), "not supported");
-            }
-            match sm.match_pattern.take() {
-                Some(P::Exact(s)) => c.exact_match = Some(s),
-                Some(P::Prefix(s)) => c.prefix_match = Some(s),
-                Some(P::Suffix(s)) => c.suffix_match = Some(s),
-                Some(P::SafeRegex(r)) => {
-                    c.safe_regex_match = Some(regex(r, &join(&sp, "safe_regex"))?)
-                }
-                _ => {
-                    return err(
-                        sp,
-                        "match pattern not supported (exact, prefix, suffix, safe_regex)",
-                    );
-                }
-            }
-        }
-        Some(_) => {
-            return err(
-                path,
-                "header match not supported (exact, prefix, suffix, present, safe_regex, string_match)",
-            );
-        }
-    }
-    rest(&h, path)?;
-    Ok(c)
 }
 
 #[cfg(test)]

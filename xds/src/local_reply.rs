@@ -106,7 +106,7 @@ fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogF
             let Some(m) = h.header.take() else {
                 return err(join(&p, "header"), "missing header");
             };
-            let header = crate::local_ratelimit::header_matcher(m, &join(&p, "header"))?;
+            let header = crate::translate::header_matcher(m, &join(&p, "header"))?;
             rest(&h, &p)?;
             out.header_filter = Some(lr::HeaderFilter { header });
         }
