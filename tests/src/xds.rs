@@ -228,6 +228,15 @@ impl Mgmt {
         Mgmt { rt, addr, ads }
     }
 
+    /// `set`, then waits until meshgate ACKs that version (no error).
+    pub fn set_acked(&self, type_url: &str, version: &str, items: Vec<(String, Any)>) {
+        self.set(type_url, version, items);
+        let nonce = self.wait_sent(type_url, version);
+        let ack = self.wait_reply(type_url, &nonce);
+        assert_eq!(ack.version_info, version, "{ack:?}");
+        assert!(ack.error_detail.is_none(), "{ack:?}");
+    }
+
     pub fn set(&self, type_url: &str, version: &str, items: Vec<(String, Any)>) {
         self.ads
             .shared

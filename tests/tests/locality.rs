@@ -257,19 +257,6 @@ fn cla_zones(name: &str, zones: &[Zone]) -> (String, envoy_types::pb::google::pr
     (name.into(), any(ENDPOINT, &c))
 }
 
-fn acked(
-    mgmt: &Mgmt,
-    type_url: &str,
-    version: &str,
-    items: Vec<(String, envoy_types::pb::google::protobuf::Any)>,
-) {
-    mgmt.set(type_url, version, items);
-    let nonce = mgmt.wait_sent(type_url, version);
-    let ack = mgmt.wait_reply(type_url, &nonce);
-    assert_eq!(ack.version_info, version, "{ack:?}");
-    assert!(ack.error_detail.is_none(), "{ack:?}");
-}
-
 #[test]
 fn eds_locality_weights_through_a_real_control_plane() {
     const HEALTHY: i32 = 1;
@@ -314,8 +301,7 @@ fn eds_locality_weights_through_a_real_control_plane() {
     assert!((za - 0.75).abs() <= 0.05, "zone a share {za} ({h:?})");
 
     // EDS flips the weights to 1 : 3.
-    acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "2",
         vec![cla_zones(
@@ -333,8 +319,7 @@ fn eds_locality_weights_through_a_real_control_plane() {
     assert!((za - 0.25).abs() <= 0.05, "zone a share {za} ({h:?})");
 
     // EDS marks all of zone b unhealthy: it gets nothing.
-    acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "3",
         vec![cla_zones(
@@ -411,8 +396,7 @@ fn eds_new_endpoint_ramps_up_with_slow_start() {
 
     // EDS adds b0: its share per 500 ms bucket grows over the 2 s window
     // (weight scale 0.1 → 1: about 11 % → 47 %), then about half.
-    acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "2",
         vec![cla_zones("svc", &[("a", 1, &[(a0, 1), (b0, 1)])])],

@@ -262,19 +262,6 @@ fn cla_prios(
     (name.into(), any(ENDPOINT, &c))
 }
 
-fn acked(
-    mgmt: &Mgmt,
-    type_url: &str,
-    version: &str,
-    items: Vec<(String, envoy_types::pb::google::protobuf::Any)>,
-) {
-    mgmt.set(type_url, version, items);
-    let nonce = mgmt.wait_sent(type_url, version);
-    let ack = mgmt.wait_reply(type_url, &nonce);
-    assert_eq!(ack.version_info, version, "{ack:?}");
-    assert!(ack.error_detail.is_none(), "{ack:?}");
-}
-
 #[test]
 fn eds_priorities_follow_health_updates_through_a_real_control_plane() {
     const HEALTHY: i32 = 1;
@@ -312,8 +299,7 @@ fn eds_priorities_follow_health_updates_through_a_real_control_plane() {
 
     // EDS marks a1 unhealthy (only health changes: the endpoint is kept):
     // P0 at 1.4 × 50 % = 70 %, 30 % to P1.
-    acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "2",
         vec![cla_prios(
@@ -330,8 +316,7 @@ fn eds_priorities_follow_health_updates_through_a_real_control_plane() {
     assert!(near(p0, 0.70, 0.06), "P0 share {p0} ({h:?})");
 
     // Both P0 endpoints unhealthy: all of it to P1, no panic.
-    acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "3",
         vec![cla_prios(

@@ -9,7 +9,7 @@
 //! good config meanwhile.
 
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
 use meshgate_tests::*;
@@ -71,13 +71,6 @@ fn warming_for(mg: &Meshgate, resource: &str) -> Vec<String> {
 }
 
 /// Sets a resource version and waits for its ACK (applied by then).
-fn set_acked(mgmt: &Mgmt, type_url: &str, version: &str, items: Vec<(String, Any)>) {
-    mgmt.set(type_url, version, items);
-    let nonce = mgmt.wait_sent(type_url, version);
-    let ack = mgmt.wait_reply(type_url, &nonce);
-    assert_eq!(ack.version_info, version, "{ack:?}");
-    assert!(ack.error_detail.is_none(), "{ack:?}");
-}
 
 // ---------------------------------------------------------------- tests
 
@@ -117,8 +110,7 @@ fn updates_under_load_lose_no_request() {
     // Weighted canary shift: 90/10, then 10/90; both answer under load.
     // Each sample starts once the ACK says the version applied and the
     // requests in flight then have been answered.
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(
         ROUTE,
         "r3",
         vec![route_config("r1", &[("svc-a", 90), ("svc-b", 10)])],
@@ -126,8 +118,7 @@ fn updates_under_load_lose_no_request() {
     load.sample(30, 300);
     let (sa, sb) = (load.seen("a"), load.seen("b"));
     assert!(sa > sb * 3 && sb > 0, "90/10 split saw a={sa} b={sb}");
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(
         ROUTE,
         "r4",
         vec![route_config("r1", &[("svc-a", 10), ("svc-b", 90)])],
@@ -137,14 +128,8 @@ fn updates_under_load_lose_no_request() {
     assert!(sb > sa * 3 && sa > 0, "10/90 split saw a={sa} b={sb}");
 
     // Endpoint add: svc-a gets c too (route back to svc-a only).
-    set_acked(
-        &mgmt,
-        ROUTE,
-        "r5",
-        vec![route_config("r1", &[("svc-a", 1)])],
-    );
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(ROUTE, "r5", vec![route_config("r1", &[("svc-a", 1)])]);
+    mgmt.set_acked(
         ENDPOINT,
         "e2",
         vec![
@@ -160,8 +145,7 @@ fn updates_under_load_lose_no_request() {
         load.seen("c")
     );
     // Endpoint removal: a leaves (and an UNHEALTHY endpoint gets nothing).
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "e3",
         vec![
@@ -901,8 +885,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     assert_eq!(on_open_connection(&mut conn, port, 3), backends(&["a"]));
 
     // An endpoint joins: the next requests on the connection reach both.
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "e2",
         vec![cla("svc-a", &[(a.addr, 1, 0), (b.addr, 1, 0)])],
@@ -914,8 +897,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     assert!(established_to(a.addr) >= 1, "no pooled connection to a");
     // One leaves and another joins: a gets nothing any more, and its pool
     // is gone (its idle connection closed).
-    set_acked(
-        &mgmt,
+    mgmt.set_acked(
         ENDPOINT,
         "e3",
         vec![cla("svc-a", &[(b.addr, 1, 0), (c.addr, 1, 0)])],
@@ -926,7 +908,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
     );
     wait_until("the pool of a drained", || established_to(a.addr) == 0);
     // Down to one endpoint.
-    set_acked(&mgmt, ENDPOINT, "e4", vec![cla("svc-a", &[(c.addr, 1, 0)])]);
+    mgmt.set_acked(ENDPOINT, "e4", vec![cla("svc-a", &[(c.addr, 1, 0)])]);
     assert_eq!(on_open_connection(&mut conn, port, 3), backends(&["c"]));
     wait_until("the pool of b drained", || established_to(b.addr) == 0);
     assert!(established_to(c.addr) >= 1, "no pooled connection to c");
@@ -950,7 +932,7 @@ fn endpoint_updates_reach_an_open_connection_without_closing_it() {
         ..eds_cluster_msg("svc-a")
     };
     let changed = ("svc-a".to_string(), any(CLUSTER, &changed));
-    set_acked(&mgmt, CLUSTER, "c2", vec![changed]);
+    mgmt.set_acked(CLUSTER, "c2", vec![changed]);
     let got = request(&mut conn, port, "/").expect("request after a cluster setting change");
     assert_eq!(got, "backend=c");
     assert!(conn.is_none(), "the connection was not retired");
