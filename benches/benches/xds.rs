@@ -10,7 +10,14 @@
 //!    the route configuration is swapped ten times a second.
 //! 3. Resident memory of the process with each table.
 //!
+//! 4. With `XDS_BENCH_CLUSTERS=N` instead: the time from a CDS response
+//!    that changes one cluster (its endpoint) to that cluster serving,
+//!    with N clusters and with 1, over state-of-the-world and delta xDS;
+//!    and the resident memory per cluster (RSS with N minus RSS with 1,
+//!    over N - 1).
+//!
 //! Run: `cargo bench -p meshgate-benches --bench xds`
+//! (`XDS_BENCH_CLUSTERS=10000 cargo bench -p meshgate-benches --bench xds`)
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
@@ -95,8 +102,80 @@ fn scenario(backend: &HttpBackend, routes: usize, clusters: usize) {
     }
 }
 
+/// One cluster's update among `n`, over `delta` or state of the world:
+/// median and max time to serving over 7 pushes, and the RSS at the end.
+fn cluster_update(
+    a: &HttpBackend,
+    b: &HttpBackend,
+    n: usize,
+    delta: bool,
+) -> (Duration, Duration, u64) {
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    let clusters = |target: std::net::SocketAddr| -> Vec<_> {
+        (0..n)
+            .map(|i| static_cluster(&format!("c{i}"), if i == 0 { target } else { a.addr }))
+            .collect()
+    };
+    mgmt.set(CLUSTER, "0", clusters(a.addr));
+    mgmt.set(LISTENER, "1", vec![hcm_listener("web", port, "r")]);
+    mgmt.set(ROUTE, "1", vec![route_config("r", &[("c0", 1)])]);
+    let boot = if delta {
+        bootstrap_delta(mgmt.addr.port())
+    } else {
+        bootstrap(mgmt.addr.port())
+    };
+    let mg = Meshgate::start(&boot);
+    wait_for(port, "/", "backend=a");
+    let mut times = Vec::new();
+    let mut conn = None;
+    for i in 1..=7 {
+        let (target, want) = if i % 2 == 1 {
+            (b.addr, "backend=b")
+        } else {
+            (a.addr, "backend=a")
+        };
+        let t0 = Instant::now();
+        mgmt.set(CLUSTER, &i.to_string(), clusters(target));
+        loop {
+            if request(&mut conn, port, "/").as_deref() == Some(want) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{i} never served");
+        }
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    (times[3], times[6], rss_kib(mg.child.id()))
+}
+
+fn cluster_updates(n: usize) {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    for delta in [false, true] {
+        let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+        let (m1, x1, rss1) = cluster_update(&a, &b, 1, delta);
+        let (mn, xn, rssn) = cluster_update(&a, &b, n, delta);
+        println!(
+            "{api}: one cluster changed among 1: median {:.1} ms, max {:.1} ms; among {n}: median {:.1} ms, max {:.1} ms; RSS {rss1} KiB -> {rssn} KiB ({:.1} KiB per cluster)",
+            m1.as_secs_f64() * 1e3,
+            x1.as_secs_f64() * 1e3,
+            mn.as_secs_f64() * 1e3,
+            xn.as_secs_f64() * 1e3,
+            (rssn.saturating_sub(rss1)) as f64 / (n.max(2) - 1) as f64,
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    if let Some(n) = std::env::var("XDS_BENCH_CLUSTERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cluster_updates(n);
+        return;
+    }
     let backend = HttpBackend::start("bench", Proto::Http1);
     // XDS_BENCH="routes:clusters,..." picks other sizes (e.g. to split
     // the cost of routes from that of clusters).

@@ -45,6 +45,11 @@ pub struct Shared {
     pub requests: Vec<DiscoveryRequest>,
     /// Every response sent: (type, version, nonce).
     pub sent: Vec<(String, String, String)>,
+    /// Delta xDS: every request as received.
+    pub delta_requests: Vec<DeltaDiscoveryRequest>,
+    /// Delta xDS: every response sent: (type, resources carried, names
+    /// removed).
+    pub delta_sent: Vec<(String, usize, Vec<String>)>,
     nonce: u64,
 }
 
@@ -128,11 +133,147 @@ impl AggregatedDiscoveryService for Ads {
         )))
     }
 
+    /// Delta xDS: per stream and type, what the client subscribed (a
+    /// wildcard when its first request named nothing or `*`) and the
+    /// version of each resource it holds (a hash of the resource's
+    /// bytes); a change sends only the resources whose version differs,
+    /// and names the ones gone in `removed_resources`. Requests are
+    /// recorded as state-of-the-world ones (`version_info`: the version of
+    /// the response they answer), so `wait_reply` and `set_acked` serve
+    /// both variants.
     async fn delta_aggregated_resources(
         &self,
-        _req: Request<Streaming<DeltaDiscoveryRequest>>,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented("delta xDS"))
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let shared = self.shared.clone();
+        let mut changed = self.changed.subscribe();
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            #[derive(Default)]
+            struct Sub {
+                wildcard: bool,
+                /// A first request is answered even when nothing differs
+                /// (the client learns the server has spoken).
+                fresh: bool,
+                names: std::collections::BTreeSet<String>,
+                held: HashMap<String, String>,
+            }
+            let mut subs: HashMap<String, Sub> = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = kill.cancelled() => return,
+                    m = inbound.message() => match m {
+                        Ok(Some(r)) => {
+                            let first = !subs.contains_key(&r.type_url);
+                            let sub = subs.entry(r.type_url.clone()).or_default();
+                            if first {
+                                sub.fresh = true;
+                                sub.wildcard = r.resource_names_subscribe.is_empty();
+                                sub.held = r.initial_resource_versions.clone();
+                            }
+                            for n in &r.resource_names_subscribe {
+                                if n == "*" {
+                                    sub.wildcard = true;
+                                } else {
+                                    sub.names.insert(n.clone());
+                                }
+                            }
+                            for n in &r.resource_names_unsubscribe {
+                                sub.names.remove(n);
+                                sub.held.remove(n);
+                            }
+                            let mut s = shared.lock().unwrap();
+                            let version_info = s
+                                .sent
+                                .iter()
+                                .find(|x| x.2 == r.response_nonce)
+                                .map(|x| x.1.clone())
+                                .unwrap_or_default();
+                            s.requests.push(DiscoveryRequest {
+                                version_info,
+                                node: r.node.clone(),
+                                resource_names: r.resource_names_subscribe.clone(),
+                                type_url: r.type_url.clone(),
+                                response_nonce: r.response_nonce.clone(),
+                                error_detail: r.error_detail.clone(),
+                                ..Default::default()
+                            });
+                            s.delta_requests.push(r);
+                        }
+                        _ => return,
+                    },
+                    c = changed.changed() => if c.is_err() { return },
+                }
+                let mut out = Vec::new();
+                {
+                    let mut s = shared.lock().unwrap();
+                    for (t, sub) in subs.iter_mut() {
+                        let Some((version, items)) = s.resources.get(t).cloned() else {
+                            continue;
+                        };
+                        let wanted = |n: &str| sub.wildcard || sub.names.contains(n);
+                        let mut resources = Vec::new();
+                        let mut now = std::collections::BTreeSet::new();
+                        for (name, any) in items.iter().filter(|(n, _)| wanted(n)) {
+                            now.insert(name.clone());
+                            let v = {
+                                use std::hash::{Hash, Hasher};
+                                let mut h = std::collections::hash_map::DefaultHasher::new();
+                                any.value.hash(&mut h);
+                                format!("{:016x}", h.finish())
+                            };
+                            if sub.held.get(name) != Some(&v) {
+                                sub.held.insert(name.clone(), v.clone());
+                                resources.push(
+                                    envoy_types::pb::envoy::service::discovery::v3::Resource {
+                                        name: name.clone(),
+                                        version: v,
+                                        resource: Some(any.clone()),
+                                        ..Default::default()
+                                    },
+                                );
+                            }
+                        }
+                        let removed: Vec<String> = sub
+                            .held
+                            .keys()
+                            .filter(|n| !now.contains(*n))
+                            .cloned()
+                            .collect();
+                        for n in &removed {
+                            sub.held.remove(n);
+                        }
+                        if resources.is_empty() && removed.is_empty() && !sub.fresh {
+                            continue;
+                        }
+                        sub.fresh = false;
+                        s.nonce += 1;
+                        let nonce = format!("n{}", s.nonce);
+                        s.sent.push((t.clone(), version.clone(), nonce.clone()));
+                        s.delta_sent
+                            .push((t.clone(), resources.len(), removed.clone()));
+                        out.push(DeltaDiscoveryResponse {
+                            system_version_info: version,
+                            type_url: t.clone(),
+                            nonce,
+                            resources,
+                            removed_resources: removed,
+                            ..Default::default()
+                        });
+                    }
+                }
+                for r in out {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -249,6 +390,16 @@ impl Mgmt {
 
     pub fn requests(&self) -> Vec<DiscoveryRequest> {
         self.ads.shared.lock().unwrap().requests.clone()
+    }
+
+    /// Delta xDS: (type, resources carried, names removed) per response.
+    pub fn delta_sent(&self) -> Vec<(String, usize, Vec<String>)> {
+        self.ads.shared.lock().unwrap().delta_sent.clone()
+    }
+
+    /// Delta xDS: every request as received.
+    pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.ads.shared.lock().unwrap().delta_requests.clone()
     }
 
     pub fn sent(&self) -> Vec<(String, String, String)> {
@@ -412,6 +563,14 @@ clusters:
     endpoints:
       - address: 127.0.0.1:{xds_port}
 "#
+    )
+}
+
+/// `bootstrap` on delta xDS (`api_type: DELTA_GRPC`).
+pub fn bootstrap_delta(xds_port: u16) -> String {
+    bootstrap(xds_port).replace(
+        "    retry_max_interval: 500ms\n",
+        "    retry_max_interval: 500ms\n    api_type: DELTA_GRPC\n",
     )
 }
 

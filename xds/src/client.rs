@@ -24,12 +24,14 @@ use envoy_types::pb::envoy::config::endpoint::v3 as eds;
 use envoy_types::pb::envoy::config::listener::v3 as lds;
 use envoy_types::pb::envoy::config::route::v3 as rds;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
-    UpstreamTlsConfig,
+    AdsApiType, AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig,
+    NodeConfig, UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{
     DynamicInfo, DynamicSender, DynamicUpdate, Refusal, Refusals, Warming,
@@ -116,6 +118,9 @@ struct State {
     versions: HashMap<&'static str, String>,
     /// Last nonce seen per type URL.
     nonces: HashMap<&'static str, String>,
+    /// Delta xDS: the version of each resource held, per type URL (sent
+    /// back as `initial_resource_versions` when a stream is re-opened).
+    resource_versions: HashMap<&'static str, Arc<BTreeMap<String, String>>>,
     /// When each listener's current version arrived: its warming is
     /// bounded from then by its `initial_fetch_timeout`.
     since: Arc<BTreeMap<String, Instant>>,
@@ -581,9 +586,10 @@ impl State {
         Ok(())
     }
 
-    /// Applies a response to a copy of the state; an error is the NACK's
-    /// detail, naming the resource of the response's type at fault.
-    /// `statics`: the file's cluster names, which CDS may not reuse.
+    /// Applies a state-of-the-world response to a copy of the state; an
+    /// error is the NACK's detail, naming the resource of the response's
+    /// type at fault. `statics`: the file's cluster names, which CDS may
+    /// not reuse.
     fn apply(
         &self,
         resp: &DiscoveryResponse,
@@ -592,39 +598,19 @@ impl State {
         now: Instant,
     ) -> Result<State, XdsError> {
         let mut next = self.clone();
-        let mut seen = BTreeSet::new();
-        // Envoy refuses a response naming a resource twice; so does
-        // meshgate rather than let the last one win.
-        let mut dup = |kind: &str, n: &str| -> Result<(), XdsError> {
-            if seen.insert(n.to_string()) {
-                Ok(())
-            } else {
-                Err(XdsError::Duplicate {
-                    resource: format!("{kind} '{n}'"),
-                })
-            }
-        };
-        match resp.type_url.as_str() {
+        let mut seen = Seen::default();
+        let t = type_key(&resp.type_url)
+            .ok_or_else(|| XdsError::UnsupportedType(resp.type_url.clone()))?;
+        match t {
+            // Listeners and clusters are wildcard: the response is the
+            // whole set, what it leaves out is removed.
             CLUSTER => {
                 let mut clusters = BTreeMap::new();
                 let mut since = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let c: cds::Cluster =
-                        resource(any, CLUSTER, i, "Cluster", |c: &cds::Cluster| &c.name)?;
-                    dup("Cluster", &c.name)?;
-                    if statics.contains(&c.name) {
-                        return Err(XdsError::StaticClusterName(c.name));
-                    }
-                    let name = c.name.clone();
-                    let t = translate::cluster(c)?;
-                    // A new version of a cluster warms from now; an
-                    // unchanged one keeps its start.
-                    let start = match (self.clusters.get(&name), self.cluster_since.get(&name)) {
-                        (Some(old), Some(s)) if **old == t => *s,
-                        _ => now,
-                    };
+                    let (name, c, start) = self.accept_cluster(any, i, &mut seen, statics, now)?;
                     since.insert(name.clone(), start);
-                    clusters.insert(name, Arc::new(t));
+                    clusters.insert(name, c);
                 }
                 next.clusters = Arc::new(clusters);
                 next.cluster_since = Arc::new(since);
@@ -633,89 +619,252 @@ impl State {
                 let mut listeners = BTreeMap::new();
                 let mut since = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let l: lds::Listener =
-                        resource(any, LISTENER, i, "Listener", |l: &lds::Listener| &l.name)?;
-                    dup("Listener", &l.name)?;
-                    // Translated now to refuse what is unsupported; again
-                    // at compose time with the routes then known.
-                    translate::listener(l.clone(), &|_| None, &|_| None)?;
-                    // A new version of a listener warms from now; an
-                    // unchanged one keeps its start.
-                    let start = match (self.listeners.get(&l.name), self.since.get(&l.name)) {
-                        (Some(old), Some(t)) if **old == l => *t,
-                        _ => now,
-                    };
-                    since.insert(l.name.clone(), start);
-                    listeners.insert(l.name.clone(), Arc::new(l));
+                    let (name, l, start) = self.accept_listener(any, i, &mut seen, now)?;
+                    since.insert(name.clone(), start);
+                    listeners.insert(name, l);
                 }
                 next.listeners = Arc::new(listeners);
                 next.since = Arc::new(since);
             }
-            ROUTE => {
-                let routes = Arc::make_mut(&mut next.routes);
+            _ => {
                 for (i, any) in resp.resources.iter().enumerate() {
-                    let r: rds::RouteConfiguration = resource(
-                        any,
-                        ROUTE,
-                        i,
-                        "RouteConfiguration",
-                        |r: &rds::RouteConfiguration| &r.name,
-                    )?;
-                    dup("RouteConfiguration", &r.name)?;
-                    let name = r.name.clone();
-                    let t = translate::route_configuration(r)?;
-                    // Built now (regexes, rewrites, header names), so that
-                    // a bad one is refused as this RouteConfiguration's
-                    // fault, not as the listener's that would use it.
-                    check_routes(&t).map_err(|source| XdsError::Routes {
-                        name: name.clone(),
-                        source,
-                    })?;
-                    routes.insert(name, Arc::new(t));
+                    next.accept_named(t, any, i, &mut seen)?;
                 }
-                routes.retain(|n, _| subscribed.contains(n));
+                next.retain_subscribed(t, subscribed);
             }
-            ENDPOINT => {
-                let endpoints = Arc::make_mut(&mut next.endpoints);
-                for (i, any) in resp.resources.iter().enumerate() {
-                    let c: eds::ClusterLoadAssignment = resource(
-                        any,
-                        ENDPOINT,
-                        i,
-                        "ClusterLoadAssignment",
-                        |c: &eds::ClusterLoadAssignment| &c.cluster_name,
-                    )?;
-                    dup("ClusterLoadAssignment", &c.cluster_name)?;
-                    let name = c.cluster_name.clone();
-                    let eps = translate::endpoints(c, "").map_err(|(f, m)| TranslateError {
-                        resource: format!("ClusterLoadAssignment '{name}'"),
-                        field: f,
-                        message: m,
-                    })?;
-                    endpoints.insert(name, Arc::new(eps));
-                }
-                endpoints.retain(|n, _| subscribed.contains(n));
-            }
-            SECRET => {
-                let secrets = Arc::make_mut(&mut next.secrets);
-                for (i, any) in resp.resources.iter().enumerate() {
-                    type S = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-                    let r: S = resource(any, SECRET, i, "Secret", |r: &S| &r.name)?;
-                    dup("Secret", &r.name)?;
-                    let name = r.name.clone();
-                    let t = crate::tls::secret(r)?;
-                    secrets.insert(name, Arc::new(t));
-                }
-                secrets.retain(|n, _| subscribed.contains(n));
-            }
-            other => return Err(XdsError::UnsupportedType(other.to_string())),
         }
         // Accepted so far (the composition and the server may still
         // refuse): composing knows CDS has answered once it has a version.
-        if let Some(t) = type_key(&resp.type_url) {
-            next.versions.insert(t, resp.version_info.clone());
-        }
+        next.versions.insert(t, resp.version_info.clone());
         Ok(next)
+    }
+
+    /// Applies a delta (incremental) response to a copy of the state: its
+    /// resources are added or replaced, its `removed_resources` removed,
+    /// and nothing else is touched, so one changed cluster among 10,000
+    /// is decoded and translated alone.
+    fn apply_delta(
+        &self,
+        resp: &DeltaDiscoveryResponse,
+        subscribed: &BTreeSet<String>,
+        statics: &BTreeSet<String>,
+        now: Instant,
+    ) -> Result<State, XdsError> {
+        let mut next = self.clone();
+        let mut seen = Seen::default();
+        let t = type_key(&resp.type_url)
+            .ok_or_else(|| XdsError::UnsupportedType(resp.type_url.clone()))?;
+        let mut versions = Vec::with_capacity(resp.resources.len());
+        for (i, r) in resp.resources.iter().enumerate() {
+            let Some(any) = &r.resource else {
+                return Err(XdsError::DeltaResource {
+                    index: i,
+                    name: r.name.clone(),
+                    message: "carries no resource (a TTL heartbeat is not supported)",
+                });
+            };
+            let name = match t {
+                CLUSTER => {
+                    let (name, c, start) = self.accept_cluster(any, i, &mut seen, statics, now)?;
+                    Arc::make_mut(&mut next.cluster_since).insert(name.clone(), start);
+                    Arc::make_mut(&mut next.clusters).insert(name.clone(), c);
+                    name
+                }
+                LISTENER => {
+                    let (name, l, start) = self.accept_listener(any, i, &mut seen, now)?;
+                    Arc::make_mut(&mut next.since).insert(name.clone(), start);
+                    Arc::make_mut(&mut next.listeners).insert(name.clone(), l);
+                    name
+                }
+                _ => next.accept_named(t, any, i, &mut seen)?,
+            };
+            if !r.name.is_empty() && r.name != name {
+                return Err(XdsError::DeltaResource {
+                    index: i,
+                    name: r.name.clone(),
+                    message: "the envelope's name is not the resource's name",
+                });
+            }
+            versions.push((name, r.version.clone()));
+        }
+        for name in &resp.removed_resources {
+            // A resource named in both lists is refused rather than
+            // guessed at.
+            if seen.0.contains(name) {
+                return Err(XdsError::DeltaResource {
+                    index: 0,
+                    name: name.clone(),
+                    message: "both updated and removed in one response",
+                });
+            }
+            match t {
+                CLUSTER => {
+                    Arc::make_mut(&mut next.clusters).remove(name);
+                    Arc::make_mut(&mut next.cluster_since).remove(name);
+                }
+                LISTENER => {
+                    Arc::make_mut(&mut next.listeners).remove(name);
+                    Arc::make_mut(&mut next.since).remove(name);
+                }
+                ROUTE => {
+                    Arc::make_mut(&mut next.routes).remove(name);
+                }
+                ENDPOINT => {
+                    Arc::make_mut(&mut next.endpoints).remove(name);
+                }
+                _ => {
+                    Arc::make_mut(&mut next.secrets).remove(name);
+                }
+            }
+        }
+        if !matches!(t, CLUSTER | LISTENER) {
+            next.retain_subscribed(t, subscribed);
+        }
+        let held = Arc::make_mut(next.resource_versions.entry(t).or_default());
+        for name in &resp.removed_resources {
+            held.remove(name);
+        }
+        held.extend(versions);
+        if !matches!(t, CLUSTER | LISTENER) {
+            held.retain(|n, _| subscribed.contains(n));
+        }
+        next.versions.insert(t, resp.system_version_info.clone());
+        Ok(next)
+    }
+
+    /// Decodes and translates one cluster; a new version of a cluster
+    /// warms from `now`, an unchanged one keeps its start.
+    fn accept_cluster(
+        &self,
+        any: &protobuf::Any,
+        i: usize,
+        seen: &mut Seen,
+        statics: &BTreeSet<String>,
+        now: Instant,
+    ) -> Result<(String, Arc<translate::Cluster>, Instant), XdsError> {
+        let c: cds::Cluster = resource(any, CLUSTER, i, "Cluster", |c: &cds::Cluster| &c.name)?;
+        seen.insert("Cluster", &c.name)?;
+        if statics.contains(&c.name) {
+            return Err(XdsError::StaticClusterName(c.name));
+        }
+        let name = c.name.clone();
+        let t = translate::cluster(c)?;
+        let start = match (self.clusters.get(&name), self.cluster_since.get(&name)) {
+            (Some(old), Some(s)) if **old == t => *s,
+            _ => now,
+        };
+        Ok((name, Arc::new(t), start))
+    }
+
+    /// Decodes one listener and refuses what is unsupported in it (it is
+    /// translated again at compose time, with its routes then known); a
+    /// new version warms from `now`, an unchanged one keeps its start.
+    fn accept_listener(
+        &self,
+        any: &protobuf::Any,
+        i: usize,
+        seen: &mut Seen,
+        now: Instant,
+    ) -> Result<(String, Arc<lds::Listener>, Instant), XdsError> {
+        let l: lds::Listener = resource(any, LISTENER, i, "Listener", |l: &lds::Listener| &l.name)?;
+        seen.insert("Listener", &l.name)?;
+        translate::listener(l.clone(), &|_| None, &|_| None)?;
+        let start = match (self.listeners.get(&l.name), self.since.get(&l.name)) {
+            (Some(old), Some(t)) if **old == l => *t,
+            _ => now,
+        };
+        Ok((l.name.clone(), Arc::new(l), start))
+    }
+
+    /// Decodes, translates and stores one resource of a type subscribed
+    /// by name (RDS, EDS, SDS); returns its name.
+    fn accept_named(
+        &mut self,
+        t: &'static str,
+        any: &protobuf::Any,
+        i: usize,
+        seen: &mut Seen,
+    ) -> Result<String, XdsError> {
+        match t {
+            ROUTE => {
+                let r: rds::RouteConfiguration = resource(
+                    any,
+                    ROUTE,
+                    i,
+                    "RouteConfiguration",
+                    |r: &rds::RouteConfiguration| &r.name,
+                )?;
+                seen.insert("RouteConfiguration", &r.name)?;
+                let name = r.name.clone();
+                let t = translate::route_configuration(r)?;
+                // Built now (regexes, rewrites, header names), so that
+                // a bad one is refused as this RouteConfiguration's
+                // fault, not as the listener's that would use it.
+                check_routes(&t).map_err(|source| XdsError::Routes {
+                    name: name.clone(),
+                    source,
+                })?;
+                Arc::make_mut(&mut self.routes).insert(name.clone(), Arc::new(t));
+                Ok(name)
+            }
+            ENDPOINT => {
+                let c: eds::ClusterLoadAssignment = resource(
+                    any,
+                    ENDPOINT,
+                    i,
+                    "ClusterLoadAssignment",
+                    |c: &eds::ClusterLoadAssignment| &c.cluster_name,
+                )?;
+                seen.insert("ClusterLoadAssignment", &c.cluster_name)?;
+                let name = c.cluster_name.clone();
+                let eps = translate::endpoints(c, "").map_err(|(f, m)| TranslateError {
+                    resource: format!("ClusterLoadAssignment '{name}'"),
+                    field: f,
+                    message: m,
+                })?;
+                Arc::make_mut(&mut self.endpoints).insert(name.clone(), Arc::new(eps));
+                Ok(name)
+            }
+            SECRET => {
+                type S = envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+                let r: S = resource(any, SECRET, i, "Secret", |r: &S| &r.name)?;
+                seen.insert("Secret", &r.name)?;
+                let name = r.name.clone();
+                let t = crate::tls::secret(r)?;
+                Arc::make_mut(&mut self.secrets).insert(name.clone(), Arc::new(t));
+                Ok(name)
+            }
+            other => Err(XdsError::UnsupportedType(other.to_string())),
+        }
+    }
+
+    /// Drops the resources of a by-name type that are no longer
+    /// subscribed.
+    fn retain_subscribed(&mut self, t: &'static str, subscribed: &BTreeSet<String>) {
+        match t {
+            ROUTE => Arc::make_mut(&mut self.routes).retain(|n, _| subscribed.contains(n)),
+            ENDPOINT => Arc::make_mut(&mut self.endpoints).retain(|n, _| subscribed.contains(n)),
+            SECRET => Arc::make_mut(&mut self.secrets).retain(|n, _| subscribed.contains(n)),
+            _ => {}
+        }
+    }
+}
+
+/// The names one response carried so far: Envoy refuses a response
+/// naming a resource twice; so does meshgate rather than let the last one
+/// win.
+#[derive(Default)]
+struct Seen(BTreeSet<String>);
+
+impl Seen {
+    fn insert(&mut self, kind: &str, name: &str) -> Result<(), XdsError> {
+        if self.0.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(XdsError::Duplicate {
+                resource: format!("{kind} '{name}'"),
+            })
+        }
     }
 }
 
@@ -884,6 +1033,79 @@ fn json_value(v: &serde_json::Value) -> protobuf::Value {
     protobuf::Value { kind: Some(kind) }
 }
 
+/// The two variants of the ADS stream: the request sender and the
+/// response stream.
+enum Wire {
+    Sotw(
+        mpsc::Sender<DiscoveryRequest>,
+        tonic::Streaming<DiscoveryResponse>,
+    ),
+    Delta(
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        tonic::Streaming<DeltaDiscoveryResponse>,
+    ),
+}
+
+impl Wire {
+    async fn message(&mut self) -> Result<Option<Incoming>, tonic::Status> {
+        match self {
+            Self::Sotw(_, s) => s.message().await.map(|m| m.map(Incoming::Sotw)),
+            Self::Delta(_, s) => s.message().await.map(|m| m.map(Incoming::Delta)),
+        }
+    }
+}
+
+/// Sends requests in order; false once the stream is gone.
+async fn send_all<T>(tx: &mpsc::Sender<T>, reqs: Vec<T>) -> bool {
+    for r in reqs {
+        if tx.send(r).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A response of either variant.
+enum Incoming {
+    Sotw(DiscoveryResponse),
+    Delta(DeltaDiscoveryResponse),
+}
+
+impl Incoming {
+    fn nonce(&self) -> &str {
+        match self {
+            Self::Sotw(r) => &r.nonce,
+            Self::Delta(r) => &r.nonce,
+        }
+    }
+
+    /// The version shown in `/config_dump`: state of the world's
+    /// `version_info`, delta's `system_version_info`.
+    fn version(&self) -> &str {
+        match self {
+            Self::Sotw(r) => &r.version_info,
+            Self::Delta(r) => &r.system_version_info,
+        }
+    }
+}
+
+/// What handling a response decided.
+struct Verdict {
+    nonce: String,
+    /// `None`: ACK; else the NACK's detail.
+    nack: Option<String>,
+    /// Subscriptions that changed: type, names before, names now.
+    changed: Vec<(&'static str, BTreeSet<String>, BTreeSet<String>)>,
+}
+
+fn unsupported_type(type_url: &str) -> Status {
+    Status {
+        code: 3,
+        message: format!("resource type '{type_url}' is not supported"),
+        details: Vec::new(),
+    }
+}
+
 impl Client {
     fn request(&self, type_url: &'static str, nack: Option<(String, String)>) -> DiscoveryRequest {
         let (version_info, response_nonce, error_detail) = match nack {
@@ -926,15 +1148,15 @@ impl Client {
         }
     }
 
-    /// One stream's life; returns whether any response arrived.
-    async fn stream(&mut self, server: &str) -> bool {
+    /// A gRPC channel to one ADS server (TLS when the bootstrap says so).
+    async fn channel(&self, server: &str) -> Option<tonic::transport::Channel> {
         let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{server}")) {
             Ok(e) => e
                 .connect_timeout(self.boot.connect_timeout)
                 .tcp_nodelay(true),
             Err(e) => {
                 tracing::error!(server, error = %e, "invalid ADS server address");
-                return false;
+                return None;
             }
         };
         let channel = match &self.tls {
@@ -961,32 +1183,60 @@ impl Client {
                     .await
             }
         };
-        let channel = match channel {
-            Ok(c) => c,
+        match channel {
+            Ok(c) => Some(c),
             Err(e) => {
                 metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "connect_error")
                     .increment(1);
                 tracing::warn!(server, error = %e, "cannot connect to the ADS server");
-                return false;
+                None
             }
+        }
+    }
+
+    /// The types asked for when a stream opens: listeners and clusters
+    /// (wildcard), and every by-name type with a subscription.
+    fn opening_types(&self) -> Vec<&'static str> {
+        [CLUSTER, LISTENER, ENDPOINT, ROUTE, SECRET]
+            .into_iter()
+            .filter(|t| {
+                matches!(*t, CLUSTER | LISTENER)
+                    || self.subscribed.get(t).is_some_and(|s| !s.is_empty())
+            })
+            .collect()
+    }
+
+    /// One stream's life; returns whether any response arrived.
+    async fn stream(&mut self, server: &str) -> bool {
+        let Some(channel) = self.channel(server).await else {
+            return false;
         };
         let mut grpc = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let (req_tx, req_rx) = mpsc::channel::<DiscoveryRequest>(16);
         // A new stream has no nonce yet; the versions say what we have.
         self.state.nonces.clear();
-        for t in [CLUSTER, LISTENER, ENDPOINT, ROUTE, SECRET] {
-            if matches!(t, CLUSTER | LISTENER)
-                || self.subscribed.get(t).is_some_and(|s| !s.is_empty())
-            {
-                let _ = req_tx.send(self.request(t, None)).await;
+        let opened = match self.boot.ads.api_type {
+            AdsApiType::Grpc => {
+                let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+                for t in self.opening_types() {
+                    let _ = tx.send(self.request(t, None)).await;
+                }
+                grpc.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map(|r| Wire::Sotw(tx, r.into_inner()))
             }
-        }
-        let mut inbound = match grpc
-            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
+            AdsApiType::DeltaGrpc => {
+                let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+                for t in self.opening_types() {
+                    let _ = tx.send(self.delta_opening(t)).await;
+                }
+                grpc.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map(|r| Wire::Delta(tx, r.into_inner()))
+            }
+        };
+        let mut wire = match opened {
+            Ok(w) => w,
             Err(e) => {
                 metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "rpc_error")
                     .increment(1);
@@ -997,12 +1247,12 @@ impl Client {
         metrics::counter!(meshgate_core::metrics::names::XDS_STREAM_TOTAL, "result" => "ok")
             .increment(1);
         metrics::gauge!(meshgate_core::metrics::names::XDS_CONNECTED).set(1.0);
-        tracing::info!(server, node = %self.boot.node.id, "ADS stream open");
+        tracing::info!(server, node = %self.boot.node.id, api_type = ?self.boot.ads.api_type, "ADS stream open");
         let mut any = false;
         loop {
             let wake = self.wake.map(tokio::time::Instant::from_std);
             let next = tokio::select! {
-                m = inbound.message() => m,
+                m = wire.message() => m,
                 _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
                     self.initial_fetch_timeout_over().await;
                     continue;
@@ -1020,15 +1270,52 @@ impl Client {
                 }
             };
             any = true;
-            for req in self.on_response(resp).await {
-                if req_tx.send(req).await.is_err() {
-                    return any;
+            let sent = match (&wire, resp) {
+                (Wire::Sotw(tx, _), Incoming::Sotw(r)) => {
+                    let tx = tx.clone();
+                    send_all(&tx, self.on_response(r).await).await
                 }
+                (Wire::Delta(tx, _), Incoming::Delta(r)) => {
+                    let tx = tx.clone();
+                    send_all(&tx, self.on_delta_response(r).await).await
+                }
+                _ => false,
+            };
+            if !sent {
+                return any;
             }
         }
     }
 
-    /// Handles one response: the ACK or NACK, then any subscription change.
+    /// The first delta request of a type on a new stream: listeners and
+    /// clusters as a wildcard subscription (Envoy's legacy form, which
+    /// every server takes: no names), the others by name; what is held
+    /// already goes as `initial_resource_versions`, so that the server
+    /// sends only what changed meanwhile.
+    fn delta_opening(&self, t: &'static str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: Some(node(&self.boot.node)),
+            type_url: t.to_string(),
+            resource_names_subscribe: match t {
+                CLUSTER | LISTENER => Vec::new(),
+                _ => self
+                    .subscribed
+                    .get(t)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default(),
+            },
+            initial_resource_versions: self
+                .state
+                .resource_versions
+                .get(t)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// Handles one state-of-the-world response: the ACK or NACK, then any
+    /// subscription change (each a full list of names).
     async fn on_response(&mut self, resp: DiscoveryResponse) -> Vec<DiscoveryRequest> {
         let Some(t) = type_key(&resp.type_url) else {
             metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => "other", "result" => "nack")
@@ -1038,15 +1325,65 @@ impl Client {
             r.version_info.clear();
             r.resource_names.clear();
             r.response_nonce = resp.nonce.clone();
-            r.error_detail = Some(Status {
-                code: 3,
-                message: format!("resource type '{}' is not supported", resp.type_url),
-                details: Vec::new(),
-            });
+            r.error_detail = Some(unsupported_type(&resp.type_url));
             return vec![r];
         };
+        let v = self.handle(t, Incoming::Sotw(resp)).await;
+        let mut out = vec![self.request(t, v.nack.map(|e| (v.nonce, e)))];
+        for (ty, _, _) in v.changed {
+            out.push(self.request(ty, None));
+        }
+        out
+    }
+
+    /// Handles one delta response: the ACK or NACK (the nonce, and the
+    /// error), then any subscription change (names added and removed).
+    async fn on_delta_response(
+        &mut self,
+        resp: DeltaDiscoveryResponse,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let Some(t) = type_key(&resp.type_url) else {
+            metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => "other", "result" => "nack")
+                .increment(1);
+            return vec![DeltaDiscoveryRequest {
+                node: Some(node(&self.boot.node)),
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
+                error_detail: Some(unsupported_type(&resp.type_url)),
+                ..Default::default()
+            }];
+        };
+        let v = self.handle(t, Incoming::Delta(resp)).await;
+        let mut out = vec![DeltaDiscoveryRequest {
+            node: Some(node(&self.boot.node)),
+            type_url: t.to_string(),
+            response_nonce: v.nonce,
+            error_detail: v.nack.map(|message| Status {
+                // INVALID_ARGUMENT
+                code: 3,
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }];
+        for (ty, before, now) in v.changed {
+            out.push(DeltaDiscoveryRequest {
+                node: Some(node(&self.boot.node)),
+                type_url: ty.to_string(),
+                resource_names_subscribe: now.difference(&before).cloned().collect(),
+                resource_names_unsubscribe: before.difference(&now).cloned().collect(),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// Applies a response of either variant, hands the result to the
+    /// server, and says whether it was taken (ACK) or refused (NACK) and
+    /// which subscriptions changed.
+    async fn handle(&mut self, t: &'static str, resp: Incoming) -> Verdict {
         let subscribed = self.subscribed.get(t).cloned().unwrap_or_default();
-        let mut out = Vec::new();
+        let (nonce, version) = (resp.nonce().to_string(), resp.version().to_string());
         // Translation and composition are CPU work proportional to the
         // resources (regexes, 10,000 routes): off the worker threads.
         let (state, statics, served) = (
@@ -1056,16 +1393,17 @@ impl Client {
         );
         let now = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
-            let r = state
-                .apply(&resp, &subscribed, &statics, now)
-                .and_then(|mut next| next.compose(&statics, &served, now).map(|c| (next, c)));
-            (resp, r)
+            match &resp {
+                Incoming::Sotw(r) => state.apply(r, &subscribed, &statics, now),
+                Incoming::Delta(r) => state.apply_delta(r, &subscribed, &statics, now),
+            }
+            .and_then(|mut next| next.compose(&statics, &served, now).map(|c| (next, c)))
         });
-        let (resp, applied) = match job.await {
+        let applied = match job.await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "xDS translation failed");
-                return Vec::new();
+                Err(XdsError::ShuttingDown)
             }
         };
         let verdict = match applied {
@@ -1085,7 +1423,7 @@ impl Client {
                     .push(
                         composed.config.clone(),
                         &next,
-                        Some((t, &resp.version_info)),
+                        Some((t, &version)),
                         composed.warming,
                     )
                     .await;
@@ -1100,41 +1438,42 @@ impl Client {
                 }
             }
         };
-        self.state.nonces.insert(t, resp.nonce.clone());
+        self.state.nonces.insert(t, nonce.clone());
+        let mut v = Verdict {
+            nonce,
+            nack: None,
+            changed: Vec::new(),
+        };
         match verdict {
             Ok((rds, clusters, sds)) => {
-                self.state.versions.insert(t, resp.version_info.clone());
+                self.state.versions.insert(t, version.clone());
                 self.refused.clear(short(t));
                 metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "ack").increment(1);
-                tracing::info!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, "ACK");
-                out.push(self.request(t, None));
+                tracing::info!(type_url = t, version = %version, nonce = %v.nonce, "ACK");
                 for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &clusters.eds), (SECRET, &sds)] {
-                    let changed = match self.subscribed.get(ty) {
-                        Some(s) => s != names,
-                        None => !names.is_empty(),
-                    };
-                    if changed {
+                    let before = self.subscribed.get(ty).cloned().unwrap_or_default();
+                    if before != *names {
                         tracing::info!(type_url = ty, names = ?names, "subscription changed");
                         self.subscribed.insert(ty, names.clone());
-                        out.push(self.request(ty, None));
+                        v.changed.push((ty, before, names.clone()));
                     }
                 }
             }
             Err(e) => {
                 metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "nack").increment(1);
-                tracing::warn!(type_url = t, version = %resp.version_info, nonce = %resp.nonce, kind = e.kind(), error = %e, "NACK: update refused, the previous config keeps serving");
+                tracing::warn!(type_url = t, version = %version, nonce = %v.nonce, kind = e.kind(), error = %e, "NACK: update refused, the previous config keeps serving");
                 let e = e.to_string();
                 self.refused.set(
                     short(t),
                     Refusal {
-                        version: resp.version_info.clone(),
+                        version,
                         error: e.clone(),
                     },
                 );
-                out.push(self.request(t, Some((resp.nonce.clone(), e))));
+                v.nack = Some(e);
             }
         }
-        out
+        v
     }
 
     /// A warming listener's `initial_fetch_timeout` is over: composed

@@ -32,6 +32,14 @@ pub enum XdsError {
     /// A CDS cluster named like a static cluster of the config file.
     #[error("Cluster '{0}': a static cluster of the config file has this name")]
     StaticClusterName(String),
+    /// A delta `Resource` that is not what its envelope says: no
+    /// resource in it, or a name other than the resource's own.
+    #[error("resources[{index}] '{name}': {message}")]
+    DeltaResource {
+        index: usize,
+        name: String,
+        message: &'static str,
+    },
     /// A resource type meshgate does not subscribe to.
     #[error("resource type '{0}' is not supported")]
     UnsupportedType(String),
@@ -69,6 +77,7 @@ impl XdsError {
             Self::UnknownFields { .. } => "unknown_fields",
             Self::Duplicate { .. } => "duplicate",
             Self::StaticClusterName(_) => "static_cluster_name",
+            Self::DeltaResource { .. } => "delta_resource",
             Self::UnsupportedType(_) => "unsupported_type",
             Self::Translate(_) => "translate",
             Self::Routes { .. } => "routes",

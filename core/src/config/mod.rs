@@ -124,6 +124,25 @@ pub struct AdsConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_ads_backoff_max", with = "humantime_serde")]
     pub retry_max_interval: Duration,
+    /// Envoy's `ApiConfigSource.api_type`: `GRPC` (state of the world,
+    /// the default) or `DELTA_GRPC` (incremental: only changed resources
+    /// travel, and removals are named).
+    #[serde(default)]
+    pub api_type: AdsApiType,
+}
+
+/// The xDS protocol variant of the ADS stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AdsApiType {
+    /// `StreamAggregatedResources`: every response carries every resource
+    /// of its type (RDS, EDS, SDS: every subscribed one).
+    #[default]
+    #[serde(rename = "GRPC")]
+    Grpc,
+    /// `DeltaAggregatedResources`: responses carry changed resources and
+    /// the names of removed ones.
+    #[serde(rename = "DELTA_GRPC")]
+    DeltaGrpc,
 }
 
 fn default_ads_backoff_base() -> Duration {
