@@ -54,6 +54,8 @@ pub struct CompiledListener {
     pub address: SocketAddr,
     pub backlog: u32,
     pub max_connections: u32,
+    /// Accepts in a row before the accept loop yields (`u32::MAX`: never).
+    pub accept_burst: u32,
     pub inspect_timeout: Duration,
     /// Some chain matches on SNI or ALPN, so ClientHellos are read before
     /// choosing.
@@ -145,6 +147,10 @@ impl CompiledListener {
             address,
             backlog: cfg.backlog,
             max_connections: cfg.max_connections.unwrap_or(u32::MAX),
+            accept_burst: match cfg.max_connections_to_accept_per_socket_event {
+                None | Some(0) => u32::MAX,
+                Some(n) => n,
+            },
             inspect_timeout: cfg.listener_filters_timeout,
             inspects_sni: chains.iter().any(|c| {
                 !c.matcher.server_names.is_empty() || !c.matcher.application_protocols.is_empty()
@@ -539,7 +545,13 @@ impl RunningListener {
         // again and again would otherwise flood the log), debug otherwise.
         let mut failures = 0u32;
         let mut warned: Option<std::time::Instant> = None;
+        let mut burst = 0u32;
         loop {
+            burst += 1;
+            if burst > self.compiled.load().accept_burst {
+                burst = 1;
+                tokio::task::yield_now().await;
+            }
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
                 r = listener.accept() => r,
@@ -768,6 +780,7 @@ mod tests {
             address: "127.0.0.1:80".parse().unwrap(),
             backlog: 128,
             max_connections: u32::MAX,
+            accept_burst: u32::MAX,
             inspect_timeout: Duration::from_secs(1),
             quic: None,
             inspects_sni: true,

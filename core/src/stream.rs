@@ -66,6 +66,13 @@ pub fn intern(name: &str) -> &'static str {
     crate::intern::intern(name)
 }
 
+/// A request extension set by the `proxy` filter under Envoy's
+/// `scheme_header_transformation.match_upstream`: the HTTP/2 client sends
+/// `:scheme` `https` over TLS and `http` otherwise, whatever the
+/// downstream said.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemeMatchUpstream;
+
 /// What filters and the router know about a stream besides its head.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {

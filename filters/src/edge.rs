@@ -12,7 +12,8 @@ use metrics::Counter;
 use std::net::IpAddr;
 
 pub(crate) use meshgate_core::config::filters::{
-    EscapedSlashesAction, ServerHeaderTransformation, UpgradeConfig,
+    EscapedSlashesAction, HeadersWithUnderscoresAction, SchemeHeaderTransformation,
+    ServerHeaderTransformation, UpgradeConfig,
 };
 
 /// The options as configured (fields of `ProxyConfig`).
@@ -25,6 +26,8 @@ pub(crate) struct EdgeOptions<'a> {
     pub server_header_transformation: ServerHeaderTransformation,
     pub server_name: &'a str,
     pub upgrade_configs: &'a [UpgradeConfig],
+    pub headers_with_underscores: HeadersWithUnderscoresAction,
+    pub scheme: &'a SchemeHeaderTransformation,
 }
 
 /// Why a request was refused (or its upgrade dropped): the `reason` label
@@ -46,9 +49,11 @@ pub(crate) enum Refusal {
     UpgradeNotAllowed,
     /// `CONNECT` (not supported).
     Connect,
+    /// A header name with `_` under `REJECT_REQUEST`.
+    HeaderWithUnderscore,
 }
 
-const REFUSALS: [Refusal; 7] = [
+const REFUSALS: [Refusal; 8] = [
     Refusal::AuthorityHostMismatch,
     Refusal::AuthorityUserinfo,
     Refusal::InvalidPath,
@@ -56,6 +61,7 @@ const REFUSALS: [Refusal; 7] = [
     Refusal::EscapedSlashRedirect,
     Refusal::UpgradeNotAllowed,
     Refusal::Connect,
+    Refusal::HeaderWithUnderscore,
 ];
 
 impl Refusal {
@@ -68,6 +74,7 @@ impl Refusal {
             Refusal::EscapedSlashRedirect => "escaped_slash_redirect",
             Refusal::UpgradeNotAllowed => "upgrade_not_allowed",
             Refusal::Connect => "connect",
+            Refusal::HeaderWithUnderscore => "header_with_underscore",
         }
     }
 }
@@ -84,6 +91,13 @@ pub(crate) struct Edge {
     /// Listener-level upgrade types: (lowercase type, enabled).
     upgrades: Box<[(Box<str>, bool)]>,
     refused: [Counter; REFUSALS.len()],
+    underscores: HeadersWithUnderscoresAction,
+    /// Headers dropped under `DROP_HEADER`.
+    dropped: Counter,
+    /// `scheme_to_overwrite`.
+    scheme: Option<http::uri::Scheme>,
+    /// `match_upstream`.
+    scheme_match_upstream: bool,
 }
 
 /// What normalisation made of a path.
@@ -120,6 +134,23 @@ impl Edge {
                 Some((v, t == ServerHeaderTransformation::Overwrite))
             }
         };
+        let scheme = match o.scheme.scheme_to_overwrite.as_deref() {
+            None => None,
+            Some("http") => Some(http::uri::Scheme::HTTP),
+            Some("https") => Some(http::uri::Scheme::HTTPS),
+            Some(other) => {
+                return Err(BuildError::new(
+                    "scheme_header_transformation.scheme_to_overwrite",
+                    format!("'{other}': want http or https"),
+                ));
+            }
+        };
+        if scheme.is_some() && o.scheme.match_upstream {
+            return Err(BuildError::new(
+                "scheme_header_transformation",
+                "one of scheme_to_overwrite, match_upstream",
+            ));
+        }
         Ok(Self {
             normalize_path: o.normalize_path,
             merge_slashes: o.merge_slashes,
@@ -136,7 +167,70 @@ impl Edge {
             refused: REFUSALS.map(|r| {
                 metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, "listener" => listener.to_string(), "reason" => r.label())
             }),
+            underscores: o.headers_with_underscores,
+            dropped: metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_HEADERS_DROPPED_TOTAL, "listener" => listener.to_string(), "reason" => "header_with_underscore"),
+            scheme,
+            scheme_match_upstream: o.scheme.match_upstream,
         })
+    }
+
+    /// Envoy's `headers_with_underscores_action`: a request with a header
+    /// name containing `_` is refused (`REJECT_REQUEST`) or loses those
+    /// headers (`DROP_HEADER`, counted per header). `ALLOW`, the default,
+    /// costs one comparison.
+    pub(crate) fn check_underscores(&self, headers: &mut HeaderMap) -> Option<Refusal> {
+        if self.underscores == HeadersWithUnderscoresAction::Allow {
+            return None;
+        }
+        let bad = |n: &HeaderName| n.as_str().contains('_');
+        if !headers.keys().any(bad) {
+            return None;
+        }
+        if self.underscores == HeadersWithUnderscoresAction::RejectRequest {
+            return Some(Refusal::HeaderWithUnderscore);
+        }
+        let names: Vec<HeaderName> = headers.keys().filter(|n| bad(n)).cloned().collect();
+        for n in names {
+            headers.remove(&n);
+            self.dropped.increment(1);
+        }
+        None
+    }
+
+    /// Envoy's `scheme_header_transformation`: the scheme overwritten, or
+    /// marked to follow the upstream connection (the HTTP/2 client reads
+    /// the mark). Unset, it costs two comparisons.
+    pub(crate) fn transform_scheme(&self, req: &mut Request) {
+        if self.scheme_match_upstream {
+            req.extensions_mut()
+                .insert(meshgate_core::stream::SchemeMatchUpstream);
+        }
+        let Some(scheme) = &self.scheme else {
+            return;
+        };
+        if req.uri().scheme() == Some(scheme) {
+            return;
+        }
+        let authority = match req.uri().authority() {
+            Some(a) => Some(a.clone()),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok()),
+        };
+        let Some(authority) = authority else {
+            return;
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(scheme.clone());
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
     }
 
     /// Counts a refusal.

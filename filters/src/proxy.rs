@@ -139,6 +139,10 @@ impl NetworkFilterFactory for ProxyFactory {
                 server_header_transformation: cfg.server_header_transformation,
                 server_name: &cfg.server_name,
                 upgrade_configs: &cfg.upgrade_configs,
+                headers_with_underscores: cfg
+                    .common_http_protocol_options
+                    .headers_with_underscores_action,
+                scheme: &cfg.scheme_header_transformation,
             },
             &listener,
         )?;
@@ -746,6 +750,11 @@ impl ProxyHandler {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }
+        if let Some(r) = self.edge.check_underscores(req.headers_mut()) {
+            self.edge.count(r);
+            return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
+        }
+        self.edge.transform_scheme(req);
         if Edge::is_connect(req.method()) {
             self.edge.count(Refusal::Connect);
             return Err(Box::new(local_reply(info, LocalReason::NoRoute)));

@@ -566,6 +566,45 @@ clusters:
     )
 }
 
+/// Resources written in Envoy's own YAML/JSON form (a list, each with its
+/// `@type`, as `egctl translate` or `istioctl proxy-config` print them),
+/// parsed by Envoy's generated Python protos (`tests/peers/envoy_any.py`,
+/// PyPI xds-protos) into what a control plane sends: (name, Any).
+pub fn envoy_yaml(yaml: &str) -> Vec<(String, Any)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resources.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(crate::workspace().join("tests/peers/envoy_any.py"))
+        .arg(&path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "envoy_any.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let hex = r["value_hex"].as_str().unwrap();
+            let value = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (
+                r["name"].as_str().unwrap().to_string(),
+                Any {
+                    type_url: r["type_url"].as_str().unwrap().to_string(),
+                    value,
+                },
+            )
+        })
+        .collect()
+}
+
 /// `bootstrap` on delta xDS (`api_type: DELTA_GRPC`).
 pub fn bootstrap_delta(xds_port: u16) -> String {
     bootstrap(xds_port).replace(

@@ -408,6 +408,18 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         Some(d) => duration(&d, "dns_refresh_rate")?,
         None => Duration::from_secs(5),
     };
+    let dns_lookup_family = {
+        use cds::cluster::DnsLookupFamily as F;
+        use meshgate_core::config::DnsLookupFamily as M;
+        match F::try_from(std::mem::take(&mut c.dns_lookup_family)) {
+            Ok(F::Auto) => M::Auto,
+            Ok(F::V4Only) => M::V4Only,
+            Ok(F::V6Only) => M::V6Only,
+            Ok(F::V4Preferred) => M::V4Preferred,
+            Ok(F::All) => M::All,
+            Err(_) => return err("dns_lookup_family", "unknown value"),
+        }
+    };
     let mut protocol = None;
     if let Some(h2) = c.http2_protocol_options.take() {
         rest(&h2, "http2_protocol_options")?;
@@ -480,6 +492,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         max_connections: None,
         circuit_breakers,
         dns_refresh_rate,
+        dns_lookup_family,
         connect_failure_backoff: BackoffConfig::default(),
         endpoints: eps,
         protocol,
@@ -571,6 +584,10 @@ fn listener_inner(
     // Metric names carry the listener name as a label.
     l.stat_prefix.clear();
     let backlog = l.tcp_backlog_size.take().map(|v| v.value).unwrap_or(1024);
+    let max_connections_to_accept_per_socket_event = l
+        .max_connections_to_accept_per_socket_event
+        .take()
+        .map(|v| v.value);
     let lft = match l.listener_filters_timeout.take() {
         Some(d) => duration(&d, "listener_filters_timeout")?,
         None => Duration::from_secs(5),
@@ -618,6 +635,7 @@ fn listener_inner(
         address,
         backlog,
         max_connections: None,
+        max_connections_to_accept_per_socket_event,
         listener_filters_timeout: lft,
         quic: None,
         filter_chains: chains,
@@ -925,6 +943,23 @@ fn http_connection_manager(
             out.common_http_protocol_options.idle_timeout =
                 duration(&d, &join(&op, "idle_timeout"))?;
         }
+        {
+            use core3::http_protocol_options::HeadersWithUnderscoresAction as A;
+            use fc::HeadersWithUnderscoresAction as M;
+            out.common_http_protocol_options
+                .headers_with_underscores_action =
+                match A::try_from(std::mem::take(&mut o.headers_with_underscores_action)) {
+                    Ok(A::Allow) => M::Allow,
+                    Ok(A::RejectRequest) => M::RejectRequest,
+                    Ok(A::DropHeader) => M::DropHeader,
+                    Err(_) => {
+                        return err(
+                            join(&op, "headers_with_underscores_action"),
+                            "unknown value",
+                        );
+                    }
+                };
+        }
         rest(&o, &op)?;
     }
     // request_headers_timeout bounds each request head on every HTTP
@@ -942,8 +977,76 @@ fn http_connection_manager(
             }
         }
     }
+    if let Some(mut t) = h.scheme_header_transformation.take() {
+        use core3::scheme_header_transformation::Transformation;
+        let tp = join(path, "scheme_header_transformation");
+        match t.transformation.take() {
+            None => {}
+            Some(Transformation::SchemeToOverwrite(v)) => {
+                out.scheme_header_transformation.scheme_to_overwrite = Some(v);
+            }
+        }
+        out.scheme_header_transformation.match_upstream = std::mem::take(&mut t.match_upstream);
+        rest(&t, &tp)?;
+    }
+    if let Some(o) = h.http2_protocol_options.take() {
+        let h2 = http2_server_options(o, &join(path, "http2_protocol_options"))?;
+        let entry = out
+            .codec_options
+            .entry("http2".into())
+            .or_insert_with(|| json!({}));
+        if let Some(dst) = entry.as_object_mut() {
+            dst.extend(h2);
+        }
+    }
     rest(&h, path)?;
     Ok(out)
+}
+
+/// The HCM's `http2_protocol_options` as the `http2` codec's options:
+/// stream limit, flow-control windows and the flood limits Envoy names
+/// like meshgate does; anything else is refused by name.
+fn http2_server_options(
+    mut o: core3::Http2ProtocolOptions,
+    path: &str,
+) -> R<serde_json::Map<String, Value>> {
+    let mut m = serde_json::Map::new();
+    if let Some(v) = o.max_concurrent_streams.take() {
+        m.insert("max_concurrent_streams".into(), json!(v.value));
+    }
+    if let Some(v) = o.initial_stream_window_size.take() {
+        m.insert("initial_stream_window_size".into(), json!(v.value));
+    }
+    if let Some(v) = o.initial_connection_window_size.take() {
+        m.insert("initial_connection_window_size".into(), json!(v.value));
+    }
+    let mut flood = serde_json::Map::new();
+    if let Some(v) = o.max_consecutive_inbound_frames_with_empty_payload.take() {
+        flood.insert(
+            "max_consecutive_inbound_frames_with_empty_payload".into(),
+            json!(v.value),
+        );
+    }
+    if let Some(v) = o.max_inbound_priority_frames_per_stream.take() {
+        flood.insert(
+            "max_inbound_priority_frames_per_stream".into(),
+            json!(v.value),
+        );
+    }
+    if let Some(v) = o
+        .max_inbound_window_update_frames_per_data_frame_sent
+        .take()
+    {
+        flood.insert(
+            "max_inbound_window_update_frames_per_data_frame_sent".into(),
+            json!(v.value),
+        );
+    }
+    if !flood.is_empty() {
+        m.insert("flood".into(), Value::Object(flood));
+    }
+    rest(&o, path)?;
+    Ok(m)
 }
 
 /// Translates a RouteConfiguration from RDS: unless it says otherwise,

@@ -726,6 +726,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         max_connections,
         circuit_breakers,
         dns_refresh_rate,
+        dns_lookup_family,
         connect_failure_backoff,
         endpoints: _,
         protocol,
@@ -744,6 +745,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *max_connections == b.max_connections
         && *circuit_breakers == b.circuit_breakers
         && *dns_refresh_rate == b.dns_refresh_rate
+        && *dns_lookup_family == b.dns_lookup_family
         && *connect_failure_backoff == b.connect_failure_backoff
         && *protocol == b.protocol
         && *protocol_options == b.protocol_options
@@ -901,7 +903,7 @@ impl ClusterManager {
                         };
                         match tokio::net::lookup_host((host, port)).await {
                             Ok(addrs) => {
-                                for a in addrs {
+                                for a in config.dns_lookup_family.select(addrs.collect()) {
                                     let mut ep = Endpoint::new(a, e.weight);
                                     ep.hostname = Some(host.into());
                                     ep.metadata = e.metadata.clone();
@@ -1076,12 +1078,24 @@ fn build_endpoints(
                     )
                 })?;
                 if resolve_dns {
-                    let addrs = resolve_blocking(host, port).map_err(|err| {
-                        source.error(
-                            format!("{epath}.address"),
-                            format!("cannot resolve '{}': {err}", e.address),
-                        )
-                    })?;
+                    let addrs = resolve_blocking(host, port)
+                        .map(|a| c.dns_lookup_family.select(a))
+                        .and_then(|a| {
+                            if a.is_empty() {
+                                Err(std::io::Error::other(format!(
+                                    "no address of the family {:?} (dns_lookup_family)",
+                                    c.dns_lookup_family
+                                )))
+                            } else {
+                                Ok(a)
+                            }
+                        })
+                        .map_err(|err| {
+                            source.error(
+                                format!("{epath}.address"),
+                                format!("cannot resolve '{}': {err}", e.address),
+                            )
+                        })?;
                     for a in addrs {
                         let mut ep = Endpoint::new(a, e.weight);
                         ep.hostname = Some(host.into());

@@ -83,6 +83,33 @@ pub struct ProxyConfig {
     /// (filters/src/local_reply.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_reply_config: Option<super::local_reply::LocalReplyConfig>,
+    /// Envoy HCM's `scheme_header_transformation`: the request's scheme
+    /// (`:scheme` on HTTP/2 and HTTP/3 upstreams) overwritten with a fixed
+    /// value, or matched to the upstream connection (`https` over TLS).
+    #[serde(
+        default,
+        skip_serializing_if = "SchemeHeaderTransformation::is_default"
+    )]
+    pub scheme_header_transformation: SchemeHeaderTransformation,
+}
+
+/// Envoy's `SchemeHeaderTransformation`: at most one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemeHeaderTransformation {
+    /// `http` or `https`: every request's scheme becomes this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme_to_overwrite: Option<String>,
+    /// The scheme sent upstream says how the upstream connection is
+    /// secured: `https` over TLS, else `http`.
+    #[serde(default)]
+    pub match_upstream: bool,
+}
+
+impl SchemeHeaderTransformation {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl ProxyConfig {
@@ -110,6 +137,7 @@ impl ProxyConfig {
             upgrade_configs: default_upgrade_configs(),
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
             local_reply_config: None,
+            scheme_header_transformation: SchemeHeaderTransformation::default(),
         }
     }
 }
@@ -294,13 +322,41 @@ pub struct CommonHttpProtocolOptions {
     /// `request_headers_timeout` already.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// What a request header whose name has an underscore gets: `ALLOW`
+    /// (default), `REJECT_REQUEST` (400) or `DROP_HEADER`. Such names are
+    /// the usual way to smuggle a header past a proxy that normalises `-`
+    /// and `_` alike (CGI-style backends).
+    #[serde(
+        default,
+        skip_serializing_if = "HeadersWithUnderscoresAction::is_allow"
+    )]
+    pub headers_with_underscores_action: HeadersWithUnderscoresAction,
 }
 
 impl Default for CommonHttpProtocolOptions {
     fn default() -> Self {
         Self {
             idle_timeout: default_idle_timeout(),
+            headers_with_underscores_action: HeadersWithUnderscoresAction::Allow,
         }
+    }
+}
+
+/// Envoy's `HttpProtocolOptions.HeadersWithUnderscoresAction`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum HeadersWithUnderscoresAction {
+    #[default]
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "REJECT_REQUEST")]
+    RejectRequest,
+    #[serde(rename = "DROP_HEADER")]
+    DropHeader,
+}
+
+impl HeadersWithUnderscoresAction {
+    pub fn is_allow(&self) -> bool {
+        *self == Self::Allow
     }
 }
 

@@ -131,6 +131,46 @@ pub struct AdsConfig {
     pub api_type: AdsApiType,
 }
 
+/// Envoy's `Cluster.DnsLookupFamily`: which addresses of a DNS answer
+/// are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum DnsLookupFamily {
+    /// IPv6 addresses if the answer has any, else IPv4 (Envoy's default).
+    #[serde(rename = "AUTO")]
+    Auto,
+    #[serde(rename = "V4_ONLY")]
+    V4Only,
+    #[serde(rename = "V6_ONLY")]
+    V6Only,
+    /// IPv4 addresses if the answer has any, else IPv6.
+    #[serde(rename = "V4_PREFERRED")]
+    V4Preferred,
+    /// Every address of the answer (meshgate's file default).
+    #[default]
+    #[serde(rename = "ALL")]
+    All,
+}
+
+impl DnsLookupFamily {
+    pub fn is_all(&self) -> bool {
+        *self == Self::All
+    }
+
+    /// The addresses of `answer` this family keeps, in answer order.
+    pub fn select(self, answer: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+        let (v4, v6): (Vec<_>, Vec<_>) = answer.iter().partition(|a| a.is_ipv4());
+        match self {
+            Self::All => answer,
+            Self::V4Only => v4,
+            Self::V6Only => v6,
+            Self::Auto if v6.is_empty() => v4,
+            Self::Auto => v6,
+            Self::V4Preferred if v4.is_empty() => v6,
+            Self::V4Preferred => v4,
+        }
+    }
+}
+
 /// The xDS protocol variant of the ADS stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AdsApiType {
@@ -174,6 +214,12 @@ pub struct ListenerConfig {
     /// accepted and closed at once, and counted as overflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Envoy's `max_connections_to_accept_per_socket_event`: the accept
+    /// loop gives the runtime back its thread after this many connections
+    /// accepted in a row (a burst of connects is then spread over the
+    /// workers instead of being taken by one); unset or 0: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_to_accept_per_socket_event: Option<u32>,
     /// How long to wait for a TLS ClientHello when a chain matches on
     /// `server_names` (default 5s).
     #[serde(default = "default_inspect_timeout", with = "humantime_serde")]
@@ -471,6 +517,11 @@ pub struct ClusterConfig {
     /// Re-resolution interval for `strict_dns`.
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh_rate: Duration,
+    /// Which address families of a `strict_dns` answer become endpoints
+    /// (Envoy's `dns_lookup_family`). meshgate's file default is `ALL`
+    /// (every address); xDS clusters get Envoy's default, `AUTO`.
+    #[serde(default, skip_serializing_if = "DnsLookupFamily::is_all")]
+    pub dns_lookup_family: DnsLookupFamily,
     /// Back-off of an endpoint whose connect failed.
     #[serde(default)]
     pub connect_failure_backoff: BackoffConfig,

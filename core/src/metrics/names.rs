@@ -117,6 +117,10 @@ pub const HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL: &str =
 pub const HTTP_DOWNSTREAM_CX_FLOOD_TOTAL: &str = "meshgate_http_downstream_cx_flood_total";
 /// Counter `{listener,reason}`: requests refused by edge checks.
 pub const HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL: &str = "meshgate_http_downstream_rq_refused_total";
+/// Counter `{listener,reason}`: request headers dropped by edge checks
+/// (`headers_with_underscores_action: DROP_HEADER`).
+pub const HTTP_DOWNSTREAM_HEADERS_DROPPED_TOTAL: &str =
+    "meshgate_http_downstream_headers_dropped_total";
 /// Counter `{direction}`: trailer fields removed (RFC 9110 section 6.5.1).
 pub const HTTP_FORBIDDEN_TRAILER_TOTAL: &str = "meshgate_http_forbidden_trailer_total";
 /// Counter `{cluster,reason}`: upstream responses refused as malformed.
@@ -398,6 +402,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_FLOOD_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_HEADERS_DROPPED_TOTAL, Kind::Counter),
     (HTTP_FORBIDDEN_TRAILER_TOTAL, Kind::Counter),
     (HTTP_UPSTREAM_RS_INVALID_TOTAL, Kind::Counter),
     (RPC_DOWNSTREAM_PROTOCOL_ERROR_TOTAL, Kind::Counter),

@@ -185,6 +185,7 @@ fn same_but_chains(
         address,
         backlog,
         max_connections,
+        max_connections_to_accept_per_socket_event,
         listener_filters_timeout,
         quic,
         filter_chains,
@@ -193,6 +194,8 @@ fn same_but_chains(
         && *address == b.address
         && *backlog == b.backlog
         && *max_connections == b.max_connections
+        && *max_connections_to_accept_per_socket_event
+            == b.max_connections_to_accept_per_socket_event
         && *listener_filters_timeout == b.listener_filters_timeout
         && *quic == b.quic
         && filter_chains.len() == b.filter_chains.len()

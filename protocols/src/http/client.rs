@@ -598,6 +598,24 @@ impl ClientCodec for Http2Client {
                     *req.uri_mut() = u;
                 }
             }
+            if req
+                .extensions()
+                .get::<meshgate_core::stream::SchemeMatchUpstream>()
+                .is_some()
+            {
+                let scheme = if cluster.tls.is_some() {
+                    http::uri::Scheme::HTTPS
+                } else {
+                    http::uri::Scheme::HTTP
+                };
+                if req.uri().scheme() != Some(&scheme) {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.scheme = Some(scheme);
+                    if let Ok(u) = http::Uri::from_parts(parts) {
+                        *req.uri_mut() = u;
+                    }
+                }
+            }
             req.headers_mut().remove(http::header::HOST);
             *req.version_mut() = http::Version::HTTP_2;
             // A bodiless request refused by the peer (REFUSED_STREAM: it was

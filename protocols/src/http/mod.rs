@@ -120,7 +120,9 @@ impl CodecFactory for Http2Codec {
         detect_h2(preface)
     }
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError> {
-        Ok(Arc::new(Http2Server::new(parse_typed(config)?)))
+        let opts: ServerOptions = parse_typed(config)?;
+        opts.validate()?;
+        Ok(Arc::new(Http2Server::new(opts)))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
         Ok(Arc::new(Http2Client::new(parse_typed(config)?)))

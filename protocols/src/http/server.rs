@@ -43,6 +43,52 @@ pub struct ServerOptions {
     /// frames; past one, GOAWAY(ENHANCE_YOUR_CALM) and close.
     #[serde(default)]
     pub flood: FloodOptions,
+    /// HTTP/2: the flow-control window of each stream a client opens
+    /// (what it may send before we read), 65,535 to 2^31 - 1 bytes
+    /// (Envoy's `http2_protocol_options.initial_stream_window_size`).
+    #[serde(default = "default_stream_window")]
+    pub initial_stream_window_size: u32,
+    /// HTTP/2: the connection-level flow-control window, 65,535 to
+    /// 2^31 - 1 bytes (`initial_connection_window_size`).
+    #[serde(default = "default_connection_window")]
+    pub initial_connection_window_size: u32,
+}
+
+impl ServerOptions {
+    /// Refuses windows outside RFC 9113's range, naming the field.
+    pub fn validate(&self) -> Result<(), meshgate_core::BuildError> {
+        for (name, v) in [
+            (
+                "initial_stream_window_size",
+                self.initial_stream_window_size,
+            ),
+            (
+                "initial_connection_window_size",
+                self.initial_connection_window_size,
+            ),
+        ] {
+            if !(65_535..=0x7fff_ffff).contains(&v) {
+                return Err(meshgate_core::BuildError::new(
+                    name,
+                    format!("{v} is outside 65535..=2147483647 (RFC 9113)"),
+                ));
+            }
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(meshgate_core::BuildError::new(
+                "max_concurrent_streams",
+                "must be >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_stream_window() -> u32 {
+    1 << 20
+}
+fn default_connection_window() -> u32 {
+    4 << 20
 }
 
 impl Default for ServerOptions {
@@ -55,6 +101,8 @@ impl Default for ServerOptions {
             max_pending_accept_reset_streams: default_max_resets(),
             max_local_error_reset_streams: default_max_local_resets(),
             flood: FloodOptions::default(),
+            initial_stream_window_size: default_stream_window(),
+            initial_connection_window_size: default_connection_window(),
         }
     }
 }
@@ -228,8 +276,8 @@ impl ServerCodec for Http2Server {
                 .max_header_list_size(self.opts.max_request_headers_bytes as u32)
                 .max_pending_accept_reset_streams(self.opts.max_pending_accept_reset_streams)
                 .max_local_error_reset_streams(self.opts.max_local_error_reset_streams)
-                .initial_stream_window_size(1 << 20)
-                .initial_connection_window_size(4 << 20)
+                .initial_stream_window_size(self.opts.initial_stream_window_size)
+                .initial_connection_window_size(self.opts.initial_connection_window_size)
                 .keep_alive_interval(Some(Duration::from_secs(60)));
             let conn = b.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);

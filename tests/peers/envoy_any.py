@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Envoy resources in Envoy's own JSON/YAML form (as control planes and
+`egctl translate` / `istioctl proxy-config` print them) to protobuf `Any`
+bytes, with Envoy's generated protos (PyPI xds-protos): the parsing is
+Envoy's schema, not meshgate's. Reads a YAML list of resources, each with
+its '@type'; prints a JSON list of {name, type_url, value_hex}."""
+import importlib
+import json
+import sys
+
+import yaml
+from google.protobuf import any_pb2, json_format, symbol_database
+
+# The message types the resources and their nested '@type' Anys use
+# must be registered: the modules of those the tests push.
+for mod in (
+    "envoy.config.listener.v3.listener_pb2",
+    "envoy.config.cluster.v3.cluster_pb2",
+    "envoy.config.route.v3.route_pb2",
+    "envoy.config.endpoint.v3.endpoint_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+    "envoy.extensions.access_loggers.file.v3.file_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+):
+    importlib.import_module(mod)
+
+db = symbol_database.Default()
+out = []
+for res in yaml.safe_load(open(sys.argv[1])):
+    type_url = res.pop("@type")
+    cls = db.GetSymbol(type_url.split("/")[-1])
+    msg = json_format.ParseDict(res, cls())
+    a = any_pb2.Any()
+    a.Pack(msg)
+    name = getattr(msg, "name", "") or getattr(msg, "cluster_name", "")
+    out.append({"name": name, "type_url": a.type_url, "value_hex": a.value.hex()})
+print(json.dumps(out))
