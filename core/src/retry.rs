@@ -62,12 +62,50 @@ pub struct RetryHostPredicateConfig {
     pub name: String,
 }
 
+/// Envoy's `HedgePolicy` (a route's or virtual host's `hedge_policy`):
+/// only `hedge_on_per_try_timeout` is honoured; `initial_requests` above
+/// 1 and a non-zero `additional_request_chance` are refused by name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgePolicyConfig {
+    /// Must be 1 (Envoy's default) when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_requests: Option<u32>,
+    /// Must be 0 when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_request_chance: Option<crate::config::filters::FractionalPercent>,
+    /// When a try's per-try timeout fires, a retry is sent without
+    /// cancelling it; the first good response wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hedge_on_per_try_timeout: bool,
+}
+
+/// Checks a `hedge_policy` at `path`; `hedge_on_per_try_timeout`.
+pub fn hedge(path: &str, c: &HedgePolicyConfig) -> Result<bool, crate::error::BuildError> {
+    if c.initial_requests.is_some_and(|n| n != 1) {
+        return Err(crate::error::BuildError::new(
+            format!("{path}.initial_requests"),
+            "only 1 is supported (meshgate hedges on per-try timeouts only)",
+        ));
+    }
+    if c.additional_request_chance
+        .as_ref()
+        .is_some_and(|f| f.numerator != 0)
+    {
+        return Err(crate::error::BuildError::new(
+            format!("{path}.additional_request_chance"),
+            "not supported (meshgate hedges on per-try timeouts only)",
+        ));
+    }
+    Ok(c.hedge_on_per_try_timeout)
+}
+
 /// The compiled `rate_limited_retry_back_off`: its reset headers (with
 /// their format) and the cap of what they ask for.
 pub type RateLimited = (Box<[(HeaderName, ResetHeaderFormat)]>, Duration);
 
 /// The compiled extras of a retry policy.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RetryRules {
     pub retriable_headers: Box<[HeaderMatcher]>,
     pub retriable_request_headers: Box<[HeaderMatcher]>,

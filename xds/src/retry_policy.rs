@@ -1,9 +1,10 @@
 //! Translation of a route's or virtual host's `retry_policy`
 //! (`envoy.config.route.v3.RetryPolicy`) into meshgate's
-//! `RetryPolicyConfig`. Unsupported fields (`retry_priority`,
-//! `retry_options_predicates`, `per_try_idle_timeout`,
-//! `refresh_cluster_on_retry`, a host predicate's typed config) are
-//! refused by name (`rest`).
+//! `RetryPolicyConfig`, and of a `hedge_policy`. Unsupported fields
+//! (`retry_priority`, `retry_options_predicates`,
+//! `refresh_cluster_on_retry`, a host predicate's typed config, a hedge
+//! policy's `initial_requests` above 1 or `additional_request_chance`)
+//! are refused by name.
 
 use crate::translate::{R, duration, err, header_matcher, join, rest};
 use envoy_types::pb::envoy::config::route::v3 as rds;
@@ -20,6 +21,9 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
     }
     if let Some(d) = rp.per_try_timeout.take() {
         p.per_try_timeout = Some(duration(&d, &join(pp, "per_try_timeout"))?);
+    }
+    if let Some(d) = rp.per_try_idle_timeout.take() {
+        p.per_try_idle_timeout = Some(duration(&d, &join(pp, "per_try_idle_timeout"))?);
     }
     for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
         .into_iter()
@@ -103,6 +107,31 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
     Ok(p)
 }
 
+/// A route's or virtual host's `hedge_policy`: only
+/// `hedge_on_per_try_timeout` is honoured.
+pub(crate) fn hedge(h: rds::HedgePolicy, pp: &str) -> R<rt::HedgePolicyConfig> {
+    if let Some(n) = h.initial_requests
+        && n.value != 1
+    {
+        return err(
+            join(pp, "initial_requests"),
+            "only 1 is supported (meshgate hedges on per-try timeouts only)",
+        );
+    }
+    if let Some(f) = h.additional_request_chance
+        && f.numerator != 0
+    {
+        return err(
+            join(pp, "additional_request_chance"),
+            "not supported (meshgate hedges on per-try timeouts only)",
+        );
+    }
+    Ok(rt::HedgePolicyConfig {
+        hedge_on_per_try_timeout: h.hedge_on_per_try_timeout,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +165,54 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(translate(rp, "r").unwrap_err().0, "r.retry_priority");
+    }
+
+    #[test]
+    fn hedge_policy_and_per_try_idle_timeout_translate() {
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            per_try_idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 0,
+                nanos: 200_000_000,
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        assert_eq!(
+            p.per_try_idle_timeout,
+            Some(std::time::Duration::from_millis(200))
+        );
+        let h = hedge(
+            rds::HedgePolicy {
+                hedge_on_per_try_timeout: true,
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap();
+        assert!(h.hedge_on_per_try_timeout);
+        let e = hedge(
+            rds::HedgePolicy {
+                initial_requests: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "h.initial_requests");
+        let e = hedge(
+            rds::HedgePolicy {
+                additional_request_chance: Some(
+                    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+                        numerator: 5,
+                        denominator: 0,
+                    },
+                ),
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "h.additional_request_chance");
     }
 }
