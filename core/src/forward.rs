@@ -476,6 +476,11 @@ async fn retrying(
         return hedged(h, info, retries).await;
     }
     let cluster_label = || cluster.name.to_string();
+    let mut priorities = policy
+        .rules
+        .as_ref()
+        .and_then(|r| r.previous_priorities)
+        .map(|f| (f, crate::retry::PreviousPriorities::default()));
     let mut last: Attempt = Attempt::Fail(LocalReason::NoHealthyUpstream);
     // The running retry's unit of the retry breaker, held until its
     // exchange settles.
@@ -512,18 +517,27 @@ async fn retrying(
             tokio::time::sleep(wait).await;
         }
         let req = rebuild(&parts, &kept);
+        // `previous_priorities`: the endpoints of the priorities to avoid
+        // join those excluded.
+        let avoid = match &mut priorities {
+            Some((f, pp)) if n > 0 => avoid_priorities(cluster, pp, *f, &tried),
+            _ => None,
+        };
         let attempt = match start(
             cluster,
             &codec,
             req,
             info,
             &ctx,
-            &tried,
+            avoid.as_deref().unwrap_or(&tried),
             None,
             policy.priority,
             policy.request_attempt_count,
         ) {
             Ok(s) => {
+                if let Some((_, pp)) = &mut priorities {
+                    pp.attempted(s.guard.endpoint().priority);
+                }
                 let a = try_once(cluster, s, policy, &mut tried, true, after).await;
                 if previous_hosts
                     && let Some(h) = info.upstream_host
@@ -551,6 +565,34 @@ async fn retrying(
         metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
     }
     last_try(info, last)
+}
+
+/// The endpoints a retry avoids under `previous_priorities`: those tried
+/// and those of the excluded priorities; `None` when no priority is
+/// excluded.
+fn avoid_priorities(
+    cluster: &Cluster,
+    pp: &mut crate::retry::PreviousPriorities,
+    update_frequency: u32,
+    tried: &[SocketAddr],
+) -> Option<Vec<SocketAddr>> {
+    let hosts = cluster.hosts();
+    let mut all: Vec<u32> = hosts.endpoints.iter().map(|e| e.priority).collect();
+    all.sort_unstable();
+    all.dedup();
+    let ex = pp.excluded(update_frequency, &all);
+    if ex.is_empty() {
+        return None;
+    }
+    let mut v = tried.to_vec();
+    v.extend(
+        hosts
+            .endpoints
+            .iter()
+            .filter(|e| ex.contains(&e.priority))
+            .map(|e| e.address),
+    );
+    Some(v)
 }
 
 /// What every try of a hedged request shares.

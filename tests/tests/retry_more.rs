@@ -379,6 +379,17 @@ fn retry_headers_are_honoured_from_an_internal_client_and_stripped_from_an_exter
         counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "up"),
         1.0
     );
+    // The same over HTTP/2.
+    let (status, _, body) = get(
+        port,
+        "/internal-h2",
+        &["--http2-prior-knowledge", "-H", "x-envoy-retry-on: 5xx"],
+    );
+    assert_eq!((status, body.as_str()), (200, "yes"));
+    assert_eq!(
+        counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "up"),
+        2.0
+    );
     // External (it came through another proxy): the header is removed
     // at the edge, the 503 reaches the client.
     let (status, _, _) = get(
@@ -394,7 +405,7 @@ fn retry_headers_are_honoured_from_an_internal_client_and_stripped_from_an_exter
     assert_eq!(status, 503);
     assert_eq!(
         counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "up"),
-        1.0
+        2.0
     );
     assert_eq!(
         mg.metric("meshgate_http_rq_envoy_headers_stripped_total", &[]),
@@ -604,4 +615,69 @@ fn a_refused(
     let nack = mgmt.wait_reply(ROUTE, &nonce);
     let msg = nack.error_detail.expect("a NACK").message;
     assert!(msg.contains("hedge_policy.initial_requests"), "{msg}");
+}
+
+#[test]
+fn previous_priorities_send_the_retry_to_the_next_priority() {
+    let a = Upstream::start(|_, _| Act::Answer(Duration::ZERO, unavailable()));
+    let b = Upstream::start(|_, _| Act::Answer(Duration::ZERO, ok("p1")));
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                name: test
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /prio}}
+                        route:
+                          cluster: up
+                          retry_policy:
+                            retry_on: 5xx
+                            num_retries: 1
+                            retry_back_off: {{base_interval: 5ms}}
+                            retry_priority:
+                              name: envoy.retry_priorities.previous_priorities
+                              typed_config:
+                                "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig
+                                update_frequency: 1
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: up
+                          retry_policy: {{retry_on: 5xx, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
+clusters:
+  - name: up
+    endpoints:
+      - {{address: "{}"}}
+      - {{address: "{}", priority: 1}}
+"#,
+        a.addr, b.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    // Priority 0 is healthy, so it takes every first try (and, without a
+    // retry priority, the retry too).
+    let (status, _, _) = get(port, "/plain", &[]);
+    assert_eq!(status, 503);
+    assert_eq!((a.heads().len(), b.heads().len()), (2, 0));
+    // previous_priorities: the retry avoids priority 0.
+    let (status, _, body) = get(port, "/prio", &[]);
+    assert_eq!((status, body.as_str()), (200, "p1"));
+    assert_eq!((a.heads().len(), b.heads().len()), (3, 1));
+    assert_eq!(
+        counter(
+            &mg,
+            "meshgate_cluster_upstream_rq_retry_success_total",
+            "up"
+        ),
+        1.0
+    );
 }

@@ -1,7 +1,7 @@
 //! Translation of a route's or virtual host's `retry_policy`
 //! (`envoy.config.route.v3.RetryPolicy`) into meshgate's
 //! `RetryPolicyConfig`, and of a `hedge_policy`. Unsupported fields
-//! (`retry_priority`, `retry_options_predicates`,
+//! (`retry_options_predicates`,
 //! `refresh_cluster_on_retry`, a host predicate's typed config, a hedge
 //! policy's `initial_requests` above 1 or `additional_request_chance`)
 //! are refused by name.
@@ -99,6 +99,30 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
         // The previous_hosts config (`update_frequency`) is refused.
         rest(&h, &hp)?;
     }
+    if let Some(mut pr) = rp.retry_priority.take() {
+        let prp = join(pp, "retry_priority");
+        let mut c = rt::RetryPriorityConfig {
+            name: std::mem::take(&mut pr.name),
+            typed_config: None,
+        };
+        if let Some(rds::retry_policy::retry_priority::ConfigType::TypedConfig(any)) =
+            pr.config_type.take()
+        {
+            use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+            let tp = join(&prp, "typed_config");
+            let m: PreviousPrioritiesConfig = crate::translate::decode(
+                &any,
+                "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            )
+            .map_err(|e| (tp.clone(), e.to_string()))?;
+            c.typed_config = Some(rt::PreviousPrioritiesConfig {
+                type_url: None,
+                update_frequency: m.update_frequency,
+            });
+        }
+        rest(&pr, &prp)?;
+        p.retry_priority = Some(c);
+    }
     if rp.host_selection_retry_max_attempts != 0 {
         p.host_selection_retry_max_attempts =
             Some(std::mem::take(&mut rp.host_selection_retry_max_attempts));
@@ -137,7 +161,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_policy_translates_and_retry_priority_is_refused_by_name() {
+    fn retry_policy_translates_and_unsupported_fields_are_refused_by_name() {
         let rp = rds::RetryPolicy {
             retry_on: "5xx,refused-stream".into(),
             retry_host_predicate: vec![rds::retry_policy::RetryHostPredicate {
@@ -161,10 +185,33 @@ mod tests {
         assert_eq!(rl.reset_headers[0].format, rt::ResetHeaderFormat::Seconds);
         let rp = rds::RetryPolicy {
             retry_on: "5xx".into(),
-            retry_priority: Some(Default::default()),
+            retry_options_predicates: vec![Default::default()],
             ..Default::default()
         };
-        assert_eq!(translate(rp, "r").unwrap_err().0, "r.retry_priority");
+        assert_eq!(
+            translate(rp, "r").unwrap_err().0,
+            "r.retry_options_predicates"
+        );
+        use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_priority: Some(rds::retry_policy::RetryPriority {
+                name: rt::PREVIOUS_PRIORITIES.into(),
+                config_type: Some(rds::retry_policy::retry_priority::ConfigType::TypedConfig(
+                    crate::fixtures::any(
+                        "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        &PreviousPrioritiesConfig {
+                            update_frequency: 2,
+                        },
+                    ),
+                )),
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        let pr = p.retry_priority.unwrap();
+        assert_eq!(pr.name, rt::PREVIOUS_PRIORITIES);
+        assert_eq!(pr.typed_config.unwrap().update_frequency, 2);
     }
 
     #[test]

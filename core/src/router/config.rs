@@ -368,6 +368,9 @@ pub struct RetryPolicyConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_idle_timeout: Option<Duration>,
+    /// Only `envoy.retry_priorities.previous_priorities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_priority: Option<crate::retry::RetryPriorityConfig>,
 }
 
 impl Default for RetryPolicyConfig {
@@ -385,6 +388,7 @@ impl Default for RetryPolicyConfig {
             retry_host_predicate: Vec::new(),
             host_selection_retry_max_attempts: None,
             per_try_idle_timeout: None,
+            retry_priority: None,
         }
     }
 }
