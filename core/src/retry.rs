@@ -280,7 +280,7 @@ impl PreviousPriorities {
     pub fn excluded(&mut self, update_frequency: u32, all: &[u32]) -> &[u32] {
         let n = self.attempted.len();
         let f = update_frequency.max(1) as usize;
-        if n >= f && n % f == 0 {
+        if n >= f && n.is_multiple_of(f) {
             let mut ex = self.attempted.clone();
             ex.sort_unstable();
             ex.dedup();

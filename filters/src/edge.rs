@@ -268,7 +268,6 @@ impl Edge {
         peer_ip: HeaderValue,
         info: &mut StreamInfo,
     ) {
-        let prev = had_xff.then(|| headers.get(&X_FORWARDED_FOR)).flatten();
         if self.use_remote_address {
             // The edge: an external request's internal-only x-envoy-*
             // headers (retries, timeouts) never reach the router.
@@ -277,7 +276,9 @@ impl Edge {
                 had_xff,
                 info.downstream_remote_address,
             );
-            let prev = had_xff.then(|| headers.get(&X_FORWARDED_FOR)).flatten();
+        }
+        let prev = had_xff.then(|| headers.get(&X_FORWARDED_FOR)).flatten();
+        if self.use_remote_address {
             if self.xff_num_trusted_hops > 0
                 && let Some(p) = prev
                 && let Some(ip) = nth_from_right(p, self.xff_num_trusted_hops as usize - 1)

@@ -259,6 +259,10 @@ impl RouteTable {
                 &vh.response_headers_to_add,
                 &vh.response_headers_to_remove,
             )?;
+            let vh_hedge = match &vh.hedge_policy {
+                Some(h) => Some(crate::retry::hedge(&format!("{path}.hedge_policy"), h)?),
+                None => None,
+            };
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(
@@ -275,11 +279,10 @@ impl RouteTable {
                     // its routes so that forwarding reads one place.
                     c.policy.request_attempt_count = vh.include_request_attempt_count;
                     // The virtual host's hedge policy, for a route without one.
-                    if let Some(h) = &vh.hedge_policy
+                    if let Some(h) = vh_hedge
                         && r.route.as_ref().is_some_and(|a| a.hedge_policy.is_none())
                     {
-                        c.policy.hedge_on_per_try_timeout =
-                            crate::retry::hedge(&format!("{path}.hedge_policy"), h)?;
+                        c.policy.hedge_on_per_try_timeout = h;
                     }
                     c.attempt_count_in_response = vh.include_attempt_count_in_response;
                     if let Some(l) = &lenient {
