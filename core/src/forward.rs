@@ -90,6 +90,10 @@ pub struct ForwardPolicy {
     /// carries `x-envoy-attempt-count` (unless the stream suppresses
     /// Envoy headers).
     pub request_attempt_count: bool,
+    /// The retry policy's `per_try_idle_timeout`.
+    pub per_try_idle_timeout: Option<Duration>,
+    /// `hedge_policy.hedge_on_per_try_timeout` (route or virtual host).
+    pub hedge_on_per_try_timeout: bool,
 }
 
 impl Default for ForwardPolicy {
@@ -106,6 +110,8 @@ impl Default for ForwardPolicy {
             priority: Default::default(),
             rules: None,
             request_attempt_count: false,
+            per_try_idle_timeout: None,
+            hedge_on_per_try_timeout: false,
         }
     }
 }
@@ -174,6 +180,17 @@ pub fn forward<'a>(
     policy: &'a ForwardPolicy,
     hash: Option<u64>,
 ) -> impl Future<Output = Response> + Send + 'a {
+    // The router's `x-envoy-*` request headers (`retry_headers`): a copy
+    // of the policy only for a request that carries one.
+    let policy: PolicyRef<'a> = match crate::retry_headers::any(req.headers())
+        .then(|| {
+            crate::retry_headers::apply(req.headers_mut(), policy, info.suppress_envoy_headers)
+        })
+        .flatten()
+    {
+        Some(p) => PolicyRef::Request(Box::new(p)),
+        None => PolicyRef::Route(policy),
+    };
     info.upstream_cluster = Some(cluster.name);
     crate::spans::record_cluster(cluster.name);
     // The request body is counted as it streams when its size is not
@@ -200,8 +217,12 @@ pub fn forward<'a>(
         None => Step::Fail(LocalReason::UpstreamProtocolError),
         Some(codec) if policy.num_retries > 0 => Step::Retrying(Box::new((codec.clone(), req))),
         Some(codec) => {
-            // A single try: its own timeout, if shorter, is the stream's.
+            // A single try: its own timeout, if shorter, is the stream's
+            // (and so is its idle timeout before the first response byte).
             if let Some(t) = policy.per_try_timeout.filter(|t| !t.is_zero()) {
+                timeout = Some(timeout.map_or(t, |r| r.min(t)));
+            }
+            if let Some(t) = policy.per_try_idle_timeout {
                 timeout = Some(timeout.map_or(t, |r| r.min(t)));
             }
             // Counted from the stream's start (its head arrived a moment
@@ -234,6 +255,7 @@ pub fn forward<'a>(
         protocol: info.protocol,
     };
     async move {
+        let policy: &ForwardPolicy = &policy;
         let guarded = watch.is_some() || idle_before_response.is_some();
         let resp = match step {
             Step::Fail(reason) => return local_reply(info, reason),
@@ -310,6 +332,23 @@ pub fn forward<'a>(
     }
 }
 
+/// The policy a stream is forwarded under: its route's, or a copy its
+/// `x-envoy-*` request headers changed.
+enum PolicyRef<'a> {
+    Route(&'a ForwardPolicy),
+    Request(Box<ForwardPolicy>),
+}
+
+impl std::ops::Deref for PolicyRef<'_> {
+    type Target = ForwardPolicy;
+    fn deref(&self) -> &ForwardPolicy {
+        match self {
+            PolicyRef::Route(p) => p,
+            PolicyRef::Request(p) => p,
+        }
+    }
+}
+
 /// The stream idled out before its response: 408, counted.
 fn idled(info: &mut StreamInfo) -> Response {
     body::count_idle(info.protocol, "before_response");
@@ -358,7 +397,8 @@ fn retriable(policy: &ForwardPolicy, reason: LocalReason, refused: bool) -> bool
             r.refused_stream || r.reset_before_request || r.reset || r.five_xx || r.gateway_error
         }
         LocalReason::UpstreamReset => r.reset || r.five_xx || r.gateway_error,
-        LocalReason::UpstreamTimeout => r.five_xx || r.gateway_error,
+        // Envoy retries a per-try timeout as a reset.
+        LocalReason::UpstreamTimeout => r.five_xx || r.gateway_error || r.reset,
         LocalReason::UpstreamProtocolError => r.five_xx || r.gateway_error,
         _ => false,
     }
@@ -422,7 +462,25 @@ async fn retrying(
     } else {
         0
     };
+    if policy.hedge_on_per_try_timeout && retries > 0 && per_try_limit(policy).is_some() {
+        let h = Hedge {
+            cluster,
+            codec: &codec,
+            parts: &parts,
+            kept: &kept,
+            policy,
+            ctx: &ctx,
+            previous_hosts,
+            after,
+        };
+        return hedged(h, info, retries).await;
+    }
     let cluster_label = || cluster.name.to_string();
+    let mut priorities = policy
+        .rules
+        .as_ref()
+        .and_then(|r| r.previous_priorities)
+        .map(|f| (f, crate::retry::PreviousPriorities::default()));
     let mut last: Attempt = Attempt::Fail(LocalReason::NoHealthyUpstream);
     // The running retry's unit of the retry breaker, held until its
     // exchange settles.
@@ -458,25 +516,28 @@ async fn retrying(
             }
             tokio::time::sleep(wait).await;
         }
-        let mut req = http::Request::new(full_body(kept.clone()));
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = parts.uri.clone();
-        *req.version_mut() = parts.version;
-        *req.headers_mut() = parts.headers.clone();
-        // Codec state (e.g. an RPC frame head) travels with every try.
-        *req.extensions_mut() = parts.extensions.clone();
+        let req = rebuild(&parts, &kept);
+        // `previous_priorities`: the endpoints of the priorities to avoid
+        // join those excluded.
+        let avoid = match &mut priorities {
+            Some((f, pp)) if n > 0 => avoid_priorities(cluster, pp, *f, &tried),
+            _ => None,
+        };
         let attempt = match start(
             cluster,
             &codec,
             req,
             info,
             &ctx,
-            &tried,
+            avoid.as_deref().unwrap_or(&tried),
             None,
             policy.priority,
             policy.request_attempt_count,
         ) {
             Ok(s) => {
+                if let Some((_, pp)) = &mut priorities {
+                    pp.attempted(s.guard.endpoint().priority);
+                }
                 let a = try_once(cluster, s, policy, &mut tried, true, after).await;
                 if previous_hosts
                     && let Some(h) = info.upstream_host
@@ -504,6 +565,237 @@ async fn retrying(
         metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
     }
     last_try(info, last)
+}
+
+/// The endpoints a retry avoids under `previous_priorities`: those tried
+/// and those of the excluded priorities; `None` when no priority is
+/// excluded.
+fn avoid_priorities(
+    cluster: &Cluster,
+    pp: &mut crate::retry::PreviousPriorities,
+    update_frequency: u32,
+    tried: &[SocketAddr],
+) -> Option<Vec<SocketAddr>> {
+    let hosts = cluster.hosts();
+    let mut all: Vec<u32> = hosts.endpoints.iter().map(|e| e.priority).collect();
+    all.sort_unstable();
+    all.dedup();
+    let ex = pp.excluded(update_frequency, &all);
+    if ex.is_empty() {
+        return None;
+    }
+    let mut v = tried.to_vec();
+    v.extend(
+        hosts
+            .endpoints
+            .iter()
+            .filter(|e| ex.contains(&e.priority))
+            .map(|e| e.address),
+    );
+    Some(v)
+}
+
+/// What every try of a hedged request shares.
+struct Hedge<'h> {
+    cluster: &'h Arc<Cluster>,
+    codec: &'h Arc<dyn ClientCodec>,
+    parts: &'h http::request::Parts,
+    kept: &'h Bytes,
+    policy: &'h ForwardPolicy,
+    ctx: &'h LbContext,
+    previous_hosts: bool,
+    after: &'h After,
+}
+
+type Boxed<'h, T> = Pin<Box<dyn Future<Output = T> + Send + 'h>>;
+
+/// What happened to one of a hedged request's tries (or its timers).
+enum Event<'h> {
+    /// A try's exchange settled: its endpoint and what it means.
+    Settled(SocketAddr, Attempt, Vec<SocketAddr>),
+    /// A try's per-try timeout fired: the try keeps running.
+    PerTry(Arc<crate::cluster::Endpoint>, Boxed<'h, Event<'h>>),
+    /// The back-off before the next try ended; it holds the retry's
+    /// unit of the retry breaker.
+    Start(crate::cluster::breaker::Slot),
+}
+
+/// Hedging on per-try timeouts (Envoy's `hedge_on_per_try_timeout`): a try
+/// whose per-try timeout fires is not cancelled; the next try starts (after
+/// the back-off, within the retries and the retry breaker) and the first
+/// response that is not retried wins. The other tries are dropped, which
+/// cancels their exchanges.
+async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
+    let cluster = h.cluster;
+    let cluster_label = || cluster.name.to_string();
+    let mut pending: Vec<Boxed<'_, Event<'_>>> = Vec::with_capacity(2);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Attempt = Attempt::Fail(LocalReason::NoHealthyUpstream);
+    match start_hedged(&h, info, &tried, None) {
+        Ok(f) => pending.push(f),
+        Err(reason) => return local_reply(info, reason),
+    }
+    // Tries started, and whether a retry is waiting for its back-off.
+    let mut sent = 1u32;
+    let mut scheduled = false;
+    loop {
+        if pending.is_empty() {
+            if sent > retries {
+                metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
+            }
+            return last_try(info, last);
+        }
+        let ev = std::future::poll_fn(|cx| {
+            for i in 0..pending.len() {
+                if let Poll::Ready(ev) = pending[i].as_mut().poll(cx) {
+                    drop(pending.swap_remove(i));
+                    return Poll::Ready(ev);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // Whether a retry is to be scheduled now.
+        let mut retry_now = false;
+        match ev {
+            Event::Start(slot) => {
+                scheduled = false;
+                match start_hedged(&h, info, &tried, Some(slot)) {
+                    Ok(f) => pending.push(f),
+                    Err(reason) => {
+                        if pending.is_empty() {
+                            return local_reply(info, reason);
+                        }
+                    }
+                }
+            }
+            Event::PerTry(endpoint, rest) => {
+                endpoint.report(crate::pool::Outcome::Timeout);
+                // The try keeps running, without a timer of its own.
+                pending.push(rest);
+                last = Attempt::Retry(LocalReason::UpstreamTimeout, None);
+                retry_now = true;
+                if h.previous_hosts && !tried.contains(&endpoint.address) {
+                    tried.push(endpoint.address);
+                }
+            }
+            Event::Settled(addr, attempt, failed) => {
+                for a in failed {
+                    if !tried.contains(&a) {
+                        tried.push(a);
+                    }
+                }
+                if h.previous_hosts && !tried.contains(&addr) {
+                    tried.push(addr);
+                }
+                match attempt {
+                    Attempt::Done(r) => {
+                        info.upstream_host = Some(addr);
+                        if sent > 1 {
+                            metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL, "cluster" => cluster_label()).increment(1);
+                        }
+                        return r;
+                    }
+                    a @ Attempt::Retry(..) => {
+                        last = a;
+                        retry_now = true;
+                    }
+                    Attempt::Fail(reason) => {
+                        if pending.is_empty() {
+                            return local_reply(info, reason);
+                        }
+                        last = Attempt::Fail(reason);
+                    }
+                }
+            }
+        }
+        if retry_now && !scheduled && sent <= retries {
+            // The breaker first: an open one lets the tries in flight
+            // finish (or answers the last try as is).
+            if let Some(slot) = cluster.breakers.retry(h.policy.priority) {
+                metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, "cluster" => cluster_label()).increment(1);
+                metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_BACKOFF_EXPONENTIAL_TOTAL, "cluster" => cluster_label()).increment(1);
+                if !pending.is_empty() {
+                    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_HEDGED_TOTAL, "cluster" => cluster_label()).increment(1);
+                }
+                let wait = backoff(h.policy, sent);
+                // A retried response is dropped (its exchange ends)
+                // before the wait.
+                if let Attempt::Retry(_, r) = &mut last {
+                    *r = None;
+                }
+                sent += 1;
+                scheduled = true;
+                pending.push(Box::pin(async move {
+                    tokio::time::sleep(wait).await;
+                    Event::Start(slot)
+                }));
+            }
+        }
+    }
+}
+
+/// Starts one try of a hedged request: the exchange, raced against the
+/// per-try limit (which hands the running try back instead of ending it).
+fn start_hedged<'h>(
+    h: &Hedge<'h>,
+    info: &mut StreamInfo,
+    tried: &[SocketAddr],
+    retry_slot: Option<crate::cluster::breaker::Slot>,
+) -> Result<Boxed<'h, Event<'h>>, LocalReason> {
+    let req = rebuild(h.parts, h.kept);
+    let s = start(
+        h.cluster,
+        h.codec,
+        req,
+        info,
+        h.ctx,
+        tried,
+        None,
+        h.policy.priority,
+        h.policy.request_attempt_count,
+    )?;
+    let endpoint = s.guard.endpoint().clone();
+    let addr = endpoint.address;
+    let (cluster, policy, after) = (h.cluster, h.policy, h.after);
+    let exchange: Boxed<'h, Event<'h>> = Box::pin(async move {
+        let _retry_slot = retry_slot;
+        let Sending {
+            send, guard, slot, ..
+        } = s;
+        let r = send.await;
+        let mut failed = Vec::new();
+        let a = settle(cluster, (guard, slot), r, policy, &mut failed, true, after);
+        Event::Settled(addr, a, failed)
+    });
+    let limit = per_try_limit(policy);
+    Ok(Box::pin(async move {
+        let mut exchange = exchange;
+        match limit {
+            Some((t, idle)) => match tokio::time::timeout(t, &mut exchange).await {
+                Ok(ev) => ev,
+                Err(_) => {
+                    if idle {
+                        count_per_try_idle(cluster);
+                    }
+                    Event::PerTry(endpoint, exchange)
+                }
+            },
+            None => exchange.await,
+        }
+    }))
+}
+
+/// A try's copy of a request whose body was kept.
+fn rebuild(parts: &http::request::Parts, kept: &Bytes) -> Request {
+    let mut req = http::Request::new(full_body(kept.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    // Codec state (e.g. an RPC frame head) travels with every try.
+    *req.extensions_mut() = parts.extensions.clone();
+    req
 }
 
 /// Reads a body of unknown length: `Ok(Ok(bytes))` when it ended within
@@ -629,11 +921,14 @@ async fn try_once(
     let Sending {
         send, guard, slot, ..
     } = s;
-    let result = match policy.per_try_timeout {
-        Some(t) if !t.is_zero() => match tokio::time::timeout(t, send).await {
+    let result = match per_try_limit(policy) {
+        Some((t, idle)) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
             Err(_) => {
                 guard.endpoint().report(crate::pool::Outcome::Timeout);
+                if idle {
+                    count_per_try_idle(cluster);
+                }
                 let reason = LocalReason::UpstreamTimeout;
                 return if retriable(policy, reason, false) {
                     Attempt::Retry(reason, None)
@@ -653,6 +948,25 @@ async fn try_once(
         may_retry_status,
         after,
     )
+}
+
+/// How long a try may wait for its response head: the per-try timeout
+/// or the per-try idle timeout (no response byte yet), whichever is
+/// shorter; `true` when it is the idle one.
+fn per_try_limit(policy: &ForwardPolicy) -> Option<(Duration, bool)> {
+    match (
+        policy.per_try_timeout.filter(|t| !t.is_zero()),
+        policy.per_try_idle_timeout,
+    ) {
+        (Some(t), Some(i)) => Some((t.min(i), i < t)),
+        (Some(t), None) => Some((t, false)),
+        (None, Some(i)) => Some((i, true)),
+        (None, None) => None,
+    }
+}
+
+fn count_per_try_idle(cluster: &Cluster) {
+    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_PER_TRY_IDLE_TIMEOUT_TOTAL, "cluster" => cluster.name).increment(1);
 }
 
 /// What an exchange's outcome means for the stream.
@@ -688,6 +1002,9 @@ fn settle(
                         .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
                     protocol: after.protocol,
                     grpc_trailers,
+                    try_idle: policy
+                        .per_try_idle_timeout
+                        .map(|t| (body::IdleTimer::new(t, None), cluster.name)),
                 }),
             );
             return if retry {
@@ -745,6 +1062,10 @@ struct Guarded {
     protocol: &'static str,
     /// The outlier detector waits for this gRPC response's trailers.
     grpc_trailers: bool,
+    /// The retry policy's `per_try_idle_timeout` (with the cluster's
+    /// name for its counter): the response body stalled that long resets
+    /// the stream.
+    try_idle: Option<(body::IdleTimer, &'static str)>,
 }
 
 impl http_body::Body for Guarded {
@@ -758,6 +1079,9 @@ impl http_body::Body for Guarded {
         match Pin::new(&mut me.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut f))) => {
                 if let Some(t) = &mut me.idle {
+                    t.touch();
+                }
+                if let Some((t, _)) = &mut me.try_idle {
                     t.touch();
                 }
                 if let Some(t) = f.trailers_mut() {
@@ -777,6 +1101,14 @@ impl http_body::Body for Guarded {
                     body::count_idle(me.protocol, "after_response");
                     // Dropping the upstream body aborts the upstream
                     // stream; the error resets the downstream one.
+                    me.body = crate::stream::empty_body();
+                    return Poll::Ready(Some(Err(body::StreamIdle.into())));
+                }
+                if let Some((t, cluster)) = &mut me.try_idle
+                    && t.poll_idle(cx).is_ready()
+                {
+                    metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_PER_TRY_IDLE_TIMEOUT_TOTAL, "cluster" => *cluster).increment(1);
+                    me.try_idle = None;
                     me.body = crate::stream::empty_body();
                     return Poll::Ready(Some(Err(body::StreamIdle.into())));
                 }

@@ -26,6 +26,7 @@ pub mod pool;
 pub mod quic;
 pub mod registry;
 pub mod retry;
+pub mod retry_headers;
 pub mod router;
 pub mod server;
 pub mod signals;

@@ -62,12 +62,77 @@ pub struct RetryHostPredicateConfig {
     pub name: String,
 }
 
+/// Envoy's name of the only retry priority meshgate knows.
+pub const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
+
+/// Envoy's `RetryPolicy.RetryPriority`: only
+/// `envoy.retry_priorities.previous_priorities`, whose `typed_config` is a
+/// `PreviousPrioritiesConfig`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPriorityConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_config: Option<PreviousPrioritiesConfig>,
+}
+
+/// Envoy's `PreviousPrioritiesConfig`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousPrioritiesConfig {
+    /// The type URL, as in Envoy's YAML; ignored.
+    #[serde(rename = "@type", default, skip_serializing_if = "Option::is_none")]
+    pub type_url: Option<String>,
+    /// Every this many tries, the priorities tried so far are excluded
+    /// (> 0).
+    #[serde(default)]
+    pub update_frequency: i32,
+}
+
+/// Envoy's `HedgePolicy` (a route's or virtual host's `hedge_policy`):
+/// only `hedge_on_per_try_timeout` is honoured; `initial_requests` above
+/// 1 and a non-zero `additional_request_chance` are refused by name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgePolicyConfig {
+    /// Must be 1 (Envoy's default) when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_requests: Option<u32>,
+    /// Must be 0 when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_request_chance: Option<crate::config::filters::FractionalPercent>,
+    /// When a try's per-try timeout fires, a retry is sent without
+    /// cancelling it; the first good response wins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hedge_on_per_try_timeout: bool,
+}
+
+/// Checks a `hedge_policy` at `path`; `hedge_on_per_try_timeout`.
+pub fn hedge(path: &str, c: &HedgePolicyConfig) -> Result<bool, crate::error::BuildError> {
+    if c.initial_requests.is_some_and(|n| n != 1) {
+        return Err(crate::error::BuildError::new(
+            format!("{path}.initial_requests"),
+            "only 1 is supported (meshgate hedges on per-try timeouts only)",
+        ));
+    }
+    if c.additional_request_chance
+        .as_ref()
+        .is_some_and(|f| f.numerator != 0)
+    {
+        return Err(crate::error::BuildError::new(
+            format!("{path}.additional_request_chance"),
+            "not supported (meshgate hedges on per-try timeouts only)",
+        ));
+    }
+    Ok(c.hedge_on_per_try_timeout)
+}
+
 /// The compiled `rate_limited_retry_back_off`: its reset headers (with
 /// their format) and the cap of what they ask for.
 pub type RateLimited = (Box<[(HeaderName, ResetHeaderFormat)]>, Duration);
 
 /// The compiled extras of a retry policy.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RetryRules {
     pub retriable_headers: Box<[HeaderMatcher]>,
     pub retriable_request_headers: Box<[HeaderMatcher]>,
@@ -75,6 +140,9 @@ pub struct RetryRules {
     pub rate_limited: Option<RateLimited>,
     /// `previous_hosts`: a retry never goes to an endpoint tried before.
     pub previous_hosts: bool,
+    /// `previous_priorities`' `update_frequency`: retries avoid the
+    /// priorities tried before.
+    pub previous_priorities: Option<u32>,
 }
 
 /// Builds a header matcher list; errors name the entry's field.
@@ -119,7 +187,30 @@ pub fn rules(
             "must be >= 1",
         ));
     }
+    let previous_priorities = match &rp.retry_priority {
+        None => None,
+        Some(p) => {
+            if p.name != PREVIOUS_PRIORITIES {
+                return Err(crate::error::BuildError::new(
+                    format!("{path}.retry_priority.name"),
+                    format!(
+                        "unknown retry priority '{}' (known: {PREVIOUS_PRIORITIES})",
+                        p.name
+                    ),
+                ));
+            }
+            let f = p.typed_config.as_ref().map_or(0, |c| c.update_frequency);
+            if f < 1 {
+                return Err(crate::error::BuildError::new(
+                    format!("{path}.retry_priority.typed_config.update_frequency"),
+                    "must be >= 1",
+                ));
+            }
+            Some(f as u32)
+        }
+    };
     Ok(RetryRules {
+        previous_priorities,
         retriable_headers: matchers(&format!("{path}.retriable_headers"), &rp.retriable_headers)?,
         retriable_request_headers: matchers(
             &format!("{path}.retriable_request_headers"),
@@ -165,6 +256,42 @@ pub fn rate_limited(
         ));
     }
     Ok((headers.into(), max))
+}
+
+/// Envoy's `PreviousPrioritiesRetryPriority`: the priorities a retry
+/// avoids. `attempted` holds the priority of each try so far (in order);
+/// every `update_frequency` tries the excluded set becomes the priorities
+/// attempted; when that would exclude every priority of the cluster,
+/// nothing is excluded (Envoy resets).
+#[derive(Debug, Default)]
+pub struct PreviousPriorities {
+    attempted: Vec<u32>,
+    excluded: Vec<u32>,
+}
+
+impl PreviousPriorities {
+    /// Notes the priority of a try.
+    pub fn attempted(&mut self, priority: u32) {
+        self.attempted.push(priority);
+    }
+
+    /// The priorities the next try avoids, given the cluster's
+    /// endpoints' priorities.
+    pub fn excluded(&mut self, update_frequency: u32, all: &[u32]) -> &[u32] {
+        let n = self.attempted.len();
+        let f = update_frequency.max(1) as usize;
+        if n >= f && n.is_multiple_of(f) {
+            let mut ex = self.attempted.clone();
+            ex.sort_unstable();
+            ex.dedup();
+            self.excluded = if all.iter().all(|p| ex.contains(p)) {
+                Vec::new()
+            } else {
+                ex
+            };
+        }
+        &self.excluded
+    }
 }
 
 /// Whether a request may be retried at all (`retriable_request_headers`:
@@ -330,6 +457,77 @@ mod tests {
         ));
         assert!(request_eligible(&p, &headers(&[("x-idempotent", "1")])));
         assert!(!request_eligible(&p, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn retry_priority_and_hedge_policy_are_checked_by_name() {
+        let mut rp = crate::router::RetryPolicyConfig {
+            retry_on: "5xx".into(),
+            retry_priority: Some(RetryPriorityConfig {
+                name: "envoy.retry_priorities.other".into(),
+                typed_config: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(rules("p", &rp).unwrap_err().path, "p.retry_priority.name");
+        rp.retry_priority = Some(RetryPriorityConfig {
+            name: PREVIOUS_PRIORITIES.into(),
+            typed_config: None,
+        });
+        assert_eq!(
+            rules("p", &rp).unwrap_err().path,
+            "p.retry_priority.typed_config.update_frequency"
+        );
+        rp.retry_priority = Some(RetryPriorityConfig {
+            name: PREVIOUS_PRIORITIES.into(),
+            typed_config: Some(PreviousPrioritiesConfig {
+                type_url: None,
+                update_frequency: 2,
+            }),
+        });
+        assert_eq!(rules("p", &rp).unwrap().previous_priorities, Some(2));
+        let h = HedgePolicyConfig {
+            initial_requests: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(hedge("h", &h).unwrap_err().path, "h.initial_requests");
+        let h = HedgePolicyConfig {
+            additional_request_chance: Some(crate::config::filters::FractionalPercent {
+                numerator: 1,
+                denominator: Default::default(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            hedge("h", &h).unwrap_err().path,
+            "h.additional_request_chance"
+        );
+        let h = HedgePolicyConfig {
+            initial_requests: Some(1),
+            hedge_on_per_try_timeout: true,
+            ..Default::default()
+        };
+        assert!(hedge("h", &h).unwrap());
+    }
+
+    #[test]
+    fn previous_priorities_follow_update_frequency_and_reset() {
+        let mut p = PreviousPriorities::default();
+        p.attempted(0);
+        assert_eq!(p.excluded(1, &[0, 1, 2]), &[0]);
+        p.attempted(1);
+        assert_eq!(p.excluded(1, &[0, 1, 2]), &[0, 1]);
+        p.attempted(2);
+        // Every priority tried: nothing is excluded.
+        assert!(p.excluded(1, &[0, 1, 2]).is_empty());
+        let mut p = PreviousPriorities::default();
+        p.attempted(0);
+        assert!(p.excluded(2, &[0, 1]).is_empty());
+        p.attempted(0);
+        assert_eq!(p.excluded(2, &[0, 1]), &[0]);
+        p.attempted(1);
+        // Between updates the excluded set stays.
+        assert_eq!(p.excluded(2, &[0, 1]), &[0]);
     }
 
     #[test]

@@ -362,6 +362,15 @@ impl Edge {
         peer_ip: HeaderValue,
         info: &mut StreamInfo,
     ) {
+        if self.use_remote_address {
+            // The edge: an external request's internal-only x-envoy-*
+            // headers (retries, timeouts) never reach the router.
+            meshgate_core::retry_headers::strip_external(
+                headers,
+                had_xff,
+                info.downstream_remote_address,
+            );
+        }
         let prev = had_xff.then(|| headers.get(&X_FORWARDED_FOR)).flatten();
         if self.use_remote_address {
             if self.xff_num_trusted_hops > 0

@@ -1,9 +1,10 @@
 //! Translation of a route's or virtual host's `retry_policy`
 //! (`envoy.config.route.v3.RetryPolicy`) into meshgate's
-//! `RetryPolicyConfig`. Unsupported fields (`retry_priority`,
-//! `retry_options_predicates`, `per_try_idle_timeout`,
-//! `refresh_cluster_on_retry`, a host predicate's typed config) are
-//! refused by name (`rest`).
+//! `RetryPolicyConfig`, and of a `hedge_policy`. Unsupported fields
+//! (`retry_options_predicates`,
+//! `refresh_cluster_on_retry`, a host predicate's typed config, a hedge
+//! policy's `initial_requests` above 1 or `additional_request_chance`)
+//! are refused by name.
 
 use crate::translate::{R, duration, err, header_matcher, join, rest};
 use envoy_types::pb::envoy::config::route::v3 as rds;
@@ -20,6 +21,9 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
     }
     if let Some(d) = rp.per_try_timeout.take() {
         p.per_try_timeout = Some(duration(&d, &join(pp, "per_try_timeout"))?);
+    }
+    if let Some(d) = rp.per_try_idle_timeout.take() {
+        p.per_try_idle_timeout = Some(duration(&d, &join(pp, "per_try_idle_timeout"))?);
     }
     for (i, c) in std::mem::take(&mut rp.retriable_status_codes)
         .into_iter()
@@ -95,6 +99,30 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
         // The previous_hosts config (`update_frequency`) is refused.
         rest(&h, &hp)?;
     }
+    if let Some(mut pr) = rp.retry_priority.take() {
+        let prp = join(pp, "retry_priority");
+        let mut c = rt::RetryPriorityConfig {
+            name: std::mem::take(&mut pr.name),
+            typed_config: None,
+        };
+        if let Some(rds::retry_policy::retry_priority::ConfigType::TypedConfig(any)) =
+            pr.config_type.take()
+        {
+            use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+            let tp = join(&prp, "typed_config");
+            let m: PreviousPrioritiesConfig = crate::translate::decode(
+                &any,
+                "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            )
+            .map_err(|e| (tp.clone(), e.to_string()))?;
+            c.typed_config = Some(rt::PreviousPrioritiesConfig {
+                type_url: None,
+                update_frequency: m.update_frequency,
+            });
+        }
+        rest(&pr, &prp)?;
+        p.retry_priority = Some(c);
+    }
     if rp.host_selection_retry_max_attempts != 0 {
         p.host_selection_retry_max_attempts =
             Some(std::mem::take(&mut rp.host_selection_retry_max_attempts));
@@ -103,12 +131,37 @@ pub(crate) fn translate(mut rp: rds::RetryPolicy, pp: &str) -> R<rc::RetryPolicy
     Ok(p)
 }
 
+/// A route's or virtual host's `hedge_policy`: only
+/// `hedge_on_per_try_timeout` is honoured.
+pub(crate) fn hedge(h: rds::HedgePolicy, pp: &str) -> R<rt::HedgePolicyConfig> {
+    if let Some(n) = h.initial_requests
+        && n.value != 1
+    {
+        return err(
+            join(pp, "initial_requests"),
+            "only 1 is supported (meshgate hedges on per-try timeouts only)",
+        );
+    }
+    if let Some(f) = h.additional_request_chance
+        && f.numerator != 0
+    {
+        return err(
+            join(pp, "additional_request_chance"),
+            "not supported (meshgate hedges on per-try timeouts only)",
+        );
+    }
+    Ok(rt::HedgePolicyConfig {
+        hedge_on_per_try_timeout: h.hedge_on_per_try_timeout,
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn retry_policy_translates_and_retry_priority_is_refused_by_name() {
+    fn retry_policy_translates_and_unsupported_fields_are_refused_by_name() {
         let rp = rds::RetryPolicy {
             retry_on: "5xx,refused-stream".into(),
             retry_host_predicate: vec![rds::retry_policy::RetryHostPredicate {
@@ -132,9 +185,81 @@ mod tests {
         assert_eq!(rl.reset_headers[0].format, rt::ResetHeaderFormat::Seconds);
         let rp = rds::RetryPolicy {
             retry_on: "5xx".into(),
-            retry_priority: Some(Default::default()),
+            retry_options_predicates: vec![Default::default()],
             ..Default::default()
         };
-        assert_eq!(translate(rp, "r").unwrap_err().0, "r.retry_priority");
+        assert_eq!(
+            translate(rp, "r").unwrap_err().0,
+            "r.retry_options_predicates"
+        );
+        use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            retry_priority: Some(rds::retry_policy::RetryPriority {
+                name: rt::PREVIOUS_PRIORITIES.into(),
+                config_type: Some(rds::retry_policy::retry_priority::ConfigType::TypedConfig(
+                    crate::fixtures::any(
+                        "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        &PreviousPrioritiesConfig {
+                            update_frequency: 2,
+                        },
+                    ),
+                )),
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        let pr = p.retry_priority.unwrap();
+        assert_eq!(pr.name, rt::PREVIOUS_PRIORITIES);
+        assert_eq!(pr.typed_config.unwrap().update_frequency, 2);
+    }
+
+    #[test]
+    fn hedge_policy_and_per_try_idle_timeout_translate() {
+        let rp = rds::RetryPolicy {
+            retry_on: "5xx".into(),
+            per_try_idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 0,
+                nanos: 200_000_000,
+            }),
+            ..Default::default()
+        };
+        let p = translate(rp, "r").unwrap();
+        assert_eq!(
+            p.per_try_idle_timeout,
+            Some(std::time::Duration::from_millis(200))
+        );
+        let h = hedge(
+            rds::HedgePolicy {
+                hedge_on_per_try_timeout: true,
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap();
+        assert!(h.hedge_on_per_try_timeout);
+        let e = hedge(
+            rds::HedgePolicy {
+                initial_requests: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "h.initial_requests");
+        let e = hedge(
+            rds::HedgePolicy {
+                additional_request_chance: Some(
+                    envoy_types::pb::envoy::r#type::v3::FractionalPercent {
+                        numerator: 5,
+                        denominator: 0,
+                    },
+                ),
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "h.additional_request_chance");
     }
 }

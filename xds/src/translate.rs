@@ -1172,6 +1172,10 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
             )?),
             None => None,
         },
+        hedge_policy: match v.hedge_policy.take() {
+            Some(h) => Some(crate::retry_policy::hedge(h, &join(path, "hedge_policy"))?),
+            None => None,
+        },
         include_request_attempt_count: std::mem::take(&mut v.include_request_attempt_count),
         include_attempt_count_in_response: std::mem::take(&mut v.include_attempt_count_in_response),
     };
@@ -1453,6 +1457,9 @@ fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig>
             rp,
             &join(path, "retry_policy"),
         )?);
+    }
+    if let Some(h) = a.hedge_policy.take() {
+        out.hedge_policy = Some(crate::retry_policy::hedge(h, &join(path, "hedge_policy"))?);
     }
     if a.priority != 0 {
         out.priority = crate::circuit_breakers::priority(
@@ -1826,7 +1833,7 @@ mod tests {
                         cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster(
                             "c".into(),
                         )),
-                        hedge_policy: Some(Default::default()),
+                        internal_redirect_policy: Some(Default::default()),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -1837,12 +1844,12 @@ mod tests {
         };
         let e = route_configuration(r).unwrap_err();
         assert_eq!(
-            e.field, "virtual_hosts[0].routes[0].route.hedge_policy",
+            e.field, "virtual_hosts[0].routes[0].route.internal_redirect_policy",
             "{e}"
         );
         assert_eq!(
             e.to_string(),
-            "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.hedge_policy: field not supported by meshgate (refused rather than ignored)"
+            "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.internal_redirect_policy: field not supported by meshgate (refused rather than ignored)"
         );
     }
 

@@ -365,6 +365,20 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// timeout, reset...), `dropped_body_too_large` (the body passed the
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
+/// Counter `{cluster}`: tries reset by the retry policy's
+/// `per_try_idle_timeout` (no response byte for that long).
+pub const CLUSTER_UPSTREAM_RQ_PER_TRY_IDLE_TIMEOUT_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_per_try_idle_timeout_total";
+/// Counter `{cluster}`: hedged tries sent (a try whose per-try timeout
+/// fired kept running while this one started; `hedge_on_per_try_timeout`).
+pub const CLUSTER_UPSTREAM_RQ_HEDGED_TOTAL: &str = "meshgate_cluster_upstream_rq_hedged_total";
+/// Counter `{header}`: router `x-envoy-*` request headers ignored for an
+/// invalid value (Envoy ignores them too).
+pub const HTTP_RQ_ENVOY_HEADER_INVALID_TOTAL: &str = "meshgate_http_rq_envoy_header_invalid_total";
+/// Counter: requests from an external client (edge, `use_remote_address`)
+/// whose internal-only `x-envoy-*` headers were removed.
+pub const HTTP_RQ_ENVOY_HEADERS_STRIPPED_TOTAL: &str =
+    "meshgate_http_rq_envoy_headers_stripped_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -488,6 +502,13 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (
+        CLUSTER_UPSTREAM_RQ_PER_TRY_IDLE_TIMEOUT_TOTAL,
+        Kind::Counter,
+    ),
+    (CLUSTER_UPSTREAM_RQ_HEDGED_TOTAL, Kind::Counter),
+    (HTTP_RQ_ENVOY_HEADER_INVALID_TOTAL, Kind::Counter),
+    (HTTP_RQ_ENVOY_HEADERS_STRIPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

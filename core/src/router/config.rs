@@ -53,6 +53,9 @@ pub struct VirtualHostConfig {
     /// Envoy's virtual-host `retry_policy`: for routes without their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// Envoy's virtual-host `hedge_policy`: for routes without their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge_policy: Option<crate::retry::HedgePolicyConfig>,
     /// Envoy's `include_request_attempt_count`: send
     /// `x-envoy-attempt-count` (1 on the first try) to the upstream.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -251,6 +254,9 @@ pub struct RouteActionConfig {
     /// (`router::mirror`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_mirror_policies: Vec<super::mirror::RequestMirrorPolicyConfig>,
+    /// Envoy's `hedge_policy` (wins over the virtual host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge_policy: Option<crate::retry::HedgePolicyConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -281,6 +287,7 @@ impl Default for RouteActionConfig {
             rate_limits: Vec::new(),
             fallback: None,
             request_mirror_policies: Vec::new(),
+            hedge_policy: None,
         }
     }
 }
@@ -353,6 +360,17 @@ pub struct RetryPolicyConfig {
     /// suffices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_selection_retry_max_attempts: Option<i64>,
+    /// Envoy's `per_try_idle_timeout`: a try that receives no response
+    /// byte for this long is reset (and retried per the policy).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_idle_timeout: Option<Duration>,
+    /// Only `envoy.retry_priorities.previous_priorities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_priority: Option<crate::retry::RetryPriorityConfig>,
 }
 
 impl Default for RetryPolicyConfig {
@@ -369,6 +387,8 @@ impl Default for RetryPolicyConfig {
             rate_limited_retry_back_off: None,
             retry_host_predicate: Vec::new(),
             host_selection_retry_max_attempts: None,
+            per_try_idle_timeout: None,
+            retry_priority: None,
         }
     }
 }

@@ -259,6 +259,10 @@ impl RouteTable {
                 &vh.response_headers_to_add,
                 &vh.response_headers_to_remove,
             )?;
+            let vh_hedge = match &vh.hedge_policy {
+                Some(h) => Some(crate::retry::hedge(&format!("{path}.hedge_policy"), h)?),
+                None => None,
+            };
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, r) in vh.routes.iter().enumerate() {
                 let mut route = Route::build(
@@ -274,6 +278,12 @@ impl RouteTable {
                     // The virtual host's attempt-count options, on each of
                     // its routes so that forwarding reads one place.
                     c.policy.request_attempt_count = vh.include_request_attempt_count;
+                    // The virtual host's hedge policy, for a route without one.
+                    if let Some(h) = vh_hedge
+                        && r.route.as_ref().is_some_and(|a| a.hedge_policy.is_none())
+                    {
+                        c.policy.hedge_on_per_try_timeout = h;
+                    }
                     c.attempt_count_in_response = vh.include_attempt_count_in_response;
                     if let Some(l) = &lenient {
                         for m in c.mirrors.iter_mut() {
@@ -975,8 +985,12 @@ fn build_cluster_action(
         policy.backoff_max = max;
         policy.max_buffered_body_bytes = rp.max_buffered_body_bytes;
         policy.rules = Some(Arc::new(crate::retry::rules(&rpath, rp)?));
+        policy.per_try_idle_timeout = rp.per_try_idle_timeout.filter(|d| !d.is_zero());
     } else {
         policy.num_retries = 0;
+    }
+    if let Some(h) = &c.hedge_policy {
+        policy.hedge_on_per_try_timeout = crate::retry::hedge(&sub(path, "hedge_policy"), h)?;
     }
     let mirrors = mirror::build(path, &c.request_mirror_policies, clusters)?;
     Ok(ClusterAction {

@@ -1031,3 +1031,40 @@ fn retry_on_names() {
             .contains("not supported")
     );
 }
+
+#[test]
+fn hedge_policy_of_the_route_wins_over_the_virtual_hosts() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    hedge_policy: {hedge_on_per_try_timeout: true}
+    routes:
+      - match: {prefix: /own}
+        route: {cluster: a, hedge_policy: {hedge_on_per_try_timeout: false}}
+      - match: {prefix: /}
+        route: {cluster: a, retry_policy: {retry_on: 5xx, per_try_idle_timeout: 150ms}}
+"#,
+    );
+    let p = |path: &str| {
+        let (_, r) = t.find_request(&get(path)).unwrap();
+        r.cluster_action().unwrap().forward_policy().clone()
+    };
+    assert!(!p("/own").hedge_on_per_try_timeout);
+    let q = p("/other");
+    assert!(q.hedge_on_per_try_timeout);
+    assert_eq!(q.per_try_idle_timeout, Some(Duration::from_millis(150)));
+    let e = build_err(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    hedge_policy: {initial_requests: 3}
+    routes:
+      - match: {prefix: /}
+        route: {cluster: a, hedge_policy: {}}
+"#,
+    );
+    assert_eq!(e.path, "virtual_hosts[0].hedge_policy.initial_requests");
+}
