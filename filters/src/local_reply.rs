@@ -9,11 +9,11 @@
 //! `grpc-message` of the trailers-only status (as Envoy does). Built once
 //! per listener; nothing of this runs when no `local_reply_config` is set.
 
+use crate::format::{Ctx, Filter, Flags, Format, ReqHead, Template, http_to_grpc};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use meshgate_core::BuildError;
 use meshgate_core::config::local_reply as cfg;
-use crate::format::{Ctx, Filter, Flags, Format, ReqHead, Template, http_to_grpc};
 use meshgate_core::stream::{LocalReason, Response, StreamInfo, full_body};
 
 /// Marks a route's `direct_response` (its body) so that it is mapped as

@@ -186,18 +186,15 @@ impl TcpProxy {
 
     async fn proxy(self: Arc<Self>, conn: Connection) {
         let cluster = self.pick_cluster().clone();
-        let logged = self
-            .access_log
-            .as_ref()
-            .map(|l| {
-                crate::access_log::TcpLog::new(
-                    l,
-                    &conn.info,
-                    cluster.name,
-                    &self.downstream_bytes_received,
-                    &self.downstream_bytes_sent,
-                )
-            });
+        let logged = self.access_log.as_ref().map(|l| {
+            crate::access_log::TcpLog::new(
+                l,
+                &conn.info,
+                cluster.name,
+                &self.downstream_bytes_received,
+                &self.downstream_bytes_sent,
+            )
+        });
         let up = match self.connect(&cluster, &conn.info).await {
             Ok(up) => up,
             Err(why) => {

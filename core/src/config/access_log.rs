@@ -108,9 +108,10 @@ mod tests {
         assert!(matches!(back, AccessLogs::List(v) if v.len() == 1));
         let p: AccessLogs = serde_json::from_value(serde_json::json!({"path": "/x"})).unwrap();
         assert!(matches!(p, AccessLogs::Path(AccessLogPath { path }) if path == "/x"));
-        let e = serde_json::from_value::<AccessLogs>(serde_json::json!([{"name": "f", "bogus": 1}]))
-            .unwrap_err()
-            .to_string();
+        let e =
+            serde_json::from_value::<AccessLogs>(serde_json::json!([{"name": "f", "bogus": 1}]))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("[0]") && e.contains("bogus"), "{e}");
     }
 }

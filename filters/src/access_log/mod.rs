@@ -165,10 +165,7 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
         },
         "envoy.access_loggers.stdout" | "stdout" | "envoy.access_loggers.stderr" | "stderr" => {
             if t.path.is_some() {
-                return Err(e(
-                    &format!("{tp}.path"),
-                    "only the file logger has a path",
-                ));
+                return Err(e(&format!("{tp}.path"), "only the file logger has a path"));
             }
             if l.name.ends_with("stdout") {
                 "/dev/stdout".into()
@@ -221,8 +218,12 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
         None => None,
         Some(f) => Some(Filter::build(f, &format!("{p}.filter"), &mut false)?),
     };
-    let sink = Writer::open(&path)
-        .map_err(|err| e(&format!("{tp}.path"), format!("cannot open '{path}': {err}")))?;
+    let sink = Writer::open(&path).map_err(|err| {
+        e(
+            &format!("{tp}.path"),
+            format!("cannot open '{path}': {err}"),
+        )
+    })?;
     Ok(Logger {
         sink,
         filter,
@@ -250,9 +251,12 @@ struct RequestCount {
 impl RequestCount {
     fn finish(&self) {
         let n = self.start.elapsed().as_nanos() as u64;
-        let _ = self
-            .done_nanos
-            .compare_exchange(0, n.saturating_add(1), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.done_nanos.compare_exchange(
+            0,
+            n.saturating_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     fn done(&self) -> Option<Duration> {
@@ -281,7 +285,9 @@ impl http_body::Body for CountBody {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.count.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    self.count
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 if self.inner.is_end_stream() {
                     self.count.finish();
@@ -466,7 +472,11 @@ impl<'a> TcpLog<'a> {
 
     /// The connection closed (`host`: the upstream it was relayed to;
     /// `failure`: why no upstream connection was made).
-    pub(crate) fn close(mut self, host: Option<std::net::SocketAddr>, failure: Option<&'static str>) {
+    pub(crate) fn close(
+        mut self,
+        host: Option<std::net::SocketAddr>,
+        failure: Option<&'static str>,
+    ) {
         self.info.upstream_host = host;
         self.info.local_reply = failure;
         self.logs.log_connection(

@@ -17,7 +17,6 @@ use meshgate_core::stream::StreamInfo;
 use serde_json::Value;
 use std::time::Duration;
 
-
 fn e(path: &str, msg: impl std::fmt::Display) -> BuildError {
     BuildError::new(path, msg)
 }
@@ -356,10 +355,13 @@ impl Ctx<'_> {
                 _ => None,
             },
             Op::UpstreamRequestAttemptCount => Some(info.upstream_attempts.to_string()),
-            Op::DownstreamRemoteAddress => {
-                Some(std::net::SocketAddr::new(info.downstream_remote_address, c.peer_addr.port()).to_string())
+            Op::DownstreamRemoteAddress => Some(
+                std::net::SocketAddr::new(info.downstream_remote_address, c.peer_addr.port())
+                    .to_string(),
+            ),
+            Op::DownstreamRemoteAddressWithoutPort => {
+                Some(info.downstream_remote_address.to_string())
             }
-            Op::DownstreamRemoteAddressWithoutPort => Some(info.downstream_remote_address.to_string()),
             Op::DownstreamDirectRemoteAddress => Some(c.peer_addr.to_string()),
             Op::DownstreamDirectRemoteAddressWithoutPort => Some(c.peer_addr.ip().to_string()),
             Op::DownstreamLocalAddress => Some(c.local_addr.to_string()),
@@ -671,7 +673,10 @@ fn parse_operator(t: &str, path: &str) -> Result<(Op, Option<usize>), BuildError
         let a = a.ok_or_else(|| e(path, format!("%{name}(HEADER)% needs a header name")))?;
         let mut parts = a.splitn(2, '?');
         let first = parse_field(parts.next().unwrap_or(""), name, path)?;
-        let alt = parts.next().map(|h| parse_field(h, name, path)).transpose()?;
+        let alt = parts
+            .next()
+            .map(|h| parse_field(h, name, path))
+            .transpose()?;
         Ok((first, alt))
     };
     let op = match name {
@@ -1001,7 +1006,10 @@ impl Filter {
             *reads = true;
             let m = HeaderMatcher::build(&h.header).map_err(|(field, msg)| {
                 e(
-                    &meshgate_core::error::join_path(&format!("{path}.header_filter.header"), field),
+                    &meshgate_core::error::join_path(
+                        &format!("{path}.header_filter.header"),
+                        field,
+                    ),
                     msg,
                 )
             })?;
@@ -1055,10 +1063,7 @@ impl Filter {
                 Some(s) => s.per_million(),
             };
             *reads |= !r.use_independent_randomness;
-            return Ok(Filter::Runtime(
-                per_million,
-                r.use_independent_randomness,
-            ));
+            return Ok(Filter::Runtime(per_million, r.use_independent_randomness));
         }
         if let Some(g) = &f.grpc_status_filter {
             let mut codes = Vec::new();

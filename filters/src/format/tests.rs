@@ -36,11 +36,18 @@ fn templates_parse_operators_literals_and_lengths() {
         ]
     );
     let t = Template::parse("%REQ(:METHOD)% %START_TIME(%s)%", "f").unwrap();
-    assert!(matches!(t.0[0], Piece::Op(Op::Req(Field::Method, None), None)));
+    assert!(matches!(
+        t.0[0],
+        Piece::Op(Op::Req(Field::Method, None), None)
+    ));
     assert!(matches!(t.0[2], Piece::Op(Op::StartTime(Some(_)), None)));
     let e = Template::parse("x %UPSTREAM_LOCAL_ADDRESS% y", "p").unwrap_err();
     assert_eq!(e.path, "p");
-    assert!(e.message.contains("%UPSTREAM_LOCAL_ADDRESS%"), "{}", e.message);
+    assert!(
+        e.message.contains("%UPSTREAM_LOCAL_ADDRESS%"),
+        "{}",
+        e.message
+    );
     let e = Template::parse("%FILTER_STATE(a:PLAIN)%", "p").unwrap_err();
     assert!(e.message.contains("FILTER_STATE"), "{}", e.message);
     assert!(Template::parse(DEFAULT_FORMAT, "p").is_ok());
@@ -138,12 +145,31 @@ fn filters_compose() {
     ctx.flags = Flags::default().with("UF");
     assert!(!f.matches(&ctx));
     assert!(build(r#"{"response_flag_filter": {}}"#).matches(&ctx));
-    assert!(build(r#"{"duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 30}}}}"#).matches(&ctx));
-    assert!(!build(r#"{"duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 50}}}}"#).matches(&ctx));
+    assert!(
+        build(
+            r#"{"duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 30}}}}"#
+        )
+        .matches(&ctx)
+    );
+    assert!(
+        !build(
+            r#"{"duration_filter": {"comparison": {"op": "GE", "value": {"default_value": 50}}}}"#
+        )
+        .matches(&ctx)
+    );
     assert!(build(r#"{"grpc_status_filter": {"statuses": ["UNAVAILABLE"]}}"#).matches(&ctx));
-    assert!(!build(r#"{"grpc_status_filter": {"statuses": ["UNAVAILABLE"], "exclude": true}}"#).matches(&ctx));
-    assert!(!build(r#"{"runtime_filter": {"runtime_key": "k", "percent_sampled": {"numerator": 0}}}"#).matches(&ctx));
-    assert!(build(r#"{"runtime_filter": {"runtime_key": "k", "percent_sampled": {"numerator": 100}}}"#).matches(&ctx));
+    assert!(
+        !build(r#"{"grpc_status_filter": {"statuses": ["UNAVAILABLE"], "exclude": true}}"#)
+            .matches(&ctx)
+    );
+    assert!(
+        !build(r#"{"runtime_filter": {"runtime_key": "k", "percent_sampled": {"numerator": 0}}}"#)
+            .matches(&ctx)
+    );
+    assert!(
+        build(r#"{"runtime_filter": {"runtime_key": "k", "percent_sampled": {"numerator": 100}}}"#)
+            .matches(&ctx)
+    );
     assert!(!build(r#"{"traceable_filter": {}}"#).matches(&ctx));
     let mut req = HeaderMap::new();
     req.insert(
@@ -156,12 +182,20 @@ fn filters_compose() {
     assert!(build(md).matches(&ctx), "a missing key matches by default");
     let md_strict = r#"{"metadata_filter": {"match_if_key_not_found": false, "matcher": {"filter": "ns", "path": [{"key": "user"}], "value": {"string_match": {"exact": "ann"}}}}}"#;
     assert!(!build(md_strict).matches(&ctx));
-    let e = Filter::build(&cfg_of(r#"{"response_flag_filter": {"flags": ["ZZ"]}}"#), "f", &mut false)
-        .err()
-        .unwrap();
+    let e = Filter::build(
+        &cfg_of(r#"{"response_flag_filter": {"flags": ["ZZ"]}}"#),
+        "f",
+        &mut false,
+    )
+    .err()
+    .unwrap();
     assert_eq!(e.path, "f.response_flag_filter.flags[0]");
-    let e = Filter::build(&cfg_of(r#"{"grpc_status_filter": {"statuses": ["NOPE"]}}"#), "f", &mut false)
-        .err()
-        .unwrap();
+    let e = Filter::build(
+        &cfg_of(r#"{"grpc_status_filter": {"statuses": ["NOPE"]}}"#),
+        "f",
+        &mut false,
+    )
+    .err()
+    .unwrap();
     assert_eq!(e.path, "f.grpc_status_filter.statuses[0]");
 }

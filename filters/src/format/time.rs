@@ -138,7 +138,13 @@ impl Strftime {
                 (Some('b'), None) => Part::MonthName,
                 (Some('a'), None) => Part::WeekdayName,
                 (Some('F'), None) => {
-                    parts.extend([Part::Year, Part::Lit('-'), Part::Month, Part::Lit('-'), Part::Day]);
+                    parts.extend([
+                        Part::Year,
+                        Part::Lit('-'),
+                        Part::Month,
+                        Part::Lit('-'),
+                        Part::Day,
+                    ]);
                     continue;
                 }
                 (Some('T'), None) => {
