@@ -573,6 +573,7 @@ fn bad_access_log_configs_are_refused_naming_the_field() {
 /// The HCM's `access_log` from xDS: a FileAccessLog with a text format and
 /// a status filter, written by the listener the control plane sent.
 #[test]
+#[allow(deprecated)]
 fn hcm_access_log_from_xds() {
     use envoy_types::pb::envoy::config::accesslog::v3 as al;
     use envoy_types::pb::envoy::config::core::v3 as core3;

@@ -119,6 +119,7 @@ mod tests {
     use prost::Message;
 
     #[test]
+    #[allow(deprecated)]
     fn file_and_stdout_loggers_translate_and_others_are_refused() {
         let f = file::FileAccessLog {
             path: "/tmp/a.log".into(),
