@@ -317,14 +317,23 @@ fn access_log_filters_choose_the_lines() {
     // The unfiltered log has all six lines: every other log is complete.
     // (/api/stream takes about 500 ms: the duration filter's line.)
     assert_eq!(lines(&p("all"), 6).len(), 6);
-    let read = |n: &str| std::fs::read_to_string(p(n)).unwrap_or_default();
-    assert_eq!(read("errors"), "/nowhere 404 NR\n/api/status/503 503 -\n");
-    assert_eq!(read("nr"), "/nowhere 404 NR\n");
-    assert_eq!(read("header"), "/api/marked 200 -\n");
-    assert_eq!(read("none"), "");
-    assert_eq!(read("and"), "/api/status/503 503 -\n");
-    assert_eq!(read("or"), "/nowhere 404 NR\n/api/stream 200 -\n");
-    assert_eq!(read("traced"), "/api/traced 200 -\n");
+    // Each file has its own writer thread: wait for the lines expected,
+    // then check nothing else came.
+    let read = |n: &str, count: usize| {
+        lines(&p(n), count);
+        std::fs::read_to_string(p(n)).unwrap_or_default()
+    };
+    assert_eq!(
+        read("errors", 2),
+        "/nowhere 404 NR\n/api/status/503 503 -\n"
+    );
+    assert_eq!(read("nr", 1), "/nowhere 404 NR\n");
+    assert_eq!(read("header", 1), "/api/marked 200 -\n");
+    assert_eq!(read("and", 1), "/api/status/503 503 -\n");
+    assert_eq!(read("or", 2), "/nowhere 404 NR\n/api/stream 200 -\n");
+    assert_eq!(read("traced", 1), "/api/traced 200 -\n");
+    // The filter decides before a line is queued: none was.
+    assert_eq!(read("none", 0), "");
 }
 
 /// The response flags of the paths that cause them: NR, UF, UH, URX, UT,
@@ -703,4 +712,67 @@ fn dubbo_calls_are_logged_with_service_method_and_status() {
         "{}",
         l[1]
     );
+}
+
+/// gRPC calls (grpcio client and server): `%GRPC_STATUS%` from the
+/// trailers (or a trailers-only answer), and a `grpc_status_filter` that
+/// keeps only the failed calls.
+#[test]
+fn grpc_status_is_logged_and_filtered() {
+    use std::io::BufRead;
+    let peer = workspace().join("tests/peers/grpc_e2e_peer.py");
+    let mut server = Command::new("python3")
+        .arg(&peer)
+        .args(["server", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let up: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (all, failed) = (dir.path().join("all.log"), dir.path().join("failed.log"));
+    let fmt = json!({"text_format": "%REQ(:PATH)% %GRPC_STATUS% %GRPC_STATUS_NUMBER% %PROTOCOL% %RESPONSE_CODE%\n"});
+    let logs = json!([
+        file_log(&all, Some(fmt.clone()), None),
+        file_log(
+            &failed,
+            Some(fmt),
+            Some(json!({"grpc_status_filter": {"statuses": ["OK"], "exclude": true}}))
+        ),
+    ]);
+    let mg = start(json!({
+        "listeners": [proxy_listener("grpc", logs, json!([
+            {"match": {"prefix": "/", "grpc": true}, "route": {"cluster": "up", "timeout": "0s"}}
+        ]))],
+        "clusters": [{"name": "up", "protocol": "http2", "endpoints": [{"address": format!("127.0.0.1:{up}")}]}]
+    }));
+    let port = mg.listener_port("grpc");
+    for (case, want) in [
+        ("unary", "OK unary"),
+        ("error", "OK error INVALID_ARGUMENT"),
+    ] {
+        let out = Command::new("timeout")
+            .args(["20", "python3"])
+            .arg(&peer)
+            .args(["client", &format!("127.0.0.1:{port}"), case])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(want),
+            "{case}: {out:?}"
+        );
+    }
+    let l = lines(&all, 2);
+    assert!(l[0].ends_with("/Unary OK 0 HTTP/2 200"), "{}", l[0]);
+    assert!(
+        l[1].ends_with("/Fail InvalidArgument 3 HTTP/2 200"),
+        "{}",
+        l[1]
+    );
+    assert_eq!(lines(&failed, 1), [l[1].clone()]);
+    let _ = server.kill();
+    let _ = server.wait();
 }
