@@ -96,6 +96,11 @@ fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Resp
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Envoy's `POST /reopen_logs`: access log files reopen (logrotate).
+    if req.uri().path() == "/reopen_logs" && req.method() == Method::POST {
+        crate::signals::reopen_logs();
+        return text(StatusCode::OK, "text/plain", "OK\n");
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
     }

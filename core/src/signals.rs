@@ -22,7 +22,7 @@ pub fn log_generation() -> u64 {
 pub fn reopen_logs() {
     LOG_GENERATION.fetch_add(1, Ordering::AcqRel);
     metrics::counter!(crate::metrics::names::SERVER_LOG_REOPEN_TOTAL).increment(1);
-    tracing::info!("SIGUSR1: log files reopen on their next line");
+    tracing::info!("log files reopen on their next line (SIGUSR1 or POST /reopen_logs)");
 }
 
 /// Signals whose default action terminates the process (signal(7)) and that

@@ -14,6 +14,7 @@ mod edge;
 pub mod ext_authz;
 mod fallback;
 pub mod fault;
+mod format;
 mod grpc;
 pub mod header_mutation;
 pub mod http_options;

@@ -160,9 +160,14 @@ impl NetworkFilterFactory for ProxyFactory {
                 stream_idle_timeout: cfg.stream_idle_timeout,
                 access_log: match &cfg.access_log {
                     None => None,
-                    Some(a) => Some(crate::access_log::AccessLog::open(&a.path).map_err(|e| {
-                        BuildError::new("access_log.path", format!("cannot open '{}': {e}", a.path))
-                    })?),
+                    Some(a) => Some(Arc::new(crate::access_log::AccessLogs::build(a).map_err(
+                        |e| {
+                            BuildError::new(
+                                meshgate_core::error::join_path("access_log", &e.path),
+                                e.message,
+                            )
+                        },
+                    )?)),
                 },
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
@@ -457,7 +462,7 @@ impl HttpStats {
 }
 
 struct ProxyHandler {
-    access_log: Option<Arc<crate::access_log::AccessLog>>,
+    access_log: Option<Arc<crate::access_log::AccessLogs>>,
     /// The route table; a route update (file reload or RDS) is a new
     /// value on it, so open connections route their next request by it.
     table: RouteSubscription,
@@ -678,7 +683,7 @@ impl ProxyHandler {
             let logged = self
                 .access_log
                 .as_ref()
-                .map(|_| Box::new(RequestSummary::of(&req)));
+                .map(|l| l.begin(&mut req, info.start));
             let seen_by_replies = self.local_replies.as_ref().map(|l| l.see(&req));
             let mut ran = Ran::default();
             let mut resp = match prepared {
@@ -721,11 +726,12 @@ impl ProxyHandler {
             self.stats
                 .duration
                 .record(info.start.elapsed().as_secs_f64());
-            if let (Some(log), Some(r)) = (&self.access_log, logged) {
-                log.log(access_log_line(&r, &info, status));
-            }
             if !self.chain.is_empty() {
                 self.chain.on_complete(&ran, &info, status);
+            }
+            // Logged when the response body ends (the info moves there).
+            if let (Some(log), Some(p)) = (&self.access_log, logged) {
+                return log.attach(resp, p, info);
             }
             resp
         }
@@ -998,84 +1004,6 @@ fn xfcc(peer: &meshgate_core::tls::PeerIdentity) -> String {
         v.push_str(d);
     }
     v
-}
-
-/// The request fields of an access-log line.
-struct RequestSummary {
-    method: http::Method,
-    path: String,
-    authority: Option<String>,
-    request_id: Option<String>,
-    user_agent: Option<String>,
-}
-
-impl RequestSummary {
-    fn of(req: &Request) -> Self {
-        let h = |n: &str| {
-            req.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        Self {
-            method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-            authority: req
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| h("host")),
-            request_id: h("x-request-id"),
-            user_agent: h("user-agent"),
-        }
-    }
-}
-
-/// The access-log JSON of one request.
-fn access_log_line(req: &RequestSummary, info: &StreamInfo, status: u16) -> String {
-    let started = std::time::SystemTime::now() - info.start.elapsed();
-    let c = &info.connection;
-    let mut v = serde_json::json!({
-        "start_time": humantime::format_rfc3339_millis(started).to_string(),
-        "listener": &*c.listener,
-        "downstream_remote": c.peer_addr.to_string(),
-        "downstream_remote_address": info.downstream_remote_address.to_string(),
-        "protocol": info.protocol,
-        "method": req.method.as_str(),
-        "path": req.path,
-        "authority": req.authority,
-        "status": status,
-        "duration_ms": info.start.elapsed().as_secs_f64() * 1000.0,
-        "route": info.route,
-        "upstream_cluster": info.upstream_cluster,
-        "upstream_host": info.upstream_host.map(|a| a.to_string()),
-        "local_reply": info.local_reply,
-        "denied_by": info.denied_by,
-        "request_id": req.request_id,
-        "user_agent": req.user_agent,
-        "grpc": info.grpc,
-    });
-    if let Some(m) = info.metadata() {
-        // What filters published (the user basic_auth found, a JWT's claims).
-        v["dynamic_metadata"] = serde_json::Value::Object(m.as_map().clone());
-    }
-    if let Some(t) = &c.tls {
-        v["tls"] = serde_json::json!({
-            "version": t.version,
-            "cipher_suite": t.cipher_suite,
-            "sni": t.server_name,
-            "alpn": t.alpn,
-            "resumed": t.resumed,
-            "peer_subject": t.peer.as_ref().map(|p| p.subject.clone()),
-            "peer_uri_sans": t.peer.as_ref().map(|p| p.uri_sans.clone()),
-            "peer_dns_sans": t.peer.as_ref().map(|p| p.dns_sans.clone()),
-        });
-    }
-    v.to_string()
 }
 
 #[cfg(test)]

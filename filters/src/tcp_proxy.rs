@@ -85,6 +85,17 @@ impl NetworkFilterFactory for TcpProxyFactory {
         }
         let total_weight = clusters.iter().map(|(_, w)| *w as u64).sum();
         let listener = ctx.listener.to_string();
+        let access_log = match cfg.access_log.is_empty() {
+            true => None,
+            false => Some(
+                crate::access_log::AccessLogs::build_list(&cfg.access_log).map_err(|e| {
+                    BuildError::new(
+                        meshgate_core::error::join_path("access_log", &e.path),
+                        e.message,
+                    )
+                })?,
+            ),
+        };
         Ok(BuiltFilter::Terminal(Arc::new(TcpProxy {
             clusters,
             total_weight,
@@ -95,6 +106,7 @@ impl NetworkFilterFactory for TcpProxyFactory {
             no_upstream: metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
             downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener),
+            access_log,
         })))
     }
 }
@@ -109,6 +121,8 @@ struct TcpProxy {
     no_upstream: Counter,
     downstream_bytes_received: Counter,
     downstream_bytes_sent: Counter,
+    /// One line per connection when it closes.
+    access_log: Option<crate::access_log::AccessLogs>,
 }
 
 impl TerminalFilter for TcpProxy {
@@ -147,13 +161,17 @@ impl TcpProxy {
         &self,
         cluster: &Arc<Cluster>,
         info: &ConnectionInfo,
-    ) -> Option<UpstreamConnection> {
+    ) -> Result<UpstreamConnection, &'static str> {
         let ctx = self.lb_context(info);
         let mut tried: Vec<SocketAddr> = Vec::new();
+        // Why the last attempt failed, as a `LocalReason` label (the
+        // access log's response flag).
+        let mut why = "upstream_connect_failure";
         for attempt in 0..self.max_connect_attempts {
             match cluster.connect(&ctx, &tried).await {
-                Ok(up) => return Some(up),
+                Ok(up) => return Ok(up),
                 Err((e, addr)) => {
+                    why = crate::access_log::connect_failure(&e);
                     tracing::debug!(conn = info.id, cluster = %cluster.name, attempt, error = %e, "upstream connect attempt failed");
                     match addr {
                         Some(a) => tried.push(a),
@@ -163,15 +181,30 @@ impl TcpProxy {
                 }
             }
         }
-        None
+        Err(why)
     }
 
     async fn proxy(self: Arc<Self>, conn: Connection) {
         let cluster = self.pick_cluster().clone();
-        let Some(up) = self.connect(&cluster, &conn.info).await else {
-            self.no_upstream.increment(1);
-            tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "no upstream connection; closing downstream");
-            return;
+        let logged = self.access_log.as_ref().map(|l| {
+            crate::access_log::TcpLog::new(
+                l,
+                &conn.info,
+                cluster.name,
+                &self.downstream_bytes_received,
+                &self.downstream_bytes_sent,
+            )
+        });
+        let up = match self.connect(&cluster, &conn.info).await {
+            Ok(up) => up,
+            Err(why) => {
+                if let Some(l) = logged {
+                    l.close(None, Some(why));
+                }
+                self.no_upstream.increment(1);
+                tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "no upstream connection; closing downstream");
+                return;
+            }
         };
         tracing::trace!(conn = conn.info.id, upstream = %up.endpoint.address, "upstream connected");
         // For least_request, an L4 connection is one request.
@@ -179,12 +212,18 @@ impl TcpProxy {
         let Connection {
             io, preface, info, ..
         } = conn;
+        // With an access log, the downstream counters also count for it.
+        let (down_received, down_sent) = match &logged {
+            Some(l) => (&l.received, &l.sent),
+            None => (&self.downstream_bytes_received, &self.downstream_bytes_sent),
+        };
         let counters = Counters {
             up_sent: &cluster.stats.bytes_sent,
             up_received: &cluster.stats.bytes_received,
-            down_received: &self.downstream_bytes_received,
-            down_sent: &self.downstream_bytes_sent,
+            down_received,
+            down_sent,
         };
+        let upstream_host = up.endpoint.address;
         let activity = AtomicU64::new(now_ms());
         let result = match (io, &cluster.tls) {
             // TLS origination (the cluster's `tls`): user-space copy.
@@ -235,6 +274,9 @@ impl TcpProxy {
                 tracing::debug!(conn = info.id, error = %e, "connection reset");
                 cluster.stats.cx_closed("reset");
             }
+        }
+        if let Some(l) = logged {
+            l.close(Some(upstream_host), None);
         }
     }
 }

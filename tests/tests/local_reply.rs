@@ -281,7 +281,7 @@ fn grpc_client_gets_the_rendered_body_as_grpc_message() {
 fn bad_local_reply_configs_are_refused_naming_the_field() {
     let cases = [
         (
-            "local_reply_config: {body_format: {text_format: \"%DURATION%\"}}",
+            "local_reply_config: {body_format: {text_format: \"%UPSTREAM_LOCAL_ADDRESS%\"}}",
             "local_reply_config.body_format.text_format",
         ),
         (
@@ -289,7 +289,7 @@ fn bad_local_reply_configs_are_refused_naming_the_field() {
             "duration_filter",
         ),
         (
-            "local_reply_config: {mappers: [{filter: {response_flag_filter: {flags: [LH]}}}]}",
+            "local_reply_config: {mappers: [{filter: {response_flag_filter: {flags: [XX]}}}]}",
             "local_reply_config.mappers[0].filter.response_flag_filter.flags[0]",
         ),
         (
@@ -297,7 +297,7 @@ fn bad_local_reply_configs_are_refused_naming_the_field() {
             "local_reply_config.mappers[0].status_code",
         ),
         (
-            "local_reply_config: {body_format: {text_format: \"%START_TIME(%s)%\"}}",
+            "local_reply_config: {body_format: {text_format: \"%START_TIME(%Q)%\"}}",
             "START_TIME",
         ),
     ];

@@ -25,7 +25,10 @@ pub(crate) fn http_config(any: &protobuf::Any, path: &str) -> R<Value> {
     serde_json::to_value(http_fault(f, path)?).map_err(|e| (path.to_string(), e.to_string()))
 }
 
-fn percent(p: Option<typev3::FractionalPercent>, path: &str) -> R<Option<fc::FractionalPercent>> {
+pub(crate) fn percent(
+    p: Option<typev3::FractionalPercent>,
+    path: &str,
+) -> R<Option<fc::FractionalPercent>> {
     let Some(p) = p else { return Ok(None) };
     let denominator = match p.denominator {
         0 => fc::Denominator::Hundred,

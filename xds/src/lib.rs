@@ -5,6 +5,7 @@
 //! Secrets (SDS) come over the same stream and feed the TLS contexts of
 //! listeners and clusters (`tls`).
 
+mod access_log;
 mod circuit_breakers;
 pub mod client;
 mod compressor;

@@ -61,7 +61,7 @@ pub(crate) fn local_reply_config(
     })
 }
 
-fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogFilter> {
+pub(crate) fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogFilter> {
     use al::access_log_filter::FilterSpecifier as S;
     let mut out = lr::AccessLogFilter::default();
     let list = |filters: Vec<al::AccessLogFilter>, p: &str| -> R<lr::FilterList> {
@@ -75,31 +75,12 @@ fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogF
     match f.filter_specifier.take() {
         Some(S::StatusCodeFilter(mut s)) => {
             let p = join(path, "status_code_filter");
-            let Some(mut c) = s.comparison.take() else {
+            let Some(c) = s.comparison.take() else {
                 return err(join(&p, "comparison"), "missing comparison");
             };
-            let cp = join(&p, "comparison");
-            use al::comparison_filter::Op;
-            let op = match Op::try_from(std::mem::take(&mut c.op)) {
-                Ok(Op::Eq) => lr::ComparisonOp::Eq,
-                Ok(Op::Ge) => lr::ComparisonOp::Ge,
-                Ok(Op::Le) => lr::ComparisonOp::Le,
-                Ok(Op::Ne) => lr::ComparisonOp::Ne,
-                Err(_) => return err(join(&cp, "op"), "unknown op"),
-            };
-            let Some(mut v) = c.value.take() else {
-                return err(join(&cp, "value"), "missing value");
-            };
-            let value = lr::RuntimeUInt32 {
-                default_value: std::mem::take(&mut v.default_value),
-                runtime_key: std::mem::take(&mut v.runtime_key),
-            };
-            rest(&v, &join(&cp, "value"))?;
-            rest(&c, &cp)?;
+            let comparison = comparison(c, &join(&p, "comparison"))?;
             rest(&s, &p)?;
-            out.status_code_filter = Some(lr::StatusCodeFilter {
-                comparison: lr::ComparisonFilter { op, value },
-            });
+            out.status_code_filter = Some(lr::StatusCodeFilter { comparison });
         }
         Some(S::HeaderFilter(mut h)) => {
             let p = join(path, "header_filter");
@@ -131,11 +112,68 @@ fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogF
             });
             rest(&r, &p)?;
         }
+        Some(S::DurationFilter(mut d)) => {
+            let p = join(path, "duration_filter");
+            let Some(c) = d.comparison.take() else {
+                return err(join(&p, "comparison"), "missing comparison");
+            };
+            let comparison = comparison(c, &join(&p, "comparison"))?;
+            rest(&d, &p)?;
+            out.duration_filter = Some(lr::StatusCodeFilter { comparison });
+        }
+        Some(S::TraceableFilter(t)) => {
+            rest(&t, &join(path, "traceable_filter"))?;
+            out.traceable_filter = Some(lr::Empty {});
+        }
+        Some(S::RuntimeFilter(mut r)) => {
+            let p = join(path, "runtime_filter");
+            let percent_sampled =
+                crate::fault::percent(r.percent_sampled.take(), &join(&p, "percent_sampled"))?;
+            out.runtime_filter = Some(lr::RuntimeFilter {
+                runtime_key: std::mem::take(&mut r.runtime_key),
+                percent_sampled,
+                use_independent_randomness: std::mem::take(&mut r.use_independent_randomness),
+            });
+            rest(&r, &p)?;
+        }
+        Some(S::GrpcStatusFilter(mut g)) => {
+            let p = join(path, "grpc_status_filter");
+            let mut statuses = Vec::new();
+            for (i, s) in std::mem::take(&mut g.statuses).into_iter().enumerate() {
+                match al::grpc_status_filter::Status::try_from(s) {
+                    Ok(s) => statuses.push(s.as_str_name().to_string()),
+                    Err(_) => return err(format!("{p}.statuses[{i}]"), "unknown status"),
+                }
+            }
+            out.grpc_status_filter = Some(lr::GrpcStatusFilter {
+                statuses,
+                exclude: std::mem::take(&mut g.exclude),
+            });
+            rest(&g, &p)?;
+        }
+        Some(S::MetadataFilter(mut m)) => {
+            let p = join(path, "metadata_filter");
+            let matcher = match m.matcher.take() {
+                Some(x) => Some(crate::rbac::metadata(x, &join(&p, "matcher"))?),
+                None => None,
+            };
+            out.metadata_filter = Some(lr::MetadataFilter {
+                matcher,
+                match_if_key_not_found: m.match_if_key_not_found.take().map(|b| b.value),
+            });
+            rest(&m, &p)?;
+        }
         None => return err(path, "missing filter"),
-        Some(_) => {
+        Some(S::ExtensionFilter(_)) => {
             return err(
-                path,
-                "access log filter not supported in local_reply_config (status_code_filter, header_filter, and_filter, or_filter, not_health_check_filter, response_flag_filter)",
+                join(path, "extension_filter"),
+                "extension access log filters are not supported",
+            );
+        }
+        Some(S::LogTypeFilter(_)) => {
+            return err(
+                join(path, "log_type_filter"),
+                "log type filters are not supported (meshgate logs once per stream)",
             );
         }
     }
@@ -143,7 +181,28 @@ fn access_log_filter(mut f: al::AccessLogFilter, path: &str) -> R<lr::AccessLogF
     Ok(out)
 }
 
-fn data_source(mut d: core3::DataSource, path: &str) -> R<lr::DataSource> {
+fn comparison(mut c: al::ComparisonFilter, cp: &str) -> R<lr::ComparisonFilter> {
+    use al::comparison_filter::Op;
+    let op = match Op::try_from(std::mem::take(&mut c.op)) {
+        Ok(Op::Eq) => lr::ComparisonOp::Eq,
+        Ok(Op::Ge) => lr::ComparisonOp::Ge,
+        Ok(Op::Le) => lr::ComparisonOp::Le,
+        Ok(Op::Ne) => lr::ComparisonOp::Ne,
+        Err(_) => return err(join(cp, "op"), "unknown op"),
+    };
+    let Some(mut v) = c.value.take() else {
+        return err(join(cp, "value"), "missing value");
+    };
+    let value = lr::RuntimeUInt32 {
+        default_value: std::mem::take(&mut v.default_value),
+        runtime_key: std::mem::take(&mut v.runtime_key),
+    };
+    rest(&v, &join(cp, "value"))?;
+    rest(&c, cp)?;
+    Ok(lr::ComparisonFilter { op, value })
+}
+
+pub(crate) fn data_source(mut d: core3::DataSource, path: &str) -> R<lr::DataSource> {
     use core3::data_source::Specifier;
     let s = match d.specifier.take() {
         Some(Specifier::InlineString(s)) => s,
@@ -154,7 +213,10 @@ fn data_source(mut d: core3::DataSource, path: &str) -> R<lr::DataSource> {
 }
 
 #[allow(deprecated)]
-fn format(mut f: core3::SubstitutionFormatString, path: &str) -> R<lr::SubstitutionFormatString> {
+pub(crate) fn format(
+    mut f: core3::SubstitutionFormatString,
+    path: &str,
+) -> R<lr::SubstitutionFormatString> {
     use core3::substitution_format_string::Format;
     let mut out = lr::SubstitutionFormatString {
         omit_empty_values: std::mem::take(&mut f.omit_empty_values),
@@ -245,7 +307,7 @@ mod tests {
             body_format: None,
         };
         let (field, _) = local_reply_config(c, "lrc").unwrap_err();
-        assert_eq!(field, "lrc.mappers[0].filter");
+        assert_eq!(field, "lrc.mappers[0].filter.duration_filter.comparison");
         let c = hcm::LocalReplyConfig {
             mappers: vec![hcm::ResponseMapper {
                 filter: Some(status_eq(400)),

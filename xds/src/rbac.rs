@@ -286,7 +286,10 @@ fn header(mut h: rds::HeaderMatcher, path: &str) -> R<rc::RbacHeaderMatcher> {
     Ok(out)
 }
 
-fn metadata(mut m: matcher::MetadataMatcher, path: &str) -> R<rc::MetadataMatcherConfig> {
+pub(crate) fn metadata(
+    mut m: matcher::MetadataMatcher,
+    path: &str,
+) -> R<rc::MetadataMatcherConfig> {
     let mut keys = Vec::new();
     for (i, s) in std::mem::take(&mut m.path).into_iter().enumerate() {
         match s.segment {

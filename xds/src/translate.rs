@@ -804,6 +804,10 @@ fn tcp_proxy(mut t: tcp::TcpProxy, path: &str) -> R<fc::TcpProxyConfig> {
     if let Some(n) = t.max_connect_attempts.take() {
         out.max_connect_attempts = n.value;
     }
+    out.access_log = crate::access_log::access_logs(
+        std::mem::take(&mut t.access_log),
+        &join(path, "access_log"),
+    )?;
     rest(&t, path)?;
     Ok(out)
 }
@@ -926,6 +930,14 @@ fn http_connection_manager(
     out.server_header_transformation = server_header;
     out.server_name = server_name;
     out.upgrade_configs = upgrades;
+    if !h.access_log.is_empty() {
+        out.access_log = Some(meshgate_core::config::access_log::AccessLogs::List(
+            crate::access_log::access_logs(
+                std::mem::take(&mut h.access_log),
+                &join(path, "access_log"),
+            )?,
+        ));
+    }
     if let Some(c) = h.local_reply_config.take() {
         out.local_reply_config = Some(crate::local_reply::local_reply_config(
             c,

@@ -44,9 +44,10 @@ pub struct ProxyConfig {
     /// How long to wait for enough bytes to detect the protocol.
     #[serde(default = "default_detect_timeout", with = "humantime_serde")]
     pub detect_timeout: Duration,
-    /// One JSON line per request (when the response head is sent).
+    /// Envoy's `access_log` list (crate::config::access_log), or
+    /// meshgate's `{path: FILE}` shorthand (one JSON line per request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<AccessLogConfig>,
+    pub access_log: Option<crate::config::access_log::AccessLogs>,
     /// Advertise an HTTP/3 listener on responses of TCP connections
     /// (`alt-svc: h3=":PORT"; ma=SECONDS`), so clients switch to QUIC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,13 +272,8 @@ pub struct AdvertiseHttp3 {
     pub max_age: Duration,
 }
 
-/// `access_log` of the `proxy` filter.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogConfig {
-    /// A file (appended to), or `/dev/stdout`.
-    pub path: String,
-}
+/// `access_log: {path}` of the `proxy` filter (the shorthand).
+pub type AccessLogConfig = crate::config::access_log::AccessLogPath;
 
 /// Envoy's `path_with_escaped_slashes_action`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -394,6 +390,9 @@ pub struct TcpProxyConfig {
     /// first byte).
     #[serde(default)]
     pub zero_copy: ZeroCopy,
+    /// One line per connection, when it closes (Envoy's `access_log`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<crate::config::access_log::AccessLog>,
 }
 
 impl TcpProxyConfig {
@@ -406,6 +405,7 @@ impl TcpProxyConfig {
             idle_timeout: default_idle_timeout(),
             hash_policy: TcpHashPolicy::default(),
             zero_copy: ZeroCopy::default(),
+            access_log: Vec::new(),
         }
     }
 }

@@ -64,6 +64,57 @@ pub struct AccessLogFilter {
     pub not_health_check_filter: Option<Empty>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_flag_filter: Option<ResponseFlagFilter>,
+    /// The stream's duration (ms, `%DURATION%`) compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_filter: Option<StatusCodeFilter>,
+    /// The request carries a sampled trace decision (`traceparent` or B3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceable_filter: Option<Empty>,
+    /// A sampled share of requests (meshgate has no runtime layer:
+    /// `percent_sampled` is the share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_filter: Option<RuntimeFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status_filter: Option<GrpcStatusFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_filter: Option<MetadataFilter>,
+}
+
+/// Envoy's `RuntimeFilter`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFilter {
+    /// Accepted and unused (no runtime layer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_sampled: Option<crate::config::filters::FractionalPercent>,
+    /// Default false: the sample follows `x-request-id`, so every log
+    /// with this filter keeps the same requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_independent_randomness: bool,
+}
+
+/// Envoy's `GrpcStatusFilter`: status names as Envoy's enum (`OK`,
+/// `UNAVAILABLE`...).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcStatusFilter {
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude: bool,
+}
+
+/// Envoy's `MetadataFilter` on the stream's dynamic metadata.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matcher: Option<crate::config::rbac::MetadataMatcherConfig>,
+    /// What a missing key gives (Envoy's default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_if_key_not_found: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -2,6 +2,7 @@
 //! later, the xDS translation. Field names follow Envoy's where an operator
 //! would look for them. Unknown fields are errors everywhere.
 
+pub mod access_log;
 pub mod circuit_breakers;
 pub mod compressor;
 pub mod decompressor;

@@ -754,8 +754,8 @@ impl ValueMatch {
     }
 }
 
-/// A compiled `MetadataMatcher`.
-struct MetadataMatch {
+/// A compiled `MetadataMatcher` (also the access log's `metadata_filter`).
+pub(crate) struct MetadataMatch {
     filter: Box<str>,
     path: Box<[Box<str>]>,
     value: ValueMatch,
@@ -763,7 +763,7 @@ struct MetadataMatch {
 }
 
 impl MetadataMatch {
-    fn build(c: &MetadataMatcherConfig, path: &str) -> Result<Self, BuildError> {
+    pub(crate) fn build(c: &MetadataMatcherConfig, path: &str) -> Result<Self, BuildError> {
         if c.filter.is_empty() {
             return Err(BuildError::new(
                 format!("{path}.filter"),
@@ -781,7 +781,19 @@ impl MetadataMatch {
         })
     }
 
-    fn matches(&self, md: Option<&DynamicMetadata>) -> bool {
+    /// Whether the metadata holds a value at the matcher's path.
+    pub(crate) fn key_present(&self, md: Option<&DynamicMetadata>) -> bool {
+        md.and_then(|md| {
+            let mut v = md.as_map().get(&*self.filter)?;
+            for k in &*self.path {
+                v = v.as_object()?.get(&**k)?;
+            }
+            Some(v)
+        })
+        .is_some()
+    }
+
+    pub(crate) fn matches(&self, md: Option<&DynamicMetadata>) -> bool {
         let v = md.and_then(|md| {
             let mut v = md.as_map().get(&*self.filter)?;
             for k in &*self.path {

@@ -13,6 +13,7 @@
 //! there; `{rbac: {}}` switches the filter off on that route.
 
 mod engine;
+pub(crate) use engine::MetadataMatch;
 pub mod network;
 
 use engine::{Context, Engine, Layer, Outcome, RequestView};

@@ -1,5 +1,5 @@
-//! Access logs of the `proxy` filter: one JSON object per request, handed
-//! to a writer thread through a bounded queue so that the data path never
+//! The sinks of access logs: lines (each ending with its own newline)
+//! handed to a writer thread through a bounded queue so that the data path never
 //! waits on the file. When the queue is full the line is dropped and
 //! counted (`meshgate_access_log_dropped_total`). Writers are shared per
 //! path, so filter chains and reloads that name the same file never
@@ -51,7 +51,7 @@ impl AccessLog {
         Ok(w)
     }
 
-    /// Queues one line (without its newline); never blocks.
+    /// Queues one line (with its newline); never blocks.
     pub fn log(&self, line: String) {
         if self.tx.try_send(line).is_err() {
             self.dropped.increment(1);
@@ -87,7 +87,6 @@ fn write_loop(rx: Receiver<String>, file: std::fs::File, path: &str) {
         let mut next = Some(line);
         while let Some(line) = next {
             let _ = out.write_all(line.as_bytes());
-            let _ = out.write_all(b"\n");
             next = match rx.try_recv() {
                 Ok(l) => Some(l),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
