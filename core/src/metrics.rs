@@ -39,6 +39,33 @@ impl MetricsHandle {
         self.histograms.render(&mut out);
         out
     }
+
+    /// Sets every counter and histogram to zero (admin `/reset_counters`);
+    /// gauges keep their values (they are states, not counts). Prometheus
+    /// sees a counter reset, which `rate()` handles.
+    pub fn reset_counters(&self) {
+        for c in self
+            .counters
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            c.store(0, Ordering::Relaxed);
+        }
+        for (_, h) in self
+            .histograms
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            for b in &h.buckets {
+                b.store(0, Ordering::Relaxed);
+            }
+            h.sum_nanos.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Installs meshgate's recorder as the global `metrics` recorder (once)

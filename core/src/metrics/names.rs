@@ -362,6 +362,13 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
+/// Counter `{reason}`: admin requests refused (`unauthorized`,
+/// `method_not_allowed`, `bad_request`).
+pub const ADMIN_RQ_DENIED_TOTAL: &str = "meshgate_admin_rq_denied_total";
+/// Gauge: 1 while `/healthcheck/fail` holds (`/ready` answers 503).
+pub const SERVER_HEALTH_CHECK_FAILED: &str = "meshgate_server_health_check_failed";
+/// Gauge: seconds since the process started.
+pub const SERVER_UPTIME_SECONDS: &str = "meshgate_server_uptime_seconds";
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -483,6 +490,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (ADMIN_RQ_DENIED_TOTAL, Kind::Counter),
+    (SERVER_HEALTH_CHECK_FAILED, Kind::Gauge),
+    (SERVER_UPTIME_SECONDS, Kind::Gauge),
 ];
 
 #[cfg(test)]
