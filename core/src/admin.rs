@@ -213,20 +213,68 @@ fn refuse(status: StatusCode, reason: &'static str, msg: String) -> Response<Ful
 /// Every endpoint, whether it mutates (POST only), and what it does.
 const ENDPOINTS: &[(&str, bool, &str)] = &[
     ("/", false, "this list"),
-    ("/ready", false, "200 LIVE, or 503 while draining or after /healthcheck/fail"),
-    ("/server_info", false, "version, uptime, state, command line"),
-    ("/listeners", false, "listeners and their bound addresses (JSON; ?format=text)"),
-    ("/clusters", false, "clusters and endpoints with health flags (?format=json)"),
-    ("/stats", false, "counters and gauges (?format=json, ?filter=REGEX, ?usedonly)"),
-    ("/stats/prometheus", false, "every metric in the Prometheus text format"),
-    ("/config_dump", false, "the running config (?resource=, ?mask=, ?name_regex=, ?include_eds)"),
-    ("/certs", false, "loaded certificates: subject, SANs, expiry"),
+    (
+        "/ready",
+        false,
+        "200 LIVE, or 503 while draining or after /healthcheck/fail",
+    ),
+    (
+        "/server_info",
+        false,
+        "version, uptime, state, command line",
+    ),
+    (
+        "/listeners",
+        false,
+        "listeners and their bound addresses (JSON; ?format=text)",
+    ),
+    (
+        "/clusters",
+        false,
+        "clusters and endpoints with health flags (?format=json)",
+    ),
+    (
+        "/stats",
+        false,
+        "counters and gauges (?format=json, ?filter=REGEX, ?usedonly)",
+    ),
+    (
+        "/stats/prometheus",
+        false,
+        "every metric in the Prometheus text format",
+    ),
+    (
+        "/config_dump",
+        false,
+        "the running config (?resource=, ?mask=, ?name_regex=, ?include_eds)",
+    ),
+    (
+        "/certs",
+        false,
+        "loaded certificates: subject, SANs, expiry",
+    ),
     ("/memory", false, "allocator and resident memory"),
-    ("/logging", false, "log levels; POST ?level=L or ?paths=target:L,... changes them"),
-    ("/healthcheck/fail", true, "make /ready fail (load balancers drain this instance)"),
+    (
+        "/logging",
+        false,
+        "log levels; POST ?level=L or ?paths=target:L,... changes them",
+    ),
+    (
+        "/healthcheck/fail",
+        true,
+        "make /ready fail (load balancers drain this instance)",
+    ),
     ("/healthcheck/ok", true, "undo /healthcheck/fail"),
-    ("/drain_listeners", true, "stop accepting (?graceful: drain open connections first; ?inboundonly)"),
-    ("/reset_counters", true, "set every counter and histogram to zero"),
+    (
+        "/drain_listeners",
+        true,
+        "stop accepting (?graceful: drain open connections first; ?inboundonly)",
+    ),
+    (
+        "/reset_counters",
+        true,
+        "set every counter and histogram to zero",
+    ),
     ("/quitquitquit", true, "drain and exit 0"),
 ];
 
@@ -299,7 +347,11 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> Result<(), &'stati
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
-    if same { Ok(()) } else { Err("missing or wrong bearer token") }
+    if same {
+        Ok(())
+    } else {
+        Err("missing or wrong bearer token")
+    }
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -344,7 +396,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if state.draining.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
             } else if health_check_failed() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "HEALTH_CHECK_FAILED\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "HEALTH_CHECK_FAILED\n",
+                )
             } else {
                 text(StatusCode::OK, "text/plain", "LIVE\n")
             }
@@ -408,7 +464,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/server_info" => json(&ops::server_info(state)),
         "/memory" => json(&ops::memory()),
         "/logging" if req.method() == Method::POST => match ops::set_logging(&q) {
-            Ok(now) => text(StatusCode::OK, "text/plain", format!("active filter: {now}\n")),
+            Ok(now) => text(
+                StatusCode::OK,
+                "text/plain",
+                format!("active filter: {now}\n"),
+            ),
             Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_request", format!("{e}\n")),
         },
         "/logging" => text(StatusCode::OK, "text/plain", ops::logging_levels()),
@@ -437,10 +497,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/quitquitquit" => {
             tracing::info!("admin /quitquitquit: stopping");
-            state
-                .control
-                .quit_requested
-                .store(true, Ordering::Relaxed);
+            state.control.quit_requested.store(true, Ordering::Relaxed);
             let mut r = text(StatusCode::OK, "text/plain", "OK\n");
             r.headers_mut().insert(
                 http::header::CONNECTION,

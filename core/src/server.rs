@@ -128,7 +128,12 @@ pub async fn run_with_dynamic(
         listeners: live.bound.clone(),
         prometheus,
         draining: false.into(),
-        control: admin::Control::new(stop.clone(), accept_stop.clone(), drain.clone(), opts.drain_time),
+        control: admin::Control::new(
+            stop.clone(),
+            accept_stop.clone(),
+            drain.clone(),
+            opts.drain_time,
+        ),
     });
     if let Some(sock) = admin_sock {
         tracing::info!(address = ?sock.local_addr().ok(), "admin listening");
@@ -136,7 +141,11 @@ pub async fn run_with_dynamic(
     }
     if let Some(pipe) = admin_pipe {
         tracing::info!(path = ?pipe.local_addr().ok(), "admin serving on a Unix socket");
-        tokio::spawn(admin::serve_pipe(pipe, admin_state.clone(), background.clone()));
+        tokio::spawn(admin::serve_pipe(
+            pipe,
+            admin_state.clone(),
+            background.clone(),
+        ));
     }
     metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(snapshot.load().version as f64);
 

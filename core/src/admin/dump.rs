@@ -43,7 +43,11 @@ pub(super) fn config_dump(snap: &Snapshot, q: &[(String, String)]) -> Result<Val
     redact_tokens(&mut dump);
     let keep_named = |list: &mut Vec<Value>| {
         if let Some(re) = &name_re {
-            list.retain(|v| v.get("name").and_then(Value::as_str).is_some_and(|n| re.is_match(n)));
+            list.retain(|v| {
+                v.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| re.is_match(n))
+            });
         }
     };
     if let Some(r) = get("resource") {
@@ -52,7 +56,10 @@ pub(super) fn config_dump(snap: &Snapshot, q: &[(String, String)]) -> Result<Val
         })?;
         let mut list = match key {
             "clusters_state" => dump.get_mut("clusters_state").map(Value::take),
-            k => dump.get_mut("config").and_then(|c| c.get_mut(k)).map(Value::take),
+            k => dump
+                .get_mut("config")
+                .and_then(|c| c.get_mut(k))
+                .map(Value::take),
         }
         .and_then(|v| match v {
             Value::Array(a) => Some(a),
@@ -135,7 +142,10 @@ fn walk(v: &Value, at: String, out: &mut Vec<Value>) {
                 ("certificate_chain", "certificate_chain_pem"),
                 ("trusted_ca", "trusted_ca_pem"),
             ] {
-                let file = o.get(field).and_then(Value::as_str).filter(|s| !s.is_empty());
+                let file = o
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty());
                 let pem = o.get(inline).and_then(Value::as_str);
                 let (source, bytes) = match (file, pem) {
                     (Some(f), _) => (f.to_string(), std::fs::read(f).map_err(|e| e.to_string())),

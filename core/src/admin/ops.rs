@@ -49,8 +49,11 @@ pub fn health_check_failed() -> bool {
 
 pub(super) fn set_health_check_failed(failed: bool) {
     HEALTH_CHECK_FAILED.store(failed, Ordering::Relaxed);
-    metrics::gauge!(crate::metrics::names::SERVER_HEALTH_CHECK_FAILED)
-        .set(if failed { 1.0 } else { 0.0 });
+    metrics::gauge!(crate::metrics::names::SERVER_HEALTH_CHECK_FAILED).set(if failed {
+        1.0
+    } else {
+        0.0
+    });
     tracing::info!(failed, "admin health check state changed");
 }
 
@@ -58,9 +61,8 @@ pub(super) fn set_health_check_failed(failed: bool) {
 pub(super) fn refresh_gauges(c: &Control) {
     metrics::gauge!(crate::metrics::names::SERVER_UPTIME_SECONDS)
         .set(c.started.elapsed().as_secs_f64());
-    metrics::gauge!(crate::metrics::names::SERVER_HEALTH_CHECK_FAILED).set(
-        if health_check_failed() { 1.0 } else { 0.0 },
-    );
+    metrics::gauge!(crate::metrics::names::SERVER_HEALTH_CHECK_FAILED)
+        .set(if health_check_failed() { 1.0 } else { 0.0 });
 }
 
 /// `/server_info`, with Envoy's field names where they exist.
@@ -95,7 +97,9 @@ pub(super) fn memory() -> serde_json::Value {
     let alloc = MEMORY.get().map(|f| f()).unwrap_or_default();
     let page = page_size();
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let mut it = statm.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+    let mut it = statm
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().unwrap_or(0));
     let virt = it.next().unwrap_or(0) * page;
     let rss = it.next().unwrap_or(0) * page;
     serde_json::json!({
@@ -131,8 +135,14 @@ pub(super) fn set_logging(q: &[(String, String)]) -> Result<String, String> {
     let c = LOG_CONTROL
         .get()
         .ok_or("log levels cannot be changed in this binary")?;
-    let level = q.iter().find(|(k, _)| k == "level").map(|(_, v)| v.as_str());
-    let paths = q.iter().find(|(k, _)| k == "paths").map(|(_, v)| v.as_str());
+    let level = q
+        .iter()
+        .find(|(k, _)| k == "level")
+        .map(|(_, v)| v.as_str());
+    let paths = q
+        .iter()
+        .find(|(k, _)| k == "paths")
+        .map(|(_, v)| v.as_str());
     let next = next_filter(&c.current(), level, paths)?;
     c.set(&next)?;
     tracing::info!(filter = %next, "admin /logging: log filter changed");
@@ -145,7 +155,9 @@ fn next_filter(current: &str, level: Option<&str>, paths: Option<&str>) -> Resul
         if LEVELS.contains(&l) {
             Ok(())
         } else {
-            Err(format!("{what}: unknown level '{l}' (want one of {LEVELS:?})"))
+            Err(format!(
+                "{what}: unknown level '{l}' (want one of {LEVELS:?})"
+            ))
         }
     };
     match (level, paths) {
@@ -187,12 +199,20 @@ mod tests {
     #[test]
     fn logging_filters() {
         assert_eq!(next_filter("info", Some("debug"), None).unwrap(), "debug");
-        assert!(next_filter("info", Some("loud"), None).unwrap_err().starts_with("level"));
+        assert!(
+            next_filter("info", Some("loud"), None)
+                .unwrap_err()
+                .starts_with("level")
+        );
         assert_eq!(
             next_filter("info,a::b=warn", None, Some("a::b:debug,c:trace")).unwrap(),
             "info,a::b=debug,c=trace"
         );
-        assert!(next_filter("info", None, Some("a")).unwrap_err().starts_with("paths"));
+        assert!(
+            next_filter("info", None, Some("a"))
+                .unwrap_err()
+                .starts_with("paths")
+        );
         assert!(next_filter("info", None, Some("a b:info")).is_err());
         assert!(next_filter("info", None, None).is_err());
         assert!(next_filter("info", Some("info"), Some("a:info")).is_err());

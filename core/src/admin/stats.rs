@@ -73,6 +73,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["stats"][0]["name"], "g");
         assert_eq!(v["stats"][0]["value"], 1.5);
-        assert!(render(EXPO, Some("("), false, false).unwrap_err().starts_with("filter"));
+        assert!(
+            render(EXPO, Some("("), false, false)
+                .unwrap_err()
+                .starts_with("filter")
+        );
     }
 }
