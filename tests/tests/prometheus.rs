@@ -335,6 +335,36 @@ clusters:
         r#"count(meshgate_server_uptime_seconds{instance=~".*"})"#,
         |v| v == 1.0,
     );
+    // Prometheus' own linter finds nothing to say about the exposition
+    // (counters in _total, units, HELP and TYPE lines), and every series
+    // is a name meshgate declares.
+    let (_, expo) = mg.admin_get("/stats/prometheus");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(expo.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in expo
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(exported(name), "{name} is exported but not in names.rs ALL");
+    }
     stop.store(true, Ordering::Relaxed);
     let sent = traffic.join().unwrap();
     assert!(sent > 10, "{sent} requests");
