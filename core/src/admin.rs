@@ -359,15 +359,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     tracing::debug!(method = %req.method(), uri = %req.uri(), "admin request");
     let mutation = ENDPOINTS.iter().find(|e| e.0 == path).is_some_and(|e| e.1);
     let read = req.method() == Method::GET || req.method() == Method::HEAD;
-    if path != "/ready" {
-        if let Err(why) = authorized(state, &req) {
-            let mut r = refuse(StatusCode::UNAUTHORIZED, "unauthorized", format!("{why}\n"));
-            r.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"meshgate admin\""),
-            );
-            return r;
-        }
+    if path != "/ready"
+        && let Err(why) = authorized(state, &req)
+    {
+        let mut r = refuse(StatusCode::UNAUTHORIZED, "unauthorized", format!("{why}\n"));
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"meshgate admin\""),
+        );
+        return r;
     }
     let allowed = if mutation {
         req.method() == Method::POST

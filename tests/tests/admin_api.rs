@@ -548,3 +548,35 @@ fn quitquitquit_exits_cleanly() {
     assert_eq!(st.code(), Some(0), "{}", mg.log_text());
     assert!(mg.log_text().contains("admin /quitquitquit"));
 }
+
+/// `POST /drain_listeners?graceful`: open connections are told to close
+/// (the next HTTP/1.1 response carries `connection: close`), listeners
+/// keep accepting for the drain time, then refuse.
+#[test]
+fn graceful_drain_closes_connections_then_stops_accepting() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let mg = Meshgate::start_with_args(
+        &config(&backend, "  address: \"{ADMIN}\""),
+        &["--drain-time", "1s"],
+    );
+    let addr = mg.listener_addr("http");
+    let conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(conn);
+    use std::io::Write;
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let first = read_reply(&mut r).unwrap();
+    assert_eq!((first.status, first.close), (200, false));
+    let (s, _, _) = admin(&mg, "POST", "/drain_listeners?graceful", &[]);
+    assert_eq!(s, 200);
+    // Still accepting during the drain time.
+    assert!(TcpStream::connect(addr).is_ok());
+    w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let second = read_reply(&mut r).unwrap();
+    assert_eq!((second.status, second.close), (200, true));
+    wait_until("the listener to refuse after the drain time", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+    });
+    assert_eq!(mg.admin_get("/ready").0, 200, "the admin stays up");
+}
