@@ -123,7 +123,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
 
 /// Binds the Unix socket of `admin.address: {pipe}` (a stale socket file
 /// from an earlier run is replaced) with its file mode.
-pub fn bind_pipe(snapshot: &Snapshot) -> Result<Option<tokio::net::UnixListener>, String> {
+/// Errors are `(field, message)`.
+pub fn bind_pipe(
+    snapshot: &Snapshot,
+) -> Result<Option<tokio::net::UnixListener>, (&'static str, String)> {
     let Some(pipe) = snapshot
         .config
         .admin
@@ -132,14 +135,31 @@ pub fn bind_pipe(snapshot: &Snapshot) -> Result<Option<tokio::net::UnixListener>
     else {
         return Ok(None);
     };
+    // `mode: 600` is decimal: a mode past 0o777 is a mistake.
+    if pipe.mode > 0o777 {
+        return Err((
+            "admin.address.pipe.mode",
+            format!(
+                "{} is not a file mode: write it as 0o600 (octal)",
+                pipe.mode
+            ),
+        ));
+    }
+    let field = "admin.address.pipe.path";
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if std::fs::symlink_metadata(&pipe.path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(&pipe.path);
     }
     let l = tokio::net::UnixListener::bind(&pipe.path)
-        .map_err(|e| format!("cannot listen on {}: {e}", pipe.path))?;
-    std::fs::set_permissions(&pipe.path, std::fs::Permissions::from_mode(pipe.mode))
-        .map_err(|e| format!("cannot set mode {:o} on {}: {e}", pipe.mode, pipe.path))?;
+        .map_err(|e| (field, format!("cannot listen on {}: {e}", pipe.path)))?;
+    std::fs::set_permissions(&pipe.path, std::fs::Permissions::from_mode(pipe.mode)).map_err(
+        |e| {
+            (
+                field,
+                format!("cannot set mode {:o} on {}: {e}", pipe.mode, pipe.path),
+            )
+        },
+    )?;
     Ok(Some(l))
 }
 

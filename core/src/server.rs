@@ -101,8 +101,7 @@ pub async fn run_with_dynamic(
         }
         None => None,
     };
-    let admin_pipe =
-        admin::bind_pipe(&snapshot).map_err(|e| source.error("admin.address.pipe.path", e))?;
+    let admin_pipe = admin::bind_pipe(&snapshot).map_err(|(f, e)| source.error(f, e))?;
 
     let accept_stop = CancellationToken::new();
     let drain = Signal::new();

@@ -457,6 +457,30 @@ fn the_admin_serves_on_a_unix_socket() {
     );
     // No TCP admin was opened.
     assert!(!mg.log_text().contains("admin listening"));
+
+    // `mode: 600` (decimal, meant as octal) is refused, naming the field.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "admin:\n  address: {{pipe: {{path: \"{}\", mode: 600}}}}\n",
+            dir.path().join("b.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut run = std::process::Command::new(bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&bad)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    run.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let st = run.wait().unwrap();
+    assert!(!st.success());
+    assert!(err.contains("admin.address.pipe.mode"), "{err}");
 }
 
 /// `POST /logging` swaps the log filter at run time: after `level=info`
