@@ -75,6 +75,35 @@ unsafe impl GlobalAlloc for MeshAlloc {
     }
 }
 
+unsafe extern "C" {
+    /// mimalloc's process figures (in the C library libmimalloc-sys
+    /// builds; its Rust binding sits behind a feature this crate leaves off).
+    fn mi_process_info(
+        elapsed_msecs: *mut usize,
+        user_msecs: *mut usize,
+        system_msecs: *mut usize,
+        current_rss: *mut usize,
+        peak_rss: *mut usize,
+        current_commit: *mut usize,
+        peak_commit: *mut usize,
+        page_faults: *mut usize,
+    );
+}
+
+/// The admin's `/memory`: mimalloc's committed bytes, now and at peak.
+pub fn memory_info() -> meshgate_core::admin::MemoryInfo {
+    let mut v = [0usize; 8];
+    let [a, b, c, d, e, f, g, h] = &mut v;
+    // SAFETY: every pointer is to a distinct live usize of this frame, as
+    // mi_process_info writes one value through each.
+    unsafe { mi_process_info(a, b, c, d, e, f, g, h) };
+    meshgate_core::admin::MemoryInfo {
+        allocator: "mimalloc",
+        allocated: v[5] as u64,
+        peak_allocated: v[6] as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,14 +86,52 @@ pub fn registry() -> Result<Registry, meshgate_core::registry::DuplicateName> {
 fn init_logs(level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let (filter, text) = match std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(&v).ok().map(|f| (f, v)))
+    {
+        Some(f) => f,
+        None => match EnvFilter::try_new(level) {
+            Ok(f) => (f, level.to_string()),
+            Err(_) => (EnvFilter::new("info"), "info".to_string()),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    meshgate_core::admin::set_log_control(Box::new(LogReload {
+        current: std::sync::Mutex::new(text),
+        reload: Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+    }));
+    meshgate_core::admin::set_memory_source(alloc::memory_info);
+}
+
+/// The admin's `/logging`: swaps the log filter through the subscriber's
+/// reload handle.
+struct LogReload {
+    current: std::sync::Mutex<String>,
+    #[allow(clippy::type_complexity)]
+    reload: Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>,
+}
+
+impl meshgate_core::admin::LogControl for LogReload {
+    fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        let f = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+        (self.reload)(f)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = filter.to_string();
+        Ok(())
+    }
 }
 
 /// Runs the command line (`run`, `validate`) with this registry.

@@ -37,8 +37,85 @@ impl MetricsHandle {
         let mut out = self.prometheus.render();
         self.counters.render(&mut out);
         self.histograms.render(&mut out);
-        out
+        with_help(&out)
     }
+
+    /// Sets every counter and histogram to zero (admin `/reset_counters`);
+    /// gauges keep their values (they are states, not counts). Prometheus
+    /// sees a counter reset, which `rate()` handles.
+    pub fn reset_counters(&self) {
+        for c in self
+            .counters
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            c.store(0, Ordering::Relaxed);
+        }
+        for (_, h) in self
+            .histograms
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            for b in &h.buckets {
+                b.store(0, Ordering::Relaxed);
+            }
+            h.sum_nanos.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a name literal starts in names.rs (spelled in pieces: the names
+/// test forbids the literal outside names.rs).
+const NAME_LITERAL: &str = concat!('"', "meshgate", "_");
+
+/// Each metric's description: its doc comment in `names.rs`, read from
+/// the source at build time (one place to describe a metric).
+fn help_texts() -> &'static std::collections::HashMap<&'static str, String> {
+    static HELP: OnceLock<std::collections::HashMap<&'static str, String>> = OnceLock::new();
+    HELP.get_or_init(|| {
+        let mut map = std::collections::HashMap::new();
+        let mut doc: Vec<&str> = Vec::new();
+        for line in include_str!("metrics/names.rs").lines() {
+            let t = line.trim();
+            if let Some(d) = t.strip_prefix("///") {
+                doc.push(d.trim());
+            } else if let Some(start) = line.find(NAME_LITERAL).map(|i| i + 1) {
+                if let Some(len) = line[start..].find('"') {
+                    map.insert(&line[start..start + len], doc.join(" "));
+                }
+                doc.clear();
+            } else if !t.starts_with("pub const") {
+                doc.clear();
+            }
+        }
+        map
+    })
+}
+
+/// The exposition with a `# HELP` line before each `# TYPE` line that has
+/// none (Prometheus' own linter, `promtool check metrics`, asks for one).
+fn with_help(text: &str) -> String {
+    let help = help_texts();
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    let mut prev = "";
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            if !prev.starts_with("# HELP ") {
+                let h = help.get(name).map_or("meshgate metric", |s| s.as_str());
+                let h = h.replace('\\', "\\\\").replace('\n', " ");
+                let _ = writeln!(out, "# HELP {name} {h}");
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+        prev = line;
+    }
+    out
 }
 
 /// Installs meshgate's recorder as the global `metrics` recorder (once)
@@ -343,6 +420,25 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 100.3003).abs() < 1e-6, "{sum}");
+    }
+
+    /// Every `# TYPE` line gets a `# HELP` line from names.rs' doc comments.
+    #[test]
+    fn help_lines_come_from_the_names_docs() {
+        let out = with_help(
+            "# TYPE meshgate_downstream_rq_total counter\nmeshgate_downstream_rq_total 1\n# HELP x y\n# TYPE x gauge\nx 1\n",
+        );
+        assert!(
+            out.starts_with("# HELP meshgate_downstream_rq_total Counter `{listener}`"),
+            "{out}"
+        );
+        assert_eq!(out.matches("# HELP x").count(), 1, "{out}");
+        for &(name, _) in names::ALL {
+            assert!(
+                help_texts().get(name).is_some_and(|h| !h.is_empty()),
+                "{name} has no doc comment"
+            );
+        }
     }
 
     /// One counter per key; the text format groups a name under one TYPE

@@ -101,6 +101,7 @@ pub async fn run_with_dynamic(
         }
         None => None,
     };
+    let admin_pipe = admin::bind_pipe(&snapshot).map_err(|(f, e)| source.error(f, e))?;
 
     let accept_stop = CancellationToken::new();
     let drain = Signal::new();
@@ -126,10 +127,24 @@ pub async fn run_with_dynamic(
         listeners: live.bound.clone(),
         prometheus,
         draining: false.into(),
+        control: admin::Control::new(
+            stop.clone(),
+            accept_stop.clone(),
+            drain.clone(),
+            opts.drain_time,
+        ),
     });
     if let Some(sock) = admin_sock {
         tracing::info!(address = ?sock.local_addr().ok(), "admin listening");
         tokio::spawn(admin::serve(sock, admin_state.clone(), background.clone()));
+    }
+    if let Some(pipe) = admin_pipe {
+        tracing::info!(path = ?pipe.local_addr().ok(), "admin serving on a Unix socket");
+        tokio::spawn(admin::serve_pipe(
+            pipe,
+            admin_state.clone(),
+            background.clone(),
+        ));
     }
     metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(snapshot.load().version as f64);
 

@@ -112,12 +112,10 @@ impl Snapshot {
     ) -> Result<Self, ConfigError> {
         let admin_address = match &config.admin {
             None => None,
-            Some(a) => Some(a.address.parse::<SocketAddr>().map_err(|_| {
-                source.error(
-                    "admin.address",
-                    format!("invalid address '{}': want ip:port", a.address),
-                )
-            })?),
+            Some(a) => a
+                .address
+                .socket()
+                .map_err(|e| source.error("admin.address", e))?,
         };
         if let Some(d) = &config.dynamic_resources {
             match &config.node {

@@ -3,6 +3,7 @@
 //! would look for them. Unknown fields are errors everywhere.
 
 pub mod access_log;
+pub mod admin;
 pub mod circuit_breakers;
 pub mod compressor;
 pub mod decompressor;
@@ -193,12 +194,21 @@ fn default_ads_backoff_max() -> Duration {
     Duration::from_secs(30)
 }
 
-/// The admin listener: `/ready`, `/stats/prometheus`, `/config_dump`.
+/// The admin listener (`/` lists its endpoints; docs/observability.md).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `host:port`, e.g. `127.0.0.1:9901`.
-    pub address: String,
+    /// `host:port`, e.g. `127.0.0.1:9901`, or `{pipe: {path, mode}}`: a
+    /// Unix socket (Envoy's `pipe` address).
+    pub address: crate::config::admin::AdminAddress,
+    /// When set, every admin request but `/ready` needs
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// As `auth_token`, read from this file at each request (rotation
+    /// friendly; an unreadable file refuses every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<String>,
 }
 
 /// A TCP listener and its filter chains.

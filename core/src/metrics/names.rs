@@ -380,6 +380,13 @@ pub const HTTP_RQ_ENVOY_HEADER_INVALID_TOTAL: &str = "meshgate_http_rq_envoy_hea
 pub const HTTP_RQ_ENVOY_HEADERS_STRIPPED_TOTAL: &str =
     "meshgate_http_rq_envoy_headers_stripped_total";
 
+/// Counter `{reason}`: admin requests refused (`unauthorized`,
+/// `method_not_allowed`, `bad_request`).
+pub const ADMIN_RQ_DENIED_TOTAL: &str = "meshgate_admin_rq_denied_total";
+/// Gauge: 1 while `/healthcheck/fail` holds (`/ready` answers 503).
+pub const SERVER_HEALTH_CHECK_FAILED: &str = "meshgate_server_health_check_failed";
+/// Gauge: seconds since the process started.
+pub const SERVER_UPTIME_SECONDS: &str = "meshgate_server_uptime_seconds";
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -509,6 +516,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_UPSTREAM_RQ_HEDGED_TOTAL, Kind::Counter),
     (HTTP_RQ_ENVOY_HEADER_INVALID_TOTAL, Kind::Counter),
     (HTTP_RQ_ENVOY_HEADERS_STRIPPED_TOTAL, Kind::Counter),
+    (ADMIN_RQ_DENIED_TOTAL, Kind::Counter),
+    (SERVER_HEALTH_CHECK_FAILED, Kind::Gauge),
+    (SERVER_UPTIME_SECONDS, Kind::Gauge),
 ];
 
 #[cfg(test)]
