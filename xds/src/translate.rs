@@ -573,19 +573,33 @@ fn listener_inner(
     let backlog = l.tcp_backlog_size.take().map(|v| v.value).unwrap_or(1024);
     let lft = match l.listener_filters_timeout.take() {
         Some(d) => duration(&d, "listener_filters_timeout")?,
-        None => Duration::from_secs(5),
+        None => Duration::from_secs(15),
     };
     // meshgate reads the ClientHello itself whenever a chain matches on
     // server names or ALPN: Envoy's tls_inspector is what it does anyway.
+    let mut listener_filters = Vec::new();
     for (i, f) in std::mem::take(&mut l.listener_filters)
         .into_iter()
         .enumerate()
     {
+        if f.name == "envoy.filters.listener.proxy_protocol" {
+            let p = format!("listener_filters[{i}]");
+            if f.filter_disabled.is_some() {
+                return err(join(&p, "filter_disabled"), "not supported by meshgate");
+            }
+            let any = match &f.config_type {
+                None => None,
+                Some(lds::listener_filter::ConfigType::TypedConfig(a)) => Some(a),
+                Some(_) => return err(join(&p, "config_discovery"), "not supported by meshgate"),
+            };
+            listener_filters.push(crate::proxy_protocol::listener_filter(any, &p)?);
+            continue;
+        }
         if f.name != "envoy.filters.listener.tls_inspector" {
             return err(
                 format!("listener_filters[{i}].name"),
                 format!(
-                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)",
+                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector and envoy.filters.listener.proxy_protocol)",
                     f.name
                 ),
             );
@@ -619,6 +633,7 @@ fn listener_inner(
         backlog,
         max_connections: None,
         listener_filters_timeout: lft,
+        listener_filters,
         quic: None,
         filter_chains: chains,
     };

@@ -362,6 +362,16 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
+/// Counter `{listener,version}`: PROXY protocol headers accepted by the
+/// `envoy.filters.listener.proxy_protocol` listener filter (`version`:
+/// `v1` | `v2` | `v2_local` | `none`, the last for a connection without a
+/// header let through by `allow_requests_without_proxy_protocol`).
+pub const LISTENER_PROXY_PROTOCOL_FOUND_TOTAL: &str = "meshgate_listener_proxy_protocol_found_total";
+/// Counter `{listener,reason}`: connections closed by the PROXY protocol
+/// listener filter (`reason`: `not_proxy` | `malformed` | `oversized` |
+/// `timeout` | `closed` | `disallowed_version`).
+pub const LISTENER_PROXY_PROTOCOL_ERROR_TOTAL: &str = "meshgate_listener_proxy_protocol_error_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -483,6 +493,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (LISTENER_PROXY_PROTOCOL_FOUND_TOTAL, Kind::Counter),
+    (LISTENER_PROXY_PROTOCOL_ERROR_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -186,6 +186,7 @@ fn same_but_chains(
         backlog,
         max_connections,
         listener_filters_timeout,
+        listener_filters,
         quic,
         filter_chains,
     } = a;
@@ -194,6 +195,7 @@ fn same_but_chains(
         && *backlog == b.backlog
         && *max_connections == b.max_connections
         && *listener_filters_timeout == b.listener_filters_timeout
+        && *listener_filters == b.listener_filters
         && *quic == b.quic
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains

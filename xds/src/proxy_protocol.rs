@@ -1,0 +1,128 @@
+//! Translation of Envoy's PROXY protocol listener filter
+//! (`envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`)
+//! into meshgate's `listener_filters` entry. `pass_through_tlvs`,
+//! `stat_prefix` and `tlv_location: FILTER_STATE` are refused by name.
+
+use crate::translate::{R, decode, err, join, rest};
+use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version as PbVersion;
+use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3 as pp;
+use envoy_types::pb::google::protobuf;
+use meshgate_core::config::proxy_protocol as cfg;
+
+pub(crate) const FILTER: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
+
+/// The listener filter at `path` (its `typed_config`, if any).
+pub(crate) fn listener_filter(
+    any: Option<&protobuf::Any>,
+    path: &str,
+) -> R<cfg::ListenerFilterConfig> {
+    let c = match any {
+        None => cfg::ProxyProtocolConfig::default(),
+        Some(any) => {
+            let tc = join(path, "typed_config");
+            let m: pp::ProxyProtocol = decode(any, FILTER).map_err(|e| (tc.clone(), e.to_string()))?;
+            translate(m, &tc)?
+        }
+    };
+    let config = serde_json::to_value(&c).map_err(|e| (path.to_string(), e.to_string()))?;
+    Ok(cfg::ListenerFilterConfig {
+        name: cfg::NAME.to_string(),
+        config,
+    })
+}
+
+fn translate(mut m: pp::ProxyProtocol, path: &str) -> R<cfg::ProxyProtocolConfig> {
+    use pp::proxy_protocol::key_value_pair::ValueStringEncoding as Enc;
+    let mut rules = Vec::with_capacity(m.rules.len());
+    for (i, mut r) in std::mem::take(&mut m.rules).into_iter().enumerate() {
+        let rp = join(path, &format!("rules[{i}]"));
+        let Ok(tlv_type) = u8::try_from(r.tlv_type) else {
+            return err(join(&rp, "tlv_type"), "must be below 256");
+        };
+        let Some(mut kv) = r.on_tlv_present.take() else {
+            return err(join(&rp, "on_tlv_present"), "required");
+        };
+        r.tlv_type = 0;
+        rest(&r, &rp)?;
+        let kp = join(&rp, "on_tlv_present");
+        let value_string_encoding = match Enc::try_from(kv.value_string_encoding) {
+            Ok(Enc::Unspecified) => cfg::ValueStringEncoding::Unspecified,
+            Ok(Enc::SanitizedUtf8) => cfg::ValueStringEncoding::SanitizedUtf8,
+            Ok(Enc::Base64) => cfg::ValueStringEncoding::Base64,
+            Err(_) => return err(join(&kp, "value_string_encoding"), "unknown value"),
+        };
+        if kv.key.is_empty() {
+            return err(join(&kp, "key"), "must not be empty");
+        }
+        rules.push(cfg::RuleConfig {
+            tlv_type,
+            on_tlv_present: cfg::KeyValuePair {
+                metadata_namespace: std::mem::take(&mut kv.metadata_namespace),
+                key: std::mem::take(&mut kv.key),
+                value_string_encoding,
+            },
+        });
+    }
+    let mut disallowed_versions = Vec::new();
+    for (i, v) in std::mem::take(&mut m.disallowed_versions).into_iter().enumerate() {
+        disallowed_versions.push(match PbVersion::try_from(v) {
+            Ok(PbVersion::V1) => cfg::Version::V1,
+            Ok(PbVersion::V2) => cfg::Version::V2,
+            Err(_) => {
+                return err(join(path, &format!("disallowed_versions[{i}]")), "unknown value");
+            }
+        });
+    }
+    let allow = std::mem::take(&mut m.allow_requests_without_proxy_protocol);
+    rest(&m, path)?;
+    Ok(cfg::ProxyProtocolConfig {
+        rules,
+        allow_requests_without_proxy_protocol: allow,
+        disallowed_versions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn any(m: &pp::ProxyProtocol) -> protobuf::Any {
+        protobuf::Any {
+            type_url: FILTER.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn fields_translate_and_unsupported_ones_are_named() {
+        let m = pp::ProxyProtocol {
+            rules: vec![pp::proxy_protocol::Rule {
+                tlv_type: 0xE0,
+                on_tlv_present: Some(pp::proxy_protocol::KeyValuePair {
+                    metadata_namespace: String::new(),
+                    key: "tenant".into(),
+                    value_string_encoding: 2,
+                }),
+            }],
+            allow_requests_without_proxy_protocol: true,
+            disallowed_versions: vec![PbVersion::V1 as i32],
+            ..Default::default()
+        };
+        let f = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap();
+        assert_eq!(f.name, cfg::NAME);
+        let c: cfg::ProxyProtocolConfig = serde_json::from_value(f.config).unwrap();
+        assert!(c.allow_requests_without_proxy_protocol);
+        assert_eq!(c.disallowed_versions, vec![cfg::Version::V1]);
+        assert_eq!(c.rules[0].tlv_type, 0xE0);
+        assert_eq!(c.rules[0].on_tlv_present.value_string_encoding, cfg::ValueStringEncoding::Base64);
+
+        let m = pp::ProxyProtocol {
+            stat_prefix: "x".into(),
+            ..Default::default()
+        };
+        let (field, _) = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap_err();
+        assert_eq!(field, "listener_filters[0].typed_config.stat_prefix");
+    }
+}
