@@ -358,9 +358,7 @@ pub fn compile(
             other => {
                 return Err((
                     format!("{p}.name"),
-                    format!(
-                        "unknown listener filter '{other}' (known: {NAME}, {TLS_INSPECTOR})"
-                    ),
+                    format!("unknown listener filter '{other}' (known: {NAME}, {TLS_INSPECTOR})"),
                 ));
             }
         }
@@ -520,8 +518,279 @@ pub(crate) async fn accept(
 /// rules published, if any (nothing allocated otherwise).
 pub(crate) fn filter_state(conn: &crate::network::ConnectionInfo) -> http::Extensions {
     let mut ext = http::Extensions::new();
-    if let Some(md) = conn.proxy_protocol.as_ref().and_then(|p| p.metadata.clone()) {
+    if let Some(md) = conn
+        .proxy_protocol
+        .as_ref()
+        .and_then(|p| p.metadata.clone())
+    {
         ext.insert(md);
     }
     ext
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proxy_protocol::{KeyValuePair, RuleConfig};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v1_tcp4_tcp6_and_unknown() {
+        let h = b"PROXY TCP4 203.0.113.9 10.0.0.1 4000 80\r\nGET /";
+        let Parse::Done(hd, n) = parse(h) else {
+            panic!("{:?}", parse(h))
+        };
+        assert_eq!(n, h.len() - 5);
+        assert_eq!(
+            hd.addresses,
+            Some((sa("203.0.113.9:4000"), sa("10.0.0.1:80")))
+        );
+        let h = b"PROXY TCP6 2001:db8::1 ::1 65535 443\r\n";
+        assert!(
+            matches!(parse(h), Parse::Done(Header { addresses: Some((s, _)), .. }, _) if s == sa("[2001:db8::1]:65535"))
+        );
+        assert!(matches!(
+            parse(b"PROXY UNKNOWN\r\n"),
+            Parse::Done(
+                Header {
+                    addresses: None,
+                    ..
+                },
+                15
+            )
+        ));
+        assert!(matches!(
+            parse(b"PROXY UNKNOWN ff::1 x y z\r\n"),
+            Parse::Done(
+                Header {
+                    addresses: None,
+                    ..
+                },
+                _
+            )
+        ));
+    }
+
+    #[test]
+    fn v1_incomplete_garbage_and_lies() {
+        assert_eq!(parse(b"PRO"), Parse::Incomplete);
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Parse::Incomplete);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Parse::NotProxy);
+        assert_eq!(parse(b"\x16\x03\x01"), Parse::NotProxy);
+        for bad in [
+            &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n",
+            b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",
+            b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n",
+            b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
+            b"PROXY TCP4 1.2.3.04 5.6.7.8 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Parse::Error("malformed"),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut long = b"PROXY TCP4 ".to_vec();
+        long.resize(MAX_V1_HEADER, b'1');
+        assert_eq!(parse(&long), Parse::Error("oversized"));
+        long.truncate(MAX_V1_HEADER - 1);
+        assert_eq!(parse(&long), Parse::Incomplete);
+    }
+
+    #[test]
+    fn v2_round_trips_with_tlvs_and_local() {
+        let tlvs = vec![
+            (0xE0, Bytes::from_static(b"tenant-a")),
+            (0x05, Bytes::from_static(b"id")),
+        ];
+        for (src, dst) in [
+            (sa("203.0.113.9:4000"), sa("10.0.0.1:80")),
+            (sa("[2001:db8::1]:1"), sa("[::1]:2")),
+        ] {
+            let b = encode(Version::V2, Some((src, dst)), &tlvs);
+            let mut with_data = b.to_vec();
+            with_data.extend_from_slice(b"data");
+            let Parse::Done(h, n) = parse(&with_data) else {
+                panic!()
+            };
+            assert_eq!(n, b.len());
+            assert_eq!(h.addresses, Some((src, dst)));
+            assert_eq!(h.tlvs, tlvs);
+            assert!(!h.local);
+            // Any prefix is incomplete, never an error.
+            for i in 1..b.len() {
+                assert_eq!(parse(&b[..i]), Parse::Incomplete, "prefix {i}");
+            }
+        }
+        let b = encode(Version::V2, None, &[]);
+        assert!(matches!(
+            parse(&b),
+            Parse::Done(
+                Header {
+                    local: true,
+                    addresses: None,
+                    ..
+                },
+                16
+            )
+        ));
+        let b = encode(Version::V1, Some((sa("1.2.3.4:5"), sa("6.7.8.9:10"))), &[]);
+        assert_eq!(&b[..], b"PROXY TCP4 1.2.3.4 6.7.8.9 5 10\r\n");
+    }
+
+    #[test]
+    fn v2_hostile_headers_are_refused() {
+        let good = encode(Version::V2, Some((sa("1.2.3.4:5"), sa("6.7.8.9:10"))), &[]).to_vec();
+        let mut v = good.clone();
+        v[12] = 0x31; // version 3
+        assert_eq!(parse(&v), Parse::Error("malformed"));
+        let mut v = good.clone();
+        v[12] = 0x22; // unknown command
+        assert_eq!(parse(&v), Parse::Error("malformed"));
+        let mut v = good.clone();
+        v[13] = 0x21; // claims INET6 with 12 bytes of address
+        assert_eq!(parse(&v), Parse::Error("malformed"));
+        let mut v = good.clone();
+        v[13] = 0x41; // unknown family
+        assert_eq!(parse(&v), Parse::Error("malformed"));
+        // A TLV longer than what is left.
+        let mut v = good.clone();
+        v.extend_from_slice(&[0xE0, 0x00, 0x09, b'x']);
+        let len = (v.len() - 16) as u16;
+        v[14..16].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(parse(&v), Parse::Error("malformed"));
+        // A length past the bound is refused before the bytes arrive.
+        let mut v = good[..16].to_vec();
+        v[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(parse(&v), Parse::Error("oversized"));
+    }
+
+    fn filter(cfg: ProxyProtocolConfig) -> ProxyProtocolFilter {
+        ProxyProtocolFilter { cfg }
+    }
+
+    #[tokio::test]
+    async fn read_keeps_the_bytes_after_the_header_and_publishes_tlvs() {
+        let f = filter(ProxyProtocolConfig {
+            rules: vec![
+                RuleConfig {
+                    tlv_type: 0xE0,
+                    on_tlv_present: KeyValuePair {
+                        metadata_namespace: String::new(),
+                        key: "tenant".into(),
+                        value_string_encoding: ValueStringEncoding::Unspecified,
+                    },
+                },
+                RuleConfig {
+                    tlv_type: 0xE1,
+                    on_tlv_present: KeyValuePair {
+                        metadata_namespace: "ns".into(),
+                        key: "raw".into(),
+                        value_string_encoding: ValueStringEncoding::Base64,
+                    },
+                },
+            ],
+            ..Default::default()
+        });
+        let tlvs = [
+            (0xE0, Bytes::from_static(b"ten\xffant")),
+            (0xE1, Bytes::from_static(b"\x00\x01")),
+        ];
+        let mut input = encode(
+            Version::V2,
+            Some((sa("203.0.113.9:4000"), sa("10.0.0.1:80"))),
+            &tlvs,
+        )
+        .to_vec();
+        input.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut io = &input[..];
+        let a = f
+            .read(&mut io, sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+            .await
+            .unwrap();
+        assert_eq!(&a.preface[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(a.addresses.unwrap().0, sa("203.0.113.9:4000"));
+        assert_eq!(a.info.direct_peer_addr, sa("127.0.0.1:1"));
+        let md = a.info.metadata.unwrap();
+        assert_eq!(md.get(NAME, &["tenant"]).unwrap(), "ten!ant");
+        assert_eq!(md.get("ns", &["raw"]).unwrap(), "AAE=");
+    }
+
+    #[tokio::test]
+    async fn read_refusals() {
+        let strict = filter(ProxyProtocolConfig::default());
+        let mut io = &b"GET / HTTP/1.1\r\n"[..];
+        assert_eq!(
+            strict
+                .read(&mut io, sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+                .await
+                .unwrap_err(),
+            "not_proxy"
+        );
+        let mut io = &b"PROXY TCP4 1.2"[..];
+        assert_eq!(
+            strict
+                .read(&mut io, sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+                .await
+                .unwrap_err(),
+            "closed"
+        );
+        let lax = filter(ProxyProtocolConfig {
+            allow_requests_without_proxy_protocol: true,
+            disallowed_versions: vec![Version::V1],
+            ..Default::default()
+        });
+        let mut io = &b"GET / HTTP/1.1\r\n"[..];
+        let a = lax
+            .read(&mut io, sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+            .await
+            .unwrap();
+        assert_eq!(&a.preface[..], b"GET / HTTP/1.1\r\n");
+        assert!(a.addresses.is_none() && a.info.version.is_none());
+        let mut io = &b"PROXY UNKNOWN\r\n"[..];
+        assert_eq!(
+            lax.read(&mut io, sa("127.0.0.1:1"), sa("127.0.0.1:2"))
+                .await
+                .unwrap_err(),
+            "disallowed_version"
+        );
+    }
+
+    #[test]
+    fn listener_filters_compile_by_name() {
+        let f = |v: serde_json::Value| {
+            compile(
+                &serde_json::from_value::<Vec<ListenerFilterConfig>>(v).unwrap(),
+                "listeners[0]",
+            )
+        };
+        assert!(
+            f(serde_json::json!([{"name": TLS_INSPECTOR}]))
+                .unwrap()
+                .is_none()
+        );
+        assert!(f(serde_json::json!([{"name": NAME}])).unwrap().is_some());
+        let (field, _) =
+            f(serde_json::json!([{"name": "envoy.filters.listener.original_src"}])).unwrap_err();
+        assert_eq!(field, "listeners[0].listener_filters[0].name");
+        let (field, _) =
+            f(serde_json::json!([{"name": NAME, "config": {"pass_through_tlvs": {}}}]))
+                .unwrap_err();
+        assert_eq!(field, "listeners[0].listener_filters[0].config");
+        let (field, _) =
+            f(serde_json::json!([{"name": NAME, "config": {"disallowed_versions": ["V1", "V2"]}}]))
+                .unwrap_err();
+        assert_eq!(
+            field,
+            "listeners[0].listener_filters[0].config.disallowed_versions"
+        );
+    }
 }

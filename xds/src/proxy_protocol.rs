@@ -21,7 +21,8 @@ pub(crate) fn listener_filter(
         None => cfg::ProxyProtocolConfig::default(),
         Some(any) => {
             let tc = join(path, "typed_config");
-            let m: pp::ProxyProtocol = decode(any, FILTER).map_err(|e| (tc.clone(), e.to_string()))?;
+            let m: pp::ProxyProtocol =
+                decode(any, FILTER).map_err(|e| (tc.clone(), e.to_string()))?;
             translate(m, &tc)?
         }
     };
@@ -65,12 +66,18 @@ fn translate(mut m: pp::ProxyProtocol, path: &str) -> R<cfg::ProxyProtocolConfig
         });
     }
     let mut disallowed_versions = Vec::new();
-    for (i, v) in std::mem::take(&mut m.disallowed_versions).into_iter().enumerate() {
+    for (i, v) in std::mem::take(&mut m.disallowed_versions)
+        .into_iter()
+        .enumerate()
+    {
         disallowed_versions.push(match PbVersion::try_from(v) {
             Ok(PbVersion::V1) => cfg::Version::V1,
             Ok(PbVersion::V2) => cfg::Version::V2,
             Err(_) => {
-                return err(join(path, &format!("disallowed_versions[{i}]")), "unknown value");
+                return err(
+                    join(path, &format!("disallowed_versions[{i}]")),
+                    "unknown value",
+                );
             }
         });
     }
@@ -116,7 +123,10 @@ mod tests {
         assert!(c.allow_requests_without_proxy_protocol);
         assert_eq!(c.disallowed_versions, vec![cfg::Version::V1]);
         assert_eq!(c.rules[0].tlv_type, 0xE0);
-        assert_eq!(c.rules[0].on_tlv_present.value_string_encoding, cfg::ValueStringEncoding::Base64);
+        assert_eq!(
+            c.rules[0].on_tlv_present.value_string_encoding,
+            cfg::ValueStringEncoding::Base64
+        );
 
         let m = pp::ProxyProtocol {
             stat_prefix: "x".into(),

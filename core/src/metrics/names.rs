@@ -366,11 +366,13 @@ pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 /// `envoy.filters.listener.proxy_protocol` listener filter (`version`:
 /// `v1` | `v2` | `v2_local` | `none`, the last for a connection without a
 /// header let through by `allow_requests_without_proxy_protocol`).
-pub const LISTENER_PROXY_PROTOCOL_FOUND_TOTAL: &str = "meshgate_listener_proxy_protocol_found_total";
+pub const LISTENER_PROXY_PROTOCOL_FOUND_TOTAL: &str =
+    "meshgate_listener_proxy_protocol_found_total";
 /// Counter `{listener,reason}`: connections closed by the PROXY protocol
 /// listener filter (`reason`: `not_proxy` | `malformed` | `oversized` |
 /// `timeout` | `closed` | `disallowed_version`).
-pub const LISTENER_PROXY_PROTOCOL_ERROR_TOTAL: &str = "meshgate_listener_proxy_protocol_error_total";
+pub const LISTENER_PROXY_PROTOCOL_ERROR_TOTAL: &str =
+    "meshgate_listener_proxy_protocol_error_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
