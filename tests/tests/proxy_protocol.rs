@@ -362,16 +362,33 @@ impl Recorder {
 }
 
 #[test]
-fn proxy_protocol_listener_filter_from_xds_in_front_of_tcp_proxy() {
+fn listener_filter_and_upstream_transport_socket_from_xds_with_tcp_proxy() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::envoy::config::core::v3 as core3;
     use envoy_types::pb::envoy::config::listener::v3 as lds;
     use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3 as pp;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3 as ups;
     use meshgate_tests::xds::*;
     use prost::Message;
 
     let up = Recorder::start();
     let port = free_port();
     let mgmt = Mgmt::start(0);
-    mgmt.set(CLUSTER, "c1", vec![static_cluster("raw", up.addr)]);
+    // The cluster sends a v1 header upstream (raw TCP under it).
+    let (cname, c) = static_cluster("raw", up.addr);
+    let mut c = cds::Cluster::decode(c.value.as_slice()).unwrap();
+    c.transport_socket = Some(core3::TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+        config_type: Some(core3::transport_socket::ConfigType::TypedConfig(any(
+            "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+            &ups::ProxyProtocolUpstreamTransport {
+                config: Some(core3::ProxyProtocolConfig::default()),
+                transport_socket: None,
+                ..Default::default()
+            },
+        ))),
+    });
+    mgmt.set(CLUSTER, "c1", vec![(cname, any(CLUSTER, &c))]);
     let (name, l) = tcp_listener("web", port, "raw");
     let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
     l.listener_filters.push(lds::ListenerFilter {
@@ -385,7 +402,8 @@ fn proxy_protocol_listener_filter_from_xds_in_front_of_tcp_proxy() {
     mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
     let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
-    // The header is taken off; the upstream sees only the payload.
+    // The header is taken off; the upstream sees the cluster's own header
+    // (the addresses the downstream's header gave) and the payload.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(format!("PROXY TCP4 203.0.113.9 127.0.0.1 4000 {port}\r\nhello\n").as_bytes())
@@ -393,7 +411,8 @@ fn proxy_protocol_listener_filter_from_xds_in_front_of_tcp_proxy() {
     let mut buf = [0u8; 3];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ok\n");
-    assert_eq!(&up.seen.lock().unwrap()[..], b"hello\n");
+    let want = format!("PROXY TCP4 203.0.113.9 127.0.0.1 4000 {port}\r\nhello\n");
+    assert_eq!(String::from_utf8_lossy(&up.seen.lock().unwrap()), want);
     assert_eq!(found(&mg, "v1"), 1.0);
     // Without a header: closed, counted, the upstream sees nothing more.
     assert!(closed_silently(port, b"hello again\n"));
@@ -402,5 +421,123 @@ fn proxy_protocol_listener_filter_from_xds_in_front_of_tcp_proxy() {
         &[("listener", "web"), ("reason", "not_proxy")],
         |v| v == 1.0,
     );
-    assert_eq!(&up.seen.lock().unwrap()[..], b"hello\n");
+    assert_eq!(String::from_utf8_lossy(&up.seen.lock().unwrap()), want);
+}
+
+/// meshgate's `tcp_proxy` to a cluster with `proxy_protocol`: the raw
+/// upstream sees exactly the v2 header (the downstream header's addresses
+/// and the one TLV `pass_through_tlvs` lets through) then the payload.
+#[test]
+fn tcp_proxy_sends_a_v2_header_with_passed_through_tlvs() {
+    let up = Recorder::start();
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    listener_filters:
+      - name: envoy.filters.listener.proxy_protocol
+    filter_chains:
+      - filters:
+          - name: tcp_proxy
+            config: {{cluster: up}}
+clusters:
+  - name: up
+    proxy_protocol:
+      version: V2
+      pass_through_tlvs: {{match_type: INCLUDE, tlv_type: [{TLV_TENANT}]}}
+    endpoints: [{{address: "{a}"}}]
+"#,
+        a = up.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = v2(
+        "203.0.113.9:5000",
+        "10.1.2.3:443",
+        &[(TLV_TENANT, b"tenant-a"), (0xE1, b"private")],
+    );
+    out.extend_from_slice(b"hello\n");
+    s.write_all(&out).unwrap();
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf).unwrap();
+    let mut want = v2(
+        "203.0.113.9:5000",
+        "10.1.2.3:443",
+        &[(TLV_TENANT, b"tenant-a")],
+    );
+    want.extend_from_slice(b"hello\n");
+    assert_eq!(*up.seen.lock().unwrap(), want);
+    assert_eq!(found(&mg, "v2"), 1.0);
+}
+
+/// meshgate in front of HAProxy (`accept-proxy`), which answers with the
+/// client address it was told (`%ci`): curl connects from 127.0.0.3.
+/// An HTTP route to the same cluster is refused (503): an HTTP pool's
+/// connection would carry one downstream's header for others.
+#[test]
+fn haproxy_accept_proxy_behind_meshgate_sees_the_client() {
+    let hport = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend f\n  bind 127.0.0.1:{hport} accept-proxy\n  \
+             http-request return status 200 content-type text/plain lf-string \"ci=%ci\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy");
+    let _h = Haproxy(child, dir);
+    let (port, http_port) = (free_port(), free_port());
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: tcp
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: tcp_proxy
+            config: {{cluster: haproxy}}
+  - name: http
+    address: 127.0.0.1:{http_port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: haproxy}}
+clusters:
+  - name: haproxy
+    proxy_protocol: {{version: V1}}
+    endpoints: [{{address: "127.0.0.1:{hport}"}}]
+"#
+    );
+    let _mg = Meshgate::start(&yaml);
+    wait_listening(format!("127.0.0.1:{hport}").parse().unwrap());
+    let (code, body) = curl(&[
+        "--interface",
+        "127.0.0.3",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert_eq!((code, body.as_str()), (200, "ci=127.0.0.3"));
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{http_port}/")]);
+    assert_eq!(code, 503);
 }

@@ -1,9 +1,14 @@
 //! Translation of Envoy's PROXY protocol listener filter
 //! (`envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`)
-//! into meshgate's `listener_filters` entry. `pass_through_tlvs`,
-//! `stat_prefix` and `tlv_location: FILTER_STATE` are refused by name.
+//! into meshgate's `listener_filters` entry (`pass_through_tlvs`,
+//! `stat_prefix` and `tlv_location: FILTER_STATE` are refused by name), and
+//! of the cluster transport socket
+//! `envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport`
+//! into the cluster's `proxy_protocol` (the socket it wraps, TLS or raw,
+//! goes on as the cluster's transport socket).
 
 use crate::translate::{R, decode, err, join, rest};
+use envoy_types::pb::envoy::config::core::v3 as core3;
 use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version as PbVersion;
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3 as pp;
 use envoy_types::pb::google::protobuf;
@@ -135,4 +140,76 @@ mod tests {
         let (field, _) = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap_err();
         assert_eq!(field, "listener_filters[0].typed_config.stat_prefix");
     }
+}
+
+pub(crate) const UPSTREAM: &str = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
+
+/// A cluster's `transport_socket`: when it is the upstream PROXY protocol
+/// socket, its config and the socket it wraps (`None` for raw TCP);
+/// otherwise the socket untouched. `tlv_as_pool_key` and
+/// `allow_unspecified_address` are refused by name.
+pub(crate) fn upstream(
+    ts: Option<core3::TransportSocket>,
+    path: &str,
+) -> R<(
+    Option<core3::TransportSocket>,
+    Option<cfg::UpstreamProxyProtocolConfig>,
+)> {
+    use core3::proxy_protocol_pass_through_tl_vs::PassTlVsMatchType as Mt;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3 as ups;
+    let Some(ts) = ts else {
+        return Ok((None, None));
+    };
+    let Some(core3::transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Ok((Some(ts), None));
+    };
+    if any.type_url != UPSTREAM {
+        return Ok((Some(ts), None));
+    }
+    let tc = join(path, "typed_config");
+    let mut m: ups::ProxyProtocolUpstreamTransport =
+        decode(any, UPSTREAM).map_err(|e| (tc.clone(), e.to_string()))?;
+    let inner = m.transport_socket.take().filter(|t| {
+        t.name != "envoy.transport_sockets.raw_buffer"
+            && !matches!(&t.config_type, Some(core3::transport_socket::ConfigType::TypedConfig(a)) if a.type_url.ends_with("raw_buffer.v3.RawBuffer"))
+    });
+    let mut c = m.config.take().unwrap_or_default();
+    let cp = join(&tc, "config");
+    let version = match PbVersion::try_from(c.version) {
+        Ok(PbVersion::V1) => cfg::Version::V1,
+        Ok(PbVersion::V2) => cfg::Version::V2,
+        Err(_) => return err(join(&cp, "version"), "unknown value"),
+    };
+    c.version = 0;
+    let pass_through_tlvs = match c.pass_through_tlvs.take() {
+        None => None,
+        Some(p) => {
+            let pp = join(&cp, "pass_through_tlvs");
+            let match_type = match Mt::try_from(p.match_type) {
+                Ok(Mt::IncludeAll) => cfg::PassTlvsMatchType::IncludeAll,
+                Ok(Mt::Include) => cfg::PassTlvsMatchType::Include,
+                Err(_) => return err(join(&pp, "match_type"), "unknown value"),
+            };
+            let mut tlv_type = Vec::with_capacity(p.tlv_type.len());
+            for (i, t) in p.tlv_type.iter().enumerate() {
+                let Ok(t) = u8::try_from(*t) else {
+                    return err(join(&pp, &format!("tlv_type[{i}]")), "must be below 256");
+                };
+                tlv_type.push(t);
+            }
+            Some(cfg::PassThroughTlvs {
+                match_type,
+                tlv_type,
+            })
+        }
+    };
+    rest(&c, &cp)?;
+    rest(&m, &tc)?;
+    Ok((
+        inner,
+        Some(cfg::UpstreamProxyProtocolConfig {
+            version,
+            pass_through_tlvs,
+        }),
+    ))
 }

@@ -455,7 +455,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     };
     let health_checks =
         crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
-    let transport_socket = c.transport_socket.take();
+    let (transport_socket, proxy_protocol) =
+        crate::proxy_protocol::upstream(c.transport_socket.take(), "transport_socket")?;
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
         // Refused now if unsupported; filled in once its secrets are known.
@@ -485,6 +486,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         protocol,
         protocol_options,
         tls: None,
+        proxy_protocol,
         common_lb_config,
         policy: cla_policy,
         health_checks,

@@ -473,6 +473,10 @@ pub struct ClusterConfig {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Send a PROXY protocol header first on each upstream connection
+    /// (`tcp_proxy` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<proxy_protocol::UpstreamProxyProtocolConfig>,
     /// Envoy's `Cluster.common_lb_config` (`healthy_panic_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_lb_config: Option<priority::CommonLbConfig>,

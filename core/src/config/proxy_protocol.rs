@@ -80,3 +80,44 @@ pub struct ListenerFilterConfig {
 
 /// Envoy's name of the TLS inspector listener filter.
 pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+/// Which downstream TLVs go upstream (Envoy's `ProxyProtocolPassThroughTLVs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassThroughTlvs {
+    /// `INCLUDE_ALL` (default) or `INCLUDE` (only `tlv_type`).
+    #[serde(default)]
+    pub match_type: PassTlvsMatchType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlv_type: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PassTlvsMatchType {
+    #[default]
+    IncludeAll,
+    Include,
+}
+
+/// A cluster's upstream PROXY protocol (Envoy's transport socket
+/// `envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport`,
+/// its `config`): each upstream connection starts with a header carrying
+/// the downstream connection's source and destination, before TLS if the
+/// cluster has `tls`. Served by `tcp_proxy`; a cluster with it refuses
+/// HTTP streams (an HTTP connection would be reused across downstreams).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamProxyProtocolConfig {
+    /// `V1` (Envoy's default) or `V2`.
+    #[serde(default = "default_version")]
+    pub version: Version,
+    /// TLVs read from the downstream's own PROXY header to send on (v2);
+    /// absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_through_tlvs: Option<PassThroughTlvs>,
+}
+
+fn default_version() -> Version {
+    Version::V1
+}
