@@ -528,6 +528,51 @@ pub(crate) fn filter_state(conn: &crate::network::ConnectionInfo) -> http::Exten
     ext
 }
 
+/// The header a cluster's `proxy_protocol` sends first on an upstream
+/// connection made for the downstream `conn`: its (PROXY-restored) source
+/// and destination, and the downstream's own TLVs `pass_through_tlvs`
+/// selects (v2 only).
+pub fn upstream_header(
+    cfg: &crate::config::proxy_protocol::UpstreamProxyProtocolConfig,
+    conn: &crate::network::ConnectionInfo,
+) -> Bytes {
+    use crate::config::proxy_protocol::PassTlvsMatchType;
+    let mut tlvs = Vec::new();
+    if let (Some(pass), Some(p), Version::V2) =
+        (&cfg.pass_through_tlvs, &conn.proxy_protocol, cfg.version)
+    {
+        tlvs.extend(
+            p.tlvs
+                .iter()
+                .filter(|(t, _)| {
+                    pass.match_type == PassTlvsMatchType::IncludeAll || pass.tlv_type.contains(t)
+                })
+                .cloned(),
+        );
+    }
+    encode(cfg.version, Some((conn.peer_addr, conn.local_addr)), &tlvs)
+}
+
+/// HTTP (and other stream) pools reuse an upstream connection across
+/// downstream connections, so one PROXY header cannot speak for them: a
+/// cluster with `proxy_protocol` refuses to open one (a 503 and a debug
+/// log naming the field).
+pub(crate) fn refuse_for_streams(
+    cluster: &crate::cluster::Cluster,
+) -> Result<(), crate::codec::UpstreamError> {
+    if cluster.proxy_protocol.is_none() {
+        return Ok(());
+    }
+    tracing::debug!(cluster = %cluster.name, "clusters[].proxy_protocol serves tcp_proxy only; refusing a pooled stream connection");
+    Err(crate::codec::UpstreamError::Connect(
+        format!(
+            "cluster {}: proxy_protocol is supported for tcp_proxy only",
+            cluster.name
+        )
+        .into(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,49 +838,4 @@ mod tests {
             "listeners[0].listener_filters[0].config.disallowed_versions"
         );
     }
-}
-
-/// The header a cluster's `proxy_protocol` sends first on an upstream
-/// connection made for the downstream `conn`: its (PROXY-restored) source
-/// and destination, and the downstream's own TLVs `pass_through_tlvs`
-/// selects (v2 only).
-pub fn upstream_header(
-    cfg: &crate::config::proxy_protocol::UpstreamProxyProtocolConfig,
-    conn: &crate::network::ConnectionInfo,
-) -> Bytes {
-    use crate::config::proxy_protocol::PassTlvsMatchType;
-    let mut tlvs = Vec::new();
-    if let (Some(pass), Some(p), Version::V2) =
-        (&cfg.pass_through_tlvs, &conn.proxy_protocol, cfg.version)
-    {
-        tlvs.extend(
-            p.tlvs
-                .iter()
-                .filter(|(t, _)| {
-                    pass.match_type == PassTlvsMatchType::IncludeAll || pass.tlv_type.contains(t)
-                })
-                .cloned(),
-        );
-    }
-    encode(cfg.version, Some((conn.peer_addr, conn.local_addr)), &tlvs)
-}
-
-/// HTTP (and other stream) pools reuse an upstream connection across
-/// downstream connections, so one PROXY header cannot speak for them: a
-/// cluster with `proxy_protocol` refuses to open one (a 503 and a debug
-/// log naming the field).
-pub(crate) fn refuse_for_streams(
-    cluster: &crate::cluster::Cluster,
-) -> Result<(), crate::codec::UpstreamError> {
-    if cluster.proxy_protocol.is_none() {
-        return Ok(());
-    }
-    tracing::debug!(cluster = %cluster.name, "clusters[].proxy_protocol serves tcp_proxy only; refusing a pooled stream connection");
-    Err(crate::codec::UpstreamError::Connect(
-        format!(
-            "cluster {}: proxy_protocol is supported for tcp_proxy only",
-            cluster.name
-        )
-        .into(),
-    ))
 }

@@ -95,53 +95,6 @@ fn translate(mut m: pp::ProxyProtocol, path: &str) -> R<cfg::ProxyProtocolConfig
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prost::Message;
-
-    fn any(m: &pp::ProxyProtocol) -> protobuf::Any {
-        protobuf::Any {
-            type_url: FILTER.into(),
-            value: m.encode_to_vec(),
-        }
-    }
-
-    #[test]
-    fn fields_translate_and_unsupported_ones_are_named() {
-        let m = pp::ProxyProtocol {
-            rules: vec![pp::proxy_protocol::Rule {
-                tlv_type: 0xE0,
-                on_tlv_present: Some(pp::proxy_protocol::KeyValuePair {
-                    metadata_namespace: String::new(),
-                    key: "tenant".into(),
-                    value_string_encoding: 2,
-                }),
-            }],
-            allow_requests_without_proxy_protocol: true,
-            disallowed_versions: vec![PbVersion::V1 as i32],
-            ..Default::default()
-        };
-        let f = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap();
-        assert_eq!(f.name, cfg::NAME);
-        let c: cfg::ProxyProtocolConfig = serde_json::from_value(f.config).unwrap();
-        assert!(c.allow_requests_without_proxy_protocol);
-        assert_eq!(c.disallowed_versions, vec![cfg::Version::V1]);
-        assert_eq!(c.rules[0].tlv_type, 0xE0);
-        assert_eq!(
-            c.rules[0].on_tlv_present.value_string_encoding,
-            cfg::ValueStringEncoding::Base64
-        );
-
-        let m = pp::ProxyProtocol {
-            stat_prefix: "x".into(),
-            ..Default::default()
-        };
-        let (field, _) = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap_err();
-        assert_eq!(field, "listener_filters[0].typed_config.stat_prefix");
-    }
-}
-
 pub(crate) const UPSTREAM: &str = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
 
 /// A cluster's `transport_socket`: when it is the upstream PROXY protocol
@@ -212,4 +165,89 @@ pub(crate) fn upstream(
             pass_through_tlvs,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn any(m: &pp::ProxyProtocol) -> protobuf::Any {
+        protobuf::Any {
+            type_url: FILTER.into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn fields_translate_and_unsupported_ones_are_named() {
+        let m = pp::ProxyProtocol {
+            rules: vec![pp::proxy_protocol::Rule {
+                tlv_type: 0xE0,
+                on_tlv_present: Some(pp::proxy_protocol::KeyValuePair {
+                    metadata_namespace: String::new(),
+                    key: "tenant".into(),
+                    value_string_encoding: 2,
+                }),
+            }],
+            allow_requests_without_proxy_protocol: true,
+            disallowed_versions: vec![PbVersion::V1 as i32],
+            ..Default::default()
+        };
+        let f = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap();
+        assert_eq!(f.name, cfg::NAME);
+        let c: cfg::ProxyProtocolConfig = serde_json::from_value(f.config).unwrap();
+        assert!(c.allow_requests_without_proxy_protocol);
+        assert_eq!(c.disallowed_versions, vec![cfg::Version::V1]);
+        assert_eq!(c.rules[0].tlv_type, 0xE0);
+        assert_eq!(
+            c.rules[0].on_tlv_present.value_string_encoding,
+            cfg::ValueStringEncoding::Base64
+        );
+
+        let m = pp::ProxyProtocol {
+            stat_prefix: "x".into(),
+            ..Default::default()
+        };
+        let (field, _) = listener_filter(Some(&any(&m)), "listener_filters[0]").unwrap_err();
+        assert_eq!(field, "listener_filters[0].typed_config.stat_prefix");
+    }
+
+    #[test]
+    fn upstream_socket_unwraps_and_refuses_unsupported_fields() {
+        use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3 as ups;
+        let wrap = |m: &ups::ProxyProtocolUpstreamTransport| core3::TransportSocket {
+            name: "envoy.transport_sockets.upstream_proxy_protocol".into(),
+            config_type: Some(core3::transport_socket::ConfigType::TypedConfig(
+                protobuf::Any {
+                    type_url: UPSTREAM.into(),
+                    value: m.encode_to_vec(),
+                },
+            )),
+        };
+        let tls = core3::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: None,
+        };
+        let m = ups::ProxyProtocolUpstreamTransport {
+            config: Some(core3::ProxyProtocolConfig {
+                version: PbVersion::V2 as i32,
+                ..Default::default()
+            }),
+            transport_socket: Some(tls.clone()),
+            ..Default::default()
+        };
+        let (inner, c) = upstream(Some(wrap(&m)), "transport_socket").unwrap();
+        assert_eq!(inner, Some(tls.clone()));
+        assert_eq!(c.unwrap().version, cfg::Version::V2);
+        // Another socket passes untouched.
+        let (inner, c) = upstream(Some(tls.clone()), "transport_socket").unwrap();
+        assert_eq!((inner, c), (Some(tls), None));
+        let m = ups::ProxyProtocolUpstreamTransport {
+            tlv_as_pool_key: true,
+            ..Default::default()
+        };
+        let (field, _) = upstream(Some(wrap(&m)), "transport_socket").unwrap_err();
+        assert_eq!(field, "transport_socket.typed_config.tlv_as_pool_key");
+    }
 }
