@@ -13,6 +13,7 @@ command -v openssl >/dev/null || apt_pkgs+=(openssl)
 command -v gtlsclient >/dev/null || apt_pkgs+=(ngtcp2-client)
 command -v caddy >/dev/null || apt_pkgs+=(caddy)
 command -v prometheus >/dev/null || apt_pkgs+=(prometheus)
+command -v haproxy >/dev/null || apt_pkgs+=(haproxy)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
                         filter_chain: None,
                         tls: None,
                         retire: Default::default(),
+                        proxy_protocol: None,
                     },
                     drain: Default::default(),
                 };

@@ -64,6 +64,7 @@ fn conn() -> Arc<ConnectionInfo> {
         filter_chain: None,
         tls: None,
         retire: Default::default(),
+        proxy_protocol: None,
     })
 }
 

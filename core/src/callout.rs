@@ -63,6 +63,7 @@ fn own_connection() -> Arc<ConnectionInfo> {
             filter_chain: None,
             tls: None,
             retire: Default::default(),
+            proxy_protocol: None,
         })
     })
     .clone()

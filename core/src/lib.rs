@@ -23,6 +23,7 @@ pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod quic;
 pub mod registry;
 pub mod retry;

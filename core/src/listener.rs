@@ -15,7 +15,7 @@ use crate::registry::Registry;
 use crate::router::ChainRoutes;
 use crate::tls_inspect;
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -64,6 +64,8 @@ pub struct CompiledListener {
     pub stats: ListenerStats,
     /// Served over QUIC (UDP) instead of TCP.
     pub quic: Option<crate::quic::QuicTransport>,
+    /// The PROXY protocol listener filter, when configured.
+    pub proxy_protocol: Option<Arc<crate::proxy_protocol::ProxyProtocolFilter>>,
     /// The clusters its filters and routes resolved, by name: a reload
     /// replaces the listener (its open connections retire) only if one of
     /// them is no longer the same `Arc` or its own config changed.
@@ -114,6 +116,14 @@ impl CompiledListener {
             chains.push(chain);
             resolved.extend(used);
         }
+        let proxy_protocol = crate::proxy_protocol::compile(&cfg.listener_filters, &path)
+            .map_err(|(field, msg)| source.error(field, msg))?;
+        if proxy_protocol.is_some() && cfg.quic.is_some() {
+            return Err(source.error(
+                format!("{path}.listener_filters"),
+                "a QUIC listener has no TCP stream to read a PROXY protocol header from",
+            ));
+        }
         let quic = match &cfg.quic {
             None => None,
             Some(q) => {
@@ -158,6 +168,7 @@ impl CompiledListener {
             chains,
             stats: ListenerStats::new(&cfg.name),
             quic,
+            proxy_protocol,
             clusters: resolved,
         })
     }
@@ -629,12 +640,23 @@ async fn handle_connection(
         listener.address
     };
     let mut stream = stream;
-    let mut preface = Bytes::new();
+    let mut preface;
     let mut hello = None;
-    if listener.inspects_sni {
+    let (mut peer, mut local, mut read, mut proxied) = (peer, local, BytesMut::new(), None);
+    if let Some(pp) = &listener.proxy_protocol {
+        let Some((rest, info)) =
+            crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local).await
+        else {
+            return;
+        };
+        (read, proxied) = (rest, Some(info));
+    }
+    if !listener.inspects_sni {
+        preface = read.freeze();
+    } else {
         match tokio::time::timeout(
             listener.inspect_timeout,
-            tls_inspect::read_client_hello(&mut stream),
+            tls_inspect::read_client_hello(&mut stream, read),
         )
         .await
         {
@@ -673,6 +695,7 @@ async fn handle_connection(
         filter_chain: chain.name.clone(),
         tls: None,
         retire,
+        proxy_protocol: proxied,
     };
     for f in &chain.filters {
         if f.on_new_connection(&mut info) == FilterStatus::Close {
@@ -783,6 +806,7 @@ mod tests {
             accept_burst: u32::MAX,
             inspect_timeout: Duration::from_secs(1),
             quic: None,
+            proxy_protocol: None,
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),
@@ -981,6 +1005,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Signal::new(),
+            proxy_protocol: None,
         }
     }
 

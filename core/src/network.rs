@@ -144,6 +144,19 @@ pub struct ConnectionInfo {
     /// so that the client's next request meets the new config. Unlike
     /// `Connection::drain`, idle connections are not cut.
     pub retire: Signal,
+    /// Set when the listener read a PROXY protocol header: the direct
+    /// addresses it replaced in `peer_addr`/`local_addr`, its TLVs.
+    pub proxy_protocol: Option<Arc<crate::proxy_protocol::ProxyInfo>>,
+}
+
+impl ConnectionInfo {
+    /// The address that actually connected: the peer before a PROXY
+    /// protocol header replaced it (Envoy's direct remote address).
+    pub fn direct_peer_addr(&self) -> SocketAddr {
+        self.proxy_protocol
+            .as_ref()
+            .map_or(self.peer_addr, |p| p.direct_peer_addr)
+    }
 }
 
 /// A downstream connection travelling down a filter chain.

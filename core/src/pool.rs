@@ -73,6 +73,7 @@ impl<'a> Dial<'a> {
     /// A TCP connection to the endpoint. The guard holds the connection's
     /// circuit-breaker slot: keep it as long as the connection lives.
     pub async fn tcp(&self) -> Result<(TcpStream, ConnectionGuard), UpstreamError> {
+        crate::proxy_protocol::refuse_for_streams(self.cluster)?;
         let up = self.cluster.connect_endpoint(self.endpoint.clone()).await?;
         let (stream, _, guard) = up.into_parts();
         Ok((stream, guard))

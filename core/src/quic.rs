@@ -276,6 +276,7 @@ async fn serve_connection(
             peer: peer_identity,
         })),
         retire,
+        proxy_protocol: None,
     };
     if chain.run_on_new_connection(&mut info) == FilterStatus::Close {
         conn.close(0u32.into(), b"refused");

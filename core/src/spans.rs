@@ -83,6 +83,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Default::default(),
+            proxy_protocol: None,
         };
         let info = StreamInfo::new(std::sync::Arc::new(conn), "http1");
         let before = NEXT_STREAM_ID.load(Ordering::Relaxed);

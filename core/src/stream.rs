@@ -114,6 +114,7 @@ pub struct StreamInfo {
 
 impl StreamInfo {
     pub fn new(connection: Arc<ConnectionInfo>, protocol: &'static str) -> Self {
+        let filter_state = crate::proxy_protocol::filter_state(&connection);
         Self {
             downstream_remote_address: connection.peer_addr.ip(),
             connection,
@@ -126,7 +127,7 @@ impl StreamInfo {
             upstream_host: None,
             local_reply: None,
             denied_by: None,
-            filter_state: http::Extensions::new(),
+            filter_state,
             limits: crate::body::StreamLimits::default(),
             upstream_attempts: 0,
             suppress_envoy_headers: false,

@@ -69,9 +69,19 @@ pub fn inspect(buf: &[u8]) -> Inspection {
 
 /// Reads from `stream` until a ClientHello is complete (or the bytes are not
 /// TLS) and returns the bytes read with what the hello offers (`None`: not
-/// TLS).
-pub async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Bytes, Option<HelloInfo>)> {
-    let mut buf = BytesMut::with_capacity(2048);
+/// TLS). `buf` holds bytes already read (after a PROXY protocol header).
+pub async fn read_client_hello(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+) -> io::Result<(Bytes, Option<HelloInfo>)> {
+    if !buf.is_empty() {
+        match inspect(&buf) {
+            Inspection::Incomplete => {}
+            Inspection::NotTls => return Ok((buf.freeze(), None)),
+            Inspection::ClientHello(hello) => return Ok((buf.freeze(), Some(hello))),
+        }
+    }
+    buf.reserve(2048);
     loop {
         if buf.len() >= MAX_CLIENT_HELLO {
             return Ok((buf.freeze(), None));

@@ -93,6 +93,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Default::default(),
+            proxy_protocol: None,
         };
         StreamInfo::new(Arc::new(conn), "http2")
     }

@@ -1021,6 +1021,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Default::default(),
+            proxy_protocol: None,
         };
         let mut i = StreamInfo::new(Arc::new(conn), "http1");
         i.route = Some(route);

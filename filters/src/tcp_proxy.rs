@@ -209,6 +209,14 @@ impl TcpProxy {
         tracing::trace!(conn = conn.info.id, upstream = %up.endpoint.address, "upstream connected");
         // For least_request, an L4 connection is one request.
         let _active = up.endpoint.start_request();
+        if let Some(pp) = &cluster.proxy_protocol {
+            let header = meshgate_core::proxy_protocol::upstream_header(pp, &conn.info);
+            if let Err(e) = write_all_ref(&up.stream, &header).await {
+                tracing::debug!(conn = conn.info.id, error = %e, "upstream PROXY header write failed");
+                cluster.stats.cx_closed("reset");
+                return;
+            }
+        }
         let Connection {
             io, preface, info, ..
         } = conn;

@@ -27,6 +27,7 @@ mod locality;
 mod mirror;
 mod outlier;
 mod priority;
+mod proxy_protocol;
 mod ratelimit;
 mod rbac;
 mod retry_policy;

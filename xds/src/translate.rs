@@ -467,7 +467,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     };
     let health_checks =
         crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
-    let transport_socket = c.transport_socket.take();
+    let (transport_socket, proxy_protocol) =
+        crate::proxy_protocol::upstream(c.transport_socket.take(), "transport_socket")?;
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
         // Refused now if unsupported; filled in once its secrets are known.
@@ -498,6 +499,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         protocol,
         protocol_options,
         tls: None,
+        proxy_protocol,
         common_lb_config,
         policy: cla_policy,
         health_checks,
@@ -590,19 +592,33 @@ fn listener_inner(
         .map(|v| v.value);
     let lft = match l.listener_filters_timeout.take() {
         Some(d) => duration(&d, "listener_filters_timeout")?,
-        None => Duration::from_secs(5),
+        None => Duration::from_secs(15),
     };
     // meshgate reads the ClientHello itself whenever a chain matches on
     // server names or ALPN: Envoy's tls_inspector is what it does anyway.
+    let mut listener_filters = Vec::new();
     for (i, f) in std::mem::take(&mut l.listener_filters)
         .into_iter()
         .enumerate()
     {
+        if f.name == "envoy.filters.listener.proxy_protocol" {
+            let p = format!("listener_filters[{i}]");
+            if f.filter_disabled.is_some() {
+                return err(join(&p, "filter_disabled"), "not supported by meshgate");
+            }
+            let any = match &f.config_type {
+                None => None,
+                Some(lds::listener_filter::ConfigType::TypedConfig(a)) => Some(a),
+                Some(_) => return err(join(&p, "config_discovery"), "not supported by meshgate"),
+            };
+            listener_filters.push(crate::proxy_protocol::listener_filter(any, &p)?);
+            continue;
+        }
         if f.name != "envoy.filters.listener.tls_inspector" {
             return err(
                 format!("listener_filters[{i}].name"),
                 format!(
-                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)",
+                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector and envoy.filters.listener.proxy_protocol)",
                     f.name
                 ),
             );
@@ -637,6 +653,7 @@ fn listener_inner(
         max_connections: None,
         max_connections_to_accept_per_socket_event,
         listener_filters_timeout: lft,
+        listener_filters,
         quic: None,
         filter_chains: chains,
     };

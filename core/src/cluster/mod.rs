@@ -437,6 +437,8 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The PROXY protocol header each upstream connection starts with.
+    pub proxy_protocol: Option<crate::config::proxy_protocol::UpstreamProxyProtocolConfig>,
     /// Priority loads, panic threshold and drop overloads.
     priority: priority::Policy,
     /// Request-level circuit breakers (`max_requests`, `max_retries`).
@@ -478,6 +480,7 @@ impl Cluster {
             stats,
             upstream: None,
             tls: None,
+            proxy_protocol: None,
             protocol: "",
             priority: priority::Policy::new(name),
             breakers: Arc::new(breaker::Breakers::new(
@@ -732,6 +735,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         protocol,
         protocol_options,
         tls,
+        proxy_protocol,
         common_lb_config,
         policy,
         health_checks,
@@ -750,6 +754,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *protocol == b.protocol
         && *protocol_options == b.protocol_options
         && *tls == b.tls
+        && *proxy_protocol == b.proxy_protocol
         && *common_lb_config == b.common_lb_config
         && *policy == b.policy
         && *health_checks == b.health_checks
@@ -992,6 +997,7 @@ fn build_cluster(
     cluster.priority = policy;
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     cluster.outlier = detector;
+    cluster.proxy_protocol = c.proxy_protocol.clone();
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))

@@ -19,6 +19,7 @@ pub mod local_reply;
 pub mod locality;
 pub mod outlier;
 pub mod priority;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod rbac;
 pub mod router;
@@ -231,10 +232,16 @@ pub struct ListenerConfig {
     /// workers instead of being taken by one); unset or 0: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_to_accept_per_socket_event: Option<u32>,
-    /// How long to wait for a TLS ClientHello when a chain matches on
-    /// `server_names` (default 5s).
+    /// How long the listener filters may wait for a connection's first
+    /// bytes: the PROXY protocol header and the TLS ClientHello when a chain
+    /// matches on `server_names` (default 15s, as Envoy).
     #[serde(default = "default_inspect_timeout", with = "humantime_serde")]
     pub listener_filters_timeout: Duration,
+    /// Listener filters run on each accepted connection before a filter
+    /// chain is chosen (Envoy's `listener_filters`):
+    /// `envoy.filters.listener.proxy_protocol`, `envoy.filters.listener.tls_inspector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listener_filters: Vec<proxy_protocol::ListenerFilterConfig>,
     /// Serve QUIC on UDP at `address` instead of TCP (HTTP/3). The listener
     /// then has one filter chain, whose `tls` is required (TLS 1.3, ALPN
     /// `h3`) and whose terminal filter is `proxy`.
@@ -547,6 +554,10 @@ pub struct ClusterConfig {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Send a PROXY protocol header first on each upstream connection
+    /// (`tcp_proxy` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<proxy_protocol::UpstreamProxyProtocolConfig>,
     /// Envoy's `Cluster.common_lb_config` (`healthy_panic_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_lb_config: Option<priority::CommonLbConfig>,
@@ -657,7 +668,7 @@ fn default_backlog() -> u32 {
     1024
 }
 fn default_inspect_timeout() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(15)
 }
 fn default_lb_policy() -> String {
     "round_robin".to_string()

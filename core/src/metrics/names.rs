@@ -387,6 +387,18 @@ pub const ADMIN_RQ_DENIED_TOTAL: &str = "meshgate_admin_rq_denied_total";
 pub const SERVER_HEALTH_CHECK_FAILED: &str = "meshgate_server_health_check_failed";
 /// Gauge: seconds since the process started.
 pub const SERVER_UPTIME_SECONDS: &str = "meshgate_server_uptime_seconds";
+/// Counter `{listener,version}`: PROXY protocol headers accepted by the
+/// `envoy.filters.listener.proxy_protocol` listener filter (`version`:
+/// `v1` | `v2` | `v2_local` | `none`, the last for a connection without a
+/// header let through by `allow_requests_without_proxy_protocol`).
+pub const LISTENER_PROXY_PROTOCOL_FOUND_TOTAL: &str =
+    "meshgate_listener_proxy_protocol_found_total";
+/// Counter `{listener,reason}`: connections closed by the PROXY protocol
+/// listener filter (`reason`: `not_proxy` | `malformed` | `oversized` |
+/// `timeout` | `closed` | `disallowed_version`).
+pub const LISTENER_PROXY_PROTOCOL_ERROR_TOTAL: &str =
+    "meshgate_listener_proxy_protocol_error_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -519,6 +531,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (ADMIN_RQ_DENIED_TOTAL, Kind::Counter),
     (SERVER_HEALTH_CHECK_FAILED, Kind::Gauge),
     (SERVER_UPTIME_SECONDS, Kind::Gauge),
+    (LISTENER_PROXY_PROTOCOL_FOUND_TOTAL, Kind::Counter),
+    (LISTENER_PROXY_PROTOCOL_ERROR_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

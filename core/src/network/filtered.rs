@@ -300,6 +300,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Signal::new(),
+            proxy_protocol: None,
         }
     }
 

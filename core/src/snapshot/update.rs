@@ -187,6 +187,7 @@ fn same_but_chains(
         max_connections,
         max_connections_to_accept_per_socket_event,
         listener_filters_timeout,
+        listener_filters,
         quic,
         filter_chains,
     } = a;
@@ -197,6 +198,7 @@ fn same_but_chains(
         && *max_connections_to_accept_per_socket_event
             == b.max_connections_to_accept_per_socket_event
         && *listener_filters_timeout == b.listener_filters_timeout
+        && *listener_filters == b.listener_filters
         && *quic == b.quic
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains

@@ -12,6 +12,7 @@ fn info() -> StreamInfo {
         filter_chain: None,
         tls: None,
         retire: Default::default(),
+        proxy_protocol: None,
     };
     StreamInfo::new(Arc::new(conn), "http1")
 }

@@ -224,6 +224,7 @@ mod tests {
             filter_chain: None,
             tls: None,
             retire: Default::default(),
+            proxy_protocol: None,
         });
         let info = StreamInfo::new(conn, "http1");
         let mut req = http::Request::new(meshgate_core::stream::empty_body());

@@ -12,6 +12,7 @@ fn conn(id: u64) -> Arc<ConnectionInfo> {
         filter_chain: None,
         tls: None,
         retire: Default::default(),
+        proxy_protocol: None,
     })
 }
 

@@ -407,7 +407,7 @@ impl Princ {
                     }
                 }
             }
-            Princ::DirectRemoteIp(c) => c.contains(cx.conn.peer_addr.ip()),
+            Princ::DirectRemoteIp(c) => c.contains(cx.conn.direct_peer_addr().ip()),
             Princ::RemoteIp(c) => c.contains(cx.remote),
             Princ::Header(h) => h.matches(cx),
             Princ::UrlPath(m) => url_path(cx).is_some_and(|p| m.matches(p)),

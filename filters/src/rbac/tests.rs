@@ -21,6 +21,7 @@ fn info() -> StreamInfo {
             filter_chain: None,
             tls: None,
             retire: Signal::new(),
+            proxy_protocol: None,
         }),
         "http1",
     )

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 filter_chain: None,
                 tls: None,
                 retire: Default::default(),
+                proxy_protocol: None,
             },
             drain: Default::default(),
         };

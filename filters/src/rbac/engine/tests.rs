@@ -20,6 +20,7 @@ fn conn(peer: &str, local: &str, peer_id: Option<PeerIdentity>) -> ConnectionInf
             })
         }),
         retire: Signal::new(),
+        proxy_protocol: None,
     }
 }
 
