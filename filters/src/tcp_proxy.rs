@@ -94,7 +94,8 @@ impl NetworkFilterFactory for TcpProxyFactory {
             zero_copy: cfg.zero_copy,
             no_upstream: metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
-            downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener),
+            downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener.clone()),
+            listener,
         })))
     }
 }
@@ -109,6 +110,7 @@ struct TcpProxy {
     no_upstream: Counter,
     downstream_bytes_received: Counter,
     downstream_bytes_sent: Counter,
+    listener: String,
 }
 
 impl TerminalFilter for TcpProxy {
@@ -168,6 +170,13 @@ impl TcpProxy {
 
     async fn proxy(self: Arc<Self>, conn: Connection) {
         let cluster = self.pick_cluster().clone();
+        // The cluster's `drop_overloads`: the connection is closed at once,
+        // before any endpoint is chosen (Envoy's `DO` flag).
+        if cluster.drop_overload() {
+            metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_CX_DROPPED_TOTAL, "listener" => self.listener.clone(), "cluster" => cluster.name).increment(1);
+            tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "drop_overload: connection closed");
+            return;
+        }
         let Some(up) = self.connect(&cluster, &conn.info).await else {
             self.no_upstream.increment(1);
             tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "no upstream connection; closing downstream");

@@ -28,8 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig, NodeConfig,
-    UpstreamTlsConfig,
+    AdsConfig, ClusterConfig, Config, ConfigSource, ListenerConfig, NodeConfig, UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{
     DynamicInfo, DynamicSender, DynamicUpdate, Refusal, Refusals, Warming,
@@ -103,7 +102,7 @@ type Shared<T> = Arc<BTreeMap<String, Arc<T>>>;
 #[derive(Default, Clone)]
 struct State {
     clusters: Shared<translate::Cluster>,
-    endpoints: Shared<Vec<EndpointConfig>>,
+    endpoints: Shared<crate::priority::Assignment>,
     routes: Shared<RouteConfig>,
     listeners: Shared<lds::Listener>,
     secrets: Shared<Secret>,
@@ -136,7 +135,7 @@ struct State {
 struct ComposedClusters {
     from: (
         Shared<translate::Cluster>,
-        Shared<Vec<EndpointConfig>>,
+        Shared<crate::priority::Assignment>,
         Shared<Secret>,
     ),
     by_name: BTreeMap<String, ComposedCluster>,
@@ -152,7 +151,7 @@ struct ComposedClusters {
 struct ComposedCluster {
     cluster: Arc<translate::Cluster>,
     /// Its ClusterLoadAssignment (EDS), if it has one and it arrived.
-    endpoints: Option<Arc<Vec<EndpointConfig>>>,
+    endpoints: Option<Arc<crate::priority::Assignment>>,
     /// Its TLS secrets (SDS), in `cluster.sds_names` order.
     secrets: Vec<Option<Arc<Secret>>>,
     /// What to serve: the composed config, or while the cluster warms
@@ -498,7 +497,8 @@ impl State {
                         (Some(cfg), None) => Some(cfg),
                         (Some(mut cfg), Some(_)) => match endpoints {
                             Some(eps) => {
-                                cfg.endpoints = eps.to_vec();
+                                cfg.endpoints = eps.endpoints.clone();
+                                cfg.policy = eps.policy.clone();
                                 Some(cfg)
                             }
                             None if timed_out => {
@@ -687,7 +687,7 @@ impl State {
                     )?;
                     dup("ClusterLoadAssignment", &c.cluster_name)?;
                     let name = c.cluster_name.clone();
-                    let eps = translate::endpoints(c, "").map_err(|(f, m)| TranslateError {
+                    let eps = crate::priority::assignment(c).map_err(|(f, m)| TranslateError {
                         resource: format!("ClusterLoadAssignment '{name}'"),
                         field: f,
                         message: m,
@@ -863,6 +863,11 @@ fn node(n: &NodeConfig) -> core3::Node {
         user_agent_version_type: Some(core3::node::UserAgentVersionType::UserAgentVersion(
             env!("CARGO_PKG_VERSION").into(),
         )),
+        locality: n.locality.as_ref().map(|l| core3::Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }),
         ..Default::default()
     }
 }
@@ -1321,7 +1326,7 @@ mod tests {
         assert!(out.clusters.by_name["a"].warming);
         assert!(out.config.clusters.is_empty());
         assert_eq!(out.clusters.eds.iter().collect::<Vec<_>>(), ["a"]);
-        Arc::make_mut(&mut s.endpoints).insert("a".into(), Arc::new(vec![]));
+        Arc::make_mut(&mut s.endpoints).insert("a".into(), Default::default());
         let out = s
             .compose(&boot_statics, &Config::default(), Instant::now())
             .unwrap();
