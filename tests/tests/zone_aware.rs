@@ -469,3 +469,133 @@ clusters:
         f64::from(dropped)
     );
 }
+
+/// A TCP relay to `target` that counts the connections it accepted.
+fn counting_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicU32>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(down) = s else { return };
+            a.fetch_add(1, Ordering::SeqCst);
+            let Ok(up) = TcpStream::connect(target) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, accepted)
+}
+
+/// A TCP upstream answering each `ping` with `pong` on the same
+/// connection, counting its connections.
+fn ping_backend() -> (SocketAddr, Arc<AtomicU32>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let a = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            a.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4];
+                while s.read_exact(&mut buf).is_ok() && &buf == b"ping" {
+                    if s.write_all(b"pong").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn health_checks_reuse_their_connection_unless_told_not_to() {
+    let h1 = HttpBackend::start("h1", Proto::Http1);
+    let h1close = HttpBackend::start("h1close", Proto::Http1);
+    let h2 = HttpBackend::start("h2", Proto::H2c);
+    let (h1_relay, h1_conns) = counting_relay(h1.addr);
+    let (h1close_relay, h1close_conns) = counting_relay(h1close.addr);
+    let (h2_relay, h2_conns) = counting_relay(h2.addr);
+    let (tcp, tcp_conns) = ping_backend();
+    let check = |extra: &str, checker: &str| {
+        format!(
+            "    health_checks:\n      - {{timeout: 1s, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1{extra}, {checker}}}\n"
+        )
+    };
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners: []
+clusters:
+  - name: h1
+{c1}    endpoints: [{{address: "{h1_relay}"}}]
+  - name: h1close
+{c2}    endpoints: [{{address: "{h1close_relay}"}}]
+  - name: h2
+{c3}    endpoints: [{{address: "{h2_relay}"}}]
+  - name: tcp
+{c4}    endpoints: [{{address: "{tcp}"}}]
+"#,
+        c1 = check("", "http_health_check: {path: /healthz}"),
+        c2 = check(
+            ", reuse_connection: false",
+            "http_health_check: {path: /healthz}"
+        ),
+        c3 = check(
+            "",
+            "http_health_check: {path: /healthz, codec_client_type: HTTP2}"
+        ),
+        c4 = check(
+            "",
+            // "ping" / "pong" in hex.
+            "tcp_health_check: {send: {text: \"70696e67\"}, receive: [{text: \"706f6e67\"}]}"
+        ),
+    );
+    let mg = Meshgate::start(&yaml);
+    let passed = |c: &str| {
+        mg.metric(
+            "meshgate_cluster_health_check_success_total",
+            &[("cluster", c)],
+        )
+    };
+    for c in ["h1", "h1close", "h2", "tcp"] {
+        wait_until(&format!("8 passing checks of {c}"), || passed(c) >= 8.0);
+    }
+    // Reused: every check of h1, h2 and tcp on one connection.
+    assert_eq!(h1_conns.load(Ordering::SeqCst), 1);
+    assert_eq!(h2_conns.load(Ordering::SeqCst), 1);
+    assert_eq!(tcp_conns.load(Ordering::SeqCst), 1);
+    assert!(
+        h1.hits() >= 8 && h2.hits() >= 8,
+        "{} {}",
+        h1.hits(),
+        h2.hits()
+    );
+    // reuse_connection: false: one connection per check.
+    let n = h1close.hits();
+    let c = h1close_conns.load(Ordering::SeqCst);
+    assert!(n >= 8 && c + 1 >= n, "{c} connections for {n} checks");
+    for c in ["h1", "h1close", "h2", "tcp"] {
+        assert_eq!(
+            mg.metric(
+                "meshgate_cluster_health_check_failure_total",
+                &[("cluster", c), ("kind", "network")]
+            ),
+            0.0,
+            "{c}"
+        );
+    }
+}

@@ -400,6 +400,94 @@ mod tests {
         assert_eq!(cross_zone(&[3000, 3000, 3000], 1), 0);
     }
 
+    /// Picks of cluster `up` in a manager linked as a snapshot would be,
+    /// per port.
+    fn picks(config: serde_json::Value, n: usize) -> Vec<usize> {
+        let config: Config = serde_json::from_value(config).unwrap();
+        let src = ConfigSource::anonymous("test");
+        let mut m = ClusterManager::build(
+            &config.clusters,
+            &crate::registry::Registry::new(),
+            &src,
+            false,
+        )
+        .unwrap();
+        link(&mut m, &config, &src, true).unwrap();
+        let up = m.get("up").unwrap().clone();
+        let ctx = crate::lb::LbContext::default();
+        let mut v = vec![0; 9];
+        for _ in 0..n {
+            v[usize::from(up.choose(&ctx, &[]).unwrap().address.port())] += 1;
+        }
+        v[1..].to_vec()
+    }
+
+    fn config(local: &[&str], upstream: &[&str], fail: bool) -> serde_json::Value {
+        let eps = |zones: &[&str], base: u16| -> Vec<serde_json::Value> {
+            zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| {
+                    serde_json::json!({
+                        "address": format!("127.0.0.1:{}", base + i as u16),
+                        "locality": {"zone": z},
+                    })
+                })
+                .collect()
+        };
+        serde_json::json!({
+            "node": {"id": "n", "locality": {"zone": "a"}},
+            "cluster_manager": {"local_cluster_name": "local"},
+            "clusters": [
+                {"name": "local", "endpoints": eps(local, 100)},
+                {"name": "up", "endpoints": eps(upstream, 1),
+                 "common_lb_config": {"zone_aware_lb_config": {
+                     "min_cluster_size": 2, "fail_traffic_on_panic": fail}}},
+            ],
+        })
+    }
+
+    #[test]
+    fn picks_follow_the_local_and_upstream_shares() {
+        // Local 50/50, upstream a 2 of 8: half the picks stay in a.
+        let up = ["a", "a", "b", "b", "b", "b", "b", "b"];
+        let got = picks(config(&["a", "b"], &up, false), 8000);
+        let a: usize = got[..2].iter().sum();
+        assert!((3700..=4300).contains(&a), "{got:?}");
+        // Local 25/75: zone a's 25 % suffices: all of it there.
+        let got = picks(config(&["a", "b", "b", "b"], &up, false), 1000);
+        assert_eq!(got[..2].iter().sum::<usize>(), 1000, "{got:?}");
+        // No local host in zone a: plain balancing (the local cluster is
+        // not usable for zone routing).
+        let got = picks(config(&["b", "b"], &up, false), 8000);
+        let a: usize = got[..2].iter().sum();
+        assert!((1700..=2300).contains(&a), "{got:?}");
+    }
+
+    #[test]
+    fn fail_traffic_on_panic_fails_picks_of_a_cluster_in_panic() {
+        let config: Config =
+            serde_json::from_value(config(&["a", "b"], &["a", "b", "b"], true)).unwrap();
+        let src = ConfigSource::anonymous("test");
+        let mut m = ClusterManager::build(
+            &config.clusters,
+            &crate::registry::Registry::new(),
+            &src,
+            false,
+        )
+        .unwrap();
+        link(&mut m, &config, &src, true).unwrap();
+        let up = m.get("up").unwrap().clone();
+        let ctx = crate::lb::LbContext::default();
+        assert!(up.choose(&ctx, &[]).is_some());
+        // Two of three failed: 33 % < 50 %, panic: no endpoint at all.
+        for e in &up.hosts().endpoints[1..] {
+            e.health_flags()
+                .set_flag(crate::pool::HealthFlags::FAILED_OUTLIER_CHECK);
+        }
+        assert!(up.choose(&ctx, &[]).is_none());
+    }
+
     #[test]
     fn cross_zone_spreads_by_residual_capacity() {
         let mut n = [0u32; 3];
