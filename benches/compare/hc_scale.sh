@@ -99,7 +99,7 @@ fi
     echo "clusters:"
     echo "  - name: many"
     echo "    health_checks:"
-    echo "      - {timeout: 1s, interval: 1s, unhealthy_threshold: 2, healthy_threshold: 1, reuse_connection: $REUSE, $CHECKER}"
+    echo "      - {timeout: 1s, interval: 1s, initial_jitter: 1s, unhealthy_threshold: 2, healthy_threshold: 1, reuse_connection: $REUSE, $CHECKER}"
     echo "    endpoints:"
     while read -r p; do echo "      - {address: \"127.0.0.1:$p\"}"; done <"$DIR/ports.txt"
 } >"$DIR/hc.yaml"

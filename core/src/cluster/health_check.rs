@@ -688,7 +688,10 @@ async fn probe_once(
             if io.write_all(&req).await.is_err() {
                 return (Verdict::Network, None);
             }
-            let Some((status, degraded, reusable)) = read_http1_response(&mut io, reuse).await
+            // A response to HEAD has no body, whatever its length says.
+            let bodyless = *method == http::Method::HEAD;
+            let Some((status, degraded, reusable)) =
+                read_http1_response(&mut io, reuse, bodyless).await
             else {
                 return (Verdict::Network, None);
             };
@@ -913,7 +916,11 @@ async fn rpc_heartbeat(io: &mut Box<dyn Io>, kind: RpcHeartbeat) -> Verdict {
 /// `MAX_READ`). A chunked, close-delimited or oversized body, or
 /// `connection: close`, ends the connection. `None` for a malformed or
 /// oversized head.
-async fn read_http1_response(io: &mut Box<dyn Io>, keep: bool) -> Option<(u16, bool, bool)> {
+async fn read_http1_response(
+    io: &mut Box<dyn Io>,
+    keep: bool,
+    bodyless: bool,
+) -> Option<(u16, bool, bool)> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
     let rest = loop {
@@ -936,6 +943,7 @@ async fn read_http1_response(io: &mut Box<dyn Io>, keep: bool) -> Option<(u16, b
         return Some((status, degraded, false));
     }
     let body = match http1_body_length(&head, status) {
+        Some(_) if bodyless => 0,
         Some(n) if n <= MAX_READ => n,
         _ => return Some((status, degraded, false)),
     };
@@ -1003,7 +1011,7 @@ async fn h2_request(
 ) -> Option<(http::response::Parts, (Bytes, Option<http::HeaderMap>))> {
     use http_body_util::BodyExt;
     let send = &mut conn.send;
-    let result = async {
+    async {
         let resp = send.send_request(req).await.ok()?;
         let (head, mut body) = resp.into_parts();
         let mut data = BytesMut::new();
@@ -1021,8 +1029,7 @@ async fn h2_request(
         }
         Some((head, (data.freeze(), trailers)))
     }
-    .await;
-    result
+    .await
 }
 
 /// `grpc.health.v1.Health/Check`: SERVING (1) is healthy; any other
@@ -1249,6 +1256,26 @@ mod tests {
         r[11] = 0;
         r[3] = 2; // a plain response, not a heartbeat
         assert_eq!(heartbeat_verdict(Bolt, &r), Verdict::Network);
+    }
+
+    #[test]
+    fn http1_framing_decides_reuse() {
+        let len = |h: &str, s| http1_body_length(h.as_bytes(), s);
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: 2", 200), Some(2));
+        assert_eq!(len("HTTP/1.1 204 No Content", 204), Some(0));
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked", 200),
+            None
+        );
+        assert_eq!(
+            len(
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close",
+                200
+            ),
+            None
+        );
+        assert_eq!(len("HTTP/1.1 200 OK", 200), None, "close-delimited");
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: x", 200), None);
     }
 
     #[test]

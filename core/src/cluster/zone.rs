@@ -494,8 +494,9 @@ mod tests {
         for _ in 0..9000 {
             n[cross_zone(&[0, 1000, 3000], 0)] += 1;
         }
+        // Residual capacities 1000 and 2000: a third and two thirds.
         assert_eq!(n[0], 0);
-        assert!((2000..2500).contains(&n[1]), "{n:?}");
+        assert!((2700..3300).contains(&n[1]), "{n:?}");
         // No residual anywhere: uniform over the others.
         let mut n = [0u32; 3];
         for _ in 0..3000 {
