@@ -415,7 +415,7 @@ mod tests {
         link(&mut m, &config, &src, true).unwrap();
         let up = m.get("up").unwrap().clone();
         let ctx = crate::lb::LbContext::default();
-        let mut v = vec![0; 9];
+        let mut v = [0; 9];
         for _ in 0..n {
             v[usize::from(up.choose(&ctx, &[]).unwrap().address.port())] += 1;
         }
