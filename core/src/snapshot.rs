@@ -144,13 +144,14 @@ impl Snapshot {
                 Some(_) => {}
             }
         }
-        let clusters = ClusterManager::build_reusing(
+        let mut clusters = ClusterManager::build_reusing(
             &config.clusters,
             registry,
             source,
             mode == BuildMode::Serve,
             previous.map(|(p, reload)| (&p.clusters, reload == Reload::File)),
         )?;
+        crate::cluster::zone::link(&mut clusters, &config, source, previous.is_none())?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut updates = Vec::with_capacity(config.listeners.len());
         // The previous snapshot's listeners by identity (`ListenerKey`),

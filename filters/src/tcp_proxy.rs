@@ -105,8 +105,9 @@ impl NetworkFilterFactory for TcpProxyFactory {
             zero_copy: cfg.zero_copy,
             no_upstream: metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, "listener" => listener.clone()),
             downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
-            downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener),
+            downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener.clone()),
             access_log,
+            listener,
         })))
     }
 }
@@ -123,6 +124,7 @@ struct TcpProxy {
     downstream_bytes_sent: Counter,
     /// One line per connection when it closes.
     access_log: Option<crate::access_log::AccessLogs>,
+    listener: String,
 }
 
 impl TerminalFilter for TcpProxy {
@@ -195,6 +197,16 @@ impl TcpProxy {
                 &self.downstream_bytes_sent,
             )
         });
+        // The cluster's `drop_overloads`: the connection is closed at once,
+        // before any endpoint is chosen (Envoy's `DO` flag).
+        if cluster.drop_overload() {
+            metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_CX_DROPPED_TOTAL, "listener" => self.listener.clone(), "cluster" => cluster.name).increment(1);
+            tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "drop_overload: connection closed");
+            if let Some(l) = logged {
+                l.close(None, Some("drop_overload"));
+            }
+            return;
+        }
         let up = match self.connect(&cluster, &conn.info).await {
             Ok(up) => up,
             Err(why) => {

@@ -335,11 +335,16 @@ fn eds_locality_weights_through_a_real_control_plane() {
     let h: Vec<u32> = hits(&bs).iter().zip(&base).map(|(a, b)| a - b).collect();
     assert_eq!(h[2..], [0, 0], "{h:?}");
 
-    // Zone-aware balancing is refused by name (NACK).
+    // A bad zone-aware setting is refused by name (NACK).
     c.common_lb_config = Some(cds::cluster::CommonLbConfig {
         locality_config_specifier: Some(
             cds::cluster::common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(
-                Default::default(),
+                cds::cluster::common_lb_config::ZoneAwareLbConfig {
+                    routing_enabled: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                        value: 150.0,
+                    }),
+                    ..Default::default()
+                },
             ),
         ),
         ..Default::default()
@@ -348,7 +353,10 @@ fn eds_locality_weights_through_a_real_control_plane() {
     let nonce = mgmt.wait_sent(CLUSTER, "2");
     let nack = mgmt.wait_reply(CLUSTER, &nonce);
     let detail = format!("{:?}", nack.error_detail);
-    assert!(detail.contains("zone_aware_lb_config"), "{detail}");
+    assert!(
+        detail.contains("zone_aware_lb_config.routing_enabled.value"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -192,16 +192,12 @@ fn unsupported_priority_settings_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
-            "common_lb_config: {zone_aware_lb_config: {}}",
-            "zone_aware_lb_config",
+            "common_lb_config: {zone_aware_lb_config: {routing_enabled: {value: 150}}}",
+            "common_lb_config.zone_aware_lb_config.routing_enabled.value",
         ),
         (
             "common_lb_config: {healthy_panic_threshold: {value: 150}}",
             "common_lb_config.healthy_panic_threshold.value",
-        ),
-        (
-            "policy: {weighted_priority_health: true}",
-            "policy.weighted_priority_health",
         ),
         (
             "policy: {overprovisioning_factor: 0}",
@@ -336,12 +332,15 @@ fn eds_priorities_follow_health_updates_through_a_real_control_plane() {
         0.0
     );
 
-    // A ClusterLoadAssignment policy other than the YAML one is NACKed
-    // by name (EDS policy is not translated).
+    // A ClusterLoadAssignment policy field meshgate does not honour is
+    // NACKed by name (the honoured ones: tests/tests/zone_aware.rs).
     let (_, mut cla) = cla_prios("svc", &[&[(a0, HEALTHY)]]);
     let mut m: eds::ClusterLoadAssignment = prost::Message::decode(&cla.value[..]).unwrap();
     m.policy = Some(eds::cluster_load_assignment::Policy {
-        overprovisioning_factor: Some(UInt32Value { value: 100 }),
+        endpoint_stale_after: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
         ..Default::default()
     });
     cla = any(ENDPOINT, &m);
@@ -349,5 +348,5 @@ fn eds_priorities_follow_health_updates_through_a_real_control_plane() {
     let nonce = mgmt.wait_sent(ENDPOINT, "4");
     let nack = mgmt.wait_reply(ENDPOINT, &nonce);
     let detail = format!("{:?}", nack.error_detail);
-    assert!(detail.contains("policy"), "{detail}");
+    assert!(detail.contains("policy.endpoint_stale_after"), "{detail}");
 }

@@ -30,8 +30,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsApiType, AdsConfig, ClusterConfig, Config, ConfigSource, EndpointConfig, ListenerConfig,
-    NodeConfig, UpstreamTlsConfig,
+    AdsApiType, AdsConfig, ClusterConfig, Config, ConfigSource, ListenerConfig, NodeConfig,
+    UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{
     DynamicInfo, DynamicSender, DynamicUpdate, Refusal, Refusals, Warming,
@@ -105,7 +105,7 @@ type Shared<T> = Arc<BTreeMap<String, Arc<T>>>;
 #[derive(Default, Clone)]
 struct State {
     clusters: Shared<translate::Cluster>,
-    endpoints: Shared<Vec<EndpointConfig>>,
+    endpoints: Shared<crate::priority::Assignment>,
     routes: Shared<RouteConfig>,
     listeners: Shared<lds::Listener>,
     secrets: Shared<Secret>,
@@ -141,7 +141,7 @@ struct State {
 struct ComposedClusters {
     from: (
         Shared<translate::Cluster>,
-        Shared<Vec<EndpointConfig>>,
+        Shared<crate::priority::Assignment>,
         Shared<Secret>,
     ),
     by_name: BTreeMap<String, ComposedCluster>,
@@ -157,7 +157,7 @@ struct ComposedClusters {
 struct ComposedCluster {
     cluster: Arc<translate::Cluster>,
     /// Its ClusterLoadAssignment (EDS), if it has one and it arrived.
-    endpoints: Option<Arc<Vec<EndpointConfig>>>,
+    endpoints: Option<Arc<crate::priority::Assignment>>,
     /// Its TLS secrets (SDS), in `cluster.sds_names` order.
     secrets: Vec<Option<Arc<Secret>>>,
     /// What to serve: the composed config, or while the cluster warms
@@ -503,7 +503,8 @@ impl State {
                         (Some(cfg), None) => Some(cfg),
                         (Some(mut cfg), Some(_)) => match endpoints {
                             Some(eps) => {
-                                cfg.endpoints = eps.to_vec();
+                                cfg.endpoints = eps.endpoints.clone();
+                                cfg.policy = eps.policy.clone();
                                 Some(cfg)
                             }
                             None if timed_out => {
@@ -817,7 +818,7 @@ impl State {
                 )?;
                 seen.insert("ClusterLoadAssignment", &c.cluster_name)?;
                 let name = c.cluster_name.clone();
-                let eps = translate::endpoints(c, "").map_err(|(f, m)| TranslateError {
+                let eps = crate::priority::assignment(c).map_err(|(f, m)| TranslateError {
                     resource: format!("ClusterLoadAssignment '{name}'"),
                     field: f,
                     message: m,
@@ -1012,6 +1013,11 @@ fn node(n: &NodeConfig) -> core3::Node {
         user_agent_version_type: Some(core3::node::UserAgentVersionType::UserAgentVersion(
             env!("CARGO_PKG_VERSION").into(),
         )),
+        locality: n.locality.as_ref().map(|l| core3::Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }),
         ..Default::default()
     }
 }
@@ -1660,7 +1666,7 @@ mod tests {
         assert!(out.clusters.by_name["a"].warming);
         assert!(out.config.clusters.is_empty());
         assert_eq!(out.clusters.eds.iter().collect::<Vec<_>>(), ["a"]);
-        Arc::make_mut(&mut s.endpoints).insert("a".into(), Arc::new(vec![]));
+        Arc::make_mut(&mut s.endpoints).insert("a".into(), Default::default());
         let out = s
             .compose(&boot_statics, &Config::default(), Instant::now())
             .unwrap();

@@ -1,7 +1,7 @@
 //! xDS translation of a Cluster's `health_checks` (Envoy's
 //! `config.core.v3.HealthCheck`) into meshgate's `HealthCheckConfig`.
 //! Every field is taken out of the message and what is left is refused
-//! by name (`rest`): `alt_port`, `reuse_connection`, `event_log_path`,
+//! by name (`rest`): `alt_port`, `event_log_path`,
 //! `tls_options`, `transport_socket_match_criteria`, HTTP `send`/`receive`,
 //! custom checkers other than meshgate's Dubbo/Bolt heartbeats... are not
 //! supported.
@@ -89,6 +89,7 @@ fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
             &f("healthy_edge_interval"),
         )?,
         always_log_health_check_failures: std::mem::take(&mut h.always_log_health_check_failures),
+        reuse_connection: h.reuse_connection.take().map(|v| v.value),
         http_health_check: None,
         tcp_health_check: None,
         grpc_health_check: None,

@@ -1,15 +1,33 @@
 //! Translation of Envoy's `Cluster.common_lb_config` (the panic threshold)
 //! and `ClusterLoadAssignment.policy` (overprovisioning factor, drop
-//! overloads) into meshgate's `config::priority`. The other fields of both
-//! are refused by name (`rest`). Endpoint priorities are translated with
-//! the endpoints (`translate::endpoints`).
+//! overloads, weighted priority health) into meshgate's `config::priority`,
+//! for a CDS cluster's inline `load_assignment` and for an EDS
+//! `ClusterLoadAssignment` (`assignment`). The other fields of both are
+//! refused by name (`rest`). Endpoint priorities are translated with the
+//! endpoints (`translate::endpoints`).
 
 use crate::translate::{R, err, join, rest};
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::envoy::config::endpoint::v3 as eds;
 use envoy_types::pb::envoy::r#type::v3 as typev3;
+use meshgate_core::config::EndpointConfig;
 use meshgate_core::config::filters as fc;
 use meshgate_core::config::priority as pc;
+
+/// What an EDS `ClusterLoadAssignment` gives its cluster: the endpoints
+/// and the `policy`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assignment {
+    pub endpoints: Vec<EndpointConfig>,
+    pub policy: Option<pc::LoadAssignmentPolicy>,
+}
+
+/// An EDS `ClusterLoadAssignment`, its fields named from the resource.
+pub(crate) fn assignment(mut cla: eds::ClusterLoadAssignment) -> R<Assignment> {
+    let policy = policy(cla.policy.take(), "policy")?;
+    let endpoints = crate::translate::endpoints(cla, "")?;
+    Ok(Assignment { endpoints, policy })
+}
 
 /// `Cluster.common_lb_config`: `healthy_panic_threshold` only.
 pub(crate) fn common_lb_config(
@@ -18,7 +36,8 @@ pub(crate) fn common_lb_config(
     let Some(mut c) = c else { return Ok(None) };
     let path = "common_lb_config";
     let t = c.healthy_panic_threshold.take();
-    let locality_weighted_lb_config = crate::locality::weighted(&mut c, path)?;
+    let (locality_weighted_lb_config, zone_aware_lb_config) =
+        crate::locality::weighted(&mut c, path)?;
     if let Some(t) = &t
         && !(0.0..=100.0).contains(&t.value)
     {
@@ -31,6 +50,7 @@ pub(crate) fn common_lb_config(
     Ok(Some(pc::CommonLbConfig {
         healthy_panic_threshold: t.map(|t| pc::Percent { value: t.value }),
         locality_weighted_lb_config,
+        zone_aware_lb_config,
     }))
 }
 
@@ -46,12 +66,7 @@ pub(crate) fn policy(
         }
         f => f.map(|f| f.value),
     };
-    if p.weighted_priority_health {
-        return err(
-            join(path, "weighted_priority_health"),
-            "not supported (priority health counts endpoints, not weights)",
-        );
-    }
+    let weighted_priority_health = std::mem::take(&mut p.weighted_priority_health);
     let mut drop_overloads = Vec::new();
     for (i, mut d) in std::mem::take(&mut p.drop_overloads)
         .into_iter()
@@ -79,7 +94,7 @@ pub(crate) fn policy(
     Ok(Some(pc::LoadAssignmentPolicy {
         overprovisioning_factor,
         drop_overloads,
-        weighted_priority_health: false,
+        weighted_priority_health,
     }))
 }
 
@@ -124,15 +139,16 @@ mod tests {
         .unwrap();
         assert_eq!(p.overprovisioning_factor, Some(100));
         assert_eq!(p.drop_overloads[0].drop_percentage.per_million(), 500_000);
-        let e = policy(
+        let p = policy(
             Some(eds::cluster_load_assignment::Policy {
                 weighted_priority_health: true,
                 ..Default::default()
             }),
             "policy",
         )
-        .unwrap_err();
-        assert_eq!(e.0, "policy.weighted_priority_health");
+        .unwrap()
+        .unwrap();
+        assert!(p.weighted_priority_health);
         let e = policy(
             Some(eds::cluster_load_assignment::Policy {
                 endpoint_stale_after: Some(protobuf::Duration {

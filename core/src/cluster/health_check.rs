@@ -14,6 +14,13 @@
 //! checks are spread over the interval (a random phase after the first)
 //! so that a thousand endpoints are not probed in one burst.
 //!
+//! With `reuse_connection` (Envoy's default) a check keeps its connection
+//! for the next one (`Kept`): HTTP/1.1 keep-alive when the response's
+//! framing allows it, one HTTP/2 connection for HTTP/2 and gRPC checks,
+//! the socket of a TCP check with a payload or an RPC heartbeat. Only a
+//! passing check keeps it; a kept connection the endpoint closed meanwhile
+//! is retried once on a fresh one, so an idle close is not a failure.
+//!
 //! The checker sets only its own bits: `FAILED_ACTIVE_HC`,
 //! `DEGRADED_ACTIVE_HC` (an HTTP `x-envoy-degraded` response header) and
 //! `PENDING_ACTIVE_HC`.
@@ -476,11 +483,19 @@ async fn check_loop(t: CheckTask) {
     }
     let mut th = Thresholds::default();
     let mut first = true;
+    let reuse = cfg.reuse_connection.unwrap_or(true);
+    let mut kept: Option<Kept> = None;
     loop {
         t.stats.attempt.increment(1);
         let verdict = match tokio::time::timeout(
             cfg.timeout,
-            probe(&t.check.probe, &t.endpoint, t.tls.as_deref()),
+            probe(
+                &t.check.probe,
+                &t.endpoint,
+                t.tls.as_deref(),
+                &mut kept,
+                reuse,
+            ),
         )
         .await
         {
@@ -571,17 +586,82 @@ async fn connect(
     })
 }
 
-/// Runs one probe (the caller bounds it with the check's `timeout`).
-async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) -> Verdict {
+/// A connection kept from one check to the next (`reuse_connection`).
+enum Kept {
+    Stream(Box<dyn Io>),
+    H2(H2Conn),
+}
+
+/// An HTTP/2 client connection and the task driving it (aborted on drop).
+struct H2Conn {
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Runs one probe (the caller bounds it with the check's `timeout`),
+/// on the connection `kept` from the last check when there is one; keeps
+/// its connection there when `reuse` and the check passed. The kept
+/// connection is taken out first, so a probe cut by the timeout drops it.
+async fn probe(
+    p: &Probe,
+    ep: &Endpoint,
+    tls: Option<&crate::tls::UpstreamTls>,
+    kept: &mut Option<Kept>,
+    reuse: bool,
+) -> Verdict {
+    let prev = if reuse { kept.take() } else { None };
+    let was_kept = prev.is_some();
+    let (mut v, mut k) = probe_once(p, ep, tls, prev, reuse).await;
+    if was_kept && v == Verdict::Network {
+        // The endpoint closed the idle connection: not its health.
+        (v, k) = probe_once(p, ep, tls, None, reuse).await;
+    }
+    if reuse && matches!(v, Verdict::Healthy { .. }) {
+        *kept = k;
+    }
+    v
+}
+
+/// Connects for a stream probe unless `prev` is one.
+async fn stream(
+    prev: Option<Kept>,
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+    authority: Option<&str>,
+) -> Option<Box<dyn Io>> {
+    match prev {
+        Some(Kept::Stream(io)) => Some(io),
+        _ => connect(addr, tls, authority).await.ok(),
+    }
+}
+
+/// One probe; the connection it leaves usable for the next one.
+async fn probe_once(
+    p: &Probe,
+    ep: &Endpoint,
+    tls: Option<&crate::tls::UpstreamTls>,
+    prev: Option<Kept>,
+    reuse: bool,
+) -> (Verdict, Option<Kept>) {
     // The endpoint's `health_check_config` overrides port and host.
     let addr = ep.health_check_address();
     let host_override = ep.health_check_hostname.as_deref();
     match p {
         Probe::Tcp { send, receive } => {
-            let Ok(mut io) = connect(addr, tls, None).await else {
-                return Verdict::Network;
+            // Connect-only: the connect is the check.
+            let connect_only = send.is_empty() && receive.is_empty();
+            let prev = if connect_only { None } else { prev };
+            let Some(mut io) = stream(prev, addr, tls, None).await else {
+                return (Verdict::Network, None);
             };
-            tcp_exchange(&mut io, send, receive).await
+            let v = tcp_exchange(&mut io, send, receive).await;
+            (v, (!connect_only).then_some(Kept::Stream(io)))
         }
         Probe::Http {
             version: CodecClientType::HTTP1,
@@ -593,10 +673,11 @@ async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) 
             retriable,
         } => {
             let host = host_override.unwrap_or(host);
-            let Ok(mut io) = connect(addr, tls, Some(host)).await else {
-                return Verdict::Network;
+            let Some(mut io) = stream(prev, addr, tls, Some(host)).await else {
+                return (Verdict::Network, None);
             };
-            let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshgate-health-check\r\nconnection: close\r\n").into_bytes();
+            let close = if reuse { "" } else { "connection: close\r\n" };
+            let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshgate-health-check\r\n{close}").into_bytes();
             for (k, v) in headers {
                 req.extend_from_slice(k.as_str().as_bytes());
                 req.extend_from_slice(b": ");
@@ -605,12 +686,17 @@ async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) 
             }
             req.extend_from_slice(b"\r\n");
             if io.write_all(&req).await.is_err() {
-                return Verdict::Network;
+                return (Verdict::Network, None);
             }
-            let Some((status, degraded)) = read_http1_head(&mut io).await else {
-                return Verdict::Network;
+            // A response to HEAD has no body, whatever its length says.
+            let bodyless = *method == http::Method::HEAD;
+            let Some((status, degraded, reusable)) =
+                read_http1_response(&mut io, reuse, bodyless).await
+            else {
+                return (Verdict::Network, None);
             };
-            classify(status, degraded, expected, retriable)
+            let v = classify(status, degraded, expected, retriable);
+            (v, reusable.then_some(Kept::Stream(io)))
         }
         Probe::Http {
             version: CodecClientType::HTTP2,
@@ -629,29 +715,66 @@ async fn probe(p: &Probe, ep: &Endpoint, tls: Option<&crate::tls::UpstreamTls>) 
             for (k, v) in headers {
                 b = b.header(k, v);
             }
-            let Ok(req) = b.body(http_body_util::Empty::<Bytes>::new()) else {
-                return Verdict::Network;
+            let Ok(req) = b.body(http_body_util::Full::new(Bytes::new())) else {
+                return (Verdict::Network, None);
             };
-            match h2_request(addr, tls, host, req).await {
-                Some((head, _)) => classify(
-                    head.status.as_u16(),
-                    head.headers.contains_key("x-envoy-degraded"),
-                    expected,
-                    retriable,
+            let Some(mut conn) = h2_conn(prev, addr, tls, host).await else {
+                return (Verdict::Network, None);
+            };
+            match h2_request(&mut conn, req).await {
+                Some((head, _)) => (
+                    classify(
+                        head.status.as_u16(),
+                        head.headers.contains_key("x-envoy-degraded"),
+                        expected,
+                        retriable,
+                    ),
+                    Some(Kept::H2(conn)),
                 ),
-                None => Verdict::Network,
+                None => (Verdict::Network, None),
             }
         }
         Probe::Heartbeat(kind) => {
-            let Ok(mut io) = connect(addr, tls, None).await else {
-                return Verdict::Network;
+            let Some(mut io) = stream(prev, addr, tls, None).await else {
+                return (Verdict::Network, None);
             };
-            rpc_heartbeat(&mut io, *kind).await
+            let v = rpc_heartbeat(&mut io, *kind).await;
+            (v, Some(Kept::Stream(io)))
         }
         Probe::Grpc { authority, service } => {
-            grpc_check(addr, tls, host_override.unwrap_or(authority), service).await
+            let authority = host_override.unwrap_or(authority);
+            let Some(mut conn) = h2_conn(prev, addr, tls, authority).await else {
+                return (Verdict::Network, None);
+            };
+            let v = grpc_check(&mut conn, authority, service).await;
+            (v, Some(Kept::H2(conn)))
         }
     }
+}
+
+/// The kept HTTP/2 connection if it can take a request, else a new one.
+async fn h2_conn(
+    prev: Option<Kept>,
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+    authority: &str,
+) -> Option<H2Conn> {
+    if let Some(Kept::H2(mut c)) = prev
+        && c.send.ready().await.is_ok()
+    {
+        return Some(c);
+    }
+    let io = connect(addr, tls, Some(authority)).await.ok()?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .ok()?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(H2Conn { send, driver })
 }
 
 fn classify(
@@ -787,26 +910,75 @@ async fn rpc_heartbeat(io: &mut Box<dyn Io>, kind: RpcHeartbeat) -> Verdict {
     heartbeat_verdict(kind, buf)
 }
 
-/// Reads an HTTP/1.x response head: its status and whether it carries
-/// `x-envoy-degraded`. `None` for a malformed or oversized head.
-async fn read_http1_head(io: &mut Box<dyn Io>) -> Option<(u16, bool)> {
+/// Reads an HTTP/1.x response: its status, whether it carries
+/// `x-envoy-degraded`, and (`keep`) whether the connection can carry the
+/// next check: the body is then read off by its `content-length` (up to
+/// `MAX_READ`). A chunked, close-delimited or oversized body, or
+/// `connection: close`, ends the connection. `None` for a malformed or
+/// oversized head.
+async fn read_http1_response(
+    io: &mut Box<dyn Io>,
+    keep: bool,
+    bodyless: bool,
+) -> Option<(u16, bool, bool)> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 2048];
-    loop {
+    let rest = loop {
         let n = io.read(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = head.split_off(end + 4);
             head.truncate(end);
-            break;
+            break rest;
         }
         if head.len() > MAX_READ {
             return None;
         }
+    };
+    let (status, degraded) = parse_http1_head(&head)?;
+    if !keep {
+        return Some((status, degraded, false));
     }
-    parse_http1_head(&head)
+    let body = match http1_body_length(&head, status) {
+        Some(_) if bodyless => 0,
+        Some(n) if n <= MAX_READ => n,
+        _ => return Some((status, degraded, false)),
+    };
+    let mut have = rest.len();
+    while have < body {
+        let n = io.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return Some((status, degraded, false));
+        }
+        have += n;
+    }
+    // More than the body: not a response this client can frame.
+    Some((status, degraded, have == body))
+}
+
+/// The body length of a response the connection survives: `None` when it
+/// is chunked, close-delimited, or the response says `connection: close`.
+fn http1_body_length(head: &[u8], status: u16) -> Option<usize> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut len = None;
+    for l in text.split("\r\n").skip(1) {
+        let (k, v) = l.split_once(':')?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            len = Some(v.parse::<usize>().ok()?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding")
+            || (k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"))
+        {
+            return None;
+        }
+    }
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(0);
+    }
+    len
 }
 
 /// Parses `HTTP/1.x NNN ...` and its header lines (the head without its
@@ -831,24 +1003,15 @@ pub(crate) fn parse_http1_head(head: &[u8]) -> Option<(u16, bool)> {
     Some((status, degraded))
 }
 
-/// One HTTP/2 request on a fresh connection; the response head and up to
+/// One HTTP/2 request on `conn`; the response head and up to
 /// `MAX_READ` bytes of body with its trailers.
 async fn h2_request(
-    addr: SocketAddr,
-    tls: Option<&crate::tls::UpstreamTls>,
-    authority: &str,
-    req: http::Request<http_body_util::Empty<Bytes>>,
+    conn: &mut H2Conn,
+    req: http::Request<http_body_util::Full<Bytes>>,
 ) -> Option<(http::response::Parts, (Bytes, Option<http::HeaderMap>))> {
     use http_body_util::BodyExt;
-    let io = connect(addr, tls, Some(authority)).await.ok()?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(io),
-    )
-    .await
-    .ok()?;
-    let driver = tokio::spawn(conn);
-    let result = async {
+    let send = &mut conn.send;
+    async {
         let resp = send.send_request(req).await.ok()?;
         let (head, mut body) = resp.into_parts();
         let mut data = BytesMut::new();
@@ -866,19 +1029,12 @@ async fn h2_request(
         }
         Some((head, (data.freeze(), trailers)))
     }
-    .await;
-    driver.abort();
-    result
+    .await
 }
 
 /// `grpc.health.v1.Health/Check`: SERVING (1) is healthy; any other
 /// status or a gRPC error fails the endpoint at once.
-async fn grpc_check(
-    addr: SocketAddr,
-    tls: Option<&crate::tls::UpstreamTls>,
-    authority: &str,
-    service: &str,
-) -> Verdict {
+async fn grpc_check(conn: &mut H2Conn, authority: &str, service: &str) -> Verdict {
     // HealthCheckRequest { string service = 1; }
     let mut msg = BytesMut::new();
     if !service.is_empty() {
@@ -901,18 +1057,7 @@ async fn grpc_check(
         return Verdict::Network;
     };
     use http_body_util::BodyExt;
-    let Ok(io) = connect(addr, tls, Some(authority)).await else {
-        return Verdict::Network;
-    };
-    let Ok((mut send, conn)) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(io),
-    )
-    .await
-    else {
-        return Verdict::Network;
-    };
-    let driver = tokio::spawn(conn);
+    let send = &mut conn.send;
     let result = async {
         let resp = send.send_request(req).await.ok()?;
         if resp.status() != http::StatusCode::OK {
@@ -946,7 +1091,6 @@ async fn grpc_check(
         })
     }
     .await;
-    driver.abort();
     result.unwrap_or(Verdict::Network)
 }
 
@@ -1112,6 +1256,26 @@ mod tests {
         r[11] = 0;
         r[3] = 2; // a plain response, not a heartbeat
         assert_eq!(heartbeat_verdict(Bolt, &r), Verdict::Network);
+    }
+
+    #[test]
+    fn http1_framing_decides_reuse() {
+        let len = |h: &str, s| http1_body_length(h.as_bytes(), s);
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: 2", 200), Some(2));
+        assert_eq!(len("HTTP/1.1 204 No Content", 204), Some(0));
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked", 200),
+            None
+        );
+        assert_eq!(
+            len(
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close",
+                200
+            ),
+            None
+        );
+        assert_eq!(len("HTTP/1.1 200 OK", 200), None, "close-delimited");
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: x", 200), None);
     }
 
     #[test]

@@ -106,6 +106,41 @@ impl Groups {
         self.groups.is_empty()
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The locality of group `g`.
+    pub(super) fn locality<'a>(
+        &self,
+        g: usize,
+        endpoints: &'a [Arc<Endpoint>],
+    ) -> Option<&'a Locality> {
+        let i = *self.groups.get(g)?.members.first()?;
+        endpoints.get(i)?.locality.as_deref()
+    }
+
+    /// How many endpoints of group `g` are healthy.
+    pub(super) fn healthy(&self, g: usize, endpoints: &[Arc<Endpoint>]) -> u64 {
+        self.groups.get(g).map_or(0, |g| {
+            g.members
+                .iter()
+                .filter(|&&i| endpoints[i].health() == Health::Healthy)
+                .count() as u64
+        })
+    }
+
+    /// An endpoint of group `g` (zone-aware routing's choice).
+    pub(super) fn pick_group(
+        &self,
+        g: usize,
+        ctx: &LbContext,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let g = self.groups.get(g)?;
+        g.lb.pick(ctx, &|j| ok(g.members[j])).map(|j| g.members[j])
+    }
+
     /// The cumulative effective weights for healthy and degraded picks.
     pub(super) fn loads(&self, endpoints: &[Arc<Endpoint>], factor: u32) -> Loads {
         let mut l = Loads::default();

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 pub mod health_check;
 pub mod locality;
 pub mod priority;
+pub mod zone;
 
 /// One upstream address of a cluster.
 #[derive(Debug)]
@@ -545,6 +546,9 @@ impl Cluster {
             lb,
             levels,
         }));
+        // Zone-aware clusters compare themselves with the local cluster's
+        // membership: recompute their loads.
+        priority::health_changed();
         for e in &removed {
             e.close_pool();
         }
@@ -688,6 +692,9 @@ pub struct ClusterManager {
     /// New endpoint sets of reused (live) clusters, stored into them by
     /// `commit_endpoints` once this manager's snapshot goes live.
     staged: Vec<(Arc<Cluster>, Vec<Arc<Endpoint>>)>,
+    /// Zone-aware clusters and their local cluster, linked by
+    /// `commit_endpoints` (`zone::link`).
+    zone_links: zone::Links,
 }
 
 /// A cluster and the config of the snapshot it belongs to (for a cluster
@@ -844,7 +851,11 @@ impl ClusterManager {
                 },
             );
         }
-        Ok(Self { clusters, staged })
+        Ok(Self {
+            clusters,
+            staged,
+            zone_links: Vec::new(),
+        })
     }
 
     /// Stores the endpoint sets staged by `build_reusing` into their live
@@ -855,6 +866,7 @@ impl ClusterManager {
             tracing::info!(cluster = %cluster.name, endpoints = endpoints.len(), "endpoints updated in place");
             cluster.update_endpoints(endpoints);
         }
+        zone::apply(std::mem::take(&mut self.zone_links));
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {

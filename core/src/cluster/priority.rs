@@ -16,7 +16,7 @@
 //! atomic load, and when priority 0 takes all traffic (the common case)
 //! it is a plain pick from priority 0's load balancer.
 
-use super::{Cluster, Endpoint, HostSet, locality};
+use super::{Cluster, Endpoint, HostSet, locality, zone};
 use crate::config::priority::{DEFAULT_OVERPROVISIONING_FACTOR, DEFAULT_PANIC_THRESHOLD};
 use crate::config::{ClusterConfig, ConfigSource};
 use crate::error::ConfigError;
@@ -48,11 +48,16 @@ pub struct Policy {
     /// Percent: 140 is Envoy's 1.4.
     overprovisioning: u32,
     /// Percent; 0 disables panic mode.
-    panic_threshold: f64,
+    pub(super) panic_threshold: f64,
     drop: Option<DropOverload>,
     panic_total: metrics::Counter,
     /// `common_lb_config.locality_weighted_lb_config` is set.
     locality_weighted: bool,
+    /// `policy.weighted_priority_health`: a priority's health is its
+    /// healthy share of endpoint weight, not of endpoints.
+    weighted_priority_health: bool,
+    /// `common_lb_config.zone_aware_lb_config`, when set.
+    pub(super) zone: Option<zone::ZoneAware>,
 }
 
 struct DropOverload {
@@ -69,6 +74,8 @@ impl Policy {
             drop: None,
             panic_total: panic_counter(cluster),
             locality_weighted: false,
+            weighted_priority_health: false,
+            zone: None,
         }
     }
 
@@ -80,6 +87,7 @@ impl Policy {
     ) -> Result<Self, ConfigError> {
         let mut p = Self::new(&c.name);
         p.locality_weighted = locality::check(c, path, source)?;
+        p.zone = zone::build(c, path, source)?;
         if let Some(t) = c
             .common_lb_config
             .as_ref()
@@ -95,12 +103,7 @@ impl Policy {
         }
         if let Some(pol) = &c.policy {
             let pp = format!("{path}.policy");
-            if pol.weighted_priority_health {
-                return Err(source.error(
-                    format!("{pp}.weighted_priority_health"),
-                    "not supported (priority health counts endpoints, not weights)",
-                ));
-            }
+            p.weighted_priority_health = pol.weighted_priority_health;
             if let Some(f) = pol.overprovisioning_factor {
                 if f == 0 {
                     return Err(
@@ -184,6 +187,8 @@ struct LoadState {
     /// Per priority, with locality-weighted balancing over more than one
     /// locality: the localities' cumulative effective weights.
     locality: Vec<Option<locality::Loads>>,
+    /// Zone-aware routing in priority 0.
+    zone: zone::State,
 }
 
 impl Levels {
@@ -277,6 +282,7 @@ fn compute(counts: &[(u32, u32, u32)], factor: u32, panic_threshold: f64) -> Loa
         degraded: vec![0; n],
         panic,
         locality: Vec::new(),
+        zone: zone::State::Off,
     };
     if normalized == 0 {
         // Nothing available anywhere: priority 0 takes it all (in panic
@@ -312,12 +318,18 @@ impl HostSet {
         let lv = &self.levels;
         let counts: Vec<(u32, u32, u32)> = (0..lv.count())
             .map(|p| {
-                let mut c = (0, 0, 0);
+                let mut c = (0u32, 0u32, 0u32);
                 for i in lv.members(self, p) {
-                    c.0 += 1;
-                    match self.endpoints[i].health() {
-                        Health::Healthy => c.1 += 1,
-                        Health::Degraded => c.2 += 1,
+                    let e = &self.endpoints[i];
+                    let n = if policy.weighted_priority_health {
+                        e.weight
+                    } else {
+                        1
+                    };
+                    c.0 = c.0.saturating_add(n);
+                    match e.health() {
+                        Health::Healthy => c.1 = c.1.saturating_add(n),
+                        Health::Degraded => c.2 = c.2.saturating_add(n),
                         Health::Unhealthy => {}
                     }
                 }
@@ -332,8 +344,12 @@ impl HostSet {
                 .map(|g| (!g.is_empty()).then(|| g.loads(&self.endpoints, policy.overprovisioning)))
                 .collect();
         }
+        if let (Some(z), Some(groups)) = (&policy.zone, lv.localities.first()) {
+            s.zone = z.state(groups, &self.endpoints, policy.panic_threshold);
+        }
         let s = Arc::new(s);
-        let trivial = s.healthy.first() == Some(&100)
+        let trivial = s.zone == zone::State::Off
+            && s.healthy.first() == Some(&100)
             && s.panic.first() == Some(&false)
             && s.locality.first().is_none_or(Option::is_none);
         lv.state.store(s.clone());
@@ -408,7 +424,29 @@ pub(super) fn choose(
         if let Some((p, mut source)) = chosen {
             if state.panic.get(p) == Some(&true) {
                 policy.panic_total.increment(1);
+                if policy
+                    .zone
+                    .as_ref()
+                    .is_some_and(|z| z.fail_traffic_on_panic)
+                {
+                    return None;
+                }
                 source = Source::All;
+            } else if p == 0
+                && source == Source::Healthy
+                && let Some(z) = &policy.zone
+            {
+                match z.choose_group(&state.zone) {
+                    Err(()) => return None,
+                    Ok(None) => {}
+                    Ok(Some(g)) => {
+                        if let Some(i) = hosts.levels.localities.first().and_then(|groups| {
+                            groups.pick_group(g, ctx, &|i| usable(i, Source::Healthy))
+                        }) {
+                            return Some(i);
+                        }
+                    }
+                }
             }
             // Locality-weighted: a locality of the priority first (not in
             // panic, as Envoy).

@@ -2,7 +2,7 @@
 //! `config.core.v3.HealthCheck`), the contract between the checker
 //! (`crate::cluster::health_check`) and the xDS translator. Fields
 //! meshgate does not implement (`event_log_path`, `event_service`,
-//! `transport_socket_match_criteria`, `reuse_connection`, runtime keys...)
+//! `transport_socket_match_criteria`, runtime keys...)
 //! are absent, so `deny_unknown_fields` refuses them by name.
 
 use crate::error::BuildError;
@@ -79,6 +79,12 @@ pub struct HealthCheckConfig {
     /// Logs every failed check, not only transitions.
     #[serde(default, skip_serializing_if = "is_false")]
     pub always_log_health_check_failures: bool,
+    /// Keep the check's connection open for the next check (Envoy's
+    /// default `true`): HTTP/1.1 keep-alive, one HTTP/2 connection for
+    /// HTTP/2 and gRPC checks, TCP checks with a payload and the RPC
+    /// heartbeats. A connect-only TCP check always connects anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_connection: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_health_check: Option<HttpHealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

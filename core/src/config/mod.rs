@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod router;
 pub mod simpleauth;
+pub mod zone;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 
@@ -53,6 +54,10 @@ pub struct Config {
     /// ones above (Envoy's bootstrap `dynamic_resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_resources: Option<DynamicResourcesConfig>,
+    /// Envoy's bootstrap `cluster_manager` (`local_cluster_name`, for
+    /// zone-aware routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_manager: Option<zone::ClusterManagerConfig>,
 }
 
 /// Serde for a list of shared resources: written and read as the plain
@@ -85,6 +90,10 @@ pub struct NodeConfig {
     /// Free-form metadata (Envoy's `node.metadata` Struct).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Where this proxy runs (Envoy's `node.locality`): the local zone of
+    /// zone-aware routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<locality::Locality>,
 }
 
 /// Where dynamic resources come from.

@@ -7,8 +7,7 @@
 use super::filters::FractionalPercent;
 use serde::{Deserialize, Serialize};
 
-/// Envoy's `Cluster.CommonLbConfig`. Its other fields
-/// (`zone_aware_lb_config`, ...) are not
+/// Envoy's `Cluster.CommonLbConfig`. Its other fields are not
 /// supported and refused by name as unknown fields.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +21,10 @@ pub struct CommonLbConfig {
     /// priority (`crate::cluster::locality`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_weighted_lb_config: Option<super::locality::LocalityWeightedLbConfig>,
+    /// Prefer endpoints in this proxy's zone as far as their capacity
+    /// allows (`crate::cluster::zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_aware_lb_config: Option<super::zone::ZoneAwareLbConfig>,
 }
 
 // Percent values are finite (checked at build): `==` is an equivalence.
@@ -46,7 +49,8 @@ pub struct LoadAssignmentPolicy {
     /// most one category, as in Envoy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop_overloads: Vec<DropOverload>,
-    /// Envoy's `weighted_priority_health`: not supported; only `false`.
+    /// Envoy's `weighted_priority_health`: a priority's health is the
+    /// healthy share of its endpoints' weights instead of their count.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub weighted_priority_health: bool,
 }

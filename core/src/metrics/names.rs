@@ -398,6 +398,32 @@ pub const LISTENER_PROXY_PROTOCOL_FOUND_TOTAL: &str =
 /// `timeout` | `closed` | `disallowed_version`).
 pub const LISTENER_PROXY_PROTOCOL_ERROR_TOTAL: &str =
     "meshgate_listener_proxy_protocol_error_total";
+/// Zone-aware routing (`{cluster}`, Envoy's `lb_zone_routing_all_directly`):
+/// picks sent to the local zone because it has the capacity for all of them.
+pub const CLUSTER_LB_ZONE_ROUTING_ALL_DIRECTLY_TOTAL: &str =
+    "meshgate_cluster_lb_zone_routing_all_directly_total";
+/// Zone-aware routing (`{cluster}`, `lb_zone_routing_sampled`): picks sent to
+/// the local zone by the sampled share its capacity allows.
+pub const CLUSTER_LB_ZONE_ROUTING_SAMPLED_TOTAL: &str =
+    "meshgate_cluster_lb_zone_routing_sampled_total";
+/// Zone-aware routing (`{cluster}`, `lb_zone_routing_cross_zone`): picks sent
+/// to another zone by its residual capacity.
+pub const CLUSTER_LB_ZONE_ROUTING_CROSS_ZONE_TOTAL: &str =
+    "meshgate_cluster_lb_zone_routing_cross_zone_total";
+/// Zone-aware routing (`{cluster}`, `lb_zone_cluster_too_small`): the cluster
+/// has fewer endpoints than `min_cluster_size` (counted per load
+/// recomputation, as Envoy).
+pub const CLUSTER_LB_ZONE_CLUSTER_TOO_SMALL_TOTAL: &str =
+    "meshgate_cluster_lb_zone_cluster_too_small_total";
+/// Zone-aware routing (`{cluster}`, `lb_local_cluster_not_ok`): picks made
+/// without zone awareness because the local cluster is missing, empty or
+/// in panic.
+pub const CLUSTER_LB_LOCAL_CLUSTER_NOT_OK_TOTAL: &str =
+    "meshgate_cluster_lb_local_cluster_not_ok_total";
+/// `tcp_proxy` connections closed at once by the cluster's
+/// `drop_overloads` (`{listener,cluster}`; Envoy's `DO` flag; the
+/// cluster's `upstream_rq_dropped` counts them too, with the category).
+pub const TCP_PROXY_CX_DROPPED_TOTAL: &str = "meshgate_tcp_proxy_cx_dropped_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -533,6 +559,12 @@ pub const ALL: &[(&str, Kind)] = &[
     (SERVER_UPTIME_SECONDS, Kind::Gauge),
     (LISTENER_PROXY_PROTOCOL_FOUND_TOTAL, Kind::Counter),
     (LISTENER_PROXY_PROTOCOL_ERROR_TOTAL, Kind::Counter),
+    (CLUSTER_LB_ZONE_ROUTING_ALL_DIRECTLY_TOTAL, Kind::Counter),
+    (CLUSTER_LB_ZONE_ROUTING_SAMPLED_TOTAL, Kind::Counter),
+    (CLUSTER_LB_ZONE_ROUTING_CROSS_ZONE_TOTAL, Kind::Counter),
+    (CLUSTER_LB_ZONE_CLUSTER_TOO_SMALL_TOTAL, Kind::Counter),
+    (CLUSTER_LB_LOCAL_CLUSTER_NOT_OK_TOTAL, Kind::Counter),
+    (TCP_PROXY_CX_DROPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
