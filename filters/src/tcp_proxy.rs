@@ -148,6 +148,10 @@ impl TcpProxy {
         cluster: &Arc<Cluster>,
         info: &ConnectionInfo,
     ) -> Option<UpstreamConnection> {
+        if let Some(od) = &cluster.original_dst {
+            let ep = od.for_connection(info)?;
+            return cluster.connect_endpoint(ep).await.ok();
+        }
         let ctx = self.lb_context(info);
         let mut tried: Vec<SocketAddr> = Vec::new();
         for attempt in 0..self.max_connect_attempts {

@@ -489,6 +489,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         policy: cla_policy,
         health_checks,
         outlier_detection,
+        original_dst_lb_config: None,
+        cleanup_interval: None,
     };
     Ok(Cluster {
         config,
@@ -621,6 +623,11 @@ fn listener_inner(
         listener_filters_timeout: lft,
         quic: None,
         filter_chains: chains,
+        listener_filters: Vec::new(),
+        use_original_dst: false,
+        bind_to_port: true,
+        transparent: None,
+        freebind: None,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
@@ -701,6 +708,7 @@ fn chain_match(mut m: lds::FilterChainMatch, path: &str) -> R<FilterChainMatch> 
         server_names: std::mem::take(&mut m.server_names),
         source_prefix_ranges,
         application_protocols: std::mem::take(&mut m.application_protocols),
+        prefix_ranges: Vec::new(),
     };
     // `tls` is what meshgate's server_names matching reads anyway.
     if m.transport_protocol == "tls" && !fcm.server_names.is_empty() {

@@ -20,6 +20,7 @@ pub mod priority;
 pub mod ratelimit;
 pub mod rbac;
 pub mod router;
+pub mod sidecar;
 pub mod simpleauth;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
@@ -165,6 +166,25 @@ pub struct ListenerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicConfig>,
     pub filter_chains: Vec<FilterChainConfig>,
+    /// Listener filters run before the chain is chosen (`original_dst`,
+    /// `http_inspector`; `crate::original_dst`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listener_filters: Vec<sidecar::ListenerFilterConfig>,
+    /// Hand each connection to the listener bound (`bind_to_port: false`)
+    /// to its original destination, if there is one (Envoy's legacy
+    /// `use_original_dst`, Istio's 15001/15006 listeners).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_original_dst: bool,
+    /// `false`: no socket; the listener only receives connections handed
+    /// over by a `use_original_dst` listener (default true).
+    #[serde(default = "default_true", skip_serializing_if = "Clone::clone")]
+    pub bind_to_port: bool,
+    /// IP_TRANSPARENT on the listening socket (TPROXY capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<bool>,
+    /// IP_FREEBIND on the listening socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freebind: Option<bool>,
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).
@@ -405,6 +425,9 @@ pub struct FilterChainMatch {
     /// client offers any of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub application_protocols: Vec<String>,
+    /// Destination CIDRs (the original destination under capture).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_ranges: Vec<String>,
 }
 
 /// A network filter by registered name, with its typed config.
@@ -423,6 +446,9 @@ pub enum DiscoveryType {
     #[default]
     Static,
     StrictDns,
+    /// Envoy's `ORIGINAL_DST`: one host per original destination, created
+    /// on demand (`lb_policy: cluster_provided`).
+    OriginalDst,
 }
 
 /// An upstream cluster.
@@ -455,6 +481,7 @@ pub struct ClusterConfig {
     /// Back-off of an endpoint whose connect failed.
     #[serde(default)]
     pub connect_failure_backoff: BackoffConfig,
+    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
     /// Upstream protocol for L7 traffic: a registered codec (`http1`
     /// default, `http2`, ...). Unused by `tcp_proxy`.
@@ -479,6 +506,17 @@ pub struct ClusterConfig {
     /// Outlier detection (`crate::cluster::outlier`); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<outlier::OutlierDetectionConfig>,
+    /// `type: original_dst`: how the upstream address is found
+    /// (`crate::cluster::original_dst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_dst_lb_config: Option<sidecar::OriginalDstLbConfig>,
+    /// `type: original_dst`: hosts unused this long are removed (default 5s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cleanup_interval: Option<Duration>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

@@ -361,6 +361,22 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// timeout, reset...), `dropped_body_too_large` (the body passed the
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
+/// Counter `{listener,target}`: connections a `use_original_dst` listener
+/// handed to the listener of their original destination.
+pub const LISTENER_ORIGINAL_DST_HANDOFF_TOTAL: &str =
+    "meshgate_listener_original_dst_handoff_total";
+/// Counter `{listener,reason}`: connections the original_dst listener
+/// filter closed: `not_redirected` (made to the capture port itself: passed
+/// through they would loop back), `no_original_dst`.
+pub const LISTENER_ORIGINAL_DST_REFUSED_TOTAL: &str =
+    "meshgate_listener_original_dst_refused_total";
+/// Counter `{cluster,reason}`: requests or connections an ORIGINAL_DST
+/// cluster had no host for: `no_original_dst` (no header nor redirected
+/// destination), `bad_header` (not ip:port), `loop` (one of meshgate's
+/// own listeners).
+pub const CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL: &str = "meshgate_cluster_original_dst_no_host_total";
+/// Gauge `{cluster}`: hosts an ORIGINAL_DST cluster holds now.
+pub const CLUSTER_ORIGINAL_DST_HOSTS: &str = "meshgate_cluster_original_dst_hosts";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -483,6 +499,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (LISTENER_ORIGINAL_DST_HANDOFF_TOTAL, Kind::Counter),
+    (LISTENER_ORIGINAL_DST_REFUSED_TOTAL, Kind::Counter),
+    (CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL, Kind::Counter),
+    (CLUSTER_ORIGINAL_DST_HOSTS, Kind::Gauge),
 ];
 
 #[cfg(test)]

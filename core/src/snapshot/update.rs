@@ -188,6 +188,11 @@ fn same_but_chains(
         listener_filters_timeout,
         quic,
         filter_chains,
+        listener_filters,
+        use_original_dst,
+        bind_to_port,
+        transparent,
+        freebind,
     } = a;
     *name == b.name
         && *address == b.address
@@ -195,6 +200,11 @@ fn same_but_chains(
         && *max_connections == b.max_connections
         && *listener_filters_timeout == b.listener_filters_timeout
         && *quic == b.quic
+        && *listener_filters == b.listener_filters
+        && *use_original_dst == b.use_original_dst
+        && *bind_to_port == b.bind_to_port
+        && *transparent == b.transparent
+        && *freebind == b.freebind
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains
             .iter()
