@@ -12,6 +12,8 @@ command -v h2load >/dev/null || apt_pkgs+=(nghttp2-client)
 command -v openssl >/dev/null || apt_pkgs+=(openssl)
 command -v gtlsclient >/dev/null || apt_pkgs+=(ngtcp2-client)
 command -v caddy >/dev/null || apt_pkgs+=(caddy)
+command -v nft >/dev/null || apt_pkgs+=(nftables)     # sidecar.rs: meshgate capture
+command -v iptables >/dev/null || apt_pkgs+=(iptables)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -1,0 +1,421 @@
+//! Sidecar mode end to end, in network namespaces the tests create
+//! (`meshgate_tests::netns`): `meshgate capture` installs nftables or
+//! iptables rules in the app namespace, meshgate runs there as its own uid
+//! (exempt from capture by owner match), the services and the callers of
+//! the app live in the svc namespace. Outbound: a `use_original_dst`
+//! listener on 15001 hands service VIPs to their virtual listeners and
+//! passes unknown destinations through an ORIGINAL_DST cluster. Inbound: a
+//! 15006 listener with jwt_authn + rbac in front of the local app.
+//! Needs root; skipped with the reason printed otherwise (not in CI).
+
+use meshgate_core::metrics::names::*;
+use meshgate_tests::jwt::{JwtPeer, now};
+use meshgate_tests::netns::{self, APP_IP, MESHGATE_UID, Pair, SVC_IP};
+use serde_json::json;
+
+/// A service VIP that exists nowhere: only capture makes it answer.
+const VIP: &str = "10.96.0.10";
+
+fn outbound_yaml() -> String {
+    format!(
+        r#"admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    use_original_dst: true
+    listener_filters:
+      - name: envoy.filters.listener.original_dst
+    filter_chains:
+      - name: passthrough
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: passthrough}}
+  - name: reviews_vip
+    address: {VIP}:80
+    bind_to_port: false
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: reviews
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: reviews}}
+clusters:
+  - name: reviews
+    connect_timeout: 1s
+    endpoints:
+      - address: {SVC_IP}:9081
+      - address: {SVC_IP}:9082
+  - name: passthrough
+    type: original_dst
+    lb_policy: cluster_provided
+    connect_timeout: 1s
+    cleanup_interval: 60s
+"#
+    )
+}
+
+fn served_by(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not the echo's JSON: {body}"));
+    v["served_by"].as_str().unwrap_or_default().to_string()
+}
+
+fn capture(pair: &Pair, args: &[&str]) -> String {
+    let bin = meshgate_tests::bin();
+    let mut all = vec![bin.to_str().unwrap(), "capture"];
+    all.extend(args);
+    pair.ok(&pair.app, &all)
+}
+
+#[test]
+fn outbound_capture_routes_vips_to_endpoints_and_passes_unknown_destinations_through() {
+    if netns::skip() {
+        return;
+    }
+    let mut pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let svc = pair.svc.clone();
+    let app = pair.app.clone();
+    netns::start_echo(
+        &mut pair,
+        &svc,
+        dir.path(),
+        &["10.77.0.2:9081", "10.77.0.2:9082", "10.77.0.2:9100"],
+    );
+    let admin = netns::start_meshgate(&mut pair, dir.path(), &outbound_yaml());
+    let before = pair.ruleset(&app);
+    let printed = capture(
+        &pair,
+        &["--uid", &MESHGATE_UID.to_string(), "--inbound-ports", ""],
+    );
+    assert!(printed.contains("redirect to :15001"), "{printed}");
+
+    // The VIP answers through its virtual listener, from both endpoints.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (code, body) = pair.curl(&app, &format!("http://{VIP}/hello"), &[]);
+        assert_eq!(code, 200, "{body}");
+        seen.insert(served_by(&body));
+    }
+    let want: std::collections::BTreeSet<String> = ["10.77.0.2:9081", "10.77.0.2:9082"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(seen, want);
+    // An address meshgate has no listener for: passed through, unchanged.
+    let (code, body) = pair.curl(&app, &format!("http://{SVC_IP}:9100/direct"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(served_by(&body), "10.77.0.2:9100");
+
+    let m = |name: &str, labels: &[(&str, &str)]| netns::metric(&pair, &app, &admin, name, labels);
+    assert_eq!(
+        m(
+            LISTENER_ORIGINAL_DST_HANDOFF_TOTAL,
+            &[("listener", "outbound"), ("target", "reviews_vip")]
+        ),
+        4.0
+    );
+    // Five captured connections, no more: meshgate's own upstream
+    // connections (9081, 9082, 9100) were not captured again.
+    assert_eq!(
+        m(LISTENER_DOWNSTREAM_CX_TOTAL, &[("listener", "outbound")]),
+        5.0
+    );
+    assert_eq!(
+        m(CLUSTER_ORIGINAL_DST_HOSTS, &[("cluster", "passthrough")]),
+        1.0
+    );
+    assert_eq!(
+        m(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "passthrough")]),
+        1.0
+    );
+    // A connection to the capture port itself is not passed through (it
+    // would come back to 15001 for ever).
+    let (code, _) = pair.curl(&app, "http://127.0.0.1:15001/", &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        m(
+            LISTENER_ORIGINAL_DST_REFUSED_TOTAL,
+            &[("listener", "outbound"), ("reason", "not_redirected")]
+        ),
+        1.0
+    );
+
+    // --remove takes away exactly what capture installed.
+    capture(&pair, &["--remove"]);
+    assert_eq!(pair.ruleset(&app), before);
+    let (code, body) = pair.curl(&app, &format!("http://{SVC_IP}:9100/after"), &[]);
+    assert_eq!((code, served_by(&body).as_str()), (200, "10.77.0.2:9100"));
+    // Not captured any more: the outbound listener saw only the six above.
+    assert_eq!(
+        m(LISTENER_DOWNSTREAM_CX_TOTAL, &[("listener", "outbound")]),
+        6.0
+    );
+}
+
+fn inbound_yaml(jwks: &str, extra_listener: &str) -> String {
+    let jwks = serde_json::to_string(jwks).unwrap();
+    format!(
+        r#"admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: inbound
+    address: 0.0.0.0:15006
+{extra_listener}    listener_filters:
+      - name: envoy.filters.listener.original_dst
+    filter_chains:
+      - name: app_http
+        filter_chain_match: {{destination_port: 8080}}
+        filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: jwt_authn
+                  config:
+                    providers:
+                      mesh:
+                        issuer: https://mesh.example
+                        local_jwks: {{inline_string: {jwks}}}
+                        payload_in_metadata: payload
+                    rules:
+                      - match: {{prefix: /}}
+                        requires: {{provider_name: mesh}}
+                - name: rbac
+                  config:
+                    rules:
+                      policies:
+                        alice-only:
+                          permissions: [{{any: true}}]
+                          principals:
+                            - metadata:
+                                filter: envoy.filters.http.jwt_authn
+                                path: [{{key: payload}}, {{key: sub}}]
+                                value: {{string_match: {{exact: alice}}}}
+              route_config:
+                virtual_hosts:
+                  - name: local
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: local_app}}
+      - name: inbound_passthrough
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: inbound_passthrough}}
+clusters:
+  - name: local_app
+    connect_timeout: 1s
+    endpoints: [{{address: "127.0.0.1:8080"}}]
+  - name: inbound_passthrough
+    type: original_dst
+    lb_policy: cluster_provided
+    connect_timeout: 1s
+"#
+    )
+}
+
+/// Inbound capture in `mode` (`redirect` or `tproxy`): calls from the svc
+/// namespace to the app's port meet jwt_authn and rbac; other ports pass
+/// through to the app namespace's own servers.
+fn inbound(mode: &str) {
+    if netns::skip() {
+        return;
+    }
+    let mut jwt = JwtPeer::start();
+    let mut pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, app) = (pair.svc.clone(), pair.app.clone());
+    netns::start_echo(
+        &mut pair,
+        &app,
+        dir.path(),
+        &["127.0.0.1:8080", "10.77.0.1:9200"],
+    );
+    let tproxy = mode == "tproxy";
+    // IP_TRANSPARENT needs CAP_NET_ADMIN: under TPROXY meshgate runs as
+    // root and only inbound is captured.
+    let extra = if tproxy {
+        "    transparent: true\n"
+    } else {
+        ""
+    };
+    let yaml = inbound_yaml(&jwt.jwks, extra);
+    let admin = if tproxy {
+        let cfg = dir.path().join("meshgate.yaml");
+        std::fs::write(&cfg, &yaml).unwrap();
+        let log = dir.path().join("meshgate.log");
+        let bin = meshgate_tests::bin();
+        pair.spawn(
+            &app,
+            None,
+            &[bin.to_str().unwrap(), "run", "-c", cfg.to_str().unwrap()],
+            &log,
+        );
+        let admin =
+            meshgate_tests::wait_for_within(20, "admin line", || netns::admin_from_log(&log));
+        let url = format!("http://{admin}/ready");
+        meshgate_tests::wait_until("ready", || pair.curl(&app, &url, &[]).0 == 200);
+        admin
+    } else {
+        netns::start_meshgate(&mut pair, dir.path(), &yaml)
+    };
+    let before_rules = pair.ok(&app, &["ip", "rule", "show"]);
+    let uid = MESHGATE_UID.to_string();
+    let args: Vec<&str> = if tproxy {
+        vec!["--mode", "tproxy", "--no-outbound"]
+    } else {
+        vec!["--uid", &uid]
+    };
+    capture(&pair, &args);
+
+    let url = |p: &str| format!("http://{APP_IP}:8080{p}");
+    let claims = |sub: &str| json!({"iss": "https://mesh.example", "sub": sub, "exp": now() + 600});
+    // No token: jwt_authn refuses before the app sees anything.
+    let (code, _) = pair.curl(&svc, &url("/api"), &[]);
+    assert_eq!(code, 401);
+    let alice = jwt.mint("RS256", "rsa1", claims("alice"));
+    let (code, body) = pair.curl(
+        &svc,
+        &url("/api"),
+        &["-H", &format!("authorization: Bearer {alice}")],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(served_by(&body), "127.0.0.1:8080");
+    // meshgate saw the caller's own address (both modes keep the source).
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["headers"]["x-forwarded-for"], SVC_IP, "{body}");
+    let bob = jwt.mint("RS256", "rsa1", claims("bob"));
+    let (code, _) = pair.curl(
+        &svc,
+        &url("/api"),
+        &["-H", &format!("authorization: Bearer {bob}")],
+    );
+    assert_eq!(code, 403);
+    // Another port of the app: passed through to it unchanged.
+    let (code, body) = pair.curl(&svc, &format!("http://{APP_IP}:9200/other"), &[]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(served_by(&body), "10.77.0.1:9200");
+    let m = |name: &str, labels: &[(&str, &str)]| netns::metric(&pair, &app, &admin, name, labels);
+    assert_eq!(
+        m(LISTENER_DOWNSTREAM_CX_TOTAL, &[("listener", "inbound")]),
+        4.0
+    );
+
+    capture(&pair, &["--remove"]);
+    assert_eq!(pair.ok(&app, &["ip", "rule", "show"]), before_rules);
+    assert!(!pair.ruleset(&app).contains("meshgate"));
+}
+
+#[test]
+fn inbound_capture_applies_jwt_and_rbac_before_the_local_app() {
+    inbound("redirect");
+}
+
+#[test]
+fn inbound_tproxy_capture_keeps_the_source_address() {
+    inbound("tproxy");
+}
+
+/// `iptables-save` without its comment lines (they carry a timestamp).
+fn iptables_state(pair: &Pair) -> String {
+    let text = pair.ok(&pair.app, &["iptables-save"]);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn capture_remove_leaves_rules_as_before_for_every_backend_and_mode() {
+    if netns::skip() {
+        return;
+    }
+    let pair = Pair::new();
+    let app = pair.app.clone();
+    let state = |pair: &Pair| {
+        (
+            pair.ruleset(&app),
+            iptables_state(pair),
+            pair.ok(&app, &["ip", "-4", "rule", "show"])
+                + &pair.ok(&app, &["ip", "-6", "rule", "show"]),
+            // The TPROXY routing table (the rest changes by itself: IPv6
+            // link-local addresses arrive late).
+            ["-4", "-6"]
+                .map(|f| {
+                    pair.exec(&app, &["ip", f, "route", "show", "table", "133"])
+                        .stdout
+                })
+                .concat(),
+        )
+    };
+    // Somebody else's rules stay untouched. (They also make iptables-nft
+    // create the built-in chains capture jumps from: iptables-nft creates a
+    // built-in chain on first use and leaves it, empty, in nft's ruleset.)
+    pair.ok(&app, &["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "-j", "RETURN"]);
+    pair.ok(
+        &app,
+        &[
+            "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "2525", "-j", "RETURN",
+        ],
+    );
+    pair.ok(
+        &app,
+        &[
+            "iptables",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "-j",
+            "RETURN",
+        ],
+    );
+    pair.ok(&app, &["nft", "add", "table", "inet", "theirs"]);
+    let before = state(&pair);
+    for backend in ["nft", "iptables"] {
+        for mode in ["redirect", "tproxy"] {
+            let args = [
+                "--backend",
+                backend,
+                "--mode",
+                mode,
+                "--uid",
+                "1337",
+                "--exclude-outbound-ports",
+                "22",
+                "--exclude-outbound-cidrs",
+                "10.1.0.0/16",
+                "--exclude-inbound-ports",
+                "15090",
+            ];
+            let printed = capture(&pair, &args);
+            assert!(!printed.is_empty());
+            let during = state(&pair);
+            assert_ne!(during, before, "{backend}/{mode} installed nothing");
+            // Installing twice is refused, and changes nothing.
+            let bin = meshgate_tests::bin();
+            let mut again = vec![bin.to_str().unwrap(), "capture"];
+            again.extend(args);
+            assert!(!pair.exec(&app, &again).status.success());
+            assert_eq!(state(&pair), during);
+            capture(&pair, &["--backend", backend, "--remove"]);
+            assert_eq!(
+                state(&pair),
+                before,
+                "{backend}/{mode} left something behind"
+            );
+        }
+    }
+    // --dry-run only prints.
+    let printed = capture(&pair, &["--uid", "1337", "--dry-run"]);
+    assert!(printed.contains("table inet meshgate"), "{printed}");
+    assert_eq!(state(&pair), before);
+}
