@@ -158,13 +158,35 @@ pub fn original_destination(stream: &TcpStream, transparent: bool) -> Option<Soc
 static VIRTUAL: LazyLock<ArcSwap<HashMap<SocketAddr, Arc<RunningListener>>>> =
     LazyLock::new(|| ArcSwap::from_pointee(HashMap::new()));
 
-/// Publishes the listeners that have no socket of their own.
+/// The addresses of the listeners with a socket: an ORIGINAL_DST cluster
+/// never connects there (it would loop back into meshgate).
+static BOUND: LazyLock<ArcSwap<Vec<SocketAddr>>> =
+    LazyLock::new(|| ArcSwap::from_pointee(Vec::new()));
+
+/// Publishes the listeners that have no socket of their own, and the
+/// addresses of those that have one.
 pub fn publish<'a>(running: impl Iterator<Item = &'a Arc<RunningListener>>) {
-    let table: HashMap<SocketAddr, Arc<RunningListener>> = running
-        .filter(|r| !binds(&r.compiled.load()))
-        .map(|r| (r.compiled.load().address, r.clone()))
-        .collect();
+    let mut table = HashMap::new();
+    let mut bound = Vec::new();
+    for r in running {
+        let c = r.compiled.load();
+        if binds(&c) {
+            bound.push(c.address);
+        } else {
+            table.insert(c.address, r.clone());
+        }
+    }
     VIRTUAL.store(Arc::new(table));
+    BOUND.store(Arc::new(bound));
+}
+
+/// Whether `dst` is one of meshgate's own listening sockets: the exact
+/// address, or the port of a wildcard listener on a loopback address.
+pub fn is_own_listener(dst: SocketAddr) -> bool {
+    BOUND.load().iter().any(|a| {
+        a.port() == dst.port()
+            && (a.ip() == dst.ip() || (a.ip().is_unspecified() && dst.ip().is_loopback()))
+    })
 }
 
 /// The listener without a socket for `dst`: the one at that address, else

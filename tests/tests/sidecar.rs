@@ -31,6 +31,11 @@ listeners:
         filters:
           - name: tcp_proxy
             config: {{cluster: passthrough}}
+      - name: lan
+        filter_chain_match: {{prefix_ranges: ["10.77.0.0/24"]}}
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: lan_passthrough}}
   - name: reviews_vip
     address: {VIP}:80
     bind_to_port: false
@@ -52,6 +57,10 @@ clusters:
       - address: {SVC_IP}:9081
       - address: {SVC_IP}:9082
   - name: passthrough
+    type: original_dst
+    lb_policy: cluster_provided
+    connect_timeout: 1s
+  - name: lan_passthrough
     type: original_dst
     lb_policy: cluster_provided
     connect_timeout: 1s
@@ -127,13 +136,13 @@ fn outbound_capture_routes_vips_to_endpoints_and_passes_unknown_destinations_thr
         m(LISTENER_DOWNSTREAM_CX_TOTAL, &[("listener", "outbound")]),
         5.0
     );
-    assert_eq!(
-        m(CLUSTER_ORIGINAL_DST_HOSTS, &[("cluster", "passthrough")]),
-        1.0
-    );
+    // The destination matched the chain of its prefix (prefix_ranges).
+    let lan = [("cluster", "lan_passthrough")];
+    assert_eq!(m(CLUSTER_ORIGINAL_DST_HOSTS, &lan), 1.0);
+    assert_eq!(m(CLUSTER_UPSTREAM_CX_TOTAL, &lan), 1.0);
     assert_eq!(
         m(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "passthrough")]),
-        1.0
+        0.0
     );
     // A connection to the capture port itself is not passed through (it
     // would come back to 15001 for ever).
@@ -357,7 +366,20 @@ fn capture_remove_leaves_rules_as_before_for_every_backend_and_mode() {
     // Somebody else's rules stay untouched. (They also make iptables-nft
     // create the built-in chains capture jumps from: iptables-nft creates a
     // built-in chain on first use and leaves it, empty, in nft's ruleset.)
-    pair.ok(&app, &["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "-j", "RETURN"]);
+    pair.ok(
+        &app,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "-j",
+            "RETURN",
+        ],
+    );
     pair.ok(
         &app,
         &[
@@ -418,4 +440,193 @@ fn capture_remove_leaves_rules_as_before_for_every_backend_and_mode() {
     let printed = capture(&pair, &["--uid", "1337", "--dry-run"]);
     assert!(printed.contains("table inet meshgate"), "{printed}");
     assert_eq!(state(&pair), before);
+}
+
+/// An Istio-shaped outbound listener through a real ADS stream: the
+/// `use_original_dst` listener (listener filters http_inspector and
+/// tls_inspector, a passthrough chain to an ORIGINAL_DST cluster) hands a
+/// connection to the `bind_to_port: false` listener of its destination's
+/// port (`0.0.0.0:PORT`, as Istio names them), whose route goes to an
+/// ORIGINAL_DST cluster with `use_http_header`. Runs without namespaces:
+/// the destination of a connection that was not redirected is its local
+/// address.
+#[test]
+fn istio_shaped_outbound_listener_from_xds() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::google::protobuf::{Any, BoolValue};
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    use meshgate_tests::xds::*;
+    use meshgate_tests::{Meshgate, free_port};
+    use prost::Message;
+
+    let get = |args: &[&str]| {
+        let (code, _, body) = meshgate_tests::curl::curl(args);
+        (code, body)
+    };
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    let original_dst = |name: &str, header: bool| {
+        let c = cds::Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cds::cluster::ClusterDiscoveryType::Type(
+                cds::cluster::DiscoveryType::OriginalDst as i32,
+            )),
+            lb_policy: cds::cluster::LbPolicy::ClusterProvided as i32,
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            lb_config: header.then(|| {
+                cds::cluster::LbConfig::OriginalDstLbConfig(cds::cluster::OriginalDstLbConfig {
+                    use_http_header: true,
+                    ..Default::default()
+                })
+            }),
+            ..Default::default()
+        };
+        (name.to_string(), any(CLUSTER, &c))
+    };
+    mgmt.set(
+        CLUSTER,
+        "c1",
+        vec![
+            original_dst("PassthroughCluster", false),
+            original_dst("orig", true),
+        ],
+    );
+    mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("orig", 1)])]);
+    // The virtual listener: 0.0.0.0:PORT, no socket, HCM over RDS.
+    let (_, v) = hcm_listener("x", port, "r1");
+    let mut v = lds::Listener::decode(v.value.as_slice()).unwrap();
+    v.name = format!("0.0.0.0_{port}");
+    v.address = Some(sock(([0, 0, 0, 0], port).into()));
+    v.bind_to_port = Some(BoolValue { value: false });
+    // The capture listener (Istio's virtualOutbound), here on 127.0.0.1:PORT.
+    let (_, o) = tcp_listener("virtualOutbound", port, "PassthroughCluster");
+    let mut o = lds::Listener::decode(o.value.as_slice()).unwrap();
+    o.use_original_dst = Some(BoolValue { value: true });
+    let inspector = |name: &str, ty: &str| lds::ListenerFilter {
+        name: name.into(),
+        config_type: Some(lds::listener_filter::ConfigType::TypedConfig(Any {
+            type_url: format!("type.googleapis.com/{ty}"),
+            value: vec![],
+        })),
+        ..Default::default()
+    };
+    o.listener_filters = vec![
+        inspector(
+            "envoy.filters.listener.tls_inspector",
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        ),
+        inspector(
+            "envoy.filters.listener.http_inspector",
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        ),
+    ];
+    o.filter_chains[0].name = "PassthroughFilterChain".into();
+    mgmt.set(
+        LISTENER,
+        "l1",
+        vec![
+            ("virtualOutbound".into(), any(LISTENER, &o)),
+            (v.name.clone(), any(LISTENER, &v)),
+        ],
+    );
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    let url = format!("http://127.0.0.1:{port}/via-header");
+    let dst = format!("x-envoy-original-dst-host: {}", backend.addr);
+    meshgate_tests::wait_until("the ADS listeners serve", || {
+        get(&[&url, "-H", &dst]).0 == 200
+    });
+    let (code, body) = get(&[&url, "-H", &dst]);
+    assert_eq!(code, 200);
+    assert!(body.contains("backend=b"), "{body}");
+    assert!(
+        mg.metric(
+            LISTENER_ORIGINAL_DST_HANDOFF_TOTAL,
+            &[
+                ("listener", "virtualOutbound"),
+                ("target", &format!("0.0.0.0_{port}"))
+            ]
+        ) >= 2.0
+    );
+    assert_eq!(
+        mg.metric(CLUSTER_ORIGINAL_DST_HOSTS, &[("cluster", "orig")]),
+        1.0
+    );
+    // Without the header the destination is meshgate's own listener: no
+    // loop, a 503 and a count.
+    let (code, _) = get(&[&format!("http://127.0.0.1:{port}/no-header")]);
+    assert_eq!(code, 503);
+    assert_eq!(
+        mg.metric(
+            CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL,
+            &[("cluster", "orig"), ("reason", "loop")]
+        ),
+        1.0
+    );
+    // A header that is no address: refused, counted.
+    let (code, _) = get(&[&url, "-H", "x-envoy-original-dst-host: nowhere"]);
+    assert_eq!(code, 503);
+    assert_eq!(
+        mg.metric(
+            CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL,
+            &[("cluster", "orig"), ("reason", "bad_header")]
+        ),
+        1.0
+    );
+}
+
+/// The example validates; sidecar settings meshgate cannot honour are
+/// refused naming the field.
+#[test]
+fn sidecar_config_is_validated_naming_the_field() {
+    let example = meshgate_tests::workspace().join("examples/sidecar.yaml");
+    let (code, out, err) = meshgate_tests::run_cli(&["validate", example.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |listener: &str, cluster: &str, field: &str| {
+        let yaml = format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:15001\n{listener}    filter_chains:\n      - filters:\n          - name: tcp_proxy\n            config: {{cluster: c}}\nclusters:\n  - name: c\n{cluster}"
+        );
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        let (code, out, err) = meshgate_tests::run_cli(&["validate", f.to_str().unwrap()]);
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains(field), "want {field} in: {err}");
+    };
+    let od = "    type: original_dst\n    lb_policy: cluster_provided\n";
+    check("", "    type: original_dst\n", "clusters[0].lb_policy");
+    check(
+        "",
+        "    type: original_dst\n    lb_policy: cluster_provided\n    endpoints: [{address: 127.0.0.1:1}]\n",
+        "clusters[0].endpoints",
+    );
+    check(
+        "",
+        "    endpoints: [{address: 127.0.0.1:1}]\n    cleanup_interval: 5s\n",
+        "clusters[0].cleanup_interval",
+    );
+    check(
+        "",
+        "    type: original_dst\n    lb_policy: cluster_provided\n    original_dst_lb_config: {http_header_name: x-dst}\n",
+        "clusters[0].original_dst_lb_config.http_header_name",
+    );
+    check(
+        "    listener_filters: [{name: envoy.filters.listener.proxy_protocol}]\n",
+        od,
+        "listeners[0].listener_filters[0].name",
+    );
+    check(
+        "    bind_to_port: false\n    use_original_dst: true\n",
+        od,
+        "listeners[0].bind_to_port",
+    );
+    check(
+        "    listener_filters: [{name: envoy.filters.listener.original_dst, config: {x: 1}}]\n",
+        od,
+        "listeners[0].listener_filters[0].config",
+    );
 }

@@ -253,6 +253,7 @@ fn lb_policy(p: i32, path: &str) -> R<&'static str> {
         Ok(LbPolicy::RingHash) => "ring_hash",
         Ok(LbPolicy::Random) => "random",
         Ok(LbPolicy::Maglev) => "maglev",
+        Ok(LbPolicy::ClusterProvided) => "cluster_provided",
         _ => return err(path, format!("lb_policy {p} not supported")),
     })
 }
@@ -387,11 +388,13 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let dt = match c.cluster_discovery_type.take() {
         None => Dt::Static,
         Some(ClusterDiscoveryType::Type(t)) => match Dt::try_from(t) {
-            Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds)) => t,
+            Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds | Dt::OriginalDst)) => t,
             _ => {
                 return err(
                     "type",
-                    format!("cluster type {t} not supported (STATIC, STRICT_DNS, EDS)"),
+                    format!(
+                        "cluster type {t} not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)"
+                    ),
                 );
             }
         },
@@ -462,12 +465,14 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
+    let (original_dst_lb_config, cleanup_interval) =
+        crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
     let lb_config = crate::slow_start::lb_config(&mut c)?;
     rest(&c, "")?;
-    let discovery = if dt == Dt::StrictDns {
-        DiscoveryType::StrictDns
-    } else {
-        DiscoveryType::Static
+    let discovery = match dt {
+        Dt::StrictDns => DiscoveryType::StrictDns,
+        Dt::OriginalDst => DiscoveryType::OriginalDst,
+        _ => DiscoveryType::Static,
     };
     // Every field named (no `..`): a field added to `ClusterConfig` must be
     // decided here, by the compiler's word.
@@ -489,8 +494,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         policy: cla_policy,
         health_checks,
         outlier_detection,
-        original_dst_lb_config: None,
-        cleanup_interval: None,
+        original_dst_lb_config,
+        cleanup_interval,
     };
     Ok(Cluster {
         config,
@@ -577,22 +582,7 @@ fn listener_inner(
         Some(d) => duration(&d, "listener_filters_timeout")?,
         None => Duration::from_secs(5),
     };
-    // meshgate reads the ClientHello itself whenever a chain matches on
-    // server names or ALPN: Envoy's tls_inspector is what it does anyway.
-    for (i, f) in std::mem::take(&mut l.listener_filters)
-        .into_iter()
-        .enumerate()
-    {
-        if f.name != "envoy.filters.listener.tls_inspector" {
-            return err(
-                format!("listener_filters[{i}].name"),
-                format!(
-                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector)",
-                    f.name
-                ),
-            );
-        }
-    }
+    let sidecar = crate::original_dst::listener(&mut l)?;
     let mut rds_names = BTreeSet::new();
     let mut sds_names = BTreeSet::new();
     let mut fetch = None;
@@ -623,11 +613,11 @@ fn listener_inner(
         listener_filters_timeout: lft,
         quic: None,
         filter_chains: chains,
-        listener_filters: Vec::new(),
-        use_original_dst: false,
-        bind_to_port: true,
-        transparent: None,
-        freebind: None,
+        listener_filters: sidecar.listener_filters,
+        use_original_dst: sidecar.use_original_dst,
+        bind_to_port: sidecar.bind_to_port,
+        transparent: sidecar.transparent,
+        freebind: sidecar.freebind,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
@@ -708,7 +698,7 @@ fn chain_match(mut m: lds::FilterChainMatch, path: &str) -> R<FilterChainMatch> 
         server_names: std::mem::take(&mut m.server_names),
         source_prefix_ranges,
         application_protocols: std::mem::take(&mut m.application_protocols),
-        prefix_ranges: Vec::new(),
+        prefix_ranges: crate::original_dst::prefix_ranges(&mut m, path)?,
     };
     // `tls` is what meshgate's server_names matching reads anyway.
     if m.transport_protocol == "tls" && !fcm.server_names.is_empty() {

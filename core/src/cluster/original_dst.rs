@@ -132,14 +132,25 @@ impl OriginalDst {
                 self.no_host("bad_header");
                 return None;
             };
-            return Some(self.host(addr));
+            return self.checked(addr);
         }
         self.for_connection(connection)
     }
 
     /// The host for a connection (`tcp_proxy`): its original destination.
     pub fn for_connection(self: &Arc<Self>, connection: &ConnectionInfo) -> Option<Arc<Endpoint>> {
-        Some(self.host(connection.local_addr))
+        self.checked(connection.local_addr)
+    }
+
+    /// The host at `addr`, unless that is one of meshgate's own listeners
+    /// (a connection that was not redirected: passing it through would
+    /// come back here for ever).
+    fn checked(self: &Arc<Self>, addr: SocketAddr) -> Option<Arc<Endpoint>> {
+        if crate::original_dst::is_own_listener(addr) {
+            self.no_host("loop");
+            return None;
+        }
+        Some(self.host(addr))
     }
 
     fn no_host(&self, reason: &'static str) {
@@ -207,5 +218,70 @@ async fn sweep(od: Weak<OriginalDst>, every: Duration) {
             Some(od) => od.cleanup(),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(yaml: &str) -> Result<Option<Arc<OriginalDst>>, ConfigError> {
+        let c: ClusterConfig = serde_yaml::from_str(yaml).unwrap();
+        OriginalDst::build(&c, "clusters[0]", &ConfigSource::default())
+    }
+
+    fn info(local: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            id: 1,
+            listener: "l".into(),
+            peer_addr: "10.0.0.9:5000".parse().unwrap(),
+            local_addr: local.parse().unwrap(),
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: crate::network::Signal::new(),
+        }
+    }
+
+    #[test]
+    fn hosts_are_made_once_per_destination_and_the_header_wins() {
+        let od = cluster(
+            "{name: p, type: original_dst, lb_policy: cluster_provided, original_dst_lb_config: {use_http_header: true}}",
+        )
+        .unwrap()
+        .unwrap();
+        let conn = info("10.1.2.3:80");
+        let a = od.for_connection(&conn).unwrap();
+        let b = od.for_request(&http::HeaderMap::new(), &conn).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut h = http::HeaderMap::new();
+        h.insert(ORIGINAL_DST_HOST, "10.9.9.9:8080".parse().unwrap());
+        assert_eq!(
+            od.for_request(&h, &conn).unwrap().address.to_string(),
+            "10.9.9.9:8080"
+        );
+        assert_eq!(od.host_count(), 2);
+        h.insert(ORIGINAL_DST_HOST, "not-an-address".parse().unwrap());
+        assert!(od.for_request(&h, &conn).is_none());
+    }
+
+    #[test]
+    fn idle_hosts_are_cleaned_up() {
+        let od = cluster(
+            "{name: p, type: original_dst, lb_policy: cluster_provided, cleanup_interval: 1ms}",
+        )
+        .unwrap()
+        .unwrap();
+        od.for_connection(&info("10.1.2.3:80")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        od.cleanup();
+        assert_eq!(od.host_count(), 0);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(cluster("{name: p, type: original_dst}").is_err());
+        assert!(cluster("{name: p, endpoints: [], cleanup_interval: 1s}").is_err());
+        assert!(cluster("{name: p, endpoints: []}").unwrap().is_none());
     }
 }

@@ -371,9 +371,8 @@ pub const LISTENER_ORIGINAL_DST_HANDOFF_TOTAL: &str =
 pub const LISTENER_ORIGINAL_DST_REFUSED_TOTAL: &str =
     "meshgate_listener_original_dst_refused_total";
 /// Counter `{cluster,reason}`: requests or connections an ORIGINAL_DST
-/// cluster had no host for: `no_original_dst` (no header nor redirected
-/// destination), `bad_header` (not ip:port), `loop` (one of meshgate's
-/// own listeners).
+/// cluster had no host for: `bad_header` (not ip:port), `loop` (the
+/// destination is one of meshgate's own listeners).
 pub const CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL: &str = "meshgate_cluster_original_dst_no_host_total";
 /// Gauge `{cluster}`: hosts an ORIGINAL_DST cluster holds now.
 pub const CLUSTER_ORIGINAL_DST_HOSTS: &str = "meshgate_cluster_original_dst_hosts";
