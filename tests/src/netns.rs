@@ -10,7 +10,6 @@
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 /// The app namespace's address.
 pub const APP_IP: &str = "10.77.0.1";
@@ -24,7 +23,7 @@ pub const MESHGATE_UID: u32 = 1337;
 /// Why namespaces cannot be used here, if they cannot: the tests print it
 /// and return (outside CI); in CI (`CI` set) they fail instead.
 pub fn unavailable() -> Option<String> {
-    // SAFETY-free check of the effective uid: `id -u`.
+    // The effective uid, from `id -u`.
     let uid = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root: network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN".into());
@@ -312,6 +311,3 @@ pub fn start_echo(pair: &mut Pair, ns: &str, dir: &Path, addrs: &[&str]) {
         pair.wait_port(ns, a);
     }
 }
-
-/// How long a test waits for a namespace process at most.
-pub const WAIT: Duration = Duration::from_secs(20);
