@@ -630,3 +630,62 @@ fn sidecar_config_is_validated_naming_the_field() {
         "listeners[0].listener_filters[0].config",
     );
 }
+
+/// The http_inspector names the HTTP version of a plaintext connection, and
+/// chains match it in `application_protocols`; other bytes take the chain
+/// without one.
+#[test]
+fn http_inspector_chooses_the_chain_by_protocol() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    use meshgate_tests::{Meshgate, free_port};
+    use std::io::{Read, Write};
+    let (a, b) = (
+        HttpBackend::start("a", Proto::Http1),
+        HttpBackend::start("b", Proto::Http1),
+    );
+    let port = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: l
+    address: 127.0.0.1:{port}
+    listener_filters:
+      - name: envoy.filters.listener.http_inspector
+    filter_chains:
+      - name: http1
+        filter_chain_match: {{application_protocols: [http/1.1]}}
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: a}}
+      - name: other
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: b}}
+clusters:
+  - name: a
+    endpoints: [{{address: "{}"}}]
+  - name: b
+    endpoints: [{{address: "{}"}}]
+"#,
+        a.addr, b.addr
+    ));
+    let (code, _, body) = meshgate_tests::curl::curl(&[&format!("http://127.0.0.1:{port}/")]);
+    assert_eq!(code, 200);
+    assert!(body.contains("backend=a"), "{body}");
+    // Not HTTP: the chain without application_protocols.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"\x00\x01 not http\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = s.read(&mut buf);
+    assert_eq!(
+        mg.wait_metric(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "b")], |v| v >= 1.0),
+        1.0
+    );
+    assert_eq!(
+        mg.metric(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "a")]),
+        1.0
+    );
+}
