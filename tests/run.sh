@@ -14,6 +14,8 @@ command -v gtlsclient >/dev/null || apt_pkgs+=(ngtcp2-client)
 command -v caddy >/dev/null || apt_pkgs+=(caddy)
 command -v prometheus >/dev/null || apt_pkgs+=(prometheus)
 command -v haproxy >/dev/null || apt_pkgs+=(haproxy)
+command -v nft >/dev/null || apt_pkgs+=(nftables)     # sidecar.rs: meshgate capture
+command -v iptables >/dev/null || apt_pkgs+=(iptables)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

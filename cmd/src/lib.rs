@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod alloc;
+mod capture;
 
 #[global_allocator]
 static GLOBAL: alloc::MeshAlloc = alloc::MeshAlloc;
@@ -71,6 +72,9 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Install (or --remove) the nftables/iptables rules that send this
+    /// network namespace's TCP traffic through meshgate (sidecar mode).
+    Capture(capture::CaptureArgs),
 }
 
 /// Every codec and filter this binary ships, registered by name.
@@ -152,6 +156,15 @@ pub fn main_with(registry: Registry) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Capture(args)) => {
+            return match capture::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshgate capture: {e:#}");
                     ExitCode::FAILURE
                 }
             };

@@ -876,9 +876,11 @@ fn start(
     if tried.is_empty() && cluster.drop_overload() {
         return Err(LocalReason::DropOverload);
     }
-    let endpoint = cluster
-        .choose(ctx, tried)
-        .ok_or(LocalReason::NoHealthyUpstream)?;
+    let endpoint = match &cluster.original_dst {
+        None => cluster.choose(ctx, tried),
+        Some(od) => od.for_request(req.headers(), &info.connection),
+    }
+    .ok_or(LocalReason::NoHealthyUpstream)?;
     let slot = cluster
         .breakers
         .request(priority)

@@ -22,6 +22,7 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod network;
+pub mod original_dst;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod quic;

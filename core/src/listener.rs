@@ -32,6 +32,8 @@ pub struct ChainMatch {
     pub server_names: Vec<String>,
     pub application_protocols: Vec<String>,
     pub source_prefixes: Vec<IpNet>,
+    /// Destination CIDRs (`prefix_ranges`).
+    pub destination_prefixes: Vec<IpNet>,
 }
 
 /// A filter chain ready to serve connections.
@@ -70,6 +72,9 @@ pub struct CompiledListener {
     /// replaces the listener (its open connections retire) only if one of
     /// them is no longer the same `Arc` or its own config changed.
     pub clusters: ClusterRefs,
+    /// Listener filters and socket options of sidecar mode, when any is
+    /// set (`crate::original_dst`).
+    pub sidecar: Option<Box<crate::original_dst::ListenerSidecar>>,
 }
 
 impl CompiledListener {
@@ -152,6 +157,7 @@ impl CompiledListener {
                 )
             }
         };
+        let sidecar = crate::original_dst::ListenerSidecar::build(cfg, &path, source)?;
         Ok(Self {
             name: cfg.name.as_str().into(),
             address,
@@ -170,6 +176,7 @@ impl CompiledListener {
             quic,
             proxy_protocol,
             clusters: resolved,
+            sidecar,
         })
     }
 
@@ -208,6 +215,21 @@ impl CompiledListener {
         } else {
             cands.retain(|c| c.matcher.destination_port.is_none());
         }
+        // destination IP: the longest prefix holding it
+        let dscore = |c: &FilterChain| -> Option<u8> {
+            if c.matcher.destination_prefixes.is_empty() {
+                return Some(0);
+            }
+            let ip = local.ip();
+            let hit = c
+                .matcher
+                .destination_prefixes
+                .iter()
+                .filter(|n| n.contains(&ip));
+            hit.map(|n| n.prefix_len() + 1).max()
+        };
+        let best = cands.iter().filter_map(|c| dscore(c)).max()?;
+        cands.retain(|c| dscore(c) == Some(best));
         // server name
         let score = |c: &FilterChain| -> Option<usize> {
             if c.matcher.server_names.is_empty() {
@@ -303,6 +325,18 @@ fn build_chain(
             matcher.source_prefixes.push(net.trunc());
         }
         matcher.application_protocols = m.application_protocols.clone();
+        for (i, r) in m.prefix_ranges.iter().enumerate() {
+            let net: IpNet = r
+                .parse()
+                .or_else(|_| r.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    source.error(
+                        format!("{path}.filter_chain_match.prefix_ranges[{i}]"),
+                        format!("invalid CIDR '{r}'"),
+                    )
+                })?;
+            matcher.destination_prefixes.push(net.trunc());
+        }
     }
     let tls = match &fc.tls {
         None => None,
@@ -639,6 +673,16 @@ async fn handle_connection(
     } else {
         listener.address
     };
+    let (listener, local, http) = match &listener.sidecar {
+        None => (listener, local, None),
+        Some(s) => {
+            let s = **s;
+            let Some(a) = crate::original_dst::on_accept(listener, &s, &stream, local).await else {
+                return;
+            };
+            (a.listener, a.local, a.http)
+        }
+    };
     let mut stream = stream;
     let mut preface;
     let mut hello = None;
@@ -675,7 +719,10 @@ async fn handle_connection(
             }
         }
     }
-    let hello = hello.unwrap_or_default();
+    let mut hello = hello.unwrap_or_default();
+    if let Some(p) = http.filter(|_| hello.alpn.is_empty()) {
+        hello.alpn.push(p.to_string());
+    }
     let Some(chain) = listener.select_chain(
         &local,
         hello.server_name.as_deref(),
@@ -788,6 +835,7 @@ mod tests {
                 server_names: names.iter().map(|s| s.to_string()).collect(),
                 application_protocols: vec![],
                 source_prefixes: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+                destination_prefixes: vec![],
             },
             tls: None,
             filters: vec![],
@@ -811,6 +859,7 @@ mod tests {
             chains,
             stats: ListenerStats::new("l"),
             clusters: ClusterRefs::new(),
+            sidecar: None,
         }
     }
 

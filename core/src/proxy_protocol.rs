@@ -316,6 +316,11 @@ pub struct ProxyProtocolFilter {
     cfg: ProxyProtocolConfig,
 }
 
+/// Whether a listener filter name is the PROXY protocol filter's.
+pub fn is_proxy_protocol(name: &str) -> bool {
+    name == NAME || name == "proxy_protocol"
+}
+
 /// Compiles a listener's `listener_filters`; `Some` when one is the PROXY
 /// protocol filter. Unknown names and bad configs name the field.
 pub fn compile(
@@ -327,6 +332,8 @@ pub fn compile(
         let p = format!("{path}.listener_filters[{i}]");
         match f.name.as_str() {
             TLS_INSPECTOR | "tls_inspector" => {}
+            // Compiled by `crate::original_dst`.
+            crate::config::sidecar::ORIGINAL_DST | crate::config::sidecar::HTTP_INSPECTOR => {}
             NAME | "proxy_protocol" => {
                 if out.is_some() {
                     return Err((format!("{p}.name"), "given twice".into()));

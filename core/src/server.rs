@@ -248,6 +248,8 @@ fn key(l: &CompiledListener) -> ListenerKey {
 enum Socket {
     Tcp(tokio::net::TcpListener),
     Quic(quinn::Endpoint),
+    /// `bind_to_port: false`: no socket (`crate::original_dst`).
+    Virtual,
 }
 
 impl Socket {
@@ -255,7 +257,10 @@ impl Socket {
         Ok(if l.quic.is_some() {
             Socket::Quic(crate::quic::bind(l)?)
         } else {
-            Socket::Tcp(bind(l.address, l.backlog)?)
+            if !crate::original_dst::binds(l) {
+                return Ok(Socket::Virtual);
+            }
+            Socket::Tcp(crate::original_dst::bind(l)?)
         })
     }
 
@@ -265,6 +270,7 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s.local_addr(),
             Socket::Quic(ep) => ep.local_addr(),
+            Socket::Virtual => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
 }
@@ -311,6 +317,7 @@ impl Live {
                         .quic_accept_loop(ep, stop.clone(), drain, tracker),
                 );
             }
+            Socket::Virtual => {}
         }
         self.listeners.insert(
             k,
@@ -341,6 +348,7 @@ impl Live {
             .collect();
         all.sort_by(|a, b| (&a.name, a.quic).cmp(&(&b.name, b.quic)));
         self.bound.store(Arc::new(all));
+        crate::original_dst::publish(self.listeners.values().map(|ll| &ll.running));
     }
 }
 

@@ -164,6 +164,13 @@ impl TcpProxy {
         cluster: &Arc<Cluster>,
         info: &ConnectionInfo,
     ) -> Result<UpstreamConnection, &'static str> {
+        if let Some(od) = &cluster.original_dst {
+            let ep = od.for_connection(info).ok_or("no_healthy_upstream")?;
+            return cluster
+                .connect_endpoint(ep)
+                .await
+                .map_err(|e| crate::access_log::connect_failure(&e));
+        }
         let ctx = self.lb_context(info);
         let mut tried: Vec<SocketAddr> = Vec::new();
         // Why the last attempt failed, as a `LocalReason` label (the

@@ -12,6 +12,7 @@ pub mod curl;
 pub mod flaky;
 pub mod hc_backend;
 pub mod jwt;
+pub mod netns;
 pub mod phases;
 pub mod pypeer;
 pub mod rpc;

@@ -25,6 +25,7 @@ mod local_ratelimit;
 mod local_reply;
 mod locality;
 mod mirror;
+mod original_dst;
 mod outlier;
 mod priority;
 mod proxy_protocol;

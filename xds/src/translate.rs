@@ -253,6 +253,7 @@ fn lb_policy(p: i32, path: &str) -> R<&'static str> {
         Ok(LbPolicy::RingHash) => "ring_hash",
         Ok(LbPolicy::Random) => "random",
         Ok(LbPolicy::Maglev) => "maglev",
+        Ok(LbPolicy::ClusterProvided) => "cluster_provided",
         _ => return err(path, format!("lb_policy {p} not supported")),
     })
 }
@@ -387,11 +388,13 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let dt = match c.cluster_discovery_type.take() {
         None => Dt::Static,
         Some(ClusterDiscoveryType::Type(t)) => match Dt::try_from(t) {
-            Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds)) => t,
+            Ok(t @ (Dt::Static | Dt::StrictDns | Dt::Eds | Dt::OriginalDst)) => t,
             _ => {
                 return err(
                     "type",
-                    format!("cluster type {t} not supported (STATIC, STRICT_DNS, EDS)"),
+                    format!(
+                        "cluster type {t} not supported (STATIC, STRICT_DNS, EDS, ORIGINAL_DST)"
+                    ),
                 );
             }
         },
@@ -475,12 +478,14 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
+    let (original_dst_lb_config, cleanup_interval) =
+        crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
     let lb_config = crate::slow_start::lb_config(&mut c)?;
     rest(&c, "")?;
-    let discovery = if dt == Dt::StrictDns {
-        DiscoveryType::StrictDns
-    } else {
-        DiscoveryType::Static
+    let discovery = match dt {
+        Dt::StrictDns => DiscoveryType::StrictDns,
+        Dt::OriginalDst => DiscoveryType::OriginalDst,
+        _ => DiscoveryType::Static,
     };
     // Every field named (no `..`): a field added to `ClusterConfig` must be
     // decided here, by the compiler's word.
@@ -504,6 +509,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         policy: cla_policy,
         health_checks,
         outlier_detection,
+        original_dst_lb_config,
+        cleanup_interval,
     };
     Ok(Cluster {
         config,
@@ -594,36 +601,7 @@ fn listener_inner(
         Some(d) => duration(&d, "listener_filters_timeout")?,
         None => Duration::from_secs(15),
     };
-    // meshgate reads the ClientHello itself whenever a chain matches on
-    // server names or ALPN: Envoy's tls_inspector is what it does anyway.
-    let mut listener_filters = Vec::new();
-    for (i, f) in std::mem::take(&mut l.listener_filters)
-        .into_iter()
-        .enumerate()
-    {
-        if f.name == "envoy.filters.listener.proxy_protocol" {
-            let p = format!("listener_filters[{i}]");
-            if f.filter_disabled.is_some() {
-                return err(join(&p, "filter_disabled"), "not supported by meshgate");
-            }
-            let any = match &f.config_type {
-                None => None,
-                Some(lds::listener_filter::ConfigType::TypedConfig(a)) => Some(a),
-                Some(_) => return err(join(&p, "config_discovery"), "not supported by meshgate"),
-            };
-            listener_filters.push(crate::proxy_protocol::listener_filter(any, &p)?);
-            continue;
-        }
-        if f.name != "envoy.filters.listener.tls_inspector" {
-            return err(
-                format!("listener_filters[{i}].name"),
-                format!(
-                    "listener filter '{}' not supported (only envoy.filters.listener.tls_inspector and envoy.filters.listener.proxy_protocol)",
-                    f.name
-                ),
-            );
-        }
-    }
+    let sidecar = crate::original_dst::listener(&mut l)?;
     let mut rds_names = BTreeSet::new();
     let mut sds_names = BTreeSet::new();
     let mut fetch = None;
@@ -653,9 +631,13 @@ fn listener_inner(
         max_connections: None,
         max_connections_to_accept_per_socket_event,
         listener_filters_timeout: lft,
-        listener_filters,
         quic: None,
         filter_chains: chains,
+        listener_filters: sidecar.listener_filters,
+        use_original_dst: sidecar.use_original_dst,
+        bind_to_port: sidecar.bind_to_port,
+        transparent: sidecar.transparent,
+        freebind: sidecar.freebind,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
@@ -736,6 +718,7 @@ fn chain_match(mut m: lds::FilterChainMatch, path: &str) -> R<FilterChainMatch> 
         server_names: std::mem::take(&mut m.server_names),
         source_prefix_ranges,
         application_protocols: std::mem::take(&mut m.application_protocols),
+        prefix_ranges: crate::original_dst::prefix_ranges(&mut m, path)?,
     };
     // `tls` is what meshgate's server_names matching reads anyway.
     if m.transport_protocol == "tls" && !fcm.server_names.is_empty() {

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 
 pub mod health_check;
 pub mod locality;
+pub mod original_dst;
 pub mod priority;
 pub mod zone;
 
@@ -448,6 +449,8 @@ pub struct Cluster {
     pub health_check: Option<health_check::HealthChecker>,
     /// Its outlier detector, when `outlier_detection` is configured.
     pub outlier: Option<Arc<outlier::Detector>>,
+    /// `type: original_dst`: the hosts, one per original destination.
+    pub original_dst: Option<Arc<original_dst::OriginalDst>>,
 }
 
 impl Cluster {
@@ -490,6 +493,7 @@ impl Cluster {
             )),
             health_check: None,
             outlier: None,
+            original_dst: None,
         }
     }
 
@@ -747,6 +751,8 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         policy,
         health_checks,
         outlier_detection,
+        original_dst_lb_config,
+        cleanup_interval,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -766,6 +772,8 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *policy == b.policy
         && *health_checks == b.health_checks
         && *outlier_detection == b.outlier_detection
+        && *original_dst_lb_config == b.original_dst_lb_config
+        && *cleanup_interval == b.cleanup_interval
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -967,7 +975,15 @@ fn build_cluster(
     source: &ConfigSource,
     resolve_dns: bool,
 ) -> Result<Cluster, ConfigError> {
-    let factory = registry.load_balancer(&c.lb_policy).ok_or_else(|| {
+    let od = original_dst::OriginalDst::build(c, path, source)?;
+    // An original_dst cluster picks its host itself; its (empty) host set
+    // gets a plain load balancer.
+    let lb_policy = if od.is_some() {
+        "round_robin"
+    } else {
+        &c.lb_policy
+    };
+    let factory = registry.load_balancer(lb_policy).ok_or_else(|| {
         source.error(
             format!("{path}.lb_policy"),
             format!(
@@ -1010,6 +1026,7 @@ fn build_cluster(
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();
+    cluster.original_dst = od;
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
@@ -1070,6 +1087,12 @@ fn build_endpoints(
                 .map_err(|b| source.error(b.path.clone(), b.message.clone()))?;
         }
         match c.discovery {
+            DiscoveryType::OriginalDst => {
+                return Err(source.error(
+                    format!("{path}.endpoints"),
+                    "an original_dst cluster has no configured endpoints",
+                ));
+            }
             DiscoveryType::Static => {
                 let addr: SocketAddr = e.address.parse().map_err(|_| {
                     source.error(

@@ -23,6 +23,7 @@ pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod rbac;
 pub mod router;
+pub mod sidecar;
 pub mod simpleauth;
 pub mod zone;
 
@@ -248,7 +249,10 @@ pub struct ListenerConfig {
     pub listener_filters_timeout: Duration,
     /// Listener filters run on each accepted connection before a filter
     /// chain is chosen (Envoy's `listener_filters`):
-    /// `envoy.filters.listener.proxy_protocol`, `envoy.filters.listener.tls_inspector`.
+    /// `envoy.filters.listener.proxy_protocol` (`crate::proxy_protocol`),
+    /// `envoy.filters.listener.original_dst` and
+    /// `envoy.filters.listener.http_inspector` (`crate::original_dst`),
+    /// `envoy.filters.listener.tls_inspector`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listener_filters: Vec<proxy_protocol::ListenerFilterConfig>,
     /// Serve QUIC on UDP at `address` instead of TCP (HTTP/3). The listener
@@ -257,6 +261,21 @@ pub struct ListenerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicConfig>,
     pub filter_chains: Vec<FilterChainConfig>,
+    /// Hand each connection to the listener bound (`bind_to_port: false`)
+    /// to its original destination, if there is one (Envoy's legacy
+    /// `use_original_dst`, Istio's 15001/15006 listeners).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_original_dst: bool,
+    /// `false`: no socket; the listener only receives connections handed
+    /// over by a `use_original_dst` listener (default true).
+    #[serde(default = "default_true", skip_serializing_if = "Clone::clone")]
+    pub bind_to_port: bool,
+    /// IP_TRANSPARENT on the listening socket (TPROXY capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<bool>,
+    /// IP_FREEBIND on the listening socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freebind: Option<bool>,
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).
@@ -497,6 +516,9 @@ pub struct FilterChainMatch {
     /// client offers any of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub application_protocols: Vec<String>,
+    /// Destination CIDRs (the original destination under capture).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_ranges: Vec<String>,
 }
 
 /// A network filter by registered name, with its typed config.
@@ -515,6 +537,9 @@ pub enum DiscoveryType {
     #[default]
     Static,
     StrictDns,
+    /// Envoy's `ORIGINAL_DST`: one host per original destination, created
+    /// on demand (`lb_policy: cluster_provided`).
+    OriginalDst,
 }
 
 /// An upstream cluster.
@@ -552,6 +577,7 @@ pub struct ClusterConfig {
     /// Back-off of an endpoint whose connect failed.
     #[serde(default)]
     pub connect_failure_backoff: BackoffConfig,
+    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
     /// Upstream protocol for L7 traffic: a registered codec (`http1`
     /// default, `http2`, ...). Unused by `tcp_proxy`.
@@ -580,6 +606,17 @@ pub struct ClusterConfig {
     /// Outlier detection (`crate::cluster::outlier`); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<outlier::OutlierDetectionConfig>,
+    /// `type: original_dst`: how the upstream address is found
+    /// (`crate::cluster::original_dst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_dst_lb_config: Option<sidecar::OriginalDstLbConfig>,
+    /// `type: original_dst`: hosts unused this long are removed (default 5s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cleanup_interval: Option<Duration>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

@@ -424,6 +424,21 @@ pub const CLUSTER_LB_LOCAL_CLUSTER_NOT_OK_TOTAL: &str =
 /// `drop_overloads` (`{listener,cluster}`; Envoy's `DO` flag; the
 /// cluster's `upstream_rq_dropped` counts them too, with the category).
 pub const TCP_PROXY_CX_DROPPED_TOTAL: &str = "meshgate_tcp_proxy_cx_dropped_total";
+/// Counter `{listener,target}`: connections a `use_original_dst` listener
+/// handed to the listener of their original destination.
+pub const LISTENER_ORIGINAL_DST_HANDOFF_TOTAL: &str =
+    "meshgate_listener_original_dst_handoff_total";
+/// Counter `{listener,reason}`: connections the original_dst listener
+/// filter closed: `not_redirected` (made to the capture port itself: passed
+/// through they would loop back), `no_original_dst`.
+pub const LISTENER_ORIGINAL_DST_REFUSED_TOTAL: &str =
+    "meshgate_listener_original_dst_refused_total";
+/// Counter `{cluster,reason}`: requests or connections an ORIGINAL_DST
+/// cluster had no host for: `bad_header` (not ip:port), `loop` (the
+/// destination is one of meshgate's own listeners).
+pub const CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL: &str = "meshgate_cluster_original_dst_no_host_total";
+/// Gauge `{cluster}`: hosts an ORIGINAL_DST cluster holds now.
+pub const CLUSTER_ORIGINAL_DST_HOSTS: &str = "meshgate_cluster_original_dst_hosts";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -565,6 +580,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_LB_ZONE_CLUSTER_TOO_SMALL_TOTAL, Kind::Counter),
     (CLUSTER_LB_LOCAL_CLUSTER_NOT_OK_TOTAL, Kind::Counter),
     (TCP_PROXY_CX_DROPPED_TOTAL, Kind::Counter),
+    (LISTENER_ORIGINAL_DST_HANDOFF_TOTAL, Kind::Counter),
+    (LISTENER_ORIGINAL_DST_REFUSED_TOTAL, Kind::Counter),
+    (CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL, Kind::Counter),
+    (CLUSTER_ORIGINAL_DST_HOSTS, Kind::Gauge),
 ];
 
 #[cfg(test)]

@@ -190,6 +190,10 @@ fn same_but_chains(
         listener_filters,
         quic,
         filter_chains,
+        use_original_dst,
+        bind_to_port,
+        transparent,
+        freebind,
     } = a;
     *name == b.name
         && *address == b.address
@@ -200,6 +204,10 @@ fn same_but_chains(
         && *listener_filters_timeout == b.listener_filters_timeout
         && *listener_filters == b.listener_filters
         && *quic == b.quic
+        && *use_original_dst == b.use_original_dst
+        && *bind_to_port == b.bind_to_port
+        && *transparent == b.transparent
+        && *freebind == b.freebind
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains
             .iter()
