@@ -140,6 +140,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let body = serde_json::to_vec_pretty(&**state.listeners.load()).unwrap_or_default();
             text(StatusCode::OK, "application/json", body)
         }
+        "/overload" => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec_pretty(&crate::overload::state_json()).unwrap_or_default(),
+        ),
         "/" => text(
             StatusCode::OK,
             "text/plain",

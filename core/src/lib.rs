@@ -22,6 +22,7 @@ pub mod lb;
 pub mod listener;
 pub mod metrics;
 pub mod network;
+pub mod overload;
 pub mod pool;
 pub mod quic;
 pub mod registry;

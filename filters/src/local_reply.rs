@@ -115,6 +115,7 @@ fn flag(r: LocalReason) -> Option<&'static str> {
         LocalReason::StreamIdleTimeout => "SI",
         LocalReason::RateLimited => "RL",
         LocalReason::DropOverload => "DO",
+        LocalReason::Overloaded => "OM",
         LocalReason::PayloadTooLarge
         | LocalReason::Unauthenticated
         | LocalReason::Forbidden
@@ -122,8 +123,8 @@ fn flag(r: LocalReason) -> Option<&'static str> {
     })
 }
 
-const FLAGS: [&str; 12] = [
-    "NR", "NC", "UH", "UF", "UR", "UT", "UPE", "UO", "DPE", "SI", "RL", "DO",
+const FLAGS: [&str; 13] = [
+    "NR", "NC", "UH", "UF", "UR", "UT", "UPE", "UO", "DPE", "SI", "RL", "DO", "OM",
 ];
 
 fn e(path: &str, msg: impl std::fmt::Display) -> BuildError {

@@ -16,6 +16,7 @@ pub mod local_ratelimit;
 pub mod local_reply;
 pub mod locality;
 pub mod outlier;
+pub mod overload;
 pub mod priority;
 pub mod ratelimit;
 pub mod rbac;
@@ -50,6 +51,9 @@ pub struct Config {
     /// ones above (Envoy's bootstrap `dynamic_resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_resources: Option<DynamicResourcesConfig>,
+    /// Protects meshgate itself (Envoy's bootstrap `overload_manager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload_manager: Option<overload::OverloadManagerConfig>,
 }
 
 /// Serde for a list of shared resources: written and read as the plain

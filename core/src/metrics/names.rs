@@ -362,6 +362,26 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
+/// Gauge `{monitor}`: an overload manager resource monitor's pressure
+/// (used / maximum; 1 is the maximum).
+pub const OVERLOAD_MONITOR_PRESSURE: &str = "meshgate_overload_monitor_pressure";
+/// Gauge `{action}`: an overload action's scale (0 inactive, 1 saturated).
+pub const OVERLOAD_ACTION_SCALE: &str = "meshgate_overload_action_scale";
+/// Counter `{reason}`: downstream connections closed at accept by the
+/// overload manager (`global_downstream_max_connections`,
+/// `stop_accepting_connections`).
+pub const OVERLOAD_DOWNSTREAM_CX_REFUSED_TOTAL: &str =
+    "meshgate_overload_downstream_cx_refused_total";
+/// Counter: requests answered 503 by `stop_accepting_requests`.
+pub const OVERLOAD_REQUESTS_REFUSED_TOTAL: &str = "meshgate_overload_requests_refused_total";
+/// Counter: streams reset by `reset_high_memory_streams`.
+pub const OVERLOAD_STREAMS_RESET_TOTAL: &str = "meshgate_overload_streams_reset_total";
+/// Counter: times `shrink_heap` returned free allocator memory.
+pub const OVERLOAD_SHRINK_HEAP_TOTAL: &str = "meshgate_overload_shrink_heap_total";
+/// Gauge: request body bytes held for downstream streams
+/// (`meshgate.resource_monitors.buffered_bytes`).
+pub const OVERLOAD_BUFFERED_BYTES: &str = "meshgate_overload_buffered_bytes";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -483,6 +503,13 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (OVERLOAD_MONITOR_PRESSURE, Kind::Gauge),
+    (OVERLOAD_ACTION_SCALE, Kind::Gauge),
+    (OVERLOAD_DOWNSTREAM_CX_REFUSED_TOTAL, Kind::Counter),
+    (OVERLOAD_REQUESTS_REFUSED_TOTAL, Kind::Counter),
+    (OVERLOAD_STREAMS_RESET_TOTAL, Kind::Counter),
+    (OVERLOAD_SHRINK_HEAP_TOTAL, Kind::Counter),
+    (OVERLOAD_BUFFERED_BYTES, Kind::Gauge),
 ];
 
 #[cfg(test)]
