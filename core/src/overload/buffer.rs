@@ -317,25 +317,42 @@ pub(super) fn reset_largest(scale: f64) {
 mod tests {
     use super::*;
 
+    /// A body fed by the test.
+    struct Fed(mpsc::UnboundedReceiver<Bytes>);
+
+    impl http_body::Body for Fed {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn fed() -> (mpsc::UnboundedSender<Bytes>, Body) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Fed(rx).boxed_unsync())
+    }
+
     // One test: the account is process-global.
     #[tokio::test]
     async fn bytes_are_charged_released_and_largest_reset() {
         configure(Some(1 << 20));
-        let (mut a_tx, a_body) = http_body_util::channel::Channel::<Bytes, BodyError>::new(8);
-        let (body, holder) = track(a_body.boxed_unsync());
+        let (a_tx, a_body) = fed();
+        let (body, holder) = track(a_body);
         let holder = holder.unwrap();
-        a_tx.send_data(Bytes::from(vec![0u8; 100 * 1024]))
-            .await
-            .unwrap();
+        a_tx.send(Bytes::from(vec![0u8; 100 * 1024])).unwrap();
         while holder.bytes() < 100 * 1024 {
             tokio::task::yield_now().await;
         }
         assert_eq!(total(), 100 * 1024);
         // A small stream is never reset.
-        let (mut b_tx, b_body) = http_body_util::channel::Channel::<Bytes, BodyError>::new(8);
-        let (_b, small) = track(b_body.boxed_unsync());
+        let (b_tx, b_body) = fed();
+        let (b, small) = track(b_body);
         let small = small.unwrap();
-        b_tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+        b_tx.send(Bytes::from_static(b"x")).unwrap();
         while small.bytes() < 1 {
             tokio::task::yield_now().await;
         }
@@ -345,15 +362,25 @@ mod tests {
         let r = guard(holder.clone(), std::future::pending::<Response>()).await;
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["x-envoy-overloaded"], "true");
-        // The reset body ends with an error once what was read is taken.
+        // The reset body ends with an error once what was read is taken,
+        // and the taken bytes leave the account.
         let mut body = body;
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.data_ref().unwrap().len(), 100 * 1024);
         assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(total(), 1);
         drop(body);
         drop(holder);
-        drop(_b);
+        drop(b);
         drop(small);
+        drop(b_tx);
+        // The small stream's byte goes when its holder does.
+        while total() != 0 {
+            tokio::task::yield_now().await;
+        }
+        // Off: a body is left alone.
         configure(None);
+        let (_tx, c_body) = fed();
+        assert!(track(c_body).1.is_none());
     }
 }
