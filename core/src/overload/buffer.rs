@@ -45,10 +45,19 @@ static HOLDERS: Mutex<Option<HashMap<u64, std::sync::Weak<Holder>>>> = Mutex::ne
 const MIN_TRACKED: u64 = 64 * 1024;
 
 /// Sets the budget (`None`: accounting off for new streams).
-pub(super) fn configure(max: Option<u64>) {
+/// Sets the budget (`None`: accounting off for new streams) and the total
+/// at which `reset_high_memory_streams` saturates through a
+/// `buffered_bytes` trigger (`None`: no such trigger).
+pub(super) fn configure(max: Option<u64>, reset_at: Option<u64>) {
     MAX.store(max.unwrap_or(u64::MAX), Ordering::Relaxed);
+    RESET_AT.store(reset_at.unwrap_or(u64::MAX), Ordering::Relaxed);
     ENABLED.store(max.is_some(), Ordering::Relaxed);
 }
+
+/// Past this total the stream whose bytes crossed it sheds at once
+/// ([`shed_to`]), not at the next monitor tick: meanwhile every stopped
+/// reader's codec window would fill with bytes nobody counts.
+static RESET_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Body bytes held for streams now.
 pub fn total() -> u64 {
@@ -76,18 +85,47 @@ impl Holder {
     fn charge(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
         let total = TOTAL.fetch_add(n, Ordering::Relaxed) + n;
+        let reset_at = RESET_AT.load(Ordering::Relaxed);
+        if total > reset_at {
+            // Shed a quarter below the line: not again on the next frame.
+            shed_to(reset_at - reset_at / 4);
+        }
         if total > MAX.load(Ordering::Relaxed) {
             OVER.notify_one();
         }
     }
 
-    fn release(&self, n: u64) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-        let before = TOTAL.fetch_sub(n, Ordering::Relaxed);
-        let max = MAX.load(Ordering::Relaxed);
-        if before > max && before - n <= max {
-            FREED.notify_waiters();
+    /// Takes up to `n` bytes out of the account (fewer when a reset
+    /// already took them out).
+    fn release(&self, n: u64) -> u64 {
+        let mut cur = self.bytes.load(Ordering::Relaxed);
+        let take = loop {
+            let take = n.min(cur);
+            match self.bytes.compare_exchange_weak(
+                cur,
+                cur - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break take,
+                Err(now) => cur = now,
+            }
+        };
+        if take > 0 {
+            let before = TOTAL.fetch_sub(take, Ordering::Relaxed);
+            let max = MAX.load(Ordering::Relaxed);
+            if before > max && before - take <= max {
+                FREED.notify_waiters();
+            }
         }
+        take
+    }
+
+    /// Resets the stream: its bytes leave the account at once (they are
+    /// freed as soon as its tasks see the signal).
+    fn reset(&self) {
+        self.reset.cancel();
+        self.release(u64::MAX);
     }
 
     /// Bytes this stream holds now.
@@ -98,10 +136,7 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let left = *self.bytes.get_mut();
-        if left > 0 {
-            self.release(left);
-        }
+        self.release(u64::MAX);
         if let Ok(mut g) = HOLDERS.lock()
             && let Some(m) = g.as_mut()
         {
@@ -300,9 +335,13 @@ pub(super) fn reset_largest(scale: f64) {
             bytes = h.bytes(),
             "overload: resetting a stream holding buffered bytes"
         );
-        h.reset.cancel();
+        h.reset();
         n += 1;
     }
+    count_resets(n);
+}
+
+fn count_resets(n: u64) {
     if n > 0 {
         metrics::counter!(names::OVERLOAD_STREAMS_RESET_TOTAL).increment(n);
         tracing::warn!(
@@ -311,6 +350,29 @@ pub(super) fn reset_largest(scale: f64) {
             "overload: reset the streams holding the most buffered bytes"
         );
     }
+}
+
+/// Resets the streams holding the most bytes, largest first, until the
+/// total is at most `target` (streams under 64 KiB are left alone).
+fn shed_to(target: u64) {
+    let mut holders: Vec<Arc<Holder>> = match HOLDERS.lock() {
+        Ok(g) => g
+            .as_ref()
+            .map(|m| m.values().filter_map(|w| w.upgrade()).collect())
+            .unwrap_or_default(),
+        Err(_) => return,
+    };
+    holders.retain(|h| h.bytes() >= MIN_TRACKED && !h.reset.is_cancelled());
+    holders.sort_by_key(|h| std::cmp::Reverse(h.bytes()));
+    let mut n = 0u64;
+    for h in holders {
+        if total() <= target {
+            break;
+        }
+        h.reset();
+        n += 1;
+    }
+    count_resets(n);
 }
 
 #[cfg(test)]
@@ -339,7 +401,7 @@ mod tests {
     // One test: the account is process-global.
     #[tokio::test]
     async fn bytes_are_charged_released_and_largest_reset() {
-        configure(Some(1 << 20));
+        configure(Some(1 << 20), None);
         let (a_tx, a_body) = fed();
         let (body, holder) = track(a_body);
         let holder = holder.unwrap();
@@ -368,6 +430,7 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.data_ref().unwrap().len(), 100 * 1024);
         assert!(body.frame().await.unwrap().is_err());
+        // The reset took the stream's bytes out of the account at once.
         assert_eq!(total(), 1);
         drop(body);
         drop(holder);
@@ -378,8 +441,30 @@ mod tests {
         while total() != 0 {
             tokio::task::yield_now().await;
         }
+        // Past the reset line, the largest streams go at once, largest
+        // first, until the total is a quarter below it.
+        configure(Some(1 << 20), Some(400 * 1024));
+        let mut held = Vec::new();
+        for size in [100usize, 150, 200] {
+            let (tx, body) = fed();
+            let (body, h) = track(body);
+            let h = h.unwrap();
+            tx.send(Bytes::from(vec![0u8; size * 1024])).unwrap();
+            while h.bytes() < (size * 1024) as u64 && !h.reset.is_cancelled() {
+                tokio::task::yield_now().await;
+            }
+            held.push((tx, body, h));
+        }
+        // 450 KiB crossed 400: the 200 KiB stream went, 250 KiB <= 300.
+        assert!(held[2].2.reset.is_cancelled());
+        assert!(!held[0].2.reset.is_cancelled() && !held[1].2.reset.is_cancelled());
+        assert_eq!(total(), 250 * 1024);
+        drop(held);
+        while total() != 0 {
+            tokio::task::yield_now().await;
+        }
         // Off: a body is left alone.
-        configure(None);
+        configure(None, None);
         let (_tx, c_body) = fed();
         assert!(track(c_body).1.is_none());
     }

@@ -526,7 +526,21 @@ pub fn state_json() -> serde_json::Value {
 fn install(plan: Option<&Plan>) {
     let max = plan.and_then(|p| p.max_connections).unwrap_or(u64::MAX);
     MAX_CONNECTIONS.store(max, Ordering::Relaxed);
-    buffer::configure(plan.and_then(|p| p.max_buffered_bytes));
+    let budget = plan.and_then(|p| p.max_buffered_bytes);
+    // The lowest total at which a buffered_bytes trigger saturates
+    // reset_high_memory_streams.
+    let reset_at = plan.zip(budget).and_then(|(p, max)| {
+        p.actions[Action::ResetHighMemoryStreams as usize]
+            .iter()
+            .filter(|t| t.monitor == Monitor::BufferedBytes)
+            .map(|t| match t.kind {
+                TriggerKind::Threshold(v) => v,
+                TriggerKind::Scaled { saturation, .. } => saturation,
+            })
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))))
+            .map(|v| (v * max as f64) as u64)
+    });
+    buffer::configure(budget, reset_at);
 }
 
 /// Runs the overload manager for the live config until `stop`: every
