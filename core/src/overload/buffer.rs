@@ -59,6 +59,11 @@ pub(super) fn configure(max: Option<u64>, reset_at: Option<u64>) {
 /// reader's codec window would fill with bytes nobody counts.
 static RESET_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// Whether request bodies are accounted (the budget is configured).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Body bytes held for streams now.
 pub fn total() -> u64 {
     TOTAL.load(Ordering::Relaxed)

@@ -238,6 +238,13 @@ impl ServerCodec for Http2Server {
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(4 << 20)
                 .keep_alive_interval(Some(Duration::from_secs(60)));
+            if meshgate_core::overload::buffer::enabled() {
+                // With the overload manager's body budget, meshgate reads
+                // request bodies ahead into memory it counts; the codec's
+                // own, uncounted buffer is kept to HTTP/2's default window.
+                b.initial_stream_window_size(64 << 10)
+                    .initial_connection_window_size(256 << 10);
+            }
             let conn = b.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
