@@ -362,3 +362,82 @@ fn bad_overload_configs_are_refused_naming_the_field() {
         assert!(text.contains(field), "{field} not named for {yaml}: {text}");
     }
 }
+
+/// A `fixed_heap` monitor whose maximum (1 byte) is always exceeded, and
+/// `action` on it.
+fn saturated(action: &str) -> String {
+    format!(
+        "overload_manager:
+  refresh_interval: 0.05s
+  resource_monitors:
+    - name: envoy.resource_monitors.fixed_heap
+      typed_config: {{max_heap_size_bytes: 1}}
+  actions:
+    - name: {action}
+      triggers:
+        - name: envoy.resource_monitors.fixed_heap
+          threshold: {{value: 0.95}}
+"
+    )
+}
+
+/// Reads HTTP/2 frames until a GOAWAY (type 7); its error code.
+fn goaway_code(s: &mut TcpStream) -> Option<u32> {
+    let mut head = [0u8; 9];
+    loop {
+        s.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).ok()?;
+        if head[3] == 7 && len >= 8 {
+            return Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+    }
+}
+
+#[test]
+fn stop_accepting_connections_refuses_and_disable_keepalive_sends_h2_goaway() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let mg = Meshgate::start(&config(
+        &backend.addr.to_string(),
+        "",
+        &saturated("envoy.overload_actions.stop_accepting_connections"),
+    ));
+    let port = mg.listener_port("http");
+    mg.wait_metric(
+        "meshgate_overload_action_scale",
+        &[(
+            "action",
+            "envoy.overload_actions.stop_accepting_connections",
+        )],
+        |v| v == 1.0,
+    );
+    assert!(is_refused(port));
+    mg.wait_metric(
+        "meshgate_overload_downstream_cx_refused_total",
+        &[("reason", "stop_accepting_connections")],
+        |v| v >= 1.0,
+    );
+    assert_eq!(backend.hits(), 0);
+    drop(mg);
+
+    let mg = Meshgate::start(&config(
+        &backend.addr.to_string(),
+        "",
+        &saturated("envoy.overload_actions.disable_http_keepalive"),
+    ));
+    let port = mg.listener_port("http");
+    mg.wait_metric(
+        "meshgate_overload_action_scale",
+        &[("action", "envoy.overload_actions.disable_http_keepalive")],
+        |v| v == 1.0,
+    );
+    // An HTTP/2 (prior knowledge) connection gets GOAWAY(NO_ERROR).
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    assert_eq!(goaway_code(&mut s), Some(0));
+}

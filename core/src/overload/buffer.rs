@@ -320,30 +320,43 @@ fn overloaded_reply() -> Response {
 /// least 64 KiB), largest first; at saturation every stream holding
 /// 64 KiB or more. Counted in `meshgate_overload_streams_reset_total`.
 pub(super) fn reset_largest(scale: f64) {
-    let mut holders: Vec<Arc<Holder>> = match HOLDERS.lock() {
-        Ok(g) => g
-            .as_ref()
-            .map(|m| m.values().filter_map(|w| w.upgrade()).collect())
-            .unwrap_or_default(),
-        Err(_) => return,
-    };
-    holders.retain(|h| h.bytes() >= MIN_TRACKED && !h.reset.is_cancelled());
-    holders.sort_by_key(|h| std::cmp::Reverse(h.bytes()));
-    let Some(largest) = holders.first().map(|h| h.bytes()) else {
+    let holders = largest_first();
+    let Some(largest) = holders.first().map(|(b, _)| *b) else {
         return;
     };
     let floor = ((1.0 - scale.clamp(0.0, 1.0)) * largest as f64) as u64;
     let mut n = 0u64;
-    for h in holders.iter().take_while(|h| h.bytes() >= floor) {
+    for (bytes, h) in holders.iter().take_while(|(b, _)| *b >= floor) {
         tracing::debug!(
             stream = h.id,
-            bytes = h.bytes(),
+            bytes,
             "overload: resetting a stream holding buffered bytes"
         );
         h.reset();
         n += 1;
     }
     count_resets(n);
+}
+
+/// The streams holding at least 64 KiB and not reset yet, largest first,
+/// with the bytes each held when looked at (the counts move while they
+/// are sorted: sorting by a snapshot keeps the order total).
+fn largest_first() -> Vec<(u64, Arc<Holder>)> {
+    let holders: Vec<Arc<Holder>> = match HOLDERS.lock() {
+        Ok(g) => g
+            .as_ref()
+            .map(|m| m.values().filter_map(|w| w.upgrade()).collect())
+            .unwrap_or_default(),
+        Err(_) => return Vec::new(),
+    };
+    // Dropped outside the lock: a holder's drop takes it.
+    let mut sized: Vec<(u64, Arc<Holder>)> = holders
+        .into_iter()
+        .map(|h| (h.bytes(), h))
+        .filter(|(b, h)| *b >= MIN_TRACKED && !h.reset.is_cancelled())
+        .collect();
+    sized.sort_by_key(|(b, _)| std::cmp::Reverse(*b));
+    sized
 }
 
 fn count_resets(n: u64) {
@@ -360,17 +373,8 @@ fn count_resets(n: u64) {
 /// Resets the streams holding the most bytes, largest first, until the
 /// total is at most `target` (streams under 64 KiB are left alone).
 fn shed_to(target: u64) {
-    let mut holders: Vec<Arc<Holder>> = match HOLDERS.lock() {
-        Ok(g) => g
-            .as_ref()
-            .map(|m| m.values().filter_map(|w| w.upgrade()).collect())
-            .unwrap_or_default(),
-        Err(_) => return,
-    };
-    holders.retain(|h| h.bytes() >= MIN_TRACKED && !h.reset.is_cancelled());
-    holders.sort_by_key(|h| std::cmp::Reverse(h.bytes()));
     let mut n = 0u64;
-    for h in holders {
+    for (_, h) in largest_first() {
         if total() <= target {
             break;
         }
