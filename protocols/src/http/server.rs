@@ -241,7 +241,8 @@ impl ServerCodec for Http2Server {
             if meshgate_core::overload::buffer::enabled() {
                 // With the overload manager's body budget, meshgate reads
                 // request bodies ahead into memory it counts; the codec's
-                // own, uncounted buffer is kept to HTTP/2's default window.
+                // own, uncounted buffer is kept small (HTTP/2's default
+                // 64 KiB per stream, 256 KiB per connection).
                 b.initial_stream_window_size(64 << 10)
                     .initial_connection_window_size(256 << 10);
             }
