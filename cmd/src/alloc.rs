@@ -104,6 +104,19 @@ pub fn memory_info() -> meshgate_core::admin::MemoryInfo {
     }
 }
 
+// mimalloc's own entry point (libmimalloc-sys declares it only with its
+// `extended` feature, which would build more of mimalloc).
+unsafe extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Returns the memory mimalloc keeps free to the system (the overload
+/// manager's `shrink_heap`).
+pub fn release_free_memory() {
+    // SAFETY: mi_collect takes no pointer and may be called from any thread.
+    unsafe { mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

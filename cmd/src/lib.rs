@@ -234,6 +234,9 @@ fn run_server(config: PathBuf, args: RunArgs, registry: Registry) -> anyhow::Res
     rt.block_on(async {
         // Before the client runs, so its first counts are not lost.
         meshgate_core::metrics::install_recorder();
+        meshgate_core::overload::set_allocator_hooks(meshgate_core::overload::AllocatorHooks {
+            release: alloc::release_free_memory,
+        });
         let stop = CancellationToken::new();
         let dynamic = bootstrap.map(|b| {
             let (tx, rx) = meshgate_core::dynamic::channel();

@@ -275,6 +275,11 @@ const ENDPOINTS: &[(&str, bool, &str)] = &[
     ),
     ("/memory", false, "allocator and resident memory"),
     (
+        "/overload",
+        false,
+        "overload manager: monitor pressures and active actions",
+    ),
+    (
         "/logging",
         false,
         "log levels; POST ?level=L or ?paths=target:L,... changes them",
@@ -545,6 +550,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
             text(StatusCode::OK, "text/plain", out)
         }
+        "/overload" => text(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec_pretty(&crate::overload::state_json()).unwrap_or_default(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

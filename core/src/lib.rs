@@ -23,6 +23,7 @@ pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod original_dst;
+pub mod overload;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod quic;

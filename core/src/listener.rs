@@ -474,6 +474,8 @@ impl FilterChain {
 pub(crate) struct ConnectionSlot {
     listener: Arc<RunningListener>,
     cx_active: metrics::Gauge,
+    /// Counted in the overload manager's global connection count.
+    _global: crate::overload::ConnectionGuard,
 }
 
 impl Drop for ConnectionSlot {
@@ -551,6 +553,7 @@ impl RunningListener {
     /// it; `true`: the returned slot keeps it counted until dropped.
     pub(crate) fn admit(self: &Arc<Self>, compiled: &CompiledListener) -> Option<ConnectionSlot> {
         compiled.stats.cx_total.increment(1);
+        let global = crate::overload::admit_connection().ok()?;
         if self.active.fetch_add(1, Ordering::Relaxed) >= compiled.max_connections {
             self.active.fetch_sub(1, Ordering::Relaxed);
             compiled.stats.cx_overflow.increment(1);
@@ -560,6 +563,7 @@ impl RunningListener {
         Some(ConnectionSlot {
             listener: self.clone(),
             cx_active: compiled.stats.cx_active.clone(),
+            _global: global,
         })
     }
 

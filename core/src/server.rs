@@ -118,6 +118,7 @@ pub async fn run_with_dynamic(
         dns: background.child_token(),
     };
     snapshot.load().clusters.spawn_dns_refresh(live.dns.clone());
+    crate::overload::spawn(snapshot.clone(), background.clone());
     for (compiled, sock) in bound {
         live.start(compiled, sock);
     }

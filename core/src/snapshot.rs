@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// snapshot).
     pub updates: Vec<Option<ListenerUpdate>>,
     pub admin_address: Option<SocketAddr>,
+    /// The checked `overload_manager` (`crate::overload`).
+    pub overload: Option<Arc<crate::overload::Plan>>,
 }
 
 /// A listener's identity across reloads: its address and transport (TCP
@@ -110,6 +112,10 @@ impl Snapshot {
         mode: BuildMode,
         previous: Option<(&Snapshot, Reload)>,
     ) -> Result<Self, ConfigError> {
+        let overload = match &config.overload_manager {
+            Some(o) => Some(Arc::new(crate::overload::Plan::build(o, source)?)),
+            None => None,
+        };
         let admin_address = match &config.admin {
             None => None,
             Some(a) => a
@@ -231,6 +237,7 @@ impl Snapshot {
             listeners,
             updates,
             admin_address,
+            overload,
         })
     }
 

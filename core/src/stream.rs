@@ -312,6 +312,9 @@ pub enum LocalReason {
     FilterConfigError,
     /// The cluster's `drop_overloads` dropped the request (503).
     DropOverload,
+    /// The overload manager refused the request or reset the stream (503,
+    /// `x-envoy-overloaded`).
+    Overloaded,
 }
 
 impl LocalReason {
@@ -322,7 +325,8 @@ impl LocalReason {
             | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
             | LocalReason::Overflow
-            | LocalReason::DropOverload => StatusCode::SERVICE_UNAVAILABLE,
+            | LocalReason::DropOverload
+            | LocalReason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
                 StatusCode::BAD_GATEWAY
             }
@@ -357,6 +361,7 @@ impl LocalReason {
             LocalReason::RateLimited => "rate_limited",
             LocalReason::FilterConfigError => "filter_config_error",
             LocalReason::DropOverload => "drop_overload",
+            LocalReason::Overloaded => "overloaded",
         }
     }
 
@@ -381,6 +386,7 @@ impl LocalReason {
             LocalReason::RateLimited => "rate limited",
             LocalReason::FilterConfigError => "filter configuration error",
             LocalReason::DropOverload => "drop overload",
+            LocalReason::Overloaded => "overloaded",
         }
     }
 }
@@ -400,7 +406,9 @@ pub fn local_reply(info: &mut StreamInfo, reason: LocalReason) -> Response {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
-    if reason == LocalReason::Overflow && !info.suppress_envoy_headers {
+    if matches!(reason, LocalReason::Overflow | LocalReason::Overloaded)
+        && !info.suppress_envoy_headers
+    {
         // Envoy's mark of a circuit breaker's refusal (off with the
         // router's `suppress_envoy_headers`).
         resp.headers_mut().insert(

@@ -18,7 +18,8 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         | LocalReason::UpstreamConnectFailure
         | LocalReason::UpstreamReset
         | LocalReason::Overflow
-        | LocalReason::DropOverload => 14, // UNAVAILABLE
+        | LocalReason::DropOverload
+        | LocalReason::Overloaded => 14, // UNAVAILABLE
         LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => 4, // DEADLINE_EXCEEDED
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT

@@ -675,7 +675,15 @@ impl ProxyHandler {
             let seen = seen(req.headers());
             // Before meshgate adds its own headers: a client's `Connection`
             // listing must not remove them.
-            let prepared = self.prepare(&mut req, &mut info, seen);
+            let prepared = if meshgate_core::overload::refuse_request() {
+                // The overload manager's stop_accepting_requests: answered
+                // before any work, and as every local reply (gRPC status,
+                // RPC busy status, access log).
+                meshgate_core::overload::count_refused_request();
+                Err(Box::new(local_reply(&mut info, LocalReason::Overloaded)))
+            } else {
+                self.prepare(&mut req, &mut info, seen)
+            };
             if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
                 req.headers_mut().insert(X_REQUEST_ID, request_id());
             }

@@ -393,6 +393,8 @@ impl ServerCodec for Http3Server {
             let mut idle_closing = false;
             let go_away = notices.changed(None);
             tokio::pin!(go_away);
+            let keepalive_off = meshgate_core::overload::keepalive_off();
+            tokio::pin!(keepalive_off);
             loop {
                 let next = tokio::select! {
                     r = h3c.accept() => r,
@@ -410,6 +412,12 @@ impl ServerCodec for Http3Server {
                         // Drain or retire: GOAWAY, the client's next
                         // request opens a new connection (and meets the
                         // new config).
+                        closing = true;
+                        let _ = h3c.shutdown(0).await;
+                        continue;
+                    }
+                    _ = &mut keepalive_off, if !closing => {
+                        // The overload manager's disable_http_keepalive.
                         closing = true;
                         let _ = h3c.shutdown(0).await;
                         continue;

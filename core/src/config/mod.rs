@@ -18,6 +18,7 @@ pub mod local_ratelimit;
 pub mod local_reply;
 pub mod locality;
 pub mod outlier;
+pub mod overload;
 pub mod priority;
 pub mod proxy_protocol;
 pub mod ratelimit;
@@ -59,6 +60,9 @@ pub struct Config {
     /// zone-aware routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_manager: Option<zone::ClusterManagerConfig>,
+    /// Protects meshgate itself (Envoy's bootstrap `overload_manager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload_manager: Option<overload::OverloadManagerConfig>,
 }
 
 /// Serde for a list of shared resources: written and read as the plain

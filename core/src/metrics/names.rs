@@ -440,6 +440,26 @@ pub const CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL: &str = "meshgate_cluster_original_
 /// Gauge `{cluster}`: hosts an ORIGINAL_DST cluster holds now.
 pub const CLUSTER_ORIGINAL_DST_HOSTS: &str = "meshgate_cluster_original_dst_hosts";
 
+/// Gauge `{monitor}`: an overload manager resource monitor's pressure
+/// (used / maximum; 1 is the maximum).
+pub const OVERLOAD_MONITOR_PRESSURE: &str = "meshgate_overload_monitor_pressure";
+/// Gauge `{action}`: an overload action's scale (0 inactive, 1 saturated).
+pub const OVERLOAD_ACTION_SCALE: &str = "meshgate_overload_action_scale";
+/// Counter `{reason}`: downstream connections closed at accept by the
+/// overload manager (`global_downstream_max_connections`,
+/// `stop_accepting_connections`).
+pub const OVERLOAD_DOWNSTREAM_CX_REFUSED_TOTAL: &str =
+    "meshgate_overload_downstream_cx_refused_total";
+/// Counter: requests answered 503 by `stop_accepting_requests`.
+pub const OVERLOAD_REQUESTS_REFUSED_TOTAL: &str = "meshgate_overload_requests_refused_total";
+/// Counter: streams reset by `reset_high_memory_streams`.
+pub const OVERLOAD_STREAMS_RESET_TOTAL: &str = "meshgate_overload_streams_reset_total";
+/// Counter: times `shrink_heap` returned free allocator memory.
+pub const OVERLOAD_SHRINK_HEAP_TOTAL: &str = "meshgate_overload_shrink_heap_total";
+/// Gauge: request body bytes held for downstream streams
+/// (`meshgate.resource_monitors.buffered_bytes`).
+pub const OVERLOAD_BUFFERED_BYTES: &str = "meshgate_overload_buffered_bytes";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -584,6 +604,13 @@ pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_ORIGINAL_DST_REFUSED_TOTAL, Kind::Counter),
     (CLUSTER_ORIGINAL_DST_NO_HOST_TOTAL, Kind::Counter),
     (CLUSTER_ORIGINAL_DST_HOSTS, Kind::Gauge),
+    (OVERLOAD_MONITOR_PRESSURE, Kind::Gauge),
+    (OVERLOAD_ACTION_SCALE, Kind::Gauge),
+    (OVERLOAD_DOWNSTREAM_CX_REFUSED_TOTAL, Kind::Counter),
+    (OVERLOAD_REQUESTS_REFUSED_TOTAL, Kind::Counter),
+    (OVERLOAD_STREAMS_RESET_TOTAL, Kind::Counter),
+    (OVERLOAD_SHRINK_HEAP_TOTAL, Kind::Counter),
+    (OVERLOAD_BUFFERED_BYTES, Kind::Gauge),
 ];
 
 #[cfg(test)]

@@ -916,7 +916,9 @@ impl Server {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
         // Retired or draining: this response is the connection's last.
-        let mut close = !keep_alive || self.notices.current().is_some();
+        let mut close = !keep_alive
+            || self.notices.current().is_some()
+            || meshgate_core::overload::keepalive_disabled();
         // A body the client is still sending is drained only when short
         // and already on its way.
         if self.has_body {

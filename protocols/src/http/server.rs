@@ -158,13 +158,20 @@ fn service(
     hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let (mut parts, body) = req.into_parts();
         super::adopt_upgrade(&mut parts.extensions);
-        let req = Request::from_parts(parts, box_body(body));
+        // The overload manager's body budget, when configured.
+        let (body, held) = meshgate_core::overload::buffer::track(box_body(body));
+        let req = Request::from_parts(parts, body);
         let info = StreamInfo::new(conn.clone(), protocol).with_traits(HTTP2_TRAITS);
         let handler = handler.clone();
         // Active until the response body is dropped (sent or abandoned).
         let active = activity.as_ref().map(|a| a.start());
         async move {
-            let resp = handler.handle(req, info).await;
+            let resp = match held {
+                None => handler.handle(req, info).await,
+                Some(h) => {
+                    meshgate_core::overload::buffer::guard(h, handler.handle(req, info)).await
+                }
+            };
             Ok::<_, Infallible>(match active {
                 Some(a) => a.track(resp),
                 None => resp,
@@ -279,6 +286,14 @@ impl ServerCodec for Http2Server {
                 .initial_stream_window_size(self.opts.initial_stream_window_size)
                 .initial_connection_window_size(self.opts.initial_connection_window_size)
                 .keep_alive_interval(Some(Duration::from_secs(60)));
+            if meshgate_core::overload::buffer::enabled() {
+                // With the overload manager's body budget, meshgate reads
+                // request bodies ahead into memory it counts; the codec's
+                // own, uncounted buffer is kept small (HTTP/2's default
+                // 64 KiB per stream, 256 KiB per connection).
+                b.initial_stream_window_size(64 << 10)
+                    .initial_connection_window_size(256 << 10);
+            }
             let conn = b.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -289,6 +304,11 @@ impl ServerCodec for Http2Server {
                     }
                 }
                 _ = &mut go_away => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                _ = meshgate_core::overload::keepalive_off() => {
+                    // The overload manager's disable_http_keepalive.
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

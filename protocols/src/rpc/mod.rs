@@ -162,7 +162,9 @@ impl RpcErrorKind {
             LocalReason::NoHealthyUpstream | LocalReason::UpstreamConnectFailure => {
                 Self::Unavailable
             }
-            LocalReason::Overflow | LocalReason::DropOverload => Self::Overloaded,
+            LocalReason::Overflow | LocalReason::DropOverload | LocalReason::Overloaded => {
+                Self::Overloaded
+            }
             LocalReason::UpstreamReset => Self::ServiceError,
             LocalReason::ClusterNotFound => Self::Unavailable,
             // A stream filter's refusal: the service error status, whose
