@@ -83,6 +83,9 @@ pub struct ProxyConfig {
     /// (filters/src/local_reply.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_reply_config: Option<super::local_reply::LocalReplyConfig>,
+    /// Envoy HCM's `tracing`: distributed tracing (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::tracing::TracingConfig>,
 }
 
 impl ProxyConfig {
@@ -110,6 +113,7 @@ impl ProxyConfig {
             upgrade_configs: default_upgrade_configs(),
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
             local_reply_config: None,
+            tracing: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod router;
 pub mod simpleauth;
+pub mod tracing;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 

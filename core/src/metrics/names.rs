@@ -362,6 +362,17 @@ pub const ROUTE_FALLBACK_TOTAL: &str = "meshgate_route_fallback_total";
 /// mirror's `max_body_bytes`), `no_cluster` (the cluster does not exist).
 pub const CLUSTER_MIRROR_RQ_TOTAL: &str = "meshgate_cluster_mirror_rq_total";
 
+// Distributed tracing (`crate::trace`).
+
+/// Counter `{listener,decision}`: streams' sampling decisions (`forced`,
+/// `parent`, `client`, `random`, `not_sampled`).
+pub const TRACING_DECISIONS_TOTAL: &str = "meshgate_tracing_decisions_total";
+/// Counter `{cluster}`: spans the collector accepted.
+pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "meshgate_tracing_spans_exported_total";
+/// Counter `{cluster,reason}`: spans dropped (`queue_full`,
+/// `export_failed`).
+pub const TRACING_SPANS_DROPPED_TOTAL: &str = "meshgate_tracing_spans_dropped_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -483,6 +494,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_OUTLIER_DETECTION_EJECTIONS_ACTIVE, Kind::Gauge),
     (ROUTE_FALLBACK_TOTAL, Kind::Counter),
     (CLUSTER_MIRROR_RQ_TOTAL, Kind::Counter),
+    (TRACING_DECISIONS_TOTAL, Kind::Counter),
+    (TRACING_SPANS_EXPORTED_TOTAL, Kind::Counter),
+    (TRACING_SPANS_DROPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
