@@ -429,6 +429,10 @@ fn retries_are_separate_client_spans_and_5xx_is_an_error() {
 fn grpc_calls_carry_the_context_and_rpc_attributes() {
     let s = setup();
     let url = format!("http://127.0.0.1:{}/svc.Echo/Hi", s.gw);
+    // One empty gRPC message: flag 0, length 0.
+    let body = s._dir.path().join("grpc-body");
+    std::fs::write(&body, [0u8; 5]).unwrap();
+    let data = format!("@{}", body.display());
     let (status, headers, _) = curl(&[
         "--http2-prior-knowledge",
         "-X",
@@ -438,11 +442,11 @@ fn grpc_calls_carry_the_context_and_rpc_attributes() {
         "-H",
         "te: trailers",
         "--data-binary",
-        "@-",
+        &data,
         &url,
     ]);
-    // curl sent an empty body: an empty gRPC call is fine for the peer
-    // (it echoes zero bytes), what matters is the context and the span.
+    // The answer's head and trailers are the gRPC tests' business; this
+    // one checks what reached the upstream and what was exported.
     let _ = (status, headers);
     let call = wait_for_within(10, "the gRPC call", || logged(&s.grpc_log).into_iter().next());
     assert_eq!(call["method"], "/svc.Echo/Hi");
