@@ -144,7 +144,9 @@ fn setup() -> Setup {
         &["app", app_log.to_str().unwrap(), &sc.to_string()],
     );
     let gw = free_port();
-    let gateway = Meshgate::start(&gateway_config(gw, otlp.port, app.port, echo.port, grpc.port));
+    let gateway = Meshgate::start(&gateway_config(
+        gw, otlp.port, app.port, echo.port, grpc.port,
+    ));
     wait_listening(([127, 0, 0, 1], gw).into());
     wait_listening(([127, 0, 0, 1], sc).into());
     Setup {
@@ -179,9 +181,9 @@ fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
 /// `path` (server spans) and returns them.
 fn server_span(log: &Path, service: &str, path: &str) -> Value {
     wait_for_within(10, &format!("{service} server span of {path}"), || {
-        logged(log).into_iter().find(|s| {
-            s["service"] == service && s["kind"] == 2 && attr(s, "url.path") == path
-        })
+        logged(log)
+            .into_iter()
+            .find(|s| s["service"] == service && s["kind"] == 2 && attr(s, "url.path") == path)
     })
 }
 
@@ -334,8 +336,10 @@ fn sampling_random_zero_forced_client_and_parent_decisions() {
         ("parent", 1.0),
     ] {
         assert_eq!(
-            s.gateway
-                .metric("meshgate_tracing_decisions_total", &[("decision", decision)]),
+            s.gateway.metric(
+                "meshgate_tracing_decisions_total",
+                &[("decision", decision)]
+            ),
             n,
             "{decision}"
         );
@@ -379,7 +383,11 @@ fn b3_in_w3c_out_and_path_tag_is_bounded() {
     let single = server_span(&s.otlp_log, "gateway", "/b3/single");
     assert_eq!(single["trace_id"], "000000000000000064fe8b2a57d3eff7");
     assert_eq!(single["parent_span_id"], "e457b5a2e4d86bd1");
-    assert!(echoed(&s.echo_log, "/b3/single")["headers"].get("b3").is_none());
+    assert!(
+        echoed(&s.echo_log, "/b3/single")["headers"]
+            .get("b3")
+            .is_none()
+    );
     // max_path_tag_length: 12 on the gateway.
     get(s.gw, "/long/path/cut/here", &[]);
     wait_for_within(10, "the cut path", || {
@@ -448,7 +456,9 @@ fn grpc_calls_carry_the_context_and_rpc_attributes() {
     // The answer's head and trailers are the gRPC tests' business; this
     // one checks what reached the upstream and what was exported.
     let _ = (status, headers);
-    let call = wait_for_within(10, "the gRPC call", || logged(&s.grpc_log).into_iter().next());
+    let call = wait_for_within(10, "the gRPC call", || {
+        logged(&s.grpc_log).into_iter().next()
+    });
     assert_eq!(call["method"], "/svc.Echo/Hi");
     let span = server_span(&s.otlp_log, "gateway", "/svc.Echo/Hi");
     assert_eq!(attr(&span, "rpc.system"), "grpc");
@@ -500,4 +510,115 @@ fn unsupported_provider_is_refused_with_the_field_named() {
     let text = format!("{out}{err}");
     assert!(text.contains("tracing.provider.name"), "{text}");
     assert!(text.contains("envoy.tracers.zipkin"), "{text}");
+}
+
+#[test]
+fn hcm_and_route_tracing_from_xds() {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::envoy::config::core::v3 as core3;
+    use envoy_types::pb::envoy::config::listener::v3 as lds;
+    use envoy_types::pb::envoy::config::route::v3 as rds;
+    use envoy_types::pb::envoy::config::trace::v3 as trace3;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+    use envoy_types::pb::envoy::r#type::tracing::v3 as tag3;
+    use envoy_types::pb::envoy::r#type::v3 as typev3;
+    use envoy_types::pb::google::protobuf::BoolValue;
+    use meshgate_tests::xds::*;
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let otlp_log = dir.path().join("otlp");
+    let echo_log = dir.path().join("echo");
+    let otlp = Peer::start("tracing_peer.py", &["otlp", otlp_log.to_str().unwrap()]);
+    let echo = Peer::start("tracing_peer.py", &["echo", echo_log.to_str().unwrap()]);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    // The deprecated field is the one meshgate translates to HTTP/2.
+    #[allow(deprecated)]
+    let otlp_cluster = cds::Cluster {
+        name: "otlp".into(),
+        load_assignment: Some(cla_msg(
+            "otlp",
+            &[(([127, 0, 0, 1], otlp.port).into(), 1, 0)],
+        )),
+        http2_protocol_options: Some(Default::default()),
+        ..Default::default()
+    };
+    mgmt.set(
+        CLUSTER,
+        "c1",
+        vec![
+            static_cluster("svc-a", ([127, 0, 0, 1], echo.port).into()),
+            ("otlp".into(), any(CLUSTER, &otlp_cluster)),
+        ],
+    );
+    let (name, l) = hcm_listener("web", port, "r1");
+    let mut l = lds::Listener::decode(l.value.as_slice()).unwrap();
+    let f = &mut l.filter_chains[0].filters[0];
+    let Some(lds::filter::ConfigType::TypedConfig(a)) = f.config_type.as_mut() else {
+        panic!("an HCM typed config")
+    };
+    let mut h = hcm::HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+    let otel = trace3::OpenTelemetryConfig {
+        grpc_service: Some(core3::GrpcService {
+            target_specifier: Some(core3::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core3::grpc_service::EnvoyGrpc {
+                    cluster_name: "otlp".into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        service_name: "xds-gateway".into(),
+        ..Default::default()
+    };
+    h.tracing = Some(hcm::http_connection_manager::Tracing {
+        random_sampling: Some(typev3::Percent { value: 0.0 }),
+        spawn_upstream_span: Some(BoolValue { value: true }),
+        custom_tags: vec![tag3::CustomTag {
+            tag: "origin".into(),
+            r#type: Some(tag3::custom_tag::Type::Literal(tag3::custom_tag::Literal {
+                value: "xds".into(),
+            })),
+        }],
+        provider: Some(trace3::tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(trace3::tracing::http::ConfigType::TypedConfig(any(
+                "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                &otel,
+            ))),
+        }),
+        ..Default::default()
+    });
+    a.value = h.encode_to_vec();
+    mgmt.set(LISTENER, "l1", vec![(name, any(LISTENER, &l))]);
+    // The catch-all route samples everything (the HCM's random is 0).
+    let (rname, r) = route_config("r1", &[("svc-a", 1)]);
+    let mut r = rds::RouteConfiguration::decode(r.value.as_slice()).unwrap();
+    let last = r.virtual_hosts[0].routes.len() - 1;
+    r.virtual_hosts[0].routes[last].tracing = Some(rds::Tracing {
+        random_sampling: Some(typev3::FractionalPercent {
+            numerator: 100,
+            denominator: 0,
+        }),
+        ..Default::default()
+    });
+    mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
+    let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_for(port, "/direct", "direct from r1");
+    let (status, _) = self::get(port, "/traced", &[]);
+    assert_eq!(status, 200);
+    let span = server_span(&otlp_log, "xds-gateway", "/traced");
+    assert_eq!(attr(&span, "origin"), "xds");
+    let client = wait_for_within(10, "client span", || {
+        children(&otlp_log, &span).into_iter().next()
+    });
+    assert_eq!(
+        echoed(&echo_log, "/traced")["headers"]["traceparent"],
+        format!(
+            "00-{}-{}-01",
+            span["trace_id"].as_str().unwrap(),
+            client["span_id"].as_str().unwrap()
+        )
+    );
 }

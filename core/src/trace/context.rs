@@ -153,7 +153,10 @@ pub fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
 /// The incoming context: W3C first, then single `b3`, then multi-header
 /// B3. An invalid header counts as absent (a new trace is started).
 pub fn extract(h: &HeaderMap) -> Option<Incoming> {
-    if let Some(c) = h.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
+    if let Some(c) = h
+        .get(TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
         return Some(c);
     }
     if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
@@ -259,8 +262,10 @@ mod tests {
 
     #[test]
     fn b3_single_and_multi() {
-        let c = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
-            .unwrap();
+        let c = parse_b3_single(
+            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )
+        .unwrap();
         assert_eq!(hex(&c.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");
         assert_eq!(c.sampled, Some(true));
         let short = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1").unwrap();
@@ -270,7 +275,10 @@ mod tests {
         assert!(parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-x").is_none());
 
         let mut h = HeaderMap::new();
-        h.insert(X_B3_TRACEID, HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"));
+        h.insert(
+            X_B3_TRACEID,
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
         h.insert(X_B3_SPANID, HeaderValue::from_static("a2fb4a1d1a96d312"));
         h.insert(X_B3_SAMPLED, HeaderValue::from_static("0"));
         let m = extract(&h).unwrap();
@@ -285,7 +293,10 @@ mod tests {
     #[test]
     fn w3c_wins_over_b3() {
         let mut h = HeaderMap::new();
-        h.insert(B3, HeaderValue::from_static("64fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
+        h.insert(
+            B3,
+            HeaderValue::from_static("64fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
         h.insert(TRACEPARENT, HeaderValue::from_static(TP));
         assert_eq!(extract(&h).unwrap().format, Format::W3c);
         h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));

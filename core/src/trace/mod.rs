@@ -89,9 +89,9 @@ fn tags(field: &str, list: &[CustomTag]) -> Result<Vec<Tag>, BuildError> {
                 })?,
                 h.default_value.clone(),
             ),
-            (None, None, Some(e)) => TagSource::Fixed(
-                std::env::var(&e.name).unwrap_or_else(|_| e.default_value.clone()),
-            ),
+            (None, None, Some(e)) => {
+                TagSource::Fixed(std::env::var(&e.name).unwrap_or_else(|_| e.default_value.clone()))
+            }
             _ => {
                 return Err(BuildError::new(
                     path,
@@ -211,9 +211,7 @@ impl Tracer {
                 .unwrap_or(std::time::Duration::from_secs(5)),
         );
         let listener = listener.to_string();
-        let decision = |d: &'static str| {
-            metrics::counter!(names::TRACING_DECISIONS_TOTAL, "listener" => listener.clone(), "decision" => d)
-        };
+        let decision = |d: &'static str| metrics::counter!(names::TRACING_DECISIONS_TOTAL, "listener" => listener.clone(), "decision" => d);
         Ok(Arc::new(Self {
             sampling: Sampling {
                 client: share("tracing.client_sampling", cfg.client_sampling)?.unwrap_or(ALL),
@@ -356,7 +354,10 @@ impl Tracer {
         while !path.is_char_boundary(cut) {
             cut -= 1;
         }
-        attrs.push(("url.path".into(), Value::Str(path[..cut].to_string().into())));
+        attrs.push((
+            "url.path".into(),
+            Value::Str(path[..cut].to_string().into()),
+        ));
         if let Some(r) = info.route {
             attrs.push(("http.route".into(), Value::Str(r.into())));
         }
@@ -387,7 +388,10 @@ impl Tracer {
         };
         attrs.push(("network.protocol.name".into(), Value::Str(name.into())));
         if !version.is_empty() {
-            attrs.push(("network.protocol.version".into(), Value::Str(version.into())));
+            attrs.push((
+                "network.protocol.version".into(),
+                Value::Str(version.into()),
+            ));
         }
         attrs.push((
             "client.address".into(),
@@ -416,7 +420,8 @@ impl Tracer {
         if matches!(info.trace, StreamTrace::Undecided) {
             self.decide(req, info, None);
         }
-        let StreamTrace::Sampled(mut a) = std::mem::replace(&mut info.trace, StreamTrace::NotSampled)
+        let StreamTrace::Sampled(mut a) =
+            std::mem::replace(&mut info.trace, StreamTrace::NotSampled)
         else {
             return;
         };
@@ -441,7 +446,10 @@ impl Tracer {
                 "server.address".into(),
                 Value::Str(at.endpoint.ip().to_string().into()),
             ));
-            attributes.push(("server.port".into(), Value::Int(i64::from(at.endpoint.port()))));
+            attributes.push((
+                "server.port".into(),
+                Value::Int(i64::from(at.endpoint.port())),
+            ));
             attributes.push((
                 "network.peer.address".into(),
                 Value::Str(at.endpoint.to_string().into()),
@@ -574,7 +582,13 @@ pub enum StreamTrace {
 #[inline]
 pub fn attempt_begin(info: &mut StreamInfo, req: &mut Request, endpoint: std::net::SocketAddr) {
     if let StreamTrace::Sampled(a) = &mut info.trace {
-        begin_sampled(a, req, endpoint, info.upstream_cluster, info.upstream_attempts);
+        begin_sampled(
+            a,
+            req,
+            endpoint,
+            info.upstream_cluster,
+            info.upstream_attempts,
+        );
     }
 }
 

@@ -22,18 +22,21 @@ fn forced_and_parent_win() {
     let none = sampling(0, 0, 0);
     let h = headers(&[("x-envoy-force-trace", "true")]);
     assert_eq!(sample(&none, &h, None, None), Decision::Forced);
-    let parent = context::parse_traceparent(
-        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    );
+    let parent =
+        context::parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     assert_eq!(
         sample(&none, &HeaderMap::new(), parent.as_ref(), None),
         Decision::Parent
     );
-    let off = context::parse_traceparent(
-        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-    );
+    let off =
+        context::parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
     assert_eq!(
-        sample(&sampling(ALL, ALL, ALL), &HeaderMap::new(), off.as_ref(), None),
+        sample(
+            &sampling(ALL, ALL, ALL),
+            &HeaderMap::new(),
+            off.as_ref(),
+            None
+        ),
         Decision::NotSampled
     );
 }
@@ -41,12 +44,27 @@ fn forced_and_parent_win() {
 #[test]
 fn client_random_overall() {
     let h = headers(&[("x-client-trace-id", "abc"), ("x-request-id", "r1")]);
-    assert_eq!(sample(&sampling(ALL, 0, ALL), &h, None, None), Decision::Client);
-    assert_eq!(sample(&sampling(0, 0, ALL), &h, None, None), Decision::NotSampled);
+    assert_eq!(
+        sample(&sampling(ALL, 0, ALL), &h, None, None),
+        Decision::Client
+    );
+    assert_eq!(
+        sample(&sampling(0, 0, ALL), &h, None, None),
+        Decision::NotSampled
+    );
     let plain = headers(&[("x-request-id", "r1")]);
-    assert_eq!(sample(&sampling(0, ALL, ALL), &plain, None, None), Decision::Random);
-    assert_eq!(sample(&sampling(0, ALL, 0), &plain, None, None), Decision::NotSampled);
-    assert_eq!(sample(&sampling(0, 0, ALL), &plain, None, None), Decision::NotSampled);
+    assert_eq!(
+        sample(&sampling(0, ALL, ALL), &plain, None, None),
+        Decision::Random
+    );
+    assert_eq!(
+        sample(&sampling(0, ALL, 0), &plain, None, None),
+        Decision::NotSampled
+    );
+    assert_eq!(
+        sample(&sampling(0, 0, ALL), &plain, None, None),
+        Decision::NotSampled
+    );
 }
 
 #[test]
