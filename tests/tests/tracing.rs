@@ -622,3 +622,88 @@ fn hcm_and_route_tracing_from_xds() {
         )
     );
 }
+
+/// A hessian2 string of any length below 32 Ki chars (`S` + 2-byte length
+/// past the compact forms).
+fn hessian_str(out: &mut Vec<u8>, s: &str) {
+    let n = s.chars().count();
+    if n < 32 {
+        out.push(n as u8);
+    } else {
+        out.push(b'S');
+        out.extend((n as u16).to_be_bytes());
+    }
+    out.extend(s.as_bytes());
+}
+
+#[test]
+fn dubbo_traceparent_attachment_is_continued_with_rpc_attributes() {
+    use meshgate_tests::rpc::*;
+    const ECHO: &str = "com.meshgate.Echo";
+    let dir = tempfile::tempdir().unwrap();
+    let otlp_log = dir.path().join("otlp");
+    let otlp = Peer::start("tracing_peer.py", &["otlp", otlp_log.to_str().unwrap()]);
+    let provider = Provider::start("dubbo", "A");
+    let port = free_port();
+    let _mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: dubbo
+{tracing}              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: a}}
+clusters:
+  - name: otlp
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{otlp}"}}]
+  - name: a
+    protocol: dubbo
+    endpoints: [{{address: "127.0.0.1:{provider}"}}]
+"#,
+        tracing = tracing_block("rpc-gateway", "                random_sampling: {value: 0}\n"),
+        otlp = otlp.port,
+        provider = provider.port,
+    ));
+    wait_listening(([127, 0, 0, 1], port).into());
+    let parent = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+    let mut body = Vec::new();
+    for s in ["2.0.2", ECHO, "1.0", "echo", "Ljava/lang/String;", "hi"] {
+        hessian_str(&mut body, s);
+    }
+    body.push(b'H');
+    hessian_str(&mut body, "traceparent");
+    hessian_str(&mut body, parent);
+    body.push(b'Z');
+    let mut c = send_raw(port, &dubbo_frame(0xc2, 0, 7, &body));
+    let (_, status, id, _) = read_dubbo(&mut c).unwrap();
+    assert_eq!((status, id), (20, 7), "the call went through");
+    // random_sampling 0: only the sampled parent makes this traced.
+    let span = wait_for_within(10, "the Dubbo server span", || {
+        logged(&otlp_log)
+            .into_iter()
+            .find(|s| s["service"] == "rpc-gateway" && s["kind"] == 2)
+    });
+    assert_eq!(span["trace_id"], "5bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["parent_span_id"], "10f067aa0ba902b7");
+    assert_eq!(attr(&span, "rpc.system"), "apache_dubbo");
+    assert_eq!(attr(&span, "rpc.service"), ECHO);
+    assert_eq!(attr(&span, "rpc.method"), "echo");
+    assert_eq!(attr(&span, "network.protocol.name"), "dubbo");
+    assert_eq!(attr(&span, "upstream_cluster"), "a");
+    assert_eq!(span["name"], format!("{ECHO}/echo"));
+    let client = wait_for_within(10, "the Dubbo client span", || {
+        children(&otlp_log, &span).into_iter().next()
+    });
+    assert_eq!(attr(&client, "upstream_cluster"), "a");
+}
