@@ -671,7 +671,10 @@ clusters:
     protocol: dubbo
     endpoints: [{{address: "127.0.0.1:{provider}"}}]
 "#,
-        tracing = tracing_block("rpc-gateway", "                random_sampling: {value: 0}\n"),
+        tracing = tracing_block(
+            "rpc-gateway",
+            "                random_sampling: {value: 0}\n"
+        ),
         otlp = otlp.port,
         provider = provider.port,
     ));
