@@ -385,6 +385,14 @@ fn last_try(info: &mut StreamInfo, attempt: Attempt) -> Response {
     }
 }
 
+/// The status a try ended with, for its client span.
+fn attempt_status(a: &Attempt) -> u16 {
+    match a {
+        Attempt::Done(r) | Attempt::Retry(_, Some(r)) => r.status().as_u16(),
+        Attempt::Retry(reason, None) | Attempt::Fail(reason) => reason.status().as_u16(),
+    }
+}
+
 /// Whether a failure is retried; `refused` when the upstream refused the
 /// stream (it never processed the request).
 fn retriable(policy: &ForwardPolicy, reason: LocalReason, refused: bool) -> bool {
@@ -549,6 +557,7 @@ async fn retrying(
             }
             Err(reason) => Attempt::Fail(reason),
         };
+        crate::trace::attempt_end(info, attempt_status(&attempt));
         _retry_slot = None;
         match attempt {
             Attempt::Done(r) => {
@@ -894,6 +903,7 @@ fn start(
             crate::router::envoy_headers::int_value(u64::from(info.upstream_attempts)),
         );
     }
+    crate::trace::attempt_begin(info, &mut req, endpoint.address);
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();
     let (send, watched) = match deadline {

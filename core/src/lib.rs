@@ -38,5 +38,6 @@ pub mod spans;
 pub mod stream;
 pub mod tls;
 pub mod tls_inspect;
+pub mod trace;
 
 pub use error::{BuildError, ConfigError, Error};

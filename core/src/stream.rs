@@ -110,6 +110,9 @@ pub struct StreamInfo {
     /// The router's `suppress_envoy_headers`: no `x-envoy-*` header of
     /// the router's on the request or the response.
     pub suppress_envoy_headers: bool,
+    /// Distributed tracing state (`crate::trace`); `Undecided` unless the
+    /// `proxy` filter has `tracing`.
+    pub trace: crate::trace::StreamTrace,
 }
 
 impl StreamInfo {
@@ -131,6 +134,7 @@ impl StreamInfo {
             limits: crate::body::StreamLimits::default(),
             upstream_attempts: 0,
             suppress_envoy_headers: false,
+            trace: crate::trace::StreamTrace::Undecided,
         }
     }
 }

@@ -189,6 +189,10 @@ impl NetworkFilterFactory for ProxyFactory {
                     ))
                     .ok()
                 }),
+                tracing: match &cfg.tracing {
+                    None => None,
+                    Some(t) => Some(meshgate_core::trace::Tracer::build(t, ctx, &listener)?),
+                },
             }),
         });
         // A listener whose connections carry streams (QUIC) needs a codec
@@ -480,6 +484,8 @@ struct ProxyHandler {
     idle_timeout: Option<Duration>,
     /// `local_reply_config`, when set.
     local_replies: Option<crate::local_reply::LocalReplies>,
+    /// `tracing`, when set (meshgate_core::trace).
+    tracing: Option<Arc<meshgate_core::trace::Tracer>>,
 }
 
 /// The `StreamHandler` the codecs call, one per connection: the shared
@@ -730,6 +736,9 @@ impl ProxyHandler {
                 self.edge.server_header(resp.headers_mut());
             }
             let status = resp.status().as_u16();
+            if let Some(t) = &self.tracing {
+                t.finish(&mut req, &mut info, status);
+            }
             self.stats.count(&info, status);
             self.stats
                 .duration
@@ -916,6 +925,9 @@ impl ProxyHandler {
                         .filter(|d| !d.is_zero()),
                 };
                 info.suppress_envoy_headers = self.suppress_envoy_headers;
+                if let Some(t) = &self.tracing {
+                    t.decide(req, info, route.tracing());
+                }
                 if !c.mirrors().is_empty() {
                     meshgate_core::router::mirror::start(
                         c.mirrors(),

@@ -947,6 +947,9 @@ fn http_connection_manager(
     if let Some(d) = h.stream_idle_timeout.take() {
         out.stream_idle_timeout = duration(&d, &join(path, "stream_idle_timeout"))?;
     }
+    if let Some(t) = h.tracing.take() {
+        out.tracing = Some(crate::tracing::hcm_tracing(t, &join(path, "tracing"))?);
+    }
     // common_http_protocol_options.idle_timeout: the connection idle
     // timeout (Envoy's default, one hour, when unset).
     if let Some(mut o) = h.common_http_protocol_options.take() {
@@ -1220,6 +1223,9 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
         response_headers_to_remove: std::mem::take(&mut r.response_headers_to_remove),
         ..Default::default()
     };
+    if let Some(t) = r.tracing.take() {
+        out.tracing = Some(crate::tracing::route_tracing(t, &join(path, "tracing"))?);
+    }
     match r.action.take() {
         Some(rds::route::Action::Route(mut a)) => {
             let p = join(path, "route.cors");

@@ -92,6 +92,9 @@ pub struct ProxyConfig {
         skip_serializing_if = "SchemeHeaderTransformation::is_default"
     )]
     pub scheme_header_transformation: SchemeHeaderTransformation,
+    /// Envoy HCM's `tracing`: distributed tracing (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::tracing::TracingConfig>,
 }
 
 /// Envoy's `SchemeHeaderTransformation`: at most one of the two.
@@ -139,6 +142,7 @@ impl ProxyConfig {
             common_http_protocol_options: CommonHttpProtocolOptions::default(),
             local_reply_config: None,
             scheme_header_transformation: SchemeHeaderTransformation::default(),
+            tracing: None,
         }
     }
 }

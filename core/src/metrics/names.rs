@@ -460,6 +460,17 @@ pub const OVERLOAD_SHRINK_HEAP_TOTAL: &str = "meshgate_overload_shrink_heap_tota
 /// (`meshgate.resource_monitors.buffered_bytes`).
 pub const OVERLOAD_BUFFERED_BYTES: &str = "meshgate_overload_buffered_bytes";
 
+// Distributed tracing (`crate::trace`).
+
+/// Counter `{listener,decision}`: streams' sampling decisions (`forced`,
+/// `parent`, `client`, `random`, `not_sampled`).
+pub const TRACING_DECISIONS_TOTAL: &str = "meshgate_tracing_decisions_total";
+/// Counter `{cluster}`: spans the collector accepted.
+pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "meshgate_tracing_spans_exported_total";
+/// Counter `{cluster,reason}`: spans dropped (`queue_full`,
+/// `export_failed`).
+pub const TRACING_SPANS_DROPPED_TOTAL: &str = "meshgate_tracing_spans_dropped_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -611,6 +622,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (OVERLOAD_STREAMS_RESET_TOTAL, Kind::Counter),
     (OVERLOAD_SHRINK_HEAP_TOTAL, Kind::Counter),
     (OVERLOAD_BUFFERED_BYTES, Kind::Gauge),
+    (TRACING_DECISIONS_TOTAL, Kind::Counter),
+    (TRACING_SPANS_EXPORTED_TOTAL, Kind::Counter),
+    (TRACING_SPANS_DROPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -104,6 +104,9 @@ pub struct RouteEntryConfig {
     /// this route (wins over the virtual host's), or `{disabled: true}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_filter_config: BTreeMap<String, serde_json::Value>,
+    /// Envoy's `Route.tracing`: sampling overrides and tags (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::config::tracing::RouteTracingConfig>,
 }
 
 /// What a request must look like for a route to apply. Exactly one of

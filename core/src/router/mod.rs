@@ -190,6 +190,8 @@ pub struct Route {
     filter_configs: Option<Box<crate::filter_chain::PerFilterConfigs>>,
     /// `route.rate_limits` (rate limit filters' descriptor actions).
     rate_limits: Option<Box<RateLimitActions>>,
+    /// `tracing` (distributed tracing overrides).
+    tracing: Option<Box<crate::trace::RouteTracing>>,
 }
 
 impl RouteTable {
@@ -496,6 +498,11 @@ impl Route {
         self.rate_limits.as_deref()
     }
 
+    /// `tracing`, if set (distributed tracing overrides).
+    pub fn tracing(&self) -> Option<&crate::trace::RouteTracing> {
+        self.tracing.as_deref()
+    }
+
     /// The route's label in metrics and logs: `name`, or `vhost/index`.
     pub fn stat_name(&self) -> &'static str {
         self.stat_name
@@ -680,7 +687,12 @@ impl Route {
             Some(a) => RateLimitActions::build_boxed(&format!("{path}.route"), &a.rate_limits)?,
             None => None,
         };
+        let tracing = match &c.tracing {
+            Some(t) => Some(crate::trace::RouteTracing::build(&sub(path, "tracing"), t)?),
+            None => None,
+        };
         Ok(Self {
+            tracing,
             upgrades: upgrades.into(),
             rate_limits,
             filter_configs: crate::filter_chain::PerFilterConfigs::build(&c.per_filter_config),

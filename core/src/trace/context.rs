@@ -1,0 +1,305 @@
+//! Trace context propagation: reading W3C Trace Context (`traceparent`,
+//! `tracestate`) and B3 (multi-header `x-b3-*` and single `b3`), writing
+//! W3C `traceparent`. Parsing borrows the header bytes; nothing is
+//! allocated until a header is written.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const B3: HeaderName = HeaderName::from_static("b3");
+pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// Which format an incoming context came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    W3c,
+    B3Multi,
+    B3Single,
+}
+
+/// An incoming trace context: the caller's trace and span, and its
+/// sampling decision when it made one (B3 may defer it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub sampled: Option<bool>,
+    pub format: Format,
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `2 * N` hex digits into `N` bytes.
+fn hex_into<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = hex_val(s[2 * i])? << 4 | hex_val(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// A trace id of B3's 16 or 32 digits (a 64-bit one is left-padded).
+fn b3_trace_id(s: &[u8]) -> Option<[u8; 16]> {
+    match s.len() {
+        32 => hex_into::<16>(s),
+        16 => {
+            let low = hex_into::<8>(s)?;
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&low);
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
+fn valid(trace_id: &[u8; 16], span_id: &[u8; 8]) -> bool {
+    trace_id.iter().any(|b| *b != 0) && span_id.iter().any(|b| *b != 0)
+}
+
+/// W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`; a later version may
+/// append fields after a `-` (kept readable, as the spec asks). Version
+/// `ff`, uppercase-free rules aside, all-zero ids are invalid.
+pub fn parse_traceparent(v: &[u8]) -> Option<Incoming> {
+    if v.len() < 55 || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let version = hex_into::<1>(&v[0..2])?[0];
+    if version == 0xff || (version == 0 && v.len() != 55) {
+        return None;
+    }
+    let trace_id = hex_into::<16>(&v[3..35])?;
+    let span_id = hex_into::<8>(&v[36..52])?;
+    let flags = hex_into::<1>(&v[53..55])?[0];
+    if !valid(&trace_id, &span_id) {
+        return None;
+    }
+    Some(Incoming {
+        trace_id,
+        span_id,
+        sampled: Some(flags & 1 == 1),
+        format: Format::W3c,
+    })
+}
+
+fn b3_sampled(v: &[u8]) -> Option<bool> {
+    match v {
+        b"1" | b"d" | b"true" => Some(true),
+        b"0" | b"false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Single `b3`: `{trace}-{span}[-{sampling}[-{parent}]]`; a lone `0`,
+/// `1` or `d` is a decision without ids (no context to continue).
+pub fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
+    let mut parts = v.split(|c| *c == b'-');
+    let trace_id = b3_trace_id(parts.next()?)?;
+    let span_id = hex_into::<8>(parts.next()?)?;
+    let sampled = match parts.next() {
+        None => None,
+        Some(s) => Some(b3_sampled(s)?),
+    };
+    if !valid(&trace_id, &span_id) {
+        return None;
+    }
+    Some(Incoming {
+        trace_id,
+        span_id,
+        sampled,
+        format: Format::B3Single,
+    })
+}
+
+/// Multi-header B3 (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`,
+/// `x-b3-flags: 1` meaning debug, which is sampled).
+pub fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
+    let trace_id = b3_trace_id(h.get(X_B3_TRACEID)?.as_bytes())?;
+    let span_id = hex_into::<8>(h.get(X_B3_SPANID)?.as_bytes())?;
+    if !valid(&trace_id, &span_id) {
+        return None;
+    }
+    let debug = h.get(X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = if debug {
+        Some(true)
+    } else {
+        h.get(X_B3_SAMPLED).and_then(|v| b3_sampled(v.as_bytes()))
+    };
+    Some(Incoming {
+        trace_id,
+        span_id,
+        sampled,
+        format: Format::B3Multi,
+    })
+}
+
+/// The incoming context: W3C first, then single `b3`, then multi-header
+/// B3. An invalid header counts as absent (a new trace is started).
+pub fn extract(h: &HeaderMap) -> Option<Incoming> {
+    if let Some(c) = h
+        .get(TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
+        return Some(c);
+    }
+    if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+        return Some(c);
+    }
+    parse_b3_multi(h)
+}
+
+/// Removes B3 headers: the outgoing context is W3C only, and a stale B3
+/// span id next to it would give the next hop two parents.
+pub fn remove_b3(h: &mut HeaderMap) {
+    for n in [
+        B3,
+        X_B3_TRACEID,
+        X_B3_SPANID,
+        X_B3_PARENTSPANID,
+        X_B3_SAMPLED,
+        X_B3_FLAGS,
+    ] {
+        h.remove(n);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    }
+}
+
+/// A version-00 `traceparent` value.
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut buf[3..35], trace_id);
+    put_hex(&mut buf[36..52], span_id);
+    if sampled {
+        buf[54] = b'1';
+    }
+    // Hex digits and dashes only: always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Lowercase hex of an id (span records, tests).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    put_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A random non-zero id.
+pub fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = rand::random();
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn w3c_round_trip() {
+        let c = parse_traceparent(TP.as_bytes()).unwrap();
+        assert_eq!(hex(&c.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&c.span_id), "00f067aa0ba902b7");
+        assert_eq!(c.sampled, Some(true));
+        assert_eq!(
+            traceparent(&c.trace_id, &c.span_id, true).to_str().unwrap(),
+            TP
+        );
+        let off = traceparent(&c.trace_id, &c.span_id, false);
+        assert!(off.to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn w3c_invalid() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
+        }
+        // A later version may append fields.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
+        assert_eq!(
+            parse_traceparent(later.as_bytes()).unwrap().sampled,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn b3_single_and_multi() {
+        let c = parse_b3_single(
+            b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        )
+        .unwrap();
+        assert_eq!(hex(&c.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(c.sampled, Some(true));
+        let short = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1").unwrap();
+        assert_eq!(hex(&short.trace_id), "000000000000000064fe8b2a57d3eff7");
+        assert_eq!(short.sampled, None);
+        assert!(parse_b3_single(b"0").is_none());
+        assert!(parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-x").is_none());
+
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_B3_TRACEID,
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
+        h.insert(X_B3_SPANID, HeaderValue::from_static("a2fb4a1d1a96d312"));
+        h.insert(X_B3_SAMPLED, HeaderValue::from_static("0"));
+        let m = extract(&h).unwrap();
+        assert_eq!(m.format, Format::B3Multi);
+        assert_eq!(m.sampled, Some(false));
+        h.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
+        assert_eq!(extract(&h).unwrap().sampled, Some(true));
+        remove_b3(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn w3c_wins_over_b3() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            B3,
+            HeaderValue::from_static("64fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+        );
+        h.insert(TRACEPARENT, HeaderValue::from_static(TP));
+        assert_eq!(extract(&h).unwrap().format, Format::W3c);
+        h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
+        assert_eq!(extract(&h).unwrap().format, Format::B3Single);
+    }
+}

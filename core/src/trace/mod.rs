@@ -1,0 +1,657 @@
+//! Distributed tracing (Envoy's HCM `tracing` with the OpenTelemetry
+//! provider): the trace context a stream continues or starts, the
+//! sampling decision, a server span per stream and a client span per
+//! upstream try, exported over OTLP/gRPC. Not to be confused with
+//! `crate::spans`, which is about the `tracing` crate's log spans.
+//!
+//! Costs: without `tracing` configured nothing here runs (the `proxy`
+//! filter holds no tracer, `StreamInfo::trace` stays `Undecided` and the
+//! router's hooks are one enum test). A stream not sampled gets its
+//! outgoing `traceparent` and nothing else; only a sampled one allocates
+//! its span records.
+//!
+//! Where it hooks: the `proxy` filter calls `Tracer::decide` when a
+//! stream is about to be forwarded (the route is known, so a route's
+//! `tracing` overrides apply) and `Tracer::finish` when its response head
+//! is ready; `crate::forward` calls `attempt_begin` / `attempt_end` around
+//! each upstream try.
+
+pub mod context;
+pub mod export;
+pub mod otlp;
+
+use crate::config::tracing::{CustomTag, Percent, RouteTracingConfig, TracingConfig};
+use crate::error::BuildError;
+use crate::metrics::names;
+use crate::stream::{Request, StreamInfo};
+use context::Incoming;
+use http::{HeaderName, HeaderValue};
+use metrics::Counter;
+use otlp::{Attr, Kind, SpanRecord, Value};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
+const X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Sampling shares in millionths (Envoy's `Percent` has fractions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sampling {
+    client: u32,
+    random: u32,
+    overall: u32,
+}
+
+const ALL: u32 = 1_000_000;
+
+fn share(field: &str, p: Option<Percent>) -> Result<Option<u32>, BuildError> {
+    match p {
+        None => Ok(None),
+        Some(p) if (0.0..=100.0).contains(&p.value) => Ok(Some((p.value * 10_000.0) as u32)),
+        Some(p) => Err(BuildError::new(
+            format!("{field}.value"),
+            format!("{} is not a percentage in 0..=100", p.value),
+        )),
+    }
+}
+
+/// A custom tag, its value source compiled.
+#[derive(Debug, Clone)]
+enum TagSource {
+    /// A literal, or an environment variable read once at build.
+    Fixed(String),
+    Header(HeaderName, String),
+}
+
+#[derive(Debug, Clone)]
+struct Tag {
+    name: Arc<str>,
+    source: TagSource,
+}
+
+fn tags(field: &str, list: &[CustomTag]) -> Result<Vec<Tag>, BuildError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        if t.tag.is_empty() {
+            return Err(BuildError::new(format!("{path}.tag"), "must not be empty"));
+        }
+        let source = match (&t.literal, &t.request_header, &t.environment) {
+            (Some(l), None, None) => TagSource::Fixed(l.value.clone()),
+            (None, Some(h), None) => TagSource::Header(
+                HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    BuildError::new(
+                        format!("{path}.request_header.name"),
+                        format!("'{}' is not a header name", h.name),
+                    )
+                })?,
+                h.default_value.clone(),
+            ),
+            (None, None, Some(e)) => {
+                TagSource::Fixed(std::env::var(&e.name).unwrap_or_else(|_| e.default_value.clone()))
+            }
+            _ => {
+                return Err(BuildError::new(
+                    path,
+                    "exactly one of literal, request_header, environment is required (metadata tags are not supported)",
+                ));
+            }
+        };
+        out.push(Tag {
+            name: t.tag.as_str().into(),
+            source,
+        });
+    }
+    Ok(out)
+}
+
+/// A route's `tracing`: sampling overrides and extra tags.
+#[derive(Debug, Clone)]
+pub struct RouteTracing {
+    client: Option<u32>,
+    random: Option<u32>,
+    overall: Option<u32>,
+    tags: Vec<Tag>,
+}
+
+impl RouteTracing {
+    /// Compiles a route's `tracing`; `field` is its path for errors.
+    pub fn build(field: &str, c: &RouteTracingConfig) -> Result<Box<Self>, BuildError> {
+        Ok(Box::new(Self {
+            client: share(&format!("{field}.client_sampling"), c.client_sampling)?,
+            random: share(&format!("{field}.random_sampling"), c.random_sampling)?,
+            overall: share(&format!("{field}.overall_sampling"), c.overall_sampling)?,
+            tags: tags(&format!("{field}.custom_tags"), &c.custom_tags)?,
+        }))
+    }
+}
+
+/// Why a stream is (not) traced; the `decision` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Forced,
+    Parent,
+    Client,
+    Random,
+    NotSampled,
+}
+
+/// The HCM-level tracer of one `proxy` filter.
+pub struct Tracer {
+    sampling: Sampling,
+    tags: Vec<Tag>,
+    spawn_upstream_span: bool,
+    max_path_tag_length: usize,
+    exporter: export::Exporter,
+    /// `meshgate_tracing_decisions_total` by decision.
+    decisions: [Counter; 5],
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("sampling", &self.sampling)
+            .field("exporter", &self.exporter)
+            .finish()
+    }
+}
+
+impl Tracer {
+    /// Builds the tracer of a `proxy` filter's `tracing` (paths relative to
+    /// `tracing`); the collector cluster is resolved through `ctx`.
+    pub fn build(
+        cfg: &TracingConfig,
+        ctx: &crate::network::BuildContext<'_>,
+        listener: &str,
+    ) -> Result<Arc<Self>, BuildError> {
+        if cfg.provider.name != crate::config::tracing::OPENTELEMETRY {
+            return Err(BuildError::new(
+                "tracing.provider.name",
+                format!(
+                    "unsupported tracer '{}' (supported: {})",
+                    cfg.provider.name,
+                    crate::config::tracing::OPENTELEMETRY
+                ),
+            ));
+        }
+        if cfg.verbose {
+            return Err(BuildError::new(
+                "tracing.verbose",
+                "verbose span annotations are not supported",
+            ));
+        }
+        let otel: crate::config::tracing::OpenTelemetryConfig =
+            crate::config::parse_typed(&cfg.provider.typed_config).map_err(|e| {
+                BuildError::new(
+                    crate::error::join_path("tracing.provider.typed_config", &e.path),
+                    e.message,
+                )
+            })?;
+        let field = "tracing.provider.typed_config.grpc_service.envoy_grpc.cluster_name";
+        let cluster = ctx.cluster(field, &otel.grpc_service.envoy_grpc.cluster_name)?;
+        let authority = if otel.grpc_service.envoy_grpc.authority.is_empty() {
+            otel.grpc_service.envoy_grpc.cluster_name.clone()
+        } else {
+            otel.grpc_service.envoy_grpc.authority.clone()
+        };
+        let service_name = if otel.service_name.is_empty() {
+            "meshgate".to_string()
+        } else {
+            otel.service_name.clone()
+        };
+        let exporter = export::Exporter::new(
+            cluster,
+            authority,
+            service_name,
+            otel.max_cache_size.unwrap_or(1024) as usize,
+            otel.grpc_service
+                .timeout
+                .unwrap_or(std::time::Duration::from_secs(5)),
+        );
+        let listener = listener.to_string();
+        let decision = |d: &'static str| metrics::counter!(names::TRACING_DECISIONS_TOTAL, "listener" => listener.clone(), "decision" => d);
+        Ok(Arc::new(Self {
+            sampling: Sampling {
+                client: share("tracing.client_sampling", cfg.client_sampling)?.unwrap_or(ALL),
+                random: share("tracing.random_sampling", cfg.random_sampling)?.unwrap_or(ALL),
+                overall: share("tracing.overall_sampling", cfg.overall_sampling)?.unwrap_or(ALL),
+            },
+            tags: tags("tracing.custom_tags", &cfg.custom_tags)?,
+            spawn_upstream_span: cfg.spawn_upstream_span,
+            max_path_tag_length: cfg.max_path_tag_length.unwrap_or(256) as usize,
+            exporter,
+            decisions: [
+                decision("forced"),
+                decision("parent"),
+                decision("client"),
+                decision("random"),
+                decision("not_sampled"),
+            ],
+        }))
+    }
+
+    /// Envoy's order: `x-envoy-force-trace` forces; an incoming context's
+    /// sampled flag is honoured (parent-based); `x-client-trace-id` is
+    /// traced under `client_sampling`; otherwise `random_sampling` by the
+    /// request id. `overall_sampling` then bounds the client and random
+    /// decisions.
+    fn sample(
+        &self,
+        req: &Request,
+        incoming: Option<&Incoming>,
+        route: Option<&RouteTracing>,
+    ) -> Decision {
+        sample(&self.sampling, req.headers(), incoming, route)
+    }
+
+    /// Decides whether the stream is traced and sets the upstream's
+    /// context on `req`: the server span's, or (with
+    /// `spawn_upstream_span`) each try's client span's, set by
+    /// `attempt_begin`. Called once, before the stream is forwarded.
+    pub fn decide(
+        self: &Arc<Self>,
+        req: &mut Request,
+        info: &mut StreamInfo,
+        route: Option<&RouteTracing>,
+    ) {
+        if !matches!(info.trace, StreamTrace::Undecided) {
+            return;
+        }
+        let incoming = context::extract(req.headers());
+        let decision = self.sample(req, incoming.as_ref(), route);
+        self.decisions[decision as usize].increment(1);
+        let trace_id = incoming
+            .map(|c| c.trace_id)
+            .unwrap_or_else(context::random_id::<16>);
+        let span_id = context::random_id::<8>();
+        let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
+        if decision == Decision::NotSampled {
+            info.trace = StreamTrace::NotSampled;
+            // An incoming W3C context travels on as it came; otherwise the
+            // next hop learns the trace and that it is not sampled.
+            if incoming.is_none() || b3_in {
+                let h = req.headers_mut();
+                if b3_in {
+                    context::remove_b3(h);
+                }
+                h.insert(
+                    context::TRACEPARENT,
+                    context::traceparent(&trace_id, &span_id, false),
+                );
+            }
+            return;
+        }
+        let h = req.headers_mut();
+        if b3_in {
+            context::remove_b3(h);
+        }
+        let trace_state = if incoming.is_some_and(|c| c.format == context::Format::W3c) {
+            h.get(context::TRACESTATE).cloned()
+        } else {
+            h.remove(context::TRACESTATE);
+            None
+        };
+        if !self.spawn_upstream_span {
+            h.insert(
+                context::TRACEPARENT,
+                context::traceparent(&trace_id, &span_id, true),
+            );
+        }
+        let mut active = Box::new(Active {
+            tracer: self.clone(),
+            trace_id,
+            span_id,
+            parent: incoming.map(|c| c.span_id),
+            trace_state,
+            start_unix_nanos: unix_nanos(info.start),
+            name: String::new(),
+            attributes: Vec::with_capacity(16),
+            attempts: Vec::new(),
+        });
+        self.request_attributes(&mut active, req, info, route);
+        info.trace = StreamTrace::Sampled(active);
+    }
+
+    /// The server span's request attributes (OpenTelemetry semantic
+    /// conventions), taken before the request moves upstream.
+    fn request_attributes(
+        &self,
+        a: &mut Active,
+        req: &Request,
+        info: &StreamInfo,
+        route: Option<&RouteTracing>,
+    ) {
+        let path = req.uri().path();
+        let method = req.method().as_str();
+        let attrs = &mut a.attributes;
+        let rpc = match info.protocol {
+            "dubbo" => Some("apache_dubbo"),
+            "bolt" => Some("sofa_bolt"),
+            _ if info.grpc => Some("grpc"),
+            _ => None,
+        };
+        if let Some(system) = rpc {
+            let mut parts = path.trim_start_matches('/').rsplitn(2, '/');
+            let m = parts.next().unwrap_or("");
+            let service = parts.next().unwrap_or("");
+            attrs.push(("rpc.system".into(), Value::Str(system.into())));
+            attrs.push(("rpc.service".into(), Value::Str(service.to_string().into())));
+            attrs.push(("rpc.method".into(), Value::Str(m.to_string().into())));
+            a.name = format!("{service}/{m}");
+        } else {
+            a.name = match info.route {
+                Some(r) => format!("{method} {r}"),
+                None => method.to_string(),
+            };
+        }
+        attrs.push((
+            "http.request.method".into(),
+            Value::Str(method.to_string().into()),
+        ));
+        let mut cut = path.len().min(self.max_path_tag_length);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        attrs.push((
+            "url.path".into(),
+            Value::Str(path[..cut].to_string().into()),
+        ));
+        if let Some(r) = info.route {
+            attrs.push(("http.route".into(), Value::Str(r.into())));
+        }
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string())
+            });
+        if let Some(host) = authority {
+            attrs.push(("server.address".into(), Value::Str(host.into())));
+        }
+        let (name, version) = match info.protocol {
+            "dubbo" | "bolt" => (info.protocol, ""),
+            _ => (
+                "http",
+                match req.version() {
+                    http::Version::HTTP_10 => "1.0",
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_3 => "3",
+                    _ => "1.1",
+                },
+            ),
+        };
+        attrs.push(("network.protocol.name".into(), Value::Str(name.into())));
+        if !version.is_empty() {
+            attrs.push((
+                "network.protocol.version".into(),
+                Value::Str(version.into()),
+            ));
+        }
+        attrs.push((
+            "client.address".into(),
+            Value::Str(info.downstream_remote_address.to_string().into()),
+        ));
+        let route_tags = route.map_or(&[][..], |r| &r.tags[..]);
+        for t in self.tags.iter().chain(route_tags) {
+            let v = match &t.source {
+                TagSource::Fixed(v) => v.clone(),
+                TagSource::Header(h, default) => req
+                    .headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| default.clone(), str::to_string),
+            };
+            if !v.is_empty() {
+                attrs.push((Cow::Owned(t.name.to_string()), Value::Str(v.into())));
+            }
+        }
+    }
+
+    /// The stream's response head is ready: its spans are finished and
+    /// queued. A stream answered before it was forwarded is decided here
+    /// (`req` is then still the downstream request).
+    pub fn finish(self: &Arc<Self>, req: &mut Request, info: &mut StreamInfo, status: u16) {
+        if matches!(info.trace, StreamTrace::Undecided) {
+            self.decide(req, info, None);
+        }
+        let StreamTrace::Sampled(mut a) =
+            std::mem::replace(&mut info.trace, StreamTrace::NotSampled)
+        else {
+            return;
+        };
+        let end = now_unix_nanos();
+        let cluster = info.upstream_cluster;
+        for at in std::mem::take(&mut a.attempts) {
+            let status = at.status.unwrap_or(status);
+            let mut attributes: Vec<Attr> = Vec::with_capacity(8);
+            attributes.push((
+                "http.request.method".into(),
+                a.attributes
+                    .iter()
+                    .find(|(k, _)| k == "http.request.method")
+                    .map_or(Value::Str("".into()), |(_, v)| v.clone()),
+            ));
+            attributes.push((
+                "http.response.status_code".into(),
+                Value::Int(i64::from(status)),
+            ));
+            attributes.push(("upstream_cluster".into(), Value::Str(at.cluster.into())));
+            attributes.push((
+                "server.address".into(),
+                Value::Str(at.endpoint.ip().to_string().into()),
+            ));
+            attributes.push((
+                "server.port".into(),
+                Value::Int(i64::from(at.endpoint.port())),
+            ));
+            attributes.push((
+                "network.peer.address".into(),
+                Value::Str(at.endpoint.to_string().into()),
+            ));
+            attributes.push(("meshgate.attempt".into(), Value::Int(i64::from(at.number))));
+            self.exporter.submit(SpanRecord {
+                trace_id: a.trace_id,
+                span_id: at.span_id,
+                parent_span_id: Some(a.span_id),
+                trace_state: None,
+                name: format!("{} {}", a.name, at.cluster),
+                kind: Kind::Client,
+                start_unix_nanos: at.start_unix_nanos,
+                end_unix_nanos: at.end_unix_nanos.unwrap_or(end),
+                attributes,
+                error: status >= 500,
+            });
+        }
+        let mut attributes = std::mem::take(&mut a.attributes);
+        attributes.push((
+            "http.response.status_code".into(),
+            Value::Int(i64::from(status)),
+        ));
+        if let Some(c) = cluster {
+            attributes.push(("upstream_cluster".into(), Value::Str(c.into())));
+        }
+        if let Some(h) = info.upstream_host {
+            attributes.push(("peer.address".into(), Value::Str(h.to_string().into())));
+        }
+        if let Some(r) = info.local_reply {
+            attributes.push(("meshgate.local_reply".into(), Value::Str(r.into())));
+        }
+        self.exporter.submit(SpanRecord {
+            trace_id: a.trace_id,
+            span_id: a.span_id,
+            parent_span_id: a.parent,
+            trace_state: a
+                .trace_state
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            name: std::mem::take(&mut a.name),
+            kind: Kind::Server,
+            start_unix_nanos: a.start_unix_nanos,
+            end_unix_nanos: end,
+            attributes,
+            error: status >= 500,
+        });
+    }
+}
+
+/// The sampling decision of a stream (see `Tracer::sample`).
+fn sample(
+    sampling: &Sampling,
+    h: &http::HeaderMap,
+    incoming: Option<&Incoming>,
+    route: Option<&RouteTracing>,
+) -> Decision {
+    if h.contains_key(X_ENVOY_FORCE_TRACE) {
+        return Decision::Forced;
+    }
+    if let Some(sampled) = incoming.and_then(|c| c.sampled) {
+        return if sampled {
+            Decision::Parent
+        } else {
+            Decision::NotSampled
+        };
+    }
+    let client = route.and_then(|r| r.client).unwrap_or(sampling.client);
+    let random = route.and_then(|r| r.random).unwrap_or(sampling.random);
+    let overall = route.and_then(|r| r.overall).unwrap_or(sampling.overall);
+    // The request id makes the draw stable across hops (Envoy's
+    // random sampling is by `x-request-id`).
+    let draw = match h.get(X_REQUEST_ID) {
+        Some(id) => (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(ALL)) as u32,
+        None => rand::random::<u32>() % ALL,
+    };
+    let d = if h.contains_key(X_CLIENT_TRACE_ID) && draw < client {
+        Decision::Client
+    } else if draw < random {
+        Decision::Random
+    } else {
+        return Decision::NotSampled;
+    };
+    if draw < overall {
+        d
+    } else {
+        Decision::NotSampled
+    }
+}
+
+/// One upstream try of a sampled stream (a client span).
+#[derive(Debug, Clone)]
+struct AttemptSpan {
+    span_id: [u8; 8],
+    number: u32,
+    cluster: &'static str,
+    endpoint: std::net::SocketAddr,
+    start_unix_nanos: u64,
+    end_unix_nanos: Option<u64>,
+    status: Option<u16>,
+}
+
+/// A sampled stream's trace state, until its spans are finished.
+#[derive(Debug, Clone)]
+pub struct Active {
+    tracer: Arc<Tracer>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    trace_state: Option<HeaderValue>,
+    start_unix_nanos: u64,
+    name: String,
+    attributes: Vec<Attr>,
+    attempts: Vec<AttemptSpan>,
+}
+
+/// A stream's tracing state (`StreamInfo::trace`).
+#[derive(Debug, Clone, Default)]
+pub enum StreamTrace {
+    /// No decision yet (or tracing is not configured).
+    #[default]
+    Undecided,
+    NotSampled,
+    Sampled(Box<Active>),
+}
+
+/// An upstream try starts (`crate::forward`): with `spawn_upstream_span`,
+/// a sampled stream gets a client span and the upstream its context.
+#[inline]
+pub fn attempt_begin(info: &mut StreamInfo, req: &mut Request, endpoint: std::net::SocketAddr) {
+    if let StreamTrace::Sampled(a) = &mut info.trace {
+        begin_sampled(
+            a,
+            req,
+            endpoint,
+            info.upstream_cluster,
+            info.upstream_attempts,
+        );
+    }
+}
+
+fn begin_sampled(
+    a: &mut Active,
+    req: &mut Request,
+    endpoint: std::net::SocketAddr,
+    cluster: Option<&'static str>,
+    number: u32,
+) {
+    if !a.tracer.spawn_upstream_span {
+        return;
+    }
+    let end = now_unix_nanos();
+    // A try that was not ended explicitly ends where the next begins.
+    if let Some(last) = a.attempts.last_mut()
+        && last.end_unix_nanos.is_none()
+    {
+        last.end_unix_nanos = Some(end);
+    }
+    let span_id = context::random_id::<8>();
+    let h = req.headers_mut();
+    h.insert(
+        context::TRACEPARENT,
+        context::traceparent(&a.trace_id, &span_id, true),
+    );
+    if let Some(ts) = &a.trace_state {
+        h.insert(context::TRACESTATE, ts.clone());
+    }
+    a.attempts.push(AttemptSpan {
+        span_id,
+        number,
+        cluster: cluster.unwrap_or(""),
+        endpoint,
+        start_unix_nanos: end,
+        end_unix_nanos: None,
+        status: None,
+    });
+}
+
+/// The current upstream try ended with `status` (a response's, or the
+/// local reply's for a failed try).
+#[inline]
+pub fn attempt_end(info: &mut StreamInfo, status: u16) {
+    if let StreamTrace::Sampled(a) = &mut info.trace
+        && let Some(last) = a.attempts.last_mut()
+        && last.end_unix_nanos.is_none()
+    {
+        last.end_unix_nanos = Some(now_unix_nanos());
+        last.status = Some(status);
+    }
+}
+
+fn now_unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Wall-clock time of a monotonic instant in the past.
+fn unix_nanos(at: Instant) -> u64 {
+    now_unix_nanos().saturating_sub(at.elapsed().as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests;

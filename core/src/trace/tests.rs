@@ -1,0 +1,133 @@
+use super::*;
+use http::HeaderMap;
+
+fn sampling(client: u32, random: u32, overall: u32) -> Sampling {
+    Sampling {
+        client,
+        random,
+        overall,
+    }
+}
+
+fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in list {
+        h.insert(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+#[test]
+fn forced_and_parent_win() {
+    let none = sampling(0, 0, 0);
+    let h = headers(&[("x-envoy-force-trace", "true")]);
+    assert_eq!(sample(&none, &h, None, None), Decision::Forced);
+    let parent =
+        context::parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert_eq!(
+        sample(&none, &HeaderMap::new(), parent.as_ref(), None),
+        Decision::Parent
+    );
+    let off =
+        context::parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+    assert_eq!(
+        sample(
+            &sampling(ALL, ALL, ALL),
+            &HeaderMap::new(),
+            off.as_ref(),
+            None
+        ),
+        Decision::NotSampled
+    );
+}
+
+#[test]
+fn client_random_overall() {
+    let h = headers(&[("x-client-trace-id", "abc"), ("x-request-id", "r1")]);
+    assert_eq!(
+        sample(&sampling(ALL, 0, ALL), &h, None, None),
+        Decision::Client
+    );
+    assert_eq!(
+        sample(&sampling(0, 0, ALL), &h, None, None),
+        Decision::NotSampled
+    );
+    let plain = headers(&[("x-request-id", "r1")]);
+    assert_eq!(
+        sample(&sampling(0, ALL, ALL), &plain, None, None),
+        Decision::Random
+    );
+    assert_eq!(
+        sample(&sampling(0, ALL, 0), &plain, None, None),
+        Decision::NotSampled
+    );
+    assert_eq!(
+        sample(&sampling(0, 0, ALL), &plain, None, None),
+        Decision::NotSampled
+    );
+}
+
+#[test]
+fn route_overrides() {
+    let plain = headers(&[("x-request-id", "r1")]);
+    let route = RouteTracing::build(
+        "tracing",
+        &RouteTracingConfig {
+            random_sampling: Some(Percent { value: 100.0 }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sample(&sampling(0, 0, ALL), &plain, None, Some(&route)),
+        Decision::Random
+    );
+    let off = RouteTracing::build(
+        "tracing",
+        &RouteTracingConfig {
+            overall_sampling: Some(Percent { value: 0.0 }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sample(&sampling(ALL, ALL, ALL), &plain, None, Some(&off)),
+        Decision::NotSampled
+    );
+}
+
+#[test]
+fn random_share_is_roughly_honoured() {
+    let half = sampling(0, ALL / 2, ALL);
+    let mut on = 0;
+    for _ in 0..2000 {
+        if sample(&half, &HeaderMap::new(), None, None) == Decision::Random {
+            on += 1;
+        }
+    }
+    assert!((700..1300).contains(&on), "{on}");
+}
+
+#[test]
+fn bad_values_name_the_field() {
+    let e = RouteTracing::build(
+        "routes[0].tracing",
+        &RouteTracingConfig {
+            random_sampling: Some(Percent { value: 101.0 }),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "routes[0].tracing.random_sampling.value");
+    let e = tags(
+        "tracing.custom_tags",
+        &[CustomTag {
+            tag: "a".into(),
+            literal: None,
+            request_header: None,
+            environment: None,
+        }],
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "tracing.custom_tags[0]");
+}
