@@ -26,8 +26,8 @@ pub mod rbac;
 pub mod router;
 pub mod sidecar;
 pub mod simpleauth;
-pub mod zone;
 pub mod tracing;
+pub mod zone;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
 
