@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(f.transparent, Some(true));
 
         let mut l = lds::Listener {
-            listener_filters: vec![lf("envoy.filters.listener.proxy_protocol")],
+            listener_filters: vec![lf("envoy.filters.listener.local_ratelimit")],
             ..Default::default()
         };
         let e = listener(&mut l).err().unwrap();

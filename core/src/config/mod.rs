@@ -154,6 +154,7 @@ pub struct AdsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DnsLookupFamily {
     /// IPv6 addresses if the answer has any, else IPv4 (Envoy's default).
+    #[default]
     #[serde(rename = "AUTO")]
     Auto,
     #[serde(rename = "V4_ONLY")]
@@ -163,15 +164,14 @@ pub enum DnsLookupFamily {
     /// IPv4 addresses if the answer has any, else IPv6.
     #[serde(rename = "V4_PREFERRED")]
     V4Preferred,
-    /// Every address of the answer (meshgate's file default).
-    #[default]
+    /// Every address of the answer.
     #[serde(rename = "ALL")]
     All,
 }
 
 impl DnsLookupFamily {
-    pub fn is_all(&self) -> bool {
-        *self == Self::All
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
     }
 
     /// The addresses of `answer` this family keeps, in answer order.
@@ -575,9 +575,9 @@ pub struct ClusterConfig {
     #[serde(default = "default_dns_refresh", with = "humantime_serde")]
     pub dns_refresh_rate: Duration,
     /// Which address families of a `strict_dns` answer become endpoints
-    /// (Envoy's `dns_lookup_family`). meshgate's file default is `ALL`
-    /// (every address); xDS clusters get Envoy's default, `AUTO`.
-    #[serde(default, skip_serializing_if = "DnsLookupFamily::is_all")]
+    /// (Envoy's `dns_lookup_family`; Envoy's default `AUTO`: IPv6 if the
+    /// answer has any, else IPv4).
+    #[serde(default, skip_serializing_if = "DnsLookupFamily::is_auto")]
     pub dns_lookup_family: DnsLookupFamily,
     /// Back-off of an endpoint whose connect failed.
     #[serde(default)]
