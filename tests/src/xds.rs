@@ -605,6 +605,23 @@ pub fn envoy_yaml(yaml: &str) -> Vec<(String, Any)> {
         .collect()
 }
 
+/// A static cluster `name` to `addr` with a field meshgate refuses
+/// (`outlier_detection.monitors`): what NACK tests push.
+pub fn cluster_with_unsupported_field(name: &str, addr: SocketAddr) -> (String, Any) {
+    let bad = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+        name: name.into(),
+        load_assignment: Some(cla_msg(name, &[(addr, 1, 0)])),
+        outlier_detection: Some(
+            envoy_types::pb::envoy::config::cluster::v3::OutlierDetection {
+                monitors: vec![Default::default()],
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    (name.into(), any(CLUSTER, &bad))
+}
+
 /// `bootstrap` on delta xDS (`api_type: DELTA_GRPC`).
 pub fn bootstrap_delta(xds_port: u16) -> String {
     bootstrap(xds_port).replace(

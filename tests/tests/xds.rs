@@ -231,21 +231,12 @@ fn nack_names_resource_and_field_and_keeps_the_previous_config() {
     let load = Load::start(port, 2);
 
     // A cluster with a field meshgate does not implement.
-    let bad = cds::Cluster {
-        name: "svc-bad".into(),
-        load_assignment: Some(cla_msg("svc-bad", &[(a.addr, 1, 0)])),
-        outlier_detection: Some(cds::OutlierDetection {
-            monitors: vec![Default::default()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     mgmt.set(
         CLUSTER,
         "2",
         vec![
             static_cluster("svc-a", a.addr),
-            ("svc-bad".into(), any(CLUSTER, &bad)),
+            cluster_with_unsupported_field("svc-bad", a.addr),
         ],
     );
     let nonce = mgmt.wait_sent(CLUSTER, "2");

@@ -8,7 +8,6 @@
 //! stream sends `initial_resource_versions`, so nothing unchanged is sent
 //! again.
 
-use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
 use meshgate_tests::*;
@@ -181,21 +180,12 @@ fn a_refused_resource_is_nacked_by_field_and_the_previous_ones_serve() {
     wait_for(port, "/", "backend=a");
     let load = Load::start(port, 2);
 
-    let bad = cds::Cluster {
-        name: "svc-bad".into(),
-        load_assignment: Some(cla_msg("svc-bad", &[(a.addr, 1, 0)])),
-        outlier_detection: Some(cds::OutlierDetection {
-            monitors: vec![Default::default()],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     mgmt.set(
         CLUSTER,
         "2",
         vec![
             static_cluster("svc-a", a.addr),
-            ("svc-bad".into(), any(CLUSTER, &bad)),
+            cluster_with_unsupported_field("svc-bad", a.addr),
         ],
     );
     let nonce = mgmt.wait_sent(CLUSTER, "2");
