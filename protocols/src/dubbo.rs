@@ -503,7 +503,10 @@ mod tests {
             .unwrap()
             .unwrap();
         let got = attachments(&h2, &b2);
-        assert_eq!(got.iter().filter(|(k, _)| k.starts_with("trace")).count(), 1);
+        assert_eq!(
+            got.iter().filter(|(k, _)| k.starts_with("trace")).count(),
+            1
+        );
         assert!(got.contains(&("traceparent".into(), again.traceparent.into())));
         // a body without attachments gets a map
         let mut no_map = sample_request();

@@ -70,8 +70,12 @@ mod tests {
         let got = upstream_context(&h, None).unwrap();
         assert_eq!((got.traceparent, got.tracestate), (tp, None));
         h.insert(TRACESTATE, HeaderValue::from_static("a=b"));
-        let old = HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01");
-        assert_eq!(upstream_context(&h, Some(&old)).unwrap().tracestate, Some("a=b"));
+        let old =
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01");
+        assert_eq!(
+            upstream_context(&h, Some(&old)).unwrap().tracestate,
+            Some("a=b")
+        );
         assert!(is_trace_key(b"TraceParent") && is_trace_key(b"tracestate"));
         assert!(!is_trace_key(b"trace"));
     }
