@@ -113,7 +113,7 @@ fn bolt_map(f: &[u8]) -> Vec<(String, String)> {
     let len = u16::from_be_bytes([f[16], f[17]]) as usize;
     let mut m = &f[22 + class..22 + class + len];
     let mut out = Vec::new();
-    let mut field = |m: &mut &[u8]| {
+    let field = |m: &mut &[u8]| {
         let n = u32::from_be_bytes(m[..4].try_into().unwrap()) as usize;
         let s = String::from_utf8_lossy(&m[4..4 + n]).into_owned();
         *m = &m[4 + n..];
