@@ -7,7 +7,7 @@
 # http.sh for CPU per request).
 #
 #   benches/compare/icount.sh meshgate|nginx|haproxy [SECONDS]
-#   WORKLOAD=h2c|l4|dubbo|h1_auth|h1_rl benches/compare/icount.sh meshgate [SECONDS]
+#   WORKLOAD=h2c|l4|dubbo|h1_auth|h1_rl|h1_trace|h1_trace_sampled benches/compare/icount.sh meshgate [SECONDS]
 #
 # WORKLOAD (meshgate only for all but h1): h1 (default) as above; h2c:
 # h2load -c10 -m10 with prior knowledge, HTTP/2 in and HTTP/1.1 out; l4:
@@ -18,7 +18,11 @@
 # http1-auth.yaml (jwt_authn with a cached RS256 token, rbac on a claim;
 # every request carries the token), to set against h1; h1_rl: h1 through
 # http1-ratelimit.yaml (a route-level local_ratelimit bucket that never
-# runs out), to set against h1.
+# runs out), to set against h1; h1_trace: h1 through http1-trace.yaml
+# (tracing configured, random_sampling 0: decided, not sampled, a
+# traceparent added); h1_trace_sampled: h1 through http1-trace-sampled.yaml
+# (every stream sampled, spans exported to tests/peers/tracing_peer.py's
+# OTLP receiver logging to /dev/null), both to set against h1.
 #
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
@@ -79,6 +83,22 @@ meshgate)
         PORT=8087
         CONFIG="$HERE/http1-ratelimit.yaml"
         ;;
+    h1_trace | h1_trace_sampled)
+        OTLP=127.0.0.1:9
+        if [[ "$WORKLOAD" == h1_trace_sampled ]]; then
+            PORT=8089
+            NAME=http1-trace-sampled
+            coproc COLLECTOR { exec taskset -c 1 python3 "$ROOT/tests/peers/tracing_peer.py" otlp /dev/null; }
+            PIDS+=("$COLLECTOR_PID")
+            read -r _ OTLP_PORT <&"${COLLECTOR[0]}"
+            OTLP="127.0.0.1:$OTLP_PORT"
+        else
+            PORT=8088
+            NAME=http1-trace
+        fi
+        sed "s/@OTLP@/$OTLP/" "$HERE/$NAME.yaml" >"$OUT/$NAME.yaml"
+        CONFIG="$OUT/$NAME.yaml"
+        ;;
     h1_auth)
         PORT=8086
         CONFIG="$HERE/http1-auth.yaml"
@@ -118,7 +138,7 @@ PIDS+=("$VG_PID")
 wait_port "$PORT"
 load() { # SECONDS OUTFILE
     case "$WORKLOAD" in
-    h1 | l4 | h1_rl) taskset -c 1 wrk -t1 -c10 -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h1 | l4 | h1_rl | h1_trace | h1_trace_sampled) taskset -c 1 wrk -t1 -c10 -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
     h1_auth) taskset -c 1 wrk -t1 -c10 -d"${1}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/" >"$2" ;;
     h2c) taskset -c 1 h2load -c10 -m10 -t1 -D "$1" "http://127.0.0.1:$PORT/" >"$2" ;;
     dubbo) taskset -c 1 "$LOAD_BIN" "127.0.0.1:$PORT" 16 "$1" >"$2" ;;

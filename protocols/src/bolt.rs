@@ -10,9 +10,12 @@
 //! `sofa_head_method_name`, and every other entry as a stream header. When
 //! a client puts no method in the header map (sofa-rpc-node does not), the
 //! method is read from the first field of the Hessian `SofaRequest`
-//! content. The content is forwarded untouched.
+//! content. The content is forwarded untouched; a traced stream's context
+//! replaces the `traceparent` / `tracestate` entries of the header map
+//! (`with_trace_context`).
 
 use crate::rpc::hessian::{Reader, write_string};
+use crate::rpc::trace::{self, TraceContext};
 use crate::rpc::{
     Frame, FrameError, FrameKind, RequestHeadError, RpcClient, RpcClientOptions, RpcErrorKind,
     RpcHead, RpcProtocol, RpcServer, be,
@@ -120,6 +123,20 @@ fn header_map(mut b: &[u8], max: usize) -> Option<Vec<(String, String)>> {
         }
     }
     Some(out)
+}
+
+/// One `int32 len, bytes` field of a header map, split off the front.
+fn raw_field<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+    let n = usize::try_from(i32::try_from(n).ok()?).ok()?;
+    let f = b.get(4..4 + n)?;
+    *b = &b[4 + n..];
+    Some(f)
+}
+
+fn put_field(out: &mut BytesMut, f: &[u8]) {
+    out.put_u32(f.len() as u32);
+    out.put_slice(f);
 }
 
 /// The method name from a Hessian `SofaRequest` content: its first field
@@ -287,6 +304,47 @@ impl RpcProtocol for Bolt {
         })
     }
 
+    fn with_trace_context(
+        &self,
+        head: &Bytes,
+        body: &Bytes,
+        ctx: &TraceContext<'_>,
+        _max_body: usize,
+    ) -> Result<Option<(Bytes, Bytes)>, &'static str> {
+        if head.len() < REQUEST_HEADER {
+            return Err(trace::MALFORMED);
+        }
+        let map_start = REQUEST_HEADER + be(head, 14, 2) as usize;
+        let map = head
+            .get(map_start..map_start + be(head, 16, 2) as usize)
+            .ok_or(trace::MALFORMED)?;
+        if map_start + map.len() != head.len() {
+            return Err(trace::MALFORMED);
+        }
+        let extra = 48 + ctx.traceparent.len() + ctx.tracestate.map_or(0, str::len);
+        let mut out = BytesMut::with_capacity(head.len() + extra);
+        out.put_slice(&head[..map_start]);
+        let mut rest = map;
+        while !rest.is_empty() {
+            let entry = rest;
+            let k = raw_field(&mut rest).ok_or(trace::MALFORMED)?;
+            raw_field(&mut rest).ok_or(trace::MALFORMED)?;
+            if !trace::is_trace_key(k) {
+                out.put_slice(&entry[..entry.len() - rest.len()]);
+            }
+        }
+        put_field(&mut out, b"traceparent");
+        put_field(&mut out, ctx.traceparent.as_bytes());
+        if let Some(ts) = ctx.tracestate {
+            put_field(&mut out, b"tracestate");
+            put_field(&mut out, ts.as_bytes());
+        }
+        // The header map's length is 16 bits.
+        let len = u16::try_from(out.len() - map_start).map_err(|_| trace::TOO_LARGE)?;
+        out[16..18].copy_from_slice(&len.to_be_bytes());
+        Ok(Some((out.freeze(), body.clone())))
+    }
+
     fn head_with_id(&self, head: &Bytes, id: u64) -> Bytes {
         let mut h = BytesMut::from(&head[..]);
         h[5..9].copy_from_slice(&(id as u32).to_be_bytes());
@@ -427,6 +485,64 @@ mod tests {
     #[test]
     fn mutated_frames_never_panic() {
         crate::rpc::mutation_smoke(&Bolt, &[node_request()]);
+    }
+
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn trace_context_goes_into_the_header_map() {
+        let req = node_request();
+        let mut b = BytesMut::from(&req[..]);
+        let f = Bolt.decode(&mut b, 1 << 20).unwrap().unwrap();
+        let ctx = TraceContext {
+            traceparent: TP,
+            tracestate: Some("k=v"),
+        };
+        let (head, body) = Bolt
+            .with_trace_context(&f.head, &f.body, &ctx, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, f.body);
+        assert!(head.starts_with(&f.head[..16]));
+        // The rewritten frame decodes, routes the same and carries the context.
+        let mut whole = BytesMut::from(&head[..]);
+        whole.extend_from_slice(&body);
+        let g = Bolt.decode(&mut whole, 1 << 20).unwrap().unwrap();
+        assert!(whole.is_empty());
+        let h = Bolt.request_head(&g).unwrap();
+        assert_eq!(h.service, "com.meshgate.Echo");
+        assert!(h.headers.contains(&("traceparent".into(), TP.into())));
+        assert!(h.headers.contains(&("tracestate".into(), "k=v".into())));
+        // Replaced, not doubled.
+        let again = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00",
+            tracestate: None,
+        };
+        let (head2, _) = Bolt
+            .with_trace_context(&g.head, &g.body, &again, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let g2 = Frame { head: head2, ..g };
+        let h2 = Bolt.request_head(&g2).unwrap().headers;
+        assert_eq!(h2.iter().filter(|(k, _)| k.starts_with("trace")).count(), 1);
+        // A header map that would pass 64 KiB is left alone.
+        let big = "x".repeat(70_000);
+        let huge = TraceContext {
+            traceparent: TP,
+            tracestate: Some(&big),
+        };
+        let e = Bolt.with_trace_context(&f.head, &f.body, &huge, 1 << 20);
+        assert_eq!(e.unwrap_err(), trace::TOO_LARGE);
+        // A lying map, or a head cut short, is refused without a panic.
+        for cut in [0, 10, REQUEST_HEADER, f.head.len() - 1] {
+            let e = Bolt.with_trace_context(&f.head.slice(..cut), &f.body, &ctx, 1 << 20);
+            assert_eq!(e.unwrap_err(), trace::MALFORMED);
+        }
+        for i in REQUEST_HEADER..f.head.len() {
+            let mut m = f.head.to_vec();
+            m[i] ^= 0xff;
+            let _ = Bolt.with_trace_context(&Bytes::from(m), &f.body, &ctx, 1 << 20);
+        }
     }
 
     #[test]

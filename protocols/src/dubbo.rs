@@ -6,9 +6,11 @@
 //! request body meshgate reads only what routing needs: the dubbo version,
 //! service path, service version, method name, and the attachments map
 //! after the arguments (group and users' attachments). The body is
-//! forwarded untouched.
+//! forwarded untouched, except that a traced stream's context replaces the
+//! `traceparent` / `tracestate` attachments (`with_trace_context`).
 
 use crate::rpc::hessian::{Reader, write_string};
+use crate::rpc::trace::{self, TraceContext};
 use crate::rpc::{
     Frame, FrameError, FrameKind, RequestHeadError, RequestHeadErrorKind, RpcClient,
     RpcClientOptions, RpcErrorKind, RpcHead, RpcProtocol, RpcServer, be,
@@ -108,6 +110,76 @@ fn count_args(desc: &str) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// Where the attachments map of a Hessian 2 request body starts (the body's
+/// length when there is none); `None` when the body is malformed.
+fn attachments_at(body: &[u8]) -> Option<usize> {
+    let mut r = Reader::new(body);
+    for _ in 0..4 {
+        r.read_string().ok()?;
+    }
+    let desc = r.read_string().ok()?;
+    for _ in 0..count_args(&desc)? {
+        r.skip_value().ok()?;
+    }
+    Some(r.position())
+}
+
+/// `body` with its attachments map's trace entries replaced by `ctx`;
+/// the other entries keep their bytes.
+fn body_with_context(body: &[u8], ctx: &TraceContext<'_>) -> Option<Vec<u8>> {
+    let at = attachments_at(body)?;
+    let extra = 32 + ctx.traceparent.len() + ctx.tracestate.map_or(0, str::len);
+    let mut out = Vec::with_capacity(body.len() + extra);
+    out.extend_from_slice(&body[..at]);
+    if at == body.len() {
+        out.push(b'H');
+    } else {
+        let map = &body[at..];
+        let mut r = Reader::new(map);
+        match r.peek()? {
+            b'H' => r.advance(1)?,
+            b'M' => {
+                r.advance(1)?;
+                r.skip_type().ok()?;
+            }
+            _ => return None,
+        }
+        out.extend_from_slice(&map[..r.position()]);
+        loop {
+            match r.peek()? {
+                b'Z' => {
+                    r.advance(1)?;
+                    break;
+                }
+                _ => {
+                    let start = r.position();
+                    let key = if r.next_is_string() {
+                        Some(r.read_string().ok()?)
+                    } else {
+                        r.skip_value().ok()?;
+                        None
+                    };
+                    r.skip_value().ok()?;
+                    if !key.is_some_and(|k| trace::is_trace_key(k.as_bytes())) {
+                        out.extend_from_slice(&map[start..r.position()]);
+                    }
+                }
+            }
+        }
+        if !r.at_end() {
+            return None;
+        }
+    }
+    write_string(&mut out, "traceparent");
+    write_string(&mut out, ctx.traceparent);
+    if let Some(ts) = ctx.tracestate {
+        write_string(&mut out, "tracestate");
+        write_string(&mut out, ts);
+    }
+    out.push(b'Z');
+    Some(out)
 }
 
 impl RpcProtocol for Dubbo {
@@ -261,6 +333,25 @@ impl RpcProtocol for Dubbo {
     fn id_space(&self) -> u64 {
         1 << 62
     }
+
+    fn with_trace_context(
+        &self,
+        head: &Bytes,
+        body: &Bytes,
+        ctx: &TraceContext<'_>,
+        max_body: usize,
+    ) -> Result<Option<(Bytes, Bytes)>, &'static str> {
+        if head.len() != HEADER_LEN || head[2] & SERIALIZATION_MASK != HESSIAN2 {
+            return Err(trace::MALFORMED);
+        }
+        let out = body_with_context(body, ctx).ok_or(trace::MALFORMED)?;
+        if out.len() > max_body || out.len() > i32::MAX as usize {
+            return Err(trace::TOO_LARGE);
+        }
+        let mut h = BytesMut::from(&head[..]);
+        h[12..16].copy_from_slice(&(out.len() as u32).to_be_bytes());
+        Ok(Some((h.freeze(), Bytes::from(out))))
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +454,97 @@ mod tests {
             f
         };
         crate::rpc::mutation_smoke(&Dubbo, &[sample_request(), with_objects]);
+    }
+
+    const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn split(f: &[u8]) -> (Bytes, Bytes) {
+        let mut buf = BytesMut::from(f);
+        let f = Dubbo.decode(&mut buf, 1 << 20).unwrap().unwrap();
+        (f.head, f.body)
+    }
+
+    fn attachments(head: &Bytes, body: &Bytes) -> Vec<(String, String)> {
+        let f = Frame {
+            kind: FrameKind::Request,
+            id: 1,
+            head: head.clone(),
+            body: body.clone(),
+        };
+        assert_eq!(be(head, 12, 4) as usize, body.len());
+        Dubbo.request_head(&f).unwrap().headers
+    }
+
+    #[test]
+    fn trace_context_replaces_attachments() {
+        let (head, body) = split(&sample_request());
+        let ctx = TraceContext {
+            traceparent: TP,
+            tracestate: Some("k=v"),
+        };
+        let (h, b) = Dubbo
+            .with_trace_context(&head, &body, &ctx, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let got = attachments(&h, &b);
+        assert!(got.contains(&("traceparent".into(), TP.into())));
+        assert!(got.contains(&("tracestate".into(), "k=v".into())));
+        assert!(got.contains(&("x-user".into(), "u1".into())));
+        assert!(got.contains(&("group".into(), "grp".into())));
+        // the arguments and the other entries keep their bytes
+        assert!(b.starts_with(&body[..body.len() - 1]));
+        // an old context is replaced, not doubled
+        let again = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00",
+            tracestate: None,
+        };
+        let (h2, b2) = Dubbo
+            .with_trace_context(&h, &b, &again, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let got = attachments(&h2, &b2);
+        assert_eq!(
+            got.iter().filter(|(k, _)| k.starts_with("trace")).count(),
+            1
+        );
+        assert!(got.contains(&("traceparent".into(), again.traceparent.into())));
+        // a body without attachments gets a map
+        let mut no_map = sample_request();
+        let cut = no_map.iter().rposition(|&c| c == b'H').unwrap();
+        no_map.truncate(cut);
+        let n = (no_map.len() - HEADER_LEN) as u32;
+        no_map[12..16].copy_from_slice(&n.to_be_bytes());
+        let (head, body) = split(&no_map);
+        let (h, b) = Dubbo
+            .with_trace_context(&head, &body, &ctx, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(attachments(&h, &b).contains(&("traceparent".into(), TP.into())));
+    }
+
+    #[test]
+    fn trace_context_bounds() {
+        let (head, body) = split(&sample_request());
+        let ctx = TraceContext {
+            traceparent: TP,
+            tracestate: None,
+        };
+        let e = Dubbo.with_trace_context(&head, &body, &ctx, body.len() + 4);
+        assert_eq!(e.unwrap_err(), trace::TOO_LARGE);
+        let e = Dubbo.with_trace_context(&head, &body.slice(..body.len() - 1), &ctx, 1 << 20);
+        assert_eq!(e.unwrap_err(), trace::MALFORMED);
+        let mut other = head.to_vec();
+        other[2] = 0xc6; // another serialization
+        let e = Dubbo.with_trace_context(&Bytes::from(other), &body, &ctx, 1 << 20);
+        assert_eq!(e.unwrap_err(), trace::MALFORMED);
+        // mutated bodies never panic
+        for i in 0..body.len() {
+            for v in [0u8, 0x1f, b'H', b'Z', 0xff] {
+                let mut m = body.to_vec();
+                m[i] = v;
+                let _ = Dubbo.with_trace_context(&head, &Bytes::from(m), &ctx, 1 << 20);
+            }
+        }
     }
 
     #[test]

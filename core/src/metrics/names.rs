@@ -470,6 +470,11 @@ pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "meshgate_tracing_spans_exported_
 /// Counter `{cluster,reason}`: spans dropped (`queue_full`,
 /// `export_failed`).
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "meshgate_tracing_spans_dropped_total";
+/// Counter `{codec,reason}`: RPC request frames sent upstream without the
+/// stream's trace context because rewriting them was not possible
+/// (`too_large`, `malformed`).
+pub const RPC_UPSTREAM_TRACE_CONTEXT_SKIPPED_TOTAL: &str =
+    "meshgate_rpc_upstream_trace_context_skipped_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -625,6 +630,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (TRACING_DECISIONS_TOTAL, Kind::Counter),
     (TRACING_SPANS_EXPORTED_TOTAL, Kind::Counter),
     (TRACING_SPANS_DROPPED_TOTAL, Kind::Counter),
+    (RPC_UPSTREAM_TRACE_CONTEXT_SKIPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list or map type: a string, or an int referring to an earlier one.
-    fn skip_type(&mut self) -> Result<()> {
+    pub(crate) fn skip_type(&mut self) -> Result<()> {
         if self.next_is_string() {
             self.skip_string()
         } else {

@@ -21,6 +21,7 @@
 //! counted; heartbeats from the provider are answered.
 
 pub mod hessian;
+pub mod trace;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -220,6 +221,19 @@ pub trait RpcProtocol: Send + Sync + 'static {
     fn max_calls_per_connection(&self) -> u32 {
         u32::MAX
     }
+    /// The request frame (head, body) rewritten to carry `ctx` as its trace
+    /// context (`trace`), the body at most `max_body` bytes. `Ok(None)`:
+    /// the protocol has no place for it; `Err(reason)`: this frame cannot
+    /// take it (`trace::TOO_LARGE`, `trace::MALFORMED`) and goes unchanged.
+    fn with_trace_context(
+        &self,
+        _head: &Bytes,
+        _body: &Bytes,
+        _ctx: &trace::TraceContext<'_>,
+        _max_body: usize,
+    ) -> Result<Option<(Bytes, Bytes)>, &'static str> {
+        Ok(None)
+    }
 }
 
 /// A request or response frame carried through the stream layer as an
@@ -230,6 +244,10 @@ pub struct RpcFrame {
     pub protocol: &'static str,
     pub kind: FrameKind,
     pub head: Bytes,
+    /// The `traceparent` the frame carries (as the stream header it
+    /// became): the client rewrites the frame only when the stream's
+    /// differs.
+    pub traceparent: Option<HeaderValue>,
 }
 
 fn default_max_body() -> usize {
@@ -494,10 +512,12 @@ impl<P: RpcProtocol> RpcServer<P> {
                 h.insert(k, v);
             }
         }
+        let traceparent = h.get(meshgate_core::trace::context::TRACEPARENT).cloned();
         req.extensions_mut().insert(RpcFrame {
             protocol: self.proto.name(),
             kind: frame.kind,
             head: frame.head.clone(),
+            traceparent,
         });
         Ok(req)
     }
@@ -781,7 +801,19 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             let conn = &stream.0;
             let space = proto.id_space().max(2);
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed) % (space - 1) + 1;
-            let head = proto.head_with_id(&f.head, id);
+            let (head, body) = match trace::upstream_context(&parts.headers, f.traceparent.as_ref())
+            {
+                None => (f.head, body),
+                Some(ctx) => match proto.with_trace_context(&f.head, &body, &ctx, max_body) {
+                    Ok(Some(rewritten)) => rewritten,
+                    Ok(None) => (f.head, body),
+                    Err(reason) => {
+                        trace::skipped(name, reason);
+                        (f.head, body)
+                    }
+                },
+            };
+            let head = proto.head_with_id(&head, id);
             if f.kind == FrameKind::OneWay {
                 conn.tx
                     .send((head, body))
@@ -816,6 +848,7 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
                 protocol: name,
                 kind: FrameKind::Response,
                 head: frame.head,
+                traceparent: None,
             });
             Ok(resp)
         })
