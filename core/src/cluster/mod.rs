@@ -626,7 +626,9 @@ impl Cluster {
         let slot = match self.connection_slot() {
             Some(s) => s,
             None => {
-                let waited = if queue {
+                // With `max_connections: 0` no slot ever frees: the
+                // breaker is simply open, as before the queue existed.
+                let waited = if queue && self.max_connections > 0 {
                     self.connections
                         .pending
                         .wait_for(|| self.connection_slot())
