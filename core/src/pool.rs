@@ -79,6 +79,19 @@ impl<'a> Dial<'a> {
         Ok((stream, guard))
     }
 
+    /// `tcp`, but at `max_connections` the request waits for a slot
+    /// (`max_pending_requests`). For codecs whose connections implement
+    /// `Reusable::guard`, so that a finished one frees its slot.
+    pub async fn tcp_queued(&self) -> Result<(TcpStream, ConnectionGuard), UpstreamError> {
+        crate::proxy_protocol::refuse_for_streams(self.cluster)?;
+        let up = self
+            .cluster
+            .connect_endpoint_as(self.endpoint.clone(), true)
+            .await?;
+        let (stream, _, guard) = up.into_parts();
+        Ok((stream, guard))
+    }
+
     /// A transport the codec opens itself (QUIC), under the same breaker,
     /// timeout, back-off and counters as `tcp`.
     pub async fn with<T>(
@@ -114,6 +127,13 @@ pub trait Reusable: Send + 'static {
     /// gets no such limit.
     fn exchanges(&self) -> u32 {
         0
+    }
+
+    /// The connection's circuit-breaker slot, when it holds it: a
+    /// finished connection is then closed rather than kept idle while a
+    /// request waits for a slot (`max_pending_requests`).
+    fn guard(&self) -> Option<&ConnectionGuard> {
+        None
     }
 }
 
@@ -174,7 +194,10 @@ impl<C: Reusable> ExclusivePool<C> {
     /// `max_idle` are kept already or the pool was closed (then it closes,
     /// dropped).
     pub fn put(&self, conn: C, limits: &ExclusiveLimits) {
-        if self.closed.load(Ordering::Relaxed) || conn.exchanges() >= limits.max_requests {
+        if self.closed.load(Ordering::Relaxed)
+            || conn.exchanges() >= limits.max_requests
+            || conn.guard().is_some_and(ConnectionGuard::wanted)
+        {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

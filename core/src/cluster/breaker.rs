@@ -119,7 +119,8 @@ impl Thresholds {
             RetryLimit::Max(m) => m,
             RetryLimit::Budget { percent, min } => {
                 // Envoy: the budget is a share of the requests in flight
-                // (active + pending; meshgate has no pending queue).
+                // (active + pending; meshgate's pending requests are
+                // counted per cluster, not per priority, so only active).
                 let share = (f64::from(self.requests.active()) * percent / 100.0) as u32;
                 share.max(min)
             }
@@ -137,6 +138,7 @@ pub struct Breakers {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThresholdValues {
     pub max_connections: u32,
+    pub max_pending_requests: u32,
     pub max_requests: u32,
     retry_limit: RetryLimit,
     pub track_remaining: bool,
@@ -146,6 +148,7 @@ impl Default for ThresholdValues {
     fn default() -> Self {
         Self {
             max_connections: DEFAULT_LIMIT,
+            max_pending_requests: DEFAULT_LIMIT,
             max_requests: DEFAULT_LIMIT,
             retry_limit: RetryLimit::Max(DEFAULT_MAX_RETRIES),
             track_remaining: false,
@@ -180,9 +183,6 @@ pub fn check(
         if std::mem::replace(&mut seen[k], true) {
             return Err((path("priority"), "one threshold per priority".into()));
         }
-        // `max_pending_requests` is accepted and always met: meshgate's
-        // pools never queue a request behind `max_connections` (it
-        // overflows at once, as Envoy with `max_pending_requests: 0`).
         if t.max_connection_pools.is_some() {
             return Err((path("max_connection_pools"), "not supported".into()));
         }
@@ -202,6 +202,18 @@ pub fn check(
                 ));
             }
             v.max_connections = m;
+        }
+        if let Some(m) = t.max_pending_requests {
+            // The queue is the connection limit's (`cluster::pending`),
+            // which does not know a request's priority.
+            if k == 1 {
+                return Err((
+                    path("max_pending_requests"),
+                    "requests wait for connections shared by both priorities: set it on the DEFAULT threshold"
+                        .into(),
+                ));
+            }
+            v.max_pending_requests = m;
         }
         if let Some(m) = t.max_requests {
             v.max_requests = m;
@@ -313,6 +325,7 @@ mod tests {
         let v = check(None, None).unwrap();
         assert_eq!(v[0].max_requests, 1024);
         assert_eq!(v[0].max_connections, 1024);
+        assert_eq!(v[0].max_pending_requests, 1024);
         assert_eq!(v[0].retry_limit, RetryLimit::Max(3));
         assert_eq!(check(None, Some(7)).unwrap()[0].max_connections, 7);
     }
@@ -339,6 +352,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0, "circuit_breakers.thresholds[1].priority");
+        let t = ThresholdsConfig {
+            priority: RoutingPriority::High,
+            max_pending_requests: Some(1),
+            ..Default::default()
+        };
+        let e = check(Some(&cfg(vec![t])), None).unwrap_err();
+        assert_eq!(e.0, "circuit_breakers.thresholds[0].max_pending_requests");
         let t = ThresholdsConfig {
             retry_budget: Some(RetryBudgetConfig {
                 budget_percent: Some(PercentConfig { value: 120.0 }),

@@ -13,6 +13,7 @@
 
 pub mod breaker;
 pub mod outlier;
+pub mod pending;
 
 use crate::codec::ClientCodec;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
@@ -401,6 +402,15 @@ impl UpstreamConnection {
 /// Holds an upstream connection's circuit-breaker slot.
 pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot);
 
+impl ConnectionGuard {
+    /// Whether a request of the cluster waits for a connection slot: a
+    /// finished exchange then closes its connection instead of keeping it
+    /// idle (`ExclusivePool::put`), which frees the slot for the waiter.
+    pub fn wanted(&self) -> bool {
+        self.0.0.pending.wanted()
+    }
+}
+
 /// A connection's circuit-breaker slot. It holds the cluster's connection
 /// count, not the cluster: a pooled connection holding its cluster would
 /// keep the cluster's endpoints alive, and with them their pools and the
@@ -413,12 +423,16 @@ struct ConnectionSlot(Arc<ConnectionCount>);
 struct ConnectionCount {
     active: AtomicU32,
     gauge: metrics::Gauge,
+    /// Requests waiting for a slot (`max_pending_requests`).
+    pending: pending::Pending,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst: pairs with the waiter's registration (`Pending::wait_for`).
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
         self.0.gauge.decrement(1.0);
+        self.0.pending.wake();
     }
 }
 
@@ -480,6 +494,7 @@ impl Cluster {
             connections: Arc::new(ConnectionCount {
                 active: AtomicU32::new(0),
                 gauge: stats.cx_active.clone(),
+                pending: pending::Pending::new(name, breaker::DEFAULT_LIMIT),
             }),
             stats,
             upstream: None,
@@ -596,15 +611,42 @@ impl Cluster {
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
     ) -> Result<UpstreamConnection, ConnectError> {
-        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.connections.active.fetch_sub(1, Ordering::Relaxed);
-            self.stats.cx_overflow.increment(1);
-            let e = ConnectError::Overflow(self.name.into());
-            self.stats.connect_failed(e.reason());
-            return Err(e);
-        }
-        self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.connections.clone());
+        self.connect_endpoint_as(endpoint, false).await
+    }
+
+    /// `connect_endpoint`; with `queue`, a request finding the cluster at
+    /// `max_connections` waits for a slot (`pending`) instead of
+    /// overflowing at once. Only codecs whose finished exchanges give their
+    /// connection up to a waiter (`ExclusivePool::put`) queue.
+    pub async fn connect_endpoint_as(
+        self: &Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        queue: bool,
+    ) -> Result<UpstreamConnection, ConnectError> {
+        let slot = match self.connection_slot() {
+            Some(s) => s,
+            None => {
+                // With `max_connections: 0` no slot ever frees: the
+                // breaker is simply open, as before the queue existed.
+                let waited = if queue && self.max_connections > 0 {
+                    self.connections
+                        .pending
+                        .wait_for(|| self.connection_slot())
+                        .await
+                } else {
+                    None
+                };
+                match waited {
+                    Some(s) => s,
+                    None => {
+                        self.stats.cx_overflow.increment(1);
+                        let e = ConnectError::Overflow(self.name.into());
+                        self.stats.connect_failed(e.reason());
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let addr = endpoint.address;
         let result =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
@@ -643,15 +685,12 @@ impl Cluster {
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        if self.connections.active.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            self.connections.active.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = self.connection_slot() else {
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
-        }
-        self.stats.cx_active.increment(1.0);
-        let slot = ConnectionSlot(self.connections.clone());
+        };
         let addr = endpoint.address;
         let result = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
@@ -671,6 +710,30 @@ impl Cluster {
                 Err(e)
             }
         }
+    }
+
+    /// A connection slot under `max_connections`, if one is free.
+    fn connection_slot(&self) -> Option<ConnectionSlot> {
+        let c = &self.connections;
+        // A compare-and-swap, not an add taken back: a passing over-count
+        // could fail a woken waiter's try while no slot is taken, and
+        // nobody would wake it again.
+        c.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .ok()?;
+        self.stats.cx_active.increment(1.0);
+        Some(ConnectionSlot(c.clone()))
+    }
+
+    /// Sets `max_pending_requests` (before the cluster is shared).
+    fn set_max_pending(&mut self, max: u32) {
+        self.connections = Arc::new(ConnectionCount {
+            active: AtomicU32::new(0),
+            gauge: self.stats.cx_active.clone(),
+            pending: pending::Pending::new(self.name, max),
+        });
     }
 
     /// Upstream connections currently open.
@@ -1024,6 +1087,7 @@ fn build_cluster(
     );
     cluster.priority = policy;
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
+    cluster.set_max_pending(thresholds[0].max_pending_requests);
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();
     cluster.original_dst = od;

@@ -45,9 +45,9 @@ pub struct ThresholdsConfig {
     /// priorities: only the DEFAULT threshold may set it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection. Always met: meshgate's pools
-    /// never queue a request behind `max_connections` (it overflows at
-    /// once with 503, as Envoy with `max_pending_requests: 0`).
+    /// Requests waiting for an upstream connection slot while the cluster
+    /// is at `max_connections` (queued per cluster: DEFAULT only); more
+    /// overflow at once with 503 (`cluster::pending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
     /// Active requests to the cluster (all endpoints, every protocol).

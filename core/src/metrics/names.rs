@@ -476,6 +476,20 @@ pub const TRACING_SPANS_DROPPED_TOTAL: &str = "meshgate_tracing_spans_dropped_to
 pub const RPC_UPSTREAM_TRACE_CONTEXT_SKIPPED_TOTAL: &str =
     "meshgate_rpc_upstream_trace_context_skipped_total";
 
+/// Gauge `{cluster}`: requests waiting for an upstream connection slot
+/// (`max_pending_requests`).
+pub const CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE: &str = "meshgate_cluster_upstream_rq_pending_active";
+/// Counter `{cluster}`: requests that had to wait for a connection slot.
+pub const CLUSTER_UPSTREAM_RQ_PENDING_TOTAL: &str = "meshgate_cluster_upstream_rq_pending_total";
+/// Counter `{cluster,priority}`: requests refused because
+/// `max_pending_requests` requests were waiting already.
+pub const CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_pending_overflow_total";
+/// Counter `{cluster}`: waiting requests that left the queue unserved
+/// (route timeout, downstream gone).
+pub const CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_pending_cancelled_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -631,6 +645,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (TRACING_SPANS_EXPORTED_TOTAL, Kind::Counter),
     (TRACING_SPANS_DROPPED_TOTAL, Kind::Counter),
     (RPC_UPSTREAM_TRACE_CONTEXT_SKIPPED_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE, Kind::Gauge),
+    (CLUSTER_UPSTREAM_RQ_PENDING_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

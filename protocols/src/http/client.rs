@@ -357,7 +357,7 @@ async fn connect_fast(
     endpoint: &Arc<Endpoint>,
     auth: Option<String>,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
-    let (stream, guard) = Dial::new(cluster, endpoint).tcp().await?;
+    let (stream, guard) = Dial::new(cluster, endpoint).tcp_queued().await?;
     let io = upstream_io(cluster, stream, auth, endpoint.address).await?;
     Ok(h1_upstream::Conn::new(io, guard))
 }

@@ -256,6 +256,9 @@ impl Reusable for Conn {
     fn exchanges(&self) -> u32 {
         self.exchanges
     }
+    fn guard(&self) -> Option<&ConnectionGuard> {
+        Some(&self._guard)
+    }
 }
 
 /// An endpoint's HTTP/1.1 pools, kept on the endpoint (`Endpoint::pool`):
