@@ -89,7 +89,11 @@ fn resolve(sock: &UdpSocket, to: SocketAddr, id: u16, wait: Duration) -> Option<
     let mut buf = [0u8; 1500];
     let (n, from) = sock.recv_from(&mut buf).ok()?;
     assert_eq!(from, to, "the answer comes from the listener");
-    assert_eq!(&buf[..2], &id.to_be_bytes(), "the answer's id is the query's");
+    assert_eq!(
+        &buf[..2],
+        &id.to_be_bytes(),
+        "the answer's id is the query's"
+    );
     assert_eq!(&buf[6..8], &[0, 1], "one answer record");
     let a = &buf[n - 4..n];
     Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
@@ -112,12 +116,18 @@ fn dns_over_udp_is_answered_through_the_proxy() {
     let dns = DnsServer::start("10.1.2.3");
     let mg = start(
         "  - name: dns\n    address: 127.0.0.1:0\n    udp_proxy: {cluster: dns}",
-        &format!("  - name: dns\n    endpoints: [{{address: \"{}\"}}]", dns.addr),
+        &format!(
+            "  - name: dns\n    endpoints: [{{address: \"{}\"}}]",
+            dns.addr
+        ),
     );
     let addr = mg.listener_addr("dns");
     let c = client();
     for id in [7, 8] {
-        assert_eq!(resolve(&c, addr, id, LONG), Some(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(
+            resolve(&c, addr, id, LONG),
+            Some(Ipv4Addr::new(10, 1, 2, 3))
+        );
     }
     let l = [("listener", "dns")];
     assert_eq!(mg.metric("meshgate_udp_proxy_sessions_total", &l), 1.0);
@@ -164,7 +174,10 @@ fn an_idle_session_ends() {
     let dns = DnsServer::start("10.1.2.3");
     let mg = start(
         "  - name: dns\n    address: 127.0.0.1:0\n    udp_proxy: {cluster: dns, idle_timeout: 300ms}",
-        &format!("  - name: dns\n    endpoints: [{{address: \"{}\"}}]", dns.addr),
+        &format!(
+            "  - name: dns\n    endpoints: [{{address: \"{}\"}}]",
+            dns.addr
+        ),
     );
     let addr = mg.listener_addr("dns");
     let c = client();
@@ -182,7 +195,10 @@ fn sessions_past_max_sessions_are_dropped_and_counted() {
     let dns = DnsServer::start("10.1.2.3");
     let mg = start(
         "  - name: dns\n    address: 127.0.0.1:0\n    udp_proxy: {cluster: dns, max_sessions: 2}",
-        &format!("  - name: dns\n    endpoints: [{{address: \"{}\"}}]", dns.addr),
+        &format!(
+            "  - name: dns\n    endpoints: [{{address: \"{}\"}}]",
+            dns.addr
+        ),
     );
     let addr = mg.listener_addr("dns");
     let (a, b) = (client(), client());
@@ -194,12 +210,17 @@ fn sessions_past_max_sessions_are_dropped_and_counted() {
         c.send_to(&query(100 + i as u16), addr).unwrap();
     }
     let drop = [("listener", "dns"), ("reason", "session_overflow")];
-    mg.wait_metric("meshgate_udp_proxy_datagrams_dropped_total", &drop, |v| v == 20.0);
+    mg.wait_metric("meshgate_udp_proxy_datagrams_dropped_total", &drop, |v| {
+        v == 20.0
+    });
     let mut buf = [0u8; 64];
     flood[0]
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    assert!(flood[0].recv_from(&mut buf).is_err(), "no answer past the bound");
+    assert!(
+        flood[0].recv_from(&mut buf).is_err(),
+        "no answer past the bound"
+    );
     // The existing sessions go on.
     assert!(resolve(&a, addr, 3, LONG).is_some());
     assert!(resolve(&b, addr, 4, LONG).is_some());
@@ -213,7 +234,10 @@ fn an_oversized_datagram_is_dropped_and_counted() {
     let dns = DnsServer::start("10.1.2.3");
     let mg = start(
         "  - name: dns\n    address: 127.0.0.1:0\n    udp_proxy:\n      cluster: dns\n      upstream_socket_config: {max_rx_datagram_size: 100}",
-        &format!("  - name: dns\n    endpoints: [{{address: \"{}\"}}]", dns.addr),
+        &format!(
+            "  - name: dns\n    endpoints: [{{address: \"{}\"}}]",
+            dns.addr
+        ),
     );
     let addr = mg.listener_addr("dns");
     let c = client();
@@ -221,18 +245,26 @@ fn an_oversized_datagram_is_dropped_and_counted() {
     big.resize(300, 0);
     c.send_to(&big, addr).unwrap();
     let drop = [("listener", "dns"), ("reason", "too_large")];
-    mg.wait_metric("meshgate_udp_proxy_datagrams_dropped_total", &drop, |v| v == 1.0);
+    mg.wait_metric("meshgate_udp_proxy_datagrams_dropped_total", &drop, |v| {
+        v == 1.0
+    });
     let up = [("listener", "dns"), ("direction", "upstream")];
     assert_eq!(mg.metric("meshgate_udp_proxy_datagrams_total", &up), 0.0);
     // A datagram within the bound is served.
-    assert_eq!(resolve(&c, addr, 10, LONG), Some(Ipv4Addr::new(10, 1, 2, 3)));
+    assert_eq!(
+        resolve(&c, addr, 10, LONG),
+        Some(Ipv4Addr::new(10, 1, 2, 3))
+    );
 }
 
 #[test]
 fn bad_udp_proxy_config_is_refused_by_field() {
     let dir = tempfile::tempdir().unwrap();
     for (cfg, field) in [
-        ("udp_proxy: {cluster: nope}", "listeners[0].udp_proxy.cluster"),
+        (
+            "udp_proxy: {cluster: nope}",
+            "listeners[0].udp_proxy.cluster",
+        ),
         (
             "udp_proxy: {cluster: c, hash_policies: [{source_ip: false}]}",
             "listeners[0].udp_proxy.hash_policies[0].source_ip",
@@ -241,10 +273,7 @@ fn bad_udp_proxy_config_is_refused_by_field() {
             "udp_proxy: {cluster: c, upstream_socket_config: {max_rx_datagram_size: 70000}}",
             "listeners[0].udp_proxy.upstream_socket_config.max_rx_datagram_size",
         ),
-        (
-            "udp_proxy: {cluster: c, matcher: {}}",
-            "matcher",
-        ),
+        ("udp_proxy: {cluster: c, matcher: {}}", "matcher"),
     ] {
         let p = dir.path().join("c.yaml");
         std::fs::write(
