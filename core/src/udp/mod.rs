@@ -83,13 +83,16 @@ impl UdpStats {
     }
 }
 
+/// A compiled `udp_proxy` and the cluster it uses.
+pub type Compiled = (Arc<UdpProxy>, ClusterRefs);
+
 /// Compiles `udp_proxy` of listener `path`, if set: the cluster it uses
 /// is returned for the listener's cluster set. Errors name the field.
 pub fn compile(
     cfg: &ListenerConfig,
     path: &str,
     clusters: &ClusterManager,
-) -> Result<Option<(Arc<UdpProxy>, ClusterRefs)>, (String, String)> {
+) -> Result<Option<Compiled>, (String, String)> {
     let Some(u) = &cfg.udp_proxy else {
         return Ok(None);
     };
@@ -229,10 +232,8 @@ pub async fn serve(
                 }
             },
             Some(peer) = ended_rx.recv() => {
-                if let Some(s) = sessions.get(&peer) {
-                    if s.closed.load(Ordering::Acquire) {
-                        sessions.remove(&peer);
-                    }
+                if sessions.get(&peer).is_some_and(|s| s.closed.load(Ordering::Acquire)) {
+                    sessions.remove(&peer);
                 }
                 if stopping && sessions.is_empty() {
                     break;
