@@ -39,5 +39,6 @@ pub mod stream;
 pub mod tls;
 pub mod tls_inspect;
 pub mod trace;
+pub mod udp;
 
 pub use error::{BuildError, ConfigError, Error};

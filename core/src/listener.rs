@@ -75,6 +75,8 @@ pub struct CompiledListener {
     /// Listener filters and socket options of sidecar mode, when any is
     /// set (`crate::original_dst`).
     pub sidecar: Option<Box<crate::original_dst::ListenerSidecar>>,
+    /// Served as a UDP proxy instead of TCP (`crate::udp`).
+    pub udp: Option<Arc<crate::udp::UdpProxy>>,
 }
 
 impl CompiledListener {
@@ -99,7 +101,9 @@ impl CompiledListener {
                 format!("invalid address '{}': want ip:port", cfg.address),
             )
         })?;
-        if cfg.filter_chains.is_empty() {
+        let udp = crate::udp::compile(cfg, &path, clusters)
+            .map_err(|(field, msg)| source.error(field, msg))?;
+        if cfg.filter_chains.is_empty() && udp.is_none() {
             return Err(source.error(
                 format!("{path}.filter_chains"),
                 "needs at least one filter chain",
@@ -107,6 +111,10 @@ impl CompiledListener {
         }
         let mut chains = Vec::with_capacity(cfg.filter_chains.len());
         let mut resolved = ClusterRefs::new();
+        let udp = udp.map(|(u, used)| {
+            resolved.extend(used);
+            u
+        });
         for (i, fc) in cfg.filter_chains.iter().enumerate() {
             let (chain, used) = build_chain(
                 &format!("{path}.filter_chains[{i}]"),
@@ -177,6 +185,7 @@ impl CompiledListener {
             proxy_protocol,
             clusters: resolved,
             sidecar,
+            udp,
         })
     }
 
@@ -864,6 +873,7 @@ mod tests {
             stats: ListenerStats::new("l"),
             clusters: ClusterRefs::new(),
             sidecar: None,
+            udp: None,
         }
     }
 

@@ -249,6 +249,7 @@ fn key(l: &CompiledListener) -> ListenerKey {
 enum Socket {
     Tcp(tokio::net::TcpListener),
     Quic(quinn::Endpoint),
+    Udp(tokio::net::UdpSocket),
     /// `bind_to_port: false`: no socket (`crate::original_dst`).
     Virtual,
 }
@@ -257,6 +258,8 @@ impl Socket {
     fn bind(l: &CompiledListener) -> std::io::Result<Socket> {
         Ok(if l.quic.is_some() {
             Socket::Quic(crate::quic::bind(l)?)
+        } else if l.udp.is_some() {
+            Socket::Udp(crate::udp::bind(l)?)
         } else {
             if !crate::original_dst::binds(l) {
                 return Ok(Socket::Virtual);
@@ -271,6 +274,7 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s.local_addr(),
             Socket::Quic(ep) => ep.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
             Socket::Virtual => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
@@ -317,6 +321,14 @@ impl Live {
                         .clone()
                         .quic_accept_loop(ep, stop.clone(), drain, tracker),
                 );
+            }
+            Socket::Udp(sock) => {
+                tokio::spawn(crate::udp::serve(
+                    running.clone(),
+                    sock,
+                    stop.clone(),
+                    tracker,
+                ));
             }
             Socket::Virtual => {}
         }

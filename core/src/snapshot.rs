@@ -49,6 +49,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
     pub address: SocketAddr,
+    /// UDP (QUIC or `udp_proxy`) rather than TCP.
     pub quic: bool,
     /// Only for port 0.
     pub name: Option<Arc<str>>,
@@ -68,7 +69,7 @@ impl ListenerKey {
         let name = (l.address.port() == 0).then(|| l.name.clone());
         Self {
             address: l.address,
-            quic: l.quic.is_some(),
+            quic: l.quic.is_some() || l.udp.is_some(),
             name,
         }
     }
@@ -190,7 +191,13 @@ impl Snapshot {
                 .address
                 .parse()
                 .ok()
-                .and_then(|a| live.get(&ListenerKey::new(a, l.quic.is_some(), &l.name)))
+                .and_then(|a| {
+                    live.get(&ListenerKey::new(
+                        a,
+                        l.quic.is_some() || l.udp_proxy.is_some(),
+                        &l.name,
+                    ))
+                })
                 .copied();
             let take_over = was
                 .filter(|(old, _)| update::may_keep(old, l))
@@ -218,7 +225,10 @@ impl Snapshot {
             updates.push(update);
             // Several listeners may ask for an ephemeral port (port 0).
             if compiled.address.port() != 0
-                && !addrs.insert((compiled.address, compiled.quic.is_some()))
+                && !addrs.insert((
+                    compiled.address,
+                    compiled.quic.is_some() || compiled.udp.is_some(),
+                ))
             {
                 return Err(source.error(
                     format!("listeners[{i}].address"),

@@ -632,6 +632,7 @@ fn listener_inner(
         max_connections_to_accept_per_socket_event,
         listener_filters_timeout: lft,
         quic: None,
+        udp_proxy: None,
         filter_chains: chains,
         listener_filters: sidecar.listener_filters,
         use_original_dst: sidecar.use_original_dst,

@@ -27,6 +27,7 @@ pub mod router;
 pub mod sidecar;
 pub mod simpleauth;
 pub mod tracing;
+pub mod udp_proxy;
 pub mod zone;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
@@ -265,6 +266,11 @@ pub struct ListenerConfig {
     /// `h3`) and whose terminal filter is `proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quic: Option<QuicConfig>,
+    /// Serve a UDP proxy at `address` instead of TCP (`crate::udp`); the
+    /// listener then has no filter chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_proxy: Option<udp_proxy::UdpProxyConfig>,
+    #[serde(default)]
     pub filter_chains: Vec<FilterChainConfig>,
     /// Hand each connection to the listener bound (`bind_to_port: false`)
     /// to its original destination, if there is one (Envoy's legacy

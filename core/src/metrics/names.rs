@@ -490,6 +490,21 @@ pub const CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL: &str =
 pub const CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL: &str =
     "meshgate_cluster_upstream_rq_pending_cancelled_total";
 
+// UDP proxy listener (`crate::udp`).
+
+/// Gauge `{listener}`: UDP sessions open.
+pub const UDP_PROXY_SESSIONS_ACTIVE: &str = "meshgate_udp_proxy_sessions_active";
+/// Counter `{listener}`: UDP sessions created.
+pub const UDP_PROXY_SESSIONS_TOTAL: &str = "meshgate_udp_proxy_sessions_total";
+/// Counter `{listener, direction}`: datagrams forwarded; `direction` is
+/// `upstream` (client to upstream) or `downstream` (upstream to client).
+pub const UDP_PROXY_DATAGRAMS_TOTAL: &str = "meshgate_udp_proxy_datagrams_total";
+/// Counter `{listener, direction}`: payload bytes forwarded.
+pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
+/// Counter `{listener, reason}`: datagrams dropped: `session_overflow`,
+/// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
+pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -649,6 +664,11 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_UPSTREAM_RQ_PENDING_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL, Kind::Counter),
+    (UDP_PROXY_SESSIONS_ACTIVE, Kind::Gauge),
+    (UDP_PROXY_SESSIONS_TOTAL, Kind::Counter),
+    (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
+    (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
+    (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

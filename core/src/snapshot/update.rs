@@ -189,6 +189,7 @@ fn same_but_chains(
         listener_filters_timeout,
         listener_filters,
         quic,
+        udp_proxy,
         filter_chains,
         use_original_dst,
         bind_to_port,
@@ -204,6 +205,7 @@ fn same_but_chains(
         && *listener_filters_timeout == b.listener_filters_timeout
         && *listener_filters == b.listener_filters
         && *quic == b.quic
+        && *udp_proxy == b.udp_proxy
         && *use_original_dst == b.use_original_dst
         && *bind_to_port == b.bind_to_port
         && *transparent == b.transparent
