@@ -615,7 +615,7 @@ fn sidecar_config_is_validated_naming_the_field() {
         "clusters[0].original_dst_lb_config.http_header_name",
     );
     check(
-        "    listener_filters: [{name: envoy.filters.listener.proxy_protocol}]\n",
+        "    listener_filters: [{name: envoy.filters.listener.local_ratelimit}]\n",
         od,
         "listeners[0].listener_filters[0].name",
     );
