@@ -258,7 +258,14 @@ fn max_pending_requests_from_xds() {
     mgmt.set(ROUTE, "r1", vec![(rname, r)]);
     let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
     let svc = &[("cluster", "svc-a")];
-    // The first request through waits at the upstream (the route in place).
+    // The listener, its route and the cluster served before the first
+    // request (it is sent once and held at the upstream).
+    wait_until_within(20, "the xDS config applied", || {
+        mg.config_dump()["dynamic"]["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("lds=l1") && v.contains("rds=r1") && v.contains("cds=c1"))
+    });
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
     let first = background(port, "/one");
     wait_until_within(20, "the xDS route in place", || up.seen() == 1);
     let waiting: Vec<_> = ["/two", "/three"]
