@@ -682,31 +682,6 @@ actions:
         let e = plan(
             "resource_monitors:
   - name: envoy.resource_monitors.fixed_heap
-    typed_config: {max_heap_size_bytes: 100}
-actions:
-  - name: envoy.overload_actions.nope
-    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.5}}]
-",
-        )
-        .unwrap_err();
-        assert_eq!(e.field, "overload_manager.actions[0].name");
-        let e = plan(
-            "resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config: {max_heap_size_bytes: 100}
-actions:
-  - name: envoy.overload_actions.shrink_heap
-    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 1.5}}]
-",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e.field,
-            "overload_manager.actions[0].triggers[0].threshold.value"
-        );
-        let e = plan(
-            "resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
     typed_config: {max_heap_size_byte: 100}
 ",
         )
@@ -717,27 +692,40 @@ actions:
             "{}",
             e.field
         );
-        let e = plan(
-            "resource_monitors:
+        // One heap monitor, one action: (action, trigger, field at fault).
+        for (action, trigger, field) in [
+            (
+                "envoy.overload_actions.nope",
+                "{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.5}}",
+                "overload_manager.actions[0].name",
+            ),
+            (
+                "envoy.overload_actions.shrink_heap",
+                "{name: envoy.resource_monitors.fixed_heap, threshold: {value: 1.5}}",
+                "overload_manager.actions[0].triggers[0].threshold.value",
+            ),
+            (
+                "envoy.overload_actions.shrink_heap",
+                "{name: envoy.resource_monitors.cgroup_memory, threshold: {value: 0.5}}",
+                "overload_manager.actions[0].triggers[0].name",
+            ),
+            (
+                "envoy.overload_actions.reduce_timeouts",
+                "{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.5}}",
+                "overload_manager.actions[0].name",
+            ),
+        ] {
+            let e = plan(&format!(
+                "resource_monitors:
   - name: envoy.resource_monitors.fixed_heap
-    typed_config: {max_heap_size_bytes: 100}
+    typed_config: {{max_heap_size_bytes: 100}}
 actions:
-  - name: envoy.overload_actions.shrink_heap
-    triggers: [{name: envoy.resource_monitors.cgroup_memory, threshold: {value: 0.5}}]
-",
-        )
-        .unwrap_err();
-        assert_eq!(e.field, "overload_manager.actions[0].triggers[0].name");
-        let e = plan(
-            "resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config: {max_heap_size_bytes: 100}
-actions:
-  - name: envoy.overload_actions.reduce_timeouts
-    triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.5}}]
-",
-        )
-        .unwrap_err();
-        assert_eq!(e.field, "overload_manager.actions[0].name");
+  - name: {action}
+    triggers: [{trigger}]
+"
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field, "{action} {trigger}");
+        }
     }
 }
