@@ -17,6 +17,7 @@ pub mod phases;
 pub mod pypeer;
 pub mod rpc;
 pub mod scripted;
+pub mod udp_dns;
 pub mod xds;
 
 use std::io::{Read, Write};

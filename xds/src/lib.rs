@@ -37,6 +37,7 @@ mod slow_start;
 pub mod tls;
 mod tracing;
 pub mod translate;
+mod udp_proxy;
 mod unknown;
 
 pub use client::{Bootstrap, run};

@@ -589,6 +589,11 @@ fn listener_inner(
     secrets: Secrets<'_>,
 ) -> R<Listener> {
     let name = std::mem::take(&mut l.name);
+    // A UDP listener is a udp_proxy (`crate::udp_proxy`).
+    let udp_proxy = match crate::udp_proxy::take_protocol(&mut l) {
+        true => Some(crate::udp_proxy::listener(&mut l)?),
+        false => None,
+    };
     let address = socket_address(l.address.take(), "address")?;
     // Metric names carry the listener name as a label.
     l.stat_prefix.clear();
@@ -632,7 +637,7 @@ fn listener_inner(
         max_connections_to_accept_per_socket_event,
         listener_filters_timeout: lft,
         quic: None,
-        udp_proxy: None,
+        udp_proxy,
         filter_chains: chains,
         listener_filters: sidecar.listener_filters,
         use_original_dst: sidecar.use_original_dst,
@@ -1646,6 +1651,7 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
 /// The clusters a listener's filters name (for warming).
 pub fn clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    out.extend(l.udp_proxy.iter().map(|u| u.cluster.clone()));
     for fc in &l.filter_chains {
         for f in &fc.filters {
             collect_clusters(&f.config, &mut out, true);
@@ -1661,6 +1667,7 @@ pub fn clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
 /// not there: its route answers "cluster not found" meanwhile.
 pub fn required_clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    out.extend(l.udp_proxy.iter().map(|u| u.cluster.clone()));
     for fc in &l.filter_chains {
         for f in &fc.filters {
             collect_clusters(&f.config, &mut out, false);

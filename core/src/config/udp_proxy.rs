@@ -26,6 +26,17 @@ pub struct UdpProxyConfig {
     pub hash_policies: Vec<UdpHashPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_socket_config: Option<UdpSocketConfig>,
+    /// The listener socket's config: Envoy's
+    /// `Listener.udp_listener_config.downstream_socket_config` (kept here
+    /// because a meshgate UDP listener carries only this proxy). A client
+    /// datagram over its `max_rx_datagram_size` is dropped (default 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_socket_config: Option<UdpSocketConfig>,
+    /// Envoy's `use_per_packet_load_balancing`: every datagram picks an
+    /// Endpoint; a client has one upstream socket per Endpoint it was
+    /// sent to, and replies from each reach it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_per_packet_load_balancing: bool,
     /// meshgate extension: the most sessions at once; a datagram from a
     /// new client past it is dropped and counted (default 10000).
     #[serde(default = "default_max_sessions")]

@@ -4,7 +4,10 @@
 //! balancer chose; datagrams go both ways until the session is idle for
 //! `idle_timeout`. The session table is owned by the listener's one task
 //! (no lock); a session's task reads its upstream socket and answers the
-//! client through the shared listener socket.
+//! client through the shared listener socket. With
+//! `use_per_packet_load_balancing` every datagram picks an Endpoint and a
+//! session is keyed by the client and that Endpoint, so a client has one
+//! upstream socket per Endpoint it was sent to.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterManager, ClusterRefs};
 use crate::config::ListenerConfig;
-use crate::config::udp_proxy::DEFAULT_MAX_RX_DATAGRAM;
+use crate::config::udp_proxy::{DEFAULT_MAX_RX_DATAGRAM, UdpSocketConfig};
 use crate::lb::LbContext;
 use crate::listener::{CompiledListener, RunningListener};
 use crate::metrics::names;
@@ -34,7 +37,10 @@ pub struct UdpProxy {
     pub idle_timeout: Duration,
     pub max_sessions: usize,
     pub max_rx: usize,
+    /// Bound on a client's datagram (`downstream_socket_config`).
+    pub max_rx_down: usize,
     pub hash_source_ip: bool,
+    pub per_packet: bool,
     stats: Arc<UdpStats>,
 }
 
@@ -44,6 +50,8 @@ impl std::fmt::Debug for UdpProxy {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_sessions", &self.max_sessions)
             .field("max_rx", &self.max_rx)
+            .field("max_rx_down", &self.max_rx_down)
+            .field("per_packet", &self.per_packet)
             .finish()
     }
 }
@@ -144,17 +152,31 @@ pub fn compile(
         }
         hash_source_ip = true;
     }
-    let max_rx = u
-        .upstream_socket_config
-        .as_ref()
-        .and_then(|s| s.max_rx_datagram_size)
-        .unwrap_or(DEFAULT_MAX_RX_DATAGRAM) as usize;
-    if max_rx == 0 || max_rx >= MAX_UDP {
-        return err(
-            "udp_proxy.upstream_socket_config.max_rx_datagram_size",
-            "must be between 1 and 65535",
-        );
-    }
+    let max_rx = |c: &Option<UdpSocketConfig>, field: &str, default: u32| {
+        let v = c
+            .as_ref()
+            .and_then(|s| s.max_rx_datagram_size)
+            .unwrap_or(default) as usize;
+        if v == 0 || v >= MAX_UDP {
+            return Err((
+                format!("{path}.udp_proxy.{field}.max_rx_datagram_size"),
+                "must be between 1 and 65535".to_string(),
+            ));
+        }
+        Ok(v)
+    };
+    let max_rx_up = max_rx(
+        &u.upstream_socket_config,
+        "upstream_socket_config",
+        DEFAULT_MAX_RX_DATAGRAM,
+    )?;
+    // Unset, a client's datagram has the upstream bound (as before the
+    // listener side could be configured on its own).
+    let max_rx_down = max_rx(
+        &u.downstream_socket_config,
+        "downstream_socket_config",
+        max_rx_up as u32,
+    )?;
     let mut used = ClusterRefs::new();
     used.insert(u.cluster.as_str().into(), cluster.clone());
     Ok(Some((
@@ -162,8 +184,10 @@ pub fn compile(
             cluster: cluster.clone(),
             idle_timeout: u.idle_timeout,
             max_sessions: u.max_sessions as usize,
-            max_rx,
+            max_rx: max_rx_up,
+            max_rx_down,
             hash_source_ip,
+            per_packet: u.use_per_packet_load_balancing,
             stats: Arc::new(UdpStats::new(&cfg.name)),
         }),
         used,
@@ -195,6 +219,10 @@ fn session_hash(hash_source_ip: bool, peer: &SocketAddr) -> Option<u64> {
     })
 }
 
+/// A session's key: the client, and with per-packet balancing the
+/// Endpoint (one upstream socket per Endpoint the client reached).
+type Key = (SocketAddr, Option<SocketAddr>);
+
 /// One client's session, as the listener task sees it.
 struct Session {
     upstream: Arc<UdpSocket>,
@@ -216,8 +244,8 @@ pub async fn serve(
     let _guard = tracker.token();
     let sock = Arc::new(sock);
     let epoch = Instant::now();
-    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
-    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<SocketAddr>();
+    let mut sessions: HashMap<Key, Session> = HashMap::new();
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<Key>();
     let mut buf = vec![0u8; MAX_UDP];
     let mut stopping = false;
     loop {
@@ -231,9 +259,9 @@ pub async fn serve(
                     continue;
                 }
             },
-            Some(peer) = ended_rx.recv() => {
-                if sessions.get(&peer).is_some_and(|s| s.closed.load(Ordering::Acquire)) {
-                    sessions.remove(&peer);
+            Some(key) = ended_rx.recv() => {
+                if sessions.get(&key).is_some_and(|s| s.closed.load(Ordering::Acquire)) {
+                    sessions.remove(&key);
                 }
                 if stopping && sessions.is_empty() {
                     break;
@@ -253,12 +281,26 @@ pub async fn serve(
             break;
         };
         let st = &proxy.stats;
-        if n > proxy.max_rx {
+        if n > proxy.max_rx_down {
             st.too_large.increment(1);
             continue;
         }
+        let ctx = LbContext {
+            hash: session_hash(proxy.hash_source_ip, &peer),
+        };
+        // Per-packet: the Endpoint is chosen first, it is part of the key.
+        let picked = if proxy.per_packet {
+            let Some(ep) = proxy.cluster.choose(&ctx, &[]) else {
+                st.no_upstream.increment(1);
+                continue;
+            };
+            Some(ep)
+        } else {
+            None
+        };
+        let key: Key = (peer, picked.as_ref().map(|ep| ep.address));
         let live = sessions
-            .get(&peer)
+            .get(&key)
             .filter(|s| !s.closed.load(Ordering::Acquire));
         let upstream = match live {
             Some(s) => {
@@ -271,19 +313,22 @@ pub async fn serve(
                     st.draining.increment(1);
                     continue;
                 }
-                if let Some(old) = sessions.remove(&peer) {
+                if let Some(old) = sessions.remove(&key) {
                     old.stop.cancel();
                 }
                 if sessions.len() >= proxy.max_sessions {
                     st.overflow.increment(1);
                     continue;
                 }
-                let ctx = LbContext {
-                    hash: session_hash(proxy.hash_source_ip, &peer),
-                };
-                let Some(ep) = proxy.cluster.choose(&ctx, &[]) else {
-                    st.no_upstream.increment(1);
-                    continue;
+                let ep = match picked {
+                    Some(ep) => ep,
+                    None => match proxy.cluster.choose(&ctx, &[]) {
+                        Some(ep) => ep,
+                        None => {
+                            st.no_upstream.increment(1);
+                            continue;
+                        }
+                    },
                 };
                 let s = match open(ep.address).await {
                     Ok(u) => u,
@@ -302,7 +347,7 @@ pub async fn serve(
                 st.sessions.increment(1);
                 st.active.increment(1.0);
                 tokio::spawn(session_loop(
-                    peer,
+                    key,
                     session.upstream.clone(),
                     sock.clone(),
                     session.last.clone(),
@@ -313,7 +358,7 @@ pub async fn serve(
                     ended_tx.clone(),
                 ));
                 let up = session.upstream.clone();
-                sessions.insert(peer, session);
+                sessions.insert(key, session);
                 up
             }
         };
@@ -345,7 +390,7 @@ async fn open(to: SocketAddr) -> std::io::Result<UdpSocket> {
 /// `idle_timeout` or stopped.
 #[allow(clippy::too_many_arguments)]
 async fn session_loop(
-    peer: SocketAddr,
+    key: Key,
     upstream: Arc<UdpSocket>,
     downstream: Arc<UdpSocket>,
     last: Arc<AtomicU64>,
@@ -353,8 +398,9 @@ async fn session_loop(
     stop: CancellationToken,
     epoch: Instant,
     proxy: Arc<UdpProxy>,
-    ended: tokio::sync::mpsc::UnboundedSender<SocketAddr>,
+    ended: tokio::sync::mpsc::UnboundedSender<Key>,
 ) {
+    let peer = key.0;
     let st = &proxy.stats;
     let idle = proxy.idle_timeout;
     let mut buf = vec![0u8; proxy.max_rx + 1];
@@ -393,7 +439,7 @@ async fn session_loop(
     }
     closed.store(true, Ordering::Release);
     st.active.decrement(1.0);
-    let _ = ended.send(peer);
+    let _ = ended.send(key);
 }
 
 #[cfg(test)]
