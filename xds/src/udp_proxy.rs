@@ -236,7 +236,7 @@ mod tests {
             route_specifier: Some(up::udp_proxy_config::RouteSpecifier::Matcher(xm::Matcher {
                 on_no_match: Some(Box::new(xm::matcher::OnMatch {
                     on_match: Some(xm::matcher::on_match::OnMatch::Action(
-                        core3::TypedExtensionConfig {
+                        envoy_types::pb::xds::core::v3::TypedExtensionConfig {
                             name: "route".into(),
                             typed_config: Some(any(
                                 ROUTE,
