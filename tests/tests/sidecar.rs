@@ -689,3 +689,115 @@ clusters:
         1.0
     );
 }
+
+/// The outbound capture listener for Dubbo: a connection captured on its
+/// way to a provider's real address (port 20880) is decoded as Dubbo and
+/// routed by service; anything else passes through.
+fn dubbo_outbound_yaml() -> String {
+    format!(
+        r#"admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    listener_filters:
+      - name: envoy.filters.listener.original_dst
+    filter_chains:
+      - name: dubbo
+        filter_chain_match: {{destination_port: 20880}}
+        filters:
+          - name: proxy
+            config:
+              codec: dubbo
+              route_config:
+                virtual_hosts:
+                  - name: rpc
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /com.meshgate.Echo/}}
+                        route: {{cluster: echo}}
+      - name: passthrough
+        filters:
+          - name: tcp_proxy
+            config: {{cluster: passthrough}}
+clusters:
+  - name: echo
+    protocol: dubbo
+    connect_timeout: 1s
+    endpoints: [{{address: "{SVC_IP}:20880"}}]
+  - name: passthrough
+    type: original_dst
+    lb_policy: cluster_provided
+    connect_timeout: 1s
+"#
+    )
+}
+
+#[test]
+fn outbound_dubbo_call_to_a_provider_address_is_captured_and_routed_by_service() {
+    if netns::skip() {
+        return;
+    }
+    let mut pair = Pair::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (svc, app) = (pair.svc.clone(), pair.app.clone());
+    let peer = meshgate_tests::workspace().join("tests/peers/rpc_peer.js");
+    let peer = peer.to_str().unwrap().to_string();
+    // A real Dubbo provider (sofa-rpc-node + dubbo-remoting) in svc.
+    pair.spawn(
+        &svc,
+        None,
+        &["node", &peer, "server", "dubbo", "20880", "P"],
+        &dir.path().join("provider.log"),
+    );
+    pair.wait_port(&svc, &format!("{SVC_IP}:20880"));
+    let admin = netns::start_meshgate(&mut pair, dir.path(), &dubbo_outbound_yaml());
+    let before = pair.ruleset(&app);
+    capture(
+        &pair,
+        &["--uid", &MESHGATE_UID.to_string(), "--inbound-ports", ""],
+    );
+
+    // The consumer in app calls the provider's real address; capture
+    // takes the connection to meshgate, which decodes and routes it.
+    let target = format!("{SVC_IP}:20880");
+    let out = pair.ok(
+        &app,
+        &[
+            "node",
+            &peer,
+            "call",
+            "dubbo",
+            &target,
+            "com.meshgate.Echo",
+            "echo",
+            r#"["captured"]"#,
+            "3",
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(report["ok"], 3, "{out}");
+    assert_eq!(report["from"]["P"], 3, "{out}");
+    assert_eq!(report["results"][0]["x"], "captured", "{out}");
+
+    let m = |name: &str, labels: &[(&str, &str)]| netns::metric(&pair, &app, &admin, name, labels);
+    // Meshgate's RPC metrics counted the three calls on the Dubbo route.
+    assert_eq!(
+        m(
+            DOWNSTREAM_RQ_XX_TOTAL,
+            &[("cluster", "echo"), ("code_class", "2xx")]
+        ),
+        3.0
+    );
+    assert!(m(LISTENER_DOWNSTREAM_CX_TOTAL, &[("listener", "outbound")]) >= 1.0);
+    assert!(m(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "echo")]) >= 1.0);
+    // Decoded, not passed through as bytes.
+    assert_eq!(
+        m(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "passthrough")]),
+        0.0
+    );
+
+    capture(&pair, &["--remove"]);
+    assert_eq!(pair.ruleset(&app), before);
+}
