@@ -897,6 +897,7 @@ fn start(
     info.upstream_host = Some(endpoint.address);
     info.upstream_attempts = info.upstream_attempts.saturating_add(1);
     let mut req = req;
+    crate::proxy_protocol_http::tag(cluster, &mut req, info);
     if attempt_count && !info.suppress_envoy_headers {
         req.headers_mut().insert(
             crate::router::envoy_headers::X_ENVOY_ATTEMPT_COUNT,

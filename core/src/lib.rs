@@ -26,6 +26,7 @@ pub mod original_dst;
 pub mod overload;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod proxy_protocol_http;
 pub mod quic;
 pub mod registry;
 pub mod retry;

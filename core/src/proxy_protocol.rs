@@ -560,20 +560,22 @@ pub fn upstream_header(
     encode(cfg.version, Some((conn.peer_addr, conn.local_addr)), &tlvs)
 }
 
-/// HTTP (and other stream) pools reuse an upstream connection across
-/// downstream connections, so one PROXY header cannot speak for them: a
-/// cluster with `proxy_protocol` refuses to open one (a 503 and a debug
-/// log naming the field).
+/// Stream pools reuse an upstream connection across downstream
+/// connections, so one PROXY header cannot speak for them: a pooled
+/// connection to a cluster with `proxy_protocol` is refused (a 503 and a
+/// debug log naming the field). HTTP/1 and HTTP/2 routes open a connection
+/// per request instead (`crate::proxy_protocol_http`); RPC and HTTP/3 get
+/// this refusal.
 pub(crate) fn refuse_for_streams(
     cluster: &crate::cluster::Cluster,
 ) -> Result<(), crate::codec::UpstreamError> {
     if cluster.proxy_protocol.is_none() {
         return Ok(());
     }
-    tracing::debug!(cluster = %cluster.name, "clusters[].proxy_protocol serves tcp_proxy only; refusing a pooled stream connection");
+    tracing::debug!(cluster = %cluster.name, "clusters[].proxy_protocol serves tcp_proxy and HTTP/1, HTTP/2 routes only; refusing a pooled stream connection");
     Err(crate::codec::UpstreamError::Connect(
         format!(
-            "cluster {}: proxy_protocol is supported for tcp_proxy only",
+            "cluster {}: proxy_protocol is supported for tcp_proxy and HTTP/1, HTTP/2 routes only",
             cluster.name
         )
         .into(),

@@ -261,7 +261,11 @@ impl Http1Client {
         mut req: Request,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<UpstreamFuture, Request> {
-        if req.headers().contains_key(http::header::UPGRADE) {
+        // A request with its own upstream connection (PROXY protocol)
+        // does not use the pool: it goes the way of upgrades.
+        if req.headers().contains_key(http::header::UPGRADE)
+            || meshgate_core::proxy_protocol_http::header(&req).is_some()
+        {
             return Err(req);
         }
         to_origin_form(&mut req, endpoint.address);
@@ -291,13 +295,25 @@ impl Http1Client {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let opts = self.opts.clone();
+        // PROXY protocol: a connection of its own, never pooled
+        // (`meshgate_core::proxy_protocol_http`).
+        let proxy = meshgate_core::proxy_protocol_http::header(&req);
         Box::pin(async move {
-            let idle =
-                h1_upstream::Pool::of(&endpoint).and_then(|p| p.upgradable.take(opts.idle_timeout));
+            let idle = match proxy {
+                Some(_) => None,
+                None => h1_upstream::Pool::of(&endpoint)
+                    .and_then(|p| p.upgradable.take(opts.idle_timeout)),
+            };
             let (mut sender, exchanges) = match idle {
                 Some(HyperConn(s, n)) => (s, n),
                 None => {
-                    let (stream, guard) = Dial::new(&cluster, &endpoint).tcp().await?;
+                    let (stream, guard) = match &proxy {
+                        Some(h) => {
+                            meshgate_core::proxy_protocol_http::connect(&cluster, &endpoint, h)
+                                .await?
+                        }
+                        None => Dial::new(&cluster, &endpoint).tcp().await?,
+                    };
                     let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
                     let io = upstream_io(&cluster, stream, auth, endpoint.address).await?;
                     let (sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -325,7 +341,7 @@ impl Http1Client {
             let (parts, body) = resp.into_parts();
             let body = ReturnToPool {
                 body,
-                sender: Some(HyperConn(sender, exchanges + 1)),
+                sender: proxy.is_none().then_some(HyperConn(sender, exchanges + 1)),
                 endpoint,
                 limits: opts.limits(),
             };
@@ -490,12 +506,28 @@ async fn h2_stream(
     endpoint: &Arc<Endpoint>,
     authority: Option<String>,
     max_requests: u32,
+    proxy: Option<Bytes>,
 ) -> Result<H2Stream, UpstreamError> {
-    let pool = endpoint
-        .pool(|| MuxPool::<H2Conn>::with_max_requests(max_requests))
-        .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
+    // PROXY protocol: a connection of its own, for one stream, in a pool
+    // of its own that keeps nothing (`meshgate_core::proxy_protocol_http`).
+    let own;
+    let pool = match proxy {
+        Some(_) => {
+            own = MuxPool::<H2Conn>::with_max_requests(1);
+            &own
+        }
+        None => endpoint
+            .pool(|| MuxPool::<H2Conn>::with_max_requests(max_requests))
+            .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?,
+    };
     pool.stream(Dial::new(cluster, endpoint), |dial| async move {
-        let (stream, guard) = dial.tcp().await?;
+        let (stream, guard) = match &proxy {
+            Some(h) => {
+                meshgate_core::proxy_protocol_http::connect(dial.cluster(), dial.endpoint(), h)
+                    .await?
+            }
+            None => dial.tcp().await?,
+        };
         let addr = dial.endpoint().address;
         let io = upstream_io(dial.cluster(), stream, authority, addr).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -630,8 +662,15 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let mut stream =
-                h2_stream(&cluster, &endpoint, authority_string(&req), max_requests).await?;
+            let proxy = meshgate_core::proxy_protocol_http::header(&req);
+            let mut stream = h2_stream(
+                &cluster,
+                &endpoint,
+                authority_string(&req),
+                max_requests,
+                proxy.clone(),
+            )
+            .await?;
             // hyper reports a request body that failed only as the stream's
             // reset: the watch tells a malformed downstream body (the
             // client's fault, 400) from an upstream failure (502).
@@ -661,7 +700,7 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                stream = h2_stream(&cluster, &endpoint, auth, max_requests).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, max_requests, proxy.clone()).await?;
                 let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
