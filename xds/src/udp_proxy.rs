@@ -217,7 +217,6 @@ mod tests {
                         ..Default::default()
                     },
                 )),
-                ..Default::default()
             }),
             listener_filters: vec![lds::ListenerFilter {
                 name: NAME.into(),
