@@ -27,6 +27,8 @@ for mod in (
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
     "envoy.extensions.filters.udp.udp_proxy.v3.udp_proxy_pb2",
     "envoy.extensions.filters.udp.udp_proxy.v3.route_pb2",
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.upstream_proxy_protocol_pb2",
+    "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
 ):
     importlib.import_module(mod)
 

@@ -121,3 +121,82 @@ fn http1_upstream_gets_a_v1_header_per_downstream() {
 fn http2_upstream_gets_a_v2_header_per_downstream() {
     each_client_is_told_to_the_upstream("V2", "http2", "proto h2");
 }
+
+/// The same through xDS, in Envoy's YAML: the cluster's transport socket
+/// `envoy.transport_sockets.upstream_proxy_protocol` (v2, over
+/// raw_buffer) under an HTTP connection manager's route.
+#[test]
+fn from_xds_an_http_route_to_an_upstream_proxy_protocol_cluster() {
+    use meshgate_tests::xds::*;
+    let hport = free_port();
+    let _h = haproxy(hport, "");
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(
+        CLUSTER,
+        "1",
+        envoy_yaml(&format!(
+            r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: haproxy
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: haproxy
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {hport}}}}}}}
+  transport_socket:
+    name: envoy.transport_sockets.upstream_proxy_protocol
+    typed_config:
+      '@type': type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport
+      config: {{version: V2}}
+      transport_socket:
+        name: envoy.transport_sockets.raw_buffer
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer
+"#
+        )),
+    );
+    mgmt.set(
+        LISTENER,
+        "1",
+        envoy_yaml(&format!(
+            r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: http
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: http
+        route_config:
+          virtual_hosts:
+          - name: all
+            domains: ['*']
+            routes:
+            - match: {{prefix: /}}
+              route: {{cluster: haproxy}}
+        http_filters:
+        - name: envoy.filters.http.router
+          typed_config:
+            '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+        )),
+    );
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    for t in [CLUSTER, LISTENER] {
+        let nonce = mgmt.wait_sent(t, "1");
+        let r = mgmt.wait_reply(t, &nonce);
+        assert!(r.error_detail.is_none(), "{t}: {r:?}");
+    }
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    for ip in ["127.0.0.3", "127.0.0.4"] {
+        let (code, body, local) = curl_from(ip, port, &[]);
+        assert_eq!((code, body), (200, format!("ci={ip}:{local}")));
+    }
+    assert_eq!(
+        mg.metric(CLUSTER_UPSTREAM_CX_TOTAL, &[("cluster", "haproxy")]),
+        2.0
+    );
+}
