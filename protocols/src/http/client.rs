@@ -263,9 +263,7 @@ impl Http1Client {
     ) -> Result<UpstreamFuture, Request> {
         // A request with its own upstream connection (PROXY protocol)
         // does not use the pool: it goes the way of upgrades.
-        if req.headers().contains_key(http::header::UPGRADE)
-            || meshgate_core::proxy_protocol_http::header(&req).is_some()
-        {
+        if req.headers().contains_key(http::header::UPGRADE) || cluster.proxy_protocol.is_some() {
             return Err(req);
         }
         to_origin_form(&mut req, endpoint.address);
@@ -662,7 +660,10 @@ impl ClientCodec for Http2Client {
                 *r.headers_mut() = req.headers().clone();
                 r
             });
-            let proxy = meshgate_core::proxy_protocol_http::header(&req);
+            let proxy = cluster
+                .proxy_protocol
+                .as_ref()
+                .and_then(|_| meshgate_core::proxy_protocol_http::header(&req));
             let mut stream = h2_stream(
                 &cluster,
                 &endpoint,
