@@ -26,6 +26,7 @@ pub mod rbac;
 pub mod router;
 pub mod sidecar;
 pub mod simpleauth;
+pub mod trace_export;
 pub mod tracing;
 pub mod udp_proxy;
 pub mod zone;
