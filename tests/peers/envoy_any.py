@@ -25,6 +25,8 @@ for mod in (
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.file.v3.file_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.config.trace.v3.opentelemetry_pb2",
+    "envoy.config.trace.v3.zipkin_pb2",
 ):
     importlib.import_module(mod)
 

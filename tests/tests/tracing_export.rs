@@ -344,3 +344,123 @@ fn force_trace_is_honoured_only_from_internal_clients() {
         2.0
     );
 }
+
+/// Envoy's own resources through a real xDS control plane: an INBOUND
+/// listener exporting over OTLP/HTTP (`http_service`), an OUTBOUND one
+/// exporting to Zipkin; `/drain_listeners?inboundonly` then stops the
+/// inbound one only.
+#[test]
+fn otlp_http_zipkin_and_traffic_direction_from_xds() {
+    use meshgate_tests::xds::*;
+    let otlp = peers("otlp-http");
+    let zipkin_log = otlp._dir.path().join("zipkin");
+    let zipkin = Peer::start(
+        "trace_export_peer.py",
+        &["zipkin", zipkin_log.to_str().unwrap()],
+    );
+    let (inp, outp) = (free_port(), free_port());
+    let cluster = |name: &str, port: u16| {
+        format!(
+            r#"- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {name}
+  type: STATIC
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#
+        )
+    };
+    let listener = |name: &str, port: u16, direction: &str, provider: &str| {
+        format!(
+            r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  traffic_direction: {direction}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        stat_prefix: {name}
+        tracing:
+          spawn_upstream_span: true
+          provider:
+{provider}
+        route_config:
+          name: {name}
+          virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+            - match: {{prefix: /}}
+              route: {{cluster: echo}}
+        http_filters:
+        - name: envoy.filters.http.router
+          typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        )
+    };
+    let otel = r#"            name: envoy.tracers.opentelemetry
+            typed_config:
+              "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+              service_name: xds-in
+              http_service:
+                http_uri: {uri: "http://otel.example/v1/traces", cluster: collector, timeout: 2s}
+                request_headers_to_add:
+                - header: {key: x-api-key, value: k1}"#;
+    let zip = r#"            name: envoy.tracers.zipkin
+            typed_config:
+              "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+              collector_cluster: zipkin
+              collector_endpoint: /api/v2/spans
+              collector_endpoint_version: HTTP_JSON
+              trace_id_128bit: true
+              shared_span_context: false"#;
+    let mgmt = Mgmt::start(0);
+    mgmt.set(
+        CLUSTER,
+        "1",
+        envoy_yaml(&format!(
+            "{}{}{}",
+            cluster("collector", otlp.collector.port),
+            cluster("zipkin", zipkin.port),
+            cluster("echo", otlp.echo.port)
+        )),
+    );
+    mgmt.set(
+        LISTENER,
+        "1",
+        envoy_yaml(&format!(
+            "{}{}",
+            listener("in", inp, "INBOUND", otel),
+            listener("out", outp, "OUTBOUND", zip)
+        )),
+    );
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    wait_listening(([127, 0, 0, 1], inp).into());
+    wait_listening(([127, 0, 0, 1], outp).into());
+    assert_eq!(self::get(inp, "/xds/in", &[]), 200);
+    assert_eq!(self::get(outp, "/xds/out", &[]), 200);
+    let got = spans_of(&otlp.log, 1, "OTLP/HTTP span from xDS", |e| {
+        e["span"]["attributes"]["url.path"] == "/xds/in"
+    });
+    assert_eq!(got[0]["path"], "/v1/traces");
+    assert_eq!(got[0]["headers"]["x-api-key"], "k1");
+    assert_eq!(got[0]["span"]["service"], "xds-in");
+    let got = spans_of(&zipkin_log, 1, "Zipkin span from xDS", |e| {
+        e["span"]["tags"]["url.path"] == "/xds/out"
+    });
+    assert_eq!(got[0]["path"], "/api/v2/spans");
+    // trace_id_128bit: a 128-bit trace id.
+    assert_eq!(got[0]["span"]["traceId"].as_str().unwrap().len(), 32);
+
+    // Only the INBOUND listener stops accepting.
+    let url = format!("http://{}/drain_listeners?inboundonly", mg.admin.unwrap());
+    assert_eq!(curl(&["-X", "POST", &url]).0, 200);
+    wait_until_within(10, "the inbound listener to refuse", || {
+        std::net::TcpStream::connect(("127.0.0.1", inp)).is_err()
+    });
+    assert_eq!(self::get(outp, "/xds/out2", &[]), 200);
+}

@@ -96,3 +96,72 @@ pub(crate) fn zipkin(
     rest(&z, path)?;
     serde_json::to_value(&cfg).map_err(|e| (path.to_string(), e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::any;
+    use envoy_types::pb::google::protobuf::BoolValue;
+
+    #[test]
+    fn zipkin_is_translated_with_envoy_defaults() {
+        let z = trace3::ZipkinConfig {
+            collector_cluster: "zipkin".into(),
+            collector_endpoint: "/api/v2/spans".into(),
+            trace_id_128bit: true,
+            ..Default::default()
+        };
+        let v = zipkin(&any(ZIPKIN_CONFIG, &z), "p").unwrap();
+        assert_eq!(v["collector_cluster"], "zipkin");
+        assert_eq!(v["collector_endpoint_version"], "HTTP_JSON");
+        assert_eq!(v["trace_id_128bit"], true);
+        // Unset is Envoy's default, true (which core then refuses by name).
+        assert_eq!(v["shared_span_context"], true);
+        let z = trace3::ZipkinConfig {
+            collector_endpoint_version: 2,
+            shared_span_context: Some(BoolValue { value: false }),
+            ..Default::default()
+        };
+        let v = zipkin(&any(ZIPKIN_CONFIG, &z), "p").unwrap();
+        assert_eq!(v["collector_endpoint_version"], "HTTP_PROTO");
+        assert_eq!(v["shared_span_context"], false);
+        let z = trace3::ZipkinConfig {
+            timestamp_trace_ids: true,
+            ..Default::default()
+        };
+        let (field, _) = zipkin(&any(ZIPKIN_CONFIG, &z), "p").unwrap_err();
+        assert_eq!(field, "p.timestamp_trace_ids");
+    }
+
+    #[test]
+    fn http_service_is_translated_and_formatters_refused() {
+        let h = core3::HttpService {
+            http_uri: Some(core3::HttpUri {
+                uri: "http://c:4318/v1/traces".into(),
+                http_upstream_type: Some(core3::http_uri::HttpUpstreamType::Cluster("c".into())),
+                timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
+            }),
+            request_headers_to_add: vec![core3::HeaderValueOption {
+                header: Some(core3::HeaderValue {
+                    key: "x-api-key".into(),
+                    value: "k".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            formatters: vec![],
+        };
+        let mut bad = h.clone();
+        let t = http_service(h, "p").unwrap();
+        assert_eq!(t.http_uri.cluster, "c");
+        assert_eq!(t.http_uri.uri, "http://c:4318/v1/traces");
+        assert_eq!(t.http_uri.timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(t.request_headers_to_add[0].header.key, "x-api-key");
+        bad.formatters = vec![core3::TypedExtensionConfig::default()];
+        let (field, _) = http_service(bad, "p").unwrap_err();
+        assert_eq!(field, "p.formatters");
+    }
+}

@@ -257,15 +257,15 @@ mod tests {
     fn other_providers_and_fields_are_refused_by_name() {
         let t = hcm::http_connection_manager::Tracing {
             provider: Some(provider(
-                "envoy.tracers.zipkin",
-                "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "envoy.tracers.datadog",
+                "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
                 &otel("c"),
             )),
             ..Default::default()
         };
         let (field, msg) = hcm_tracing(t, "hcm.tracing").unwrap_err();
         assert_eq!(field, "hcm.tracing.provider.typed_config");
-        assert!(msg.contains("envoy.tracers.zipkin"), "{msg}");
+        assert!(msg.contains("envoy.tracers.datadog"), "{msg}");
 
         let mut o = otel("c");
         o.sampler = Some(core3::TypedExtensionConfig::default());

@@ -31,3 +31,55 @@ fn is_internal(h: &HeaderMap, info: &StreamInfo) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
         && is_internal_address(info.connection.peer_addr.ip())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn info(peer: &str, client: &str) -> StreamInfo {
+        let addr: std::net::SocketAddr = peer.parse().unwrap();
+        let c = crate::network::ConnectionInfo {
+            id: 0,
+            listener: std::sync::Arc::from("l"),
+            peer_addr: addr,
+            local_addr: addr,
+            server_name: None,
+            filter_chain: None,
+            tls: None,
+            retire: Default::default(),
+            proxy_protocol: None,
+        };
+        let mut i = StreamInfo::new(std::sync::Arc::new(c), "http1");
+        i.downstream_remote_address = client.parse().unwrap();
+        i
+    }
+
+    #[test]
+    fn force_trace_kept_only_for_internal_requests() {
+        let force = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                super::super::X_ENVOY_FORCE_TRACE,
+                HeaderValue::from_static("true"),
+            );
+            h
+        };
+        let mut h = force();
+        drop_untrusted_force(&mut h, &info("127.0.0.1:1", "10.1.2.3"));
+        assert!(h.contains_key(super::super::X_ENVOY_FORCE_TRACE));
+        let mut h = force();
+        drop_untrusted_force(&mut h, &info("127.0.0.1:1", "203.0.113.9"));
+        assert!(!h.contains_key(super::super::X_ENVOY_FORCE_TRACE));
+        // Vouched for by an internal hop.
+        let mut h = force();
+        h.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        drop_untrusted_force(&mut h, &info("10.0.0.1:1", "203.0.113.9"));
+        assert!(h.contains_key(super::super::X_ENVOY_FORCE_TRACE));
+        // ...but not by an external peer.
+        let mut h = force();
+        h.insert("x-envoy-internal", HeaderValue::from_static("true"));
+        drop_untrusted_force(&mut h, &info("198.51.100.1:1", "203.0.113.9"));
+        assert!(!h.contains_key(super::super::X_ENVOY_FORCE_TRACE));
+    }
+}
