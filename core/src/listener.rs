@@ -872,6 +872,7 @@ mod tests {
             inspect_timeout: Duration::from_secs(1),
             quic: None,
             proxy_protocol: None,
+            inbound: false,
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),
