@@ -85,6 +85,9 @@ pub struct BoundListener {
     pub quic: bool,
     /// The bound socket addresses, e.g. `127.0.0.1:41234`.
     pub bound: Vec<String>,
+    /// An `INBOUND` listener's accept stop (`/drain_listeners?inboundonly`).
+    #[serde(skip)]
+    pub inbound_stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Serves admin requests until `stop` is cancelled.
@@ -517,11 +520,23 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/drain_listeners" => {
             if has("inboundonly") {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "inboundonly: listeners carry no traffic_direction in this build; use /drain_listeners without it\n".into(),
-                );
+                if has("graceful") {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "inboundonly with graceful is not supported: the drain signal is server-wide\n".into(),
+                    );
+                }
+                let all = state.listeners.load();
+                let mut n = 0;
+                for l in all.iter() {
+                    if let Some(stop) = &l.inbound_stop {
+                        stop.cancel();
+                        n += 1;
+                    }
+                }
+                tracing::info!(listeners = n, "admin /drain_listeners?inboundonly");
+                return text(StatusCode::OK, "text/plain", "OK\n");
             }
             drain_listeners(&state.control, has("graceful"));
             text(StatusCode::OK, "text/plain", "OK\n")

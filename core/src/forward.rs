@@ -992,6 +992,10 @@ fn settle(
     may_retry_status: bool,
     after: &After,
 ) -> Attempt {
+    cluster
+        .stats
+        .rq_time
+        .record(guard.started().elapsed().as_secs_f64());
     let endpoint = &**guard.endpoint();
     let e = match result {
         Ok(resp) => {

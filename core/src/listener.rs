@@ -68,6 +68,8 @@ pub struct CompiledListener {
     pub quic: Option<crate::quic::QuicTransport>,
     /// The PROXY protocol listener filter, when configured.
     pub proxy_protocol: Option<Arc<crate::proxy_protocol::ProxyProtocolFilter>>,
+    /// `traffic_direction: INBOUND` (`/drain_listeners?inboundonly`).
+    pub inbound: bool,
     /// The clusters its filters and routes resolved, by name: a reload
     /// replaces the listener (its open connections retire) only if one of
     /// them is no longer the same `Arc` or its own config changed.
@@ -183,6 +185,8 @@ impl CompiledListener {
             stats: ListenerStats::new(&cfg.name),
             quic,
             proxy_protocol,
+            inbound: cfg.traffic_direction
+                == Some(crate::config::traffic_direction::TrafficDirection::Inbound),
             clusters: resolved,
             sidecar,
             udp,
@@ -868,6 +872,7 @@ mod tests {
             inspect_timeout: Duration::from_secs(1),
             quic: None,
             proxy_protocol: None,
+            inbound: false,
             inspects_sni: true,
             chains,
             stats: ListenerStats::new("l"),

@@ -334,6 +334,9 @@ pub struct ClusterStats {
     pub bytes_sent: Counter,
     /// `meshgate_cluster_upstream_bytes_received_total`
     pub bytes_received: Counter,
+    /// `meshgate_cluster_upstream_rq_time_seconds`: one try, from its
+    /// start to its response head or failure (`crate::forward::settle`).
+    pub rq_time: metrics::Histogram,
 }
 
 impl ClusterStats {
@@ -345,7 +348,8 @@ impl ClusterStats {
             cx_active: gauge!(names::CLUSTER_UPSTREAM_CX_ACTIVE, "cluster" => c.clone()),
             cx_overflow: counter!(names::CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL, "cluster" => c.clone()),
             bytes_sent: counter!(names::CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, "cluster" => c.clone()),
-            bytes_received: counter!(names::CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, "cluster" => c),
+            bytes_received: counter!(names::CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, "cluster" => c.clone()),
+            rq_time: metrics::histogram!(names::CLUSTER_UPSTREAM_RQ_TIME_SECONDS, "cluster" => c),
         }
     }
 

@@ -356,6 +356,7 @@ impl Live {
                     address: c.address.to_string(),
                     quic: c.quic.is_some(),
                     bound: vec![ll.bound.to_string()],
+                    inbound_stop: c.inbound.then(|| ll.stop.clone()),
                 }
             })
             .collect();

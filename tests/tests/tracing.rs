@@ -495,7 +495,7 @@ fn unsupported_provider_is_refused_with_the_field_named() {
           - name: proxy
             config:
               tracing:
-                provider: {{name: envoy.tracers.zipkin, typed_config: {{}}}}
+                provider: {{name: envoy.tracers.datadog, typed_config: {{}}}}
               route_config:
                 virtual_hosts:
                   - name: all
@@ -509,7 +509,7 @@ fn unsupported_provider_is_refused_with_the_field_named() {
     assert_ne!(code, 0, "{out}{err}");
     let text = format!("{out}{err}");
     assert!(text.contains("tracing.provider.name"), "{text}");
-    assert!(text.contains("envoy.tracers.zipkin"), "{text}");
+    assert!(text.contains("envoy.tracers.datadog"), "{text}");
 }
 
 #[test]

@@ -35,6 +35,7 @@ mod retry_policy;
 mod simpleauth;
 mod slow_start;
 pub mod tls;
+mod trace_export;
 mod tracing;
 pub mod translate;
 mod udp_proxy;

@@ -84,6 +84,15 @@ pub(crate) fn hcm_tracing(
         Some(trace3::tracing::http::ConfigType::TypedConfig(a)) => a,
         None => return err(join(&pp, "typed_config"), "missing typed_config"),
     };
+    if typed.type_url == crate::trace_export::ZIPKIN_CONFIG {
+        let typed_config = crate::trace_export::zipkin(&typed, &join(&pp, "typed_config"))?;
+        let name = if provider.name.is_empty() {
+            meshgate_core::config::trace_export::ZIPKIN.to_string()
+        } else {
+            std::mem::take(&mut provider.name)
+        };
+        return tracing_rest(t, path, name, typed_config);
+    }
     if typed.type_url != OPENTELEMETRY_CONFIG {
         return err(
             join(&pp, "typed_config"),
@@ -98,16 +107,38 @@ pub(crate) fn hcm_tracing(
     let tp = join(&pp, "typed_config");
     let mut o: trace3::OpenTelemetryConfig =
         decode(&typed, OPENTELEMETRY_CONFIG).map_err(|e| (tp.clone(), e.to_string()))?;
-    let Some(mut g) = o.grpc_service.take() else {
-        return err(
-            join(&tp, "grpc_service"),
-            "a grpc_service is required (http_service is not supported)",
-        );
+    let http_service = match o.http_service.take() {
+        Some(h) => Some(crate::trace_export::http_service(
+            h,
+            &join(&tp, "http_service"),
+        )?),
+        None => None,
     };
-    let gp = join(&tp, "grpc_service");
+    let grpc_service = match o.grpc_service.take() {
+        Some(g) => Some(grpc_service(g, &join(&tp, "grpc_service"))?),
+        None => None,
+    };
+    let otel = tc::OpenTelemetryConfig {
+        grpc_service,
+        http_service,
+        service_name: std::mem::take(&mut o.service_name),
+        max_cache_size: o.max_cache_size.take().map(|v| v.value),
+    };
+    rest(&o, &tp)?;
+    let name = if provider.name.is_empty() {
+        tc::OPENTELEMETRY.to_string()
+    } else {
+        std::mem::take(&mut provider.name)
+    };
+    let typed_config = serde_json::to_value(&otel).map_err(|e| (tp.clone(), e.to_string()))?;
+    tracing_rest(t, path, name, typed_config)
+}
+
+/// An OpenTelemetry `grpc_service` (`envoy_grpc` only).
+fn grpc_service(mut g: core3::GrpcService, gp: &str) -> R<tc::GrpcService> {
     let envoy_grpc = match g.target_specifier.take() {
         Some(core3::grpc_service::TargetSpecifier::EnvoyGrpc(e)) => {
-            let ep = join(&gp, "envoy_grpc");
+            let ep = join(gp, "envoy_grpc");
             if e.retry_policy.is_some() {
                 return err(join(&ep, "retry_policy"), "not supported");
             }
@@ -116,31 +147,28 @@ pub(crate) fn hcm_tracing(
                 authority: e.authority,
             }
         }
-        _ => return err(join(&gp, "google_grpc"), "only envoy_grpc is supported"),
+        _ => return err(join(gp, "google_grpc"), "only envoy_grpc is supported"),
     };
     let timeout = match g.timeout.take() {
-        Some(d) => Some(duration(&d, &join(&gp, "timeout"))?),
+        Some(d) => Some(duration(&d, &join(gp, "timeout"))?),
         None => None,
     };
-    rest(&g, &gp)?;
-    let otel = tc::OpenTelemetryConfig {
-        grpc_service: tc::GrpcService {
-            envoy_grpc,
-            timeout,
-        },
-        service_name: std::mem::take(&mut o.service_name),
-        max_cache_size: o.max_cache_size.take().map(|v| v.value),
-    };
-    rest(&o, &tp)?;
+    rest(&g, gp)?;
+    Ok(tc::GrpcService {
+        envoy_grpc,
+        timeout,
+    })
+}
+
+/// The HCM `tracing` fields around the provider.
+fn tracing_rest(
+    mut t: hcm::http_connection_manager::Tracing,
+    path: &str,
+    name: String,
+    typed_config: serde_json::Value,
+) -> R<tc::TracingConfig> {
     let cfg = tc::TracingConfig {
-        provider: tc::Provider {
-            name: if provider.name.is_empty() {
-                tc::OPENTELEMETRY.to_string()
-            } else {
-                std::mem::take(&mut provider.name)
-            },
-            typed_config: serde_json::to_value(&otel).map_err(|e| (tp.clone(), e.to_string()))?,
-        },
+        provider: tc::Provider { name, typed_config },
         client_sampling: percent(t.client_sampling.take()),
         random_sampling: percent(t.random_sampling.take()),
         overall_sampling: percent(t.overall_sampling.take()),
@@ -229,15 +257,15 @@ mod tests {
     fn other_providers_and_fields_are_refused_by_name() {
         let t = hcm::http_connection_manager::Tracing {
             provider: Some(provider(
-                "envoy.tracers.zipkin",
-                "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "envoy.tracers.datadog",
+                "type.googleapis.com/envoy.config.trace.v3.DatadogConfig",
                 &otel("c"),
             )),
             ..Default::default()
         };
         let (field, msg) = hcm_tracing(t, "hcm.tracing").unwrap_err();
         assert_eq!(field, "hcm.tracing.provider.typed_config");
-        assert!(msg.contains("envoy.tracers.zipkin"), "{msg}");
+        assert!(msg.contains("envoy.tracers.datadog"), "{msg}");
 
         let mut o = otel("c");
         o.sampler = Some(core3::TypedExtensionConfig::default());

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf;
 use meshgate_core::config::filters as fc;
+use meshgate_core::config::traffic_direction::TrafficDirection;
 use meshgate_core::config::{
     BackoffConfig, ClusterConfig, DiscoveryType, EndpointConfig, EndpointHealthStatus,
     FilterChainConfig, FilterChainMatch, FilterConfig, ListenerConfig,
@@ -628,6 +629,12 @@ fn listener_inner(
     if let Some(fc) = l.default_filter_chain.take() {
         chains.push(filter_chain(fc, "default_filter_chain", &mut names)?);
     }
+    let traffic_direction = match std::mem::take(&mut l.traffic_direction) {
+        0 => None,
+        1 => Some(TrafficDirection::Inbound),
+        2 => Some(TrafficDirection::Outbound),
+        v => return err("traffic_direction", format!("unknown value {v}")),
+    };
     rest(&l, "")?;
     let config = ListenerConfig {
         name,
@@ -644,6 +651,7 @@ fn listener_inner(
         bind_to_port: sidecar.bind_to_port,
         transparent: sidecar.transparent,
         freebind: sidecar.freebind,
+        traffic_direction,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);

@@ -301,7 +301,7 @@ impl Endpoint {
     /// on the request path).
     pub fn begin_request(self: Arc<Self>) -> RequestGuard {
         self.active_requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self)
+        RequestGuard(self, Instant::now())
     }
 
     fn record_success(&self) {
@@ -323,9 +323,14 @@ impl Endpoint {
 
 /// Decrements the endpoint's active-request count on drop.
 #[derive(Debug)]
-pub struct RequestGuard(Arc<Endpoint>);
+pub struct RequestGuard(Arc<Endpoint>, Instant);
 
 impl RequestGuard {
+    /// When the try began (`meshgate_cluster_upstream_rq_time_seconds`).
+    pub fn started(&self) -> Instant {
+        self.1
+    }
+
     /// The endpoint the request is in flight to.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0

@@ -26,7 +26,9 @@ pub mod rbac;
 pub mod router;
 pub mod sidecar;
 pub mod simpleauth;
+pub mod trace_export;
 pub mod tracing;
+pub mod traffic_direction;
 pub mod udp_proxy;
 pub mod zone;
 
@@ -287,6 +289,10 @@ pub struct ListenerConfig {
     /// IP_FREEBIND on the listening socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freebind: Option<bool>,
+    /// Envoy's `traffic_direction`; `INBOUND` listeners are the ones
+    /// `/drain_listeners?inboundonly` stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<traffic_direction::TrafficDirection>,
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).

@@ -64,7 +64,12 @@ pub struct Provider {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenTelemetryConfig {
-    pub grpc_service: GrpcService,
+    /// OTLP/gRPC; exactly one of this and `http_service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<GrpcService>,
+    /// OTLP/HTTP protobuf (`POST /v1/traces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_service: Option<super::trace_export::HttpService>,
     /// `service.name` of the exported resource (default `meshgate`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_name: String,

@@ -504,6 +504,12 @@ pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
 /// Counter `{listener, reason}`: datagrams dropped: `session_overflow`,
 /// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
 pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
+/// Counter: `x-envoy-force-trace` removed from a request that is not
+/// internal (it neither forced its trace nor travelled on).
+pub const TRACING_FORCE_TRACE_IGNORED_TOTAL: &str = "meshgate_tracing_force_trace_ignored_total";
+/// Histogram `{cluster}`: one upstream try's time, from its start to the
+/// response head (or its failure).
+pub const CLUSTER_UPSTREAM_RQ_TIME_SECONDS: &str = "meshgate_cluster_upstream_rq_time_seconds";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -669,6 +675,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
     (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
+    (TRACING_FORCE_TRACE_IGNORED_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_RQ_TIME_SECONDS, Kind::Histogram),
 ];
 
 #[cfg(test)]

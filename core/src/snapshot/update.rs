@@ -195,6 +195,7 @@ fn same_but_chains(
         bind_to_port,
         transparent,
         freebind,
+        traffic_direction,
     } = a;
     *name == b.name
         && *address == b.address
@@ -210,6 +211,7 @@ fn same_but_chains(
         && *bind_to_port == b.bind_to_port
         && *transparent == b.transparent
         && *freebind == b.freebind
+        && *traffic_direction == b.traffic_direction
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains
             .iter()

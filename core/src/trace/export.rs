@@ -32,6 +32,8 @@ pub struct Exporter {
     timeout: Duration,
     tx: OnceLock<mpsc::Sender<SpanRecord>>,
     dropped_full: Counter,
+    /// Another transport than OTLP/gRPC (`super::sink`).
+    sink: Option<Arc<dyn super::sink::BatchSink>>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -59,7 +61,14 @@ impl Exporter {
             timeout,
             tx: OnceLock::new(),
             dropped_full,
+            sink: None,
         }
+    }
+
+    /// Sends batches through `sink` instead of OTLP/gRPC.
+    pub fn with_sink(mut self, sink: Arc<dyn super::sink::BatchSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Queues a finished span; never waits.
@@ -78,6 +87,7 @@ impl Exporter {
             service_name: self.service_name.clone(),
             batch: self.batch,
             timeout: self.timeout,
+            sink: self.sink.clone(),
         };
         // Only called from a stream, which runs on a runtime.
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -93,6 +103,7 @@ struct Task {
     service_name: String,
     batch: usize,
     timeout: Duration,
+    sink: Option<Arc<dyn super::sink::BatchSink>>,
 }
 
 impl Task {
@@ -112,6 +123,20 @@ impl Task {
                 }
             }
             let n = spans.len() as u64;
+            if let Some(sink) = &self.sink {
+                let r = sink
+                    .send(&self.cluster, &self.service_name, &spans, self.timeout)
+                    .await;
+                spans.clear();
+                match r {
+                    Ok(()) => exported.increment(n),
+                    Err(e) => {
+                        failed.increment(n);
+                        tracing::debug!(cluster = label, error = %e, "span export failed");
+                    }
+                }
+                continue;
+            }
             let body = Bytes::from(export_request(&self.service_name, &spans));
             spans.clear();
             match crate::callout::grpc_unary(

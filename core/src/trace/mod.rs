@@ -19,6 +19,11 @@
 pub mod context;
 pub mod export;
 pub mod otlp;
+mod otlp_http;
+mod providers;
+pub mod sink;
+mod trust;
+mod zipkin;
 
 use crate::config::tracing::{CustomTag, Percent, RouteTracingConfig, TracingConfig};
 use crate::error::BuildError;
@@ -145,6 +150,8 @@ pub struct Tracer {
     spawn_upstream_span: bool,
     max_path_tag_length: usize,
     exporter: export::Exporter,
+    /// New traces get 64-bit ids (Zipkin's `trace_id_128bit: false`).
+    id64: bool,
     /// `meshgate_tracing_decisions_total` by decision.
     decisions: [Counter; 5],
 }
@@ -166,50 +173,13 @@ impl Tracer {
         ctx: &crate::network::BuildContext<'_>,
         listener: &str,
     ) -> Result<Arc<Self>, BuildError> {
-        if cfg.provider.name != crate::config::tracing::OPENTELEMETRY {
-            return Err(BuildError::new(
-                "tracing.provider.name",
-                format!(
-                    "unsupported tracer '{}' (supported: {})",
-                    cfg.provider.name,
-                    crate::config::tracing::OPENTELEMETRY
-                ),
-            ));
-        }
         if cfg.verbose {
             return Err(BuildError::new(
                 "tracing.verbose",
                 "verbose span annotations are not supported",
             ));
         }
-        let otel: crate::config::tracing::OpenTelemetryConfig =
-            crate::config::parse_typed(&cfg.provider.typed_config).map_err(|e| {
-                BuildError::new(
-                    crate::error::join_path("tracing.provider.typed_config", &e.path),
-                    e.message,
-                )
-            })?;
-        let field = "tracing.provider.typed_config.grpc_service.envoy_grpc.cluster_name";
-        let cluster = ctx.cluster(field, &otel.grpc_service.envoy_grpc.cluster_name)?;
-        let authority = if otel.grpc_service.envoy_grpc.authority.is_empty() {
-            otel.grpc_service.envoy_grpc.cluster_name.clone()
-        } else {
-            otel.grpc_service.envoy_grpc.authority.clone()
-        };
-        let service_name = if otel.service_name.is_empty() {
-            "meshgate".to_string()
-        } else {
-            otel.service_name.clone()
-        };
-        let exporter = export::Exporter::new(
-            cluster,
-            authority,
-            service_name,
-            otel.max_cache_size.unwrap_or(1024) as usize,
-            otel.grpc_service
-                .timeout
-                .unwrap_or(std::time::Duration::from_secs(5)),
-        );
+        let providers::Built { exporter, id64 } = providers::build(cfg, ctx)?;
         let listener = listener.to_string();
         let decision = |d: &'static str| metrics::counter!(names::TRACING_DECISIONS_TOTAL, "listener" => listener.clone(), "decision" => d);
         Ok(Arc::new(Self {
@@ -222,6 +192,7 @@ impl Tracer {
             spawn_upstream_span: cfg.spawn_upstream_span,
             max_path_tag_length: cfg.max_path_tag_length.unwrap_or(256) as usize,
             exporter,
+            id64,
             decisions: [
                 decision("forced"),
                 decision("parent"),
@@ -259,12 +230,17 @@ impl Tracer {
         if !matches!(info.trace, StreamTrace::Undecided) {
             return;
         }
+        trust::drop_untrusted_force(req.headers_mut(), info);
         let incoming = context::extract(req.headers());
         let decision = self.sample(req, incoming.as_ref(), route);
         self.decisions[decision as usize].increment(1);
-        let trace_id = incoming
-            .map(|c| c.trace_id)
-            .unwrap_or_else(context::random_id::<16>);
+        let trace_id = incoming.map(|c| c.trace_id).unwrap_or_else(|| {
+            let mut id = context::random_id::<16>();
+            if self.id64 {
+                id[..8].fill(0);
+            }
+            id
+        });
         let span_id = context::random_id::<8>();
         let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
         if decision == Decision::NotSampled {
