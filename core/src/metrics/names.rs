@@ -504,6 +504,12 @@ pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
 /// Counter `{listener, reason}`: datagrams dropped: `session_overflow`,
 /// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
 pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
+/// HTTP requests a `route.http_to_rpc` refused before any call (labels:
+/// protocol, reason: bad_json, bad_param, missing_param, too_deep,
+/// too_large, no_match).
+pub const HTTP_TO_RPC_REJECTED_TOTAL: &str = "meshgate_http_to_rpc_rejected_total";
+/// Translated calls answered, by the HTTP status sent (labels: protocol, code).
+pub const HTTP_TO_RPC_RESPONSES_TOTAL: &str = "meshgate_http_to_rpc_responses_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -669,6 +675,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
     (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
+    (HTTP_TO_RPC_REJECTED_TOTAL, Kind::Counter),
+    (HTTP_TO_RPC_RESPONSES_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
