@@ -39,6 +39,15 @@ impl Writer {
         }
     }
 
+    /// Counts a class definition another writer of the same message wrote
+    /// first (so that this writer's own definitions get the next indexes).
+    pub fn declare_class(&mut self, class: &str, fields: &[&str]) {
+        self.classes.push((
+            class.to_string(),
+            fields.iter().map(|f| f.to_string()).collect(),
+        ));
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }

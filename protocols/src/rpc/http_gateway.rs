@@ -97,6 +97,10 @@ pub fn build_call(
     // The arguments first, in their own writer: Bolt puts them after the
     // SofaRequest object, Dubbo (generic) inside a list.
     let mut args = Writer::new(dialect);
+    if plan.protocol == RpcProtocolName::Bolt {
+        // The SofaRequest object before them defines class 0.
+        args.declare_class(SOFA_REQUEST, &SOFA_REQUEST_FIELDS);
+    }
     for p in &plan.params {
         let bad = |m: String| Rejection::bad("bad_param", format!("parameter '{}': {m}", p.name));
         let text: Option<String>;

@@ -128,10 +128,12 @@ fn bolt_call_reads_back() {
     let p = plan(
         r#"{protocol: bolt, service: com.meshgate.Echo, method: echo, version: "1.0",
             attachments_from_headers: [x-user],
-            params: [{type: java.util.Map, body: true}, {type: double, query_param: d}]}"#,
+            params: [{type: java.util.Map, body: true}, {type: double, query_param: d},
+                     {type: a.Pojo, header: x-pojo}]}"#,
     );
     let mut h = HeaderMap::new();
     h.insert("x-user", "u1".parse().unwrap());
+    h.insert("x-pojo", r#"{"k": 1}"#.parse().unwrap());
     let c = build_call(
         &p,
         &inputs(&[], Some("d=1.5"), &h, br#"{"a": [1, {"b": null}]}"#),
@@ -158,10 +160,15 @@ fn bolt_call_reads_back() {
         req["targetServiceUniqueName"],
         json!("com.meshgate.Echo:1.0")
     );
-    assert_eq!(req["methodArgSigs"], json!(["java.util.Map", "double"]));
+    assert_eq!(
+        req["methodArgSigs"],
+        json!(["java.util.Map", "double", "a.Pojo"])
+    );
     assert_eq!(req["requestProps"], json!({"x-user": "u1"}));
     assert_eq!(r.read_value().unwrap(), json!({"a": [1, {"b": null}]}));
     assert_eq!(r.read_value().unwrap(), json!(1.5));
+    // the argument's class is the message's second definition
+    assert_eq!(r.read_value().unwrap(), json!({"$class": "a.Pojo", "k": 1}));
     assert!(r.at_end());
 }
 
