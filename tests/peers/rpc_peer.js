@@ -9,7 +9,8 @@
 //     com.meshgate.Other: echo(x) -> {from, x}, sleep(ms), plus(a, b);
 //     for the HTTP/JSON gateway: getUser(id) -> a com.meshgate.User POJO,
 //     fail(msg) throws, missing(id) -> an exception object,
-//     describe(...args) -> {from, args}, and Dubbo's generic $invoke.
+//     describe(...args) -> {from, args}, and Dubbo's generic $invoke;
+//     com.example.UserService 1.0 (examples/http-to-dubbo.yaml).
 //     Prints `READY <port>` when listening (port 0: the kernel picks it).
 //   node rpc_peer.js call <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
 //       [count] [concurrency] [timeoutMs] [version] [group]
@@ -60,6 +61,16 @@ async function server(proto, port, name) {
   server.addService({ interfaceName: 'com.meshgate.Echo', version: '1.0' }, impl);
   server.addService({ interfaceName: 'com.meshgate.Echo', version: '2.0' }, impl);
   server.addService({ interfaceName: 'com.meshgate.Other', version: '1.0' }, impl);
+  // examples/http-to-dubbo.yaml's service.
+  const user = (id, name, tags) => ({ $class: 'com.example.User', $: {
+    id: { $class: 'long', $: id }, name, tags } });
+  server.addService({ interfaceName: 'com.example.UserService', version: '1.0' }, {
+    async getUser(id) { return user(Number(id), 'user' + id, []); },
+    async findUsers(name, limit) {
+      return Array.from({ length: limit }, (_, i) => user(i + 1, name + (i + 1), []));
+    },
+    async createUser(u) { return user(100, u.name, u.tags || []); },
+  });
   await server.start();
   console.log('READY ' + server.publishPort);
 }

@@ -404,3 +404,40 @@ fn dubbo_call_bytes_reach_the_provider() {
     want.push(b'Z');
     assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&got));
 }
+
+/// examples/http-to-dubbo.yaml, validated and run as shipped (its ports
+/// moved to free ones) against a real provider of its service.
+#[test]
+fn the_http_to_dubbo_example_runs_as_shipped() {
+    let path = workspace().join("examples/http-to-dubbo.yaml");
+    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let p = Provider::start("dubbo", "A");
+    let port = free_port();
+    let yaml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("address: 127.0.0.1:9901", "address: \"{ADMIN}\"")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:20881", &format!("127.0.0.1:{}", p.port));
+    let _mg = Meshgate::start(&yaml);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let user = |id: u64, name: &str, tags: Value| json!({"$class": "com.example.User", "id": id, "name": name, "tags": tags});
+    assert_eq!(
+        get(port, "/users/7", &[]),
+        (200, user(7, "user7", json!([])))
+    );
+    assert_eq!(
+        get(port, "/users?name=ann&limit=2", &[]),
+        (
+            200,
+            json!([user(1, "ann1", json!([])), user(2, "ann2", json!([]))])
+        )
+    );
+    assert_eq!(
+        post(port, "/users", r#"{"name": "ann", "tags": ["admin"]}"#),
+        (200, user(100, "ann", json!(["admin"])))
+    );
+    let (s, v) = get(port, "/users?name=ann&limit=many", &[]);
+    assert_eq!(s, 400);
+    assert!(v["message"].as_str().unwrap().contains("'limit'"), "{v}");
+}
