@@ -368,12 +368,10 @@ fn dubbo_call_bytes_reach_the_provider() {
         }
     });
     let port = free_port();
-    let body = format!(
-        "                      - match: {{prefix: /orders/}}\n                        route:\n                          cluster: raw\n                          http_to_rpc: {{service: com.shop.Orders, version: \"2.1\", group: eu, method: put, path_template: '/orders/{{id}}', attachments_from_headers: [x-tenant, x-missing], params: [{{type: java.lang.String, path_param: id}}, {{type: java.lang.Integer, query_param: qty, optional: true}}]}}\n"
-    );
+    let body = "                      - match: {prefix: /orders/}\n                        route:\n                          cluster: raw\n                          http_to_rpc: {service: com.shop.Orders, version: \"2.1\", group: eu, method: put, path_template: '/orders/{id}', attachments_from_headers: [x-tenant, x-missing], params: [{type: java.lang.String, path_param: id}, {type: java.lang.Integer, query_param: qty, optional: true}]}\n";
     let yaml = format!(
         "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{}clusters:\n  - name: raw\n    protocol: dubbo\n    endpoints: [{{address: \"127.0.0.1:{raw_port}\"}}]\n",
-        listener("api", port, &body)
+        listener("api", port, body)
     );
     let _mg = Meshgate::start(&yaml);
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap());

@@ -249,7 +249,7 @@ fn writer_reader_round_trip_random_values() {
         let pick = rnd() % if depth > 4 { 6 } else { 9 };
         match pick {
             0 => Value::Null,
-            1 => Value::Bool(rnd() % 2 == 0),
+            1 => Value::Bool(rnd().is_multiple_of(2)),
             2 => json!((rnd() as i64) >> (rnd() % 64)),
             3 => json!(((rnd() % 2_000_001) as f64 - 1e6) / 7.0),
             4 | 5 => {
