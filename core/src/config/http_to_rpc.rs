@@ -494,7 +494,7 @@ params:
         );
         assert_eq!(
             e(
-                "{service: a.B, method: m, path_template: /a/{x}, params: [{type: int, path_param: y}]}"
+                "{service: a.B, method: m, path_template: '/a/{x}', params: [{type: int, path_param: y}]}"
             ),
             "route.params[0].path_param"
         );
