@@ -945,12 +945,13 @@ impl ProxyHandler {
                         crate::fallback::Before::Forward(to, kept) => (to, kept),
                     },
                 };
-                // meshgate's `route.http_to_rpc`: the request becomes an RPC call.
+                // meshgate's `route.http_to_rpc`: the request becomes an RPC
+                // call (boxed: the plain forward's future stays as small).
                 if let Some(plan) = c.http_to_rpc() {
                     let policy = c.forward_policy();
-                    let mut resp =
-                        crate::http_to_rpc::call(plan, cluster, req, info, policy, hashed.hash)
-                            .await;
+                    let call =
+                        crate::http_to_rpc::call(plan, cluster, req, info, policy, hashed.hash);
+                    let mut resp = Box::pin(call).await;
                     route.apply_response_mutations(vhost, &mut resp);
                     return resp;
                 }
