@@ -18,6 +18,7 @@ mod format;
 mod grpc;
 pub mod header_mutation;
 pub mod http_options;
+mod http_to_rpc;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 mod local_reply;

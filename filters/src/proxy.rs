@@ -945,6 +945,16 @@ impl ProxyHandler {
                         crate::fallback::Before::Forward(to, kept) => (to, kept),
                     },
                 };
+                // meshgate's `route.http_to_rpc`: the request becomes an RPC
+                // call (boxed: the plain forward's future stays as small).
+                if let Some(plan) = c.http_to_rpc() {
+                    let policy = c.forward_policy();
+                    let call =
+                        crate::http_to_rpc::call(plan, cluster, req, info, policy, hashed.hash);
+                    let mut resp = Box::pin(call).await;
+                    route.apply_response_mutations(vhost, &mut resp);
+                    return resp;
+                }
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let exchange = {

@@ -6,7 +6,11 @@
 //
 //   node rpc_peer.js server <dubbo|bolt> <port> <name>
 //     Provider of com.meshgate.Echo (version 1.0 and 2.0) and
-//     com.meshgate.Other: echo(x) -> {from, x}, sleep(ms), plus(a, b).
+//     com.meshgate.Other: echo(x) -> {from, x}, sleep(ms), plus(a, b);
+//     for the HTTP/JSON gateway: getUser(id) -> a com.meshgate.User POJO,
+//     fail(msg) throws, missing(id) -> an exception object,
+//     describe(...args) -> {from, args}, and Dubbo's generic $invoke;
+//     com.example.UserService 1.0 (examples/http-to-dubbo.yaml).
 //     Prints `READY <port>` when listening (port 0: the kernel picks it).
 //   node rpc_peer.js call <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
 //       [count] [concurrency] [timeoutMs] [version] [group]
@@ -33,10 +37,40 @@ async function server(proto, port, name) {
     async echo(x) { return { from: name, x }; },
     async plus(a, b) { return a + b; },
     async sleep(ms) { await new Promise(r => setTimeout(r, ms)); return name; },
+    // For the HTTP/JSON gateway tests: a POJO, an exception, typed args.
+    async getUser(id) {
+      return { $class: 'com.meshgate.User', $: {
+        id: { $class: 'long', $: Number(id) }, name: 'user' + id,
+        tags: ['a', 'b'], born: new Date(86400000), boss: null,
+        score: 1.5, active: true } };
+    },
+    async fail(msg) { throw new Error('failed: ' + msg); },
+    // An exception object as a Java provider returns it (Dubbo: a result
+    // with the exception flag).
+    async missing(id) {
+      return { $class: 'com.meshgate.UserNotFoundException',
+        $: { detailMessage: 'no user ' + id } };
+    },
+    async describe(...args) { return { from: name, args }; },
+  };
+  // Dubbo's generic invocation: $invoke(method, parameterTypes, args).
+  impl.$invoke = async (method, types, args) => {
+    const r = await impl[method](...args);
+    return { generic: true, types, result: r };
   };
   server.addService({ interfaceName: 'com.meshgate.Echo', version: '1.0' }, impl);
   server.addService({ interfaceName: 'com.meshgate.Echo', version: '2.0' }, impl);
   server.addService({ interfaceName: 'com.meshgate.Other', version: '1.0' }, impl);
+  // examples/http-to-dubbo.yaml's service.
+  const user = (id, name, tags) => ({ $class: 'com.example.User', $: {
+    id: { $class: 'long', $: id }, name, tags } });
+  server.addService({ interfaceName: 'com.example.UserService', version: '1.0' }, {
+    async getUser(id) { return user(Number(id), 'user' + id, []); },
+    async findUsers(name, limit) {
+      return Array.from({ length: limit }, (_, i) => user(i + 1, name + (i + 1), []));
+    },
+    async createUser(u) { return user(100, u.name, u.tags || []); },
+  });
   await server.start();
   console.log('READY ' + server.publishPort);
 }

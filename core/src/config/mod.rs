@@ -12,6 +12,7 @@ pub mod fault;
 pub mod filters;
 pub mod header_mutation;
 pub mod health_check;
+pub mod http_to_rpc;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;

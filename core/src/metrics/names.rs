@@ -510,6 +510,12 @@ pub const TRACING_FORCE_TRACE_IGNORED_TOTAL: &str = "meshgate_tracing_force_trac
 /// Histogram `{cluster}`: one upstream try's time, from its start to the
 /// response head (or its failure).
 pub const CLUSTER_UPSTREAM_RQ_TIME_SECONDS: &str = "meshgate_cluster_upstream_rq_time_seconds";
+/// HTTP requests a `route.http_to_rpc` refused before any call (labels:
+/// protocol, reason: bad_json, bad_param, missing_param, too_deep,
+/// too_large, no_match).
+pub const HTTP_TO_RPC_REJECTED_TOTAL: &str = "meshgate_http_to_rpc_rejected_total";
+/// Translated calls answered, by the HTTP status sent (labels: protocol, code).
+pub const HTTP_TO_RPC_RESPONSES_TOTAL: &str = "meshgate_http_to_rpc_responses_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -677,6 +683,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
     (TRACING_FORCE_TRACE_IGNORED_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_RQ_TIME_SECONDS, Kind::Histogram),
+    (HTTP_TO_RPC_REJECTED_TOTAL, Kind::Counter),
+    (HTTP_TO_RPC_RESPONSES_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

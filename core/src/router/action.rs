@@ -112,6 +112,8 @@ pub struct ClusterAction {
     pub(crate) mirrors: Box<[super::mirror::MirrorPolicy]>,
     /// The virtual host's `include_attempt_count_in_response`.
     pub(crate) attempt_count_in_response: bool,
+    /// meshgate's `http_to_rpc` translation, if set.
+    pub(crate) http_to_rpc: Option<Box<crate::config::http_to_rpc::HttpToRpc>>,
 }
 
 impl ClusterAction {
@@ -163,6 +165,11 @@ impl ClusterAction {
     #[inline]
     pub fn mirrors(&self) -> &[super::mirror::MirrorPolicy] {
         &self.mirrors
+    }
+
+    /// The route's HTTP/JSON to RPC translation (`route.http_to_rpc`).
+    pub fn http_to_rpc(&self) -> Option<&crate::config::http_to_rpc::HttpToRpc> {
+        self.http_to_rpc.as_deref()
     }
 
     /// Whether the response tells the client its try count

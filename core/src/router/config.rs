@@ -260,6 +260,10 @@ pub struct RouteActionConfig {
     /// Envoy's `hedge_policy` (wins over the virtual host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hedge_policy: Option<crate::retry::HedgePolicyConfig>,
+    /// meshgate's HTTP/JSON to Dubbo / Bolt translation (no Envoy field):
+    /// the request becomes an RPC call to the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_to_rpc: Option<crate::config::http_to_rpc::HttpToRpcConfig>,
 }
 
 /// One route-level upgrade setting (Envoy's `RouteAction.UpgradeConfig`).
@@ -291,6 +295,7 @@ impl Default for RouteActionConfig {
             fallback: None,
             request_mirror_policies: Vec::new(),
             hedge_policy: None,
+            http_to_rpc: None,
         }
     }
 }

@@ -1024,6 +1024,10 @@ fn build_cluster_action(
                 clusters,
             )?)),
         },
+        http_to_rpc: match &c.http_to_rpc {
+            None => None,
+            Some(t) => Some(Box::new(t.build(&sub(path, "http_to_rpc"))?)),
+        },
     })
 }
 

@@ -21,6 +21,9 @@
 //! counted; heartbeats from the provider are answered.
 
 pub mod hessian;
+pub mod hessian_value;
+pub mod hessian_write;
+pub mod http_gateway;
 pub mod trace;
 
 use bytes::{Bytes, BytesMut};
