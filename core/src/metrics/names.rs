@@ -505,6 +505,23 @@ pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
 /// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
 pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
 
+// gRPC-JSON transcoder stream filter (`grpc_json_transcoder`).
+
+/// Counter `{method}`: REST requests transcoded into a gRPC call
+/// (`method` is the gRPC `/pkg.Service/Method`, bounded by the descriptor).
+pub const GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_transcoded_total";
+/// Counter `{reason}`: requests refused with 400 (`bad_json`,
+/// `bad_path_binding`, `bad_query_parameter`, `unknown_query_parameter`,
+/// `unknown_method`, `binding_body_collision`) or 413 (`too_large`).
+pub const GRPC_JSON_TRANSCODER_REJECTED_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_rejected_total";
+/// Counter `{reason}`: upstream responses that could not be turned into
+/// JSON (`bad_frame`, `bad_message`, `compressed`, `too_large`): the body
+/// is cut.
+pub const GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_response_error_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -669,6 +686,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
     (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_REJECTED_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
