@@ -2,7 +2,7 @@
 //! `envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder`),
 //! the contract between the filter and the xDS translator. Only what
 //! meshgate implements is here, so `deny_unknown_fields` refuses the rest
-//! by name (`url_unescape_spec`, `match_unregistered_custom_verb`,
+//! by name (`match_unregistered_custom_verb`,
 //! `case_insensitive_enum_parsing`, `capture_unknown_query_parameters`,
 //! `stream_sse_style_delimited`).
 
@@ -49,6 +49,9 @@ pub struct GrpcJsonTranscoderConfig {
     pub query_param_unescape_plus: bool,
     #[serde(default)]
     pub request_validation_options: RequestValidationOptions,
+    /// How path variables are percent-decoded.
+    #[serde(default)]
+    pub url_unescape_spec: UrlUnescapeSpec,
     /// The largest JSON request body buffered (default 1 MiB); past it 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body_size: Option<u32>,
@@ -56,6 +59,20 @@ pub struct GrpcJsonTranscoderConfig {
     /// it the response body is cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_response_body_size: Option<u32>,
+}
+
+/// Envoy's `UrlUnescapeSpec`: which escapes stay encoded in a path
+/// variable's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UrlUnescapeSpec {
+    /// RFC 6570's reserved characters stay encoded (`%2F`, `%3A`...).
+    #[default]
+    AllCharactersExceptReserved,
+    /// Only `%2F` in a multi-segment (`**`) variable stays encoded.
+    AllCharactersExceptSlash,
+    /// Everything is decoded.
+    AllCharacters,
 }
 
 /// Envoy's `PrintOptions`: how response messages are printed as JSON.

@@ -214,14 +214,16 @@ impl Transcoder {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 let plus = self.cfg.query_param_unescape_plus;
-                let key = template::percent_decode(k, false, plus)
+                let key = template::percent_decode(k, template::Keep::Nothing, plus)
                     .ok_or_else(|| refuse("bad_query_parameter", "bad percent-encoding"))?;
-                let val = template::percent_decode(v, false, plus).ok_or_else(|| {
-                    refuse(
-                        "bad_query_parameter",
-                        format!("bad percent-encoding in {key}"),
-                    )
-                })?;
+                let val = template::percent_decode(v, template::Keep::Nothing, plus).ok_or_else(
+                    || {
+                        refuse(
+                            "bad_query_parameter",
+                            format!("bad percent-encoding in {key}"),
+                        )
+                    },
+                )?;
                 if self.cfg.ignored_query_parameters.iter().any(|i| *i == key) {
                     continue;
                 }

@@ -47,7 +47,7 @@ fn status_of(h: &HeaderMap) -> Option<(u32, String)> {
     let msg = h
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .and_then(|m| super::template::percent_decode(m, false, false))
+        .and_then(|m| super::template::percent_decode(m, super::template::Keep::Nothing, false))
         .unwrap_or_default();
     Some((code, msg))
 }

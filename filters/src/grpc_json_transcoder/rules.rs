@@ -5,12 +5,12 @@
 //! the method's input message when the config is built, so a request can
 //! only fail on its own values.
 
-use super::template::{self, Template};
+use super::template::{self, Keep, Template};
 use base64::Engine as _;
 use http::Method;
 use http::uri::PathAndQuery;
 use meshgate_core::BuildError;
-use meshgate_core::config::grpc_json_transcoder::GrpcJsonTranscoderConfig;
+use meshgate_core::config::grpc_json_transcoder::{GrpcJsonTranscoderConfig, UrlUnescapeSpec};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
 use std::sync::Arc;
 
@@ -45,6 +45,7 @@ pub(crate) struct Binding {
 /// Every binding of the configured services.
 pub(crate) struct Rules {
     bindings: Vec<Binding>,
+    unescape: UrlUnescapeSpec,
 }
 
 /// Loads the `FileDescriptorSet` the config names.
@@ -115,7 +116,10 @@ impl Rules {
                 }
             }
         }
-        Ok(Self { bindings })
+        Ok(Self {
+            bindings,
+            unescape: cfg.url_unescape_spec,
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -147,7 +151,16 @@ impl Rules {
         let values = raw
             .iter()
             .enumerate()
-            .map(|(i, r)| template::percent_decode(r, b.template.multi_segment(i), false))
+            .map(|(i, r)| {
+                let keep = match self.unescape {
+                    UrlUnescapeSpec::AllCharactersExceptReserved => Keep::Reserved,
+                    UrlUnescapeSpec::AllCharactersExceptSlash if b.template.multi_segment(i) => {
+                        Keep::Slash
+                    }
+                    _ => Keep::Nothing,
+                };
+                template::percent_decode(r, keep, false)
+            })
             .collect();
         Some((b, values))
     }

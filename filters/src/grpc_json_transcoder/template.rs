@@ -244,9 +244,29 @@ impl Parser<'_> {
     }
 }
 
-/// Percent-decodes `s`; with `keep_slash`, `%2F` stays encoded. `None` on
-/// a bad escape or bytes that are not UTF-8.
-pub(crate) fn percent_decode(s: &str, keep_slash: bool, plus_is_space: bool) -> Option<String> {
+/// Which escapes `percent_decode` leaves encoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Keep {
+    Nothing,
+    /// `%2F` (a `/` would be ambiguous in a multi-segment variable).
+    Slash,
+    /// RFC 6570's reserved characters (gen-delims and sub-delims).
+    Reserved,
+}
+
+impl Keep {
+    fn keeps(self, b: u8) -> bool {
+        match self {
+            Keep::Nothing => false,
+            Keep::Slash => b == b'/',
+            Keep::Reserved => b":/?#[]@!$&'()*+,;=".contains(&b),
+        }
+    }
+}
+
+/// Percent-decodes `s`, leaving the escapes `keep` says encoded. `None`
+/// on a bad escape or bytes that are not UTF-8.
+pub(crate) fn percent_decode(s: &str, keep: Keep, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -255,7 +275,7 @@ pub(crate) fn percent_decode(s: &str, keep_slash: bool, plus_is_space: bool) -> 
             b'%' => {
                 let h = b.get(i + 1..i + 3)?;
                 let v = u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()?;
-                if keep_slash && v == b'/' {
+                if keep.keeps(v) {
                     out.extend_from_slice(&b[i..i + 3]);
                 } else {
                     out.push(v);
@@ -338,13 +358,20 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b", false, false).unwrap(), "a b");
-        assert_eq!(percent_decode("a%2Fb", true, false).unwrap(), "a%2Fb");
-        assert_eq!(percent_decode("a%2fb", false, false).unwrap(), "a/b");
-        assert_eq!(percent_decode("a+b", false, true).unwrap(), "a b");
-        assert_eq!(percent_decode("a+b", false, false).unwrap(), "a+b");
-        assert_eq!(percent_decode("%zz", false, false), None);
-        assert_eq!(percent_decode("%2", false, false), None);
-        assert_eq!(percent_decode("%ff", false, false), None);
+        use Keep::*;
+        assert_eq!(percent_decode("a%20b", Nothing, false).unwrap(), "a b");
+        assert_eq!(percent_decode("a%2Fb", Slash, false).unwrap(), "a%2Fb");
+        assert_eq!(percent_decode("a%2fb", Nothing, false).unwrap(), "a/b");
+        assert_eq!(percent_decode("a+b", Nothing, true).unwrap(), "a b");
+        assert_eq!(percent_decode("a+b", Nothing, false).unwrap(), "a+b");
+        // Envoy's example of ALL_CHARACTERS_EXCEPT_RESERVED.
+        assert_eq!(
+            percent_decode("%2f%23/%20%2523", Reserved, false).unwrap(),
+            "%2f%23/ %23"
+        );
+        assert_eq!(percent_decode("%3A%41", Slash, false).unwrap(), ":A");
+        assert_eq!(percent_decode("%zz", Nothing, false), None);
+        assert_eq!(percent_decode("%2", Nothing, false), None);
+        assert_eq!(percent_decode("%ff", Nothing, false), None);
     }
 }

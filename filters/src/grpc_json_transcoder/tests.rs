@@ -3,7 +3,7 @@
 
 use super::*;
 use http_body_util::BodyExt;
-use meshgate_core::config::grpc_json_transcoder::GrpcJsonTranscoderConfig;
+use meshgate_core::config::grpc_json_transcoder::{GrpcJsonTranscoderConfig, UrlUnescapeSpec};
 
 const PB: &[u8] = include_bytes!("testdata/bookstore.pb");
 
@@ -93,10 +93,24 @@ fn path_variables_query_parameters_and_body_make_the_message() {
             serde_json::json!({"id":"9","theme":"sea","tags":["a"]})
         );
     }
-    // `**` keeps its slashes.
-    let (p, m) = call(&t, "GET", "/v1/shelves/2/books/a/b%2Fc", "").unwrap();
+    // `**` keeps its slashes; reserved escapes stay encoded by default.
+    let (p, m) = call(&t, "GET", "/v1/shelves/2/books/a/b%2Fc%3A%20d", "").unwrap();
     assert_eq!(p, "/bookstore.Bookstore/GetBook");
-    assert_eq!(m[0], serde_json::json!({"name":"shelves/2/books/a/b%2Fc"}));
+    assert_eq!(
+        m[0],
+        serde_json::json!({"name":"shelves/2/books/a/b%2Fc%3A d"})
+    );
+    let t2 = filter(|c| c.url_unescape_spec = UrlUnescapeSpec::AllCharactersExceptSlash);
+    let (_, m) = call(&t2, "GET", "/v1/shelves/2/books/a/b%2Fc%3A%20d", "").unwrap();
+    assert_eq!(
+        m[0],
+        serde_json::json!({"name":"shelves/2/books/a/b%2Fc: d"})
+    );
+    let (_, m) = call(&t2, "GET", "/v1/titles/a%2Fb", "").unwrap();
+    assert_eq!(m[0], serde_json::json!({"name":"a/b"}));
+    let t2 = filter(|c| c.url_unescape_spec = UrlUnescapeSpec::AllCharacters);
+    let (_, m) = call(&t2, "GET", "/v1/shelves/2/books/a/b%2Fc", "").unwrap();
+    assert_eq!(m[0], serde_json::json!({"name":"shelves/2/books/a/b/c"}));
     // A custom verb (HEAD).
     let (p, _) = call(&t, "HEAD", "/v1/titles/x", "").unwrap();
     assert_eq!(p, "/bookstore.Bookstore/GetBookTitle");
@@ -234,10 +248,13 @@ fn bad_configs_name_their_field() {
     assert!(bad(&|c| c.max_request_body_size = Some(0)).starts_with("max_request_body_size"));
     // Unknown fields are refused by name by serde.
     let e = parse_typed::<GrpcJsonTranscoderConfig>(
-        &serde_json::json!({"services": [], "url_unescape_spec": "ALL_CHARACTERS"}),
+        &serde_json::json!({"services": [], "case_insensitive_enum_parsing": true}),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("url_unescape_spec"), "{e}");
+    assert!(
+        e.to_string().contains("case_insensitive_enum_parsing"),
+        "{e}"
+    );
     // No services: nothing to transcode (as Envoy).
     let t = filter(|c| c.services.clear());
     assert!(t.rules.is_empty());
