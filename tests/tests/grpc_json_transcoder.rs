@@ -12,7 +12,6 @@ use meshgate_tests::pypeer::PyPeer;
 use meshgate_tests::*;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 /// One response: status, content type, body.
 fn curl(args: &[&str]) -> (u16, String, String) {
@@ -50,10 +49,10 @@ struct Setup {
     lines: u16,
 }
 
-/// One grpcio server and one meshgate for the whole file.
-fn setup() -> &'static Setup {
-    static S: OnceLock<Setup> = OnceLock::new();
-    S.get_or_init(|| {
+/// A grpcio server and a meshgate in front of it (each test runs in its
+/// own process: both are stopped when the test's `Setup` drops).
+fn setup() -> Setup {
+    {
         let dir = tempfile::tempdir().unwrap();
         let server = PyPeer::start("transcode_peer.py", &[dir.path().to_str().unwrap()]);
         let pb = dir.path().join("bookstore.pb");
@@ -126,7 +125,7 @@ clusters:
             rest,
             lines,
         }
-    })
+    }
 }
 
 fn url(port: u16, path: &str) -> String {
@@ -452,7 +451,10 @@ fn transcoder_from_xds_http_filters() {
     }
     mgmt.set(ROUTE, "r1", vec![(rname, any(ROUTE, &r))]);
     let _mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
-    wait_for(port, "/v1/shelves/21", "theme-21");
+    wait_until("the transcoder from xDS serves", || {
+        let (code, _, body) = curl(&[&url(port, "/v1/shelves/21")]);
+        code == 200 && body.contains("theme-21")
+    });
     let (code, _, body) = curl(&[&url(port, "/v1/shelves/4/books?limit=2")]);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.lines().count(), 2, "{body}");
