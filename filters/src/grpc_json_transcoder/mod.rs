@@ -224,7 +224,7 @@ impl Transcoder {
                         )
                     },
                 )?;
-                if self.cfg.ignored_query_parameters.iter().any(|i| *i == key) {
+                if self.cfg.ignored_query_parameters.contains(&key) {
                     continue;
                 }
                 let segs: Vec<String> = key.split('.').map(str::to_string).collect();
