@@ -77,6 +77,9 @@ service Bookstore {
       additional_bindings { get: "/v1/titles/{name}" response_body: "title" }
     };
   }
+  rpc BulkCreate(stream Book) returns (Shelf) {
+    option (google.api.http) = { post: "/v1/books:bulk" body: "*" };
+  }
   rpc Echo(Shelf) returns (Shelf);
 }
 
@@ -200,6 +203,9 @@ def main():
 
         def GetBookTitle(self, req, ctx):
             return pb.Book(title="title of " + req.name, pages=3)
+
+        def BulkCreate(self, reqs, ctx):
+            return pb.Shelf(tags=[b.title for b in reqs])
 
         def Echo(self, req, ctx):
             return req

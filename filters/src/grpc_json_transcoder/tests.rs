@@ -117,6 +117,68 @@ fn path_variables_query_parameters_and_body_make_the_message() {
 }
 
 #[test]
+fn client_streams_take_a_json_array() {
+    let t = filter(|_| {});
+    let (p, m) = call(
+        &t,
+        "POST",
+        "/v1/books:bulk",
+        r#"[{"title":"a"},{"title":"b","pages":2}]"#,
+    )
+    .unwrap();
+    assert_eq!(p, "/bookstore.Bookstore/BulkCreate");
+    assert_eq!(
+        m,
+        vec![
+            serde_json::json!({"title":"a"}),
+            serde_json::json!({"title":"b","pages":2})
+        ]
+    );
+    assert_eq!(
+        call(&t, "POST", "/v1/books:bulk", "[1]").map(|_| ()),
+        Err("bad_json")
+    );
+}
+
+#[test]
+fn unknown_methods_pass_or_are_refused() {
+    let a = "127.0.0.1:1".parse().unwrap();
+    let conn = meshgate_core::network::ConnectionInfo {
+        id: 1,
+        listener: Arc::from("l"),
+        peer_addr: a,
+        local_addr: a,
+        server_name: None,
+        filter_chain: None,
+        tls: None,
+        retire: Default::default(),
+        proxy_protocol: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let run = |t: &Transcoder| {
+        let mut info = StreamInfo::new(Arc::new(conn.clone()), "http1");
+        let mut req = http::Request::builder()
+            .uri("/v1/nothing")
+            .body(meshgate_core::stream::empty_body())
+            .unwrap();
+        match rt.block_on(t.transcode(&mut req, &mut info)) {
+            FilterStatus::Continue => 0,
+            FilterStatus::Respond(r) => r.status().as_u16(),
+            FilterStatus::Reroute => 1,
+        }
+    };
+    assert_eq!(run(&filter(|_| {})), 0);
+    assert_eq!(
+        run(&filter(|c| c
+            .request_validation_options
+            .reject_unknown_method = true)),
+        404
+    );
+}
+
+#[test]
 fn unmapped_requests_and_methods() {
     let t = filter(|_| {});
     assert_eq!(call(&t, "DELETE", "/v1/shelves/1", ""), Err("no_binding"));
