@@ -16,6 +16,7 @@ mod fallback;
 pub mod fault;
 mod format;
 mod grpc;
+pub mod grpc_json_transcoder;
 pub mod header_mutation;
 pub mod http_options;
 mod http_to_rpc;
@@ -53,5 +54,6 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     registry.register_stream_filter(Arc::new(compressor::CompressorFactory))?;
     registry.register_stream_filter(Arc::new(decompressor::DecompressorFactory))?;
     registry.register_stream_filter(Arc::new(header_mutation::HeaderMutationFactory))?;
-    registry.register_stream_filter(Arc::new(fault::FaultFactory))
+    registry.register_stream_filter(Arc::new(fault::FaultFactory))?;
+    registry.register_stream_filter(Arc::new(grpc_json_transcoder::GrpcJsonTranscoderFactory))
 }

@@ -152,6 +152,14 @@ const KNOWN: &[Known] = &[
         per_route_types: &[crate::ratelimit::PER_ROUTE],
         per_route: crate::ratelimit::per_route,
     },
+    Known {
+        name: "grpc_json_transcoder",
+        envoy_name: crate::grpc_json_transcoder::NAME,
+        type_url: crate::grpc_json_transcoder::TRANSCODER,
+        filter: crate::grpc_json_transcoder::filter,
+        per_route_types: &[crate::grpc_json_transcoder::TRANSCODER],
+        per_route: crate::grpc_json_transcoder::per_route,
+    },
 ];
 
 /// The Envoy names of every known filter, for refusals.

@@ -517,6 +517,23 @@ pub const HTTP_TO_RPC_REJECTED_TOTAL: &str = "meshgate_http_to_rpc_rejected_tota
 /// Translated calls answered, by the HTTP status sent (labels: protocol, code).
 pub const HTTP_TO_RPC_RESPONSES_TOTAL: &str = "meshgate_http_to_rpc_responses_total";
 
+// gRPC-JSON transcoder stream filter (`grpc_json_transcoder`).
+
+/// Counter `{method}`: REST requests transcoded into a gRPC call
+/// (`method` is the gRPC `/pkg.Service/Method`, bounded by the descriptor).
+pub const GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_transcoded_total";
+/// Counter `{reason}`: requests refused with 400 (`bad_json`,
+/// `bad_path_binding`, `bad_query_parameter`, `unknown_query_parameter`,
+/// `unknown_method`, `binding_body_collision`) or 413 (`too_large`).
+pub const GRPC_JSON_TRANSCODER_REJECTED_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_rejected_total";
+/// Counter `{reason}`: upstream responses that could not be turned into
+/// JSON (`bad_frame`, `bad_message`, `compressed`, `too_large`): the body
+/// is cut.
+pub const GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL: &str =
+    "meshgate_grpc_json_transcoder_response_error_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -685,6 +702,9 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_UPSTREAM_RQ_TIME_SECONDS, Kind::Histogram),
     (HTTP_TO_RPC_REJECTED_TOTAL, Kind::Counter),
     (HTTP_TO_RPC_RESPONSES_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_REJECTED_TOTAL, Kind::Counter),
+    (GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
