@@ -505,6 +505,13 @@ pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
 /// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
 pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
 
+/// Counter `{mode}`: gRPC-Web requests the `grpc_web` filter translated
+/// to gRPC, `mode` `binary` or `text` (base64).
+pub const GRPC_WEB_REQUESTS_TOTAL: &str = "meshgate_grpc_web_requests_total";
+/// Counter `{reason}`: gRPC-Web request bodies refused:
+/// `malformed_base64`, `truncated_frame`, `oversize_frame`, `bad_frame_flags`.
+pub const GRPC_WEB_REJECTED_TOTAL: &str = "meshgate_grpc_web_rejected_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -669,6 +676,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
     (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
+    (GRPC_WEB_REQUESTS_TOTAL, Kind::Counter),
+    (GRPC_WEB_REJECTED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
