@@ -13,8 +13,8 @@
 //! response keeps `grpc-status` in its head, as the gRPC-Web spec allows.
 //!
 //! The request body is checked as it passes, without buffering: bad
-//! base64, a frame flag other than `0x00`/`0x01`, a frame longer than the
-//! stream's `max_request_body_bytes`, or a body that ends inside a frame
+//! base64, a frame flag other than `0x00`/`0x01`, a message longer than
+//! `max_message_bytes` (4 MiB, gRPC's default), or a body that ends inside a frame
 //! refuse the stream (a trailers-only gRPC status for the client, counted
 //! in `meshgate_grpc_web_rejected_total{reason}`). Every other stream is
 //! untouched, and the filter costs nothing unless it is configured.
@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, header};
 use meshgate_core::BuildError;
+use meshgate_core::config::grpc_web::GrpcWebConfig;
 use meshgate_core::config::parse_typed;
 use meshgate_core::filter_chain::{BodyFilter, RouteView};
 use meshgate_core::metrics::names;
@@ -49,17 +50,17 @@ impl StreamFilterFactory for GrpcWebFactory {
         config: &serde_json::Value,
         _ctx: &BuildContext<'_>,
     ) -> Result<Arc<dyn StreamFilter>, BuildError> {
-        // Envoy's `GrpcWeb` message is empty.
-        let _: Empty = parse_typed(config)?;
-        Ok(Arc::new(GrpcWeb))
+        let c: GrpcWebConfig = parse_typed(config)?;
+        Ok(Arc::new(GrpcWeb {
+            max_message: Some(u64::from(c.max_message_bytes)).filter(|m| *m > 0),
+        }))
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-struct GrpcWeb;
+struct GrpcWeb {
+    /// `max_message_bytes` (`None`: no limit).
+    max_message: Option<u64>,
+}
 
 /// What the request phase learned about a gRPC-Web stream (kept in
 /// `StreamInfo::filter_state`; only gRPC-Web streams get one).
@@ -198,10 +199,7 @@ impl StreamFilter for GrpcWeb {
         _route: RouteView<'_>,
     ) -> Option<Box<dyn BodyFilter>> {
         let mode = info.filter_state.get::<Mode>()?;
-        Some(Box::new(Decoder::new(
-            mode.text_request,
-            info.limits.max_request_body_bytes,
-        )))
+        Some(Box::new(Decoder::new(mode.text_request, self.max_message)))
     }
 }
 
@@ -293,8 +291,8 @@ fn decode_base64(carry: &mut Vec<u8>, data: &[u8]) -> Option<Bytes> {
 /// the message) across chunks without keeping any of them.
 #[derive(Debug, Default)]
 struct FrameCheck {
-    /// The stream's `max_request_body_bytes`: a longer message is refused
-    /// from its prefix, before its bytes are forwarded.
+    /// `max_message_bytes`: a longer message is refused from its prefix,
+    /// before its bytes are forwarded.
     max: Option<u64>,
     /// Prefix bytes collected so far (0 to 4).
     head: [u8; 5],

@@ -16,6 +16,7 @@ mod ext_authz;
 mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod grpc_web;
 mod header_mutation;
 mod health_check;
 mod http_filters;

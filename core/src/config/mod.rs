@@ -10,6 +10,7 @@ pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod filters;
+pub mod grpc_web;
 pub mod header_mutation;
 pub mod health_check;
 pub mod jwt_authn;
