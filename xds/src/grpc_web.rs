@@ -40,4 +40,28 @@ mod tests {
         };
         assert!(filter(&wrong, "f").is_err());
     }
+
+    #[test]
+    fn listed_by_its_envoy_name_alone_it_is_configured_too() {
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+        let f = |name: &str, a: Option<protobuf::Any>| hcm::HttpFilter {
+            name: name.into(),
+            config_type: a.map(hcm::http_filter::ConfigType::TypedConfig),
+            ..Default::default()
+        };
+        let typed = protobuf::Any {
+            type_url: GRPC_WEB.into(),
+            value: vec![],
+        };
+        for gw in [f(NAME, None), f("web", Some(typed))] {
+            let out = crate::http_filters::http_filters(
+                vec![gw, f(crate::http_filters::ROUTER_NAME, None)],
+                "hcm",
+            )
+            .unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].name, "grpc_web");
+            assert_eq!(out[0].config, Value::Null);
+        }
+    }
 }
