@@ -57,15 +57,19 @@ pub(crate) fn local_reply(resp: &mut Response) {
         .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
         .filter(|c| *c <= 16)
         .unwrap_or_else(|| status(reason));
+    // A gRPC-Web client's content type (set by `grpc_web`) stays.
+    let content_type = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .filter(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/grpc"));
     let mut r = http::Response::new(empty_body());
     if reason == LocalReason::ClusterNotFound {
         *r.status_mut() = resp.status();
     }
     let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
+    h.insert(http::header::CONTENT_TYPE, content_type);
     h.insert("grpc-status", HeaderValue::from(code));
     let msg = format!("meshgate: {}", reason.message());
     h.insert(

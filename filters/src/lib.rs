@@ -17,6 +17,7 @@ pub mod fault;
 mod format;
 mod grpc;
 pub mod grpc_json_transcoder;
+pub mod grpc_web;
 pub mod header_mutation;
 pub mod http_options;
 mod http_to_rpc;
@@ -43,6 +44,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     ))?;
     // Stream filters.
     registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
+    registry.register_stream_filter(Arc::new(grpc_web::GrpcWebFactory))?;
     registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;
     registry.register_stream_filter(Arc::new(basic_auth::BasicAuthFactory))?;
     registry.register_stream_filter(Arc::new(api_key_auth::ApiKeyAuthFactory))?;

@@ -160,6 +160,14 @@ const KNOWN: &[Known] = &[
         per_route_types: &[crate::grpc_json_transcoder::TRANSCODER],
         per_route: crate::grpc_json_transcoder::per_route,
     },
+    Known {
+        name: "grpc_web",
+        envoy_name: crate::grpc_web::NAME,
+        type_url: crate::grpc_web::GRPC_WEB,
+        filter: crate::grpc_web::filter,
+        per_route_types: &[],
+        per_route: crate::grpc_web::filter,
+    },
 ];
 
 /// The Envoy names of every known filter, for refusals.
@@ -216,11 +224,13 @@ pub(crate) fn http_filters(
                     config: (k.filter)(a, &tp)?,
                     disabled: f.disabled,
                 }),
-                (Some(k), None) if k.name == "cors" => out.push(fc::StreamFilterConfig {
-                    name: k.name.into(),
-                    config: Value::Null,
-                    disabled: f.disabled,
-                }),
+                (Some(k), None) if k.name == "cors" || k.name == "grpc_web" => {
+                    out.push(fc::StreamFilterConfig {
+                        name: k.name.into(),
+                        config: Value::Null,
+                        disabled: f.disabled,
+                    })
+                }
                 (Some(_), None) => return err(tp, "required: the filter's config"),
                 // Envoy's contract: an optional filter the proxy does not
                 // know is skipped.

@@ -17,6 +17,7 @@ mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 mod grpc_json_transcoder;
+mod grpc_web;
 mod header_mutation;
 mod health_check;
 mod http_filters;

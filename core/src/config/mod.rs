@@ -11,6 +11,7 @@ pub mod ext_authz;
 pub mod fault;
 pub mod filters;
 pub mod grpc_json_transcoder;
+pub mod grpc_web;
 pub mod header_mutation;
 pub mod health_check;
 pub mod http_to_rpc;

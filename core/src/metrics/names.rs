@@ -534,6 +534,13 @@ pub const GRPC_JSON_TRANSCODER_REJECTED_TOTAL: &str =
 pub const GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL: &str =
     "meshgate_grpc_json_transcoder_response_error_total";
 
+/// Counter `{mode}`: gRPC-Web requests the `grpc_web` filter translated
+/// to gRPC, `mode` `binary` or `text` (base64).
+pub const GRPC_WEB_REQUESTS_TOTAL: &str = "meshgate_grpc_web_requests_total";
+/// Counter `{reason}`: gRPC-Web request bodies refused:
+/// `malformed_base64`, `truncated_frame`, `oversize_frame`, `bad_frame_flags`.
+pub const GRPC_WEB_REJECTED_TOTAL: &str = "meshgate_grpc_web_rejected_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -705,6 +712,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL, Kind::Counter),
     (GRPC_JSON_TRANSCODER_REJECTED_TOTAL, Kind::Counter),
     (GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL, Kind::Counter),
+    (GRPC_WEB_REQUESTS_TOTAL, Kind::Counter),
+    (GRPC_WEB_REJECTED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
