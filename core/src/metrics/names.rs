@@ -505,6 +505,14 @@ pub const UDP_PROXY_BYTES_TOTAL: &str = "meshgate_udp_proxy_bytes_total";
 /// `no_healthy_upstream`, `too_large`, `send_error`, `draining`.
 pub const UDP_PROXY_DATAGRAMS_DROPPED_TOTAL: &str = "meshgate_udp_proxy_datagrams_dropped_total";
 
+/// Counter `{role, result}`: hot upgrade hand-overs (`role`: `old` for
+/// the process that hands its sockets over, `new` for the one that takes
+/// them; `result`: `ok`, `refused` (protocol versions), `error`).
+pub const UPGRADE_HANDOVER_TOTAL: &str = "meshgate_upgrade_handover_total";
+/// Counter: listening sockets a hot upgrade handed over that this
+/// process took (instead of binding).
+pub const UPGRADE_SOCKETS_INHERITED_TOTAL: &str = "meshgate_upgrade_sockets_inherited_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -669,6 +677,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UDP_PROXY_DATAGRAMS_TOTAL, Kind::Counter),
     (UDP_PROXY_BYTES_TOTAL, Kind::Counter),
     (UDP_PROXY_DATAGRAMS_DROPPED_TOTAL, Kind::Counter),
+    (UPGRADE_HANDOVER_TOTAL, Kind::Counter),
+    (UPGRADE_SOCKETS_INHERITED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]
