@@ -1,0 +1,268 @@
+//! Hot upgrade (`--upgrade-socket`) through the real binary: listening
+//! sockets (and the admin's) handed to a new process three times in a row
+//! under keep-alive and connection-per-request load with no failed
+//! request, the last time to a config with one more listener; each old
+//! process exits 0. A new process with a bad config, or one that fails
+//! after receiving the sockets, or one speaking another protocol version,
+//! leaves the old one serving.
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::xds::{Load, get};
+use meshgate_tests::*;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A listener on `port` routing to `backend`, plus `extra` listener text.
+fn config(port: u16, backend: &HttpBackend, extra: &str) -> String {
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backends}}
+{extra}
+clusters:
+  - name: backends
+    connect_timeout: 1s
+    endpoints: [{{address: "{}"}}]
+"#,
+        backend.addr
+    )
+}
+
+/// One more listener answering `extra` itself.
+fn extra_listener(port: u16) -> String {
+    format!(
+        r#"  - name: extra
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200, body: "extra"}}"#
+    )
+}
+
+fn start(yaml: &str, sock: &Path) -> Meshgate {
+    Meshgate::start_with_args(
+        yaml,
+        &[
+            "--upgrade-socket",
+            sock.to_str().unwrap(),
+            "--drain-time",
+            "3s",
+        ],
+    )
+}
+
+/// Waits until `new` says it took over, and `old` exited 0.
+fn wait_handover(old: &mut Meshgate, new: &Meshgate) {
+    wait_until_within(20, "the new process to take over", || {
+        new.log_text().contains("this one serves")
+    });
+    let st = old.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "the old process did not exit after the hand-over:\n{}",
+            old.log_text()
+        )
+    });
+    assert!(st.success(), "old process: {st}\n{}", old.log_text());
+}
+
+/// Clients opening a new connection per request until stopped: (ok, failed).
+fn one_shot_load(port: u16) -> (Arc<AtomicBool>, std::thread::JoinHandle<(u64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let t = std::thread::spawn(move || {
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        while !s.load(Ordering::Relaxed) {
+            match get(port, "/") {
+                Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                None => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        (ok.into_inner(), failed.into_inner())
+    });
+    (stop, t)
+}
+
+#[test]
+fn three_upgrades_under_load_fail_no_request_and_old_processes_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let backends: Vec<HttpBackend> = ["b0", "b1", "b2", "b3"]
+        .into_iter()
+        .map(|n| HttpBackend::start(n, Proto::Http1))
+        .collect();
+    let (port, extra_port) = (free_port(), free_port());
+    let mut old = start(&config(port, &backends[0], ""), &sock);
+    let admin = old.admin.unwrap();
+    let load = Load::start(port, 4);
+    let (stop_one_shot, one_shot) = one_shot_load(port);
+    load.wait_more(50);
+    for generation in 1..=3 {
+        let extra = if generation == 3 {
+            extra_listener(extra_port)
+        } else {
+            String::new()
+        };
+        let new = start(&config(port, &backends[generation], &extra), &sock);
+        // The admin socket was handed over: same port.
+        assert_eq!(new.admin.unwrap(), admin);
+        wait_handover(&mut old, &new);
+        // Served by the new process (its backend answers) under load.
+        load.sample(20, 50);
+        assert!(load.seen(&format!("b{generation}")) >= 50);
+        assert_eq!(
+            load.seen(&format!("b{}", generation - 1)),
+            0,
+            "generation {generation}: the old backend still answers"
+        );
+        // Its admin answers: it counts its own hand-over and the sockets it
+        // took (the listener and the admin).
+        assert_eq!(
+            new.metric(
+                "meshgate_upgrade_handover_total",
+                &[("role", "new"), ("result", "ok")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            new.metric("meshgate_upgrade_sockets_inherited_total", &[]),
+            2.0
+        );
+        old = new;
+    }
+    // The listener only the last config has serves.
+    assert_eq!(get(extra_port, "/").as_deref(), Some("extra"));
+    stop_one_shot.store(true, Ordering::Relaxed);
+    let (one_ok, one_failed) = one_shot.join().unwrap();
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed keep-alive requests of {}", ok + failed);
+    assert_eq!(one_failed, 0, "{one_failed} failed one-shot requests of {}", one_ok + one_failed);
+    assert!(one_ok > 0);
+    // The upgrade socket now belongs to the last process.
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &std::fs::symlink_metadata(&sock).unwrap().file_type()
+    ));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "a temporary upgrade socket was left behind"
+    );
+    drop(old);
+}
+
+/// Runs a new process to its exit on `yaml`: (exit code, log).
+fn run_new(yaml: &str, sock: &Path, dir: &Path) -> (i32, String) {
+    let file = dir.join("new.yaml");
+    std::fs::write(&file, yaml.replace("{ADMIN}", "127.0.0.1:0")).unwrap();
+    let out = Command::new(bin())
+        .args(["run", "-c", file.to_str().unwrap()])
+        .args(["--upgrade-socket", sock.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn failed_new_processes_leave_the_old_one_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let b0 = HttpBackend::start("b0", Proto::Http1);
+    let port = free_port();
+    let old = start(&config(port, &b0, ""), &sock);
+    let load = Load::start(port, 2);
+    load.wait_more(20);
+
+    // A bad config: refused before the old process is even contacted.
+    let bad = config(port, &b0, "").replace("connect_timeout: 1s", "connect_timeout: 1s\n    bogus: 1");
+    let (code, log) = run_new(&bad, &sock, dir.path());
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("bogus"), "the error names the field: {log}");
+
+    // A config whose new listener cannot bind: the new process fails after
+    // receiving the sockets, before it is ready.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (code, log) = run_new(
+        &config(port, &b0, &extra_listener(taken_port)),
+        &sock,
+        dir.path(),
+    );
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("received the old process's listening sockets"), "{log}");
+    assert!(log.contains("listeners[1].address"), "{log}");
+    old.wait_metric(
+        "meshgate_upgrade_handover_total",
+        &[("role", "old"), ("result", "error")],
+        |v| v == 1.0,
+    );
+
+    // Another protocol version: refused by name.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hello = br#"{"type":"hello","version":99,"min_version":99,"pid":1}"#;
+    s.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(hello).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    let reply = String::from_utf8(body).unwrap();
+    assert!(reply.contains(r#""type":"refused""#), "{reply}");
+    assert!(reply.contains("versions 1..=1"), "{reply}");
+    drop(s);
+    old.wait_metric(
+        "meshgate_upgrade_handover_total",
+        &[("role", "old"), ("result", "refused")],
+        |v| v == 1.0,
+    );
+
+    // Garbage on the upgrade socket: a bounded frame, refused.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut rest);
+    old.wait_metric(
+        "meshgate_upgrade_handover_total",
+        &[("role", "old"), ("result", "error")],
+        |v| v == 2.0,
+    );
+
+    // Through all of it the old process served, and still hands over.
+    load.wait_more(20);
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    let mut old = old;
+    let new = start(&config(port, &b0, ""), &sock);
+    wait_handover(&mut old, &new);
+    assert!(get(port, "/").is_some());
+}
