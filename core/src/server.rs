@@ -213,13 +213,13 @@ pub async fn run_with_dynamic(
                 continue;
             }
             Some(u) = async { match dynamic.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
-                fetched = true;
                 let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), Reload::Dynamic, &registry, &snapshot, &mut live).await;
                 match &res {
                     Ok(version) => {
                         metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "ok").increment(1);
                         metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(*version as f64);
                         tracing::info!(source = %u.info.source, dynamic_version = %u.info.version, version, "dynamic config applied");
+                        fetched |= crate::upgrade::initial_fetch_done(&u.info);
                         dyn_cfg = Some((u.config, u.info));
                     }
                     Err(e) => {

@@ -280,3 +280,38 @@ fn failed_new_processes_leave_the_old_one_serving() {
     wait_handover(&mut old, &new);
     assert!(get(port, "/").is_some());
 }
+
+/// With xDS, the new process reports ready only after the control plane's
+/// first update: the listener xDS delivers takes the old process's socket
+/// for its address, and no request under load fails.
+#[test]
+fn with_xds_the_new_process_takes_over_after_its_initial_fetch() {
+    use meshgate_tests::xds::*;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(CLUSTER, "c1", vec![eds_cluster("svc-a")]);
+    mgmt.set(ENDPOINT, "e1", vec![cla("svc-a", &[(a.addr, 1, 0)])]);
+    mgmt.set(LISTENER, "l1", vec![hcm_listener("web", port, "r1")]);
+    mgmt.set(ROUTE, "r1", vec![route_config("r1", &[("svc-a", 1)])]);
+    let mut old = start(&bootstrap(mgmt.addr.port()), &sock);
+    wait_for(port, "/", "backend=a");
+    let load = Load::start(port, 4);
+    load.wait_more(50);
+    let new = start(&bootstrap(mgmt.addr.port()), &sock);
+    wait_handover(&mut old, &new);
+    load.wait_more(100);
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    let log = new.log_text();
+    let applied = log.find("dynamic config applied").expect("xDS applied");
+    let inherited = log
+        .find(&format!(
+            "inherited from the old process kind=Tcp address=127.0.0.1:{port}"
+        ))
+        .unwrap_or_else(|| panic!("the xDS listener did not take the old socket:\n{log}"));
+    let serves = log.find("this one serves").unwrap();
+    assert!(inherited < serves && applied < serves, "{log}");
+}

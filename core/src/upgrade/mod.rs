@@ -134,6 +134,14 @@ pub fn udp_socket(fd: OwnedFd) -> std::io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(s)
 }
 
+/// Whether a dynamic update completes xDS's initial fetch, as Envoy's
+/// initialization does: listeners and clusters received, and nothing
+/// warming (every listener's routes, every cluster's endpoints there).
+pub fn initial_fetch_done(info: &crate::dynamic::DynamicInfo) -> bool {
+    let has = |t: &str| info.version.split_whitespace().any(|w| w.starts_with(t));
+    info.warming.is_empty() && has("lds=") && has("cds=")
+}
+
 fn count(role: &'static str, result: &'static str) {
     metrics::counter!(names::UPGRADE_HANDOVER_TOTAL, "role" => role, "result" => result)
         .increment(1);
