@@ -126,6 +126,7 @@ pub async fn run_with_dynamic(
     let accept_stop = CancellationToken::new();
     let drain = Signal::new();
     let tracker = TaskTracker::new();
+    *DETACHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker.clone());
     let background = CancellationToken::new();
     // Accept loops and the admin wait for it: at once, or after a hot
     // upgrade's hand-over (the old process accepts until then).
@@ -296,6 +297,20 @@ pub async fn run_with_dynamic(
     }
     background.cancel();
     Ok(())
+}
+
+/// The running server's drain tracker, for work a connection hands off
+/// to a task of its own (an upgraded WebSocket tunnel): the drain (SIGTERM,
+/// or a hot upgrade's old process) waits for it up to the drain time.
+static DETACHED: std::sync::Mutex<Option<TaskTracker>> = std::sync::Mutex::new(None);
+
+/// A token the drain waits for while it is held (none outside a server).
+pub fn detached_token() -> Option<tokio_util::task::task_tracker::TaskTrackerToken> {
+    DETACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|t| t.token())
 }
 
 fn upgrade_error(e: String) -> Error {

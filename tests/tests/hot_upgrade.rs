@@ -315,3 +315,132 @@ fn with_xds_the_new_process_takes_over_after_its_initial_fetch() {
     let serves = log.find("this one serves").unwrap();
     assert!(inherited < serves && applied < serves, "{log}");
 }
+
+/// A backend that answers an upgrade request with 101 and then echoes
+/// every byte.
+fn echo_upgrade_backend() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+                );
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket opened on the old process is not cut by the hand-over: it
+/// goes on, on the old process, until the client closes it; then the old
+/// process exits 0.
+#[test]
+fn a_websocket_open_at_hand_over_goes_on_until_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let backend = echo_upgrade_backend();
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: ws}}
+clusters:
+  - name: ws
+    endpoints: [{{address: "{backend}"}}]
+"#
+    );
+    let mut old = Meshgate::start_with_args(
+        &yaml,
+        &[
+            "--upgrade-socket",
+            sock.to_str().unwrap(),
+            "--drain-time",
+            "20s",
+        ],
+    );
+    let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ws.write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(ws.read(&mut b).unwrap(), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    let echo = |ws: &mut std::net::TcpStream, msg: &[u8]| {
+        ws.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        ws.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    };
+    echo(&mut ws, b"before");
+    let new = Meshgate::start_with_args(
+        &yaml,
+        &[
+            "--upgrade-socket",
+            sock.to_str().unwrap(),
+            "--drain-time",
+            "20s",
+        ],
+    );
+    wait_until_within(20, "the new process to take over", || {
+        new.log_text().contains("this one serves")
+    });
+    // The admin port answers from the new process; the WebSocket stays
+    // open on the old one, which waits for it.
+    assert_eq!(
+        new.metric(
+            "meshgate_upgrade_handover_total",
+            &[("role", "new"), ("result", "ok")]
+        ),
+        1.0
+    );
+    for i in 0..20 {
+        echo(&mut ws, format!("after {i}").as_bytes());
+    }
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process left while the WebSocket was open"
+    );
+    drop(ws);
+    let st = old
+        .wait_exit(Duration::from_secs(10))
+        .expect("the old process exits once its WebSocket closed");
+    assert!(st.success(), "{st}");
+}
