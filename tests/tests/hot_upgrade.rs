@@ -444,3 +444,55 @@ clusters:
         .expect("the old process exits once its WebSocket closed");
     assert!(st.success(), "{st}");
 }
+
+/// A UDP proxy listener's socket is handed over too: datagrams are
+/// answered before and after, the new process took the socket, and the
+/// old one exits 0 once its session went idle.
+#[test]
+fn a_udp_proxy_socket_is_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], peer);
+        }
+    });
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: udp
+    address: 127.0.0.1:{port}
+    udp_proxy: {{cluster: echo, idle_timeout: 300ms}}
+clusters:
+  - name: echo
+    endpoints: [{{address: "{echo_addr}"}}]
+"#
+    );
+    let ask = |msg: &[u8]| -> Vec<u8> {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..10 {
+            c.send_to(msg, ("127.0.0.1", port)).unwrap();
+            if let Ok(n) = c.recv(&mut buf) {
+                return buf[..n].to_vec();
+            }
+        }
+        panic!("no answer through the UDP proxy");
+    };
+    let mut old = start(&yaml, &sock);
+    assert_eq!(ask(b"before"), b"before");
+    let new = start(&yaml, &sock);
+    wait_handover(&mut old, &new);
+    assert_eq!(ask(b"after"), b"after");
+    assert_eq!(
+        new.metric("meshgate_upgrade_sockets_inherited_total", &[]),
+        2.0
+    );
+}
