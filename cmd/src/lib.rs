@@ -56,6 +56,11 @@ struct RunArgs {
     /// `worker_processes 1` does.
     #[arg(long, default_value_t = 0)]
     concurrency: usize,
+    /// Hot upgrade: the Unix socket (one per instance) through which a new
+    /// process started with the same path takes this one's listening
+    /// sockets, after which this one drains and exits (docs/operations.md).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +230,7 @@ fn run_server(config: PathBuf, args: RunArgs, registry: Registry) -> anyhow::Res
     let opts = ServerOptions {
         drain_time: args.drain_time,
         watch_interval: args.watch_interval,
+        upgrade_socket: args.upgrade_socket,
     };
     // A config with `dynamic_resources` gets an ADS client feeding the
     // server's dynamic-config door (core knows no xDS).

@@ -41,5 +41,6 @@ pub mod tls;
 pub mod tls_inspect;
 pub mod trace;
 pub mod udp;
+pub mod upgrade;
 
 pub use error::{BuildError, ConfigError, Error};

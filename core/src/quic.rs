@@ -104,7 +104,30 @@ impl QuicTransport {
 /// answers no handshake without one); each connection is then accepted
 /// with the config of the moment (rotation, reload).
 pub fn bind(listener: &CompiledListener) -> std::io::Result<quinn::Endpoint> {
-    let address = listener.address;
+    endpoint(listener, socket(listener)?)
+}
+
+/// The listener's UDP socket, bound (`bind`).
+pub fn socket(listener: &CompiledListener) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listener.address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&listener.address.into())?;
+    Ok(socket.into())
+}
+
+/// The QUIC endpoint on a bound UDP socket (its own, or one a hot upgrade
+/// handed over).
+pub fn endpoint(
+    listener: &CompiledListener,
+    socket: std::net::UdpSocket,
+) -> std::io::Result<quinn::Endpoint> {
     let server_config = match (
         &listener.quic,
         listener.chains.first().and_then(|c| c.tls.as_ref()),
@@ -116,20 +139,11 @@ pub fn bind(listener: &CompiledListener) -> std::io::Result<quinn::Endpoint> {
         ),
         _ => None,
     };
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
     socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         server_config,
-        socket.into(),
+        socket,
         Arc::new(quinn::TokioRuntime),
     )
 }

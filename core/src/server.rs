@@ -16,6 +16,7 @@ use crate::snapshot::{BuildMode, ListenerKey, Reload, Snapshot};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,9 @@ pub struct ServerOptions {
     /// How often the config file is checked for changes (zero: only on
     /// SIGHUP).
     pub watch_interval: Duration,
+    /// `--upgrade-socket`: the Unix socket hot upgrades go through
+    /// (`crate::upgrade`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +42,7 @@ impl Default for ServerOptions {
         Self {
             drain_time: Duration::from_secs(5),
             watch_interval: Duration::from_secs(1),
+            upgrade_socket: None,
         }
     }
 }
@@ -87,6 +92,12 @@ pub async fn run_with_dynamic(
     let mut file_cfg = (config.clone(), source.clone());
     let mut dyn_cfg: Option<(Config, DynamicInfo)> = None;
     let snapshot = Snapshot::build(config, &source, &registry, BuildMode::Serve)?;
+    // A hot upgrade receives the old process's sockets before binding
+    // (the config is checked first: a bad one never reaches the old one).
+    let mut handover = match &opts.upgrade_socket {
+        Some(p) => crate::upgrade::connect(p).await.map_err(upgrade_error)?,
+        None => None,
+    };
 
     // Bind everything before serving anything: a port in use is a config error.
     let mut bound = Vec::with_capacity(snapshot.listeners.len());
@@ -96,17 +107,32 @@ pub async fn run_with_dynamic(
         bound.push((l.clone(), sock));
     }
     let admin_sock = match snapshot.admin_address {
-        Some(a) => {
-            Some(bind(a, 128).map_err(|e| bind_error(&source, "admin.address".into(), a, e))?)
-        }
+        Some(a) => Some(
+            match crate::upgrade::take(crate::upgrade::Kind::Admin, a) {
+                Some(fd) => crate::upgrade::tcp_listener(fd, 128),
+                None => bind(a, 128),
+            }
+            .map_err(|e| bind_error(&source, "admin.address".into(), a, e))?,
+        ),
         None => None,
     };
+    if let (Some(a), Some(s)) = (snapshot.admin_address, &admin_sock)
+        && let Some(fd) = crate::upgrade::keep(crate::upgrade::Kind::Admin, a, s.as_fd())
+    {
+        crate::upgrade::publish_admin(a, fd);
+    }
     let admin_pipe = admin::bind_pipe(&snapshot).map_err(|(f, e)| source.error(f, e))?;
 
     let accept_stop = CancellationToken::new();
     let drain = Signal::new();
     let tracker = TaskTracker::new();
+    *DETACHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker.clone());
     let background = CancellationToken::new();
+    // Accept loops and the admin wait for it: at once, or after a hot
+    // upgrade's hand-over (the old process accepts until then).
+    let gate = CancellationToken::new();
+    let handed_over = CancellationToken::new();
+    let admin_accept = background.child_token();
     let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let mut live = Live {
@@ -116,6 +142,7 @@ pub async fn run_with_dynamic(
         drain: drain.clone(),
         tracker: tracker.clone(),
         dns: background.child_token(),
+        gate: gate.clone(),
     };
     snapshot.load().clusters.spawn_dns_refresh(live.dns.clone());
     crate::overload::spawn(snapshot.clone(), background.clone());
@@ -137,7 +164,11 @@ pub async fn run_with_dynamic(
     });
     if let Some(sock) = admin_sock {
         tracing::info!(address = ?sock.local_addr().ok(), "admin listening");
-        tokio::spawn(admin::serve(sock, admin_state.clone(), background.clone()));
+        let (g, st, acc) = (gate.clone(), admin_state.clone(), admin_accept.clone());
+        tokio::spawn(async move {
+            g.cancelled().await;
+            admin::serve(sock, st, acc).await
+        });
     }
     if let Some(pipe) = admin_pipe {
         tracing::info!(path = ?pipe.local_addr().ok(), "admin serving on a Unix socket");
@@ -159,10 +190,29 @@ pub async fn run_with_dynamic(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop_sig = stop_signal();
     tokio::pin!(stop_sig);
+    // A hot upgrade reports ready after xDS's first update (or its
+    // timeout); without one, at once.
+    let mut fetched = dynamic.is_none();
+    let fetch_deadline = tokio::time::sleep(crate::upgrade::INITIAL_FETCH_TIMEOUT);
+    tokio::pin!(fetch_deadline);
+    if handover.is_none() {
+        start_serving(&opts, None, &handed_over, &background).await?;
+        gate.cancel();
+    }
     loop {
+        if handover.is_some() && fetched {
+            start_serving(&opts, handover.take(), &handed_over, &background).await?;
+            gate.cancel();
+        }
         let why = tokio::select! {
             _ = &mut stop_sig => break,
             _ = stop.cancelled() => break,
+            _ = handed_over.cancelled() => break,
+            _ = &mut fetch_deadline, if !fetched => {
+                tracing::warn!(timeout = ?crate::upgrade::INITIAL_FETCH_TIMEOUT, "hot upgrade: no xDS update yet; taking over with the static config");
+                fetched = true;
+                continue;
+            }
             Some(u) = async { match dynamic.as_mut() { Some(d) => d.recv().await, None => std::future::pending().await } } => {
                 let res = apply(&file_cfg.0, &file_cfg.1, Some((&u.config, &u.info)), Reload::Dynamic, &registry, &snapshot, &mut live).await;
                 match &res {
@@ -170,6 +220,7 @@ pub async fn run_with_dynamic(
                         metrics::counter!(crate::metrics::names::CONFIG_RELOAD_TOTAL, "result" => "ok").increment(1);
                         metrics::gauge!(crate::metrics::names::CONFIG_VERSION).set(*version as f64);
                         tracing::info!(source = %u.info.source, dynamic_version = %u.info.version, version, "dynamic config applied");
+                        fetched |= crate::upgrade::initial_fetch_done(&u.info);
                         dyn_cfg = Some((u.config, u.info));
                     }
                     Err(e) => {
@@ -221,9 +272,16 @@ pub async fn run_with_dynamic(
             }
         }
     }
+    if handed_over.is_cancelled() {
+        // The new process answers the admin port from now on.
+        admin_accept.cancel();
+    }
     tracing::info!(drain_time = ?opts.drain_time, "stop requested: no longer accepting, draining connections");
     admin_state.draining.store(true, Ordering::Relaxed);
     accept_stop.cancel();
+    // Close the listening sockets' hand-over copies with the listeners.
+    drop(live);
+    crate::upgrade::release_all();
     drain.cancel();
     tracker.close();
     if tokio::time::timeout(opts.drain_time, tracker.wait())
@@ -241,6 +299,54 @@ pub async fn run_with_dynamic(
     Ok(())
 }
 
+/// The running server's drain tracker, for work a connection hands off
+/// to a task of its own (an upgraded WebSocket tunnel): the drain (SIGTERM,
+/// or a hot upgrade's old process) waits for it up to the drain time.
+static DETACHED: std::sync::Mutex<Option<TaskTracker>> = std::sync::Mutex::new(None);
+
+/// A token the drain waits for while it is held (none outside a server).
+pub fn detached_token() -> Option<tokio_util::task::task_tracker::TaskTrackerToken> {
+    DETACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|t| t.token())
+}
+
+fn upgrade_error(e: String) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
+/// With `--upgrade-socket`: finishes a hot upgrade (`handover`: the old
+/// process stops accepting) and serves the upgrade socket for the next
+/// one, which cancels `handed_over`.
+async fn start_serving(
+    opts: &ServerOptions,
+    handover: Option<crate::upgrade::Handover>,
+    handed_over: &CancellationToken,
+    background: &CancellationToken,
+) -> Result<(), Error> {
+    let Some(path) = &opts.upgrade_socket else {
+        return Ok(());
+    };
+    let (next, tmp) = crate::upgrade::bind_next(path).map_err(upgrade_error)?;
+    let r = match handover {
+        Some(h) => crate::upgrade::take_over(h).await,
+        None => Ok(()),
+    }
+    .and_then(|()| crate::upgrade::install_next(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(upgrade_error(e));
+    }
+    tokio::spawn(crate::upgrade::serve(
+        next,
+        handed_over.clone(),
+        background.clone(),
+    ));
+    Ok(())
+}
+
 fn key(l: &CompiledListener) -> ListenerKey {
     ListenerKey::of(l)
 }
@@ -248,7 +354,8 @@ fn key(l: &CompiledListener) -> ListenerKey {
 /// A bound listening socket.
 enum Socket {
     Tcp(tokio::net::TcpListener),
-    Quic(quinn::Endpoint),
+    /// With its UDP socket's hand-over copy (quinn keeps the socket).
+    Quic(quinn::Endpoint, Option<Arc<OwnedFd>>),
     Udp(tokio::net::UdpSocket),
     /// `bind_to_port: false`: no socket (`crate::original_dst`).
     Virtual,
@@ -256,16 +363,39 @@ enum Socket {
 
 impl Socket {
     fn bind(l: &CompiledListener) -> std::io::Result<Socket> {
+        use crate::upgrade::{Kind, take};
         Ok(if l.quic.is_some() {
-            Socket::Quic(crate::quic::bind(l)?)
+            let sock = match take(Kind::Quic, l.address) {
+                Some(fd) => std::net::UdpSocket::from(fd),
+                None => crate::quic::socket(l)?,
+            };
+            let copy = crate::upgrade::keep(Kind::Quic, l.address, sock.as_fd());
+            Socket::Quic(crate::quic::endpoint(l, sock)?, copy)
         } else if l.udp.is_some() {
-            Socket::Udp(crate::udp::bind(l)?)
+            Socket::Udp(match take(Kind::Udp, l.address) {
+                Some(fd) => crate::upgrade::udp_socket(fd)?,
+                None => crate::udp::bind(l)?,
+            })
         } else {
             if !crate::original_dst::binds(l) {
                 return Ok(Socket::Virtual);
             }
-            Socket::Tcp(crate::original_dst::bind(l)?)
+            Socket::Tcp(match take(Kind::Tcp, l.address) {
+                Some(fd) => crate::upgrade::tcp_listener(fd, l.backlog)?,
+                None => crate::original_dst::bind(l)?,
+            })
         })
+    }
+
+    /// A copy of the socket for the next hot upgrade (`crate::upgrade`).
+    fn keep(&self, address: SocketAddr) -> Option<Arc<OwnedFd>> {
+        use crate::upgrade::{Kind, keep};
+        match self {
+            Socket::Tcp(s) => keep(Kind::Tcp, address, s.as_fd()),
+            Socket::Quic(_, copy) => copy.clone(),
+            Socket::Udp(s) => keep(Kind::Udp, address, s.as_fd()),
+            Socket::Virtual => None,
+        }
     }
 
     /// The address the kernel gave (the configured one, or with the
@@ -273,7 +403,7 @@ impl Socket {
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             Socket::Tcp(s) => s.local_addr(),
-            Socket::Quic(ep) => ep.local_addr(),
+            Socket::Quic(ep, _) => ep.local_addr(),
             Socket::Udp(s) => s.local_addr(),
             Socket::Virtual => Err(std::io::ErrorKind::NotConnected.into()),
         }
@@ -290,6 +420,8 @@ struct Live {
     tracker: TaskTracker,
     /// Stops the DNS refresh of the current snapshot's clusters.
     dns: CancellationToken,
+    /// Opened when this process may accept (see `run_with_dynamic`).
+    gate: CancellationToken,
 }
 
 struct LiveListener {
@@ -297,6 +429,8 @@ struct LiveListener {
     stop: CancellationToken,
     /// The address its socket is bound to.
     bound: SocketAddr,
+    /// Its socket's copy for a hot upgrade.
+    handover: Option<Arc<OwnedFd>>,
 }
 
 impl Live {
@@ -304,32 +438,39 @@ impl Live {
         let bound = sock.local_addr().unwrap_or(compiled.address);
         tracing::info!(listener = %compiled.name, address = %compiled.address, %bound, quic = compiled.quic.is_some(), "listening");
         let k = key(&compiled);
+        let handover = sock.keep(compiled.address);
         let running = RunningListener::new(compiled);
         let stop = self.accept_stop.child_token();
         let (drain, tracker) = (self.drain.clone(), self.tracker.clone());
+        let (gate, until) = (self.gate.clone(), stop.clone());
+        // Each loop starts when the gate opens (or never, if stopped first).
+        let gated = |serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gate.cancelled() => serve.await,
+                    _ = until.cancelled() => {}
+                }
+            });
+        };
         match sock {
-            Socket::Tcp(sock) => {
-                tokio::spawn(
-                    running
-                        .clone()
-                        .accept_loop(sock, stop.clone(), drain, tracker),
-                );
-            }
-            Socket::Quic(ep) => {
-                tokio::spawn(
-                    running
-                        .clone()
-                        .quic_accept_loop(ep, stop.clone(), drain, tracker),
-                );
-            }
-            Socket::Udp(sock) => {
-                tokio::spawn(crate::udp::serve(
-                    running.clone(),
-                    sock,
-                    stop.clone(),
-                    tracker,
-                ));
-            }
+            Socket::Tcp(sock) => gated(Box::pin(running.clone().accept_loop(
+                sock,
+                stop.clone(),
+                drain,
+                tracker,
+            ))),
+            Socket::Quic(ep, _) => gated(Box::pin(running.clone().quic_accept_loop(
+                ep,
+                stop.clone(),
+                drain,
+                tracker,
+            ))),
+            Socket::Udp(sock) => gated(Box::pin(crate::udp::serve(
+                running.clone(),
+                sock,
+                stop.clone(),
+                tracker,
+            ))),
             Socket::Virtual => {}
         }
         self.listeners.insert(
@@ -338,6 +479,7 @@ impl Live {
                 running,
                 stop,
                 bound,
+                handover,
             },
         );
     }
@@ -363,6 +505,17 @@ impl Live {
         all.sort_by(|a, b| (&a.name, a.quic).cmp(&(&b.name, b.quic)));
         self.bound.store(Arc::new(all));
         crate::original_dst::publish(self.listeners.values().map(|ll| &ll.running));
+        crate::upgrade::publish(self.listeners.iter().filter_map(|(k, ll)| {
+            let c = ll.running.compiled.load();
+            let kind = if c.quic.is_some() {
+                crate::upgrade::Kind::Quic
+            } else if c.udp.is_some() {
+                crate::upgrade::Kind::Udp
+            } else {
+                crate::upgrade::Kind::Tcp
+            };
+            Some((kind, k.address, ll.handover.clone()?))
+        }));
     }
 }
 

@@ -629,7 +629,10 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 /// Joins the two upgraded byte streams (e.g. a WebSocket) until either
 /// side closes.
 fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
+    // Held while the tunnel is open: a drain waits for it (drain time).
+    let drain = meshgate_core::server::detached_token();
     tokio::spawn(async move {
+        let _drain = drain;
         let (Some(down), Some(up)) = (down.take(), up.take()) else {
             return;
         };

@@ -541,6 +541,14 @@ pub const GRPC_WEB_REQUESTS_TOTAL: &str = "meshgate_grpc_web_requests_total";
 /// `malformed_base64`, `truncated_frame`, `oversize_frame`, `bad_frame_flags`.
 pub const GRPC_WEB_REJECTED_TOTAL: &str = "meshgate_grpc_web_rejected_total";
 
+/// Counter `{role, result}`: hot upgrade hand-overs (`role`: `old` for
+/// the process that hands its sockets over, `new` for the one that takes
+/// them; `result`: `ok`, `refused` (protocol versions), `error`).
+pub const UPGRADE_HANDOVER_TOTAL: &str = "meshgate_upgrade_handover_total";
+/// Counter: listening sockets a hot upgrade handed over that this
+/// process took (instead of binding).
+pub const UPGRADE_SOCKETS_INHERITED_TOTAL: &str = "meshgate_upgrade_sockets_inherited_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -714,6 +722,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL, Kind::Counter),
     (GRPC_WEB_REQUESTS_TOTAL, Kind::Counter),
     (GRPC_WEB_REJECTED_TOTAL, Kind::Counter),
+    (UPGRADE_HANDOVER_TOTAL, Kind::Counter),
+    (UPGRADE_SOCKETS_INHERITED_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

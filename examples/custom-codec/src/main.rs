@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             let opts = ServerOptions {
                 drain_time: Duration::from_secs(5),
                 watch_interval: Duration::from_secs(1),
+                ..Default::default()
             };
             match rt.block_on(server::run(
                 &file,
