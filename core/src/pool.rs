@@ -397,8 +397,8 @@ impl<C> MuxPool<C> {
 impl<C: Multiplexed> MuxPool<C> {
     /// A stream on an open connection below its stream limit, or on a new
     /// connection made by `connect` through `dial`. When every connection
-    /// is at its stream limit and the cluster at `max_connections`, the
-    /// request waits in the cluster's pending queue (`max_pending_requests`,
+    /// (at least one) is at its stream limit and the cluster at
+    /// `max_connections`, the request waits in the cluster's pending queue (`max_pending_requests`,
     /// FIFO per endpoint) for a stream to end or a connection slot to free;
     /// past the queue's bound it overflows at once.
     pub async fn stream<'d, F, Fut>(
@@ -414,7 +414,10 @@ impl<C: Multiplexed> MuxPool<C> {
             return Ok(s);
         }
         let slot = match dial.cluster.reserve_connection() {
-            Some(g) => g,
+            Some(g) => Some(g),
+            // No connection here whose streams could end: the connect
+            // overflows at once, as at `max_connections` before.
+            None if !self.has_usable() => None,
             None => {
                 let _waiter = FreedWaiter::new(&self.freed);
                 let got = dial
@@ -431,7 +434,7 @@ impl<C: Multiplexed> MuxPool<C> {
                     .await?;
                 match got {
                     Err(stream) => return Ok(stream),
-                    Ok(g) => g,
+                    Ok(g) => Some(g),
                 }
             }
         };
@@ -440,7 +443,7 @@ impl<C: Multiplexed> MuxPool<C> {
             // The slot goes back (and wakes a waiter).
             return Ok(s);
         }
-        *dial.reserved.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        *dial.reserved.lock().unwrap_or_else(|p| p.into_inner()) = slot;
         let conn = Arc::new(MuxConn {
             conn: connect(dial).await?,
             streams: AtomicU32::new(1),
@@ -481,6 +484,13 @@ impl<C: Multiplexed> MuxPool<C> {
             conn: c.clone(),
             fresh: false,
         })
+    }
+
+    /// Whether a pooled connection is usable (its streams will end and
+    /// free slots for a waiter).
+    fn has_usable(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.iter().any(|c| c.usable())
     }
 
     /// Connections pooled now (open or not yet found closed).

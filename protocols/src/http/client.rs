@@ -455,19 +455,14 @@ impl http_body::Body for ReturnToPool {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::Body>;
 
-/// A hyper HTTP/2 connection in the endpoint's `MuxPool`, with the peer's
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` as read off the wire
-/// (`h2_settings`): a connection at it is full, so that the pool opens
-/// another or the request waits in the cluster's pending queue, rather
-/// than queueing unbounded inside hyper.
-struct H2Conn(H2Sender, Arc<std::sync::atomic::AtomicU32>);
+/// A hyper HTTP/2 connection in the endpoint's `MuxPool`. hyper queues
+/// streams beyond the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` itself, so
+/// the pool's own limit stays open.
+struct H2Conn(H2Sender);
 
 impl Multiplexed for H2Conn {
     fn is_open(&self) -> bool {
         !self.0.is_closed()
-    }
-    fn max_streams(&self) -> u32 {
-        self.1.load(Ordering::Relaxed)
     }
 }
 
@@ -503,7 +498,6 @@ async fn h2_stream(
         let (stream, guard) = dial.tcp().await?;
         let addr = dial.endpoint().address;
         let io = upstream_io(dial.cluster(), stream, authority, addr).await?;
-        let (io, limit) = super::h2_settings::Watched::new(io);
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -518,7 +512,7 @@ async fn h2_stream(
                 tracing::debug!(error = %e, "upstream http2 connection ended");
             }
         });
-        Ok(H2Conn(sender, limit))
+        Ok(H2Conn(sender))
     })
     .await
 }

@@ -8,7 +8,6 @@ mod h1_body;
 mod h1_server;
 mod h1_upstream;
 mod h2_guard;
-mod h2_settings;
 pub(crate) mod idle;
 mod server;
 
