@@ -55,11 +55,25 @@ use tokio::net::TcpStream;
 pub struct Dial<'a> {
     cluster: &'a Arc<Cluster>,
     endpoint: &'a Arc<Endpoint>,
+    /// A connection slot the pool took (or waited for) before connecting:
+    /// the connection opens in it.
+    reserved: Mutex<Option<ConnectionGuard>>,
 }
 
 impl<'a> Dial<'a> {
     pub fn new(cluster: &'a Arc<Cluster>, endpoint: &'a Arc<Endpoint>) -> Self {
-        Self { cluster, endpoint }
+        Self {
+            cluster,
+            endpoint,
+            reserved: Mutex::new(None),
+        }
+    }
+
+    fn reserved(&self) -> Option<ConnectionGuard> {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn cluster(&self) -> &'a Arc<Cluster> {
@@ -74,7 +88,10 @@ impl<'a> Dial<'a> {
     /// circuit-breaker slot: keep it as long as the connection lives.
     pub async fn tcp(&self) -> Result<(TcpStream, ConnectionGuard), UpstreamError> {
         crate::proxy_protocol::refuse_for_streams(self.cluster)?;
-        let up = self.cluster.connect_endpoint(self.endpoint.clone()).await?;
+        let up = self
+            .cluster
+            .connect_endpoint_in(self.endpoint.clone(), false, self.reserved())
+            .await?;
         let (stream, _, guard) = up.into_parts();
         Ok((stream, guard))
     }
@@ -86,7 +103,7 @@ impl<'a> Dial<'a> {
         crate::proxy_protocol::refuse_for_streams(self.cluster)?;
         let up = self
             .cluster
-            .connect_endpoint_as(self.endpoint.clone(), true)
+            .connect_endpoint_in(self.endpoint.clone(), true, self.reserved())
             .await?;
         let (stream, _, guard) = up.into_parts();
         Ok((stream, guard))
@@ -100,7 +117,7 @@ impl<'a> Dial<'a> {
     ) -> Result<(T, ConnectionGuard), UpstreamError> {
         Ok(self
             .cluster
-            .connect_endpoint_with(self.endpoint, connect)
+            .connect_endpoint_with_in(self.endpoint, connect, self.reserved())
             .await?)
     }
 }
@@ -257,6 +274,42 @@ pub struct MuxConn<C> {
     opened: AtomicU32,
     /// Taken out of use (presumed dead, or draining): no new stream.
     retired: AtomicBool,
+    /// The pool's waiters, woken when a stream ends.
+    freed: Arc<Freed>,
+}
+
+/// Requests waiting for a stream slot on an endpoint's connections (they
+/// are counted in the cluster's pending queue, `cluster::pending`).
+#[derive(Default)]
+struct Freed {
+    waiting: AtomicU32,
+    notify: tokio::sync::Notify,
+}
+
+impl Freed {
+    /// A stream slot freed: the first waiter tries again. One atomic load
+    /// while nobody waits.
+    fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// One request's place among a pool's waiters.
+struct FreedWaiter<'a>(&'a Freed);
+
+impl<'a> FreedWaiter<'a> {
+    fn new(f: &'a Freed) -> Self {
+        f.waiting.fetch_add(1, Ordering::SeqCst);
+        Self(f)
+    }
+}
+
+impl Drop for FreedWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<C: Multiplexed> MuxConn<C> {
@@ -300,7 +353,9 @@ impl<C> std::ops::Deref for MuxStream<C> {
 
 impl<C> Drop for MuxStream<C> {
     fn drop(&mut self) {
-        self.conn.streams.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst: pairs with a waiter's registration (`MuxPool::stream`).
+        self.conn.streams.fetch_sub(1, Ordering::SeqCst);
+        self.conn.freed.wake();
     }
 }
 
@@ -315,6 +370,8 @@ pub struct MuxPool<C> {
     /// Streams per connection, ever: a connection that was handed this
     /// many is retired (Envoy's `max_requests_per_connection`).
     max_requests: u32,
+    /// Requests waiting for a stream slot here or a connection slot.
+    freed: Arc<Freed>,
 }
 
 impl<C> Default for MuxPool<C> {
@@ -332,13 +389,18 @@ impl<C> MuxPool<C> {
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             max_requests: max_requests.max(1),
+            freed: Arc::default(),
         }
     }
 }
 
 impl<C: Multiplexed> MuxPool<C> {
     /// A stream on an open connection below its stream limit, or on a new
-    /// connection made by `connect` through `dial`.
+    /// connection made by `connect` through `dial`. When every connection
+    /// (at least one) is at its stream limit and the cluster at
+    /// `max_connections`, the request waits in the cluster's pending queue (`max_pending_requests`,
+    /// FIFO per endpoint) for a stream to end or a connection slot to free;
+    /// past the queue's bound it overflows at once.
     pub async fn stream<'d, F, Fut>(
         &self,
         dial: Dial<'d>,
@@ -351,15 +413,43 @@ impl<C: Multiplexed> MuxPool<C> {
         if let Some(s) = self.pick() {
             return Ok(s);
         }
+        let slot = match dial.cluster.reserve_connection() {
+            Some(g) => Some(g),
+            // No connection here whose streams could end: the connect
+            // overflows at once, as at `max_connections` before.
+            None if !self.has_usable() => None,
+            None => {
+                let _waiter = FreedWaiter::new(&self.freed);
+                let got = dial
+                    .cluster
+                    .wait_pending(&self.freed.notify, || {
+                        // Pairs with `MuxStream::drop`: a stream that ended
+                        // before we registered is seen here.
+                        std::sync::atomic::fence(Ordering::SeqCst);
+                        match self.pick() {
+                            Some(s) => Some(Err(s)),
+                            None => dial.cluster.reserve_connection().map(Ok),
+                        }
+                    })
+                    .await?;
+                match got {
+                    Err(stream) => return Ok(stream),
+                    Ok(g) => Some(g),
+                }
+            }
+        };
         let _connecting = self.connecting.lock().await;
         if let Some(s) = self.pick() {
+            // The slot goes back (and wakes a waiter).
             return Ok(s);
         }
+        *dial.reserved.lock().unwrap_or_else(|p| p.into_inner()) = slot;
         let conn = Arc::new(MuxConn {
             conn: connect(dial).await?,
             streams: AtomicU32::new(1),
             opened: AtomicU32::new(1),
             retired: AtomicBool::new(self.max_requests <= 1),
+            freed: self.freed.clone(),
         });
         // An endpoint removed meanwhile: the stream still runs, on a
         // connection that is never pooled.
@@ -368,6 +458,10 @@ impl<C: Multiplexed> MuxPool<C> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(conn.clone());
+            // Its other stream slots go to the requests waiting here.
+            if self.freed.waiting.load(Ordering::SeqCst) > 0 {
+                self.freed.notify.notify_waiters();
+            }
         }
         Ok(MuxStream { conn, fresh: true })
     }
@@ -390,6 +484,13 @@ impl<C: Multiplexed> MuxPool<C> {
             conn: c.clone(),
             fresh: false,
         })
+    }
+
+    /// Whether a pooled connection is usable (its streams will end and
+    /// free slots for a waiter).
+    fn has_usable(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.iter().any(|c| c.usable())
     }
 
     /// Connections pooled now (open or not yet found closed).

@@ -347,7 +347,8 @@ fn bad_overload_configs_are_refused_naming_the_field() {
         ),
         (
             "overload_manager:\n  resource_monitors:\n    - name: envoy.resource_monitors.fixed_heap\n      typed_config: {max_heap_size_bytes: 10}\n  actions:\n    - name: envoy.overload_actions.reduce_timeouts\n      triggers: [{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.9}}]\n",
-            "overload_manager.actions[0].name",
+            // reduce_timeouts needs its ScaleTimersOverloadActionConfig.
+            "overload_manager.actions[0].typed_config",
         ),
         (
             "overload_manager:\n  refresh_intervall: 1s\n  resource_monitors: []\n",

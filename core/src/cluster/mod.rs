@@ -628,7 +628,18 @@ impl Cluster {
         endpoint: Arc<Endpoint>,
         queue: bool,
     ) -> Result<UpstreamConnection, ConnectError> {
-        let slot = match self.connection_slot() {
+        self.connect_endpoint_in(endpoint, queue, None).await
+    }
+
+    /// `connect_endpoint_as`, in a slot taken beforehand (`reserved`,
+    /// from `reserve_connection`) when there is one.
+    pub(crate) async fn connect_endpoint_in(
+        self: &Arc<Self>,
+        endpoint: Arc<Endpoint>,
+        queue: bool,
+        reserved: Option<ConnectionGuard>,
+    ) -> Result<UpstreamConnection, ConnectError> {
+        let slot = match reserved.map(|g| g.0).or_else(|| self.connection_slot()) {
             Some(s) => s,
             None => {
                 // With `max_connections: 0` no slot ever frees: the
@@ -690,7 +701,17 @@ impl Cluster {
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        let Some(slot) = self.connection_slot() else {
+        self.connect_endpoint_with_in(endpoint, connect, None).await
+    }
+
+    /// `connect_endpoint_with`, in a slot taken beforehand when there is one.
+    pub(crate) async fn connect_endpoint_with_in<T>(
+        self: &Arc<Self>,
+        endpoint: &Endpoint,
+        connect: impl Future<Output = std::io::Result<T>>,
+        reserved: Option<ConnectionGuard>,
+    ) -> Result<(T, ConnectionGuard), ConnectError> {
+        let Some(slot) = reserved.map(|g| g.0).or_else(|| self.connection_slot()) else {
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
@@ -715,6 +736,34 @@ impl Cluster {
                 Err(e)
             }
         }
+    }
+
+    /// A connection slot under `max_connections`, taken now for a
+    /// connection opened later (`pool::MuxPool`), if one is free.
+    pub(crate) fn reserve_connection(&self) -> Option<ConnectionGuard> {
+        self.connection_slot().map(ConnectionGuard)
+    }
+
+    /// Waits in the cluster's pending queue (`max_pending_requests`) until
+    /// `take` succeeds, woken by freed connection slots and by `local`;
+    /// `Err` (counted as a connection overflow) when the queue is full or
+    /// no slot can ever free (`max_connections: 0`).
+    pub(crate) async fn wait_pending<T>(
+        &self,
+        local: &tokio::sync::Notify,
+        take: impl FnMut() -> Option<T>,
+    ) -> Result<T, ConnectError> {
+        let waited = if self.max_connections > 0 {
+            self.connections.pending.wait_with(Some(local), take).await
+        } else {
+            None
+        };
+        waited.ok_or_else(|| {
+            self.stats.cx_overflow.increment(1);
+            let e = ConnectError::Overflow(self.name.into());
+            self.stats.connect_failed(e.reason());
+            e
+        })
     }
 
     /// A connection slot under `max_connections`, if one is free.

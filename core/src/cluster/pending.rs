@@ -60,7 +60,18 @@ impl Pending {
     /// Waits until `take` succeeds; `None` at once (counted) when
     /// `max_pending_requests` requests wait already. Dropping the future
     /// (the route timeout) leaves the queue, counted as cancelled.
-    pub async fn wait_for<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
+    pub async fn wait_for<T>(&self, take: impl FnMut() -> Option<T>) -> Option<T> {
+        self.wait_with(None, take).await
+    }
+
+    /// `wait_for`, also woken by `local` (a multiplexed pool's freed
+    /// streams, `pool::MuxPool`): a waiter there wants either a stream
+    /// slot on its endpoint's connections or a connection slot.
+    pub async fn wait_with<T>(
+        &self,
+        local: Option<&Notify>,
+        mut take: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             self.overflow.increment(1);
@@ -79,11 +90,25 @@ impl Pending {
             tokio::pin!(notified);
             // Registered before the check: a slot freed after it wakes us.
             notified.as_mut().enable();
+            let local = local.map(Notify::notified);
+            tokio::pin!(local);
+            if let Some(n) = local.as_mut().as_pin_mut() {
+                n.enable();
+            }
             if let Some(t) = take() {
                 waiter.served = true;
                 return Some(t);
             }
-            notified.await;
+            let freed = async {
+                match local.as_mut().as_pin_mut() {
+                    Some(n) => n.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = freed => {}
+            }
         }
     }
 

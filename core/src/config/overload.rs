@@ -116,3 +116,33 @@ pub struct BufferedBytesConfig {
     pub type_url: Option<String>,
     pub max_buffered_bytes: u64,
 }
+
+/// `envoy.overload_actions.reduce_timeouts`'s `typed_config`
+/// (`ScaleTimersOverloadActionConfig`); checked by `overload::timers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleTimersConfig {
+    #[serde(rename = "@type", default)]
+    pub type_url: Option<String>,
+    #[serde(default)]
+    pub timer_scale_factors: Vec<ScaleTimerConfig>,
+}
+
+/// Envoy's `ScaleTimer`: the `timer` (a `TimerType` name) and exactly one
+/// of `min_timeout` and `min_scale` (a percentage of the configured value).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleTimerConfig {
+    pub timer: String,
+    #[serde(default, with = "humantime_serde")]
+    pub min_timeout: Option<Duration>,
+    #[serde(default)]
+    pub min_scale: Option<PercentConfig>,
+}
+
+/// Envoy's `type.v3.Percent`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentConfig {
+    pub value: f64,
+}

@@ -11,6 +11,7 @@
 
 pub mod buffer;
 mod monitors;
+pub mod timers;
 
 use crate::config::ConfigSource;
 use crate::config::overload::{
@@ -82,15 +83,20 @@ pub enum Action {
     DisableHttpKeepalive = 2,
     ShrinkHeap = 3,
     ResetHighMemoryStreams = 4,
+    ReduceTimeouts = 5,
 }
 
+/// How many actions meshgate knows.
+const ACTIONS: usize = 6;
+
 impl Action {
-    const ALL: [Action; 5] = [
+    const ALL: [Action; ACTIONS] = [
         Action::StopAcceptingConnections,
         Action::StopAcceptingRequests,
         Action::DisableHttpKeepalive,
         Action::ShrinkHeap,
         Action::ResetHighMemoryStreams,
+        Action::ReduceTimeouts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +106,7 @@ impl Action {
             Action::DisableHttpKeepalive => "envoy.overload_actions.disable_http_keepalive",
             Action::ShrinkHeap => "envoy.overload_actions.shrink_heap",
             Action::ResetHighMemoryStreams => "envoy.overload_actions.reset_high_memory_streams",
+            Action::ReduceTimeouts => "envoy.overload_actions.reduce_timeouts",
         }
     }
 
@@ -159,7 +166,9 @@ pub struct Plan {
     pub cgroup: Option<monitors::Cgroup>,
     pub max_buffered_bytes: Option<u64>,
     /// Per action (`Action as usize`), its triggers; empty: not configured.
-    pub actions: [Vec<Trigger>; 5],
+    pub actions: [Vec<Trigger>; ACTIONS],
+    /// `reduce_timeouts`'s timers and their minimums, when configured.
+    pub timers: Option<timers::Minimums>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(
@@ -213,6 +222,7 @@ impl Plan {
             cgroup: None,
             max_buffered_bytes: None,
             actions: Default::default(),
+            timers: None,
         };
         let mut seen: Vec<Monitor> = Vec::new();
         for (i, m) in cfg.resource_monitors.iter().enumerate() {
@@ -278,15 +288,11 @@ impl Plan {
         for (i, a) in cfg.actions.iter().enumerate() {
             let field = format!("{F}.actions[{i}]");
             let Some(action) = Action::by_name(&a.name) else {
-                let why = if a.name == "envoy.overload_actions.reduce_timeouts" {
-                    format!("'{}' is not supported by meshgate", a.name)
-                } else {
-                    format!(
-                        "unknown overload action '{}'; known: {}",
-                        a.name,
-                        Action::ALL.map(|a| a.name()).join(", ")
-                    )
-                };
+                let why = format!(
+                    "unknown overload action '{}'; known: {}",
+                    a.name,
+                    Action::ALL.map(|a| a.name()).join(", ")
+                );
                 return Err(source.error(format!("{field}.name"), why));
             };
             if !plan.actions[action as usize].is_empty() {
@@ -295,7 +301,9 @@ impl Plan {
                     format!("overload action '{}' is configured twice", a.name),
                 ));
             }
-            if !a.typed_config.is_null() {
+            if action == Action::ReduceTimeouts {
+                plan.timers = Some(timers::build(source, &field, &a.typed_config)?);
+            } else if !a.typed_config.is_null() {
                 return Err(source.error(
                     format!("{field}.typed_config"),
                     format!("'{}' takes no typed_config", a.name),
@@ -371,8 +379,8 @@ impl Plan {
 
     /// Each action's scale (0..=1) for the monitors' `pressures`: the
     /// highest of its triggers'.
-    pub fn scales(&self, pressures: &[f64; 4]) -> [f64; 5] {
-        let mut out = [0.0; 5];
+    pub fn scales(&self, pressures: &[f64; 4]) -> [f64; ACTIONS] {
+        let mut out = [0.0; ACTIONS];
         for (i, triggers) in self.actions.iter().enumerate() {
             out[i] = triggers
                 .iter()
@@ -384,13 +392,18 @@ impl Plan {
 }
 
 /// An action's scale in millionths; `SATURATED` is fully active.
-static ACTION_SCALE: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
+static ACTION_SCALE: [AtomicU32; ACTIONS] = [const { AtomicU32::new(0) }; ACTIONS];
 const SATURATED: u32 = 1_000_000;
 
 /// `max_active_downstream_connections`; `u64::MAX` when unset.
 static MAX_CONNECTIONS: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Downstream connections open on every listener.
 static ACTIVE_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// An action's scale now (0..=1).
+fn action_scale(a: Action) -> f64 {
+    f64::from(ACTION_SCALE[a as usize].load(Ordering::Relaxed)) / f64::from(SATURATED)
+}
 
 fn saturated(a: Action) -> bool {
     ACTION_SCALE[a as usize].load(Ordering::Relaxed) >= SATURATED
@@ -541,6 +554,7 @@ fn install(plan: Option<&Plan>) {
             .map(|v| (v * max as f64) as u64)
     });
     buffer::configure(budget, reset_at);
+    timers::install(plan.and_then(|p| p.timers));
 }
 
 /// Runs the overload manager for the live config until `stop`: every
@@ -584,6 +598,9 @@ fn set_action(a: Action, scale: f64) {
     let old = ACTION_SCALE[a as usize].swap(v, Ordering::Relaxed);
     if old != v {
         metrics::gauge!(names::OVERLOAD_ACTION_SCALE, "action" => a.name()).set(scale);
+        if a == Action::ReduceTimeouts {
+            timers::scale_changed();
+        }
         if v >= SATURATED {
             tracing::warn!(action = a.name(), "overload action active");
             if a == Action::DisableHttpKeepalive {
@@ -671,7 +688,7 @@ actions:
         assert_eq!(s[Action::ShrinkHeap as usize], 0.0);
     }
 
-    fn plan_scales(p: &Plan, pressures: [f64; 4]) -> [f64; 5] {
+    fn plan_scales(p: &Plan, pressures: [f64; 4]) -> [f64; ACTIONS] {
         p.scales(&pressures)
     }
 
@@ -712,7 +729,7 @@ actions:
             (
                 "envoy.overload_actions.reduce_timeouts",
                 "{name: envoy.resource_monitors.fixed_heap, threshold: {value: 0.5}}",
-                "overload_manager.actions[0].name",
+                "overload_manager.actions[0].typed_config",
             ),
         ] {
             let e = plan(&format!(

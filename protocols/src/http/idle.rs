@@ -99,19 +99,28 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Completes once the connection has had no active stream for `timeout`;
-/// never without one. Wakes at most once per `timeout` while streams are
-/// active.
+/// Completes once the connection has had no active stream for `timeout`
+/// (shrunk under the overload manager's `reduce_timeouts`,
+/// `HTTP_DOWNSTREAM_CONNECTION_IDLE`); never without one. Wakes at most
+/// once per `timeout` while streams are active, and when the scale of
+/// `reduce_timeouts` changes.
 pub(crate) async fn watch(activity: Option<Arc<Activity>>, timeout: Option<Duration>) {
-    let (Some(a), Some(timeout)) = (activity, timeout) else {
+    use meshgate_core::overload::timers;
+    let (Some(a), Some(configured)) = (activity, timeout) else {
         return std::future::pending().await;
     };
     loop {
+        // Made before the scale is read: a change after it wakes us.
+        let changed = timers::changed();
+        let timeout = timers::scaled(timers::Timer::HttpDownstreamConnectionIdle, configured);
         let wait = match a.idle_for() {
             Some(d) if d >= timeout => return,
             Some(d) => timeout - d,
             None => timeout,
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed => {}
+        }
     }
 }

@@ -292,6 +292,12 @@ pub struct RpcClientOptions {
     /// Largest response body accepted from a provider.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Calls in flight on one upstream connection (default: the
+    /// protocol's, unbounded for Dubbo and Bolt). A call past it on every
+    /// connection opens another one, or at the cluster's `max_connections`
+    /// waits in its pending queue (`max_pending_requests`).
+    #[serde(default)]
+    pub max_concurrent_calls: Option<u32>,
 }
 
 /// Writes the frames a channel delivers, coalescing small ones.
@@ -656,6 +662,7 @@ impl<P: RpcProtocol> RpcClient<P> {
 async fn get_conn<P: RpcProtocol>(
     proto: &Arc<P>,
     max_body: usize,
+    max_calls: Option<u32>,
     cluster: &Arc<Cluster>,
     endpoint: &Arc<Endpoint>,
 ) -> Result<MuxStream<RpcConn>, UpstreamError> {
@@ -663,7 +670,7 @@ async fn get_conn<P: RpcProtocol>(
         .pool(MuxPool::<RpcConn>::default)
         .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
     pool.stream(Dial::new(cluster, endpoint), |dial| {
-        connect(proto, max_body, dial)
+        connect(proto, max_body, max_calls, dial)
     })
     .await
 }
@@ -672,9 +679,12 @@ async fn get_conn<P: RpcProtocol>(
 async fn connect<P: RpcProtocol>(
     proto: &Arc<P>,
     max_body: usize,
+    max_calls: Option<u32>,
     dial: Dial<'_>,
 ) -> Result<RpcConn, UpstreamError> {
-    let max_calls = proto.max_calls_per_connection();
+    let max_calls = max_calls
+        .unwrap_or_else(|| proto.max_calls_per_connection())
+        .max(1);
     let (stream, guard) = dial.tcp().await?;
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(1024);
@@ -785,6 +795,7 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
         let endpoint = endpoint.clone();
         let proto = self.proto.clone();
         let max_body = self.opts.max_body_bytes;
+        let max_calls = self.opts.max_concurrent_calls;
         Box::pin(async move {
             let name = proto.name();
             let (mut parts, body) = req.into_parts();
@@ -800,7 +811,7 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             let body = collect_limited(body, max_body)
                 .await
                 .ok_or_else(|| UpstreamError::Reset("request body failed or too large".into()))?;
-            let stream = get_conn(&proto, max_body, &cluster, &endpoint).await?;
+            let stream = get_conn(&proto, max_body, max_calls, &cluster, &endpoint).await?;
             let conn = &stream.0;
             let space = proto.id_space().max(2);
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed) % (space - 1) + 1;
