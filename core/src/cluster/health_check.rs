@@ -332,6 +332,7 @@ async fn supervise(s: Supervisor) {
     let mut running = FuturesUnordered::new();
     let stop = s.stop.cancelled();
     tokio::pin!(stop);
+    let epoch = tokio::time::Instant::now();
     tracing::info!(cluster = %s.name, checks = s.checks.len(), "active health checking started");
     'reconcile: loop {
         let Some(cluster) = s.cluster.upgrade() else {
@@ -371,6 +372,7 @@ async fn supervise(s: Supervisor) {
                         tls: s.tls.clone(),
                         stats: s.stats.clone(),
                         changed: s.changed.clone(),
+                        epoch,
                     }),
                     reg,
                 ));
@@ -431,6 +433,34 @@ struct CheckTask {
     tls: Option<Arc<crate::tls::UpstreamTls>>,
     stats: Arc<Stats>,
     changed: Arc<tokio::sync::Notify>,
+    /// The cluster's check grid origin (`on_grid`).
+    epoch: tokio::time::Instant,
+}
+
+/// The largest delay `on_grid` adds to a check.
+const GRID_MAX: Duration = Duration::from_millis(16);
+
+/// `at`, moved later onto the cluster's grid of slots (a sixteenth of the
+/// `wait`, at most `GRID_MAX`): checks due in the same slot wake the
+/// supervisor task once and run together, instead of one wake-up of the
+/// runtime per check (with a thousand endpoints, a thousand a second).
+/// A check is at most one slot late: under 7 % of its interval.
+fn on_grid(
+    epoch: tokio::time::Instant,
+    at: tokio::time::Instant,
+    wait: Duration,
+) -> tokio::time::Instant {
+    let slot = (wait / 16).min(GRID_MAX).as_nanos();
+    if slot < 1_000_000 {
+        // Below the timer's 1 ms resolution: nothing to gather.
+        return at;
+    }
+    let rem = at.saturating_duration_since(epoch).as_nanos() % slot;
+    if rem == 0 {
+        at
+    } else {
+        at + Duration::from_nanos((slot - rem) as u64)
+    }
 }
 
 /// A random duration in `[0, max)`.
@@ -600,7 +630,7 @@ async fn check_loop(t: CheckTask) {
             wait = random_up_to(wait);
             first = false;
         }
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(on_grid(t.epoch, tokio::time::Instant::now() + wait, wait)).await;
     }
 }
 
@@ -1228,6 +1258,87 @@ pub(crate) fn parse_health_response(data: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_gather_on_a_grid_never_early_and_at_most_one_slot_late() {
+        let epoch = tokio::time::Instant::now();
+        let wait = Duration::from_secs(1);
+        for ms in [0u64, 1, 15, 16, 17, 999, 1000, 1234] {
+            let at = epoch + Duration::from_millis(ms) + Duration::from_micros(300);
+            let g = on_grid(epoch, at, wait);
+            assert!(g >= at && g - at < GRID_MAX, "{ms}");
+            assert_eq!((g - epoch).as_nanos() % GRID_MAX.as_nanos(), 0, "{ms}");
+        }
+        // A short interval gets a proportionally small slot.
+        let at = epoch + Duration::from_millis(101);
+        let g = on_grid(epoch, at, Duration::from_millis(80));
+        assert_eq!(g - epoch, Duration::from_millis(105));
+        // Below the timer's resolution, nothing moves.
+        let at = epoch + Duration::from_micros(1500);
+        assert_eq!(on_grid(epoch, at, Duration::from_millis(10)), at);
+    }
+
+    /// A response head split at every place, the blank line included,
+    /// read into one kept buffer after another response.
+    #[tokio::test]
+    async fn http1_head_split_anywhere_into_a_kept_buffer() {
+        let resp: &[u8] = b"HTTP/1.1 200 OK\r\nx-envoy-degraded: 1\r\ncontent-length: 3\r\n\r\nabc";
+        let mut buf = b"stale bytes of an earlier head\r\n\r\n".to_vec();
+        for cut in 1..resp.len() {
+            let (client, mut server) = tokio::io::duplex(4096);
+            let mut io: Box<dyn Io> = Box::new(client);
+            let (a, b) = resp.split_at(cut);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            let writer = tokio::spawn(async move {
+                server.write_all(&a).await.unwrap();
+                server.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                server.write_all(&b).await.unwrap();
+                server
+            });
+            let got = read_http1_response(&mut io, true, false, &mut buf).await;
+            assert_eq!(got, Some((200, true, true)), "cut at {cut}");
+            drop(writer.await.unwrap());
+        }
+        // A body longer than content-length: not reusable.
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut io: Box<dyn Io> = Box::new(client);
+        server
+            .write_all(b"HTTP/1.1 503 No\r\ncontent-length: 1\r\n\r\nxy")
+            .await
+            .unwrap();
+        let got = read_http1_response(&mut io, true, false, &mut buf).await;
+        assert_eq!(got, Some((503, false, false)));
+    }
+
+    #[test]
+    fn http1_request_is_built_once_with_the_endpoint_host() {
+        let p = Probe::Http {
+            version: CodecClientType::HTTP1,
+            method: http::Method::HEAD,
+            path: "/healthz".into(),
+            host: "svc".into(),
+            headers: vec![(
+                http::HeaderName::from_static("x-a"),
+                http::HeaderValue::from_static("b"),
+            )],
+            expected: vec![],
+            retriable: vec![],
+        };
+        let mut ep = Endpoint::new("127.0.0.1:1".parse().unwrap(), 1);
+        assert_eq!(
+            http1_request(&p, &ep, true),
+            b"HEAD /healthz HTTP/1.1\r\nhost: svc\r\nuser-agent: meshgate-health-check\r\nx-a: b\r\n\r\n"
+        );
+        ep.health_check_hostname = Some("other".into());
+        let r = String::from_utf8(http1_request(&p, &ep, false)).unwrap();
+        assert!(r.contains("host: other\r\n") && r.contains("connection: close\r\n"));
+        let tcp = Probe::Tcp {
+            send: vec![],
+            receive: vec![],
+        };
+        assert!(http1_request(&tcp, &ep, true).is_empty());
+    }
 
     fn cfg(unhealthy: u32, healthy: u32) -> HealthCheckConfig {
         serde_yaml::from_str(&format!(
