@@ -32,10 +32,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
-const X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// Sampling shares in millionths (Envoy's `Percent` has fractions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sampling {
@@ -232,20 +228,6 @@ impl Tracer {
         }))
     }
 
-    /// Envoy's order: `x-envoy-force-trace` forces; an incoming context's
-    /// sampled flag is honoured (parent-based); `x-client-trace-id` is
-    /// traced under `client_sampling`; otherwise `random_sampling` by the
-    /// request id. `overall_sampling` then bounds the client and random
-    /// decisions.
-    fn sample(
-        &self,
-        req: &Request,
-        incoming: Option<&Incoming>,
-        route: Option<&RouteTracing>,
-    ) -> Decision {
-        sample(&self.sampling, req.headers(), incoming, route)
-    }
-
     /// Decides whether the stream is traced and sets the upstream's
     /// context on `req`: the server span's, or (with
     /// `spawn_upstream_span`) each try's client span's, set by
@@ -259,8 +241,9 @@ impl Tracer {
         if !matches!(info.trace, StreamTrace::Undecided) {
             return;
         }
-        let incoming = context::extract(req.headers());
-        let decision = self.sample(req, incoming.as_ref(), route);
+        let seen = context::scan(req.headers());
+        let incoming = context::extract_seen(&seen);
+        let decision = sample_seen(&self.sampling, &seen, incoming.as_ref(), route);
         self.decisions[decision as usize].increment(1);
         let trace_id = incoming
             .map(|c| c.trace_id)
@@ -501,14 +484,29 @@ impl Tracer {
     }
 }
 
-/// The sampling decision of a stream (see `Tracer::sample`).
+/// The sampling decision of a stream, Envoy's order:
+/// `x-envoy-force-trace` forces; an incoming context's sampled flag is
+/// honoured (parent-based); `x-client-trace-id` is traced under
+/// `client_sampling`; otherwise `random_sampling` by the request id.
+/// `overall_sampling` then bounds the client and random decisions.
+#[cfg(test)]
 fn sample(
     sampling: &Sampling,
     h: &http::HeaderMap,
     incoming: Option<&Incoming>,
     route: Option<&RouteTracing>,
 ) -> Decision {
-    if h.contains_key(X_ENVOY_FORCE_TRACE) {
+    sample_seen(sampling, &context::scan(h), incoming, route)
+}
+
+/// `sample` from the headers' `scan`.
+fn sample_seen(
+    sampling: &Sampling,
+    h: &context::Seen<'_>,
+    incoming: Option<&Incoming>,
+    route: Option<&RouteTracing>,
+) -> Decision {
+    if h.x_envoy_force_trace {
         return Decision::Forced;
     }
     if let Some(sampled) = incoming.and_then(|c| c.sampled) {
@@ -523,11 +521,11 @@ fn sample(
     let overall = route.and_then(|r| r.overall).unwrap_or(sampling.overall);
     // The request id makes the draw stable across hops (Envoy's
     // random sampling is by `x-request-id`).
-    let draw = match h.get(X_REQUEST_ID) {
+    let draw = match h.x_request_id {
         Some(id) => (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(ALL)) as u32,
         None => (context::random_u64() % u64::from(ALL)) as u32,
     };
-    let d = if h.contains_key(X_CLIENT_TRACE_ID) && draw < client {
+    let d = if h.x_client_trace_id && draw < client {
         Decision::Client
     } else if draw < random {
         Decision::Random
