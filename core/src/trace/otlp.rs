@@ -309,10 +309,10 @@ mod tests {
         SpanRecord {
             trace_id: [i as u8 | 1; 16],
             span_id: [2; 8],
-            parent_span_id: (i % 2 == 0).then_some([3; 8]),
-            trace_state: (i % 3 == 0).then(|| "k=v".repeat(i)),
+            parent_span_id: i.is_multiple_of(2).then_some([3; 8]),
+            trace_state: i.is_multiple_of(3).then(|| "k=v".repeat(i)),
             name: "n".repeat(i * 7),
-            kind: if i % 2 == 0 {
+            kind: if i.is_multiple_of(2) {
                 Kind::Server
             } else {
                 Kind::Client
@@ -321,7 +321,7 @@ mod tests {
             end_unix_nanos: if i == 4 { 0 } else { 1_700_000_000_000_000_999 },
             attributes: (0..i * 3)
                 .map(|j| {
-                    let v = if j % 2 == 0 {
+                    let v = if j.is_multiple_of(2) {
                         Value::Int(j as i64 * 1_000_003 - 7)
                     } else {
                         Value::Str("v".repeat(j * 11).into())
@@ -329,7 +329,7 @@ mod tests {
                     (format!("key.{j}").into(), v)
                 })
                 .collect(),
-            error: i % 2 == 1,
+            error: !i.is_multiple_of(2),
         }
     }
 
