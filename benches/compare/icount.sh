@@ -138,8 +138,8 @@ PIDS+=("$VG_PID")
 wait_port "$PORT"
 load() { # SECONDS OUTFILE
     case "$WORKLOAD" in
-    h1 | l4 | h1_rl | h1_trace | h1_trace_sampled) taskset -c 1 wrk -t1 -c10 -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
-    h1_auth) taskset -c 1 wrk -t1 -c10 -d"${1}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h1 | l4 | h1_rl | h1_trace | h1_trace_sampled) taskset -c 1 wrk -t1 -c10 --timeout 20s -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h1_auth) taskset -c 1 wrk -t1 -c10 --timeout 20s -d"${1}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/" >"$2" ;;
     h2c) taskset -c 1 h2load -c10 -m10 -t1 -D "$1" "http://127.0.0.1:$PORT/" >"$2" ;;
     dubbo) taskset -c 1 "$LOAD_BIN" "127.0.0.1:$PORT" 16 "$1" >"$2" ;;
     *)

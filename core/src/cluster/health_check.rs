@@ -6,13 +6,18 @@
 //! One `HealthChecker` per cluster, owned by the `Cluster`; its supervisor
 //! task (one per cluster, not per worker) starts once, when the cluster
 //! first goes live, and ends when the cluster is dropped (a reload that
-//! replaces it), so no task outlives its cluster. The supervisor keeps one
-//! small task per (endpoint, check): an endpoint that stays across an
-//! endpoint-only update keeps its task and its state; a new endpoint
-//! starts `FAILED_ACTIVE_HC | PENDING_ACTIVE_HC` (Envoy's default) and is
-//! checked at once, so the cluster is usable after one round trip. Later
-//! checks are spread over the interval (a random phase after the first)
-//! so that a thousand endpoints are not probed in one burst.
+//! replaces it), so no check outlives its cluster. The supervisor drives
+//! one check loop per (endpoint, check) inside its own task (a
+//! `FuturesUnordered`, not a tokio task each): a thousand endpoints cost
+//! one task that wakes for whichever checks are due, instead of a
+//! thousand tasks scheduled across the workers. An endpoint that stays
+//! across an endpoint-only update keeps its loop and its state; a new
+//! endpoint starts `FAILED_ACTIVE_HC | PENDING_ACTIVE_HC` (Envoy's default)
+//! and is checked at once, so the cluster is usable after one round trip.
+//! Later checks are spread over the interval (a random phase after the
+//! first) so that a thousand endpoints are not probed in one burst. A
+//! check's HTTP/1.1 request is written once per loop and its read buffer
+//! kept, so a check on a kept connection allocates nothing.
 //!
 //! With `reuse_connection` (Envoy's default) a check keeps its connection
 //! for the next one (`Kept`): HTTP/1.1 keep-alive when the response's
@@ -33,6 +38,9 @@ use crate::error::BuildError;
 use crate::metrics::names;
 use crate::pool::{Health, HealthFlags};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::FuturesUnordered;
 use metrics::{Counter, counter, gauge};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -316,12 +324,17 @@ struct Supervisor {
     stats: Arc<Stats>,
 }
 
-/// The per-cluster task: keeps one task per (endpoint, check), and the
-/// membership gauges, until the cluster is gone.
+/// The per-cluster task: drives one check loop per (endpoint, check), and
+/// the membership gauges, until the cluster is gone.
 async fn supervise(s: Supervisor) {
-    let mut tasks: HashMap<usize, (Arc<Endpoint>, tokio::task::JoinSet<()>)> = HashMap::new();
+    let mut tasks: HashMap<usize, (Arc<Endpoint>, Vec<AbortHandle>)> = HashMap::new();
+    // The check loops; one ends only when aborted (its endpoint left).
+    let mut running = FuturesUnordered::new();
+    let stop = s.stop.cancelled();
+    tokio::pin!(stop);
+    let epoch = tokio::time::Instant::now();
     tracing::info!(cluster = %s.name, checks = s.checks.len(), "active health checking started");
-    loop {
+    'reconcile: loop {
         let Some(cluster) = s.cluster.upgrade() else {
             break;
         };
@@ -346,31 +359,50 @@ async fn supervise(s: Supervisor) {
             if flags & HealthFlags::PENDING_ACTIVE_HC != 0 {
                 state.pending.store(all, Ordering::Relaxed);
             }
-            let mut set = tokio::task::JoinSet::new();
+            let mut handles = Vec::with_capacity(s.checks.len());
             for (i, check) in s.checks.iter().enumerate() {
-                set.spawn(check_loop(CheckTask {
-                    cluster: s.name,
-                    bit: 1 << i,
-                    endpoint: e.clone(),
-                    state: state.clone(),
-                    check: check.clone(),
-                    tls: s.tls.clone(),
-                    stats: s.stats.clone(),
-                    changed: s.changed.clone(),
-                }));
+                let (handle, reg) = AbortHandle::new_pair();
+                running.push(Abortable::new(
+                    check_loop(CheckTask {
+                        cluster: s.name,
+                        bit: 1 << i,
+                        endpoint: e.clone(),
+                        state: state.clone(),
+                        check: check.clone(),
+                        tls: s.tls.clone(),
+                        stats: s.stats.clone(),
+                        changed: s.changed.clone(),
+                        epoch,
+                    }),
+                    reg,
+                ));
+                handles.push(handle);
             }
-            tasks.insert(key, (e.clone(), set));
+            tasks.insert(key, (e.clone(), handles));
         }
-        // Endpoints that left: their tasks end (JoinSet aborts on drop).
-        tasks.retain(|k, _| seen.contains(k));
+        // Endpoints that left: their loops end (dropped at their next poll).
+        tasks.retain(|k, (_, handles)| {
+            let keep = seen.contains(k);
+            if !keep {
+                handles.iter().for_each(AbortHandle::abort);
+            }
+            keep
+        });
         publish_membership(s.name, &hosts.endpoints);
         drop(hosts);
         drop(cluster);
-        tokio::select! {
-            _ = s.stop.cancelled() => break,
-            _ = s.changed.notified() => {}
-            // EDS and outlier changes move the gauges too.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        let changed = s.changed.notified();
+        // EDS and outlier changes move the gauges too.
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(changed, tick);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break 'reconcile,
+                _ = &mut changed => continue 'reconcile,
+                _ = &mut tick => continue 'reconcile,
+                // Only aborted loops end; they are simply dropped.
+                Some(_) = running.next(), if !running.is_empty() => {}
+            }
         }
     }
     tracing::info!(cluster = %s.name, "active health checking stopped");
@@ -401,6 +433,34 @@ struct CheckTask {
     tls: Option<Arc<crate::tls::UpstreamTls>>,
     stats: Arc<Stats>,
     changed: Arc<tokio::sync::Notify>,
+    /// The cluster's check grid origin (`on_grid`).
+    epoch: tokio::time::Instant,
+}
+
+/// The largest delay `on_grid` adds to a check.
+const GRID_MAX: Duration = Duration::from_millis(16);
+
+/// `at`, moved later onto the cluster's grid of slots (a sixteenth of the
+/// `wait`, at most `GRID_MAX`): checks due in the same slot wake the
+/// supervisor task once and run together, instead of one wake-up of the
+/// runtime per check (with a thousand endpoints, a thousand a second).
+/// A check is at most one slot late: under 7 % of its interval.
+fn on_grid(
+    epoch: tokio::time::Instant,
+    at: tokio::time::Instant,
+    wait: Duration,
+) -> tokio::time::Instant {
+    let slot = (wait / 16).min(GRID_MAX).as_nanos();
+    if slot < 1_000_000 {
+        // Below the timer's 1 ms resolution: nothing to gather.
+        return at;
+    }
+    let rem = at.saturating_duration_since(epoch).as_nanos() % slot;
+    if rem == 0 {
+        at
+    } else {
+        at + Duration::from_nanos((slot - rem) as u64)
+    }
 }
 
 /// A random duration in `[0, max)`.
@@ -485,6 +545,10 @@ async fn check_loop(t: CheckTask) {
     let mut first = true;
     let reuse = cfg.reuse_connection.unwrap_or(true);
     let mut kept: Option<Kept> = None;
+    let mut bufs = Buffers {
+        request: http1_request(&t.check.probe, &t.endpoint, reuse),
+        read: Vec::new(),
+    };
     loop {
         t.stats.attempt.increment(1);
         let verdict = match tokio::time::timeout(
@@ -495,6 +559,7 @@ async fn check_loop(t: CheckTask) {
                 t.tls.as_deref(),
                 &mut kept,
                 reuse,
+                &mut bufs,
             ),
         )
         .await
@@ -565,7 +630,7 @@ async fn check_loop(t: CheckTask) {
             wait = random_up_to(wait);
             first = false;
         }
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(on_grid(t.epoch, tokio::time::Instant::now() + wait, wait)).await;
     }
 }
 
@@ -604,6 +669,45 @@ impl Drop for H2Conn {
     }
 }
 
+/// What a check loop keeps from one check to the next.
+struct Buffers {
+    /// The HTTP/1.1 check request (empty for other probes).
+    request: Vec<u8>,
+    /// A response head read.
+    read: Vec<u8>,
+}
+
+/// The HTTP/1.1 request of an `http_health_check` with the HTTP1 codec, as
+/// sent to `ep` (whose `health_check_config` may override the host);
+/// empty for other probes.
+fn http1_request(p: &Probe, ep: &Endpoint, reuse: bool) -> Vec<u8> {
+    let Probe::Http {
+        version: CodecClientType::HTTP1,
+        method,
+        path,
+        host,
+        headers,
+        ..
+    } = p
+    else {
+        return Vec::new();
+    };
+    let host = ep.health_check_hostname.as_deref().unwrap_or(host);
+    let close = if reuse { "" } else { "connection: close\r\n" };
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshgate-health-check\r\n{close}"
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        req.extend_from_slice(k.as_str().as_bytes());
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(v.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
 /// Runs one probe (the caller bounds it with the check's `timeout`),
 /// on the connection `kept` from the last check when there is one; keeps
 /// its connection there when `reuse` and the check passed. The kept
@@ -614,13 +718,14 @@ async fn probe(
     tls: Option<&crate::tls::UpstreamTls>,
     kept: &mut Option<Kept>,
     reuse: bool,
+    bufs: &mut Buffers,
 ) -> Verdict {
     let prev = if reuse { kept.take() } else { None };
     let was_kept = prev.is_some();
-    let (mut v, mut k) = probe_once(p, ep, tls, prev, reuse).await;
+    let (mut v, mut k) = probe_once(p, ep, tls, prev, reuse, bufs).await;
     if was_kept && v == Verdict::Network {
         // The endpoint closed the idle connection: not its health.
-        (v, k) = probe_once(p, ep, tls, None, reuse).await;
+        (v, k) = probe_once(p, ep, tls, None, reuse, bufs).await;
     }
     if reuse && matches!(v, Verdict::Healthy { .. }) {
         *kept = k;
@@ -648,6 +753,7 @@ async fn probe_once(
     tls: Option<&crate::tls::UpstreamTls>,
     prev: Option<Kept>,
     reuse: bool,
+    bufs: &mut Buffers,
 ) -> (Verdict, Option<Kept>) {
     // The endpoint's `health_check_config` overrides port and host.
     let addr = ep.health_check_address();
@@ -666,32 +772,22 @@ async fn probe_once(
         Probe::Http {
             version: CodecClientType::HTTP1,
             method,
-            path,
             host,
-            headers,
             expected,
             retriable,
+            ..
         } => {
             let host = host_override.unwrap_or(host);
             let Some(mut io) = stream(prev, addr, tls, Some(host)).await else {
                 return (Verdict::Network, None);
             };
-            let close = if reuse { "" } else { "connection: close\r\n" };
-            let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: meshgate-health-check\r\n{close}").into_bytes();
-            for (k, v) in headers {
-                req.extend_from_slice(k.as_str().as_bytes());
-                req.extend_from_slice(b": ");
-                req.extend_from_slice(v.as_bytes());
-                req.extend_from_slice(b"\r\n");
-            }
-            req.extend_from_slice(b"\r\n");
-            if io.write_all(&req).await.is_err() {
+            if io.write_all(&bufs.request).await.is_err() {
                 return (Verdict::Network, None);
             }
             // A response to HEAD has no body, whatever its length says.
             let bodyless = *method == http::Method::HEAD;
             let Some((status, degraded, reusable)) =
-                read_http1_response(&mut io, reuse, bodyless).await
+                read_http1_response(&mut io, reuse, bodyless, &mut bufs.read).await
             else {
                 return (Verdict::Network, None);
             };
@@ -920,34 +1016,38 @@ async fn read_http1_response(
     io: &mut Box<dyn Io>,
     keep: bool,
     bodyless: bool,
+    head: &mut Vec<u8>,
 ) -> Option<(u16, bool, bool)> {
-    let mut head = Vec::with_capacity(1024);
+    head.clear();
     let mut buf = [0u8; 2048];
-    let rest = loop {
+    let mut scanned = 0;
+    let (end, rest) = loop {
         let n = io.read(&mut buf).await.ok()?;
         if n == 0 {
             return None;
         }
         head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = head.split_off(end + 4);
-            head.truncate(end);
-            break rest;
+        // Only the new bytes (and 3 before them) can complete the blank line.
+        if let Some(at) = head[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = scanned + at;
+            break (end, head.len() - end - 4);
         }
+        scanned = head.len().saturating_sub(3);
         if head.len() > MAX_READ {
             return None;
         }
     };
-    let (status, degraded) = parse_http1_head(&head)?;
+    let head = &head[..end];
+    let (status, degraded) = parse_http1_head(head)?;
     if !keep {
         return Some((status, degraded, false));
     }
-    let body = match http1_body_length(&head, status) {
+    let body = match http1_body_length(head, status) {
         Some(_) if bodyless => 0,
         Some(n) if n <= MAX_READ => n,
         _ => return Some((status, degraded, false)),
     };
-    let mut have = rest.len();
+    let mut have = rest;
     while have < body {
         let n = io.read(&mut buf).await.ok()?;
         if n == 0 {
@@ -1158,6 +1258,87 @@ pub(crate) fn parse_health_response(data: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_gather_on_a_grid_never_early_and_at_most_one_slot_late() {
+        let epoch = tokio::time::Instant::now();
+        let wait = Duration::from_secs(1);
+        for ms in [0u64, 1, 15, 16, 17, 999, 1000, 1234] {
+            let at = epoch + Duration::from_millis(ms) + Duration::from_micros(300);
+            let g = on_grid(epoch, at, wait);
+            assert!(g >= at && g - at < GRID_MAX, "{ms}");
+            assert_eq!((g - epoch).as_nanos() % GRID_MAX.as_nanos(), 0, "{ms}");
+        }
+        // A short interval gets a proportionally small slot.
+        let at = epoch + Duration::from_millis(101);
+        let g = on_grid(epoch, at, Duration::from_millis(80));
+        assert_eq!(g - epoch, Duration::from_millis(105));
+        // Below the timer's resolution, nothing moves.
+        let at = epoch + Duration::from_micros(1500);
+        assert_eq!(on_grid(epoch, at, Duration::from_millis(10)), at);
+    }
+
+    /// A response head split at every place, the blank line included,
+    /// read into one kept buffer after another response.
+    #[tokio::test]
+    async fn http1_head_split_anywhere_into_a_kept_buffer() {
+        let resp: &[u8] = b"HTTP/1.1 200 OK\r\nx-envoy-degraded: 1\r\ncontent-length: 3\r\n\r\nabc";
+        let mut buf = b"stale bytes of an earlier head\r\n\r\n".to_vec();
+        for cut in 1..resp.len() {
+            let (client, mut server) = tokio::io::duplex(4096);
+            let mut io: Box<dyn Io> = Box::new(client);
+            let (a, b) = resp.split_at(cut);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            let writer = tokio::spawn(async move {
+                server.write_all(&a).await.unwrap();
+                server.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                server.write_all(&b).await.unwrap();
+                server
+            });
+            let got = read_http1_response(&mut io, true, false, &mut buf).await;
+            assert_eq!(got, Some((200, true, true)), "cut at {cut}");
+            drop(writer.await.unwrap());
+        }
+        // A body longer than content-length: not reusable.
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut io: Box<dyn Io> = Box::new(client);
+        server
+            .write_all(b"HTTP/1.1 503 No\r\ncontent-length: 1\r\n\r\nxy")
+            .await
+            .unwrap();
+        let got = read_http1_response(&mut io, true, false, &mut buf).await;
+        assert_eq!(got, Some((503, false, false)));
+    }
+
+    #[test]
+    fn http1_request_is_built_once_with_the_endpoint_host() {
+        let p = Probe::Http {
+            version: CodecClientType::HTTP1,
+            method: http::Method::HEAD,
+            path: "/healthz".into(),
+            host: "svc".into(),
+            headers: vec![(
+                http::HeaderName::from_static("x-a"),
+                http::HeaderValue::from_static("b"),
+            )],
+            expected: vec![],
+            retriable: vec![],
+        };
+        let mut ep = Endpoint::new("127.0.0.1:1".parse().unwrap(), 1);
+        assert_eq!(
+            http1_request(&p, &ep, true),
+            b"HEAD /healthz HTTP/1.1\r\nhost: svc\r\nuser-agent: meshgate-health-check\r\nx-a: b\r\n\r\n"
+        );
+        ep.health_check_hostname = Some("other".into());
+        let r = String::from_utf8(http1_request(&p, &ep, false)).unwrap();
+        assert!(r.contains("host: other\r\n") && r.contains("connection: close\r\n"));
+        let tcp = Probe::Tcp {
+            send: vec![],
+            receive: vec![],
+        };
+        assert!(http1_request(&tcp, &ep, true).is_empty());
+    }
 
     fn cfg(unhealthy: u32, healthy: u32) -> HealthCheckConfig {
         serde_yaml::from_str(&format!(

@@ -131,16 +131,20 @@ pub fn parse_b3_single(v: &[u8]) -> Option<Incoming> {
 /// Multi-header B3 (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`,
 /// `x-b3-flags: 1` meaning debug, which is sampled).
 pub fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
-    let trace_id = b3_trace_id(h.get(X_B3_TRACEID)?.as_bytes())?;
-    let span_id = hex_into::<8>(h.get(X_B3_SPANID)?.as_bytes())?;
+    b3_multi(&scan(h))
+}
+
+fn b3_multi(s: &Seen<'_>) -> Option<Incoming> {
+    let trace_id = b3_trace_id(s.x_b3_traceid?.as_bytes())?;
+    let span_id = hex_into::<8>(s.x_b3_spanid?.as_bytes())?;
     if !valid(&trace_id, &span_id) {
         return None;
     }
-    let debug = h.get(X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let debug = s.x_b3_flags.is_some_and(|v| v.as_bytes() == b"1");
     let sampled = if debug {
         Some(true)
     } else {
-        h.get(X_B3_SAMPLED).and_then(|v| b3_sampled(v.as_bytes()))
+        s.x_b3_sampled.and_then(|v| b3_sampled(v.as_bytes()))
     };
     Some(Incoming {
         trace_id,
@@ -150,19 +154,66 @@ pub fn parse_b3_multi(h: &HeaderMap) -> Option<Incoming> {
     })
 }
 
+/// The request headers tracing reads (each its first value), found in
+/// one pass over the map: a lookup hashes the name, and the ten
+/// lookups a decision needs cost more than walking a request's headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen<'a> {
+    pub traceparent: Option<&'a HeaderValue>,
+    pub b3: Option<&'a HeaderValue>,
+    pub x_b3_traceid: Option<&'a HeaderValue>,
+    pub x_b3_spanid: Option<&'a HeaderValue>,
+    pub x_b3_sampled: Option<&'a HeaderValue>,
+    pub x_b3_flags: Option<&'a HeaderValue>,
+    pub x_envoy_force_trace: bool,
+    pub x_client_trace_id: bool,
+    pub x_request_id: Option<&'a HeaderValue>,
+}
+
+/// Finds the headers of `Seen` in `h`.
+pub fn scan(h: &HeaderMap) -> Seen<'_> {
+    let mut s = Seen::default();
+    for (name, value) in h {
+        let slot = match name.as_str().as_bytes() {
+            b"traceparent" => &mut s.traceparent,
+            b"b3" => &mut s.b3,
+            b"x-b3-traceid" => &mut s.x_b3_traceid,
+            b"x-b3-spanid" => &mut s.x_b3_spanid,
+            b"x-b3-sampled" => &mut s.x_b3_sampled,
+            b"x-b3-flags" => &mut s.x_b3_flags,
+            b"x-request-id" => &mut s.x_request_id,
+            b"x-envoy-force-trace" => {
+                s.x_envoy_force_trace = true;
+                continue;
+            }
+            b"x-client-trace-id" => {
+                s.x_client_trace_id = true;
+                continue;
+            }
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    }
+    s
+}
+
 /// The incoming context: W3C first, then single `b3`, then multi-header
 /// B3. An invalid header counts as absent (a new trace is started).
 pub fn extract(h: &HeaderMap) -> Option<Incoming> {
-    if let Some(c) = h
-        .get(TRACEPARENT)
-        .and_then(|v| parse_traceparent(v.as_bytes()))
-    {
+    extract_seen(&scan(h))
+}
+
+/// `extract` from a `scan`.
+pub fn extract_seen(s: &Seen<'_>) -> Option<Incoming> {
+    if let Some(c) = s.traceparent.and_then(|v| parse_traceparent(v.as_bytes())) {
         return Some(c);
     }
-    if let Some(c) = h.get(B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+    if let Some(c) = s.b3.and_then(|v| parse_b3_single(v.as_bytes())) {
         return Some(c);
     }
-    parse_b3_multi(h)
+    b3_multi(s)
 }
 
 /// Removes B3 headers: the outgoing context is W3C only, and a stale B3
@@ -208,10 +259,38 @@ pub fn hex(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+thread_local! {
+    /// The id generator's state, per thread (0: not seeded yet).
+    static ID_STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// 64 random bits from a per-thread wyrand generator seeded once from
+/// the OS-seeded `rand` generator. Trace and span ids need to be unique
+/// and unpredictable enough to not collide (W3C Trace Context), not
+/// cryptographic; `rand`'s ChaCha generator cost several times more per
+/// stream and showed in the not-sampled path's instruction count.
+pub(crate) fn random_u64() -> u64 {
+    ID_STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = rand::random::<u64>();
+        }
+        x = x.wrapping_add(0xa076_1d64_78bd_642f);
+        // A state that wraps to 0 is reseeded on the next call.
+        s.set(x);
+        let t = u128::from(x).wrapping_mul(u128::from(x ^ 0xe703_7ed1_a0b4_28db));
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
 /// A random non-zero id.
 pub fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
     loop {
-        let id: [u8; N] = rand::random();
+        for chunk in id.chunks_mut(8) {
+            let r = random_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
         if id.iter().any(|b| *b != 0) {
             return id;
         }
@@ -288,6 +367,39 @@ mod tests {
         assert_eq!(extract(&h).unwrap().sampled, Some(true));
         remove_b3(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn ids_are_non_zero_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let t = random_id::<16>();
+            let s = random_id::<8>();
+            assert!(t.iter().any(|b| *b != 0) && s.iter().any(|b| *b != 0));
+            assert!(seen.insert(t), "a repeated trace id");
+        }
+        // Other threads start from their own seed.
+        let other = std::thread::spawn(random_id::<16>).join().unwrap();
+        assert!(!seen.contains(&other));
+    }
+
+    #[test]
+    fn scan_finds_first_values_as_get_does() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        h.append(TRACEPARENT, HeaderValue::from_static(TP));
+        h.append(TRACEPARENT, HeaderValue::from_static("second"));
+        h.insert("x-envoy-force-trace", HeaderValue::from_static(""));
+        h.insert("x-request-id", HeaderValue::from_static("id"));
+        h.insert("x-b3-flags", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        let s = scan(&h);
+        assert_eq!(s.traceparent, h.get(TRACEPARENT));
+        assert_eq!(s.x_request_id, h.get("x-request-id"));
+        assert_eq!(s.x_b3_flags, h.get(X_B3_FLAGS));
+        assert!(s.x_envoy_force_trace && !s.x_client_trace_id);
+        assert!(s.b3.is_none() && s.x_b3_traceid.is_none());
+        assert_eq!(extract(&h).unwrap().format, Format::W3c);
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! its pool (`crate::callout::grpc_unary`). The task starts with the first
 //! span, on the runtime that produced it, and ends once the tracer is
 //! dropped (a reload) and the queue is empty.
+//!
+//! Cost: the task wakes once per batch, not per span. After a batch's
+//! first span it sleeps `LINGER` (cut short when a batch's worth is
+//! queued, which `submit` signals) and then drains the queue without
+//! waiting, so a stream's `submit` is a queue push with no task wake-up
+//! and no timer.
 
 use super::otlp::{SpanRecord, export_request};
 use crate::cluster::Cluster;
@@ -13,7 +19,7 @@ use bytes::Bytes;
 use metrics::Counter;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Spans waiting for export; past it new spans are dropped.
@@ -31,6 +37,8 @@ pub struct Exporter {
     batch: usize,
     timeout: Duration,
     tx: OnceLock<mpsc::Sender<SpanRecord>>,
+    /// A batch's worth is queued: the task stops lingering.
+    full: Arc<Notify>,
     dropped_full: Counter,
     /// Another transport than OTLP/gRPC (`super::sink`).
     sink: Option<Arc<dyn super::sink::BatchSink>>,
@@ -60,6 +68,7 @@ impl Exporter {
             batch: batch.max(1),
             timeout,
             tx: OnceLock::new(),
+            full: Arc::new(Notify::new()),
             dropped_full,
             sink: None,
         }
@@ -76,6 +85,8 @@ impl Exporter {
         let tx = self.tx.get_or_init(|| self.spawn());
         if tx.try_send(span).is_err() {
             self.dropped_full.increment(1);
+        } else if QUEUE - tx.capacity() >= self.batch {
+            self.full.notify_one();
         }
     }
 
@@ -88,6 +99,7 @@ impl Exporter {
             batch: self.batch,
             timeout: self.timeout,
             sink: self.sink.clone(),
+            full: self.full.clone(),
         };
         // Only called from a stream, which runs on a runtime.
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -104,6 +116,7 @@ struct Task {
     batch: usize,
     timeout: Duration,
     sink: Option<Arc<dyn super::sink::BatchSink>>,
+    full: Arc<Notify>,
 }
 
 impl Task {
@@ -114,12 +127,18 @@ impl Task {
         let mut spans = Vec::with_capacity(self.batch.min(1024));
         while let Some(first) = rx.recv().await {
             spans.push(first);
-            // Let a batch gather for a moment, then take what is queued.
-            let deadline = tokio::time::Instant::now() + LINGER;
+            // Let a batch gather for a moment (no wake-up per span), then
+            // take what is queued.
+            if rx.len() + 1 < self.batch {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = self.full.notified() => {}
+                }
+            }
             while spans.len() < self.batch {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(s)) => spans.push(s),
-                    Ok(None) | Err(_) => break,
+                match rx.try_recv() {
+                    Ok(s) => spans.push(s),
+                    Err(_) => break,
                 }
             }
             let n = spans.len() as u64;

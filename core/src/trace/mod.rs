@@ -37,9 +37,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-const X_CLIENT_TRACE_ID: HeaderName = HeaderName::from_static("x-client-trace-id");
+/// Envoy's header that forces a trace (honoured from internal clients only: `trust`).
 const X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Sampling shares in millionths (Envoy's `Percent` has fractions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,20 +202,6 @@ impl Tracer {
         }))
     }
 
-    /// Envoy's order: `x-envoy-force-trace` forces; an incoming context's
-    /// sampled flag is honoured (parent-based); `x-client-trace-id` is
-    /// traced under `client_sampling`; otherwise `random_sampling` by the
-    /// request id. `overall_sampling` then bounds the client and random
-    /// decisions.
-    fn sample(
-        &self,
-        req: &Request,
-        incoming: Option<&Incoming>,
-        route: Option<&RouteTracing>,
-    ) -> Decision {
-        sample(&self.sampling, req.headers(), incoming, route)
-    }
-
     /// Decides whether the stream is traced and sets the upstream's
     /// context on `req`: the server span's, or (with
     /// `spawn_upstream_span`) each try's client span's, set by
@@ -231,8 +216,9 @@ impl Tracer {
             return;
         }
         trust::drop_untrusted_force(req.headers_mut(), info);
-        let incoming = context::extract(req.headers());
-        let decision = self.sample(req, incoming.as_ref(), route);
+        let seen = context::scan(req.headers());
+        let incoming = context::extract_seen(&seen);
+        let decision = sample_seen(&self.sampling, &seen, incoming.as_ref(), route);
         self.decisions[decision as usize].increment(1);
         let trace_id = incoming.map(|c| c.trace_id).unwrap_or_else(|| {
             let mut id = context::random_id::<16>();
@@ -315,16 +301,16 @@ impl Tracer {
             attrs.push(("rpc.system".into(), Value::Str(system.into())));
             attrs.push(("rpc.service".into(), Value::Str(service.to_string().into())));
             attrs.push(("rpc.method".into(), Value::Str(m.to_string().into())));
-            a.name = format!("{service}/{m}");
+            a.name = concat(&[service, "/", m]);
         } else {
             a.name = match info.route {
-                Some(r) => format!("{method} {r}"),
+                Some(r) => concat(&[method, " ", r]),
                 None => method.to_string(),
             };
         }
         attrs.push((
             "http.request.method".into(),
-            Value::Str(method.to_string().into()),
+            Value::Str(method_str(req.method())),
         ));
         let mut cut = path.len().min(self.max_path_tag_length);
         while !path.is_char_boundary(cut) {
@@ -371,7 +357,7 @@ impl Tracer {
         }
         attrs.push((
             "client.address".into(),
-            Value::Str(info.downstream_remote_address.to_string().into()),
+            Value::Str(ip_string(info.downstream_remote_address).into()),
         ));
         let route_tags = route.map_or(&[][..], |r| &r.tags[..]);
         for t in self.tags.iter().chain(route_tags) {
@@ -420,7 +406,7 @@ impl Tracer {
             attributes.push(("upstream_cluster".into(), Value::Str(at.cluster.into())));
             attributes.push((
                 "server.address".into(),
-                Value::Str(at.endpoint.ip().to_string().into()),
+                Value::Str(ip_string(at.endpoint.ip()).into()),
             ));
             attributes.push((
                 "server.port".into(),
@@ -428,7 +414,7 @@ impl Tracer {
             ));
             attributes.push((
                 "network.peer.address".into(),
-                Value::Str(at.endpoint.to_string().into()),
+                Value::Str(addr_string(at.endpoint).into()),
             ));
             attributes.push(("meshgate.attempt".into(), Value::Int(i64::from(at.number))));
             self.exporter.submit(SpanRecord {
@@ -436,7 +422,7 @@ impl Tracer {
                 span_id: at.span_id,
                 parent_span_id: Some(a.span_id),
                 trace_state: None,
-                name: format!("{} {}", a.name, at.cluster),
+                name: concat(&[&a.name, " ", at.cluster]),
                 kind: Kind::Client,
                 start_unix_nanos: at.start_unix_nanos,
                 end_unix_nanos: at.end_unix_nanos.unwrap_or(end),
@@ -453,7 +439,7 @@ impl Tracer {
             attributes.push(("upstream_cluster".into(), Value::Str(c.into())));
         }
         if let Some(h) = info.upstream_host {
-            attributes.push(("peer.address".into(), Value::Str(h.to_string().into())));
+            attributes.push(("peer.address".into(), Value::Str(addr_string(h).into())));
         }
         if let Some(r) = info.local_reply {
             attributes.push(("meshgate.local_reply".into(), Value::Str(r.into())));
@@ -477,14 +463,29 @@ impl Tracer {
     }
 }
 
-/// The sampling decision of a stream (see `Tracer::sample`).
+/// The sampling decision of a stream, Envoy's order:
+/// `x-envoy-force-trace` forces; an incoming context's sampled flag is
+/// honoured (parent-based); `x-client-trace-id` is traced under
+/// `client_sampling`; otherwise `random_sampling` by the request id.
+/// `overall_sampling` then bounds the client and random decisions.
+#[cfg(test)]
 fn sample(
     sampling: &Sampling,
     h: &http::HeaderMap,
     incoming: Option<&Incoming>,
     route: Option<&RouteTracing>,
 ) -> Decision {
-    if h.contains_key(X_ENVOY_FORCE_TRACE) {
+    sample_seen(sampling, &context::scan(h), incoming, route)
+}
+
+/// `sample` from the headers' `scan`.
+fn sample_seen(
+    sampling: &Sampling,
+    h: &context::Seen<'_>,
+    incoming: Option<&Incoming>,
+    route: Option<&RouteTracing>,
+) -> Decision {
+    if h.x_envoy_force_trace {
         return Decision::Forced;
     }
     if let Some(sampled) = incoming.and_then(|c| c.sampled) {
@@ -499,11 +500,11 @@ fn sample(
     let overall = route.and_then(|r| r.overall).unwrap_or(sampling.overall);
     // The request id makes the draw stable across hops (Envoy's
     // random sampling is by `x-request-id`).
-    let draw = match h.get(X_REQUEST_ID) {
+    let draw = match h.x_request_id {
         Some(id) => (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(ALL)) as u32,
-        None => rand::random::<u32>() % ALL,
+        None => (context::random_u64() % u64::from(ALL)) as u32,
     };
-    let d = if h.contains_key(X_CLIENT_TRACE_ID) && draw < client {
+    let d = if h.x_client_trace_id && draw < client {
         Decision::Client
     } else if draw < random {
         Decision::Random
@@ -616,6 +617,95 @@ pub fn attempt_end(info: &mut StreamInfo, status: u16) {
         last.end_unix_nanos = Some(now_unix_nanos());
         last.status = Some(status);
     }
+}
+
+/// `parts` joined, in one allocation (no formatting machinery).
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// A standard method's name without an allocation.
+fn method_str(m: &http::Method) -> Cow<'static, str> {
+    use http::Method as M;
+    let known = [
+        M::GET,
+        M::POST,
+        M::PUT,
+        M::DELETE,
+        M::HEAD,
+        M::OPTIONS,
+        M::PATCH,
+        M::CONNECT,
+        M::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|k| k == m) {
+        Some(i) => Cow::Borrowed(NAMES[i]),
+        None => Cow::Owned(m.as_str().to_string()),
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        s.push(char::from(*d));
+    }
+}
+
+/// An IP as `Display` writes it, an IPv4 one without the formatting
+/// machinery (span attributes are built per sampled stream).
+fn ip_string(ip: std::net::IpAddr) -> String {
+    let mut s = String::with_capacity(21);
+    push_ip(&mut s, ip);
+    s
+}
+
+fn push_ip(s: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_decimal(s, u32::from(*o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
+    }
+}
+
+/// An address as `Display` writes it (`ip:port`, `[v6]:port`).
+fn addr_string(a: std::net::SocketAddr) -> String {
+    let mut s = String::with_capacity(21);
+    if a.is_ipv6() {
+        s.push('[');
+        push_ip(&mut s, a.ip());
+        s.push(']');
+    } else {
+        push_ip(&mut s, a.ip());
+    }
+    s.push(':');
+    push_decimal(&mut s, u32::from(a.port()));
+    s
 }
 
 fn now_unix_nanos() -> u64 {

@@ -38,11 +38,23 @@ pub struct SpanRecord {
     pub error: bool,
 }
 
-/// Protobuf wire-format writer (varints and length-delimited fields).
-#[derive(Default)]
-struct Writer(Vec<u8>);
+/// Protobuf wire-format writer into one buffer. Each message's length
+/// is computed before it is written (`*_len`), so nested messages are
+/// written in place: no buffer per message and no copy per nesting level.
+struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer {
+/// Bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of a length-delimited field of `len` bytes (field numbers here
+/// are all below 16: a one-byte key).
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+impl Writer<'_> {
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.0.push((v as u8) | 0x80);
@@ -53,13 +65,15 @@ impl Writer {
     fn key(&mut self, field: u32, wire: u8) {
         self.varint(u64::from(field) << 3 | u64::from(wire));
     }
-    fn bytes(&mut self, field: u32, b: &[u8]) {
+    /// The key and length of a length-delimited field; its `len` bytes
+    /// follow.
+    fn open(&mut self, field: u32, len: usize) {
         self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
+        self.varint(len as u64);
     }
-    fn message(&mut self, field: u32, m: Writer) {
-        self.bytes(field, &m.0);
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.open(field, b.len());
+        self.0.extend_from_slice(b);
     }
     fn fixed64(&mut self, field: u32, v: u64) {
         self.key(field, 1);
@@ -71,23 +85,71 @@ impl Writer {
     }
 }
 
-/// `common.v1.KeyValue { key = 1; AnyValue value = 2 }`,
-/// `AnyValue { string_value = 1; int_value = 3 }`.
-fn key_value(key: &str, value: &Value) -> Writer {
-    let mut any = Writer::default();
-    match value {
-        Value::Str(s) => any.bytes(1, s.as_bytes()),
-        Value::Int(i) => any.uint(3, *i as u64),
-    }
-    let mut kv = Writer::default();
-    kv.bytes(1, key.as_bytes());
-    kv.message(2, any);
-    kv
+/// An attribute value as encoded (borrowed).
+#[derive(Clone, Copy)]
+enum Any<'a> {
+    Str(&'a str),
+    Int(i64),
 }
 
+impl<'a> From<&'a Value> for Any<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Str(s) => Any::Str(s),
+            Value::Int(i) => Any::Int(*i),
+        }
+    }
+}
+
+/// `AnyValue { string_value = 1; int_value = 3 }`.
+fn any_len(value: Any<'_>) -> usize {
+    match value {
+        Any::Str(s) => field_len(s.len()),
+        Any::Int(i) => 1 + varint_len(i as u64),
+    }
+}
+
+/// `common.v1.KeyValue { key = 1; AnyValue value = 2 }`.
+fn key_value_len(key: &str, value: Any<'_>) -> usize {
+    field_len(key.len()) + field_len(any_len(value))
+}
+
+fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_>) {
+    w.open(field, key_value_len(key, value));
+    w.bytes(1, key.as_bytes());
+    w.open(2, any_len(value));
+    match value {
+        Any::Str(s) => w.bytes(1, s.as_bytes()),
+        Any::Int(i) => w.uint(3, i as u64),
+    }
+}
+
+/// `Status { code = 3 }` with STATUS_CODE_ERROR = 2.
+const STATUS_ERROR_LEN: usize = 2;
+
 /// `trace.v1.Span`.
-fn span(s: &SpanRecord) -> Writer {
-    let mut w = Writer::default();
+fn span_len(s: &SpanRecord) -> usize {
+    let mut n = field_len(16) + field_len(8);
+    if let Some(ts) = &s.trace_state {
+        n += field_len(ts.len());
+    }
+    if s.parent_span_id.is_some() {
+        n += field_len(8);
+    }
+    n += field_len(s.name.len());
+    n += 1 + varint_len(s.kind as u64);
+    n += 2 * 9;
+    for (k, v) in &s.attributes {
+        n += field_len(key_value_len(k, v.into()));
+    }
+    if s.error {
+        n += field_len(STATUS_ERROR_LEN);
+    }
+    n
+}
+
+fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord) {
+    w.open(field, span_len(s));
     w.bytes(1, &s.trace_id);
     w.bytes(2, &s.span_id);
     if let Some(ts) = &s.trace_state {
@@ -101,50 +163,186 @@ fn span(s: &SpanRecord) -> Writer {
     w.fixed64(7, s.start_unix_nanos);
     w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
     for (k, v) in &s.attributes {
-        w.message(9, key_value(k, v));
+        key_value(w, 9, k, v.into());
     }
     if s.error {
-        // `Status { code = 3 }`, STATUS_CODE_ERROR = 2.
-        let mut st = Writer::default();
-        st.uint(3, 2);
-        w.message(15, st);
+        w.open(15, STATUS_ERROR_LEN);
+        w.uint(3, 2);
     }
-    w
 }
+
+const SCOPE_NAME: &[u8] = b"meshgate";
+const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
 
 /// An `ExportTraceServiceRequest` of one resource (`service.name`) and one
 /// instrumentation scope (`meshgate`).
 pub fn export_request(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
-    let mut resource = Writer::default();
-    resource.message(
-        1,
-        key_value("service.name", &Value::Str(service_name.to_string().into())),
-    );
-    let mut scope = Writer::default();
-    scope.bytes(1, b"meshgate");
-    scope.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
-    let mut scope_spans = Writer::default();
-    scope_spans.message(1, scope);
+    let mut out = Vec::new();
+    export_request_into(&mut out, service_name, spans);
+    out
+}
+
+/// `export_request`, appended to `out` (sized once, written in one pass).
+pub fn export_request_into(out: &mut Vec<u8>, service_name: &str, spans: &[SpanRecord]) {
+    let service = Any::Str(service_name);
+    // Resource { attributes = 1 }
+    let resource_len = field_len(key_value_len("service.name", service));
+    // InstrumentationScope { name = 1; version = 2 }
+    let scope_len = field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len());
+    // ScopeSpans { scope = 1; spans = 2 }
+    let scope_spans_len =
+        field_len(scope_len) + spans.iter().map(|s| field_len(span_len(s))).sum::<usize>();
+    // ResourceSpans { resource = 1; scope_spans = 2 }
+    let rs_len = field_len(resource_len) + field_len(scope_spans_len);
+    out.reserve(field_len(rs_len));
+    let w = &mut Writer(out);
+    w.open(1, rs_len);
+    w.open(1, resource_len);
+    key_value(w, 1, "service.name", service);
+    w.open(2, scope_spans_len);
+    w.open(1, scope_len);
+    w.bytes(1, SCOPE_NAME);
+    w.bytes(2, SCOPE_VERSION);
     for s in spans {
-        scope_spans.message(2, span(s));
+        span(w, 2, s);
     }
-    let mut rs = Writer::default();
-    rs.message(1, resource);
-    rs.message(2, scope_spans);
-    let mut req = Writer::default();
-    req.message(1, rs);
-    req.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The straightforward encoder (a buffer per nested message), kept as
+    /// the reference the one-pass encoder must match byte for byte.
+    mod reference {
+        use super::super::{SpanRecord, Value};
+
+        #[derive(Default)]
+        pub struct W(pub Vec<u8>);
+        impl W {
+            fn varint(&mut self, mut v: u64) {
+                while v >= 0x80 {
+                    self.0.push((v as u8) | 0x80);
+                    v >>= 7;
+                }
+                self.0.push(v as u8);
+            }
+            fn key(&mut self, f: u32, wire: u8) {
+                self.varint(u64::from(f) << 3 | u64::from(wire));
+            }
+            fn bytes(&mut self, f: u32, b: &[u8]) {
+                self.key(f, 2);
+                self.varint(b.len() as u64);
+                self.0.extend_from_slice(b);
+            }
+            fn message(&mut self, f: u32, m: W) {
+                self.bytes(f, &m.0);
+            }
+            fn uint(&mut self, f: u32, v: u64) {
+                self.key(f, 0);
+                self.varint(v);
+            }
+            fn fixed64(&mut self, f: u32, v: u64) {
+                self.key(f, 1);
+                self.0.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        fn kv(k: &str, v: &Value) -> W {
+            let mut any = W::default();
+            match v {
+                Value::Str(s) => any.bytes(1, s.as_bytes()),
+                Value::Int(i) => any.uint(3, *i as u64),
+            }
+            let mut w = W::default();
+            w.bytes(1, k.as_bytes());
+            w.message(2, any);
+            w
+        }
+        fn span(s: &SpanRecord) -> W {
+            let mut w = W::default();
+            w.bytes(1, &s.trace_id);
+            w.bytes(2, &s.span_id);
+            if let Some(ts) = &s.trace_state {
+                w.bytes(3, ts.as_bytes());
+            }
+            if let Some(p) = &s.parent_span_id {
+                w.bytes(4, p);
+            }
+            w.bytes(5, s.name.as_bytes());
+            w.uint(6, s.kind as u64);
+            w.fixed64(7, s.start_unix_nanos);
+            w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
+            for (k, v) in &s.attributes {
+                w.message(9, kv(k, v));
+            }
+            if s.error {
+                let mut st = W::default();
+                st.uint(3, 2);
+                w.message(15, st);
+            }
+            w
+        }
+        pub fn export_request(service: &str, spans: &[SpanRecord]) -> Vec<u8> {
+            let mut resource = W::default();
+            resource.message(
+                1,
+                kv("service.name", &Value::Str(service.to_string().into())),
+            );
+            let mut scope = W::default();
+            scope.bytes(1, b"meshgate");
+            scope.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
+            let mut ss = W::default();
+            ss.message(1, scope);
+            for s in spans {
+                ss.message(2, span(s));
+            }
+            let mut rs = W::default();
+            rs.message(1, resource);
+            rs.message(2, ss);
+            let mut req = W::default();
+            req.message(1, rs);
+            req.0
+        }
+    }
+
+    fn record(i: usize) -> SpanRecord {
+        SpanRecord {
+            trace_id: [i as u8 | 1; 16],
+            span_id: [2; 8],
+            parent_span_id: i.is_multiple_of(2).then_some([3; 8]),
+            trace_state: i.is_multiple_of(3).then(|| "k=v".repeat(i)),
+            name: "n".repeat(i * 7),
+            kind: if i.is_multiple_of(2) {
+                Kind::Server
+            } else {
+                Kind::Client
+            },
+            start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
+            end_unix_nanos: if i == 4 { 0 } else { 1_700_000_000_000_000_999 },
+            attributes: (0..i * 3)
+                .map(|j| {
+                    let v = if j.is_multiple_of(2) {
+                        Value::Int(j as i64 * 1_000_003 - 7)
+                    } else {
+                        Value::Str("v".repeat(j * 11).into())
+                    };
+                    (format!("key.{j}").into(), v)
+                })
+                .collect(),
+            error: !i.is_multiple_of(2),
+        }
+    }
+
     #[test]
     fn varints_and_layout() {
-        let mut w = Writer::default();
-        w.varint(300);
-        assert_eq!(w.0, [0xac, 0x02]);
+        let mut b = Vec::new();
+        Writer(&mut b).varint(300);
+        assert_eq!(b, [0xac, 0x02]);
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut b = Vec::new();
+            Writer(&mut b).varint(v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
         let s = SpanRecord {
             trace_id: [1; 16],
             span_id: [2; 8],
@@ -163,5 +361,21 @@ mod tests {
         let text = String::from_utf8_lossy(&b);
         assert!(text.contains("service.name") && text.contains("svc"));
         assert!(text.contains("http.response.status_code"));
+    }
+
+    #[test]
+    fn one_pass_matches_the_nested_encoder() {
+        // Sizes across varint length boundaries (127/128, 16383/16384).
+        for n in [0, 1, 2, 5, 40, 300] {
+            let spans: Vec<_> = (0..n).map(|i| record(i % 25)).collect();
+            let long = "s".repeat(n * 50);
+            for service in ["svc", long.as_str()] {
+                assert_eq!(
+                    export_request(service, &spans),
+                    reference::export_request(service, &spans),
+                    "{n} spans"
+                );
+            }
+        }
     }
 }

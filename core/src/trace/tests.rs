@@ -131,3 +131,35 @@ fn bad_values_name_the_field() {
     .unwrap_err();
     assert_eq!(e.path, "tracing.custom_tags[0]");
 }
+
+#[test]
+fn addresses_format_as_display_does() {
+    for a in [
+        "0.0.0.0:0",
+        "127.0.0.1:8080",
+        "255.255.255.255:65535",
+        "10.20.3.4:9",
+        "[::1]:443",
+        "[2001:db8::7]:1",
+    ] {
+        let a: std::net::SocketAddr = a.parse().unwrap();
+        assert_eq!(addr_string(a), a.to_string());
+        assert_eq!(ip_string(a.ip()), a.ip().to_string());
+    }
+}
+
+#[test]
+fn method_names() {
+    for m in [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ] {
+        let v = method_str(&http::Method::from_bytes(m.as_bytes()).unwrap());
+        assert!(matches!(v, Cow::Borrowed(_)));
+        assert_eq!(v, m);
+    }
+    assert_eq!(
+        method_str(&http::Method::from_bytes(b"PURGE").unwrap()),
+        "PURGE"
+    );
+    assert_eq!(concat(&["GET", " ", "route"]), "GET route");
+}
