@@ -64,7 +64,8 @@ if [ -n "${apt_pkgs_node:-}" ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nodejs npm
 fi
-[ -d tests/peers/node_modules/sofa-rpc-node ] && [ -d tests/peers/node_modules/dubbo-remoting ] \
+# Every top-level peer package present, or (re)install from the lock file.
+node -e 'const p=require("./tests/peers/package.json");const fs=require("fs");for(const d of Object.keys({...p.dependencies,...p.devDependencies})){if(!fs.existsSync("tests/peers/node_modules/"+d))process.exit(1)}' 2>/dev/null \
   || npm ci --prefix tests/peers --no-audit --no-fund --silent
 
 cargo fmt --all -- --check

@@ -234,9 +234,9 @@ fn prometheus_scrapes_meshgate_and_answers_queries() {
         return;
     }
     let backend = HttpBackend::start("b", Proto::Http1);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    // A reserved port nobody listens on: refused, and no other test's
+    // server can take it (a dropped listener's port could be reused).
+    let dead_addr = std::net::SocketAddr::from(([127, 0, 0, 1], meshgate_tests::free_port()));
     let mg = Meshgate::start(&format!(
         r#"admin:
   address: "{{ADMIN}}"
