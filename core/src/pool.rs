@@ -415,9 +415,10 @@ impl<C: Multiplexed> MuxPool<C> {
         }
         let slot = match dial.cluster.reserve_connection() {
             Some(g) => Some(g),
-            // No connection here whose streams could end: the connect
-            // overflows at once, as at `max_connections` before.
-            None if !self.has_usable() => None,
+            // No connection here whose streams could end, and none being
+            // dialled (its holder keeps `connecting`): the connect overflows
+            // at once, as at `max_connections` before.
+            None if !self.has_usable() && self.connecting.try_lock().is_ok() => None,
             None => {
                 let _waiter = FreedWaiter::new(&self.freed);
                 let got = dial
