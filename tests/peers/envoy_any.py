@@ -31,6 +31,8 @@ for mod in (
     "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
     "envoy.config.trace.v3.opentelemetry_pb2",
     "envoy.config.trace.v3.zipkin_pb2",
+    "envoy.extensions.filters.network.dubbo_proxy.v3.dubbo_proxy_pb2",
+    "envoy.extensions.filters.network.dubbo_proxy.router.v3.router_pb2",
 ):
     importlib.import_module(mod)
 

@@ -414,10 +414,24 @@ impl State {
             })?;
             kept.insert(c.clone(), Arc::new(stand_in));
         }
+        // Clusters that RPC listeners (dubbo_proxy) route to speak that
+        // RPC protocol, unless the cluster says otherwise.
+        let rpc: BTreeMap<String, &'static str> = listeners
+            .iter()
+            .flat_map(|l| translate::rpc_clusters_of(l))
+            .collect();
         let mut cluster_configs: Vec<Arc<ClusterConfig>> = clusters
             .by_name
             .values()
             .filter_map(|c| c.serve.clone())
+            .map(|c| match rpc.get(&c.name) {
+                Some(codec) if c.protocol.is_none() => {
+                    let mut c = (*c).clone();
+                    c.protocol = Some((*codec).to_string());
+                    Arc::new(c)
+                }
+                _ => c,
+            })
             .collect();
         if !kept.is_empty() {
             cluster_configs.extend(kept.into_values());

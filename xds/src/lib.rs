@@ -11,6 +11,7 @@ pub mod client;
 mod compressor;
 mod cors_field;
 mod decompressor;
+mod dubbo_proxy;
 pub mod error;
 mod ext_authz;
 mod fault;

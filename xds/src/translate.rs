@@ -775,6 +775,15 @@ fn network_filter(
                 config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
+        crate::dubbo_proxy::TYPE => {
+            let d =
+                decode(&any, crate::dubbo_proxy::TYPE).map_err(|e| (tp.clone(), e.to_string()))?;
+            let config = crate::dubbo_proxy::proxy(d, &tp)?;
+            Ok(FilterConfig {
+                name: "proxy".into(),
+                config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
+            })
+        }
         crate::rbac::NETWORK_RBAC => Ok(FilterConfig {
             name: "rbac".into(),
             config: crate::rbac::network_filter(&any, &tp)?,
@@ -786,7 +795,7 @@ fn network_filter(
         other => err(
             tp,
             format!(
-                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, RBAC, LocalRateLimit)"
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, RBAC, LocalRateLimit)"
             ),
         ),
     }
@@ -1400,7 +1409,7 @@ pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatc
     Ok(out)
 }
 
-fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig> {
+pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteActionConfig> {
     use rds::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let mut out = rc::RouteActionConfig::default();
     match a.cluster_specifier.take() {
@@ -1663,6 +1672,27 @@ pub fn clusters_of(l: &ListenerConfig) -> BTreeSet<String> {
     for fc in &l.filter_chains {
         for f in &fc.filters {
             collect_clusters(&f.config, &mut out, true);
+        }
+    }
+    out
+}
+
+/// The clusters a listener's RPC `proxy` filters (codec `dubbo`, as
+/// `dubbo_proxy` translates to) route to, with that codec: an xDS cluster
+/// says nothing of its protocol (Envoy's Dubbo router simply writes Dubbo
+/// frames to it), so the listener that uses it does.
+pub fn rpc_clusters_of(l: &ListenerConfig) -> BTreeMap<String, &'static str> {
+    let mut out = BTreeMap::new();
+    for fc in &l.filter_chains {
+        for f in fc.filters.iter().filter(|f| f.name == "proxy") {
+            let codec = match f.config.get("codec").and_then(Value::as_str) {
+                Some("dubbo") => "dubbo",
+                Some("bolt") => "bolt",
+                _ => continue,
+            };
+            let mut names = BTreeSet::new();
+            collect_clusters(&f.config, &mut names, true);
+            out.extend(names.into_iter().map(|n| (n, codec)));
         }
     }
     out
