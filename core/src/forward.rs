@@ -961,7 +961,12 @@ fn start(
     }
     crate::trace::attempt_begin(info, &mut req, endpoint.address);
     if let Some(tries) = &mut info.upstream_tries {
-        try_begin(tries, info.upstream_cluster, endpoint.address, info.upstream_attempts);
+        try_begin(
+            tries,
+            info.upstream_cluster,
+            endpoint.address,
+            info.upstream_attempts,
+        );
     }
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();

@@ -719,8 +719,7 @@ async fn handle_connection(
     let mut hello = None;
     let (mut peer, mut local, mut read, mut proxied) = (peer, local, BytesMut::new(), None);
     if let Some(pp) = &listener.proxy_protocol {
-        match crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local)
-            .await
+        match crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local).await
         {
             Ok((rest, info)) => (read, proxied) = (rest, Some(info)),
             Err(reason) => {
@@ -771,7 +770,14 @@ async fn handle_connection(
         listener.stats.no_filter_chain_match.increment(1);
         tracing::debug!(listener = %listener.name, %peer, sni = ?hello.server_name, "no filter chain matched; closing");
         let why = crate::listener_log::ListenerClose::NoFilterChainMatch;
-        log_closed(&listener, id, (peer, local), hello.server_name, accepted, why);
+        log_closed(
+            &listener,
+            id,
+            (peer, local),
+            hello.server_name,
+            accepted,
+            why,
+        );
         return;
     };
     let mut info = ConnectionInfo {

@@ -65,8 +65,10 @@ pub(crate) fn mirror_policies(
 
 /// The router filter's typed config (`path` is its `typed_config`).
 pub(crate) fn router_config(mut r: router::Router, path: &str) -> R<RouterFilterConfig> {
-    let upstream_log =
-        crate::access_log::access_logs(std::mem::take(&mut r.upstream_log), &join(path, "upstream_log"))?;
+    let upstream_log = crate::access_log::access_logs(
+        std::mem::take(&mut r.upstream_log),
+        &join(path, "upstream_log"),
+    )?;
     let upstream_log_options = match r.upstream_log_options.take() {
         None => None,
         Some(mut o) => {

@@ -635,10 +635,11 @@ fn listener_inner(
         2 => Some(TrafficDirection::Outbound),
         v => return err("traffic_direction", format!("unknown value {v}")),
     };
-    let access_log = crate::access_log::access_logs(std::mem::take(&mut l.access_log), "access_log")?
-        .into_iter()
-        .map(meshgate_core::listener_log::ListenerAccessLog)
-        .collect();
+    let access_log =
+        crate::access_log::access_logs(std::mem::take(&mut l.access_log), "access_log")?
+            .into_iter()
+            .map(meshgate_core::listener_log::ListenerAccessLog)
+            .collect();
     rest(&l, "")?;
     let config = ListenerConfig {
         name,
