@@ -115,6 +115,8 @@ pub struct StreamInfo {
     pub trace: crate::trace::StreamTrace,
     /// The upstream tries as the router's `upstream_log` sees them; `None`
     /// (nothing recorded) unless the `proxy` filter has an upstream log.
+    /// Boxed: one pointer in every stream's info, not a `Vec`'s three.
+    #[allow(clippy::box_collection)]
     pub upstream_tries: Option<Box<Vec<UpstreamTry>>>,
 }
 
