@@ -85,9 +85,27 @@ pub struct BoundListener {
     pub quic: bool,
     /// The bound socket addresses, e.g. `127.0.0.1:41234`.
     pub bound: Vec<String>,
-    /// An `INBOUND` listener's accept stop (`/drain_listeners?inboundonly`).
+    /// An `INBOUND` listener's levers (`/drain_listeners?inboundonly`).
     #[serde(skip)]
-    pub inbound_stop: Option<tokio_util::sync::CancellationToken>,
+    pub inbound: Option<InboundDrain>,
+}
+
+/// What `/drain_listeners?inboundonly` pulls on one `INBOUND` listener:
+/// its accept stop, and (`&graceful`) its open connections' retire
+/// signal, the per-listener counterpart of the server-wide drain signal
+/// (the same notice: HTTP/1.1 `connection: close`, HTTP/2 GOAWAY).
+#[derive(Clone)]
+pub struct InboundDrain {
+    pub stop: tokio_util::sync::CancellationToken,
+    pub listener: Arc<crate::listener::RunningListener>,
+}
+
+impl std::fmt::Debug for InboundDrain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundDrain")
+            .field("stopped", &self.stop.is_cancelled())
+            .finish()
+    }
 }
 
 /// Serves admin requests until `stop` is cancelled.
@@ -520,22 +538,16 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/drain_listeners" => {
             if has("inboundonly") {
-                if has("graceful") {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "inboundonly with graceful is not supported: the drain signal is server-wide\n".into(),
-                    );
-                }
                 let all = state.listeners.load();
-                let mut n = 0;
-                for l in all.iter() {
-                    if let Some(stop) = &l.inbound_stop {
-                        stop.cancel();
-                        n += 1;
-                    }
-                }
-                tracing::info!(listeners = n, "admin /drain_listeners?inboundonly");
+                let inbound: Vec<InboundDrain> =
+                    all.iter().filter_map(|l| l.inbound.clone()).collect();
+                let graceful = has("graceful");
+                tracing::info!(
+                    listeners = inbound.len(),
+                    graceful,
+                    "admin /drain_listeners?inboundonly"
+                );
+                drain_inbound(inbound, graceful, state.control.drain_time);
                 return text(StatusCode::OK, "text/plain", "OK\n");
             }
             drain_listeners(&state.control, has("graceful"));
@@ -595,6 +607,29 @@ fn drain_listeners(c: &Control, graceful: bool) {
     } else {
         c.accept_stop.cancel();
     }
+}
+
+/// `/drain_listeners?inboundonly`: the `INBOUND` listeners stop
+/// accepting, at once or (`graceful`) after their open connections were
+/// told to close when idle (their retire signal; connections accepted
+/// meanwhile get the raised one too) and the drain time passed. Outbound
+/// listeners and their connections are untouched.
+fn drain_inbound(inbound: Vec<InboundDrain>, graceful: bool, wait: Duration) {
+    if !graceful {
+        for l in &inbound {
+            l.stop.cancel();
+        }
+        return;
+    }
+    for l in &inbound {
+        l.listener.retire_all();
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        for l in &inbound {
+            l.stop.cancel();
+        }
+    });
 }
 
 #[cfg(test)]

@@ -277,9 +277,8 @@ pub fn forward<'a>(
                     timed.await
                 };
                 match result {
-                    Some(r) => last_try(
-                        info,
-                        settle(
+                    Some(r) => {
+                        let a = settle(
                             cluster,
                             (guard, slot),
                             r,
@@ -287,8 +286,12 @@ pub fn forward<'a>(
                             &mut Vec::new(),
                             false,
                             &after,
-                        ),
-                    ),
+                        );
+                        if let Some(tries) = &mut info.upstream_tries {
+                            try_end(tries, &a);
+                        }
+                        last_try(info, a)
+                    }
                     None => {
                         guard.endpoint().report(crate::pool::Outcome::Timeout);
                         local_reply(info, LocalReason::UpstreamTimeout)
@@ -393,6 +396,52 @@ fn attempt_status(a: &Attempt) -> u16 {
     }
 }
 
+/// The router's `upstream_log`: a try starts (a try left open, e.g. a
+/// hedged one, ends where the next begins).
+fn try_begin(
+    tries: &mut Vec<crate::stream::UpstreamTry>,
+    cluster: Option<&'static str>,
+    host: SocketAddr,
+    number: u32,
+) {
+    let now = std::time::Instant::now();
+    if let Some(last) = tries.last_mut()
+        && last.end.is_none()
+    {
+        last.end = Some(now);
+    }
+    // Bounded by the retry policy's tries; a hostile config cannot make
+    // it grow past `MAX_LOGGED_TRIES` either.
+    if tries.len() < MAX_LOGGED_TRIES {
+        tries.push(crate::stream::UpstreamTry {
+            cluster,
+            host,
+            number,
+            start: now,
+            end: None,
+            status: None,
+            failure: None,
+        });
+    }
+}
+
+/// Upstream tries kept for the `upstream_log` of one stream.
+const MAX_LOGGED_TRIES: usize = 64;
+
+/// The router's `upstream_log`: the last try ended with `a`.
+fn try_end(tries: &mut [crate::stream::UpstreamTry], a: &Attempt) {
+    if let Some(last) = tries.last_mut()
+        && last.end.is_none()
+    {
+        last.end = Some(std::time::Instant::now());
+        last.status = Some(attempt_status(a));
+        last.failure = match a {
+            Attempt::Done(_) | Attempt::Retry(_, Some(_)) => None,
+            Attempt::Retry(reason, None) | Attempt::Fail(reason) => Some(reason.label()),
+        };
+    }
+}
+
 /// Whether a failure is retried; `refused` when the upstream refused the
 /// stream (it never processed the request).
 fn retriable(policy: &ForwardPolicy, reason: LocalReason, refused: bool) -> bool {
@@ -459,6 +508,9 @@ async fn retrying(
                 Ok(s) => try_once(cluster, s, policy, &mut Vec::new(), false, after).await,
                 Err(reason) => Attempt::Fail(reason),
             };
+            if let Some(tries) = &mut info.upstream_tries {
+                try_end(tries, &attempt);
+            }
             return last_try(info, attempt);
         }
     };
@@ -558,6 +610,9 @@ async fn retrying(
             Err(reason) => Attempt::Fail(reason),
         };
         crate::trace::attempt_end(info, attempt_status(&attempt));
+        if let Some(tries) = &mut info.upstream_tries {
+            try_end(tries, &attempt);
+        }
         _retry_slot = None;
         match attempt {
             Attempt::Done(r) => {
@@ -905,6 +960,14 @@ fn start(
         );
     }
     crate::trace::attempt_begin(info, &mut req, endpoint.address);
+    if let Some(tries) = &mut info.upstream_tries {
+        try_begin(
+            tries,
+            info.upstream_cluster,
+            endpoint.address,
+            info.upstream_attempts,
+        );
+    }
     let guard = endpoint.begin_request();
     let endpoint = guard.endpoint();
     let (send, watched) = match deadline {

@@ -20,6 +20,7 @@ pub mod forward;
 pub mod intern;
 pub mod lb;
 pub mod listener;
+pub mod listener_log;
 pub mod metrics;
 pub mod network;
 pub mod original_dst;

@@ -79,6 +79,8 @@ pub struct CompiledListener {
     pub sidecar: Option<Box<crate::original_dst::ListenerSidecar>>,
     /// Served as a UDP proxy instead of TCP (`crate::udp`).
     pub udp: Option<Arc<crate::udp::UdpProxy>>,
+    /// Envoy's `Listener.access_log` (`crate::listener_log`), when set.
+    pub access_log: Option<Arc<dyn crate::listener_log::ListenerLog>>,
 }
 
 impl CompiledListener {
@@ -168,6 +170,16 @@ impl CompiledListener {
             }
         };
         let sidecar = crate::original_dst::ListenerSidecar::build(cfg, &path, source)?;
+        let access_log = if cfg.access_log.is_empty() {
+            None
+        } else {
+            let lp = format!("{path}.access_log");
+            let Some(f) = registry.listener_log() else {
+                return Err(source.error(lp, "no listener access log factory is registered"));
+            };
+            let logs: Vec<_> = cfg.access_log.iter().map(|l| l.0.clone()).collect();
+            Some(f.build(&logs).map_err(|e| source.build_error(&lp, e))?)
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
             address,
@@ -190,6 +202,7 @@ impl CompiledListener {
             clusters: resolved,
             sidecar,
             udp,
+            access_log,
         })
     }
 
@@ -682,6 +695,7 @@ async fn handle_connection(
     retire: Signal,
     id: u64,
 ) {
+    let accepted = std::time::Instant::now();
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's
     // local address: no getsockname(2) per connection.
@@ -705,12 +719,15 @@ async fn handle_connection(
     let mut hello = None;
     let (mut peer, mut local, mut read, mut proxied) = (peer, local, BytesMut::new(), None);
     if let Some(pp) = &listener.proxy_protocol {
-        let Some((rest, info)) =
-            crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local).await
-        else {
-            return;
-        };
-        (read, proxied) = (rest, Some(info));
+        match crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local).await
+        {
+            Ok((rest, info)) => (read, proxied) = (rest, Some(info)),
+            Err(reason) => {
+                let why = crate::listener_log::ListenerClose::ProxyProtocol(reason);
+                log_closed(&listener, id, (peer, local), None, accepted, why);
+                return;
+            }
+        }
     }
     if !listener.inspects_sni {
         preface = read.freeze();
@@ -727,11 +744,15 @@ async fn handle_connection(
             }
             Ok(Err(e)) => {
                 tracing::debug!(listener = %listener.name, %peer, error = %e, "connection closed during ClientHello inspection");
+                let why = crate::listener_log::ListenerClose::TlsInspectorError;
+                log_closed(&listener, id, (peer, local), None, accepted, why);
                 return;
             }
             Err(_) => {
                 tracing::debug!(listener = %listener.name, %peer, "ClientHello inspection timed out");
                 metrics::counter!(crate::metrics::names::LISTENER_INSPECT_TIMEOUT_TOTAL, "listener" => listener.name.to_string()).increment(1);
+                let why = crate::listener_log::ListenerClose::ListenerFilterTimeout;
+                log_closed(&listener, id, (peer, local), None, accepted, why);
                 return;
             }
         }
@@ -748,6 +769,15 @@ async fn handle_connection(
     ) else {
         listener.stats.no_filter_chain_match.increment(1);
         tracing::debug!(listener = %listener.name, %peer, sni = ?hello.server_name, "no filter chain matched; closing");
+        let why = crate::listener_log::ListenerClose::NoFilterChainMatch;
+        log_closed(
+            &listener,
+            id,
+            (peer, local),
+            hello.server_name,
+            accepted,
+            why,
+        );
         return;
     };
     let mut info = ConnectionInfo {
@@ -780,6 +810,35 @@ async fn handle_connection(
         return;
     };
     chain.terminal.clone().serve(conn).await;
+}
+
+/// Writes the listener's `access_log` entry of a connection it closes
+/// before any network filter had it (nothing when none is configured).
+fn log_closed(
+    listener: &CompiledListener,
+    id: u64,
+    (peer, local): (SocketAddr, SocketAddr),
+    server_name: Option<String>,
+    accepted: std::time::Instant,
+    why: crate::listener_log::ListenerClose,
+) {
+    let Some(log) = &listener.access_log else {
+        return;
+    };
+    let conn = ConnectionInfo {
+        id,
+        listener: listener.name.clone(),
+        peer_addr: peer,
+        local_addr: local,
+        server_name,
+        filter_chain: None,
+        tls: None,
+        retire: Signal::new(),
+        proxy_protocol: None,
+    };
+    let mut info = crate::stream::StreamInfo::new(Arc::new(conn), "tcp");
+    info.start = accepted;
+    log.log(&info, why);
 }
 
 /// The TLS handshake of a chain that terminates TLS, bounded by its
@@ -879,6 +938,7 @@ mod tests {
             clusters: ClusterRefs::new(),
             sidecar: None,
             udp: None,
+            access_log: None,
         }
     }
 

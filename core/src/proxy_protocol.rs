@@ -486,15 +486,15 @@ fn sanitize(v: &[u8]) -> String {
 /// Runs the listener filter on an accepted connection, bounded by the
 /// listener's `listener_filters_timeout`: on success the header's
 /// addresses replace `peer` and `local`, and the bytes read past the header
-/// are returned with what was learned. `None`: the connection is refused
-/// (counted by reason) and must be closed.
+/// are returned with what was learned. `Err(reason)`: the connection is
+/// refused (counted by reason) and must be closed.
 pub(crate) async fn accept(
     listener: &crate::listener::CompiledListener,
     filter: &ProxyProtocolFilter,
     stream: &mut tokio::net::TcpStream,
     peer: &mut SocketAddr,
     local: &mut SocketAddr,
-) -> Option<(BytesMut, Arc<ProxyInfo>)> {
+) -> Result<(BytesMut, Arc<ProxyInfo>), &'static str> {
     use crate::metrics::names;
     let read = filter.read(stream, *peer, *local);
     let reason = match tokio::time::timeout(listener.inspect_timeout, read).await {
@@ -511,14 +511,14 @@ pub(crate) async fn accept(
                 *peer = src;
                 *local = dst;
             }
-            return Some((a.preface, Arc::new(a.info)));
+            return Ok((a.preface, Arc::new(a.info)));
         }
         Ok(Err(reason)) => reason,
         Err(_) => "timeout",
     };
     tracing::debug!(listener = %listener.name, %peer, reason, "PROXY protocol header refused; closing");
     metrics::counter!(names::LISTENER_PROXY_PROTOCOL_ERROR_TOTAL, "listener" => listener.name.to_string(), "reason" => reason).increment(1);
-    None
+    Err(reason)
 }
 
 /// A new stream's filter state: the metadata the connection's PROXY header

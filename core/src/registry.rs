@@ -29,6 +29,8 @@ pub struct Registry {
     /// In detection order (see `register_codec`).
     codecs: Vec<Arc<dyn CodecFactory>>,
     stream_filters: BTreeMap<String, Arc<dyn StreamFilterFactory>>,
+    /// Builds listeners' own access logs (`crate::listener_log`).
+    listener_log: Option<Arc<dyn crate::listener_log::ListenerLogFactory>>,
 }
 
 /// Inserts `f` under `name` unless the name is taken.
@@ -64,12 +66,33 @@ impl Registry {
             load_balancers: BTreeMap::new(),
             codecs: Vec::new(),
             stream_filters: BTreeMap::new(),
+            listener_log: None,
         };
         for f in builtin_factories() {
             let name = f.name();
             r.load_balancers.entry(name.to_string()).or_insert(f);
         }
         r
+    }
+
+    /// Sets what builds listeners' `access_log` (one per registry).
+    pub fn register_listener_log(
+        &mut self,
+        f: Arc<dyn crate::listener_log::ListenerLogFactory>,
+    ) -> Result<(), DuplicateName> {
+        if self.listener_log.is_some() {
+            return Err(DuplicateName {
+                kind: "listener access log factory",
+                name: "listener_log".into(),
+            });
+        }
+        self.listener_log = Some(f);
+        Ok(())
+    }
+
+    /// What builds listeners' `access_log`, if registered.
+    pub fn listener_log(&self) -> Option<&Arc<dyn crate::listener_log::ListenerLogFactory>> {
+        self.listener_log.as_ref()
     }
 
     /// Adds a network filter factory under its name.

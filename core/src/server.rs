@@ -498,7 +498,10 @@ impl Live {
                     address: c.address.to_string(),
                     quic: c.quic.is_some(),
                     bound: vec![ll.bound.to_string()],
-                    inbound_stop: c.inbound.then(|| ll.stop.clone()),
+                    inbound: c.inbound.then(|| admin::InboundDrain {
+                        stop: ll.stop.clone(),
+                        listener: ll.running.clone(),
+                    }),
                 }
             })
             .collect();

@@ -113,6 +113,30 @@ pub struct StreamInfo {
     /// Distributed tracing state (`crate::trace`); `Undecided` unless the
     /// `proxy` filter has `tracing`.
     pub trace: crate::trace::StreamTrace,
+    /// The upstream tries as the router's `upstream_log` sees them; `None`
+    /// (nothing recorded) unless the `proxy` filter has an upstream log.
+    /// Boxed: one pointer in every stream's info, not a `Vec`'s three.
+    #[allow(clippy::box_collection)]
+    pub upstream_tries: Option<Box<Vec<UpstreamTry>>>,
+}
+
+/// One upstream try (the router's `upstream_log`): which endpoint, when,
+/// and how it ended.
+#[derive(Debug, Clone)]
+pub struct UpstreamTry {
+    pub cluster: Option<&'static str>,
+    pub host: std::net::SocketAddr,
+    /// 1 for the first try, 2 for the first retry...
+    pub number: u32,
+    pub start: Instant,
+    /// When its response head came or it failed (`None`: still open).
+    pub end: Option<Instant>,
+    /// The try's status: the upstream's, or the local reply's for a
+    /// failure (`None`: still open).
+    pub status: Option<u16>,
+    /// Why the try failed, when it did (`upstream_connect_failure`,
+    /// `upstream_reset`, `upstream_timeout`, ...).
+    pub failure: Option<&'static str>,
 }
 
 impl StreamInfo {
@@ -135,6 +159,7 @@ impl StreamInfo {
             upstream_attempts: 0,
             suppress_envoy_headers: false,
             trace: crate::trace::StreamTrace::Undecided,
+            upstream_tries: None,
         }
     }
 }

@@ -36,6 +36,7 @@ use std::sync::Arc;
 pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     // Network filters.
     registry.register_network_filter(Arc::new(echo::EchoFactory))?;
+    registry.register_listener_log(Arc::new(access_log::ListenerLogs))?;
     registry.register_network_filter(Arc::new(tcp_proxy::TcpProxyFactory))?;
     registry.register_network_filter(Arc::new(proxy::ProxyFactory))?;
     registry.register_network_filter(Arc::new(rbac::network::RbacNetworkFactory))?;

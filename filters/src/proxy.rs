@@ -127,6 +127,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 disabled: f.disabled,
             });
         }
+        let upstream_log = build_upstream_log(&cfg.stream_filters, &router)?;
         let chain = crate::chain::build(filters, &table)?;
         let listener = ctx.listener.to_string();
         let edge = crate::edge::Edge::build(
@@ -193,6 +194,7 @@ impl NetworkFilterFactory for ProxyFactory {
                     None => None,
                     Some(t) => Some(meshgate_core::trace::Tracer::build(t, ctx, &listener)?),
                 },
+                upstream_log,
             }),
         });
         // A listener whose connections carry streams (QUIC) needs a codec
@@ -486,6 +488,48 @@ struct ProxyHandler {
     local_replies: Option<crate::local_reply::LocalReplies>,
     /// `tracing`, when set (meshgate_core::trace).
     tracing: Option<Arc<meshgate_core::trace::Tracer>>,
+    /// The router's `upstream_log`, when set: one entry per upstream try.
+    upstream_log: Option<crate::access_log::AccessLogs>,
+}
+
+/// The router's `upstream_log` (Envoy's field names in errors, under the
+/// router's `stream_filters` entry). The flush options are refused by
+/// name: a try's entry is written when it ends, never before nor
+/// periodically.
+fn build_upstream_log(
+    filters: &[meshgate_core::config::filters::StreamFilterConfig],
+    router: &meshgate_core::config::router::RouterFilterConfig,
+) -> Result<Option<crate::access_log::AccessLogs>, BuildError> {
+    let i = filters
+        .iter()
+        .position(|f| f.name == crate::chain::ENVOY_ROUTER)
+        .unwrap_or(0);
+    let p = format!("stream_filters[{i}].config");
+    if let Some(o) = &router.upstream_log_options {
+        if o.flush_upstream_log_on_upstream_stream {
+            return Err(BuildError::new(
+                format!("{p}.upstream_log_options.flush_upstream_log_on_upstream_stream"),
+                "not supported: a try's upstream log entry is written when the try ends",
+            ));
+        }
+        if o.upstream_log_flush_interval.is_some() {
+            return Err(BuildError::new(
+                format!("{p}.upstream_log_options.upstream_log_flush_interval"),
+                "not supported: a try's upstream log entry is written once, when the try ends",
+            ));
+        }
+    }
+    if router.upstream_log.is_empty() {
+        return Ok(None);
+    }
+    crate::access_log::AccessLogs::build_list(&router.upstream_log)
+        .map(Some)
+        .map_err(|e| {
+            BuildError::new(
+                meshgate_core::error::join_path(&format!("{p}.upstream_log"), &e.path),
+                e.message,
+            )
+        })
 }
 
 /// The `StreamHandler` the codecs call, one per connection: the shared
@@ -958,6 +1002,12 @@ impl ProxyHandler {
                     route.apply_response_mutations(vhost, &mut resp);
                     return resp;
                 }
+                // The router's `upstream_log` records the tries, and shows
+                // the request as it went upstream.
+                let up_head = self.upstream_log.as_ref().map(|_| {
+                    info.upstream_tries = Some(Box::default());
+                    crate::access_log::UpstreamHead::of(req)
+                });
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let exchange = {
@@ -975,6 +1025,9 @@ impl ProxyHandler {
                         Err(refusal) => return refusal.reply(info),
                     },
                 };
+                if let (Some(log), Some(up)) = (&self.upstream_log, &up_head) {
+                    log.log_tries(info, up, &resp);
+                }
                 if let Some(f) = c.fallback() {
                     let policy = c.forward_policy();
                     resp = Box::pin(crate::fallback::after(

@@ -201,7 +201,7 @@ pub(crate) fn http_filters(
                 let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
                     decode(a, ROUTER).map_err(|e| (fp.clone(), e.to_string()))?;
                 let cfg = crate::mirror::router_config(r, &tp)?;
-                if cfg != Default::default() {
+                if !cfg.is_default() {
                     out.push(fc::StreamFilterConfig {
                         name: ROUTER_NAME.into(),
                         config: serde_json::to_value(cfg)

@@ -4,7 +4,8 @@
 //! not implement are refused by name (`rest`): a mirror's `cluster_header`,
 //! `request_headers_mutations`, `host_rewrite_literal`, `trace_sampled:
 //! true` (refused by the core build); the router's options other than
-//! `suppress_envoy_headers`.
+//! `suppress_envoy_headers`, `upstream_log` and `upstream_log_options`
+//! (whose flush options the `proxy` filter refuses by name).
 
 use crate::translate::{R, err, join, rest};
 use envoy_types::pb::envoy::config::route::v3 as rds;
@@ -64,8 +65,33 @@ pub(crate) fn mirror_policies(
 
 /// The router filter's typed config (`path` is its `typed_config`).
 pub(crate) fn router_config(mut r: router::Router, path: &str) -> R<RouterFilterConfig> {
+    let upstream_log = crate::access_log::access_logs(
+        std::mem::take(&mut r.upstream_log),
+        &join(path, "upstream_log"),
+    )?;
+    let upstream_log_options = match r.upstream_log_options.take() {
+        None => None,
+        Some(mut o) => {
+            let op = join(path, "upstream_log_options");
+            let interval = match o.upstream_log_flush_interval.take() {
+                None => None,
+                Some(d) => Some(crate::translate::duration(
+                    &d,
+                    &join(&op, "upstream_log_flush_interval"),
+                )?),
+            };
+            let flush = std::mem::take(&mut o.flush_upstream_log_on_upstream_stream);
+            rest(&o, &op)?;
+            Some(meshgate_core::config::router::UpstreamLogOptions {
+                flush_upstream_log_on_upstream_stream: flush,
+                upstream_log_flush_interval: interval,
+            })
+        }
+    };
     let cfg = RouterFilterConfig {
         suppress_envoy_headers: std::mem::take(&mut r.suppress_envoy_headers),
+        upstream_log,
+        upstream_log_options,
     };
     rest(&r, path)?;
     Ok(cfg)

@@ -635,6 +635,11 @@ fn listener_inner(
         2 => Some(TrafficDirection::Outbound),
         v => return err("traffic_direction", format!("unknown value {v}")),
     };
+    let access_log =
+        crate::access_log::access_logs(std::mem::take(&mut l.access_log), "access_log")?
+            .into_iter()
+            .map(meshgate_core::listener_log::ListenerAccessLog)
+            .collect();
     rest(&l, "")?;
     let config = ListenerConfig {
         name,
@@ -652,6 +657,7 @@ fn listener_inner(
         transparent: sidecar.transparent,
         freebind: sidecar.freebind,
         traffic_direction,
+        access_log,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);

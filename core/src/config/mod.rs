@@ -296,6 +296,10 @@ pub struct ListenerConfig {
     /// `/drain_listeners?inboundonly` stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_direction: Option<traffic_direction::TrafficDirection>,
+    /// Envoy's `Listener.access_log`: entries for connections the listener
+    /// closes before any network filter has them (`crate::listener_log`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<crate::listener_log::ListenerAccessLog>,
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).

@@ -10,8 +10,9 @@
 //! sent, or the downstream gone: flag `DC`), so `%BYTES_SENT%`,
 //! `%DURATION%` and `%TRAILER(X)%` are known; the line is formatted there
 //! and handed to the sink's writer thread (never waiting on the file). A
-//! `tcp_proxy` connection is logged when it closes. Nothing here runs when
-//! no access log is configured.
+//! `tcp_proxy` connection is logged when it closes. The router's
+//! `upstream_log` uses the same loggers, one entry per upstream try
+//! (`log_tries`). Nothing here runs when no access log is configured.
 
 mod writer;
 
@@ -143,6 +144,50 @@ impl AccessLogs {
         Response::from_parts(parts, body)
     }
 
+    /// The router's `upstream_log`: one entry per upstream try of `info`,
+    /// written when the stream's response head is known (`resp`: the
+    /// last try's response, or the local reply that replaced it). Each
+    /// entry's upstream operators, `%RESPONSE_CODE%`, `%DURATION%` (from
+    /// the try's start to its end), `%RESPONSE_FLAGS%` are the try's; the
+    /// request operators are the stream's.
+    pub(crate) fn log_tries(&self, info: &StreamInfo, up: &UpstreamHead, resp: &Response) {
+        let Some(tries) = &info.upstream_tries else {
+            return;
+        };
+        let n = tries.len();
+        for (i, t) in tries.iter().enumerate() {
+            let last = i + 1 == n;
+            // A try still open (e.g. cut by the route timeout) ends here,
+            // with the stream's outcome.
+            let mut t = t.clone();
+            if t.end.is_none() {
+                t.end = Some(Instant::now());
+                t.status = Some(resp.status().as_u16());
+                t.failure = info.local_reply;
+            }
+            let status = t.status.unwrap_or(0);
+            let via_upstream = t.failure.is_none();
+            let mut ctx = Ctx::new(info);
+            ctx.head = &up.head;
+            ctx.req = &up.req;
+            ctx.version = up.version;
+            if last && via_upstream {
+                ctx.resp = resp.headers();
+            }
+            ctx.status = Some(status);
+            ctx.details = Some(t.failure.unwrap_or("via_upstream"));
+            ctx.flags = Flags::of_try(&t);
+            let took = t.end.map(|e| e.saturating_duration_since(t.start));
+            ctx.timing = Timing {
+                request_done: None,
+                response_head: took,
+                done: took,
+            };
+            ctx.attempt = Some(&t);
+            self.log(&ctx);
+        }
+    }
+
     /// Logs a `tcp_proxy` connection that closed.
     pub(crate) fn log_connection(&self, info: &StreamInfo, received: u64, sent: u64) {
         let mut ctx = Ctx::new(info);
@@ -150,6 +195,33 @@ impl AccessLogs {
         ctx.details = info.local_reply;
         ctx.bytes_received = received;
         ctx.bytes_sent = sent;
+        ctx.timing.done = Some(info.start.elapsed());
+        self.log(&ctx);
+    }
+}
+
+/// Listeners' own `access_log` (`meshgate_core::listener_log`): the same
+/// loggers; an entry has the connection's addresses, `%DURATION%` since
+/// the accept, `%RESPONSE_FLAGS%` (`NR` when no filter chain matched) and
+/// `%RESPONSE_CODE_DETAILS%` saying why the listener closed it.
+pub(crate) struct ListenerLogs;
+
+impl meshgate_core::listener_log::ListenerLogFactory for ListenerLogs {
+    fn build(
+        &self,
+        logs: &[cfg::AccessLog],
+    ) -> Result<Arc<dyn meshgate_core::listener_log::ListenerLog>, BuildError> {
+        Ok(Arc::new(AccessLogs::build_list(logs)?))
+    }
+}
+
+impl meshgate_core::listener_log::ListenerLog for AccessLogs {
+    fn log(&self, info: &StreamInfo, why: meshgate_core::listener_log::ListenerClose) {
+        let mut ctx = Ctx::new(info);
+        if let Some(f) = why.flag() {
+            ctx.flags = Flags::default().with(f);
+        }
+        ctx.details = Some(why.details());
         ctx.timing.done = Some(info.start.elapsed());
         self.log(&ctx);
     }
@@ -229,6 +301,24 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
         filter,
         format,
     })
+}
+
+/// The request as the `upstream_log` entries show it (taken before the
+/// request moves upstream).
+pub(crate) struct UpstreamHead {
+    head: ReqHead,
+    req: HeaderMap,
+    version: Version,
+}
+
+impl UpstreamHead {
+    pub(crate) fn of(req: &Request) -> Self {
+        Self {
+            head: ReqHead::of(req),
+            req: req.headers().clone(),
+            version: req.version(),
+        }
+    }
 }
 
 /// What the logs keep of a request until its stream ends.
@@ -359,6 +449,7 @@ impl LogBody {
             },
             bytes_received: p.count.bytes.load(Ordering::Relaxed),
             bytes_sent: self.sent,
+            attempt: None,
         };
         d.logs.log(&ctx);
     }

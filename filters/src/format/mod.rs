@@ -81,23 +81,7 @@ impl Flags {
     pub(crate) fn of(info: &StreamInfo, status: u16) -> Self {
         let mut f = Flags::default();
         if let Some(label) = info.local_reply {
-            let short = match label {
-                "no_route" => "NR",
-                "cluster_not_found" => "NC",
-                "no_healthy_upstream" => "UH",
-                "upstream_connect_failure" => "UF",
-                "upstream_reset" => "UR",
-                "upstream_timeout" => "UT",
-                "upstream_protocol_error" => "UPE",
-                "overflow" => "UO",
-                "bad_request" | "headers_too_large" => "DPE",
-                "stream_idle_timeout" => "SI",
-                "rate_limited" => "RL",
-                "drop_overload" => "DO",
-                "overloaded" | "overload" => "OM",
-                _ => "",
-            };
-            f = f.with(short);
+            f = f.with(Self::short_of(label));
         }
         match info.denied_by {
             Some("ext_authz") => f = f.with("UAEX"),
@@ -112,6 +96,34 @@ impl Flags {
             f = f.with("URX");
         }
         f
+    }
+
+    /// The flags of one upstream try (`upstream_log`): from its failure.
+    pub(crate) fn of_try(t: &meshgate_core::stream::UpstreamTry) -> Self {
+        match t.failure {
+            Some(label) => Flags::default().with(Self::short_of(label)),
+            None => Flags::default(),
+        }
+    }
+
+    /// The short flag of a `LocalReason` label (empty: none).
+    fn short_of(label: &str) -> &'static str {
+        match label {
+            "no_route" => "NR",
+            "cluster_not_found" => "NC",
+            "no_healthy_upstream" => "UH",
+            "upstream_connect_failure" => "UF",
+            "upstream_reset" => "UR",
+            "upstream_timeout" => "UT",
+            "upstream_protocol_error" => "UPE",
+            "overflow" => "UO",
+            "bad_request" | "headers_too_large" => "DPE",
+            "stream_idle_timeout" => "SI",
+            "rate_limited" => "RL",
+            "drop_overload" => "DO",
+            "overloaded" | "overload" => "OM",
+            _ => "",
+        }
     }
 
     pub(crate) fn has_any(self, mask: u32) -> bool {
@@ -196,6 +208,9 @@ pub(crate) struct Ctx<'a> {
     pub timing: Timing,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// The upstream try an `upstream_log` entry is about: the upstream
+    /// operators read it instead of the stream's last try.
+    pub attempt: Option<&'a meshgate_core::stream::UpstreamTry>,
 }
 
 static EMPTY: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
@@ -218,6 +233,7 @@ impl<'a> Ctx<'a> {
             timing: Timing::default(),
             bytes_received: 0,
             bytes_sent: 0,
+            attempt: None,
         }
     }
 
@@ -346,15 +362,28 @@ impl Ctx<'_> {
             }),
             Op::StartTime(f) => Some(time::start_time(info, f.as_ref())),
             Op::RouteName => info.route.map(str::to_string),
-            Op::UpstreamCluster => info.upstream_cluster.map(str::to_string),
-            Op::UpstreamHost => info.upstream_host.map(|a| a.to_string()),
-            Op::UpstreamTransportFailureReason => match info.local_reply {
+            Op::UpstreamCluster => self
+                .attempt
+                .map_or(info.upstream_cluster, |a| a.cluster)
+                .map(str::to_string),
+            Op::UpstreamHost => self
+                .attempt
+                .map_or(info.upstream_host, |a| Some(a.host))
+                .map(|a| a.to_string()),
+            Op::UpstreamTransportFailureReason => match self
+                .attempt
+                .map_or(info.local_reply, |a| a.failure)
+            {
                 Some(
                     l @ ("upstream_connect_failure" | "upstream_reset" | "upstream_protocol_error"),
                 ) => Some(l.to_string()),
                 _ => None,
             },
-            Op::UpstreamRequestAttemptCount => Some(info.upstream_attempts.to_string()),
+            Op::UpstreamRequestAttemptCount => Some(
+                self.attempt
+                    .map_or(info.upstream_attempts, |a| a.number)
+                    .to_string(),
+            ),
             Op::DownstreamRemoteAddress => Some(
                 std::net::SocketAddr::new(info.downstream_remote_address, c.peer_addr.port())
                     .to_string(),

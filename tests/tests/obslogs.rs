@@ -1,0 +1,361 @@
+//! Observability, logs part (issue 22): the router's `upstream_log` (one
+//! line per upstream try), and `/drain_listeners?inboundonly&graceful`
+//! (only `traffic_direction: INBOUND` listeners drain, gracefully).
+
+use meshgate_tests::curl::curl;
+use meshgate_tests::*;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn listener(name: &str, port: u16, direction: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: 127.0.0.1:{port}
+{direction}    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: ok}}}}]
+"#
+    )
+}
+
+/// A keep-alive HTTP/1.1 connection and one request on it.
+struct KeepAlive {
+    w: TcpStream,
+    r: std::io::BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    fn open(port: u16) -> Self {
+        let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Self {
+            w: conn.try_clone().unwrap(),
+            r: std::io::BufReader::new(conn),
+        }
+    }
+
+    fn get(&mut self) -> Reply {
+        self.w
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_reply(&mut self.r).expect("a response")
+    }
+}
+
+/// `POST /drain_listeners?inboundonly&graceful`: the INBOUND listener's
+/// open connections are told to close (next HTTP/1.1 response carries
+/// `connection: close`), it keeps accepting for the drain time, then
+/// refuses; the OUTBOUND listener and its connections are untouched.
+#[test]
+fn drain_listeners_inboundonly_graceful_drains_only_inbound() {
+    let (inp, outp) = (free_port(), free_port());
+    let mg = Meshgate::start_with_args(
+        &format!(
+            "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{}{}",
+            listener("in", inp, "    traffic_direction: INBOUND\n"),
+            listener("out", outp, "    traffic_direction: OUTBOUND\n"),
+        ),
+        &["--drain-time", "2s"],
+    );
+    wait_listening(([127, 0, 0, 1], inp).into());
+    wait_listening(([127, 0, 0, 1], outp).into());
+    let mut inbound = KeepAlive::open(inp);
+    let mut outbound = KeepAlive::open(outp);
+    let r = inbound.get();
+    assert_eq!((r.status, r.close), (200, false));
+    let r = outbound.get();
+    assert_eq!((r.status, r.close), (200, false));
+
+    let url = format!(
+        "http://{}/drain_listeners?inboundonly&graceful",
+        mg.admin.unwrap()
+    );
+    assert_eq!(curl(&["-X", "POST", &url]).0, 200);
+    // During the drain time: the inbound listener still accepts, its open
+    // connection is told to close; the outbound one stays keep-alive.
+    assert!(TcpStream::connect(("127.0.0.1", inp)).is_ok());
+    let r = inbound.get();
+    assert_eq!((r.status, r.close), (200, true));
+    let r = outbound.get();
+    assert_eq!((r.status, r.close), (200, false));
+    wait_until_within(15, "the inbound listener to refuse", || {
+        TcpStream::connect_timeout(
+            &([127, 0, 0, 1], inp).into(),
+            Duration::from_millis(500),
+        )
+        .is_err()
+    });
+    let r = outbound.get();
+    assert_eq!((r.status, r.close), (200, false));
+    let mut fresh = KeepAlive::open(outp);
+    assert_eq!(fresh.get().status, 200);
+    assert_eq!(mg.admin_get("/ready").0, 200, "the server is not draining");
+}
+
+/// The lines of `path` once there are at least `n`.
+fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    wait_for_within(10, &format!("{n} lines in {}", path.display()), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let l: Vec<String> = text.lines().map(str::to_string).collect();
+        (l.len() >= n).then_some(l)
+    })
+}
+
+/// The line of `path` about the connection from `from`.
+fn line_of(path: &std::path::Path, from: std::net::SocketAddr) -> String {
+    let key = format!("{from}|");
+    wait_for_within(10, &format!("a line for {from} in {}", path.display()), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(&key))
+            .map(str::to_string)
+    })
+}
+
+const UPSTREAM_FORMAT: &str = "%REQ(:PATH)%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%RESPONSE_CODE_DETAILS%|%DURATION%";
+
+/// The router's `upstream_log`: one entry per upstream try, retries
+/// included, each with that try's endpoint, status, flags and failure
+/// reason; the HCM `access_log` still writes one line per stream.
+#[test]
+fn upstream_log_writes_one_entry_per_try() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let backend = HttpBackend::start("b", Proto::Http1);
+    // Reserved, nobody listens: connects are refused.
+    let dead = [free_port(), free_port()];
+    let dir = tempfile::tempdir().unwrap();
+    let (up, down) = (dir.path().join("up.log"), dir.path().join("down.log"));
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.file
+                  typed_config: {{path: "{down}", log_format: {{text_format: "stream %REQ(:PATH)% %RESPONSE_CODE% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n"}}}}
+              stream_filters:
+                - name: envoy.filters.http.router
+                  config:
+                    upstream_log:
+                      - name: envoy.access_loggers.file
+                        typed_config: {{path: "{up}", log_format: {{text_format: "{UPSTREAM_FORMAT}\n"}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /dead}}
+                        route:
+                          cluster: dead
+                          retry_policy: {{retry_on: connect-failure, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: svc
+                          retry_policy: {{retry_on: 5xx, num_retries: 2, retry_back_off: {{base_interval: 5ms}}}}
+clusters:
+  - name: svc
+    endpoints: [{{address: "{b}"}}]
+  - name: dead
+    connect_timeout: 1s
+    endpoints: [{{address: "127.0.0.1:{d0}"}}, {{address: "127.0.0.1:{d1}"}}]
+"#,
+        down = down.display(),
+        up = up.display(),
+        b = backend.addr,
+        d0 = dead[0],
+        d1 = dead[1],
+    ));
+    let port = mg.listener_port("web");
+    // First try 503, the retry 200.
+    let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/fail-once")]);
+    assert_eq!(s, 200);
+    let got = lines(&up, 2);
+    let f: Vec<Vec<&str>> = got.iter().map(|l| l.split('|').collect()).collect();
+    let b = backend.addr.to_string();
+    assert_eq!(
+        f[0][..8],
+        ["/fail-once", "svc", b.as_str(), "1", "503", "-", "-", "via_upstream"],
+        "{got:?}"
+    );
+    assert_eq!(
+        f[1][..8],
+        ["/fail-once", "svc", b.as_str(), "2", "200", "-", "-", "via_upstream"],
+        "{got:?}"
+    );
+    for l in &f {
+        assert!(l[8].parse::<u64>().is_ok(), "{got:?}");
+    }
+    assert_eq!(lines(&down, 1), ["stream /fail-once 200 2"]);
+
+    // Both tries refused (a retry avoids the endpoint that failed to
+    // connect): each entry is a connect failure (UF) on its endpoint.
+    let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/dead")]);
+    assert_eq!(s, 503);
+    let got = lines(&up, 4);
+    let mut hosts = Vec::new();
+    for (i, l) in got[2..].iter().enumerate() {
+        let f: Vec<&str> = l.split('|').collect();
+        let n = (i + 1).to_string();
+        assert_eq!(
+            [f[0], f[1], f[3], f[4], f[5], f[6], f[7]],
+            [
+                "/dead",
+                "dead",
+                n.as_str(),
+                "503",
+                "UF",
+                "upstream_connect_failure",
+                "upstream_connect_failure"
+            ],
+            "{got:?}"
+        );
+        hosts.push(f[2].to_string());
+    }
+    hosts.sort();
+    let mut want: Vec<String> = dead.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    want.sort();
+    assert_eq!(hosts, want, "{got:?}");
+    assert_eq!(lines(&down, 2)[1], "stream /dead 503 2");
+}
+
+/// The router's flush options are refused by name; a bad upstream log
+/// names its field under the router's entry.
+#[test]
+fn upstream_log_options_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.yaml");
+    let check = |router: &str, field: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: envoy.filters.http.router
+                  config:
+{router}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]
+"#
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = run_cli(&["validate", cfg.to_str().unwrap()]);
+        assert_ne!(code, 0, "{router}");
+        assert!(format!("{out}{err}").contains(field), "{field}: {out}{err}");
+    };
+    check(
+        "                    upstream_log_options: {flush_upstream_log_on_upstream_stream: true}",
+        "stream_filters[0].config.upstream_log_options.flush_upstream_log_on_upstream_stream",
+    );
+    check(
+        "                    upstream_log_options: {upstream_log_flush_interval: 1s}",
+        "stream_filters[0].config.upstream_log_options.upstream_log_flush_interval",
+    );
+    check(
+        "                    upstream_log: [{name: envoy.access_loggers.file, typed_config: {}}]",
+        "stream_filters[0].config.upstream_log[0].typed_config.path",
+    );
+}
+
+/// `Listener.access_log`: an entry for each connection the listener
+/// closes before any network filter has it: no filter chain matched
+/// (`NR`), a bad PROXY protocol header; connections a chain serves are
+/// not logged there.
+#[test]
+fn listener_access_log_records_connections_closed_by_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nr, pp) = (dir.path().join("nr.log"), dir.path().join("pp.log"));
+    let fmt = "%DOWNSTREAM_REMOTE_ADDRESS%|%DOWNSTREAM_LOCAL_PORT%|%RESPONSE_FLAGS%|%RESPONSE_CODE_DETAILS%|%PROTOCOL%|%UPSTREAM_HOST%";
+    let (a, b) = (free_port(), free_port());
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: chains
+    address: 127.0.0.1:{a}
+    access_log:
+      - name: envoy.access_loggers.file
+        typed_config: {{path: "{nr}", log_format: {{text_format: "{fmt}\n"}}}}
+    filter_chains:
+      - filter_chain_match: {{source_prefix_ranges: ["10.0.0.0/8"]}}
+        filters:
+          - name: echo
+  - name: pp
+    address: 127.0.0.1:{b}
+    listener_filters_timeout: 2s
+    listener_filters:
+      - name: envoy.filters.listener.proxy_protocol
+    access_log:
+      - name: envoy.access_loggers.file
+        typed_config: {{path: "{pp}", log_format: {{text_format: "{fmt}\n"}}}}
+    filter_chains:
+      - filters:
+          - name: echo
+"#,
+        nr = nr.display(),
+        pp = pp.display(),
+    ));
+    wait_listening(([127, 0, 0, 1], a).into());
+    wait_listening(([127, 0, 0, 1], b).into());
+    // No chain for a loopback client: closed at once, logged NR.
+    let mut c = TcpStream::connect(("127.0.0.1", a)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(std::io::Read::read(&mut c, &mut buf).unwrap_or(0), 0);
+    // (wait_listening's probes are logged too: find this connection's.)
+    let me = c.local_addr().unwrap();
+    assert_eq!(
+        line_of(&nr, me),
+        format!("{me}|{a}|NR|filter_chain_not_found|tcp|-")
+    );
+    // Not a PROXY protocol header: refused and logged.
+    let mut c = TcpStream::connect(("127.0.0.1", b)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(std::io::Read::read(&mut c, &mut buf).unwrap_or(0), 0);
+    let me = c.local_addr().unwrap();
+    assert_eq!(
+        line_of(&pp, me),
+        format!("{me}|{b}|-|proxy_protocol_error|tcp|-")
+    );
+    let before = std::fs::read_to_string(&pp).unwrap().lines().count();
+    // A valid header: the echo chain serves it, nothing more is logged.
+    let mut c = TcpStream::connect(("127.0.0.1", b)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nhi").unwrap();
+    let mut got = [0u8; 2];
+    std::io::Read::read_exact(&mut c, &mut got).unwrap();
+    assert_eq!(&got, b"hi");
+    drop(c);
+    // A probe that closes without a header is logged (`closed`): the
+    // served connection is not.
+    let mut probe = TcpStream::connect(("127.0.0.1", b)).unwrap();
+    let _ = probe.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::Read::read(&mut probe, &mut buf);
+    let me = probe.local_addr().unwrap();
+    line_of(&pp, me);
+    let all = std::fs::read_to_string(&pp).unwrap();
+    assert_eq!(all.lines().count(), before + 1, "{all}");
+    assert!(!all.contains("192.0.2.1"), "{all}");
+}
