@@ -196,6 +196,7 @@ fn same_but_chains(
         transparent,
         freebind,
         traffic_direction,
+        per_connection_buffer_limit_bytes,
     } = a;
     *name == b.name
         && *address == b.address
@@ -212,6 +213,7 @@ fn same_but_chains(
         && *transparent == b.transparent
         && *freebind == b.freebind
         && *traffic_direction == b.traffic_direction
+        && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains
             .iter()
