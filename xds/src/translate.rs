@@ -490,7 +490,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     }
     if protocol.as_deref() == Some("http2") && options.contains_key("idle_timeout") {
         return err(
-            "typed_extension_protocol_options.common_http_protocol_options.idle_timeout",
+            join(&ext.path, "common_http_protocol_options.idle_timeout"),
             "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
         );
     }
@@ -527,7 +527,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         // sends when the context names none.
         if ext.auto_sni && tls.sni.is_some() {
             return err(
-                "typed_extension_protocol_options.upstream_http_protocol_options.auto_sni",
+                join(&ext.path, "upstream_http_protocol_options.auto_sni"),
                 "with an UpstreamTlsContext sni: meshgate sends the configured one",
             );
         }

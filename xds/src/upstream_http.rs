@@ -25,6 +25,8 @@ pub(crate) struct UpstreamHttp {
     /// `upstream_http_protocol_options.auto_sni`: the cluster's TLS must
     /// leave `sni` unset (meshgate then sends the request's authority).
     pub auto_sni: bool,
+    /// The path of the extension's entry (for errors named later).
+    pub path: String,
 }
 
 /// Takes `typed_extension_protocol_options` out of the cluster.
@@ -48,6 +50,7 @@ pub(crate) fn translate(c: &mut cds::Cluster) -> R<UpstreamHttp> {
         let m: up::HttpProtocolOptions =
             decode(&any, HTTP_PROTOCOL_OPTIONS).map_err(|e| (path.clone(), e.to_string()))?;
         http_protocol_options(m, &path, &mut out)?;
+        out.path = path;
     }
     Ok(out)
 }

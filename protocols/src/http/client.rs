@@ -677,7 +677,7 @@ impl ClientCodec for Http2Client {
     ) -> UpstreamFuture {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
-        let max_requests = self.opts;
+        let h2 = self.opts;
         Box::pin(async move {
             // HTTP/2 wants :scheme and :authority: make the URI absolute.
             if req.uri().scheme().is_none() {
@@ -733,7 +733,7 @@ impl ClientCodec for Http2Client {
                 &cluster,
                 &endpoint,
                 authority_string(&req),
-                max_requests,
+                h2,
                 proxy.clone(),
             )
             .await?;
@@ -766,7 +766,7 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                stream = h2_stream(&cluster, &endpoint, auth, max_requests, proxy.clone()).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, h2, proxy.clone()).await?;
                 let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
