@@ -113,6 +113,12 @@ impl CompiledListener {
                 "needs at least one filter chain",
             ));
         }
+        if cfg.per_connection_buffer_limit_bytes == Some(0) {
+            return Err(source.error(
+                format!("{path}.per_connection_buffer_limit_bytes"),
+                "must be >= 1 (meshgate never buffers without a bound)",
+            ));
+        }
         let mut chains = Vec::with_capacity(cfg.filter_chains.len());
         let mut resolved = ClusterRefs::new();
         let udp = udp.map(|(u, used)| {
@@ -129,6 +135,7 @@ impl CompiledListener {
                 source,
                 take_over.and_then(|l| l.chains.get(i)).map(|c| &c.routes),
                 cfg.quic.as_ref().map(|_| crate::quic::ALPN),
+                cfg.per_connection_buffer_limit_bytes,
             )?;
             chains.push(chain);
             resolved.extend(used);
@@ -323,6 +330,7 @@ fn build_chain(
     source: &ConfigSource,
     take_over: Option<&ChainRoutes>,
     stream_transport: Option<&'static [&'static str]>,
+    buffer_limit: Option<u32>,
 ) -> Result<(FilterChain, ClusterRefs), ConfigError> {
     let mut matcher = ChainMatch::default();
     if let Some(m) = &fc.filter_chain_match {
@@ -379,7 +387,8 @@ fn build_chain(
     }
     let ctx = BuildContext::new(listener, clusters, registry)
         .taking_over(take_over)
-        .on_stream_transport(stream_transport);
+        .on_stream_transport(stream_transport)
+        .with_buffer_limit(buffer_limit);
     let mut built: Vec<Arc<dyn NetworkFilter>> = Vec::with_capacity(fc.filters.len());
     let mut terminal = None;
     let last = fc.filters.len() - 1;

@@ -329,6 +329,8 @@ pub struct BuildContext<'a> {
     /// Set when the listener's transport carries streams, not bytes (QUIC):
     /// the ALPN ids its handshake offers.
     stream_transport: Option<&'static [&'static str]>,
+    /// The listener's `per_connection_buffer_limit_bytes`.
+    buffer_limit: Option<u32>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -346,7 +348,20 @@ impl<'a> BuildContext<'a> {
             previous_routes: None,
             routes: Mutex::default(),
             stream_transport: None,
+            buffer_limit: None,
         }
+    }
+
+    /// The listener's `per_connection_buffer_limit_bytes`.
+    pub(crate) fn with_buffer_limit(mut self, limit: Option<u32>) -> Self {
+        self.buffer_limit = limit;
+        self
+    }
+
+    /// The listener's `per_connection_buffer_limit_bytes` (`None`: unset,
+    /// each filter keeps its own bounds, all under Envoy's 1 MiB default).
+    pub fn buffer_limit(&self) -> Option<u32> {
+        self.buffer_limit
     }
 
     /// The chain is built for a listener whose connections carry streams,

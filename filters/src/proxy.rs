@@ -35,6 +35,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+/// The listener's `per_connection_buffer_limit_bytes` sizes the HTTP/2
+/// windows a client may fill (stream and connection, at least HTTP/2's
+/// 65,535), so what one connection makes meshgate hold stays under it, as
+/// Envoy's connection buffer does; windows set in `codec_options.http2`
+/// are kept as set.
+fn h2_windows_from_limit(opts: &mut serde_json::Value, limit: u32) {
+    if opts.is_null() {
+        *opts = serde_json::Value::Object(Default::default());
+    }
+    if let Some(o) = opts.as_object_mut() {
+        let w = limit.clamp(65_535, 0x7fff_ffff);
+        for k in [
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ] {
+            o.entry(k).or_insert(w.into());
+        }
+    }
+}
+
 /// Factory of `proxy`; codecs and stream filters come from the registry.
 pub struct ProxyFactory;
 
@@ -54,7 +74,12 @@ impl NetworkFilterFactory for ProxyFactory {
         for f in ctx.registry.codecs() {
             let name = f.name();
             if cfg.codec == "auto" || cfg.codec == name {
-                let opts = cfg.codec_options.get(name).cloned().unwrap_or_default();
+                let mut opts = cfg.codec_options.get(name).cloned().unwrap_or_default();
+                if name == "http2"
+                    && let Some(limit) = ctx.buffer_limit()
+                {
+                    h2_windows_from_limit(&mut opts, limit);
+                }
                 let server = f.server(&opts).map_err(|e| {
                     BuildError::new(
                         meshgate_core::error::join_path(&format!("codec_options.{name}"), &e.path),

@@ -22,7 +22,7 @@ use meshgate_core::network::{
     BuildContext, BuiltFilter, Connection, ConnectionInfo, DownstreamIo, NetworkFilterFactory,
     ServeFuture, TerminalFilter,
 };
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,6 +107,11 @@ impl NetworkFilterFactory for TcpProxyFactory {
             downstream_bytes_received: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_RECEIVED_TOTAL, "listener" => listener.clone()),
             downstream_bytes_sent: metrics::counter!(meshgate_core::metrics::names::LISTENER_DOWNSTREAM_BYTES_SENT_TOTAL, "listener" => listener.clone()),
             access_log,
+            buffered: [
+                metrics::gauge!(meshgate_core::metrics::names::TCP_PROXY_BUFFERED_BYTES, "listener" => listener.clone(), "direction" => "downstream_to_upstream"),
+                metrics::gauge!(meshgate_core::metrics::names::TCP_PROXY_BUFFERED_BYTES, "listener" => listener.clone(), "direction" => "upstream_to_downstream"),
+            ],
+            down_limit: buffer_cap(ctx.buffer_limit()),
             listener,
         })))
     }
@@ -124,7 +129,20 @@ struct TcpProxy {
     downstream_bytes_sent: Counter,
     /// One line per connection when it closes.
     access_log: Option<crate::access_log::AccessLogs>,
+    /// Bytes held now, downstream-to-upstream and back.
+    buffered: [Gauge; 2],
+    /// The copy buffer bound of the downstream-to-upstream direction (the
+    /// listener's `per_connection_buffer_limit_bytes`).
+    down_limit: usize,
     listener: String,
+}
+
+/// A direction's copy-buffer bound from a `per_connection_buffer_limit_bytes`:
+/// the limit itself, at most `BULK_BUF` (meshgate's own bound, under
+/// Envoy's 1 MiB default) and at least 1 KiB (a soft limit, as Envoy's: a
+/// read is never smaller).
+fn buffer_cap(limit: Option<u32>) -> usize {
+    limit.map_or(BULK_BUF, |l| (l as usize).clamp(1024, BULK_BUF))
 }
 
 impl TerminalFilter for TcpProxy {
@@ -249,6 +267,8 @@ impl TcpProxy {
             up_received: &cluster.stats.bytes_received,
             down_received,
             down_sent,
+            held: &self.buffered,
+            caps: [self.down_limit, buffer_cap(cluster.buffer_limit)],
         };
         let upstream_host = up.endpoint.address;
         let activity = AtomicU64::new(now_ms());
@@ -313,6 +333,10 @@ struct Counters<'a> {
     up_received: &'a Counter,
     down_received: &'a Counter,
     down_sent: &'a Counter,
+    /// Bytes held, per direction (downstream-to-upstream first).
+    held: &'a [Gauge; 2],
+    /// Copy buffer bounds, per direction.
+    caps: [usize; 2],
 }
 
 async fn with_idle_timeout<F: std::future::Future<Output = io::Result<()>>>(
@@ -375,12 +399,16 @@ async fn pump_bidirectional(
         dst: up,
         read: c.down_received,
         written: c.up_sent,
+        held: &c.held[0],
+        cap: c.caps[0],
     };
     let u2d = Way {
         src: up,
         dst: down,
         read: c.up_received,
         written: c.down_sent,
+        held: &c.held[1],
+        cap: c.caps[1],
     };
     let d2u = pump_one_way(d2u, mode, activity, &eofs);
     let u2d = pump_one_way(u2d, mode, activity, &eofs);
@@ -408,6 +436,39 @@ struct Way<'a> {
     dst: &'a TcpStream,
     read: &'a Counter,
     written: &'a Counter,
+    /// Bytes read from `src` not yet written to `dst`.
+    held: &'a Gauge,
+    /// The copy buffer's bound (`buffer_cap`).
+    cap: usize,
+}
+
+/// Bytes counted in a `meshgate_tcp_proxy_buffered_bytes` gauge while a
+/// direction holds them; uncounted when written, or when the connection's
+/// future is dropped mid-write (idle timeout, reset).
+struct Held<'a> {
+    gauge: &'a Gauge,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(gauge: &'a Gauge, bytes: usize) -> Self {
+        gauge.increment(bytes as f64);
+        Self { gauge, bytes }
+    }
+
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.gauge.decrement(n as f64);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.gauge.decrement(self.bytes as f64);
+        }
+    }
 }
 
 /// Reads what `src` has: `Some(n)` (0 at EOF), or `None` when it is not
@@ -447,6 +508,8 @@ async fn pump_one_way(
         dst,
         read: read_counter,
         written: write_counter,
+        held,
+        cap,
     } = way;
     let on_eof = || {
         if eofs.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -454,7 +517,7 @@ async fn pump_one_way(
         }
     };
     if mode != ZeroCopy::Always {
-        let mut buf = vec![0u8; COPY_BUF];
+        let mut buf = vec![0u8; COPY_BUF.min(cap)];
         let mut full_reads = 0u32;
         loop {
             let Some(n) = read_some(src, &mut buf)? else {
@@ -466,7 +529,9 @@ async fn pump_one_way(
                 return Ok(());
             }
             read_counter.increment(n as u64);
+            let holding = Held::new(held, n);
             write_all_ref(dst, &buf[..n]).await?;
+            drop(holding);
             write_counter.increment(n as u64);
             activity.store(now_ms(), Ordering::Relaxed);
             if n == buf.len() {
@@ -474,7 +539,7 @@ async fn pump_one_way(
                 if full_reads == BULK_READS {
                     match mode {
                         ZeroCopy::Bulk => break,
-                        _ => buf.resize(BULK_BUF, 0),
+                        _ => buf.resize(cap.max(buf.len()), 0),
                     }
                 }
             } else {
@@ -482,33 +547,41 @@ async fn pump_one_way(
             }
         }
     }
-    splice_loop(src, dst, read_counter, write_counter, activity, on_eof).await
+    let way = Way {
+        src,
+        dst,
+        read: read_counter,
+        written: write_counter,
+        held,
+        cap,
+    };
+    splice_loop(way, activity, on_eof).await
 }
 
 /// The zero-copy path: src -> pipe -> dst with splice(2).
-async fn splice_loop(
-    src: &TcpStream,
-    dst: &TcpStream,
-    read_counter: &Counter,
-    write_counter: &Counter,
-    activity: &AtomicU64,
-    on_eof: impl Fn(),
-) -> io::Result<()> {
+async fn splice_loop(way: Way<'_>, activity: &AtomicU64, on_eof: impl Fn()) -> io::Result<()> {
     use nix::fcntl::{OFlag, SpliceFFlags, splice};
     use std::os::fd::AsFd;
+    let Way {
+        src,
+        dst,
+        read: read_counter,
+        written: write_counter,
+        held,
+        cap,
+    } = way;
+    // The pipe holds what was read and not yet written: at most `cap`
+    // (the kernel rounds a pipe up to a page).
+    let chunk = SPLICE_CHUNK.min(cap);
     let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     // A bigger pipe means fewer wake-ups per byte; the kernel may refuse
     // (pipe-max-size), then the default 64 KiB is used.
-    let _ = nix::fcntl::fcntl(
-        &pipe_w,
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK as i32),
-    );
+    let _ = nix::fcntl::fcntl(&pipe_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(chunk as i32));
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         let n = src
             .async_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, &pipe_w, None, SPLICE_CHUNK, flags)
-                    .map_err(io::Error::from)
+                splice(src.as_fd(), None, &pipe_w, None, chunk, flags).map_err(io::Error::from)
             })
             .await?;
         if n == 0 {
@@ -516,6 +589,7 @@ async fn splice_loop(
             return Ok(());
         }
         read_counter.increment(n as u64);
+        let mut holding = Held::new(held, n);
         let mut pending = n;
         while pending > 0 {
             let m = dst
@@ -531,6 +605,7 @@ async fn splice_loop(
                 ));
             }
             pending -= m;
+            holding.release(m);
             write_counter.increment(m as u64);
         }
         activity.store(now_ms(), Ordering::Relaxed);
@@ -550,8 +625,24 @@ where
 {
     let (mut ar, mut aw) = tokio::io::split(a);
     let (mut br, mut bw) = tokio::io::split(b);
-    let a2b = copy_one_way(&mut ar, &mut bw, c.down_received, c.up_sent, activity);
-    let b2a = copy_one_way(&mut br, &mut aw, c.up_received, c.down_sent, activity);
+    let a2b = copy_one_way(
+        &mut ar,
+        &mut bw,
+        c.down_received,
+        c.up_sent,
+        activity,
+        &c.held[0],
+        c.caps[0],
+    );
+    let b2a = copy_one_way(
+        &mut br,
+        &mut aw,
+        c.up_received,
+        c.down_sent,
+        activity,
+        &c.held[1],
+        c.caps[1],
+    );
     tokio::try_join!(a2b, b2a).map(|_| ())
 }
 
@@ -561,12 +652,14 @@ async fn copy_one_way<R, W>(
     read_counter: &Counter,
     write_counter: &Counter,
     activity: &AtomicU64,
+    held: &Gauge,
+    cap: usize,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; cap.min(64 * 1024)];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -574,7 +667,9 @@ where
             return Ok(());
         }
         read_counter.increment(n as u64);
+        let holding = Held::new(held, n);
         w.write_all(&buf[..n]).await?;
+        drop(holding);
         write_counter.increment(n as u64);
         activity.store(now_ms(), Ordering::Relaxed);
     }

@@ -8,8 +8,12 @@
 //! traffic flows, and each field's effect: `headers_with_underscores_action`,
 //! path normalisation, `http2_protocol_options` (the SETTINGS a client
 //! sees), `scheme_header_transformation.match_upstream` (the `:scheme`
-//! an HTTP/2 upstream sees), `dns_lookup_family`; and that the one field
-//! of the push meshgate does not implement yet is refused by name.
+//! an HTTP/2 upstream sees), `dns_lookup_family`,
+//! `per_connection_buffer_limit_bytes` on the listener and the clusters,
+//! and `typed_extension_protocol_options` (`HttpProtocolOptions`:
+//! `explicit_http_config.http2_protocol_options` to an h2c upstream,
+//! `common_http_protocol_options.max_requests_per_connection` seen as new
+//! upstream connections).
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
@@ -107,7 +111,14 @@ fn clusters(h2: std::net::SocketAddr, http1_port: u16) -> String {
   type: STATIC
   connectTimeout: 10s
   dnsLookupFamily: V4_ONLY
-  http2ProtocolOptions: {{}}
+  perConnectionBufferLimitBytes: 32768
+  typedExtensionProtocolOptions:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicitHttpConfig:
+        http2ProtocolOptions:
+          initialConnectionWindowSize: 1048576
+          initialStreamWindowSize: 65536
   loadAssignment:
     clusterName: httproute/default/h2/rule/0
     endpoints:
@@ -123,6 +134,15 @@ fn clusters(h2: std::net::SocketAddr, http1_port: u16) -> String {
   type: STRICT_DNS
   connectTimeout: 10s
   dnsLookupFamily: V4_ONLY
+  perConnectionBufferLimitBytes: 32768
+  typedExtensionProtocolOptions:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      commonHttpProtocolOptions:
+        idleTimeout: 3600s
+        maxRequestsPerConnection: 1
+      explicitHttpConfig:
+        httpProtocolOptions: {{}}
   loadAssignment:
     clusterName: dns-v4
     endpoints:
@@ -226,28 +246,15 @@ fn an_envoy_gateway_http_route_push_is_acked_and_each_field_takes_effect() {
     );
     mgmt.set(ENDPOINT, "1", envoy_yaml(&endpoints(a.addr)));
     mgmt.set(ROUTE, "1", envoy_yaml(ROUTES));
-    // As Envoy Gateway sends it: the one field meshgate does not
-    // implement yet is refused by name, nothing is served.
+    // As Envoy Gateway sends it, with `perConnectionBufferLimitBytes`:
+    // every resource is ACKed and the listener serves.
     mgmt.set(LISTENER, "1", envoy_yaml(&listener(port, true)));
     let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
-    let nonce = mgmt.wait_sent(LISTENER, "1");
-    let nack = mgmt.wait_reply(LISTENER, &nonce);
-    let detail = nack.error_detail.expect("a NACK").message;
-    assert!(
-        detail.contains("Listener 'default/eg/http'")
-            && detail.contains("per_connection_buffer_limit_bytes"),
-        "{detail}"
-    );
-    // The clusters and endpoints of the push were taken (the route is
-    // asked for once a listener uses it).
-    for t in [CLUSTER, ENDPOINT] {
+    for t in [CLUSTER, ENDPOINT, LISTENER] {
         let nonce = mgmt.wait_sent(t, "1");
         let r = mgmt.wait_reply(t, &nonce);
         assert!(r.error_detail.is_none(), "{t}: {r:?}");
     }
-
-    // Without it, the listener is ACKed and serves.
-    mgmt.set_acked(LISTENER, "2", envoy_yaml(&listener(port, false)));
     let nonce = mgmt.wait_sent(ROUTE, "1");
     assert!(mgmt.wait_reply(ROUTE, &nonce).error_detail.is_none());
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
@@ -286,12 +293,20 @@ fn an_envoy_gateway_http_route_push_is_acked_and_each_field_takes_effect() {
     assert!(out.contains("uri=http://www.example.com/h2"), "{out}");
 
     // dnsLookupFamily V4_ONLY on a STRICT_DNS cluster: `localhost`'s IPv4
-    // address serves.
+    // address serves. maxRequestsPerConnection: 1 (its HttpProtocolOptions):
+    // each request on a new upstream connection.
     for _ in 0..4 {
         let (status, body) = request(port, "/dns4", "");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("backend=dns"), "{body}");
     }
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_cx_total",
+            &[("cluster", "dns-v4")]
+        ),
+        4.0
+    );
 }
 
 #[test]

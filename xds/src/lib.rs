@@ -43,5 +43,6 @@ mod tracing;
 pub mod translate;
 mod udp_proxy;
 mod unknown;
+mod upstream_http;
 
 pub use client::{Bootstrap, run};

@@ -429,6 +429,16 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         rest(&h2, "http2_protocol_options")?;
         protocol = Some("http2".to_string());
     }
+    let ext = crate::upstream_http::translate(&mut c)?;
+    if let Some(p) = ext.protocol {
+        if protocol.is_some() {
+            return err(
+                "http2_protocol_options",
+                "set with typed_extension_protocol_options' explicit_http_config: set one",
+            );
+        }
+        protocol = Some(p);
+    }
     let circuit_breakers = match c.circuit_breakers.take() {
         None => None,
         Some(cb) => Some(crate::circuit_breakers::translate(cb)?),
@@ -464,11 +474,47 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
     }
     // The (cluster-level) limit of the HTTP pools: `protocol_options`.
-    let protocol_options = match c.max_requests_per_connection.take() {
+    let mut options = ext.options;
+    match c.max_requests_per_connection.take() {
         Some(v) if v.value == 0 => return err("max_requests_per_connection", "must be >= 1"),
-        Some(v) => json!({"max_requests_per_connection": v.value}),
-        None => Value::Null,
+        Some(_) if options.contains_key("max_requests_per_connection") => {
+            return err(
+                "max_requests_per_connection",
+                "set with common_http_protocol_options.max_requests_per_connection: set one",
+            );
+        }
+        Some(v) => {
+            options.insert("max_requests_per_connection".into(), json!(v.value));
+        }
+        None => {}
+    }
+    if protocol.as_deref() == Some("http2") && options.contains_key("idle_timeout") {
+        return err(
+            join(&ext.path, "common_http_protocol_options.idle_timeout"),
+            "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
+        );
+    }
+    if protocol.as_deref() != Some("http2") {
+        for k in [
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ] {
+            if options.contains_key(k) {
+                return err(
+                    k,
+                    "an HTTP/2 window on a cluster that does not speak HTTP/2",
+                );
+            }
+        }
+    }
+    let protocol_options = match options.is_empty() {
+        true => Value::Null,
+        false => Value::Object(options),
     };
+    let per_connection_buffer_limit_bytes = buffer_limit(
+        c.per_connection_buffer_limit_bytes.take(),
+        "per_connection_buffer_limit_bytes",
+    )?;
     let health_checks =
         crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
     let (transport_socket, proxy_protocol) =
@@ -476,7 +522,15 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let mut sds_names = BTreeSet::new();
     if let Some(ts) = &transport_socket {
         // Refused now if unsupported; filled in once its secrets are known.
-        crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
+        let tls = crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
+        // auto_sni: the request's authority is the SNI, which meshgate
+        // sends when the context names none.
+        if ext.auto_sni && tls.sni.is_some() {
+            return err(
+                join(&ext.path, "upstream_http_protocol_options.auto_sni"),
+                "with an UpstreamTlsContext sni: meshgate sends the configured one",
+            );
+        }
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     let (original_dst_lb_config, cleanup_interval) =
@@ -512,6 +566,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         outlier_detection,
         original_dst_lb_config,
         cleanup_interval,
+        per_connection_buffer_limit_bytes,
     };
     Ok(Cluster {
         config,
@@ -603,6 +658,10 @@ fn listener_inner(
         .max_connections_to_accept_per_socket_event
         .take()
         .map(|v| v.value);
+    let per_connection_buffer_limit_bytes = buffer_limit(
+        l.per_connection_buffer_limit_bytes.take(),
+        "per_connection_buffer_limit_bytes",
+    )?;
     let lft = match l.listener_filters_timeout.take() {
         Some(d) => duration(&d, "listener_filters_timeout")?,
         None => Duration::from_secs(15),
@@ -658,6 +717,7 @@ fn listener_inner(
         freebind: sidecar.freebind,
         traffic_direction,
         access_log,
+        per_connection_buffer_limit_bytes,
     };
     // Envoy: 15 s unless set; 0 means wait for ever.
     let initial_fetch_timeout = fetch_bound(fetch);
@@ -667,6 +727,19 @@ fn listener_inner(
         sds_names,
         initial_fetch_timeout,
     })
+}
+
+/// `per_connection_buffer_limit_bytes` (Listener, Cluster): 0 is refused
+/// (Envoy's 0 turns its watermarks off: an unbounded buffer).
+fn buffer_limit(v: Option<protobuf::UInt32Value>, path: &str) -> R<Option<u32>> {
+    match v {
+        Some(v) if v.value == 0 => err(
+            path,
+            "must be >= 1 (meshgate never buffers without a bound)",
+        ),
+        Some(v) => Ok(Some(v.value)),
+        None => Ok(None),
+    }
 }
 
 /// What a listener's translation looks up and what it records needing.

@@ -470,6 +470,9 @@ pub struct Cluster {
     pub outlier: Option<Arc<outlier::Detector>>,
     /// `type: original_dst`: the hosts, one per original destination.
     pub original_dst: Option<Arc<original_dst::OriginalDst>>,
+    /// `per_connection_buffer_limit_bytes`: the bytes held per upstream
+    /// connection (`None`: meshgate's own bounds, under Envoy's 1 MiB).
+    pub buffer_limit: Option<u32>,
 }
 
 impl Cluster {
@@ -514,6 +517,7 @@ impl Cluster {
             health_check: None,
             outlier: None,
             original_dst: None,
+            buffer_limit: None,
         }
     }
 
@@ -870,6 +874,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         outlier_detection,
         original_dst_lb_config,
         cleanup_interval,
+        per_connection_buffer_limit_bytes,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -891,6 +896,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *outlier_detection == b.outlier_detection
         && *original_dst_lb_config == b.original_dst_lb_config
         && *cleanup_interval == b.cleanup_interval
+        && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -1116,6 +1122,12 @@ fn build_cluster(
     if c.connect_timeout.is_zero() {
         return Err(source.error(format!("{path}.connect_timeout"), "must be > 0"));
     }
+    if c.per_connection_buffer_limit_bytes == Some(0) {
+        return Err(source.error(
+            format!("{path}.per_connection_buffer_limit_bytes"),
+            "must be >= 1 (meshgate never buffers without a bound)",
+        ));
+    }
     let thresholds = breaker::check(c.circuit_breakers.as_ref(), c.max_connections)
         .map_err(|(field, msg)| source.error(format!("{path}.{field}"), msg))?;
     let endpoints = build_endpoints(c, path, source, resolve_dns)?;
@@ -1140,6 +1152,7 @@ fn build_cluster(
         endpoints,
     );
     cluster.priority = policy;
+    cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     cluster.set_max_pending(thresholds[0].max_pending_requests);
     cluster.outlier = detector;

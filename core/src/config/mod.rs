@@ -300,6 +300,14 @@ pub struct ListenerConfig {
     /// closes before any network filter has them (`crate::listener_log`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<crate::listener_log::ListenerAccessLog>,
+    /// Envoy's `per_connection_buffer_limit_bytes` (default 1 MiB): a soft
+    /// bound on the bytes meshgate holds per downstream connection. Over
+    /// it meshgate stops reading from the peer (back-pressure): it caps
+    /// `tcp_proxy`'s copy buffer for the downstream-to-upstream direction
+    /// and, unless `codec_options.http2` sets them, sizes the HTTP/2
+    /// stream and connection windows a client may fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_connection_buffer_limit_bytes: Option<u32>,
 }
 
 /// QUIC transport options of a UDP listener (Envoy's `quic_options`).
@@ -641,6 +649,13 @@ pub struct ClusterConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub cleanup_interval: Option<Duration>,
+    /// Envoy's `per_connection_buffer_limit_bytes` on a cluster (default
+    /// 1 MiB): a soft bound on the bytes meshgate holds per upstream
+    /// connection. It caps `tcp_proxy`'s copy buffer for the
+    /// upstream-to-downstream direction and, unless `protocol_options`
+    /// sets them, sizes the HTTP/2 windows an upstream may fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_connection_buffer_limit_bytes: Option<u32>,
 }
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up

@@ -147,6 +147,11 @@ pub const RPC_UPSTREAM_UNKNOWN_RESPONSE_TOTAL: &str =
 /// Counter `{listener}`: `tcp_proxy` connections with no upstream.
 pub const TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL: &str =
     "meshgate_tcp_proxy_upstream_unavailable_total";
+/// Gauge `{listener,direction}`: bytes `tcp_proxy` has read from one side
+/// and not yet written to the other (`direction`: `downstream_to_upstream`,
+/// `upstream_to_downstream`), which `per_connection_buffer_limit_bytes`
+/// bounds per connection (the listener's one way, the cluster's the other).
+pub const TCP_PROXY_BUFFERED_BYTES: &str = "meshgate_tcp_proxy_buffered_bytes";
 
 // Process, config, admin, logs.
 
@@ -594,6 +599,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (RPC_UPSTREAM_PROTOCOL_ERROR_TOTAL, Kind::Counter),
     (RPC_UPSTREAM_UNKNOWN_RESPONSE_TOTAL, Kind::Counter),
     (TCP_PROXY_UPSTREAM_UNAVAILABLE_TOTAL, Kind::Counter),
+    (TCP_PROXY_BUFFERED_BYTES, Kind::Gauge),
     (CONFIG_VERSION, Kind::Gauge),
     (CONFIG_RELOAD_TOTAL, Kind::Counter),
     (SERVER_SIGNAL_TOTAL, Kind::Counter),

@@ -197,6 +197,7 @@ fn same_but_chains(
         freebind,
         traffic_direction,
         access_log,
+        per_connection_buffer_limit_bytes,
     } = a;
     *name == b.name
         && *address == b.address
@@ -214,6 +215,7 @@ fn same_but_chains(
         && *freebind == b.freebind
         && *traffic_direction == b.traffic_direction
         && *access_log == b.access_log
+        && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
         && filter_chains.len() == b.filter_chains.len()
         && filter_chains
             .iter()

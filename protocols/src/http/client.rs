@@ -17,6 +17,7 @@ use http::{HeaderValue, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::pool::{Dial, ExclusiveLimits, Multiplexed, MuxPool, Reusable};
@@ -45,6 +46,16 @@ pub struct PoolOptions {
     /// `max_requests_per_connection`.
     #[serde(default)]
     pub max_requests_per_connection: Option<std::num::NonZeroU32>,
+    /// HTTP/2: the flow-control window of each stream (what the upstream
+    /// may send before meshgate reads), 65,535 to 2^31 - 1 (Envoy's
+    /// `http2_protocol_options.initial_stream_window_size`). Unset: the
+    /// cluster's `per_connection_buffer_limit_bytes`, else 1 MiB.
+    #[serde(default)]
+    pub initial_stream_window_size: Option<u32>,
+    /// HTTP/2: the connection's window (`initial_connection_window_size`).
+    /// Unset: the cluster's `per_connection_buffer_limit_bytes`, else 4 MiB.
+    #[serde(default)]
+    pub initial_connection_window_size: Option<u32>,
 }
 
 impl PoolOptions {
@@ -486,14 +497,66 @@ type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
 /// Of its options only `max_requests_per_connection` applies; the idle
 /// ones are HTTP/1's.
 pub struct Http2Client {
+    opts: H2Options,
+}
+
+/// What an HTTP/2 upstream connection is opened with.
+#[derive(Debug, Clone, Copy)]
+struct H2Options {
     max_requests: u32,
+    stream_window: Option<u32>,
+    connection_window: Option<u32>,
+}
+
+impl H2Options {
+    /// The (stream, connection) windows: as configured, else both the
+    /// cluster's `per_connection_buffer_limit_bytes` (what one connection
+    /// may hold, as Envoy's stream and connection buffers do; at least
+    /// HTTP/2's 65,535), else 1 MiB and 4 MiB.
+    fn windows(&self, cluster: &Cluster) -> (u32, u32) {
+        let limit = cluster.buffer_limit.map(|l| l.clamp(65_535, 0x7fff_ffff));
+        (
+            self.stream_window.or(limit).unwrap_or(1 << 20),
+            self.connection_window.or(limit).unwrap_or(4 << 20),
+        )
+    }
 }
 
 impl Http2Client {
     pub fn new(opts: PoolOptions) -> Self {
         Self {
-            max_requests: opts.max_requests(),
+            opts: H2Options {
+                max_requests: opts.max_requests(),
+                stream_window: opts.initial_stream_window_size,
+                connection_window: opts.initial_connection_window_size,
+            },
         }
+    }
+}
+
+impl PoolOptions {
+    /// Refuses HTTP/2 windows outside RFC 9113's range, naming the field.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        for (name, v) in [
+            (
+                "initial_stream_window_size",
+                self.initial_stream_window_size,
+            ),
+            (
+                "initial_connection_window_size",
+                self.initial_connection_window_size,
+            ),
+        ] {
+            if let Some(v) = v
+                && !(65_535..=0x7fff_ffff).contains(&v)
+            {
+                return Err(BuildError::new(
+                    name,
+                    format!("{v} is outside 65535..=2147483647 (RFC 9113)"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -503,9 +566,10 @@ async fn h2_stream(
     cluster: &Arc<Cluster>,
     endpoint: &Arc<Endpoint>,
     authority: Option<String>,
-    max_requests: u32,
+    opts: H2Options,
     proxy: Option<Bytes>,
 ) -> Result<H2Stream, UpstreamError> {
+    let max_requests = opts.max_requests;
     // PROXY protocol: a connection of its own, for one stream, in a pool
     // of its own that keeps nothing (`meshgate_core::proxy_protocol_http`).
     let own;
@@ -528,10 +592,11 @@ async fn h2_stream(
         };
         let addr = dial.endpoint().address;
         let io = upstream_io(dial.cluster(), stream, authority, addr).await?;
+        let (stream_window, connection_window) = opts.windows(dial.cluster());
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            .initial_stream_window_size(stream_window)
+            .initial_connection_window_size(connection_window)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .handshake(TokioIo::new(io))
             .await
@@ -612,7 +677,7 @@ impl ClientCodec for Http2Client {
     ) -> UpstreamFuture {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
-        let max_requests = self.max_requests;
+        let h2 = self.opts;
         Box::pin(async move {
             // HTTP/2 wants :scheme and :authority: make the URI absolute.
             if req.uri().scheme().is_none() {
@@ -668,7 +733,7 @@ impl ClientCodec for Http2Client {
                 &cluster,
                 &endpoint,
                 authority_string(&req),
-                max_requests,
+                h2,
                 proxy.clone(),
             )
             .await?;
@@ -701,7 +766,7 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                stream = h2_stream(&cluster, &endpoint, auth, max_requests, proxy.clone()).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, h2, proxy.clone()).await?;
                 let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;

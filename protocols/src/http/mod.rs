@@ -108,7 +108,20 @@ impl CodecFactory for Http1Codec {
         Ok(Arc::new(Http1Server::new(parse_typed(config)?)))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
-        Ok(Arc::new(Http1Client::new(parse_typed(config)?)))
+        let opts: PoolOptions = parse_typed(config)?;
+        if opts.initial_stream_window_size.is_some() {
+            return Err(BuildError::new(
+                "initial_stream_window_size",
+                "an HTTP/2 window, on an http1 cluster",
+            ));
+        }
+        if opts.initial_connection_window_size.is_some() {
+            return Err(BuildError::new(
+                "initial_connection_window_size",
+                "an HTTP/2 window, on an http1 cluster",
+            ));
+        }
+        Ok(Arc::new(Http1Client::new(opts)))
     }
 }
 
@@ -125,7 +138,9 @@ impl CodecFactory for Http2Codec {
         Ok(Arc::new(Http2Server::new(opts)))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
-        Ok(Arc::new(Http2Client::new(parse_typed(config)?)))
+        let opts: PoolOptions = parse_typed(config)?;
+        opts.validate()?;
+        Ok(Arc::new(Http2Client::new(opts)))
     }
 }
 

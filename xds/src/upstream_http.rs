@@ -1,0 +1,244 @@
+//! A cluster's `typed_extension_protocol_options` with
+//! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (what istiod
+//! and Envoy Gateway put on every cluster): the upstream protocol
+//! (`explicit_http_config`) and the pool's options (`idle_timeout`,
+//! `max_requests_per_connection`, HTTP/2 windows) as the cluster's
+//! `protocol` and `protocol_options`. Every other field, and any other
+//! extension, is refused by name.
+
+use crate::translate::{R, decode, duration, err, join, rest};
+use envoy_types::pb::envoy::config::cluster::v3 as cds;
+use envoy_types::pb::envoy::config::core::v3 as core3;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
+use serde_json::{Map, Value, json};
+
+const HTTP_PROTOCOL_OPTIONS: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// What the extension sets on the cluster.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct UpstreamHttp {
+    /// `explicit_http_config`: `http1` or `http2`.
+    pub protocol: Option<String>,
+    /// Entries of the HTTP codec's `protocol_options`.
+    pub options: Map<String, Value>,
+    /// `upstream_http_protocol_options.auto_sni`: the cluster's TLS must
+    /// leave `sni` unset (meshgate then sends the request's authority).
+    pub auto_sni: bool,
+    /// The path of the extension's entry (for errors named later).
+    pub path: String,
+}
+
+/// Takes `typed_extension_protocol_options` out of the cluster.
+pub(crate) fn translate(c: &mut cds::Cluster) -> R<UpstreamHttp> {
+    let mut out = UpstreamHttp::default();
+    let mut opts: Vec<_> = std::mem::take(&mut c.typed_extension_protocol_options)
+        .into_iter()
+        .collect();
+    opts.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, any) in opts {
+        let path = format!("typed_extension_protocol_options['{key}']");
+        if any.type_url != HTTP_PROTOCOL_OPTIONS {
+            return err(
+                path,
+                format!(
+                    "extension '{}' not supported (only envoy.extensions.upstreams.http.v3.HttpProtocolOptions)",
+                    any.type_url
+                ),
+            );
+        }
+        let m: up::HttpProtocolOptions =
+            decode(&any, HTTP_PROTOCOL_OPTIONS).map_err(|e| (path.clone(), e.to_string()))?;
+        http_protocol_options(m, &path, &mut out)?;
+        out.path = path;
+    }
+    Ok(out)
+}
+
+fn http_protocol_options(
+    mut m: up::HttpProtocolOptions,
+    path: &str,
+    out: &mut UpstreamHttp,
+) -> R<()> {
+    use up::http_protocol_options::UpstreamProtocolOptions as P;
+    use up::http_protocol_options::explicit_http_config::ProtocolConfig as E;
+    match m.upstream_protocol_options.take() {
+        None => {}
+        Some(P::ExplicitHttpConfig(mut e)) => {
+            let ep = join(path, "explicit_http_config");
+            match e.protocol_config.take() {
+                None => {}
+                Some(E::HttpProtocolOptions(h1)) => {
+                    rest(&h1, &join(&ep, "http_protocol_options"))?;
+                    out.protocol = Some("http1".into());
+                }
+                Some(E::Http2ProtocolOptions(h2)) => {
+                    http2(h2, &join(&ep, "http2_protocol_options"), &mut out.options)?;
+                    out.protocol = Some("http2".into());
+                }
+                Some(E::Http3ProtocolOptions(_)) => {
+                    return err(
+                        join(&ep, "http3_protocol_options"),
+                        "HTTP/3 to upstreams is not supported through xDS",
+                    );
+                }
+            }
+        }
+        Some(P::UseDownstreamProtocolConfig(_)) => {
+            return err(
+                join(path, "use_downstream_protocol_config"),
+                "choosing the upstream protocol per request from the downstream's is not supported (set explicit_http_config)",
+            );
+        }
+        Some(P::AutoConfig(_)) => {
+            return err(
+                join(path, "auto_config"),
+                "choosing the upstream protocol by ALPN is not supported (set explicit_http_config)",
+            );
+        }
+    }
+    if let Some(mut o) = m.common_http_protocol_options.take() {
+        let op = join(path, "common_http_protocol_options");
+        if let Some(d) = o.idle_timeout.take() {
+            let d = duration(&d, &join(&op, "idle_timeout"))?;
+            if d.is_zero() {
+                return err(
+                    join(&op, "idle_timeout"),
+                    "0 (no idle timeout) is not supported: meshgate closes idle upstream connections",
+                );
+            }
+            let text = match d.subsec_nanos() {
+                0 => format!("{}s", d.as_secs()),
+                _ => format!("{}ms", d.as_millis().max(1)),
+            };
+            out.options.insert("idle_timeout".into(), json!(text));
+        }
+        if let Some(v) = o.max_requests_per_connection.take() {
+            if v.value == 0 {
+                return err(join(&op, "max_requests_per_connection"), "must be >= 1");
+            }
+            out.options
+                .insert("max_requests_per_connection".into(), json!(v.value));
+        }
+        rest(&o, &op)?;
+    }
+    if let Some(mut u) = m.upstream_http_protocol_options.take() {
+        let upath = join(path, "upstream_http_protocol_options");
+        out.auto_sni = std::mem::take(&mut u.auto_sni);
+        rest(&u, &upath)?;
+    }
+    rest(&m, path)
+}
+
+/// An upstream `Http2ProtocolOptions`: the windows; the rest refused.
+fn http2(mut h2: core3::Http2ProtocolOptions, path: &str, out: &mut Map<String, Value>) -> R<()> {
+    for (name, v) in [
+        (
+            "initial_stream_window_size",
+            h2.initial_stream_window_size.take(),
+        ),
+        (
+            "initial_connection_window_size",
+            h2.initial_connection_window_size.take(),
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(65_535..=0x7fff_ffff).contains(&v.value) {
+                return err(
+                    join(path, name),
+                    format!("{} is outside 65535..=2147483647 (RFC 9113)", v.value),
+                );
+            }
+            out.insert(name.into(), json!(v.value));
+        }
+    }
+    rest(&h2, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf;
+    use prost::Message;
+
+    fn cluster(m: &up::HttpProtocolOptions) -> cds::Cluster {
+        let mut c = cds::Cluster::default();
+        c.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            protobuf::Any {
+                type_url: HTTP_PROTOCOL_OPTIONS.into(),
+                value: m.encode_to_vec(),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn explicit_http2_and_common_options_are_translated() {
+        use up::http_protocol_options::explicit_http_config::ProtocolConfig as E;
+        let m = up::HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                up::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    up::http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(E::Http2ProtocolOptions(
+                            core3::Http2ProtocolOptions {
+                                initial_stream_window_size: Some(protobuf::UInt32Value {
+                                    value: 65536,
+                                }),
+                                ..Default::default()
+                            },
+                        )),
+                    },
+                ),
+            ),
+            common_http_protocol_options: Some(core3::HttpProtocolOptions {
+                idle_timeout: Some(protobuf::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                max_requests_per_connection: Some(protobuf::UInt32Value { value: 3 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = translate(&mut cluster(&m)).unwrap();
+        assert_eq!(out.protocol.as_deref(), Some("http2"));
+        assert_eq!(out.options["initial_stream_window_size"], 65536);
+        assert_eq!(out.options["max_requests_per_connection"], 3);
+        assert_eq!(out.options["idle_timeout"], "3600s");
+    }
+
+    #[test]
+    fn unsupported_fields_and_extensions_are_named() {
+        let m = up::HttpProtocolOptions {
+            common_http_protocol_options: Some(core3::HttpProtocolOptions {
+                max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = translate(&mut cluster(&m)).unwrap_err();
+        assert!(
+            e.0.ends_with("common_http_protocol_options.max_headers_count"),
+            "{e:?}"
+        );
+        let m = up::HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                up::http_protocol_options::UpstreamProtocolOptions::AutoConfig(Default::default()),
+            ),
+            ..Default::default()
+        };
+        let e = translate(&mut cluster(&m)).unwrap_err();
+        assert!(e.0.ends_with("auto_config"), "{e:?}");
+        let mut c = cds::Cluster::default();
+        c.typed_extension_protocol_options.insert(
+            "x".into(),
+            protobuf::Any {
+                type_url: "type.googleapis.com/x.Y".into(),
+                value: vec![],
+            },
+        );
+        let e = translate(&mut c).unwrap_err();
+        assert_eq!(e.0, "typed_extension_protocol_options['x']");
+    }
+}
