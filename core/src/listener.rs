@@ -647,7 +647,8 @@ impl RunningListener {
             if chain.run_on_new_connection(&mut info) == FilterStatus::Close {
                 return;
             }
-            let Some(conn) = chain.connection(DownstreamIo::Tcp(stream), unread, info, drain) else {
+            let Some(conn) = chain.connection(DownstreamIo::Tcp(stream), unread, info, drain)
+            else {
                 return;
             };
             chain.terminal.clone().serve(conn).await;

@@ -90,7 +90,11 @@ pub(crate) fn release() {
 /// transport (flushed, nothing more will be written), `read` what the
 /// codec read from it past the last frame it processed. `Err(reason)`:
 /// it was not migrated (counted); the caller closes it, as a drain would.
-pub async fn migrate(info: &ConnectionInfo, io: PrefixedIo, read: &[u8]) -> Result<(), &'static str> {
+pub async fn migrate(
+    info: &ConnectionInfo,
+    io: PrefixedIo,
+    read: &[u8],
+) -> Result<(), &'static str> {
     if !open() {
         return Err(fallback("closed"));
     }

@@ -404,7 +404,9 @@ fn hand_over(
         // Before the drain starts: connections told to drain migrate.
         match s.try_clone() {
             Ok(s) => migrate::start_sender(s, reader),
-            Err(e) => tracing::warn!(error = %e, "connection migration off; open connections drain"),
+            Err(e) => {
+                tracing::warn!(error = %e, "connection migration off; open connections drain")
+            }
         }
     } else {
         tracing::info!(

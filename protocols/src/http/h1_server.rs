@@ -678,8 +678,9 @@ impl Server {
                     if self.slot.reclaim()
                         && let Slot::Own(io) = std::mem::replace(&mut self.slot, Slot::Gone)
                     {
-                        let _ = meshgate_core::upgrade::migrate::migrate(&self.info, io.io, &io.rbuf)
-                            .await;
+                        let _ =
+                            meshgate_core::upgrade::migrate::migrate(&self.info, io.io, &io.rbuf)
+                                .await;
                     }
                     return;
                 }
