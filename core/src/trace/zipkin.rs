@@ -82,7 +82,8 @@ fn span(service_name: &str, s: &SpanRecord) -> serde_json::Value {
 }
 
 /// A batch as a Zipkin v2 JSON array.
-pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+#[cfg(test)]
+fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
     let mut body = Vec::new();
     for s in spans {
         append(service_name, s, &mut body);
