@@ -1019,14 +1019,15 @@ async fn read_http1_response(
     head: &mut Vec<u8>,
 ) -> Option<(u16, bool, bool)> {
     head.clear();
-    let mut buf = [0u8; 2048];
     let mut scanned = 0;
     let (end, rest) = loop {
-        let n = io.read(&mut buf).await.ok()?;
+        // Read straight into the kept buffer's spare room (no zeroed
+        // scratch array and copy per check).
+        head.reserve(2048);
+        let n = io.read_buf(head).await.ok()?;
         if n == 0 {
             return None;
         }
-        head.extend_from_slice(&buf[..n]);
         // Only the new bytes (and 3 before them) can complete the blank line.
         if let Some(at) = head[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
             let end = scanned + at;
@@ -1048,6 +1049,7 @@ async fn read_http1_response(
         _ => return Some((status, degraded, false)),
     };
     let mut have = rest;
+    let mut buf = [0u8; 2048];
     while have < body {
         let n = io.read(&mut buf).await.ok()?;
         if n == 0 {
@@ -1062,15 +1064,13 @@ async fn read_http1_response(
 /// The body length of a response the connection survives: `None` when it
 /// is chunked, close-delimited, or the response says `connection: close`.
 fn http1_body_length(head: &[u8], status: u16) -> Option<usize> {
-    let text = std::str::from_utf8(head).ok()?;
     let mut len = None;
-    for l in text.split("\r\n").skip(1) {
-        let (k, v) = l.split_once(':')?;
-        let (k, v) = (k.trim(), v.trim());
-        if k.eq_ignore_ascii_case("content-length") {
-            len = Some(v.parse::<usize>().ok()?);
-        } else if k.eq_ignore_ascii_case("transfer-encoding")
-            || (k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"))
+    for field in header_fields(head) {
+        let (k, v) = field?;
+        if k.eq_ignore_ascii_case(b"content-length") {
+            len = Some(std::str::from_utf8(v).ok()?.parse::<usize>().ok()?);
+        } else if k.eq_ignore_ascii_case(b"transfer-encoding")
+            || (k.eq_ignore_ascii_case(b"connection") && v.eq_ignore_ascii_case(b"close"))
         {
             return None;
         }
@@ -1085,8 +1085,7 @@ fn http1_body_length(head: &[u8], status: u16) -> Option<usize> {
 /// final blank line).
 pub(crate) fn parse_http1_head(head: &[u8]) -> Option<(u16, bool)> {
     let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next()?;
+    let status_line = text.split('\n').next()?;
     let rest = status_line.strip_prefix("HTTP/1.")?;
     let code = rest.get(2..5)?;
     if rest.as_bytes().get(1) != Some(&b' ') {
@@ -1096,11 +1095,22 @@ pub(crate) fn parse_http1_head(head: &[u8]) -> Option<(u16, bool)> {
     if !(100..600).contains(&status) {
         return None;
     }
-    let degraded = lines.any(|l| {
-        l.split_once(':')
-            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("x-envoy-degraded"))
-    });
+    let degraded = header_fields(head)
+        .any(|f| f.is_some_and(|(k, _)| k.eq_ignore_ascii_case(b"x-envoy-degraded")));
     Some((status, degraded))
+}
+
+/// The header fields of a response head (the lines after the status
+/// line), names and values trimmed; `None` for a line without a colon.
+/// Bytes, not `str` searches: a check parses a head every interval, and
+/// the substring searcher was a sixth of a check's instructions
+/// (benches/RESULTS.md).
+fn header_fields(head: &[u8]) -> impl Iterator<Item = Option<(&[u8], &[u8])>> {
+    head.split(|b| *b == b'\n').skip(1).map(|l| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        let colon = l.iter().position(|b| *b == b':')?;
+        Some((l[..colon].trim_ascii(), l[colon + 1..].trim_ascii()))
+    })
 }
 
 /// One HTTP/2 request on `conn`; the response head and up to

@@ -1,25 +1,33 @@
-//! The OTLP/gRPC span exporter: finished spans go into a bounded queue
-//! (never waited on by a stream: a full queue drops the span, counted), a
-//! background task takes them in batches and sends each batch as one
-//! `TraceService/Export` call to the collector's meshgate cluster through
-//! its pool (`crate::callout::grpc_unary`). The task starts with the first
-//! span, on the runtime that produced it, and ends once the tracer is
-//! dropped (a reload) and the queue is empty.
+//! The span exporter: a finished span is encoded at once, on the stream
+//! that finished it, into the body of the batch being gathered (the
+//! transport's encoding: OTLP protobuf, or Zipkin JSON), and a background
+//! task sends each batch as one call to the collector's meshgate cluster
+//! through its pool (OTLP/gRPC `TraceService/Export` by default, or a
+//! `super::sink::BatchSink`). At most `QUEUE` spans wait; past that a
+//! span is dropped, counted, and a stream never waits. The task starts
+//! with the first span, on the runtime that produced it, and ends once
+//! the tracer is dropped (a reload) and nothing waits.
 //!
-//! Cost: the task wakes once per batch, not per span. After a batch's
-//! first span it sleeps `LINGER` (cut short when a batch's worth is
-//! queued, which `submit` signals) and then drains the queue without
-//! waiting, so a stream's `submit` is a queue push with no task wake-up
-//! and no timer.
+//! Cost: encoding at `submit` means a span's strings and attributes are
+//! read once, on the thread that built them, and freed there; the batch
+//! is one growing buffer behind an uncontended lock, with no span moved
+//! through a channel and no per-span record kept until the export (that
+//! queue, and encoding the whole batch later, were most of the sampled
+//! stream's cost: benches/RESULTS.md). The task wakes once per batch:
+//! after a batch's first span it sleeps `LINGER` (cut short when
+//! `max_cache_size` spans are queued) and then takes what is there.
 
-use super::otlp::{SpanRecord, export_request};
+use super::otlp::{SpanRecord, append_span, export_request_head};
+use super::sink::{BatchSink, BoxFuture};
 use crate::cluster::Cluster;
 use crate::metrics::names;
 use bytes::Bytes;
 use metrics::Counter;
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Spans waiting for export; past it new spans are dropped.
@@ -30,25 +38,104 @@ const LINGER: Duration = Duration::from_millis(100);
 /// success note).
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// Encoded spans of one batch.
+#[derive(Default)]
+struct Batch {
+    body: Vec<u8>,
+    spans: usize,
+}
+
+/// What the streams and the export task share.
+#[derive(Default)]
+struct Queue {
+    /// Full batches (`max_cache_size` spans each), oldest first.
+    ready: VecDeque<Batch>,
+    /// The batch being gathered.
+    open: Batch,
+    /// Spans in `ready` and `open`.
+    waiting: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// A batch's first span is queued: the task wakes.
+    first: Notify,
+    /// A batch's worth is queued: the task stops lingering.
+    full: Notify,
+    /// The exporter is gone: the task sends what waits and ends.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic while holding it leaves whole spans only: keep going.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct Exporter {
     cluster: Arc<Cluster>,
-    authority: String,
-    service_name: String,
+    service_name: Arc<str>,
     batch: usize,
     timeout: Duration,
-    tx: OnceLock<mpsc::Sender<SpanRecord>>,
-    /// A batch's worth is queued: the task stops lingering.
-    full: Arc<Notify>,
+    transport: Arc<dyn BatchSink>,
+    shared: Arc<Shared>,
+    started: OnceLock<()>,
     dropped_full: Counter,
-    /// Another transport than OTLP/gRPC (`super::sink`).
-    sink: Option<Arc<dyn super::sink::BatchSink>>,
 }
 
 impl std::fmt::Debug for Exporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporter")
             .field("cluster", &self.cluster.name)
+            .field("transport", &self.transport)
             .finish()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.first.notify_one();
+    }
+}
+
+/// OTLP/gRPC: `TraceService/Export` with the batch as its
+/// `ExportTraceServiceRequest`.
+#[derive(Debug)]
+struct OtlpGrpc {
+    authority: String,
+}
+
+impl BatchSink for OtlpGrpc {
+    fn encode(&self, _service_name: &str, span: &SpanRecord, out: &mut Vec<u8>) {
+        append_span(out, span);
+    }
+
+    fn send<'a>(
+        &'a self,
+        cluster: &'a Arc<Cluster>,
+        service_name: &'a str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let mut msg = Vec::with_capacity(body.len() + 64);
+        export_request_head(&mut msg, service_name, body.len());
+        msg.extend_from_slice(&body);
+        Box::pin(async move {
+            crate::callout::grpc_unary(
+                cluster,
+                &self.authority,
+                EXPORT_PATH,
+                Bytes::from(msg),
+                timeout,
+                MAX_RESPONSE,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -63,112 +150,135 @@ impl Exporter {
         let dropped_full = metrics::counter!(names::TRACING_SPANS_DROPPED_TOTAL, "cluster" => cluster.name, "reason" => "queue_full");
         Self {
             cluster,
-            authority,
-            service_name,
-            batch: batch.max(1),
+            service_name: service_name.into(),
+            batch: batch.clamp(1, QUEUE),
             timeout,
-            tx: OnceLock::new(),
-            full: Arc::new(Notify::new()),
+            transport: Arc::new(OtlpGrpc { authority }),
+            shared: Arc::default(),
+            started: OnceLock::new(),
             dropped_full,
-            sink: None,
         }
     }
 
     /// Sends batches through `sink` instead of OTLP/gRPC.
-    pub fn with_sink(mut self, sink: Arc<dyn super::sink::BatchSink>) -> Self {
-        self.sink = Some(sink);
+    pub fn with_sink(mut self, sink: Arc<dyn BatchSink>) -> Self {
+        self.transport = sink;
         self
     }
 
-    /// Queues a finished span; never waits.
+    /// Queues a finished span (encoded now); never waits.
     pub fn submit(&self, span: SpanRecord) {
-        let tx = self.tx.get_or_init(|| self.spawn());
-        if tx.try_send(span).is_err() {
-            self.dropped_full.increment(1);
-        } else if QUEUE - tx.capacity() >= self.batch {
-            self.full.notify_one();
+        self.started.get_or_init(|| self.spawn());
+        let (first, full) = {
+            let mut q = self.shared.lock();
+            if q.waiting >= QUEUE {
+                drop(q);
+                self.dropped_full.increment(1);
+                return;
+            }
+            self.transport
+                .encode(&self.service_name, &span, &mut q.open.body);
+            q.open.spans += 1;
+            q.waiting += 1;
+            let first = q.waiting == 1;
+            let full = q.open.spans >= self.batch;
+            if full {
+                let b = std::mem::take(&mut q.open);
+                q.ready.push_back(b);
+            }
+            (first, full)
+        };
+        if first {
+            self.shared.first.notify_one();
+        }
+        if full {
+            self.shared.full.notify_one();
         }
     }
 
-    fn spawn(&self) -> mpsc::Sender<SpanRecord> {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    fn spawn(&self) {
         let task = Task {
             cluster: self.cluster.clone(),
-            authority: self.authority.clone(),
             service_name: self.service_name.clone(),
-            batch: self.batch,
             timeout: self.timeout,
-            sink: self.sink.clone(),
-            full: self.full.clone(),
+            transport: self.transport.clone(),
+            shared: self.shared.clone(),
         };
         // Only called from a stream, which runs on a runtime.
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(task.run(rx));
+            tokio::spawn(task.run());
         }
-        tx
     }
 }
 
 struct Task {
     cluster: Arc<Cluster>,
-    authority: String,
-    service_name: String,
-    batch: usize,
+    service_name: Arc<str>,
     timeout: Duration,
-    sink: Option<Arc<dyn super::sink::BatchSink>>,
-    full: Arc<Notify>,
+    transport: Arc<dyn BatchSink>,
+    shared: Arc<Shared>,
 }
 
 impl Task {
-    async fn run(self, mut rx: mpsc::Receiver<SpanRecord>) {
+    /// The oldest full batch, else (`partial`) the one being gathered.
+    fn take(&self, partial: bool) -> Option<Batch> {
+        let mut q = self.shared.lock();
+        let b = match q.ready.pop_front() {
+            Some(b) => b,
+            None if partial && q.open.spans > 0 => {
+                // The next batch's buffer starts at this one's size.
+                let cap = q.open.body.len();
+                std::mem::replace(
+                    &mut q.open,
+                    Batch {
+                        body: Vec::with_capacity(cap),
+                        spans: 0,
+                    },
+                )
+            }
+            None => return None,
+        };
+        q.waiting -= b.spans;
+        Some(b)
+    }
+
+    async fn run(self) {
         let label = self.cluster.name;
         let exported = metrics::counter!(names::TRACING_SPANS_EXPORTED_TOTAL, "cluster" => label);
         let failed = metrics::counter!(names::TRACING_SPANS_DROPPED_TOTAL, "cluster" => label, "reason" => "export_failed");
-        let mut spans = Vec::with_capacity(self.batch.min(1024));
-        while let Some(first) = rx.recv().await {
-            spans.push(first);
-            // Let a batch gather for a moment (no wake-up per span), then
-            // take what is queued.
-            if rx.len() + 1 < self.batch {
-                tokio::select! {
-                    _ = tokio::time::sleep(LINGER) => {}
-                    _ = self.full.notified() => {}
-                }
-            }
-            while spans.len() < self.batch {
-                match rx.try_recv() {
-                    Ok(s) => spans.push(s),
-                    Err(_) => break,
-                }
-            }
-            let n = spans.len() as u64;
-            if let Some(sink) = &self.sink {
-                let r = sink
-                    .send(&self.cluster, &self.service_name, &spans, self.timeout)
-                    .await;
-                spans.clear();
-                match r {
-                    Ok(()) => exported.increment(n),
-                    Err(e) => {
-                        failed.increment(n);
-                        tracing::debug!(cluster = label, error = %e, "span export failed");
+        loop {
+            let batch = match self.take(false) {
+                Some(b) => b,
+                None => {
+                    let waiting = self.shared.lock().waiting;
+                    if waiting == 0 {
+                        if self.shared.closed.load(Ordering::Acquire) {
+                            break;
+                        }
+                        self.shared.first.notified().await;
+                        continue;
+                    }
+                    // Let a batch gather for a moment (no wake-up per
+                    // span), unless the exporter is gone.
+                    if !self.shared.closed.load(Ordering::Acquire) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(LINGER) => {}
+                            _ = self.shared.full.notified() => {}
+                        }
+                    }
+                    match self.take(true) {
+                        Some(b) => b,
+                        None => continue,
                     }
                 }
-                continue;
-            }
-            let body = Bytes::from(export_request(&self.service_name, &spans));
-            spans.clear();
-            match crate::callout::grpc_unary(
-                &self.cluster,
-                &self.authority,
-                EXPORT_PATH,
-                body,
-                self.timeout,
-                MAX_RESPONSE,
-            )
-            .await
-            {
-                Ok(_) => exported.increment(n),
+            };
+            let n = batch.spans as u64;
+            let r = self
+                .transport
+                .send(&self.cluster, &self.service_name, batch.body, self.timeout)
+                .await;
+            match r {
+                Ok(()) => exported.increment(n),
                 Err(e) => {
                     failed.increment(n);
                     tracing::debug!(cluster = label, error = %e, "span export failed");

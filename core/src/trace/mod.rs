@@ -215,8 +215,13 @@ impl Tracer {
         if !matches!(info.trace, StreamTrace::Undecided) {
             return;
         }
-        trust::drop_untrusted_force(req.headers_mut(), info);
-        let seen = context::scan(req.headers());
+        // One pass over the headers finds all tracing reads; the rare
+        // `x-envoy-force-trace` is judged (and maybe removed) after it.
+        let mut seen = context::scan(req.headers());
+        if seen.x_envoy_force_trace {
+            trust::drop_untrusted_force(req.headers_mut(), info);
+            seen = context::scan(req.headers());
+        }
         let incoming = context::extract_seen(&seen);
         let decision = sample_seen(&self.sampling, &seen, incoming.as_ref(), route);
         self.decisions[decision as usize].increment(1);
@@ -229,6 +234,7 @@ impl Tracer {
         });
         let span_id = context::random_id::<8>();
         let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
+        let has_tracestate = seen.tracestate.is_some();
         if decision == Decision::NotSampled {
             info.trace = StreamTrace::NotSampled;
             // An incoming W3C context travels on as it came; otherwise the
@@ -252,7 +258,9 @@ impl Tracer {
         let trace_state = if incoming.is_some_and(|c| c.format == context::Format::W3c) {
             h.get(context::TRACESTATE).cloned()
         } else {
-            h.remove(context::TRACESTATE);
+            if has_tracestate {
+                h.remove(context::TRACESTATE);
+            }
             None
         };
         if !self.spawn_upstream_span {
@@ -498,6 +506,15 @@ fn sample_seen(
     let client = route.and_then(|r| r.client).unwrap_or(sampling.client);
     let random = route.and_then(|r| r.random).unwrap_or(sampling.random);
     let overall = route.and_then(|r| r.overall).unwrap_or(sampling.overall);
+    let client_applies = h.x_client_trace_id && client > 0;
+    // Shares of 0 % or 100 % need no draw (a bench's and many operators'
+    // settings): not drawing saves the request id's hash per stream.
+    if !client_applies && random == 0 {
+        return Decision::NotSampled;
+    }
+    if !client_applies && random >= ALL && overall >= ALL {
+        return Decision::Random;
+    }
     // The request id makes the draw stable across hops (Envoy's
     // random sampling is by `x-request-id`).
     let draw = match h.x_request_id {
@@ -630,28 +647,22 @@ fn concat(parts: &[&str]) -> String {
 
 /// A standard method's name without an allocation.
 fn method_str(m: &http::Method) -> Cow<'static, str> {
-    use http::Method as M;
-    let known = [
-        M::GET,
-        M::POST,
-        M::PUT,
-        M::DELETE,
-        M::HEAD,
-        M::OPTIONS,
-        M::PATCH,
-        M::CONNECT,
-        M::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match known.iter().position(|k| k == m) {
-        Some(i) => Cow::Borrowed(NAMES[i]),
-        None => Cow::Owned(m.as_str().to_string()),
+    match m.as_str() {
+        "GET" => Cow::Borrowed("GET"),
+        "POST" => Cow::Borrowed("POST"),
+        "PUT" => Cow::Borrowed("PUT"),
+        "DELETE" => Cow::Borrowed("DELETE"),
+        "HEAD" => Cow::Borrowed("HEAD"),
+        "OPTIONS" => Cow::Borrowed("OPTIONS"),
+        "PATCH" => Cow::Borrowed("PATCH"),
+        "CONNECT" => Cow::Borrowed("CONNECT"),
+        "TRACE" => Cow::Borrowed("TRACE"),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
-/// Appends `n` in decimal.
+/// Appends `n` in decimal (written into a stack buffer first: one
+/// append, not a `String::push` per digit).
 fn push_decimal(s: &mut String, mut n: u32) {
     let mut digits = [0u8; 10];
     let mut i = digits.len();
@@ -663,9 +674,8 @@ fn push_decimal(s: &mut String, mut n: u32) {
             break;
         }
     }
-    for d in &digits[i..] {
-        s.push(char::from(*d));
-    }
+    // ASCII digits only.
+    s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 /// An IP as `Display` writes it, an IPv4 one without the formatting
@@ -676,16 +686,33 @@ fn ip_string(ip: std::net::IpAddr) -> String {
     s
 }
 
+/// Appends an IPv4 address's dotted quad, built in a stack buffer.
+fn push_v4(s: &mut String, v4: std::net::Ipv4Addr) {
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    // Digits and dots only.
+    s.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+}
+
 fn push_ip(s: &mut String, ip: std::net::IpAddr) {
     match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                push_decimal(s, u32::from(*o));
-            }
-        }
+        std::net::IpAddr::V4(v4) => push_v4(s, v4),
         std::net::IpAddr::V6(v6) => {
             use std::fmt::Write;
             let _ = write!(s, "{v6}");

@@ -43,9 +43,15 @@ pub struct SpanRecord {
 /// written in place: no buffer per message and no copy per nesting level.
 struct Writer<'a>(&'a mut Vec<u8>);
 
-/// Bytes of `v` as a varint.
+/// Bytes of `v` as a varint (lengths here are mostly under 128: one
+/// byte, tested first).
+#[inline]
 fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    if v < 0x80 {
+        1
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(7)
+    }
 }
 
 /// Bytes of a length-delimited field of `len` bytes (field numbers here
@@ -55,30 +61,40 @@ fn field_len(len: usize) -> usize {
 }
 
 impl Writer<'_> {
+    #[inline]
     fn varint(&mut self, mut v: u64) {
+        if v < 0x80 {
+            self.0.push(v as u8);
+            return;
+        }
         while v >= 0x80 {
             self.0.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.0.push(v as u8);
     }
+    #[inline]
     fn key(&mut self, field: u32, wire: u8) {
         self.varint(u64::from(field) << 3 | u64::from(wire));
     }
     /// The key and length of a length-delimited field; its `len` bytes
     /// follow.
+    #[inline]
     fn open(&mut self, field: u32, len: usize) {
         self.key(field, 2);
         self.varint(len as u64);
     }
+    #[inline]
     fn bytes(&mut self, field: u32, b: &[u8]) {
         self.open(field, b.len());
         self.0.extend_from_slice(b);
     }
+    #[inline]
     fn fixed64(&mut self, field: u32, v: u64) {
         self.key(field, 1);
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    #[inline]
     fn uint(&mut self, field: u32, v: u64) {
         self.key(field, 0);
         self.varint(v);
@@ -115,9 +131,11 @@ fn key_value_len(key: &str, value: Any<'_>) -> usize {
 }
 
 fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_>) {
-    w.open(field, key_value_len(key, value));
+    // Each length once (a span has a dozen attributes).
+    let any = any_len(value);
+    w.open(field, field_len(key.len()) + field_len(any));
     w.bytes(1, key.as_bytes());
-    w.open(2, any_len(value));
+    w.open(2, any);
     match value {
         Any::Str(s) => w.bytes(1, s.as_bytes()),
         Any::Int(i) => w.uint(3, i as u64),
@@ -148,8 +166,9 @@ fn span_len(s: &SpanRecord) -> usize {
     n
 }
 
-fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord) {
-    w.open(field, span_len(s));
+/// Writes span `s` of `len` bytes (its `span_len`).
+fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord, len: usize) {
+    w.open(field, len);
     w.bytes(1, &s.trace_id);
     w.bytes(2, &s.span_id);
     if let Some(ts) = &s.trace_state {
@@ -174,27 +193,31 @@ fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord) {
 const SCOPE_NAME: &[u8] = b"meshgate";
 const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
 
-/// An `ExportTraceServiceRequest` of one resource (`service.name`) and one
-/// instrumentation scope (`meshgate`).
-pub fn export_request(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
-    let mut out = Vec::new();
-    export_request_into(&mut out, service_name, spans);
-    out
+/// Appends span `s` as one `ScopeSpans.spans` entry (its key, length and
+/// message): a batch's spans are these entries one after another, each
+/// encoded when its stream finishes (`append_span`), and the request
+/// around them is written at export (`export_request_head`).
+pub fn append_span(out: &mut Vec<u8>, s: &SpanRecord) {
+    let len = span_len(s);
+    out.reserve(field_len(len));
+    span(&mut Writer(out), 2, s, len);
 }
 
-/// `export_request`, appended to `out` (sized once, written in one pass).
-pub fn export_request_into(out: &mut Vec<u8>, service_name: &str, spans: &[SpanRecord]) {
+/// The start of an `ExportTraceServiceRequest` of one resource
+/// (`service.name`) and one instrumentation scope (`meshgate`) whose
+/// `ScopeSpans.spans` entries (`append_span`) are `spans_len` bytes and
+/// follow it.
+pub fn export_request_head(out: &mut Vec<u8>, service_name: &str, spans_len: usize) {
     let service = Any::Str(service_name);
     // Resource { attributes = 1 }
     let resource_len = field_len(key_value_len("service.name", service));
     // InstrumentationScope { name = 1; version = 2 }
     let scope_len = field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len());
     // ScopeSpans { scope = 1; spans = 2 }
-    let scope_spans_len =
-        field_len(scope_len) + spans.iter().map(|s| field_len(span_len(s))).sum::<usize>();
+    let scope_spans_len = field_len(scope_len) + spans_len;
     // ResourceSpans { resource = 1; scope_spans = 2 }
     let rs_len = field_len(resource_len) + field_len(scope_spans_len);
-    out.reserve(field_len(rs_len));
+    out.reserve(field_len(rs_len) - spans_len);
     let w = &mut Writer(out);
     w.open(1, rs_len);
     w.open(1, resource_len);
@@ -203,9 +226,18 @@ pub fn export_request_into(out: &mut Vec<u8>, service_name: &str, spans: &[SpanR
     w.open(1, scope_len);
     w.bytes(1, SCOPE_NAME);
     w.bytes(2, SCOPE_VERSION);
+}
+
+/// A whole `ExportTraceServiceRequest` of `spans`.
+pub fn export_request(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+    let mut body = Vec::new();
     for s in spans {
-        span(w, 2, s);
+        append_span(&mut body, s);
     }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    export_request_head(&mut out, service_name, body.len());
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]

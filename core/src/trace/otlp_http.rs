@@ -1,9 +1,9 @@
 //! The OTLP/HTTP span transport (OpenTelemetry's `http_service`): each
 //! batch is one `ExportTraceServiceRequest` (the same protobuf as the gRPC
-//! exporter's, `otlp::export_request`) POSTed as
+//! exporter's, `otlp::append_span` and `otlp::export_request_head`) POSTed as
 //! `application/x-protobuf` to the collector's `/v1/traces`.
 
-use super::otlp::{SpanRecord, export_request};
+use super::otlp::{SpanRecord, append_span, export_request_head};
 use super::sink::{BatchSink, BoxFuture, HttpTarget};
 use crate::cluster::Cluster;
 use bytes::Bytes;
@@ -16,17 +16,23 @@ pub struct OtlpHttp {
 }
 
 impl BatchSink for OtlpHttp {
+    fn encode(&self, _service_name: &str, span: &SpanRecord, out: &mut Vec<u8>) {
+        append_span(out, span);
+    }
+
     fn send<'a>(
         &'a self,
         cluster: &'a Arc<Cluster>,
         service_name: &'a str,
-        spans: &'a [SpanRecord],
+        body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), String>> {
-        let body = Bytes::from(export_request(service_name, spans));
+        let mut msg = Vec::with_capacity(body.len() + 64);
+        export_request_head(&mut msg, service_name, body.len());
+        msg.extend_from_slice(&body);
         Box::pin(
             self.target
-                .post(cluster, "application/x-protobuf", body, timeout),
+                .post(cluster, "application/x-protobuf", Bytes::from(msg), timeout),
         )
     }
 }

@@ -1,6 +1,6 @@
-//! The exporter seam for span transports other than OTLP/gRPC: a
-//! `BatchSink` encodes one batch of finished spans and sends it
-//! (`export::Exporter` keeps the queue and the batching), and
+//! The exporter seam for span transports: a `BatchSink` encodes each
+//! finished span into its batch and sends a batch (`export::Exporter`
+//! keeps the queue and the batching), and
 //! `HttpTarget` is the HTTP POST both OTLP/HTTP and Zipkin make to their
 //! collector cluster through its pool.
 
@@ -19,13 +19,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Largest collector answer read (an empty message or a short note).
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// Encodes and sends one batch of spans.
+/// A span transport: how one span is encoded into a batch's body (when
+/// its stream finishes), and how a batch is sent.
 pub trait BatchSink: Send + Sync + std::fmt::Debug {
+    /// Appends `span` to `out`, the encoded spans of one batch so far.
+    fn encode(&self, service_name: &str, span: &SpanRecord, out: &mut Vec<u8>);
+
+    /// Sends one batch: `body` is its spans' encodings one after another.
     fn send<'a>(
         &'a self,
         cluster: &'a Arc<Cluster>,
         service_name: &'a str,
-        spans: &'a [SpanRecord],
+        body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), String>>;
 }

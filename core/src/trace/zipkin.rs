@@ -82,20 +82,48 @@ fn span(service_name: &str, s: &SpanRecord) -> serde_json::Value {
 }
 
 /// A batch as a Zipkin v2 JSON array.
-pub fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
-    let list: Vec<serde_json::Value> = spans.iter().map(|s| span(service_name, s)).collect();
-    serde_json::to_vec(&list).unwrap_or_default()
+#[cfg(test)]
+fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for s in spans {
+        append(service_name, s, &mut body);
+    }
+    array(body)
+}
+
+/// Appends one span to a batch's body: JSON objects separated by commas.
+fn append(service_name: &str, s: &SpanRecord, out: &mut Vec<u8>) {
+    let mark = out.len();
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    if serde_json::to_writer(&mut *out, &span(service_name, s)).is_err() {
+        out.truncate(mark);
+    }
+}
+
+/// The batch's body as a JSON array.
+fn array(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.push(b'[');
+    out.extend_from_slice(&body);
+    out.push(b']');
+    out
 }
 
 impl BatchSink for Zipkin {
+    fn encode(&self, service_name: &str, span: &SpanRecord, out: &mut Vec<u8>) {
+        append(service_name, span, out);
+    }
+
     fn send<'a>(
         &'a self,
         cluster: &'a Arc<Cluster>,
-        service_name: &'a str,
-        spans: &'a [SpanRecord],
+        _service_name: &'a str,
+        body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), String>> {
-        let body = Bytes::from(encode(service_name, spans));
+        let body = Bytes::from(array(body));
         Box::pin(self.target.post(cluster, "application/json", body, timeout))
     }
 }
