@@ -135,7 +135,7 @@ pub(super) fn install(m: Option<Minimums>) {
             .iter()
             .enumerate()
             .filter(|(_, v)| v.is_some())
-            .fold(0u32, |acc, (i, _)| acc | (1 << i));
+            .fold(0u32, |acc, (i, _)| acc | (1u32 << i));
         SCALED.store(mask, Ordering::Relaxed);
         drop(cur);
         CHANGED.notify_waiters();
@@ -170,15 +170,19 @@ pub fn is_scaled(timer: Timer) -> bool {
     SCALED.load(Ordering::Relaxed) & (1 << timer as u32) != 0
 }
 
+/// A scaled timer's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
 /// Runs `fut` until it completes or `timer`'s deadline passes: `configured`
 /// after the call, shrunk by `reduce_timeouts` and computed again whenever
 /// the action's scale changes (a handshake already waiting is cut short
-/// when the pressure rises). `Err(())` on timeout.
+/// when the pressure rises).
 pub async fn timeout<F: std::future::Future>(
     timer: Timer,
     configured: Duration,
     fut: F,
-) -> Result<F::Output, ()> {
+) -> Result<F::Output, Elapsed> {
     let start = tokio::time::Instant::now();
     tokio::pin!(fut);
     loop {
@@ -187,7 +191,7 @@ pub async fn timeout<F: std::future::Future>(
         let deadline = start + scaled(timer, configured);
         tokio::select! {
             r = &mut fut => return Ok(r),
-            _ = tokio::time::sleep_until(deadline) => return Err(()),
+            _ = tokio::time::sleep_until(deadline) => return Err(Elapsed),
             _ = changed => {}
         }
     }
