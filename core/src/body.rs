@@ -198,15 +198,63 @@ pub(crate) struct IdleTimer {
     /// The request body's activity, when it streams.
     watch: Option<Arc<Watch>>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The downstream stream idle timer: shrunk by the overload manager's
+    /// `reduce_timeouts` (`HTTP_DOWNSTREAM_STREAM_IDLE`).
+    scaled: bool,
+    /// Wakes the waiting timer when the action's scale changes (made only
+    /// while that timer is configured to scale).
+    changed: Option<Pin<Box<tokio::sync::futures::Notified<'static>>>>,
 }
 
 impl IdleTimer {
+    /// A timer that is never scaled (the per-try idle timeout).
     pub(crate) fn new(timeout: Duration, watch: Option<Arc<Watch>>) -> Self {
         Self {
             timeout,
             last: now_nanos(),
             watch,
             sleep: None,
+            scaled: false,
+            changed: None,
+        }
+    }
+
+    /// The downstream stream idle timer (HCM `stream_idle_timeout`, the
+    /// route's `idle_timeout`), scaled under `reduce_timeouts`.
+    pub(crate) fn stream(timeout: Duration, watch: Option<Arc<Watch>>) -> Self {
+        Self {
+            scaled: true,
+            ..Self::new(timeout, watch)
+        }
+    }
+
+    /// The timeout now (the configured one, or shrunk under pressure).
+    fn timeout(&self) -> Duration {
+        if self.scaled {
+            crate::overload::timers::scaled(
+                crate::overload::timers::Timer::HttpDownstreamStreamIdle,
+                self.timeout,
+            )
+        } else {
+            self.timeout
+        }
+    }
+
+    /// Re-arms the waiting sleep when `reduce_timeouts`' scale changed.
+    fn poll_rescale(&mut self, cx: &mut Context<'_>) {
+        use crate::overload::timers;
+        if !self.scaled || !timers::is_scaled(timers::Timer::HttpDownstreamStreamIdle) {
+            return;
+        }
+        loop {
+            let c = self
+                .changed
+                .get_or_insert_with(|| Box::pin(timers::changed()));
+            if c.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            self.changed = None;
+            self.sleep = None;
         }
     }
 
@@ -218,7 +266,9 @@ impl IdleTimer {
 
     /// Ready once nothing moved for the timeout.
     pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_rescale(cx);
         loop {
+            let timeout = self.timeout();
             let last = self
                 .watch
                 .as_ref()
@@ -227,7 +277,7 @@ impl IdleTimer {
             let sleep = match &mut self.sleep {
                 Some(s) => s,
                 None => {
-                    let left = self.timeout.saturating_sub(idle);
+                    let left = timeout.saturating_sub(idle);
                     self.sleep.insert(Box::pin(tokio::time::sleep(
                         left.max(Duration::from_millis(1)),
                     )))
@@ -237,12 +287,12 @@ impl IdleTimer {
             // Fired: idle for the whole timeout, or activity since it was
             // armed moves it on. The coarse clock lags by up to a tick.
             let idle = Duration::from_nanos(now_nanos().saturating_sub(last));
-            if idle + Duration::from_millis(5) >= self.timeout {
+            if idle + Duration::from_millis(5) >= timeout {
                 return Poll::Ready(());
             }
             sleep
                 .as_mut()
-                .reset(tokio::time::Instant::now() + (self.timeout - idle));
+                .reset(tokio::time::Instant::now() + (timeout - idle));
         }
     }
 }

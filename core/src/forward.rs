@@ -265,7 +265,7 @@ pub fn forward<'a>(
                 let timed = with_timeout(send, timeout);
                 let result = if guarded {
                     let timer =
-                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                        idle_before_response.map(|t| body::IdleTimer::stream(t, watch.clone()));
                     match Box::pin(body::race(Box::pin(timed), watch.as_ref(), timer)).await {
                         body::Raced::Done(r) => r,
                         body::Raced::TooLarge => {
@@ -304,7 +304,7 @@ pub fn forward<'a>(
                 let timed = with_timeout(fut, timeout);
                 let result = if guarded {
                     let timer =
-                        idle_before_response.map(|t| body::IdleTimer::new(t, watch.clone()));
+                        idle_before_response.map(|t| body::IdleTimer::stream(t, watch.clone()));
                     match body::race(Box::pin(timed), watch.as_ref(), timer).await {
                         body::Raced::Done(r) => r,
                         body::Raced::TooLarge => {
@@ -1079,7 +1079,7 @@ fn settle(
                     idle: after
                         .idle
                         .as_ref()
-                        .map(|(t, w)| body::IdleTimer::new(*t, w.clone())),
+                        .map(|(t, w)| body::IdleTimer::stream(*t, w.clone())),
                     protocol: after.protocol,
                     grpc_trailers,
                     try_idle: policy

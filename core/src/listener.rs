@@ -861,7 +861,15 @@ async fn terminate_tls(
 ) -> Option<DownstreamIo> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let io = crate::tls::HandshakeIo::new(io);
-    let reason = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
+    // The handshake timeout is Envoy's `transport_socket_connect_timeout`,
+    // scaled by `reduce_timeouts` (`TRANSPORT_SOCKET_CONNECT`).
+    let reason = match crate::overload::timers::timeout(
+        crate::overload::timers::Timer::TransportSocketConnect,
+        tls.handshake_timeout,
+        acceptor.accept(io),
+    )
+    .await
+    {
         Ok(Ok(mut s)) => {
             s.get_mut().0.disarm();
             let (_, conn) = s.get_ref();

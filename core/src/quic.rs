@@ -247,7 +247,13 @@ async fn serve_connection(
         .as_ref()
         .map(|t| t.handshake_timeout)
         .unwrap_or(Duration::from_secs(10));
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    let conn = match crate::overload::timers::timeout(
+        crate::overload::timers::Timer::TransportSocketConnect,
+        timeout,
+        connecting,
+    )
+    .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "QUIC handshake failed");

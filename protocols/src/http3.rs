@@ -536,14 +536,17 @@ async fn serve_request(
     let (parts, ()) = req.into_parts();
     let mut body = H3Body::new(recv);
     body.peek_end();
-    let body = box_body(body);
+    // The overload manager's body budget, when configured (as HTTP/2).
+    let (body, held) = meshgate_core::overload::buffer::track(box_body(body));
     let req: Request = http::Request::from_parts(parts, body);
-    let resp = handler
-        .handle(
-            req,
-            StreamInfo::new(info, "http3").with_traits(HTTP3_TRAITS),
-        )
-        .await;
+    let exchange = handler.handle(
+        req,
+        StreamInfo::new(info, "http3").with_traits(HTTP3_TRAITS),
+    );
+    let resp = match held {
+        None => exchange.await,
+        Some(h) => meshgate_core::overload::buffer::guard(h, exchange).await,
+    };
     let (parts, body) = resp.into_parts();
     let mut head = http::Response::from_parts(parts, ());
     // Connection-specific fields are not allowed in HTTP/3 (RFC 9114 4.2).

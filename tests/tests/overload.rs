@@ -178,6 +178,89 @@ fn body_budget_holds_rss_and_sheds_the_largest_streams_with_503() {
     );
 }
 
+/// One HTTP/1.1 upload of `len` bytes (content-length framed) written by
+/// a thread; returns the response head meshgate sent ("" when the
+/// connection ended without one).
+fn h1_upload(port: u16, len: usize) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+            if w.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = vec![b'x'; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if w.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = writer.join();
+        String::from_utf8_lossy(&got).into_owned()
+    })
+}
+
+#[test]
+fn body_budget_resets_the_largest_http1_uploads_with_503() {
+    // An HTTP/1.1 upstream that never reads: every byte of the uploads
+    // past its socket buffers is read ahead into meshgate's counted memory
+    // until the 4 MiB budget, then the largest holders are reset.
+    let up = stalled_upstream().to_string();
+    let budget = "overload_manager:
+  refresh_interval: 0.1s
+  resource_monitors:
+    - name: meshgate.resource_monitors.buffered_bytes
+      typed_config: {max_buffered_bytes: 4194304}
+  actions:
+    - name: envoy.overload_actions.reset_high_memory_streams
+      triggers:
+        - name: meshgate.resource_monitors.buffered_bytes
+          threshold: {value: 0.9}
+";
+    let mg = Meshgate::start(&config(&up, "", budget));
+    let port = mg.listener_port("http");
+    let clients: Vec<_> = (0..6).map(|_| h1_upload(port, 8 << 20)).collect();
+    let heads: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let shed: Vec<&String> = heads
+        .iter()
+        .filter(|h| h.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert!(!shed.is_empty(), "no upload was answered 503: {heads:?}");
+    for h in &shed {
+        assert!(
+            h.to_ascii_lowercase().contains("x-envoy-overloaded: true"),
+            "{h}"
+        );
+    }
+    let resets = mg.metric("meshgate_overload_streams_reset_total", &[]);
+    assert!(
+        resets >= shed.len() as f64,
+        "{resets} resets, {} 503s",
+        shed.len()
+    );
+    assert!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "overloaded")]
+        ) >= shed.len() as f64
+    );
+}
+
 /// Opens a connection that meshgate serves (a request answered 200 on
 /// it), kept open.
 fn try_open_served(port: u16) -> Option<TcpStream> {

@@ -762,7 +762,7 @@ fn filter_chain(
         None => None,
         Some(m) => Some(chain_match(m, &join(path, "filter_chain_match"))?),
     };
-    let tls = match fc.transport_socket.take() {
+    let mut tls = match fc.transport_socket.take() {
         None => None,
         Some(ts) => Some(crate::tls::downstream(
             ts,
@@ -771,6 +771,19 @@ fn filter_chain(
             names.sds,
         )?),
     };
+    // transport_socket_connect_timeout: the TLS handshake's bound (scaled
+    // by reduce_timeouts' TRANSPORT_SOCKET_CONNECT). A chain without TLS
+    // has no transport handshake to bound.
+    if let Some(d) = fc.transport_socket_connect_timeout.take() {
+        let f = join(path, "transport_socket_connect_timeout");
+        let d = duration(&d, &f)?;
+        if d.is_zero() {
+            return err(f, "must be > 0");
+        }
+        if let Some(t) = tls.as_mut() {
+            t.handshake_timeout = d;
+        }
+    }
     let mut filters = Vec::new();
     for (i, f) in std::mem::take(&mut fc.filters).into_iter().enumerate() {
         filters.push(network_filter(

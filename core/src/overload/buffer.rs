@@ -1,6 +1,7 @@
 //! The global memory budget for request bodies
 //! (`meshgate.resource_monitors.buffered_bytes`): what downstream streams
-//! have sent that meshgate holds and the upstream has not taken yet.
+//! (HTTP/1.1, HTTP/2 and HTTP/3) have sent that meshgate holds and the
+//! upstream has not taken yet.
 //!
 //! Without it a multiplexed downstream connection keeps up to its
 //! flow-control window (4 MiB on HTTP/2) in proxy memory when the upstream
@@ -207,6 +208,12 @@ async fn read_ahead(mut body: Body, tx: mpsc::UnboundedSender<Item>, h: Arc<Hold
                     h.charge(d.len() as u64);
                 }
                 if tx.send(Ok(f)).is_err() {
+                    return;
+                }
+                // Done: the body is dropped now, not one poll later (an
+                // HTTP/1.1 connection is reusable only once no reader holds
+                // its request body).
+                if http_body::Body::is_end_stream(&body) {
                     return;
                 }
             }

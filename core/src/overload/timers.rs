@@ -8,15 +8,21 @@
 //!
 //! Timers meshgate scales: `HTTP_DOWNSTREAM_CONNECTION_IDLE` (the HTTP/2
 //! and HTTP/3 connection idle timeout,
-//! `common_http_protocol_options.idle_timeout`). A waiting timer is
-//! re-scaled when the action's scale changes (`changed`), as Envoy's scaled
-//! timers are. The other Envoy timer types are refused by name.
+//! `common_http_protocol_options.idle_timeout`),
+//! `HTTP_DOWNSTREAM_STREAM_IDLE` (the stream idle timeout: HCM
+//! `stream_idle_timeout` or the route's `idle_timeout`) and
+//! `TRANSPORT_SOCKET_CONNECT` (the downstream TLS and QUIC handshake
+//! timeout, Envoy's filter chain `transport_socket_connect_timeout`). A
+//! waiting timer is re-scaled when the action's scale changes (`changed`),
+//! as Envoy's scaled timers are. `HTTP_DOWNSTREAM_CONNECTION_MAX` is
+//! refused by name (meshgate has no downstream `max_connection_duration`).
 
 use super::Action;
 use crate::config::ConfigSource;
 use crate::config::overload::ScaleTimersConfig;
 use crate::error::ConfigError;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -24,9 +30,11 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
     HttpDownstreamConnectionIdle = 0,
+    HttpDownstreamStreamIdle = 1,
+    TransportSocketConnect = 2,
 }
 
-const TIMERS: usize = 1;
+const TIMERS: usize = 3;
 
 /// How far a timer may shrink.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,6 +49,9 @@ pub type Minimums = [Option<Minimum>; TIMERS];
 
 static MINIMUMS: Mutex<Minimums> = Mutex::new([None; TIMERS]);
 static CHANGED: Notify = Notify::const_new();
+/// Bit `Timer as usize` set: that timer has a minimum (read without the
+/// lock on the request path).
+static SCALED: AtomicU32 = AtomicU32::new(0);
 
 /// Checks the action's `typed_config`; errors name the field.
 pub(super) fn build(
@@ -70,13 +81,13 @@ pub(super) fn build(
         let f = format!("{tf}.timer_scale_factors[{i}]");
         let timer = match t.timer.as_str() {
             "HTTP_DOWNSTREAM_CONNECTION_IDLE" => Timer::HttpDownstreamConnectionIdle,
-            "HTTP_DOWNSTREAM_STREAM_IDLE"
-            | "TRANSPORT_SOCKET_CONNECT"
-            | "HTTP_DOWNSTREAM_CONNECTION_MAX" => {
+            "HTTP_DOWNSTREAM_STREAM_IDLE" => Timer::HttpDownstreamStreamIdle,
+            "TRANSPORT_SOCKET_CONNECT" => Timer::TransportSocketConnect,
+            "HTTP_DOWNSTREAM_CONNECTION_MAX" => {
                 return Err(source.error(
                     format!("{f}.timer"),
                     format!(
-                        "'{}' is not scaled by meshgate; supported: HTTP_DOWNSTREAM_CONNECTION_IDLE",
+                        "'{}' is not scaled by meshgate (no downstream max_connection_duration); supported: HTTP_DOWNSTREAM_CONNECTION_IDLE, HTTP_DOWNSTREAM_STREAM_IDLE, TRANSPORT_SOCKET_CONNECT",
                         t.timer
                     ),
                 ));
@@ -120,6 +131,12 @@ pub(super) fn install(m: Option<Minimums>) {
     let mut cur = MINIMUMS.lock().unwrap_or_else(|p| p.into_inner());
     if *cur != m {
         *cur = m;
+        let mask = m
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .fold(0u32, |acc, (i, _)| acc | (1u32 << i));
+        SCALED.store(mask, Ordering::Relaxed);
         drop(cur);
         CHANGED.notify_waiters();
     }
@@ -145,6 +162,39 @@ pub fn scaled(timer: Timer, configured: Duration) -> Duration {
     }
     let min = MINIMUMS.lock().unwrap_or_else(|p| p.into_inner())[timer as usize];
     scale(configured, min, s)
+}
+
+/// Whether `timer` has a minimum in the live `reduce_timeouts` config (a
+/// waiting timer need not watch for scale changes otherwise).
+pub fn is_scaled(timer: Timer) -> bool {
+    SCALED.load(Ordering::Relaxed) & (1 << timer as u32) != 0
+}
+
+/// A scaled timer's deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+/// Runs `fut` until it completes or `timer`'s deadline passes: `configured`
+/// after the call, shrunk by `reduce_timeouts` and computed again whenever
+/// the action's scale changes (a handshake already waiting is cut short
+/// when the pressure rises).
+pub async fn timeout<F: std::future::Future>(
+    timer: Timer,
+    configured: Duration,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let start = tokio::time::Instant::now();
+    tokio::pin!(fut);
+    loop {
+        // Made before the scale is read: a change after it wakes us.
+        let changed = changed();
+        let deadline = start + scaled(timer, configured);
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = tokio::time::sleep_until(deadline) => return Err(Elapsed),
+            _ = changed => {}
+        }
+    }
 }
 
 fn scale(configured: Duration, min: Option<Minimum>, s: f64) -> Duration {
@@ -186,7 +236,7 @@ mod tests {
                 "typed_config.timer_scale_factors",
             ),
             (
-                "{timer_scale_factors: [{timer: TRANSPORT_SOCKET_CONNECT, min_timeout: 1s}]}",
+                "{timer_scale_factors: [{timer: HTTP_DOWNSTREAM_CONNECTION_MAX, min_timeout: 1s}]}",
                 "timer_scale_factors[0].timer",
             ),
             (
@@ -207,6 +257,21 @@ mod tests {
             "{timer_scale_factors: [{timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_scale: {value: 25}}]}",
         )
         .unwrap();
-        assert_eq!(build(&src, f, &v).unwrap(), [Some(Minimum::Scale(0.25))]);
+        assert_eq!(
+            build(&src, f, &v).unwrap(),
+            [Some(Minimum::Scale(0.25)), None, None]
+        );
+        let v: serde_json::Value = serde_yaml::from_str(
+            "{timer_scale_factors: [{timer: TRANSPORT_SOCKET_CONNECT, min_timeout: 1s}, {timer: HTTP_DOWNSTREAM_STREAM_IDLE, min_scale: {value: 10}}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            build(&src, f, &v).unwrap(),
+            [
+                None,
+                Some(Minimum::Scale(0.1)),
+                Some(Minimum::Timeout(Duration::from_secs(1)))
+            ]
+        );
     }
 }

@@ -881,15 +881,19 @@ impl Server {
             })));
             tx
         });
+        // The overload manager's body budget, when configured: the body is
+        // read ahead into counted memory (an upload to an upstream that
+        // never reads is held here, visible, and the largest is reset).
+        let (body, held) = meshgate_core::overload::buffer::track(body);
         let req = Request::from_parts(parts, body);
-        let resp = self
-            .handler
-            .handle(
-                req,
-                StreamInfo::new(self.info.clone(), "http1")
-                    .with_traits(super::server::HTTP1_TRAITS),
-            )
-            .await;
+        let exchange = self.handler.handle(
+            req,
+            StreamInfo::new(self.info.clone(), "http1").with_traits(super::server::HTTP1_TRAITS),
+        );
+        let resp = match held {
+            None => exchange.await,
+            Some(h) => meshgate_core::overload::buffer::guard(h, exchange).await,
+        };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(match upgrade_tx {
                 Some(tx) => Next::Switch(resp, tx),
