@@ -144,7 +144,10 @@ fn any_json(a: &RpcAny, pool: &DescriptorPool) -> serde_json::Value {
     let decoded = pool
         .get_message_by_name(name)
         .and_then(|d| DynamicMessage::decode(d, a.value.as_slice()).ok())
-        .and_then(|msg| msg.serialize(serde_json::value::Serializer).ok());
+        .and_then(|msg| {
+            msg.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .ok()
+        });
     match decoded {
         Some(serde_json::Value::Object(fields)) => m.extend(fields),
         _ => {
@@ -209,7 +212,7 @@ pub(super) fn convert(t: &Transcoder, tr: &Transcoded, resp: &mut Response) {
             let pool = tr.method.desc.parent_pool();
             let details = status_head
                 .get("grpc-status-details-bin")
-                .map(|v| (v, &pool));
+                .map(|v| (v, pool));
             error_body(t.cfg.convert_grpc_status, code, &msg, details)
         };
         *resp.status_mut() = http_status(code);
@@ -465,6 +468,7 @@ mod tests {
 
     #[test]
     fn status_details_decode_to_json() {
+        use base64::Engine as _;
         use prost::Message as _;
         let st = RpcStatus {
             code: 10,
