@@ -369,7 +369,16 @@ fn hostile_grpc_web_bodies_are_refused_and_counted() {
     big.extend_from_slice(&[0x0a; 64]);
     // As Envoy answers bad base64: HTTP 400, grpc-status 13 (INTERNAL,
     // gRPC's mapping of 400) and the reason in grpc-message.
-    let cases: Vec<(&str, Vec<u8>, &str, u16, &str, &str)> = vec![
+    // (content type, body, reason label, HTTP status, grpc-status, grpc-message)
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        &'static str,
+        u16,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "application/grpc-web-text",
             b"AAAA*AAAAAAA".to_vec(),
