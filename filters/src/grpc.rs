@@ -5,8 +5,9 @@
 //! HTTP codec (HTTP/1.1, HTTP/2, HTTP/3). RPC codecs map the same reason to
 //! their own error frames.
 
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use meshgate_core::stream::{LocalReason, Response, empty_body};
+use meshgate_core::stream::{BodyError, LocalReason, Response, box_body, empty_body};
 
 /// The gRPC status (grpc/doc/statuscodes.md) a gRPC client gets for a
 /// local reply.
@@ -80,6 +81,116 @@ pub(crate) fn local_reply(resp: &mut Response) {
     *resp = r;
 }
 
+/// Asks the `proxy` to read a response body whole before the response
+/// phase, so that a filter's synchronous `on_response` can rewrite the head
+/// from the body or trailers (a unary gRPC error in the trailers, a non-gRPC
+/// error page for a gRPC-Web client), as Envoy's filters do by buffering.
+/// A filter puts it in `StreamInfo::filter_state` in its request phase;
+/// `when` picks the responses to read (checked on the head).
+#[derive(Clone, Copy)]
+pub(crate) struct BufferResponse {
+    /// Read at most this many body bytes; past it the body streams on
+    /// (the prefix first) and [`Buffered::complete`] is false.
+    pub max_bytes: usize,
+    pub when: fn(&Response) -> bool,
+}
+
+/// What the `proxy` read of a response body (in the response's
+/// extensions); the body itself still gives out the same frames.
+#[derive(Clone, Debug)]
+pub(crate) struct Buffered {
+    pub data: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+    /// The whole body (false: over `max_bytes` or a body error).
+    pub complete: bool,
+}
+
+/// Reads the body of `resp` as [`BufferResponse`] asks, when it does.
+pub(crate) async fn buffer_response(resp: &mut Response, b: BufferResponse) {
+    use http_body_util::BodyExt as _;
+    if !(b.when)(resp) {
+        return;
+    }
+    let mut body = std::mem::replace(resp.body_mut(), empty_body());
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    let mut error = None;
+    let complete = loop {
+        if data.len() > b.max_bytes {
+            break false;
+        }
+        match body.frame().await {
+            None => break true,
+            Some(Err(e)) => {
+                error = Some(e);
+                break false;
+            }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            },
+        }
+    };
+    let data = data.freeze();
+    resp.extensions_mut().insert(Buffered {
+        data: data.clone(),
+        trailers: trailers.clone(),
+        complete,
+    });
+    *resp.body_mut() = box_body(Replay {
+        data: Some(data).filter(|d| !d.is_empty()),
+        trailers,
+        error,
+        rest: (!complete).then_some(body),
+    });
+}
+
+/// A body read by [`buffer_response`], given out again: the data, then
+/// the trailers, an error or the rest of the upstream body.
+struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    error: Option<BodyError>,
+    rest: Option<meshgate_core::stream::Body>,
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        use std::task::Poll;
+        let me = &mut *self;
+        if let Some(d) = me.data.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(d))));
+        }
+        if let Some(e) = me.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(t) = me.trailers.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(t))));
+        }
+        match &mut me.rest {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+            && self.error.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +212,74 @@ mod tests {
             proxy_protocol: None,
         };
         StreamInfo::new(Arc::new(conn), "http2")
+    }
+
+    #[tokio::test]
+    async fn buffered_responses_replay_their_frames() {
+        use http_body_util::BodyExt as _;
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("5"));
+        let body = Frames(
+            vec![
+                http_body::Frame::data(Bytes::from_static(b"ab")),
+                http_body::Frame::data(Bytes::from_static(b"cd")),
+                http_body::Frame::trailers(t),
+            ]
+            .into(),
+        );
+        let mut resp = http::Response::new(box_body(body));
+        let b = BufferResponse {
+            max_bytes: 100,
+            when: |_| true,
+        };
+        buffer_response(&mut resp, b).await;
+        let got = resp.extensions().get::<Buffered>().unwrap().clone();
+        assert!(got.complete);
+        assert_eq!(&got.data[..], b"abcd");
+        assert_eq!(got.trailers.as_ref().unwrap()["grpc-status"], "5");
+        let c = std::mem::replace(resp.body_mut(), empty_body())
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(c.trailers().unwrap()["grpc-status"], "5");
+        assert_eq!(&c.to_bytes()[..], b"abcd");
+        // Over the bound: the prefix, then the rest, unchanged.
+        let body = Frames(
+            vec![
+                http_body::Frame::data(Bytes::from_static(b"abc")),
+                http_body::Frame::data(Bytes::from_static(b"def")),
+            ]
+            .into(),
+        );
+        let mut resp = http::Response::new(box_body(body));
+        buffer_response(
+            &mut resp,
+            BufferResponse {
+                max_bytes: 2,
+                when: |_| true,
+            },
+        )
+        .await;
+        assert!(!resp.extensions().get::<Buffered>().unwrap().complete);
+        let c = std::mem::replace(resp.body_mut(), empty_body())
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(&c.to_bytes()[..], b"abcdef");
+    }
+
+    /// A body of the given frames, each ready at once.
+    struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
     }
 
     #[test]

@@ -15,9 +15,21 @@
 //! The request body is checked as it passes, without buffering: bad
 //! base64, a frame flag other than `0x00`/`0x01`, a message longer than
 //! `max_message_bytes` (4 MiB, gRPC's default), or a body that ends inside a frame
-//! refuse the stream (a trailers-only gRPC status for the client, counted
-//! in `meshgate_grpc_web_rejected_total{reason}`). Every other stream is
-//! untouched, and the filter costs nothing unless it is configured.
+//! refuse the stream as Envoy answers bad base64: HTTP 400 with
+//! `grpc-status: 13` (INTERNAL, gRPC's mapping of 400) and a `grpc-message`
+//! saying what was wrong (an oversized message: 413 and 8,
+//! RESOURCE_EXHAUSTED, as a gRPC server answers it); a gRPC-Web content type
+//! the filter cannot translate (`application/grpc-web-text+json`) gets the
+//! same 400 before anything is forwarded. Counted in
+//! `meshgate_grpc_web_rejected_total{reason}`.
+//!
+//! A response that is not gRPC (an upstream's `503 text/html` error page)
+//! reaches the browser as gRPC-Web, as Envoy converts it: the HTTP status
+//! stays, `grpc-status` comes from gRPC's HTTP-to-gRPC mapping
+//! (`http_to_grpc_status`) and `grpc-message` is the body (its first 16 KiB,
+//! percent-encoded; the `proxy` reads it before the response phase,
+//! `crate::grpc::BufferResponse`). Every other stream is untouched, and the
+//! filter costs nothing unless it is configured.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -34,7 +46,7 @@ use meshgate_core::stream::{
     StreamFilterFactory, StreamInfo, box_body,
 };
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 /// Factory of `grpc_web`.
@@ -70,6 +82,93 @@ struct Mode {
     text_request: bool,
     /// The client accepts (and gets) a base64 response body.
     text_response: bool,
+}
+
+/// Why this stream's request body was refused (the `reason` label), set by
+/// its [`Decoder`] and read by the response phase to render the answer.
+#[derive(Clone, Default)]
+struct Rejected(Arc<OnceLock<&'static str>>);
+
+/// The most of a non-gRPC response body kept as `grpc-message` (Envoy's
+/// `MAX_BUFFERED_PLAINTEXT_LENGTH`).
+const MAX_MESSAGE_FROM_BODY: usize = 16384;
+
+/// Whether a response head is a gRPC answer already: `200` with a gRPC
+/// content type, or a `grpc-status` in the head (trailers-only), as
+/// Envoy's `isGrpcResponseHeaders` and its gRPC-Web check see it.
+fn is_grpc_answer(resp: &Response) -> bool {
+    resp.headers().contains_key("grpc-status")
+        || (resp.status() == http::StatusCode::OK
+            && resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")))
+}
+
+/// The responses the `proxy` reads whole for this filter: upstream answers
+/// that are not gRPC (meshgate's own local replies become gRPC statuses).
+fn needs_conversion(resp: &Response) -> bool {
+    resp.extensions().get::<LocalReason>().is_none() && !is_grpc_answer(resp)
+}
+
+/// gRPC's HTTP-to-gRPC status mapping (grpc/doc/http-grpc-status-mapping.md,
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`).
+pub(crate) fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `grpc-message` encoding (gRPC's PROTOCOL-HTTP2: bytes outside
+/// `0x20..=0x7e` and `%` as `%XX`). Hand-written: five lines, one rule.
+fn percent_encode(data: &[u8]) -> HeaderValue {
+    let mut out = String::with_capacity(data.len());
+    for &b in data {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The gRPC-Web content type of the answer.
+fn web_content_type(text: bool) -> HeaderValue {
+    HeaderValue::from_static(if text {
+        "application/grpc-web-text+proto"
+    } else {
+        "application/grpc-web+proto"
+    })
+}
+
+/// Envoy's form of a refused gRPC-Web request: the HTTP status, the gRPC
+/// status in the head, no body.
+fn refusal(reason: &str, text: bool) -> Response {
+    let (status, code, msg) = match reason {
+        "malformed_base64" => (400, 13, "Bad gRPC-web request, invalid base64 data."),
+        "truncated_frame" => (400, 13, "Bad gRPC-web request, truncated gRPC frame."),
+        "bad_frame_flags" => (400, 13, "Bad gRPC-web request, invalid gRPC frame flags."),
+        "oversize_frame" => (
+            413,
+            8,
+            "Bad gRPC-web request, message larger than max_message_bytes.",
+        ),
+        _ => (400, 13, "Bad gRPC-web request, unsupported content-type."),
+    };
+    let mut r = http::Response::new(meshgate_core::stream::empty_body());
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, web_content_type(text));
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", HeaderValue::from_static(msg));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    r
 }
 
 /// The gRPC content type a gRPC-Web one is forwarded as, and whether its
@@ -127,6 +226,22 @@ impl StreamFilter for GrpcWeb {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(classify);
+        if classified.is_none()
+            && req.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+                v.as_bytes()
+                    .to_ascii_lowercase()
+                    .starts_with(b"application/grpc-web")
+            })
+        {
+            // A gRPC-Web framing the filter cannot translate
+            // (`-text+json`): refused before anything is forwarded.
+            metrics::counter!(names::GRPC_WEB_REJECTED_TOTAL, "reason" => "unsupported_content_type").increment(1);
+            let text = accepts_text(req.headers());
+            return Box::pin(std::future::ready(FilterStatus::Respond(refusal(
+                "unsupported_content_type",
+                text,
+            ))));
+        }
         if let Some((grpc_type, text_request)) = classified {
             let mode = Mode {
                 text_request,
@@ -144,6 +259,12 @@ impl StreamFilter for GrpcWeb {
             // gRPC-Web content type already; this keeps it true).
             info.grpc = true;
             info.filter_state.insert(mode);
+            info.filter_state.insert(Rejected::default());
+            // A non-gRPC answer is read (up to 16 KiB) for its message.
+            info.filter_state.insert(crate::grpc::BufferResponse {
+                max_bytes: MAX_MESSAGE_FROM_BODY,
+                when: needs_conversion,
+            });
             metrics::counter!(names::GRPC_WEB_REQUESTS_TOTAL, "mode" => if text_request { "text" } else { "binary" }).increment(1);
         }
         Box::pin(std::future::ready(FilterStatus::Continue))
@@ -153,14 +274,26 @@ impl StreamFilter for GrpcWeb {
         let Some(mode) = info.filter_state.get::<Mode>().copied() else {
             return;
         };
-        let grpc = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        if !grpc {
-            // Not a gRPC answer (an upstream's HTML error page): the
-            // browser gets it as it is.
+        if resp.extensions().get::<LocalReason>().is_some() {
+            // This filter's own refusal of the request body: Envoy's form.
+            if let Some(reason) = info
+                .filter_state
+                .get::<Rejected>()
+                .and_then(|r| r.0.get().copied())
+            {
+                let reason_ext = resp.extensions().get::<LocalReason>().copied();
+                *resp = refusal(reason, mode.text_response);
+                if let Some(r) = reason_ext {
+                    resp.extensions_mut().insert(r);
+                }
+                // Rendered: the proxy's gRPC conversion keeps it.
+                resp.extensions_mut().insert(crate::local_reply::Mapped);
+                return;
+            }
+        } else if needs_conversion(resp) {
+            // Not a gRPC answer (an upstream's HTML error page): a
+            // gRPC-Web status the browser's client can read.
+            convert_non_grpc(resp, mode.text_response);
             return;
         }
         let h = resp.headers_mut();
@@ -198,21 +331,48 @@ impl StreamFilter for GrpcWeb {
         info: &mut StreamInfo,
         _route: RouteView<'_>,
     ) -> Option<Box<dyn BodyFilter>> {
-        let mode = info.filter_state.get::<Mode>()?;
-        Some(Box::new(Decoder::new(mode.text_request, self.max_message)))
+        let mode = *info.filter_state.get::<Mode>()?;
+        let mut d = Decoder::new(mode.text_request, self.max_message);
+        if let Some(r) = info.filter_state.get::<Rejected>() {
+            d.rejected = r.clone();
+        }
+        Some(Box::new(d))
     }
 }
 
-/// Why a request body was refused (the `reason` label).
-fn reject(reason: &'static str, answer: LocalReason) -> LocalReason {
-    metrics::counter!(names::GRPC_WEB_REJECTED_TOTAL, "reason" => reason).increment(1);
-    answer
+/// A non-gRPC response as gRPC-Web (Envoy's
+/// `setTransformedNonProtoEncodedResponseHeaders`): the HTTP status stays,
+/// the body (read by the `proxy`, at most 16 KiB of it) becomes
+/// `grpc-message`, the status `grpc-status`.
+fn convert_non_grpc(resp: &mut Response, text: bool) {
+    let data = resp
+        .extensions()
+        .get::<crate::grpc::Buffered>()
+        .map(|b| b.data.slice(..b.data.len().min(MAX_MESSAGE_FROM_BODY)))
+        .unwrap_or_default();
+    let code = http_to_grpc_status(resp.status().as_u16());
+    metrics::counter!(names::GRPC_WEB_REQUESTS_TOTAL, "mode" => "non_grpc_response").increment(1);
+    let h = resp.headers_mut();
+    for name in [
+        header::CONTENT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+    ] {
+        h.remove(name);
+    }
+    h.insert(header::CONTENT_TYPE, web_content_type(text));
+    h.insert("grpc-status", HeaderValue::from(code));
+    h.insert("grpc-message", percent_encode(&data));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    *resp.body_mut() = meshgate_core::stream::empty_body();
 }
 
 /// The request body's phase: base64 decoding (text mode) and the frame
 /// check, one chunk at a time.
 struct Decoder {
     text: bool,
+    /// Shared with the response phase, which renders the refusal.
+    rejected: Rejected,
     /// Base64 characters of a group not complete yet (fewer than 4).
     carry: Vec<u8>,
     frames: FrameCheck,
@@ -222,6 +382,7 @@ impl Decoder {
     fn new(text: bool, max_frame: Option<u64>) -> Self {
         Self {
             text,
+            rejected: Rejected::default(),
             carry: Vec::new(),
             frames: FrameCheck {
                 max: max_frame,
@@ -231,14 +392,28 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// Refuses the stream for `reason` (the `reason` label): counted and
+    /// kept for the response phase.
+    fn reject(&self, reason: &'static str) -> LocalReason {
+        metrics::counter!(names::GRPC_WEB_REJECTED_TOTAL, "reason" => reason).increment(1);
+        let _ = self.rejected.0.set(reason);
+        if reason == "oversize_frame" {
+            LocalReason::PayloadTooLarge
+        } else {
+            LocalReason::BadRequest
+        }
+    }
+}
+
 impl BodyFilter for Decoder {
     fn on_data(&mut self, data: &mut Bytes) -> Result<(), LocalReason> {
         if self.text {
             let decoded = decode_base64(&mut self.carry, data)
-                .ok_or_else(|| reject("malformed_base64", LocalReason::BadRequest))?;
+                .ok_or_else(|| self.reject("malformed_base64"))?;
             *data = decoded;
         }
-        self.frames.feed(data)
+        self.frames.feed(data).map_err(|r| self.reject(r))
     }
 
     fn on_trailers(&mut self, _trailers: &mut HeaderMap) -> Result<(), LocalReason> {
@@ -249,10 +424,10 @@ impl BodyFilter for Decoder {
 
     fn on_end(&mut self) -> Result<(), LocalReason> {
         if !self.carry.is_empty() {
-            return Err(reject("malformed_base64", LocalReason::BadRequest));
+            return Err(self.reject("malformed_base64"));
         }
         if self.frames.inside() {
-            return Err(reject("truncated_frame", LocalReason::BadRequest));
+            return Err(self.reject("truncated_frame"));
         }
         Ok(())
     }
@@ -306,7 +481,8 @@ impl FrameCheck {
         self.head_len > 0 || self.remaining > 0
     }
 
-    fn feed(&mut self, mut data: &[u8]) -> Result<(), LocalReason> {
+    /// Follows `data`; `Err`: the `reason` label of a refusal.
+    fn feed(&mut self, mut data: &[u8]) -> Result<(), &'static str> {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len() as u64);
@@ -325,7 +501,7 @@ impl FrameCheck {
             // Bit 0: compressed. The trailer bit (0x80) is the
             // server's; anything else is not gRPC.
             if self.head[0] & !0x01 != 0 {
-                return Err(reject("bad_frame_flags", LocalReason::BadRequest));
+                return Err("bad_frame_flags");
             }
             let len = u64::from(u32::from_be_bytes([
                 self.head[1],
@@ -334,7 +510,7 @@ impl FrameCheck {
                 self.head[4],
             ]));
             if self.max.is_some_and(|m| len > m) {
-                return Err(reject("oversize_frame", LocalReason::PayloadTooLarge));
+                return Err("oversize_frame");
             }
             self.remaining = len;
         }
@@ -471,6 +647,82 @@ mod tests {
     }
 
     #[test]
+    fn http_statuses_map_to_grpc_statuses_as_grpc_documents() {
+        for (h, g) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (500, 2),
+            (418, 2),
+        ] {
+            assert_eq!(http_to_grpc_status(h), g, "{h}");
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode(b"status 503\n"), "status 503%0A");
+        assert_eq!(percent_encode("100% é".as_bytes()), "100%25 %C3%A9");
+    }
+
+    #[test]
+    fn refusals_take_envoys_form() {
+        let r = refusal("malformed_base64", false);
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["grpc-status"], "13");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "Bad gRPC-web request, invalid base64 data."
+        );
+        assert_eq!(r.headers()["content-type"], "application/grpc-web+proto");
+        let r = refusal("oversize_frame", true);
+        assert_eq!(
+            (r.status().as_u16(), &r.headers()["grpc-status"]),
+            (413, &HeaderValue::from_static("8"))
+        );
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/grpc-web-text+proto"
+        );
+    }
+
+    #[test]
+    fn a_non_grpc_answer_becomes_a_grpc_web_status() {
+        let mut resp = http::Response::new(meshgate_core::stream::full_body("down"));
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        assert!(needs_conversion(&resp));
+        resp.extensions_mut().insert(crate::grpc::Buffered {
+            data: Bytes::from_static(b"<h1>down</h1>"),
+            trailers: None,
+            complete: true,
+        });
+        convert_non_grpc(&mut resp, false);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert_eq!(resp.headers()["grpc-message"], "<h1>down</h1>");
+        assert_eq!(resp.headers()["content-length"], "0");
+        // gRPC answers are left alone: 200 gRPC, or a status in the head.
+        let mut ok = http::Response::new(meshgate_core::stream::empty_body());
+        ok.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        assert!(!needs_conversion(&ok));
+        *ok.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        assert!(needs_conversion(&ok));
+        ok.headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("14"));
+        assert!(!needs_conversion(&ok));
+    }
+
+    #[test]
     fn accept_text_is_recognised_in_lists() {
         let mut h = HeaderMap::new();
         assert!(!accepts_text(&h));
@@ -531,18 +783,12 @@ mod tests {
         f.feed(b"\x00\x00\x00").unwrap();
         assert!(f.inside());
         let mut f = FrameCheck::default();
-        assert_eq!(
-            f.feed(b"\x80\x00\x00\x00\x00"),
-            Err(LocalReason::BadRequest)
-        );
+        assert_eq!(f.feed(b"\x80\x00\x00\x00\x00"), Err("bad_frame_flags"));
         let mut f = FrameCheck {
             max: Some(10),
             ..FrameCheck::default()
         };
-        assert_eq!(
-            f.feed(b"\x00\x00\x00\x00\x0b"),
-            Err(LocalReason::PayloadTooLarge)
-        );
+        assert_eq!(f.feed(b"\x00\x00\x00\x00\x0b"), Err("oversize_frame"));
         let mut d = Decoder::new(false, None);
         let mut b = Bytes::from_static(b"\x00\x00\x00\x00\x05abc");
         d.on_data(&mut b).unwrap();

@@ -779,6 +779,15 @@ impl ProxyHandler {
                 }
                 Err(resp) => *resp,
             };
+            // A filter that rewrites the head from the body (gRPC-Web,
+            // the gRPC-JSON transcoder) asked for it whole.
+            if let Some(b) = info
+                .filter_state
+                .get::<crate::grpc::BufferResponse>()
+                .copied()
+            {
+                crate::grpc::buffer_response(&mut resp, b).await;
+            }
             if let (Some(l), Some(seen)) = (&self.local_replies, &seen_by_replies) {
                 l.apply(&mut resp, &info, seen);
             }

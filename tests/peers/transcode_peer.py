@@ -51,6 +51,7 @@ BOOKSTORE_PROTO = """
 syntax = "proto3";
 package bookstore;
 import "google/api/annotations.proto";
+import "google/protobuf/any.proto";
 
 service Bookstore {
   rpc GetShelf(GetShelfRequest) returns (Shelf) {
@@ -127,6 +128,19 @@ message ListBooksRequest {
 }
 
 message GetBookRequest { string name = 1; }
+
+// google.rpc.Status (same numbers), for grpc-status-details-bin.
+message RpcStatus {
+  int32 code = 1;
+  string message = 2;
+  repeated google.protobuf.Any details = 3;
+}
+
+// A typed error detail.
+message ShelfError {
+  string reason = 1;
+  int64 shelf = 2;
+}
 """
 
 
@@ -166,6 +180,7 @@ def main():
     import grpc
     import bookstore_pb2 as pb
     import bookstore_pb2_grpc as pbg
+    from google.protobuf import any_pb2
 
     class Bookstore(pbg.BookstoreServicer):
         def GetShelf(self, req, ctx):
@@ -173,6 +188,19 @@ def main():
                 ctx.abort(grpc.StatusCode.NOT_FOUND, "shelf 404 is not here")
             if req.shelf == 403:
                 ctx.abort(grpc.StatusCode.PERMISSION_DENIED, "not your shelf")
+            if req.shelf in (409, 410):
+                # The head first, the error in the trailers after it (not
+                # trailers-only); 409 also with google.rpc.Status details.
+                ctx.send_initial_metadata((("x-head", "sent"),))
+                if req.shelf == 409:
+                    detail = any_pb2.Any()
+                    detail.Pack(pb.ShelfError(reason="locked", shelf=req.shelf))
+                    st = pb.RpcStatus(code=10, message="shelf is locked", details=[detail])
+                    ctx.set_trailing_metadata(
+                        (("grpc-status-details-bin", st.SerializeToString()),)
+                    )
+                    ctx.abort(grpc.StatusCode.ABORTED, "shelf is locked")
+                ctx.abort(grpc.StatusCode.NOT_FOUND, "shelf 410 is gone")
             return pb.Shelf(
                 id=req.shelf, theme="theme-%d" % req.shelf, genre=pb.HISTORY, tags=["a", "b"]
             )

@@ -253,6 +253,38 @@ fn grpc_errors_become_http_statuses() {
     assert_eq!(body, "shelf 404 is not here\n");
 }
 
+/// A unary error that arrives in the trailers after the response head
+/// (the server sent its initial metadata first): the unary response is
+/// read whole, so the HTTP status is the mapped one, as with Envoy; a
+/// `grpc-status-details-bin` becomes the JSON `google.rpc.Status` with its
+/// typed details resolved through the descriptor set.
+#[test]
+fn unary_errors_in_trailers_after_the_head_get_their_http_status() {
+    let s = setup();
+    let (code, ct, body) = curl(&[&url(s.rest, "/v1/shelves/410")]);
+    assert_eq!((code, ct.as_str()), (404, "application/json"), "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"code": 5, "message": "shelf 410 is gone"})
+    );
+    let (code, ct, body) = curl(&[&url(s.rest, "/v1/shelves/409")]);
+    assert_eq!((code, ct.as_str()), (409, "application/json"), "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"code": 10, "message": "shelf is locked", "details": [
+            {"@type": "type.googleapis.com/bookstore.ShelfError", "reason": "locked", "shelf": "409"}
+        ]})
+    );
+    // Without convert_grpc_status: the status's message as text.
+    let (code, ct, body) = curl(&[&url(s.lines, "/v1/shelves/409")]);
+    assert_eq!((code, ct.as_str()), (409, "text/plain"));
+    assert_eq!(body, "shelf is locked\n");
+    // A unary success read whole is unchanged.
+    let (code, _, body) = curl(&[&url(s.rest, "/v1/shelves/5")]);
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["theme"], "theme-5");
+}
+
 #[test]
 fn hostile_json_gets_400_and_is_counted() {
     let s = setup();

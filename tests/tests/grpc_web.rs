@@ -8,6 +8,7 @@
 //! the exact bytes (trailer frame, base64), CORS preflights for browsers,
 //! hostile bodies refused and counted, and the filter from xDS.
 
+use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::curl::curl;
 use meshgate_tests::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -366,45 +367,83 @@ fn hostile_grpc_web_bodies_are_refused_and_counted() {
     let body = dir.path().join("body");
     let mut big = vec![0, 0, 0, 0x04, 0x01]; // 1025 bytes declared, max 1024
     big.extend_from_slice(&[0x0a; 64]);
-    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+    // As Envoy answers bad base64: HTTP 400, grpc-status 13 (INTERNAL,
+    // gRPC's mapping of 400) and the reason in grpc-message.
+    // (content type, body, reason label, HTTP status, grpc-status, grpc-message)
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        &'static str,
+        u16,
+        &'static str,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "application/grpc-web-text",
             b"AAAA*AAAAAAA".to_vec(),
             "malformed_base64",
-            "3",
+            400,
+            "13",
+            "Bad gRPC-web request, invalid base64 data.",
         ),
         // Three base64 characters left at the end.
         (
             "application/grpc-web-text",
             format!("{}QUJ", b64(&echo_frame("x"))).into_bytes(),
             "malformed_base64",
-            "3",
+            400,
+            "13",
+            "Bad gRPC-web request, invalid base64 data.",
         ),
         // The length prefix says 9, 3 bytes come.
         (
             "application/grpc-web+proto",
             b"\x00\x00\x00\x00\x09hel".to_vec(),
             "truncated_frame",
-            "3",
+            400,
+            "13",
+            "Bad gRPC-web request, truncated gRPC frame.",
         ),
         // A trailer flag from the client.
         (
             "application/grpc-web",
             b"\x80\x00\x00\x00\x00".to_vec(),
             "bad_frame_flags",
-            "3",
+            400,
+            "13",
+            "Bad gRPC-web request, invalid gRPC frame flags.",
         ),
-        // Over max_message_bytes: RESOURCE_EXHAUSTED from the prefix.
-        ("application/grpc-web", big, "oversize_frame", "8"),
+        // Over max_message_bytes: 413 and RESOURCE_EXHAUSTED from the prefix.
+        (
+            "application/grpc-web",
+            big,
+            "oversize_frame",
+            413,
+            "8",
+            "Bad gRPC-web request, message larger than max_message_bytes.",
+        ),
         // Base64 of a truncated frame.
         (
             "application/grpc-web-text",
             b64(b"\x00\x00\x00\x01\x00abc").into_bytes(),
             "truncated_frame",
-            "3",
+            400,
+            "13",
+            "Bad gRPC-web request, truncated gRPC frame.",
+        ),
+        // A gRPC-Web framing the filter cannot translate: refused before
+        // anything is forwarded.
+        (
+            "application/grpc-web-text+json",
+            b64(&echo_frame("x")).into_bytes(),
+            "unsupported_content_type",
+            400,
+            "13",
+            "Bad gRPC-web request, unsupported content-type.",
         ),
     ];
-    for (ct, data, reason, code) in cases {
+    for (ct, data, reason, http_status, code, message) in cases {
         let before = mg.metric("meshgate_grpc_web_rejected_total", &[("reason", reason)]);
         std::fs::write(&body, &data).unwrap();
         let (status, h, text) = curl(&[
@@ -414,8 +453,10 @@ fn hostile_grpc_web_bodies_are_refused_and_counted() {
             &format!("@{}", body.display()),
             &url,
         ]);
-        assert_eq!(status, 200, "{reason}: {h:?} {text}");
+        assert_eq!(status, http_status, "{reason}: {h:?} {text}");
         assert_eq!(h["grpc-status"], code, "{reason}: {h:?}");
+        assert_eq!(h["grpc-message"], message, "{reason}: {h:?}");
+        assert!(text.is_empty(), "{reason}: {text:?}");
         assert!(
             h["content-type"].starts_with("application/grpc-web"),
             "{reason}: {h:?}"
@@ -434,6 +475,97 @@ fn hostile_grpc_web_bodies_are_refused_and_counted() {
     // Still serving.
     let c = call("improbable", web, "unary");
     assert_eq!(c.status, 0, "{c:?}");
+}
+
+/// An upstream that is not gRPC (a hyper server answering `/status/N`
+/// with `N` and a text body): the browser still gets gRPC-Web, the HTTP
+/// status kept, grpc-status from gRPC's HTTP-to-gRPC mapping, the body as
+/// grpc-message (as Envoy's grpc_web converts it).
+#[test]
+fn non_grpc_upstream_answers_become_grpc_web_statuses() {
+    let backend = HttpBackend::start("html", Proto::H2c);
+    let port = free_port();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: grpc_web
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /echo.Echo/}}
+                        route: {{cluster: html, prefix_rewrite: /status/503/, timeout: 0s}}
+                      - match: {{prefix: /}}
+                        route: {{cluster: html, timeout: 0s}}
+clusters:
+  - name: html
+    protocol: http2
+    endpoints: [{{address: "{addr}"}}]
+"#,
+        addr = backend.addr,
+    );
+    let mg = Meshgate::start(&yaml);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, echo_frame("x")).unwrap();
+    for (path, status, code) in [
+        ("/status/503", 503, "14"),
+        ("/status/502", 502, "14"),
+        ("/status/404", 404, "12"),
+        ("/status/401", 401, "16"),
+        ("/status/403", 403, "7"),
+        ("/status/400", 400, "13"),
+        ("/status/418", 418, "2"),
+    ] {
+        let (st, h, text) = curl(&[
+            "-H",
+            "content-type: application/grpc-web+proto",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("http://127.0.0.1:{port}{path}"),
+        ]);
+        assert_eq!(st, status, "{path}: {h:?}");
+        assert_eq!(h["content-type"], "application/grpc-web+proto", "{path}");
+        assert_eq!(h["grpc-status"], code, "{path}: {h:?}");
+        // The body ("status N\n"), percent-encoded.
+        assert_eq!(h["grpc-message"], format!("status {status}%0A"), "{path}");
+        assert!(text.is_empty(), "{path}: {text:?}");
+    }
+    // Text mode: the text content type, the same status.
+    let (st, h, _) = curl(&[
+        "-H",
+        "content-type: application/grpc-web-text",
+        "-H",
+        "accept: application/grpc-web-text",
+        "--data-binary",
+        &b64(&echo_frame("x")),
+        &format!("http://127.0.0.1:{port}/status/503"),
+    ]);
+    assert_eq!(st, 503);
+    assert_eq!(h["content-type"], "application/grpc-web-text+proto");
+    assert_eq!(h["grpc-status"], "14");
+    // Real gRPC-Web clients read it as UNAVAILABLE with the body as message.
+    for lib in ["improbable", "text", "binary"] {
+        let c = call(lib, port, "unary");
+        assert_eq!(c.status, 14, "{lib}: {c:?}");
+        assert_eq!(c.message, "status 503\n", "{lib}: {c:?}");
+    }
+    assert!(
+        mg.metric(
+            "meshgate_grpc_web_requests_total",
+            &[("mode", "non_grpc_response")]
+        ) >= 8.0
+    );
 }
 
 #[test]

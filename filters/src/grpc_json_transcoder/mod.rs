@@ -167,6 +167,15 @@ impl Transcoder {
         rewrite(req, &binding.method, frames);
         metrics::counter!(names::GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL, "method" => binding.method.label)
             .increment(1);
+        if !binding.method.desc.is_server_streaming() {
+            // Unary: the response is read whole, so that an error in the
+            // trailers after the head still sets the HTTP status (Envoy
+            // buffers unary responses the same way).
+            info.filter_state.insert(crate::grpc::BufferResponse {
+                max_bytes: self.max_response.saturating_add(5),
+                when: response::buffer_unary,
+            });
+        }
         info.filter_state.insert(Transcoded {
             method: binding.method.clone(),
             response_body: binding.response_body.clone(),

@@ -5,13 +5,23 @@
 //! by message as it streams: one JSON object for a unary method, a JSON
 //! array (or one object per line with `stream_newline_delimited`) for a
 //! server stream. The gRPC trailers are passed on as trailers.
+//!
+//! A unary response is read whole first (`buffer_unary`, up to
+//! `max_response_body_size`), as Envoy does: an error that arrives in the
+//! trailers after the response head gets its mapped HTTP status too. A
+//! server stream's head is sent with its first message: an error after it
+//! can only end the body (a JSON array closed early, the status in the
+//! trailers). With `convert_grpc_status`, a `grpc-status-details-bin`
+//! (`google.rpc.Status`) becomes the JSON body, its `details` resolved
+//! through the descriptor set (`{"@type", "value"}` for types not in it).
 
 use super::{Transcoded, Transcoder};
+use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use meshgate_core::metrics::names;
 use meshgate_core::stream::{BodyError, Response, box_body, full_body, is_grpc};
-use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -53,14 +63,123 @@ fn status_of(h: &HeaderMap) -> Option<(u32, String)> {
 }
 
 /// The body of a gRPC error: `google.rpc.Status` as JSON with
-/// `convert_grpc_status`, else the message as text.
-fn error_body(convert: bool, code: u32, msg: &str) -> (Bytes, &'static str) {
+/// `convert_grpc_status` (from `grpc-status-details-bin` when the status
+/// carries one), else the message as text.
+fn error_body(
+    convert: bool,
+    code: u32,
+    msg: &str,
+    details: Option<(&HeaderValue, &DescriptorPool)>,
+) -> (Bytes, &'static str) {
     if convert {
-        let v = serde_json::json!({"code": code, "message": msg});
+        let v = details
+            .and_then(|(bin, pool)| status_details(bin.as_bytes(), pool))
+            .unwrap_or_else(|| serde_json::json!({"code": code, "message": msg}));
         (Bytes::from(v.to_string()), "application/json")
     } else {
         (Bytes::from(format!("{msg}\n")), "text/plain")
     }
+}
+
+/// `google.rpc.Status` (google/rpc/status.proto), decoded with prost: its
+/// three fields are all the transcoder reads.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// Bound on the decoded details (a header is bounded already; this keeps
+/// a hostile upstream's status from growing into a large body).
+const MAX_DETAILS: usize = 64;
+
+/// `grpc-status-details-bin` as proto3 JSON (`None`: not base64 or not a
+/// `google.rpc.Status`; the caller falls back to code and message).
+fn status_details(bin: &[u8], pool: &DescriptorPool) -> Option<serde_json::Value> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    // gRPC binary metadata: base64, padding optional.
+    let trimmed: Vec<u8> = bin
+        .iter()
+        .copied()
+        .filter(|b| *b != b'=' && !b.is_ascii_whitespace())
+        .collect();
+    let raw = STANDARD_NO_PAD.decode(trimmed).ok()?;
+    let st = <RpcStatus as prost::Message>::decode(raw.as_slice()).ok()?;
+    let mut m = serde_json::Map::new();
+    m.insert("code".into(), st.code.into());
+    if !st.message.is_empty() {
+        m.insert("message".into(), st.message.into());
+    }
+    if !st.details.is_empty() {
+        let details = st
+            .details
+            .iter()
+            .take(MAX_DETAILS)
+            .map(|a| any_json(a, pool))
+            .collect();
+        m.insert("details".into(), serde_json::Value::Array(details));
+    }
+    Some(serde_json::Value::Object(m))
+}
+
+/// One `Any` as proto3 JSON: `@type` and the message's fields when the
+/// descriptor set knows the type, else `@type` and the bytes as base64.
+fn any_json(a: &RpcAny, pool: &DescriptorPool) -> serde_json::Value {
+    let name = a.type_url.rsplit('/').next().unwrap_or("");
+    let mut m = serde_json::Map::new();
+    m.insert("@type".into(), a.type_url.clone().into());
+    let decoded = pool
+        .get_message_by_name(name)
+        .and_then(|d| DynamicMessage::decode(d, a.value.as_slice()).ok())
+        .and_then(|msg| {
+            msg.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .ok()
+        });
+    match decoded {
+        Some(serde_json::Value::Object(fields)) => m.extend(fields),
+        _ => {
+            m.insert(
+                "value".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(&a.value)
+                    .into(),
+            );
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// The responses read whole for a unary method: gRPC answers with
+/// messages to come (not trailers-only, not meshgate's own reply).
+pub(super) fn buffer_unary(resp: &Response) -> bool {
+    is_grpc(resp.headers())
+        && !resp.headers().contains_key("grpc-status")
+        && resp
+            .extensions()
+            .get::<meshgate_core::stream::LocalReason>()
+            .is_none()
+}
+
+/// The gRPC status of a unary response read whole: an error status in
+/// its trailers (the trailers, with the details).
+fn buffered_error(resp: &Response) -> Option<HeaderMap> {
+    let b = resp.extensions().get::<crate::grpc::Buffered>()?;
+    let t = b.trailers.as_ref().filter(|_| b.complete)?;
+    let (code, _) = status_of(t)?;
+    (code != 0).then(|| t.clone())
 }
 
 /// Rewrites the response of a transcoded stream.
@@ -76,7 +195,11 @@ pub(super) fn convert(t: &Transcoder, tr: &Transcoded, resp: &mut Response) {
     h.remove("grpc-accept-encoding");
     let streaming = tr.method.desc.is_server_streaming();
     let ndjson = t.cfg.print_options.stream_newline_delimited;
-    if let Some((code, msg)) = status_of(resp.headers()) {
+    // A unary error in the trailers after the head: answered as a
+    // trailers-only one (the head's status was not sent yet).
+    let buffered = buffered_error(resp);
+    let status_head = buffered.as_ref().unwrap_or(resp.headers());
+    if let Some((code, msg)) = status_of(status_head) {
         // Trailers-only: the whole answer is in the head.
         let (body, ct) = if code == 0 {
             let b: &'static [u8] = match (streaming, ndjson) {
@@ -86,7 +209,11 @@ pub(super) fn convert(t: &Transcoder, tr: &Transcoded, resp: &mut Response) {
             };
             (Bytes::from_static(b), "application/json")
         } else {
-            error_body(t.cfg.convert_grpc_status, code, &msg)
+            let pool = tr.method.desc.parent_pool();
+            let details = status_head
+                .get("grpc-status-details-bin")
+                .map(|v| (v, pool));
+            error_body(t.cfg.convert_grpc_status, code, &msg, details)
         };
         *resp.status_mut() = http_status(code);
         resp.headers_mut()
@@ -250,7 +377,7 @@ impl GrpcToJson {
                 // A status after the head: the HTTP status is sent, the
                 // error is the body.
                 let body = match failed {
-                    Some((c, m)) => error_body(self.convert_status, *c, m).0,
+                    Some((c, m)) => error_body(self.convert_status, *c, m, None).0,
                     None => Bytes::from_static(b"{}"),
                 };
                 self.out.push_back(http_body::Frame::data(body));
@@ -340,12 +467,50 @@ mod tests {
     }
 
     #[test]
+    fn status_details_decode_to_json() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let st = RpcStatus {
+            code: 10,
+            message: "locked".into(),
+            details: vec![RpcAny {
+                type_url: "type.googleapis.com/x.Unknown".into(),
+                value: vec![1, 2, 3],
+            }],
+        };
+        let bin = base64::engine::general_purpose::STANDARD_NO_PAD.encode(st.encode_to_vec());
+        let pool = DescriptorPool::new();
+        let v = status_details(bin.as_bytes(), &pool).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"code": 10, "message": "locked", "details": [
+                {"@type": "type.googleapis.com/x.Unknown", "value": "AQID"}
+            ]})
+        );
+        // Padded base64 too; garbage falls back (None).
+        let padded = base64::engine::general_purpose::STANDARD.encode(st.encode_to_vec());
+        assert!(status_details(padded.as_bytes(), &pool).is_some());
+        assert!(status_details(b"*not base64*", &pool).is_none());
+        let (b, ct) = error_body(
+            true,
+            13,
+            "fallback",
+            Some((&HeaderValue::from_static("!!"), &pool)),
+        );
+        assert_eq!(ct, "application/json");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap(),
+            serde_json::json!({"code": 13, "message": "fallback"})
+        );
+    }
+
+    #[test]
     fn error_bodies() {
-        let (b, ct) = error_body(true, 5, "no \"book\"");
+        let (b, ct) = error_body(true, 5, "no \"book\"", None);
         assert_eq!(ct, "application/json");
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, serde_json::json!({"code": 5, "message": "no \"book\""}));
-        let (b, ct) = error_body(false, 5, "gone");
+        let (b, ct) = error_body(false, 5, "gone", None);
         assert_eq!((&b[..], ct), (&b"gone\n"[..], "text/plain"));
     }
 }

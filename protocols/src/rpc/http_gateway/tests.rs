@@ -381,3 +381,56 @@ fn mutated_responses_never_panic() {
         let _ = decode_response(*proto, head, &b);
     }
 }
+
+/// A provider exception as a Java Dubbo provider writes it (Hessian 2 of
+/// a `Throwable`): its class definition with `detailMessage`, `cause`
+/// pointing back at the exception itself (a reference to the object being
+/// read), a typed `stackTrace` array of `StackTraceElement` objects and an
+/// empty `suppressedExceptions` list. The answer is a 500 naming the class
+/// with the message; the cycle does not recurse.
+#[test]
+fn java_exceptions_keep_their_class_and_message() {
+    fn s(x: &str) -> Vec<u8> {
+        let mut v = if x.len() < 32 {
+            vec![x.len() as u8]
+        } else {
+            vec![0x30, x.len() as u8]
+        };
+        v.extend_from_slice(x.as_bytes());
+        v
+    }
+    let mut b = vec![0x90]; // RESPONSE_WITH_EXCEPTION
+    b.push(b'C');
+    b.extend(s("com.example.UserNotFoundException"));
+    b.push(0x94);
+    for f in [
+        "detailMessage",
+        "cause",
+        "stackTrace",
+        "suppressedExceptions",
+    ] {
+        b.extend(s(f));
+    }
+    b.push(0x60);
+    b.extend(s("no user 5"));
+    b.extend([0x51, 0x90]); // cause: the exception itself (ref 0)
+    b.push(0x71); // a typed list of one
+    b.extend(s("[java.lang.StackTraceElement"));
+    b.push(b'C');
+    b.extend(s("java.lang.StackTraceElement"));
+    b.push(0x94);
+    for f in ["declaringClass", "methodName", "fileName", "lineNumber"] {
+        b.extend(s(f));
+    }
+    b.push(0x61);
+    for f in ["com.example.UserSvc", "getUser", "UserSvc.java"] {
+        b.extend(s(f));
+    }
+    b.push(0x90 + 42);
+    b.push(0x78); // suppressedExceptions: an empty list
+    let o = decode_response(RpcProtocolName::Dubbo, &dubbo_response(20, &b), &b);
+    assert_eq!(o.status, StatusCode::INTERNAL_SERVER_ERROR, "{:?}", o.body);
+    assert_eq!(o.body["class"], json!("com.example.UserNotFoundException"));
+    assert_eq!(o.body["message"], json!("no user 5"));
+    assert_eq!(o.body["error"], json!("provider_exception"));
+}
