@@ -633,7 +633,8 @@ clusters:
         .unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
-    w.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    w.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let first = read_reply(&mut r).expect("first reply");
     assert_eq!(first.status, 200);
     assert!(first.body.contains("uri=/first"), "{}", first.body);
