@@ -177,10 +177,9 @@ impl Io {
     }
 
     /// `poll_fill` for a connection that holds no read buffer (new, or
-    /// idle since `release_buffers`): reads into the stack and allocates
-    /// the buffer only once bytes came, so that a connection waiting for
-    /// its next request holds none (as nginx does).
-    #[cold]
+    /// idle since a tick in `wait_head` released it): reads into the
+    /// stack and allocates the buffer only once bytes came, so that a
+    /// connection waiting for its next request holds none (as nginx does).
     fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ_SIZE];
         let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
