@@ -20,7 +20,10 @@
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The alignment every mimalloc block has.
 const BLOCK_ALIGN: usize = 8;
@@ -115,6 +118,64 @@ unsafe extern "C" {
 pub fn release_free_memory() {
     // SAFETY: mi_collect takes no pointer and may be called from any thread.
     unsafe { mi_collect(true) }
+}
+
+/// How often the tidy-up looks at the connection count.
+const TIDY_EVERY: Duration = Duration::from_secs(1);
+/// Closed connections (down from the peak) that make a tidy-up worth it:
+/// at least this many, and at least a quarter of the peak.
+const TIDY_MIN_CLOSED: u64 = 256;
+
+/// Bumped by each tidy-up; a worker that has not collected for the
+/// current value does so before it next parks (`on_park`).
+static TIDY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static TIDIED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Hands memory back to the system after many connections closed, with
+/// no traffic needed. mimalloc only returns free pages (and purges them,
+/// `madvise`) from inside its own calls on the thread that owns them, so
+/// an idle process would otherwise stay at its peak until traffic
+/// resumes. Off the request path: once a second this compares the
+/// connection count with its peak since the last look, and only when a
+/// quarter of the connections (at least `TIDY_MIN_CLOSED`) have closed
+/// does it collect this thread's heap and ask every other worker to
+/// collect its own (`on_park`). A steady churn of connections keeps the
+/// count near its peak and never triggers it.
+pub async fn tidy(workers: usize) {
+    let mut tick = tokio::time::interval(TIDY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut high = 0u64;
+    loop {
+        tick.tick().await;
+        high = high.max(meshgate_core::overload::take_peak_connections());
+        let now = meshgate_core::overload::active_connections();
+        let closed = high.saturating_sub(now);
+        if closed < TIDY_MIN_CLOSED || closed * 4 < high {
+            continue;
+        }
+        high = now;
+        let epoch = TIDY_EPOCH.fetch_add(1, Ordering::Relaxed) + 1;
+        TIDIED.with(|t| t.set(epoch));
+        release_free_memory();
+        // The other workers collect before they next park; a few empty
+        // tasks wake the parked ones (tokio unparks a worker for a task
+        // it cannot run at once).
+        for _ in 1..workers {
+            tokio::spawn(async {});
+        }
+    }
+}
+
+/// The runtime's `on_thread_park` (work-stealing runtimes only): collects
+/// this worker's heap once per tidy-up; otherwise one relaxed load.
+pub fn on_park() {
+    let epoch = TIDY_EPOCH.load(Ordering::Relaxed);
+    if TIDIED.with(|t| t.replace(epoch)) != epoch {
+        release_free_memory();
+    }
 }
 
 #[cfg(test)]

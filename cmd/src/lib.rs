@@ -201,7 +201,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
 /// one-CPU quota, or a proxy pinned to a core) that saves CPU on every
 /// proxied HTTP/1.1 request (benches/RESULTS.md). More workers share one
 /// work-stealing runtime.
-fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime(concurrency: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
     let workers = match concurrency {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -210,7 +210,8 @@ fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
+        // Each worker hands its free memory back when asked (alloc::tidy).
+        b.worker_threads(workers).on_thread_park(alloc::on_park);
         b
     };
     tracing::info!(
@@ -222,11 +223,12 @@ fn runtime(concurrency: usize) -> std::io::Result<tokio::runtime::Runtime> {
         },
         "starting the runtime"
     );
-    b.enable_all().thread_name("meshgate-worker").build()
+    let rt = b.enable_all().thread_name("meshgate-worker").build()?;
+    Ok((rt, workers))
 }
 
 fn run_server(config: PathBuf, args: RunArgs, registry: Registry) -> anyhow::Result<()> {
-    let rt = runtime(args.concurrency).context("cannot start the tokio runtime")?;
+    let (rt, workers) = runtime(args.concurrency).context("cannot start the tokio runtime")?;
     let opts = ServerOptions {
         drain_time: args.drain_time,
         watch_interval: args.watch_interval,
@@ -244,6 +246,7 @@ fn run_server(config: PathBuf, args: RunArgs, registry: Registry) -> anyhow::Res
             release: alloc::release_free_memory,
         });
         let stop = CancellationToken::new();
+        tokio::spawn(alloc::tidy(workers));
         let dynamic = bootstrap.map(|b| {
             let (tx, rx) = meshgate_core::dynamic::channel();
             tokio::spawn(meshgate_xds::run(b, tx, stop.child_token()));

@@ -7,7 +7,8 @@
 //! `tokio::io::copy_bidirectional`, for three reasons measured in
 //! benches/RESULTS.md: a direction starts with a 16 KiB buffer and an
 //! optimistic read (short flows cost few syscalls and little memory); a
-//! direction that keeps filling it (bulk) grows it to 128 KiB; and
+//! direction that keeps filling it (bulk) grows it to 128 KiB; the buffer
+//! is held only while data moves (an idle pair holds none); and
 //! `zero_copy: bulk|always` moves bulk (or all) bytes with splice(2) through
 //! a pipe, so the payload never enters user space: less proxy CPU per byte,
 //! but on loopback the receiver then works harder and throughput drops,
@@ -471,18 +472,23 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Reads what `src` has: `Some(n)` (0 at EOF), or `None` when it is not
-/// readable. A short read drained the receive queue, so it also forgets
-/// the read readiness, with the readiness tick taken before the read: the
-/// next read then waits for the next epoll edge instead of paying for an
-/// EAGAIN, and data that arrived during the read has bumped the tick, so
-/// its readiness is kept.
-fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    use std::os::fd::AsFd;
-    let len = buf.len();
+/// Reads what `src` has into `buf` (empty; given `size` bytes of
+/// capacity, not zeroed, only once `src` is known to be readable):
+/// `Some(n)` (0 at EOF), or `None` when it is not readable. A short read
+/// drained the receive queue, so it also forgets the read readiness, with
+/// the readiness tick taken before the read: the next read then waits for
+/// the next epoll edge instead of paying for an EAGAIN, and data that
+/// arrived during the read has bumped the tick, so its readiness is kept.
+fn read_some(src: &TcpStream, buf: &mut Vec<u8>, size: usize) -> io::Result<Option<usize>> {
     let mut got = None;
     let r = src.try_io(Interest::READABLE, || {
-        let n = nix::unistd::read(src.as_fd(), buf).map_err(io::Error::from)?;
+        if buf.capacity() < size {
+            *buf = Vec::with_capacity(size);
+        }
+        let len = buf.capacity();
+        // Reads into the spare capacity (within the readiness this
+        // `try_io` holds, so it is the same one read(2)).
+        let n = src.try_read_buf(buf)?;
         got = Some(n);
         if n > 0 && n < len {
             Err(io::ErrorKind::WouldBlock.into())
@@ -517,10 +523,17 @@ async fn pump_one_way(
         }
     };
     if mode != ZeroCopy::Always {
-        let mut buf = vec![0u8; COPY_BUF.min(cap)];
+        // The copy buffer exists only while data moves: allocated (not
+        // zeroed) when `src` turns readable, given back when it has
+        // nothing more, so an idle direction holds no buffer (nginx and
+        // HAProxy free theirs alike). `size` stays bulk once it is, and
+        // never passes the direction's buffer limit (`cap`).
+        let mut buf = Vec::new();
+        let mut size = COPY_BUF.min(cap);
         let mut full_reads = 0u32;
         loop {
-            let Some(n) = read_some(src, &mut buf)? else {
+            let Some(n) = read_some(src, &mut buf, size)? else {
+                buf = Vec::new();
                 src.readable().await?;
                 continue;
             };
@@ -532,14 +545,15 @@ async fn pump_one_way(
             let holding = Held::new(held, n);
             write_all_ref(dst, &buf[..n]).await?;
             drop(holding);
+            buf.clear();
             write_counter.increment(n as u64);
             activity.store(now_ms(), Ordering::Relaxed);
-            if n == buf.len() {
+            if n >= size {
                 full_reads += 1;
                 if full_reads == BULK_READS {
                     match mode {
                         ZeroCopy::Bulk => break,
-                        _ => buf.resize(cap.max(buf.len()), 0),
+                        _ => size = cap.max(size),
                     }
                 }
             } else {

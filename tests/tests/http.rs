@@ -590,3 +590,75 @@ clusters:
         t.elapsed()
     );
 }
+
+/// A keep-alive connection idle for a while gives its read and write
+/// buffers back (h1_server) and allocates them again when the next request
+/// comes: that request (a head larger than the first read off an idle
+/// connection, with a body) and one pipelined behind it are served in
+/// full, and a new connection's first request (which has no buffer either)
+/// is too.
+#[test]
+fn http1_keep_alive_serves_after_idle_buffer_release() {
+    use std::io::{BufReader, Write};
+    let a = HttpBackend::start("a", Proto::Http1);
+    let yaml = format!(
+        r#"listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              codec: http1
+              # Header-timer ticks every 100 ms: an idle connection
+              # releases its buffers at the first tick.
+              codec_options: {{http1: {{request_headers_timeout: 400ms}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: a}}
+clusters:
+  - name: a
+    endpoints: [{{address: "{}"}}]
+"#,
+        a.addr
+    );
+    let mut mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let first = read_reply(&mut r).expect("first reply");
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("uri=/first"), "{}", first.body);
+    // Idle past one tick (100 ms) and within the keep-alive limit
+    // (400 ms): time passing is what this test is about.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let big = "v".repeat(6000);
+    let body = "b".repeat(20_000);
+    let req = format!(
+        "POST /second HTTP/1.1\r\nHost: a\r\nx-echo-big: {big}\r\ncontent-length: {}\r\n\r\n{body}GET /third HTTP/1.1\r\nHost: a\r\n\r\n",
+        body.len()
+    );
+    w.write_all(req.as_bytes()).unwrap();
+    let second = read_reply(&mut r).expect("second reply");
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(second.body.contains("uri=/second"), "{}", second.body);
+    assert!(
+        second.body.contains("body-bytes=20000\n"),
+        "{}",
+        second.body
+    );
+    let third = read_reply(&mut r).expect("third reply");
+    assert_eq!(third.status, 200);
+    assert!(third.body.contains("uri=/third"), "{}", third.body);
+    assert_eq!(a.hits(), 3);
+    mg.terminate();
+}

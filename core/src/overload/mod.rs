@@ -399,6 +399,8 @@ const SATURATED: u32 = 1_000_000;
 static MAX_CONNECTIONS: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Downstream connections open on every listener.
 static ACTIVE_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+/// The high-water mark of `ACTIVE_CONNECTIONS` (`take_peak_connections`).
+static PEAK_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 /// An action's scale now (0..=1).
 fn action_scale(a: Action) -> f64 {
@@ -480,6 +482,11 @@ pub fn admit_connection() -> Result<ConnectionGuard, Refusal> {
     } else {
         let n = ACTIVE_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         if n < MAX_CONNECTIONS.load(Ordering::Relaxed) {
+            // A plain load and a rare store, not an atomic max: the peak
+            // only steers when memory is handed back (`take_peak_connections`).
+            if n >= PEAK_CONNECTIONS.load(Ordering::Relaxed) {
+                PEAK_CONNECTIONS.store(n + 1, Ordering::Relaxed);
+            }
             return Ok(ConnectionGuard(()));
         }
         ACTIVE_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
@@ -494,6 +501,15 @@ pub fn admit_connection() -> Result<ConnectionGuard, Refusal> {
 /// Downstream connections open now (every listener).
 pub fn active_connections() -> u64 {
     ACTIVE_CONNECTIONS.load(Ordering::Relaxed)
+}
+
+/// The most downstream connections open at once since the last call
+/// (about: concurrent admissions may under-count it by a few), restarting
+/// the count from those open now. The allocator's tidy-up reads it to
+/// notice that many connections closed, however briefly they lived.
+pub fn take_peak_connections() -> u64 {
+    let now = ACTIVE_CONNECTIONS.load(Ordering::Relaxed);
+    PEAK_CONNECTIONS.swap(now, Ordering::Relaxed).max(now)
 }
 
 /// What the allocator offers the overload manager; the binary registers

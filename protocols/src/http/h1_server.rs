@@ -33,13 +33,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Most header fields httparse is given room for (the configured limit is
 /// applied below it).
 const HEADER_SLOTS: usize = 256;
 /// Read buffer size asked for per read.
 const READ_SIZE: usize = 8 * 1024;
+/// The first read of a connection holding no read buffer goes to the
+/// stack, this much at most (a typical request head fits).
+const IDLE_READ_SIZE: usize = 4 * 1024;
+/// The response head buffer a connection allocates on its first response.
+const WRITE_SIZE: usize = 4 * 1024;
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Data frames at least this big are written from their own buffer.
@@ -155,6 +160,9 @@ impl Slot {
 impl Io {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            if self.rbuf.capacity() == 0 {
+                return self.poll_fill_idle(cx);
+            }
             self.rbuf.reserve(READ_SIZE);
         }
         let n = ready!(tokio_util::io::poll_read_buf(
@@ -164,6 +172,24 @@ impl Io {
         ))?;
         if n == 0 {
             self.eof = true;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// `poll_fill` for a connection that holds no read buffer (new, or
+    /// idle since a tick in `wait_head` released it): reads into the
+    /// stack and allocates the buffer only once bytes came, so that a
+    /// connection waiting for its next request holds none (as nginx does).
+    fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ_SIZE];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            self.eof = true;
+        } else {
+            self.rbuf = BytesMut::with_capacity(READ_SIZE);
+            self.rbuf.put_slice(rb.filled());
         }
         Poll::Ready(Ok(n))
     }
@@ -639,7 +665,8 @@ pub(super) async fn serve(
     let s = Server {
         slot: Slot::Own(Io {
             io,
-            rbuf: BytesMut::with_capacity(READ_SIZE),
+            // No buffer until the first bytes come (`poll_fill_idle`).
+            rbuf: BytesMut::new(),
             eof: false,
             body: None,
             body_failed: false,
@@ -655,7 +682,7 @@ pub(super) async fn serve(
         tick_armed: false,
         granularity,
         has_body: false,
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
         served: 0,
         opts,
     };
@@ -727,6 +754,7 @@ impl Server {
             tick_armed,
             granularity,
             served,
+            wbuf,
             ..
         } = self;
         let g = granularity.as_nanos().max(1);
@@ -778,6 +806,12 @@ impl Server {
                     break;
                 }
                 fired += 1;
+                // A tick without a byte: the connection is idle, its
+                // buffers go back (allocated again when bytes come).
+                if io.rbuf.is_empty() && io.rbuf.capacity() != 0 {
+                    io.rbuf = BytesMut::new();
+                    *wbuf = BytesMut::new();
+                }
                 if fired >= needed {
                     return Poll::Ready(if !io.rbuf.is_empty() || *served == 0 {
                         Wait::Timeout
@@ -951,6 +985,9 @@ impl Server {
         let mut content_length: Option<u64> = None;
         let mut out = std::mem::take(&mut self.wbuf);
         out.clear();
+        if out.capacity() == 0 {
+            out.reserve(WRITE_SIZE);
+        }
         put_status_line(&mut out, status);
         let mut has_date = false;
         for (k, v) in &parts.headers {
