@@ -233,7 +233,11 @@ fn cert_and_key(
     if is_x509_v1(&certs[0]) {
         // Served as is (OpenSSL and BoringSSL peers take it), but a peer
         // verifying with webpki (rustls, meshgate itself) refuses it.
-        let src = pem_source(&c.certificate_chain, c.certificate_chain_pem.as_deref(), &cf)?;
+        let src = pem_source(
+            &c.certificate_chain,
+            c.certificate_chain_pem.as_deref(),
+            &cf,
+        )?;
         tracing::warn!(
             field = %cf,
             file = %src.describe(),
@@ -525,7 +529,9 @@ fn client_verifier(
     } else {
         b.allow_unauthenticated()
     };
-    let inner = b.build().map_err(|e| BuildError::new(field, e.to_string()))?;
+    let inner = b
+        .build()
+        .map_err(|e| BuildError::new(field, e.to_string()))?;
     if v.match_subject_alt_names.is_empty() {
         return Ok(inner);
     }
@@ -832,12 +838,18 @@ mod tests {
         .unwrap();
         let now = rustls::pki_types::UnixTime::now();
         let one = |n: &str| load_certs(Pem::File(&file(n)), "t").unwrap().remove(0);
-        assert!(v.verify_client_cert(&one("v1-issued.pem"), &[], now).is_ok());
+        assert!(
+            v.verify_client_cert(&one("v1-issued.pem"), &[], now)
+                .is_ok()
+        );
         let leaf = one("v1-leaf.pem");
         assert!(is_x509_v1(&leaf) && !is_x509_v1(&one("v1-issued.pem")));
         let e = v.verify_client_cert(&leaf, &[], now).unwrap_err();
         let io = std::io::Error::other(e);
-        assert_eq!(handshake_error_reason(&io), "unsupported_certificate_version");
+        assert_eq!(
+            handshake_error_reason(&io),
+            "unsupported_certificate_version"
+        );
     }
 
     /// A changed certificate is re-read on the blocking pool, not by the

@@ -39,8 +39,14 @@ const CIPHERS: &[(&str, CipherSuite)] = &[
         "ECDHE-RSA-CHACHA20-POLY1305",
         CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     ),
-    ("TLS_AES_128_GCM_SHA256", CipherSuite::TLS13_AES_128_GCM_SHA256),
-    ("TLS_AES_256_GCM_SHA384", CipherSuite::TLS13_AES_256_GCM_SHA384),
+    (
+        "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+    ),
     (
         "TLS_CHACHA20_POLY1305_SHA256",
         CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
@@ -80,8 +86,14 @@ const CURVES: &[(&str, NamedGroup)] = &[
 const CURVES_LACKING: &[&str] = &["P-224", "P-521", "X25519Kyber768Draft00", "X25519MLKEM768"];
 
 const SCHEMES: &[(&str, SignatureScheme)] = &[
-    ("ecdsa_secp256r1_sha256", SignatureScheme::ECDSA_NISTP256_SHA256),
-    ("ecdsa_secp384r1_sha384", SignatureScheme::ECDSA_NISTP384_SHA384),
+    (
+        "ecdsa_secp256r1_sha256",
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+    ),
+    (
+        "ecdsa_secp384r1_sha384",
+        SignatureScheme::ECDSA_NISTP384_SHA384,
+    ),
     ("rsa_pss_rsae_sha256", SignatureScheme::RSA_PSS_SHA256),
     ("rsa_pss_rsae_sha384", SignatureScheme::RSA_PSS_SHA384),
     ("rsa_pss_rsae_sha512", SignatureScheme::RSA_PSS_SHA512),
@@ -223,7 +235,9 @@ impl Params {
                     .filter(|c| is_tls13(c.suite()))
                     .copied()
                     .collect();
-                ordered.splice(0..0, all13);
+                let mut all = all13;
+                all.extend(ordered);
+                ordered = all;
             }
             p.cipher_suites = ordered;
         }

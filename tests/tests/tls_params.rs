@@ -108,7 +108,12 @@ fn cipher_suites_and_ecdh_curves_by_envoy_names() {
     // The client offers only a suite outside the list: refused.
     let out = s_client(
         port,
-        &["-servername", "localhost", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+        &[
+            "-servername",
+            "localhost",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ],
     );
     assert!(!out.contains("Cipher is ECDHE"), "{out}");
     assert!(out.contains("alert handshake failure"), "{out}");

@@ -129,10 +129,7 @@ pub struct Validation {
     pub sans: Vec<SanMatcherConfig>,
 }
 
-fn validation_context(
-    mut v: tlsv3::CertificateValidationContext,
-    path: &str,
-) -> R<Validation> {
+fn validation_context(mut v: tlsv3::CertificateValidationContext, path: &str) -> R<Validation> {
     let ca = match v.trusted_ca.take() {
         None => None,
         Some(d) => Some(data_source(Some(d), &join(path, "trusted_ca"))?),
@@ -171,7 +168,12 @@ fn san_matcher(mut m: tlsv3::SubjectAltNameMatcher, path: &str) -> R<SanMatcherC
         Ok(T::OtherName) => {
             return err(join(path, "san_type"), "OTHER_NAME is not supported");
         }
-        _ => return err(join(path, "san_type"), "required (DNS, URI, EMAIL, IP_ADDRESS)"),
+        _ => {
+            return err(
+                join(path, "san_type"),
+                "required (DNS, URI, EMAIL, IP_ADDRESS)",
+            );
+        }
     };
     m.san_type = 0;
     let Some(sm) = m.matcher.take() else {
@@ -553,9 +555,10 @@ pub fn listener_sds_fetch_timeouts(
         use tlsv3::common_tls_context::ValidationContextType as V;
         match &c.validation_context_type {
             Some(V::ValidationContextSdsSecretConfig(s)) => note(s),
-            Some(V::CombinedValidationContext(cv)) => {
-                cv.validation_context_sds_secret_config.iter().for_each(&mut note)
-            }
+            Some(V::CombinedValidationContext(cv)) => cv
+                .validation_context_sds_secret_config
+                .iter()
+                .for_each(&mut note),
             _ => {}
         }
     }

@@ -492,8 +492,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     // A plain-TCP socket is no socket (told by its type URL).
     let transport_socket = transport_socket.filter(|t| !crate::tls::is_raw_buffer(t));
     let mut sds_names = BTreeSet::new();
-    let transport_socket_matches =
-        crate::transport_socket_match::take(&mut c, &mut sds_names)?;
+    let transport_socket_matches = crate::transport_socket_match::take(&mut c, &mut sds_names)?;
     if let Some(ts) = &transport_socket {
         // Refused now if unsupported; filled in once its secrets are known.
         crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;

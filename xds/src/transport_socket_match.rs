@@ -87,3 +87,92 @@ pub fn resolve(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Any, Struct, Value as PbValue, value::Kind};
+    use prost::Message;
+
+    fn socket(url: &str, value: Vec<u8>) -> core3::TransportSocket {
+        core3::TransportSocket {
+            // Free text: the type URL decides.
+            name: "whatever".into(),
+            config_type: Some(core3::transport_socket::ConfigType::TypedConfig(Any {
+                type_url: url.into(),
+                value,
+            })),
+        }
+    }
+
+    fn one(name: &str, criteria: Option<Struct>, ts: core3::TransportSocket) -> cds::Cluster {
+        cds::Cluster {
+            transport_socket_matches: vec![cds::cluster::TransportSocketMatch {
+                name: name.into(),
+                r#match: criteria,
+                transport_socket: Some(ts),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sockets_are_told_by_type_url_and_others_refused_by_field() {
+        let tls =
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext {
+                sni: "a".into(),
+                ..Default::default()
+            };
+        let criteria = Struct {
+            fields: [(
+                "tlsMode".to_string(),
+                PbValue {
+                    kind: Some(Kind::StringValue("istio".into())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut c = one(
+            "mtls",
+            Some(criteria),
+            socket(
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                tls.encode_to_vec(),
+            ),
+        );
+        c.transport_socket_matches
+            .extend(one(
+                "plain",
+                None,
+                socket(
+                    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                    Vec::new(),
+                ),
+            )
+            .transport_socket_matches);
+        let mut sds = BTreeSet::new();
+        let entries = take(&mut c, &mut sds).unwrap();
+        let out = resolve(&entries, &|_| None, &mut sds).unwrap();
+        assert_eq!(out[0].match_["tlsMode"], "istio");
+        assert_eq!(
+            out[0].tls.as_ref().and_then(|t| t.sni.as_deref()),
+            Some("a")
+        );
+        assert!(out[1].tls.is_none() && out[1].match_.is_empty());
+
+        let mut alts = one(
+            "alts",
+            None,
+            socket(
+                "type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts",
+                Vec::new(),
+            ),
+        );
+        let e = take(&mut alts, &mut sds).unwrap_err();
+        assert_eq!(
+            e.0,
+            "transport_socket_matches[0].transport_socket.typed_config"
+        );
+    }
+}

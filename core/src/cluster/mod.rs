@@ -935,7 +935,11 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
 fn reads_files(c: &ClusterConfig) -> bool {
     c.tls
         .iter()
-        .chain(c.transport_socket_matches.iter().filter_map(|m| m.tls.as_ref()))
+        .chain(
+            c.transport_socket_matches
+                .iter()
+                .filter_map(|m| m.tls.as_ref()),
+        )
         .any(|t| {
             t.trusted_ca.is_some()
                 || t.client_certificate
