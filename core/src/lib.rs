@@ -40,6 +40,8 @@ pub mod spans;
 pub mod stream;
 pub mod tls;
 pub mod tls_inspect;
+pub mod tls_params;
+pub mod tls_san;
 pub mod trace;
 pub mod udp;
 pub mod upgrade;

@@ -69,33 +69,22 @@ impl PeerIdentity {
     }
 }
 
-fn provider(cipher_suites: &[String], path: &str) -> Result<Arc<CryptoProvider>, BuildError> {
-    let mut p = rustls::crypto::ring::default_provider();
-    if !cipher_suites.is_empty() {
-        for (i, name) in cipher_suites.iter().enumerate() {
-            if !p
-                .cipher_suites
-                .iter()
-                .any(|cs| suite_name(cs) == name.as_str())
-            {
-                let known: Vec<String> = p.cipher_suites.iter().map(suite_name).collect();
-                return Err(BuildError::new(
-                    format!("{path}.cipher_suites[{i}]"),
-                    format!(
-                        "unknown cipher suite '{name}' (known: {})",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
-        p.cipher_suites
-            .retain(|cs| cipher_suites.iter().any(|n| *n == suite_name(cs)));
-    }
-    Ok(Arc::new(p))
-}
-
-fn suite_name(cs: &rustls::SupportedCipherSuite) -> String {
-    format!("{:?}", cs.suite())
+/// The crypto provider and signing restriction of a TLS block's
+/// `cipher_suites`, `ecdh_curves` and `signature_algorithms`.
+fn params(
+    cipher_suites: &[String],
+    ecdh_curves: &[String],
+    signature_algorithms: &[String],
+    path: &str,
+) -> Result<crate::tls_params::Params, BuildError> {
+    crate::tls_params::Params::new(
+        &crate::tls_params::Names {
+            cipher_suites,
+            ecdh_curves,
+            signature_algorithms,
+        },
+        path,
+    )
 }
 
 fn versions(
@@ -214,6 +203,14 @@ fn load_roots(src: Pem<'_>, field: &str) -> Result<rustls::RootCertStore, BuildE
     Ok(roots)
 }
 
+/// Whether a certificate is X.509 v1 (no extensions, so no SAN). webpki
+/// accepts a v1 certificate as a trust anchor (`trusted_ca`), never as a
+/// peer's end-entity or intermediate certificate.
+pub fn is_x509_v1(der: &[u8]) -> bool {
+    use x509_parser::prelude::*;
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.version() == X509Version::V1)
+}
+
 /// The chain and key of a certificate config.
 fn cert_and_key(
     c: &CertificateConfig,
@@ -233,6 +230,20 @@ fn cert_and_key(
         pem_source(&c.private_key, c.private_key_pem.as_deref(), &kf)?,
         &kf,
     )?;
+    if is_x509_v1(&certs[0]) {
+        // Served as is (OpenSSL and BoringSSL peers take it), but a peer
+        // verifying with webpki (rustls, meshgate itself) refuses it.
+        let src = pem_source(
+            &c.certificate_chain,
+            c.certificate_chain_pem.as_deref(),
+            &cf,
+        )?;
+        tracing::warn!(
+            field = %cf,
+            file = %src.describe(),
+            "X.509 v1 certificate: peers verifying with webpki (rustls) refuse it (UnsupportedCertVersion); ask the CA for a v3 certificate"
+        );
+    }
     Ok((certs, key))
 }
 
@@ -458,10 +469,20 @@ fn build_server_config(
             "needs at least one certificate",
         ));
     }
-    let provider = provider(&cfg.cipher_suites, path)?;
+    let params = params(
+        &cfg.cipher_suites,
+        &cfg.ecdh_curves,
+        &cfg.signature_algorithms,
+        path,
+    )?;
+    let provider = params.provider.clone();
     let mut certs = Vec::new();
     for (i, c) in cfg.certificates.iter().enumerate() {
-        let ck = certified_key(c, &format!("{path}.certificates[{i}]"), &provider)?;
+        let ck = params.restrict(certified_key(
+            c,
+            &format!("{path}.certificates[{i}]"),
+            &provider,
+        )?);
         let names = cert_names(ck.end_entity_cert().map(|c| c.as_ref()).unwrap_or(&[]));
         certs.push((names, ck));
     }
@@ -480,7 +501,11 @@ fn build_server_config(
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
-    config.session_storage = sessions;
+    config.session_storage = if cfg.session_cache {
+        sessions
+    } else {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    };
     match ticketer {
         Some(t) => config.ticketer = t,
         None => config.send_tls13_tickets = 0,
@@ -504,7 +529,17 @@ fn client_verifier(
     } else {
         b.allow_unauthenticated()
     };
-    b.build().map_err(|e| BuildError::new(field, e.to_string()))
+    let inner = b
+        .build()
+        .map_err(|e| BuildError::new(field, e.to_string()))?;
+    if v.match_subject_alt_names.is_empty() {
+        return Ok(inner);
+    }
+    let sans = crate::tls_san::SanMatchers::new(
+        &v.match_subject_alt_names,
+        &format!("{path}.client_validation.match_subject_alt_names"),
+    )?;
+    Ok(Arc::new(crate::tls_san::SanClientVerifier { inner, sans }))
 }
 
 /// Why a downstream handshake failed, as a metric label.
@@ -521,6 +556,10 @@ pub fn handshake_error_reason(e: &std::io::Error) -> &'static str {
         Error::NoCertificatesPresented => "no_client_certificate",
         Error::InvalidCertificate(ce) => match ce {
             CertificateError::UnknownIssuer => "unknown_ca",
+            // An X.509 v1 client certificate (webpki wants v3).
+            CertificateError::Other(o) if o.to_string().contains("UnsupportedCertVersion") => {
+                "unsupported_certificate_version"
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                 "expired_certificate"
             }
@@ -628,7 +667,13 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     pub fn new(cfg: &UpstreamTlsConfig, path: &str) -> Result<Self, BuildError> {
-        let provider = provider(&[], path)?;
+        let params = params(
+            &cfg.cipher_suites,
+            &cfg.ecdh_curves,
+            &cfg.signature_algorithms,
+            path,
+        )?;
+        let provider = params.provider.clone();
         let ca_field = format!("{path}.trusted_ca");
         let roots = match (&cfg.trusted_ca, &cfg.trusted_ca_pem) {
             (Some(_), Some(_)) => {
@@ -650,10 +695,31 @@ impl UpstreamTls {
         };
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(cfg.min_version, TlsVersion::Tls13, path)?)
-            .map_err(|e| BuildError::new(format!("{path}.min_version"), e.to_string()))?
-            .with_root_certificates(roots);
+            .map_err(|e| BuildError::new(format!("{path}.min_version"), e.to_string()))?;
+        let builder = if cfg.match_subject_alt_names.is_empty() {
+            builder.with_root_certificates(roots)
+        } else {
+            let sans = crate::tls_san::SanMatchers::new(
+                &cfg.match_subject_alt_names,
+                &format!("{path}.match_subject_alt_names"),
+            )?;
+            // The chain is verified as webpki does; the SAN matchers
+            // replace the host name check (`tls_san`).
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(crate::tls_san::SanServerVerifier {
+                    roots: Arc::new(roots),
+                    provider: provider.clone(),
+                    sans,
+                }))
+        };
         let mut config = match &cfg.client_certificate {
             None => builder.with_no_client_auth(),
+            Some(c) if params.sign_schemes.is_some() => {
+                let p = format!("{path}.client_certificate");
+                let ck = params.restrict(certified_key(c, &p, &provider)?);
+                builder.with_client_cert_resolver(Arc::new(crate::tls_params::ClientCert(ck)))
+            }
             Some(c) => {
                 let p = format!("{path}.client_certificate");
                 let (certs, key) = cert_and_key(c, &p)?;
@@ -755,6 +821,36 @@ pub struct QuicTlsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// X.509 v1: a v1 root CA is a trust anchor (a v3 certificate it
+    /// issued verifies); a v1 end-entity certificate is refused by webpki,
+    /// and the handshake failure is labelled as such.
+    #[test]
+    fn x509_v1_root_verifies_a_v1_leaf_is_refused_by_name() {
+        let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/certs");
+        let file = |n: &str| certs.join(n).to_string_lossy().into_owned();
+        let roots = load_roots(Pem::File(&file("v1-ca.pem")), "t.trusted_ca").unwrap();
+        let v = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        let one = |n: &str| load_certs(Pem::File(&file(n)), "t").unwrap().remove(0);
+        assert!(
+            v.verify_client_cert(&one("v1-issued.pem"), &[], now)
+                .is_ok()
+        );
+        let leaf = one("v1-leaf.pem");
+        assert!(is_x509_v1(&leaf) && !is_x509_v1(&one("v1-issued.pem")));
+        let e = v.verify_client_cert(&leaf, &[], now).unwrap_err();
+        let io = std::io::Error::other(e);
+        assert_eq!(
+            handshake_error_reason(&io),
+            "unsupported_certificate_version"
+        );
+    }
 
     /// A changed certificate is re-read on the blocking pool, not by the
     /// handshake that noticed the change. The new certificate file is a

@@ -74,5 +74,21 @@ openssl ca -batch -config "$tmp/ca.cnf" -cert client-ca.pem -keyfile client-ca.k
     -in "$tmp/expired.csr" -out "$tmp/expired.pem" 2>/dev/null
 openssl x509 -in "$tmp/expired.pem" -out expired-client.pem
 
+# X.509 v1 (no extensions), as some CAs still hand out: a v1 root CA
+# (webpki accepts it as a trust anchor) signing a v3 server certificate,
+# and a v1 leaf (webpki refuses it: no SAN, no version 3).
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out v1-ca.key
+openssl req -new -key v1-ca.key -subj "/O=meshgate demo/CN=meshgate v1 CA" -out "$tmp/v1-ca.csr"
+openssl x509 -req -in "$tmp/v1-ca.csr" -signkey v1-ca.key -days 36500 -out v1-ca.pem 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out v1-issued.key
+openssl req -new -key v1-issued.key -subj "/O=meshgate demo/CN=localhost" -out "$tmp/v1-issued.csr"
+printf 'subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\n' >"$tmp/v1-issued.ext"
+openssl x509 -req -in "$tmp/v1-issued.csr" -CA v1-ca.pem -CAkey v1-ca.key -CAcreateserial \
+    -days 36500 -extfile "$tmp/v1-issued.ext" -out v1-issued.pem 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out v1-leaf.key
+openssl req -new -key v1-leaf.key -subj "/O=meshgate demo/CN=localhost" -out "$tmp/v1-leaf.csr"
+openssl x509 -req -in "$tmp/v1-leaf.csr" -CA v1-ca.pem -CAkey v1-ca.key -CAcreateserial \
+    -days 36500 -out v1-leaf.pem 2>/dev/null
+
 rm -f ./*.srl
 echo "certificates written to $(pwd)"

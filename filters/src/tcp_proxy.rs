@@ -273,7 +273,7 @@ impl TcpProxy {
         };
         let upstream_host = up.endpoint.address;
         let activity = AtomicU64::new(now_ms());
-        let result = match (io, &cluster.tls) {
+        let result = match (io, cluster.tls_for(&up.endpoint)) {
             // TLS origination (the cluster's `tls`): user-space copy.
             (mut down, Some(tls)) => {
                 let pump = async {

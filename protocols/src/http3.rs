@@ -661,7 +661,7 @@ impl ClientInner {
         dial: Dial<'_>,
         authority: Option<&str>,
     ) -> Result<UpstreamConn, UpstreamError> {
-        let Some(tls) = dial.cluster().tls.as_ref() else {
+        let Some(tls) = dial.cluster().tls_for(dial.endpoint()) else {
             return Err(UpstreamError::Connect(
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));

@@ -1671,6 +1671,7 @@ mod tests {
             eds_name: Some("a".into()),
             transport_socket: None,
             sds_names: BTreeSet::new(),
+            transport_socket_matches: Vec::new(),
             eds_fetch_timeout: None,
         };
         Arc::make_mut(&mut s.clusters).insert("a".into(), Arc::new(c));

@@ -41,6 +41,7 @@ pub mod tls;
 mod trace_export;
 mod tracing;
 pub mod translate;
+pub mod transport_socket_match;
 mod udp_proxy;
 mod unknown;
 mod upstream_http;

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
 use meshgate_core::config::{
     CertificateConfig, ClientValidationConfig, DownstreamTlsConfig, TlsVersion, UpstreamTlsConfig,
 };
+use meshgate_core::tls_san::{SanMatcherConfig, SanType};
 use serde_json::json;
 use std::collections::BTreeSet;
 
@@ -34,8 +35,8 @@ pub enum Pem {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Secret {
     Certificate(CertificateConfig),
-    /// Trusted CAs of a validation context.
-    Validation(Pem),
+    /// A validation context: trusted CAs and SAN matchers.
+    Validation(Validation),
 }
 
 /// Looks up an accepted secret by name.
@@ -53,7 +54,11 @@ fn secret_inner(mut s: tlsv3::Secret) -> R<Secret> {
             Secret::Certificate(tls_certificate(c, "tls_certificate")?)
         }
         Some(tlsv3::secret::Type::ValidationContext(v)) => {
-            Secret::Validation(validation_context(v, "validation_context")?)
+            let v = validation_context(v, "validation_context")?;
+            if v.ca.is_none() {
+                return err("validation_context.trusted_ca", "missing");
+            }
+            Secret::Validation(v)
         }
         Some(tlsv3::secret::Type::SessionTicketKeys(_)) => {
             return err(
@@ -115,10 +120,85 @@ fn tls_certificate(mut c: tlsv3::TlsCertificate, path: &str) -> R<CertificateCon
     Ok(out)
 }
 
-fn validation_context(mut v: tlsv3::CertificateValidationContext, path: &str) -> R<Pem> {
-    let ca = data_source(v.trusted_ca.take(), &join(path, "trusted_ca"))?;
+/// What a `CertificateValidationContext` gives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validation {
+    /// Absent only in a `combined_validation_context`'s default context
+    /// (its SDS secret gives it).
+    pub ca: Option<Pem>,
+    pub sans: Vec<SanMatcherConfig>,
+}
+
+fn validation_context(mut v: tlsv3::CertificateValidationContext, path: &str) -> R<Validation> {
+    let ca = match v.trusted_ca.take() {
+        None => None,
+        Some(d) => Some(data_source(Some(d), &join(path, "trusted_ca"))?),
+    };
+    let mut sans = Vec::new();
+    for (i, m) in std::mem::take(&mut v.match_typed_subject_alt_names)
+        .into_iter()
+        .enumerate()
+    {
+        sans.push(san_matcher(
+            m,
+            &format!("{path}.match_typed_subject_alt_names[{i}]"),
+        )?);
+    }
+    #[allow(deprecated)]
+    let legacy = std::mem::take(&mut v.match_subject_alt_names);
+    for (i, m) in legacy.into_iter().enumerate() {
+        // The deprecated form: any SAN type.
+        sans.push(string_matcher(
+            m,
+            None,
+            &format!("{path}.match_subject_alt_names[{i}]"),
+        )?);
+    }
     rest(&v, path)?;
-    Ok(ca)
+    Ok(Validation { ca, sans })
+}
+
+fn san_matcher(mut m: tlsv3::SubjectAltNameMatcher, path: &str) -> R<SanMatcherConfig> {
+    use tlsv3::subject_alt_name_matcher::SanType as T;
+    let ty = match T::try_from(m.san_type) {
+        Ok(T::Dns) => SanType::Dns,
+        Ok(T::Uri) => SanType::Uri,
+        Ok(T::Email) => SanType::Email,
+        Ok(T::IpAddress) => SanType::IpAddress,
+        Ok(T::OtherName) => {
+            return err(join(path, "san_type"), "OTHER_NAME is not supported");
+        }
+        _ => {
+            return err(
+                join(path, "san_type"),
+                "required (DNS, URI, EMAIL, IP_ADDRESS)",
+            );
+        }
+    };
+    m.san_type = 0;
+    let Some(sm) = m.matcher.take() else {
+        return err(join(path, "matcher"), "required");
+    };
+    let out = string_matcher(sm, Some(ty), &join(path, "matcher"))?;
+    rest(&m, path)?;
+    Ok(out)
+}
+
+fn string_matcher(
+    m: envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher,
+    ty: Option<SanType>,
+    path: &str,
+) -> R<SanMatcherConfig> {
+    let c = crate::http_filters::string_matcher(m, path)?;
+    Ok(SanMatcherConfig {
+        san_type: ty,
+        exact: c.exact,
+        prefix: c.prefix,
+        suffix: c.suffix,
+        contains: c.contains,
+        safe_regex: c.safe_regex.map(|r| r.regex),
+        ignore_case: c.ignore_case,
+    })
 }
 
 /// A secret named by an `SdsSecretConfig`, which must come over ADS.
@@ -138,7 +218,15 @@ fn version(v: i32, path: &str) -> R<Option<TlsVersion>> {
         Ok(P::TlsAuto) => Ok(None),
         Ok(P::TlSv12) => Ok(Some(TlsVersion::Tls12)),
         Ok(P::TlSv13) => Ok(Some(TlsVersion::Tls13)),
-        _ => err(path, "meshgate speaks TLS 1.2 and 1.3 only"),
+        Ok(old @ (P::TlSv10 | P::TlSv11)) => err(
+            path,
+            format!(
+                "{} is not supported: meshgate (rustls) speaks TLS 1.2 and 1.3 only; \
+                 use TLSv1_2 or TLS_AUTO",
+                old.as_str_name()
+            ),
+        ),
+        Err(_) => err(path, format!("unknown TLS protocol version {v}")),
     }
 }
 
@@ -147,11 +235,16 @@ fn version(v: i32, path: &str) -> R<Option<TlsVersion>> {
 struct Common {
     certificates: Vec<CertificateConfig>,
     trusted_ca: Option<Pem>,
+    sans: Vec<SanMatcherConfig>,
     /// A validation context is configured (its SDS secret may be unknown yet).
     validates: bool,
     alpn: Vec<String>,
     min: Option<TlsVersion>,
     max: Option<TlsVersion>,
+    /// `tls_params`, mapped onto rustls by core (`tls_params`).
+    cipher_suites: Vec<String>,
+    ecdh_curves: Vec<String>,
+    signature_algorithms: Vec<String>,
 }
 
 fn common(
@@ -174,6 +267,20 @@ fn common(
             std::mem::take(&mut p.tls_maximum_protocol_version),
             &join(&pp, "tls_maximum_protocol_version"),
         )?;
+        out.cipher_suites = std::mem::take(&mut p.cipher_suites);
+        out.ecdh_curves = std::mem::take(&mut p.ecdh_curves);
+        out.signature_algorithms = std::mem::take(&mut p.signature_algorithms);
+        // The names are checked here, with this path, not only when the
+        // snapshot is built: a set rustls cannot serve is NACKed by field.
+        meshgate_core::tls_params::Params::new(
+            &meshgate_core::tls_params::Names {
+                cipher_suites: &out.cipher_suites,
+                ecdh_curves: &out.ecdh_curves,
+                signature_algorithms: &out.signature_algorithms,
+            },
+            &pp,
+        )
+        .map_err(|e| (e.path, e.message))?;
         rest(&p, &pp)?;
     }
     for (i, t) in std::mem::take(&mut c.tls_certificates)
@@ -208,7 +315,16 @@ fn common(
     match c.validation_context_type.take() {
         None => {}
         Some(V::ValidationContext(v)) => {
-            out.trusted_ca = Some(validation_context(v, &join(path, "validation_context"))?);
+            let vp = join(path, "validation_context");
+            let v = validation_context(v, &vp)?;
+            if v.ca.is_none() {
+                return err(
+                    join(&vp, "trusted_ca"),
+                    "missing (meshgate always verifies the peer's chain)",
+                );
+            }
+            out.trusted_ca = v.ca;
+            out.sans = v.sans;
         }
         Some(V::ValidationContextSdsSecretConfig(s)) => {
             let p = join(path, "validation_context_sds_secret_config");
@@ -216,7 +332,10 @@ fn common(
             sds.insert(name.clone());
             match secrets(&name) {
                 None => {}
-                Some(Secret::Validation(ca)) => out.trusted_ca = Some(ca),
+                Some(Secret::Validation(v)) => {
+                    out.trusted_ca = v.ca;
+                    out.sans = v.sans;
+                }
                 Some(Secret::Certificate(_)) => {
                     return err(
                         p,
@@ -225,11 +344,38 @@ fn common(
                 }
             }
         }
-        Some(V::CombinedValidationContext(_)) => {
-            return err(
-                join(path, "combined_validation_context"),
-                "not supported (validation_context or validation_context_sds_secret_config)",
-            );
+        Some(V::CombinedValidationContext(mut cv)) => {
+            // Envoy merges the SDS secret's context over the default one:
+            // the secret's trusted CA wins, SAN matchers come from both
+            // (a set secret list replaces the default's, as a proto merge
+            // appends; meshgate appends too).
+            let cp = join(path, "combined_validation_context");
+            let dv = match cv.default_validation_context.take() {
+                None => Validation::default(),
+                Some(d) => validation_context(d, &join(&cp, "default_validation_context"))?,
+            };
+            let sp = join(&cp, "validation_context_sds_secret_config");
+            let Some(s) = cv.validation_context_sds_secret_config.take() else {
+                return err(sp, "required");
+            };
+            rest(&cv, &cp)?;
+            let name = sds_name(s, &sp)?;
+            sds.insert(name.clone());
+            out.trusted_ca = dv.ca;
+            out.sans = dv.sans;
+            match secrets(&name) {
+                None => {}
+                Some(Secret::Validation(v)) => {
+                    out.trusted_ca = v.ca.or(out.trusted_ca.take());
+                    out.sans.extend(v.sans);
+                }
+                Some(Secret::Certificate(_)) => {
+                    return err(
+                        sp,
+                        format!("secret '{name}' is a tls_certificate, not a validation_context"),
+                    );
+                }
+            }
         }
         Some(_) => {
             return err(
@@ -276,6 +422,7 @@ pub fn downstream(
             );
         }
     };
+    let session_cache = !std::mem::take(&mut d.disable_stateful_session_resumption);
     rest(&d, &tp)?;
     if required && !c.validates {
         return err(
@@ -296,13 +443,19 @@ pub fn downstream(
     cfg.alpn_protocols = c.alpn;
     cfg.require_sni_match = require_sni;
     cfg.session_tickets = tickets;
+    cfg.session_cache = session_cache;
+    cfg.cipher_suites = c.cipher_suites;
+    cfg.ecdh_curves = c.ecdh_curves;
+    cfg.signature_algorithms = c.signature_algorithms;
     // Inline PEM changes with a new snapshot; files are watched as for
     // static config.
+    let sans = c.sans;
     cfg.client_validation = c.trusted_ca.map(|ca| {
         let mut v = ClientValidationConfig {
             trusted_ca: String::new(),
             trusted_ca_pem: None,
             required,
+            match_subject_alt_names: sans,
         };
         match ca {
             Pem::File(f) => v.trusted_ca = f,
@@ -347,6 +500,10 @@ pub fn upstream(
     if let Some(v) = c.min {
         cfg.min_version = v;
     }
+    cfg.cipher_suites = c.cipher_suites;
+    cfg.ecdh_curves = c.ecdh_curves;
+    cfg.signature_algorithms = c.signature_algorithms;
+    cfg.match_subject_alt_names = c.sans;
     match c.trusted_ca {
         None => {}
         Some(Pem::File(f)) => cfg.trusted_ca = Some(f),
@@ -396,30 +553,48 @@ pub fn listener_sds_fetch_timeouts(
             .iter()
             .for_each(&mut note);
         use tlsv3::common_tls_context::ValidationContextType as V;
-        if let Some(V::ValidationContextSdsSecretConfig(s)) = &c.validation_context_type {
-            note(s);
+        match &c.validation_context_type {
+            Some(V::ValidationContextSdsSecretConfig(s)) => note(s),
+            Some(V::CombinedValidationContext(cv)) => cv
+                .validation_context_sds_secret_config
+                .iter()
+                .for_each(&mut note),
+            _ => {}
         }
     }
     out
 }
 
-/// Opens a `TransportSocket` that must be `envoy.transport_sockets.tls`
-/// carrying `want`; returns the context and its path.
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// Whether a transport socket is plain TCP (`RawBuffer`, told by its type
+/// URL; its name is free text).
+pub fn is_raw_buffer(ts: &core3::TransportSocket) -> bool {
+    matches!(&ts.config_type, Some(core3::transport_socket::ConfigType::TypedConfig(a)) if a.type_url == RAW_BUFFER)
+}
+
+/// Opens a `TransportSocket` whose `typed_config` must be `want` (the
+/// socket is chosen by its type URL, as Envoy does; `name` is free text);
+/// returns the context and its path.
 fn socket<M: prost::Message + Default + std::fmt::Debug + PartialEq>(
     mut ts: core3::TransportSocket,
     path: &str,
     want: &str,
 ) -> R<(M, String)> {
-    let name = std::mem::take(&mut ts.name);
+    ts.name.clear();
     let any = match ts.config_type.take() {
         Some(core3::transport_socket::ConfigType::TypedConfig(a)) => a,
         None => return err(join(path, "typed_config"), "missing typed_config"),
     };
     let tp = join(path, "typed_config");
-    if !(name == TLS_SOCKET || name.is_empty() && any.type_url == want) {
+    if any.type_url != want {
         return err(
-            join(path, "name"),
-            format!("transport socket '{name}' not supported (only {TLS_SOCKET})"),
+            tp,
+            format!(
+                "transport socket type '{}' not supported here (want {want} of {TLS_SOCKET})",
+                any.type_url
+            ),
         );
     }
     let m = crate::translate::decode(&any, want).map_err(|e| (tp.clone(), e.to_string()))?;
@@ -491,7 +666,10 @@ mod tests {
                 private_key_pem: Some("K".into()),
                 ..Default::default()
             })),
-            "ca" => Some(Secret::Validation(Pem::Inline("CA".into()))),
+            "ca" => Some(Secret::Validation(Validation {
+                ca: Some(Pem::Inline("CA".into())),
+                sans: Vec::new(),
+            })),
             _ => None,
         };
         let cfg = downstream(ts(&d, DOWNSTREAM), "transport_socket", &known, &mut sds).unwrap();
@@ -525,7 +703,10 @@ mod tests {
         };
         let e = secret(s).unwrap_err();
         assert_eq!(e.resource, "Secret 'ca'");
-        assert_eq!(e.field, "validation_context.match_typed_subject_alt_names");
+        assert_eq!(
+            e.field,
+            "validation_context.match_typed_subject_alt_names[0].san_type"
+        );
         let u = tlsv3::UpstreamTlsContext {
             sni: "x".into(),
             allow_renegotiation: true,

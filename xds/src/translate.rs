@@ -347,6 +347,9 @@ pub struct Cluster {
     pub transport_socket: Option<core3::TransportSocket>,
     /// SDS secrets its TLS context uses.
     pub sds_names: BTreeSet<String>,
+    /// `transport_socket_matches`, translated again (`with_tls`) once the
+    /// SDS secrets they name are known.
+    pub transport_socket_matches: Vec<crate::transport_socket_match::Entry>,
     /// How long an EDS cluster warms for its first ClusterLoadAssignment
     /// before it is served with no endpoints: its `eds_config`'s
     /// `initial_fetch_timeout` (Envoy's default 15 s; `None`: `0s`, no
@@ -358,20 +361,33 @@ impl Cluster {
     /// The cluster config with its upstream TLS, secrets resolved by
     /// `secrets`; `None` while a secret is missing (the cluster warms).
     pub fn with_tls(&self, secrets: Secrets<'_>) -> Result<Option<ClusterConfig>, TranslateError> {
-        let Some(ts) = &self.transport_socket else {
+        if self.transport_socket.is_none() && self.transport_socket_matches.is_empty() {
             return Ok(Some(self.config.clone()));
-        };
+        }
         let mut sds = BTreeSet::new();
-        let tls = wrap(
+        let tls = match &self.transport_socket {
+            None => None,
+            Some(ts) => Some(wrap(
+                "Cluster",
+                &self.config.name,
+                crate::tls::upstream(ts.clone(), "transport_socket", secrets, &mut sds),
+            )?),
+        };
+        let transport_socket_matches = wrap(
             "Cluster",
             &self.config.name,
-            crate::tls::upstream(ts.clone(), "transport_socket", secrets, &mut sds),
+            crate::transport_socket_match::resolve(
+                &self.transport_socket_matches,
+                secrets,
+                &mut sds,
+            ),
         )?;
         if sds.iter().any(|n| secrets(n).is_none()) {
             return Ok(None);
         }
         Ok(Some(ClusterConfig {
-            tls: Some(tls),
+            tls,
+            transport_socket_matches,
             ..self.config.clone()
         }))
     }
@@ -519,7 +535,10 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::health_check::health_checks(std::mem::take(&mut c.health_checks), "health_checks")?;
     let (transport_socket, proxy_protocol) =
         crate::proxy_protocol::upstream(c.transport_socket.take(), "transport_socket")?;
+    // A plain-TCP socket is no socket (told by its type URL).
+    let transport_socket = transport_socket.filter(|t| !crate::tls::is_raw_buffer(t));
     let mut sds_names = BTreeSet::new();
+    let transport_socket_matches = crate::transport_socket_match::take(&mut c, &mut sds_names)?;
     if let Some(ts) = &transport_socket {
         // Refused now if unsupported; filled in once its secrets are known.
         let tls = crate::tls::upstream(ts.clone(), "transport_socket", &|_| None, &mut sds_names)?;
@@ -567,12 +586,14 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         original_dst_lb_config,
         cleanup_interval,
         per_connection_buffer_limit_bytes,
+        transport_socket_matches: Vec::new(),
     };
     Ok(Cluster {
         config,
         eds_name,
         transport_socket,
         sds_names,
+        transport_socket_matches,
         eds_fetch_timeout,
     })
 }

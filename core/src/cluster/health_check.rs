@@ -369,7 +369,13 @@ async fn supervise(s: Supervisor) {
                         endpoint: e.clone(),
                         state: state.clone(),
                         check: check.clone(),
-                        tls: s.tls.clone(),
+                        // Envoy: a check uses its endpoint's transport
+                        // socket (`transport_socket_matches`).
+                        tls: if cluster.tls_matches.is_empty() {
+                            s.tls.clone()
+                        } else {
+                            cluster.tls_for(e).cloned()
+                        },
                         stats: s.stats.clone(),
                         changed: s.changed.clone(),
                         epoch,

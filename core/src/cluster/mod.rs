@@ -441,6 +441,14 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// One `transport_socket_matches` entry, built.
+pub struct TlsMatch {
+    /// Key/values the endpoint's `envoy.transport_socket_match` metadata
+    /// must all carry.
+    pub criteria: BTreeMap<String, serde_json::Value>,
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+}
+
 /// An upstream cluster.
 pub struct Cluster {
     /// Interned (`stream::intern`): streams record it without a count.
@@ -458,6 +466,10 @@ pub struct Cluster {
     pub protocol: &'static str,
     /// TLS to the endpoints, when configured.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// `transport_socket_matches`, in order: what an endpoint's
+    /// `envoy.transport_socket_match` metadata must carry, and its TLS
+    /// (`None`: plaintext). Read through `tls_for`.
+    pub tls_matches: Vec<TlsMatch>,
     /// The PROXY protocol header each upstream connection starts with.
     pub proxy_protocol: Option<crate::config::proxy_protocol::UpstreamProxyProtocolConfig>,
     /// Priority loads, panic threshold and drop overloads.
@@ -507,6 +519,7 @@ impl Cluster {
             stats,
             upstream: None,
             tls: None,
+            tls_matches: Vec::new(),
             proxy_protocol: None,
             protocol: "",
             priority: priority::Policy::new(name),
@@ -519,6 +532,29 @@ impl Cluster {
             original_dst: None,
             buffer_limit: None,
         }
+    }
+
+    /// The TLS to `endpoint`: the first `transport_socket_matches`
+    /// entry its metadata matches, else the cluster's `tls`. Called once
+    /// per new connection, not per request.
+    pub fn tls_for(&self, endpoint: &Endpoint) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        if self.tls_matches.is_empty() {
+            return self.tls.as_ref();
+        }
+        let meta = endpoint
+            .metadata
+            .get(crate::config::TRANSPORT_SOCKET_MATCH)
+            .and_then(|v| v.as_object());
+        for m in &self.tls_matches {
+            let hit = m
+                .criteria
+                .iter()
+                .all(|(k, v)| meta.and_then(|o| o.get(k)) == Some(v));
+            if hit {
+                return m.tls.as_ref();
+            }
+        }
+        self.tls.as_ref()
     }
 
     /// The current endpoint set.
@@ -875,6 +911,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         original_dst_lb_config,
         cleanup_interval,
         per_connection_buffer_limit_bytes,
+        transport_socket_matches,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -897,16 +934,24 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *original_dst_lb_config == b.original_dst_lb_config
         && *cleanup_interval == b.cleanup_interval
         && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
+        && *transport_socket_matches == b.transport_socket_matches
 }
 
 /// Whether building a cluster from this config reads TLS files.
 fn reads_files(c: &ClusterConfig) -> bool {
-    c.tls.as_ref().is_some_and(|t| {
-        t.trusted_ca.is_some()
-            || t.client_certificate
-                .as_ref()
-                .is_some_and(|k| !k.certificate_chain.is_empty() || !k.private_key.is_empty())
-    })
+    c.tls
+        .iter()
+        .chain(
+            c.transport_socket_matches
+                .iter()
+                .filter_map(|m| m.tls.as_ref()),
+        )
+        .any(|t| {
+            t.trusted_ca.is_some()
+                || t.client_certificate
+                    .as_ref()
+                    .is_some_and(|k| !k.certificate_chain.is_empty() || !k.private_key.is_empty())
+        })
 }
 
 impl ClusterManager {
@@ -1163,6 +1208,20 @@ fn build_cluster(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
                 .map_err(|e| source.build_error("", e))?,
         ));
+    }
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let p = format!("{path}.transport_socket_matches[{i}]");
+        let tls = match &m.tls {
+            None => None,
+            Some(t) => Some(Arc::new(
+                crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{p}.tls"))
+                    .map_err(|e| source.build_error("", e))?,
+            )),
+        };
+        cluster.tls_matches.push(TlsMatch {
+            criteria: m.match_.clone(),
+            tls,
+        });
     }
     cluster.health_check = health_check::HealthChecker::build(
         cluster.name,

@@ -447,9 +447,23 @@ pub struct DownstreamTlsConfig {
     #[serde(default = "default_max_tls")]
     pub max_version: TlsVersion,
     /// IANA names, e.g. `TLS13_AES_128_GCM_SHA256`,
-    /// `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`; empty: rustls' defaults.
+    /// `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`, or Envoy's (BoringSSL)
+    /// names, e.g. `ECDHE-ECDSA-AES128-GCM-SHA256`, `[A|B]` groups; empty:
+    /// rustls' defaults. See `tls_params`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
+    /// Key exchange groups by Envoy's names (`X25519`, `P-256`, `P-384`),
+    /// in preference order; empty: rustls' defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ecdh_curves: Vec<String>,
+    /// Signature algorithms (`ecdsa_secp256r1_sha256`, `rsa_pss_rsae_sha256`,
+    /// ...) this side signs with and accepts from the peer; empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signature_algorithms: Vec<String>,
+    /// Stateful session resumption (session IDs, server-side cache;
+    /// default on). Envoy's `disable_stateful_session_resumption`.
+    #[serde(default = "default_true")]
+    pub session_cache: bool,
     /// Refuse a handshake whose SNI matches no certificate (default: serve
     /// the first certificate).
     #[serde(default)]
@@ -485,6 +499,10 @@ pub struct ClientValidationConfig {
     /// one when presented.
     #[serde(default = "default_true")]
     pub required: bool,
+    /// A verified client certificate must also have a SAN matching one of
+    /// these (Envoy's `match_typed_subject_alt_names`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_subject_alt_names: Vec<crate::tls_san::SanMatcherConfig>,
 }
 
 /// Upstream TLS origination (Envoy's UpstreamTlsContext).
@@ -510,6 +528,20 @@ pub struct UpstreamTlsConfig {
     pub alpn_protocols: Vec<String>,
     #[serde(default = "default_min_tls")]
     pub min_version: TlsVersion,
+    /// As in `DownstreamTlsConfig`: cipher suites offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    /// As in `DownstreamTlsConfig`: key exchange groups offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ecdh_curves: Vec<String>,
+    /// As in `DownstreamTlsConfig`: signature algorithms offered and used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signature_algorithms: Vec<String>,
+    /// The upstream's certificate must have a SAN matching one of these
+    /// (Envoy's `match_typed_subject_alt_names`); they then replace the
+    /// host name check against the SNI. Empty: the SNI is checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_subject_alt_names: Vec<crate::tls_san::SanMatcherConfig>,
 }
 
 fn default_min_tls() -> TlsVersion {
@@ -656,7 +688,31 @@ pub struct ClusterConfig {
     /// sets them, sizes the HTTP/2 windows an upstream may fill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_connection_buffer_limit_bytes: Option<u32>,
+    /// Envoy's `transport_socket_matches`: an endpoint whose
+    /// `envoy.transport_socket_match` metadata (its own, else its
+    /// locality's) has every key/value of a `match` gets that entry's
+    /// TLS (none: plaintext); the first match wins, else `tls` applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transport_socket_matches: Vec<TransportSocketMatchConfig>,
 }
+
+/// One entry of `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocketMatchConfig {
+    /// For stats and errors.
+    pub name: String,
+    /// Key/values the endpoint's `envoy.transport_socket_match` metadata
+    /// must all carry; empty matches every endpoint.
+    #[serde(default, rename = "match", skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_: BTreeMap<String, serde_json::Value>,
+    /// TLS to matching endpoints; absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// The endpoint metadata key `transport_socket_matches` look at.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 /// Exponential back-off: `base_interval` after the first failure, doubling up
 /// to `max_interval`.

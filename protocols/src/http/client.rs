@@ -93,11 +93,12 @@ fn send_error(e: hyper::Error) -> UpstreamError {
 /// request's authority).
 async fn upstream_io(
     cluster: &Cluster,
+    endpoint: &Endpoint,
     stream: tokio::net::TcpStream,
     authority: Option<String>,
     addr: SocketAddr,
 ) -> Result<UpstreamIo, UpstreamError> {
-    match &cluster.tls {
+    match cluster.tls_for(endpoint) {
         None => Ok(UpstreamIo::Tcp(stream)),
         Some(tls) => match tls.connect(stream, authority.as_deref(), addr).await {
             Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
@@ -278,7 +279,9 @@ impl Http1Client {
             return Err(req);
         }
         to_origin_form(&mut req, endpoint.address);
-        let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
+        let auth = cluster
+            .tls_for(endpoint)
+            .and_then(|_| authority_string(&req));
         let (parts, body) = req.into_parts();
         let head = h1_upstream::encode_head(&parts, &body);
         drop(parts);
@@ -323,8 +326,11 @@ impl Http1Client {
                         }
                         None => Dial::new(&cluster, &endpoint).tcp().await?,
                     };
-                    let auth = cluster.tls.as_ref().and_then(|_| authority_string(&req));
-                    let io = upstream_io(&cluster, stream, auth, endpoint.address).await?;
+                    let auth = cluster
+                        .tls_for(&endpoint)
+                        .and_then(|_| authority_string(&req));
+                    let io =
+                        upstream_io(&cluster, &endpoint, stream, auth, endpoint.address).await?;
                     let (sender, conn) = hyper::client::conn::http1::Builder::new()
                         .handshake(TokioIo::new(io))
                         .await
@@ -383,7 +389,7 @@ async fn connect_fast(
     auth: Option<String>,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
     let (stream, guard) = Dial::new(cluster, endpoint).tcp_queued().await?;
-    let io = upstream_io(cluster, stream, auth, endpoint.address).await?;
+    let io = upstream_io(cluster, endpoint, stream, auth, endpoint.address).await?;
     Ok(h1_upstream::Conn::new(io, guard))
 }
 
@@ -591,7 +597,7 @@ async fn h2_stream(
             None => dial.tcp().await?,
         };
         let addr = dial.endpoint().address;
-        let io = upstream_io(dial.cluster(), stream, authority, addr).await?;
+        let io = upstream_io(dial.cluster(), dial.endpoint(), stream, authority, addr).await?;
         let (stream_window, connection_window) = opts.windows(dial.cluster());
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -698,7 +704,7 @@ impl ClientCodec for Http2Client {
                 .get::<meshgate_core::stream::SchemeMatchUpstream>()
                 .is_some()
             {
-                let scheme = if cluster.tls.is_some() {
+                let scheme = if cluster.tls_for(&endpoint).is_some() {
                     http::uri::Scheme::HTTPS
                 } else {
                     http::uri::Scheme::HTTP
