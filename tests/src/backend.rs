@@ -66,7 +66,7 @@ async fn handle(
             .unwrap());
     }
     if let Some((_, code)) = path.split_once("/status/") {
-        let code: u16 = code.parse().unwrap_or(500);
+        let code: u16 = code.split('/').next().unwrap_or("").parse().unwrap_or(500);
         return Ok(Response::builder()
             .status(code)
             .body(full(format!("status {code}\n")))

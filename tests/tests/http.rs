@@ -602,7 +602,9 @@ fn http1_keep_alive_serves_after_idle_buffer_release() {
     use std::io::{BufReader, Write};
     let a = HttpBackend::start("a", Proto::Http1);
     let yaml = format!(
-        r#"listeners:
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
   - name: http
     address: 127.0.0.1:0
     filter_chains:
@@ -626,7 +628,7 @@ clusters:
 "#,
         a.addr
     );
-    let mut mg = Meshgate::start(&yaml);
+    let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");
     let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))

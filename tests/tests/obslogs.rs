@@ -86,11 +86,8 @@ fn drain_listeners_inboundonly_graceful_drains_only_inbound() {
     let r = outbound.get();
     assert_eq!((r.status, r.close), (200, false));
     wait_until_within(15, "the inbound listener to refuse", || {
-        TcpStream::connect_timeout(
-            &([127, 0, 0, 1], inp).into(),
-            Duration::from_millis(500),
-        )
-        .is_err()
+        TcpStream::connect_timeout(&([127, 0, 0, 1], inp).into(), Duration::from_millis(500))
+            .is_err()
     });
     let r = outbound.get();
     assert_eq!((r.status, r.close), (200, false));
@@ -111,12 +108,16 @@ fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
 /// The line of `path` about the connection from `from`.
 fn line_of(path: &std::path::Path, from: std::net::SocketAddr) -> String {
     let key = format!("{from}|");
-    wait_for_within(10, &format!("a line for {from} in {}", path.display()), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines()
-            .find(|l| l.starts_with(&key))
-            .map(str::to_string)
-    })
+    wait_for_within(
+        10,
+        &format!("a line for {from} in {}", path.display()),
+        || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            text.lines()
+                .find(|l| l.starts_with(&key))
+                .map(str::to_string)
+        },
+    )
 }
 
 const UPSTREAM_FORMAT: &str = "%REQ(:PATH)%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%RESPONSE_CODE_DETAILS%|%DURATION%";
@@ -186,12 +187,30 @@ clusters:
     let b = backend.addr.to_string();
     assert_eq!(
         f[0][..8],
-        ["/fail-once", "svc", b.as_str(), "1", "503", "-", "-", "via_upstream"],
+        [
+            "/fail-once",
+            "svc",
+            b.as_str(),
+            "1",
+            "503",
+            "-",
+            "-",
+            "via_upstream"
+        ],
         "{got:?}"
     );
     assert_eq!(
         f[1][..8],
-        ["/fail-once", "svc", b.as_str(), "2", "200", "-", "-", "via_upstream"],
+        [
+            "/fail-once",
+            "svc",
+            b.as_str(),
+            "2",
+            "200",
+            "-",
+            "-",
+            "via_upstream"
+        ],
         "{got:?}"
     );
     for l in &f {
@@ -288,7 +307,7 @@ fn listener_access_log_records_connections_closed_by_the_listener() {
     let (nr, pp) = (dir.path().join("nr.log"), dir.path().join("pp.log"));
     let fmt = "%DOWNSTREAM_REMOTE_ADDRESS%|%DOWNSTREAM_LOCAL_PORT%|%RESPONSE_FLAGS%|%RESPONSE_CODE_DETAILS%|%PROTOCOL%|%UPSTREAM_HOST%";
     let (a, b) = (free_port(), free_port());
-    let mg = Meshgate::start(&format!(
+    let _mg = Meshgate::start(&format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
@@ -343,7 +362,8 @@ listeners:
     // A valid header: the echo chain serves it, nothing more is logged.
     let mut c = TcpStream::connect(("127.0.0.1", b)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nhi").unwrap();
+    c.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nhi")
+        .unwrap();
     let mut got = [0u8; 2];
     std::io::Read::read_exact(&mut c, &mut got).unwrap();
     assert_eq!(&got, b"hi");

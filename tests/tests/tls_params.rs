@@ -154,7 +154,11 @@ fn signature_algorithms_limit_what_the_server_signs_with() {
     );
     let ed = |p: u16| s_client(p, &["-servername", "ed25519.test", "-tls1_3"]);
     let out = ed(open_port);
-    assert!(out.contains("Peer signature type: Ed25519"), "{out}");
+    // OpenSSL 3 names it in lower case.
+    assert!(
+        out.to_lowercase().contains("peer signature type: ed25519"),
+        "{out}"
+    );
     let out = ed(port);
     assert!(!out.contains("Peer signature type"), "{out}");
     assert!(out.contains("alert handshake failure"), "{out}");
@@ -180,6 +184,11 @@ fn stateful_session_resumption_can_be_disabled() {
         let base = ["-tls1_2", "-servername", "localhost", "-no_ticket"];
         let first = s_client(port, &[&base[..], &["-sess_out", &sess]].concat());
         assert!(first.contains("New, TLSv1.2"), "{first}");
+        if !std::path::Path::new(&sess).exists() {
+            // No session ID was given out: nothing can be resumed.
+            assert_eq!(want, "New, TLSv1.2", "{port}: no session saved: {first}");
+            continue;
+        }
         let again = s_client(port, &[&base[..], &["-sess_in", &sess]].concat());
         assert!(again.contains(want), "{port}: {again}");
     }

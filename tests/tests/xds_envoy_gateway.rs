@@ -332,15 +332,13 @@ fn match_upstream_off_keeps_the_client_scheme_and_v6_only_finds_no_v4_endpoint()
     // V6_ONLY: `localhost` here has no IPv6 address (or one nothing
     // listens on): the cluster is refused (no address of the family) or
     // does not reach the IPv4-only backend.
-    mgmt.set(
-        CLUSTER,
-        "2",
-        envoy_yaml(&c.replacen(
-            "dnsLookupFamily: V4_ONLY\n  loadAssignment:\n    clusterName: dns-v4",
-            "dnsLookupFamily: V6_ONLY\n  loadAssignment:\n    clusterName: dns-v4",
-            1,
-        )),
+    let v6 = c.replacen(
+        "name: dns-v4\n  type: STRICT_DNS\n  connectTimeout: 10s\n  dnsLookupFamily: V4_ONLY",
+        "name: dns-v4\n  type: STRICT_DNS\n  connectTimeout: 10s\n  dnsLookupFamily: V6_ONLY",
+        1,
     );
+    assert_ne!(v6, c, "the dns-v4 cluster's family was not found to change");
+    mgmt.set(CLUSTER, "2", envoy_yaml(&v6));
     let nonce = mgmt.wait_sent(CLUSTER, "2");
     let r = mgmt.wait_reply(CLUSTER, &nonce);
     match r.error_detail {
