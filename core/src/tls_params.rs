@@ -214,7 +214,7 @@ impl Params {
             n.cipher_suites,
             &format!("{path}.cipher_suites"),
             "cipher suite",
-            |name| lookup(name, CIPHERS, CIPHERS_LACKING, &iana),
+            |name| lookup(name, CIPHERS, CIPHERS_LACKING, iana),
             &known,
         )?;
         if !suites.is_empty() {
@@ -315,7 +315,8 @@ fn verification(
     all: WebPkiSupportedAlgorithms,
     schemes: &[SignatureScheme],
 ) -> WebPkiSupportedAlgorithms {
-    static CACHE: OnceLock<Mutex<Vec<(Vec<SignatureScheme>, Mapping)>>> = OnceLock::new();
+    type Built = Vec<(Vec<SignatureScheme>, Mapping)>;
+    static CACHE: OnceLock<Mutex<Built>> = OnceLock::new();
     let mut cache = CACHE
         .get_or_init(Default::default)
         .lock()
