@@ -513,6 +513,31 @@ pub fn read_reply(r: &mut impl std::io::BufRead) -> Option<Reply> {
     })
 }
 
+/// `openssl s_client` against `127.0.0.1:port` with `args` (stdin closed,
+/// so it ends after the handshake); its stdout and stderr.
+pub fn s_client(port: u16, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    drop(child.stdin.take());
+    wait_until_within(10, "openssl s_client to finish", || {
+        child.try_wait().unwrap().is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

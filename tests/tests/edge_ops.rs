@@ -272,30 +272,6 @@ fn a_slow_reload_build_does_not_stall_one_worker() {
     );
 }
 
-/// `openssl s_client` against `port` with `args`; its stdout and stderr.
-fn s_client(port: u16, args: &[&str]) -> String {
-    let mut child = std::process::Command::new("openssl")
-        .arg("s_client")
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    drop(child.stdin.take());
-    wait_until_within(10, "openssl s_client to finish", || {
-        child.try_wait().unwrap().is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// mTLS without a client certificate: a TLS 1.2 client gets the
 /// `handshake_failure` alert (40), a TLS 1.3 client `certificate_required`
 /// (116), the alert that exists only in TLS 1.3. Both are counted.

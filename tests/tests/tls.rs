@@ -51,30 +51,6 @@ fn curl(url: &str, extra: &[&str]) -> (u16, String, String) {
     (code, version, body.to_string())
 }
 
-/// `openssl s_client` handshake; returns its stdout+stderr.
-fn s_client(port: u16, args: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .arg("s_client")
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    drop(child.stdin.take());
-    wait_until_within(5, "openssl s_client to finish", || {
-        child.try_wait().unwrap().is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn https_config(port: u16, backend: &HttpBackend, tls_extra: &str) -> String {
     format!(
         r#"admin:

@@ -10,7 +10,7 @@
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn cert(name: &str) -> String {
     workspace()
@@ -22,30 +22,6 @@ fn cert(name: &str) -> String {
 
 fn pem(name: &str) -> String {
     std::fs::read_to_string(cert(name)).unwrap()
-}
-
-/// `openssl s_client` to 127.0.0.1:`port`; its stdout+stderr.
-fn s_client(port: u16, args: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .arg("s_client")
-        .arg("-connect")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl");
-    drop(child.stdin.take());
-    wait_until_within(5, "openssl s_client to finish", || {
-        child.try_wait().unwrap().is_some()
-    });
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A TLS listener (`tls_extra` added to its `tls` block) proxying to
