@@ -213,9 +213,9 @@ fn interface_matcher(iface: &str) -> Option<rc::HeaderMatcherConfig> {
     if iface == "*" {
         m.safe_regex_match = Some(".+".into());
     } else if let Some(suffix) = iface.strip_prefix('*') {
-        m.safe_regex_match = Some(format!(".+{}", regex_escape(suffix)));
+        m.safe_regex_match = Some(format!(".+{}", regex::escape(suffix)));
     } else if let Some(prefix) = iface.strip_suffix('*') {
-        m.safe_regex_match = Some(format!("{}.+", regex_escape(prefix)));
+        m.safe_regex_match = Some(format!("{}.+", regex::escape(prefix)));
     } else {
         m.exact_match = Some(iface.into());
     }
@@ -239,11 +239,11 @@ fn string_matcher(
         Some(P::Exact(s)) if !fold => c.exact_match = Some(s),
         Some(P::Prefix(s)) if !fold => c.prefix_match = Some(s),
         Some(P::Suffix(s)) if !fold => c.suffix_match = Some(s),
-        Some(P::Exact(s)) => c.safe_regex_match = Some(format!("{case}{}", regex_escape(&s))),
-        Some(P::Prefix(s)) => c.safe_regex_match = Some(format!("{case}{}.*", regex_escape(&s))),
-        Some(P::Suffix(s)) => c.safe_regex_match = Some(format!("{case}.*{}", regex_escape(&s))),
+        Some(P::Exact(s)) => c.safe_regex_match = Some(format!("{case}{}", regex::escape(&s))),
+        Some(P::Prefix(s)) => c.safe_regex_match = Some(format!("{case}{}.*", regex::escape(&s))),
+        Some(P::Suffix(s)) => c.safe_regex_match = Some(format!("{case}.*{}", regex::escape(&s))),
         Some(P::Contains(s)) => {
-            c.safe_regex_match = Some(format!("{case}.*{}.*", regex_escape(&s)))
+            c.safe_regex_match = Some(format!("{case}.*{}.*", regex::escape(&s)))
         }
         Some(P::SafeRegex(r)) => {
             if fold {
@@ -263,17 +263,6 @@ fn string_matcher(
     }
     rest(&sm, path)?;
     Ok(c)
-}
-
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 4);
-    for ch in s.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(ch) {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 #[cfg(test)]
