@@ -610,6 +610,75 @@ impl RunningListener {
             .clone()
     }
 
+    /// Resumes a connection a hot upgrade migrated here (`crate::upgrade::
+    /// migrate`): the filter chain of the same name (or the one the
+    /// addresses select), its network filters and terminal, with `unread`
+    /// as the stream's first bytes. Refused (the old process closes it)
+    /// for a chain that terminates TLS or at the connection limit.
+    pub(crate) fn resume(
+        self: &Arc<Self>,
+        d: &crate::upgrade::wire::ConnDesc,
+        unread: Bytes,
+        stream: std::net::TcpStream,
+        drain: Signal,
+        tracker: &TaskTracker,
+    ) -> Result<(), &'static str> {
+        let compiled = self.compiled.load_full();
+        let by_name = d.filter_chain.as_deref().and_then(|n| {
+            compiled
+                .chains
+                .iter()
+                .position(|c| c.name.as_deref() == Some(n))
+        });
+        let chain = match by_name {
+            Some(i) => i,
+            None => {
+                let c = compiled
+                    .select_chain(&d.local, None, &[], &d.peer.ip())
+                    .ok_or("no filter chain matches")?;
+                compiled
+                    .chains
+                    .iter()
+                    .position(|x| std::ptr::eq(x, c))
+                    .ok_or("no filter chain matches")?
+            }
+        };
+        if compiled.chains[chain].tls.is_some() {
+            return Err("the filter chain terminates TLS");
+        }
+        stream.set_nonblocking(true).map_err(|_| "socket error")?;
+        let _ = stream.set_nodelay(true);
+        let stream = TcpStream::from_std(stream).map_err(|_| "socket error")?;
+        let slot = self.admit(&compiled).ok_or("connection limit reached")?;
+        let retire = self.retire_token();
+        let id = next_connection_id();
+        let (peer, local) = (d.peer, d.local);
+        tracker.spawn(async move {
+            let chain = &compiled.chains[chain];
+            let mut info = ConnectionInfo {
+                id,
+                listener: compiled.name.clone(),
+                peer_addr: peer,
+                local_addr: local,
+                server_name: None,
+                filter_chain: chain.name.clone(),
+                tls: None,
+                retire,
+                proxy_protocol: None,
+            };
+            if chain.run_on_new_connection(&mut info) == FilterStatus::Close {
+                return;
+            }
+            let Some(conn) = chain.connection(DownstreamIo::Tcp(stream), unread, info, drain)
+            else {
+                return;
+            };
+            chain.terminal.clone().serve(conn).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+
     /// Downstream connections currently open on this listener.
     pub fn active_connections(&self) -> u32 {
         self.active.load(Ordering::Relaxed)

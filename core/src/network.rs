@@ -484,6 +484,12 @@ impl PrefixedIo {
             b.freeze()
         };
     }
+
+    /// The bytes not yet read from the preface, and the transport (a
+    /// hot upgrade's connection migration takes the socket back).
+    pub fn into_parts(self) -> (Bytes, DownstreamIo) {
+        (self.preface, self.io)
+    }
 }
 
 impl AsyncRead for PrefixedIo {

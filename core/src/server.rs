@@ -127,6 +127,7 @@ pub async fn run_with_dynamic(
     let drain = Signal::new();
     let tracker = TaskTracker::new();
     *DETACHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(tracker.clone());
+    crate::upgrade::migrate::serving(drain.clone(), tracker.clone());
     let background = CancellationToken::new();
     // Accept loops and the admin wait for it: at once, or after a hot
     // upgrade's hand-over (the old process accepts until then).
@@ -508,6 +509,12 @@ impl Live {
         all.sort_by(|a, b| (&a.name, a.quic).cmp(&(&b.name, b.quic)));
         self.bound.store(Arc::new(all));
         crate::original_dst::publish(self.listeners.values().map(|ll| &ll.running));
+        crate::upgrade::migrate::publish(
+            self.listeners
+                .iter()
+                .map(|(k, ll)| (k.address, ll.running.clone()))
+                .collect(),
+        );
         crate::upgrade::publish(self.listeners.iter().filter_map(|(k, ll)| {
             let c = ll.running.compiled.load();
             let kind = if c.quic.is_some() {

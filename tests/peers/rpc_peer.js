@@ -15,6 +15,11 @@
 //   node rpc_peer.js call <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
 //       [count] [concurrency] [timeoutMs] [version] [group]
 //     Prints one JSON line: {ok, errors: [messages], results: [first 5], from: {name: n}}
+//   node rpc_peer.js loop <dubbo|bolt> <host:port> <interface> <method> <argsJSON>
+//     One consumer calling in a loop, one call at a time, until stdin closes.
+//     Every TCP connection it opens is reported: `CONNECT <local port>`;
+//     every 10 calls: `PROGRESS <ok> <errors>`; at the end one JSON line
+//     {ok, errors: [first 20], connects: [local ports], closes: n}.
 
 const path = require('path');
 const { RpcServer } = require('sofa-rpc-node').server;
@@ -106,6 +111,46 @@ async function call(proto, host, iface, method, argsJson, count, conc, timeout, 
   process.exit(0);
 }
 
+async function loop(proto, host, iface, method, argsJson) {
+  // Every socket the client opens, seen from its side: the proof that a
+  // hot upgrade did not make it reconnect.
+  const net = require('net');
+  const connects = [];
+  let closes = 0;
+  const connect = net.Socket.prototype.connect;
+  net.Socket.prototype.connect = function (...a) {
+    this.once('connect', () => {
+      connects.push(this.localPort);
+      console.log('CONNECT ' + this.localPort);
+    });
+    this.once('close', () => { closes++; });
+    return connect.apply(this, a);
+  };
+  const client = new RpcClient({ logger, protocol: protocolOf(proto) });
+  const consumer = client.createConsumer({ interfaceName: iface, serverHost: host, version: '1.0' });
+  await consumer.ready();
+  const args = JSON.parse(argsJson);
+  let stop = false;
+  process.stdin.on('end', () => { stop = true; });
+  process.stdin.on('close', () => { stop = true; });
+  process.stdin.resume();
+  const out = { ok: 0, errors: [], connects, closes: 0 };
+  let failed = 0;
+  while (!stop) {
+    try {
+      await consumer.invoke(method, args, { responseTimeout: 5000 });
+      out.ok++;
+    } catch (e) {
+      failed++;
+      if (out.errors.length < 20) out.errors.push(String(e.message || e));
+    }
+    if ((out.ok + failed) % 10 === 0) console.log('PROGRESS ' + out.ok + ' ' + failed);
+  }
+  out.closes = closes;
+  console.log(JSON.stringify(out));
+  process.exit(0);
+}
+
 const [mode, ...rest] = process.argv.slice(2);
-const run = mode === 'server' ? server(...rest) : call(...rest);
+const run = mode === 'server' ? server(...rest) : mode === 'loop' ? loop(...rest) : call(...rest);
 run.catch(e => { console.error(e); process.exit(1); });

@@ -217,3 +217,106 @@ pub fn send_raw(port: u16, bytes: &[u8]) -> TcpStream {
     s.write_all(bytes).unwrap();
     s
 }
+
+/// A sofa-rpc-node consumer calling in a loop on one connection
+/// (`rpc_peer.js loop`), reporting every TCP connection it opens.
+pub struct LoopConsumer {
+    child: Child,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// What a `LoopConsumer` reports at the end.
+#[derive(Debug)]
+pub struct LoopReport {
+    pub ok: u64,
+    pub errors: Vec<String>,
+    /// The local port of every connection it opened.
+    pub connects: Vec<u16>,
+    /// Connections that closed.
+    pub closes: u64,
+}
+
+impl LoopConsumer {
+    pub fn start(protocol: &str, port: u16, iface: &str, method: &str, args: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let mut child = Command::new("node")
+            .arg(peer())
+            .args([
+                "loop",
+                protocol,
+                &format!("127.0.0.1:{port}"),
+                iface,
+                method,
+                args,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node with sofa-rpc-node (tests/run.sh installs it)");
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = ok.clone();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let reader = std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if let Some(p) = line.strip_prefix("PROGRESS ") {
+                    let n = p.split(' ').next().and_then(|n| n.parse().ok());
+                    seen.store(n.unwrap_or(0), Ordering::Relaxed);
+                } else if line.starts_with('{') {
+                    last = line;
+                }
+            }
+            last
+        });
+        LoopConsumer {
+            child,
+            ok,
+            reader: Some(reader),
+        }
+    }
+
+    /// Successful calls so far (updated every 10 calls).
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more calls succeeded.
+    pub fn wait_more(&self, n: u64) {
+        let target = self.ok() + n;
+        crate::wait_until_within(30, "the consumer's calls", || self.ok() >= target);
+    }
+
+    /// Stops the loop and returns its report.
+    pub fn finish(mut self) -> LoopReport {
+        drop(self.child.stdin.take());
+        let line = self.reader.take().unwrap().join().unwrap();
+        let _ = self.child.wait();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad report {line:?}: {e}"));
+        LoopReport {
+            ok: v["ok"].as_u64().unwrap_or(0),
+            errors: v["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e.as_str().unwrap_or_default().to_string())
+                .collect(),
+            connects: v["connects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_u64().map(|p| p as u16))
+                .collect(),
+            closes: v["closes"].as_u64().unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for LoopConsumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

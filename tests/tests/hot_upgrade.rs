@@ -251,7 +251,7 @@ fn failed_new_processes_leave_the_old_one_serving() {
     s.read_exact(&mut body).unwrap();
     let reply = String::from_utf8(body).unwrap();
     assert!(reply.contains(r#""type":"refused""#), "{reply}");
-    assert!(reply.contains("versions 1..=1"), "{reply}");
+    assert!(reply.contains("versions 1..=2"), "{reply}");
     drop(s);
     old.wait_metric(
         "meshgate_upgrade_handover_total",

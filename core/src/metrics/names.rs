@@ -553,6 +553,15 @@ pub const UPGRADE_HANDOVER_TOTAL: &str = "meshgate_upgrade_handover_total";
 /// Counter: listening sockets a hot upgrade handed over that this
 /// process took (instead of binding).
 pub const UPGRADE_SOCKETS_INHERITED_TOTAL: &str = "meshgate_upgrade_sockets_inherited_total";
+/// Counter `{direction}`: connections a hot upgrade migrated (`out`: this
+/// process handed them to the new one; `in`: this process took them).
+pub const UPGRADE_CONNECTIONS_MIGRATED_TOTAL: &str = "meshgate_upgrade_connections_migrated_total";
+/// Counter `{reason}`: connections a hot upgrade could not migrate and
+/// that closed after their calls instead (drain): `not_plain_tcp`,
+/// `too_many_bytes`, `refused` (the new process has no such listener or
+/// chain), `error` (the hand-over socket failed), `timeout`, `closed`
+/// (no migration in progress any more).
+pub const UPGRADE_MIGRATION_FALLBACK_TOTAL: &str = "meshgate_upgrade_migration_fallback_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -730,6 +739,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (GRPC_WEB_REJECTED_TOTAL, Kind::Counter),
     (UPGRADE_HANDOVER_TOTAL, Kind::Counter),
     (UPGRADE_SOCKETS_INHERITED_TOTAL, Kind::Counter),
+    (UPGRADE_CONNECTIONS_MIGRATED_TOTAL, Kind::Counter),
+    (UPGRADE_MIGRATION_FALLBACK_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! one exits non-zero with the reason in its log. Framing and bounds:
 //! `wire`.
 
+pub mod migrate;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -43,7 +44,9 @@ use wire::{Msg, Reader, SocketDesc};
 use crate::metrics::names;
 
 /// The protocol version this binary speaks, and the oldest it accepts.
-pub const VERSION: u32 = 1;
+/// Version 2 adds connection migration (`migrate`); with a version-1
+/// peer, open connections drain as before.
+pub const VERSION: u32 = 2;
 pub const MIN_VERSION: u32 = 1;
 /// Each hand-over read or write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +106,7 @@ pub fn publish_admin(address: SocketAddr, fd: Arc<OwnedFd>) {
 pub fn release_all() {
     PUBLISHED.lock().unwrap_or_else(|e| e.into_inner()).clear();
     INHERITED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    migrate::release();
 }
 
 /// The inherited socket for `kind` at the configured `address`, if the
@@ -152,6 +156,8 @@ pub struct Handover {
     stream: UnixStream,
     reader: Reader,
     old_pid: u32,
+    /// The version both speak (2 and up: connections migrate).
+    version: u32,
 }
 
 /// The new process's start: if a process answers on `path`, receives its
@@ -195,7 +201,7 @@ fn connect_blocking(path: &Path) -> Result<Option<Handover>, String> {
     };
     wire::send(&stream, &hello, &[]).map_err(|e| fail("sending hello", e))?;
     let mut reader = Reader::new();
-    let old_pid = match reader
+    let (old_pid, version) = match reader
         .read(&stream)
         .map_err(|e| fail("reading the old process's hello", e))?
     {
@@ -209,7 +215,7 @@ fn connect_blocking(path: &Path) -> Result<Option<Handover>, String> {
                     "hot upgrade: the old process speaks versions {min_version}..={version}, this one {MIN_VERSION}..={VERSION}"
                 ));
             }
-            pid
+            (pid, version.min(VERSION))
         }
         Msg::Refused { reason } => {
             return Err(format!("hot upgrade refused by the old process: {reason}"));
@@ -246,6 +252,7 @@ fn connect_blocking(path: &Path) -> Result<Option<Handover>, String> {
         stream,
         reader,
         old_pid,
+        version,
     }))
 }
 
@@ -277,11 +284,13 @@ pub fn install_next(tmp: &Path, path: &Path) -> Result<(), String> {
 /// and drains. Inherited sockets no bind took are closed (their
 /// listeners are not in this config).
 pub async fn take_over(h: Handover) -> Result<(), String> {
+    let rt = tokio::runtime::Handle::current();
     let r = tokio::task::spawn_blocking(move || {
         let Handover {
             stream,
             mut reader,
             old_pid,
+            version,
         } = h;
         let fail = |what: &str, e: std::io::Error| format!("hot upgrade: {what}: {e}");
         // A refused `ready` means the old process gave up on this
@@ -291,10 +300,16 @@ pub async fn take_over(h: Handover) -> Result<(), String> {
         // accepting: whatever comes back, this one serves (the sockets
         // are shared, two processes accepting for a moment is harmless).
         match reader.read(&stream) {
-            Ok(Msg::Draining { pid }) => tracing::info!(
-                old_pid = pid,
-                "hot upgrade: the old process stopped accepting and drains; this one serves"
-            ),
+            Ok(Msg::Draining { pid }) => {
+                tracing::info!(
+                    old_pid = pid,
+                    version,
+                    "hot upgrade: the old process stopped accepting and drains; this one serves"
+                );
+                if version >= 2 {
+                    migrate::start_receiver(stream, reader, rt);
+                }
+            }
             Ok(other) => tracing::warn!(
                 old_pid,
                 "hot upgrade: unexpected message {other:?} after ready; serving"
@@ -384,12 +399,36 @@ fn hand_over(
     s: &UnixStream,
     handed_over: &CancellationToken,
 ) -> Result<(), (&'static str, String)> {
+    let (reader, version) = hand_over_sockets(s, handed_over)?;
+    if version >= 2 {
+        // Before the drain starts: connections told to drain migrate.
+        match s.try_clone() {
+            Ok(s) => migrate::start_sender(s, reader),
+            Err(e) => {
+                tracing::warn!(error = %e, "connection migration off; open connections drain")
+            }
+        }
+    } else {
+        tracing::info!(
+            version,
+            "the new process does not take connections (protocol version 1): open connections drain"
+        );
+    }
+    handed_over.cancel();
+    Ok(())
+}
+
+/// The hand-over up to `draining`: the reader, and the version both speak.
+fn hand_over_sockets(
+    s: &UnixStream,
+    _handed_over: &CancellationToken,
+) -> Result<(Reader, u32), (&'static str, String)> {
     let err = |what: &str, e: std::io::Error| ("error", format!("{what}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| err("socket options", e))?;
     let mut reader = Reader::new();
-    let peer = match reader.read(s).map_err(|e| err("reading hello", e))? {
+    let (peer, version) = match reader.read(s).map_err(|e| err("reading hello", e))? {
         Msg::Hello {
             version,
             min_version,
@@ -408,7 +447,7 @@ fn hand_over(
                 );
                 return Err(("refused", reason));
             }
-            pid
+            (pid, version.min(VERSION))
         }
         other => return Err(("error", format!("unexpected message {other:?}"))),
     };
@@ -478,6 +517,5 @@ fn hand_over(
     ) {
         tracing::warn!(error = %e, "hot upgrade: cannot tell the new process");
     }
-    handed_over.cancel();
-    Ok(())
+    Ok((reader, version))
 }

@@ -64,6 +64,29 @@ pub enum Msg {
     Ready,
     /// Old to new: it stopped accepting and drains.
     Draining { pid: u32 },
+    /// Old to new (version 2): connections to resume, their sockets
+    /// attached in the same order.
+    Connections { connections: Vec<ConnDesc> },
+    /// New to old: which of the last `connections` it took (`false`: the
+    /// old process closes that one, as a drain would).
+    Accepted { accepted: Vec<bool> },
+}
+
+/// One migrated connection (protocol version 2): where it belongs and
+/// the bytes the old process read but did not process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnDesc {
+    /// The configured address of its listener (the key listening sockets
+    /// are handed over by).
+    pub listener_address: SocketAddr,
+    /// Its listener's and filter chain's names in the old process.
+    pub listener: String,
+    pub filter_chain: Option<String>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Read from the socket but not processed, base64 (at most
+    /// `migrate::MAX_CARRIED_BYTES` before encoding).
+    pub unread: String,
 }
 
 fn invalid(what: impl Into<String>) -> std::io::Error {

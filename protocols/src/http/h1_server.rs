@@ -529,6 +529,9 @@ enum Wait {
     Close,
     Refuse(HeadError),
     Timeout,
+    /// Idle when a hot upgrade that migrates connections drains: the
+    /// connection goes to the new process.
+    Migrate,
 }
 
 thread_local! {
@@ -695,6 +698,19 @@ impl Server {
             let head = match self.wait_head().await {
                 Wait::Head(h) => h,
                 Wait::Close => return,
+                Wait::Migrate => {
+                    // Idle, nothing read past the last request: the socket
+                    // goes to the new process (a failure closes it, as
+                    // the drain would).
+                    if self.slot.reclaim()
+                        && let Slot::Own(io) = std::mem::replace(&mut self.slot, Slot::Gone)
+                    {
+                        let _ =
+                            meshgate_core::upgrade::migrate::migrate(&self.info, io.io, &io.rbuf)
+                                .await;
+                    }
+                    return;
+                }
                 Wait::Timeout => {
                     count(&self.info.listener, "header_timeout");
                     return self.refuse(StatusCode::REQUEST_TIMEOUT).await;
@@ -792,6 +808,9 @@ impl Server {
             // next request); a request that comes is answered with
             // `connection: close`.
             if io.rbuf.is_empty() && draining(notices, notice_wait, cx) {
+                if meshgate_core::upgrade::migrate::open() {
+                    return Poll::Ready(Wait::Migrate);
+                }
                 let grace = drain_grace
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_IDLE_GRACE)));
                 if grace.as_mut().poll(cx).is_ready() {
@@ -953,9 +972,15 @@ impl Server {
     ) -> io::Result<bool> {
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
-        // Retired or draining: this response is the connection's last.
+        // Retired or draining: this response is the connection's last,
+        // unless a hot upgrade migrates the connection once it is idle
+        // (plain TCP only: the others cannot move).
+        let notice = self.notices.current();
+        let migrates = notice == Some(GoAway::Drain)
+            && self.info.tls.is_none()
+            && meshgate_core::upgrade::migrate::open();
         let mut close = !keep_alive
-            || self.notices.current().is_some()
+            || (notice.is_some() && !migrates)
             || meshgate_core::overload::keepalive_disabled();
         // A body the client is still sending is drained only when short
         // and already on its way.

@@ -31,7 +31,7 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 use meshgate_core::cluster::{Cluster, Endpoint};
 use meshgate_core::codec::{
-    ClientCodec, Notices, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
+    ClientCodec, GoAway, Notices, ServerCodec, StreamHandler, UpstreamError, UpstreamFuture,
 };
 use meshgate_core::network::{Connection, ServeFuture};
 use meshgate_core::pool::{Dial, Multiplexed, MuxPool, MuxStream};
@@ -300,19 +300,24 @@ pub struct RpcClientOptions {
     pub max_concurrent_calls: Option<u32>,
 }
 
-/// Writes the frames a channel delivers, coalescing small ones.
-async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
+/// Writes the frames a channel delivers, coalescing small ones. Returns
+/// the writer, flushed, once every sender is gone (`None` after a write
+/// error): the caller shuts it down, or migrates the connection.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::Receiver<(Bytes, Bytes)>,
+) -> Option<W> {
     let mut w = BufWriter::with_capacity(32 * 1024, w);
     while let Some((head, body)) = rx.recv().await {
         if w.write_all(&head).await.is_err() || w.write_all(&body).await.is_err() {
-            return;
+            return None;
         }
         if rx.is_empty() && w.flush().await.is_err() {
-            return;
+            return None;
         }
     }
-    let _ = w.flush().await;
-    let _ = w.shutdown().await;
+    w.flush().await.ok()?;
+    Some(w.into_inner())
 }
 
 /// The downstream side of an RPC codec.
@@ -354,6 +359,9 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
             let mut buf = BytesMut::with_capacity(8 * 1024);
             // When the frame at the front of `buf` must be complete.
             let mut deadline: Option<tokio::time::Instant> = None;
+            // The drain of a hot upgrade that migrates connections: the
+            // connection goes to the new process once its calls are done.
+            let mut migrate = false;
             'conn: loop {
                 loop {
                     match self.proto.decode(&mut buf, self.opts.max_body_bytes) {
@@ -433,12 +441,27 @@ impl<P: RpcProtocol> ServerCodec for RpcServer<P> {
                     // Drain, or a reload replaced this listener's config:
                     // calls read so far finish, then the connection closes
                     // and the client reconnects (to the new config).
-                    _ = &mut go_away => break,
+                    kind = &mut go_away => {
+                        migrate = kind == GoAway::Drain && meshgate_core::upgrade::migrate::open();
+                        break;
+                    }
                 }
             }
             // Let calls in flight finish and their responses be written.
             drop(tx);
-            let _ = writer.await;
+            match writer.await.ok().flatten() {
+                // Stopped reading at a frame boundary (`buf` holds at most
+                // the start of the next frame): the socket and those bytes
+                // go to the new process, which reads on from there.
+                Some(w) if migrate => {
+                    let io = rd.unsplit(w);
+                    let _ = meshgate_core::upgrade::migrate::migrate(&info, io, &buf).await;
+                }
+                Some(mut w) => {
+                    let _ = w.shutdown().await;
+                }
+                None => {}
+            }
         })
     }
 }
@@ -694,7 +717,11 @@ async fn connect<P: RpcProtocol>(
         next_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
     });
-    let mut writer = tokio::spawn(write_loop(wr, rx));
+    let mut writer = tokio::spawn(async move {
+        if let Some(mut w) = write_loop(wr, rx).await {
+            let _ = w.shutdown().await;
+        }
+    });
     let reader_conn = Arc::downgrade(&conn);
     let proto = proto.clone();
     let cluster_name = dial.cluster().name.to_string();
