@@ -4,6 +4,10 @@ handlers (raw bytes, no .proto).
   grpc_e2e_peer.py server PORT      serve /echo.Echo/* on 127.0.0.1:PORT
   grpc_e2e_peer.py client TARGET CASE [tls CA_PEM SNI]
                                    run one case; print "OK ..." or exit 1
+  grpc_e2e_peer.py hold TARGET     one bidirectional stream pinging, and unary
+                                   calls in a loop on a second channel, until
+                                   a line on stdin; prints "READY" once both
+                                   answered, then "DONE <json counts>"
 """
 import sys
 import threading
@@ -153,9 +157,79 @@ def run_case(ch, case):
     raise SystemExit(f"unknown case {case}")
 
 
+def hold(target):
+    """A client that lives through hot upgrades: one bidirectional stream
+    (ping i -> pong:ping i, in order) and unary calls in a loop on a second
+    channel, until the test writes a line on stdin."""
+    import json
+    import queue
+
+    stop = threading.Event()
+    counts = {"bidi": 0, "unary": 0, "failed": [], "reconnects": 0}
+    ready = {"bidi": threading.Event(), "unary": threading.Event()}
+
+    def bidi_loop():
+        ch = grpc.insecure_channel(target)
+        call = method(ch, "stream_stream", "Bidi")
+        sent = queue.Queue()
+
+        def reqs():
+            i = 0
+            while not stop.is_set():
+                m = f"ping {i}".encode()
+                sent.put(m)
+                yield m
+                i += 1
+                stop.wait(0.02)
+
+        try:
+            for got in call(reqs()):
+                want = b"pong:" + sent.get()
+                if got != want:
+                    counts["failed"].append(f"bidi: {got!r} != {want!r}")
+                    return
+                counts["bidi"] += 1
+                ready["bidi"].set()
+        except grpc.RpcError as e:
+            counts["failed"].append(f"bidi: {e.code().name} {e.details()}")
+        ch.close()
+
+    def unary_loop():
+        ch = grpc.insecure_channel(target)
+        call = method(ch, "unary_unary", "Unary")
+        i = 0
+        while not stop.is_set():
+            m = f"call {i}".encode()
+            try:
+                got = call(m, timeout=10)
+                if got != m:
+                    counts["failed"].append(f"unary: {got!r} != {m!r}")
+                counts["unary"] += 1
+                ready["unary"].set()
+            except grpc.RpcError as e:
+                counts["failed"].append(f"unary {i}: {e.code().name} {e.details()}")
+            i += 1
+        ch.close()
+
+    threads = [threading.Thread(target=bidi_loop), threading.Thread(target=unary_loop)]
+    for t in threads:
+        t.start()
+    for e in ready.values():
+        e.wait(30)
+    print("READY", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    print("DONE", json.dumps(counts), flush=True)
+
+
 def main():
     if sys.argv[1] == "server":
         serve(int(sys.argv[2]))
+        return
+    if sys.argv[1] == "hold":
+        hold(sys.argv[2])
         return
     target, case = sys.argv[2], sys.argv[3]
     opts = [

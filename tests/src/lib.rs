@@ -18,6 +18,7 @@ pub mod pypeer;
 pub mod rpc;
 pub mod scripted;
 pub mod udp_dns;
+pub mod upgrade;
 pub mod xds;
 
 use std::io::{Read, Write};

@@ -66,29 +66,7 @@ fn extra_listener(port: u16) -> String {
 }
 
 fn start(yaml: &str, sock: &Path) -> Meshgate {
-    Meshgate::start_with_args(
-        yaml,
-        &[
-            "--upgrade-socket",
-            sock.to_str().unwrap(),
-            "--drain-time",
-            "3s",
-        ],
-    )
-}
-
-/// Waits until `new` says it took over, and `old` exited 0.
-fn wait_handover(old: &mut Meshgate, new: &Meshgate) {
-    wait_until_within(20, "the new process to take over", || {
-        new.log_text().contains("this one serves")
-    });
-    let st = old.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
-        panic!(
-            "the old process did not exit after the hand-over:\n{}",
-            old.log_text()
-        )
-    });
-    assert!(st.success(), "old process: {st}\n{}", old.log_text());
+    upgrade::start(yaml, sock, "3s")
 }
 
 /// Clients opening a new connection per request until stopped: (ok, failed).
@@ -131,7 +109,7 @@ fn three_upgrades_under_load_fail_no_request_and_old_processes_exit_0() {
         let new = start(&config(port, backend, &extra), &sock);
         // The admin socket was handed over: same port.
         assert_eq!(new.admin.unwrap(), admin);
-        wait_handover(&mut old, &new);
+        upgrade::wait_handover(&mut old, &new);
         // Served by the new process (its backend answers) under load.
         load.sample(20, 50);
         assert!(load.seen(&format!("b{generation}")) >= 50);
@@ -277,7 +255,7 @@ fn failed_new_processes_leave_the_old_one_serving() {
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
     let mut old = old;
     let new = start(&config(port, &b0, ""), &sock);
-    wait_handover(&mut old, &new);
+    upgrade::wait_handover(&mut old, &new);
     assert!(get(port, "/").is_some());
 }
 
@@ -301,7 +279,7 @@ fn with_xds_the_new_process_takes_over_after_its_initial_fetch() {
     let load = Load::start(port, 4);
     load.wait_more(50);
     let new = start(&bootstrap(mgmt.addr.port()), &sock);
-    wait_handover(&mut old, &new);
+    upgrade::wait_handover(&mut old, &new);
     load.wait_more(100);
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
@@ -318,41 +296,6 @@ fn with_xds_the_new_process_takes_over_after_its_initial_fetch() {
 
 /// A backend that answers an upgrade request with 101 and then echoes
 /// every byte.
-fn echo_upgrade_backend() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let _ = s.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-                );
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket opened on the old process is not cut by the hand-over: it
 /// goes on, on the old process, until the client closes it; then the old
 /// process exits 0.
@@ -360,7 +303,7 @@ fn echo_upgrade_backend() -> std::net::SocketAddr {
 fn a_websocket_open_at_hand_over_goes_on_until_closed() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("upgrade.sock");
-    let backend = echo_upgrade_backend();
+    let backend = upgrade::echo_upgrade_backend();
     let port = free_port();
     let yaml = format!(
         r#"admin:
@@ -384,52 +327,18 @@ clusters:
     endpoints: [{{address: "{backend}"}}]
 "#
     );
-    let mut old = Meshgate::start_with_args(
-        &yaml,
-        &[
-            "--upgrade-socket",
-            sock.to_str().unwrap(),
-            "--drain-time",
-            "20s",
-        ],
-    );
-    let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    ws.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    ws.write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(ws.read(&mut b).unwrap(), 1, "closed before the 101");
-        head.push(b[0]);
-    }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
-    let echo = |ws: &mut std::net::TcpStream, msg: &[u8]| {
-        ws.write_all(msg).unwrap();
-        let mut got = vec![0u8; msg.len()];
-        ws.read_exact(&mut got).unwrap();
-        assert_eq!(got, msg);
-    };
+    let mut old = upgrade::start(&yaml, &sock, "20s");
+    let mut ws = upgrade::websocket(port, "/chat");
+    let echo = upgrade::echo;
     echo(&mut ws, b"before");
-    let new = Meshgate::start_with_args(
-        &yaml,
-        &[
-            "--upgrade-socket",
-            sock.to_str().unwrap(),
-            "--drain-time",
-            "20s",
-        ],
-    );
-    wait_until_within(20, "the new process to take over", || {
-        new.log_text().contains("this one serves")
-    });
-    // The admin port answers from the new process; the WebSocket stays
-    // open on the old one, which waits for it.
-    assert_eq!(
-        new.metric(
-            "meshgate_upgrade_handover_total",
-            &[("role", "new"), ("result", "ok")]
-        ),
-        1.0
+    let new = upgrade::start(&yaml, &sock, "20s");
+    // The admin port answers from the new process (the hand-over is
+    // counted once it is complete); the WebSocket stays open on the old
+    // one, which waits for it.
+    new.wait_metric(
+        "meshgate_upgrade_handover_total",
+        &[("role", "new"), ("result", "ok")],
+        |v| v == 1.0,
     );
     for i in 0..20 {
         echo(&mut ws, format!("after {i}").as_bytes());
@@ -489,7 +398,7 @@ clusters:
     let mut old = start(&yaml, &sock);
     assert_eq!(ask(b"before"), b"before");
     let new = start(&yaml, &sock);
-    wait_handover(&mut old, &new);
+    upgrade::wait_handover(&mut old, &new);
     assert_eq!(ask(b"after"), b"after");
     assert_eq!(
         new.metric("meshgate_upgrade_sockets_inherited_total", &[]),

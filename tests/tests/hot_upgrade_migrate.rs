@@ -17,29 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 fn start(yaml: &str, sock: &Path) -> Meshgate {
-    Meshgate::start_with_args(
-        yaml,
-        &[
-            "--upgrade-socket",
-            sock.to_str().unwrap(),
-            "--drain-time",
-            "10s",
-        ],
-    )
-}
-
-/// Waits until `new` says it took over, and `old` exited 0.
-fn wait_handover(old: &mut Meshgate, new: &Meshgate) {
-    wait_until_within(20, "the new process to take over", || {
-        new.log_text().contains("this one serves")
-    });
-    let st = old.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
-        panic!(
-            "the old process did not exit after the hand-over:\n{}",
-            old.log_text()
-        )
-    });
-    assert!(st.success(), "old process: {st}\n{}", old.log_text());
+    upgrade::start(yaml, sock, "10s")
 }
 
 /// One more listener answering `extra` itself.
@@ -106,7 +84,7 @@ fn rpc_connection_survives_three_upgrades(codec: &str) {
             String::new()
         };
         let new = start(&rpc_config(codec, port, provider.port, &extra), &sock);
-        wait_handover(&mut old, &new);
+        upgrade::wait_handover(&mut old, &new);
         // The consumer's one connection moved into the new process.
         new.wait_metric(
             "meshgate_upgrade_connections_migrated_total",
@@ -220,7 +198,7 @@ fn an_idle_http1_keep_alive_connection_is_served_by_the_new_process() {
     assert!(body.contains("backend=b0"), "{body}");
     // Idle now; the upgrade happens.
     let new = start(&http_config(port, &b1), &sock);
-    wait_handover(&mut old, &new);
+    upgrade::wait_handover(&mut old, &new);
     new.wait_metric(
         "meshgate_upgrade_connections_migrated_total",
         &[("direction", "in")],
