@@ -140,10 +140,25 @@ pub fn endpoint(
         _ => None,
     };
     socket.set_nonblocking(true)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    if !crate::upgrade::enabled() {
+        return quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server_config,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        );
+    }
+    // Upgradable: connection IDs tagged by process, and the packets of
+    // the old process's connections steered to it (`upgrade::quic_steer`).
+    use crate::upgrade::quic_steer::{Steered, TaggedCids};
+    let parent = crate::upgrade::take(crate::upgrade::Kind::QuicForward, listener.address)
+        .map(std::os::unix::net::UnixDatagram::from);
+    let mut config = quinn::EndpointConfig::default();
+    config.cid_generator(|| Box::new(TaggedCids::new()));
+    quinn::Endpoint::new_with_abstract_socket(
+        config,
         server_config,
-        socket,
+        Steered::new(listener.address, socket, parent)?,
         Arc::new(quinn::TokioRuntime),
     )
 }

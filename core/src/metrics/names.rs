@@ -550,6 +550,9 @@ pub const GRPC_WEB_REJECTED_TOTAL: &str = "meshgate_grpc_web_rejected_total";
 /// the process that hands its sockets over, `new` for the one that takes
 /// them; `result`: `ok`, `refused` (protocol versions), `error`).
 pub const UPGRADE_HANDOVER_TOTAL: &str = "meshgate_upgrade_handover_total";
+/// Counter `{result}`: QUIC packets a process passed to its old process
+/// for the connections that one still serves (`forwarded`, `dropped`).
+pub const UPGRADE_QUIC_PACKETS_TOTAL: &str = "meshgate_upgrade_quic_packets_total";
 /// Counter: listening sockets a hot upgrade handed over that this
 /// process took (instead of binding).
 pub const UPGRADE_SOCKETS_INHERITED_TOTAL: &str = "meshgate_upgrade_sockets_inherited_total";
@@ -738,6 +741,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (GRPC_WEB_REQUESTS_TOTAL, Kind::Counter),
     (GRPC_WEB_REJECTED_TOTAL, Kind::Counter),
     (UPGRADE_HANDOVER_TOTAL, Kind::Counter),
+    (UPGRADE_QUIC_PACKETS_TOTAL, Kind::Counter),
     (UPGRADE_SOCKETS_INHERITED_TOTAL, Kind::Counter),
     (UPGRADE_CONNECTIONS_MIGRATED_TOTAL, Kind::Counter),
     (UPGRADE_MIGRATION_FALLBACK_TOTAL, Kind::Counter),

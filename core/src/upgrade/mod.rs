@@ -26,6 +26,7 @@
 //! `wire`.
 
 pub mod migrate;
+pub mod quic_steer;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -233,6 +234,9 @@ fn connect_blocking(path: &Path) -> Result<Option<Handover>, String> {
                     .take_fds(sockets.len())
                     .map_err(|e| fail("reading sockets", e))?;
                 for (d, fd) in sockets.into_iter().zip(fds) {
+                    if let (Kind::QuicForward, Some(tag)) = (d.kind, d.tag) {
+                        quic_steer::follow(tag);
+                    }
                     inherited.insert((d.kind, d.address), fd);
                 }
                 if !more {
@@ -461,8 +465,21 @@ fn hand_over_sockets(
         pid: std::process::id(),
     };
     wire::send(s, &hello, &[]).map_err(|e| err("sending hello", e))?;
-    let socks: Vec<(Kind, SocketAddr, Arc<OwnedFd>)> =
+    let mut socks: Vec<(Kind, SocketAddr, Arc<OwnedFd>)> =
         PUBLISHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if version >= 2 {
+        // Each QUIC socket goes with a channel for the packets of the
+        // connections this process keeps serving (`quic_steer`).
+        let channels: Vec<_> = socks
+            .iter()
+            .filter(|(k, _, _)| *k == Kind::Quic)
+            .filter_map(|(_, a, _)| {
+                let ch = quic_steer::channel_for(*a)?;
+                Some((Kind::QuicForward, *a, Arc::new(OwnedFd::from(ch))))
+            })
+            .collect();
+        socks.extend(channels);
+    }
     let mut batches = socks.chunks(wire::MAX_FDS_PER_FRAME).peekable();
     if batches.peek().is_none() {
         let m = Msg::Sockets {
@@ -478,6 +495,7 @@ fn hand_over_sockets(
                 .map(|(kind, address, _)| SocketDesc {
                     kind: *kind,
                     address: *address,
+                    tag: (*kind == Kind::QuicForward).then(quic_steer::tag),
                 })
                 .collect(),
             more: batches.peek().is_some(),
@@ -517,5 +535,6 @@ fn hand_over_sockets(
     ) {
         tracing::warn!(error = %e, "hot upgrade: cannot tell the new process");
     }
+    quic_steer::handed_over();
     Ok((reader, version))
 }

@@ -32,6 +32,9 @@ pub enum Kind {
     Quic,
     /// The admin server's TCP socket.
     Admin,
+    /// Version 2: the new process's end of a QUIC listener's packet
+    /// channel to the old process (`super::quic_steer`).
+    QuicForward,
 }
 
 /// One handed-over socket: its role and the address it was configured
@@ -40,6 +43,9 @@ pub enum Kind {
 pub struct SocketDesc {
     pub kind: Kind,
     pub address: SocketAddr,
+    /// `QuicForward`: the old process's connection ID tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u8>,
 }
 
 /// The messages, in the order they are exchanged (module doc of `upgrade`).
