@@ -246,10 +246,18 @@ mod tests {
         };
         send(&a, &hello, &[]).unwrap();
         let socks = Msg::Sockets {
-            sockets: vec![SocketDesc {
-                kind: Kind::Tcp,
-                address: addr,
-            }],
+            sockets: vec![
+                SocketDesc {
+                    kind: Kind::Tcp,
+                    address: addr,
+                    tag: None,
+                },
+                SocketDesc {
+                    kind: Kind::QuicForward,
+                    address: addr,
+                    tag: Some(7),
+                },
+            ],
             more: false,
         };
         send(&a, &socks, &[l.as_fd().as_raw_fd()]).unwrap();
