@@ -244,7 +244,7 @@ clusters:
 }
 
 #[test]
-fn max_concurrent_streams_is_refused_on_an_http1_cluster() {
+fn max_concurrent_streams_is_refused_on_http1_and_taken_by_http3_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(
@@ -260,4 +260,29 @@ fn max_concurrent_streams_is_refused_on_an_http1_cluster() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_concurrent_streams"), "{err}");
+    // An http3 cluster takes it; any other option is refused by name.
+    for (opts, ok) in [
+        ("{max_concurrent_streams: 2}", true),
+        ("{max_concurrent_streams: 0}", false),
+        ("{idle_timeout: 1s}", false),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "clusters:\n  - name: up\n    protocol: http3\n    protocol_options: {opts}\n    tls: {{sni: localhost}}\n    endpoints: [{{address: \"127.0.0.1:1\"}}]\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(bin())
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{opts}: {err}");
+        if !ok {
+            let field = opts.trim_matches(['{', '}']).split(':').next().unwrap();
+            assert!(err.contains(field), "{opts}: {err}");
+        }
+    }
 }

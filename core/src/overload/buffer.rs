@@ -437,6 +437,7 @@ pub fn track_response(resp: Response) -> Response {
         queue,
         holder,
         left: hint.exact(),
+        reset_seen: false,
     };
     Response::from_parts(parts, body.boxed_unsync())
 }
@@ -552,6 +553,8 @@ struct Queued {
     holder: Arc<Holder>,
     /// The exact length still to come, if the response declared one.
     left: Option<u64>,
+    /// The reset was reported (the body's last frame).
+    reset_seen: bool,
 }
 
 impl http_body::Body for Queued {
@@ -562,6 +565,20 @@ impl http_body::Body for Queued {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // A reset ends the body at once, before the frames still queued.
+        if self.holder.reset.is_cancelled() {
+            if self.reset_seen {
+                return Poll::Ready(None);
+            }
+            self.reset_seen = true;
+            let dropped = {
+                let mut s = self.queue.lock();
+                s.done = true;
+                std::mem::take(&mut s.frames)
+            };
+            drop(dropped);
+            return Poll::Ready(Some(Err(Box::new(ResetForMemory))));
+        }
         let item = {
             let mut s = self.queue.lock();
             match s.frames.pop_front() {
@@ -587,6 +604,9 @@ impl http_body::Body for Queued {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.reset_seen {
+            return true;
+        }
         let s = self.queue.lock();
         s.done && s.frames.is_empty()
     }
