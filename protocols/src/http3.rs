@@ -75,15 +75,15 @@ impl CodecFactory for Http3Codec {
         Ok(Arc::new(Http3Server { opts }))
     }
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
-        if !config.is_null() && config.as_object().is_some_and(|o| !o.is_empty()) {
-            return Err(BuildError::new(
-                "",
-                "the http3 upstream has no protocol_options yet",
-            ));
-        }
+        let opts: ClientOptions = if config.is_null() {
+            ClientOptions::default()
+        } else {
+            meshgate_core::config::parse_typed(config)?
+        };
         Ok(Arc::new(Http3Client {
             inner: Arc::new(ClientInner {
                 endpoints: std::sync::Mutex::new(None),
+                max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
             }),
         }))
     }
@@ -547,6 +547,8 @@ async fn serve_request(
         None => exchange.await,
         Some(h) => meshgate_core::overload::buffer::guard(h, exchange).await,
     };
+    // The response body too: read ahead into counted memory.
+    let resp = meshgate_core::overload::buffer::track_response(resp);
     let (parts, body) = resp.into_parts();
     let mut head = http::Response::from_parts(parts, ());
     // Connection-specific fields are not allowed in HTTP/3 (RFC 9114 4.2).
@@ -595,14 +597,30 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
 /// A connection that hears nothing from the server this long is closed.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// An http3 cluster's `protocol_options`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientOptions {
+    /// Request streams one upstream QUIC connection carries at once
+    /// (Envoy's `quic_protocol_options.max_concurrent_streams`), besides
+    /// the peer's own limit. A request that finds every connection of its
+    /// endpoint at it and the cluster at `max_connections` waits in the
+    /// cluster's pending queue (`max_pending_requests`).
+    #[serde(default)]
+    max_concurrent_streams: Option<std::num::NonZeroU32>,
+}
+
 struct ClientInner {
     /// The client QUIC endpoints (IPv4 and IPv6), bound on first use.
     endpoints: std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
+    /// `max_concurrent_streams` (`u32::MAX`: unset).
+    max_streams: u32,
 }
 
 struct UpstreamConn {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     quic: quinn::Connection,
+    max_streams: u32,
 }
 
 impl Multiplexed for UpstreamConn {
@@ -610,6 +628,9 @@ impl Multiplexed for UpstreamConn {
     /// the peer or the idle timeout closed takes no new stream.
     fn is_open(&self) -> bool {
         self.quic.close_reason().is_none()
+    }
+    fn max_streams(&self) -> u32 {
+        self.max_streams
     }
 }
 
@@ -693,7 +714,11 @@ impl ClientInner {
             // The circuit-breaker slot and cx_active go with the connection.
             drop(guard);
         });
-        Ok(UpstreamConn { send, quic })
+        Ok(UpstreamConn {
+            send,
+            quic,
+            max_streams: self.max_streams,
+        })
     }
 }
 

@@ -4,10 +4,17 @@
 //! and the cluster at `max_connections` waits, first come first served,
 //! until a stream ends; past the bound it overflows at once. The real
 //! meshgate binary; the real sofa-rpc-node Dubbo consumer and provider
-//! (tests/peers/rpc_peer.js) with `max_concurrent_calls: 1`.
+//! (tests/peers/rpc_peer.js) with `max_concurrent_calls: 1`; for HTTP/2,
+//! curl as the client and a hyper h2c server that holds every stream until
+//! the test opens its gate, with the cluster's
+//! `protocol_options.max_concurrent_streams` (Envoy's
+//! `http2_protocol_options.max_concurrent_streams`) as the stream limit.
 
+use meshgate_tests::curl::curl;
 use meshgate_tests::rpc::{Provider, node_call};
 use meshgate_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const PENDING: &str = "meshgate_cluster_upstream_rq_pending_active";
@@ -86,4 +93,196 @@ clusters:
     );
     assert_eq!(mg.metric(PENDING, UP), 0.0);
     assert_eq!(mg.metric("meshgate_cluster_upstream_cx_total", UP), 1.0);
+}
+
+/// An h2c upstream (hyper's HTTP/2 server) that holds each stream until
+/// its gate opens, then answers `200 ok`; it counts the streams and the
+/// connections it saw.
+struct GatedH2 {
+    addr: std::net::SocketAddr,
+    gate: tokio::sync::watch::Sender<bool>,
+    streams: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
+}
+
+impl GatedH2 {
+    fn start() -> Self {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let (gate, rx) = tokio::sync::watch::channel(false);
+        let streams = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (streams.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                while let Ok((io, _)) = l.accept().await {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let (s, rx) = (s.clone(), rx.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |_req| {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            let mut rx = rx.clone();
+                            async move {
+                                let _ = rx.wait_for(|open| *open).await;
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                                ))
+                            }
+                        });
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(io), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Self {
+            addr,
+            gate,
+            streams,
+            conns,
+        }
+    }
+
+    fn streams(&self) -> usize {
+        self.streams.load(Ordering::SeqCst)
+    }
+}
+
+fn curl_background(port: u16, path: &str) -> std::thread::JoinHandle<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    std::thread::spawn(move || {
+        let (s, _, b) = curl(&["--max-time", "10", &url]);
+        (s, b)
+    })
+}
+
+#[test]
+fn h2_requests_beyond_max_concurrent_streams_wait_and_overflow_with_503() {
+    let up = GatedH2::start();
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: up, timeout: 8s}}
+clusters:
+  - name: up
+    protocol: http2
+    protocol_options: {{max_concurrent_streams: 2}}
+    endpoints: [{{address: "{}"}}]
+    circuit_breakers:
+      thresholds:
+        - {{max_connections: 1, max_pending_requests: 1}}
+"#,
+        up.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    // Two streams fill the one connection (limit 2 x max_connections 1).
+    let mut running: Vec<_> = ["/one", "/two"]
+        .iter()
+        .map(|p| curl_background(port, p))
+        .collect();
+    wait_until("two streams at the upstream", || up.streams() == 2);
+    // The third waits in the pending queue, not on the connection.
+    running.push(curl_background(port, "/three"));
+    mg.wait_metric(PENDING, UP, |v| v == 1.0);
+    assert_eq!(up.streams(), 2);
+    // The fourth finds the queue full: 503 with x-envoy-overloaded at once.
+    let t = Instant::now();
+    let (status, headers, body) = curl(&[&format!("http://127.0.0.1:{port}/four")]);
+    assert_eq!(status, 503, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+    assert_eq!(
+        headers.get("x-envoy-overloaded").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_rq_pending_overflow_total",
+            &[("cluster", "up"), ("priority", "default")]
+        ),
+        1.0
+    );
+    // Streams end: the waiting request is served on the same connection.
+    up.gate.send_replace(true);
+    for h in running {
+        let (status, body) = h.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(up.streams(), 3);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+    mg.wait_metric(PENDING, UP, |v| v == 0.0);
+    assert_eq!(
+        mg.metric("meshgate_cluster_upstream_rq_pending_total", UP),
+        1.0
+    );
+    assert_eq!(
+        mg.metric("meshgate_cluster_upstream_rq_pending_cancelled_total", UP),
+        0.0
+    );
+    assert_eq!(mg.metric("meshgate_cluster_upstream_cx_total", UP), 1.0);
+}
+
+#[test]
+fn max_concurrent_streams_is_refused_on_http1_and_taken_by_http3_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "clusters:\n  - name: up\n    protocol_options: {max_concurrent_streams: 2}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_concurrent_streams"), "{err}");
+    // An http3 cluster takes it; any other option is refused by name.
+    for (opts, ok) in [
+        ("{max_concurrent_streams: 2}", true),
+        ("{max_concurrent_streams: 0}", false),
+        ("{idle_timeout: 1s}", false),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "clusters:\n  - name: up\n    protocol: http3\n    protocol_options: {opts}\n    tls: {{sni: localhost}}\n    endpoints: [{{address: \"127.0.0.1:1\"}}]\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(bin())
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{opts}: {err}");
+        if !ok {
+            let field = opts.trim_matches(['{', '}']).split(':').next().unwrap();
+            assert!(err.contains(field), "{opts}: {err}");
+        }
+    }
 }

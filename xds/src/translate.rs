@@ -441,11 +441,15 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
     };
     let mut protocol = None;
+    // The legacy cluster field: the same upstream options as the
+    // extension's explicit http2_protocol_options.
+    let mut legacy_h2 = serde_json::Map::new();
     if let Some(h2) = c.http2_protocol_options.take() {
-        rest(&h2, "http2_protocol_options")?;
+        crate::upstream_http::http2(h2, "http2_protocol_options", &mut legacy_h2)?;
         protocol = Some("http2".to_string());
     }
-    let ext = crate::upstream_http::translate(&mut c)?;
+    let mut ext = crate::upstream_http::translate(&mut c)?;
+    ext.options.extend(legacy_h2);
     if let Some(p) = ext.protocol {
         if protocol.is_some() {
             return err(
@@ -514,6 +518,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         for k in [
             "initial_stream_window_size",
             "initial_connection_window_size",
+            "max_concurrent_streams",
         ] {
             if options.contains_key(k) {
                 return err(
@@ -1898,6 +1903,31 @@ mod tests {
         };
         let t = cluster(c.clone()).unwrap();
         assert_eq!(t.config.protocol_options, Value::Null);
+        // The legacy cluster http2_protocol_options: HTTP/2 with its
+        // stream limit (the pool's); others refused by name.
+        let h2 = cluster(cds::Cluster {
+            http2_protocol_options: Some(core3::Http2ProtocolOptions {
+                max_concurrent_streams: Some(protobuf::UInt32Value { value: 8 }),
+                ..Default::default()
+            }),
+            ..c.clone()
+        })
+        .unwrap();
+        assert_eq!(h2.config.protocol.as_deref(), Some("http2"));
+        assert_eq!(h2.config.protocol_options["max_concurrent_streams"], 8);
+        let e = cluster(cds::Cluster {
+            http2_protocol_options: Some(core3::Http2ProtocolOptions {
+                hpack_table_size: Some(protobuf::UInt32Value { value: 8 }),
+                ..Default::default()
+            }),
+            ..c.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(
+            format!("{e:?}").contains("http2_protocol_options.hpack_table_size"),
+            "{e:?}"
+        );
         let t2 = cluster(cds::Cluster {
             max_requests_per_connection: Some(protobuf::UInt32Value { value: 100 }),
             ..c.clone()

@@ -2,7 +2,8 @@
 //! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (what istiod
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
-//! `max_requests_per_connection`, HTTP/2 windows) as the cluster's
+//! `max_requests_per_connection`, HTTP/2 windows and
+//! `max_concurrent_streams`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
 
@@ -130,8 +131,16 @@ fn http_protocol_options(
     rest(&m, path)
 }
 
-/// An upstream `Http2ProtocolOptions`: the windows; the rest refused.
-fn http2(mut h2: core3::Http2ProtocolOptions, path: &str, out: &mut Map<String, Value>) -> R<()> {
+/// An upstream `Http2ProtocolOptions` (the extension's explicit one, or
+/// the cluster's legacy `http2_protocol_options`): the windows and
+/// `max_concurrent_streams` (the per-connection stream limit the pool
+/// enforces; requests beyond it wait in the pending queue); the rest
+/// refused.
+pub(crate) fn http2(
+    mut h2: core3::Http2ProtocolOptions,
+    path: &str,
+    out: &mut Map<String, Value>,
+) -> R<()> {
     for (name, v) in [
         (
             "initial_stream_window_size",
@@ -150,6 +159,18 @@ fn http2(mut h2: core3::Http2ProtocolOptions, path: &str, out: &mut Map<String, 
                 );
             }
             out.insert(name.into(), json!(v.value));
+        }
+    }
+    if let Some(v) = h2.max_concurrent_streams.take() {
+        // Envoy's range; its default (2^31 - 1) is no limit of the pool's.
+        if !(1..=0x7fff_ffff).contains(&v.value) {
+            return err(
+                join(path, "max_concurrent_streams"),
+                format!("{} is outside 1..=2147483647", v.value),
+            );
+        }
+        if v.value < 0x7fff_ffff {
+            out.insert("max_concurrent_streams".into(), json!(v.value));
         }
     }
     rest(&h2, path)
@@ -185,6 +206,7 @@ mod tests {
                                 initial_stream_window_size: Some(protobuf::UInt32Value {
                                     value: 65536,
                                 }),
+                                max_concurrent_streams: Some(protobuf::UInt32Value { value: 4 }),
                                 ..Default::default()
                             },
                         )),
@@ -204,6 +226,7 @@ mod tests {
         let out = translate(&mut cluster(&m)).unwrap();
         assert_eq!(out.protocol.as_deref(), Some("http2"));
         assert_eq!(out.options["initial_stream_window_size"], 65536);
+        assert_eq!(out.options["max_concurrent_streams"], 4);
         assert_eq!(out.options["max_requests_per_connection"], 3);
         assert_eq!(out.options["idle_timeout"], "3600s");
     }

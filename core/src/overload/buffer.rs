@@ -15,6 +15,16 @@
 //! ([`reset_largest`]); [`guard`] answers such a stream 503 with
 //! `x-envoy-overloaded` at once, whatever the upstream is doing.
 //!
+//! Response bodies are held the same way ([`track_response`]): when the
+//! downstream reads slowly (or never) and the upstream is fast, what the
+//! upstream sent waits in meshgate. A task reads the response body ahead
+//! into a queue it counts, up to [`RESPONSE_READ_AHEAD`] per stream (then
+//! the upstream's flow control or socket holds the rest) and while the
+//! total is under the budget; the codec takes frames from the queue. A
+//! reset empties the queue at once (a stalled downstream never polls the
+//! body, so its memory could not wait for that) and the downstream stream
+//! ends with an error (HTTP/2 and HTTP/3 reset it, HTTP/1.1 closes).
+//!
 //! Off (no task, no lock, one atomic load per stream) unless the monitor
 //! is configured.
 
@@ -140,6 +150,22 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// A new account, listed for [`reset_largest`].
+    fn registered() -> Arc<Self> {
+        let holder = Arc::new(Holder {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            bytes: AtomicU64::new(0),
+            reset: CancellationToken::new(),
+        });
+        if let Ok(mut g) = HOLDERS.lock() {
+            g.get_or_insert_with(HashMap::new)
+                .insert(holder.id, Arc::downgrade(&holder));
+        }
+        holder
+    }
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
         self.release(u64::MAX);
@@ -160,15 +186,7 @@ pub fn track(body: Body) -> (Body, Option<Arc<Holder>>) {
     if !ENABLED.load(Ordering::Relaxed) || http_body::Body::is_end_stream(&body) {
         return (body, None);
     }
-    let holder = Arc::new(Holder {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        bytes: AtomicU64::new(0),
-        reset: CancellationToken::new(),
-    });
-    if let Ok(mut g) = HOLDERS.lock() {
-        g.get_or_insert_with(HashMap::new)
-            .insert(holder.id, Arc::downgrade(&holder));
-    }
+    let holder = Holder::registered();
     let hint = http_body::Body::size_hint(&body);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(read_ahead(body, tx, holder.clone()));
@@ -391,6 +409,222 @@ fn shed_to(target: u64) {
     count_resets(n);
 }
 
+// ------------------------------------------------------ response bodies
+
+/// What one response stream reads ahead of its downstream at most (as
+/// Envoy's default per-stream buffer, 1 MiB): past it the upstream's flow
+/// control (HTTP/2, HTTP/3) or its socket (HTTP/1.1) holds the rest.
+pub const RESPONSE_READ_AHEAD: u64 = 1 << 20;
+
+/// Accounts a response's body when the budget is configured: the
+/// response the downstream codec sends instead (its body read ahead into
+/// counted memory, see the module's doc). A body already at its end is
+/// left alone.
+pub fn track_response(resp: Response) -> Response {
+    if !ENABLED.load(Ordering::Relaxed) || http_body::Body::is_end_stream(resp.body()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let holder = Holder::registered();
+    let hint = http_body::Body::size_hint(&body);
+    let queue = Arc::new(Queue {
+        state: Mutex::new(QueueState::default()),
+        space: Notify::new(),
+        gone: CancellationToken::new(),
+    });
+    tokio::spawn(read_ahead_response(body, queue.clone(), holder.clone()));
+    let body = Queued {
+        queue,
+        holder,
+        left: hint.exact(),
+        reset_seen: false,
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The frames a response read ahead, shared by its reader task and the
+/// body the codec polls. A mutex rather than a channel: a reset must drop
+/// the frames from the reader's side while the codec is not polling.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The codec took a frame (room under `RESPONSE_READ_AHEAD`).
+    space: Notify,
+    /// The codec dropped the body: the reader stops.
+    gone: CancellationToken,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: std::collections::VecDeque<Item>,
+    /// Nothing more comes (the end, an error, or a reset, queued).
+    done: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `item` (`last`: nothing follows) and wakes the codec.
+    fn push(&self, item: Option<Item>, last: bool) {
+        let waker = {
+            let mut q = self.lock();
+            if let Some(i) = item {
+                q.frames.push_back(i);
+            }
+            q.done |= last;
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Reads the upstream's response body ahead of the downstream, charging
+/// each data frame, while the stream holds less than
+/// `RESPONSE_READ_AHEAD` and the total is under the budget.
+async fn read_ahead_response(mut body: Body, q: Arc<Queue>, h: Arc<Holder>) {
+    loop {
+        loop {
+            let space = q.space.notified();
+            let freed = FREED.notified();
+            tokio::pin!(space, freed);
+            space.as_mut().enable();
+            freed.as_mut().enable();
+            if !over_budget() && h.bytes() < RESPONSE_READ_AHEAD {
+                break;
+            }
+            tokio::select! {
+                _ = space => {}
+                _ = freed => {}
+                _ = h.reset.cancelled() => return reset_queue(&q),
+                _ = q.gone.cancelled() => return,
+            }
+        }
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = h.reset.cancelled() => return reset_queue(&q),
+            _ = q.gone.cancelled() => return,
+        };
+        match frame {
+            None => return q.push(None, true),
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    h.charge(d.len() as u64);
+                }
+                let end = http_body::Body::is_end_stream(&body);
+                q.push(Some(Ok(f)), end);
+                if end {
+                    return;
+                }
+                // A reset while the frame was charged: it empties the queue.
+                if h.reset.is_cancelled() {
+                    return reset_queue(&q);
+                }
+            }
+            Some(Err(e)) => return q.push(Some(Err(e)), true),
+        }
+    }
+}
+
+/// A reset response: its frames go now (the account let go of their
+/// bytes already) and the body ends with `ResetForMemory`.
+fn reset_queue(q: &Queue) {
+    let (dropped, waker) = {
+        let mut s = q.lock();
+        s.done = true;
+        let dropped = std::mem::take(&mut s.frames);
+        s.frames.push_back(Err(Box::new(ResetForMemory)));
+        (dropped, s.waker.take())
+    };
+    // Freed outside the lock.
+    drop(dropped);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// The response body the downstream codec polls: the frames read ahead,
+/// released from the account as they are taken.
+struct Queued {
+    queue: Arc<Queue>,
+    holder: Arc<Holder>,
+    /// The exact length still to come, if the response declared one.
+    left: Option<u64>,
+    /// The reset was reported (the body's last frame).
+    reset_seen: bool,
+}
+
+impl http_body::Body for Queued {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        // A reset ends the body at once, before the frames still queued.
+        if self.holder.reset.is_cancelled() {
+            if self.reset_seen {
+                return Poll::Ready(None);
+            }
+            self.reset_seen = true;
+            let dropped = {
+                let mut s = self.queue.lock();
+                s.done = true;
+                std::mem::take(&mut s.frames)
+            };
+            drop(dropped);
+            return Poll::Ready(Some(Err(Box::new(ResetForMemory))));
+        }
+        let item = {
+            let mut s = self.queue.lock();
+            match s.frames.pop_front() {
+                Some(i) => i,
+                None if s.done => return Poll::Ready(None),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        if let Ok(f) = &item
+            && let Some(d) = f.data_ref()
+        {
+            let n = d.len() as u64;
+            self.holder.release(n);
+            if let Some(l) = self.left.as_mut() {
+                *l = l.saturating_sub(n);
+            }
+            self.queue.space.notify_one();
+        }
+        Poll::Ready(Some(item))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.reset_seen {
+            return true;
+        }
+        let s = self.queue.lock();
+        s.done && s.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.queue.gone.cancel();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +713,38 @@ mod tests {
         while total() != 0 {
             tokio::task::yield_now().await;
         }
+        // Responses: read ahead up to RESPONSE_READ_AHEAD while nobody
+        // polls, counted; a reset empties the queue and ends the body.
+        configure(Some(64 << 20), None);
+        let (r_tx, r_body) = fed();
+        let resp = track_response(http::Response::new(r_body));
+        for _ in 0..4 {
+            r_tx.send(Bytes::from(vec![0u8; 512 * 1024])).unwrap();
+        }
+        while total() < RESPONSE_READ_AHEAD {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            total(),
+            RESPONSE_READ_AHEAD,
+            "stops at the read-ahead bound"
+        );
+        let mut rb = resp.into_body();
+        let f = rb.frame().await.unwrap().unwrap();
+        assert_eq!(f.data_ref().unwrap().len(), 512 * 1024);
+        // Room again: the next frame is read ahead.
+        while total() < RESPONSE_READ_AHEAD {
+            tokio::task::yield_now().await;
+        }
+        reset_largest(1.0);
+        assert_eq!(total(), 0);
+        assert!(rb.frame().await.unwrap().is_err(), "reset: the body fails");
+        assert!(rb.frame().await.is_none());
+        drop(rb);
+        drop(r_tx);
         // Off: a body is left alone.
         configure(None, None);
         let (_tx, c_body) = fed();

@@ -49,13 +49,23 @@ pub struct PoolOptions {
     /// HTTP/2: the flow-control window of each stream (what the upstream
     /// may send before meshgate reads), 65,535 to 2^31 - 1 (Envoy's
     /// `http2_protocol_options.initial_stream_window_size`). Unset: the
-    /// cluster's `per_connection_buffer_limit_bytes`, else 1 MiB.
+    /// cluster's `per_connection_buffer_limit_bytes`, else 1 MiB (64 KiB with
+    /// the overload manager's `buffered_bytes` budget).
     #[serde(default)]
     pub initial_stream_window_size: Option<u32>,
     /// HTTP/2: the connection's window (`initial_connection_window_size`).
-    /// Unset: the cluster's `per_connection_buffer_limit_bytes`, else 4 MiB.
+    /// Unset: the cluster's `per_connection_buffer_limit_bytes`, else 4 MiB
+    /// (256 KiB with the `buffered_bytes` budget).
     #[serde(default)]
     pub initial_connection_window_size: Option<u32>,
+    /// HTTP/2: streams one upstream connection carries at once (Envoy's
+    /// `http2_protocol_options.max_concurrent_streams`), besides the
+    /// peer's own limit. A request that finds every connection of its
+    /// endpoint at this limit and the cluster at `max_connections` waits
+    /// in the cluster's pending queue (`max_pending_requests`). Unset: no
+    /// limit of meshgate's (hyper queues beyond the peer's).
+    #[serde(default)]
+    pub max_concurrent_streams: Option<std::num::NonZeroU32>,
 }
 
 impl PoolOptions {
@@ -486,14 +496,18 @@ impl http_body::Body for ReturnToPool {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::Body>;
 
-/// A hyper HTTP/2 connection in the endpoint's `MuxPool`. hyper queues
-/// streams beyond the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` itself, so
-/// the pool's own limit stays open.
-struct H2Conn(H2Sender);
+/// A hyper HTTP/2 connection in the endpoint's `MuxPool`, and the
+/// cluster's `max_concurrent_streams` (the pool's stream limit). hyper
+/// queues streams beyond the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`
+/// itself.
+struct H2Conn(H2Sender, u32);
 
 impl Multiplexed for H2Conn {
     fn is_open(&self) -> bool {
         !self.0.is_closed()
+    }
+    fn max_streams(&self) -> u32 {
+        self.1
     }
 }
 
@@ -510,6 +524,7 @@ pub struct Http2Client {
 #[derive(Debug, Clone, Copy)]
 struct H2Options {
     max_requests: u32,
+    max_streams: u32,
     stream_window: Option<u32>,
     connection_window: Option<u32>,
 }
@@ -521,9 +536,17 @@ impl H2Options {
     /// HTTP/2's 65,535), else 1 MiB and 4 MiB.
     fn windows(&self, cluster: &Cluster) -> (u32, u32) {
         let limit = cluster.buffer_limit.map(|l| l.clamp(65_535, 0x7fff_ffff));
+        // With the overload manager's body budget, response bodies are read
+        // ahead into memory it counts; the codec's own, uncounted receive
+        // buffer defaults to HTTP/2's 64 KiB per stream (256 KiB per
+        // connection), as the downstream's does for request bodies.
+        let (stream, conn) = match meshgate_core::overload::buffer::enabled() {
+            true => (64 << 10, 256 << 10),
+            false => (1 << 20, 4 << 20),
+        };
         (
-            self.stream_window.or(limit).unwrap_or(1 << 20),
-            self.connection_window.or(limit).unwrap_or(4 << 20),
+            self.stream_window.or(limit).unwrap_or(stream),
+            self.connection_window.or(limit).unwrap_or(conn),
         )
     }
 }
@@ -533,6 +556,7 @@ impl Http2Client {
         Self {
             opts: H2Options {
                 max_requests: opts.max_requests(),
+                max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
                 stream_window: opts.initial_stream_window_size,
                 connection_window: opts.initial_connection_window_size,
             },
@@ -613,7 +637,7 @@ async fn h2_stream(
                 tracing::debug!(error = %e, "upstream http2 connection ended");
             }
         });
-        Ok(H2Conn(sender))
+        Ok(H2Conn(sender, opts.max_streams))
     })
     .await
 }

@@ -954,6 +954,9 @@ impl Server {
                 None => Next::Close,
             });
         }
+        // The overload manager's budget: the response body is read ahead
+        // into counted memory while the client reads slowly.
+        let resp = meshgate_core::overload::buffer::track_response(resp);
         Ok(
             match self.respond(resp, keep_alive, http10, head_only).await? {
                 true => Next::KeepAlive,

@@ -121,6 +121,12 @@ impl CodecFactory for Http1Codec {
                 "an HTTP/2 window, on an http1 cluster",
             ));
         }
+        if opts.max_concurrent_streams.is_some() {
+            return Err(BuildError::new(
+                "max_concurrent_streams",
+                "an HTTP/2 stream limit, on an http1 cluster (one request per connection)",
+            ));
+        }
         Ok(Arc::new(Http1Client::new(opts)))
     }
 }

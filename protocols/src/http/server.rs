@@ -172,6 +172,8 @@ fn service(
                     meshgate_core::overload::buffer::guard(h, handler.handle(req, info)).await
                 }
             };
+            // The response body too: read ahead into counted memory.
+            let resp = meshgate_core::overload::buffer::track_response(resp);
             Ok::<_, Infallible>(match active {
                 Some(a) => a.track(resp),
                 None => resp,
@@ -292,7 +294,11 @@ impl ServerCodec for Http2Server {
                 // own, uncounted buffer is kept small (HTTP/2's default
                 // 64 KiB per stream, 256 KiB per connection).
                 b.initial_stream_window_size(64 << 10)
-                    .initial_connection_window_size(256 << 10);
+                    .initial_connection_window_size(256 << 10)
+                    // And response bytes handed to the codec wait in its
+                    // send buffer (uncounted) only up to 64 KiB a stream;
+                    // the rest waits read ahead, counted.
+                    .max_send_buf_size(64 << 10);
             }
             let conn = b.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
