@@ -152,7 +152,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 disabled: f.disabled,
             });
         }
-        let upstream_log = build_upstream_log(&cfg.stream_filters, &router)?;
+        let upstream_log = build_upstream_log(&cfg.stream_filters, &router, ctx)?;
         let chain = crate::chain::build(filters, &table)?;
         let listener = ctx.listener.to_string();
         let edge = crate::edge::Edge::build(
@@ -186,14 +186,14 @@ impl NetworkFilterFactory for ProxyFactory {
                 stream_idle_timeout: cfg.stream_idle_timeout,
                 access_log: match &cfg.access_log {
                     None => None,
-                    Some(a) => Some(Arc::new(crate::access_log::AccessLogs::build(a).map_err(
-                        |e| {
+                    Some(a) => Some(Arc::new(
+                        crate::access_log::AccessLogs::build(a, Some(ctx)).map_err(|e| {
                             BuildError::new(
                                 meshgate_core::error::join_path("access_log", &e.path),
                                 e.message,
                             )
-                        },
-                    )?)),
+                        })?,
+                    )),
                 },
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
@@ -524,6 +524,7 @@ struct ProxyHandler {
 fn build_upstream_log(
     filters: &[meshgate_core::config::filters::StreamFilterConfig],
     router: &meshgate_core::config::router::RouterFilterConfig,
+    ctx: &BuildContext<'_>,
 ) -> Result<Option<crate::access_log::AccessLogs>, BuildError> {
     let i = filters
         .iter()
@@ -547,7 +548,7 @@ fn build_upstream_log(
     if router.upstream_log.is_empty() {
         return Ok(None);
     }
-    crate::access_log::AccessLogs::build_list(&router.upstream_log)
+    crate::access_log::AccessLogs::build_list(&router.upstream_log, Some(ctx))
         .map(Some)
         .map_err(|e| {
             BuildError::new(

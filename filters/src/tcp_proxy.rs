@@ -89,12 +89,14 @@ impl NetworkFilterFactory for TcpProxyFactory {
         let access_log = match cfg.access_log.is_empty() {
             true => None,
             false => Some(
-                crate::access_log::AccessLogs::build_list(&cfg.access_log).map_err(|e| {
-                    BuildError::new(
-                        meshgate_core::error::join_path("access_log", &e.path),
-                        e.message,
-                    )
-                })?,
+                crate::access_log::AccessLogs::build_list(&cfg.access_log, Some(ctx)).map_err(
+                    |e| {
+                        BuildError::new(
+                            meshgate_core::error::join_path("access_log", &e.path),
+                            e.message,
+                        )
+                    },
+                )?,
             ),
         };
         Ok(BuiltFilter::Terminal(Arc::new(TcpProxy {

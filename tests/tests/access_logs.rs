@@ -541,7 +541,11 @@ fn bad_access_log_configs_are_refused_naming_the_field() {
     let cases = [
         (
             json!([{"name": "envoy.access_loggers.open_telemetry", "typed_config": {}}]),
-            "access_log[0].name",
+            "access_log[0].typed_config.grpc_service",
+        ),
+        (
+            json!([{"name": "stdout", "typed_config": {"body": {"string_value": "x"}}}]),
+            "access_log[0].typed_config.body",
         ),
         (
             json!([{"name": "envoy.access_loggers.file", "typed_config": {}}]),

@@ -379,3 +379,143 @@ listeners:
     assert_eq!(all.lines().count(), before + 1, "{all}");
     assert!(!all.contains("192.0.2.1"), "{all}");
 }
+
+/// `envoy.access_loggers.open_telemetry`: each stream becomes an OTLP log
+/// record (body and attributes formatted per stream, resource attributes
+/// with `log_name`) exported with `LogsService/Export` to a grpcio
+/// receiver that is an ordinary meshgate cluster; the upstream log can
+/// use it too. Records are batched (several per call) and counted.
+#[test]
+fn open_telemetry_access_log_exports_records_to_a_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("records");
+    let collector =
+        meshgate_tests::pypeer::PyPeer::start("otlp_logs_peer.py", &[got.to_str().unwrap()]);
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.open_telemetry
+                  typed_config:
+                    log_name: gateway
+                    grpc_service: {{envoy_grpc: {{cluster_name: otel}}, timeout: 2s}}
+                    body: {{string_value: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%"}}
+                    attributes:
+                      values:
+                        - {{key: code, value: {{string_value: "%RESPONSE_CODE%"}}}}
+                        - {{key: route, value: {{string_value: "%ROUTE_NAME%"}}}}
+                    resource_attributes:
+                      values: [{{key: deployment, value: {{string_value: test}}}}]
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - name: ok
+                        match: {{prefix: /}}
+                        direct_response: {{status: 204}}
+clusters:
+  - name: otel
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{port}"}}]
+"#,
+        port = collector.port,
+    ));
+    let port = mg.listener_port("web");
+    for i in 0..5 {
+        let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/r{i}")]);
+        assert_eq!(s, 204);
+    }
+    let records = wait_for_within(15, "5 OTLP log records", || {
+        let text = std::fs::read_to_string(&got).unwrap_or_default();
+        let v: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (v.len() >= 5).then_some(v)
+    });
+    let mut bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "GET /r0 204",
+            "GET /r1 204",
+            "GET /r2 204",
+            "GET /r3 204",
+            "GET /r4 204"
+        ]
+    );
+    for r in &records {
+        assert_eq!(r["resource"]["log_name"], "gateway", "{r}");
+        assert_eq!(r["resource"]["deployment"], "test", "{r}");
+        assert_eq!(r["scope"], "meshgate", "{r}");
+        assert_eq!(r["attributes"]["code"], "204", "{r}");
+        assert_eq!(r["attributes"]["route"], "ok", "{r}");
+        let t = r["time"].as_u64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(t > 0 && t <= now && now - t < 60_000_000_000, "{r}");
+    }
+    mg.wait_metric(
+        "meshgate_access_log_otlp_exported_total",
+        &[("cluster", "otel")],
+        |v| v >= 5.0,
+    );
+}
+
+/// Without a reachable collector, records are dropped and counted
+/// (`export_failed`), and streams are not held up.
+#[test]
+fn open_telemetry_access_log_drops_are_counted() {
+    let dead = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.open_telemetry
+                  typed_config:
+                    common_config: {{log_name: gw, grpc_service: {{envoy_grpc: {{cluster_name: otel}}, timeout: 1s}}}}
+                    body: {{string_value: "%RESPONSE_CODE%"}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]
+clusters:
+  - name: otel
+    protocol: http2
+    connect_timeout: 1s
+    endpoints: [{{address: "127.0.0.1:{dead}"}}]
+"#
+    ));
+    let port = mg.listener_port("web");
+    for _ in 0..3 {
+        let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert_eq!(s, 200);
+    }
+    mg.wait_metric(
+        "meshgate_access_log_otlp_dropped_total",
+        &[("cluster", "otel"), ("reason", "export_failed")],
+        |v| v >= 3.0,
+    );
+}

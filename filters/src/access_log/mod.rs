@@ -14,6 +14,7 @@
 //! `upstream_log` uses the same loggers, one entry per upstream try
 //! (`log_tries`). Nothing here runs when no access log is configured.
 
+mod otlp;
 mod writer;
 
 pub use writer::AccessLog as Writer;
@@ -33,9 +34,17 @@ use std::time::{Duration, Instant};
 
 /// One compiled access log.
 struct Logger {
-    sink: Arc<Writer>,
+    sink: Sink,
     filter: Option<Filter>,
-    format: Format,
+}
+
+/// Where a logger's entries go.
+enum Sink {
+    /// A file, stdout or stderr: one formatted line per entry.
+    File { writer: Arc<Writer>, format: Format },
+    /// `envoy.access_loggers.open_telemetry`: one OTLP log record per
+    /// entry (`otlp`).
+    Otlp(otlp::OtlpLogger),
 }
 
 /// The access logs of one `proxy` or `tcp_proxy` filter.
@@ -51,8 +60,12 @@ fn e(path: &str, msg: impl std::fmt::Display) -> BuildError {
 
 impl AccessLogs {
     /// Compiles the `proxy` filter's `access_log`; errors name the field
-    /// (relative to `access_log`).
-    pub(crate) fn build(c: &cfg::AccessLogs) -> Result<Self, BuildError> {
+    /// (relative to `access_log`). `ctx` resolves an OpenTelemetry
+    /// logger's collector cluster (none: such a logger is refused).
+    pub(crate) fn build(
+        c: &cfg::AccessLogs,
+        ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+    ) -> Result<Self, BuildError> {
         match c {
             cfg::AccessLogs::Path(p) => Ok(Self {
                 loggers: Vec::new(),
@@ -61,15 +74,18 @@ impl AccessLogs {
                         .map_err(|err| e("path", format!("cannot open '{}': {err}", p.path)))?,
                 ),
             }),
-            cfg::AccessLogs::List(l) => Self::build_list(l),
+            cfg::AccessLogs::List(l) => Self::build_list(l, ctx),
         }
     }
 
     /// Compiles a list of access logs (`[i]...` in errors).
-    pub(crate) fn build_list(list: &[cfg::AccessLog]) -> Result<Self, BuildError> {
+    pub(crate) fn build_list(
+        list: &[cfg::AccessLog],
+        ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+    ) -> Result<Self, BuildError> {
         let mut loggers = Vec::new();
         for (i, l) in list.iter().enumerate() {
-            loggers.push(build_logger(l, &format!("[{i}]"))?);
+            loggers.push(build_logger(l, &format!("[{i}]"), ctx)?);
         }
         Ok(Self {
             loggers,
@@ -81,7 +97,10 @@ impl AccessLogs {
     fn log(&self, ctx: &Ctx<'_>) {
         for l in &self.loggers {
             if l.filter.as_ref().is_none_or(|f| f.matches(ctx)) {
-                l.sink.log(l.format.render(ctx));
+                match &l.sink {
+                    Sink::File { writer, format } => writer.log(format.render(ctx)),
+                    Sink::Otlp(o) => o.log(ctx),
+                }
             }
         }
         if let Some(w) = &self.legacy {
@@ -211,7 +230,7 @@ impl meshgate_core::listener_log::ListenerLogFactory for ListenerLogs {
         &self,
         logs: &[cfg::AccessLog],
     ) -> Result<Arc<dyn meshgate_core::listener_log::ListenerLog>, BuildError> {
-        Ok(Arc::new(AccessLogs::build_list(logs)?))
+        Ok(Arc::new(AccessLogs::build_list(logs, None)?))
     }
 }
 
@@ -227,9 +246,42 @@ impl meshgate_core::listener_log::ListenerLog for AccessLogs {
     }
 }
 
-fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
+fn build_logger(
+    l: &cfg::AccessLog,
+    p: &str,
+    ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+) -> Result<Logger, BuildError> {
     let t = &l.typed_config;
     let tp = format!("{p}.typed_config");
+    let filter = match &l.filter {
+        None => None,
+        Some(f) => Some(Filter::build(f, &format!("{p}.filter"), &mut false)?),
+    };
+    if l.name == "envoy.access_loggers.open_telemetry" || l.name == "open_telemetry" {
+        let Some(ctx) = ctx else {
+            return Err(e(
+                &format!("{p}.name"),
+                "an OpenTelemetry access log is not supported here (no cluster to export to)",
+            ));
+        };
+        let sink = Sink::Otlp(otlp::OtlpLogger::build(t, &tp, ctx)?);
+        return Ok(Logger { sink, filter });
+    }
+    for (set, f) in [
+        (t.grpc_service.is_some(), "grpc_service"),
+        (!t.log_name.is_empty(), "log_name"),
+        (t.common_config.is_some(), "common_config"),
+        (t.body.is_some(), "body"),
+        (t.attributes.is_some(), "attributes"),
+        (t.resource_attributes.is_some(), "resource_attributes"),
+    ] {
+        if set {
+            return Err(e(
+                &format!("{tp}.{f}"),
+                "only the OpenTelemetry access logger has this field",
+            ));
+        }
+    }
     let path = match l.name.as_str() {
         "envoy.access_loggers.file" | "file" => match &t.path {
             Some(path) if !path.is_empty() => path.clone(),
@@ -245,17 +297,11 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
                 "/dev/stderr".into()
             }
         }
-        "envoy.access_loggers.open_telemetry" => {
-            return Err(e(
-                &format!("{p}.name"),
-                "OpenTelemetry access logs are not supported (envoy.access_loggers.file, stdout, stderr)",
-            ));
-        }
         other => {
             return Err(e(
                 &format!("{p}.name"),
                 format!(
-                    "unknown access logger '{other}' (envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr)"
+                    "unknown access logger '{other}' (envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr, envoy.access_loggers.open_telemetry)"
                 ),
             ));
         }
@@ -286,20 +332,15 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
     } else {
         Format::text(DEFAULT_FORMAT, &tp)?
     };
-    let filter = match &l.filter {
-        None => None,
-        Some(f) => Some(Filter::build(f, &format!("{p}.filter"), &mut false)?),
-    };
-    let sink = Writer::open(&path).map_err(|err| {
+    let writer = Writer::open(&path).map_err(|err| {
         e(
             &format!("{tp}.path"),
             format!("cannot open '{path}': {err}"),
         )
     })?;
     Ok(Logger {
-        sink,
+        sink: Sink::File { writer, format },
         filter,
-        format,
     })
 }
 
