@@ -247,6 +247,10 @@ impl TcpProxy {
             }
         };
         tracing::trace!(conn = conn.info.id, upstream = %up.endpoint.address, "upstream connected");
+        let logged = logged.map(|mut l| {
+            l.upstream_local(up.stream.local_addr().ok());
+            l
+        });
         // For least_request, an L4 connection is one request.
         let _active = up.endpoint.start_request();
         if let Some(pp) = &cluster.proxy_protocol {

@@ -552,7 +552,7 @@ fn bad_access_log_configs_are_refused_naming_the_field() {
             "access_log[0].typed_config.path",
         ),
         (
-            json!([{"name": "stdout", "typed_config": {"log_format": {"text_format": "%UPSTREAM_LOCAL_ADDRESS%"}}}]),
+            json!([{"name": "stdout", "typed_config": {"log_format": {"text_format": "%UPSTREAM_PEER_SUBJECT%"}}}]),
             "access_log[0].typed_config.log_format.text_format",
         ),
         (

@@ -94,6 +94,14 @@ impl AccessLogs {
     }
 
     /// Writes the line of every log whose filter matches.
+    /// Whether a logger reads the upstream connection's local address.
+    pub(crate) fn reads_upstream_local(&self) -> bool {
+        self.loggers.iter().any(|l| match &l.sink {
+            Sink::File { format, .. } => format.reads_upstream_local(),
+            Sink::Otlp(o) => o.reads_upstream_local(),
+        })
+    }
+
     fn log(&self, ctx: &Ctx<'_>) {
         for l in &self.loggers {
             if l.filter.as_ref().is_none_or(|f| f.matches(ctx)) {
@@ -166,9 +174,14 @@ impl AccessLogs {
     /// The router's `upstream_log`: one entry per upstream try of `info`,
     /// written when the stream's response head is known (`resp`: the
     /// last try's response, or the local reply that replaced it). Each
-    /// entry's upstream operators, `%RESPONSE_CODE%`, `%DURATION%` (from
-    /// the try's start to its end), `%RESPONSE_FLAGS%` are the try's; the
+    /// entry's upstream operators, `%RESPONSE_CODE%`, `%RESP(X)%` (a
+    /// retried try's own response head), `%DURATION%` (from the try's
+    /// start to its end), `%RESPONSE_FLAGS%` (`URX` on the try the
+    /// retries ran out on), `%BYTES_SENT%` (the request body sent
+    /// upstream on the try, when its length is known) are the try's; the
     /// request operators are the stream's.
+    /// `%BYTES_RECEIVED%` is 0: a retried response's body is not read,
+    /// and the last try's is still streaming when the entry is written.
     pub(crate) fn log_tries(&self, info: &StreamInfo, up: &UpstreamHead, resp: &Response) {
         let Some(tries) = &info.upstream_tries else {
             return;
@@ -178,12 +191,15 @@ impl AccessLogs {
             let last = i + 1 == n;
             // A try still open (e.g. cut by the route timeout) ends here,
             // with the stream's outcome.
-            let mut t = t.clone();
-            if t.end.is_none() {
+            let t = if t.end.is_none() {
+                let mut t = t.clone();
                 t.end = Some(Instant::now());
                 t.status = Some(resp.status().as_u16());
                 t.failure = info.local_reply;
-            }
+                std::borrow::Cow::Owned(t)
+            } else {
+                std::borrow::Cow::Borrowed(t)
+            };
             let status = t.status.unwrap_or(0);
             let via_upstream = t.failure.is_none();
             let mut ctx = Ctx::new(info);
@@ -192,7 +208,10 @@ impl AccessLogs {
             ctx.version = up.version;
             if last && via_upstream {
                 ctx.resp = resp.headers();
+            } else if let Some(h) = &t.headers {
+                ctx.resp = h;
             }
+            ctx.bytes_sent = t.request_bytes.unwrap_or(0);
             ctx.status = Some(status);
             ctx.details = Some(t.failure.unwrap_or("via_upstream"));
             ctx.flags = Flags::of_try(&t);
@@ -202,7 +221,7 @@ impl AccessLogs {
                 response_head: took,
                 done: took,
             };
-            ctx.attempt = Some(&t);
+            ctx.attempt = Some(&*t);
             self.log(&ctx);
         }
     }
@@ -604,6 +623,12 @@ impl<'a> TcpLog<'a> {
 
     /// The connection closed (`host`: the upstream it was relayed to;
     /// `failure`: why no upstream connection was made).
+    /// The upstream connection's local address
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub(crate) fn upstream_local(&mut self, local: Option<std::net::SocketAddr>) {
+        self.info.upstream_local_address = local;
+    }
+
     pub(crate) fn close(
         mut self,
         host: Option<std::net::SocketAddr>,
