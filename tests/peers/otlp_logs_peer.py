@@ -38,7 +38,10 @@ def main(log):
             )
             for sl in groups:
                 scope = sl.scope if hasattr(sl, "scope") else sl.instrumentation_library
-                for r in sl.log_records:
+                # `log_records` (current OTLP) or `logs` (older protos),
+                # field 2 either way.
+                records = sl.log_records if hasattr(sl, "log_records") else sl.logs
+                for r in records:
                     lines.append(
                         {
                             "resource": resource,
@@ -48,7 +51,7 @@ def main(log):
                             "attributes": {
                                 a.key: any_value(a.value) for a in r.attributes
                             },
-                            "batch": len(sl.log_records),
+                            "batch": len(records),
                         }
                     )
         with LOCK:
