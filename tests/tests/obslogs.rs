@@ -686,6 +686,7 @@ clusters:
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     assert!(resp.starts_with(b"HTTP/1.1 200"));
+    drop(s);
     let l = lines(&tcp, 1);
     let f: Vec<&str> = l[0].split('|').collect();
     let local: std::net::SocketAddr = f[0].parse().unwrap_or_else(|_| panic!("{l:?}"));
