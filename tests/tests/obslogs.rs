@@ -677,7 +677,10 @@ clusters:
         assert_eq!(f[2], local.ip().to_string(), "{line}");
         assert_eq!(f[3], local.port().to_string(), "{line}");
         // The pooled connection to the backend is that one.
-        assert!(connected(local, backend), "{line}: no connection {local} -> {backend}");
+        assert!(
+            connected(local, backend),
+            "{line}: no connection {local} -> {backend}"
+        );
     }
 
     let mut s = TcpStream::connect(("127.0.0.1", mg.listener_port("l4"))).unwrap();

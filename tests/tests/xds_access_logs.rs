@@ -221,7 +221,11 @@ fn an_otel_access_log_field_meshgate_lacks_is_nacked_by_name() {
     let (up, closed) = (dir.path().join("up.log"), dir.path().join("closed.log"));
     let (web, guarded) = (free_port(), free_port());
     let mgmt = Mgmt::start(0);
-    mgmt.set(CLUSTER, "1", envoy_yaml(&clusters(backend.addr, free_port())));
+    mgmt.set(
+        CLUSTER,
+        "1",
+        envoy_yaml(&clusters(backend.addr, free_port())),
+    );
     let yaml = listeners(web, guarded, &up, &closed).replace(
         "            common_config:\n",
         "            stat_prefix: otel\n            common_config:\n",

@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(b[0], 0x0a);
         assert_eq!(b[1] as usize, b.len() - 2);
         // Resource { KeyValue { key "log_name", value { string "gw" } } }
-        assert_eq!(&b[2..6], &[0x0a, 16, 0x0a, 14]);
+        assert_eq!(&b[2..6], &[0x0a, 18, 0x0a, 16]);
         assert_eq!(&b[6..16], b"\x0a\x08log_name");
         assert_eq!(&b[16..20], b"\x12\x04\x0a\x02");
         assert_eq!(&b[20..22], b"gw");

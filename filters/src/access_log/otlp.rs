@@ -121,7 +121,10 @@ impl OtlpLogger {
 
     pub(crate) fn reads_upstream_local(&self) -> bool {
         self.body.as_ref().is_some_and(|f| f.reads_upstream_local())
-            || self.attributes.iter().any(|(_, f)| f.reads_upstream_local())
+            || self
+                .attributes
+                .iter()
+                .any(|(_, f)| f.reads_upstream_local())
     }
 
     /// Formats the entry and queues it (never waits; a full queue drops

@@ -386,7 +386,9 @@ impl Ctx<'_> {
                 .map_or(info.upstream_host, |a| Some(a.host))
                 .map(|a| a.to_string()),
             Op::UpstreamLocalAddress => self.upstream_local().map(|a| a.to_string()),
-            Op::UpstreamLocalAddressWithoutPort => self.upstream_local().map(|a| a.ip().to_string()),
+            Op::UpstreamLocalAddressWithoutPort => {
+                self.upstream_local().map(|a| a.ip().to_string())
+            }
             Op::UpstreamLocalPort => self.upstream_local().map(|a| a.port().to_string()),
             Op::UpstreamTransportFailureReason => match self
                 .attempt

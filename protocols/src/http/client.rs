@@ -386,7 +386,9 @@ impl Http1Client {
             }
             let body = ReturnToPool {
                 body,
-                sender: proxy.is_none().then_some(HyperConn(sender, exchanges + 1, local)),
+                sender: proxy
+                    .is_none()
+                    .then_some(HyperConn(sender, exchanges + 1, local)),
                 endpoint,
                 limits: opts.limits(),
             };
