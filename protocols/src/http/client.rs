@@ -451,7 +451,9 @@ fn send_fast(
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
         let limits = opts.limits();
-        let local = |c: &h1_upstream::Conn| want_local.then(|| c.io.local_addr()).flatten();
+        let local = |c: &h1_upstream::Conn| {
+            if want_local { c.io.local_addr() } else { None }
+        };
         let first = local(&conn);
         match h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name).await {
             Ok(mut resp) => {
