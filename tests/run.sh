@@ -48,6 +48,9 @@ python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q '
 python3 -c 'import bcrypt' 2>/dev/null || python3 -m pip install -q bcrypt
 python3 -c 'import brotli, zstandard' 2>/dev/null || python3 -m pip install -q brotli zstandard
 python3 -c 'import envoy.service.auth.v3.external_auth_pb2' 2>/dev/null || python3 -m pip install -q xds-protos
+# The OTLP logs receiver (tests/peers/otlp_logs_peer.py): opentelemetry-proto
+# (xds-protos bundles an older copy of the same modules, which also serves).
+python3 -c 'import opentelemetry.proto.collector.logs.v1.logs_service_pb2' 2>/dev/null || python3 -m pip install -q opentelemetry-proto
 # grpcio-tools: protoc for the grpc_json_transcoder tests' descriptor sets.
 python3 -c 'import grpc_tools' 2>/dev/null || python3 -m pip install -q grpcio-tools
 # Envoy resources in Envoy's YAML form (tests/peers/envoy_any.py).

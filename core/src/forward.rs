@@ -403,6 +403,7 @@ fn try_begin(
     cluster: Option<&'static str>,
     host: SocketAddr,
     number: u32,
+    request_bytes: Option<u64>,
 ) {
     let now = std::time::Instant::now();
     if let Some(last) = tries.last_mut()
@@ -421,6 +422,10 @@ fn try_begin(
             end: None,
             status: None,
             failure: None,
+            local_address: None,
+            headers: None,
+            retry_limit_exceeded: false,
+            request_bytes,
         });
     }
 }
@@ -439,6 +444,16 @@ fn try_end(tries: &mut [crate::stream::UpstreamTry], a: &Attempt) {
             Attempt::Done(_) | Attempt::Retry(_, Some(_)) => None,
             Attempt::Retry(reason, None) | Attempt::Fail(reason) => Some(reason.label()),
         };
+        if let Attempt::Done(r) | Attempt::Retry(_, Some(r)) = a {
+            last.local_address = r
+                .extensions()
+                .get::<crate::stream::UpstreamLocalAddress>()
+                .map(|l| l.0);
+        }
+        // A retried response is dropped: its entry keeps the head.
+        if let Attempt::Retry(_, Some(r)) = a {
+            last.headers = Some(Box::new(r.headers().clone()));
+        }
     }
 }
 
@@ -627,6 +642,9 @@ async fn retrying(
     }
     if retries > 0 {
         metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
+        if let Some(t) = info.upstream_tries.as_mut().and_then(|t| t.last_mut()) {
+            t.retry_limit_exceeded = true;
+        }
     }
     last_try(info, last)
 }
@@ -966,6 +984,7 @@ fn start(
             info.upstream_cluster,
             endpoint.address,
             info.upstream_attempts,
+            http_body::Body::size_hint(req.body()).exact(),
         );
     }
     let guard = endpoint.begin_request();

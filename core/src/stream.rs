@@ -73,6 +73,19 @@ pub fn intern(name: &str) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 pub struct SchemeMatchUpstream;
 
+/// A request extension set when an access log reads
+/// `%UPSTREAM_LOCAL_ADDRESS%`: the upstream codec then tags the response
+/// with the local address of the connection that carried it
+/// (`UpstreamLocalAddress`). Unset, codecs do nothing (no address
+/// looked up, nothing inserted).
+#[derive(Debug, Clone, Copy)]
+pub struct WantUpstreamLocalAddress;
+
+/// A response extension: the local address of the upstream connection
+/// the response came on (see `WantUpstreamLocalAddress`).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLocalAddress(pub std::net::SocketAddr);
+
 /// What filters and the router know about a stream besides its head.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -90,6 +103,9 @@ pub struct StreamInfo {
     /// The upstream cluster and endpoint, once chosen (for access logs).
     pub upstream_cluster: Option<&'static str>,
     pub upstream_host: Option<std::net::SocketAddr>,
+    /// The local address of the upstream connection (only recorded when
+    /// an access log asks: `WantUpstreamLocalAddress`).
+    pub upstream_local_address: Option<std::net::SocketAddr>,
     /// Why meshgate answered itself, if it did (e.g. `no_route`).
     pub local_reply: Option<&'static str>,
     /// The trusted client address: the peer's, or the one the `proxy`
@@ -137,6 +153,17 @@ pub struct UpstreamTry {
     /// Why the try failed, when it did (`upstream_connect_failure`,
     /// `upstream_reset`, `upstream_timeout`, ...).
     pub failure: Option<&'static str>,
+    /// The local address of the connection the try went on, when an
+    /// access log asks for it and the try got a response.
+    pub local_address: Option<std::net::SocketAddr>,
+    /// The response head of a try that was retried (the last try's is
+    /// the stream's response).
+    pub headers: Option<Box<http::HeaderMap>>,
+    /// The retries ran out on this try (Envoy's `URX`).
+    pub retry_limit_exceeded: bool,
+    /// Request body bytes sent on this try, when known (a body kept for
+    /// retries, or one of a known length).
+    pub request_bytes: Option<u64>,
 }
 
 impl StreamInfo {
@@ -152,6 +179,7 @@ impl StreamInfo {
             route: None,
             upstream_cluster: None,
             upstream_host: None,
+            upstream_local_address: None,
             local_reply: None,
             denied_by: None,
             filter_state,

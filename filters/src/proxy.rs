@@ -152,7 +152,24 @@ impl NetworkFilterFactory for ProxyFactory {
                 disabled: f.disabled,
             });
         }
-        let upstream_log = build_upstream_log(&cfg.stream_filters, &router)?;
+        let upstream_log = build_upstream_log(&cfg.stream_filters, &router, ctx)?;
+        let access_log = match &cfg.access_log {
+            None => None,
+            Some(a) => Some(Arc::new(
+                crate::access_log::AccessLogs::build(a, Some(ctx)).map_err(|e| {
+                    BuildError::new(
+                        meshgate_core::error::join_path("access_log", &e.path),
+                        e.message,
+                    )
+                })?,
+            )),
+        };
+        let want_upstream_local = access_log
+            .as_ref()
+            .is_some_and(|l| l.reads_upstream_local())
+            || upstream_log
+                .as_ref()
+                .is_some_and(|l| l.reads_upstream_local());
         let chain = crate::chain::build(filters, &table)?;
         let listener = ctx.listener.to_string();
         let edge = crate::edge::Edge::build(
@@ -184,17 +201,8 @@ impl NetworkFilterFactory for ProxyFactory {
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
                 stream_idle_timeout: cfg.stream_idle_timeout,
-                access_log: match &cfg.access_log {
-                    None => None,
-                    Some(a) => Some(Arc::new(crate::access_log::AccessLogs::build(a).map_err(
-                        |e| {
-                            BuildError::new(
-                                meshgate_core::error::join_path("access_log", &e.path),
-                                e.message,
-                            )
-                        },
-                    )?)),
-                },
+                access_log,
+                want_upstream_local,
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
                 local_replies: match &cfg.local_reply_config {
@@ -515,6 +523,9 @@ struct ProxyHandler {
     tracing: Option<Arc<meshgate_core::trace::Tracer>>,
     /// The router's `upstream_log`, when set: one entry per upstream try.
     upstream_log: Option<crate::access_log::AccessLogs>,
+    /// A log reads `%UPSTREAM_LOCAL_ADDRESS%`: the upstream codec is asked
+    /// for its connection's local address.
+    want_upstream_local: bool,
 }
 
 /// The router's `upstream_log` (Envoy's field names in errors, under the
@@ -524,6 +535,7 @@ struct ProxyHandler {
 fn build_upstream_log(
     filters: &[meshgate_core::config::filters::StreamFilterConfig],
     router: &meshgate_core::config::router::RouterFilterConfig,
+    ctx: &BuildContext<'_>,
 ) -> Result<Option<crate::access_log::AccessLogs>, BuildError> {
     let i = filters
         .iter()
@@ -547,7 +559,7 @@ fn build_upstream_log(
     if router.upstream_log.is_empty() {
         return Ok(None);
     }
-    crate::access_log::AccessLogs::build_list(&router.upstream_log)
+    crate::access_log::AccessLogs::build_list(&router.upstream_log, Some(ctx))
         .map(Some)
         .map_err(|e| {
             BuildError::new(
@@ -1042,6 +1054,10 @@ impl ProxyHandler {
                     info.upstream_tries = Some(Box::default());
                     crate::access_log::UpstreamHead::of(req)
                 });
+                if self.want_upstream_local {
+                    req.extensions_mut()
+                        .insert(meshgate_core::stream::WantUpstreamLocalAddress);
+                }
                 // The request moves into the upstream exchange before the
                 // await: this future does not keep a copy of it.
                 let exchange = {
@@ -1059,6 +1075,12 @@ impl ProxyHandler {
                         Err(refusal) => return refusal.reply(info),
                     },
                 };
+                if self.want_upstream_local {
+                    info.upstream_local_address = resp
+                        .extensions()
+                        .get::<meshgate_core::stream::UpstreamLocalAddress>()
+                        .map(|a| a.0);
+                }
                 if let (Some(log), Some(up)) = (&self.upstream_log, &up_head) {
                     log.log_tries(info, up, &resp);
                 }

@@ -89,12 +89,14 @@ impl NetworkFilterFactory for TcpProxyFactory {
         let access_log = match cfg.access_log.is_empty() {
             true => None,
             false => Some(
-                crate::access_log::AccessLogs::build_list(&cfg.access_log).map_err(|e| {
-                    BuildError::new(
-                        meshgate_core::error::join_path("access_log", &e.path),
-                        e.message,
-                    )
-                })?,
+                crate::access_log::AccessLogs::build_list(&cfg.access_log, Some(ctx)).map_err(
+                    |e| {
+                        BuildError::new(
+                            meshgate_core::error::join_path("access_log", &e.path),
+                            e.message,
+                        )
+                    },
+                )?,
             ),
         };
         Ok(BuiltFilter::Terminal(Arc::new(TcpProxy {
@@ -245,6 +247,10 @@ impl TcpProxy {
             }
         };
         tracing::trace!(conn = conn.info.id, upstream = %up.endpoint.address, "upstream connected");
+        let logged = logged.map(|mut l| {
+            l.upstream_local(up.stream.local_addr().ok());
+            l
+        });
         // For least_request, an L4 connection is one request.
         let _active = up.endpoint.start_request();
         if let Some(pp) = &cluster.proxy_protocol {

@@ -25,6 +25,7 @@ for mod in (
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.file.v3.file_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.access_loggers.open_telemetry.v3.logs_service_pb2",
     "envoy.extensions.filters.udp.udp_proxy.v3.udp_proxy_pb2",
     "envoy.extensions.filters.udp.udp_proxy.v3.route_pb2",
     "envoy.extensions.transport_sockets.proxy_protocol.v3.upstream_proxy_protocol_pb2",

@@ -541,14 +541,18 @@ fn bad_access_log_configs_are_refused_naming_the_field() {
     let cases = [
         (
             json!([{"name": "envoy.access_loggers.open_telemetry", "typed_config": {}}]),
-            "access_log[0].name",
+            "access_log[0].typed_config.grpc_service",
+        ),
+        (
+            json!([{"name": "stdout", "typed_config": {"body": {"string_value": "x"}}}]),
+            "access_log[0].typed_config.body",
         ),
         (
             json!([{"name": "envoy.access_loggers.file", "typed_config": {}}]),
             "access_log[0].typed_config.path",
         ),
         (
-            json!([{"name": "stdout", "typed_config": {"log_format": {"text_format": "%UPSTREAM_LOCAL_ADDRESS%"}}}]),
+            json!([{"name": "stdout", "typed_config": {"log_format": {"text_format": "%UPSTREAM_PEER_SUBJECT%"}}}]),
             "access_log[0].typed_config.log_format.text_format",
         ),
         (

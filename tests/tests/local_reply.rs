@@ -281,7 +281,7 @@ fn grpc_client_gets_the_rendered_body_as_grpc_message() {
 fn bad_local_reply_configs_are_refused_naming_the_field() {
     let cases = [
         (
-            "local_reply_config: {body_format: {text_format: \"%UPSTREAM_LOCAL_ADDRESS%\"}}",
+            "local_reply_config: {body_format: {text_format: \"%UPSTREAM_PEER_SUBJECT%\"}}",
             "local_reply_config.body_format.text_format",
         ),
         (

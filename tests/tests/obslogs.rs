@@ -219,7 +219,8 @@ clusters:
     assert_eq!(lines(&down, 1), ["stream /fail-once 200 2"]);
 
     // Both tries refused (a retry avoids the endpoint that failed to
-    // connect): each entry is a connect failure (UF) on its endpoint.
+    // connect): each entry is a connect failure (UF) on its endpoint, the
+    // last one also the try the retries ran out on (URX).
     let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/dead")]);
     assert_eq!(s, 503);
     let got = lines(&up, 4);
@@ -234,7 +235,7 @@ clusters:
                 "dead",
                 n.as_str(),
                 "503",
-                "UF",
+                if i == 0 { "UF" } else { "UF,URX" },
                 "upstream_connect_failure",
                 "upstream_connect_failure"
             ],
@@ -378,4 +379,390 @@ listeners:
     let all = std::fs::read_to_string(&pp).unwrap();
     assert_eq!(all.lines().count(), before + 1, "{all}");
     assert!(!all.contains("192.0.2.1"), "{all}");
+}
+
+/// `envoy.access_loggers.open_telemetry`: each stream becomes an OTLP log
+/// record (body and attributes formatted per stream, resource attributes
+/// with `log_name`) exported with `LogsService/Export` to a grpcio
+/// receiver that is an ordinary meshgate cluster; the upstream log can
+/// use it too. Records are batched (several per call) and counted.
+#[test]
+fn open_telemetry_access_log_exports_records_to_a_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("records");
+    let collector =
+        meshgate_tests::pypeer::PyPeer::start("otlp_logs_peer.py", &[got.to_str().unwrap()]);
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.open_telemetry
+                  typed_config:
+                    log_name: gateway
+                    grpc_service: {{envoy_grpc: {{cluster_name: otel}}, timeout: 2s}}
+                    body: {{string_value: "%REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE%"}}
+                    attributes:
+                      values:
+                        - {{key: code, value: {{string_value: "%RESPONSE_CODE%"}}}}
+                        - {{key: route, value: {{string_value: "%ROUTE_NAME%"}}}}
+                    resource_attributes:
+                      values: [{{key: deployment, value: {{string_value: test}}}}]
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - name: ok
+                        match: {{prefix: /}}
+                        direct_response: {{status: 204}}
+clusters:
+  - name: otel
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{port}"}}]
+"#,
+        port = collector.port,
+    ));
+    let port = mg.listener_port("web");
+    for i in 0..5 {
+        let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/r{i}")]);
+        assert_eq!(s, 204);
+    }
+    let records = wait_for_within(15, "5 OTLP log records", || {
+        let text = std::fs::read_to_string(&got).unwrap_or_default();
+        let v: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (v.len() >= 5).then_some(v)
+    });
+    let mut bodies: Vec<&str> = records
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "GET /r0 204",
+            "GET /r1 204",
+            "GET /r2 204",
+            "GET /r3 204",
+            "GET /r4 204"
+        ]
+    );
+    for r in &records {
+        assert_eq!(r["resource"]["log_name"], "gateway", "{r}");
+        assert_eq!(r["resource"]["deployment"], "test", "{r}");
+        assert_eq!(r["scope"], "meshgate", "{r}");
+        assert_eq!(r["attributes"]["code"], "204", "{r}");
+        assert_eq!(r["attributes"]["route"], "ok", "{r}");
+        let t = r["time"].as_u64().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(t > 0 && t <= now && now - t < 60_000_000_000, "{r}");
+    }
+    mg.wait_metric(
+        "meshgate_access_log_otlp_exported_total",
+        &[("cluster", "otel")],
+        |v| v >= 5.0,
+    );
+}
+
+/// Without a reachable collector, records are dropped and counted
+/// (`export_failed`), and streams are not held up.
+#[test]
+fn open_telemetry_access_log_drops_are_counted() {
+    let dead = free_port();
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.open_telemetry
+                  typed_config:
+                    common_config: {{log_name: gw, grpc_service: {{envoy_grpc: {{cluster_name: otel}}, timeout: 1s}}}}
+                    body: {{string_value: "%RESPONSE_CODE%"}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]
+clusters:
+  - name: otel
+    protocol: http2
+    connect_timeout: 1s
+    endpoints: [{{address: "127.0.0.1:{dead}"}}]
+"#
+    ));
+    let port = mg.listener_port("web");
+    for _ in 0..3 {
+        let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/")]);
+        assert_eq!(s, 200);
+    }
+    mg.wait_metric(
+        "meshgate_access_log_otlp_dropped_total",
+        &[("cluster", "otel"), ("reason", "export_failed")],
+        |v| v >= 3.0,
+    );
+}
+
+/// A `tcp_proxy` connection exported as an OTLP log record when it
+/// closes: the L4 operators (upstream, bytes both ways) formatted into the
+/// body and attributes.
+#[test]
+fn open_telemetry_access_log_exports_tcp_proxy_connections() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    use std::io::Read;
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("records");
+    let collector =
+        meshgate_tests::pypeer::PyPeer::start("otlp_logs_peer.py", &[got.to_str().unwrap()]);
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: l4
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: tcp_proxy
+            config:
+              cluster: backend
+              access_log:
+                - name: envoy.access_loggers.open_telemetry
+                  typed_config:
+                    common_config: {{log_name: l4, grpc_service: {{envoy_grpc: {{cluster_name: otel}}}}}}
+                    body: {{string_value: "%UPSTREAM_CLUSTER% %UPSTREAM_HOST%"}}
+                    attributes:
+                      values:
+                        - {{key: rx, value: {{string_value: "%BYTES_RECEIVED%"}}}}
+                        - {{key: tx, value: {{string_value: "%BYTES_SENT%"}}}}
+clusters:
+  - name: backend
+    endpoints: [{{address: "{backend}"}}]
+  - name: otel
+    protocol: http2
+    endpoints: [{{address: "127.0.0.1:{port}"}}]
+"#,
+        backend = backend.addr,
+        port = collector.port,
+    ));
+    let req = b"GET /tcp HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let mut s = TcpStream::connect(("127.0.0.1", mg.listener_port("l4"))).unwrap();
+    s.write_all(req).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let r = wait_for_within(15, "the tcp_proxy OTLP log record", || {
+        meshgate_tests::pypeer::logged(&got).into_iter().next()
+    });
+    assert_eq!(r["resource"]["log_name"], "l4", "{r}");
+    assert_eq!(r["body"], format!("backend {}", backend.addr), "{r}");
+    assert_eq!(r["attributes"]["rx"], req.len().to_string(), "{r}");
+    assert_eq!(r["attributes"]["tx"], resp.len().to_string(), "{r}");
+    mg.wait_metric(
+        "meshgate_access_log_otlp_exported_total",
+        &[("cluster", "otel")],
+        |v| v >= 1.0,
+    );
+}
+
+/// Whether `/proc/net/tcp` has an established connection from `local` to
+/// `remote` (both IPv4).
+fn connected(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => panic!("{a} is not IPv4"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[1] == l && f[2] == r && f[3] == "01"
+        })
+}
+
+/// `%UPSTREAM_LOCAL_ADDRESS%` (and `_WITHOUT_PORT`, `%UPSTREAM_LOCAL_PORT%`):
+/// the local address of the upstream connection a stream went on, for
+/// HTTP/1.1 and HTTP/2 clusters (the kept-alive connection to the
+/// backend is found in `/proc/net/tcp` with that local address), and for
+/// `tcp_proxy`.
+#[test]
+fn upstream_local_address_is_the_upstream_connections_own() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    use std::io::Read;
+    let h1 = HttpBackend::start("h1", Proto::Http1);
+    let h2 = HttpBackend::start("h2", Proto::H2c);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, tcp) = (dir.path().join("http.log"), dir.path().join("tcp.log"));
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              access_log:
+                - name: envoy.access_loggers.file
+                  typed_config: {{path: "{log}", log_format: {{text_format: "%REQ(:PATH)%|%UPSTREAM_LOCAL_ADDRESS%|%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%UPSTREAM_LOCAL_PORT%\n"}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - {{match: {{prefix: /two}}, route: {{cluster: h2}}}}
+                      - {{match: {{prefix: /}}, route: {{cluster: h1}}}}
+  - name: l4
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: tcp_proxy
+            config:
+              cluster: h1
+              access_log:
+                - name: envoy.access_loggers.file
+                  typed_config: {{path: "{tcp}", log_format: {{text_format: "%UPSTREAM_LOCAL_ADDRESS%|%UPSTREAM_HOST%\n"}}}}
+clusters:
+  - name: h1
+    endpoints: [{{address: "{a1}"}}]
+  - name: h2
+    protocol: http2
+    endpoints: [{{address: "{a2}"}}]
+"#,
+        log = log.display(),
+        tcp = tcp.display(),
+        a1 = h1.addr,
+        a2 = h2.addr,
+    ));
+    let port = mg.listener_port("web");
+    for (path, backend) in [("/one", h1.addr), ("/two", h2.addr)] {
+        let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}{path}")]);
+        assert_eq!(s, 200);
+        let line = wait_for_within(10, &format!("the line of {path}"), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.starts_with(&format!("{path}|")))
+                .map(str::to_string)
+        });
+        let f: Vec<&str> = line.split('|').collect();
+        let local: std::net::SocketAddr = f[1].parse().unwrap_or_else(|_| panic!("{line}"));
+        assert_eq!(f[2], local.ip().to_string(), "{line}");
+        assert_eq!(f[3], local.port().to_string(), "{line}");
+        // The pooled connection to the backend is that one.
+        assert!(
+            connected(local, backend),
+            "{line}: no connection {local} -> {backend}"
+        );
+    }
+
+    let mut s = TcpStream::connect(("127.0.0.1", mg.listener_port("l4"))).unwrap();
+    s.write_all(b"GET /tcp HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let l = lines(&tcp, 1);
+    let f: Vec<&str> = l[0].split('|').collect();
+    let local: std::net::SocketAddr = f[0].parse().unwrap_or_else(|_| panic!("{l:?}"));
+    assert_eq!(local.ip().to_string(), "127.0.0.1", "{l:?}");
+    assert_ne!(local.port(), 0, "{l:?}");
+    assert_eq!(f[1], h1.addr.to_string(), "{l:?}");
+}
+
+/// Each upstream try's entry carries its own response: a retried 503
+/// shows its own code and head (`%RESP(X)%`), the request body bytes sent
+/// on that try, and its connection's local address; the try the retries
+/// run out on is flagged URX, an earlier retried one is not.
+#[test]
+fn upstream_log_entries_carry_each_tries_own_response() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: envoy.filters.http.router
+                  config:
+                    upstream_log:
+                      - name: envoy.access_loggers.file
+                        typed_config: {{path: "{up}", log_format: {{text_format: "%REQ(:PATH)%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%RESP(X-BACKEND)%|%RESP(CONTENT-LENGTH)%|%BYTES_SENT%|%UPSTREAM_LOCAL_ADDRESS%\n"}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: svc
+                          retry_policy: {{retry_on: 5xx, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
+clusters:
+  - name: svc
+    endpoints: [{{address: "{b}"}}]
+"#,
+        up = up.display(),
+        b = backend.addr,
+    ));
+    let port = mg.listener_port("web");
+    // First try 503 (retried), the retry 200; a 5-byte body each time.
+    let (s, _, _) = curl(&["-d", "hello", &format!("http://127.0.0.1:{port}/fail-once")]);
+    assert_eq!(s, 200);
+    let got = lines(&up, 2);
+    let f: Vec<Vec<&str>> = got.iter().map(|l| l.split('|').collect()).collect();
+    assert_eq!(
+        f[0][..7],
+        ["/fail-once", "1", "503", "-", "-", "13", "5"],
+        "{got:?}"
+    );
+    assert_eq!(f[1][..5], ["/fail-once", "2", "200", "-", "b"], "{got:?}");
+    assert_eq!(f[1][6], "5", "{got:?}");
+    for l in &f {
+        let a: std::net::SocketAddr = l[7].parse().unwrap_or_else(|_| panic!("{got:?}"));
+        assert_eq!(a.ip().to_string(), "127.0.0.1", "{got:?}");
+    }
+    // Both tries 503: the second is where the retries ran out (URX).
+    let (s, _, _) = curl(&[&format!("http://127.0.0.1:{port}/status/503")]);
+    assert_eq!(s, 503);
+    let got = lines(&up, 4);
+    let f: Vec<Vec<&str>> = got[2..].iter().map(|l| l.split('|').collect()).collect();
+    assert_eq!(f[0][..4], ["/status/503", "1", "503", "-"], "{got:?}");
+    assert_eq!(f[1][..4], ["/status/503", "2", "503", "URX"], "{got:?}");
+    assert_eq!(f[0][6], "0", "{got:?}");
 }

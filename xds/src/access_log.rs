@@ -2,8 +2,9 @@
 //! meshgate's (`meshgate_core::config::access_log`): the file, stdout and
 //! stderr loggers with their formats (`log_format`, and the file logger's
 //! older `format`, `json_format`, `typed_json_format`) and filters (the
-//! same translation as local replies'). Any other logger (OpenTelemetry,
-//! gRPC, fluentd...) is refused with the field named; so are filters and
+//! same translation as local replies'), and the OpenTelemetry logger
+//! (`otel`). Any other logger (gRPC, fluentd...) is refused with the
+//! field named; so are filters and
 //! formats meshgate does not build (checked again when the filter is
 //! built, which NACKs the update).
 
@@ -18,6 +19,7 @@ const STDOUT: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+const OTEL: &str = "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig";
 
 /// Translates an `access_log` list (`path` names the list).
 pub(crate) fn access_logs(list: Vec<al::AccessLog>, path: &str) -> R<Vec<cal::AccessLog>> {
@@ -95,11 +97,15 @@ fn access_log(mut l: al::AccessLog, path: &str) -> R<cal::AccessLog> {
             rest(&f, &tp)?;
             "envoy.access_loggers.stderr"
         }
+        OTEL => {
+            otel(&any, &tp, &mut cfg)?;
+            "envoy.access_loggers.open_telemetry"
+        }
         other => {
             return err(
                 tp,
                 format!(
-                    "access logger '{other}' not supported (FileAccessLog, StdoutAccessLog, StderrAccessLog)"
+                    "access logger '{other}' not supported (FileAccessLog, StdoutAccessLog, StderrAccessLog, OpenTelemetryAccessLogConfig)"
                 ),
             );
         }
@@ -110,6 +116,70 @@ fn access_log(mut l: al::AccessLog, path: &str) -> R<cal::AccessLog> {
         filter,
         typed_config: cfg,
     })
+}
+
+/// `OpenTelemetryAccessLogConfig`: `grpc_service` (or the deprecated
+/// `common_config.grpc_service`), `log_name`, `body` and `attributes`
+/// (string values: format strings), `resource_attributes` (strings).
+/// Everything else (http_service, formatters, custom tags, buffer
+/// options, resource detectors, disable_builtin_labels...) is refused by
+/// name.
+#[allow(deprecated)]
+fn otel(
+    any: &envoy_types::pb::google::protobuf::Any,
+    tp: &str,
+    cfg: &mut cal::LoggerConfig,
+) -> R<()> {
+    use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3 as ot;
+    use envoy_types::pb::opentelemetry::proto::common::v1 as oc;
+    let mut o: ot::OpenTelemetryAccessLogConfig =
+        decode(any, OTEL).map_err(|e| (tp.to_string(), e.to_string()))?;
+    let string = |v: Option<oc::AnyValue>, path: &str| -> R<cal::OtelAnyValue> {
+        match v.and_then(|v| v.value) {
+            Some(oc::any_value::Value::StringValue(s)) => Ok(cal::OtelAnyValue { string_value: s }),
+            _ => err(path, "only string_value is supported"),
+        }
+    };
+    let list = |l: Option<oc::KeyValueList>, path: &str| -> R<Option<cal::OtelKeyValueList>> {
+        let Some(l) = l else { return Ok(None) };
+        let mut values = Vec::new();
+        for (i, kv) in l.values.into_iter().enumerate() {
+            let vp = format!("{path}.values[{i}].value");
+            values.push(cal::OtelKeyValue {
+                key: kv.key,
+                value: string(kv.value, &vp)?,
+            });
+        }
+        Ok(Some(cal::OtelKeyValueList { values }))
+    };
+    if let Some(g) = o.grpc_service.take() {
+        cfg.grpc_service = Some(crate::tracing::grpc_service(g, &join(tp, "grpc_service"))?);
+    }
+    if let Some(mut c) = o.common_config.take() {
+        let cp = join(tp, "common_config");
+        let grpc_service = match c.grpc_service.take() {
+            None => None,
+            Some(g) => Some(crate::tracing::grpc_service(g, &join(&cp, "grpc_service"))?),
+        };
+        let log_name = std::mem::take(&mut c.log_name);
+        // Envoy's only transport API version: nothing to carry.
+        c.transport_api_version = 0;
+        rest(&c, &cp)?;
+        cfg.common_config = Some(cal::CommonGrpcAccessLogConfig {
+            log_name,
+            grpc_service,
+        });
+    }
+    cfg.log_name = std::mem::take(&mut o.log_name);
+    if let Some(b) = o.body.take() {
+        cfg.body = Some(string(Some(b), &join(tp, "body"))?);
+    }
+    cfg.attributes = list(o.attributes.take(), &join(tp, "attributes"))?;
+    cfg.resource_attributes = list(
+        o.resource_attributes.take(),
+        &join(tp, "resource_attributes"),
+    )?;
+    rest(&o, tp)
 }
 
 #[cfg(test)]
@@ -155,16 +225,30 @@ mod tests {
                 .as_deref(),
             Some("%RESPONSE_CODE%\n")
         );
-        let otel = al::AccessLog {
+        // The OpenTelemetry logger translates; a field it does not
+        // implement is refused by name.
+        use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3 as ot;
+        let o = ot::OpenTelemetryAccessLogConfig {
+            log_name: "gw".into(),
+            stat_prefix: "x".into(),
+            ..Default::default()
+        };
+        let otel = |o: &ot::OpenTelemetryAccessLogConfig| al::AccessLog {
             name: "envoy.access_loggers.open_telemetry".into(),
             filter: None,
             config_type: Some(al::access_log::ConfigType::TypedConfig(Any {
-                type_url: "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig".into(),
-                value: vec![],
+                type_url: OTEL.into(),
+                value: o.encode_to_vec(),
             })),
         };
-        let (field, msg) = access_logs(vec![otel], "access_log").unwrap_err();
-        assert_eq!(field, "access_log[0].typed_config");
-        assert!(msg.contains("OpenTelemetry"), "{msg}");
+        let (field, _) = access_logs(vec![otel(&o)], "access_log").unwrap_err();
+        assert_eq!(field, "access_log[0].typed_config.stat_prefix");
+        let o = ot::OpenTelemetryAccessLogConfig {
+            log_name: "gw".into(),
+            ..Default::default()
+        };
+        let out = access_logs(vec![otel(&o)], "access_log").unwrap();
+        assert_eq!(out[0].name, "envoy.access_loggers.open_telemetry");
+        assert_eq!(out[0].typed_config.log_name, "gw");
     }
 }

@@ -135,7 +135,7 @@ pub(crate) fn hcm_tracing(
 }
 
 /// An OpenTelemetry `grpc_service` (`envoy_grpc` only).
-fn grpc_service(mut g: core3::GrpcService, gp: &str) -> R<tc::GrpcService> {
+pub(crate) fn grpc_service(mut g: core3::GrpcService, gp: &str) -> R<tc::GrpcService> {
     let envoy_grpc = match g.target_specifier.take() {
         Some(core3::grpc_service::TargetSpecifier::EnvoyGrpc(e)) => {
             let ep = join(gp, "envoy_grpc");

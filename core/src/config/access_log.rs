@@ -42,6 +42,59 @@ pub struct LoggerConfig {
     /// A JSON format whose lone operators keep their type (numbers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typed_json_format: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `envoy.access_loggers.open_telemetry` (Envoy's
+    /// `OpenTelemetryAccessLogConfig`): the collector, Envoy's newer
+    /// field (exactly one of this and `common_config.grpc_service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<crate::config::tracing::GrpcService>,
+    /// The log's name (resource attribute `log_name`), Envoy's newer field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_name: String,
+    /// Envoy's older (deprecated) place of `log_name` and `grpc_service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_config: Option<CommonGrpcAccessLogConfig>,
+    /// The record's body: `{string_value: FORMAT}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<OtelAnyValue>,
+    /// The record's attributes: `{values: [{key, value: {string_value: FORMAT}}]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<OtelKeyValueList>,
+    /// The resource's attributes (literal strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_attributes: Option<OtelKeyValueList>,
+}
+
+/// Envoy's `CommonGrpcAccessLogConfig`: the collector (a meshgate
+/// cluster) and the log's name (resource attribute `log_name`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonGrpcAccessLogConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<crate::config::tracing::GrpcService>,
+}
+
+/// OpenTelemetry's `AnyValue`, string form only (a format string).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelAnyValue {
+    pub string_value: String,
+}
+
+/// OpenTelemetry's `KeyValueList`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelKeyValueList {
+    #[serde(default)]
+    pub values: Vec<OtelKeyValue>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelKeyValue {
+    pub key: String,
+    pub value: OtelAnyValue,
 }
 
 /// meshgate's original shorthand: one JSON object per request to `path`.

@@ -167,6 +167,12 @@ pub const SERVER_LOG_REOPEN_TOTAL: &str = "meshgate_server_log_reopen_total";
 pub const ADMIN_ACCEPT_ERROR_TOTAL: &str = "meshgate_admin_accept_error_total";
 /// Counter `{path}`: access log lines dropped (writer behind).
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "meshgate_access_log_dropped_total";
+/// Counter `{cluster}`: OpenTelemetry access log records the collector
+/// accepted.
+pub const ACCESS_LOG_OTLP_EXPORTED_TOTAL: &str = "meshgate_access_log_otlp_exported_total";
+/// Counter `{cluster,reason}`: OpenTelemetry access log records dropped
+/// (`queue_full`, `export_failed`).
+pub const ACCESS_LOG_OTLP_DROPPED_TOTAL: &str = "meshgate_access_log_otlp_dropped_total";
 /// Gauge: names interned for metric labels.
 pub const STATS_INTERNED_NAMES: &str = "meshgate_stats_interned_names";
 /// Counter: names not interned because the table was full.
@@ -618,6 +624,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (SERVER_LOG_REOPEN_TOTAL, Kind::Counter),
     (ADMIN_ACCEPT_ERROR_TOTAL, Kind::Counter),
     (ACCESS_LOG_DROPPED_TOTAL, Kind::Counter),
+    (ACCESS_LOG_OTLP_EXPORTED_TOTAL, Kind::Counter),
+    (ACCESS_LOG_OTLP_DROPPED_TOTAL, Kind::Counter),
     (STATS_INTERNED_NAMES, Kind::Gauge),
     (STATS_INTERNED_NAMES_OVERFLOW_TOTAL, Kind::Counter),
     (XDS_CONNECTED, Kind::Gauge),

@@ -74,18 +74,25 @@ impl Shared {
     }
 }
 
-pub struct Exporter {
+/// The queue and batching of one collector. `R` is what is exported:
+/// spans, or the OpenTelemetry access logger's log records
+/// (`super::otlp_logs`); each instance is compiled for its own `R`, so
+/// the span path pays nothing for the other.
+pub struct Exporter<R: 'static = SpanRecord> {
     cluster: Arc<Cluster>,
     service_name: Arc<str>,
     batch: usize,
     timeout: Duration,
-    transport: Arc<dyn BatchSink>,
+    transport: Arc<dyn BatchSink<R>>,
     shared: Arc<Shared>,
     started: OnceLock<()>,
     dropped_full: Counter,
+    /// Counter names `{cluster}` and `{cluster,reason}`.
+    exported_name: &'static str,
+    dropped_name: &'static str,
 }
 
-impl std::fmt::Debug for Exporter {
+impl<R> std::fmt::Debug for Exporter<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporter")
             .field("cluster", &self.cluster.name)
@@ -94,7 +101,7 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-impl Drop for Exporter {
+impl<R> Drop for Exporter<R> {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.first.notify_one();
@@ -157,6 +164,8 @@ impl Exporter {
             shared: Arc::default(),
             started: OnceLock::new(),
             dropped_full,
+            exported_name: names::TRACING_SPANS_EXPORTED_TOTAL,
+            dropped_name: names::TRACING_SPANS_DROPPED_TOTAL,
         }
     }
 
@@ -165,9 +174,38 @@ impl Exporter {
         self.transport = sink;
         self
     }
+}
+
+impl<R: 'static> Exporter<R> {
+    /// An exporter of other records than spans: `transport` encodes and
+    /// sends them, `exported` and `dropped` name its counters
+    /// (`{cluster}`, `{cluster,reason}`).
+    pub fn with_transport(
+        cluster: Arc<Cluster>,
+        transport: Arc<dyn BatchSink<R>>,
+        batch: usize,
+        timeout: Duration,
+        exported: &'static str,
+        dropped: &'static str,
+    ) -> Self {
+        let dropped_full =
+            metrics::counter!(dropped, "cluster" => cluster.name, "reason" => "queue_full");
+        Self {
+            cluster,
+            service_name: Arc::from(""),
+            batch: batch.clamp(1, QUEUE),
+            timeout,
+            transport,
+            shared: Arc::default(),
+            started: OnceLock::new(),
+            dropped_full,
+            exported_name: exported,
+            dropped_name: dropped,
+        }
+    }
 
     /// Queues a finished span (encoded now); never waits.
-    pub fn submit(&self, span: SpanRecord) {
+    pub fn submit(&self, span: R) {
         self.started.get_or_init(|| self.spawn());
         let (first, full) = {
             let mut q = self.shared.lock();
@@ -203,6 +241,8 @@ impl Exporter {
             timeout: self.timeout,
             transport: self.transport.clone(),
             shared: self.shared.clone(),
+            exported_name: self.exported_name,
+            dropped_name: self.dropped_name,
         };
         // Only called from a stream, which runs on a runtime.
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -211,15 +251,17 @@ impl Exporter {
     }
 }
 
-struct Task {
+struct Task<R: 'static> {
     cluster: Arc<Cluster>,
     service_name: Arc<str>,
     timeout: Duration,
-    transport: Arc<dyn BatchSink>,
+    transport: Arc<dyn BatchSink<R>>,
     shared: Arc<Shared>,
+    exported_name: &'static str,
+    dropped_name: &'static str,
 }
 
-impl Task {
+impl<R: 'static> Task<R> {
     /// The oldest full batch, else (`partial`) the one being gathered.
     fn take(&self, partial: bool) -> Option<Batch> {
         let mut q = self.shared.lock();
@@ -244,8 +286,9 @@ impl Task {
 
     async fn run(self) {
         let label = self.cluster.name;
-        let exported = metrics::counter!(names::TRACING_SPANS_EXPORTED_TOTAL, "cluster" => label);
-        let failed = metrics::counter!(names::TRACING_SPANS_DROPPED_TOTAL, "cluster" => label, "reason" => "export_failed");
+        let exported = metrics::counter!(self.exported_name, "cluster" => label);
+        let failed =
+            metrics::counter!(self.dropped_name, "cluster" => label, "reason" => "export_failed");
         loop {
             let batch = match self.take(false) {
                 Some(b) => b,
@@ -281,7 +324,7 @@ impl Task {
                 Ok(()) => exported.increment(n),
                 Err(e) => {
                     failed.increment(n);
-                    tracing::debug!(cluster = label, error = %e, "span export failed");
+                    tracing::debug!(cluster = label, error = %e, "export failed");
                 }
             }
         }

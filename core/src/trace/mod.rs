@@ -20,6 +20,7 @@ pub mod context;
 pub mod export;
 pub mod otlp;
 mod otlp_http;
+pub mod otlp_logs;
 mod providers;
 pub mod sink;
 mod trust;

@@ -41,12 +41,12 @@ pub struct SpanRecord {
 /// Protobuf wire-format writer into one buffer. Each message's length
 /// is computed before it is written (`*_len`), so nested messages are
 /// written in place: no buffer per message and no copy per nesting level.
-struct Writer<'a>(&'a mut Vec<u8>);
+pub(super) struct Writer<'a>(pub(super) &'a mut Vec<u8>);
 
 /// Bytes of `v` as a varint (lengths here are mostly under 128: one
 /// byte, tested first).
 #[inline]
-fn varint_len(v: u64) -> usize {
+pub(super) fn varint_len(v: u64) -> usize {
     if v < 0x80 {
         1
     } else {
@@ -56,13 +56,13 @@ fn varint_len(v: u64) -> usize {
 
 /// Bytes of a length-delimited field of `len` bytes (field numbers here
 /// are all below 16: a one-byte key).
-fn field_len(len: usize) -> usize {
+pub(super) fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
 impl Writer<'_> {
     #[inline]
-    fn varint(&mut self, mut v: u64) {
+    pub(super) fn varint(&mut self, mut v: u64) {
         if v < 0x80 {
             self.0.push(v as u8);
             return;
@@ -74,28 +74,28 @@ impl Writer<'_> {
         self.0.push(v as u8);
     }
     #[inline]
-    fn key(&mut self, field: u32, wire: u8) {
+    pub(super) fn key(&mut self, field: u32, wire: u8) {
         self.varint(u64::from(field) << 3 | u64::from(wire));
     }
     /// The key and length of a length-delimited field; its `len` bytes
     /// follow.
     #[inline]
-    fn open(&mut self, field: u32, len: usize) {
+    pub(super) fn open(&mut self, field: u32, len: usize) {
         self.key(field, 2);
         self.varint(len as u64);
     }
     #[inline]
-    fn bytes(&mut self, field: u32, b: &[u8]) {
+    pub(super) fn bytes(&mut self, field: u32, b: &[u8]) {
         self.open(field, b.len());
         self.0.extend_from_slice(b);
     }
     #[inline]
-    fn fixed64(&mut self, field: u32, v: u64) {
+    pub(super) fn fixed64(&mut self, field: u32, v: u64) {
         self.key(field, 1);
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     #[inline]
-    fn uint(&mut self, field: u32, v: u64) {
+    pub(super) fn uint(&mut self, field: u32, v: u64) {
         self.key(field, 0);
         self.varint(v);
     }
@@ -103,7 +103,7 @@ impl Writer<'_> {
 
 /// An attribute value as encoded (borrowed).
 #[derive(Clone, Copy)]
-enum Any<'a> {
+pub(super) enum Any<'a> {
     Str(&'a str),
     Int(i64),
 }
@@ -118,7 +118,7 @@ impl<'a> From<&'a Value> for Any<'a> {
 }
 
 /// `AnyValue { string_value = 1; int_value = 3 }`.
-fn any_len(value: Any<'_>) -> usize {
+pub(super) fn any_len(value: Any<'_>) -> usize {
     match value {
         Any::Str(s) => field_len(s.len()),
         Any::Int(i) => 1 + varint_len(i as u64),
@@ -126,11 +126,11 @@ fn any_len(value: Any<'_>) -> usize {
 }
 
 /// `common.v1.KeyValue { key = 1; AnyValue value = 2 }`.
-fn key_value_len(key: &str, value: Any<'_>) -> usize {
+pub(super) fn key_value_len(key: &str, value: Any<'_>) -> usize {
     field_len(key.len()) + field_len(any_len(value))
 }
 
-fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_>) {
+pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_>) {
     // Each length once (a span has a dozen attributes).
     let any = any_len(value);
     w.open(field, field_len(key.len()) + field_len(any));
@@ -190,8 +190,8 @@ fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord, len: usize) {
     }
 }
 
-const SCOPE_NAME: &[u8] = b"meshgate";
-const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
+pub(super) const SCOPE_NAME: &[u8] = b"meshgate";
+pub(super) const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
 
 /// Appends span `s` as one `ScopeSpans.spans` entry (its key, length and
 /// message): a batch's spans are these entries one after another, each

@@ -19,11 +19,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Largest collector answer read (an empty message or a short note).
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// A span transport: how one span is encoded into a batch's body (when
-/// its stream finishes), and how a batch is sent.
-pub trait BatchSink: Send + Sync + std::fmt::Debug {
-    /// Appends `span` to `out`, the encoded spans of one batch so far.
-    fn encode(&self, service_name: &str, span: &SpanRecord, out: &mut Vec<u8>);
+/// A span transport (or, with `R` another record type, the OTLP logs
+/// transport of `super::otlp_logs`): how one record is encoded into a
+/// batch's body (when its stream finishes), and how a batch is sent.
+pub trait BatchSink<R = SpanRecord>: Send + Sync + std::fmt::Debug {
+    /// Appends `span` to `out`, the encoded records of one batch so far.
+    fn encode(&self, service_name: &str, span: &R, out: &mut Vec<u8>);
 
     /// Sends one batch: `body` is its spans' encodings one after another.
     fn send<'a>(

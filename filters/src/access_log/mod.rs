@@ -14,6 +14,7 @@
 //! `upstream_log` uses the same loggers, one entry per upstream try
 //! (`log_tries`). Nothing here runs when no access log is configured.
 
+mod otlp;
 mod writer;
 
 pub use writer::AccessLog as Writer;
@@ -33,9 +34,17 @@ use std::time::{Duration, Instant};
 
 /// One compiled access log.
 struct Logger {
-    sink: Arc<Writer>,
+    sink: Sink,
     filter: Option<Filter>,
-    format: Format,
+}
+
+/// Where a logger's entries go.
+enum Sink {
+    /// A file, stdout or stderr: one formatted line per entry.
+    File { writer: Arc<Writer>, format: Format },
+    /// `envoy.access_loggers.open_telemetry`: one OTLP log record per
+    /// entry (`otlp`).
+    Otlp(otlp::OtlpLogger),
 }
 
 /// The access logs of one `proxy` or `tcp_proxy` filter.
@@ -51,8 +60,12 @@ fn e(path: &str, msg: impl std::fmt::Display) -> BuildError {
 
 impl AccessLogs {
     /// Compiles the `proxy` filter's `access_log`; errors name the field
-    /// (relative to `access_log`).
-    pub(crate) fn build(c: &cfg::AccessLogs) -> Result<Self, BuildError> {
+    /// (relative to `access_log`). `ctx` resolves an OpenTelemetry
+    /// logger's collector cluster (none: such a logger is refused).
+    pub(crate) fn build(
+        c: &cfg::AccessLogs,
+        ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+    ) -> Result<Self, BuildError> {
         match c {
             cfg::AccessLogs::Path(p) => Ok(Self {
                 loggers: Vec::new(),
@@ -61,15 +74,18 @@ impl AccessLogs {
                         .map_err(|err| e("path", format!("cannot open '{}': {err}", p.path)))?,
                 ),
             }),
-            cfg::AccessLogs::List(l) => Self::build_list(l),
+            cfg::AccessLogs::List(l) => Self::build_list(l, ctx),
         }
     }
 
     /// Compiles a list of access logs (`[i]...` in errors).
-    pub(crate) fn build_list(list: &[cfg::AccessLog]) -> Result<Self, BuildError> {
+    pub(crate) fn build_list(
+        list: &[cfg::AccessLog],
+        ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+    ) -> Result<Self, BuildError> {
         let mut loggers = Vec::new();
         for (i, l) in list.iter().enumerate() {
-            loggers.push(build_logger(l, &format!("[{i}]"))?);
+            loggers.push(build_logger(l, &format!("[{i}]"), ctx)?);
         }
         Ok(Self {
             loggers,
@@ -78,10 +94,21 @@ impl AccessLogs {
     }
 
     /// Writes the line of every log whose filter matches.
+    /// Whether a logger reads the upstream connection's local address.
+    pub(crate) fn reads_upstream_local(&self) -> bool {
+        self.loggers.iter().any(|l| match &l.sink {
+            Sink::File { format, .. } => format.reads_upstream_local(),
+            Sink::Otlp(o) => o.reads_upstream_local(),
+        })
+    }
+
     fn log(&self, ctx: &Ctx<'_>) {
         for l in &self.loggers {
             if l.filter.as_ref().is_none_or(|f| f.matches(ctx)) {
-                l.sink.log(l.format.render(ctx));
+                match &l.sink {
+                    Sink::File { writer, format } => writer.log(format.render(ctx)),
+                    Sink::Otlp(o) => o.log(ctx),
+                }
             }
         }
         if let Some(w) = &self.legacy {
@@ -147,9 +174,14 @@ impl AccessLogs {
     /// The router's `upstream_log`: one entry per upstream try of `info`,
     /// written when the stream's response head is known (`resp`: the
     /// last try's response, or the local reply that replaced it). Each
-    /// entry's upstream operators, `%RESPONSE_CODE%`, `%DURATION%` (from
-    /// the try's start to its end), `%RESPONSE_FLAGS%` are the try's; the
+    /// entry's upstream operators, `%RESPONSE_CODE%`, `%RESP(X)%` (a
+    /// retried try's own response head), `%DURATION%` (from the try's
+    /// start to its end), `%RESPONSE_FLAGS%` (`URX` on the try the
+    /// retries ran out on), `%BYTES_SENT%` (the request body sent
+    /// upstream on the try, when its length is known) are the try's; the
     /// request operators are the stream's.
+    /// `%BYTES_RECEIVED%` is 0: a retried response's body is not read,
+    /// and the last try's is still streaming when the entry is written.
     pub(crate) fn log_tries(&self, info: &StreamInfo, up: &UpstreamHead, resp: &Response) {
         let Some(tries) = &info.upstream_tries else {
             return;
@@ -159,12 +191,15 @@ impl AccessLogs {
             let last = i + 1 == n;
             // A try still open (e.g. cut by the route timeout) ends here,
             // with the stream's outcome.
-            let mut t = t.clone();
-            if t.end.is_none() {
+            let t = if t.end.is_none() {
+                let mut t = t.clone();
                 t.end = Some(Instant::now());
                 t.status = Some(resp.status().as_u16());
                 t.failure = info.local_reply;
-            }
+                std::borrow::Cow::Owned(t)
+            } else {
+                std::borrow::Cow::Borrowed(t)
+            };
             let status = t.status.unwrap_or(0);
             let via_upstream = t.failure.is_none();
             let mut ctx = Ctx::new(info);
@@ -173,7 +208,10 @@ impl AccessLogs {
             ctx.version = up.version;
             if last && via_upstream {
                 ctx.resp = resp.headers();
+            } else if let Some(h) = &t.headers {
+                ctx.resp = h;
             }
+            ctx.bytes_sent = t.request_bytes.unwrap_or(0);
             ctx.status = Some(status);
             ctx.details = Some(t.failure.unwrap_or("via_upstream"));
             ctx.flags = Flags::of_try(&t);
@@ -183,7 +221,7 @@ impl AccessLogs {
                 response_head: took,
                 done: took,
             };
-            ctx.attempt = Some(&t);
+            ctx.attempt = Some(&*t);
             self.log(&ctx);
         }
     }
@@ -211,7 +249,7 @@ impl meshgate_core::listener_log::ListenerLogFactory for ListenerLogs {
         &self,
         logs: &[cfg::AccessLog],
     ) -> Result<Arc<dyn meshgate_core::listener_log::ListenerLog>, BuildError> {
-        Ok(Arc::new(AccessLogs::build_list(logs)?))
+        Ok(Arc::new(AccessLogs::build_list(logs, None)?))
     }
 }
 
@@ -227,9 +265,42 @@ impl meshgate_core::listener_log::ListenerLog for AccessLogs {
     }
 }
 
-fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
+fn build_logger(
+    l: &cfg::AccessLog,
+    p: &str,
+    ctx: Option<&meshgate_core::network::BuildContext<'_>>,
+) -> Result<Logger, BuildError> {
     let t = &l.typed_config;
     let tp = format!("{p}.typed_config");
+    let filter = match &l.filter {
+        None => None,
+        Some(f) => Some(Filter::build(f, &format!("{p}.filter"), &mut false)?),
+    };
+    if l.name == "envoy.access_loggers.open_telemetry" || l.name == "open_telemetry" {
+        let Some(ctx) = ctx else {
+            return Err(e(
+                &format!("{p}.name"),
+                "an OpenTelemetry access log is not supported here (no cluster to export to)",
+            ));
+        };
+        let sink = Sink::Otlp(otlp::OtlpLogger::build(t, &tp, ctx)?);
+        return Ok(Logger { sink, filter });
+    }
+    for (set, f) in [
+        (t.grpc_service.is_some(), "grpc_service"),
+        (!t.log_name.is_empty(), "log_name"),
+        (t.common_config.is_some(), "common_config"),
+        (t.body.is_some(), "body"),
+        (t.attributes.is_some(), "attributes"),
+        (t.resource_attributes.is_some(), "resource_attributes"),
+    ] {
+        if set {
+            return Err(e(
+                &format!("{tp}.{f}"),
+                "only the OpenTelemetry access logger has this field",
+            ));
+        }
+    }
     let path = match l.name.as_str() {
         "envoy.access_loggers.file" | "file" => match &t.path {
             Some(path) if !path.is_empty() => path.clone(),
@@ -245,17 +316,11 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
                 "/dev/stderr".into()
             }
         }
-        "envoy.access_loggers.open_telemetry" => {
-            return Err(e(
-                &format!("{p}.name"),
-                "OpenTelemetry access logs are not supported (envoy.access_loggers.file, stdout, stderr)",
-            ));
-        }
         other => {
             return Err(e(
                 &format!("{p}.name"),
                 format!(
-                    "unknown access logger '{other}' (envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr)"
+                    "unknown access logger '{other}' (envoy.access_loggers.file, envoy.access_loggers.stdout, envoy.access_loggers.stderr, envoy.access_loggers.open_telemetry)"
                 ),
             ));
         }
@@ -286,20 +351,15 @@ fn build_logger(l: &cfg::AccessLog, p: &str) -> Result<Logger, BuildError> {
     } else {
         Format::text(DEFAULT_FORMAT, &tp)?
     };
-    let filter = match &l.filter {
-        None => None,
-        Some(f) => Some(Filter::build(f, &format!("{p}.filter"), &mut false)?),
-    };
-    let sink = Writer::open(&path).map_err(|err| {
+    let writer = Writer::open(&path).map_err(|err| {
         e(
             &format!("{tp}.path"),
             format!("cannot open '{path}': {err}"),
         )
     })?;
     Ok(Logger {
-        sink,
+        sink: Sink::File { writer, format },
         filter,
-        format,
     })
 }
 
@@ -563,6 +623,12 @@ impl<'a> TcpLog<'a> {
 
     /// The connection closed (`host`: the upstream it was relayed to;
     /// `failure`: why no upstream connection was made).
+    /// The upstream connection's local address
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub(crate) fn upstream_local(&mut self, local: Option<std::net::SocketAddr>) {
+        self.info.upstream_local_address = local;
+    }
+
     pub(crate) fn close(
         mut self,
         host: Option<std::net::SocketAddr>,

@@ -100,9 +100,14 @@ impl Flags {
 
     /// The flags of one upstream try (`upstream_log`): from its failure.
     pub(crate) fn of_try(t: &meshgate_core::stream::UpstreamTry) -> Self {
-        match t.failure {
+        let f = match t.failure {
             Some(label) => Flags::default().with(Self::short_of(label)),
             None => Flags::default(),
+        };
+        if t.retry_limit_exceeded {
+            f.with("URX")
+        } else {
+            f
         }
     }
 
@@ -287,6 +292,9 @@ pub(crate) enum Op {
     RouteName,
     UpstreamCluster,
     UpstreamHost,
+    UpstreamLocalAddress,
+    UpstreamLocalAddressWithoutPort,
+    UpstreamLocalPort,
     UpstreamTransportFailureReason,
     UpstreamRequestAttemptCount,
     DownstreamRemoteAddress,
@@ -319,7 +327,7 @@ pub(crate) enum Op {
 }
 
 /// The operators meshgate implements (for the refusal message).
-const KNOWN: &str = "START_TIME, REQ, RESP, TRAILER, PROTOCOL, RESPONSE_CODE, RESPONSE_CODE_DETAILS, RESPONSE_FLAGS, RESPONSE_FLAGS_LONG, DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION, BYTES_RECEIVED, BYTES_SENT, UPSTREAM_HOST, UPSTREAM_CLUSTER, UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_REQUEST_ATTEMPT_COUNT, DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_PORT, REQUESTED_SERVER_NAME, ROUTE_NAME, CONNECTION_ID, HOSTNAME, DYNAMIC_METADATA, DOWNSTREAM_TLS_VERSION, DOWNSTREAM_TLS_CIPHER, DOWNSTREAM_PEER_SUBJECT, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_PEER_DNS_SAN, GRPC_STATUS, GRPC_STATUS_NUMBER, LOCAL_REPLY_BODY";
+const KNOWN: &str = "START_TIME, REQ, RESP, TRAILER, PROTOCOL, RESPONSE_CODE, RESPONSE_CODE_DETAILS, RESPONSE_FLAGS, RESPONSE_FLAGS_LONG, DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION, BYTES_RECEIVED, BYTES_SENT, UPSTREAM_HOST, UPSTREAM_LOCAL_ADDRESS, UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, UPSTREAM_LOCAL_PORT, UPSTREAM_CLUSTER, UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_REQUEST_ATTEMPT_COUNT, DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_PORT, REQUESTED_SERVER_NAME, ROUTE_NAME, CONNECTION_ID, HOSTNAME, DYNAMIC_METADATA, DOWNSTREAM_TLS_VERSION, DOWNSTREAM_TLS_CIPHER, DOWNSTREAM_PEER_SUBJECT, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_PEER_DNS_SAN, GRPC_STATUS, GRPC_STATUS_NUMBER, LOCAL_REPLY_BODY";
 
 fn ms(d: Option<Duration>) -> Option<String> {
     d.map(|d| d.as_millis().to_string())
@@ -341,6 +349,13 @@ impl Ctx<'_> {
     fn either(&self, h: &HeaderMap, a: &Field, b: &Option<Field>, request: bool) -> Option<String> {
         self.field(h, a, request)
             .or_else(|| b.as_ref().and_then(|b| self.field(h, b, request)))
+    }
+
+    /// The upstream connection's local address: the try's for an
+    /// `upstream_log` entry, else the stream's.
+    fn upstream_local(&self) -> Option<std::net::SocketAddr> {
+        self.attempt
+            .map_or(self.info.upstream_local_address, |a| a.local_address)
     }
 
     /// An operator's value; `None` is unavailable (`-` in text).
@@ -370,6 +385,11 @@ impl Ctx<'_> {
                 .attempt
                 .map_or(info.upstream_host, |a| Some(a.host))
                 .map(|a| a.to_string()),
+            Op::UpstreamLocalAddress => self.upstream_local().map(|a| a.to_string()),
+            Op::UpstreamLocalAddressWithoutPort => {
+                self.upstream_local().map(|a| a.ip().to_string())
+            }
+            Op::UpstreamLocalPort => self.upstream_local().map(|a| a.port().to_string()),
             Op::UpstreamTransportFailureReason => match self
                 .attempt
                 .map_or(info.local_reply, |a| a.failure)
@@ -601,6 +621,22 @@ impl Template {
             .any(|p| matches!(p, Piece::Op(Op::Req(..), _)))
     }
 
+    /// Whether it reads the upstream connection's local address (the
+    /// upstream codec then records it: `WantUpstreamLocalAddress`).
+    pub(crate) fn reads_upstream_local(&self) -> bool {
+        self.0.iter().any(|p| {
+            matches!(
+                p,
+                Piece::Op(
+                    Op::UpstreamLocalAddress
+                        | Op::UpstreamLocalAddressWithoutPort
+                        | Op::UpstreamLocalPort,
+                    _
+                )
+            )
+        })
+    }
+
     pub(crate) fn render(&self, ctx: &Ctx<'_>, omit: bool) -> String {
         let mut out = String::new();
         self.render_into(ctx, omit, &mut out);
@@ -722,6 +758,9 @@ fn parse_operator(t: &str, path: &str) -> Result<(Op, Option<usize>), BuildError
         "ROUTE_NAME" => no_arg(Op::RouteName)?,
         "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster)?,
         "UPSTREAM_HOST" | "UPSTREAM_REMOTE_ADDRESS" => no_arg(Op::UpstreamHost)?,
+        "UPSTREAM_LOCAL_ADDRESS" => no_arg(Op::UpstreamLocalAddress)?,
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_arg(Op::UpstreamLocalAddressWithoutPort)?,
+        "UPSTREAM_LOCAL_PORT" => no_arg(Op::UpstreamLocalPort)?,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_arg(Op::UpstreamTransportFailureReason)?,
         "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_arg(Op::UpstreamRequestAttemptCount)?,
         "DOWNSTREAM_REMOTE_ADDRESS" => no_arg(Op::DownstreamRemoteAddress)?,
@@ -881,6 +920,13 @@ impl Format {
         }
     }
 
+    pub(crate) fn reads_upstream_local(&self) -> bool {
+        match &self.kind {
+            FormatKind::Text(t) => t.reads_upstream_local(),
+            FormatKind::Json(l, _) => l.iter().any(|(_, t)| t.reads_upstream_local()),
+        }
+    }
+
     /// The rendered text; a JSON format ends with a newline, as Envoy's.
     pub(crate) fn render(&self, ctx: &Ctx<'_>) -> String {
         match &self.kind {
@@ -917,6 +963,14 @@ impl JsonTemplate {
         match self {
             JsonTemplate::Str(t) => t.reads_request(),
             JsonTemplate::Obj(l) => l.iter().any(|(_, t)| t.reads_request()),
+            JsonTemplate::Other(_) => false,
+        }
+    }
+
+    fn reads_upstream_local(&self) -> bool {
+        match self {
+            JsonTemplate::Str(t) => t.reads_upstream_local(),
+            JsonTemplate::Obj(l) => l.iter().any(|(_, t)| t.reads_upstream_local()),
             JsonTemplate::Other(_) => false,
         }
     }

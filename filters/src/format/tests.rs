@@ -42,10 +42,10 @@ fn templates_parse_operators_literals_and_lengths() {
         Piece::Op(Op::Req(Field::Method, None), None)
     ));
     assert!(matches!(t.0[2], Piece::Op(Op::StartTime(Some(_)), None)));
-    let e = Template::parse("x %UPSTREAM_LOCAL_ADDRESS% y", "p").unwrap_err();
+    let e = Template::parse("x %UPSTREAM_PEER_SUBJECT% y", "p").unwrap_err();
     assert_eq!(e.path, "p");
     assert!(
-        e.message.contains("%UPSTREAM_LOCAL_ADDRESS%"),
+        e.message.contains("%UPSTREAM_PEER_SUBJECT%"),
         "{}",
         e.message
     );

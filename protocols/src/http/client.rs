@@ -126,6 +126,29 @@ pub(super) enum UpstreamIo {
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
+impl UpstreamIo {
+    /// The connection's local address (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            UpstreamIo::Tcp(s) => s.local_addr().ok(),
+            UpstreamIo::Tls(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
+}
+
+/// Whether the request asks for its connection's local address.
+fn wants_local(ext: &http::Extensions) -> bool {
+    ext.get::<meshgate_core::stream::WantUpstreamLocalAddress>()
+        .is_some()
+}
+
+/// Tags `resp` with the connection's local address.
+fn tag_local(ext: &mut http::Extensions, local: Option<SocketAddr>) {
+    if let Some(a) = local {
+        ext.insert(meshgate_core::stream::UpstreamLocalAddress(a));
+    }
+}
+
 impl tokio::io::AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -196,7 +219,7 @@ type H1Sender = hyper::client::conn::http1::SendRequest<meshgate_core::stream::B
 
 /// A hyper HTTP/1.1 connection, for requests that may upgrade, and the
 /// exchanges it carried; pooled in the endpoint's `h1_upstream::Pool`.
-pub(super) struct HyperConn(H1Sender, u32);
+pub(super) struct HyperConn(H1Sender, u32, Option<SocketAddr>);
 
 impl Reusable for HyperConn {
     fn is_reusable(&self) -> bool {
@@ -294,6 +317,7 @@ impl Http1Client {
             .and_then(|_| authority_string(&req));
         let (parts, body) = req.into_parts();
         let head = h1_upstream::encode_head(&parts, &body);
+        let want_local = wants_local(&parts.extensions);
         drop(parts);
         Ok(Box::pin(send_fast(
             cluster.clone(),
@@ -303,6 +327,7 @@ impl Http1Client {
             auth,
             self.opts.clone(),
             deadline,
+            want_local,
         )))
     }
 
@@ -326,8 +351,9 @@ impl Http1Client {
                 None => h1_upstream::Pool::of(&endpoint)
                     .and_then(|p| p.upgradable.take(opts.idle_timeout)),
             };
-            let (mut sender, exchanges) = match idle {
-                Some(HyperConn(s, n)) => (s, n),
+            let want_local = wants_local(req.extensions());
+            let (mut sender, exchanges, local) = match idle {
+                Some(HyperConn(s, n, l)) => (s, n, l),
                 None => {
                     let (stream, guard) = match &proxy {
                         Some(h) => {
@@ -336,6 +362,7 @@ impl Http1Client {
                         }
                         None => Dial::new(&cluster, &endpoint).tcp().await?,
                     };
+                    let local = stream.local_addr().ok();
                     let auth = cluster
                         .tls_for(&endpoint)
                         .and_then(|_| authority_string(&req));
@@ -351,7 +378,7 @@ impl Http1Client {
                             tracing::debug!(error = %e, "upstream http1 connection ended");
                         }
                     });
-                    (sender, 0)
+                    (sender, 0, local)
                 }
             };
             let mut resp = sender.send_request(req).await.map_err(send_error)?;
@@ -363,10 +390,15 @@ impl Http1Client {
                 resp.extensions_mut().insert(super::upgrade_from_hyper(on));
                 return Ok(resp);
             }
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
+            if want_local {
+                tag_local(&mut parts.extensions, local);
+            }
             let body = ReturnToPool {
                 body,
-                sender: proxy.is_none().then_some(HyperConn(sender, exchanges + 1)),
+                sender: proxy
+                    .is_none()
+                    .then_some(HyperConn(sender, exchanges + 1, local)),
                 endpoint,
                 limits: opts.limits(),
             };
@@ -417,6 +449,7 @@ fn send_fast(
     auth: Option<String>,
     opts: PoolOptions,
     deadline: Option<tokio::time::Instant>,
+    want_local: bool,
 ) -> impl Future<Output = Result<Response, UpstreamError>> + Send {
     // An async block rather than an async fn: its captures are not copied
     // again into locals, and connecting (rare, with a large TLS handshake
@@ -428,18 +461,29 @@ fn send_fast(
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
         };
         let limits = opts.limits();
+        let local = |c: &h1_upstream::Conn| {
+            if want_local { c.io.local_addr() } else { None }
+        };
+        let first = local(&conn);
         match h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name).await {
-            Ok(resp) => Ok(resp),
+            Ok(mut resp) => {
+                tag_local(resp.extensions_mut(), first);
+                Ok(resp)
+            }
             Err(h1_upstream::Failed {
                 error,
                 replay: Some((head, endpoint)),
             }) => {
                 tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
                 let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
+                let again = local(&conn);
                 let body = meshgate_core::stream::empty_body();
-                h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name)
-                    .await
-                    .map_err(|e| e.error)
+                let mut resp =
+                    h1_upstream::send(conn, head, body, endpoint, limits, deadline, cluster.name)
+                        .await
+                        .map_err(|e| e.error)?;
+                tag_local(resp.extensions_mut(), again);
+                Ok(resp)
             }
             Err(e) => Err(e.error),
         }
@@ -496,11 +540,11 @@ impl http_body::Body for ReturnToPool {
 
 type H2Sender = hyper::client::conn::http2::SendRequest<meshgate_core::stream::Body>;
 
-/// A hyper HTTP/2 connection in the endpoint's `MuxPool`, and the
-/// cluster's `max_concurrent_streams` (the pool's stream limit). hyper
-/// queues streams beyond the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`
-/// itself.
-struct H2Conn(H2Sender, u32);
+/// A hyper HTTP/2 connection in the endpoint's `MuxPool`, the
+/// cluster's `max_concurrent_streams` (the pool's stream limit) and the
+/// connection's local address. hyper queues streams beyond the peer's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` itself.
+struct H2Conn(H2Sender, u32, Option<SocketAddr>);
 
 impl Multiplexed for H2Conn {
     fn is_open(&self) -> bool {
@@ -621,6 +665,7 @@ async fn h2_stream(
             None => dial.tcp().await?,
         };
         let addr = dial.endpoint().address;
+        let local = stream.local_addr().ok();
         let io = upstream_io(dial.cluster(), dial.endpoint(), stream, authority, addr).await?;
         let (stream_window, connection_window) = opts.windows(dial.cluster());
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -637,7 +682,7 @@ async fn h2_stream(
                 tracing::debug!(error = %e, "upstream http2 connection ended");
             }
         });
-        Ok(H2Conn(sender, opts.max_streams))
+        Ok(H2Conn(sender, opts.max_streams, local))
     })
     .await
 }
@@ -759,6 +804,7 @@ impl ClientCodec for Http2Client {
                 .proxy_protocol
                 .as_ref()
                 .and_then(|_| meshgate_core::proxy_protocol_http::header(&req));
+            let want_local = wants_local(req.extensions());
             let mut stream = h2_stream(
                 &cluster,
                 &endpoint,
@@ -808,7 +854,10 @@ impl ClientCodec for Http2Client {
                     send_error(e)
                 }
             })?;
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
+            if want_local {
+                tag_local(&mut parts.extensions, stream.2);
+            }
             Ok(Response::from_parts(
                 parts,
                 box_body(meshgate_core::pool::OnStream::new(body, stream)),
