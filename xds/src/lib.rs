@@ -17,6 +17,7 @@ mod ext_authz;
 mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod generic_proxy;
 mod grpc_json_transcoder;
 mod grpc_web;
 mod header_mutation;

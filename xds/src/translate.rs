@@ -897,6 +897,15 @@ fn network_filter(
                 config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
+        crate::generic_proxy::TYPE => {
+            let g = decode(&any, crate::generic_proxy::TYPE)
+                .map_err(|e| (tp.clone(), e.to_string()))?;
+            let config = crate::generic_proxy::proxy(g, &tp)?;
+            Ok(FilterConfig {
+                name: "proxy".into(),
+                config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
+            })
+        }
         crate::rbac::NETWORK_RBAC => Ok(FilterConfig {
             name: "rbac".into(),
             config: crate::rbac::network_filter(&any, &tp)?,
@@ -908,7 +917,7 @@ fn network_filter(
         other => err(
             tp,
             format!(
-                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, RBAC, LocalRateLimit)"
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, GenericProxy, RBAC, LocalRateLimit)"
             ),
         ),
     }
