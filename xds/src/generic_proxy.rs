@@ -144,8 +144,7 @@ fn codec_of(mut c: core3::TypedExtensionConfig, path: &str) -> R<&'static str> {
         return Ok("bolt");
     }
     if let Some(ts_url) = TYPED_STRUCTS.iter().find(|u| **u == url) {
-        let mut ts: TypedStruct =
-            decode(&any, ts_url).map_err(|e| (tp.clone(), e.to_string()))?;
+        let mut ts: TypedStruct = decode(&any, ts_url).map_err(|e| (tp.clone(), e.to_string()))?;
         if ts.type_url != BOLT_CODEC {
             return err(
                 join(&tp, "type_url"),

@@ -38,6 +38,7 @@ mod rbac;
 mod retry_policy;
 mod simpleauth;
 mod slow_start;
+mod socket_option;
 pub mod tls;
 mod trace_export;
 mod tracing;
