@@ -708,7 +708,7 @@ mod tests {
         xm::matcher::OnMatch {
             keep_matching: false,
             on_match: Some(xm::matcher::on_match::OnMatch::Action(
-                core3::TypedExtensionConfig {
+                xcore::TypedExtensionConfig {
                     name: "route".into(),
                     typed_config: Some(any(
                         ACTION,

@@ -50,8 +50,12 @@ pub(crate) fn socket_options(
         };
         rest(&o, &p)?;
         // The values are checked as the YAML's are.
-        meshgate_core::socket_option::build(std::slice::from_ref(&c), &p)
-            .map_err(|e| (e.path, e.message))?;
+        meshgate_core::socket_option::build(std::slice::from_ref(&c), "").map_err(|e| {
+            (
+                format!("{p}{}", e.path.trim_start_matches("[0]")),
+                e.message,
+            )
+        })?;
         if applies {
             out.push(c);
         }

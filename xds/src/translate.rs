@@ -514,13 +514,14 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
         None => {}
     }
-    if protocol.as_deref() == Some("http2") && options.contains_key("idle_timeout") {
+    let speaks_h2 = matches!(protocol.as_deref(), Some("http2" | "downstream"));
+    if speaks_h2 && options.contains_key("idle_timeout") {
         return err(
             join(&ext.path, "common_http_protocol_options.idle_timeout"),
             "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
         );
     }
-    if protocol.as_deref() != Some("http2") {
+    if !speaks_h2 {
         for k in [
             "initial_stream_window_size",
             "initial_connection_window_size",
