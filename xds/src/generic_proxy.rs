@@ -770,6 +770,9 @@ mod tests {
         }
     }
 
+    /// A header condition's name and exact or prefix value.
+    type Header = (String, Option<String>);
+
     #[test]
     fn matcher_list_flattens_in_order_with_or_and() {
         let or = Predicate {
@@ -842,7 +845,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.codec, "dubbo");
         let r = &c.route_config.virtual_hosts[0].routes;
-        let got: Vec<(Vec<(String, Option<String>)>, String)> = r
+        let got: Vec<(Vec<Header>, String)> = r
             .iter()
             .map(|r| {
                 (
