@@ -36,6 +36,7 @@ pub mod router;
 pub mod server;
 pub mod signals;
 pub mod snapshot;
+pub mod socket_option;
 pub mod spans;
 pub mod stream;
 pub mod tls;
@@ -45,5 +46,6 @@ pub mod tls_san;
 pub mod trace;
 pub mod udp;
 pub mod upgrade;
+pub mod upstream_protocol;
 
 pub use error::{BuildError, ConfigError, Error};

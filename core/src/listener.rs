@@ -77,6 +77,8 @@ pub struct CompiledListener {
     /// Listener filters and socket options of sidecar mode, when any is
     /// set (`crate::original_dst`).
     pub sidecar: Option<Box<crate::original_dst::ListenerSidecar>>,
+    /// `socket_options`, set when the socket is bound.
+    pub socket_options: Vec<crate::socket_option::SocketOption>,
     /// Served as a UDP proxy instead of TCP (`crate::udp`).
     pub udp: Option<Arc<crate::udp::UdpProxy>>,
     /// Envoy's `Listener.access_log` (`crate::listener_log`), when set.
@@ -177,6 +179,15 @@ impl CompiledListener {
             }
         };
         let sidecar = crate::original_dst::ListenerSidecar::build(cfg, &path, source)?;
+        let socket_options =
+            crate::socket_option::build(&cfg.socket_options, &format!("{path}.socket_options"))
+                .map_err(|e| source.build_error("", e))?;
+        if !socket_options.is_empty() && (cfg.quic.is_some() || cfg.udp_proxy.is_some()) {
+            return Err(source.error(
+                format!("{path}.socket_options"),
+                "socket_options apply to TCP listeners only",
+            ));
+        }
         let access_log = if cfg.access_log.is_empty() {
             None
         } else {
@@ -208,6 +219,7 @@ impl CompiledListener {
                 == Some(crate::config::traffic_direction::TrafficDirection::Inbound),
             clusters: resolved,
             sidecar,
+            socket_options,
             udp,
             access_log,
         })
@@ -1023,6 +1035,7 @@ mod tests {
             stats: ListenerStats::new("l"),
             clusters: ClusterRefs::new(),
             sidecar: None,
+            socket_options: Vec::new(),
             udp: None,
             access_log: None,
         }

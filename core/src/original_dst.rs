@@ -105,8 +105,12 @@ pub fn binds(l: &CompiledListener) -> bool {
 /// configured (set before `bind(2)`: they decide what it may bind to and
 /// receive).
 pub fn bind(l: &CompiledListener) -> std::io::Result<TcpListener> {
-    let Some(s) = l.sidecar.as_ref().filter(|s| s.transparent || s.freebind) else {
-        return crate::listener::bind(l.address, l.backlog);
+    use crate::socket_option::{SocketState, apply};
+    let plain = crate::original_dst::ListenerSidecar::default();
+    let s = match l.sidecar.as_deref().filter(|s| s.transparent || s.freebind) {
+        Some(s) => s,
+        None if !l.socket_options.is_empty() => &plain,
+        None => return crate::listener::bind(l.address, l.backlog),
     };
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -131,8 +135,11 @@ pub fn bind(l: &CompiledListener) -> std::io::Result<TcpListener> {
             socket.set_freebind_v4(true)?;
         }
     }
+    apply(&socket, &l.socket_options, SocketState::Prebind)?;
     socket.bind(&l.address.into())?;
+    apply(&socket, &l.socket_options, SocketState::Bound)?;
     socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+    apply(&socket, &l.socket_options, SocketState::Listening)?;
     TcpListener::from_std(socket.into())
 }
 

@@ -34,6 +34,12 @@ for mod in (
     "envoy.config.trace.v3.zipkin_pb2",
     "envoy.extensions.filters.network.dubbo_proxy.v3.dubbo_proxy_pb2",
     "envoy.extensions.filters.network.dubbo_proxy.router.v3.router_pb2",
+    "envoy.extensions.filters.network.generic_proxy.v3.generic_proxy_pb2",
+    "envoy.extensions.filters.network.generic_proxy.codecs.dubbo.v3.dubbo_pb2",
+    "envoy.extensions.filters.network.generic_proxy.matcher.v3.matcher_pb2",
+    "envoy.extensions.filters.network.generic_proxy.action.v3.action_pb2",
+    "envoy.extensions.filters.network.generic_proxy.router.v3.router_pb2",
+    "xds.type.v3.typed_struct_pb2",
 ):
     importlib.import_module(mod)
 

@@ -21,6 +21,8 @@ pub enum Proto {
     H2c,
     /// h2c advertising SETTINGS_MAX_CONCURRENT_STREAMS of this value.
     H2cMaxStreams(u32),
+    /// HTTP/1.1 or h2c on the same port, told apart by the h2 preface.
+    Auto,
 }
 
 /// A running backend.
@@ -170,6 +172,14 @@ impl HttpBackend {
                                     .max_concurrent_streams(n)
                                     .serve_connection(io, svc)
                                     .await
+                            }
+                            Proto::Auto => {
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    TokioExecutor::new(),
+                                )
+                                .serve_connection(io, svc)
+                                .await;
+                                Ok(())
                             }
                         };
                     });

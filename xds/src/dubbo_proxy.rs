@@ -223,7 +223,7 @@ fn interface_matcher(iface: &str) -> Option<rc::HeaderMatcherConfig> {
 }
 
 /// A `StringMatcher` on header `name`.
-fn string_matcher(
+pub(crate) fn string_matcher(
     name: &str,
     mut sm: matcher::StringMatcher,
     path: &str,

@@ -17,6 +17,7 @@ mod ext_authz;
 mod fault;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+mod generic_proxy;
 mod grpc_json_transcoder;
 mod grpc_web;
 mod header_mutation;
@@ -37,6 +38,7 @@ mod rbac;
 mod retry_policy;
 mod simpleauth;
 mod slow_start;
+mod socket_option;
 pub mod tls;
 mod trace_export;
 mod tracing;

@@ -285,6 +285,12 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
         let priority = std::mem::take(&mut loc.priority);
         let (locality, locality_weight) = crate::locality::take(&mut loc, &lp)?;
         let loc_meta = metadata(loc.metadata.take(), &join(&lp, "metadata"))?;
+        // What `transport_socket_matches` need of it, per endpoint.
+        let loc_tsm: BTreeMap<String, Value> = loc_meta
+            .get_key_value(meshgate_core::config::TRANSPORT_SOCKET_MATCH)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .into_iter()
+            .collect();
         for (j, mut e) in std::mem::take(&mut loc.lb_endpoints)
             .into_iter()
             .enumerate()
@@ -294,7 +300,10 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 std::mem::take(&mut e.health_status),
                 &join(&ep, "health_status"),
             )?;
+            // The locality's transport socket match is looked at only
+            // after the endpoint's own (`locality_metadata`).
             let mut meta = loc_meta.clone();
+            meta.remove(meshgate_core::config::TRANSPORT_SOCKET_MATCH);
             meta.extend(metadata(e.metadata.take(), &join(&ep, "metadata"))?);
             let weight = match e.load_balancing_weight.take() {
                 Some(w) if w.value == 0 => {
@@ -328,6 +337,7 @@ pub fn endpoints(cla: eds::ClusterLoadAssignment, path: &str) -> R<Vec<EndpointC
                 health_check_config: hc_config,
                 locality: locality.clone(),
                 locality_weight,
+                locality_metadata: loc_tsm.clone(),
             });
         }
         rest(&loc, &lp)?;
@@ -508,13 +518,14 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
         None => {}
     }
-    if protocol.as_deref() == Some("http2") && options.contains_key("idle_timeout") {
+    let speaks_h2 = matches!(protocol.as_deref(), Some("http2" | "downstream"));
+    if speaks_h2 && options.contains_key("idle_timeout") {
         return err(
             join(&ext.path, "common_http_protocol_options.idle_timeout"),
             "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
         );
     }
-    if protocol.as_deref() != Some("http2") {
+    if !speaks_h2 {
         for k in [
             "initial_stream_window_size",
             "initial_connection_window_size",
@@ -725,6 +736,10 @@ fn listener_inner(
             .into_iter()
             .map(meshgate_core::listener_log::ListenerAccessLog)
             .collect();
+    let socket_options = crate::socket_option::socket_options(
+        std::mem::take(&mut l.socket_options),
+        "socket_options",
+    )?;
     rest(&l, "")?;
     let config = ListenerConfig {
         name,
@@ -741,6 +756,7 @@ fn listener_inner(
         bind_to_port: sidecar.bind_to_port,
         transparent: sidecar.transparent,
         freebind: sidecar.freebind,
+        socket_options,
         traffic_direction,
         access_log,
         per_connection_buffer_limit_bytes,
@@ -902,6 +918,15 @@ fn network_filter(
                 config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
             })
         }
+        crate::generic_proxy::TYPE => {
+            let g = decode(&any, crate::generic_proxy::TYPE)
+                .map_err(|e| (tp.clone(), e.to_string()))?;
+            let config = crate::generic_proxy::proxy(g, &tp)?;
+            Ok(FilterConfig {
+                name: "proxy".into(),
+                config: serde_json::to_value(&config).map_err(|e| (tp, e.to_string()))?,
+            })
+        }
         crate::rbac::NETWORK_RBAC => Ok(FilterConfig {
             name: "rbac".into(),
             config: crate::rbac::network_filter(&any, &tp)?,
@@ -913,7 +938,7 @@ fn network_filter(
         other => err(
             tp,
             format!(
-                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, RBAC, LocalRateLimit)"
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, GenericProxy, RBAC, LocalRateLimit)"
             ),
         ),
     }

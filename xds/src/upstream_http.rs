@@ -85,11 +85,24 @@ fn http_protocol_options(
                 }
             }
         }
-        Some(P::UseDownstreamProtocolConfig(_)) => {
-            return err(
-                join(path, "use_downstream_protocol_config"),
-                "choosing the upstream protocol per request from the downstream's is not supported (set explicit_http_config)",
-            );
+        Some(P::UseDownstreamProtocolConfig(mut d)) => {
+            // Each request goes upstream in its downstream's protocol
+            // (HTTP/3 falls back to HTTP/2): meshgate's `downstream`.
+            let dp = join(path, "use_downstream_protocol_config");
+            if let Some(h1) = d.http_protocol_options.take() {
+                rest(&h1, &join(&dp, "http_protocol_options"))?;
+            }
+            if let Some(h2) = d.http2_protocol_options.take() {
+                http2(h2, &join(&dp, "http2_protocol_options"), &mut out.options)?;
+            }
+            if d.http3_protocol_options.is_some() {
+                return err(
+                    join(&dp, "http3_protocol_options"),
+                    "HTTP/3 to upstreams is not supported through xDS",
+                );
+            }
+            rest(&d, &dp)?;
+            out.protocol = Some("downstream".into());
         }
         Some(P::AutoConfig(_)) => {
             return err(

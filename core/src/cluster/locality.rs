@@ -24,6 +24,11 @@ use std::sync::Arc;
 pub(super) fn apply(ep: &mut Endpoint, e: &EndpointConfig) {
     ep.locality = e.locality.clone().map(Arc::new);
     ep.locality_weight = e.locality_weight.unwrap_or(0);
+    ep.locality_transport_socket_match = e
+        .locality_metadata
+        .get(crate::config::TRANSPORT_SOCKET_MATCH)
+        .cloned()
+        .map(Arc::new);
 }
 
 /// Checks the locality fields of a cluster config (bad values name their

@@ -50,6 +50,9 @@ pub struct Endpoint {
     pub locality: Option<Arc<crate::config::locality::Locality>>,
     /// Its locality's weight; 0 when unset.
     pub locality_weight: u32,
+    /// Its locality's `envoy.transport_socket_match` metadata, looked at
+    /// when its own matches no `transport_socket_matches` entry.
+    pub locality_transport_socket_match: Option<Arc<serde_json::Value>>,
     /// When it joined the cluster (`now_ms`): the start of its slow start.
     pub added_ms: u64,
     active_requests: AtomicU32,
@@ -72,9 +75,22 @@ pub struct Endpoint {
     pub health_check_hostname: Option<Arc<str>>,
 }
 
-/// An endpoint's pool: set once, by the cluster's codec on first use.
+/// An endpoint's pool: set once, by the cluster's codec on first use. A
+/// cluster whose protocol follows the downstream's (`protocol:
+/// downstream`) has two codecs, so a second slot holds the other's pool.
 #[derive(Default)]
-struct PoolSlot(std::sync::OnceLock<Box<dyn EndpointPool>>);
+struct PoolSlot(
+    std::sync::OnceLock<Box<dyn EndpointPool>>,
+    std::sync::OnceLock<Box<dyn EndpointPool>>,
+);
+
+/// Never stored for long: the placeholder `Endpoint::pool` could build
+/// if its `init` were asked for twice (it is not).
+struct NoPool;
+
+impl EndpointPool for NoPool {
+    fn close(&self) {}
+}
 
 impl std::fmt::Debug for PoolSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,6 +112,7 @@ impl Endpoint {
             priority: 0,
             locality: None,
             locality_weight: 0,
+            locality_transport_socket_match: None,
             added_ms: now_ms(),
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -135,14 +152,26 @@ impl Endpoint {
     /// cluster, so one codec: that is a codec's bug, reported to the
     /// request as an error).
     pub fn pool<T: EndpointPool>(&self, init: impl FnOnce() -> T) -> Option<&T> {
-        let p: &dyn EndpointPool = &**self.pool.0.get_or_init(|| Box::new(init()));
+        let mut init = Some(init);
+        let mut make = || -> Box<dyn EndpointPool> {
+            match init.take() {
+                Some(f) => Box::new(f()),
+                // Not reached: the slot that ran `init` holds a `T`.
+                None => Box::new(NoPool),
+            }
+        };
+        let p: &dyn EndpointPool = &**self.pool.0.get_or_init(&mut make);
+        if let Some(t) = (p as &dyn std::any::Any).downcast_ref() {
+            return Some(t);
+        }
+        let p: &dyn EndpointPool = &**self.pool.1.get_or_init(make);
         (p as &dyn std::any::Any).downcast_ref()
     }
 
     /// The endpoint left its cluster: its pool closes (idle connections
     /// now, busy ones after their streams).
     fn close_pool(&self) {
-        if let Some(p) = self.pool.0.get() {
+        for p in [self.pool.0.get(), self.pool.1.get()].into_iter().flatten() {
             p.close();
         }
     }
@@ -289,6 +318,7 @@ impl Endpoint {
             && self.health_check_hostname == other.health_check_hostname
             && self.locality == other.locality
             && self.locality_weight == other.locality_weight
+            && self.locality_transport_socket_match == other.locality_transport_socket_match
     }
 
     /// Marks one request in flight until the guard drops.
@@ -535,23 +565,25 @@ impl Cluster {
     }
 
     /// The TLS to `endpoint`: the first `transport_socket_matches`
-    /// entry its metadata matches, else the cluster's `tls`. Called once
-    /// per new connection, not per request.
+    /// entry its metadata matches, else the first its locality's metadata
+    /// matches (Envoy's order), else the cluster's `tls`. Called once per
+    /// new connection, not per request.
     pub fn tls_for(&self, endpoint: &Endpoint) -> Option<&Arc<crate::tls::UpstreamTls>> {
         if self.tls_matches.is_empty() {
             return self.tls.as_ref();
         }
-        let meta = endpoint
-            .metadata
-            .get(crate::config::TRANSPORT_SOCKET_MATCH)
-            .and_then(|v| v.as_object());
-        for m in &self.tls_matches {
-            let hit = m
-                .criteria
-                .iter()
-                .all(|(k, v)| meta.and_then(|o| o.get(k)) == Some(v));
-            if hit {
-                return m.tls.as_ref();
+        let own = endpoint.metadata.get(crate::config::TRANSPORT_SOCKET_MATCH);
+        let locality = endpoint.locality_transport_socket_match.as_deref();
+        for meta in [own, locality] {
+            let meta = meta.and_then(|v| v.as_object());
+            for m in &self.tls_matches {
+                let hit = m
+                    .criteria
+                    .iter()
+                    .all(|(k, v)| meta.and_then(|o| o.get(k)) == Some(v));
+                if hit {
+                    return m.tls.as_ref();
+                }
             }
         }
         self.tls.as_ref()
@@ -1234,6 +1266,14 @@ fn build_cluster(
         hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
+    if protocol == crate::upstream_protocol::DOWNSTREAM {
+        cluster.upstream = Some(
+            crate::upstream_protocol::ByDownstream::build(registry, &c.protocol_options)
+                .map_err(|e| source.build_error(&format!("{path}.protocol_options"), e))?,
+        );
+        cluster.protocol = crate::upstream_protocol::DOWNSTREAM;
+        return Ok(cluster);
+    }
     match registry.codec(protocol) {
         Some(codec) => {
             cluster.upstream = Some(

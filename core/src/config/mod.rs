@@ -292,6 +292,9 @@ pub struct ListenerConfig {
     /// IP_FREEBIND on the listening socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freebind: Option<bool>,
+    /// Raw socket options on the listening socket (`crate::socket_option`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_options: Vec<crate::socket_option::SocketOptionConfig>,
     /// Envoy's `traffic_direction`; `INBOUND` listeners are the ones
     /// `/drain_listeners?inboundonly` stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -767,6 +770,11 @@ pub struct EndpointConfig {
     /// locality without a weight then gets no traffic (as in Envoy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_weight: Option<u32>,
+    /// Envoy's `LocalityLbEndpoints.metadata`: a cluster's
+    /// `transport_socket_matches` look at its `envoy.transport_socket_match`
+    /// when the endpoint's own `metadata` matches none of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locality_metadata: BTreeMap<String, serde_json::Value>,
 }
 
 fn is_zero(v: &u32) -> bool {

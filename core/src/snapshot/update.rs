@@ -195,6 +195,7 @@ fn same_but_chains(
         bind_to_port,
         transparent,
         freebind,
+        socket_options,
         traffic_direction,
         access_log,
         per_connection_buffer_limit_bytes,
@@ -213,6 +214,7 @@ fn same_but_chains(
         && *bind_to_port == b.bind_to_port
         && *transparent == b.transparent
         && *freebind == b.freebind
+        && *socket_options == b.socket_options
         && *traffic_direction == b.traffic_direction
         && *access_log == b.access_log
         && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
