@@ -35,6 +35,8 @@ for mod in (
     "envoy.extensions.filters.network.dubbo_proxy.router.v3.router_pb2",
 ):
     importlib.import_module(mod)
+# Istio's own extension configs (istiod's filters), not in xds-protos.
+import istio_protos  # noqa: E402,F401
 
 db = symbol_database.Default()
 out = []

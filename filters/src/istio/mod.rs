@@ -129,9 +129,18 @@ impl Peer {
 /// The downstream peer of a stream (filter state).
 #[derive(Debug, Clone)]
 pub struct DownstreamPeer(pub Arc<Peer>);
-/// The upstream peer of a stream (filter state).
-#[derive(Debug, Clone)]
-pub struct UpstreamPeer(pub Arc<Peer>);
+/// The upstream peer of a stream (filter state): a slot, as it is learnt
+/// in the response phase, which runs in reverse chain order, so a filter
+/// before the exchange (`istio_stats`) takes the slot in its request
+/// phase and reads it once the stream ends.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamPeer(pub Arc<OnceLock<Arc<Peer>>>);
+
+impl UpstreamPeer {
+    pub fn get(&self) -> Option<&Arc<Peer>> {
+        self.0.get()
+    }
+}
 
 /// This node, as peers are told about it.
 pub struct Local {

@@ -104,7 +104,11 @@ impl StreamFilter for PeerMetadata {
             let p = Arc::new(p);
             info.metadata_mut()
                 .set(NAMESPACE, "upstream_peer", p.as_json());
-            info.filter_state.insert(UpstreamPeer(p));
+            let _ = info
+                .filter_state
+                .get_or_insert_default::<UpstreamPeer>()
+                .0
+                .set(p);
         }
         if self.config.downstream_propagation {
             self.tell(resp.headers_mut());

@@ -295,6 +295,8 @@ struct StreamStats {
     request_bytes: Arc<AtomicU64>,
     host: Option<String>,
     protocol: &'static str,
+    /// The upstream peer, once `istio_peer_metadata` learns it.
+    up: UpstreamPeer,
     /// Made by the response phase, taken by the response body phase.
     record: Option<Record>,
 }
@@ -330,7 +332,12 @@ impl StreamFilter for IstioStats {
         } else {
             "http"
         };
+        let up = info
+            .filter_state
+            .get_or_insert_default::<UpstreamPeer>()
+            .clone();
         info.filter_state.insert(Arc::new(Mutex::new(StreamStats {
+            up,
             request_bytes: Arc::new(AtomicU64::new(header_bytes(req.headers()))),
             host,
             protocol,
@@ -363,20 +370,6 @@ impl StreamFilter for IstioStats {
             return;
         };
         let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
-        let unknown = Peer::from_metadata(None, Default::default());
-        let down = info
-            .filter_state
-            .get::<DownstreamPeer>()
-            .map(|p| p.0.clone());
-        let up = info.filter_state.get::<UpstreamPeer>().map(|p| p.0.clone());
-        let down = down.as_deref().unwrap_or(&unknown);
-        let up = up.as_deref().unwrap_or(&unknown);
-        let local = &*self.local.peer;
-        let (source, destination) = match self.config.reporter {
-            Reporter::Source => (local, up),
-            Reporter::Destination => (down, local),
-            Reporter::Waypoint => (down, up),
-        };
         let (source_principal, security) = match self.config.reporter {
             Reporter::Source => (UNKNOWN.into(), UNKNOWN),
             _ => downstream_security(&info.connection),
@@ -388,32 +381,32 @@ impl StreamFilter for IstioStats {
                 true => None,
                 false => s.host.clone(),
             });
-        let sides = Sides {
-            reporter: self.config.reporter,
-            source,
-            destination,
-            source_principal,
-            destination_principal: UNKNOWN.into(),
-            service,
-            security,
-        };
         let status = resp.status().as_u16();
-        let mut values = sides.values();
-        values[20] = s.protocol.into();
-        values[RESPONSE_CODE] = status.to_string();
-        values[GRPC_STATUS] = match resp.headers().get("grpc-status") {
+        let grpc_status = match resp.headers().get("grpc-status") {
             Some(v) => String::from_utf8_lossy(v.as_bytes())
                 .chars()
                 .take(8)
                 .collect(),
             None => String::new(),
         };
-        values[23] = crate::format::Flags::of(info, status)
+        let flags = crate::format::Flags::of(info, status)
             .render(false)
             .unwrap_or_else(|| "-".into());
         s.record = Some(Record {
-            values,
-            grpc: s.protocol == "grpc",
+            reporter: self.config.reporter,
+            local: self.local.peer.clone(),
+            down: info
+                .filter_state
+                .get::<DownstreamPeer>()
+                .map(|p| p.0.clone()),
+            up: s.up.clone(),
+            source_principal,
+            security,
+            service,
+            protocol: s.protocol,
+            status,
+            grpc_status,
+            flags,
             start: info.start,
             request_bytes: s.request_bytes.clone(),
             response_bytes: header_bytes(resp.headers()),
@@ -443,14 +436,54 @@ impl BodyFilter for CountBytes {
 }
 
 /// One stream's metrics, recorded when its response body ends or is
-/// dropped (a stream cut short is still counted).
+/// dropped (a stream cut short is still counted). The peers are read
+/// then: the upstream one is learnt by a filter whose response phase runs
+/// after this one's.
 struct Record {
-    values: Vec<String>,
-    grpc: bool,
+    reporter: Reporter,
+    local: Arc<Peer>,
+    down: Option<Arc<Peer>>,
+    up: UpstreamPeer,
+    source_principal: String,
+    security: &'static str,
+    service: Option<String>,
+    protocol: &'static str,
+    status: u16,
+    grpc_status: String,
+    flags: String,
     start: Instant,
     request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
     series: Arc<Series<HttpHandles>>,
+}
+
+impl Record {
+    fn values(&mut self) -> Vec<String> {
+        let unknown = Peer::from_metadata(None, Default::default());
+        let down = self.down.as_deref().unwrap_or(&unknown);
+        let up = self.up.get().map_or(&unknown, |p| &**p);
+        let local = &*self.local;
+        let (source, destination) = match self.reporter {
+            Reporter::Source => (local, up),
+            Reporter::Destination => (down, local),
+            Reporter::Waypoint => (down, up),
+        };
+        let mut values = Sides {
+            reporter: self.reporter,
+            source,
+            destination,
+            source_principal: std::mem::take(&mut self.source_principal),
+            destination_principal: UNKNOWN.into(),
+            service: self.service.take(),
+            security: self.security,
+        }
+        .values();
+        values[20] = self.protocol.into();
+        values[RESPONSE_CODE] = self.status.to_string();
+        values[GRPC_STATUS] = std::mem::take(&mut self.grpc_status);
+        values[23] = std::mem::take(&mut self.flags);
+        values
+    }
 }
 
 impl BodyFilter for Record {
@@ -461,10 +494,10 @@ impl BodyFilter for Record {
 
     fn on_trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), LocalReason> {
         self.response_bytes += header_bytes(trailers);
-        if self.grpc
+        if self.protocol == "grpc"
             && let Some(v) = trailers.get("grpc-status")
         {
-            self.values[GRPC_STATUS] = String::from_utf8_lossy(v.as_bytes())
+            self.grpc_status = String::from_utf8_lossy(v.as_bytes())
                 .chars()
                 .take(8)
                 .collect();
@@ -475,7 +508,7 @@ impl BodyFilter for Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let values = std::mem::take(&mut self.values);
+        let values = self.values();
         let h = self
             .series
             .get(values.clone(), || overflowed(values), HttpHandles::new);
