@@ -52,12 +52,12 @@ pub(crate) struct PeerMetadataConfig {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct DiscoveryMethod {
-    #[prost(oneof = "Discovery", tags = "1, 2, 3")]
-    pub method: Option<Discovery>,
+    #[prost(oneof = "DiscoverBy", tags = "1, 2, 3")]
+    pub method: Option<DiscoverBy>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum Discovery {
+pub(crate) enum DiscoverBy {
     #[prost(message, tag = "1")]
     Baggage(Empty),
     #[prost(message, tag = "2")]
@@ -166,12 +166,12 @@ fn discovery(list: &[DiscoveryMethod], p: &str) -> R<bool> {
     for (i, m) in list.iter().enumerate() {
         let mp = format!("{p}[{i}]");
         match &m.method {
-            Some(Discovery::IstioHeaders(h)) => {
+            Some(DiscoverBy::IstioHeaders(h)) => {
                 skip_external(h, &join(&mp, "istio_headers"))?;
                 headers = true;
             }
-            Some(Discovery::WorkloadDiscovery(_)) => {}
-            Some(Discovery::Baggage(_)) => {
+            Some(DiscoverBy::WorkloadDiscovery(_)) => {}
+            Some(DiscoverBy::Baggage(_)) => {
                 return err(
                     join(&mp, "baggage"),
                     "not supported (deprecated by Istio): use istio_headers",

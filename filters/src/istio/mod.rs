@@ -142,6 +142,9 @@ impl UpstreamPeer {
     }
 }
 
+/// The node `Local::current` last built from, and what it built.
+type CachedLocal = (Arc<meshgate_core::config::NodeConfig>, Arc<Local>);
+
 /// This node, as peers are told about it.
 pub struct Local {
     pub peer: Arc<Peer>,
@@ -157,9 +160,7 @@ impl Local {
     /// This node as the current config's `node` describes it.
     pub fn current() -> Arc<Local> {
         // Rebuilt only when the node changes (a reload of the bootstrap).
-        static CACHE: OnceLock<
-            std::sync::Mutex<Option<(Arc<meshgate_core::config::NodeConfig>, Arc<Local>)>>,
-        > = OnceLock::new();
+        static CACHE: OnceLock<std::sync::Mutex<Option<CachedLocal>>> = OnceLock::new();
         let node = meshgate_core::node::local();
         let cache = CACHE.get_or_init(Default::default);
         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
