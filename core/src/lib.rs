@@ -23,6 +23,7 @@ pub mod listener;
 pub mod listener_log;
 pub mod metrics;
 pub mod network;
+pub mod node;
 pub mod original_dst;
 pub mod overload;
 pub mod pool;

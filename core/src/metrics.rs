@@ -24,6 +24,19 @@ const BUCKETS: [f64; 18] = [
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Istio's standard histograms (`istio_request_duration_milliseconds`,
+/// `istio_request_bytes`, `istio_response_bytes`) keep Envoy's default
+/// bucket bounds, in the metric's own unit (milliseconds, bytes), so
+/// dashboards built for Istio's sidecars read meshgate's the same way.
+const ISTIO_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The histograms whose bounds are `ISTIO_BUCKETS` (named by Istio, not
+/// by meshgate's convention).
+const ISTIO_PREFIX: &str = "istio_";
+
 /// Renders every metric in the Prometheus text format.
 #[derive(Clone)]
 pub struct MetricsHandle {
@@ -191,7 +204,7 @@ impl Histograms {
         if let Some((_, h)) = all.iter().find(|(k, _)| k == key) {
             return h.clone();
         }
-        let h = Arc::new(FixedHistogram::default());
+        let h = Arc::new(FixedHistogram::new(key.name().starts_with(ISTIO_PREFIX)));
         all.push((key.clone(), h.clone()));
         h
     }
@@ -212,14 +225,14 @@ impl Histograms {
                 let _ = write!(labels, "{}=\"{}\",", l.key(), escape(l.value()));
             }
             let mut cumulative = 0u64;
-            for (i, le) in BUCKETS.iter().enumerate() {
+            for (i, le) in h.bounds.iter().enumerate() {
                 cumulative += h.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
             }
-            cumulative += h.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            cumulative += h.buckets[h.bounds.len()].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
             let labels = labels.trim_end_matches(',');
-            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / h.scale;
             let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
             let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
         }
@@ -274,11 +287,31 @@ fn escape(v: &str) -> String {
 }
 
 /// Counts per bucket (the last one past every bound) and the sum, in
-/// nanoseconds of the recorded seconds.
-#[derive(Default)]
+/// nanoseconds of the recorded seconds (thousandths of the unit for
+/// Istio's histograms: their values are milliseconds or bytes).
 struct FixedHistogram {
-    buckets: [AtomicU64; BUCKETS.len() + 1],
+    bounds: &'static [f64],
+    buckets: [AtomicU64; ISTIO_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
+    /// Sum units per recorded unit.
+    scale: f64,
+}
+
+impl Default for FixedHistogram {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl FixedHistogram {
+    fn new(istio: bool) -> Self {
+        Self {
+            bounds: if istio { &ISTIO_BUCKETS } else { &BUCKETS },
+            buckets: Default::default(),
+            sum_nanos: AtomicU64::new(0),
+            scale: if istio { 1e3 } else { 1e9 },
+        }
+    }
 }
 
 impl HistogramFn for FixedHistogram {
@@ -288,10 +321,10 @@ impl HistogramFn for FixedHistogram {
         } else {
             0.0
         };
-        let i = BUCKETS.partition_point(|b| *b < v);
+        let i = self.bounds.partition_point(|b| *b < v);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos
-            .fetch_add((v * 1e9) as u64, Ordering::Relaxed);
+            .fetch_add((v * self.scale) as u64, Ordering::Relaxed);
     }
 }
 

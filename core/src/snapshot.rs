@@ -113,6 +113,7 @@ impl Snapshot {
         mode: BuildMode,
         previous: Option<(&Snapshot, Reload)>,
     ) -> Result<Self, ConfigError> {
+        crate::node::publish(config.node.as_ref());
         let overload = match &config.overload_manager {
             Some(o) => Some(Arc::new(crate::overload::Plan::build(o, source)?)),
             None => None,

@@ -21,6 +21,7 @@ pub mod grpc_web;
 pub mod header_mutation;
 pub mod http_options;
 mod http_to_rpc;
+pub mod istio;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 mod local_reply;
@@ -44,6 +45,10 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
         local_ratelimit::network::NetworkLocalRateLimitFactory,
     ))?;
     // Stream filters.
+    registry.register_network_filter(Arc::new(istio::exchange::MetadataExchangeFactory))?;
+    registry.register_network_filter(Arc::new(istio::tcp_stats::TcpStatsFactory))?;
+    registry.register_stream_filter(Arc::new(istio::peer_metadata::PeerMetadataFactory))?;
+    registry.register_stream_filter(Arc::new(istio::stats::IstioStatsFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))?;
     registry.register_stream_filter(Arc::new(grpc_web::GrpcWebFactory))?;
     registry.register_stream_filter(Arc::new(csrf::CsrfFactory))?;

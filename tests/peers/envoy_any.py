@@ -42,6 +42,8 @@ for mod in (
     "xds.type.v3.typed_struct_pb2",
 ):
     importlib.import_module(mod)
+# Istio's own extension configs (istiod's filters), not in xds-protos.
+import istio_protos  # noqa: E402,F401
 
 db = symbol_database.Default()
 out = []

@@ -23,6 +23,7 @@ mod grpc_web;
 mod header_mutation;
 mod health_check;
 mod http_filters;
+mod istio;
 mod jwt_authn;
 mod leftover;
 mod local_ratelimit;

@@ -731,6 +731,7 @@ fn listener_inner(
         2 => Some(TrafficDirection::Outbound),
         v => return err("traffic_direction", format!("unknown value {v}")),
     };
+    crate::istio::resolve_reporters(&mut chains, traffic_direction);
     let access_log =
         crate::access_log::access_logs(std::mem::take(&mut l.access_log), "access_log")?
             .into_iter()
@@ -935,10 +936,18 @@ fn network_filter(
             name: "local_ratelimit".into(),
             config: crate::local_ratelimit::network_config(&any, &tp)?,
         }),
+        crate::istio::TCP_METADATA_EXCHANGE => Ok(FilterConfig {
+            name: "istio_metadata_exchange".into(),
+            config: crate::istio::tcp_exchange(&any, &tp)?,
+        }),
+        crate::istio::STATS => Ok(FilterConfig {
+            name: "istio_stats".into(),
+            config: crate::istio::stats(&any, &tp)?,
+        }),
         other => err(
             tp,
             format!(
-                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, GenericProxy, RBAC, LocalRateLimit)"
+                "network filter '{other}' not supported (HttpConnectionManager, TcpProxy, DubboProxy, GenericProxy, RBAC, LocalRateLimit, Istio's MetadataExchange and stats.PluginConfig)"
             ),
         ),
     }

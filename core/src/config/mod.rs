@@ -15,6 +15,7 @@ pub mod grpc_web;
 pub mod header_mutation;
 pub mod health_check;
 pub mod http_to_rpc;
+pub mod istio;
 pub mod jwt_authn;
 mod load;
 pub mod local_ratelimit;

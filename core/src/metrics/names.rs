@@ -572,6 +572,15 @@ pub const UPGRADE_CONNECTIONS_MIGRATED_TOTAL: &str = "meshgate_upgrade_connectio
 /// (no migration in progress any more).
 pub const UPGRADE_MIGRATION_FALLBACK_TOTAL: &str = "meshgate_upgrade_migration_fallback_total";
 
+/// Counter `{source, reason}`: peer metadata (Istio's exchange) refused:
+/// `source` `http_header` or `in_band`; `reason` `too_large`, `base64`,
+/// `protobuf`, `bad_magic`. The stream or connection goes on with the
+/// peer unknown.
+pub const ISTIO_PEER_METADATA_ERROR_TOTAL: &str = "meshgate_istio_peer_metadata_error_total";
+/// Counter `{listener}`: Istio metric label sets past the bound of one
+/// `istio_stats` filter, counted with the peer's labels `unknown`.
+pub const ISTIO_STATS_OVERFLOW_TOTAL: &str = "meshgate_istio_stats_overflow_total";
+
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
     (LISTENER_DOWNSTREAM_CX_ACTIVE, Kind::Gauge),
@@ -753,6 +762,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UPGRADE_SOCKETS_INHERITED_TOTAL, Kind::Counter),
     (UPGRADE_CONNECTIONS_MIGRATED_TOTAL, Kind::Counter),
     (UPGRADE_MIGRATION_FALLBACK_TOTAL, Kind::Counter),
+    (ISTIO_PEER_METADATA_ERROR_TOTAL, Kind::Counter),
+    (ISTIO_STATS_OVERFLOW_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Flags {
         self.0 & mask != 0
     }
 
-    fn render(self, long: bool) -> Option<String> {
+    pub(crate) fn render(self, long: bool) -> Option<String> {
         if self.0 == 0 {
             return None;
         }
