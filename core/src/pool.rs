@@ -413,7 +413,7 @@ impl<C: Multiplexed> MuxPool<C> {
         if let Some(s) = self.pick() {
             return Ok(s);
         }
-        let slot = match dial.cluster.reserve_connection() {
+        let slot = match dial.cluster.reserve_connection(dial.endpoint) {
             Some(g) => Some(g),
             // No connection here whose streams could end, and none being
             // dialled (its holder keeps `connecting`): the connect overflows
@@ -429,7 +429,7 @@ impl<C: Multiplexed> MuxPool<C> {
                         std::sync::atomic::fence(Ordering::SeqCst);
                         match self.pick() {
                             Some(s) => Some(Err(s)),
-                            None => dial.cluster.reserve_connection().map(Ok),
+                            None => dial.cluster.reserve_connection(dial.endpoint).map(Ok),
                         }
                     })
                     .await?;

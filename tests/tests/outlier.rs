@@ -207,11 +207,19 @@ fn consecutive_5xx_ejects_at_once_and_returns_after_base_ejection_time() {
     // b recovers; the timer returns it once base_ejection_time is over.
     b.answer(200);
     mg.wait_metric(ACTIVE, &[("cluster", "svc")], |v| v == 0.0);
+    let returned_after = ejected_at.elapsed();
     assert!(ejected_at.elapsed() >= Duration::from_millis(400));
     assert!(mg.log_text().contains("outlier returned to service"));
     let seen: Vec<String> = (0..6).map(|_| fetch(web).1).collect();
     assert!(seen.iter().any(|s| s == "b"), "{seen:?}");
     assert!(b.hits() > before + 3);
+    println!(
+        "consecutive_5xx: first failure to ejection {} ms ({} failed requests, interval 1 s); \
+         returned to service {} ms after ejection (base_ejection_time 500 ms)",
+        to_ejection.as_millis(),
+        failed.len(),
+        returned_after.as_millis()
+    );
 }
 
 /// With `max_ejection_percent: 34` over three endpoints one may be
@@ -267,8 +275,10 @@ fn refused_connections_eject_as_5xx_or_local_origin_per_split() {
         ));
         let web = mg.listener_addr("web");
         let mut refused = 0;
+        let mut first_refused = None;
         for _ in 0..40 {
             if fetch(web).0 == 503 {
+                first_refused.get_or_insert_with(Instant::now);
                 refused += 1;
             }
             if mg.metric(ACTIVE, &[("cluster", "svc")]) == 1.0 {
@@ -283,6 +293,11 @@ fn refused_connections_eject_as_5xx_or_local_origin_per_split() {
         assert_eq!(ejections(&mg, detector, "true"), 1.0, "split={split}");
         assert_eq!(ejections(&mg, other, "true"), 0.0, "split={split}");
         assert_eq!(refused, want, "split={split}");
+        println!(
+            "{detector} (split={split}): first refused connection to ejection {} ms, \
+             {refused} failed requests (interval 10 s)",
+            first_refused.map_or(0, |t| t.elapsed().as_millis())
+        );
         // Every request now goes to the good endpoint.
         let h = good.hits();
         for _ in 0..6 {
@@ -309,13 +324,22 @@ fn success_rate_ejects_the_outlier_of_five_endpoints() {
          max_ejection_percent: 20}",
     ));
     let web = mg.listener_addr("web");
+    let start = Instant::now();
+    let mut failed = 0;
     let ok = poll(Duration::from_secs(30), || {
         for _ in 0..25 {
-            fetch(web);
+            if fetch(web).0 != 200 {
+                failed += 1;
+            }
         }
         (ejections(&mg, "success_rate", "true") == 1.0).then_some(())
     });
     assert!(ok.is_some(), "no success_rate ejection:\n{}", mg.log_text());
+    println!(
+        "success_rate: failing from the start, ejected within {} ms \
+         ({failed} failed requests, interval 300 ms, request volume 10)",
+        start.elapsed().as_millis()
+    );
     assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 0.0);
     let d = bs[3].hits();
     for _ in 0..12 {

@@ -280,3 +280,92 @@ fn max_pending_requests_from_xds() {
     }
     assert_eq!(up.seen(), 3);
 }
+
+/// `circuit_breakers.per_host_thresholds[].max_connections: 1` over two
+/// held endpoints: each takes one connection (two open in the cluster,
+/// whose own limit is the default), a third request waits for its
+/// endpoint's connection in the pending queue, a fourth overflows with
+/// 503 + `x-envoy-overloaded`; all three waiting ones are served once the
+/// endpoints answer, never over one connection per endpoint.
+#[test]
+fn per_host_max_connections_queues_per_endpoint() {
+    let (a, b) = (Gated::start(), Gated::start());
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: up, timeout: 8s}}
+clusters:
+  - name: up
+    endpoints: [{{address: "{}"}}, {{address: "{}"}}]
+    circuit_breakers:
+      thresholds: [{{max_pending_requests: 1}}]
+      per_host_thresholds: [{{max_connections: 1}}]
+"#,
+        a.addr, b.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    let held: Vec<_> = ["/one", "/two"]
+        .iter()
+        .map(|p| background(port, p))
+        .collect();
+    wait_until("one request at each endpoint", || {
+        a.seen() == 1 && b.seen() == 1
+    });
+    assert_eq!(mg.metric("meshgate_cluster_upstream_cx_active", UP), 2.0);
+    let third = background(port, "/three");
+    mg.wait_metric(PENDING, UP, |v| v == 1.0);
+    overflow_at_once(&mg, port, "up");
+    assert_eq!(
+        a.seen() + b.seen(),
+        2,
+        "no endpoint got a second connection"
+    );
+    assert!(mg.metric("meshgate_cluster_upstream_cx_overflow_total", UP) >= 1.0);
+    a.open();
+    b.open();
+    for h in held.into_iter().chain(std::iter::once(third)) {
+        let (status, body) = h.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(a.seen() + b.seen(), 3);
+    assert!(mg.metric("meshgate_cluster_upstream_cx_active", UP) <= 2.0);
+}
+
+/// Fields Envoy does not honour per host are refused by name.
+#[test]
+fn per_host_thresholds_other_than_max_connections_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (field, want) in [
+        ("{max_requests: 3}", "per_host_thresholds[0].max_requests"),
+        (
+            "{priority: HIGH, max_connections: 3}",
+            "per_host_thresholds[0].priority",
+        ),
+    ] {
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "listeners: []\nclusters:\n  - name: up\n    circuit_breakers: {{per_host_thresholds: [{field}]}}\n    endpoints: [{{address: \"127.0.0.1:1\"}}]\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = run_cli(&["validate", p.to_str().unwrap()]);
+        assert_ne!(code, 0, "{field}: accepted\n{out}");
+        assert!((out.clone() + &err).contains(want), "{field}: {out}{err}");
+    }
+}

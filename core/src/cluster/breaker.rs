@@ -142,6 +142,9 @@ pub struct ThresholdValues {
     pub max_requests: u32,
     retry_limit: RetryLimit,
     pub track_remaining: bool,
+    /// `per_host_thresholds[].max_connections`: connections per endpoint
+    /// (no limit by default, as in Envoy).
+    pub max_connections_per_host: u32,
 }
 
 impl Default for ThresholdValues {
@@ -152,8 +155,54 @@ impl Default for ThresholdValues {
             max_requests: DEFAULT_LIMIT,
             retry_limit: RetryLimit::Max(DEFAULT_MAX_RETRIES),
             track_remaining: false,
+            max_connections_per_host: u32::MAX,
         }
     }
+}
+
+/// `per_host_thresholds`: Envoy honours only `max_connections` there (of
+/// the DEFAULT priority); anything else is refused by name.
+fn check_per_host(cb: Option<&CircuitBreakersConfig>) -> Result<u32, (String, String)> {
+    let mut max = u32::MAX;
+    for (i, t) in cb
+        .map(|c| c.per_host_thresholds.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let path = |f: &str| format!("circuit_breakers.per_host_thresholds[{i}].{f}");
+        let unsupported =
+            |f: &str| Err((path(f), "only max_connections is honoured per host".into()));
+        if t.priority != RoutingPriority::Default {
+            return Err((
+                path("priority"),
+                "connections are shared by both priorities: set it on the DEFAULT threshold".into(),
+            ));
+        }
+        if t.max_pending_requests.is_some() {
+            return unsupported("max_pending_requests");
+        }
+        if t.max_requests.is_some() {
+            return unsupported("max_requests");
+        }
+        if t.max_retries.is_some() {
+            return unsupported("max_retries");
+        }
+        if t.retry_budget.is_some() {
+            return unsupported("retry_budget");
+        }
+        if t.track_remaining {
+            return unsupported("track_remaining");
+        }
+        if t.max_connection_pools.is_some() {
+            return unsupported("max_connection_pools");
+        }
+        if max != u32::MAX {
+            return Err((path("priority"), "one threshold per priority".into()));
+        }
+        max = t.max_connections.unwrap_or(u32::MAX);
+    }
+    Ok(max)
 }
 
 /// Checks a cluster's `circuit_breakers` (and its legacy top-level
@@ -163,6 +212,7 @@ pub fn check(
     cb: Option<&CircuitBreakersConfig>,
     legacy_max_connections: Option<u32>,
 ) -> Result<[ThresholdValues; 2], (String, String)> {
+    let per_host = check_per_host(cb)?;
     let mut out = [ThresholdValues::default(); 2];
     let mut seen = [false; 2];
     if let Some(m) = legacy_max_connections {
@@ -237,6 +287,8 @@ pub fn check(
         v.track_remaining = t.track_remaining;
     }
     out[1].max_connections = out[0].max_connections;
+    out[0].max_connections_per_host = per_host;
+    out[1].max_connections_per_host = per_host;
     Ok(out)
 }
 
@@ -317,7 +369,44 @@ mod tests {
     use crate::config::circuit_breakers::{PercentConfig, RetryBudgetConfig, ThresholdsConfig};
 
     fn cfg(t: Vec<ThresholdsConfig>) -> CircuitBreakersConfig {
-        CircuitBreakersConfig { thresholds: t }
+        CircuitBreakersConfig {
+            thresholds: t,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn per_host_max_connections_is_taken_and_the_rest_refused() {
+        let host = |t: ThresholdsConfig| CircuitBreakersConfig {
+            per_host_thresholds: vec![t],
+            ..Default::default()
+        };
+        assert_eq!(
+            check(None, None).unwrap()[0].max_connections_per_host,
+            u32::MAX
+        );
+        let v = check(
+            Some(&host(ThresholdsConfig {
+                max_connections: Some(2),
+                ..Default::default()
+            })),
+            None,
+        )
+        .unwrap();
+        assert_eq!(v[0].max_connections_per_host, 2);
+        assert_eq!(v[1].max_connections_per_host, 2);
+        let e = check(
+            Some(&host(ThresholdsConfig {
+                max_pending_requests: Some(2),
+                ..Default::default()
+            })),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.0,
+            "circuit_breakers.per_host_thresholds[0].max_pending_requests"
+        );
     }
 
     #[test]

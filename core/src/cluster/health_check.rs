@@ -594,6 +594,7 @@ async fn check_loop(t: CheckTask) {
                 tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, kind = verdict.kind(), "health check: endpoint unhealthy");
             } else {
                 t.state.failed.fetch_and(!t.bit, Ordering::Relaxed);
+                t.endpoint.hc_passed();
                 tracing::info!(cluster = %t.cluster, endpoint = %t.endpoint.address, "health check: endpoint healthy");
             }
             notify = true;

@@ -55,6 +55,14 @@ pub struct Endpoint {
     pub locality_transport_socket_match: Option<Arc<serde_json::Value>>,
     /// When it joined the cluster (`now_ms`): the start of its slow start.
     pub added_ms: u64,
+    /// When an active health check last turned it healthy (`now_ms`, 0:
+    /// never): Envoy's `lastHcPassTime`, the start of its slow start when set.
+    hc_passed_ms: AtomicU64,
+    /// Connections open to it (`per_host_thresholds` max_connections): an
+    /// `Arc` of its own, held by each connection's slot, since a slot
+    /// holding the endpoint would keep the endpoint's pool (and so the
+    /// connection) alive.
+    connections: Arc<AtomicU32>,
     active_requests: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
@@ -114,6 +122,8 @@ impl Endpoint {
             locality_weight: 0,
             locality_transport_socket_match: None,
             added_ms: now_ms(),
+            hc_passed_ms: AtomicU64::new(0),
+            connections: Arc::default(),
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
@@ -144,6 +154,23 @@ impl Endpoint {
         match self.health_check_port {
             Some(p) => SocketAddr::new(self.address.ip(), p),
             None => self.address,
+        }
+    }
+
+    /// An active health check turned the endpoint healthy: its slow-start
+    /// window starts again now (Envoy's `setLastHcPassTime`).
+    pub fn hc_passed(&self) {
+        let now = now_ms().max(1);
+        self.hc_passed_ms.store(now, Ordering::Relaxed);
+        crate::lb::slow_start::note_window_start(now);
+    }
+
+    /// The start of its slow-start window: the last time an active check
+    /// turned it healthy, or else when it joined the cluster.
+    pub fn slow_start_from_ms(&self) -> u64 {
+        match self.hc_passed_ms.load(Ordering::Relaxed) {
+            0 => self.added_ms,
+            t => t,
         }
     }
 
@@ -451,7 +478,7 @@ impl ConnectionGuard {
 /// keep the cluster's endpoints alive, and with them their pools and the
 /// connection itself, so that the connections of a replaced cluster never
 /// closed.
-struct ConnectionSlot(Arc<ConnectionCount>);
+struct ConnectionSlot(Arc<ConnectionCount>, Option<Arc<AtomicU32>>);
 
 /// Connections open to a cluster (the circuit breaker's count and the
 /// `cx_active` gauge).
@@ -464,6 +491,9 @@ struct ConnectionCount {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        if let Some(host) = &self.1 {
+            host.fetch_sub(1, Ordering::SeqCst);
+        }
         // SeqCst: pairs with the waiter's registration (`Pending::wait_for`).
         self.0.active.fetch_sub(1, Ordering::SeqCst);
         self.0.gauge.decrement(1.0);
@@ -485,6 +515,8 @@ pub struct Cluster {
     pub name: &'static str,
     pub connect_timeout: Duration,
     pub max_connections: u32,
+    /// `circuit_breakers.per_host_thresholds[].max_connections`.
+    pub max_connections_per_host: u32,
     backoff: BackoffConfig,
     hosts: ArcSwap<HostSet>,
     lb_builder: Arc<dyn LoadBalancerBuilder>,
@@ -534,6 +566,7 @@ impl Cluster {
             name: crate::stream::intern(name),
             connect_timeout,
             max_connections: max_connections.unwrap_or(u32::MAX),
+            max_connections_per_host: u32::MAX,
             backoff,
             hosts: ArcSwap::from_pointee(HostSet {
                 endpoints,
@@ -711,7 +744,10 @@ impl Cluster {
         queue: bool,
         reserved: Option<ConnectionGuard>,
     ) -> Result<UpstreamConnection, ConnectError> {
-        let slot = match reserved.map(|g| g.0).or_else(|| self.connection_slot()) {
+        let slot = match reserved
+            .map(|g| g.0)
+            .or_else(|| self.connection_slot(&endpoint))
+        {
             Some(s) => s,
             None => {
                 // With `max_connections: 0` no slot ever frees: the
@@ -719,7 +755,7 @@ impl Cluster {
                 let waited = if queue && self.max_connections > 0 {
                     self.connections
                         .pending
-                        .wait_for(|| self.connection_slot())
+                        .wait_for(|| self.connection_slot(&endpoint))
                         .await
                 } else {
                     None
@@ -783,7 +819,10 @@ impl Cluster {
         connect: impl Future<Output = std::io::Result<T>>,
         reserved: Option<ConnectionGuard>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        let Some(slot) = reserved.map(|g| g.0).or_else(|| self.connection_slot()) else {
+        let Some(slot) = reserved
+            .map(|g| g.0)
+            .or_else(|| self.connection_slot(endpoint))
+        else {
             self.stats.cx_overflow.increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
@@ -812,8 +851,8 @@ impl Cluster {
 
     /// A connection slot under `max_connections`, taken now for a
     /// connection opened later (`pool::MuxPool`), if one is free.
-    pub(crate) fn reserve_connection(&self) -> Option<ConnectionGuard> {
-        self.connection_slot().map(ConnectionGuard)
+    pub(crate) fn reserve_connection(&self, endpoint: &Endpoint) -> Option<ConnectionGuard> {
+        self.connection_slot(endpoint).map(ConnectionGuard)
     }
 
     /// Waits in the cluster's pending queue (`max_pending_requests`) until
@@ -838,8 +877,20 @@ impl Cluster {
         })
     }
 
-    /// A connection slot under `max_connections`, if one is free.
-    fn connection_slot(&self) -> Option<ConnectionSlot> {
+    /// A connection slot under `max_connections` (and the per-host
+    /// `max_connections` of `endpoint`), if one is free.
+    fn connection_slot(&self, endpoint: &Endpoint) -> Option<ConnectionSlot> {
+        let host = if self.max_connections_per_host == u32::MAX {
+            None
+        } else {
+            endpoint
+                .connections
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < self.max_connections_per_host).then_some(n + 1)
+                })
+                .ok()?;
+            Some(endpoint.connections.clone())
+        };
         let c = &self.connections;
         // A compare-and-swap, not an add taken back: a passing over-count
         // could fail a woken waiter's try while no slot is taken, and
@@ -848,9 +899,15 @@ impl Cluster {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.max_connections).then_some(n + 1)
             })
-            .ok()?;
+            .ok()
+            .or_else(|| {
+                if let Some(h) = &host {
+                    h.fetch_sub(1, Ordering::SeqCst);
+                }
+                None
+            })?;
         self.stats.cx_active.increment(1.0);
-        Some(ConnectionSlot(c.clone()))
+        Some(ConnectionSlot(c.clone(), host))
     }
 
     /// Sets `max_pending_requests` (before the cluster is shared).
@@ -1230,6 +1287,7 @@ fn build_cluster(
     );
     cluster.priority = policy;
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
+    cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
     cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
     cluster.set_max_pending(thresholds[0].max_pending_requests);
     cluster.outlier = detector;

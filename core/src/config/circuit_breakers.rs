@@ -32,6 +32,11 @@ impl RoutingPriority {
 pub struct CircuitBreakersConfig {
     #[serde(default)]
     pub thresholds: Vec<ThresholdsConfig>,
+    /// Envoy's `per_host_thresholds`: limits per endpoint. As in Envoy,
+    /// only `max_connections` (DEFAULT priority) is honoured; any other
+    /// field is refused by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_host_thresholds: Vec<ThresholdsConfig>,
 }
 
 /// Envoy's `CircuitBreakers.Thresholds`. Unset limits take Envoy's

@@ -7,16 +7,18 @@
 //! is in its window, a pick of such an endpoint is kept with the scale as
 //! its probability (otherwise the policy moves on to its next choice), so
 //! its share of traffic is its weight times the scale, and a pick stays
-//! O(1). Once every window has passed (one clock read and compare per
-//! pick), picks are the plain policy's. An endpoint's start is its
-//! `Endpoint::added_ms` (when it joined the cluster; an endpoint kept
-//! across an update keeps it).
+//! O(1). Once every window has passed (one clock read, one atomic load
+//! and a compare per pick), picks are the plain policy's. An endpoint's
+//! start is, as in Envoy, the last time an active health check turned it
+//! healthy (`Endpoint::hc_passed`), or else when it joined the cluster
+//! (`Endpoint::added_ms`; an endpoint kept across an update keeps it).
 
 use super::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::cluster::{Endpoint, now_ms};
 use crate::error::BuildError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Envoy's `SlowStartConfig`.
@@ -76,6 +78,16 @@ impl SlowStartConfig {
     }
 }
 
+/// The latest window start any health check set (`now_ms`), process-wide:
+/// a load balancer built before it learns that some endpoint may be in its
+/// window again (the balancer is not rebuilt on health changes).
+static LAST_HC_START_MS: AtomicU64 = AtomicU64::new(0);
+
+/// An endpoint's window started `at` (an active check turned it healthy).
+pub(crate) fn note_window_start(at: u64) {
+    LAST_HC_START_MS.fetch_max(at, Ordering::Relaxed);
+}
+
 /// `inner`, with slow start when configured.
 pub(super) fn wrap(
     inner: Arc<dyn LoadBalancerBuilder>,
@@ -99,11 +111,15 @@ pub(super) struct Builder {
 impl LoadBalancerBuilder for Builder {
     fn build(&self, endpoints: &[Arc<Endpoint>]) -> Box<dyn LoadBalancer> {
         let window = self.config.slow_start_window.as_millis() as u64;
-        let added: Box<[u64]> = endpoints.iter().map(|e| e.added_ms).collect();
         Box::new(SlowStart {
             inner: self.inner.build(endpoints),
-            until_ms: added.iter().max().map_or(0, |a| a + window),
-            added,
+            until_ms: endpoints
+                .iter()
+                .map(|e| e.slow_start_from_ms())
+                .max()
+                .map_or(0, |a| a + window),
+            window_ms: window,
+            endpoints: endpoints.into(),
             config: self.config.clone(),
         })
     }
@@ -111,21 +127,27 @@ impl LoadBalancerBuilder for Builder {
 
 struct SlowStart {
     inner: Box<dyn LoadBalancer>,
-    /// Per endpoint: when it joined (`now_ms` clock).
-    added: Box<[u64]>,
-    /// When the last window ends: picks are plain after it.
+    /// The endpoints, by index: each one's window start is read per pick
+    /// while some window is open (a health check may move it).
+    endpoints: Box<[Arc<Endpoint>]>,
+    /// When the last window known at build time ends.
     until_ms: u64,
+    window_ms: u64,
     config: SlowStartConfig,
 }
 
 impl LoadBalancer for SlowStart {
     fn pick(&self, ctx: &LbContext, available: &dyn Fn(usize) -> bool) -> Option<usize> {
         let now = now_ms();
-        if now >= self.until_ms {
+        let until = self
+            .until_ms
+            .max(LAST_HC_START_MS.load(Ordering::Relaxed) + self.window_ms);
+        if now >= until {
             return self.inner.pick(ctx, available);
         }
         let keep = |i: usize| {
-            let s = self.config.scale(now.saturating_sub(self.added[i]));
+            let from = self.endpoints.get(i).map_or(0, |e| e.slow_start_from_ms());
+            let s = self.config.scale(now.saturating_sub(from));
             s >= 1.0 || rand::random::<f64>() < s
         };
         // A pick the ramp turned down moves the policy on; if every try is
@@ -194,5 +216,45 @@ mod tests {
             .count();
         // Weight 1 × 0.1 against 1: about 1/11 of picks.
         assert!((600..=1200).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_health_check_pass_restarts_the_window() {
+        // Both endpoints joined at 0, past a 200 ms window once the clock
+        // reads 400; then an active check turns endpoint 1 healthy: it
+        // ramps from the minimum again, in a balancer built before.
+        let mut a = Endpoint::new("127.0.0.1:1".parse().unwrap(), 1);
+        let mut b = Endpoint::new("127.0.0.1:2".parse().unwrap(), 1);
+        a.added_ms = 0;
+        b.added_ms = 0;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let builder = Builder {
+            inner: super::super::RoundRobinFactory
+                .create(&serde_json::Value::Null)
+                .unwrap(),
+            config: SlowStartConfig {
+                slow_start_window: Duration::from_millis(200),
+                aggression: 1.0,
+                min_weight_percent: 10.0,
+            },
+        };
+        let lb = builder.build(&[a.clone(), b.clone()]);
+        while now_ms() < 400 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ctx = LbContext::default();
+        let picks_of_b = || {
+            (0..2000)
+                .filter(|_| lb.pick(&ctx, &|_| true) == Some(1))
+                .count()
+        };
+        let n = picks_of_b();
+        assert!((800..=1200).contains(&n), "before the pass: {n}");
+        b.hc_passed();
+        assert!(b.slow_start_from_ms() >= 400);
+        assert_eq!(a.slow_start_from_ms(), 0);
+        // About 0.1 against 1 while 2,000 picks take a few ms: ~1/11.
+        let n = picks_of_b();
+        assert!(n < 600, "after the pass: {n}");
     }
 }
