@@ -28,7 +28,7 @@
 //!      literal prefix, and its regex checked only when the walk reaches
 //!      it. Other regex routes (an alternation, a leading group or class)
 //!      are kept in an ascending list scanned for every request; past
-//!      [`REGEX_SET_MIN`] of them, one `RegexSet` pass over the path first
+//!      `REGEX_SET_MIN` of them, one `RegexSet` pass over the path first
 //!      tells whether any of them matches at all, so a request that matches
 //!      none of them (the common case) pays one automaton walk, not one per
 //!      regex.
@@ -174,7 +174,7 @@ struct RouteIndex {
     /// Routes whose path match is a regex, ascending.
     unindexed: Box<[u32]>,
     /// All of `unindexed`'s regexes, when there are at least
-    /// [`REGEX_SET_MIN`]: one pass says whether any matches.
+    /// `REGEX_SET_MIN`: one pass says whether any matches.
     unindexed_set: Option<regex::RegexSet>,
 }
 
