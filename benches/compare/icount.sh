@@ -8,6 +8,7 @@
 #
 #   benches/compare/icount.sh meshgate|nginx|haproxy [SECONDS]
 #   WORKLOAD=h2c|l4|dubbo|h1_auth|h1_rl|h1_trace|h1_trace_sampled benches/compare/icount.sh meshgate [SECONDS]
+#   WORKLOAD=h1_routes ROUTES=10|10000 benches/compare/icount.sh meshgate [SECONDS]
 #
 # WORKLOAD (meshgate only for all but h1): h1 (default) as above; h2c:
 # h2load -c10 -m10 with prior knowledge, HTTP/2 in and HTTP/1.1 out; l4:
@@ -22,7 +23,11 @@
 # (tracing configured, random_sampling 0: decided, not sampled, a
 # traceparent added); h1_trace_sampled: h1 through http1-trace-sampled.yaml
 # (every stream sampled, spans exported to tests/peers/tracing_peer.py's
-# OTLP receiver logging to /dev/null), both to set against h1.
+# OTLP receiver logging to /dev/null), both to set against h1;
+# h1_routes: h1 through a generated route table of ROUTES routes
+# (gen_config.py routes: prefix and exact paths, one regex in ten, half of
+# those without a literal prefix), every request matching only the last
+# route, to set ROUTES=10000 against ROUTES=10 (issue 23's growth target).
 #
 # Counting starts after a warm-up (callgrind_control -i on) and stops before
 # shutdown, so start-up and exit are not in the figure. The proxy runs under
@@ -39,6 +44,7 @@ OUT="$HERE/out-icount"
 PROXY="${1:?usage: icount.sh meshgate|nginx|haproxy [SECONDS]}"
 SECS="${2:-6}"
 WORKLOAD="${WORKLOAD:-h1}"
+URL_PATH=/
 MESHGATE_BIN="${MESHGATE_BIN:-$ROOT/target/release/meshgate}"
 
 rm -rf "$OUT"
@@ -82,6 +88,13 @@ meshgate)
     h1_rl)
         PORT=8087
         CONFIG="$HERE/http1-ratelimit.yaml"
+        ;;
+    h1_routes)
+        PORT=8090
+        ROUTES="${ROUTES:-10000}"
+        python3 "$HERE/gen_config.py" routes "$ROUTES" "$PORT" 127.0.0.1:9000 >"$OUT/routes.yaml"
+        CONFIG="$OUT/routes.yaml"
+        URL_PATH=/hit/x
         ;;
     h1_trace | h1_trace_sampled)
         OTLP=127.0.0.1:9
@@ -138,7 +151,7 @@ PIDS+=("$VG_PID")
 wait_port "$PORT"
 load() { # SECONDS OUTFILE
     case "$WORKLOAD" in
-    h1 | l4 | h1_rl | h1_trace | h1_trace_sampled) taskset -c 1 wrk -t1 -c10 --timeout 20s -d"${1}s" "http://127.0.0.1:$PORT/" >"$2" ;;
+    h1 | l4 | h1_rl | h1_trace | h1_trace_sampled | h1_routes) taskset -c 1 wrk -t1 -c10 --timeout 20s -d"${1}s" "http://127.0.0.1:$PORT${URL_PATH:-/}" >"$2" ;;
     h1_auth) taskset -c 1 wrk -t1 -c10 --timeout 20s -d"${1}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/" >"$2" ;;
     h2c) taskset -c 1 h2load -c10 -m10 -t1 -D "$1" "http://127.0.0.1:$PORT/" >"$2" ;;
     dubbo) taskset -c 1 "$LOAD_BIN" "127.0.0.1:$PORT" 16 "$1" >"$2" ;;
@@ -172,7 +185,7 @@ esac
 IR=$(for f in "$OUT"/callgrind.out.*; do grep -h '^totals:' "$f" | awk '{print $2}'; done |
     sort -n | tail -1)
 grep -q 'Non-2xx\|Socket errors' "$OUT/wrk.txt" && { cat "$OUT/wrk.txt"; echo "errors in the run" >&2; exit 1; }
-echo "$PROXY ($WORKLOAD): $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"
+echo "$PROXY ($WORKLOAD${ROUTES:+, $ROUTES routes}): $IR instructions, $REQS requests, $((IR / REQS)) instructions per request"
 if [[ "${ATOMICS:-0}" == 1 ]]; then
     case "$PROXY" in
     meshgate) BIN="$MESHGATE_BIN" ;;

@@ -353,10 +353,18 @@ impl ListenerStats {
     }
 }
 
+/// A label value for every series of one scope (a cluster registers about
+/// twenty): one shared allocation, where a `String` per series costs two
+/// (the series' key and the registry's copy of it).
+pub fn shared_label(value: &str) -> SharedString {
+    SharedString::from(Arc::<str>::from(value))
+}
+
 /// Counters of one cluster.
 #[derive(Clone)]
 pub struct ClusterStats {
-    name: String,
+    /// The `cluster` label, shared by the cluster's series.
+    name: SharedString,
     /// `meshgate_cluster_upstream_cx_total`: connections established.
     pub cx_total: Counter,
     /// `meshgate_cluster_upstream_cx_active`
@@ -374,7 +382,7 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     pub fn new(cluster: &str) -> Self {
-        let c = cluster.to_string();
+        let c = shared_label(cluster);
         Self {
             name: c.clone(),
             cx_total: counter!(names::CLUSTER_UPSTREAM_CX_TOTAL, "cluster" => c.clone()),
@@ -384,6 +392,11 @@ impl ClusterStats {
             bytes_received: counter!(names::CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, "cluster" => c.clone()),
             rq_time: metrics::histogram!(names::CLUSTER_UPSTREAM_RQ_TIME_SECONDS, "cluster" => c),
         }
+    }
+
+    /// The `cluster` label value, to share with the cluster's other series.
+    pub fn label(&self) -> &SharedString {
+        &self.name
     }
 
     /// `meshgate_cluster_upstream_cx_connect_fail_total{reason}`: a connect

@@ -29,16 +29,16 @@ struct Limit {
 
 impl Limit {
     fn new(
-        cluster: &str,
+        cluster: &metrics::SharedString,
         p: RoutingPriority,
         breaker: &'static str,
         max: u32,
         track: bool,
     ) -> Self {
         let labels = [
-            ("cluster", cluster.to_string()),
-            ("priority", p.label().to_string()),
-            ("breaker", breaker.to_string()),
+            ("cluster", cluster.clone()),
+            ("priority", metrics::SharedString::from(p.label())),
+            ("breaker", metrics::SharedString::from(breaker)),
         ];
         let open = metrics::gauge!(names::CLUSTER_CIRCUIT_BREAKERS_OPEN, &labels);
         open.set(if max == 0 { 1.0 } else { 0.0 });
@@ -53,7 +53,7 @@ impl Limit {
             names::CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW_TOTAL
         };
         let overflow =
-            metrics::counter!(name, "cluster" => cluster.to_string(), "priority" => p.label());
+            metrics::counter!(name, "cluster" => cluster.clone(), "priority" => p.label());
         Self {
             active: AtomicU32::new(0),
             max,
@@ -293,7 +293,7 @@ pub fn check(
 }
 
 impl Breakers {
-    pub fn new(cluster: &str, values: &[ThresholdValues; 2]) -> Self {
+    pub fn new(cluster: &metrics::SharedString, values: &[ThresholdValues; 2]) -> Self {
         let t = |p: RoutingPriority, v: &ThresholdValues| {
             let retries_max = match v.retry_limit {
                 RetryLimit::Max(m) => m,
@@ -469,7 +469,7 @@ mod tests {
             ..Default::default()
         };
         let b = Arc::new(Breakers::new(
-            "c",
+            &"c".into(),
             &check(Some(&cfg(vec![t])), None).unwrap(),
         ));
         let a = b.request(RoutingPriority::Default).unwrap();
@@ -491,7 +491,7 @@ mod tests {
             ..Default::default()
         };
         let b = Arc::new(Breakers::new(
-            "c",
+            &"c".into(),
             &check(Some(&cfg(vec![t])), None).unwrap(),
         ));
         let r1 = b.retry(RoutingPriority::Default).unwrap();

@@ -562,6 +562,12 @@ impl Cluster {
         let lb = lb_builder.build(&endpoints);
         let levels = priority::Levels::build(&endpoints, &*lb_builder);
         let stats = ClusterStats::new(name);
+        let pending = pending::Pending::new(stats.label(), breaker::DEFAULT_LIMIT);
+        let priority = priority::Policy::new(stats.label());
+        let breakers = Arc::new(breaker::Breakers::new(
+            stats.label(),
+            &[breaker::ThresholdValues::default(); 2],
+        ));
         Self {
             name: crate::stream::intern(name),
             connect_timeout,
@@ -577,7 +583,7 @@ impl Cluster {
             connections: Arc::new(ConnectionCount {
                 active: AtomicU32::new(0),
                 gauge: stats.cx_active.clone(),
-                pending: pending::Pending::new(name, breaker::DEFAULT_LIMIT),
+                pending,
             }),
             stats,
             upstream: None,
@@ -585,11 +591,8 @@ impl Cluster {
             tls_matches: Vec::new(),
             proxy_protocol: None,
             protocol: "",
-            priority: priority::Policy::new(name),
-            breakers: Arc::new(breaker::Breakers::new(
-                name,
-                &[breaker::ThresholdValues::default(); 2],
-            )),
+            priority,
+            breakers,
             health_check: None,
             outlier: None,
             original_dst: None,
@@ -915,7 +918,7 @@ impl Cluster {
         self.connections = Arc::new(ConnectionCount {
             active: AtomicU32::new(0),
             gauge: self.stats.cx_active.clone(),
-            pending: pending::Pending::new(self.name, max),
+            pending: pending::Pending::new(self.stats.label(), max),
         });
     }
 
@@ -1288,7 +1291,7 @@ fn build_cluster(
     cluster.priority = policy;
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
-    cluster.breakers = Arc::new(breaker::Breakers::new(&c.name, &thresholds));
+    cluster.breakers = Arc::new(breaker::Breakers::new(cluster.stats.label(), &thresholds));
     cluster.set_max_pending(thresholds[0].max_pending_requests);
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();

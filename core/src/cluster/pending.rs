@@ -26,8 +26,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(cluster: &str, max: u32) -> Self {
-        let c = cluster.to_string();
+    pub fn new(cluster: &metrics::SharedString, max: u32) -> Self {
+        let c = cluster.clone();
         Self {
             max,
             waiting: AtomicU32::new(0),
@@ -143,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_in_order_overflows_past_max_and_leaves_when_dropped() {
-        let p = Arc::new(Pending::new("pq", 2));
+        let p = Arc::new(Pending::new(&"pq".into(), 2));
         let free = Arc::new(AtomicBool::new(false));
         let take = |f: Arc<AtomicBool>| move || f.swap(false, Ordering::SeqCst).then_some(());
         let (p1, f1) = (p.clone(), free.clone());

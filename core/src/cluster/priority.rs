@@ -67,7 +67,7 @@ struct DropOverload {
 
 impl Policy {
     /// Envoy's defaults (factor 1.4, panic below 50 %), no drops.
-    pub fn new(cluster: &str) -> Self {
+    pub fn new(cluster: &metrics::SharedString) -> Self {
         Self {
             overprovisioning: DEFAULT_OVERPROVISIONING_FACTOR,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
@@ -85,7 +85,7 @@ impl Policy {
         path: &str,
         source: &ConfigSource,
     ) -> Result<Self, ConfigError> {
-        let mut p = Self::new(&c.name);
+        let mut p = Self::new(&crate::metrics::shared_label(&c.name));
         p.locality_weighted = locality::check(c, path, source)?;
         p.zone = zone::build(c, path, source)?;
         if let Some(t) = c
@@ -139,8 +139,8 @@ impl Policy {
     }
 }
 
-fn panic_counter(cluster: &str) -> metrics::Counter {
-    metrics::counter!(names::CLUSTER_LB_HEALTHY_PANIC_TOTAL, "cluster" => cluster.to_string())
+fn panic_counter(cluster: &metrics::SharedString) -> metrics::Counter {
+    metrics::counter!(names::CLUSTER_LB_HEALTHY_PANIC_TOTAL, "cluster" => cluster.clone())
 }
 
 impl Cluster {

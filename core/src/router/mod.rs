@@ -27,7 +27,11 @@
 //!      `/v1/users/[0-9]+` starts with `/v1/users/`) is indexed under that
 //!      literal prefix, and its regex checked only when the walk reaches
 //!      it. Other regex routes (an alternation, a leading group or class)
-//!      are kept in an ascending list scanned for every request.
+//!      are kept in an ascending list scanned for every request; past
+//!      `REGEX_SET_MIN` of them, one `RegexSet` pass over the path first
+//!      tells whether any of them matches at all, so a request that matches
+//!      none of them (the common case) pays one automaton walk, not one per
+//!      regex.
 //!
 //!    The answer is the lowest route index among the candidates whose other
 //!    conditions (headers, query parameters, methods, gRPC) hold. Each
@@ -169,7 +173,14 @@ struct RouteIndex {
     folded: PathIndex,
     /// Routes whose path match is a regex, ascending.
     unindexed: Box<[u32]>,
+    /// All of `unindexed`'s regexes, when there are at least
+    /// `REGEX_SET_MIN`: one pass says whether any matches.
+    unindexed_set: Option<regex::RegexSet>,
 }
+
+/// Unindexed regex routes from which a `RegexSet` pre-check pays: below
+/// this, checking each regex is as cheap as one set pass.
+const REGEX_SET_MIN: usize = 8;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -431,13 +442,25 @@ impl VirtualHost {
         if !self.index.folded.is_empty() {
             self.index.folded.walk(path, &mut scan);
         }
-        for &i in self.index.unindexed.iter() {
-            if i >= best {
-                break;
-            }
-            if routes[i as usize].route_match.matches(input) {
-                best = i;
-                break;
+        let unindexed = &self.index.unindexed;
+        // Skipped when no unindexed regex can win or none matches the path
+        // (one set pass); otherwise each is checked in order, without
+        // allocating (`RegexSet::matches` would return a fresh vector).
+        let scan_unindexed = unindexed.first().is_some_and(|&i| i < best)
+            && self
+                .index
+                .unindexed_set
+                .as_ref()
+                .is_none_or(|set| set.is_match(input.path));
+        if scan_unindexed {
+            for &i in unindexed.iter() {
+                if i >= best {
+                    break;
+                }
+                if routes[i as usize].route_match.matches(input) {
+                    best = i;
+                    break;
+                }
             }
         }
         routes.get(best as usize)
@@ -479,10 +502,27 @@ impl RouteIndex {
                 }
             }
         }
+        // The set is only a filter: if it cannot be built (its size
+        // limit), every regex is checked as before.
+        let unindexed_set = (unindexed.len() >= REGEX_SET_MIN)
+            .then(|| {
+                regex::RegexSet::new(unindexed.iter().map(|&i| {
+                    match &routes[i as usize].route_match.path {
+                        PathMatch::Regex(re) => re.as_str(),
+                        // Only regex routes are unindexed; an empty
+                        // unanchored pattern matches every path, so the
+                        // scan would decide.
+                        _ => "",
+                    }
+                }))
+                .ok()
+            })
+            .flatten();
         Self {
             case_sensitive,
             folded,
             unindexed: unindexed.into(),
+            unindexed_set,
         }
     }
 }

@@ -1068,3 +1068,39 @@ virtual_hosts:
     );
     assert_eq!(e.path, "virtual_hosts[0].hedge_policy.initial_requests");
 }
+
+/// Past `REGEX_SET_MIN` regexes without a literal prefix, one `RegexSet`
+/// pass filters them: a path none matches falls through to the catch-all,
+/// a path one matches still gets the first such route whose conditions
+/// hold, in config order.
+#[test]
+fn unindexed_regexes_behind_a_set() {
+    let mut yaml =
+        String::from("name: r\nvirtual_hosts:\n  - name: v\n    domains: ['*']\n    routes:\n");
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "      - name: re{i}\n        match: {{safe_regex: '/(re{i}|rx{i})/[0-9]+'}}\n        route: {{cluster: a}}\n"
+        ));
+    }
+    yaml.push_str(
+        "      - name: re15h\n        match: {safe_regex: '/(re15|rx15)/.*', headers: [{name: x-h, exact_match: '1'}]}\n        route: {cluster: b}\n",
+    );
+    yaml.push_str("      - name: all\n        match: {prefix: /}\n        route: {cluster: c}\n");
+    let t = table(&yaml);
+    let vh = &t.virtual_hosts()[0];
+    assert_eq!(vh.index.unindexed.len(), 21);
+    assert!(vh.index.unindexed_set.is_some());
+    let name = |r: &Request<()>| {
+        t.find_request(r)
+            .and_then(|(_, route)| route.name().map(|n| n.to_string()))
+    };
+    assert_eq!(name(&get("/rx15/42")).as_deref(), Some("re15"));
+    assert_eq!(name(&get("/re3/7?q=1")).as_deref(), Some("re3"));
+    assert_eq!(name(&get("/hit/x")).as_deref(), Some("all"));
+    assert_eq!(name(&get("/rx15/x")).as_deref(), Some("all"));
+    let with_header = req("GET", "/rx15/x", Some("h"), &[("x-h", "1")]);
+    assert_eq!(name(&with_header).as_deref(), Some("re15h"));
+    for r in [get("/rx15/42"), get("/hit/x"), with_header] {
+        hit(&t, &r);
+    }
+}
