@@ -198,10 +198,11 @@ clusters:
     let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");
     // Two streams fill the one connection (limit 2 x max_connections 1).
-    let mut running: Vec<_> = ["/one", "/two"]
-        .iter()
-        .map(|p| curl_background(port, p))
-        .collect();
+    // The second is sent once the first is at the upstream: while the
+    // connection is still being made, a request waits in the queue too.
+    let mut running = vec![curl_background(port, "/one")];
+    wait_until("one stream at the upstream", || up.streams() == 1);
+    running.push(curl_background(port, "/two"));
     wait_until("two streams at the upstream", || up.streams() == 2);
     // The third waits in the pending queue, not on the connection.
     running.push(curl_background(port, "/three"));
