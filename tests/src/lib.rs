@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod netns;
 pub mod phases;
 pub mod pypeer;
+pub use pypeer::GrpcServer;
 pub mod rpc;
 pub mod scripted;
 pub mod udp_dns;

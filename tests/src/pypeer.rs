@@ -52,3 +52,36 @@ pub fn logged(log: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// The grpcio echo server of tests/peers/grpc_e2e_peer.py (`/echo.Echo/*`:
+/// unary, streams both ways, failures); `.1` is its port. Killed on drop.
+pub struct GrpcServer(Child, pub u16);
+
+impl GrpcServer {
+    pub fn start() -> Self {
+        // Port 0: the server prints the port it got.
+        let mut child = Command::new("python3")
+            .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
+            .args(["server", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio (tests/run.sh installs it)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
+        GrpcServer(child, port)
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -119,3 +119,24 @@ pub fn echo(ws: &mut TcpStream, msg: &[u8]) {
     ws.read_exact(&mut got).unwrap();
     assert_eq!(got, msg);
 }
+
+/// One more listener, on `port`, answering `extra` itself (a config that
+/// grows by a listener at an upgrade).
+pub fn extra_listener(port: u16) -> String {
+    format!(
+        r#"  - name: extra
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200, body: "extra"}}
+"#
+    )
+}

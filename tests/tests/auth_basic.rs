@@ -11,8 +11,8 @@ use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::curl::curl;
 use meshgate_tests::rpc::*;
 use meshgate_tests::*;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 
 /// htpasswd entries made by Python: `{SHA}` for alice/apass and carol/cpass,
 /// bcrypt (cost 8) for bob/bpass.
@@ -545,37 +545,6 @@ fn csrf_refuses_cross_origin_posts_allows_additional_origins_and_shadow_counts()
     assert_eq!(m("missing_source_origin", "enforced"), 1.0);
     assert_eq!(m("invalid", "shadow"), 1.0);
     assert_eq!(s.denied("csrf", "forbidden"), 2.0);
-}
-
-/// The grpcio server of tests/peers/grpc_e2e_peer.py, killed on drop.
-struct GrpcServer(Child, u16);
-
-impl GrpcServer {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
-            .args(["server", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
-        GrpcServer(child, port)
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One unary call with metadata: `OK <reply>` or `ERR <code> <details>`.

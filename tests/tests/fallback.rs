@@ -10,8 +10,7 @@
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::curl::curl;
 use meshgate_tests::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const FALLBACK: &str = "meshgate_route_fallback_total";
 
@@ -110,37 +109,6 @@ fn no_healthy_endpoint_and_overflow_use_the_fallback_over_http1() {
     assert!(body.contains("backend=primary"), "{body}");
     assert_eq!(count("primary", "no_healthy_endpoint"), 0.0);
     assert_eq!(backup.hits(), 2);
-}
-
-/// The grpcio server of tests/peers/grpc_e2e_peer.py, killed on drop.
-struct GrpcServer(Child, u16);
-
-impl GrpcServer {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
-            .args(["server", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
-        GrpcServer(child, port)
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A gRPC call to a route whose cluster has no endpoint reaches the

@@ -5,46 +5,13 @@
 //! UNIMPLEMENTED), and gRPC over TLS (ALPN h2).
 
 use meshgate_tests::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 fn peer() -> String {
     workspace()
         .join("tests/peers/grpc_e2e_peer.py")
         .to_string_lossy()
         .into_owned()
-}
-
-/// The grpcio server, killed on drop.
-struct GrpcServer(Child, u16);
-
-impl GrpcServer {
-    fn start() -> Self {
-        // Port 0: the server prints the port it got.
-        let mut child = Command::new("python3")
-            .arg(peer())
-            .args(["server", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio (tests/run.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
-        GrpcServer(child, port)
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One meshgate for the whole file: `grpc` routes to the server, `dead` to

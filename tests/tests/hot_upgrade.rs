@@ -46,25 +46,6 @@ clusters:
     )
 }
 
-/// One more listener answering `extra` itself.
-fn extra_listener(port: u16) -> String {
-    format!(
-        r#"  - name: extra
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        direct_response: {{status: 200, body: "extra"}}"#
-    )
-}
-
 fn start(yaml: &str, sock: &Path) -> Meshgate {
     upgrade::start(yaml, sock, "3s")
 }
@@ -102,7 +83,7 @@ fn three_upgrades_under_load_fail_no_request_and_old_processes_exit_0() {
     load.wait_more(50);
     for (generation, backend) in backends.iter().enumerate().skip(1) {
         let extra = if generation == 3 {
-            extra_listener(extra_port)
+            upgrade::extra_listener(extra_port)
         } else {
             String::new()
         };
@@ -201,7 +182,7 @@ fn failed_new_processes_leave_the_old_one_serving() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     let (code, log) = run_new(
-        &config(port, &b0, &extra_listener(taken_port)),
+        &config(port, &b0, &upgrade::extra_listener(taken_port)),
         &sock,
         dir.path(),
     );

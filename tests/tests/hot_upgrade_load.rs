@@ -16,37 +16,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The grpcio echo server of tests/peers/grpc_e2e_peer.py, killed on drop.
-struct GrpcServer(Child, u16);
-
-impl GrpcServer {
-    fn start() -> Self {
-        let mut child = Command::new("python3")
-            .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
-            .args(["server", "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio (tests/run.sh installs it)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("grpc server did not start: {line:?}"));
-        GrpcServer(child, port)
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `grpc_e2e_peer.py hold`: one bidirectional stream and a unary loop,
 /// until told to stop.
 struct GrpcHold {
@@ -187,26 +156,6 @@ listeners:
     )
 }
 
-/// One more listener answering `extra` itself.
-fn extra_listener(port: u16) -> String {
-    format!(
-        r#"  - name: extra
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        direct_response: {{status: 200, body: "extra"}}
-"#
-    )
-}
-
 #[test]
 fn three_upgrades_under_http1_grpc_websocket_and_dubbo_load_fail_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,7 +182,7 @@ fn three_upgrades_under_http1_grpc_websocket_and_dubbo_load_fail_nothing() {
     let mut current_admin = first.admin;
     for generation in 1..=3 {
         let extra = if generation == 3 {
-            extra_listener(extra_port)
+            upgrade::extra_listener(extra_port)
         } else {
             String::new()
         };

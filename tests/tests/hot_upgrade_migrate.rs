@@ -20,26 +20,6 @@ fn start(yaml: &str, sock: &Path) -> Meshgate {
     upgrade::start(yaml, sock, "10s")
 }
 
-/// One more listener answering `extra` itself.
-fn extra_listener(port: u16) -> String {
-    format!(
-        r#"  - name: extra
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        direct_response: {{status: 200, body: "extra"}}
-"#
-    )
-}
-
 /// An RPC listener (`codec`) routing everything to the provider.
 fn rpc_config(codec: &str, port: u16, provider: u16, extra: &str) -> String {
     format!(
@@ -79,7 +59,7 @@ fn rpc_connection_survives_three_upgrades(codec: &str) {
     consumer.wait_more(20);
     for generation in 1..=3 {
         let extra = if generation == 3 {
-            extra_listener(extra_port)
+            upgrade::extra_listener(extra_port)
         } else {
             String::new()
         };
