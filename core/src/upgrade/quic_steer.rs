@@ -24,6 +24,7 @@
 //! is installed: the endpoint reads its socket directly.
 
 use crate::metrics::names;
+use futures_util::task::AtomicWaker;
 use quinn::udp::RecvMeta;
 use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use std::fmt;
@@ -33,7 +34,7 @@ use std::os::unix::net::UnixDatagram;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Length of the connection IDs meshgate issues (quinn's default).
@@ -139,8 +140,9 @@ pub struct Steered {
     child_pending: Mutex<Option<UnixDatagram>>,
     /// Set after `draining`: the UDP socket is the new process's to read.
     handed_over: AtomicBool,
-    /// The endpoint driver, woken when the child channel arrives.
-    waker: Mutex<Option<Waker>>,
+    /// The endpoint driver, woken when the hand-over switches reading
+    /// to the child channel.
+    waker: AtomicWaker,
 }
 
 impl fmt::Debug for Steered {
@@ -178,7 +180,7 @@ impl Steered {
             child: OnceLock::new(),
             child_pending: Mutex::new(None),
             handed_over: AtomicBool::new(false),
-            waker: Mutex::new(None),
+            waker: AtomicWaker::new(),
         });
         let mut reg = STEERED.lock().unwrap_or_else(|e| e.into_inner());
         reg.retain(|(_, w)| w.strong_count() > 0);
@@ -318,12 +320,7 @@ impl AsyncUdpSocket for Steered {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        {
-            let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *w = Some(cx.waker().clone());
-            }
-        }
+        self.waker.register(cx.waker());
         if let Poll::Ready(r) = self.poll_child(cx, bufs, meta) {
             return Poll::Ready(r);
         }
@@ -394,9 +391,7 @@ pub fn handed_over() {
                 .is_some();
         if has_channel {
             s.handed_over.store(true, Ordering::Relaxed);
-            if let Some(w) = s.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                w.wake();
-            }
+            s.waker.wake();
         }
     }
 }
