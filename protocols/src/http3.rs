@@ -621,6 +621,10 @@ struct UpstreamConn {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     quic: quinn::Connection,
     max_streams: u32,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`: the client endpoint's UDP port with the
+    /// address the peer's packets arrive on (the socket is bound to the
+    /// unspecified address and shared by every upstream connection).
+    local: Option<std::net::SocketAddr>,
 }
 
 impl Multiplexed for UpstreamConn {
@@ -696,6 +700,7 @@ impl ClientInner {
             .endpoint(addr.is_ipv6())
             .map_err(|e| UpstreamError::Connect(format!("QUIC client socket: {e}").into()))?;
         let name = tls.server_name_for(authority, addr);
+        let bound = ep.local_addr().ok();
         let connect = async move {
             let quic = ep
                 .connect_with(cfg, addr, &name)
@@ -714,12 +719,35 @@ impl ClientInner {
             // The circuit-breaker slot and cx_active go with the connection.
             drop(guard);
         });
+        let local = bound.map(|b| {
+            let ip = quic
+                .local_ip()
+                .or_else(|| source_ip_toward(addr))
+                .unwrap_or(b.ip());
+            std::net::SocketAddr::new(ip, b.port())
+        });
         Ok(UpstreamConn {
             send,
             quic,
             max_streams: self.max_streams,
+            local,
         })
     }
+}
+
+/// The source address the kernel picks toward `peer`: the client endpoint
+/// is bound to the unspecified address and quinn learns the local one only
+/// where the platform reports it per packet. Once per connection (a
+/// connected UDP socket sends nothing).
+fn source_ip_toward(peer: std::net::SocketAddr) -> Option<std::net::IpAddr> {
+    let any: std::net::SocketAddr = if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(peer).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// A copy of a request head for a second try.
@@ -825,6 +853,10 @@ impl ClientCodec for Http3Client {
         let fut = async move {
             let _guard = endpoint.start_request();
             let (parts, body) = req.into_parts();
+            let want_local = parts
+                .extensions
+                .get::<meshgate_core::stream::WantUpstreamLocalAddress>()
+                .is_some();
             let mut head = http::Request::from_parts(parts, ());
             *head.version_mut() = http::Version::HTTP_3;
             if head.uri().scheme().is_none() || head.uri().authority().is_none() {
@@ -890,6 +922,11 @@ impl ClientCodec for Http3Client {
             };
             let (mut parts, ()) = resp.into_parts();
             parts.version = http::Version::HTTP_11;
+            if let Some(a) = up.local.filter(|_| want_local) {
+                parts
+                    .extensions
+                    .insert(meshgate_core::stream::UpstreamLocalAddress(a));
+            }
             Ok(http::Response::from_parts(
                 parts,
                 // The request guard too: least-request balancing sees

@@ -413,6 +413,28 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// Whether `/proc/net/tcp` has an established connection from `local` to
+/// `remote` (both IPv4).
+pub fn tcp_established(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => panic!("{a} is not IPv4"),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[1] == l && f[2] == r && f[3] == "01"
+        })
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub fn wait_listening(addr: SocketAddr) {
     wait_until_within(10, &format!("{addr} to listen"), || {

@@ -584,28 +584,6 @@ clusters:
     );
 }
 
-/// Whether `/proc/net/tcp` has an established connection from `local` to
-/// `remote` (both IPv4).
-fn connected(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
-    let hex = |a: std::net::SocketAddr| match a {
-        std::net::SocketAddr::V4(v4) => format!(
-            "{:08X}:{:04X}",
-            u32::from_le_bytes(v4.ip().octets()),
-            v4.port()
-        ),
-        std::net::SocketAddr::V6(_) => panic!("{a} is not IPv4"),
-    };
-    let (l, r) = (hex(local), hex(remote));
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .any(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            f.len() > 3 && f[1] == l && f[2] == r && f[3] == "01"
-        })
-}
-
 /// `%UPSTREAM_LOCAL_ADDRESS%` (and `_WITHOUT_PORT`, `%UPSTREAM_LOCAL_PORT%`):
 /// the local address of the upstream connection a stream went on, for
 /// HTTP/1.1 and HTTP/2 clusters (the kept-alive connection to the
@@ -678,7 +656,7 @@ clusters:
         assert_eq!(f[3], local.port().to_string(), "{line}");
         // The pooled connection to the backend is that one.
         assert!(
-            connected(local, backend),
+            tcp_established(local, backend),
             "{line}: no connection {local} -> {backend}"
         );
     }

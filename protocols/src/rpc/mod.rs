@@ -617,6 +617,8 @@ impl<P: RpcProtocol> RpcServer<P> {
 /// One multiplexed upstream connection.
 struct UpConn {
     tx: mpsc::Sender<(Bytes, Bytes)>,
+    /// The connection's local address (`%UPSTREAM_LOCAL_ADDRESS%`).
+    local: Option<std::net::SocketAddr>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
@@ -709,10 +711,12 @@ async fn connect<P: RpcProtocol>(
         .unwrap_or_else(|| proto.max_calls_per_connection())
         .max(1);
     let (stream, guard) = dial.tcp().await?;
+    let local = stream.local_addr().ok();
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(1024);
     let conn = Arc::new(UpConn {
         tx,
+        local,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
@@ -885,6 +889,15 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             let mut resp = Response::new(full_body(frame.body.clone()));
             *resp.status_mut() = status;
             resp.headers_mut().insert(hname, hval);
+            if let Some(a) = conn.local.filter(|_| {
+                parts
+                    .extensions
+                    .get::<meshgate_core::stream::WantUpstreamLocalAddress>()
+                    .is_some()
+            }) {
+                resp.extensions_mut()
+                    .insert(meshgate_core::stream::UpstreamLocalAddress(a));
+            }
             resp.extensions_mut().insert(RpcFrame {
                 protocol: name,
                 kind: FrameKind::Response,
