@@ -571,6 +571,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let (original_dst_lb_config, cleanup_interval) =
         crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
     let lb_config = crate::slow_start::lb_config(&mut c)?;
+    let filters = crate::istio::cluster_filters(std::mem::take(&mut c.filters), "filters")?;
+    let (upstream_bind_config, upstream_connection_options) = crate::upstream_socket::take(&mut c)?;
     rest(&c, "")?;
     let discovery = match dt {
         Dt::StrictDns => DiscoveryType::StrictDns,
@@ -603,6 +605,9 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         cleanup_interval,
         per_connection_buffer_limit_bytes,
         transport_socket_matches: Vec::new(),
+        filters,
+        upstream_bind_config,
+        upstream_connection_options,
     };
     Ok(Cluster {
         config,
