@@ -115,3 +115,32 @@ impl UpstreamSocket {
         TcpSocket::from_std_stream(std).connect(addr).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keepalive values `ss` cannot show (probes, interval) read back
+    /// with getsockopt on a connected socket.
+    #[tokio::test]
+    async fn keepalive_probes_and_interval_reach_the_socket() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c: ClusterConfig = serde_json::from_value(serde_json::json!({
+            "name": "b",
+            "upstream_connection_options": {"tcp_keepalive": {
+                "keepalive_probes": 4, "keepalive_time": 61, "keepalive_interval": 9}},
+        }))
+        .unwrap();
+        let s = UpstreamSocket::build(&c).unwrap().expect("settings");
+        let stream = s.connect(l.local_addr().unwrap()).await.unwrap();
+        let r = socket2::SockRef::from(&stream);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(61));
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(9));
+        // Neither field: the plain connect.
+        let plain: ClusterConfig =
+            serde_json::from_value(serde_json::json!({"name": "b"})).unwrap();
+        assert!(UpstreamSocket::build(&plain).unwrap().is_none());
+    }
+}
