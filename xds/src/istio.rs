@@ -403,3 +403,104 @@ pub(crate) fn resolve_reporters(chains: &mut [FilterChainConfig], dir: Option<Tr
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::google::protobuf::{self as pb, Any};
+    use prost::Message as _;
+
+    fn with_filter(typed_config: Any) -> cds::Cluster {
+        cds::Cluster {
+            name: "c".into(),
+            filters: vec![cds::Filter {
+                name: "istio.metadata_exchange".into(),
+                typed_config: Some(typed_config),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn typed_struct(fields: &[(&str, pb::value::Kind)]) -> Any {
+        let ts = super::TypedStruct {
+            type_url: super::TCP_METADATA_EXCHANGE.into(),
+            value: Some(pb::Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            pb::Value {
+                                kind: Some(v.clone()),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+        };
+        Any {
+            type_url: super::TYPED_STRUCTS[1].into(),
+            value: ts.encode_to_vec(),
+        }
+    }
+
+    /// istiod's cluster filter, as the message or a TypedStruct, becomes
+    /// the upstream `istio_metadata_exchange`; anything else is refused
+    /// naming the field.
+    #[test]
+    fn cluster_filters_are_translated_or_refused_by_name() {
+        use pb::value::Kind;
+        let msg = Any {
+            type_url: super::TCP_METADATA_EXCHANGE.into(),
+            value: super::TcpMetadataExchange {
+                protocol: "istio-peer-exchange".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        };
+        let ts = typed_struct(&[
+            ("protocol", Kind::StringValue("istio-peer-exchange".into())),
+            ("enable_discovery", Kind::BoolValue(true)),
+        ]);
+        for a in [msg, ts] {
+            let c = crate::translate::cluster(with_filter(a)).unwrap();
+            assert_eq!(c.config.filters.len(), 1);
+            assert_eq!(c.config.filters[0].name, "istio_metadata_exchange");
+            assert_eq!(
+                c.config.filters[0].config["protocol"],
+                "istio-peer-exchange"
+            );
+        }
+        let refused = |a: Any| {
+            crate::translate::cluster(with_filter(a))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(typed_struct(&[("foo", Kind::BoolValue(true))]));
+        assert!(e.contains("filters[0].typed_config.value.foo"), "{e}");
+        let e = refused(typed_struct(&[
+            ("protocol", Kind::StringValue("istio-peer-exchange".into())),
+            (
+                "additional_labels",
+                Kind::ListValue(pb::ListValue {
+                    values: vec![pb::Value {
+                        kind: Some(Kind::StringValue("role".into())),
+                    }],
+                }),
+            ),
+        ]));
+        assert!(
+            e.contains("filters[0].typed_config.additional_labels"),
+            "{e}"
+        );
+        let e = refused(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC".into(),
+            value: vec![],
+        });
+        assert!(
+            e.contains("filters[0].typed_config") && e.contains("rbac.v3.RBAC"),
+            "{e}"
+        );
+    }
+}
