@@ -687,8 +687,9 @@ fn inbound_tcp_listener(name: &str, alpn: &str, cluster: &str) -> String {
     filters:
     - name: istio.metadata_exchange
       typed_config:
-        '@type': type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange
-        protocol: istio-peer-exchange
+        '@type': type.googleapis.com/udpa.type.v1.TypedStruct
+        type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange
+        value: {{protocol: istio-peer-exchange, enable_discovery: true}}
     - name: istio.stats
       typed_config:
         '@type': type.googleapis.com/stats.PluginConfig

@@ -945,6 +945,11 @@ fn network_filter(
             name: "istio_metadata_exchange".into(),
             config: crate::istio::tcp_exchange(&any, &tp)?,
         }),
+        // Recent istiod sends the exchange as a TypedStruct.
+        u if crate::generic_proxy::TYPED_STRUCTS.contains(&u) => Ok(FilterConfig {
+            name: "istio_metadata_exchange".into(),
+            config: crate::istio::tcp_exchange(&any, &tp)?,
+        }),
         crate::istio::STATS => Ok(FilterConfig {
             name: "istio_stats".into(),
             config: crate::istio::stats(&any, &tp)?,
