@@ -118,7 +118,7 @@ clusters:
 }
 
 #[test]
-fn yaml_refuses_a_listening_state_and_freebind_without_address() {
+fn yaml_refuses_bad_upstream_socket_settings_and_cluster_filters_by_name() {
     for (extra, field) in [
         (
             "upstream_bind_config:\n      socket_options: [{level: 1, name: 8, int_value: 1, state: listening}]",
@@ -131,6 +131,12 @@ fn yaml_refuses_a_listening_state_and_freebind_without_address() {
         (
             "upstream_connection_options: {tcp_keepalive: {keepalive_probes: 0}}",
             "upstream_connection_options.tcp_keepalive.keepalive_probes",
+        ),
+        // Cluster filters: a registered upstream filter, its config checked.
+        ("filters: [{name: nope}]", "filters[0].name"),
+        (
+            "filters: [{name: istio_metadata_exchange, config: {protocol: ''}}]",
+            "filters[0].config.protocol",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
