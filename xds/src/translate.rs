@@ -567,6 +567,12 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             );
         }
     }
+    if ext.auto_config && (transport_socket.is_some() || !transport_socket_matches.is_empty()) {
+        return err(
+            join(&ext.path, "auto_config"),
+            "on a TLS cluster: choosing HTTP/2 or HTTP/1.1 by ALPN is not implemented (set explicit_http_config); without TLS it is HTTP/1.1",
+        );
+    }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     let (original_dst_lb_config, cleanup_interval) =
         crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
