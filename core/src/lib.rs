@@ -47,6 +47,7 @@ pub mod tls_san;
 pub mod trace;
 pub mod udp;
 pub mod upgrade;
+pub mod upstream_filter;
 pub mod upstream_protocol;
 
 pub use error::{BuildError, ConfigError, Error};

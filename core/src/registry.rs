@@ -31,6 +31,8 @@ pub struct Registry {
     stream_filters: BTreeMap<String, Arc<dyn StreamFilterFactory>>,
     /// Builds listeners' own access logs (`crate::listener_log`).
     listener_log: Option<Arc<dyn crate::listener_log::ListenerLogFactory>>,
+    /// Upstream network filters (`Cluster.filters`, `crate::upstream_filter`).
+    upstream_filters: BTreeMap<String, Arc<dyn crate::upstream_filter::UpstreamFilterFactory>>,
 }
 
 /// Inserts `f` under `name` unless the name is taken.
@@ -67,6 +69,7 @@ impl Registry {
             codecs: Vec::new(),
             stream_filters: BTreeMap::new(),
             listener_log: None,
+            upstream_filters: BTreeMap::new(),
         };
         for f in builtin_factories() {
             let name = f.name();
@@ -93,6 +96,23 @@ impl Registry {
     /// What builds listeners' `access_log`, if registered.
     pub fn listener_log(&self) -> Option<&Arc<dyn crate::listener_log::ListenerLogFactory>> {
         self.listener_log.as_ref()
+    }
+
+    /// Adds an upstream network filter factory (`Cluster.filters`) under
+    /// its name.
+    pub fn register_upstream_filter(
+        &mut self,
+        f: Arc<dyn crate::upstream_filter::UpstreamFilterFactory>,
+    ) -> Result<(), DuplicateName> {
+        let name = f.name();
+        insert_new(&mut self.upstream_filters, "upstream filter", name, f)
+    }
+
+    pub fn upstream_filter(
+        &self,
+        name: &str,
+    ) -> Option<&Arc<dyn crate::upstream_filter::UpstreamFilterFactory>> {
+        self.upstream_filters.get(name)
     }
 
     /// Adds a network filter factory under its name.

@@ -47,6 +47,7 @@ pub fn register_all(registry: &mut Registry) -> Result<(), DuplicateName> {
     // Stream filters.
     registry.register_network_filter(Arc::new(istio::exchange::MetadataExchangeFactory))?;
     registry.register_network_filter(Arc::new(istio::tcp_stats::TcpStatsFactory))?;
+    registry.register_upstream_filter(Arc::new(istio::exchange::UpstreamExchangeFactory))?;
     registry.register_stream_filter(Arc::new(istio::peer_metadata::PeerMetadataFactory))?;
     registry.register_stream_filter(Arc::new(istio::stats::IstioStatsFactory))?;
     registry.register_stream_filter(Arc::new(cors::CorsFactory))?;

@@ -20,8 +20,8 @@ use meshgate_core::config::filters::{TcpHashPolicy as HashPolicy, TcpProxyConfig
 use meshgate_core::config::parse_typed;
 use meshgate_core::lb::{LbContext, hash_key};
 use meshgate_core::network::{
-    BuildContext, BuiltFilter, Connection, ConnectionInfo, DownstreamIo, NetworkFilterFactory,
-    ServeFuture, TerminalFilter,
+    BuildContext, BuiltFilter, Connection, ConnectionInfo, DownstreamIo, FilteredIo,
+    NetworkFilterFactory, ServeFuture, TerminalFilter,
 };
 use metrics::{Counter, Gauge};
 use std::io;
@@ -287,9 +287,36 @@ impl TcpProxy {
                     let mut up = tls.connect(up.stream, None, addr).await.inspect_err(|_| {
                         metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
                     })?;
-                    if !preface.is_empty() {
-                        up.write_all(&preface).await?;
+                    if cluster.filters.is_empty() {
+                        if !preface.is_empty() {
+                            up.write_all(&preface).await?;
+                        }
+                        return copy_bidirectional(&mut down, &mut up, &counters, &activity).await;
                     }
+                    let alpn = up.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    let mut up = upstream_filtered(
+                        &cluster,
+                        &info,
+                        alpn.as_deref(),
+                        DownstreamIo::Boxed(Box::new(up)),
+                        &preface,
+                    )
+                    .await?;
+                    copy_bidirectional(&mut down, &mut up, &counters, &activity).await
+                };
+                with_idle_timeout(pump, self.idle_timeout, &activity).await
+            }
+            // Plain TCP with cluster filters: user-space copy through them.
+            (mut down, None) if !cluster.filters.is_empty() => {
+                let pump = async {
+                    let mut up = upstream_filtered(
+                        &cluster,
+                        &info,
+                        None,
+                        DownstreamIo::Tcp(up.stream),
+                        &preface,
+                    )
+                    .await?;
                     copy_bidirectional(&mut down, &mut up, &counters, &activity).await
                 };
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
@@ -333,6 +360,29 @@ impl TcpProxy {
             l.close(Some(upstream_host), None);
         }
     }
+}
+
+/// The upstream connection as the cluster's filters
+/// (`meshgate_core::upstream_filter`) see it: what they send first, then
+/// `preface` (bytes the listener read already), and the bytes read back
+/// through their read filters.
+async fn upstream_filtered(
+    cluster: &Cluster,
+    info: &ConnectionInfo,
+    alpn: Option<&[u8]>,
+    io: DownstreamIo,
+    preface: &[u8],
+) -> io::Result<FilteredIo> {
+    let (first, reads) = cluster.filters.on_connected(info.id, alpn);
+    let mut up = FilteredIo::new(io, bytes::Bytes::new(), info, reads, Vec::new())?;
+    if !first.is_empty() {
+        up.write_all(&first).await?;
+    }
+    if !preface.is_empty() {
+        up.write_all(preface).await?;
+    }
+    up.flush().await?;
+    Ok(up)
 }
 
 struct Counters<'a> {

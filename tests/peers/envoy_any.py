@@ -40,6 +40,7 @@ for mod in (
     "envoy.extensions.filters.network.generic_proxy.action.v3.action_pb2",
     "envoy.extensions.filters.network.generic_proxy.router.v3.router_pb2",
     "xds.type.v3.typed_struct_pb2",
+    "udpa.type.v1.typed_struct_pb2",
 ):
     importlib.import_module(mod)
 # Istio's own extension configs (istiod's filters), not in xds-protos.

@@ -662,3 +662,271 @@ fn write_temp(text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
 }
+
+/// An inbound TCP listener of the "server sidecar" as istiod writes one:
+/// mTLS, the given ALPN ids, the exchange, `istio.stats`, tcp_proxy.
+fn inbound_tcp_listener(name: &str, alpn: &str, cluster: &str) -> String {
+    format!(
+        r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+  traffic_direction: INBOUND
+  filter_chains:
+  - transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+        require_client_certificate: true
+        common_tls_context:
+          alpn_protocols: [{alpn}]
+          tls_certificates:
+          - certificate_chain: {{filename: "{server}"}}
+            private_key: {{filename: "{server_key}"}}
+          validation_context:
+            trusted_ca: {{filename: "{client_ca}"}}
+    filters:
+    - name: istio.metadata_exchange
+      typed_config:
+        '@type': type.googleapis.com/udpa.type.v1.TypedStruct
+        type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange
+        value: {{protocol: istio-peer-exchange, enable_discovery: true}}
+    - name: istio.stats
+      typed_config:
+        '@type': type.googleapis.com/stats.PluginConfig
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: '{cluster}'
+        cluster: '{cluster}'
+"#,
+        server = cert("server.pem"),
+        server_key = cert("server.key"),
+        client_ca = cert("client-ca.pem"),
+    )
+}
+
+/// An in-mesh outbound TCP cluster as istiod writes one: mTLS offering
+/// `istio-peer-exchange`, and the cluster filter `istio.metadata_exchange`
+/// in the `TypedStruct` form recent istiod sends.
+fn outbound_tcp_cluster(name: &str, endpoint: SocketAddr) -> String {
+    format!(
+        r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: '{name}'
+  type: STATIC
+  connect_timeout: 1s
+  lb_policy: ROUND_ROBIN
+  load_assignment:
+    cluster_name: '{name}'
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+  filters:
+  - name: istio.metadata_exchange
+    typed_config:
+      '@type': type.googleapis.com/udpa.type.v1.TypedStruct
+      type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange
+      value: {{protocol: istio-peer-exchange, enable_discovery: true}}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: localhost
+      common_tls_context:
+        alpn_protocols: [istio-peer-exchange, istio]
+        tls_certificates:
+        - certificate_chain: {{filename: "{client}"}}
+          private_key: {{filename: "{client_key}"}}
+        validation_context:
+          trusted_ca: {{filename: "{ca}"}}
+"#,
+        port = endpoint.port(),
+        client = cert("client.pem"),
+        client_key = cert("client.key"),
+        ca = cert("ca.pem"),
+    )
+}
+
+/// One TCP round trip through `addr`.
+fn tcp_echo(addr: SocketAddr, text: &str) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(text.as_bytes()).unwrap();
+    let mut got = vec![0u8; text.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, text.as_bytes(), "the application's bytes only");
+}
+
+/// The client side of the TCP exchange, meshgate to meshgate, both driven
+/// by their own ADS server with istiod-shaped resources: productpage's
+/// sidecar (OUTBOUND listener, istio.stats + tcp_proxy) proxies to an
+/// in-mesh cluster carrying the `istio.metadata_exchange` cluster filter;
+/// its mTLS connection negotiates `istio-peer-exchange` with ratings'
+/// sidecar (INBOUND, the exchange network filter), each sends its node
+/// metadata in band before the application's bytes, and each side's
+/// `istio_tcp_*` metrics name the other's workload. Then a push points
+/// the cluster at a listener of ratings' sidecar that does not negotiate
+/// the ALPN: bytes are proxied plainly and both sides report the peer
+/// `unknown`.
+#[test]
+fn outbound_tcp_metadata_exchange_between_two_sidecars() {
+    let echo = echo_backend();
+    // ratings' sidecar: one listener negotiating the exchange, one not.
+    let server_mgmt = Mgmt::start(0);
+    let listeners = format!(
+        "{}{}",
+        inbound_tcp_listener(
+            "virtualInbound",
+            "istio-peer-exchange, istio",
+            "inbound|9080||"
+        ),
+        inbound_tcp_listener("plainInbound", "istio", "inbound|9080||"),
+    );
+    set(
+        &server_mgmt,
+        "1",
+        &static_cluster_yaml("inbound|9080||", echo),
+        &listeners,
+    );
+    let server = Meshgate::start(&sidecar_bootstrap(
+        server_mgmt.addr.port(),
+        "ratings-v1",
+        "ratings",
+    ));
+    acked(&server_mgmt, "1");
+    let exchanging = bound(&server, "virtualInbound");
+    let plain = bound(&server, "plainInbound");
+
+    // productpage's sidecar.
+    const CLUSTER: &str = "outbound|9080||ratings.default.svc.cluster.local";
+    let outbound_listener = format!(
+        r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: ratings_9080
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+  traffic_direction: OUTBOUND
+  filter_chains:
+  - filters:
+    - name: istio.stats
+      typed_config:
+        '@type': type.googleapis.com/stats.PluginConfig
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: '{CLUSTER}'
+        cluster: '{CLUSTER}'
+"#
+    );
+    let client_mgmt = Mgmt::start(0);
+    set(
+        &client_mgmt,
+        "1",
+        &outbound_tcp_cluster(CLUSTER, exchanging),
+        &outbound_listener,
+    );
+    let client = Meshgate::start(&sidecar_bootstrap(
+        client_mgmt.addr.port(),
+        "productpage-v1",
+        "productpage",
+    ));
+    acked(&client_mgmt, "1");
+    // Ready by the admin server's word: a probe connection would be a
+    // connection of its own in the metrics.
+    let outbound = wait_for_within(10, "ratings_9080", || {
+        client
+            .listeners()
+            .iter()
+            .any(|l| l["name"] == "ratings_9080" && l["bound"][0].is_string())
+            .then(|| client.listener_addr("ratings_9080"))
+    });
+
+    tcp_echo(outbound, "ping over the mesh");
+    let both = [
+        ("source_workload", "productpage-v1"),
+        ("source_app", "productpage"),
+        ("destination_workload", "ratings-v1"),
+        ("destination_app", "ratings"),
+        ("request_protocol", "tcp"),
+    ];
+    let with = |reporter: &'static str| {
+        let mut l = both.to_vec();
+        l.push(("reporter", reporter));
+        l
+    };
+    // The client side learnt the server's workload in band.
+    client.wait_metric("istio_tcp_connections_closed_total", &with("source"), |v| {
+        v == 1.0
+    });
+    assert_eq!(
+        client.metric("istio_tcp_connections_opened_total", &with("source")),
+        1.0
+    );
+    for m in [
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        assert_eq!(
+            client.metric(m, &with("source")),
+            "ping over the mesh".len() as f64,
+            "{m}: the application's bytes only"
+        );
+    }
+    // The server side learnt the client's, from the client sidecar's
+    // header (not a test peer's).
+    let mut server_labels = with("destination");
+    server_labels.push(("connection_security_policy", "mutual_tls"));
+    server.wait_metric("istio_tcp_connections_closed_total", &server_labels, |v| {
+        v == 1.0
+    });
+    for m in [
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        assert_eq!(
+            server.metric(m, &server_labels),
+            "ping over the mesh".len() as f64,
+            "{m}"
+        );
+    }
+
+    // A push: the cluster's endpoint no longer negotiates the ALPN.
+    set(
+        &client_mgmt,
+        "2",
+        &outbound_tcp_cluster(CLUSTER, plain),
+        &outbound_listener,
+    );
+    acked(&client_mgmt, "2");
+    let unknown_server = [
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("destination_workload", "unknown"),
+        ("request_protocol", "tcp"),
+    ];
+    // The new cluster applies to the next connection; a connection still
+    // reaching the old endpoint would be reported with ratings' workload.
+    tcp_echo(client.listener_addr("ratings_9080"), "plain bytes");
+    client.wait_metric("istio_tcp_connections_closed_total", &unknown_server, |v| {
+        v == 1.0
+    });
+    assert_eq!(
+        client.metric("istio_tcp_sent_bytes_total", &unknown_server),
+        "plain bytes".len() as f64
+    );
+    let unknown_client = [
+        ("reporter", "destination"),
+        ("source_workload", "unknown"),
+        ("destination_workload", "ratings-v1"),
+    ];
+    server.wait_metric("istio_tcp_connections_closed_total", &unknown_client, |v| {
+        v == 1.0
+    });
+    assert_eq!(
+        server.metric("istio_tcp_received_bytes_total", &unknown_client),
+        "plain bytes".len() as f64
+    );
+    // Exactly one exchanged connection on each side.
+    assert_eq!(
+        client.metric("istio_tcp_connections_opened_total", &with("source")),
+        1.0
+    );
+}

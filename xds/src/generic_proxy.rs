@@ -51,7 +51,7 @@ pub const TYPE: &str =
 const DUBBO_CODEC: &str = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.codecs.dubbo.v3.DubboCodecConfig";
 /// meshgate's extension codec type for Bolt (Envoy has none).
 pub const BOLT_CODEC: &str = "type.googleapis.com/meshgate.codecs.Bolt";
-const TYPED_STRUCTS: [&str; 2] = [
+pub(crate) const TYPED_STRUCTS: [&str; 2] = [
     "type.googleapis.com/xds.type.v3.TypedStruct",
     "type.googleapis.com/udpa.type.v1.TypedStruct",
 ];
@@ -68,11 +68,11 @@ const MAX_DEPTH: usize = 16;
 /// `xds.type.v3.TypedStruct` (wire-identical to `udpa.type.v1`'s), which
 /// meshgate's Envoy protos lack.
 #[derive(Clone, PartialEq, prost::Message)]
-struct TypedStruct {
+pub(crate) struct TypedStruct {
     #[prost(string, tag = "1")]
-    type_url: String,
+    pub(crate) type_url: String,
     #[prost(message, optional, tag = "2")]
-    value: Option<protobuf::Struct>,
+    pub(crate) value: Option<protobuf::Struct>,
 }
 
 /// One conjunction of header conditions.

@@ -12,12 +12,17 @@
 //!   `traffic_direction` (INBOUND reports as `destination`, else
 //!   `source`), resolved by `resolve_reporters` once the listener's is known;
 //! - network `envoy.tcp.metadataexchange.config.MetadataExchange`:
-//!   `istio_metadata_exchange`.
+//!   `istio_metadata_exchange`; on a cluster (`Cluster.filters`, istiod's
+//!   `istio.metadata_exchange` or the older
+//!   `envoy.filters.network.upstream.metadata_exchange`) the upstream
+//!   filter of the same name (`cluster_filters`). Its config comes as the
+//!   message or, as recent istiod sends it, a `TypedStruct` of it.
 
-use crate::translate::{R, decode, err, join};
+use crate::generic_proxy::{TYPED_STRUCTS, TypedStruct};
+use crate::translate::{R, decode, err, join, rest};
 use envoy_types::pb::google::protobuf;
-use meshgate_core::config::FilterChainConfig;
 use meshgate_core::config::traffic_direction::TrafficDirection;
+use meshgate_core::config::{FilterChainConfig, FilterConfig};
 use serde_json::{Value, json};
 
 pub(crate) const PEER_METADATA: &str = "type.googleapis.com/io.istio.http.peer_metadata.Config";
@@ -267,9 +272,91 @@ pub(crate) fn stats(a: &protobuf::Any, p: &str) -> R<Value> {
     Ok(out)
 }
 
+/// A `TypedStruct`'s inner type URL, if `a` is one.
+fn typed_struct(a: &protobuf::Any, p: &str) -> R<Option<TypedStruct>> {
+    match TYPED_STRUCTS.iter().find(|u| **u == a.type_url) {
+        Some(url) => Ok(Some(decoded(a, url, p)?)),
+        None => Ok(None),
+    }
+}
+
+/// The TCP exchange's message, from itself or a `TypedStruct` of it (its
+/// fields by their JSON names; any other is refused by name).
+fn tcp_exchange_message(a: &protobuf::Any, p: &str) -> R<TcpMetadataExchange> {
+    let Some(ts) = typed_struct(a, p)? else {
+        return decoded(a, TCP_METADATA_EXCHANGE, p);
+    };
+    if ts.type_url != TCP_METADATA_EXCHANGE {
+        return err(
+            join(p, "type_url"),
+            format!("'{}' (want '{TCP_METADATA_EXCHANGE}')", ts.type_url),
+        );
+    }
+    use protobuf::value::Kind;
+    let mut out = TcpMetadataExchange::default();
+    for (k, v) in ts.value.unwrap_or_default().fields {
+        let vp = format!("{p}.value.{k}");
+        match (k.as_str(), v.kind) {
+            ("protocol", Some(Kind::StringValue(s))) => out.protocol = s,
+            ("enable_discovery", Some(Kind::BoolValue(b))) => out.enable_discovery = b,
+            ("additional_labels" | "additionalLabels", Some(Kind::ListValue(l))) => {
+                for (i, v) in l.values.into_iter().enumerate() {
+                    match v.kind {
+                        Some(Kind::StringValue(s)) => out.additional_labels.push(s),
+                        _ => return err(format!("{vp}[{i}]"), "a string"),
+                    }
+                }
+            }
+            ("enableDiscovery", Some(Kind::BoolValue(b))) => out.enable_discovery = b,
+            ("protocol" | "enable_discovery" | "enableDiscovery", _) => {
+                return err(vp, "wrong type");
+            }
+            _ => return err(vp, "unknown field of MetadataExchange"),
+        }
+    }
+    Ok(out)
+}
+
+/// `Cluster.filters`: Istio's TCP exchange on the cluster's connections
+/// (the upstream filter `istio_metadata_exchange`); any other filter is
+/// refused naming its type.
+pub(crate) fn cluster_filters(
+    list: Vec<envoy_types::pb::envoy::config::cluster::v3::Filter>,
+    p: &str,
+) -> R<Vec<FilterConfig>> {
+    let mut out = Vec::new();
+    for (i, mut f) in list.into_iter().enumerate() {
+        let fp = format!("{p}[{i}]");
+        // Its name is informative: the type chooses the filter.
+        f.name.clear();
+        let Some(any) = f.typed_config.take() else {
+            return err(join(&fp, "typed_config"), "required");
+        };
+        rest(&f, &fp)?;
+        let tp = join(&fp, "typed_config");
+        let inner = match typed_struct(&any, &tp)? {
+            Some(ts) => ts.type_url,
+            None => any.type_url.clone(),
+        };
+        if inner != TCP_METADATA_EXCHANGE {
+            return err(
+                tp,
+                format!(
+                    "cluster filter '{inner}' not supported (Istio's envoy.tcp.metadataexchange.config.MetadataExchange only)"
+                ),
+            );
+        }
+        out.push(FilterConfig {
+            name: "istio_metadata_exchange".into(),
+            config: tcp_exchange(&any, &tp)?,
+        });
+    }
+    Ok(out)
+}
+
 /// The TCP exchange's config (`istio_metadata_exchange`).
 pub(crate) fn tcp_exchange(a: &protobuf::Any, p: &str) -> R<Value> {
-    let c: TcpMetadataExchange = decoded(a, TCP_METADATA_EXCHANGE, p)?;
+    let c = tcp_exchange_message(a, p)?;
     if c.protocol.is_empty() {
         return err(join(p, "protocol"), "required (istio-peer-exchange)");
     }
@@ -314,5 +401,106 @@ pub(crate) fn resolve_reporters(chains: &mut [FilterChainConfig], dir: Option<Tr
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3 as cds;
+    use envoy_types::pb::google::protobuf::{self as pb, Any};
+    use prost::Message as _;
+
+    fn with_filter(typed_config: Any) -> cds::Cluster {
+        cds::Cluster {
+            name: "c".into(),
+            filters: vec![cds::Filter {
+                name: "istio.metadata_exchange".into(),
+                typed_config: Some(typed_config),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn typed_struct(fields: &[(&str, pb::value::Kind)]) -> Any {
+        let ts = super::TypedStruct {
+            type_url: super::TCP_METADATA_EXCHANGE.into(),
+            value: Some(pb::Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            pb::Value {
+                                kind: Some(v.clone()),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+        };
+        Any {
+            type_url: super::TYPED_STRUCTS[1].into(),
+            value: ts.encode_to_vec(),
+        }
+    }
+
+    /// istiod's cluster filter, as the message or a TypedStruct, becomes
+    /// the upstream `istio_metadata_exchange`; anything else is refused
+    /// naming the field.
+    #[test]
+    fn cluster_filters_are_translated_or_refused_by_name() {
+        use pb::value::Kind;
+        let msg = Any {
+            type_url: super::TCP_METADATA_EXCHANGE.into(),
+            value: super::TcpMetadataExchange {
+                protocol: "istio-peer-exchange".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        };
+        let ts = typed_struct(&[
+            ("protocol", Kind::StringValue("istio-peer-exchange".into())),
+            ("enable_discovery", Kind::BoolValue(true)),
+        ]);
+        for a in [msg, ts] {
+            let c = crate::translate::cluster(with_filter(a)).unwrap();
+            assert_eq!(c.config.filters.len(), 1);
+            assert_eq!(c.config.filters[0].name, "istio_metadata_exchange");
+            assert_eq!(
+                c.config.filters[0].config["protocol"],
+                "istio-peer-exchange"
+            );
+        }
+        let refused = |a: Any| {
+            crate::translate::cluster(with_filter(a))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(typed_struct(&[("foo", Kind::BoolValue(true))]));
+        assert!(e.contains("filters[0].typed_config.value.foo"), "{e}");
+        let e = refused(typed_struct(&[
+            ("protocol", Kind::StringValue("istio-peer-exchange".into())),
+            (
+                "additional_labels",
+                Kind::ListValue(pb::ListValue {
+                    values: vec![pb::Value {
+                        kind: Some(Kind::StringValue("role".into())),
+                    }],
+                }),
+            ),
+        ]));
+        assert!(
+            e.contains("filters[0].typed_config.additional_labels"),
+            "{e}"
+        );
+        let e = refused(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC".into(),
+            value: vec![],
+        });
+        assert!(
+            e.contains("filters[0].typed_config") && e.contains("rbac.v3.RBAC"),
+            "{e}"
+        );
     }
 }

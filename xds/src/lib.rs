@@ -48,5 +48,6 @@ pub mod transport_socket_match;
 mod udp_proxy;
 mod unknown;
 mod upstream_http;
+mod upstream_socket;
 
 pub use client::{Bootstrap, run};

@@ -567,10 +567,18 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             );
         }
     }
+    if ext.auto_config && (transport_socket.is_some() || !transport_socket_matches.is_empty()) {
+        return err(
+            join(&ext.path, "auto_config"),
+            "on a TLS cluster: choosing HTTP/2 or HTTP/1.1 by ALPN is not implemented (set explicit_http_config); without TLS it is HTTP/1.1",
+        );
+    }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     let (original_dst_lb_config, cleanup_interval) =
         crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
     let lb_config = crate::slow_start::lb_config(&mut c)?;
+    let filters = crate::istio::cluster_filters(std::mem::take(&mut c.filters), "filters")?;
+    let (upstream_bind_config, upstream_connection_options) = crate::upstream_socket::take(&mut c)?;
     rest(&c, "")?;
     let discovery = match dt {
         Dt::StrictDns => DiscoveryType::StrictDns,
@@ -603,6 +611,9 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         cleanup_interval,
         per_connection_buffer_limit_bytes,
         transport_socket_matches: Vec::new(),
+        filters,
+        upstream_bind_config,
+        upstream_connection_options,
     };
     Ok(Cluster {
         config,
@@ -937,6 +948,11 @@ fn network_filter(
             config: crate::local_ratelimit::network_config(&any, &tp)?,
         }),
         crate::istio::TCP_METADATA_EXCHANGE => Ok(FilterConfig {
+            name: "istio_metadata_exchange".into(),
+            config: crate::istio::tcp_exchange(&any, &tp)?,
+        }),
+        // Recent istiod sends the exchange as a TypedStruct.
+        u if crate::generic_proxy::TYPED_STRUCTS.contains(&u) => Ok(FilterConfig {
             name: "istio_metadata_exchange".into(),
             config: crate::istio::tcp_exchange(&any, &tp)?,
         }),

@@ -28,6 +28,10 @@ pub(crate) struct UpstreamHttp {
     pub auto_sni: bool,
     /// The path of the extension's entry (for errors named later).
     pub path: String,
+    /// `auto_config` was set: HTTP/1.1, which is what Envoy's ALPN choice
+    /// comes to on a plaintext cluster; a TLS cluster with it is refused
+    /// by the caller once its transport socket is known.
+    pub auto_config: bool,
 }
 
 /// Takes `typed_extension_protocol_options` out of the cluster.
@@ -104,11 +108,25 @@ fn http_protocol_options(
             rest(&d, &dp)?;
             out.protocol = Some("downstream".into());
         }
-        Some(P::AutoConfig(_)) => {
-            return err(
-                join(path, "auto_config"),
-                "choosing the upstream protocol by ALPN is not supported (set explicit_http_config)",
-            );
+        Some(P::AutoConfig(mut a)) => {
+            // Without TLS there is no ALPN: Envoy speaks HTTP/1.1 (its
+            // HTTP/2 options can never apply; checked all the same).
+            let ap = join(path, "auto_config");
+            if let Some(h1) = a.http_protocol_options.take() {
+                rest(&h1, &join(&ap, "http_protocol_options"))?;
+            }
+            if let Some(h2) = a.http2_protocol_options.take() {
+                http2(h2, &join(&ap, "http2_protocol_options"), &mut Map::new())?;
+            }
+            if a.http3_protocol_options.is_some() {
+                return err(
+                    join(&ap, "http3_protocol_options"),
+                    "HTTP/3 to upstreams is not supported through xDS",
+                );
+            }
+            rest(&a, &ap)?;
+            out.protocol = Some("http1".into());
+            out.auto_config = true;
         }
     }
     if let Some(mut o) = m.common_http_protocol_options.take() {
@@ -264,8 +282,31 @@ mod tests {
             ),
             ..Default::default()
         };
-        let e = translate(&mut cluster(&m)).unwrap_err();
-        assert!(e.0.ends_with("auto_config"), "{e:?}");
+        // auto_config: HTTP/1.1 (the caller refuses it on TLS clusters).
+        let a = translate(&mut cluster(&m)).unwrap();
+        assert_eq!(a.protocol.as_deref(), Some("http1"));
+        assert!(a.auto_config);
+        // ... and as a whole cluster: plaintext speaks HTTP/1.1, TLS is
+        // refused naming the field.
+        let mut plain = cluster(&m);
+        plain.name = "p".into();
+        let t = crate::translate::cluster(plain).unwrap();
+        assert_eq!(t.config.protocol.as_deref(), Some("http1"));
+        let mut tls = cluster(&m);
+        tls.name = "t".into();
+        tls.transport_socket = Some(envoy_types::pb::envoy::config::core::v3::TransportSocket {
+            name: "tls".into(),
+            config_type: Some(
+                envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                    protobuf::Any {
+                        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext".into(),
+                        value: vec![],
+                    },
+                ),
+            ),
+        });
+        let e = crate::translate::cluster(tls).unwrap_err().to_string();
+        assert!(e.contains("auto_config: on a TLS cluster"), "{e}");
         let mut c = cds::Cluster::default();
         c.typed_extension_protocol_options.insert(
             "x".into(),

@@ -34,6 +34,7 @@ pub mod health_check;
 pub mod locality;
 pub mod original_dst;
 pub mod priority;
+pub mod upstream_socket;
 pub mod zone;
 
 /// One upstream address of a cluster.
@@ -547,6 +548,10 @@ pub struct Cluster {
     /// `per_connection_buffer_limit_bytes`: the bytes held per upstream
     /// connection (`None`: meshgate's own bounds, under Envoy's 1 MiB).
     pub buffer_limit: Option<u32>,
+    /// `filters`: upstream network filters (`crate::upstream_filter`).
+    pub filters: crate::upstream_filter::UpstreamFilters,
+    /// `upstream_bind_config` / `upstream_connection_options`.
+    pub socket: Option<upstream_socket::UpstreamSocket>,
 }
 
 impl Cluster {
@@ -597,6 +602,8 @@ impl Cluster {
             outlier: None,
             original_dst: None,
             buffer_limit: None,
+            filters: Default::default(),
+            socket: None,
         }
     }
 
@@ -775,12 +782,17 @@ impl Cluster {
             }
         };
         let addr = endpoint.address;
-        let result =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => Ok(s),
-                Ok(Err(e)) => Err(ConnectError::Io(addr, e)),
-                Err(_) => Err(ConnectError::Timeout(addr)),
-            };
+        let connect = async {
+            match &self.socket {
+                Some(s) => s.connect(addr).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ConnectError::Io(addr, e)),
+            Err(_) => Err(ConnectError::Timeout(addr)),
+        };
         match result {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
@@ -1004,6 +1016,9 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         cleanup_interval,
         per_connection_buffer_limit_bytes,
         transport_socket_matches,
+        filters,
+        upstream_bind_config,
+        upstream_connection_options,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -1027,6 +1042,9 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *cleanup_interval == b.cleanup_interval
         && *per_connection_buffer_limit_bytes == b.per_connection_buffer_limit_bytes
         && *transport_socket_matches == b.transport_socket_matches
+        && *filters == b.filters
+        && *upstream_bind_config == b.upstream_bind_config
+        && *upstream_connection_options == b.upstream_connection_options
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -1296,6 +1314,21 @@ fn build_cluster(
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();
     cluster.original_dst = od;
+    cluster.socket =
+        upstream_socket::UpstreamSocket::build(c).map_err(|e| source.build_error(path, e))?;
+    for (i, f) in c.filters.iter().enumerate() {
+        let p = format!("{path}.filters[{i}]");
+        let factory = registry.upstream_filter(&f.name).ok_or_else(|| {
+            source.error(
+                format!("{p}.name"),
+                format!("unknown upstream filter '{}'", f.name),
+            )
+        })?;
+        let built = factory
+            .create(&f.config)
+            .map_err(|e| source.build_error(&format!("{p}.config"), e))?;
+        cluster.filters.0.push((f.name.clone(), built));
+    }
     if let Some(t) = &c.tls {
         cluster.tls = Some(Arc::new(
             crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))

@@ -34,6 +34,7 @@ pub mod trace_export;
 pub mod tracing;
 pub mod traffic_direction;
 pub mod udp_proxy;
+pub mod upstream_socket;
 pub mod zone;
 
 pub use load::{ConfigSource, LineIndex, load_file, load_file_off_worker, parse_str, parse_typed};
@@ -698,6 +699,17 @@ pub struct ClusterConfig {
     /// TLS (none: plaintext); the first match wins, else `tls` applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transport_socket_matches: Vec<TransportSocketMatchConfig>,
+    /// Envoy's `Cluster.filters`: upstream network filters by registered
+    /// name (`crate::upstream_filter`), run on `tcp_proxy`'s upstream
+    /// connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+    /// Envoy's `upstream_bind_config` (`upstream_socket`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_bind_config: Option<upstream_socket::UpstreamBindConfig>,
+    /// Envoy's `upstream_connection_options` (`upstream_socket`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_connection_options: Option<upstream_socket::UpstreamConnectionOptions>,
 }
 
 /// One entry of `transport_socket_matches`.

@@ -14,6 +14,14 @@
 //! on (the peer is not an Istio proxy); one longer than
 //! `MAX_METADATA_BYTES` closes the connection (nothing is buffered past
 //! that bound).
+//!
+//! The same exchange runs on the client side as an upstream filter
+//! (`UpstreamExchangeFactory`, Envoy's
+//! `envoy.filters.network.upstream.metadata_exchange` on a cluster): on an
+//! upstream connection whose TLS negotiated the ALPN id, our header goes
+//! out first and the server's header is read off the bytes coming back
+//! (`upstream_peer_of`, by the downstream connection's id: the outbound
+//! `istio_stats` labels the destination with it).
 
 use super::{Local, MAX_METADATA_BYTES, METADATA_ID_HEADER, Peer, count_bad, decode_struct};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,6 +34,9 @@ use meshgate_core::network::{
     BuildContext, BuiltFilter, ConnectionInfo, DataStatus, NetworkFilter, NetworkFilterFactory,
     ReadFilter, WriteFilter,
 };
+use meshgate_core::upstream_filter::{
+    UpstreamConnectionFilter, UpstreamFilter, UpstreamFilterFactory,
+};
 use prost::Message as _;
 use std::sync::{Arc, OnceLock};
 
@@ -34,16 +45,32 @@ pub const MAGIC: u32 = 0x3D23_0467;
 /// The type URL of the exchanged `Any`'s value.
 pub const STRUCT_TYPE: &str = "type.googleapis.com/google.protobuf.Struct";
 
-/// The peers learnt in band, by connection id, while their connection is
-/// open (the exchange's read filter removes its entry when dropped).
-fn peers() -> &'static DashMap<u64, Arc<Peer>> {
-    static PEERS: OnceLock<DashMap<u64, Arc<Peer>>> = OnceLock::new();
+type Peers = DashMap<u64, Arc<Peer>>;
+
+/// The peers learnt in band from downstream connections, by connection
+/// id, while their connection is open (the exchange's read filter removes
+/// its entry when dropped).
+fn peers() -> &'static Peers {
+    static PEERS: OnceLock<Peers> = OnceLock::new();
     PEERS.get_or_init(DashMap::new)
 }
 
-/// The peer the exchange learnt on connection `id`, if it did.
+/// The peers learnt from upstream connections, by the id of the
+/// downstream connection they serve.
+fn upstream_peers() -> &'static Peers {
+    static PEERS: OnceLock<Peers> = OnceLock::new();
+    PEERS.get_or_init(DashMap::new)
+}
+
+/// The peer the exchange learnt on (downstream) connection `id`, if it did.
 pub fn peer_of(id: u64) -> Option<Arc<Peer>> {
     peers().get(&id).map(|p| p.clone())
+}
+
+/// The upstream peer the client-side exchange learnt for downstream
+/// connection `id`, if it did.
+pub fn upstream_peer_of(id: u64) -> Option<Arc<Peer>> {
+    upstream_peers().get(&id).map(|p| p.clone())
 }
 
 /// Our header: magic, length, `Any(Struct)` of the node's exchanged
@@ -131,6 +158,7 @@ impl NetworkFilter for MetadataExchange {
             Box::new(ReadPeer {
                 id: info.id,
                 done: false,
+                map: peers(),
             }) as Box<dyn ReadFilter>
         })
     }
@@ -141,10 +169,11 @@ impl NetworkFilter for MetadataExchange {
     }
 }
 
-/// Reads the peer's header off the front of the stream.
+/// Reads the peer's header off the front of the stream into `map`.
 struct ReadPeer {
     id: u64,
     done: bool,
+    map: &'static Peers,
 }
 
 impl ReadFilter for ReadPeer {
@@ -182,7 +211,7 @@ impl ReadFilter for ReadPeer {
         let raw = data.split_to(len);
         match decode_any(&raw) {
             Ok(p) => {
-                peers().insert(self.id, Arc::new(p));
+                self.map.insert(self.id, Arc::new(p));
             }
             Err(e) => count_bad("in_band", e),
         }
@@ -192,7 +221,50 @@ impl ReadFilter for ReadPeer {
 
 impl Drop for ReadPeer {
     fn drop(&mut self) {
-        peers().remove(&self.id);
+        self.map.remove(&self.id);
+    }
+}
+
+/// Factory of the upstream (cluster) `istio_metadata_exchange`.
+pub struct UpstreamExchangeFactory;
+
+impl UpstreamFilterFactory for UpstreamExchangeFactory {
+    fn name(&self) -> &'static str {
+        "istio_metadata_exchange"
+    }
+
+    fn create(&self, config: &serde_json::Value) -> Result<Arc<dyn UpstreamFilter>, BuildError> {
+        let c: MetadataExchangeConfig = parse_typed(config)?;
+        if c.protocol.is_empty() {
+            return Err(BuildError::new("protocol", "must name an ALPN id"));
+        }
+        Ok(Arc::new(UpstreamExchange {
+            protocol: c.protocol,
+            header: encode_header(&Local::current()),
+        }))
+    }
+}
+
+/// The client side: our header first, the server's read back.
+struct UpstreamExchange {
+    protocol: String,
+    header: Bytes,
+}
+
+impl UpstreamFilter for UpstreamExchange {
+    fn on_connected(
+        &self,
+        downstream: u64,
+        alpn: Option<&[u8]>,
+    ) -> Option<UpstreamConnectionFilter> {
+        (alpn? == self.protocol.as_bytes()).then(|| UpstreamConnectionFilter {
+            preface: self.header.clone(),
+            read: Some(Box::new(ReadPeer {
+                id: downstream,
+                done: false,
+                map: upstream_peers(),
+            })),
+        })
     }
 }
 
@@ -222,6 +294,7 @@ mod tests {
         let mut r = ReadPeer {
             id: u64::MAX,
             done: false,
+            map: peers(),
         };
         // Split anywhere: held until whole.
         let mut part = BytesMut::from(&h[..5]);
@@ -234,12 +307,20 @@ mod tests {
         drop(r);
         assert!(peer_of(u64::MAX).is_none());
         // Not an exchange: passed on untouched.
-        let mut r = ReadPeer { id: 1, done: false };
+        let mut r = ReadPeer {
+            id: 1,
+            done: false,
+            map: peers(),
+        };
         let mut other = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         assert_eq!(r.on_data(&mut other, false), DataStatus::Continue);
         assert_eq!(&other[..], b"GET / HTTP/1.1\r\n");
         // A length past the bound closes.
-        let mut r = ReadPeer { id: 2, done: false };
+        let mut r = ReadPeer {
+            id: 2,
+            done: false,
+            map: peers(),
+        };
         let mut big = BytesMut::new();
         big.put_u32(MAGIC);
         big.put_u32(u32::MAX);

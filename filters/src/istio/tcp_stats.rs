@@ -1,12 +1,18 @@
 //! `istio_stats` (network filter): Istio's TCP metrics,
 //! `istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`,
 //! `istio_tcp_received_bytes_total` and `istio_tcp_sent_bytes_total`,
-//! with Istio's labels (`request_protocol` `tcp`). The peer is what
-//! `istio_metadata_exchange` learnt in band on the connection (that
-//! filter comes first in the chain, so the peer is known when the first
-//! byte passes here). A connection is counted opened at its first byte
-//! either way, closed when it ends; bytes as they pass (no periodic
-//! report needed: the counters are live).
+//! with Istio's labels (`request_protocol` `tcp`). Reporting as
+//! `destination` (inbound), the peer is what `istio_metadata_exchange`
+//! learnt in band on the connection (that filter comes first in the chain,
+//! so the peer is known when the first byte passes here): the labels are
+//! resolved at the first byte from the client. Reporting as `source`
+//! (outbound), the peer is what the cluster's upstream exchange learnt
+//! from the server (`exchange::upstream_peer_of`), known once the server's
+//! first bytes came back: the labels are resolved at the first byte sent
+//! back to the client (bytes received before are held in a count and added
+//! then), or when the connection closes. A connection is counted opened
+//! when its labels are resolved, closed when it ends; bytes as they pass
+//! (no periodic report needed: the counters are live).
 
 use super::stats::{Series, Sides, downstream_security, labels, overflowed};
 use super::{Local, Peer, UNKNOWN};
@@ -20,6 +26,7 @@ use meshgate_core::network::{
     ReadFilter, WriteFilter,
 };
 use metrics::Counter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Factory of the `istio_stats` network filter.
@@ -85,13 +92,18 @@ struct Conn {
     local: Arc<Local>,
     series: Arc<Series<TcpHandles>>,
     handles: OnceLock<Arc<TcpHandles>>,
+    /// Bytes received before the labels were resolved (`source` only).
+    early: AtomicU64,
 }
 
 impl Conn {
     fn handles(&self) -> &TcpHandles {
         self.handles.get_or_init(|| {
             let unknown = Peer::from_metadata(None, Default::default());
-            let peer = super::exchange::peer_of(self.info.id);
+            let peer = match self.reporter {
+                Reporter::Source => super::exchange::upstream_peer_of(self.info.id),
+                _ => super::exchange::peer_of(self.info.id),
+            };
             let peer = peer.as_deref().unwrap_or(&unknown);
             let local = &*self.local.peer;
             let (source, destination) = match self.reporter {
@@ -118,8 +130,38 @@ impl Conn {
                 .series
                 .get(values.clone(), || overflowed(values), TcpHandles::new);
             h.opened.increment(1);
+            let early = self.early.swap(0, Ordering::Relaxed);
+            if early > 0 {
+                h.received.increment(early);
+            }
             h
         })
+    }
+
+    /// Counts bytes from the client.
+    fn received(&self, n: usize) {
+        let h = match self.reporter {
+            // The server's peer is not known before its first bytes.
+            Reporter::Source => match self.handles.get() {
+                Some(h) => h,
+                None => {
+                    self.early.fetch_add(n as u64, Ordering::Relaxed);
+                    return;
+                }
+            },
+            _ => self.handles(),
+        };
+        if n > 0 {
+            h.received.increment(n as u64);
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// The connection ended (both its filters are gone): counted closed,
+    /// and opened first if its labels were never resolved.
+    fn drop(&mut self) {
+        self.handles().closed.increment(1);
     }
 }
 
@@ -135,6 +177,7 @@ impl NetworkFilter for TcpStats {
             local: self.local.clone(),
             series: self.series.clone(),
             handles: OnceLock::new(),
+            early: AtomicU64::new(0),
         });
         self.pending.insert(info.id, conn.clone());
         Some(Box::new(Received(conn)))
@@ -150,19 +193,8 @@ struct Received(Arc<Conn>);
 
 impl ReadFilter for Received {
     fn on_data(&mut self, data: &mut BytesMut, _end_stream: bool) -> DataStatus {
-        let h = self.0.handles();
-        if !data.is_empty() {
-            h.received.increment(data.len() as u64);
-        }
+        self.0.received(data.len());
         DataStatus::Continue
-    }
-}
-
-impl Drop for Received {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.handles.get() {
-            h.closed.increment(1);
-        }
     }
 }
 

@@ -108,10 +108,25 @@ async fn upstream_io(
     authority: Option<String>,
     addr: SocketAddr,
 ) -> Result<UpstreamIo, UpstreamError> {
+    // Cluster filters run on tcp_proxy's connections; one that would take
+    // part in this connection refuses it (never skipped silently).
+    let refuse = |alpn: Option<&[u8]>| {
+        cluster.filters.refuse_l7(alpn).map(|n| {
+            UpstreamError::Connect(
+                format!("cluster filter '{n}' applies to this connection (its negotiated ALPN): cluster filters run on tcp_proxy connections only").into(),
+            )
+        })
+    };
     match cluster.tls_for(endpoint) {
-        None => Ok(UpstreamIo::Tcp(stream)),
+        None => match refuse(None) {
+            Some(e) => Err(e),
+            None => Ok(UpstreamIo::Tcp(stream)),
+        },
         Some(tls) => match tls.connect(stream, authority.as_deref(), addr).await {
-            Ok(s) => Ok(UpstreamIo::Tls(Box::new(s))),
+            Ok(s) => match refuse(s.get_ref().1.alpn_protocol()) {
+                Some(e) => Err(e),
+                None => Ok(UpstreamIo::Tls(Box::new(s))),
+            },
             Err(e) => {
                 metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
                 Err(UpstreamError::Connect(format!("TLS handshake: {e}").into()))
