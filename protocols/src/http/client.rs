@@ -3,7 +3,9 @@
 //! the hand-written client (`h1_upstream`); a connection goes back to the
 //! pool when its response body has been read to the end, and idle ones
 //! expire. Requests that may upgrade (WebSocket) use hyper's client, on a
-//! second exclusive pool of the endpoint. HTTP/2: multiplexed mode, hyper
+//! second exclusive pool of the endpoint (or on an idle connection of the
+//! first); they wait in the cluster's pending queue at `max_connections`,
+//! and a tunnel holds its connection's slot until it closes. HTTP/2: multiplexed mode, hyper
 //! connections shared by streams (hyper/h2 honour the peer's max
 //! concurrent streams), a new one opened when one closes. Connections are
 //! opened through the pool's `Dial`, so the circuit breaker, connect
