@@ -293,7 +293,10 @@ pub enum Buffered {
 /// upstream. Past the bound, with `allow_partial` false, the body read so
 /// far is returned as `TooLarge` and the request's body is left empty:
 /// the caller must refuse the stream (413). A body that breaks off is an
-/// error (the downstream went away or sent garbage).
+/// error (the downstream went away or sent garbage). With the global
+/// memory budget on (`overload::buffer`), the bytes held count in it until
+/// the upstream request takes them; a body refused for memory is
+/// `CalloutError::Upstream(LocalReason::Overloaded)` (answer 503).
 pub async fn buffer_request_body(
     req: &mut Request,
     limit: usize,
@@ -307,10 +310,25 @@ pub async fn buffer_request_body(
     let mut buf = BytesMut::new();
     let mut trailers = None;
     let mut over = false;
-    while let Some(frame) = body.frame().await {
+    // What is held here counts in the global memory budget (when on).
+    let account = crate::overload::buffer::FilterAccount::new();
+    let overloaded = || CalloutError::Upstream(LocalReason::Overloaded);
+    loop {
+        let next = match &account {
+            // Reset for memory while waiting for more: refused at once.
+            Some(a) => tokio::select! {
+                f = body.frame() => f,
+                _ = a.reset() => return Err(overloaded()),
+            },
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| CalloutError::Body(e.to_string()))?;
         match frame.into_data() {
             Ok(data) => {
+                if let Some(a) = &account {
+                    a.charge(data.len() as u64).map_err(|_| overloaded())?;
+                }
                 buf.extend_from_slice(&data);
                 if buf.len() > limit {
                     over = true;
@@ -324,19 +342,31 @@ pub async fn buffer_request_body(
             }
         }
     }
+    // Reset for memory while the last chunks arrived.
+    if let Some(a) = &account {
+        a.check().map_err(|_| overloaded())?;
+    }
     let seen = buf.freeze();
+    let hold = |b: crate::stream::Body| match account {
+        Some(a) => a.hold(b),
+        None => b,
+    };
     if over {
         if !allow_partial {
             return Ok(Buffered::TooLarge(seen.slice(..limit)));
         }
         // What was read, then the rest still streaming.
-        *req.body_mut() = crate::stream::box_body(Replay::new(seen.clone(), None, Some(body)));
+        *req.body_mut() = hold(crate::stream::box_body(Replay::new(
+            seen.clone(),
+            None,
+            Some(body),
+        )));
         return Ok(Buffered::TooLarge(seen.slice(..limit)));
     }
-    *req.body_mut() = match trailers {
+    *req.body_mut() = hold(match trailers {
         None => full_body(seen.clone()),
         Some(t) => crate::stream::box_body(Replay::new(seen.clone(), Some(t), None)),
-    };
+    });
     Ok(Buffered::Whole(seen))
 }
 

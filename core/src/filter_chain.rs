@@ -399,6 +399,10 @@ pub async fn buffer_body(
             info,
             LocalReason::PayloadTooLarge,
         ))),
+        // Refused by the global memory budget: 503, x-envoy-overloaded.
+        Err(crate::callout::CalloutError::Upstream(r @ LocalReason::Overloaded)) => {
+            Err(FilterStatus::Respond(crate::stream::local_reply(info, r)))
+        }
         Err(e) => {
             tracing::debug!(error = %e, "request body while buffering");
             Err(FilterStatus::Respond(crate::stream::local_reply(

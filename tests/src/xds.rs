@@ -822,3 +822,26 @@ pub fn many_routes(name: &str, n: usize, clusters: usize, probe: &str) -> (Strin
     };
     (name.into(), any(ROUTE, &r))
 }
+
+/// meshgate on an ADS bootstrap served by a test control plane carrying
+/// one cluster (named `svc-a`) and a listener `web` on a free port whose
+/// route `r1` sends `/` to it. Returns the control plane (keep it alive),
+/// meshgate and the listener's port once the three are applied and the
+/// listener accepts.
+pub fn one_cluster_gateway(cluster: (String, Any)) -> (Mgmt, crate::Meshgate, u16) {
+    let port = crate::free_port();
+    let mgmt = Mgmt::start(0);
+    mgmt.set(CLUSTER, "c1", vec![cluster]);
+    let (name, l) = hcm_listener("web", port, "r1");
+    mgmt.set(LISTENER, "l1", vec![(name, l)]);
+    let (rname, r) = route_config("r1", &[("svc-a", 1)]);
+    mgmt.set(ROUTE, "r1", vec![(rname, r)]);
+    let mg = crate::Meshgate::start(&bootstrap(mgmt.addr.port()));
+    crate::wait_until_within(20, "the xDS config applied", || {
+        mg.config_dump()["dynamic"]["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("lds=l1") && v.contains("rds=r1") && v.contains("cds=c1"))
+    });
+    crate::wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    (mgmt, mg, port)
+}

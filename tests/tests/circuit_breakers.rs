@@ -219,9 +219,11 @@ fn legacy_max_connections_and_circuit_breakers_together_are_refused_by_name() {
     );
     std::fs::write(
         &path,
-        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{max_connection_pools: 2}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
+        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{priority: HIGH, max_connection_pools: 2}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
     )
     .unwrap();
+    // max_connection_pools is taken on DEFAULT (pending_queue.rs), refused
+    // on HIGH: pools are shared by both priorities.
     let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(

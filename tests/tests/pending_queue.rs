@@ -239,8 +239,6 @@ fn max_pending_requests_from_xds() {
     use prost::Message;
 
     let up = Gated::start();
-    let port = free_port();
-    let mgmt = Mgmt::start(0);
     let (cname, c) = static_cluster("svc-a", up.addr);
     let mut c = cds::Cluster::decode(c.value.as_slice()).unwrap();
     c.circuit_breakers = Some(cds::CircuitBreakers {
@@ -251,21 +249,8 @@ fn max_pending_requests_from_xds() {
         }],
         ..Default::default()
     });
-    mgmt.set(CLUSTER, "c1", vec![(cname, any(CLUSTER, &c))]);
-    let (name, l) = hcm_listener("web", port, "r1");
-    mgmt.set(LISTENER, "l1", vec![(name, l)]);
-    let (rname, r) = route_config("r1", &[("svc-a", 1)]);
-    mgmt.set(ROUTE, "r1", vec![(rname, r)]);
-    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    let (_mgmt, mg, port) = one_cluster_gateway((cname, any(CLUSTER, &c)));
     let svc = &[("cluster", "svc-a")];
-    // The listener, its route and the cluster served before the first
-    // request (it is sent once and held at the upstream).
-    wait_until_within(20, "the xDS config applied", || {
-        mg.config_dump()["dynamic"]["version"]
-            .as_str()
-            .is_some_and(|v| v.contains("lds=l1") && v.contains("rds=r1") && v.contains("cds=c1"))
-    });
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
     let first = background(port, "/one");
     wait_until_within(20, "the xDS route in place", || up.seen() == 1);
     let waiting: Vec<_> = ["/two", "/three"]
@@ -368,4 +353,184 @@ fn per_host_thresholds_other_than_max_connections_are_refused_by_name() {
         assert_ne!(code, 0, "{field}: accepted\n{out}");
         assert!((out.clone() + &err).contains(want), "{field}: {out}{err}");
     }
+}
+
+/// `per_host_thresholds` pushed over CDS (Envoy's YAML, parsed by Envoy's
+/// own protos): two held endpoints with one connection each, the third
+/// request waits in the pending queue, the fourth overflows with 503 +
+/// `x-envoy-overloaded`; all three are served once the endpoints answer.
+#[test]
+fn per_host_max_connections_from_xds() {
+    use meshgate_tests::xds::{envoy_yaml, one_cluster_gateway};
+    let (a, b) = (Gated::start(), Gated::start());
+    let cluster = envoy_yaml(&format!(
+        r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: svc-a
+  type: STATIC
+  connect_timeout: 1s
+  circuit_breakers:
+    thresholds: [{{max_pending_requests: 1}}]
+    per_host_thresholds: [{{max_connections: 1}}]
+  load_assignment:
+    cluster_name: svc-a
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+"#,
+        a.addr.port(),
+        b.addr.port()
+    ))
+    .remove(0);
+    let (_mgmt, mg, port) = one_cluster_gateway(cluster);
+    let svc = &[("cluster", "svc-a")];
+    let held: Vec<_> = ["/one", "/two"]
+        .iter()
+        .map(|p| background(port, p))
+        .collect();
+    wait_until("one request at each endpoint", || {
+        a.seen() == 1 && b.seen() == 1
+    });
+    assert_eq!(mg.metric("meshgate_cluster_upstream_cx_active", svc), 2.0);
+    let third = background(port, "/three");
+    mg.wait_metric(PENDING, svc, |v| v == 1.0);
+    overflow_at_once(&mg, port, "svc-a");
+    assert_eq!(
+        a.seen() + b.seen(),
+        2,
+        "no endpoint got a second connection"
+    );
+    a.open();
+    b.open();
+    for h in held.into_iter().chain(std::iter::once(third)) {
+        let (status, body) = h.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(a.seen() + b.seen(), 3);
+    assert!(mg.metric("meshgate_cluster_upstream_cx_active", svc) <= 2.0);
+}
+
+/// `max_connection_pools: 1` over two held endpoints (round robin): the
+/// first request opens its endpoint's pool; the second, sent to the other
+/// endpoint, would need a second pool: 503 + `x-envoy-overloaded` at once
+/// (not queued), counted in `upstream_cx_pool_overflow`; the third goes
+/// back to the first endpoint, whose pool opens a second connection.
+fn one_pool_at_a_time(mg: &Meshgate, port: u16, cluster: &str, a: &Gated, b: &Gated) {
+    let labels = &[("cluster", cluster)];
+    let first = background(port, "/one");
+    wait_until("the first request at an endpoint", || {
+        a.seen() + b.seen() == 1
+    });
+    let (pooled, other) = if a.seen() == 1 { (a, b) } else { (b, a) };
+    let t = Instant::now();
+    let (status, headers, body) = curl(&[&format!("http://127.0.0.1:{port}/two")]);
+    assert_eq!(status, 503, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+    assert_eq!(
+        headers.get("x-envoy-overloaded").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        mg.metric("meshgate_cluster_upstream_cx_pool_overflow_total", labels),
+        1.0
+    );
+    assert_eq!(mg.metric(PENDING, labels), 0.0, "not queued");
+    assert_eq!(other.seen(), 0);
+    let third = background(port, "/three");
+    wait_until("the third request at the pooled endpoint", || {
+        pooled.seen() == 2
+    });
+    assert_eq!(
+        mg.metric("meshgate_cluster_upstream_cx_active", labels),
+        2.0
+    );
+    a.open();
+    b.open();
+    for h in [first, third] {
+        assert_eq!(h.join().unwrap(), (200, "ok".to_string()));
+    }
+    assert_eq!(other.seen(), 0);
+}
+
+fn two_endpoints(a: &Gated, b: &Gated, circuit_breakers: &str) -> (Meshgate, u16) {
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: up, timeout: 8s}}
+clusters:
+  - name: up
+    lb_policy: round_robin
+    endpoints: [{{address: "{}"}}, {{address: "{}"}}]
+    circuit_breakers: {circuit_breakers}
+"#,
+        a.addr, b.addr
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    (mg, port)
+}
+
+#[test]
+fn max_connection_pools_refuses_a_new_pool_with_503() {
+    let (a, b) = (Gated::start(), Gated::start());
+    let (mg, port) = two_endpoints(&a, &b, "{thresholds: [{max_connection_pools: 1}]}");
+    one_pool_at_a_time(&mg, port, "up", &a, &b);
+}
+
+#[test]
+fn max_connection_pools_from_xds() {
+    use meshgate_tests::xds::{envoy_yaml, one_cluster_gateway};
+    let (a, b) = (Gated::start(), Gated::start());
+    let cluster = envoy_yaml(&format!(
+        r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: svc-a
+  type: STATIC
+  connect_timeout: 1s
+  lb_policy: ROUND_ROBIN
+  circuit_breakers:
+    thresholds: [{{max_connection_pools: 1}}]
+  load_assignment:
+    cluster_name: svc-a
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+"#,
+        a.addr.port(),
+        b.addr.port()
+    ))
+    .remove(0);
+    let (_mgmt, mg, port) = one_cluster_gateway(cluster);
+    one_pool_at_a_time(&mg, port, "svc-a", &a, &b);
+}
+
+#[test]
+fn a_high_priority_max_connection_pools_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{priority: HIGH, max_connection_pools: 1}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        (out.clone() + &err)
+            .contains("clusters[0].circuit_breakers.thresholds[0].max_connection_pools"),
+        "{out}{err}"
+    );
 }

@@ -287,3 +287,67 @@ fn max_concurrent_streams_is_refused_on_http1_and_taken_by_http3_clusters() {
         }
     }
 }
+
+/// The same stream limit pushed over CDS as Envoy carries it: the
+/// cluster's `typed_extension_protocol_options` `HttpProtocolOptions`,
+/// `explicit_http_config.http2_protocol_options.max_concurrent_streams: 2`
+/// (Envoy's YAML, parsed by Envoy's own protos), with `max_connections: 1`
+/// and `max_pending_requests: 1`: two streams at the upstream, the third
+/// waits, the fourth gets 503 at once; all three served on one connection.
+#[test]
+fn h2_max_concurrent_streams_from_xds() {
+    use meshgate_tests::xds::{envoy_yaml, one_cluster_gateway};
+    let up = GatedH2::start();
+    let cluster = envoy_yaml(&format!(
+        r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: svc-a
+  type: STATIC
+  connect_timeout: 1s
+  circuit_breakers:
+    thresholds: [{{max_connections: 1, max_pending_requests: 1}}]
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: {{http2_protocol_options: {{max_concurrent_streams: 2}}}}
+  load_assignment:
+    cluster_name: svc-a
+    endpoints:
+    - lb_endpoints:
+      - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+"#,
+        up.addr.port()
+    ))
+    .remove(0);
+    let (_mgmt, mg, port) = one_cluster_gateway(cluster);
+    let svc = &[("cluster", "svc-a")];
+    let mut running = vec![curl_background(port, "/one")];
+    wait_until("one stream at the upstream", || up.streams() == 1);
+    running.push(curl_background(port, "/two"));
+    wait_until("two streams at the upstream", || up.streams() == 2);
+    running.push(curl_background(port, "/three"));
+    mg.wait_metric(PENDING, svc, |v| v == 1.0);
+    assert_eq!(up.streams(), 2, "the third stream waits in meshgate");
+    let t = Instant::now();
+    let (status, headers, body) = curl(&[&format!("http://127.0.0.1:{port}/four")]);
+    assert_eq!(status, 503, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+    assert_eq!(
+        headers.get("x-envoy-overloaded").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_rq_pending_overflow_total",
+            &[("cluster", "svc-a"), ("priority", "default")]
+        ),
+        1.0
+    );
+    up.gate.send_replace(true);
+    for h in running {
+        let (status, body) = h.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(up.streams(), 3);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+    assert_eq!(mg.metric("meshgate_cluster_upstream_cx_total", svc), 1.0);
+}

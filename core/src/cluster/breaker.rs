@@ -145,6 +145,9 @@ pub struct ThresholdValues {
     /// `per_host_thresholds[].max_connections`: connections per endpoint
     /// (no limit by default, as in Envoy).
     pub max_connections_per_host: u32,
+    /// `max_connection_pools` (DEFAULT priority): endpoints with open
+    /// connections at once (no limit by default, as in Envoy).
+    pub max_connection_pools: u32,
 }
 
 impl Default for ThresholdValues {
@@ -156,6 +159,7 @@ impl Default for ThresholdValues {
             retry_limit: RetryLimit::Max(DEFAULT_MAX_RETRIES),
             track_remaining: false,
             max_connections_per_host: u32::MAX,
+            max_connection_pools: u32::MAX,
         }
     }
 }
@@ -233,10 +237,18 @@ pub fn check(
         if std::mem::replace(&mut seen[k], true) {
             return Err((path("priority"), "one threshold per priority".into()));
         }
-        if t.max_connection_pools.is_some() {
-            return Err((path("max_connection_pools"), "not supported".into()));
-        }
         let v = &mut out[k];
+        if let Some(m) = t.max_connection_pools {
+            // One pool per endpoint, shared by both priorities.
+            if k == 1 {
+                return Err((
+                    path("max_connection_pools"),
+                    "connection pools are shared by both priorities: set it on the DEFAULT threshold"
+                        .into(),
+                ));
+            }
+            v.max_connection_pools = m;
+        }
         if let Some(m) = t.max_connections {
             if legacy_max_connections.is_some() {
                 return Err((
@@ -287,6 +299,7 @@ pub fn check(
         v.track_remaining = t.track_remaining;
     }
     out[1].max_connections = out[0].max_connections;
+    out[1].max_connection_pools = out[0].max_connection_pools;
     out[0].max_connections_per_host = per_host;
     out[1].max_connections_per_host = per_host;
     Ok(out)
@@ -421,7 +434,15 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
+        // max_connection_pools: taken on DEFAULT, refused on HIGH.
         let t = ThresholdsConfig {
+            max_connection_pools: Some(1),
+            ..Default::default()
+        };
+        let v = check(Some(&cfg(vec![t])), None).unwrap();
+        assert_eq!(v[0].max_connection_pools, 1);
+        let t = ThresholdsConfig {
+            priority: RoutingPriority::High,
             max_connection_pools: Some(1),
             ..Default::default()
         };

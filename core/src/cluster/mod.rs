@@ -488,12 +488,43 @@ struct ConnectionCount {
     gauge: metrics::Gauge,
     /// Requests waiting for a slot (`max_pending_requests`).
     pending: pending::Pending,
+    /// Connection pools open: endpoints with at least one connection
+    /// (counted while endpoints' connections are, see `connection_slot`).
+    pools: AtomicU32,
+    /// `max_connection_pools` (`u32::MAX`: no limit).
+    max_pools: u32,
+    /// `meshgate_cluster_upstream_cx_pool_overflow_total`.
+    pool_overflow: metrics::Counter,
+}
+
+impl ConnectionCount {
+    fn new(stats: &ClusterStats, max_pending: u32, max_pools: u32) -> Self {
+        Self {
+            active: AtomicU32::new(0),
+            gauge: stats.cx_active.clone(),
+            pending: pending::Pending::new(stats.label(), max_pending),
+            pools: AtomicU32::new(0),
+            max_pools,
+            pool_overflow: metrics::counter!(
+                crate::metrics::names::CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL,
+                "cluster" => stats.label().clone()
+            ),
+        }
+    }
+
+    /// One connection to an endpoint closed (`host`: its count): its pool
+    /// ends with its last connection.
+    fn host_released(&self, host: &AtomicU32) {
+        if host.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.pools.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         if let Some(host) = &self.1 {
-            host.fetch_sub(1, Ordering::SeqCst);
+            self.0.host_released(host);
         }
         // SeqCst: pairs with the waiter's registration (`Pending::wait_for`).
         self.0.active.fetch_sub(1, Ordering::SeqCst);
@@ -567,7 +598,6 @@ impl Cluster {
         let lb = lb_builder.build(&endpoints);
         let levels = priority::Levels::build(&endpoints, &*lb_builder);
         let stats = ClusterStats::new(name);
-        let pending = pending::Pending::new(stats.label(), breaker::DEFAULT_LIMIT);
         let priority = priority::Policy::new(stats.label());
         let breakers = Arc::new(breaker::Breakers::new(
             stats.label(),
@@ -585,11 +615,11 @@ impl Cluster {
                 levels,
             }),
             lb_builder,
-            connections: Arc::new(ConnectionCount {
-                active: AtomicU32::new(0),
-                gauge: stats.cx_active.clone(),
-                pending,
-            }),
+            connections: Arc::new(ConnectionCount::new(
+                &stats,
+                breaker::DEFAULT_LIMIT,
+                u32::MAX,
+            )),
             stats,
             upstream: None,
             tls: None,
@@ -761,8 +791,14 @@ impl Cluster {
             Some(s) => s,
             None => {
                 // With `max_connections: 0` no slot ever frees: the
-                // breaker is simply open, as before the queue existed.
-                let waited = if queue && self.max_connections > 0 {
+                // breaker is simply open, as before the queue existed. A
+                // new pool past `max_connection_pools` is refused at once
+                // too (Envoy's `upstream_cx_pool_overflow`).
+                let pool_refused = self.pool_refused(&endpoint);
+                if pool_refused {
+                    self.connections.pool_overflow.increment(1);
+                }
+                let waited = if queue && self.max_connections > 0 && !pool_refused {
                     self.connections
                         .pending
                         .wait_for(|| self.connection_slot(&endpoint))
@@ -773,7 +809,9 @@ impl Cluster {
                 match waited {
                     Some(s) => s,
                     None => {
-                        self.stats.cx_overflow.increment(1);
+                        if !pool_refused {
+                            self.stats.cx_overflow.increment(1);
+                        }
                         let e = ConnectError::Overflow(self.name.into());
                         self.stats.connect_failed(e.reason());
                         return Err(e);
@@ -838,7 +876,11 @@ impl Cluster {
             .map(|g| g.0)
             .or_else(|| self.connection_slot(endpoint))
         else {
-            self.stats.cx_overflow.increment(1);
+            if self.pool_refused(endpoint) {
+                self.connections.pool_overflow.increment(1);
+            } else {
+                self.stats.cx_overflow.increment(1);
+            }
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
@@ -895,18 +937,43 @@ impl Cluster {
     /// A connection slot under `max_connections` (and the per-host
     /// `max_connections` of `endpoint`), if one is free.
     fn connection_slot(&self, endpoint: &Endpoint) -> Option<ConnectionSlot> {
-        let host = if self.max_connections_per_host == u32::MAX {
+        let c = &self.connections;
+        let host = if self.max_connections_per_host == u32::MAX && c.max_pools == u32::MAX {
             None
         } else {
-            endpoint
-                .connections
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < self.max_connections_per_host).then_some(n + 1)
-                })
-                .ok()?;
+            // An endpoint's first connection opens its pool
+            // (`max_connection_pools`): the pool is taken before the
+            // endpoint's count leaves 0, and given back if another
+            // connection won that race, so that every 0 -> 1 of the count
+            // holds one pool and every 1 -> 0 gives one back.
+            let ep = &endpoint.connections;
+            loop {
+                let n = ep.load(Ordering::SeqCst);
+                if n >= self.max_connections_per_host {
+                    return None;
+                }
+                let opens = n == 0;
+                if opens
+                    && c.pools
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                            (p < c.max_pools).then_some(p + 1)
+                        })
+                        .is_err()
+                {
+                    return None;
+                }
+                if ep
+                    .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+                if opens {
+                    c.pools.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             Some(endpoint.connections.clone())
         };
-        let c = &self.connections;
         // A compare-and-swap, not an add taken back: a passing over-count
         // could fail a woken waiter's try while no slot is taken, and
         // nobody would wake it again.
@@ -917,7 +984,7 @@ impl Cluster {
             .ok()
             .or_else(|| {
                 if let Some(h) = &host {
-                    h.fetch_sub(1, Ordering::SeqCst);
+                    c.host_released(h);
                 }
                 None
             })?;
@@ -925,13 +992,19 @@ impl Cluster {
         Some(ConnectionSlot(c.clone(), host))
     }
 
-    /// Sets `max_pending_requests` (before the cluster is shared).
-    fn set_max_pending(&mut self, max: u32) {
-        self.connections = Arc::new(ConnectionCount {
-            active: AtomicU32::new(0),
-            gauge: self.stats.cx_active.clone(),
-            pending: pending::Pending::new(self.stats.label(), max),
-        });
+    /// Sets `max_pending_requests` and `max_connection_pools` (before the
+    /// cluster is shared).
+    fn set_connection_limits(&mut self, max_pending: u32, max_pools: u32) {
+        self.connections = Arc::new(ConnectionCount::new(&self.stats, max_pending, max_pools));
+    }
+
+    /// Whether a connection to `endpoint` would open a new pool past
+    /// `max_connection_pools` (it has none and the cap is reached).
+    fn pool_refused(&self, endpoint: &Endpoint) -> bool {
+        let c = &self.connections;
+        c.max_pools != u32::MAX
+            && endpoint.connections.load(Ordering::SeqCst) == 0
+            && c.pools.load(Ordering::SeqCst) >= c.max_pools
     }
 
     /// Upstream connections currently open.
@@ -1310,7 +1383,10 @@ fn build_cluster(
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
     cluster.breakers = Arc::new(breaker::Breakers::new(cluster.stats.label(), &thresholds));
-    cluster.set_max_pending(thresholds[0].max_pending_requests);
+    cluster.set_connection_limits(
+        thresholds[0].max_pending_requests,
+        thresholds[0].max_connection_pools,
+    );
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();
     cluster.original_dst = od;

@@ -580,6 +580,17 @@ pub const ISTIO_PEER_METADATA_ERROR_TOTAL: &str = "meshgate_istio_peer_metadata_
 /// Counter `{listener}`: Istio metric label sets past the bound of one
 /// `istio_stats` filter, counted with the peer's labels `unknown`.
 pub const ISTIO_STATS_OVERFLOW_TOTAL: &str = "meshgate_istio_stats_overflow_total";
+/// Counter: request bodies a stream filter was buffering (ext_authz's
+/// `with_request_body`, a filter reading the whole body) refused with 503
+/// because holding them would take `buffered_bytes` over its budget, or
+/// because `reset_high_memory_streams` reset them.
+pub const OVERLOAD_FILTER_BUFFER_REFUSED_TOTAL: &str =
+    "meshgate_overload_filter_buffer_refused_total";
+/// Counter `{cluster}`: connects refused because the endpoint would need a
+/// new connection pool past `circuit_breakers` `max_connection_pools`
+/// (Envoy's `upstream_cx_pool_overflow`).
+pub const CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL: &str =
+    "meshgate_cluster_upstream_cx_pool_overflow_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -764,6 +775,8 @@ pub const ALL: &[(&str, Kind)] = &[
     (UPGRADE_MIGRATION_FALLBACK_TOTAL, Kind::Counter),
     (ISTIO_PEER_METADATA_ERROR_TOTAL, Kind::Counter),
     (ISTIO_STATS_OVERFLOW_TOTAL, Kind::Counter),
+    (OVERLOAD_FILTER_BUFFER_REFUSED_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

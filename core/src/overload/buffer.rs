@@ -25,6 +25,18 @@
 //! body, so its memory could not wait for that) and the downstream stream
 //! ends with an error (HTTP/2 and HTTP/3 reset it, HTTP/1.1 closes).
 //!
+//! Bodies a stream filter holds whole (ext_authz's `with_request_body`,
+//! a filter that reads the whole request body first: `callout::
+//! buffer_request_body`) are charged to a [`FilterAccount`] while they are
+//! held, until the upstream request has taken them. Such a filter cannot
+//! be slowed down like a reader (waiting for room while it holds bytes
+//! could wait forever on other buffering streams), so a chunk that would
+//! take the total over the budget refuses the stream at once: 503 with
+//! `x-envoy-overloaded`, counted in
+//! `meshgate_overload_filter_buffer_refused_total`. Its account is listed
+//! like the others, so `reset_high_memory_streams` (and the immediate shed
+//! past its trigger line) pick it, largest first, with the same answer.
+//!
 //! Off (no task, no lock, one atomic load per stream) unless the monitor
 //! is configured.
 
@@ -625,6 +637,114 @@ impl Drop for Queued {
     }
 }
 
+// ------------------------------------------------- filter-held bodies
+
+/// The account of a body a stream filter buffers whole (see the module's
+/// doc): `None` from [`FilterAccount::new`] while the budget is off.
+pub struct FilterAccount(Arc<Holder>);
+
+/// A filter's buffered body was refused for memory (over the budget, or
+/// reset by `reset_high_memory_streams`): answer 503 with
+/// `x-envoy-overloaded` (`LocalReason::Overloaded`).
+#[derive(Debug, thiserror::Error)]
+#[error("request body buffered by a filter refused: buffered bytes over budget")]
+pub struct FilterOverBudget;
+
+impl FilterAccount {
+    /// A new account, when the budget is configured.
+    pub fn new() -> Option<Self> {
+        enabled().then(|| Self(Holder::registered()))
+    }
+
+    /// Charges `n` more bytes the filter holds. `Err` (counted) when they
+    /// would take the total over the budget or the account was reset;
+    /// the caller drops what it holds and refuses the stream.
+    pub fn charge(&self, n: u64) -> Result<(), FilterOverBudget> {
+        let h = &self.0;
+        if !h.reset.is_cancelled()
+            && TOTAL.load(Ordering::Relaxed).saturating_add(n) <= MAX.load(Ordering::Relaxed)
+        {
+            h.charge(n);
+            // Charging may have shed this very account (past the trigger).
+            if !h.reset.is_cancelled() {
+                return Ok(());
+            }
+        }
+        Err(self.refuse())
+    }
+
+    /// Whether `reset_high_memory_streams` reset the account.
+    pub fn is_reset(&self) -> bool {
+        self.0.reset.is_cancelled()
+    }
+
+    /// `Err` (counted) when the account was reset.
+    pub fn check(&self) -> Result<(), FilterOverBudget> {
+        if self.is_reset() {
+            return Err(self.refuse());
+        }
+        Ok(())
+    }
+
+    /// Resolves (counted, the account emptied) when
+    /// `reset_high_memory_streams` resets the account: a filter waiting
+    /// for more of the body gives up at once.
+    pub async fn reset(&self) -> FilterOverBudget {
+        self.0.reset.cancelled().await;
+        self.refuse()
+    }
+
+    /// Empties the account and counts the refusal.
+    fn refuse(&self) -> FilterOverBudget {
+        self.0.release(u64::MAX);
+        metrics::counter!(names::OVERLOAD_FILTER_BUFFER_REFUSED_TOTAL).increment(1);
+        FilterOverBudget
+    }
+
+    /// Keeps the bytes charged while `body` (the buffered body the
+    /// request carries on) is held: released as the upstream request
+    /// takes its frames, and all of them when it is dropped.
+    pub fn hold(self, body: Body) -> Body {
+        Held {
+            body,
+            holder: self.0,
+        }
+        .boxed_unsync()
+    }
+}
+
+/// A buffered body whose bytes stay charged until taken.
+struct Held {
+    body: Body,
+    holder: Arc<Holder>,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            self.holder.release(d.len() as u64);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,6 +865,26 @@ mod tests {
         assert!(rb.frame().await.is_none());
         drop(rb);
         drop(r_tx);
+        // A filter's buffered body: charged while held, refused past the
+        // budget (nothing charged), released as the upstream takes it.
+        configure(Some(256 * 1024), None);
+        let a = FilterAccount::new().unwrap();
+        a.charge(200 * 1024).unwrap();
+        assert_eq!(total(), 200 * 1024);
+        let mut held = a.hold(full_body(Bytes::from(vec![0u8; 200 * 1024])));
+        let b = FilterAccount::new().unwrap();
+        assert!(b.charge(100 * 1024).is_err(), "over the budget");
+        assert_eq!(total(), 200 * 1024);
+        held.frame().await.unwrap().unwrap();
+        assert_eq!(total(), 0);
+        // reset_high_memory_streams picks a filter's account too.
+        let c = FilterAccount::new().unwrap();
+        c.charge(100 * 1024).unwrap();
+        reset_largest(1.0);
+        assert!(c.is_reset());
+        assert_eq!(total(), 0);
+        assert!(c.charge(1).is_err());
+        drop((held, b, c));
         // Off: a body is left alone.
         configure(None, None);
         let (_tx, c_body) = fed();

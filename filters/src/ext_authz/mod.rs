@@ -292,6 +292,14 @@ impl ExtAuthz {
                     }
                     body = Some((data, true));
                 }
+                // Refused by the global memory budget: 503,
+                // x-envoy-overloaded.
+                Err(meshgate_core::callout::CalloutError::Upstream(
+                    r @ LocalReason::Overloaded,
+                )) => {
+                    count_error(mode, "request_body_overloaded");
+                    return FilterStatus::Respond(local_reply(info, r));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "ext_authz: request body broke off");
                     count_error(mode, "request_body");

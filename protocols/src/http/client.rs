@@ -3,7 +3,9 @@
 //! the hand-written client (`h1_upstream`); a connection goes back to the
 //! pool when its response body has been read to the end, and idle ones
 //! expire. Requests that may upgrade (WebSocket) use hyper's client, on a
-//! second exclusive pool of the endpoint. HTTP/2: multiplexed mode, hyper
+//! second exclusive pool of the endpoint (or on an idle connection of the
+//! first); they wait in the cluster's pending queue at `max_connections`,
+//! and a tunnel holds its connection's slot until it closes. HTTP/2: multiplexed mode, hyper
 //! connections shared by streams (hyper/h2 honour the peer's max
 //! concurrent streams), a new one opened when one closes. Connections are
 //! opened through the pool's `Dial`, so the circuit breaker, connect
@@ -18,7 +20,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::BuildError;
-use meshgate_core::cluster::{Cluster, Endpoint};
+use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::pool::{Dial, ExclusiveLimits, Multiplexed, MuxPool, Reusable};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
@@ -232,9 +234,11 @@ fn authority(req: &Request) -> Option<HeaderValue> {
 
 type H1Sender = hyper::client::conn::http1::SendRequest<meshgate_core::stream::Body>;
 
-/// A hyper HTTP/1.1 connection, for requests that may upgrade, and the
-/// exchanges it carried; pooled in the endpoint's `h1_upstream::Pool`.
-pub(super) struct HyperConn(H1Sender, u32, Option<SocketAddr>);
+/// A hyper HTTP/1.1 connection, for requests that may upgrade, the
+/// exchanges it carried, its local address and its circuit-breaker slot
+/// (shared with the connection's task, and after a 101 held by the
+/// tunnel); pooled in the endpoint's `h1_upstream::Pool`.
+pub(super) struct HyperConn(H1Sender, u32, Option<SocketAddr>, Arc<ConnectionGuard>);
 
 impl Reusable for HyperConn {
     fn is_reusable(&self) -> bool {
@@ -242,6 +246,11 @@ impl Reusable for HyperConn {
     }
     fn exchanges(&self) -> u32 {
         self.1
+    }
+    /// A finished exchange closes the connection instead of pooling it
+    /// while a request waits for a slot (`max_pending_requests`).
+    fn guard(&self) -> Option<&ConnectionGuard> {
+        Some(&self.3)
     }
 }
 
@@ -361,39 +370,59 @@ impl Http1Client {
         // (`meshgate_core::proxy_protocol_http`).
         let proxy = meshgate_core::proxy_protocol_http::header(&req);
         Box::pin(async move {
-            let idle = match proxy {
+            let pool = match proxy {
                 Some(_) => None,
-                None => h1_upstream::Pool::of(&endpoint)
-                    .and_then(|p| p.upgradable.take(opts.idle_timeout)),
+                None => h1_upstream::Pool::of(&endpoint),
             };
+            let idle = pool.and_then(|p| p.upgradable.take(opts.idle_timeout));
             let want_local = wants_local(req.extensions());
-            let (mut sender, exchanges, local) = match idle {
-                Some(HyperConn(s, n, l)) => (s, n, l),
+            let (mut sender, exchanges, local, slot) = match idle {
+                Some(HyperConn(s, n, l, g)) => (s, n, l, g),
                 None => {
-                    let (stream, guard) = match &proxy {
-                        Some(h) => {
-                            meshgate_core::proxy_protocol_http::connect(&cluster, &endpoint, h)
-                                .await?
+                    // An idle connection of the hand-written pool serves
+                    // too: keep-alive HTTP/1.1 has no per-connection state
+                    // to set up, and at `max_connections` its slot would
+                    // otherwise keep this request waiting.
+                    let fast = pool
+                        .and_then(|p| p.fast.take(opts.idle_timeout))
+                        .and_then(h1_upstream::Conn::into_io);
+                    let (io, guard, n) = match fast {
+                        Some(c) => c,
+                        None => {
+                            let (stream, guard) = match &proxy {
+                                Some(h) => {
+                                    meshgate_core::proxy_protocol_http::connect(
+                                        &cluster, &endpoint, h,
+                                    )
+                                    .await?
+                                }
+                                // At `max_connections` the request waits in
+                                // the cluster's pending queue like any other.
+                                None => Dial::new(&cluster, &endpoint).tcp_queued().await?,
+                            };
+                            let auth = cluster
+                                .tls_for(&endpoint)
+                                .and_then(|_| authority_string(&req));
+                            let io =
+                                upstream_io(&cluster, &endpoint, stream, auth, endpoint.address)
+                                    .await?;
+                            (io, guard, 0)
                         }
-                        None => Dial::new(&cluster, &endpoint).tcp().await?,
                     };
-                    let local = stream.local_addr().ok();
-                    let auth = cluster
-                        .tls_for(&endpoint)
-                        .and_then(|_| authority_string(&req));
-                    let io =
-                        upstream_io(&cluster, &endpoint, stream, auth, endpoint.address).await?;
+                    let local = io.local_addr();
+                    let slot = Arc::new(guard);
                     let (sender, conn) = hyper::client::conn::http1::Builder::new()
                         .handshake(TokioIo::new(io))
                         .await
                         .map_err(send_error)?;
+                    let held = slot.clone();
                     tokio::spawn(async move {
-                        let _guard = guard;
+                        let _slot = held;
                         if let Err(e) = conn.with_upgrades().await {
                             tracing::debug!(error = %e, "upstream http1 connection ended");
                         }
                     });
-                    (sender, 0, local)
+                    (sender, n, local, slot)
                 }
             };
             let mut resp = sender.send_request(req).await.map_err(send_error)?;
@@ -402,7 +431,9 @@ impl Http1Client {
                 let on = hyper::upgrade::on(&mut resp);
                 let (parts, _) = resp.into_parts();
                 let mut resp = Response::from_parts(parts, meshgate_core::stream::empty_body());
-                resp.extensions_mut().insert(super::upgrade_from_hyper(on));
+                // The tunnel keeps the connection's slot until it closes.
+                resp.extensions_mut()
+                    .insert(super::upgrade_from_hyper_holding(on, Some(slot)));
                 return Ok(resp);
             }
             let (mut parts, body) = resp.into_parts();
@@ -413,7 +444,7 @@ impl Http1Client {
                 body,
                 sender: proxy
                     .is_none()
-                    .then_some(HyperConn(sender, exchanges + 1, local)),
+                    .then_some(HyperConn(sender, exchanges + 1, local, slot)),
                 endpoint,
                 limits: opts.limits(),
             };
@@ -445,6 +476,13 @@ async fn connect_fast(
     endpoint: &Arc<Endpoint>,
     auth: Option<String>,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
+    // At `max_connections`, an idle connection kept for requests that may
+    // upgrade holds a slot nothing else would free: close it first.
+    if cluster.active_connections() >= cluster.max_connections
+        && let Some(p) = h1_upstream::Pool::of(endpoint)
+    {
+        drop(p.upgradable.take(std::time::Duration::MAX));
+    }
     let (stream, guard) = Dial::new(cluster, endpoint).tcp_queued().await?;
     let io = upstream_io(cluster, endpoint, stream, auth, endpoint.address).await?;
     Ok(h1_upstream::Conn::new(io, guard))

@@ -249,6 +249,18 @@ struct HeadCtx {
     cluster: &'static str,
 }
 
+impl Conn {
+    /// An idle connection's transport, slot and exchanges, for hyper: a
+    /// request that may upgrade takes the endpoint's idle keep-alive
+    /// connection rather than waiting for a slot that connection holds.
+    /// `None` when bytes are buffered (not idle).
+    pub(super) fn into_io(self) -> Option<(UpstreamIo, ConnectionGuard, u32)> {
+        self.buf
+            .is_empty()
+            .then_some((self.io, self._guard, self.exchanges))
+    }
+}
+
 impl Reusable for Conn {
     fn is_reusable(&self) -> bool {
         self.idle_ok()

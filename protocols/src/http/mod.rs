@@ -22,12 +22,73 @@ pub use server::{Http1Server, Http2Server, ServerOptions};
 
 /// Wraps hyper's pending upgrade as the stream layer's `Upgrade`.
 pub(crate) fn upgrade_from_hyper(on: hyper::upgrade::OnUpgrade) -> meshgate_core::stream::Upgrade {
+    upgrade_from_hyper_holding(on, None)
+}
+
+/// `upgrade_from_hyper`, the upgraded transport holding `slot` (an
+/// upstream connection's circuit-breaker slot) for as long as it lives.
+pub(crate) fn upgrade_from_hyper_holding(
+    on: hyper::upgrade::OnUpgrade,
+    slot: Option<Arc<meshgate_core::cluster::ConnectionGuard>>,
+) -> meshgate_core::stream::Upgrade {
     meshgate_core::stream::Upgrade::new(Box::pin(async move {
         let up = on.await.map_err(std::io::Error::other)?;
-        let io: Box<dyn meshgate_core::network::AsyncIo> =
-            Box::new(hyper_util::rt::TokioIo::new(up));
+        let io = hyper_util::rt::TokioIo::new(up);
+        let io: Box<dyn meshgate_core::network::AsyncIo> = match slot {
+            Some(slot) => Box::new(Holding { io, _slot: slot }),
+            None => Box::new(io),
+        };
         Ok(io)
     }))
+}
+
+/// A transport that keeps something alive as long as itself (an upgraded
+/// upstream connection's circuit-breaker slot).
+struct Holding<T, H> {
+    io: T,
+    _slot: H,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin, H: Unpin> tokio::io::AsyncRead for Holding<T, H> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin, H: Unpin> tokio::io::AsyncWrite for Holding<T, H> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// Moves hyper's pending upgrade (present on HTTP/1.1 requests that ask
