@@ -18,7 +18,7 @@
 //! `max_cache_size` spans are queued) and then takes what is there.
 
 use super::otlp::{SpanRecord, append_span, export_request_head};
-use super::sink::{BatchSink, BoxFuture};
+use super::sink::{BatchSink, BoxFuture, Record, Spans};
 use crate::cluster::Cluster;
 use crate::metrics::names;
 use bytes::Bytes;
@@ -78,7 +78,7 @@ impl Shared {
 /// spans, or the OpenTelemetry access logger's log records
 /// (`super::otlp_logs`); each instance is compiled for its own `R`, so
 /// the span path pays nothing for the other.
-pub struct Exporter<R: 'static = SpanRecord> {
+pub struct Exporter<R: Record = Spans> {
     cluster: Arc<Cluster>,
     service_name: Arc<str>,
     batch: usize,
@@ -92,7 +92,7 @@ pub struct Exporter<R: 'static = SpanRecord> {
     dropped_name: &'static str,
 }
 
-impl<R> std::fmt::Debug for Exporter<R> {
+impl<R: Record> std::fmt::Debug for Exporter<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exporter")
             .field("cluster", &self.cluster.name)
@@ -101,7 +101,7 @@ impl<R> std::fmt::Debug for Exporter<R> {
     }
 }
 
-impl<R> Drop for Exporter<R> {
+impl<R: Record> Drop for Exporter<R> {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.first.notify_one();
@@ -116,7 +116,7 @@ struct OtlpGrpc {
 }
 
 impl BatchSink for OtlpGrpc {
-    fn encode(&self, _service_name: &str, span: &SpanRecord, out: &mut Vec<u8>) {
+    fn encode(&self, _service_name: &str, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
         append_span(out, span);
     }
 
@@ -176,7 +176,7 @@ impl Exporter {
     }
 }
 
-impl<R: 'static> Exporter<R> {
+impl<R: Record> Exporter<R> {
     /// An exporter of other records than spans: `transport` encodes and
     /// sends them, `exported` and `dropped` name its counters
     /// (`{cluster}`, `{cluster,reason}`).
@@ -205,7 +205,7 @@ impl<R: 'static> Exporter<R> {
     }
 
     /// Queues a finished span (encoded now); never waits.
-    pub fn submit(&self, span: R) {
+    pub fn submit(&self, span: R::Ref<'_>) {
         self.started.get_or_init(|| self.spawn());
         let (first, full) = {
             let mut q = self.shared.lock();
@@ -251,7 +251,7 @@ impl<R: 'static> Exporter<R> {
     }
 }
 
-struct Task<R: 'static> {
+struct Task<R: Record> {
     cluster: Arc<Cluster>,
     service_name: Arc<str>,
     timeout: Duration,
@@ -261,7 +261,7 @@ struct Task<R: 'static> {
     dropped_name: &'static str,
 }
 
-impl<R: 'static> Task<R> {
+impl<R: Record> Task<R> {
     /// The oldest full batch, else (`partial`) the one being gathered.
     fn take(&self, partial: bool) -> Option<Batch> {
         let mut q = self.shared.lock();
