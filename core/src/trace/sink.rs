@@ -41,7 +41,15 @@ pub trait BatchSink<R: Record = Spans>: Send + Sync + std::fmt::Debug {
     /// Appends `span` to `out`, the encoded records of one batch so far.
     fn encode(&self, service_name: &str, span: &R::Ref<'_>, out: &mut Vec<u8>);
 
-    /// Sends one batch: `body` is its spans' encodings one after another.
+    /// Bytes left free at the start of each batch's body, for `send` to
+    /// write what goes before the records in place (the OTLP/gRPC frame
+    /// and request head) instead of copying the batch behind them.
+    fn head_room(&self, _service_name: &str) -> usize {
+        0
+    }
+
+    /// Sends one batch: `body` is `head_room` bytes (zeros), then its
+    /// spans' encodings one after another.
     fn send<'a>(
         &'a self,
         cluster: &'a Arc<Cluster>,
