@@ -139,22 +139,7 @@ impl BatchSink for OtlpGrpc {
         body: Vec<u8>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), String>> {
-        // The frame and the request head go into the batch's head room,
-        // right before its spans: the batch is sent without a copy.
-        let room = self.head_room(service_name);
-        let spans_len = body.len().saturating_sub(room);
-        let mut head = Vec::with_capacity(room);
-        export_request_head(&mut head, service_name, spans_len);
-        let message_len = (head.len() + spans_len) as u32;
-        let start = room - head.len() - GRPC_FRAME;
-        let mut body = body;
-        if body.len() < room {
-            body.resize(room, 0);
-        }
-        body[start] = 0;
-        body[start + 1..start + GRPC_FRAME].copy_from_slice(&message_len.to_be_bytes());
-        body[start + GRPC_FRAME..room].copy_from_slice(&head);
-        let framed = Bytes::from(body).slice(start..);
+        let framed = grpc_framed(body, self.head_room(service_name), service_name);
         Box::pin(async move {
             crate::callout::grpc_unary_framed(
                 cluster,
@@ -169,6 +154,24 @@ impl BatchSink for OtlpGrpc {
             .map_err(|e| e.to_string())
         })
     }
+}
+
+/// The gRPC message of a batch `body` (`room` bytes of head room, then
+/// its spans): the frame prefix and the request head go into the head
+/// room, right before the spans, so the batch is sent without a copy.
+fn grpc_framed(mut body: Vec<u8>, room: usize, service_name: &str) -> Bytes {
+    let spans_len = body.len().saturating_sub(room);
+    let mut head = Vec::with_capacity(room);
+    export_request_head(&mut head, service_name, spans_len);
+    let message_len = (head.len() + spans_len) as u32;
+    let start = room - head.len() - GRPC_FRAME;
+    if body.len() < room {
+        body.resize(room, 0);
+    }
+    body[start] = 0;
+    body[start + 1..start + GRPC_FRAME].copy_from_slice(&message_len.to_be_bytes());
+    body[start + GRPC_FRAME..room].copy_from_slice(&head);
+    Bytes::from(body).slice(start..)
 }
 
 impl Exporter {
@@ -360,6 +363,48 @@ impl<R: Record> Task<R> {
                     tracing::debug!(cluster = label, error = %e, "export failed");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::otlp::{Kind, Value, export_request};
+    use super::*;
+
+    /// A batch framed in its head room is the gRPC frame of the whole
+    /// `ExportTraceServiceRequest`, as the one-shot encoder writes it.
+    #[test]
+    fn otlp_batch_framed_in_place_matches_export_request() {
+        let attrs = [("url.path", Value::Str("/a")), ("n", Value::Int(300))];
+        let span = |id: u8| SpanRecord {
+            trace_id: [id; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            trace_state: None,
+            name: "GET /a",
+            kind: Kind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: &attrs,
+            tags: &[],
+            error: false,
+        };
+        let spans: Vec<_> = (1..=40).map(span).collect();
+        for service in ["", "bench", &"s".repeat(300)] {
+            let t = OtlpGrpc {
+                authority: String::new(),
+            };
+            let room = t.head_room(service);
+            let mut body = vec![0; room];
+            for s in &spans {
+                t.encode(service, s, &mut body);
+            }
+            let want = export_request(service, &spans);
+            let mut framed = vec![0];
+            framed.extend_from_slice(&(want.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&want);
+            assert_eq!(&grpc_framed(body, room, service)[..], &framed[..]);
         }
     }
 }
