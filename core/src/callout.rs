@@ -120,13 +120,36 @@ pub async fn grpc_unary(
     framed.extend_from_slice(&[0]);
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
+    grpc_unary_framed(
+        cluster,
+        authority,
+        path,
+        framed.freeze(),
+        timeout,
+        max_response,
+    )
+    .await
+}
+
+/// `grpc_unary` with the message already in its gRPC frame (the 5-byte
+/// uncompressed-flag and length prefix): a caller that can write the
+/// prefix in place saves copying a large message (the span exporter's
+/// batches).
+pub async fn grpc_unary_framed(
+    cluster: &Arc<Cluster>,
+    authority: &str,
+    path: &str,
+    framed: Bytes,
+    timeout: Duration,
+    max_response: usize,
+) -> Result<Bytes, CalloutError> {
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|e| grpc_internal(format!("bad request uri: {e}")))?;
-    let mut req = http::Request::new(framed.freeze());
+    let mut req = http::Request::new(framed);
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;

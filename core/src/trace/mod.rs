@@ -270,82 +270,109 @@ impl Tracer {
                 context::traceparent(&trace_id, &span_id, true),
             );
         }
-        let mut active = Box::new(Active {
+        let facts = self.request_facts(req, info, route);
+        info.trace = StreamTrace::Sampled(Box::new(Active {
             tracer: self.clone(),
             trace_id,
             span_id,
             parent: incoming.map(|c| c.span_id),
             trace_state,
             start_unix_nanos: unix_nanos(info.start),
-            name: String::new(),
-            attributes: Vec::with_capacity(16),
+            facts,
             attempts: Vec::new(),
-        });
-        self.request_attributes(&mut active, req, info, route);
-        info.trace = StreamTrace::Sampled(active);
+        }));
     }
 
-    /// The server span's request attributes (OpenTelemetry semantic
-    /// conventions), taken before the request moves upstream.
-    fn request_attributes(
+    /// What the server span's attributes (OpenTelemetry semantic
+    /// conventions) say about the request, taken before it moves
+    /// upstream: its strings copied into one buffer.
+    fn request_facts(
         &self,
-        a: &mut Active,
         req: &Request,
         info: &StreamInfo,
         route: Option<&RouteTracing>,
-    ) {
+    ) -> Facts {
         let path = req.uri().path();
         let method = req.method().as_str();
-        let attrs = &mut a.attributes;
         let rpc = match info.protocol {
             "dubbo" => Some("apache_dubbo"),
             "bolt" => Some("sofa_bolt"),
             _ if info.grpc => Some("grpc"),
             _ => None,
         };
-        if let Some(system) = rpc {
-            let mut parts = path.trim_start_matches('/').rsplitn(2, '/');
-            let m = parts.next().unwrap_or("");
-            let service = parts.next().unwrap_or("");
-            attrs.push(("rpc.system".into(), Value::Str(system.into())));
-            attrs.push(("rpc.service".into(), Value::Str(service.to_string().into())));
-            attrs.push(("rpc.method".into(), Value::Str(m.to_string().into())));
-            a.name = concat(&[service, "/", m]);
-        } else {
-            a.name = match info.route {
-                Some(r) => concat(&[method, " ", r]),
-                None => method.to_string(),
-            };
-        }
-        attrs.push((
-            "http.request.method".into(),
-            Value::Str(method_str(req.method())),
-        ));
+        let host = req.uri().authority().map(|a| a.host()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+        });
         let mut cut = path.len().min(self.max_path_tag_length);
         while !path.is_char_boundary(cut) {
             cut -= 1;
         }
-        attrs.push((
-            "url.path".into(),
-            Value::Str(path[..cut].to_string().into()),
-        ));
-        if let Some(r) = info.route {
-            attrs.push(("http.route".into(), Value::Str(r.into())));
-        }
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.host().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
+        let route_tags = route.map_or(&[][..], |r| &r.tags[..]);
+        let has_tags = !self.tags.is_empty() || !route_tags.is_empty();
+        // Room for everything below and for `finish`'s additions (a
+        // client span's name suffix and addresses) without a reallocation.
+        let name_len = if rpc.is_some() {
+            path.len()
+        } else {
+            method.len() + 1 + info.route.map_or(0, str::len)
+        };
+        let mut text = String::with_capacity(
+            cut + host.map_or(0, str::len) + name_len + if has_tags { 128 } else { 0 } + 160,
+        );
+        let url_path = put(&mut text, |t| t.push_str(&path[..cut]));
+        let host = host.map(|h| put(&mut text, |t| t.push_str(h)));
+        let client = put(&mut text, |t| push_ip(t, info.downstream_remote_address));
+        let mut tags = Vec::new();
+        for t in self.tags.iter().chain(route_tags) {
+            let v = match &t.source {
+                TagSource::Fixed(v) => v.as_str(),
+                TagSource::Header(h, default) => req
+                    .headers()
+                    .get(h)
                     .and_then(|v| v.to_str().ok())
-                    .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string())
-            });
-        if let Some(host) = authority {
-            attrs.push(("server.address".into(), Value::Str(host.into())));
+                    .unwrap_or(default.as_str()),
+            };
+            if !v.is_empty() {
+                tags.push((t.name.clone(), put(&mut text, |s| s.push_str(v))));
+            }
         }
-        let (name, version) = match info.protocol {
+        // The name goes last: a client span's is it with a suffix.
+        let (rpc, name) = match rpc {
+            Some(system) => {
+                let mut parts = path.trim_start_matches('/').rsplitn(2, '/');
+                let m = parts.next().unwrap_or("");
+                let service = parts.next().unwrap_or("");
+                let start = text.len();
+                text.push_str(service);
+                let service = Piece {
+                    start,
+                    end: text.len(),
+                };
+                text.push('/');
+                let m = put(&mut text, |t| t.push_str(m));
+                (
+                    Some((system, service, m)),
+                    Piece {
+                        start,
+                        end: text.len(),
+                    },
+                )
+            }
+            None => (
+                None,
+                put(&mut text, |t| {
+                    t.push_str(method);
+                    if let Some(r) = info.route {
+                        t.push(' ');
+                        t.push_str(r);
+                    }
+                }),
+            ),
+        };
+        let protocol = match info.protocol {
             "dubbo" | "bolt" => (info.protocol, ""),
             _ => (
                 "http",
@@ -357,30 +384,17 @@ impl Tracer {
                 },
             ),
         };
-        attrs.push(("network.protocol.name".into(), Value::Str(name.into())));
-        if !version.is_empty() {
-            attrs.push((
-                "network.protocol.version".into(),
-                Value::Str(version.into()),
-            ));
-        }
-        attrs.push((
-            "client.address".into(),
-            Value::Str(ip_string(info.downstream_remote_address).into()),
-        ));
-        let route_tags = route.map_or(&[][..], |r| &r.tags[..]);
-        for t in self.tags.iter().chain(route_tags) {
-            let v = match &t.source {
-                TagSource::Fixed(v) => v.clone(),
-                TagSource::Header(h, default) => req
-                    .headers()
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| default.clone(), str::to_string),
-            };
-            if !v.is_empty() {
-                attrs.push((Cow::Owned(t.name.to_string()), Value::Str(v.into())));
-            }
+        Facts {
+            method: method_str(req.method()),
+            route: info.route,
+            rpc,
+            protocol,
+            text,
+            path: url_path,
+            host,
+            client,
+            tags,
+            name,
         }
     }
 
@@ -397,76 +411,102 @@ impl Tracer {
             return;
         };
         let end = now_unix_nanos();
-        let cluster = info.upstream_cluster;
-        for at in std::mem::take(&mut a.attempts) {
+        let Active {
+            trace_id,
+            span_id,
+            parent,
+            trace_state,
+            start_unix_nanos,
+            facts: f,
+            attempts,
+            ..
+        } = &mut *a;
+        let base = f.text.len();
+        for at in attempts.iter() {
             let status = at.status.unwrap_or(status);
-            let mut attributes: Vec<Attr> = Vec::with_capacity(8);
-            attributes.push((
-                "http.request.method".into(),
-                a.attributes
-                    .iter()
-                    .find(|(k, _)| k == "http.request.method")
-                    .map_or(Value::Str("".into()), |(_, v)| v.clone()),
-            ));
-            attributes.push((
-                "http.response.status_code".into(),
-                Value::Int(i64::from(status)),
-            ));
-            attributes.push(("upstream_cluster".into(), Value::Str(at.cluster.into())));
-            attributes.push((
-                "server.address".into(),
-                Value::Str(ip_string(at.endpoint.ip()).into()),
-            ));
-            attributes.push((
-                "server.port".into(),
-                Value::Int(i64::from(at.endpoint.port())),
-            ));
-            attributes.push((
-                "network.peer.address".into(),
-                Value::Str(addr_string(at.endpoint).into()),
-            ));
-            attributes.push(("meshgate.attempt".into(), Value::Int(i64::from(at.number))));
+            // The client span's name is the server span's (last in
+            // `text`) and the cluster; its addresses follow.
+            f.text.truncate(base);
+            f.text.push(' ');
+            f.text.push_str(at.cluster);
+            let name = Piece {
+                start: f.name.start,
+                end: f.text.len(),
+            };
+            let (ip, peer) = push_addr(&mut f.text, at.endpoint);
+            let t = f.text.as_str();
+            let attributes = [
+                ("http.request.method", Value::Str(&f.method)),
+                ("http.response.status_code", Value::Int(i64::from(status))),
+                ("upstream_cluster", Value::Str(at.cluster)),
+                ("server.address", Value::Str(ip.of(t))),
+                ("server.port", Value::Int(i64::from(at.endpoint.port()))),
+                ("network.peer.address", Value::Str(peer.of(t))),
+                ("meshgate.attempt", Value::Int(i64::from(at.number))),
+            ];
             self.exporter.submit(SpanRecord {
-                trace_id: a.trace_id,
+                trace_id: *trace_id,
                 span_id: at.span_id,
-                parent_span_id: Some(a.span_id),
+                parent_span_id: Some(*span_id),
                 trace_state: None,
-                name: concat(&[&a.name, " ", at.cluster]),
+                name: name.of(t),
                 kind: Kind::Client,
                 start_unix_nanos: at.start_unix_nanos,
                 end_unix_nanos: at.end_unix_nanos.unwrap_or(end),
-                attributes,
+                attributes: &attributes,
+                tags: &[],
                 error: status >= 500,
             });
         }
-        let mut attributes = std::mem::take(&mut a.attributes);
-        attributes.push((
-            "http.response.status_code".into(),
-            Value::Int(i64::from(status)),
-        ));
-        if let Some(c) = cluster {
-            attributes.push(("upstream_cluster".into(), Value::Str(c.into())));
+        f.text.truncate(base);
+        let peer = info.upstream_host.map(|h| push_addr(&mut f.text, h).1);
+        let t = f.text.as_str();
+        let mut attrs = Attrs::<16>::new();
+        if let Some((system, service, method)) = f.rpc {
+            attrs.push("rpc.system", Value::Str(system));
+            attrs.push("rpc.service", Value::Str(service.of(t)));
+            attrs.push("rpc.method", Value::Str(method.of(t)));
         }
-        if let Some(h) = info.upstream_host {
-            attributes.push(("peer.address".into(), Value::Str(addr_string(h).into())));
+        attrs.push("http.request.method", Value::Str(&f.method));
+        attrs.push("url.path", Value::Str(f.path.of(t)));
+        if let Some(r) = f.route {
+            attrs.push("http.route", Value::Str(r));
+        }
+        if let Some(h) = f.host {
+            attrs.push("server.address", Value::Str(h.of(t)));
+        }
+        attrs.push("network.protocol.name", Value::Str(f.protocol.0));
+        if !f.protocol.1.is_empty() {
+            attrs.push("network.protocol.version", Value::Str(f.protocol.1));
+        }
+        attrs.push("client.address", Value::Str(f.client.of(t)));
+        attrs.push("http.response.status_code", Value::Int(i64::from(status)));
+        if let Some(c) = info.upstream_cluster {
+            attrs.push("upstream_cluster", Value::Str(c));
+        }
+        if let Some(p) = peer {
+            attrs.push("peer.address", Value::Str(p.of(t)));
         }
         if let Some(r) = info.local_reply {
-            attributes.push(("meshgate.local_reply".into(), Value::Str(r.into())));
+            attrs.push("meshgate.local_reply", Value::Str(r));
         }
+        // Not allocated without custom tags.
+        let tags: Vec<Attr<'_>> = f
+            .tags
+            .iter()
+            .map(|(k, v)| (&**k, Value::Str(v.of(t))))
+            .collect();
         self.exporter.submit(SpanRecord {
-            trace_id: a.trace_id,
-            span_id: a.span_id,
-            parent_span_id: a.parent,
-            trace_state: a
-                .trace_state
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            name: std::mem::take(&mut a.name),
+            trace_id: *trace_id,
+            span_id: *span_id,
+            parent_span_id: *parent,
+            trace_state: trace_state.as_ref().and_then(|v| v.to_str().ok()),
+            name: f.name.of(t),
             kind: Kind::Server,
-            start_unix_nanos: a.start_unix_nanos,
+            start_unix_nanos: *start_unix_nanos,
             end_unix_nanos: end,
-            attributes,
+            attributes: attrs.as_slice(),
+            tags: &tags,
             error: status >= 500,
         });
     }
@@ -557,9 +597,80 @@ pub struct Active {
     parent: Option<[u8; 8]>,
     trace_state: Option<HeaderValue>,
     start_unix_nanos: u64,
-    name: String,
-    attributes: Vec<Attr>,
+    facts: Facts,
     attempts: Vec<AttemptSpan>,
+}
+
+/// A piece of `Facts::text`.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    start: usize,
+    end: usize,
+}
+
+impl Piece {
+    fn of(self, text: &str) -> &str {
+        text.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+/// Appends what `f` writes to `text`; returns where it is.
+fn put(text: &mut String, f: impl FnOnce(&mut String)) -> Piece {
+    let start = text.len();
+    f(text);
+    Piece {
+        start,
+        end: text.len(),
+    }
+}
+
+/// The request as the server span describes it. The strings copied
+/// from the request share one allocation (`text`; a sampled stream's
+/// attributes were about ten small `String`s before, the largest part
+/// of its cost after the encoding: benches/RESULTS.md); `finish` appends
+/// the upstream addresses to it and truncates it back.
+#[derive(Debug, Clone)]
+struct Facts {
+    method: Cow<'static, str>,
+    route: Option<&'static str>,
+    /// `rpc.system`, `rpc.service`, `rpc.method`.
+    rpc: Option<(&'static str, Piece, Piece)>,
+    /// `network.protocol.name` and `.version` (empty: none).
+    protocol: (&'static str, &'static str),
+    text: String,
+    path: Piece,
+    host: Option<Piece>,
+    client: Piece,
+    tags: Vec<(Arc<str>, Piece)>,
+    /// The server span's name, the last thing in `text`.
+    name: Piece,
+}
+
+/// A span's own attributes, on the stack (there are at most a dozen).
+struct Attrs<'a, const N: usize> {
+    items: [Attr<'a>; N],
+    len: usize,
+}
+
+impl<'a, const N: usize> Attrs<'a, N> {
+    fn new() -> Self {
+        Self {
+            items: [("", Value::Int(0)); N],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, key: &'a str, value: Value<'a>) {
+        debug_assert!(self.len < N, "more span attributes than room");
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (key, value);
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[Attr<'a>] {
+        &self.items[..self.len]
+    }
 }
 
 /// A stream's tracing state (`StreamInfo::trace`).
@@ -637,15 +748,6 @@ pub fn attempt_end(info: &mut StreamInfo, status: u16) {
     }
 }
 
-/// `parts` joined, in one allocation (no formatting machinery).
-fn concat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        s.push_str(p);
-    }
-    s
-}
-
 /// A standard method's name without an allocation.
 fn method_str(m: &http::Method) -> Cow<'static, str> {
     match m.as_str() {
@@ -677,14 +779,6 @@ fn push_decimal(s: &mut String, mut n: u32) {
     }
     // ASCII digits only.
     s.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
-}
-
-/// An IP as `Display` writes it, an IPv4 one without the formatting
-/// machinery (span attributes are built per sampled stream).
-fn ip_string(ip: std::net::IpAddr) -> String {
-    let mut s = String::with_capacity(21);
-    push_ip(&mut s, ip);
-    s
 }
 
 /// Appends an IPv4 address's dotted quad, built in a stack buffer.
@@ -721,19 +815,27 @@ fn push_ip(s: &mut String, ip: std::net::IpAddr) {
     }
 }
 
-/// An address as `Display` writes it (`ip:port`, `[v6]:port`).
-fn addr_string(a: std::net::SocketAddr) -> String {
-    let mut s = String::with_capacity(21);
-    if a.is_ipv6() {
+/// Appends an address as `Display` writes it (`ip:port`,
+/// `[v6]:port`); returns where its IP and the whole address are.
+fn push_addr(s: &mut String, a: std::net::SocketAddr) -> (Piece, Piece) {
+    let start = s.len();
+    let v6 = a.is_ipv6();
+    if v6 {
         s.push('[');
-        push_ip(&mut s, a.ip());
+    }
+    let ip = put(s, |s| push_ip(s, a.ip()));
+    if v6 {
         s.push(']');
-    } else {
-        push_ip(&mut s, a.ip());
     }
     s.push(':');
-    push_decimal(&mut s, u32::from(a.port()));
-    s
+    push_decimal(s, u32::from(a.port()));
+    (
+        ip,
+        Piece {
+            start,
+            end: s.len(),
+        },
+    )
 }
 
 fn now_unix_nanos() -> u64 {

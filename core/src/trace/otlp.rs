@@ -4,8 +4,6 @@
 //! field numbers of opentelemetry-proto's `trace.proto`,
 //! `common.proto`, `resource.proto`), so core needs no protobuf crate.
 
-use std::borrow::Cow;
-
 /// OTLP `Span.SpanKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -13,29 +11,42 @@ pub enum Kind {
     Client = 3,
 }
 
-/// An attribute value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(Cow<'static, str>),
+/// An attribute value (borrowed: a span is encoded where it is built).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
     Int(i64),
 }
 
-pub type Attr = (Cow<'static, str>, Value);
+pub type Attr<'a> = (&'a str, Value<'a>);
 
-/// A finished span, as queued for export.
-#[derive(Debug, Clone)]
-pub struct SpanRecord {
+/// A finished span, as handed to the exporter. It borrows its strings
+/// from the stream's trace state (`super::Active`) and the attribute
+/// arrays from the stack of `super::Tracer::finish`: the transport
+/// encodes it before `submit` returns, so nothing is copied into an
+/// owned record per span.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanRecord<'a> {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
-    pub trace_state: Option<String>,
-    pub name: String,
+    pub trace_state: Option<&'a str>,
+    pub name: &'a str,
     pub kind: Kind,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<Attr>,
+    /// The span's attributes; `tags` (the custom tags) follow them.
+    pub attributes: &'a [Attr<'a>],
+    pub tags: &'a [Attr<'a>],
     /// `Status.code = STATUS_CODE_ERROR` (5xx).
     pub error: bool,
+}
+
+impl<'a> SpanRecord<'a> {
+    /// The attributes, then the custom tags.
+    pub fn attrs(&self) -> impl Iterator<Item = &Attr<'a>> {
+        self.attributes.iter().chain(self.tags)
+    }
 }
 
 /// Protobuf wire-format writer into one buffer. Each message's length
@@ -101,44 +112,28 @@ impl Writer<'_> {
     }
 }
 
-/// An attribute value as encoded (borrowed).
-#[derive(Clone, Copy)]
-pub(super) enum Any<'a> {
-    Str(&'a str),
-    Int(i64),
-}
-
-impl<'a> From<&'a Value> for Any<'a> {
-    fn from(v: &'a Value) -> Self {
-        match v {
-            Value::Str(s) => Any::Str(s),
-            Value::Int(i) => Any::Int(*i),
-        }
-    }
-}
-
 /// `AnyValue { string_value = 1; int_value = 3 }`.
-pub(super) fn any_len(value: Any<'_>) -> usize {
+pub(super) fn any_len(value: Value<'_>) -> usize {
     match value {
-        Any::Str(s) => field_len(s.len()),
-        Any::Int(i) => 1 + varint_len(i as u64),
+        Value::Str(s) => field_len(s.len()),
+        Value::Int(i) => 1 + varint_len(i as u64),
     }
 }
 
 /// `common.v1.KeyValue { key = 1; AnyValue value = 2 }`.
-pub(super) fn key_value_len(key: &str, value: Any<'_>) -> usize {
+pub(super) fn key_value_len(key: &str, value: Value<'_>) -> usize {
     field_len(key.len()) + field_len(any_len(value))
 }
 
-pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_>) {
+pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Value<'_>) {
     // Each length once (a span has a dozen attributes).
     let any = any_len(value);
     w.open(field, field_len(key.len()) + field_len(any));
     w.bytes(1, key.as_bytes());
     w.open(2, any);
     match value {
-        Any::Str(s) => w.bytes(1, s.as_bytes()),
-        Any::Int(i) => w.uint(3, i as u64),
+        Value::Str(s) => w.bytes(1, s.as_bytes()),
+        Value::Int(i) => w.uint(3, i as u64),
     }
 }
 
@@ -146,7 +141,7 @@ pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Any<'_
 const STATUS_ERROR_LEN: usize = 2;
 
 /// `trace.v1.Span`.
-fn span_len(s: &SpanRecord) -> usize {
+fn span_len(s: &SpanRecord<'_>) -> usize {
     let mut n = field_len(16) + field_len(8);
     if let Some(ts) = &s.trace_state {
         n += field_len(ts.len());
@@ -157,8 +152,8 @@ fn span_len(s: &SpanRecord) -> usize {
     n += field_len(s.name.len());
     n += 1 + varint_len(s.kind as u64);
     n += 2 * 9;
-    for (k, v) in &s.attributes {
-        n += field_len(key_value_len(k, v.into()));
+    for (k, v) in s.attrs() {
+        n += field_len(key_value_len(k, *v));
     }
     if s.error {
         n += field_len(STATUS_ERROR_LEN);
@@ -167,7 +162,7 @@ fn span_len(s: &SpanRecord) -> usize {
 }
 
 /// Writes span `s` of `len` bytes (its `span_len`).
-fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord, len: usize) {
+fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord<'_>, len: usize) {
     w.open(field, len);
     w.bytes(1, &s.trace_id);
     w.bytes(2, &s.span_id);
@@ -181,8 +176,8 @@ fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord, len: usize) {
     w.uint(6, s.kind as u64);
     w.fixed64(7, s.start_unix_nanos);
     w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
-    for (k, v) in &s.attributes {
-        key_value(w, 9, k, v.into());
+    for (k, v) in s.attrs() {
+        key_value(w, 9, k, *v);
     }
     if s.error {
         w.open(15, STATUS_ERROR_LEN);
@@ -197,7 +192,7 @@ pub(super) const SCOPE_VERSION: &[u8] = env!("CARGO_PKG_VERSION").as_bytes();
 /// message): a batch's spans are these entries one after another, each
 /// encoded when its stream finishes (`append_span`), and the request
 /// around them is written at export (`export_request_head`).
-pub fn append_span(out: &mut Vec<u8>, s: &SpanRecord) {
+pub fn append_span(out: &mut Vec<u8>, s: &SpanRecord<'_>) {
     let len = span_len(s);
     out.reserve(field_len(len));
     span(&mut Writer(out), 2, s, len);
@@ -208,7 +203,7 @@ pub fn append_span(out: &mut Vec<u8>, s: &SpanRecord) {
 /// `ScopeSpans.spans` entries (`append_span`) are `spans_len` bytes and
 /// follow it.
 pub fn export_request_head(out: &mut Vec<u8>, service_name: &str, spans_len: usize) {
-    let service = Any::Str(service_name);
+    let service = Value::Str(service_name);
     // Resource { attributes = 1 }
     let resource_len = field_len(key_value_len("service.name", service));
     // InstrumentationScope { name = 1; version = 2 }
@@ -229,7 +224,7 @@ pub fn export_request_head(out: &mut Vec<u8>, service_name: &str, spans_len: usi
 }
 
 /// A whole `ExportTraceServiceRequest` of `spans`.
-pub fn export_request(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+pub fn export_request(service_name: &str, spans: &[SpanRecord<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for s in spans {
         append_span(&mut body, s);
@@ -279,7 +274,7 @@ mod tests {
                 self.0.extend_from_slice(&v.to_le_bytes());
             }
         }
-        fn kv(k: &str, v: &Value) -> W {
+        fn kv(k: &str, v: &Value<'_>) -> W {
             let mut any = W::default();
             match v {
                 Value::Str(s) => any.bytes(1, s.as_bytes()),
@@ -290,7 +285,7 @@ mod tests {
             w.message(2, any);
             w
         }
-        fn span(s: &SpanRecord) -> W {
+        fn span(s: &SpanRecord<'_>) -> W {
             let mut w = W::default();
             w.bytes(1, &s.trace_id);
             w.bytes(2, &s.span_id);
@@ -304,7 +299,7 @@ mod tests {
             w.uint(6, s.kind as u64);
             w.fixed64(7, s.start_unix_nanos);
             w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
-            for (k, v) in &s.attributes {
+            for (k, v) in s.attrs() {
                 w.message(9, kv(k, v));
             }
             if s.error {
@@ -314,12 +309,9 @@ mod tests {
             }
             w
         }
-        pub fn export_request(service: &str, spans: &[SpanRecord]) -> Vec<u8> {
+        pub fn export_request(service: &str, spans: &[SpanRecord<'_>]) -> Vec<u8> {
             let mut resource = W::default();
-            resource.message(
-                1,
-                kv("service.name", &Value::Str(service.to_string().into())),
-            );
+            resource.message(1, kv("service.name", &Value::Str(service)));
             let mut scope = W::default();
             scope.bytes(1, b"meshgate");
             scope.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
@@ -337,13 +329,49 @@ mod tests {
         }
     }
 
-    fn record(i: usize) -> SpanRecord {
+    /// The strings of test span `i`: its trace state, name, and each
+    /// attribute's key and (for odd ones) string value.
+    struct Strings {
+        trace_state: Option<String>,
+        name: String,
+        attrs: Vec<(String, String)>,
+    }
+
+    fn strings(i: usize) -> Strings {
+        Strings {
+            trace_state: i.is_multiple_of(3).then(|| "k=v".repeat(i)),
+            name: "n".repeat(i * 7),
+            attrs: (0..i * 3)
+                .map(|j| (format!("key.{j}"), "v".repeat(j * 11)))
+                .collect(),
+        }
+    }
+
+    fn attrs(s: &Strings) -> Vec<Attr<'_>> {
+        s.attrs
+            .iter()
+            .enumerate()
+            .map(|(j, (k, v))| {
+                let v = if j.is_multiple_of(2) {
+                    Value::Int(j as i64 * 1_000_003 - 7)
+                } else {
+                    Value::Str(v)
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+
+    /// Test span `i`; its attributes are split between `attributes` and
+    /// `tags` at `i % 4`.
+    fn record<'a>(i: usize, s: &'a Strings, attrs: &'a [Attr<'a>]) -> SpanRecord<'a> {
+        let (attributes, tags) = attrs.split_at((i % 4).min(attrs.len()));
         SpanRecord {
             trace_id: [i as u8 | 1; 16],
             span_id: [2; 8],
             parent_span_id: i.is_multiple_of(2).then_some([3; 8]),
-            trace_state: i.is_multiple_of(3).then(|| "k=v".repeat(i)),
-            name: "n".repeat(i * 7),
+            trace_state: s.trace_state.as_deref(),
+            name: &s.name,
             kind: if i.is_multiple_of(2) {
                 Kind::Server
             } else {
@@ -351,16 +379,8 @@ mod tests {
             },
             start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
             end_unix_nanos: if i == 4 { 0 } else { 1_700_000_000_000_000_999 },
-            attributes: (0..i * 3)
-                .map(|j| {
-                    let v = if j.is_multiple_of(2) {
-                        Value::Int(j as i64 * 1_000_003 - 7)
-                    } else {
-                        Value::Str("v".repeat(j * 11).into())
-                    };
-                    (format!("key.{j}").into(), v)
-                })
-                .collect(),
+            attributes,
+            tags,
             error: !i.is_multiple_of(2),
         }
     }
@@ -380,11 +400,12 @@ mod tests {
             span_id: [2; 8],
             parent_span_id: None,
             trace_state: None,
-            name: "GET".into(),
+            name: "GET",
             kind: Kind::Server,
             start_unix_nanos: 1,
             end_unix_nanos: 2,
-            attributes: vec![("http.response.status_code".into(), Value::Int(200))],
+            attributes: &[("http.response.status_code", Value::Int(200))],
+            tags: &[],
             error: true,
         };
         let b = export_request("svc", &[s]);
@@ -399,7 +420,11 @@ mod tests {
     fn one_pass_matches_the_nested_encoder() {
         // Sizes across varint length boundaries (127/128, 16383/16384).
         for n in [0, 1, 2, 5, 40, 300] {
-            let spans: Vec<_> = (0..n).map(|i| record(i % 25)).collect();
+            let strs: Vec<_> = (0..n).map(|i| strings(i % 25)).collect();
+            let attrs: Vec<_> = strs.iter().map(attrs).collect();
+            let spans: Vec<_> = (0..n)
+                .map(|i| record(i % 25, &strs[i], &attrs[i]))
+                .collect();
             let long = "s".repeat(n * 50);
             for service in ["svc", long.as_str()] {
                 assert_eq!(

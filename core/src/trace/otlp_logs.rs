@@ -8,9 +8,9 @@
 //! encoded at submit, batches sent off the request path, drops counted).
 
 use super::otlp::{
-    Any, SCOPE_NAME, SCOPE_VERSION, Writer, any_len, field_len, key_value, key_value_len,
+    SCOPE_NAME, SCOPE_VERSION, Value, Writer, any_len, field_len, key_value, key_value_len,
 };
-use super::sink::{BatchSink, BoxFuture};
+use super::sink::{BatchSink, BoxFuture, Record};
 use crate::cluster::Cluster;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -31,15 +31,19 @@ pub struct LogRecord {
     pub attributes: Vec<(String, String)>,
 }
 
+impl Record for LogRecord {
+    type Ref<'a> = LogRecord;
+}
+
 /// `logs.v1.LogRecord { time_unix_nano = 1; body = 5; attributes = 6;
 /// observed_time_unix_nano = 11 }`.
 fn record_len(r: &LogRecord) -> usize {
     let mut n = 2 * 9;
     if let Some(b) = &r.body {
-        n += field_len(any_len(Any::Str(b)));
+        n += field_len(any_len(Value::Str(b)));
     }
     for (k, v) in &r.attributes {
-        n += field_len(key_value_len(k, Any::Str(v)));
+        n += field_len(key_value_len(k, Value::Str(v)));
     }
     n
 }
@@ -54,11 +58,11 @@ pub fn append_record(out: &mut Vec<u8>, r: &LogRecord) {
     w.open(2, len);
     w.fixed64(1, r.time_unix_nanos);
     if let Some(b) = &r.body {
-        w.open(5, any_len(Any::Str(b)));
+        w.open(5, any_len(Value::Str(b)));
         w.bytes(1, b.as_bytes());
     }
     for (k, v) in &r.attributes {
-        key_value(w, 6, k, Any::Str(v));
+        key_value(w, 6, k, Value::Str(v));
     }
     w.fixed64(11, r.time_unix_nanos);
 }
@@ -74,7 +78,7 @@ pub fn export_logs_request_head(
     // Resource { attributes = 1 }
     let resource_len: usize = resource
         .iter()
-        .map(|(k, v)| field_len(key_value_len(k, Any::Str(v))))
+        .map(|(k, v)| field_len(key_value_len(k, Value::Str(v))))
         .sum();
     // InstrumentationScope { name = 1; version = 2 }
     let scope_len = field_len(SCOPE_NAME.len()) + field_len(SCOPE_VERSION.len());
@@ -87,7 +91,7 @@ pub fn export_logs_request_head(
     w.open(1, rl_len);
     w.open(1, resource_len);
     for (k, v) in resource {
-        key_value(w, 1, k, Any::Str(v));
+        key_value(w, 1, k, Value::Str(v));
     }
     w.open(2, scope_logs_len);
     w.open(1, scope_len);

@@ -19,14 +19,37 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Largest collector answer read (an empty message or a short note).
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// What an exporter carries. `Ref<'a>` is one record as handed to
+/// `export::Exporter::submit`: it may borrow the stream's data, since
+/// it is encoded before `submit` returns.
+pub trait Record: 'static {
+    type Ref<'a>;
+}
+
+/// Finished spans (`SpanRecord`, borrowed).
+#[derive(Debug)]
+pub struct Spans;
+
+impl Record for Spans {
+    type Ref<'a> = SpanRecord<'a>;
+}
+
 /// A span transport (or, with `R` another record type, the OTLP logs
 /// transport of `super::otlp_logs`): how one record is encoded into a
 /// batch's body (when its stream finishes), and how a batch is sent.
-pub trait BatchSink<R = SpanRecord>: Send + Sync + std::fmt::Debug {
+pub trait BatchSink<R: Record = Spans>: Send + Sync + std::fmt::Debug {
     /// Appends `span` to `out`, the encoded records of one batch so far.
-    fn encode(&self, service_name: &str, span: &R, out: &mut Vec<u8>);
+    fn encode(&self, service_name: &str, span: &R::Ref<'_>, out: &mut Vec<u8>);
 
-    /// Sends one batch: `body` is its spans' encodings one after another.
+    /// Bytes left free at the start of each batch's body, for `send` to
+    /// write what goes before the records in place (the OTLP/gRPC frame
+    /// and request head) instead of copying the batch behind them.
+    fn head_room(&self, _service_name: &str) -> usize {
+        0
+    }
+
+    /// Sends one batch: `body` is `head_room` bytes (zeros), then its
+    /// spans' encodings one after another.
     fn send<'a>(
         &'a self,
         cluster: &'a Arc<Cluster>,

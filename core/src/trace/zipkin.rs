@@ -35,15 +35,15 @@ fn trace_id(id: &[u8; 16]) -> String {
 
 /// One span as Zipkin v2 JSON; attributes become string tags, a 5xx the
 /// `error` tag.
-fn span(service_name: &str, s: &SpanRecord) -> serde_json::Value {
+fn span(service_name: &str, s: &SpanRecord<'_>) -> serde_json::Value {
     let mut tags = Map::new();
     let mut remote: Option<(String, i64)> = None;
-    for (k, v) in &s.attributes {
+    for (k, v) in s.attrs() {
         let v = match v {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
         };
-        match k.as_ref() {
+        match *k {
             "server.address" if s.kind == Kind::Client => {
                 remote.get_or_insert((String::new(), 0)).0 = v.clone();
             }
@@ -83,7 +83,7 @@ fn span(service_name: &str, s: &SpanRecord) -> serde_json::Value {
 
 /// A batch as a Zipkin v2 JSON array.
 #[cfg(test)]
-fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
+fn encode(service_name: &str, spans: &[SpanRecord<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for s in spans {
         append(service_name, s, &mut body);
@@ -92,7 +92,7 @@ fn encode(service_name: &str, spans: &[SpanRecord]) -> Vec<u8> {
 }
 
 /// Appends one span to a batch's body: JSON objects separated by commas.
-fn append(service_name: &str, s: &SpanRecord, out: &mut Vec<u8>) {
+fn append(service_name: &str, s: &SpanRecord<'_>, out: &mut Vec<u8>) {
     let mark = out.len();
     if !out.is_empty() {
         out.push(b',');
@@ -112,7 +112,7 @@ fn array(body: Vec<u8>) -> Vec<u8> {
 }
 
 impl BatchSink for Zipkin {
-    fn encode(&self, service_name: &str, span: &SpanRecord, out: &mut Vec<u8>) {
+    fn encode(&self, service_name: &str, span: &SpanRecord<'_>, out: &mut Vec<u8>) {
         append(service_name, span, out);
     }
 
@@ -141,15 +141,15 @@ mod tests {
             span_id: [2; 8],
             parent_span_id: Some([3; 8]),
             trace_state: None,
-            name: "GET echo".into(),
+            name: "GET echo",
             kind: Kind::Client,
             start_unix_nanos: 5_000_000,
             end_unix_nanos: 7_000_000,
-            attributes: vec![
-                ("server.address".into(), Value::Str("127.0.0.1".into())),
-                ("server.port".into(), Value::Int(8080)),
-                ("http.response.status_code".into(), Value::Int(503)),
+            attributes: &[
+                ("server.address", Value::Str("127.0.0.1")),
+                ("server.port", Value::Int(8080)),
             ],
+            tags: &[("http.response.status_code", Value::Int(503))],
             error: true,
         };
         let v: serde_json::Value = serde_json::from_slice(&encode("svc", &[s])).unwrap();
