@@ -766,7 +766,7 @@ impl Cluster {
                 match waited {
                     Some(s) => s,
                     None => {
-                        self.stats.cx_overflow.increment(1);
+                        self.stats.cx_overflow().increment(1);
                         let e = ConnectError::Overflow(self.name.into());
                         self.stats.connect_failed(e.reason());
                         return Err(e);
@@ -826,7 +826,7 @@ impl Cluster {
             .map(|g| g.0)
             .or_else(|| self.connection_slot(endpoint))
         else {
-            self.stats.cx_overflow.increment(1);
+            self.stats.cx_overflow().increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             return Err(e);
@@ -873,7 +873,7 @@ impl Cluster {
             None
         };
         waited.ok_or_else(|| {
-            self.stats.cx_overflow.increment(1);
+            self.stats.cx_overflow().increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             e
