@@ -777,6 +777,12 @@ impl RunningListener {
     }
 }
 
+/// A connection's task, from accept to close. Its future lives as long as
+/// the connection and is as large as its largest await: the steps only
+/// some connections take (sidecar original destination, PROXY protocol,
+/// ClientHello inspection, the TLS handshake with its rustls state) are
+/// boxed, allocated only when taken, so that an idle plain connection
+/// does not carry their size (issue 23: memory per idle connection).
 async fn handle_connection(
     listener: Arc<CompiledListener>,
     stream: TcpStream,
@@ -798,7 +804,9 @@ async fn handle_connection(
         None => (listener, local, None),
         Some(s) => {
             let s = **s;
-            let Some(a) = crate::original_dst::on_accept(listener, &s, &stream, local).await else {
+            let Some(a) =
+                Box::pin(crate::original_dst::on_accept(listener, &s, &stream, local)).await
+            else {
                 return;
             };
             (a.listener, a.local, a.http)
@@ -809,7 +817,14 @@ async fn handle_connection(
     let mut hello = None;
     let (mut peer, mut local, mut read, mut proxied) = (peer, local, BytesMut::new(), None);
     if let Some(pp) = &listener.proxy_protocol {
-        match crate::proxy_protocol::accept(&listener, pp, &mut stream, &mut peer, &mut local).await
+        match Box::pin(crate::proxy_protocol::accept(
+            &listener,
+            pp,
+            &mut stream,
+            &mut peer,
+            &mut local,
+        ))
+        .await
         {
             Ok((rest, info)) => (read, proxied) = (rest, Some(info)),
             Err(reason) => {
@@ -824,7 +839,7 @@ async fn handle_connection(
     } else {
         match tokio::time::timeout(
             listener.inspect_timeout,
-            tls_inspect::read_client_hello(&mut stream, read),
+            Box::pin(tls_inspect::read_client_hello(&mut stream, read)),
         )
         .await
         {
@@ -890,7 +905,7 @@ async fn handle_connection(
         None => DownstreamIo::Tcp(stream),
         Some(tls) => {
             let io = PrefixedIo::new(std::mem::take(&mut preface), DownstreamIo::Tcp(stream));
-            match terminate_tls(&listener, tls, io, &mut info).await {
+            match Box::pin(terminate_tls(&listener, tls, io, &mut info)).await {
                 Some(io) => io,
                 None => return,
             }

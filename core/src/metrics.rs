@@ -360,6 +360,17 @@ pub fn shared_label(value: &str) -> SharedString {
     SharedString::from(Arc::<str>::from(value))
 }
 
+/// The series of a rare event (an overflow, a panic, a queued request),
+/// registered on its first use: a scope that never sees the event holds
+/// no series for it, and `/stats` lists none until then (which reads as
+/// 0). A registered series costs about 250 B (its key, labels and value
+/// in the registry); a cluster had a dozen such series, most never
+/// touched, when 10,000 clusters cost 13 KB each (benches/RESULTS.md).
+/// Once registered, a use is one load of the cell.
+pub fn rare<T>(cell: &OnceLock<T>, register: impl FnOnce() -> T) -> &T {
+    cell.get_or_init(register)
+}
+
 /// Counters of one cluster.
 #[derive(Clone)]
 pub struct ClusterStats {
@@ -369,8 +380,9 @@ pub struct ClusterStats {
     pub cx_total: Counter,
     /// `meshgate_cluster_upstream_cx_active`
     pub cx_active: Gauge,
-    /// `meshgate_cluster_upstream_cx_overflow_total`: refused by max_connections.
-    pub cx_overflow: Counter,
+    /// `meshgate_cluster_upstream_cx_overflow_total`: refused by
+    /// max_connections (`cx_overflow`).
+    cx_overflow: OnceLock<Counter>,
     /// `meshgate_cluster_upstream_bytes_sent_total`
     pub bytes_sent: Counter,
     /// `meshgate_cluster_upstream_bytes_received_total`
@@ -387,7 +399,7 @@ impl ClusterStats {
             name: c.clone(),
             cx_total: counter!(names::CLUSTER_UPSTREAM_CX_TOTAL, "cluster" => c.clone()),
             cx_active: gauge!(names::CLUSTER_UPSTREAM_CX_ACTIVE, "cluster" => c.clone()),
-            cx_overflow: counter!(names::CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL, "cluster" => c.clone()),
+            cx_overflow: OnceLock::new(),
             bytes_sent: counter!(names::CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, "cluster" => c.clone()),
             bytes_received: counter!(names::CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, "cluster" => c.clone()),
             rq_time: metrics::histogram!(names::CLUSTER_UPSTREAM_RQ_TIME_SECONDS, "cluster" => c),
@@ -397,6 +409,15 @@ impl ClusterStats {
     /// The `cluster` label value, to share with the cluster's other series.
     pub fn label(&self) -> &SharedString {
         &self.name
+    }
+
+    /// `meshgate_cluster_upstream_cx_overflow_total`, registered on first
+    /// use (`rare`).
+    pub fn cx_overflow(&self) -> &Counter {
+        rare(
+            &self.cx_overflow,
+            || counter!(names::CLUSTER_UPSTREAM_CX_OVERFLOW_TOTAL, "cluster" => self.name.clone()),
+        )
     }
 
     /// `meshgate_cluster_upstream_cx_connect_fail_total{reason}`: a connect

@@ -279,10 +279,14 @@ impl TcpProxy {
         };
         let upstream_host = up.endpoint.address;
         let activity = AtomicU64::new(now_ms());
+        // The task of an idle pair holds this function's state, as large as
+        // its largest arm: the TLS and boxed-stream arms (a handshake, a
+        // TLS stream) are boxed, so a plain TCP pair does not carry their
+        // size while it waits.
         let result = match (io, cluster.tls_for(&up.endpoint)) {
             // TLS origination (the cluster's `tls`): user-space copy.
             (mut down, Some(tls)) => {
-                let pump = async {
+                let pump = Box::pin(async {
                     let addr = up.endpoint.address;
                     let mut up = tls.connect(up.stream, None, addr).await.inspect_err(|_| {
                         metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_TLS_HANDSHAKE_ERROR_TOTAL, "cluster" => cluster.name.to_string()).increment(1);
@@ -318,7 +322,7 @@ impl TcpProxy {
                     )
                     .await?;
                     copy_bidirectional(&mut down, &mut up, &counters, &activity).await
-                };
+                });
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
             (DownstreamIo::Tcp(down), None) => {
@@ -336,12 +340,12 @@ impl TcpProxy {
             // A boxed stream (a transport of streams, QUIC, fails its first read).
             (mut down, None) => {
                 let mut up = up;
-                let pump = async {
+                let pump = Box::pin(async {
                     if !preface.is_empty() {
                         up.stream.write_all(&preface).await?;
                     }
                     copy_bidirectional(&mut down, &mut up.stream, &counters, &activity).await
-                };
+                });
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
         };

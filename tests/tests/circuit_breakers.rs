@@ -87,6 +87,17 @@ fn max_requests_overflow_is_answered_at_once_with_503_overloaded() {
         mg.metric("meshgate_cluster_circuit_breakers_remaining", &labels),
         2.0
     );
+    // A rare event's series is registered on its first occurrence (issue
+    // 23: memory per cluster): none yet for the overflow, the open breaker
+    // or the pending queue.
+    let (_, text) = mg.admin_get("/stats/prometheus");
+    for rare in [
+        "meshgate_cluster_upstream_rq_overflow_total{",
+        "meshgate_cluster_circuit_breakers_open{",
+        "meshgate_cluster_upstream_rq_pending_total{",
+    ] {
+        assert!(!text.contains(rare), "{rare} before any event:\n{text}");
+    }
     let held: Vec<_> = (0..2)
         .map(|i| background(port, &format!("/held{i}")))
         .collect();
@@ -115,6 +126,14 @@ fn max_requests_overflow_is_answered_at_once_with_503_overloaded() {
             &[("cluster", "up"), ("priority", "default")]
         ),
         1.0
+    );
+    // Registered by that first overflow: the other priority's is not.
+    let (_, text) = mg.admin_get("/stats/prometheus");
+    assert!(
+        !text.contains(
+            r#"meshgate_cluster_upstream_rq_overflow_total{cluster="up",priority="high"}"#
+        ),
+        "{text}"
     );
     assert_eq!(
         mg.metric(

@@ -8,10 +8,10 @@
 //! `track_remaining`).
 
 use crate::config::circuit_breakers::{CircuitBreakersConfig, RoutingPriority};
-use crate::metrics::names;
-use metrics::{Counter, Gauge};
-use std::sync::Arc;
+use crate::metrics::{names, rare};
+use metrics::{Counter, Gauge, SharedString};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Envoy's default of every threshold but `max_retries`.
 pub const DEFAULT_LIMIT: u32 = 1024;
@@ -22,57 +22,83 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 struct Limit {
     active: AtomicU32,
     max: u32,
-    open: Gauge,
+    /// The series' labels, with the cluster's (`Breakers::cluster`).
+    priority: RoutingPriority,
+    breaker: &'static str,
+    /// Registered when the limit first opens (or at once when `max` is 0):
+    /// a breaker never opened shows no series (`crate::metrics::rare`).
+    open: OnceLock<Gauge>,
     remaining: Option<Gauge>,
-    overflow: Counter,
+    /// Registered on the first overflow.
+    overflow: OnceLock<Counter>,
 }
 
 impl Limit {
     fn new(
-        cluster: &metrics::SharedString,
+        cluster: &SharedString,
         p: RoutingPriority,
         breaker: &'static str,
         max: u32,
         track: bool,
     ) -> Self {
-        let labels = [
-            ("cluster", cluster.clone()),
-            ("priority", metrics::SharedString::from(p.label())),
-            ("breaker", metrics::SharedString::from(breaker)),
-        ];
-        let open = metrics::gauge!(names::CLUSTER_CIRCUIT_BREAKERS_OPEN, &labels);
-        open.set(if max == 0 { 1.0 } else { 0.0 });
-        let remaining = track.then(|| {
-            let g = metrics::gauge!(names::CLUSTER_CIRCUIT_BREAKERS_REMAINING, &labels);
-            g.set(f64::from(max));
-            g
-        });
-        let name = if breaker == "requests" {
-            names::CLUSTER_UPSTREAM_RQ_OVERFLOW_TOTAL
-        } else {
-            names::CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW_TOTAL
-        };
-        let overflow =
-            metrics::counter!(name, "cluster" => cluster.clone(), "priority" => p.label());
-        Self {
+        let mut limit = Self {
             active: AtomicU32::new(0),
             max,
-            open,
-            remaining,
-            overflow,
+            priority: p,
+            breaker,
+            open: OnceLock::new(),
+            remaining: None,
+            overflow: OnceLock::new(),
+        };
+        if track {
+            let g = metrics::gauge!(
+                names::CLUSTER_CIRCUIT_BREAKERS_REMAINING,
+                &limit.labels(cluster)
+            );
+            g.set(f64::from(max));
+            limit.remaining = Some(g);
         }
+        if max == 0 {
+            limit.open(cluster).set(1.0);
+        }
+        limit
+    }
+
+    fn labels(&self, cluster: &SharedString) -> [(&'static str, SharedString); 3] {
+        [
+            ("cluster", cluster.clone()),
+            ("priority", SharedString::from(self.priority.label())),
+            ("breaker", SharedString::from(self.breaker)),
+        ]
+    }
+
+    fn open(&self, cluster: &SharedString) -> &Gauge {
+        rare(&self.open, || {
+            metrics::gauge!(names::CLUSTER_CIRCUIT_BREAKERS_OPEN, &self.labels(cluster))
+        })
+    }
+
+    fn overflow(&self, cluster: &SharedString) -> &Counter {
+        rare(&self.overflow, || {
+            let name = if self.breaker == "requests" {
+                names::CLUSTER_UPSTREAM_RQ_OVERFLOW_TOTAL
+            } else {
+                names::CLUSTER_UPSTREAM_RQ_RETRY_OVERFLOW_TOTAL
+            };
+            metrics::counter!(name, &self.labels(cluster)[..2])
+        })
     }
 
     /// Takes one unit if fewer than `max` are taken; counts the overflow.
-    fn acquire(&self, max: u32) -> bool {
+    fn acquire(&self, max: u32, cluster: &SharedString) -> bool {
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.active.fetch_sub(1, Ordering::AcqRel);
-            self.overflow.increment(1);
+            self.overflow(cluster).increment(1);
             return false;
         }
         if prev + 1 >= max {
-            self.open.set(1.0);
+            self.open(cluster).set(1.0);
         }
         if let Some(g) = &self.remaining {
             g.set(f64::from(max.saturating_sub(prev + 1)));
@@ -83,7 +109,10 @@ impl Limit {
     fn release(&self, max: u32) {
         let prev = self.active.fetch_sub(1, Ordering::AcqRel);
         if prev >= max {
-            self.open.set(0.0);
+            // Never registered: the limit never opened, nothing to close.
+            if let Some(g) = self.open.get() {
+                g.set(0.0);
+            }
         }
         if let Some(g) = &self.remaining {
             g.set(f64::from(max.saturating_sub(prev.saturating_sub(1))));
@@ -130,6 +159,8 @@ impl Thresholds {
 
 /// The request-level breakers of a cluster, both priorities.
 pub struct Breakers {
+    /// The `cluster` label of the limits' series.
+    cluster: SharedString,
     default: Thresholds,
     high: Thresholds,
 }
@@ -306,7 +337,7 @@ pub fn check(
 }
 
 impl Breakers {
-    pub fn new(cluster: &metrics::SharedString, values: &[ThresholdValues; 2]) -> Self {
+    pub fn new(cluster: &SharedString, values: &[ThresholdValues; 2]) -> Self {
         let t = |p: RoutingPriority, v: &ThresholdValues| {
             let retries_max = match v.retry_limit {
                 RetryLimit::Max(m) => m,
@@ -319,6 +350,7 @@ impl Breakers {
             }
         };
         Self {
+            cluster: cluster.clone(),
             default: t(RoutingPriority::Default, &values[0]),
             high: t(RoutingPriority::High, &values[1]),
         }
@@ -335,7 +367,7 @@ impl Breakers {
     pub fn request(self: &Arc<Self>, p: RoutingPriority) -> Option<Slot> {
         let t = self.of(p);
         let max = t.requests.max;
-        t.requests.acquire(max).then(|| Slot {
+        t.requests.acquire(max, &self.cluster).then(|| Slot {
             breakers: self.clone(),
             priority: p,
             kind: Kind::Request(max),
@@ -346,7 +378,7 @@ impl Breakers {
     pub fn retry(self: &Arc<Self>, p: RoutingPriority) -> Option<Slot> {
         let t = self.of(p);
         let max = t.max_retries();
-        t.retries.acquire(max).then(|| Slot {
+        t.retries.acquire(max, &self.cluster).then(|| Slot {
             breakers: self.clone(),
             priority: p,
             kind: Kind::Retry(max),

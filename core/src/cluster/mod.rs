@@ -493,8 +493,11 @@ struct ConnectionCount {
     pools: AtomicU32,
     /// `max_connection_pools` (`u32::MAX`: no limit).
     max_pools: u32,
-    /// `meshgate_cluster_upstream_cx_pool_overflow_total`.
-    pool_overflow: metrics::Counter,
+    /// `meshgate_cluster_upstream_cx_pool_overflow_total`, registered on
+    /// first use (`crate::metrics::rare`).
+    pool_overflow: std::sync::OnceLock<metrics::Counter>,
+    /// The `cluster` label of that series.
+    label: metrics::SharedString,
 }
 
 impl ConnectionCount {
@@ -505,11 +508,19 @@ impl ConnectionCount {
             pending: pending::Pending::new(stats.label(), max_pending),
             pools: AtomicU32::new(0),
             max_pools,
-            pool_overflow: metrics::counter!(
-                crate::metrics::names::CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL,
-                "cluster" => stats.label().clone()
-            ),
+            pool_overflow: std::sync::OnceLock::new(),
+            label: stats.label().clone(),
         }
+    }
+
+    /// `meshgate_cluster_upstream_cx_pool_overflow_total`.
+    fn pool_overflow(&self) -> &metrics::Counter {
+        crate::metrics::rare(&self.pool_overflow, || {
+            metrics::counter!(
+                crate::metrics::names::CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL,
+                "cluster" => self.label.clone()
+            )
+        })
     }
 
     /// One connection to an endpoint closed (`host`: its count): its pool
@@ -796,7 +807,7 @@ impl Cluster {
                 // too (Envoy's `upstream_cx_pool_overflow`).
                 let pool_refused = self.pool_refused(&endpoint);
                 if pool_refused {
-                    self.connections.pool_overflow.increment(1);
+                    self.connections.pool_overflow().increment(1);
                 }
                 let waited = if queue && self.max_connections > 0 && !pool_refused {
                     self.connections
@@ -810,7 +821,7 @@ impl Cluster {
                     Some(s) => s,
                     None => {
                         if !pool_refused {
-                            self.stats.cx_overflow.increment(1);
+                            self.stats.cx_overflow().increment(1);
                         }
                         let e = ConnectError::Overflow(self.name.into());
                         self.stats.connect_failed(e.reason());
@@ -877,9 +888,9 @@ impl Cluster {
             .or_else(|| self.connection_slot(endpoint))
         else {
             if self.pool_refused(endpoint) {
-                self.connections.pool_overflow.increment(1);
+                self.connections.pool_overflow().increment(1);
             } else {
-                self.stats.cx_overflow.increment(1);
+                self.stats.cx_overflow().increment(1);
             }
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
@@ -927,7 +938,7 @@ impl Cluster {
             None
         };
         waited.ok_or_else(|| {
-            self.stats.cx_overflow.increment(1);
+            self.stats.cx_overflow().increment(1);
             let e = ConnectError::Overflow(self.name.into());
             self.stats.connect_failed(e.reason());
             e

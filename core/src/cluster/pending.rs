@@ -8,7 +8,8 @@
 //! releasing side reads one atomic.
 
 use crate::metrics::names;
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, SharedString};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Notify;
 
@@ -19,6 +20,15 @@ pub struct Pending {
     waiting: AtomicU32,
     /// Wakes one waiter per freed slot (FIFO: tokio's `notify_one`).
     notify: Notify,
+    /// The `cluster` label.
+    cluster: SharedString,
+    /// Registered when a request first waits or overflows (most clusters
+    /// never queue one: `crate::metrics::rare`).
+    series: OnceLock<Series>,
+}
+
+/// The queue's series.
+struct Series {
     active: Gauge,
     total: Counter,
     overflow: Counter,
@@ -26,23 +36,32 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(cluster: &metrics::SharedString, max: u32) -> Self {
-        let c = cluster.clone();
+    pub fn new(cluster: &SharedString, max: u32) -> Self {
         Self {
             max,
             waiting: AtomicU32::new(0),
             notify: Notify::new(),
-            active: metrics::gauge!(names::CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE, "cluster" => c.clone()),
-            total: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_TOTAL, "cluster" => c.clone()),
-            // Pending requests are queued per cluster, under the DEFAULT
-            // threshold (`breaker::check` refuses it on HIGH).
-            overflow: metrics::counter!(
-                names::CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL,
-                "cluster" => c.clone(),
-                "priority" => "default"
-            ),
-            cancelled: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL, "cluster" => c),
+            cluster: cluster.clone(),
+            series: OnceLock::new(),
         }
+    }
+
+    fn series(&self) -> &Series {
+        crate::metrics::rare(&self.series, || {
+            let c = &self.cluster;
+            Series {
+                active: metrics::gauge!(names::CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE, "cluster" => c.clone()),
+                total: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_TOTAL, "cluster" => c.clone()),
+                // Pending requests are queued per cluster, under the DEFAULT
+                // threshold (`breaker::check` refuses it on HIGH).
+                overflow: metrics::counter!(
+                    names::CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL,
+                    "cluster" => c.clone(),
+                    "priority" => "default"
+                ),
+                cancelled: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL, "cluster" => c.clone()),
+            }
+        })
     }
 
     /// Whether a request waits for a connection slot.
@@ -74,13 +93,14 @@ impl Pending {
     ) -> Option<T> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            self.overflow.increment(1);
+            self.series().overflow.increment(1);
             // A slot freed meanwhile may have woken nobody but us.
             self.wake();
             return None;
         }
-        self.total.increment(1);
-        self.active.increment(1.0);
+        let series = self.series();
+        series.total.increment(1);
+        series.active.increment(1.0);
         let mut waiter = Waiter {
             pending: self,
             served: false,
@@ -128,9 +148,10 @@ impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         let p = self.pending;
         p.waiting.fetch_sub(1, Ordering::SeqCst);
-        p.active.decrement(1.0);
+        let series = p.series();
+        series.active.decrement(1.0);
         if !self.served {
-            p.cancelled.increment(1);
+            series.cancelled.increment(1);
         }
     }
 }

@@ -25,8 +25,8 @@ use crate::metrics::names;
 use crate::pool::Health;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Bumped by every endpoint health change, in any cluster.
 static HEALTH_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -50,7 +50,11 @@ pub struct Policy {
     /// Percent; 0 disables panic mode.
     pub(super) panic_threshold: f64,
     drop: Option<DropOverload>,
-    panic_total: metrics::Counter,
+    /// The `cluster` label of `panic_total`.
+    cluster: metrics::SharedString,
+    /// Registered on the first request in panic mode
+    /// (`crate::metrics::rare`).
+    panic_total: OnceLock<metrics::Counter>,
     /// `common_lb_config.locality_weighted_lb_config` is set.
     locality_weighted: bool,
     /// `policy.weighted_priority_health`: a priority's health is its
@@ -72,7 +76,8 @@ impl Policy {
             overprovisioning: DEFAULT_OVERPROVISIONING_FACTOR,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
             drop: None,
-            panic_total: panic_counter(cluster),
+            cluster: cluster.clone(),
+            panic_total: OnceLock::new(),
             locality_weighted: false,
             weighted_priority_health: false,
             zone: None,
@@ -139,8 +144,13 @@ impl Policy {
     }
 }
 
-fn panic_counter(cluster: &metrics::SharedString) -> metrics::Counter {
-    metrics::counter!(names::CLUSTER_LB_HEALTHY_PANIC_TOTAL, "cluster" => cluster.clone())
+impl Policy {
+    fn panic_total(&self) -> &metrics::Counter {
+        crate::metrics::rare(
+            &self.panic_total,
+            || metrics::counter!(names::CLUSTER_LB_HEALTHY_PANIC_TOTAL, "cluster" => self.cluster.clone()),
+        )
+    }
 }
 
 impl Cluster {
@@ -423,7 +433,7 @@ pub(super) fn choose(
         }
         if let Some((p, mut source)) = chosen {
             if state.panic.get(p) == Some(&true) {
-                policy.panic_total.increment(1);
+                policy.panic_total().increment(1);
                 if policy
                     .zone
                     .as_ref()
