@@ -307,12 +307,12 @@ impl TcpProxy {
                     )
                     .await?;
                     copy_bidirectional(&mut down, &mut up, &counters, &activity).await
-                };
+                });
                 with_idle_timeout(pump, self.idle_timeout, &activity).await
             }
             // Plain TCP with cluster filters: user-space copy through them.
             (mut down, None) if !cluster.filters.is_empty() => {
-                let pump = async {
+                let pump = Box::pin(async {
                     let mut up = upstream_filtered(
                         &cluster,
                         &info,
