@@ -621,10 +621,30 @@ struct UpstreamConn {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     quic: quinn::Connection,
     max_streams: u32,
-    /// `%UPSTREAM_LOCAL_ADDRESS%`: the client endpoint's UDP port with the
-    /// address the peer's packets arrive on (the socket is bound to the
-    /// unspecified address and shared by every upstream connection).
-    local: Option<std::net::SocketAddr>,
+    /// The client endpoint's bound address (unspecified IP) and the peer.
+    bound: Option<std::net::SocketAddr>,
+    peer: std::net::SocketAddr,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`, looked up the first time a log asks
+    /// (`UpstreamConn::local`).
+    local: std::sync::OnceLock<Option<std::net::SocketAddr>>,
+}
+
+impl UpstreamConn {
+    /// The client endpoint's UDP port with the address the peer's packets
+    /// arrive on: quinn's, else the source address the kernel picks toward
+    /// the peer (the endpoint is bound to the unspecified address and
+    /// shared by every upstream connection).
+    fn local(&self) -> Option<std::net::SocketAddr> {
+        *self.local.get_or_init(|| {
+            let b = self.bound?;
+            let ip = self
+                .quic
+                .local_ip()
+                .or_else(|| source_ip_toward(self.peer))
+                .unwrap_or(b.ip());
+            Some(std::net::SocketAddr::new(ip, b.port()))
+        })
+    }
 }
 
 impl Multiplexed for UpstreamConn {
@@ -719,26 +739,21 @@ impl ClientInner {
             // The circuit-breaker slot and cx_active go with the connection.
             drop(guard);
         });
-        let local = bound.map(|b| {
-            let ip = quic
-                .local_ip()
-                .or_else(|| source_ip_toward(addr))
-                .unwrap_or(b.ip());
-            std::net::SocketAddr::new(ip, b.port())
-        });
         Ok(UpstreamConn {
             send,
             quic,
             max_streams: self.max_streams,
-            local,
+            bound,
+            peer: addr,
+            local: std::sync::OnceLock::new(),
         })
     }
 }
 
 /// The source address the kernel picks toward `peer`: the client endpoint
 /// is bound to the unspecified address and quinn learns the local one only
-/// where the platform reports it per packet. Once per connection (a
-/// connected UDP socket sends nothing).
+/// where the platform reports it per packet. Once per connection, and only
+/// when a log asks (a connected UDP socket sends nothing).
 fn source_ip_toward(peer: std::net::SocketAddr) -> Option<std::net::IpAddr> {
     let any: std::net::SocketAddr = if peer.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
@@ -922,7 +937,7 @@ impl ClientCodec for Http3Client {
             };
             let (mut parts, ()) = resp.into_parts();
             parts.version = http::Version::HTTP_11;
-            if let Some(a) = up.local.filter(|_| want_local) {
+            if let Some(a) = want_local.then(|| up.local()).flatten() {
                 parts
                     .extensions
                     .insert(meshgate_core::stream::UpstreamLocalAddress(a));

@@ -435,6 +435,38 @@ pub fn tcp_established(local: std::net::SocketAddr, remote: std::net::SocketAddr
         })
 }
 
+/// A config with the admin server, one `proxy` listener `http` on port 0
+/// whose one virtual host (all domains) has `routes` (each a YAML flow
+/// mapping: `{match: {prefix: /}, route: {cluster: up}}`), then
+/// `clusters` (the items of the `clusters:` section, at two spaces).
+pub fn proxy_config(routes: &[&str], clusters: &str) -> String {
+    let mut s = String::from(
+        r#"admin:
+  address: "{ADMIN}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+"#,
+    );
+    for r in routes {
+        s.push_str("                      - ");
+        s.push_str(r);
+        s.push('\n');
+    }
+    s.push_str("clusters:\n");
+    s.push_str(clusters);
+    s
+}
+
 /// Waits until `addr` accepts TCP connections.
 pub fn wait_listening(addr: SocketAddr) {
     wait_until_within(10, &format!("{addr} to listen"), || {

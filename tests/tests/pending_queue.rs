@@ -275,31 +275,18 @@ fn max_pending_requests_from_xds() {
 #[test]
 fn per_host_max_connections_queues_per_endpoint() {
     let (a, b) = (Gated::start(), Gated::start());
-    let yaml = format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: http
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        route: {{cluster: up, timeout: 8s}}
-clusters:
-  - name: up
+    let clusters = format!(
+        r#"  - name: up
     endpoints: [{{address: "{}"}}, {{address: "{}"}}]
     circuit_breakers:
       thresholds: [{{max_pending_requests: 1}}]
       per_host_thresholds: [{{max_connections: 1}}]
 "#,
         a.addr, b.addr
+    );
+    let yaml = proxy_config(
+        &["{match: {prefix: /}, route: {cluster: up, timeout: 8s}}"],
+        &clusters,
     );
     let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");
@@ -453,30 +440,17 @@ fn one_pool_at_a_time(mg: &Meshgate, port: u16, cluster: &str, a: &Gated, b: &Ga
 }
 
 fn two_endpoints(a: &Gated, b: &Gated, circuit_breakers: &str) -> (Meshgate, u16) {
-    let yaml = format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: http
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        route: {{cluster: up, timeout: 8s}}
-clusters:
-  - name: up
+    let clusters = format!(
+        r#"  - name: up
     lb_policy: round_robin
     endpoints: [{{address: "{}"}}, {{address: "{}"}}]
     circuit_breakers: {circuit_breakers}
 "#,
         a.addr, b.addr
+    );
+    let yaml = proxy_config(
+        &["{match: {prefix: /}, route: {cluster: up, timeout: 8s}}"],
+        &clusters,
     );
     let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");

@@ -128,33 +128,21 @@ fn metric(mg: &Meshgate, name: &str) -> f64 {
 #[test]
 fn websocket_handshakes_wait_for_a_connection_slot_and_overflow_with_503() {
     let server = Server::start();
-    let yaml = format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: http
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /short}}
-                        route: {{cluster: up, timeout: 0.5s}}
-                      - match: {{prefix: /}}
-                        route: {{cluster: up, timeout: 15s}}
-clusters:
-  - name: up
+    let clusters = format!(
+        r#"  - name: up
     endpoints: [{{address: "127.0.0.1:{}"}}]
     circuit_breakers:
       thresholds:
         - {{max_connections: 1, max_pending_requests: 1}}
 "#,
         server.1
+    );
+    let yaml = proxy_config(
+        &[
+            "{match: {prefix: /short}, route: {cluster: up, timeout: 0.5s}}",
+            "{match: {prefix: /}, route: {cluster: up, timeout: 15s}}",
+        ],
+        &clusters,
     );
     let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");
