@@ -32,9 +32,13 @@ python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q websocke
 # aioquic (HTTP/3 client library; its example client needs wsproto), and
 # the example client itself, which ships only in aioquic's source tarball.
 python3 -c 'import aioquic, wsproto' 2>/dev/null || python3 -m pip install -q aioquic wsproto
-if [ ! -f tests/peers/.cache/aioquic/examples/http3_client.py ]; then
+# The example must come from the installed version's sdist: the client's
+# internals change between releases (1.9's example calls what 1.7 lacks).
+aioquic_version=$(python3 -c 'import aioquic; print(aioquic.__version__)')
+if ! grep -qx "Version: $aioquic_version" tests/peers/.cache/aioquic/PKG-INFO 2>/dev/null \
+  || [ ! -f tests/peers/.cache/aioquic/examples/http3_client.py ]; then
   tmp=$(mktemp -d)
-  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" aioquic
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" "aioquic==$aioquic_version"
   tar xzf "$tmp"/aioquic-*.tar.gz -C "$tmp"
   mkdir -p tests/peers/.cache
   rm -rf tests/peers/.cache/aioquic

@@ -5,12 +5,21 @@ use crate::workspace;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// aioquic's `examples/http3_client.py`, from the sdist that tests/run.sh
-/// fetches (fetched here too when missing).
+/// aioquic's `examples/http3_client.py`, from the sdist of the installed
+/// aioquic that tests/run.sh fetches (fetched here too when missing). The
+/// example uses the library's internals, so it must match the installed
+/// version: a newer sdist's client fails on an older library.
 pub fn client() -> PathBuf {
     let cache = workspace().join("tests/peers/.cache");
     let client = cache.join("aioquic/examples/http3_client.py");
-    if client.exists() {
+    let installed = Command::new("python3")
+        .args(["-c", "import aioquic; print(aioquic.__version__)"])
+        .output()
+        .expect("python3 with aioquic (tests/run.sh installs it)");
+    assert!(installed.status.success(), "aioquic is not installed");
+    let version = String::from_utf8_lossy(&installed.stdout).trim().to_string();
+    let cached = std::fs::read_to_string(cache.join("aioquic/PKG-INFO")).unwrap_or_default();
+    if client.exists() && cached.lines().any(|l| l == format!("Version: {version}")) {
         return client;
     }
     let tmp = tempfile::tempdir_in({
@@ -30,7 +39,7 @@ pub fn client() -> PathBuf {
         ])
         .arg("-d")
         .arg(tmp.path())
-        .arg("aioquic")
+        .arg(format!("aioquic=={version}"))
         .status()
         .expect("python3 -m pip");
     assert!(ok.success(), "pip download of aioquic's sdist failed");
@@ -56,7 +65,11 @@ pub fn client() -> PathBuf {
         .map(|e| e.path())
         .find(|p| p.is_dir())
         .unwrap();
-    // Another test process may have won the race; either copy is good.
+    // Another test process may have won the race; either copy is good. A
+    // stale copy (another version) is moved aside first.
+    if !cached.is_empty() {
+        let _ = std::fs::rename(cache.join("aioquic"), tmp.path().join("stale"));
+    }
     let _ = std::fs::rename(src, cache.join("aioquic"));
     assert!(client.exists(), "no {}", client.display());
     client
