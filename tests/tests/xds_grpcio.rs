@@ -242,21 +242,21 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
     }
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), hits_a);
 
-    // The cluster removed: gone from /clusters, its route answers 503
-    // (cluster_not_found_response_code's default) while the listener
-    // serves.
+    // The cluster removed while the listener still routes to it: ACKed,
+    // and kept serving until unused (meshgate's rule, docs/xds.md).
     ads.remove(CLUSTER, "3", &[EG_CLUSTER]);
     ads.wait_ack(CLUSTER, "3");
-    wait_until("the cluster gone", || {
-        !clusters_listed(&mg).contains(&EG_CLUSTER.to_string())
-    });
-    wait_until("its route answers 503", || status(port, "/") == 503);
+    assert_eq!(get(port, "/").as_deref(), Some("backend=b"));
 
-    // The listener removed: its port stops accepting.
+    // The listener removed: its port stops accepting, and the cluster no
+    // listener uses any more is gone.
     ads.remove(LISTENER, "4", &[EG_LISTENER]);
     ads.wait_ack(LISTENER, "4");
     wait_until("the listener closed", || {
         TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    wait_until("the cluster gone", || {
+        !clusters_listed(&mg).contains(&EG_CLUSTER.to_string())
     });
 }
 
@@ -301,16 +301,23 @@ fn delta_xds_subscribes_updates_one_cluster_and_removes_one() {
     wait_for(port, "/b", "backend=c");
     assert_eq!(get(port, "/a").as_deref(), Some("backend=a"));
 
-    // One cluster removed: named in removed_resources, nothing resent.
+    // One cluster removed: named in removed_resources, nothing resent;
+    // kept while route `r1` uses it, gone once a route update drops it.
     ads.remove(CLUSTER, "3", &["c-a"]);
     let removal = ads.wait_sent(CLUSTER, "3");
     assert!(removal.resources.is_empty(), "{removal:?}");
     assert_eq!(removal.removed, vec!["c-a"]);
     ads.wait_ack(CLUSTER, "3");
+    assert_eq!(get(port, "/a").as_deref(), Some("backend=a"));
+    let without_a = ROUTES.replace(
+        "    - match: {prefix: /a}\n      route: {cluster: c-a}\n",
+        "",
+    );
+    assert_ne!(without_a, ROUTES);
+    ads.set_acked(ROUTE, "2", &without_a);
     wait_until("c-a gone", || {
         !clusters_listed(&mg).contains(&"c-a".to_string())
     });
-    wait_until("/a answers 503", || status(port, "/a") == 503);
     assert_eq!(get(port, "/b").as_deref(), Some("backend=c"));
 }
 
