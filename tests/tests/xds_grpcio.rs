@@ -319,6 +319,20 @@ fn delta_xds_subscribes_updates_one_cluster_and_removes_one() {
         !clusters_listed(&mg).contains(&"c-a".to_string())
     });
     assert_eq!(get(port, "/b").as_deref(), Some("backend=c"));
+
+    // A delta NACK: the one resource sent carries a field number Envoy's
+    // protos lack; its error_detail names it, c-b keeps serving.
+    ads.set(
+        CLUSTER,
+        "4",
+        &static_cluster("c-b", &[b.addr], "  '@unknownField': 999\n"),
+    );
+    let bad = ads.wait_sent(CLUSTER, "4");
+    assert_eq!(bad.resources, vec!["c-b"]);
+    let e = ads.wait_nack(CLUSTER, "4");
+    assert!(e.contains("unknown field number 999"), "{e}");
+    assert!(e.contains("c-b"), "{e}");
+    assert_eq!(get(port, "/b").as_deref(), Some("backend=c"));
 }
 
 #[test]
