@@ -29,7 +29,8 @@ with {"ev": "ok", "id": ID} or {"ev": "error", "id": ID, "message": ...}):
       1), which Envoy's protos do not define.
   {"id": 2, "op": "remove", "type": URL, "version": "v2", "names": [...]}
 Events: {"ev": "request", "api": "sotw"|"delta", "type", "version_info",
-"nonce", "error" (message or null), "names", "unsubscribe"};
+"nonce", "error" (message or null), "names", "unsubscribe", "node" (its id,
+or null when the request carries no node)};
 {"ev": "sent", "api", "type", "version", "nonce", "resources", "removed"};
 {"ev": "stream", "api", "state": "open"|"closed"}. EOF on stdin ends it.
 """
@@ -233,6 +234,10 @@ class Stream:
         return got
 
 
+def node_of(r):
+    return r.node.id if r.HasField("node") else None
+
+
 def error_of(r):
     return r.error_detail.message if r.HasField("error_detail") else None
 
@@ -251,7 +256,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     names[r.type_url] = list(r.resource_names)
                     emit(ev="request", api="sotw", type=r.type_url, version_info=r.version_info,
                          nonce=r.response_nonce, error=error_of(r), names=list(r.resource_names),
-                         unsubscribe=[])
+                         unsubscribe=[], node=node_of(r))
                 for t, want in names.items():
                     if t not in RESOURCES:
                         continue
@@ -302,7 +307,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     emit(ev="request", api="delta", type=r.type_url,
                          version_info=NONCES.get(r.response_nonce, ""), nonce=r.response_nonce,
                          error=error_of(r), names=list(r.resource_names_subscribe),
-                         unsubscribe=list(r.resource_names_unsubscribe))
+                         unsubscribe=list(r.resource_names_unsubscribe), node=node_of(r))
                 for t, sub in subs.items():
                     if t not in RESOURCES:
                         continue

@@ -29,6 +29,8 @@ pub struct Request {
     pub names: Vec<String>,
     /// Delta: `resource_names_unsubscribe`.
     pub unsubscribe: Vec<String>,
+    /// `node.id`, when the request carries a node.
+    pub node: Option<String>,
 }
 
 /// One response the server sent.
@@ -164,6 +166,7 @@ impl PyAds {
                 error: e["error"].as_str().map(str::to_string),
                 names: strings(&e["names"]),
                 unsubscribe: strings(&e["unsubscribe"]),
+                node: e["node"].as_str().map(str::to_string),
             })
             .collect()
     }

@@ -230,12 +230,28 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
     assert_eq!(names_of(ROUTE), vec![EG_LISTENER.to_string()]);
     assert!(names_of(CLUSTER).is_empty());
     assert!(names_of(LISTENER).is_empty());
+    // The stream's first request names the bootstrap's node.
+    assert_eq!(reqs[0].node.as_deref(), Some("test-node"), "{:?}", reqs[0]);
+    assert!(
+        mg.config_dump()["dynamic"]["version"]
+            .as_str()
+            .is_some_and(|v| ["lds=1", "rds=1", "cds=1", "eds=1"]
+                .iter()
+                .all(|x| v.contains(x))),
+        "{}",
+        mg.config_dump()["dynamic"]
+    );
     wait_listening(([127, 0, 0, 1], port).into());
     wait_for(port, "/", "backend=a");
 
     // The endpoint moves: traffic follows, none reaches a afterwards.
     ads.set_acked(ENDPOINT, "2", &eg_endpoints(b.addr));
     wait_for(port, "/", "backend=b");
+    wait_until("/config_dump shows eds=2", || {
+        mg.config_dump()["dynamic"]["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("eds=2"))
+    });
     let hits_a = a.hits.load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..5 {
         assert_eq!(get(port, "/").as_deref(), Some("backend=b"));
