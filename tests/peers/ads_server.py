@@ -4,7 +4,8 @@ Envoy's generated protos (PyPI xds-protos), not on the Rust protos meshgate
 uses: an encoding mismatch between meshgate and Envoy's real protos shows.
 
 Serves envoy.service.discovery.v3.AggregatedDiscoveryService on
-127.0.0.1:0, both variants:
+127.0.0.1:0 (or the port given as the one argument: a restarted server
+on the port a client knows), both variants:
 - StreamAggregatedResources (state of the world): per type URL a version
   and a list of resources; per stream the names each type subscribes (none:
   all); a response is sent when the (version, names) a stream has for a
@@ -30,7 +31,8 @@ with {"ev": "ok", "id": ID} or {"ev": "error", "id": ID, "message": ...}):
   {"id": 2, "op": "remove", "type": URL, "version": "v2", "names": [...]}
 Events: {"ev": "request", "api": "sotw"|"delta", "type", "version_info",
 "nonce", "error" (message or null), "names", "unsubscribe", "node" (its id,
-or null when the request carries no node)};
+or null when the request carries no node), delta: "initial" (its
+initial_resource_versions)};
 {"ev": "sent", "api", "type", "version", "nonce", "resources", "removed"};
 {"ev": "stream", "api", "state": "open"|"closed"}. EOF on stdin ends it.
 """
@@ -307,7 +309,8 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     emit(ev="request", api="delta", type=r.type_url,
                          version_info=NONCES.get(r.response_nonce, ""), nonce=r.response_nonce,
                          error=error_of(r), names=list(r.resource_names_subscribe),
-                         unsubscribe=list(r.resource_names_unsubscribe), node=node_of(r))
+                         unsubscribe=list(r.resource_names_unsubscribe), node=node_of(r),
+                         initial=dict(r.initial_resource_versions))
                 for t, sub in subs.items():
                     if t not in RESOURCES:
                         continue
@@ -339,7 +342,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 SERVER = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
 ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(), SERVER)
-PORT = SERVER.add_insecure_port("127.0.0.1:0")
+PORT = SERVER.add_insecure_port("127.0.0.1:%d" % (int(sys.argv[1]) if len(sys.argv) > 1 else 0))
 SERVER.start()
 emit(ev="port", port=PORT)
 control()

@@ -31,6 +31,8 @@ pub struct Request {
     pub unsubscribe: Vec<String>,
     /// `node.id`, when the request carries a node.
     pub node: Option<String>,
+    /// Delta: `initial_resource_versions` (name, version), sorted.
+    pub initial: Vec<(String, String)>,
 }
 
 /// One response the server sent.
@@ -66,15 +68,37 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A JSON object of strings as sorted (key, value) pairs.
+fn pairs(v: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = v
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 fn text(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap_or_default().to_string()
 }
 
 impl PyAds {
-    /// Starts the server; returns once it listens.
+    /// Starts the server on a port the kernel picks; returns once it
+    /// listens.
     pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// The same on `port` (a restarted server where meshgate's bootstrap
+    /// points).
+    pub fn start_on(port: u16) -> Self {
         let mut child = Command::new("python3")
             .arg(workspace().join("tests/peers/ads_server.py"))
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -167,6 +191,7 @@ impl PyAds {
                 names: strings(&e["names"]),
                 unsubscribe: strings(&e["unsubscribe"]),
                 node: e["node"].as_str().map(str::to_string),
+                initial: pairs(&e["initial"]),
             })
             .collect()
     }

@@ -7,8 +7,8 @@
 //! EDS), an endpoint move and removals, delta subscriptions, updates and
 //! removals, hostile pushes (unknown fields at the top and in a nested
 //! typed config, duplicate names, a wrong type URL) NACKed by name while
-//! the old config serves, and health checks and outlier detection pushed
-//! through CDS.
+//! the old config serves, a delta stream re-opened on a restarted server,
+//! and health checks and outlier detection pushed through CDS.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::flaky::Flaky;
@@ -349,6 +349,59 @@ fn delta_xds_subscribes_updates_one_cluster_and_removes_one() {
     assert!(e.contains("unknown field number 999"), "{e}");
     assert!(e.contains("c-b"), "{e}");
     assert_eq!(get(port, "/b").as_deref(), Some("backend=c"));
+}
+
+/// A delta stream re-opened on a restarted server says what it holds
+/// (`initial_resource_versions`): the new server, holding the same
+/// resources, sends none of them again; meshgate served meanwhile.
+#[test]
+fn a_delta_stream_reopened_after_a_server_restart_sends_what_it_holds() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let clusters = |b_addr: SocketAddr| {
+        static_cluster("c-a", &[a.addr], "") + &static_cluster("c-b", &[b_addr], "")
+    };
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &clusters(a.addr));
+    ads.set(ROUTE, "1", ROUTES);
+    ads.set(LISTENER, "1", &plain_listener(port, None));
+    let _mg = Meshgate::start(&ads.bootstrap_delta());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    wait_for(port, "/b", "backend=a");
+    let held = ads.wait_sent(CLUSTER, "1");
+    assert_eq!(held.resources, vec!["c-a", "c-b"]);
+
+    // The server dies: meshgate keeps serving what it has.
+    let xds_port = ads.port;
+    drop(ads);
+    assert_eq!(get(port, "/b").as_deref(), Some("backend=a"));
+
+    // A new one on the same port with the same resources.
+    let ads = PyAds::start_on(xds_port);
+    ads.set(CLUSTER, "1", &clusters(a.addr));
+    ads.set(ROUTE, "1", ROUTES);
+    ads.set(LISTENER, "1", &plain_listener(port, None));
+    ads.wait_ack(CLUSTER, "1");
+    let first = ads
+        .requests()
+        .into_iter()
+        .find(|r| r.type_url == CLUSTER)
+        .unwrap();
+    let names: Vec<&str> = first.initial.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, vec!["c-a", "c-b"], "{first:?}");
+    let resent = ads.wait_sent(CLUSTER, "1");
+    assert!(resent.resources.is_empty(), "{resent:?}");
+    assert!(resent.removed.is_empty(), "{resent:?}");
+
+    // And the stream works on: one change, one resource sent.
+    ads.set(CLUSTER, "2", &clusters(b.addr));
+    assert_eq!(ads.wait_sent(CLUSTER, "2").resources, vec!["c-b"]);
+    ads.wait_ack(CLUSTER, "2");
+    wait_for(port, "/b", "backend=b");
 }
 
 #[test]
