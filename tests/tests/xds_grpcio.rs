@@ -6,7 +6,8 @@
 //! backends. Covers an Envoy Gateway-shaped push (listener, HCM, RDS, CDS,
 //! EDS), an endpoint move and removals, delta subscriptions, updates and
 //! removals, hostile pushes (unknown fields at the top and in a nested
-//! typed config, duplicate names, a wrong type URL) NACKed by name while
+//! typed config, duplicate names, a wrong type URL for a resource and for
+//! a typed config) NACKed by name while
 //! the old config serves, a delta stream re-opened on a restarted server,
 //! and health checks and outlier detection pushed through CDS.
 
@@ -456,8 +457,31 @@ fn hostile_pushes_are_nacked_by_name_while_the_old_config_serves() {
     assert!(e.contains("envoy.config.listener.v3.Listener"), "{e}");
     serves_a();
 
+    // A typed config of the wrong type: the network filter named the HTTP
+    // connection manager carries a Router.
+    let wrong = format!(
+        r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: web
+  address:
+    socketAddress: {{address: 127.0.0.1, portValue: {port}}}
+  filterChains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    );
+    ads.set(LISTENER, "6", &wrong);
+    let e = ads.wait_nack(LISTENER, "6");
+    assert!(
+        e.contains("envoy.extensions.filters.http.router.v3.Router"),
+        "{e}"
+    );
+    assert!(e.contains("web"), "{e}");
+    serves_a();
+
     // The stream still takes a good push.
-    ads.set_acked(CLUSTER, "6", &static_cluster("svc", &[b.addr], ""));
+    ads.set_acked(CLUSTER, "7", &static_cluster("svc", &[b.addr], ""));
     wait_for(port, "/", "backend=b");
 }
 
