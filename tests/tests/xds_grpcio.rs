@@ -7,9 +7,9 @@
 //! EDS), an endpoint move and removals, delta subscriptions, updates and
 //! removals, hostile pushes (unknown fields at the top and in a nested
 //! typed config, duplicate names, a wrong type URL for a resource and for
-//! a typed config) NACKed by name while
-//! the old config serves, a delta stream re-opened on a restarted server,
-//! and health checks and outlier detection pushed through CDS.
+//! a typed config) NACKed by name while the old config serves, a delta
+//! stream re-opened on a restarted server, and health checks and outlier
+//! detection pushed through CDS.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::flaky::Flaky;
