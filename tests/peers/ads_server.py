@@ -46,7 +46,7 @@ from concurrent import futures
 import grpc
 import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 import envoy_any
 
