@@ -3,7 +3,8 @@
 `egctl translate` / `istioctl proxy-config` print them) to protobuf `Any`
 bytes, with Envoy's generated protos (PyPI xds-protos): the parsing is
 Envoy's schema, not meshgate's. Reads a YAML list of resources, each with
-its '@type'; prints a JSON list of {name, type_url, value_hex}."""
+its '@type'; prints a JSON list of {name, type_url, value_hex}. Imported,
+it gives `pack` (tests/peers/ads_server.py)."""
 import importlib
 import json
 import sys
@@ -47,13 +48,24 @@ for mod in (
 import istio_protos  # noqa: E402,F401
 
 db = symbol_database.Default()
-out = []
-for res in yaml.safe_load(open(sys.argv[1])):
+
+
+def pack(res):
+    """One resource dict (with its '@type') to (name, Any), by Envoy's
+    protos. ads_server.py serves what this returns."""
+    res = dict(res)
     type_url = res.pop("@type")
     cls = db.GetSymbol(type_url.split("/")[-1])
     msg = json_format.ParseDict(res, cls())
     a = any_pb2.Any()
     a.Pack(msg)
     name = getattr(msg, "name", "") or getattr(msg, "cluster_name", "")
-    out.append({"name": name, "type_url": a.type_url, "value_hex": a.value.hex()})
-print(json.dumps(out))
+    return name, a
+
+
+if __name__ == "__main__":
+    out = []
+    for res in yaml.safe_load(open(sys.argv[1])):
+        name, a = pack(res)
+        out.append({"name": name, "type_url": a.type_url, "value_hex": a.value.hex()})
+    print(json.dumps(out))

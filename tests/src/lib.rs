@@ -16,6 +16,7 @@ pub mod netns;
 pub mod phases;
 pub mod pypeer;
 pub use pypeer::GrpcServer;
+pub mod pyads;
 pub mod rpc;
 pub mod scripted;
 pub mod udp_dns;
