@@ -825,11 +825,7 @@ async fn accept_connection(
         None => (listener, local, None),
         Some(s) => {
             let s = **s;
-            let Some(a) =
-                Box::pin(crate::original_dst::on_accept(listener, &s, &stream, local)).await
-            else {
-                return None;
-            };
+            let a = Box::pin(crate::original_dst::on_accept(listener, &s, &stream, local)).await?;
             (a.listener, a.local, a.http)
         }
     };
@@ -932,9 +928,7 @@ async fn accept_connection(
             }
         }
     };
-    let Some(conn) = chain.connection(io, preface, info, drain) else {
-        return None;
-    };
+    let conn = chain.connection(io, preface, info, drain)?;
     let serve = chain.terminal.clone().serve(conn);
     Some(serve)
 }
