@@ -791,6 +791,27 @@ async fn handle_connection(
     retire: Signal,
     id: u64,
 ) {
+    // The accept phase (listener filters, ClientHello inspection, the TLS
+    // handshake, chain selection) runs in its own boxed future, freed once
+    // the connection is handed to its terminal: inline, its state would
+    // size this task for the connection's whole life (benches/RESULTS.md,
+    // idle connections).
+    let accepting = Box::pin(accept_connection(listener, stream, peer, drain, retire, id));
+    if let Some(serve) = accepting.await {
+        serve.await;
+    }
+}
+
+/// A connection from accept to its terminal: the future that serves it,
+/// or `None` when it was closed on the way (logged there).
+async fn accept_connection(
+    listener: Arc<CompiledListener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: Signal,
+    retire: Signal,
+    id: u64,
+) -> Option<crate::network::ServeFuture> {
     let accepted = std::time::Instant::now();
     let _ = stream.set_nodelay(true);
     // A listener bound to one address and port knows every connection's
@@ -804,11 +825,7 @@ async fn handle_connection(
         None => (listener, local, None),
         Some(s) => {
             let s = **s;
-            let Some(a) =
-                Box::pin(crate::original_dst::on_accept(listener, &s, &stream, local)).await
-            else {
-                return;
-            };
+            let a = Box::pin(crate::original_dst::on_accept(listener, &s, &stream, local)).await?;
             (a.listener, a.local, a.http)
         }
     };
@@ -830,7 +847,7 @@ async fn handle_connection(
             Err(reason) => {
                 let why = crate::listener_log::ListenerClose::ProxyProtocol(reason);
                 log_closed(&listener, id, (peer, local), None, accepted, why);
-                return;
+                return None;
             }
         }
     }
@@ -851,14 +868,14 @@ async fn handle_connection(
                 tracing::debug!(listener = %listener.name, %peer, error = %e, "connection closed during ClientHello inspection");
                 let why = crate::listener_log::ListenerClose::TlsInspectorError;
                 log_closed(&listener, id, (peer, local), None, accepted, why);
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::debug!(listener = %listener.name, %peer, "ClientHello inspection timed out");
                 metrics::counter!(crate::metrics::names::LISTENER_INSPECT_TIMEOUT_TOTAL, "listener" => listener.name.to_string()).increment(1);
                 let why = crate::listener_log::ListenerClose::ListenerFilterTimeout;
                 log_closed(&listener, id, (peer, local), None, accepted, why);
-                return;
+                return None;
             }
         }
     }
@@ -883,7 +900,7 @@ async fn handle_connection(
             accepted,
             why,
         );
-        return;
+        return None;
     };
     let mut info = ConnectionInfo {
         id,
@@ -898,7 +915,7 @@ async fn handle_connection(
     };
     for f in &chain.filters {
         if f.on_new_connection(&mut info) == FilterStatus::Close {
-            return;
+            return None;
         }
     }
     let io = match &chain.tls {
@@ -907,14 +924,13 @@ async fn handle_connection(
             let io = PrefixedIo::new(std::mem::take(&mut preface), DownstreamIo::Tcp(stream));
             match Box::pin(terminate_tls(&listener, tls, io, &mut info)).await {
                 Some(io) => io,
-                None => return,
+                None => return None,
             }
         }
     };
-    let Some(conn) = chain.connection(io, preface, info, drain) else {
-        return;
-    };
-    chain.terminal.clone().serve(conn).await;
+    let conn = chain.connection(io, preface, info, drain)?;
+    let serve = chain.terminal.clone().serve(conn);
+    Some(serve)
 }
 
 /// Writes the listener's `access_log` entry of a connection it closes

@@ -22,7 +22,7 @@ use meshgate_core::config::parse_typed;
 use meshgate_core::filter_chain::{FilterChain, Ran};
 use meshgate_core::forward::forward;
 use meshgate_core::network::{
-    BuildContext, BuiltFilter, Connection, DownstreamIo, NetworkFilterFactory, ServeFuture,
+    BuildContext, BuiltFilter, Connection, DownstreamIo, NetworkFilterFactory, ServeFuture, Signal,
     TerminalFilter,
 };
 use meshgate_core::router::{RouteAction, RouteSubscription};
@@ -258,50 +258,58 @@ struct Proxy {
 }
 
 impl TerminalFilter for Proxy {
+    // The connection's future is the codec's `drive` alone when the codec
+    // is known without reading (a transport's ALPN, or one codec), and
+    // detection then `drive` otherwise. Built this way, not as one async
+    // block holding `conn`, so that the future an idle connection keeps
+    // holds no second copy of the `Connection` it gave its codec
+    // (benches/RESULTS.md, idle connections).
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
+        let handler: Arc<dyn StreamHandler> = Arc::new(Handler {
+            shared: self.shared.clone(),
+            peer_ip: std::sync::OnceLock::new(),
+        });
+        let by_alpn = conn
+            .info
+            .tls
+            .as_ref()
+            .and_then(|t| t.alpn.as_deref())
+            .and_then(|alpn| self.codec_for_alpn(alpn));
+        // A transport of streams (QUIC) has no bytes to detect: the ALPN
+        // id its handshake agreed on picks the codec.
+        if let DownstreamIo::Streams(t) = &conn.io {
+            if let Some(codec) = by_alpn {
+                return Box::pin(drive(codec, conn, handler));
+            }
+            self.detect_failed.increment(1);
+            tracing::debug!(
+                conn = conn.info.id,
+                transport = t.name(),
+                "no codec for this transport's ALPN; closing"
+            );
+            t.refuse();
+            return Box::pin(std::future::ready(()));
+        }
+        if self.codecs.len() == 1 {
+            let codec = self.codecs[0].1.clone();
+            return Box::pin(drive(codec, conn, handler));
+        }
+        // On TLS, the protocol ALPN agreed on picks the codec.
+        if let Some(codec) = by_alpn {
+            return Box::pin(drive(codec, conn, handler));
+        }
+        // The connection waits for detection in a box of its own, and
+        // detection (its reads and its timer) in another: both are gone
+        // once the codec has the connection.
+        let mut conn = Box::new(conn);
         Box::pin(async move {
-            let handler: Arc<dyn StreamHandler> = Arc::new(Handler {
-                shared: self.shared.clone(),
-                peer_ip: std::sync::OnceLock::new(),
-            });
-            // A transport of streams (QUIC) has no bytes to detect: the
-            // ALPN id its handshake agreed on picks the codec.
-            if let DownstreamIo::Streams(t) = &conn.io {
-                if let Some(codec) = conn
-                    .info
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.alpn.as_deref())
-                    .and_then(|alpn| self.codec_for_alpn(alpn))
-                {
-                    return drive(codec, conn, handler).await;
-                }
-                self.detect_failed.increment(1);
-                tracing::debug!(
-                    conn = conn.info.id,
-                    transport = t.name(),
-                    "no codec for this transport's ALPN; closing"
-                );
-                t.refuse();
-                return;
-            }
-            if self.codecs.len() == 1 {
-                let codec = self.codecs[0].1.clone();
-                return drive(codec, conn, handler).await;
-            }
-            // On TLS, the protocol ALPN agreed on picks the codec.
-            if let Some(codec) = conn
-                .info
-                .tls
-                .as_ref()
-                .and_then(|t| t.alpn.as_deref())
-                .and_then(|alpn| self.codec_for_alpn(alpn))
-            {
-                return drive(codec, conn, handler).await;
-            }
-            let mut conn = conn;
-            match tokio::time::timeout(self.detect_timeout, self.detect(&mut conn)).await {
-                Ok(Some(codec)) => drive(codec, conn, handler).await,
+            let detect = Box::pin(tokio::time::timeout(
+                self.detect_timeout,
+                self.detect(&mut conn),
+            ))
+            .await;
+            match detect {
+                Ok(Some(codec)) => drive(codec, *conn, handler).await,
                 Ok(None) => {
                     self.detect_failed.increment(1);
                     tracing::debug!(
@@ -321,11 +329,25 @@ impl TerminalFilter for Proxy {
 /// Serves `conn` with `codec`, the one place a connection's lifecycle is
 /// driven for every protocol: the server's drain and the listener's
 /// retire become the codec's notices (`GoAway`).
-async fn drive(codec: Arc<dyn ServerCodec>, conn: Connection, handler: Arc<dyn StreamHandler>) {
+///
+/// A plain function returning the future: the codec takes `conn` at once,
+/// so the future keeps only what it polls (an async fn would keep its
+/// arguments, `conn` included, for the connection's whole life).
+fn drive(
+    codec: Arc<dyn ServerCodec>,
+    conn: Connection,
+    handler: Arc<dyn StreamHandler>,
+) -> impl Future<Output = ()> + Send + 'static {
     let drain = conn.drain.clone();
     let retire = conn.info.retire.clone();
     let notices = Notices::new();
     let mut serve = codec.serve(conn, handler, notices.clone());
+    async move { drive_served(&mut serve, drain, retire, notices).await }
+}
+
+/// `drive`'s loop: polls the codec's future, turning the drain and the
+/// retire into notices.
+async fn drive_served(serve: &mut ServeFuture, drain: Signal, retire: Signal, notices: Notices) {
     let drain_wait = drain.cancelled();
     let retire_wait = retire.cancelled();
     tokio::pin!(drain_wait, retire_wait);

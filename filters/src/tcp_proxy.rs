@@ -150,7 +150,7 @@ fn buffer_cap(limit: Option<u32>) -> usize {
 
 impl TerminalFilter for TcpProxy {
     fn serve(self: Arc<Self>, conn: Connection) -> ServeFuture {
-        Box::pin(async move { self.proxy(conn).await })
+        Box::pin(self.proxy(conn))
     }
 }
 
