@@ -10,7 +10,9 @@
 //! 1. **Virtual host** by domain, case-insensitively: an exact domain, then
 //!    the longest `*.suffix` wildcard, then the longest `prefix.*` wildcard,
 //!    then the `*` default. At each step the host is tried as sent (port
-//!    included, so a domain with a port can match), then without its port.
+//!    included, so a domain with a port can match), then without its port;
+//!    `ignore_port_in_host_matching` set makes this Envoy's: `false` tries
+//!    the host as sent only, `true` strips the port first.
 //!    Domains are lowercase keys in sorted vectors (wildcards grouped by
 //!    length), compared with ASCII case folding: no lowercase copy of the
 //!    host is made.
@@ -93,7 +95,7 @@ pub use subscription::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteSubscription};
 use crate::cluster::ClusterResolver;
 use crate::error::BuildError;
 use bytes::Bytes;
-use domain::DomainIndex;
+use domain::{DomainIndex, HostPort};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use index::PathIndex;
 use std::collections::HashMap;
@@ -337,7 +339,11 @@ impl RouteTable {
                 )?,
             });
         }
-        domains.finish();
+        domains.finish(match cfg.ignore_port_in_host_matching {
+            None => HostPort::Either,
+            Some(false) => HostPort::Kept,
+            Some(true) => HostPort::Ignored,
+        });
         Ok(Self {
             name: cfg.name.as_str().into(),
             virtual_hosts: virtual_hosts.into(),

@@ -134,6 +134,48 @@ virtual_hosts:
     assert!(no_default.find_request(&get("/")).is_none());
 }
 
+/// `ignore_port_in_host_matching`: unset (meshgate YAML) tries the host
+/// as sent then without its port; `false` (Envoy's default) keeps the
+/// port; `true` strips it before the search.
+#[test]
+fn ignore_port_in_host_matching_modes() {
+    let with = |setting: &str| table(&format!("{setting}\n{DOMAINS}"));
+    let vh = |t: &RouteTable, host: &str| t.find_virtual_host(host).map(|v| v.name().to_string());
+    let s = |x: &str| Some(x.to_string());
+    let unset = table(DOMAINS);
+    let kept = with("ignore_port_in_host_matching: false");
+    let ignored = with("ignore_port_in_host_matching: true");
+    // A host with a port and a domain without.
+    assert_eq!(vh(&unset, "api.example.com:8080"), s("exact"));
+    // (kept: the prefix wildcard `api.*` still matches the whole host)
+    assert_eq!(vh(&kept, "api.example.com:8080"), s("prefix"));
+    assert_eq!(vh(&ignored, "api.example.com:8080"), s("exact"));
+    assert_eq!(vh(&kept, "x.example.com:443"), s("default"));
+    assert_eq!(vh(&ignored, "X.EXAMPLE.com:443"), s("suffix"));
+    assert_eq!(vh(&ignored, "[::1]:443"), s("default"));
+    // A domain with a port: matched as sent unless the port is ignored.
+    assert_eq!(vh(&unset, "port.example.com:8080"), s("with_port"));
+    assert_eq!(vh(&kept, "port.example.com:8080"), s("with_port"));
+    assert_eq!(vh(&ignored, "port.example.com:8080"), s("suffix"));
+    // Without a port, all three agree.
+    for t in [&unset, &kept, &ignored] {
+        assert_eq!(vh(t, "api.example.com"), s("exact"));
+        assert_eq!(vh(t, "other.org"), s("default"));
+    }
+    // Through a request's Host header.
+    assert_eq!(
+        hit(
+            &ignored,
+            &req("GET", "/x", Some("api.example.com:10000"), &[])
+        ),
+        s("exact/")
+    );
+    assert_eq!(
+        hit(&kept, &req("GET", "/x", Some("api.example.com:10000"), &[])),
+        s("prefix/")
+    );
+}
+
 #[test]
 fn strip_port_forms() {
     use super::domain::strip_port;
@@ -920,6 +962,7 @@ fn index_equals_linear_scan() {
             ..Default::default()
         }],
         validate_clusters: None,
+        ignore_port_in_host_matching: None,
     };
     let t = RouteTable::build(&cfg, &clusters(&[])).unwrap();
     let mut hits = 0;
