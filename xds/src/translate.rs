@@ -1292,7 +1292,14 @@ pub(crate) fn header_options(
                 );
             }
         };
+        // keep_empty_value: Envoy drops a header whose value is empty
+        // unless it is set; meshgate's values are literals, so this is
+        // decided here.
+        let keep_empty = std::mem::take(&mut o.keep_empty_value);
         rest(&o, &p)?;
+        if value.is_empty() && !keep_empty {
+            continue;
+        }
         out.push(rc::HeaderValueOption {
             name,
             value,
@@ -1537,7 +1544,13 @@ pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatc
         Some(PathSpecifier::SafeRegex(r)) => {
             out.safe_regex = Some(regex(r, &join(path, "safe_regex"))?)
         }
-        _ => return err(path, "one of prefix, path, safe_regex is needed"),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => out.path_separated_prefix = Some(p),
+        _ => {
+            return err(
+                path,
+                "one of prefix, path, safe_regex, path_separated_prefix is needed",
+            );
+        }
     }
     out.case_sensitive = m.case_sensitive.take().map(|b| b.value).unwrap_or(true);
     if let Some(g) = m.grpc.take() {

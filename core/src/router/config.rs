@@ -140,7 +140,12 @@ pub struct RouteMatchConfig {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_regex: Option<String>,
-    /// Applies to `prefix` and `path` (ASCII case folding); ignored by
+    /// Envoy's `path_separated_prefix`: the path is this prefix, or
+    /// starts with it followed by `/` (`/api` matches `/api` and
+    /// `/api/v1`, not `/apix`). Must not end with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_separated_prefix: Option<String>,
+    /// Applies to `prefix`, `path_separated_prefix` and `path` (ASCII case folding); ignored by
     /// `safe_regex` (use `(?i)`), as in Envoy. Default true.
     #[serde(default = "default_true")]
     pub case_sensitive: bool,
@@ -162,6 +167,7 @@ impl Default for RouteMatchConfig {
             prefix: None,
             path: None,
             safe_regex: None,
+            path_separated_prefix: None,
             case_sensitive: true,
             headers: Vec::new(),
             query_parameters: Vec::new(),

@@ -176,6 +176,97 @@ fn ignore_port_in_host_matching_modes() {
     );
 }
 
+/// `path_separated_prefix` (Envoy's): the prefix itself, or the prefix
+/// then `/`; never a longer segment. Through the index and the linear scan
+/// (`hit` checks both), with `case_sensitive` and `prefix_rewrite`.
+#[test]
+fn path_separated_prefix_matches_whole_segments() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - name: api
+        match: {path_separated_prefix: /api/dev}
+        route: {cluster: a, prefix_rewrite: /v2}
+      - name: folded
+        match: {path_separated_prefix: /Docs, case_sensitive: false}
+        direct_response: {status: 200}
+      - name: rest
+        match: {prefix: /}
+        direct_response: {status: 404}
+"#,
+    );
+    let s = |x: &str| Some(x.to_string());
+    for p in ["/api/dev", "/api/dev/", "/api/dev/v1", "/api/dev?x=1"] {
+        assert_eq!(hit(&t, &get(p)), s("v/api"), "{p}");
+    }
+    for p in ["/api/developer", "/api/de", "/api"] {
+        assert_eq!(hit(&t, &get(p)), s("v/rest"), "{p}");
+    }
+    assert_eq!(hit(&t, &get("/docs/a")), s("v/folded"));
+    assert_eq!(hit(&t, &get("/DOCS")), s("v/folded"));
+    assert_eq!(hit(&t, &get("/docsx")), s("v/rest"));
+    for bad in ["/api/", "\"\""] {
+        let e = build_err(&format!(
+            "virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{path_separated_prefix: {bad}}}, direct_response: {{status: 200}}}}]}}]"
+        ));
+        assert!(
+            e.to_string().contains("path_separated_prefix"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// Header conditions on `:authority`, `:method` and `:path` (with its
+/// query) read the request line; other pseudo-headers are refused by name.
+#[test]
+fn header_matchers_on_pseudo_headers() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - name: host
+        match: {prefix: /, headers: [{name: ":authority", exact_match: gateway.example.io}]}
+        direct_response: {status: 200}
+      - name: method
+        match: {prefix: /, headers: [{name: ":method", exact_match: PUT}]}
+        direct_response: {status: 200}
+      - name: query
+        match: {prefix: /, headers: [{name: ":path", suffix_match: "?debug=1"}]}
+        direct_response: {status: 200}
+      - name: rest
+        match: {prefix: /}
+        direct_response: {status: 404}
+"#,
+    );
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        hit(&t, &req("GET", "/a", Some("gateway.example.io"), &[])),
+        s("v/host")
+    );
+    assert_eq!(
+        hit(&t, &req("GET", "/a", Some("other.io"), &[])),
+        s("v/rest")
+    );
+    assert_eq!(
+        hit(&t, &req("PUT", "/a", Some("other.io"), &[])),
+        s("v/method")
+    );
+    assert_eq!(
+        hit(&t, &req("GET", "/a?debug=1", Some("other.io"), &[])),
+        s("v/query")
+    );
+    let e = build_err(
+        "virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /, headers: [{name: ':scheme', exact_match: https}]}, direct_response: {status: 200}}]}]",
+    );
+    assert!(e.to_string().contains("headers[0].name"), "{e}");
+    assert!(e.to_string().contains(":scheme"), "{e}");
+}
+
 #[test]
 fn strip_port_forms() {
     use super::domain::strip_port;
@@ -668,12 +759,12 @@ fn validation_errors() {
         (
             vh("{match: {prefix: /x, path: /y}, route: {cluster: a}}"),
             format!("{r2}.match"),
-            "set exactly one of prefix, path, safe_regex",
+            "set exactly one of prefix, path, safe_regex, path_separated_prefix",
         ),
         (
             vh("{match: {}, route: {cluster: a}}"),
             format!("{r2}.match"),
-            "set exactly one of prefix, path, safe_regex",
+            "set exactly one of prefix, path, safe_regex, path_separated_prefix",
         ),
         (
             vh("{match: {prefix: /x}}"),
