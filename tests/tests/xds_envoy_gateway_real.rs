@@ -233,8 +233,14 @@ fn the_egctl_route_output_is_acked_and_a_host_with_port_finds_its_virtual_host()
     wait_listening(([127, 0, 0, 1], port).into());
     // The virtual host's and the route's metadata are kept.
     let dump = mg.config_dump().to_string();
-    assert!(dump.contains(r#""envoy-gateway":{"resources":[{"kind":"Gateway""#), "{dump}");
-    assert!(dump.contains(r#""envoy-gateway":{"resources":[{"kind":"HTTPRoute""#), "{dump}");
+    assert!(
+        dump.contains(r#""envoy-gateway":{"resources":[{"kind":"Gateway""#),
+        "{dump}"
+    );
+    assert!(
+        dump.contains(r#""envoy-gateway":{"resources":[{"kind":"HTTPRoute""#),
+        "{dump}"
+    );
     // The port a client puts in Host does not hide the virtual host.
     let host = format!("www.example.com:{port}");
     wait_until("the route serves", || get(port, &host, "/", &[]).0 == 200);
