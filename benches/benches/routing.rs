@@ -122,6 +122,7 @@ fn table(n: usize, clusters: &ClusterManager) -> RouteTable {
             },
         ],
         validate_clusters: None,
+        ignore_port_in_host_matching: None,
     };
     RouteTable::build(&cfg, clusters).expect("bench route table")
 }

@@ -63,11 +63,14 @@ fn eg_listener(port: u16) -> String {
     )
 }
 
+/// Envoy Gateway's RouteConfiguration for the HTTPRoute of hostname
+/// `www.example.com`: `ignorePortInHostMatching` set, as on all of them.
 const EG_ROUTES: &str = r#"- '@type': type.googleapis.com/envoy.config.route.v3.RouteConfiguration
   name: default/eg/http
+  ignorePortInHostMatching: true
   virtualHosts:
   - name: default/eg/http/www_example_com
-    domains: ['*']
+    domains: [www.example.com]
     routes:
     - name: httproute/default/backend/rule/0/match/0/www_example_com
       match: {prefix: /}
@@ -177,6 +180,27 @@ fn static_cluster(name: &str, eps: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// One curl GET with `Host: host`: the status and the `backend=` line of
+/// the body.
+fn via_host(port: u16, host: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = meshgate_tests::curl::curl(&[
+        "-H",
+        &format!("Host: {host}"),
+        &format!("http://127.0.0.1:{port}{path}"),
+    ]);
+    let backend = body.lines().find(|l| l.starts_with("backend="));
+    (status, backend.unwrap_or_default().to_string())
+}
+
+/// Waits until `Host: host` gets `want` from a backend.
+fn wait_host(port: u16, host: &str, want: &str) {
+    let mut got = (0, String::new());
+    wait_until(&format!("{host} answered by {want}"), || {
+        got = via_host(port, host, "/");
+        got == (200, want.to_string())
+    });
+}
+
 fn status(port: u16, path: &str) -> u16 {
     http_get(([127, 0, 0, 1], port).into(), path)
         .map(|r| r.0)
@@ -243,11 +267,19 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
         mg.config_dump()["dynamic"]
     );
     wait_listening(([127, 0, 0, 1], port).into());
-    wait_for(port, "/", "backend=a");
+    // `ignorePortInHostMatching`: the host with the listener's port
+    // matches the domain `www.example.com`.
+    let host = format!("www.example.com:{port}");
+    wait_host(port, &host, "backend=a");
+    assert_eq!(
+        via_host(port, "www.example.com", "/"),
+        (200, "backend=a".into())
+    );
+    assert_eq!(via_host(port, "other.example.com", "/").0, 404);
 
     // The endpoint moves: traffic follows, none reaches a afterwards.
     ads.set_acked(ENDPOINT, "2", &eg_endpoints(b.addr));
-    wait_for(port, "/", "backend=b");
+    wait_host(port, &host, "backend=b");
     wait_until("/config_dump shows eds=2", || {
         mg.config_dump()["dynamic"]["version"]
             .as_str()
@@ -255,7 +287,7 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
     });
     let hits_a = a.hits.load(std::sync::atomic::Ordering::Relaxed);
     for _ in 0..5 {
-        assert_eq!(get(port, "/").as_deref(), Some("backend=b"));
+        assert_eq!(via_host(port, &host, "/"), (200, "backend=b".into()));
     }
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), hits_a);
 
@@ -263,7 +295,7 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
     // and kept serving until unused (meshgate's rule, docs/xds.md).
     ads.remove(CLUSTER, "3", &[EG_CLUSTER]);
     ads.wait_ack(CLUSTER, "3");
-    assert_eq!(get(port, "/").as_deref(), Some("backend=b"));
+    assert_eq!(via_host(port, &host, "/"), (200, "backend=b".into()));
 
     // The listener removed: its port stops accepting, and the cluster no
     // listener uses any more is gone.
@@ -275,6 +307,52 @@ fn an_envoy_gateway_push_is_acked_serves_follows_an_endpoint_move_and_removals()
     wait_until("the cluster gone", || {
         !clusters_listed(&mg).contains(&EG_CLUSTER.to_string())
     });
+}
+
+/// `ignore_port_in_host_matching`, as Envoy: set, `Host: name:port`
+/// matches the domain `name`; unset (Envoy's false), it does not, while
+/// `Host: name` still does.
+#[test]
+fn ignore_port_in_host_matching_decides_whether_a_host_with_port_matches() {
+    let a = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", EG_CLUSTERS);
+    ads.set(ENDPOINT, "1", &eg_endpoints(a.addr));
+    ads.set(ROUTE, "1", EG_ROUTES);
+    ads.set(LISTENER, "1", &eg_listener(port));
+    let _mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    let with_port = format!("www.example.com:{port}");
+    wait_host(port, &with_port, "backend=a");
+    assert_eq!(
+        via_host(port, "WWW.example.com:8080", "/"),
+        (200, "backend=a".into())
+    );
+
+    // The same RouteConfiguration without the field.
+    let strict = EG_ROUTES.replace("  ignorePortInHostMatching: true\n", "");
+    assert_ne!(strict, EG_ROUTES);
+    ads.set_acked(ROUTE, "2", &strict);
+    wait_until("a host with a port no longer matches", || {
+        via_host(port, &with_port, "/").0 == 404
+    });
+    assert_eq!(
+        via_host(port, "www.example.com", "/"),
+        (200, "backend=a".into())
+    );
+
+    // A domain naming the port matches it again without the field.
+    let with_port_domain = strict.replace(
+        "domains: [www.example.com]",
+        &format!("domains: [www.example.com, 'www.example.com:{port}']"),
+    );
+    ads.set_acked(ROUTE, "3", &with_port_domain);
+    wait_host(port, &with_port, "backend=a");
+    assert_eq!(via_host(port, "www.example.com:8080", "/").0, 404);
 }
 
 #[test]

@@ -109,6 +109,7 @@ pub fn proxy(mut d: dp::DubboProxy, path: &str) -> R<fc::ProxyConfig> {
             ..Default::default()
         }],
         validate_clusters: None,
+        ignore_port_in_host_matching: None,
     });
     config.codec = "dubbo".into();
     Ok(config)

@@ -119,6 +119,7 @@ pub fn proxy(mut g: gp::GenericProxy, path: &str) -> R<fc::ProxyConfig> {
             ..Default::default()
         }],
         validate_clusters: None,
+        ignore_port_in_host_matching: None,
     });
     config.codec = codec.into();
     Ok(config)

@@ -1292,7 +1292,14 @@ pub(crate) fn header_options(
                 );
             }
         };
+        // keep_empty_value: Envoy drops a header whose value is empty
+        // unless it is set; meshgate's values are literals, so this is
+        // decided here.
+        let keep_empty = std::mem::take(&mut o.keep_empty_value);
         rest(&o, &p)?;
+        if value.is_empty() && !keep_empty {
+            continue;
+        }
         out.push(rc::HeaderValueOption {
             name,
             value,
@@ -1332,11 +1339,15 @@ fn route_config(mut r: rds::RouteConfiguration, path: &str) -> R<rc::RouteConfig
     // Unset: true inline (a listener waits for its clusters), false from
     // RDS (`route_configuration`), as Envoy's defaults.
     let validate_clusters = r.validate_clusters.take().map(|b| b.value);
+    // Envoy's default (false) is stated, so the host is matched as sent
+    // rather than by meshgate YAML's port-lenient default.
+    let ignore_port_in_host_matching = Some(std::mem::take(&mut r.ignore_port_in_host_matching));
     rest(&r, path)?;
     Ok(rc::RouteConfig {
         name,
         virtual_hosts: vhs,
         validate_clusters,
+        ignore_port_in_host_matching,
     })
 }
 
@@ -1384,6 +1395,7 @@ fn virtual_host(mut v: rds::VirtualHost, path: &str) -> R<rc::VirtualHostConfig>
         },
         include_request_attempt_count: std::mem::take(&mut v.include_request_attempt_count),
         include_attempt_count_in_response: std::mem::take(&mut v.include_attempt_count_in_response),
+        metadata: metadata(v.metadata.take(), &join(path, "metadata"))?,
     };
     crate::cors_field::apply(
         &mut out.per_filter_config,
@@ -1412,6 +1424,7 @@ fn route(mut r: rds::Route, path: &str) -> R<rc::RouteEntryConfig> {
             &join(path, "response_headers_to_add"),
         )?,
         response_headers_to_remove: std::mem::take(&mut r.response_headers_to_remove),
+        metadata: metadata(r.metadata.take(), &join(path, "metadata"))?,
         ..Default::default()
     };
     if let Some(t) = r.tracing.take() {
@@ -1531,7 +1544,13 @@ pub(crate) fn route_match(mut m: rds::RouteMatch, path: &str) -> R<rc::RouteMatc
         Some(PathSpecifier::SafeRegex(r)) => {
             out.safe_regex = Some(regex(r, &join(path, "safe_regex"))?)
         }
-        _ => return err(path, "one of prefix, path, safe_regex is needed"),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => out.path_separated_prefix = Some(p),
+        _ => {
+            return err(
+                path,
+                "one of prefix, path, safe_regex, path_separated_prefix is needed",
+            );
+        }
     }
     out.case_sensitive = m.case_sensitive.take().map(|b| b.value).unwrap_or(true);
     if let Some(g) = m.grpc.take() {
@@ -2108,6 +2127,45 @@ mod tests {
             e.to_string(),
             "RouteConfiguration 'r': virtual_hosts[0].routes[0].route.internal_redirect_policy: field not supported by meshgate (refused rather than ignored)"
         );
+    }
+
+    #[test]
+    fn route_configuration_ignore_port_and_metadata_are_translated() {
+        let route = |ignore: bool| rds::RouteConfiguration {
+            name: "r".into(),
+            ignore_port_in_host_matching: ignore,
+            virtual_hosts: vec![rds::VirtualHost {
+                name: "v".into(),
+                domains: vec!["www.example.com".into()],
+                routes: vec![rds::Route {
+                    r#match: Some(rds::RouteMatch {
+                        path_specifier: Some(rds::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(rds::route::Action::DirectResponse(
+                        rds::DirectResponseAction {
+                            status: 200,
+                            ..Default::default()
+                        },
+                    )),
+                    metadata: Some(core3::Metadata {
+                        filter_metadata: [("envoy-gateway".to_string(), Default::default())].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let on = route_configuration(route(true)).unwrap();
+        assert_eq!(on.ignore_port_in_host_matching, Some(true));
+        let meta = &on.virtual_hosts[0].routes[0].metadata;
+        assert_eq!(meta.keys().collect::<Vec<_>>(), ["envoy-gateway"]);
+        // Unset in xDS is Envoy's false, stated so meshgate YAML's
+        // port-lenient default does not apply.
+        let off = route_configuration(route(false)).unwrap();
+        assert_eq!(off.ignore_port_in_host_matching, Some(false));
     }
 
     #[test]

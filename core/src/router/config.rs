@@ -21,6 +21,15 @@ pub struct RouteConfig {
     /// `cluster_not_found_response_code` until the cluster arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate_clusters: Option<bool>,
+    /// Envoy's `ignore_port_in_host_matching`. `true`: the port of the
+    /// host (`Host`/`:authority`) is stripped before the virtual host
+    /// search, so `a.com:8080` matches the domain `a.com` (and a domain
+    /// with a port matches nothing). `false` (what xDS route configurations
+    /// get when unset, as in Envoy): the host is matched as sent, port
+    /// included. Unset in meshgate YAML: the host as sent, then without
+    /// its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_port_in_host_matching: Option<bool>,
 }
 
 /// A virtual host: the domains it serves and its routes, tried in order.
@@ -64,6 +73,11 @@ pub struct VirtualHostConfig {
     /// many tries its response took in `x-envoy-attempt-count`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_attempt_count_in_response: bool,
+    /// Envoy's `metadata.filter_metadata` (namespace -> value): kept with
+    /// the virtual host and shown in `/config_dump`; meshgate's own
+    /// routing and filters do not read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
 /// A header to add. `append: true` (the default, as in Envoy) adds a value
@@ -107,6 +121,11 @@ pub struct RouteEntryConfig {
     /// Envoy's `Route.tracing`: sampling overrides and tags (`crate::trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<crate::config::tracing::RouteTracingConfig>,
+    /// Envoy's `metadata.filter_metadata` (namespace -> value): kept with
+    /// the route and shown in `/config_dump`; meshgate's own routing and
+    /// filters do not read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
 /// What a request must look like for a route to apply. Exactly one of
@@ -121,7 +140,12 @@ pub struct RouteMatchConfig {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_regex: Option<String>,
-    /// Applies to `prefix` and `path` (ASCII case folding); ignored by
+    /// Envoy's `path_separated_prefix`: the path is this prefix, or
+    /// starts with it followed by `/` (`/api` matches `/api` and
+    /// `/api/v1`, not `/apix`). Must not end with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_separated_prefix: Option<String>,
+    /// Applies to `prefix`, `path_separated_prefix` and `path` (ASCII case folding); ignored by
     /// `safe_regex` (use `(?i)`), as in Envoy. Default true.
     #[serde(default = "default_true")]
     pub case_sensitive: bool,
@@ -143,6 +167,7 @@ impl Default for RouteMatchConfig {
             prefix: None,
             path: None,
             safe_regex: None,
+            path_separated_prefix: None,
             case_sensitive: true,
             headers: Vec::new(),
             query_parameters: Vec::new(),

@@ -49,6 +49,22 @@ struct LenGroup {
     keys: Vec<(Box<[u8]>, usize)>,
 }
 
+/// What the port of the request host does in the domain search
+/// (`RouteConfig::ignore_port_in_host_matching`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostPort {
+    /// Unset (meshgate YAML): at each step the host as sent, then without
+    /// its port.
+    #[default]
+    Either,
+    /// `false` (Envoy's default): the host as sent only, so `a.com:8080`
+    /// matches `a.com:8080`, `a.com*` or `*`, never `a.com`.
+    Kept,
+    /// `true`: the port is stripped first and only the bare host is
+    /// matched (Envoy's `ignore_port_in_host_matching`).
+    Ignored,
+}
+
 /// Domains of every virtual host of a table.
 #[derive(Debug, Default)]
 pub(crate) struct DomainIndex {
@@ -56,6 +72,7 @@ pub(crate) struct DomainIndex {
     suffixes: Vec<LenGroup>,
     prefixes: Vec<LenGroup>,
     default: Option<usize>,
+    port: HostPort,
 }
 
 /// Compares a lowercase key with a host of any case.
@@ -104,8 +121,10 @@ impl DomainIndex {
         }
     }
 
-    /// Sorts the keys; call once after the last `add`.
-    pub(crate) fn finish(&mut self) {
+    /// Sorts the keys and sets how the host's port is treated; call once
+    /// after the last `add`.
+    pub(crate) fn finish(&mut self, port: HostPort) {
+        self.port = port;
         self.exact.sort_by(|a, b| a.0.cmp(&b.0));
         for g in self.suffixes.iter_mut().chain(self.prefixes.iter_mut()) {
             g.keys.sort_by(|a, b| a.0.cmp(&b.0));
@@ -136,9 +155,13 @@ impl DomainIndex {
     /// The virtual host serving `host`: an exact domain, then the longest
     /// suffix wildcard, then the longest prefix wildcard, then `*`. At each
     /// step the host is tried as given (port included), then without its
-    /// port.
+    /// port, as [`HostPort`] says.
     pub(crate) fn lookup(&self, host: &[u8]) -> Option<usize> {
-        let stripped = strip_port(host);
+        let (host, stripped) = match self.port {
+            HostPort::Either => (host, strip_port(host)),
+            HostPort::Kept => (host, None),
+            HostPort::Ignored => (strip_port(host).unwrap_or(host), None),
+        };
         let tiers: [Tier; 3] = [Self::lookup_exact, Self::lookup_suffix, Self::lookup_prefix];
         for tier in tiers {
             if let Some(v) = tier(self, host) {

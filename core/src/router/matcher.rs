@@ -21,6 +21,9 @@ pub enum PathMatch {
     Prefix(Box<str>),
     /// The path is exactly this string.
     Path(Box<str>),
+    /// The path is this string, or starts with it followed by `/`
+    /// (Envoy's `path_separated_prefix`).
+    SeparatedPrefix(Box<str>),
     /// The regex matches the whole path.
     Regex(regex::Regex),
 }
@@ -68,6 +71,13 @@ fn starts_with(a: &str, p: &str, case_sensitive: bool) -> bool {
     }
 }
 
+/// `path` is `p`, or `p` then `/` and more (`path_separated_prefix`).
+#[inline]
+fn separated(path: &str, p: &str, case_sensitive: bool) -> bool {
+    starts_with(path, p, case_sensitive)
+        && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum HeaderMatchKind {
     Exact(Box<[u8]>),
@@ -77,20 +87,66 @@ pub(crate) enum HeaderMatchKind {
     Present(bool),
 }
 
+/// A request pseudo-header a route's header condition may name (Envoy
+/// matches these like headers); read from the request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pseudo {
+    /// `:authority`: the host the request is for (the `Host` header in
+    /// HTTP/1).
+    Authority,
+    /// `:method`.
+    Method,
+    /// `:path`: the path with its query, as sent.
+    Path,
+}
+
 /// A compiled header condition.
 #[derive(Debug, Clone)]
 pub struct HeaderMatcher {
     pub(crate) name: HeaderName,
     pub(crate) kind: HeaderMatchKind,
     pub(crate) invert: bool,
+    /// A route condition on a pseudo-header (`name` is then unused).
+    pub(crate) pseudo: Option<Pseudo>,
 }
 
 impl HeaderMatcher {
     /// Builds a matcher; errors are `(field, message)` relative to the
     /// matcher's config.
     pub fn build(c: &super::HeaderMatcherConfig) -> Result<Self, (&'static str, String)> {
-        let name = HeaderName::from_bytes(c.name.as_bytes())
-            .map_err(|_| ("name", format!("invalid header name '{}'", c.name)))?;
+        Self::build_with(c, None)
+    }
+
+    /// [`build`](Self::build) for a route's match, where `:authority`,
+    /// `:method` and `:path` may be named too (checked with
+    /// [`matches_input`](Self::matches_input)).
+    pub fn build_route(c: &super::HeaderMatcherConfig) -> Result<Self, (&'static str, String)> {
+        let pseudo = match c.name.as_str() {
+            ":authority" => Pseudo::Authority,
+            ":method" => Pseudo::Method,
+            ":path" => Pseudo::Path,
+            n if n.starts_with(':') => {
+                return Err((
+                    "name",
+                    format!(
+                        "pseudo-header '{n}' is not supported (:authority, :method, :path; use `grpc` or the Host header for others)"
+                    ),
+                ));
+            }
+            _ => return Self::build(c),
+        };
+        Self::build_with(c, Some(pseudo))
+    }
+
+    fn build_with(
+        c: &super::HeaderMatcherConfig,
+        pseudo: Option<Pseudo>,
+    ) -> Result<Self, (&'static str, String)> {
+        let name = match pseudo {
+            Some(_) => http::header::HOST,
+            None => HeaderName::from_bytes(c.name.as_bytes())
+                .map_err(|_| ("name", format!("invalid header name '{}'", c.name)))?,
+        };
         let set = [
             c.exact_match.is_some(),
             c.prefix_match.is_some(),
@@ -124,23 +180,47 @@ impl HeaderMatcher {
             name,
             kind,
             invert: c.invert_match,
+            pseudo,
         })
+    }
+
+    /// Whether the value `v` passes (not `Present`).
+    #[inline]
+    fn value_matches(&self, v: &[u8]) -> bool {
+        match &self.kind {
+            HeaderMatchKind::Exact(e) => v == &**e,
+            HeaderMatchKind::Prefix(p) => v.starts_with(p),
+            HeaderMatchKind::Suffix(s) => v.ends_with(s),
+            HeaderMatchKind::Regex(r) => r.is_match(v),
+            HeaderMatchKind::Present(want) => *want,
+        }
     }
 
     #[inline]
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         let result = match &self.kind {
             HeaderMatchKind::Present(want) => headers.contains_key(&self.name) == *want,
-            kind => headers.get_all(&self.name).iter().any(|v| {
-                let v = v.as_bytes();
-                match kind {
-                    HeaderMatchKind::Exact(e) => v == &**e,
-                    HeaderMatchKind::Prefix(p) => v.starts_with(p),
-                    HeaderMatchKind::Suffix(s) => v.ends_with(s),
-                    HeaderMatchKind::Regex(r) => r.is_match(v),
-                    HeaderMatchKind::Present(_) => unreachable!("handled above"),
-                }
-            }),
+            _ => headers
+                .get_all(&self.name)
+                .iter()
+                .any(|v| self.value_matches(v.as_bytes())),
+        };
+        result != self.invert
+    }
+
+    /// [`matches`](Self::matches) for a request, pseudo-headers included
+    /// (an empty `:authority` counts as absent).
+    #[inline]
+    pub fn matches_input(&self, input: &super::RouteInput<'_>) -> bool {
+        let value = match self.pseudo {
+            None => return self.matches(input.headers),
+            Some(Pseudo::Authority) => (!input.host.is_empty()).then_some(input.host),
+            Some(Pseudo::Method) => Some(input.method.as_str()),
+            Some(Pseudo::Path) => Some(input.path_and_query),
+        };
+        let result = match value {
+            Some(v) => self.value_matches(v.as_bytes()),
+            None => matches!(self.kind, HeaderMatchKind::Present(false)),
         };
         result != self.invert
     }
@@ -241,6 +321,7 @@ impl RouteMatch {
             PathMatch::Path(p) if self.case_sensitive => path == &**p,
             PathMatch::Path(p) => path.eq_ignore_ascii_case(p),
             PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::SeparatedPrefix(p) => separated(path, p, self.case_sensitive),
         }
     }
 
@@ -251,6 +332,10 @@ impl RouteMatch {
     pub(crate) fn matches_indexed(&self, input: &super::RouteInput<'_>) -> bool {
         (match &self.path {
             PathMatch::Regex(r) => r.is_match(input.path),
+            // The index matched the prefix; the boundary is left.
+            PathMatch::SeparatedPrefix(p) => {
+                matches!(input.path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
             _ => true,
         }) && self.matches_conditions(input)
     }
@@ -260,7 +345,7 @@ impl RouteMatch {
     pub fn matches_conditions(&self, input: &super::RouteInput<'_>) -> bool {
         (self.methods.is_empty() || self.methods.contains(input.method))
             && (!self.grpc || crate::stream::is_grpc(input.headers))
-            && self.headers.iter().all(|h| h.matches(input.headers))
+            && self.headers.iter().all(|h| h.matches_input(input))
             && self.query_parameters.iter().all(|q| q.matches(input.query))
     }
 

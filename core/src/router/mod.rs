@@ -10,7 +10,9 @@
 //! 1. **Virtual host** by domain, case-insensitively: an exact domain, then
 //!    the longest `*.suffix` wildcard, then the longest `prefix.*` wildcard,
 //!    then the `*` default. At each step the host is tried as sent (port
-//!    included, so a domain with a port can match), then without its port.
+//!    included, so a domain with a port can match), then without its port;
+//!    `ignore_port_in_host_matching` set makes this Envoy's: `false` tries
+//!    the host as sent only, `true` strips the port first.
 //!    Domains are lowercase keys in sorted vectors (wildcards grouped by
 //!    length), compared with ASCII case folding: no lowercase copy of the
 //!    host is made.
@@ -93,7 +95,7 @@ pub use subscription::{ChainRoutes, ROUTE_CONFIG_FIELD, RouteSubscription};
 use crate::cluster::ClusterResolver;
 use crate::error::BuildError;
 use bytes::Bytes;
-use domain::DomainIndex;
+use domain::{DomainIndex, HostPort};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use index::PathIndex;
 use std::collections::HashMap;
@@ -110,6 +112,8 @@ pub struct RouteInput<'a> {
     /// `:authority` (the URI's authority), else the `Host` header, else "".
     pub host: &'a str,
     pub headers: &'a HeaderMap,
+    /// The path with its query, as sent (`:path`).
+    pub path_and_query: &'a str,
 }
 
 impl<'a> RouteInput<'a> {
@@ -120,6 +124,7 @@ impl<'a> RouteInput<'a> {
             query: uri.query(),
             host: request_host(uri, headers),
             headers,
+            path_and_query: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
         }
     }
 
@@ -337,7 +342,11 @@ impl RouteTable {
                 )?,
             });
         }
-        domains.finish();
+        domains.finish(match cfg.ignore_port_in_host_matching {
+            None => HostPort::Either,
+            Some(false) => HostPort::Kept,
+            Some(true) => HostPort::Ignored,
+        });
         Ok(Self {
             name: cfg.name.as_str().into(),
             virtual_hosts: virtual_hosts.into(),
@@ -486,7 +495,7 @@ impl RouteIndex {
                 &mut folded
             };
             match &m.path {
-                PathMatch::Prefix(p) => tree.insert(p, false, i),
+                PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => tree.insert(p, false, i),
                 PathMatch::Path(p) => tree.insert(p, true, i),
                 // `case_sensitive` does not apply to regexes.
                 PathMatch::Regex(re) => {
@@ -667,7 +676,7 @@ impl Route {
     ) -> Result<Self, BuildError> {
         let route_match = build_match(&format!("{path}.match"), &c.match_)?;
         let prefix_len = match &route_match.path {
-            PathMatch::Prefix(p) => Some(p.len()),
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p.len()),
             _ => None,
         };
         let actions = [
@@ -775,14 +784,27 @@ fn check_literal_path(path: &str, value: &str) -> Result<(), BuildError> {
 /// Compiles a `RouteMatchConfig` (also used by filters whose rules match
 /// like routes, e.g. `jwt_authn`).
 pub fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, BuildError> {
-    let kinds = [c.prefix.is_some(), c.path.is_some(), c.safe_regex.is_some()];
+    let kinds = [
+        c.prefix.is_some(),
+        c.path.is_some(),
+        c.safe_regex.is_some(),
+        c.path_separated_prefix.is_some(),
+    ];
     if kinds.iter().filter(|b| **b).count() != 1 {
         return Err(BuildError::new(
             path,
-            "set exactly one of prefix, path, safe_regex",
+            "set exactly one of prefix, path, safe_regex, path_separated_prefix",
         ));
     }
-    let path_match = if let Some(p) = &c.prefix {
+    let path_match = if let Some(p) = &c.path_separated_prefix {
+        let ppath = sub(path, "path_separated_prefix");
+        check_literal_path(&ppath, p)?;
+        // Envoy's constraint: a non-empty prefix not ending with `/`.
+        if p.is_empty() || p.ends_with('/') {
+            return Err(BuildError::new(ppath, "must not be empty or end with '/'"));
+        }
+        PathMatch::SeparatedPrefix(p.as_str().into())
+    } else if let Some(p) = &c.prefix {
         check_literal_path(&sub(path, "prefix"), p)?;
         PathMatch::Prefix(p.as_str().into())
     } else if let Some(p) = &c.path {
@@ -797,7 +819,7 @@ pub fn build_match(path: &str, c: &RouteMatchConfig) -> Result<RouteMatch, Build
     let mut headers = Vec::with_capacity(c.headers.len());
     for (k, h) in c.headers.iter().enumerate() {
         headers.push(
-            HeaderMatcher::build(h)
+            HeaderMatcher::build_route(h)
                 .map_err(|(f, m)| BuildError::new(sub(&format!("{path}.headers[{k}]"), f), m))?,
         );
     }

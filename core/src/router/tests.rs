@@ -134,6 +134,139 @@ virtual_hosts:
     assert!(no_default.find_request(&get("/")).is_none());
 }
 
+/// `ignore_port_in_host_matching`: unset (meshgate YAML) tries the host
+/// as sent then without its port; `false` (Envoy's default) keeps the
+/// port; `true` strips it before the search.
+#[test]
+fn ignore_port_in_host_matching_modes() {
+    let with = |setting: &str| table(&format!("{setting}\n{DOMAINS}"));
+    let vh = |t: &RouteTable, host: &str| t.find_virtual_host(host).map(|v| v.name().to_string());
+    let s = |x: &str| Some(x.to_string());
+    let unset = table(DOMAINS);
+    let kept = with("ignore_port_in_host_matching: false");
+    let ignored = with("ignore_port_in_host_matching: true");
+    // A host with a port and a domain without.
+    assert_eq!(vh(&unset, "api.example.com:8080"), s("exact"));
+    // (kept: the prefix wildcard `api.*` still matches the whole host)
+    assert_eq!(vh(&kept, "api.example.com:8080"), s("prefix"));
+    assert_eq!(vh(&ignored, "api.example.com:8080"), s("exact"));
+    assert_eq!(vh(&kept, "x.example.com:443"), s("default"));
+    assert_eq!(vh(&ignored, "X.EXAMPLE.com:443"), s("suffix"));
+    assert_eq!(vh(&ignored, "[::1]:443"), s("default"));
+    // A domain with a port: matched as sent unless the port is ignored.
+    assert_eq!(vh(&unset, "port.example.com:8080"), s("with_port"));
+    assert_eq!(vh(&kept, "port.example.com:8080"), s("with_port"));
+    assert_eq!(vh(&ignored, "port.example.com:8080"), s("suffix"));
+    // Without a port, all three agree.
+    for t in [&unset, &kept, &ignored] {
+        assert_eq!(vh(t, "api.example.com"), s("exact"));
+        assert_eq!(vh(t, "other.org"), s("default"));
+    }
+    // Through a request's Host header.
+    assert_eq!(
+        hit(
+            &ignored,
+            &req("GET", "/x", Some("api.example.com:10000"), &[])
+        ),
+        s("exact/")
+    );
+    assert_eq!(
+        hit(&kept, &req("GET", "/x", Some("api.example.com:10000"), &[])),
+        s("prefix/")
+    );
+}
+
+/// `path_separated_prefix` (Envoy's): the prefix itself, or the prefix
+/// then `/`; never a longer segment. Through the index and the linear scan
+/// (`hit` checks both), with `case_sensitive` and `prefix_rewrite`.
+#[test]
+fn path_separated_prefix_matches_whole_segments() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - name: api
+        match: {path_separated_prefix: /api/dev}
+        route: {cluster: a, prefix_rewrite: /v2}
+      - name: folded
+        match: {path_separated_prefix: /Docs, case_sensitive: false}
+        direct_response: {status: 200}
+      - name: rest
+        match: {prefix: /}
+        direct_response: {status: 404}
+"#,
+    );
+    let s = |x: &str| Some(x.to_string());
+    for p in ["/api/dev", "/api/dev/", "/api/dev/v1", "/api/dev?x=1"] {
+        assert_eq!(hit(&t, &get(p)), s("v/api"), "{p}");
+    }
+    for p in ["/api/developer", "/api/de", "/api"] {
+        assert_eq!(hit(&t, &get(p)), s("v/rest"), "{p}");
+    }
+    assert_eq!(hit(&t, &get("/docs/a")), s("v/folded"));
+    assert_eq!(hit(&t, &get("/DOCS")), s("v/folded"));
+    assert_eq!(hit(&t, &get("/docsx")), s("v/rest"));
+    for bad in ["/api/", "\"\""] {
+        let e = build_err(&format!(
+            "virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{path_separated_prefix: {bad}}}, direct_response: {{status: 200}}}}]}}]"
+        ));
+        assert!(
+            e.to_string().contains("path_separated_prefix"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// Header conditions on `:authority`, `:method` and `:path` (with its
+/// query) read the request line; other pseudo-headers are refused by name.
+#[test]
+fn header_matchers_on_pseudo_headers() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - name: host
+        match: {prefix: /, headers: [{name: ":authority", exact_match: gateway.example.io}]}
+        direct_response: {status: 200}
+      - name: method
+        match: {prefix: /, headers: [{name: ":method", exact_match: PUT}]}
+        direct_response: {status: 200}
+      - name: query
+        match: {prefix: /, headers: [{name: ":path", suffix_match: "?debug=1"}]}
+        direct_response: {status: 200}
+      - name: rest
+        match: {prefix: /}
+        direct_response: {status: 404}
+"#,
+    );
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        hit(&t, &req("GET", "/a", Some("gateway.example.io"), &[])),
+        s("v/host")
+    );
+    assert_eq!(
+        hit(&t, &req("GET", "/a", Some("other.io"), &[])),
+        s("v/rest")
+    );
+    assert_eq!(
+        hit(&t, &req("PUT", "/a", Some("other.io"), &[])),
+        s("v/method")
+    );
+    assert_eq!(
+        hit(&t, &req("GET", "/a?debug=1", Some("other.io"), &[])),
+        s("v/query")
+    );
+    let e = build_err(
+        "virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /, headers: [{name: ':scheme', exact_match: https}]}, direct_response: {status: 200}}]}]",
+    );
+    assert!(e.to_string().contains("headers[0].name"), "{e}");
+    assert!(e.to_string().contains(":scheme"), "{e}");
+}
+
 #[test]
 fn strip_port_forms() {
     use super::domain::strip_port;
@@ -626,12 +759,12 @@ fn validation_errors() {
         (
             vh("{match: {prefix: /x, path: /y}, route: {cluster: a}}"),
             format!("{r2}.match"),
-            "set exactly one of prefix, path, safe_regex",
+            "set exactly one of prefix, path, safe_regex, path_separated_prefix",
         ),
         (
             vh("{match: {}, route: {cluster: a}}"),
             format!("{r2}.match"),
-            "set exactly one of prefix, path, safe_regex",
+            "set exactly one of prefix, path, safe_regex, path_separated_prefix",
         ),
         (
             vh("{match: {prefix: /x}}"),
@@ -920,6 +1053,7 @@ fn index_equals_linear_scan() {
             ..Default::default()
         }],
         validate_clusters: None,
+        ignore_port_in_host_matching: None,
     };
     let t = RouteTable::build(&cfg, &clusters(&[])).unwrap();
     let mut hits = 0;
