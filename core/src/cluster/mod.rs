@@ -82,6 +82,8 @@ pub struct Endpoint {
     /// this host (`set_health_check_config`).
     pub health_check_port: Option<u16>,
     pub health_check_hostname: Option<Arc<str>>,
+    /// `protocol: auto`: the HTTP protocol its handshakes choose by ALPN.
+    pub alpn: crate::pool::LearnedAlpn,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use. A
@@ -134,6 +136,7 @@ impl Endpoint {
             outlier: std::sync::OnceLock::new(),
             health_check_port: None,
             health_check_hostname: None,
+            alpn: crate::pool::LearnedAlpn::default(),
         }
     }
 
@@ -1416,20 +1419,36 @@ fn build_cluster(
             .map_err(|e| source.build_error(&format!("{p}.config"), e))?;
         cluster.filters.0.push((f.name.clone(), built));
     }
+    // `protocol: auto`: a TLS context that names no ALPN offers `h2` and
+    // `http/1.1` (Envoy's fallback); health checks keep the context as
+    // configured (Envoy adds the fallback to its pools' connections only).
+    let auto = c.protocol.as_deref() == Some(crate::upstream_protocol::AUTO);
+    let upstream_tls = |t: &crate::config::UpstreamTlsConfig, p: &str| {
+        let mut t = t.resolved(source);
+        if auto && t.alpn_protocols.is_empty() {
+            t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN.map(String::from).to_vec();
+        }
+        crate::tls::UpstreamTls::new(&t, p)
+            .map(Arc::new)
+            .map_err(|e| source.build_error("", e))
+    };
+    let mut hc_tls = None;
     if let Some(t) = &c.tls {
-        cluster.tls = Some(Arc::new(
-            crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
-                .map_err(|e| source.build_error("", e))?,
-        ));
+        let tls = upstream_tls(t, &format!("{path}.tls"))?;
+        hc_tls = match auto && t.alpn_protocols.is_empty() {
+            true => Some(Arc::new(
+                crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
+                    .map_err(|e| source.build_error("", e))?,
+            )),
+            false => Some(tls.clone()),
+        };
+        cluster.tls = Some(tls);
     }
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
         let p = format!("{path}.transport_socket_matches[{i}]");
         let tls = match &m.tls {
             None => None,
-            Some(t) => Some(Arc::new(
-                crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{p}.tls"))
-                    .map_err(|e| source.build_error("", e))?,
-            )),
+            Some(t) => Some(upstream_tls(t, &format!("{p}.tls"))?),
         };
         cluster.tls_matches.push(TlsMatch {
             criteria: m.match_.clone(),
@@ -1439,7 +1458,7 @@ fn build_cluster(
     cluster.health_check = health_check::HealthChecker::build(
         cluster.name,
         &c.health_checks,
-        cluster.tls.clone(),
+        hc_tls,
         &format!("{path}.health_checks"),
     )
     .map_err(|e| source.build_error("", e))?;
@@ -1447,6 +1466,21 @@ fn build_cluster(
         hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
+    if auto {
+        let built = registry
+            .codec("http2")
+            .and_then(|f| f.alpn_client(&c.protocol_options))
+            .ok_or_else(|| {
+                source.error(
+                    format!("{path}.protocol"),
+                    "protocol 'auto' needs the 'http2' codec's ALPN client",
+                )
+            })?;
+        cluster.upstream =
+            Some(built.map_err(|e| source.build_error(&format!("{path}.protocol_options"), e))?);
+        cluster.protocol = crate::upstream_protocol::AUTO;
+        return Ok(cluster);
+    }
     if protocol == crate::upstream_protocol::DOWNSTREAM {
         cluster.upstream = Some(
             crate::upstream_protocol::ByDownstream::build(registry, &c.protocol_options)
