@@ -82,7 +82,9 @@ fn auto_protocol_speaks_what_alpn_chose_per_endpoint() {
     // One cluster, both endpoints: each speaks its own.
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..6 {
-        *seen.entry(get(port, "/both").trim().to_string()).or_insert(0) += 1;
+        *seen
+            .entry(get(port, "/both").trim().to_string())
+            .or_insert(0) += 1;
     }
     let want: std::collections::BTreeMap<String, i32> =
         [("a HTTP/2.0".to_string(), 3), ("b HTTP/1.1".to_string(), 3)].into();

@@ -1426,7 +1426,9 @@ fn build_cluster(
     let upstream_tls = |t: &crate::config::UpstreamTlsConfig, p: &str| {
         let mut t = t.resolved(source);
         if auto && t.alpn_protocols.is_empty() {
-            t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN.map(String::from).to_vec();
+            t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN
+                .map(String::from)
+                .to_vec();
         }
         crate::tls::UpstreamTls::new(&t, p)
             .map(Arc::new)

@@ -777,7 +777,8 @@ async fn h2_stream(
             if proxy.is_none()
                 && let Some(p) = h1_upstream::Pool::of(dial.endpoint())
             {
-                p.fast.put(h1_upstream::Conn::new(io, guard), &opts.h1_limits);
+                p.fast
+                    .put(h1_upstream::Conn::new(io, guard), &opts.h1_limits);
             }
             return Err(UpstreamError::Connect(
                 "ALPN chose HTTP/1.1 (protocol auto)".into(),
