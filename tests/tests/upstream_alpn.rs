@@ -125,3 +125,59 @@ clusters:
     let port = mg.listener_port("front");
     assert_eq!(get(port, "/").trim(), "a HTTP/1.1");
 }
+
+/// Active HTTP/1.1 health checks of `auto` clusters keep the TLS context's
+/// own ALPN (none here), as Envoy adds its `h2,http/1.1` fallback to pool
+/// connections only: against the HTTP/2-capable Caddy they pass, through
+/// the cluster's `tls` and through a `transport_socket_matches` entry,
+/// while traffic is spoken in HTTP/2.
+#[test]
+fn auto_protocol_health_checks_keep_the_configured_alpn() {
+    let h2 = free_port();
+    let _a = Caddy::speaking(h2, "a {http.request.proto}", "h1 h2");
+    let ca = ca();
+    let hc = "    health_checks:\n      - {timeout: 1s, interval: 200ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /, host: localhost}}\n";
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: front
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - {{match: {{prefix: /tls}}, route: {{cluster: tls, host_rewrite_literal: localhost}}}}
+                      - {{match: {{prefix: /matched}}, route: {{cluster: matched, host_rewrite_literal: localhost}}}}
+clusters:
+  - name: tls
+    protocol: auto
+    tls: {{trusted_ca_pem: {ca}, sni: localhost}}
+    endpoints: [{{address: "127.0.0.1:{h2}"}}]
+{hc}  - name: matched
+    protocol: auto
+    transport_socket_matches:
+      - {{name: all, match: {{}}, tls: {{trusted_ca_pem: {ca}, sni: localhost}}}}
+    endpoints: [{{address: "127.0.0.1:{h2}"}}]
+{hc}"#
+    ));
+    let port = mg.listener_port("front");
+    for c in ["tls", "matched"] {
+        mg.wait_metric(
+            "meshgate_cluster_health_check_success_total",
+            &[("cluster", c)],
+            |v| v >= 2.0,
+        );
+        assert_eq!(
+            mg.metric("meshgate_cluster_health_check_failure_total", &[("cluster", c)]),
+            0.0,
+            "{c}"
+        );
+        assert_eq!(get(port, &format!("/{c}")).trim(), "a HTTP/2.0", "{c}");
+    }
+}

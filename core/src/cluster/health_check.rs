@@ -375,7 +375,7 @@ async fn supervise(s: Supervisor) {
                         tls: if cluster.tls_matches.is_empty() {
                             s.tls.clone()
                         } else {
-                            cluster.tls_for(e).cloned()
+                            cluster.health_check_tls_for(e, s.tls.as_ref()).cloned()
                         },
                         socket: socket.clone(),
                         stats: s.stats.clone(),

@@ -553,6 +553,9 @@ pub struct TlsMatch {
     /// must all carry.
     pub criteria: BTreeMap<String, serde_json::Value>,
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// What active health checks use: `tls` without the ALPN fallback of
+    /// `protocol: auto` (the same `tls` otherwise).
+    pub health_check_tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// An upstream cluster.
@@ -659,6 +662,28 @@ impl Cluster {
         if self.tls_matches.is_empty() {
             return self.tls.as_ref();
         }
+        match self.tls_match(endpoint) {
+            Some(m) => m.tls.as_ref(),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// `tls_for` for active health checks: the matched entry's context
+    /// without `protocol: auto`'s ALPN fallback, else `cluster_tls` (the
+    /// checker's own).
+    pub fn health_check_tls_for<'a>(
+        &'a self,
+        endpoint: &Endpoint,
+        cluster_tls: Option<&'a Arc<crate::tls::UpstreamTls>>,
+    ) -> Option<&'a Arc<crate::tls::UpstreamTls>> {
+        match self.tls_match(endpoint) {
+            Some(m) => m.health_check_tls.as_ref(),
+            None => cluster_tls,
+        }
+    }
+
+    /// The first `transport_socket_matches` entry the endpoint matches.
+    fn tls_match(&self, endpoint: &Endpoint) -> Option<&TlsMatch> {
         let own = endpoint.metadata.get(crate::config::TRANSPORT_SOCKET_MATCH);
         let locality = endpoint.locality_transport_socket_match.as_deref();
         for meta in [own, locality] {
@@ -669,11 +694,11 @@ impl Cluster {
                     .iter()
                     .all(|(k, v)| meta.and_then(|o| o.get(k)) == Some(v));
                 if hit {
-                    return m.tls.as_ref();
+                    return Some(m);
                 }
             }
         }
-        self.tls.as_ref()
+        None
     }
 
     /// The current endpoint set.
@@ -1423,38 +1448,42 @@ fn build_cluster(
     // `http/1.1` (Envoy's fallback); health checks keep the context as
     // configured (Envoy adds the fallback to its pools' connections only).
     let auto = c.protocol.as_deref() == Some(crate::upstream_protocol::AUTO);
+    // Each context built as traffic uses it and as health checks do.
     let upstream_tls = |t: &crate::config::UpstreamTlsConfig, p: &str| {
+        let build = |t: &crate::config::UpstreamTlsConfig| {
+            crate::tls::UpstreamTls::new(t, p)
+                .map(Arc::new)
+                .map_err(|e| source.build_error("", e))
+        };
         let mut t = t.resolved(source);
-        if auto && t.alpn_protocols.is_empty() {
-            t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN
-                .map(String::from)
-                .to_vec();
+        let checks = build(&t)?;
+        if !(auto && t.alpn_protocols.is_empty()) {
+            return Ok((checks.clone(), checks));
         }
-        crate::tls::UpstreamTls::new(&t, p)
-            .map(Arc::new)
-            .map_err(|e| source.build_error("", e))
+        t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN
+            .map(String::from)
+            .to_vec();
+        Ok((build(&t)?, checks))
     };
     let mut hc_tls = None;
     if let Some(t) = &c.tls {
-        let tls = upstream_tls(t, &format!("{path}.tls"))?;
-        hc_tls = match auto && t.alpn_protocols.is_empty() {
-            true => Some(Arc::new(
-                crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
-                    .map_err(|e| source.build_error("", e))?,
-            )),
-            false => Some(tls.clone()),
-        };
+        let (tls, checks) = upstream_tls(t, &format!("{path}.tls"))?;
+        hc_tls = Some(checks);
         cluster.tls = Some(tls);
     }
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
         let p = format!("{path}.transport_socket_matches[{i}]");
-        let tls = match &m.tls {
-            None => None,
-            Some(t) => Some(upstream_tls(t, &format!("{p}.tls"))?),
+        let (tls, health_check_tls) = match &m.tls {
+            None => (None, None),
+            Some(t) => {
+                let (tls, checks) = upstream_tls(t, &format!("{p}.tls"))?;
+                (Some(tls), Some(checks))
+            }
         };
         cluster.tls_matches.push(TlsMatch {
             criteria: m.match_.clone(),
             tls,
+            health_check_tls,
         });
     }
     cluster.health_check = health_check::HealthChecker::build(
