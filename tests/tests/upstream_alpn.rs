@@ -174,7 +174,10 @@ clusters:
             |v| v >= 2.0,
         );
         assert_eq!(
-            mg.metric("meshgate_cluster_health_check_failure_total", &[("cluster", c)]),
+            mg.metric(
+                "meshgate_cluster_health_check_failure_total",
+                &[("cluster", c)]
+            ),
             0.0,
             "{c}"
         );

@@ -287,12 +287,12 @@ mod tests {
             ),
             ..Default::default()
         };
-        // auto_config: HTTP/1.1 (the caller refuses it on TLS clusters).
+        // auto_config: HTTP/1.1 (the caller makes it `auto` on TLS clusters).
         let a = translate(&mut cluster(&m)).unwrap();
         assert_eq!(a.protocol.as_deref(), Some("http1"));
         assert!(a.auto_config);
-        // ... and as a whole cluster: plaintext speaks HTTP/1.1, TLS is
-        // refused naming the field.
+        // ... and as a whole cluster: plaintext speaks HTTP/1.1, TLS chooses
+        // by ALPN (`protocol: auto`).
         let mut plain = cluster(&m);
         plain.name = "p".into();
         let t = crate::translate::cluster(plain).unwrap();
@@ -310,8 +310,8 @@ mod tests {
                 ),
             ),
         });
-        let e = crate::translate::cluster(tls).unwrap_err().to_string();
-        assert!(e.contains("auto_config: on a TLS cluster"), "{e}");
+        let t = crate::translate::cluster(tls).unwrap();
+        assert_eq!(t.config.protocol.as_deref(), Some("auto"));
         let mut c = cds::Cluster::default();
         c.typed_extension_protocol_options.insert(
             "x".into(),
