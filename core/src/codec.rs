@@ -332,6 +332,16 @@ pub trait CodecFactory: Send + Sync {
     fn server(&self, config: &serde_json::Value) -> Result<Arc<dyn ServerCodec>, BuildError>;
     /// Builds the upstream side from the cluster's protocol options.
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError>;
+    /// The upstream side of a `protocol: auto` cluster
+    /// (`crate::upstream_protocol::AUTO`), asked of the `http2` codec: per
+    /// endpoint, this codec when its TLS handshake negotiates `h2` by
+    /// ALPN, else HTTP/1.1. `None`: this codec does not offer it.
+    fn alpn_client(
+        &self,
+        _config: &serde_json::Value,
+    ) -> Option<Result<Arc<dyn ClientCodec>, BuildError>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -511,6 +511,40 @@ impl<C: Send + Sync + 'static> EndpointPool for MuxPool<C> {
     }
 }
 
+// ------------------------------------------------ ALPN learned per endpoint
+
+/// The HTTP protocol an endpoint's TLS handshake chose by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpAlpn {
+    /// `http/1.1`, or no protocol agreed (plaintext, or a server without
+    /// ALPN): HTTP/1.1, as Envoy does.
+    Http1 = 1,
+    /// `h2`.
+    Http2 = 2,
+}
+
+/// What the last handshake with an endpoint of a `protocol: auto` cluster
+/// negotiated (Envoy keeps the ALPN result per host): which of its two
+/// pools (HTTP/1.1 exclusive, HTTP/2 multiplexed) its next request goes
+/// to. Unknown until the first handshake; each new connection's handshake
+/// updates it.
+#[derive(Debug, Default)]
+pub struct LearnedAlpn(AtomicU8);
+
+impl LearnedAlpn {
+    pub fn get(&self) -> Option<HttpAlpn> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(HttpAlpn::Http1),
+            2 => Some(HttpAlpn::Http2),
+            _ => None,
+        }
+    }
+
+    pub fn set(&self, p: HttpAlpn) {
+        self.0.store(p as u8, Ordering::Relaxed);
+    }
+}
+
 // ------------------------------------------- outcomes and endpoint health
 
 /// How one request to an endpoint ended, as health checking and outlier

@@ -77,6 +77,18 @@ impl UpstreamFilters {
             .find(|(_, f)| f.on_connected(0, alpn).is_some())
             .map(|(n, _)| n.as_str())
     }
+
+    /// `refuse_l7` as the pool's connect error, for the codecs that know
+    /// the connection's ALPN before they open it (HTTP/3: `h3`; RPC pools:
+    /// plain TCP, none).
+    pub fn check_pool(&self, alpn: Option<&[u8]>) -> Result<(), crate::codec::UpstreamError> {
+        match self.refuse_l7(alpn) {
+            None => Ok(()),
+            Some(n) => Err(crate::codec::UpstreamError::Connect(
+                format!("cluster filter '{n}' applies to this connection (its ALPN): cluster filters run on tcp_proxy connections only").into(),
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamFilters {

@@ -17,6 +17,17 @@ use std::sync::Arc;
 /// The cluster `protocol` value that selects this.
 pub const DOWNSTREAM: &str = "downstream";
 
+/// The cluster `protocol` value that chooses HTTP/2 or HTTP/1.1 per
+/// endpoint by the ALPN its TLS handshake negotiates (Envoy's
+/// HttpProtocolOptions `auto_config`): built by the `http2` codec
+/// (`CodecFactory::alpn_client`); the learned protocol is kept on the
+/// endpoint (`Endpoint::alpn`), and each endpoint has both pools.
+pub const AUTO: &str = "auto";
+
+/// What a `protocol: auto` cluster's TLS offers when its `alpn_protocols`
+/// is empty (Envoy's ALPN fallback for `auto_config`).
+pub const AUTO_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
 /// Options that only the HTTP/2 codec takes.
 const HTTP2_ONLY: [&str; 2] = [
     "initial_stream_window_size",

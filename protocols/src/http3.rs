@@ -711,6 +711,9 @@ impl ClientInner {
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         };
+        // Cluster filters run on tcp_proxy's connections: one that would
+        // take part in this one (its ALPN is always `h3`) refuses it.
+        dial.cluster().filters.check_pool(Some(b"h3"))?;
         let mut cfg = tls
             .quic_client_config()
             .map_err(|e| UpstreamError::Connect(format!("QUIC client config: {e}").into()))?;

@@ -15,13 +15,19 @@ impl Caddy {
     /// Caddy answering every request with `body`, a Caddyfile `respond`
     /// text (placeholders such as `{http.request.proto}` allowed).
     pub fn responding(port: u16, body: &str) -> Self {
+        Self::speaking(port, body, "h1 h2 h3")
+    }
+
+    /// `responding`, with only `protocols` enabled (Caddy's `servers
+    /// { protocols }`, e.g. `h1`: its TLS offers only `http/1.1` by ALPN).
+    pub fn speaking(port: u16, body: &str, protocols: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = workspace().join("examples/certs");
         let conf = dir.path().join("Caddyfile");
         std::fs::write(
             &conf,
             format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{body}\n\" 200\n}}\n",
+                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols {protocols}\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{body}\n\" 200\n}}\n",
                 d = dir.path().display(),
                 crt = certs.join("server.pem").display(),
                 key = certs.join("server.key").display(),

@@ -3,8 +3,9 @@
 //! an xDS push, read back on the upstream connection: the backend sees
 //! the bound source address, `ss` (iproute2) shows the receive buffer
 //! (`SO_RCVBUF` before bind: the kernel reports twice the value) and the
-//! keepalive timer started at `keepalive_time`. Fields meshgate does not
-//! implement are NACKed by name and the old cluster keeps serving.
+//! keepalive timer started at `keepalive_time`, on traffic and active
+//! health check connections alike. Fields meshgate does not implement are
+//! NACKed by name and the old cluster keeps serving.
 
 use meshgate_tests::xds::*;
 use meshgate_tests::*;
@@ -115,6 +116,45 @@ clusters:
     let from = peers.recv().unwrap();
     assert_eq!(from.ip().to_string(), "127.0.0.2", "source_address");
     check_upstream(addr, "127.0.0.2", 77);
+}
+
+/// Active health checks connect like the cluster's other upstream
+/// sockets: the backend sees the check's connection (no traffic is sent)
+/// from the bound source address, with the receive buffer and keepalive
+/// timer (a TCP check with a payload keeps its connection between checks).
+#[test]
+fn yaml_health_checks_use_upstream_bind_config_and_keepalive() {
+    let (addr, peers) = backend();
+    let _mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: front
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: tcp_proxy
+            config: {{cluster: b}}
+clusters:
+  - name: b
+    endpoints: [{{address: "{addr}"}}]
+    upstream_bind_config:
+      source_address: 127.0.0.2:0
+      socket_options:
+        - {{description: SO_RCVBUF, level: 1, name: 8, int_value: 65536}}
+    upstream_connection_options:
+      tcp_keepalive: {{keepalive_time: 66}}
+    health_checks:
+      - timeout: 1s
+        interval: 1s
+        unhealthy_threshold: 2
+        healthy_threshold: 1
+        tcp_health_check: {{send: {{text: "70696e67"}}, receive: [{{text: "70696e67"}}]}}
+"#
+    ));
+    let from = peers.recv().unwrap();
+    assert_eq!(from.ip().to_string(), "127.0.0.2", "health check source");
+    check_upstream(addr, "127.0.0.2", 66);
 }
 
 #[test]

@@ -469,6 +469,16 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
         protocol = Some(p);
     }
+    // auto_config on a TLS cluster: HTTP/2 or HTTP/1.1 per endpoint by the
+    // ALPN its handshake negotiates (meshgate's `protocol: auto`).
+    let tls_socket = c
+        .transport_socket
+        .as_ref()
+        .is_some_and(|t| !crate::tls::is_raw_buffer(t));
+    if ext.auto_config && (tls_socket || !c.transport_socket_matches.is_empty()) {
+        protocol = Some(meshgate_core::upstream_protocol::AUTO.to_string());
+        ext.options.extend(std::mem::take(&mut ext.auto_h2));
+    }
     let circuit_breakers = match c.circuit_breakers.take() {
         None => None,
         Some(cb) => Some(crate::circuit_breakers::translate(cb)?),
@@ -518,7 +528,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         }
         None => {}
     }
-    let speaks_h2 = matches!(protocol.as_deref(), Some("http2" | "downstream"));
+    let speaks_h2 = matches!(protocol.as_deref(), Some("http2" | "downstream" | "auto"));
     if speaks_h2 && options.contains_key("idle_timeout") {
         return err(
             join(&ext.path, "common_http_protocol_options.idle_timeout"),
@@ -566,12 +576,6 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
                 "with an UpstreamTlsContext sni: meshgate sends the configured one",
             );
         }
-    }
-    if ext.auto_config && (transport_socket.is_some() || !transport_socket_matches.is_empty()) {
-        return err(
-            join(&ext.path, "auto_config"),
-            "on a TLS cluster: choosing HTTP/2 or HTTP/1.1 by ALPN is not implemented (set explicit_http_config); without TLS it is HTTP/1.1",
-        );
     }
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     let (original_dst_lb_config, cleanup_interval) =

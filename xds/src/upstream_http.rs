@@ -29,9 +29,13 @@ pub(crate) struct UpstreamHttp {
     /// The path of the extension's entry (for errors named later).
     pub path: String,
     /// `auto_config` was set: HTTP/1.1, which is what Envoy's ALPN choice
-    /// comes to on a plaintext cluster; a TLS cluster with it is refused
-    /// by the caller once its transport socket is known.
+    /// comes to on a plaintext cluster; on a TLS cluster the caller makes
+    /// it meshgate's `protocol: auto` (HTTP/2 or HTTP/1.1 per endpoint by
+    /// ALPN), with `auto_h2` (its `http2_protocol_options`) added to the
+    /// options.
     pub auto_config: bool,
+    /// `auto_config.http2_protocol_options`, as `http2` puts them.
+    pub auto_h2: Map<String, Value>,
 }
 
 /// Takes `typed_extension_protocol_options` out of the cluster.
@@ -110,18 +114,19 @@ fn http_protocol_options(
         }
         Some(P::AutoConfig(mut a)) => {
             // Without TLS there is no ALPN: Envoy speaks HTTP/1.1 (its
-            // HTTP/2 options can never apply; checked all the same).
+            // HTTP/2 options never apply). With TLS the caller makes it
+            // `auto` and adds them.
             let ap = join(path, "auto_config");
             if let Some(h1) = a.http_protocol_options.take() {
                 rest(&h1, &join(&ap, "http_protocol_options"))?;
             }
             if let Some(h2) = a.http2_protocol_options.take() {
-                http2(h2, &join(&ap, "http2_protocol_options"), &mut Map::new())?;
+                http2(h2, &join(&ap, "http2_protocol_options"), &mut out.auto_h2)?;
             }
             if a.http3_protocol_options.is_some() {
                 return err(
                     join(&ap, "http3_protocol_options"),
-                    "HTTP/3 to upstreams is not supported through xDS",
+                    "HTTP/3 chosen with an alternate protocols cache is not supported (auto_config chooses HTTP/2 or HTTP/1.1 by ALPN)",
                 );
             }
             rest(&a, &ap)?;
@@ -282,12 +287,12 @@ mod tests {
             ),
             ..Default::default()
         };
-        // auto_config: HTTP/1.1 (the caller refuses it on TLS clusters).
+        // auto_config: HTTP/1.1 (the caller makes it `auto` on TLS clusters).
         let a = translate(&mut cluster(&m)).unwrap();
         assert_eq!(a.protocol.as_deref(), Some("http1"));
         assert!(a.auto_config);
-        // ... and as a whole cluster: plaintext speaks HTTP/1.1, TLS is
-        // refused naming the field.
+        // ... and as a whole cluster: plaintext speaks HTTP/1.1, TLS chooses
+        // by ALPN (`protocol: auto`).
         let mut plain = cluster(&m);
         plain.name = "p".into();
         let t = crate::translate::cluster(plain).unwrap();
@@ -305,8 +310,8 @@ mod tests {
                 ),
             ),
         });
-        let e = crate::translate::cluster(tls).unwrap_err().to_string();
-        assert!(e.contains("auto_config: on a TLS cluster"), "{e}");
+        let t = crate::translate::cluster(tls).unwrap();
+        assert_eq!(t.config.protocol.as_deref(), Some("auto"));
         let mut c = cds::Cluster::default();
         c.typed_extension_protocol_options.insert(
             "x".into(),

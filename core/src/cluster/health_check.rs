@@ -339,6 +339,7 @@ async fn supervise(s: Supervisor) {
             break;
         };
         let hosts = cluster.hosts();
+        let socket = cluster.socket.clone().map(Arc::new);
         let mut seen = std::collections::HashSet::with_capacity(hosts.endpoints.len());
         for e in &hosts.endpoints {
             let key = Arc::as_ptr(e) as usize;
@@ -374,8 +375,9 @@ async fn supervise(s: Supervisor) {
                         tls: if cluster.tls_matches.is_empty() {
                             s.tls.clone()
                         } else {
-                            cluster.tls_for(e).cloned()
+                            cluster.health_check_tls_for(e, s.tls.as_ref()).cloned()
                         },
+                        socket: socket.clone(),
                         stats: s.stats.clone(),
                         changed: s.changed.clone(),
                         epoch,
@@ -437,6 +439,8 @@ struct CheckTask {
     state: Arc<EndpointState>,
     check: Arc<Check>,
     tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// The cluster's socket settings, for the checks' connections.
+    socket: Option<Arc<super::upstream_socket::UpstreamSocket>>,
     stats: Arc<Stats>,
     changed: Arc<tokio::sync::Notify>,
     /// The cluster's check grid origin (`on_grid`).
@@ -565,13 +569,16 @@ async fn check_loop(t: CheckTask) {
         t.stats.attempt.increment(1);
         let verdict = match tokio::time::timeout(
             cfg.timeout,
-            probe(
-                &t.check.probe,
-                &t.endpoint,
-                t.tls.as_deref(),
-                &mut kept,
-                reuse,
-                &mut bufs,
+            SOCKET.scope(
+                t.socket.clone(),
+                probe(
+                    &t.check.probe,
+                    &t.endpoint,
+                    t.tls.as_deref(),
+                    &mut kept,
+                    reuse,
+                    &mut bufs,
+                ),
             ),
         )
         .await
@@ -647,6 +654,15 @@ async fn check_loop(t: CheckTask) {
     }
 }
 
+tokio::task_local! {
+    /// The checked cluster's socket settings (`upstream_bind_config`,
+    /// `upstream_connection_options`), set around each probe by
+    /// `check_loop`: health-check connections open like the cluster's
+    /// other upstream sockets (Envoy's). A task-local rather than one more
+    /// parameter through every probe function down to `connect`.
+    static SOCKET: Option<Arc<super::upstream_socket::UpstreamSocket>>;
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -656,7 +672,10 @@ async fn connect(
     tls: Option<&crate::tls::UpstreamTls>,
     authority: Option<&str>,
 ) -> std::io::Result<Box<dyn Io>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tcp = match SOCKET.try_with(|s| s.clone()).ok().flatten() {
+        Some(s) => s.connect(addr).await?,
+        None => tokio::net::TcpStream::connect(addr).await?,
+    };
     let _ = tcp.set_nodelay(true);
     Ok(match tls {
         Some(t) => Box::new(t.connect(tcp, authority, addr).await?),

@@ -82,6 +82,8 @@ pub struct Endpoint {
     /// this host (`set_health_check_config`).
     pub health_check_port: Option<u16>,
     pub health_check_hostname: Option<Arc<str>>,
+    /// `protocol: auto`: the HTTP protocol its handshakes choose by ALPN.
+    pub alpn: crate::pool::LearnedAlpn,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use. A
@@ -134,6 +136,7 @@ impl Endpoint {
             outlier: std::sync::OnceLock::new(),
             health_check_port: None,
             health_check_hostname: None,
+            alpn: crate::pool::LearnedAlpn::default(),
         }
     }
 
@@ -550,6 +553,9 @@ pub struct TlsMatch {
     /// must all carry.
     pub criteria: BTreeMap<String, serde_json::Value>,
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// What active health checks use: `tls` without the ALPN fallback of
+    /// `protocol: auto` (the same `tls` otherwise).
+    pub health_check_tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// An upstream cluster.
@@ -656,6 +662,28 @@ impl Cluster {
         if self.tls_matches.is_empty() {
             return self.tls.as_ref();
         }
+        match self.tls_match(endpoint) {
+            Some(m) => m.tls.as_ref(),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// `tls_for` for active health checks: the matched entry's context
+    /// without `protocol: auto`'s ALPN fallback, else `cluster_tls` (the
+    /// checker's own).
+    pub fn health_check_tls_for<'a>(
+        &'a self,
+        endpoint: &Endpoint,
+        cluster_tls: Option<&'a Arc<crate::tls::UpstreamTls>>,
+    ) -> Option<&'a Arc<crate::tls::UpstreamTls>> {
+        match self.tls_match(endpoint) {
+            Some(m) => m.health_check_tls.as_ref(),
+            None => cluster_tls,
+        }
+    }
+
+    /// The first `transport_socket_matches` entry the endpoint matches.
+    fn tls_match(&self, endpoint: &Endpoint) -> Option<&TlsMatch> {
         let own = endpoint.metadata.get(crate::config::TRANSPORT_SOCKET_MATCH);
         let locality = endpoint.locality_transport_socket_match.as_deref();
         for meta in [own, locality] {
@@ -666,11 +694,11 @@ impl Cluster {
                     .iter()
                     .all(|(k, v)| meta.and_then(|o| o.get(k)) == Some(v));
                 if hit {
-                    return m.tls.as_ref();
+                    return Some(m);
                 }
             }
         }
-        self.tls.as_ref()
+        None
     }
 
     /// The current endpoint set.
@@ -1416,30 +1444,52 @@ fn build_cluster(
             .map_err(|e| source.build_error(&format!("{p}.config"), e))?;
         cluster.filters.0.push((f.name.clone(), built));
     }
+    // `protocol: auto`: a TLS context that names no ALPN offers `h2` and
+    // `http/1.1` (Envoy's fallback); health checks keep the context as
+    // configured (Envoy adds the fallback to its pools' connections only).
+    let auto = c.protocol.as_deref() == Some(crate::upstream_protocol::AUTO);
+    // Each context built as traffic uses it and as health checks do.
+    let upstream_tls = |t: &crate::config::UpstreamTlsConfig, p: &str| {
+        let build = |t: &crate::config::UpstreamTlsConfig| {
+            crate::tls::UpstreamTls::new(t, p)
+                .map(Arc::new)
+                .map_err(|e| source.build_error("", e))
+        };
+        let mut t = t.resolved(source);
+        let checks = build(&t)?;
+        if !(auto && t.alpn_protocols.is_empty()) {
+            return Ok((checks.clone(), checks));
+        }
+        t.alpn_protocols = crate::upstream_protocol::AUTO_ALPN
+            .map(String::from)
+            .to_vec();
+        Ok((build(&t)?, checks))
+    };
+    let mut hc_tls = None;
     if let Some(t) = &c.tls {
-        cluster.tls = Some(Arc::new(
-            crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{path}.tls"))
-                .map_err(|e| source.build_error("", e))?,
-        ));
+        let (tls, checks) = upstream_tls(t, &format!("{path}.tls"))?;
+        hc_tls = Some(checks);
+        cluster.tls = Some(tls);
     }
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
         let p = format!("{path}.transport_socket_matches[{i}]");
-        let tls = match &m.tls {
-            None => None,
-            Some(t) => Some(Arc::new(
-                crate::tls::UpstreamTls::new(&t.resolved(source), &format!("{p}.tls"))
-                    .map_err(|e| source.build_error("", e))?,
-            )),
+        let (tls, health_check_tls) = match &m.tls {
+            None => (None, None),
+            Some(t) => {
+                let (tls, checks) = upstream_tls(t, &format!("{p}.tls"))?;
+                (Some(tls), Some(checks))
+            }
         };
         cluster.tls_matches.push(TlsMatch {
             criteria: m.match_.clone(),
             tls,
+            health_check_tls,
         });
     }
     cluster.health_check = health_check::HealthChecker::build(
         cluster.name,
         &c.health_checks,
-        cluster.tls.clone(),
+        hc_tls,
         &format!("{path}.health_checks"),
     )
     .map_err(|e| source.build_error("", e))?;
@@ -1447,6 +1497,21 @@ fn build_cluster(
         hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
+    if auto {
+        let built = registry
+            .codec("http2")
+            .and_then(|f| f.alpn_client(&c.protocol_options))
+            .ok_or_else(|| {
+                source.error(
+                    format!("{path}.protocol"),
+                    "protocol 'auto' needs the 'http2' codec's ALPN client",
+                )
+            })?;
+        cluster.upstream =
+            Some(built.map_err(|e| source.build_error(&format!("{path}.protocol_options"), e))?);
+        cluster.protocol = crate::upstream_protocol::AUTO;
+        return Ok(cluster);
+    }
     if protocol == crate::upstream_protocol::DOWNSTREAM {
         cluster.upstream = Some(
             crate::upstream_protocol::ByDownstream::build(registry, &c.protocol_options)

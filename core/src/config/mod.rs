@@ -649,7 +649,10 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
     /// Upstream protocol for L7 traffic: a registered codec (`http1`
-    /// default, `http2`, ...). Unused by `tcp_proxy`.
+    /// default, `http2`, ...), `downstream` (the request's own), or
+    /// `auto` (per endpoint, HTTP/2 or HTTP/1.1 as its TLS handshake
+    /// negotiates by ALPN; `tls` then offers `h2,http/1.1` unless it sets
+    /// `alpn_protocols`). Unused by `tcp_proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// The upstream codec's options (pool limits, timeouts).

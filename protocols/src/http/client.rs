@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
-use meshgate_core::pool::{Dial, ExclusiveLimits, Multiplexed, MuxPool, Reusable};
+use meshgate_core::pool::{Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxPool, Reusable};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
 use serde::Deserialize;
 use std::future::Future;
@@ -137,6 +137,36 @@ async fn upstream_io(
     }
 }
 
+/// On a `protocol: auto` cluster, notes on the endpoint what this
+/// connection's handshake chose by ALPN (its next requests go to that
+/// protocol's pool), and `Err` with that protocol when it is not the one
+/// the connection was opened to speak.
+fn auto_alpn(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    io: &UpstreamIo,
+    speaks: HttpAlpn,
+) -> Result<(), HttpAlpn> {
+    if cluster.protocol != meshgate_core::upstream_protocol::AUTO {
+        return Ok(());
+    }
+    let got = io.negotiated();
+    endpoint.alpn.set(got);
+    match got == speaks {
+        true => Ok(()),
+        false => Err(got),
+    }
+}
+
+/// An HTTP/1.1 connection of a `protocol: auto` cluster whose handshake
+/// chose `h2`: refused (the request was encoded for HTTP/1.1); the
+/// endpoint's next requests go to its HTTP/2 pool.
+fn h2_chosen() -> UpstreamError {
+    UpstreamError::Connect(
+        "ALPN chose h2 on a connection opened for HTTP/1.1 (protocol auto): the endpoint's next requests use HTTP/2".into(),
+    )
+}
+
 /// An upstream connection's bytes: plain TCP or TLS.
 pub(super) enum UpstreamIo {
     Tcp(tokio::net::TcpStream),
@@ -144,6 +174,15 @@ pub(super) enum UpstreamIo {
 }
 
 impl UpstreamIo {
+    /// The HTTP protocol its handshake chose by ALPN: `h2`, else
+    /// HTTP/1.1 (`http/1.1`, no ALPN, plaintext).
+    fn negotiated(&self) -> HttpAlpn {
+        match self {
+            UpstreamIo::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2") => HttpAlpn::Http2,
+            _ => HttpAlpn::Http1,
+        }
+    }
+
     /// The connection's local address (`%UPSTREAM_LOCAL_ADDRESS%`).
     pub(super) fn local_addr(&self) -> Option<SocketAddr> {
         match self {
@@ -406,6 +445,8 @@ impl Http1Client {
                             let io =
                                 upstream_io(&cluster, &endpoint, stream, auth, endpoint.address)
                                     .await?;
+                            auto_alpn(&cluster, &endpoint, &io, HttpAlpn::Http1)
+                                .map_err(|_| h2_chosen())?;
                             (io, guard, 0)
                         }
                     };
@@ -485,6 +526,7 @@ async fn connect_fast(
     }
     let (stream, guard) = Dial::new(cluster, endpoint).tcp_queued().await?;
     let io = upstream_io(cluster, endpoint, stream, auth, endpoint.address).await?;
+    auto_alpn(cluster, endpoint, &io, HttpAlpn::Http1).map_err(|_| h2_chosen())?;
     Ok(h1_upstream::Conn::new(io, guard))
 }
 
@@ -615,11 +657,17 @@ type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
 /// ones are HTTP/1's.
 pub struct Http2Client {
     opts: H2Options,
+    /// `protocol: auto`: where a request goes when the endpoint's
+    /// handshake chose HTTP/1.1 by ALPN.
+    fallback: Option<Arc<Http1Client>>,
 }
 
 /// What an HTTP/2 upstream connection is opened with.
 #[derive(Debug, Clone, Copy)]
 struct H2Options {
+    /// `protocol: auto`: what the HTTP/1.1 pool keeps of a connection
+    /// whose handshake chose HTTP/1.1.
+    h1_limits: ExclusiveLimits,
     max_requests: u32,
     max_streams: u32,
     stream_window: Option<u32>,
@@ -651,7 +699,9 @@ impl H2Options {
 impl Http2Client {
     pub fn new(opts: PoolOptions) -> Self {
         Self {
+            fallback: None,
             opts: H2Options {
+                h1_limits: opts.limits(),
                 max_requests: opts.max_requests(),
                 max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
                 stream_window: opts.initial_stream_window_size,
@@ -720,6 +770,20 @@ async fn h2_stream(
         let addr = dial.endpoint().address;
         let local = stream.local_addr().ok();
         let io = upstream_io(dial.cluster(), dial.endpoint(), stream, authority, addr).await?;
+        if auto_alpn(dial.cluster(), dial.endpoint(), &io, HttpAlpn::Http2).is_err() {
+            // `protocol: auto` and the handshake chose HTTP/1.1: the
+            // connection goes idle into the endpoint's HTTP/1.1 pool, where
+            // the request (`Http2Client::fallback`) finds it.
+            if proxy.is_none()
+                && let Some(p) = h1_upstream::Pool::of(dial.endpoint())
+            {
+                p.fast
+                    .put(h1_upstream::Conn::new(io, guard), &opts.h1_limits);
+            }
+            return Err(UpstreamError::Connect(
+                "ALPN chose HTTP/1.1 (protocol auto)".into(),
+            ));
+        }
         let (stream_window, connection_window) = opts.windows(dial.cluster());
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -806,6 +870,7 @@ impl ClientCodec for Http2Client {
         let cluster = cluster.clone();
         let endpoint = endpoint.clone();
         let h2 = self.opts;
+        let fallback = self.fallback.clone();
         Box::pin(async move {
             // HTTP/2 wants :scheme and :authority: make the URI absolute.
             if req.uri().scheme().is_none() {
@@ -858,14 +923,26 @@ impl ClientCodec for Http2Client {
                 .as_ref()
                 .and_then(|_| meshgate_core::proxy_protocol_http::header(&req));
             let want_local = wants_local(req.extensions());
-            let mut stream = h2_stream(
+            let mut stream = match h2_stream(
                 &cluster,
                 &endpoint,
                 authority_string(&req),
                 h2,
                 proxy.clone(),
             )
-            .await?;
+            .await
+            {
+                Ok(s) => s,
+                // `protocol: auto`, and the handshake chose HTTP/1.1: the
+                // request goes out over HTTP/1.1 (on the connection just
+                // made, now idle in that pool).
+                Err(e) => match fallback {
+                    Some(h1) if endpoint.alpn.get() == Some(HttpAlpn::Http1) => {
+                        return h1.send(&cluster, &endpoint, req).await;
+                    }
+                    _ => return Err(e),
+                },
+            };
             // hyper reports a request body that failed only as the stream's
             // reset: the watch tells a malformed downstream body (the
             // client's fault, 400) from an upstream failure (502).
@@ -916,5 +993,66 @@ impl ClientCodec for Http2Client {
                 box_body(meshgate_core::pool::OnStream::new(body, stream)),
             ))
         })
+    }
+}
+
+/// `protocol: auto` (Envoy's HttpProtocolOptions `auto_config`): each
+/// endpoint's requests go to its HTTP/2 pool or its HTTP/1.1 pool by the
+/// ALPN its TLS handshakes negotiate (`h2`, else HTTP/1.1), learned on the
+/// first connection and kept on the endpoint (`Endpoint::alpn`), as Envoy
+/// caches it per host. An endpoint not known yet is tried through the
+/// HTTP/2 pool, which opens one connection at a time: a handshake that
+/// chooses HTTP/1.1 leaves its connection idle in the HTTP/1.1 pool and
+/// the request follows it there. A later connection whose handshake
+/// chooses the other protocol updates the endpoint: an HTTP/2 one falls
+/// back the same way, an HTTP/1.1 one fails its request (already encoded
+/// for HTTP/1.1) as a connect failure.
+pub struct AutoClient {
+    h1: Arc<Http1Client>,
+    h2: Http2Client,
+}
+
+impl AutoClient {
+    pub fn new(opts: PoolOptions) -> Self {
+        let h1 = Arc::new(Http1Client::new(opts.clone()));
+        let mut h2 = Http2Client::new(opts);
+        h2.fallback = Some(h1.clone());
+        Self { h1, h2 }
+    }
+
+    /// HTTP/1.1 for an endpoint known to choose it, and for requests that
+    /// may upgrade (WebSocket over HTTP/2 needs extended CONNECT, which
+    /// meshgate does not originate).
+    fn http1(endpoint: &Endpoint, req: &Request) -> bool {
+        endpoint.alpn.get() == Some(HttpAlpn::Http1)
+            || req.headers().contains_key(http::header::UPGRADE)
+    }
+}
+
+impl ClientCodec for AutoClient {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        match Self::http1(endpoint, &req) {
+            true => self.h1.send(cluster, endpoint, req),
+            false => self.h2.send(cluster, endpoint, req),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        match Self::http1(endpoint, &req) {
+            true => self.h1.send_by(cluster, endpoint, req, deadline),
+            false => Err(req),
+        }
     }
 }

@@ -209,6 +209,17 @@ impl CodecFactory for Http2Codec {
         opts.validate()?;
         Ok(Arc::new(Http2Client::new(opts)))
     }
+    fn alpn_client(
+        &self,
+        config: &serde_json::Value,
+    ) -> Option<Result<Arc<dyn ClientCodec>, BuildError>> {
+        let build = || -> Result<Arc<dyn ClientCodec>, BuildError> {
+            let opts: PoolOptions = parse_typed(config)?;
+            opts.validate()?;
+            Ok(Arc::new(client::AutoClient::new(opts)))
+        };
+        Some(build())
+    }
 }
 
 #[cfg(test)]

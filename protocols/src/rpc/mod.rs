@@ -710,6 +710,9 @@ async fn connect<P: RpcProtocol>(
     let max_calls = max_calls
         .unwrap_or_else(|| proto.max_calls_per_connection())
         .max(1);
+    // Cluster filters run on tcp_proxy's connections: one that would take
+    // part in this plain TCP one (no ALPN) refuses it.
+    dial.cluster().filters.check_pool(None)?;
     let (stream, guard) = dial.tcp().await?;
     let local = stream.local_addr().ok();
     let (rd, wr) = stream.into_split();
