@@ -419,7 +419,8 @@ struct Live {
     accept_stop: CancellationToken,
     drain: Signal,
     tracker: TaskTracker,
-    /// Stops the DNS refresh of the current snapshot's clusters.
+    /// Parent of every cluster's DNS refresh and timers (each also stops
+    /// when a reload drops or replaces its cluster).
     dns: CancellationToken,
     /// Opened when this process may accept (see `run_with_dynamic`).
     gate: CancellationToken,
@@ -602,9 +603,10 @@ async fn apply(
             fresh.push((l.clone(), sock));
         }
     }
-    // Nothing can refuse the snapshot any more: the old snapshot's DNS
-    // refresh stops, and endpoint-only changes go into the live clusters.
-    live.dns.cancel();
+    // Nothing can refuse the snapshot any more: the DNS refresh and timers
+    // of the clusters it drops or replaces stop (the others' go on), and
+    // endpoint-only changes go into the live clusters.
+    next.clusters.retire_replaced();
     next.clusters.commit_endpoints();
     // Route tables staged for the subscriptions of listeners that keep
     // their connections go live, before any new connection is accepted
@@ -654,7 +656,6 @@ async fn apply(
         live.start(compiled, sock);
     }
     live.publish();
-    live.dns = live.accept_stop.child_token();
     next.clusters.spawn_dns_refresh(live.dns.clone());
     let version = next.version;
     current.store(Arc::new(next));

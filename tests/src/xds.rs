@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -50,6 +50,9 @@ pub struct Shared {
     /// Delta xDS: every response sent: (type, resources carried, names
     /// removed).
     pub delta_sent: Vec<(String, usize, Vec<String>)>,
+    /// When each of `sent` was handed to its stream (after the server
+    /// worked out what to send), for benchmarks timing the client alone.
+    pub sent_at: Vec<Instant>,
     nonce: u64,
 }
 
@@ -108,6 +111,7 @@ impl AggregatedDiscoveryService for Ads {
                         s.nonce += 1;
                         let nonce = format!("n{}", s.nonce);
                         s.sent.push((t.clone(), version.clone(), nonce.clone()));
+                        s.sent_at.push(Instant::now());
                         out.push(DiscoveryResponse {
                             version_info: version,
                             type_url: t.clone(),
@@ -252,6 +256,7 @@ impl AggregatedDiscoveryService for Ads {
                         s.nonce += 1;
                         let nonce = format!("n{}", s.nonce);
                         s.sent.push((t.clone(), version.clone(), nonce.clone()));
+                        s.sent_at.push(Instant::now());
                         s.delta_sent
                             .push((t.clone(), resources.len(), removed.clone()));
                         out.push(DeltaDiscoveryResponse {
@@ -416,6 +421,18 @@ impl Mgmt {
     }
 
     /// The nonce of the last response of `type_url` with `version`.
+    /// When the last response of `type_url` at `version` was handed to its
+    /// stream, if one was.
+    pub fn sent_at(&self, type_url: &str, version: &str) -> Option<Instant> {
+        let s = self.ads.shared.lock().unwrap();
+        s.sent
+            .iter()
+            .zip(&s.sent_at)
+            .rev()
+            .find(|(x, _)| x.0 == type_url && x.1 == version)
+            .map(|(_, at)| *at)
+    }
+
     pub fn wait_sent(&self, type_url: &str, version: &str) -> String {
         crate::wait_for_within(10, &format!("{type_url} {version} sent"), || {
             self.sent()

@@ -94,8 +94,10 @@ impl Bootstrap {
     }
 }
 
-/// Accepted resources of one type by name, shared between states.
-type Shared<T> = Arc<BTreeMap<String, Arc<T>>>;
+/// Accepted resources of one type by name, shared between states: a
+/// persistent map (`imbl`), so a copy is O(1), a change copies only the
+/// nodes on its path, and `diff` skips what two states share.
+type Shared<T> = imbl::OrdMap<String, Arc<T>>;
 
 /// Accepted resources of every type, and the protocol state per type.
 /// A response is tried on a copy of the state (`apply`); the resource maps
@@ -120,14 +122,14 @@ struct State {
     nonces: HashMap<&'static str, String>,
     /// Delta xDS: the version of each resource held, per type URL (sent
     /// back as `initial_resource_versions` when a stream is re-opened).
-    resource_versions: HashMap<&'static str, Arc<BTreeMap<String, String>>>,
+    resource_versions: HashMap<&'static str, imbl::OrdMap<String, String>>,
     /// When each listener's current version arrived: its warming is
     /// bounded from then by its `initial_fetch_timeout`.
-    since: Arc<BTreeMap<String, Instant>>,
+    since: imbl::OrdMap<String, Instant>,
     /// When each cluster's current version arrived: an EDS cluster's wait
     /// for its endpoints is bounded from then by its `eds_config`'s
     /// `initial_fetch_timeout`.
-    cluster_since: Arc<BTreeMap<String, Instant>>,
+    cluster_since: imbl::OrdMap<String, Instant>,
     /// Bound of a listener's wait for a cluster it cannot serve without
     /// (`Bootstrap::cds_fetch_timeout`; `None`: no bound).
     cds_fetch_timeout: Option<Duration>,
@@ -144,12 +146,42 @@ struct ComposedClusters {
         Shared<crate::priority::Assignment>,
         Shared<Secret>,
     ),
-    by_name: BTreeMap<String, ComposedCluster>,
+    by_name: imbl::OrdMap<String, ComposedCluster>,
     /// When the first warming EDS cluster's `initial_fetch_timeout` ends.
     deadline: Option<Instant>,
-    /// The EDS and SDS names the clusters use.
-    eds: BTreeSet<String>,
-    sds: BTreeSet<String>,
+    /// The EDS and SDS names the clusters use, each with how many use it.
+    eds: imbl::OrdMap<String, usize>,
+    sds: imbl::OrdMap<String, usize>,
+    /// The clusters warming or served past their EDS fetch timeout.
+    unready: imbl::OrdSet<String>,
+}
+
+impl ComposedClusters {
+    /// The EDS names the clusters use.
+    fn eds_names(&self) -> BTreeSet<String> {
+        self.eds.keys().cloned().collect()
+    }
+
+    /// Counts `c`'s EDS and SDS names in (`up`) or out.
+    fn count(&mut self, c: &translate::Cluster, up: bool) {
+        fn count(m: &mut imbl::OrdMap<String, usize>, k: &str, up: bool) {
+            let n = m.get(k).copied().unwrap_or(0);
+            match if up { n + 1 } else { n.saturating_sub(1) } {
+                0 => {
+                    m.remove(k);
+                }
+                n => {
+                    m.insert(k.to_string(), n);
+                }
+            }
+        }
+        if let Some(e) = &c.eds_name {
+            count(&mut self.eds, e, up);
+        }
+        for n in &c.sds_names {
+            count(&mut self.sds, n, up);
+        }
+    }
 }
 
 /// One cluster as composed, and the resources it was composed from.
@@ -261,7 +293,7 @@ impl State {
         };
         let mut listeners = Vec::with_capacity(self.translated.len());
         let mut rds = BTreeSet::new();
-        let mut sds = clusters.sds.clone();
+        let mut sds: BTreeSet<String> = clusters.sds.keys().cloned().collect();
         let mut warming = Vec::new();
         let mut deadline: Option<Instant> = clusters.deadline;
         // Clusters a served listener cannot do without that CDS did not
@@ -356,9 +388,9 @@ impl State {
             }
         }
         for (n, c) in clusters
-            .by_name
+            .unready
             .iter()
-            .filter(|(_, c)| c.warming || c.fetch_timed_out)
+            .filter_map(|n| Some((n, clusters.by_name.get(n)?)))
         {
             let mut waiting_for = Vec::new();
             if c.fetch_timed_out || c.endpoints.is_none() && c.cluster.eds_name.is_some() {
@@ -452,21 +484,19 @@ impl State {
     }
 
     /// Composes the clusters again if CDS, EDS or SDS changed since the
-    /// last time, reusing each whose resources are the same.
+    /// last time, reusing each whose resources are the same. When only CDS
+    /// changed (and no EDS fetch timeout ended), only the clusters it
+    /// changed are visited (`diff` skips what the maps share), so one
+    /// changed cluster among 10,000 costs what it costs among one.
     fn compose_clusters(&mut self, served: &Config, now: Instant) -> Result<(), XdsError> {
-        let (clusters, endpoints, secrets) = &self.composed.from;
-        if Arc::ptr_eq(clusters, &self.clusters)
-            && Arc::ptr_eq(endpoints, &self.endpoints)
-            && Arc::ptr_eq(secrets, &self.secrets)
-            && self.composed.deadline.is_none_or(|d| now < d)
-        {
+        let prev = self.composed.clone();
+        let (clusters, endpoints, secrets) = &prev.from;
+        let in_time = prev.deadline.is_none_or(|d| now < d);
+        let same_eds_sds = endpoints.ptr_eq(&self.endpoints) && secrets.ptr_eq(&self.secrets);
+        if clusters.ptr_eq(&self.clusters) && same_eds_sds && in_time {
             return Ok(());
         }
-        let served: HashMap<&str, &Arc<ClusterConfig>> = served
-            .clusters
-            .iter()
-            .map(|c| (c.name.as_str(), c))
-            .collect();
+        let incremental = same_eds_sds && in_time;
         let mut out = ComposedClusters {
             from: (
                 self.clusters.clone(),
@@ -475,11 +505,46 @@ impl State {
             ),
             ..Default::default()
         };
-        for (name, c) in self.clusters.iter() {
-            out.sds.extend(c.sds_names.iter().cloned());
-            if let Some(e) = &c.eds_name {
-                out.eds.insert(e.clone());
+        let names: Vec<String> = if incremental {
+            out.by_name = prev.by_name.clone();
+            out.eds = prev.eds.clone();
+            out.sds = prev.sds.clone();
+            out.unready = prev.unready.clone();
+            out.deadline = prev.deadline;
+            clusters
+                .diff(&self.clusters)
+                .map(|d| match d {
+                    imbl::ordmap::DiffItem::Add(k, _)
+                    | imbl::ordmap::DiffItem::Remove(k, _)
+                    | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.clone(),
+                })
+                .collect()
+        } else {
+            self.clusters.keys().cloned().collect()
+        };
+        // The served clusters by name, looked up only for a cluster that
+        // warms.
+        let served_map = std::cell::OnceCell::new();
+        let served_of = |name: &str| {
+            served_map
+                .get_or_init(|| {
+                    served
+                        .clusters
+                        .iter()
+                        .map(|c| (c.name.clone(), c.clone()))
+                        .collect::<HashMap<String, Arc<ClusterConfig>>>()
+                })
+                .get(name)
+                .cloned()
+        };
+        for name in &names {
+            if incremental && let Some(p) = out.by_name.remove(name) {
+                out.count(&p.cluster, false);
+                out.unready.remove(name);
             }
+            let Some(c) = self.clusters.get(name) else {
+                continue;
+            };
             let endpoints = c.eds_name.as_ref().and_then(|e| self.endpoints.get(e));
             let secrets: Vec<_> = c.sds_names.iter().map(|n| self.secrets.get(n)).collect();
             // Envoy: an EDS cluster whose first ClusterLoadAssignment does
@@ -496,7 +561,7 @@ impl State {
             if let Some(e) = fetch_ends.filter(|e| now < *e) {
                 out.deadline = Some(out.deadline.map_or(e, |d| d.min(e)));
             }
-            let previous = self.composed.by_name.get(name).filter(|p| {
+            let previous = prev.by_name.get(name).filter(|p| {
                 p.fetch_timed_out == timed_out
                     && same_resource(Some(&p.cluster), Some(c))
                     && same_resource(p.endpoints.as_ref(), endpoints)
@@ -533,7 +598,7 @@ impl State {
                     };
                     match ready {
                         Some(cfg) => (Some(Arc::new(cfg)), false),
-                        None => (served.get(name.as_str()).map(|&c| c.clone()), true),
+                        None => (served_of(name), true),
                     }
                 }
             };
@@ -545,6 +610,10 @@ impl State {
                 warming,
                 fetch_timed_out: timed_out,
             };
+            out.count(c, true);
+            if composed.warming || composed.fetch_timed_out {
+                out.unready.insert(name.clone());
+            }
             out.by_name.insert(name.clone(), composed);
         }
         self.composed = Arc::new(out);
@@ -619,27 +688,31 @@ impl State {
         match t {
             // Listeners and clusters are wildcard: the response is the
             // whole set, what it leaves out is removed.
+            // Unchanged clusters keep their `Arc` and their place in the
+            // shared map, so composing visits only what changed.
             CLUSTER => {
-                let mut clusters = BTreeMap::new();
-                let mut since = BTreeMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
                     let (name, c, start) = self.accept_cluster(any, i, &mut seen, statics, now)?;
-                    since.insert(name.clone(), start);
-                    clusters.insert(name, c);
+                    if !next.clusters.get(&name).is_some_and(|o| Arc::ptr_eq(o, &c)) {
+                        next.cluster_since.insert(name.clone(), start);
+                        next.clusters.insert(name, c);
+                    }
                 }
-                next.clusters = Arc::new(clusters);
-                next.cluster_since = Arc::new(since);
+                for name in self.clusters.keys().filter(|n| !seen.0.contains(*n)) {
+                    next.clusters.remove(name);
+                    next.cluster_since.remove(name);
+                }
             }
             LISTENER => {
-                let mut listeners = BTreeMap::new();
-                let mut since = BTreeMap::new();
+                let mut listeners = imbl::OrdMap::new();
+                let mut since = imbl::OrdMap::new();
                 for (i, any) in resp.resources.iter().enumerate() {
                     let (name, l, start) = self.accept_listener(any, i, &mut seen, now)?;
                     since.insert(name.clone(), start);
                     listeners.insert(name, l);
                 }
-                next.listeners = Arc::new(listeners);
-                next.since = Arc::new(since);
+                next.listeners = listeners;
+                next.since = since;
             }
             _ => {
                 for (i, any) in resp.resources.iter().enumerate() {
@@ -681,14 +754,14 @@ impl State {
             let name = match t {
                 CLUSTER => {
                     let (name, c, start) = self.accept_cluster(any, i, &mut seen, statics, now)?;
-                    Arc::make_mut(&mut next.cluster_since).insert(name.clone(), start);
-                    Arc::make_mut(&mut next.clusters).insert(name.clone(), c);
+                    next.cluster_since.insert(name.clone(), start);
+                    next.clusters.insert(name.clone(), c);
                     name
                 }
                 LISTENER => {
                     let (name, l, start) = self.accept_listener(any, i, &mut seen, now)?;
-                    Arc::make_mut(&mut next.since).insert(name.clone(), start);
-                    Arc::make_mut(&mut next.listeners).insert(name.clone(), l);
+                    next.since.insert(name.clone(), start);
+                    next.listeners.insert(name.clone(), l);
                     name
                 }
                 _ => next.accept_named(t, any, i, &mut seen)?,
@@ -714,34 +787,41 @@ impl State {
             }
             match t {
                 CLUSTER => {
-                    Arc::make_mut(&mut next.clusters).remove(name);
-                    Arc::make_mut(&mut next.cluster_since).remove(name);
+                    next.clusters.remove(name);
+                    next.cluster_since.remove(name);
                 }
                 LISTENER => {
-                    Arc::make_mut(&mut next.listeners).remove(name);
-                    Arc::make_mut(&mut next.since).remove(name);
+                    next.listeners.remove(name);
+                    next.since.remove(name);
                 }
                 ROUTE => {
-                    Arc::make_mut(&mut next.routes).remove(name);
+                    next.routes.remove(name);
                 }
                 ENDPOINT => {
-                    Arc::make_mut(&mut next.endpoints).remove(name);
+                    next.endpoints.remove(name);
                 }
                 _ => {
-                    Arc::make_mut(&mut next.secrets).remove(name);
+                    next.secrets.remove(name);
                 }
             }
         }
         if !matches!(t, CLUSTER | LISTENER) {
             next.retain_subscribed(t, subscribed);
         }
-        let held = Arc::make_mut(next.resource_versions.entry(t).or_default());
+        let held = next.resource_versions.entry(t).or_default();
         for name in &resp.removed_resources {
             held.remove(name);
         }
         held.extend(versions);
         if !matches!(t, CLUSTER | LISTENER) {
-            held.retain(|n, _| subscribed.contains(n));
+            let gone: Vec<String> = held
+                .keys()
+                .filter(|n| !subscribed.contains(*n))
+                .cloned()
+                .collect();
+            for n in gone {
+                held.remove(&n);
+            }
         }
         next.versions.insert(t, resp.system_version_info.clone());
         Ok(next)
@@ -764,11 +844,11 @@ impl State {
         }
         let name = c.name.clone();
         let t = translate::cluster(c)?;
-        let start = match (self.clusters.get(&name), self.cluster_since.get(&name)) {
-            (Some(old), Some(s)) if **old == t => *s,
-            _ => now,
-        };
-        Ok((name, Arc::new(t), start))
+        // An unchanged cluster keeps its `Arc` (and its warming start).
+        match (self.clusters.get(&name), self.cluster_since.get(&name)) {
+            (Some(old), Some(s)) if **old == t => Ok((name, old.clone(), *s)),
+            _ => Ok((name, Arc::new(t), now)),
+        }
     }
 
     /// Decodes one listener and refuses what is unsupported in it (it is
@@ -819,7 +899,7 @@ impl State {
                     name: name.clone(),
                     source,
                 })?;
-                Arc::make_mut(&mut self.routes).insert(name.clone(), Arc::new(t));
+                self.routes.insert(name.clone(), Arc::new(t));
                 Ok(name)
             }
             ENDPOINT => {
@@ -837,7 +917,7 @@ impl State {
                     field: f,
                     message: m,
                 })?;
-                Arc::make_mut(&mut self.endpoints).insert(name.clone(), Arc::new(eps));
+                self.endpoints.insert(name.clone(), Arc::new(eps));
                 Ok(name)
             }
             SECRET => {
@@ -846,7 +926,7 @@ impl State {
                 seen.insert("Secret", &r.name)?;
                 let name = r.name.clone();
                 let t = crate::tls::secret(r)?;
-                Arc::make_mut(&mut self.secrets).insert(name.clone(), Arc::new(t));
+                self.secrets.insert(name.clone(), Arc::new(t));
                 Ok(name)
             }
             other => Err(XdsError::UnsupportedType(other.to_string())),
@@ -856,10 +936,20 @@ impl State {
     /// Drops the resources of a by-name type that are no longer
     /// subscribed.
     fn retain_subscribed(&mut self, t: &'static str, subscribed: &BTreeSet<String>) {
+        fn retain<T>(m: &mut Shared<T>, subscribed: &BTreeSet<String>) {
+            let gone: Vec<String> = m
+                .keys()
+                .filter(|n| !subscribed.contains(*n))
+                .cloned()
+                .collect();
+            for n in gone {
+                m.remove(&n);
+            }
+        }
         match t {
-            ROUTE => Arc::make_mut(&mut self.routes).retain(|n, _| subscribed.contains(n)),
-            ENDPOINT => Arc::make_mut(&mut self.endpoints).retain(|n, _| subscribed.contains(n)),
-            SECRET => Arc::make_mut(&mut self.secrets).retain(|n, _| subscribed.contains(n)),
+            ROUTE => retain(&mut self.routes, subscribed),
+            ENDPOINT => retain(&mut self.endpoints, subscribed),
+            SECRET => retain(&mut self.secrets, subscribed),
             _ => {}
         }
     }
@@ -1429,7 +1519,11 @@ impl Client {
         let verdict = match applied {
             Err(e) => Err(e),
             Ok((next, composed)) => {
-                for (c, _) in composed.clusters.by_name.iter().filter(|(_, c)| c.warming) {
+                let unready = &composed.clusters.unready;
+                for c in unready
+                    .iter()
+                    .filter(|c| composed.clusters.by_name.get(*c).is_some_and(|c| c.warming))
+                {
                     tracing::debug!(cluster = %c, "cluster warming: waiting for its endpoints");
                 }
                 for w in &composed.warming {
@@ -1470,7 +1564,8 @@ impl Client {
                 self.refused.clear(short(t));
                 metrics::counter!(meshgate_core::metrics::names::XDS_RESPONSE_TOTAL, "type" => short(t), "result" => "ack").increment(1);
                 tracing::info!(type_url = t, version = %version, nonce = %v.nonce, "ACK");
-                for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &clusters.eds), (SECRET, &sds)] {
+                let eds = clusters.eds_names();
+                for (ty, names) in [(ROUTE, &rds), (ENDPOINT, &eds), (SECRET, &sds)] {
                     let before = self.subscribed.get(ty).cloned().unwrap_or_default();
                     if before != *names {
                         tracing::info!(type_url = ty, names = ?names, "subscription changed");
@@ -1674,14 +1769,14 @@ mod tests {
             transport_socket_matches: Vec::new(),
             eds_fetch_timeout: None,
         };
-        Arc::make_mut(&mut s.clusters).insert("a".into(), Arc::new(c));
+        s.clusters.insert("a".into(), Arc::new(c));
         let out = s
             .compose(&boot_statics, &Config::default(), Instant::now())
             .unwrap();
         assert!(out.clusters.by_name["a"].warming);
         assert!(out.config.clusters.is_empty());
-        assert_eq!(out.clusters.eds.iter().collect::<Vec<_>>(), ["a"]);
-        Arc::make_mut(&mut s.endpoints).insert("a".into(), Default::default());
+        assert_eq!(out.clusters.eds_names().iter().collect::<Vec<_>>(), ["a"]);
+        s.endpoints.insert("a".into(), Default::default());
         let out = s
             .compose(&boot_statics, &Config::default(), Instant::now())
             .unwrap();
@@ -1740,7 +1835,7 @@ mod tests {
             self.state = next;
             self.served = out.config.clone();
             self.subscribed.insert(ROUTE, out.rds.clone());
-            self.subscribed.insert(ENDPOINT, out.clusters.eds.clone());
+            self.subscribed.insert(ENDPOINT, out.clusters.eds_names());
             out
         }
 
@@ -1748,6 +1843,108 @@ mod tests {
             let c = self.served.clusters.iter().find(|c| c.name == name);
             c.unwrap().clone()
         }
+
+        /// As `respond`, for a delta response.
+        fn respond_delta(
+            &mut self,
+            t: &'static str,
+            resources: Vec<protobuf::Any>,
+            removed: &[&str],
+        ) -> Composed {
+            use envoy_types::pb::envoy::service::discovery::v3::Resource;
+            let resp = DeltaDiscoveryResponse {
+                system_version_info: "d".into(),
+                type_url: t.into(),
+                nonce: "n".into(),
+                resources: resources
+                    .into_iter()
+                    .map(|any| Resource {
+                        version: "v".into(),
+                        resource: Some(any),
+                        ..Default::default()
+                    })
+                    .collect(),
+                removed_resources: removed.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            };
+            let none = BTreeSet::new();
+            let sub = self.subscribed.get(t).unwrap_or(&none);
+            let mut next = self
+                .state
+                .apply_delta(&resp, sub, &none, Instant::now())
+                .unwrap();
+            let out = next
+                .compose(&BTreeSet::new(), &self.served, Instant::now())
+                .unwrap();
+            self.state = next;
+            self.served = out.config.clone();
+            self.subscribed.insert(ROUTE, out.rds.clone());
+            self.subscribed.insert(ENDPOINT, out.clusters.eds_names());
+            out
+        }
+    }
+
+    #[test]
+    fn a_delta_update_composes_only_the_clusters_it_names() {
+        let mut f = Fake::default();
+        let all: Vec<_> = (0..1000)
+            .map(|i| static_cluster(&format!("c{i:04}"), 1))
+            .chain([eds_cluster("e")])
+            .collect();
+        f.respond_delta(CLUSTER, all, &[]);
+        f.respond_delta(LISTENER, vec![hcm_listener("web", 8080, "r")], &[]);
+        f.respond_delta(ENDPOINT, vec![endpoints("e", 3)], &[]);
+        let out = f.respond_delta(ROUTE, vec![route_config("r", "c0001")], &[]);
+        assert!(out.warming.is_empty());
+        assert_eq!(out.config.clusters.len(), 1001);
+        let before = f.served.clone();
+        let composed = f.state.composed.clone();
+        let web = f.served.listeners[0].clone();
+
+        // One cluster changed, one removed: the others are the same
+        // `Arc`s, composed entries included, and in the same order.
+        let out = f.respond_delta(CLUSTER, vec![static_cluster("c0001", 2)], &["c0500"]);
+        assert!(out.warming.is_empty());
+        assert_eq!(out.config.clusters.len(), 1000);
+        assert!(f.served.clusters.iter().all(|c| c.name != "c0500"));
+        assert_eq!(f.cluster("c0001").endpoints[0].address, "127.0.0.1:2");
+        let mut shared = 0;
+        for c in &before.clusters {
+            let Some(now) = f.served.clusters.iter().find(|x| x.name == c.name) else {
+                continue;
+            };
+            if Arc::ptr_eq(c, now) {
+                shared += 1;
+            } else {
+                assert_eq!(c.name, "c0001");
+            }
+        }
+        assert_eq!(shared, 999);
+        let names: Vec<_> = f.served.clusters.iter().map(|c| c.name.clone()).collect();
+        assert!(names.is_sorted());
+        let (old, new) = (&composed.by_name, &f.state.composed.by_name);
+        let changed: Vec<_> = old
+            .iter()
+            .filter(|(n, c)| {
+                new.get(*n).is_none_or(|x| {
+                    !Arc::ptr_eq(&x.cluster, &c.cluster)
+                        || !same_allocation(x.serve.as_ref(), c.serve.as_ref())
+                })
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(changed, ["c0001", "c0500"]);
+        assert!(Arc::ptr_eq(&out.config.listeners[0], &web));
+        assert_eq!(f.state.resource_versions[CLUSTER].len(), 1000);
+        assert!(!f.state.resource_versions[CLUSTER].contains_key("c0500"));
+
+        // The EDS cluster still takes its endpoints, and the removed
+        // cluster comes back.
+        f.respond_delta(ENDPOINT, vec![endpoints("e", 4)], &[]);
+        assert_eq!(f.cluster("e").endpoints[0].address, "127.0.0.1:4");
+        f.respond_delta(CLUSTER, vec![static_cluster("c0500", 5)], &[]);
+        assert_eq!(f.cluster("c0500").endpoints[0].address, "127.0.0.1:5");
+        assert_eq!(f.served.clusters.len(), 1001);
     }
 
     #[test]

@@ -1063,22 +1063,70 @@ pub trait ClusterResolver {
 }
 
 /// Every cluster of a snapshot, by name, with the config it serves.
+/// The map is persistent (`imbl`): a reload's manager shares it with the
+/// previous one and copies only the nodes it changes, so one changed
+/// cluster among 10,000 costs what it costs among one.
 #[derive(Default)]
 pub struct ClusterManager {
-    clusters: HashMap<Arc<str>, Entry>,
+    clusters: imbl::HashMap<Arc<str>, Entry>,
+    /// The configs this manager was built from, in order: the next build
+    /// walks them beside its own, by pointer, to find what changed.
+    configs: Vec<Arc<ClusterConfig>>,
+    /// Clusters whose background tasks (DNS re-resolution, outlier
+    /// timer, health checks, membership gauges) `spawn_dns_refresh`
+    /// starts: those built or given new endpoints by this build.
+    fresh: Vec<Arc<str>>,
+    /// The tasks of the previous manager's clusters this one drops or
+    /// replaces, stopped by `retire_replaced` when it goes live.
+    retired: Vec<Arc<Tasks>>,
     /// New endpoint sets of reused (live) clusters, stored into them by
     /// `commit_endpoints` once this manager's snapshot goes live.
     staged: Vec<(Arc<Cluster>, Vec<Arc<Endpoint>>)>,
     /// Zone-aware clusters and their local cluster, linked by
     /// `commit_endpoints` (`zone::link`).
     zone_links: zone::Links,
+    /// The names of the zone-aware clusters, which `zone::link` links
+    /// (without visiting the others).
+    zone_aware: imbl::HashSet<Arc<str>>,
 }
 
 /// A cluster and the config of the snapshot it belongs to (for a cluster
 /// reused with new endpoints, the new config).
+#[derive(Clone)]
 struct Entry {
     cluster: Arc<Cluster>,
     config: Arc<ClusterConfig>,
+    /// Its background tasks, shared by every manager that reuses it as is.
+    tasks: Arc<Tasks>,
+}
+
+/// The stop of one cluster's background tasks: set when they start,
+/// cancelled when a live manager drops or replaces the cluster, or when
+/// no manager holds it any more.
+#[derive(Default)]
+pub(crate) struct Tasks(std::sync::OnceLock<tokio_util::sync::CancellationToken>);
+
+impl Tasks {
+    /// The stop for tasks about to start, if they have not started yet.
+    fn start(
+        &self,
+        parent: &tokio_util::sync::CancellationToken,
+    ) -> Option<tokio_util::sync::CancellationToken> {
+        let token = parent.child_token();
+        self.0.set(token.clone()).ok().map(|()| token)
+    }
+
+    fn stop(&self) {
+        if let Some(t) = self.0.get() {
+            t.cancel();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl ClusterResolver for ClusterManager {
@@ -1206,54 +1254,161 @@ impl ClusterManager {
         resolve_dns: bool,
         previous: Option<(&ClusterManager, bool)>,
     ) -> Result<Self, ConfigError> {
-        let mut clusters = HashMap::with_capacity(configs.len());
-        let mut staged = Vec::new();
-        for (i, c) in configs.iter().enumerate() {
-            let path = || format!("clusters[{i}]");
-            if c.name.is_empty() {
-                return Err(source.error(format!("{}.name", path()), "must not be empty"));
+        let Some((prev, reread_files)) = previous else {
+            let mut m = Self::default();
+            for (i, c) in configs.iter().enumerate() {
+                if !c.name.is_empty() && m.clusters.contains_key(c.name.as_str()) {
+                    return Err(source.error(
+                        format!("clusters[{i}].name"),
+                        format!("duplicate cluster name '{}'", c.name),
+                    ));
+                }
+                m.put(i, c, None, registry, source, resolve_dns)?;
             }
-            if clusters.contains_key(c.name.as_str()) {
+            m.configs = configs.to_vec();
+            return Ok(m);
+        };
+        // What changed: the configs walked beside the previous ones, by
+        // pointer (a dynamic update shares every unchanged config's
+        // `Arc`), so an update visits only what it changed. Both lists
+        // are mostly in name order (the xDS client composes them so);
+        // where they are not, a name taken for added or removed is
+        // checked against the other side below.
+        let (mut changed, mut gone) = (Vec::new(), Vec::new());
+        let (old, mut j) = (&prev.configs, 0);
+        for (i, c) in configs.iter().enumerate() {
+            loop {
+                match old.get(j) {
+                    None => {
+                        changed.push((i, false));
+                        break;
+                    }
+                    Some(o) if Arc::ptr_eq(o, c) => {
+                        j += 1;
+                        if reread_files && reads_files(c) {
+                            changed.push((i, true));
+                        }
+                        break;
+                    }
+                    Some(o) => match o.name.cmp(&c.name) {
+                        std::cmp::Ordering::Equal => {
+                            j += 1;
+                            changed.push((i, true));
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => {
+                            changed.push((i, false));
+                            break;
+                        }
+                        std::cmp::Ordering::Less => {
+                            gone.push(o.name.as_str());
+                            j += 1;
+                        }
+                    },
+                }
+            }
+        }
+        gone.extend(old[j.min(old.len())..].iter().map(|o| o.name.as_str()));
+        let gone: HashSet<&str> = gone.into_iter().collect();
+        let mut m = Self {
+            clusters: prev.clusters.clone(),
+            configs: configs.to_vec(),
+            zone_aware: prev.zone_aware.clone(),
+            ..Self::default()
+        };
+        let mut seen = HashSet::new();
+        for &(i, same_place) in &changed {
+            let c = &configs[i];
+            // A name the previous manager held is this entry's only if
+            // the walk paired them, or the old one moved away; else it
+            // is also elsewhere in this list.
+            if !seen.insert(c.name.as_str())
+                || !same_place
+                    && !gone.contains(c.name.as_str())
+                    && prev.clusters.contains_key(c.name.as_str())
+            {
                 return Err(source.error(
-                    format!("{}.name", path()),
+                    format!("clusters[{i}].name"),
                     format!("duplicate cluster name '{}'", c.name),
                 ));
             }
-            let previous = previous.and_then(|(m, reread_files)| {
-                let reusable = !(reread_files && reads_files(c));
-                m.clusters.get(c.name.as_str()).filter(|_| reusable)
-            });
-            if let Some(prev) = previous {
-                let reuse = |config: Arc<ClusterConfig>| Entry {
-                    cluster: prev.cluster.clone(),
-                    config,
-                };
-                // Mostly the same `Arc`: compared by pointer first.
-                if prev.config == *c {
-                    clusters.insert(c.name.as_str().into(), reuse(c.clone()));
-                    continue;
-                }
-                if same_but_endpoints(&prev.config, c) {
-                    let endpoints = build_endpoints(c, &path(), source, resolve_dns)?;
-                    staged.push((prev.cluster.clone(), endpoints));
-                    clusters.insert(c.name.as_str().into(), reuse(c.clone()));
-                    continue;
+        }
+        for name in gone.iter().filter(|n| !seen.contains(*n)) {
+            if let Some(e) = m.clusters.remove(*name) {
+                m.zone_aware.remove(*name);
+                m.retired.push(e.tasks);
+            }
+        }
+        for &(i, _) in &changed {
+            let c = &configs[i];
+            let reusable = !(reread_files && reads_files(c));
+            let was = prev.clusters.get(c.name.as_str()).filter(|_| reusable);
+            if let Some(old) = prev.clusters.get(c.name.as_str()) {
+                // Replaced, or reused with new endpoints: its tasks
+                // start again with its new config.
+                if was.is_none_or(|w| w.config != *c) {
+                    m.retired.push(old.tasks.clone());
                 }
             }
-            let cluster = build_cluster(c, &path(), registry, source, resolve_dns)?;
-            clusters.insert(
-                c.name.as_str().into(),
-                Entry {
-                    cluster: Arc::new(cluster),
-                    config: c.clone(),
-                },
-            );
+            m.put(i, c, was, registry, source, resolve_dns)?;
         }
-        Ok(Self {
-            clusters,
-            staged,
-            zone_links: Vec::new(),
-        })
+        Ok(m)
+    }
+
+    /// Adds the cluster of `c` (`clusters[i]`): `prev`'s if its config is
+    /// the same, `prev`'s with its endpoints staged if only they changed,
+    /// else a new one.
+    fn put(
+        &mut self,
+        i: usize,
+        c: &Arc<ClusterConfig>,
+        prev: Option<&Entry>,
+        registry: &Registry,
+        source: &ConfigSource,
+        resolve_dns: bool,
+    ) -> Result<(), ConfigError> {
+        let path = || format!("clusters[{i}]");
+        if c.name.is_empty() {
+            return Err(source.error(format!("{}.name", path()), "must not be empty"));
+        }
+        let name: Arc<str> = c.name.as_str().into();
+        if let Some(prev) = prev {
+            // Mostly the same `Arc`: compared by pointer first.
+            if prev.config == *c {
+                let e = Entry {
+                    config: c.clone(),
+                    ..prev.clone()
+                };
+                self.clusters.insert(name, e);
+                return Ok(());
+            }
+            if same_but_endpoints(&prev.config, c) {
+                let endpoints = build_endpoints(c, &path(), source, resolve_dns)?;
+                self.staged.push((prev.cluster.clone(), endpoints));
+                let e = Entry {
+                    cluster: prev.cluster.clone(),
+                    config: c.clone(),
+                    tasks: Arc::default(),
+                };
+                self.clusters.insert(name.clone(), e);
+                self.fresh.push(name);
+                return Ok(());
+            }
+        }
+        let cluster = build_cluster(c, &path(), registry, source, resolve_dns)?;
+        if cluster.priority.zone.is_some() {
+            self.zone_aware.insert(name.clone());
+        } else {
+            self.zone_aware.remove(&name);
+        }
+        let e = Entry {
+            cluster: Arc::new(cluster),
+            config: c.clone(),
+            tasks: Arc::default(),
+        };
+        self.clusters.insert(name.clone(), e);
+        self.fresh.push(name);
+        Ok(())
     }
 
     /// Stores the endpoint sets staged by `build_reusing` into their live
@@ -1280,12 +1435,31 @@ impl ClusterManager {
         self.clusters.values().map(|e| &e.cluster)
     }
 
+    /// The zone-aware clusters (`zone_aware_lb_config`).
+    fn zone_aware(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.zone_aware.iter().filter_map(|n| self.get(n))
+    }
+
+    /// Stops the background tasks of the previous manager's clusters that
+    /// this one dropped or replaced (called when it goes live, before its
+    /// staged endpoints are stored).
+    pub fn retire_replaced(&self) {
+        for t in &self.retired {
+            t.stop();
+        }
+    }
+
     /// Starts re-resolution tasks for the `strict_dns` clusters, and the
-    /// interval timers of the outlier detectors; they stop when `shutdown`
-    /// is cancelled (a timer also when its cluster is gone).
+    /// interval timers of the outlier detectors, of the clusters this
+    /// build made or gave new endpoints (the others' go on); they stop
+    /// when `shutdown` is cancelled, or when a later manager drops or
+    /// replaces their cluster (`retire_replaced`).
     pub fn spawn_dns_refresh(&self, shutdown: tokio_util::sync::CancellationToken) {
-        // Active health checks: once per cluster, for its lifetime.
-        for e in self.clusters.values() {
+        for e in self.fresh.iter().filter_map(|n| self.clusters.get(n)) {
+            let Some(shutdown) = e.tasks.start(&shutdown) else {
+                continue;
+            };
+            // Active health checks: once per cluster, for its lifetime.
             if let Some(hc) = &e.cluster.health_check {
                 hc.start(&e.cluster);
             }
@@ -1293,15 +1467,11 @@ impl ClusterManager {
             if let Some(d) = &e.cluster.outlier {
                 d.spawn(Arc::downgrade(&e.cluster), shutdown.clone());
             }
-        }
-        for e in self
-            .clusters
-            .values()
-            .filter(|e| e.config.discovery == DiscoveryType::StrictDns)
-        {
+            if e.config.discovery != DiscoveryType::StrictDns {
+                continue;
+            }
             let cluster = e.cluster.clone();
             let config = e.config.clone();
-            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(config.dns_refresh_rate);
                 tick.tick().await;
@@ -1789,6 +1959,80 @@ mod tests {
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         assert!(m2.get("c").is_some());
         assert!(Arc::ptr_eq(m2.config("a").unwrap(), &second[0]));
+    }
+
+    #[test]
+    fn a_dynamic_update_visits_only_the_clusters_it_changed() {
+        let cfg = |name: &str, port: u16, timeout_ms: u64| -> Arc<ClusterConfig> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "name": name,
+                    "connect_timeout": format!("{timeout_ms}ms"),
+                    "endpoints": [{"address": format!("127.0.0.1:{port}")}],
+                }))
+                .unwrap(),
+            )
+        };
+        let reg = Registry::new();
+        let src = ConfigSource::anonymous("test");
+        let first: Vec<_> = (0..100)
+            .map(|i| cfg(&format!("c{i:03}"), 1, 1000))
+            .collect();
+        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        assert_eq!(m1.fresh.len(), 100);
+        // c001's endpoint changes, c002's timeout, c003 goes, c100 comes;
+        // the configs of the rest are the same `Arc`s (as xDS shares them).
+        let mut second = first.clone();
+        second[1] = cfg("c001", 2, 1000);
+        second[2] = cfg("c002", 1, 2000);
+        second.remove(3);
+        second.push(cfg("c100", 1, 1000));
+        let m2 =
+            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, false))).unwrap();
+        let same = |n: &str| Arc::ptr_eq(m1.get(n).unwrap(), m2.get(n).unwrap());
+        // Unchanged clusters: the same cluster, the same background tasks.
+        assert!((4..100).all(|i| same(&format!("c{i:03}"))) && same("c000"));
+        let tasks = |m: &ClusterManager, n: &str| m.clusters.get(n).unwrap().tasks.clone();
+        assert!(Arc::ptr_eq(&tasks(&m1, "c050"), &tasks(&m2, "c050")));
+        // Endpoints only: the same cluster, its new endpoints staged.
+        assert!(same("c001") && m2.staged.len() == 1);
+        assert!(!same("c002"));
+        assert!(m2.get("c003").is_none() && m2.config("c003").is_none());
+        assert!(m2.get("c100").is_some());
+        // Only what changed is started again; what went or was replaced
+        // is stopped when the new manager goes live.
+        let mut fresh: Vec<&str> = m2.fresh.iter().map(|n| &**n).collect();
+        fresh.sort_unstable();
+        assert_eq!(fresh, ["c001", "c002", "c100"]);
+        assert_eq!(m2.retired.len(), 3);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let t = tasks(&m1, "c003").start(&stop).unwrap();
+        m2.retire_replaced();
+        assert!(t.is_cancelled());
+        assert!(tasks(&m2, "c050").start(&stop).is_some());
+        assert!(!tasks(&m2, "c050").0.get().unwrap().is_cancelled());
+        // A new cluster named like an unchanged one is refused (at the
+        // second of the two, as a first build would); a cluster moved
+        // elsewhere in the list is the same cluster.
+        let mut dup = second.clone();
+        dup.insert(0, cfg("c050", 3, 1000));
+        let e = ClusterManager::build_reusing(&dup, &reg, &src, false, Some((&m2, false)));
+        assert!(e.is_err_and(|e| e.field == "clusters[50].name"));
+        let mut dup = second.clone();
+        dup.push(cfg("c050", 3, 1000));
+        let e = ClusterManager::build_reusing(&dup, &reg, &src, false, Some((&m2, false)));
+        assert!(e.is_err_and(|e| e.field == "clusters[100].name"));
+        let mut moved = second.clone();
+        let c = moved.remove(50);
+        moved.insert(0, c.clone());
+        let m3 =
+            ClusterManager::build_reusing(&moved, &reg, &src, false, Some((&m2, false))).unwrap();
+        assert!(Arc::ptr_eq(
+            m3.get(&c.name).unwrap(),
+            m2.get(&c.name).unwrap()
+        ));
+        assert_eq!(m3.iter().count(), 100);
+        assert!(m3.fresh.is_empty() && m3.retired.is_empty());
     }
 
     #[test]

@@ -159,8 +159,7 @@ pub fn link(
         _ => None,
     };
     let links: Links = clusters
-        .iter()
-        .filter(|c| c.priority.zone.is_some())
+        .zone_aware()
         .map(|c| (c.clone(), local.clone()))
         .collect();
     if links.iter().any(|(_, l)| l.is_none()) {
