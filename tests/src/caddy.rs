@@ -15,13 +15,19 @@ impl Caddy {
     /// Caddy answering every request with `body`, a Caddyfile `respond`
     /// text (placeholders such as `{http.request.proto}` allowed).
     pub fn responding(port: u16, body: &str) -> Self {
+        Self::with_site(port, &format!("respond \"{body}\n\" 200"))
+    }
+
+    /// Caddy serving `site`, the directives of its one site block (with
+    /// its `tls` line added).
+    pub fn with_site(port: u16, site: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = workspace().join("examples/certs");
         let conf = dir.path().join("Caddyfile");
         std::fs::write(
             &conf,
             format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{body}\n\" 200\n}}\n",
+                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n{site}\n}}\n",
                 d = dir.path().display(),
                 crt = certs.join("server.pem").display(),
                 key = certs.join("server.key").display(),
