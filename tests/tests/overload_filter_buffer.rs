@@ -217,11 +217,25 @@ overload_manager:
         up = grpc.port,
     ));
     let port = mg.listener_port("http");
+    // A raw HTTP/1.1 GET: the status, the lowercased head, the body.
     let get = |len: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let name = "n".repeat(len);
-        curl(&[&format!(
-            "http://127.0.0.1:{port}/v1/shelves/1/books/{name}"
-        )])
+        let req = format!(
+            "GET /v1/shelves/1/books/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head.to_lowercase(), body.to_string())
     };
     // A 2 KiB answer: read whole within the budget, transcoded.
     let (status, _, body) = get(2048);
@@ -235,11 +249,7 @@ overload_manager:
     // the transcoder holds it.
     let (status, head, body) = get(12 << 10);
     assert_eq!(status, 503, "{body}");
-    assert_eq!(
-        head.get("x-envoy-overloaded").map(String::as_str),
-        Some("true"),
-        "{head:?}"
-    );
+    assert!(head.contains("x-envoy-overloaded: true"), "{head}");
     assert_eq!(mg.metric(REFUSED, &[]), 1.0);
     mg.wait_metric("meshgate_overload_buffered_bytes", &[], |v| v == 0.0);
 }
