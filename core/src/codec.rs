@@ -312,6 +312,34 @@ pub trait ClientCodec: Send + Sync + 'static {
     ) -> Result<UpstreamFuture, Request> {
         Err(req)
     }
+
+    /// A client of this codec's protocol for the active health checks of
+    /// one endpoint of `cluster` (`codec_client_type: HTTP3` on an http3
+    /// cluster): it keeps its own connection, outside the endpoint's
+    /// traffic pool and circuit breakers, as Envoy's checkers do. `None`
+    /// (the default): the codec has none, and such checks are refused
+    /// when the cluster is built.
+    fn health_check_client(
+        &self,
+        _cluster: &Arc<Cluster>,
+        _endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn HealthCheckClient>> {
+        None
+    }
+}
+
+/// An active health check's HTTP client (`ClientCodec::health_check_client`).
+pub trait HealthCheckClient: Send + 'static {
+    /// Sends `req` (no body) on the connection kept from the last check,
+    /// or a new one, and returns the response head (its body is read off
+    /// and dropped); `None` when the connection or the stream failed.
+    /// Without `reuse` (`reuse_connection: false`) the connection is
+    /// closed after the check.
+    fn check(
+        &mut self,
+        req: http::Request<()>,
+        reuse: bool,
+    ) -> Pin<Box<dyn Future<Output = Option<http::response::Parts>> + Send + '_>>;
 }
 
 /// A codec registered by name.

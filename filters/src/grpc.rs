@@ -7,7 +7,10 @@
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use meshgate_core::stream::{BodyError, LocalReason, Response, box_body, empty_body};
+use meshgate_core::overload::buffer::{FilterAccount, FilterOverBudget};
+use meshgate_core::stream::{
+    Body, BodyError, LocalReason, Response, StreamInfo, box_body, empty_body,
+};
 
 /// The gRPC status (grpc/doc/statuscodes.md) a gRPC client gets for a
 /// local reply.
@@ -106,8 +109,15 @@ pub(crate) struct Buffered {
 }
 
 /// Reads the body of `resp` as [`BufferResponse`] asks, when it does.
-pub(crate) async fn buffer_response(resp: &mut Response, b: BufferResponse) {
-    use http_body_util::BodyExt as _;
+///
+/// With the global memory budget on (`overload::buffer`), the bytes read
+/// count in it while they are held, until the downstream takes them; a
+/// chunk that would take the total over the budget, or
+/// `reset_high_memory_streams` picking this stream while it reads, drops
+/// what was read and answers the stream 503 with `x-envoy-overloaded` (a
+/// gRPC client: UNAVAILABLE), counted in
+/// `meshgate_overload_filter_buffer_refused_total`.
+pub(crate) async fn buffer_response(resp: &mut Response, info: &mut StreamInfo, b: BufferResponse) {
     if !(b.when)(resp) {
         return;
     }
@@ -115,18 +125,31 @@ pub(crate) async fn buffer_response(resp: &mut Response, b: BufferResponse) {
     let mut data = BytesMut::new();
     let mut trailers = None;
     let mut error = None;
+    let account = FilterAccount::new();
     let complete = loop {
         if data.len() > b.max_bytes {
             break false;
         }
-        match body.frame().await {
-            None => break true,
-            Some(Err(e)) => {
+        match next_frame(&mut body, account.as_ref()).await {
+            Err(FilterOverBudget) => {
+                *resp = meshgate_core::stream::local_reply(info, LocalReason::Overloaded);
+                return;
+            }
+            Ok(None) => break true,
+            Ok(Some(Err(e))) => {
                 error = Some(e);
                 break false;
             }
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) => data.extend_from_slice(&d),
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => {
+                    if let Some(a) = &account
+                        && a.charge(d.len() as u64).is_err()
+                    {
+                        *resp = meshgate_core::stream::local_reply(info, LocalReason::Overloaded);
+                        return;
+                    }
+                    data.extend_from_slice(&d)
+                }
                 Err(f) => {
                     if let Ok(t) = f.into_trailers() {
                         trailers = Some(t);
@@ -141,12 +164,67 @@ pub(crate) async fn buffer_response(resp: &mut Response, b: BufferResponse) {
         trailers: trailers.clone(),
         complete,
     });
-    *resp.body_mut() = box_body(Replay {
+    let replay = box_body(Replay {
         data: Some(data).filter(|d| !d.is_empty()),
         trailers,
         error,
         rest: (!complete).then_some(body),
     });
+    *resp.body_mut() = match account {
+        Some(a) => a.hold(replay),
+        None => replay,
+    };
+}
+
+/// The next frame of `body`; `Err` (counted) when `account` is reset for
+/// memory while waiting for it.
+pub(crate) async fn next_frame(
+    body: &mut Body,
+    account: Option<&FilterAccount>,
+) -> Result<Option<Result<http_body::Frame<Bytes>, BodyError>>, FilterOverBudget> {
+    use http_body_util::BodyExt as _;
+    match account {
+        Some(a) => tokio::select! {
+            f = body.frame() => Ok(f),
+            e = a.reset() => Err(e),
+        },
+        None => Ok(body.frame().await),
+    }
+}
+
+/// A body read whole, at most `limit` bytes, its bytes charged to
+/// `account` (the global memory budget) while they are read; the caller
+/// keeps the account while it holds them.
+pub(crate) async fn collect_counted(
+    mut body: Body,
+    limit: usize,
+    account: Option<&FilterAccount>,
+) -> Result<Bytes, CollectError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = next_frame(&mut body, account).await? {
+        let frame = frame.map_err(|e| CollectError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(CollectError::TooLarge);
+            }
+            if let Some(a) = account {
+                a.charge(data.len() as u64)?;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Why `collect_counted` gave up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CollectError {
+    #[error("the body is over its bound")]
+    TooLarge,
+    #[error("{0}")]
+    Body(String),
+    #[error(transparent)]
+    OverBudget(#[from] FilterOverBudget),
 }
 
 /// A body read by [`buffer_response`], given out again: the data, then
@@ -232,7 +310,7 @@ mod tests {
             max_bytes: 100,
             when: |_| true,
         };
-        buffer_response(&mut resp, b).await;
+        buffer_response(&mut resp, &mut info(), b).await;
         let got = resp.extensions().get::<Buffered>().unwrap().clone();
         assert!(got.complete);
         assert_eq!(&got.data[..], b"abcd");
@@ -254,6 +332,7 @@ mod tests {
         let mut resp = http::Response::new(box_body(body));
         buffer_response(
             &mut resp,
+            &mut info(),
             BufferResponse {
                 max_bytes: 2,
                 when: |_| true,

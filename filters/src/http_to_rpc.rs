@@ -8,12 +8,14 @@
 //! `meshgate_http_to_rpc_rejected_total`, every answer in
 //! `meshgate_http_to_rpc_responses_total`.
 
+use crate::grpc::{CollectError, collect_counted};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use meshgate_core::cluster::Cluster;
 use meshgate_core::config::http_to_rpc::HttpToRpc;
 use meshgate_core::forward::{ForwardPolicy, forward};
 use meshgate_core::metrics::names;
+use meshgate_core::overload::buffer::FilterAccount;
 use meshgate_core::stream::{LocalReason, Request, Response, StreamInfo, full_body};
 use meshgate_protocols::rpc::http_gateway::{self, Inputs, Rejection};
 use meshgate_protocols::rpc::{FrameKind, RpcFrame};
@@ -33,6 +35,19 @@ fn answer(proto: &'static str, status: StatusCode, body: &Value) -> Response {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp
+}
+
+/// A body refused by the global memory budget: 503 with
+/// `x-envoy-overloaded`, as a local reply for the same reason.
+fn overloaded(proto: &'static str) -> Response {
+    let mut resp = answer(
+        proto,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "overloaded", "message": format!("meshgate: {}", LocalReason::Overloaded.message())}),
+    );
+    resp.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
     resp
 }
 
@@ -64,11 +79,15 @@ pub async fn call(
         );
     };
     let vars: Vec<String> = vars.into_iter().map(str::to_string).collect();
+    // The request body read and the response body read count in the
+    // global memory budget while this call holds them (`overload::buffer`).
+    let account = FilterAccount::new();
     let body = if plan.reads_body {
         let b = std::mem::replace(req.body_mut(), meshgate_core::stream::empty_body());
-        match meshgate_core::callout::collect_bounded(b, plan.max_body_bytes).await {
-            Ok((b, _)) => b,
-            Err(meshgate_core::callout::CalloutError::TooLarge(_)) => {
+        match collect_counted(b, plan.max_body_bytes, account.as_ref()).await {
+            Ok(b) => b,
+            Err(CollectError::OverBudget(_)) => return overloaded(proto),
+            Err(CollectError::TooLarge) => {
                 return reject(
                     proto,
                     &Rejection {
@@ -122,7 +141,15 @@ pub async fn call(
         head: built.head,
         traceparent: None,
     });
-    let resp = forward(cluster, up, info, policy, hash).await;
+    let call = forward(cluster, up, info, policy, hash);
+    let resp = match &account {
+        // Reset for memory while the call holds the body: shed at once.
+        Some(a) => tokio::select! {
+            r = call => r,
+            _ = a.reset() => return overloaded(proto),
+        },
+        None => call.await,
+    };
     let (mut parts, body) = resp.into_parts();
     if let Some(reason) = parts.extensions.remove::<LocalReason>() {
         let (status, error) = match reason {
@@ -146,10 +173,11 @@ pub async fn call(
     match parts.extensions.remove::<RpcFrame>() {
         Some(f) if f.protocol == proto && f.kind == FrameKind::Response => {
             // Bounded by the cluster's `max_body_bytes` already.
-            let bytes = meshgate_core::callout::collect_bounded(body, usize::MAX)
-                .await
-                .map(|(b, _)| b)
-                .unwrap_or_default();
+            let bytes = match collect_counted(body, usize::MAX, account.as_ref()).await {
+                Ok(b) => b,
+                Err(CollectError::OverBudget(_)) => return overloaded(proto),
+                Err(_) => Bytes::new(),
+            };
             let out = http_gateway::decode_response(plan.protocol, &f.head, &bytes);
             answer(proto, out.status, &out.body)
         }

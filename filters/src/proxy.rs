@@ -820,7 +820,7 @@ impl ProxyHandler {
                 .get::<crate::grpc::BufferResponse>()
                 .copied()
             {
-                crate::grpc::buffer_response(&mut resp, b).await;
+                crate::grpc::buffer_response(&mut resp, &mut info, b).await;
             }
             if let (Some(l), Some(seen)) = (&self.local_replies, &seen_by_replies) {
                 l.apply(&mut resp, &info, seen);

@@ -83,6 +83,7 @@ impl CodecFactory for Http3Codec {
         Ok(Arc::new(Http3Client {
             inner: Arc::new(ClientInner {
                 endpoints: std::sync::Mutex::new(None),
+                hc_endpoints: std::sync::Mutex::new(None),
                 max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
             }),
         }))
@@ -613,6 +614,9 @@ struct ClientOptions {
 struct ClientInner {
     /// The client QUIC endpoints (IPv4 and IPv6), bound on first use.
     endpoints: std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
+    /// The active health checks' own QUIC endpoints, bound on the first
+    /// check (on the checkers' runtime, which then drives them).
+    hc_endpoints: std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
     /// `max_concurrent_streams` (`u32::MAX`: unset).
     max_streams: u32,
 }
@@ -671,7 +675,14 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 impl ClientInner {
     fn endpoint(&self, v6: bool) -> std::io::Result<quinn::Endpoint> {
-        let mut eps = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        Self::endpoint_of(&self.endpoints, v6)
+    }
+
+    fn endpoint_of(
+        slot: &std::sync::Mutex<Option<(quinn::Endpoint, quinn::Endpoint)>>,
+        v6: bool,
+    ) -> std::io::Result<quinn::Endpoint> {
+        let mut eps = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((v4, v6e)) = eps.as_ref() {
             return Ok(if v6 { v6e.clone() } else { v4.clone() });
         }
@@ -853,7 +864,109 @@ async fn try_send(
     Ok((head, rx))
 }
 
+/// An HTTP/3 active health check of one endpoint
+/// (`codec_client_type: HTTP3`): its own QUIC connection, kept from one
+/// check to the next with `reuse_connection`, outside the endpoint's
+/// traffic pool and circuit breakers (as Envoy's checkers).
+struct Http3HealthCheck {
+    inner: Arc<ClientInner>,
+    tls: Option<Arc<meshgate_core::tls::UpstreamTls>>,
+    addr: std::net::SocketAddr,
+    conn: Option<HcConn>,
+}
+
+struct HcConn {
+    quic: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// A check was cut (by its timeout) before it finished: the
+    /// connection is not trusted for the next one.
+    busy: bool,
+}
+
+impl Drop for HcConn {
+    fn drop(&mut self) {
+        self.quic.close(0u32.into(), b"");
+    }
+}
+
+impl Http3HealthCheck {
+    async fn connect(&self, authority: Option<&str>) -> Option<HcConn> {
+        let tls = self.tls.as_ref()?;
+        let mut cfg = tls.quic_client_config().ok()?;
+        cfg.transport_config(transport());
+        let ep = ClientInner::endpoint_of(&self.inner.hc_endpoints, self.addr.is_ipv6()).ok()?;
+        let name = tls.server_name_for(authority, self.addr);
+        let quic = ep.connect_with(cfg, self.addr, &name).ok()?.await.ok()?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Some(HcConn {
+            quic,
+            send,
+            busy: false,
+        })
+    }
+
+    async fn exchange(&mut self, req: http::Request<()>) -> Option<http::response::Parts> {
+        // A kept connection the server closed (or that went silent: the
+        // keep-alive's idle timeout), or one a cut check left mid-request,
+        // is not the endpoint's health: a new one.
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.busy || c.quic.close_reason().is_some())
+        {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let authority = req.uri().authority().map(|a| a.host().to_string());
+            self.conn = Some(self.connect(authority.as_deref()).await?);
+        }
+        let conn = self.conn.as_mut()?;
+        conn.busy = true;
+        let mut stream = conn.send.send_request(req).await.ok()?;
+        stream.finish().await.ok()?;
+        let resp = stream.recv_response().await.ok()?;
+        // The body is not read: dropping the stream stops it.
+        conn.busy = false;
+        Some(resp.into_parts().0)
+    }
+}
+
+impl meshgate_core::codec::HealthCheckClient for Http3HealthCheck {
+    fn check(
+        &mut self,
+        mut req: http::Request<()>,
+        reuse: bool,
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<http::response::Parts>> + Send + '_>> {
+        *req.version_mut() = http::Version::HTTP_3;
+        Box::pin(async move {
+            let r = self.exchange(req).await;
+            if r.is_none() || !reuse {
+                self.conn = None;
+            }
+            r
+        })
+    }
+}
+
 impl ClientCodec for Http3Client {
+    fn health_check_client(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn meshgate_core::codec::HealthCheckClient>> {
+        Some(Box::new(Http3HealthCheck {
+            inner: self.inner.clone(),
+            tls: cluster.tls_for(endpoint).cloned(),
+            addr: endpoint.health_check_address(),
+            conn: None,
+        }))
+    }
+
     fn send(
         &self,
         cluster: &Arc<Cluster>,

@@ -21,13 +21,24 @@ impl Caddy {
     /// `responding`, with only `protocols` enabled (Caddy's `servers
     /// { protocols }`, e.g. `h1`: its TLS offers only `http/1.1` by ALPN).
     pub fn speaking(port: u16, body: &str, protocols: &str) -> Self {
+        Self::site_speaking(port, &format!("\trespond \"{body}\n\" 200"), protocols)
+    }
+
+    /// Caddy serving `site`, the directives of its one site block (with
+    /// its `tls` line added).
+    pub fn with_site(port: u16, site: &str) -> Self {
+        Self::site_speaking(port, site, "h1 h2 h3")
+    }
+
+    /// `with_site`, with only `protocols` enabled.
+    pub fn site_speaking(port: u16, site: &str, protocols: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = workspace().join("examples/certs");
         let conf = dir.path().join("Caddyfile");
         std::fs::write(
             &conf,
             format!(
-                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols {protocols}\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n\trespond \"{body}\n\" 200\n}}\n",
+                "{{\n\tadmin off\n\tstorage file_system {d}/data\n\tservers {{\n\t\tprotocols {protocols}\n\t}}\n}}\nhttps://localhost:{port} {{\n\ttls {crt} {key}\n{site}\n}}\n",
                 d = dir.path().display(),
                 crt = certs.join("server.pem").display(),
                 key = certs.join("server.key").display(),

@@ -107,10 +107,12 @@ fn health_check(mut h: core3::HealthCheck, path: &str) -> R<HealthCheckConfig> {
             let codec = match x.codec_client_type {
                 0 => CodecClientType::HTTP1,
                 1 => CodecClientType::HTTP2,
-                _ => {
+                // Only on an http3 cluster (checked when the cluster is built).
+                2 => CodecClientType::HTTP3,
+                c => {
                     return err(
                         format!("{p}.codec_client_type"),
-                        "only HTTP1 and HTTP2 are supported",
+                        format!("unknown codec client type {c}"),
                     );
                 }
             };

@@ -1,7 +1,8 @@
 //! Active health checking of a cluster's endpoints (Envoy's
 //! `health_checks`): HTTP/1.1, HTTP/2, gRPC (`grpc.health.v1.Health/Check`)
 //! and TCP (send/receive) probes, over the cluster's TLS when it
-//! originates TLS.
+//! originates TLS; HTTP/3 probes on an http3 cluster, through its codec's
+//! `HealthCheckClient` (QUIC lives in the protocols crate).
 //!
 //! One `HealthChecker` per cluster, owned by the `Cluster`; its supervisor
 //! task (one per cluster, not per worker) starts once, when the cluster
@@ -31,6 +32,7 @@
 //! `PENDING_ACTIVE_HC`.
 
 use super::{Cluster, Endpoint};
+use crate::codec::HealthCheckClient;
 use crate::config::health_check::{
     CodecClientType, HealthCheckConfig, RpcHeartbeat, StatusRange, decode_hex,
 };
@@ -150,8 +152,28 @@ struct EndpointState {
 
 impl EndpointState {
     /// Writes the endpoint's active-check flags from the checks' bits.
+    /// Writes nothing when they already match (the common case: a check
+    /// that changed nothing), so the endpoint's flags stay a shared cache
+    /// line for the workers that read them on every pick.
     fn publish(&self, e: &Endpoint) {
         let cell = e.health_flags();
+        let want = |bits: &AtomicU32, flag: u8| {
+            if bits.load(Ordering::Relaxed) != 0 {
+                flag
+            } else {
+                0
+            }
+        };
+        let mask = HealthFlags::FAILED_ACTIVE_HC
+            | HealthFlags::DEGRADED_ACTIVE_HC
+            | HealthFlags::PENDING_ACTIVE_HC;
+        if cell.flags() & mask
+            == want(&self.failed, HealthFlags::FAILED_ACTIVE_HC)
+                | want(&self.degraded, HealthFlags::DEGRADED_ACTIVE_HC)
+                | want(&self.pending, HealthFlags::PENDING_ACTIVE_HC)
+        {
+            return;
+        }
         cell.put_flag(
             HealthFlags::FAILED_ACTIVE_HC,
             self.failed.load(Ordering::Relaxed) != 0,
@@ -277,6 +299,20 @@ impl HealthChecker {
         }))
     }
 
+    /// The index of the first HTTP/3 check (`codec_client_type: HTTP3`),
+    /// which only a codec with a health-check client (http3) can run.
+    pub fn http3_check(&self) -> Option<usize> {
+        self.checks.iter().position(|c| {
+            matches!(
+                c.probe,
+                Probe::Http {
+                    version: CodecClientType::HTTP3,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Marks endpoints new to the cluster as not checked yet (failed and
     /// pending), before the load balancer can see them, and wakes the
     /// supervisor to check them.
@@ -302,7 +338,7 @@ impl HealthChecker {
         let tls = self.tls.clone();
         let stats = self.stats.clone();
         let name = self.cluster;
-        tokio::spawn(supervise(Supervisor {
+        let task = supervise(Supervisor {
             name,
             cluster: weak,
             stop,
@@ -310,8 +346,40 @@ impl HealthChecker {
             checks,
             tls,
             stats,
-        }));
+        });
+        match checker_runtime() {
+            Some(rt) => drop(rt.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
     }
+}
+
+/// The runtime every cluster's checks run on: one thread of its own with
+/// tokio's current-thread scheduler (Envoy runs its health checkers on its
+/// main thread), started on first use; `None` if the thread cannot be
+/// started (the checks then run on the workers).
+///
+/// On the workers' work-stealing runtime each answer that woke the worker
+/// holding the reactor also unparked a second worker to look for work
+/// (a futex wake and two context switches for nothing): a thousand checks
+/// a second spent a fifth of their CPU switching threads (perf,
+/// `finish_task_switch`). Here a wake-up is one thread leaving
+/// `epoll_wait`, and the checks never take a worker from proxied traffic.
+fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("meshgate-hc".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .ok()?;
+        Some(handle)
+    })
+    .as_ref()
 }
 
 struct Supervisor {
@@ -381,6 +449,16 @@ async fn supervise(s: Supervisor) {
                         stats: s.stats.clone(),
                         changed: s.changed.clone(),
                         epoch,
+                        client: match check.probe {
+                            Probe::Http {
+                                version: CodecClientType::HTTP3,
+                                ..
+                            } => cluster
+                                .upstream
+                                .as_ref()
+                                .and_then(|u| u.health_check_client(&cluster, e)),
+                            _ => None,
+                        },
                     }),
                     reg,
                 ));
@@ -445,6 +523,8 @@ struct CheckTask {
     changed: Arc<tokio::sync::Notify>,
     /// The cluster's check grid origin (`on_grid`).
     epoch: tokio::time::Instant,
+    /// The codec's client of an HTTP/3 check.
+    client: Option<Box<dyn HealthCheckClient>>,
 }
 
 /// The largest delay `on_grid` adds to a check. 100 ms rather than a
@@ -552,7 +632,7 @@ fn next_interval(cfg: &HealthCheckConfig, failed: bool, edge: bool, traffic: boo
     d
 }
 
-async fn check_loop(t: CheckTask) {
+async fn check_loop(mut t: CheckTask) {
     let cfg = &t.check.cfg;
     if let Some(j) = cfg.initial_jitter {
         tokio::time::sleep(random_up_to(j)).await;
@@ -564,6 +644,7 @@ async fn check_loop(t: CheckTask) {
     let mut bufs = Buffers {
         request: http1_request(&t.check.probe, &t.endpoint, reuse),
         read: Vec::new(),
+        client: t.client.take(),
     };
     loop {
         t.stats.attempt.increment(1);
@@ -707,6 +788,8 @@ struct Buffers {
     request: Vec<u8>,
     /// A response head read.
     read: Vec<u8>,
+    /// The codec's client of an HTTP/3 check (it keeps its connection).
+    client: Option<Box<dyn HealthCheckClient>>,
 }
 
 /// The HTTP/1.1 request of an `http_health_check` with the HTTP1 codec, as
@@ -858,6 +941,39 @@ async fn probe_once(
                         retriable,
                     ),
                     Some(Kept::H2(conn)),
+                ),
+                None => (Verdict::Network, None),
+            }
+        }
+        Probe::Http {
+            version: CodecClientType::HTTP3,
+            method,
+            path,
+            host,
+            headers,
+            expected,
+            retriable,
+        } => {
+            let host = host_override.unwrap_or(host);
+            let mut b = http::Request::builder()
+                .method(method.clone())
+                .uri(format!("https://{host}{path}"))
+                .header(http::header::USER_AGENT, "meshgate-health-check");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            let (Ok(req), Some(client)) = (b.body(()), bufs.client.as_mut()) else {
+                return (Verdict::Network, None);
+            };
+            match client.check(req, reuse).await {
+                Some(head) => (
+                    classify(
+                        head.status.as_u16(),
+                        head.headers.contains_key("x-envoy-degraded"),
+                        expected,
+                        retriable,
+                    ),
+                    None,
                 ),
                 None => (Verdict::Network, None),
             }

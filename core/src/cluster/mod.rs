@@ -1667,6 +1667,15 @@ fn build_cluster(
         hc.endpoints_added(cluster.hosts().endpoints.iter());
     }
     let protocol = c.protocol.as_deref().unwrap_or("http1");
+    // An HTTP/3 check runs on the codec's own health-check client.
+    if let Some(i) = cluster.health_check.as_ref().and_then(|h| h.http3_check())
+        && protocol != "http3"
+    {
+        return Err(source.error(
+            format!("{path}.health_checks[{i}].http_health_check.codec_client_type"),
+            format!("HTTP3 checks need an http3 cluster (protocol: http3), not {protocol}"),
+        ));
+    }
     if auto {
         let built = registry
             .codec("http2")

@@ -212,6 +212,8 @@ pub enum CodecClientType {
     #[default]
     HTTP1,
     HTTP2,
+    /// Over QUIC, on a cluster whose `protocol` is http3.
+    HTTP3,
 }
 
 /// Envoy's `HealthCheck.TcpHealthCheck`: connect, send `send`, expect
