@@ -82,6 +82,8 @@ pub struct Endpoint {
     /// this host (`set_health_check_config`).
     pub health_check_port: Option<u16>,
     pub health_check_hostname: Option<Arc<str>>,
+    /// Its sampled client spans' attributes, built on first use.
+    trace_peer: std::sync::OnceLock<Arc<crate::trace::otlp::PeerAttrs>>,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use. A
@@ -132,6 +134,7 @@ impl Endpoint {
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
             outlier: std::sync::OnceLock::new(),
+            trace_peer: std::sync::OnceLock::new(),
             health_check_port: None,
             health_check_hostname: None,
         }
@@ -147,6 +150,18 @@ impl Endpoint {
             self.health_check_port = c.port("").ok().flatten();
             self.health_check_hostname =
                 (!c.hostname.is_empty()).then(|| c.hostname.as_str().into());
+        }
+    }
+
+    /// Its attributes on a sampled client span of `cluster` (built once;
+    /// an endpoint seen under another cluster's name gets its own).
+    pub fn trace_peer(&self, cluster: &'static str) -> Arc<crate::trace::otlp::PeerAttrs> {
+        let build = || Arc::new(crate::trace::otlp::PeerAttrs::new(cluster, self.address));
+        let p = self.trace_peer.get_or_init(build);
+        if p.cluster == cluster {
+            p.clone()
+        } else {
+            build()
         }
     }
 
