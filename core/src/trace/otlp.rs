@@ -197,7 +197,29 @@ pub(super) fn key_value_len(key: &str, value: Value<'_>) -> usize {
 pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Value<'_>) {
     // Each length once (a span has a dozen attributes).
     let any = any_len(value);
-    w.open(field, field_len(key.len()) + field_len(any));
+    let kv = field_len(key.len()) + field_len(any);
+    // The usual attribute (field below 16, the whole entry under 128
+    // bytes: every length a one-byte varint) writes its field heads as
+    // two 4-byte appends instead of eight single-byte pushes, each with
+    // its capacity check (the pushes were most of an attribute's cost:
+    // benches/RESULTS.md).
+    if field < 16 && kv < 0x80 {
+        let (k, a) = (key.len() as u8, any as u8);
+        w.0.extend_from_slice(&[(field << 3 | 2) as u8, kv as u8, 0x0a, k]);
+        w.0.extend_from_slice(key.as_bytes());
+        match value {
+            Value::Str(s) => {
+                w.0.extend_from_slice(&[0x12, a, 0x0a, s.len() as u8]);
+                w.0.extend_from_slice(s.as_bytes());
+            }
+            Value::Int(i) => {
+                w.0.extend_from_slice(&[0x12, a, 0x18]);
+                w.varint(i as u64);
+            }
+        }
+        return;
+    }
+    w.open(field, kv);
     w.bytes(1, key.as_bytes());
     w.open(2, any);
     match value {
