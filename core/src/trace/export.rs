@@ -306,7 +306,6 @@ impl<R: Record> Drop for Queuing<'_, R> {
 }
 
 impl<R: Record> Exporter<R> {
-
     fn spawn(&self) {
         let task = Task {
             cluster: self.cluster.clone(),

@@ -694,7 +694,11 @@ pub enum StreamTrace {
 /// An upstream try starts (`crate::forward`): with `spawn_upstream_span`,
 /// a sampled stream gets a client span and the upstream its context.
 #[inline]
-pub fn attempt_begin(info: &mut StreamInfo, req: &mut Request, endpoint: &crate::cluster::Endpoint) {
+pub fn attempt_begin(
+    info: &mut StreamInfo,
+    req: &mut Request,
+    endpoint: &crate::cluster::Endpoint,
+) {
     if let StreamTrace::Sampled(a) = &mut info.trace {
         begin_sampled(
             a,

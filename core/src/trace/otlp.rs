@@ -483,9 +483,7 @@ mod tests {
             start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
             end_unix_nanos: if i == 4 { 0 } else { 1_700_000_000_000_000_999 },
             attributes,
-            peer: i
-                .is_multiple_of(3)
-                .then(|| &peers[i / 3 % peers.len()]),
+            peer: i.is_multiple_of(3).then(|| &peers[i / 3 % peers.len()]),
             tags,
             error: !i.is_multiple_of(2),
         }
