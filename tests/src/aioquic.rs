@@ -17,9 +17,7 @@ pub fn client() -> PathBuf {
         .output()
         .expect("python3 with aioquic (tests/run.sh installs it)");
     assert!(installed.status.success(), "aioquic is not installed");
-    let version = String::from_utf8_lossy(&installed.stdout)
-        .trim()
-        .to_string();
+    let version = String::from_utf8_lossy(&installed.stdout).trim().to_string();
     let cached = std::fs::read_to_string(cache.join("aioquic/PKG-INFO")).unwrap_or_default();
     if client.exists() && cached.lines().any(|l| l == format!("Version: {version}")) {
         return client;
