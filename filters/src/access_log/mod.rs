@@ -198,13 +198,13 @@ impl AccessLogs {
             return resp;
         };
         for t in earlier {
-            self.log_try(info, &up, t, None, None);
+            self.log_try(info, &up, t, None);
         }
         let streams = last.end.is_some()
             && last.failure.is_none()
             && !http_body::Body::is_end_stream(resp.body());
         if !streams {
-            self.log_try(info, &up, last, Some(&resp), None);
+            self.log_try(info, &up, last, Some(&resp));
             return resp;
         }
         // The copy leaves out the sampled trace's state (not logged).
@@ -228,16 +228,15 @@ impl AccessLogs {
         Response::from_parts(parts, body)
     }
 
-    /// Writes the entry of try `t`. `resp` is the stream's response when
-    /// `t` is the last try; `received` its response body bytes when
-    /// counted to its end.
+    /// Writes the entry of try `t` (one whose body is not counted here:
+    /// a retried one, or a last one that failed or had no body). `resp`
+    /// is the stream's response when `t` is the last try.
     fn log_try(
         &self,
         info: &StreamInfo,
         up: &UpstreamHead,
         t: &meshgate_core::stream::UpstreamTry,
         resp: Option<&Response>,
-        received: Option<u64>,
     ) {
         // A try still open (e.g. cut by the route timeout) ends here,
         // with the stream's outcome.
@@ -264,7 +263,7 @@ impl AccessLogs {
             }
         }
         ctx.bytes_sent = t.request_bytes.unwrap_or(0);
-        ctx.bytes_received = received.or(t.response_bytes).unwrap_or(0);
+        ctx.bytes_received = t.response_bytes.unwrap_or(0);
         ctx.status = Some(t.status.unwrap_or(0));
         ctx.details = Some(t.failure.unwrap_or("via_upstream"));
         ctx.flags = Flags::of_try(&t);
