@@ -426,12 +426,36 @@ fn try_begin(
             headers: None,
             retry_limit_exceeded: false,
             request_bytes,
+            response_bytes: None,
         });
     }
 }
 
 /// Upstream tries kept for the `upstream_log` of one stream.
 const MAX_LOGGED_TRIES: usize = 64;
+
+/// Most body bytes `arrived_bytes` reads of a retried response.
+const MAX_DRAINED: u64 = 64 * 1024;
+
+/// The body bytes of a retried response that already arrived, read
+/// without waiting (its frames are polled until one would wait, the body
+/// ends, or `MAX_DRAINED` were read: a fast upstream cannot hold the
+/// stream here) and dropped, for the try's upstream log entry. A body
+/// read to its end also lets an HTTP/1.1 connection go back to its pool.
+fn arrived_bytes(resp: Response) -> u64 {
+    let mut body = resp.into_body();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut n = 0u64;
+    while n < MAX_DRAINED {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                n += f.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => break,
+        }
+    }
+    n
+}
 
 /// The router's `upstream_log`: the last try ended with `a`.
 fn try_end(tries: &mut [crate::stream::UpstreamTry], a: &Attempt) {
@@ -585,9 +609,12 @@ async fn retrying(
                 }
             };
             // The retried response is dropped (its exchange ends) before
-            // the wait.
-            if let Attempt::Retry(_, r) = &mut last {
-                *r = None;
+            // the wait; the upstream log counts what its body had sent.
+            if let Attempt::Retry(_, r) = &mut last
+                && let Some(r) = r.take()
+                && let Some(t) = info.upstream_tries.as_mut().and_then(|t| t.last_mut())
+            {
+                t.response_bytes = Some(arrived_bytes(r));
             }
             tokio::time::sleep(wait).await;
         }
@@ -977,7 +1004,7 @@ fn start(
             crate::router::envoy_headers::int_value(u64::from(info.upstream_attempts)),
         );
     }
-    crate::trace::attempt_begin(info, &mut req, endpoint.address);
+    crate::trace::attempt_begin(info, &mut req, &endpoint);
     if let Some(tries) = &mut info.upstream_tries {
         try_begin(
             tries,

@@ -164,6 +164,11 @@ pub struct UpstreamTry {
     /// Request body bytes sent on this try, when known (a body kept for
     /// retries, or one of a known length).
     pub request_bytes: Option<u64>,
+    /// Response body bytes received on this try (Envoy's upstream
+    /// `%BYTES_RECEIVED%`): for a retried response, what had arrived
+    /// when it was dropped; the last try's are counted as its body
+    /// streams (`None`: not counted here).
+    pub response_bytes: Option<u64>,
 }
 
 impl StreamInfo {

@@ -544,7 +544,7 @@ struct ProxyHandler {
     /// `tracing`, when set (meshgate_core::trace).
     tracing: Option<Arc<meshgate_core::trace::Tracer>>,
     /// The router's `upstream_log`, when set: one entry per upstream try.
-    upstream_log: Option<crate::access_log::AccessLogs>,
+    upstream_log: Option<Arc<crate::access_log::AccessLogs>>,
     /// A log reads `%UPSTREAM_LOCAL_ADDRESS%`: the upstream codec is asked
     /// for its connection's local address.
     want_upstream_local: bool,
@@ -558,7 +558,7 @@ fn build_upstream_log(
     filters: &[meshgate_core::config::filters::StreamFilterConfig],
     router: &meshgate_core::config::router::RouterFilterConfig,
     ctx: &BuildContext<'_>,
-) -> Result<Option<crate::access_log::AccessLogs>, BuildError> {
+) -> Result<Option<Arc<crate::access_log::AccessLogs>>, BuildError> {
     let i = filters
         .iter()
         .position(|f| f.name == crate::chain::ENVOY_ROUTER)
@@ -582,7 +582,7 @@ fn build_upstream_log(
         return Ok(None);
     }
     crate::access_log::AccessLogs::build_list(&router.upstream_log, Some(ctx))
-        .map(Some)
+        .map(|l| Some(Arc::new(l)))
         .map_err(|e| {
             BuildError::new(
                 meshgate_core::error::join_path(&format!("{p}.upstream_log"), &e.path),
@@ -1103,8 +1103,8 @@ impl ProxyHandler {
                         .get::<meshgate_core::stream::UpstreamLocalAddress>()
                         .map(|a| a.0);
                 }
-                if let (Some(log), Some(up)) = (&self.upstream_log, &up_head) {
-                    log.log_tries(info, up, &resp);
+                if let (Some(log), Some(up)) = (&self.upstream_log, up_head) {
+                    resp = log.log_tries(info, up, resp);
                 }
                 if let Some(f) = c.fallback() {
                     let policy = c.forward_policy();

@@ -744,3 +744,64 @@ clusters:
     assert_eq!(f[1][..4], ["/status/503", "2", "503", "URX"], "{got:?}");
     assert_eq!(f[0][6], "0", "{got:?}");
 }
+
+/// `%BYTES_RECEIVED%` of each upstream try is the response body received
+/// on that try: the retried 503's own 13 bytes, and the retry's streamed
+/// body (five 7-byte chunks 100 ms apart), whose entry waits for that
+/// body's end (its `%DURATION%` spans the chunks, its
+/// `%RESPONSE_DURATION%` stops at the head).
+#[test]
+fn upstream_log_entries_carry_each_tries_bytes_received() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let mg = Meshgate::start(&format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              stream_filters:
+                - name: envoy.filters.http.router
+                  config:
+                    upstream_log:
+                      - name: envoy.access_loggers.file
+                        typed_config: {{path: "{up}", log_format: {{text_format: "%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%BYTES_RECEIVED%|%BYTES_SENT%|%DURATION%|%RESPONSE_DURATION%\n"}}}}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route:
+                          cluster: svc
+                          retry_policy: {{retry_on: 5xx, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
+clusters:
+  - name: svc
+    endpoints: [{{address: "{b}"}}]
+"#,
+        up = up.display(),
+        b = backend.addr,
+    ));
+    let port = mg.listener_port("web");
+    let (s, _, body) = curl(&[
+        "-d",
+        "hello",
+        &format!("http://127.0.0.1:{port}/fail-once/stream"),
+    ]);
+    assert_eq!(s, 200);
+    assert_eq!(body.len(), 35, "{body}");
+    let got = lines(&up, 2);
+    let f: Vec<Vec<&str>> = got.iter().map(|l| l.split('|').collect()).collect();
+    // "failing once\n": the retried try's own body.
+    assert_eq!(f[0][..4], ["1", "503", "13", "5"], "{got:?}");
+    assert_eq!(f[1][..4], ["2", "200", "35", "5"], "{got:?}");
+    let ms = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{got:?}"));
+    assert!(ms(f[1][4]) >= 400, "the entry waited for the body: {got:?}");
+    assert!(ms(f[1][5]) < ms(f[1][4]), "{got:?}");
+}

@@ -84,6 +84,8 @@ pub struct Endpoint {
     pub health_check_hostname: Option<Arc<str>>,
     /// `protocol: auto`: the HTTP protocol its handshakes choose by ALPN.
     pub alpn: crate::pool::LearnedAlpn,
+    /// Its sampled client spans' attributes, built on first use.
+    trace_peer: std::sync::OnceLock<Arc<crate::trace::otlp::PeerAttrs>>,
 }
 
 /// An endpoint's pool: set once, by the cluster's codec on first use. A
@@ -134,6 +136,7 @@ impl Endpoint {
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
             outlier: std::sync::OnceLock::new(),
+            trace_peer: std::sync::OnceLock::new(),
             health_check_port: None,
             health_check_hostname: None,
             alpn: crate::pool::LearnedAlpn::default(),
@@ -150,6 +153,18 @@ impl Endpoint {
             self.health_check_port = c.port("").ok().flatten();
             self.health_check_hostname =
                 (!c.hostname.is_empty()).then(|| c.hostname.as_str().into());
+        }
+    }
+
+    /// Its attributes on a sampled client span of `cluster` (built once;
+    /// an endpoint seen under another cluster's name gets its own).
+    pub fn trace_peer(&self, cluster: &'static str) -> Arc<crate::trace::otlp::PeerAttrs> {
+        let build = || Arc::new(crate::trace::otlp::PeerAttrs::new(cluster, self.address));
+        let p = self.trace_peer.get_or_init(build);
+        if p.cluster == cluster {
+            p.clone()
+        } else {
+            build()
         }
     }
 

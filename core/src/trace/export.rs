@@ -238,37 +238,74 @@ impl<R: Record> Exporter<R> {
 
     /// Queues a finished span (encoded now); never waits.
     pub fn submit(&self, span: R::Ref<'_>) {
-        self.started.get_or_init(|| self.spawn());
-        let (first, full) = {
-            let mut q = self.shared.lock();
-            if q.waiting >= QUEUE {
-                drop(q);
-                self.dropped_full.increment(1);
-                return;
-            }
-            let body = &mut q.open.body;
-            if body.is_empty() {
-                body.resize(self.head_room, 0);
-            }
-            self.transport.encode(&self.service_name, &span, body);
-            q.open.spans += 1;
-            q.waiting += 1;
-            let first = q.waiting == 1;
-            let full = q.open.spans >= self.batch;
-            if full {
-                let b = std::mem::take(&mut q.open);
-                q.ready.push_back(b);
-            }
-            (first, full)
-        };
-        if first {
-            self.shared.first.notify_one();
-        }
-        if full {
-            self.shared.full.notify_one();
-        }
+        self.queue().push(span);
     }
 
+    /// Queues several spans (a stream's client and server spans) under
+    /// one lock of the queue: `Queuing::push` each, the task is woken
+    /// when it is dropped.
+    pub fn queue(&self) -> Queuing<'_, R> {
+        self.started.get_or_init(|| self.spawn());
+        Queuing {
+            exporter: self,
+            q: Some(self.shared.lock()),
+            first: false,
+            full: false,
+        }
+    }
+}
+
+/// The exporter's queue, locked for a stream's spans (`Exporter::queue`).
+pub struct Queuing<'e, R: Record> {
+    exporter: &'e Exporter<R>,
+    q: Option<std::sync::MutexGuard<'e, Queue>>,
+    first: bool,
+    full: bool,
+}
+
+impl<R: Record> Queuing<'_, R> {
+    /// Encodes `span` into the open batch, or counts it dropped when
+    /// `QUEUE` spans wait.
+    pub fn push(&mut self, span: R::Ref<'_>) {
+        let e = self.exporter;
+        let Some(q) = self.q.as_mut() else {
+            return;
+        };
+        if q.waiting >= QUEUE {
+            e.dropped_full.increment(1);
+            return;
+        }
+        let body = &mut q.open.body;
+        if body.is_empty() {
+            body.resize(e.head_room, 0);
+        }
+        e.transport.encode(&e.service_name, &span, body);
+        q.open.spans += 1;
+        q.waiting += 1;
+        self.first |= q.waiting == 1;
+        if q.open.spans >= e.batch {
+            let b = std::mem::take(&mut q.open);
+            q.ready.push_back(b);
+            self.full = true;
+        }
+    }
+}
+
+impl<R: Record> Drop for Queuing<'_, R> {
+    fn drop(&mut self) {
+        // Unlocked before the task is woken.
+        drop(self.q.take());
+        let shared = &self.exporter.shared;
+        if self.first {
+            shared.first.notify_one();
+        }
+        if self.full {
+            shared.full.notify_one();
+        }
+    }
+}
+
+impl<R: Record> Exporter<R> {
     fn spawn(&self) {
         let task = Task {
             cluster: self.cluster.clone(),
@@ -387,6 +424,7 @@ mod tests {
             start_unix_nanos: 1,
             end_unix_nanos: 2,
             attributes: &attrs,
+            peer: None,
             tags: &[],
             error: false,
         };

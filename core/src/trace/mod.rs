@@ -422,29 +422,25 @@ impl Tracer {
             ..
         } = &mut *a;
         let base = f.text.len();
+        let mut queue = self.exporter.queue();
         for at in attempts.iter() {
             let status = at.status.unwrap_or(status);
             // The client span's name is the server span's (last in
-            // `text`) and the cluster; its addresses follow.
+            // `text`) and the cluster.
             f.text.truncate(base);
             f.text.push(' ');
-            f.text.push_str(at.cluster);
+            f.text.push_str(at.peer.cluster);
             let name = Piece {
                 start: f.name.start,
                 end: f.text.len(),
             };
-            let (ip, peer) = push_addr(&mut f.text, at.endpoint);
             let t = f.text.as_str();
             let attributes = [
                 ("http.request.method", Value::Str(&f.method)),
                 ("http.response.status_code", Value::Int(i64::from(status))),
-                ("upstream_cluster", Value::Str(at.cluster)),
-                ("server.address", Value::Str(ip.of(t))),
-                ("server.port", Value::Int(i64::from(at.endpoint.port()))),
-                ("network.peer.address", Value::Str(peer.of(t))),
                 ("meshgate.attempt", Value::Int(i64::from(at.number))),
             ];
-            self.exporter.submit(SpanRecord {
+            queue.push(SpanRecord {
                 trace_id: *trace_id,
                 span_id: at.span_id,
                 parent_span_id: Some(*span_id),
@@ -454,12 +450,21 @@ impl Tracer {
                 start_unix_nanos: at.start_unix_nanos,
                 end_unix_nanos: at.end_unix_nanos.unwrap_or(end),
                 attributes: &attributes,
+                peer: Some(&at.peer),
                 tags: &[],
                 error: status >= 500,
             });
         }
         f.text.truncate(base);
-        let peer = info.upstream_host.map(|h| push_addr(&mut f.text, h).1);
+        // The last try's endpoint is usually the stream's: its address
+        // is formatted already.
+        let last_peer = attempts
+            .last()
+            .filter(|at| Some(at.peer.address) == info.upstream_host);
+        let peer = match last_peer {
+            Some(_) => None,
+            None => info.upstream_host.map(|h| push_addr(&mut f.text, h).1),
+        };
         let t = f.text.as_str();
         let mut attrs = Attrs::<16>::new();
         if let Some((system, service, method)) = f.rpc {
@@ -484,7 +489,9 @@ impl Tracer {
         if let Some(c) = info.upstream_cluster {
             attrs.push("upstream_cluster", Value::Str(c));
         }
-        if let Some(p) = peer {
+        if let Some(at) = last_peer {
+            attrs.push("peer.address", Value::Str(at.peer.addr()));
+        } else if let Some(p) = peer {
             attrs.push("peer.address", Value::Str(p.of(t)));
         }
         if let Some(r) = info.local_reply {
@@ -496,7 +503,7 @@ impl Tracer {
             .iter()
             .map(|(k, v)| (&**k, Value::Str(v.of(t))))
             .collect();
-        self.exporter.submit(SpanRecord {
+        queue.push(SpanRecord {
             trace_id: *trace_id,
             span_id: *span_id,
             parent_span_id: *parent,
@@ -506,6 +513,7 @@ impl Tracer {
             start_unix_nanos: *start_unix_nanos,
             end_unix_nanos: end,
             attributes: attrs.as_slice(),
+            peer: None,
             tags: &tags,
             error: status >= 500,
         });
@@ -581,8 +589,8 @@ fn sample_seen(
 struct AttemptSpan {
     span_id: [u8; 8],
     number: u32,
-    cluster: &'static str,
-    endpoint: std::net::SocketAddr,
+    /// Its endpoint's attributes (and cluster).
+    peer: Arc<otlp::PeerAttrs>,
     start_unix_nanos: u64,
     end_unix_nanos: Option<u64>,
     status: Option<u16>,
@@ -686,7 +694,11 @@ pub enum StreamTrace {
 /// An upstream try starts (`crate::forward`): with `spawn_upstream_span`,
 /// a sampled stream gets a client span and the upstream its context.
 #[inline]
-pub fn attempt_begin(info: &mut StreamInfo, req: &mut Request, endpoint: std::net::SocketAddr) {
+pub fn attempt_begin(
+    info: &mut StreamInfo,
+    req: &mut Request,
+    endpoint: &crate::cluster::Endpoint,
+) {
     if let StreamTrace::Sampled(a) = &mut info.trace {
         begin_sampled(
             a,
@@ -701,7 +713,7 @@ pub fn attempt_begin(info: &mut StreamInfo, req: &mut Request, endpoint: std::ne
 fn begin_sampled(
     a: &mut Active,
     req: &mut Request,
-    endpoint: std::net::SocketAddr,
+    endpoint: &crate::cluster::Endpoint,
     cluster: Option<&'static str>,
     number: u32,
 ) {
@@ -727,8 +739,7 @@ fn begin_sampled(
     a.attempts.push(AttemptSpan {
         span_id,
         number,
-        cluster: cluster.unwrap_or(""),
-        endpoint,
+        peer: endpoint.trace_peer(cluster.unwrap_or("")),
         start_unix_nanos: end,
         end_unix_nanos: None,
         status: None,

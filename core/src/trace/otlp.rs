@@ -35,17 +35,86 @@ pub struct SpanRecord<'a> {
     pub kind: Kind,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    /// The span's attributes; `tags` (the custom tags) follow them.
+    /// The span's attributes; the endpoint's (`peer`), then `tags` (the
+    /// custom tags) follow them.
     pub attributes: &'a [Attr<'a>],
+    /// A client span's endpoint attributes, encoded once per endpoint.
+    pub peer: Option<&'a PeerAttrs>,
     pub tags: &'a [Attr<'a>],
     /// `Status.code = STATUS_CODE_ERROR` (5xx).
     pub error: bool,
 }
 
 impl<'a> SpanRecord<'a> {
-    /// The attributes, then the custom tags.
-    pub fn attrs(&self) -> impl Iterator<Item = &Attr<'a>> {
-        self.attributes.iter().chain(self.tags)
+    /// The attributes, the endpoint's, then the custom tags.
+    pub fn attrs(&self) -> impl Iterator<Item = Attr<'a>> {
+        let peer = self.peer.map(PeerAttrs::attrs);
+        self.attributes
+            .iter()
+            .copied()
+            .chain(peer.into_iter().flatten())
+            .chain(self.tags.iter().copied())
+    }
+}
+
+/// A client span's attributes that depend on its endpoint only
+/// (`upstream_cluster`, `server.address`, `server.port`,
+/// `network.peer.address`), with their encoding as `Span.attributes`
+/// entries. Built once per endpoint and kept on it
+/// (`crate::cluster::Endpoint::trace_peer`): formatting the address and
+/// encoding these four were about 700 instructions of each sampled
+/// try (benches/RESULTS.md).
+#[derive(Debug)]
+pub struct PeerAttrs {
+    pub cluster: &'static str,
+    pub address: std::net::SocketAddr,
+    /// The IP (`server.address`, up to `ip_end`), then from `addr_start`
+    /// the address (`ip:port`, `[v6]:port`).
+    text: Box<str>,
+    ip_end: usize,
+    addr_start: usize,
+    /// The four as `Span.attributes` entries (field 9).
+    otlp: Box<[u8]>,
+}
+
+impl PeerAttrs {
+    pub fn new(cluster: &'static str, address: std::net::SocketAddr) -> Self {
+        let mut text = String::with_capacity(64);
+        super::push_ip(&mut text, address.ip());
+        let ip_end = text.len();
+        let addr_start = text.len();
+        super::push_addr(&mut text, address);
+        let mut p = Self {
+            cluster,
+            address,
+            text: text.into(),
+            ip_end,
+            addr_start,
+            otlp: Box::default(),
+        };
+        let mut otlp = Vec::new();
+        for (k, v) in p.attrs() {
+            key_value(&mut Writer(&mut otlp), 9, k, v);
+        }
+        p.otlp = otlp.into();
+        p
+    }
+
+    /// `network.peer.address`: `ip:port`.
+    pub fn addr(&self) -> &str {
+        self.text.get(self.addr_start..).unwrap_or_default()
+    }
+
+    pub fn attrs(&self) -> [Attr<'_>; 4] {
+        [
+            ("upstream_cluster", Value::Str(self.cluster)),
+            (
+                "server.address",
+                Value::Str(self.text.get(..self.ip_end).unwrap_or_default()),
+            ),
+            ("server.port", Value::Int(i64::from(self.address.port()))),
+            ("network.peer.address", Value::Str(self.addr())),
+        ]
     }
 }
 
@@ -128,7 +197,29 @@ pub(super) fn key_value_len(key: &str, value: Value<'_>) -> usize {
 pub(super) fn key_value(w: &mut Writer<'_>, field: u32, key: &str, value: Value<'_>) {
     // Each length once (a span has a dozen attributes).
     let any = any_len(value);
-    w.open(field, field_len(key.len()) + field_len(any));
+    let kv = field_len(key.len()) + field_len(any);
+    // The usual attribute (field below 16, the whole entry under 128
+    // bytes: every length a one-byte varint) writes its field heads as
+    // two 4-byte appends instead of eight single-byte pushes, each with
+    // its capacity check (the pushes were most of an attribute's cost:
+    // benches/RESULTS.md).
+    if field < 16 && kv < 0x80 {
+        let (k, a) = (key.len() as u8, any as u8);
+        w.0.extend_from_slice(&[(field << 3 | 2) as u8, kv as u8, 0x0a, k]);
+        w.0.extend_from_slice(key.as_bytes());
+        match value {
+            Value::Str(s) => {
+                w.0.extend_from_slice(&[0x12, a, 0x0a, s.len() as u8]);
+                w.0.extend_from_slice(s.as_bytes());
+            }
+            Value::Int(i) => {
+                w.0.extend_from_slice(&[0x12, a, 0x18]);
+                w.varint(i as u64);
+            }
+        }
+        return;
+    }
+    w.open(field, kv);
     w.bytes(1, key.as_bytes());
     w.open(2, any);
     match value {
@@ -152,9 +243,10 @@ fn span_len(s: &SpanRecord<'_>) -> usize {
     n += field_len(s.name.len());
     n += 1 + varint_len(s.kind as u64);
     n += 2 * 9;
-    for (k, v) in s.attrs() {
+    for (k, v) in s.attributes.iter().chain(s.tags) {
         n += field_len(key_value_len(k, *v));
     }
+    n += s.peer.map_or(0, |p| p.otlp.len());
     if s.error {
         n += field_len(STATUS_ERROR_LEN);
     }
@@ -176,7 +268,13 @@ fn span(w: &mut Writer<'_>, field: u32, s: &SpanRecord<'_>, len: usize) {
     w.uint(6, s.kind as u64);
     w.fixed64(7, s.start_unix_nanos);
     w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
-    for (k, v) in s.attrs() {
+    for (k, v) in s.attributes {
+        key_value(w, 9, k, *v);
+    }
+    if let Some(p) = s.peer {
+        w.0.extend_from_slice(&p.otlp);
+    }
+    for (k, v) in s.tags {
         key_value(w, 9, k, *v);
     }
     if s.error {
@@ -300,7 +398,7 @@ mod tests {
             w.fixed64(7, s.start_unix_nanos);
             w.fixed64(8, s.end_unix_nanos.max(s.start_unix_nanos));
             for (k, v) in s.attrs() {
-                w.message(9, kv(k, v));
+                w.message(9, kv(k, &v));
             }
             if s.error {
                 let mut st = W::default();
@@ -363,8 +461,13 @@ mod tests {
     }
 
     /// Test span `i`; its attributes are split between `attributes` and
-    /// `tags` at `i % 4`.
-    fn record<'a>(i: usize, s: &'a Strings, attrs: &'a [Attr<'a>]) -> SpanRecord<'a> {
+    /// `tags` at `i % 4`, and every third has endpoint attributes.
+    fn record<'a>(
+        i: usize,
+        s: &'a Strings,
+        attrs: &'a [Attr<'a>],
+        peers: &'a [PeerAttrs],
+    ) -> SpanRecord<'a> {
         let (attributes, tags) = attrs.split_at((i % 4).min(attrs.len()));
         SpanRecord {
             trace_id: [i as u8 | 1; 16],
@@ -380,6 +483,7 @@ mod tests {
             start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
             end_unix_nanos: if i == 4 { 0 } else { 1_700_000_000_000_000_999 },
             attributes,
+            peer: i.is_multiple_of(3).then(|| &peers[i / 3 % peers.len()]),
             tags,
             error: !i.is_multiple_of(2),
         }
@@ -405,6 +509,7 @@ mod tests {
             start_unix_nanos: 1,
             end_unix_nanos: 2,
             attributes: &[("http.response.status_code", Value::Int(200))],
+            peer: None,
             tags: &[],
             error: true,
         };
@@ -417,13 +522,34 @@ mod tests {
     }
 
     #[test]
+    fn peer_attrs_of_v4_and_v6_endpoints() {
+        let p = PeerAttrs::new("svc", "10.1.2.3:8080".parse().unwrap());
+        assert_eq!(
+            p.attrs(),
+            [
+                ("upstream_cluster", Value::Str("svc")),
+                ("server.address", Value::Str("10.1.2.3")),
+                ("server.port", Value::Int(8080)),
+                ("network.peer.address", Value::Str("10.1.2.3:8080")),
+            ]
+        );
+        let p = PeerAttrs::new("svc", "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(p.attrs()[1], ("server.address", Value::Str("2001:db8::1")));
+        assert_eq!(p.addr(), "[2001:db8::1]:443");
+    }
+
+    #[test]
     fn one_pass_matches_the_nested_encoder() {
+        let peers = [
+            PeerAttrs::new("svc", "10.1.2.3:8080".parse().unwrap()),
+            PeerAttrs::new("", "[2001:db8::1]:443".parse().unwrap()),
+        ];
         // Sizes across varint length boundaries (127/128, 16383/16384).
         for n in [0, 1, 2, 5, 40, 300] {
             let strs: Vec<_> = (0..n).map(|i| strings(i % 25)).collect();
             let attrs: Vec<_> = strs.iter().map(attrs).collect();
             let spans: Vec<_> = (0..n)
-                .map(|i| record(i % 25, &strs[i], &attrs[i]))
+                .map(|i| record(i % 25, &strs[i], &attrs[i], &peers))
                 .collect();
             let long = "s".repeat(n * 50);
             for service in ["svc", long.as_str()] {

@@ -43,7 +43,7 @@ fn span(service_name: &str, s: &SpanRecord<'_>) -> serde_json::Value {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
         };
-        match *k {
+        match k {
             "server.address" if s.kind == Kind::Client => {
                 remote.get_or_insert((String::new(), 0)).0 = v.clone();
             }
@@ -136,6 +136,7 @@ mod tests {
     fn zipkin_v2_json() {
         let mut tid = [0u8; 16];
         tid[15] = 1;
+        let peer = super::super::otlp::PeerAttrs::new("c", "127.0.0.1:8080".parse().unwrap());
         let s = SpanRecord {
             trace_id: tid,
             span_id: [2; 8],
@@ -145,10 +146,8 @@ mod tests {
             kind: Kind::Client,
             start_unix_nanos: 5_000_000,
             end_unix_nanos: 7_000_000,
-            attributes: &[
-                ("server.address", Value::Str("127.0.0.1")),
-                ("server.port", Value::Int(8080)),
-            ],
+            attributes: &[("meshgate.attempt", Value::Int(1))],
+            peer: Some(&peer),
             tags: &[("http.response.status_code", Value::Int(503))],
             error: true,
         };
@@ -165,6 +164,8 @@ mod tests {
         assert_eq!(o["remoteEndpoint"]["port"], 8080);
         assert_eq!(o["tags"]["http.response.status_code"], "503");
         assert_eq!(o["tags"]["error"], "true");
+        assert_eq!(o["tags"]["upstream_cluster"], "c");
+        assert_eq!(o["tags"]["network.peer.address"], "127.0.0.1:8080");
         let full = trace_id(&[1; 16]);
         assert_eq!(full.len(), 32);
     }

@@ -172,58 +172,109 @@ impl AccessLogs {
     }
 
     /// The router's `upstream_log`: one entry per upstream try of `info`,
-    /// written when the stream's response head is known (`resp`: the
-    /// last try's response, or the local reply that replaced it). Each
-    /// entry's upstream operators, `%RESPONSE_CODE%`, `%RESP(X)%` (a
-    /// retried try's own response head), `%DURATION%` (from the try's
-    /// start to its end), `%RESPONSE_FLAGS%` (`URX` on the try the
-    /// retries ran out on), `%BYTES_SENT%` (the request body sent
-    /// upstream on the try, when its length is known) are the try's; the
-    /// request operators are the stream's.
-    /// `%BYTES_RECEIVED%` is 0: a retried response's body is not read,
-    /// and the last try's is still streaming when the entry is written.
-    pub(crate) fn log_tries(&self, info: &StreamInfo, up: &UpstreamHead, resp: &Response) {
-        let Some(tries) = &info.upstream_tries else {
-            return;
+    /// once the stream's response head is known (`resp`: the last try's
+    /// response, or the local reply that replaced it). Each entry's
+    /// upstream operators, `%RESPONSE_CODE%`, `%RESP(X)%` (a retried
+    /// try's own response head), `%DURATION%` (from the try's start to
+    /// its end), `%RESPONSE_FLAGS%` (`URX` on the try the retries ran out
+    /// on), `%BYTES_SENT%` (the request body sent upstream on the try,
+    /// when its length is known) and `%BYTES_RECEIVED%` (the response
+    /// body received on the try, as Envoy's upstream stream info counts
+    /// it) are the try's; the request operators are the stream's.
+    /// The earlier tries are logged now; the last one, when its response
+    /// came from upstream, when that body ends (or is dropped): `resp`'s
+    /// body is wrapped to count it, and a copy of the stream's info moves
+    /// into it.
+    pub(crate) fn log_tries(
+        self: &Arc<Self>,
+        info: &mut StreamInfo,
+        up: UpstreamHead,
+        resp: Response,
+    ) -> Response {
+        let Some(tries) = info.upstream_tries.take() else {
+            return resp;
         };
-        let n = tries.len();
-        for (i, t) in tries.iter().enumerate() {
-            let last = i + 1 == n;
-            // A try still open (e.g. cut by the route timeout) ends here,
-            // with the stream's outcome.
-            let t = if t.end.is_none() {
-                let mut t = t.clone();
-                t.end = Some(Instant::now());
-                t.status = Some(resp.status().as_u16());
-                t.failure = info.local_reply;
-                std::borrow::Cow::Owned(t)
-            } else {
-                std::borrow::Cow::Borrowed(t)
-            };
-            let status = t.status.unwrap_or(0);
-            let via_upstream = t.failure.is_none();
-            let mut ctx = Ctx::new(info);
-            ctx.head = &up.head;
-            ctx.req = &up.req;
-            ctx.version = up.version;
-            if last && via_upstream {
-                ctx.resp = resp.headers();
-            } else if let Some(h) = &t.headers {
-                ctx.resp = h;
-            }
-            ctx.bytes_sent = t.request_bytes.unwrap_or(0);
-            ctx.status = Some(status);
-            ctx.details = Some(t.failure.unwrap_or("via_upstream"));
-            ctx.flags = Flags::of_try(&t);
-            let took = t.end.map(|e| e.saturating_duration_since(t.start));
-            ctx.timing = Timing {
-                request_done: None,
-                response_head: took,
-                done: took,
-            };
-            ctx.attempt = Some(&*t);
-            self.log(&ctx);
+        let Some((last, earlier)) = tries.split_last() else {
+            return resp;
+        };
+        for t in earlier {
+            self.log_try(info, &up, t, None);
         }
+        let streams = last.end.is_some()
+            && last.failure.is_none()
+            && !http_body::Body::is_end_stream(resp.body());
+        if !streams {
+            self.log_try(info, &up, last, Some(&resp));
+            return resp;
+        }
+        // The copy leaves out the sampled trace's state (not logged).
+        let trace = std::mem::take(&mut info.trace);
+        let copy = info.clone();
+        info.trace = trace;
+        let (parts, inner) = resp.into_parts();
+        let entry = Box::new(LastTry {
+            logs: self.clone(),
+            info: copy,
+            up,
+            resp: parts.headers.clone(),
+            status: parts.status.as_u16(),
+            attempt: last.clone(),
+        });
+        let body = box_body(UpstreamLogBody {
+            inner,
+            received: 0,
+            entry: Some(entry),
+        });
+        Response::from_parts(parts, body)
+    }
+
+    /// Writes the entry of try `t` (one whose body is not counted here:
+    /// a retried one, or a last one that failed or had no body). `resp`
+    /// is the stream's response when `t` is the last try.
+    fn log_try(
+        &self,
+        info: &StreamInfo,
+        up: &UpstreamHead,
+        t: &meshgate_core::stream::UpstreamTry,
+        resp: Option<&Response>,
+    ) {
+        // A try still open (e.g. cut by the route timeout) ends here,
+        // with the stream's outcome.
+        let t = if t.end.is_none() {
+            let mut t = t.clone();
+            t.end = Some(Instant::now());
+            t.status = resp.map(|r| r.status().as_u16());
+            t.failure = info.local_reply;
+            std::borrow::Cow::Owned(t)
+        } else {
+            std::borrow::Cow::Borrowed(t)
+        };
+        let via_upstream = t.failure.is_none();
+        let mut ctx = Ctx::new(info);
+        ctx.head = &up.head;
+        ctx.req = &up.req;
+        ctx.version = up.version;
+        match resp {
+            Some(r) if via_upstream => ctx.resp = r.headers(),
+            _ => {
+                if let Some(h) = &t.headers {
+                    ctx.resp = h;
+                }
+            }
+        }
+        ctx.bytes_sent = t.request_bytes.unwrap_or(0);
+        ctx.bytes_received = t.response_bytes.unwrap_or(0);
+        ctx.status = Some(t.status.unwrap_or(0));
+        ctx.details = Some(t.failure.unwrap_or("via_upstream"));
+        ctx.flags = Flags::of_try(&t);
+        let head = t.end.map(|e| e.saturating_duration_since(t.start));
+        ctx.timing = Timing {
+            request_done: None,
+            response_head: head,
+            done: head,
+        };
+        ctx.attempt = Some(&*t);
+        self.log(&ctx);
     }
 
     /// Logs a `tcp_proxy` connection that closed.
@@ -558,6 +609,91 @@ impl Drop for LogBody {
         // went away (or reset the stream) while the response was sent.
         let gone = self.polled && !http_body::Body::is_end_stream(&self.inner);
         self.finish(gone);
+    }
+}
+
+/// The `upstream_log` entry of a stream's last try, written when its
+/// response body ends.
+struct LastTry {
+    logs: Arc<AccessLogs>,
+    info: StreamInfo,
+    up: UpstreamHead,
+    resp: HeaderMap,
+    status: u16,
+    attempt: meshgate_core::stream::UpstreamTry,
+}
+
+/// The last try's response body, its bytes counted; its `upstream_log`
+/// entry is written at its end (or when it is dropped).
+struct UpstreamLogBody {
+    inner: Body,
+    received: u64,
+    entry: Option<Box<LastTry>>,
+}
+
+impl UpstreamLogBody {
+    fn finish(&mut self) {
+        let Some(e) = self.entry.take() else {
+            return;
+        };
+        let t = &e.attempt;
+        let mut ctx = Ctx::new(&e.info);
+        ctx.head = &e.up.head;
+        ctx.req = &e.up.req;
+        ctx.version = e.up.version;
+        ctx.resp = &e.resp;
+        ctx.bytes_sent = t.request_bytes.unwrap_or(0);
+        ctx.bytes_received = self.received;
+        ctx.status = Some(t.status.unwrap_or(e.status));
+        ctx.details = Some("via_upstream");
+        ctx.flags = Flags::of_try(t);
+        ctx.timing = Timing {
+            request_done: None,
+            response_head: t.end.map(|end| end.saturating_duration_since(t.start)),
+            done: Some(t.start.elapsed()),
+        };
+        ctx.attempt = Some(t);
+        e.logs.log(&ctx);
+    }
+}
+
+impl http_body::Body for UpstreamLogBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.received += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamLogBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
