@@ -359,12 +359,12 @@ impl HealthChecker {
 /// main thread), started on first use; `None` if the thread cannot be
 /// started (the checks then run on the workers).
 ///
-/// On the workers' work-stealing runtime each answer that woke the worker
-/// holding the reactor also unparked a second worker to look for work
-/// (a futex wake and two context switches for nothing): a thousand checks
-/// a second spent a fifth of their CPU switching threads (perf,
-/// `finish_task_switch`). Here a wake-up is one thread leaving
-/// `epoll_wait`, and the checks never take a worker from proxied traffic.
+/// The checks never take a worker from proxied traffic, and a wake-up is
+/// one thread leaving `epoll_wait` (on the workers' work-stealing runtime
+/// an answer could also unpark a second worker). Measured, this did not
+/// lower the checks' CPU (benches/RESULTS.md, branch `resil4`: the
+/// switches come from the answers arriving one by one); it is kept for
+/// the isolation.
 fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
     static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
