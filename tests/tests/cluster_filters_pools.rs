@@ -27,29 +27,18 @@ fn http3_pool_refuses_a_connection_a_cluster_filter_would_take_part_in() {
 "#
         )
     };
-    let mg = Meshgate::start(&format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: front
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - {{match: {{prefix: /h3}}, route: {{cluster: h3, host_rewrite_literal: localhost}}}}
-                      - {{match: {{prefix: /istio}}, route: {{cluster: istio, host_rewrite_literal: localhost}}}}
-clusters:
-{}{}"#,
-        cluster("h3", "h3"),
-        cluster("istio", "istio-peer-exchange"),
+    let mg = Meshgate::start(&proxy_config(
+        &[
+            "{match: {prefix: /h3}, route: {cluster: h3, host_rewrite_literal: localhost}}",
+            "{match: {prefix: /istio}, route: {cluster: istio, host_rewrite_literal: localhost}}",
+        ],
+        &format!(
+            r#"{}{}"#,
+            cluster("h3", "h3"),
+            cluster("istio", "istio-peer-exchange"),
+        ),
     ));
-    let port = mg.listener_port("front");
+    let port = mg.listener_port("http");
     let (code, _, body) = curl::curl(&[&format!("http://127.0.0.1:{port}/istio")]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("c proto=HTTP/3"), "{body}");

@@ -20,26 +20,14 @@ fn ca() -> String {
 /// Caddys), `/h2` and `/h1` to one-endpoint `auto` clusters.
 fn config(h2: u16, h1: u16) -> String {
     let ca = ca();
-    format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: front
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - {{match: {{prefix: /both}}, route: {{cluster: both, host_rewrite_literal: localhost}}}}
-                      - {{match: {{prefix: /h2}}, route: {{cluster: h2, host_rewrite_literal: localhost}}}}
-                      - {{match: {{prefix: /h1}}, route: {{cluster: h1, host_rewrite_literal: localhost}}}}
-clusters:
-  - name: both
+    proxy_config(
+        &[
+            "{match: {prefix: /both}, route: {cluster: both, host_rewrite_literal: localhost}}",
+            "{match: {prefix: /h2}, route: {cluster: h2, host_rewrite_literal: localhost}}",
+            "{match: {prefix: /h1}, route: {cluster: h1, host_rewrite_literal: localhost}}",
+        ],
+        &format!(
+            r#"  - name: both
     protocol: auto
     tls: {{trusted_ca_pem: {ca}, sni: localhost}}
     endpoints: [{{address: "127.0.0.1:{h2}"}}, {{address: "127.0.0.1:{h1}"}}]
@@ -52,6 +40,7 @@ clusters:
     tls: {{trusted_ca_pem: {ca}, sni: localhost}}
     endpoints: [{{address: "127.0.0.1:{h1}"}}]
 "#
+        ),
     )
 }
 
@@ -67,7 +56,7 @@ fn auto_protocol_speaks_what_alpn_chose_per_endpoint() {
     let _a = Caddy::speaking(h2, "a {http.request.proto}", "h1 h2");
     let _b = Caddy::speaking(h1, "b {http.request.proto}", "h1");
     let mg = Meshgate::start(&config(h2, h1));
-    let port = mg.listener_port("front");
+    let port = mg.listener_port("http");
     let total = |c: &str| mg.metric("meshgate_cluster_upstream_cx_total", &[("cluster", c)]);
 
     // Three requests each: one connection per cluster, the one whose
@@ -99,30 +88,17 @@ fn auto_protocol_with_configured_alpn_offers_only_that() {
     let h2 = free_port();
     let _a = Caddy::speaking(h2, "a {http.request.proto}", "h1 h2");
     let ca = ca();
-    let mg = Meshgate::start(&format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: front
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - {{match: {{prefix: /}}, route: {{cluster: c, host_rewrite_literal: localhost}}}}
-clusters:
-  - name: c
+    let mg = Meshgate::start(&proxy_config(
+        &["{match: {prefix: /}, route: {cluster: c, host_rewrite_literal: localhost}}"],
+        &format!(
+            r#"  - name: c
     protocol: auto
     tls: {{trusted_ca_pem: {ca}, sni: localhost, alpn_protocols: [http/1.1]}}
     endpoints: [{{address: "127.0.0.1:{h2}"}}]
 "#
+        ),
     ));
-    let port = mg.listener_port("front");
+    let port = mg.listener_port("http");
     assert_eq!(get(port, "/").trim(), "a HTTP/1.1");
 }
 
@@ -137,25 +113,13 @@ fn auto_protocol_health_checks_keep_the_configured_alpn() {
     let _a = Caddy::speaking(h2, "a {http.request.proto}", "h1 h2");
     let ca = ca();
     let hc = "    health_checks:\n      - {timeout: 1s, interval: 200ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /, host: localhost}}\n";
-    let mg = Meshgate::start(&format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: front
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - {{match: {{prefix: /tls}}, route: {{cluster: tls, host_rewrite_literal: localhost}}}}
-                      - {{match: {{prefix: /matched}}, route: {{cluster: matched, host_rewrite_literal: localhost}}}}
-clusters:
-  - name: tls
+    let mg = Meshgate::start(&proxy_config(
+        &[
+            "{match: {prefix: /tls}, route: {cluster: tls, host_rewrite_literal: localhost}}",
+            "{match: {prefix: /matched}, route: {cluster: matched, host_rewrite_literal: localhost}}",
+        ],
+        &format!(
+            r#"  - name: tls
     protocol: auto
     tls: {{trusted_ca_pem: {ca}, sni: localhost}}
     endpoints: [{{address: "127.0.0.1:{h2}"}}]
@@ -165,8 +129,9 @@ clusters:
       - {{name: all, match: {{}}, tls: {{trusted_ca_pem: {ca}, sni: localhost}}}}
     endpoints: [{{address: "127.0.0.1:{h2}"}}]
 {hc}"#
+        ),
     ));
-    let port = mg.listener_port("front");
+    let port = mg.listener_port("http");
     for c in ["tls", "matched"] {
         mg.wait_metric(
             "meshgate_cluster_health_check_success_total",
