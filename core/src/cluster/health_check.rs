@@ -46,7 +46,7 @@ use futures_util::stream::FuturesUnordered;
 use metrics::{Counter, counter, gauge};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -331,6 +331,9 @@ impl HealthChecker {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
+        for c in &self.checks {
+            tick_for(c.cfg.timeout);
+        }
         let weak = Arc::downgrade(cluster);
         let stop = self.stop.clone();
         let changed = self.changed.clone();
@@ -359,12 +362,16 @@ impl HealthChecker {
 /// main thread), started on first use; `None` if the thread cannot be
 /// started (the checks then run on the workers).
 ///
-/// The checks never take a worker from proxied traffic, and a wake-up is
-/// one thread leaving `epoll_wait` (on the workers' work-stealing runtime
-/// an answer could also unpark a second worker). Measured, this did not
-/// lower the checks' CPU (benches/RESULTS.md, branch `resil4`: the
-/// switches come from the answers arriving one by one); it is kept for
-/// the isolation.
+/// The thread is driven by a tick (`CHECK_TICK`) instead of waking on
+/// every event: it sleeps, then runs everything that became ready in the
+/// meantime (answers, connects, expired timers) in one pass, and sleeps
+/// again. With 1,000 endpoints each answer used to wake the thread on its
+/// own (~1,000 wake-ups a second, a context switch and an `epoll_wait`
+/// each); a tick gathers them into one `epoll_wait`, so the wake-ups per
+/// second stay at `1 / CHECK_TICK` whatever the number of endpoints. The
+/// price is up to one tick of added latency per step of a check, small
+/// against check timeouts (seconds) and intervals. Figures: benches/RESULTS.md,
+/// "Health checks driven by a tick".
 fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
     static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
@@ -375,11 +382,50 @@ fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
         let handle = rt.handle().clone();
         std::thread::Builder::new()
             .name("meshgate-hc".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .spawn(move || drive_by_tick(&rt))
             .ok()?;
         Some(handle)
     })
     .as_ref()
+}
+
+/// How often the checker thread wakes to run what became ready: at most
+/// `CHECK_TICK`, lowered by `tick_for` so that a check with a short
+/// timeout still has several ticks to finish in.
+const CHECK_TICK: Duration = Duration::from_millis(25);
+
+/// The tick in force (nanoseconds): the smallest asked for by any started
+/// checker.
+static TICK_NS: AtomicU64 = AtomicU64::new(CHECK_TICK.as_nanos() as u64);
+
+/// Lowers the tick for a check of this timeout: a check may take a few
+/// steps (connect, TLS, request, answer), each up to one tick late, so the
+/// tick is at most an eighth of the timeout, and at least 1 ms.
+fn tick_for(timeout: Duration) {
+    let want = (timeout / 8).clamp(Duration::from_millis(1), CHECK_TICK);
+    TICK_NS.fetch_min(want.as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// The checker thread's loop (see `checker_runtime`). Each pass yields a
+/// few times inside the runtime: a yield lets tokio poll its I/O and timer
+/// driver without blocking and run the tasks that woke, so chains of
+/// immediate steps (an answer read, the next write) finish in one pass.
+fn drive_by_tick(rt: &tokio::runtime::Runtime) {
+    let mut next = std::time::Instant::now();
+    loop {
+        rt.block_on(async {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        });
+        next += Duration::from_nanos(TICK_NS.load(Ordering::Relaxed));
+        let now = std::time::Instant::now();
+        match next.checked_duration_since(now) {
+            Some(wait) => std::thread::sleep(wait),
+            // Late (a long pass, a stalled machine): start again from now.
+            None => next = now,
+        }
+    }
 }
 
 struct Supervisor {
