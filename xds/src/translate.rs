@@ -1170,6 +1170,11 @@ fn http_connection_manager(
                     }
                 };
         }
+        // max_stream_duration: 0 (like unset) means no limit in Envoy.
+        if let Some(d) = o.max_stream_duration.take() {
+            let d = duration(&d, &join(&op, "max_stream_duration"))?;
+            out.common_http_protocol_options.max_stream_duration = (!d.is_zero()).then_some(d);
+        }
         rest(&o, &op)?;
     }
     // request_headers_timeout bounds each request head on every HTTP
@@ -1198,6 +1203,21 @@ fn http_connection_manager(
         }
         out.scheme_header_transformation.match_upstream = std::mem::take(&mut t.match_upstream);
         rest(&t, &tp)?;
+    }
+    // strip_any_host_port (the oneof strip_port_mode) and
+    // strip_matching_host_port: Envoy refuses both at once, and so does
+    // the proxy filter's build.
+    out.strip_matching_host_port = std::mem::take(&mut h.strip_matching_host_port);
+    if let Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(b)) =
+        h.strip_port_mode.take()
+    {
+        out.strip_any_host_port = b;
+    }
+    if out.strip_any_host_port && out.strip_matching_host_port {
+        return err(
+            join(path, "strip_any_host_port"),
+            "only one of strip_matching_host_port, strip_any_host_port can be set",
+        );
     }
     if let Some(o) = h.http2_protocol_options.take() {
         let h2 = http2_server_options(o, &join(path, "http2_protocol_options"))?;
@@ -1655,18 +1675,8 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     if !pr.is_empty() {
         out.prefix_rewrite = Some(pr);
     }
-    if let Some(mut rr) = a.regex_rewrite.take() {
-        let rp = join(path, "regex_rewrite");
-        let pattern = match rr.pattern.take() {
-            Some(p) => regex(p, &join(&rp, "pattern"))?,
-            None => return err(join(&rp, "pattern"), "missing pattern"),
-        };
-        let substitution = std::mem::take(&mut rr.substitution);
-        rest(&rr, &rp)?;
-        out.regex_rewrite = Some(rc::RegexRewriteConfig {
-            pattern,
-            substitution,
-        });
+    if let Some(rr) = a.regex_rewrite.take() {
+        out.regex_rewrite = Some(regex_rewrite(rr, &join(path, "regex_rewrite"))?);
     }
     match a.host_rewrite_specifier.take() {
         None => {}
@@ -1683,6 +1693,12 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     }
     if let Some(d) = a.idle_timeout.take() {
         out.idle_timeout = Some(duration(&d, &join(path, "idle_timeout"))?);
+    }
+    if let Some(m) = a.max_stream_duration.take() {
+        out.max_stream_duration = Some(max_stream_duration(m, &join(path, "max_stream_duration"))?);
+        // Envoy: a route with max_stream_duration has no router timeout
+        // (its `timeout` is not used); the stream duration bounds it.
+        out.timeout = Duration::ZERO;
     }
     if let Some(rp) = a.retry_policy.take() {
         out.retry_policy = Some(crate::retry_policy::translate(
@@ -1727,6 +1743,41 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     out.request_mirror_policies =
         crate::mirror::mirror_policies(std::mem::take(&mut a.request_mirror_policies), path)?;
     rest(&a, path)?;
+    Ok(out)
+}
+
+/// A `RegexMatchAndSubstitute` (route and redirect `regex_rewrite`).
+fn regex_rewrite(mut rr: matcher::RegexMatchAndSubstitute, rp: &str) -> R<rc::RegexRewriteConfig> {
+    let pattern = match rr.pattern.take() {
+        Some(p) => regex(p, &join(rp, "pattern"))?,
+        None => return err(join(rp, "pattern"), "missing pattern"),
+    };
+    let substitution = std::mem::take(&mut rr.substitution);
+    rest(&rr, rp)?;
+    Ok(rc::RegexRewriteConfig {
+        pattern,
+        substitution,
+    })
+}
+
+/// `RouteAction.max_stream_duration`, every field kept as set (an unset
+/// field and a zero one mean different things in Envoy).
+fn max_stream_duration(
+    mut m: rds::route_action::MaxStreamDuration,
+    path: &str,
+) -> R<rc::MaxStreamDurationConfig> {
+    let mut out = rc::MaxStreamDurationConfig::default();
+    if let Some(d) = m.max_stream_duration.take() {
+        out.max_stream_duration = Some(duration(&d, &join(path, "max_stream_duration"))?);
+    }
+    if let Some(d) = m.grpc_timeout_header_max.take() {
+        out.grpc_timeout_header_max = Some(duration(&d, &join(path, "grpc_timeout_header_max"))?);
+    }
+    if let Some(d) = m.grpc_timeout_header_offset.take() {
+        out.grpc_timeout_header_offset =
+            Some(duration(&d, &join(path, "grpc_timeout_header_offset"))?);
+    }
+    rest(&m, path)?;
     Ok(out)
 }
 
@@ -1845,10 +1896,13 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
         None => {}
         Some(P::PathRedirect(p)) => out.path_redirect = Some(p),
         Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p),
-        Some(_) => {
+        Some(P::RegexRewrite(rr)) => {
+            out.regex_rewrite = Some(regex_rewrite(rr, &join(path, "regex_rewrite"))?);
+        }
+        Some(P::PathRewrite(_)) => {
             return err(
-                join(path, "regex_rewrite"),
-                "regex_rewrite in redirects is not supported",
+                join(path, "path_rewrite"),
+                "path_rewrite (URI templates) in redirects is not supported",
             );
         }
     }
