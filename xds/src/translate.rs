@@ -2491,6 +2491,109 @@ mod tests {
     }
 
     #[test]
+    fn hcm_max_stream_duration_and_strip_port_modes_are_translated() {
+        use hcm::http_connection_manager::StripPortMode;
+        let base = || hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                Default::default(),
+            )),
+            ..Default::default()
+        };
+        let mut names = BTreeSet::new();
+        let mut h = base();
+        h.common_http_protocol_options = Some(core3::HttpProtocolOptions {
+            max_stream_duration: Some(protobuf::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        h.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
+        let out = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(
+            out.common_http_protocol_options.max_stream_duration,
+            Some(Duration::from_secs(2))
+        );
+        assert!(out.strip_any_host_port && !out.strip_matching_host_port);
+        // 0 means no limit, as unset.
+        let mut h = base();
+        h.common_http_protocol_options = Some(core3::HttpProtocolOptions {
+            max_stream_duration: Some(protobuf::Duration::default()),
+            ..Default::default()
+        });
+        h.strip_matching_host_port = true;
+        let out = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(out.common_http_protocol_options.max_stream_duration, None);
+        assert!(out.strip_matching_host_port);
+        // Both: refused, as Envoy does.
+        let mut h = base();
+        h.strip_matching_host_port = true;
+        h.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
+        let e = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap_err();
+        assert_eq!(e.0, "strip_any_host_port");
+    }
+
+    #[test]
+    fn route_max_stream_duration_and_redirect_regex_rewrite_are_translated() {
+        let d = |ms: i32| protobuf::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        };
+        let a = rds::RouteAction {
+            cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+            timeout: Some(protobuf::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            max_stream_duration: Some(rds::route_action::MaxStreamDuration {
+                max_stream_duration: None,
+                grpc_timeout_header_max: Some(d(0)),
+                grpc_timeout_header_offset: Some(d(50)),
+            }),
+            ..Default::default()
+        };
+        let out = route_action(a, "route").unwrap();
+        let m = out.max_stream_duration.unwrap();
+        // Unset and zero stay apart (they mean different things).
+        assert_eq!(m.max_stream_duration, None);
+        assert_eq!(m.grpc_timeout_header_max, Some(Duration::ZERO));
+        assert_eq!(
+            m.grpc_timeout_header_offset,
+            Some(Duration::from_millis(50))
+        );
+        // Envoy does not use the route timeout then.
+        assert_eq!(out.timeout, Duration::ZERO);
+
+        use rds::redirect_action::PathRewriteSpecifier as P;
+        let r = rds::RedirectAction {
+            path_rewrite_specifier: Some(P::RegexRewrite(matcher::RegexMatchAndSubstitute {
+                pattern: Some(matcher::RegexMatcher {
+                    regex: "^/old/(.*)$".into(),
+                    ..Default::default()
+                }),
+                substitution: "/new/\\1".into(),
+            })),
+            strip_query: true,
+            ..Default::default()
+        };
+        let out = redirect(r, "redirect").unwrap();
+        let rr = out.regex_rewrite.unwrap();
+        assert_eq!(
+            (rr.pattern.as_str(), rr.substitution.as_str()),
+            ("^/old/(.*)$", "/new/\\1")
+        );
+        assert!(out.strip_query);
+        let r = rds::RedirectAction {
+            path_rewrite_specifier: Some(P::PathRewrite(Default::default())),
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect(r, "redirect").unwrap_err().0,
+            "redirect.path_rewrite"
+        );
+    }
+
+    #[test]
     fn hcm_request_headers_timeout_reaches_every_http_codec() {
         let h = |secs| hcm::HttpConnectionManager {
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
