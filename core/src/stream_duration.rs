@@ -6,7 +6,8 @@
 //! answered 408, or 504 once the request arrived whole (gRPC:
 //! `DEADLINE_EXCEEDED`), or reset once the response started. The `proxy`
 //! filter computes the limit when the route is known and races the rest of
-//! the stream against it; `Deadline` wraps the response body.
+//! the stream against it; `Deadline` wraps the response body, and an
+//! upgraded tunnel (WebSocket) is closed at the limit.
 //!
 //! Counted in `meshgate_downstream_rq_max_duration_reached_total{protocol,phase}`
 //! (Envoy's `downstream_rq_max_duration_reached`).
@@ -181,7 +182,9 @@ pub fn reached(info: &mut StreamInfo, request_complete: bool) -> Response {
     resp
 }
 
-fn count(protocol: &'static str, phase: &'static str) {
+/// Counts a stream ended by its limit; `phase` is `before_response` or
+/// `after_response` (a reset, or an upgraded tunnel closed).
+pub fn count(protocol: &'static str, phase: &'static str) {
     metrics::counter!(crate::metrics::names::DOWNSTREAM_RQ_MAX_DURATION_REACHED_TOTAL, "protocol" => protocol, "phase" => phase).increment(1);
 }
 

@@ -739,8 +739,15 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Joins the two upgraded byte streams (e.g. a WebSocket) until either
-/// side closes.
-fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
+/// side closes, or the stream's max stream duration passes (both closed,
+/// as Envoy resets the upgraded stream).
+fn tunnel(
+    down: Upgrade,
+    up: Upgrade,
+    conn: u64,
+    deadline: Option<tokio::time::Instant>,
+    protocol: &'static str,
+) {
     // Held while the tunnel is open: a drain waits for it (drain time).
     let drain = meshgate_core::server::detached_token();
     tokio::spawn(async move {
@@ -751,7 +758,18 @@ fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
         let (d, u) = tokio::join!(down, up);
         match (d, u) {
             (Ok(mut d), Ok(mut u)) => {
-                let r = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+                let r = match deadline {
+                    None => copy.await,
+                    Some(at) => match tokio::time::timeout_at(at, copy).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            meshgate_core::stream_duration::count(protocol, "after_response");
+                            tracing::debug!(conn, "upgraded tunnel ended: max stream duration");
+                            return;
+                        }
+                    },
+                };
                 tracing::debug!(conn, result = ?r, "upgraded tunnel closed");
             }
             (d, u) => {
@@ -987,7 +1005,9 @@ impl ProxyHandler {
             _ => None,
         };
         let Some(limit) = limit else {
-            return self.routed(req, info, upgrade, ran, &table, matched).await;
+            return self
+                .routed(req, info, upgrade, ran, &table, matched, None)
+                .await;
         };
         if let Some(v) = limit.grpc_timeout {
             req.headers_mut().insert(GRPC_TIMEOUT, v);
@@ -995,7 +1015,7 @@ impl ProxyHandler {
         let end = meshgate_core::stream_duration::track_request(req);
         let deadline = tokio::time::Instant::from_std(info.start) + limit.duration;
         info.route = matched.map(|(_, r)| r.stat_name());
-        let routed = self.routed(req, info, upgrade, ran, &table, matched);
+        let routed = self.routed(req, info, upgrade, ran, &table, matched, Some(deadline));
         let mut resp = match Box::pin(meshgate_core::stream_duration::race(routed, deadline)).await
         {
             Some(r) => r,
@@ -1018,6 +1038,7 @@ impl ProxyHandler {
             &'t meshgate_core::router::VirtualHost,
             &'t meshgate_core::router::Route,
         )>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Response {
         if !self.chain.is_empty() {
             info.route = matched.map(|(_, r)| r.stat_name());
@@ -1178,7 +1199,7 @@ impl ProxyHandler {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {
                         (Some(down), Some(up), Some(proto)) => {
-                            tunnel(down, up, info.connection.id);
+                            tunnel(down, up, info.connection.id, deadline, info.protocol);
                             let h = resp.headers_mut();
                             h.insert(
                                 http::header::CONNECTION,

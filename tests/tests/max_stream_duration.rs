@@ -253,3 +253,24 @@ fn both_strip_modes_at_once_are_refused_by_name() {
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("strip_any_host_port"), "{err}");
 }
+
+/// A WebSocket tunnel is a stream too: it closes at the listener's limit.
+#[test]
+fn an_upgraded_tunnel_is_closed_at_the_limit() {
+    let up = meshgate_tests::upgrade::echo_upgrade_backend();
+    let mg = Meshgate::start(&proxy_config(
+        &["{match: {prefix: /}, route: {cluster: up}}"],
+        &format!("  - name: up\n    endpoints: [{{address: \"{up}\"}}]\n"),
+    )
+    .replace(
+        "            config:\n              route_config:",
+        "            config:\n              common_http_protocol_options: {max_stream_duration: 400ms}\n              route_config:",
+    ));
+    let port = mg.listener_port("http");
+    let mut ws = meshgate_tests::upgrade::websocket(port, "/ws");
+    meshgate_tests::upgrade::echo(&mut ws, b"hello");
+    // Then meshgate closes it (the read ends well before its 5 s timeout).
+    let mut buf = [0u8; 16];
+    assert_eq!(ws.read(&mut buf).unwrap(), 0);
+    assert_eq!(reached(&mg, "http1", "after_response"), 1.0);
+}
