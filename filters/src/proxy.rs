@@ -1026,7 +1026,11 @@ impl ProxyHandler {
     }
 
     /// The stream once its route is known: the stream filters, then the
-    /// router's answer or the upstream exchange.
+    /// router's answer or the upstream exchange. `deadline`: the stream
+    /// duration limit, which an upgraded tunnel keeps.
+    // The borrowed parts of one stream, passed as they are rather than
+    // packed into a struct built per request.
+    #[allow(clippy::too_many_arguments)]
     async fn routed<'t>(
         &self,
         req: &mut Request,
