@@ -40,6 +40,7 @@ pub mod snapshot;
 pub mod socket_option;
 pub mod spans;
 pub mod stream;
+pub mod stream_duration;
 pub mod tls;
 pub mod tls_inspect;
 pub mod tls_params;

@@ -363,6 +363,9 @@ pub enum LocalReason {
     HeadersTooLarge,
     /// No body byte either way for the stream idle timeout (408).
     StreamIdleTimeout,
+    /// The stream outlived its max stream duration (408, or 504 once the
+    /// request was whole: `crate::stream_duration`).
+    MaxStreamDuration,
     /// A stream filter found no valid credentials (401).
     Unauthenticated,
     /// A stream filter refused the stream by policy (403).
@@ -396,7 +399,9 @@ impl LocalReason {
             LocalReason::BadRequest => StatusCode::BAD_REQUEST,
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            LocalReason::StreamIdleTimeout => StatusCode::REQUEST_TIMEOUT,
+            LocalReason::StreamIdleTimeout | LocalReason::MaxStreamDuration => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             LocalReason::Unauthenticated => StatusCode::UNAUTHORIZED,
             LocalReason::Forbidden => StatusCode::FORBIDDEN,
             LocalReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -418,6 +423,7 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => "payload_too_large",
             LocalReason::HeadersTooLarge => "headers_too_large",
             LocalReason::StreamIdleTimeout => "stream_idle_timeout",
+            LocalReason::MaxStreamDuration => "max_duration_timeout",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate_limited",
@@ -443,6 +449,7 @@ impl LocalReason {
             LocalReason::PayloadTooLarge => "payload too large",
             LocalReason::HeadersTooLarge => "request headers too large",
             LocalReason::StreamIdleTimeout => "stream idle timeout",
+            LocalReason::MaxStreamDuration => "downstream duration timeout",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate limited",

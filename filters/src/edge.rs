@@ -28,6 +28,17 @@ pub(crate) struct EdgeOptions<'a> {
     pub upgrade_configs: &'a [UpgradeConfig],
     pub headers_with_underscores: HeadersWithUnderscoresAction,
     pub scheme: &'a SchemeHeaderTransformation,
+    pub strip_any_host_port: bool,
+    pub strip_matching_host_port: bool,
+}
+
+/// Envoy HCM's `strip_any_host_port` / `strip_matching_host_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StripPort {
+    Off,
+    Any,
+    /// Only the listener's own port.
+    Matching,
 }
 
 /// Why a request was refused (or its upgrade dropped): the `reason` label
@@ -98,6 +109,7 @@ pub(crate) struct Edge {
     scheme: Option<http::uri::Scheme>,
     /// `match_upstream`.
     scheme_match_upstream: bool,
+    strip_port: StripPort,
 }
 
 /// What normalisation made of a path.
@@ -145,6 +157,17 @@ impl Edge {
                 ));
             }
         };
+        let strip_port = match (o.strip_any_host_port, o.strip_matching_host_port) {
+            (false, false) => StripPort::Off,
+            (true, false) => StripPort::Any,
+            (false, true) => StripPort::Matching,
+            (true, true) => {
+                return Err(BuildError::new(
+                    "strip_any_host_port",
+                    "set at most one of strip_any_host_port, strip_matching_host_port",
+                ));
+            }
+        };
         if scheme.is_some() && o.scheme.match_upstream {
             return Err(BuildError::new(
                 "scheme_header_transformation",
@@ -171,7 +194,46 @@ impl Edge {
             dropped: metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_HEADERS_DROPPED_TOTAL, "listener" => listener.to_string(), "reason" => "header_with_underscore"),
             scheme,
             scheme_match_upstream: o.scheme.match_upstream,
+            strip_port,
         })
+    }
+
+    /// Envoy's `strip_any_host_port` / `strip_matching_host_port`: the
+    /// port of the authority (the URI's and `Host`, which `check_authority`
+    /// made one) removed before the filters and routing, so it is neither
+    /// matched nor forwarded; with `Matching` only when it is
+    /// `listener_port`. `CONNECT` keeps its port (RFC 9110 section 9.3.6;
+    /// meshgate refuses it anyway). Off, it costs one comparison.
+    pub(crate) fn strip_host_port(&self, req: &mut Request, listener_port: u16) {
+        if self.strip_port == StripPort::Off || req.method() == Method::CONNECT {
+            return;
+        }
+        let host = meshgate_core::router::request_host(req.uri(), req.headers());
+        let Some(bare) = meshgate_core::router::strip_port(host.as_bytes()) else {
+            return;
+        };
+        if self.strip_port == StripPort::Matching
+            && host.as_bytes()[bare.len() + 1..] != *listener_port.to_string().as_bytes()
+        {
+            return;
+        }
+        let bare = &host[..bare.len()];
+        let (Ok(authority), Ok(value)) = (
+            bare.parse::<http::uri::Authority>(),
+            HeaderValue::from_str(bare),
+        ) else {
+            return;
+        };
+        if req.uri().authority().is_some() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = Some(authority);
+            if let Ok(u) = Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+        if let Some(h) = req.headers_mut().get_mut(http::header::HOST) {
+            *h = value;
+        }
     }
 
     /// Envoy's `headers_with_underscores_action`: a request with a header

@@ -24,7 +24,9 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         | LocalReason::Overflow
         | LocalReason::DropOverload
         | LocalReason::Overloaded => 14, // UNAVAILABLE
-        LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => 4, // DEADLINE_EXCEEDED
+        LocalReason::UpstreamTimeout
+        | LocalReason::StreamIdleTimeout
+        | LocalReason::MaxStreamDuration => 4, // DEADLINE_EXCEEDED
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT
         LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED

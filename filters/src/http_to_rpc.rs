@@ -153,9 +153,9 @@ pub async fn call(
     let (mut parts, body) = resp.into_parts();
     if let Some(reason) = parts.extensions.remove::<LocalReason>() {
         let (status, error) = match reason {
-            LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => {
-                (StatusCode::GATEWAY_TIMEOUT, "timeout")
-            }
+            LocalReason::UpstreamTimeout
+            | LocalReason::StreamIdleTimeout
+            | LocalReason::MaxStreamDuration => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             LocalReason::NoHealthyUpstream
             | LocalReason::UpstreamConnectFailure
             | LocalReason::ClusterNotFound => (StatusCode::SERVICE_UNAVAILABLE, "no_provider"),

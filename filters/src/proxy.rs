@@ -186,6 +186,8 @@ impl NetworkFilterFactory for ProxyFactory {
                     .common_http_protocol_options
                     .headers_with_underscores_action,
                 scheme: &cfg.scheme_header_transformation,
+                strip_any_host_port: cfg.strip_any_host_port,
+                strip_matching_host_port: cfg.strip_matching_host_port,
             },
             &listener,
         )?;
@@ -201,6 +203,10 @@ impl NetworkFilterFactory for ProxyFactory {
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
                 stream_idle_timeout: cfg.stream_idle_timeout,
+                max_stream_duration: cfg
+                    .common_http_protocol_options
+                    .max_stream_duration
+                    .filter(|d| !d.is_zero()),
                 access_log,
                 want_upstream_local,
                 stats: HttpStats::new(&listener),
@@ -535,6 +541,8 @@ struct ProxyHandler {
     edge: crate::edge::Edge,
     max_request_body_bytes: Option<u64>,
     stream_idle_timeout: Duration,
+    /// `common_http_protocol_options.max_stream_duration`.
+    max_stream_duration: Option<Duration>,
     stats: HttpStats,
     /// `alt-svc` added to responses on TCP connections.
     alt_svc: Option<HeaderValue>,
@@ -635,6 +643,7 @@ const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) never forwarded.
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -730,8 +739,15 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Joins the two upgraded byte streams (e.g. a WebSocket) until either
-/// side closes.
-fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
+/// side closes, or the stream's max stream duration passes (both closed,
+/// as Envoy resets the upgraded stream).
+fn tunnel(
+    down: Upgrade,
+    up: Upgrade,
+    conn: u64,
+    deadline: Option<tokio::time::Instant>,
+    protocol: &'static str,
+) {
     // Held while the tunnel is open: a drain waits for it (drain time).
     let drain = meshgate_core::server::detached_token();
     tokio::spawn(async move {
@@ -742,7 +758,18 @@ fn tunnel(down: Upgrade, up: Upgrade, conn: u64) {
         let (d, u) = tokio::join!(down, up);
         match (d, u) {
             (Ok(mut d), Ok(mut u)) => {
-                let r = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+                let r = match deadline {
+                    None => copy.await,
+                    Some(at) => match tokio::time::timeout_at(at, copy).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            meshgate_core::stream_duration::count(protocol, "after_response");
+                            tracing::debug!(conn, "upgraded tunnel ended: max stream duration");
+                            return;
+                        }
+                    },
+                };
                 tracing::debug!(conn, result = ?r, "upgraded tunnel closed");
             }
             (d, u) => {
@@ -892,6 +919,8 @@ impl ProxyHandler {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }
+        self.edge
+            .strip_host_port(req, info.connection.local_addr.port());
         self.edge.transform_scheme(req);
         if Edge::is_connect(req.method()) {
             self.edge.count(Refusal::Connect);
@@ -935,7 +964,7 @@ impl ProxyHandler {
         info: &mut StreamInfo,
         peer_ip: HeaderValue,
         seen: Seen,
-        mut upgrade: Option<HeaderValue>,
+        upgrade: Option<HeaderValue>,
         ran: &mut Ran,
     ) -> Response {
         let headers = req.headers_mut();
@@ -963,12 +992,63 @@ impl ProxyHandler {
         // their per-route config); "no route" and the body limit are the
         // router's, after them (DESIGN.md layer 5).
         let table = self.table.load_full();
-        let mut matched = table.find_request(req);
+        let matched = table.find_request(req);
+        // The stream duration limit (Envoy's max_stream_duration), known
+        // once the route is: the rest of the stream races it.
+        let limit = match matched.map(|(_, r)| r.action()) {
+            Some(RouteAction::Cluster(c)) => meshgate_core::stream_duration::limit(
+                c.max_stream_duration(),
+                self.max_stream_duration,
+                req.headers(),
+                info.grpc,
+            ),
+            _ => None,
+        };
+        let Some(limit) = limit else {
+            return self
+                .routed(req, info, upgrade, ran, &table, matched, None)
+                .await;
+        };
+        if let Some(v) = limit.grpc_timeout {
+            req.headers_mut().insert(GRPC_TIMEOUT, v);
+        }
+        let end = meshgate_core::stream_duration::track_request(req);
+        let deadline = tokio::time::Instant::from_std(info.start) + limit.duration;
+        info.route = matched.map(|(_, r)| r.stat_name());
+        let routed = self.routed(req, info, upgrade, ran, &table, matched, Some(deadline));
+        let mut resp = match Box::pin(meshgate_core::stream_duration::race(routed, deadline)).await
+        {
+            Some(r) => r,
+            None => return meshgate_core::stream_duration::reached(info, end.complete()),
+        };
+        meshgate_core::stream_duration::bound_response(&mut resp, deadline, info.protocol);
+        resp
+    }
+
+    /// The stream once its route is known: the stream filters, then the
+    /// router's answer or the upstream exchange. `deadline`: the stream
+    /// duration limit, which an upgraded tunnel keeps.
+    // The borrowed parts of one stream, passed as they are rather than
+    // packed into a struct built per request.
+    #[allow(clippy::too_many_arguments)]
+    async fn routed<'t>(
+        &self,
+        req: &mut Request,
+        info: &mut StreamInfo,
+        mut upgrade: Option<HeaderValue>,
+        ran: &mut Ran,
+        table: &'t meshgate_core::router::RouteTable,
+        mut matched: Option<(
+            &'t meshgate_core::router::VirtualHost,
+            &'t meshgate_core::router::Route,
+        )>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Response {
         if !self.chain.is_empty() {
             info.route = matched.map(|(_, r)| r.stat_name());
             if let Err(resp) = self
                 .chain
-                .on_request(&table, &mut matched, req, info, ran)
+                .on_request(table, &mut matched, req, info, ran)
                 .await
             {
                 return resp;
@@ -1123,7 +1203,7 @@ impl ProxyHandler {
                     let upstream_upgrade = resp.extensions_mut().remove::<Upgrade>();
                     match (downstream_upgrade, upstream_upgrade, upgrade) {
                         (Some(down), Some(up), Some(proto)) => {
-                            tunnel(down, up, info.connection.id);
+                            tunnel(down, up, info.connection.id, deadline, info.protocol);
                             let h = resp.headers_mut();
                             h.insert(
                                 http::header::CONNECTION,

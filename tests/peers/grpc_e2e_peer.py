@@ -58,8 +58,15 @@ def slow(req, ctx):
     return req
 
 
+def remaining(req, ctx):
+    # The deadline the server got (grpc-timeout as it arrived), in ms.
+    left = ctx.time_remaining()
+    return b"none" if left is None else str(int(left * 1000)).encode()
+
+
 def serve(port):
     handlers = {
+        "Remaining": grpc.unary_unary_rpc_method_handler(remaining, ident, ident),
         "Unary": grpc.unary_unary_rpc_method_handler(unary, ident, ident),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, ident, ident),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream, ident, ident),
@@ -134,6 +141,20 @@ def run_case(ch, case):
             assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.code()
             assert took < 2.0, took
             return f"deadline {took:.2f}s"
+        raise AssertionError("no deadline")
+    if case == "capped":
+        # A 5 s deadline the proxy's grpc_timeout_header_max caps: the
+        # upstream sees the capped grpc-timeout, and the slow call ends with
+        # the proxy's DEADLINE_EXCEEDED long before the client's deadline.
+        left = int(method(ch, "unary_unary", "Remaining")(b"x", timeout=5))
+        t = time.monotonic()
+        try:
+            method(ch, "unary_unary", "Slow")(b"x", timeout=5)
+        except grpc.RpcError as e:
+            took = time.monotonic() - t
+            assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.code()
+            assert "downstream duration timeout" in (e.details() or ""), e.details()
+            return f"capped upstream-deadline={left}ms took={took:.2f}s"
         raise AssertionError("no deadline")
     if case == "large":
         big = bytes(range(256)) * (4 * 4096)  # 4 MiB

@@ -1170,6 +1170,11 @@ fn http_connection_manager(
                     }
                 };
         }
+        // max_stream_duration: 0 (like unset) means no limit in Envoy.
+        if let Some(d) = o.max_stream_duration.take() {
+            let d = duration(&d, &join(&op, "max_stream_duration"))?;
+            out.common_http_protocol_options.max_stream_duration = (!d.is_zero()).then_some(d);
+        }
         rest(&o, &op)?;
     }
     // request_headers_timeout bounds each request head on every HTTP
@@ -1198,6 +1203,21 @@ fn http_connection_manager(
         }
         out.scheme_header_transformation.match_upstream = std::mem::take(&mut t.match_upstream);
         rest(&t, &tp)?;
+    }
+    // strip_any_host_port (the oneof strip_port_mode) and
+    // strip_matching_host_port: Envoy refuses both at once, and so does
+    // the proxy filter's build.
+    out.strip_matching_host_port = std::mem::take(&mut h.strip_matching_host_port);
+    if let Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(b)) =
+        h.strip_port_mode.take()
+    {
+        out.strip_any_host_port = b;
+    }
+    if out.strip_any_host_port && out.strip_matching_host_port {
+        return err(
+            join(path, "strip_any_host_port"),
+            "only one of strip_matching_host_port, strip_any_host_port can be set",
+        );
     }
     if let Some(o) = h.http2_protocol_options.take() {
         let h2 = http2_server_options(o, &join(path, "http2_protocol_options"))?;
@@ -1655,18 +1675,8 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     if !pr.is_empty() {
         out.prefix_rewrite = Some(pr);
     }
-    if let Some(mut rr) = a.regex_rewrite.take() {
-        let rp = join(path, "regex_rewrite");
-        let pattern = match rr.pattern.take() {
-            Some(p) => regex(p, &join(&rp, "pattern"))?,
-            None => return err(join(&rp, "pattern"), "missing pattern"),
-        };
-        let substitution = std::mem::take(&mut rr.substitution);
-        rest(&rr, &rp)?;
-        out.regex_rewrite = Some(rc::RegexRewriteConfig {
-            pattern,
-            substitution,
-        });
+    if let Some(rr) = a.regex_rewrite.take() {
+        out.regex_rewrite = Some(regex_rewrite(rr, &join(path, "regex_rewrite"))?);
     }
     match a.host_rewrite_specifier.take() {
         None => {}
@@ -1683,6 +1693,12 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     }
     if let Some(d) = a.idle_timeout.take() {
         out.idle_timeout = Some(duration(&d, &join(path, "idle_timeout"))?);
+    }
+    if let Some(m) = a.max_stream_duration.take() {
+        out.max_stream_duration = Some(max_stream_duration(m, &join(path, "max_stream_duration"))?);
+        // Envoy: a route with max_stream_duration has no router timeout
+        // (its `timeout` is not used); the stream duration bounds it.
+        out.timeout = Duration::ZERO;
     }
     if let Some(rp) = a.retry_policy.take() {
         out.retry_policy = Some(crate::retry_policy::translate(
@@ -1727,6 +1743,41 @@ pub(crate) fn route_action(mut a: rds::RouteAction, path: &str) -> R<rc::RouteAc
     out.request_mirror_policies =
         crate::mirror::mirror_policies(std::mem::take(&mut a.request_mirror_policies), path)?;
     rest(&a, path)?;
+    Ok(out)
+}
+
+/// A `RegexMatchAndSubstitute` (route and redirect `regex_rewrite`).
+fn regex_rewrite(mut rr: matcher::RegexMatchAndSubstitute, rp: &str) -> R<rc::RegexRewriteConfig> {
+    let pattern = match rr.pattern.take() {
+        Some(p) => regex(p, &join(rp, "pattern"))?,
+        None => return err(join(rp, "pattern"), "missing pattern"),
+    };
+    let substitution = std::mem::take(&mut rr.substitution);
+    rest(&rr, rp)?;
+    Ok(rc::RegexRewriteConfig {
+        pattern,
+        substitution,
+    })
+}
+
+/// `RouteAction.max_stream_duration`, every field kept as set (an unset
+/// field and a zero one mean different things in Envoy).
+fn max_stream_duration(
+    mut m: rds::route_action::MaxStreamDuration,
+    path: &str,
+) -> R<rc::MaxStreamDurationConfig> {
+    let mut out = rc::MaxStreamDurationConfig::default();
+    if let Some(d) = m.max_stream_duration.take() {
+        out.max_stream_duration = Some(duration(&d, &join(path, "max_stream_duration"))?);
+    }
+    if let Some(d) = m.grpc_timeout_header_max.take() {
+        out.grpc_timeout_header_max = Some(duration(&d, &join(path, "grpc_timeout_header_max"))?);
+    }
+    if let Some(d) = m.grpc_timeout_header_offset.take() {
+        out.grpc_timeout_header_offset =
+            Some(duration(&d, &join(path, "grpc_timeout_header_offset"))?);
+    }
+    rest(&m, path)?;
     Ok(out)
 }
 
@@ -1845,10 +1896,13 @@ fn redirect(mut a: rds::RedirectAction, path: &str) -> R<rc::RedirectActionConfi
         None => {}
         Some(P::PathRedirect(p)) => out.path_redirect = Some(p),
         Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p),
-        Some(_) => {
+        Some(P::RegexRewrite(rr)) => {
+            out.regex_rewrite = Some(regex_rewrite(rr, &join(path, "regex_rewrite"))?);
+        }
+        Some(P::PathRewrite(_)) => {
             return err(
-                join(path, "regex_rewrite"),
-                "regex_rewrite in redirects is not supported",
+                join(path, "path_rewrite"),
+                "path_rewrite (URI templates) in redirects is not supported",
             );
         }
     }
@@ -2434,6 +2488,109 @@ mod tests {
         let e =
             http_connection_manager(h(other), "", &|_| None, &mut names, &mut None).unwrap_err();
         assert_eq!(e.0, "common_http_protocol_options.max_headers_count");
+    }
+
+    #[test]
+    fn hcm_max_stream_duration_and_strip_port_modes_are_translated() {
+        use hcm::http_connection_manager::StripPortMode;
+        let base = || hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                Default::default(),
+            )),
+            ..Default::default()
+        };
+        let mut names = BTreeSet::new();
+        let mut h = base();
+        h.common_http_protocol_options = Some(core3::HttpProtocolOptions {
+            max_stream_duration: Some(protobuf::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        h.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
+        let out = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(
+            out.common_http_protocol_options.max_stream_duration,
+            Some(Duration::from_secs(2))
+        );
+        assert!(out.strip_any_host_port && !out.strip_matching_host_port);
+        // 0 means no limit, as unset.
+        let mut h = base();
+        h.common_http_protocol_options = Some(core3::HttpProtocolOptions {
+            max_stream_duration: Some(protobuf::Duration::default()),
+            ..Default::default()
+        });
+        h.strip_matching_host_port = true;
+        let out = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(out.common_http_protocol_options.max_stream_duration, None);
+        assert!(out.strip_matching_host_port);
+        // Both: refused, as Envoy does.
+        let mut h = base();
+        h.strip_matching_host_port = true;
+        h.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
+        let e = http_connection_manager(h, "", &|_| None, &mut names, &mut None).unwrap_err();
+        assert_eq!(e.0, "strip_any_host_port");
+    }
+
+    #[test]
+    fn route_max_stream_duration_and_redirect_regex_rewrite_are_translated() {
+        let d = |ms: i32| protobuf::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        };
+        let a = rds::RouteAction {
+            cluster_specifier: Some(rds::route_action::ClusterSpecifier::Cluster("c".into())),
+            timeout: Some(protobuf::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            max_stream_duration: Some(rds::route_action::MaxStreamDuration {
+                max_stream_duration: None,
+                grpc_timeout_header_max: Some(d(0)),
+                grpc_timeout_header_offset: Some(d(50)),
+            }),
+            ..Default::default()
+        };
+        let out = route_action(a, "route").unwrap();
+        let m = out.max_stream_duration.unwrap();
+        // Unset and zero stay apart (they mean different things).
+        assert_eq!(m.max_stream_duration, None);
+        assert_eq!(m.grpc_timeout_header_max, Some(Duration::ZERO));
+        assert_eq!(
+            m.grpc_timeout_header_offset,
+            Some(Duration::from_millis(50))
+        );
+        // Envoy does not use the route timeout then.
+        assert_eq!(out.timeout, Duration::ZERO);
+
+        use rds::redirect_action::PathRewriteSpecifier as P;
+        let r = rds::RedirectAction {
+            path_rewrite_specifier: Some(P::RegexRewrite(matcher::RegexMatchAndSubstitute {
+                pattern: Some(matcher::RegexMatcher {
+                    regex: "^/old/(.*)$".into(),
+                    ..Default::default()
+                }),
+                substitution: "/new/\\1".into(),
+            })),
+            strip_query: true,
+            ..Default::default()
+        };
+        let out = redirect(r, "redirect").unwrap();
+        let rr = out.regex_rewrite.unwrap();
+        assert_eq!(
+            (rr.pattern.as_str(), rr.substitution.as_str()),
+            ("^/old/(.*)$", "/new/\\1")
+        );
+        assert!(out.strip_query);
+        let r = rds::RedirectAction {
+            path_rewrite_specifier: Some(P::PathRewrite(Default::default())),
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect(r, "redirect").unwrap_err().0,
+            "redirect.path_rewrite"
+        );
     }
 
     #[test]

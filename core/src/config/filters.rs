@@ -95,6 +95,16 @@ pub struct ProxyConfig {
     /// Envoy HCM's `tracing`: distributed tracing (`crate::trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<super::tracing::TracingConfig>,
+    /// Envoy HCM's `strip_any_host_port`: the port of `Host` /
+    /// `:authority` is removed before the stream filters, routing and
+    /// forwarding (never on `CONNECT`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_any_host_port: bool,
+    /// Envoy HCM's `strip_matching_host_port`: the same, only when the
+    /// port is the listener's own (the local port of the connection).
+    /// At most one of the two.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_matching_host_port: bool,
 }
 
 /// Envoy's `SchemeHeaderTransformation`: at most one of the two.
@@ -143,6 +153,8 @@ impl ProxyConfig {
             local_reply_config: None,
             scheme_header_transformation: SchemeHeaderTransformation::default(),
             tracing: None,
+            strip_any_host_port: false,
+            strip_matching_host_port: false,
         }
     }
 }
@@ -331,6 +343,17 @@ pub struct CommonHttpProtocolOptions {
         skip_serializing_if = "HeadersWithUnderscoresAction::is_allow"
     )]
     pub headers_with_underscores_action: HeadersWithUnderscoresAction,
+    /// Envoy's `max_stream_duration`: a stream older than this (from its
+    /// request head) is ended: answered 408, or 504 once the request was
+    /// whole (gRPC: `DEADLINE_EXCEEDED`), or reset once the response
+    /// started; counted in `meshgate_downstream_rq_max_duration_reached_total`.
+    /// A route's `max_stream_duration` overrides it. Unset or `0s`: none.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_stream_duration: Option<Duration>,
 }
 
 impl Default for CommonHttpProtocolOptions {
@@ -338,6 +361,7 @@ impl Default for CommonHttpProtocolOptions {
         Self {
             idle_timeout: default_idle_timeout(),
             headers_with_underscores_action: HeadersWithUnderscoresAction::Allow,
+            max_stream_duration: None,
         }
     }
 }

@@ -101,6 +101,10 @@ pub const DOWNSTREAM_RQ_LOCAL_REPLY_TOTAL: &str = "meshgate_downstream_rq_local_
 pub const DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL: &str = "meshgate_downstream_rq_body_too_large_total";
 /// Counter `{protocol,phase}`: streams ended by the stream idle timeout.
 pub const DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL: &str = "meshgate_downstream_rq_idle_timeout_total";
+/// Counter `{protocol,phase}`: streams ended by their max stream duration
+/// (Envoy's `downstream_rq_max_duration_reached`).
+pub const DOWNSTREAM_RQ_MAX_DURATION_REACHED_TOTAL: &str =
+    "meshgate_downstream_rq_max_duration_reached_total";
 /// Counter `{listener}`: connections whose protocol no codec recognised.
 pub const PROXY_CODEC_DETECT_FAIL_TOTAL: &str = "meshgate_proxy_codec_detect_fail_total";
 
@@ -623,6 +627,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (HTTP_FILTER_DENIED_TOTAL, Kind::Counter),
     (DOWNSTREAM_RQ_BODY_TOO_LARGE_TOTAL, Kind::Counter),
     (DOWNSTREAM_RQ_IDLE_TIMEOUT_TOTAL, Kind::Counter),
+    (DOWNSTREAM_RQ_MAX_DURATION_REACHED_TOTAL, Kind::Counter),
     (PROXY_CODEC_DETECT_FAIL_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),

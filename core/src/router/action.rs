@@ -103,6 +103,8 @@ pub struct ClusterAction {
     pub(crate) total_weight: u64,
     pub(crate) policy: ForwardPolicy,
     pub(crate) idle_timeout: Option<Duration>,
+    /// `max_stream_duration`, when the route sets it.
+    pub(crate) max_stream_duration: Option<super::MaxStreamDurationConfig>,
     pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) host_rewrite: Option<(Authority, HeaderValue)>,
     pub(crate) hash_policy: Option<Box<super::hash::HashPolicy>>,
@@ -204,6 +206,11 @@ impl ClusterAction {
         self.idle_timeout
     }
 
+    /// The route's `max_stream_duration` (`crate::stream_duration`).
+    pub fn max_stream_duration(&self) -> Option<&super::MaxStreamDurationConfig> {
+        self.max_stream_duration.as_ref()
+    }
+
     /// The path rewrite, if any.
     pub fn path_rewrite(&self) -> Option<&PathRewrite> {
         self.path_rewrite.as_ref()
@@ -277,7 +284,9 @@ pub struct RedirectAction {
     pub(crate) port: Option<u16>,
     /// May carry a `?query`, which then replaces the request's.
     pub(crate) path: Option<Box<str>>,
-    pub(crate) prefix_rewrite: Option<(usize, Box<str>)>,
+    /// `prefix_rewrite` or `regex_rewrite` (Envoy applies either to the
+    /// path without its query).
+    pub(crate) path_rewrite: Option<PathRewrite>,
     pub(crate) status: StatusCode,
     pub(crate) strip_query: bool,
 }
@@ -350,9 +359,18 @@ impl RedirectAction {
                     req_query
                 }
             }
-        } else if let Some((len, replacement)) = &self.prefix_rewrite {
-            loc.push_str(replacement);
-            loc.push_str(req_path.get(*len..).unwrap_or(""));
+        } else if let Some(rw) = &self.path_rewrite {
+            // Envoy: an empty result keeps the request's path; a result
+            // without a leading `/` gets one.
+            match rw.apply(req_path).filter(|p| !p.is_empty()) {
+                Some(p) => {
+                    if !p.starts_with('/') {
+                        loc.push('/');
+                    }
+                    loc.push_str(&p);
+                }
+                None => loc.push_str(req_path),
+            }
             req_query
         } else {
             loc.push_str(req_path);

@@ -254,6 +254,10 @@ pub struct RouteActionConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// Envoy's `RouteAction.max_stream_duration`: the stream duration
+    /// limit of this route's streams (`MaxStreamDurationConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<MaxStreamDurationConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicyConfig>,
     /// Envoy's `RouteAction.priority`: which circuit-breaker thresholds of
@@ -312,6 +316,7 @@ impl Default for RouteActionConfig {
             host_rewrite_literal: None,
             timeout: default_route_timeout(),
             idle_timeout: None,
+            max_stream_duration: None,
             retry_policy: None,
             priority: Default::default(),
             hash_policy: Vec::new(),
@@ -342,6 +347,39 @@ pub struct ClusterWeightConfig {
     /// the route's and the virtual host's when this cluster is picked.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_filter_config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Envoy's `RouteAction.MaxStreamDuration`. Without a usable
+/// `grpc-timeout`: `max_stream_duration` if set (`0s`: no limit on this
+/// route, the listener's included), else the listener's
+/// `common_http_protocol_options.max_stream_duration`. With
+/// `grpc_timeout_header_max` set and a request carrying `grpc-timeout`:
+/// the header's value, capped by `grpc_timeout_header_max` (`0s`: no
+/// cap), minus `grpc_timeout_header_offset` (down to 0: ended at once);
+/// the `grpc-timeout` sent upstream then says the result. As in Envoy, a
+/// route with `max_stream_duration` has no route `timeout` (the default
+/// is dropped; another value set with it is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxStreamDurationConfig {
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_stream_duration: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_header_max: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub grpc_timeout_header_offset: Option<Duration>,
 }
 
 /// A path rewrite by regex. `substitution` uses Envoy's (RE2) syntax:
@@ -470,6 +508,12 @@ pub struct RedirectActionConfig {
     /// Replaces the matched prefix (needs a `prefix` match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
+    /// Rewrites the request's path (without its query, which is kept
+    /// unless `strip_query`) with every match of `pattern` replaced, as
+    /// the route's `regex_rewrite`. At most one of `path_redirect`,
+    /// `prefix_rewrite`, `regex_rewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_rewrite: Option<RegexRewriteConfig>,
     /// 301 (default), 302, 303, 307 or 308.
     #[serde(default = "default_redirect_code")]
     pub response_code: u16,
@@ -486,6 +530,7 @@ impl Default for RedirectActionConfig {
             port_redirect: None,
             path_redirect: None,
             prefix_rewrite: None,
+            regex_rewrite: None,
             response_code: default_redirect_code(),
             strip_query: false,
         }

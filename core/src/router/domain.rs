@@ -178,7 +178,7 @@ impl DomainIndex {
 }
 
 /// `host:port` -> `host`, `[v6]:port` -> `[v6]`; `None` without a port.
-pub(crate) fn strip_port(host: &[u8]) -> Option<&[u8]> {
+pub fn strip_port(host: &[u8]) -> Option<&[u8]> {
     let colon = if host.first() == Some(&b'[') {
         let end = host.iter().position(|&b| b == b']')?;
         if host.get(end + 1) != Some(&b':') {

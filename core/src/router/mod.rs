@@ -78,10 +78,12 @@ pub use action::{
 pub use config::RouteUpgradeConfig;
 pub use config::{
     ClusterWeightConfig, DirectResponseConfig, HeaderMatcherConfig, HeaderValueOption,
-    QueryParameterMatcherConfig, RedirectActionConfig, RegexRewriteConfig, RetryBackOffConfig,
-    RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteEntryConfig, RouteMatchConfig,
-    VirtualHostConfig, WeightedClustersConfig,
+    MaxStreamDurationConfig, QueryParameterMatcherConfig, RedirectActionConfig, RegexRewriteConfig,
+    RetryBackOffConfig, RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteEntryConfig,
+    RouteMatchConfig, VirtualHostConfig, WeightedClustersConfig,
 };
+/// `host:port` -> `host` (`[v6]:port` -> `[v6]`); `None` without a port.
+pub use domain::strip_port;
 pub use hash::{
     HashConnectionPropertiesConfig, HashCookieAttributeConfig, HashCookieConfig,
     HashFilterStateConfig, HashHeaderConfig, HashPolicy, HashPolicyConfig,
@@ -986,19 +988,7 @@ fn build_cluster_action(
             replacement: p.as_str().into(),
         })
     } else if let Some(r) = &c.regex_rewrite {
-        let regex = regex::Regex::new(&r.pattern).map_err(|e| {
-            BuildError::new(
-                sub(path, "regex_rewrite.pattern"),
-                format!("invalid regex: {e}"),
-            )
-        })?;
-        let substitution = convert_substitution(&r.substitution, regex.captures_len())
-            .map_err(|m| BuildError::new(sub(path, "regex_rewrite.substitution"), m))?;
-        check_literal_path(&sub(path, "regex_rewrite.substitution"), &r.substitution)?;
-        Some(PathRewrite::Regex {
-            regex,
-            substitution: substitution.into(),
-        })
+        Some(build_regex_rewrite(&sub(path, "regex_rewrite"), r)?)
     } else {
         None
     };
@@ -1017,8 +1007,18 @@ fn build_cluster_action(
         None => None,
     };
 
+    // Envoy: a route with max_stream_duration has no route timeout.
+    if c.max_stream_duration.is_some()
+        && !c.timeout.is_zero()
+        && c.timeout != RouteActionConfig::default().timeout
+    {
+        return Err(BuildError::new(
+            sub(path, "timeout"),
+            "not used with max_stream_duration (as in Envoy, the stream duration bounds the route): remove it or set 0s",
+        ));
+    }
     let mut policy = ForwardPolicy {
-        timeout: (!c.timeout.is_zero()).then_some(c.timeout),
+        timeout: (!c.timeout.is_zero() && c.max_stream_duration.is_none()).then_some(c.timeout),
         priority: c.priority,
         ..ForwardPolicy::default()
     };
@@ -1075,6 +1075,7 @@ fn build_cluster_action(
         policy,
         // `0s` stays: it disables the listener's default too.
         idle_timeout: c.idle_timeout,
+        max_stream_duration: c.max_stream_duration.clone(),
         path_rewrite,
         host_rewrite,
         hash_policy: HashPolicy::build(&sub(path, "hash_policy"), &c.hash_policy)?,
@@ -1161,10 +1162,19 @@ fn build_redirect(
             "must be 1..=65535",
         ));
     }
-    if c.path_redirect.is_some() && c.prefix_rewrite.is_some() {
+    if [
+        c.path_redirect.is_some(),
+        c.prefix_rewrite.is_some(),
+        c.regex_rewrite.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count()
+        > 1
+    {
         return Err(BuildError::new(
             path,
-            "set at most one of path_redirect, prefix_rewrite",
+            "set at most one of path_redirect, prefix_rewrite, regex_rewrite",
         ));
     }
     if let Some(p) = &c.path_redirect {
@@ -1186,9 +1196,15 @@ fn build_redirect(
                 ));
             };
             check_rewrite_path(&ppath, p)?;
-            Some((len, p.as_str().into()))
+            Some(PathRewrite::Prefix {
+                prefix_len: len,
+                replacement: p.as_str().into(),
+            })
         }
-        None => None,
+        None => match &c.regex_rewrite {
+            Some(r) => Some(build_regex_rewrite(&sub(path, "regex_rewrite"), r)?),
+            None => None,
+        },
     };
     let status = match c.response_code {
         301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(c.response_code)
@@ -1205,9 +1221,22 @@ fn build_redirect(
         host: c.host_redirect.as_deref().map(Into::into),
         port: c.port_redirect,
         path: c.path_redirect.as_deref().map(Into::into),
-        prefix_rewrite,
+        path_rewrite: prefix_rewrite,
         status,
         strip_query: c.strip_query,
+    })
+}
+
+/// A `regex_rewrite` (route or redirect) at `path`, compiled.
+fn build_regex_rewrite(path: &str, r: &RegexRewriteConfig) -> Result<PathRewrite, BuildError> {
+    let regex = regex::Regex::new(&r.pattern)
+        .map_err(|e| BuildError::new(sub(path, "pattern"), format!("invalid regex: {e}")))?;
+    let substitution = convert_substitution(&r.substitution, regex.captures_len())
+        .map_err(|m| BuildError::new(sub(path, "substitution"), m))?;
+    check_literal_path(&sub(path, "substitution"), &r.substitution)?;
+    Ok(PathRewrite::Regex {
+        regex,
+        substitution: substitution.into(),
     })
 }
 

@@ -1238,3 +1238,82 @@ fn unindexed_regexes_behind_a_set() {
         hit(&t, &r);
     }
 }
+
+/// Redirect `regex_rewrite` (Envoy): the path without its query is
+/// rewritten, the query kept (or dropped with `strip_query`); an empty
+/// result keeps the request's path, a result without `/` gets one.
+#[test]
+fn redirect_regex_rewrite_location() {
+    let t = table(
+        r#"
+virtual_hosts:
+  - name: v
+    domains: ["*"]
+    routes:
+      - match: {prefix: /swap/}
+        redirect: {regex_rewrite: {pattern: "^/swap/([^/]+)/([^/]+)$", substitution: "/\\2/\\1"}}
+      - match: {prefix: /strip/}
+        redirect: {regex_rewrite: {pattern: "^/strip", substitution: "/s"}, strip_query: true}
+      - match: {prefix: /gone}
+        redirect: {regex_rewrite: {pattern: "^.*$", substitution: ""}}
+      - match: {prefix: /rel}
+        redirect: {regex_rewrite: {pattern: "^/rel/", substitution: "x/"}}
+"#,
+    );
+    let loc = |uri: &str| {
+        let r = req("GET", uri, Some("example.com"), &[]);
+        let (_, route) = t.find_request(&r).unwrap();
+        let RouteAction::Redirect(rd) = route.action() else {
+            panic!("not a redirect")
+        };
+        rd.response(&r).headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(loc("/swap/a/b?q=1"), "http://example.com/b/a?q=1");
+    // Only the path is matched: the query cannot be captured.
+    assert_eq!(loc("/swap/a/b?q=/c"), "http://example.com/b/a?q=/c");
+    assert_eq!(loc("/strip/z?y=2"), "http://example.com/s/z");
+    assert_eq!(loc("/gone?k"), "http://example.com/gone?k");
+    assert_eq!(loc("/rel/x"), "http://example.com/x/x");
+}
+
+#[test]
+fn redirect_rewrites_and_stream_duration_are_validated_by_name() {
+    let vh = |route: &str| {
+        format!("virtual_hosts:\n  - name: v\n    domains: [\"*\"]\n    routes:\n      - {route}\n")
+    };
+    let e = build_err(&vh(
+        "{match: {prefix: /x}, redirect: {prefix_rewrite: /y, regex_rewrite: {pattern: a, substitution: b}}}",
+    ));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].redirect");
+    assert!(e.message.contains("regex_rewrite"), "{e:?}");
+    let e = build_err(&vh(
+        "{match: {prefix: /x}, redirect: {regex_rewrite: {pattern: \"(\", substitution: b}}}",
+    ));
+    assert_eq!(
+        e.path,
+        "virtual_hosts[0].routes[0].redirect.regex_rewrite.pattern"
+    );
+    // Envoy's rule: no route timeout with max_stream_duration; one set
+    // with it is refused rather than ignored.
+    let e = build_err(&vh(
+        "{match: {prefix: /x}, route: {cluster: a, timeout: 3s, max_stream_duration: {max_stream_duration: 1s}}}",
+    ));
+    assert_eq!(e.path, "virtual_hosts[0].routes[0].route.timeout");
+    let t = table(&vh(
+        "{match: {prefix: /x}, route: {cluster: a, max_stream_duration: {grpc_timeout_header_max: 1s}}}",
+    ));
+    let r = req("GET", "/x", Some("h"), &[]);
+    let (_, route) = t.find_request(&r).unwrap();
+    let RouteAction::Cluster(c) = route.action() else {
+        panic!("not a cluster route")
+    };
+    assert_eq!(c.forward_policy().timeout, None);
+    assert_eq!(
+        c.max_stream_duration()
+            .and_then(|m| m.grpc_timeout_header_max),
+        Some(std::time::Duration::from_secs(1))
+    );
+}

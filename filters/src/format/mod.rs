@@ -124,6 +124,7 @@ impl Flags {
             "overflow" => "UO",
             "bad_request" | "headers_too_large" => "DPE",
             "stream_idle_timeout" => "SI",
+            "max_duration_timeout" => "DT",
             "rate_limited" => "RL",
             "drop_overload" => "DO",
             "overloaded" | "overload" => "OM",

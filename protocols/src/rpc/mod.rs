@@ -158,7 +158,9 @@ impl RpcErrorKind {
     pub fn from_local_reason(r: LocalReason) -> Self {
         match r {
             LocalReason::NoRoute => Self::NotFound,
-            LocalReason::UpstreamTimeout | LocalReason::StreamIdleTimeout => Self::Timeout,
+            LocalReason::UpstreamTimeout
+            | LocalReason::StreamIdleTimeout
+            | LocalReason::MaxStreamDuration => Self::Timeout,
             LocalReason::BadRequest
             | LocalReason::PayloadTooLarge
             | LocalReason::HeadersTooLarge => Self::BadRequest,

@@ -1,0 +1,250 @@
+//! Stream duration limits, redirect `regex_rewrite` and host port
+//! stripping pushed over xDS by a control plane that shares no code with
+//! meshgate (`tests/peers/ads_server.py`, grpcio and Envoy's protos): the
+//! push is ACKed and its effect seen with real clients (grpcio, curl), a
+//! push setting both strip modes is NACKed by name while the old config
+//! serves.
+
+use meshgate_tests::backend::{HttpBackend, Proto};
+use meshgate_tests::curl::curl;
+use meshgate_tests::pyads::PyAds;
+use meshgate_tests::xds::{CLUSTER, LISTENER, ROUTE};
+use meshgate_tests::*;
+use std::net::SocketAddr;
+use std::process::Command;
+
+/// A STATIC cluster; `extra` goes in at the top level (two spaces).
+fn cluster(name: &str, a: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {name}
+  type: STATIC
+  connectTimeout: 1s
+{extra}  loadAssignment:
+    clusterName: {name}
+    endpoints:
+    - lbEndpoints:
+      - endpoint:
+          address:
+            socketAddress: {{address: {ip}, portValue: {port}}}
+"#,
+        ip = a.ip(),
+        port = a.port()
+    )
+}
+
+/// A listener whose HCM takes route `r1` from RDS; `hcm` goes into the
+/// HCM's typed config (eight spaces).
+fn listener(name: &str, port: u16, hcm: &str) -> String {
+    format!(
+        r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  address:
+    socketAddress: {{address: 127.0.0.1, portValue: {port}}}
+  filterChains:
+  - filters:
+    - name: envoy.filters.network.http_connection_manager
+      typedConfig:
+        '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        statPrefix: {name}
+{hcm}        rds:
+          configSource: {{ads: {{}}, resourceApiVersion: V3}}
+          routeConfigName: r1
+        httpFilters:
+        - name: envoy.filters.http.router
+          typedConfig:
+            '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+const GRPC_ROUTES: &str = r#"- '@type': type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:
+    - match: {prefix: /, grpc: {}}
+      route:
+        cluster: grpc
+        timeout: 1s
+        maxStreamDuration:
+          maxStreamDuration: 10s
+          grpcTimeoutHeaderMax: 0.5s
+          grpcTimeoutHeaderOffset: 0.1s
+"#;
+
+/// A 5 s gRPC deadline on a route whose `grpc_timeout_header_max` is
+/// 500 ms with a 100 ms offset: the upstream is told 400 ms, and the slow
+/// call ends with meshgate's DEADLINE_EXCEEDED, counted. The route's
+/// `timeout: 1s` is not used (Envoy's rule with max_stream_duration): the
+/// 3 s call is ended by the stream duration, not as an upstream timeout.
+#[test]
+fn grpc_timeout_header_max_caps_a_deadline_pushed_over_xds() {
+    let server = GrpcServer::start();
+    let port = free_port();
+    let ads = PyAds::start();
+    let h2 = r#"  typedExtensionProtocolOptions:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      '@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicitHttpConfig:
+        http2ProtocolOptions: {}
+"#;
+    ads.set(
+        CLUSTER,
+        "1",
+        &cluster("grpc", ([127, 0, 0, 1], server.1).into(), h2),
+    );
+    ads.set(ROUTE, "1", GRPC_ROUTES);
+    ads.set(LISTENER, "1", &listener("web", port, ""));
+    let mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    let out = Command::new("timeout")
+        .args(["20", "python3"])
+        .arg(workspace().join("tests/peers/grpc_e2e_peer.py"))
+        .args(["client", &format!("127.0.0.1:{port}"), "capped"])
+        .output()
+        .expect("python3 with grpcio");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    // `OK capped upstream-deadline=NNNms took=T.TTs`
+    let left: u64 = text
+        .split("upstream-deadline=")
+        .nth(1)
+        .and_then(|s| s.split("ms").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(left > 0 && left <= 400, "{text}");
+    let took: f64 = text
+        .split("took=")
+        .nth(1)
+        .and_then(|s| s.trim().strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // Ended by the limit, before the backend's 3 s answer or the
+    // client's own 5 s deadline.
+    assert!(took < 2.9, "{text}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_max_duration_reached_total",
+            &[("protocol", "http2"), ("phase", "before_response")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "upstream_timeout")]
+        ),
+        0.0
+    );
+}
+
+const ROUTES: &str = r#"- '@type': type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtualHosts:
+  - name: www
+    domains: [www.example.com]
+    routes:
+    - match: {prefix: /}
+      route: {cluster: up}
+  - name: all
+    domains: ['*']
+    routes:
+    - match: {prefix: /old/}
+      redirect:
+        regexRewrite:
+          pattern: {regex: '^/old/([^/]+)/(.*)$'}
+          substitution: '/new/\2/\1'
+    - match: {prefix: /}
+      route: {cluster: up}
+"#;
+
+/// Listener `strip` strips any host port (Envoy's `strip_any_host_port`),
+/// listener `plain` does not and limits streams to 300 ms
+/// (`common_http_protocol_options.max_stream_duration`); both route by
+/// `r1`, whose regex redirect curl follows.
+#[test]
+fn strip_any_host_port_redirect_regex_rewrite_and_hcm_limit_pushed_over_xds() {
+    let b = HttpBackend::start("a", Proto::Http1);
+    let (strip, plain) = (free_port(), free_port());
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &cluster("up", b.addr, ""));
+    ads.set(ROUTE, "1", ROUTES);
+    let listeners = |strip_hcm: &str| {
+        listener("strip", strip, strip_hcm)
+            + &listener(
+                "plain",
+                plain,
+                "        commonHttpProtocolOptions: {maxStreamDuration: 0.3s}\n",
+            )
+    };
+    ads.set(
+        LISTENER,
+        "1",
+        &listeners("        stripAnyHostPort: true\n"),
+    );
+    let mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], strip).into());
+    wait_listening(([127, 0, 0, 1], plain).into());
+    let via = |port: u16, host_port: u16| {
+        curl(&[
+            "--connect-to",
+            &format!("www.example.com:{host_port}:127.0.0.1:{port}"),
+            &format!("http://www.example.com:{host_port}/p"),
+        ])
+    };
+    // The port is stripped: the portless domain matches (the route table
+    // keeps Envoy's default, the host matched as sent) and the upstream
+    // gets the bare host.
+    let (status, _, body) = via(strip, 8080);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("host=www.example.com\n"), "{body}");
+    // Without it the host with its port falls to the `*` virtual host,
+    // which forwards it as sent.
+    let (status, _, body) = via(plain, 8080);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("host=www.example.com:8080\n"), "{body}");
+
+    // The regex redirect, followed by curl; the query is kept.
+    let (status, h, _) = curl(&[&format!("http://127.0.0.1:{plain}/old/a/b/c?x=1")]);
+    assert_eq!(status, 301);
+    assert_eq!(
+        h.get("location").map(String::as_str),
+        Some(format!("http://127.0.0.1:{plain}/new/b/c/a?x=1").as_str())
+    );
+    let (status, _, body) = curl(&["-L", &format!("http://127.0.0.1:{plain}/old/a/b?x=1")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("uri=/new/b/a?x=1"), "{body}");
+
+    // The HCM's limit on `plain` only.
+    let (status, _, body) = curl(&[&format!("http://127.0.0.1:{plain}/slow")]);
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("downstream duration timeout"), "{body}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_max_duration_reached_total",
+            &[("protocol", "http1"), ("phase", "before_response")]
+        ),
+        1.0
+    );
+
+    // Both strip modes: NACKed by name, the old listeners keep serving.
+    ads.set(
+        LISTENER,
+        "2",
+        &listeners("        stripAnyHostPort: true\n        stripMatchingHostPort: true\n"),
+    );
+    let nack = ads.wait_nack(LISTENER, "2");
+    assert!(nack.contains("strip_any_host_port"), "{nack}");
+    let (status, _, body) = via(strip, 8080);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("host=www.example.com\n"), "{body}");
+}
