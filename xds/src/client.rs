@@ -8,7 +8,9 @@
 //! known, or with what they have once their `initial_fetch_timeout` is
 //! over: an EDS cluster with no endpoints, a cluster a listener's tcp_proxy
 //! needs as a stand-in with none; a TLS listener waits for its SDS secret
-//! without bound), the last NACK per type shows in `/config_dump`
+//! without bound; a cluster CDS removes while a listener names it is gone
+//! at once, as in Envoy: its routes answer "cluster not found" and
+//! tcp_proxy closes new connections), the last NACK per type shows in `/config_dump`
 //! (`Refusals`), and a broken stream is re-opened with jittered
 //! back-off while the last good config keeps serving. Resources are shared
 //! (`Arc`) from the accepted state to the served config, and only what a
