@@ -157,7 +157,11 @@ fn auto_protocol_health_checks_keep_the_configured_alpn() {
 #[test]
 fn auto_protocol_relearns_an_endpoint_that_moves_to_http2_without_failing_a_request() {
     let port_up = free_port();
-    let old = Caddy::speaking(port_up, "a {http.request.proto} {http.request.method}", "h1");
+    let old = Caddy::speaking(
+        port_up,
+        "a {http.request.proto} {http.request.method}",
+        "h1",
+    );
     let ca = ca();
     let mg = Meshgate::start(&proxy_config(
         &["{match: {prefix: /}, route: {cluster: c, host_rewrite_literal: localhost}}"],
@@ -174,7 +178,11 @@ fn auto_protocol_relearns_an_endpoint_that_moves_to_http2_without_failing_a_requ
     // Caddy goes (meshgate's pooled HTTP/1.1 connection with it) and
     // comes back speaking HTTP/2 too.
     old.stop();
-    let _new = Caddy::speaking(port_up, "a {http.request.proto} {http.request.method}", "h1 h2");
+    let _new = Caddy::speaking(
+        port_up,
+        "a {http.request.proto} {http.request.method}",
+        "h1 h2",
+    );
     assert_eq!(get(port, "/").trim(), "a HTTP/2.0 GET");
     let (code, _, body) = curl::curl(&[
         "--data-binary",

@@ -649,7 +649,7 @@ impl http_body::Body for Lent {
     fn size_hint(&self) -> SizeHint {
         self.taken
             .as_ref()
-            .map_or_else(|| self.hint.clone(), |b| b.size_hint())
+            .map_or_else(|| self.hint, |b| b.size_hint())
     }
 }
 
