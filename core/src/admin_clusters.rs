@@ -54,9 +54,10 @@ fn outlier(e: &Endpoint) -> Option<Vec<(&'static str, serde_json::Value)>> {
     ])
 }
 
-/// Clusters sorted by name, for a stable output.
+/// Clusters sorted by name, for a stable output. A `not_found` stand-in
+/// (a cluster CDS removed) is not a cluster, as in Envoy's `/clusters`.
 fn sorted<'a>(clusters: impl Iterator<Item = &'a Arc<Cluster>>) -> Vec<&'a Arc<Cluster>> {
-    let mut v: Vec<_> = clusters.collect();
+    let mut v: Vec<_> = clusters.filter(|c| !c.not_found).collect();
     v.sort_by_key(|c| c.name);
     v
 }

@@ -225,6 +225,17 @@ impl TcpProxy {
                 &self.downstream_bytes_sent,
             )
         });
+        // A cluster that is not there (CDS removed it while this listener
+        // names it): the connection is closed at once, as Envoy's
+        // tcp_proxy does (`downstream_cx_no_route`, flag `NC`).
+        if cluster.not_found {
+            metrics::counter!(meshgate_core::metrics::names::TCP_PROXY_CX_NO_ROUTE_TOTAL, "listener" => self.listener.clone(), "cluster" => cluster.name).increment(1);
+            tracing::debug!(conn = conn.info.id, cluster = %cluster.name, "cluster not found: connection closed");
+            if let Some(l) = logged {
+                l.close(None, Some("cluster_not_found"));
+            }
+            return;
+        }
         // The cluster's `drop_overloads`: the connection is closed at once,
         // before any endpoint is chosen (Envoy's `DO` flag).
         if cluster.drop_overload() {

@@ -31,6 +31,7 @@ for mod in (
     "envoy.extensions.filters.udp.udp_proxy.v3.route_pb2",
     "envoy.extensions.transport_sockets.proxy_protocol.v3.upstream_proxy_protocol_pb2",
     "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
+    "envoy.extensions.transport_sockets.quic.v3.quic_transport_pb2",
     "envoy.config.trace.v3.opentelemetry_pb2",
     "envoy.config.trace.v3.zipkin_pb2",
     "envoy.extensions.filters.network.dubbo_proxy.v3.dubbo_proxy_pb2",

@@ -149,3 +149,46 @@ fn auto_protocol_health_checks_keep_the_configured_alpn() {
         assert_eq!(get(port, &format!("/{c}")).trim(), "a HTTP/2.0", "{c}");
     }
 }
+
+/// An endpoint learned as HTTP/1.1 that starts choosing h2 (Caddy
+/// restarted on the same port with HTTP/2 enabled): the request whose new
+/// connection meets the change is not failed: nothing was sent, so it goes
+/// again over HTTP/2 (a GET and a POST with its body), and so do the next.
+#[test]
+fn auto_protocol_relearns_an_endpoint_that_moves_to_http2_without_failing_a_request() {
+    let port_up = free_port();
+    let old = Caddy::speaking(
+        port_up,
+        "a {http.request.proto} {http.request.method}",
+        "h1",
+    );
+    let ca = ca();
+    let mg = Meshgate::start(&proxy_config(
+        &["{match: {prefix: /}, route: {cluster: c, host_rewrite_literal: localhost}}"],
+        &format!(
+            r#"  - name: c
+    protocol: auto
+    tls: {{trusted_ca_pem: {ca}, sni: localhost}}
+    endpoints: [{{address: "127.0.0.1:{port_up}"}}]
+"#
+        ),
+    ));
+    let port = mg.listener_port("http");
+    assert_eq!(get(port, "/").trim(), "a HTTP/1.1 GET");
+    // Caddy goes (meshgate's pooled HTTP/1.1 connection with it) and
+    // comes back speaking HTTP/2 too.
+    old.stop();
+    let _new = Caddy::speaking(
+        port_up,
+        "a {http.request.proto} {http.request.method}",
+        "h1 h2",
+    );
+    assert_eq!(get(port, "/").trim(), "a HTTP/2.0 GET");
+    let (code, _, body) = curl::curl(&[
+        "--data-binary",
+        "hello",
+        &format!("http://127.0.0.1:{port}/"),
+    ]);
+    assert_eq!((code, body.trim()), (200, "a HTTP/2.0 POST"));
+    assert_eq!(get(port, "/").trim(), "a HTTP/2.0 GET");
+}

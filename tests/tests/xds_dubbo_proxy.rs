@@ -5,7 +5,9 @@
 //! sofa-rpc-node consumers and providers: calls are routed by interface
 //! (exact and wildcard), group, version and method in Envoy's order; an
 //! unroutable call gets Dubbo's SERVICE_NOT_FOUND; a push meshgate cannot
-//! honour (`params_match`) is NACKed by name while the old routes serve.
+//! honour (`params_match`) is NACKed by name while the old routes serve;
+//! a cluster CDS removes answers its calls "cluster not found" until it
+//! comes back.
 
 use meshgate_tests::rpc::{Provider, node_call};
 use meshgate_tests::xds::*;
@@ -161,4 +163,36 @@ fn dubbo_proxy_routes_by_interface_group_version_and_method() {
     let detail = nack.error_detail.expect("a NACK").message;
     assert!(detail.contains("params_match"), "{detail}");
     assert_eq!(calls_from(port, ECHO, "echo", r#"["x"]"#, "1.0", ""), "a");
+
+    // CDS removes cluster b while the version 2.0 route names it: as in
+    // Envoy, its calls get an error response (cluster not found, Dubbo's
+    // unavailable status), the other routes serve; CDS sending it again
+    // serves it.
+    let without_b: String = ["a", "c"]
+        .iter()
+        .zip([&providers[0], &providers[2]])
+        .map(|(n, p)| cluster(n, p.port))
+        .collect();
+    mgmt.set(CLUSTER, "3", envoy_yaml(&without_b));
+    let nonce = mgmt.wait_sent(CLUSTER, "3");
+    let r = mgmt.wait_reply(CLUSTER, &nonce);
+    assert!(r.error_detail.is_none(), "{r:?}");
+    let r = node_call(
+        "dubbo", port, ECHO, "echo", r#"["x"]"#, 1, 1, 3000, "2.0", "",
+    );
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert!(
+        r.errors.iter().any(|e| e.contains("cluster not found")),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(
+        calls_from(port, ECHO, "echo", r#"["x"]"#, "1.0", "canary"),
+        "c"
+    );
+    mgmt.set(CLUSTER, "4", envoy_yaml(&clusters));
+    let nonce = mgmt.wait_sent(CLUSTER, "4");
+    let r = mgmt.wait_reply(CLUSTER, &nonce);
+    assert!(r.error_detail.is_none(), "{r:?}");
+    assert_eq!(calls_from(port, ECHO, "echo", r#"["x"]"#, "2.0", ""), "b");
 }

@@ -780,11 +780,12 @@ fn a_tcp_proxy_listener_to_a_cluster_cds_did_not_send_serves_after_the_initial_f
         1.0
     );
 
-    // A connection is closed without a byte and counted.
+    // A connection is closed without a byte and counted (the cluster is
+    // not there: Envoy's `downstream_cx_no_route`).
     let unavailable = || {
         mg.metric(
-            "meshgate_tcp_proxy_upstream_unavailable_total",
-            &[("listener", "tcp")],
+            "meshgate_tcp_proxy_cx_no_route_total",
+            &[("listener", "tcp"), ("cluster", "later")],
         )
     };
     let before = unavailable();
@@ -889,8 +890,8 @@ fn inline_route_listener(name: &str, port: u16, cluster: &str) -> (String, Any) 
 }
 
 /// A listener whose inline route names a cluster CDS did not send warms
-/// at most the CDS initial fetch (1 s), then answers 503 (a stand-in with
-/// no endpoints) until CDS sends it.
+/// at most the CDS initial fetch (1 s), then answers 503 (cluster not
+/// found: a `not_found` stand-in) until CDS sends it.
 #[test]
 fn an_inline_route_to_a_cluster_cds_did_not_send_serves_after_the_initial_fetch() {
     let a = HttpBackend::start("a", Proto::Http1);

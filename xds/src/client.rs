@@ -8,7 +8,9 @@
 //! known, or with what they have once their `initial_fetch_timeout` is
 //! over: an EDS cluster with no endpoints, a cluster a listener's tcp_proxy
 //! needs as a stand-in with none; a TLS listener waits for its SDS secret
-//! without bound), the last NACK per type shows in `/config_dump`
+//! without bound; a cluster CDS removes while a listener names it is gone
+//! at once, as in Envoy: its routes answer "cluster not found" and
+//! tcp_proxy closes new connections), the last NACK per type shows in `/config_dump`
 //! (`Refusals`), and a broken stream is re-opened with jittered
 //! back-off while the last good config keeps serving. Resources are shared
 //! (`Arc`) from the accepted state to the served config, and only what a
@@ -133,6 +135,9 @@ struct State {
     /// Bound of a listener's wait for a cluster it cannot serve without
     /// (`Bootstrap::cds_fetch_timeout`; `None`: no bound).
     cds_fetch_timeout: Option<Duration>,
+    /// The clusters last composed as `not_found` stand-ins because CDS
+    /// removed them while a listener cannot do without them.
+    removed: BTreeSet<String>,
 }
 
 /// The dynamic clusters as composed from CDS, EDS and SDS, and the maps
@@ -236,6 +241,21 @@ struct Composed {
     deadline: Option<Instant>,
 }
 
+/// The stand-in of a cluster a listener names that is not there: no
+/// endpoints, `not_found` (routes answer their
+/// `cluster_not_found_response_code`, tcp_proxy closes the connection).
+fn not_found_stand_in(name: &str) -> Result<Arc<ClusterConfig>, XdsError> {
+    let mut c: ClusterConfig = serde_json::from_value(
+        serde_json::json!({"name": name, "endpoints": []}),
+    )
+    .map_err(|source| XdsError::StandIn {
+        name: name.to_string(),
+        source,
+    })?;
+    c.not_found = true;
+    Ok(Arc::new(c))
+}
+
 /// Whether two looked-up resources are the same: both absent, the same
 /// allocation, or equal.
 fn same_resource<T: PartialEq>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
@@ -302,6 +322,21 @@ impl State {
         let mut stand_ins = BTreeSet::new();
         // Before the first CDS response every cluster may still come.
         let cds_known = self.versions.contains_key(CLUSTER);
+        // Clusters served before (as themselves or as stand-ins) that CDS
+        // no longer has while a listener cannot do without them (tcp_proxy,
+        // validating routes, RPC routes): `not_found` stand-ins, so their
+        // routes answer `cluster_not_found_response_code` and tcp_proxy
+        // closes new connections, while the rest of the listener serves
+        // and what runs on the removed cluster finishes (it holds its
+        // `Arc`). Routes that do not validate (RDS) need none: their
+        // table answers an unknown name so. CDS adding it again serves it.
+        let was_served = |n: &str| {
+            served
+                .clusters
+                .iter()
+                .find(|x| x.name == n)
+                .is_some_and(|x| !x.not_found || self.removed.contains(n))
+        };
         for (name, t) in self.translated.iter() {
             rds.extend(t.rds_names.iter().cloned());
             sds.extend(t.sds_names.iter().cloned());
@@ -342,7 +377,11 @@ impl State {
             }
             let mut needs = Vec::new();
             for c in t.clusters.iter().filter(|c| !known(c)) {
-                if t.required.contains(c) {
+                if t.required.contains(c) && was_served(c) {
+                    // Removed by CDS: a `not_found` stand-in at once (see
+                    // `removed` below), no wait.
+                    continue;
+                } else if t.required.contains(c) {
                     // tcp_proxy or a validating route: a stand-in past the
                     // CDS initial fetch.
                     if over(self.cds_fetch_timeout) {
@@ -409,19 +448,25 @@ impl State {
                 initial_fetch_timeout_over: c.fetch_timed_out,
             });
         }
-        // A cluster removed from CDS while a served listener still routes
-        // to it stays until no listener uses it (its routes would
-        // otherwise fail every request).
-        let mut kept = BTreeMap::new();
+        let mut removed = BTreeSet::new();
         for l in &listeners {
-            for c in translate::clusters_of(l) {
-                if !known(&c)
-                    && !stand_ins.contains(&c)
-                    && !kept.contains_key(&c)
-                    && let Some(old) = served.clusters.iter().find(|x| x.name == c)
-                {
-                    tracing::warn!(cluster = %c, listener = %l.name, "cluster removed by CDS is still used by a listener; kept until unused");
+            for c in translate::required_clusters_of(l) {
+                if !known(&c) && !stand_ins.contains(&c) && was_served(&c) {
+                    removed.insert(c);
+                }
+            }
+        }
+        let mut kept = BTreeMap::new();
+        for c in removed.iter().cloned() {
+            let old = served.clusters.iter().find(|x| x.name == c);
+            match old {
+                // Already a stand-in: the same `Arc`, nothing rebuilt.
+                Some(old) if old.not_found => {
                     kept.insert(c, old.clone());
+                }
+                _ => {
+                    tracing::warn!(cluster = %c, "cluster removed by CDS while a listener names it: its routes answer cluster not found and tcp_proxy closes new connections until CDS adds it again");
+                    kept.insert(c.clone(), not_found_stand_in(&c)?);
                 }
             }
         }
@@ -437,15 +482,13 @@ impl State {
                 previous_serves: false,
                 initial_fetch_timeout_over: true,
             });
-            let stand_in: ClusterConfig = serde_json::from_value(
-                serde_json::json!({"name": c, "endpoints": []}),
-            )
-            .map_err(|source| XdsError::StandIn {
-                name: c.clone(),
-                source,
-            })?;
-            kept.insert(c.clone(), Arc::new(stand_in));
+            let stand_in = match served.clusters.iter().find(|x| x.name == *c) {
+                Some(old) if old.not_found => old.clone(),
+                _ => not_found_stand_in(c)?,
+            };
+            kept.insert(c.clone(), stand_in);
         }
+        self.removed = removed;
         // Clusters that RPC listeners (dubbo_proxy) route to speak that
         // RPC protocol, unless the cluster says otherwise.
         let rpc: BTreeMap<String, &'static str> = listeners
@@ -2001,8 +2044,27 @@ mod tests {
         assert_eq!(f.cluster("b").endpoints[0].address, "127.0.0.1:5");
     }
 
+    fn tcp_listener(name: &str, port: u16, cluster: &str) -> protobuf::Any {
+        use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+        let t = tcp::TcpProxy {
+            stat_prefix: name.into(),
+            cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        };
+        crate::fixtures::one_filter_listener(
+            name,
+            port,
+            "envoy.filters.network.tcp_proxy",
+            crate::fixtures::any(
+                "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                &t,
+            ),
+        )
+        .1
+    }
+
     #[test]
-    fn a_cluster_removed_by_cds_stays_while_a_served_listener_uses_it() {
+    fn a_cluster_removed_by_cds_is_not_found_while_listeners_name_it() {
         let mut f = Fake::default();
         f.respond(
             CLUSTER,
@@ -2011,22 +2073,50 @@ mod tests {
         f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
         f.respond(ROUTE, vec![route_config("r", "gone")]);
         let web = f.served.listeners[0].clone();
-        let gone = f.cluster("gone");
-        // Its RDS route names a cluster CDS no longer has: the listener
-        // serves on, and so does the cluster it uses.
+        // An RDS route (not validating) names it: the cluster goes (the
+        // route table answers the unknown name as not found), the
+        // listener is the same.
         let out = f.respond(CLUSTER, vec![static_cluster("a", 1)]);
         assert!(out.warming.is_empty());
         assert!(Arc::ptr_eq(&out.config.listeners[0], &web));
-        assert!(Arc::ptr_eq(&f.cluster("gone"), &gone));
-        // Once no listener uses it, it goes.
+        let names: Vec<_> = out.config.clusters.iter().map(|c| &c.name).collect();
+        assert_eq!(names, ["a"]);
+
+        // Back, and a tcp_proxy listener needs it: removed again, it is a
+        // `not_found` stand-in at once (no warming), the same `Arc` on
+        // the next composition, and the real one when CDS sends it again.
+        f.respond(
+            CLUSTER,
+            vec![static_cluster("a", 1), static_cluster("gone", 2)],
+        );
+        f.respond(
+            LISTENER,
+            vec![
+                hcm_listener("web", 8080, "r"),
+                tcp_listener("tcp", 9090, "gone"),
+            ],
+        );
+        assert!(!f.cluster("gone").not_found);
+        let out = f.respond(CLUSTER, vec![static_cluster("a", 1)]);
+        assert!(out.warming.is_empty(), "{:?}", out.warming);
+        assert_eq!(out.config.listeners.len(), 2);
+        let stand_in = f.cluster("gone");
+        assert!(stand_in.not_found && stand_in.endpoints.is_empty());
         let out = f.respond(ROUTE, vec![route_config("r", "a")]);
         assert!(out.warming.is_empty());
-        let names: Vec<_> = out
-            .config
-            .clusters
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        assert!(Arc::ptr_eq(&f.cluster("gone"), &stand_in));
+        f.respond(
+            CLUSTER,
+            vec![static_cluster("a", 1), static_cluster("gone", 3)],
+        );
+        let back = f.cluster("gone");
+        assert!(!back.not_found);
+        assert_eq!(back.endpoints[0].address, "127.0.0.1:3");
+
+        // Once no listener uses it, a removal leaves nothing.
+        f.respond(LISTENER, vec![hcm_listener("web", 8080, "r")]);
+        let out = f.respond(CLUSTER, vec![static_cluster("a", 1)]);
+        let names: Vec<_> = out.config.clusters.iter().map(|c| &c.name).collect();
         assert_eq!(names, ["a"]);
     }
 }

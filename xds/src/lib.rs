@@ -34,6 +34,7 @@ mod original_dst;
 mod outlier;
 mod priority;
 mod proxy_protocol;
+mod quic_upstream;
 mod ratelimit;
 mod rbac;
 mod retry_policy;

@@ -458,6 +458,8 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         crate::upstream_http::http2(h2, "http2_protocol_options", &mut legacy_h2)?;
         protocol = Some("http2".to_string());
     }
+    // envoy.transport_sockets.quic: its UpstreamTlsContext is the TLS.
+    let quic = crate::quic_upstream::unwrap(&mut c.transport_socket)?;
     let mut ext = crate::upstream_http::translate(&mut c)?;
     ext.options.extend(legacy_h2);
     if let Some(p) = ext.protocol {
@@ -535,13 +537,22 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
         );
     }
+    crate::quic_upstream::check(
+        quic,
+        protocol.as_deref(),
+        &join(&ext.path, "explicit_http_config.http3_protocol_options"),
+        !c.transport_socket_matches.is_empty(),
+        &options,
+    )?;
     if !speaks_h2 {
         for k in [
             "initial_stream_window_size",
             "initial_connection_window_size",
             "max_concurrent_streams",
         ] {
-            if options.contains_key(k) {
+            // HTTP/3's own stream limit (quic_protocol_options).
+            let h3_streams = k == "max_concurrent_streams" && quic;
+            if options.contains_key(k) && !h3_streams {
                 return err(
                     k,
                     "an HTTP/2 window on a cluster that does not speak HTTP/2",
@@ -618,6 +629,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         filters,
         upstream_bind_config,
         upstream_connection_options,
+        not_found: false,
     };
     Ok(Cluster {
         config,

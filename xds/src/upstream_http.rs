@@ -3,7 +3,7 @@
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
 //! `max_requests_per_connection`, HTTP/2 windows and
-//! `max_concurrent_streams`) as the cluster's
+//! `max_concurrent_streams`; HTTP/3 with `crate::quic_upstream`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
 
@@ -19,7 +19,7 @@ const HTTP_PROTOCOL_OPTIONS: &str =
 /// What the extension sets on the cluster.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct UpstreamHttp {
-    /// `explicit_http_config`: `http1` or `http2`.
+    /// `explicit_http_config`: `http1`, `http2` or `http3`.
     pub protocol: Option<String>,
     /// Entries of the HTTP codec's `protocol_options`.
     pub options: Map<String, Value>,
@@ -85,11 +85,15 @@ fn http_protocol_options(
                     http2(h2, &join(&ep, "http2_protocol_options"), &mut out.options)?;
                     out.protocol = Some("http2".into());
                 }
-                Some(E::Http3ProtocolOptions(_)) => {
-                    return err(
-                        join(&ep, "http3_protocol_options"),
-                        "HTTP/3 to upstreams is not supported through xDS",
-                    );
+                Some(E::Http3ProtocolOptions(h3)) => {
+                    // With transport_socket envoy.transport_sockets.quic
+                    // (`crate::quic_upstream::check`).
+                    crate::quic_upstream::http3(
+                        h3,
+                        &join(&ep, "http3_protocol_options"),
+                        &mut out.options,
+                    )?;
+                    out.protocol = Some("http3".into());
                 }
             }
         }

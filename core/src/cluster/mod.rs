@@ -615,6 +615,10 @@ pub struct Cluster {
     pub filters: crate::upstream_filter::UpstreamFilters,
     /// `upstream_bind_config` / `upstream_connection_options`.
     pub socket: Option<upstream_socket::UpstreamSocket>,
+    /// A stand-in for a cluster that is not there (`ClusterConfig::not_found`,
+    /// or a lenient route's unknown name): routes answer "cluster not found",
+    /// `tcp_proxy` closes the connection.
+    pub not_found: bool,
 }
 
 impl Cluster {
@@ -666,6 +670,7 @@ impl Cluster {
             buffer_limit: None,
             filters: Default::default(),
             socket: None,
+            not_found: false,
         }
     }
 
@@ -1194,6 +1199,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         filters,
         upstream_bind_config,
         upstream_connection_options,
+        not_found,
     } = a;
     *name == b.name
         && *discovery == b.discovery
@@ -1220,6 +1226,7 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         && *filters == b.filters
         && *upstream_bind_config == b.upstream_bind_config
         && *upstream_connection_options == b.upstream_connection_options
+        && *not_found == b.not_found
 }
 
 /// Whether building a cluster from this config reads TLS files.
@@ -1604,6 +1611,7 @@ fn build_cluster(
         endpoints,
     );
     cluster.priority = policy;
+    cluster.not_found = c.not_found;
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
     cluster.breakers = Arc::new(breaker::Breakers::new(cluster.stats.label(), &thresholds));

@@ -713,6 +713,19 @@ pub struct ClusterConfig {
     /// Envoy's `upstream_connection_options` (`upstream_socket`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_connection_options: Option<upstream_socket::UpstreamConnectionOptions>,
+    /// A stand-in for a cluster that is not there (the xDS client's, for a
+    /// cluster CDS removed or never sent while a listener names it): a
+    /// route picking it answers its `cluster_not_found_response_code`,
+    /// `tcp_proxy` closes a new connection, as Envoy does with a cluster
+    /// its cluster manager does not hold. Not settable in a file (a YAML
+    /// route naming an unknown cluster sets `validate_clusters: false`);
+    /// shown in `/config_dump`.
+    #[serde(
+        default,
+        skip_deserializing,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub not_found: bool,
 }
 
 /// One entry of `transport_socket_matches`.

@@ -595,6 +595,10 @@ pub const OVERLOAD_FILTER_BUFFER_REFUSED_TOTAL: &str =
 /// (Envoy's `upstream_cx_pool_overflow`).
 pub const CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL: &str =
     "meshgate_cluster_upstream_cx_pool_overflow_total";
+/// Counter `{listener,cluster}`: `tcp_proxy` connections closed at once
+/// because their cluster is not there (removed by CDS; Envoy's
+/// `downstream_cx_no_route`, response flag `NC`).
+pub const TCP_PROXY_CX_NO_ROUTE_TOTAL: &str = "meshgate_tcp_proxy_cx_no_route_total";
 
 pub const ALL: &[(&str, Kind)] = &[
     (LISTENER_DOWNSTREAM_CX_TOTAL, Kind::Counter),
@@ -782,6 +786,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (ISTIO_STATS_OVERFLOW_TOTAL, Kind::Counter),
     (OVERLOAD_FILTER_BUFFER_REFUSED_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_CX_POOL_OVERFLOW_TOTAL, Kind::Counter),
+    (TCP_PROXY_CX_NO_ROUTE_TOTAL, Kind::Counter),
 ];
 
 #[cfg(test)]

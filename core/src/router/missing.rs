@@ -7,6 +7,11 @@
 //! forwarded. When the cluster arrives (CDS), the next snapshot resolves
 //! the name like any other and the route works.
 //!
+//! The same answer serves a route whose target is a `not_found` stand-in
+//! in the cluster manager (`ClusterConfig::not_found`: a cluster CDS
+//! removed while a listener names it, as Envoy answers a route to a
+//! cluster its cluster manager no longer holds).
+//!
 //! The check costs the common path one `Option` test: only a route that
 //! has a missing target carries a [`NotFound`].
 
@@ -76,29 +81,22 @@ impl<'a> Lenient<'a> {
             made: RefCell::new(Vec::new()),
         }
     }
+}
 
-    /// The stand-ins among `targets`, if any: what the action must answer
-    /// for instead of forwarding.
-    pub(crate) fn not_found<'c>(
-        &self,
-        targets: impl Iterator<Item = &'c Arc<Cluster>>,
-        code: ClusterNotFoundResponseCode,
-    ) -> Option<Box<NotFound>> {
-        let made = self.made.borrow();
-        if made.is_empty() {
-            return None;
-        }
-        let missing: Vec<Arc<Cluster>> = targets
-            .filter(|t| made.iter().any(|(_, m)| Arc::ptr_eq(m, t)))
-            .cloned()
-            .collect();
-        (!missing.is_empty()).then(|| {
-            Box::new(NotFound {
-                status: code.status(),
-                missing: missing.into(),
-            })
+/// The targets among `targets` that are not there (stand-ins: a lenient
+/// route's unknown name, or a cluster the config marks `not_found`), if
+/// any: what the action must answer for instead of forwarding.
+pub(crate) fn not_found<'c>(
+    targets: impl Iterator<Item = &'c Arc<Cluster>>,
+    code: ClusterNotFoundResponseCode,
+) -> Option<Box<NotFound>> {
+    let missing: Vec<Arc<Cluster>> = targets.filter(|t| t.not_found).cloned().collect();
+    (!missing.is_empty()).then(|| {
+        Box::new(NotFound {
+            status: code.status(),
+            missing: missing.into(),
         })
-    }
+    })
 }
 
 impl ClusterResolver for Lenient<'_> {
@@ -115,14 +113,16 @@ impl ClusterResolver for Lenient<'_> {
                     field,
                     "route names a cluster not known yet; answered as cluster not found until it arrives"
                 );
-                let c = Arc::new(Cluster::new(
+                let mut c = Cluster::new(
                     name,
                     Duration::from_secs(1),
                     Some(0),
                     BackoffConfig::default(),
                     Arc::new(NoEndpoints),
                     Vec::new(),
-                ));
+                );
+                c.not_found = true;
+                let c = Arc::new(c);
                 made.push((name.to_string(), c.clone()));
                 Ok(c)
             }

@@ -305,20 +305,16 @@ impl RouteTable {
                         c.policy.hedge_on_per_try_timeout = h;
                     }
                     c.attempt_count_in_response = vh.include_attempt_count_in_response;
-                    if let Some(l) = &lenient {
-                        for m in c.mirrors.iter_mut() {
-                            m.missing = l
-                                .not_found(std::iter::once(m.cluster()), Default::default())
-                                .is_some();
-                        }
+                    for m in c.mirrors.iter_mut() {
+                        m.missing = m.cluster().not_found;
                     }
                 }
-                if let (Some(l), RouteAction::Cluster(c)) = (&lenient, &route.action) {
+                if let RouteAction::Cluster(c) = &route.action {
                     let code = r
                         .route
                         .as_ref()
                         .and_then(|a| a.cluster_not_found_response_code);
-                    route.not_found = l.not_found(
+                    route.not_found = missing::not_found(
                         c.clusters.iter().map(|t| &t.cluster),
                         code.unwrap_or_default(),
                     );
@@ -578,16 +574,21 @@ impl Route {
     }
 
     /// The status to answer instead of forwarding when `picked` is a
-    /// cluster that did not exist when the table was built
-    /// (`validate_clusters: false`); `None` for every other route at the
-    /// cost of one test.
+    /// cluster that is not there (a stand-in: a name unknown when the
+    /// table was built with `validate_clusters: false`, or a cluster CDS
+    /// removed); `None` for every other cluster at the cost of one test.
     #[inline]
     pub fn cluster_not_found(&self, picked: &Arc<crate::cluster::Cluster>) -> Option<StatusCode> {
-        let nf = self.not_found.as_ref()?;
-        nf.missing
-            .iter()
-            .any(|m| Arc::ptr_eq(m, picked))
-            .then_some(nf.status)
+        if !picked.not_found {
+            return None;
+        }
+        // A filter may have picked another cluster than the route's
+        // targets: Envoy's default then.
+        Some(
+            self.not_found
+                .as_ref()
+                .map_or(StatusCode::SERVICE_UNAVAILABLE, |nf| nf.status),
+        )
     }
 
     /// The cluster action, when the route forwards.

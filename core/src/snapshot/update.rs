@@ -101,7 +101,12 @@ fn same_clusters(
 /// Whether every cluster both listeners use is unchanged. A cluster only
 /// the new one uses is new to the old connections too (their stream
 /// filters do not hold it; their routes reach it through the
-/// subscription).
+/// subscription). A cluster that became a `not_found` stand-in (removed
+/// by CDS) does not retire them either: as in Envoy, a removal fails only
+/// the next streams routed to it (through the subscription), and what
+/// runs on the removed cluster finishes; nor does the stand-in's
+/// replacement when CDS adds the cluster again (nothing runs on a
+/// stand-in).
 fn shared_clusters_kept(
     live: &CompiledListener,
     next: &CompiledListener,
@@ -112,7 +117,9 @@ fn shared_clusters_kept(
         .iter()
         .all(|(name, a)| match next.clusters.get(name) {
             None => true,
-            Some(b) => Arc::ptr_eq(a, b) || same_config(name, old, new),
+            Some(b) => {
+                Arc::ptr_eq(a, b) || a.not_found || b.not_found || same_config(name, old, new)
+            }
         })
 }
 

@@ -23,7 +23,7 @@ use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::pool::{Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxPool, Reusable};
-use meshgate_core::stream::{MalformedBody, Request, Response, box_body};
+use meshgate_core::stream::{MalformedBody, Request, Response, box_body, empty_body};
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -162,9 +162,24 @@ fn auto_alpn(
 /// chose `h2`: refused (the request was encoded for HTTP/1.1); the
 /// endpoint's next requests go to its HTTP/2 pool.
 fn h2_chosen() -> UpstreamError {
-    UpstreamError::Connect(
-        "ALPN chose h2 on a connection opened for HTTP/1.1 (protocol auto): the endpoint's next requests use HTTP/2".into(),
-    )
+    UpstreamError::Connect(Box::new(H2Chosen))
+}
+
+/// An HTTP/1.1 connection's handshake chose h2 (`protocol: auto`): the
+/// request was not sent (`AutoClient` sends it again over HTTP/2).
+#[derive(Debug)]
+struct H2Chosen;
+
+impl std::fmt::Display for H2Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ALPN chose h2 on a connection opened for HTTP/1.1 (protocol auto): the endpoint's next requests use HTTP/2")
+    }
+}
+
+impl std::error::Error for H2Chosen {}
+
+fn is_h2_chosen(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Connect(b) if b.is::<H2Chosen>())
 }
 
 /// An upstream connection's bytes: plain TCP or TLS.
@@ -582,6 +597,59 @@ fn send_fast(
             }
             Err(e) => Err(e.error),
         }
+    }
+}
+
+/// A request body lent to a first try (`AutoClient::h2_on_switch`): it
+/// stays in `slot` until first polled, so a try that failed before
+/// reading it gives it back untouched. Its end and size are told from
+/// what it was when lent (an HTTP/1.1 head is encoded from them).
+struct Lent {
+    slot: Arc<std::sync::Mutex<Option<meshgate_core::stream::Body>>>,
+    taken: Option<meshgate_core::stream::Body>,
+    end: bool,
+    hint: SizeHint,
+}
+
+impl Lent {
+    fn new(body: meshgate_core::stream::Body) -> Self {
+        use http_body::Body;
+        Self {
+            end: body.is_end_stream(),
+            hint: body.size_hint(),
+            slot: Arc::new(std::sync::Mutex::new(Some(body))),
+            taken: None,
+        }
+    }
+}
+
+impl http_body::Body for Lent {
+    type Data = Bytes;
+    type Error = meshgate_core::stream::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        if me.taken.is_none() {
+            // Once: from here the body is read, and not given back.
+            me.taken = me.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        match me.taken.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.as_ref().map_or(self.end, |b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.taken
+            .as_ref()
+            .map_or_else(|| self.hint, |b| b.size_hint())
     }
 }
 
@@ -1005,11 +1073,12 @@ impl ClientCodec for Http2Client {
 /// chooses HTTP/1.1 leaves its connection idle in the HTTP/1.1 pool and
 /// the request follows it there. A later connection whose handshake
 /// chooses the other protocol updates the endpoint: an HTTP/2 one falls
-/// back the same way, an HTTP/1.1 one fails its request (already encoded
-/// for HTTP/1.1) as a connect failure.
+/// back the same way; an HTTP/1.1 one (an endpoint that moved from
+/// HTTP/1.1 to HTTP/2) sent nothing, so its request is sent once more
+/// over HTTP/2 (`AutoClient::h2_on_switch`) instead of failing.
 pub struct AutoClient {
     h1: Arc<Http1Client>,
-    h2: Http2Client,
+    h2: Arc<Http2Client>,
 }
 
 impl AutoClient {
@@ -1017,7 +1086,52 @@ impl AutoClient {
         let h1 = Arc::new(Http1Client::new(opts.clone()));
         let mut h2 = Http2Client::new(opts);
         h2.fallback = Some(h1.clone());
-        Self { h1, h2 }
+        Self {
+            h1,
+            h2: Arc::new(h2),
+        }
+    }
+
+    /// Sends `req` to an endpoint known to speak HTTP/1.1 through `send`
+    /// (the HTTP/1.1 client); if the new connection it opens chooses h2
+    /// by ALPN (the endpoint now speaks HTTP/2), nothing was sent and the
+    /// body was never read: the same request goes once more, over
+    /// HTTP/2, within `deadline` if any.
+    fn h2_on_switch(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: Option<tokio::time::Instant>,
+        send: impl FnOnce(Request) -> UpstreamFuture,
+    ) -> UpstreamFuture {
+        let (parts, body) = req.into_parts();
+        let head = parts.clone();
+        let lent = Lent::new(body);
+        let (slot, bodiless) = (lent.slot.clone(), lent.end);
+        let first = send(Request::from_parts(parts, box_body(lent)));
+        let (cluster, endpoint, h2) = (cluster.clone(), endpoint.clone(), self.h2.clone());
+        Box::pin(async move {
+            match first.await {
+                Err(e) if is_h2_chosen(&e) => {
+                    // A body read by the first try cannot go again, but
+                    // an empty one (a bodiless request) can.
+                    let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let Some(body) = body.or_else(|| bodiless.then(empty_body)) else {
+                        return Err(e);
+                    };
+                    tracing::debug!(endpoint = %endpoint.address, "the endpoint now chooses h2 by ALPN: the request goes again over HTTP/2");
+                    let again = h2.send(&cluster, &endpoint, Request::from_parts(head, body));
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, again)
+                            .await
+                            .map_err(|_| UpstreamError::Timeout)?,
+                        None => again.await,
+                    }
+                }
+                r => r,
+            }
+        })
     }
 
     /// HTTP/1.1 for an endpoint known to choose it, and for requests that
@@ -1037,7 +1151,13 @@ impl ClientCodec for AutoClient {
         req: Request,
     ) -> UpstreamFuture {
         match Self::http1(endpoint, &req) {
-            true => self.h1.send(cluster, endpoint, req),
+            // A request that may upgrade stays on HTTP/1.1.
+            true if req.headers().contains_key(http::header::UPGRADE) => {
+                self.h1.send(cluster, endpoint, req)
+            }
+            true => self.h2_on_switch(cluster, endpoint, req, None, |r| {
+                self.h1.send(cluster, endpoint, r)
+            }),
             false => self.h2.send(cluster, endpoint, req),
         }
     }
@@ -1050,9 +1170,21 @@ impl ClientCodec for AutoClient {
         req: Request,
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamFuture, Request> {
-        match Self::http1(endpoint, &req) {
-            true => self.h1.send_by(cluster, endpoint, req, deadline),
-            false => Err(req),
+        // What the HTTP/1.1 client leaves to `send` (upgrades, PROXY
+        // protocol), and every HTTP/2 request.
+        if !Self::http1(endpoint, &req)
+            || req.headers().contains_key(http::header::UPGRADE)
+            || cluster.proxy_protocol.is_some()
+        {
+            return Err(req);
         }
+        Ok(
+            self.h2_on_switch(cluster, endpoint, req, Some(deadline), |r| {
+                // (`Err` is not expected, see above: then without one.)
+                self.h1
+                    .send_by(cluster, endpoint, r, deadline)
+                    .unwrap_or_else(|r| self.h1.send(cluster, endpoint, r))
+            }),
+        )
     }
 }
