@@ -567,3 +567,60 @@ clusters:
     assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 1.0);
     assert_eq!(mg.metric(ACTIVE, &[("cluster", "svc")]), 1.0);
 }
+
+/// The failure-percentage detector (Envoy's `failure_percentage_*`,
+/// `enforcing_failure_percentage` 0 by default, here 100) over two
+/// endpoints: the one failing every other request (50 %) is over the 40 %
+/// threshold and ejected on an interval, while the success-rate detector
+/// (five hosts needed) and the consecutive ones (streaks of one) stay
+/// quiet; a detection with `enforcing_failure_percentage: 0` is counted
+/// but not enforced.
+#[test]
+fn failure_percentage_ejects_an_endpoint_over_the_threshold() {
+    for enforcing in [100, 0] {
+        let bs: Vec<Backend> = ["a", "b"].into_iter().map(Backend::start).collect();
+        bs[1].fail_every.store(2, Ordering::SeqCst);
+        let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+        let mg = Meshgate::start(&config(
+            &addrs,
+            &format!(
+                "{{failure_percentage_threshold: 40, enforcing_failure_percentage: {enforcing}, \
+                 failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 10, \
+                 interval: 300ms, base_ejection_time: 30s, max_ejection_percent: 50}}"
+            ),
+        ));
+        let web = mg.listener_addr("web");
+        let enforced = if enforcing == 100 { "true" } else { "false" };
+        let start = Instant::now();
+        let mut failed = 0;
+        let ok = poll(Duration::from_secs(30), || {
+            for _ in 0..25 {
+                if fetch(web).0 != 200 {
+                    failed += 1;
+                }
+            }
+            (ejections(&mg, "failure_percentage", enforced) >= 1.0).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "no failure_percentage detection:\n{}",
+            mg.log_text()
+        );
+        println!(
+            "failure_percentage (enforcing {enforcing}): detected within {} ms \
+             ({failed} failed requests, interval 300 ms)",
+            start.elapsed().as_millis()
+        );
+        assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 0.0);
+        assert_eq!(ejections(&mg, "success_rate", "true"), 0.0);
+        let b = bs[1].hits();
+        for _ in 0..12 {
+            fetch(web);
+        }
+        if enforcing == 100 {
+            assert_eq!(bs[1].hits(), b, "the ejected endpoint is b");
+        } else {
+            assert!(bs[1].hits() > b, "detected, not enforced: b serves");
+        }
+    }
+}
