@@ -624,3 +624,41 @@ fn failure_percentage_ejects_an_endpoint_over_the_threshold() {
         }
     }
 }
+
+/// Repeated ejections last longer: Envoy's `base_ejection_time` times the
+/// endpoint's ejection count, capped at `max_ejection_time`. An endpoint
+/// that always answers 503 under a steady client is ejected, returned and
+/// ejected again three times; right after each ejection `/clusters` shows
+/// the time it has left: at most 1 s, 2 s, then 2.5 s (the cap, not
+/// 3 s), and not much less (it was just ejected).
+#[test]
+fn repeated_ejections_grow_up_to_max_ejection_time() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    b.answer(503);
+    let mg = Meshgate::start(&config(
+        &[a.addr, b.addr],
+        "{consecutive_5xx: 3, interval: 100ms, base_ejection_time: 1s, \
+         max_ejection_time: 2500ms, max_ejection_percent: 50}",
+    ));
+    let web = mg.listener_addr("web");
+    let field = |name: &str| -> u64 {
+        let (_, text) = mg.admin_get("/clusters");
+        let key = format!("svc::{}::outlier::{name}::", b.addr);
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str())?.parse().ok())
+            .unwrap_or(0)
+    };
+    for (n, want_ms) in [(1, 1000), (2, 2000), (3, 2500)] {
+        let left = poll(Duration::from_secs(20), || {
+            for _ in 0..4 {
+                fetch(web);
+            }
+            (field("times_ejected") == n).then(|| field("ejection_remaining_ms"))
+        })
+        .unwrap_or_else(|| panic!("no ejection {n}:\n{}", mg.log_text()));
+        assert!(
+            left <= want_ms && left + 600 > want_ms,
+            "ejection {n}: {left} ms left, want just under {want_ms}"
+        );
+    }
+}
