@@ -662,3 +662,42 @@ fn repeated_ejections_grow_up_to_max_ejection_time() {
         );
     }
 }
+
+/// `consecutive_gateway_failure` (enforced only with
+/// `enforcing_consecutive_gateway_failure`, 0 by default as in Envoy):
+/// 502s in a row eject the endpoint; 500s are not gateway failures and
+/// do not (`consecutive_5xx` is set high so that it stays out of the way).
+#[test]
+fn consecutive_gateway_failures_eject_and_500s_do_not() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mg = Meshgate::start(&config(
+        &[a.addr, b.addr],
+        "{consecutive_5xx: 1000, consecutive_gateway_failure: 3, \
+         enforcing_consecutive_gateway_failure: 100, interval: 10s, \
+         base_ejection_time: 30s, max_ejection_percent: 50}",
+    ));
+    let web = mg.listener_addr("web");
+    b.answer(500);
+    let before = b.hits();
+    let mut seen = 0;
+    while b.hits() - before < 6 {
+        seen += u32::from(fetch(web).0 == 500);
+        assert!(seen < 50, "b never reached");
+    }
+    assert_eq!(ejections(&mg, "consecutive_gateway_failure", "true"), 0.0);
+    b.answer(502);
+    let ok = poll(Duration::from_secs(10), || {
+        fetch(web);
+        (ejections(&mg, "consecutive_gateway_failure", "true") == 1.0).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "no gateway-failure ejection:\n{}",
+        mg.log_text()
+    );
+    let d = b.hits();
+    for _ in 0..10 {
+        assert_eq!(fetch(web).0, 200);
+    }
+    assert_eq!(b.hits(), d, "b is ejected");
+}
