@@ -997,6 +997,11 @@ fn start(
     info.upstream_host = Some(endpoint.address);
     info.upstream_attempts = info.upstream_attempts.saturating_add(1);
     let mut req = req;
+    // The codec takes the priority's pool (`cluster::request_priority`);
+    // DEFAULT is the absence, so the common path inserts nothing.
+    if priority == RoutingPriority::High {
+        req.extensions_mut().insert(priority);
+    }
     crate::proxy_protocol_http::tag(cluster, &mut req, info);
     if attempt_count && !info.suppress_envoy_headers {
         req.headers_mut().insert(

@@ -40,6 +40,7 @@
 
 use crate::cluster::{Cluster, ConnectionGuard, Endpoint};
 use crate::codec::UpstreamError;
+use crate::config::circuit_breakers::RoutingPriority;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,15 +59,36 @@ pub struct Dial<'a> {
     /// A connection slot the pool took (or waited for) before connecting:
     /// the connection opens in it.
     reserved: Mutex<Option<ConnectionGuard>>,
+    /// Whose connection breakers (`max_connections`,
+    /// `max_pending_requests`, `max_connection_pools`) the connection
+    /// counts in: the request's routing priority, whose pool it serves.
+    priority: RoutingPriority,
 }
 
 impl<'a> Dial<'a> {
+    /// A dial for a DEFAULT-priority pool.
     pub fn new(cluster: &'a Arc<Cluster>, endpoint: &'a Arc<Endpoint>) -> Self {
+        Self::at(cluster, endpoint, RoutingPriority::Default)
+    }
+
+    /// A dial for the pool of `priority` (`Endpoint::pool_at`): the
+    /// connection counts in that priority's connection breakers.
+    pub fn at(
+        cluster: &'a Arc<Cluster>,
+        endpoint: &'a Arc<Endpoint>,
+        priority: RoutingPriority,
+    ) -> Self {
         Self {
             cluster,
             endpoint,
             reserved: Mutex::new(None),
+            priority,
         }
+    }
+
+    /// The routing priority whose pool and breakers the dial serves.
+    pub fn priority(&self) -> RoutingPriority {
+        self.priority
     }
 
     fn reserved(&self) -> Option<ConnectionGuard> {
@@ -90,7 +112,7 @@ impl<'a> Dial<'a> {
         crate::proxy_protocol::refuse_for_streams(self.cluster)?;
         let up = self
             .cluster
-            .connect_endpoint_in(self.endpoint.clone(), false, self.reserved())
+            .connect_endpoint_in(self.endpoint.clone(), false, self.reserved(), self.priority)
             .await?;
         let (stream, _, guard) = up.into_parts();
         Ok((stream, guard))
@@ -103,7 +125,7 @@ impl<'a> Dial<'a> {
         crate::proxy_protocol::refuse_for_streams(self.cluster)?;
         let up = self
             .cluster
-            .connect_endpoint_in(self.endpoint.clone(), true, self.reserved())
+            .connect_endpoint_in(self.endpoint.clone(), true, self.reserved(), self.priority)
             .await?;
         let (stream, _, guard) = up.into_parts();
         Ok((stream, guard))
@@ -117,7 +139,7 @@ impl<'a> Dial<'a> {
     ) -> Result<(T, ConnectionGuard), UpstreamError> {
         Ok(self
             .cluster
-            .connect_endpoint_with_in(self.endpoint, connect, self.reserved())
+            .connect_endpoint_with_in(self.endpoint, connect, self.reserved(), self.priority)
             .await?)
     }
 }
@@ -413,7 +435,10 @@ impl<C: Multiplexed> MuxPool<C> {
         if let Some(s) = self.pick() {
             return Ok(s);
         }
-        let slot = match dial.cluster.reserve_connection(dial.endpoint) {
+        let slot = match dial
+            .cluster
+            .reserve_connection(dial.endpoint, dial.priority)
+        {
             Some(g) => Some(g),
             // No connection here whose streams could end, and none being
             // dialled (its holder keeps `connecting`): the connect overflows
@@ -423,15 +448,22 @@ impl<C: Multiplexed> MuxPool<C> {
                 let _waiter = FreedWaiter::new(&self.freed);
                 let got = dial
                     .cluster
-                    .wait_pending(&self.freed.notify, || {
-                        // Pairs with `MuxStream::drop`: a stream that ended
-                        // before we registered is seen here.
-                        std::sync::atomic::fence(Ordering::SeqCst);
-                        match self.pick() {
-                            Some(s) => Some(Err(s)),
-                            None => dial.cluster.reserve_connection(dial.endpoint).map(Ok),
-                        }
-                    })
+                    .wait_pending(
+                        &self.freed.notify,
+                        || {
+                            // Pairs with `MuxStream::drop`: a stream that
+                            // ended before we registered is seen here.
+                            std::sync::atomic::fence(Ordering::SeqCst);
+                            match self.pick() {
+                                Some(s) => Some(Err(s)),
+                                None => dial
+                                    .cluster
+                                    .reserve_connection(dial.endpoint, dial.priority)
+                                    .map(Ok),
+                            }
+                        },
+                        dial.priority,
+                    )
                     .await?;
                 match got {
                     Err(stream) => return Ok(stream),

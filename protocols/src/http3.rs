@@ -701,11 +701,12 @@ impl ClientInner {
         cluster: &Arc<Cluster>,
         endpoint: &Arc<Endpoint>,
         authority: Option<&str>,
+        priority: meshgate_core::config::circuit_breakers::RoutingPriority,
     ) -> Result<H3Stream, UpstreamError> {
         let pool = endpoint
-            .pool(MuxPool::<UpstreamConn>::default)
+            .pool_at(priority, MuxPool::<UpstreamConn>::default)
             .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
-        pool.stream(Dial::new(cluster, endpoint), |dial| {
+        pool.stream(Dial::at(cluster, endpoint, priority), |dial| {
             self.connect(dial, authority)
         })
         .await
@@ -984,6 +985,7 @@ impl ClientCodec for Http3Client {
         let fut = async move {
             let _guard = endpoint.start_request();
             let (parts, body) = req.into_parts();
+            let priority = meshgate_core::cluster::request_priority(&parts.extensions);
             let want_local = parts
                 .extensions
                 .get::<meshgate_core::stream::WantUpstreamLocalAddress>()
@@ -1022,7 +1024,7 @@ impl ClientCodec for Http3Client {
             let replay =
                 (body.is_end_stream() && head.method().is_idempotent()).then(|| copy_head(&head));
             let mut up = inner
-                .stream(&cluster, &endpoint, authority.as_deref())
+                .stream(&cluster, &endpoint, authority.as_deref(), priority)
                 .await?;
             let fresh = up.is_fresh();
             let (resp, rx) = match try_send(&up, head, body, !fresh && replay.is_some()).await {
@@ -1039,7 +1041,7 @@ impl ClientCodec for Http3Client {
                     tracing::debug!(endpoint = %endpoint.address, reason = %why, "http3 upstream connection dead; retrying on a new one");
                     metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_CX_DEAD_TOTAL, "cluster" => cluster.name, "codec" => "http3").increment(1);
                     up = inner
-                        .stream(&cluster, &endpoint, authority.as_deref())
+                        .stream(&cluster, &endpoint, authority.as_deref(), priority)
                         .await?;
                     match try_send(&up, head, meshgate_core::stream::empty_body(), false).await {
                         Ok(r) => r,

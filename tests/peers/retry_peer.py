@@ -1,9 +1,11 @@
 """Peers of tests/tests/retries.rs.
 
 retry_peer.py grpc-server        grpcio server; prints READY <port>.
-    /test.Retry/Unary answers UNAVAILABLE to its first call, then echoes.
-retry_peer.py grpc-call <port>   one call of Unary through <port>;
-    prints OK <reply> or ERR <status>.
+    /test.Retry/Unary fails the first call of each request message, then
+    echoes: with the status the message names (a grpc.StatusCode name,
+    e.g. INTERNAL), else UNAVAILABLE.
+retry_peer.py grpc-call <port> [message]   one call of Unary through
+    <port> (message "hi" by default); prints OK <reply> or ERR <status>.
 retry_peer.py h2-refuse          HTTP/2 (h2c) server; prints READY <port>.
     A stream whose path contains "refuse-once" is refused (RST_STREAM
     REFUSED_STREAM) the first time that path is seen; every other stream
@@ -18,15 +20,18 @@ from concurrent import futures
 def grpc_server():
     import grpc
 
-    calls = {"n": 0}
+    calls = {}
     lock = threading.Lock()
 
     def unary(req, ctx):
         with lock:
-            calls["n"] += 1
-            n = calls["n"]
+            calls[req] = calls.get(req, 0) + 1
+            n = calls[req]
         if n == 1:
-            ctx.abort(grpc.StatusCode.UNAVAILABLE, "first call fails")
+            code = getattr(grpc.StatusCode, req.decode(errors="replace"), None)
+            if not isinstance(code, grpc.StatusCode) or code == grpc.StatusCode.OK:
+                code = grpc.StatusCode.UNAVAILABLE
+            ctx.abort(code, "first call fails")
         return b"echo:" + req
 
     handler = grpc.method_handlers_generic_handler(
@@ -40,12 +45,12 @@ def grpc_server():
     server.wait_for_termination()
 
 
-def grpc_call(port):
+def grpc_call(port, message="hi"):
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         try:
-            reply = ch.unary_unary("/test.Retry/Unary")(b"hi", timeout=10)
+            reply = ch.unary_unary("/test.Retry/Unary")(message.encode(), timeout=10)
             print(f"OK {reply.decode()}", flush=True)
         except grpc.RpcError as e:
             print(f"ERR {e.code().name}", flush=True)
@@ -112,6 +117,6 @@ if __name__ == "__main__":
     if mode == "grpc-server":
         grpc_server()
     elif mode == "grpc-call":
-        grpc_call(int(sys.argv[2]))
+        grpc_call(int(sys.argv[2]), *sys.argv[3:4])
     elif mode == "h2-refuse":
         h2_refuse()

@@ -236,19 +236,6 @@ fn legacy_max_connections_and_circuit_breakers_together_are_refused_by_name() {
         (out.clone() + &err).contains("clusters[0].max_connections"),
         "{out}{err}"
     );
-    std::fs::write(
-        &path,
-        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{priority: HIGH, max_connection_pools: 2}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
-    )
-    .unwrap();
-    // max_connection_pools is taken on DEFAULT (pending_queue.rs), refused
-    // on HIGH: pools are shared by both priorities.
-    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(
-        (out.clone() + &err).contains("circuit_breakers.thresholds[0].max_connection_pools"),
-        "{out}{err}"
-    );
 }
 
 #[test]
@@ -327,4 +314,76 @@ fn circuit_breakers_and_retry_policy_from_xds() {
         1.0
     );
     assert_eq!(held.join().unwrap(), 504);
+}
+
+/// Each routing priority has its own connection pools, as in Envoy, so
+/// HIGH's `max_connections` and `max_pending_requests` count HIGH's
+/// connections only: with DEFAULT exhausted (`max_connections: 1`, its one
+/// connection held by a hanging upstream, no pending room) a HIGH route
+/// is still served on a connection of its own; then HIGH's own single
+/// connection held, HIGH overflows at once too, each counted under its
+/// priority.
+#[test]
+fn each_priority_has_its_own_connection_pool_and_limits() {
+    // `/…/ok` is answered (and the connection closed); anything else hangs.
+    let up = Scripted::start(|head| {
+        if String::from_utf8_lossy(head).contains("/ok ") {
+            Script::AnswerAndClose(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n".to_vec(),
+            )
+        } else {
+            Script::Silent
+        }
+    });
+    let (mg, port) = gateway(
+        &up,
+        "    circuit_breakers:\n      thresholds:\n        - {max_connections: 1, max_pending_requests: 0}\n        - {priority: HIGH, max_connections: 1, max_pending_requests: 0}",
+    );
+    let pending_overflow = |p: &str| {
+        mg.metric(
+            "meshgate_cluster_upstream_rq_pending_overflow_total",
+            &[("cluster", "up"), ("priority", p)],
+        )
+    };
+    let default_held = background(port, "/hold");
+    wait_until("the DEFAULT request at the upstream", || {
+        up.conns().len() == 1
+    });
+    // DEFAULT is exhausted: a second DEFAULT request overflows at once.
+    let t = Instant::now();
+    let (status, headers, body) = curl(&[&format!("http://127.0.0.1:{port}/ok")]);
+    assert_eq!(status, 503, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+    assert_eq!(headers["x-envoy-overloaded"], "true");
+    assert_eq!(pending_overflow("default"), 1.0);
+    // HIGH still serves, on its own connection.
+    let (status, _, body) = curl(&[&format!("http://127.0.0.1:{port}/high/ok")]);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(up.conns().len(), 2);
+    assert!(paths(&up).contains(&"/high/ok".to_string()));
+    // HIGH's one connection slot frees when that connection closes.
+    mg.wait_metric(
+        "meshgate_cluster_upstream_cx_active",
+        &[("cluster", "up")],
+        |v| v == 1.0,
+    );
+    // HIGH's own limit: its one connection held, the next HIGH overflows.
+    let high_held = background(port, "/high/hold");
+    wait_until("the HIGH request held at the upstream", || {
+        up.conns().len() == 3
+    });
+    mg.wait_metric(
+        "meshgate_cluster_upstream_cx_active",
+        &[("cluster", "up")],
+        |v| v == 2.0,
+    );
+    let (status, headers, _) = curl(&[&format!("http://127.0.0.1:{port}/high/ok")]);
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-envoy-overloaded"], "true");
+    assert_eq!(pending_overflow("high"), 1.0);
+    assert_eq!(pending_overflow("default"), 1.0);
+    assert_eq!(up.conns().len(), 3, "no connection past either limit");
+    // The held ones end at the route timeout.
+    assert_eq!(default_held.join().unwrap(), 504);
+    assert_eq!(high_held.join().unwrap(), 504);
 }

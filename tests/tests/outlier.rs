@@ -567,3 +567,137 @@ clusters:
     assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 1.0);
     assert_eq!(mg.metric(ACTIVE, &[("cluster", "svc")]), 1.0);
 }
+
+/// The failure-percentage detector (Envoy's `failure_percentage_*`,
+/// `enforcing_failure_percentage` 0 by default, here 100) over two
+/// endpoints: the one failing every other request (50 %) is over the 40 %
+/// threshold and ejected on an interval, while the success-rate detector
+/// (five hosts needed) and the consecutive ones (streaks of one) stay
+/// quiet; a detection with `enforcing_failure_percentage: 0` is counted
+/// but not enforced.
+#[test]
+fn failure_percentage_ejects_an_endpoint_over_the_threshold() {
+    for enforcing in [100, 0] {
+        let bs: Vec<Backend> = ["a", "b"].into_iter().map(Backend::start).collect();
+        bs[1].fail_every.store(2, Ordering::SeqCst);
+        let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+        let mg = Meshgate::start(&config(
+            &addrs,
+            &format!(
+                "{{failure_percentage_threshold: 40, enforcing_failure_percentage: {enforcing}, \
+                 failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 10, \
+                 interval: 300ms, base_ejection_time: 30s, max_ejection_percent: 50}}"
+            ),
+        ));
+        let web = mg.listener_addr("web");
+        let enforced = if enforcing == 100 { "true" } else { "false" };
+        let start = Instant::now();
+        let mut failed = 0;
+        let ok = poll(Duration::from_secs(30), || {
+            for _ in 0..25 {
+                if fetch(web).0 != 200 {
+                    failed += 1;
+                }
+            }
+            (ejections(&mg, "failure_percentage", enforced) >= 1.0).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "no failure_percentage detection:\n{}",
+            mg.log_text()
+        );
+        println!(
+            "failure_percentage (enforcing {enforcing}): detected within {} ms \
+             ({failed} failed requests, interval 300 ms)",
+            start.elapsed().as_millis()
+        );
+        assert_eq!(ejections(&mg, "consecutive_5xx", "true"), 0.0);
+        assert_eq!(ejections(&mg, "success_rate", "true"), 0.0);
+        let b = bs[1].hits();
+        for _ in 0..12 {
+            fetch(web);
+        }
+        if enforcing == 100 {
+            assert_eq!(bs[1].hits(), b, "the ejected endpoint is b");
+        } else {
+            assert!(bs[1].hits() > b, "detected, not enforced: b serves");
+        }
+    }
+}
+
+/// Repeated ejections last longer: Envoy's `base_ejection_time` times the
+/// endpoint's ejection count, capped at `max_ejection_time`. An endpoint
+/// that always answers 503 under a steady client is ejected, returned and
+/// ejected again three times; right after each ejection `/clusters` shows
+/// the time it has left: at most 1 s, 2 s, then 2.5 s (the cap, not
+/// 3 s), and not much less (it was just ejected).
+#[test]
+fn repeated_ejections_grow_up_to_max_ejection_time() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    b.answer(503);
+    let mg = Meshgate::start(&config(
+        &[a.addr, b.addr],
+        "{consecutive_5xx: 3, interval: 100ms, base_ejection_time: 1s, \
+         max_ejection_time: 2500ms, max_ejection_percent: 50}",
+    ));
+    let web = mg.listener_addr("web");
+    let field = |name: &str| -> u64 {
+        let (_, text) = mg.admin_get("/clusters");
+        let key = format!("svc::{}::outlier::{name}::", b.addr);
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str())?.parse().ok())
+            .unwrap_or(0)
+    };
+    for (n, want_ms) in [(1, 1000), (2, 2000), (3, 2500)] {
+        let left = poll(Duration::from_secs(20), || {
+            for _ in 0..4 {
+                fetch(web);
+            }
+            (field("times_ejected") == n).then(|| field("ejection_remaining_ms"))
+        })
+        .unwrap_or_else(|| panic!("no ejection {n}:\n{}", mg.log_text()));
+        assert!(
+            left <= want_ms && left + 600 > want_ms,
+            "ejection {n}: {left} ms left, want just under {want_ms}"
+        );
+    }
+}
+
+/// `consecutive_gateway_failure` (enforced only with
+/// `enforcing_consecutive_gateway_failure`, 0 by default as in Envoy):
+/// 502s in a row eject the endpoint; 500s are not gateway failures and
+/// do not (`consecutive_5xx` is set high so that it stays out of the way).
+#[test]
+fn consecutive_gateway_failures_eject_and_500s_do_not() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let mg = Meshgate::start(&config(
+        &[a.addr, b.addr],
+        "{consecutive_5xx: 1000, consecutive_gateway_failure: 3, \
+         enforcing_consecutive_gateway_failure: 100, interval: 10s, \
+         base_ejection_time: 30s, max_ejection_percent: 50}",
+    ));
+    let web = mg.listener_addr("web");
+    b.answer(500);
+    let before = b.hits();
+    let mut seen = 0;
+    while b.hits() - before < 6 {
+        seen += u32::from(fetch(web).0 == 500);
+        assert!(seen < 50, "b never reached");
+    }
+    assert_eq!(ejections(&mg, "consecutive_gateway_failure", "true"), 0.0);
+    b.answer(502);
+    let ok = poll(Duration::from_secs(10), || {
+        fetch(web);
+        (ejections(&mg, "consecutive_gateway_failure", "true") == 1.0).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "no gateway-failure ejection:\n{}",
+        mg.log_text()
+    );
+    let d = b.hits();
+    for _ in 0..10 {
+        assert_eq!(fetch(web).0, 200);
+    }
+    assert_eq!(b.hits(), d, "b is ejected");
+}

@@ -214,24 +214,6 @@ fn a_pending_request_leaves_the_queue_at_its_route_timeout() {
 }
 
 #[test]
-fn a_high_priority_max_pending_requests_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{priority: HIGH, max_pending_requests: 1}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
-    )
-    .unwrap();
-    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(
-        (out.clone() + &err)
-            .contains("clusters[0].circuit_breakers.thresholds[0].max_pending_requests"),
-        "{out}{err}"
-    );
-}
-
-#[test]
 fn max_pending_requests_from_xds() {
     use envoy_types::pb::envoy::config::cluster::v3 as cds;
     use envoy_types::pb::google::protobuf::UInt32Value;
@@ -489,22 +471,4 @@ fn max_connection_pools_from_xds() {
     .remove(0);
     let (_mgmt, mg, port) = one_cluster_gateway(cluster);
     one_pool_at_a_time(&mg, port, "svc-a", &a, &b);
-}
-
-#[test]
-fn a_high_priority_max_connection_pools_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        "clusters:\n  - name: up\n    circuit_breakers: {thresholds: [{priority: HIGH, max_connection_pools: 1}]}\n    endpoints: [{address: \"127.0.0.1:1\"}]\n",
-    )
-    .unwrap();
-    let (code, out, err) = run_cli(&["validate", path.to_str().unwrap()]);
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(
-        (out.clone() + &err)
-            .contains("clusters[0].circuit_breakers.thresholds[0].max_connection_pools"),
-        "{out}{err}"
-    );
 }

@@ -411,3 +411,85 @@ fn grpc_unavailable_is_retried() {
         1.0
     );
 }
+
+/// Every gRPC `retry_on` value (read from the `grpc-status` of a
+/// trailers-only answer): a real grpcio server fails the first call of
+/// each message with the status it names, and a real grpcio client sees
+/// the retry's answer; a status not in `retry_on` (ABORTED) is not
+/// retried and reaches the client.
+#[test]
+fn every_grpc_retry_on_status_is_retried() {
+    let server = Peer::start("grpc-server");
+    let (mg, port) = start(
+        r#"                      - match: {prefix: /test.Retry/}
+                        route: {cluster: grpc, retry_policy: {retry_on: "cancelled,deadline-exceeded,internal,resource-exhausted,unavailable", retry_back_off: {base_interval: 5ms}}}"#,
+        &format!(
+            "  - name: grpc\n    protocol: http2\n    endpoints: [{{address: \"127.0.0.1:{}\"}}]",
+            server.1
+        ),
+    );
+    let call = |message: &str| {
+        let out = Command::new("python3")
+            .arg(workspace().join("tests/peers/retry_peer.py"))
+            .args(["grpc-call", &port.to_string(), message])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let statuses = [
+        "CANCELLED",
+        "DEADLINE_EXCEEDED",
+        "INTERNAL",
+        "RESOURCE_EXHAUSTED",
+        "UNAVAILABLE",
+    ];
+    for s in statuses {
+        assert_eq!(call(s), format!("OK echo:{s}"));
+    }
+    assert_eq!(call("ABORTED"), "ERR ABORTED");
+    let retries = counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "grpc");
+    assert_eq!(retries, statuses.len() as f64);
+    assert_eq!(
+        counter(
+            &mg,
+            "meshgate_cluster_upstream_rq_retry_success_total",
+            "grpc"
+        ),
+        statuses.len() as f64
+    );
+}
+
+/// `gateway-error` retries 502, 503 and 504 but not 500;
+/// `retriable-status-codes` retries the listed codes only.
+#[test]
+fn gateway_error_and_retriable_status_codes() {
+    let (up, seen) = upstream(|path, n| match (path, n) {
+        ("/gw502", 1) => reply("502 Bad Gateway", "", "bad\n"),
+        ("/gw504", 1) => reply("504 Gateway Timeout", "", "late\n"),
+        ("/gw500", _) => reply("500 Internal Server Error", "", "boom\n"),
+        ("/teapot", 1) => reply("418 I'm a teapot", "", "tea\n"),
+        ("/conflict", 1) => reply("409 Conflict", "", "conflict\n"),
+        _ => reply("200 OK", "", "second\n"),
+    });
+    let (_mg, port) = start(
+        r#"                      - match: {prefix: /gw}
+                        route: {cluster: up, retry_policy: {retry_on: gateway-error, retry_back_off: {base_interval: 5ms}}}
+                      - match: {prefix: /}
+                        route: {cluster: up, retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [418], retry_back_off: {base_interval: 5ms}}}"#,
+        &format!(
+            "  - name: up\n    endpoints: [{{address: \"{}\"}}]",
+            up.addr
+        ),
+    );
+    assert_eq!(get(port, "/gw502", &[]).2, "second\n");
+    assert_eq!(get(port, "/gw504", &[]).2, "second\n");
+    let (status, _, body) = get(port, "/gw500", &[]);
+    assert_eq!((status, body.as_str()), (500, "boom\n"));
+    assert_eq!(times(&seen, "/gw500").len(), 1);
+    assert_eq!(get(port, "/teapot", &[]).2, "second\n");
+    assert_eq!(times(&seen, "/teapot").len(), 2);
+    // 409 is not in the list (the route's policy replaces the virtual
+    // host's retriable-4xx).
+    assert_eq!(get(port, "/conflict", &[]).0, 409);
+    assert_eq!(times(&seen, "/conflict").len(), 1);
+}

@@ -1,8 +1,10 @@
 //! A cluster's request-level circuit breakers (Envoy's `CircuitBreakers`
 //! thresholds, per routing priority): `max_requests` (active upstream
 //! requests, every protocol) and `max_retries` or its `retry_budget`
-//! (concurrent retries). `max_connections` stays with the connection code
-//! (`Cluster::connect_endpoint`). Each limit is one atomic counter taken
+//! (concurrent retries). `max_connections`, `max_pending_requests` and
+//! `max_connection_pools` stay with the connection code
+//! (`Cluster::connect_endpoint`), per priority too: each priority has its
+//! own pools (`Endpoint::pool_at`), as in Envoy. Each limit is one atomic counter taken
 //! and given back by an RAII slot: no lock on the request path; gauges
 //! move only when a limit opens or closes (or on every change with
 //! `track_remaining`).
@@ -176,8 +178,8 @@ pub struct ThresholdValues {
     /// `per_host_thresholds[].max_connections`: connections per endpoint
     /// (no limit by default, as in Envoy).
     pub max_connections_per_host: u32,
-    /// `max_connection_pools` (DEFAULT priority): endpoints with open
-    /// connections at once (no limit by default, as in Envoy).
+    /// `max_connection_pools`: endpoints with open connections of this
+    /// priority at once (no limit by default, as in Envoy).
     pub max_connection_pools: u32,
 }
 
@@ -211,7 +213,7 @@ fn check_per_host(cb: Option<&CircuitBreakersConfig>) -> Result<u32, (String, St
         if t.priority != RoutingPriority::Default {
             return Err((
                 path("priority"),
-                "connections are shared by both priorities: set it on the DEFAULT threshold".into(),
+                "the per-host cap counts both priorities' connections: set it on the DEFAULT threshold".into(),
             ));
         }
         if t.max_pending_requests.is_some() {
@@ -270,14 +272,6 @@ pub fn check(
         }
         let v = &mut out[k];
         if let Some(m) = t.max_connection_pools {
-            // One pool per endpoint, shared by both priorities.
-            if k == 1 {
-                return Err((
-                    path("max_connection_pools"),
-                    "connection pools are shared by both priorities: set it on the DEFAULT threshold"
-                        .into(),
-                ));
-            }
             v.max_connection_pools = m;
         }
         if let Some(m) = t.max_connections {
@@ -287,25 +281,9 @@ pub fn check(
                     "set either max_connections or circuit_breakers.thresholds[].max_connections, not both".into(),
                 ));
             }
-            if k == 1 {
-                return Err((
-                    path("max_connections"),
-                    "connections are shared by both priorities: set it on the DEFAULT threshold"
-                        .into(),
-                ));
-            }
             v.max_connections = m;
         }
         if let Some(m) = t.max_pending_requests {
-            // The queue is the connection limit's (`cluster::pending`),
-            // which does not know a request's priority.
-            if k == 1 {
-                return Err((
-                    path("max_pending_requests"),
-                    "requests wait for connections shared by both priorities: set it on the DEFAULT threshold"
-                        .into(),
-                ));
-            }
             v.max_pending_requests = m;
         }
         if let Some(m) = t.max_requests {
@@ -329,8 +307,6 @@ pub fn check(
         }
         v.track_remaining = t.track_remaining;
     }
-    out[1].max_connections = out[0].max_connections;
-    out[1].max_connection_pools = out[0].max_connection_pools;
     out[0].max_connections_per_host = per_host;
     out[1].max_connections_per_host = per_host;
     Ok(out)
@@ -466,20 +442,41 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        // max_connection_pools: taken on DEFAULT, refused on HIGH.
+        // The connection thresholds are per priority (each its pools).
         let t = ThresholdsConfig {
             max_connection_pools: Some(1),
+            max_connections: Some(1),
+            max_pending_requests: Some(0),
             ..Default::default()
         };
-        let v = check(Some(&cfg(vec![t])), None).unwrap();
-        assert_eq!(v[0].max_connection_pools, 1);
-        let t = ThresholdsConfig {
+        let high = ThresholdsConfig {
             priority: RoutingPriority::High,
-            max_connection_pools: Some(1),
+            max_connection_pools: Some(3),
+            max_connections: Some(5),
+            max_pending_requests: Some(7),
             ..Default::default()
         };
-        let e = check(Some(&cfg(vec![t])), None).unwrap_err();
-        assert_eq!(e.0, "circuit_breakers.thresholds[0].max_connection_pools");
+        let v = check(Some(&cfg(vec![t, high])), None).unwrap();
+        assert_eq!(
+            (
+                v[0].max_connection_pools,
+                v[0].max_connections,
+                v[0].max_pending_requests
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            (
+                v[1].max_connection_pools,
+                v[1].max_connections,
+                v[1].max_pending_requests
+            ),
+            (3, 5, 7)
+        );
+        // Envoy's defaults for a priority without a threshold; the legacy
+        // top-level field applies to both.
+        assert_eq!(check(None, None).unwrap()[1].max_connections, 1024);
+        assert_eq!(check(None, Some(2)).unwrap()[1].max_connections, 2);
         let t = ThresholdsConfig {
             max_connections: Some(1),
             ..Default::default()
@@ -494,13 +491,6 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.0, "circuit_breakers.thresholds[1].priority");
-        let t = ThresholdsConfig {
-            priority: RoutingPriority::High,
-            max_pending_requests: Some(1),
-            ..Default::default()
-        };
-        let e = check(Some(&cfg(vec![t])), None).unwrap_err();
-        assert_eq!(e.0, "circuit_breakers.thresholds[0].max_pending_requests");
         let t = ThresholdsConfig {
             retry_budget: Some(RetryBudgetConfig {
                 budget_percent: Some(PercentConfig { value: 120.0 }),

@@ -16,6 +16,7 @@ pub mod outlier;
 pub mod pending;
 
 use crate::codec::ClientCodec;
+use crate::config::circuit_breakers::RoutingPriority;
 use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
@@ -59,11 +60,14 @@ pub struct Endpoint {
     /// When an active health check last turned it healthy (`now_ms`, 0:
     /// never): Envoy's `lastHcPassTime`, the start of its slow start when set.
     hc_passed_ms: AtomicU64,
-    /// Connections open to it (`per_host_thresholds` max_connections): an
+    /// Connections open to it, per routing priority (DEFAULT in the low
+    /// 32 bits, HIGH in the high 32: one atomic, so that the per-host cap
+    /// on their sum and a priority's pool opening are one compare-and-swap;
+    /// `per_host_thresholds` max_connections, `max_connection_pools`): an
     /// `Arc` of its own, held by each connection's slot, since a slot
     /// holding the endpoint would keep the endpoint's pool (and so the
     /// connection) alive.
-    connections: Arc<AtomicU32>,
+    connections: Arc<AtomicU64>,
     active_requests: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is skipped.
@@ -72,7 +76,9 @@ pub struct Endpoint {
     /// endpoint the load balancer chose, without a map lookup keyed by
     /// address (a shared map's read lock and the pool's reference count
     /// were four atomic instructions per request).
-    pool: PoolSlot,
+    /// One per routing priority (Envoy keeps a connection pool per
+    /// priority: HIGH's `max_connections` apply to HIGH's connections).
+    pool: [PoolSlot; 2],
     /// Request outcomes, for health checking and outlier detection.
     outcomes: Outcomes,
     health: HealthCell,
@@ -132,7 +138,7 @@ impl Endpoint {
             active_requests: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             backoff_until_ms: AtomicU64::new(0),
-            pool: PoolSlot::default(),
+            pool: Default::default(),
             outcomes: Outcomes::default(),
             health: HealthCell::default(),
             outlier: std::sync::OnceLock::new(),
@@ -193,11 +199,24 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint's pool of type `T`, created by `init` on first use;
-    /// `None` if another type was set first (an endpoint serves one
-    /// cluster, so one codec: that is a codec's bug, reported to the
-    /// request as an error).
+    /// The endpoint's pool of type `T` for DEFAULT-priority requests
+    /// (`pool_at`).
     pub fn pool<T: EndpointPool>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.pool_at(RoutingPriority::Default, init)
+    }
+
+    /// The endpoint's pool of type `T` for requests of `priority` (a
+    /// route's `priority`, `request_priority`), created by `init` on first
+    /// use; `None` if another type was set first (an endpoint serves one
+    /// cluster, so one codec: that is a codec's bug, reported to the
+    /// request as an error). Each priority has its own pools, as in Envoy,
+    /// so each priority's connection breakers count its own connections.
+    pub fn pool_at<T: EndpointPool>(
+        &self,
+        priority: RoutingPriority,
+        init: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        let slot = &self.pool[priority_index(priority)];
         let mut init = Some(init);
         let mut make = || -> Box<dyn EndpointPool> {
             match init.take() {
@@ -206,19 +225,21 @@ impl Endpoint {
                 None => Box::new(NoPool),
             }
         };
-        let p: &dyn EndpointPool = &**self.pool.0.get_or_init(&mut make);
+        let p: &dyn EndpointPool = &**slot.0.get_or_init(&mut make);
         if let Some(t) = (p as &dyn std::any::Any).downcast_ref() {
             return Some(t);
         }
-        let p: &dyn EndpointPool = &**self.pool.1.get_or_init(make);
+        let p: &dyn EndpointPool = &**slot.1.get_or_init(make);
         (p as &dyn std::any::Any).downcast_ref()
     }
 
     /// The endpoint left its cluster: its pool closes (idle connections
     /// now, busy ones after their streams).
     fn close_pool(&self) {
-        for p in [self.pool.0.get(), self.pool.1.get()].into_iter().flatten() {
-            p.close();
+        for slot in &self.pool {
+            for p in [slot.0.get(), slot.1.get()].into_iter().flatten() {
+                p.close();
+            }
         }
     }
 
@@ -490,6 +511,30 @@ impl ConnectionGuard {
     pub fn wanted(&self) -> bool {
         self.0.0.pending.wanted()
     }
+
+    /// The routing priority whose connections the slot counts in: a
+    /// connection goes back to that priority's pool.
+    pub fn priority(&self) -> RoutingPriority {
+        self.0.0.priority
+    }
+}
+
+/// The index of `p` in per-priority arrays.
+fn priority_index(p: RoutingPriority) -> usize {
+    match p {
+        RoutingPriority::Default => 0,
+        RoutingPriority::High => 1,
+    }
+}
+
+/// The routing priority a request is sent with (its route's `priority`):
+/// `forward` puts HIGH in the upstream request's extensions, and a codec
+/// reads it to take the priority's pool (`Endpoint::pool_at`) and dial in
+/// its connection breakers (`pool::Dial::at`). DEFAULT is the absence.
+pub fn request_priority(ext: &http::Extensions) -> RoutingPriority {
+    ext.get::<RoutingPriority>()
+        .copied()
+        .unwrap_or(RoutingPriority::Default)
 }
 
 /// A connection's circuit-breaker slot. It holds the cluster's connection
@@ -497,11 +542,14 @@ impl ConnectionGuard {
 /// keep the cluster's endpoints alive, and with them their pools and the
 /// connection itself, so that the connections of a replaced cluster never
 /// closed.
-struct ConnectionSlot(Arc<ConnectionCount>, Option<Arc<AtomicU32>>);
+struct ConnectionSlot(Arc<ConnectionCount>, Option<Arc<AtomicU64>>);
 
-/// Connections open to a cluster (the circuit breaker's count and the
-/// `cx_active` gauge).
+/// Connections open to a cluster at one routing priority (the circuit
+/// breaker's count; the `cx_active` gauge counts both priorities).
 struct ConnectionCount {
+    priority: RoutingPriority,
+    /// `max_connections` of this priority.
+    max: u32,
     active: AtomicU32,
     gauge: metrics::Gauge,
     /// Requests waiting for a slot (`max_pending_requests`).
@@ -519,11 +567,19 @@ struct ConnectionCount {
 }
 
 impl ConnectionCount {
-    fn new(stats: &ClusterStats, max_pending: u32, max_pools: u32) -> Self {
+    fn new(
+        stats: &ClusterStats,
+        priority: RoutingPriority,
+        max: u32,
+        max_pending: u32,
+        max_pools: u32,
+    ) -> Self {
         Self {
+            priority,
+            max,
             active: AtomicU32::new(0),
             gauge: stats.cx_active.clone(),
-            pending: pending::Pending::new(stats.label(), max_pending),
+            pending: pending::Pending::new(stats.label(), priority, max_pending),
             pools: AtomicU32::new(0),
             max_pools,
             pool_overflow: std::sync::OnceLock::new(),
@@ -541,10 +597,16 @@ impl ConnectionCount {
         })
     }
 
-    /// One connection to an endpoint closed (`host`: its count): its pool
-    /// ends with its last connection.
-    fn host_released(&self, host: &AtomicU32) {
-        if host.fetch_sub(1, Ordering::SeqCst) == 1 {
+    /// This priority's bit shift in an endpoint's packed counts.
+    fn shift(&self) -> u32 {
+        32 * priority_index(self.priority) as u32
+    }
+
+    /// One connection to an endpoint closed (`host`: its counts): its pool
+    /// of this priority ends with its last connection.
+    fn host_released(&self, host: &AtomicU64) {
+        let prev = host.fetch_sub(1 << self.shift(), Ordering::SeqCst);
+        if (prev >> self.shift()) & u64::from(u32::MAX) == 1 {
             self.pools.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -578,13 +640,15 @@ pub struct Cluster {
     /// Interned (`stream::intern`): streams record it without a count.
     pub name: &'static str,
     pub connect_timeout: Duration,
-    pub max_connections: u32,
-    /// `circuit_breakers.per_host_thresholds[].max_connections`.
+    /// `circuit_breakers.per_host_thresholds[].max_connections`: caps an
+    /// endpoint's connections of both priorities together.
     pub max_connections_per_host: u32,
     backoff: BackoffConfig,
     hosts: ArcSwap<HostSet>,
     lb_builder: Arc<dyn LoadBalancerBuilder>,
-    connections: Arc<ConnectionCount>,
+    /// Per routing priority (DEFAULT, HIGH): each its own
+    /// `max_connections`, pending queue and `max_connection_pools`.
+    connections: [Arc<ConnectionCount>; 2],
     pub stats: ClusterStats,
     /// The upstream codec for L7 streams (`protocol`), when one is registered.
     pub upstream: Option<Arc<dyn ClientCodec>>,
@@ -642,7 +706,6 @@ impl Cluster {
         Self {
             name: crate::stream::intern(name),
             connect_timeout,
-            max_connections: max_connections.unwrap_or(u32::MAX),
             max_connections_per_host: u32::MAX,
             backoff,
             hosts: ArcSwap::from_pointee(HostSet {
@@ -651,11 +714,15 @@ impl Cluster {
                 levels,
             }),
             lb_builder,
-            connections: Arc::new(ConnectionCount::new(
-                &stats,
-                breaker::DEFAULT_LIMIT,
-                u32::MAX,
-            )),
+            connections: [RoutingPriority::Default, RoutingPriority::High].map(|p| {
+                Arc::new(ConnectionCount::new(
+                    &stats,
+                    p,
+                    max_connections.unwrap_or(u32::MAX),
+                    breaker::DEFAULT_LIMIT,
+                    u32::MAX,
+                ))
+            }),
             stats,
             upstream: None,
             tls: None,
@@ -832,20 +899,24 @@ impl Cluster {
         endpoint: Arc<Endpoint>,
         queue: bool,
     ) -> Result<UpstreamConnection, ConnectError> {
-        self.connect_endpoint_in(endpoint, queue, None).await
+        self.connect_endpoint_in(endpoint, queue, None, RoutingPriority::Default)
+            .await
     }
 
-    /// `connect_endpoint_as`, in a slot taken beforehand (`reserved`,
-    /// from `reserve_connection`) when there is one.
+    /// `connect_endpoint_as` under the connection breakers of `priority`,
+    /// in a slot taken beforehand (`reserved`, from `reserve_connection`)
+    /// when there is one.
     pub(crate) async fn connect_endpoint_in(
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
         queue: bool,
         reserved: Option<ConnectionGuard>,
+        priority: RoutingPriority,
     ) -> Result<UpstreamConnection, ConnectError> {
+        let c = &self.connections[priority_index(priority)];
         let slot = match reserved
             .map(|g| g.0)
-            .or_else(|| self.connection_slot(&endpoint))
+            .or_else(|| self.connection_slot(&endpoint, c))
         {
             Some(s) => s,
             None => {
@@ -853,14 +924,13 @@ impl Cluster {
                 // breaker is simply open, as before the queue existed. A
                 // new pool past `max_connection_pools` is refused at once
                 // too (Envoy's `upstream_cx_pool_overflow`).
-                let pool_refused = self.pool_refused(&endpoint);
+                let pool_refused = self.pool_refused(&endpoint, c);
                 if pool_refused {
-                    self.connections.pool_overflow().increment(1);
+                    c.pool_overflow().increment(1);
                 }
-                let waited = if queue && self.max_connections > 0 && !pool_refused {
-                    self.connections
-                        .pending
-                        .wait_for(|| self.connection_slot(&endpoint))
+                let waited = if queue && c.max > 0 && !pool_refused {
+                    c.pending
+                        .wait_for(|| self.connection_slot(&endpoint, c))
                         .await
                 } else {
                     None
@@ -921,22 +991,26 @@ impl Cluster {
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
-        self.connect_endpoint_with_in(endpoint, connect, None).await
+        self.connect_endpoint_with_in(endpoint, connect, None, RoutingPriority::Default)
+            .await
     }
 
-    /// `connect_endpoint_with`, in a slot taken beforehand when there is one.
+    /// `connect_endpoint_with` under the connection breakers of
+    /// `priority`, in a slot taken beforehand when there is one.
     pub(crate) async fn connect_endpoint_with_in<T>(
         self: &Arc<Self>,
         endpoint: &Endpoint,
         connect: impl Future<Output = std::io::Result<T>>,
         reserved: Option<ConnectionGuard>,
+        priority: RoutingPriority,
     ) -> Result<(T, ConnectionGuard), ConnectError> {
+        let c = &self.connections[priority_index(priority)];
         let Some(slot) = reserved
             .map(|g| g.0)
-            .or_else(|| self.connection_slot(endpoint))
+            .or_else(|| self.connection_slot(endpoint, c))
         else {
-            if self.pool_refused(endpoint) {
-                self.connections.pool_overflow().increment(1);
+            if self.pool_refused(endpoint, c) {
+                c.pool_overflow().increment(1);
             } else {
                 self.stats.cx_overflow().increment(1);
             }
@@ -965,23 +1039,30 @@ impl Cluster {
         }
     }
 
-    /// A connection slot under `max_connections`, taken now for a
-    /// connection opened later (`pool::MuxPool`), if one is free.
-    pub(crate) fn reserve_connection(&self, endpoint: &Endpoint) -> Option<ConnectionGuard> {
-        self.connection_slot(endpoint).map(ConnectionGuard)
+    /// A connection slot under `max_connections` of `priority`, taken now
+    /// for a connection opened later (`pool::MuxPool`), if one is free.
+    pub(crate) fn reserve_connection(
+        &self,
+        endpoint: &Endpoint,
+        priority: RoutingPriority,
+    ) -> Option<ConnectionGuard> {
+        self.connection_slot(endpoint, &self.connections[priority_index(priority)])
+            .map(ConnectionGuard)
     }
 
-    /// Waits in the cluster's pending queue (`max_pending_requests`) until
-    /// `take` succeeds, woken by freed connection slots and by `local`;
-    /// `Err` (counted as a connection overflow) when the queue is full or
-    /// no slot can ever free (`max_connections: 0`).
+    /// Waits in the pending queue of `priority` (`max_pending_requests`)
+    /// until `take` succeeds, woken by freed connection slots and by
+    /// `local`; `Err` (counted as a connection overflow) when the queue is
+    /// full or no slot can ever free (`max_connections: 0`).
     pub(crate) async fn wait_pending<T>(
         &self,
         local: &tokio::sync::Notify,
         take: impl FnMut() -> Option<T>,
+        priority: RoutingPriority,
     ) -> Result<T, ConnectError> {
-        let waited = if self.max_connections > 0 {
-            self.connections.pending.wait_with(Some(local), take).await
+        let c = &self.connections[priority_index(priority)];
+        let waited = if c.max > 0 {
+            c.pending.wait_with(Some(local), take).await
         } else {
             None
         };
@@ -993,25 +1074,32 @@ impl Cluster {
         })
     }
 
-    /// A connection slot under `max_connections` (and the per-host
-    /// `max_connections` of `endpoint`), if one is free.
-    fn connection_slot(&self, endpoint: &Endpoint) -> Option<ConnectionSlot> {
-        let c = &self.connections;
+    /// A connection slot under `max_connections` of `c`'s priority (and
+    /// the per-host `max_connections` of `endpoint`), if one is free.
+    fn connection_slot(
+        &self,
+        endpoint: &Endpoint,
+        c: &Arc<ConnectionCount>,
+    ) -> Option<ConnectionSlot> {
         let host = if self.max_connections_per_host == u32::MAX && c.max_pools == u32::MAX {
             None
         } else {
-            // An endpoint's first connection opens its pool
-            // (`max_connection_pools`): the pool is taken before the
-            // endpoint's count leaves 0, and given back if another
-            // connection won that race, so that every 0 -> 1 of the count
-            // holds one pool and every 1 -> 0 gives one back.
+            // An endpoint's first connection of a priority opens its pool
+            // of that priority (`max_connection_pools`): the pool is taken
+            // before the endpoint's count leaves 0, and given back if
+            // another connection won that race, so that every 0 -> 1 of
+            // the count holds one pool and every 1 -> 0 gives one back.
             let ep = &endpoint.connections;
+            let shift = c.shift();
             loop {
-                let n = ep.load(Ordering::SeqCst);
-                if n >= self.max_connections_per_host {
+                let packed = ep.load(Ordering::SeqCst);
+                let mine = (packed >> shift) & u64::from(u32::MAX);
+                // The per-host cap counts both priorities.
+                let all = (packed & u64::from(u32::MAX)) + (packed >> 32);
+                if all >= u64::from(self.max_connections_per_host) {
                     return None;
                 }
-                let opens = n == 0;
+                let opens = mine == 0;
                 if opens
                     && c.pools
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
@@ -1022,7 +1110,12 @@ impl Cluster {
                     return None;
                 }
                 if ep
-                    .compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .compare_exchange(
+                        packed,
+                        packed + (1 << shift),
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
                     .is_ok()
                 {
                     break;
@@ -1038,7 +1131,7 @@ impl Cluster {
         // nobody would wake it again.
         c.active
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_connections).then_some(n + 1)
+                (n < c.max).then_some(n + 1)
             })
             .ok()
             .or_else(|| {
@@ -1051,24 +1144,45 @@ impl Cluster {
         Some(ConnectionSlot(c.clone(), host))
     }
 
-    /// Sets `max_pending_requests` and `max_connection_pools` (before the
-    /// cluster is shared).
-    fn set_connection_limits(&mut self, max_pending: u32, max_pools: u32) {
-        self.connections = Arc::new(ConnectionCount::new(&self.stats, max_pending, max_pools));
+    /// Sets each priority's `max_connections`, `max_pending_requests`
+    /// and `max_connection_pools` (before the cluster is shared).
+    fn set_connection_limits(&mut self, t: &[breaker::ThresholdValues; 2]) {
+        let stats = &self.stats;
+        let mut i = 0;
+        self.connections = [RoutingPriority::Default, RoutingPriority::High].map(|p| {
+            let v = &t[i];
+            i += 1;
+            Arc::new(ConnectionCount::new(
+                stats,
+                p,
+                v.max_connections,
+                v.max_pending_requests,
+                v.max_connection_pools,
+            ))
+        });
     }
 
-    /// Whether a connection to `endpoint` would open a new pool past
-    /// `max_connection_pools` (it has none and the cap is reached).
-    fn pool_refused(&self, endpoint: &Endpoint) -> bool {
-        let c = &self.connections;
+    /// Whether a connection to `endpoint` would open a new pool of `c`'s
+    /// priority past its `max_connection_pools` (it has none and the cap
+    /// is reached).
+    fn pool_refused(&self, endpoint: &Endpoint, c: &ConnectionCount) -> bool {
         c.max_pools != u32::MAX
-            && endpoint.connections.load(Ordering::SeqCst) == 0
+            && (endpoint.connections.load(Ordering::SeqCst) >> c.shift()) & u64::from(u32::MAX) == 0
             && c.pools.load(Ordering::SeqCst) >= c.max_pools
     }
 
-    /// Upstream connections currently open.
+    /// Upstream connections currently open (both priorities).
     pub fn active_connections(&self) -> u32 {
-        self.connections.active.load(Ordering::Relaxed)
+        self.connections
+            .iter()
+            .map(|c| c.active.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether the connections of `priority` are at its `max_connections`.
+    pub fn at_max_connections(&self, priority: RoutingPriority) -> bool {
+        let c = &self.connections[priority_index(priority)];
+        c.active.load(Ordering::Relaxed) >= c.max
     }
 }
 
@@ -1615,10 +1729,7 @@ fn build_cluster(
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
     cluster.breakers = Arc::new(breaker::Breakers::new(cluster.stats.label(), &thresholds));
-    cluster.set_connection_limits(
-        thresholds[0].max_pending_requests,
-        thresholds[0].max_connection_pools,
-    );
+    cluster.set_connection_limits(&thresholds);
     cluster.outlier = detector;
     cluster.proxy_protocol = c.proxy_protocol.clone();
     cluster.original_dst = od;

@@ -1,4 +1,5 @@
-//! A cluster's pending-request queue (Envoy's `max_pending_requests`): a
+//! A cluster's pending-request queue of one routing priority (Envoy's
+//! `max_pending_requests`, per priority as each has its pools): a
 //! request whose codec found no idle connection while the cluster is at
 //! `max_connections` waits here, first come first served, until a
 //! connection slot frees (a connection closes, or a finished exchange
@@ -7,15 +8,18 @@
 //! once. Nothing here runs while no connection limit is reached: the
 //! releasing side reads one atomic.
 
+use crate::config::circuit_breakers::RoutingPriority;
 use crate::metrics::names;
 use metrics::{Counter, Gauge, SharedString};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio::sync::Notify;
 
-/// The waiters of one cluster.
+/// The waiters of one cluster at one routing priority.
 pub struct Pending {
     max: u32,
+    /// The `priority` label of the overflow counter.
+    priority: RoutingPriority,
     /// Requests waiting now (also read by releasers: `wanted`).
     waiting: AtomicU32,
     /// Wakes one waiter per freed slot (FIFO: tokio's `notify_one`).
@@ -36,9 +40,10 @@ struct Series {
 }
 
 impl Pending {
-    pub fn new(cluster: &SharedString, max: u32) -> Self {
+    pub fn new(cluster: &SharedString, priority: RoutingPriority, max: u32) -> Self {
         Self {
             max,
+            priority,
             waiting: AtomicU32::new(0),
             notify: Notify::new(),
             cluster: cluster.clone(),
@@ -52,12 +57,12 @@ impl Pending {
             Series {
                 active: metrics::gauge!(names::CLUSTER_UPSTREAM_RQ_PENDING_ACTIVE, "cluster" => c.clone()),
                 total: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_TOTAL, "cluster" => c.clone()),
-                // Pending requests are queued per cluster, under the DEFAULT
-                // threshold (`breaker::check` refuses it on HIGH).
+                // Per priority, as the requests' breakers (the other
+                // series sum both priorities' queues, as Envoy's do).
                 overflow: metrics::counter!(
                     names::CLUSTER_UPSTREAM_RQ_PENDING_OVERFLOW_TOTAL,
                     "cluster" => c.clone(),
-                    "priority" => "default"
+                    "priority" => self.priority.label()
                 ),
                 cancelled: metrics::counter!(names::CLUSTER_UPSTREAM_RQ_PENDING_CANCELLED_TOTAL, "cluster" => c.clone()),
             }
@@ -164,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_in_order_overflows_past_max_and_leaves_when_dropped() {
-        let p = Arc::new(Pending::new(&"pq".into(), 2));
+        let p = Arc::new(Pending::new(&"pq".into(), RoutingPriority::Default, 2));
         let free = Arc::new(AtomicBool::new(false));
         let take = |f: Arc<AtomicBool>| move || f.swap(false, Ordering::SeqCst).then_some(());
         let (p1, f1) = (p.clone(), free.clone());

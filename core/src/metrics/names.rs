@@ -544,7 +544,8 @@ pub const GRPC_JSON_TRANSCODER_TRANSCODED_TOTAL: &str =
 pub const GRPC_JSON_TRANSCODER_REJECTED_TOTAL: &str =
     "meshgate_grpc_json_transcoder_rejected_total";
 /// Counter `{reason}`: upstream responses that could not be turned into
-/// JSON (`bad_frame`, `bad_message`, `compressed`, `too_large`): the body
+/// JSON (`bad_frame`, `bad_message`, `compressed`, `too_large`, `overloaded`:
+/// a server stream's partial message over the memory budget): the body
 /// is cut.
 pub const GRPC_JSON_TRANSCODER_RESPONSE_ERROR_TOTAL: &str =
     "meshgate_grpc_json_transcoder_response_error_total";

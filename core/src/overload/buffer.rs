@@ -694,6 +694,22 @@ impl FilterAccount {
         self.refuse()
     }
 
+    /// Takes `n` bytes the filter no longer holds out of the account (a
+    /// filter that buffers part of a stream and lets it go as it
+    /// converts it: the transcoder's partial message).
+    pub fn release(&self, n: u64) {
+        self.0.release(n);
+    }
+
+    /// Resolves when `reset_high_memory_streams` resets the account; for
+    /// a body that polls it beside its inner body (then [`check`] counts
+    /// the refusal). Owned: it lives in the body, not borrowing it.
+    ///
+    /// [`check`]: Self::check
+    pub fn reset_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.0.reset.clone().cancelled_owned()
+    }
+
     /// Empties the account and counts the refusal.
     fn refuse(&self) -> FilterOverBudget {
         self.0.release(u64::MAX);

@@ -14,12 +14,23 @@
 //! trailers). With `convert_grpc_status`, a `grpc-status-details-bin`
 //! (`google.rpc.Status`) becomes the JSON body, its `details` resolved
 //! through the descriptor set (`{"@type", "value"}` for types not in it).
+//!
+//! A server stream's partial message (the bytes of a frame not complete
+//! yet, up to `max_response_body_size`) counts in the overload manager's
+//! memory budget (`overload::buffer::FilterAccount`) while it is held: a
+//! chunk that would take the total over the budget, or
+//! `reset_high_memory_streams` picking the stream, aborts the body (its
+//! head is sent: the downstream stream is reset, an HTTP/1.1 response
+//! cut), counted in `meshgate_overload_filter_buffer_refused_total` and
+//! `meshgate_grpc_json_transcoder_response_error_total{reason="overloaded"}`.
+//! (A unary response is read whole by the `proxy` and counted there.)
 
 use super::{Transcoded, Transcoder};
 use base64::Engine as _;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use meshgate_core::metrics::names;
+use meshgate_core::overload::buffer::FilterAccount;
 use meshgate_core::stream::{BodyError, Response, box_body, full_body, is_grpc};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use std::collections::VecDeque;
@@ -236,6 +247,17 @@ pub(super) fn convert(t: &Transcoder, tr: &Transcoded, resp: &mut Response) {
         opts = opts.use_proto_field_name(true);
     }
     let inner = std::mem::replace(resp.body_mut(), meshgate_core::stream::empty_body());
+    // A stream's partial message counts in the memory budget (a unary
+    // response was counted whole when the `proxy` read it).
+    let account = if streaming {
+        FilterAccount::new().map(|a| Budget {
+            reset: Box::pin(a.reset_signal()),
+            account: a,
+            charged: 0,
+        })
+    } else {
+        None
+    };
     *resp.body_mut() = box_body(GrpcToJson {
         inner,
         buf: BytesMut::new(),
@@ -253,7 +275,17 @@ pub(super) fn convert(t: &Transcoder, tr: &Transcoded, resp: &mut Response) {
         max: t.max_response,
         sent: 0,
         done: false,
+        budget: account,
     });
+}
+
+/// A server stream's partial message in the memory budget.
+struct Budget {
+    account: FilterAccount,
+    /// Resolves when `reset_high_memory_streams` resets the account.
+    reset: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// Bytes charged now: the partial message held in `GrpcToJson::buf`.
+    charged: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -285,6 +317,8 @@ struct GrpcToJson {
     /// Messages given out.
     sent: usize,
     done: bool,
+    /// A server stream's account in the memory budget, when it is on.
+    budget: Option<Budget>,
 }
 
 impl GrpcToJson {
@@ -407,6 +441,15 @@ impl http_body::Body for GrpcToJson {
             if me.done {
                 return Poll::Ready(None);
             }
+            // Reset for memory while waiting for the next chunk: the
+            // partial message goes now, the stream is aborted.
+            if let Some(b) = &mut me.budget
+                && b.reset.as_mut().poll(cx).is_ready()
+                && b.account.check().is_err()
+            {
+                me.buf = BytesMut::new();
+                return Poll::Ready(Some(Err(me.fail("overloaded"))));
+            }
             let frame = match std::task::ready!(Pin::new(&mut me.inner).poll_frame(cx)) {
                 None => {
                     if let Err(r) = me.finish(None) {
@@ -422,8 +465,24 @@ impl http_body::Body for GrpcToJson {
             };
             match frame.into_data() {
                 Ok(d) => {
+                    // Charged before it is decoded: a message larger than
+                    // the budget is never held whole.
+                    if let Some(b) = &mut me.budget {
+                        if b.account.charge(d.len() as u64).is_err() {
+                            me.buf = BytesMut::new();
+                            return Poll::Ready(Some(Err(me.fail("overloaded"))));
+                        }
+                        b.charged += d.len() as u64;
+                    }
                     me.buf.extend_from_slice(&d);
-                    if let Err(r) = me.frames() {
+                    let r = me.frames();
+                    // What is left is the next message's first bytes.
+                    if let Some(b) = &mut me.budget {
+                        let held = me.buf.len() as u64;
+                        b.account.release(b.charged.saturating_sub(held));
+                        b.charged = b.charged.min(held);
+                    }
+                    if let Err(r) = r {
                         return Poll::Ready(Some(Err(me.fail(r))));
                     }
                 }

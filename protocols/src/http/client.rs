@@ -20,8 +20,9 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_core::BuildError;
-use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint};
+use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint, request_priority};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
+use meshgate_core::config::circuit_breakers::RoutingPriority;
 use meshgate_core::pool::{Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxPool, Reusable};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body, empty_body};
 use serde::Deserialize;
@@ -396,6 +397,7 @@ impl Http1Client {
         let (parts, body) = req.into_parts();
         let head = h1_upstream::encode_head(&parts, &body);
         let want_local = wants_local(&parts.extensions);
+        let priority = request_priority(&parts.extensions);
         drop(parts);
         Ok(Box::pin(send_fast(
             cluster.clone(),
@@ -405,7 +407,7 @@ impl Http1Client {
             auth,
             self.opts.clone(),
             deadline,
-            want_local,
+            (want_local, priority),
         )))
     }
 
@@ -423,10 +425,11 @@ impl Http1Client {
         // PROXY protocol: a connection of its own, never pooled
         // (`meshgate_core::proxy_protocol_http`).
         let proxy = meshgate_core::proxy_protocol_http::header(&req);
+        let priority = request_priority(req.extensions());
         Box::pin(async move {
             let pool = match proxy {
                 Some(_) => None,
-                None => h1_upstream::Pool::of(&endpoint),
+                None => h1_upstream::Pool::of(&endpoint, priority),
             };
             let idle = pool.and_then(|p| p.upgradable.take(opts.idle_timeout));
             let want_local = wants_local(req.extensions());
@@ -452,7 +455,9 @@ impl Http1Client {
                                 }
                                 // At `max_connections` the request waits in
                                 // the cluster's pending queue like any other.
-                                None => Dial::new(&cluster, &endpoint).tcp_queued().await?,
+                                None => {
+                                    Dial::at(&cluster, &endpoint, priority).tcp_queued().await?
+                                }
                             };
                             let auth = cluster
                                 .tls_for(&endpoint)
@@ -516,8 +521,9 @@ async fn connect_by(
     endpoint: &Arc<Endpoint>,
     auth: Option<String>,
     deadline: Option<tokio::time::Instant>,
+    priority: RoutingPriority,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
-    let connect = Box::pin(connect_fast(cluster, endpoint, auth));
+    let connect = Box::pin(connect_fast(cluster, endpoint, auth, priority));
     match deadline {
         Some(d) => tokio::time::timeout_at(d, connect)
             .await
@@ -531,15 +537,16 @@ async fn connect_fast(
     cluster: &Arc<Cluster>,
     endpoint: &Arc<Endpoint>,
     auth: Option<String>,
+    priority: RoutingPriority,
 ) -> Result<h1_upstream::Conn, UpstreamError> {
     // At `max_connections`, an idle connection kept for requests that may
     // upgrade holds a slot nothing else would free: close it first.
-    if cluster.active_connections() >= cluster.max_connections
-        && let Some(p) = h1_upstream::Pool::of(endpoint)
+    if cluster.at_max_connections(priority)
+        && let Some(p) = h1_upstream::Pool::of(endpoint, priority)
     {
         drop(p.upgradable.take(std::time::Duration::MAX));
     }
-    let (stream, guard) = Dial::new(cluster, endpoint).tcp_queued().await?;
+    let (stream, guard) = Dial::at(cluster, endpoint, priority).tcp_queued().await?;
     let io = upstream_io(cluster, endpoint, stream, auth, endpoint.address).await?;
     auto_alpn(cluster, endpoint, &io, HttpAlpn::Http1).map_err(|_| h2_chosen())?;
     Ok(h1_upstream::Conn::new(io, guard))
@@ -559,16 +566,17 @@ fn send_fast(
     auth: Option<String>,
     opts: PoolOptions,
     deadline: Option<tokio::time::Instant>,
-    want_local: bool,
+    (want_local, priority): (bool, RoutingPriority),
 ) -> impl Future<Output = Result<Response, UpstreamError>> + Send {
     // An async block rather than an async fn: its captures are not copied
     // again into locals, and connecting (rare, with a large TLS handshake
     // state) is boxed, so the future boxed per request stays small.
     async move {
-        let idle = h1_upstream::Pool::of(&endpoint).and_then(|p| p.fast.take(opts.idle_timeout));
+        let idle =
+            h1_upstream::Pool::of(&endpoint, priority).and_then(|p| p.fast.take(opts.idle_timeout));
         let conn = match idle {
             Some(c) => c,
-            None => connect_by(&cluster, &endpoint, auth.clone(), deadline).await?,
+            None => connect_by(&cluster, &endpoint, auth.clone(), deadline, priority).await?,
         };
         let limits = opts.limits();
         let local = |c: &h1_upstream::Conn| {
@@ -585,7 +593,7 @@ fn send_fast(
                 replay: Some((head, endpoint)),
             }) => {
                 tracing::debug!(%error, "reused upstream connection was closed; sending again on a new one");
-                let conn = connect_by(&cluster, &endpoint, auth, deadline).await?;
+                let conn = connect_by(&cluster, &endpoint, auth, deadline, priority).await?;
                 let again = local(&conn);
                 let body = meshgate_core::stream::empty_body();
                 let mut resp =
@@ -665,8 +673,9 @@ struct ReturnToPool {
 
 impl ReturnToPool {
     fn release(&mut self) {
-        if let (Some(sender), Some(pool)) =
-            (self.sender.take(), h1_upstream::Pool::of(&self.endpoint))
+        // Back to the pool of the priority whose breakers count it.
+        if let Some(sender) = self.sender.take()
+            && let Some(pool) = h1_upstream::Pool::of(&self.endpoint, sender.3.priority())
         {
             pool.upgradable.put(sender, &self.limits);
         }
@@ -813,6 +822,7 @@ async fn h2_stream(
     authority: Option<String>,
     opts: H2Options,
     proxy: Option<Bytes>,
+    priority: RoutingPriority,
 ) -> Result<H2Stream, UpstreamError> {
     let max_requests = opts.max_requests;
     // PROXY protocol: a connection of its own, for one stream, in a pool
@@ -824,10 +834,12 @@ async fn h2_stream(
             &own
         }
         None => endpoint
-            .pool(|| MuxPool::<H2Conn>::with_max_requests(max_requests))
+            .pool_at(priority, || {
+                MuxPool::<H2Conn>::with_max_requests(max_requests)
+            })
             .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?,
     };
-    pool.stream(Dial::new(cluster, endpoint), |dial| async move {
+    pool.stream(Dial::at(cluster, endpoint, priority), |dial| async move {
         let (stream, guard) = match &proxy {
             Some(h) => {
                 meshgate_core::proxy_protocol_http::connect(dial.cluster(), dial.endpoint(), h)
@@ -843,7 +855,7 @@ async fn h2_stream(
             // connection goes idle into the endpoint's HTTP/1.1 pool, where
             // the request (`Http2Client::fallback`) finds it.
             if proxy.is_none()
-                && let Some(p) = h1_upstream::Pool::of(dial.endpoint())
+                && let Some(p) = h1_upstream::Pool::of(dial.endpoint(), dial.priority())
             {
                 p.fast
                     .put(h1_upstream::Conn::new(io, guard), &opts.h1_limits);
@@ -991,12 +1003,14 @@ impl ClientCodec for Http2Client {
                 .as_ref()
                 .and_then(|_| meshgate_core::proxy_protocol_http::header(&req));
             let want_local = wants_local(req.extensions());
+            let priority = request_priority(req.extensions());
             let mut stream = match h2_stream(
                 &cluster,
                 &endpoint,
                 authority_string(&req),
                 h2,
                 proxy.clone(),
+                priority,
             )
             .await
             {
@@ -1040,7 +1054,7 @@ impl ClientCodec for Http2Client {
                 let (parts, ()) = head.clone().into_parts();
                 let req = Request::from_parts(parts, meshgate_core::stream::empty_body());
                 let auth = authority_string(&req);
-                stream = h2_stream(&cluster, &endpoint, auth, h2, proxy.clone()).await?;
+                stream = h2_stream(&cluster, &endpoint, auth, h2, proxy.clone(), priority).await?;
                 let mut sender = stream.0.clone();
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;

@@ -16,6 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use meshgate_core::cluster::ConnectionGuard;
 use meshgate_core::cluster::Endpoint;
 use meshgate_core::codec::{BoxError, UpstreamError};
+use meshgate_core::config::circuit_breakers::RoutingPriority;
 use meshgate_core::pool::{EndpointPool, ExclusiveLimits, ExclusivePool, Reusable};
 use meshgate_core::stream::{Body, MalformedBody, Response, box_body};
 use std::future::Future;
@@ -68,6 +69,11 @@ impl Conn {
             timer: None,
             read_closed: false,
         }
+    }
+
+    /// The routing priority whose pool and breakers the connection is in.
+    pub(super) fn priority(&self) -> RoutingPriority {
+        self._guard.priority()
     }
 
     /// Watches `deadline` (`None`: none) for the exchange that starts.
@@ -283,9 +289,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// The endpoint's pools.
-    pub(super) fn of(endpoint: &Endpoint) -> Option<&Pool> {
-        endpoint.pool(Pool::default)
+    /// The endpoint's pools for requests of `priority`.
+    pub(super) fn of(endpoint: &Endpoint, priority: RoutingPriority) -> Option<&Pool> {
+        endpoint.pool_at(priority, Pool::default)
     }
 }
 
@@ -813,7 +819,8 @@ impl H1Body {
         if !self.keep_alive || !conn.buf.is_empty() {
             return;
         }
-        if let Some(pool) = Pool::of(&self.endpoint) {
+        // Back to the pool of the priority whose breakers count it.
+        if let Some(pool) = Pool::of(&self.endpoint, conn.priority()) {
             pool.fast.put(conn, &self.limits);
         }
     }

@@ -692,11 +692,12 @@ async fn get_conn<P: RpcProtocol>(
     max_calls: Option<u32>,
     cluster: &Arc<Cluster>,
     endpoint: &Arc<Endpoint>,
+    priority: meshgate_core::config::circuit_breakers::RoutingPriority,
 ) -> Result<MuxStream<RpcConn>, UpstreamError> {
     let pool = endpoint
-        .pool(MuxPool::<RpcConn>::default)
+        .pool_at(priority, MuxPool::<RpcConn>::default)
         .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?;
-    pool.stream(Dial::new(cluster, endpoint), |dial| {
+    pool.stream(Dial::at(cluster, endpoint, priority), |dial| {
         connect(proto, max_body, max_calls, dial)
     })
     .await
@@ -847,7 +848,9 @@ impl<P: RpcProtocol> ClientCodec for RpcClient<P> {
             let body = collect_limited(body, max_body)
                 .await
                 .ok_or_else(|| UpstreamError::Reset("request body failed or too large".into()))?;
-            let stream = get_conn(&proto, max_body, max_calls, &cluster, &endpoint).await?;
+            let priority = meshgate_core::cluster::request_priority(&parts.extensions);
+            let stream =
+                get_conn(&proto, max_body, max_calls, &cluster, &endpoint, priority).await?;
             let conn = &stream.0;
             let space = proto.id_space().max(2);
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed) % (space - 1) + 1;
