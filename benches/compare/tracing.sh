@@ -14,7 +14,8 @@
 # Each round runs the three once, in an order rotated by one per round so
 # no variant always follows another; a run waits for a quiet machine and is
 # redone when other processes took CPU 0 (lib.sh). Prints each variant's
-# CPU microseconds per request (median of RUNS, min-max), the deltas vs
+# CPU microseconds per request (median of RUNS, min-max; also the user-mode
+# part alone), the deltas vs
 # off (difference of the medians, and the median of the per-round
 # differences with their range, which cancel drift between rounds), the
 # load average before and after, and checks that the sampled variant
@@ -108,6 +109,15 @@ for name in "${VARIANTS[@]}"; do
     [[ "$body" == "hello, world" ]] || die "$name answered '$body'"
 done
 proxy_pid() { echo "${PID[$1]}"; }
+# User-mode CPU ticks (utime) of a process: tracing's own work is user
+# space, while kernel time (the socket calls) also moves with how many
+# requests one wake-up finds, i.e. with the request rate.
+user_ticks() { # PID
+    local stat
+    stat="$(<"/proc/$1/stat")"
+    stat="${stat##*) }"
+    awk '{ print $12 }' <<<"$stat"
+}
 counter() { # NAME METRIC: the sum of the series of METRIC on NAME's admin
     curl -fsS "http://127.0.0.1:${ADMIN[$1]}/stats/prometheus" |
         awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d\n", s }'
@@ -116,13 +126,14 @@ counter() { # NAME METRIC: the sum of the series of METRIC on NAME's admin
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "load average before: $LOAD_BEFORE; $RUNS rounds of ${DURATION}s x ${#VARIANTS[@]}, ${RATE:-as many as possible} requests/s"
 RESULTS="$OUT/results.tsv"
-printf 'run\tname\trequests\tcpu_ticks\tcpu_us_per_req\tloadavg1\tforeign_cpu0_pct\tload_cpu1_pct\tquiet\n' >"$RESULTS"
+printf 'run\tname\trequests\tcpu_ticks\tcpu_us_per_req\tloadavg1\tforeign_cpu0_pct\tload_cpu1_pct\tquiet\tuser_us_per_req\n' >"$RESULTS"
 for ((run = 1; run <= RUNS; run++)); do
     for ((k = 0; k < ${#VARIANTS[@]}; k++)); do
         name="${VARIANTS[$(((run - 1 + k) % ${#VARIANTS[@]}))]}"
         txt="$OUT/$run-$name.txt"
         for ((try = 1; ; try++)); do
             if ((QUIET_WAIT > 0)); then wait_quiet; else sleep 1; fi
+            u0="$(user_ticks "${PID[$name]}")"
             if [[ -n "$RATE" ]]; then
                 measure "$name" taskset -c "$LOAD_CPU" h2load --h1 -t1 -c"$CONNS" -D "$DURATION" \
                     --rps="$(awk -v r="$RATE" -v c="$CONNS" 'BEGIN { printf "%.3f", r / c }')" \
@@ -131,6 +142,7 @@ for ((run = 1; run <= RUNS; run++)); do
                 measure "$name" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
                     "http://127.0.0.1:${PORT[$name]}/" >"$txt" || die "wrk through $name failed; see $txt"
             fi
+            u1="$(user_ticks "${PID[$name]}")"
             accept_run "$name" "$try" && break
         done
         if [[ -n "$RATE" ]]; then
@@ -144,9 +156,10 @@ for ((run = 1; run <= RUNS; run++)); do
             reqs="$(awk '/requests in/ {print $1}' "$txt")"
         fi
         us="$(awk -v t="$M_TICKS" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t * 1e6 / hz / r }')"
-        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$reqs" "$M_TICKS" "$us" \
-            "$(cut -d' ' -f1 /proc/loadavg)" "$M_FOREIGN" "$M_LOAD" "$M_QUIET" >>"$RESULTS"
-        log "  run $run $name: $reqs requests, ${us} us CPU per request (CPU$LOAD_CPU ${M_LOAD}% busy)"
+        uus="$(awk -v t="$((u1 - u0))" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t * 1e6 / hz / r }')"
+        printf '%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$name" "$reqs" "$M_TICKS" "$us" \
+            "$(cut -d' ' -f1 /proc/loadavg)" "$M_FOREIGN" "$M_LOAD" "$M_QUIET" "$uus" >>"$RESULTS"
+        log "  run $run $name: $reqs requests, ${us} us CPU per request, ${uus} in user mode (CPU$LOAD_CPU ${M_LOAD}% busy)"
     done
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -170,11 +183,13 @@ log "sampled: $served streams decided, $exported spans exported (answered OK by 
 python3 - "$RESULTS" "$LOAD_BEFORE" "$LOAD_AFTER" "${RATE:-closed loop (wrk)}" <<'PY' | tee "$OUT/summary.txt"
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
-us, reqs, by_run = {}, {}, {}
-for run, name, n, _ticks, v, _load, _foreign, _cpu1, _quiet in rows:
+us, user, reqs, by_run, by_run_user = {}, {}, {}, {}, {}
+for run, name, n, _ticks, v, _load, _foreign, _cpu1, _quiet, u in rows:
     us.setdefault(name, []).append(float(v))
+    user.setdefault(name, []).append(float(u))
     reqs.setdefault(name, []).append(int(n))
     by_run.setdefault(run, {})[name] = float(v)
+    by_run_user.setdefault(run, {})[name] = float(u)
 labels = {
     "off": "tracing off",
     "unsampled": "on, not sampled",
@@ -182,16 +197,17 @@ labels = {
 }
 budget = {"unsampled": 0.5, "sampled": 3.0}
 print(f"load: {sys.argv[4]} requests/s; load average (1/5/15 min) before {sys.argv[2]}, after {sys.argv[3]}")
-print(f"{'variant':<20} {'us CPU/req (median)':>20} {'min-max':>14} {'req/run (median)':>17}")
+print(f"{'variant':<20} {'us CPU/req (median)':>20} {'min-max':>14} {'user us/req':>12} {'req/run (median)':>17}")
 for name in ("off", "unsampled", "sampled"):
     v = us[name]
     print(f"{labels[name]:<20} {statistics.median(v):>20.2f} {min(v):>6.2f}-{max(v):<7.2f} "
-          f"{statistics.median(reqs[name]):>17.0f}")
-off = statistics.median(us["off"])
-for name in ("unsampled", "sampled"):
-    paired = sorted(r[name] - r["off"] for r in by_run.values() if name in r and "off" in r)
-    d = statistics.median(us[name]) - off
-    verdict = "within" if d <= budget[name] else "OVER"
-    print(f"{labels[name]} vs off: {d:+.2f} us per request (medians; budget {budget[name]} us: {verdict}); "
-          f"per round {statistics.median(paired):+.2f} (range {paired[0]:+.2f} to {paired[-1]:+.2f})")
+          f"{statistics.median(user[name]):>12.2f} {statistics.median(reqs[name]):>17.0f}")
+for what, per, rounds in (("CPU", us, by_run), ("user-mode CPU", user, by_run_user)):
+    off = statistics.median(per["off"])
+    for name in ("unsampled", "sampled"):
+        paired = sorted(r[name] - r["off"] for r in rounds.values() if name in r and "off" in r)
+        d = statistics.median(per[name]) - off
+        verdict = "within" if d <= budget[name] else "OVER"
+        print(f"{what}, {labels[name]} vs off: {d:+.2f} us per request (medians; budget {budget[name]} us: {verdict}); "
+              f"per round {statistics.median(paired):+.2f} (range {paired[0]:+.2f} to {paired[-1]:+.2f})")
 PY

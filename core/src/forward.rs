@@ -510,8 +510,8 @@ fn drop_retried(info: &mut StreamInfo, last: &mut Attempt, at: Option<usize>) {
 /// end now, no response received; `at`'s entry moves last, where the
 /// access log counts the body it streams (and where Envoy writes it: the
 /// cancelled tries' entries are written when they are reset).
-fn hedge_done(info: &mut StreamInfo, at: Option<usize>) {
-    let Some(tries) = info.upstream_tries.as_mut() else {
+fn hedge_done(tries: Option<&mut Vec<crate::stream::UpstreamTry>>, at: Option<usize>) {
+    let Some(tries) = tries else {
         return;
     };
     let now = std::time::Instant::now();
@@ -803,7 +803,7 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
                 metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
             }
             if let Attempt::Retry(_, Some(_)) = last {
-                hedge_done(info, last_at);
+                hedge_done(info.upstream_tries.as_deref_mut(), last_at);
             }
             return last_try(info, last);
         }
@@ -867,7 +867,7 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
                             metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL, "cluster" => cluster_label()).increment(1);
                         }
                         drop_retried(info, &mut last, last_at);
-                        hedge_done(info, at);
+                        hedge_done(info.upstream_tries.as_deref_mut(), at);
                         return r;
                     }
                     a @ Attempt::Retry(..) => {
@@ -1324,6 +1324,39 @@ impl http_body::Body for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hedge answered by its first try: the tries still running end
+    /// (no status: cancelled), the winner's entry moves last (where the
+    /// access log counts its streamed body), the others keep their order.
+    #[test]
+    fn hedge_done_ends_the_cancelled_tries_and_logs_the_winner_last() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut tries = Vec::new();
+        for n in 1..=3 {
+            try_begin(&mut tries, Some("c"), addr, n, None);
+        }
+        end_with(
+            &mut tries[1],
+            &Attempt::Retry(LocalReason::UpstreamReset, None),
+        );
+        end_with(
+            &mut tries[0],
+            &Attempt::Done(http::Response::new(full_body(Bytes::new()))),
+        );
+        hedge_done(Some(&mut tries), Some(0));
+        let order: Vec<u32> = tries.iter().map(|t| t.number).collect();
+        assert_eq!(order, [2, 3, 1]);
+        assert!(tries.iter().all(|t| t.end.is_some()));
+        assert_eq!(tries[0].failure, Some("upstream_reset"));
+        assert_eq!((tries[1].status, tries[1].failure), (None, None));
+        assert_eq!(tries[2].status, Some(200));
+        // Past the end (the winner was not recorded): nothing moves.
+        hedge_done(Some(&mut tries), Some(7));
+        assert_eq!(
+            tries.iter().map(|t| t.number).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+    }
 
     #[test]
     fn grpc_timeout_parses() {
