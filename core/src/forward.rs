@@ -396,8 +396,10 @@ fn attempt_status(a: &Attempt) -> u16 {
     }
 }
 
-/// The router's `upstream_log`: a try starts (a try left open, e.g. a
-/// hedged one, ends where the next begins).
+/// The router's `upstream_log`: a try starts. Every try is ended by
+/// `try_end` (or, hedged, `try_end_at` and `hedge_done`); one still open
+/// when the stream's response is known (e.g. cut by the route timeout)
+/// ends there, in the access log.
 fn try_begin(
     tries: &mut Vec<crate::stream::UpstreamTry>,
     cluster: Option<&'static str>,
@@ -406,11 +408,6 @@ fn try_begin(
     request_bytes: Option<u64>,
 ) {
     let now = std::time::Instant::now();
-    if let Some(last) = tries.last_mut()
-        && last.end.is_none()
-    {
-        last.end = Some(now);
-    }
     // Bounded by the retry policy's tries; a hostile config cannot make
     // it grow past `MAX_LOGGED_TRIES` either.
     if tries.len() < MAX_LOGGED_TRIES {
@@ -462,22 +459,68 @@ fn try_end(tries: &mut [crate::stream::UpstreamTry], a: &Attempt) {
     if let Some(last) = tries.last_mut()
         && last.end.is_none()
     {
-        last.end = Some(std::time::Instant::now());
-        last.status = Some(attempt_status(a));
-        last.failure = match a {
-            Attempt::Done(_) | Attempt::Retry(_, Some(_)) => None,
-            Attempt::Retry(reason, None) | Attempt::Fail(reason) => Some(reason.label()),
-        };
-        if let Attempt::Done(r) | Attempt::Retry(_, Some(r)) = a {
-            last.local_address = r
-                .extensions()
-                .get::<crate::stream::UpstreamLocalAddress>()
-                .map(|l| l.0);
+        end_with(last, a);
+    }
+}
+
+/// The router's `upstream_log`: hedged try `at` (its index in `tries`,
+/// `None` when it was not recorded) ended with `a`.
+fn try_end_at(info: &mut StreamInfo, at: Option<usize>, a: &Attempt) {
+    if let Some(t) = at.and_then(|i| info.upstream_tries.as_mut()?.get_mut(i)) {
+        end_with(t, a);
+    }
+}
+
+/// Fills in how try `last` ended.
+fn end_with(last: &mut crate::stream::UpstreamTry, a: &Attempt) {
+    last.end = Some(std::time::Instant::now());
+    last.status = Some(attempt_status(a));
+    last.failure = match a {
+        Attempt::Done(_) | Attempt::Retry(_, Some(_)) => None,
+        Attempt::Retry(reason, None) | Attempt::Fail(reason) => Some(reason.label()),
+    };
+    if let Attempt::Done(r) | Attempt::Retry(_, Some(r)) = a {
+        last.local_address = r
+            .extensions()
+            .get::<crate::stream::UpstreamLocalAddress>()
+            .map(|l| l.0);
+    }
+    // A retried response is dropped: its entry keeps the head.
+    if let Attempt::Retry(_, Some(r)) = a {
+        last.headers = Some(Box::new(r.headers().clone()));
+    }
+}
+
+/// A hedged request's retried response held in `last` (from try `at`) is
+/// dropped, which ends its exchange: its entry counts the body bytes that
+/// had arrived (`arrived_bytes`).
+fn drop_retried(info: &mut StreamInfo, last: &mut Attempt, at: Option<usize>) {
+    if let Attempt::Retry(_, r) = last
+        && let Some(r) = r.take()
+    {
+        let n = arrived_bytes(r);
+        if let Some(t) = at.and_then(|i| info.upstream_tries.as_mut()?.get_mut(i)) {
+            t.response_bytes = Some(n);
         }
-        // A retried response is dropped: its entry keeps the head.
-        if let Attempt::Retry(_, Some(r)) = a {
-            last.headers = Some(Box::new(r.headers().clone()));
-        }
+    }
+}
+
+/// A hedged request answers with try `at`'s response: the tries still
+/// running are cancelled (their exchanges are dropped with the hedge) and
+/// end now, no response received; `at`'s entry moves last, where the
+/// access log counts the body it streams (and where Envoy writes it: the
+/// cancelled tries' entries are written when they are reset).
+fn hedge_done(tries: Option<&mut Vec<crate::stream::UpstreamTry>>, at: Option<usize>) {
+    let Some(tries) = tries else {
+        return;
+    };
+    let now = std::time::Instant::now();
+    for t in tries.iter_mut().filter(|t| t.end.is_none()) {
+        t.end = Some(now);
+    }
+    if let Some(i) = at.filter(|&i| i < tries.len()) {
+        let won = tries.remove(i);
+        tries.push(won);
     }
 }
 
@@ -720,10 +763,15 @@ type Boxed<'h, T> = Pin<Box<dyn Future<Output = T> + Send + 'h>>;
 
 /// What happened to one of a hedged request's tries (or its timers).
 enum Event<'h> {
-    /// A try's exchange settled: its endpoint and what it means.
-    Settled(SocketAddr, Attempt, Vec<SocketAddr>),
+    /// A try's exchange settled: its endpoint, what it means, the
+    /// endpoints that failed to connect, its `upstream_log` entry.
+    Settled(SocketAddr, Attempt, Vec<SocketAddr>, Option<usize>),
     /// A try's per-try timeout fired: the try keeps running.
-    PerTry(Arc<crate::cluster::Endpoint>, Boxed<'h, Event<'h>>),
+    PerTry(
+        Arc<crate::cluster::Endpoint>,
+        Boxed<'h, Event<'h>>,
+        Option<usize>,
+    ),
     /// The back-off before the next try ended; it holds the retry's
     /// unit of the retry breaker.
     Start(crate::cluster::breaker::Slot),
@@ -740,6 +788,8 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
     let mut pending: Vec<Boxed<'_, Event<'_>>> = Vec::with_capacity(2);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Attempt = Attempt::Fail(LocalReason::NoHealthyUpstream);
+    // The `upstream_log` entry of the try `last` came from.
+    let mut last_at: Option<usize> = None;
     match start_hedged(&h, info, &tried, None) {
         Ok(f) => pending.push(f),
         Err(reason) => return local_reply(info, reason),
@@ -751,6 +801,9 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
         if pending.is_empty() {
             if sent > retries {
                 metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
+            }
+            if let Attempt::Retry(_, Some(_)) = last {
+                hedge_done(info.upstream_tries.as_deref_mut(), last_at);
             }
             return last_try(info, last);
         }
@@ -773,22 +826,32 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
                     Ok(f) => pending.push(f),
                     Err(reason) => {
                         if pending.is_empty() {
+                            drop_retried(info, &mut last, last_at);
                             return local_reply(info, reason);
                         }
                     }
                 }
             }
-            Event::PerTry(endpoint, rest) => {
+            Event::PerTry(endpoint, rest, at) => {
                 endpoint.report(crate::pool::Outcome::Timeout);
-                // The try keeps running, without a timer of its own.
+                // The try keeps running, without a timer of its own; its
+                // entry says it timed out (as a plain retry's would) unless
+                // it still settles.
+                if let Some(t) = at.and_then(|i| info.upstream_tries.as_mut()?.get_mut(i)) {
+                    t.status = Some(LocalReason::UpstreamTimeout.status().as_u16());
+                    t.failure = Some(LocalReason::UpstreamTimeout.label());
+                }
                 pending.push(rest);
+                drop_retried(info, &mut last, last_at);
                 last = Attempt::Retry(LocalReason::UpstreamTimeout, None);
+                last_at = at;
                 retry_now = true;
                 if h.previous_hosts && !tried.contains(&endpoint.address) {
                     tried.push(endpoint.address);
                 }
             }
-            Event::Settled(addr, attempt, failed) => {
+            Event::Settled(addr, attempt, failed, at) => {
+                try_end_at(info, at, &attempt);
                 for a in failed {
                     if !tried.contains(&a) {
                         tried.push(a);
@@ -803,17 +866,23 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
                         if sent > 1 {
                             metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_SUCCESS_TOTAL, "cluster" => cluster_label()).increment(1);
                         }
+                        drop_retried(info, &mut last, last_at);
+                        hedge_done(info.upstream_tries.as_deref_mut(), at);
                         return r;
                     }
                     a @ Attempt::Retry(..) => {
+                        drop_retried(info, &mut last, last_at);
                         last = a;
+                        last_at = at;
                         retry_now = true;
                     }
                     Attempt::Fail(reason) => {
+                        drop_retried(info, &mut last, last_at);
                         if pending.is_empty() {
                             return local_reply(info, reason);
                         }
                         last = Attempt::Fail(reason);
+                        last_at = at;
                     }
                 }
             }
@@ -829,10 +898,8 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
                 }
                 let wait = backoff(h.policy, sent);
                 // A retried response is dropped (its exchange ends)
-                // before the wait.
-                if let Attempt::Retry(_, r) = &mut last {
-                    *r = None;
-                }
+                // before the wait; its entry counts what had arrived.
+                drop_retried(info, &mut last, last_at);
                 sent += 1;
                 scheduled = true;
                 pending.push(Box::pin(async move {
@@ -853,6 +920,8 @@ fn start_hedged<'h>(
     retry_slot: Option<crate::cluster::breaker::Slot>,
 ) -> Result<Boxed<'h, Event<'h>>, LocalReason> {
     let req = rebuild(h.parts, h.kept);
+    // The try's `upstream_log` entry, if `start` records one.
+    let at = info.upstream_tries.as_ref().map(|t| t.len());
     let s = start(
         h.cluster,
         h.codec,
@@ -864,6 +933,7 @@ fn start_hedged<'h>(
         h.policy.priority,
         h.policy.request_attempt_count,
     )?;
+    let at = at.filter(|&i| info.upstream_tries.as_ref().is_some_and(|t| t.len() > i));
     let endpoint = s.guard.endpoint().clone();
     let addr = endpoint.address;
     let (cluster, policy, after) = (h.cluster, h.policy, h.after);
@@ -875,7 +945,7 @@ fn start_hedged<'h>(
         let r = send.await;
         let mut failed = Vec::new();
         let a = settle(cluster, (guard, slot), r, policy, &mut failed, true, after);
-        Event::Settled(addr, a, failed)
+        Event::Settled(addr, a, failed, at)
     });
     let limit = per_try_limit(policy);
     Ok(Box::pin(async move {
@@ -887,7 +957,7 @@ fn start_hedged<'h>(
                     if idle {
                         count_per_try_idle(cluster);
                     }
-                    Event::PerTry(endpoint, exchange)
+                    Event::PerTry(endpoint, exchange, at)
                 }
             },
             None => exchange.await,
@@ -1259,6 +1329,39 @@ impl http_body::Body for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hedge answered by its first try: the tries still running end
+    /// (no status: cancelled), the winner's entry moves last (where the
+    /// access log counts its streamed body), the others keep their order.
+    #[test]
+    fn hedge_done_ends_the_cancelled_tries_and_logs_the_winner_last() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut tries = Vec::new();
+        for n in 1..=3 {
+            try_begin(&mut tries, Some("c"), addr, n, None);
+        }
+        end_with(
+            &mut tries[1],
+            &Attempt::Retry(LocalReason::UpstreamReset, None),
+        );
+        end_with(
+            &mut tries[0],
+            &Attempt::Done(http::Response::new(full_body(Bytes::new()))),
+        );
+        hedge_done(Some(&mut tries), Some(0));
+        let order: Vec<u32> = tries.iter().map(|t| t.number).collect();
+        assert_eq!(order, [2, 3, 1]);
+        assert!(tries.iter().all(|t| t.end.is_some()));
+        assert_eq!(tries[0].failure, Some("upstream_reset"));
+        assert_eq!((tries[1].status, tries[1].failure), (None, None));
+        assert_eq!(tries[2].status, Some(200));
+        // Past the end (the winner was not recorded): nothing moves.
+        hedge_done(Some(&mut tries), Some(7));
+        assert_eq!(
+            tries.iter().map(|t| t.number).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+    }
 
     #[test]
     fn grpc_timeout_parses() {

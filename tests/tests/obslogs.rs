@@ -676,17 +676,16 @@ clusters:
     assert_eq!(f[1], h1.addr.to_string(), "{l:?}");
 }
 
-/// Each upstream try's entry carries its own response: a retried 503
-/// shows its own code and head (`%RESP(X)%`), the request body bytes sent
-/// on that try, and its connection's local address; the try the retries
-/// run out on is flagged URX, an earlier retried one is not.
-#[test]
-fn upstream_log_entries_carry_each_tries_own_response() {
-    use meshgate_tests::backend::{HttpBackend, Proto};
-    let backend = HttpBackend::start("b", Proto::Http1);
-    let dir = tempfile::tempdir().unwrap();
-    let up = dir.path().join("up.log");
-    let mg = Meshgate::start(&format!(
+/// meshgate with one listener `web` whose router writes `format` (one
+/// line per upstream try) to `up`, and one route to cluster `svc` at
+/// `addr` with `route`'s options (YAML flow-mapping entries).
+fn upstream_logged(
+    up: &std::path::Path,
+    format: &str,
+    route: &str,
+    addr: std::net::SocketAddr,
+) -> Meshgate {
+    Meshgate::start(&format!(
         r#"admin:
   address: "{{ADMIN}}"
 listeners:
@@ -701,23 +700,42 @@ listeners:
                   config:
                     upstream_log:
                       - name: envoy.access_loggers.file
-                        typed_config: {{path: "{up}", log_format: {{text_format: "%REQ(:PATH)%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%RESP(X-BACKEND)%|%RESP(CONTENT-LENGTH)%|%BYTES_SENT%|%UPSTREAM_LOCAL_ADDRESS%\n"}}}}
+                        typed_config: {{path: "{up}", log_format: {{text_format: "{format}\n"}}}}
               route_config:
                 virtual_hosts:
                   - name: all
                     domains: ["*"]
                     routes:
                       - match: {{prefix: /}}
-                        route:
-                          cluster: svc
-                          retry_policy: {{retry_on: 5xx, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
+                        route: {{cluster: svc, {route}}}
 clusters:
   - name: svc
-    endpoints: [{{address: "{b}"}}]
+    endpoints: [{{address: "{addr}"}}]
 "#,
         up = up.display(),
-        b = backend.addr,
-    ));
+    ))
+}
+
+/// A 5xx is retried once.
+const RETRY_5XX_ONCE: &str =
+    "retry_policy: {retry_on: 5xx, num_retries: 1, retry_back_off: {base_interval: 5ms}}";
+
+/// Each upstream try's entry carries its own response: a retried 503
+/// shows its own code and head (`%RESP(X)%`), the request body bytes sent
+/// on that try, and its connection's local address; the try the retries
+/// run out on is flagged URX, an earlier retried one is not.
+#[test]
+fn upstream_log_entries_carry_each_tries_own_response() {
+    use meshgate_tests::backend::{HttpBackend, Proto};
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let mg = upstream_logged(
+        &up,
+        "%REQ(:PATH)%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%RESP(X-BACKEND)%|%RESP(CONTENT-LENGTH)%|%BYTES_SENT%|%UPSTREAM_LOCAL_ADDRESS%",
+        RETRY_5XX_ONCE,
+        backend.addr,
+    );
     let port = mg.listener_port("web");
     // First try 503 (retried), the retry 200; a 5-byte body each time.
     let (s, _, _) = curl(&["-d", "hello", &format!("http://127.0.0.1:{port}/fail-once")]);
@@ -756,38 +774,12 @@ fn upstream_log_entries_carry_each_tries_bytes_received() {
     let backend = HttpBackend::start("b", Proto::Http1);
     let dir = tempfile::tempdir().unwrap();
     let up = dir.path().join("up.log");
-    let mg = Meshgate::start(&format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              stream_filters:
-                - name: envoy.filters.http.router
-                  config:
-                    upstream_log:
-                      - name: envoy.access_loggers.file
-                        typed_config: {{path: "{up}", log_format: {{text_format: "%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%BYTES_RECEIVED%|%BYTES_SENT%|%DURATION%|%RESPONSE_DURATION%\n"}}}}
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /}}
-                        route:
-                          cluster: svc
-                          retry_policy: {{retry_on: 5xx, num_retries: 1, retry_back_off: {{base_interval: 5ms}}}}
-clusters:
-  - name: svc
-    endpoints: [{{address: "{b}"}}]
-"#,
-        up = up.display(),
-        b = backend.addr,
-    ));
+    let mg = upstream_logged(
+        &up,
+        "%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%BYTES_RECEIVED%|%BYTES_SENT%|%DURATION%|%RESPONSE_DURATION%",
+        RETRY_5XX_ONCE,
+        backend.addr,
+    );
     let port = mg.listener_port("web");
     let (s, _, body) = curl(&[
         "-d",
@@ -804,4 +796,62 @@ clusters:
     let ms = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{got:?}"));
     assert!(ms(f[1][4]) >= 400, "the entry waited for the body: {got:?}");
     assert!(ms(f[1][5]) < ms(f[1][4]), "{got:?}");
+}
+
+/// Hedged tries (`hedge_on_per_try_timeout`) each get their own entry: a
+/// slow first try (no answer) passes its per-try timeout and keeps
+/// running while the hedged second try answers 503 with 40 of its 100
+/// body bytes and stalls; that response is retried, so dropped (its
+/// upstream connection closed), and its entry carries the 40 bytes
+/// received before; the third try's 200 wins, and the first try, still
+/// without an answer, is cancelled: code 0 after its per-try timeout (UT).
+#[test]
+fn hedged_tries_entries_carry_the_bytes_received_before_the_drop() {
+    use meshgate_tests::scripted::{Script, Scripted};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = AtomicUsize::new(0);
+    let backend = Scripted::start(move |_| match n.fetch_add(1, Ordering::Relaxed) {
+        0 => Script::Silent,
+        1 => Script::Answer(
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100\r\n\r\n{}",
+                "x".repeat(40)
+            )
+            .into_bytes(),
+        ),
+        _ => Script::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let mg = upstream_logged(
+        &up,
+        "%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%BYTES_RECEIVED%|%RESPONSE_CODE_DETAILS%",
+        "timeout: 10s, hedge_policy: {hedge_on_per_try_timeout: true}, retry_policy: {retry_on: 5xx, num_retries: 2, per_try_timeout: 300ms, retry_back_off: {base_interval: 5ms}}",
+        backend.addr,
+    );
+    let port = mg.listener_port("web");
+    let (s, _, body) = curl(&[&format!("http://127.0.0.1:{port}/hedged")]);
+    assert_eq!((s, body.as_str()), (200, "ok\n"));
+    let got = lines(&up, 3);
+    assert_eq!(
+        got,
+        [
+            "1|504|UT|0|upstream_timeout",
+            "2|503|-|40|via_upstream",
+            "3|200|-|3|via_upstream"
+        ],
+        "{got:?}"
+    );
+    // The dropped 503 and the cancelled first try: both connections closed.
+    let dropped = String::from_utf8_lossy(&backend.wait_closed(1).bytes).to_string();
+    assert!(dropped.starts_with("GET /hedged "), "{dropped}");
+    backend.wait_closed(0);
+    // Both retries started while the first try was still running.
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_rq_hedged_total",
+            &[("cluster", "svc")]
+        ),
+        2.0
+    );
 }

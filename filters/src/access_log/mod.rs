@@ -264,8 +264,10 @@ impl AccessLogs {
         }
         ctx.bytes_sent = t.request_bytes.unwrap_or(0);
         ctx.bytes_received = t.response_bytes.unwrap_or(0);
+        // No status: a hedged try cancelled before any response (code 0,
+        // no details).
         ctx.status = Some(t.status.unwrap_or(0));
-        ctx.details = Some(t.failure.unwrap_or("via_upstream"));
+        ctx.details = t.failure.or(t.status.map(|_| "via_upstream"));
         ctx.flags = Flags::of_try(&t);
         let head = t.end.map(|e| e.saturating_duration_since(t.start));
         ctx.timing = Timing {
