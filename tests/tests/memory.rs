@@ -4,6 +4,7 @@
 //! whole (an idle h2c connection cost 39.8 KB instead of 23.2 KB,
 //! benches/RESULTS.md); meshgate turns them off for its process at start.
 
+use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::*;
 
 /// The kernel's view of the process (`THP_enabled` in /proc/PID/status:
