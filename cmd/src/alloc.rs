@@ -158,6 +158,9 @@ const TIDY_EVERY: Duration = Duration::from_secs(1);
 /// at least this many, and at least a quarter of the peak.
 const TIDY_MIN_CLOSED: u64 = 256;
 
+/// Seconds after the start during which the tidy-up collects every second.
+const STARTUP_COLLECTS: u32 = 30;
+
 /// Bumped by each tidy-up; a worker that has not collected for the
 /// current value does so before it next parks (`on_park`).
 static TIDY_EPOCH: AtomicU64 = AtomicU64::new(0);
@@ -180,8 +183,18 @@ pub async fn tidy(workers: usize) {
     let mut tick = tokio::time::interval(TIDY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut high = 0u64;
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
+        // Once a second for the first STARTUP_COLLECTS seconds: the start's
+        // config loads free their parse buffers (megabytes with 10,000
+        // clusters), and mimalloc purges freed memory only from a later
+        // call, which an idle process never makes: 10,000 clusters kept
+        // ~3.5 KB each of it resident (benches/RESULTS.md, issue 23).
+        if ticks < STARTUP_COLLECTS {
+            ticks += 1;
+            release_free_memory();
+        }
         high = high.max(meshgate_core::overload::take_peak_connections());
         let now = meshgate_core::overload::active_connections();
         let closed = high.saturating_sub(now);
