@@ -81,6 +81,13 @@ fn measure(n: usize) -> (isize, isize) {
 
 fn main() {
     let _handle = meshgate_core::metrics::install_recorder();
+    println!(
+        "inline sizes: ClusterConfig {} B, EndpointConfig {} B, Cluster {} B, Endpoint {} B",
+        std::mem::size_of::<meshgate_core::config::ClusterConfig>(),
+        std::mem::size_of::<meshgate_core::config::EndpointConfig>(),
+        std::mem::size_of::<meshgate_core::cluster::Cluster>(),
+        std::mem::size_of::<meshgate_core::cluster::Endpoint>(),
+    );
     let counts: Vec<usize> = std::env::var("CLUSTERS")
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())

@@ -120,11 +120,46 @@ pub fn release_free_memory() {
     unsafe { mi_collect(true) }
 }
 
+/// Keeps the heap on 4 KiB pages (Linux): turns transparent huge pages
+/// off for this process (`PR_SET_THP_DISABLE`), unless
+/// `MIMALLOC_ALLOW_THP` is set, which then decides as mimalloc documents.
+///
+/// mimalloc asks for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`,
+/// its `allow_thp` option, on by default), so on a kernel in THP `madvise`
+/// or `always` mode every 2 MiB region the heap touches becomes resident
+/// as a whole: the untouched part of each idle connection's buffers (h2's
+/// 16 KiB write buffer holds a few hundred bytes) counts in full, and the
+/// memory freed by closed connections stays resident. Measured with 2,000
+/// idle h2c connections: 39.8 KB per connection with huge pages, 23.2 KB
+/// without, and the baseline 30.6 MB -> 18.5 MB (benches/RESULTS.md, issue
+/// 23). mimalloc reads its option at its first allocation, before `main`,
+/// hence the process-wide switch here; the few pages faulted before it
+/// keep their size.
+pub fn keep_small_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and
+        // changes nothing but this process's huge-page policy.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if r != 0 {
+            // Before the logs exist: said on stderr (an old kernel or a
+            // seccomp filter; meshgate runs on, with huge pages).
+            eprintln!(
+                "meshgate: PR_SET_THP_DISABLE refused: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// How often the tidy-up looks at the connection count.
 const TIDY_EVERY: Duration = Duration::from_secs(1);
 /// Closed connections (down from the peak) that make a tidy-up worth it:
 /// at least this many, and at least a quarter of the peak.
 const TIDY_MIN_CLOSED: u64 = 256;
+
+/// Seconds after the start during which the tidy-up collects every second.
+const STARTUP_COLLECTS: u32 = 30;
 
 /// Bumped by each tidy-up; a worker that has not collected for the
 /// current value does so before it next parks (`on_park`).
@@ -148,8 +183,18 @@ pub async fn tidy(workers: usize) {
     let mut tick = tokio::time::interval(TIDY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut high = 0u64;
+    let mut ticks = 0u32;
     loop {
         tick.tick().await;
+        // Once a second for the first STARTUP_COLLECTS seconds: the start's
+        // config loads free their parse buffers (megabytes with 10,000
+        // clusters), and mimalloc purges freed memory only from a later
+        // call, which an idle process never makes: 10,000 clusters kept
+        // ~3.5 KB each of it resident (benches/RESULTS.md, issue 23).
+        if ticks < STARTUP_COLLECTS {
+            ticks += 1;
+            release_free_memory();
+        }
         high = high.max(meshgate_core::overload::take_peak_connections());
         let now = meshgate_core::overload::active_connections();
         let closed = high.saturating_sub(now);

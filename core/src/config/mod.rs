@@ -87,10 +87,14 @@ mod shared {
     pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<Arc<T>>, D::Error> {
-        Ok(Vec::<T>::deserialize(d)?
-            .into_iter()
-            .map(Arc::new)
-            .collect())
+        let items = Vec::<T>::deserialize(d)?;
+        // A new list sized to fit, not `into_iter().map().collect()`: that
+        // collects in place and keeps the parsed `Vec<T>`'s buffer (about
+        // 1.6x the count times a whole `ClusterConfig`) for the life of the
+        // config, some 1.8 KB per cluster (benches/RESULTS.md, issue 23).
+        let mut shared = Vec::with_capacity(items.len());
+        shared.extend(items.into_iter().map(Arc::new));
+        Ok(shared)
     }
 }
 
