@@ -73,7 +73,8 @@ if [ -n "${apt_pkgs_node:-}" ]; then
 fi
 # Every top-level peer package present, or (re)install from the lock file.
 node -e 'const p=require("./tests/peers/package.json");const fs=require("fs");for(const d of Object.keys({...p.dependencies,...p.devDependencies})){if(!fs.existsSync("tests/peers/node_modules/"+d))process.exit(1)}' 2>/dev/null \
-  || npm ci --prefix tests/peers --no-audit --no-fund --silent
+  || npm ci --prefix tests/peers --no-audit --no-fund --silent \
+  || { sleep 5; npm ci --prefix tests/peers --no-audit --no-fund; }  # a fresh machine's first npm ci failed once (registry hiccup)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -419,3 +419,51 @@ fn eds_endpoint_health_check_config_through_xds() {
     a.set_health_status(503);
     wait_until("a failed", || flags(a.addr) == "/failed_active_hc");
 }
+
+/// Checks in `window`, counted at the backend.
+fn checks_during(b: &HcBackend, window: std::time::Duration) -> u32 {
+    let before = b.checks();
+    std::thread::sleep(window);
+    b.checks() - before
+}
+
+/// The interval follows Envoy's choice: `no_traffic_interval` until the
+/// endpoint has taken traffic, then `interval`; `unhealthy_interval` while
+/// it fails, `interval` again once it is back. The intervals differ 15x,
+/// so the windows' bounds hold on a loaded machine.
+#[test]
+fn the_check_interval_follows_traffic_and_health() {
+    let a = HcBackend::start("a");
+    let port = free_port();
+    let hc = "    health_checks:\n      - timeout: 800ms\n        interval: 100ms\n        no_traffic_interval: 1500ms\n        unhealthy_interval: 1500ms\n        unhealthy_threshold: 1\n        healthy_threshold: 1\n        http_health_check: {path: /healthz}\n";
+    let mg = Meshgate::start(&proxy_config(port, &[ep(a.addr)], hc));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    wait_line(&mg, a.addr, "health_flags", "healthy");
+    // No traffic yet: one check every 1.5 s, not every 100 ms (20 in 2 s).
+    let idle = checks_during(&a, std::time::Duration::from_secs(2));
+    assert!(idle <= 3, "{idle} checks in 2 s without traffic");
+    // Traffic: `interval` from the next check on.
+    assert_eq!(http_get(addr, "/").unwrap().0, 200);
+    let from = a.checks();
+    wait_until_within(15, "checks at the 100 ms interval", || {
+        a.checks() >= from + 10
+    });
+    let busy = checks_during(&a, std::time::Duration::from_secs(1));
+    assert!(busy >= 4, "{busy} checks in 1 s at a 100 ms interval");
+    // Failing: `unhealthy_interval`.
+    a.set_health_status(503);
+    wait_line(&mg, a.addr, "health_flags", "/failed_active_hc");
+    let failing = checks_during(&a, std::time::Duration::from_secs(3));
+    assert!(
+        failing <= 4,
+        "{failing} checks in 3 s at a 1.5 s unhealthy interval"
+    );
+    // Healthy again: back to `interval`.
+    a.set_health_status(200);
+    wait_line(&mg, a.addr, "health_flags", "healthy");
+    let from = a.checks();
+    wait_until_within(15, "checks at the 100 ms interval again", || {
+        a.checks() >= from + 10
+    });
+}

@@ -493,3 +493,48 @@ fn gateway_error_and_retriable_status_codes() {
     assert_eq!(get(port, "/conflict", &[]).0, 409);
     assert_eq!(times(&seen, "/conflict").len(), 1);
 }
+
+#[test]
+fn reset_before_request_retries_a_connect_failure_but_not_a_reset_after_the_request() {
+    let (live, seen_live) = upstream(|_, _| reply("200 OK", "", "live\n"));
+    // Reads the request's head, then closes without a byte of answer: the
+    // upstream saw the request, so only `reset` may retry it.
+    let (resets, seen_resets) = upstream(|_, _| String::new());
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (mg, port) = start(
+        r#"                      - match: {prefix: /before}
+                        route:
+                          cluster: dead_live
+                          retry_policy: {retry_on: reset-before-request, num_retries: 1, retry_back_off: {base_interval: 5ms}}
+                      - match: {prefix: /after-rbr}
+                        route:
+                          cluster: resets
+                          retry_policy: {retry_on: reset-before-request, num_retries: 2, retry_back_off: {base_interval: 5ms}}
+                      - match: {prefix: /after-reset}
+                        route:
+                          cluster: resets
+                          retry_policy: {retry_on: reset, num_retries: 1, retry_back_off: {base_interval: 5ms}}"#,
+        &format!(
+            "  - name: dead_live\n    endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]\n  - name: resets\n    endpoints: [{{address: \"{}\"}}]",
+            live.addr, resets.addr
+        ),
+    );
+    // Round robin sends some of these to the closed port first: the
+    // connect failure is certainly before the request, so it is retried
+    // on the live endpoint and every request succeeds.
+    for _ in 0..4 {
+        let (status, _, body) = get(port, "/before", &[]);
+        assert_eq!((status, body.as_str()), (200, "live\n"));
+    }
+    assert_eq!(times(&seen_live, "/before").len(), 4);
+    assert!(counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "dead_live") >= 1.0);
+    // A reset after the upstream read the request is not retried by
+    // `reset-before-request`...
+    let (status, _, _) = get(port, "/after-rbr", &[]);
+    assert_eq!(status, 502);
+    assert_eq!(times(&seen_resets, "/after-rbr").len(), 1);
+    // ...but is by `reset`.
+    let (status, _, _) = get(port, "/after-reset", &[]);
+    assert_eq!(status, 502);
+    assert_eq!(times(&seen_resets, "/after-reset").len(), 2);
+}

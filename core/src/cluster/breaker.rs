@@ -149,9 +149,10 @@ impl Thresholds {
         match self.retry_limit {
             RetryLimit::Max(m) => m,
             RetryLimit::Budget { percent, min } => {
-                // Envoy: the budget is a share of the requests in flight
-                // (active + pending; meshgate's pending requests are
-                // counted per cluster, not per priority, so only active).
+                // Envoy: the budget is a share of the requests in flight,
+                // active + pending. The request slot is taken before the
+                // pool's pending queue (`forward::start`), so `active`
+                // already counts the requests waiting there.
                 let share = (f64::from(self.requests.active()) * percent / 100.0) as u32;
                 share.max(min)
             }
