@@ -412,6 +412,10 @@ fn listener_filter_and_upstream_transport_socket_from_xds_with_tcp_proxy() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ok\n");
     let want = format!("PROXY TCP4 203.0.113.9 127.0.0.1 4000 {port}\r\nhello\n");
+    // The recorder answers each read: the payload may come in a later one.
+    wait_until("the header and the payload upstream", || {
+        up.seen.lock().unwrap().len() >= want.len()
+    });
     assert_eq!(String::from_utf8_lossy(&up.seen.lock().unwrap()), want);
     assert_eq!(found(&mg, "v1"), 1.0);
     // Without a header: closed, counted, the upstream sees nothing more.
@@ -470,6 +474,11 @@ clusters:
         &[(TLV_TENANT, b"tenant-a")],
     );
     want.extend_from_slice(b"hello\n");
+    // The recorder answers each read: the header may have come alone,
+    // its payload in a later read.
+    wait_until("the header and the payload upstream", || {
+        up.seen.lock().unwrap().len() >= want.len()
+    });
     assert_eq!(*up.seen.lock().unwrap(), want);
     assert_eq!(found(&mg, "v2"), 1.0);
 }
