@@ -195,6 +195,17 @@ impl NetworkFilterFactory for ProxyFactory {
             codecs,
             detect_timeout: cfg.detect_timeout,
             detect_failed: metrics::counter!(meshgate_core::metrics::names::PROXY_CODEC_DETECT_FAIL_TOTAL, "listener" => listener.clone()),
+            max_connection: cfg
+                .common_http_protocol_options
+                .max_connection_duration
+                .filter(|d| !d.is_zero())
+                .map(|duration| {
+                    Arc::new(MaxConnection {
+                        duration,
+                        drain: cfg.drain_timeout,
+                        reached: metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_MAX_DURATION_REACHED_TOTAL, "listener" => listener.clone()),
+                    })
+                }),
             shared: Arc::new(ProxyHandler {
                 table,
                 chain,
@@ -261,6 +272,18 @@ struct Proxy {
     detect_timeout: Duration,
     detect_failed: Counter,
     shared: Arc<ProxyHandler>,
+    /// `common_http_protocol_options.max_connection_duration`, when set.
+    max_connection: Option<Arc<MaxConnection>>,
+}
+
+/// The HCM's `max_connection_duration` and `drain_timeout`: a connection
+/// that old winds down as in a drain, and is closed `drain` later if it
+/// has not finished by then.
+struct MaxConnection {
+    duration: Duration,
+    drain: Duration,
+    /// `meshgate_http_downstream_cx_max_duration_reached_total{listener}`.
+    reached: Counter,
 }
 
 impl TerminalFilter for Proxy {
@@ -285,7 +308,7 @@ impl TerminalFilter for Proxy {
         // id its handshake agreed on picks the codec.
         if let DownstreamIo::Streams(t) = &conn.io {
             if let Some(codec) = by_alpn {
-                return Box::pin(drive(codec, conn, handler));
+                return Box::pin(drive(codec, conn, handler, self.max_connection.clone()));
             }
             self.detect_failed.increment(1);
             tracing::debug!(
@@ -298,11 +321,11 @@ impl TerminalFilter for Proxy {
         }
         if self.codecs.len() == 1 {
             let codec = self.codecs[0].1.clone();
-            return Box::pin(drive(codec, conn, handler));
+            return Box::pin(drive(codec, conn, handler, self.max_connection.clone()));
         }
         // On TLS, the protocol ALPN agreed on picks the codec.
         if let Some(codec) = by_alpn {
-            return Box::pin(drive(codec, conn, handler));
+            return Box::pin(drive(codec, conn, handler, self.max_connection.clone()));
         }
         // The connection waits for detection in a box of its own, and
         // detection (its reads and its timer) in another: both are gone
@@ -315,7 +338,7 @@ impl TerminalFilter for Proxy {
             ))
             .await;
             match detect {
-                Ok(Some(codec)) => drive(codec, *conn, handler).await,
+                Ok(Some(codec)) => drive(codec, *conn, handler, self.max_connection.clone()).await,
                 Ok(None) => {
                     self.detect_failed.increment(1);
                     tracing::debug!(
@@ -343,12 +366,40 @@ fn drive(
     codec: Arc<dyn ServerCodec>,
     conn: Connection,
     handler: Arc<dyn StreamHandler>,
+    max: Option<Arc<MaxConnection>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let drain = conn.drain.clone();
     let retire = conn.info.retire.clone();
     let notices = Notices::new();
     let mut serve = codec.serve(conn, handler, notices.clone());
-    async move { drive_served(&mut serve, drain, retire, notices).await }
+    async move {
+        match max {
+            None => drive_served(&mut serve, drain, retire, notices).await,
+            Some(max) => {
+                let n = notices.clone();
+                // Boxed: the timers live only on connections with a limit.
+                let mut served = Box::pin(drive_served(&mut serve, drain, retire, notices));
+                let reached = meshgate_core::overload::timers::timeout(
+                    meshgate_core::overload::timers::Timer::HttpDownstreamConnectionMax,
+                    max.duration,
+                    &mut served,
+                );
+                if reached.await.is_ok() {
+                    return;
+                }
+                // At the limit: wound down as in a drain (an idle HTTP/1.1
+                // connection closes, HTTP/2 and HTTP/3 send GOAWAY), and
+                // closed `drain_timeout` later if streams remain.
+                max.reached.increment(1);
+                n.go_away(GoAway::Drain);
+                if tokio::time::timeout(max.drain, &mut served).await.is_err() {
+                    tracing::debug!(
+                        "connection still open drain_timeout after max_connection_duration: closed"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `drive`'s loop: polls the codec's future, turning the drain and the

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod caddy;
 pub mod curl;
 pub mod flaky;
+pub mod h2raw;
 pub mod hc_backend;
 pub mod jwt;
 pub mod netns;

@@ -7,6 +7,7 @@
 //! the global downstream connection count as the pressure source;
 //! `meshgate validate` for a timer meshgate does not scale.
 
+use meshgate_tests::h2raw::{idle_h2, read_until_goaway};
 use meshgate_tests::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -55,42 +56,6 @@ overload_manager:
     let mg = Meshgate::start(&yaml);
     let port = mg.listener_port("http");
     (mg, port)
-}
-
-/// An HTTP/2 client connection that sends its preface and SETTINGS and
-/// then nothing: an idle keep-alive connection.
-fn idle_h2(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Reads frames until meshgate's GOAWAY (type 7): hyper's graceful close
-/// then waits for the PING this client never answers, so the GOAWAY, not
-/// the socket's end, marks the idle timeout firing.
-fn read_until_goaway(s: &mut TcpStream) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut i = 0;
-    loop {
-        // Walk the whole frames read so far: 9-byte headers, payloads.
-        while i + 9 <= got.len() {
-            let len = (usize::from(got[i]) << 16)
-                | (usize::from(got[i + 1]) << 8)
-                | usize::from(got[i + 2]);
-            if got[i + 3] == 7 {
-                return;
-            }
-            i += 9 + len;
-        }
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed without GOAWAY"),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("no GOAWAY: {e}"),
-        }
-    }
 }
 
 #[test]
@@ -146,7 +111,7 @@ fn a_timer_meshgate_does_not_scale_is_refused_by_name() {
     - name: {ACTION}
       triggers: [{{name: {MONITOR}, threshold: {{value: 0.9}}}}]
       typed_config:
-        timer_scale_factors: [{{timer: HTTP_DOWNSTREAM_CONNECTION_MAX, min_scale: {{value: 50}}}}]
+        timer_scale_factors: [{{timer: HTTP_DOWNSTREAM_STREAM_FLUSH, min_scale: {{value: 50}}}}]
 "
         ),
     )
@@ -309,5 +274,53 @@ listeners:
         "meshgate_listener_tls_handshake_error_total",
         &[("listener", "https"), ("reason", "timeout")],
         |v| v >= 1.0,
+    );
+}
+
+/// `HTTP_DOWNSTREAM_CONNECTION_MAX` scales the HCM's
+/// `max_connection_duration`: a connection whose limit is 60 s gets its
+/// GOAWAY within a few seconds once its own arrival saturates the trigger.
+#[test]
+fn reduce_timeouts_shortens_the_max_connection_duration_under_pressure() {
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: http
+    address: 127.0.0.1:0
+    filter_chains:
+      - filters:
+          - name: proxy
+            config:
+              common_http_protocol_options: {{max_connection_duration: 60s}}
+              route_config:
+                name: t
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 200}}
+{}"#,
+        one_connection_saturates("HTTP_DOWNSTREAM_CONNECTION_MAX")
+    );
+    let mg = Meshgate::start(&yaml);
+    let port = mg.listener_port("http");
+    let opened = Instant::now();
+    let mut s = idle_h2(port);
+    read_until_goaway(&mut s);
+    let lived = opened.elapsed();
+    assert!(
+        lived < Duration::from_secs(5),
+        "GOAWAY after {lived:?}; the configured max_connection_duration is 60 s"
+    );
+    mg.wait_metric(
+        "meshgate_http_downstream_cx_max_duration_reached_total",
+        &[("listener", "http")],
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        mg.metric("meshgate_overload_action_scale", &[("action", ACTION)]),
+        1.0
     );
 }

@@ -248,3 +248,60 @@ fn strip_any_host_port_redirect_regex_rewrite_and_hcm_limit_pushed_over_xds() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("host=www.example.com\n"), "{body}");
 }
+
+/// The HCM's `common_http_protocol_options.max_connection_duration` and
+/// `drain_timeout` pushed over LDS: ACKed, and a keep-alive connection is
+/// closed at the limit, counted.
+#[test]
+fn max_connection_duration_pushed_over_xds_closes_a_keep_alive_connection() {
+    use std::io::{Read, Write};
+    let b = HttpBackend::start("a", Proto::Http1);
+    let port = free_port();
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &cluster("up", b.addr, ""));
+    ads.set(ROUTE, "1", ROUTES);
+    ads.set(
+        LISTENER,
+        "1",
+        &listener(
+            "web",
+            port,
+            "        commonHttpProtocolOptions: {maxConnectionDuration: 1s}\n        drainTimeout: 2s\n",
+        ),
+    );
+    let mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    let opened = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    s.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The response, then the server's close at the limit.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+    let lived = opened.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        lived >= std::time::Duration::from_millis(900) && lived < std::time::Duration::from_secs(5),
+        "{lived:?}"
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_downstream_cx_max_duration_reached_total",
+            &[("listener", "web")]
+        ),
+        1.0
+    );
+}

@@ -1154,6 +1154,11 @@ fn http_connection_manager(
     if let Some(d) = h.stream_idle_timeout.take() {
         out.stream_idle_timeout = duration(&d, &join(path, "stream_idle_timeout"))?;
     }
+    // drain_timeout: how long a connection at its max_connection_duration
+    // finishes its streams (Envoy's 5 s default when unset).
+    if let Some(d) = h.drain_timeout.take() {
+        out.drain_timeout = duration(&d, &join(path, "drain_timeout"))?;
+    }
     if let Some(t) = h.tracing.take() {
         out.tracing = Some(crate::tracing::hcm_tracing(t, &join(path, "tracing"))?);
     }
@@ -1186,6 +1191,11 @@ fn http_connection_manager(
         if let Some(d) = o.max_stream_duration.take() {
             let d = duration(&d, &join(&op, "max_stream_duration"))?;
             out.common_http_protocol_options.max_stream_duration = (!d.is_zero()).then_some(d);
+        }
+        // max_connection_duration: unset or 0, none.
+        if let Some(d) = o.max_connection_duration.take() {
+            let d = duration(&d, &join(&op, "max_connection_duration"))?;
+            out.common_http_protocol_options.max_connection_duration = (!d.is_zero()).then_some(d);
         }
         rest(&o, &op)?;
     }

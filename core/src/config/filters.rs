@@ -105,6 +105,12 @@ pub struct ProxyConfig {
     /// At most one of the two.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_matching_host_port: bool,
+    /// Envoy HCM's `drain_timeout`: how long a connection winding down for
+    /// `common_http_protocol_options.max_connection_duration` may keep
+    /// its streams in flight before it is closed anyway. Envoy's default:
+    /// 5 s.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 /// Envoy's `SchemeHeaderTransformation`: at most one of the two.
@@ -155,6 +161,7 @@ impl ProxyConfig {
             tracing: None,
             strip_any_host_port: false,
             strip_matching_host_port: false,
+            drain_timeout: default_drain_timeout(),
         }
     }
 }
@@ -354,6 +361,19 @@ pub struct CommonHttpProtocolOptions {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_stream_duration: Option<Duration>,
+    /// Envoy's `max_connection_duration`: a downstream connection older
+    /// than this (from its start) winds down as in a drain: HTTP/1.1 says
+    /// `connection: close` on its next response and an idle one is
+    /// closed, HTTP/2 and HTTP/3 send GOAWAY and finish their streams,
+    /// for at most the HCM's `drain_timeout`; counted in
+    /// `meshgate_http_downstream_cx_max_duration_reached_total`. Unset
+    /// or `0s`: none.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connection_duration: Option<Duration>,
 }
 
 impl Default for CommonHttpProtocolOptions {
@@ -362,6 +382,7 @@ impl Default for CommonHttpProtocolOptions {
             idle_timeout: default_idle_timeout(),
             headers_with_underscores_action: HeadersWithUnderscoresAction::Allow,
             max_stream_duration: None,
+            max_connection_duration: None,
         }
     }
 }
@@ -497,6 +518,9 @@ fn default_server_name() -> String {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_attempts() -> u32 {
     3

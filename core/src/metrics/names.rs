@@ -117,6 +117,10 @@ pub const HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL: &str =
 /// Counter `{listener,codec}`: connections closed by the idle timeout.
 pub const HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL: &str =
     "meshgate_http_downstream_cx_idle_timeout_total";
+/// Counter `{listener}`: connections that reached the HCM's
+/// `max_connection_duration` (wound down as in a drain).
+pub const HTTP_DOWNSTREAM_CX_MAX_DURATION_REACHED_TOTAL: &str =
+    "meshgate_http_downstream_cx_max_duration_reached_total";
 /// Counter `{listener,flood}`: HTTP/2 floods detected.
 pub const HTTP_DOWNSTREAM_CX_FLOOD_TOTAL: &str = "meshgate_http_downstream_cx_flood_total";
 /// Counter `{listener,reason}`: requests refused by edge checks.
@@ -636,6 +640,7 @@ pub const ALL: &[(&str, Kind)] = &[
     (PROXY_CODEC_DETECT_FAIL_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_PROTOCOL_ERROR_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),
+    (HTTP_DOWNSTREAM_CX_MAX_DURATION_REACHED_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_CX_FLOOD_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_RQ_REFUSED_TOTAL, Kind::Counter),
     (HTTP_DOWNSTREAM_HEADERS_DROPPED_TOTAL, Kind::Counter),

@@ -12,10 +12,11 @@
 //! `HTTP_DOWNSTREAM_STREAM_IDLE` (the stream idle timeout: HCM
 //! `stream_idle_timeout` or the route's `idle_timeout`) and
 //! `TRANSPORT_SOCKET_CONNECT` (the downstream TLS and QUIC handshake
-//! timeout, Envoy's filter chain `transport_socket_connect_timeout`). A
-//! waiting timer is re-scaled when the action's scale changes (`changed`),
-//! as Envoy's scaled timers are. `HTTP_DOWNSTREAM_CONNECTION_MAX` is
-//! refused by name (meshgate has no downstream `max_connection_duration`).
+//! timeout, Envoy's filter chain `transport_socket_connect_timeout`) and
+//! `HTTP_DOWNSTREAM_CONNECTION_MAX` (the HCM's
+//! `common_http_protocol_options.max_connection_duration`). A waiting
+//! timer is re-scaled when the action's scale changes (`changed`), as
+//! Envoy's scaled timers are.
 
 use super::Action;
 use crate::config::ConfigSource;
@@ -32,9 +33,10 @@ pub enum Timer {
     HttpDownstreamConnectionIdle = 0,
     HttpDownstreamStreamIdle = 1,
     TransportSocketConnect = 2,
+    HttpDownstreamConnectionMax = 3,
 }
 
-const TIMERS: usize = 3;
+const TIMERS: usize = 4;
 
 /// How far a timer may shrink.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,11 +85,12 @@ pub(super) fn build(
             "HTTP_DOWNSTREAM_CONNECTION_IDLE" => Timer::HttpDownstreamConnectionIdle,
             "HTTP_DOWNSTREAM_STREAM_IDLE" => Timer::HttpDownstreamStreamIdle,
             "TRANSPORT_SOCKET_CONNECT" => Timer::TransportSocketConnect,
-            "HTTP_DOWNSTREAM_CONNECTION_MAX" => {
+            "HTTP_DOWNSTREAM_CONNECTION_MAX" => Timer::HttpDownstreamConnectionMax,
+            "HTTP_DOWNSTREAM_STREAM_FLUSH" => {
                 return Err(source.error(
                     format!("{f}.timer"),
                     format!(
-                        "'{}' is not scaled by meshgate (no downstream max_connection_duration); supported: HTTP_DOWNSTREAM_CONNECTION_IDLE, HTTP_DOWNSTREAM_STREAM_IDLE, TRANSPORT_SOCKET_CONNECT",
+                        "'{}' is not scaled by meshgate (it has no stream flush timeout); supported: HTTP_DOWNSTREAM_CONNECTION_IDLE, HTTP_DOWNSTREAM_STREAM_IDLE, TRANSPORT_SOCKET_CONNECT, HTTP_DOWNSTREAM_CONNECTION_MAX",
                         t.timer
                     ),
                 ));
@@ -236,7 +239,7 @@ mod tests {
                 "typed_config.timer_scale_factors",
             ),
             (
-                "{timer_scale_factors: [{timer: HTTP_DOWNSTREAM_CONNECTION_MAX, min_timeout: 1s}]}",
+                "{timer_scale_factors: [{timer: HTTP_DOWNSTREAM_STREAM_FLUSH, min_timeout: 1s}]}",
                 "timer_scale_factors[0].timer",
             ),
             (
@@ -259,7 +262,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             build(&src, f, &v).unwrap(),
-            [Some(Minimum::Scale(0.25)), None, None]
+            [Some(Minimum::Scale(0.25)), None, None, None]
         );
         let v: serde_json::Value = serde_yaml::from_str(
             "{timer_scale_factors: [{timer: TRANSPORT_SOCKET_CONNECT, min_timeout: 1s}, {timer: HTTP_DOWNSTREAM_STREAM_IDLE, min_scale: {value: 10}}]}",
@@ -270,7 +273,8 @@ mod tests {
             [
                 None,
                 Some(Minimum::Scale(0.1)),
-                Some(Minimum::Timeout(Duration::from_secs(1)))
+                Some(Minimum::Timeout(Duration::from_secs(1))),
+                None
             ]
         );
     }
