@@ -30,6 +30,7 @@ pub(crate) struct EdgeOptions<'a> {
     pub scheme: &'a SchemeHeaderTransformation,
     pub strip_any_host_port: bool,
     pub strip_matching_host_port: bool,
+    pub max_headers_count: Option<u32>,
 }
 
 /// Envoy HCM's `strip_any_host_port` / `strip_matching_host_port`.
@@ -62,9 +63,11 @@ pub(crate) enum Refusal {
     Connect,
     /// A header name with `_` under `REJECT_REQUEST`.
     HeaderWithUnderscore,
+    /// More header fields than `max_headers_count`.
+    TooManyHeaders,
 }
 
-const REFUSALS: [Refusal; 8] = [
+const REFUSALS: [Refusal; 9] = [
     Refusal::AuthorityHostMismatch,
     Refusal::AuthorityUserinfo,
     Refusal::InvalidPath,
@@ -73,6 +76,7 @@ const REFUSALS: [Refusal; 8] = [
     Refusal::UpgradeNotAllowed,
     Refusal::Connect,
     Refusal::HeaderWithUnderscore,
+    Refusal::TooManyHeaders,
 ];
 
 impl Refusal {
@@ -86,6 +90,7 @@ impl Refusal {
             Refusal::UpgradeNotAllowed => "upgrade_not_allowed",
             Refusal::Connect => "connect",
             Refusal::HeaderWithUnderscore => "header_with_underscore",
+            Refusal::TooManyHeaders => "too_many_headers",
         }
     }
 }
@@ -110,6 +115,8 @@ pub(crate) struct Edge {
     /// `match_upstream`.
     scheme_match_upstream: bool,
     strip_port: StripPort,
+    /// `max_headers_count` (`usize::MAX`: none).
+    max_headers: usize,
 }
 
 /// What normalisation made of a path.
@@ -195,6 +202,7 @@ impl Edge {
             scheme,
             scheme_match_upstream: o.scheme.match_upstream,
             strip_port,
+            max_headers: o.max_headers_count.map_or(usize::MAX, |n| n as usize),
         })
     }
 
@@ -234,6 +242,19 @@ impl Edge {
         if let Some(h) = req.headers_mut().get_mut(http::header::HOST) {
             *h = value;
         }
+    }
+
+    /// Envoy's `max_headers_count`: more header fields than that is a
+    /// refusal (431). The authority counts as one field whether it came
+    /// as HTTP/1.1's `Host` or as HTTP/2's and HTTP/3's `:authority`, so a
+    /// request counts the same over every protocol; other pseudo-headers
+    /// do not count. Unset, it costs one comparison.
+    pub(crate) fn check_header_count(&self, headers: &HeaderMap) -> Option<Refusal> {
+        if headers.len() < self.max_headers {
+            return None;
+        }
+        let n = headers.len() + usize::from(!headers.contains_key(http::header::HOST));
+        (n > self.max_headers).then_some(Refusal::TooManyHeaders)
     }
 
     /// Envoy's `headers_with_underscores_action`: a request with a header

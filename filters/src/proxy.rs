@@ -55,6 +55,28 @@ fn h2_windows_from_limit(opts: &mut serde_json::Value, limit: u32) {
     }
 }
 
+/// `common_http_protocol_options.max_headers_count` on the HTTP/1.1 codec:
+/// its own `max_request_headers` (the fields its parser makes room for,
+/// 256 at most), unless `codec_options.http1` sets that. Without this the
+/// codec's default of 100 would refuse first when the count is larger.
+fn http1_header_count(opts: &mut serde_json::Value, n: u32) -> Result<(), BuildError> {
+    const MOST: u32 = 256;
+    let field = "common_http_protocol_options.max_headers_count";
+    if n > MOST {
+        return Err(BuildError::new(
+            field,
+            format!("{n}: the HTTP/1.1 codec parses at most {MOST} header fields"),
+        ));
+    }
+    if opts.is_null() {
+        *opts = serde_json::Value::Object(Default::default());
+    }
+    if let Some(o) = opts.as_object_mut() {
+        o.entry("max_request_headers").or_insert(n.into());
+    }
+    Ok(())
+}
+
 /// Factory of `proxy`; codecs and stream filters come from the registry.
 pub struct ProxyFactory;
 
@@ -69,6 +91,12 @@ impl NetworkFilterFactory for ProxyFactory {
         ctx: &BuildContext<'_>,
     ) -> Result<BuiltFilter, BuildError> {
         let cfg: ProxyConfig = parse_typed(config)?;
+        if cfg.common_http_protocol_options.max_headers_count == Some(0) {
+            return Err(BuildError::new(
+                "common_http_protocol_options.max_headers_count",
+                "must be at least 1",
+            ));
+        }
         let names = ctx.registry.codec_names();
         let mut codecs = Vec::new();
         for f in ctx.registry.codecs() {
@@ -79,6 +107,11 @@ impl NetworkFilterFactory for ProxyFactory {
                     && let Some(limit) = ctx.buffer_limit()
                 {
                     h2_windows_from_limit(&mut opts, limit);
+                }
+                if name == "http1"
+                    && let Some(n) = cfg.common_http_protocol_options.max_headers_count
+                {
+                    http1_header_count(&mut opts, n)?;
                 }
                 let server = f.server(&opts).map_err(|e| {
                     BuildError::new(
@@ -188,6 +221,7 @@ impl NetworkFilterFactory for ProxyFactory {
                 scheme: &cfg.scheme_header_transformation,
                 strip_any_host_port: cfg.strip_any_host_port,
                 strip_matching_host_port: cfg.strip_matching_host_port,
+                max_headers_count: cfg.common_http_protocol_options.max_headers_count,
             },
             &listener,
         )?;
@@ -965,6 +999,10 @@ impl ProxyHandler {
         {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
+        }
+        if let Some(r) = self.edge.check_header_count(req.headers()) {
+            self.edge.count(r);
+            return Err(Box::new(local_reply(info, LocalReason::HeadersTooLarge)));
         }
         if let Some(r) = self.edge.check_underscores(req.headers_mut()) {
             self.edge.count(r);

@@ -249,11 +249,12 @@ fn strip_any_host_port_redirect_regex_rewrite_and_hcm_limit_pushed_over_xds() {
     assert!(body.contains("host=www.example.com\n"), "{body}");
 }
 
-/// The HCM's `common_http_protocol_options.max_connection_duration` and
-/// `drain_timeout` pushed over LDS: ACKed, and a keep-alive connection is
-/// closed at the limit, counted.
+/// The HCM's `common_http_protocol_options.max_connection_duration`,
+/// `max_headers_count` and `drain_timeout` pushed over LDS: ACKed, a
+/// keep-alive connection is closed at the limit, counted, and a request
+/// with too many header fields gets 431.
 #[test]
-fn max_connection_duration_pushed_over_xds_closes_a_keep_alive_connection() {
+fn max_connection_duration_and_max_headers_count_pushed_over_xds() {
     use std::io::{Read, Write};
     let b = HttpBackend::start("a", Proto::Http1);
     let port = free_port();
@@ -266,7 +267,7 @@ fn max_connection_duration_pushed_over_xds_closes_a_keep_alive_connection() {
         &listener(
             "web",
             port,
-            "        commonHttpProtocolOptions: {maxConnectionDuration: 1s}\n        drainTimeout: 2s\n",
+            "        commonHttpProtocolOptions: {maxConnectionDuration: 1s, maxHeadersCount: 6}\n        drainTimeout: 2s\n",
         ),
     );
     let mg = Meshgate::start(&ads.bootstrap());
@@ -301,6 +302,26 @@ fn max_connection_duration_pushed_over_xds_closes_a_keep_alive_connection() {
         mg.metric(
             "meshgate_http_downstream_cx_max_duration_reached_total",
             &[("listener", "web")]
+        ),
+        1.0
+    );
+    // Six fields pass (curl's three and three more), seven do not.
+    let url = format!("http://127.0.0.1:{port}/p");
+    let h2 = |n: usize| {
+        let headers: Vec<String> = (0..n).map(|i| format!("x-h{i}: v")).collect();
+        let mut args = vec!["--http2-prior-knowledge"];
+        for h in &headers {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        curl(&args).0
+    };
+    assert_eq!(h2(3), 200);
+    assert_eq!(h2(4), 431);
+    assert_eq!(
+        mg.metric(
+            "meshgate_http_downstream_rq_refused_total",
+            &[("listener", "web"), ("reason", "too_many_headers")]
         ),
         1.0
     );

@@ -1192,6 +1192,9 @@ fn http_connection_manager(
             let d = duration(&d, &join(&op, "max_stream_duration"))?;
             out.common_http_protocol_options.max_stream_duration = (!d.is_zero()).then_some(d);
         }
+        if let Some(n) = o.max_headers_count.take() {
+            out.common_http_protocol_options.max_headers_count = Some(n.value);
+        }
         // max_connection_duration: unset or 0, none.
         if let Some(d) = o.max_connection_duration.take() {
             let d = duration(&d, &join(&op, "max_connection_duration"))?;
@@ -2503,13 +2506,22 @@ mod tests {
             out.common_http_protocol_options.idle_timeout,
             Duration::from_secs(90)
         );
-        let other = core3::HttpProtocolOptions {
+        let count = core3::HttpProtocolOptions {
             max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
+            ..Default::default()
+        };
+        let out = http_connection_manager(h(count), "", &|_| None, &mut names, &mut None).unwrap();
+        assert_eq!(out.common_http_protocol_options.max_headers_count, Some(10));
+        let other = core3::HttpProtocolOptions {
+            max_requests_per_connection: Some(protobuf::UInt32Value { value: 10 }),
             ..Default::default()
         };
         let e =
             http_connection_manager(h(other), "", &|_| None, &mut names, &mut None).unwrap_err();
-        assert_eq!(e.0, "common_http_protocol_options.max_headers_count");
+        assert_eq!(
+            e.0,
+            "common_http_protocol_options.max_requests_per_connection"
+        );
     }
 
     #[test]

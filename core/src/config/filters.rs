@@ -374,6 +374,15 @@ pub struct CommonHttpProtocolOptions {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_connection_duration: Option<Duration>,
+    /// Envoy's `max_headers_count`: a request with more header fields
+    /// (the authority counting as one, `Host` or `:authority`; no other
+    /// pseudo-header) is answered 431 (on HTTP/2 and HTTP/3 too, where
+    /// Envoy resets the stream), counted in `meshgate_http_downstream_rq_refused_total`
+    /// `{reason="too_many_headers"}`. On the HTTP/1.1 codec it becomes the
+    /// codec's own `max_request_headers` (at most 256) unless that is set.
+    /// Unset: the codecs' limits only (HTTP/1.1: 100 fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers_count: Option<u32>,
 }
 
 impl Default for CommonHttpProtocolOptions {
@@ -383,6 +392,7 @@ impl Default for CommonHttpProtocolOptions {
             headers_with_underscores_action: HeadersWithUnderscoresAction::Allow,
             max_stream_duration: None,
             max_connection_duration: None,
+            max_headers_count: None,
         }
     }
 }
