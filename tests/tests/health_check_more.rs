@@ -467,3 +467,31 @@ fn the_check_interval_follows_traffic_and_health() {
         a.checks() >= from + 10
     });
 }
+
+/// `unhealthy_edge_interval` and `healthy_edge_interval`: right after an
+/// endpoint changes state it is checked again at the edge interval
+/// (400 ms), then at the state's own interval (4 s). Each edge shows as
+/// exactly one extra check within 2 s of the change; the 400 ms leave
+/// room for the admin poll that sees the change.
+#[test]
+fn edge_intervals_follow_a_change_of_state() {
+    let a = HcBackend::start("a");
+    let port = free_port();
+    let hc = "    health_checks:\n      - timeout: 1s\n        interval: 4s\n        unhealthy_interval: 4s\n        unhealthy_edge_interval: 400ms\n        healthy_edge_interval: 400ms\n        unhealthy_threshold: 1\n        healthy_threshold: 1\n        http_health_check: {path: /healthz}\n";
+    let mg = Meshgate::start(&proxy_config(port, &[ep(a.addr)], hc));
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    wait_line(&mg, a.addr, "health_flags", "healthy");
+    for (status, flags) in [(503, "/failed_active_hc"), (200, "healthy")] {
+        a.set_health_status(status);
+        wait_line(&mg, a.addr, "health_flags", flags);
+        // The check that changed the state has been answered; the edge
+        // check follows 400 ms later, the next one 4 s after that.
+        let at_change = a.checks();
+        let after = checks_during(&a, std::time::Duration::from_secs(2));
+        assert_eq!(
+            after, 1,
+            "{after} checks within 2 s of becoming {flags} (edge interval 400 ms, then 4 s)"
+        );
+        assert!(a.checks() > at_change);
+    }
+}
