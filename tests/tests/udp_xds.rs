@@ -211,3 +211,48 @@ fn per_packet_load_balancing_sends_one_clients_datagrams_to_both_endpoints() {
     assert_eq!(mg.metric("meshgate_udp_proxy_datagrams_total", &up), 4.0);
     assert_eq!(mg.metric("meshgate_udp_proxy_datagrams_total", &down), 4.0);
 }
+
+/// CDS removes the cluster a UDP listener routes to: its datagrams are
+/// dropped and counted (`reason="no_route"`, Envoy's
+/// `downstream_sess_no_route`) while the listener stays; CDS sends the
+/// cluster again and the listener serves again.
+#[test]
+fn a_cluster_removed_by_cds_drops_the_listeners_datagrams_until_it_returns() {
+    let a = DnsServer::start("10.0.0.1");
+    let mgmt = Mgmt::start(0);
+    mgmt.set(CLUSTER, "1", clusters(&[("a", &[a.addr])]));
+    mgmt.set(
+        LISTENER,
+        "1",
+        envoy_yaml(&udp_listener("dns", &routed("a", ""), "")),
+    );
+    let mg = Meshgate::start(&bootstrap(mgmt.addr.port()));
+    acked(&mgmt, LISTENER, "1");
+    wait_until("the UDP listener", || {
+        listener_names(&mg).contains(&"dns".to_string())
+    });
+    let addr = mg.listener_addr("dns");
+    let c = client();
+    assert_eq!(resolve(&c, addr, 1, LONG), Some(Ipv4Addr::new(10, 0, 0, 1)));
+
+    mgmt.set_acked(CLUSTER, "2", vec![]);
+    let drop = [("listener", "dns"), ("reason", "no_route")];
+    // Queries until one is dropped as no route (the removal lands
+    // between two of them); none is answered after that.
+    wait_until("a datagram dropped as no route", || {
+        let _ = resolve(&client(), addr, 2, Duration::from_millis(200));
+        mg.metric("meshgate_udp_proxy_datagrams_dropped_total", &drop) >= 1.0
+    });
+    assert_eq!(resolve(&c, addr, 3, Duration::from_millis(500)), None);
+    assert_eq!(
+        resolve(&client(), addr, 4, Duration::from_millis(500)),
+        None
+    );
+    assert!(mg.metric("meshgate_udp_proxy_datagrams_dropped_total", &drop) >= 3.0);
+    assert!(listener_names(&mg).contains(&"dns".to_string()));
+
+    mgmt.set_acked(CLUSTER, "3", clusters(&[("a", &[a.addr])]));
+    wait_until("served again", || {
+        resolve(&client(), addr, 5, Duration::from_millis(300)) == Some(Ipv4Addr::new(10, 0, 0, 1))
+    });
+}

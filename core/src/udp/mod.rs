@@ -66,6 +66,7 @@ struct UdpStats {
     bytes_down: Counter,
     overflow: Counter,
     no_upstream: Counter,
+    no_route: Counter,
     too_large: Counter,
     send_error: Counter,
     draining: Counter,
@@ -84,6 +85,7 @@ impl UdpStats {
             bytes_down: metrics::counter!(names::UDP_PROXY_BYTES_TOTAL, "listener" => l.clone(), "direction" => "downstream"),
             overflow: dropped("session_overflow"),
             no_upstream: dropped("no_healthy_upstream"),
+            no_route: dropped("no_route"),
             too_large: dropped("too_large"),
             send_error: dropped("send_error"),
             draining: dropped("draining"),
@@ -283,6 +285,14 @@ pub async fn serve(
         let st = &proxy.stats;
         if n > proxy.max_rx_down {
             st.too_large.increment(1);
+            continue;
+        }
+        // The cluster is a `not_found` stand-in (CDS removed it while this
+        // listener names it): every datagram is dropped and counted, its
+        // sessions' included, as Envoy's udp_proxy counts
+        // `downstream_sess_no_route`, until CDS sends the cluster again.
+        if proxy.cluster.not_found {
+            st.no_route.increment(1);
             continue;
         }
         let ctx = LbContext {
