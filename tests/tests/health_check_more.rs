@@ -486,12 +486,10 @@ fn edge_intervals_follow_a_change_of_state() {
         wait_line(&mg, a.addr, "health_flags", flags);
         // The check that changed the state has been answered; the edge
         // check follows 400 ms later, the next one 4 s after that.
-        let at_change = a.checks();
         let after = checks_during(&a, std::time::Duration::from_secs(2));
         assert_eq!(
             after, 1,
             "{after} checks within 2 s of becoming {flags} (edge interval 400 ms, then 4 s)"
         );
-        assert!(a.checks() > at_change);
     }
 }

@@ -154,7 +154,7 @@ fn http1_connections_close_at_the_limit_and_in_flight_requests_finish_within_the
 }
 
 /// HTTP/2: GOAWAY at the limit; a stream in flight finishes within the
-/// drain, and the client's next request goes on a new connection.
+/// drain.
 #[test]
 fn http2_connections_get_goaway_at_the_limit_and_streams_finish() {
     let b = HttpBackend::start("b", Proto::Http1);
@@ -170,8 +170,8 @@ fn http2_connections_get_goaway_at_the_limit_and_streams_finish() {
         "{lived:?}"
     );
 
-    // curl's one connection carries /slow across the limit: the GOAWAY
-    // lets the stream finish, then curl opens a second connection.
+    // curl's connection carries the 3 s /slow across the 1 s limit: the
+    // GOAWAY lets the stream in flight finish (the 5 s drain).
     let url = format!("http://127.0.0.1:{patient}/slow");
     let (status, _, body) = curl(&["--http2-prior-knowledge", &url]);
     assert_eq!(status, 200, "{body}");

@@ -180,6 +180,47 @@ fn reset_high_memory_streams_sheds_a_filter_holding_part_of_a_body() {
 /// `x-envoy-overloaded`, counted, and its bytes leave the account.
 #[test]
 fn a_unary_response_the_transcoder_reads_whole_counts_in_the_budget() {
+    let (_dir, _grpc, mg) = transcoder_gateway();
+    let port = mg.listener_port("http");
+    let get = |len: usize| {
+        let (status, head, body) = raw(
+            port,
+            &format!(
+                "GET /v1/shelves/1/books/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                "n".repeat(len)
+            ),
+        );
+        (status, head, String::from_utf8_lossy(&body).into_owned())
+    };
+    // A 2 KiB answer: read whole within the budget, transcoded.
+    let (status, _, body) = get(2048);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!(
+        "\"title\":\"shelves/1/books/{}\"",
+        "n".repeat(2048)
+    )));
+    assert_eq!(mg.metric(REFUSED, &[]), 0.0);
+    // A 12 KiB answer from the same small request: over the budget while
+    // the transcoder holds it.
+    let (status, head, body) = get(12 << 10);
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("x-envoy-overloaded: true"), "{head}");
+    assert_eq!(mg.metric(REFUSED, &[]), 1.0);
+    mg.wait_metric("meshgate_overload_buffered_bytes", &[], |v| v == 0.0);
+}
+
+/// The budget section alone (8 KiB, no action): appended to a config.
+const SMALL_BUDGET: &str = "overload_manager:
+  refresh_interval: 0.1s
+  resource_monitors:
+    - name: meshgate.resource_monitors.buffered_bytes
+      typed_config: {max_buffered_bytes: 8192}
+";
+
+/// A gRPC-JSON transcoder gateway in front of a real grpcio Bookstore
+/// (tests/peers/transcode_peer.py), under `SMALL_BUDGET`: the descriptor's
+/// directory and the peer live as long as the returned values.
+fn transcoder_gateway() -> (tempfile::TempDir, PyPeer, Meshgate) {
     let dir = tempfile::tempdir().unwrap();
     let grpc = PyPeer::start("transcode_peer.py", &[dir.path().to_str().unwrap()]);
     let pb = dir.path().join("bookstore.pb");
@@ -207,60 +248,12 @@ clusters:
   - name: grpc
     protocol: http2
     endpoints: [{{address: "127.0.0.1:{up}"}}]
-overload_manager:
-  refresh_interval: 0.1s
-  resource_monitors:
-    - name: meshgate.resource_monitors.buffered_bytes
-      typed_config: {{max_buffered_bytes: 8192}}
-"#,
+{SMALL_BUDGET}"#,
         pb = pb.display(),
         up = grpc.port,
     ));
-    let port = mg.listener_port("http");
-    // A raw HTTP/1.1 GET: the status, the lowercased head, the body.
-    let get = |len: usize| {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let name = "n".repeat(len);
-        let req = format!(
-            "GET /v1/shelves/1/books/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let text = String::from_utf8_lossy(&got).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, head.to_lowercase(), body.to_string())
-    };
-    // A 2 KiB answer: read whole within the budget, transcoded.
-    let (status, _, body) = get(2048);
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!(
-        "\"title\":\"shelves/1/books/{}\"",
-        "n".repeat(2048)
-    )));
-    assert_eq!(mg.metric(REFUSED, &[]), 0.0);
-    // A 12 KiB answer from the same small request: over the budget while
-    // the transcoder holds it.
-    let (status, head, body) = get(12 << 10);
-    assert_eq!(status, 503, "{body}");
-    assert!(head.contains("x-envoy-overloaded: true"), "{head}");
-    assert_eq!(mg.metric(REFUSED, &[]), 1.0);
-    mg.wait_metric("meshgate_overload_buffered_bytes", &[], |v| v == 0.0);
+    (dir, grpc, mg)
 }
-
-/// The budget section alone (8 KiB, no action): appended to a config.
-const SMALL_BUDGET: &str = "overload_manager:
-  refresh_interval: 0.1s
-  resource_monitors:
-    - name: meshgate.resource_monitors.buffered_bytes
-      typed_config: {max_buffered_bytes: 8192}
-";
 
 /// A raw HTTP/1.1 request (`Connection: close`): the status, the
 /// lowercased head and the body bytes as they came (a cut body stays cut).
@@ -293,37 +286,7 @@ fn raw(port: u16, req: &str) -> (u16, String, Vec<u8>) {
 /// its bytes leave the account.
 #[test]
 fn a_streamed_partial_message_the_transcoder_holds_counts_in_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let grpc = PyPeer::start("transcode_peer.py", &[dir.path().to_str().unwrap()]);
-    let pb = dir.path().join("bookstore.pb");
-    let mg = Meshgate::start(&format!(
-        r#"admin:
-  address: "{{ADMIN}}"
-listeners:
-  - name: http
-    address: 127.0.0.1:0
-    filter_chains:
-      - filters:
-          - name: proxy
-            config:
-              stream_filters:
-                - name: grpc_json_transcoder
-                  config: {{proto_descriptor: "{pb}", services: [bookstore.Bookstore]}}
-              route_config:
-                virtual_hosts:
-                  - name: all
-                    domains: ["*"]
-                    routes:
-                      - match: {{prefix: /bookstore.Bookstore/}}
-                        route: {{cluster: grpc, timeout: 10s}}
-clusters:
-  - name: grpc
-    protocol: http2
-    endpoints: [{{address: "127.0.0.1:{up}"}}]
-{SMALL_BUDGET}"#,
-        pb = pb.display(),
-        up = grpc.port,
-    ));
+    let (_dir, _grpc, mg) = transcoder_gateway();
     let port = mg.listener_port("http");
     let list = |title_len: usize| {
         raw(
