@@ -332,7 +332,7 @@ impl HealthChecker {
             return;
         }
         for c in &self.checks {
-            tick_for(c.cfg.timeout);
+            tick_for(&c.cfg);
         }
         let weak = Arc::downgrade(cluster);
         let stop = self.stop.clone();
@@ -391,18 +391,35 @@ fn checker_runtime() -> Option<&'static tokio::runtime::Handle> {
 
 /// How often the checker thread wakes to run what became ready: at most
 /// `CHECK_TICK`, lowered by `tick_for` so that a check with a short
-/// timeout still has several ticks to finish in.
-const CHECK_TICK: Duration = Duration::from_millis(25);
+/// timeout or interval still runs on time.
+const CHECK_TICK: Duration = Duration::from_millis(100);
 
 /// The tick in force (nanoseconds): the smallest asked for by any started
 /// checker.
 static TICK_NS: AtomicU64 = AtomicU64::new(CHECK_TICK.as_nanos() as u64);
 
-/// Lowers the tick for a check of this timeout: a check may take a few
+/// Lowers the tick for a check of this config. A check may take a few
 /// steps (connect, TLS, request, answer), each up to one tick late, so the
-/// tick is at most an eighth of the timeout, and at least 1 ms.
-fn tick_for(timeout: Duration) {
-    let want = (timeout / 8).clamp(Duration::from_millis(1), CHECK_TICK);
+/// tick is at most an eighth of the timeout; and at most a sixteenth of
+/// the shortest interval, the slot `on_grid` gathers checks into (a check
+/// due in a slot then runs at the slot's tick). At least 1 ms. With the
+/// common 1 s interval and timeout that is 62.5 ms: 16 wake-ups a second,
+/// whose sleep and driver polls were, at 25 ms, a seventh of the checker's
+/// CPU with a thousand endpoints (benches/RESULTS.md, "Health-check CPU").
+fn tick_for(cfg: &HealthCheckConfig) {
+    let shortest = [
+        cfg.no_traffic_interval,
+        cfg.no_traffic_healthy_interval,
+        cfg.unhealthy_interval,
+        cfg.unhealthy_edge_interval,
+        cfg.healthy_edge_interval,
+    ]
+    .into_iter()
+    .flatten()
+    .fold(cfg.interval, Duration::min);
+    let want = (cfg.timeout / 8)
+        .min(shortest / 16)
+        .clamp(Duration::from_millis(1), CHECK_TICK);
     TICK_NS.fetch_min(want.as_nanos() as u64, Ordering::Relaxed);
 }
 
@@ -448,11 +465,25 @@ async fn supervise(s: Supervisor) {
     tokio::pin!(stop);
     let epoch = tokio::time::Instant::now();
     tracing::info!(cluster = %s.name, checks = s.checks.len(), "active health checking started");
+    // The endpoint set the tasks were last reconciled with: a wake-up that
+    // finds the same set (the gauges' 1 s tick, a health change) only
+    // republishes the gauges, instead of hashing every endpoint again.
+    let mut reconciled: Option<Arc<super::HostSet>> = None;
     'reconcile: loop {
         let Some(cluster) = s.cluster.upgrade() else {
             break;
         };
         let hosts = cluster.hosts();
+        if reconciled.as_ref().is_some_and(|r| Arc::ptr_eq(r, &hosts)) {
+            publish_membership(s.name, &hosts.endpoints);
+            drop(hosts);
+            drop(cluster);
+            if wait(&s, &mut stop, &mut running).await {
+                break 'reconcile;
+            }
+            continue 'reconcile;
+        }
+        reconciled = Some(Arc::clone(&hosts));
         let socket = cluster.socket.clone().map(Arc::new);
         let mut seen = std::collections::HashSet::with_capacity(hosts.endpoints.len());
         for e in &hosts.endpoints {
@@ -523,21 +554,33 @@ async fn supervise(s: Supervisor) {
         publish_membership(s.name, &hosts.endpoints);
         drop(hosts);
         drop(cluster);
-        let changed = s.changed.notified();
-        // EDS and outlier changes move the gauges too.
-        let tick = tokio::time::sleep(Duration::from_secs(1));
-        tokio::pin!(changed, tick);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break 'reconcile,
-                _ = &mut changed => continue 'reconcile,
-                _ = &mut tick => continue 'reconcile,
-                // Only aborted loops end; they are simply dropped.
-                Some(_) = running.next(), if !running.is_empty() => {}
-            }
+        if wait(&s, &mut stop, &mut running).await {
+            break 'reconcile;
         }
     }
     tracing::info!(cluster = %s.name, "active health checking stopped");
+}
+
+/// Runs the check loops until the endpoints or their health change, or a
+/// second passes (EDS and outlier changes move the gauges too); `true`
+/// when the checker stops.
+async fn wait<F: std::future::Future<Output = ()>>(
+    s: &Supervisor,
+    stop: &mut std::pin::Pin<&mut F>,
+    running: &mut FuturesUnordered<Abortable<impl std::future::Future<Output = ()>>>,
+) -> bool {
+    let changed = s.changed.notified();
+    let tick = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(changed, tick);
+    loop {
+        tokio::select! {
+            _ = stop.as_mut() => return true,
+            _ = &mut changed => return false,
+            _ = &mut tick => return false,
+            // Only aborted loops end; they are simply dropped.
+            Some(_) = running.next(), if !running.is_empty() => {}
+        }
+    }
 }
 
 /// Sets the cluster's membership gauges (`healthy`, `degraded`, `total`).
@@ -692,11 +735,21 @@ async fn check_loop(mut t: CheckTask) {
         read: Vec::new(),
         client: t.client.take(),
     };
+    // One timer for the loop's life, reset for each check's timeout and
+    // then for the next check, rather than a `tokio::time::timeout` and a
+    // `sleep_until` per check: each of those is a timer entry made,
+    // registered and dropped (the timer wheel's lock taken on each), a
+    // tenth of a check's instructions with a thousand endpoints.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         t.stats.attempt.increment(1);
-        let verdict = match tokio::time::timeout(
-            cfg.timeout,
-            SOCKET.scope(
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + cfg.timeout);
+        let verdict = tokio::select! {
+            biased;
+            v = SOCKET.scope(
                 t.socket.clone(),
                 probe(
                     &t.check.probe,
@@ -706,12 +759,8 @@ async fn check_loop(mut t: CheckTask) {
                     reuse,
                     &mut bufs,
                 ),
-            ),
-        )
-        .await
-        {
-            Ok(v) => v,
-            Err(_) => Verdict::Timeout,
+            ) => v,
+            () = &mut timer => Verdict::Timeout,
         };
         match verdict {
             Verdict::Healthy { .. } => t.stats.success.increment(1),
@@ -777,7 +826,10 @@ async fn check_loop(mut t: CheckTask) {
             wait = random_up_to(wait);
             first = false;
         }
-        tokio::time::sleep_until(on_grid(t.epoch, tokio::time::Instant::now() + wait, wait)).await;
+        timer
+            .as_mut()
+            .reset(on_grid(t.epoch, tokio::time::Instant::now() + wait, wait));
+        (&mut timer).await;
     }
 }
 
@@ -1232,20 +1284,26 @@ async fn read_http1_response(
             return None;
         }
     };
-    let head = &head[..end];
-    let (status, degraded) = parse_http1_head(head)?;
+    let Http1Head {
+        status,
+        degraded,
+        body,
+    } = parse_http1_head(&head[..end])?;
     if !keep {
         return Some((status, degraded, false));
     }
-    let body = match http1_body_length(head, status) {
+    let body = match body {
         Some(_) if bodyless => 0,
         Some(n) if n <= MAX_READ => n,
         _ => return Some((status, degraded, false)),
     };
+    // The body (usually none) is read into the same kept buffer: no
+    // zeroed scratch array per check.
     let mut have = rest;
-    let mut buf = [0u8; 2048];
     while have < body {
-        let n = io.read(&mut buf).await.ok()?;
+        head.clear();
+        head.reserve(body - have);
+        let n = io.read_buf(head).await.ok()?;
         if n == 0 {
             return Some((status, degraded, false));
         }
@@ -1255,55 +1313,87 @@ async fn read_http1_response(
     Some((status, degraded, have == body))
 }
 
-/// The body length of a response the connection survives: `None` when it
-/// is chunked, close-delimited, or the response says `connection: close`.
-fn http1_body_length(head: &[u8], status: u16) -> Option<usize> {
-    let mut len = None;
-    for field in header_fields(head) {
-        let (k, v) = field?;
-        if k.eq_ignore_ascii_case(b"content-length") {
-            len = Some(std::str::from_utf8(v).ok()?.parse::<usize>().ok()?);
-        } else if k.eq_ignore_ascii_case(b"transfer-encoding")
-            || (k.eq_ignore_ascii_case(b"connection") && v.eq_ignore_ascii_case(b"close"))
-        {
-            return None;
-        }
-    }
-    if status == 204 || status == 304 || (100..200).contains(&status) {
-        return Some(0);
-    }
-    len
+/// What a health check needs of an HTTP/1.x response head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Http1Head {
+    pub status: u16,
+    /// It carries `x-envoy-degraded`.
+    pub degraded: bool,
+    /// The body length when the connection survives the response: `None`
+    /// when it is chunked, close-delimited, says `connection: close`, or
+    /// has a malformed header line.
+    pub body: Option<usize>,
 }
 
 /// Parses `HTTP/1.x NNN ...` and its header lines (the head without its
-/// final blank line).
-pub(crate) fn parse_http1_head(head: &[u8]) -> Option<(u16, bool)> {
-    let text = std::str::from_utf8(head).ok()?;
-    let status_line = text.split('\n').next()?;
-    let rest = status_line.strip_prefix("HTTP/1.")?;
-    let code = rest.get(2..5)?;
-    if rest.as_bytes().get(1) != Some(&b' ') {
+/// final blank line) in one pass over the bytes. Hand-written rather than
+/// httparse: the check needs four header names out of a head it already
+/// framed, and a check parses a head every interval for every endpoint
+/// (a thousand a second), where the string-based parse it replaces was a
+/// tenth of a check's instructions (benches/RESULTS.md, "Health-check
+/// CPU").
+pub(crate) fn parse_http1_head(head: &[u8]) -> Option<Http1Head> {
+    let mut lines = head.split(|b| *b == b'\n');
+    let status_line = lines.next()?;
+    let rest = status_line.strip_prefix(b"HTTP/1.")?;
+    if rest.get(1) != Some(&b' ') {
         return None;
     }
-    let status: u16 = code.parse().ok()?;
+    let code = rest.get(2..5)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     if !(100..600).contains(&status) {
         return None;
     }
-    let degraded = header_fields(head)
-        .any(|f| f.is_some_and(|(k, _)| k.eq_ignore_ascii_case(b"x-envoy-degraded")));
-    Some((status, degraded))
+    let (mut degraded, mut len, mut survives) = (false, None, true);
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            survives = false;
+            continue;
+        };
+        let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+        // Lengths first: most names are rejected without a comparison.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                len = parse_decimal(value);
+                survives &= len.is_some();
+            }
+            16 if name.eq_ignore_ascii_case(b"x-envoy-degraded") => degraded = true,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => survives = false,
+            10 if name.eq_ignore_ascii_case(b"connection")
+                && value.eq_ignore_ascii_case(b"close") =>
+            {
+                survives = false
+            }
+            _ => {}
+        }
+    }
+    let body = if !survives {
+        None
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        Some(0)
+    } else {
+        len
+    };
+    Some(Http1Head {
+        status,
+        degraded,
+        body,
+    })
 }
 
-/// The header fields of a response head (the lines after the status
-/// line), names and values trimmed; `None` for a line without a colon.
-/// Bytes, not `str` searches: a check parses a head every interval, and
-/// the substring searcher was a sixth of a check's instructions
-/// (benches/RESULTS.md).
-fn header_fields(head: &[u8]) -> impl Iterator<Item = Option<(&[u8], &[u8])>> {
-    head.split(|b| *b == b'\n').skip(1).map(|l| {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        let colon = l.iter().position(|b| *b == b':')?;
-        Some((l[..colon].trim_ascii(), l[colon + 1..].trim_ascii()))
+/// A `content-length` value: ASCII digits only, no overflow.
+fn parse_decimal(v: &[u8]) -> Option<usize> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0usize, |n, d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(usize::from(d - b'0')))
+            .flatten()
     })
 }
 
@@ -1647,34 +1737,46 @@ mod tests {
 
     #[test]
     fn http1_framing_decides_reuse() {
-        let len = |h: &str, s| http1_body_length(h.as_bytes(), s);
-        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: 2", 200), Some(2));
-        assert_eq!(len("HTTP/1.1 204 No Content", 204), Some(0));
+        let len = |h: &str| parse_http1_head(h.as_bytes()).map(|h| h.body);
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: 2"), Some(Some(2)));
+        assert_eq!(len("HTTP/1.1 204 No Content"), Some(Some(0)));
         assert_eq!(
-            len("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked", 200),
-            None
+            len("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked"),
+            Some(None)
         );
         assert_eq!(
-            len(
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close",
-                200
-            ),
-            None
+            len("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close"),
+            Some(None)
         );
-        assert_eq!(len("HTTP/1.1 200 OK", 200), None, "close-delimited");
-        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: x", 200), None);
+        assert_eq!(len("HTTP/1.1 200 OK"), Some(None), "close-delimited");
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: x"), Some(None));
+        assert_eq!(len("HTTP/1.1 200 OK\r\ncontent-length: +2"), Some(None));
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999"),
+            Some(None)
+        );
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\nno colon\r\ncontent-length: 2"),
+            Some(None)
+        );
+        assert_eq!(
+            len("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0"),
+            Some(Some(0))
+        );
     }
 
     #[test]
     fn http1_heads() {
+        let head = |h: &[u8]| parse_http1_head(h).map(|h| (h.status, h.degraded));
         assert_eq!(
-            parse_http1_head(b"HTTP/1.1 200 OK\r\nx-envoy-degraded: 1"),
+            head(b"HTTP/1.1 200 OK\r\nx-envoy-degraded: 1"),
             Some((200, true))
         );
-        assert_eq!(parse_http1_head(b"HTTP/1.0 503 No"), Some((503, false)));
-        assert_eq!(parse_http1_head(b"HTTP/1.1 20"), None);
-        assert_eq!(parse_http1_head(b"SSH-2.0"), None);
-        assert_eq!(parse_http1_head(b"HTTP/1.1 999 x"), None);
+        assert_eq!(head(b"HTTP/1.0 503 No"), Some((503, false)));
+        assert_eq!(head(b"HTTP/1.1 20"), None);
+        assert_eq!(head(b"HTTP/1.1 2x0 OK"), None);
+        assert_eq!(head(b"SSH-2.0"), None);
+        assert_eq!(head(b"HTTP/1.1 999 x"), None);
         let e = [StatusRange {
             start: 200,
             end: 300,
