@@ -77,6 +77,24 @@ fn http1_header_count(opts: &mut serde_json::Value, n: u32) -> Result<(), BuildE
     Ok(())
 }
 
+/// The header-field count of a request when `max_headers_count` is unset:
+/// Envoy's default of 100 on every protocol (HTTP/2 and HTTP/3 included,
+/// which otherwise only bound the header list's size), or the HTTP/1.1
+/// codec's own `max_request_headers` when that is set higher, so that
+/// raising it there is not undone here.
+fn default_header_count(
+    codec_options: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> u32 {
+    const ENVOY_DEFAULT: u32 = 100;
+    codec_options
+        .get("http1")
+        .and_then(|o| o.get("max_request_headers"))
+        .and_then(serde_json::Value::as_u64)
+        .map_or(ENVOY_DEFAULT, |n| {
+            u32::try_from(n).unwrap_or(u32::MAX).max(ENVOY_DEFAULT)
+        })
+}
+
 /// Factory of `proxy`; codecs and stream filters come from the registry.
 pub struct ProxyFactory;
 
@@ -221,7 +239,11 @@ impl NetworkFilterFactory for ProxyFactory {
                 scheme: &cfg.scheme_header_transformation,
                 strip_any_host_port: cfg.strip_any_host_port,
                 strip_matching_host_port: cfg.strip_matching_host_port,
-                max_headers_count: cfg.common_http_protocol_options.max_headers_count,
+                max_headers_count: Some(
+                    cfg.common_http_protocol_options
+                        .max_headers_count
+                        .unwrap_or_else(|| default_header_count(&cfg.codec_options)),
+                ),
             },
             &listener,
         )?;

@@ -5,10 +5,14 @@
 use meshgate_tests::curl::curl;
 use meshgate_tests::*;
 
-/// Listener `wide` allows 150 header fields, `narrow` 5; both answer
-/// 200 themselves (an upstream would have limits of its own).
+/// Listener `wide` allows 150 header fields, `narrow` 5, `default` has
+/// no count (Envoy's default of 100); all answer 200 themselves (an
+/// upstream would have limits of its own).
 fn config() -> String {
-    let listener = |name: &str, n: u32| {
+    let listener = |name: &str, n: Option<u32>| {
+        let options = n.map_or(String::new(), |n| {
+            format!("              common_http_protocol_options: {{max_headers_count: {n}}}\n")
+        });
         format!(
             r#"  - name: {name}
     address: 127.0.0.1:0
@@ -16,8 +20,7 @@ fn config() -> String {
       - filters:
           - name: proxy
             config:
-              common_http_protocol_options: {{max_headers_count: {n}}}
-              route_config:
+{options}              route_config:
                 virtual_hosts:
                   - name: all
                     domains: ["*"]
@@ -28,9 +31,10 @@ fn config() -> String {
         )
     };
     format!(
-        "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{}{}",
-        listener("wide", 150),
-        listener("narrow", 5)
+        "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{}{}{}",
+        listener("wide", Some(150)),
+        listener("narrow", Some(5)),
+        listener("default", None)
     )
 }
 
@@ -79,6 +83,22 @@ fn requests_over_max_headers_count_get_431_on_http1_and_http2() {
     assert_eq!(with_headers(wide, 160, &h2), 431);
     // The HTTP/1.1 codec refused the 160 before the filter counted them.
     assert_eq!(refused(&mg, "wide"), 1.0);
+}
+
+/// Unset, the count is Envoy's default of 100 on every protocol: h2c,
+/// which has no count of its own, is refused past it too.
+#[test]
+fn max_headers_count_unset_is_envoys_100_on_http1_and_http2() {
+    let mg = Meshgate::start(&config());
+    let port = mg.listener_port("default");
+    let h2 = ["--http2-prior-knowledge"];
+    // 97 extra fields and curl's three: 100.
+    assert_eq!(with_headers(port, 97, &[]), 200);
+    assert_eq!(with_headers(port, 97, &h2), 200);
+    assert_eq!(with_headers(port, 98, &h2), 431);
+    assert_eq!(with_headers(port, 98, &[]), 431);
+    // The h2c refusal is the filter's; HTTP/1.1's its codec's.
+    assert_eq!(refused(&mg, "default"), 1.0);
 }
 
 /// 0 and more than the HTTP/1.1 parser's 256 fields are refused by name.
