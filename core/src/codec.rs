@@ -246,6 +246,17 @@ impl UpstreamError {
         }
     }
 
+    /// Whether the upstream reset the stream alone (an HTTP/2 RST_STREAM,
+    /// an HTTP/3 RESET_STREAM; a refused stream too), not the connection:
+    /// Envoy's remote reset (flag `UR`) rather than a connection
+    /// termination (`UC`). A codec marks it with [`RemoteStreamReset`].
+    pub fn is_remote_stream_reset(&self) -> bool {
+        match self {
+            UpstreamError::Reset(e) => e.is::<RemoteStreamReset>() || e.is::<RefusedStream>(),
+            _ => false,
+        }
+    }
+
     /// The endpoint's outcome for this failure; `None` when the endpoint
     /// is not to blame (the breaker, the client's body).
     pub fn outcome(&self) -> Option<crate::pool::Outcome> {
@@ -274,6 +285,12 @@ impl From<crate::cluster::ConnectError> for UpstreamError {
 #[derive(Debug, thiserror::Error)]
 #[error("stream refused by the upstream: {0}")]
 pub struct RefusedStream(#[source] pub BoxError);
+
+/// The source of an `UpstreamError::Reset` of one stream by the upstream
+/// (HTTP/2 RST_STREAM, HTTP/3 RESET_STREAM) while its connection stays.
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset by the upstream: {0}")]
+pub struct RemoteStreamReset(#[source] pub BoxError);
 
 /// A boxed upstream-response future.
 pub type UpstreamFuture =

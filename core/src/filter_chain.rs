@@ -1042,7 +1042,7 @@ virtual_hosts:
                 .await
                 .unwrap();
             // The "upstream" reads the whole body, then answers 200 (or
-            // fails on the refused body, as a codec would: 502).
+            // fails on the refused body, as a codec would: a reset, 503).
             let body = req.into_body();
             let exchange = async move {
                 use http_body_util::BodyExt;
@@ -1050,7 +1050,7 @@ virtual_hosts:
                     Ok(_) => 200,
                     Err(e) => {
                         assert!(e.to_string().contains("sig"), "{e}");
-                        502
+                        503
                     }
                 };
                 let mut r = Response::new(empty_body());

@@ -532,10 +532,13 @@ fn retriable(policy: &ForwardPolicy, reason: LocalReason, refused: bool) -> bool
         LocalReason::UpstreamConnectFailure => {
             r.connect_failure || r.five_xx || r.gateway_error || r.reset_before_request
         }
-        LocalReason::UpstreamReset if refused => {
+        LocalReason::UpstreamReset | LocalReason::UpstreamRemoteReset if refused => {
             r.refused_stream || r.reset_before_request || r.reset || r.five_xx || r.gateway_error
         }
-        LocalReason::UpstreamReset => r.reset || r.five_xx || r.gateway_error,
+        // Answered 503, retried by `gateway-error` and `5xx` as a 503 is.
+        LocalReason::UpstreamReset | LocalReason::UpstreamRemoteReset => {
+            r.reset || r.five_xx || r.gateway_error
+        }
         // Envoy retries a per-try timeout as a reset.
         LocalReason::UpstreamTimeout => r.five_xx || r.gateway_error || r.reset,
         LocalReason::UpstreamProtocolError => r.five_xx || r.gateway_error,
@@ -1228,6 +1231,7 @@ fn settle(
             tried.push(endpoint.address);
             LocalReason::UpstreamConnectFailure
         }
+        UpstreamErrorKind::Reset if e.is_remote_stream_reset() => LocalReason::UpstreamRemoteReset,
         UpstreamErrorKind::Reset => LocalReason::UpstreamReset,
         UpstreamErrorKind::Protocol => LocalReason::UpstreamProtocolError,
     };
@@ -1397,7 +1401,40 @@ mod tests {
             ..Default::default()
         };
         assert!(retriable(&p, LocalReason::UpstreamReset, true));
+        assert!(retriable(&p, LocalReason::UpstreamRemoteReset, true));
         assert!(!retriable(&p, LocalReason::UpstreamReset, false));
+        assert!(!retriable(&p, LocalReason::UpstreamRemoteReset, false));
+        // A reset, answered 503, is retried by `reset`, `gateway-error`
+        // and `5xx`; a protocol error (502) not by `reset`.
+        for on in [
+            RetryOn {
+                reset: true,
+                ..Default::default()
+            },
+            RetryOn {
+                gateway_error: true,
+                ..Default::default()
+            },
+            RetryOn {
+                five_xx: true,
+                ..Default::default()
+            },
+        ] {
+            let reset_only = on.reset;
+            p.retry_on = on;
+            for r in [LocalReason::UpstreamReset, LocalReason::UpstreamRemoteReset] {
+                assert!(retriable(&p, r, false), "{r:?}");
+                assert_eq!(r.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            }
+            assert_eq!(
+                retriable(&p, LocalReason::UpstreamProtocolError, false),
+                !reset_only
+            );
+        }
+        assert_eq!(
+            LocalReason::UpstreamProtocolError.status(),
+            http::StatusCode::BAD_GATEWAY
+        );
         p.retry_on = RetryOn {
             reset_before_request: true,
             ..Default::default()

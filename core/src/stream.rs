@@ -354,7 +354,13 @@ pub enum LocalReason {
     ClusterNotFound,
     NoHealthyUpstream,
     UpstreamConnectFailure,
+    /// The upstream connection ended before the response head (503, flag
+    /// `UC`: Envoy's connection termination).
     UpstreamReset,
+    /// The upstream reset the stream before the response head (an HTTP/2
+    /// RST_STREAM or HTTP/3 RESET_STREAM, refused streams included; the
+    /// connection stays): 503, flag `UR`.
+    UpstreamRemoteReset,
     UpstreamTimeout,
     UpstreamProtocolError,
     Overflow,
@@ -389,12 +395,15 @@ impl LocalReason {
             LocalReason::NoHealthyUpstream
             | LocalReason::ClusterNotFound
             | LocalReason::UpstreamConnectFailure
+            // A reset before the response head is 503, as Envoy answers
+            // "upstream connect error or disconnect/reset before headers";
+            // only a response meshgate cannot accept is a bad gateway.
+            | LocalReason::UpstreamReset
+            | LocalReason::UpstreamRemoteReset
             | LocalReason::Overflow
             | LocalReason::DropOverload
             | LocalReason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            LocalReason::UpstreamReset | LocalReason::UpstreamProtocolError => {
-                StatusCode::BAD_GATEWAY
-            }
+            LocalReason::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
             LocalReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             LocalReason::BadRequest => StatusCode::BAD_REQUEST,
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -416,6 +425,7 @@ impl LocalReason {
             LocalReason::ClusterNotFound => "cluster_not_found",
             LocalReason::UpstreamConnectFailure => "upstream_connect_failure",
             LocalReason::UpstreamReset => "upstream_reset",
+            LocalReason::UpstreamRemoteReset => "upstream_remote_reset",
             LocalReason::UpstreamTimeout => "upstream_timeout",
             LocalReason::UpstreamProtocolError => "upstream_protocol_error",
             LocalReason::Overflow => "overflow",
@@ -441,7 +451,13 @@ impl LocalReason {
             LocalReason::NoHealthyUpstream => "no healthy upstream",
             LocalReason::ClusterNotFound => "cluster not found",
             LocalReason::UpstreamConnectFailure => "upstream connect failure",
-            LocalReason::UpstreamReset => "upstream reset",
+            // Envoy's words, which operators search logs for.
+            LocalReason::UpstreamReset => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+            }
+            LocalReason::UpstreamRemoteReset => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+            }
             LocalReason::UpstreamTimeout => "upstream request timeout",
             LocalReason::UpstreamProtocolError => "upstream protocol error",
             LocalReason::Overflow => "upstream overflow (circuit breaker open)",

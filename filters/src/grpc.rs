@@ -21,6 +21,7 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         | LocalReason::ClusterNotFound
         | LocalReason::UpstreamConnectFailure
         | LocalReason::UpstreamReset
+        | LocalReason::UpstreamRemoteReset
         | LocalReason::Overflow
         | LocalReason::DropOverload
         | LocalReason::Overloaded => 14, // UNAVAILABLE

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 #[derive(Default)]
 struct State {
@@ -19,6 +20,8 @@ struct State {
     /// Health checks received on the main port (not the health port).
     checks_on_main: AtomicU32,
     hosts: Mutex<Vec<String>>,
+    /// When each health check arrived (either port).
+    check_times: Mutex<Vec<Instant>>,
 }
 
 /// A running backend (its threads live as long as the test process).
@@ -77,6 +80,11 @@ impl HcBackend {
         self.state.checks_on_main.load(Ordering::Relaxed)
     }
 
+    /// When each health check so far arrived, in order.
+    pub fn check_times(&self) -> Vec<Instant> {
+        self.state.check_times.lock().unwrap().clone()
+    }
+
     /// The `host` headers of the health checks so far.
     pub fn check_hosts(&self) -> Vec<String> {
         self.state.hosts.lock().unwrap().clone()
@@ -131,6 +139,7 @@ fn serve(conn: TcpStream, name: &str, st: &State, main: bool) {
             return;
         }
         let status = if path == "/healthz" {
+            st.check_times.lock().unwrap().push(Instant::now());
             st.checks.fetch_add(1, Ordering::Relaxed);
             if main {
                 st.checks_on_main.fetch_add(1, Ordering::Relaxed);

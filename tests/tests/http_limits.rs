@@ -13,13 +13,17 @@ use std::time::{Duration, Instant};
 struct Front {
     mg: Meshgate,
     port: u16,
+    /// The access log: `%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%
+    /// %UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
     _echo: HttpBackend,
     _echo_h2: HttpBackend,
 }
 
 fn front() -> Front {
     // Upstream that answers garbage, one that never answers, one that
-    // resets: raw TCP peers.
+    // resets, one that closes: raw TCP peers.
     let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
     let garbage_addr = garbage.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -48,6 +52,26 @@ fn front() -> Front {
             let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
         }
     });
+    // Reads the request, then closes the connection without a word (a
+    // FIN, not a reset).
+    let close = TcpListener::bind("127.0.0.1:0").unwrap();
+    let close_addr = close.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in close.incoming().flatten() {
+            let mut s = s;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let echo = HttpBackend::start("echo", Proto::Http1);
     let echo_addr = echo.addr;
     let echo_h2 = HttpBackend::start("echo-h2", Proto::H2c);
@@ -64,6 +88,11 @@ listeners:
           - name: proxy
             config:
               max_request_body_bytes: 1000
+              access_log:
+                - name: envoy.access_loggers.file
+                  typed_config:
+                    path: "{log}"
+                    log_format: {{text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n"}}
               codec_options:
                 http1: {{max_request_headers_bytes: 8192, max_request_headers: 20, request_headers_timeout: 1s}}
               route_config:
@@ -77,6 +106,8 @@ listeners:
                         route: {{cluster: silent, timeout: 500ms}}
                       - match: {{prefix: /reset}}
                         route: {{cluster: reset}}
+                      - match: {{prefix: /close}}
+                        route: {{cluster: close}}
                       - match: {{prefix: /echo-h2}}
                         route: {{cluster: echo_h2}}
                       - match: {{prefix: /echo}}
@@ -90,16 +121,21 @@ clusters:
     endpoints: [{{address: "{silent_addr}"}}]
   - name: reset
     endpoints: [{{address: "{reset_addr}"}}]
+  - name: close
+    endpoints: [{{address: "{close_addr}"}}]
   - name: echo
     endpoints: [{{address: "{echo_addr}"}}]
   - name: echo_h2
     protocol: http2
     endpoints: [{{address: "{echo_h2_addr}"}}]
-"#
+"#,
+        log = log.display()
     );
     Front {
         mg: Meshgate::start(&yaml),
         port,
+        log,
+        _dir: dir,
         _echo: echo,
         _echo_h2: echo_h2,
     }
@@ -311,22 +347,36 @@ fn slow_headers_are_cut_off() {
     still_serving(f.port);
 }
 
+/// As Envoy answers: an upstream that breaks the protocol is 502 (flag
+/// `UPE`), one that never answers 504 (`UT`), one that resets or closes
+/// the connection before the response head 503 (`UC`, "upstream connect
+/// error or disconnect/reset before headers").
 #[test]
-fn broken_upstreams_get_502_504_502() {
+fn broken_upstreams_get_502_504_503() {
     let f = front();
-    for (path, want, reason) in [
-        ("/garbage", 502, "upstream_protocol_error"),
-        ("/silent", 504, "upstream_timeout"),
-        ("/reset", 502, "upstream_reset"),
-    ] {
+    let cases = [
+        ("/garbage", 502, "upstream_protocol_error", "UPE"),
+        ("/silent", 504, "upstream_timeout", "UT"),
+        ("/reset", 503, "upstream_reset", "UC"),
+        ("/close", 503, "upstream_reset", "UC"),
+    ];
+    for (path, want, reason, _) in cases {
         let t = Instant::now();
-        let (code, _) = http_get(format!("127.0.0.1:{}", f.port).parse().unwrap(), path).unwrap();
-        assert_eq!(code, want, "{path}");
+        let (code, body) =
+            http_get(format!("127.0.0.1:{}", f.port).parse().unwrap(), path).unwrap();
+        assert_eq!(code, want, "{path}: {body}");
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "{path}: {:?}",
             t.elapsed()
         );
+        if want == 503 {
+            assert_eq!(
+                body,
+                "meshgate: upstream connect error or disconnect/reset before headers. reset reason: connection termination\n",
+                "{path}"
+            );
+        }
         assert!(
             f.mg.metric(
                 "meshgate_downstream_rq_local_reply_total",
@@ -334,6 +384,16 @@ fn broken_upstreams_get_502_504_502() {
             ) >= 1.0,
             "{path}: {reason} not counted"
         );
+    }
+    let lines = wait_for_within(10, "four access log lines", || {
+        let text = std::fs::read_to_string(&f.log).unwrap_or_default();
+        let l: Vec<String> = text.lines().map(str::to_string).collect();
+        (l.len() >= cases.len()).then_some(l)
+    });
+    for (path, want, reason, flag) in cases {
+        let reason = if flag == "UT" { "-" } else { reason };
+        let line = format!("{path} {want} {flag} {reason}");
+        assert!(lines.contains(&line), "{line} not in {lines:?}");
     }
     still_serving(f.port);
 }

@@ -371,9 +371,17 @@ fn refused_stream_over_h2_is_retried() {
         counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "h2"),
         1.0
     );
-    // Without refused-stream in retry_on the refusal is a 502.
+    // Without refused-stream in retry_on the refusal is a 503, as Envoy
+    // answers a remote reset before the response head (flag UR).
     let (status, _, _) = get(port, "/plain/refuse-once", &["-d", "payload"]);
-    assert_eq!(status, 502);
+    assert_eq!(status, 503);
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "upstream_remote_reset")]
+        ),
+        1.0
+    );
     assert_eq!(
         counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "h2"),
         1.0
@@ -513,7 +521,11 @@ fn reset_before_request_retries_a_connect_failure_but_not_a_reset_after_the_requ
                       - match: {prefix: /after-reset}
                         route:
                           cluster: resets
-                          retry_policy: {retry_on: reset, num_retries: 1, retry_back_off: {base_interval: 5ms}}"#,
+                          retry_policy: {retry_on: reset, num_retries: 1, retry_back_off: {base_interval: 5ms}}
+                      - match: {prefix: /after-gw}
+                        route:
+                          cluster: resets
+                          retry_policy: {retry_on: gateway-error, num_retries: 1, retry_back_off: {base_interval: 5ms}}"#,
         &format!(
             "  - name: dead_live\n    endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]\n  - name: resets\n    endpoints: [{{address: \"{}\"}}]",
             live.addr, resets.addr
@@ -530,11 +542,15 @@ fn reset_before_request_retries_a_connect_failure_but_not_a_reset_after_the_requ
     assert!(counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "dead_live") >= 1.0);
     // A reset after the upstream read the request is not retried by
     // `reset-before-request`...
+    // (a 503, as Envoy answers a disconnect before the response head)...
     let (status, _, _) = get(port, "/after-rbr", &[]);
-    assert_eq!(status, 502);
+    assert_eq!(status, 503);
     assert_eq!(times(&seen_resets, "/after-rbr").len(), 1);
-    // ...but is by `reset`.
+    // ...but is by `reset`, and by `gateway-error` (a 503).
     let (status, _, _) = get(port, "/after-reset", &[]);
-    assert_eq!(status, 502);
+    assert_eq!(status, 503);
     assert_eq!(times(&seen_resets, "/after-reset").len(), 2);
+    let (status, _, _) = get(port, "/after-gw", &[]);
+    assert_eq!(status, 503);
+    assert_eq!(times(&seen_resets, "/after-gw").len(), 2);
 }

@@ -241,6 +241,45 @@ mod tests {
         }
     }
 
+    /// `interval_jitter`, `interval_jitter_percent` and `initial_jitter`
+    /// reach the checker's config; unset, there is no jitter; a negative
+    /// duration is refused by its field's path.
+    #[test]
+    fn jitter_fields_translate() {
+        use envoy_types::pb::google::protobuf::Duration as PbDuration;
+        let tcp = || hc::HealthChecker::TcpHealthCheck(Default::default());
+        let mut h = base(tcp());
+        h.interval_jitter = Some(PbDuration {
+            seconds: 0,
+            nanos: 300_000_000,
+        });
+        h.interval_jitter_percent = 30;
+        h.initial_jitter = Some(PbDuration {
+            seconds: 1,
+            nanos: 500_000_000,
+        });
+        let c = health_checks(vec![h], "health_checks").unwrap();
+        assert_eq!(c[0].interval_jitter, Some(Duration::from_millis(300)));
+        assert_eq!(c[0].interval_jitter_percent, 30);
+        assert_eq!(c[0].initial_jitter, Some(Duration::from_millis(1500)));
+        let c = health_checks(vec![base(tcp())], "health_checks").unwrap();
+        assert_eq!(
+            (
+                c[0].interval_jitter,
+                c[0].interval_jitter_percent,
+                c[0].initial_jitter
+            ),
+            (None, 0, None)
+        );
+        let mut h = base(tcp());
+        h.initial_jitter = Some(PbDuration {
+            seconds: -1,
+            nanos: 0,
+        });
+        let e = health_checks(vec![h], "health_checks").unwrap_err();
+        assert_eq!(e.0, "health_checks[0].initial_jitter");
+    }
+
     #[test]
     fn rpc_heartbeat_checkers_translate_and_others_are_named() {
         let custom = |name: &str, typed: bool| {

@@ -688,6 +688,40 @@ mod tests {
         assert!(!ejected(&eps[2]));
     }
 
+    /// A reset before the response head (answered 503) counts once, as a
+    /// local-origin failure: a gateway failure (503) unless split; a
+    /// response meshgate cannot accept (answered 502) is a gateway failure
+    /// too, of external origin.
+    #[test]
+    fn resets_and_protocol_errors_are_gateway_failures_counted_once() {
+        let (_, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_gateway_failure": 3, "enforcing_consecutive_gateway_failure": 100,
+                "consecutive_5xx": 100, "max_ejection_percent": 100}),
+        );
+        let e = &eps[0];
+        e.report(Outcome::Reset);
+        e.report(Outcome::ServerError);
+        assert!(!ejected(e), "two failures, not three");
+        e.report(Outcome::Reset);
+        assert!(ejected(e));
+        assert_eq!(
+            e.outlier().unwrap().state().last_kind,
+            Some("consecutive_gateway_failure")
+        );
+        let (_, eps) = setup(
+            2,
+            serde_json::json!({"consecutive_gateway_failure": 1, "enforcing_consecutive_gateway_failure": 100,
+                "consecutive_local_origin_failure": 1, "enforcing_consecutive_local_origin_failure": 0,
+                "split_external_local_origin_errors": true, "max_ejection_percent": 100}),
+        );
+        // Split: the reset is local-origin only (not enforced here).
+        eps[0].report(Outcome::Reset);
+        assert!(!ejected(&eps[0]));
+        eps[0].report(Outcome::ServerError);
+        assert!(ejected(&eps[0]));
+    }
+
     #[test]
     fn local_origin_failures_count_as_5xx_unless_split() {
         let (_, eps) = setup(

@@ -8,7 +8,8 @@
 //! off and counted instead of inflated. A request body's first frame is
 //! decoded before the request goes upstream, so a bomb or garbage in it
 //! (the usual case: a bomb is small) is answered 413 / 400 locally; past
-//! the first frame the upstream request is aborted (the client gets 502).
+//! the first frame the upstream request is aborted (the client gets 503,
+//! as for an upstream reset).
 //! With response decoding on, the
 //! library's coding is advertised upstream in `accept-encoding`. A
 //! listener without this filter pays nothing.

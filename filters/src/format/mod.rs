@@ -118,7 +118,9 @@ impl Flags {
             "cluster_not_found" => "NC",
             "no_healthy_upstream" => "UH",
             "upstream_connect_failure" => "UF",
-            "upstream_reset" => "UR",
+            // Envoy's connection termination and remote (stream) reset.
+            "upstream_reset" => "UC",
+            "upstream_remote_reset" => "UR",
             "upstream_timeout" => "UT",
             "upstream_protocol_error" => "UPE",
             "overflow" => "UO",
@@ -391,15 +393,17 @@ impl Ctx<'_> {
                 self.upstream_local().map(|a| a.ip().to_string())
             }
             Op::UpstreamLocalPort => self.upstream_local().map(|a| a.port().to_string()),
-            Op::UpstreamTransportFailureReason => match self
-                .attempt
-                .map_or(info.local_reply, |a| a.failure)
-            {
-                Some(
-                    l @ ("upstream_connect_failure" | "upstream_reset" | "upstream_protocol_error"),
-                ) => Some(l.to_string()),
-                _ => None,
-            },
+            Op::UpstreamTransportFailureReason => {
+                match self.attempt.map_or(info.local_reply, |a| a.failure) {
+                    Some(
+                        l @ ("upstream_connect_failure"
+                        | "upstream_reset"
+                        | "upstream_remote_reset"
+                        | "upstream_protocol_error"),
+                    ) => Some(l.to_string()),
+                    _ => None,
+                }
+            }
             Op::UpstreamRequestAttemptCount => Some(
                 self.attempt
                     .map_or(info.upstream_attempts, |a| a.number)

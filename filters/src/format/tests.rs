@@ -121,6 +121,22 @@ fn flags_follow_the_reason_the_filter_and_the_tries() {
     let mut i = info();
     i.local_reply = Some("no_healthy_upstream");
     assert_eq!(Flags::of(&i, 503).render(false).as_deref(), Some("UH"));
+    // As Envoy: a connection closed before the response head is UC, a
+    // stream reset by the upstream UR, a response that breaks the
+    // protocol UPE.
+    for (reason, status, flag) in [
+        ("upstream_reset", 503, "UC"),
+        ("upstream_remote_reset", 503, "UR"),
+        ("upstream_protocol_error", 502, "UPE"),
+    ] {
+        i.local_reply = Some(reason);
+        assert_eq!(Flags::of(&i, status).render(false).as_deref(), Some(flag));
+    }
+    i.local_reply = Some("upstream_reset");
+    assert_eq!(
+        Flags::of(&i, 503).render(true).as_deref(),
+        Some("UpstreamConnectionTermination")
+    );
     i.local_reply = Some("forbidden");
     i.denied_by = Some("ext_authz");
     assert_eq!(Flags::of(&i, 403).render(false).as_deref(), Some("UAEX"));

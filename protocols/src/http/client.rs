@@ -93,12 +93,39 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+/// A failed exchange as Envoy classes it: a response it cannot parse (an
+/// HTTP/1 parse error, an HTTP/2 protocol error h2 found itself) is a
+/// protocol error (502, `UPE`); a stream the upstream reset is a remote
+/// reset (503, `UR`); anything else (the connection closed, a GOAWAY) a
+/// connection termination (503, `UC`).
 fn send_error(e: hyper::Error) -> UpstreamError {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        UpstreamError::Protocol(Box::new(e))
-    } else {
-        UpstreamError::Reset(Box::new(e))
+        return UpstreamError::Protocol(Box::new(e));
     }
+    match h2_error(&e) {
+        Some(h2e) if h2e.reason() == Some(h2::Reason::REFUSED_STREAM) => {
+            UpstreamError::Reset(Box::new(meshgate_core::codec::RefusedStream(Box::new(e))))
+        }
+        Some(h2e) if h2e.is_reset() && h2e.is_remote() => UpstreamError::Reset(Box::new(
+            meshgate_core::codec::RemoteStreamReset(Box::new(e)),
+        )),
+        Some(h2e) if h2e.is_library() && h2e.reason() == Some(h2::Reason::PROTOCOL_ERROR) => {
+            UpstreamError::Protocol(Box::new(e))
+        }
+        _ => UpstreamError::Reset(Box::new(e)),
+    }
+}
+
+/// The h2 error under a hyper error, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return Some(h2e);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// The byte stream to an endpoint: the TCP connection itself, or TLS over
@@ -889,14 +916,7 @@ async fn h2_stream(
 const REFUSED_STREAM_ATTEMPTS: u32 = 3;
 
 fn is_refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
-            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
+    h2_error(e).is_some_and(|h2e| h2e.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// A request body that notes whether it failed as malformed
@@ -1059,13 +1079,7 @@ impl ClientCodec for Http2Client {
                 sender.ready().await.map_err(send_error)?;
                 result = sender.send_request(req).await;
             }
-            let resp = result.map_err(|e| {
-                if is_refused_stream(&e) {
-                    UpstreamError::Reset(Box::new(meshgate_core::codec::RefusedStream(Box::new(e))))
-                } else {
-                    send_error(e)
-                }
-            })?;
+            let resp = result.map_err(send_error)?;
             let (mut parts, body) = resp.into_parts();
             if want_local {
                 tag_local(&mut parts.extensions, stream.2);

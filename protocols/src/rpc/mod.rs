@@ -171,7 +171,7 @@ impl RpcErrorKind {
             LocalReason::Overflow | LocalReason::DropOverload | LocalReason::Overloaded => {
                 Self::Overloaded
             }
-            LocalReason::UpstreamReset => Self::ServiceError,
+            LocalReason::UpstreamReset | LocalReason::UpstreamRemoteReset => Self::ServiceError,
             LocalReason::ClusterNotFound => Self::Unavailable,
             // A stream filter's refusal: the service error status, whose
             // message says why (never BAD_REQUEST).
