@@ -2,8 +2,10 @@
 //! `drain_timeout` (`common_http_protocol_options.max_connection_duration`
 //! on the `proxy` filter): the real meshgate binary, raw HTTP/1.1 and
 //! HTTP/2 client sockets that watch the connection's end and GOAWAY, curl
-//! for a stream that outlives the limit, and a real HTTP backend whose
-//! `/slow` answers after 3 s.
+//! for a stream that outlives the limit, an aioquic HTTP/3 client
+//! (tests/peers/h3_goaway.py) that reports GOAWAY, its response and the
+//! QUIC connection's end, and a real HTTP backend whose `/slow` answers
+//! after 3 s.
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::curl::curl;
@@ -180,6 +182,124 @@ fn http2_connections_get_goaway_at_the_limit_and_streams_finish() {
         "meshgate_http_downstream_cx_max_duration_reached_total",
         &[("listener", "patient")],
         |v| v >= 2.0,
+    );
+}
+
+/// An HTTP/3 listener (QUIC) to `backend` with a 1 s
+/// `max_connection_duration` and a 5 s `drain_timeout`.
+fn h3_config(port: u16, backend: SocketAddr) -> String {
+    let certs = |f: &str| {
+        workspace()
+            .join("examples/certs")
+            .join(f)
+            .display()
+            .to_string()
+    };
+    format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: h3
+    address: 127.0.0.1:{port}
+    quic: {{}}
+    filter_chains:
+      - tls:
+          certificates: [{{certificate_chain: "{crt}", private_key: "{key}"}}]
+        filters:
+          - name: proxy
+            config:
+              common_http_protocol_options: {{max_connection_duration: 1s}}
+              drain_timeout: 5s
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: b, timeout: 30s}}
+clusters:
+  - name: b
+    endpoints: [{{address: "{backend}"}}]
+"#,
+        crt = certs("server.pem"),
+        key = certs("server.key"),
+    )
+}
+
+/// tests/peers/h3_goaway.py on `port`, sending `GET path` when given: its
+/// event lines (`goaway T ID`, `response T STATUS BODY`, `closed T ...`),
+/// each with the seconds since the handshake as `T`.
+fn h3_watch(port: u16, path: Option<&str>) -> Vec<(String, f64, String)> {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["40", "python3"])
+        .arg(workspace().join("tests/peers/h3_goaway.py"))
+        .arg(port.to_string())
+        .arg(workspace().join("examples/certs/ca.pem"));
+    if let Some(path) = path {
+        cmd.arg(path);
+    }
+    let o = cmd
+        .output()
+        .expect("python3 with aioquic (tests/run.sh installs it)");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "h3_goaway.py: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.lines()
+        .map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let what = w.next().unwrap().to_string();
+            let at: f64 = w.next().and_then(|t| t.parse().ok()).unwrap_or(-1.0);
+            (what, at, w.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// HTTP/3: GOAWAY at the limit and the QUIC connection's end; a stream
+/// in flight at the limit finishes within the drain.
+#[test]
+fn http3_connections_get_goaway_at_the_limit_and_streams_finish() {
+    let b = HttpBackend::start("b", Proto::Http1);
+    let port = free_port();
+    let mg = Meshgate::start(&h3_config(port, b.addr));
+
+    // Idle: GOAWAY at about 1 s, then the connection closes.
+    let events = h3_watch(port, None);
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["goaway", "closed"], "{events:?}");
+    for (what, at, _) in &events {
+        assert!((0.8..5.0).contains(at), "{what} after {at} s: {events:?}");
+    }
+    mg.wait_metric(
+        "meshgate_http_downstream_cx_max_duration_reached_total",
+        &[("listener", "h3")],
+        |v| v >= 1.0,
+    );
+
+    // A 3 s /slow in flight across the limit: GOAWAY at about 1 s, the
+    // answer (200) at about 3 s, then the end.
+    let events = h3_watch(port, Some("/slow"));
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["goaway", "response", "closed"], "{events:?}");
+    let (goaway, answered) = (events[0].1, events[1].1);
+    assert!((0.8..2.9).contains(&goaway), "GOAWAY after {goaway} s");
+    assert!(answered >= 2.9, "answered after {answered} s");
+    assert!(events[1].2.starts_with("200 "), "{events:?}");
+    assert!(events[1].2.contains("uri=/slow"), "{events:?}");
+    assert!(events[2].1 < 6.0, "{events:?}");
+    mg.wait_metric(
+        "meshgate_http_downstream_cx_max_duration_reached_total",
+        &[("listener", "h3")],
+        |v| v >= 2.0,
+    );
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_xx_total",
+            &[("listener", "h3"), ("code_class", "2xx")]
+        ),
+        1.0
     );
 }
 

@@ -6,7 +6,11 @@
 //! where the route says so; flag `NC` in the access log; gRPC clients
 //! `UNAVAILABLE`) while the listener's other routes serve; `tcp_proxy`
 //! closes new connections and counts them while an open one goes on;
-//! CDS adding the cluster again serves it.
+//! CDS adding the cluster again serves it. The same for a Bolt (SOFA
+//! RPC) listener from xDS (`generic_proxy` with meshgate's Bolt codec)
+//! and real sofa-rpc-node consumers and providers: calls to the removed
+//! cluster get Bolt's error response "cluster not found", counted, on a
+//! connection that stays open; CDS adding it again serves them.
 //!
 //! Also HTTP/3 upstream clusters defined by xDS (`QuicUpstreamTransport`
 //! plus `explicit_http_config.http3_protocol_options`): ACKed, and curl
@@ -16,6 +20,7 @@
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::caddy::Caddy;
 use meshgate_tests::pyads::PyAds;
+use meshgate_tests::rpc::{Provider, node_call};
 use meshgate_tests::xds::{CLUSTER, LISTENER, ROUTE, request, wait_for};
 use meshgate_tests::*;
 use std::io::{Read, Write};
@@ -249,6 +254,149 @@ fn a_cluster_removed_by_cds_is_not_found_while_in_flight_requests_finish() {
 #[test]
 fn a_cluster_removed_by_delta_xds_is_not_found_while_in_flight_requests_finish() {
     removal_during_traffic(true);
+}
+
+const GP: &str = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy";
+
+/// A Bolt listener (Envoy's `generic_proxy` with meshgate's
+/// `meshgate.codecs.Bolt` codec): service `com.meshgate.Echo` to cluster
+/// `bolt-x`, every other service to `bolt-y`.
+fn bolt_listener(port: u16) -> String {
+    let action = |cluster: &str| {
+        format!(
+            "{{action: {{name: route, typedConfig: {{'@type': '{GP}.action.v3.RouteAction', name: to-{cluster}, cluster: {cluster}}}}}}}"
+        )
+    };
+    format!(
+        r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
+  name: bolt
+  address:
+    socketAddress: {{address: 127.0.0.1, portValue: {port}}}
+  filterChains:
+  - filters:
+    - name: envoy.filters.network.generic_proxy
+      typedConfig:
+        '@type': {GP}.v3.GenericProxy
+        statPrefix: bolt
+        codecConfig:
+          name: meshgate.codecs.bolt
+          typedConfig:
+            '@type': type.googleapis.com/xds.type.v3.TypedStruct
+            typeUrl: type.googleapis.com/meshgate.codecs.Bolt
+            value: {{}}
+        filters:
+        - name: envoy.filters.generic.router
+          typedConfig:
+            '@type': {GP}.router.v3.Router
+        routeConfig:
+          name: bolt
+          routes:
+            matcherList:
+              matchers:
+              - predicate:
+                  singlePredicate:
+                    input: {{name: service, typedConfig: {{'@type': '{GP}.matcher.v3.ServiceMatchInput'}}}}
+                    valueMatch: {{exact: com.meshgate.Echo}}
+                onMatch: {to_x}
+            onNoMatch: {to_y}
+"#,
+        to_x = action("bolt-x"),
+        to_y = action("bolt-y"),
+    )
+}
+
+/// `n` Bolt calls of `iface`.echo on one sofa-rpc-node connection, one
+/// at a time; each answered by provider `from`.
+fn bolt_calls_from(port: u16, iface: &str, n: u32, from: &str) {
+    let r = node_call(
+        "bolt", port, iface, "echo", r#"["x"]"#, n, 1, 3000, "1.0", "",
+    );
+    assert!(r.errors.is_empty(), "{iface}: {:?}", r.errors);
+    assert_eq!(
+        r.from.get(from),
+        Some(&u64::from(n)),
+        "{iface}: {:?}",
+        r.from
+    );
+}
+
+fn cluster_not_found(mg: &Meshgate) -> f64 {
+    mg.metric(
+        "meshgate_downstream_rq_local_reply_total",
+        &[("reason", "cluster_not_found")],
+    )
+}
+
+/// A Bolt listener from xDS routes to cluster `bolt-x`; CDS removes it:
+/// its calls are answered with Bolt's error response naming "cluster not
+/// found" (as Dubbo's are, tests/tests/xds_dubbo_proxy.rs), on a
+/// connection that stays open for the next call, and counted; the other
+/// service's calls serve throughout; CDS adding it again serves it.
+fn bolt_removal(delta: bool) {
+    let x = Provider::start("bolt", "x");
+    let y = Provider::start("bolt", "y");
+    let port = free_port();
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let both = static_cluster("bolt-x", addr(x.port)) + &static_cluster("bolt-y", addr(y.port));
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &both);
+    ads.set(LISTENER, "1", &bolt_listener(port));
+    let mg = Meshgate::start(&if delta {
+        ads.bootstrap_delta()
+    } else {
+        ads.bootstrap()
+    });
+    for t in [CLUSTER, LISTENER] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(addr(port));
+    bolt_calls_from(port, ECHO, 4, "x");
+    bolt_calls_from(port, OTHER, 2, "y");
+    assert_eq!(cluster_not_found(&mg), 0.0);
+
+    ads.remove(CLUSTER, "2", &["bolt-x"]);
+    ads.wait_ack(CLUSTER, "2");
+    // Three calls one after another on one connection: each gets Bolt's
+    // error response (not a hang: well within the client's 3 s timeout;
+    // not a close: the next call on the same connection is answered too).
+    let started = std::time::Instant::now();
+    let r = node_call(
+        "bolt", port, ECHO, "echo", r#"["x"]"#, 3, 1, 3000, "1.0", "",
+    );
+    assert!(started.elapsed() < Duration::from_secs(6), "{r:?}");
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.errors.len(), 3, "{r:?}");
+    for e in &r.errors {
+        assert!(e.contains("cluster not found"), "{:?}", r.errors);
+    }
+    mg.wait_metric(
+        "meshgate_downstream_rq_local_reply_total",
+        &[("reason", "cluster_not_found")],
+        |v| v >= 3.0,
+    );
+    // The other route serves.
+    bolt_calls_from(port, OTHER, 2, "y");
+    let (_, listed) = mg.admin_get("/clusters");
+    assert!(!listed.contains("bolt-x::"), "{listed}");
+
+    // CDS adds it again: served.
+    ads.set(CLUSTER, "3", &both);
+    ads.wait_ack(CLUSTER, "3");
+    bolt_calls_from(port, ECHO, 4, "x");
+    assert_eq!(cluster_not_found(&mg), 3.0);
+}
+
+const ECHO: &str = "com.meshgate.Echo";
+const OTHER: &str = "com.meshgate.Other";
+
+#[test]
+fn a_bolt_cluster_removed_by_cds_answers_cluster_not_found_until_it_returns() {
+    bolt_removal(false);
+}
+
+#[test]
+fn a_bolt_cluster_removed_by_delta_xds_answers_cluster_not_found_until_it_returns() {
+    bolt_removal(true);
 }
 
 /// An HTTP/3 cluster (`envoy.transport_sockets.quic` wrapping the
