@@ -171,25 +171,38 @@ pub struct Seen<'a> {
     pub x_request_id: Option<&'a HeaderValue>,
 }
 
-/// Finds the headers of `Seen` in `h`.
+/// Finds the headers of `Seen` in `h`. Names are told apart by their
+/// length first (a request's usual headers, `host`, `user-agent`,
+/// `accept`, have lengths no tracing header has, and leave after one
+/// comparison).
 pub fn scan(h: &HeaderMap) -> Seen<'_> {
     let mut s = Seen::default();
     for (name, value) in h {
-        let slot = match name.as_str().as_bytes() {
-            b"traceparent" => &mut s.traceparent,
-            b"tracestate" => &mut s.tracestate,
-            b"b3" => &mut s.b3,
-            b"x-b3-traceid" => &mut s.x_b3_traceid,
-            b"x-b3-spanid" => &mut s.x_b3_spanid,
-            b"x-b3-sampled" => &mut s.x_b3_sampled,
-            b"x-b3-flags" => &mut s.x_b3_flags,
-            b"x-request-id" => &mut s.x_request_id,
-            b"x-envoy-force-trace" => {
-                s.x_envoy_force_trace = true;
+        let n = name.as_str().as_bytes();
+        let slot = match n.len() {
+            2 if n == b"b3" => &mut s.b3,
+            10 => match n {
+                b"tracestate" => &mut s.tracestate,
+                b"x-b3-flags" => &mut s.x_b3_flags,
+                _ => continue,
+            },
+            11 => match n {
+                b"traceparent" => &mut s.traceparent,
+                b"x-b3-spanid" => &mut s.x_b3_spanid,
+                _ => continue,
+            },
+            12 => match n {
+                b"x-b3-traceid" => &mut s.x_b3_traceid,
+                b"x-b3-sampled" => &mut s.x_b3_sampled,
+                b"x-request-id" => &mut s.x_request_id,
+                _ => continue,
+            },
+            17 if n == b"x-client-trace-id" => {
+                s.x_client_trace_id = true;
                 continue;
             }
-            b"x-client-trace-id" => {
-                s.x_client_trace_id = true;
+            19 if n == b"x-envoy-force-trace" => {
+                s.x_envoy_force_trace = true;
                 continue;
             }
             _ => continue,
@@ -233,12 +246,29 @@ pub fn remove_b3(h: &mut HeaderMap) {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// 8 bytes as 16 lowercase hex digits. Computed on a `u128` (SWAR: all
+/// nibbles spread one per byte, then shifted into `0-9`/`a-f` at once)
+/// instead of a table lookup per nibble: the lookups were about 190
+/// instructions of each `traceparent` (benches/RESULTS.md).
+fn hex8(bytes: [u8; 8]) -> [u8; 16] {
+    let mut x = u128::from(u64::from_be_bytes(bytes));
+    x = (x | x << 32) & 0x0000_0000_ffff_ffff_0000_0000_ffff_ffff;
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff_0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f_0f0f;
+    // Each byte is one nibble, the first digit's in the top byte; a byte
+    // over 9 gets `'a' - '0' - 10` more.
+    let over9 = ((x + 0x0606_0606_0606_0606_0606_0606_0606_0606) >> 4)
+        & 0x0101_0101_0101_0101_0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030_3030_3030_3030_3030 + over9 * 0x27).to_be_bytes()
+}
 
 fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    for (o, b) in out.chunks_mut(16).zip(bytes.chunks(8)) {
+        let mut word = [0u8; 8];
+        word[..b.len()].copy_from_slice(b);
+        let digits = hex8(word);
+        o.copy_from_slice(&digits[..o.len()]);
     }
 }
 
@@ -246,8 +276,27 @@ fn put_hex(out: &mut [u8], bytes: &[u8]) {
 #[allow(unsafe_code)]
 pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    put_hex(&mut buf[3..35], trace_id);
-    put_hex(&mut buf[36..52], span_id);
+    let [
+        t0,
+        t1,
+        t2,
+        t3,
+        t4,
+        t5,
+        t6,
+        t7,
+        t8,
+        t9,
+        t10,
+        t11,
+        t12,
+        t13,
+        t14,
+        t15,
+    ] = *trace_id;
+    buf[3..19].copy_from_slice(&hex8([t0, t1, t2, t3, t4, t5, t6, t7]));
+    buf[19..35].copy_from_slice(&hex8([t8, t9, t10, t11, t12, t13, t14, t15]));
+    buf[36..52].copy_from_slice(&hex8(*span_id));
     if sampled {
         buf[54] = b'1';
     }
@@ -275,16 +324,27 @@ thread_local! {
 /// cryptographic; `rand`'s ChaCha generator cost several times more per
 /// stream and showed in the not-sampled path's instruction count.
 pub(crate) fn random_u64() -> u64 {
+    let [r] = random_words::<1>();
+    r
+}
+
+/// `N` words of `random_u64` for one access to the thread's state (a
+/// stream's trace and span ids take three).
+pub(crate) fn random_words<const N: usize>() -> [u64; N] {
     ID_STATE.with(|s| {
         let mut x = s.get();
         if x == 0 {
             x = rand::random::<u64>();
         }
-        x = x.wrapping_add(0xa076_1d64_78bd_642f);
+        let mut out = [0u64; N];
+        for o in &mut out {
+            x = x.wrapping_add(0xa076_1d64_78bd_642f);
+            let t = u128::from(x).wrapping_mul(u128::from(x ^ 0xe703_7ed1_a0b4_28db));
+            *o = ((t >> 64) as u64) ^ (t as u64);
+        }
         // A state that wraps to 0 is reseeded on the next call.
         s.set(x);
-        let t = u128::from(x).wrapping_mul(u128::from(x ^ 0xe703_7ed1_a0b4_28db));
-        ((t >> 64) as u64) ^ (t as u64)
+        out
     })
 }
 
@@ -302,11 +362,65 @@ pub fn random_id<const N: usize>() -> [u8; N] {
     }
 }
 
+/// A new trace's id (non-zero; with `id64` its first 8 bytes are zero,
+/// Zipkin's 64-bit ids) and a span id (non-zero), from one draw.
+pub fn random_ids(id64: bool) -> ([u8; 16], [u8; 8]) {
+    let [hi, lo, span] = random_words::<3>();
+    let hi = if id64 { 0 } else { hi };
+    let (mut trace_id, mut span_id) = ([0u8; 16], span.to_le_bytes());
+    trace_id[..8].copy_from_slice(&hi.to_le_bytes());
+    trace_id[8..].copy_from_slice(&lo.to_le_bytes());
+    // All-zero ids are invalid; a draw of zero (about never) draws again.
+    if hi == 0 && lo == 0 {
+        trace_id = random_id::<16>();
+        if id64 {
+            trace_id[..8].fill(0);
+            while trace_id[8..].iter().all(|b| *b == 0) {
+                trace_id[8..].copy_from_slice(&random_id::<8>());
+            }
+        }
+    }
+    if span == 0 {
+        span_id = random_id::<8>();
+    }
+    (trace_id, span_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// The SWAR hex digits are the table's, for every byte in every
+    /// position and for random words.
+    #[test]
+    fn hex8_matches_a_digit_table() {
+        let table = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+        for v in 0..=255u8 {
+            for pos in 0..8 {
+                let mut w = [0x5au8; 8];
+                w[pos] = v;
+                assert_eq!(hex8(w).as_slice(), table(&w).as_bytes());
+            }
+        }
+        for w in (0..1000).map(|_| random_u64().to_le_bytes()) {
+            assert_eq!(hex8(w).as_slice(), table(&w).as_bytes());
+        }
+        assert_eq!(hex(&[0xab, 0x01, 0xff]), "ab01ff");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn random_ids_are_non_zero_and_id64_has_a_zero_top() {
+        for _ in 0..100 {
+            let (t, s) = random_ids(false);
+            assert!(t.iter().any(|b| *b != 0) && s.iter().any(|b| *b != 0));
+            let (t, _) = random_ids(true);
+            assert!(t[..8].iter().all(|b| *b == 0) && t[8..].iter().any(|b| *b != 0));
+        }
+        assert_ne!(random_ids(false), random_ids(false));
+    }
 
     #[test]
     fn w3c_round_trip() {

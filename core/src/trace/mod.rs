@@ -33,9 +33,9 @@ use crate::stream::{Request, StreamInfo};
 use context::Incoming;
 use http::{HeaderName, HeaderValue};
 use metrics::Counter;
-use otlp::{Attr, Kind, SpanRecord, Value};
+use otlp::{Attr, Encoded, Kind, SpanRecord, Value};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
 
 /// Envoy's header that forces a trace (honoured from internal clients only: `trust`).
@@ -226,14 +226,9 @@ impl Tracer {
         let incoming = context::extract_seen(&seen);
         let decision = sample_seen(&self.sampling, &seen, incoming.as_ref(), route);
         self.decisions[decision as usize].increment(1);
-        let trace_id = incoming.map(|c| c.trace_id).unwrap_or_else(|| {
-            let mut id = context::random_id::<16>();
-            if self.id64 {
-                id[..8].fill(0);
-            }
-            id
-        });
-        let span_id = context::random_id::<8>();
+        // One draw for both ids (the trace id is unused when continued).
+        let (new_trace_id, span_id) = context::random_ids(self.id64);
+        let trace_id = incoming.map_or(new_trace_id, |c| c.trace_id);
         let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
         let has_tracestate = seen.tracestate.is_some();
         if decision == Decision::NotSampled {
@@ -279,7 +274,7 @@ impl Tracer {
             trace_state,
             start_unix_nanos: unix_nanos(info.start),
             facts,
-            attempts: Vec::new(),
+            attempts: Attempts::default(),
         }));
     }
 
@@ -304,7 +299,14 @@ impl Tracer {
             req.headers()
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+                // What `rsplit_once(':')` keeps, without its `CharSearcher`
+                // (about 120 instructions of a sampled stream).
+                .map(|h| {
+                    h.as_bytes()
+                        .iter()
+                        .rposition(|b| *b == b':')
+                        .map_or(h, |i| h.get(..i).unwrap_or(h))
+                })
         });
         let mut cut = path.len().min(self.max_path_tag_length);
         while !path.is_char_boundary(cut) {
@@ -372,20 +374,24 @@ impl Tracer {
                 }),
             ),
         };
+        let p = &*PROTOCOL_ATTRS;
         let protocol = match info.protocol {
-            "dubbo" | "bolt" => (info.protocol, ""),
+            "dubbo" => (&p.dubbo, None),
+            "bolt" => (&p.bolt, None),
             _ => (
-                "http",
-                match req.version() {
-                    http::Version::HTTP_10 => "1.0",
-                    http::Version::HTTP_2 => "2",
-                    http::Version::HTTP_3 => "3",
-                    _ => "1.1",
-                },
+                &p.http,
+                Some(match req.version() {
+                    http::Version::HTTP_10 => &p.v1_0,
+                    http::Version::HTTP_2 => &p.v2,
+                    http::Version::HTTP_3 => &p.v3,
+                    _ => &p.v1_1,
+                }),
             ),
         };
+        let (method, method_attr) = method_str(req.method());
         Facts {
-            method: method_str(req.method()),
+            method,
+            method_attr,
             route: info.route,
             rpc,
             protocol,
@@ -436,7 +442,7 @@ impl Tracer {
             };
             let t = f.text.as_str();
             let attributes = [
-                ("http.request.method", Value::Str(&f.method)),
+                f.method_attr(),
                 ("http.response.status_code", Value::Int(i64::from(status))),
                 ("meshgate.attempt", Value::Int(i64::from(at.number))),
             ];
@@ -472,7 +478,8 @@ impl Tracer {
             attrs.push("rpc.service", Value::Str(service.of(t)));
             attrs.push("rpc.method", Value::Str(method.of(t)));
         }
-        attrs.push("http.request.method", Value::Str(&f.method));
+        let (k, v) = f.method_attr();
+        attrs.push(k, v);
         attrs.push("url.path", Value::Str(f.path.of(t)));
         if let Some(r) = f.route {
             attrs.push("http.route", Value::Str(r));
@@ -480,17 +487,27 @@ impl Tracer {
         if let Some(h) = f.host {
             attrs.push("server.address", Value::Str(h.of(t)));
         }
-        attrs.push("network.protocol.name", Value::Str(f.protocol.0));
-        if !f.protocol.1.is_empty() {
-            attrs.push("network.protocol.version", Value::Str(f.protocol.1));
+        let (k, v) = f.protocol.0.attr();
+        attrs.push(k, v);
+        if let Some(version) = f.protocol.1 {
+            let (k, v) = version.attr();
+            attrs.push(k, v);
         }
         attrs.push("client.address", Value::Str(f.client.of(t)));
         attrs.push("http.response.status_code", Value::Int(i64::from(status)));
         if let Some(c) = info.upstream_cluster {
-            attrs.push("upstream_cluster", Value::Str(c));
+            // The last try's endpoint has it encoded when it is its cluster.
+            match last_peer {
+                Some(at) if at.peer.cluster == c => {
+                    let (k, v) = at.peer.cluster_attr.attr();
+                    attrs.push(k, v);
+                }
+                _ => attrs.push("upstream_cluster", Value::Str(c)),
+            }
         }
         if let Some(at) = last_peer {
-            attrs.push("peer.address", Value::Str(at.peer.addr()));
+            let (k, v) = at.peer.peer_attr.attr();
+            attrs.push(k, v);
         } else if let Some(p) = peer {
             attrs.push("peer.address", Value::Str(p.of(t)));
         }
@@ -606,7 +623,41 @@ pub struct Active {
     trace_state: Option<HeaderValue>,
     start_unix_nanos: u64,
     facts: Facts,
-    attempts: Vec<AttemptSpan>,
+    attempts: Attempts,
+}
+
+/// A sampled stream's tries: the first inline (most streams make one; a
+/// `Vec` cost an allocation and a free per sampled stream), more after.
+#[derive(Debug, Clone, Default)]
+struct Attempts {
+    first: Option<AttemptSpan>,
+    rest: Vec<AttemptSpan>,
+}
+
+impl Attempts {
+    fn push(&mut self, at: AttemptSpan) {
+        if self.first.is_none() {
+            self.first = Some(at);
+        } else {
+            self.rest.push(at);
+        }
+    }
+
+    fn last(&self) -> Option<&AttemptSpan> {
+        self.rest.last().or(self.first.as_ref())
+    }
+
+    fn last_mut(&mut self) -> Option<&mut AttemptSpan> {
+        if self.rest.is_empty() {
+            self.first.as_mut()
+        } else {
+            self.rest.last_mut()
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &AttemptSpan> {
+        self.first.iter().chain(&self.rest)
+    }
 }
 
 /// A piece of `Facts::text`.
@@ -640,11 +691,13 @@ fn put(text: &mut String, f: impl FnOnce(&mut String)) -> Piece {
 #[derive(Debug, Clone)]
 struct Facts {
     method: Cow<'static, str>,
+    /// `http.request.method` encoded, for a standard method.
+    method_attr: Option<&'static Encoded>,
     route: Option<&'static str>,
     /// `rpc.system`, `rpc.service`, `rpc.method`.
     rpc: Option<(&'static str, Piece, Piece)>,
-    /// `network.protocol.name` and `.version` (empty: none).
-    protocol: (&'static str, &'static str),
+    /// `network.protocol.name` and `.version`, encoded.
+    protocol: (&'static Encoded, Option<&'static Encoded>),
     text: String,
     path: Piece,
     host: Option<Piece>,
@@ -653,6 +706,49 @@ struct Facts {
     /// The server span's name, the last thing in `text`.
     name: Piece,
 }
+
+impl Facts {
+    fn method_attr(&self) -> Attr<'_> {
+        match self.method_attr {
+            Some(e) => e.attr(),
+            None => ("http.request.method", Value::Str(&self.method)),
+        }
+    }
+}
+
+/// The `network.protocol.name` and `.version` attributes, encoded once.
+struct ProtocolAttrs {
+    http: Encoded,
+    dubbo: Encoded,
+    bolt: Encoded,
+    v1_0: Encoded,
+    v1_1: Encoded,
+    v2: Encoded,
+    v3: Encoded,
+}
+
+static PROTOCOL_ATTRS: LazyLock<ProtocolAttrs> = LazyLock::new(|| {
+    let name = |n| Encoded::new("network.protocol.name", n);
+    let version = |v| Encoded::new("network.protocol.version", v);
+    ProtocolAttrs {
+        http: name("http"),
+        dubbo: name("dubbo"),
+        bolt: name("bolt"),
+        v1_0: version("1.0"),
+        v1_1: version("1.1"),
+        v2: version("2"),
+        v3: version("3"),
+    }
+});
+
+/// The standard methods, in `method_str`'s order.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+/// Their `http.request.method` attributes, encoded once.
+static METHOD_ATTRS: LazyLock<[Encoded; 9]> =
+    LazyLock::new(|| METHODS.map(|m| Encoded::new("http.request.method", m)));
 
 /// A span's own attributes, on the stack (there are at most a dozen).
 struct Attrs<'a, const N: usize> {
@@ -759,20 +855,22 @@ pub fn attempt_end(info: &mut StreamInfo, status: u16) {
     }
 }
 
-/// A standard method's name without an allocation.
-fn method_str(m: &http::Method) -> Cow<'static, str> {
-    match m.as_str() {
-        "GET" => Cow::Borrowed("GET"),
-        "POST" => Cow::Borrowed("POST"),
-        "PUT" => Cow::Borrowed("PUT"),
-        "DELETE" => Cow::Borrowed("DELETE"),
-        "HEAD" => Cow::Borrowed("HEAD"),
-        "OPTIONS" => Cow::Borrowed("OPTIONS"),
-        "PATCH" => Cow::Borrowed("PATCH"),
-        "CONNECT" => Cow::Borrowed("CONNECT"),
-        "TRACE" => Cow::Borrowed("TRACE"),
-        other => Cow::Owned(other.to_string()),
-    }
+/// A standard method's name without an allocation, and its attribute
+/// encoded.
+fn method_str(m: &http::Method) -> (Cow<'static, str>, Option<&'static Encoded>) {
+    let i = match m.as_str() {
+        "GET" => 0,
+        "POST" => 1,
+        "PUT" => 2,
+        "DELETE" => 3,
+        "HEAD" => 4,
+        "OPTIONS" => 5,
+        "PATCH" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        other => return (Cow::Owned(other.to_string()), None),
+    };
+    (Cow::Borrowed(METHODS[i]), METHOD_ATTRS.get(i))
 }
 
 /// Appends `n` in decimal (written into a stack buffer first: one
@@ -812,8 +910,12 @@ fn push_v4(s: &mut String, v4: std::net::Ipv4Addr) {
         buf[n] = b'0' + o % 10;
         n += 1;
     }
-    // Digits and dots only.
-    s.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+    // SAFETY: `buf[..n]` holds ASCII digits and dots only. Checking
+    // them (`from_utf8`, about 70 instructions on a short buffer) was a
+    // third of formatting a sampled stream's client address
+    // (benches/RESULTS.md).
+    #[allow(unsafe_code)]
+    s.push_str(unsafe { std::str::from_utf8_unchecked(&buf[..n]) });
 }
 
 fn push_ip(s: &mut String, ip: std::net::IpAddr) {

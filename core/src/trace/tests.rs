@@ -157,12 +157,14 @@ fn method_names() {
     for m in [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
     ] {
-        let v = method_str(&http::Method::from_bytes(m.as_bytes()).unwrap());
+        let (v, attr) = method_str(&http::Method::from_bytes(m.as_bytes()).unwrap());
         assert!(matches!(v, Cow::Borrowed(_)));
         assert_eq!(v, m);
+        let attr = attr.unwrap().attr();
+        assert_eq!(attr.0, "http.request.method");
+        assert_eq!(attr.1.plain(), Value::Str(m));
     }
-    assert_eq!(
-        method_str(&http::Method::from_bytes(b"PURGE").unwrap()),
-        "PURGE"
-    );
+    let (v, attr) = method_str(&http::Method::from_bytes(b"PURGE").unwrap());
+    assert_eq!(v, "PURGE");
+    assert!(attr.is_none());
 }

@@ -42,6 +42,7 @@ fn span(service_name: &str, s: &SpanRecord<'_>) -> serde_json::Value {
         let v = match v {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
+            Value::Encoded(e) => e.value().to_string(),
         };
         match k {
             "server.address" if s.kind == Kind::Client => {
