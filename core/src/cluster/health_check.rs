@@ -744,6 +744,8 @@ async fn check_loop(mut t: CheckTask) {
     tokio::pin!(timer);
     loop {
         t.stats.attempt.increment(1);
+        // When this check was due (the timer's deadline).
+        let due = timer.deadline();
         timer
             .as_mut()
             .reset(tokio::time::Instant::now() + cfg.timeout);
@@ -826,9 +828,17 @@ async fn check_loop(mut t: CheckTask) {
             wait = random_up_to(wait);
             first = false;
         }
-        timer
-            .as_mut()
-            .reset(on_grid(t.epoch, tokio::time::Instant::now() + wait, wait));
+        // As Envoy, the interval runs from the answer; but the checker's
+        // tick may start a due check up to a tick late (the tick's phase
+        // against the cluster's grid) and reads its answer a tick after
+        // sending, so up to three ticks of lateness are taken off the
+        // wait: they would otherwise stretch every interval (a thousand
+        // endpoints every second got 860 checks a second, not 1,000).
+        let now = tokio::time::Instant::now();
+        let tick = Duration::from_nanos(TICK_NS.load(Ordering::Relaxed));
+        let late = now.saturating_duration_since(due).min(3 * tick);
+        let next = now + wait.saturating_sub(late);
+        timer.as_mut().reset(on_grid(t.epoch, next, wait));
         (&mut timer).await;
     }
 }
