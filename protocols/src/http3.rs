@@ -385,13 +385,13 @@ impl ServerCodec for Http3Server {
             let activity = idle_timeout.map(|_| Arc::new(crate::http::idle::Activity::new()));
             let idle = crate::http::idle::watch(activity.clone(), idle_timeout);
             tokio::pin!(idle);
-            // After an idle GOAWAY: h3 ends `accept` only once the peer
-            // answers (its GOAWAY, a rejected stream, its close), so the
-            // connection is closed after a short grace for the GOAWAY to
-            // reach the peer.
+            // After a GOAWAY and once no request is in flight: h3 ends
+            // `accept` only once the peer answers (its GOAWAY, a rejected
+            // stream, its close), so the connection is closed after a
+            // short grace for the GOAWAY to reach the peer.
             let grace = tokio::time::sleep(std::time::Duration::MAX);
             tokio::pin!(grace);
-            let mut idle_closing = false;
+            let mut grace_armed = false;
             let go_away = notices.changed(None);
             tokio::pin!(go_away);
             let keepalive_off = meshgate_core::overload::keepalive_off();
@@ -401,26 +401,36 @@ impl ServerCodec for Http3Server {
                     r = h3c.accept() => r,
                     _ = &mut idle, if !closing => {
                         closing = true;
-                        idle_closing = true;
+                        grace_armed = true;
                         metrics::counter!(meshgate_core::metrics::names::HTTP_DOWNSTREAM_CX_IDLE_TIMEOUT_TOTAL, "listener" => listener.to_string(), "codec" => "http3").increment(1);
                         tracing::debug!(listener = %listener, "http3 connection idle: GOAWAY");
                         let _ = h3c.shutdown(0).await;
                         grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                         continue;
                     }
-                    _ = &mut grace, if idle_closing => break,
+                    _ = &mut grace, if grace_armed => break,
                     _ = &mut go_away, if !closing => {
                         // Drain or retire: GOAWAY, the client's next
                         // request opens a new connection (and meets the
                         // new config).
                         closing = true;
                         let _ = h3c.shutdown(0).await;
+                        requests.close();
                         continue;
                     }
                     _ = &mut keepalive_off, if !closing => {
                         // The overload manager's disable_http_keepalive.
                         closing = true;
                         let _ = h3c.shutdown(0).await;
+                        requests.close();
+                        continue;
+                    }
+                    // After a drain's or a retirement's GOAWAY, the last
+                    // request in flight answered (or none was): closed as
+                    // an idle one is, not left open until the drain ends.
+                    () = requests.wait(), if closing && !grace_armed => {
+                        grace_armed = true;
+                        grace.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                         continue;
                     }
                 };

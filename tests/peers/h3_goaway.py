@@ -19,11 +19,10 @@ import time
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer
-from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
+from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
 
 START = time.monotonic()
 
@@ -32,19 +31,52 @@ def say(*words):
     print(f"{words[0]} {time.monotonic() - START:.3f}", *words[1:], flush=True)
 
 
-class Watching(H3Connection):
-    """aioquic keeps GOAWAY to itself: this reports it."""
+def pull_varint(data, at):
+    """An RFC 9000 variable-length integer at `at`: (value, next) or None."""
+    if at >= len(data):
+        return None
+    n = 1 << (data[at] >> 6)
+    if at + n > len(data):
+        return None
+    v = data[at] & 0x3F
+    for b in data[at + 1 : at + n]:
+        v = (v << 8) | b
+    return v, at + n
 
-    def _handle_control_frame(self, frame_type, frame_data):
-        if frame_type == FrameType.GOAWAY:
-            say("goaway", Buffer(data=frame_data).pull_uint_var())
-        return super()._handle_control_frame(frame_type, frame_data)
+
+class ControlWatch:
+    """Reads the server's control stream (stream id 3) itself: aioquic
+    drops GOAWAY frames without an event (1.7 discards them unread)."""
+
+    def __init__(self):
+        self.buf = b""
+        self.at = None  # after the stream type, once read
+
+    def feed(self, data):
+        self.buf += data
+        if self.at is None:
+            r = pull_varint(self.buf, 0)
+            if r is None:
+                return
+            self.at = r[1]
+        while True:
+            t = pull_varint(self.buf, self.at)
+            if t is None:
+                return
+            n = pull_varint(self.buf, t[1])
+            if n is None or n[1] + n[0] > len(self.buf):
+                return
+            payload = self.buf[n[1] : n[1] + n[0]]
+            self.at = n[1] + n[0]
+            if t[0] == 0x07:  # GOAWAY
+                say("goaway", pull_varint(payload, 0)[0])
 
 
 class Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.h3 = Watching(self._quic)
+        self.h3 = H3Connection(self._quic)
+        self.control = ControlWatch()
         self.status = None
         self.body = b""
         self.closed = asyncio.Event()
@@ -54,6 +86,8 @@ class Client(QuicConnectionProtocol):
             say("closed", f"{event.error_code:#x}", repr(event.reason_phrase))
             self.closed.set()
             return
+        if isinstance(event, StreamDataReceived) and event.stream_id == 3:
+            self.control.feed(event.data)
         for e in self.h3.handle_event(event):
             ended = False
             if isinstance(e, HeadersReceived):
