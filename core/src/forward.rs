@@ -804,6 +804,11 @@ async fn hedged(h: Hedge<'_>, info: &mut StreamInfo, retries: u32) -> Response {
         if pending.is_empty() {
             if sent > retries {
                 metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_RQ_RETRY_LIMIT_EXCEEDED_TOTAL, "cluster" => cluster_label()).increment(1);
+                // The try whose result answers is the one the retries
+                // ran out on (`URX` in its `upstream_log` entry).
+                if let Some(t) = last_at.and_then(|i| info.upstream_tries.as_mut()?.get_mut(i)) {
+                    t.retry_limit_exceeded = true;
+                }
             }
             if let Attempt::Retry(_, Some(_)) = last {
                 hedge_done(info.upstream_tries.as_deref_mut(), last_at);

@@ -798,6 +798,38 @@ fn upstream_log_entries_carry_each_tries_bytes_received() {
     assert!(ms(f[1][5]) < ms(f[1][4]), "{got:?}");
 }
 
+/// Hedged tries whose retries run out: the last try's entry carries `URX`
+/// (Envoy's UpstreamRetryLimitExceeded), as a plain retry's does.
+#[test]
+fn hedged_tries_that_run_out_of_retries_log_urx_on_the_last() {
+    use meshgate_tests::scripted::{Script, Scripted};
+    let backend = Scripted::start(|_| {
+        Script::Answer(
+            b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 5\r\n\r\nbusy\n".to_vec(),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let mg = upstream_logged(
+        &up,
+        "%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_CODE%|%RESPONSE_FLAGS%",
+        "timeout: 10s, hedge_policy: {hedge_on_per_try_timeout: true}, retry_policy: {retry_on: 5xx, num_retries: 1, per_try_timeout: 2s, retry_back_off: {base_interval: 5ms}}",
+        backend.addr,
+    );
+    let port = mg.listener_port("web");
+    let (s, _, body) = curl(&[&format!("http://127.0.0.1:{port}/hedged")]);
+    assert_eq!((s, body.as_str()), (503, "busy\n"));
+    let got = lines(&up, 2);
+    assert_eq!(got, ["1|503|-", "2|503|URX"], "{got:?}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_cluster_upstream_rq_retry_limit_exceeded_total",
+            &[("cluster", "svc")]
+        ),
+        1.0
+    );
+}
+
 /// Hedged tries (`hedge_on_per_try_timeout`) each get their own entry: a
 /// slow first try (no answer) passes its per-try timeout and keeps
 /// running while the hedged second try answers 503 with 40 of its 100
