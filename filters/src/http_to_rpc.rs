@@ -66,6 +66,7 @@ pub async fn call(
     info: &mut StreamInfo,
     policy: &ForwardPolicy,
     hash: Option<u64>,
+    upstream_log: Option<&Arc<crate::access_log::AccessLogs>>,
 ) -> Response {
     let proto = plan.protocol.label();
     let Some(vars) = plan.match_path(req.uri().path()) else {
@@ -141,6 +142,12 @@ pub async fn call(
         head: built.head,
         traceparent: None,
     });
+    // The router's `upstream_log`: one entry per try, showing the call as
+    // it went upstream (`POST /service/method`, the request's headers).
+    let up_head = upstream_log.map(|_| {
+        info.upstream_tries = Some(Box::default());
+        crate::access_log::UpstreamHead::of(&up)
+    });
     let call = forward(cluster, up, info, policy, hash);
     let resp = match &account {
         // Reset for memory while the call holds the body: shed at once.
@@ -149,6 +156,10 @@ pub async fn call(
             _ = a.reset() => return overloaded(proto),
         },
         None => call.await,
+    };
+    let resp = match (upstream_log, up_head) {
+        (Some(log), Some(head)) => log.log_tries(info, head, resp),
+        _ => resp,
     };
     let (mut parts, body) = resp.into_parts();
     if let Some(reason) = parts.extensions.remove::<LocalReason>() {

@@ -1255,8 +1255,15 @@ impl ProxyHandler {
                 // call (boxed: the plain forward's future stays as small).
                 if let Some(plan) = c.http_to_rpc() {
                     let policy = c.forward_policy();
-                    let call =
-                        crate::http_to_rpc::call(plan, cluster, req, info, policy, hashed.hash);
+                    let call = crate::http_to_rpc::call(
+                        plan,
+                        cluster,
+                        req,
+                        info,
+                        policy,
+                        hashed.hash,
+                        self.upstream_log.as_ref(),
+                    );
                     let mut resp = Box::pin(call).await;
                     route.apply_response_mutations(vhost, &mut resp);
                     return resp;

@@ -439,3 +439,50 @@ fn the_http_to_dubbo_example_runs_as_shipped() {
     assert_eq!(s, 400);
     assert!(v["message"].as_str().unwrap().contains("'limit'"), "{v}");
 }
+
+/// The router's `upstream_log` gets one entry per call a request became:
+/// the call as it went upstream (`POST /service/method`), the provider
+/// that answered, the try's code and flags (a provider timeout: `UT`).
+#[test]
+fn upstream_log_has_an_entry_per_call() {
+    let p = Provider::start("dubbo", "A");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let body = routes("dubbo", "a");
+    let listeners = listener("api", port, &body).replace(
+        "            config:\n              route_config:",
+        &format!(
+            "            config:\n              stream_filters:\n                - name: envoy.filters.http.router\n                  config:\n                    upstream_log:\n                      - name: envoy.access_loggers.file\n                        typed_config: {{path: \"{}\", log_format: {{text_format: \"%REQ(:METHOD)% %REQ(:PATH)%|%UPSTREAM_HOST%|%RESPONSE_CODE%|%RESPONSE_FLAGS%\\n\"}}}}\n              route_config:",
+            up.display()
+        ),
+    );
+    let yaml = format!(
+        "admin:\n  address: \"{{ADMIN}}\"\nlisteners:\n{listeners}clusters:\n  - name: a\n    protocol: dubbo\n    endpoints: [{{address: \"127.0.0.1:{}\"}}]\n",
+        p.port
+    );
+    let _mg = Meshgate::start(&yaml);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let (s, v) = get(port, "/plus?a=40", &["-H", "x-b: 2"]);
+    assert_eq!((s, v), (200, json!(42)));
+    let (s, v) = get(port, "/sleep?ms=2000", &[]);
+    assert_eq!(s, 504, "{v}");
+    let mut got = Vec::new();
+    wait_until_within(10, "two upstream_log entries", || {
+        got = std::fs::read_to_string(&up)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        got.len() >= 2
+    });
+    let host = format!("127.0.0.1:{}", p.port);
+    assert_eq!(
+        got,
+        [
+            format!("POST /{ECHO}/plus|{host}|200|-"),
+            format!("POST /{ECHO}/sleep|{host}|504|UT"),
+        ],
+        "{got:?}"
+    );
+}
