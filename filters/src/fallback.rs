@@ -63,6 +63,7 @@ pub(crate) async fn after(
     info: &mut StreamInfo,
     policy: &ForwardPolicy,
     hash: Option<u64>,
+    upstream_log: Option<&Arc<crate::access_log::AccessLogs>>,
 ) -> Response {
     let Some(reason) = FallbackReason::of(&resp) else {
         return resp;
@@ -78,7 +79,17 @@ pub(crate) async fn after(
             Fallback::count(cluster, reason);
             info.local_reply = None;
             let req = Request::from_parts(*head, empty_body());
-            meshgate_core::forward::forward(c, req, info, policy, hash).await
+            // The router's `upstream_log`: the fallback cluster's tries
+            // get their entries as the first cluster's did.
+            let up = upstream_log.map(|_| {
+                info.upstream_tries = Some(Box::default());
+                crate::access_log::UpstreamHead::of(&req)
+            });
+            let resp = meshgate_core::forward::forward(c, req, info, policy, hash).await;
+            match (upstream_log, up) {
+                (Some(log), Some(head)) => log.log_tries(info, head, resp),
+                _ => resp,
+            }
         }
         // A request whose body was sent cannot be sent again.
         (Fallback::Cluster(_), None) => resp,

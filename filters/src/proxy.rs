@@ -1314,6 +1314,7 @@ impl ProxyHandler {
                         info,
                         policy,
                         hashed.hash,
+                        self.upstream_log.as_ref(),
                     ))
                     .await;
                 }

@@ -212,3 +212,37 @@ clusters:
         assert!(text.contains(want), "{fallback}: {text}");
     }
 }
+
+/// The router's `upstream_log` with a fallback cluster: the request the
+/// first cluster could not take (overflow) is logged on the fallback
+/// cluster's try, with its endpoint and code.
+#[test]
+fn the_fallback_clusters_try_is_in_the_upstream_log() {
+    let primary = HttpBackend::start("primary", Proto::Http1);
+    let backup = HttpBackend::start("backup", Proto::Http1);
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up.log");
+    let yaml = config(primary.addr, backup.addr).replace(
+        "            config:\n              route_config:",
+        &format!(
+            "            config:\n              stream_filters:\n                - name: envoy.filters.http.router\n                  config:\n                    upstream_log:\n                      - name: envoy.access_loggers.file\n                        typed_config: {{path: \"{}\", log_format: {{text_format: \"%REQ(:PATH)%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%RESPONSE_CODE%|%RESPONSE_FLAGS%\\n\"}}}}\n              route_config:",
+            up.display()
+        ),
+    );
+    let mg = Meshgate::start(&yaml);
+    let base = format!("http://127.0.0.1:{}", mg.listener_port("web"));
+    let (status, _, body) = curl(&[&format!("{base}/full-cluster")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("backup"), "{body}");
+    let mut got = String::new();
+    wait_until_within(10, "the fallback's upstream_log entry", || {
+        got = std::fs::read_to_string(&up).unwrap_or_default();
+        got.contains("|backup|")
+    });
+    let last = got.lines().last().unwrap();
+    assert_eq!(
+        last,
+        format!("/full-cluster|backup|{}|200|-", backup.addr),
+        "{got}"
+    );
+}
