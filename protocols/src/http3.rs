@@ -823,11 +823,11 @@ async fn try_send(
     body: meshgate_core::stream::Body,
     reused: bool,
 ) -> Result<(http::Response<()>, H3Recv), TryError> {
-    let dead = |e: &dyn std::fmt::Display, quic: &quinn::Connection| {
+    let dead = |e: h3::error::StreamError, quic: &quinn::Connection| {
         if quic.close_reason().is_some() {
             TryError::DeadConnection(e.to_string())
         } else {
-            TryError::Other(UpstreamError::Reset(e.to_string().into()))
+            TryError::Other(stream_failed(e))
         }
     };
     let mut send = up.send.clone();
@@ -835,7 +835,7 @@ async fn try_send(
     let stream = send
         .send_request(head)
         .await
-        .map_err(|e| dead(&e, &up.quic))?;
+        .map_err(|e| dead(e, &up.quic))?;
     let (mut tx, mut rx) = stream.split();
     tokio::spawn(async move {
         // As toward HTTP/1.1 and HTTP/2 upstreams: no framing, routing or
@@ -854,10 +854,10 @@ async fn try_send(
         let deadline = tokio::time::Instant::now() + REUSE_PROBE;
         loop {
             if !probing {
-                break recv.await.map_err(|e| dead(&e, &up.quic));
+                break recv.await.map_err(|e| dead(e, &up.quic));
             }
             tokio::select! {
-                r = &mut recv => break r.map_err(|e| dead(&e, &up.quic)),
+                r = &mut recv => break r.map_err(|e| dead(e, &up.quic)),
                 _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
                     if up.quic.stats().frame_rx.acks > sent_at {
                         probing = false;
@@ -873,6 +873,25 @@ async fn try_send(
         }
     }?;
     Ok((head, rx))
+}
+
+/// A request stream that failed while its connection lives, as Envoy
+/// classes it: the upstream's RESET_STREAM or STOP_SENDING is a remote
+/// reset (503, flag `UR`), with H3_REQUEST_REJECTED a refusal
+/// (`refused-stream` retries it, RFC 9114 8.1); anything else a reset.
+fn stream_failed(e: h3::error::StreamError) -> UpstreamError {
+    use meshgate_core::codec::{RefusedStream, RemoteStreamReset};
+    match e {
+        h3::error::StreamError::RemoteTerminate { code, .. }
+            if code == h3::error::Code::H3_REQUEST_REJECTED =>
+        {
+            UpstreamError::Reset(Box::new(RefusedStream(Box::new(e))))
+        }
+        h3::error::StreamError::RemoteTerminate { .. } => {
+            UpstreamError::Reset(Box::new(RemoteStreamReset(Box::new(e))))
+        }
+        e => UpstreamError::Reset(Box::new(e)),
+    }
 }
 
 /// An HTTP/3 active health check of one endpoint

@@ -554,3 +554,80 @@ fn reset_before_request_retries_a_connect_failure_but_not_a_reset_after_the_requ
     assert_eq!(status, 503);
     assert_eq!(times(&seen_resets, "/after-gw").len(), 2);
 }
+
+/// An HTTP/3 upstream (tests/peers/h3_reset_server.py, aioquic) that
+/// resets request streams: H3_REQUEST_REJECTED is a refusal that
+/// `refused-stream` retries; any other reset, as over HTTP/2, a remote
+/// reset answered 503 (`upstream_remote_reset`, flag UR), not a
+/// connection termination; the connection keeps serving.
+#[test]
+fn http3_stream_resets_are_remote_resets_and_rejections_refusals() {
+    let certs = |f: &str| {
+        workspace()
+            .join("examples/certs")
+            .join(f)
+            .display()
+            .to_string()
+    };
+    let mut child = Command::new("python3")
+        .arg(workspace().join("tests/peers/h3_reset_server.py"))
+        .args([certs("server.pem"), certs("server.key")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with aioquic (tests/run.sh installs it)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+    let up: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("h3_reset_server.py did not start: {line:?}"));
+    let (mg, port) = start(
+        r#"                      - match: {prefix: /reject}
+                        route: {cluster: h3, retry_policy: {retry_on: refused-stream, num_retries: 1, retry_back_off: {base_interval: 5ms}}}
+                      - match: {prefix: /}
+                        route: {cluster: h3}"#,
+        &format!(
+            "  - name: h3\n    protocol: http3\n    tls: {{trusted_ca: \"{}\", sni: localhost}}\n    endpoints: [{{address: \"127.0.0.1:{up}\"}}]",
+            certs("ca.pem")
+        ),
+    );
+    let (status, _, body) = get(port, "/ok", &[]);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let remote_resets = || {
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "upstream_remote_reset")],
+        )
+    };
+    let (status, _, body) = get(port, "/reset", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(remote_resets(), 1.0);
+    // Refused on every try: retried once, then the refusal answers.
+    let (status, _, body) = get(port, "/reject", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        counter(&mg, "meshgate_cluster_upstream_rq_retry_total", "h3"),
+        1.0
+    );
+    assert_eq!(remote_resets(), 2.0);
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "upstream_reset")],
+        ),
+        0.0
+    );
+    let (status, _, body) = get(port, "/ok", &[]);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
