@@ -17,7 +17,7 @@ use meshgate_core::BuildError;
 use meshgate_core::codec::{
     Detection, GoAway, Notices, ResponseFuture, ServerCodec, StreamHandler,
 };
-use meshgate_core::config::filters::ProxyConfig;
+use meshgate_core::config::filters::{ClientCertDetails, ForwardClientCertDetails, ProxyConfig};
 use meshgate_core::config::parse_typed;
 use meshgate_core::filter_chain::{FilterChain, Ran};
 use meshgate_core::forward::forward;
@@ -276,6 +276,8 @@ impl NetworkFilterFactory for ProxyFactory {
                     .filter(|d| !d.is_zero()),
                 access_log,
                 want_upstream_local,
+                forward_client_cert: cfg.forward_client_cert_details,
+                client_cert_details: cfg.set_current_client_cert_details,
                 stats: HttpStats::new(&listener),
                 idle_timeout: cfg.common_http_protocol_options.idle(),
                 local_replies: match &cfg.local_reply_config {
@@ -663,6 +665,9 @@ struct ProxyHandler {
     /// A log reads `%UPSTREAM_LOCAL_ADDRESS%`: the upstream codec is asked
     /// for its connection's local address.
     want_upstream_local: bool,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    forward_client_cert: ForwardClientCertDetails,
+    client_cert_details: ClientCertDetails,
 }
 
 /// The router's `upstream_log` (Envoy's field names in errors, under the
@@ -1089,15 +1094,43 @@ impl ProxyHandler {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         );
-        // mTLS: the verified client identity, as Envoy's
-        // x-forwarded-client-cert (a client-sent value is never trusted).
-        if seen.client_cert {
-            headers.remove(&X_FORWARDED_CLIENT_CERT);
-        }
-        if let Some(peer) = tls.as_ref().and_then(|t| t.peer.as_ref())
-            && let Ok(v) = HeaderValue::from_str(&xfcc(peer))
-        {
-            headers.insert(X_FORWARDED_CLIENT_CERT, v);
+        // mTLS: the verified client identity in x-forwarded-client-cert,
+        // as Envoy's `forward_client_cert_details` says.
+        let peer = tls.as_ref().and_then(|t| t.peer.as_ref());
+        match (self.forward_client_cert, peer) {
+            (ForwardClientCertDetails::AlwaysForwardOnly, _)
+            | (ForwardClientCertDetails::ForwardOnly, Some(_)) => {}
+            (ForwardClientCertDetails::AppendForward, Some(p)) => {
+                let mine = xfcc(p, self.client_cert_details);
+                let v = match headers.get(&X_FORWARDED_CLIENT_CERT) {
+                    Some(prev) if seen.client_cert => {
+                        let mut v = prev.as_bytes().to_vec();
+                        v.push(b',');
+                        v.extend_from_slice(mine.as_bytes());
+                        HeaderValue::from_bytes(&v).ok()
+                    }
+                    _ => HeaderValue::from_str(&mine).ok(),
+                };
+                headers.remove(&X_FORWARDED_CLIENT_CERT);
+                if let Some(v) = v {
+                    headers.insert(X_FORWARDED_CLIENT_CERT, v);
+                }
+            }
+            (ForwardClientCertDetails::SanitizeSet, Some(p)) => {
+                if seen.client_cert {
+                    headers.remove(&X_FORWARDED_CLIENT_CERT);
+                }
+                if let Ok(v) = HeaderValue::from_str(&xfcc(p, self.client_cert_details)) {
+                    headers.insert(X_FORWARDED_CLIENT_CERT, v);
+                }
+            }
+            // Sanitize, or no verified client certificate: a client-sent
+            // value is never trusted.
+            _ => {
+                if seen.client_cert {
+                    headers.remove(&X_FORWARDED_CLIENT_CERT);
+                }
+            }
         }
         // The route is computed before the stream filters (they read it and
         // their per-route config); "no route" and the body limit are the
@@ -1355,18 +1388,59 @@ impl ProxyHandler {
     }
 }
 
-/// `Subject="...";URI=...;DNS=...` of a verified client certificate.
-fn xfcc(peer: &meshgate_core::tls::PeerIdentity) -> String {
-    let mut v = format!("Subject=\"{}\"", peer.subject.replace('"', "\\\""));
-    for u in &peer.uri_sans {
-        v.push_str(";URI=");
-        v.push_str(u);
+/// The `x-forwarded-client-cert` element of a verified client
+/// certificate, in Envoy's order: `Hash` (hex SHA-256 of the DER), then as
+/// `details` asks `Cert` (URL-encoded PEM), `Subject`, `URI` and `DNS`
+/// SANs. (Envoy's `By`, its own certificate's URI SAN, is not known on the
+/// connection and not written.)
+fn xfcc(peer: &meshgate_core::tls::PeerIdentity, details: ClientCertDetails) -> String {
+    use std::fmt::Write;
+    let mut v = String::from("Hash=");
+    for b in ring::digest::digest(&ring::digest::SHA256, &peer.der).as_ref() {
+        let _ = write!(v, "{b:02x}");
     }
-    for d in &peer.dns_sans {
-        v.push_str(";DNS=");
-        v.push_str(d);
+    if details.cert {
+        v.push_str(";Cert=\"");
+        v.push_str(&url_encoded_pem(&peer.der));
+        v.push('"');
+    }
+    if details.subject {
+        let _ = write!(v, ";Subject=\"{}\"", peer.subject.replace('"', "\\\""));
+    }
+    if details.uri {
+        for u in &peer.uri_sans {
+            v.push_str(";URI=");
+            v.push_str(u);
+        }
+    }
+    if details.dns {
+        for d in &peer.dns_sans {
+            v.push_str(";DNS=");
+            v.push_str(d);
+        }
     }
     v
+}
+
+/// A DER certificate as PEM, URL-encoded as Envoy writes `Cert=`.
+fn url_encoded_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() * 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -631,3 +631,117 @@ clusters:
     let out = s_client(port, &["-servername", "localhost"]);
     assert!(out.contains("CN = api.other.test"), "{out}");
 }
+
+/// `forward_client_cert_details` and `set_current_client_cert_details`
+/// (Envoy's): one listener per mode, clients with and without a verified
+/// certificate, each sending an `x-forwarded-client-cert` of its own.
+#[test]
+fn forward_client_cert_details_modes() {
+    let backend = HttpBackend::start("b", Proto::Http1);
+    let modes = [
+        ("sanitize", ""),
+        ("forward_only", ""),
+        (
+            "append_forward",
+            "\n              set_current_client_cert_details: {uri: true, cert: true}",
+        ),
+        (
+            "sanitize_set",
+            "\n              set_current_client_cert_details: {dns: true}",
+        ),
+        ("always_forward_only", ""),
+    ];
+    let ports: Vec<u16> = modes.iter().map(|_| free_port()).collect();
+    let mut yaml = String::from("admin:\n  address: \"{ADMIN}\"\nlisteners:\n");
+    for ((mode, details), port) in modes.iter().zip(&ports) {
+        yaml += &format!(
+            r#"  - name: {mode}
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - tls:
+          certificates: [{server}]
+          client_validation: {{trusted_ca: "{ca}", required: false}}
+        filters:
+          - name: proxy
+            config:
+              forward_client_cert_details: {mode}{details}
+              route_config:
+                virtual_hosts:
+                  - name: all
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: backend}}
+"#,
+            server = pair("server"),
+            ca = cert("client-ca.pem"),
+        );
+    }
+    yaml += &format!(
+        "clusters:\n  - name: backend\n    endpoints: [{{address: \"{}\"}}]\n",
+        backend.addr
+    );
+    let _mg = Meshgate::start(&yaml);
+    let ca = cert("ca.pem");
+    let (c, k) = (cert("client.pem"), cert("client.key"));
+    // The client certificate's SHA-256, as Envoy's `Hash=`.
+    let fp = Command::new("openssl")
+        .args(["x509", "-in", &c, "-noout", "-fingerprint", "-sha256"])
+        .output()
+        .unwrap()
+        .stdout;
+    let hash: String = String::from_utf8_lossy(&fp)
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_lowercase();
+    assert_eq!(hash.len(), 64, "{hash}");
+    let sent = "x-forwarded-client-cert: By=spiffe://front;URI=spiffe://from-client";
+    // The XFCC the backend got (its echo, empty when there was none).
+    let xfcc = |port: u16, mtls: bool| -> Option<String> {
+        let url = format!("https://localhost:{port}/who");
+        let mut args = vec!["--cacert", ca.as_str(), "-H", sent];
+        if mtls {
+            args.extend(["--cert", c.as_str(), "--key", k.as_str()]);
+        }
+        let (code, _, body) = curl(&url, &args);
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-client-cert="))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let client = "spiffe://from-client";
+    let uri = "URI=spiffe://meshgate.test/ns/default/sa/client";
+    // sanitize: never passed on.
+    assert_eq!(xfcc(ports[0], true), None);
+    assert_eq!(xfcc(ports[0], false), None);
+    // forward_only: as received with mTLS, removed without.
+    assert!(xfcc(ports[1], true).unwrap().ends_with(client));
+    assert_eq!(xfcc(ports[1], false), None);
+    // append_forward: the client's value, then Hash, Cert and URI.
+    let v = xfcc(ports[2], true).unwrap();
+    let (before, mine) = v.split_once(',').unwrap();
+    assert_eq!(before, "By=spiffe://front;URI=spiffe://from-client");
+    assert!(
+        mine.starts_with(&format!(
+            "Hash={hash};Cert=\"-----BEGIN%20CERTIFICATE-----%0A"
+        )),
+        "{v}"
+    );
+    assert!(
+        mine.ends_with(&format!("-----END%20CERTIFICATE-----%0A\";{uri}")),
+        "{v}"
+    );
+    assert!(!mine.contains("Subject="), "{v}");
+    assert_eq!(xfcc(ports[2], false), None);
+    // sanitize_set with only dns: the client's value replaced; the client
+    // certificate has no DNS SAN, so Hash alone.
+    assert_eq!(xfcc(ports[3], true).unwrap(), format!("Hash={hash}"));
+    assert_eq!(xfcc(ports[3], false), None);
+    // always_forward_only: as received, mTLS or not.
+    assert!(xfcc(ports[4], true).unwrap().ends_with(client));
+    assert!(xfcc(ports[4], false).unwrap().ends_with(client));
+}

@@ -1244,6 +1244,45 @@ fn http_connection_manager(
             "only one of strip_matching_host_port, strip_any_host_port can be set",
         );
     }
+    // x-forwarded-client-cert: Envoy's default is SANITIZE (meshgate's
+    // YAML default differs, so the translation always sets it).
+    {
+        use hcm::http_connection_manager::ForwardClientCertDetails as F;
+        out.forward_client_cert_details =
+            match F::try_from(std::mem::take(&mut h.forward_client_cert_details)) {
+                Ok(F::Sanitize) => fc::ForwardClientCertDetails::Sanitize,
+                Ok(F::ForwardOnly) => fc::ForwardClientCertDetails::ForwardOnly,
+                Ok(F::AppendForward) => fc::ForwardClientCertDetails::AppendForward,
+                Ok(F::SanitizeSet) => fc::ForwardClientCertDetails::SanitizeSet,
+                Ok(F::AlwaysForwardOnly) => fc::ForwardClientCertDetails::AlwaysForwardOnly,
+                Err(_) => {
+                    return err(join(path, "forward_client_cert_details"), "unknown value");
+                }
+            };
+        let mut d = fc::ClientCertDetails {
+            subject: false,
+            cert: false,
+            dns: false,
+            uri: false,
+        };
+        if let Some(mut c) = h.set_current_client_cert_details.take() {
+            let p = join(path, "set_current_client_cert_details");
+            d.subject = c.subject.take().is_some_and(|b| b.value);
+            d.cert = std::mem::take(&mut c.cert);
+            d.dns = std::mem::take(&mut c.dns);
+            d.uri = std::mem::take(&mut c.uri);
+            if c.chain {
+                return err(
+                    join(&p, "chain"),
+                    "not supported: meshgate keeps the client's leaf certificate only",
+                );
+            }
+            if c.issuer {
+                return err(join(&p, "issuer"), "not supported");
+            }
+        }
+        out.set_current_client_cert_details = d;
+    }
     if let Some(o) = h.http2_protocol_options.take() {
         let h2 = http2_server_options(o, &join(path, "http2_protocol_options"))?;
         let entry = out
@@ -2522,6 +2561,76 @@ mod tests {
             e.0,
             "common_http_protocol_options.max_requests_per_connection"
         );
+    }
+
+    #[test]
+    fn hcm_forward_client_cert_details_as_istio_sends_them() {
+        use hcm::http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
+        let h = |f: ForwardClientCertDetails, d: Option<SetCurrentClientCertDetails>| {
+            hcm::HttpConnectionManager {
+                route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                    Default::default(),
+                )),
+                forward_client_cert_details: f as i32,
+                set_current_client_cert_details: d,
+                ..Default::default()
+            }
+        };
+        let mut names = BTreeSet::new();
+        // Unset: Envoy's SANITIZE, no details.
+        let out = http_connection_manager(
+            h(ForwardClientCertDetails::Sanitize, None),
+            "",
+            &|_| None,
+            &mut names,
+            &mut None,
+        )
+        .unwrap();
+        assert_eq!(
+            out.forward_client_cert_details,
+            fc::ForwardClientCertDetails::Sanitize
+        );
+        // An Istio sidecar's inbound listener.
+        let istio = SetCurrentClientCertDetails {
+            subject: Some(protobuf::BoolValue { value: true }),
+            dns: true,
+            uri: true,
+            ..Default::default()
+        };
+        let out = http_connection_manager(
+            h(ForwardClientCertDetails::AppendForward, Some(istio)),
+            "",
+            &|_| None,
+            &mut names,
+            &mut None,
+        )
+        .unwrap();
+        assert_eq!(
+            out.forward_client_cert_details,
+            fc::ForwardClientCertDetails::AppendForward
+        );
+        assert_eq!(
+            out.set_current_client_cert_details,
+            fc::ClientCertDetails {
+                subject: true,
+                cert: false,
+                dns: true,
+                uri: true
+            }
+        );
+        let chain = SetCurrentClientCertDetails {
+            chain: true,
+            ..Default::default()
+        };
+        let e = http_connection_manager(
+            h(ForwardClientCertDetails::SanitizeSet, Some(chain)),
+            "",
+            &|_| None,
+            &mut names,
+            &mut None,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "set_current_client_cert_details.chain");
     }
 
     #[test]

@@ -111,6 +111,64 @@ pub struct ProxyConfig {
     /// 5 s.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Envoy's `forward_client_cert_details`: what becomes of the
+    /// `x-forwarded-client-cert` header. meshgate's YAML default is
+    /// `sanitize_set` (the verified mTLS client's identity replaces any
+    /// client-sent value); translated from xDS, Envoy's default `sanitize`.
+    #[serde(default = "default_forward_client_cert")]
+    pub forward_client_cert_details: ForwardClientCertDetails,
+    /// Envoy's `set_current_client_cert_details`: the fields of the
+    /// client certificate an `append_forward` or `sanitize_set` header
+    /// carries besides `Hash`. YAML default: subject, URI and DNS SANs.
+    #[serde(default = "default_client_cert_details")]
+    pub set_current_client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `HttpConnectionManager.ForwardClientCertDetails`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCertDetails {
+    /// The header is removed.
+    Sanitize,
+    /// Forwarded as received when the client presented a verified
+    /// certificate (mTLS), else removed.
+    ForwardOnly,
+    /// mTLS: the client's details appended to the received value; else
+    /// removed.
+    AppendForward,
+    /// mTLS: replaced by the client's details; else removed.
+    SanitizeSet,
+    /// Forwarded as received, mTLS or not.
+    AlwaysForwardOnly,
+}
+
+fn default_forward_client_cert() -> ForwardClientCertDetails {
+    ForwardClientCertDetails::SanitizeSet
+}
+
+/// Envoy's `SetCurrentClientCertDetails` (`chain` is not supported: the
+/// connection keeps the client's leaf certificate only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertDetails {
+    #[serde(default)]
+    pub subject: bool,
+    /// The certificate, URL-encoded PEM.
+    #[serde(default)]
+    pub cert: bool,
+    #[serde(default)]
+    pub dns: bool,
+    #[serde(default)]
+    pub uri: bool,
+}
+
+fn default_client_cert_details() -> ClientCertDetails {
+    ClientCertDetails {
+        subject: true,
+        cert: false,
+        dns: true,
+        uri: true,
+    }
 }
 
 /// Envoy's `SchemeHeaderTransformation`: at most one of the two.
@@ -162,6 +220,8 @@ impl ProxyConfig {
             strip_any_host_port: false,
             strip_matching_host_port: false,
             drain_timeout: default_drain_timeout(),
+            forward_client_cert_details: default_forward_client_cert(),
+            set_current_client_cert_details: default_client_cert_details(),
         }
     }
 }
