@@ -72,8 +72,10 @@ fn static_cluster_yaml(name: &str, addr: SocketAddr) -> String {
     )
 }
 
-/// An HCM listener on port 0 as istiod writes one: its direction, the
-/// exchange filter configured for it, `istio.stats`, the router.
+/// An HCM listener on port 0 as istiod writes one: its direction (an
+/// inbound one with `forward_client_cert_details: APPEND_FORWARD` and
+/// subject, DNS and URI details), the exchange filter configured for it,
+/// `istio.stats`, the router.
 fn sidecar_listener(name: &str, direction: &str, exchange: &str, cluster: &str) -> String {
     format!(
         r#"- '@type': type.googleapis.com/envoy.config.listener.v3.Listener
@@ -86,7 +88,7 @@ fn sidecar_listener(name: &str, direction: &str, exchange: &str, cluster: &str) 
       typed_config:
         '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
         stat_prefix: {name}
-        route_config:
+{xfcc}        route_config:
           name: {name}
           virtual_hosts:
           - name: all
@@ -108,6 +110,12 @@ fn sidecar_listener(name: &str, direction: &str, exchange: &str, cluster: &str) 
             '@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
         no_host = direction == "OUTBOUND",
+        // An inbound sidecar's, as istiod writes it.
+        xfcc = if direction == "INBOUND" {
+            "        forward_client_cert_details: APPEND_FORWARD\n        set_current_client_cert_details: {subject: true, dns: true, uri: true}\n"
+        } else {
+            ""
+        },
     )
 }
 
