@@ -326,3 +326,42 @@ fn max_connection_duration_and_max_headers_count_pushed_over_xds() {
         1.0
     );
 }
+
+/// The HCM's `max_request_headers_kb` pushed over xDS: a request head
+/// over 1 KiB gets 431 over HTTP/1.1 and HTTP/2 (h2c), a smaller one
+/// passes; a listener without it keeps Envoy's 60 KiB.
+#[test]
+fn max_request_headers_kb_pushed_over_xds() {
+    let b = HttpBackend::start("a", Proto::Http1);
+    let (small, plain) = (free_port(), free_port());
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &cluster("up", b.addr, ""));
+    ads.set(ROUTE, "1", ROUTES);
+    ads.set(
+        LISTENER,
+        "1",
+        &(listener("small", small, "        maxRequestHeadersKb: 1\n")
+            + &listener("plain", plain, "")),
+    );
+    let _mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], small).into());
+    wait_listening(([127, 0, 0, 1], plain).into());
+    let big = format!("x-big: {}", "b".repeat(2000));
+    let get = |port: u16, extra: &[&str]| {
+        let url = format!("http://127.0.0.1:{port}/p");
+        let mut a = extra.to_vec();
+        a.push(&url);
+        curl(&a).0
+    };
+    assert_eq!(get(small, &["-H", "x-small: s"]), 200);
+    assert_eq!(get(small, &["-H", &big]), 431);
+    assert_eq!(
+        get(small, &["--http2-prior-knowledge", "-H", "x-small: s"]),
+        200
+    );
+    assert_eq!(get(small, &["--http2-prior-knowledge", "-H", &big]), 431);
+    assert_eq!(get(plain, &["-H", &big]), 200);
+}

@@ -1293,6 +1293,28 @@ fn http_connection_manager(
             dst.extend(h2);
         }
     }
+    // max_request_headers_kb (Envoy's default 60 KiB is meshgate's too):
+    // the largest request head every HTTP codec reads, 431 beyond it.
+    if let Some(kb) = h.max_request_headers_kb.take() {
+        if kb.value == 0 || kb.value > 8192 {
+            return err(
+                join(path, "max_request_headers_kb"),
+                "must be 1 to 8192 (KiB)",
+            );
+        }
+        for codec in ["http1", "http2", "http3"] {
+            let entry = out
+                .codec_options
+                .entry(codec.into())
+                .or_insert_with(|| json!({}));
+            if let Some(dst) = entry.as_object_mut() {
+                dst.insert(
+                    "max_request_headers_bytes".into(),
+                    json!(u64::from(kb.value) * 1024),
+                );
+            }
+        }
+    }
     rest(&h, path)?;
     Ok(out)
 }
@@ -2734,6 +2756,35 @@ mod tests {
             redirect(r, "redirect").unwrap_err().0,
             "redirect.path_rewrite"
         );
+    }
+
+    #[test]
+    fn hcm_max_request_headers_kb_reaches_every_http_codec() {
+        let h = |kb| hcm::HttpConnectionManager {
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                Default::default(),
+            )),
+            request_headers_timeout: Some(protobuf::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            max_request_headers_kb: Some(protobuf::UInt32Value { value: kb }),
+            ..Default::default()
+        };
+        let mut names = BTreeSet::new();
+        let out = http_connection_manager(h(2), "", &|_| None, &mut names, &mut None).unwrap();
+        for codec in ["http1", "http2", "http3"] {
+            assert_eq!(
+                out.codec_options[codec]["max_request_headers_bytes"], 2048,
+                "{out:?}"
+            );
+            assert_eq!(out.codec_options[codec]["request_headers_timeout"], "3s");
+        }
+        for bad in [0, 8193] {
+            let e =
+                http_connection_manager(h(bad), "", &|_| None, &mut names, &mut None).unwrap_err();
+            assert_eq!(e.0, "max_request_headers_kb");
+        }
     }
 
     #[test]
