@@ -55,6 +55,8 @@ pub(crate) fn before<'a>(
 
 /// After the exchange: the fallback's answer when the cluster overflowed
 /// (or had no endpoint left), else the response as it is.
+// The router's borrowed parts, passed as they are (as `routed` does).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn after(
     f: &Fallback,
     cluster: &Arc<Cluster>,
