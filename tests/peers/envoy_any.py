@@ -41,6 +41,12 @@ for mod in (
     "envoy.extensions.filters.network.generic_proxy.matcher.v3.matcher_pb2",
     "envoy.extensions.filters.network.generic_proxy.action.v3.action_pb2",
     "envoy.extensions.filters.network.generic_proxy.router.v3.router_pb2",
+    "envoy.extensions.load_balancing_policies.round_robin.v3.round_robin_pb2",
+    "envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2",
+    "envoy.extensions.load_balancing_policies.random.v3.random_pb2",
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.ring_hash_pb2",
+    "envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2",
+    "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.client_side_weighted_round_robin_pb2",
     "xds.type.v3.typed_struct_pb2",
     "udpa.type.v1.typed_struct_pb2",
 ):

@@ -365,3 +365,111 @@ fn max_request_headers_kb_pushed_over_xds() {
     assert_eq!(get(small, &["--http2-prior-knowledge", "-H", &big]), 431);
     assert_eq!(get(plain, &["-H", &big]), 200);
 }
+
+/// A cluster's typed `load_balancing_policy` pushed over xDS (Envoy's
+/// client-side weighted round robin first, which meshgate does not have,
+/// then `ring_hash` with its ring size: the first known one is used): ACKed, and a route hashing on `x-user` keeps each user
+/// on one of the two endpoints while the users spread over both. A
+/// policy meshgate cannot honour (`least_request` with `choice_count: 3`)
+/// is NACKed by name and the ring keeps serving.
+#[test]
+fn typed_load_balancing_policy_pushed_over_xds() {
+    let (a, b) = (
+        HttpBackend::start("a", Proto::Http1),
+        HttpBackend::start("b", Proto::Http1),
+    );
+    let port = free_port();
+    let ads = PyAds::start();
+    let cluster_with = |policy: &str| {
+        format!(
+            r#"- '@type': type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: up
+  type: STATIC
+  connectTimeout: 1s
+  lbPolicy: ROUND_ROBIN
+  loadBalancingPolicy:
+    policies:
+    - typedExtensionConfig:
+        name: envoy.load_balancing_policies.client_side_weighted_round_robin
+        typedConfig:
+          '@type': type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin
+    - typedExtensionConfig:
+        name: envoy.load_balancing_policies.x
+        typedConfig:
+{policy}
+  loadAssignment:
+    clusterName: up
+    endpoints:
+    - lbEndpoints:
+      - endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: {pa}}}}}}}
+      - endpoint: {{address: {{socketAddress: {{address: 127.0.0.1, portValue: {pb}}}}}}}
+"#,
+            pa = a.addr.port(),
+            pb = b.addr.port()
+        )
+    };
+    ads.set(
+        CLUSTER,
+        "1",
+        &cluster_with(
+            "          '@type': type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash\n          minimumRingSize: 2048",
+        ),
+    );
+    ads.set(
+        ROUTE,
+        "1",
+        r#"- '@type': type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:
+    - match: {prefix: /}
+      route:
+        cluster: up
+        hashPolicy:
+        - header: {headerName: x-user}
+"#,
+    );
+    ads.set(LISTENER, "1", &listener("l", port, ""));
+    let _mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    let backend_for = |user: &str| {
+        let (status, _, body) = curl(&[
+            "-H",
+            &format!("x-user: {user}"),
+            &format!("http://127.0.0.1:{port}/p"),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("backend="))
+            .unwrap()
+            .to_string()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let first = backend_for(&user);
+        for _ in 0..3 {
+            assert_eq!(backend_for(&user), first, "{user} moved");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "the users all went to {seen:?}");
+
+    // least_request with three choices: NACKed by name, the ring serves.
+    ads.set(
+        CLUSTER,
+        "2",
+        &cluster_with(
+            "          '@type': type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest\n          choiceCount: 3",
+        ),
+    );
+    let detail = ads.wait_nack(CLUSTER, "2");
+    assert!(detail.contains("choice_count"), "{detail}");
+    let first = backend_for("user-0");
+    assert_eq!(backend_for("user-0"), first);
+}

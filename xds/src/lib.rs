@@ -25,6 +25,7 @@ mod health_check;
 mod http_filters;
 mod istio;
 mod jwt_authn;
+mod lb_policy;
 mod leftover;
 mod local_ratelimit;
 mod local_reply;

@@ -429,7 +429,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
             return err("cluster_type", "custom cluster types are not supported");
         }
     };
-    let lb = lb_policy(std::mem::take(&mut c.lb_policy), "lb_policy")?;
+    let lb_enum = std::mem::take(&mut c.lb_policy);
     let connect_timeout = match c.connect_timeout.take() {
         Some(d) => duration(&d, "connect_timeout")?,
         None => Duration::from_secs(5),
@@ -591,7 +591,24 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     let common_lb_config = crate::priority::common_lb_config(c.common_lb_config.take())?;
     let (original_dst_lb_config, cleanup_interval) =
         crate::original_dst::cluster(&mut c, dt == Dt::OriginalDst)?;
-    let lb_config = crate::slow_start::lb_config(&mut c)?;
+    // The typed `load_balancing_policy` wins over the `lb_policy` enum
+    // (Envoy's rule); else the enum with its older `lb_config` kinds.
+    let (lb, lb_config) = match crate::lb_policy::translate(&mut c)? {
+        Some(typed) => typed,
+        None => {
+            let lb = lb_policy(lb_enum, "lb_policy")?;
+            let hashing = crate::lb_policy::legacy(&mut c)?;
+            let slow_start = crate::slow_start::lb_config(&mut c)?;
+            (
+                lb,
+                if hashing.is_null() {
+                    slow_start
+                } else {
+                    hashing
+                },
+            )
+        }
+    };
     let filters = crate::istio::cluster_filters(std::mem::take(&mut c.filters), "filters")?;
     let (upstream_bind_config, upstream_connection_options) = crate::upstream_socket::take(&mut c)?;
     rest(&c, "")?;
