@@ -110,7 +110,11 @@ pub(crate) fn check(
             "not supported on an HTTP/3 (QUIC) cluster",
         );
     }
-    for k in ["idle_timeout", "max_requests_per_connection"] {
+    for k in [
+        "idle_timeout",
+        "max_requests_per_connection",
+        "max_connection_duration",
+    ] {
         if options.contains_key(k) {
             return err(
                 k,

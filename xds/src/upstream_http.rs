@@ -2,7 +2,7 @@
 //! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (what istiod
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
-//! `max_requests_per_connection`, HTTP/2 windows and
+//! `max_requests_per_connection`, `max_connection_duration`, HTTP/2 windows and
 //! `max_concurrent_streams`; HTTP/3 with `crate::quic_upstream`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
@@ -148,11 +148,15 @@ fn http_protocol_options(
                     "0 (no idle timeout) is not supported: meshgate closes idle upstream connections",
                 );
             }
-            let text = match d.subsec_nanos() {
-                0 => format!("{}s", d.as_secs()),
-                _ => format!("{}ms", d.as_millis().max(1)),
-            };
-            out.options.insert("idle_timeout".into(), json!(text));
+            out.options.insert("idle_timeout".into(), json!(text(d)));
+        }
+        // Unset or 0: no limit.
+        if let Some(d) = o.max_connection_duration.take() {
+            let d = duration(&d, &join(&op, "max_connection_duration"))?;
+            if !d.is_zero() {
+                out.options
+                    .insert("max_connection_duration".into(), json!(text(d)));
+            }
         }
         if let Some(v) = o.max_requests_per_connection.take() {
             if v.value == 0 {
@@ -169,6 +173,14 @@ fn http_protocol_options(
         rest(&u, &upath)?;
     }
     rest(&m, path)
+}
+
+/// A duration as meshgate's config writes it (whole seconds, else ms).
+fn text(d: std::time::Duration) -> String {
+    match d.subsec_nanos() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{}ms", d.as_millis().max(1)),
+    }
 }
 
 /// An upstream `Http2ProtocolOptions` (the extension's explicit one, or
@@ -259,6 +271,10 @@ mod tests {
                     nanos: 0,
                 }),
                 max_requests_per_connection: Some(protobuf::UInt32Value { value: 3 }),
+                max_connection_duration: Some(protobuf::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -269,6 +285,26 @@ mod tests {
         assert_eq!(out.options["max_concurrent_streams"], 4);
         assert_eq!(out.options["max_requests_per_connection"], 3);
         assert_eq!(out.options["idle_timeout"], "3600s");
+        assert_eq!(out.options["max_connection_duration"], "1500ms");
+        // As a whole cluster: HTTP/2 with the pool's idle timeout and
+        // maximum duration (what istiod's DestinationRule sends).
+        let mut c = cluster(&m);
+        c.name = "h2".into();
+        let t = crate::translate::cluster(c).unwrap();
+        assert_eq!(t.config.protocol.as_deref(), Some("http2"));
+        assert_eq!(t.config.protocol_options["idle_timeout"], "3600s");
+        assert_eq!(
+            t.config.protocol_options["max_connection_duration"],
+            "1500ms"
+        );
+        // 0: no maximum duration (Envoy's meaning).
+        let mut z = m.clone();
+        z.common_http_protocol_options
+            .as_mut()
+            .unwrap()
+            .max_connection_duration = Some(protobuf::Duration::default());
+        let out = translate(&mut cluster(&z)).unwrap();
+        assert!(!out.options.contains_key("max_connection_duration"));
     }
 
     #[test]

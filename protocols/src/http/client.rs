@@ -23,7 +23,9 @@ use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint, request_priority};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::config::circuit_breakers::RoutingPriority;
-use meshgate_core::pool::{Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxPool, Reusable};
+use meshgate_core::pool::{
+    Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxLimits, MuxPool, Reusable,
+};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body, empty_body};
 use serde::Deserialize;
 use std::future::Future;
@@ -41,9 +43,18 @@ pub struct PoolOptions {
     /// Idle keep-alive connections kept per endpoint (HTTP/1).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
-    /// An idle connection older than this is closed rather than reused.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    /// HTTP/1.1: an idle connection older than this is closed rather than
+    /// reused (unset: 60s). HTTP/2: a connection with no stream for this
+    /// long is closed and leaves the pool (unset: 1h, Envoy's default; `0s`:
+    /// never). Envoy's `common_http_protocol_options.idle_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// A connection opened this long ago takes no new request: HTTP/1.1,
+    /// it is not reused; HTTP/2, it leaves the pool and closes when its
+    /// streams end. Unset: no limit. Envoy's
+    /// `common_http_protocol_options.max_connection_duration`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_duration: Option<Duration>,
     /// Requests (streams, on HTTP/2) one upstream connection carries before
     /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
     /// `max_requests_per_connection`.
@@ -77,7 +88,22 @@ impl PoolOptions {
         ExclusiveLimits {
             max_idle: self.max_idle_per_endpoint,
             max_requests: self.max_requests(),
+            max_duration: self.max_duration(),
         }
+    }
+
+    /// HTTP/1.1's idle timeout.
+    fn h1_idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(Duration::from_secs(60))
+    }
+
+    /// HTTP/2's: Envoy's default, one hour; `0s`, none.
+    fn h2_idle_timeout(&self) -> Option<Duration> {
+        Some(self.idle_timeout.unwrap_or(Duration::from_secs(3600))).filter(|d| !d.is_zero())
+    }
+
+    fn max_duration(&self) -> Option<Duration> {
+        self.max_connection_duration.filter(|d| !d.is_zero())
     }
 
     fn max_requests(&self) -> u32 {
@@ -88,9 +114,6 @@ impl PoolOptions {
 
 fn default_max_idle() -> usize {
     256
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// A failed exchange as Envoy classes it: a response it cannot parse (an
@@ -458,7 +481,7 @@ impl Http1Client {
                 Some(_) => None,
                 None => h1_upstream::Pool::of(&endpoint, priority),
             };
-            let idle = pool.and_then(|p| p.upgradable.take(opts.idle_timeout));
+            let idle = pool.and_then(|p| p.upgradable.take(opts.h1_idle_timeout()));
             let want_local = wants_local(req.extensions());
             let (mut sender, exchanges, local, slot) = match idle {
                 Some(HyperConn(s, n, l, g)) => (s, n, l, g),
@@ -468,7 +491,7 @@ impl Http1Client {
                     // to set up, and at `max_connections` its slot would
                     // otherwise keep this request waiting.
                     let fast = pool
-                        .and_then(|p| p.fast.take(opts.idle_timeout))
+                        .and_then(|p| p.fast.take(opts.h1_idle_timeout()))
                         .and_then(h1_upstream::Conn::into_io);
                     let (io, guard, n) = match fast {
                         Some(c) => c,
@@ -599,8 +622,8 @@ fn send_fast(
     // again into locals, and connecting (rare, with a large TLS handshake
     // state) is boxed, so the future boxed per request stays small.
     async move {
-        let idle =
-            h1_upstream::Pool::of(&endpoint, priority).and_then(|p| p.fast.take(opts.idle_timeout));
+        let idle = h1_upstream::Pool::of(&endpoint, priority)
+            .and_then(|p| p.fast.take(opts.h1_idle_timeout()));
         let conn = match idle {
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline, priority).await?,
@@ -756,9 +779,9 @@ impl Multiplexed for H2Conn {
 
 type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
 
-/// HTTP/2 upstream: streams multiplexed on the endpoint's connections.
-/// Of its options only `max_requests_per_connection` applies; the idle
-/// ones are HTTP/1's.
+/// HTTP/2 upstream: streams multiplexed on the endpoint's connections,
+/// with `max_requests_per_connection`, `idle_timeout` and
+/// `max_connection_duration` applied by the pool (`MuxLimits`).
 pub struct Http2Client {
     opts: H2Options,
     /// `protocol: auto`: where a request goes when the endpoint's
@@ -772,7 +795,7 @@ struct H2Options {
     /// `protocol: auto`: what the HTTP/1.1 pool keeps of a connection
     /// whose handshake chose HTTP/1.1.
     h1_limits: ExclusiveLimits,
-    max_requests: u32,
+    mux: MuxLimits,
     max_streams: u32,
     stream_window: Option<u32>,
     connection_window: Option<u32>,
@@ -806,7 +829,11 @@ impl Http2Client {
             fallback: None,
             opts: H2Options {
                 h1_limits: opts.limits(),
-                max_requests: opts.max_requests(),
+                mux: MuxLimits {
+                    max_requests: opts.max_requests(),
+                    idle_timeout: opts.h2_idle_timeout(),
+                    max_duration: opts.max_duration(),
+                },
                 max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
                 stream_window: opts.initial_stream_window_size,
                 connection_window: opts.initial_connection_window_size,
@@ -851,7 +878,7 @@ async fn h2_stream(
     proxy: Option<Bytes>,
     priority: RoutingPriority,
 ) -> Result<H2Stream, UpstreamError> {
-    let max_requests = opts.max_requests;
+    let mux = opts.mux;
     // PROXY protocol: a connection of its own, for one stream, in a pool
     // of its own that keeps nothing (`meshgate_core::proxy_protocol_http`).
     let own;
@@ -861,9 +888,7 @@ async fn h2_stream(
             &own
         }
         None => endpoint
-            .pool_at(priority, || {
-                MuxPool::<H2Conn>::with_max_requests(max_requests)
-            })
+            .pool_at(priority, || MuxPool::<H2Conn>::with_limits(mux))
             .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?,
     };
     pool.stream(Dial::at(cluster, endpoint, priority), |dial| async move {
