@@ -3,7 +3,9 @@
 //! backends: `idle_timeout` on HTTP/2 (an idle multiplexed connection is
 //! closed and counted), `max_connection_duration` on HTTP/1.1 and HTTP/2
 //! (an old connection takes no new request; a request in flight on it
-//! still completes), both from YAML and over a real xDS push.
+//! still completes), both from YAML and over a real xDS push;
+//! `max_headers_count` (a response with more header fields is answered
+//! 502 with flag `UPE` and counted).
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
@@ -13,6 +15,12 @@ use std::net::SocketAddr;
 /// A plain listener routing `/h1` to the HTTP/1.1 cluster `h1` and `/h2`
 /// to the h2c cluster `h2`, both with `protocol_options: {opts}`.
 fn config(port: u16, h1: SocketAddr, h2: SocketAddr, opts: &str) -> String {
+    logged(port, h1, h2, opts, "/dev/null")
+}
+
+/// `config`, with an access log (`%REQ(:PATH)% %RESPONSE_CODE%
+/// %RESPONSE_FLAGS%`) written to `log`.
+fn logged(port: u16, h1: SocketAddr, h2: SocketAddr, opts: &str, log: &str) -> String {
     format!(
         r#"admin:
   address: "{{ADMIN}}"
@@ -23,6 +31,11 @@ listeners:
       - filters:
           - name: proxy
             config:
+              access_log:
+                - name: envoy.access_loggers.file
+                  typed_config:
+                    path: "{log}"
+                    log_format: {{text_format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n"}}
               route_config:
                 virtual_hosts:
                   - name: all
@@ -127,6 +140,62 @@ fn max_connection_duration_retires_old_connections_without_failing_requests() {
         established_to(b2.addr) == 0 && counter(&mg, MAX_DURATION, "h2") == 2.0
     });
     assert_eq!(b2.hits(), 2);
+}
+
+/// A GET of `path` with `echo` `x-echo-*` headers, which the backend
+/// sends back as response headers; the status.
+fn get_echoing(addr: SocketAddr, path: &str, echo: usize) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut head = format!("GET {path} HTTP/1.0\r\nHost: x\r\n");
+    for i in 0..echo {
+        head.push_str(&format!("x-echo-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn max_headers_count_refuses_a_response_with_more_header_fields() {
+    let b1 = HttpBackend::start("one", Proto::Http1);
+    let b2 = HttpBackend::start("two", Proto::H2c);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let port = free_port();
+    let mg = Meshgate::start(&logged(
+        port,
+        b1.addr,
+        b2.addr,
+        "{max_headers_count: 12}",
+        &log.display().to_string(),
+    ));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    const COUNT: &str = "meshgate_cluster_upstream_rq_headers_count_exceeded_total";
+    for c in ["h1", "h2"] {
+        // The backend's own 3 or 4 fields and 2 echoed: within 12.
+        assert_eq!(get_echoing(addr, &format!("/{c}/few"), 2), 200, "{c}");
+        // 12 echoed: over.
+        assert_eq!(get_echoing(addr, &format!("/{c}/many"), 12), 502, "{c}");
+        assert_eq!(counter(&mg, COUNT, c), 1.0, "{c}");
+        wait_until("the access log lines", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&format!("/{c}/many 502 UPE"))
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(&format!("/{c}/few 200 -")), "{text}");
+        // Still serving.
+        assert_eq!(get_echoing(addr, &format!("/{c}"), 0), 200, "{c}");
+    }
+    assert_eq!((b1.hits(), b2.hits()), (3, 3));
 }
 
 /// Cluster `b` (h2c, `explicit_http_config`) with the common options a

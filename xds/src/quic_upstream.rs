@@ -114,6 +114,7 @@ pub(crate) fn check(
         "idle_timeout",
         "max_requests_per_connection",
         "max_connection_duration",
+        "max_headers_count",
     ] {
         if options.contains_key(k) {
             return err(

@@ -2,7 +2,8 @@
 //! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (what istiod
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
-//! `max_requests_per_connection`, `max_connection_duration`, HTTP/2 windows and
+//! `max_requests_per_connection`, `max_connection_duration`,
+//! `max_headers_count`, HTTP/2 windows and
 //! `max_concurrent_streams`; HTTP/3 with `crate::quic_upstream`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
@@ -158,6 +159,14 @@ fn http_protocol_options(
                     .insert("max_connection_duration".into(), json!(text(d)));
             }
         }
+        // Envoy's range: at least 1.
+        if let Some(v) = o.max_headers_count.take() {
+            if v.value == 0 {
+                return err(join(&op, "max_headers_count"), "must be >= 1");
+            }
+            out.options
+                .insert("max_headers_count".into(), json!(v.value));
+        }
         if let Some(v) = o.max_requests_per_connection.take() {
             if v.value == 0 {
                 return err(join(&op, "max_requests_per_connection"), "must be >= 1");
@@ -275,6 +284,7 @@ mod tests {
                     seconds: 1,
                     nanos: 500_000_000,
                 }),
+                max_headers_count: Some(protobuf::UInt32Value { value: 20 }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -286,6 +296,7 @@ mod tests {
         assert_eq!(out.options["max_requests_per_connection"], 3);
         assert_eq!(out.options["idle_timeout"], "3600s");
         assert_eq!(out.options["max_connection_duration"], "1500ms");
+        assert_eq!(out.options["max_headers_count"], 20);
         // As a whole cluster: HTTP/2 with the pool's idle timeout and
         // maximum duration (what istiod's DestinationRule sends).
         let mut c = cluster(&m);
@@ -311,14 +322,17 @@ mod tests {
     fn unsupported_fields_and_extensions_are_named() {
         let m = up::HttpProtocolOptions {
             common_http_protocol_options: Some(core3::HttpProtocolOptions {
-                max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
+                max_stream_duration: Some(protobuf::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let e = translate(&mut cluster(&m)).unwrap_err();
         assert!(
-            e.0.ends_with("common_http_protocol_options.max_headers_count"),
+            e.0.ends_with("common_http_protocol_options.max_stream_duration"),
             "{e:?}"
         );
         let m = up::HttpProtocolOptions {

@@ -82,6 +82,10 @@ pub const CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT_TOTAL: &str =
 /// `upstream_cx_max_duration_reached`).
 pub const CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL: &str =
     "meshgate_cluster_upstream_cx_max_duration_reached_total";
+/// Counter `{cluster}`: upstream responses refused (502, `UPE`) for more
+/// header fields than the cluster's `max_headers_count`.
+pub const CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_headers_count_exceeded_total";
 /// Counter `{cluster}`: bytes written to upstream.
 pub const CLUSTER_UPSTREAM_BYTES_SENT_TOTAL: &str = "meshgate_cluster_upstream_bytes_sent_total";
 /// Counter `{cluster}`: bytes read from upstream.
@@ -637,6 +641,10 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),
     (
         CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL,
         Kind::Counter,
     ),
     (CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, Kind::Counter),

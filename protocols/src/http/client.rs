@@ -55,6 +55,13 @@ pub struct PoolOptions {
     /// `common_http_protocol_options.max_connection_duration`.
     #[serde(default, with = "humantime_serde")]
     pub max_connection_duration: Option<Duration>,
+    /// A response head with more header fields than this is a protocol
+    /// error for its request (502, flag `UPE`), counted in
+    /// `meshgate_cluster_upstream_rq_headers_count_exceeded_total`. Unset:
+    /// no limit of its own (an HTTP/1.1 head still has at most 128).
+    /// Envoy's `common_http_protocol_options.max_headers_count`.
+    #[serde(default)]
+    pub max_headers_count: Option<std::num::NonZeroU32>,
     /// Requests (streams, on HTTP/2) one upstream connection carries before
     /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
     /// `max_requests_per_connection`.
@@ -1239,5 +1246,76 @@ impl ClientCodec for AutoClient {
                     .unwrap_or_else(|r| self.h1.send(cluster, endpoint, r))
             }),
         )
+    }
+}
+
+/// `max_headers_count` around a cluster's HTTP client: a response head
+/// with more header fields fails its request as a protocol error (its
+/// body dropped, so the HTTP/1.1 connection is not reused and the HTTP/2
+/// stream is reset), counted per cluster.
+pub(super) struct HeadersLimited {
+    pub(super) inner: Arc<dyn ClientCodec>,
+    pub(super) max: usize,
+}
+
+/// A response with more than `max` header fields is the exchange's
+/// protocol error.
+fn limit_headers(f: UpstreamFuture, max: usize, cluster: &Cluster) -> UpstreamFuture {
+    let label = cluster.stats.label().clone();
+    Box::pin(async move {
+        let resp = f.await?;
+        let n = resp.headers().len();
+        if n > max {
+            metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL, "cluster" => label).increment(1);
+            return Err(UpstreamError::Protocol(
+                format!("{n} response header fields, over max_headers_count {max}").into(),
+            ));
+        }
+        Ok(resp)
+    })
+}
+
+impl ClientCodec for HeadersLimited {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        limit_headers(self.inner.send(cluster, endpoint, req), self.max, cluster)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        self.inner
+            .send_by(cluster, endpoint, req, deadline)
+            .map(|f| limit_headers(f, self.max, cluster))
+    }
+
+    fn health_check_client(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn meshgate_core::codec::HealthCheckClient>> {
+        self.inner.health_check_client(cluster, endpoint)
+    }
+}
+
+impl PoolOptions {
+    /// `client`, behind `max_headers_count` when set.
+    pub(super) fn limited(&self, client: Arc<dyn ClientCodec>) -> Arc<dyn ClientCodec> {
+        match self.max_headers_count {
+            Some(n) => Arc::new(HeadersLimited {
+                inner: client,
+                max: n.get() as usize,
+            }),
+            None => client,
+        }
     }
 }
