@@ -5,7 +5,9 @@
 //! (an old connection takes no new request; a request in flight on it
 //! still completes), both from YAML and over a real xDS push;
 //! `max_headers_count` (a response with more header fields is answered
-//! 502 with flag `UPE` and counted).
+//! 502 with flag `UPE` and counted); `max_stream_duration` (an upstream
+//! request that outlives it is reset and answered 504 with flag `UMSDR`,
+//! counted).
 
 use meshgate_tests::backend::{HttpBackend, Proto};
 use meshgate_tests::xds::*;
@@ -196,6 +198,45 @@ fn max_headers_count_refuses_a_response_with_more_header_fields() {
         assert_eq!(get_echoing(addr, &format!("/{c}"), 0), 200, "{c}");
     }
     assert_eq!((b1.hits(), b2.hits()), (3, 3));
+}
+
+#[test]
+fn max_stream_duration_resets_an_upstream_request_that_outlives_it() {
+    let b1 = HttpBackend::start("one", Proto::Http1);
+    let b2 = HttpBackend::start("two", Proto::H2c);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let port = free_port();
+    let mg = Meshgate::start(&logged(
+        port,
+        b1.addr,
+        b2.addr,
+        "{max_stream_duration: 1s}",
+        &log.display().to_string(),
+    ));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    const COUNT: &str = "meshgate_cluster_upstream_rq_max_duration_reached_total";
+    for c in ["h1", "h2"] {
+        // 500ms of streaming: within the second.
+        let (code, body) = http_get(addr, &format!("/{c}/stream")).unwrap();
+        assert_eq!(code, 200, "{c}: {body}");
+        assert!(body.contains("chunk4"), "{c}: {body}");
+        // A 3s answer: reset at 1s, 504 (the GET had arrived whole).
+        let t = std::time::Instant::now();
+        let (code, body) = http_get(addr, &format!("/{c}/slow")).unwrap();
+        assert_eq!(code, 504, "{c}: {body}");
+        assert!(t.elapsed() < std::time::Duration::from_millis(2500), "{c}");
+        assert!(
+            body.contains("upstream max stream duration reached"),
+            "{c}: {body}"
+        );
+        assert_eq!(counter(&mg, COUNT, c), 1.0, "{c}");
+        wait_until("the access log line", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&format!("/{c}/slow 504 UMSDR"))
+        });
+    }
 }
 
 /// Cluster `b` (h2c, `explicit_http_config`) with the common options a

@@ -115,6 +115,7 @@ pub(crate) fn check(
         "max_requests_per_connection",
         "max_connection_duration",
         "max_headers_count",
+        "max_stream_duration",
     ] {
         if options.contains_key(k) {
             return err(

@@ -3,7 +3,7 @@
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
 //! `max_requests_per_connection`, `max_connection_duration`,
-//! `max_headers_count`, HTTP/2 windows and
+//! `max_headers_count`, `max_stream_duration`, HTTP/2 windows and
 //! `max_concurrent_streams`; HTTP/3 with `crate::quic_upstream`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
@@ -159,6 +159,13 @@ fn http_protocol_options(
                     .insert("max_connection_duration".into(), json!(text(d)));
             }
         }
+        if let Some(d) = o.max_stream_duration.take() {
+            let d = duration(&d, &join(&op, "max_stream_duration"))?;
+            if !d.is_zero() {
+                out.options
+                    .insert("max_stream_duration".into(), json!(text(d)));
+            }
+        }
         // Envoy's range: at least 1.
         if let Some(v) = o.max_headers_count.take() {
             if v.value == 0 {
@@ -285,6 +292,10 @@ mod tests {
                     nanos: 500_000_000,
                 }),
                 max_headers_count: Some(protobuf::UInt32Value { value: 20 }),
+                max_stream_duration: Some(protobuf::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -297,6 +308,7 @@ mod tests {
         assert_eq!(out.options["idle_timeout"], "3600s");
         assert_eq!(out.options["max_connection_duration"], "1500ms");
         assert_eq!(out.options["max_headers_count"], 20);
+        assert_eq!(out.options["max_stream_duration"], "30s");
         // As a whole cluster: HTTP/2 with the pool's idle timeout and
         // maximum duration (what istiod's DestinationRule sends).
         let mut c = cluster(&m);
@@ -322,17 +334,14 @@ mod tests {
     fn unsupported_fields_and_extensions_are_named() {
         let m = up::HttpProtocolOptions {
             common_http_protocol_options: Some(core3::HttpProtocolOptions {
-                max_stream_duration: Some(protobuf::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
+                headers_with_underscores_action: 1,
                 ..Default::default()
             }),
             ..Default::default()
         };
         let e = translate(&mut cluster(&m)).unwrap_err();
         assert!(
-            e.0.ends_with("common_http_protocol_options.max_stream_duration"),
+            e.0.ends_with("common_http_protocol_options.headers_with_underscores_action"),
             "{e:?}"
         );
         let m = up::HttpProtocolOptions {

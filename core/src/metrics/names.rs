@@ -86,6 +86,10 @@ pub const CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL: &str =
 /// header fields than the cluster's `max_headers_count`.
 pub const CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL: &str =
     "meshgate_cluster_upstream_rq_headers_count_exceeded_total";
+/// Counter `{cluster}`: upstream requests reset at the cluster's
+/// `max_stream_duration` (Envoy's `upstream_rq_max_duration_reached`).
+pub const CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_max_duration_reached_total";
 /// Counter `{cluster}`: bytes written to upstream.
 pub const CLUSTER_UPSTREAM_BYTES_SENT_TOTAL: &str = "meshgate_cluster_upstream_bytes_sent_total";
 /// Counter `{cluster}`: bytes read from upstream.
@@ -645,6 +649,10 @@ pub const ALL: &[(&str, Kind)] = &[
     ),
     (
         CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL,
         Kind::Counter,
     ),
     (CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, Kind::Counter),

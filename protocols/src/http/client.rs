@@ -62,6 +62,13 @@ pub struct PoolOptions {
     /// Envoy's `common_http_protocol_options.max_headers_count`.
     #[serde(default)]
     pub max_headers_count: Option<std::num::NonZeroU32>,
+    /// An upstream request older than this (from when it is sent) is
+    /// reset: answered 408, or 504 once the downstream request arrived
+    /// whole, flag `UMSDR`; a response already started is cut. Counted in
+    /// `meshgate_cluster_upstream_rq_max_duration_reached_total`. Unset or
+    /// `0s`: none. Envoy's `common_http_protocol_options.max_stream_duration`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_stream_duration: Option<Duration>,
     /// Requests (streams, on HTTP/2) one upstream connection carries before
     /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
     /// `max_requests_per_connection`.
@@ -1258,6 +1265,130 @@ pub(super) struct HeadersLimited {
     pub(super) max: usize,
 }
 
+/// `max_stream_duration` around a cluster's HTTP client.
+pub(super) struct DurationLimited {
+    inner: Arc<dyn ClientCodec>,
+    max: Duration,
+}
+
+fn max_duration_reached(label: &metrics::SharedString) {
+    metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL, "cluster" => label.clone()).increment(1);
+}
+
+impl DurationLimited {
+    /// `send` (through `f`) raced against the limit, the response body
+    /// too.
+    #[allow(clippy::result_large_err)]
+    fn wrap(
+        &self,
+        cluster: &Cluster,
+        mut req: Request,
+        f: impl FnOnce(Request) -> Result<UpstreamFuture, Request>,
+    ) -> Result<UpstreamFuture, Request> {
+        let whole = meshgate_core::stream_duration::track_request(&mut req);
+        let deadline = tokio::time::Instant::now() + self.max;
+        let fut = f(req)?;
+        let label = cluster.stats.label().clone();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(Ok(resp)) => Ok(resp.map(|body| {
+                    box_body(UntilDeadline {
+                        body,
+                        timer: Box::pin(tokio::time::sleep_until(deadline)),
+                        label,
+                    })
+                })),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    max_duration_reached(&label);
+                    Err(UpstreamError::Reset(Box::new(
+                        meshgate_core::codec::MaxStreamDurationReached {
+                            request_whole: whole.complete(),
+                        },
+                    )))
+                }
+            }
+        }))
+    }
+}
+
+/// A response body cut (an error: the downstream stream is reset) at the
+/// upstream request's `max_stream_duration`.
+struct UntilDeadline {
+    body: meshgate_core::stream::Body,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    label: metrics::SharedString,
+}
+
+impl http_body::Body for UntilDeadline {
+    type Data = Bytes;
+    type Error = meshgate_core::stream::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        if let Poll::Ready(r) = Pin::new(&mut me.body).poll_frame(cx) {
+            return Poll::Ready(r);
+        }
+        match me.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                max_duration_reached(&me.label);
+                Poll::Ready(Some(Err(Box::new(
+                    meshgate_core::codec::MaxStreamDurationReached {
+                        request_whole: true,
+                    },
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl ClientCodec for DurationLimited {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        #[allow(clippy::result_large_err)]
+        let sent = self.wrap(cluster, req, |r| Ok(self.inner.send(cluster, endpoint, r)));
+        // `send` always sends: the closure never gives the request back.
+        sent.unwrap_or_else(|_| Box::pin(async { Err(UpstreamError::Overflow) }))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        self.wrap(cluster, req, |r| {
+            self.inner.send_by(cluster, endpoint, r, deadline)
+        })
+    }
+
+    fn health_check_client(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn meshgate_core::codec::HealthCheckClient>> {
+        self.inner.health_check_client(cluster, endpoint)
+    }
+}
+
 /// A response with more than `max` header fields is the exchange's
 /// protocol error.
 fn limit_headers(f: UpstreamFuture, max: usize, cluster: &Cluster) -> UpstreamFuture {
@@ -1308,8 +1439,13 @@ impl ClientCodec for HeadersLimited {
 }
 
 impl PoolOptions {
-    /// `client`, behind `max_headers_count` when set.
+    /// `client`, behind `max_stream_duration` and `max_headers_count`
+    /// when set.
     pub(super) fn limited(&self, client: Arc<dyn ClientCodec>) -> Arc<dyn ClientCodec> {
+        let client: Arc<dyn ClientCodec> = match self.max_stream_duration {
+            Some(max) if !max.is_zero() => Arc::new(DurationLimited { inner: client, max }),
+            _ => client,
+        };
         match self.max_headers_count {
             Some(n) => Arc::new(HeadersLimited {
                 inner: client,
