@@ -292,6 +292,16 @@ pub struct RefusedStream(#[source] pub BoxError);
 #[error("stream reset by the upstream: {0}")]
 pub struct RemoteStreamReset(#[source] pub BoxError);
 
+/// The upstream request outlived the cluster's `max_stream_duration`
+/// (Envoy's `UMSDR`): carried in `UpstreamError::Reset` by the codec that
+/// reset it, with whether the downstream request had arrived whole (504)
+/// or not (408).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream max stream duration reached")]
+pub struct MaxStreamDurationReached {
+    pub request_whole: bool,
+}
+
 /// A boxed upstream-response future.
 pub type UpstreamFuture =
     Pin<Box<dyn Future<Output = Result<Response, UpstreamError>> + Send + 'static>>;

@@ -1228,6 +1228,12 @@ fn settle(
         endpoint.report(o);
     }
     tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream exchange failed");
+    // The cluster's max_stream_duration: answered, not retried.
+    if let UpstreamError::Reset(cause) = &e
+        && let Some(m) = cause.downcast_ref::<crate::codec::MaxStreamDurationReached>()
+    {
+        return Attempt::Fail(LocalReason::UpstreamMaxStreamDuration(m.request_whole));
+    }
     let reason = match e.kind() {
         UpstreamErrorKind::Overflow => LocalReason::Overflow,
         UpstreamErrorKind::MalformedRequestBody => LocalReason::BadRequest,

@@ -32,6 +32,8 @@
 //!   the codec's); a second connection opens when the open ones are full;
 //!   a closed or draining connection (GOAWAY, presumed dead) gets no new
 //!   stream and leaves the pool, its streams in flight finishing on it.
+//!   A connection with no stream for `idle_timeout`, or older than
+//!   `max_connection_duration`, leaves the pool too (`MuxLimits`).
 //!
 //! A codec supplies only how to connect and handshake (a closure given a
 //! `Dial`), how to open a stream on its connection type (its own code, on
@@ -184,6 +186,22 @@ pub struct ExclusiveLimits {
     /// A connection that carried this many exchanges is closed, not kept
     /// (Envoy's `max_requests_per_connection`); `u32::MAX`: no limit.
     pub max_requests: u32,
+    /// A connection opened this long ago is closed, not reused (Envoy's
+    /// `max_connection_duration`); counted once per connection.
+    pub max_duration: Option<Duration>,
+}
+
+/// Whether a connection reached `max_duration`; if so it is counted
+/// (`upstream_cx_max_duration_reached`).
+fn too_old<C: Reusable>(conn: &C, max: Option<Duration>) -> bool {
+    let (Some(max), Some(g)) = (max, conn.guard()) else {
+        return false;
+    };
+    let old = g.age() >= max;
+    if old {
+        metrics::counter!(crate::metrics::names::CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL, "cluster" => g.label().clone()).increment(1);
+    }
+    old
 }
 
 /// An idle connection and when it went idle (coarse clock: idle expiry
@@ -191,6 +209,8 @@ pub struct ExclusiveLimits {
 struct Idle<C> {
     conn: C,
     since: Duration,
+    /// `ExclusiveLimits::max_duration`, kept for `take`.
+    max_duration: Option<Duration>,
 }
 
 /// Exclusive mode (HTTP/1.1): one exchange at a time per connection; idle
@@ -222,7 +242,10 @@ impl<C: Reusable> ExclusivePool<C> {
         }
         let now = crate::clock::coarse();
         while let Some(c) = idle.pop() {
-            if now.saturating_sub(c.since) < idle_timeout && c.conn.is_reusable() {
+            if now.saturating_sub(c.since) < idle_timeout
+                && c.conn.is_reusable()
+                && !too_old(&c.conn, c.max_duration)
+            {
                 return Some(c.conn);
             }
         }
@@ -230,12 +253,13 @@ impl<C: Reusable> ExclusivePool<C> {
     }
 
     /// Keeps `conn` for reuse, unless it carried `max_requests` exchanges,
-    /// `max_idle` are kept already or the pool was closed (then it closes,
-    /// dropped).
+    /// is `max_duration` old, `max_idle` are kept already or the pool was
+    /// closed (then it closes, dropped).
     pub fn put(&self, conn: C, limits: &ExclusiveLimits) {
         if self.closed.load(Ordering::Relaxed)
             || conn.exchanges() >= limits.max_requests
             || conn.guard().is_some_and(ConnectionGuard::wanted)
+            || too_old(&conn, limits.max_duration)
         {
             return;
         }
@@ -244,6 +268,7 @@ impl<C: Reusable> ExclusivePool<C> {
             idle.push(Idle {
                 conn,
                 since: crate::clock::coarse(),
+                max_duration: limits.max_duration,
             });
         }
     }
@@ -298,6 +323,10 @@ pub struct MuxConn<C> {
     retired: AtomicBool,
     /// The pool's waiters, woken when a stream ends.
     freed: Arc<Freed>,
+    /// When its last stream ended (coarse clock, ms), for `idle_timeout`.
+    idle_since: AtomicU64,
+    /// When it was opened (coarse clock), for `max_connection_duration`.
+    born: Duration,
 }
 
 /// Requests waiting for a stream slot on an endpoint's connections (they
@@ -376,14 +405,120 @@ impl<C> std::ops::Deref for MuxStream<C> {
 impl<C> Drop for MuxStream<C> {
     fn drop(&mut self) {
         // SeqCst: pairs with a waiter's registration (`MuxPool::stream`).
-        self.conn.streams.fetch_sub(1, Ordering::SeqCst);
+        if self.conn.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.conn.idle_since.store(coarse_ms(), Ordering::Relaxed);
+        }
         self.conn.freed.wake();
+    }
+}
+
+fn coarse_ms() -> u64 {
+    crate::clock::coarse().as_millis() as u64
+}
+
+/// What a `MuxPool` applies to each of its connections (a cluster's
+/// `protocol_options`).
+#[derive(Debug, Clone, Copy)]
+pub struct MuxLimits {
+    /// Streams a connection is handed, ever; then it drains (Envoy's
+    /// `max_requests_per_connection`). `u32::MAX`: no limit.
+    pub max_requests: u32,
+    /// No stream for this long: the connection leaves the pool and closes
+    /// (Envoy's `idle_timeout`, `upstream_cx_idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Opened this long ago: the connection takes no new stream and closes
+    /// once its streams end (Envoy's `max_connection_duration`,
+    /// `upstream_cx_max_duration_reached`).
+    pub max_duration: Option<Duration>,
+}
+
+impl Default for MuxLimits {
+    fn default() -> Self {
+        Self {
+            max_requests: u32::MAX,
+            idle_timeout: None,
+            max_duration: None,
+        }
+    }
+}
+
+type Conns<C> = Mutex<Vec<Arc<MuxConn<C>>>>;
+
+/// Why a pooled connection was let go by its timer.
+#[derive(Clone, Copy, PartialEq)]
+enum Expiry {
+    Idle,
+    MaxDuration,
+}
+
+/// A pooled connection's timer (one task per connection, only when the
+/// pool has an idle timeout or a maximum duration): it takes the
+/// connection out of the pool when it has been idle for `idle_timeout` or
+/// open for `max_duration`, counting why. Dropping the pool's reference
+/// closes an idle connection at once (the codec's connection task sees
+/// its handles gone); a busy one finishes its streams first. Holds only
+/// weak references between wake-ups.
+async fn expire<C: Multiplexed>(
+    conns: std::sync::Weak<Conns<C>>,
+    conn: std::sync::Weak<MuxConn<C>>,
+    limits: MuxLimits,
+    cluster: metrics::SharedString,
+) {
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        let Some(list) = conns.upgrade() else { return };
+        let now = crate::clock::coarse();
+        let mut wait = Duration::MAX;
+        let mut why = None;
+        if let Some(max) = limits.max_duration {
+            match (c.born + max).checked_sub(now) {
+                Some(left) if !left.is_zero() => wait = left,
+                _ => why = Some(Expiry::MaxDuration),
+            }
+        }
+        {
+            // Under the pool's lock: `pick` hands out streams under it, so
+            // an idle connection seen here gets no stream meanwhile.
+            let mut l = list.lock().unwrap_or_else(|p| p.into_inner());
+            if !c.usable() {
+                // Closed, retired or no longer pooled: nothing to time.
+                l.retain(|x| !Arc::ptr_eq(x, &c));
+                return;
+            }
+            if let (None, Some(t)) = (why, limits.idle_timeout) {
+                if c.streams.load(Ordering::SeqCst) == 0 {
+                    let since = Duration::from_millis(c.idle_since.load(Ordering::Relaxed));
+                    match (since + t).checked_sub(now) {
+                        Some(left) if !left.is_zero() => wait = wait.min(left),
+                        _ => why = Some(Expiry::Idle),
+                    }
+                } else {
+                    // It goes idle later than now: not before `t` from now.
+                    wait = wait.min(t);
+                }
+            }
+            if let Some(why) = why {
+                c.retired.store(true, Ordering::Relaxed);
+                l.retain(|x| !Arc::ptr_eq(x, &c));
+                let name = match why {
+                    Expiry::Idle => crate::metrics::names::CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT_TOTAL,
+                    Expiry::MaxDuration => {
+                        crate::metrics::names::CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL
+                    }
+                };
+                metrics::counter!(name, "cluster" => cluster).increment(1);
+                return;
+            }
+        }
+        drop((c, list));
+        // The coarse clock may lag the timer by a tick: at least 1 ms.
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }
 }
 
 /// Multiplexed mode (HTTP/2, HTTP/3, RPC): streams share connections.
 pub struct MuxPool<C> {
-    conns: Mutex<Vec<Arc<MuxConn<C>>>>,
+    conns: Arc<Conns<C>>,
     /// One connect at a time per endpoint: streams that find every
     /// connection full wait for the one being opened instead of each
     /// opening their own.
@@ -392,6 +527,8 @@ pub struct MuxPool<C> {
     /// Streams per connection, ever: a connection that was handed this
     /// many is retired (Envoy's `max_requests_per_connection`).
     max_requests: u32,
+    /// The connections' idle timeout and maximum duration.
+    limits: MuxLimits,
     /// Requests waiting for a stream slot here or a connection slot.
     freed: Arc<Freed>,
 }
@@ -406,11 +543,20 @@ impl<C> MuxPool<C> {
     /// A pool whose connections each carry at most `max_requests` streams
     /// (`u32::MAX`: no limit); then they drain and close.
     pub fn with_max_requests(max_requests: u32) -> Self {
+        Self::with_limits(MuxLimits {
+            max_requests,
+            ..MuxLimits::default()
+        })
+    }
+
+    /// A pool whose connections follow `limits`.
+    pub fn with_limits(limits: MuxLimits) -> Self {
         Self {
-            conns: Mutex::new(Vec::new()),
+            conns: Arc::default(),
             connecting: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-            max_requests: max_requests.max(1),
+            max_requests: limits.max_requests.max(1),
+            limits,
             freed: Arc::default(),
         }
     }
@@ -477,12 +623,15 @@ impl<C: Multiplexed> MuxPool<C> {
             return Ok(s);
         }
         *dial.reserved.lock().unwrap_or_else(|p| p.into_inner()) = slot;
+        let label = dial.cluster.stats.label().clone();
         let conn = Arc::new(MuxConn {
             conn: connect(dial).await?,
             streams: AtomicU32::new(1),
             opened: AtomicU32::new(1),
             retired: AtomicBool::new(self.max_requests <= 1),
             freed: self.freed.clone(),
+            idle_since: AtomicU64::new(coarse_ms()),
+            born: crate::clock::coarse(),
         });
         // An endpoint removed meanwhile: the stream still runs, on a
         // connection that is never pooled.
@@ -491,6 +640,14 @@ impl<C: Multiplexed> MuxPool<C> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(conn.clone());
+            if self.limits.idle_timeout.is_some() || self.limits.max_duration.is_some() {
+                tokio::spawn(expire(
+                    Arc::downgrade(&self.conns),
+                    Arc::downgrade(&conn),
+                    self.limits,
+                    label,
+                ));
+            }
             // Its other stream slots go to the requests waiting here.
             if self.freed.waiting.load(Ordering::SeqCst) > 0 {
                 self.freed.notify.notify_waiters();
@@ -978,6 +1135,7 @@ mod tests {
         let limits = ExclusiveLimits {
             max_idle: 2,
             max_requests: 3,
+            max_duration: None,
         };
         pool.put(Plain(true, 1), &limits);
         pool.put(Plain(false, 1), &limits);

@@ -372,6 +372,9 @@ pub enum LocalReason {
     /// The stream outlived its max stream duration (408, or 504 once the
     /// request was whole: `crate::stream_duration`).
     MaxStreamDuration,
+    /// The upstream request outlived the cluster's `max_stream_duration`
+    /// (flag `UMSDR`): 408, or 504 once the request was whole (`true`).
+    UpstreamMaxStreamDuration(bool),
     /// A stream filter found no valid credentials (401).
     Unauthenticated,
     /// A stream filter refused the stream by policy (403).
@@ -411,6 +414,8 @@ impl LocalReason {
             LocalReason::StreamIdleTimeout | LocalReason::MaxStreamDuration => {
                 StatusCode::REQUEST_TIMEOUT
             }
+            LocalReason::UpstreamMaxStreamDuration(true) => StatusCode::GATEWAY_TIMEOUT,
+            LocalReason::UpstreamMaxStreamDuration(false) => StatusCode::REQUEST_TIMEOUT,
             LocalReason::Unauthenticated => StatusCode::UNAUTHORIZED,
             LocalReason::Forbidden => StatusCode::FORBIDDEN,
             LocalReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -434,6 +439,7 @@ impl LocalReason {
             LocalReason::HeadersTooLarge => "headers_too_large",
             LocalReason::StreamIdleTimeout => "stream_idle_timeout",
             LocalReason::MaxStreamDuration => "max_duration_timeout",
+            LocalReason::UpstreamMaxStreamDuration(_) => "upstream_max_stream_duration",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate_limited",
@@ -466,6 +472,7 @@ impl LocalReason {
             LocalReason::HeadersTooLarge => "request headers too large",
             LocalReason::StreamIdleTimeout => "stream idle timeout",
             LocalReason::MaxStreamDuration => "downstream duration timeout",
+            LocalReason::UpstreamMaxStreamDuration(_) => "upstream max stream duration reached",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",
             LocalReason::RateLimited => "rate limited",

@@ -27,7 +27,8 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         | LocalReason::Overloaded => 14, // UNAVAILABLE
         LocalReason::UpstreamTimeout
         | LocalReason::StreamIdleTimeout
-        | LocalReason::MaxStreamDuration => 4, // DEADLINE_EXCEEDED
+        | LocalReason::MaxStreamDuration
+        | LocalReason::UpstreamMaxStreamDuration(_) => 4, // DEADLINE_EXCEEDED
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT
         LocalReason::PayloadTooLarge | LocalReason::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED

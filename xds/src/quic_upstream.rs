@@ -110,7 +110,13 @@ pub(crate) fn check(
             "not supported on an HTTP/3 (QUIC) cluster",
         );
     }
-    for k in ["idle_timeout", "max_requests_per_connection"] {
+    for k in [
+        "idle_timeout",
+        "max_requests_per_connection",
+        "max_connection_duration",
+        "max_headers_count",
+        "max_stream_duration",
+    ] {
         if options.contains_key(k) {
             return err(
                 k,

@@ -531,12 +531,6 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         None => {}
     }
     let speaks_h2 = matches!(protocol.as_deref(), Some("http2" | "downstream" | "auto"));
-    if speaks_h2 && options.contains_key("idle_timeout") {
-        return err(
-            join(&ext.path, "common_http_protocol_options.idle_timeout"),
-            "not applied to HTTP/2 upstream connections yet (HTTP/1.1 clusters only)",
-        );
-    }
     crate::quic_upstream::check(
         quic,
         protocol.as_deref(),

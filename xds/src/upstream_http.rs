@@ -2,7 +2,8 @@
 //! `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (what istiod
 //! and Envoy Gateway put on every cluster): the upstream protocol
 //! (`explicit_http_config`) and the pool's options (`idle_timeout`,
-//! `max_requests_per_connection`, HTTP/2 windows and
+//! `max_requests_per_connection`, `max_connection_duration`,
+//! `max_headers_count`, `max_stream_duration`, HTTP/2 windows and
 //! `max_concurrent_streams`; HTTP/3 with `crate::quic_upstream`) as the cluster's
 //! `protocol` and `protocol_options`. Every other field, and any other
 //! extension, is refused by name.
@@ -148,11 +149,30 @@ fn http_protocol_options(
                     "0 (no idle timeout) is not supported: meshgate closes idle upstream connections",
                 );
             }
-            let text = match d.subsec_nanos() {
-                0 => format!("{}s", d.as_secs()),
-                _ => format!("{}ms", d.as_millis().max(1)),
-            };
-            out.options.insert("idle_timeout".into(), json!(text));
+            out.options.insert("idle_timeout".into(), json!(text(d)));
+        }
+        // Unset or 0: no limit.
+        if let Some(d) = o.max_connection_duration.take() {
+            let d = duration(&d, &join(&op, "max_connection_duration"))?;
+            if !d.is_zero() {
+                out.options
+                    .insert("max_connection_duration".into(), json!(text(d)));
+            }
+        }
+        if let Some(d) = o.max_stream_duration.take() {
+            let d = duration(&d, &join(&op, "max_stream_duration"))?;
+            if !d.is_zero() {
+                out.options
+                    .insert("max_stream_duration".into(), json!(text(d)));
+            }
+        }
+        // Envoy's range: at least 1.
+        if let Some(v) = o.max_headers_count.take() {
+            if v.value == 0 {
+                return err(join(&op, "max_headers_count"), "must be >= 1");
+            }
+            out.options
+                .insert("max_headers_count".into(), json!(v.value));
         }
         if let Some(v) = o.max_requests_per_connection.take() {
             if v.value == 0 {
@@ -169,6 +189,14 @@ fn http_protocol_options(
         rest(&u, &upath)?;
     }
     rest(&m, path)
+}
+
+/// A duration as meshgate's config writes it (whole seconds, else ms).
+fn text(d: std::time::Duration) -> String {
+    match d.subsec_nanos() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{}ms", d.as_millis().max(1)),
+    }
 }
 
 /// An upstream `Http2ProtocolOptions` (the extension's explicit one, or
@@ -259,6 +287,15 @@ mod tests {
                     nanos: 0,
                 }),
                 max_requests_per_connection: Some(protobuf::UInt32Value { value: 3 }),
+                max_connection_duration: Some(protobuf::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000,
+                }),
+                max_headers_count: Some(protobuf::UInt32Value { value: 20 }),
+                max_stream_duration: Some(protobuf::Duration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -269,20 +306,42 @@ mod tests {
         assert_eq!(out.options["max_concurrent_streams"], 4);
         assert_eq!(out.options["max_requests_per_connection"], 3);
         assert_eq!(out.options["idle_timeout"], "3600s");
+        assert_eq!(out.options["max_connection_duration"], "1500ms");
+        assert_eq!(out.options["max_headers_count"], 20);
+        assert_eq!(out.options["max_stream_duration"], "30s");
+        // As a whole cluster: HTTP/2 with the pool's idle timeout and
+        // maximum duration (what istiod's DestinationRule sends).
+        let mut c = cluster(&m);
+        c.name = "h2".into();
+        let t = crate::translate::cluster(c).unwrap();
+        assert_eq!(t.config.protocol.as_deref(), Some("http2"));
+        assert_eq!(t.config.protocol_options["idle_timeout"], "3600s");
+        assert_eq!(
+            t.config.protocol_options["max_connection_duration"],
+            "1500ms"
+        );
+        // 0: no maximum duration (Envoy's meaning).
+        let mut z = m.clone();
+        z.common_http_protocol_options
+            .as_mut()
+            .unwrap()
+            .max_connection_duration = Some(protobuf::Duration::default());
+        let out = translate(&mut cluster(&z)).unwrap();
+        assert!(!out.options.contains_key("max_connection_duration"));
     }
 
     #[test]
     fn unsupported_fields_and_extensions_are_named() {
         let m = up::HttpProtocolOptions {
             common_http_protocol_options: Some(core3::HttpProtocolOptions {
-                max_headers_count: Some(protobuf::UInt32Value { value: 10 }),
+                headers_with_underscores_action: 1,
                 ..Default::default()
             }),
             ..Default::default()
         };
         let e = translate(&mut cluster(&m)).unwrap_err();
         assert!(
-            e.0.ends_with("common_http_protocol_options.max_headers_count"),
+            e.0.ends_with("common_http_protocol_options.headers_with_underscores_action"),
             "{e:?}"
         );
         let m = up::HttpProtocolOptions {

@@ -497,14 +497,30 @@ impl UpstreamConnection {
     /// Splits off the socket; the returned guard keeps the circuit-breaker
     /// slot until the connection's task drops it.
     pub fn into_parts(self) -> (TcpStream, Arc<Endpoint>, ConnectionGuard) {
-        (self.stream, self.endpoint, ConnectionGuard(self._slot))
+        (self.stream, self.endpoint, ConnectionGuard::new(self._slot))
     }
 }
 
-/// Holds an upstream connection's circuit-breaker slot.
-pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot);
+/// Holds an upstream connection's circuit-breaker slot, and knows when
+/// the connection was opened (`max_connection_duration`).
+pub struct ConnectionGuard(#[allow(dead_code)] ConnectionSlot, Duration);
 
 impl ConnectionGuard {
+    fn new(slot: ConnectionSlot) -> Self {
+        Self(slot, crate::clock::coarse())
+    }
+
+    /// How long ago the connection was opened (coarse clock).
+    pub fn age(&self) -> Duration {
+        crate::clock::coarse().saturating_sub(self.1)
+    }
+
+    /// The `cluster` label of the cluster's series, for counters of the
+    /// connection's end.
+    pub fn label(&self) -> &metrics::SharedString {
+        &self.0.0.label
+    }
+
     /// Whether a request of the cluster waits for a connection slot: a
     /// finished exchange then closes its connection instead of keeping it
     /// idle (`ExclusivePool::put`), which frees the slot for the waiter.
@@ -1028,7 +1044,7 @@ impl Cluster {
             Ok(c) => {
                 endpoint.record_success();
                 self.stats.cx_total.increment(1);
-                Ok((c, ConnectionGuard(slot)))
+                Ok((c, ConnectionGuard::new(slot)))
             }
             Err(e) => {
                 endpoint.record_failure(&self.backoff);
@@ -1047,7 +1063,7 @@ impl Cluster {
         priority: RoutingPriority,
     ) -> Option<ConnectionGuard> {
         self.connection_slot(endpoint, &self.connections[priority_index(priority)])
-            .map(ConnectionGuard)
+            .map(ConnectionGuard::new)
     }
 
     /// Waits in the pending queue of `priority` (`max_pending_requests`)
@@ -2064,6 +2080,7 @@ mod tests {
         let limits = crate::pool::ExclusiveLimits {
             max_idle: 4,
             max_requests: u32::MAX,
+            max_duration: None,
         };
         gone.put(Idle, &limits);
         kept.put(Idle, &limits);

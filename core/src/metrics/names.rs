@@ -73,6 +73,23 @@ pub const CLUSTER_UPSTREAM_CX_CONNECT_FAIL_TOTAL: &str =
 pub const CLUSTER_UPSTREAM_CX_DESTROY_TOTAL: &str = "meshgate_cluster_upstream_cx_destroy_total";
 /// Counter `{cluster,codec}`: pooled connections found dead when reused.
 pub const CLUSTER_UPSTREAM_CX_DEAD_TOTAL: &str = "meshgate_cluster_upstream_cx_dead_total";
+/// Counter `{cluster}`: multiplexed upstream connections (HTTP/2) closed
+/// after `idle_timeout` with no stream (Envoy's `upstream_cx_idle_timeout`).
+pub const CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT_TOTAL: &str =
+    "meshgate_cluster_upstream_cx_idle_timeout_total";
+/// Counter `{cluster}`: upstream connections that reached
+/// `max_connection_duration` and took no more requests (Envoy's
+/// `upstream_cx_max_duration_reached`).
+pub const CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL: &str =
+    "meshgate_cluster_upstream_cx_max_duration_reached_total";
+/// Counter `{cluster}`: upstream responses refused (502, `UPE`) for more
+/// header fields than the cluster's `max_headers_count`.
+pub const CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_headers_count_exceeded_total";
+/// Counter `{cluster}`: upstream requests reset at the cluster's
+/// `max_stream_duration` (Envoy's `upstream_rq_max_duration_reached`).
+pub const CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL: &str =
+    "meshgate_cluster_upstream_rq_max_duration_reached_total";
 /// Counter `{cluster}`: bytes written to upstream.
 pub const CLUSTER_UPSTREAM_BYTES_SENT_TOTAL: &str = "meshgate_cluster_upstream_bytes_sent_total";
 /// Counter `{cluster}`: bytes read from upstream.
@@ -625,6 +642,19 @@ pub const ALL: &[(&str, Kind)] = &[
     (CLUSTER_UPSTREAM_CX_CONNECT_FAIL_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_CX_DESTROY_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_CX_DEAD_TOTAL, Kind::Counter),
+    (CLUSTER_UPSTREAM_CX_IDLE_TIMEOUT_TOTAL, Kind::Counter),
+    (
+        CLUSTER_UPSTREAM_CX_MAX_DURATION_REACHED_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL,
+        Kind::Counter,
+    ),
+    (
+        CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL,
+        Kind::Counter,
+    ),
     (CLUSTER_UPSTREAM_BYTES_SENT_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_BYTES_RECEIVED_TOTAL, Kind::Counter),
     (CLUSTER_UPSTREAM_RQ_RETRY_TOTAL, Kind::Counter),

@@ -127,6 +127,7 @@ impl Flags {
             "bad_request" | "headers_too_large" => "DPE",
             "stream_idle_timeout" => "SI",
             "max_duration_timeout" => "DT",
+            "upstream_max_stream_duration" => "UMSDR",
             "rate_limited" => "RL",
             "drop_overload" => "DO",
             "overloaded" | "overload" => "OM",

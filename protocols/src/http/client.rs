@@ -23,7 +23,9 @@ use meshgate_core::BuildError;
 use meshgate_core::cluster::{Cluster, ConnectionGuard, Endpoint, request_priority};
 use meshgate_core::codec::{ClientCodec, UpstreamError, UpstreamFuture};
 use meshgate_core::config::circuit_breakers::RoutingPriority;
-use meshgate_core::pool::{Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxPool, Reusable};
+use meshgate_core::pool::{
+    Dial, ExclusiveLimits, HttpAlpn, Multiplexed, MuxLimits, MuxPool, Reusable,
+};
 use meshgate_core::stream::{MalformedBody, Request, Response, box_body, empty_body};
 use serde::Deserialize;
 use std::future::Future;
@@ -41,9 +43,32 @@ pub struct PoolOptions {
     /// Idle keep-alive connections kept per endpoint (HTTP/1).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
-    /// An idle connection older than this is closed rather than reused.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    /// HTTP/1.1: an idle connection older than this is closed rather than
+    /// reused (unset: 60s). HTTP/2: a connection with no stream for this
+    /// long is closed and leaves the pool (unset: 1h, Envoy's default; `0s`:
+    /// never). Envoy's `common_http_protocol_options.idle_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// A connection opened this long ago takes no new request: HTTP/1.1,
+    /// it is not reused; HTTP/2, it leaves the pool and closes when its
+    /// streams end. Unset: no limit. Envoy's
+    /// `common_http_protocol_options.max_connection_duration`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_duration: Option<Duration>,
+    /// A response head with more header fields than this is a protocol
+    /// error for its request (502, flag `UPE`), counted in
+    /// `meshgate_cluster_upstream_rq_headers_count_exceeded_total`. Unset:
+    /// no limit of its own (an HTTP/1.1 head still has at most 128).
+    /// Envoy's `common_http_protocol_options.max_headers_count`.
+    #[serde(default)]
+    pub max_headers_count: Option<std::num::NonZeroU32>,
+    /// An upstream request older than this (from when it is sent) is
+    /// reset: answered 408, or 504 once the downstream request arrived
+    /// whole, flag `UMSDR`; a response already started is cut. Counted in
+    /// `meshgate_cluster_upstream_rq_max_duration_reached_total`. Unset or
+    /// `0s`: none. Envoy's `common_http_protocol_options.max_stream_duration`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_stream_duration: Option<Duration>,
     /// Requests (streams, on HTTP/2) one upstream connection carries before
     /// it is closed (HTTP/2: drained); unset, no limit. Envoy's
     /// `max_requests_per_connection`.
@@ -77,7 +102,22 @@ impl PoolOptions {
         ExclusiveLimits {
             max_idle: self.max_idle_per_endpoint,
             max_requests: self.max_requests(),
+            max_duration: self.max_duration(),
         }
+    }
+
+    /// HTTP/1.1's idle timeout.
+    fn h1_idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(Duration::from_secs(60))
+    }
+
+    /// HTTP/2's: Envoy's default, one hour; `0s`, none.
+    fn h2_idle_timeout(&self) -> Option<Duration> {
+        Some(self.idle_timeout.unwrap_or(Duration::from_secs(3600))).filter(|d| !d.is_zero())
+    }
+
+    fn max_duration(&self) -> Option<Duration> {
+        self.max_connection_duration.filter(|d| !d.is_zero())
     }
 
     fn max_requests(&self) -> u32 {
@@ -88,9 +128,6 @@ impl PoolOptions {
 
 fn default_max_idle() -> usize {
     256
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
 }
 
 /// A failed exchange as Envoy classes it: a response it cannot parse (an
@@ -458,7 +495,7 @@ impl Http1Client {
                 Some(_) => None,
                 None => h1_upstream::Pool::of(&endpoint, priority),
             };
-            let idle = pool.and_then(|p| p.upgradable.take(opts.idle_timeout));
+            let idle = pool.and_then(|p| p.upgradable.take(opts.h1_idle_timeout()));
             let want_local = wants_local(req.extensions());
             let (mut sender, exchanges, local, slot) = match idle {
                 Some(HyperConn(s, n, l, g)) => (s, n, l, g),
@@ -468,7 +505,7 @@ impl Http1Client {
                     // to set up, and at `max_connections` its slot would
                     // otherwise keep this request waiting.
                     let fast = pool
-                        .and_then(|p| p.fast.take(opts.idle_timeout))
+                        .and_then(|p| p.fast.take(opts.h1_idle_timeout()))
                         .and_then(h1_upstream::Conn::into_io);
                     let (io, guard, n) = match fast {
                         Some(c) => c,
@@ -599,8 +636,8 @@ fn send_fast(
     // again into locals, and connecting (rare, with a large TLS handshake
     // state) is boxed, so the future boxed per request stays small.
     async move {
-        let idle =
-            h1_upstream::Pool::of(&endpoint, priority).and_then(|p| p.fast.take(opts.idle_timeout));
+        let idle = h1_upstream::Pool::of(&endpoint, priority)
+            .and_then(|p| p.fast.take(opts.h1_idle_timeout()));
         let conn = match idle {
             Some(c) => c,
             None => connect_by(&cluster, &endpoint, auth.clone(), deadline, priority).await?,
@@ -756,9 +793,9 @@ impl Multiplexed for H2Conn {
 
 type H2Stream = meshgate_core::pool::MuxStream<H2Conn>;
 
-/// HTTP/2 upstream: streams multiplexed on the endpoint's connections.
-/// Of its options only `max_requests_per_connection` applies; the idle
-/// ones are HTTP/1's.
+/// HTTP/2 upstream: streams multiplexed on the endpoint's connections,
+/// with `max_requests_per_connection`, `idle_timeout` and
+/// `max_connection_duration` applied by the pool (`MuxLimits`).
 pub struct Http2Client {
     opts: H2Options,
     /// `protocol: auto`: where a request goes when the endpoint's
@@ -772,7 +809,7 @@ struct H2Options {
     /// `protocol: auto`: what the HTTP/1.1 pool keeps of a connection
     /// whose handshake chose HTTP/1.1.
     h1_limits: ExclusiveLimits,
-    max_requests: u32,
+    mux: MuxLimits,
     max_streams: u32,
     stream_window: Option<u32>,
     connection_window: Option<u32>,
@@ -806,7 +843,11 @@ impl Http2Client {
             fallback: None,
             opts: H2Options {
                 h1_limits: opts.limits(),
-                max_requests: opts.max_requests(),
+                mux: MuxLimits {
+                    max_requests: opts.max_requests(),
+                    idle_timeout: opts.h2_idle_timeout(),
+                    max_duration: opts.max_duration(),
+                },
                 max_streams: opts.max_concurrent_streams.map_or(u32::MAX, |n| n.get()),
                 stream_window: opts.initial_stream_window_size,
                 connection_window: opts.initial_connection_window_size,
@@ -851,7 +892,7 @@ async fn h2_stream(
     proxy: Option<Bytes>,
     priority: RoutingPriority,
 ) -> Result<H2Stream, UpstreamError> {
-    let max_requests = opts.max_requests;
+    let mux = opts.mux;
     // PROXY protocol: a connection of its own, for one stream, in a pool
     // of its own that keeps nothing (`meshgate_core::proxy_protocol_http`).
     let own;
@@ -861,9 +902,7 @@ async fn h2_stream(
             &own
         }
         None => endpoint
-            .pool_at(priority, || {
-                MuxPool::<H2Conn>::with_max_requests(max_requests)
-            })
+            .pool_at(priority, || MuxPool::<H2Conn>::with_limits(mux))
             .ok_or_else(|| UpstreamError::Connect("endpoint pool of another codec".into()))?,
     };
     pool.stream(Dial::at(cluster, endpoint, priority), |dial| async move {
@@ -1214,5 +1253,205 @@ impl ClientCodec for AutoClient {
                     .unwrap_or_else(|r| self.h1.send(cluster, endpoint, r))
             }),
         )
+    }
+}
+
+/// `max_headers_count` around a cluster's HTTP client: a response head
+/// with more header fields fails its request as a protocol error (its
+/// body dropped, so the HTTP/1.1 connection is not reused and the HTTP/2
+/// stream is reset), counted per cluster.
+pub(super) struct HeadersLimited {
+    pub(super) inner: Arc<dyn ClientCodec>,
+    pub(super) max: usize,
+}
+
+/// `max_stream_duration` around a cluster's HTTP client.
+pub(super) struct DurationLimited {
+    inner: Arc<dyn ClientCodec>,
+    max: Duration,
+}
+
+fn max_duration_reached(label: &metrics::SharedString) {
+    metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_RQ_MAX_DURATION_REACHED_TOTAL, "cluster" => label.clone()).increment(1);
+}
+
+impl DurationLimited {
+    /// `send` (through `f`) raced against the limit, the response body
+    /// too.
+    #[allow(clippy::result_large_err)]
+    fn wrap(
+        &self,
+        cluster: &Cluster,
+        mut req: Request,
+        f: impl FnOnce(Request) -> Result<UpstreamFuture, Request>,
+    ) -> Result<UpstreamFuture, Request> {
+        let whole = meshgate_core::stream_duration::track_request(&mut req);
+        let deadline = tokio::time::Instant::now() + self.max;
+        let fut = f(req)?;
+        let label = cluster.stats.label().clone();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(Ok(resp)) => Ok(resp.map(|body| {
+                    box_body(UntilDeadline {
+                        body,
+                        timer: Box::pin(tokio::time::sleep_until(deadline)),
+                        label,
+                    })
+                })),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    max_duration_reached(&label);
+                    Err(UpstreamError::Reset(Box::new(
+                        meshgate_core::codec::MaxStreamDurationReached {
+                            request_whole: whole.complete(),
+                        },
+                    )))
+                }
+            }
+        }))
+    }
+}
+
+/// A response body cut (an error: the downstream stream is reset) at the
+/// upstream request's `max_stream_duration`.
+struct UntilDeadline {
+    body: meshgate_core::stream::Body,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    label: metrics::SharedString,
+}
+
+impl http_body::Body for UntilDeadline {
+    type Data = Bytes;
+    type Error = meshgate_core::stream::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        if let Poll::Ready(r) = Pin::new(&mut me.body).poll_frame(cx) {
+            return Poll::Ready(r);
+        }
+        match me.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                max_duration_reached(&me.label);
+                Poll::Ready(Some(Err(Box::new(
+                    meshgate_core::codec::MaxStreamDurationReached {
+                        request_whole: true,
+                    },
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl ClientCodec for DurationLimited {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        #[allow(clippy::result_large_err)]
+        let sent = self.wrap(cluster, req, |r| Ok(self.inner.send(cluster, endpoint, r)));
+        // `send` always sends: the closure never gives the request back.
+        sent.unwrap_or_else(|_| Box::pin(async { Err(UpstreamError::Overflow) }))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        self.wrap(cluster, req, |r| {
+            self.inner.send_by(cluster, endpoint, r, deadline)
+        })
+    }
+
+    fn health_check_client(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn meshgate_core::codec::HealthCheckClient>> {
+        self.inner.health_check_client(cluster, endpoint)
+    }
+}
+
+/// A response with more than `max` header fields is the exchange's
+/// protocol error.
+fn limit_headers(f: UpstreamFuture, max: usize, cluster: &Cluster) -> UpstreamFuture {
+    let label = cluster.stats.label().clone();
+    Box::pin(async move {
+        let resp = f.await?;
+        let n = resp.headers().len();
+        if n > max {
+            metrics::counter!(meshgate_core::metrics::names::CLUSTER_UPSTREAM_RQ_HEADERS_COUNT_EXCEEDED_TOTAL, "cluster" => label).increment(1);
+            return Err(UpstreamError::Protocol(
+                format!("{n} response header fields, over max_headers_count {max}").into(),
+            ));
+        }
+        Ok(resp)
+    })
+}
+
+impl ClientCodec for HeadersLimited {
+    fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+    ) -> UpstreamFuture {
+        limit_headers(self.inner.send(cluster, endpoint, req), self.max, cluster)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_by(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+        req: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamFuture, Request> {
+        self.inner
+            .send_by(cluster, endpoint, req, deadline)
+            .map(|f| limit_headers(f, self.max, cluster))
+    }
+
+    fn health_check_client(
+        &self,
+        cluster: &Arc<Cluster>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Option<Box<dyn meshgate_core::codec::HealthCheckClient>> {
+        self.inner.health_check_client(cluster, endpoint)
+    }
+}
+
+impl PoolOptions {
+    /// `client`, behind `max_stream_duration` and `max_headers_count`
+    /// when set.
+    pub(super) fn limited(&self, client: Arc<dyn ClientCodec>) -> Arc<dyn ClientCodec> {
+        let client: Arc<dyn ClientCodec> = match self.max_stream_duration {
+            Some(max) if !max.is_zero() => Arc::new(DurationLimited { inner: client, max }),
+            _ => client,
+        };
+        match self.max_headers_count {
+            Some(n) => Arc::new(HeadersLimited {
+                inner: client,
+                max: n.get() as usize,
+            }),
+            None => client,
+        }
     }
 }

@@ -188,7 +188,7 @@ impl CodecFactory for Http1Codec {
                 "an HTTP/2 stream limit, on an http1 cluster (one request per connection)",
             ));
         }
-        Ok(Arc::new(Http1Client::new(opts)))
+        Ok(opts.limited(Arc::new(Http1Client::new(opts.clone()))))
     }
 }
 
@@ -207,7 +207,7 @@ impl CodecFactory for Http2Codec {
     fn client(&self, config: &serde_json::Value) -> Result<Arc<dyn ClientCodec>, BuildError> {
         let opts: PoolOptions = parse_typed(config)?;
         opts.validate()?;
-        Ok(Arc::new(Http2Client::new(opts)))
+        Ok(opts.limited(Arc::new(Http2Client::new(opts.clone()))))
     }
     fn alpn_client(
         &self,
@@ -216,7 +216,7 @@ impl CodecFactory for Http2Codec {
         let build = || -> Result<Arc<dyn ClientCodec>, BuildError> {
             let opts: PoolOptions = parse_typed(config)?;
             opts.validate()?;
-            Ok(Arc::new(client::AutoClient::new(opts)))
+            Ok(opts.limited(Arc::new(client::AutoClient::new(opts.clone()))))
         };
         Some(build())
     }

@@ -160,7 +160,8 @@ impl RpcErrorKind {
             LocalReason::NoRoute => Self::NotFound,
             LocalReason::UpstreamTimeout
             | LocalReason::StreamIdleTimeout
-            | LocalReason::MaxStreamDuration => Self::Timeout,
+            | LocalReason::MaxStreamDuration
+            | LocalReason::UpstreamMaxStreamDuration(_) => Self::Timeout,
             LocalReason::BadRequest
             | LocalReason::PayloadTooLarge
             | LocalReason::HeadersTooLarge => Self::BadRequest,
