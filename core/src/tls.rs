@@ -44,6 +44,9 @@ pub struct PeerIdentity {
     /// The certificate itself (DER), for filters that pass it on
     /// (ext_authz's `include_peer_certificate`).
     pub der: Vec<u8>,
+    /// Hex SHA-256 of `der` (`x-forwarded-client-cert`'s `Hash=`), once
+    /// per handshake rather than per request.
+    pub sha256_hex: String,
 }
 
 impl PeerIdentity {
@@ -54,6 +57,14 @@ impl PeerIdentity {
         let mut id = PeerIdentity {
             subject: cert.subject().to_string(),
             der: der.to_vec(),
+            sha256_hex: ring::digest::digest(&ring::digest::SHA256, der)
+                .as_ref()
+                .iter()
+                .fold(String::with_capacity(64), |mut h, b| {
+                    use std::fmt::Write;
+                    let _ = write!(h, "{b:02x}");
+                    h
+                }),
             ..Default::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -1395,10 +1395,7 @@ impl ProxyHandler {
 /// connection and not written.)
 fn xfcc(peer: &meshgate_core::tls::PeerIdentity, details: ClientCertDetails) -> String {
     use std::fmt::Write;
-    let mut v = String::from("Hash=");
-    for b in ring::digest::digest(&ring::digest::SHA256, &peer.der).as_ref() {
-        let _ = write!(v, "{b:02x}");
-    }
+    let mut v = format!("Hash={}", peer.sha256_hex);
     if details.cert {
         v.push_str(";Cert=\"");
         v.push_str(&url_encoded_pem(&peer.der));
@@ -1425,6 +1422,7 @@ fn xfcc(peer: &meshgate_core::tls::PeerIdentity, details: ClientCertDetails) -> 
 /// A DER certificate as PEM, URL-encoded as Envoy writes `Cert=`.
 fn url_encoded_pem(der: &[u8]) -> String {
     use base64::Engine;
+    use std::fmt::Write;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
     for chunk in b64.as_bytes().chunks(64) {
@@ -1437,7 +1435,7 @@ fn url_encoded_pem(der: &[u8]) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out

@@ -6,7 +6,7 @@
 //! list with none of them is refused. A used policy's fields that meshgate
 //! cannot honour are refused by name, never skipped.
 
-use crate::translate::{R, decode, duration, err, join, rest};
+use crate::translate::{R, decode, err, join, rest};
 use envoy_types::pb::envoy::config::cluster::v3 as cds;
 use envoy_types::pb::envoy::extensions::load_balancing_policies as lbp;
 use serde_json::{Value, json};
@@ -91,15 +91,12 @@ pub(crate) fn translate(c: &mut cds::Cluster) -> R<Option<(&'static str, Value)>
                     Ok(HashFunction::DefaultHash | HashFunction::XxHash) => {}
                     _ => return err(join(&path, "hash_function"), "only XX_HASH"),
                 }
-                let mut cfg = serde_json::Map::new();
-                if let Some(v) = m.minimum_ring_size.take() {
-                    cfg.insert("minimum_ring_size".into(), json!(v.value));
-                }
-                if let Some(v) = m.maximum_ring_size.take() {
-                    cfg.insert("maximum_ring_size".into(), json!(v.value));
-                }
+                let cfg = ring_sizes(
+                    m.minimum_ring_size.take().map(|v| v.value),
+                    m.maximum_ring_size.take().map(|v| v.value),
+                );
                 rest(&m, &path)?;
-                ("ring_hash", object(cfg))
+                ("ring_hash", cfg)
             }
             MAGLEV => {
                 let mut m: lbp::maglev::v3::Maglev = decode(any, MAGLEV).map_err(bad)?;
@@ -133,15 +130,12 @@ pub(crate) fn legacy(c: &mut cds::Cluster) -> R<Value> {
                 Ok(HashFunction::XxHash) => {}
                 _ => return err(join(path, "hash_function"), "only XX_HASH"),
             }
-            let mut cfg = serde_json::Map::new();
-            if let Some(v) = r.minimum_ring_size.take() {
-                cfg.insert("minimum_ring_size".into(), json!(v.value));
-            }
-            if let Some(v) = r.maximum_ring_size.take() {
-                cfg.insert("maximum_ring_size".into(), json!(v.value));
-            }
+            let cfg = ring_sizes(
+                r.minimum_ring_size.take().map(|v| v.value),
+                r.maximum_ring_size.take().map(|v| v.value),
+            );
             rest(&r, path)?;
-            Ok(object(cfg))
+            Ok(cfg)
         }
         Some(LbConfig::MaglevLbConfig(mut m)) => {
             let cfg = m
@@ -158,33 +152,36 @@ pub(crate) fn legacy(c: &mut cds::Cluster) -> R<Value> {
     }
 }
 
-fn object(m: serde_json::Map<String, Value>) -> Value {
-    if m.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(m)
-    }
-}
-
 /// A policy's `slow_start_config` as meshgate's `lb_config`.
 fn slow_start(s: Option<lbp::common::v3::SlowStartConfig>, path: &str) -> R<Value> {
     let Some(mut s) = s else {
         return Ok(Value::Null);
     };
-    let window = match s.slow_start_window.take() {
-        Some(d) => duration(&d, &join(path, "slow_start_window"))?,
-        None => return err(join(path, "slow_start_window"), "required"),
-    };
-    let mut out = json!({ "slow_start_window": format!("{}ms", window.as_millis()) });
-    // No runtime layer: the aggression's default value is used.
-    if let Some(a) = s.aggression.take() {
-        out["aggression"] = json!(a.default_value);
-    }
-    if let Some(p) = s.min_weight_percent.take() {
-        out["min_weight_percent"] = json!(p.value);
-    }
+    let out = crate::slow_start::config(
+        s.slow_start_window.take(),
+        s.aggression.take(),
+        s.min_weight_percent.take(),
+        path,
+    )?;
     rest(&s, path)?;
-    Ok(json!({ "slow_start_config": out }))
+    Ok(out)
+}
+
+/// `minimum_ring_size` and `maximum_ring_size` as `ring_hash`'s
+/// `lb_config` (`Null` when neither is set).
+fn ring_sizes(min: Option<u64>, max: Option<u64>) -> Value {
+    let mut cfg = serde_json::Map::new();
+    if let Some(v) = min {
+        cfg.insert("minimum_ring_size".into(), json!(v));
+    }
+    if let Some(v) = max {
+        cfg.insert("maximum_ring_size".into(), json!(v));
+    }
+    if cfg.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(cfg)
+    }
 }
 
 #[cfg(test)]

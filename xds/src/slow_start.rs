@@ -30,19 +30,36 @@ pub(crate) fn lb_config(c: &mut cds::Cluster) -> R<Value> {
     let Some(mut s) = ssc else {
         return Ok(Value::Null);
     };
-    let window = match s.slow_start_window.take() {
+    let out = config(
+        s.slow_start_window.take(),
+        s.aggression.take(),
+        s.min_weight_percent.take(),
+        path,
+    )?;
+    rest(&s, path)?;
+    Ok(out)
+}
+
+/// A `slow_start_config`'s fields (the cluster's and the typed policies'
+/// messages carry the same ones) as meshgate's `lb_config`.
+pub(crate) fn config(
+    window: Option<envoy_types::pb::google::protobuf::Duration>,
+    aggression: Option<envoy_types::pb::envoy::config::core::v3::RuntimeDouble>,
+    min_weight_percent: Option<envoy_types::pb::envoy::r#type::v3::Percent>,
+    path: &str,
+) -> R<Value> {
+    let window = match window {
         Some(d) => duration(&d, &join(path, "slow_start_window"))?,
         None => return err(join(path, "slow_start_window"), "required"),
     };
     let mut out = json!({ "slow_start_window": format!("{}ms", window.as_millis()) });
     // No runtime layer: the aggression's default value is used.
-    if let Some(a) = s.aggression.take() {
+    if let Some(a) = aggression {
         out["aggression"] = json!(a.default_value);
     }
-    if let Some(p) = s.min_weight_percent.take() {
+    if let Some(p) = min_weight_percent {
         out["min_weight_percent"] = json!(p.value);
     }
-    rest(&s, path)?;
     Ok(json!({ "slow_start_config": out }))
 }
 

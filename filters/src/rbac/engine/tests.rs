@@ -261,6 +261,7 @@ fn authenticated_uri_then_dns_then_subject_and_fail_closed() {
         dns_sans: dns.iter().map(|s| s.to_string()).collect(),
         subject: subject.into(),
         der: Vec::new(),
+        sha256_hex: String::new(),
     };
     assert!(ok(Some(id(&["spiffe://mesh/ns/a/sa/good"], &[], "CN=x"))));
     assert!(!ok(Some(id(&["spiffe://mesh/ns/a/sa/bad"], &[], "CN=x"))));
