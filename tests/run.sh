@@ -76,6 +76,10 @@ node -e 'const p=require("./tests/peers/package.json");const fs=require("fs");fo
   || npm ci --prefix tests/peers --no-audit --no-fund --silent \
   || { sleep 5; npm ci --prefix tests/peers --no-audit --no-fund; }  # a fresh machine's first npm ci failed once (registry hiccup)
 
+# A clean CI build writes no incremental caches: they would double the disk
+# a one-shot build takes and are never read again.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
