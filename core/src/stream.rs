@@ -372,6 +372,9 @@ pub enum LocalReason {
     /// The stream outlived its max stream duration (408, or 504 once the
     /// request was whole: `crate::stream_duration`).
     MaxStreamDuration,
+    /// The request did not arrive whole within the HCM's
+    /// `request_timeout` (408, Envoy's `request_overall_timeout`).
+    RequestTimeout,
     /// The upstream request outlived the cluster's `max_stream_duration`
     /// (flag `UMSDR`): 408, or 504 once the request was whole (`true`).
     UpstreamMaxStreamDuration(bool),
@@ -411,7 +414,9 @@ impl LocalReason {
             LocalReason::BadRequest => StatusCode::BAD_REQUEST,
             LocalReason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             LocalReason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            LocalReason::StreamIdleTimeout | LocalReason::MaxStreamDuration => {
+            LocalReason::StreamIdleTimeout
+            | LocalReason::MaxStreamDuration
+            | LocalReason::RequestTimeout => {
                 StatusCode::REQUEST_TIMEOUT
             }
             LocalReason::UpstreamMaxStreamDuration(true) => StatusCode::GATEWAY_TIMEOUT,
@@ -439,6 +444,7 @@ impl LocalReason {
             LocalReason::HeadersTooLarge => "headers_too_large",
             LocalReason::StreamIdleTimeout => "stream_idle_timeout",
             LocalReason::MaxStreamDuration => "max_duration_timeout",
+            LocalReason::RequestTimeout => "request_overall_timeout",
             LocalReason::UpstreamMaxStreamDuration(_) => "upstream_max_stream_duration",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",
@@ -472,6 +478,7 @@ impl LocalReason {
             LocalReason::HeadersTooLarge => "request headers too large",
             LocalReason::StreamIdleTimeout => "stream idle timeout",
             LocalReason::MaxStreamDuration => "downstream duration timeout",
+            LocalReason::RequestTimeout => "request timeout",
             LocalReason::UpstreamMaxStreamDuration(_) => "upstream max stream duration reached",
             LocalReason::Unauthenticated => "unauthenticated",
             LocalReason::Forbidden => "forbidden",

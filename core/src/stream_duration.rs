@@ -171,6 +171,33 @@ pub async fn race<F: Future>(fut: F, deadline: Instant) -> Option<F::Output> {
     .await
 }
 
+/// Envoy HCM's `request_timeout`: runs `fut` (the stream up to its
+/// response head) until `deadline`, by which the request must have
+/// arrived whole; `None` when it had not. A request whole in time, or a
+/// response ready first, disarms the timer.
+pub async fn until_request_timeout<F: Future>(
+    fut: F,
+    end: &RequestEnd,
+    deadline: Instant,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline));
+    let mut armed = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if armed && sleep.as_mut().poll(cx).is_ready() {
+            if !end.complete() {
+                return Poll::Ready(None);
+            }
+            armed = false;
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// The answer when the limit passed before the response: 408, or 504 when
 /// the request had arrived whole (Envoy's `maybeRequestTimeoutCode`).
 pub fn reached(info: &mut StreamInfo, request_complete: bool) -> Response {
@@ -327,6 +354,43 @@ mod tests {
         assert_eq!(
             grpc_timeout_value(Duration::from_secs(u64::MAX / 2)),
             "99999999H"
+        );
+    }
+}
+
+#[cfg(test)]
+mod request_timeout_tests {
+    use super::*;
+
+    fn end(done: bool) -> RequestEnd {
+        RequestEnd(Arc::new(AtomicBool::new(done)))
+    }
+
+    #[tokio::test]
+    async fn fires_only_while_the_request_is_not_whole() {
+        let deadline = Instant::now() + Duration::from_millis(50);
+        // Not whole at the deadline: the stream is cut.
+        let slow = tokio::time::sleep(Duration::from_millis(300));
+        assert!(
+            until_request_timeout(slow, &end(false), deadline)
+                .await
+                .is_none()
+        );
+        // Whole in time: the timer is disarmed, the response may take longer.
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            7
+        };
+        assert_eq!(
+            until_request_timeout(slow, &end(true), deadline).await,
+            Some(7)
+        );
+        // The response first: no timer at all.
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            until_request_timeout(async { 8 }, &end(false), deadline).await,
+            Some(8)
         );
     }
 }

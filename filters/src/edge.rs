@@ -31,6 +31,9 @@ pub(crate) struct EdgeOptions<'a> {
     pub strip_any_host_port: bool,
     pub strip_matching_host_port: bool,
     pub max_headers_count: Option<u32>,
+    pub via: &'a str,
+    pub skip_xff_append: bool,
+    pub strip_trailing_host_dot: bool,
 }
 
 /// Envoy HCM's `strip_any_host_port` / `strip_matching_host_port`.
@@ -117,6 +120,10 @@ pub(crate) struct Edge {
     strip_port: StripPort,
     /// `max_headers_count` (`usize::MAX`: none).
     max_headers: usize,
+    /// `via`: appended to requests and responses.
+    via: Option<HeaderValue>,
+    skip_xff_append: bool,
+    strip_trailing_host_dot: bool,
 }
 
 /// What normalisation made of a path.
@@ -175,6 +182,13 @@ impl Edge {
                 ));
             }
         };
+        let via = match o.via {
+            "" => None,
+            v => Some(
+                HeaderValue::from_str(v)
+                    .map_err(|_| BuildError::new("via", "must be a valid header value"))?,
+            ),
+        };
         if scheme.is_some() && o.scheme.match_upstream {
             return Err(BuildError::new(
                 "scheme_header_transformation",
@@ -203,7 +217,59 @@ impl Edge {
             scheme_match_upstream: o.scheme.match_upstream,
             strip_port,
             max_headers: o.max_headers_count.map_or(usize::MAX, |n| n as usize),
+            via,
+            skip_xff_append: o.skip_xff_append,
+            strip_trailing_host_dot: o.strip_trailing_host_dot,
         })
+    }
+
+    /// Envoy's `strip_trailing_host_dot`: `example.com.` (and
+    /// `example.com.:8080`) becomes `example.com` (`example.com:8080`)
+    /// before the port is stripped, the filters run and the route is
+    /// chosen. Off, it costs one comparison.
+    pub(crate) fn strip_host_dot(&self, req: &mut Request) {
+        if !self.strip_trailing_host_dot {
+            return;
+        }
+        let host = meshgate_core::router::request_host(req.uri(), req.headers());
+        let name_len =
+            meshgate_core::router::strip_port(host.as_bytes()).map_or(host.len(), |b| b.len());
+        if name_len < 2 || !host[..name_len].ends_with('.') {
+            return;
+        }
+        let new = format!("{}{}", &host[..name_len - 1], &host[name_len..]);
+        set_authority(req, &new);
+    }
+
+    /// Envoy's `via`: appended (`, `-separated) to the `via` header of a
+    /// request sent upstream or a response. Unset, one comparison.
+    #[inline]
+    pub(crate) fn append_via(&self, h: &mut HeaderMap) {
+        let Some(via) = &self.via else {
+            return;
+        };
+        let v = match h.get(http::header::VIA) {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + via.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(via.as_bytes());
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+            }
+            None => Some(via.clone()),
+        };
+        if let Some(v) = v {
+            h.insert(http::header::VIA, v);
+        }
+    }
+
+    /// An external request at the edge: `use_remote_address` and a client
+    /// that is not internal (one that sent `x-forwarded-for`, or whose
+    /// address is not internal), as `strip_external` judges it.
+    #[inline]
+    pub(crate) fn is_external(&self, had_xff: bool, peer: IpAddr) -> bool {
+        self.use_remote_address
+            && (had_xff || !meshgate_core::retry_headers::is_internal_address(peer))
     }
 
     /// Envoy's `strip_any_host_port` / `strip_matching_host_port`: the
@@ -225,23 +291,8 @@ impl Edge {
         {
             return;
         }
-        let bare = &host[..bare.len()];
-        let (Ok(authority), Ok(value)) = (
-            bare.parse::<http::uri::Authority>(),
-            HeaderValue::from_str(bare),
-        ) else {
-            return;
-        };
-        if req.uri().authority().is_some() {
-            let mut parts = req.uri().clone().into_parts();
-            parts.authority = Some(authority);
-            if let Ok(u) = Uri::from_parts(parts) {
-                *req.uri_mut() = u;
-            }
-        }
-        if let Some(h) = req.headers_mut().get_mut(http::header::HOST) {
-            *h = value;
-        }
+        let bare = host[..bare.len()].to_string();
+        set_authority(req, &bare);
     }
 
     /// Envoy's `max_headers_count`: more header fields than that is a
@@ -463,6 +514,8 @@ impl Edge {
                 info.downstream_remote_address = ip;
             }
             let xff = match prev {
+                // skip_xff_append: the client is judged, XFF left as it came.
+                _ if self.skip_xff_append => None,
                 Some(prev) => {
                     let mut v = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
                     v.extend_from_slice(prev.as_bytes());
@@ -506,6 +559,27 @@ impl Edge {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The request's authority replaced (the URI's, if it has one, and
+/// `Host`); left as it was if `authority` is not a valid one.
+fn set_authority(req: &mut Request, authority: &str) {
+    let (Ok(a), Ok(value)) = (
+        authority.parse::<http::uri::Authority>(),
+        HeaderValue::from_str(authority),
+    ) else {
+        return;
+    };
+    if req.uri().authority().is_some() {
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(a);
+        if let Ok(u) = Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    if let Some(h) = req.headers_mut().get_mut(http::header::HOST) {
+        *h = value;
+    }
+}
 
 /// The address `n` places from the right of an `x-forwarded-for` value
 /// (0: the last one).

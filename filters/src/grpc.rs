@@ -28,6 +28,7 @@ pub(crate) fn status(reason: LocalReason) -> u32 {
         LocalReason::UpstreamTimeout
         | LocalReason::StreamIdleTimeout
         | LocalReason::MaxStreamDuration
+        | LocalReason::RequestTimeout
         | LocalReason::UpstreamMaxStreamDuration(_) => 4, // DEADLINE_EXCEEDED
         LocalReason::UpstreamProtocolError => 13, // INTERNAL
         LocalReason::BadRequest => 3, // INVALID_ARGUMENT

@@ -166,7 +166,8 @@ pub async fn call(
         let (status, error) = match reason {
             LocalReason::UpstreamTimeout
             | LocalReason::StreamIdleTimeout
-            | LocalReason::MaxStreamDuration => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            | LocalReason::MaxStreamDuration
+            | LocalReason::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             LocalReason::NoHealthyUpstream
             | LocalReason::UpstreamConnectFailure
             | LocalReason::ClusterNotFound => (StatusCode::SERVICE_UNAVAILABLE, "no_provider"),

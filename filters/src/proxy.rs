@@ -244,6 +244,9 @@ impl NetworkFilterFactory for ProxyFactory {
                         .max_headers_count
                         .unwrap_or_else(|| default_header_count(&cfg.codec_options)),
                 ),
+                via: &cfg.via,
+                skip_xff_append: cfg.skip_xff_append,
+                strip_trailing_host_dot: cfg.strip_trailing_host_dot,
             },
             &listener,
         )?;
@@ -266,6 +269,9 @@ impl NetworkFilterFactory for ProxyFactory {
                 table,
                 chain,
                 generate_request_id: cfg.generate_request_id,
+                preserve_external_request_id: cfg.preserve_external_request_id,
+                always_set_request_id_in_response: cfg.always_set_request_id_in_response,
+                request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
                 suppress_envoy_headers: router.suppress_envoy_headers,
                 edge,
                 max_request_body_bytes: cfg.max_request_body_bytes,
@@ -300,7 +306,12 @@ impl NetworkFilterFactory for ProxyFactory {
                 }),
                 tracing: match &cfg.tracing {
                     None => None,
-                    Some(t) => Some(meshgate_core::trace::Tracer::build(t, ctx, &listener)?),
+                    Some(t) => Some(meshgate_core::trace::Tracer::build(
+                        t,
+                        cfg.request_id_extension,
+                        ctx,
+                        &listener,
+                    )?),
                 },
                 upstream_log,
             }),
@@ -645,6 +656,12 @@ struct ProxyHandler {
     /// The stream filters; the router runs after them.
     chain: FilterChain,
     generate_request_id: bool,
+    /// The HCM's `preserve_external_request_id`.
+    preserve_external_request_id: bool,
+    /// The HCM's `always_set_request_id_in_response`.
+    always_set_request_id_in_response: bool,
+    /// The HCM's `request_timeout` (unset: none).
+    request_timeout: Option<Duration>,
     /// The router's `suppress_envoy_headers`.
     suppress_envoy_headers: bool,
     edge: crate::edge::Edge,
@@ -749,6 +766,7 @@ impl StreamHandler for Handler {
 
 // Header names as constants: a `&str` key is parsed on every lookup.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ENVOY_FORCE_TRACE: HeaderName = HeaderName::from_static("x-envoy-force-trace");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -935,9 +953,41 @@ impl ProxyHandler {
             } else {
                 self.prepare(&mut req, &mut info, seen)
             };
-            if self.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
+            // Envoy's request id: generated when missing, and replaced on
+            // an external request unless preserve_external_request_id.
+            if self.generate_request_id
+                && (!req.headers().contains_key(&X_REQUEST_ID)
+                    || (!self.preserve_external_request_id
+                        && self
+                            .edge
+                            .is_external(seen.forwarded_for, info.downstream_remote_address)))
+            {
                 req.headers_mut().insert(X_REQUEST_ID, request_id());
             }
+            // The id the response carries (always_set_request_id_in_response,
+            // or a trusted x-envoy-force-trace, as Envoy): taken before the
+            // request moves upstream.
+            let id_in_response = if self.always_set_request_id_in_response
+                || (req.headers().contains_key(X_ENVOY_FORCE_TRACE)
+                    && !self
+                        .edge
+                        .is_external(seen.forwarded_for, info.downstream_remote_address))
+            {
+                req.headers().get(&X_REQUEST_ID).cloned()
+            } else {
+                None
+            };
+            // request_timeout: the whole request within it, unless the
+            // response starts first.
+            let request_end = match self.request_timeout {
+                Some(t) if prepared.is_ok() && !http_body::Body::is_end_stream(req.body()) => {
+                    Some((
+                        meshgate_core::stream_duration::track_request(&mut req),
+                        tokio::time::Instant::from_std(info.start) + t,
+                    ))
+                }
+                _ => None,
+            };
             // What the access log needs of the request, before it is forwarded.
             let logged = self
                 .access_log
@@ -947,8 +997,21 @@ impl ProxyHandler {
             let mut ran = Ran::default();
             let mut resp = match prepared {
                 Ok(upgrade) => {
-                    self.route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade, &mut ran)
-                        .await
+                    let fwd = self
+                        .route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade, &mut ran);
+                    match request_end {
+                        None => fwd.await,
+                        Some((end, deadline)) => {
+                            match meshgate_core::stream_duration::until_request_timeout(
+                                fwd, &end, deadline,
+                            )
+                            .await
+                            {
+                                Some(r) => r,
+                                None => local_reply(&mut info, LocalReason::RequestTimeout),
+                            }
+                        }
+                    }
                 }
                 Err(resp) => *resp,
             };
@@ -988,6 +1051,18 @@ impl ProxyHandler {
             // HTTP only: RPC codecs carry no response headers.
             if info.traits.response_headers {
                 self.edge.server_header(resp.headers_mut());
+                self.edge.append_via(resp.headers_mut());
+                if let Some(id) = id_in_response {
+                    // The id as pack_trace_reason left it, if it changed.
+                    let id = match info
+                        .filter_state
+                        .get::<meshgate_core::trace::PackedRequestId>()
+                    {
+                        Some(p) => p.0.clone(),
+                        None => id,
+                    };
+                    resp.headers_mut().insert(X_REQUEST_ID, id);
+                }
             }
             let status = resp.status().as_u16();
             if let Some(t) = &self.tracing {
@@ -1035,6 +1110,7 @@ impl ProxyHandler {
             self.edge.count(r);
             return Err(Box::new(local_reply(info, LocalReason::BadRequest)));
         }
+        self.edge.strip_host_dot(req);
         self.edge
             .strip_host_port(req, info.connection.local_addr.port());
         self.edge.transform_scheme(req);
@@ -1089,6 +1165,7 @@ impl ProxyHandler {
         }
         self.edge
             .forwarded_for(headers, seen.forwarded_for, peer_ip, info);
+        self.edge.append_via(headers);
         let tls = info.connection.tls.clone();
         headers.insert(
             X_FORWARDED_PROTO,

@@ -46,6 +46,7 @@ for mod in (
     "envoy.extensions.load_balancing_policies.random.v3.random_pb2",
     "envoy.extensions.load_balancing_policies.ring_hash.v3.ring_hash_pb2",
     "envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2",
+    "envoy.extensions.request_id.uuid.v3.uuid_pb2",
     "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.client_side_weighted_round_robin_pb2",
     "xds.type.v3.typed_struct_pb2",
     "udpa.type.v1.typed_struct_pb2",

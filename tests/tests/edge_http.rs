@@ -573,7 +573,12 @@ fn trusted_client_address_follows_use_remote_address_and_trusted_hops() {
     let rec = Recorder::start();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let al = format!("access_log: {{path: \"{}\"}}", log.display());
+    // The log lines are found by the client's x-request-id: kept even on
+    // external requests.
+    let al = format!(
+        "access_log: {{path: \"{}\"}}\npreserve_external_request_id: true",
+        log.display()
+    );
     let (remote, hop, xff) = (free_port(), free_port(), free_port());
     let _mg = Meshgate::start(&config(
         &[
@@ -809,4 +814,195 @@ listeners:
     let r = h3_request(port, "localhost", Some("localhost"));
     assert!(r.starts_with("status=200"), "{r}");
     assert!(rec.head("host: localhost").starts_with("get /p http/1.1"));
+}
+
+/// The value of `name` in a lowercased head (request or reply), if any.
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix(&format!("{name}:"))
+            .map(|_| l[name.len() + 1..].trim())
+    })
+}
+
+#[test]
+fn via_skip_xff_append_trailing_host_dot_and_request_ids_as_envoy() {
+    let rec = Recorder::start();
+    let (edge, keep) = (free_port(), free_port());
+    let vhosts = |opts: &str| {
+        format!(
+            r#"            config:
+              {opts}
+              route_config:
+                virtual_hosts:
+                  - name: a
+                    domains: [a.example]
+                    routes:
+                      - match: {{prefix: /}}
+                        route: {{cluster: rec}}
+                  - name: other
+                    domains: ["*"]
+                    routes:
+                      - match: {{prefix: /}}
+                        direct_response: {{status: 403, body: "other\n"}}
+"#
+        )
+    };
+    let yaml = format!(
+        r#"admin:
+  address: "{{ADMIN}}"
+listeners:
+  - name: edge
+    address: 127.0.0.1:{edge}
+    filter_chains:
+      - filters:
+          - name: proxy
+{}  - name: keep
+    address: 127.0.0.1:{keep}
+    filter_chains:
+      - filters:
+          - name: proxy
+{}clusters:
+  - name: rec
+    endpoints: [{{address: "{}"}}]
+"#,
+        vhosts(
+            "via: \"1.1 meshgate\"
+              skip_xff_append: true
+              strip_trailing_host_dot: true
+              always_set_request_id_in_response: true"
+        ),
+        vhosts("preserve_external_request_id: true"),
+        rec.addr
+    );
+    let _mg = Meshgate::start(&yaml);
+
+    // via: appended to the client's on the request, set on the response.
+    let r = get(edge, "/v", "a.example", "via1", "via: 1.0 client\r\n");
+    assert_eq!(status(&r), 200, "{r}");
+    let head = rec.head("x-t: via1");
+    assert!(
+        head.contains("\r\nvia: 1.0 client, 1.1 meshgate\r\n"),
+        "{head}"
+    );
+    assert_eq!(header_value(&r, "via"), Some("1.1 meshgate"), "{r}");
+    // ... and on meshgate's own answers.
+    let r = get(edge, "/v", "b.example", "via2", "");
+    assert_eq!(status(&r), 403, "{r}");
+    assert_eq!(header_value(&r, "via"), Some("1.1 meshgate"), "{r}");
+
+    // skip_xff_append: the client's x-forwarded-for goes on as it came, and
+    // none is made when it sent none.
+    let r = get(
+        edge,
+        "/x",
+        "a.example",
+        "xff1",
+        "x-forwarded-for: 10.0.0.1\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let head = rec.head("x-t: xff1");
+    assert!(head.contains("\r\nx-forwarded-for: 10.0.0.1\r\n"), "{head}");
+    get(edge, "/x", "a.example", "xff2", "");
+    assert!(!rec.head("x-t: xff2").contains("x-forwarded-for"));
+
+    // strip_trailing_host_dot: `a.example.` (with a port too) is routed and
+    // forwarded as `a.example`; without the option it is another host.
+    let r = get(edge, "/d", "a.example.", "dot1", "");
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(rec.head("x-t: dot1").contains("\r\nhost: a.example\r\n"));
+    // With a port: routed as `a.example:8080` is.
+    let with_port = status(&get(edge, "/d", "a.example:8080", "dot2", ""));
+    let r = get(edge, "/d", "a.example.:8080", "dot3", "");
+    assert_eq!(status(&r), with_port, "{r}");
+    if with_port == 200 {
+        assert!(
+            rec.head("x-t: dot3")
+                .contains("\r\nhost: a.example:8080\r\n")
+        );
+    }
+    let r = get(keep, "/d", "a.example.", "dot4", "");
+    assert_eq!(status(&r), 403, "{r}");
+
+    // x-request-id: an internal client's (loopback, no x-forwarded-for) is
+    // kept; an external one's is replaced; always_set_request_id_in_response
+    // returns the id that went upstream.
+    let r = get(
+        edge,
+        "/r",
+        "a.example",
+        "rid1",
+        "x-request-id: rid-internal\r\n",
+    );
+    assert!(
+        rec.head("x-t: rid1")
+            .contains("\r\nx-request-id: rid-internal\r\n")
+    );
+    assert_eq!(
+        header_value(&r, "x-request-id"),
+        Some("rid-internal"),
+        "{r}"
+    );
+    let r = get(
+        edge,
+        "/r",
+        "a.example",
+        "rid2",
+        "x-request-id: rid-external\r\nx-forwarded-for: 203.0.113.9\r\n",
+    );
+    let head = rec.head("x-t: rid2");
+    let sent = header_value(&head, "x-request-id").unwrap().to_string();
+    assert!(sent != "rid-external" && sent.len() == 36, "{head}");
+    assert_eq!(header_value(&r, "x-request-id"), Some(sent.as_str()), "{r}");
+    // preserve_external_request_id: kept; not asked for in the response.
+    let r = get(
+        keep,
+        "/r",
+        "a.example",
+        "rid3",
+        "x-request-id: rid-external\r\nx-forwarded-for: 203.0.113.9\r\n",
+    );
+    assert!(
+        rec.head("x-t: rid3")
+            .contains("\r\nx-request-id: rid-external\r\n")
+    );
+    assert_eq!(header_value(&r, "x-request-id"), None, "{r}");
+}
+
+#[test]
+fn request_timeout_answers_408_when_the_request_is_not_whole_in_time() {
+    let rec = Recorder::start();
+    let port = free_port();
+    let mg = Meshgate::start(&config(
+        &[listener("rt", port, "request_timeout: 1s", TO_REC)],
+        &rec,
+    ));
+    // The body stops 7 bytes short: 408 once the second has passed, the
+    // upstream never sees a request.
+    let t = std::time::Instant::now();
+    let r = raw(
+        port,
+        "POST /slow HTTP/1.1\r\nhost: a\r\nx-t: rt1\r\ncontent-length: 10\r\n\r\nabc",
+    );
+    assert_eq!(status(&r), 408, "{r}");
+    assert!(r.contains("request timeout"), "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // A whole request is forwarded as ever.
+    let r = raw(
+        port,
+        "POST /ok HTTP/1.1\r\nhost: a\r\nx-t: rt2\r\nconnection: close\r\ncontent-length: 3\r\n\r\nabc",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(!rec.saw("x-t: rt1"));
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "request_overall_timeout")]
+        ),
+        1.0
+    );
 }

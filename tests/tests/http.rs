@@ -179,8 +179,15 @@ fn proxy_headers_are_set_and_hop_by_hop_stripped() {
         ],
         "/api/h",
     );
-    assert_eq!(field(&r.body, "x-request-id"), "abc");
+    // A request that came through another proxy is external at this edge
+    // (use_remote_address): its id is replaced, as Envoy does without
+    // preserve_external_request_id.
+    let id = field(&r.body, "x-request-id");
+    assert!(id != "abc" && id.len() == 36, "{}", r.body);
     assert_eq!(field(&r.body, "x-forwarded-for"), "10.0.0.1, 127.0.0.1");
+    // From an internal address, without x-forwarded-for: kept.
+    let r = curl(g.port, &["--http1.1", "-H", "x-request-id: abc"], "/api/h");
+    assert_eq!(field(&r.body, "x-request-id"), "abc");
 }
 
 #[test]

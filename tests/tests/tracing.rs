@@ -307,6 +307,29 @@ fn sampling_random_zero_forced_client_and_parent_decisions() {
     // Client sampling (100 on the route) by x-client-trace-id.
     get(s.gw, "/r0/client", &["x-client-trace-id: abc"]);
     server_span(&s.otlp_log, "gateway", "/r0/client");
+    // Envoy's UUID request id carries each decision at position 14 (the
+    // version digit) to the next hop: `4` not traced, `a` forced, `b`
+    // client.
+    let id_digit = |path: &str| {
+        let id = echoed(&s.echo_log, path)["headers"]["x-request-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(id.len(), 36, "{id}");
+        id.as_bytes()[14] as char
+    };
+    assert_eq!(id_digit("/r0/none"), '4');
+    assert_eq!(id_digit("/r0/forced"), 'a');
+    assert_eq!(id_digit("/r0/client"), 'b');
+    // An id an earlier hop marked sampled (`9`) is traced on the random-0
+    // route, and goes on as it came.
+    let sampled_id = "125a4afb-6f55-94ba-ad80-413f09f48a28";
+    get(s.gw, "/r0/packed", &[&format!("x-request-id: {sampled_id}")]);
+    server_span(&s.otlp_log, "gateway", "/r0/packed");
+    assert_eq!(
+        echoed(&s.echo_log, "/r0/packed")["headers"]["x-request-id"],
+        sampled_id
+    );
     // An incoming sampled context is continued: same trace, its span is
     // the parent, tracestate kept.
     let parent_on = "00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203332-01";
@@ -334,6 +357,7 @@ fn sampling_random_zero_forced_client_and_parent_decisions() {
         ("forced", 1.0),
         ("client", 1.0),
         ("parent", 1.0),
+        ("random", 1.0),
     ] {
         assert_eq!(
             s.gateway.metric(

@@ -473,3 +473,123 @@ fn typed_load_balancing_policy_pushed_over_xds() {
     let first = backend_for("user-0");
     assert_eq!(backend_for("user-0"), first);
 }
+
+/// A field of the backend's echo (`name=value` lines).
+fn echoed(body: &str, name: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The HCM's `via`, `skip_xff_append`, `strip_trailing_host_dot`,
+/// request-id fields (`always_set_request_id_in_response`,
+/// `preserve_external_request_id`, the UUID `request_id_extension`) and
+/// `request_timeout` pushed over xDS: ACKed, each seen with curl or a raw
+/// socket on listener `edge`, and Envoy's defaults on listener `keep`; a
+/// request id extension of another kind is NACKed by name.
+#[test]
+fn hcm_request_ids_via_xff_host_dot_and_request_timeout_pushed_over_xds() {
+    let b = HttpBackend::start("a", Proto::Http1);
+    let (edge, keep) = (free_port(), free_port());
+    let ads = PyAds::start();
+    ads.set(CLUSTER, "1", &cluster("up", b.addr, ""));
+    ads.set(ROUTE, "1", ROUTES);
+    let edge_hcm = r#"        useRemoteAddress: true
+        via: 1.1 mg-xds
+        skipXffAppend: true
+        stripTrailingHostDot: true
+        alwaysSetRequestIdInResponse: true
+        requestTimeout: 1s
+        requestIdExtension:
+          typedConfig:
+            '@type': type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig
+            packTraceReason: false
+"#;
+    let keep_hcm = "        useRemoteAddress: true\n        preserveExternalRequestId: true\n";
+    ads.set(
+        LISTENER,
+        "1",
+        &(listener("edge", edge, edge_hcm) + &listener("keep", keep, keep_hcm)),
+    );
+    let mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], edge).into());
+    wait_listening(([127, 0, 0, 1], keep).into());
+    let url = |port: u16| format!("http://127.0.0.1:{port}/p");
+    let external = [
+        "-H",
+        "x-request-id: rid-1",
+        "-H",
+        "x-forwarded-for: 203.0.113.9",
+    ];
+
+    // edge: the external request's id is replaced and returned, XFF is not
+    // appended to, the response carries via.
+    let u = url(edge);
+    let mut args = external.to_vec();
+    args.push(&u);
+    let (status, head, body) = curl(&args);
+    assert_eq!(status, 200, "{body}");
+    let id = echoed(&body, "x-request-id");
+    assert!(id != "rid-1" && id.len() == 36, "{body}");
+    assert_eq!(head.get("x-request-id"), Some(&id), "{head:?}");
+    assert_eq!(echoed(&body, "x-forwarded-for"), "203.0.113.9");
+    assert_eq!(head.get("via").map(String::as_str), Some("1.1 mg-xds"));
+    // keep: the id is kept and not returned, XFF appended, no via.
+    let u = url(keep);
+    let mut args = external.to_vec();
+    args.push(&u);
+    let (status, head, body) = curl(&args);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(echoed(&body, "x-request-id"), "rid-1");
+    assert!(!head.contains_key("x-request-id") && !head.contains_key("via"));
+    assert_eq!(echoed(&body, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+
+    // The trailing dot: stripped on edge only.
+    for (port, host) in [(edge, "www.example.com"), (keep, "www.example.com.")] {
+        let u = url(port);
+        let (status, _, body) = curl(&["-H", "host: www.example.com.", &u]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(echoed(&body, "host"), host, "{body}");
+    }
+
+    // request_timeout: a body 7 bytes short is answered 408 after 1 s.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", edge)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"POST /p HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc")
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert_eq!(
+        mg.metric(
+            "meshgate_downstream_rq_local_reply_total",
+            &[("reason", "request_overall_timeout")]
+        ),
+        1.0
+    );
+
+    // Another request id extension: NACKed by name, edge keeps serving.
+    let bad = edge_hcm.replace(
+        "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig\n            packTraceReason: false",
+        "type.googleapis.com/google.protobuf.Empty",
+    );
+    ads.set(
+        LISTENER,
+        "2",
+        &(listener("edge", edge, &bad) + &listener("keep", keep, keep_hcm)),
+    );
+    let detail = ads.wait_nack(LISTENER, "2");
+    assert!(
+        detail.contains("request_id_extension.typed_config"),
+        "{detail}"
+    );
+    let u = url(edge);
+    assert_eq!(curl(&[&u]).0, 200);
+}

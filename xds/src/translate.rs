@@ -1326,9 +1326,44 @@ fn http_connection_manager(
             }
         }
     }
+    out.via = std::mem::take(&mut h.via);
+    out.skip_xff_append = std::mem::take(&mut h.skip_xff_append);
+    out.strip_trailing_host_dot = std::mem::take(&mut h.strip_trailing_host_dot);
+    out.preserve_external_request_id = std::mem::take(&mut h.preserve_external_request_id);
+    out.always_set_request_id_in_response =
+        std::mem::take(&mut h.always_set_request_id_in_response);
+    // request_timeout: unset or 0, none.
+    if let Some(d) = h.request_timeout.take() {
+        out.request_timeout = duration(&d, &join(path, "request_timeout"))?;
+    }
+    if let Some(mut r) = h.request_id_extension.take() {
+        let rp = join(path, "request_id_extension");
+        if let Some(any) = r.typed_config.take() {
+            use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
+            let tp = join(&rp, "typed_config");
+            let mut u: UuidRequestIdConfig = decode(&any, UUID_REQUEST_ID).map_err(|e| {
+                (
+                    tp.clone(),
+                    format!("{e} (the UUID extension is the only kind)"),
+                )
+            })?;
+            out.request_id_extension = fc::RequestIdExtension {
+                pack_trace_reason: u.pack_trace_reason.take().is_none_or(|b| b.value),
+                use_request_id_for_trace_sampling: u
+                    .use_request_id_for_trace_sampling
+                    .take()
+                    .is_none_or(|b| b.value),
+            };
+            rest(&u, &tp)?;
+        }
+        rest(&r, &rp)?;
+    }
     rest(&h, path)?;
     Ok(out)
 }
+
+const UUID_REQUEST_ID: &str =
+    "type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig";
 
 /// The HCM's `http2_protocol_options` as the `http2` codec's options:
 /// stream limit, flow-control windows and the flood limits Envoy names

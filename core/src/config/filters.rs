@@ -122,6 +122,77 @@ pub struct ProxyConfig {
     /// carries besides `Hash`. YAML default: subject, URI and DNS SANs.
     #[serde(default = "default_client_cert_details")]
     pub set_current_client_cert_details: ClientCertDetails,
+    /// Envoy HCM's `via`: appended to the `via` header of every request
+    /// sent upstream and of every response (forwarded or meshgate's own).
+    /// Empty (the default): none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
+    /// Envoy HCM's `skip_xff_append`: the peer is not appended to
+    /// `x-forwarded-for`; the trusted client address is found as
+    /// `use_remote_address` and `xff_num_trusted_hops` say all the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_xff_append: bool,
+    /// Envoy HCM's `strip_trailing_host_dot`: `example.com.` (with or
+    /// without a port) is routed and forwarded as `example.com`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strip_trailing_host_dot: bool,
+    /// Envoy HCM's `preserve_external_request_id`. By default an external
+    /// request (`use_remote_address` and a client that is not internal)
+    /// gets a new `x-request-id`, whatever it sent: an outside client
+    /// neither chooses the id the mesh logs it under nor, through the id,
+    /// the tracing decision. `true` keeps the client's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_external_request_id: bool,
+    /// Envoy HCM's `always_set_request_id_in_response`: the request's
+    /// `x-request-id` is copied into the response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub always_set_request_id_in_response: bool,
+    /// Envoy HCM's `request_id_extension` (the UUID extension, its only
+    /// kind): how the tracing decision travels in `x-request-id`.
+    #[serde(default, skip_serializing_if = "RequestIdExtension::is_default")]
+    pub request_id_extension: RequestIdExtension,
+    /// Envoy HCM's `request_timeout`: how long the whole request may take
+    /// to arrive, from its first byte. Disarmed once the request is whole
+    /// or the response has started; at expiry the stream is answered 408.
+    /// `0s` (the default): none.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub request_timeout: Duration,
+}
+
+/// Envoy's `envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdExtension {
+    /// The tracing decision is written into the UUID's version digit
+    /// (position 14: `9` sampled, `a` forced, `b` client, `4` not traced)
+    /// and read back from an incoming one, so hops that keep the id keep
+    /// the decision (default true).
+    #[serde(default = "default_true")]
+    pub pack_trace_reason: bool,
+    /// Random sampling draws from the request id (its first 8 hex digits,
+    /// as Envoy), so every hop decides alike; `false`: a fresh draw per
+    /// hop (default true).
+    #[serde(default = "default_true")]
+    pub use_request_id_for_trace_sampling: bool,
+}
+
+impl Default for RequestIdExtension {
+    fn default() -> Self {
+        Self {
+            pack_trace_reason: true,
+            use_request_id_for_trace_sampling: true,
+        }
+    }
+}
+
+impl RequestIdExtension {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Envoy's `HttpConnectionManager.ForwardClientCertDetails`.
@@ -222,6 +293,13 @@ impl ProxyConfig {
             drain_timeout: default_drain_timeout(),
             forward_client_cert_details: default_forward_client_cert(),
             set_current_client_cert_details: default_client_cert_details(),
+            via: String::new(),
+            skip_xff_append: false,
+            strip_trailing_host_dot: false,
+            preserve_external_request_id: false,
+            always_set_request_id_in_response: false,
+            request_id_extension: RequestIdExtension::default(),
+            request_timeout: Duration::ZERO,
         }
     }
 }

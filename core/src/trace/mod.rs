@@ -47,6 +47,10 @@ struct Sampling {
     client: u32,
     random: u32,
     overall: u32,
+    /// The HCM's `request_id_extension.pack_trace_reason`.
+    pack_trace_reason: bool,
+    /// `request_id_extension.use_request_id_for_trace_sampling`.
+    draw_from_request_id: bool,
 }
 
 const ALL: u32 = 1_000_000;
@@ -170,6 +174,7 @@ impl Tracer {
     /// `tracing`); the collector cluster is resolved through `ctx`.
     pub fn build(
         cfg: &TracingConfig,
+        request_id: crate::config::filters::RequestIdExtension,
         ctx: &crate::network::BuildContext<'_>,
         listener: &str,
     ) -> Result<Arc<Self>, BuildError> {
@@ -187,6 +192,8 @@ impl Tracer {
                 client: share("tracing.client_sampling", cfg.client_sampling)?.unwrap_or(ALL),
                 random: share("tracing.random_sampling", cfg.random_sampling)?.unwrap_or(ALL),
                 overall: share("tracing.overall_sampling", cfg.overall_sampling)?.unwrap_or(ALL),
+                pack_trace_reason: request_id.pack_trace_reason,
+                draw_from_request_id: request_id.use_request_id_for_trace_sampling,
             },
             tags: tags("tracing.custom_tags", &cfg.custom_tags)?,
             spawn_upstream_span: cfg.spawn_upstream_span,
@@ -231,6 +238,9 @@ impl Tracer {
         let trace_id = incoming.map_or(new_trace_id, |c| c.trace_id);
         let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
         let has_tracestate = seen.tracestate.is_some();
+        if self.sampling.pack_trace_reason {
+            pack_reason(req, info, decision);
+        }
         if decision == Decision::NotSampled {
             info.trace = StreamTrace::NotSampled;
             // An incoming W3C context travels on as it came; otherwise the
@@ -539,9 +549,11 @@ impl Tracer {
 
 /// The sampling decision of a stream, Envoy's order:
 /// `x-envoy-force-trace` forces; an incoming context's sampled flag is
-/// honoured (parent-based); `x-client-trace-id` is traced under
-/// `client_sampling`; otherwise `random_sampling` by the request id.
-/// `overall_sampling` then bounds the client and random decisions.
+/// honoured (parent-based); a forced reason packed in the request id
+/// forces; `x-client-trace-id` is traced under `client_sampling`;
+/// otherwise `random_sampling` by the request id, and failing that the
+/// sampled or client reason packed in the request id.
+/// `overall_sampling` then bounds the client, random and packed decisions.
 #[cfg(test)]
 fn sample(
     sampling: &Sampling,
@@ -569,28 +581,42 @@ fn sample_seen(
             Decision::NotSampled
         };
     }
+    // A decision an earlier hop packed into the request id (Envoy's UUID
+    // request id extension): kept unless this hop's own sampling traces.
+    let packed = if sampling.pack_trace_reason {
+        h.x_request_id.and_then(packed_reason)
+    } else {
+        None
+    };
+    if packed == Some(Decision::Forced) {
+        return Decision::Forced;
+    }
     let client = route.and_then(|r| r.client).unwrap_or(sampling.client);
     let random = route.and_then(|r| r.random).unwrap_or(sampling.random);
     let overall = route.and_then(|r| r.overall).unwrap_or(sampling.overall);
     let client_applies = h.x_client_trace_id && client > 0;
     // Shares of 0 % or 100 % need no draw (a bench's and many operators'
     // settings): not drawing saves the request id's hash per stream.
-    if !client_applies && random == 0 {
-        return Decision::NotSampled;
-    }
-    if !client_applies && random >= ALL && overall >= ALL {
-        return Decision::Random;
+    if packed.is_none() {
+        if !client_applies && random == 0 {
+            return Decision::NotSampled;
+        }
+        if !client_applies && random >= ALL && overall >= ALL {
+            return Decision::Random;
+        }
     }
     // The request id makes the draw stable across hops (Envoy's
     // random sampling is by `x-request-id`).
     let draw = match h.x_request_id {
-        Some(id) => (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % u64::from(ALL)) as u32,
-        None => (context::random_u64() % u64::from(ALL)) as u32,
+        Some(id) if sampling.draw_from_request_id => request_id_draw(id),
+        _ => (context::random_u64() % u64::from(ALL)) as u32,
     };
     let d = if h.x_client_trace_id && draw < client {
         Decision::Client
     } else if draw < random {
         Decision::Random
+    } else if let Some(p) = packed {
+        p
     } else {
         return Decision::NotSampled;
     };
@@ -600,6 +626,76 @@ fn sample_seen(
         Decision::NotSampled
     }
 }
+
+/// The position of a UUID's version digit, where Envoy's UUID request id
+/// extension keeps the trace reason.
+const REASON_AT: usize = 14;
+
+/// The trace reason a 36-character UUID request id carries: `a` forced,
+/// `9` sampled, `b` client-forced; anything else (a fresh UUIDv4's `4`)
+/// none.
+fn packed_reason(id: &HeaderValue) -> Option<Decision> {
+    let b = id.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    match b[REASON_AT] {
+        b'a' => Some(Decision::Forced),
+        b'9' => Some(Decision::Random),
+        b'b' => Some(Decision::Client),
+        _ => None,
+    }
+}
+
+/// The draw (parts per million) a request id makes: Envoy's, its first
+/// 8 hex digits modulo 10,000 (scaled to a million), so meshgate and Envoy
+/// hops sample the same requests; an id that does not start with 8 hex
+/// digits is hashed instead.
+fn request_id_draw(id: &HeaderValue) -> u32 {
+    let b = id.as_bytes();
+    let hex = b.get(..8).and_then(|h| {
+        h.iter().try_fold(0u64, |acc, &c| {
+            let d = (c as char).to_digit(16)?;
+            Some(acc << 4 | u64::from(d))
+        })
+    });
+    match hex {
+        Some(v) => (v % 10_000) as u32 * (ALL / 10_000),
+        None => (xxhash_rust::xxh3::xxh3_64(b) % u64::from(ALL)) as u32,
+    }
+}
+
+/// Envoy's `pack_trace_reason`: the stream's decision written into its
+/// UUID request id, so the next hop that keeps the id keeps the decision.
+/// Only a 36-character id is changed, and only when the digit differs (a
+/// fresh id not traced keeps its `4`). The id as changed is kept in the
+/// stream's filter state for `always_set_request_id_in_response`.
+fn pack_reason(req: &mut Request, info: &mut StreamInfo, d: Decision) {
+    let want = match d {
+        Decision::Forced => b'a',
+        Decision::Parent | Decision::Random => b'9',
+        Decision::Client => b'b',
+        Decision::NotSampled => b'4',
+    };
+    let Some(id) = req.headers().get("x-request-id") else {
+        return;
+    };
+    let b = id.as_bytes();
+    if b.len() != 36 || b[REASON_AT] == want {
+        return;
+    }
+    let mut v = b.to_vec();
+    v[REASON_AT] = want;
+    // One visible ASCII byte replaced by another: still a valid value.
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        req.headers_mut().insert("x-request-id", v.clone());
+        info.filter_state.insert(PackedRequestId(v));
+    }
+}
+
+/// The stream's `x-request-id` after `pack_trace_reason` changed it.
+#[derive(Debug, Clone)]
+pub struct PackedRequestId(pub HeaderValue);
 
 /// One upstream try of a sampled stream (a client span).
 #[derive(Debug, Clone)]

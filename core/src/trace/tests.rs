@@ -6,6 +6,8 @@ fn sampling(client: u32, random: u32, overall: u32) -> Sampling {
         client,
         random,
         overall,
+        pack_trace_reason: true,
+        draw_from_request_id: true,
     }
 }
 
@@ -167,4 +169,94 @@ fn method_names() {
     let (v, attr) = method_str(&http::Method::from_bytes(b"PURGE").unwrap());
     assert_eq!(v, "PURGE");
     assert!(attr.is_none());
+}
+
+#[test]
+fn reason_packed_in_the_request_id_decides_when_sampling_does_not() {
+    // Random sampling off: only the earlier hop's packed reason traces.
+    let off = sampling(0, 0, ALL);
+    let id = |s: &'static str| headers(&[("x-request-id", s)]);
+    let sampled = id("125a4afb-6f55-94ba-ad80-413f09f48a28");
+    assert_eq!(sample(&off, &sampled, None, None), Decision::Random);
+    let forced = id("125a4afb-6f55-a4ba-ad80-413f09f48a28");
+    assert_eq!(sample(&off, &forced, None, None), Decision::Forced);
+    let client = id("125a4afb-6f55-b4ba-ad80-413f09f48a28");
+    assert_eq!(sample(&off, &client, None, None), Decision::Client);
+    let fresh = id("125a4afb-6f55-44ba-ad80-413f09f48a28");
+    assert_eq!(sample(&off, &fresh, None, None), Decision::NotSampled);
+    // overall_sampling 0 bounds a packed sampled reason, not a forced one.
+    let none = sampling(0, 0, 0);
+    assert_eq!(sample(&none, &sampled, None, None), Decision::NotSampled);
+    assert_eq!(sample(&none, &forced, None, None), Decision::Forced);
+    // pack_trace_reason false: the id's digit means nothing.
+    let mut unpacked = off;
+    unpacked.pack_trace_reason = false;
+    assert_eq!(
+        sample(&unpacked, &sampled, None, None),
+        Decision::NotSampled
+    );
+}
+
+#[test]
+fn request_id_draw_is_envoys_first_eight_hex_digits() {
+    // 0x0000_2710 = 10,000: 0 modulo 10,000, the lowest draw.
+    let low = HeaderValue::from_static("00002710-6f55-44ba-ad80-413f09f48a28");
+    assert_eq!(request_id_draw(&low), 0);
+    // 0x0000_270f = 9,999: the highest.
+    let high = HeaderValue::from_static("0000270f-6f55-44ba-ad80-413f09f48a28");
+    assert_eq!(request_id_draw(&high), 9_999 * 100);
+    // 1 % random sampling (10,000 ppm) takes the low one only.
+    let one = sampling(0, 10_000, ALL);
+    let h = |v: &HeaderValue| {
+        let mut m = HeaderMap::new();
+        m.insert("x-request-id", v.clone());
+        m
+    };
+    assert_eq!(sample(&one, &h(&low), None, None), Decision::Random);
+    assert_eq!(sample(&one, &h(&high), None, None), Decision::NotSampled);
+    // Not hex: hashed, still in range.
+    assert!(request_id_draw(&HeaderValue::from_static("req-1")) < ALL);
+}
+
+#[test]
+fn packing_rewrites_the_version_digit_only_when_it_changes() {
+    let mut req = Request::new(crate::stream::empty_body());
+    let a = "127.0.0.1:1".parse().unwrap();
+    let conn = crate::network::ConnectionInfo {
+        id: 1,
+        listener: Arc::from("l"),
+        peer_addr: a,
+        local_addr: a,
+        server_name: None,
+        filter_chain: None,
+        tls: None,
+        retire: Default::default(),
+        proxy_protocol: None,
+    };
+    let mut info = StreamInfo::new(Arc::new(conn), "http1");
+    req.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_static("125a4afb-6f55-44ba-ad80-413f09f48a28"),
+    );
+    pack_reason(&mut req, &mut info, Decision::NotSampled);
+    assert!(info.filter_state.get::<PackedRequestId>().is_none());
+    pack_reason(&mut req, &mut info, Decision::Random);
+    assert_eq!(
+        req.headers()["x-request-id"],
+        "125a4afb-6f55-94ba-ad80-413f09f48a28"
+    );
+    assert_eq!(
+        info.filter_state.get::<PackedRequestId>().unwrap().0,
+        "125a4afb-6f55-94ba-ad80-413f09f48a28"
+    );
+    pack_reason(&mut req, &mut info, Decision::Forced);
+    assert_eq!(
+        req.headers()["x-request-id"],
+        "125a4afb-6f55-a4ba-ad80-413f09f48a28"
+    );
+    // Not a UUID: left alone.
+    req.headers_mut()
+        .insert("x-request-id", HeaderValue::from_static("req-1"));
+    pack_reason(&mut req, &mut info, Decision::Client);
+    assert_eq!(req.headers()["x-request-id"], "req-1");
 }

@@ -161,6 +161,7 @@ impl RpcErrorKind {
             LocalReason::UpstreamTimeout
             | LocalReason::StreamIdleTimeout
             | LocalReason::MaxStreamDuration
+            | LocalReason::RequestTimeout
             | LocalReason::UpstreamMaxStreamDuration(_) => Self::Timeout,
             LocalReason::BadRequest
             | LocalReason::PayloadTooLarge
