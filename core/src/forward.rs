@@ -192,6 +192,8 @@ pub fn forward<'a>(
         None => PolicyRef::Route(policy),
     };
     info.upstream_cluster = Some(cluster.name);
+    // `None` for a cluster without metadata: no count to take.
+    info.upstream_cluster_metadata = cluster.metadata.clone();
     crate::spans::record_cluster(cluster.name);
     // The request body is counted as it streams when its size is not
     // known to be within the limit, and stamps activity for the idle

@@ -102,6 +102,8 @@ pub struct StreamInfo {
     pub route: Option<&'static str>,
     /// The upstream cluster and endpoint, once chosen (for access logs).
     pub upstream_cluster: Option<&'static str>,
+    /// The chosen cluster's `metadata`, when it has any.
+    pub upstream_cluster_metadata: Option<Arc<crate::config::Metadata>>,
     pub upstream_host: Option<std::net::SocketAddr>,
     /// The local address of the upstream connection (only recorded when
     /// an access log asks: `WantUpstreamLocalAddress`).
@@ -183,6 +185,7 @@ impl StreamInfo {
             grpc: false,
             route: None,
             upstream_cluster: None,
+            upstream_cluster_metadata: None,
             upstream_host: None,
             upstream_local_address: None,
             local_reply: None,

@@ -32,6 +32,7 @@ pub(crate) fn before<'a>(
         return match f {
             Fallback::Direct(d) => {
                 info.upstream_cluster = Some(cluster.name);
+                info.upstream_cluster_metadata = cluster.metadata.clone();
                 Before::Answer(d.response())
             }
             Fallback::Cluster(c) => Before::Forward(c, None),

@@ -324,7 +324,11 @@ fn sampling_random_zero_forced_client_and_parent_decisions() {
     // An id an earlier hop marked sampled (`9`) is traced on the random-0
     // route, and goes on as it came.
     let sampled_id = "125a4afb-6f55-94ba-ad80-413f09f48a28";
-    get(s.gw, "/r0/packed", &[&format!("x-request-id: {sampled_id}")]);
+    get(
+        s.gw,
+        "/r0/packed",
+        &[&format!("x-request-id: {sampled_id}")],
+    );
     server_span(&s.otlp_log, "gateway", "/r0/packed");
     assert_eq!(
         echoed(&s.echo_log, "/r0/packed")["headers"]["x-request-id"],

@@ -593,3 +593,81 @@ fn hcm_request_ids_via_xff_host_dot_and_request_timeout_pushed_over_xds() {
     let u = url(edge);
     assert_eq!(curl(&[&u]).0, 200);
 }
+
+/// Cluster `metadata` shaped as istiod sets it on every cluster (the
+/// `istio` namespace: services, default_original_port): ACKed, shown in
+/// `/config_dump`, and read by an access log's `%CLUSTER_METADATA%`; a
+/// cluster without metadata logs `-`.
+#[test]
+fn cluster_metadata_pushed_over_xds_reaches_the_access_log() {
+    let (a, b) = (
+        HttpBackend::start("a", Proto::Http1),
+        HttpBackend::start("b", Proto::Http1),
+    );
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let ads = PyAds::start();
+    let meta = r#"  metadata:
+    filterMetadata:
+      istio:
+        services:
+        - {host: reviews.default.svc.cluster.local, name: reviews, namespace: default}
+        default_original_port: 9080
+"#;
+    ads.set(
+        CLUSTER,
+        "1",
+        &(cluster("up", a.addr, meta) + &cluster("bare", b.addr, "")),
+    );
+    ads.set(
+        ROUTE,
+        "1",
+        r#"- '@type': type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtualHosts:
+  - name: all
+    domains: ['*']
+    routes:
+    - match: {prefix: /bare}
+      route: {cluster: bare}
+    - match: {prefix: /}
+      route: {cluster: up}
+"#,
+    );
+    let hcm = format!(
+        r#"        accessLog:
+        - name: envoy.access_loggers.file
+          typedConfig:
+            '@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+            path: {}
+            logFormat:
+              textFormatSource:
+                inlineString: "%REQ(:PATH)% port=%CLUSTER_METADATA(istio:default_original_port)% svc=%CLUSTER_METADATA(istio:services)%\n"
+"#,
+        log.display()
+    );
+    ads.set(LISTENER, "1", &listener("l", port, &hcm));
+    let mg = Meshgate::start(&ads.bootstrap());
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        ads.wait_ack(t, "1");
+    }
+    wait_listening(([127, 0, 0, 1], port).into());
+    for path in ["/m", "/bare"] {
+        let u = format!("http://127.0.0.1:{port}{path}");
+        assert_eq!(curl(&[&u]).0, 200);
+    }
+    let lines = wait_for_within(10, "two access log lines", || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        (t.lines().count() >= 2).then_some(t)
+    });
+    assert!(
+        lines.contains(
+            r#"/m port=9080 svc=[{"host":"reviews.default.svc.cluster.local","name":"reviews","namespace":"default"}]"#
+        ),
+        "{lines}"
+    );
+    assert!(lines.contains("/bare port=- svc=-"), "{lines}");
+    let (_, dump) = mg.admin_get("/config_dump");
+    assert!(dump.contains("default_original_port"), "{dump}");
+}

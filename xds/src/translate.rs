@@ -188,6 +188,12 @@ fn to_json(v: &protobuf::Value) -> Value {
     use protobuf::value::Kind;
     match &v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
+        // A Struct has doubles only: a whole number becomes an integer, as
+        // protobuf's JSON prints it and a YAML config writes it (so
+        // `9080` from xDS equals `9080` from a file, and logs show `9080`).
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => {
+            json!(*n as i64)
+        }
         Some(Kind::NumberValue(n)) => json!(n),
         Some(Kind::StringValue(s)) => json!(s),
         Some(Kind::BoolValue(b)) => json!(b),
@@ -605,6 +611,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
     };
     let filters = crate::istio::cluster_filters(std::mem::take(&mut c.filters), "filters")?;
     let (upstream_bind_config, upstream_connection_options) = crate::upstream_socket::take(&mut c)?;
+    let metadata = metadata(c.metadata.take(), "metadata")?;
     rest(&c, "")?;
     let discovery = match dt {
         Dt::StrictDns => DiscoveryType::StrictDns,
@@ -640,6 +647,7 @@ fn cluster_inner(mut c: cds::Cluster) -> R<Cluster> {
         filters,
         upstream_bind_config,
         upstream_connection_options,
+        metadata,
         not_found: false,
     };
     Ok(Cluster {

@@ -695,6 +695,8 @@ pub struct Cluster {
     pub filters: crate::upstream_filter::UpstreamFilters,
     /// `upstream_bind_config` / `upstream_connection_options`.
     pub socket: Option<upstream_socket::UpstreamSocket>,
+    /// Its `metadata` (`None` when empty), for access logs.
+    pub metadata: Option<Arc<crate::config::Metadata>>,
     /// A stand-in for a cluster that is not there (`ClusterConfig::not_found`,
     /// or a lenient route's unknown name): routes answer "cluster not found",
     /// `tcp_proxy` closes the connection.
@@ -753,6 +755,7 @@ impl Cluster {
             buffer_limit: None,
             filters: Default::default(),
             socket: None,
+            metadata: None,
             not_found: false,
         }
     }
@@ -1329,9 +1332,11 @@ fn same_but_endpoints(a: &ClusterConfig, b: &ClusterConfig) -> bool {
         filters,
         upstream_bind_config,
         upstream_connection_options,
+        metadata,
         not_found,
     } = a;
-    *name == b.name
+    *metadata == b.metadata
+        && *name == b.name
         && *discovery == b.discovery
         && *lb_policy == b.lb_policy
         && *lb_config == b.lb_config
@@ -1742,6 +1747,7 @@ fn build_cluster(
     );
     cluster.priority = policy;
     cluster.not_found = c.not_found;
+    cluster.metadata = (!c.metadata.is_empty()).then(|| Arc::new(c.metadata.clone()));
     cluster.buffer_limit = c.per_connection_buffer_limit_bytes;
     cluster.max_connections_per_host = thresholds[0].max_connections_per_host;
     cluster.breakers = Arc::new(breaker::Breakers::new(cluster.stats.label(), &thresholds));

@@ -98,6 +98,9 @@ mod shared {
     }
 }
 
+/// Envoy's `filter_metadata`: namespace -> value.
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
 /// The node identity sent to the xDS server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -717,6 +720,12 @@ pub struct ClusterConfig {
     /// Envoy's `upstream_connection_options` (`upstream_socket`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_connection_options: Option<upstream_socket::UpstreamConnectionOptions>,
+    /// Envoy's cluster `metadata` (`filter_metadata`: namespace -> value),
+    /// e.g. the `istio` namespace istiod sets on every cluster. Read by
+    /// access logs (`%CLUSTER_METADATA(NAMESPACE:KEY*)%`) and shown in
+    /// `/config_dump`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
     /// A stand-in for a cluster that is not there (the xDS client's, for a
     /// cluster CDS removed or never sent while a listener names it): a
     /// route picking it answers its `cluster_not_found_response_code`,

@@ -325,13 +325,15 @@ pub(crate) enum Op {
     GrpcStatus,
     GrpcStatusNumber,
     DynamicMetadata(String, Vec<String>),
+    /// `%CLUSTER_METADATA(NAMESPACE:KEY*)%`: the upstream cluster's.
+    ClusterMetadata(String, Vec<String>),
     Req(Field, Option<Field>),
     Resp(Field, Option<Field>),
     Trailer(Field, Option<Field>),
 }
 
 /// The operators meshgate implements (for the refusal message).
-const KNOWN: &str = "START_TIME, REQ, RESP, TRAILER, PROTOCOL, RESPONSE_CODE, RESPONSE_CODE_DETAILS, RESPONSE_FLAGS, RESPONSE_FLAGS_LONG, DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION, BYTES_RECEIVED, BYTES_SENT, UPSTREAM_HOST, UPSTREAM_LOCAL_ADDRESS, UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, UPSTREAM_LOCAL_PORT, UPSTREAM_CLUSTER, UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_REQUEST_ATTEMPT_COUNT, DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_PORT, REQUESTED_SERVER_NAME, ROUTE_NAME, CONNECTION_ID, HOSTNAME, DYNAMIC_METADATA, DOWNSTREAM_TLS_VERSION, DOWNSTREAM_TLS_CIPHER, DOWNSTREAM_PEER_SUBJECT, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_PEER_DNS_SAN, GRPC_STATUS, GRPC_STATUS_NUMBER, LOCAL_REPLY_BODY";
+const KNOWN: &str = "START_TIME, REQ, RESP, TRAILER, PROTOCOL, RESPONSE_CODE, RESPONSE_CODE_DETAILS, RESPONSE_FLAGS, RESPONSE_FLAGS_LONG, DURATION, REQUEST_DURATION, RESPONSE_DURATION, RESPONSE_TX_DURATION, BYTES_RECEIVED, BYTES_SENT, UPSTREAM_HOST, UPSTREAM_LOCAL_ADDRESS, UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, UPSTREAM_LOCAL_PORT, UPSTREAM_CLUSTER, UPSTREAM_TRANSPORT_FAILURE_REASON, UPSTREAM_REQUEST_ATTEMPT_COUNT, DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT, DOWNSTREAM_LOCAL_PORT, REQUESTED_SERVER_NAME, ROUTE_NAME, CONNECTION_ID, HOSTNAME, DYNAMIC_METADATA, CLUSTER_METADATA, DOWNSTREAM_TLS_VERSION, DOWNSTREAM_TLS_CIPHER, DOWNSTREAM_PEER_SUBJECT, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_PEER_DNS_SAN, GRPC_STATUS, GRPC_STATUS_NUMBER, LOCAL_REPLY_BODY";
 
 fn ms(d: Option<Duration>) -> Option<String> {
     d.map(|d| d.as_millis().to_string())
@@ -458,10 +460,12 @@ impl Ctx<'_> {
                 .map(|p| p.dns_sans.join(",")),
             Op::GrpcStatus => self.grpc_status().map(|s| grpc_name(s).to_string()),
             Op::GrpcStatusNumber => self.grpc_status().map(|s| s.to_string()),
-            Op::DynamicMetadata(..) => self.metadata(op).map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
+            Op::DynamicMetadata(..) | Op::ClusterMetadata(..) => {
+                self.metadata(op).map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+            }
             Op::Req(a, b) => self.either(self.req, a, b, true),
             Op::Resp(a, b) => self.either(self.resp, a, b, false),
             Op::Trailer(a, b) => self.trailers.and_then(|t| self.either(t, a, b, false)),
@@ -469,11 +473,14 @@ impl Ctx<'_> {
     }
 
     fn metadata(&self, op: &Op) -> Option<&Value> {
-        let Op::DynamicMetadata(ns, path) = op else {
+        let mut v = match op {
+            Op::DynamicMetadata(ns, _) => self.info.metadata()?.as_map().get(ns)?,
+            Op::ClusterMetadata(ns, _) => self.info.upstream_cluster_metadata.as_ref()?.get(ns)?,
+            _ => return None,
+        };
+        let (Op::DynamicMetadata(_, path) | Op::ClusterMetadata(_, path)) = op else {
             return None;
         };
-        let md = self.info.metadata()?;
-        let mut v = md.as_map().get(ns)?;
         for k in path {
             v = v.as_object()?.get(k)?;
         }
@@ -496,7 +503,7 @@ impl Ctx<'_> {
             | Op::ConnectionId
             | Op::DownstreamLocalPort
             | Op::GrpcStatusNumber => num(self.value(op)),
-            Op::DynamicMetadata(..) => self.metadata(op).cloned(),
+            Op::DynamicMetadata(..) | Op::ClusterMetadata(..) => self.metadata(op).cloned(),
             _ => return None,
         })
     }
@@ -794,17 +801,22 @@ fn parse_operator(t: &str, path: &str) -> Result<(Op, Option<usize>), BuildError
         "DOWNSTREAM_PEER_DNS_SAN" => no_arg(Op::DownstreamPeerDnsSan)?,
         "GRPC_STATUS" => no_arg(Op::GrpcStatus)?,
         "GRPC_STATUS_NUMBER" => no_arg(Op::GrpcStatusNumber)?,
-        "DYNAMIC_METADATA" => {
+        "DYNAMIC_METADATA" | "CLUSTER_METADATA" => {
             let a = arg.unwrap_or("");
             let mut parts = a.split(':');
             let ns = parts.next().unwrap_or("").trim();
             if ns.is_empty() {
                 return Err(e(
                     path,
-                    "%DYNAMIC_METADATA(NAMESPACE:KEY*)% needs a namespace",
+                    format!("%{name}(NAMESPACE:KEY*)% needs a namespace"),
                 ));
             }
-            Op::DynamicMetadata(ns.to_string(), parts.map(str::to_string).collect())
+            let (ns, keys) = (ns.to_string(), parts.map(str::to_string).collect());
+            if name == "CLUSTER_METADATA" {
+                Op::ClusterMetadata(ns, keys)
+            } else {
+                Op::DynamicMetadata(ns, keys)
+            }
         }
         "REQ" | "REQUEST_HEADER" => {
             let (a, b) = fields(arg)?;

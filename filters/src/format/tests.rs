@@ -216,3 +216,32 @@ fn filters_compose() {
     .unwrap();
     assert_eq!(e.path, "f.grpc_status_filter.statuses[0]");
 }
+
+#[test]
+fn cluster_metadata_reads_the_upstream_clusters() {
+    let mut i = info();
+    let ctx = Ctx::new(&i);
+    let t = Template::parse("[%CLUSTER_METADATA(istio:services)%]", "p").unwrap();
+    // No cluster, or one without metadata: `-`.
+    assert_eq!(t.render(&ctx, false), "[-]");
+    let mut md = meshgate_core::config::Metadata::new();
+    md.insert(
+        "istio".into(),
+        serde_json::json!({"services": [{"name": "reviews"}], "default_original_port": 9080}),
+    );
+    i.upstream_cluster_metadata = Some(std::sync::Arc::new(md));
+    let ctx = Ctx::new(&i);
+    assert_eq!(t.render(&ctx, false), r#"[[{"name":"reviews"}]]"#);
+    let port = Template::parse("%CLUSTER_METADATA(istio:default_original_port)%", "p").unwrap();
+    assert_eq!(port.render(&ctx, false), "9080");
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "port".into(),
+        Value::from("%CLUSTER_METADATA(istio:default_original_port)%"),
+    );
+    let v: Value =
+        serde_json::from_str(&Format::json(&m, true, false, "j").unwrap().render(&ctx)).unwrap();
+    assert_eq!(v["port"], 9080);
+    let e = Template::parse("%CLUSTER_METADATA()%", "p").unwrap_err();
+    assert!(e.message.contains("needs a namespace"), "{}", e.message);
+}
