@@ -105,7 +105,7 @@ fn scenario(backend: &HttpBackend, routes: usize, clusters: usize) {
 }
 
 /// One cluster's update among `n`, over `delta` or state of the world:
-/// median and max time to serving over 7 pushes, measured from the
+/// median and max time to serving over 7 pushes (`XDS_BENCH_PUSHES`), measured from the
 /// response leaving the management server (the client's cost: what the
 /// test server spends finding what changed among `n` is left out), the
 /// median from the push (`Mgmt::set`, the test server's diff included),
@@ -130,7 +130,8 @@ fn cluster_update(a: &HttpBackend, b: &HttpBackend, n: usize, delta: bool) -> Fi
     wait_for(port, "/", "backend=a");
     let (mut times, mut pushed) = (Vec::new(), Vec::new());
     let mut conn = None;
-    for i in 1..=7 {
+    let pushes = pushes();
+    for i in 1..=pushes {
         let (target, want) = if i % 2 == 1 {
             (b.addr, "backend=b")
         } else {
@@ -156,9 +157,9 @@ fn cluster_update(a: &HttpBackend, b: &HttpBackend, n: usize, delta: bool) -> Fi
     times.sort();
     pushed.sort();
     Figures {
-        median: times[3],
-        max: times[6],
-        from_push: pushed[3],
+        median: times[pushes / 2],
+        max: times[pushes - 1],
+        from_push: pushed[pushes / 2],
         rss: rss_kib(mg.child.id()),
     }
 }
@@ -170,12 +171,27 @@ struct Figures {
     rss: u64,
 }
 
+/// `XDS_BENCH_PUSHES`: pushes per figure (7 unless set; more to profile
+/// the update path with `perf record -p`).
+fn pushes() -> usize {
+    std::env::var("XDS_BENCH_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(7)
+}
+
 fn cluster_updates(n: usize) {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // `XDS_BENCH_API=GRPC` or `DELTA_GRPC` runs only that one.
+    let only = std::env::var("XDS_BENCH_API").ok();
     for delta in [false, true] {
         let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+        if only.as_deref().is_some_and(|o| o != api) {
+            continue;
+        }
         let one = cluster_update(&a, &b, 1, delta);
         let many = cluster_update(&a, &b, n, delta);
         println!(
