@@ -1996,6 +1996,57 @@ mod tests {
         }
     }
 
+    /// The served cluster list patched for what a delta update names is
+    /// the list made again from every composed cluster: changes,
+    /// additions (first, last, between) and removals, in name order.
+    #[test]
+    fn a_patched_cluster_list_is_the_list_made_again() {
+        let mut f = Fake::default();
+        let all: Vec<_> = (0..300)
+            .map(|i| static_cluster(&format!("c{:04}", i * 2 + 1), 1))
+            .collect();
+        f.respond_delta(CLUSTER, all, &[]);
+        let steps: Vec<(Vec<protobuf::Any>, Vec<&str>)> = vec![
+            (vec![static_cluster("c0001", 2)], vec![]),
+            (vec![static_cluster("c0000", 3)], vec![]),
+            (vec![static_cluster("c9999", 3)], vec!["c0003"]),
+            (
+                vec![static_cluster("c0100", 4), static_cluster("c0101", 4)],
+                vec!["c0001", "c0599"],
+            ),
+            (vec![], vec!["c0000", "c9999", "c0404"]),
+            (
+                vec![static_cluster("c0404", 6), static_cluster("c0003", 6)],
+                vec![],
+            ),
+        ];
+        for (i, (resources, removed)) in steps.into_iter().enumerate() {
+            let id = f.state.composed.id;
+            f.respond_delta(CLUSTER, resources, &removed);
+            // Patched from the last list, not made again.
+            let patched = f.state.composed.patched.as_ref().map(|p| p.0);
+            assert_eq!(patched, Some(id), "step {i}");
+            assert_eq!(
+                f.state.list.as_ref().map(|l| l.composed),
+                Some(f.state.composed.id)
+            );
+            let mut again = f.state.clone();
+            again.list = None;
+            let made = again.cluster_list(&f.state.composed, &BTreeMap::new());
+            assert_eq!(made.len(), f.served.clusters.len(), "step {i}");
+            for (a, b) in made.iter().zip(&f.served.clusters) {
+                assert!(Arc::ptr_eq(a, b), "step {i}: {} vs {}", a.name, b.name);
+            }
+            let names: Vec<_> = f.served.clusters.iter().map(|c| c.name.clone()).collect();
+            assert!(names.is_sorted(), "step {i}");
+            for r in &removed {
+                assert!(!names.iter().any(|n| n == r), "step {i}: {r}");
+            }
+        }
+        assert_eq!(f.cluster("c0404").endpoints[0].address, "127.0.0.1:6");
+        assert_eq!(f.served.clusters.len(), 300);
+    }
+
     #[test]
     fn a_delta_update_composes_only_the_clusters_it_names() {
         let mut f = Fake::default();
