@@ -248,4 +248,30 @@ mod tests {
         };
         assert_eq!(rename_error(err.clone(), &dynamic, counts, "xds"), err);
     }
+
+    /// A source that does not list its clusters in name order: the merge's
+    /// binary search may miss a static name, the cluster manager's build
+    /// still refuses it.
+    #[test]
+    fn a_static_name_among_unsorted_dynamic_clusters_is_still_refused() {
+        let file = Config {
+            clusters: imbl::vector![cluster("a")],
+            ..Default::default()
+        };
+        let dynamic = Config {
+            clusters: imbl::vector![cluster("z"), cluster("b"), cluster("a")],
+            ..Default::default()
+        };
+        let refused = match merge(&file, Some(&dynamic)) {
+            Err(_) => true,
+            Ok((m, _)) => crate::cluster::ClusterManager::build(
+                &m.clusters,
+                &crate::registry::Registry::new(),
+                &ConfigSource::anonymous("t"),
+                false,
+            )
+            .is_err(),
+        };
+        assert!(refused);
+    }
 }
