@@ -32,7 +32,7 @@ fn manager(lb: &str, n: usize, zone_aware: bool) -> ClusterManager {
     }
     let cfg: ClusterConfig = serde_json::from_value(c).unwrap();
     ClusterManager::build(
-        &[Arc::new(cfg)],
+        &meshgate_core::config::ClusterList::from(vec![Arc::new(cfg)]),
         &Registry::new(),
         &ConfigSource::anonymous("bench"),
         false,

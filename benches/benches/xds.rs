@@ -105,7 +105,7 @@ fn scenario(backend: &HttpBackend, routes: usize, clusters: usize) {
 }
 
 /// One cluster's update among `n`, over `delta` or state of the world:
-/// median and max time to serving over 7 pushes, measured from the
+/// median and max time to serving over 7 pushes (`XDS_BENCH_PUSHES`), measured from the
 /// response leaving the management server (the client's cost: what the
 /// test server spends finding what changed among `n` is left out), the
 /// median from the push (`Mgmt::set`, the test server's diff included),
@@ -130,7 +130,8 @@ fn cluster_update(a: &HttpBackend, b: &HttpBackend, n: usize, delta: bool) -> Fi
     wait_for(port, "/", "backend=a");
     let (mut times, mut pushed) = (Vec::new(), Vec::new());
     let mut conn = None;
-    for i in 1..=7 {
+    let pushes = pushes();
+    for i in 1..=pushes {
         let (target, want) = if i % 2 == 1 {
             (b.addr, "backend=b")
         } else {
@@ -153,39 +154,97 @@ fn cluster_update(a: &HttpBackend, b: &HttpBackend, n: usize, delta: bool) -> Fi
         times.push(served - sent);
         pushed.push(served - t0);
     }
+    let mut inside = in_meshgate(&mg.log_text(), pushes);
     times.sort();
     pushed.sort();
+    inside.sort();
     Figures {
-        median: times[3],
-        max: times[6],
-        from_push: pushed[3],
+        inside: inside.get(inside.len() / 2).copied(),
+        median: times[pushes / 2],
+        max: times[pushes - 1],
+        from_push: pushed[pushes / 2],
         rss: rss_kib(mg.child.id()),
     }
 }
 
+/// Seconds since midnight of a log line's timestamp
+/// (`2026-12-07T23:55:52.804335Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let (h, rest) = t.split_once(':')?;
+    let (m, s) = rest.split_once(':')?;
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// meshgate's own time per push, from its debug log: from the last HTTP/2
+/// DATA frame read before the CDS update `cds=i` was applied to the line
+/// saying so (decoding, translation, composition, the snapshot build and
+/// swap; the bench's own work and scheduling on a loaded machine left out).
+fn in_meshgate(log: &str, pushes: usize) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut read = None;
+    let mut want = 1;
+    for line in log.lines() {
+        if line.contains("received frame=Data") {
+            read = log_time(line);
+        } else if line.contains("dynamic config applied") && line.contains(&format!(" cds={want} "))
+        {
+            if let (Some(r), Some(a)) = (read, log_time(line)) {
+                let d = if a < r { a + 86400.0 - r } else { a - r };
+                out.push(Duration::from_secs_f64(d));
+            }
+            want += 1;
+            if want > pushes {
+                break;
+            }
+        }
+    }
+    out
+}
+
 struct Figures {
+    /// Median of `in_meshgate`.
+    inside: Option<Duration>,
     median: Duration,
     max: Duration,
     from_push: Duration,
     rss: u64,
 }
 
+/// `XDS_BENCH_PUSHES`: pushes per figure (7 unless set; more to profile
+/// the update path with `perf record -p`).
+fn pushes() -> usize {
+    std::env::var("XDS_BENCH_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(7)
+}
+
 fn cluster_updates(n: usize) {
     let a = HttpBackend::start("a", Proto::Http1);
     let b = HttpBackend::start("b", Proto::Http1);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let inside = |d: Option<Duration>| d.map_or("n/a".to_string(), |d| format!("{:.2} ms", ms(d)));
+    // `XDS_BENCH_API=GRPC` or `DELTA_GRPC` runs only that one.
+    let only = std::env::var("XDS_BENCH_API").ok();
     for delta in [false, true] {
         let api = if delta { "DELTA_GRPC" } else { "GRPC" };
+        if only.as_deref().is_some_and(|o| o != api) {
+            continue;
+        }
         let one = cluster_update(&a, &b, 1, delta);
         let many = cluster_update(&a, &b, n, delta);
         println!(
-            "{api}: one cluster changed among 1: median {:.1} ms, max {:.1} ms (from the push {:.1} ms); among {n}: median {:.1} ms, max {:.1} ms (from the push {:.1} ms); RSS {} KiB -> {} KiB ({:.1} KiB per cluster)",
+            "{api}: one cluster changed among 1: median {:.1} ms, max {:.1} ms (from the push {:.1} ms; in meshgate {}); among {n}: median {:.1} ms, max {:.1} ms (from the push {:.1} ms; in meshgate {}); RSS {} KiB -> {} KiB ({:.1} KiB per cluster)",
             ms(one.median),
             ms(one.max),
             ms(one.from_push),
+            inside(one.inside),
             ms(many.median),
             ms(many.max),
             ms(many.from_push),
+            inside(many.inside),
             one.rss,
             many.rss,
             (many.rss.saturating_sub(one.rss)) as f64 / (n.max(2) - 1) as f64,

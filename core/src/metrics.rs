@@ -71,6 +71,7 @@ impl MetricsHandle {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .all
             .iter()
         {
             for b in &h.buckets {
@@ -194,24 +195,35 @@ impl Recorder for MeshRecorder {
     }
 }
 
-/// Every histogram, by key (registered once per scope, so a list will do).
+/// Every histogram, in the order registered, and its place by key: one
+/// per cluster (`rq_time`), so a lookup must not walk them all (each
+/// listener build registers its own, which among 10,000 clusters was a
+/// walk of 10,000 keys per xDS update).
 #[derive(Default)]
-struct Histograms(Mutex<Vec<(Key, Arc<FixedHistogram>)>>);
+struct Histograms(Mutex<HistogramList>);
+
+#[derive(Default)]
+struct HistogramList {
+    all: Vec<(Key, Arc<FixedHistogram>)>,
+    at: std::collections::HashMap<Key, usize>,
+}
 
 impl Histograms {
     fn get(&self, key: &Key) -> Arc<FixedHistogram> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, h)) = all.iter().find(|(k, _)| k == key) {
-            return h.clone();
+        let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&i) = l.at.get(key) {
+            return l.all[i].1.clone();
         }
         let h = Arc::new(FixedHistogram::new(key.name().starts_with(ISTIO_PREFIX)));
-        all.push((key.clone(), h.clone()));
+        let i = l.all.len();
+        l.all.push((key.clone(), h.clone()));
+        l.at.insert(key.clone(), i);
         h
     }
 
     fn render(&self, out: &mut String) {
         let mut all: Vec<(Key, Arc<FixedHistogram>)> =
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).all.clone();
         all.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         let mut last_name = "";
         for (key, h) in &all {

@@ -32,8 +32,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf;
 use envoy_types::pb::google::rpc::Status;
 use meshgate_core::config::{
-    AdsApiType, AdsConfig, ClusterConfig, Config, ConfigSource, ListenerConfig, NodeConfig,
-    UpstreamTlsConfig,
+    AdsApiType, AdsConfig, ClusterConfig, ClusterList, Config, ConfigSource, ListenerConfig,
+    NodeConfig, UpstreamTlsConfig,
 };
 use meshgate_core::dynamic::{
     DynamicInfo, DynamicSender, DynamicUpdate, Refusal, Refusals, Warming,
@@ -138,7 +138,23 @@ struct State {
     /// The clusters last composed as `not_found` stand-ins because CDS
     /// removed them while a listener cannot do without them.
     removed: BTreeSet<String>,
+    /// The served cluster list last made from `composed`, patched by the
+    /// next composition instead of made again (`cluster_list`).
+    list: Option<ClusterListCache>,
 }
+
+/// The dynamic clusters to serve, in name order, as last made from the
+/// composed clusters numbered `composed` with the RPC protocols `rpc`
+/// (stand-ins of removed clusters not included).
+#[derive(Clone)]
+struct ClusterListCache {
+    composed: u64,
+    rpc: BTreeMap<String, &'static str>,
+    list: ClusterList,
+}
+
+/// Numbers each `ComposedClusters` made (0: none yet).
+static COMPOSED_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The dynamic clusters as composed from CDS, EDS and SDS, and the maps
 /// they were composed from: while those are the same (a route or listener
@@ -159,6 +175,11 @@ struct ComposedClusters {
     sds: imbl::OrdMap<String, usize>,
     /// The clusters warming or served past their EDS fetch timeout.
     unready: imbl::OrdSet<String>,
+    /// This composition's number (`COMPOSED_ID`).
+    id: u64,
+    /// When composed from the previous composition by visiting only the
+    /// clusters CDS changed: its number and those clusters' names.
+    patched: Option<(u64, Vec<String>)>,
 }
 
 impl ComposedClusters {
@@ -495,22 +516,13 @@ impl State {
             .iter()
             .flat_map(|l| translate::rpc_clusters_of(l))
             .collect();
-        let mut cluster_configs: Vec<Arc<ClusterConfig>> = clusters
-            .by_name
-            .values()
-            .filter_map(|c| c.serve.clone())
-            .map(|c| match rpc.get(&c.name) {
-                Some(codec) if c.protocol.is_none() => {
-                    let mut c = (*c).clone();
-                    c.protocol = Some((*codec).to_string());
-                    Arc::new(c)
-                }
-                _ => c,
-            })
-            .collect();
-        if !kept.is_empty() {
-            cluster_configs.extend(kept.into_values());
-            cluster_configs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut cluster_configs = self.cluster_list(&clusters, &rpc);
+        // Stand-ins, in their place in name order.
+        for (name, c) in kept {
+            let i = match cluster_configs.binary_search_by(|x| x.name.as_str().cmp(&name)) {
+                Ok(i) | Err(i) => i,
+            };
+            cluster_configs.insert(i, c);
         }
         Ok(Composed {
             config: Config {
@@ -524,6 +536,59 @@ impl State {
             warming,
             deadline,
         })
+    }
+
+    /// The clusters to serve, in name order, with the RPC protocol of the
+    /// listeners that route to them (`rpc`). Patched from the list last
+    /// made when `clusters` was composed from that list's composition by
+    /// visiting only some clusters (a CDS-only change): a binary search
+    /// and an O(log n) change of the persistent list per cluster visited,
+    /// so one cluster's update among 10,000 neither walks nor copies the
+    /// other 9,999. Made again from `clusters` otherwise.
+    fn cluster_list(
+        &mut self,
+        clusters: &ComposedClusters,
+        rpc: &BTreeMap<String, &'static str>,
+    ) -> ClusterList {
+        let serve = |c: &ComposedCluster| {
+            let c = c.serve.clone()?;
+            Some(match rpc.get(&c.name) {
+                Some(codec) if c.protocol.is_none() => {
+                    let mut c = (*c).clone();
+                    c.protocol = Some((*codec).to_string());
+                    Arc::new(c)
+                }
+                _ => c,
+            })
+        };
+        let cached = self.list.take().filter(|l| l.rpc == *rpc);
+        let list = match (cached, &clusters.patched) {
+            (Some(l), _) if l.composed == clusters.id => l.list,
+            (Some(l), Some((from, names))) if l.composed == *from => {
+                let mut list = l.list;
+                for name in names {
+                    let now = clusters.by_name.get(name).and_then(serve);
+                    match (list.binary_search_by(|x| x.name.as_str().cmp(name)), now) {
+                        (Ok(i), Some(c)) => {
+                            list.set(i, c);
+                        }
+                        (Ok(i), None) => {
+                            list.remove(i);
+                        }
+                        (Err(i), Some(c)) => list.insert(i, c),
+                        (Err(_), None) => {}
+                    }
+                }
+                list
+            }
+            _ => clusters.by_name.values().filter_map(serve).collect(),
+        };
+        self.list = Some(ClusterListCache {
+            composed: clusters.id,
+            rpc: rpc.clone(),
+            list: list.clone(),
+        });
+        list
     }
 
     /// Composes the clusters again if CDS, EDS or SDS changed since the
@@ -546,6 +611,7 @@ impl State {
                 self.endpoints.clone(),
                 self.secrets.clone(),
             ),
+            id: COMPOSED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ..Default::default()
         };
         let names: Vec<String> = if incremental {
@@ -565,6 +631,9 @@ impl State {
         } else {
             self.clusters.keys().cloned().collect()
         };
+        if incremental {
+            out.patched = Some((prev.id, names.clone()));
+        }
         // The served clusters by name, looked up only for a cluster that
         // warms.
         let served_map = std::cell::OnceCell::new();
@@ -1925,6 +1994,57 @@ mod tests {
             self.subscribed.insert(ENDPOINT, out.clusters.eds_names());
             out
         }
+    }
+
+    /// The served cluster list patched for what a delta update names is
+    /// the list made again from every composed cluster: changes,
+    /// additions (first, last, between) and removals, in name order.
+    #[test]
+    fn a_patched_cluster_list_is_the_list_made_again() {
+        let mut f = Fake::default();
+        let all: Vec<_> = (0..300)
+            .map(|i| static_cluster(&format!("c{:04}", i * 2 + 1), 1))
+            .collect();
+        f.respond_delta(CLUSTER, all, &[]);
+        let steps: Vec<(Vec<protobuf::Any>, Vec<&str>)> = vec![
+            (vec![static_cluster("c0001", 2)], vec![]),
+            (vec![static_cluster("c0000", 3)], vec![]),
+            (vec![static_cluster("c9999", 3)], vec!["c0003"]),
+            (
+                vec![static_cluster("c0100", 4), static_cluster("c0101", 4)],
+                vec!["c0001", "c0599"],
+            ),
+            (vec![], vec!["c0000", "c9999", "c0404"]),
+            (
+                vec![static_cluster("c0404", 6), static_cluster("c0003", 6)],
+                vec![],
+            ),
+        ];
+        for (i, (resources, removed)) in steps.into_iter().enumerate() {
+            let id = f.state.composed.id;
+            f.respond_delta(CLUSTER, resources, &removed);
+            // Patched from the last list, not made again.
+            let patched = f.state.composed.patched.as_ref().map(|p| p.0);
+            assert_eq!(patched, Some(id), "step {i}");
+            assert_eq!(
+                f.state.list.as_ref().map(|l| l.composed),
+                Some(f.state.composed.id)
+            );
+            let mut again = f.state.clone();
+            again.list = None;
+            let made = again.cluster_list(&f.state.composed, &BTreeMap::new());
+            assert_eq!(made.len(), f.served.clusters.len(), "step {i}");
+            for (a, b) in made.iter().zip(&f.served.clusters) {
+                assert!(Arc::ptr_eq(a, b), "step {i}: {} vs {}", a.name, b.name);
+            }
+            let names: Vec<_> = f.served.clusters.iter().map(|c| c.name.clone()).collect();
+            assert!(names.is_sorted(), "step {i}");
+            for r in &removed {
+                assert!(!names.iter().any(|n| n == r), "step {i}: {r}");
+            }
+        }
+        assert_eq!(f.cluster("c0404").endpoints[0].address, "127.0.0.1:6");
+        assert_eq!(f.served.clusters.len(), 300);
     }
 
     #[test]

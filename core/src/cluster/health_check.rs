@@ -1827,7 +1827,9 @@ mod tests {
         .unwrap();
         let reg = crate::registry::Registry::new();
         let src = ConfigSource::anonymous("test");
-        let m = super::super::ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let m =
+            super::super::ClusterManager::build(&imbl::vector![Arc::new(cfg)], &reg, &src, false)
+                .unwrap();
         let c = m.get("c").unwrap().clone();
         let eps = c.hosts().endpoints.clone();
         for e in &eps {

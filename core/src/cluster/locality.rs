@@ -211,7 +211,7 @@ mod tests {
     fn cluster(v: serde_json::Value) -> Result<Arc<super::super::Cluster>, ConfigError> {
         let cfg: ClusterConfig = serde_json::from_value(v).unwrap();
         let m = super::super::ClusterManager::build(
-            &[Arc::new(cfg)],
+            &imbl::vector![Arc::new(cfg)],
             &Registry::new(),
             &ConfigSource::anonymous("test"),
             false,

@@ -17,7 +17,7 @@ pub mod pending;
 
 use crate::codec::ClientCodec;
 use crate::config::circuit_breakers::RoutingPriority;
-use crate::config::{BackoffConfig, ClusterConfig, ConfigSource, DiscoveryType};
+use crate::config::{BackoffConfig, ClusterConfig, ClusterList, ConfigSource, DiscoveryType};
 use crate::error::{BuildError, ConfigError};
 use crate::lb::{LbContext, LoadBalancer, LoadBalancerBuilder};
 use crate::metrics::ClusterStats;
@@ -1224,7 +1224,8 @@ pub struct ClusterManager {
     clusters: imbl::HashMap<Arc<str>, Entry>,
     /// The configs this manager was built from, in order: the next build
     /// walks them beside its own, by pointer, to find what changed.
-    configs: Vec<Arc<ClusterConfig>>,
+    /// Persistent: shared with the config, not copied.
+    configs: ClusterList,
     /// Clusters whose background tasks (DNS re-resolution, outlier
     /// timer, health checks, membership gauges) `spawn_dns_refresh`
     /// starts: those built or given new endpoints by this build.
@@ -1386,7 +1387,7 @@ impl ClusterManager {
     /// once here (so a name that does not resolve is a config error) and
     /// re-resolved by `spawn_dns_refresh`.
     pub fn build(
-        configs: &[Arc<ClusterConfig>],
+        configs: &ClusterList,
         registry: &Registry,
         source: &ConfigSource,
         resolve_dns: bool,
@@ -1405,7 +1406,7 @@ impl ClusterManager {
     /// TLS reads files is rebuilt, so a reload of the config file re-reads
     /// them.
     pub fn build_reusing(
-        configs: &[Arc<ClusterConfig>],
+        configs: &ClusterList,
         registry: &Registry,
         source: &ConfigSource,
         resolve_dns: bool,
@@ -1422,7 +1423,7 @@ impl ClusterManager {
                 }
                 m.put(i, c, None, registry, source, resolve_dns)?;
             }
-            m.configs = configs.to_vec();
+            m.configs = configs.clone();
             return Ok(m);
         };
         // What changed: the configs walked beside the previous ones, by
@@ -1432,16 +1433,16 @@ impl ClusterManager {
         // where they are not, a name taken for added or removed is
         // checked against the other side below.
         let (mut changed, mut gone) = (Vec::new(), Vec::new());
-        let (old, mut j) = (&prev.configs, 0);
+        let mut old = prev.configs.iter().peekable();
         for (i, c) in configs.iter().enumerate() {
             loop {
-                match old.get(j) {
+                match old.peek() {
                     None => {
                         changed.push((i, false));
                         break;
                     }
                     Some(o) if Arc::ptr_eq(o, c) => {
-                        j += 1;
+                        old.next();
                         if reread_files && reads_files(c) {
                             changed.push((i, true));
                         }
@@ -1449,7 +1450,7 @@ impl ClusterManager {
                     }
                     Some(o) => match o.name.cmp(&c.name) {
                         std::cmp::Ordering::Equal => {
-                            j += 1;
+                            old.next();
                             changed.push((i, true));
                             break;
                         }
@@ -1459,17 +1460,17 @@ impl ClusterManager {
                         }
                         std::cmp::Ordering::Less => {
                             gone.push(o.name.as_str());
-                            j += 1;
+                            old.next();
                         }
                     },
                 }
             }
         }
-        gone.extend(old[j.min(old.len())..].iter().map(|o| o.name.as_str()));
+        gone.extend(old.map(|o| o.name.as_str()));
         let gone: HashSet<&str> = gone.into_iter().collect();
         let mut m = Self {
             clusters: prev.clusters.clone(),
-            configs: configs.to_vec(),
+            configs: configs.clone(),
             zone_aware: prev.zone_aware.clone(),
             ..Self::default()
         };
@@ -2018,7 +2019,7 @@ mod tests {
         .unwrap();
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let m = ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let m = ClusterManager::build(&imbl::vector![Arc::new(cfg)], &reg, &src, false).unwrap();
         let a = m.get("a").unwrap().clone();
         let eps = a.hosts().endpoints.clone();
         assert_eq!(eps[0].health(), Health::Degraded);
@@ -2053,7 +2054,7 @@ mod tests {
         .unwrap();
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let m = ClusterManager::build(&[Arc::new(cfg)], &reg, &src, false).unwrap();
+        let m = ClusterManager::build(&imbl::vector![Arc::new(cfg)], &reg, &src, false).unwrap();
         let a = m.get("a").unwrap().clone();
         let eps = a.hosts().endpoints.clone();
         let ctx = LbContext::default();
@@ -2114,13 +2115,19 @@ mod tests {
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
         let first = shared(vec![cfg("a", 1), cfg("b", 2)]);
-        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let m1 = ClusterManager::build(&first.clone().into(), &reg, &src, false).unwrap();
         // b: a setting other than its endpoints changes.
         let mut b = cfg("b", 2);
         b.lb_policy = "random".into();
         let second = shared(vec![cfg("a", 1), b, cfg("c", 4)]);
-        let m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).unwrap();
+        let m2 = ClusterManager::build_reusing(
+            &second.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m1, true)),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         assert!(m2.get("c").is_some());
@@ -2144,7 +2151,7 @@ mod tests {
         let first: Vec<_> = (0..100)
             .map(|i| cfg(&format!("c{i:03}"), 1, 1000))
             .collect();
-        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let m1 = ClusterManager::build(&first.clone().into(), &reg, &src, false).unwrap();
         assert_eq!(m1.fresh.len(), 100);
         // c001's endpoint changes, c002's timeout, c003 goes, c100 comes;
         // the configs of the rest are the same `Arc`s (as xDS shares them).
@@ -2153,8 +2160,14 @@ mod tests {
         second[2] = cfg("c002", 1, 2000);
         second.remove(3);
         second.push(cfg("c100", 1, 1000));
-        let m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, false))).unwrap();
+        let m2 = ClusterManager::build_reusing(
+            &second.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m1, false)),
+        )
+        .unwrap();
         let same = |n: &str| Arc::ptr_eq(m1.get(n).unwrap(), m2.get(n).unwrap());
         // Unchanged clusters: the same cluster, the same background tasks.
         assert!((4..100).all(|i| same(&format!("c{i:03}"))) && same("c000"));
@@ -2182,17 +2195,35 @@ mod tests {
         // elsewhere in the list is the same cluster.
         let mut dup = second.clone();
         dup.insert(0, cfg("c050", 3, 1000));
-        let e = ClusterManager::build_reusing(&dup, &reg, &src, false, Some((&m2, false)));
+        let e = ClusterManager::build_reusing(
+            &dup.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m2, false)),
+        );
         assert!(e.is_err_and(|e| e.field == "clusters[50].name"));
         let mut dup = second.clone();
         dup.push(cfg("c050", 3, 1000));
-        let e = ClusterManager::build_reusing(&dup, &reg, &src, false, Some((&m2, false)));
+        let e = ClusterManager::build_reusing(
+            &dup.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m2, false)),
+        );
         assert!(e.is_err_and(|e| e.field == "clusters[100].name"));
         let mut moved = second.clone();
         let c = moved.remove(50);
         moved.insert(0, c.clone());
-        let m3 =
-            ClusterManager::build_reusing(&moved, &reg, &src, false, Some((&m2, false))).unwrap();
+        let m3 = ClusterManager::build_reusing(
+            &moved.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m2, false)),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(
             m3.get(&c.name).unwrap(),
             m2.get(&c.name).unwrap()
@@ -2227,7 +2258,7 @@ mod tests {
         let first: Vec<_> = [cfg("a", &[1, 2], 1000), cfg("b", &[5], 1000)]
             .map(Arc::new)
             .into();
-        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let m1 = ClusterManager::build(&first.clone().into(), &reg, &src, false).unwrap();
         let a = m1.get("a").unwrap().clone();
         let kept = a.hosts().endpoints[1].clone();
         kept.record_failure(&BackoffConfig::default());
@@ -2236,8 +2267,14 @@ mod tests {
         let second: Vec<_> = [cfg("a", &[2, 3], 1000), cfg("b", &[5], 2000)]
             .map(Arc::new)
             .into();
-        let mut m2 =
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).unwrap();
+        let mut m2 = ClusterManager::build_reusing(
+            &second.clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m1, true)),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(&a, m2.get("a").unwrap()));
         assert!(!Arc::ptr_eq(m1.get("b").unwrap(), m2.get("b").unwrap()));
         // Staged only: the live cluster still serves the old endpoints.
@@ -2271,7 +2308,7 @@ mod tests {
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
         let first = vec![Arc::new(cfg(&[1], "round_robin"))];
-        let m1 = ClusterManager::build(&first, &reg, &src, false).unwrap();
+        let m1 = ClusterManager::build(&first.clone().into(), &reg, &src, false).unwrap();
         let a = m1.get("a").unwrap().clone();
         // Endpoints of a change, and a later cluster is invalid.
         let mut bad = cfg(&[9], "round_robin");
@@ -2279,7 +2316,14 @@ mod tests {
         bad.lb_policy = "no_such_lb".into();
         let second = vec![Arc::new(cfg(&[2], "round_robin")), Arc::new(bad)];
         assert!(
-            ClusterManager::build_reusing(&second, &reg, &src, false, Some((&m1, true))).is_err()
+            ClusterManager::build_reusing(
+                &second.clone().into(),
+                &reg,
+                &src,
+                false,
+                Some((&m1, true))
+            )
+            .is_err()
         );
         let ports: Vec<u16> = a
             .hosts()
@@ -2290,7 +2334,9 @@ mod tests {
         assert_eq!(ports, vec![1]);
         // A built snapshot that is never committed leaves them too.
         let ok = vec![Arc::new(cfg(&[3], "round_robin"))];
-        let m2 = ClusterManager::build_reusing(&ok, &reg, &src, false, Some((&m1, true))).unwrap();
+        let m2 =
+            ClusterManager::build_reusing(&ok.clone().into(), &reg, &src, false, Some((&m1, true)))
+                .unwrap();
         drop(m2);
         assert_eq!(a.hosts().endpoints[0].address.port(), 1);
     }
@@ -2323,16 +2369,28 @@ yccTrTM3npwVrabMmpbxKBJL\n\
         };
         let reg = Registry::new();
         let src = ConfigSource::anonymous("test");
-        let m1 = ClusterManager::build(&cfg(), &reg, &src, false).unwrap();
+        let m1 = ClusterManager::build(&cfg().clone().into(), &reg, &src, false).unwrap();
         std::fs::remove_file(&path).unwrap();
         // A dynamic update: the unchanged cluster is reused, no file read.
-        let m2 =
-            ClusterManager::build_reusing(&cfg(), &reg, &src, false, Some((&m1, false))).unwrap();
+        let m2 = ClusterManager::build_reusing(
+            &cfg().clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m1, false)),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(m1.get("a").unwrap(), m2.get("a").unwrap()));
         // A file reload reads them again (and finds the file gone).
-        let e = ClusterManager::build_reusing(&cfg(), &reg, &src, false, Some((&m1, true)))
-            .err()
-            .unwrap();
+        let e = ClusterManager::build_reusing(
+            &cfg().clone().into(),
+            &reg,
+            &src,
+            false,
+            Some((&m1, true)),
+        )
+        .err()
+        .unwrap();
         assert!(e.field.starts_with("clusters[0].tls"), "{e}");
     }
 

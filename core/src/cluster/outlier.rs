@@ -885,7 +885,7 @@ mod tests {
         }))
         .unwrap();
         super::super::ClusterManager::build(
-            &[Arc::new(cfg)],
+            &imbl::vector![Arc::new(cfg)],
             &crate::registry::Registry::new(),
             &crate::config::ConfigSource::anonymous("test"),
             false,

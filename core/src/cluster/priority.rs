@@ -519,7 +519,7 @@ mod tests {
         }))
         .unwrap();
         let m = super::super::ClusterManager::build(
-            &[Arc::new(cfg)],
+            &imbl::vector![Arc::new(cfg)],
             &Registry::new(),
             &ConfigSource::anonymous("test"),
             false,

@@ -397,7 +397,6 @@ clusters:
         }
         let (cfg, _) = parse_str(Path::new("c.yaml"), &src).unwrap();
         assert_eq!(cfg.clusters.len(), 100);
-        assert_eq!(cfg.clusters.capacity(), 100);
         assert_eq!(cfg.clusters[42].name, "c42");
     }
 }

@@ -56,8 +56,12 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     #[serde(default, with = "shared")]
     pub listeners: Vec<Arc<ListenerConfig>>,
-    #[serde(default, with = "shared")]
-    pub clusters: Vec<Arc<ClusterConfig>>,
+    /// A persistent vector (`imbl`): copying it is O(1) and a version that
+    /// changes one cluster among 10,000 shares the rest of the list with
+    /// the one before (an xDS client's composition, the merge with the
+    /// file's statics, the cluster manager, the old snapshot's drop).
+    #[serde(default, with = "shared_list")]
+    pub clusters: ClusterList,
     /// Who this proxy is to an xDS server (Envoy's bootstrap `node`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeConfig>,
@@ -72,6 +76,31 @@ pub struct Config {
     /// Protects meshgate itself (Envoy's bootstrap `overload_manager`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overload_manager: Option<overload::OverloadManagerConfig>,
+}
+
+/// The clusters of a config, in order (see `Config::clusters`).
+pub type ClusterList = imbl::Vector<Arc<ClusterConfig>>;
+
+/// Serde for a persistent list of shared resources: written and read as
+/// the plain list.
+mod shared_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        v: &imbl::Vector<Arc<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| &**x))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<imbl::Vector<Arc<T>>, D::Error> {
+        // Element by element: the parsed `Vec<T>` is freed as it goes.
+        let items = Vec::<T>::deserialize(d)?;
+        Ok(items.into_iter().map(Arc::new).collect())
+    }
 }
 
 /// Serde for a list of shared resources: written and read as the plain
