@@ -796,6 +796,8 @@ struct Seen {
     expect: bool,
     forwarded_for: bool,
     client_cert: bool,
+    request_id: bool,
+    force_trace: bool,
 }
 
 fn seen(h: &HeaderMap) -> Seen {
@@ -804,7 +806,9 @@ fn seen(h: &HeaderMap) -> Seen {
         match k.as_str().len() {
             2 | 7 | 10 | 16 | 17 => s.hop_by_hop |= HOP_BY_HOP.contains(k),
             6 => s.expect |= k == http::header::EXPECT,
+            12 => s.request_id |= k == X_REQUEST_ID,
             15 => s.forwarded_for |= k == X_FORWARDED_FOR,
+            19 => s.force_trace |= k == X_ENVOY_FORCE_TRACE,
             23 => s.client_cert |= k == X_FORWARDED_CLIENT_CERT,
             _ => {}
         }
@@ -955,8 +959,12 @@ impl ProxyHandler {
             };
             // Envoy's request id: generated when missing, and replaced on
             // an external request unless preserve_external_request_id.
+            // The scan's answer, unless a `Connection` listing may have
+            // removed the id since.
+            let has_id =
+                seen.request_id && (!seen.hop_by_hop || req.headers().contains_key(&X_REQUEST_ID));
             if self.generate_request_id
-                && (!req.headers().contains_key(&X_REQUEST_ID)
+                && (!has_id
                     || (!self.preserve_external_request_id
                         && self
                             .edge
@@ -968,7 +976,7 @@ impl ProxyHandler {
             // or a trusted x-envoy-force-trace, as Envoy): taken before the
             // request moves upstream.
             let id_in_response = if self.always_set_request_id_in_response
-                || (req.headers().contains_key(X_ENVOY_FORCE_TRACE)
+                || (seen.force_trace
                     && !self
                         .edge
                         .is_external(seen.forwarded_for, info.downstream_remote_address))
@@ -996,23 +1004,32 @@ impl ProxyHandler {
             let seen_by_replies = self.local_replies.as_ref().map(|l| l.see(&req));
             let mut ran = Ran::default();
             let mut resp = match prepared {
-                Ok(upgrade) => {
-                    let fwd = self
-                        .route_and_forward(&mut req, &mut info, peer_ip, seen, upgrade, &mut ran);
-                    match request_end {
-                        None => fwd.await,
-                        Some((end, deadline)) => {
-                            match meshgate_core::stream_duration::until_request_timeout(
-                                fwd, &end, deadline,
-                            )
-                            .await
-                            {
-                                Some(r) => r,
-                                None => local_reply(&mut info, LocalReason::RequestTimeout),
-                            }
+                // Without request_timeout the exchange's future is built in
+                // place (binding it first cost a copy of it per request);
+                // with one, it goes on the heap with its timer.
+                Ok(upgrade) => match request_end {
+                    None => {
+                        self.route_and_forward(
+                            &mut req, &mut info, peer_ip, seen, upgrade, &mut ran,
+                        )
+                        .await
+                    }
+                    Some((end, deadline)) => {
+                        let timed =
+                            Box::pin(meshgate_core::stream_duration::until_request_timeout(
+                                self.route_and_forward(
+                                    &mut req, &mut info, peer_ip, seen, upgrade, &mut ran,
+                                ),
+                                &end,
+                                deadline,
+                            ))
+                            .await;
+                        match timed {
+                            Some(r) => r,
+                            None => local_reply(&mut info, LocalReason::RequestTimeout),
                         }
                     }
-                }
+                },
                 Err(resp) => *resp,
             };
             // A filter that rewrites the head from the body (gRPC-Web,
@@ -1584,6 +1601,11 @@ mod tests {
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("y"));
         let s = seen(&h);
         assert!(s.expect && s.forwarded_for && s.client_cert && !s.hop_by_hop);
+        assert!(!s.request_id && !s.force_trace);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+        h.insert(X_ENVOY_FORCE_TRACE, HeaderValue::from_static("true"));
+        let s = seen(&h);
+        assert!(s.request_id && s.force_trace);
         // Same lengths, other names.
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("v"));
