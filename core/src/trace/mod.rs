@@ -238,7 +238,14 @@ impl Tracer {
         let trace_id = incoming.map_or(new_trace_id, |c| c.trace_id);
         let b3_in = incoming.is_some_and(|c| c.format != context::Format::W3c);
         let has_tracestate = seen.tracestate.is_some();
-        if self.sampling.pack_trace_reason {
+        // The id's reason digit as the scan found it: most streams' is
+        // already the one to write (a fresh id not traced), and need no
+        // lookup of the header.
+        let digit = seen
+            .x_request_id
+            .filter(|v| v.len() == 36)
+            .map(|v| v.as_bytes()[REASON_AT]);
+        if self.sampling.pack_trace_reason && digit.is_some_and(|d| d != reason_digit(decision)) {
             pack_reason(req, info, decision);
         }
         if decision == Decision::NotSampled {
@@ -671,12 +678,7 @@ fn request_id_draw(id: &HeaderValue) -> u32 {
 /// fresh id not traced keeps its `4`). The id as changed is kept in the
 /// stream's filter state for `always_set_request_id_in_response`.
 fn pack_reason(req: &mut Request, info: &mut StreamInfo, d: Decision) {
-    let want = match d {
-        Decision::Forced => b'a',
-        Decision::Parent | Decision::Random => b'9',
-        Decision::Client => b'b',
-        Decision::NotSampled => b'4',
-    };
+    let want = reason_digit(d);
     let Some(id) = req.headers().get("x-request-id") else {
         return;
     };
@@ -690,6 +692,16 @@ fn pack_reason(req: &mut Request, info: &mut StreamInfo, d: Decision) {
     if let Ok(v) = HeaderValue::from_bytes(&v) {
         req.headers_mut().insert("x-request-id", v.clone());
         info.filter_state.insert(PackedRequestId(v));
+    }
+}
+
+/// The digit a decision is packed as.
+fn reason_digit(d: Decision) -> u8 {
+    match d {
+        Decision::Forced => b'a',
+        Decision::Parent | Decision::Random => b'9',
+        Decision::Client => b'b',
+        Decision::NotSampled => b'4',
     }
 }
 
